@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install
+# the project into it first (again only when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo serve test lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[bench,test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/paysw demo
+
+serve: $(VENV)/.installed
+	$(BIN)/paysw demo --serve
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest

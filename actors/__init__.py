@@ -1,0 +1,1 @@
+"""Ray actors: one class serves every channel, configured per channel and shard."""

@@ -1,0 +1,146 @@
+"""The channel actor: one instance per channel shard, with its own signing thread pool, HTTP
+connection pool and in-flight limit, so one channel's trouble stays in its own actors.
+
+Batches come in as one call; results stream back in small groups as they complete, so a slow
+payment never holds back the others of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+import ray
+
+from actors.settings import ChannelSection
+from hsm import SoftwareHsm
+from protocols import response_codes as rc
+from protocols.channels import module_of
+from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
+from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, ChannelRequest, ChannelResult
+
+log = logging.getLogger("paysw.actor")
+
+
+class ChannelWorker:
+    """The actor's logic, free of Ray so that it reads (and can be driven) as plain asyncio."""
+
+    def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
+        self.name = name
+        self.shard = shard
+        self._config = config
+        self._connector = module_of(config.kind).connector
+        keys = config.keys
+        hsm = SoftwareHsm(base_dir)
+        self._sign = hsm.signer(keys.sign_algorithm, keys.sign_key)
+        self._verify = hsm.verifier(keys.verify_algorithm, keys.verify_key)
+        self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
+        self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
+        self._timeout = config.timeout_ms / 1000
+        self._session: aiohttp.ClientSession | None = None
+        self._connections: asyncio.Semaphore | None = None
+        self._in_flight = 0
+        self._calls = 0
+
+    def _ensure_started(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._config.pool_size, keepalive_timeout=30, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                base_url=self._config.endpoint.rstrip("/") + "/", connector=connector, raise_for_status=False
+            )
+            self._connections = asyncio.Semaphore(self._config.pool_size)
+        return self._session
+
+    async def process(self, batch: bytes) -> AsyncIterator[bytes]:
+        """Run a batch of channel calls; yield encoded groups of results as they complete."""
+        requests = REQUESTS_DECODER.decode(batch)
+        pending = {asyncio.ensure_future(self.call(req)) for req in requests}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            yield BATCH_ENCODER.encode([task.result() for task in done])
+
+    async def call(self, req: ChannelRequest) -> ChannelResult:
+        """One channel call. Never raises: every failure becomes a result that says whether the
+        request may have reached the channel (UNKNOWN) or certainly did not (DECLINED, 91)."""
+        session = self._ensure_started()
+        assert self._connections is not None
+        if self._in_flight >= self._config.max_in_flight:
+            return not_sent(req, "BUSY", "channel shard at its in-flight limit")
+        remaining = req.deadline - time.time()
+        if remaining <= 0:
+            return not_sent(req, "DEADLINE", "deadline passed before the call")
+        self._in_flight += 1
+        self._calls += 1
+        try:
+            # A connection of our own before anything is sent, so a request never waits (and
+            # times out) inside the HTTP pool, where a timeout would look like a lost answer.
+            await asyncio.wait_for(self._connections.acquire(), remaining)
+        except BaseException as exc:
+            self._in_flight -= 1
+            if isinstance(exc, TimeoutError):
+                return not_sent(req, "BUSY", "no connection free before the deadline")
+            raise
+        sent = False
+        try:
+            loop = asyncio.get_running_loop()
+            call = await loop.run_in_executor(
+                self._threads, self._connector.pay_call, req, self._ident, self._sign, time.time()
+            )
+            timeout = min(self._timeout, req.deadline - time.time())
+            if timeout <= 0:
+                return not_sent(req, "DEADLINE", "deadline passed before the call")
+            headers = {"Content-Type": call.content_type, **call.headers}
+            sent = True  # from here on the channel may have the request
+            try:
+                async with session.post(
+                    call.path.lstrip("/"), data=call.body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as response:
+                    answer = HttpAnswer(response.status, await response.read(), dict(response.headers))
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                sent = False
+                return not_sent(req, "CONNECT", f"cannot connect: {type(exc).__name__}")
+            except TimeoutError:
+                return unknown(req, "TIMEOUT", f"no answer within {timeout:.3f}s")
+            except aiohttp.ClientError as exc:
+                return unknown(req, "IOERROR", f"connection broke: {type(exc).__name__}")
+            return await loop.run_in_executor(self._threads, self._connector.pay_result, req, answer, self._verify)
+        except Exception:
+            log.exception("channel call failed inside the switch", extra={"channel": self.name})
+            if sent:
+                return unknown(req, "INTERNAL", "switch error after sending")
+            return not_sent(req, "INTERNAL", "switch error", iso_code=rc.SYSTEM_MALFUNCTION)
+        finally:
+            self._in_flight -= 1
+            self._connections.release()
+
+    def stats(self) -> dict[str, int | str]:
+        return {"channel": self.name, "shard": self.shard, "in_flight": self._in_flight, "calls": self._calls}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=0, max_concurrency=1000)
+class ChannelActor:
+    """Ray shell around ``ChannelWorker``. ``max_task_retries=0``: a call that moves money is
+    never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver."""
+
+    def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        self._worker = ChannelWorker(name, config, base_dir, shard)
+
+    async def process(self, batch: bytes) -> AsyncIterator[bytes]:
+        async for group in self._worker.process(batch):
+            yield group
+
+    async def stats(self) -> dict[str, int | str]:
+        return self._worker.stats()
+
+    async def ping(self) -> str:
+        return "pong"

@@ -1,0 +1,43 @@
+"""Starting Ray and the channel actors."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from ray.actor import ActorHandle
+
+from actors.channel_actor import ChannelActor
+from actors.settings import ChannelSection
+
+log = logging.getLogger("paysw.ray")
+
+
+def init_ray(address: str, namespace: str) -> bool:
+    """Join the cluster at ``address``, or start a local one sized for a small machine (no
+    dashboard). Returns True when this call started Ray (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    common = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(
+            include_dashboard=False,
+            num_cpus=os.cpu_count() or 2,
+            object_store_memory=256 * 1024 * 1024,
+            **common,
+        )
+    return True
+
+
+def start_channel_actors(name: str, config: ChannelSection, base_dir: str) -> list[ActorHandle]:
+    """One actor per shard, named so that several front ends on one cluster share them."""
+    actors = []
+    for shard in range(config.shards):
+        actor = ChannelActor.options(name=f"channel:{name}:{shard}", get_if_exists=True).remote(
+            name, config, base_dir, shard
+        )
+        actors.append(actor)
+    return actors

@@ -1,0 +1,33 @@
+"""A channel's settings as its actors receive them (also the ``[channels.NAME]`` table of the
+switch's configuration file, which is why they are strict msgspec Structs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class ChannelKeys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    sign_algorithm: str
+    sign_key: str  # key file, relative to the configuration file
+    verify_algorithm: str
+    verify_key: str
+
+
+class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    kind: str
+    endpoint: Annotated[str, Meta(pattern=r"^https?://")]
+    app_id: str = ""
+    mch_id: str = ""
+    cert_id: str = ""
+    keys: ChannelKeys
+    enabled: bool = True
+    shards: Annotated[int, Meta(ge=1, le=64)] = 1
+    pool_size: Positive = 32  # HTTP connections per shard = calls on the wire at once
+    max_in_flight: Positive = 256  # calls admitted per shard (on the wire or waiting); beyond: 91 at once
+    frontend_in_flight: Positive = 2048  # transactions under way in one front end; beyond: 91
+    sign_threads: Annotated[int, Meta(ge=1, le=32)] = 2
+    timeout_ms: Annotated[int, Meta(ge=50, le=59_000)] = 10_000

@@ -1,0 +1,1 @@
+"""Load tests, benchmarks, channel simulators and the demo."""

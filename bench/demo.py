@@ -1,0 +1,171 @@
+"""``paysw demo``: embedded PostgreSQL + channel simulators + the switch + a short burst of
+purchases over real TCP for every channel, then a summary of what happened. ``--serve`` leaves
+it all running on 127.0.0.1 for trying by hand, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from bench.client import IsoClient
+from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.simulators.runner import start_simulators, stop_simulators
+from bench.simulators.server import SimulatorConfig, load_simulator_config
+from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
+from switch.app import SwitchApp, database_url_for, until_signalled
+from switch.config import Config, host_port, load_config
+from switch.logs import setup_logging
+
+MERCHANT = "898310048990001"
+TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
+# Outcome mix of the demo burst: mostly approvals, some of each decline, a few "user paying".
+SUFFIX_MIX = ["00"] * 88 + ["51"] * 4 + ["54"] * 3 + ["05"] * 3 + ["09"] * 2
+
+
+@dataclass
+class ChannelTally:
+    codes: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def _ports_in_use(config: Config, simulators: SimulatorConfig) -> list[str]:
+    busy = []
+    addresses = [config.switch.listen, config.switch.admin_listen, *(s.listen for s in simulators.simulators.values())]
+    for address in addresses:
+        host, port = host_port(address)
+        with socket.socket() as probe:
+            if probe.connect_ex((host, port)) == 0:
+                busy.append(address)
+    return busy
+
+
+def _wait_for_ports(addresses: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        host, port = host_port(address)
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex((host, port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulator at {address} did not start within {timeout:g}s")
+            time.sleep(0.1)
+
+
+async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 64) -> dict[str, ChannelTally]:
+    """``per_channel`` purchases on each channel over four pipelined connections."""
+    rng = random.Random(8583)
+    stans = Stans(start=rng.randrange(1, 900_000))
+    clients = [await IsoClient.connect(host, port) for _ in TERMINALS]
+    tallies: dict[str, ChannelTally] = defaultdict(ChannelTally)
+    limit = asyncio.Semaphore(concurrency)
+    jobs = [(channel, i) for i in range(per_channel) for channel in CODE_SHAPES]
+
+    async def one(channel: str, i: int) -> None:
+        slot = i % len(TERMINALS)
+        terminal = TERMINALS[slot]
+        pan = payment_code(channel, rng.choice(SUFFIX_MIX), rng)
+        message = purchase(terminal, MERCHANT, pan, rng.randrange(1, 50_000), stans.next(terminal))
+        async with limit:
+            started = time.perf_counter()
+            answer = await clients[slot].request(message)
+            tallies[channel].latencies_ms.append((time.perf_counter() - started) * 1000)
+        tallies[channel].codes[answer["39"]] += 1
+
+    try:
+        await asyncio.gather(*(one(channel, i) for channel, i in jobs))
+    finally:
+        for client in clients:
+            await client.close()
+    return tallies
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else (values[0] if values else 0.0)
+
+
+def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
+    header = (
+        f"{'channel':10s} {'count':>6s} {'approved':>9s} {'declined':>9s} {'pending':>8s} {'91':>4s}"
+        f" {'mean ms':>8s} {'p99 ms':>7s}  response codes"
+    )
+    print(header)
+    print("-" * len(header))
+    total = 0
+    for channel in CODE_SHAPES:
+        t = tallies[channel]
+        count = sum(t.codes.values())
+        total += count
+        approved, pending, unavailable = t.codes["00"], t.codes["09"], t.codes["91"]
+        declined = count - approved - pending - unavailable
+        codes = " ".join(f"{c}:{n}" for c, n in sorted(t.codes.items()))
+        print(
+            f"{channel:10s} {count:6d} {approved:9d} {declined:9d} {pending:8d} {unavailable:4d}"
+            f" {statistics.fmean(t.latencies_ms):8.1f} {_p99(t.latencies_ms):7.1f}  {codes}"
+        )
+    print(f"\n{total} purchases in {seconds:.1f}s ({total / seconds:.0f}/s, closed loop, 64 outstanding)")
+
+
+async def _journal_summary(app: SwitchApp) -> None:
+    assert app.journal is not None
+    rows = await app.journal.pool.fetch(
+        "SELECT channel, state, count(*) AS n FROM txn WHERE received_at > now() - interval '10 minutes' "
+        "GROUP BY channel, state ORDER BY channel, state"
+    )
+    print("\njournal (last 10 minutes): " + ", ".join(f"{r['channel']}/{r['state']}={r['n']}" for r in rows))
+
+
+async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
+    app = SwitchApp(config, url)
+    started = time.monotonic()
+    await app.start()
+    print(
+        f"switch ready in {time.monotonic() - started:.1f}s on {config.switch.listen}"
+        f" (metrics: http://{config.switch.admin_listen}/metrics)",
+        flush=True,
+    )
+    try:
+        if serve:
+            print("serving until Ctrl-C", flush=True)
+            await until_signalled()
+        else:
+            host, port = host_port(config.switch.listen)
+            started = time.monotonic()
+            tallies = await send_burst(host, port, per_channel)
+            print()
+            print_summary(tallies, time.monotonic() - started)
+            await _journal_summary(app)
+    finally:
+        await app.stop()
+
+
+def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int = 200) -> int:
+    setup_logging("WARNING")
+    config = load_config(DEMO_SWITCH_CONFIG)
+    simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
+    busy = _ports_in_use(config, simulators)
+    if busy:
+        print(f"paysw demo: ports already in use: {', '.join(busy)} (is another demo running?)")
+        return 2
+    url, embedded = database_url_for(config, data_dir)
+    print(f"journal: {'embedded PostgreSQL under ' + str(data_dir / 'pg') if embedded else 'external database'}")
+    processes = start_simulators(simulators)
+    try:
+        _wait_for_ports([s.listen for s in simulators.simulators.values()])
+        print(f"simulators: {', '.join(f'{n} {s.listen}' for n, s in simulators.simulators.items())}", flush=True)
+        uvloop.run(_run(config, url, serve, per_channel))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_simulators(processes)
+        if embedded is not None:
+            embedded.stop()
+    return 0

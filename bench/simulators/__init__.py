@@ -1,0 +1,2 @@
+"""Channel simulators: stand-ins for the five channels, one process each, speaking each
+channel's real message shapes and signatures."""

@@ -1,0 +1,55 @@
+"""``paysw sim``: one process per channel simulator, stopped together on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+
+from aiohttp import web
+
+from bench.simulators.server import Simulator, SimulatorConfig, load_simulator_config
+
+
+def _serve_one(name: str, config: SimulatorConfig, audit_dsn: str) -> None:
+    section = config.simulators[name]
+    host, _, port = section.listen.rpartition(":")
+    app = Simulator(name, section, config.base_dir, audit_dsn).app()
+    web.run_app(app, host=host, port=int(port), print=None, access_log=None, handle_signals=True)
+
+
+def start_simulators(config: SimulatorConfig, audit_dsn: str = "") -> list[multiprocessing.Process]:
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for name in config.simulators:
+        process = context.Process(target=_serve_one, args=(name, config, audit_dsn), name=f"sim-{name}", daemon=True)
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def stop_simulators(processes: list[multiprocessing.Process]) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+
+
+def main(config_path: str, audit_dsn: str = "") -> int:
+    config = load_simulator_config(config_path)
+    processes = start_simulators(config, audit_dsn)
+    for name, section in config.simulators.items():
+        print(f"simulator {name:9s} ({section.kind}) on http://{section.listen}", flush=True)
+
+    def _stop(*_: object) -> None:
+        stop_simulators(processes)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for process in processes:
+        process.join()
+    return 0 if all(p.exitcode == 0 for p in processes) else 1

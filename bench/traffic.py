@@ -1,0 +1,73 @@
+"""Building requests of the wire contract: payment codes of each channel's shape, purchases,
+network messages. Outcomes are chosen by the payment code's last two digits
+(``bench.simulators.outcomes``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+
+from protocols.iso8583 import Message
+
+# A default-routing prefix and length per channel (spec section 5).
+CODE_SHAPES = {
+    "wechat": ("13", 18),
+    "alipay": ("28", 18),
+    "unionpay": ("62", 19),
+    "ecny": ("01", 19),
+    "inbank": ("88", 19),
+}
+APPROVING_SUFFIX = "00"
+
+
+def payment_code(channel: str, suffix: str = APPROVING_SUFFIX, rng: random.Random | None = None) -> str:
+    """A payment code routed to ``channel`` whose last two digits choose the outcome."""
+    rng = rng or random.Random()
+    prefix, length = CODE_SHAPES[channel]
+    middle = "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - len(suffix)))
+    return prefix + middle + suffix
+
+
+class Stans:
+    """STANs per terminal, 000001 to 999999, wrapping."""
+
+    def __init__(self, start: int = 1) -> None:
+        self._next: dict[str, itertools.cycle] = {}
+        self._start = start
+
+    def next(self, terminal: str) -> str:
+        counter = self._next.setdefault(terminal, itertools.cycle(range(self._start, 1_000_000)))
+        return f"{next(counter):06d}"
+
+
+def purchase(
+    terminal: str,
+    merchant: str,
+    pan: str,
+    amount_fen: int,
+    stan: str,
+    when: dt.datetime | None = None,
+    entry_mode: str = "031",
+) -> Message:
+    when = when or dt.datetime.now(dt.UTC)
+    return {
+        "t": "0200",
+        "2": pan,
+        "3": "000000",
+        "4": f"{amount_fen:012d}",
+        "7": when.strftime("%m%d%H%M%S"),
+        "11": stan,
+        "12": when.strftime("%H%M%S"),
+        "13": when.strftime("%m%d"),
+        "22": entry_mode,
+        "25": "00",
+        "41": terminal,
+        "42": merchant,
+        "49": "156",
+    }
+
+
+def network(terminal: str, stan: str, code: str = "301", when: dt.datetime | None = None) -> Message:
+    when = when or dt.datetime.now(dt.UTC)
+    return {"t": "0800", "7": when.strftime("%m%d%H%M%S"), "11": stan, "41": terminal, "70": code}

@@ -1,0 +1,1 @@
+"""Wire formats and message types: pure code, no I/O, no global state."""

@@ -1,0 +1,28 @@
+"""Masking of payment codes and card numbers: first 6 and last 4 only (invariant 6)."""
+
+
+def mask_pan(pan: str | None) -> str:
+    """Return ``pan`` with everything but the first 6 and last 4 characters replaced by ``*``.
+
+    Anything of 10 characters or fewer is masked whole: showing 6 + 4 of it would show it all.
+    """
+    if not pan:
+        return ""
+    if len(pan) <= 10:
+        return "*" * len(pan)
+    return f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when ``digits`` passes the Luhn (mod 10) check used by card numbers."""
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0

@@ -1,0 +1,1 @@
+"""The switch application: TCP front end, routing, lifecycle, journal, configuration, CLI."""

@@ -1,0 +1,147 @@
+"""Assembling and running the switch: journal, Ray and channel actors, gateways, TCP front end,
+admin endpoint; and stopping all of it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import uvloop
+
+from actors.runtime import init_ray, start_channel_actors
+from hsm import SoftwareHsm
+from switch.config import Config, host_port
+from switch.frontend import TerminalConnection
+from switch.gateway import ChannelGateway
+from switch.journal import Journal
+from switch.journal.embedded import EmbeddedPostgres
+from switch.lifecycle import Processor
+from switch.metrics import Metrics, start_admin
+
+log = logging.getLogger("paysw")
+
+DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
+DRAIN_SECONDS = 5.0
+
+
+class SwitchApp:
+    def __init__(self, config: Config, database_url: str, ray_address: str = "") -> None:
+        self.config = config
+        self._database_url = database_url
+        self._ray_address = ray_address or config.ray.address
+        self.metrics = Metrics()
+        self.journal: Journal | None = None
+        self.gateways: dict[str, ChannelGateway] = {}
+        self._server: asyncio.Server | None = None
+        self._admin = None
+        self._started_ray = False
+        self._upkeep: asyncio.Task[None] | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.journal = await Journal.open(
+            self._database_url,
+            cfg.database.pool_size,
+            cfg.database.group_commit_max,
+            on_batch=self.metrics.journal_batch_done,
+        )
+        self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
+        self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
+        actors = {}
+        for name, channel in cfg.channels.items():
+            actors[name] = start_channel_actors(name, channel, cfg.base_dir)
+            self.gateways[name] = ChannelGateway(name, actors[name], cfg.switch.max_batch, channel.frontend_in_flight)
+        await asyncio.wait_for(asyncio.gather(*(a.ping.remote() for shard in actors.values() for a in shard)), 120)
+        fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
+        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint)
+        host, port = host_port(cfg.switch.listen)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: TerminalConnection(
+                processor, self.metrics, cfg.switch.max_in_flight_per_connection, cfg.switch.stalled_frame_timeout_s
+            ),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        admin_host, admin_port = host_port(cfg.switch.admin_listen)
+        self._admin = await start_admin(admin_host, admin_port, self.metrics, lambda: self.ready)
+        self.ready = True
+        log.info(
+            "switch ready",
+            extra={"listen": cfg.switch.listen, "admin": cfg.switch.admin_listen, "channels": list(self.gateways)},
+        )
+
+    async def _partition_upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                assert self.journal is not None
+                created = await self.journal.ensure_partitions(self.config.database.partitions_ahead_days)
+                if created:
+                    log.info("journal partitions created", extra={"partitions": created})
+            except Exception:
+                log.exception("partition upkeep failed; will retry in an hour")
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._server is not None:
+            self._server.close()
+        # Let transactions under way finish and be journaled before the parts go away.
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while any(g.in_flight for g in self.gateways.values()) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for gateway in self.gateways.values():
+            await gateway.close()
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        if self.journal is not None:
+            await self.journal.close()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, else ``SWITCH_DATABASE_URL``, else an embedded PostgreSQL under
+    ``data_dir/pg`` (returned so the caller stops it)."""
+    url = config.database.url or os.environ.get(DATABASE_URL_ENV, "")
+    if url:
+        return url, None
+    embedded = EmbeddedPostgres(data_dir / "pg")
+    return embedded.start(), embedded
+
+
+def until_signalled() -> asyncio.Future[None]:
+    """A future done at the first SIGINT or SIGTERM, handled on the event loop."""
+    loop = asyncio.get_running_loop()
+    signalled: asyncio.Future[None] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: signalled.done() or signalled.set_result(None))
+    return signalled
+
+
+async def serve_until_signalled(app: SwitchApp) -> None:
+    await app.start()
+    stop_on_signal = until_signalled()  # after start: ray.init installs a SIGTERM handler that exits at once
+    try:
+        await stop_on_signal
+    finally:
+        log.info("stopping")
+        await app.stop()
+
+
+def run(config: Config, data_dir: Path, ray_address: str = "") -> None:
+    url, embedded = database_url_for(config, data_dir)
+    try:
+        uvloop.run(serve_until_signalled(SwitchApp(config, url, ray_address)))
+    finally:
+        if embedded is not None:
+            embedded.stop()

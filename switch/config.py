@@ -1,0 +1,161 @@
+"""Configuration: one TOML file, validated at start-up. Every bad key or value is a
+``ConfigError`` naming the file, the path inside it and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from actors.settings import ChannelSection
+from hsm import ALGORITHMS
+from protocols.channels import KINDS
+
+Positive = Annotated[int, Meta(ge=1)]
+Digits = Annotated[str, Meta(pattern=r"^\d+$")]
+HostPort = Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
+TerminalId = Annotated[str, Meta(min_length=8, max_length=8)]
+MerchantId = Annotated[str, Meta(min_length=15, max_length=15)]
+
+
+class _Strict(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class SwitchSection(_Strict):
+    listen: HostPort = "127.0.0.1:8583"
+    admin_listen: HostPort = "127.0.0.1:9583"  # /metrics, /healthz, /readyz
+    request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
+    max_in_flight_per_connection: Positive = 512
+    stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    max_batch: Positive = 256  # transactions per actor call
+
+
+class DatabaseSection(_Strict):
+    url: str = ""  # empty: embedded PostgreSQL from pgserver under the data folder
+    pool_size: Annotated[int, Meta(ge=2, le=90)] = 6
+    group_commit_max: Positive = 512  # journal writes per round trip
+    partitions_ahead_days: Annotated[int, Meta(ge=1, le=60)] = 7
+
+
+class RaySection(_Strict):
+    address: str = ""  # empty: start a local Ray sized for a small machine
+    namespace: str = "paysw"
+
+
+class CodeRoute(_Strict):
+    channel: str
+    prefixes: list[Digits]
+    lengths: list[Annotated[int, Meta(ge=8, le=24)]]  # field 2 carries at most 19 digits
+    luhn: bool = False
+
+
+class BinRoute(_Strict):
+    prefix: Digits
+    channel: str
+
+
+class RoutingSection(_Strict):
+    codes: list[CodeRoute] = []
+    card_bins: list[BinRoute] = []
+
+
+class Merchant(_Strict):
+    id: MerchantId
+    name: str
+    channels: list[str]
+    channel_ids: dict[str, str] = {}  # the merchant's own id at each channel
+    suspended: bool = False
+
+
+class Terminal(_Strict):
+    id: TerminalId
+    merchant: MerchantId
+
+
+class SecuritySection(_Strict):
+    pan_hash_key: str  # key file for the keyed fingerprint of card numbers / payment codes
+
+
+class Config(_Strict):
+    security: SecuritySection
+    channels: dict[str, ChannelSection]
+    routing: RoutingSection
+    merchants: list[Merchant]
+    terminals: list[Terminal]
+    switch: SwitchSection = SwitchSection()
+    database: DatabaseSection = DatabaseSection()
+    ray: RaySection = RaySection()
+    base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        config = msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+
+
+def _cross_check(config: Config) -> list[str]:
+    problems = []
+    channels = config.channels
+    base = Path(config.base_dir)
+    for name, ch in channels.items():
+        where = f"$.channels.{name}"
+        if ch.kind not in KINDS:
+            problems.append(f"{where}.kind: {ch.kind!r} is not one of {', '.join(KINDS)}")
+        for algo_field in ("sign_algorithm", "verify_algorithm"):
+            if getattr(ch.keys, algo_field) not in ALGORITHMS:
+                problems.append(f"{where}.keys.{algo_field}: expected one of {', '.join(ALGORITHMS)}")
+        for key_field in ("sign_key", "verify_key"):
+            if not (base / getattr(ch.keys, key_field)).is_file():
+                problems.append(f"{where}.keys.{key_field}: no file {base / getattr(ch.keys, key_field)}")
+    if not (base / config.security.pan_hash_key).is_file():
+        problems.append(f"$.security.pan_hash_key: no file {base / config.security.pan_hash_key}")
+    for i, route in enumerate(config.routing.codes):
+        if route.channel not in channels:
+            problems.append(f"$.routing.codes[{i}].channel: unknown channel {route.channel!r}")
+        if not route.prefixes or not route.lengths:
+            problems.append(f"$.routing.codes[{i}]: needs at least one prefix and one length")
+    for i, route in enumerate(config.routing.card_bins):
+        if route.channel not in channels:
+            problems.append(f"$.routing.card_bins[{i}].channel: unknown channel {route.channel!r}")
+    merchant_ids = set()
+    for i, m in enumerate(config.merchants):
+        if m.id in merchant_ids:
+            problems.append(f"$.merchants[{i}].id: duplicate merchant {m.id}")
+        merchant_ids.add(m.id)
+        for ch in [*m.channels, *m.channel_ids]:
+            if ch not in channels:
+                problems.append(f"$.merchants[{i}]: unknown channel {ch!r}")
+    terminal_ids = set()
+    for i, t in enumerate(config.terminals):
+        if t.id in terminal_ids:
+            problems.append(f"$.terminals[{i}].id: duplicate terminal {t.id}")
+        terminal_ids.add(t.id)
+        if t.merchant not in merchant_ids:
+            problems.append(f"$.terminals[{i}].merchant: unknown merchant {t.merchant}")
+    return problems
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)

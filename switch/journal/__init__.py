@@ -1,0 +1,5 @@
+"""The durable journal: PostgreSQL through asyncpg."""
+
+from switch.journal.store import FinalUpdate, Journal, NewTxn, StoredTxn, TxnKey
+
+__all__ = ["FinalUpdate", "Journal", "NewTxn", "StoredTxn", "TxnKey"]

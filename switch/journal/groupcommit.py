@@ -1,0 +1,104 @@
+"""Group commit: writes that arrive while earlier flushes are in flight are gathered and flushed
+together, one round trip for many. Nothing waits on a timer; the batch is whatever queued up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger("paysw.journal")
+
+
+class GroupCommit(Generic[T, R]):
+    """Feeds ``flush`` with batches of submitted items; ``flush`` returns one result per item.
+
+    If a batch fails as a whole, its items are flushed one by one, so one bad row cannot fail
+    its neighbours; an item that fails alone raises to its own submitter.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        max_batch: int,
+        max_parallel: int,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self._name = name
+        self._flush = flush
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._wakeup = asyncio.Event()
+        self._on_batch = on_batch
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"group-commit-{name}")
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._wakeup.set()
+        return await future
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                await self._slots.acquire()
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                task = asyncio.get_running_loop().create_task(self._flush_batch(batch))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+
+    async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc=exc)
+                    return
+                log.warning("%s batch of %d failed (%s); retrying one by one", self._name, len(batch), exc)
+                for item, future in batch:
+                    try:
+                        (result,) = await self._flush([item])
+                    except Exception as one_exc:
+                        _settle(future, exc=one_exc)
+                    else:
+                        _settle(future, result=result)
+                return
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result=result)
+        finally:
+            self._slots.release()
+            if self._on_batch is not None:
+                self._on_batch(self._name, len(batch), loop.time() - started)
+
+    async def close(self) -> None:
+        self._runner.cancel()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+        for _, future in self._queue:
+            _settle(future, exc=ConnectionError("journal closed"))
+        self._queue.clear()
+
+
+def _settle(future: asyncio.Future[R], *, result: R | None = None, exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""The journal's schema as an ordered list of migrations, applied once each at start-up.
+
+States and their allowed moves are data (``txn_state``, ``txn_state_move``); a trigger refuses
+any other move and records every move with its time in ``txn_move``. Transactions are
+partitioned by ``tx_date``, the date of field 7 as the terminal sent it, so that a terminal +
+STAN + field 7 always lands in the same partition and the primary key can carry invariant 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+MIGRATIONS: list[str] = [
+    # 1: transactions, states, moves, RRN blocks
+    """
+    CREATE TABLE txn_state (
+        state       text PRIMARY KEY,
+        final       boolean NOT NULL,
+        description text NOT NULL
+    );
+    INSERT INTO txn_state VALUES
+        ('RECEIVED', false, 'written ahead; the channel has not answered yet'),
+        ('APPROVED', true,  'the channel took the money'),
+        ('DECLINED', true,  'the channel refused it, or certainly never received it'),
+        ('PENDING',  false, 'the customer is still confirming at the channel'),
+        ('UNKNOWN',  false, 'the outcome at the channel is not known: to be resolved by query');
+
+    CREATE TABLE txn_state_move (
+        from_state text NOT NULL REFERENCES txn_state,
+        to_state   text NOT NULL REFERENCES txn_state,
+        PRIMARY KEY (from_state, to_state)
+    );
+    INSERT INTO txn_state_move VALUES
+        ('RECEIVED', 'APPROVED'), ('RECEIVED', 'DECLINED'), ('RECEIVED', 'PENDING'), ('RECEIVED', 'UNKNOWN'),
+        ('PENDING', 'APPROVED'), ('PENDING', 'DECLINED'), ('PENDING', 'UNKNOWN'),
+        ('UNKNOWN', 'APPROVED'), ('UNKNOWN', 'DECLINED'), ('UNKNOWN', 'PENDING');
+
+    -- RRNs are handed out in blocks of 1000 so that front ends need no round trip per RRN.
+    CREATE SEQUENCE rrn_block_seq MINVALUE 1 MAXVALUE 999999999 NO CYCLE;
+
+    CREATE TABLE txn (
+        tx_date          date        NOT NULL,
+        terminal_id      text        NOT NULL,
+        stan             text        NOT NULL,
+        transmitted      text        NOT NULL,  -- field 7 as sent
+        rrn              text        NOT NULL,
+        kind             text        NOT NULL,
+        mti              text        NOT NULL,
+        processing_code  text        NOT NULL,
+        merchant_id      text        NOT NULL,
+        amount_fen       bigint      NOT NULL CHECK (amount_fen >= 0),
+        currency         text        NOT NULL,
+        local_time       text        NOT NULL,  -- field 12 as sent
+        local_date       text        NOT NULL,  -- field 13 as sent
+        entry_mode       text        NOT NULL,
+        pan_masked       text        NOT NULL,  -- first 6 and last 4 only
+        pan_hash         bytea       NOT NULL,  -- keyed fingerprint, for matching
+        channel          text        NOT NULL,
+        out_trade_no     text        NOT NULL,
+        request_hash     bytea       NOT NULL,  -- tells identical retransmissions from conflicting ones
+        state            text        NOT NULL REFERENCES txn_state,
+        response_code    text,
+        auth_id          text,
+        channel_code     text,
+        channel_message  text,
+        channel_txn_id   text,
+        received_at      timestamptz NOT NULL DEFAULT now(),
+        updated_at       timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tx_date, terminal_id, stan, transmitted),
+        UNIQUE (tx_date, rrn)
+    ) PARTITION BY RANGE (tx_date);
+    CREATE INDEX txn_by_rrn ON txn (rrn);
+    CREATE INDEX txn_by_out_trade_no ON txn (out_trade_no);
+    CREATE INDEX txn_open ON txn (state) WHERE state IN ('RECEIVED', 'PENDING', 'UNKNOWN');
+
+    CREATE TABLE txn_move (
+        tx_date    date        NOT NULL,
+        rrn        text        NOT NULL,
+        from_state text,
+        to_state   text        NOT NULL,
+        moved_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+    ) PARTITION BY RANGE (tx_date);
+    CREATE INDEX txn_move_by_rrn ON txn_move (rrn);
+
+    CREATE FUNCTION txn_record_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO txn_move (tx_date, rrn, from_state, to_state) VALUES (NEW.tx_date, NEW.rrn, NULL, NEW.state);
+        RETURN NULL;
+    END $$;
+
+    CREATE FUNCTION txn_guard_move() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.state IS DISTINCT FROM OLD.state THEN
+            IF NOT EXISTS (SELECT 1 FROM txn_state_move WHERE from_state = OLD.state AND to_state = NEW.state) THEN
+                RAISE EXCEPTION 'state move % -> % not allowed (rrn %)', OLD.state, NEW.state, OLD.rrn
+                    USING ERRCODE = 'check_violation';
+            END IF;
+            INSERT INTO txn_move (tx_date, rrn, from_state, to_state)
+                VALUES (NEW.tx_date, NEW.rrn, OLD.state, NEW.state);
+        END IF;
+        NEW.updated_at := now();
+        RETURN NEW;
+    END $$;
+
+    CREATE TRIGGER txn_record_insert AFTER INSERT ON txn FOR EACH ROW EXECUTE FUNCTION txn_record_insert();
+    CREATE TRIGGER txn_guard_move BEFORE UPDATE ON txn FOR EACH ROW EXECUTE FUNCTION txn_guard_move();
+    """,
+]
+
+_LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Apply the migrations not applied yet; returns the schema version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        for version, sql in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        return len(MIGRATIONS)
+
+
+async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:
+    """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet."""
+    created = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+        day = first
+        while day <= last:
+            for parent in ("txn", "txn_move"):
+                name = f"{parent}_{day:%Y%m%d}"
+                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+                if not exists:
+                    await conn.execute(
+                        f"CREATE TABLE {name} PARTITION OF {parent} "
+                        f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
+                    )
+                    created.append(name)
+            day += dt.timedelta(days=1)
+    return created

@@ -1,0 +1,209 @@
+"""Journal operations: write-ahead inserts and outcome updates through group commit, lookups,
+RRN allocation and partition upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass, fields
+
+import asyncpg
+
+from switch.journal.groupcommit import GroupCommit
+from switch.journal.schema import ensure_partitions, migrate
+
+RRN_BLOCK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TxnKey:
+    """Invariant 2: a terminal + STAN + field 7 is one transaction (``tx_date`` is field 7's date)."""
+
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewTxn:
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    rrn: str
+    kind: str
+    mti: str
+    processing_code: str
+    merchant_id: str
+    amount_fen: int
+    currency: str
+    local_time: str
+    local_date: str
+    entry_mode: str
+    pan_masked: str
+    pan_hash: bytes
+    channel: str
+    out_trade_no: str
+    request_hash: bytes
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalUpdate:
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    state: str
+    response_code: str
+    auth_id: str
+    channel_code: str
+    channel_message: str
+    channel_txn_id: str
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTxn:
+    rrn: str
+    state: str
+    request_hash: bytes
+    response_code: str | None
+    auth_id: str | None
+    channel_txn_id: str | None
+    channel: str
+
+
+_NEW_COLUMNS = [f.name for f in fields(NewTxn)]
+_NEW_TYPES = {"tx_date": "date", "amount_fen": "int8", "pan_hash": "bytea", "request_hash": "bytea"}
+_INSERT_SQL = (
+    f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
+    f"SELECT u.*, 'RECEIVED' FROM unnest("
+    + ", ".join(f"${i}::{_NEW_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
+    + f") AS u({', '.join(_NEW_COLUMNS)}) "
+    "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
+)
+_UPDATE_COLUMNS = [f.name for f in fields(FinalUpdate)]
+_KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
+_UPDATE_SQL = (
+    "UPDATE txn t SET "
+    + ", ".join(f"{c} = u.{c}" for c in _UPDATE_COLUMNS if c not in _KEY_COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"${i}::{'date' if c == 'tx_date' else 'text'}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
+    + f") AS u({', '.join(_UPDATE_COLUMNS)}) WHERE "
+    + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
+    + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted"
+)
+_FIND_SQL = (
+    "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
+    "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
+)
+
+BatchObserver = Callable[[str, int, float], None]
+
+
+def _columns(rows: Sequence[tuple]) -> list[list]:
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+def _unique_rounds(items: Sequence, key: Callable) -> list[list[int]]:
+    """Split item positions into rounds in which no key repeats (one statement cannot
+    meaningfully insert or update the same row twice)."""
+    rounds: list[list[int]] = []
+    seen: list[set] = []
+    for pos, item in enumerate(items):
+        k = key(item)
+        for r, keys in enumerate(seen):
+            if k not in keys:
+                keys.add(k)
+                rounds[r].append(pos)
+                break
+        else:
+            seen.append({k})
+            rounds.append([pos])
+    return rounds
+
+
+class Journal:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int, on_batch: BatchObserver | None = None) -> None:
+        self._pool = pool
+        parallel = max(1, (pool.get_max_size() - 1) // 2)
+        self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, parallel, on_batch)
+        self._updates = GroupCommit("outcome", self._flush_updates, max_batch, parallel, on_batch)
+        self._rrn_next = 0
+        self._rrn_end = 0
+        self._rrn_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int, max_batch: int, on_batch: BatchObserver | None = None) -> Journal:
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        journal = cls(pool, max_batch, on_batch)
+        await journal.ensure_partitions(ahead_days=7)
+        return journal
+
+    async def close(self) -> None:
+        await self._inserts.close()
+        await self._updates.close()
+        await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    @property
+    def queued(self) -> int:
+        return self._inserts.queued + self._updates.queued
+
+    async def ensure_partitions(self, ahead_days: int, today: dt.date | None = None) -> list[str]:
+        today = today or dt.datetime.now(dt.UTC).date()
+        async with self._pool.acquire() as conn:
+            return await ensure_partitions(conn, today - dt.timedelta(days=2), today + dt.timedelta(days=ahead_days))
+
+    async def next_rrn(self) -> str:
+        """A 12-digit RRN unique across all front ends (blocks of a PostgreSQL sequence)."""
+        if self._rrn_next >= self._rrn_end:
+            async with self._rrn_lock:
+                if self._rrn_next >= self._rrn_end:
+                    block = await self._pool.fetchval("SELECT nextval('rrn_block_seq')")
+                    self._rrn_next, self._rrn_end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
+        rrn = self._rrn_next
+        self._rrn_next += 1
+        return f"{rrn:012d}"
+
+    async def write_ahead(self, txn: NewTxn) -> bool:
+        """Insert and commit the RECEIVED row. False when the key already exists."""
+        return await self._inserts.submit(txn)
+
+    async def record_outcome(self, update: FinalUpdate) -> bool:
+        """Commit the transaction's new state. False when there is no such row."""
+        return await self._updates.submit(update)
+
+    async def find(self, key: TxnKey) -> StoredTxn | None:
+        row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
+        return StoredTxn(*row) if row else None
+
+    async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
+        return await self._flush(txns, _INSERT_SQL)
+
+    async def _flush_updates(self, updates: Sequence[FinalUpdate]) -> list[bool]:
+        return await self._flush(updates, _UPDATE_SQL)
+
+    async def _flush(self, items: Sequence[NewTxn] | Sequence[FinalUpdate], sql: str) -> list[bool]:
+        done = [False] * len(items)
+        async with self._pool.acquire() as conn:
+            for positions in _unique_rounds(items, lambda item: item.key):
+                rows = [astuple(items[p]) for p in positions]
+                hit = {TxnKey(*r) for r in await conn.fetch(sql, *_columns(rows))}
+                for p in positions:
+                    done[p] = items[p].key in hit
+        return done

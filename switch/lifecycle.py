@@ -1,0 +1,333 @@
+"""The transaction lifecycle: what happens to one request, from decoded message to answer.
+
+A purchase passes, in order: merchant check -> route -> capacity -> write-ahead -> channel call
+-> outcome recorded -> answer. A step that refuses ends the transaction with its response code.
+Invariants kept here: nothing reaches a channel before its journal row is committed (write-ahead);
+the outcome is committed before the answer leaves; a terminal + STAN + field 7 is one transaction
+(identical retransmissions get the original answer, conflicting ones ``94``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocols import response_codes as rc
+from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode, encode
+from protocols.masking import mask_pan
+from protocols.messages import ChannelRequest, ChannelResult, Outcome
+from protocols.validation import NETWORK_CODES, Kind, Rejection, classify, validate
+from switch.answers import answer, auth_id_for
+from switch.config import Config
+from switch.gateway import ChannelGateway
+from switch.journal import FinalUpdate, Journal, NewTxn, TxnKey
+from switch.metrics import Metrics
+from switch.routing import Router
+
+log = logging.getLogger("paysw.txn")
+
+FINAL_STATES = frozenset({"APPROVED", "DECLINED"})
+ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
+_NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
+
+
+class CloseConnection(Exception):
+    """The frame cannot be answered at all; only its connection is closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What the terminal was told about a transaction (replayed to identical retransmissions)."""
+
+    code: str
+    rrn: str
+    auth_id: str = ""
+    channel_txn_id: str = ""
+
+
+def transmission_date(field7: str, today: dt.date) -> dt.date | None:
+    """The date of field 7 (MMDD...), with the year that puts it nearest ``today``; None when
+    it is more than a day away (a stale or future-dated transmission)."""
+    month, day = int(field7[:2]), int(field7[2:4])
+    candidates = []
+    for year in (today.year - 1, today.year, today.year + 1):
+        try:
+            candidates.append(dt.date(year, month, day))
+        except ValueError:
+            continue
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda d: abs((d - today).days))
+    return best if abs((best - today).days) <= 1 else None
+
+
+class Processor:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        gateways: dict[str, ChannelGateway],
+        metrics: Metrics,
+        fingerprint: Callable[[str], bytes],
+    ) -> None:
+        self._journal = journal
+        self._gateways = gateways
+        self._metrics = metrics
+        self._fingerprint = fingerprint
+        self._router = Router(config.routing)
+        self._merchants = {m.id: m for m in config.merchants}
+        self._terminals = {t.id: t for t in config.terminals}
+        self._channels_enabled = {name: ch.enabled for name, ch in config.channels.items()}
+        self._deadline_s = config.switch.request_deadline_ms / 1000
+        self._keys = itertools.count(1)
+        self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Settled]]] = {}
+
+    # -- one frame -------------------------------------------------------------------------
+
+    async def handle_frame(self, frame: bytes) -> bytes | None:
+        """The encoded answer to one frame, None when it needs none (it was itself an answer).
+        Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
+        started = time.monotonic()
+        try:
+            decoded = decode(frame)
+        except Unparseable as exc:
+            raise CloseConnection(str(exc)) from None
+        if isinstance(decoded, DecodeFailure):
+            return await self._reject(decoded.partial, Rejection(rc.FORMAT_ERROR, decoded.field, decoded.reason))
+        message = decoded
+        if answer_mti(message["t"]) is None:
+            log.warning("message that is not a request ignored", extra={"mti": message["t"]})
+            return None
+        channel = "-"
+        try:
+            kind = classify(message)
+            rejection = kind if isinstance(kind, Rejection) else validate(kind, message)
+            if rejection is not None:
+                return await self._reject(message, rejection)
+            if kind is Kind.NETWORK:
+                out = self._network(message)
+            elif kind is Kind.PURCHASE:
+                out, channel = await self._purchase(message)
+            else:  # void, refund, inquiry, reversal: the lifecycle issue
+                return await self._reject(message, Rejection(rc.INVALID_TRANSACTION, "3", f"{kind.value} not enabled"))
+        except Exception:
+            log.exception("unexpected error while processing", extra={"mti": message.get("t")})
+            out = answer(message, rc.SYSTEM_MALFUNCTION, rrn=await self._rrn_or_blank(message))
+        self._count(message, out, channel, started)
+        return encode(out)
+
+    async def _reject(self, message: Message, rejection: Rejection) -> bytes | None:
+        if answer_mti(message.get("t", "")) is None:
+            return None
+        log.info(
+            "request rejected",
+            extra={
+                "mti": message.get("t"),
+                "reject": str(rejection),
+                "terminal": message.get("41", ""),
+                "stan": message.get("11", ""),
+            },
+        )
+        out = answer(message, rejection.code, rrn=await self._rrn_or_blank(message))
+        self._count(message, out, "-", None)
+        return encode(out)
+
+    async def _rrn_or_blank(self, message: Message) -> str:
+        mti = answer_mti(message.get("t", ""))
+        return await self._journal.next_rrn() if mti in ("0210", "0110", "0410") else ""
+
+    def _count(self, request: Message, out: Message, channel: str, started: float | None) -> None:
+        self._metrics.answers.labels(request.get("t", "?"), channel, out.get("39", "?")).inc()
+        if started is not None:
+            self._metrics.latency.labels(channel).observe(time.monotonic() - started)
+
+    # -- network management ------------------------------------------------------------------
+
+    def _network(self, message: Message) -> Message:
+        if message["41"] not in self._terminals:
+            return answer(message, rc.INVALID_MERCHANT)
+        code = message["70"]
+        if code == "101":  # needs the terminal's master key: HSM key exchange
+            return answer(message, rc.INVALID_TRANSACTION)
+        log.debug("network management", extra={"terminal": message["41"], "what": NETWORK_CODES[code]})
+        return answer(message, rc.APPROVED)
+
+    # -- purchase ----------------------------------------------------------------------------
+
+    async def _purchase(self, message: Message) -> tuple[Message, str]:
+        refusal = self._check_merchant(message)
+        if refusal is not None:
+            return answer(message, refusal, rrn=await self._journal.next_rrn()), "-"
+        routed = self._router.route(message["2"], message["22"])
+        if isinstance(routed, Rejection):
+            return answer(message, routed.code, rrn=await self._journal.next_rrn()), "-"
+        channel = routed
+        code = self._check_channel(message, channel)
+        if code is None and (tx_date := transmission_date(message["7"], dt.datetime.now(dt.UTC).date())) is None:
+            code = rc.FORMAT_ERROR  # field 7 more than a day from today
+        rrn = await self._journal.next_rrn()
+        if code is not None:
+            return answer(message, code, rrn=rrn), channel
+        txn = self._new_txn(message, channel, tx_date, rrn)
+        settled = await self._once(txn, message["2"])
+        return answer(
+            message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
+        ), channel
+
+    def _check_merchant(self, message: Message) -> str | None:
+        terminal = self._terminals.get(message["41"])
+        if terminal is None or terminal.merchant != message["42"]:
+            return rc.INVALID_MERCHANT
+        if self._merchants[terminal.merchant].suspended:
+            return rc.NOT_PERMITTED
+        return None
+
+    def _check_channel(self, message: Message, channel: str) -> str | None:
+        if channel not in self._merchants[message["42"]].channels:
+            return rc.NOT_PERMITTED
+        gateway = self._gateways.get(channel)
+        if gateway is None or not self._channels_enabled.get(channel, False) or not gateway.has_room():
+            return rc.CHANNEL_UNAVAILABLE
+        return None
+
+    def _new_txn(self, message: Message, channel: str, tx_date: dt.date, rrn: str) -> NewTxn:
+        pan = message["2"]
+        content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
+        return NewTxn(
+            tx_date=tx_date,
+            terminal_id=message["41"],
+            stan=message["11"],
+            transmitted=message["7"],
+            rrn=rrn,
+            kind=Kind.PURCHASE.value,
+            mti=message["t"],
+            processing_code=message["3"],
+            merchant_id=message["42"],
+            amount_fen=int(message["4"]),
+            currency=message["49"],
+            local_time=message["12"],
+            local_date=message["13"],
+            entry_mode=message["22"],
+            pan_masked=mask_pan(pan),
+            pan_hash=self._fingerprint(pan),
+            channel=channel,
+            out_trade_no=f"{tx_date:%Y%m%d}{rrn}",
+            request_hash=self._fingerprint(content),
+        )
+
+    async def _once(self, txn: NewTxn, pan: str) -> Settled:
+        """Invariant 2: the first arrival of a key runs; any other gets the first one's answer."""
+        under_way = self._under_way.get(txn.key)
+        if under_way is not None:
+            request_hash, settled = under_way
+            if request_hash != txn.request_hash:
+                return Settled(rc.DUPLICATE_TRANSMISSION, txn.rrn)
+            return await asyncio.shield(settled)
+        settled = asyncio.get_running_loop().create_future()
+        self._under_way[txn.key] = (txn.request_hash, settled)
+        try:
+            outcome = await self._run(txn, pan)
+            settled.set_result(outcome)
+            return outcome
+        except BaseException as exc:
+            settled.set_exception(exc)
+            settled.exception()  # retrieved: retransmissions waiting on it get the same error
+            raise
+        finally:
+            del self._under_way[txn.key]
+
+    async def _run(self, txn: NewTxn, pan: str) -> Settled:
+        """``pan`` goes to the channel and nowhere else: the journal keeps it masked and hashed."""
+        try:
+            inserted = await self._journal.write_ahead(txn)
+        except Exception:
+            log.exception("write-ahead failed; nothing was sent", extra={"rrn": txn.rrn})
+            return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
+        if not inserted:
+            return await self._replay(txn)
+        result = await self._call_channel(txn, pan)
+        settled = self._settle(txn, result)
+        update = FinalUpdate(
+            txn.tx_date,
+            txn.terminal_id,
+            txn.stan,
+            txn.transmitted,
+            result.outcome.value,
+            settled.code,
+            settled.auth_id,
+            result.channel_code,
+            result.channel_message[:200],
+            result.channel_txn_id,
+        )
+        try:
+            await self._journal.record_outcome(update)
+        except Exception:
+            # The row stays RECEIVED: recovery will query the channel and settle it.
+            log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
+            return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
+        log.debug(
+            "purchase done",
+            extra={
+                "rrn": txn.rrn,
+                "terminal": txn.terminal_id,
+                "stan": txn.stan,
+                "pan": txn.pan_masked,
+                "channel": txn.channel,
+                "code": settled.code,
+            },
+        )
+        return settled
+
+    async def _replay(self, txn: NewTxn) -> Settled:
+        """The key is already in the journal (another front end, or before a restart)."""
+        stored = await self._journal.find(txn.key)
+        if stored is None:
+            return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
+        if stored.request_hash != txn.request_hash:
+            return Settled(rc.DUPLICATE_TRANSMISSION, txn.rrn)
+        if stored.state in FINAL_STATES and stored.response_code:
+            return Settled(stored.response_code, stored.rrn, stored.auth_id or "", stored.channel_txn_id or "")
+        return Settled(rc.IN_PROGRESS, stored.rrn)
+
+    async def _call_channel(self, txn: NewTxn, pan: str) -> ChannelResult:
+        gateway = self._gateways[txn.channel]
+        key = next(self._keys)
+        deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
+        request = ChannelRequest(
+            key=key,
+            op="pay",
+            out_trade_no=txn.out_trade_no,
+            amount_fen=txn.amount_fen,
+            auth_code=pan,
+            merchant_channel_id=self._merchant_channel_id(txn),
+            terminal_id=txn.terminal_id,
+            deadline=deadline,
+        )
+        started = time.monotonic()
+        self._metrics.in_flight.labels(txn.channel).inc()
+        call = asyncio.ensure_future(gateway.call(request))
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), max(0.0, deadline - time.time()))
+        except TimeoutError:
+            call.add_done_callback(
+                lambda _: log.warning(
+                    "late channel answer; left UNKNOWN for the resolver", extra={"rrn": txn.rrn, "channel": txn.channel}
+                )
+            )
+            return ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "DEADLINE", "no answer in time")
+        finally:
+            self._metrics.in_flight.labels(txn.channel).dec()
+            self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
+
+    def _settle(self, txn: NewTxn, result: ChannelResult) -> Settled:
+        if result.outcome is Outcome.APPROVED:
+            return Settled(rc.APPROVED, txn.rrn, auth_id_for(txn.rrn), result.channel_txn_id)
+        return Settled(result.response_code, txn.rrn, "", result.channel_txn_id)
+
+    def _merchant_channel_id(self, txn: NewTxn) -> str:
+        return self._merchants[txn.merchant_id].channel_ids.get(txn.channel, "")

@@ -1,0 +1,39 @@
+"""Routing by payment code or card number (spec section 5). The table is configuration: payment
+codes (entry mode 031) by prefix and length, cards (021 / 051) by BIN with a Luhn check. The
+longest matching prefix wins."""
+
+from __future__ import annotations
+
+from protocols import response_codes as rc
+from protocols.masking import luhn_ok
+from protocols.validation import Rejection
+from switch.config import RoutingSection
+
+CODE_ENTRY = "031"
+
+
+class Router:
+    def __init__(self, routing: RoutingSection) -> None:
+        self._codes = sorted(
+            ((prefix, route) for route in routing.codes for prefix in route.prefixes),
+            key=lambda item: -len(item[0]),
+        )
+        self._bins = sorted(((b.prefix, b.channel) for b in routing.card_bins), key=lambda item: -len(item[0]))
+
+    def route(self, pan: str, entry_mode: str) -> str | Rejection:
+        """The channel for ``pan``, or a ``14`` rejection saying why there is none."""
+        if entry_mode == CODE_ENTRY:
+            for prefix, route in self._codes:
+                if pan.startswith(prefix):
+                    if len(pan) not in route.lengths:
+                        return Rejection(rc.INVALID_PAYMENT_CODE, "2", f"wrong length for {route.channel}")
+                    if route.luhn and not luhn_ok(pan):
+                        return Rejection(rc.INVALID_PAYMENT_CODE, "2", f"check digit for {route.channel}")
+                    return route.channel
+            return Rejection(rc.INVALID_PAYMENT_CODE, "2", "no route for this payment code")
+        if not 13 <= len(pan) <= 19 or not luhn_ok(pan):
+            return Rejection(rc.INVALID_PAYMENT_CODE, "2", "card number length or check digit")
+        for prefix, channel in self._bins:
+            if pan.startswith(prefix):
+                return channel
+        return Rejection(rc.INVALID_PAYMENT_CODE, "2", "no route for this card BIN")

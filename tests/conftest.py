@@ -1,0 +1,182 @@
+"""Fixtures on real parts: a real PostgreSQL (embedded pgserver, or SWITCH_DATABASE_URL), the
+channel simulators as real processes, and the switch as a real ``paysw run`` process with its
+own local Ray cluster, all on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from switch.journal.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "bench" / "demo_config"
+KEYS = DEMO / "keys"
+# The wechat channel's timeout in the test configuration: a "slow" payment code (..98) makes the
+# simulator answer after 3 s, past it, so the switch must treat the call as UNKNOWN.
+WECHAT_TIMEOUT_MS = 1500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} not open after {timeout}s")
+
+
+def run(coro):
+    """Run one scenario on a fresh event loop (tests are plain functions)."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SWITCH_DATABASE_URL", "")
+    if url:
+        yield url
+        return
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    yield embedded.start()
+    embedded.stop()
+
+
+@dataclass(frozen=True)
+class Ports:
+    switch: int
+    admin: int
+    channels: dict[str, int]
+
+
+@pytest.fixture(scope="session")
+def ports() -> Ports:
+    names = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+    return Ports(free_port(), free_port(), {n: free_port() for n in names})
+
+
+def _localise(text: str, ports: Ports) -> str:
+    """The demo configuration with free ports and absolute key paths."""
+    for i, name in enumerate(("wechat", "alipay", "unionpay", "ecny", "inbank")):
+        text = text.replace(f"127.0.0.1:{9101 + i}", f"127.0.0.1:{ports.channels[name]}")
+    text = text.replace('"keys/', f'"{KEYS}/')
+    return text
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
+    folder = tmp_path_factory.mktemp("config")
+    switch = _localise((DEMO / "switch.toml").read_text(), ports)
+    switch = switch.replace("127.0.0.1:8583", f"127.0.0.1:{ports.switch}")
+    switch = switch.replace("127.0.0.1:9583", f"127.0.0.1:{ports.admin}")
+    switch = switch.replace("stalled_frame_timeout_s = 30", "stalled_frame_timeout_s = 1")
+    switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
+    switch, n = re.subn(
+        r'(endpoint = "http://127.0.0.1:\d+"\napp_id = "wx2421b1c4370ec43b"\nmch_id = "10000100"\n'
+        r"(?:.*\n){4})timeout_ms = 10000",
+        rf"\g<1>timeout_ms = {WECHAT_TIMEOUT_MS}",
+        switch,
+    )
+    assert n == 1, "could not set the wechat channel timeout in the test configuration"
+    (folder / "switch.toml").write_text(switch)
+    (folder / "simulators.toml").write_text(_localise((DEMO / "simulators.toml").read_text(), ports))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[dict[str, int]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "switch.cli",
+            "sim",
+            "--config",
+            str(config_dir / "simulators.toml"),
+            "--audit-dsn",
+            database_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for port in ports.channels.values():
+            wait_for_port(port, 30, proc)
+        yield ports.channels
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+@dataclass(frozen=True)
+class RunningSwitch:
+    host: str
+    port: int
+    admin: int
+    log_path: Path
+    process: subprocess.Popen
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="session")
+def switch(
+    config_dir: Path,
+    ports: Ports,
+    database_url: str,
+    simulators: dict[str, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningSwitch]:
+    log_path = tmp_path_factory.mktemp("logs") / "switch.log"
+    env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "switch.cli",
+                "run",
+                "--config",
+                str(config_dir / "switch.toml"),
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    running = RunningSwitch("127.0.0.1", ports.switch, ports.admin, log_path, proc)
+    try:
+        wait_for_port(ports.admin, 180, proc)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        # A clean stop on SIGTERM: Ray, actors, pools and the journal closed, exit status 0.
+        assert proc.wait(timeout=60) == 0, f"the switch did not stop cleanly; see {log_path}"

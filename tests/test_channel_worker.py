@@ -1,0 +1,149 @@
+"""The channel actor's logic on real sockets: what a failed call establishes about the money.
+
+A refused connection certainly sent nothing (DECLINED 91, sent=False); a hung or broken channel
+may have the request (UNKNOWN); nothing is sent after the deadline or past the in-flight limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from actors.channel_actor import ChannelWorker
+from bench.demo_config import DEMO_DIR
+from protocols import response_codes as rc
+from protocols.messages import ChannelRequest, Outcome
+from switch.config import load_config
+from tests.conftest import free_port, run
+
+WECHAT = load_config(DEMO_DIR / "switch.toml").channels["wechat"]
+
+
+def worker_for(endpoint: str, **changes) -> ChannelWorker:
+    import msgspec
+
+    return ChannelWorker("wechat", msgspec.structs.replace(WECHAT, endpoint=endpoint, **changes), str(DEMO_DIR), 0)
+
+
+def request(key: int = 1, deadline_in: float = 5.0) -> ChannelRequest:
+    return ChannelRequest(
+        key,
+        "pay",
+        f"2026112300000000{key:04d}",
+        100,
+        "134567890123456700",
+        "SUB",
+        "T0000001",
+        time.time() + deadline_in,
+    )
+
+
+async def serve(handler) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_post("/pay/micropay", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+def test_refused_connection_is_certainly_not_sent():
+    async def scenario():
+        worker = worker_for(f"http://127.0.0.1:{free_port()}")
+        result = await worker.call(request())
+        await worker.close()
+        assert (result.outcome, result.response_code, result.sent) == (Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, False)
+
+    run(scenario())
+
+
+def test_hung_channel_is_unknown_after_the_timeout():
+    async def hang(_):
+        await asyncio.sleep(30)
+
+    async def scenario():
+        runner, port = await serve(hang)
+        worker = worker_for(f"http://127.0.0.1:{port}", timeout_ms=300)
+        started = time.monotonic()
+        result = await worker.call(request())
+        elapsed = time.monotonic() - started
+        await worker.close()
+        await runner.cleanup()
+        assert (result.outcome, result.channel_code, result.sent) == (Outcome.UNKNOWN, "TIMEOUT", True)
+        assert elapsed < 2
+
+    run(scenario())
+
+
+def test_connection_cut_mid_answer_is_unknown():
+    async def cut(request):
+        response = web.StreamResponse(headers={"Content-Length": "500"})
+        await response.prepare(request)
+        await response.write(b"<xml><return_code>")
+        request.transport.close()
+        return response
+
+    async def scenario():
+        runner, port = await serve(cut)
+        worker = worker_for(f"http://127.0.0.1:{port}")
+        result = await worker.call(request())
+        await worker.close()
+        await runner.cleanup()
+        assert (result.outcome, result.response_code) == (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE)
+
+    run(scenario())
+
+
+def test_nothing_is_sent_after_the_deadline_or_past_the_in_flight_limit():
+    calls = 0
+
+    async def slow(_):
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(1)
+        return web.Response(text="<xml></xml>")
+
+    async def scenario():
+        runner, port = await serve(slow)
+        worker = worker_for(f"http://127.0.0.1:{port}", max_in_flight=2, pool_size=1, timeout_ms=3000)
+        expired = await worker.call(request(deadline_in=-1))
+        results = await asyncio.gather(*(worker.call(request(key)) for key in range(2, 6)))
+        await worker.close()
+        await runner.cleanup()
+        assert (expired.outcome, expired.sent, expired.channel_code) == (Outcome.DECLINED, False, "DEADLINE")
+        busy = [r for r in results if r.channel_code == "BUSY"]
+        assert len(busy) == 2 and all(not r.sent and r.response_code == rc.CHANNEL_UNAVAILABLE for r in busy)
+        assert calls == 2  # one connection: the second admitted call waited for it, then went out
+
+    run(scenario())
+
+
+def test_batch_results_stream_back_as_they_complete():
+    async def by_amount(request):
+        body = await request.read()
+        await asyncio.sleep(2 if b"<total_fee><![CDATA[999]]>" in body else 0)
+        return web.Response(text="<xml><return_code>FAIL</return_code></xml>")
+
+    async def scenario():
+        from protocols.messages import BATCH_ENCODER, RESULTS_DECODER
+
+        runner, port = await serve(by_amount)
+        worker = worker_for(f"http://127.0.0.1:{port}")
+        slow = ChannelRequest(
+            1, "pay", "20261123000000000001", 999, "134567890123456700", "S", "T0000001", time.time() + 10
+        )
+        fast = [request(key) for key in range(2, 6)]
+        started = time.monotonic()
+        arrivals = []
+        async for group in worker.process(BATCH_ENCODER.encode([slow, *fast])):
+            arrivals.append((time.monotonic() - started, [r.key for r in RESULTS_DECODER.decode(group)]))
+        await worker.close()
+        await runner.cleanup()
+        fast_keys = {k for t, keys in arrivals if t < 1 for k in keys}
+        assert fast_keys == {2, 3, 4, 5}, arrivals  # not held back by the slow one
+        assert arrivals[-1][1] == [1] and arrivals[-1][0] >= 2
+
+    run(scenario())

@@ -1,0 +1,46 @@
+"""``paysw demo``: the README's first command, run twice in the same folder; it prints the
+summary for every channel and leaves nothing running."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.traffic import CODE_SHAPES
+
+
+def _processes(pattern: str) -> set[int]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if pattern in cmdline:
+                found.add(int(pid))
+    return found
+
+
+def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
+    data_dir = tmp_path / "paysw"
+    for attempt in (1, 2):
+        result = subprocess.run(
+            [sys.executable, "-m", "switch.cli", "demo", "--count", "20", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, f"attempt {attempt}: {result.stdout}\n{result.stderr}"
+        for channel in CODE_SHAPES:
+            line = re.search(rf"^{channel}\s+(\d+)\s+(\d+)", result.stdout, re.MULTILINE)
+            assert line, f"no summary line for {channel}:\n{result.stdout}"
+            count, approved = int(line[1]), int(line[2])
+            assert count == 20 and approved >= 10
+        assert "Traceback" not in result.stderr
+        assert not (data_dir / "pg" / "postmaster.pid").exists(), "PostgreSQL left running"
+        assert not _processes(str(data_dir)), "a process of the demo is still running"
+    journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
+    assert journal and "APPROVED=" in journal[1]

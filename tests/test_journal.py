@@ -1,0 +1,199 @@
+"""The journal on a real PostgreSQL: schema, partitions, group commit, invariant 2, state moves."""
+
+import asyncio
+import datetime as dt
+import itertools
+import uuid
+
+import asyncpg
+import pytest
+
+from switch.journal import FinalUpdate, Journal, NewTxn
+from switch.journal.schema import MIGRATIONS, migrate
+from tests.conftest import run
+
+TODAY = dt.datetime.now(dt.UTC).date()
+_stans = itertools.count(1)
+
+
+def new_txn(rrn: str, terminal: str | None = None, amount: int = 100) -> NewTxn:
+    terminal = terminal or f"J{uuid.uuid4().hex[:7].upper()}"
+    return NewTxn(
+        TODAY,
+        terminal,
+        f"{next(_stans) % 1_000_000:06d}",
+        "1123120000",
+        rrn,
+        "purchase",
+        "0200",
+        "000000",
+        "898310048990001",
+        amount,
+        "156",
+        "120000",
+        "1123",
+        "031",
+        "134567********6700",
+        b"pan-hash",
+        "wechat",
+        f"{TODAY:%Y%m%d}{rrn}",
+        b"request-hash",
+    )
+
+
+def outcome(txn: NewTxn, state: str, code: str = "00") -> FinalUpdate:
+    return FinalUpdate(txn.tx_date, txn.terminal_id, txn.stan, txn.transmitted, state, code, "", "", "", "")
+
+
+async def open_journal(url: str) -> Journal:
+    return await Journal.open(url, pool_size=6, max_batch=512)
+
+
+def test_migrations_are_idempotent_and_partitions_exist(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            async with journal.pool.acquire() as conn:
+                assert await migrate(conn) == len(MIGRATIONS)
+                assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
+            names = {
+                r["relname"]
+                for r in await journal.pool.fetch(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'txn'::regclass"
+                )
+            }
+            for offset in range(-2, 8):
+                assert f"txn_{TODAY + dt.timedelta(days=offset):%Y%m%d}" in names
+            assert await journal.ensure_partitions(ahead_days=7) == []  # nothing new the second time
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_write_ahead_is_committed_and_a_key_is_one_transaction(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            # The same key three times at once: one insert wins, in one group-commit batch or not.
+            results = await asyncio.gather(*(journal.write_ahead(txn) for _ in range(3)))
+            assert sorted(results) == [False, False, True]
+            # Committed: another connection sees it.
+            other = await asyncpg.connect(database_url)
+            try:
+                state = await other.fetchval("SELECT state FROM txn WHERE rrn = $1", txn.rrn)
+            finally:
+                await other.close()
+            assert state == "RECEIVED"
+            stored = await journal.find(txn.key)
+            assert stored is not None and stored.rrn == txn.rrn and stored.request_hash == b"request-hash"
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_group_commit_shares_round_trips(database_url):
+    async def scenario():
+        sizes: list[int] = []
+        journal = await Journal.open(
+            database_url,
+            pool_size=4,
+            max_batch=512,
+            on_batch=lambda op, n, _: sizes.append(n) if op == "write_ahead" else None,
+        )
+        try:
+            txns = [new_txn(await journal.next_rrn()) for _ in range(400)]
+            assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
+            assert sum(sizes) == 400
+            assert len(sizes) < 40, f"400 concurrent writes took {len(sizes)} round trips"
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_state_moves_follow_the_table_and_are_recorded(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(txn)
+            assert await journal.record_outcome(outcome(txn, "PENDING", "09"))
+            assert await journal.record_outcome(outcome(txn, "APPROVED"))
+            with pytest.raises(asyncpg.CheckViolationError, match="APPROVED -> RECEIVED not allowed"):
+                await journal.record_outcome(outcome(txn, "RECEIVED"))
+            moves = await journal.pool.fetch(
+                "SELECT from_state, to_state FROM txn_move WHERE rrn = $1 ORDER BY moved_at", txn.rrn
+            )
+            assert [(m["from_state"], m["to_state"]) for m in moves] == [
+                (None, "RECEIVED"),
+                ("RECEIVED", "PENDING"),
+                ("PENDING", "APPROVED"),
+            ]
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            good = [new_txn(await journal.next_rrn()) for _ in range(5)]
+            bad = new_txn(await journal.next_rrn())
+            for t in [*good, bad]:
+                assert await journal.write_ahead(t)
+            assert await journal.record_outcome(outcome(bad, "DECLINED", "05"))
+            results = await asyncio.gather(
+                *(journal.record_outcome(outcome(t, "APPROVED")) for t in good),
+                journal.record_outcome(outcome(bad, "APPROVED")),  # DECLINED -> APPROVED is not a move
+                return_exceptions=True,
+            )
+            assert results[:5] == [True] * 5
+            assert isinstance(results[5], asyncpg.CheckViolationError)
+            states = {
+                r["rrn"]: r["state"]
+                for r in await journal.pool.fetch(
+                    "SELECT rrn, state FROM txn WHERE rrn = ANY($1)", [t.rrn for t in [*good, bad]]
+                )
+            }
+            assert [states[t.rrn] for t in good] == ["APPROVED"] * 5 and states[bad.rrn] == "DECLINED"
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_rrns_are_unique_across_front_ends(database_url):
+    async def scenario():
+        first, second = await open_journal(database_url), await open_journal(database_url)
+        try:
+            rrns = await asyncio.gather(*(j.next_rrn() for j in [first, second] * 1500))
+            assert len(set(rrns)) == 3000
+            assert all(len(r) == 12 and r.isdigit() for r in rrns)
+        finally:
+            await first.close()
+            await second.close()
+
+    run(scenario())
+
+
+def test_amounts_are_integer_fen_and_never_negative(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            column = await journal.pool.fetchval(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'txn' AND column_name = 'amount_fen'"
+            )
+            assert column == "bigint"
+            with pytest.raises(asyncpg.CheckViolationError):
+                await journal.write_ahead(new_txn(await journal.next_rrn(), amount=-1))
+        finally:
+            await journal.close()
+
+    run(scenario())

@@ -1,0 +1,58 @@
+"""Routing by payment code and card BIN (spec section 5), on the demo routing table."""
+
+import pytest
+
+from bench.demo_config import DEMO_SWITCH_CONFIG
+from protocols import response_codes as rc
+from protocols.masking import luhn_ok, mask_pan
+from protocols.validation import Rejection
+from switch.config import load_config
+from switch.routing import Router
+
+ROUTER = Router(load_config(DEMO_SWITCH_CONFIG).routing)
+
+
+@pytest.mark.parametrize(
+    ("code", "channel"),
+    [
+        ("10" + "0" * 16, "wechat"),
+        ("15" + "9" * 16, "wechat"),
+        ("25" + "1" * 14, "alipay"),
+        ("30" + "1" * 17, "alipay"),
+        ("62" + "1" * 17, "unionpay"),
+        ("01" + "2" * 17, "ecny"),
+        ("88" + "3" * 17, "inbank"),
+    ],
+)
+def test_payment_codes_route_by_prefix_and_length(code, channel):
+    assert ROUTER.route(code, "031") == channel
+
+
+@pytest.mark.parametrize("code", ["13" + "0" * 17, "62" + "1" * 16, "01" + "2" * 18, "25" + "1" * 13])
+def test_wrong_length_for_its_channel_is_14(code):
+    result = ROUTER.route(code, "031")
+    assert isinstance(result, Rejection) and result.code == rc.INVALID_PAYMENT_CODE
+    assert "length" in result.reason
+
+
+def test_unknown_prefix_is_14():
+    result = ROUTER.route("99" + "0" * 16, "031")
+    assert isinstance(result, Rejection) and result.code == rc.INVALID_PAYMENT_CODE
+
+
+def test_cards_route_by_bin_with_luhn():
+    card = "6222020200112233446"
+    assert luhn_ok(card)
+    assert ROUTER.route(card, "051") == "unionpay"
+    assert ROUTER.route("4111111111111111", "021") == "unionpay"
+    bad_check = ROUTER.route("6222020200112233445", "051")
+    assert isinstance(bad_check, Rejection) and bad_check.code == rc.INVALID_PAYMENT_CODE
+    no_bin = ROUTER.route("5500005555555559", "051")
+    assert isinstance(no_bin, Rejection) and no_bin.code == rc.INVALID_PAYMENT_CODE
+
+
+def test_masking_keeps_first_six_and_last_four_only():
+    assert mask_pan("6222020200112233446") == "622202*********3446"
+    assert mask_pan("134567890123456700") == "134567********6700"
+    assert mask_pan("1234567890") == "**********"
+    assert mask_pan("") == ""

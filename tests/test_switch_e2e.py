@@ -1,0 +1,306 @@
+"""End to end: real TCP into a real ``paysw run`` (local Ray, channel actors), real simulator
+processes, a real PostgreSQL journal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import random
+import re
+import urllib.request
+
+import asyncpg
+import pytest
+
+from bench.client import IsoClient
+from bench.traffic import CODE_SHAPES, Stans, network, payment_code, purchase
+from protocols.iso8583 import encode, encode_body
+from tests.conftest import WECHAT_TIMEOUT_MS, run
+
+MERCHANT = "898310048990001"
+TERMINAL = "T0000001"
+RNG = random.Random()
+STANS = Stans(start=RNG.randrange(1, 900_000))
+SENT_PANS: list[str] = []
+
+
+def new_purchase(
+    channel: str, suffix: str = "00", terminal: str = TERMINAL, merchant: str = MERCHANT, amount: int = 1234
+) -> dict[str, str]:
+    pan = payment_code(channel, suffix, RNG)
+    SENT_PANS.append(pan)
+    return purchase(terminal, merchant, pan, amount, STANS.next(terminal))
+
+
+@contextlib.asynccontextmanager
+async def connected(switch):
+    client = await IsoClient.connect(switch.host, switch.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def journal_row(database_url: str, rrn: str) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow("SELECT * FROM txn WHERE rrn = $1", rrn)
+    finally:
+        await conn.close()
+
+
+def sim_audit(simulators: dict[str, int], channel: str, out_trade_no: str) -> list[dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/audit", timeout=5) as response:
+        return [a for a in json.load(response) if a["out_trade_no"] == out_trade_no]
+
+
+def out_trade_no(rrn: str) -> str:
+    return f"{dt.datetime.now(dt.UTC):%Y%m%d}{rrn}"
+
+
+@pytest.mark.parametrize("channel", list(CODE_SHAPES))
+def test_purchase_is_approved_and_journaled(switch, database_url, channel):
+    async def scenario():
+        async with connected(switch) as client:
+            request = new_purchase(channel)
+            answer = await client.request(request)
+        assert answer["t"] == "0210" and answer["39"] == "00"
+        for field in ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49"):
+            assert answer[field] == request[field], f"field {field} not echoed"
+        assert re.fullmatch(r"\d{12}", answer["37"]) and len(answer["38"]) == 6 and answer["62"]
+        row = await journal_row(database_url, answer["37"])
+        assert row is not None
+        assert (row["state"], row["response_code"], row["channel"]) == ("APPROVED", "00", channel)
+        assert row["amount_fen"] == 1234 and row["auth_id"] == answer["38"]
+        assert row["channel_txn_id"] == answer["62"]
+        assert row["pan_masked"] == request["2"][:6] + "*" * (len(request["2"]) - 10) + request["2"][-4:]
+
+    run(scenario())
+
+
+DECLINES = [
+    (suffix, code, state)
+    for suffix, code, state in [
+        ("51", "51", "DECLINED"),
+        ("54", "54", "DECLINED"),
+        ("14", "14", "DECLINED"),
+        ("05", "05", "DECLINED"),
+        ("09", "09", "PENDING"),
+        ("96", "91", "UNKNOWN"),
+    ]
+]
+
+
+@pytest.mark.parametrize("channel", list(CODE_SHAPES))
+def test_channel_outcomes_map_to_spec_codes_and_states(switch, database_url, channel):
+    async def scenario():
+        async with connected(switch) as client:
+            answers = await asyncio.gather(*(client.request(new_purchase(channel, s)) for s, _, _ in DECLINES))
+        for (suffix, code, state), answer in zip(DECLINES, answers, strict=True):
+            assert answer["39"] == code, f"{channel} ..{suffix}"
+            assert "38" not in answer
+            row = await journal_row(database_url, answer["37"])
+            assert row["state"] == state, f"{channel} ..{suffix}"
+
+    run(scenario())
+
+
+def test_channel_timeout_is_unknown_not_failed(switch, database_url):
+    async def scenario():
+        async with connected(switch) as client:
+            started = asyncio.get_running_loop().time()
+            answer = await client.request(new_purchase("wechat", "98"))  # the simulator answers after 3 s
+            elapsed = asyncio.get_running_loop().time() - started
+        assert answer["39"] == "91"
+        assert elapsed < WECHAT_TIMEOUT_MS / 1000 + 1.5
+        row = await journal_row(database_url, answer["37"])
+        assert (row["state"], row["channel_code"]) == ("UNKNOWN", "TIMEOUT")
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("channel", list(CODE_SHAPES))
+def test_journal_row_is_committed_before_the_channel_sees_the_request(switch, simulators, channel):
+    async def scenario():
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase(channel))
+        seen = sim_audit(simulators, channel, out_trade_no(answer["37"]))
+        # The simulator looked the row up in the journal, over its own connection, on arrival.
+        assert [s["journal_state"] for s in seen] == ["RECEIVED"]
+
+    run(scenario())
+
+
+def test_identical_retransmission_gets_the_original_answer_without_a_second_channel_call(switch, simulators):
+    async def scenario():
+        request = new_purchase("alipay")
+        async with connected(switch) as client:
+            first = await client.request(request)
+        async with connected(switch) as client:  # a terminal that reconnected and resent
+            again = await client.request(dict(request))
+        assert first["39"] == "00"
+        assert {k: again[k] for k in ("37", "38", "39", "62")} == {k: first[k] for k in ("37", "38", "39", "62")}
+        assert len(sim_audit(simulators, "alipay", out_trade_no(first["37"]))) == 1
+
+    run(scenario())
+
+
+def test_pipelined_identical_requests_reach_the_channel_once(switch, simulators):
+    async def scenario():
+        request = new_purchase("wechat")
+        async with connected(switch) as client:
+            await client.send_raw(encode(request) + encode(request) + encode(request))
+            answers = [await client.next_unmatched() for _ in range(3)]
+        assert len({(a["37"], a["39"], a.get("38")) for a in answers}) == 1
+        assert answers[0]["39"] == "00"
+        assert len(sim_audit(simulators, "wechat", out_trade_no(answers[0]["37"]))) == 1
+
+    run(scenario())
+
+
+def test_conflicting_retransmission_is_94_and_changes_nothing(switch, database_url):
+    async def scenario():
+        request = new_purchase("unionpay", amount=500)
+        async with connected(switch) as client:
+            first = await client.request(request)
+            conflicting = await client.request({**request, "4": f"{900:012d}"})
+        assert (first["39"], conflicting["39"]) == ("00", "94")
+        assert conflicting["37"] != first["37"]
+        row = await journal_row(database_url, first["37"])
+        assert (row["amount_fen"], row["state"]) == (500, "APPROVED")
+
+    run(scenario())
+
+
+def _far_date(request: dict[str, str]) -> dict[str, str]:
+    far = dt.datetime.now(dt.UTC) - dt.timedelta(days=5)
+    return {**request, "7": far.strftime("%m%d%H%M%S")}
+
+
+BAD_INPUT = [
+    ("missing field 4", lambda r: {k: v for k, v in r.items() if k != "4"}, "30"),
+    ("missing field 25", lambda r: {k: v for k, v in r.items() if k != "25"}, "30"),
+    ("amount zero", lambda r: {**r, "4": "000000000000"}, "13"),
+    ("amount not numeric", lambda r: {**r, "4": "00000000012X"}, "13"),
+    ("no route", lambda r: {**r, "2": "99" + r["2"][2:]}, "14"),
+    ("wrong length", lambda r: {**r, "2": r["2"][:-1]}, "14"),
+    ("unsupported processing code", lambda r: {**r, "3": "310000"}, "12"),
+    ("void not enabled yet", lambda r: {**r, "3": "020000", "37": "000000000001"}, "12"),
+    ("unknown terminal", lambda r: {**r, "41": "X9999999"}, "03"),
+    ("terminal of another merchant", lambda r: {**r, "42": "898310048990002"}, "03"),
+    ("suspended merchant", lambda r: {**r, "41": "S0000001", "42": "898310048990003"}, "57"),
+    ("channel not enabled for the merchant", lambda r: {**r, "41": "K0000001", "42": "898310048990002"}, "57"),
+    ("field 7 days away", _far_date, "30"),
+    ("currency not CNY", lambda r: {**r, "49": "840"}, "30"),
+]
+
+
+def test_bad_input_gets_spec_codes_and_the_connection_survives(switch):
+    async def scenario():
+        async with connected(switch) as client:
+            for what, spoil, code in BAD_INPUT:
+                request = spoil(new_purchase("unionpay"))
+                answer = await client.request(request)
+                assert answer["39"] == code, what
+                assert answer["t"] == "0210" and re.fullmatch(r"\d{12}", answer["37"]), what
+                assert answer["11"] == request["11"] and answer["41"] == request["41"], what
+            echo = await client.request(network(TERMINAL, STANS.next(TERMINAL), "301"))
+            assert echo["39"] == "00"
+
+    run(scenario())
+
+
+def test_partially_decodable_message_is_answered_30(switch):
+    async def scenario():
+        body = encode_body(new_purchase("ecny"))[:-12]  # cut inside field 42
+        async with connected(switch) as client:
+            await client.send_raw(len(body).to_bytes(2, "big") + body)
+            answer = await client.next_unmatched()
+            assert (answer["t"], answer["39"], answer["41"]) == ("0210", "30", TERMINAL)
+            assert (await client.request(network(TERMINAL, STANS.next(TERMINAL))))["39"] == "00"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("poison", [b"\x00\x05\x01\x02garb", (5000).to_bytes(2, "big") + b"x" * 10])
+def test_unparseable_or_oversized_frame_closes_only_its_connection(switch, poison):
+    async def scenario():
+        async with connected(switch) as healthy, connected(switch) as poisoned:
+            await poisoned.send_raw(poison)
+            await asyncio.wait_for(poisoned.closed.wait(), 10)
+            answer = await healthy.request(new_purchase("inbank"))
+            assert answer["39"] == "00"
+
+    run(scenario())
+
+
+def test_stalled_partial_frame_closes_the_connection(switch):
+    async def scenario():
+        async with connected(switch) as client:
+            frame = encode(new_purchase("wechat"))
+            await client.send_raw(frame[:20])
+            await asyncio.wait_for(client.closed.wait(), 10)  # the test configuration stalls out after 1 s
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("code", "expected"), [("001", "00"), ("002", "00"), ("301", "00"), ("101", "12")])
+def test_network_management(switch, code, expected):
+    async def scenario():
+        async with connected(switch) as client:
+            request = network(TERMINAL, STANS.next(TERMINAL), code)
+            answer = await client.request(request)
+            unknown = await client.request(network("X0000009", STANS.next("X0000009"), code))
+        assert (answer["t"], answer["39"], answer["70"], answer["7"]) == ("0810", expected, code, request["7"])
+        assert unknown["39"] == "03"
+
+    run(scenario())
+
+
+def test_pipelined_requests_on_one_connection_are_all_answered(switch):
+    async def scenario():
+        channels = list(CODE_SHAPES)
+        async with connected(switch) as client:
+            requests = [new_purchase(channels[i % 5], terminal=f"T000000{1 + i % 4}") for i in range(300)]
+            answers = await asyncio.gather(*(client.request(r) for r in requests))
+        assert [a["11"] for a in answers] == [r["11"] for r in requests]
+        assert all(a["39"] == "00" for a in answers)
+        assert len({a["37"] for a in answers}) == 300
+
+    run(scenario())
+
+
+def test_metrics_and_health_endpoints(switch):
+    assert switch.get("/healthz")[0] == 200
+    assert switch.get("/readyz")[0] == 200
+    status, text = switch.get("/metrics")
+    assert status == 200
+    assert re.search(r'paysw_answers_total\{channel="wechat",code="00",mti="0200"\} [1-9]', text)
+    assert "paysw_journal_batch_size_bucket" in text
+    assert SENT_PANS, "run after the purchases, so there is something to leak"
+    assert not [pan for pan in SENT_PANS if pan in text or pan[:6] + "*" in text], "payment code in the metrics"
+    labels = set(re.findall(r'(\w+)="', text))
+    assert labels <= {"mti", "channel", "code", "op", "reason", "le"}, f"unbounded labels: {labels}"
+
+
+def test_no_full_payment_code_in_logs_or_journal(switch, database_url):
+    async def scenario():
+        async with connected(switch) as client:
+            for channel in CODE_SHAPES:
+                for suffix in ("00", "51", "96"):
+                    await client.request(new_purchase(channel, suffix))
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT t::text AS row FROM txn t")
+        finally:
+            await conn.close()
+        journal_text = "\n".join(r["row"] for r in rows)
+        log_text = switch.log_path.read_text()
+        assert '"level": "DEBUG"' in log_text  # the switch logged at DEBUG: the check means something
+        for pan in SENT_PANS:
+            assert pan not in log_text, f"{pan[:6]}... in the switch log"
+            assert pan not in journal_text, f"{pan[:6]}... in the journal"
+
+    run(scenario())
