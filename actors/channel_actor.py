@@ -37,6 +37,7 @@ class ChannelWorker:
         keys = config.keys
         hsm = SoftwareHsm(base_dir)
         self._sign = hsm.signer(keys.sign_algorithm, keys.sign_key)
+        self._sign_in_thread = hsm.is_costly(keys.sign_algorithm)
         self._verify = hsm.verifier(keys.verify_algorithm, keys.verify_key)
         self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
@@ -87,9 +88,12 @@ class ChannelWorker:
         sent = False
         try:
             loop = asyncio.get_running_loop()
-            call = await loop.run_in_executor(
-                self._threads, self._connector.pay_call, req, self._ident, self._sign, time.time()
-            )
+            if self._sign_in_thread:  # keeps the event loop (and the other calls) moving meanwhile
+                call = await loop.run_in_executor(
+                    self._threads, self._connector.pay_call, req, self._ident, self._sign, time.time()
+                )
+            else:
+                call = self._connector.pay_call(req, self._ident, self._sign, time.time())
             timeout = min(self._timeout, req.deadline - time.time())
             if timeout <= 0:
                 return not_sent(req, "DEADLINE", "deadline passed before the call")
@@ -107,7 +111,7 @@ class ChannelWorker:
                 return unknown(req, "TIMEOUT", f"no answer within {timeout:.3f}s")
             except aiohttp.ClientError as exc:
                 return unknown(req, "IOERROR", f"connection broke: {type(exc).__name__}")
-            return await loop.run_in_executor(self._threads, self._connector.pay_result, req, answer, self._verify)
+            return self._connector.pay_result(req, answer, self._verify)
         except Exception:
             log.exception("channel call failed inside the switch", extra={"channel": self.name})
             if sent:

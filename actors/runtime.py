@@ -23,6 +23,9 @@ def init_ray(address: str, namespace: str) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
+        # Ray starts workers at nice 15; channel actors sit on the payment hot path, so under a
+        # full CPU they must not lose to everything else on the machine.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             include_dashboard=False,
             num_cpus=os.cpu_count() or 2,

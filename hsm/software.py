@@ -25,6 +25,12 @@ class KeyError_(Exception):
 
 
 class SoftwareHsm:
+    @staticmethod
+    def is_costly(algorithm: str) -> bool:
+        """True for operations worth a thread of their own: an RSA private-key operation takes
+        milliseconds, an HMAC or an RSA verification microseconds."""
+        return algorithm == "rsa-sha256"
+
     def __init__(self, base_dir: Path | str = ".") -> None:
         self._base = Path(base_dir)
 
