@@ -90,10 +90,10 @@ class ChannelWorker:
             loop = asyncio.get_running_loop()
             if self._sign_in_thread:  # keeps the event loop (and the other calls) moving meanwhile
                 call = await loop.run_in_executor(
-                    self._threads, self._connector.pay_call, req, self._ident, self._sign, time.time()
+                    self._threads, self._connector.call, req, self._ident, self._sign, time.time()
                 )
             else:
-                call = self._connector.pay_call(req, self._ident, self._sign, time.time())
+                call = self._connector.call(req, self._ident, self._sign, time.time())
             timeout = min(self._timeout, req.deadline - time.time())
             if timeout <= 0:
                 return not_sent(req, "DEADLINE", "deadline passed before the call")
@@ -111,7 +111,7 @@ class ChannelWorker:
                 return unknown(req, "TIMEOUT", f"no answer within {timeout:.3f}s")
             except aiohttp.ClientError as exc:
                 return unknown(req, "IOERROR", f"connection broke: {type(exc).__name__}")
-            return self._connector.pay_result(req, answer, self._verify)
+            return self._connector.result(req, answer, self._verify)
         except Exception:
             log.exception("channel call failed inside the switch", extra={"channel": self.name})
             if sent:

@@ -31,3 +31,7 @@ class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     frontend_in_flight: Positive = 2048  # transactions under way in one front end; beyond: 91
     sign_threads: Annotated[int, Meta(ge=1, le=32)] = 2
     timeout_ms: Annotated[int, Meta(ge=50, le=59_000)] = 10_000
+    # Resolving a payment the customer is still confirming, or whose outcome is unknown:
+    query_interval_ms: Annotated[int, Meta(ge=100)] = 5_000  # between queries
+    payment_window_ms: Annotated[int, Meta(ge=1_000)] = 30_000  # from the pay call; then cancel it
+    cancel_after_ms: Annotated[int, Meta(ge=0)] = 0  # no cancel sooner than this after the pay call

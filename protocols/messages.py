@@ -19,22 +19,36 @@ class Outcome(StrEnum):
     UNKNOWN = "UNKNOWN"  # it may or may not have happened: must be resolved by a query
 
 
+PAY, QUERY, CANCEL = "pay", "query", "cancel"
+
+
 class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
-    """One payment to send to a channel. ``auth_code`` is the customer's payment code or card
-    number: it lives in memory only, never in a log or the journal."""
+    """One call to a channel about one payment: ``pay`` it, ``query`` its state, or ``cancel`` it
+    (close it unpaid, or reverse it if paid). ``auth_code`` is the customer's payment code or
+    card number, in memory only (never in a log or the journal); empty for query and cancel."""
 
     key: int  # correlation id within the sending front end
-    op: str  # "pay"
+    op: str  # PAY, QUERY or CANCEL
     out_trade_no: str
     amount_fen: int
     auth_code: str
     merchant_channel_id: str
     terminal_id: str
     deadline: float  # epoch seconds; no work is done after it
+    created: float = 0.0  # epoch seconds of the write-ahead: the order time the channel is told
+    channel_txn_id: str = ""  # the channel's id of the payment, when known (some cancels need it)
     subject: str = "POS purchase"
 
 
 class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
+    """The answer to a ``ChannelRequest``. What ``outcome`` says depends on the operation:
+
+    - pay: APPROVED paid, PENDING customer still confirming, DECLINED refused, UNKNOWN may be paid.
+    - query: APPROVED paid, PENDING still paying, DECLINED closed or failed (``channel_code``
+      NOT_FOUND when the channel has no such order), UNKNOWN could not tell.
+    - cancel: APPROVED cancelled (the channel keeps no money), UNKNOWN call again, DECLINED refused.
+    """
+
     key: int
     outcome: Outcome
     response_code: str  # ISO 8583 field 39 for the terminal
@@ -43,6 +57,8 @@ class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
     channel_txn_id: str = ""
     sent: bool = True  # False when the request certainly never left the switch
 
+
+NOT_FOUND = "NOTEXIST"  # channel_code of a query for an order the channel never had
 
 BATCH_ENCODER = msgspec.msgpack.Encoder()
 REQUESTS_DECODER = msgspec.msgpack.Decoder(list[ChannelRequest])

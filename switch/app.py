@@ -20,6 +20,7 @@ from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
 from switch.lifecycle import Processor
 from switch.metrics import Metrics, start_admin
+from switch.resolver import Resolver
 
 log = logging.getLogger("paysw")
 
@@ -39,6 +40,7 @@ class SwitchApp:
         self._admin = None
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
+        self.resolver: Resolver | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -58,6 +60,9 @@ class SwitchApp:
         await asyncio.wait_for(asyncio.gather(*(a.ping.remote() for shard in actors.values() for a in shard)), 120)
         fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
         processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint)
+        merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
+        self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids)
+        self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         host, port = host_port(cfg.switch.listen)
         self._server = await asyncio.get_running_loop().create_server(
             lambda: TerminalConnection(
@@ -95,6 +100,8 @@ class SwitchApp:
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while any(g.in_flight for g in self.gateways.values()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        if self.resolver is not None:
+            await self.resolver.stop()
         for gateway in self.gateways.values():
             await gateway.close()
         if self._upkeep is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from typing import NamedTuple
 
 from ray.actor import ActorHandle
 
@@ -19,6 +21,17 @@ from protocols.messages import BATCH_ENCODER, RESULTS_DECODER, ChannelRequest, C
 log = logging.getLogger("paysw.gateway")
 
 
+class PaymentRef(NamedTuple):
+    """What a channel call needs to know of the payment it is about."""
+
+    out_trade_no: str
+    amount_fen: int
+    merchant_channel_id: str
+    terminal_id: str
+    created: float  # epoch seconds of the write-ahead
+    channel_txn_id: str = ""
+
+
 class ChannelGateway:
     def __init__(self, name: str, actors: list[ActorHandle], max_batch: int, max_in_flight: int) -> None:
         self.name = name
@@ -26,6 +39,7 @@ class ChannelGateway:
         self._max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self._keys = itertools.count(1)
         self._queue: list[ChannelRequest] = []
         self._waiting: dict[int, asyncio.Future[ChannelResult]] = {}
         self._wakeup = asyncio.Event()
@@ -35,16 +49,40 @@ class ChannelGateway:
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
 
-    async def call(self, req: ChannelRequest) -> ChannelResult:
+    async def call(self, op: str, ref: PaymentRef, deadline: float, auth_code: str = "") -> ChannelResult:
+        """One channel call, answered by ``deadline`` (epoch seconds) at the latest: past it the
+        result is UNKNOWN, and the call's own late answer is only logged (the resolver settles
+        the transaction from the channel's side, never from a late answer alone)."""
+        key = next(self._keys)
+        req = ChannelRequest(
+            key,
+            op,
+            ref.out_trade_no,
+            ref.amount_fen,
+            auth_code,
+            ref.merchant_channel_id,
+            ref.terminal_id,
+            deadline,
+            ref.created,
+            ref.channel_txn_id,
+        )
         future: asyncio.Future[ChannelResult] = asyncio.get_running_loop().create_future()
-        self._waiting[req.key] = future
+        self._waiting[key] = future
         self._queue.append(req)
         self._wakeup.set()
+        # Counted until the call itself ends, not until we stop waiting: a stuck call holds its place.
         self.in_flight += 1
+        future.add_done_callback(self._call_ended)
         try:
-            return await future
-        finally:
-            self.in_flight -= 1
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.time()))
+        except TimeoutError:
+            future.add_done_callback(
+                lambda _: log.warning("late channel answer", extra={"channel": self.name, "op": op})
+            )
+            return ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "DEADLINE", "no answer in time")
+
+    def _call_ended(self, _: asyncio.Future[ChannelResult]) -> None:
+        self.in_flight -= 1
 
     async def _dispatch(self) -> None:
         while True:

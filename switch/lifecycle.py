@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from actors.settings import ChannelSection
 from protocols import response_codes as rc
 from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode, encode
 from protocols.masking import mask_pan
-from protocols.messages import ChannelRequest, ChannelResult, Outcome
+from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
 from protocols.validation import NETWORK_CODES, Kind, Rejection, classify, validate
 from switch.answers import answer, auth_id_for
 from switch.config import Config
-from switch.gateway import ChannelGateway
+from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import FinalUpdate, Journal, NewTxn, TxnKey
 from switch.metrics import Metrics
 from switch.routing import Router
 
 log = logging.getLogger("paysw.txn")
 
-FINAL_STATES = frozenset({"APPROVED", "DECLINED"})
+FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
+ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 _NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
 
 
@@ -82,9 +83,8 @@ class Processor:
         self._router = Router(config.routing)
         self._merchants = {m.id: m for m in config.merchants}
         self._terminals = {t.id: t for t in config.terminals}
-        self._channels_enabled = {name: ch.enabled for name, ch in config.channels.items()}
+        self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
-        self._keys = itertools.count(1)
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Settled]]] = {}
 
     # -- one frame -------------------------------------------------------------------------
@@ -191,12 +191,13 @@ class Processor:
         if channel not in self._merchants[message["42"]].channels:
             return rc.NOT_PERMITTED
         gateway = self._gateways.get(channel)
-        if gateway is None or not self._channels_enabled.get(channel, False) or not gateway.has_room():
+        if gateway is None or not self._channels[channel].enabled or not gateway.has_room():
             return rc.CHANNEL_UNAVAILABLE
         return None
 
     def _new_txn(self, message: Message, channel: str, tx_date: dt.date, rrn: str) -> NewTxn:
         pan = message["2"]
+        now = dt.datetime.now(dt.UTC)
         content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
         return NewTxn(
             tx_date=tx_date,
@@ -218,6 +219,9 @@ class Processor:
             channel=channel,
             out_trade_no=f"{tx_date:%Y%m%d}{rrn}",
             request_hash=self._fingerprint(content),
+            received_at=now,
+            # Should this front end vanish, the resolver takes the transaction after its deadline.
+            next_check_at=now + dt.timedelta(seconds=self._deadline_s + ORPHAN_GRACE_S),
         )
 
     async def _once(self, txn: NewTxn, pan: str) -> Settled:
@@ -252,6 +256,7 @@ class Processor:
             return await self._replay(txn)
         result = await self._call_channel(txn, pan)
         settled = self._settle(txn, result)
+        still_open = result.outcome in (Outcome.PENDING, Outcome.UNKNOWN)
         update = FinalUpdate(
             txn.tx_date,
             txn.terminal_id,
@@ -263,6 +268,9 @@ class Processor:
             result.channel_code,
             result.channel_message[:200],
             result.channel_txn_id,
+            dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=self._channel(txn).query_interval_ms)
+            if still_open
+            else None,
         )
         try:
             await self._journal.record_outcome(update)
@@ -295,31 +303,30 @@ class Processor:
         return Settled(rc.IN_PROGRESS, stored.rrn)
 
     async def _call_channel(self, txn: NewTxn, pan: str) -> ChannelResult:
+        """Pay; while the customer is still confirming, query on the channel's schedule until the
+        deadline draws near (then the terminal gets ``09`` and the resolver carries on)."""
         gateway = self._gateways[txn.channel]
-        key = next(self._keys)
         deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
-        request = ChannelRequest(
-            key=key,
-            op="pay",
-            out_trade_no=txn.out_trade_no,
-            amount_fen=txn.amount_fen,
-            auth_code=pan,
-            merchant_channel_id=self._merchant_channel_id(txn),
-            terminal_id=txn.terminal_id,
-            deadline=deadline,
+        ref = PaymentRef(
+            txn.out_trade_no,
+            txn.amount_fen,
+            self._merchant_channel_id(txn),
+            txn.terminal_id,
+            txn.received_at.timestamp(),
         )
         started = time.monotonic()
         self._metrics.in_flight.labels(txn.channel).inc()
-        call = asyncio.ensure_future(gateway.call(request))
         try:
-            return await asyncio.wait_for(asyncio.shield(call), max(0.0, deadline - time.time()))
-        except TimeoutError:
-            call.add_done_callback(
-                lambda _: log.warning(
-                    "late channel answer; left UNKNOWN for the resolver", extra={"rrn": txn.rrn, "channel": txn.channel}
-                )
-            )
-            return ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "DEADLINE", "no answer in time")
+            result = await gateway.call(PAY, ref, deadline, auth_code=pan)
+            interval = self._channel(txn).query_interval_ms / 1000
+            while result.outcome is Outcome.PENDING and time.time() + interval < deadline - ANSWER_MARGIN_S:
+                await asyncio.sleep(interval)
+                polled = await gateway.call(QUERY, ref._replace(channel_txn_id=result.channel_txn_id), deadline)
+                if polled.outcome is Outcome.APPROVED or (
+                    polled.outcome is Outcome.DECLINED and polled.channel_code != NOT_FOUND
+                ):
+                    result = polled
+            return result
         finally:
             self._metrics.in_flight.labels(txn.channel).dec()
             self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
@@ -328,6 +335,9 @@ class Processor:
         if result.outcome is Outcome.APPROVED:
             return Settled(rc.APPROVED, txn.rrn, auth_id_for(txn.rrn), result.channel_txn_id)
         return Settled(result.response_code, txn.rrn, "", result.channel_txn_id)
+
+    def _channel(self, txn: NewTxn) -> ChannelSection:
+        return self._channels[txn.channel]
 
     def _merchant_channel_id(self, txn: NewTxn) -> str:
         return self._merchants[txn.merchant_id].channel_ids.get(txn.channel, "")

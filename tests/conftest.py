@@ -27,6 +27,9 @@ KEYS = DEMO / "keys"
 # The wechat channel's timeout in the test configuration: a "slow" payment code (..98) makes the
 # simulator answer after 3 s, past it, so the switch must treat the call as UNKNOWN.
 WECHAT_TIMEOUT_MS = 1500
+PAYING_MS = 1500  # a "user paying" customer (..09) confirms after this
+PAYMENT_WINDOW_MS = 4000
+RESOLUTION_SCHEDULE = f"query_interval_ms = 500\npayment_window_ms = {PAYMENT_WINDOW_MS}\ncancel_after_ms = 1000"
 
 
 def free_port() -> int:
@@ -99,8 +102,13 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
         switch,
     )
     assert n == 1, "could not set the wechat channel timeout in the test configuration"
+    # Fast resolution schedules for every channel: query every 0.5 s, payment window 4 s.
+    switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms) = \d+\n", "", switch)
+    switch = re.sub(r"(?m)^(timeout_ms = \d+)$", r"\1\n" + RESOLUTION_SCHEDULE, switch)
     (folder / "switch.toml").write_text(switch)
-    (folder / "simulators.toml").write_text(_localise((DEMO / "simulators.toml").read_text(), ports))
+    simulators = _localise((DEMO / "simulators.toml").read_text(), ports)
+    simulators = simulators.replace("latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\n")
+    (folder / "simulators.toml").write_text(simulators)
     return folder
 
 

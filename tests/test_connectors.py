@@ -18,7 +18,7 @@ from protocols.channels import KINDS, module_of
 from protocols.channels.alipay import extract_node
 from protocols.channels.base import ChannelIdentity, ChannelVerdict, HttpAnswer, fen, sorted_query, yuan
 from protocols.channels.xmlkv import from_xml
-from protocols.messages import ChannelRequest, Outcome
+from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, ChannelRequest, Outcome
 from switch.config import load_config
 
 SWITCH = load_config(DEMO_DIR / "switch.toml")
@@ -26,13 +26,23 @@ SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
 HSM = SoftwareHsm(DEMO_DIR)
 
 EXPECTED = {
-    "SUCCESS": (Outcome.APPROVED, rc.APPROVED),
-    "USERPAYING": (Outcome.PENDING, rc.IN_PROGRESS),
-    "NOTENOUGH": (Outcome.DECLINED, rc.INSUFFICIENT_FUNDS),
-    "EXPIRED": (Outcome.DECLINED, rc.EXPIRED_CODE),
-    "INVALID": (Outcome.DECLINED, rc.INVALID_PAYMENT_CODE),
-    "DECLINED": (Outcome.DECLINED, rc.DO_NOT_HONOUR),
-    "SYSTEMERROR": (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    (PAY, "SUCCESS"): (Outcome.APPROVED, rc.APPROVED),
+    (PAY, "USERPAYING"): (Outcome.PENDING, rc.IN_PROGRESS),
+    (PAY, "NOTENOUGH"): (Outcome.DECLINED, rc.INSUFFICIENT_FUNDS),
+    (PAY, "EXPIRED"): (Outcome.DECLINED, rc.EXPIRED_CODE),
+    (PAY, "INVALID"): (Outcome.DECLINED, rc.INVALID_PAYMENT_CODE),
+    (PAY, "DECLINED"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
+    (PAY, "ORDERCLOSED"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
+    (PAY, "SYSTEMERROR"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    (QUERY, "PAID"): (Outcome.APPROVED, rc.APPROVED),
+    (QUERY, "PAYING"): (Outcome.PENDING, rc.IN_PROGRESS),
+    (QUERY, "CLOSED"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
+    (QUERY, "NOTEXIST"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
+    (QUERY, "SYSTEMERROR"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    (CANCEL, "DONE"): (Outcome.APPROVED, rc.APPROVED),
+    (CANCEL, "NOTEXIST"): (Outcome.APPROVED, rc.APPROVED),
+    (CANCEL, "RETRY"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    (CANCEL, "SYSTEMERROR"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
 }
 
 
@@ -49,40 +59,64 @@ class Pair:
         self.channel_sign = HSM.signer(sim.keys.sign_algorithm, sim.keys.sign_key)
         self.channel_verify = HSM.verifier(sim.keys.verify_algorithm, sim.keys.verify_key)
 
-    def request(self, amount_fen: int = 12345) -> ChannelRequest:
+    def request(self, amount_fen: int = 12345, op: str = PAY) -> ChannelRequest:
+        auth_code = "134567890123456700" if op == PAY else ""
         return ChannelRequest(
-            7, "pay", "20261123000000001000", amount_fen, "134567890123456700", "SUB001", "T0000001", time.time() + 30
+            7,
+            op,
+            "20261123000000001000",
+            amount_fen,
+            auth_code,
+            "SUB001",
+            "T0000001",
+            time.time() + 30,
+            created=time.time() - 60,
+            channel_txn_id="CHTX0001",
         )
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("status", list(EXPECTED))
-def test_every_verdict_round_trips(kind, status):
+@pytest.mark.parametrize(("op", "status"), list(EXPECTED))
+def test_every_verdict_round_trips(kind, op, status):
     pair = Pair(kind)
-    req = pair.request()
-    call = pair.connector.pay_call(req, pair.ident, pair.switch_sign, time.time())
-    assert call.path == pair.side.pay_path
-    seen = pair.side.read_pay(call.body, call.headers, pair.channel_verify)
+    req = pair.request(op=op)
+    call = pair.connector.call(req, pair.ident, pair.switch_sign, time.time())
+    assert call.path == pair.side.paths[op]
+    seen = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
     assert not isinstance(seen, str), f"channel refused the switch's request: {seen}"
-    assert (seen.out_trade_no, seen.auth_code, seen.amount_fen) == (req.out_trade_no, req.auth_code, 12345)
-    answer = pair.side.write_pay(seen, ChannelVerdict(status, "CHTX0001"), pair.channel_sign)
-    result = pair.connector.pay_result(req, answer, pair.switch_verify)
-    assert (result.outcome, result.response_code) == EXPECTED[status]
+    assert (seen.op, seen.out_trade_no) == (op, req.out_trade_no)
+    if op == PAY:
+        assert (seen.auth_code, seen.amount_fen) == (req.auth_code, 12345)
+    answer = pair.side.write(seen, ChannelVerdict(status, "CHTX0001"), pair.channel_sign)
+    result = pair.connector.result(req, answer, pair.switch_verify)
+    assert (result.outcome, result.response_code) == EXPECTED[(op, status)], result
     assert result.key == req.key
-    if status == "SUCCESS":
+    if status in ("SUCCESS", "PAID"):
         assert result.channel_txn_id == "CHTX0001"
+    if (op, status) == (QUERY, "NOTEXIST"):
+        assert result.channel_code == NOT_FOUND
+
+
+def test_unionpay_query_names_the_original_by_order_id_and_write_ahead_time():
+    pair = Pair("unionpay")
+    pay = pair.request()
+    query = pair.request(op=QUERY)
+    pay_doc = dict(parse_qsl(pair.connector.call(pay, pair.ident, pair.switch_sign, time.time()).body.decode()))
+    query_doc = dict(parse_qsl(pair.connector.call(query, pair.ident, pair.switch_sign, time.time()).body.decode()))
+    assert (query_doc["orderId"], query_doc["txnTime"]) == (pay_doc["orderId"], pay_doc["txnTime"])
+    assert query_doc["txnType"] == "00" and pay_doc["txnType"] == "01"
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tampered_request_is_refused_with_the_channels_own_error(kind):
     pair = Pair(kind)
-    call = pair.connector.pay_call(pair.request(100), pair.ident, pair.switch_sign, time.time())
+    call = pair.connector.call(pair.request(100), pair.ident, pair.switch_sign, time.time())
     tampered = call.body.replace(b"100", b"900", 1) if kind != "alipay" else call.body.replace(b"1.00", b"9.00")
     assert tampered != call.body
-    refusal = pair.side.read_pay(tampered, call.headers, pair.channel_verify)
+    refusal = pair.side.read(call.path, tampered, call.headers, pair.channel_verify)
     assert isinstance(refusal, str)
     # The channel's error answer is a certain "not processed": the switch declines with 96, never UNKNOWN.
-    result = pair.connector.pay_result(
+    result = pair.connector.result(
         pair.request(), pair.side.write_error(refusal, pair.channel_sign), pair.switch_verify
     )
     assert (result.outcome, result.response_code) == (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION)
@@ -102,10 +136,10 @@ WRONG_KEY = {
 def test_forged_approval_is_unknown_not_approved(kind):
     pair = Pair(kind)
     req = pair.request()
-    call = pair.connector.pay_call(req, pair.ident, pair.switch_sign, time.time())
-    seen = pair.side.read_pay(call.body, call.headers, pair.channel_verify)
-    answer = pair.side.write_pay(seen, ChannelVerdict("SUCCESS", "FORGED"), HSM.signer(*WRONG_KEY[kind]))
-    result = pair.connector.pay_result(req, answer, pair.switch_verify)
+    call = pair.connector.call(req, pair.ident, pair.switch_sign, time.time())
+    seen = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
+    answer = pair.side.write(seen, ChannelVerdict("SUCCESS", "FORGED"), HSM.signer(*WRONG_KEY[kind]))
+    result = pair.connector.result(req, answer, pair.switch_verify)
     assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "BADSIGN")
 
 
@@ -113,13 +147,13 @@ def test_forged_approval_is_unknown_not_approved(kind):
 @pytest.mark.parametrize("answer", [HttpAnswer(502, b"bad gateway"), HttpAnswer(200, b"\x00garbage")])
 def test_http_errors_and_garbage_are_unknown(kind, answer):
     pair = Pair(kind)
-    result = pair.connector.pay_result(pair.request(), answer, pair.switch_verify)
+    result = pair.connector.result(pair.request(), answer, pair.switch_verify)
     assert (result.outcome, result.response_code) == (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE)
 
 
 def test_wechat_signature_matches_an_independent_computation():
     pair = Pair("wechat")
-    call = pair.connector.pay_call(pair.request(), pair.ident, pair.switch_sign, time.time())
+    call = pair.connector.call(pair.request(), pair.ident, pair.switch_sign, time.time())
     doc = from_xml(call.body)
     key = (DEMO_DIR / "keys/wechat/api_key").read_bytes().strip()
     text = "&".join(f"{k}={doc[k]}" for k in sorted(doc) if k != "sign" and doc[k]) + "&key=" + key.decode()
@@ -129,7 +163,7 @@ def test_wechat_signature_matches_an_independent_computation():
 
 def test_alipay_request_carries_yuan_and_the_answer_node_is_cut_exactly():
     pair = Pair("alipay")
-    call = pair.connector.pay_call(pair.request(12345), pair.ident, pair.switch_sign, time.time())
+    call = pair.connector.call(pair.request(12345), pair.ident, pair.switch_sign, time.time())
     params = dict(parse_qsl(call.body.decode()))
     assert params["method"] == "alipay.trade.pay" and params["sign_type"] == "RSA2"
     biz = json.loads(params["biz_content"])
@@ -140,7 +174,7 @@ def test_alipay_request_carries_yuan_and_the_answer_node_is_cut_exactly():
 
 def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():
     pair = Pair("unionpay")
-    call = pair.connector.pay_call(pair.request(), pair.ident, pair.switch_sign, time.time())
+    call = pair.connector.call(pair.request(), pair.ident, pair.switch_sign, time.time())
     doc = dict(parse_qsl(call.body.decode()))
     digest = hashlib.sha256(sorted_query(doc, frozenset({"signature"})).encode()).hexdigest().encode()
     verify = HSM.verifier("rsa-sha256", "keys/unionpay/merchant_public.pem")

@@ -13,6 +13,7 @@ from switch.journal.schema import MIGRATIONS, migrate
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
+UNSERVED_CHANNEL = "journal-test"  # synthetic rows: no switch serves (or resolves) this channel
 _stans = itertools.count(1)
 
 
@@ -35,14 +36,16 @@ def new_txn(rrn: str, terminal: str | None = None, amount: int = 100) -> NewTxn:
         "031",
         "134567********6700",
         b"pan-hash",
-        "wechat",
+        UNSERVED_CHANNEL,
         f"{TODAY:%Y%m%d}{rrn}",
         b"request-hash",
+        dt.datetime.now(dt.UTC),
+        dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
     )
 
 
 def outcome(txn: NewTxn, state: str, code: str = "00") -> FinalUpdate:
-    return FinalUpdate(txn.tx_date, txn.terminal_id, txn.stan, txn.transmitted, state, code, "", "", "", "")
+    return FinalUpdate(txn.tx_date, txn.terminal_id, txn.stan, txn.transmitted, state, code, "", "", "", "", None)
 
 
 async def open_journal(url: str) -> Journal:

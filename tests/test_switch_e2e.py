@@ -4,60 +4,25 @@ processes, a real PostgreSQL journal."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import json
-import random
 import re
-import urllib.request
 
 import asyncpg
 import pytest
 
-from bench.client import IsoClient
-from bench.traffic import CODE_SHAPES, Stans, network, payment_code, purchase
+from bench.traffic import CODE_SHAPES, network
 from protocols.iso8583 import encode, encode_body
 from tests.conftest import WECHAT_TIMEOUT_MS, run
-
-MERCHANT = "898310048990001"
-TERMINAL = "T0000001"
-RNG = random.Random()
-STANS = Stans(start=RNG.randrange(1, 900_000))
-SENT_PANS: list[str] = []
-
-
-def new_purchase(
-    channel: str, suffix: str = "00", terminal: str = TERMINAL, merchant: str = MERCHANT, amount: int = 1234
-) -> dict[str, str]:
-    pan = payment_code(channel, suffix, RNG)
-    SENT_PANS.append(pan)
-    return purchase(terminal, merchant, pan, amount, STANS.next(terminal))
-
-
-@contextlib.asynccontextmanager
-async def connected(switch):
-    client = await IsoClient.connect(switch.host, switch.port)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-async def journal_row(database_url: str, rrn: str) -> asyncpg.Record | None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetchrow("SELECT * FROM txn WHERE rrn = $1", rrn)
-    finally:
-        await conn.close()
-
-
-def sim_audit(simulators: dict[str, int], channel: str, out_trade_no: str) -> list[dict]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/audit", timeout=5) as response:
-        return [a for a in json.load(response) if a["out_trade_no"] == out_trade_no]
-
-
-def out_trade_no(rrn: str) -> str:
-    return f"{dt.datetime.now(dt.UTC):%Y%m%d}{rrn}"
+from tests.support import (
+    SENT_PANS,
+    STANS,
+    TERMINAL,
+    connected,
+    journal_row,
+    new_purchase,
+    out_trade_no,
+    sim_audit,
+)
 
 
 @pytest.mark.parametrize("channel", list(CODE_SHAPES))
@@ -80,16 +45,15 @@ def test_purchase_is_approved_and_journaled(switch, database_url, channel):
     run(scenario())
 
 
+# (payment code suffix, answer, journal states right after the answer: the resolver may already
+# have moved an UNKNOWN one on)
 DECLINES = [
-    (suffix, code, state)
-    for suffix, code, state in [
-        ("51", "51", "DECLINED"),
-        ("54", "54", "DECLINED"),
-        ("14", "14", "DECLINED"),
-        ("05", "05", "DECLINED"),
-        ("09", "09", "PENDING"),
-        ("96", "91", "UNKNOWN"),
-    ]
+    ("51", "51", {"DECLINED"}),
+    ("54", "54", {"DECLINED"}),
+    ("14", "14", {"DECLINED"}),
+    ("05", "05", {"DECLINED"}),
+    ("09", "00", {"APPROVED"}),  # the customer confirms within the deadline
+    ("96", "91", {"UNKNOWN", "CANCELLED"}),
 ]
 
 
@@ -100,9 +64,9 @@ def test_channel_outcomes_map_to_spec_codes_and_states(switch, database_url, cha
             answers = await asyncio.gather(*(client.request(new_purchase(channel, s)) for s, _, _ in DECLINES))
         for (suffix, code, state), answer in zip(DECLINES, answers, strict=True):
             assert answer["39"] == code, f"{channel} ..{suffix}"
-            assert "38" not in answer
+            assert ("38" in answer) == (code == "00")
             row = await journal_row(database_url, answer["37"])
-            assert row["state"] == state, f"{channel} ..{suffix}"
+            assert row["state"] in state, f"{channel} ..{suffix}"
 
     run(scenario())
 
@@ -116,7 +80,7 @@ def test_channel_timeout_is_unknown_not_failed(switch, database_url):
         assert answer["39"] == "91"
         assert elapsed < WECHAT_TIMEOUT_MS / 1000 + 1.5
         row = await journal_row(database_url, answer["37"])
-        assert (row["state"], row["channel_code"]) == ("UNKNOWN", "TIMEOUT")
+        assert row["state"] in ("UNKNOWN", "CANCELLED")  # the resolver reverses it soon after
 
     run(scenario())
 

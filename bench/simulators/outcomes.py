@@ -1,19 +1,24 @@
 """Deterministic outcomes, drawn from the payment code's last two digits so that tests and load
 can ask for any outcome. The digits mirror the ISO 8583 code the switch answers:
 
-| last two digits | the channel answers                         | the switch answers |
-| --------------- | ------------------------------------------- | ------------------ |
-| 51              | insufficient funds                          | 51                 |
-| 54              | payment code expired                        | 54                 |
-| 14              | invalid payment code                        | 14                 |
-| 05              | declined                                    | 05                 |
-| 09              | user paying (customer still confirming)     | 09                 |
-| 96              | system error: outcome unknown               | 91 (UNKNOWN)       |
-| 98              | success, after the simulator's ``slow_ms``  | 00                 |
-| anything else   | success                                     | 00                 |
+| digits | the channel                                            | the switch answers              |
+| ------ | ------------------------------------------------------ | ------------------------------- |
+| 51     | refuses: insufficient funds                            | 51                              |
+| 54     | refuses: payment code expired                          | 54                              |
+| 14     | refuses: invalid payment code                          | 14                              |
+| 05     | refuses                                                | 05                              |
+| 09     | user paying; the customer confirms after ``paying_ms`` | 00 within the deadline, else 09 |
+| 08     | user paying; the customer never confirms               | 09, then cancels it             |
+| 96     | charges, but answers "system error"                    | 91 (UNKNOWN), then reverses it  |
+| 98     | charges, answering after ``slow_ms``                   | 00, or 91 past the timeout      |
+| other  | charges                                                | 00                              |
 """
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
 
 VERDICT_BY_SUFFIX = {
     "51": "NOTENOUGH",
@@ -21,9 +26,11 @@ VERDICT_BY_SUFFIX = {
     "14": "INVALID",
     "05": "DECLINED",
     "09": "USERPAYING",
+    "08": "USERPAYING",
     "96": "SYSTEMERROR",
 }
 SLOW_SUFFIX = "98"
+NEVER_CONFIRMS_SUFFIX = "08"
 
 
 def verdict_for(auth_code: str) -> str:
@@ -32,3 +39,71 @@ def verdict_for(auth_code: str) -> str:
 
 def is_slow(auth_code: str) -> bool:
     return auth_code.endswith(SLOW_SUFFIX)
+
+
+@dataclass
+class Order:
+    """One order in a simulated channel's ledger."""
+
+    amount_fen: int
+    status: str  # PAID, PAYING, FAILED, CLOSED (never paid), REVERSED (paid, money returned)
+    channel_txn_id: str
+    pay_verdict: str = ""
+    confirms_at: float = math.inf  # while PAYING: when the customer confirms
+
+    def refresh(self, now: float | None = None) -> None:
+        if self.status == "PAYING" and (now or time.time()) >= self.confirms_at:
+            self.status = "PAID"
+
+
+class Ledger:
+    """What the channel believes: which orders it charged, which it closed or reversed."""
+
+    def __init__(self, paying_s: float) -> None:
+        self._orders: dict[str, Order] = {}
+        self._paying_s = paying_s
+
+    def pay(self, out_trade_no: str, auth_code: str, amount_fen: int, channel_txn_id: str) -> Order:
+        """Record a pay request; a resent order number gets its first outcome again."""
+        order = self._orders.get(out_trade_no)
+        if order is not None:
+            order.refresh()
+            return order
+        verdict = verdict_for(auth_code)
+        if verdict in ("SUCCESS", "SYSTEMERROR"):
+            status = "PAID"
+        elif verdict == "USERPAYING":
+            status = "PAYING"
+        else:
+            status = "FAILED"
+        confirms_at = math.inf
+        if status == "PAYING" and not auth_code.endswith(NEVER_CONFIRMS_SUFFIX):
+            confirms_at = time.time() + self._paying_s
+        order = Order(amount_fen, status, channel_txn_id, verdict, confirms_at)
+        self._orders[out_trade_no] = order
+        return order
+
+    def query(self, out_trade_no: str) -> Order | None:
+        order = self._orders.get(out_trade_no)
+        if order is not None:
+            order.refresh()
+        return order
+
+    def cancel(self, out_trade_no: str) -> bool:
+        """Close or reverse an order. False when there was none: the number is closed anyway, so
+        a pay that arrives late is refused."""
+        order = self._orders.get(out_trade_no)
+        if order is None:
+            self._orders[out_trade_no] = Order(0, "CLOSED", "")
+            return False
+        order.refresh()
+        if order.status == "PAID":
+            order.status = "REVERSED"
+        elif order.status == "PAYING":
+            order.status = "CLOSED"
+        return True
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        for order in self._orders.values():
+            order.refresh()
+        return {no: {"status": o.status, "amount_fen": o.amount_fen} for no, o in self._orders.items()}

@@ -1,12 +1,14 @@
-"""One channel simulator: an aiohttp server for one channel's pay call.
+"""One channel simulator: an aiohttp server for one channel's pay, query and cancel calls.
 
 It checks the switch's signature with the switch's key (a bad one gets the channel's own error
-answer), decides the outcome from the payment code (``outcomes``), keeps a ledger so a resent
-order gets the same outcome, and signs its answer with the channel's key.
+answer), decides a payment's outcome from its payment code (``outcomes``), keeps a ledger of
+what it charged, closed and reversed (a resent order gets its first outcome; a late pay for a
+cancelled order is refused), and signs its answers with the channel's key.
 
-``/_sim/stats`` counts what it saw; with an audit database URL, ``/_sim/audit`` lists for each
-pay request whether the switch's journal row already existed when the request arrived (the
-write-ahead invariant, observed from the channel's side).
+``/_sim/stats`` counts what it saw; ``/_sim/ledger`` is the ledger, for comparing with the
+switch's journal; with an audit database URL, ``/_sim/audit`` lists for each pay request whether
+the switch's journal row already existed when it arrived (the write-ahead invariant, observed
+from the channel's side).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from aiohttp import web
 from msgspec import Meta, Struct
 
 from actors.settings import ChannelKeys
-from bench.simulators.outcomes import is_slow, verdict_for
+from bench.simulators.outcomes import Ledger, Order, is_slow
 from hsm import SoftwareHsm
 from protocols.channels import module_of
-from protocols.channels.base import ChannelVerdict, PayRequestSeen
+from protocols.channels.base import ChannelVerdict, RequestSeen
+from protocols.messages import CANCEL, PAY
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -34,6 +37,7 @@ class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     listen: Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
     latency_ms: Annotated[float, Meta(ge=0)] = 2.0
     slow_ms: Annotated[float, Meta(ge=0)] = 3000.0
+    paying_ms: Annotated[float, Meta(ge=0)] = 8000.0  # how long a "user paying" customer takes
     keys: ChannelKeys  # sign: the channel's own key; verify: the switch's key
 
 
@@ -67,7 +71,7 @@ class Simulator:
         self._verify = hsm.verifier(section.keys.verify_algorithm, section.keys.verify_key)
         self._latency = section.latency_ms / 1000
         self._slow = section.slow_ms / 1000
-        self._ledger: dict[str, ChannelVerdict] = {}
+        self.ledger = Ledger(section.paying_ms / 1000)
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
         self._audit_dsn = audit_dsn
@@ -76,8 +80,10 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post(self.side.pay_path, self.pay)
+        for path in set(self.side.paths.values()):
+            app.router.add_post(path, self.handle)
         app.router.add_get("/_sim/stats", self.get_stats)
+        app.router.add_get("/_sim/ledger", self.get_ledger)
         app.router.add_get("/_sim/audit", self.get_audit)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -91,25 +97,32 @@ class Simulator:
         if self._audit_pool is not None:
             await self._audit_pool.close()
 
-    async def pay(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        seen = self.side.read_pay(body, request.headers, self._verify)
+        seen = self.side.read(request.path, body, request.headers, self._verify)
         if isinstance(seen, str):
             self.stats["rejected"] += 1
             return _response(self.side.write_error(seen, self._sign))
-        if self._audit_pool is not None:
-            await self._record_audit(seen)
-        verdict = self._ledger.get(seen.out_trade_no)
-        if verdict is None:
-            verdict = ChannelVerdict(verdict_for(seen.auth_code), self._transaction_id())
-            self._ledger[seen.out_trade_no] = verdict
-        self.stats[verdict.status] += 1
-        delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
+        self.stats[seen.op] += 1
+        if seen.op == PAY:
+            if self._audit_pool is not None:
+                await self._record_audit(seen)
+            order = self.ledger.pay(seen.out_trade_no, seen.auth_code, seen.amount_fen, self._transaction_id())
+            verdict = ChannelVerdict(_pay_verdict(order), order.channel_txn_id)
+            delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
+        elif seen.op == CANCEL:
+            verdict = ChannelVerdict("DONE" if self.ledger.cancel(seen.out_trade_no) else "NOTEXIST")
+            delay = self._latency
+        else:
+            order = self.ledger.query(seen.out_trade_no)
+            verdict = ChannelVerdict(_query_verdict(order), order.channel_txn_id if order else "")
+            delay = self._latency
+        self.stats[f"{seen.op}:{verdict.status}"] += 1
         if delay:
             await asyncio.sleep(delay)
-        return _response(self.side.write_pay(seen, verdict, self._sign))
+        return _response(self.side.write(seen, verdict, self._sign))
 
-    async def _record_audit(self, seen: PayRequestSeen) -> None:
+    async def _record_audit(self, seen: RequestSeen) -> None:
         assert self._audit_pool is not None
         state = await self._audit_pool.fetchval("SELECT state FROM txn WHERE out_trade_no = $1", seen.out_trade_no)
         self.audit.append({"out_trade_no": seen.out_trade_no, "journal_state": state, "at": time.time()})
@@ -120,8 +133,27 @@ class Simulator:
     async def get_stats(self, _: web.Request) -> web.Response:
         return web.json_response(dict(self.stats))
 
+    async def get_ledger(self, _: web.Request) -> web.Response:
+        return web.json_response(self.ledger.snapshot())
+
     async def get_audit(self, _: web.Request) -> web.Response:
         return web.json_response(self.audit)
+
+
+def _pay_verdict(order: Order) -> str:
+    if order.status == "PAID":
+        return "SYSTEMERROR" if order.pay_verdict == "SYSTEMERROR" else "SUCCESS"
+    if order.status == "PAYING":
+        return "USERPAYING"
+    if order.status == "FAILED":
+        return order.pay_verdict
+    return "ORDERCLOSED"  # closed or reversed before this pay arrived
+
+
+def _query_verdict(order: Order | None) -> str:
+    if order is None:
+        return "NOTEXIST"
+    return {"PAID": "PAID", "PAYING": "PAYING"}.get(order.status, "CLOSED")
 
 
 def _response(answer) -> web.Response:

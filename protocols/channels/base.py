@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from protocols import response_codes as rc
-from protocols.messages import ChannelRequest, ChannelResult, Outcome
+from protocols.messages import NOT_FOUND, ChannelRequest, ChannelResult, Outcome
 
 Sign = Callable[[bytes], str]
 Verify = Callable[[bytes, str], bool]
@@ -43,45 +43,53 @@ class ChannelIdentity:
 
 
 class Connector(Protocol):
-    """Switch side of one channel's API."""
+    """Switch side of one channel's API: turn our request into theirs, their answer into ours.
+    Both dispatch on ``req.op`` (pay, query, cancel)."""
 
     name: str
 
-    def pay_call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall: ...
+    def call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall: ...
 
-    def pay_result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult: ...
+    def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelVerdict:
-    """What a simulated channel decided for a payment (used by the channel side of a module)."""
+    """What a simulated channel decided, in a vocabulary shared by the five simulators:
 
-    status: str  # "SUCCESS", "USERPAYING", "NOTENOUGH", "EXPIRED", "INVALID", "DECLINED", "SYSTEMERROR"
+    - pay: SUCCESS, USERPAYING, NOTENOUGH, EXPIRED, INVALID, DECLINED, ORDERCLOSED, SYSTEMERROR
+    - query: PAID, PAYING, CLOSED, NOTEXIST, SYSTEMERROR
+    - cancel: DONE, RETRY, NOTEXIST, SYSTEMERROR
+    """
+
+    status: str
     channel_txn_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSeen:
+    """A request as the channel reads it."""
+
+    op: str
+    out_trade_no: str
+    auth_code: str = ""
+    amount_fen: int = 0
+    merchant: str = ""
+    channel_txn_id: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 class ChannelSide(Protocol):
     """Channel side of the same API, for the simulators: read their request, write their answer."""
 
     name: str
-    pay_path: str
+    paths: Mapping[str, str]  # op -> path
 
-    def read_pay(self, body: bytes, headers: Mapping[str, str], verify: Verify) -> PayRequestSeen | str: ...
+    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | str: ...
 
-    def write_pay(self, seen: PayRequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer: ...
+    def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer: ...
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PayRequestSeen:
-    """A pay request as a channel reads it."""
-
-    out_trade_no: str
-    auth_code: str
-    amount_fen: int
-    merchant: str
-    fields: Mapping[str, str]
 
 
 def sorted_query(params: Mapping[str, str], skip: frozenset[str] = frozenset({"sign"})) -> str:
@@ -129,3 +137,8 @@ def not_sent(
 ) -> ChannelResult:
     """The request certainly never reached the channel."""
     return ChannelResult(req.key, Outcome.DECLINED, iso_code, channel_code, message, sent=False)
+
+
+def not_found(req: ChannelRequest, message: str = "") -> ChannelResult:
+    """A query's answer that the channel has no such order."""
+    return ChannelResult(req.key, Outcome.DECLINED, rc.DO_NOT_HONOUR, NOT_FOUND, message)

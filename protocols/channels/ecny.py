@@ -1,8 +1,9 @@
 """Digital RMB (e-CNY) merchant-scans-wallet-code payment, on the bank JSON shape."""
 
 from protocols.channels.bankjson import BankJsonChannelSide, BankJsonConnector
+from protocols.messages import CANCEL, PAY, QUERY
 
 name = "ecny"
-pay_path = "/ecny/v1/trade/micropay"
-connector = BankJsonConnector(name, pay_path)
-channel_side = BankJsonChannelSide(name, pay_path)
+paths = {PAY: "/ecny/v1/trade/micropay", QUERY: "/ecny/v1/trade/query", CANCEL: "/ecny/v1/trade/cancel"}
+connector = BankJsonConnector(name, paths)
+channel_side = BankJsonChannelSide(name, paths)

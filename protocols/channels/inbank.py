@@ -1,8 +1,9 @@
 """The bank's own in-bank payment code, on the bank JSON shape."""
 
 from protocols.channels.bankjson import BankJsonChannelSide, BankJsonConnector
+from protocols.messages import CANCEL, PAY, QUERY
 
 name = "inbank"
-pay_path = "/openapi/v1/qrcode/pay"
-connector = BankJsonConnector(name, pay_path)
-channel_side = BankJsonChannelSide(name, pay_path)
+paths = {PAY: "/openapi/v1/qrcode/pay", QUERY: "/openapi/v1/qrcode/query", CANCEL: "/openapi/v1/qrcode/cancel"}
+connector = BankJsonConnector(name, paths)
+channel_side = BankJsonChannelSide(name, paths)

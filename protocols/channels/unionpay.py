@@ -1,11 +1,15 @@
-"""UnionPay QR consumption through the acp gateway (merchant scans the customer's UnionPay code).
+"""UnionPay QR, merchant scans the customer's code, through the acp gateway: consumption
+(``txnType`` 01), transaction query (00, on ``queryTrans.do``) and consumption undo (31).
 
 Form parameters (``version`` 5.1.0, ``signMethod`` 01): the signing input is the hex SHA-256 of
 the sorted ``k=v&...`` string of every parameter but ``signature``, signed SHA256withRSA, base64.
-The synchronous answer is form-encoded and signed the same way. ``respCode`` 00 is success;
-03 / 04 mean the state is unknown and 05 that it was accepted and is in progress: both are
-resolved by query (acp's own guidance). The business refusals the simulator produces carry the
-ISO-derived codes UnionPay uses for them (51, 54, 14); any other code is a refusal (01, "交易失败").
+Answers are form-encoded and signed the same way. ``respCode`` 00 is success; 03 / 04 mean the
+state is unknown and 05 that it was accepted and is in progress: both are resolved by query
+(acp's own guidance), whose ``origRespCode`` gives the original's state; 34 is "no such
+transaction". A query names its original by ``orderId`` and ``txnTime``, so the pay's
+``txnTime`` is the transaction's write-ahead time, known again at recovery. The business refusals
+the simulator produces carry the ISO-derived codes UnionPay uses for them (51, 54, 14); any
+other code is a refusal (01, "交易失败").
 """
 
 from __future__ import annotations
@@ -21,64 +25,93 @@ from protocols.channels.base import (
     ChannelVerdict,
     HttpAnswer,
     HttpCall,
-    PayRequestSeen,
+    RequestSeen,
     Sign,
     Verify,
     approved,
     declined,
+    not_found,
     pending,
     sorted_query,
     unknown,
 )
-from protocols.messages import ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
 
 name = "unionpay"
-pay_path = "/gateway/api/backTransReq.do"
+BACK_TRANS = "/gateway/api/backTransReq.do"
+QUERY_TRANS = "/gateway/api/queryTrans.do"
+paths = {PAY: BACK_TRANS, QUERY: QUERY_TRANS, CANCEL: BACK_TRANS}
+_TXN_TYPE = {PAY: "01", QUERY: "00", CANCEL: "31"}
+_OP_OF_TXN_TYPE = {code: op for op, code in _TXN_TYPE.items()}
 _CST = dt.timezone(dt.timedelta(hours=8))
 _SKIP = frozenset({"signature"})
+NO_SUCH_TXN = "34"
+_IN_DOUBT = {"03", "04", "05"}
 
 _DECLINES = {"51": rc.INSUFFICIENT_FUNDS, "54": rc.EXPIRED_CODE, "14": rc.INVALID_PAYMENT_CODE}
-_RESP_OF_VERDICT = {
+# Simulator verdicts in acp's vocabulary: (respCode, respMsg) of the answer, and for a query the
+# original's origRespCode.
+_PAY_CODES = {
+    "SUCCESS": ("00", "成功[0000000]"),
     "USERPAYING": ("05", "交易已受理，请稍后查询交易结果"),
     "NOTENOUGH": ("51", "余额不足"),
     "EXPIRED": ("54", "付款码已过期"),
     "INVALID": ("14", "无效付款码"),
     "DECLINED": ("01", "交易失败"),
+    "ORDERCLOSED": ("01", "交易失败，订单已关闭"),
     "SYSTEMERROR": ("04", "交易状态未明，请查询对账结果"),
 }
-_UNKNOWN_CODES = {"03", "04"}
+_ORIG_CODE = {"PAID": "00", "PAYING": "05", "CLOSED": "01"}
+_CANCEL_CODES = {"DONE": ("00", "成功"), "RETRY": ("04", "交易状态未明"), "NOTEXIST": (NO_SUCH_TXN, "查无此交易")}
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
     return hashlib.sha256(sorted_query(params, _SKIP).encode()).hexdigest().encode()
 
 
+def _txn_time(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, _CST).strftime("%Y%m%d%H%M%S")
+
+
 class UnionPayConnector:
     name = name
 
-    def pay_call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall:
+    def call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall:
         params = {
             "version": "5.1.0",
             "encoding": "UTF-8",
             "signMethod": "01",
-            "txnType": "01",
-            "txnSubType": "06",
+            "txnType": _TXN_TYPE[req.op],
+            "txnSubType": "06" if req.op == PAY else "00",
             "bizType": "000000",
             "accessType": "0",
             "channelType": "08",
             "merId": req.merchant_channel_id or ident.mch_id,
             "orderId": req.out_trade_no,
-            "txnTime": dt.datetime.fromtimestamp(now, _CST).strftime("%Y%m%d%H%M%S"),
-            "txnAmt": str(req.amount_fen),
-            "currencyCode": "156",
-            "qrNo": req.auth_code,
-            "termId": req.terminal_id,
+            "txnTime": _txn_time(req.created or now),
             "certId": ident.cert_id,
         }
+        if req.op == PAY:
+            params |= {
+                "txnAmt": str(req.amount_fen),
+                "currencyCode": "156",
+                "qrNo": req.auth_code,
+                "termId": req.terminal_id,
+            }
+        elif req.op == CANCEL:
+            # An undo is an order of its own, tied to the original by its query id (and order id).
+            params |= {
+                "orderId": req.out_trade_no + "C",
+                "txnTime": _txn_time(now),
+                "origQryId": req.channel_txn_id,
+                "origOrderId": req.out_trade_no,
+                "txnAmt": str(req.amount_fen),
+                "currencyCode": "156",
+            }
         params["signature"] = sign(signing_input(params))
-        return HttpCall(pay_path, urlencode(params).encode(), "application/x-www-form-urlencoded;charset=UTF-8")
+        return HttpCall(paths[req.op], urlencode(params).encode(), "application/x-www-form-urlencoded;charset=UTF-8")
 
-    def pay_result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
+    def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
         if answer.status != 200:
             return unknown(req, f"HTTP{answer.status}")
         doc = dict(parse_qsl(answer.body.decode("utf-8", "replace"), keep_blank_values=True))
@@ -89,28 +122,58 @@ class UnionPayConnector:
             return declined(req, rc.SYSTEM_MALFUNCTION, code, message)
         if not verify(signing_input(doc), doc.get("signature", "")):
             return unknown(req, "BADSIGN", "answer signature")
+        if req.op == PAY:
+            if code == "00":
+                return approved(req, code, doc.get("queryId", ""))
+            if code == "05":
+                return pending(req, code, message, doc.get("queryId", ""))
+            if code in _IN_DOUBT:
+                return unknown(req, code, message)
+            return declined(req, _DECLINES.get(code, rc.DO_NOT_HONOUR), code, message)
+        if req.op == QUERY:
+            if code == NO_SUCH_TXN:
+                return not_found(req, message)
+            if code != "00":
+                return unknown(req, code, message)
+            original = doc.get("origRespCode", "")
+            if original == "00":
+                return approved(req, original, doc.get("queryId", ""))
+            if original in _IN_DOUBT:
+                return pending(req, original, doc.get("origRespMsg", ""), doc.get("queryId", ""))
+            return declined(req, rc.DO_NOT_HONOUR, original, doc.get("origRespMsg", ""))
+        # CANCEL
         if code == "00":
-            return approved(req, code, doc.get("queryId", ""))
-        if code == "05":
-            return pending(req, code, message, doc.get("queryId", ""))
-        if code in _UNKNOWN_CODES:
+            return approved(req, code, "")
+        if code == NO_SUCH_TXN:
+            return approved(req, code, "")  # nothing to undo
+        if code in _IN_DOUBT:
             return unknown(req, code, message)
-        return declined(req, _DECLINES.get(code, rc.DO_NOT_HONOUR), code, message)
+        return declined(req, rc.DO_NOT_HONOUR, code, message)
 
 
 class UnionPayChannelSide:
     name = name
-    pay_path = pay_path
+    paths = paths
 
-    def read_pay(self, body: bytes, headers: Mapping[str, str], verify: Verify) -> PayRequestSeen | str:
+    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | str:
         doc = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if not verify(signing_input(doc), doc.get("signature", "")):
             return "验证签名失败"
-        if not doc.get("orderId") or not doc.get("qrNo") or not doc.get("txnAmt", "").isdigit():
+        op = _OP_OF_TXN_TYPE.get(doc.get("txnType", ""))
+        if op is None or path != paths[op]:
+            return "交易类型错误"
+        if op == PAY:
+            if not doc.get("orderId") or not doc.get("qrNo") or not doc.get("txnAmt", "").isdigit():
+                return "报文格式错误"
+            return RequestSeen(op, doc["orderId"], doc["qrNo"], int(doc["txnAmt"]), doc.get("merId", ""), fields=doc)
+        order = doc.get("origOrderId") if op == CANCEL else doc.get("orderId")
+        if not order:
             return "报文格式错误"
-        return PayRequestSeen(doc["orderId"], doc["qrNo"], int(doc["txnAmt"]), doc.get("merId", ""), doc)
+        return RequestSeen(
+            op, order, merchant=doc.get("merId", ""), channel_txn_id=doc.get("origQryId", ""), fields=doc
+        )
 
-    def write_pay(self, seen: PayRequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
+    def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
         f = seen.fields
         doc = {
             k: f.get(k, "")
@@ -125,17 +188,30 @@ class UnionPayChannelSide:
                 "merId",
                 "orderId",
                 "txnTime",
-                "txnAmt",
-                "currencyCode",
             )
         }
-        if verdict.status == "SUCCESS":
-            doc |= {"respCode": "00", "respMsg": "成功[0000000]", "queryId": verdict.channel_txn_id}
-        else:
-            code, text = _RESP_OF_VERDICT[verdict.status]
-            doc |= {"respCode": code, "respMsg": text}
-            if verdict.status == "USERPAYING":
+        status = verdict.status
+        if seen.op == PAY:
+            code, text = _PAY_CODES[status]
+            doc |= {"respCode": code, "respMsg": text, "txnAmt": str(seen.amount_fen)}
+            if status in ("SUCCESS", "USERPAYING"):
                 doc["queryId"] = verdict.channel_txn_id
+        elif seen.op == QUERY:
+            if status in _ORIG_CODE:
+                doc |= {
+                    "respCode": "00",
+                    "respMsg": "成功",
+                    "origRespCode": _ORIG_CODE[status],
+                    "origRespMsg": "",
+                    "queryId": verdict.channel_txn_id,
+                }
+            elif status == "NOTEXIST":
+                doc |= {"respCode": NO_SUCH_TXN, "respMsg": "查无此交易"}
+            else:
+                doc |= {"respCode": "04", "respMsg": "系统繁忙"}
+        else:
+            code, text = _CANCEL_CODES.get(status, ("04", "交易状态未明"))
+            doc |= {"respCode": code, "respMsg": text}
         doc["signature"] = sign(signing_input(doc))
         return HttpAnswer(200, urlencode(doc).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
 

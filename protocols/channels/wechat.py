@@ -1,10 +1,12 @@
-"""WeChat Pay v2 ``pay/micropay`` (merchant scans the customer's payment code).
+"""WeChat Pay v2, merchant scans the customer's payment code: ``pay/micropay``,
+``pay/orderquery`` and ``secapi/pay/reverse``.
 
 XML over HTTPS; the signature is HMAC-SHA256 over the non-empty parameters sorted by name as
 ``k=v&...`` with ``&key=<API key>`` appended, upper-case hex (the ``&key=`` suffix and the key
 itself are the HSM signer's business). Answers carry ``return_code`` (communication) and
-``result_code`` / ``err_code`` (business); ``USERPAYING`` means the customer is still
-confirming, ``SYSTEMERROR`` / ``BANKERROR`` mean the result is unknown and must be queried.
+``result_code`` / ``err_code`` (business). On micropay, ``USERPAYING`` means the customer is
+still confirming and ``SYSTEMERROR`` / ``BANKERROR`` that the result is unknown and must be
+queried. Reverse answers ``recall=Y`` while it must be called again.
 """
 
 from __future__ import annotations
@@ -18,37 +20,46 @@ from protocols.channels.base import (
     ChannelVerdict,
     HttpAnswer,
     HttpCall,
-    PayRequestSeen,
+    RequestSeen,
     Sign,
     Verify,
     approved,
     declined,
+    not_found,
     pending,
     sorted_query,
     unknown,
 )
 from protocols.channels.xmlkv import from_xml, to_xml
-from protocols.messages import ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
 
 name = "wechat"
-pay_path = "/pay/micropay"
+paths = {PAY: "/pay/micropay", QUERY: "/pay/orderquery", CANCEL: "/secapi/pay/reverse"}
+_OP_OF_PATH = {path: op for op, path in paths.items()}
 
-_UNKNOWN_ERRORS = {"SYSTEMERROR", "BANKERROR", "ORDERPAID"}
-_DECLINE_CODES = {
+_PAY_UNKNOWN = {"SYSTEMERROR", "BANKERROR", "ORDERPAID"}
+_PAY_DECLINES = {
     "NOTENOUGH": rc.INSUFFICIENT_FUNDS,
     "AUTHCODEEXPIRE": rc.EXPIRED_CODE,
     "AUTH_CODE_INVALID": rc.INVALID_PAYMENT_CODE,
     "AUTH_CODE_ERROR": rc.INVALID_PAYMENT_CODE,
 }
-# Simulator verdicts in WeChat's own vocabulary.
-_ERR_CODE_OF_VERDICT = {
+_QUERY_PAID = {"SUCCESS", "REFUND"}  # REFUND: paid, then (partly) refunded
+_QUERY_PAYING = {"USERPAYING", "NOTPAY"}
+_QUERY_CLOSED = {"CLOSED", "REVOKED", "PAYERROR"}
+_CANCEL_RETRY = {"SYSTEMERROR", "USERPAYING"}
+
+# Simulator verdicts in WeChat's own vocabulary: (err_code, err_code_des).
+_PAY_ERRORS = {
     "USERPAYING": ("USERPAYING", "需要用户输入支付密码"),
     "NOTENOUGH": ("NOTENOUGH", "余额不足"),
     "EXPIRED": ("AUTHCODEEXPIRE", "二维码已过期，请用户在微信上刷新后再试"),
     "INVALID": ("AUTH_CODE_INVALID", "授权码检验错误"),
     "DECLINED": ("TRADE_ERROR", "交易错误"),
+    "ORDERCLOSED": ("ORDERCLOSED", "订单已关闭"),
     "SYSTEMERROR": ("SYSTEMERROR", "接口返回错误"),
 }
+_TRADE_STATE = {"PAID": "SUCCESS", "PAYING": "USERPAYING", "CLOSED": "CLOSED"}
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
@@ -62,25 +73,28 @@ def _nonce(*parts: str) -> str:
 class WeChatConnector:
     name = name
 
-    def pay_call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall:
+    def call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall:
         params = {
             "appid": ident.app_id,
             "mch_id": ident.mch_id,
             "sub_mch_id": req.merchant_channel_id,
-            "device_info": req.terminal_id,
-            "nonce_str": _nonce(req.out_trade_no, repr(now)),
+            "nonce_str": _nonce(req.op, req.out_trade_no, repr(now)),
             "sign_type": "HMAC-SHA256",
-            "body": req.subject,
             "out_trade_no": req.out_trade_no,
-            "total_fee": str(req.amount_fen),
-            "fee_type": "CNY",
-            "spbill_create_ip": "127.0.0.1",
-            "auth_code": req.auth_code,
         }
+        if req.op == PAY:
+            params |= {
+                "device_info": req.terminal_id,
+                "body": req.subject,
+                "total_fee": str(req.amount_fen),
+                "fee_type": "CNY",
+                "spbill_create_ip": "127.0.0.1",
+                "auth_code": req.auth_code,
+            }
         params["sign"] = sign(signing_input(params))
-        return HttpCall(pay_path, to_xml(params), "text/xml; charset=utf-8")
+        return HttpCall(paths[req.op], to_xml(params), "text/xml; charset=utf-8")
 
-    def pay_result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
+    def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
         if answer.status != 200:
             return unknown(req, f"HTTP{answer.status}")
         try:
@@ -92,35 +106,63 @@ class WeChatConnector:
             return declined(req, rc.SYSTEM_MALFUNCTION, "FAIL", doc.get("return_msg", ""))
         if not verify(signing_input(doc), doc.get("sign", "")):
             return unknown(req, "BADSIGN", "answer signature")
-        if doc.get("result_code") == "SUCCESS":
-            return approved(req, "SUCCESS", doc.get("transaction_id", ""))
+        ok = doc.get("result_code") == "SUCCESS"
         err, text = doc.get("err_code", ""), doc.get("err_code_des", "")
-        if err == "USERPAYING":
-            return pending(req, err, text)
-        if err in _UNKNOWN_ERRORS:
+        if req.op == PAY:
+            if ok:
+                return approved(req, "SUCCESS", doc.get("transaction_id", ""))
+            if err == "USERPAYING":
+                return pending(req, err, text)
+            if err in _PAY_UNKNOWN:
+                return unknown(req, err, text)
+            return declined(req, _PAY_DECLINES.get(err, rc.DO_NOT_HONOUR), err, text)
+        if req.op == QUERY:
+            if not ok:
+                return not_found(req, text) if err == "ORDERNOTEXIST" else unknown(req, err, text)
+            state = doc.get("trade_state", "")
+            if state in _QUERY_PAID:
+                return approved(req, state, doc.get("transaction_id", ""))
+            if state in _QUERY_PAYING:
+                return pending(req, state, doc.get("trade_state_desc", ""))
+            if state in _QUERY_CLOSED:
+                return declined(req, rc.DO_NOT_HONOUR, state, doc.get("trade_state_desc", ""))
+            return unknown(req, state or "NOSTATE")
+        # CANCEL (reverse): recall=Y means "call reverse again".
+        if ok:
+            return (
+                unknown(req, "RECALL", "reverse again") if doc.get("recall") == "Y" else approved(req, "REVERSED", "")
+            )
+        if err == "ORDERNOTEXIST":
+            return approved(req, err, "")  # nothing to reverse
+        if err in _CANCEL_RETRY:
             return unknown(req, err, text)
-        return declined(req, _DECLINE_CODES.get(err, rc.DO_NOT_HONOUR), err, text)
+        return declined(req, rc.DO_NOT_HONOUR, err, text)
 
 
 class WeChatChannelSide:
     name = name
-    pay_path = pay_path
+    paths = paths
 
-    def read_pay(self, body: bytes, headers: Mapping[str, str], verify: Verify) -> PayRequestSeen | str:
+    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | str:
+        op = _OP_OF_PATH.get(path)
+        if op is None:
+            return "接口不存在"
         try:
             doc = from_xml(body)
         except Exception:
             return "XML格式错误"
         if not verify(signing_input(doc), doc.get("sign", "")):
             return "签名错误"
-        missing = [k for k in ("appid", "mch_id", "out_trade_no", "total_fee", "auth_code") if not doc.get(k)]
-        if missing or not doc["total_fee"].isdigit():
+        required = ("appid", "mch_id", "out_trade_no") + (("total_fee", "auth_code") if op == PAY else ())
+        missing = [k for k in required if not doc.get(k)]
+        if missing or (op == PAY and not doc["total_fee"].isdigit()):
             return f"缺少参数或参数格式错误: {','.join(missing) or 'total_fee'}"
-        return PayRequestSeen(
-            doc["out_trade_no"], doc["auth_code"], int(doc["total_fee"]), doc.get("sub_mch_id", ""), doc
+        amount = int(doc["total_fee"]) if op == PAY else 0
+        return RequestSeen(
+            op, doc["out_trade_no"], doc.get("auth_code", ""), amount, doc.get("sub_mch_id", ""), fields=doc
         )
 
-    def write_pay(self, seen: PayRequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
+    def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
         f = seen.fields
         doc = {
             "return_code": "SUCCESS",
@@ -128,9 +170,10 @@ class WeChatChannelSide:
             "appid": f.get("appid", ""),
             "mch_id": f.get("mch_id", ""),
             "sub_mch_id": f.get("sub_mch_id", ""),
-            "nonce_str": _nonce(seen.out_trade_no, "answer"),
+            "nonce_str": _nonce(seen.op, seen.out_trade_no, "answer"),
         }
-        if verdict.status == "SUCCESS":
+        status = verdict.status
+        if seen.op == PAY and status == "SUCCESS":
             doc |= {
                 "result_code": "SUCCESS",
                 "trade_type": "MICROPAY",
@@ -139,9 +182,24 @@ class WeChatChannelSide:
                 "transaction_id": verdict.channel_txn_id,
                 "out_trade_no": seen.out_trade_no,
             }
-        else:
-            err, text = _ERR_CODE_OF_VERDICT[verdict.status]
+        elif seen.op == PAY:
+            err, text = _PAY_ERRORS[status]
             doc |= {"result_code": "FAIL", "err_code": err, "err_code_des": text}
+        elif status in _TRADE_STATE:  # query
+            doc |= {
+                "result_code": "SUCCESS",
+                "trade_state": _TRADE_STATE[status],
+                "out_trade_no": seen.out_trade_no,
+                "transaction_id": verdict.channel_txn_id,
+            }
+        elif status == "DONE":  # cancel
+            doc |= {"result_code": "SUCCESS", "recall": "N"}
+        elif status == "RETRY":
+            doc |= {"result_code": "SUCCESS", "recall": "Y"}
+        elif status == "NOTEXIST":
+            doc |= {"result_code": "FAIL", "err_code": "ORDERNOTEXIST", "err_code_des": "此交易订单号不存在"}
+        else:
+            doc |= {"result_code": "FAIL", "err_code": "SYSTEMERROR", "err_code_des": "系统错误"}
         doc["sign"] = sign(signing_input(doc))
         return HttpAnswer(200, to_xml(doc), {"Content-Type": "text/xml"})
 

@@ -107,6 +107,20 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER txn_record_insert AFTER INSERT ON txn FOR EACH ROW EXECUTE FUNCTION txn_record_insert();
     CREATE TRIGGER txn_guard_move BEFORE UPDATE ON txn FOR EACH ROW EXECUTE FUNCTION txn_guard_move();
     """,
+    # 2: resolution of open transactions (pending, unknown, orphaned by a crash)
+    """
+    INSERT INTO txn_state VALUES
+        ('CANCELLED', true, 'closed or reversed at the channel: the channel keeps no money');
+    INSERT INTO txn_state_move VALUES
+        ('RECEIVED', 'CANCELLED'), ('PENDING', 'CANCELLED'), ('UNKNOWN', 'CANCELLED');
+
+    -- When the resolver looks at an open transaction next, and how often it has.
+    ALTER TABLE txn ADD COLUMN next_check_at timestamptz;
+    ALTER TABLE txn ADD COLUMN checks int NOT NULL DEFAULT 0;
+    UPDATE txn SET next_check_at = received_at + interval '60 seconds'
+        WHERE state IN ('RECEIVED', 'PENDING', 'UNKNOWN');
+    CREATE INDEX txn_due ON txn (next_check_at) WHERE state IN ('RECEIVED', 'PENDING', 'UNKNOWN');
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

@@ -47,6 +47,8 @@ class NewTxn(NamedTuple):
     channel: str
     out_trade_no: str
     request_hash: bytes
+    received_at: dt.datetime  # also the order time the channel is told
+    next_check_at: dt.datetime  # when the resolver may take it, should its front end vanish
 
     @property
     def key(self) -> TxnKey:
@@ -64,6 +66,30 @@ class FinalUpdate(NamedTuple):
     channel_code: str
     channel_message: str
     channel_txn_id: str
+    next_check_at: dt.datetime | None  # for states still open: when the resolver looks again
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+class OpenTxn(NamedTuple):
+    """A transaction not final yet, as the resolver claims it."""
+
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    rrn: str
+    state: str
+    channel: str
+    out_trade_no: str
+    merchant_id: str
+    amount_fen: int
+    response_code: str | None
+    channel_txn_id: str | None
+    received_at: dt.datetime
+    checks: int
 
     @property
     def key(self) -> TxnKey:
@@ -81,11 +107,18 @@ class StoredTxn(NamedTuple):
 
 
 _NEW_COLUMNS = list(NewTxn._fields)
-_NEW_TYPES = {"tx_date": "date", "amount_fen": "int8", "pan_hash": "bytea", "request_hash": "bytea"}
+_TYPES = {
+    "tx_date": "date",
+    "amount_fen": "int8",
+    "pan_hash": "bytea",
+    "request_hash": "bytea",
+    "received_at": "timestamptz",
+    "next_check_at": "timestamptz",
+}
 _INSERT_SQL = (
     f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
     f"SELECT u.*, 'RECEIVED' FROM unnest("
-    + ", ".join(f"${i}::{_NEW_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
+    + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
     "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
 )
@@ -95,7 +128,7 @@ _UPDATE_SQL = (
     "UPDATE txn t SET "
     + ", ".join(f"{c} = u.{c}" for c in _UPDATE_COLUMNS if c not in _KEY_COLUMNS)
     + " FROM unnest("
-    + ", ".join(f"${i}::{'date' if c == 'tx_date' else 'text'}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
+    + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
     + f") AS u({', '.join(_UPDATE_COLUMNS)}) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
     + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted"
@@ -103,6 +136,20 @@ _UPDATE_SQL = (
 _FIND_SQL = (
     "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
     "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
+)
+
+_OPEN = "('RECEIVED', 'PENDING', 'UNKNOWN')"
+_CLAIM_SQL = (
+    f"WITH due AS (SELECT tx_date, terminal_id, stan, transmitted FROM txn "
+    f"WHERE state IN {_OPEN} AND next_check_at <= now() ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
+    "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
+    "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
+    "RETURNING " + ", ".join(f"t.{c}" for c in OpenTxn._fields)
+)
+_DEFER_SQL = (
+    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE state IN {_OPEN} "
+    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
 BatchObserver = Callable[[str, int, float], None]
@@ -189,6 +236,19 @@ class Journal:
     async def find(self, key: TxnKey) -> StoredTxn | None:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
         return StoredTxn(*row) if row else None
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[OpenTxn]:
+        """Take up to ``limit`` open transactions whose time has come, leased for ``lease_s``
+        (several resolvers never take the same one; a resolver that dies lets its lease lapse)."""
+        rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s)
+        return [OpenTxn(*row) for row in rows]
+
+    async def defer(self, key: TxnKey, seconds: float) -> None:
+        """Look at an open transaction again in ``seconds``."""
+        await self._pool.execute(_DEFER_SQL, *key, seconds)
+
+    async def open_count(self) -> int:
+        return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE state IN {_OPEN}")
 
     async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
         return await self._flush(txns, _INSERT_SQL)

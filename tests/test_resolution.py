@@ -1,0 +1,103 @@
+"""Every transaction ends in exactly one known outcome: payments the customer is still
+confirming, unknown outcomes and channel timeouts are resolved against the channel, and the
+journal ends up agreeing with the channel's own ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.traffic import CODE_SHAPES
+from tests.conftest import PAYMENT_WINDOW_MS, run
+from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_ledger, wait_for_state
+
+
+@pytest.mark.parametrize("channel", list(CODE_SHAPES))
+def test_unknown_outcome_is_reversed_at_the_channel(switch, simulators, database_url, channel):
+    """The channel charged but answered "system error": the terminal was told 91, so the money
+    goes back."""
+
+    async def scenario():
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase(channel, "96"))
+        assert answer["39"] == "91"
+        row = await wait_for_state(database_url, answer["37"], {"CANCELLED"})
+        assert row["response_code"] == "91"
+        assert sim_ledger(simulators, channel)[out_trade_no(answer["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+def test_channel_timeout_after_charging_is_reversed(switch, simulators, database_url):
+    async def scenario():
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase("wechat", "98"))  # answered after the channel timeout
+        assert answer["39"] == "91"
+        await wait_for_state(database_url, answer["37"], {"CANCELLED"})
+        assert sim_ledger(simulators, "wechat")[out_trade_no(answer["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("channel", list(CODE_SHAPES))
+def test_customer_confirming_within_the_deadline_is_approved(switch, simulators, database_url, channel):
+    async def scenario():
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase(channel, "09"))
+        assert answer["39"] == "00" and len(answer["38"]) == 6
+        row = await journal_row(database_url, answer["37"])
+        assert (row["state"], row["response_code"]) == ("APPROVED", "00")
+        assert sim_ledger(simulators, channel)[out_trade_no(answer["37"])]["status"] == "PAID"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("channel", ["wechat", "alipay"])
+def test_customer_who_never_confirms_is_cancelled_when_the_window_closes(switch, simulators, database_url, channel):
+    async def scenario():
+        request = new_purchase(channel, "08")
+        async with connected(switch) as client:
+            answer = await client.request(request)
+        assert answer["39"] == "09"
+        row = await wait_for_state(database_url, answer["37"], {"CANCELLED"}, timeout=PAYMENT_WINDOW_MS / 1000 + 15)
+        assert row["response_code"] == "05"
+        assert sim_ledger(simulators, channel)[out_trade_no(answer["37"])]["status"] == "CLOSED"
+        async with connected(switch) as client:  # the terminal resends: it now learns the outcome
+            again = await client.request(dict(request))
+        assert (again["39"], again["37"]) == ("05", answer["37"])
+
+    run(scenario())
+
+
+def test_journal_agrees_with_every_channel_ledger(switch, simulators, database_url):
+    """After all the tests above: every order a channel kept money for is APPROVED in the journal,
+    and every APPROVED transaction is money the channel kept."""
+
+    async def scenario():
+        import asyncio
+
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            for _ in range(100):  # let the resolver finish what is open
+                if not await conn.fetchval(
+                    "SELECT count(*) FROM txn WHERE state IN ('RECEIVED','PENDING','UNKNOWN') AND channel = ANY($1)",
+                    list(CODE_SHAPES),
+                ):
+                    break
+                await asyncio.sleep(0.3)
+            rows = await conn.fetch(
+                "SELECT out_trade_no, channel, state FROM txn WHERE channel = ANY($1)", list(CODE_SHAPES)
+            )
+        finally:
+            await conn.close()
+        journal = {(r["channel"], r["out_trade_no"]): r["state"] for r in rows}
+        for channel in CODE_SHAPES:
+            for order, entry in sim_ledger(simulators, channel).items():
+                state = journal.get((channel, order))
+                assert state is not None, f"{channel} has order {order} the journal does not"
+                assert (entry["status"] == "PAID") == (state == "APPROVED"), f"{channel} {order}: {entry} vs {state}"
+        open_rows = [k for k, v in journal.items() if v in ("RECEIVED", "PENDING", "UNKNOWN")]
+        assert not open_rows, f"left open: {open_rows[:5]}"
+
+    run(scenario())
