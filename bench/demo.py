@@ -26,14 +26,18 @@ from switch.logs import setup_logging
 
 MERCHANT = "898310048990001"
 TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
-# Outcome mix of the demo burst: mostly approvals, some of each decline, a few "user paying".
-SUFFIX_MIX = ["00"] * 88 + ["51"] * 4 + ["54"] * 3 + ["05"] * 3 + ["09"] * 2
+# Outcome mix of the demo burst: mostly approvals, some of each decline, a few customers who
+# confirm on their phone ("user paying"), and a few the channel charges but answers with an error.
+SUFFIX_MIX = ["00"] * 87 + ["51"] * 4 + ["54"] * 3 + ["05"] * 3 + ["09"] * 2 + ["96"]
+USER_PAYING = "09"
+SETTLE_TIMEOUT_S = 60
 
 
 @dataclass
 class ChannelTally:
     codes: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # all but the customers who confirmed on the phone
+    confirmed: int = 0  # paid after the customer confirmed (they wait for the channel's query schedule)
 
 
 def _ports_in_use(config: Config, simulators: SimulatorConfig) -> list[str]:
@@ -72,13 +76,18 @@ async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 
     async def one(channel: str, i: int) -> None:
         slot = i % len(TERMINALS)
         terminal = TERMINALS[slot]
-        pan = payment_code(channel, rng.choice(SUFFIX_MIX), rng)
+        suffix = rng.choice(SUFFIX_MIX)
+        pan = payment_code(channel, suffix, rng)
         message = purchase(terminal, MERCHANT, pan, rng.randrange(1, 50_000), stans.next(terminal))
         async with limit:
             started = time.perf_counter()
             answer = await clients[slot].request(message)
-            tallies[channel].latencies_ms.append((time.perf_counter() - started) * 1000)
+            elapsed_ms = (time.perf_counter() - started) * 1000
         tallies[channel].codes[answer["39"]] += 1
+        if suffix == USER_PAYING:
+            tallies[channel].confirmed += 1
+        else:
+            tallies[channel].latencies_ms.append(elapsed_ms)
 
     try:
         await asyncio.gather(*(one(channel, i) for channel, i in jobs))
@@ -94,8 +103,8 @@ def _p99(values: list[float]) -> float:
 
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
-        f"{'channel':10s} {'count':>6s} {'approved':>9s} {'declined':>9s} {'pending':>8s} {'91':>4s}"
-        f" {'mean ms':>8s} {'p99 ms':>7s}  response codes"
+        f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
+        f" {'91':>4s} {'mean ms':>8s} {'p99 ms':>7s}  response codes"
     )
     print(header)
     print("-" * len(header))
@@ -108,10 +117,26 @@ def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
         declined = count - approved - pending - unavailable
         codes = " ".join(f"{c}:{n}" for c, n in sorted(t.codes.items()))
         print(
-            f"{channel:10s} {count:6d} {approved:9d} {declined:9d} {pending:8d} {unavailable:4d}"
+            f"{channel:10s} {count:6d} {approved:9d} {t.confirmed:10d} {declined:9d} {pending:8d} {unavailable:4d}"
             f" {statistics.fmean(t.latencies_ms):8.1f} {_p99(t.latencies_ms):7.1f}  {codes}"
         )
-    print(f"\n{total} purchases in {seconds:.1f}s ({total / seconds:.0f}/s, closed loop, 64 outstanding)")
+    print(f"\n{total} purchases in {seconds:.1f}s, 64 outstanding at a time. 'confirmed': approved after the")
+    print("customer confirmed on the phone, found by the channel's query schedule (WeChat Pay every 10 s, Alipay")
+    print("every 5 s); they are left out of mean and p99. '91': the channel charged but answered an error; the")
+    print("resolver reverses those.")
+
+
+async def _settle(app: SwitchApp) -> None:
+    """Wait for the resolver to settle every open transaction, showing progress."""
+    assert app.journal is not None
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while (open_now := await app.journal.open_count()) and time.monotonic() < deadline:
+        print(f"\rresolver: {open_now} transaction(s) still open (pending or unknown)...   ", end="", flush=True)
+        await asyncio.sleep(1)
+    print(
+        f"\rresolver: {open_now or 'no'} transaction(s) open{' (settled at the next start)' if open_now else ''}"
+        + " " * 30
+    )
 
 
 async def _journal_summary(app: SwitchApp) -> None:
@@ -142,6 +167,8 @@ async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
             tallies = await send_burst(host, port, per_channel)
             print()
             print_summary(tallies, time.monotonic() - started)
+            print()
+            await _settle(app)
             await _journal_summary(app)
     finally:
         await app.stop()
