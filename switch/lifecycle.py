@@ -32,6 +32,8 @@ from switch.routing import Router
 log = logging.getLogger("paysw.txn")
 
 FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED"})
+# Field 39 of an inquiry's answer (spec section 3): the original is paid, in progress, or failed / closed.
+INQUIRY_CODE_OF_STATE = {"APPROVED": rc.APPROVED, "DECLINED": rc.DO_NOT_HONOUR, "CANCELLED": rc.DO_NOT_HONOUR}
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 _NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
@@ -113,7 +115,9 @@ class Processor:
                 out = self._network(message)
             elif kind is Kind.PURCHASE:
                 out, channel = await self._purchase(message)
-            else:  # void, refund, inquiry, reversal: the lifecycle issue
+            elif kind is Kind.INQUIRY:
+                out = await self._inquiry(message)
+            else:  # void, refund, reversal: not enabled yet
                 return await self._reject(message, Rejection(rc.INVALID_TRANSACTION, "3", f"{kind.value} not enabled"))
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
@@ -156,6 +160,22 @@ class Processor:
             return answer(message, rc.INVALID_TRANSACTION)
         log.debug("network management", extra={"terminal": message["41"], "what": NETWORK_CODES[code]})
         return answer(message, rc.APPROVED)
+
+    # -- inquiry -----------------------------------------------------------------------------
+
+    async def _inquiry(self, message: Message) -> Message:
+        """0110: the original's current state in field 39 and its amount in field 4."""
+        rrn = await self._journal.next_rrn()
+        refusal = self._check_merchant(message)
+        if refusal is not None:
+            return answer(message, refusal, rrn=rrn)
+        found = await self._journal.find_by_rrn(message["37"], message["42"])
+        if found is None:
+            return answer(message, rc.ORIGINAL_NOT_FOUND, rrn=rrn)
+        state, amount_fen = found
+        out = answer(message, INQUIRY_CODE_OF_STATE.get(state, rc.IN_PROGRESS), rrn=rrn)
+        out["4"] = f"{amount_fen:012d}"
+        return out
 
     # -- purchase ----------------------------------------------------------------------------
 

@@ -101,3 +101,55 @@ def test_journal_agrees_with_every_channel_ledger(switch, simulators, database_u
         assert not open_rows, f"left open: {open_rows[:5]}"
 
     run(scenario())
+
+
+def inquiry(terminal: str, merchant: str, rrn: str, stan: str) -> dict[str, str]:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "t": "0100",
+        "3": "300000",
+        "7": now.strftime("%m%d%H%M%S"),
+        "11": stan,
+        "12": now.strftime("%H%M%S"),
+        "13": now.strftime("%m%d"),
+        "37": rrn,
+        "41": terminal,
+        "42": merchant,
+    }
+
+
+def test_inquiry_reports_the_original_state_and_amount(switch, database_url):
+    from tests.support import MERCHANT, STANS, TERMINAL
+
+    async def scenario():
+        async with connected(switch) as client:
+            paid = await client.request(new_purchase("alipay", amount=4321))
+            declined = await client.request(new_purchase("ecny", "51"))
+            paying = await client.request(new_purchase("wechat", "08"))
+            asked = {}
+            for name, rrn in (
+                ("paid", paid["37"]),
+                ("declined", declined["37"]),
+                ("paying", paying["37"]),
+                ("unknown", "999999999999"),
+            ):
+                asked[name] = await client.request(inquiry(TERMINAL, MERCHANT, rrn, STANS.next(TERMINAL)))
+            other_merchant = await client.request(
+                inquiry("K0000001", "898310048990002", paid["37"], STANS.next("K0000001"))
+            )
+            unknown_terminal = await client.request(inquiry("X0000009", MERCHANT, paid["37"], STANS.next("X0000009")))
+        assert (asked["paid"]["t"], asked["paid"]["39"], asked["paid"]["4"]) == ("0110", "00", f"{4321:012d}")
+        assert asked["declined"]["39"] == "05"
+        assert asked["paying"]["39"] == "09"
+        assert asked["unknown"]["39"] == "25"
+        assert other_merchant["39"] == "25"  # another merchant's transaction is not found
+        assert unknown_terminal["39"] == "03"
+        assert all(len(a["37"]) == 12 and a["37"] != paid["37"] for a in asked.values())
+        await wait_for_state(database_url, paying["37"], {"CANCELLED"}, timeout=PAYMENT_WINDOW_MS / 1000 + 15)
+        async with connected(switch) as client:
+            later = await client.request(inquiry(TERMINAL, MERCHANT, paying["37"], STANS.next(TERMINAL)))
+        assert later["39"] == "05"  # the window closed unpaid: closed
+
+    run(scenario())

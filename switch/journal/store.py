@@ -237,6 +237,16 @@ class Journal:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
         return StoredTxn(*row) if row else None
 
+    async def find_by_rrn(self, rrn: str, merchant_id: str) -> tuple[str, int] | None:
+        """State and amount of the transaction ``rrn`` of ``merchant_id`` (another merchant's is
+        not found: a terminal learns nothing of other merchants' transactions)."""
+        row = await self._pool.fetchrow(
+            "SELECT state, amount_fen FROM txn WHERE rrn = $1 AND merchant_id = $2 ORDER BY tx_date DESC LIMIT 1",
+            rrn,
+            merchant_id,
+        )
+        return (row["state"], row["amount_fen"]) if row else None
+
     async def claim_due(self, limit: int, lease_s: float) -> list[OpenTxn]:
         """Take up to ``limit`` open transactions whose time has come, leased for ``lease_s``
         (several resolvers never take the same one; a resolver that dies lets its lease lapse)."""
