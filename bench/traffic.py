@@ -71,3 +71,17 @@ def purchase(
 def network(terminal: str, stan: str, code: str = "301", when: dt.datetime | None = None) -> Message:
     when = when or dt.datetime.now(dt.UTC)
     return {"t": "0800", "7": when.strftime("%m%d%H%M%S"), "11": stan, "41": terminal, "70": code}
+
+
+def reversal(original: Message, stan: str, when: dt.datetime | None = None) -> Message:
+    """The 0400 of ``original`` (a 0200): field 90 names it by MTI, STAN and field 7."""
+    when = when or dt.datetime.now(dt.UTC)
+    out = {k: original[k] for k in ("2", "3", "4", "25", "41", "42", "49") if k in original}
+    return out | {
+        "t": "0400",
+        "7": when.strftime("%m%d%H%M%S"),
+        "11": stan,
+        "12": when.strftime("%H%M%S"),
+        "13": when.strftime("%m%d"),
+        "90": original["t"] + original["11"] + original["7"] + "0" * 22,
+    }

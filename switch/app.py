@@ -61,7 +61,7 @@ class SwitchApp:
         fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
         processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint)
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
-        self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids)
+        self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         host, port = host_port(cfg.switch.listen)
         self._server = await asyncio.get_running_loop().create_server(

@@ -21,7 +21,7 @@ from protocols import response_codes as rc
 from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode, encode
 from protocols.masking import mask_pan
 from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
-from protocols.validation import NETWORK_CODES, Kind, Rejection, classify, validate
+from protocols.validation import FIELD_RULES, NETWORK_CODES, Kind, Rejection, classify, validate
 from switch.answers import answer, auth_id_for
 from switch.config import Config
 from switch.gateway import ChannelGateway, PaymentRef
@@ -31,9 +31,14 @@ from switch.routing import Router
 
 log = logging.getLogger("paysw.txn")
 
-FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED"})
+FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED", "REVERSED"})
 # Field 39 of an inquiry's answer (spec section 3): the original is paid, in progress, or failed / closed.
-INQUIRY_CODE_OF_STATE = {"APPROVED": rc.APPROVED, "DECLINED": rc.DO_NOT_HONOUR, "CANCELLED": rc.DO_NOT_HONOUR}
+INQUIRY_CODE_OF_STATE = {
+    "APPROVED": rc.APPROVED,
+    "DECLINED": rc.DO_NOT_HONOUR,
+    "CANCELLED": rc.DO_NOT_HONOUR,
+    "REVERSED": rc.DO_NOT_HONOUR,
+}
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 _NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
@@ -117,7 +122,9 @@ class Processor:
                 out, channel = await self._purchase(message)
             elif kind is Kind.INQUIRY:
                 out = await self._inquiry(message)
-            else:  # void, refund, reversal: not enabled yet
+            elif kind is Kind.REVERSAL:
+                out = await self._reversal(message)
+            else:  # void, refund: not enabled yet
                 return await self._reject(message, Rejection(rc.INVALID_TRANSACTION, "3", f"{kind.value} not enabled"))
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
@@ -176,6 +183,31 @@ class Processor:
         out = answer(message, INQUIRY_CODE_OF_STATE.get(state, rc.IN_PROGRESS), rrn=rrn)
         out["4"] = f"{amount_fen:012d}"
         return out
+
+    # -- reversal ----------------------------------------------------------------------------
+
+    async def _reversal(self, message: Message) -> Message:
+        """0410 ``00`` as soon as the reversal is committed (the resolver then cancels the original
+        at its channel, retrying until the channel confirms, across restarts); ``25`` when the
+        original is unknown, though it stays recorded so that an original arriving later is
+        refused. Idempotent: a retransmission gets the same answer."""
+        rrn = await self._journal.next_rrn()
+        refusal = self._check_merchant(message)
+        if refusal is not None:
+            return answer(message, refusal, rrn=rrn)
+        original = message["90"]
+        orig_stan, orig_transmitted = original[4:10], original[10:20]
+        if original[:4] != "0200" or not FIELD_RULES["7"].accepts(orig_transmitted):
+            return answer(message, rc.FORMAT_ERROR, rrn=rrn)
+        orig_date = transmission_date(orig_transmitted, dt.datetime.now(dt.UTC).date())
+        if orig_date is None:
+            return answer(message, rc.ORIGINAL_NOT_FOUND, rrn=rrn)
+        key = TxnKey(orig_date, message["41"], orig_stan, orig_transmitted)
+        answer_rrn, state = await self._journal.request_reversal(
+            key, message["11"], message["7"], int(message["4"]), rrn
+        )
+        log.info("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
+        return answer(message, rc.ORIGINAL_NOT_FOUND if state is None else rc.APPROVED, rrn=answer_rrn)
 
     # -- purchase ----------------------------------------------------------------------------
 
@@ -312,9 +344,13 @@ class Processor:
         return settled
 
     async def _replay(self, txn: NewTxn) -> Settled:
-        """The key is already in the journal (another front end, or before a restart)."""
+        """Not written: the key is already in the journal (another front end, or before a
+        restart), or its reversal arrived before it."""
         stored = await self._journal.find(txn.key)
         if stored is None:
+            if await self._journal.reversed_before_arrival(txn.key):
+                log.info("original refused: its reversal came first", extra={"rrn": txn.rrn})
+                return Settled(rc.DO_NOT_HONOUR, txn.rrn)
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
         if stored.request_hash != txn.request_hash:
             return Settled(rc.DUPLICATE_TRANSMISSION, txn.rrn)

@@ -55,6 +55,19 @@ class Metrics:
             registry=r,
         )
 
+        self.resolved = Counter(
+            "paysw_resolved",
+            "Open transactions settled by the resolver, by channel and final state",
+            ["channel", "state"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "paysw_dead_letters",
+            "Transactions handed to a person (alert on any increase), by channel",
+            ["channel"],
+            registry=r,
+        )
+
     def journal_batch_done(self, op: str, size: int, seconds: float) -> None:
         self.journal_batch.labels(op).observe(size)
         self.journal_seconds.labels(op).observe(seconds)

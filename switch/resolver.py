@@ -14,8 +14,14 @@ For each it asks the channel, then:
 | no such order     | -                        | cancel, which also bars a late pay          |
 | cannot tell       | -                        | ask again later (backing off)               |
 
-A cancel the channel confirms makes the transaction CANCELLED; one it asks to repeat is repeated;
-one it refuses is logged for a person and retried slowly, never dropped.
+A reversal (0400) the terminal asked for counts as "told a failure": the payment is cancelled (if
+the channel has it) and ends REVERSED. This is the store-and-forward queue of reversals: kept in
+the journal, retried with backoff until the channel confirms, surviving restarts.
+
+A cancel the channel confirms makes the transaction CANCELLED (REVERSED for a reversal); one it
+asks to repeat is repeated. One it refuses, and any transaction past ``MAX_CHECKS`` tries or
+``MAX_AGE_S``, moves to the dead-letter table for a person (with an alert metric); its journal row
+stays as it is, never dropped.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import FinalUpdate, Journal, OpenTxn
+from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.resolver")
 
 CALL_TIMEOUT_S = 15.0
 LEASE_S = 60.0  # longer than a query and a cancel together
 MAX_BACKOFF_S = 300.0
-REFUSED_RETRY_S = 600.0
+MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
+MAX_AGE_S = 3 * 24 * 3600.0
 TOLD_TO_WAIT = {rc.APPROVED, rc.IN_PROGRESS}
 
 
@@ -47,6 +55,7 @@ class Resolver:
         gateways: dict[str, ChannelGateway],
         channels: dict[str, ChannelSection],
         merchant_channel_ids: dict[tuple[str, str], str],
+        metrics: Metrics,
         poll_s: float = 1.0,
         batch: int = 100,
     ) -> None:
@@ -54,6 +63,7 @@ class Resolver:
         self._gateways = gateways
         self._channels = channels
         self._merchant_channel_ids = merchant_channel_ids
+        self._metrics = metrics
         self._poll_s = poll_s
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
@@ -90,9 +100,12 @@ class Resolver:
     async def resolve(self, txn: OpenTxn) -> None:
         channel = self._channels.get(txn.channel)
         gateway = self._gateways.get(txn.channel)
+        age = time.time() - txn.received_at.timestamp()
         if channel is None or gateway is None:
-            log.error("open transaction of an unconfigured channel", extra={"rrn": txn.rrn, "channel": txn.channel})
-            await self._journal.defer(txn.key, REFUSED_RETRY_S)
+            await self._give_up(txn, f"channel {txn.channel!r} is not configured")
+            return
+        if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
+            await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
             return
         ref = PaymentRef(
             txn.out_trade_no,
@@ -103,19 +116,20 @@ class Resolver:
             txn.channel_txn_id or "",
         )
         found = await gateway.call(QUERY, ref, time.time() + CALL_TIMEOUT_S)
-        age = time.time() - txn.received_at.timestamp()
+        keep = txn.response_code in TOLD_TO_WAIT and not txn.reversal_requested
         if found.outcome is Outcome.APPROVED:
-            if txn.response_code in TOLD_TO_WAIT:
+            if keep:
                 await self._finish(txn, "APPROVED", rc.APPROVED, found, auth_id_for(txn.rrn))
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.PENDING:
-            if age * 1000 < channel.payment_window_ms:
+            if age * 1000 < channel.payment_window_ms and not txn.reversal_requested:
                 await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.DECLINED and found.channel_code != NOT_FOUND:
-            await self._finish(txn, "DECLINED", _failure_code(txn), found)
+            # Closed or failed at the channel: no money kept, whatever was asked.
+            await self._finish(txn, "REVERSED" if txn.reversal_requested else "DECLINED", _failure_code(txn), found)
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
@@ -130,15 +144,20 @@ class Resolver:
             return
         cancelled = await gateway.call(CANCEL, ref, time.time() + CALL_TIMEOUT_S)
         if cancelled.outcome is Outcome.APPROVED:
-            await self._finish(txn, "CANCELLED", _failure_code(txn), cancelled)
+            state = "REVERSED" if txn.reversal_requested else "CANCELLED"
+            await self._finish(txn, state, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
-            log.error(
-                "channel refused to cancel: needs a person",
-                extra={"rrn": txn.rrn, "channel": txn.channel, "channel_code": cancelled.channel_code},
-            )
-            await self._journal.defer(txn.key, REFUSED_RETRY_S)
+            await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
             await self._journal.defer(txn.key, min(2.0, channel.query_interval_ms / 1000))
+
+    async def _give_up(self, txn: OpenTxn, reason: str) -> None:
+        await self._journal.dead_letter(txn, reason)
+        self._metrics.dead_letters.labels(txn.channel).inc()
+        log.error(
+            "moved to the dead letters: needs a person",
+            extra={"rrn": txn.rrn, "channel": txn.channel, "state": txn.state, "reason": reason},
+        )
 
     async def _finish(self, txn: OpenTxn, state: str, code: str, result: ChannelResult, auth_id: str = "") -> None:
         update = FinalUpdate(
@@ -156,6 +175,7 @@ class Resolver:
         )
         await self._journal.record_outcome(update)
         self.resolved += 1
+        self._metrics.resolved.labels(txn.channel, state).inc()
         log.info(
             "transaction resolved",
             extra={"rrn": txn.rrn, "channel": txn.channel, "from": txn.state, "to": state, "code": code},
@@ -166,6 +186,8 @@ def _failure_code(txn: OpenTxn) -> str:
     """What a resend or an inquiry gets for a transaction that did not go through: what the
     terminal was told, unless that was "wait" (then: declined)."""
     told = txn.response_code
+    if txn.reversal_requested and told == rc.APPROVED:
+        return told  # a resend of the reversed original still gets its original answer
     return rc.DO_NOT_HONOUR if told in (None, "", rc.IN_PROGRESS, rc.APPROVED) else told
 
 

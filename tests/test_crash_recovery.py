@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from bench.client import IsoClient
-from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
+from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase, reversal
 from tests.conftest import free_port, run, wait_for_port
 from tests.support import MERCHANT, sim_ledger
 
@@ -27,6 +27,7 @@ TERMINALS = ("T0000002", "T0000003", "T0000004")
 # Mostly approvals, with every outcome that leaves a transaction open for a while.
 SUFFIXES = ["00"] * 12 + ["51", "05", "09", "08", "96", "98"]
 OPEN = ("RECEIVED", "PENDING", "UNKNOWN")
+REVERSAL_SHARE = 0.1
 
 
 class SwitchProcess:
@@ -62,7 +63,14 @@ class SwitchProcess:
         return self.proc.wait(timeout=60)
 
 
-async def steady_traffic(port: int, answers: dict[str, str], stop: asyncio.Event, rng: random.Random) -> None:
+async def steady_traffic(
+    port: int,
+    answers: dict[str, str],
+    reversed_rrns: set[str],
+    maybe_reversed: set[str],
+    stop: asyncio.Event,
+    rng: random.Random,
+) -> None:
     """Purchases on every channel from three terminals, 8 outstanding each, until ``stop`` or the
     connection dies with the switch."""
     stans = Stans(start=rng.randrange(1, 900_000))
@@ -86,6 +94,10 @@ async def steady_traffic(port: int, answers: dict[str, str], stop: asyncio.Event
                     )
                     answer = await client.request(request, timeout=30)
                     answers[answer["37"]] = answer["39"]
+                    if rng.random() < REVERSAL_SHARE:  # the terminal gives up on some of them
+                        maybe_reversed.add(answer["37"])  # sent: whether it was committed, a kill may hide
+                        await client.request(reversal(request, stans.next(terminal)), timeout=30)
+                        reversed_rrns.add(answer["37"])  # answered 00: committed, must be carried out
 
             await asyncio.gather(*(one() for _ in range(8)))
         except (ConnectionError, TimeoutError):
@@ -96,26 +108,41 @@ async def steady_traffic(port: int, answers: dict[str, str], stop: asyncio.Event
     await asyncio.gather(*(terminal_loop(t) for t in TERMINALS))
 
 
-async def kill_rounds(switch: SwitchProcess, kills: int, rng: random.Random) -> dict[str, str]:
+async def kill_rounds(
+    switch: SwitchProcess, kills: int, rng: random.Random
+) -> tuple[dict[str, str], set[str], set[str]]:
     answers: dict[str, str] = {}
+    reversed_rrns: set[str] = set()
+    maybe_reversed: set[str] = set()
     for _ in range(kills):
         switch.start()
         stop = asyncio.Event()
-        traffic = asyncio.create_task(steady_traffic(switch.port, answers, stop, rng))
+        traffic = asyncio.create_task(steady_traffic(switch.port, answers, reversed_rrns, maybe_reversed, stop, rng))
         await asyncio.sleep(rng.uniform(1.0, 3.0))
         switch.kill()  # at a random moment, with transactions under way
         stop.set()
         await asyncio.wait_for(traffic, 40)
-    return answers
+    return answers, reversed_rrns, maybe_reversed - reversed_rrns
 
 
-async def settle_and_compare(database_url: str, simulators: dict[str, int], since: float, answers: dict[str, str]):
+async def settle_and_compare(
+    database_url: str,
+    simulators: dict[str, int],
+    since: float,
+    answers: dict[str, str],
+    reversed_rrns: set[str],
+    unanswered_reversals: set[str],
+) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         filters = "channel = ANY($1) AND terminal_id = ANY($2) AND received_at >= to_timestamp($3)"
         args = (list(CODE_SHAPES), list(TERMINALS), since)
         deadline = time.monotonic() + 90
-        while await conn.fetchval(f"SELECT count(*) FROM txn WHERE state = ANY($4) AND {filters}", *args, list(OPEN)):
+        unsettled = (
+            f"SELECT count(*) FROM txn WHERE {filters} AND (state = ANY($4) "
+            "OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL))"
+        )
+        while await conn.fetchval(unsettled, *args, list(OPEN)):
             assert time.monotonic() < deadline, "transactions still open 90 s after the restart"
             await asyncio.sleep(0.5)
         rows = await conn.fetch(f"SELECT rrn, channel, out_trade_no, state FROM txn WHERE {filters}", *args)
@@ -136,8 +163,14 @@ async def settle_and_compare(database_url: str, simulators: dict[str, int], sinc
     by_rrn = {r["rrn"]: r["state"] for r in rows}
     for rrn, code in answers.items():
         if code == "00":
-            assert by_rrn.get(rrn) == "APPROVED", f"told 00 but the journal says {by_rrn.get(rrn)} (rrn {rrn})"
-    states = {s: sum(1 for r in rows if r["state"] == s) for s in ("APPROVED", "DECLINED", "CANCELLED")}
+            if rrn in reversed_rrns:
+                expected = {"REVERSED"}
+            elif rrn in unanswered_reversals:
+                expected = {"APPROVED", "REVERSED"}
+            else:
+                expected = {"APPROVED"}
+            assert by_rrn.get(rrn) in expected, f"told 00, expected {expected}, journal {by_rrn.get(rrn)} ({rrn})"
+    states = {s: sum(1 for r in rows if r["state"] == s) for s in ("APPROVED", "DECLINED", "CANCELLED", "REVERSED")}
     print(
         f"\ncrash test: {len(rows)} transactions, {len(answers)} answered before the kills, {states}, "
         f"{charged} kept by the channels, 0 lost, 0 open"
@@ -150,10 +183,10 @@ def crash_test(kills: int, config_dir: Path, database_url: str, simulators: dict
     since = time.time()
 
     async def scenario() -> None:
-        answers = await kill_rounds(switch, kills, rng)
+        answers, reversed_rrns, unanswered_reversals = await kill_rounds(switch, kills, rng)
         switch.start()  # the restart whose recovery settles what the kills left open
         try:
-            await settle_and_compare(database_url, simulators, since, answers)
+            await settle_and_compare(database_url, simulators, since, answers, reversed_rrns, unanswered_reversals)
         finally:
             assert switch.stop() == 0
 

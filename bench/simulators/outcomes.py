@@ -11,6 +11,7 @@ can ask for any outcome. The digits mirror the ISO 8583 code the switch answers:
 | 08     | user paying; the customer never confirms               | 09, then cancels it             |
 | 96     | charges, but answers "system error"                    | 91 (UNKNOWN), then reverses it  |
 | 98     | charges, answering after ``slow_ms``                   | 00, or 91 past the timeout      |
+| 07     | charges; refuses any cancel (reverse window expired)   | 00; a reversal goes to a person |
 | other  | charges                                                | 00                              |
 """
 
@@ -30,6 +31,7 @@ VERDICT_BY_SUFFIX = {
     "96": "SYSTEMERROR",
 }
 SLOW_SUFFIX = "98"
+REFUSES_CANCEL_SUFFIX = "07"
 NEVER_CONFIRMS_SUFFIX = "08"
 
 
@@ -50,6 +52,7 @@ class Order:
     channel_txn_id: str
     pay_verdict: str = ""
     confirms_at: float = math.inf  # while PAYING: when the customer confirms
+    refuses_cancel: bool = False
 
     def refresh(self, now: float | None = None) -> None:
         if self.status == "PAYING" and (now or time.time()) >= self.confirms_at:
@@ -79,7 +82,9 @@ class Ledger:
         confirms_at = math.inf
         if status == "PAYING" and not auth_code.endswith(NEVER_CONFIRMS_SUFFIX):
             confirms_at = time.time() + self._paying_s
-        order = Order(amount_fen, status, channel_txn_id, verdict, confirms_at)
+        order = Order(
+            amount_fen, status, channel_txn_id, verdict, confirms_at, auth_code.endswith(REFUSES_CANCEL_SUFFIX)
+        )
         self._orders[out_trade_no] = order
         return order
 
@@ -89,19 +94,21 @@ class Ledger:
             order.refresh()
         return order
 
-    def cancel(self, out_trade_no: str) -> bool:
-        """Close or reverse an order. False when there was none: the number is closed anyway, so
-        a pay that arrives late is refused."""
+    def cancel(self, out_trade_no: str) -> str:
+        """Close or reverse an order: DONE, REFUSED, or NOTEXIST when there was none (the number
+        is closed anyway, so a pay that arrives late is refused)."""
         order = self._orders.get(out_trade_no)
         if order is None:
             self._orders[out_trade_no] = Order(0, "CLOSED", "")
-            return False
+            return "NOTEXIST"
         order.refresh()
+        if order.refuses_cancel:
+            return "REFUSED"
         if order.status == "PAID":
             order.status = "REVERSED"
         elif order.status == "PAYING":
             order.status = "CLOSED"
-        return True
+        return "DONE"
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         for order in self._orders.values():

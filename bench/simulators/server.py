@@ -111,7 +111,7 @@ class Simulator:
             verdict = ChannelVerdict(_pay_verdict(order), order.channel_txn_id)
             delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
         elif seen.op == CANCEL:
-            verdict = ChannelVerdict("DONE" if self.ledger.cancel(seen.out_trade_no) else "NOTEXIST")
+            verdict = ChannelVerdict(self.ledger.cancel(seen.out_trade_no))
             delay = self._latency
         else:
             order = self.ledger.query(seen.out_trade_no)

@@ -61,6 +61,7 @@ _ANSWERS = {
     (PAY, "ORDERCLOSED"): ("40004", _FAILED, "ACQ.TRADE_HAS_CLOSE", "交易已经关闭"),
     (QUERY, "NOTEXIST"): ("40004", _FAILED, NOT_EXIST, "交易不存在"),
     (CANCEL, "NOTEXIST"): ("40004", _FAILED, NOT_EXIST, "交易不存在"),
+    (CANCEL, "REFUSED"): ("40004", _FAILED, "ACQ.REASON_TRADE_BEEN_FREEZEN", "交易已冻结，不能撤销"),
 }
 _SYSTEM_ERROR = ("20000", "Service Currently Unavailable", "aop.unknow-error", "系统繁忙")
 _TRADE_STATUS = {"PAID": "TRADE_SUCCESS", "PAYING": "WAIT_BUYER_PAY", "CLOSED": "TRADE_CLOSED"}

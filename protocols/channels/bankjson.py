@@ -5,9 +5,9 @@ pay, query and cancel, each on its own path.
 answer likewise. Amounts are integer fen. ``code`` ``0000`` is success, with ``trade_status``
 ``SUCCESS`` (paid), ``PAYING`` (waiting for the customer) or ``CLOSED``; business codes: ``1001``
 insufficient funds, ``1002`` expired code, ``1003`` invalid code, ``1004`` no such order, ``1005``
-order closed, ``1009`` declined; ``9999`` system error (unknown, query). A cancel answers
-``cancel_status`` ``CANCELLED`` or ``RETRY``. The two channels differ only in paths and app
-naming, so each is one instance of this.
+order closed, ``1006`` cannot be cancelled any more, ``1009`` declined; ``9999`` system error
+(unknown, query). A cancel answers ``cancel_status`` ``CANCELLED`` or ``RETRY``. The two channels
+differ only in paths and app naming, so each is one instance of this.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ _ANSWERS = {
     (CANCEL, "DONE"): (OK, "CANCELLED", "已撤销"),
     (CANCEL, "RETRY"): (OK, "RETRY", "请重试"),
     (CANCEL, "NOTEXIST"): (NO_SUCH_ORDER, "", "订单不存在"),
+    (CANCEL, "REFUSED"): ("1006", "REFUSED", "已过撤销期限"),
 }
 _CST = dt.timezone(dt.timedelta(hours=8))
 

@@ -62,7 +62,12 @@ _PAY_CODES = {
     "SYSTEMERROR": ("04", "交易状态未明，请查询对账结果"),
 }
 _ORIG_CODE = {"PAID": "00", "PAYING": "05", "CLOSED": "01"}
-_CANCEL_CODES = {"DONE": ("00", "成功"), "RETRY": ("04", "交易状态未明"), "NOTEXIST": (NO_SUCH_TXN, "查无此交易")}
+_CANCEL_CODES = {
+    "DONE": ("00", "成功"),
+    "RETRY": ("04", "交易状态未明"),
+    "NOTEXIST": (NO_SUCH_TXN, "查无此交易"),
+    "REFUSED": ("01", "交易失败，已过撤销期限"),
+}
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:

@@ -198,6 +198,8 @@ class WeChatChannelSide:
             doc |= {"result_code": "SUCCESS", "recall": "Y"}
         elif status == "NOTEXIST":
             doc |= {"result_code": "FAIL", "err_code": "ORDERNOTEXIST", "err_code_des": "此交易订单号不存在"}
+        elif status == "REFUSED":
+            doc |= {"result_code": "FAIL", "err_code": "REVERSE_EXPIRE", "err_code_des": "订单已过撤销期限"}
         else:
             doc |= {"result_code": "FAIL", "err_code": "SYSTEMERROR", "err_code_des": "系统错误"}
         doc["sign"] = sign(signing_input(doc))

@@ -121,6 +121,50 @@ MIGRATIONS: list[str] = [
         WHERE state IN ('RECEIVED', 'PENDING', 'UNKNOWN');
     CREATE INDEX txn_due ON txn (next_check_at) WHERE state IN ('RECEIVED', 'PENDING', 'UNKNOWN');
     """,
+    # 3: reversals (0400) carried out store-and-forward, and dead letters for a person
+    """
+    INSERT INTO txn_state VALUES
+        ('REVERSED', true, 'reversed at the terminal''s request: the channel keeps no money');
+    INSERT INTO txn_state_move VALUES
+        ('RECEIVED', 'REVERSED'), ('PENDING', 'REVERSED'), ('UNKNOWN', 'REVERSED'), ('APPROVED', 'REVERSED');
+
+    -- Set, and committed, before the 0400 is answered; the resolver carries it out.
+    ALTER TABLE txn ADD COLUMN reversal_requested_at timestamptz;
+    CREATE INDEX txn_reversal_due ON txn (next_check_at)
+        WHERE state = 'APPROVED' AND reversal_requested_at IS NOT NULL;
+
+    -- Every reversal as received, keyed by the original it names: a retransmission gets the same
+    -- answer, and an original that arrives after its reversal is never sent.
+    CREATE TABLE reversal (
+        orig_tx_date     date        NOT NULL,
+        terminal_id      text        NOT NULL,
+        orig_stan        text        NOT NULL,
+        orig_transmitted text        NOT NULL,
+        stan             text        NOT NULL,
+        transmitted      text        NOT NULL,
+        amount_fen       bigint      NOT NULL,
+        rrn              text        NOT NULL UNIQUE,
+        received_at      timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (orig_tx_date, terminal_id, orig_stan, orig_transmitted)
+    );
+
+    -- Transactions the resolver gave up on (too many tries, too old, or a refusal): for a person.
+    -- The transaction itself stays as it is, never dropped.
+    CREATE TABLE dead_letter (
+        tx_date     date        NOT NULL,
+        terminal_id text        NOT NULL,
+        stan        text        NOT NULL,
+        transmitted text        NOT NULL,
+        rrn         text        NOT NULL,
+        channel     text        NOT NULL,
+        state       text        NOT NULL,
+        reason      text        NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        resolved_at timestamptz,
+        resolution  text,
+        PRIMARY KEY (tx_date, terminal_id, stan, transmitted)
+    );
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

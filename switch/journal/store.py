@@ -90,6 +90,7 @@ class OpenTxn(NamedTuple):
     channel_txn_id: str | None
     received_at: dt.datetime
     checks: int
+    reversal_requested: bool
 
     @property
     def key(self) -> TxnKey:
@@ -120,13 +121,18 @@ _INSERT_SQL = (
     f"SELECT u.*, 'RECEIVED' FROM unnest("
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
+    # An original whose reversal arrived first is never written, so never sent.
+    "WHERE NOT EXISTS (SELECT 1 FROM reversal r WHERE r.orig_tx_date = u.tx_date AND r.terminal_id = u.terminal_id "
+    "AND r.orig_stan = u.stan AND r.orig_transmitted = u.transmitted) "
     "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
 )
 _UPDATE_COLUMNS = list(FinalUpdate._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
 _UPDATE_SQL = (
     "UPDATE txn t SET "
-    + ", ".join(f"{c} = u.{c}" for c in _UPDATE_COLUMNS if c not in _KEY_COLUMNS)
+    + ", ".join(f"{c} = u.{c}" for c in _UPDATE_COLUMNS if c not in (*_KEY_COLUMNS, "next_check_at"))
+    # A reversal requested while the transaction was under way is carried out as soon as it ends.
+    + ", next_check_at = CASE WHEN t.reversal_requested_at IS NULL THEN u.next_check_at ELSE now() END"
     + " FROM unnest("
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
     + f") AS u({', '.join(_UPDATE_COLUMNS)}) WHERE "
@@ -139,16 +145,18 @@ _FIND_SQL = (
 )
 
 _OPEN = "('RECEIVED', 'PENDING', 'UNKNOWN')"
+_DUE = f"(state IN {_OPEN} OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL))"
+_OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
 _CLAIM_SQL = (
     f"WITH due AS (SELECT tx_date, terminal_id, stan, transmitted FROM txn "
-    f"WHERE state IN {_OPEN} AND next_check_at <= now() ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    f"WHERE {_DUE} AND next_check_at <= now() ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
     "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
-    "RETURNING " + ", ".join(f"t.{c}" for c in OpenTxn._fields)
+    "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
 _DEFER_SQL = (
-    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE state IN {_OPEN} "
+    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {_DUE} "
     "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
@@ -258,7 +266,67 @@ class Journal:
         await self._pool.execute(_DEFER_SQL, *key, seconds)
 
     async def open_count(self) -> int:
-        return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE state IN {_OPEN}")
+        """Transactions the resolver is still settling (open, or approved with a reversal to carry
+        out); dead letters, waiting for a person, are not counted."""
+        return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE {_DUE} AND next_check_at IS NOT NULL")
+
+    async def request_reversal(
+        self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
+    ) -> tuple[str, str | None]:
+        """Record a 0400 and flag its original, committed before the answer. Returns the RRN of the
+        answer (the first one's, for a retransmission) and the original's state (None: unknown)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            answer_rrn = await conn.fetchval(
+                "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
+                "amount_fen, rrn) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING rrn",
+                *original,
+                stan,
+                transmitted,
+                amount_fen,
+                rrn,
+            ) or await conn.fetchval(
+                "SELECT rrn FROM reversal WHERE orig_tx_date = $1 AND terminal_id = $2 AND orig_stan = $3 "
+                "AND orig_transmitted = $4",
+                *original,
+            )
+            state = await conn.fetchval(
+                "UPDATE txn SET reversal_requested_at = coalesce(reversal_requested_at, now()), "
+                # Under way in a front end: it makes the row due when it ends (see _UPDATE_SQL).
+                "next_check_at = CASE WHEN state = 'RECEIVED' THEN next_check_at ELSE now() END "
+                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
+                f"AND (state IN {_OPEN} OR state = 'APPROVED') RETURNING state",
+                *original,
+            ) or await conn.fetchval(
+                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+                *original,
+            )
+        return answer_rrn, state
+
+    async def reversed_before_arrival(self, key: TxnKey) -> bool:
+        return await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM reversal WHERE orig_tx_date = $1 AND terminal_id = $2 AND orig_stan = $3 "
+            "AND orig_transmitted = $4)",
+            *key,
+        )
+
+    async def dead_letter(self, txn: OpenTxn, reason: str) -> None:
+        """Hand a transaction to a person: recorded in ``dead_letter``, no longer taken by the resolver,
+        its journal row kept as it is."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                *txn.key,
+                txn.rrn,
+                txn.channel,
+                txn.state,
+                reason,
+            )
+            await conn.execute(
+                "UPDATE txn SET next_check_at = NULL WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
+                "AND transmitted = $4",
+                *txn.key,
+            )
 
     async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
         return await self._flush(txns, _INSERT_SQL)

@@ -1,0 +1,138 @@
+"""Reversals (0400): answered once committed, carried out at the channel by the resolver until it
+confirms, idempotent, and honoured even when they overtake their original."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.traffic import reversal
+from tests.conftest import run
+from tests.support import (
+    STANS,
+    connected,
+    journal_row,
+    new_purchase,
+    out_trade_no,
+    sim_ledger,
+    wait_for_state,
+)
+
+
+def test_reversal_of_an_approved_purchase_returns_the_money_once(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("wechat")
+        async with connected(switch) as client:
+            approved = await client.request(purchase)
+            reversal_request = reversal(purchase, STANS.next(purchase["41"]))
+            answer = await client.request(reversal_request)
+            again = await client.request(dict(reversal_request))  # the terminal resends it
+        assert approved["39"] == "00"
+        assert (answer["t"], answer["39"]) == ("0410", "00")
+        assert (again["39"], again["37"]) == ("00", answer["37"])
+        row = await wait_for_state(database_url, approved["37"], {"REVERSED"})
+        assert row["response_code"] == "00"  # a resent original still gets its original answer
+        assert sim_ledger(simulators, "wechat")[out_trade_no(approved["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+def test_reversal_of_a_declined_purchase_needs_no_channel_call(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("ecny", "51")
+        async with connected(switch) as client:
+            declined = await client.request(purchase)
+            answer = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+        assert (declined["39"], answer["39"]) == ("51", "00")
+        await asyncio.sleep(1.5)
+        row = await journal_row(database_url, declined["37"])
+        assert row["state"] == "DECLINED"
+        assert sim_ledger(simulators, "ecny")[out_trade_no(declined["37"])]["status"] == "FAILED"
+
+    run(scenario())
+
+
+def test_reversal_that_overtakes_its_original_is_honoured(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("inbank")
+        async with connected(switch) as client:
+            early = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+            late_original = await client.request(purchase)
+        assert early["39"] == "25"  # spec: the original is unknown (yet)
+        assert late_original["39"] == "05"  # refused: never sent to the channel
+        assert await journal_row(database_url, late_original["37"]) is None
+        assert out_trade_no(late_original["37"]) not in sim_ledger(simulators, "inbank")
+
+    run(scenario())
+
+
+def test_reversal_while_the_original_is_under_way(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("alipay", "98")  # the channel takes 3 s to answer
+        async with connected(switch) as paying, connected(switch) as reversing:
+            original = asyncio.ensure_future(paying.request(purchase))
+            await asyncio.sleep(0.5)
+            answer = await asyncio.wait_for(reversing.request(reversal(purchase, STANS.next(purchase["41"]))), 2)
+            approved = await original
+        assert answer["39"] == "00"  # answered at once, not after the original
+        assert approved["39"] == "00"
+        await wait_for_state(database_url, approved["37"], {"REVERSED"})
+        assert sim_ledger(simulators, "alipay")[out_trade_no(approved["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+def test_reversal_of_a_payment_the_customer_is_still_confirming(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("wechat", "08")
+        async with connected(switch) as client:
+            waiting = await client.request(purchase)
+            answer = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+        assert (waiting["39"], answer["39"]) == ("09", "00")
+        await wait_for_state(database_url, waiting["37"], {"REVERSED"})
+        assert sim_ledger(simulators, "wechat")[out_trade_no(waiting["37"])]["status"] == "CLOSED"
+
+    run(scenario())
+
+
+def test_malformed_reversals(switch):
+    async def scenario():
+        purchase = new_purchase("unionpay")
+        async with connected(switch) as client:
+            bad_mti = reversal(purchase, STANS.next(purchase["41"]))
+            bad_mti["90"] = "0100" + bad_mti["90"][4:]
+            no_90 = {k: v for k, v in reversal(purchase, STANS.next(purchase["41"])).items() if k != "90"}
+            unknown_terminal = reversal(purchase, STANS.next("X0000009")) | {"41": "X0000009"}
+            answers = [await client.request(m) for m in (bad_mti, no_90, unknown_terminal)]
+        assert [a["39"] for a in answers] == ["30", "30", "03"]
+        assert all(a["t"] == "0410" and len(a["37"]) == 12 for a in answers)
+
+    run(scenario())
+
+
+def test_a_reversal_the_channel_refuses_goes_to_a_person_and_is_never_dropped(switch, simulators, database_url):
+    async def scenario():
+        import asyncpg
+
+        purchase = new_purchase("unionpay", "07")  # the channel charges, and refuses any cancel
+        async with connected(switch) as client:
+            approved = await client.request(purchase)
+            answer = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+        assert (approved["39"], answer["39"]) == ("00", "00")
+        conn = await asyncpg.connect(database_url)
+        try:
+            for _ in range(60):
+                letter = await conn.fetchrow("SELECT * FROM dead_letter WHERE rrn = $1", approved["37"])
+                if letter:
+                    break
+                await asyncio.sleep(0.25)
+        finally:
+            await conn.close()
+        assert letter is not None and "refused to cancel" in letter["reason"]
+        row = await journal_row(database_url, approved["37"])
+        assert row["state"] == "APPROVED" and row["reversal_requested_at"] is not None  # kept as it is
+        assert row["next_check_at"] is None  # no longer retried by the resolver, waiting for a person
+        assert sim_ledger(simulators, "unionpay")[out_trade_no(approved["37"])]["status"] == "PAID"
+        _, metrics = switch.get("/metrics")
+        assert 'paysw_dead_letters_total{channel="unionpay"}' in metrics
+
+    run(scenario())
