@@ -85,3 +85,35 @@ def reversal(original: Message, stan: str, when: dt.datetime | None = None) -> M
         "13": when.strftime("%m%d"),
         "90": original["t"] + original["11"] + original["7"] + "0" * 22,
     }
+
+
+def void(original: Message, original_rrn: str, stan: str, when: dt.datetime | None = None) -> Message:
+    """A void (0200, processing code 020000) of ``original`` by its RRN, for its whole amount."""
+    return _undo(original, original_rrn, stan, "020000", int(original["4"]), when)
+
+
+def refund(
+    original: Message, original_rrn: str, amount_fen: int, stan: str, when: dt.datetime | None = None
+) -> Message:
+    """A refund (0200, processing code 200000) of ``amount_fen`` of ``original`` by its RRN."""
+    return _undo(original, original_rrn, stan, "200000", amount_fen, when)
+
+
+def _undo(
+    original: Message, original_rrn: str, stan: str, code: str, amount_fen: int, when: dt.datetime | None
+) -> Message:
+    when = when or dt.datetime.now(dt.UTC)
+    return {
+        "t": "0200",
+        "3": code,
+        "4": f"{amount_fen:012d}",
+        "7": when.strftime("%m%d%H%M%S"),
+        "11": stan,
+        "12": when.strftime("%H%M%S"),
+        "13": when.strftime("%m%d"),
+        "25": "00",
+        "37": original_rrn,
+        "41": original["41"],
+        "42": original["42"],
+        "49": "156",
+    }

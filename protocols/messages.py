@@ -19,16 +19,18 @@ class Outcome(StrEnum):
     UNKNOWN = "UNKNOWN"  # it may or may not have happened: must be resolved by a query
 
 
-PAY, QUERY, CANCEL = "pay", "query", "cancel"
+PAY, QUERY, CANCEL, REFUND = "pay", "query", "cancel", "refund"
 
 
 class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
-    """One call to a channel about one payment: ``pay`` it, ``query`` its state, or ``cancel`` it
-    (close it unpaid, or reverse it if paid). ``auth_code`` is the customer's payment code or
-    card number, in memory only (never in a log or the journal); empty for query and cancel."""
+    """One call to a channel about one payment: ``pay`` it, ``query`` its state, ``cancel`` it
+    (close it unpaid, or reverse it if paid), or ``refund`` part or all of it (``amount_fen`` of
+    ``total_fen``, under the refund's own number ``refund_no``, which makes it idempotent).
+    ``auth_code`` is the customer's payment code or card number, in memory only (never in a log or
+    the journal); empty but for pay."""
 
     key: int  # correlation id within the sending front end
-    op: str  # PAY, QUERY or CANCEL
+    op: str  # PAY, QUERY, CANCEL or REFUND
     out_trade_no: str
     amount_fen: int
     auth_code: str
@@ -38,6 +40,8 @@ class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
     created: float = 0.0  # epoch seconds of the write-ahead: the order time the channel is told
     channel_txn_id: str = ""  # the channel's id of the payment, when known (some cancels need it)
     subject: str = "POS purchase"
+    refund_no: str = ""  # refund: its own order number at the channel
+    total_fen: int = 0  # refund: the payment's whole amount
 
 
 class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
@@ -47,6 +51,7 @@ class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
     - query: APPROVED paid, PENDING still paying, DECLINED closed or failed (``channel_code``
       NOT_FOUND when the channel has no such order), UNKNOWN could not tell.
     - cancel: APPROVED cancelled (the channel keeps no money), UNKNOWN call again, DECLINED refused.
+    - refund: APPROVED accepted (the money goes back), UNKNOWN call again (same refund_no), DECLINED refused.
     """
 
     key: int

@@ -30,6 +30,8 @@ class PaymentRef(NamedTuple):
     terminal_id: str
     created: float  # epoch seconds of the write-ahead
     channel_txn_id: str = ""
+    refund_no: str = ""  # a refund: its own order number at the channel
+    total_fen: int = 0  # a refund: the payment's whole amount
 
 
 class ChannelGateway:
@@ -65,6 +67,8 @@ class ChannelGateway:
             deadline,
             ref.created,
             ref.channel_txn_id,
+            refund_no=ref.refund_no,
+            total_fen=ref.total_fen,
         )
         future: asyncio.Future[ChannelResult] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future

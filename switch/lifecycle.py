@@ -13,8 +13,10 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import asyncpg
 
 from actors.settings import ChannelSection
 from protocols import response_codes as rc
@@ -22,10 +24,11 @@ from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, d
 from protocols.masking import mask_pan
 from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
 from protocols.validation import FIELD_RULES, NETWORK_CODES, Kind, Rejection, classify, validate
+from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import Config
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import FinalUpdate, Journal, NewTxn, TxnKey
+from switch.journal import FinalUpdate, Journal, NewTxn, Original, TxnKey
 from switch.metrics import Metrics
 from switch.routing import Router
 
@@ -124,8 +127,8 @@ class Processor:
                 out = await self._inquiry(message)
             elif kind is Kind.REVERSAL:
                 out = await self._reversal(message)
-            else:  # void, refund: not enabled yet
-                return await self._reject(message, Rejection(rc.INVALID_TRANSACTION, "3", f"{kind.value} not enabled"))
+            else:  # void or refund
+                out, channel = await self._undo(message, kind)
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
             out = answer(message, rc.SYSTEM_MALFUNCTION, rrn=await self._rrn_or_blank(message))
@@ -209,6 +212,70 @@ class Processor:
         log.info("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
         return answer(message, rc.ORIGINAL_NOT_FOUND if state is None else rc.APPROVED, rrn=answer_rrn)
 
+    # -- void and refund -----------------------------------------------------------------------
+
+    async def _undo(self, message: Message, kind: Kind) -> tuple[Message, str]:
+        """A void (same day, whole amount) or a refund (any part of what is left), each a
+        transaction of its own, carried out at the purchase's channel."""
+        rrn = await self._journal.next_rrn()
+        refusal = self._check_merchant(message)
+        tx_date = transmission_date(message["7"], dt.datetime.now(dt.UTC).date())
+        if refusal is None and tx_date is None:
+            refusal = rc.FORMAT_ERROR
+        original = None if refusal else await self._journal.original(message["37"], message["42"])
+        if refusal is None and original is None:
+            refusal = rc.ORIGINAL_NOT_FOUND
+        if refusal is not None:
+            return answer(message, refusal, rrn=rrn), "-"
+        assert original is not None and tx_date is not None
+        txn = self._new_txn(message, original.channel, tx_date, rrn, kind)._replace(
+            pan_masked=original.pan_masked, pan_hash=original.pan_hash
+        )
+        settled = await self._once(txn, lambda: self._run_undo(txn, kind, original))
+        out = answer(
+            message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
+        )
+        return out, original.channel
+
+    def _undo_refusal(self, kind: Kind, amount_fen: int, tx_date: dt.date, original: Original) -> str | None:
+        if original.state != "APPROVED":
+            return rc.INVALID_TRANSACTION  # refund of a failed purchase, void of one not approved
+        if kind is Kind.VOID:
+            if original.tx_date != tx_date or original.refunded_fen:
+                return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
+            if amount_fen != original.amount_fen:
+                return rc.ORIGINAL_AMOUNT_INCORRECT
+        elif original.refunded_fen + amount_fen > original.amount_fen:
+            return rc.ORIGINAL_AMOUNT_INCORRECT
+        return None
+
+    async def _run_undo(self, txn: NewTxn, kind: Kind, original: Original) -> Settled:
+        if await self._journal.find(txn.key) is not None:
+            return await self._replay(txn)
+        reserve = undo.reserved_fen(kind.value, txn.amount_fen, original)
+        try:
+            refusal = await self._journal.write_ahead_undo(
+                txn, original, reserve, lambda locked: self._undo_refusal(kind, txn.amount_fen, txn.tx_date, locked)
+            )
+        except asyncpg.UniqueViolationError:  # another front end wrote this key first
+            return await self._replay(txn)
+        if refusal is not None:
+            return Settled(refusal, txn.rrn)
+        merchant_channel_id = self._merchant_channel_id(txn)
+        deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
+        result = await undo.call(
+            self._gateways[txn.channel],
+            kind.value,
+            txn.out_trade_no,
+            txn.amount_fen,
+            original,
+            merchant_channel_id,
+            deadline,
+        )
+        code, auth_id = await undo.record(self._journal, txn.key, txn.rrn, kind.value, txn.amount_fen, original, result)
+        log.debug(f"{kind.value} done", extra={"rrn": txn.rrn, "original": original.rrn, "code": code})
+        return Settled(code, txn.rrn, auth_id, result.channel_txn_id)
+
     # -- purchase ----------------------------------------------------------------------------
 
     async def _purchase(self, message: Message) -> tuple[Message, str]:
@@ -226,7 +293,8 @@ class Processor:
         if code is not None:
             return answer(message, code, rrn=rrn), channel
         txn = self._new_txn(message, channel, tx_date, rrn)
-        settled = await self._once(txn, message["2"])
+        pan = message["2"]
+        settled = await self._once(txn, lambda: self._run(txn, pan))
         return answer(
             message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
         ), channel
@@ -247,8 +315,10 @@ class Processor:
             return rc.CHANNEL_UNAVAILABLE
         return None
 
-    def _new_txn(self, message: Message, channel: str, tx_date: dt.date, rrn: str) -> NewTxn:
-        pan = message["2"]
+    def _new_txn(
+        self, message: Message, channel: str, tx_date: dt.date, rrn: str, kind: Kind = Kind.PURCHASE
+    ) -> NewTxn:
+        pan = message.get("2", "")
         now = dt.datetime.now(dt.UTC)
         content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
         return NewTxn(
@@ -257,7 +327,7 @@ class Processor:
             stan=message["11"],
             transmitted=message["7"],
             rrn=rrn,
-            kind=Kind.PURCHASE.value,
+            kind=kind.value,
             mti=message["t"],
             processing_code=message["3"],
             merchant_id=message["42"],
@@ -265,9 +335,9 @@ class Processor:
             currency=message["49"],
             local_time=message["12"],
             local_date=message["13"],
-            entry_mode=message["22"],
+            entry_mode=message.get("22", ""),
             pan_masked=mask_pan(pan),
-            pan_hash=self._fingerprint(pan),
+            pan_hash=self._fingerprint(pan) if pan else b"",
             channel=channel,
             out_trade_no=f"{tx_date:%Y%m%d}{rrn}",
             request_hash=self._fingerprint(content),
@@ -276,7 +346,7 @@ class Processor:
             next_check_at=now + dt.timedelta(seconds=self._deadline_s + ORPHAN_GRACE_S),
         )
 
-    async def _once(self, txn: NewTxn, pan: str) -> Settled:
+    async def _once(self, txn: NewTxn, work: Callable[[], Awaitable[Settled]]) -> Settled:
         """Invariant 2: the first arrival of a key runs; any other gets the first one's answer."""
         under_way = self._under_way.get(txn.key)
         if under_way is not None:
@@ -287,7 +357,7 @@ class Processor:
         settled = asyncio.get_running_loop().create_future()
         self._under_way[txn.key] = (txn.request_hash, settled)
         try:
-            outcome = await self._run(txn, pan)
+            outcome = await work()
             settled.set_result(outcome)
             return outcome
         except BaseException as exc:

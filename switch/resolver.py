@@ -14,6 +14,9 @@ For each it asks the channel, then:
 | no such order     | -                        | cancel, which also bars a late pay          |
 | cannot tell       | -                        | ask again later (backing off)               |
 
+A void or refund whose first answer was not final is sent again (the channel calls are idempotent)
+until the channel confirms or refuses.
+
 A reversal (0400) the terminal asked for counts as "told a failure": the payment is cancelled (if
 the channel has it) and ends REVERSED. This is the store-and-forward queue of reversals: kept in
 the journal, retried with backoff until the channel confirms, surviving restarts.
@@ -33,6 +36,7 @@ import time
 from actors.settings import ChannelSection
 from protocols import response_codes as rc
 from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
+from switch import undo
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import FinalUpdate, Journal, OpenTxn
@@ -107,6 +111,9 @@ class Resolver:
         if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
             await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
             return
+        if txn.kind in (undo.VOID, undo.REFUND_KIND):
+            await self._resolve_undo(txn, channel, gateway)
+            return
         ref = PaymentRef(
             txn.out_trade_no,
             txn.amount_fen,
@@ -132,6 +139,29 @@ class Resolver:
             await self._finish(txn, "REVERSED" if txn.reversal_requested else "DECLINED", _failure_code(txn), found)
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
+        else:
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+
+    async def _resolve_undo(self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway) -> None:
+        """A void or refund whose outcome is not known: the same idempotent call again."""
+        original = await self._journal.original(txn.original_rrn or "", txn.merchant_id)
+        if original is None:
+            await self._give_up(txn, f"{txn.kind} whose purchase {txn.original_rrn} is not in the journal")
+            return
+        merchant_channel_id = self._merchant_channel_ids.get((txn.merchant_id, txn.channel), "")
+        result = await undo.call(
+            gateway,
+            txn.kind,
+            txn.out_trade_no,
+            txn.amount_fen,
+            original,
+            merchant_channel_id,
+            time.time() + CALL_TIMEOUT_S,
+        )
+        if result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
+            code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.kind, txn.amount_fen, original, result)
+            self.resolved += 1
+            self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 

@@ -18,7 +18,7 @@ from protocols.channels import KINDS, module_of
 from protocols.channels.alipay import extract_node
 from protocols.channels.base import ChannelIdentity, ChannelVerdict, HttpAnswer, fen, sorted_query, yuan
 from protocols.channels.xmlkv import from_xml
-from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, ChannelRequest, Outcome
+from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, Outcome
 from switch.config import load_config
 
 SWITCH = load_config(DEMO_DIR / "switch.toml")
@@ -44,6 +44,9 @@ EXPECTED = {
     (CANCEL, "RETRY"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
     (CANCEL, "REFUSED"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
     (CANCEL, "SYSTEMERROR"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    (REFUND, "DONE"): (Outcome.APPROVED, rc.APPROVED),
+    (REFUND, "REFUSED"): (Outcome.DECLINED, rc.DO_NOT_HONOUR),
+    (REFUND, "SYSTEMERROR"): (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
 }
 
 
@@ -73,6 +76,8 @@ class Pair:
             time.time() + 30,
             created=time.time() - 60,
             channel_txn_id="CHTX0001",
+            refund_no="20261123000000002000" if op == REFUND else "",
+            total_fen=20000,
         )
 
 
@@ -88,11 +93,13 @@ def test_every_verdict_round_trips(kind, op, status):
     assert (seen.op, seen.out_trade_no) == (op, req.out_trade_no)
     if op == PAY:
         assert (seen.auth_code, seen.amount_fen) == (req.auth_code, 12345)
+    if op == REFUND:
+        assert (seen.amount_fen, seen.refund_no) == (12345, req.refund_no)
     answer = pair.side.write(seen, ChannelVerdict(status, "CHTX0001"), pair.channel_sign)
     result = pair.connector.result(req, answer, pair.switch_verify)
     assert (result.outcome, result.response_code) == EXPECTED[(op, status)], result
     assert result.key == req.key
-    if status in ("SUCCESS", "PAID"):
+    if status in ("SUCCESS", "PAID") or (op, status) == (REFUND, "DONE"):
         assert result.channel_txn_id == "CHTX0001"
     if (op, status) == (QUERY, "NOTEXIST"):
         assert result.channel_code == NOT_FOUND

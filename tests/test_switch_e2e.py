@@ -151,7 +151,7 @@ BAD_INPUT = [
     ("no route", lambda r: {**r, "2": "99" + r["2"][2:]}, "14"),
     ("wrong length", lambda r: {**r, "2": r["2"][:-1]}, "14"),
     ("unsupported processing code", lambda r: {**r, "3": "310000"}, "12"),
-    ("void not enabled yet", lambda r: {**r, "3": "020000", "37": "000000000001"}, "12"),
+    ("void of an unknown original", lambda r: {**r, "3": "020000", "37": "000000000001"}, "25"),
     ("unknown terminal", lambda r: {**r, "41": "X9999999"}, "03"),
     ("terminal of another merchant", lambda r: {**r, "42": "898310048990002"}, "03"),
     ("suspended merchant", lambda r: {**r, "41": "S0000001", "42": "898310048990003"}, "57"),

@@ -12,6 +12,8 @@ can ask for any outcome. The digits mirror the ISO 8583 code the switch answers:
 | 96     | charges, but answers "system error"                    | 91 (UNKNOWN), then reverses it  |
 | 98     | charges, answering after ``slow_ms``                   | 00, or 91 past the timeout      |
 | 07     | charges; refuses any cancel (reverse window expired)   | 00; a reversal goes to a person |
+| 06     | charges; does the first cancel or refund but answers   | 00; the void / refund is 09,    |
+|        | "system error" (then answers truthfully)               | then completed, once            |
 | other  | charges                                                | 00                              |
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 VERDICT_BY_SUFFIX = {
     "51": "NOTENOUGH",
@@ -32,6 +34,7 @@ VERDICT_BY_SUFFIX = {
 }
 SLOW_SUFFIX = "98"
 REFUSES_CANCEL_SUFFIX = "07"
+GARBLES_FIRST_UNDO_SUFFIX = "06"
 NEVER_CONFIRMS_SUFFIX = "08"
 
 
@@ -53,6 +56,15 @@ class Order:
     pay_verdict: str = ""
     confirms_at: float = math.inf  # while PAYING: when the customer confirms
     refuses_cancel: bool = False
+    refunds: dict[str, int] = field(default_factory=dict)  # refund number -> fen
+    garbles_next_undo: bool = False
+
+    def answer(self, status: str) -> str:
+        """What the channel says about what it just did (an order may garble its first answer)."""
+        if self.garbles_next_undo:
+            self.garbles_next_undo = False
+            return "SYSTEMERROR"
+        return status
 
     def refresh(self, now: float | None = None) -> None:
         if self.status == "PAYING" and (now or time.time()) >= self.confirms_at:
@@ -83,7 +95,13 @@ class Ledger:
         if status == "PAYING" and not auth_code.endswith(NEVER_CONFIRMS_SUFFIX):
             confirms_at = time.time() + self._paying_s
         order = Order(
-            amount_fen, status, channel_txn_id, verdict, confirms_at, auth_code.endswith(REFUSES_CANCEL_SUFFIX)
+            amount_fen,
+            status,
+            channel_txn_id,
+            verdict,
+            confirms_at,
+            refuses_cancel=auth_code.endswith(REFUSES_CANCEL_SUFFIX),
+            garbles_next_undo=auth_code.endswith(GARBLES_FIRST_UNDO_SUFFIX),
         )
         self._orders[out_trade_no] = order
         return order
@@ -108,9 +126,26 @@ class Ledger:
             order.status = "REVERSED"
         elif order.status == "PAYING":
             order.status = "CLOSED"
-        return "DONE"
+        return order.answer("DONE")
+
+    def refund(self, out_trade_no: str, refund_no: str, amount_fen: int) -> str:
+        """DONE (also for a refund number seen before: refunds are idempotent) or REFUSED (not
+        paid, or more than what is left to refund)."""
+        order = self._orders.get(out_trade_no)
+        if order is None:
+            return "REFUSED"
+        order.refresh()
+        if refund_no in order.refunds:
+            return "DONE"
+        if order.status != "PAID" or sum(order.refunds.values()) + amount_fen > order.amount_fen:
+            return "REFUSED"
+        order.refunds[refund_no] = amount_fen
+        return order.answer("DONE")
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         for order in self._orders.values():
             order.refresh()
-        return {no: {"status": o.status, "amount_fen": o.amount_fen} for no, o in self._orders.items()}
+        return {
+            no: {"status": o.status, "amount_fen": o.amount_fen, "refunded_fen": sum(o.refunds.values())}
+            for no, o in self._orders.items()
+        }

@@ -29,7 +29,7 @@ from bench.simulators.outcomes import Ledger, Order, is_slow
 from hsm import SoftwareHsm
 from protocols.channels import module_of
 from protocols.channels.base import ChannelVerdict, RequestSeen
-from protocols.messages import CANCEL, PAY
+from protocols.messages import CANCEL, PAY, REFUND
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -110,6 +110,11 @@ class Simulator:
             order = self.ledger.pay(seen.out_trade_no, seen.auth_code, seen.amount_fen, self._transaction_id())
             verdict = ChannelVerdict(_pay_verdict(order), order.channel_txn_id)
             delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
+        elif seen.op == REFUND:
+            verdict = ChannelVerdict(
+                self.ledger.refund(seen.out_trade_no, seen.refund_no, seen.amount_fen), self._transaction_id()
+            )
+            delay = self._latency
         elif seen.op == CANCEL:
             verdict = ChannelVerdict(self.ledger.cancel(seen.out_trade_no))
             delay = self._latency

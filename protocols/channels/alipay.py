@@ -34,12 +34,17 @@ from protocols.channels.base import (
     unknown,
     yuan,
 )
-from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
 name = "alipay"
 GATEWAY = "/gateway.do"
-paths = {PAY: GATEWAY, QUERY: GATEWAY, CANCEL: GATEWAY}
-METHODS = {PAY: "alipay.trade.pay", QUERY: "alipay.trade.query", CANCEL: "alipay.trade.cancel"}
+paths = {PAY: GATEWAY, QUERY: GATEWAY, CANCEL: GATEWAY, REFUND: GATEWAY}
+METHODS = {
+    PAY: "alipay.trade.pay",
+    QUERY: "alipay.trade.query",
+    CANCEL: "alipay.trade.cancel",
+    REFUND: "alipay.trade.refund",
+}
 _OP_OF_METHOD = {method: op for op, method in METHODS.items()}
 _CST = dt.timezone(dt.timedelta(hours=8))
 NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
@@ -62,6 +67,7 @@ _ANSWERS = {
     (QUERY, "NOTEXIST"): ("40004", _FAILED, NOT_EXIST, "交易不存在"),
     (CANCEL, "NOTEXIST"): ("40004", _FAILED, NOT_EXIST, "交易不存在"),
     (CANCEL, "REFUSED"): ("40004", _FAILED, "ACQ.REASON_TRADE_BEEN_FREEZEN", "交易已冻结，不能撤销"),
+    (REFUND, "REFUSED"): ("40004", _FAILED, "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"),
 }
 _SYSTEM_ERROR = ("20000", "Service Currently Unavailable", "aop.unknow-error", "系统繁忙")
 _TRADE_STATUS = {"PAID": "TRADE_SUCCESS", "PAYING": "WAIT_BUYER_PAY", "CLOSED": "TRADE_CLOSED"}
@@ -115,6 +121,8 @@ class AlipayConnector:
                 "store_id": req.merchant_channel_id,
                 "terminal_id": req.terminal_id,
             }
+        elif req.op == REFUND:
+            biz |= {"refund_amount": yuan(req.amount_fen), "out_request_no": req.refund_no}
         params = {
             "app_id": ident.app_id,
             "method": METHODS[req.op],
@@ -165,6 +173,10 @@ class AlipayConnector:
             if status == "TRADE_CLOSED":
                 return declined(req, rc.DO_NOT_HONOUR, status, message)
             return unknown(req, status or "NOSTATUS")
+        if req.op == REFUND:
+            if code == "10000":
+                return approved(req, code, node.get("trade_no", ""))
+            return declined(req, rc.DO_NOT_HONOUR, sub_code or code, message)
         # CANCEL: retry_flag=Y means "call cancel again".
         if code == "10000":
             return unknown(req, "RETRY", "cancel again") if node.get("retry_flag") == "Y" else approved(req, code, "")
@@ -186,6 +198,14 @@ class AlipayChannelSide:
             return "isv.invalid-signature"
         try:
             biz = json.loads(params.get("biz_content", ""))
+            if op == REFUND:
+                return RequestSeen(
+                    op,
+                    biz["out_trade_no"],
+                    amount_fen=fen(biz["refund_amount"]),
+                    refund_no=biz["out_request_no"],
+                    fields=params,
+                )
             if op != PAY:
                 return RequestSeen(op, biz["out_trade_no"], fields=params)
             amount = fen(biz["total_amount"])
@@ -214,6 +234,8 @@ class AlipayChannelSide:
             node["trade_no"] = verdict.channel_txn_id
         if seen.op == QUERY and status in _TRADE_STATUS:
             node["trade_status"] = _TRADE_STATUS[status]
+        if seen.op == REFUND and status == "DONE":
+            node |= {"trade_no": verdict.channel_txn_id, "refund_fee": yuan(seen.amount_fen), "fund_change": "Y"}
         if seen.op == CANCEL and status in ("DONE", "RETRY"):
             node |= {"retry_flag": "Y" if status == "RETRY" else "N", "action": "close"}
         method = seen.fields.get("method", METHODS[seen.op])

@@ -1,13 +1,14 @@
 """The JSON API shape shared by the bank-operated channels (digital RMB and the in-bank code):
-pay, query and cancel, each on its own path.
+pay, query, cancel and refund, each on its own path.
 
 ``POST`` JSON; the body is signed with HMAC-SM3 (hex) in the ``X-Signature`` header and the
 answer likewise. Amounts are integer fen. ``code`` ``0000`` is success, with ``trade_status``
 ``SUCCESS`` (paid), ``PAYING`` (waiting for the customer) or ``CLOSED``; business codes: ``1001``
 insufficient funds, ``1002`` expired code, ``1003`` invalid code, ``1004`` no such order, ``1005``
-order closed, ``1006`` cannot be cancelled any more, ``1009`` declined; ``9999`` system error
-(unknown, query). A cancel answers ``cancel_status`` ``CANCELLED`` or ``RETRY``. The two channels
-differ only in paths and app naming, so each is one instance of this.
+order closed, ``1006`` cannot be cancelled any more, ``1007`` refund over the refundable amount,
+``1009`` declined; ``9999`` system error (unknown, query). A cancel answers ``cancel_status``
+``CANCELLED`` or ``RETRY``, a refund ``refund_status`` ``SUCCESS``. The two channels differ only in
+paths and app naming, so each is one instance of this.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from protocols.channels.base import (
     pending,
     unknown,
 )
-from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
 SIGNATURE_HEADER = "X-Signature"
 OK, NO_SUCH_ORDER, SYSTEM_ERROR = "0000", "1004", "9999"
@@ -54,8 +55,11 @@ _ANSWERS = {
     (CANCEL, "RETRY"): (OK, "RETRY", "请重试"),
     (CANCEL, "NOTEXIST"): (NO_SUCH_ORDER, "", "订单不存在"),
     (CANCEL, "REFUSED"): ("1006", "REFUSED", "已过撤销期限"),
+    (REFUND, "DONE"): (OK, "SUCCESS", "退款成功"),
+    (REFUND, "REFUSED"): ("1007", "FAILED", "可退金额不足"),
 }
 _CST = dt.timezone(dt.timedelta(hours=8))
+_STATUS_FIELD = {CANCEL: "cancel_status", REFUND: "refund_status"}
 
 
 def _dumps(doc: Mapping[str, object]) -> bytes:
@@ -82,6 +86,8 @@ class BankJsonConnector:
                 "terminal_id": req.terminal_id,
                 "subject": req.subject,
             }
+        elif req.op == REFUND:
+            doc |= {"out_refund_no": req.refund_no, "refund_amount": req.amount_fen, "total_amount": req.total_fen}
         body = _dumps(doc)
         return HttpCall(self.paths[req.op], body, "application/json;charset=utf-8", {SIGNATURE_HEADER: sign(body)})
 
@@ -98,9 +104,13 @@ class BankJsonConnector:
         except (ValueError, KeyError, TypeError):
             return unknown(req, "BADJSON", "unreadable answer")
         message, trade_no = str(doc.get("message", "")), str(doc.get("trade_no", ""))
-        status = str(doc.get("cancel_status" if req.op == CANCEL else "trade_status", ""))
+        status = str(doc.get(_STATUS_FIELD.get(req.op, "trade_status"), ""))
         if code == SYSTEM_ERROR:
             return unknown(req, code, message)
+        if req.op == REFUND:
+            if (code, status) == (OK, "SUCCESS"):
+                return approved(req, code, str(doc.get("refund_id", "")))
+            return declined(req, rc.DO_NOT_HONOUR, code, message)
         if req.op == CANCEL:
             if (code, status) == (OK, "CANCELLED") or code == NO_SUCH_ORDER:
                 return approved(req, code, "")
@@ -131,6 +141,18 @@ class BankJsonChannelSide:
             return "signature verification failed"
         try:
             doc = json.loads(body)
+            if op == REFUND:
+                amount = doc["refund_amount"]
+                if not isinstance(amount, int) or amount <= 0:
+                    raise ValueError
+                return RequestSeen(
+                    op,
+                    doc["out_trade_no"],
+                    amount_fen=amount,
+                    merchant=doc.get("mch_id", ""),
+                    refund_no=doc["out_refund_no"],
+                    fields=doc,
+                )
             if op != PAY:
                 return RequestSeen(op, doc["out_trade_no"], merchant=doc.get("mch_id", ""), fields=doc)
             amount = doc["amount"]
@@ -143,8 +165,10 @@ class BankJsonChannelSide:
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
         code, status, message = _ANSWERS.get((seen.op, verdict.status), (SYSTEM_ERROR, "", "系统繁忙"))
         doc: dict[str, object] = {"code": code, "message": message, "out_trade_no": seen.out_trade_no}
-        if seen.op == CANCEL:
-            doc["cancel_status"] = status
+        if seen.op in _STATUS_FIELD:
+            doc[_STATUS_FIELD[seen.op]] = status
+            if seen.op == REFUND and status == "SUCCESS":
+                doc |= {"refund_id": verdict.channel_txn_id, "out_refund_no": seen.refund_no}
         else:
             doc["trade_status"] = status
             doc["trade_no"] = verdict.channel_txn_id if status in ("SUCCESS", "PAYING") else ""

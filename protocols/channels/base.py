@@ -60,6 +60,7 @@ class ChannelVerdict:
     - pay: SUCCESS, USERPAYING, NOTENOUGH, EXPIRED, INVALID, DECLINED, ORDERCLOSED, SYSTEMERROR
     - query: PAID, PAYING, CLOSED, NOTEXIST, SYSTEMERROR
     - cancel: DONE, RETRY, NOTEXIST, REFUSED, SYSTEMERROR
+    - refund: DONE, REFUSED, SYSTEMERROR
     """
 
     status: str
@@ -76,6 +77,7 @@ class RequestSeen:
     amount_fen: int = 0
     merchant: str = ""
     channel_txn_id: str = ""
+    refund_no: str = ""
     fields: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
 """UnionPay QR, merchant scans the customer's code, through the acp gateway: consumption
-(``txnType`` 01), transaction query (00, on ``queryTrans.do``) and consumption undo (31).
+(``txnType`` 01), transaction query (00, on ``queryTrans.do``), consumption undo (31) and refund
+(04, 退货).
 
 Form parameters (``version`` 5.1.0, ``signMethod`` 01): the signing input is the hex SHA-256 of
 the sorted ``k=v&...`` string of every parameter but ``signature``, signed SHA256withRSA, base64.
@@ -35,13 +36,13 @@ from protocols.channels.base import (
     sorted_query,
     unknown,
 )
-from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
 name = "unionpay"
 BACK_TRANS = "/gateway/api/backTransReq.do"
 QUERY_TRANS = "/gateway/api/queryTrans.do"
-paths = {PAY: BACK_TRANS, QUERY: QUERY_TRANS, CANCEL: BACK_TRANS}
-_TXN_TYPE = {PAY: "01", QUERY: "00", CANCEL: "31"}
+paths = {PAY: BACK_TRANS, QUERY: QUERY_TRANS, CANCEL: BACK_TRANS, REFUND: BACK_TRANS}
+_TXN_TYPE = {PAY: "01", QUERY: "00", CANCEL: "31", REFUND: "04"}
 _OP_OF_TXN_TYPE = {code: op for op, code in _TXN_TYPE.items()}
 _CST = dt.timezone(dt.timedelta(hours=8))
 _SKIP = frozenset({"signature"})
@@ -68,6 +69,7 @@ _CANCEL_CODES = {
     "NOTEXIST": (NO_SUCH_TXN, "查无此交易"),
     "REFUSED": ("01", "交易失败，已过撤销期限"),
 }
+_REFUND_CODES = {"DONE": ("00", "成功"), "REFUSED": ("01", "交易失败，可退金额不足")}
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
@@ -113,6 +115,15 @@ class UnionPayConnector:
                 "txnAmt": str(req.amount_fen),
                 "currencyCode": "156",
             }
+        elif req.op == REFUND:
+            params |= {
+                "orderId": req.refund_no,
+                "txnTime": _txn_time(now),
+                "origQryId": req.channel_txn_id,
+                "origOrderId": req.out_trade_no,
+                "txnAmt": str(req.amount_fen),
+                "currencyCode": "156",
+            }
         params["signature"] = sign(signing_input(params))
         return HttpCall(paths[req.op], urlencode(params).encode(), "application/x-www-form-urlencoded;charset=UTF-8")
 
@@ -146,13 +157,13 @@ class UnionPayConnector:
             if original in _IN_DOUBT:
                 return pending(req, original, doc.get("origRespMsg", ""), doc.get("queryId", ""))
             return declined(req, rc.DO_NOT_HONOUR, original, doc.get("origRespMsg", ""))
-        # CANCEL
+        # CANCEL and REFUND
         if code == "00":
-            return approved(req, code, "")
-        if code == NO_SUCH_TXN:
-            return approved(req, code, "")  # nothing to undo
+            return approved(req, code, doc.get("queryId", ""))
         if code in _IN_DOUBT:
             return unknown(req, code, message)
+        if code == NO_SUCH_TXN and req.op == CANCEL:
+            return approved(req, code, "")  # nothing to undo
         return declined(req, rc.DO_NOT_HONOUR, code, message)
 
 
@@ -171,11 +182,18 @@ class UnionPayChannelSide:
             if not doc.get("orderId") or not doc.get("qrNo") or not doc.get("txnAmt", "").isdigit():
                 return "报文格式错误"
             return RequestSeen(op, doc["orderId"], doc["qrNo"], int(doc["txnAmt"]), doc.get("merId", ""), fields=doc)
-        order = doc.get("origOrderId") if op == CANCEL else doc.get("orderId")
-        if not order:
+        order = doc.get("orderId") if op == QUERY else doc.get("origOrderId")
+        if not order or (op == REFUND and not doc.get("txnAmt", "").isdigit()):
             return "报文格式错误"
+        amount = int(doc["txnAmt"]) if op == REFUND else 0
         return RequestSeen(
-            op, order, merchant=doc.get("merId", ""), channel_txn_id=doc.get("origQryId", ""), fields=doc
+            op,
+            order,
+            amount_fen=amount,
+            merchant=doc.get("merId", ""),
+            channel_txn_id=doc.get("origQryId", ""),
+            refund_no=doc.get("orderId", ""),
+            fields=doc,
         )
 
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
@@ -215,8 +233,11 @@ class UnionPayChannelSide:
             else:
                 doc |= {"respCode": "04", "respMsg": "系统繁忙"}
         else:
-            code, text = _CANCEL_CODES.get(status, ("04", "交易状态未明"))
+            codes = _REFUND_CODES if seen.op == REFUND else _CANCEL_CODES
+            code, text = codes.get(status, ("04", "交易状态未明"))
             doc |= {"respCode": code, "respMsg": text}
+            if seen.op == REFUND and status == "DONE":
+                doc["queryId"] = verdict.channel_txn_id
         doc["signature"] = sign(signing_input(doc))
         return HttpAnswer(200, urlencode(doc).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
 

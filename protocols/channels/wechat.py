@@ -31,10 +31,15 @@ from protocols.channels.base import (
     unknown,
 )
 from protocols.channels.xmlkv import from_xml, to_xml
-from protocols.messages import CANCEL, PAY, QUERY, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
 name = "wechat"
-paths = {PAY: "/pay/micropay", QUERY: "/pay/orderquery", CANCEL: "/secapi/pay/reverse"}
+paths = {
+    PAY: "/pay/micropay",
+    QUERY: "/pay/orderquery",
+    CANCEL: "/secapi/pay/reverse",
+    REFUND: "/secapi/pay/refund",
+}
 _OP_OF_PATH = {path: op for op, path in paths.items()}
 
 _PAY_UNKNOWN = {"SYSTEMERROR", "BANKERROR", "ORDERPAID"}
@@ -60,6 +65,7 @@ _PAY_ERRORS = {
     "SYSTEMERROR": ("SYSTEMERROR", "接口返回错误"),
 }
 _TRADE_STATE = {"PAID": "SUCCESS", "PAYING": "USERPAYING", "CLOSED": "CLOSED"}
+_REQUIRED = {PAY: ("total_fee", "auth_code"), REFUND: ("out_refund_no", "total_fee", "refund_fee")}
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
@@ -90,6 +96,13 @@ class WeChatConnector:
                 "fee_type": "CNY",
                 "spbill_create_ip": "127.0.0.1",
                 "auth_code": req.auth_code,
+            }
+        elif req.op == REFUND:
+            params |= {
+                "out_refund_no": req.refund_no,
+                "total_fee": str(req.total_fen),
+                "refund_fee": str(req.amount_fen),
+                "refund_fee_type": "CNY",
             }
         params["sign"] = sign(signing_input(params))
         return HttpCall(paths[req.op], to_xml(params), "text/xml; charset=utf-8")
@@ -127,6 +140,10 @@ class WeChatConnector:
             if state in _QUERY_CLOSED:
                 return declined(req, rc.DO_NOT_HONOUR, state, doc.get("trade_state_desc", ""))
             return unknown(req, state or "NOSTATE")
+        if req.op == REFUND:
+            if ok:
+                return approved(req, "SUCCESS", doc.get("refund_id", ""))
+            return unknown(req, err, text) if err in _PAY_UNKNOWN else declined(req, rc.DO_NOT_HONOUR, err, text)
         # CANCEL (reverse): recall=Y means "call reverse again".
         if ok:
             return (
@@ -153,13 +170,20 @@ class WeChatChannelSide:
             return "XML格式错误"
         if not verify(signing_input(doc), doc.get("sign", "")):
             return "签名错误"
-        required = ("appid", "mch_id", "out_trade_no") + (("total_fee", "auth_code") if op == PAY else ())
+        required = ("appid", "mch_id", "out_trade_no", *_REQUIRED.get(op, ()))
         missing = [k for k in required if not doc.get(k)]
-        if missing or (op == PAY and not doc["total_fee"].isdigit()):
-            return f"缺少参数或参数格式错误: {','.join(missing) or 'total_fee'}"
-        amount = int(doc["total_fee"]) if op == PAY else 0
+        amount_field = {PAY: "total_fee", REFUND: "refund_fee"}.get(op)
+        if missing or (amount_field and not doc[amount_field].isdigit()):
+            return f"缺少参数或参数格式错误: {','.join(missing) or amount_field}"
+        amount = int(doc[amount_field]) if amount_field else 0
         return RequestSeen(
-            op, doc["out_trade_no"], doc.get("auth_code", ""), amount, doc.get("sub_mch_id", ""), fields=doc
+            op,
+            doc["out_trade_no"],
+            doc.get("auth_code", ""),
+            amount,
+            doc.get("sub_mch_id", ""),
+            refund_no=doc.get("out_refund_no", ""),
+            fields=doc,
         )
 
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
@@ -185,6 +209,16 @@ class WeChatChannelSide:
         elif seen.op == PAY:
             err, text = _PAY_ERRORS[status]
             doc |= {"result_code": "FAIL", "err_code": err, "err_code_des": text}
+        elif seen.op == REFUND and status == "DONE":
+            doc |= {
+                "result_code": "SUCCESS",
+                "out_trade_no": seen.out_trade_no,
+                "out_refund_no": seen.refund_no,
+                "refund_id": verdict.channel_txn_id,
+                "refund_fee": str(seen.amount_fen),
+            }
+        elif seen.op == REFUND and status == "REFUSED":
+            doc |= {"result_code": "FAIL", "err_code": "NOTENOUGH", "err_code_des": "商户可退余额不足"}
         elif status in _TRADE_STATE:  # query
             doc |= {
                 "result_code": "SUCCESS",

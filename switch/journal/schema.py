@@ -165,6 +165,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (tx_date, terminal_id, stan, transmitted)
     );
     """,
+    # 4: voids and refunds, each a transaction of its own that names its purchase
+    """
+    INSERT INTO txn_state VALUES
+        ('VOIDED', true, 'voided the same day: the channel keeps no money');
+    INSERT INTO txn_state_move VALUES ('APPROVED', 'VOIDED');
+
+    ALTER TABLE txn ADD COLUMN original_rrn text;  -- a void or refund: the purchase it undoes
+    -- A purchase: what its voids and refunds have taken or reserved (in progress counts: never over).
+    ALTER TABLE txn ADD COLUMN refunded_fen bigint NOT NULL DEFAULT 0;
+    ALTER TABLE txn ADD CONSTRAINT txn_refunds_within_amount CHECK (refunded_fen BETWEEN 0 AND amount_fen);
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

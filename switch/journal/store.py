@@ -90,7 +90,33 @@ class OpenTxn(NamedTuple):
     channel_txn_id: str | None
     received_at: dt.datetime
     checks: int
+    kind: str
+    original_rrn: str | None
     reversal_requested: bool
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+class Original(NamedTuple):
+    """The purchase a void or refund undoes, as the channel call needs it."""
+
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    rrn: str
+    state: str
+    channel: str
+    out_trade_no: str
+    merchant_id: str
+    amount_fen: int
+    refunded_fen: int
+    channel_txn_id: str | None
+    received_at: dt.datetime
+    pan_masked: str
+    pan_hash: bytes
 
     @property
     def key(self) -> TxnKey:
@@ -158,6 +184,11 @@ _CLAIM_SQL = (
 _DEFER_SQL = (
     f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {_DUE} "
     "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
+)
+
+_ORIGINAL_SQL = (
+    "SELECT " + ", ".join(Original._fields) + " FROM txn WHERE rrn = $1 AND merchant_id = $2 AND kind = 'purchase' "
+    "ORDER BY tx_date DESC LIMIT 1"
 )
 
 BatchObserver = Callable[[str, int, float], None]
@@ -294,10 +325,11 @@ class Journal:
                 # Under way in a front end: it makes the row due when it ends (see _UPDATE_SQL).
                 "next_check_at = CASE WHEN state = 'RECEIVED' THEN next_check_at ELSE now() END "
                 "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-                f"AND (state IN {_OPEN} OR state = 'APPROVED') RETURNING state",
+                f"AND kind = 'purchase' AND (state IN {_OPEN} OR state = 'APPROVED') RETURNING state",
                 *original,
-            ) or await conn.fetchval(
-                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+            ) or await conn.fetchval(  # reversals name purchases (voids and refunds are not reversed)
+                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
+                "AND kind = 'purchase'",
                 *original,
             )
         return answer_rrn, state
@@ -308,6 +340,56 @@ class Journal:
             "AND orig_transmitted = $4)",
             *key,
         )
+
+    async def original(self, rrn: str, merchant_id: str) -> Original | None:
+        row = await self._pool.fetchrow(_ORIGINAL_SQL, rrn, merchant_id)
+        return Original(*row) if row else None
+
+    async def write_ahead_undo(self, txn: NewTxn, original: Original, reserve_fen: int, check) -> str | None:
+        """Write a void or refund ahead and reserve ``reserve_fen`` of its purchase, in one
+        transaction, the purchase locked meanwhile. ``check(original)`` (re-run on the locked row)
+        returns a response code that refuses it, or None. Returns that code, or None once written."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
+            locked = Original(*row)
+            refusal = check(locked)
+            if refusal is not None:
+                return refusal
+            await conn.execute(
+                "UPDATE txn SET refunded_fen = refunded_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
+                "AND stan = $3 AND transmitted = $4",
+                *locked.key,
+                reserve_fen,
+            )
+            inserted = await conn.fetch(_INSERT_SQL, *_columns([txn]))
+            if not inserted:
+                raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
+            await conn.execute(
+                "UPDATE txn SET original_rrn = $5 WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
+                "AND transmitted = $4",
+                *txn.key,
+                locked.rrn,
+            )
+        return None
+
+    async def settle_undo(self, update: FinalUpdate, original: TxnKey, release_fen: int, voided: bool) -> None:
+        """Record a void's or refund's outcome; a void that went through voids its purchase, and
+        one that did not gives back what it reserved."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.fetch(_UPDATE_SQL, *_columns([update]))
+            if voided:
+                await conn.execute(
+                    "UPDATE txn SET state = 'VOIDED' WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
+                    "AND transmitted = $4",
+                    *original,
+                )
+            if release_fen:
+                await conn.execute(
+                    "UPDATE txn SET refunded_fen = refunded_fen - $5 WHERE tx_date = $1 AND terminal_id = $2 "
+                    "AND stan = $3 AND transmitted = $4",
+                    *original,
+                    release_fen,
+                )
 
     async def dead_letter(self, txn: OpenTxn, reason: str) -> None:
         """Hand a transaction to a person: recorded in ``dead_letter``, no longer taken by the resolver,

@@ -1,0 +1,139 @@
+"""Voids and refunds: each a transaction of its own, found by the purchase's RRN, carried out at
+the purchase's channel in its own API, applied at most once whatever is retried or raced."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.client import IsoClient
+from bench.traffic import refund, void
+from tests.conftest import run
+from tests.support import STANS, connected, journal_row, new_purchase, out_trade_no, sim_ledger, wait_for_state
+
+
+def stan(request: dict[str, str]) -> str:
+    return STANS.next(request["41"])
+
+
+def test_void_of_a_same_day_purchase(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("alipay", amount=2500)
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            void_request = void(purchase, paid["37"], stan(purchase))
+            voided = await client.request(void_request)
+            again = await client.request(dict(void_request))  # resent: the same answer
+            second = await client.request(void(purchase, paid["37"], stan(purchase)))  # a new void of it
+        assert paid["39"] == "00"
+        assert (voided["39"], len(voided["38"])) == ("00", 6) and voided["37"] != paid["37"]
+        assert (again["39"], again["37"]) == ("00", voided["37"])
+        assert second["39"] == "12"  # already voided
+        original = await journal_row(database_url, paid["37"])
+        assert (original["state"], original["refunded_fen"]) == ("VOIDED", 2500)
+        row = await journal_row(database_url, voided["37"])
+        assert (row["kind"], row["state"], row["original_rrn"], row["amount_fen"]) == (
+            "void",
+            "APPROVED",
+            paid["37"],
+            2500,
+        )
+        assert sim_ledger(simulators, "alipay")[out_trade_no(paid["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+def test_voids_that_are_not_allowed(switch):
+    async def scenario():
+        paid_request, declined_request = new_purchase("wechat", amount=700), new_purchase("wechat", "51")
+        async with connected(switch) as client:
+            paid = await client.request(paid_request)
+            declined = await client.request(declined_request)
+            wrong_amount = await client.request(
+                void(paid_request, paid["37"], stan(paid_request)) | {"4": f"{699:012d}"}
+            )
+            not_approved = await client.request(void(declined_request, declined["37"], stan(declined_request)))
+            unknown = await client.request(void(paid_request, "999999999998", stan(paid_request)))
+        assert (wrong_amount["39"], not_approved["39"], unknown["39"]) == ("64", "12", "25")
+
+    run(scenario())
+
+
+def test_partial_refunds_up_to_the_original_amount(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("unionpay", amount=1000)
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            first = await client.request(refund(purchase, paid["37"], 600, stan(purchase)))
+            over = await client.request(refund(purchase, paid["37"], 401, stan(purchase)))
+            rest_request = refund(purchase, paid["37"], 400, stan(purchase))
+            rest = await client.request(rest_request)
+            rest_again = await client.request(dict(rest_request))
+            void_after = await client.request(void(purchase, paid["37"], stan(purchase)))
+        assert [a["39"] for a in (first, over, rest, rest_again, void_after)] == ["00", "64", "00", "00", "12"]
+        assert rest_again["37"] == rest["37"]
+        original = await journal_row(database_url, paid["37"])
+        assert (original["state"], original["refunded_fen"]) == ("APPROVED", 1000)
+        entry = sim_ledger(simulators, "unionpay")[out_trade_no(paid["37"])]
+        assert (entry["status"], entry["refunded_fen"]) == ("PAID", 1000)  # refunded once, not twice
+
+    run(scenario())
+
+
+def test_refund_of_a_failed_purchase_is_12(switch):
+    async def scenario():
+        purchase = new_purchase("inbank", "05")
+        async with connected(switch) as client:
+            failed = await client.request(purchase)
+            answer = await client.request(refund(purchase, failed["37"], 100, stan(purchase)))
+        assert (failed["39"], answer["39"]) == ("05", "12")
+
+    run(scenario())
+
+
+def test_racing_refunds_never_exceed_the_original(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("ecny", amount=1000)
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+        clients = [await IsoClient.connect(switch.host, switch.port) for _ in range(5)]
+        try:
+            answers = await asyncio.gather(
+                *(c.request(refund(purchase, paid["37"], 400, stan(purchase))) for c in clients)
+            )
+        finally:
+            for c in clients:
+                await c.close()
+        assert sorted(a["39"] for a in answers) == ["00", "00", "64", "64", "64"]
+        assert (await journal_row(database_url, paid["37"]))["refunded_fen"] == 800
+        assert sim_ledger(simulators, "ecny")[out_trade_no(paid["37"])]["refunded_fen"] == 800
+
+    run(scenario())
+
+
+def test_refund_with_an_unknown_outcome_is_completed_once(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("wechat", "06", amount=900)  # the channel garbles its first refund answer
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            answer = await client.request(refund(purchase, paid["37"], 300, stan(purchase)))
+        assert (paid["39"], answer["39"]) == ("00", "09")  # in progress
+        await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        entry = sim_ledger(simulators, "wechat")[out_trade_no(paid["37"])]
+        assert entry["refunded_fen"] == 300  # sent again, refunded once
+        assert (await journal_row(database_url, paid["37"]))["refunded_fen"] == 300
+
+    run(scenario())
+
+
+def test_void_with_an_unknown_outcome_is_completed_once(switch, simulators, database_url):
+    async def scenario():
+        purchase = new_purchase("alipay", "06", amount=450)
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            answer = await client.request(void(purchase, paid["37"], stan(purchase)))
+        assert answer["39"] == "09"
+        await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        assert (await journal_row(database_url, paid["37"]))["state"] == "VOIDED"
+        assert sim_ledger(simulators, "alipay")[out_trade_no(paid["37"])]["status"] == "REVERSED"
+
+    run(scenario())
