@@ -94,9 +94,11 @@ class ChannelWorker:
                 )
             else:
                 call = self._connector.call(req, self._ident, self._sign, time.time())
-            timeout = min(self._timeout, req.deadline - time.time())
-            if timeout <= 0:
+            if req.deadline <= time.time():
                 return not_sent(req, "DEADLINE", "deadline passed before the call")
+            # Once sent, the answer is awaited up to the channel's timeout even past the terminal's
+            # deadline: the front end has answered by then, and a late answer is still worth keeping.
+            timeout = self._timeout
             headers = {"Content-Type": call.content_type, **call.headers}
             sent = True  # from here on the channel may have the request
             try:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ray.actor import ActorHandle
@@ -51,10 +52,17 @@ class ChannelGateway:
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
 
-    async def call(self, op: str, ref: PaymentRef, deadline: float, auth_code: str = "") -> ChannelResult:
+    async def call(
+        self,
+        op: str,
+        ref: PaymentRef,
+        deadline: float,
+        auth_code: str = "",
+        on_late: Callable[[ChannelResult], None] | None = None,
+    ) -> ChannelResult:
         """One channel call, answered by ``deadline`` (epoch seconds) at the latest: past it the
-        result is UNKNOWN, and the call's own late answer is only logged (the resolver settles
-        the transaction from the channel's side, never from a late answer alone)."""
+        result is UNKNOWN, and the call's own late answer goes to ``on_late`` (to be kept; the
+        resolver settles the transaction from the channel's side, never from a late answer alone)."""
         key = next(self._keys)
         req = ChannelRequest(
             key,
@@ -80,10 +88,16 @@ class ChannelGateway:
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.time()))
         except TimeoutError:
-            future.add_done_callback(
-                lambda _: log.warning("late channel answer", extra={"channel": self.name, "op": op})
-            )
+            future.add_done_callback(lambda done: self._late(op, done, on_late))
             return ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "DEADLINE", "no answer in time")
+
+    def _late(
+        self, op: str, done: asyncio.Future[ChannelResult], on_late: Callable[[ChannelResult], None] | None
+    ) -> None:
+        result = done.result()
+        log.warning("late channel answer", extra={"channel": self.name, "op": op, "outcome": result.outcome.value})
+        if on_late is not None:
+            on_late(result)
 
     def _call_ended(self, _: asyncio.Future[ChannelResult]) -> None:
         self.in_flight -= 1

@@ -96,6 +96,7 @@ class Processor:
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Settled]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- one frame -------------------------------------------------------------------------
 
@@ -443,7 +444,7 @@ class Processor:
         started = time.monotonic()
         self._metrics.in_flight.labels(txn.channel).inc()
         try:
-            result = await gateway.call(PAY, ref, deadline, auth_code=pan)
+            result = await gateway.call(PAY, ref, deadline, auth_code=pan, on_late=self._keep_late(txn, PAY))
             interval = self._channel(txn).query_interval_ms / 1000
             while result.outcome is Outcome.PENDING and time.time() + interval < deadline - ANSWER_MARGIN_S:
                 await asyncio.sleep(interval)
@@ -456,6 +457,18 @@ class Processor:
         finally:
             self._metrics.in_flight.labels(txn.channel).dec()
             self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
+
+    def _keep_late(self, txn: NewTxn, op: str) -> Callable[[ChannelResult], None]:
+        """Journal a channel answer that came after the terminal was answered."""
+
+        def keep(result: ChannelResult) -> None:
+            task = asyncio.get_running_loop().create_task(
+                self._journal.record_late(txn.key, op, result.outcome.value, result.channel_code, result.channel_txn_id)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return keep
 
     def _settle(self, txn: NewTxn, result: ChannelResult) -> Settled:
         if result.outcome is Outcome.APPROVED:

@@ -29,6 +29,7 @@ KEYS = DEMO / "keys"
 WECHAT_TIMEOUT_MS = 1500
 PAYING_MS = 1500  # a "user paying" customer (..09) confirms after this
 PAYMENT_WINDOW_MS = 4000
+LATE_SLOW_MS = 6000
 RESOLUTION_SCHEDULE = f"query_interval_ms = 500\npayment_window_ms = {PAYMENT_WINDOW_MS}\ncancel_after_ms = 1000"
 
 
@@ -108,6 +109,12 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     (folder / "switch.toml").write_text(switch)
     simulators = _localise((DEMO / "simulators.toml").read_text(), ports)
     simulators = simulators.replace("latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\n")
+    # UnionPay's slow answers (..98) come after the switch's deadline (5 s) but within the channel
+    # timeout: late answers.
+    simulators, n = re.subn(
+        r"(\[simulators\.unionpay\][^\[]*?latency_ms = 2\n)", rf"\1slow_ms = {LATE_SLOW_MS}\n", simulators
+    )
+    assert n == 1, "could not slow the unionpay simulator down in the test configuration"
     (folder / "simulators.toml").write_text(simulators)
     return folder
 

@@ -153,3 +153,39 @@ def test_inquiry_reports_the_original_state_and_amount(switch, database_url):
         assert later["39"] == "05"  # the window closed unpaid: closed
 
     run(scenario())
+
+
+def test_late_channel_answer_is_journaled_and_settled_once(switch, simulators, database_url):
+    """The channel answers after the switch's deadline: the terminal got 91, the late answer is
+    kept against its transaction, and the resolver returns the money (one cancel, no other)."""
+
+    async def scenario():
+        import asyncio
+
+        import asyncpg
+
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase("unionpay", "98"))  # charged, answered after 6 s
+        assert answer["39"] == "91"
+        await wait_for_state(database_url, answer["37"], {"CANCELLED"}, timeout=30)
+        row = await journal_row(database_url, answer["37"])
+        conn = await asyncpg.connect(database_url)
+        try:
+            for _ in range(40):
+                late = await conn.fetch(
+                    "SELECT * FROM late_answer WHERE tx_date = $1 AND terminal_id = $2 "
+                    "AND stan = $3 AND transmitted = $4",
+                    row["tx_date"],
+                    row["terminal_id"],
+                    row["stan"],
+                    row["transmitted"],
+                )
+                if late:
+                    break
+                await asyncio.sleep(0.25)
+        finally:
+            await conn.close()
+        assert [(r["op"], r["outcome"]) for r in late] == [("pay", "APPROVED")]
+        assert sim_ledger(simulators, "unionpay")[out_trade_no(answer["37"])]["status"] == "REVERSED"
+
+    run(scenario())

@@ -10,6 +10,7 @@ import re
 import asyncpg
 import pytest
 
+from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, network
 from protocols.iso8583 import encode, encode_body
 from tests.conftest import WECHAT_TIMEOUT_MS, run
@@ -266,5 +267,27 @@ def test_no_full_payment_code_in_logs_or_journal(switch, database_url):
         for pan in SENT_PANS:
             assert pan not in log_text, f"{pan[:6]}... in the switch log"
             assert pan not in journal_text, f"{pan[:6]}... in the journal"
+
+    run(scenario())
+
+
+def test_fifty_identical_requests_at_once_make_one_channel_call(switch, simulators, database_url):
+    async def scenario():
+        request = new_purchase("ecny", "98")  # slow at the channel: the copies arrive while it is under way
+        frame = encode(request)
+        clients = [await IsoClient.connect(switch.host, switch.port) for _ in range(5)]
+        try:
+            for client in clients:
+                await client.send_raw(frame * 10)
+            answers = [await client.next_unmatched(timeout=20) for client in clients for _ in range(10)]
+        finally:
+            for client in clients:
+                await client.close()
+        assert len(answers) == 50
+        assert len({(a["37"], a["39"], a.get("38")) for a in answers}) == 1
+        assert answers[0]["39"] == "00"
+        assert len(sim_audit(simulators, "ecny", out_trade_no(answers[0]["37"]))) == 1
+        row = await journal_row(database_url, answers[0]["37"])
+        assert row["state"] == "APPROVED"
 
     run(scenario())

@@ -176,6 +176,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD COLUMN refunded_fen bigint NOT NULL DEFAULT 0;
     ALTER TABLE txn ADD CONSTRAINT txn_refunds_within_amount CHECK (refunded_fen BETWEEN 0 AND amount_fen);
     """,
+    # 5: channel answers that came after the terminal was answered: kept, matched to their
+    # transaction; the resolver settles the transaction from the channel's side
+    """
+    CREATE TABLE late_answer (
+        tx_date        date        NOT NULL,
+        terminal_id    text        NOT NULL,
+        stan           text        NOT NULL,
+        transmitted    text        NOT NULL,
+        op             text        NOT NULL,
+        outcome        text        NOT NULL,
+        channel_code   text        NOT NULL,
+        channel_txn_id text        NOT NULL,
+        received_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX late_answer_by_txn ON late_answer (tx_date, terminal_id, stan, transmitted);
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

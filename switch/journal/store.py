@@ -391,6 +391,17 @@ class Journal:
                     release_fen,
                 )
 
+    async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO late_answer (tx_date, terminal_id, stan, transmitted, op, outcome, channel_code, "
+            "channel_txn_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            *key,
+            op,
+            outcome,
+            channel_code,
+            channel_txn_id,
+        )
+
     async def dead_letter(self, txn: OpenTxn, reason: str) -> None:
         """Hand a transaction to a person: recorded in ``dead_letter``, no longer taken by the resolver,
         its journal row kept as it is."""
