@@ -29,18 +29,19 @@ from switch.answers import answer, auth_id_for
 from switch.config import Config
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import FinalUpdate, Journal, NewTxn, Original, TxnKey
+from switch.journal.schema import FINAL_STATES
 from switch.metrics import Metrics
 from switch.routing import Router
 
 log = logging.getLogger("paysw.txn")
 
-FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED", "REVERSED"})
 # Field 39 of an inquiry's answer (spec section 3): the original is paid, in progress, or failed / closed.
 INQUIRY_CODE_OF_STATE = {
     "APPROVED": rc.APPROVED,
     "DECLINED": rc.DO_NOT_HONOUR,
     "CANCELLED": rc.DO_NOT_HONOUR,
     "REVERSED": rc.DO_NOT_HONOUR,
+    "VOIDED": rc.DO_NOT_HONOUR,
 }
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
@@ -211,7 +212,13 @@ class Processor:
             key, message["11"], message["7"], int(message["4"]), rrn
         )
         log.info("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
-        return answer(message, rc.ORIGINAL_NOT_FOUND if state is None else rc.APPROVED, rrn=answer_rrn)
+        if state is None:
+            code = rc.ORIGINAL_NOT_FOUND
+        elif state == "REFUNDED":  # cancelling it at the channel would return the refunded part twice
+            code = rc.INVALID_TRANSACTION
+        else:
+            code = rc.APPROVED
+        return answer(message, code, rrn=answer_rrn)
 
     # -- void and refund -----------------------------------------------------------------------
 
@@ -239,8 +246,8 @@ class Processor:
         return out, original.channel
 
     def _undo_refusal(self, kind: Kind, amount_fen: int, tx_date: dt.date, original: Original) -> str | None:
-        if original.state != "APPROVED":
-            return rc.INVALID_TRANSACTION  # refund of a failed purchase, void of one not approved
+        if original.state != "APPROVED" or original.reversal_requested:
+            return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
         if kind is Kind.VOID:
             if original.tx_date != tx_date or original.refunded_fen:
                 return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded

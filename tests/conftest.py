@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,15 +70,13 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Ports:
-    switch: int
-    admin: int
     channels: dict[str, int]
 
 
 @pytest.fixture(scope="session")
 def ports() -> Ports:
     names = ("wechat", "alipay", "unionpay", "ecny", "inbank")
-    return Ports(free_port(), free_port(), {n: free_port() for n in names})
+    return Ports({n: free_port() for n in names})
 
 
 def _localise(text: str, ports: Ports) -> str:
@@ -92,8 +91,6 @@ def _localise(text: str, ports: Ports) -> str:
 def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     folder = tmp_path_factory.mktemp("config")
     switch = _localise((DEMO / "switch.toml").read_text(), ports)
-    switch = switch.replace("127.0.0.1:8583", f"127.0.0.1:{ports.switch}")
-    switch = switch.replace("127.0.0.1:9583", f"127.0.0.1:{ports.admin}")
     switch = switch.replace("stalled_frame_timeout_s = 30", "stalled_frame_timeout_s = 1")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch, n = re.subn(
@@ -144,13 +141,61 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
         proc.wait(timeout=20)
 
 
-@dataclass(frozen=True)
-class RunningSwitch:
-    host: str
-    port: int
-    admin: int
-    log_path: Path
-    process: subprocess.Popen
+class SwitchProcess:
+    """``paysw run`` as a real process, on loopback ports of its own.
+
+    Ports are picked free, but another process (a Ray worker, say) may take one before the switch
+    binds it; so the switch counts as started only once its own ``/readyz`` says ready, and a
+    start whose process exits is tried again on fresh ports."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, config: Path, database_url: str, log_path: Path, log_level: str = "INFO") -> None:
+        self._template = config.read_text()
+        self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
+        self.env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
+        self.log_path = log_path
+        self.log_level = log_level
+        self.process: subprocess.Popen | None = None
+        self.port = self.admin = 0
+
+    def start(self, attempts: int = 3) -> None:
+        for _ in range(attempts):
+            self.port, self.admin = free_port(), free_port()
+            text = re.sub(r'(?m)^listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{self.port}"', self._template)
+            text = re.sub(r'(?m)^admin_listen = "127.0.0.1:\d+"', f'admin_listen = "127.0.0.1:{self.admin}"', text)
+            self.config.write_text(text)
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "switch.cli",
+                        "run",
+                        "--config",
+                        str(self.config),
+                        "--log-level",
+                        self.log_level,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                )
+            if self._wait_ready(180):
+                return
+        raise RuntimeError(f"the switch did not start in {attempts} attempts; see {self.log_path}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            status, body = self.get("/readyz")
+            if status == 200 and '"ready": true' in body:
+                wait_for_port(self.port, 10, self.process)
+                return True
+            time.sleep(0.2)
+        raise TimeoutError(f"the switch was not ready after {timeout}s; see {self.log_path}")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -158,40 +203,31 @@ class RunningSwitch:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit status (0 for a clean stop: Ray, actors, pools and journal closed)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")
 def switch(
-    config_dir: Path,
-    ports: Ports,
-    database_url: str,
-    simulators: dict[str, int],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningSwitch]:
-    log_path = tmp_path_factory.mktemp("logs") / "switch.log"
-    env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "switch.cli",
-                "run",
-                "--config",
-                str(config_dir / "switch.toml"),
-                "--log-level",
-                "DEBUG",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    running = RunningSwitch("127.0.0.1", ports.switch, ports.admin, log_path, proc)
+    config_dir: Path, database_url: str, simulators: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SwitchProcess]:
+    running = SwitchProcess(
+        config_dir / "switch.toml", database_url, tmp_path_factory.mktemp("logs") / "switch.log", log_level="DEBUG"
+    )
+    running.start()
     try:
-        wait_for_port(ports.admin, 180, proc)
         yield running
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        # A clean stop on SIGTERM: Ray, actors, pools and the journal closed, exit status 0.
-        assert proc.wait(timeout=60) == 0, f"the switch did not stop cleanly; see {log_path}"
+        assert running.stop() == 0, f"the switch did not stop cleanly; see {running.log_path}"

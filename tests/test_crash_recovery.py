@@ -6,12 +6,7 @@ CI runs 3 kills; ``-m slow`` runs 10."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +15,7 @@ import pytest
 
 from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase, reversal
-from tests.conftest import free_port, run, wait_for_port
+from tests.conftest import SwitchProcess, run
 from tests.support import MERCHANT, sim_ledger
 
 TERMINALS = ("T0000002", "T0000003", "T0000004")
@@ -28,39 +23,6 @@ TERMINALS = ("T0000002", "T0000003", "T0000004")
 SUFFIXES = ["00"] * 12 + ["51", "05", "09", "08", "96", "98"]
 OPEN = ("RECEIVED", "PENDING", "UNKNOWN")
 REVERSAL_SHARE = 0.1
-
-
-class SwitchProcess:
-    def __init__(self, config: Path, database_url: str, log: Path) -> None:
-        text = config.read_text()
-        self.port, self.admin = free_port(), free_port()
-        text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{self.port}"', text, count=1)
-        text = re.sub(r'admin_listen = "127.0.0.1:\d+"', f'admin_listen = "127.0.0.1:{self.admin}"', text, count=1)
-        self.config = config.with_name("switch-crash.toml")
-        self.config.write_text(text)
-        self.env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "switch.cli", "run", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        wait_for_port(self.admin, 180, self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 async def steady_traffic(

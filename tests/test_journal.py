@@ -200,3 +200,17 @@ def test_amounts_are_integer_fen_and_never_negative(database_url):
             await journal.close()
 
     run(scenario())
+
+
+def test_final_states_in_code_match_the_state_table(database_url):
+    from switch.journal.schema import FINAL_STATES
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            rows = await journal.pool.fetch("SELECT state FROM txn_state WHERE final")
+        finally:
+            await journal.close()
+        assert {r["state"] for r in rows} == FINAL_STATES
+
+    run(scenario())

@@ -137,3 +137,33 @@ def test_void_with_an_unknown_outcome_is_completed_once(switch, simulators, data
         assert sim_ledger(simulators, "alipay")[out_trade_no(paid["37"])]["status"] == "REVERSED"
 
     run(scenario())
+
+
+def test_money_goes_back_once_between_reversals_and_refunds(switch, simulators, database_url):
+    """A reversed purchase takes no refund, and a partly refunded one takes no reversal: either
+    would return the same money twice."""
+
+    async def scenario():
+        from bench.traffic import reversal
+
+        reversed_purchase, refunded_purchase = new_purchase("wechat", amount=800), new_purchase("alipay", amount=800)
+        async with connected(switch) as client:
+            first = await client.request(reversed_purchase)
+            assert (await client.request(reversal(reversed_purchase, stan(reversed_purchase))))["39"] == "00"
+            refund_after_reversal = await client.request(
+                refund(reversed_purchase, first["37"], 100, stan(reversed_purchase))
+            )
+            second = await client.request(refunded_purchase)
+            assert (await client.request(refund(refunded_purchase, second["37"], 300, stan(refunded_purchase))))[
+                "39"
+            ] == "00"
+            reversal_after_refund = await client.request(reversal(refunded_purchase, stan(refunded_purchase)))
+        assert refund_after_reversal["39"] == "12"
+        assert reversal_after_refund["39"] == "12"
+        await wait_for_state(database_url, first["37"], {"REVERSED"})
+        row = await journal_row(database_url, second["37"])
+        assert (row["state"], row["refunded_fen"], row["reversal_requested_at"]) == ("APPROVED", 300, None)
+        entry = sim_ledger(simulators, "alipay")[out_trade_no(second["37"])]
+        assert (entry["status"], entry["refunded_fen"]) == ("PAID", 300)
+
+    run(scenario())

@@ -194,6 +194,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# The final states of txn_state (final = true), for code that must not ask the database.
+FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED", "REVERSED", "VOIDED"})
+
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
 
 

@@ -117,6 +117,7 @@ class Original(NamedTuple):
     received_at: dt.datetime
     pan_masked: str
     pan_hash: bytes
+    reversal_requested: bool
 
     @property
     def key(self) -> TxnKey:
@@ -187,7 +188,9 @@ _DEFER_SQL = (
 )
 
 _ORIGINAL_SQL = (
-    "SELECT " + ", ".join(Original._fields) + " FROM txn WHERE rrn = $1 AND merchant_id = $2 AND kind = 'purchase' "
+    "SELECT "
+    + ", ".join(c for c in Original._fields if c != "reversal_requested")
+    + ", reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1 AND merchant_id = $2 AND kind = 'purchase' "
     "ORDER BY tx_date DESC LIMIT 1"
 )
 
@@ -305,7 +308,8 @@ class Journal:
         self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
     ) -> tuple[str, str | None]:
         """Record a 0400 and flag its original, committed before the answer. Returns the RRN of the
-        answer (the first one's, for a retransmission) and the original's state (None: unknown)."""
+        answer (the first one's, for a retransmission) and the original's state (None: unknown;
+        REFUNDED: approved and partly refunded, which a reversal must not undo a second time)."""
         async with self._pool.acquire() as conn, conn.transaction():
             answer_rrn = await conn.fetchval(
                 "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
@@ -325,11 +329,12 @@ class Journal:
                 # Under way in a front end: it makes the row due when it ends (see _UPDATE_SQL).
                 "next_check_at = CASE WHEN state = 'RECEIVED' THEN next_check_at ELSE now() END "
                 "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-                f"AND kind = 'purchase' AND (state IN {_OPEN} OR state = 'APPROVED') RETURNING state",
+                f"AND kind = 'purchase' AND refunded_fen = 0 AND (state IN {_OPEN} OR state = 'APPROVED') "
+                "RETURNING state",
                 *original,
             ) or await conn.fetchval(  # reversals name purchases (voids and refunds are not reversed)
-                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-                "AND kind = 'purchase'",
+                "SELECT CASE WHEN state = 'APPROVED' AND refunded_fen > 0 THEN 'REFUNDED' ELSE state END FROM txn "
+                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND kind = 'purchase'",
                 *original,
             )
         return answer_rrn, state
