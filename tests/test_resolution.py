@@ -189,3 +189,15 @@ def test_late_channel_answer_is_journaled_and_settled_once(switch, simulators, d
         assert sim_ledger(simulators, "unionpay")[out_trade_no(answer["37"])]["status"] == "REVERSED"
 
     run(scenario())
+
+
+@pytest.mark.parametrize("channel", ["wechat", "unionpay"])
+def test_dropped_answer_is_unknown_and_the_money_goes_back(switch, simulators, database_url, channel):
+    async def scenario():
+        async with connected(switch) as client:
+            answer = await client.request(new_purchase(channel, "03"))  # charged; the connection drops
+        assert answer["39"] == "91"
+        await wait_for_state(database_url, answer["37"], {"CANCELLED"})
+        assert sim_ledger(simulators, channel)[out_trade_no(answer["37"])]["status"] == "REVERSED"
+
+    run(scenario())

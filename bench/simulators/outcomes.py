@@ -12,6 +12,7 @@ can ask for any outcome. The digits mirror the ISO 8583 code the switch answers:
 | 96     | charges, but answers "system error"                    | 91 (UNKNOWN), then reverses it  |
 | 98     | charges, answering after ``slow_ms``                   | 00, or 91 past the timeout      |
 | 07     | charges; refuses any cancel (reverse window expired)   | 00; a reversal goes to a person |
+| 03     | charges, then drops the connection without answering  | 91 (UNKNOWN); then reverses it  |
 | 06     | charges; does the first cancel or refund but answers   | 00; the void / refund is 09,    |
 |        | "system error" (then answers truthfully)               | then completed, once            |
 | other  | charges                                                | 00                              |
@@ -34,6 +35,7 @@ VERDICT_BY_SUFFIX = {
 }
 SLOW_SUFFIX = "98"
 REFUSES_CANCEL_SUFFIX = "07"
+DROPS_ANSWER_SUFFIX = "03"
 GARBLES_FIRST_UNDO_SUFFIX = "06"
 NEVER_CONFIRMS_SUFFIX = "08"
 
@@ -44,6 +46,10 @@ def verdict_for(auth_code: str) -> str:
 
 def is_slow(auth_code: str) -> bool:
     return auth_code.endswith(SLOW_SUFFIX)
+
+
+def drops_answer(auth_code: str) -> bool:
+    return auth_code.endswith(DROPS_ANSWER_SUFFIX)
 
 
 @dataclass

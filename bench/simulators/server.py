@@ -25,7 +25,7 @@ from aiohttp import web
 from msgspec import Meta, Struct
 
 from actors.settings import ChannelKeys
-from bench.simulators.outcomes import Ledger, Order, is_slow
+from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
 from hsm import SoftwareHsm
 from protocols.channels import module_of
 from protocols.channels.base import ChannelVerdict, RequestSeen
@@ -125,6 +125,9 @@ class Simulator:
         self.stats[f"{seen.op}:{verdict.status}"] += 1
         if delay:
             await asyncio.sleep(delay)
+        if seen.op == PAY and drops_answer(seen.auth_code) and request.transport is not None:
+            request.transport.close()  # charged, but the answer is lost on the way
+            raise web.HTTPServiceUnavailable()
         return _response(self.side.write(seen, verdict, self._sign))
 
     async def _record_audit(self, seen: RequestSeen) -> None:
