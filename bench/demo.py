@@ -8,6 +8,7 @@ import asyncio
 import random
 import socket
 import statistics
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -127,16 +128,21 @@ def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
 
 
 async def _settle(app: SwitchApp) -> None:
-    """Wait for the resolver to settle every open transaction, showing progress."""
+    """Wait for the resolver to settle every open transaction, showing progress (rewritten in
+    place on a terminal, a line every few seconds otherwise)."""
     assert app.journal is not None
+    on_terminal = sys.stdout.isatty()
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    waited = 0
     while (open_now := await app.journal.open_count()) and time.monotonic() < deadline:
-        print(f"\rresolver: {open_now} transaction(s) still open (pending or unknown)...   ", end="", flush=True)
+        if on_terminal:
+            print(f"\rresolver: {open_now} transaction(s) still open (pending or unknown)...   ", end="", flush=True)
+        elif waited % 5 == 0:
+            print(f"resolver: {open_now} transaction(s) still open (pending or unknown)...", flush=True)
         await asyncio.sleep(1)
-    print(
-        f"\rresolver: {open_now or 'no'} transaction(s) open{' (settled at the next start)' if open_now else ''}"
-        + " " * 30
-    )
+        waited += 1
+    settled = f"{open_now} transaction(s) open (settled at the next start)" if open_now else "no transaction open"
+    print(("\r" if on_terminal else "") + f"resolver: {settled}" + " " * 30)
 
 
 async def _journal_summary(app: SwitchApp) -> None:
