@@ -39,7 +39,7 @@ from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch import undo
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import FinalUpdate, Journal, OpenTxn
+from switch.journal import FinalUpdate, Journal, OpenTxn, TxnKey
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.resolver")
@@ -50,6 +50,7 @@ MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
 TOLD_TO_WAIT = {rc.APPROVED, rc.IN_PROGRESS}
+LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
 
 class Resolver:
@@ -71,22 +72,37 @@ class Resolver:
         self._poll_s = poll_s
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        self._in_progress: set[TxnKey] = set()  # a lease may lapse while a lane is stuck: never twice
+        self._workers: set[asyncio.Task[None]] = set()
         self.resolved = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="resolver")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._workers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._in_progress)
 
     async def _run(self) -> None:
+        """Claim what is due and hand each to its channel's lane, without waiting for them: one
+        channel's slow calls never hold back another channel's transactions."""
         while True:
             try:
-                due = await self._journal.claim_due(self._batch, LEASE_S)
-                if due:
-                    await asyncio.gather(*(self._resolve_safely(txn) for txn in due))
+                claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
+                due = [txn for txn in claimed if txn.key not in self._in_progress]
+                for txn in due:
+                    self._in_progress.add(txn.key)
+                    worker = asyncio.get_running_loop().create_task(self._resolve_in_lane(txn))
+                    self._workers.add(worker)
+                    worker.add_done_callback(self._workers.discard)
+                if len(claimed) == self._batch:
                     continue  # there may be more due right away
             except asyncio.CancelledError:
                 raise
@@ -94,12 +110,16 @@ class Resolver:
                 log.exception("resolver pass failed; trying again shortly")
             await asyncio.sleep(self._poll_s)
 
-    async def _resolve_safely(self, txn: OpenTxn) -> None:
+    async def _resolve_in_lane(self, txn: OpenTxn) -> None:
+        lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))
         try:
-            await self.resolve(txn)
+            async with lane:
+                await self.resolve(txn)
         except Exception:
             # The lease lapses and the transaction comes round again: nothing is dropped.
             log.exception("resolving failed", extra={"rrn": txn.rrn, "channel": txn.channel})
+        finally:
+            self._in_progress.discard(txn.key)
 
     async def resolve(self, txn: OpenTxn) -> None:
         channel = self._channels.get(txn.channel)

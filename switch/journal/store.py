@@ -176,7 +176,8 @@ _DUE = f"(state IN {_OPEN} OR (state = 'APPROVED' AND reversal_requested_at IS N
 _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
 _CLAIM_SQL = (
     f"WITH due AS (SELECT tx_date, terminal_id, stan, transmitted FROM txn "
-    f"WHERE {_DUE} AND next_check_at <= now() ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    f"WHERE {_DUE} AND next_check_at <= now() AND channel = ANY($3) "
+    "ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
     "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
@@ -289,10 +290,11 @@ class Journal:
         )
         return (row["state"], row["amount_fen"]) if row else None
 
-    async def claim_due(self, limit: int, lease_s: float) -> list[OpenTxn]:
-        """Take up to ``limit`` open transactions whose time has come, leased for ``lease_s``
-        (several resolvers never take the same one; a resolver that dies lets its lease lapse)."""
-        rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s)
+    async def claim_due(self, limit: int, lease_s: float, channels: list[str]) -> list[OpenTxn]:
+        """Take up to ``limit`` open transactions of ``channels`` whose time has come, leased for
+        ``lease_s`` (several resolvers never take the same one; a resolver that dies lets its lease
+        lapse; a front end takes only the channels it serves)."""
+        rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels)
         return [OpenTxn(*row) for row in rows]
 
     async def defer(self, key: TxnKey, seconds: float) -> None:
