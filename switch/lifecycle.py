@@ -318,8 +318,7 @@ class Processor:
     def _check_channel(self, message: Message, channel: str) -> str | None:
         if channel not in self._merchants[message["42"]].channels:
             return rc.NOT_PERMITTED
-        gateway = self._gateways.get(channel)
-        if gateway is None or not self._channels[channel].enabled or not gateway.has_room():
+        if channel not in self._gateways or not self._channels[channel].enabled:
             return rc.CHANNEL_UNAVAILABLE
         return None
 
@@ -384,7 +383,12 @@ class Processor:
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
         if not inserted:
             return await self._replay(txn)
-        result = await self._call_channel(txn, pan)
+        if self._gateways[txn.channel].has_room():
+            result = await self._call_channel(txn, pan)
+        else:  # the channel's bulkhead is full: shed at once, certainly not sent (after the duplicate check)
+            result = ChannelResult(
+                0, Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, "BUSY", "channel at its limit", sent=False
+            )
         settled = self._settle(txn, result)
         still_open = result.outcome in (Outcome.PENDING, Outcome.UNKNOWN)
         update = FinalUpdate(
