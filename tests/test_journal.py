@@ -214,3 +214,30 @@ def test_final_states_in_code_match_the_state_table(database_url):
         assert {r["state"] for r in rows} == FINAL_STATES
 
     run(scenario())
+
+
+def test_a_void_or_refund_is_settled_once(database_url):
+    """Two resolvers settling the same declined refund (a lease that lapsed) release its
+    reservation once, not twice."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase = new_txn(await journal.next_rrn(), amount=1000)
+            assert await journal.write_ahead(purchase)
+            assert await journal.record_outcome(outcome(purchase, "APPROVED"))
+            original = await journal.original(purchase.rrn, purchase.merchant_id)
+            refunds = []
+            for amount in (300, 500):
+                rrn = await journal.next_rrn()
+                refunds.append(new_txn(rrn, terminal=purchase.terminal_id, amount=amount)._replace(kind="refund"))
+                assert await journal.write_ahead_undo(refunds[-1], original, amount, lambda _: None) is None
+            declined = outcome(refunds[0], "DECLINED", "05")
+            assert await journal.settle_undo(declined, original.key, 300, voided=False)
+            assert not await journal.settle_undo(declined, original.key, 300, voided=False)  # the second resolver
+            row = await journal.pool.fetchrow("SELECT refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["refunded_fen"] == 500  # the other refund's reservation is intact
+        finally:
+            await journal.close()
+
+    run(scenario())

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import asyncpg
 
 from switch.journal.groupcommit import GroupCommit
-from switch.journal.schema import ensure_partitions, migrate
+from switch.journal.schema import FINAL_STATES, ensure_partitions, migrate
 
 RRN_BLOCK = 1000
 
@@ -231,12 +231,14 @@ class Journal:
         self._rrn_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, url: str, pool_size: int, max_batch: int, on_batch: BatchObserver | None = None) -> Journal:
+    async def open(
+        cls, url: str, pool_size: int, max_batch: int, on_batch: BatchObserver | None = None, ahead_days: int = 7
+    ) -> Journal:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30)
         async with pool.acquire() as conn:
             await migrate(conn)
         journal = cls(pool, max_batch, on_batch)
-        await journal.ensure_partitions(ahead_days=7)
+        await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 
     async def close(self) -> None:
@@ -379,10 +381,17 @@ class Journal:
             )
         return None
 
-    async def settle_undo(self, update: FinalUpdate, original: TxnKey, release_fen: int, voided: bool) -> None:
-        """Record a void's or refund's outcome; a void that went through voids its purchase, and
-        one that did not gives back what it reserved."""
+    async def settle_undo(self, update: FinalUpdate, original: TxnKey, release_fen: int, voided: bool) -> bool:
+        """Record a void's or refund's outcome, once: a void that went through voids its purchase,
+        and one that did not gives back what it reserved. False when it was settled already."""
         async with self._pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchval(
+                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
+                "FOR UPDATE",
+                *update.key,
+            )
+            if state in FINAL_STATES:
+                return False  # settled already (a lease that lapsed): never release or void twice
             await conn.fetch(_UPDATE_SQL, *_columns([update]))
             if voided:
                 await conn.execute(
@@ -397,6 +406,7 @@ class Journal:
                     *original,
                     release_fen,
                 )
+        return True
 
     async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
         await self._pool.execute(
