@@ -21,6 +21,7 @@ from hsm import SoftwareHsm
 from protocols import response_codes as rc
 from protocols.channels import module_of
 from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
+from protocols.masking import scrub
 from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, ChannelRequest, ChannelResult
 
 log = logging.getLogger("paysw.actor")
@@ -132,13 +133,22 @@ class ChannelWorker:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
 
+class _ScrubbingFormatter(logging.Formatter):
+    """This process holds full payment codes: its log lines and tracebacks are scrubbed too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=0, max_concurrency=1000)
 class ChannelActor:
     """Ray shell around ``ChannelWorker``. ``max_task_retries=0``: a call that moves money is
     never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver."""
 
     def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
-        logging.basicConfig(level=logging.WARNING)
+        handler = logging.StreamHandler()
+        handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
         self._worker = ChannelWorker(name, config, base_dir, shard)
 
     async def process(self, batch: bytes) -> AsyncIterator[bytes]:

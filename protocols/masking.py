@@ -1,5 +1,9 @@
 """Masking of payment codes and card numbers: first 6 and last 4 only (invariant 6)."""
 
+import re
+
+_LONG_DIGITS = re.compile(r"(?<!\d)\d{13,19}(?!\d)")  # whole runs: a 20-digit order number is not a card
+
 
 def mask_pan(pan: str | None) -> str:
     """Return ``pan`` with everything but the first 6 and last 4 characters replaced by ``*``.
@@ -26,3 +30,9 @@ def luhn_ok(digits: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+def scrub(text: str) -> str:
+    """``text`` with every run of 13 to 19 digits (what a card number or payment code looks like)
+    masked: the last line of defence for log lines and tracebacks."""
+    return _LONG_DIGITS.sub(lambda m: mask_pan(m.group()), text)

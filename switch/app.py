@@ -50,6 +50,7 @@ class SwitchApp:
             cfg.database.pool_size,
             cfg.database.group_commit_max,
             on_batch=self.metrics.journal_batch_done,
+            ahead_days=cfg.database.partitions_ahead_days,
         )
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)

@@ -472,14 +472,20 @@ class Processor:
     def _keep_late(self, txn: NewTxn, op: str) -> Callable[[ChannelResult], None]:
         """Journal a channel answer that came after the terminal was answered."""
 
-        def keep(result: ChannelResult) -> None:
-            task = asyncio.get_running_loop().create_task(
-                self._journal.record_late(txn.key, op, result.outcome.value, result.channel_code, result.channel_txn_id)
-            )
+        async def keep(result: ChannelResult) -> None:
+            try:
+                await self._journal.record_late(
+                    txn.key, op, result.outcome.value, result.channel_code, result.channel_txn_id
+                )
+            except Exception:  # the resolver still settles the transaction from the channel's side
+                log.exception("keeping a late answer failed", extra={"rrn": txn.rrn})
+
+        def schedule(result: ChannelResult) -> None:
+            task = asyncio.get_running_loop().create_task(keep(result))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-        return keep
+        return schedule
 
     def _settle(self, txn: NewTxn, result: ChannelResult) -> Settled:
         if result.outcome is Outcome.APPROVED:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
+from protocols.masking import scrub
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
-_LONG_DIGITS = re.compile(r"\d{13,19}")
-
-
-def _scrub(text: str) -> str:
-    return _LONG_DIGITS.sub(lambda m: m.group()[:6] + "*" * (len(m.group()) - 10) + m.group()[-4:], text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,13 +19,13 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": _scrub(record.getMessage()),
+            "msg": scrub(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = _scrub(value) if isinstance(value, str) else value
+                doc[key] = scrub(value) if isinstance(value, str) else value
         if record.exc_info:
-            doc["exc"] = _scrub(self.formatException(record.exc_info))
+            doc["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 

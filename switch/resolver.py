@@ -75,7 +75,6 @@ class Resolver:
         self._lanes: dict[str, asyncio.Semaphore] = {}
         self._in_progress: set[TxnKey] = set()  # a lease may lapse while a lane is stuck: never twice
         self._workers: set[asyncio.Task[None]] = set()
-        self.resolved = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="resolver")
@@ -180,7 +179,6 @@ class Resolver:
         )
         if result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.kind, txn.amount_fen, original, result)
-            self.resolved += 1
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
@@ -224,7 +222,6 @@ class Resolver:
             None,
         )
         await self._journal.record_outcome(update)
-        self.resolved += 1
         self._metrics.resolved.labels(txn.channel, state).inc()
         log.info(
             "transaction resolved",

@@ -56,3 +56,10 @@ def test_masking_keeps_first_six_and_last_four_only():
     assert mask_pan("134567890123456700") == "134567********6700"
     assert mask_pan("1234567890") == "**********"
     assert mask_pan("") == ""
+
+
+def test_scrub_masks_long_digit_runs_in_free_text():
+    from protocols.masking import scrub
+
+    text = "failed for 6222020200112233446 at 12:00, order 20261123000000001000x, stan 000042"
+    assert scrub(text) == "failed for 622202*********3446 at 12:00, order 20261123000000001000x, stan 000042"
