@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ class ChannelWorker:
         self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
+        self._queue_wait = config.queue_wait_ms / 1000
         self._session: aiohttp.ClientSession | None = None
         self._connections: asyncio.Semaphore | None = None
         self._in_flight = 0
@@ -80,11 +82,12 @@ class ChannelWorker:
         try:
             # A connection of our own before anything is sent, so a request never waits (and
             # times out) inside the HTTP pool, where a timeout would look like a lost answer.
-            await asyncio.wait_for(self._connections.acquire(), remaining)
+            # The wait is bounded: calls queue behind a stuck channel only briefly.
+            await asyncio.wait_for(self._connections.acquire(), min(remaining, self._queue_wait))
         except BaseException as exc:
             self._in_flight -= 1
             if isinstance(exc, TimeoutError):
-                return not_sent(req, "BUSY", "no connection free before the deadline")
+                return not_sent(req, "BUSY", "no connection free in time")
             raise
         sent = False
         try:
@@ -125,7 +128,13 @@ class ChannelWorker:
             self._connections.release()
 
     def stats(self) -> dict[str, int | str]:
-        return {"channel": self.name, "shard": self.shard, "in_flight": self._in_flight, "calls": self._calls}
+        return {
+            "channel": self.name,
+            "shard": self.shard,
+            "in_flight": self._in_flight,
+            "calls": self._calls,
+            "pid": os.getpid(),
+        }
 
     async def close(self) -> None:
         if self._session is not None:
@@ -140,10 +149,11 @@ class _ScrubbingFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
-@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_task_retries=0, max_concurrency=1000)
 class ChannelActor:
     """Ray shell around ``ChannelWorker``. ``max_task_retries=0``: a call that moves money is
-    never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver."""
+    never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver (and is
+    restarted, see ``actors.runtime.channel_actor``)."""
 
     def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
         handler = logging.StreamHandler()
@@ -160,3 +170,7 @@ class ChannelActor:
 
     async def ping(self) -> str:
         return "pong"
+
+    def crash(self) -> None:
+        """Incident drill (``paysw channel crash``): exit as a crashed process would; Ray restarts it."""
+        os._exit(70)

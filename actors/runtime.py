@@ -35,12 +35,10 @@ def init_ray(address: str, namespace: str) -> bool:
     return True
 
 
-def start_channel_actors(name: str, config: ChannelSection, base_dir: str) -> list[ActorHandle]:
-    """One actor per shard, named so that several front ends on one cluster share them."""
-    actors = []
-    for shard in range(config.shards):
-        actor = ChannelActor.options(name=f"channel:{name}:{shard}", get_if_exists=True).remote(
-            name, config, base_dir, shard
-        )
-        actors.append(actor)
-    return actors
+def channel_actor(name: str, config: ChannelSection, base_dir: str, shard: int) -> ActorHandle:
+    """Shard ``shard``'s actor of channel ``name``: named, so that several front ends on one
+    cluster share it (an existing live one is joined); restarted by Ray when it crashes, up to
+    the channel's ``actor_max_restarts``."""
+    return ChannelActor.options(
+        name=f"channel:{name}:{shard}", get_if_exists=True, max_restarts=config.actor_max_restarts
+    ).remote(name, config, base_dir, shard)

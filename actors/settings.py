@@ -17,6 +17,21 @@ class ChannelKeys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     verify_key: str
 
 
+class BreakerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A channel shard's circuit breaker (``switch.breaker``). The defaults follow Hystrix and
+    resilience4j (50 % failures over a window of recent calls, at least 20 of them) with a short
+    open state: a payment channel that is back should get traffic again within seconds."""
+
+    failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # failed calls (no answer, refused, errors)
+    slow_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # calls at or over slow_call_ms
+    slow_call_ms: Positive = 3_000
+    window_calls: Annotated[int, Meta(ge=2)] = 100
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
+    min_calls: Positive = 20
+    open_ms: Annotated[int, Meta(ge=100)] = 5_000  # then half-open
+    probes: Positive = 5  # calls let through half-open; all fine closes the circuit
+
+
 class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     kind: str
     endpoint: Annotated[str, Meta(pattern=r"^https?://")]
@@ -28,7 +43,12 @@ class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     shards: Annotated[int, Meta(ge=1, le=64)] = 1
     pool_size: Positive = 32  # HTTP connections per shard = calls on the wire at once
     max_in_flight: Positive = 256  # calls admitted per shard (on the wire or waiting); beyond: 91 at once
+    queue_wait_ms: Positive = 1_000  # longest wait for a free connection; then 91, not sent
     frontend_in_flight: Positive = 2048  # transactions under way in one front end; beyond: 91
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0  # new transactions a second, per front end; 0: no limit
+    merchant_rate_per_s: Annotated[float, Meta(ge=0)] = 0  # the same for each merchant; 0: no limit
+    breaker: BreakerSettings = BreakerSettings()
+    actor_max_restarts: Annotated[int, Meta(ge=0)] = 10  # Ray restarts of a crashed actor, over its life
     sign_threads: Annotated[int, Meta(ge=1, le=32)] = 2
     timeout_ms: Annotated[int, Meta(ge=50, le=59_000)] = 10_000
     # Resolving a payment the customer is still confirming, or whose outcome is unknown:

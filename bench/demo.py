@@ -19,7 +19,7 @@ import uvloop
 from bench.client import IsoClient
 from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
-from bench.simulators.server import SimulatorConfig, load_simulator_config
+from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
 from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, host_port, load_config
@@ -43,7 +43,13 @@ class ChannelTally:
 
 def _ports_in_use(config: Config, simulators: SimulatorConfig) -> list[str]:
     busy = []
-    addresses = [config.switch.listen, config.switch.admin_listen, *(s.listen for s in simulators.simulators.values())]
+    sims = simulators.simulators.values()
+    addresses = [
+        config.switch.listen,
+        config.switch.admin_listen,
+        *(s.listen for s in sims),
+        *(control_address(s) for s in sims),
+    ]
     for address in addresses:
         host, port = host_port(address)
         with socket.socket() as probe:

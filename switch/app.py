@@ -4,6 +4,7 @@ admin endpoint; and stopping all of it cleanly."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -11,16 +12,18 @@ from pathlib import Path
 
 import uvloop
 
-from actors.runtime import init_ray, start_channel_actors
+from actors.runtime import channel_actor, init_ray
 from hsm import SoftwareHsm
-from switch.config import Config, host_port
+from switch.admin import admin_app, start_admin
+from switch.config import Config, admin_token, host_port
 from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
 from switch.lifecycle import Processor
-from switch.metrics import Metrics, start_admin
+from switch.metrics import Metrics
 from switch.resolver import Resolver
+from switch.shedding import LoadShedder
 
 log = logging.getLogger("paysw")
 
@@ -41,6 +44,7 @@ class SwitchApp:
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
         self.resolver: Resolver | None = None
+        self.shedder: LoadShedder | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -54,13 +58,22 @@ class SwitchApp:
         )
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
-        actors = {}
         for name, channel in cfg.channels.items():
-            actors[name] = start_channel_actors(name, channel, cfg.base_dir)
-            self.gateways[name] = ChannelGateway(name, actors[name], cfg.switch.max_batch, channel.frontend_in_flight)
-        await asyncio.wait_for(asyncio.gather(*(a.ping.remote() for shard in actors.values() for a in shard)), 120)
+            self.gateways[name] = ChannelGateway(
+                name,
+                channel,
+                functools.partial(channel_actor, name, channel, cfg.base_dir),
+                cfg.switch.max_batch,
+                on_circuit=self.metrics.circuit_changed,
+                on_restart=self.metrics.actor_restarted,
+                merchant_rates={m.id: m.rate_per_s[name] for m in cfg.merchants if name in m.rate_per_s},
+            )
+        pings = [shard.actor.ping.remote() for g in self.gateways.values() for shard in g.shards]
+        await asyncio.wait_for(asyncio.gather(*pings), 120)
         fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
-        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint)
+        self.shedder = LoadShedder(cfg.switch.max_in_flight, cfg.switch.shed_loop_lag_ms)
+        self.shedder.start()
+        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder)
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
@@ -75,7 +88,8 @@ class SwitchApp:
             reuse_address=True,
         )
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
-        self._admin = await start_admin(admin_host, admin_port, self.metrics, lambda: self.ready)
+        admin = admin_app(self.metrics, lambda: self.ready, self.gateways, admin_token(cfg))
+        self._admin = await start_admin(admin_host, admin_port, admin)
         self.ready = True
         log.info(
             "switch ready",
@@ -103,6 +117,8 @@ class SwitchApp:
             await asyncio.sleep(0.05)
         if self.resolver is not None:
             await self.resolver.stop()
+        if self.shedder is not None:
+            await self.shedder.stop()
         for gateway in self.gateways.values():
             await gateway.close()
         if self._upkeep is not None:

@@ -38,13 +38,66 @@ def _parser() -> argparse.ArgumentParser:
         help="run the channel simulators",
         description="Run one simulator process per channel (aiohttp), until Ctrl-C.",
     )
-    sim.add_argument("--config", required=True, type=Path, help="the simulators' TOML configuration file")
+    sim.add_argument("--config", type=Path, help="the simulators' TOML configuration file (required)")
     sim.add_argument(
         "--audit-dsn",
         default="",
         help="PostgreSQL URL of the switch's journal: record, for each pay request, whether its "
         "journal row already existed when it arrived (served at /_sim/audit)",
     )
+
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
+    fault = sim_commands.add_parser(
+        "fault",
+        help="switch a running simulator's faults on or off",
+        description="Make a running channel simulator misbehave, to rehearse an incident: the fault "
+        "given replaces the one in force (options combine, e.g. --latency 2s --error-rate 0.2); "
+        "with no option, show the fault in force.",
+    )
+    fault.add_argument("channel", help="the simulator's name (wechat, alipay, unionpay, ecny, inbank)")
+    fault.add_argument("--config", type=Path, default=None, help="the simulators' configuration (default: the demo's)")
+    fault.add_argument("--hang", action="store_true", help="take requests and never answer")
+    fault.add_argument("--latency", metavar="DURATION", help="answer this much later (e.g. 2s, 250ms)")
+    fault.add_argument("--error-rate", type=float, metavar="SHARE", help="answer this share with HTTP 500 (0 to 1)")
+    fault.add_argument("--refuse", action="store_true", help="refuse connections")
+    fault.add_argument("--reset", action="store_true", help="close connections without answering")
+    fault.add_argument("--partial", action="store_true", help="act, then cut the answer off mid-body")
+    fault.add_argument("--clear", action="store_true", help="healthy again")
+
+    channel = commands.add_parser(
+        "channel",
+        help="see and control the channels of a running switch",
+        description="Through the switch's admin endpoint: list the channels (switched on, circuit, "
+        "calls under way, limits, actors), switch one off or on, close its circuit, start fresh "
+        "actors where Ray gave up restarting them, or crash an actor as an incident drill.",
+    )
+    channel.add_argument(
+        "action", choices=["list", "enable", "disable", "close-circuit", "restart", "crash"], help="what to do"
+    )
+    channel.add_argument("channel", nargs="?", default="", help="the channel (all but list)")
+    channel.add_argument("--config", type=Path, help="the switch's configuration: its admin address and token file")
+    channel.add_argument("--admin", default="127.0.0.1:9583", help="admin address without --config")
+    channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
+
+    bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
+    benches = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    isolation = benches.add_parser(
+        "isolation",
+        help="one channel sick, the others measured against a healthy phase of the same run",
+        description="Start the demo stack, offer every channel a steady load, and make one channel "
+        "hang, slow, error, refuse connections and lose its actor in turn; print the healthy channels' "
+        "throughput and p99 as ratios to the healthy phase, and the sick channel's 91s and recovery.",
+    )
+    isolation.add_argument("--channel", default="wechat", help="the channel made sick (default: wechat)")
+    isolation.add_argument(
+        "--faults", default="", help="comma-separated subset of hang,slow,error,refuse,actor_killed (default: all)"
+    )
+    isolation.add_argument("--rate", type=float, default=40.0, help="purchases a second on each channel (default 40)")
+    isolation.add_argument("--phase-seconds", type=float, default=20.0, help="length of each phase (default 20)")
+    isolation.add_argument(
+        "--recovery-seconds", type=float, default=15.0, help="after each fault clears, before the next (default 15)"
+    )
+    isolation.add_argument("--out", type=Path, help="write the results as JSON here")
 
     demo = commands.add_parser(
         "demo",
@@ -63,6 +116,58 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from bench.simulators.server import load_simulator_config
+
+    if args.sim_command != "fault":
+        if args.config is None:
+            print("paysw sim: --config is required", file=sys.stderr)
+            return 2
+        from bench.simulators.runner import main as sim_main
+
+        return sim_main(str(args.config), args.audit_dsn)
+    from bench.demo_config import DEMO_SIMULATORS_CONFIG
+    from bench.simulators.control import main as fault_main
+    from bench.simulators.faults import NO_FAULT, Fault, duration_ms
+
+    config = load_simulator_config(str(args.config or DEMO_SIMULATORS_CONFIG))
+    try:
+        latency_ms = duration_ms(args.latency) if args.latency else 0.0
+    except ValueError as exc:
+        print(f"paysw sim fault: --latency: {exc}", file=sys.stderr)
+        return 2
+    chosen = {
+        "hang": args.hang,
+        "refuse": args.refuse,
+        "reset": args.reset,
+        "partial": args.partial,
+        "latency_ms": latency_ms,
+        "error_rate": args.error_rate or 0.0,
+    }
+    if args.clear and any(chosen.values()):
+        print("paysw sim fault: --clear goes alone", file=sys.stderr)
+        return 2
+    if not 0 <= chosen["error_rate"] <= 1:
+        print("paysw sim fault: --error-rate is a share between 0 and 1", file=sys.stderr)
+        return 2
+    fault = NO_FAULT if args.clear else Fault(**chosen) if any(chosen.values()) else None
+    return fault_main(config, args.channel, fault)
+
+
+def _channel(args: argparse.Namespace) -> int:
+    from switch.config import admin_token
+    from switch.operator import main as operator_main
+
+    if args.action != "list" and not args.channel:
+        print(f"paysw channel {args.action}: which channel?", file=sys.stderr)
+        return 2
+    admin, token = args.admin, ""
+    if args.config is not None:
+        config = load_config(args.config)
+        admin, token = config.switch.admin_listen, admin_token(config)
+    return operator_main(admin, args.action, args.channel, token, args.shard)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -75,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # The simulators and the demo are test equipment (bench/); the switch itself never imports them.
         if args.command == "sim":
-            from bench.simulators.runner import main as sim_main
+            return _sim(args)
+        if args.command == "channel":
+            return _channel(args)
+        if args.command == "bench":
+            from bench.isolation import main as isolation_main
 
-            return sim_main(str(args.config), args.audit_dsn)
+            faults = [f for f in args.faults.split(",") if f] or None
+            return isolation_main(args.channel, faults, args.rate, args.phase_seconds, args.recovery_seconds, args.out)
         if args.command == "demo":
             from bench.demo import main as demo_main
 
@@ -85,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2
+
     return 1
 
 

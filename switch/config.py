@@ -26,11 +26,15 @@ class _Strict(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
 
 class SwitchSection(_Strict):
     listen: HostPort = "127.0.0.1:8583"
-    admin_listen: HostPort = "127.0.0.1:9583"  # /metrics, /healthz, /readyz
+    admin_listen: HostPort = "127.0.0.1:9583"  # /metrics, /healthz, /readyz, /channels
+    admin_token_file: str = ""  # when set, operator actions need this token (Bearer)
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     max_batch: Positive = 256  # transactions per actor call
+    # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
+    max_in_flight: Positive = 10_000  # financial requests under way, all connections together
+    shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
 
 
 class DatabaseSection(_Strict):
@@ -67,6 +71,7 @@ class Merchant(_Strict):
     name: str
     channels: list[str]
     channel_ids: dict[str, str] = {}  # the merchant's own id at each channel
+    rate_per_s: dict[str, Annotated[float, Meta(gt=0)]] = {}  # its quota at a channel, over the channel's default
     suspended: bool = False
 
 
@@ -128,6 +133,9 @@ def _cross_check(config: Config) -> list[str]:
         for key_field in ("sign_key", "verify_key"):
             if not (base / getattr(ch.keys, key_field)).is_file():
                 problems.append(f"{where}.keys.{key_field}: no file {base / getattr(ch.keys, key_field)}")
+    token_file = config.switch.admin_token_file
+    if token_file and not (base / token_file).is_file():
+        problems.append(f"$.switch.admin_token_file: no file {base / token_file}")
     if not (base / config.security.pan_hash_key).is_file():
         problems.append(f"$.security.pan_hash_key: no file {base / config.security.pan_hash_key}")
     for i, route in enumerate(config.routing.codes):
@@ -143,7 +151,7 @@ def _cross_check(config: Config) -> list[str]:
         if m.id in merchant_ids:
             problems.append(f"$.merchants[{i}].id: duplicate merchant {m.id}")
         merchant_ids.add(m.id)
-        for ch in [*m.channels, *m.channel_ids]:
+        for ch in [*m.channels, *m.channel_ids, *m.rate_per_s]:
             if ch not in channels:
                 problems.append(f"$.merchants[{i}]: unknown channel {ch!r}")
     terminal_ids = set()
@@ -154,6 +162,13 @@ def _cross_check(config: Config) -> list[str]:
         if t.merchant not in merchant_ids:
             problems.append(f"$.terminals[{i}].merchant: unknown merchant {t.merchant}")
     return problems
+
+
+def admin_token(config: Config) -> str:
+    """The operators' admin token, or "" when none is configured."""
+    if not config.switch.admin_token_file:
+        return ""
+    return (Path(config.base_dir) / config.switch.admin_token_file).read_text().strip()
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -1,8 +1,15 @@
-"""The front end's door to one channel: transactions are gathered into batches, one actor call
-per batch, and each transaction's result is handed back as soon as its group streams in.
+"""The front end's door to one channel, and the front end's half of the channel's bulkhead.
 
-The gateway also keeps the channel's front-end bulkhead: a bounded number of transactions under
-way, so a stuck channel can hold at most that many and never the whole switch.
+Transactions are gathered into batches, one actor call per batch, and each transaction's result
+is handed back as soon as its group streams in. Before a new transaction may go, ``admit`` checks
+the channel's limits in this front end: switched on, calls under way below the bulkhead, the
+channel's and the merchant's rate quotas, and a shard whose circuit breaker lets calls through;
+a refusal is answered ``91`` at once and nothing is sent. Every call goes to a shard whose breaker
+lets it through, and its outcome (or its being overdue) is fed back to that breaker.
+
+A watcher asks each shard's actor for its figures every second: it notices an actor that Ray
+restarted (counted) and one that is gone for good (its circuit held open until an operator
+restarts it).
 """
 
 from __future__ import annotations
@@ -11,15 +18,34 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import ray
 from ray.actor import ActorHandle
 
+from actors.settings import ChannelSection
 from protocols import response_codes as rc
 from protocols.messages import BATCH_ENCODER, RESULTS_DECODER, ChannelRequest, ChannelResult, Outcome
+from switch.breaker import CircuitBreaker, CircuitState
+from switch.ratelimit import Quota
 
 log = logging.getLogger("paysw.gateway")
+
+WATCH_INTERVAL_S = 1.0
+DEAD_AFTER_CHECKS = 5
+RESPAWN_ATTEMPTS = 10
+OVERDUE_CHECK_S = 0.2
+# Reasons a call or a new transaction is refused before anything is sent (the journal's channel code).
+DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN = (
+    "DISABLED",
+    "BUSY",
+    "RATE_LIMIT",
+    "MERCHANT_RATE_LIMIT",
+    "CIRCUIT_OPEN",
+)
 
 
 class PaymentRef(NamedTuple):
@@ -35,22 +61,103 @@ class PaymentRef(NamedTuple):
     total_fen: int = 0  # a refund: the payment's whole amount
 
 
+def is_channel_failure(result: ChannelResult) -> bool:
+    """Whether a call's result counts against the channel's circuit: no answer, a broken
+    connection, an error answer, a refused connection, a crashed actor. The switch's own
+    refusals (limits, deadlines) and the channel's business answers do not."""
+    return result.outcome is Outcome.UNKNOWN or (not result.sent and result.channel_code == "CONNECT")
+
+
+def refused(key: int, reason: str, message: str) -> ChannelResult:
+    return ChannelResult(key, Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, reason, message, sent=False)
+
+
+@dataclass(eq=False)
+class Shard:
+    index: int
+    actor: ActorHandle
+    breaker: CircuitBreaker
+    queue: list[ChannelRequest] = field(default_factory=list)
+    dead: bool = False  # gone for good: Ray gave up restarting it
+    died_checks: int = 0  # watcher checks in a row that found it dead
+    pid: int = 0
+    restarts: int = 0
+    figures: dict[str, int | str] = field(default_factory=dict)  # the actor's own, from the watcher
+
+
 class ChannelGateway:
-    def __init__(self, name: str, actors: list[ActorHandle], max_batch: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ChannelSection,
+        spawn: Callable[[int], ActorHandle],
+        max_batch: int,
+        on_circuit: Callable[[str, int, CircuitState], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
+        merchant_rates: dict[str, float] | None = None,
+    ) -> None:
         self.name = name
-        self._actors = itertools.cycle(actors)
-        self._max_batch = max_batch
-        self.max_in_flight = max_in_flight
+        self.config = config
+        self.enabled = config.enabled
+        self.max_in_flight = config.frontend_in_flight
         self.in_flight = 0
+        self._spawn = spawn
+        self._max_batch = max_batch
+        self._on_circuit = on_circuit
+        self._on_restart = on_restart
+        self.shards = [self._new_shard(i, spawn(i)) for i in range(config.shards)]
+        self._turn = itertools.count()
+        self._quota = Quota(config.rate_per_s)
+        self._merchant_rates = merchant_rates or {}  # a merchant's own quota, over merchant_rate_per_s
+        self._merchant_quotas: dict[str, Quota] = {}
         self._keys = itertools.count(1)
-        self._queue: list[ChannelRequest] = []
         self._waiting: dict[int, asyncio.Future[ChannelResult]] = {}
+        self._outstanding: deque[tuple[float, int, Shard]] = deque()  # calls by start time
+        self._overdue: set[int] = set()  # keys already counted slow by their breaker
         self._wakeup = asyncio.Event()
         self._batches: set[asyncio.Task[None]] = set()
-        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name=f"gateway-{name}")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._dispatch(), name=f"gateway-{name}"),
+            loop.create_task(self._watch_overdue(), name=f"gateway-{name}-overdue"),
+            loop.create_task(self._watch_actors(), name=f"gateway-{name}-actors"),
+        ]
 
-    def has_room(self) -> bool:
-        return self.in_flight < self.max_in_flight
+    def _new_shard(self, index: int, actor: ActorHandle) -> Shard:
+        notify = self._on_circuit
+        on_change = None if notify is None else (lambda state: notify(self.name, index, state))
+        return Shard(index, actor, CircuitBreaker(self.config.breaker, on_change=on_change))
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def admit(self, merchant_id: str) -> str | None:
+        """None when a new transaction of ``merchant_id`` may go to the channel now, else why not."""
+        if not self.enabled:
+            return DISABLED
+        if self.in_flight >= self.max_in_flight:
+            return BUSY
+        if not any(shard.breaker.allows() for shard in self.shards):
+            return CIRCUIT_OPEN
+        if not self._quota.try_take():
+            return RATE_LIMIT
+        quota = self._merchant_quotas.get(merchant_id)
+        if quota is None:  # merchants are configured, so this stays bounded
+            rate = self._merchant_rates.get(merchant_id, self.config.merchant_rate_per_s)
+            quota = self._merchant_quotas[merchant_id] = Quota(rate)
+        if not quota.try_take():
+            return MERCHANT_RATE_LIMIT
+        return None
+
+    def _pick(self) -> Shard | None:
+        """The next shard, round robin, whose breaker lets a call through."""
+        first = next(self._turn)
+        for i in range(len(self.shards)):
+            shard = self.shards[(first + i) % len(self.shards)]
+            if shard.breaker.acquire():
+                return shard
+        return None
+
+    # -- calls -------------------------------------------------------------------------------
 
     async def call(
         self,
@@ -62,8 +169,12 @@ class ChannelGateway:
     ) -> ChannelResult:
         """One channel call, answered by ``deadline`` (epoch seconds) at the latest: past it the
         result is UNKNOWN, and the call's own late answer goes to ``on_late`` (to be kept; the
-        resolver settles the transaction from the channel's side, never from a late answer alone)."""
+        resolver settles the transaction from the channel's side, never from a late answer alone).
+        With every shard's circuit open the call is refused at once, not sent."""
         key = next(self._keys)
+        shard = self._pick()
+        if shard is None:
+            return refused(key, CIRCUIT_OPEN, "circuit open")
         req = ChannelRequest(
             key,
             op,
@@ -80,11 +191,13 @@ class ChannelGateway:
         )
         future: asyncio.Future[ChannelResult] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
-        self._queue.append(req)
+        shard.queue.append(req)
         self._wakeup.set()
         # Counted until the call itself ends, not until we stop waiting: a stuck call holds its place.
         self.in_flight += 1
-        future.add_done_callback(self._call_ended)
+        started = time.monotonic()
+        self._outstanding.append((started, key, shard))
+        future.add_done_callback(lambda done: self._call_ended(done, key, shard, started))
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.time()))
         except TimeoutError:
@@ -99,19 +212,52 @@ class ChannelGateway:
         if on_late is not None:
             on_late(result)
 
-    def _call_ended(self, _: asyncio.Future[ChannelResult]) -> None:
+    def _call_ended(self, done: asyncio.Future[ChannelResult], key: int, shard: Shard, started: float) -> None:
         self.in_flight -= 1
+        result = done.result()
+        if key in self._overdue:  # its breaker already counted it (as slow)
+            self._overdue.discard(key)
+            return
+        if result.sent or is_channel_failure(result):
+            shard.breaker.record(is_channel_failure(result), time.monotonic() - started)
+        else:
+            shard.breaker.release()
+
+    async def _watch_overdue(self) -> None:
+        """Count calls outstanding past the slow-call threshold against their shard's breaker
+        now: a hung channel must not take its whole timeout to open the circuit."""
+        slow_s = self.config.breaker.slow_call_ms / 1000
+        while True:
+            await asyncio.sleep(OVERDUE_CHECK_S)
+            now = time.monotonic()
+            while self._outstanding:
+                started, key, shard = self._outstanding[0]
+                if key in self._waiting and now - started < slow_s:
+                    break
+                self._outstanding.popleft()
+                if key in self._waiting:
+                    self._overdue.add(key)
+                    shard.breaker.record_overdue()
 
     async def _dispatch(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                task = asyncio.get_running_loop().create_task(self._run_batch(next(self._actors), batch))
-                self._batches.add(task)
-                task.add_done_callback(self._batches.discard)
+            now = time.time()
+            for shard in self.shards:
+                while shard.queue:
+                    batch = shard.queue[: self._max_batch]
+                    del shard.queue[: self._max_batch]
+                    live = []
+                    for req in batch:  # no work for a request whose deadline has passed
+                        if req.deadline <= now:
+                            self._settle(refused(req.key, "DEADLINE", "deadline passed before the call"))
+                        else:
+                            live.append(req)
+                    if live:
+                        task = asyncio.get_running_loop().create_task(self._run_batch(shard.actor, live))
+                        self._batches.add(task)
+                        task.add_done_callback(self._batches.discard)
 
     async def _run_batch(self, actor: ActorHandle, batch: list[ChannelRequest]) -> None:
         try:
@@ -135,8 +281,99 @@ class ChannelGateway:
         if future is not None and not future.done():
             future.set_result(result)
 
+    # -- supervision and operator controls ---------------------------------------------------
+
+    async def _watch_actors(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(shard) for shard in self.shards))
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def _check(self, shard: Shard) -> None:
+        if shard.dead:
+            return
+        try:
+            figures = await asyncio.wait_for(shard.actor.stats.remote(), WATCH_INTERVAL_S * 2)
+        except ray.exceptions.ActorDiedError:
+            # Also what a call meets while Ray restarts the actor: gone for good only when it stays so.
+            shard.died_checks += 1
+            if shard.died_checks < DEAD_AFTER_CHECKS:
+                return
+            shard.dead = True
+            shard.breaker.force_open()
+            log.error(
+                "channel actor gone for good; restart it with 'paysw channel restart'",
+                extra={"channel": self.name, "shard": shard.index},
+            )
+            return
+        except Exception:  # restarting, or too busy to answer: the breaker judges its calls meanwhile
+            return
+        shard.died_checks = 0
+        pid = int(figures.get("pid", 0))
+        if shard.pid and pid != shard.pid:
+            shard.restarts += 1
+            log.warning("channel actor was restarted", extra={"channel": self.name, "shard": shard.index})
+            if self._on_restart is not None:
+                self._on_restart(self.name)
+        shard.pid = pid
+        shard.figures = figures
+
+    def close_circuits(self) -> None:
+        """Close every live shard's circuit now (an operator who knows the channel is back)."""
+        for shard in self.shards:
+            if not shard.dead:
+                shard.breaker.reset()
+
+    async def restart_dead(self) -> int:
+        """Start a fresh actor for every shard whose actor is gone for good; how many."""
+        restarted = 0
+        for shard in self.shards:
+            if shard.dead:
+                # Ray keeps a dead actor's name taken until it is killed; then the name is free again.
+                ray.kill(shard.actor, no_restart=True)
+                for attempt in range(RESPAWN_ATTEMPTS):
+                    actor = self._spawn(shard.index)
+                    try:
+                        await asyncio.wait_for(actor.ping.remote(), 60)
+                        break
+                    except ray.exceptions.ActorDiedError:  # still the old one's name: once more
+                        if attempt == RESPAWN_ATTEMPTS - 1:
+                            raise
+                        await asyncio.sleep(0.5)
+                shard.actor, shard.dead, shard.pid, shard.died_checks = actor, False, 0, 0
+                shard.breaker.reset()
+                restarted += 1
+        return restarted
+
+    def crash(self, shard_index: int) -> None:
+        """Incident drill: make one shard's actor process exit, as a crash would."""
+        self.shards[shard_index].actor.crash.remote()
+
+    def status(self) -> dict[str, object]:
+        states = {shard.breaker.state for shard in self.shards}
+        circuit = (
+            "closed" if CircuitState.CLOSED in states else "half_open" if CircuitState.HALF_OPEN in states else "open"
+        )
+        return {
+            "enabled": self.enabled,
+            "circuit": circuit,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "rate_per_s": self.config.rate_per_s,
+            "merchant_rate_per_s": self.config.merchant_rate_per_s,
+            "shards": [
+                {
+                    "shard": shard.index,
+                    "actor": "dead" if shard.dead else "alive",
+                    "restarts": shard.restarts,
+                    "actor_in_flight": shard.figures.get("in_flight", 0),
+                    "calls": shard.figures.get("calls", 0),
+                    "circuit": shard.breaker.snapshot(),
+                }
+                for shard in self.shards
+            ],
+        }
+
     async def close(self) -> None:
-        self._dispatcher.cancel()
-        for task in list(self._batches):
+        for task in [*self._tasks, *self._batches]:
             task.cancel()
-        await asyncio.gather(*self._batches, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._batches, return_exceptions=True)

@@ -27,11 +27,12 @@ from protocols.validation import FIELD_RULES, NETWORK_CODES, Kind, Rejection, cl
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import Config
-from switch.gateway import ChannelGateway, PaymentRef
+from switch.gateway import ChannelGateway, PaymentRef, refused
 from switch.journal import FinalUpdate, Journal, NewTxn, Original, TxnKey
 from switch.journal.schema import FINAL_STATES
 from switch.metrics import Metrics
 from switch.routing import Router
+from switch.shedding import LoadShedder
 
 log = logging.getLogger("paysw.txn")
 
@@ -86,8 +87,10 @@ class Processor:
         gateways: dict[str, ChannelGateway],
         metrics: Metrics,
         fingerprint: Callable[[str], bytes],
+        shedder: LoadShedder,
     ) -> None:
         self._journal = journal
+        self._shedder = shedder
         self._gateways = gateways
         self._metrics = metrics
         self._fingerprint = fingerprint
@@ -123,19 +126,34 @@ class Processor:
                 return await self._reject(message, rejection)
             if kind is Kind.NETWORK:
                 out = self._network(message)
-            elif kind is Kind.PURCHASE:
-                out, channel = await self._purchase(message)
-            elif kind is Kind.INQUIRY:
-                out = await self._inquiry(message)
-            elif kind is Kind.REVERSAL:
+            elif kind is Kind.REVERSAL:  # never shed: a reversal is how a terminal makes sure of the money
                 out = await self._reversal(message)
-            else:  # void or refund
-                out, channel = await self._undo(message, kind)
+            elif (overload := self._shedder.overloaded()) is not None and not self._under_way_now(message):
+                self._metrics.shed.labels(overload).inc()
+                out = answer(message, rc.CHANNEL_UNAVAILABLE, rrn=await self._journal.next_rrn())
+            else:
+                self._shedder.in_flight += 1
+                try:
+                    if kind is Kind.PURCHASE:
+                        out, channel = await self._purchase(message)
+                    elif kind is Kind.INQUIRY:
+                        out = await self._inquiry(message)
+                    else:  # void or refund
+                        out, channel = await self._undo(message, kind)
+                finally:
+                    self._shedder.in_flight -= 1
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
             out = answer(message, rc.SYSTEM_MALFUNCTION, rrn=await self._rrn_or_blank(message))
         self._count(message, out, channel, started)
         return encode(out)
+
+    def _under_way_now(self, message: Message) -> bool:
+        """Whether this is a retransmission of a transaction under way here: it is never shed, it
+        gets the original's answer. (One of a transaction already finished is shed like any other
+        request while the switch is over capacity: that needs the journal, the very work shed.)"""
+        tx_date = transmission_date(message["7"], dt.datetime.now(dt.UTC).date())
+        return tx_date is not None and TxnKey(tx_date, message["41"], message["11"], message["7"]) in self._under_way
 
     async def _reject(self, message: Message, rejection: Rejection) -> bytes | None:
         if answer_mti(message.get("t", "")) is None:
@@ -271,15 +289,14 @@ class Processor:
             return Settled(refusal, txn.rrn)
         merchant_channel_id = self._merchant_channel_id(txn)
         deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
-        result = await undo.call(
-            self._gateways[txn.channel],
-            kind.value,
-            txn.out_trade_no,
-            txn.amount_fen,
-            original,
-            merchant_channel_id,
-            deadline,
-        )
+        gateway = self._gateways[txn.channel]
+        refusal = gateway.admit(txn.merchant_id)
+        if refusal is None:
+            result = await undo.call(
+                gateway, kind.value, txn.out_trade_no, txn.amount_fen, original, merchant_channel_id, deadline
+            )
+        else:
+            result = self._refused(txn.channel, refusal)
         code, auth_id = await undo.record(self._journal, txn.key, txn.rrn, kind.value, txn.amount_fen, original, result)
         log.debug(f"{kind.value} done", extra={"rrn": txn.rrn, "original": original.rrn, "code": code})
         return Settled(code, txn.rrn, auth_id, result.channel_txn_id)
@@ -318,7 +335,7 @@ class Processor:
     def _check_channel(self, message: Message, channel: str) -> str | None:
         if channel not in self._merchants[message["42"]].channels:
             return rc.NOT_PERMITTED
-        if channel not in self._gateways or not self._channels[channel].enabled:
+        if channel not in self._gateways:
             return rc.CHANNEL_UNAVAILABLE
         return None
 
@@ -383,12 +400,13 @@ class Processor:
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
         if not inserted:
             return await self._replay(txn)
-        if self._gateways[txn.channel].has_room():
+        # The channel's limits are checked after the duplicate check, so that a retransmission of a
+        # transaction under way gets its answer even when the channel is full or its circuit open.
+        refusal = self._gateways[txn.channel].admit(txn.merchant_id)
+        if refusal is None:
             result = await self._call_channel(txn, pan)
-        else:  # the channel's bulkhead is full: shed at once, certainly not sent (after the duplicate check)
-            result = ChannelResult(
-                0, Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, "BUSY", "channel at its limit", sent=False
-            )
+        else:
+            result = self._refused(txn.channel, refusal)
         settled = self._settle(txn, result)
         still_open = result.outcome in (Outcome.PENDING, Outcome.UNKNOWN)
         update = FinalUpdate(
@@ -460,14 +478,20 @@ class Processor:
             while result.outcome is Outcome.PENDING and time.time() + interval < deadline - ANSWER_MARGIN_S:
                 await asyncio.sleep(interval)
                 polled = await gateway.call(QUERY, ref._replace(channel_txn_id=result.channel_txn_id), deadline)
+                # A query that never reached the channel (circuit open, limits) tells nothing.
                 if polled.outcome is Outcome.APPROVED or (
-                    polled.outcome is Outcome.DECLINED and polled.channel_code != NOT_FOUND
+                    polled.sent and polled.outcome is Outcome.DECLINED and polled.channel_code != NOT_FOUND
                 ):
                     result = polled
             return result
         finally:
             self._metrics.in_flight.labels(txn.channel).dec()
             self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
+
+    def _refused(self, channel: str, reason: str) -> ChannelResult:
+        """A new transaction the channel's limits turned away: journaled, answered 91, never sent."""
+        self._metrics.refused.labels(channel, reason).inc()
+        return refused(0, reason, "refused before the channel: " + reason.lower())
 
     def _keep_late(self, txn: NewTxn, op: str) -> Callable[[ChannelResult], None]:
         """Journal a channel answer that came after the terminal was answered."""

@@ -1,12 +1,11 @@
-"""Prometheus metrics of the front end, and the admin HTTP endpoint (/metrics, /healthz,
-/readyz). Labels are bounded: MTI, channel, response code; never a card or terminal number."""
+"""Prometheus metrics of the front end. Labels are bounded: MTI, channel, shard, response code,
+reason; never a card or terminal number."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -37,6 +36,10 @@ class Metrics:
         )
         self.in_flight = Gauge("paysw_channel_in_flight", "Transactions under way, by channel", ["channel"], registry=r)
         self.connections = Gauge("paysw_connections", "Open terminal connections", registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open files
+        Gauge("paysw_event_loop_tasks", "Tasks alive on the front end's event loop", registry=r).set_function(
+            lambda: len(asyncio.all_tasks())
+        )
         self.closed = Counter(
             "paysw_connections_closed", "Connections closed by the switch, by reason", ["reason"], registry=r
         )
@@ -61,6 +64,27 @@ class Metrics:
             ["channel", "state"],
             registry=r,
         )
+        self.circuit = Gauge(
+            "paysw_circuit_state",
+            "Circuit breaker of each channel shard: 0 closed, 1 half-open, 2 open",
+            ["channel", "shard"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "paysw_refused",
+            "New transactions refused before reaching their channel (answered 91), by channel and reason",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "paysw_shed",
+            "Requests shed because the switch as a whole was over capacity (answered 91), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.actor_restarts = Counter(
+            "paysw_actor_restarts", "Channel actors found restarted after a crash, by channel", ["channel"], registry=r
+        )
         self.dead_letters = Counter(
             "paysw_dead_letters",
             "Transactions handed to a person (alert on any increase), by channel",
@@ -68,30 +92,15 @@ class Metrics:
             registry=r,
         )
 
+    def circuit_changed(self, channel: str, shard: int, state: int) -> None:
+        self.circuit.labels(channel, str(shard)).set(state)
+
+    def actor_restarted(self, channel: str) -> None:
+        self.actor_restarts.labels(channel).inc()
+
     def journal_batch_done(self, op: str, size: int, seconds: float) -> None:
         self.journal_batch.labels(op).observe(size)
         self.journal_seconds.labels(op).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def start_admin(host: str, port: int, metrics: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        ok = ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

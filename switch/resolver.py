@@ -13,6 +13,7 @@ For each it asks the channel, then:
 | closed or failed  | -                        | DECLINED                                    |
 | no such order     | -                        | cancel, which also bars a late pay          |
 | cannot tell       | -                        | ask again later (backing off)               |
+| (call not sent)   | -                        | ask again later: the circuit is open, or the channel switched off |
 
 A void or refund whose first answer was not final is sent again (the channel calls are idempotent)
 until the channel confirms or refuses.
@@ -142,6 +143,9 @@ class Resolver:
             txn.channel_txn_id or "",
         )
         found = await gateway.call(QUERY, ref, time.time() + CALL_TIMEOUT_S)
+        if not found.sent:  # never reached the channel (circuit open, switched off): ask later
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            return
         keep = txn.response_code in TOLD_TO_WAIT and not txn.reversal_requested
         if found.outcome is Outcome.APPROVED:
             if keep:
@@ -177,7 +181,7 @@ class Resolver:
             merchant_channel_id,
             time.time() + CALL_TIMEOUT_S,
         )
-        if result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
+        if result.sent and result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.kind, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
@@ -191,7 +195,9 @@ class Resolver:
             await self._journal.defer(txn.key, wait)
             return
         cancelled = await gateway.call(CANCEL, ref, time.time() + CALL_TIMEOUT_S)
-        if cancelled.outcome is Outcome.APPROVED:
+        if not cancelled.sent:
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+        elif cancelled.outcome is Outcome.APPROVED:
             state = "REVERSED" if txn.reversal_requested else "CANCELLED"
             await self._finish(txn, state, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:

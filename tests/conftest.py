@@ -68,20 +68,27 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     embedded.stop()
 
 
+CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+
+
 @dataclass(frozen=True)
 class Ports:
     channels: dict[str, int]
+    controls: dict[str, int]  # the simulators' control addresses (faults)
 
 
 @pytest.fixture(scope="session")
 def ports() -> Ports:
-    names = ("wechat", "alipay", "unionpay", "ecny", "inbank")
-    return Ports({n: free_port() for n in names})
+    return Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
 
 
 def _localise(text: str, ports: Ports) -> str:
     """The demo configuration with free ports and absolute key paths."""
-    for i, name in enumerate(("wechat", "alipay", "unionpay", "ecny", "inbank")):
+    for i, name in enumerate(CHANNELS):
+        text = text.replace(
+            f'listen = "127.0.0.1:{9101 + i}"',
+            f'listen = "127.0.0.1:{ports.channels[name]}"\ncontrol_listen = "127.0.0.1:{ports.controls[name]}"',
+        )
         text = text.replace(f"127.0.0.1:{9101 + i}", f"127.0.0.1:{ports.channels[name]}")
     text = text.replace('"keys/', f'"{KEYS}/')
     return text
@@ -95,7 +102,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch, n = re.subn(
         r'(endpoint = "http://127.0.0.1:\d+"\napp_id = "wx2421b1c4370ec43b"\nmch_id = "10000100"\n'
-        r"(?:.*\n){4})timeout_ms = 10000",
+        r"(?:.*\n)*?)timeout_ms = 10000",
         rf"\g<1>timeout_ms = {WECHAT_TIMEOUT_MS}",
         switch,
     )
@@ -133,7 +140,7 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
         stderr=subprocess.PIPE,
     )
     try:
-        for port in ports.channels.values():
+        for port in [*ports.channels.values(), *ports.controls.values()]:
             wait_for_port(port, 30, proc)
         yield ports.channels
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -25,6 +26,18 @@ def worker_for(endpoint: str, **changes) -> ChannelWorker:
     import msgspec
 
     return ChannelWorker("wechat", msgspec.structs.replace(WECHAT, endpoint=endpoint, **changes), str(DEMO_DIR), 0)
+
+
+def slow_channel() -> tuple[list[None], Callable]:
+    """A channel that answers each call after a second; the list grows by one per call."""
+    calls: list[None] = []
+
+    async def slow(_):
+        calls.append(None)
+        await asyncio.sleep(1)
+        return web.Response(text="<xml></xml>")
+
+    return calls, slow
 
 
 def request(key: int = 1, deadline_in: float = 5.0) -> ChannelRequest:
@@ -98,17 +111,13 @@ def test_connection_cut_mid_answer_is_unknown():
 
 
 def test_nothing_is_sent_after_the_deadline_or_past_the_in_flight_limit():
-    calls = 0
-
-    async def slow(_):
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(1)
-        return web.Response(text="<xml></xml>")
+    calls, slow = slow_channel()
 
     async def scenario():
         runner, port = await serve(slow)
-        worker = worker_for(f"http://127.0.0.1:{port}", max_in_flight=2, pool_size=1, timeout_ms=3000)
+        worker = worker_for(
+            f"http://127.0.0.1:{port}", max_in_flight=2, pool_size=1, timeout_ms=3000, queue_wait_ms=3000
+        )
         expired = await worker.call(request(deadline_in=-1))
         results = await asyncio.gather(*(worker.call(request(key)) for key in range(2, 6)))
         await worker.close()
@@ -116,7 +125,23 @@ def test_nothing_is_sent_after_the_deadline_or_past_the_in_flight_limit():
         assert (expired.outcome, expired.sent, expired.channel_code) == (Outcome.DECLINED, False, "DEADLINE")
         busy = [r for r in results if r.channel_code == "BUSY"]
         assert len(busy) == 2 and all(not r.sent and r.response_code == rc.CHANNEL_UNAVAILABLE for r in busy)
-        assert calls == 2  # one connection: the second admitted call waited for it, then went out
+        assert len(calls) == 2  # one connection: the second admitted call waited for it, then went out
+
+    run(scenario())
+
+
+def test_a_call_waits_for_a_connection_only_briefly():
+    calls, slow = slow_channel()
+
+    async def scenario():
+        runner, port = await serve(slow)
+        worker = worker_for(f"http://127.0.0.1:{port}", pool_size=1, timeout_ms=3000, queue_wait_ms=200)
+        first, second = await asyncio.gather(worker.call(request(1)), worker.call(request(2)))
+        await worker.close()
+        await runner.cleanup()
+        assert first.sent and first.channel_code != "BUSY"
+        assert (second.outcome, second.sent, second.channel_code) == (Outcome.DECLINED, False, "BUSY")
+        assert len(calls) == 1
 
     run(scenario())
 

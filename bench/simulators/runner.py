@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import signal
 import sys
 
-from aiohttp import web
-
-from bench.simulators.server import Simulator, SimulatorConfig, load_simulator_config
+from bench.simulators.server import Simulator, SimulatorConfig, control_address, load_simulator_config
 
 
 def _serve_one(name: str, config: SimulatorConfig, audit_dsn: str) -> None:
     section = config.simulators[name]
-    host, _, port = section.listen.rpartition(":")
-    app = Simulator(name, section, config.base_dir, audit_dsn).app()
-    web.run_app(app, host=host, port=int(port), print=None, access_log=None, handle_signals=True)
+    simulator = Simulator(name, section, config.base_dir, audit_dsn)
+    asyncio.run(simulator.serve(section.listen, control_address(section)))
 
 
 def start_simulators(config: SimulatorConfig, audit_dsn: str = "") -> list[multiprocessing.Process]:
@@ -42,7 +40,11 @@ def main(config_path: str, audit_dsn: str = "") -> int:
     config = load_simulator_config(config_path)
     processes = start_simulators(config, audit_dsn)
     for name, section in config.simulators.items():
-        print(f"simulator {name:9s} ({section.kind}) on http://{section.listen}", flush=True)
+        print(
+            f"simulator {name:9s} ({section.kind}) on http://{section.listen}"
+            f" (control: http://{control_address(section)}/_sim/fault)",
+            flush=True,
+        )
 
     def _stop(*_: object) -> None:
         stop_simulators(processes)

@@ -5,19 +5,22 @@ answer), decides a payment's outcome from its payment code (``outcomes``), keeps
 what it charged, closed and reversed (a resent order gets its first outcome; a late pay for a
 cancelled order is refused), and signs its answers with the channel's key.
 
-``/_sim/stats`` counts what it saw; ``/_sim/ledger`` is the ledger, for comparing with the
-switch's journal; with an audit database URL, ``/_sim/audit`` lists for each pay request whether
-the switch's journal row already existed when it arrived (the write-ahead invariant, observed
-from the channel's side).
+Its control address (``control_listen``, by default the channel's port + 100) serves
+``/_sim/fault`` (``bench.simulators.faults``: faults switched on and off at run time);
+``/_sim/stats``, what it saw; ``/_sim/ledger``, the ledger, for comparing with the switch's
+journal; and with an audit database URL, ``/_sim/audit``, for each pay request whether the
+switch's journal row already existed when it arrived (the write-ahead invariant, observed from
+the channel's side). The ``/_sim`` reads are on the channel address too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import asyncpg
 import msgspec
@@ -25,20 +28,29 @@ from aiohttp import web
 from msgspec import Meta, Struct
 
 from actors.settings import ChannelKeys
+from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
 from hsm import SoftwareHsm
 from protocols.channels import module_of
-from protocols.channels.base import ChannelVerdict, RequestSeen
+from protocols.channels.base import ChannelVerdict, HttpAnswer, RequestSeen
 from protocols.messages import CANCEL, PAY, REFUND
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     kind: str
     listen: Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
+    control_listen: Annotated[str, Meta(pattern=r"^([^:\s]+:\d{1,5})?$")] = ""  # "": channel port + 100
     latency_ms: Annotated[float, Meta(ge=0)] = 2.0
     slow_ms: Annotated[float, Meta(ge=0)] = 3000.0
     paying_ms: Annotated[float, Meta(ge=0)] = 8000.0  # how long a "user paying" customer takes
     keys: ChannelKeys  # sign: the channel's own key; verify: the switch's key
+
+
+def control_address(section: SimulatorSection) -> str:
+    if section.control_listen:
+        return section.control_listen
+    host, _, port = section.listen.rpartition(":")
+    return f"{host}:{int(port) + 100}"
 
 
 class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -77,17 +89,72 @@ class Simulator:
         self._audit_dsn = audit_dsn
         self._audit_pool: asyncpg.Pool | None = None
         self.audit: list[dict[str, object]] = []
+        self.fault: Fault = NO_FAULT
+        self._released = asyncio.Event()
+        self._released.set()
 
-    def app(self) -> web.Application:
+    def channel_app(self) -> web.Application:
         app = web.Application()
         for path in set(self.side.paths.values()):
             app.router.add_post(path, self.handle)
-        app.router.add_get("/_sim/stats", self.get_stats)
-        app.router.add_get("/_sim/ledger", self.get_ledger)
-        app.router.add_get("/_sim/audit", self.get_audit)
+        self._add_reads(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
+
+    def control_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/_sim/fault", self.get_fault)
+        app.router.add_post("/_sim/fault", self.set_fault)
+        self._add_reads(app)
+        return app
+
+    def _add_reads(self, app: web.Application) -> None:
+        app.router.add_get("/_sim/stats", self.get_stats)
+        app.router.add_get("/_sim/ledger", self.get_ledger)
+        app.router.add_get("/_sim/audit", self.get_audit)
+
+    async def serve(self, listen: str, control_listen: str) -> None:
+        """Serve the channel and its control address until cancelled."""
+        self._channel_runner = web.AppRunner(self.channel_app(), access_log=None)
+        control = web.AppRunner(self.control_app(), access_log=None)
+        await self._channel_runner.setup()
+        await control.setup()
+        self._listen = listen
+        await self._open_channel()
+        host, _, port = control_listen.rpartition(":")
+        await web.TCPSite(control, host, int(port)).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await control.cleanup()
+            await self._channel_runner.cleanup()
+
+    async def _open_channel(self) -> None:
+        host, _, port = self._listen.rpartition(":")
+        self._channel_site = web.TCPSite(self._channel_runner, host, int(port), reuse_address=True)
+        await self._channel_site.start()
+
+    async def get_fault(self, _: web.Request) -> web.Response:
+        return web.json_response(msgspec.structs.asdict(self.fault))
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        try:
+            fault = FAULT_DECODER.decode(await request.read() or b"{}")
+        except msgspec.DecodeError as exc:  # ValidationError included
+            return web.json_response({"error": str(exc)}, status=400)
+        was_refusing = self.fault.refuse
+        self.fault = fault
+        if fault.hang:
+            self._released.clear()
+        else:
+            self._released.set()  # hung requests go, unanswered
+        if fault.refuse and not was_refusing:
+            await self._channel_site.stop()
+        elif was_refusing and not fault.refuse:
+            await self._open_channel()
+        print(f"simulator {self.name}: fault {fault.describe()}", flush=True)
+        return web.json_response(msgspec.structs.asdict(fault))
 
     async def _start(self, _: web.Application) -> None:
         if self._audit_dsn:
@@ -97,7 +164,18 @@ class Simulator:
         if self._audit_pool is not None:
             await self._audit_pool.close()
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        fault = self.fault
+        if fault.refuse or fault.reset:
+            self.stats["fault:cut"] += 1
+            return _cut(request)
+        if fault.hang:
+            self.stats["fault:hung"] += 1
+            await self._released.wait()
+            return _cut(request)
+        if fault.error_rate and random.random() < fault.error_rate:
+            self.stats["fault:error"] += 1
+            return web.Response(status=500, text="Internal Server Error")
         body = await request.read()
         seen = self.side.read(request.path, body, request.headers, self._verify)
         if isinstance(seen, str):
@@ -123,12 +201,16 @@ class Simulator:
             verdict = ChannelVerdict(_query_verdict(order), order.channel_txn_id if order else "")
             delay = self._latency
         self.stats[f"{seen.op}:{verdict.status}"] += 1
+        delay += fault.latency_ms / 1000
         if delay:
             await asyncio.sleep(delay)
-        if seen.op == PAY and drops_answer(seen.auth_code) and request.transport is not None:
-            request.transport.close()  # charged, but the answer is lost on the way
-            raise web.HTTPServiceUnavailable()
-        return _response(self.side.write(seen, verdict, self._sign))
+        if seen.op == PAY and drops_answer(seen.auth_code):
+            return _cut(request)  # charged, but the answer is lost on the way
+        answer = self.side.write(seen, verdict, self._sign)
+        if fault.partial:
+            self.stats["fault:partial"] += 1
+            return await _cut_mid_body(request, answer)
+        return _response(answer)
 
     async def _record_audit(self, seen: RequestSeen) -> None:
         assert self._audit_pool is not None
@@ -164,5 +246,21 @@ def _query_verdict(order: Order | None) -> str:
     return {"PAID": "PAID", "PAYING": "PAYING"}.get(order.status, "CLOSED")
 
 
-def _response(answer) -> web.Response:
+def _response(answer: HttpAnswer) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+
+def _cut(request: web.Request) -> NoReturn:
+    """Close the connection with no answer at all."""
+    if request.transport is not None:
+        request.transport.close()
+    raise web.HTTPServiceUnavailable()
+
+
+async def _cut_mid_body(request: web.Request, answer: HttpAnswer) -> web.StreamResponse:
+    """Send the head and half of the body of ``answer``, then close the connection."""
+    response = web.StreamResponse(status=answer.status, headers=dict(answer.headers))
+    response.content_length = len(answer.body)
+    await response.prepare(request)
+    await response.write(answer.body[: len(answer.body) // 2])
+    return _cut(request)

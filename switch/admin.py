@@ -1,0 +1,90 @@
+"""The admin HTTP endpoint, for load balancers, Prometheus and operators:
+
+- ``GET /healthz``, ``GET /readyz``: alive; ready for traffic (503 while starting or stopping).
+- ``GET /metrics``: Prometheus exposition.
+- ``GET /channels``: each channel's state: switched on or off, circuit, calls under way, limits,
+  shards (actor alive, restarts, breaker window).
+- ``POST /channels/{name}/{action}``: ``enable``, ``disable``, ``close-circuit`` (close every
+  shard's circuit now), ``restart`` (fresh actors for shards whose actor is gone for good),
+  ``crash?shard=N`` (incident drill: the actor's process exits, Ray restarts it).
+
+Operator actions are logged, and need ``Authorization: Bearer <token>`` when the configuration
+names an admin token file; either way the endpoint belongs on a loopback or management address.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from switch.gateway import ChannelGateway
+from switch.metrics import Metrics
+
+log = logging.getLogger("paysw.admin")
+
+ACTIONS = ("enable", "disable", "close-circuit", "restart", "crash")
+
+
+def admin_app(
+    metrics: Metrics, ready: Callable[[], bool], gateways: dict[str, ChannelGateway], token: str = ""
+) -> web.Application:
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def channels(_: web.Request) -> web.Response:
+        return web.json_response({name: gateway.status() for name, gateway in gateways.items()})
+
+    async def act(request: web.Request) -> web.Response:
+        if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+            return web.json_response({"error": "missing or wrong admin token"}, status=401)
+        name, action = request.match_info["name"], request.match_info["action"]
+        gateway = gateways.get(name)
+        if gateway is None:
+            return web.json_response({"error": f"no channel {name!r}; channels: {', '.join(gateways)}"}, status=404)
+        if action not in ACTIONS:
+            return web.json_response({"error": f"no action {action!r}; actions: {', '.join(ACTIONS)}"}, status=404)
+        detail = ""
+        if action in ("enable", "disable"):
+            gateway.enabled = action == "enable"
+        elif action == "close-circuit":
+            gateway.close_circuits()
+        elif action == "restart":
+            try:
+                detail = f"{await gateway.restart_dead()} actor(s) started"
+            except Exception as exc:
+                log.exception("restarting channel actors failed", extra={"channel": name})
+                return web.json_response({"error": f"restart failed: {type(exc).__name__}"}, status=500)
+        else:
+            shard = request.query.get("shard", "0")
+            if not shard.isdigit() or int(shard) >= len(gateway.shards):
+                return web.json_response({"error": f"no shard {shard!r}"}, status=400)
+            gateway.crash(int(shard))
+            detail = f"shard {shard} told to crash"
+        log.warning("operator action", extra={"channel": name, "action": action, "detail": detail})
+        return web.json_response({"channel": name, "action": action, "detail": detail, **gateway.status()})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/channels", channels)
+    app.router.add_post("/channels/{name}/{action}", act)
+    return app
+
+
+async def start_admin(host: str, port: int, app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

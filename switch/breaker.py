@@ -1,0 +1,144 @@
+"""A circuit breaker for one channel shard, as the front end sees it.
+
+CLOSED: calls go through; each outcome goes into a sliding window (the last ``window_calls``
+outcomes, none older than ``window_s``). Once the window holds ``min_calls`` outcomes and the
+failure rate or the slow-call rate reaches its threshold, the circuit OPENs: calls are refused
+at once (the terminal gets ``91``) for ``open_ms``. Then HALF_OPEN: ``probes`` calls go through;
+all of them fine closes the circuit, any failure opens it again.
+
+A call still outstanding past ``slow_call_ms`` counts as slow straight away (``record_overdue``),
+so a hung channel opens the circuit after about ``slow_call_ms``, not after its full timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum
+
+from actors.settings import BreakerSettings
+
+
+class CircuitState(IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        settings: BreakerSettings,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[CircuitState], None] | None = None,
+    ) -> None:
+        self._s = settings
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CircuitState.CLOSED
+        self._window: deque[tuple[float, bool, bool]] = deque()  # (when, failed, slow)
+        self._failed = self._slow = 0
+        self._opened_at = 0.0
+        self._probes_started = self._probes_passed = 0
+        self.forced_open = False  # an operator's hold (e.g. the channel's actors are gone for good)
+
+    @property
+    def state(self) -> CircuitState:
+        if (
+            self._state is CircuitState.OPEN
+            and not self.forced_open
+            and self._clock() - self._opened_at >= self._s.open_ms / 1000
+        ):
+            self._move(CircuitState.HALF_OPEN)
+        return self._state
+
+    def allows(self) -> bool:
+        """Whether a call would be let through now (without taking a probe slot)."""
+        state = self.state
+        if state is CircuitState.CLOSED:
+            return True
+        return state is CircuitState.HALF_OPEN and self._probes_started < self._s.probes
+
+    def acquire(self) -> bool:
+        """Let one call through, taking a probe slot when half-open."""
+        if not self.allows():
+            return False
+        if self._state is CircuitState.HALF_OPEN:
+            self._probes_started += 1
+        return True
+
+    def record(self, failed: bool, seconds: float) -> None:
+        """The outcome of a call this breaker let through."""
+        slow = seconds * 1000 >= self._s.slow_call_ms
+        state = self.state
+        if state is CircuitState.HALF_OPEN:
+            if failed or slow:
+                self._open()
+                return
+            self._probes_passed += 1
+            if self._probes_passed >= self._s.probes:
+                self._close()
+            return
+        if state is CircuitState.CLOSED:
+            self._add(failed, slow)
+
+    def release(self) -> None:
+        """A call let through that never reached the channel (refused inside the switch)."""
+        if self._state is CircuitState.HALF_OPEN and self._probes_started > self._probes_passed:
+            self._probes_started -= 1
+
+    def record_overdue(self) -> None:
+        """A call let through is still outstanding past the slow-call threshold."""
+        self.record(False, self._s.slow_call_ms / 1000)
+
+    def force_open(self) -> None:
+        self.forced_open = True
+        self._open()
+
+    def reset(self) -> None:
+        """Close the circuit now and forget the window (an operator's decision)."""
+        self.forced_open = False
+        self._close()
+
+    def snapshot(self) -> dict[str, object]:
+        calls = len(self._window)
+        return {
+            "state": self.state.name.lower(),
+            "calls_in_window": calls,
+            "failure_rate": round(self._failed / calls, 3) if calls else 0.0,
+            "slow_rate": round(self._slow / calls, 3) if calls else 0.0,
+            "forced_open": self.forced_open,
+        }
+
+    def _add(self, failed: bool, slow: bool) -> None:
+        now = self._clock()
+        self._window.append((now, failed, slow))
+        self._failed += failed
+        self._slow += slow
+        oldest = now - self._s.window_s
+        while self._window and (len(self._window) > self._s.window_calls or self._window[0][0] < oldest):
+            _, old_failed, old_slow = self._window.popleft()
+            self._failed -= old_failed
+            self._slow -= old_slow
+        calls = len(self._window)
+        if calls >= self._s.min_calls and (
+            self._failed >= self._s.failure_rate * calls or self._slow >= self._s.slow_rate * calls
+        ):
+            self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._move(CircuitState.OPEN)
+
+    def _close(self) -> None:
+        self._move(CircuitState.CLOSED)
+
+    def _move(self, state: CircuitState) -> None:
+        self._window.clear()
+        self._failed = self._slow = 0
+        self._probes_started = self._probes_passed = 0
+        changed = state is not self._state
+        self._state = state
+        if changed and self._on_change is not None:
+            self._on_change(state)

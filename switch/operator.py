@@ -1,0 +1,64 @@
+"""``paysw channel``: an operator's view of the channels of a running switch, and its controls
+(through the admin endpoint, ``switch.admin``)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+
+def request(address: str, path: str, token: str = "", post: bool = False, body: bytes = b"") -> dict:
+    """A JSON answer from an admin or control endpoint (POST when ``post``)."""
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(
+        f"http://{address}{path}", data=body if post else None, headers=headers, method="POST" if post else "GET"
+    )
+    with urllib.request.urlopen(req, timeout=70) as response:  # a restart waits for the new actor
+        return json.load(response)
+
+
+def error_of(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` of a JSON error answer, else the HTTP status."""
+    try:
+        return json.loads(exc.read()).get("error", exc.reason)
+    except ValueError:
+        return f"HTTP {exc.code} {exc.reason}"
+
+
+def table(channels: dict[str, dict]) -> str:
+    lines = [
+        f"{'channel':10s} {'on':3s} {'circuit':9s} {'in flight':>11s} {'rate/s':>7s} {'merchant/s':>10s}  shards",
+        "-" * 78,
+    ]
+    for name, ch in channels.items():
+        shards = " ".join(
+            f"{s['shard']}:{s['actor']}/{s['circuit']['state']}"
+            + (f"/restarts={s['restarts']}" if s["restarts"] else "")
+            for s in ch["shards"]
+        )
+        lines.append(
+            f"{name:10s} {'yes' if ch['enabled'] else 'NO':3s} {ch['circuit']:9s}"
+            f" {ch['in_flight']:>5d}/{ch['max_in_flight']:<5d} {ch['rate_per_s'] or '-':>7} "
+            f"{ch['merchant_rate_per_s'] or '-':>10}  {shards}"
+        )
+    return "\n".join(lines)
+
+
+def main(admin: str, action: str, channel: str, token: str = "", shard: int = 0) -> int:
+    try:
+        if action == "list":
+            print(table(request(admin, "/channels")))
+            return 0
+        path = f"/channels/{channel}/{action}" + (f"?shard={shard}" if action == "crash" else "")
+        answer = request(admin, path, token, post=True)
+    except urllib.error.HTTPError as exc:
+        print(f"paysw channel: {error_of(exc)}")
+        return 1
+    except OSError as exc:
+        print(f"paysw channel: cannot reach the switch's admin endpoint at {admin}: {exc}")
+        return 1
+    detail = f" ({answer['detail']})" if answer.get("detail") else ""
+    print(f"{channel}: {action} done{detail}")
+    print(table({channel: answer}))
+    return 0

@@ -1,0 +1,108 @@
+"""Limits of a switch of its own, configured small: the channel's front-end bulkhead (past its
+limit a new purchase is answered 91 at once, journaled, never sent, while an identical
+retransmission of one under way still gets the original's answer), and load shedding of the switch
+as a whole (91 at once before any work, recovering by itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+
+from tests.conftest import SwitchProcess, run
+from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_audit
+
+SWITCH_IN_FLIGHT = 4  # financial requests under way in the whole switch
+
+
+@pytest.fixture(scope="module")
+def limited_switch(config_dir, database_url, simulators, tmp_path_factory):
+    text = (config_dir / "switch.toml").read_text()
+    text, n = re.subn(r"(\[channels\.unionpay\]\n)", r"\1frontend_in_flight = 1\n", text)
+    assert n == 1
+    text, n = re.subn(r"(?m)^max_in_flight = 10000$", f"max_in_flight = {SWITCH_IN_FLIGHT}", text)
+    assert n == 1
+    text, n = re.subn(r"(\[channels\.inbank\]\n)", r"\1actor_max_restarts = 0\n", text)
+    assert n == 1
+    folder = tmp_path_factory.mktemp("limits")
+    config = folder / "switch-limits.toml"
+    config.write_text(text)
+    switch = SwitchProcess(config, database_url, folder / "limits.log")
+    switch.start()
+    yield switch
+    assert switch.stop() == 0
+
+
+def test_full_bulkhead_sheds_new_purchases_but_not_retransmissions(limited_switch, database_url, simulators):
+    switch = limited_switch
+
+    async def scenario():
+        slow = new_purchase("unionpay", "98")  # holds the one place for about 6 s
+        async with connected(switch) as first, connected(switch) as second:
+            original = asyncio.ensure_future(first.request(slow))
+            await asyncio.sleep(0.5)
+            shed = await asyncio.wait_for(second.request(new_purchase("unionpay")), 2)
+            retransmission = asyncio.ensure_future(second.request(dict(slow)))
+            other_channel = await second.request(new_purchase("wechat"))
+            first_answer, again = await original, await retransmission
+        assert shed["39"] == "91"
+        assert (await journal_row(database_url, shed["37"]))["state"] == "DECLINED"
+        assert sim_audit(simulators, "unionpay", out_trade_no(shed["37"])) == []  # never sent
+        assert other_channel["39"] == "00"  # another channel is not affected
+        assert {k: again.get(k) for k in ("37", "39")} == {k: first_answer.get(k) for k in ("37", "39")}
+        assert len(sim_audit(simulators, "unionpay", out_trade_no(first_answer["37"]))) == 1
+
+    run(scenario())
+
+
+def test_over_capacity_the_switch_sheds_at_once_and_recovers(limited_switch, database_url):
+    async def scenario():
+        async with connected(limited_switch) as terminal, connected(limited_switch) as again:
+            started = time.monotonic()
+            slow_messages = [new_purchase("alipay", "98") for _ in range(SWITCH_IN_FLIGHT)]  # 3 s each
+            slow = [asyncio.ensure_future(terminal.request(m)) for m in slow_messages]
+            await asyncio.sleep(0.3)
+            shed = await asyncio.gather(*(terminal.request(new_purchase("ecny")) for _ in range(20)))
+            shed_in = time.monotonic() - started
+            retransmission = await again.request(dict(slow_messages[0]))  # not shed: the original's answer
+            admitted = await asyncio.gather(*slow)
+            after = await terminal.request(new_purchase("ecny"))
+        assert {a["39"] for a in shed} == {"91"}
+        assert shed_in < 2.0  # answered while the slow ones were still under way
+        for answer in shed:  # shed before any work: not even journaled
+            assert await journal_row(database_url, answer["37"]) is None
+        assert {a["39"] for a in admitted} == {"00"}
+        assert (retransmission["39"], retransmission["37"]) == ("00", admitted[0]["37"])
+        assert after["39"] == "00"
+
+    run(scenario())
+
+
+def test_an_actor_ray_gave_up_on_is_restarted_by_the_operator(limited_switch):
+    """With no Ray restarts left, a crashed actor stays dead: its circuit is held open (91 at once)
+    until ``paysw channel restart`` starts a fresh one."""
+    from switch.cli import main as cli
+
+    admin = f"127.0.0.1:{limited_switch.admin}"
+
+    def inbank() -> dict:
+        return json.loads(limited_switch.get("/channels")[1])["inbank"]
+
+    async def scenario():
+        assert cli(["channel", "crash", "inbank", "--admin", admin]) == 0
+        started = time.monotonic()
+        while inbank()["shards"][0]["actor"] != "dead":
+            assert time.monotonic() - started < 20, "the dead actor was not noticed"
+            await asyncio.sleep(0.3)
+        async with connected(limited_switch) as terminal:
+            down = await terminal.request(new_purchase("inbank"))
+            assert inbank()["circuit"] == "open"
+            assert cli(["channel", "restart", "inbank", "--admin", admin]) == 0
+            up = await terminal.request(new_purchase("inbank"))
+        assert (down["39"], up["39"]) == ("91", "00")
+        assert inbank()["shards"][0]["actor"] == "alive"
+
+    run(scenario())
