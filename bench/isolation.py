@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,18 +28,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import uvloop
 
 from bench.client import IsoClient
-from bench.demo import TERMINALS, _ports_in_use, _wait_for_ports
-from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.demo import TERMINALS
 from bench.simulators.control import fault_address, set_fault
 from bench.simulators.faults import NO_FAULT, Fault
-from bench.simulators.runner import start_simulators, stop_simulators
-from bench.simulators.server import load_simulator_config
+from bench.stack import Stack
 from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
-from switch.config import host_port, load_config
+from switch.config import host_port
 from switch.operator import request as admin_request
 
 MERCHANT = "898310048990001"
@@ -145,51 +141,6 @@ def recovery_seconds(samples: list[Sample], cleared: float, until: float) -> flo
         elif recovered_at is None:
             recovered_at = sample.sent_at + sample.seconds
     return None if recovered_at is None else round(recovered_at - cleared, 2)
-
-
-class Stack:
-    """The demo stack: simulators in this process's children, the switch as ``paysw run``."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.config = load_config(DEMO_SWITCH_CONFIG)
-        self.simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
-        self._data_dir = data_dir
-        self._sims: list = []
-        self.switch: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        busy = _ports_in_use(self.config, self.simulators)
-        if busy:
-            raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
-        self._sims = start_simulators(self.simulators)
-        _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
-        run = ["run", "--config", str(DEMO_SWITCH_CONFIG), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
-        self.switch = subprocess.Popen(
-            [sys.executable, "-m", "switch.cli", *run],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self._data_dir / "switch.log", "ab"),  # noqa: SIM115  (closed with the process)
-        )
-        deadline = time.monotonic() + 180
-        while not self._ready():
-            if self.switch.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the switch did not start; see {self._data_dir / 'switch.log'}")
-            time.sleep(0.3)
-
-    def _ready(self) -> bool:
-        try:
-            return admin_request(self.config.switch.admin_listen, "/readyz").get("ready") is True
-        except OSError:
-            return False
-
-    def rss_mb(self) -> float:
-        assert self.switch is not None
-        return round(psutil.Process(self.switch.pid).memory_info().rss / 2**20, 1)
-
-    def stop(self) -> None:
-        if self.switch is not None and self.switch.poll() is None:
-            self.switch.terminate()
-            self.switch.wait(timeout=60)
-        stop_simulators(self._sims)
 
 
 async def _measure(stack: Stack, sick: str, faults: list[str], rate: float, phase_s: float, recovery_s: float):

@@ -73,6 +73,22 @@ def network(terminal: str, stan: str, code: str = "301", when: dt.datetime | Non
     return {"t": "0800", "7": when.strftime("%m%d%H%M%S"), "11": stan, "41": terminal, "70": code}
 
 
+def inquiry(terminal: str, merchant: str, rrn: str, stan: str, when: dt.datetime | None = None) -> Message:
+    """A status inquiry (0100, processing code 300000) of the transaction with RRN ``rrn``."""
+    when = when or dt.datetime.now(dt.UTC)
+    return {
+        "t": "0100",
+        "3": "300000",
+        "7": when.strftime("%m%d%H%M%S"),
+        "11": stan,
+        "12": when.strftime("%H%M%S"),
+        "13": when.strftime("%m%d"),
+        "37": rrn,
+        "41": terminal,
+        "42": merchant,
+    }
+
+
 def reversal(original: Message, stan: str, when: dt.datetime | None = None) -> Message:
     """The 0400 of ``original`` (a 0200): field 90 names it by MTI, STAN and field 7."""
     when = when or dt.datetime.now(dt.UTC)

@@ -98,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
         "--recovery-seconds", type=float, default=15.0, help="after each fault clears, before the next (default 15)"
     )
     isolation.add_argument("--out", type=Path, help="write the results as JSON here")
+    throughput = benches.add_parser(
+        "throughput",
+        help="approved TPS and latency at rising concurrency, switch against a bare baseline server",
+        description="Closed-loop purchases at each concurrency step against the demo stack, and the "
+        "same against a bare uvloop server with the same codec (the baseline, same run); prints a "
+        "table, and with --out-dir writes throughput.json and throughput.png there.",
+    )
+    throughput.add_argument("--steps", default="4,16,64,256", help="concurrency steps (default 4,16,64,256)")
+    throughput.add_argument("--step-seconds", type=float, default=15.0, help="length of each step (default 15)")
+    throughput.add_argument("--warm-up-seconds", type=float, default=10.0, help="before the steps (default 10)")
+    throughput.add_argument("--out-dir", type=Path, help="write throughput.json and throughput.png here")
 
     demo = commands.add_parser(
         "demo",
@@ -168,6 +179,22 @@ def _channel(args: argparse.Namespace) -> int:
     return operator_main(admin, args.action, args.channel, token, args.shard)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "throughput":
+        from bench.throughput import main as throughput_main
+
+        try:
+            steps = [int(n) for n in args.steps.split(",") if n]
+        except ValueError:
+            print(f"paysw bench throughput: --steps: not a list of numbers: {args.steps!r}", file=sys.stderr)
+            return 2
+        return throughput_main(steps, args.step_seconds, args.warm_up_seconds, args.out_dir)
+    from bench.isolation import main as isolation_main
+
+    faults = [f for f in args.faults.split(",") if f] or None
+    return isolation_main(args.channel, faults, args.rate, args.phase_seconds, args.recovery_seconds, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -184,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "channel":
             return _channel(args)
         if args.command == "bench":
-            from bench.isolation import main as isolation_main
-
-            faults = [f for f in args.faults.split(",") if f] or None
-            return isolation_main(args.channel, faults, args.rate, args.phase_seconds, args.recovery_seconds, args.out)
+            return _bench(args)
         if args.command == "demo":
             from bench.demo import main as demo_main
 

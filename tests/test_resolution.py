@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.traffic import CODE_SHAPES
+from bench.traffic import CODE_SHAPES, inquiry
 from tests.conftest import PAYMENT_WINDOW_MS, run
 from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
@@ -101,23 +101,6 @@ def test_journal_agrees_with_every_channel_ledger(switch, simulators, database_u
         assert not open_rows, f"left open: {open_rows[:5]}"
 
     run(scenario())
-
-
-def inquiry(terminal: str, merchant: str, rrn: str, stan: str) -> dict[str, str]:
-    import datetime as dt
-
-    now = dt.datetime.now(dt.UTC)
-    return {
-        "t": "0100",
-        "3": "300000",
-        "7": now.strftime("%m%d%H%M%S"),
-        "11": stan,
-        "12": now.strftime("%H%M%S"),
-        "13": now.strftime("%m%d"),
-        "37": rrn,
-        "41": terminal,
-        "42": merchant,
-    }
 
 
 def test_inquiry_reports_the_original_state_and_amount(switch, database_url):

@@ -1,0 +1,103 @@
+"""The demo stack for benchmarks: embedded PostgreSQL (started by the switch), the five channel
+simulators as processes of this one, and the switch as ``paysw run``, a process of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.demo import _ports_in_use, _wait_for_ports
+from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.simulators.runner import start_simulators, stop_simulators
+from bench.simulators.server import load_simulator_config
+from switch.config import load_config
+from switch.operator import request as admin_request
+
+
+class Stack:
+    """The demo stack: simulators in this process's children, the switch as ``paysw run``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.config = load_config(DEMO_SWITCH_CONFIG)
+        self.simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
+        self._data_dir = data_dir
+        self._sims: list = []
+        self.switch: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        busy = _ports_in_use(self.config, self.simulators)
+        if busy:
+            raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
+        self._sims = start_simulators(self.simulators)
+        _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
+        run = ["run", "--config", str(DEMO_SWITCH_CONFIG), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
+        self.switch = subprocess.Popen(
+            [sys.executable, "-m", "switch.cli", *run],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self._data_dir / "switch.log", "ab"),  # noqa: SIM115  (closed with the process)
+        )
+        deadline = time.monotonic() + 180
+        while not self._ready():
+            if self.switch.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the switch did not start; see {self._data_dir / 'switch.log'}")
+            time.sleep(0.3)
+
+    def _ready(self) -> bool:
+        try:
+            return admin_request(self.config.switch.admin_listen, "/readyz").get("ready") is True
+        except OSError:
+            return False
+
+    def rss_mb(self) -> float:
+        """The switch process's resident memory."""
+        assert self.switch is not None
+        return round(psutil.Process(self.switch.pid).memory_info().rss / 2**20, 1)
+
+    def processes_by_part(self) -> dict[str, list[psutil.Process]]:
+        """Every process of the stack, by part: the switch's front end, its Ray processes
+        (actors, raylet, GCS, idle workers), PostgreSQL, the simulators."""
+        assert self.switch is not None
+        front = psutil.Process(self.switch.pid)
+        # pg_ctl detaches PostgreSQL from the switch: its postmaster is found by its data folder.
+        postmasters = [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres" and str(self._data_dir) in " ".join(p.info["cmdline"] or [])
+        ]
+        return {
+            "front end": [front],
+            "ray": front.children(recursive=True),
+            "postgresql": [*postmasters, *(c for p in postmasters for c in p.children())],
+            "simulators": [psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()],
+        }
+
+    def rss_by_part_mb(self) -> dict[str, float]:
+        return {
+            part: round(sum(_safe(lambda p=p: p.memory_info().rss) for p in procs) / 2**20, 1)
+            for part, procs in self.processes_by_part().items()
+        }
+
+    def cpu_by_part_s(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each part's processes alive now."""
+        return {
+            part: sum(_safe(lambda p=p: sum(p.cpu_times()[:2])) for p in procs)
+            for part, procs in self.processes_by_part().items()
+        }
+
+    def stop(self) -> None:
+        if self.switch is not None and self.switch.poll() is None:
+            self.switch.terminate()
+            self.switch.wait(timeout=60)
+        stop_simulators(self._sims)
+
+
+def _safe(read) -> float:
+    """A process figure, or 0 for a process that has just gone."""
+    try:
+        return read()
+    except psutil.Error:
+        return 0.0

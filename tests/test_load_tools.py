@@ -1,0 +1,56 @@
+"""The load tools keep working: locust's user class against the real switch, and a short run of
+the throughput benchmark (switch and baseline on the demo stack)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_locust_user_drives_the_switch_without_failures(switch, tmp_path):
+    options = ["--host", f"{switch.host}:{switch.port}", "--headless", "-u", "8", "-r", "8", "-t", "8s"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "bench" / "locustfile.py"),
+            *options,
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    total = rows.pop("Aggregated")
+    assert int(total["Request Count"]) > 50, result.stdout + result.stderr
+    assert int(total["Failure Count"]) == 0, (tmp_path / "run_failures.csv").read_text()
+    assert any(name.startswith("purchase wechat 00") for name in rows)
+    assert result.returncode == 0
+
+
+def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
+    short = ["--steps", "4", "--step-seconds", "3", "--warm-up-seconds", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "bench", "throughput", *short, "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    switch, baseline = report["switch"][0], report["baseline"][0]
+    assert switch["approved_tps"] > 0 and baseline["approved_tps"] > 0
+    assert switch["not_approved"] == 0
+    assert set(switch["cpu_ms_per_approved"]) == {"front end", "ray", "postgresql", "simulators", "load generator"}
+    assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
