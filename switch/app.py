@@ -29,6 +29,7 @@ log = logging.getLogger("paysw")
 
 DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
 DRAIN_SECONDS = 5.0
+OPEN_TRANSACTIONS_EVERY_S = 5.0
 
 
 class SwitchApp:
@@ -43,6 +44,7 @@ class SwitchApp:
         self._admin = None
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
+        self._queues: asyncio.Task[None] | None = None
         self.resolver: Resolver | None = None
         self.shedder: LoadShedder | None = None
         self.ready = False
@@ -57,6 +59,7 @@ class SwitchApp:
             ahead_days=cfg.database.partitions_ahead_days,
         )
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
+        self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         for name, channel in cfg.channels.items():
             self.gateways[name] = ChannelGateway(
@@ -68,6 +71,7 @@ class SwitchApp:
                 on_restart=self.metrics.actor_restarted,
                 merchant_rates={m.id: m.rate_per_s[name] for m in cfg.merchants if name in m.rate_per_s},
             )
+        self.metrics.watch_gateways(self.gateways)
         pings = [shard.actor.ping.remote() for g in self.gateways.values() for shard in g.shards]
         await asyncio.wait_for(asyncio.gather(*pings), 120)
         fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
@@ -107,6 +111,16 @@ class SwitchApp:
             except Exception:
                 log.exception("partition upkeep failed; will retry in an hour")
 
+    async def _watch_open_transactions(self) -> None:
+        """The resolver's queues as metrics (pending, unknown, orphans, reversals to carry out)."""
+        while True:
+            try:
+                assert self.journal is not None
+                self.metrics.set_open(await self.journal.open_by_queue())
+            except Exception:
+                log.exception("reading the open transactions failed; trying again shortly")
+            await asyncio.sleep(OPEN_TRANSACTIONS_EVERY_S)
+
     async def stop(self) -> None:
         self.ready = False
         if self._server is not None:
@@ -121,8 +135,9 @@ class SwitchApp:
             await self.shedder.stop()
         for gateway in self.gateways.values():
             await gateway.close()
-        if self._upkeep is not None:
-            self._upkeep.cancel()
+        for task in (self._upkeep, self._queues):
+            if task is not None:
+                task.cancel()
         if self._admin is not None:
             await self._admin.cleanup()
         if self.journal is not None:

@@ -126,6 +126,8 @@ class ChannelGateway:
     def _new_shard(self, index: int, actor: ActorHandle) -> Shard:
         notify = self._on_circuit
         on_change = None if notify is None else (lambda state: notify(self.name, index, state))
+        if on_change is not None:
+            on_change(CircuitState.CLOSED)  # every shard has its series from the start
         return Shard(index, actor, CircuitBreaker(self.config.breaker, on_change=on_change))
 
     # -- admission ---------------------------------------------------------------------------
@@ -316,6 +318,10 @@ class ChannelGateway:
                 self._on_restart(self.name)
         shard.pid = pid
         shard.figures = figures
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(len(shard.queue) for shard in self.shards)
 
     def close_circuits(self) -> None:
         """Close every live shard's circuit now (an operator who knows the channel is back)."""

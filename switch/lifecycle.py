@@ -44,6 +44,7 @@ INQUIRY_CODE_OF_STATE = {
     "REVERSED": rc.DO_NOT_HONOUR,
     "VOIDED": rc.DO_NOT_HONOUR,
 }
+REQUEST_MTIS = frozenset({"0100", "0200", "0400", "0800"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 _NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
@@ -112,6 +113,8 @@ class Processor:
             decoded = decode(frame)
         except Unparseable as exc:
             raise CloseConnection(str(exc)) from None
+        mti = (decoded.partial if isinstance(decoded, DecodeFailure) else decoded).get("t", "")
+        self._metrics.requests.labels(mti if mti in REQUEST_MTIS else "other").inc()  # bounded label
         if isinstance(decoded, DecodeFailure):
             return await self._reject(decoded.partial, Rejection(rc.FORMAT_ERROR, decoded.field, decoded.reason))
         message = decoded
@@ -158,7 +161,7 @@ class Processor:
     async def _reject(self, message: Message, rejection: Rejection) -> bytes | None:
         if answer_mti(message.get("t", "")) is None:
             return None
-        log.info(
+        log.debug(
             "request rejected",
             extra={
                 "mti": message.get("t"),
@@ -229,7 +232,7 @@ class Processor:
         answer_rrn, state = await self._journal.request_reversal(
             key, message["11"], message["7"], int(message["4"]), rrn
         )
-        log.info("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
+        log.debug("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
         if state is None:
             code = rc.ORIGINAL_NOT_FOUND
         elif state == "REFUNDED":  # cancelling it at the channel would return the refunded part twice
@@ -449,7 +452,7 @@ class Processor:
         stored = await self._journal.find(txn.key)
         if stored is None:
             if await self._journal.reversed_before_arrival(txn.key):
-                log.info("original refused: its reversal came first", extra={"rrn": txn.rrn})
+                log.debug("original refused: its reversal came first", extra={"rrn": txn.rrn})
                 return Settled(rc.DO_NOT_HONOUR, txn.rrn)
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
         if stored.request_hash != txn.request_hash:

@@ -4,8 +4,15 @@ reason; never a card or terminal number."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from switch.gateway import ChannelGateway
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -85,6 +92,14 @@ class Metrics:
         self.actor_restarts = Counter(
             "paysw_actor_restarts", "Channel actors found restarted after a crash, by channel", ["channel"], registry=r
         )
+        self.open_transactions = Gauge(
+            "paysw_open_transactions",
+            "Transactions the resolver is settling, by channel and queue (RECEIVED orphans, PENDING, UNKNOWN, "
+            "REVERSAL: the store-and-forward reversals)",
+            ["channel", "queue"],
+            registry=r,
+        )
+        self.requests = Counter("paysw_requests", "Requests received, by MTI", ["mti"], registry=r)
         self.dead_letters = Counter(
             "paysw_dead_letters",
             "Transactions handed to a person (alert on any increase), by channel",
@@ -98,9 +113,51 @@ class Metrics:
     def actor_restarted(self, channel: str) -> None:
         self.actor_restarts.labels(channel).inc()
 
+    def watch_gateways(self, gateways: Mapping[str, ChannelGateway]) -> None:
+        """Figures read from the gateways, and through them from the channel actors, at each scrape."""
+        self.registry.register(_GatewayCollector(gateways))
+
+    def set_open(self, counts: list[tuple[str, str, int]]) -> None:
+        self.open_transactions.clear()
+        for channel, queue, n in counts:
+            self.open_transactions.labels(channel, queue).set(n)
+
     def journal_batch_done(self, op: str, size: int, seconds: float) -> None:
         self.journal_batch.labels(op).observe(size)
         self.journal_seconds.labels(op).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateways: Mapping[str, ChannelGateway]) -> None:
+        self._gateways = gateways
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "paysw_gateway_in_flight", "Channel calls under way from this front end", labels=["channel"]
+        )
+        queued = GaugeMetricFamily(
+            "paysw_gateway_queue_depth", "Channel calls waiting to be shipped to an actor", labels=["channel"]
+        )
+        enabled = GaugeMetricFamily("paysw_channel_enabled", "1 when the channel is switched on", labels=["channel"])
+        actor_in_flight = GaugeMetricFamily(
+            "paysw_actor_in_flight", "Calls under way in a channel actor, as it reported", labels=["channel", "shard"]
+        )
+        actor_calls = CounterMetricFamily(
+            "paysw_actor_calls", "Calls a channel actor has made since it started", labels=["channel", "shard"]
+        )
+        actor_alive = GaugeMetricFamily(
+            "paysw_actor_alive", "1 unless the actor is gone for good", labels=["channel", "shard"]
+        )
+        for name, gateway in self._gateways.items():
+            in_flight.add_metric([name], gateway.in_flight)
+            queued.add_metric([name], gateway.queue_depth)
+            enabled.add_metric([name], int(gateway.enabled))
+            for shard in gateway.shards:
+                labels = [name, str(shard.index)]
+                actor_in_flight.add_metric(labels, float(shard.figures.get("in_flight", 0)))
+                actor_calls.add_metric(labels, float(shard.figures.get("calls", 0)))
+                actor_alive.add_metric(labels, 0 if shard.dead else 1)
+        yield from (in_flight, queued, enabled, actor_in_flight, actor_calls, actor_alive)

@@ -229,7 +229,7 @@ class Resolver:
         )
         await self._journal.record_outcome(update)
         self._metrics.resolved.labels(txn.channel, state).inc()
-        log.info(
+        log.debug(
             "transaction resolved",
             extra={"rrn": txn.rrn, "channel": txn.channel, "from": txn.state, "to": state, "code": code},
         )

@@ -106,3 +106,28 @@ def test_an_actor_ray_gave_up_on_is_restarted_by_the_operator(limited_switch):
         assert inbank()["shards"][0]["actor"] == "alive"
 
     run(scenario())
+
+
+def test_no_log_line_per_transaction_at_info(limited_switch):
+    """At INFO (the default), traffic, refusals, reversals and resolution leave no line per
+    transaction; the metrics count them instead. Every line is one JSON object."""
+    from bench.traffic import reversal
+
+    async def scenario():
+        async with connected(limited_switch) as terminal:
+            for _ in range(20):
+                await terminal.request(new_purchase("ecny"))
+            bad = new_purchase("ecny") | {"4": "00000000000A"}
+            assert (await terminal.request(bad))["39"] in {"13", "30"}
+            paid = new_purchase("ecny")
+            await terminal.request(paid)
+            from tests.support import STANS, TERMINAL
+
+            assert (await terminal.request(reversal(paid, STANS.next(TERMINAL))))["39"] == "00"
+        await asyncio.sleep(3)  # the resolver carries the reversal out
+
+    run(scenario())
+    lines = [line for line in limited_switch.log_path.read_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    per_transaction = [r for r in records if r["level"] == "INFO" and ("rrn" in r or "stan" in r)]
+    assert not per_transaction, per_transaction[:3]

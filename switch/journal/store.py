@@ -308,6 +308,15 @@ class Journal:
         out); dead letters, waiting for a person, are not counted."""
         return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE {_DUE} AND next_check_at IS NOT NULL")
 
+    async def open_by_queue(self) -> list[tuple[str, str, int]]:
+        """(channel, queue, count) of what the resolver is settling: RECEIVED (orphans), PENDING,
+        UNKNOWN, and REVERSAL (the store-and-forward queue of reversals to carry out)."""
+        rows = await self._pool.fetch(
+            "SELECT channel, CASE WHEN reversal_requested_at IS NOT NULL THEN 'REVERSAL' ELSE state END AS queue, "
+            f"count(*) AS n FROM txn WHERE {_DUE} AND next_check_at IS NOT NULL GROUP BY 1, 2"
+        )
+        return [(r["channel"], r["queue"], r["n"]) for r in rows]
+
     async def request_reversal(
         self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
     ) -> tuple[str, str | None]:
