@@ -256,3 +256,21 @@ def test_faults_from_the_command_line(simulators, ports, config_dir, healthy_aft
     assert cli(["sim", "fault", "ecny", "--latency", "2 fortnights", "--config", config]) == 2
     assert cli(["sim", "fault", "nosuch", "--hang", "--config", config]) == 2
     assert cli(["sim", "fault", "ecny", "--clear", "--hang", "--config", config]) == 2
+
+
+def test_reset_connections_leave_nothing_charged_and_nothing_open(switch, ports, database_url, healthy_afterwards):
+    """The channel closes each connection as soon as a request arrives: sent, so UNKNOWN (91);
+    once it answers again the resolver finds no such order and closes them."""
+
+    async def scenario():
+        fault(ports, "ecny", reset=True)
+        async with connected(switch) as terminal:
+            reset = await asyncio.gather(*(terminal.request(new_purchase("ecny")) for _ in range(3)))
+            other = await terminal.request(new_purchase("inbank"))
+        fault(ports, "ecny")
+        assert {a["39"] for a in reset} == {"91"} and other["39"] == "00"
+        for answer in reset:
+            await wait_for_state(database_url, answer["37"], {"CANCELLED", "DECLINED"}, timeout=30)
+            assert out_trade_no(answer["37"]) not in sim_ledger(ports.channels, "ecny")
+
+    run(scenario())

@@ -247,7 +247,9 @@ def test_metrics_and_health_endpoints(switch):
     assert SENT_PANS, "run after the purchases, so there is something to leak"
     assert not [pan for pan in SENT_PANS if pan in text or pan[:6] + "*" in text], "payment code in the metrics"
     labels = set(re.findall(r'(\w+)="', text))
-    assert labels <= {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "le"}, f"unbounded labels: {labels}"
+    assert labels <= {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "le"}, (
+        f"unbounded labels: {labels}"
+    )
 
 
 def test_no_full_payment_code_in_logs_or_journal(switch, database_url):
