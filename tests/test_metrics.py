@@ -61,6 +61,14 @@ def prometheus_binary() -> str:
     return found
 
 
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as response:
+            return response.status == 200
+    except OSError:  # HTTPError (503) included
+        return False
+
+
 def query(port: int, promql: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -86,7 +94,10 @@ def test_a_real_prometheus_scrapes_per_channel_rate_and_latency(switch, tmp_path
     )
     try:
         wait_for_port(port, 30, server)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
+        while not ready(port):  # the port opens before the storage is ready (503 until then)
+            assert time.monotonic() < deadline and server.poll() is None, "prometheus did not become ready"
+            time.sleep(0.5)
         while not [r for r in query(port, 'up{job="paysw"}') if r["value"][1] == "1"]:  # scraped once
             assert time.monotonic() < deadline, "prometheus never scraped the switch"
             time.sleep(0.5)
