@@ -241,3 +241,26 @@ def test_a_void_or_refund_is_settled_once(database_url):
             await journal.close()
 
     run(scenario())
+
+
+def test_a_connection_goes_back_to_the_pool_with_no_transaction_open(database_url):
+    """With the journal's cheap pool reset, a transaction its last user left open is still rolled
+    back (by asyncpg, before the reset hook) and never reaches the next user."""
+
+    async def scenario():
+        journal = await Journal.open(database_url, pool_size=2, max_batch=8)
+        try:
+            conn = await journal.pool.acquire()
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+            await journal.pool.release(conn)
+            first, second = await journal.pool.acquire(), await journal.pool.acquire()
+            assert not first.is_in_transaction() and not second.is_in_transaction()
+            assert await first.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            assert await second.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            await journal.pool.release(first)
+            await journal.pool.release(second)
+        finally:
+            await journal.close()
+
+    run(scenario())

@@ -202,6 +202,13 @@ def _columns(rows: Sequence[tuple]) -> list[list]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """The pool's reset on release, after asyncpg's own (which rolls back a transaction left
+    open). The default also unlocks advisory locks, closes cursors, UNLISTENs and RESETs ALL:
+    a round trip on every release, for session state the journal never keeps (its locks are per
+    transaction)."""
+
+
 def _unique_rounds(items: Sequence, key: Callable) -> list[list[int]]:
     """Split item positions into rounds in which no key repeats (one statement cannot
     meaningfully insert or update the same row twice)."""
@@ -234,7 +241,7 @@ class Journal:
     async def open(
         cls, url: str, pool_size: int, max_batch: int, on_batch: BatchObserver | None = None, ahead_days: int = 7
     ) -> Journal:
-        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30)
+        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
         journal = cls(pool, max_batch, on_batch)
