@@ -20,12 +20,12 @@ from bench.client import IsoClient
 from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
-from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
+from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, host_port, load_config
 from switch.logs import setup_logging
 
-MERCHANT = "898310048990001"
+MERCHANT = DEMO_MERCHANT
 TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
 # Outcome mix of the demo burst: mostly approvals, some of each decline, a few customers who
 # confirm on their phone ("user paying"), and a few the channel charges but answers with an error.
@@ -104,10 +104,6 @@ async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 
     return tallies
 
 
-def _p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else (values[0] if values else 0.0)
-
-
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
         f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
@@ -125,7 +121,7 @@ def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
         codes = " ".join(f"{c}:{n}" for c, n in sorted(t.codes.items()))
         print(
             f"{channel:10s} {count:6d} {approved:9d} {t.confirmed:10d} {declined:9d} {pending:8d} {unavailable:4d}"
-            f" {statistics.fmean(t.latencies_ms):8.1f} {_p99(t.latencies_ms):7.1f}  {codes}"
+            f" {statistics.fmean(t.latencies_ms):8.1f} {quantile(t.latencies_ms, 99):7.1f}  {codes}"
         )
     print(f"\n{total} purchases in {seconds:.1f}s, 64 outstanding at a time. 'confirmed': approved after the")
     print("customer confirmed on the phone, found by the channel's query schedule (WeChat Pay every 10 s, Alipay")

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -35,11 +34,10 @@ from bench.demo import TERMINALS
 from bench.simulators.control import fault_address, set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from bench.stack import Stack
-from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase
+from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
 from switch.config import host_port
 from switch.operator import request as admin_request
 
-MERCHANT = "898310048990001"
 # Each fault, as the simulator (or the admin endpoint, for the actor) is told to show it.
 FAULTS: dict[str, Fault | None] = {
     "hang": Fault(hang=True),
@@ -91,7 +89,7 @@ class Load:
         while not self.stop.is_set():
             n += 1
             terminal = TERMINALS[n % len(TERMINALS)]
-            message = purchase(terminal, MERCHANT, payment_code(channel), 100 + n % 9000, stans.next(terminal))
+            message = purchase(terminal, DEMO_MERCHANT, payment_code(channel), 100 + n % 9000, stans.next(terminal))
             task = loop.create_task(self._one(channel, client, message))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -108,12 +106,6 @@ class Load:
         self.samples[channel].append(Sample(started, time.monotonic() - started, code))
 
 
-def _quantile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def phase_figures(samples: list[Sample], phases: list[Phase]) -> dict[str, float]:
     """One channel's figures over the requests sent during ``phases``."""
     inside = [s for s in samples if any(p.started <= s.sent_at < p.ended for p in phases)]
@@ -122,9 +114,9 @@ def phase_figures(samples: list[Sample], phases: list[Phase]) -> dict[str, float
     return {
         "sent": len(inside),
         "approved_tps": round(sum(s.code == "00" for s in inside) / seconds, 1),
-        "p50_ms": round(_quantile(latencies, 50) * 1000, 1),
-        "p95_ms": round(_quantile(latencies, 95) * 1000, 1),
-        "p99_ms": round(_quantile(latencies, 99) * 1000, 1),
+        "p50_ms": round(quantile(latencies, 50) * 1000, 1),
+        "p95_ms": round(quantile(latencies, 95) * 1000, 1),
+        "p99_ms": round(quantile(latencies, 99) * 1000, 1),
         "max_ms": round(max(latencies, default=0.0) * 1000, 1),
         "share_91": round(sum(s.code == "91" for s in inside) / len(inside), 3) if inside else 0.0,
         "unanswered": sum(s.code == "none" for s in inside),

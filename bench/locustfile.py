@@ -23,11 +23,10 @@ import time
 from locust import User, between, events, task
 
 from bench.sync_client import SyncIsoClient
-from bench.traffic import Stans, inquiry, payment_code, purchase, refund, void
+from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, Stans, inquiry, payment_code, purchase, refund, void
 
-MERCHANT = os.environ.get("PAYSW_LOCUST_MERCHANT", "898310048990001")
+MERCHANT = os.environ.get("PAYSW_LOCUST_MERCHANT", DEMO_MERCHANT)
 TERMINALS = os.environ.get("PAYSW_LOCUST_TERMINALS", "T0000001,T0000002,T0000003,T0000004").split(",")
-CHANNEL_SHARES = {"wechat": 40, "alipay": 35, "unionpay": 10, "ecny": 10, "inbank": 5}
 # The payment code's suffix chooses the outcome; the code a purchase should get back.
 SUFFIX_EXPECTED = {"00": {"00"}, "51": {"51"}, "05": {"05"}, "54": {"54"}, "09": {"00", "09"}}
 SUFFIX_SHARES = {"00": 90, "51": 3, "05": 3, "54": 2, "09": 2}

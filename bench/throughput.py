@@ -15,8 +15,6 @@ import json
 import os
 import platform
 import random
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,21 +25,13 @@ import psutil
 import uvloop
 
 from bench.client import IsoClient
-from bench.demo import TERMINALS
+from bench.demo import TERMINALS, _wait_for_ports
 from bench.stack import Stack
-from bench.traffic import Stans, payment_code, purchase
+from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
 from switch.config import host_port
 
-MERCHANT = "898310048990001"
 CONNECTIONS = 8
-CHANNEL_SHARES = {"wechat": 40, "alipay": 35, "unionpay": 10, "ecny": 10, "inbank": 5}
 BASELINE_LISTEN = "127.0.0.1:8590"
-
-
-def _quantile_ms(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return round(values[0] * 1000, 2) if values else 0.0
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 2)
 
 
 async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict[str, float]:
@@ -58,7 +48,7 @@ async def closed_loop(host: str, port: int, concurrency: int, seconds: float, st
         client, terminal = clients[i % CONNECTIONS], TERMINALS[i % len(TERMINALS)]
         while time.monotonic() < stop_at:
             channel = rng.choices(channels, weights)[0]
-            message = purchase(terminal, MERCHANT, payment_code(channel, "00", rng), 100 + i, stans.next(terminal))
+            message = purchase(terminal, DEMO_MERCHANT, payment_code(channel, "00", rng), 100 + i, stans.next(terminal))
             started = time.perf_counter()
             answer = await client.request(message)
             latencies.append(time.perf_counter() - started)
@@ -78,9 +68,9 @@ async def closed_loop(host: str, port: int, concurrency: int, seconds: float, st
         "concurrency": concurrency,
         "approved_tps": round(approved / elapsed, 1),
         "not_approved": other,
-        "p50_ms": _quantile_ms(latencies, 50),
-        "p95_ms": _quantile_ms(latencies, 95),
-        "p99_ms": _quantile_ms(latencies, 99),
+        "p50_ms": round(quantile(latencies, 50) * 1000, 2),
+        "p95_ms": round(quantile(latencies, 95) * 1000, 2),
+        "p99_ms": round(quantile(latencies, 99) * 1000, 2),
     }
 
 
@@ -118,21 +108,10 @@ def run_steps(listen: str, steps: list[int], step_s: float, warm_up_s: float, rs
     return uvloop.run(all_steps())
 
 
-def _wait_for_port(listen: str, timeout: float = 20) -> None:
-    host, port = host_port(listen)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {listen} after {timeout:g}s")
-
-
 def measure_baseline(steps: list[int], step_s: float, warm_up_s: float) -> list[dict]:
     server = subprocess.Popen([sys.executable, "-m", "bench.baseline_server", "--listen", BASELINE_LISTEN])
     try:
-        _wait_for_port(BASELINE_LISTEN)
+        _wait_for_ports([BASELINE_LISTEN])
         process = psutil.Process(server.pid)
         return run_steps(
             BASELINE_LISTEN,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import random
+import statistics
 
 from protocols.iso8583 import Message
 
@@ -19,6 +20,16 @@ CODE_SHAPES = {
     "inbank": ("88", 19),
 }
 APPROVING_SUFFIX = "00"
+DEMO_MERCHANT = "898310048990001"  # the demo configuration's merchant on every channel
+# A realistic share of purchases by channel, for the load tools.
+CHANNEL_SHARES = {"wechat": 40, "alipay": 35, "unionpay": 10, "ecny": 10, "inbank": 5}
+
+
+def quantile(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values`` (inclusive method; 0 when empty)."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def payment_code(channel: str, suffix: str = APPROVING_SUFFIX, rng: random.Random | None = None) -> str:
