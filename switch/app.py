@@ -15,7 +15,7 @@ import uvloop
 from actors.runtime import channel_actor, init_ray
 from hsm import SoftwareHsm
 from switch.admin import admin_app, start_admin
-from switch.config import Config, admin_token, host_port
+from switch.config import Config, admin_token, host_port, sizing_warnings
 from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
@@ -51,6 +51,8 @@ class SwitchApp:
 
     async def start(self) -> None:
         cfg = self.config
+        for warning in sizing_warnings(cfg):
+            log.warning("configuration: " + warning)
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,

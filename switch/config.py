@@ -164,6 +164,19 @@ def _cross_check(config: Config) -> list[str]:
     return problems
 
 
+def sizing_warnings(config: Config) -> list[str]:
+    """Limits that are valid but let one channel's trouble reach the others: a channel whose
+    bulkhead can hold half the switch's requests under way (a hung channel fills its bulkhead
+    before its circuit opens, and the switch then sheds every channel)."""
+    limit = config.switch.max_in_flight
+    return [
+        f"channel {name}: frontend_in_flight {ch.frontend_in_flight} is not below half of "
+        f"switch.max_in_flight {limit}: a hung {name} could make the whole switch shed load"
+        for name, ch in config.channels.items()
+        if ch.enabled and ch.frontend_in_flight * 2 > limit
+    ]
+
+
 def admin_token(config: Config) -> str:
     """The operators' admin token, or "" when none is configured."""
     if not config.switch.admin_token_file:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
@@ -63,3 +64,13 @@ def test_every_command_has_help(command):
     )
     assert result.returncode == 0
     assert "usage: paysw" in result.stdout
+
+
+def test_a_channel_bulkhead_that_could_fill_the_switch_is_warned_about():
+    from switch.config import sizing_warnings
+
+    config = load_config(DEMO_SWITCH_CONFIG)
+    assert sizing_warnings(config) == []  # the demo's sizes: 2048 per channel under 10,000
+    small = msgspec.structs.replace(config, switch=msgspec.structs.replace(config.switch, max_in_flight=3000))
+    warned = sizing_warnings(small)
+    assert len(warned) == len(config.channels) and "a hung wechat could make the whole switch shed" in warned[0]
