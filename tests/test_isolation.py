@@ -210,14 +210,24 @@ def test_an_operator_switches_a_channel_off_and_on(switch, database_url, healthy
     admin = f"127.0.0.1:{switch.admin}"
 
     async def scenario():
-        assert cli(["channel", "disable", "inbank", "--admin", admin]) == 0
-        assert channels(switch)["inbank"]["enabled"] is False
+        from bench.traffic import void
+        from tests.support import STANS, TERMINAL
+
         async with connected(switch) as terminal:
+            paid_message = new_purchase("inbank")
+            paid = await terminal.request(paid_message)
+            assert cli(["channel", "disable", "inbank", "--admin", admin]) == 0
+            assert channels(switch)["inbank"]["enabled"] is False
             off = await terminal.request(new_purchase("inbank"))
+            refused_void = await terminal.request(void(paid_message, paid["37"], STANS.next(TERMINAL)))
             other = await terminal.request(new_purchase("ecny"))
             assert cli(["channel", "enable", "inbank", "--admin", admin]) == 0
             on = await terminal.request(new_purchase("inbank"))
-        assert (off["39"], other["39"], on["39"]) == ("91", "00", "00")
+            # The refused void held nothing back: the purchase can still be voided, once.
+            voided = await terminal.request(void(paid_message, paid["37"], STANS.next(TERMINAL)))
+        assert (paid["39"], off["39"], refused_void["39"], other["39"], on["39"]) == ("00", "91", "91", "00", "00")
+        assert voided["39"] == "00"
+        assert (await journal_row(database_url, refused_void["37"]))["channel_code"] == "DISABLED"
         assert (await journal_row(database_url, off["37"]))["channel_code"] == "DISABLED"
         assert cli(["channel", "list", "--admin", admin]) == 0
         assert cli(["channel", "disable", "nosuch", "--admin", admin]) == 1
