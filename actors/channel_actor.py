@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import ray
 
-from actors.settings import ChannelSection
-from hsm import SoftwareHsm
+from actors.settings import ActorKeys, ChannelSection
+from hsm import open_hsm
+from hsm.algorithms import is_costly
 from protocols import response_codes as rc
 from protocols.channels import module_of
 from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
@@ -31,16 +32,15 @@ log = logging.getLogger("paysw.actor")
 class ChannelWorker:
     """The actor's logic, free of Ray so that it reads (and can be driven) as plain asyncio."""
 
-    def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
+    def __init__(self, name: str, config: ChannelSection, keys: ActorKeys, shard: int) -> None:
         self.name = name
         self.shard = shard
         self._config = config
         self._connector = module_of(config.kind).connector
-        keys = config.keys
-        hsm = SoftwareHsm(base_dir)
-        self._sign = hsm.signer(keys.sign_algorithm, keys.sign_key)
-        self._sign_in_thread = hsm.is_costly(keys.sign_algorithm)
-        self._verify = hsm.verifier(keys.verify_algorithm, keys.verify_key)
+        hsm = open_hsm(keys.hsm, keys.base_dir)
+        self._sign = hsm.signer(keys.sign, config.keys.sign_algorithm)
+        self._sign_in_thread = is_costly(config.keys.sign_algorithm)
+        self._verify = hsm.verifier(keys.verify, config.keys.verify_algorithm)
         self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
@@ -155,11 +155,11 @@ class ChannelActor:
     never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver (and is
     restarted, see ``actors.runtime.channel_actor``)."""
 
-    def __init__(self, name: str, config: ChannelSection, base_dir: str, shard: int) -> None:
+    def __init__(self, name: str, config: ChannelSection, keys: ActorKeys, shard: int) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-        self._worker = ChannelWorker(name, config, base_dir, shard)
+        self._worker = ChannelWorker(name, config, keys, shard)
 
     async def process(self, batch: bytes) -> AsyncIterator[bytes]:
         async for group in self._worker.process(batch):

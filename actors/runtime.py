@@ -9,7 +9,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.channel_actor import ChannelActor
-from actors.settings import ChannelSection
+from actors.settings import ActorKeys, ChannelSection
 
 log = logging.getLogger("paysw.ray")
 
@@ -35,10 +35,10 @@ def init_ray(address: str, namespace: str) -> bool:
     return True
 
 
-def channel_actor(name: str, config: ChannelSection, base_dir: str, shard: int) -> ActorHandle:
+def channel_actor(name: str, config: ChannelSection, keys: ActorKeys, shard: int) -> ActorHandle:
     """Shard ``shard``'s actor of channel ``name``: named, so that several front ends on one
     cluster share it (an existing live one is joined); restarted by Ray when it crashes, up to
     the channel's ``actor_max_restarts``."""
     return ChannelActor.options(
         name=f"channel:{name}:{shard}", get_if_exists=True, max_restarts=config.actor_max_restarts
-    ).remote(name, config, base_dir, shard)
+    ).remote(name, config, keys, shard)

@@ -7,14 +7,29 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from hsm import HsmSettings, KeyRecord
+
 Positive = Annotated[int, Meta(ge=1)]
 
 
 class ChannelKeys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The switch's keys for a channel's API, by their labels in the key store (``paysw keys``)."""
+
     sign_algorithm: str
-    sign_key: str  # key file, relative to the configuration file
+    sign_key: str
     verify_algorithm: str
     verify_key: str
+    zpk: str = ""  # card channels: the zone PIN key PIN blocks are translated to
+
+
+class ActorKeys(Struct, kw_only=True, frozen=True):
+    """What an actor needs to sign and verify a channel's API: the HSM to open and the channel's
+    key records (encrypted under the LMK)."""
+
+    hsm: HsmSettings
+    base_dir: str  # the configuration's folder, for the HSM's relative file names
+    sign: KeyRecord
+    verify: KeyRecord
 
 
 class BreakerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

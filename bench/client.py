@@ -1,7 +1,9 @@
 """An asyncio ISO 8583 client of the wire contract, for the demo, the tests and benchmarks.
 
 Pipelined: any number of requests may be outstanding; answers are matched by terminal (41) +
-STAN (11) + answer MTI, as spec section 1 says clients do.
+STAN (11) + answer MTI, as spec section 1 says clients do. Terminals whose keys it is given
+(``keys``) MAC their requests once signed on, and the MAC of their answers is checked: answers
+that fail are counted in ``bad_macs``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from bench.terminal import TerminalKeys
 from protocols.iso8583 import LENGTH_HEADER, Message, answer_mti, decode, encode
 
 AnswerKey = tuple[str, str, str]
@@ -16,6 +19,8 @@ AnswerKey = tuple[str, str, str]
 
 class IsoClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.keys: dict[str, TerminalKeys] = {}
+        self.bad_macs = 0
         self._reader = reader
         self._writer = writer
         self._waiting: dict[AnswerKey, asyncio.Future[Message]] = {}
@@ -34,7 +39,8 @@ class IsoClient:
         key = (message.get("41", ""), message.get("11", ""), mti)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future
-        self._writer.write(encode(message))
+        keys = self.keys.get(message.get("41", ""))
+        self._writer.write(keys.seal(message) if keys is not None and keys.needs_mac(message) else encode(message))
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -55,6 +61,9 @@ class IsoClient:
                 message = decode(body)
                 assert isinstance(message, dict), "the switch sent an undecodable answer"
                 key = (message.get("41", ""), message.get("11", ""), message["t"])
+                keys = self.keys.get(key[0])
+                if "64" in message and (keys is None or keys.mak is None or not keys.answer_mac_ok(body, message)):
+                    self.bad_macs += 1
                 future = self._waiting.get(key)
                 if future is not None and not future.done():
                     future.set_result(message)

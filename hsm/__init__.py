@@ -1,8 +1,10 @@
-"""The only place that touches key material. Callers get bound operations (sign, verify,
-fingerprint), never a key. Software backend on ``cryptography``; keys are read from files named
-in the configuration (encryption of keys at rest under a master key and a PKCS#11 backend are
-the HSM issue's work, behind this same interface)."""
+"""The only place that holds clear key material. Callers hold ``KeyRecord`` handles (keys
+encrypted under the LMK) and get bound operations (MAC, PIN translation, export under a TMK,
+signers, verifiers, fingerprints), never a key. Backends: software (the embedded default) and
+PKCS#11 (SoftHSM2 in the tests)."""
 
-from hsm.software import ALGORITHMS, KeyError_, SoftwareHsm
+from hsm.backend import Hsm, HsmError, PinBlockError
+from hsm.keys import KeyKind, KeyRecord
+from hsm.settings import HsmSettings, open_hsm
 
-__all__ = ["ALGORITHMS", "KeyError_", "SoftwareHsm"]
+__all__ = ["Hsm", "HsmError", "HsmSettings", "KeyKind", "KeyRecord", "PinBlockError", "open_hsm"]

@@ -6,6 +6,7 @@ big-endian length before each message (spec section 1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import iso8583
@@ -60,6 +61,30 @@ def encode_body(message: Message) -> bytes:
     """Encode a message without its length header (what the MAC is computed over)."""
     raw, _ = iso8583.encode(dict(message), SPEC)
     return bytes(raw)
+
+
+MAC_FIELD = "64"
+_MAC_HEX = 16
+
+
+def mac_span(message: Message) -> int:
+    """How many bytes of this message's encoding come before field 64: the MAC's input runs from
+    the first byte of the MTI to there (spec section 7). Every field is ASCII, so a field takes its
+    length prefix plus its characters."""
+    secondary = any(f.isdigit() and int(f) > 64 for f in message)
+    span = SPEC["t"]["max_len"] + SPEC["p"]["max_len"] + (SPEC["1"]["max_len"] if secondary else 0)
+    for field, value in message.items():
+        if field.isdigit() and 1 < int(field) < 64:
+            span += SPEC[field]["len_type"] + len(value)
+    return span
+
+
+def encode_with_mac(message: Message, mac: Callable[[bytes], bytes]) -> bytes:
+    """Encode a message whose field 64 is ``mac`` of the bytes before it; with its length header."""
+    raw = bytearray(iso8583.encode({**message, MAC_FIELD: "0" * _MAC_HEX}, SPEC)[0])
+    span = mac_span(message)
+    raw[span : span + _MAC_HEX] = mac(bytes(raw[:span])).hex().upper().encode()
+    return len(raw).to_bytes(LENGTH_HEADER, "big") + bytes(raw)
 
 
 class FrameReader:

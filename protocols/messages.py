@@ -26,8 +26,9 @@ class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
     """One call to a channel about one payment: ``pay`` it, ``query`` its state, ``cancel`` it
     (close it unpaid, or reverse it if paid), or ``refund`` part or all of it (``amount_fen`` of
     ``total_fen``, under the refund's own number ``refund_no``, which makes it idempotent).
-    ``auth_code`` is the customer's payment code or card number, in memory only (never in a log or
-    the journal); empty but for pay."""
+    ``auth_code`` is the customer's payment code or card number, and ``pin_block`` its PIN
+    encrypted for the channel, both in memory only (never in a log or the journal); empty but
+    for pay."""
 
     key: int  # correlation id within the sending front end
     op: str  # PAY, QUERY, CANCEL or REFUND
@@ -42,6 +43,7 @@ class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
     subject: str = "POS purchase"
     refund_no: str = ""  # refund: its own order number at the channel
     total_fen: int = 0  # refund: the payment's whole amount
+    pin_block: str = ""  # card pay with a PIN: the block under the channel's zone PIN key, hex
 
 
 class ChannelResult(msgspec.Struct, array_like=True, frozen=True):

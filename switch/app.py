@@ -13,17 +13,20 @@ from pathlib import Path
 import uvloop
 
 from actors.runtime import channel_actor, init_ray
-from hsm import SoftwareHsm
+from actors.settings import ActorKeys
+from hsm import HsmError, KeyRecord, open_hsm
 from switch.admin import admin_app, start_admin
 from switch.config import Config, admin_token, host_port, sizing_warnings
 from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
+from switch.keystore import KeyStore, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
 from switch.resolver import Resolver
 from switch.shedding import LoadShedder
+from switch.terminal_keys import TerminalSecurity
 
 log = logging.getLogger("paysw")
 
@@ -62,12 +65,25 @@ class SwitchApp:
         )
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
+        hsm = open_hsm(cfg.security.hsm, cfg.base_dir)
+        store = KeyStore(self.journal.pool)
+        if cfg.security.key_manifest:
+            imported = await provision(store, hsm, Path(cfg.base_dir) / cfg.security.key_manifest)
+            if imported:
+                log.info("keys imported from the manifest", extra={"labels": imported})
+        keys = await _configured_keys(store, cfg)
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         for name, channel in cfg.channels.items():
+            actor_keys = ActorKeys(
+                hsm=cfg.security.hsm,
+                base_dir=cfg.base_dir,
+                sign=keys[channel.keys.sign_key],
+                verify=keys[channel.keys.verify_key],
+            )
             self.gateways[name] = ChannelGateway(
                 name,
                 channel,
-                functools.partial(channel_actor, name, channel, cfg.base_dir),
+                functools.partial(channel_actor, name, channel, actor_keys),
                 cfg.switch.max_batch,
                 on_circuit=self.metrics.circuit_changed,
                 on_restart=self.metrics.actor_restarted,
@@ -76,10 +92,15 @@ class SwitchApp:
         self.metrics.watch_gateways(self.gateways)
         pings = [shard.actor.ping.remote() for g in self.gateways.values() for shard in g.shards]
         await asyncio.wait_for(asyncio.gather(*pings), 120)
-        fingerprint = SoftwareHsm(cfg.base_dir).fingerprinter(cfg.security.pan_hash_key)
+        fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
+        zpks = {name: keys[ch.keys.zpk] for name, ch in cfg.channels.items() if ch.keys.zpk}
+        security = TerminalSecurity(
+            hsm, store, {t.id: t for t in cfg.terminals}, zpks, cfg.switch.request_deadline_ms / 1000
+        )
+        await security.load()
         self.shedder = LoadShedder(cfg.switch.max_in_flight, cfg.switch.shed_loop_lag_ms)
         self.shedder.start()
-        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder)
+        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security)
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
@@ -177,6 +198,18 @@ async def serve_until_signalled(app: SwitchApp) -> None:
     finally:
         log.info("stopping")
         await app.stop()
+
+
+async def _configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
+    """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
+    labels = {cfg.security.pan_hash_key}
+    for channel in cfg.channels.values():
+        labels |= {channel.keys.sign_key, channel.keys.verify_key} | ({channel.keys.zpk} - {""})
+    found = {label: await store.current(label) for label in sorted(labels)}
+    missing = [label for label, record in found.items() if record is None]
+    if missing:
+        raise HsmError(f"keys not in the key store: {', '.join(missing)} (import them with `paysw keys import`)")
+    return {label: record for label, record in found.items() if record is not None}
 
 
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hsm import HsmError
+from switch import keys_cli
 from switch.config import ConfigError, load_config
 
 
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     channel.add_argument("--config", type=Path, help="the switch's configuration: its admin address and token file")
     channel.add_argument("--admin", default="127.0.0.1:9583", help="admin address without --config")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
+
+    keys_cli.add_parser(commands)
 
     bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
     benches = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sim(args)
         if args.command == "channel":
             return _channel(args)
+        if args.command == "keys":
+            return keys_cli.main(args, load_config(args.config))
         if args.command == "bench":
             return _bench(args)
         if args.command == "demo":
@@ -218,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             return demo_main(serve=args.serve, data_dir=args.data_dir, per_channel=max(1, args.count))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except HsmError as exc:
+        print(f"paysw: key error: {exc}", file=sys.stderr)
         return 2
 
     return 1

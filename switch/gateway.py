@@ -168,6 +168,7 @@ class ChannelGateway:
         deadline: float,
         auth_code: str = "",
         on_late: Callable[[ChannelResult], None] | None = None,
+        pin_block: str = "",
     ) -> ChannelResult:
         """One channel call, answered by ``deadline`` (epoch seconds) at the latest: past it the
         result is UNKNOWN, and the call's own late answer goes to ``on_late`` (to be kept; the
@@ -190,6 +191,7 @@ class ChannelGateway:
             ref.channel_txn_id,
             refund_no=ref.refund_no,
             total_fen=ref.total_fen,
+            pin_block=pin_block,
         )
         future: asyncio.Future[ChannelResult] = asyncio.get_running_loop().create_future()
         self._waiting[key] = future

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from actors.settings import ChannelSection
+from hsm import HsmError, KeyRecord, PinBlockError
 from protocols import response_codes as rc
-from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode, encode
+from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode
 from protocols.masking import mask_pan
 from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
 from protocols.validation import FIELD_RULES, NETWORK_CODES, Kind, Rejection, classify, validate
@@ -33,6 +34,7 @@ from switch.journal.schema import FINAL_STATES
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
+from switch.terminal_keys import MacMismatch, MacMissing, NoPinKey, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
 
@@ -47,7 +49,9 @@ INQUIRY_CODE_OF_STATE = {
 REQUEST_MTIS = frozenset({"0100", "0200", "0400", "0800"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
-_NOT_HASHED = frozenset({"p", "1", "64"})  # bitmaps follow from the fields; the MAC differs per send
+# Bitmaps follow from the fields; the MAC differs per send; PIN block and track 2 are never kept,
+# not even hashed (PCI DSS 3.3.1).
+_NOT_HASHED = frozenset({"p", "1", "64", "52", "35"})
 
 
 class CloseConnection(Exception):
@@ -89,8 +93,10 @@ class Processor:
         metrics: Metrics,
         fingerprint: Callable[[str], bytes],
         shedder: LoadShedder,
+        security: TerminalSecurity,
     ) -> None:
         self._journal = journal
+        self._security = security
         self._shedder = shedder
         self._gateways = gateways
         self._metrics = metrics
@@ -122,13 +128,27 @@ class Processor:
             log.warning("message that is not a request ignored", extra={"mti": message["t"]})
             return None
         channel = "-"
+        mak: KeyRecord | None = None
         try:
             kind = classify(message)
             rejection = kind if isinstance(kind, Rejection) else validate(kind, message)
             if rejection is not None:
                 return await self._reject(message, rejection)
+            if self._security.needs_mac(message):
+                try:
+                    mak = await self._security.verify(message, frame)
+                except MacMissing:
+                    return await self._reject(
+                        message, Rejection(rc.FORMAT_ERROR, "64", "no MAC from a terminal with a MAK")
+                    )
+                except MacMismatch:
+                    log.warning(
+                        "MAC verification failed",
+                        extra={"mti": message["t"], "terminal": message["41"], "stan": message["11"]},
+                    )
+                    return await self._reject(message, Rejection(rc.MAC_FAILED, "64", "MAC does not verify"))
             if kind is Kind.NETWORK:
-                out = self._network(message)
+                out = await self._network(message)
             elif kind is Kind.REVERSAL:  # never shed: a reversal is how a terminal makes sure of the money
                 out = await self._reversal(message)
             elif (overload := self._shedder.overloaded()) is not None and not self._under_way_now(message):
@@ -149,7 +169,7 @@ class Processor:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
             out = answer(message, rc.SYSTEM_MALFUNCTION, rrn=await self._rrn_or_blank(message))
         self._count(message, out, channel, started)
-        return encode(out)
+        return self._security.encode(out, mak)
 
     def _under_way_now(self, message: Message) -> bool:
         """Whether this is a retransmission of a transaction under way here: it is never shed, it
@@ -172,7 +192,7 @@ class Processor:
         )
         out = answer(message, rejection.code, rrn=await self._rrn_or_blank(message))
         self._count(message, out, "-", None)
-        return encode(out)
+        return self._security.encode(out)
 
     async def _rrn_or_blank(self, message: Message) -> str:
         mti = answer_mti(message.get("t", ""))
@@ -185,13 +205,21 @@ class Processor:
 
     # -- network management ------------------------------------------------------------------
 
-    def _network(self, message: Message) -> Message:
-        if message["41"] not in self._terminals:
+    async def _network(self, message: Message) -> Message:
+        terminal_id, code = message["41"], message["70"]
+        if terminal_id not in self._terminals:
             return answer(message, rc.INVALID_MERCHANT)
-        code = message["70"]
-        if code == "101":  # needs the terminal's master key: HSM key exchange
+        log.debug("network management", extra={"terminal": terminal_id, "what": NETWORK_CODES[code]})
+        if code in ("001", "101") and self._security.has_master_key(terminal_id):
+            try:
+                keys = await self._security.new_working_keys(terminal_id)
+            except asyncpg.UniqueViolationError:  # another front end changed them this instant
+                return answer(message, rc.SYSTEM_MALFUNCTION)
+            out = answer(message, rc.APPROVED)
+            out["62"] = keys
+            return out
+        if code == "101":  # no master key to send new keys under
             return answer(message, rc.INVALID_TRANSACTION)
-        log.debug("network management", extra={"terminal": message["41"], "what": NETWORK_CODES[code]})
         return answer(message, rc.APPROVED)
 
     # -- inquiry -----------------------------------------------------------------------------
@@ -320,9 +348,19 @@ class Processor:
         rrn = await self._journal.next_rrn()
         if code is not None:
             return answer(message, code, rrn=rrn), channel
-        txn = self._new_txn(message, channel, tx_date, rrn)
         pan = message["2"]
-        settled = await self._once(txn, lambda: self._run(txn, pan))
+        pin_block = ""
+        if "52" in message:
+            try:
+                pin_block = self._security.translate_pin(message["41"], message["52"], pan, channel)
+            except (NoPinKey, PinBlockError, HsmError) as exc:
+                log.warning(
+                    "PIN block not translated",
+                    extra={"terminal": message["41"], "stan": message["11"], "reason": type(exc).__name__},
+                )
+                return answer(message, rc.FORMAT_ERROR, rrn=rrn), channel
+        txn = self._new_txn(message, channel, tx_date, rrn)
+        settled = await self._once(txn, lambda: self._run(txn, pan, pin_block))
         return answer(
             message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
         ), channel
@@ -394,8 +432,9 @@ class Processor:
         finally:
             del self._under_way[txn.key]
 
-    async def _run(self, txn: NewTxn, pan: str) -> Settled:
-        """``pan`` goes to the channel and nowhere else: the journal keeps it masked and hashed."""
+    async def _run(self, txn: NewTxn, pan: str, pin_block: str) -> Settled:
+        """``pan`` and ``pin_block`` (under the channel's zone PIN key) go to the channel and
+        nowhere else: the journal keeps the card number masked and hashed, and no PIN at all."""
         try:
             inserted = await self._journal.write_ahead(txn)
         except Exception:
@@ -407,7 +446,7 @@ class Processor:
         # transaction under way gets its answer even when the channel is full or its circuit open.
         refusal = self._gateways[txn.channel].admit(txn.merchant_id)
         if refusal is None:
-            result = await self._call_channel(txn, pan)
+            result = await self._call_channel(txn, pan, pin_block)
         else:
             result = self._refused(txn.channel, refusal)
         settled = self._settle(txn, result)
@@ -461,7 +500,7 @@ class Processor:
             return Settled(stored.response_code, stored.rrn, stored.auth_id or "", stored.channel_txn_id or "")
         return Settled(rc.IN_PROGRESS, stored.rrn)
 
-    async def _call_channel(self, txn: NewTxn, pan: str) -> ChannelResult:
+    async def _call_channel(self, txn: NewTxn, pan: str, pin_block: str) -> ChannelResult:
         """Pay; while the customer is still confirming, query on the channel's schedule until the
         deadline draws near (then the terminal gets ``09`` and the resolver carries on)."""
         gateway = self._gateways[txn.channel]
@@ -476,7 +515,9 @@ class Processor:
         started = time.monotonic()
         self._metrics.in_flight.labels(txn.channel).inc()
         try:
-            result = await gateway.call(PAY, ref, deadline, auth_code=pan, on_late=self._keep_late(txn, PAY))
+            result = await gateway.call(
+                PAY, ref, deadline, auth_code=pan, pin_block=pin_block, on_late=self._keep_late(txn, PAY)
+            )
             interval = self._channel(txn).query_interval_ms / 1000
             while result.outcome is Outcome.PENDING and time.time() + interval < deadline - ANSWER_MARGIN_S:
                 await asyncio.sleep(interval)

@@ -34,6 +34,24 @@ LATE_SLOW_MS = 6000
 RESOLUTION_SCHEDULE = f"query_interval_ms = 500\npayment_window_ms = {PAYMENT_WINDOW_MS}\ncancel_after_ms = 1000"
 
 
+def demo_actor_keys(channel: str):
+    """What a demo channel's actor is given: the demo HSM's settings and its key records."""
+    from actors.settings import ActorKeys
+    from bench.demo_config import DEMO_KEY_MANIFEST, DEMO_SWITCH_CONFIG, demo_material
+    from hsm import open_hsm
+    from switch.config import load_config
+    from switch.keystore import read_manifest
+
+    config = load_config(DEMO_SWITCH_CONFIG)
+    hsm = open_hsm(config.security.hsm, config.base_dir)
+    manifest = read_manifest(DEMO_KEY_MANIFEST)
+    keys = config.channels[channel].keys
+    sign, verify = (
+        hsm.import_key(label, manifest[label].kind, demo_material(label)) for label in (keys.sign_key, keys.verify_key)
+    )
+    return ActorKeys(hsm=config.security.hsm, base_dir=config.base_dir, sign=sign, verify=verify)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from bench.demo_config import DEMO_DIR
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, Outcome
 from switch.config import load_config
-from tests.conftest import free_port, run
+from tests.conftest import demo_actor_keys, free_port, run
 
 WECHAT = load_config(DEMO_DIR / "switch.toml").channels["wechat"]
 
@@ -25,7 +25,9 @@ WECHAT = load_config(DEMO_DIR / "switch.toml").channels["wechat"]
 def worker_for(endpoint: str, **changes) -> ChannelWorker:
     import msgspec
 
-    return ChannelWorker("wechat", msgspec.structs.replace(WECHAT, endpoint=endpoint, **changes), str(DEMO_DIR), 0)
+    return ChannelWorker(
+        "wechat", msgspec.structs.replace(WECHAT, endpoint=endpoint, **changes), demo_actor_keys("wechat"), 0
+    )
 
 
 def slow_channel() -> tuple[list[None], Callable]:

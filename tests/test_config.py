@@ -38,7 +38,11 @@ def test_demo_configuration_is_valid():
         (lambda t: t.replace('channel = "ecny"', 'channel = "dcep"'), r"unknown channel 'dcep'"),
         (lambda t: t.replace('merchant = "898310048990002"', 'merchant = "898310048999999"'), r"unknown merchant"),
         (lambda t: t.replace('id = "T0000001"', 'id = "T1"'), r"\$\.terminals\[0\]\.id"),
-        (lambda t: t.replace("keys/ecny/hmac_key", "keys/ecny/nope"), r"no file .*keys/ecny/nope"),
+        (
+            lambda t: t.replace('backend = "software"', 'backend = "pkcs11", pin_file = "keys/nope"'),
+            r"pin_file: no file .*keys/nope",
+        ),
+        (lambda t: t.replace('"sm2-sm3"', '"sm2"', 1), r"sign_algorithm: expected one of"),
         (lambda t: t.replace("[switch]", "[switch"), r"not valid TOML"),
     ],
 )

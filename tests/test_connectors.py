@@ -10,9 +10,9 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from bench.demo_config import DEMO_DIR
+from bench.demo_config import DEMO_DIR, demo_material
 from bench.simulators.server import load_simulator_config
-from hsm import SoftwareHsm
+from hsm import algorithms
 from protocols import response_codes as rc
 from protocols.channels import KINDS, module_of
 from protocols.channels.alipay import extract_node
@@ -23,7 +23,6 @@ from switch.config import load_config
 
 SWITCH = load_config(DEMO_DIR / "switch.toml")
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
-HSM = SoftwareHsm(DEMO_DIR)
 
 EXPECTED = {
     (PAY, "SUCCESS"): (Outcome.APPROVED, rc.APPROVED),
@@ -58,10 +57,12 @@ class Pair:
         ch, sim = SWITCH.channels[kind], SIMS.simulators[kind]
         self.connector, self.side = module.connector, module.channel_side
         self.ident = ChannelIdentity(ch.app_id, ch.mch_id, ch.cert_id)
-        self.switch_sign = HSM.signer(ch.keys.sign_algorithm, ch.keys.sign_key)
-        self.switch_verify = HSM.verifier(ch.keys.verify_algorithm, ch.keys.verify_key)
-        self.channel_sign = HSM.signer(sim.keys.sign_algorithm, sim.keys.sign_key)
-        self.channel_verify = HSM.verifier(sim.keys.verify_algorithm, sim.keys.verify_key)
+        self.switch_sign = algorithms.signer(ch.keys.sign_algorithm, demo_material(ch.keys.sign_key))
+        self.switch_verify = algorithms.verifier(ch.keys.verify_algorithm, demo_material(ch.keys.verify_key))
+        self.channel_sign = algorithms.signer(sim.keys.sign_algorithm, (DEMO_DIR / sim.keys.sign_key).read_bytes())
+        self.channel_verify = algorithms.verifier(
+            sim.keys.verify_algorithm, (DEMO_DIR / sim.keys.verify_key).read_bytes()
+        )
 
     def request(self, amount_fen: int = 12345, op: str = PAY) -> ChannelRequest:
         auth_code = "134567890123456700" if op == PAY else ""
@@ -135,8 +136,8 @@ WRONG_KEY = {
     "wechat": ("wechat-hmac-sha256", "keys/journal/pan_hash_key"),
     "alipay": ("rsa-sha256", "keys/unionpay/platform_private.pem"),
     "unionpay": ("rsa-sha256", "keys/alipay/platform_private.pem"),
-    "ecny": ("hmac-sm3", "keys/inbank/hmac_key"),
-    "inbank": ("hmac-sm3", "keys/ecny/hmac_key"),
+    "ecny": ("sm2-sm3", "keys/ecny/switch_sm2_private"),
+    "inbank": ("hmac-sm3", "keys/journal/pan_hash_key"),
 }
 
 
@@ -146,7 +147,9 @@ def test_forged_approval_is_unknown_not_approved(kind):
     req = pair.request()
     call = pair.connector.call(req, pair.ident, pair.switch_sign, time.time())
     seen = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
-    answer = pair.side.write(seen, ChannelVerdict("SUCCESS", "FORGED"), HSM.signer(*WRONG_KEY[kind]))
+    algorithm, wrong_key = WRONG_KEY[kind]
+    forged_sign = algorithms.signer(algorithm, (DEMO_DIR / wrong_key).read_bytes())
+    answer = pair.side.write(seen, ChannelVerdict("SUCCESS", "FORGED"), forged_sign)
     result = pair.connector.result(req, answer, pair.switch_verify)
     assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "BADSIGN")
 
@@ -185,7 +188,7 @@ def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():
     call = pair.connector.call(pair.request(), pair.ident, pair.switch_sign, time.time())
     doc = dict(parse_qsl(call.body.decode()))
     digest = hashlib.sha256(sorted_query(doc, frozenset({"signature"})).encode()).hexdigest().encode()
-    verify = HSM.verifier("rsa-sha256", "keys/unionpay/merchant_public.pem")
+    verify = algorithms.verifier("rsa-sha256", (DEMO_DIR / "keys/unionpay/merchant_public.pem").read_bytes())
     assert verify(digest, doc["signature"])
     assert doc["txnAmt"] == "12345" and doc["qrNo"] == "134567890123456700"
 

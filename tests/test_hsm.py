@@ -1,89 +1,132 @@
-"""The software HSM: signatures verify only with the right key, errors name files not keys."""
+"""The HSM layer, the same suite on both backends (software, and PKCS#11 on a real SoftHSM2
+token): keys at rest only under the LMK, operations that agree with the far side's clear-key
+algorithms, PIN blocks that are translated and never come out clear, errors that name labels and
+never key material."""
 
-import hashlib
-import hmac
-from pathlib import Path
+from __future__ import annotations
 
+import os
+
+import msgspec
 import pytest
-from cryptography.hazmat.primitives import hashes
 
 from bench.demo_config import DEMO_DIR
-from hsm import KeyError_, SoftwareHsm
+from hsm import HsmError, KeyKind, PinBlockError
+from hsm import algorithms as clear
+from hsm.backend import Hsm
+from hsm.pkcs11 import Pkcs11Hsm
+from hsm.software import SoftwareHsm
+from tests.debian import softhsm_token
 
-HSM = SoftwareHsm(DEMO_DIR)
-
-
-def _reference_hmac_sm3(key: bytes, data: bytes) -> bytes:
-    """RFC 2104 HMAC built by hand on SM3 (block size 64), as an independent reference."""
-
-    def sm3(b: bytes) -> bytes:
-        h = hashes.Hash(hashes.SM3())
-        h.update(b)
-        return h.finalize()
-
-    key = key.ljust(64, b"\0") if len(key) <= 64 else sm3(key).ljust(64, b"\0")
-    inner = sm3(bytes(k ^ 0x36 for k in key) + data)
-    return sm3(bytes(k ^ 0x5C for k in key) + inner)
+PAN = "6222021234567890123"
 
 
-def test_sm3_is_the_standard_one():
-    h = hashes.Hash(hashes.SM3())
-    h.update(b"abc")  # GB/T 32905-2016 example 1
-    assert h.finalize().hex() == "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+@pytest.fixture(scope="module", params=["software", "pkcs11"])
+def hsm(request, tmp_path_factory) -> Hsm:
+    if request.param == "software":
+        return SoftwareHsm(os.urandom(32))
+    library, label, pin = softhsm_token(tmp_path_factory.mktemp("softhsm"))
+    backend = Pkcs11Hsm(library, label, pin)
+    request.addfinalizer(backend.close)
+    return backend
 
 
-def test_hmac_sm3_matches_a_hand_built_hmac():
-    key = (DEMO_DIR / "keys/ecny/hmac_key").read_bytes().strip()
-    sign = HSM.signer("hmac-sm3", "keys/ecny/hmac_key")
-    assert sign(b"payload") == _reference_hmac_sm3(key, b"payload").hex()
+def test_keys_rest_under_the_lmk_only(hsm: Hsm):
+    material = clear.random_des_key()
+    record = hsm.import_key("tmk:T1", KeyKind.TMK, material)
+    assert material not in record.blob and material.hex() not in record.blob.hex()
+    assert record.check_value == clear.check_value(material)
+    # Decoded back from storage (a row), it still opens.
+    stored = msgspec.msgpack.decode(msgspec.msgpack.encode(record), type=type(record))
+    assert hsm.export_under(hsm.generate("mak:T1", KeyKind.MAK), stored)
 
 
-def test_wechat_hmac_appends_the_key_parameter():
-    key = (DEMO_DIR / "keys/wechat/api_key").read_bytes().strip()
-    sign = HSM.signer("wechat-hmac-sha256", "keys/wechat/api_key")
-    assert sign(b"a=1&b=2") == hmac.new(key, b"a=1&b=2&key=" + key, hashlib.sha256).hexdigest().upper()
+def test_a_blob_passed_off_as_another_key_or_altered_does_not_open(hsm: Hsm):
+    record = hsm.generate("mak:T1", KeyKind.MAK)
+    relabelled = msgspec.structs.replace(record, label="mak:T2")
+    with pytest.raises(HsmError, match="mak:T2"):
+        hsm.mac(relabelled, "x9.19", b"data")
+    altered = msgspec.structs.replace(record, label="mak:T3", blob=record.blob[:-1] + bytes([record.blob[-1] ^ 1]))
+    with pytest.raises(HsmError, match="does not open"):
+        hsm.mac(altered, "x9.19", b"data")
+
+
+def test_another_lmk_cannot_open_the_keys(hsm: Hsm):
+    record = hsm.generate("mak:T1", KeyKind.MAK)
+    with pytest.raises(HsmError, match="does not open"):
+        SoftwareHsm(os.urandom(32)).mac(record, "x9.19", b"data")
+
+
+def test_sign_on_keys_reach_the_terminal_and_mac_as_it_computes(hsm: Hsm):
+    tmk_clear = clear.random_des_key()
+    tmk = hsm.import_key("tmk:T9", KeyKind.TMK, tmk_clear)
+    mak = hsm.generate("mak:T9", KeyKind.MAK)
+    under_tmk = bytes.fromhex(hsm.export_under(mak, tmk))
+    mak_clear = clear.tdes_ecb_decrypt(tmk_clear, under_tmk)  # what the terminal does
+    assert clear.check_value(mak_clear) == mak.check_value
+    data = b"0200" + bytes(range(100))
+    for algorithm in ("x9.19", "unionpay-ecb"):
+        assert hsm.mac(mak, algorithm, data) == clear.mac(algorithm, mak_clear, data)
+    with pytest.raises(HsmError, match="not tmk"):
+        hsm.export_under(tmk, mak)
+
+
+def test_pin_is_translated_to_the_zone_key_never_returned_clear(hsm: Hsm):
+    tmk_clear = clear.random_des_key()
+    tmk = hsm.import_key("tmk:T8", KeyKind.TMK, tmk_clear)
+    pik = hsm.generate("pik:T8", KeyKind.PIK)
+    zpk_clear = clear.random_des_key()
+    zpk = hsm.import_key("zpk:unionpay", KeyKind.ZPK, zpk_clear)
+    pik_clear = clear.tdes_ecb_decrypt(tmk_clear, bytes.fromhex(hsm.export_under(pik, tmk)))
+    clear_block = clear.pin_block("123456", PAN)
+    under_pik = clear.tdes_ecb_encrypt(pik_clear, clear_block)
+    translated = hsm.translate_pin(pik, zpk, under_pik, PAN)
+    assert translated not in (clear_block, under_pik)
+    assert clear.pin_of_block(clear.tdes_ecb_decrypt(zpk_clear, translated), PAN) == "123456"
+    with pytest.raises(PinBlockError):  # under another key: not a format 0 block for this card
+        hsm.translate_pin(pik, zpk, clear.tdes_ecb_encrypt(clear.random_des_key(), clear_block), PAN)
+    with pytest.raises(HsmError, match="not zpk"):
+        hsm.translate_pin(pik, pik, under_pik, PAN)
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "private", "public"),
+    ("algorithm", "private_file", "public_file", "kind"),
     [
-        ("rsa-sha256", "keys/alipay/app_private.pem", "keys/alipay/app_public.pem"),
-        ("hmac-sm3", "keys/inbank/hmac_key", "keys/inbank/hmac_key"),
-        ("wechat-hmac-sha256", "keys/wechat/api_key", "keys/wechat/api_key"),
+        ("rsa-sha256", "alipay/app_private.pem", "alipay/app_public.pem", KeyKind.PUBLIC),
+        ("sm2-sm3", "ecny/switch_sm2_private", "ecny/switch_sm2_public", KeyKind.PUBLIC),
+        ("hmac-sm3", "inbank/hmac_key", "inbank/hmac_key", KeyKind.SECRET),
+        ("wechat-hmac-sha256", "wechat/api_key", "wechat/api_key", KeyKind.SECRET),
     ],
 )
-def test_signatures_verify_with_the_right_key_only(algorithm, private, public):
-    signature = HSM.signer(algorithm, private)(b"message")
-    verify = HSM.verifier(algorithm, public)
-    assert verify(b"message", signature)
-    assert not verify(b"messagE", signature)
-    other = "keys/alipay/platform_public.pem" if algorithm == "rsa-sha256" else "keys/journal/pan_hash_key"
-    assert not HSM.verifier(algorithm, other)(b"message", signature)
+def test_channel_signatures_from_records(hsm: Hsm, algorithm, private_file, public_file, kind):
+    keys = DEMO_DIR / "keys"
+    private_kind = KeyKind.SECRET if kind is KeyKind.SECRET else KeyKind.PRIVATE
+    signing = hsm.import_key(f"{algorithm}:sign", private_kind, (keys / private_file).read_bytes())
+    checking = hsm.import_key(f"{algorithm}:verify", kind, (keys / public_file).read_bytes())
+    signature = hsm.signer(signing, algorithm)(b"message")
+    assert hsm.verifier(checking, algorithm)(b"message", signature)
+    assert not hsm.verifier(checking, algorithm)(b"messagE", signature)
+    assert clear.verifier(algorithm, (keys / public_file).read_bytes())(b"message", signature)
 
 
-def test_rsa_verify_refuses_non_base64_without_raising():
-    verify = HSM.verifier("rsa-sha256", "keys/alipay/app_public.pem")
-    assert not verify(b"message", "not*base64!")
+def test_generated_sm2_key_gives_its_public_key(hsm: Hsm):
+    private = hsm.generate("ecny:new", KeyKind.PRIVATE)
+    public = hsm.import_key("ecny:new-public", KeyKind.PUBLIC, hsm.public_key(private).encode())
+    assert hsm.verifier(public, "sm2-sm3")(b"m", hsm.signer(private, "sm2-sm3")(b"m"))
 
 
-def test_fingerprint_is_keyed_and_stable():
-    fingerprint = HSM.fingerprinter("keys/journal/pan_hash_key")
-    assert fingerprint("6222020200112233446") == fingerprint("6222020200112233446")
-    assert fingerprint("6222020200112233446") != hashlib.sha256(b"6222020200112233446").digest()
-    assert fingerprint("6222020200112233446") != fingerprint("6222020200112233447")
+def test_fingerprints_are_keyed(hsm: Hsm):
+    one = hsm.fingerprinter(hsm.generate("pan-hash", KeyKind.SECRET))
+    other = hsm.fingerprinter(hsm.generate("pan-hash-2", KeyKind.SECRET))
+    assert one(PAN) == one(PAN) != other(PAN)
+    assert one(PAN) != one(PAN[:-1] + "4")
 
 
-def test_key_errors_name_the_file_and_never_the_content(tmp_path: Path):
-    (tmp_path / "short").write_text("tiny-secret")
-    (tmp_path / "notpem").write_text("SECRET-MATERIAL-THAT-MUST-NOT-LEAK" * 2)
-    hsm = SoftwareHsm(tmp_path)
-    with pytest.raises(KeyError_, match="short") as short:
-        hsm.signer("hmac-sm3", "short")
-    assert "tiny-secret" not in str(short.value)
-    with pytest.raises(KeyError_, match="notpem") as notpem:
-        hsm.signer("rsa-sha256", "notpem")
-    assert "SECRET-MATERIAL" not in str(notpem.value)
-    with pytest.raises(KeyError_, match="missing"):
-        hsm.signer("rsa-sha256", "missing")
-    with pytest.raises(KeyError_, match="unknown algorithm"):
-        hsm.signer("md5", "short")
+def test_bad_material_errors_never_hold_the_material(hsm: Hsm):
+    secret = b"SECRET-MATERIAL-THAT-MUST-NOT-LEAK"
+    for kind, material in ((KeyKind.PRIVATE, secret * 3), (KeyKind.TMK, secret), (KeyKind.SECRET, b"tiny")):
+        with pytest.raises(HsmError) as caught:
+            hsm.import_key("bad", kind, material)
+        assert "SECRET-MATERIAL" not in str(caught.value) and "tiny" not in str(caught.value)
+    with pytest.raises(HsmError, match="imported, not generated"):
+        hsm.generate("x", KeyKind.PUBLIC)

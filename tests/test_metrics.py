@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
-import pytest
-
 from tests.conftest import free_port, run, wait_for_port
+from tests.debian import debian_binary
 from tests.support import connected, new_purchase
 
 
@@ -42,25 +39,6 @@ def test_actor_gateway_and_queue_figures_reach_the_scrape(switch):
     assert "# TYPE paysw_open_transactions gauge" in text
 
 
-def prometheus_binary() -> str:
-    """Debian's prometheus, installed here when absent (the test is skipped, saying why, when it
-    cannot be)."""
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for step in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-        ):
-            subprocess.run(step, capture_output=True, timeout=600, env=env)
-        found = shutil.which("prometheus")
-    if not found:
-        pytest.skip("no prometheus binary, and Debian's prometheus package could not be installed here")
-    return found
-
-
 def ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as response:
@@ -78,7 +56,7 @@ def query(port: int, promql: str) -> list[dict]:
 
 
 def test_a_real_prometheus_scrapes_per_channel_rate_and_latency(switch, tmp_path):
-    binary = prometheus_binary()
+    binary = debian_binary("prometheus", "prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -20,6 +20,7 @@ import itertools
 import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import asyncpg
@@ -27,13 +28,22 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta, Struct
 
-from actors.settings import ChannelKeys
 from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
-from hsm import SoftwareHsm
+from hsm import algorithms
 from protocols.channels import module_of
 from protocols.channels.base import ChannelVerdict, HttpAnswer, RequestSeen
 from protocols.messages import CANCEL, PAY, REFUND
+
+
+class SimulatorKeys(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The channel's side of the keys, as clear files (a simulator plays the other party)."""
+
+    sign_algorithm: str
+    sign_key: str  # the channel's own key
+    verify_algorithm: str
+    verify_key: str  # the switch's key (public, or the shared secret)
+    zpk: str = ""  # card channels: the zone PIN key (hex) PIN blocks arrive under
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -43,7 +53,8 @@ class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     latency_ms: Annotated[float, Meta(ge=0)] = 2.0
     slow_ms: Annotated[float, Meta(ge=0)] = 3000.0
     paying_ms: Annotated[float, Meta(ge=0)] = 8000.0  # how long a "user paying" customer takes
-    keys: ChannelKeys  # sign: the channel's own key; verify: the switch's key
+    keys: SimulatorKeys
+    card_pin: str = "123456"  # the PIN every test card has, checked when a PIN block comes
 
 
 def control_address(section: SimulatorSection) -> str:
@@ -59,8 +70,6 @@ class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def load_simulator_config(path: str) -> SimulatorConfig:
-    from pathlib import Path
-
     from switch.config import ConfigError
 
     p = Path(path)
@@ -78,9 +87,11 @@ class Simulator:
         module = module_of(section.kind)
         self.name = name
         self.side = module.channel_side
-        hsm = SoftwareHsm(base_dir)
-        self._sign = hsm.signer(section.keys.sign_algorithm, section.keys.sign_key)
-        self._verify = hsm.verifier(section.keys.verify_algorithm, section.keys.verify_key)
+        keys, base = section.keys, Path(base_dir)
+        self._sign = algorithms.signer(keys.sign_algorithm, (base / keys.sign_key).read_bytes())
+        self._verify = algorithms.verifier(keys.verify_algorithm, (base / keys.verify_key).read_bytes())
+        self._zpk = bytes.fromhex((base / keys.zpk).read_text().strip()) if keys.zpk else b""
+        self._card_pin = section.card_pin
         self._latency = section.latency_ms / 1000
         self._slow = section.slow_ms / 1000
         self.ledger = Ledger(section.paying_ms / 1000)
@@ -185,9 +196,12 @@ class Simulator:
         if seen.op == PAY:
             if self._audit_pool is not None:
                 await self._record_audit(seen)
-            order = self.ledger.pay(seen.out_trade_no, seen.auth_code, seen.amount_fen, self._transaction_id())
-            verdict = ChannelVerdict(_pay_verdict(order), order.channel_txn_id)
             delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
+            if seen.pin_block and not self._pin_matches(seen):
+                verdict = ChannelVerdict("DECLINED")  # wrong PIN: refused, nothing charged
+            else:
+                order = self.ledger.pay(seen.out_trade_no, seen.auth_code, seen.amount_fen, self._transaction_id())
+                verdict = ChannelVerdict(_pay_verdict(order), order.channel_txn_id)
         elif seen.op == REFUND:
             verdict = ChannelVerdict(
                 self.ledger.refund(seen.out_trade_no, seen.refund_no, seen.amount_fen), self._transaction_id()
@@ -228,6 +242,17 @@ class Simulator:
 
     async def get_audit(self, _: web.Request) -> web.Response:
         return web.json_response(self.audit)
+
+    def _pin_matches(self, seen: RequestSeen) -> bool:
+        """Decrypt the PIN block under the zone PIN key, as the card issuer would: it only reads
+        right if the switch translated it from the terminal's PIK."""
+        try:
+            clear = algorithms.tdes_ecb_decrypt(self._zpk, bytes.fromhex(seen.pin_block))
+            matches = algorithms.pin_of_block(clear, seen.auth_code) == self._card_pin
+        except ValueError:
+            matches = False
+        self.stats["pin:ok" if matches else "pin:wrong"] += 1
+        return matches
 
 
 def _pay_verdict(order: Order) -> str:

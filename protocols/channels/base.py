@@ -78,6 +78,7 @@ class RequestSeen:
     merchant: str = ""
     channel_txn_id: str = ""
     refund_no: str = ""
+    pin_block: str = ""
     fields: Mapping[str, str] = field(default_factory=dict)
 
 

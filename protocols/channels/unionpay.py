@@ -105,6 +105,8 @@ class UnionPayConnector:
                 "qrNo": req.auth_code,
                 "termId": req.terminal_id,
             }
+            if req.pin_block:  # card with PIN: ISO 9564 format 0 under the zone PIN key shared with UnionPay
+                params["pinBlock"] = req.pin_block
         elif req.op == CANCEL:
             # An undo is an order of its own, tied to the original by its query id (and order id).
             params |= {
@@ -181,7 +183,15 @@ class UnionPayChannelSide:
         if op == PAY:
             if not doc.get("orderId") or not doc.get("qrNo") or not doc.get("txnAmt", "").isdigit():
                 return "报文格式错误"
-            return RequestSeen(op, doc["orderId"], doc["qrNo"], int(doc["txnAmt"]), doc.get("merId", ""), fields=doc)
+            return RequestSeen(
+                op,
+                doc["orderId"],
+                doc["qrNo"],
+                int(doc["txnAmt"]),
+                doc.get("merId", ""),
+                pin_block=doc.get("pinBlock", ""),
+                fields=doc,
+            )
         order = doc.get("orderId") if op == QUERY else doc.get("origOrderId")
         if not order or (op == REFUND and not doc.get("txnAmt", "").isdigit()):
             return "报文格式错误"

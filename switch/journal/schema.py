@@ -192,6 +192,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX late_answer_by_txn ON late_answer (tx_date, terminal_id, stan, transmitted);
     """,
+    # 6: keys under the LMK (hsm.keys.KeyRecord): every version kept; the newest is in use
+    """
+    CREATE TABLE hsm_key (
+        label       text        NOT NULL,
+        version     int         NOT NULL CHECK (version >= 1),
+        kind        text        NOT NULL,
+        blob        bytea       NOT NULL,
+        check_value text        NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (label, version)
+    );
+    """,
 ]
 
 # The final states of txn_state (final = true), for code that must not ask the database.

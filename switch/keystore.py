@@ -1,0 +1,107 @@
+"""Keys at rest: ``hsm.keys.KeyRecord`` rows in the journal's database, shared by every front end.
+Rows hold keys only as the HSM encrypted them under the LMK; the newest version of a label is
+the one in use, older ones are kept for the audit trail and for messages still in flight."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import NamedTuple
+
+import asyncpg
+import msgspec
+
+from hsm import Hsm, HsmError
+from hsm.keys import DES_KINDS, KeyKind, KeyRecord
+
+
+class StoredKey(NamedTuple):
+    record: KeyRecord
+    created_at: dt.datetime
+
+
+def _stored(row: asyncpg.Record) -> StoredKey:
+    record = KeyRecord(
+        label=row["label"],
+        version=row["version"],
+        kind=KeyKind(row["kind"]),
+        blob=bytes(row["blob"]),
+        check_value=row["check_value"],
+    )
+    return StoredKey(record, row["created_at"])
+
+
+class KeyStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add(self, *records: KeyRecord) -> None:
+        """Store new versions, all or none; ``asyncpg.UniqueViolationError`` when one exists."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO hsm_key (label, version, kind, blob, check_value) VALUES ($1, $2, $3, $4, $5)",
+                [(r.label, r.version, str(r.kind), r.blob, r.check_value) for r in records],
+            )
+
+    async def newest(self, label: str, count: int = 1) -> list[StoredKey]:
+        """The ``count`` newest versions of a label, newest first (empty when there is none)."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM hsm_key WHERE label = $1 ORDER BY version DESC LIMIT $2", label, count
+        )
+        return [_stored(row) for row in rows]
+
+    async def current(self, label: str) -> KeyRecord | None:
+        found = await self.newest(label)
+        return found[0].record if found else None
+
+    async def next_version(self, label: str) -> int:
+        return await self._pool.fetchval("SELECT coalesce(max(version), 0) + 1 FROM hsm_key WHERE label = $1", label)
+
+    async def listing(self) -> list[StoredKey]:
+        """Every version of every key, by label then version."""
+        return [_stored(row) for row in await self._pool.fetch("SELECT * FROM hsm_key ORDER BY label, version")]
+
+
+class ManifestEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    kind: KeyKind
+    file: str  # relative to the manifest; DES keys as hex, other keys as they come (PEM, hex, text)
+
+
+def read_manifest(path: Path) -> dict[str, ManifestEntry]:
+    """``[keys."LABEL"]`` tables with a kind and a file."""
+    try:
+        return msgspec.toml.decode(path.read_bytes(), type=dict[str, dict[str, ManifestEntry]]).get("keys", {})
+    except OSError as exc:
+        raise HsmError(f"cannot read key manifest {path}: {exc.strerror}") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise HsmError(f"key manifest {path}: {exc}") from None
+
+
+def material_of(kind: KeyKind, path: Path) -> bytes:
+    """A key file's material: DES keys are written as hex, everything else is taken as it is."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise HsmError(f"cannot read key file {path}: {exc.strerror}") from None
+    if kind in DES_KINDS:
+        try:
+            return bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise HsmError(f"key file {path}: a {kind} key is written as 32 hex characters") from None
+    return raw
+
+
+async def provision(store: KeyStore, hsm: Hsm, manifest: Path) -> list[str]:
+    """Import every key of the manifest whose label the store does not have yet (then the files
+    can be deleted: a label already stored is never read again). Returns the labels imported."""
+    imported = []
+    for label, entry in read_manifest(manifest).items():
+        if await store.current(label) is not None:
+            continue
+        record = hsm.import_key(label, entry.kind, material_of(entry.kind, manifest.parent / entry.file))
+        try:
+            await store.add(record)
+        except asyncpg.UniqueViolationError:  # another front end provisioned it meanwhile
+            continue
+        imported.append(label)
+    return imported
