@@ -45,6 +45,11 @@ def decode(frame: bytes) -> Message | DecodeFailure:
         # A field that failed to decode may be in the partial document half-read: drop it.
         partial.pop(exc.field, None)
         return DecodeFailure(partial=partial, field=exc.field, reason=exc.msg)
+    except KeyError as exc:  # found by fuzzing: pyiso8583 on a bitmap naming a field past 128
+        mti = frame[:4].decode("ascii", "replace")
+        if not mti.isdigit():
+            raise Unparseable(f"no readable MTI; bitmap names field {exc}") from None
+        return DecodeFailure(partial={"t": mti}, field="1", reason=f"bitmap names field {exc}, not in the spec")
     mti = doc.get("t", "")
     if not mti.isdigit():
         return DecodeFailure(partial={"t": "0000"}, field="t", reason="MTI is not numeric")

@@ -1,5 +1,7 @@
 """Framing and codec of the wire contract (spec sections 1 and 2)."""
 
+from pathlib import Path
+
 import pytest
 
 from bench.traffic import purchase
@@ -15,6 +17,7 @@ from protocols.iso8583 import (
     encode_body,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 PURCHASE = purchase("T0000001", "898310048990001", "134567890123456700", 1234, "000123")
 
 
@@ -69,6 +72,16 @@ def test_partial_decode_keeps_the_mti_and_names_the_field():
     assert failure.partial["41"] == "T0000001"
     assert failure.field == "42"
     assert "42" not in failure.partial
+
+
+def test_a_bitmap_naming_fields_past_128_is_a_format_error_not_a_crash():
+    # Found by the atheris run (bench/fuzz/corpus/regression-tertiary-bitmap): field 65 set in the
+    # secondary bitmap made pyiso8583 look for field 129 and raise KeyError.
+    frame = (ROOT / "bench/fuzz/corpus/regression-tertiary-bitmap").read_bytes()[2:]
+    failure = decode(frame)
+    assert isinstance(failure, DecodeFailure) and failure.partial == {"t": "0400"}
+    with pytest.raises(Unparseable):
+        decode(b"04X0" + frame[4:])
 
 
 def test_garbage_is_unparseable():
