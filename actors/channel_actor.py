@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
+import msgspec
 import ray
 
 from actors.settings import ActorKeys, ChannelSection
@@ -41,6 +42,7 @@ class ChannelWorker:
         self._sign = hsm.signer(keys.sign, config.keys.sign_algorithm)
         self._sign_in_thread = is_costly(config.keys.sign_algorithm)
         self._verify = hsm.verifier(keys.verify, config.keys.verify_algorithm)
+        self._seal_code = hsm.sm4_sealer(keys.encrypt) if keys.encrypt is not None else None
         self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
@@ -91,6 +93,8 @@ class ChannelWorker:
             raise
         sent = False
         try:
+            if self._seal_code is not None and req.auth_code:  # the code leaves only encrypted
+                req = msgspec.structs.replace(req, auth_code=self._seal_code(req.auth_code))
             loop = asyncio.get_running_loop()
             if self._sign_in_thread:  # keeps the event loop (and the other calls) moving meanwhile
                 call = await loop.run_in_executor(

@@ -20,6 +20,7 @@ class ChannelKeys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     verify_algorithm: str
     verify_key: str
     zpk: str = ""  # card channels: the zone PIN key PIN blocks are translated to
+    encrypt_key: str = ""  # e-CNY: the SM4 data key the payment code travels under
 
 
 class ActorKeys(Struct, kw_only=True, frozen=True):
@@ -30,6 +31,7 @@ class ActorKeys(Struct, kw_only=True, frozen=True):
     base_dir: str  # the configuration's folder, for the HSM's relative file names
     sign: KeyRecord
     verify: KeyRecord
+    encrypt: KeyRecord | None = None  # the payment code is sent encrypted under this SM4 key
 
 
 class BreakerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -115,6 +115,14 @@ def pin_of_block(block: bytes, pan: str) -> str:
 # -- SM4 (e-CNY's encryption of sensitive fields) --------------------------------------------------
 
 
+SM4_KEY_BYTES = 16
+
+
+def sm4_check_value(key: bytes) -> str:
+    encryptor = Cipher(algorithms.SM4(key), modes.ECB()).encryptor()
+    return (encryptor.update(bytes(16)) + encryptor.finalize())[:4].hex().upper()
+
+
 def sm4_cbc_encrypt(key: bytes, data: bytes) -> bytes:
     """SM4-CBC with PKCS#7 padding; a random IV is put in front of the ciphertext."""
     iv = os.urandom(16)

@@ -55,6 +55,8 @@ class Hsm(ABC):
         private key (its public key from ``public_key``)."""
         if kind in DES_KINDS:
             material = algorithms.random_des_key()
+        elif kind is KeyKind.DEK:
+            material = os.urandom(algorithms.SM4_KEY_BYTES)
         elif kind is KeyKind.SECRET:
             material = os.urandom(32).hex().encode()
         elif kind is KeyKind.PRIVATE:
@@ -109,6 +111,13 @@ class Hsm(ABC):
         self._expect(record, KeyKind.SECRET, KeyKind.PUBLIC)
         return self._bound(record, lambda material: algorithms.verifier(algorithm, material))
 
+    def sm4_sealer(self, record: KeyRecord) -> Callable[[str], str]:
+        """Text encrypted under a channel's SM4 data key (CBC, random IV first), hex: how e-CNY
+        carries the wallet's payment code."""
+        self._expect(record, KeyKind.DEK)
+        key = self._material(record)
+        return lambda text: algorithms.sm4_cbc_encrypt(key, text.encode()).hex().upper()
+
     def fingerprinter(self, record: KeyRecord) -> Callable[[str], bytes]:
         self._expect(record, KeyKind.SECRET)
         return self._bound(record, algorithms.fingerprinter)
@@ -140,9 +149,10 @@ class Hsm(ABC):
 
 
 def _check_material(kind: KeyKind, material: bytes) -> None:
-    if kind in DES_KINDS:
-        if len(material) != algorithms.DES_KEY_BYTES:
-            raise HsmError(f"a {kind} key has {algorithms.DES_KEY_BYTES} bytes, not {len(material)}")
+    if kind in DES_KINDS or kind is KeyKind.DEK:
+        size = algorithms.SM4_KEY_BYTES if kind is KeyKind.DEK else algorithms.DES_KEY_BYTES
+        if len(material) != size:
+            raise HsmError(f"a {kind} key has {size} bytes, not {len(material)}")
         return
     try:
         if kind is KeyKind.SECRET:

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from msgspec import Struct
 
-from hsm.algorithms import check_value
+from hsm.algorithms import check_value, sm4_check_value
 
 
 class KeyKind(StrEnum):
@@ -19,9 +19,11 @@ class KeyKind(StrEnum):
     SECRET = "secret"  # channel API secret (HMAC), card-number fingerprint key
     PRIVATE = "private"  # channel API private key (RSA PEM, SM2 hex)
     PUBLIC = "public"  # channel's public key (RSA PEM, SM2 hex)
+    DEK = "dek"  # SM4 data key shared with a channel for its encrypted fields
 
 
 DES_KINDS = frozenset({KeyKind.TMK, KeyKind.MAK, KeyKind.PIK, KeyKind.ZPK})
+HEX_KINDS = DES_KINDS | {KeyKind.DEK}  # written in files as hex
 
 
 class KeyRecord(Struct, frozen=True, kw_only=True):
@@ -29,7 +31,7 @@ class KeyRecord(Struct, frozen=True, kw_only=True):
     version: int
     kind: KeyKind
     blob: bytes  # the key under the LMK (software: AES-256-GCM; PKCS#11: the token's AES key)
-    check_value: str  # DES keys: spec section 7 KCV; others: first 4 bytes of SHA-256
+    check_value: str  # DES keys: spec section 7 KCV; SM4: the same with SM4; others: first 4 bytes of SHA-256
 
     def aad(self) -> bytes:
         return associated_data(self.label, self.version, self.kind)
@@ -43,6 +45,8 @@ def associated_data(label: str, version: int, kind: KeyKind) -> bytes:
 def check_value_of(kind: KeyKind, material: bytes) -> str:
     if kind in DES_KINDS:
         return check_value(material)
+    if kind is KeyKind.DEK:
+        return sm4_check_value(material)
     return hashlib.sha256(material).hexdigest()[:8].upper()
 
 

@@ -79,6 +79,7 @@ class SwitchApp:
                 base_dir=cfg.base_dir,
                 sign=keys[channel.keys.sign_key],
                 verify=keys[channel.keys.verify_key],
+                encrypt=keys.get(channel.keys.encrypt_key),
             )
             self.gateways[name] = ChannelGateway(
                 name,
@@ -204,7 +205,7 @@ async def _configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]
     """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
     labels = {cfg.security.pan_hash_key}
     for channel in cfg.channels.values():
-        labels |= {channel.keys.sign_key, channel.keys.verify_key} | ({channel.keys.zpk} - {""})
+        labels |= {channel.keys.sign_key, channel.keys.verify_key, channel.keys.zpk, channel.keys.encrypt_key} - {""}
     found = {label: await store.current(label) for label in sorted(labels)}
     missing = [label for label, record in found.items() if record is None]
     if missing:

@@ -17,7 +17,7 @@ from switch.config import Config
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, material_of, provision
 
-GENERATED = (KeyKind.MAK, KeyKind.PIK, KeyKind.ZPK, KeyKind.SECRET, KeyKind.PRIVATE)
+GENERATED = (KeyKind.MAK, KeyKind.PIK, KeyKind.ZPK, KeyKind.DEK, KeyKind.SECRET, KeyKind.PRIVATE)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 
 from hsm import Hsm, HsmError
-from hsm.keys import DES_KINDS, KeyKind, KeyRecord
+from hsm.keys import HEX_KINDS, KeyKind, KeyRecord
 
 
 class StoredKey(NamedTuple):
@@ -78,12 +78,12 @@ def read_manifest(path: Path) -> dict[str, ManifestEntry]:
 
 
 def material_of(kind: KeyKind, path: Path) -> bytes:
-    """A key file's material: DES keys are written as hex, everything else is taken as it is."""
+    """A key file's material: DES and SM4 keys are written as hex, everything else is taken as it is."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise HsmError(f"cannot read key file {path}: {exc.strerror}") from None
-    if kind in DES_KINDS:
+    if kind in HEX_KINDS:
         try:
             return bytes.fromhex(raw.decode("ascii").strip())
         except (UnicodeDecodeError, ValueError):

@@ -130,3 +130,12 @@ def test_bad_material_errors_never_hold_the_material(hsm: Hsm):
         assert "SECRET-MATERIAL" not in str(caught.value) and "tiny" not in str(caught.value)
     with pytest.raises(HsmError, match="imported, not generated"):
         hsm.generate("x", KeyKind.PUBLIC)
+
+
+def test_sm4_sealer_encrypts_for_the_channel(hsm: Hsm):
+    dek_clear = os.urandom(16)
+    dek = hsm.import_key("ecny:sm4-dek", KeyKind.DEK, dek_clear)
+    sealed = hsm.sm4_sealer(dek)("0112345678901234567")
+    assert "0112345678901234567" not in sealed
+    assert clear.sm4_cbc_decrypt(dek_clear, bytes.fromhex(sealed)) == b"0112345678901234567"
+    assert hsm.sm4_sealer(dek)("0112345678901234567") != sealed  # a fresh IV each time

@@ -54,3 +54,12 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
     assert switch["not_approved"] == 0
     assert set(switch["cpu_ms_per_approved"]) == {"front end", "ray", "postgresql", "simulators", "load generator"}
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sm2_benchmark_measures_both_implementations_in_one_run():
+    from bench.sm2_speed import measure
+
+    result = measure(0.2)
+    rates = result["per_second"]
+    assert rates["sm2_sign_paysw"] > 0 and rates["sm2_sign_gmssl"] > 0 and rates["rsa2048_sign_openssl"] > 0
+    assert abs(result["ratios"]["sign_vs_gmssl"] - rates["sm2_sign_paysw"] / rates["sm2_sign_gmssl"]) < 0.1

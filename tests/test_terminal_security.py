@@ -180,3 +180,15 @@ def test_terminals_without_a_master_key_sign_on_plainly(switch):
             assert answer["39"] == "00" and "64" not in answer
 
     run(scenario())
+
+
+def test_ecny_payment_codes_travel_sm4_encrypted(switch, simulators):
+    async def scenario():
+        async with connected(switch) as terminal:
+            before = sim_stats(simulators, "ecny").get("code:decrypted", 0)
+            assert (await terminal.request(new_purchase("ecny")))["39"] == "00"
+            declined = await terminal.request(new_purchase("ecny", "51"))  # the channel read the code
+            assert declined["39"] == "51"
+            assert sim_stats(simulators, "ecny").get("code:decrypted", 0) == before + 2
+
+    run(scenario())

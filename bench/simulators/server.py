@@ -16,6 +16,7 @@ the channel's side). The ``/_sim`` reads are on the channel address too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import time
@@ -44,6 +45,7 @@ class SimulatorKeys(Struct, forbid_unknown_fields=True, kw_only=True):
     verify_algorithm: str
     verify_key: str  # the switch's key (public, or the shared secret)
     zpk: str = ""  # card channels: the zone PIN key (hex) PIN blocks arrive under
+    encrypt_key: str = ""  # e-CNY: the SM4 data key (hex) payment codes arrive under
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -91,6 +93,7 @@ class Simulator:
         self._sign = algorithms.signer(keys.sign_algorithm, (base / keys.sign_key).read_bytes())
         self._verify = algorithms.verifier(keys.verify_algorithm, (base / keys.verify_key).read_bytes())
         self._zpk = bytes.fromhex((base / keys.zpk).read_text().strip()) if keys.zpk else b""
+        self._dek = bytes.fromhex((base / keys.encrypt_key).read_text().strip()) if keys.encrypt_key else b""
         self._card_pin = section.card_pin
         self._latency = section.latency_ms / 1000
         self._slow = section.slow_ms / 1000
@@ -189,6 +192,8 @@ class Simulator:
             return web.Response(status=500, text="Internal Server Error")
         body = await request.read()
         seen = self.side.read(request.path, body, request.headers, self._verify)
+        if self._dek and not isinstance(seen, str) and seen.auth_code:
+            seen = self._decrypt_code(seen)
         if isinstance(seen, str):
             self.stats["rejected"] += 1
             return _response(self.side.write_error(seen, self._sign))
@@ -242,6 +247,14 @@ class Simulator:
 
     async def get_audit(self, _: web.Request) -> web.Response:
         return web.json_response(self.audit)
+
+    def _decrypt_code(self, seen: RequestSeen) -> RequestSeen | str:
+        try:
+            code = algorithms.sm4_cbc_decrypt(self._dek, bytes.fromhex(seen.auth_code)).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            return "付款码解密失败"  # the payment code did not decrypt under the data key
+        self.stats["code:decrypted"] += 1
+        return dataclasses.replace(seen, auth_code=code)
 
     def _pin_matches(self, seen: RequestSeen) -> bool:
         """Decrypt the PIN block under the zone PIN key, as the card issuer would: it only reads

@@ -1,0 +1,69 @@
+"""The whole switch on the PKCS#11 backend: its LMK inside a real SoftHSM2 token, its keys
+provisioned into a journal of its own under that LMK, channel actors signing through it (RSA for
+Alipay and UnionPay, SM2 for e-CNY), and a terminal signing on, MACing and sending a PIN."""
+
+from __future__ import annotations
+
+import random
+import re
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from bench.traffic import purchase
+from tests.conftest import SwitchProcess, run
+from tests.debian import softhsm_token
+from tests.support import MERCHANT, STANS, connected, new_purchase
+from tests.test_terminal_security import MAC_TERMINAL, card_number, signed_on
+
+DATABASE = "paysw_pkcs11"
+
+
+async def _fresh_database(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        await conn.execute(f"CREATE DATABASE {DATABASE}")
+    finally:
+        await conn.close()
+    return urlsplit(url)._replace(path=f"/{DATABASE}").geturl()
+
+
+@pytest.fixture(scope="module")
+def pkcs11_switch(config_dir, database_url, simulators, switch, tmp_path_factory):
+    # (The session switch has made the session journal the simulators check pay requests against.)
+    folder = tmp_path_factory.mktemp("pkcs11")
+    library, label, pin = softhsm_token(folder)
+    (folder / "token.pin").write_text(pin + "\n")
+    text, n = re.subn(
+        r"hsm = \{ backend = \"software\", lmk_file = \"[^\"]*\" \}",
+        f'hsm = {{ backend = "pkcs11", pkcs11_library = "{library}", token_label = "{label}", '
+        f'pin_file = "{folder / "token.pin"}" }}',
+        (config_dir / "switch.toml").read_text(),
+    )
+    assert n == 1, "could not switch the test configuration to PKCS#11"
+    config = folder / "switch-pkcs11.toml"
+    config.write_text(text)
+    switch = SwitchProcess(config, run(_fresh_database(database_url)), folder / "pkcs11.log")
+    switch.start()
+    yield switch
+    assert switch.stop() == 0
+
+
+def test_every_channel_and_the_terminal_keys_work_through_the_token(pkcs11_switch):
+    rng = random.Random()
+
+    async def scenario():
+        async with connected(pkcs11_switch) as terminal:
+            for channel in ("wechat", "alipay", "unionpay", "ecny", "inbank"):
+                assert (await terminal.request(new_purchase(channel)))["39"] == "00", channel
+            keys = await signed_on(terminal, MAC_TERMINAL)
+            assert (await terminal.request(new_purchase("alipay", terminal=MAC_TERMINAL)))["39"] == "00"
+            card = card_number(rng)
+            message = purchase(MAC_TERMINAL, MERCHANT, card, 4200, STANS.next(MAC_TERMINAL), entry_mode="021")
+            message["52"] = keys.pin_block("123456", card)
+            assert (await terminal.request(message))["39"] == "00"
+            assert terminal.bad_macs == 0
+
+    run(scenario())
