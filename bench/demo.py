@@ -17,10 +17,11 @@ from pathlib import Path
 import uvloop
 
 from bench.client import IsoClient
-from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
-from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
+from bench.terminal import TerminalKeys
+from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, card_number, network, payment_code, purchase, quantile
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, host_port, load_config
 from switch.logs import setup_logging
@@ -104,6 +105,38 @@ async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 
     return tallies
 
 
+async def secured_terminal(host: str, port: int) -> None:
+    """Spec section 7 on a terminal with a master key: sign on for keys, MAC'd purchases, a card
+    with its PIN to UnionPay, and a forged MAC; one line each."""
+    rng = random.Random()
+    stans = Stans(start=rng.randrange(1, 900_000))
+    terminal_id = "M0000001"
+    keys = TerminalKeys(terminal_id, bytes.fromhex((DEMO_DIR / "keys/terminals/M0000001.tmk").read_text().strip()))
+    client = await IsoClient.connect(host, port)
+    try:
+        signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
+        keys.take_working_keys(signed_on["62"])
+        client.keys[terminal_id] = keys
+        print(f"terminal {terminal_id}: signed on, PIK and MAK received under its TMK (check values match)")
+        codes = Counter()
+        for channel in CODE_SHAPES:
+            message = purchase(terminal_id, MERCHANT, payment_code(channel, "00", rng), 888, stans.next(terminal_id))
+            codes[(await client.request(message))["39"]] += 1
+        print(f"  MAC'd purchases, one per channel: {dict(codes)}; answers' MACs verified: {client.bad_macs == 0}")
+        card = card_number(rng)
+        message = purchase(terminal_id, MERCHANT, card, 2000, stans.next(terminal_id), entry_mode="021")
+        message["52"] = keys.pin_block("123456", card)
+        answer = await client.request(message)
+        print(f"  card {card[:6]}...{card[-4:]} with PIN: {answer['39']} (PIN translated to UnionPay's zone key)")
+        keys.mak = bytes(16)  # a tampered terminal
+        forged = await client.request(
+            purchase(terminal_id, MERCHANT, payment_code("wechat", "00", rng), 1, stans.next(terminal_id))
+        )
+        print(f"  request with a forged MAC: {forged['39']} (never sent to a channel)")
+    finally:
+        await client.close()
+
+
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
         f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
@@ -175,6 +208,8 @@ async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
             tallies = await send_burst(host, port, per_channel)
             print()
             print_summary(tallies, time.monotonic() - started)
+            print()
+            await secured_terminal(host, port)
             print()
             await _settle(app)
             await _journal_summary(app)

@@ -10,6 +10,7 @@ import random
 import statistics
 
 from protocols.iso8583 import Message
+from protocols.masking import luhn_ok
 
 # A default-routing prefix and length per channel (spec section 5).
 CODE_SHAPES = {
@@ -38,6 +39,17 @@ def payment_code(channel: str, suffix: str = APPROVING_SUFFIX, rng: random.Rando
     prefix, length = CODE_SHAPES[channel]
     middle = "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - len(suffix)))
     return prefix + middle + suffix
+
+
+def card_number(rng: random.Random | None = None) -> str:
+    """A UnionPay card number (BIN 62, 19 digits) that passes Luhn and ends in the approving
+    suffix (the simulators choose outcomes by the last two digits)."""
+    rng = rng or random.Random()
+    while True:
+        body = "62" + "".join(rng.choice("0123456789") for _ in range(16))
+        card = next(body + d for d in "0123456789" if luhn_ok(body + d))
+        if card.endswith(APPROVING_SUFFIX):
+            return card
 
 
 class Stans:

@@ -42,5 +42,8 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
         assert "Traceback" not in result.stderr
         assert not (data_dir / "pg" / "postmaster.pid").exists(), "PostgreSQL left running"
         assert not _processes(str(data_dir)), "a process of the demo is still running"
+    assert "terminal M0000001: signed on" in result.stdout
+    assert "card 62" in result.stdout and "with PIN: 00" in result.stdout
+    assert "forged MAC: A0" in result.stdout
     journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
     assert journal and "APPROVED=" in journal[1]

@@ -12,11 +12,11 @@ import re
 import asyncpg
 
 from bench.demo_config import DEMO_DIR
-from bench.traffic import CODE_SHAPES, network, purchase
+from bench.traffic import CODE_SHAPES, card_number, network, purchase
 from hsm import algorithms
 from tests.conftest import run
 from tests.support import MERCHANT, SENT_PANS, STANS, connected, new_purchase
-from tests.test_terminal_security import MAC_TERMINAL, card_number, signed_on
+from tests.test_terminal_security import MAC_TERMINAL, signed_on
 
 JOURNAL_TABLES = ("txn", "txn_move", "reversal", "dead_letter", "late_answer", "hsm_key")
 

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from bench.traffic import purchase
+from bench.traffic import card_number, purchase
 from tests.conftest import SwitchProcess, run
 from tests.debian import softhsm_token
 from tests.support import MERCHANT, STANS, connected, new_purchase
-from tests.test_terminal_security import MAC_TERMINAL, card_number, signed_on
+from tests.test_terminal_security import MAC_TERMINAL, signed_on
 
 DATABASE = "paysw_pkcs11"
 

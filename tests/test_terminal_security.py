@@ -12,11 +12,10 @@ import asyncpg
 
 from bench.demo_config import DEMO_DIR
 from bench.terminal import TerminalKeys
-from bench.traffic import network, purchase
+from bench.traffic import card_number, network, purchase
 from hsm import KeyKind
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
-from protocols.masking import luhn_ok
 from switch.keystore import KeyStore
 from tests.conftest import run
 from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase
@@ -26,15 +25,6 @@ MAC_TERMINAL, ECB_TERMINAL = "M0000001", "M0000002"
 
 def demo_tmk(terminal: str) -> bytes:
     return bytes.fromhex((DEMO_DIR / "keys" / "terminals" / f"{terminal}.tmk").read_text().strip())
-
-
-def card_number(rng: random.Random) -> str:
-    """A UnionPay card (BIN 62) that passes Luhn and that the simulator approves."""
-    while True:
-        body = "62" + "".join(rng.choice("0123456789") for _ in range(16))
-        card = next(body + d for d in "0123456789" if luhn_ok(body + d))
-        if card[-2:] not in {"51", "54", "14", "05", "09", "08", "96", "98", "07", "03", "06"}:
-            return card
 
 
 def sim_stats(simulators: dict[str, int], channel: str) -> dict[str, int]:
