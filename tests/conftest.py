@@ -52,6 +52,15 @@ def demo_actor_keys(channel: str):
     return ActorKeys(hsm=config.security.hsm, base_dir=config.base_dir, sign=sign, verify=verify)
 
 
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """One SoftHSM2 token with an LMK for the session: (library, label, PIN). One, because the
+    PKCS#11 library reads its configuration once per process."""
+    from tests.debian import softhsm_token
+
+    return softhsm_token(tmp_path_factory.mktemp("softhsm"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,16 +16,15 @@ from hsm import algorithms as clear
 from hsm.backend import Hsm
 from hsm.pkcs11 import Pkcs11Hsm
 from hsm.software import SoftwareHsm
-from tests.debian import softhsm_token
 
 PAN = "6222021234567890123"
 
 
 @pytest.fixture(scope="module", params=["software", "pkcs11"])
-def hsm(request, tmp_path_factory) -> Hsm:
+def hsm(request) -> Hsm:
     if request.param == "software":
         return SoftwareHsm(os.urandom(32))
-    library, label, pin = softhsm_token(tmp_path_factory.mktemp("softhsm"))
+    library, label, pin = request.getfixturevalue("softhsm")
     backend = Pkcs11Hsm(library, label, pin)
     request.addfinalizer(backend.close)
     return backend

@@ -13,7 +13,6 @@ import pytest
 
 from bench.traffic import card_number, purchase
 from tests.conftest import SwitchProcess, run
-from tests.debian import softhsm_token
 from tests.support import MERCHANT, STANS, connected, new_purchase
 from tests.test_terminal_security import MAC_TERMINAL, signed_on
 
@@ -31,10 +30,10 @@ async def _fresh_database(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pkcs11_switch(config_dir, database_url, simulators, switch, tmp_path_factory):
+def pkcs11_switch(config_dir, database_url, simulators, switch, softhsm, tmp_path_factory):
     # (The session switch has made the session journal the simulators check pay requests against.)
     folder = tmp_path_factory.mktemp("pkcs11")
-    library, label, pin = softhsm_token(folder)
+    library, label, pin = softhsm
     (folder / "token.pin").write_text(pin + "\n")
     text, n = re.subn(
         r"hsm = \{ backend = \"software\", lmk_file = \"[^\"]*\" \}",

@@ -12,7 +12,7 @@ import asyncpg
 
 from bench.demo_config import DEMO_DIR
 from bench.terminal import TerminalKeys
-from bench.traffic import card_number, network, purchase
+from bench.traffic import card_number, inquiry, network, purchase, reversal
 from hsm import KeyKind
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
@@ -53,6 +53,25 @@ def test_sign_on_then_maced_purchases_on_both_mac_algorithms(switch, database_ur
                 for channel in ("wechat", "alipay", "ecny"):
                     answer = await terminal.request(mac_purchase(terminal_id, channel))
                     assert answer["39"] == "00" and "64" in answer, (channel, answer)
+            assert terminal.bad_macs == 0
+
+    run(scenario())
+
+
+def test_maced_reversal_and_inquiry_with_fields_past_64(switch):
+    """A 0400 carries field 90 after the MAC (secondary bitmap): the MAC covers the message up to
+    field 64 only, with the bitmaps as sent."""
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            await signed_on(terminal, MAC_TERMINAL)
+            original = mac_purchase(MAC_TERMINAL)
+            approved = await terminal.request(original)
+            assert approved["39"] == "00"
+            reversed_ = await terminal.request(reversal(original, STANS.next(MAC_TERMINAL)))
+            assert reversed_["39"] == "00" and "64" in reversed_
+            asked = await terminal.request(inquiry(MAC_TERMINAL, MERCHANT, approved["37"], STANS.next(MAC_TERMINAL)))
+            assert asked["39"] in ("00", "05") and "64" in asked
             assert terminal.bad_macs == 0
 
     run(scenario())
