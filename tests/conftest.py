@@ -5,6 +5,7 @@ own local Ray cluster, all on free loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -109,7 +110,7 @@ def ports() -> Ports:
     return Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
 
 
-def _localise(text: str, ports: Ports) -> str:
+def localise(text: str, ports: Ports) -> str:
     """The demo configuration with free ports and absolute key paths."""
     for i, name in enumerate(CHANNELS):
         text = text.replace(
@@ -124,7 +125,7 @@ def _localise(text: str, ports: Ports) -> str:
 @pytest.fixture(scope="session")
 def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     folder = tmp_path_factory.mktemp("config")
-    switch = _localise((DEMO / "switch.toml").read_text(), ports)
+    switch = localise((DEMO / "switch.toml").read_text(), ports)
     switch = switch.replace("stalled_frame_timeout_s = 30", "stalled_frame_timeout_s = 1")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch, n = re.subn(
@@ -138,7 +139,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms) = \d+\n", "", switch)
     switch = re.sub(r"(?m)^(timeout_ms = \d+)$", r"\1\n" + RESOLUTION_SCHEDULE, switch)
     (folder / "switch.toml").write_text(switch)
-    simulators = _localise((DEMO / "simulators.toml").read_text(), ports)
+    simulators = localise((DEMO / "simulators.toml").read_text(), ports)
     simulators = simulators.replace("latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\n")
     # UnionPay's slow answers (..98) come after the switch's deadline (5 s) but within the channel
     # timeout: late answers.
@@ -150,19 +151,12 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[dict[str, int]]:
+@contextlib.contextmanager
+def simulators_running(config: Path, ports: Ports, audit_dsn: str) -> Iterator[dict[str, int]]:
+    """The simulators of ``config`` as a real process, checking pay requests against the journal
+    at ``audit_dsn``; yields their channel ports."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "switch.cli",
-            "sim",
-            "--config",
-            str(config_dir / "simulators.toml"),
-            "--audit-dsn",
-            database_url,
-        ],
+        [sys.executable, "-m", "switch.cli", "sim", "--config", str(config), "--audit-dsn", audit_dsn],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -173,6 +167,12 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[dict[str, int]]:
+    with simulators_running(config_dir / "simulators.toml", ports, database_url) as channels:
+        yield channels
 
 
 class SwitchProcess:

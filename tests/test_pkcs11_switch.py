@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from bench.traffic import card_number, purchase
-from tests.conftest import SwitchProcess, run
+from tests.conftest import CHANNELS, DEMO, Ports, SwitchProcess, free_port, localise, run, simulators_running
 from tests.support import MERCHANT, STANS, connected, new_purchase
 from tests.test_terminal_security import MAC_TERMINAL, signed_on
 
@@ -30,24 +30,27 @@ async def _fresh_database(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pkcs11_switch(config_dir, database_url, simulators, switch, softhsm, tmp_path_factory):
-    # (The session switch has made the session journal the simulators check pay requests against.)
+def pkcs11_switch(database_url, softhsm, tmp_path_factory):
+    """A journal and simulators of its own, so the session's ledgers stay the session switch's."""
     folder = tmp_path_factory.mktemp("pkcs11")
     library, label, pin = softhsm
     (folder / "token.pin").write_text(pin + "\n")
+    ports = Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
     text, n = re.subn(
         r"hsm = \{ backend = \"software\", lmk_file = \"[^\"]*\" \}",
         f'hsm = {{ backend = "pkcs11", pkcs11_library = "{library}", token_label = "{label}", '
         f'pin_file = "{folder / "token.pin"}" }}',
-        (config_dir / "switch.toml").read_text(),
+        localise((DEMO / "switch.toml").read_text(), ports),
     )
     assert n == 1, "could not switch the test configuration to PKCS#11"
-    config = folder / "switch-pkcs11.toml"
-    config.write_text(text)
-    switch = SwitchProcess(config, run(_fresh_database(database_url)), folder / "pkcs11.log")
-    switch.start()
-    yield switch
-    assert switch.stop() == 0
+    (folder / "switch-pkcs11.toml").write_text(text)
+    (folder / "simulators.toml").write_text(localise((DEMO / "simulators.toml").read_text(), ports))
+    url = run(_fresh_database(database_url))
+    switch = SwitchProcess(folder / "switch-pkcs11.toml", url, folder / "pkcs11.log")
+    with simulators_running(folder / "simulators.toml", ports, url):
+        switch.start()
+        yield switch
+        assert switch.stop() == 0
 
 
 def test_every_channel_and_the_terminal_keys_work_through_the_token(pkcs11_switch):
