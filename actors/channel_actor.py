@@ -8,6 +8,7 @@ payment never holds back the others of its batch.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from actors.settings import ActorKeys, ChannelSection
 from hsm import open_hsm
 from hsm.algorithms import is_costly
 from protocols import response_codes as rc
+from protocols.bills import BillLink, BillRefused, bills_of
 from protocols.channels import module_of
 from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
 from protocols.masking import scrub
@@ -130,6 +132,24 @@ class ChannelWorker:
         finally:
             self._in_flight -= 1
             self._connections.release()
+
+    async def statement(self, day: dt.date) -> bytes:
+        """The channel's statement file of ``day``, through its download API (signed and
+        verified like every call). Raises ``BillRefused`` with what the channel answered."""
+        session = self._ensure_started()
+        bills = bills_of(self._config.kind)
+        call = bills.downloader.call(day, self._ident, self._sign, time.time())
+        timeout = aiohttp.ClientTimeout(total=max(self._timeout, 60.0))
+        headers = {"Content-Type": call.content_type, **call.headers}
+        async with session.post(call.path.lstrip("/"), data=call.body, headers=headers, timeout=timeout) as response:
+            answer = HttpAnswer(response.status, await response.read(), dict(response.headers))
+        got = bills.downloader.result(answer, self._verify)
+        if isinstance(got, BillLink):  # Alipay: the answer says where to fetch the file
+            async with aiohttp.ClientSession() as plain, plain.get(got.url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise BillRefused(f"download link answered HTTP {response.status}")
+                return await response.read()
+        return got
 
     def stats(self) -> dict[str, int | str]:
         return {

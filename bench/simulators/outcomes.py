@@ -20,9 +20,12 @@ can ask for any outcome. The digits mirror the ISO 8583 code the switch answers:
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from dataclasses import dataclass, field
+
+from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementRow, fee_fen
 
 VERDICT_BY_SUFFIX = {
     "51": "NOTENOUGH",
@@ -64,6 +67,8 @@ class Order:
     refuses_cancel: bool = False
     refunds: dict[str, int] = field(default_factory=dict)  # refund number -> fen
     garbles_next_undo: bool = False
+    created_at: float = field(default_factory=time.time)
+    refunded_at: dict[str, float] = field(default_factory=dict)  # refund number -> when
 
     def answer(self, status: str) -> str:
         """What the channel says about what it just did (an order may garble its first answer)."""
@@ -146,7 +151,44 @@ class Ledger:
         if order.status != "PAID" or sum(order.refunds.values()) + amount_fen > order.amount_fen:
             return "REFUSED"
         order.refunds[refund_no] = amount_fen
+        order.refunded_at[refund_no] = time.time()
         return order.answer("DONE")
+
+    def statement(self, start: float, end: float, fee_per_10000: int) -> list[StatementRow]:
+        """The channel's statement rows for orders created and refunds made in [start, end):
+        orders it kept the money of (SUCCESS) or gave it back whole (REVOKED), and refunds."""
+        rows = []
+        for no, order in self._orders.items():
+            order.refresh()
+            at = dt.datetime.fromtimestamp(order.created_at, CST)
+            if start <= order.created_at < end and order.status in ("PAID", "REVERSED"):
+                kept = order.status == "PAID"
+                rows.append(
+                    StatementRow(
+                        kind=PAY,
+                        out_trade_no=no,
+                        channel_txn_id=order.channel_txn_id,
+                        amount_fen=order.amount_fen,
+                        status=PAID if kept else REVOKED,
+                        at=at,
+                        fee_fen=fee_fen(order.amount_fen, fee_per_10000) if kept else 0,
+                    )
+                )
+            for refund_no, amount in order.refunds.items():
+                if start <= order.refunded_at[refund_no] < end:
+                    rows.append(
+                        StatementRow(
+                            kind=REFUND,
+                            out_trade_no=no,
+                            channel_txn_id=order.channel_txn_id,
+                            amount_fen=amount,
+                            status=PAID,
+                            at=dt.datetime.fromtimestamp(order.refunded_at[refund_no], CST),
+                            refund_no=refund_no,
+                            fee_fen=-fee_fen(amount, fee_per_10000),
+                        )
+                    )
+        return sorted(rows, key=lambda r: r.at)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         for order in self._orders.values():

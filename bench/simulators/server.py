@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import itertools
 import random
+import secrets
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,10 +33,15 @@ from msgspec import Meta, Struct
 
 from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
+from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
 from hsm import algorithms
+from protocols.bills import BillAsk, bills_of
 from protocols.channels import module_of
 from protocols.channels.base import ChannelVerdict, HttpAnswer, RequestSeen
 from protocols.messages import CANCEL, PAY, REFUND
+from protocols.statements import CST, StatementRow
+from protocols.statements import alipay as alipay_statement
+from protocols.statements import wechat as wechat_statement
 
 
 class SimulatorKeys(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,6 +64,7 @@ class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     paying_ms: Annotated[float, Meta(ge=0)] = 8000.0  # how long a "user paying" customer takes
     keys: SimulatorKeys
     card_pin: str = "123456"  # the PIN every test card has, checked when a PIN block comes
+    fee_per_10000: Annotated[int, Meta(ge=0)] = 60  # the channel's fee on each payment (60 = 0.60 %)
 
 
 def control_address(section: SimulatorSection) -> str:
@@ -89,6 +97,10 @@ class Simulator:
         module = module_of(section.kind)
         self.name = name
         self.side = module.channel_side
+        self.bills = bills_of(section.kind)
+        self._fee_per_10000 = section.fee_per_10000
+        self.statement_faults = NO_STATEMENT_FAULTS
+        self._bill_files: dict[str, bytes] = {}
         keys, base = section.keys, Path(base_dir)
         self._sign = algorithms.signer(keys.sign_algorithm, (base / keys.sign_key).read_bytes())
         self._verify = algorithms.verifier(keys.verify_algorithm, (base / keys.verify_key).read_bytes())
@@ -109,8 +121,9 @@ class Simulator:
 
     def channel_app(self) -> web.Application:
         app = web.Application()
-        for path in set(self.side.paths.values()):
+        for path in set(self.side.paths.values()) | {self.bills.server.path}:
             app.router.add_post(path, self.handle)
+        app.router.add_get("/_bill/{token}", self.get_bill_file)
         self._add_reads(app)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -120,6 +133,7 @@ class Simulator:
         app = web.Application()
         app.router.add_get("/_sim/fault", self.get_fault)
         app.router.add_post("/_sim/fault", self.set_fault)
+        app.router.add_post("/_sim/statement-faults", self.set_statement_faults)
         self._add_reads(app)
         return app
 
@@ -191,6 +205,8 @@ class Simulator:
             self.stats["fault:error"] += 1
             return web.Response(status=500, text="Internal Server Error")
         body = await request.read()
+        if self.bills.server.handles(request.path, body):
+            return _response(self._bill(request, body))
         seen = self.side.read(request.path, body, request.headers, self._verify)
         if self._dek and not isinstance(seen, str) and seen.auth_code:
             seen = self._decrypt_code(seen)
@@ -239,6 +255,35 @@ class Simulator:
     def _transaction_id(self) -> str:
         return f"{self.name[:2].upper()}{time.strftime('%Y%m%d')}{next(self._ids):012d}"
 
+    def _bill(self, request: web.Request, body: bytes) -> HttpAnswer:
+        """The statement of the day asked for, from the ledger, with any discrepancies ordered."""
+        server = self.bills.server
+        ask = server.read(body, request.headers, self._verify)
+        if isinstance(ask, str):
+            self.stats["bill:rejected"] += 1
+            return server.write_error(ask, self._sign)
+        start = dt.datetime.combine(ask.day, dt.time(), CST).timestamp()
+        rows = self.ledger.statement(start, start + 86400, self._fee_per_10000)
+        rows = spoil(rows, self.statement_faults, ask.day)
+        content = _statement_bytes(self.bills.statement_format, rows, ask)
+        token = secrets.token_hex(16)
+        self._bill_files[token] = content
+        self.stats["bill"] += 1
+        return server.write(content, self._sign, f"http://{request.host}/_bill/{token}")
+
+    async def get_bill_file(self, request: web.Request) -> web.Response:
+        content = self._bill_files.pop(request.match_info["token"], None)
+        if content is None:
+            return web.Response(status=404, text="no such file")
+        return web.Response(body=content, content_type="application/zip")
+
+    async def set_statement_faults(self, request: web.Request) -> web.Response:
+        try:
+            self.statement_faults = STATEMENT_FAULTS_DECODER.decode(await request.read() or b"{}")
+        except msgspec.DecodeError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(msgspec.structs.asdict(self.statement_faults))
+
     async def get_stats(self, _: web.Request) -> web.Response:
         return web.json_response(dict(self.stats))
 
@@ -266,6 +311,15 @@ class Simulator:
             matches = False
         self.stats["pin:ok" if matches else "pin:wrong"] += 1
         return matches
+
+
+def _statement_bytes(statement_format, rows: list[StatementRow], ask: BillAsk) -> bytes:
+    """Each format names the merchant its own way; the simulator fills in what it knows."""
+    if statement_format is wechat_statement:
+        return wechat_statement.write(rows, "wx2421b1c4370ec43b", ask.merchant)
+    if statement_format is alipay_statement:
+        return alipay_statement.write(rows, "2088101117955611", ask.day.isoformat())
+    return statement_format.write(rows)
 
 
 def _pay_verdict(order: Order) -> str:

@@ -1,0 +1,79 @@
+"""Channel statement (bill) files: one module per format, each with ``write`` (what a channel, here
+its simulator, produces from its ledger) and ``parse`` (what reconciliation reads). Pure code: bytes
+in, rows out. Amounts are integer fen everywhere, whatever the file shows.
+
+Formats:
+- ``wechat``: WeChat Pay's trade bill (downloadbill, bill_type ALL): CSV whose values are
+  back-quoted, a header row, then a summary header and summary row.
+- ``alipay``: Alipay's trade bill: a zip holding the "业务明细" CSV (GBK, ``#`` comment lines
+  before and after, a trailing tab after identifiers) and its summary.
+- ``unionpay``: a UnionPay-style acp settlement file, fixed-width columns (documented there).
+- ``bankcsv``: the bank-operated channels' (e-CNY, in-bank) CSV with a ``TOTAL`` trailer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+
+import msgspec
+
+PAY, REFUND = "PAY", "REFUND"
+PAID, REVOKED, REFUNDED = "SUCCESS", "REVOKED", "REFUND"  # a paid order, one reversed, a refund row
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+class StatementRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a statement. ``kind`` PAY: an order the channel took (``status`` SUCCESS) or
+    took and gave back whole (REVOKED: cancelled / reversed); REFUND: money returned on an order
+    (``refund_no``). ``amount_fen`` is the order amount for PAY, the refunded amount for REFUND;
+    ``fee_fen`` what the channel keeps (negative: fee returned with a refund)."""
+
+    kind: str
+    out_trade_no: str
+    channel_txn_id: str
+    amount_fen: int
+    status: str
+    at: dt.datetime  # in CST, as channels write times
+    refund_no: str = ""
+    fee_fen: int = 0
+
+
+class StatementError(Exception):
+    """A statement that cannot be read: names the line and what was wrong there."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+
+
+def yuan_text(fen: int, places: int = 2) -> str:
+    """Fen as yuan with ``places`` decimals (WeChat writes fees with five)."""
+    return f"{Decimal(fen) / 100:.{places}f}"
+
+
+def fen_of(text: str, line: int) -> int:
+    """Yuan text to fen, exactly; more than two decimals must be zeros beyond the fen."""
+    try:
+        value = Decimal(text.strip()) * 100
+    except ArithmeticError:
+        raise StatementError(line, f"not an amount: {text!r}") from None
+    if value != value.to_integral_value():
+        raise StatementError(line, f"amount {text!r} has a part smaller than a fen")
+    return int(value)
+
+
+def fee_fen(amount_fen: int, rate_per_10000: int) -> int:
+    """A fee of ``rate_per_10000`` (60 = 0.60 %) on ``amount_fen``, rounded half up to the fen."""
+    return int((Decimal(amount_fen) * rate_per_10000 / 10000).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+def cst_time(text: str, line: int) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST)
+    except ValueError:
+        raise StatementError(line, f"not a time (YYYY-MM-DD hh:mm:ss): {text!r}") from None
+
+
+def time_text(at: dt.datetime) -> str:
+    return at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")

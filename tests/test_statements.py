@@ -1,0 +1,114 @@
+"""Channel statement formats: what a channel writes reads back the same, to the fen, in each
+format; a file whose totals disagree with its rows, or that is cut, is refused naming the line."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.statements import (
+    CST,
+    PAID,
+    PAY,
+    REFUND,
+    REVOKED,
+    StatementError,
+    StatementRow,
+    alipay,
+    bankcsv,
+    fee_fen,
+    fen_of,
+    unionpay,
+    wechat,
+)
+
+FORMATS = {
+    "wechat": (lambda rows: wechat.write(rows, "wx2421b1c4370ec43b", "10000100"), wechat.parse),
+    "alipay": (lambda rows: alipay.write(rows, "2088101117955611", "2026-11-23"), alipay.parse),
+    "unionpay": (unionpay.write, unionpay.parse),
+    "bankcsv": (bankcsv.write, bankcsv.parse),
+}
+
+rows_strategy = st.lists(
+    st.builds(
+        lambda kind, n, amount, revoked, second, fee: StatementRow(
+            kind=kind,
+            out_trade_no=f"20261123{n:012d}",
+            channel_txn_id=f"42000{n:016d}",
+            amount_fen=amount,
+            status=REVOKED if revoked and kind == PAY else PAID,
+            at=dt.datetime(2026, 11, 23, 10, 0, tzinfo=CST) + dt.timedelta(seconds=second),
+            refund_no=f"R{n:08d}" if kind == REFUND else "",
+            fee_fen=-fee if kind == REFUND else fee,
+        ),
+        st.sampled_from([PAY, REFUND]),
+        st.integers(0, 10**9),
+        st.integers(1, 99_999_999_99),
+        st.booleans(),
+        st.integers(0, 3599),
+        st.integers(0, 10**6),
+    ),
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@settings(max_examples=60, deadline=None)
+@given(rows=rows_strategy)
+def test_every_format_reads_back_what_was_written(fmt, rows):
+    write, parse = FORMATS[fmt]
+    assert parse(write(rows)) == rows
+
+
+def _sample() -> list[StatementRow]:
+    at = dt.datetime(2026, 11, 23, 10, 0, tzinfo=CST)
+    return [
+        StatementRow(kind=PAY, out_trade_no="A1", channel_txn_id="T1", amount_fen=1234, status=PAID, at=at, fee_fen=7),
+        StatementRow(
+            kind=REFUND, out_trade_no="A1", channel_txn_id="T1", amount_fen=34, status=PAID, at=at, refund_no="R1"
+        ),
+    ]
+
+
+def test_wechat_bill_shape_is_wechats():
+    text = wechat.write(_sample(), "wx2421b1c4370ec43b", "10000100").decode()
+    lines = text.splitlines()
+    assert lines[0].startswith("交易时间,公众账号ID,商户号")
+    assert lines[1].startswith("`2026-11-23 10:00:00,`wx2421b1c4370ec43b,`10000100,")
+    assert ",`12.34," in lines[1] and ",`0.07000," in lines[1]
+    assert lines[3].startswith("总交易单数") and lines[4].startswith("`2,`12.34,`0.34,")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "spoil"),
+    [
+        ("wechat", lambda b: b.replace(b"`2,`12.34", b"`3,`12.34")),
+        ("alipay", None),
+        ("unionpay", lambda b: b.replace(b"TOTAL0000000002", b"TOTAL0000000003")),
+        ("bankcsv", lambda b: b.replace(b"TOTAL,2,1234,34", b"TOTAL,2,1235,34")),
+        ("unionpay", lambda b: b[:40]),
+        ("bankcsv", lambda b: b.replace(b",1234,", b",12x4,")),
+    ],
+)
+def test_a_spoiled_statement_is_refused_naming_the_line(fmt, spoil):
+    write, parse = FORMATS[fmt]
+    data = write(_sample())
+    if spoil is None:  # cut the zip in half
+        data = data[: len(data) // 2]
+    else:
+        data = spoil(data)
+        assert data != write(_sample())
+    with pytest.raises(StatementError, match=r"line \d+"):
+        parse(data)
+
+
+def test_amounts_and_fees_are_exact_fen():
+    assert fen_of("12.34", 1) == 1234 and fen_of("0.07000", 1) == 7 and fen_of("-0.01", 1) == -1
+    with pytest.raises(StatementError):
+        fen_of("0.001", 1)
+    assert fee_fen(1234, 60) == 7  # 7.404 -> 7
+    assert fee_fen(1250, 60) == 8  # 7.5 -> 8, half up
+    assert fee_fen(1, 60) == 0
