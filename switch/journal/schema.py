@@ -204,6 +204,61 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (label, version)
     );
     """,
+    # 7: reconciliation batches (switch.recon): one row per channel, day and hour (-1: the whole
+    # day), its next step persisted; the statement's rows and the journal's slice copied into work
+    # tables; one item per compared transaction or refund, its class and whether it is settled
+    """
+    CREATE TABLE recon_batch (
+        id          bigserial   PRIMARY KEY,
+        channel     text        NOT NULL,
+        day         date        NOT NULL,
+        hour        int         NOT NULL CHECK (hour BETWEEN -1 AND 23),
+        step        text        NOT NULL DEFAULT 'fetch',
+        statement   bytea,
+        summary     jsonb,
+        error       text,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at  timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (channel, day, hour)
+    );
+    CREATE TABLE recon_statement_row (
+        batch_id       bigint      NOT NULL REFERENCES recon_batch ON DELETE CASCADE,
+        kind           text        NOT NULL,
+        out_trade_no   text        NOT NULL,
+        refund_no      text        NOT NULL,
+        channel_txn_id text        NOT NULL,
+        status         text        NOT NULL,
+        amount_fen     bigint      NOT NULL,
+        fee_fen        bigint      NOT NULL,
+        at             timestamptz NOT NULL
+    );
+    CREATE INDEX recon_statement_row_by_batch ON recon_statement_row (batch_id);
+    CREATE TABLE recon_journal_row (
+        batch_id     bigint NOT NULL REFERENCES recon_batch ON DELETE CASCADE,
+        kind         text   NOT NULL,
+        out_trade_no text   NOT NULL,  -- a purchase's order number; a refund's is its refund number
+        rrn          text   NOT NULL,
+        state        text   NOT NULL,
+        amount_fen   bigint NOT NULL
+    );
+    CREATE INDEX recon_journal_row_by_batch ON recon_journal_row (batch_id);
+    CREATE TABLE recon_item (
+        id             bigserial PRIMARY KEY,
+        batch_id       bigint    NOT NULL REFERENCES recon_batch ON DELETE CASCADE,
+        class          text      NOT NULL,  -- MATCHED, LONG, SHORT, AMOUNT, STATUS, REFUND
+        kind           text      NOT NULL,  -- PAY or REFUND
+        out_trade_no   text      NOT NULL,
+        rrn            text,
+        journal_state  text,
+        journal_fen    bigint,
+        channel_status text,
+        channel_fen    bigint,
+        status         text      NOT NULL,  -- MATCHED, OPEN (a difference to handle), RESOLVED
+        note           text
+    );
+    CREATE INDEX recon_item_by_batch ON recon_item (batch_id, class);
+    CREATE INDEX recon_item_open ON recon_item (status) WHERE status = 'OPEN';
+    """,
 ]
 
 # The final states of txn_state (final = true), for code that must not ask the database.

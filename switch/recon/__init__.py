@@ -1,0 +1,2 @@
+"""Reconciliation against the channels' statements (``switch.recon.batch``) and its command line
+(``switch.recon.cli``)."""

@@ -1,0 +1,157 @@
+"""Reconciliation batches against the real simulators' statements and the real journal: every
+class of difference is found for the transactions a test makes, a batch stopped between steps
+resumes where it stopped without fetching or matching twice, and a failed step is retried."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.request
+
+import asyncpg
+import pytest
+
+from actors.channel_actor import ChannelWorker
+from bench.traffic import refund
+from protocols.statements import CST
+from switch.config import load_config
+from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
+from tests.conftest import demo_actor_keys, run
+from tests.support import STANS, connected, new_purchase, out_trade_no, wait_for_state
+
+
+def order_statement_faults(ports, channel: str, faults: dict) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{ports.controls[channel]}/_sim/statement-faults", json.dumps(faults).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+class CountingFetch:
+    """The switch's download call, through the channel worker, counting the fetches."""
+
+    def __init__(self, config_dir) -> None:
+        self._config = load_config(config_dir / "switch.toml")
+        self.calls = 0
+
+    async def __call__(self, channel: str, day: dt.date) -> bytes:
+        self.calls += 1
+        worker = ChannelWorker(channel, self._config.channels[channel], demo_actor_keys(channel), 0)
+        try:
+            return await worker.statement(day)
+        finally:
+            await worker.close()
+
+
+async def items(database_url: str, batch_id: int) -> dict[str, tuple[str, str]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT out_trade_no, class, status FROM recon_item WHERE batch_id = $1", batch_id)
+    finally:
+        await conn.close()
+    return {r["out_trade_no"]: (r["class"], r["status"]) for r in rows}
+
+
+def test_every_class_is_found_and_a_stopped_batch_resumes(switch, database_url, ports, config_dir):
+    channel = "alipay"
+
+    async def traffic() -> dict[str, str]:
+        async with connected(switch) as terminal:
+            made = {}
+            for name in ("matched", "short", "amount", "status", "refunded"):
+                purchase = new_purchase(channel, amount=5000)
+                answer = await terminal.request(purchase)
+                assert answer["39"] == "00"
+                made[name] = out_trade_no(answer["37"])
+                if name == "refunded":
+                    back = await terminal.request(refund(purchase, answer["37"], 1200, STANS.next(purchase["41"])))
+                    assert back["39"] == "00"
+                    made["refund"] = out_trade_no(back["37"])
+                    made["refund_missing"] = made["refund"]
+            return made
+
+    made = run(traffic())
+    order_statement_faults(
+        ports,
+        channel,
+        {
+            "drop": [made["short"], made["refund_missing"]],
+            "extra": {"LONG-" + made["matched"]: 777},
+            "amounts": {made["amount"]: 4999},
+            "statuses": {made["status"]: "REVOKED"},
+        },
+    )
+    fetch = CountingFetch(config_dir)
+    day, hour = dt.datetime.now(CST).date(), WHOLE_DAY
+
+    async def reconcile():
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        try:
+            first = ReconBatch(pool, channel, channel, day, hour, fetch)
+            assert await first.run(stop_after="load") == "extract"  # as if killed after loading
+            order_statement_faults(ports, channel, {})  # the statement is already in: later changes do not count
+            again = ReconBatch(pool, channel, channel, day, hour, fetch)
+            assert await again.run() == "done"
+            assert fetch.calls == 1 and again.id == first.id
+            found = await items(database_url, again.id)
+            summary = await again.summary()
+            # Once more: nothing is done twice.
+            assert await ReconBatch(pool, channel, channel, day, hour, fetch).run() == "done"
+            assert fetch.calls == 1 and len(await items(database_url, again.id)) == len(found)
+            return found, summary
+        finally:
+            await pool.close()
+
+    found, summary = run(reconcile())
+    assert found[made["matched"]] == ("MATCHED", "MATCHED")
+    assert found[made["short"]] == ("SHORT", "OPEN")
+    assert found[made["amount"]] == ("AMOUNT", "OPEN")
+    assert found[made["status"]] == ("STATUS", "OPEN")
+    assert found["LONG-" + made["matched"]] == ("LONG", "OPEN")
+    assert found[made["refund"]] == ("REFUND", "OPEN")
+    assert found[made["refunded"]] == ("MATCHED", "MATCHED")
+    assert summary["SHORT"]["count"] >= 1 and summary["LONG"]["channel_fen"] >= 777
+
+
+def test_a_failed_step_is_recorded_and_retried_from_that_step(database_url, switch, config_dir):
+    channel = "inbank"
+    fetch = CountingFetch(config_dir)
+
+    async def broken(channel: str, day: dt.date) -> bytes:
+        raise ConnectionError("channel unreachable")
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            answer = await terminal.request(new_purchase(channel))
+            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        try:
+            day = dt.datetime.now(CST).date()
+            with pytest.raises(StepFailed, match="fetch"):
+                await ReconBatch(pool, channel, channel, day, WHOLE_DAY, broken).run()
+            error = await pool.fetchval(
+                "SELECT error FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = -1", channel, day
+            )
+            assert "unreachable" in error
+            batch = ReconBatch(pool, channel, channel, day, WHOLE_DAY, fetch)
+            assert await batch.run() == "done" and fetch.calls == 1
+            assert (await items(database_url, batch.id))[out_trade_no(answer["37"])][0] == "MATCHED"
+        finally:
+            await pool.close()
+
+    run(scenario())
+
+
+def test_batch_windows_are_beijing_days_and_hours():
+    day = dt.date(2026, 11, 23)
+    start, end = window(day, WHOLE_DAY)
+    assert (start.astimezone(dt.UTC), end - start) == (
+        dt.datetime(2026, 11, 22, 16, tzinfo=dt.UTC),
+        dt.timedelta(days=1),
+    )
+    start, end = window(day, 9)
+    assert (start.astimezone(dt.UTC), end - start) == (
+        dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC),
+        dt.timedelta(hours=1),
+    )
