@@ -14,14 +14,14 @@ import uvloop
 
 from actors.runtime import channel_actor, init_ray
 from actors.settings import ActorKeys
-from hsm import HsmError, KeyRecord, open_hsm
+from hsm import open_hsm
 from switch.admin import admin_app, start_admin
 from switch.config import Config, admin_token, host_port, sizing_warnings
 from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
-from switch.keystore import KeyStore, provision
+from switch.keystore import KeyStore, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
 from switch.resolver import Resolver
@@ -71,7 +71,7 @@ class SwitchApp:
             imported = await provision(store, hsm, Path(cfg.base_dir) / cfg.security.key_manifest)
             if imported:
                 log.info("keys imported from the manifest", extra={"labels": imported})
-        keys = await _configured_keys(store, cfg)
+        keys = await configured_keys(store, cfg)
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         for name, channel in cfg.channels.items():
             actor_keys = ActorKeys(
@@ -199,18 +199,6 @@ async def serve_until_signalled(app: SwitchApp) -> None:
     finally:
         log.info("stopping")
         await app.stop()
-
-
-async def _configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
-    """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
-    labels = {cfg.security.pan_hash_key}
-    for channel in cfg.channels.values():
-        labels |= {channel.keys.sign_key, channel.keys.verify_key, channel.keys.zpk, channel.keys.encrypt_key} - {""}
-    found = {label: await store.current(label) for label in sorted(labels)}
-    missing = [label for label, record in found.items() if record is None]
-    if missing:
-        raise HsmError(f"keys not in the key store: {', '.join(missing)} (import them with `paysw keys import`)")
-    return {label: record for label, record in found.items() if record is not None}
 
 
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:

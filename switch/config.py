@@ -90,6 +90,14 @@ class SecuritySection(_Strict):
     key_manifest: str = ""
 
 
+class ReconSection(_Strict):
+    """Reconciliation: how much the automatic error handling may do in one batch before it stops
+    and leaves the rest to a person."""
+
+    auto_max_count: Annotated[int, Meta(ge=0)] = 50
+    auto_max_fen: Annotated[int, Meta(ge=0)] = 1_000_000  # 10,000 yuan
+
+
 class Config(_Strict):
     security: SecuritySection
     channels: dict[str, ChannelSection]
@@ -99,6 +107,7 @@ class Config(_Strict):
     switch: SwitchSection = SwitchSection()
     database: DatabaseSection = DatabaseSection()
     ray: RaySection = RaySection()
+    recon: ReconSection = ReconSection()
     base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
 
 

@@ -13,6 +13,7 @@ import msgspec
 
 from hsm import Hsm, HsmError
 from hsm.keys import HEX_KINDS, KeyKind, KeyRecord
+from switch.config import Config
 
 
 class StoredKey(NamedTuple):
@@ -60,6 +61,18 @@ class KeyStore:
     async def listing(self) -> list[StoredKey]:
         """Every version of every key, by label then version."""
         return [_stored(row) for row in await self._pool.fetch("SELECT * FROM hsm_key ORDER BY label, version")]
+
+
+async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
+    """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
+    labels = {cfg.security.pan_hash_key}
+    for channel in cfg.channels.values():
+        labels |= {channel.keys.sign_key, channel.keys.verify_key, channel.keys.zpk, channel.keys.encrypt_key} - {""}
+    found = {label: await store.current(label) for label in sorted(labels)}
+    missing = [label for label, record in found.items() if record is None]
+    if missing:
+        raise HsmError(f"keys not in the key store: {', '.join(missing)} (import them with `paysw keys import`)")
+    return {label: record for label, record in found.items() if record is not None}
 
 
 class ManifestEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -47,10 +47,18 @@ def demo_actor_keys(channel: str):
     hsm = open_hsm(config.security.hsm, config.base_dir)
     manifest = read_manifest(DEMO_KEY_MANIFEST)
     keys = config.channels[channel].keys
-    sign, verify = (
-        hsm.import_key(label, manifest[label].kind, demo_material(label)) for label in (keys.sign_key, keys.verify_key)
+
+    def record(label: str):
+        return hsm.import_key(label, manifest[label].kind, demo_material(label))
+
+    encrypt = record(keys.encrypt_key) if keys.encrypt_key else None
+    return ActorKeys(
+        hsm=config.security.hsm,
+        base_dir=config.base_dir,
+        sign=record(keys.sign_key),
+        verify=record(keys.verify_key),
+        encrypt=encrypt,
     )
-    return ActorKeys(hsm=config.security.hsm, base_dir=config.base_dir, sign=sign, verify=verify)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
+import time
 import urllib.request
 
 import asyncpg
 import pytest
 
 from actors.channel_actor import ChannelWorker
-from bench.traffic import refund
+from bench.traffic import payment_code, refund
+from protocols.messages import PAY, ChannelRequest, Outcome
 from protocols.statements import CST
 from switch.config import load_config
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
+from switch.recon.handling import Handler, Threshold
 from tests.conftest import demo_actor_keys, run
-from tests.support import STANS, connected, new_purchase, out_trade_no, wait_for_state
+from tests.support import STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
 
 def order_statement_faults(ports, channel: str, faults: dict) -> None:
@@ -155,3 +159,129 @@ def test_batch_windows_are_beijing_days_and_hours():
         dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC),
         dt.timedelta(hours=1),
     )
+
+
+async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_fen: int) -> None:
+    """A payment the channel takes that never went through this switch."""
+    config = load_config(config_dir / "switch.toml").channels[channel]
+    worker = ChannelWorker(channel, config, demo_actor_keys(channel), 0)
+    try:
+        request = ChannelRequest(
+            1, PAY, order, amount_fen, payment_code(channel, "00"), "", "T0000001", time.time() + 10
+        )
+        assert (await worker.call(request)).outcome is Outcome.APPROVED
+    finally:
+        await worker.close()
+
+
+async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str, str, int]:
+    """A copy of a purchase, left UNKNOWN with no answer sent and not due for the resolver for
+    an hour: (its RRN, its order number, its amount)."""
+    new_rrn = f"9{random.randrange(10**10, 10**11)}"
+    row = await conn.fetchrow(
+        "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, merchant_id, "
+        "amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, out_trade_no, "
+        "request_hash, state, next_check_at) "
+        "SELECT tx_date, terminal_id, $2, transmitted, $3, kind, mti, processing_code, merchant_id, amount_fen, "
+        "currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, "
+        "to_char(tx_date, 'YYYYMMDD') || $3, request_hash, 'UNKNOWN', now() + interval '1 hour' "
+        "FROM txn WHERE rrn = $1 RETURNING out_trade_no, amount_fen",
+        rrn,
+        f"U{random.randrange(10**5):05d}",
+        new_rrn,
+    )
+    return new_rrn, row["out_trade_no"], row["amount_fen"]
+
+
+def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
+    switch, database_url, config_dir, simulators
+):
+    channel = "wechat"
+    fetch = CountingFetch(config_dir)
+    caller_config = load_config(config_dir / "switch.toml").channels[channel]
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            answer = await terminal.request(new_purchase(channel))
+            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = ChannelWorker(channel, caller_config, demo_actor_keys(channel), 0)
+        try:
+            async with pool.acquire() as conn:
+                unknown_rrn, unknown_order, amount = await journal_unknown_copy(conn, answer["37"])
+            await pay_at_the_channel_only(config_dir, channel, unknown_order, amount)  # paid, journal UNKNOWN
+            long_orders = [f"LONG{random.randrange(10**12)}" for _ in range(2)]
+            for order in long_orders:
+                await pay_at_the_channel_only(config_dir, channel, order, 300)
+            day = dt.datetime.now(CST).date()
+            handler = Handler(pool, worker.call, Threshold(max_count=1000, max_fen=10**9))
+            batch = ReconBatch(pool, channel, channel, day, WHOLE_DAY, fetch, handler)
+            assert await batch.run() == "done"
+            state = await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", unknown_rrn)
+            actions = await pool.fetch(
+                "SELECT a.rule, i.out_trade_no FROM recon_action a JOIN recon_item i ON i.id = a.item_id "
+                "WHERE i.batch_id = $1",
+                batch.id,
+            )
+            again = await handler.handle(batch.id)  # a second run finds nothing left to do for these
+            count_after = await pool.fetchval(
+                "SELECT count(*) FROM recon_action a JOIN recon_item i ON i.id = a.item_id WHERE i.batch_id = $1",
+                batch.id,
+            )
+            return (
+                state,
+                {r["out_trade_no"]: r["rule"] for r in actions},
+                again,
+                count_after,
+                long_orders,
+                unknown_order,
+            )
+        finally:
+            await worker.close()
+            await pool.close()
+
+    state, actions, again, count_after, long_orders, unknown_order = run(scenario())
+    assert state == "APPROVED" and actions[unknown_order] == "approve_paid"
+    assert all(actions[order] == "reverse_long" for order in long_orders)
+    assert count_after == len(actions) and again.fixed == 0
+    ledger = sim_ledger(simulators, channel)
+    assert all(ledger[order]["status"] == "REVERSED" for order in long_orders)  # the money went back
+
+
+def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database_url, config_dir):
+    channel = "ecny"
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = ChannelWorker(
+            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
+        )
+        try:
+            for _ in range(3):
+                await pay_at_the_channel_only(config_dir, channel, f"LONG{random.randrange(10**12)}", 300)
+            batch = ReconBatch(
+                pool,
+                channel,
+                channel,
+                dt.datetime.now(CST).date(),
+                WHOLE_DAY,
+                fetch,
+                Handler(pool, worker.call, Threshold(max_count=1, max_fen=10**9)),
+            )
+            assert await batch.run() == "done"
+            handling = await batch.handling()
+            fixed = await pool.fetchval(
+                "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'FIXED'", batch.id
+            )
+            still_open = await pool.fetchval(
+                "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN' AND class = 'LONG'", batch.id
+            )
+            return handling, fixed, still_open
+        finally:
+            await worker.close()
+            await pool.close()
+
+    handling, fixed, still_open = run(scenario())
+    assert handling["stopped"] is True and handling["fixed"] == 1 and fixed == 1
+    assert still_open >= 2  # left for a person

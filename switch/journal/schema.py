@@ -259,6 +259,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recon_item_by_batch ON recon_item (batch_id, class);
     CREATE INDEX recon_item_open ON recon_item (status) WHERE status = 'OPEN';
     """,
+    # 8: what the automatic error handling did (one action per item at most) and what people did
+    """
+    CREATE TABLE recon_action (
+        id       bigserial   PRIMARY KEY,
+        item_id  bigint      NOT NULL UNIQUE REFERENCES recon_item ON DELETE CASCADE,
+        rule     text        NOT NULL,  -- the automatic rule, or 'operator'
+        detail   text        NOT NULL,
+        at       timestamptz NOT NULL DEFAULT now()
+    );
+    ALTER TABLE recon_batch ADD COLUMN handling jsonb;  -- fixed, left, stopped by the threshold
+    """,
 ]
 
 # The final states of txn_state (final = true), for code that must not ask the database.

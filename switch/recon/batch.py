@@ -8,6 +8,7 @@ finish, never from scratch, and no step's work is ever committed twice.
     extract  the journal's purchases and refunds of the window into ``recon_journal_row``
              (the work is done on these copies, away from the online tables)
     match    compare the two: one ``recon_item`` per order or refund, classified
+    handle   the automatic error handling (``switch.recon.handling``), within its threshold
     report   counts and amounts per class into the batch's summary; the work rows go
 
 Classes: MATCHED; LONG (the channel kept money for an order the journal does not have); SHORT
@@ -28,9 +29,10 @@ import asyncpg
 
 from protocols.bills import bills_of
 from protocols.statements import CST
+from switch.recon.handling import Handler
 
 Fetch = Callable[[str, dt.date], Awaitable[bytes]]
-STEPS = ("fetch", "load", "extract", "match", "report")
+STEPS = ("fetch", "load", "extract", "match", "handle", "report")
 DONE = "done"
 CLASSES = ("MATCHED", "LONG", "SHORT", "AMOUNT", "STATUS", "REFUND")
 WHOLE_DAY = -1
@@ -120,6 +122,7 @@ class ReconBatch:
         day: dt.date,
         hour: int,
         fetch: Fetch,
+        handler: Handler | None = None,
         progress: Callable[[str, str], None] = lambda channel, step: None,
     ) -> None:
         self._pool = pool
@@ -128,6 +131,7 @@ class ReconBatch:
         self.day = day
         self.hour = hour
         self._fetch = fetch
+        self._handler = handler
         self._progress = progress
         self.start, self.end = window(day, hour)
         self.id = 0
@@ -137,7 +141,7 @@ class ReconBatch:
         ``stop_after`` stops after that step (as a kill between steps would)."""
         self.id, step = await self._open()
         steps = {"fetch": self._fetch_step, "load": self._load, "extract": self._extract, "match": self._match}
-        steps["report"] = self._report
+        steps |= {"handle": self._handle, "report": self._report}
         while step != DONE:
             self._progress(self.channel, step)
             try:
@@ -155,7 +159,12 @@ class ReconBatch:
         return step
 
     async def summary(self) -> dict[str, dict[str, int]]:
+        """Per class: count, channel and journal amounts, and how many are still open."""
         text = await self._pool.fetchval("SELECT summary FROM recon_batch WHERE id = $1", self.id)
+        return json.loads(text) if text else {}
+
+    async def handling(self) -> dict[str, int | bool]:
+        text = await self._pool.fetchval("SELECT handling FROM recon_batch WHERE id = $1", self.id)
         return json.loads(text) if text else {}
 
     async def _open(self) -> tuple[int, str]:
@@ -214,15 +223,28 @@ class ReconBatch:
             await conn.execute(_MATCH_REFUNDS, self.id)
             await self._advance(conn, "match")
 
+    async def _handle(self) -> None:
+        """Each action commits on its own, exactly once; a rerun looks only at what is still open."""
+        done = await self._handler.handle(self.id) if self._handler is not None else None
+        handling = {"fixed": done.fixed, "left": done.left, "stopped": done.stopped} if done else {"skipped": True}
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._advance(conn, "handle", handling=json.dumps(handling))
+
     async def _report(self) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT class, count(*) AS n, coalesce(sum(channel_fen), 0)::bigint AS channel_fen, "
-                "coalesce(sum(journal_fen), 0)::bigint AS journal_fen FROM recon_item WHERE batch_id = $1 GROUP BY class",
+                "coalesce(sum(journal_fen), 0)::bigint AS journal_fen, count(*) FILTER (WHERE status = 'OPEN') AS open "
+                "FROM recon_item WHERE batch_id = $1 GROUP BY class",
                 self.id,
             )
             summary = {
-                r["class"]: {"count": r["n"], "channel_fen": r["channel_fen"], "journal_fen": r["journal_fen"]}
+                r["class"]: {
+                    "count": r["n"],
+                    "channel_fen": r["channel_fen"],
+                    "journal_fen": r["journal_fen"],
+                    "open": r["open"],
+                }
                 for r in rows
             }
             await conn.execute("DELETE FROM recon_statement_row WHERE batch_id = $1", self.id)

@@ -1,0 +1,168 @@
+"""Automatic error handling (差错处理): the differences a rule can fix safely, each fixed at most
+once (the action and the item's new status commit together, and only OPEN items are looked
+at), within a threshold of count and amount per batch past which the automation stops and
+leaves the rest to a person.
+
+Rules:
+- ``approve_paid``: the journal still has it UNKNOWN / PENDING and the statement shows it paid, for
+  the same amount. Approved when the terminal was told "in progress" (``09``) or nothing; else
+  handed to the resolver now, which settles it with what the terminal was told (a terminal told
+  it failed gets its money back).
+- ``resolve_open``: open in the journal, absent from the statement: handed to the resolver now.
+- ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
+  (nothing was sold for it); if the channel now says it is closed, nothing to do.
+- ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
+  the channel says it is paid (its statement missed it), else left to a person.
+AMOUNT and REFUND differences, and anything a rule cannot settle, are left to a person.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from protocols.messages import CANCEL, QUERY, ChannelRequest, ChannelResult, Outcome
+
+Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
+_OPEN_STATES = ("RECEIVED", "PENDING", "UNKNOWN")
+_TOLD_IN_PROGRESS = (None, "09")
+_keys = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    max_count: int
+    max_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    fixed: int
+    left: int
+    stopped: bool  # the threshold stopped the automation
+
+
+_CANDIDATES = """
+SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
+       s.channel_txn_id, s.at, t.response_code
+FROM recon_item i
+LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.kind = 'PAY' AND s.out_trade_no = i.out_trade_no
+LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
+WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.kind = 'PAY'
+ORDER BY i.id
+"""
+
+
+class Handler:
+    def __init__(self, pool: asyncpg.Pool, call: Caller, threshold: Threshold) -> None:
+        self._pool = pool
+        self._call = call
+        self._threshold = threshold
+
+    async def handle(self, batch_id: int) -> Handled:
+        fixed = fen = 0
+        left = 0
+        for item in await self._pool.fetch(_CANDIDATES, batch_id):
+            rule = _rule_for(item)
+            if rule is None:
+                left += 1
+                continue
+            money = abs(item["channel_fen"] or item["journal_fen"] or 0)
+            if fixed + 1 > self._threshold.max_count or fen + money > self._threshold.max_fen:
+                open_count = await self._pool.fetchval(
+                    "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN'", batch_id
+                )
+                return Handled(fixed, open_count, stopped=True)
+            if await getattr(self, "_" + rule)(item):
+                fixed += 1
+                fen += money
+            else:
+                left += 1
+        return Handled(fixed, left, stopped=False)
+
+    async def _approve_paid(self, item: asyncpg.Record) -> bool:
+        if item["response_code"] in _TOLD_IN_PROGRESS:
+            sql = (
+                "UPDATE txn SET state = 'APPROVED', channel_txn_id = $3, next_check_at = NULL, updated_at = now() "
+                "WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($4)"
+            )
+            detail = "approved: the statement shows it paid"
+            args = (item["rrn"], item["out_trade_no"], item["channel_txn_id"] or "", list(_OPEN_STATES))
+        else:
+            sql = "UPDATE txn SET next_check_at = now() WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($3)"
+            detail = f"the terminal was told {item['response_code']}: handed to the resolver"
+            args = (item["rrn"], item["out_trade_no"], list(_OPEN_STATES))
+        return await self._record(item, "approve_paid", detail, sql, args)
+
+    async def _resolve_open(self, item: asyncpg.Record) -> bool:
+        sql = "UPDATE txn SET next_check_at = now() WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($3)"
+        args = (item["rrn"], item["out_trade_no"], list(_OPEN_STATES))
+        return await self._record(item, "resolve_open", "not on the statement: handed to the resolver", sql, args)
+
+    async def _reverse_long(self, item: asyncpg.Record) -> bool:
+        asked = await self._ask(QUERY, item)
+        if asked.outcome is Outcome.DECLINED and asked.sent:
+            return await self._record(item, "reverse_long", "the channel now reports it closed: nothing to do")
+        if asked.outcome is not Outcome.APPROVED:
+            return False
+        cancelled = await self._ask(CANCEL, item)
+        if cancelled.outcome is not Outcome.APPROVED:
+            return False
+        return await self._record(item, "reverse_long", "paid at the channel, unknown here: reversed, money returned")
+
+    async def _confirm_short(self, item: asyncpg.Record) -> bool:
+        asked = await self._ask(QUERY, item)
+        if asked.outcome is not Outcome.APPROVED:
+            return False
+        return await self._record(item, "confirm_short", "the channel confirms it paid: its statement missed it")
+
+    async def _ask(self, op: str, item: asyncpg.Record) -> ChannelResult:
+        created = item["at"].timestamp() if item["at"] is not None else time.time()
+        request = ChannelRequest(
+            next(_keys),
+            op,
+            item["out_trade_no"],
+            item["channel_fen"] or item["journal_fen"] or 0,
+            "",
+            "",
+            "",
+            time.time() + 30,
+            created,
+            item["channel_txn_id"] or "",
+        )
+        return await self._call(request)
+
+    async def _record(self, item: asyncpg.Record, rule: str, detail: str, sql: str = "", args: tuple = ()) -> bool:
+        """The action, the journal change and the item's new status, together or not at all."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await conn.execute(
+                "UPDATE recon_item SET status = 'FIXED', note = $2 WHERE id = $1 AND status = 'OPEN'",
+                item["id"],
+                detail,
+            )
+            if claimed != "UPDATE 1":
+                return False
+            if sql:
+                await conn.execute(sql, *args)
+            await conn.execute(
+                "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, $2, $3)", item["id"], rule, detail
+            )
+        return True
+
+
+def _rule_for(item: asyncpg.Record) -> str | None:
+    kind, state, status = item["class"], item["journal_state"], item["channel_status"]
+    if kind == "STATUS" and state in _OPEN_STATES:
+        if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
+            return "approve_paid"
+        if status is None:
+            return "resolve_open"
+    if kind == "LONG":
+        return "reverse_long"
+    if kind == "SHORT":
+        return "confirm_short"
+    return None
