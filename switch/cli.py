@@ -9,6 +9,7 @@ from pathlib import Path
 from hsm import HsmError
 from switch import keys_cli
 from switch.config import ConfigError, load_config
+from switch.recon import cli as recon_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
     keys_cli.add_parser(commands)
+    recon_cli.add_parser(commands)
 
     bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
     benches = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -229,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return _channel(args)
         if args.command == "keys":
             return keys_cli.main(args, load_config(args.config))
+        if args.command == "recon":
+            return recon_cli.main(args, load_config(args.config))
         if args.command == "bench":
             return _bench(args)
         if args.command == "demo":

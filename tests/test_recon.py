@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import time
 import urllib.request
 
@@ -285,3 +286,53 @@ def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database
     handling, fixed, still_open = run(scenario())
     assert handling["stopped"] is True and handling["fixed"] == 1 and fixed == 1
     assert still_open >= 2  # left for a person
+
+
+def test_the_recon_command_line_runs_exports_lists_and_resolves(switch, database_url, config_dir, ports, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def paysw(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "switch.cli", "recon", *args, "--config", str(config_dir / "switch.toml")],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "SWITCH_DATABASE_URL": database_url},
+        )
+
+    async def approved_one() -> str:
+        async with connected(switch) as terminal:
+            answer = await terminal.request(new_purchase("unionpay"))
+        return out_trade_no(answer["37"])
+
+    # An hour batch of its own (the others in this module are whole days).
+    order = run(approved_one())
+    order_statement_faults(ports, "unionpay", {"amounts": {order: 1}})  # no rule fixes an amount difference
+    try:
+        hour = str(dt.datetime.now(CST).hour)
+        ran = paysw(
+            "--date",
+            dt.datetime.now(CST).date().isoformat(),
+            "--hour",
+            hour,
+            "--channel",
+            "unionpay",
+            "--export",
+            str(tmp_path),
+        )
+    finally:
+        order_statement_faults(ports, "unionpay", {})
+    assert ran.returncode == 0, ran.stderr
+    assert re.search(r"unionpay\s+AMOUNT\s+\d+", ran.stdout) and "unionpay: report" in ran.stdout
+    exported = list(tmp_path.glob("recon-unionpay-*-differences.csv"))
+    assert exported and order in exported[0].read_text()
+    listed = paysw("errors")
+    line = next(line for line in listed.stdout.splitlines() if order in line)
+    item = line.split()[0]
+    resolved = paysw("errors", "--resolve", item, "--reason", "checked with UnionPay: paid, file late")
+    assert resolved.returncode == 0 and "resolved" in resolved.stdout
+    assert order not in paysw("errors").stdout
+    assert paysw("errors", "--resolve", item, "--reason", "again").returncode == 2
+    assert paysw("errors", "--resolve", item).returncode == 2
