@@ -13,7 +13,6 @@ from pathlib import Path
 import uvloop
 
 from actors.runtime import channel_actor, init_ray
-from actors.settings import ActorKeys
 from hsm import open_hsm
 from switch.admin import admin_app, start_admin
 from switch.config import Config, admin_token, host_port, sizing_warnings
@@ -21,7 +20,7 @@ from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
-from switch.keystore import KeyStore, configured_keys, provision
+from switch.keystore import KeyStore, actor_keys, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
 from switch.resolver import Resolver
@@ -74,17 +73,10 @@ class SwitchApp:
         keys = await configured_keys(store, cfg)
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         for name, channel in cfg.channels.items():
-            actor_keys = ActorKeys(
-                hsm=cfg.security.hsm,
-                base_dir=cfg.base_dir,
-                sign=keys[channel.keys.sign_key],
-                verify=keys[channel.keys.verify_key],
-                encrypt=keys.get(channel.keys.encrypt_key),
-            )
             self.gateways[name] = ChannelGateway(
                 name,
                 channel,
-                functools.partial(channel_actor, name, channel, actor_keys),
+                functools.partial(channel_actor, name, channel, actor_keys(cfg, name, keys)),
                 cfg.switch.max_batch,
                 on_circuit=self.metrics.circuit_changed,
                 on_restart=self.metrics.actor_restarted,

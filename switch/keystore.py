@@ -11,6 +11,7 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
+from actors.settings import ActorKeys
 from hsm import Hsm, HsmError
 from hsm.keys import HEX_KINDS, KeyKind, KeyRecord
 from switch.config import Config
@@ -73,6 +74,19 @@ async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
     if missing:
         raise HsmError(f"keys not in the key store: {', '.join(missing)} (import them with `paysw keys import`)")
     return {label: record for label, record in found.items() if record is not None}
+
+
+def actor_keys(config: Config, channel: str, keys: dict[str, KeyRecord]) -> ActorKeys:
+    """What channel ``channel``'s actors (or a worker outside Ray) are given: the HSM to open and
+    the channel's key records among ``keys`` (``configured_keys``)."""
+    names = config.channels[channel].keys
+    return ActorKeys(
+        hsm=config.security.hsm,
+        base_dir=config.base_dir,
+        sign=keys[names.sign_key],
+        verify=keys[names.verify_key],
+        encrypt=keys.get(names.encrypt_key),
+    )
 
 
 class ManifestEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -19,11 +19,10 @@ from pathlib import Path
 import asyncpg
 
 from actors.channel_actor import ChannelWorker
-from actors.settings import ActorKeys
-from hsm import HsmError, open_hsm
+from hsm import HsmError
 from switch.config import Config
 from switch.journal.schema import migrate
-from switch.keystore import KeyStore, configured_keys
+from switch.keystore import KeyStore, actor_keys, configured_keys
 from switch.recon.batch import CLASSES, WHOLE_DAY, ReconBatch, StepFailed
 from switch.recon.handling import Handler, Threshold
 
@@ -76,20 +75,10 @@ async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-        hsm = open_hsm(config.security.hsm, config.base_dir)
         keys = await configured_keys(KeyStore(pool), config)
-        workers = {}
-        for name in channels:
-            section = config.channels[name]
-            actor_keys = ActorKeys(
-                hsm=config.security.hsm,
-                base_dir=config.base_dir,
-                sign=keys[section.keys.sign_key],
-                verify=keys[section.keys.verify_key],
-                encrypt=keys.get(section.keys.encrypt_key),
-            )
-            workers[name] = ChannelWorker(name, section, actor_keys, 0)
-        del hsm  # the workers open their own
+        workers = {
+            name: ChannelWorker(name, config.channels[name], actor_keys(config, name, keys), 0) for name in channels
+        }
         threshold = Threshold(config.recon.auto_max_count, config.recon.auto_max_fen)
         period = f"{day}" + ("" if hour == WHOLE_DAY else f" {hour:02d}:00")
         print(f"reconciling {period} (Beijing time): {', '.join(channels)}", flush=True)
