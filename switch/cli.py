@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from hsm import HsmError
-from switch import keys_cli
+from switch import keys_cli, settlement_cli
 from switch.config import ConfigError, load_config
 from switch.recon import cli as recon_cli
 
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keys_cli.add_parser(commands)
     recon_cli.add_parser(commands)
+    settlement_cli.add_parser(commands)
 
     bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
     benches = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys_cli.main(args, load_config(args.config))
         if args.command == "recon":
             return recon_cli.main(args, load_config(args.config))
+        if args.command == "settle":
+            return settlement_cli.main(args, load_config(args.config))
         if args.command == "bench":
             return _bench(args)
         if args.command == "demo":

@@ -74,6 +74,10 @@ class Merchant(_Strict):
     channel_ids: dict[str, str] = {}  # the merchant's own id at each channel
     rate_per_s: dict[str, Annotated[float, Meta(gt=0)]] = {}  # its quota at a channel, over the channel's default
     suspended: bool = False
+    # Settlement: the fee per channel in 1/10,000 of the amount (38 = 0.38 %), and the cycle:
+    # T1 (the next day, by default) or D0 (the same day).
+    fee_per_10000: dict[str, Annotated[int, Meta(ge=0, le=10_000)]] = {}
+    settlement: Literal["T1", "D0"] = "T1"
 
 
 class Terminal(_Strict):
@@ -164,7 +168,7 @@ def _cross_check(config: Config) -> list[str]:
         if m.id in merchant_ids:
             problems.append(f"$.merchants[{i}].id: duplicate merchant {m.id}")
         merchant_ids.add(m.id)
-        for ch in [*m.channels, *m.channel_ids, *m.rate_per_s]:
+        for ch in [*m.channels, *m.channel_ids, *m.rate_per_s, *m.fee_per_10000]:
             if ch not in channels:
                 problems.append(f"$.merchants[{i}]: unknown channel {ch!r}")
     terminal_ids = set()

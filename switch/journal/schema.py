@@ -270,6 +270,21 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE recon_batch ADD COLUMN handling jsonb;  -- fixed, left, stopped by the threshold
     """,
+    # 9: settlement: each reconciled payment or refund settled once, on the day it was settled
+    """
+    CREATE TABLE settlement_item (
+        kind         text   NOT NULL,  -- PAY or REFUND
+        out_trade_no text   NOT NULL,  -- a refund's: its refund number
+        settled_on   date   NOT NULL,
+        merchant_id  text   NOT NULL,
+        channel      text   NOT NULL,
+        amount_fen   bigint NOT NULL,  -- as the journal has it
+        channel_fen  bigint,           -- as the channel's statement had it (none: settled on a person's word)
+        fee_fen      bigint NOT NULL,  -- a refund's is negative: the fee on the refunded part comes back
+        PRIMARY KEY (kind, out_trade_no)
+    );
+    CREATE INDEX settlement_item_by_day ON settlement_item (settled_on);
+    """,
 ]
 
 # The final states of txn_state (final = true), for code that must not ask the database.

@@ -1,0 +1,78 @@
+"""Settlement from reconciled transactions only: fees at the merchant's rate rounded half up, T+1
+and D0 cycles, each transaction settled once, differences carried until resolved, and the
+check that merchants' nets plus fees equal what the channel settles, to the fen."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from bench.traffic import refund
+from protocols.statements import CST
+from switch.config import load_config
+from switch.recon.batch import ReconBatch
+from switch.settlement import settle, write_file
+from tests.conftest import run
+from tests.support import STANS, connected, new_purchase, out_trade_no
+from tests.test_recon import CountingFetch, order_statement_faults
+
+COFFEE, KIOSK = "898310048990001", "898310048990002"  # T+1 at 0.20 % on inbank; D0 at 0.25 % on alipay
+
+
+def test_settlement_of_reconciled_transactions(switch, database_url, config_dir, ports, tmp_path):
+    config = load_config(config_dir / "switch.toml")
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            purchases = [new_purchase("inbank", amount=a) for a in (10_000, 2_499, 12_345)]
+            paid = [await terminal.request(p) for p in purchases]
+            back = await terminal.request(refund(purchases[0], paid[0]["37"], 2_500, STANS.next(purchases[0]["41"])))
+            disputed = await terminal.request(new_purchase("inbank", amount=5_000))
+            kiosk = await terminal.request(new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=8_000))
+        assert all(a["39"] == "00" for a in (*paid, back, disputed, kiosk))
+        today, hour = dt.datetime.now(CST).date(), dt.datetime.now(CST).hour
+        order_statement_faults(ports, "inbank", {"amounts": {out_trade_no(disputed["37"]): 4_000}})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        fetch = CountingFetch(config_dir)
+        try:
+            for channel in ("inbank", "alipay"):
+                assert await ReconBatch(pool, channel, channel, today, hour, fetch).run() == "done"
+            order_statement_faults(ports, "inbank", {})
+            same_day = await settle(pool, config, today)
+            next_day = await settle(pool, config, today + dt.timedelta(days=1))
+            again = await settle(pool, config, today + dt.timedelta(days=1))
+            mine = {out_trade_no(a["37"]) for a in (*paid, back, disputed, kiosk)}
+            settled = {
+                r["out_trade_no"]: (r["settled_on"], r["fee_fen"])
+                for r in await pool.fetch("SELECT * FROM settlement_item WHERE out_trade_no = ANY($1)", list(mine))
+            }
+            item = await pool.fetchval(
+                "SELECT id FROM recon_item WHERE out_trade_no = $1 AND class = 'AMOUNT'", out_trade_no(disputed["37"])
+            )
+            await pool.execute("UPDATE recon_item SET status = 'RESOLVED', note = 'test' WHERE id = $1", item)
+            later = await settle(pool, config, today + dt.timedelta(days=2))
+            return paid, back, disputed, kiosk, same_day, next_day, again, settled, later
+        finally:
+            await pool.close()
+
+    paid, back, disputed, kiosk, same_day, next_day, again, settled, later = run(scenario())
+    today = dt.datetime.now(CST).date()
+    tomorrow = today + dt.timedelta(days=1)
+    # D0: the kiosk's payment is settled the same day; T+1: the coffee shop's the next day.
+    assert settled[out_trade_no(kiosk["37"])] == (today, (8_000 * 25 + 5_000) // 10_000)
+    assert settled[out_trade_no(paid[0]["37"])] == (tomorrow, 20)  # 10,000 fen at 0.20 %
+    assert settled[out_trade_no(paid[1]["37"])] == (tomorrow, 5)  # 4.998 fen, rounded half up
+    assert settled[out_trade_no(paid[2]["37"])] == (tomorrow, 25)  # 24.69
+    assert settled[out_trade_no(back["37"])] == (tomorrow, -5)  # the fee on the refunded 2,500 comes back
+    assert out_trade_no(disputed["37"]) not in settled  # the difference carried
+    assert not same_day.mismatches() and not next_day.mismatches()
+    assert again.lines == next_day.lines  # settled once: running the day again adds nothing
+    coffee = next(line for line in next_day.lines if (line.merchant_id, line.channel) == (COFFEE, "inbank"))
+    assert coffee.net == coffee.gross - coffee.refunds - coffee.fees
+    # Resolved by a person, it is settled two days on with the journal's amount; the check shows
+    # the channel settles 10 yuan less for it.
+    ours, theirs = later.mismatches()["inbank"]
+    assert ours - theirs == 1_000
+    path = write_file(next_day, tmp_path)
+    assert "TOTAL,inbank" in path.read_text() and "MISMATCH" not in path.read_text()
