@@ -5,7 +5,6 @@ encrypted under the LMK."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from hsm import Hsm, HsmError, KeyKind, open_hsm
+from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, material_of, provision
@@ -28,10 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "inside the token for PKCS#11) in the journal database. Listings show check values, never keys.",
     )
     keys.add_argument("action", choices=["new-lmk", "list", "import", "generate", "rotate"], help="what to do")
-    keys.add_argument("--config", required=True, type=Path, help="the switch's TOML configuration file")
-    keys.add_argument(
-        "--data-dir", type=Path, default=Path(".paysw"), help="folder of the embedded PostgreSQL (default: ./.paysw)"
-    )
+    add_database_arguments(keys)
     keys.add_argument("--label", help="the key's label, e.g. tmk:T0000001, zpk:unionpay, wechat:api-key")
     keys.add_argument("--kind", choices=[k.value for k in KeyKind], help="import / generate: the kind of key")
     keys.add_argument(
@@ -45,14 +42,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
         if args.action == "new-lmk":
             return _new_lmk(config)
         hsm = open_hsm(config.security.hsm, config.base_dir)
-        from switch.app import database_url_for
-
-        url, embedded = database_url_for(config, args.data_dir)
-        try:
-            return asyncio.run(_with_store(url, lambda store: _ACTIONS[args.action](args, store, hsm)))
-        finally:
-            if embedded is not None:
-                embedded.stop()
+        return with_database(
+            config, args.data_dir, lambda url: _with_store(url, lambda store: _ACTIONS[args.action](args, store, hsm))
+        )
     except HsmError as exc:
         print(f"paysw keys: {exc}", file=sys.stderr)
         return 2

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sys
 from pathlib import Path
 
 import asyncpg
 
+from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
 from switch.settlement import settle, write_file
@@ -24,21 +24,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "settlement-DATE.csv and checks, per channel, that the merchants' nets plus fees equal what the "
         "channel settles (exit status 1 when not).",
     )
-    parser.add_argument("--config", required=True, type=Path, help="the switch's TOML configuration file")
-    parser.add_argument("--data-dir", type=Path, default=Path(".paysw"), help="embedded PostgreSQL folder")
+    add_database_arguments(parser)
     parser.add_argument("--date", required=True, type=dt.date.fromisoformat, help="the settlement day, YYYY-MM-DD")
     parser.add_argument("--out-dir", type=Path, default=Path("settlement"), help="where the file goes (./settlement)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    from switch.app import database_url_for
-
-    url, embedded = database_url_for(config, args.data_dir)
-    try:
-        return asyncio.run(_settle(url, config, args))
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    return with_database(config, args.data_dir, lambda url: _settle(url, config, args))
 
 
 async def _settle(url: str, config: Config, args: argparse.Namespace) -> int:

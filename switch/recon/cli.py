@@ -20,6 +20,7 @@ import asyncpg
 
 from actors.channel_actor import ChannelWorker
 from hsm import HsmError
+from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, actor_keys, configured_keys
@@ -37,8 +38,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "stopped resumes at its step. 'errors' lists the open differences; --resolve closes one.",
     )
     recon.add_argument("action", nargs="?", choices=["run", "errors"], default="run", help="run (default) or errors")
-    recon.add_argument("--config", required=True, type=Path, help="the switch's TOML configuration file")
-    recon.add_argument("--data-dir", type=Path, default=Path(".paysw"), help="embedded PostgreSQL folder")
+    add_database_arguments(recon)
     recon.add_argument("--date", type=dt.date.fromisoformat, help="run: the day, YYYY-MM-DD (default: yesterday)")
     recon.add_argument("--hour", type=int, choices=range(24), metavar="0-23", help="run: one hour of the day")
     recon.add_argument("--channel", action="append", help="run: this channel only (repeatable; default: all)")
@@ -48,19 +48,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    from switch.app import database_url_for
-
-    url, embedded = database_url_for(config, args.data_dir)
     try:
         if args.action == "errors":
-            return asyncio.run(_errors(url, args))
-        return asyncio.run(_run(url, config, args))
+            return with_database(config, args.data_dir, lambda url: _errors(url, args))
+        return with_database(config, args.data_dir, lambda url: _run(url, config, args))
     except HsmError as exc:
         print(f"paysw recon: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
