@@ -116,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
     throughput.add_argument("--step-seconds", type=float, default=15.0, help="length of each step (default 15)")
     throughput.add_argument("--warm-up-seconds", type=float, default=10.0, help="before the steps (default 10)")
     throughput.add_argument("--out-dir", type=Path, help="write throughput.json and throughput.png here")
+    recon_bench = benches.add_parser(
+        "recon",
+        help="reconcile and settle a day of N transactions, against reading and parsing them (same run)",
+        description="Write a day of N transactions over the five channels into a fresh embedded PostgreSQL "
+        "(or SWITCH_DATABASE_URL) and the channels' statements with discrepancies of every class; reconcile "
+        "the five batches at once and settle; report the times against the same-run baseline of reading the "
+        "rows and parsing the files.",
+    )
+    recon_bench.add_argument("--rows", type=int, default=1_000_000, help="transactions in the day (default 1,000,000)")
+    recon_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     sm2_bench = benches.add_parser(
         "sm2",
         help="SM2 signatures a second on one core, against gmssl measured in the same run",
@@ -196,6 +206,10 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "recon":
+        from bench.recon_bench import main as recon_bench_main
+
+        return recon_bench_main(args.rows, args.out)
     if args.bench_command == "sm2":
         from bench.sm2_speed import main as sm2_main
 

@@ -70,6 +70,21 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     return softhsm_token(tmp_path_factory.mktemp("softhsm"))
 
 
+async def fresh_database(url: str, name: str) -> str:
+    """A new, empty database ``name`` beside the one at ``url`` (dropped first if it exists)."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

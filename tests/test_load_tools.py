@@ -63,3 +63,16 @@ def test_sm2_benchmark_measures_both_implementations_in_one_run():
     rates = result["per_second"]
     assert rates["sm2_sign_paysw"] > 0 and rates["sm2_sign_gmssl"] > 0 and rates["rsa2048_sign_openssl"] > 0
     assert abs(result["ratios"]["sign_vs_gmssl"] - rates["sm2_sign_paysw"] / rates["sm2_sign_gmssl"]) < 0.1
+
+
+def test_recon_benchmark_finds_every_injected_difference_in_a_short_run(database_url):
+    """The short CI version of ``paysw bench recon`` (the full one is a million rows), on a
+    database of its own in the session's PostgreSQL."""
+    import asyncio
+
+    from bench.recon_bench import measure
+    from tests.conftest import fresh_database
+
+    result = asyncio.run(measure(asyncio.run(fresh_database(database_url, "paysw_recon_bench")), 20_000))
+    assert result["every_difference_found"], result
+    assert result["found"]["MATCHED"] > 19_000 and result["recon_s"] > 0 and result["baseline_s"] > 0

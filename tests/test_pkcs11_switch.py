@@ -6,27 +6,23 @@ from __future__ import annotations
 
 import random
 import re
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from bench.traffic import card_number, purchase
-from tests.conftest import CHANNELS, DEMO, Ports, SwitchProcess, free_port, localise, run, simulators_running
+from tests.conftest import (
+    CHANNELS,
+    DEMO,
+    Ports,
+    SwitchProcess,
+    free_port,
+    fresh_database,
+    localise,
+    run,
+    simulators_running,
+)
 from tests.support import MERCHANT, STANS, connected, new_purchase
 from tests.test_terminal_security import MAC_TERMINAL, signed_on
-
-DATABASE = "paysw_pkcs11"
-
-
-async def _fresh_database(url: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        await conn.execute(f"CREATE DATABASE {DATABASE}")
-    finally:
-        await conn.close()
-    return urlsplit(url)._replace(path=f"/{DATABASE}").geturl()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def pkcs11_switch(database_url, softhsm, tmp_path_factory):
     assert n == 1, "could not switch the test configuration to PKCS#11"
     (folder / "switch-pkcs11.toml").write_text(text)
     (folder / "simulators.toml").write_text(localise((DEMO / "simulators.toml").read_text(), ports))
-    url = run(_fresh_database(database_url))
+    url = run(fresh_database(database_url, "paysw_pkcs11"))
     switch = SwitchProcess(folder / "switch-pkcs11.toml", url, folder / "pkcs11.log")
     with simulators_running(folder / "simulators.toml", ports, url):
         switch.start()

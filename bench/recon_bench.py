@@ -1,0 +1,195 @@
+"""``paysw bench recon``: one day of N transactions over the five channels (journal rows written in
+bulk, statements from the channels' own format writers, with a few discrepancies of every class),
+reconciled (the five batches at once) and settled, against a baseline measured in the same run:
+simply reading the same journal rows out of PostgreSQL and parsing the same statement files.
+
+The download and the automatic handling's channel calls are left out: they cost network round
+trips, not reconciliation work. The database is a fresh embedded PostgreSQL unless
+SWITCH_DATABASE_URL names one (it must be empty of this day's rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from bench.demo_config import DEMO_SWITCH_CONFIG
+from protocols.bills import bills_of
+from protocols.statements import CST, PAID, PAY, REFUND, StatementRow, alipay, fee_fen, wechat
+from switch.config import load_config
+from switch.journal.embedded import EmbeddedPostgres
+from switch.journal.schema import ensure_partitions, migrate
+from switch.recon.batch import WHOLE_DAY, ReconBatch
+from switch.settlement import settle
+
+DAY = dt.date(2026, 1, 15)  # a day of its own, far from any real traffic
+CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+MERCHANT = "898310048990001"
+_TXN_COLUMNS = (
+    "tx_date", "terminal_id", "stan", "transmitted", "rrn", "kind", "mti", "processing_code", "merchant_id",
+    "amount_fen", "currency", "local_time", "local_date", "entry_mode", "pan_masked", "pan_hash", "channel",
+    "out_trade_no", "request_hash", "state", "received_at",
+)  # fmt: skip
+
+
+def generate(rows: int, seed: int = 8583) -> tuple[list[tuple], dict[str, list[StatementRow]], dict[str, int]]:
+    """Journal records and each channel's statement rows for ``rows`` purchases (1 % refunded in
+    part), and the discrepancies put in: per class, how many."""
+    rng = random.Random(seed)
+    start = dt.datetime.combine(DAY, dt.time(), CST)
+    journal: list[tuple] = []
+    statements: dict[str, list[StatementRow]] = {c: [] for c in CHANNELS}
+    injected = {"SHORT": 0, "LONG": 0, "AMOUNT": 0, "STATUS": 0, "REFUND": 0}
+    for n in range(rows):
+        channel = CHANNELS[n % len(CHANNELS)]
+        rrn = f"{n:012d}"
+        order = f"{DAY:%Y%m%d}{rrn}"
+        amount = rng.randrange(100, 500_000)
+        at = start + dt.timedelta(seconds=n * 86_399 // rows)
+        journal.append(_txn(rrn, order, channel, "purchase", amount, "APPROVED", at))
+        row = StatementRow(kind=PAY, out_trade_no=order, channel_txn_id=f"C{rrn}", amount_fen=amount, status=PAID,
+                           at=at, fee_fen=fee_fen(amount, 38))  # fmt: skip
+        case = n % 1000
+        if case == 1:
+            injected["SHORT"] += 1
+            continue
+        if case == 2:
+            row = StatementRow(**{**_fields(row), "amount_fen": amount + 1})
+            injected["AMOUNT"] += 1
+        elif case == 3:
+            row = StatementRow(**{**_fields(row), "status": "REVOKED"})
+            injected["STATUS"] += 1
+        statements[channel].append(row)
+        if case == 4:
+            statements[channel].append(StatementRow(**{**_fields(row), "out_trade_no": "LONG" + order}))
+            injected["LONG"] += 1
+        if n % 100 == 5:  # a partial refund, on both sides unless case 6
+            refund_no = f"{DAY:%Y%m%d}R{rrn}"
+            journal.append(_txn("R" + rrn[1:], refund_no, channel, "refund", amount // 3, "APPROVED", at))
+            if n % 1000 == 105:
+                injected["REFUND"] += 1
+            else:
+                statements[channel].append(StatementRow(kind=REFUND, out_trade_no=order, channel_txn_id=f"C{rrn}",
+                                                        amount_fen=amount // 3, status=PAID, at=at, refund_no=refund_no,
+                                                        fee_fen=-fee_fen(amount // 3, 38)))  # fmt: skip
+    return journal, statements, injected
+
+
+def _fields(row: StatementRow) -> dict:
+    return {f: getattr(row, f) for f in row.__struct_fields__}
+
+
+def _txn(rrn: str, order: str, channel: str, kind: str, amount: int, state: str, at: dt.datetime) -> tuple:
+    local = at.astimezone(dt.UTC)
+    purchase = kind == "purchase"
+    return (
+        local.date(), "T0000001" if purchase else "R0000001", rrn[-6:], local.strftime("%m%d%H%M%S"), rrn, kind,
+        "0200", "000000" if purchase else "200000", MERCHANT, amount, "156", local.strftime("%H%M%S"),
+        local.strftime("%m%d"), "031", "134567********0000", b"h", channel, order, b"r", state, local,
+    )  # fmt: skip
+
+
+def statement_bytes(channel: str, rows: list[StatementRow]) -> bytes:
+    fmt = bills_of(channel).statement_format
+    if fmt is wechat:
+        return wechat.write(rows, "wx2421b1c4370ec43b", "10000100")
+    if fmt is alipay:
+        return alipay.write(rows, "2088101117955611", DAY.isoformat())
+    return fmt.write(rows)
+
+
+async def measure(url: str, rows: int) -> dict[str, object]:
+    config = load_config(DEMO_SWITCH_CONFIG)
+    pool = await asyncpg.create_pool(url, min_size=2, max_size=12, command_timeout=600)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+            await ensure_partitions(conn, DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1))
+        started = time.perf_counter()
+        journal, statements, injected = generate(rows)
+        files = {c: statement_bytes(c, statements[c]) for c in CHANNELS}
+        generated_s = time.perf_counter() - started
+        async with pool.acquire() as conn:
+            await conn.copy_records_to_table("txn", records=journal, columns=_TXN_COLUMNS)
+            await conn.execute("ANALYZE txn")
+        print(f"{len(journal):,} journal rows and {sum(len(s) for s in statements.values()):,} statement rows "
+              f"written in {time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+
+        started = time.perf_counter()
+        async with pool.acquire() as conn:
+            for channel in CHANNELS:
+                await conn.fetch(
+                    "SELECT out_trade_no, rrn, kind, state, amount_fen FROM txn WHERE channel = $1 AND tx_date "
+                    "BETWEEN $2 AND $3", channel, DAY - dt.timedelta(days=1), DAY,
+                )  # fmt: skip
+        for channel in CHANNELS:
+            bills_of(channel).statement_format.parse(files[channel])
+        baseline_s = time.perf_counter() - started
+        print(f"baseline (read the journal rows, parse the files): {baseline_s:.1f}s", flush=True)
+
+        async def fetch(channel: str, day: dt.date) -> bytes:
+            return files[channel]
+
+        started = time.perf_counter()
+        batches = [ReconBatch(pool, c, c, DAY, WHOLE_DAY, fetch, progress=_progress) for c in CHANNELS]
+        await asyncio.gather(*(b.run() for b in batches))
+        recon_s = time.perf_counter() - started
+        found: dict[str, int] = {}
+        for batch in batches:
+            for cls, figures in (await batch.summary()).items():
+                found[cls] = found.get(cls, 0) + figures["count"]
+        print(f"reconciled in {recon_s:.1f}s: {found}", flush=True)
+
+        started = time.perf_counter()
+        settlement = await settle(pool, config, DAY + dt.timedelta(days=1))
+        settle_s = time.perf_counter() - started
+        payments = sum(line.payments for line in settlement.lines)
+        check = "OK" if not settlement.mismatches() else settlement.mismatches()
+        print(f"settled in {settle_s:.1f}s: {payments:,} payments, totals check {check}", flush=True)
+    finally:
+        await pool.close()
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "transactions": rows,
+        "generate_s": round(generated_s, 2),
+        "baseline_s": round(baseline_s, 2),
+        "recon_s": round(recon_s, 2),
+        "settle_s": round(settle_s, 2),
+        "recon_vs_baseline": round(recon_s / baseline_s, 2),
+        "settle_vs_baseline": round(settle_s / baseline_s, 2),
+        "injected": injected,
+        "found": found,
+        "every_difference_found": all(found.get(cls, 0) >= n for cls, n in injected.items()),
+        "targets_met": recon_s <= 60 and settle_s <= 30,
+    }
+
+
+def _progress(channel: str, step: str) -> None:
+    print(f"  {channel}: {step}", flush=True)
+
+
+def main(rows: int, out: Path | None) -> int:
+    url = os.environ.get("SWITCH_DATABASE_URL", "")
+    embedded = None
+    with tempfile.TemporaryDirectory(prefix="paysw-recon-bench-") as folder:
+        if not url:
+            embedded = EmbeddedPostgres(Path(folder) / "pg")
+            url = embedded.start()
+        try:
+            result = asyncio.run(measure(url, rows))
+        finally:
+            if embedded is not None:
+                embedded.stop()
+    print(json.dumps(result, indent=2))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["every_difference_found"] else 1
