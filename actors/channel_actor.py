@@ -195,6 +195,9 @@ class ChannelActor:
     async def ping(self) -> str:
         return "pong"
 
+    async def statement(self, day: dt.date) -> bytes:
+        return await self._worker.statement(day)
+
     def crash(self) -> None:
         """Incident drill (``paysw channel crash``): exit as a crashed process would; Ray restarts it."""
         os._exit(70)

@@ -23,6 +23,8 @@ from switch.journal.embedded import EmbeddedPostgres
 from switch.keystore import KeyStore, actor_keys, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
+from switch.recon.handling import Threshold
+from switch.recon.scheduler import HourlyReconciler
 from switch.resolver import Resolver
 from switch.shedding import LoadShedder
 from switch.terminal_keys import TerminalSecurity
@@ -47,6 +49,7 @@ class SwitchApp:
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
         self._queues: asyncio.Task[None] | None = None
+        self._recon: asyncio.Task[None] | None = None
         self.resolver: Resolver | None = None
         self.shedder: LoadShedder | None = None
         self.ready = False
@@ -97,6 +100,8 @@ class SwitchApp:
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
+        if cfg.recon.schedule_hourly:
+            self._recon = asyncio.get_running_loop().create_task(self._hourly_reconciler().run_forever())
         host, port = host_port(cfg.switch.listen)
         self._server = await asyncio.get_running_loop().create_server(
             lambda: TerminalConnection(
@@ -114,6 +119,19 @@ class SwitchApp:
         log.info(
             "switch ready",
             extra={"listen": cfg.switch.listen, "admin": cfg.switch.admin_listen, "channels": list(self.gateways)},
+        )
+
+    def _hourly_reconciler(self) -> HourlyReconciler:
+        cfg = self.config
+        assert self.journal is not None
+        return HourlyReconciler(
+            self.journal.pool,
+            {name: ch.kind for name, ch in cfg.channels.items() if ch.enabled},
+            lambda channel, day: self.gateways[channel].statement(day),
+            lambda channel: self.gateways[channel].call_request,
+            Threshold(cfg.recon.auto_max_count, cfg.recon.auto_max_fen),
+            cfg.recon.grace_minutes * 60,
+            cfg.recon.lookback_hours,
         )
 
     async def _partition_upkeep(self) -> None:
@@ -145,6 +163,8 @@ class SwitchApp:
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while any(g.in_flight for g in self.gateways.values()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        if self._recon is not None:  # before the gateways it calls through go
+            self._recon.cancel()
         if self.resolver is not None:
             await self.resolver.stop()
         if self.shedder is not None:

@@ -15,11 +15,12 @@ restarts it).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -351,6 +352,18 @@ class ChannelGateway:
                 shard.breaker.reset()
                 restarted += 1
         return restarted
+
+    async def statement(self, day: dt.date) -> bytes:
+        """The channel's statement of ``day``, fetched by a live shard's actor (reconciliation)."""
+        shard = next((s for s in self.shards if not s.dead), self.shards[0])
+        return await shard.actor.statement.remote(day)
+
+    def call_request(self, req: ChannelRequest) -> Awaitable[ChannelResult]:
+        """``call`` for a request built elsewhere (reconciliation's error handling): through the
+        same breakers, limits and deadlines as every call."""
+        ref = PaymentRef(req.out_trade_no, req.amount_fen, req.merchant_channel_id, req.terminal_id, req.created,
+                         req.channel_txn_id, req.refund_no, req.total_fen)  # fmt: skip
+        return self.call(req.op, ref, req.deadline, auth_code=req.auth_code)
 
     def crash(self, shard_index: int) -> None:
         """Incident drill: make one shard's actor process exit, as a crash would."""

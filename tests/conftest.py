@@ -150,6 +150,8 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     folder = tmp_path_factory.mktemp("config")
     switch = localise((DEMO / "switch.toml").read_text(), ports)
     switch = switch.replace("stalled_frame_timeout_s = 30", "stalled_frame_timeout_s = 1")
+    # The tests run the batches they need; an hour closing mid-run must not reconcile under them.
+    switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch, n = re.subn(
         r'(endpoint = "http://127.0.0.1:\d+"\napp_id = "wx2421b1c4370ec43b"\nmch_id = "10000100"\n'

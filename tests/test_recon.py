@@ -21,6 +21,7 @@ from protocols.statements import CST
 from switch.config import load_config
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
 from switch.recon.handling import Handler, Threshold
+from switch.recon.scheduler import HourlyReconciler, due_batches
 from tests.conftest import demo_actor_keys, run
 from tests.support import STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
@@ -336,3 +337,64 @@ def test_the_recon_command_line_runs_exports_lists_and_resolves(switch, database
     assert order not in paysw("errors").stdout
     assert paysw("errors", "--resolve", item, "--reason", "again").returncode == 2
     assert paysw("errors", "--resolve", item).returncode == 2
+
+
+def test_due_batches_are_the_closed_hours_not_done():
+    now = dt.datetime(2026, 11, 23, 10, 20, tzinfo=CST).timestamp()
+    done = {("wechat", dt.date(2026, 11, 23), 8)}
+    due = due_batches(["wechat", "alipay"], done, now, grace_s=15 * 60, lookback_hours=3)
+    assert due == [
+        ("wechat", dt.date(2026, 11, 23), 7),
+        ("alipay", dt.date(2026, 11, 23), 7),
+        ("alipay", dt.date(2026, 11, 23), 8),
+        ("wechat", dt.date(2026, 11, 23), 9),
+        ("alipay", dt.date(2026, 11, 23), 9),
+    ]
+    # At 10:10 the 9 o'clock hour is closed but still in its grace period.
+    early = dt.datetime(2026, 11, 23, 10, 10, tzinfo=CST).timestamp()
+    assert ("wechat", dt.date(2026, 11, 23), 9) not in due_batches(["wechat"], set(), early, 15 * 60, 3)
+    # Across midnight, the previous day's hours.
+    past_midnight = dt.datetime(2026, 11, 24, 0, 30, tzinfo=CST).timestamp()
+    assert due_batches(["ecny"], set(), past_midnight, 15 * 60, 1) == [("ecny", dt.date(2026, 11, 23), 23)]
+
+
+def test_the_hourly_reconciler_runs_a_closed_hour_once(switch, database_url, config_dir):
+    channel = "ecny"
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            answer = await terminal.request(new_purchase(channel))
+            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = ChannelWorker(
+            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
+        )
+        hour_end = dt.datetime.now(CST).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+        reconciler = HourlyReconciler(
+            pool, {channel: channel}, fetch, lambda _: worker.call, Threshold(10, 10**9), grace_s=60,
+            lookback_hours=1, clock=lambda: hour_end.timestamp() + 61,  # as if this hour closed a minute ago
+        )  # fmt: skip
+        try:
+            first = await reconciler.run_due()
+            second = await reconciler.run_due()
+            batch = await pool.fetchrow(
+                "SELECT step, summary FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = $3",
+                channel,
+                (hour_end - dt.timedelta(hours=1)).date(),
+                (hour_end - dt.timedelta(hours=1)).hour,
+            )
+            matched = await pool.fetchval(
+                "SELECT i.class FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id "
+                "WHERE i.out_trade_no = $1 AND b.hour >= 0",
+                out_trade_no(answer["37"]),
+            )
+            return first, second, batch, matched
+        finally:
+            await worker.close()
+            await pool.close()
+
+    first, second, batch, matched = run(scenario())
+    assert (first, second, fetch.calls) == (1, 0, 1)
+    assert batch["step"] == "done" and json.loads(batch["summary"])["MATCHED"]["count"] >= 1
+    assert matched == "MATCHED"
