@@ -24,7 +24,7 @@ from switch.keystore import KeyStore, actor_keys, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
 from switch.recon.handling import Threshold
-from switch.recon.scheduler import HourlyReconciler
+from switch.recon.scheduler import HourlyReconciler, parse_in_ray
 from switch.resolver import Resolver
 from switch.shedding import LoadShedder
 from switch.terminal_keys import TerminalSecurity
@@ -132,6 +132,7 @@ class SwitchApp:
             Threshold(cfg.recon.auto_max_count, cfg.recon.auto_max_fen),
             cfg.recon.grace_minutes * 60,
             cfg.recon.lookback_hours,
+            parse=parse_in_ray,
         )
 
     async def _partition_upkeep(self) -> None:

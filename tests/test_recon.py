@@ -398,3 +398,22 @@ def test_the_hourly_reconciler_runs_a_closed_hour_once(switch, database_url, con
     assert (first, second, fetch.calls) == (1, 0, 1)
     assert batch["step"] == "done" and json.loads(batch["summary"])["MATCHED"]["count"] >= 1
     assert matched == "MATCHED"
+
+
+def test_statements_parse_in_a_ray_worker_as_in_a_thread():
+    """The switch parses statements as Ray tasks, away from its event loop; same records."""
+    import ray
+
+    from bench.recon_bench import generate, statement_bytes
+    from switch.recon.batch import parse_in_thread
+    from switch.recon.scheduler import parse_in_ray
+
+    _, statements, _ = generate(2_000)
+    data = statement_bytes("alipay", statements["alipay"])
+    start, end = window(dt.date(2026, 1, 15), WHOLE_DAY)
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        in_ray = run(parse_in_ray(7, "alipay", data, start, end))
+    finally:
+        ray.shutdown()
+    assert in_ray == run(parse_in_thread(7, "alipay", data, start, end)) and len(in_ray) == len(statements["alipay"])

@@ -21,6 +21,7 @@ and is not a difference.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from protocols.statements import CST
 from switch.recon.handling import Handler
 
 Fetch = Callable[[str, dt.date], Awaitable[bytes]]
+# Runs ``statement_records`` away from the caller's event loop: a thread by default; the switch
+# passes a Ray task, so that parsing a day's file never stalls the front end's loop.
+Parse = Callable[[int, str, bytes, dt.datetime, dt.datetime], Awaitable[list[tuple]]]
 STEPS = ("fetch", "load", "extract", "match", "handle", "report")
 DONE = "done"
 CLASSES = ("MATCHED", "LONG", "SHORT", "AMOUNT", "STATUS", "REFUND")
@@ -94,6 +98,22 @@ WHERE channel = $2 AND kind IN ('purchase', 'refund')
 """
 
 
+def statement_records(batch_id: int, kind: str, statement: bytes, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """The statement's rows in [start, end), as ``recon_statement_row`` records (plain tuples, so
+    they travel cheaply from a worker process)."""
+    return [
+        (batch_id, r.kind, r.out_trade_no, r.refund_no, r.channel_txn_id, r.status, r.amount_fen, r.fee_fen, r.at)
+        for r in bills_of(kind).statement_format.parse(statement)
+        if start <= r.at < end
+    ]
+
+
+async def parse_in_thread(
+    batch_id: int, kind: str, statement: bytes, start: dt.datetime, end: dt.datetime
+) -> list[tuple]:
+    return await asyncio.to_thread(statement_records, batch_id, kind, statement, start, end)
+
+
 class StepFailed(Exception):
     def __init__(self, step: str, cause: BaseException) -> None:
         super().__init__(f"step {step} failed: {type(cause).__name__}: {cause}")
@@ -124,6 +144,7 @@ class ReconBatch:
         fetch: Fetch,
         handler: Handler | None = None,
         progress: Callable[[str, str], None] = lambda channel, step: None,
+        parse: Parse = parse_in_thread,
     ) -> None:
         self._pool = pool
         self.channel = channel
@@ -133,6 +154,7 @@ class ReconBatch:
         self._fetch = fetch
         self._handler = handler
         self._progress = progress
+        self._parse = parse
         self.start, self.end = window(day, hour)
         self.id = 0
 
@@ -196,12 +218,7 @@ class ReconBatch:
 
     async def _load(self) -> None:
         statement = await self._pool.fetchval("SELECT statement FROM recon_batch WHERE id = $1", self.id)
-        rows = bills_of(self._kind).statement_format.parse(statement)
-        records = [
-            (self.id, r.kind, r.out_trade_no, r.refund_no, r.channel_txn_id, r.status, r.amount_fen, r.fee_fen, r.at)
-            for r in rows
-            if self.start <= r.at < self.end
-        ]
+        records = await self._parse(self.id, self._kind, statement, self.start, self.end)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM recon_statement_row WHERE batch_id = $1", self.id)
             await conn.copy_records_to_table("recon_statement_row", records=records)

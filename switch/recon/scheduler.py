@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -15,12 +16,25 @@ from collections.abc import Callable
 import asyncpg
 
 from protocols.statements import CST
-from switch.recon.batch import Fetch, ReconBatch, StepFailed, StepTaken
+from switch.recon.batch import Fetch, Parse, ReconBatch, StepFailed, StepTaken, parse_in_thread, statement_records
 from switch.recon.handling import Caller, Handler, Threshold
 
 log = logging.getLogger("paysw.recon")
 
 HourBatch = tuple[str, dt.date, int]  # channel, day, hour
+
+
+async def parse_in_ray(batch_id: int, kind: str, statement: bytes, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """Parse a statement in a Ray worker: a day's file is seconds of Python the front end's event
+    loop must not spend."""
+    return await _remote_records().remote(batch_id, kind, statement, start, end)
+
+
+@functools.cache
+def _remote_records():
+    import ray
+
+    return ray.remote(max_retries=0)(statement_records)
 
 
 def due_batches(
@@ -44,6 +58,7 @@ class HourlyReconciler:
         grace_s: float,
         lookback_hours: int = 3,
         clock: Callable[[], float] = time.time,
+        parse: Parse = parse_in_thread,
     ) -> None:
         self._pool = pool
         self._kinds = kinds
@@ -53,6 +68,7 @@ class HourlyReconciler:
         self._grace_s = grace_s
         self._lookback = lookback_hours
         self._clock = clock
+        self._parse = parse
 
     async def run_due(self) -> int:
         """Run the batches due now, the channels of an hour at once; returns how many finished."""
@@ -66,7 +82,7 @@ class HourlyReconciler:
         for day, hour in dict.fromkeys((d, h) for _, d, h in due):
             batches = [
                 ReconBatch(self._pool, c, self._kinds[c], day, hour, self._fetch,
-                           Handler(self._pool, self._caller_for(c), self._threshold))
+                           Handler(self._pool, self._caller_for(c), self._threshold), parse=self._parse)
                 for c, d, h in due if (d, h) == (day, hour)
             ]  # fmt: skip
             for batch, outcome in zip(
