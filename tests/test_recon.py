@@ -417,3 +417,51 @@ def test_statements_parse_in_a_ray_worker_as_in_a_thread():
     finally:
         ray.shutdown()
     assert in_ray == run(parse_in_thread(7, "alipay", data, start, end)) and len(in_ray) == len(statements["alipay"])
+
+
+def test_a_recon_process_killed_mid_batch_resumes_at_its_step(switch, database_url, config_dir, ports):
+    """kill -9 of ``paysw recon`` while the channel holds the statement download; the batch stays
+    at its step, and the next run finishes the same batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bench.simulators.control import set_fault
+    from bench.simulators.faults import NO_FAULT, Fault
+
+    previous_hour = dt.datetime.now(CST) - dt.timedelta(hours=1)
+    command = [sys.executable, "-m", "switch.cli", "recon", "--config", str(config_dir / "switch.toml")]
+    command += ["--channel", "unionpay", "--date", previous_hour.date().isoformat(), "--hour", str(previous_hour.hour)]
+    env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
+
+    async def batch_step() -> tuple[int, str] | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT id, step FROM recon_batch WHERE channel = 'unionpay' AND day = $1 AND hour = $2",
+                previous_hour.date(),
+                previous_hour.hour,
+            )
+            return (row["id"], row["step"]) if row else None
+        finally:
+            await conn.close()
+
+    control = f"127.0.0.1:{ports.controls['unionpay']}"
+    set_fault(control, Fault(hang=True))
+    try:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if run(batch_step()) is not None:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # the download is under way, held by the channel
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        set_fault(control, NO_FAULT)
+    killed = run(batch_step())
+    assert killed is not None and killed[1] == "fetch"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert run(batch_step()) == (killed[0], "done")
