@@ -17,6 +17,8 @@ from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
 
 MERCHANT = "898310048990001"
+# Orders the reconciliation tests pay at a channel directly, never through the switch (LONG on purpose).
+CHANNEL_ONLY_PREFIX = "LONG"
 TERMINAL = "T0000001"
 RNG = random.Random()
 STANS = Stans(start=RNG.randrange(1, 900_000))

@@ -23,7 +23,7 @@ from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
 from switch.recon.handling import Handler, Threshold
 from switch.recon.scheduler import HourlyReconciler, due_batches
 from tests.conftest import demo_actor_keys, run
-from tests.support import STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
+from tests.support import CHANNEL_ONLY_PREFIX, STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
 
 def order_statement_faults(ports, channel: str, faults: dict) -> None:
@@ -212,7 +212,7 @@ def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
             async with pool.acquire() as conn:
                 unknown_rrn, unknown_order, amount = await journal_unknown_copy(conn, answer["37"])
             await pay_at_the_channel_only(config_dir, channel, unknown_order, amount)  # paid, journal UNKNOWN
-            long_orders = [f"LONG{random.randrange(10**12)}" for _ in range(2)]
+            long_orders = [f"{CHANNEL_ONLY_PREFIX}{random.randrange(10**12)}" for _ in range(2)]
             for order in long_orders:
                 await pay_at_the_channel_only(config_dir, channel, order, 300)
             day = dt.datetime.now(CST).date()
@@ -261,7 +261,9 @@ def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database
         )
         try:
             for _ in range(3):
-                await pay_at_the_channel_only(config_dir, channel, f"LONG{random.randrange(10**12)}", 300)
+                await pay_at_the_channel_only(
+                    config_dir, channel, f"{CHANNEL_ONLY_PREFIX}{random.randrange(10**12)}", 300
+                )
             batch = ReconBatch(
                 pool,
                 channel,

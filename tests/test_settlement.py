@@ -66,7 +66,10 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
     assert settled[out_trade_no(paid[2]["37"])] == (tomorrow, 25)  # 24.69
     assert settled[out_trade_no(back["37"])] == (tomorrow, -5)  # the fee on the refunded 2,500 comes back
     assert out_trade_no(disputed["37"]) not in settled  # the difference carried
-    assert not same_day.mismatches() and not next_day.mismatches()
+    # (Other tests' differences resolved by hand on other channels may settle the same days.)
+    assert not {
+        c: m for c, m in (*same_day.mismatches().items(), *next_day.mismatches().items()) if c in ("inbank", "alipay")
+    }
     assert again.lines == next_day.lines  # settled once: running the day again adds nothing
     coffee = next(line for line in next_day.lines if (line.merchant_id, line.channel) == (COFFEE, "inbank"))
     assert coffee.net == coffee.gross - coffee.refunds - coffee.fees
@@ -75,4 +78,7 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
     ours, theirs = later.mismatches()["inbank"]
     assert ours - theirs == 1_000
     path = write_file(next_day, tmp_path)
-    assert "TOTAL,inbank" in path.read_text() and "MISMATCH" not in path.read_text()
+    totals = {
+        line.split(",")[1]: line.split(",")[-1] for line in path.read_text().splitlines() if line.startswith("TOTAL")
+    }
+    assert totals["inbank"] == "OK"
