@@ -23,6 +23,7 @@ from switch.journal.embedded import EmbeddedPostgres
 from switch.keystore import KeyStore, actor_keys, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
+from switch.recon.batch import recon_gauges
 from switch.recon.handling import Threshold
 from switch.recon.scheduler import HourlyReconciler, parse_in_ray
 from switch.resolver import Resolver
@@ -147,11 +148,13 @@ class SwitchApp:
                 log.exception("partition upkeep failed; will retry in an hour")
 
     async def _watch_open_transactions(self) -> None:
-        """The resolver's queues as metrics (pending, unknown, orphans, reversals to carry out)."""
+        """The resolver's queues as metrics (pending, unknown, orphans, reversals to carry out), and
+        the reconciliation's open differences and failed batches."""
         while True:
             try:
                 assert self.journal is not None
                 self.metrics.set_open(await self.journal.open_by_queue())
+                self.metrics.set_recon(*await recon_gauges(self.journal.pool))
             except Exception:
                 log.exception("reading the open transactions failed; trying again shortly")
             await asyncio.sleep(OPEN_TRANSACTIONS_EVERY_S)

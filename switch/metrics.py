@@ -99,6 +99,18 @@ class Metrics:
             ["channel", "queue"],
             registry=r,
         )
+        self.recon_open = Gauge(
+            "paysw_recon_open_differences",
+            "Reconciliation differences waiting for a person, by channel and class",
+            ["channel", "class"],
+            registry=r,
+        )
+        self.recon_unfinished = Gauge(
+            "paysw_recon_batches_failed",
+            "Reconciliation batches stopped by an error at a step (they resume on the next run), by channel",
+            ["channel"],
+            registry=r,
+        )
         self.requests = Counter("paysw_requests", "Requests received, by MTI", ["mti"], registry=r)
         self.dead_letters = Counter(
             "paysw_dead_letters",
@@ -121,6 +133,14 @@ class Metrics:
         self.open_transactions.clear()
         for channel, queue, n in counts:
             self.open_transactions.labels(channel, queue).set(n)
+
+    def set_recon(self, open_differences: list[tuple[str, str, int]], failed: list[tuple[str, int]]) -> None:
+        self.recon_open.clear()
+        for channel, cls, n in open_differences:
+            self.recon_open.labels(channel, cls).set(n)
+        self.recon_unfinished.clear()
+        for channel, n in failed:
+            self.recon_unfinished.labels(channel).set(n)
 
     def journal_batch_done(self, op: str, size: int, seconds: float) -> None:
         self.journal_batch.labels(op).observe(size)

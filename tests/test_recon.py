@@ -118,6 +118,13 @@ def test_every_class_is_found_and_a_stopped_batch_resumes(switch, database_url, 
     assert found[made["refund"]] == ("REFUND", "OPEN")
     assert found[made["refunded"]] == ("MATCHED", "MATCHED")
     assert summary["SHORT"]["count"] >= 1 and summary["LONG"]["channel_fen"] >= 777
+    # Operators see them: the switch exports the open differences by channel and class.
+    for _ in range(30):
+        _, text = switch.get("/metrics")
+        if re.search(r'paysw_recon_open_differences\{channel="alipay",class="AMOUNT"\} [1-9]', text):
+            break
+        time.sleep(0.5)
+    assert re.search(r'paysw_recon_open_differences\{channel="alipay",class="AMOUNT"\} [1-9]', text)
 
 
 def test_a_failed_step_is_recorded_and_retried_from_that_step(database_url, switch, config_dir):

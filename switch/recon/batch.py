@@ -114,6 +114,18 @@ async def parse_in_thread(
     return await asyncio.to_thread(statement_records, batch_id, kind, statement, start, end)
 
 
+async def recon_gauges(pool: asyncpg.Pool) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+    """(channel, class, open differences) and (channel, batches stopped by an error), for metrics."""
+    open_rows = await pool.fetch(
+        "SELECT b.channel, i.class, count(*) AS n FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id "
+        "WHERE i.status = 'OPEN' GROUP BY 1, 2"
+    )
+    failed = await pool.fetch(
+        "SELECT channel, count(*) AS n FROM recon_batch WHERE step <> 'done' AND error IS NOT NULL GROUP BY 1"
+    )
+    return [(r["channel"], r["class"], r["n"]) for r in open_rows], [(r["channel"], r["n"]) for r in failed]
+
+
 class StepFailed(Exception):
     def __init__(self, step: str, cause: BaseException) -> None:
         super().__init__(f"step {step} failed: {type(cause).__name__}: {cause}")
