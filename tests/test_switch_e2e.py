@@ -246,7 +246,8 @@ def test_metrics_and_health_endpoints(switch):
     assert SENT_PANS, "run after the purchases, so there is something to leak"
     assert not [pan for pan in SENT_PANS if pan in text or pan[:6] + "*" in text], "payment code in the metrics"
     labels = set(re.findall(r'(\w+)="', text))
-    assert labels <= {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "le"}, (
+    # "class": the reconciliation classes (six of them).
+    assert labels <= {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le"}, (
         f"unbounded labels: {labels}"
     )
 
