@@ -474,3 +474,39 @@ def test_a_recon_process_killed_mid_batch_resumes_at_its_step(switch, database_u
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert run(batch_step()) == (killed[0], "done")
+
+
+def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database_url, config_dir):
+    """Between match and handle the resolver may settle a transaction: the rule must not claim
+    a fix it did not make (the item stays open for a person, no action is recorded)."""
+    channel = "unionpay"  # no other test makes its whole-day batch
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            answer = await terminal.request(new_purchase(channel))
+            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = ChannelWorker(
+            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
+        )
+        try:
+            async with pool.acquire() as conn:
+                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
+            await pay_at_the_channel_only(config_dir, channel, order, amount)
+            batch = ReconBatch(pool, channel, channel, dt.datetime.now(CST).date(), WHOLE_DAY, fetch,
+                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+            assert await batch.run(stop_after="match") == "handle"
+            await pool.execute("UPDATE txn SET state = 'CANCELLED' WHERE rrn = $1", rrn)  # the resolver got there first
+            assert await batch.run() == "done"
+            item = await pool.fetchrow(
+                "SELECT id, class, status FROM recon_item WHERE batch_id = $1 AND out_trade_no = $2", batch.id, order
+            )
+            actions = await pool.fetchval("SELECT count(*) FROM recon_action WHERE item_id = $1", item["id"])
+            return item, actions, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
+        finally:
+            await worker.close()
+            await pool.close()
+
+    item, actions, state = run(scenario())
+    assert (item["class"], item["status"], actions, state) == ("STATUS", "OPEN", 0, "CANCELLED")

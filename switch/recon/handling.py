@@ -138,6 +138,12 @@ class Handler:
 
     async def _record(self, item: asyncpg.Record, rule: str, detail: str, sql: str = "", args: tuple = ()) -> bool:
         """The action, the journal change and the item's new status, together or not at all."""
+        try:
+            return await self._commit(item, rule, detail, sql, args)
+        except _JournalMoved:
+            return False
+
+    async def _commit(self, item: asyncpg.Record, rule: str, detail: str, sql: str, args: tuple) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             claimed = await conn.execute(
                 "UPDATE recon_item SET status = 'FIXED', note = $2 WHERE id = $1 AND status = 'OPEN'",
@@ -146,12 +152,18 @@ class Handler:
             )
             if claimed != "UPDATE 1":
                 return False
-            if sql:
-                await conn.execute(sql, *args)
+            if sql and await conn.execute(sql, *args) != "UPDATE 1":
+                # The journal moved on since the match (the resolver settled it): nothing is fixed
+                # here, the claim above rolls back and the item stays open for a person.
+                raise _JournalMoved
             await conn.execute(
                 "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, $2, $3)", item["id"], rule, detail
             )
         return True
+
+
+class _JournalMoved(Exception):
+    pass
 
 
 def _rule_for(item: asyncpg.Record) -> str | None:
