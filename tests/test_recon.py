@@ -16,7 +16,7 @@ import pytest
 
 from actors.channel_actor import ChannelWorker
 from bench.traffic import payment_code, refund
-from protocols.messages import PAY, ChannelRequest, Outcome
+from protocols.messages import CANCEL, PAY, ChannelRequest, Outcome
 from protocols.statements import CST
 from switch.config import load_config
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
@@ -503,6 +503,9 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
                 "SELECT id, class, status FROM recon_item WHERE batch_id = $1 AND out_trade_no = $2", batch.id, order
             )
             actions = await pool.fetchval("SELECT count(*) FROM recon_action WHERE item_id = $1", item["id"])
+            # Leave the channel agreeing with the journal, as the resolver's cancel would have.
+            cancel = ChannelRequest(2, CANCEL, order, amount, "", "", "T0000001", time.time() + 10, time.time())
+            assert (await worker.call(cancel)).outcome is Outcome.APPROVED
             return item, actions, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
         finally:
             await worker.close()
