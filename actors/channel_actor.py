@@ -1,8 +1,8 @@
 """The channel actor: one instance per channel shard, with its own signing thread pool, HTTP
 connection pool and in-flight limit, so one channel's trouble stays in its own actors.
 
-Batches come in as one call; results stream back in small groups as they complete, so a slow
-payment never holds back the others of its batch.
+Payments come in over the actor's link (``actors.link``), in batches; each result goes back as
+soon as its call completes, so a slow payment never holds back the others of its batch.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import msgspec
 import ray
 
+from actors.link import LinkAddress, LinkServer
 from actors.settings import ActorKeys, ChannelSection
 from hsm import open_hsm
 from hsm.algorithms import is_costly
@@ -27,7 +27,7 @@ from protocols.bills import BillLink, BillRefused, bills_of
 from protocols.channels import module_of
 from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
 from protocols.masking import scrub
-from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, ChannelRequest, ChannelResult
+from protocols.messages import ChannelRequest, ChannelResult
 
 log = logging.getLogger("paysw.actor")
 
@@ -62,14 +62,6 @@ class ChannelWorker:
             )
             self._connections = asyncio.Semaphore(self._config.pool_size)
         return self._session
-
-    async def process(self, batch: bytes) -> AsyncIterator[bytes]:
-        """Run a batch of channel calls; yield encoded groups of results as they complete."""
-        requests = REQUESTS_DECODER.decode(batch)
-        pending = {asyncio.ensure_future(self.call(req)) for req in requests}
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            yield BATCH_ENCODER.encode([task.result() for task in done])
 
     async def call(self, req: ChannelRequest) -> ChannelResult:
         """One channel call. Never raises: every failure becomes a result that says whether the
@@ -184,10 +176,11 @@ class ChannelActor:
         handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
         self._worker = ChannelWorker(name, config, keys, shard)
+        self._link = LinkServer(self._worker.call)
 
-    async def process(self, batch: bytes) -> AsyncIterator[bytes]:
-        async for group in self._worker.process(batch):
-            yield group
+    async def open_link(self) -> LinkAddress:
+        """Where a front end connects to send this actor payments (``actors.link``)."""
+        return await self._link.open(ray.util.get_node_ip_address())
 
     async def stats(self) -> dict[str, int | str]:
         return self._worker.stats()

@@ -87,8 +87,7 @@ class SwitchApp:
                 merchant_rates={m.id: m.rate_per_s[name] for m in cfg.merchants if name in m.rate_per_s},
             )
         self.metrics.watch_gateways(self.gateways)
-        pings = [shard.actor.ping.remote() for g in self.gateways.values() for shard in g.shards]
-        await asyncio.wait_for(asyncio.gather(*pings), 120)
+        await asyncio.wait_for(asyncio.gather(*(g.linked() for g in self.gateways.values())), 120)
         fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         zpks = {name: keys[ch.keys.zpk] for name, ch in cfg.channels.items() if ch.keys.zpk}
         security = TerminalSecurity(

@@ -32,7 +32,7 @@ class SwitchSection(_Strict):
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
-    max_batch: Positive = 256  # transactions per actor call
+    max_batch: Positive = 256  # transactions per frame to a channel actor
     # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
@@ -40,7 +40,7 @@ class SwitchSection(_Strict):
 
 class DatabaseSection(_Strict):
     url: str = ""  # empty: embedded PostgreSQL from pgserver under the data folder
-    pool_size: Annotated[int, Meta(ge=2, le=90)] = 6
+    pool_size: Annotated[int, Meta(ge=2, le=90)] = 6  # lookups; the group commit has pool_size - 2 more
     group_commit_max: Positive = 512  # journal writes per round trip
     partitions_ahead_days: Annotated[int, Meta(ge=1, le=60)] = 7
 

@@ -1,21 +1,24 @@
 """The front end's door to one channel, and the front end's half of the channel's bulkhead.
 
-Transactions are gathered into batches, one actor call per batch, and each transaction's result
-is handed back as soon as its group streams in. Before a new transaction may go, ``admit`` checks
-the channel's limits in this front end: switched on, calls under way below the bulkhead, the
-channel's and the merchant's rate quotas, and a shard whose circuit breaker lets calls through;
-a refusal is answered ``91`` at once and nothing is sent. Every call goes to a shard whose breaker
-lets it through, and its outcome (or its being overdue) is fed back to that breaker.
+Transactions are gathered into batches, one frame per batch on the link to a shard's actor
+(``actors.link``), and each transaction's result is handed back as soon as it comes in. Before a
+new transaction may go, ``admit`` checks the channel's limits in this front end: switched on,
+calls under way below the bulkhead, the channel's and the merchant's rate quotas, and a shard
+whose circuit breaker lets calls through; a refusal is answered ``91`` at once and nothing is
+sent. Every call goes to a shard whose breaker lets it through, and its outcome (or its being
+overdue) is fed back to that breaker.
 
 A watcher asks each shard's actor for its figures every second: it notices an actor that Ray
 restarted (counted) and one that is gone for good (its circuit held open until an operator
-restarts it).
+restarts it). Each shard's link is held open: when it breaks (the actor crashed), whatever was
+sent on it without a result is UNKNOWN, and a new link is opened to the actor Ray restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import itertools
 import logging
 import time
@@ -27,9 +30,10 @@ from typing import NamedTuple
 import ray
 from ray.actor import ActorHandle
 
+from actors.link import ActorLink
 from actors.settings import ChannelSection
 from protocols import response_codes as rc
-from protocols.messages import BATCH_ENCODER, RESULTS_DECODER, ChannelRequest, ChannelResult, Outcome
+from protocols.messages import ChannelRequest, ChannelResult, Outcome
 from switch.breaker import CircuitBreaker, CircuitState
 from switch.ratelimit import Quota
 
@@ -39,13 +43,16 @@ WATCH_INTERVAL_S = 1.0
 DEAD_AFTER_CHECKS = 5
 RESPAWN_ATTEMPTS = 10
 OVERDUE_CHECK_S = 0.2
+LINK_OPEN_TIMEOUT_S = 60.0  # Ray may be starting (or restarting) the actor
+LINK_RETRY_S = (0.1, 2.0)  # first and longest wait between attempts to open a link
 # Reasons a call or a new transaction is refused before anything is sent (the journal's channel code).
-DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN = (
+DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN, NO_LINK = (
     "DISABLED",
     "BUSY",
     "RATE_LIMIT",
     "MERCHANT_RATE_LIMIT",
     "CIRCUIT_OPEN",
+    "NO_LINK",
 )
 
 
@@ -64,9 +71,9 @@ class PaymentRef(NamedTuple):
 
 def is_channel_failure(result: ChannelResult) -> bool:
     """Whether a call's result counts against the channel's circuit: no answer, a broken
-    connection, an error answer, a refused connection, a crashed actor. The switch's own
+    connection, an error answer, a refused connection, a crashed or unreachable actor. The switch's own
     refusals (limits, deadlines) and the channel's business answers do not."""
-    return result.outcome is Outcome.UNKNOWN or (not result.sent and result.channel_code == "CONNECT")
+    return result.outcome is Outcome.UNKNOWN or (not result.sent and result.channel_code in ("CONNECT", NO_LINK))
 
 
 def refused(key: int, reason: str, message: str) -> ChannelResult:
@@ -79,6 +86,10 @@ class Shard:
     actor: ActorHandle
     breaker: CircuitBreaker
     queue: list[ChannelRequest] = field(default_factory=list)
+    link: ActorLink | None = None
+    on_link: set[int] = field(default_factory=set)  # keys sent on the link, result not yet back
+    linked: asyncio.Event = field(default_factory=asyncio.Event)  # a link to this actor has been open
+    relink: asyncio.Event = field(default_factory=asyncio.Event)  # a dead actor was replaced
     dead: bool = False  # gone for good: Ray gave up restarting it
     died_checks: int = 0  # watcher checks in a row that found it dead
     pid: int = 0
@@ -116,13 +127,17 @@ class ChannelGateway:
         self._outstanding: deque[tuple[float, int, Shard]] = deque()  # calls by start time
         self._overdue: set[int] = set()  # keys already counted slow by their breaker
         self._wakeup = asyncio.Event()
-        self._batches: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._dispatch(), name=f"gateway-{name}"),
             loop.create_task(self._watch_overdue(), name=f"gateway-{name}-overdue"),
             loop.create_task(self._watch_actors(), name=f"gateway-{name}-actors"),
+            *(loop.create_task(self._keep_linked(s), name=f"gateway-{name}-link{s.index}") for s in self.shards),
         ]
+
+    async def linked(self) -> None:
+        """Return once every shard has had a link open (the switch is ready for traffic)."""
+        await asyncio.gather(*(shard.linked.wait() for shard in self.shards))
 
     def _new_shard(self, index: int, actor: ActorHandle) -> Shard:
         notify = self._on_circuit
@@ -257,29 +272,59 @@ class ChannelGateway:
                     for req in batch:  # no work for a request whose deadline has passed
                         if req.deadline <= now:
                             self._settle(refused(req.key, "DEADLINE", "deadline passed before the call"))
+                        elif shard.link is None or not shard.link.is_open:
+                            self._settle(refused(req.key, NO_LINK, "no link to the channel actor"))
                         else:
                             live.append(req)
                     if live:
-                        task = asyncio.get_running_loop().create_task(self._run_batch(shard.actor, live))
-                        self._batches.add(task)
-                        task.add_done_callback(self._batches.discard)
+                        shard.on_link.update(req.key for req in live)
+                        shard.link.send(live)  # type: ignore[union-attr]  (checked open above)
 
-    async def _run_batch(self, actor: ActorHandle, batch: list[ChannelRequest]) -> None:
-        try:
-            stream = actor.process.options(num_returns="streaming").remote(BATCH_ENCODER.encode(batch))
-            async for ref in stream:
-                for result in RESULTS_DECODER.decode(await ref):
-                    self._settle(result)
-        except Exception as exc:
-            # The actor died or Ray failed mid-batch: whatever has no result may have reached the
-            # channel, so it is UNKNOWN (never resent: Ray retries are off for money).
-            log.error("channel actor call failed", extra={"channel": self.name, "error": type(exc).__name__})
-        finally:
-            for req in batch:
-                if req.key in self._waiting:
-                    self._settle(
-                        ChannelResult(req.key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "ACTOR", "channel actor failed")
-                    )
+    async def _keep_linked(self, shard: Shard) -> None:
+        """Hold a link open to the shard's actor; once it breaks, open one to the actor Ray
+        restarted (or, after ``restart_dead``, to the new one)."""
+        retry = LINK_RETRY_S[0]
+        while True:
+            if shard.dead:
+                await shard.relink.wait()
+                shard.relink.clear()
+                continue
+            lost = asyncio.Event()
+            try:
+                address = await asyncio.wait_for(shard.actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
+                shard.link = await ActorLink.connect(
+                    address, functools.partial(self._results, shard), functools.partial(self._link_lost, shard, lost)
+                )
+            except Exception as exc:  # the actor is restarting, or gone (the watcher judges which)
+                log.warning(
+                    "cannot open a link to the channel actor",
+                    extra={"channel": self.name, "shard": shard.index, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, LINK_RETRY_S[1])
+                continue
+            retry = LINK_RETRY_S[0]
+            shard.linked.set()
+            await lost.wait()
+
+    def _results(self, shard: Shard, results: list[ChannelResult]) -> None:
+        for result in results:
+            shard.on_link.discard(result.key)
+            self._settle(result)
+
+    def _link_lost(self, shard: Shard, lost: asyncio.Event) -> None:
+        """Whatever was sent on a broken link without a result may have reached the channel:
+        UNKNOWN (never resent, the resolver finds out)."""
+        shard.link = None
+        if shard.on_link:
+            log.error(
+                "link to channel actor lost with calls under way",
+                extra={"channel": self.name, "shard": shard.index, "calls": len(shard.on_link)},
+            )
+        for key in shard.on_link:
+            self._settle(ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "ACTOR", "channel actor failed"))
+        shard.on_link.clear()
+        lost.set()
 
     def _settle(self, result: ChannelResult) -> None:
         future = self._waiting.pop(result.key, None)
@@ -349,6 +394,9 @@ class ChannelGateway:
                             raise
                         await asyncio.sleep(0.5)
                 shard.actor, shard.dead, shard.pid, shard.died_checks = actor, False, 0, 0
+                shard.linked.clear()
+                shard.relink.set()
+                await asyncio.wait_for(shard.linked.wait(), 60)  # ready for payments on return
                 shard.breaker.reset()
                 restarted += 1
         return restarted
@@ -395,6 +443,9 @@ class ChannelGateway:
         }
 
     async def close(self) -> None:
-        for task in [*self._tasks, *self._batches]:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._batches, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for shard in self.shards:
+            if shard.link is not None:
+                shard.link.close()

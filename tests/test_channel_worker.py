@@ -7,12 +7,14 @@ may have the request (UNKNOWN); nothing is sent after the deadline or past the i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from actors.channel_actor import ChannelWorker
+from actors.link import ActorLink, LinkAddress, LinkServer
 from bench.demo_config import DEMO_DIR
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, Outcome
@@ -148,29 +150,72 @@ def test_a_call_waits_for_a_connection_only_briefly():
     run(scenario())
 
 
-def test_batch_results_stream_back_as_they_complete():
+@contextlib.asynccontextmanager
+async def actor_link_to(handler) -> AsyncIterator[LinkAddress]:
+    """A channel answering with ``handler``, and the address of a worker's link server for it."""
+    runner, port = await serve(handler)
+    worker = worker_for(f"http://127.0.0.1:{port}")
+    server = LinkServer(worker.call)
+    try:
+        yield await server.open("127.0.0.1")
+    finally:
+        await server.close()
+        await worker.close()
+        await runner.cleanup()
+
+
+def test_batch_results_come_back_over_the_link_as_they_complete():
+    """A batch goes to the actor as one frame on its link; each result comes back as soon as its
+    call completes, over a real TCP connection, so a slow payment holds back nobody."""
+
     async def by_amount(request):
         body = await request.read()
         await asyncio.sleep(2 if b"<total_fee><![CDATA[999]]>" in body else 0)
         return web.Response(text="<xml><return_code>FAIL</return_code></xml>")
 
     async def scenario():
-        from protocols.messages import BATCH_ENCODER, RESULTS_DECODER
+        async with actor_link_to(by_amount) as address:
+            await send_and_collect(address)
 
-        runner, port = await serve(by_amount)
-        worker = worker_for(f"http://127.0.0.1:{port}")
+    async def send_and_collect(address: LinkAddress) -> None:
         slow = ChannelRequest(
             1, "pay", "20261123000000000001", 999, "134567890123456700", "S", "T0000001", time.time() + 10
         )
         fast = [request(key) for key in range(2, 6)]
         started = time.monotonic()
-        arrivals = []
-        async for group in worker.process(BATCH_ENCODER.encode([slow, *fast])):
-            arrivals.append((time.monotonic() - started, [r.key for r in RESULTS_DECODER.decode(group)]))
-        await worker.close()
-        await runner.cleanup()
+        arrivals: list[tuple[float, list[int]]] = []
+        everything = asyncio.Event()
+
+        def on_results(results):
+            arrivals.append((time.monotonic() - started, [r.key for r in results]))
+            if sum(len(keys) for _, keys in arrivals) == 5:
+                everything.set()
+
+        link = await ActorLink.connect(address, on_results, lambda: None)
+        link.send([slow, *fast])
+        await asyncio.wait_for(everything.wait(), 10)
+        link.close()
         fast_keys = {k for t, keys in arrivals if t < 1 for k in keys}
         assert fast_keys == {2, 3, 4, 5}, arrivals  # not held back by the slow one
         assert arrivals[-1][1] == [1] and arrivals[-1][0] >= 2
+
+    run(scenario())
+
+
+def test_a_link_without_the_actors_token_is_dropped_and_runs_nothing():
+    calls = []
+
+    async def record(request):
+        calls.append(await request.read())
+        return web.Response(text="<xml><return_code>FAIL</return_code></xml>")
+
+    async def scenario():
+        async with actor_link_to(record) as address:
+            lost = asyncio.Event()
+            link = await ActorLink.connect(address._replace(token=b"x" * 32), lambda results: None, lost.set)
+            link.send([request(1)])
+            await asyncio.wait_for(lost.wait(), 5)  # the actor hung up
+            await asyncio.sleep(0.2)
+        assert calls == []
 
     run(scenario())
