@@ -227,10 +227,20 @@ def _unique_rounds(items: Sequence, key: Callable) -> list[list[int]]:
     return rounds
 
 
+# The group commit's statements join a batch to ``txn`` on its key. The planner would pick a hash
+# join over a scan of every partition whenever its statistics lag (a young day's partition, before
+# autovacuum's first analyze; the plan then stays cached): measured, that made PostgreSQL the
+# switch's costliest part. Their connections plan key lookups only.
+_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
+
+
 class Journal:
-    def __init__(self, pool: asyncpg.Pool, max_batch: int, on_batch: BatchObserver | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, writers: asyncpg.Pool, max_batch: int, on_batch: BatchObserver | None = None
+    ) -> None:
         self._pool = pool
-        parallel = max(1, (pool.get_max_size() - 1) // 2)
+        self._writers = writers
+        parallel = max(1, writers.get_max_size() // 2)
         self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, parallel, on_batch)
         self._updates = GroupCommit("outcome", self._flush_updates, max_batch, parallel, on_batch)
         self._rrn_next = 0
@@ -244,13 +254,22 @@ class Journal:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
-        journal = cls(pool, max_batch, on_batch)
+        writers = await asyncpg.create_pool(
+            url,
+            min_size=2,
+            max_size=max(2, pool_size - 2),
+            command_timeout=30,
+            reset=_keep_session,
+            server_settings=_KEY_LOOKUPS_ONLY,
+        )
+        journal = cls(pool, writers, max_batch, on_batch)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 
     async def close(self) -> None:
         await self._inserts.close()
         await self._updates.close()
+        await self._writers.close()
         await self._pool.close()
 
     @property
@@ -462,7 +481,7 @@ class Journal:
 
     async def _flush(self, items: Sequence[NewTxn] | Sequence[FinalUpdate], sql: str) -> list[bool]:
         done = [False] * len(items)
-        async with self._pool.acquire() as conn:
+        async with self._writers.acquire() as conn:
             for positions in _unique_rounds(items, lambda item: item.key):
                 rows = [items[p] for p in positions]
                 hit = {TxnKey(*r) for r in await conn.fetch(sql, *_columns(rows))}
