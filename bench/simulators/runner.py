@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import signal
 import sys
+
+import uvloop
 
 from bench.simulators.server import Simulator, SimulatorConfig, control_address, load_simulator_config
 
@@ -13,7 +14,7 @@ from bench.simulators.server import Simulator, SimulatorConfig, control_address,
 def _serve_one(name: str, config: SimulatorConfig, audit_dsn: str) -> None:
     section = config.simulators[name]
     simulator = Simulator(name, section, config.base_dir, audit_dsn)
-    asyncio.run(simulator.serve(section.listen, control_address(section)))
+    uvloop.run(simulator.serve(section.listen, control_address(section)))
 
 
 def start_simulators(config: SimulatorConfig, audit_dsn: str = "") -> list[multiprocessing.Process]:
