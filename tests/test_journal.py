@@ -264,3 +264,45 @@ def test_a_connection_goes_back_to_the_pool_with_no_transaction_open(database_ur
             await journal.close()
 
     run(scenario())
+
+
+def test_outcome_updates_look_rows_up_by_key_as_the_day_grows(database_url):
+    """The day's partition starts empty and grows fast. Outcome updates must find their rows by
+    key once it is large, not through a plan made while it was empty and kept: that plan scans
+    the whole partition on every batch, and the switch's cost grows with the day."""
+    from tests.conftest import fresh_database
+
+    async def updates(journal: Journal, batches: int, first: int) -> None:
+        for batch in range(first, first + batches):
+            txns = [new_txn(f"{batch:06d}{i:06d}") for i in range(25)]
+            assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
+            assert all(await asyncio.gather(*(journal.record_outcome(outcome(t, "APPROVED")) for t in txns)))
+
+    async def scenario():
+        url = await fresh_database(database_url, "journal_growing_day")
+        journal = await open_journal(url)
+        try:
+            await updates(journal, 10, 0)  # the morning: a small partition
+            await journal.pool.execute(  # the day's rush, from another writer
+                "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, "
+                "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
+                "channel, out_trade_no, request_hash, received_at, state) "
+                "SELECT $1, 'RUSH' || (g / 100000), lpad((g % 100000)::text, 6, '0'), '1123120000', "
+                "'R' || lpad(g::text, 11, '0'), 'purchase', '0200', '000000', 'M', 100, '156', '120000', "
+                "'1123', '031', '-', '', $2, g::text, '', now(), 'APPROVED' FROM generate_series(1, 30000) g",
+                TODAY,
+                UNSERVED_CHANNEL,
+            )
+            await updates(journal, 20, 10)
+        finally:
+            await journal.close()  # its backends report their table statistics as they end
+        conn = await asyncpg.connect(url)
+        try:
+            read = await conn.fetchval(
+                "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = $1", f"txn_{TODAY:%Y%m%d}"
+            )
+        finally:
+            await conn.close()
+        assert read < 30_000, read  # not one scan of the grown partition per batch
+
+    run(scenario())
