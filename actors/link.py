@@ -1,10 +1,11 @@
 """The data path between a front end and a channel actor: a TCP connection the actor listens on.
 
 Ray places, supervises and restarts the actors and carries their control calls (stats, statement
-downloads, drills); the payments themselves travel on this link. Why: a Ray actor call costs
-about 0.8 ms of CPU and a streaming one about 2.4 ms on the 2-core machine, more than all the
-rest of a payment (``paysw bench link`` measures both in one run). On the link a batch of
-requests is one frame, and the results of the calls that complete in the same event-loop turn
+downloads, drills); the payments themselves travel on this link. Why, measured on the 2-core
+machine by ``paysw bench link`` (``bench/results/link.json``): a batch of one costs about 1.1 ms
+of CPU as a Ray call and 2.4 ms as a streaming Ray call, 35 us on the link; a batch of 64 with
+its results streamed back as they come costs 44 ms through Ray, 0.5 ms on the link. On the link
+a batch of requests is one frame, and the results of the calls that complete in the same event-loop turn
 go back as one frame, so a slow payment never holds back the others.
 
 Frames: a 4-byte big-endian length, then MessagePack (``protocols.messages``). The first frame

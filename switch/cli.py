@@ -135,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sm2_bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
     sm2_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    link_bench = benches.add_parser(
+        "link",
+        help="handing batches to a channel actor: Ray call, streaming Ray call and the actor's link",
+        description="Send batches of payments to one echoing actor three ways in the same run (a Ray "
+        "call, a streaming Ray call, the actor's TCP link) and report batches a second and CPU per batch.",
+    )
+    link_bench.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
+    link_bench.add_argument("--out", type=Path, help="write the results as JSON here")
 
     demo = commands.add_parser(
         "demo",
@@ -210,6 +218,10 @@ def _bench(args: argparse.Namespace) -> int:
         from bench.recon_bench import main as recon_bench_main
 
         return recon_bench_main(args.rows, args.out)
+    if args.bench_command == "link":
+        from bench.link_speed import main as link_main
+
+        return link_main(args.seconds, args.out)
     if args.bench_command == "sm2":
         from bench.sm2_speed import main as sm2_main
 

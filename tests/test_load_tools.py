@@ -65,6 +65,17 @@ def test_sm2_benchmark_measures_both_implementations_in_one_run():
     assert abs(result["ratios"]["sign_vs_gmssl"] - rates["sm2_sign_paysw"] / rates["sm2_sign_gmssl"]) < 0.1
 
 
+def test_link_benchmark_moves_batches_all_three_ways_in_one_run(tmp_path):
+    """Every result comes back each way (a lost one would hang the run), and the JSON says so."""
+    from bench.link_speed import main
+
+    assert main(seconds=0.3, out=tmp_path / "link.json", sizes=[4]) == 0
+    result = json.loads((tmp_path / "link.json").read_text())
+    ways = result["results"]["4"]
+    assert set(ways) == {"ray call", "ray streaming call", "link"}
+    assert all(way["batches_per_s"] > 0 and way["cpu_us_per_payment"] > 0 for way in ways.values())
+
+
 def test_recon_benchmark_finds_every_injected_difference_in_a_short_run(database_url):
     """The short CI version of ``paysw bench recon`` (the full one is a million rows), on a
     database of its own in the session's PostgreSQL."""
