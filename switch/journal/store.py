@@ -151,6 +151,7 @@ _INSERT_SQL = (
     # An original whose reversal arrived first is never written, so never sent.
     "WHERE NOT EXISTS (SELECT 1 FROM reversal r WHERE r.orig_tx_date = u.tx_date AND r.terminal_id = u.terminal_id "
     "AND r.orig_stan = u.stan AND r.orig_transmitted = u.transmitted) "
+    f"AND u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
     "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
 )
 _UPDATE_COLUMNS = list(FinalUpdate._fields)
@@ -164,6 +165,7 @@ _UPDATE_SQL = (
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
     + f") AS u({', '.join(_UPDATE_COLUMNS)}) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
+    + f" AND t.tx_date = ${len(_UPDATE_COLUMNS) + 1}::date"  # the round's day: one partition planned
     + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted"
 )
 _FIND_SQL = (
@@ -209,22 +211,21 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     transaction)."""
 
 
-def _unique_rounds(items: Sequence, key: Callable) -> list[list[int]]:
-    """Split item positions into rounds in which no key repeats (one statement cannot
-    meaningfully insert or update the same row twice)."""
-    rounds: list[list[int]] = []
-    seen: list[set] = []
+def _rounds(items: Sequence[NewTxn] | Sequence[FinalUpdate]) -> list[tuple[dt.date, list[int]]]:
+    """Split item positions into rounds of one transaction day in which no key repeats: one
+    statement cannot meaningfully write the same row twice, and a statement told its day is
+    planned for that day's partition alone (planning all of them cost more than the writes)."""
+    rounds: list[tuple[dt.date, set[TxnKey], list[int]]] = []
     for pos, item in enumerate(items):
-        k = key(item)
-        for r, keys in enumerate(seen):
-            if k not in keys:
-                keys.add(k)
-                rounds[r].append(pos)
+        key = item.key
+        for day, keys, positions in rounds:
+            if day == key.tx_date and key not in keys:
+                keys.add(key)
+                positions.append(pos)
                 break
         else:
-            seen.append({k})
-            rounds.append([pos])
-    return rounds
+            rounds.append((key.tx_date, {key}, [pos]))
+    return [(day, positions) for day, _, positions in rounds]
 
 
 # The group commit's statements join a batch to ``txn`` on its key. The planner would pick a hash
@@ -405,7 +406,7 @@ class Journal:
                 *locked.key,
                 reserve_fen,
             )
-            inserted = await conn.fetch(_INSERT_SQL, *_columns([txn]))
+            inserted = await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date)
             if not inserted:
                 raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
             await conn.execute(
@@ -427,7 +428,7 @@ class Journal:
             )
             if state in FINAL_STATES:
                 return False  # settled already (a lease that lapsed): never release or void twice
-            await conn.fetch(_UPDATE_SQL, *_columns([update]))
+            await conn.fetch(_UPDATE_SQL, *_columns([update]), update.tx_date)
             if voided:
                 await conn.execute(
                     "UPDATE txn SET state = 'VOIDED' WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
@@ -482,9 +483,9 @@ class Journal:
     async def _flush(self, items: Sequence[NewTxn] | Sequence[FinalUpdate], sql: str) -> list[bool]:
         done = [False] * len(items)
         async with self._writers.acquire() as conn:
-            for positions in _unique_rounds(items, lambda item: item.key):
+            for day, positions in _rounds(items):
                 rows = [items[p] for p in positions]
-                hit = {TxnKey(*r) for r in await conn.fetch(sql, *_columns(rows))}
+                hit = {TxnKey(*r) for r in await conn.fetch(sql, *_columns(rows), day)}
                 for p in positions:
                     done[p] = items[p].key in hit
         return done
