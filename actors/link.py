@@ -22,7 +22,7 @@ import asyncio
 import logging
 import secrets
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple, cast
 
 from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, RESULTS_DECODER, ChannelRequest, ChannelResult
@@ -44,26 +44,25 @@ class FrameError(Exception):
 
 
 class FrameReader:
-    """Cuts a byte stream into frames."""
+    """Cuts a byte stream into frames of at most ``limit`` bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_FRAME) -> None:
+        self.limit = limit
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The frames ``data`` completes, one at a time (``limit`` may change between them)."""
         self._buffer += data
-        frames = []
-        start = 0
-        while len(self._buffer) - start >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(self._buffer, start)
-            if size > MAX_FRAME:
+        while len(self._buffer) >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(self._buffer)
+            if size > self.limit:
                 raise FrameError(f"frame of {size} bytes")
-            end = start + LENGTH.size + size
+            end = LENGTH.size + size
             if len(self._buffer) < end:
-                break
-            frames.append(bytes(self._buffer[start + LENGTH.size : end]))
-            start = end
-        del self._buffer[:start]
-        return frames
+                return
+            payload = bytes(self._buffer[LENGTH.size : end])
+            del self._buffer[:end]
+            yield payload
 
 
 def frame(payload: bytes) -> bytes:
@@ -101,7 +100,7 @@ class _ActorSide(asyncio.Protocol):
     def __init__(self, call: Callable[[ChannelRequest], Awaitable[ChannelResult]], token: bytes) -> None:
         self._call = call
         self._token = token
-        self._reader = FrameReader()
+        self._reader = FrameReader(limit=len(token))  # a stranger cannot make us buffer much
         self._transport: asyncio.Transport | None = None
         self._trusted = False
         self._done: list[ChannelResult] = []
@@ -114,12 +113,12 @@ class _ActorSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
         try:
-            frames = self._reader.feed(data)
-            for payload in frames:
+            for payload in self._reader.feed(data):
                 if not self._trusted:
                     if not secrets.compare_digest(payload, self._token):
                         raise FrameError("wrong token")
                     self._trusted = True
+                    self._reader.limit = MAX_FRAME
                     continue
                 for request in REQUESTS_DECODER.decode(payload):
                     task = asyncio.ensure_future(self._run(request))

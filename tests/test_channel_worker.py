@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import pytest
 from aiohttp import web
 
 from actors.channel_actor import ChannelWorker
@@ -219,3 +220,20 @@ def test_a_link_without_the_actors_token_is_dropped_and_runs_nothing():
         assert calls == []
 
     run(scenario())
+
+
+def test_link_frames_are_cut_from_any_chunking_and_a_strangers_big_frame_is_refused():
+    from actors.link import FrameError, FrameReader, frame
+
+    stream = frame(b"t" * 32) + frame(b"batch one") + frame(b"") + frame(b"x" * 1000)
+    for chunk in (1, 7, 33, len(stream)):
+        reader = FrameReader(limit=32)  # the token first, then anything up to MAX_FRAME
+        frames = []
+        for start in range(0, len(stream), chunk):
+            for payload in reader.feed(stream[start : start + chunk]):
+                frames.append(payload)
+                reader.limit = 2**20
+        assert frames == [b"t" * 32, b"batch one", b"", b"x" * 1000], chunk
+    stranger = FrameReader(limit=32)
+    with pytest.raises(FrameError):
+        list(stranger.feed(frame(b"y" * 33)[:8]))  # refused from its length alone
