@@ -14,7 +14,7 @@ from bench.demo import _ports_in_use, _wait_for_ports
 from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import load_simulator_config
-from switch.config import load_config
+from switch.config import host_port, load_config
 from switch.operator import request as admin_request
 
 
@@ -45,6 +45,15 @@ class Stack:
             if self.switch.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the switch did not start; see {self._data_dir / 'switch.log'}")
             time.sleep(0.3)
+
+    @property
+    def port(self) -> int:
+        """The switch's ISO 8583 port."""
+        return host_port(self.config.switch.listen)[1]
+
+    def simulator_processes(self) -> list:
+        """The simulators' processes (``multiprocessing``), named ``sim-<channel>``."""
+        return [p for p in self._sims if p.is_alive()]
 
     def _ready(self) -> bool:
         try:

@@ -135,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sm2_bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
     sm2_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    profile_bench = benches.add_parser(
+        "profile",
+        help="where a purchase's CPU goes: every process of the demo stack under load, PostgreSQL, py-spy",
+        description="Load the demo stack at one concurrency and report the CPU time of every process per "
+        "approved purchase (actors and simulators by channel) and PostgreSQL's work per purchase; with "
+        "--py-spy DIR also profile the front end, actors and simulators with py-spy and print their "
+        "hottest frames.",
+    )
+    profile_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    profile_bench.add_argument("--seconds", type=float, default=20.0, help="length of the measurement (default 20)")
+    profile_bench.add_argument("--py-spy", type=Path, dest="py_spy", help="write py-spy profiles here")
+    profile_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     link_bench = benches.add_parser(
         "link",
         help="handing batches to a channel actor: Ray call, streaming Ray call and the actor's link",
@@ -218,6 +230,10 @@ def _bench(args: argparse.Namespace) -> int:
         from bench.recon_bench import main as recon_bench_main
 
         return recon_bench_main(args.rows, args.out)
+    if args.bench_command == "profile":
+        from bench.profile import main as profile_main
+
+        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
 

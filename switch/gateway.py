@@ -433,6 +433,7 @@ class ChannelGateway:
                 {
                     "shard": shard.index,
                     "actor": "dead" if shard.dead else "alive",
+                    "pid": shard.pid,
                     "restarts": shard.restarts,
                     "actor_in_flight": shard.figures.get("in_flight", 0),
                     "calls": shard.figures.get("calls", 0),

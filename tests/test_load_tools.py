@@ -56,6 +56,31 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "bench", "profile", "--concurrency", "8", "--seconds", "3",
+         "--out", str(tmp_path / "profile.json")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert report["load"]["approved_tps"] > 0
+    channels = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+    parts = {"front end", "postgresql", "load generator", *(f"actor {c}:0" for c in channels)}
+    assert parts | {f"simulator {c}" for c in channels} <= set(report["cpu_ms_per_approved"])
+    assert report["postgresql_per_approved"]["commits"] > 0  # the journal's group commits were seen
+
+
+def test_hottest_frames_are_read_from_py_spy_folded_stacks(tmp_path):
+    from bench.profile import hottest
+
+    folded = tmp_path / "front_end.txt"
+    folded.write_text("main;loop;decode 30\nmain;loop;encode 10\nmain;loop 60\n")
+    assert hottest(folded, top=2) == [(60.0, "loop"), (30.0, "decode")]
+
+
 def test_sm2_benchmark_measures_both_implementations_in_one_run():
     from bench.sm2_speed import measure
 
