@@ -31,6 +31,7 @@ log = logging.getLogger("paysw.link")
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 16 * 2**20  # a batch of a few hundred requests is tens of kilobytes
+TOKEN_WAIT_S = 5.0  # a connection that has not shown the token by then is dropped
 
 
 class LinkAddress(NamedTuple):
@@ -109,6 +110,12 @@ class _ActorSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
+        asyncio.get_running_loop().call_later(TOKEN_WAIT_S, self._drop_if_untrusted)
+
+    def _drop_if_untrusted(self) -> None:
+        """A stranger holding connections open without a word gets none of them kept."""
+        if not self._trusted and self._transport is not None:
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None

@@ -237,3 +237,20 @@ def test_link_frames_are_cut_from_any_chunking_and_a_strangers_big_frame_is_refu
     stranger = FrameReader(limit=32)
     with pytest.raises(FrameError):
         list(stranger.feed(frame(b"y" * 33)[:8]))  # refused from its length alone
+
+
+def test_a_silent_connection_to_an_actors_link_is_dropped():
+    from actors.link import TOKEN_WAIT_S
+
+    async def never(_):
+        raise AssertionError("nothing may reach the channel")
+
+    async def scenario() -> float:
+        async with actor_link_to(never) as address:
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(1), TOKEN_WAIT_S + 5) == b""  # closed by the actor
+            writer.close()
+            return time.monotonic() - started
+
+    assert run(scenario()) >= TOKEN_WAIT_S - 0.5
