@@ -54,16 +54,20 @@ class FrameReader:
     def feed(self, data: bytes) -> Iterator[bytes]:
         """The frames ``data`` completes, one at a time (``limit`` may change between them)."""
         self._buffer += data
-        while len(self._buffer) >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(self._buffer)
-            if size > self.limit:
-                raise FrameError(f"frame of {size} bytes")
-            end = LENGTH.size + size
-            if len(self._buffer) < end:
-                return
-            payload = bytes(self._buffer[LENGTH.size : end])
-            del self._buffer[:end]
-            yield payload
+        start = 0
+        try:
+            while len(self._buffer) - start >= LENGTH.size:
+                (size,) = LENGTH.unpack_from(self._buffer, start)
+                if size > self.limit:
+                    raise FrameError(f"frame of {size} bytes")
+                end = start + LENGTH.size + size
+                if len(self._buffer) < end:
+                    return
+                payload = bytes(self._buffer[start + LENGTH.size : end])
+                start = end
+                yield payload
+        finally:  # what was read goes in one move, however many frames one read held
+            del self._buffer[:start]
 
 
 def frame(payload: bytes) -> bytes:

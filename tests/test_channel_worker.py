@@ -254,3 +254,27 @@ def test_a_silent_connection_to_an_actors_link_is_dropped():
             return time.monotonic() - started
 
     assert run(scenario()) >= TOKEN_WAIT_S - 0.5
+
+
+def test_a_front_end_hangs_up_on_a_link_that_answers_garbage():
+    """Results it cannot read are no results: the link ends, so the gateway settles what it sent
+    on it UNKNOWN (``on_lost``) instead of waiting for answers that will not come."""
+    from actors.link import LinkAddress, frame
+
+    async def scenario():
+        async def garbage(reader, writer):
+            await reader.read(100)  # the token
+            writer.write(frame(b"\xc1 not MessagePack"))
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lost, results = asyncio.Event(), []
+        link = await ActorLink.connect(LinkAddress("127.0.0.1", port, b"t" * 32), results.append, lost.set)
+        link.send([request(1)])
+        await asyncio.wait_for(lost.wait(), 5)
+        server.close()
+        return results, link.is_open
+
+    assert run(scenario()) == ([], False)
