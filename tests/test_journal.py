@@ -266,6 +266,28 @@ def test_a_connection_goes_back_to_the_pool_with_no_transaction_open(database_ur
     run(scenario())
 
 
+def test_a_batch_spanning_two_days_writes_every_row(database_url):
+    """Around midnight one batch holds transactions of two days (field 7's date); each day's rows
+    go in their own statement, and none is lost to the other day's."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            yesterday = TODAY - dt.timedelta(days=1)
+            txns = [
+                new_txn(await journal.next_rrn())._replace(tx_date=day) for _ in range(20) for day in (TODAY, yesterday)
+            ]
+            assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
+            assert all(await asyncio.gather(*(journal.record_outcome(outcome(t, "APPROVED")) for t in txns)))
+            for t in txns:
+                stored = await journal.find(t.key)
+                assert stored is not None and stored.state == "APPROVED", t.key
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_outcome_updates_look_rows_up_by_key_as_the_day_grows(database_url):
     """The day's partition starts empty and grows fast. Outcome updates must find their rows by
     key once it is large, not through a plan made while it was empty and kept: that plan scans
