@@ -135,9 +135,7 @@ def test_a_failed_step_is_recorded_and_retried_from_that_step(database_url, swit
         raise ConnectionError("channel unreachable")
 
     async def scenario():
-        async with connected(switch) as terminal:
-            answer = await terminal.request(new_purchase(channel))
-            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         try:
             day = dt.datetime.now(CST).date()
@@ -168,6 +166,20 @@ def test_batch_windows_are_beijing_days_and_hours():
         dt.datetime(2026, 11, 23, 1, tzinfo=dt.UTC),
         dt.timedelta(hours=1),
     )
+
+
+def channel_worker(config_dir, channel: str) -> ChannelWorker:
+    """The channel's actor logic, in the test's process, with the test switch's configuration."""
+    config = load_config(config_dir / "switch.toml").channels[channel]
+    return ChannelWorker(channel, config, demo_actor_keys(channel), 0)
+
+
+async def approved_purchase(switch, database_url: str, channel: str) -> dict:
+    """A purchase through the switch, once the journal has it approved."""
+    async with connected(switch) as terminal:
+        answer = await terminal.request(new_purchase(channel))
+    await wait_for_state(database_url, answer["37"], {"APPROVED"})
+    return answer
 
 
 async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_fen: int) -> None:
@@ -210,9 +222,7 @@ def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
     caller_config = load_config(config_dir / "switch.toml").channels[channel]
 
     async def scenario():
-        async with connected(switch) as terminal:
-            answer = await terminal.request(new_purchase(channel))
-            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         worker = ChannelWorker(channel, caller_config, demo_actor_keys(channel), 0)
         try:
@@ -263,9 +273,7 @@ def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database
 
     async def scenario():
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = ChannelWorker(
-            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
-        )
+        worker = channel_worker(config_dir, channel)
         try:
             for _ in range(3):
                 await pay_at_the_channel_only(
@@ -372,13 +380,9 @@ def test_the_hourly_reconciler_runs_a_closed_hour_once(switch, database_url, con
     fetch = CountingFetch(config_dir)
 
     async def scenario():
-        async with connected(switch) as terminal:
-            answer = await terminal.request(new_purchase(channel))
-            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = ChannelWorker(
-            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
-        )
+        worker = channel_worker(config_dir, channel)
         hour_end = dt.datetime.now(CST).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
         reconciler = HourlyReconciler(
             pool, {channel: channel}, fetch, lambda _: worker.call, Threshold(10, 10**9), grace_s=60,
@@ -483,13 +487,9 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
     fetch = CountingFetch(config_dir)
 
     async def scenario():
-        async with connected(switch) as terminal:
-            answer = await terminal.request(new_purchase(channel))
-            await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = ChannelWorker(
-            channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
-        )
+        worker = channel_worker(config_dir, channel)
         try:
             async with pool.acquire() as conn:
                 rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
