@@ -5,7 +5,9 @@ measured in the same run on the same machine, with the same client and the same 
 Closed loop: at concurrency N, N senders each send a purchase and wait for its answer before the
 next, over 8 connections (pipelined). The channel mix is the locust file's (WeChat Pay 40 %,
 Alipay 35 %, UnionPay 10 %, e-CNY 10 %, in-bank 5 %), every purchase one the channel approves.
-Reported per step: approved TPS, p50 / p95 / p99, and the resident memory of every part.
+Reported per step: approved TPS, p50 / p95 / p99, and the resident memory of every part. And the
+ceiling the machine puts on any switch with this mix (``bench.floor``): what it could do if only
+the channel signatures, on both sides, and the load generator used CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import uvloop
 
 from bench.client import IsoClient
 from bench.demo import TERMINALS, _wait_for_ports
+from bench.floor import ceiling_tps, signature_floor
 from bench.stack import Stack
 from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
 from switch.config import host_port
@@ -156,6 +159,9 @@ def main(steps: list[int], step_s: float = 15.0, warm_up_s: float = 10.0, out_di
     command = (
         " ".join(["paysw", *sys.argv[1:]]) if sys.argv[1:3] == ["bench", "throughput"] else "paysw bench throughput"
     )
+    print("floor: the channel signatures of the mix, both sides, in this process", flush=True)
+    floor = signature_floor()
+    print(f"  {floor['signatures_ms_per_purchase']:.3f} ms of CPU per purchase", flush=True)
     print(f"baseline: bare uvloop server, same codec, on {BASELINE_LISTEN}", flush=True)
     baseline = measure_baseline(steps, step_s, warm_up_s)
     with tempfile.TemporaryDirectory(prefix="paysw-throughput-") as folder:
@@ -177,11 +183,15 @@ def main(steps: list[int], step_s: float = 15.0, warm_up_s: float = 10.0, out_di
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
+        "floor": floor,
         "switch": switch,
         "baseline": baseline,
     }
+    cores = os.cpu_count() or 1
     for s, b in zip(switch, baseline, strict=True):
         s["tps_ratio_to_baseline"] = round(s["approved_tps"] / b["approved_tps"], 4) if b["approved_tps"] else None
+        load_generator_ms = b["cpu_ms_per_approved"]["load generator"]
+        s["ceiling_tps"] = ceiling_tps(cores, floor["signatures_ms_per_purchase"], load_generator_ms)
     print_table(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +205,7 @@ def print_table(result: dict) -> None:
     print()
     header = (
         f"{'conc':>5s} | {'switch TPS':>10s} {'p50':>7s} {'p95':>7s} {'p99':>7s} | "
-        f"{'baseline TPS':>12s} {'p50':>6s} {'p99':>6s} | {'ratio':>6s}  switch RSS MB by part"
+        f"{'baseline TPS':>12s} {'p50':>6s} {'p99':>6s} | {'ratio':>6s} | {'ceiling':>7s}  switch RSS MB by part"
     )
     print(header)
     print("-" * len(header))
@@ -203,7 +213,12 @@ def print_table(result: dict) -> None:
         rss = ", ".join(f"{k} {v:.0f}" for k, v in s["rss_mb"].items())
         switch = f"{s['approved_tps']:10.1f} {s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['p99_ms']:7.1f}"
         baseline = f"{b['approved_tps']:12.1f} {b['p50_ms']:6.1f} {b['p99_ms']:6.1f}"
-        print(f"{s['concurrency']:5d} | {switch} | {baseline} | {s['tps_ratio_to_baseline']:6.3f}  {rss}")
+        ratio, ceiling = s["tps_ratio_to_baseline"], s["ceiling_tps"]
+        print(f"{s['concurrency']:5d} | {switch} | {baseline} | {ratio:6.3f} | {ceiling:7.0f}  {rss}")
     last = result["switch"][-1]
     where = ", ".join(f"{part} {ms:.2f}" for part, ms in last["cpu_ms_per_approved"].items())
     print(f"\nCPU ms per approved purchase at concurrency {last['concurrency']}: {where}")
+    print(
+        f"ceiling: approved/s on this machine were the switch free, from the signatures"
+        f" ({result['floor']['signatures_ms_per_purchase']:.3f} ms a purchase) and the baseline's load generator"
+    )

@@ -53,6 +53,16 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
     assert switch["approved_tps"] > 0 and baseline["approved_tps"] > 0
     assert switch["not_approved"] == 0
     assert set(switch["cpu_ms_per_approved"]) == {"front end", "ray", "postgresql", "simulators", "load generator"}
+    # The floor times the four signatures of every channel's call; RSA and SM2 cost far more
+    # than the HMAC channels, and no switch gets past the ceiling they set.
+    signatures = report["floor"]["signature_us_per_call"]
+    assert set(signatures) == {"wechat", "alipay", "unionpay", "ecny", "inbank"}
+    assert all(len(ops) == 4 for ops in signatures.values())
+    assert min(signatures["alipay"]["channel signs"], signatures["ecny"]["switch verifies"]) > 5 * max(
+        signatures["wechat"].values()
+    )
+    assert report["floor"]["signatures_ms_per_purchase"] > 0
+    assert switch["approved_tps"] < switch["ceiling_tps"]
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 
