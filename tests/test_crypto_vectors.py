@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 import subprocess
 import warnings
 
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 
 from bench.demo_config import DEMO_DIR
+from bench.sm2_speed import key_gmssl_can_read
 from hsm import algorithms, sm2
 
 KEY_0123 = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
@@ -90,8 +90,7 @@ def test_sm2_test_curve_vector():
 
 def test_sm2_interoperates_with_gmssl_both_ways():
     gmssl_sm2 = pytest.importorskip("gmssl.sm2")
-    secret = secrets.randbelow(sm2.SM2P256.n - 2) + 1
-    key = sm2.SigningKey(secret)
+    secret, key = key_gmssl_can_read()
     public_hex = key.public_key_hex()
     theirs = gmssl_sm2.CryptSM2(private_key=f"{secret:064x}", public_key=public_hex[2:])
     data = b"ecny request body"
