@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from actors.settings import ChannelSection
 from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, demo_material
 from bench.simulators.server import load_simulator_config
 from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, payment_code
@@ -47,9 +48,8 @@ def least_cpu_us(operations: dict[K, Callable[[], object]]) -> dict[K, float]:
     return best
 
 
-def text_signed_for_pay(channel: str) -> bytes:
-    """What the switch's connector hands its signer for a pay request of ``channel``."""
-    config = load_config(DEMO_SWITCH_CONFIG).channels[channel]
+def text_signed_for_pay(channel: str, config: ChannelSection) -> bytes:
+    """What the switch's connector (configured by ``config``) hands its signer for a pay request."""
     signed: list[bytes] = []
 
     def record(data: bytes) -> str:
@@ -66,14 +66,15 @@ def text_signed_for_pay(channel: str) -> bytes:
 
 def signature_operations(channel: str) -> dict[str, Callable[[], object]]:
     """The four signature operations of one ``channel`` call, ready to time."""
-    switch_keys = load_config(DEMO_SWITCH_CONFIG).channels[channel].keys
+    switch_channel = load_config(DEMO_SWITCH_CONFIG).channels[channel]
+    switch_keys = switch_channel.keys
     sim = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
     channel_keys, base = sim.simulators[channel].keys, Path(sim.base_dir)
     switch_sign = algorithms.signer(switch_keys.sign_algorithm, demo_material(switch_keys.sign_key))
     switch_verify = algorithms.verifier(switch_keys.verify_algorithm, demo_material(switch_keys.verify_key))
     channel_sign = algorithms.signer(channel_keys.sign_algorithm, (base / channel_keys.sign_key).read_bytes())
     channel_verify = algorithms.verifier(channel_keys.verify_algorithm, (base / channel_keys.verify_key).read_bytes())
-    text = text_signed_for_pay(channel)
+    text = text_signed_for_pay(channel, switch_channel)
     by_switch, by_channel = switch_sign(text), channel_sign(text)
     if not (channel_verify(text, by_switch) and switch_verify(text, by_channel)):
         raise RuntimeError(f"{channel}: the demo keys do not verify each other's signatures")
