@@ -513,3 +513,39 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
 
     item, actions, state = run(scenario())
     assert (item["class"], item["status"], actions, state) == ("STATUS", "OPEN", 0, "CANCELLED")
+
+
+@pytest.mark.xfail(strict=True, reason="the lost reversal: recon approves over a reversal the terminal was promised")
+def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):
+    """A 0400 answered ``00`` while the purchase was still open (its channel down, the resolver
+    backing off): the statement then shows it paid. Reconciliation must not settle it as kept:
+    the customer was promised the money back, so the reversal is carried out at the channel."""
+    channel = "alipay"  # its current hour's batch is this test's own
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        answer = await approved_purchase(switch, database_url, channel)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            async with pool.acquire() as conn:
+                # Told "in progress" (09), then reversed by the terminal: the reversal waits for the
+                # channel (due in an hour, as the resolver's backoff would have it).
+                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
+                await conn.execute(
+                    "UPDATE txn SET response_code = '09', reversal_requested_at = now() WHERE rrn = $1", rrn
+                )
+            await pay_at_the_channel_only(config_dir, channel, order, amount)
+            now = dt.datetime.now(CST)
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
+                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            row = await wait_for_state(database_url, rrn, {"REVERSED"}, timeout=30)
+            return order, row
+        finally:
+            await worker.close()
+            await pool.close()
+
+    order, row = run(scenario())
+    assert row["state"] == "REVERSED"
+    assert sim_ledger(simulators, channel)[order]["status"] == "REVERSED"  # the money went back
