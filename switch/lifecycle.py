@@ -29,8 +29,8 @@ from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import Config
 from switch.gateway import ChannelGateway, PaymentRef, refused
-from switch.journal import FinalUpdate, Journal, NewTxn, Original, TxnKey
-from switch.journal.schema import FINAL_STATES
+from switch.journal import Journal, NewTxn, Original, Report, State, TxnKey
+from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
@@ -40,11 +40,11 @@ log = logging.getLogger("paysw.txn")
 
 # Field 39 of an inquiry's answer (spec section 3): the original is paid, in progress, or failed / closed.
 INQUIRY_CODE_OF_STATE = {
-    "APPROVED": rc.APPROVED,
-    "DECLINED": rc.DO_NOT_HONOUR,
-    "CANCELLED": rc.DO_NOT_HONOUR,
-    "REVERSED": rc.DO_NOT_HONOUR,
-    "VOIDED": rc.DO_NOT_HONOUR,
+    State.APPROVED: rc.APPROVED,
+    State.DECLINED: rc.DO_NOT_HONOUR,
+    State.CANCELLED: rc.DO_NOT_HONOUR,
+    State.REVERSED: rc.DO_NOT_HONOUR,
+    State.VOIDED: rc.DO_NOT_HONOUR,
 }
 REQUEST_MTIS = frozenset({"0100", "0200", "0400", "0800"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
@@ -257,16 +257,10 @@ class Processor:
         if orig_date is None:
             return answer(message, rc.ORIGINAL_NOT_FOUND, rrn=rrn)
         key = TxnKey(orig_date, message["41"], orig_stan, orig_transmitted)
-        answer_rrn, state = await self._journal.request_reversal(
+        answer_rrn, code = await self._journal.request_reversal(
             key, message["11"], message["7"], int(message["4"]), rrn
         )
-        log.debug("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "original_state": state})
-        if state is None:
-            code = rc.ORIGINAL_NOT_FOUND
-        elif state == "REFUNDED":  # cancelling it at the channel would return the refunded part twice
-            code = rc.INVALID_TRANSACTION
-        else:
-            code = rc.APPROVED
+        log.debug("reversal recorded", extra={"rrn": answer_rrn, "terminal": message["41"], "code": code})
         return answer(message, code, rrn=answer_rrn)
 
     # -- void and refund -----------------------------------------------------------------------
@@ -294,26 +288,11 @@ class Processor:
         )
         return out, original.channel
 
-    def _undo_refusal(self, kind: Kind, amount_fen: int, tx_date: dt.date, original: Original) -> str | None:
-        if original.state != "APPROVED" or original.reversal_requested:
-            return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
-        if kind is Kind.VOID:
-            if original.tx_date != tx_date or original.refunded_fen:
-                return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
-            if amount_fen != original.amount_fen:
-                return rc.ORIGINAL_AMOUNT_INCORRECT
-        elif original.refunded_fen + amount_fen > original.amount_fen:
-            return rc.ORIGINAL_AMOUNT_INCORRECT
-        return None
-
     async def _run_undo(self, txn: NewTxn, kind: Kind, original: Original) -> Settled:
         if await self._journal.find(txn.key) is not None:
             return await self._replay(txn)
-        reserve = undo.reserved_fen(kind.value, txn.amount_fen, original)
         try:
-            refusal = await self._journal.write_ahead_undo(
-                txn, original, reserve, lambda locked: self._undo_refusal(kind, txn.amount_fen, txn.tx_date, locked)
-            )
+            refusal = await self._journal.write_ahead_undo(txn, original)
         except asyncpg.UniqueViolationError:  # another front end wrote this key first
             return await self._replay(txn)
         if refusal is not None:
@@ -450,24 +429,18 @@ class Processor:
         else:
             result = self._refused(txn.channel, refusal)
         settled = self._settle(txn, result)
-        still_open = result.outcome in (Outcome.PENDING, Outcome.UNKNOWN)
-        update = FinalUpdate(
-            txn.tx_date,
-            txn.terminal_id,
-            txn.stan,
-            txn.transmitted,
-            result.outcome.value,
+        report = Report(
+            *txn.key,
+            EVENT_OF_OUTCOME[result.outcome],
             settled.code,
             settled.auth_id,
             result.channel_code,
             result.channel_message[:200],
             result.channel_txn_id,
-            dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=self._channel(txn).query_interval_ms)
-            if still_open
-            else None,
+            dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=self._channel(txn).query_interval_ms),
         )
         try:
-            await self._journal.record_outcome(update)
+            await self._journal.record(report)
         except Exception:
             # The row stays RECEIVED: recovery will query the channel and settle it.
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
@@ -496,7 +469,7 @@ class Processor:
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
         if stored.request_hash != txn.request_hash:
             return Settled(rc.DUPLICATE_TRANSMISSION, txn.rrn)
-        if stored.state in FINAL_STATES and stored.response_code:
+        if stored.state in FINAL and stored.response_code:
             return Settled(stored.response_code, stored.rrn, stored.auth_id or "", stored.channel_txn_id or "")
         return Settled(rc.IN_PROGRESS, stored.rrn)
 

@@ -7,8 +7,9 @@ For each it asks the channel, then:
 
 | the channel says  | the terminal was told    | so                                          |
 | ----------------- | ------------------------ | ------------------------------------------- |
-| paid              | 00 or 09                 | APPROVED (an inquiry or resend now gets 00) |
+| paid              | 00 or 09 (promise keep)  | APPROVED (an inquiry or resend now gets 00) |
 | paid              | anything else, or nothing| cancel: the terminal believes it failed     |
+|                   | (promise return, reverse)| (``switch.journal.machine.promise``)        |
 | still paying      | -                        | wait, until the payment window closes; then cancel |
 | closed or failed  | -                        | DECLINED                                    |
 | no such order     | -                        | cancel, which also bars a late pay          |
@@ -40,7 +41,8 @@ from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch import undo
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import FinalUpdate, Journal, OpenTxn, TxnKey
+from switch.journal import Event, Journal, OpenTxn, Report, TxnKey
+from switch.journal.machine import PURCHASE, Promise, promise
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.resolver")
@@ -50,7 +52,6 @@ LEASE_S = 60.0  # longer than a query and a cancel together
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
-TOLD_TO_WAIT = {rc.APPROVED, rc.IN_PROGRESS}
 LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
 
@@ -131,7 +132,7 @@ class Resolver:
         if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
             await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
             return
-        if txn.kind in (undo.VOID, undo.REFUND_KIND):
+        if txn.kind != PURCHASE:
             await self._resolve_undo(txn, channel, gateway)
             return
         ref = PaymentRef(
@@ -146,20 +147,20 @@ class Resolver:
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
             return
-        keep = txn.response_code in TOLD_TO_WAIT and not txn.reversal_requested
+        promised = promise(txn.kind, txn.response_code, txn.reversal_requested)
         if found.outcome is Outcome.APPROVED:
-            if keep:
-                await self._finish(txn, "APPROVED", rc.APPROVED, found, auth_id_for(txn.rrn))
+            if promised is Promise.KEEP:
+                await self._finish(txn, Event.ACCEPTED, rc.APPROVED, found, auth_id_for(txn.rrn))
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.PENDING:
-            if age * 1000 < channel.payment_window_ms and not txn.reversal_requested:
+            if age * 1000 < channel.payment_window_ms and promised is not Promise.REVERSE:
                 await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.DECLINED and found.channel_code != NOT_FOUND:
             # Closed or failed at the channel: no money kept, whatever was asked.
-            await self._finish(txn, "REVERSED" if txn.reversal_requested else "DECLINED", _failure_code(txn), found)
+            await self._finish(txn, Event.REFUSED, _failure_code(txn), found)
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
@@ -198,8 +199,7 @@ class Resolver:
         if not cancelled.sent:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
         elif cancelled.outcome is Outcome.APPROVED:
-            state = "REVERSED" if txn.reversal_requested else "CANCELLED"
-            await self._finish(txn, state, _failure_code(txn), cancelled)
+            await self._finish(txn, Event.CANCELLED, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
             await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
@@ -213,21 +213,12 @@ class Resolver:
             extra={"rrn": txn.rrn, "channel": txn.channel, "state": txn.state, "reason": reason},
         )
 
-    async def _finish(self, txn: OpenTxn, state: str, code: str, result: ChannelResult, auth_id: str = "") -> None:
-        update = FinalUpdate(
-            txn.tx_date,
-            txn.terminal_id,
-            txn.stan,
-            txn.transmitted,
-            state,
-            code,
-            auth_id,
-            result.channel_code,
-            result.channel_message[:200],
-            result.channel_txn_id or txn.channel_txn_id or "",
-            None,
-        )
-        await self._journal.record_outcome(update)
+    async def _finish(self, txn: OpenTxn, event: Event, code: str, result: ChannelResult, auth_id: str = "") -> None:
+        message = result.channel_message[:200]
+        report = Report(*txn.key, event, code, auth_id, result.channel_code, message, result.channel_txn_id, None)
+        state = await self._journal.record(report)
+        if state is None:  # settled meanwhile (another resolver, reconciliation): nothing to count
+            return
         self._metrics.resolved.labels(txn.channel, state).inc()
         log.debug(
             "transaction resolved",

@@ -23,8 +23,9 @@ from pathlib import Path
 import asyncpg
 
 from switch.config import Config
+from switch.journal.machine import KEPT, sql_set
 
-_SETTLE = """
+_SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
 candidates AS (
     SELECT i.kind, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen, i.channel_fen
@@ -33,7 +34,7 @@ candidates AS (
     JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
     WHERE b.day <= CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
-      AND ((i.kind = 'PAY' AND t.state IN ('APPROVED', 'REFUNDED')) OR (i.kind = 'REFUND' AND t.state = 'APPROVED'))
+      AND t.state IN {sql_set(KEPT)}  -- a payment the channel holds, or a refund it did
       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.kind = i.kind AND s.out_trade_no = i.out_trade_no)
 )
 INSERT INTO settlement_item (kind, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)

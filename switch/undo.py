@@ -15,15 +15,10 @@ from protocols import response_codes as rc
 from protocols.messages import CANCEL, REFUND, ChannelResult, Outcome
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import FinalUpdate, Journal, Original, TxnKey
+from switch.journal import Event, Journal, Original, Report, TxnKey
+from switch.journal.machine import REFUND as REFUND_KIND
 
-VOID, REFUND_KIND = "void", "refund"
 RETRY_S = 2.0
-
-
-def reserved_fen(kind: str, amount_fen: int, original: Original) -> int:
-    """What a void or refund holds of its purchase while under way: a void all of it."""
-    return original.amount_fen if kind == VOID else amount_fen
 
 
 async def call(
@@ -51,25 +46,24 @@ async def call(
 async def record(
     journal: Journal, key: TxnKey, rrn: str, kind: str, amount_fen: int, original: Original, result: ChannelResult
 ) -> tuple[str, str]:
-    """Commit a void's or refund's outcome; returns the response code and authorisation id.
-    Not final yet: ``09`` (in progress), and the resolver sends the call again."""
+    """Commit a void's or refund's outcome (and, once it is settled, its purchase's); returns the
+    response code and authorisation id. Not final yet: ``09`` (in progress), and the resolver
+    sends the call again."""
     if result.outcome is Outcome.APPROVED:
-        state, code, auth_id, release = "APPROVED", rc.APPROVED, auth_id_for(rrn), 0
+        event, code, auth_id = Event.ACCEPTED, rc.APPROVED, auth_id_for(rrn)
     elif result.outcome is Outcome.DECLINED:
-        state, code, auth_id = "DECLINED", result.response_code, ""
-        release = reserved_fen(kind, amount_fen, original)
-    else:
-        state, code, auth_id, release = "UNKNOWN", rc.IN_PROGRESS, "", 0
-    still_open = state == "UNKNOWN"
-    update = FinalUpdate(
+        event, code, auth_id = Event.REFUSED, result.response_code, ""
+    else:  # a void or refund has no "customer paying": anything else is asked again
+        event, code, auth_id = Event.UNSURE, rc.IN_PROGRESS, ""
+    report = Report(
         *key,
-        state,
+        event,
         code,
         auth_id,
         result.channel_code,
         result.channel_message[:200],
         result.channel_txn_id,
-        dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S) if still_open else None,
+        dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S),
     )
-    await journal.settle_undo(update, original.key, release, voided=kind == VOID and state == "APPROVED")
+    await journal.settle_undo(report, kind, amount_fen, original)
     return code, auth_id

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from switch.journal import FinalUpdate, Journal, NewTxn
+from switch.journal import Event, Journal, NewTxn, Report, State
 from switch.journal.schema import MIGRATIONS, migrate
 from tests.conftest import run
 
@@ -44,8 +44,8 @@ def new_txn(rrn: str, terminal: str | None = None, amount: int = 100) -> NewTxn:
     )
 
 
-def outcome(txn: NewTxn, state: str, code: str = "00") -> FinalUpdate:
-    return FinalUpdate(txn.tx_date, txn.terminal_id, txn.stan, txn.transmitted, state, code, "", "", "", "", None)
+def outcome(txn: NewTxn, event: Event, code: str = "00") -> Report:
+    return Report(*txn.key, event, code, "", "", "", "", None)
 
 
 async def open_journal(url: str) -> Journal:
@@ -124,10 +124,11 @@ def test_state_moves_follow_the_table_and_are_recorded(database_url):
         try:
             txn = new_txn(await journal.next_rrn())
             assert await journal.write_ahead(txn)
-            assert await journal.record_outcome(outcome(txn, "PENDING", "09"))
-            assert await journal.record_outcome(outcome(txn, "APPROVED"))
+            assert await journal.record(outcome(txn, Event.PAYING, "09")) is State.PENDING
+            assert await journal.record(outcome(txn, Event.ACCEPTED)) is State.APPROVED
+            assert await journal.record(outcome(txn, Event.REFUSED)) is None  # no such move: nothing changes
             with pytest.raises(asyncpg.CheckViolationError, match="APPROVED -> RECEIVED not allowed"):
-                await journal.record_outcome(outcome(txn, "RECEIVED"))
+                await journal.pool.execute("UPDATE txn SET state = 'RECEIVED' WHERE rrn = $1", txn.rrn)
             moves = await journal.pool.fetch(
                 "SELECT from_state, to_state FROM txn_move WHERE rrn = $1 ORDER BY moved_at", txn.rrn
             )
@@ -147,24 +148,14 @@ def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
         journal = await open_journal(database_url)
         try:
             good = [new_txn(await journal.next_rrn()) for _ in range(5)]
-            bad = new_txn(await journal.next_rrn())
-            for t in [*good, bad]:
-                assert await journal.write_ahead(t)
-            assert await journal.record_outcome(outcome(bad, "DECLINED", "05"))
+            bad = new_txn(await journal.next_rrn(), amount=-1)  # refused by the amount's check
             results = await asyncio.gather(
-                *(journal.record_outcome(outcome(t, "APPROVED")) for t in good),
-                journal.record_outcome(outcome(bad, "APPROVED")),  # DECLINED -> APPROVED is not a move
-                return_exceptions=True,
+                *(journal.write_ahead(t) for t in good), journal.write_ahead(bad), return_exceptions=True
             )
             assert results[:5] == [True] * 5
             assert isinstance(results[5], asyncpg.CheckViolationError)
-            states = {
-                r["rrn"]: r["state"]
-                for r in await journal.pool.fetch(
-                    "SELECT rrn, state FROM txn WHERE rrn = ANY($1)", [t.rrn for t in [*good, bad]]
-                )
-            }
-            assert [states[t.rrn] for t in good] == ["APPROVED"] * 5 and states[bad.rrn] == "DECLINED"
+            rows = await journal.pool.fetch("SELECT rrn FROM txn WHERE rrn = ANY($1)", [t.rrn for t in [*good, bad]])
+            assert {r["rrn"] for r in rows} == {t.rrn for t in good}
         finally:
             await journal.close()
 
@@ -202,41 +193,31 @@ def test_amounts_are_integer_fen_and_never_negative(database_url):
     run(scenario())
 
 
-def test_final_states_in_code_match_the_state_table(database_url):
-    from switch.journal.schema import FINAL_STATES
-
-    async def scenario():
-        journal = await open_journal(database_url)
-        try:
-            rows = await journal.pool.fetch("SELECT state FROM txn_state WHERE final")
-        finally:
-            await journal.close()
-        assert {r["state"] for r in rows} == FINAL_STATES
-
-    run(scenario())
-
-
 def test_a_void_or_refund_is_settled_once(database_url):
     """Two resolvers settling the same declined refund (a lease that lapsed) release its
-    reservation once, not twice."""
+    reservation once, not twice; an accepted one moves its amount from reserved to refunded."""
 
     async def scenario():
         journal = await open_journal(database_url)
         try:
             purchase = new_txn(await journal.next_rrn(), amount=1000)
             assert await journal.write_ahead(purchase)
-            assert await journal.record_outcome(outcome(purchase, "APPROVED"))
+            assert await journal.record(outcome(purchase, Event.ACCEPTED)) is State.APPROVED
             original = await journal.original(purchase.rrn, purchase.merchant_id)
             refunds = []
-            for amount in (300, 500):
+            for amount in (300, 500, 150):
                 rrn = await journal.next_rrn()
                 refunds.append(new_txn(rrn, terminal=purchase.terminal_id, amount=amount)._replace(kind="refund"))
-                assert await journal.write_ahead_undo(refunds[-1], original, amount, lambda _: None) is None
-            declined = outcome(refunds[0], "DECLINED", "05")
-            assert await journal.settle_undo(declined, original.key, 300, voided=False)
-            assert not await journal.settle_undo(declined, original.key, 300, voided=False)  # the second resolver
-            row = await journal.pool.fetchrow("SELECT refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["refunded_fen"] == 500  # the other refund's reservation is intact
+                assert await journal.write_ahead_undo(refunds[-1], original) is None
+            over = new_txn(await journal.next_rrn(), terminal=purchase.terminal_id, amount=51)._replace(kind="refund")
+            assert await journal.write_ahead_undo(over, original) == "64"  # 950 held: 51 more is too much
+            declined = outcome(refunds[0], Event.REFUSED, "05")
+            assert await journal.settle_undo(declined, "refund", 300, original) is State.DECLINED
+            assert await journal.settle_undo(declined, "refund", 300, original) is None  # the second resolver
+            accepted = outcome(refunds[2], Event.ACCEPTED)
+            assert await journal.settle_undo(accepted, "refund", 150, original) is State.APPROVED
+            row = await journal.pool.fetchrow("SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert (row["reserved_fen"], row["refunded_fen"]) == (500, 150)  # the 500 still under way
         finally:
             await journal.close()
 
@@ -278,7 +259,7 @@ def test_a_batch_spanning_two_days_writes_every_row(database_url):
                 new_txn(await journal.next_rrn())._replace(tx_date=day) for _ in range(20) for day in (TODAY, yesterday)
             ]
             assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
-            assert all(await asyncio.gather(*(journal.record_outcome(outcome(t, "APPROVED")) for t in txns)))
+            assert all(await asyncio.gather(*(journal.record(outcome(t, Event.ACCEPTED)) for t in txns)))
             for t in txns:
                 stored = await journal.find(t.key)
                 assert stored is not None and stored.state == "APPROVED", t.key
@@ -298,7 +279,7 @@ def test_outcome_updates_look_rows_up_by_key_as_the_day_grows(database_url):
         for batch in range(first, first + batches):
             txns = [new_txn(f"{batch:06d}{i:06d}") for i in range(25)]
             assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
-            assert all(await asyncio.gather(*(journal.record_outcome(outcome(t, "APPROVED")) for t in txns)))
+            assert all(await asyncio.gather(*(journal.record(outcome(t, Event.ACCEPTED)) for t in txns)))
 
     async def scenario():
         url = await fresh_database(database_url, "journal_growing_day")

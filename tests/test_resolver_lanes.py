@@ -13,7 +13,7 @@ from bench.demo_config import DEMO_SWITCH_CONFIG
 from protocols import response_codes as rc
 from protocols.messages import ChannelResult, Outcome
 from switch.config import load_config
-from switch.journal import FinalUpdate, Journal, NewTxn
+from switch.journal import Event, Journal, NewTxn, Report
 from switch.metrics import Metrics
 from switch.resolver import Resolver
 from tests.conftest import run
@@ -59,9 +59,7 @@ async def unknown_txn(journal: Journal, channel: str) -> str:
         now,
     )
     assert await journal.write_ahead(txn)
-    assert await journal.record_outcome(
-        FinalUpdate(*txn.key, "UNKNOWN", rc.CHANNEL_UNAVAILABLE, "", "TIMEOUT", "", "", now)
-    )
+    assert await journal.record(Report(*txn.key, Event.UNSURE, rc.CHANNEL_UNAVAILABLE, "", "TIMEOUT", "", "", now))
     return rrn
 
 

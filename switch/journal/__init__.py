@@ -1,5 +1,29 @@
-"""The durable journal: PostgreSQL through asyncpg."""
+"""The durable journal: PostgreSQL through asyncpg, and the one state machine that moves its
+transactions (``switch.journal.machine``)."""
 
-from switch.journal.store import FinalUpdate, Journal, NewTxn, OpenTxn, Original, StoredTxn, TxnKey
+from switch.journal.machine import Event, State
+from switch.journal.store import (
+    Journal,
+    NewTxn,
+    OpenTxn,
+    Original,
+    Report,
+    StoredTxn,
+    TxnKey,
+    hand_to_resolver,
+    record_in,
+)
 
-__all__ = ["FinalUpdate", "Journal", "NewTxn", "OpenTxn", "Original", "StoredTxn", "TxnKey"]
+__all__ = [
+    "Event",
+    "Journal",
+    "NewTxn",
+    "OpenTxn",
+    "Original",
+    "Report",
+    "State",
+    "StoredTxn",
+    "TxnKey",
+    "hand_to_resolver",
+    "record_in",
+]

@@ -1,7 +1,8 @@
 """The journal's schema as an ordered list of migrations, applied once each at start-up.
 
-States and their allowed moves are data (``txn_state``, ``txn_state_move``); a statement trigger
-refuses any other move and records every move with its time in ``txn_move``. Transactions are
+States and their allowed moves are data in ``switch.journal.machine``, written into ``txn_state``,
+``txn_state_move`` and ``txn_event_move`` at every start; a statement trigger refuses any other
+move and records every move with its time in ``txn_move``. Transactions are
 partitioned by ``tx_date``, the date of field 7 as the terminal sent it, so that a terminal +
 STAN + field 7 always lands in the same partition and the primary key can carry invariant 2.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+
+from switch.journal import machine
 
 MIGRATIONS: list[str] = [
     # 1: transactions, states, moves, RRN blocks
@@ -331,10 +334,33 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER txn_record_moves AFTER UPDATE ON txn REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION txn_record_moves();
     """,
+    # 11: the state machine's moves by event and promise (switch.journal.machine, written at every
+    # start by sync_machine); the amounts held by voids and refunds under way apart from those
+    # given back, so that neither hides in the other
+    """
+    CREATE TABLE txn_event_move (
+        state    text NOT NULL REFERENCES txn_state,
+        event    text NOT NULL,
+        promise  text NOT NULL,
+        to_state text NOT NULL REFERENCES txn_state,
+        PRIMARY KEY (event, state, promise)
+    );
+    ALTER TABLE txn ADD COLUMN reserved_fen bigint NOT NULL DEFAULT 0;
+    UPDATE txn p SET reserved_fen = held.fen, refunded_fen = p.refunded_fen - held.fen
+    FROM (
+        SELECT o.tx_date, o.terminal_id, o.stan, o.transmitted,
+               sum(CASE WHEN u.kind = 'void' THEN o.amount_fen ELSE u.amount_fen END) AS fen
+        FROM txn u JOIN txn o ON o.rrn = u.original_rrn AND o.merchant_id = u.merchant_id AND o.kind = 'purchase'
+        WHERE u.kind IN ('void', 'refund') AND u.state IN ('RECEIVED', 'PENDING', 'UNKNOWN')
+        GROUP BY 1, 2, 3, 4
+    ) held
+    WHERE (p.tx_date, p.terminal_id, p.stan, p.transmitted)
+        = (held.tx_date, held.terminal_id, held.stan, held.transmitted);
+    ALTER TABLE txn DROP CONSTRAINT txn_refunds_within_amount;
+    ALTER TABLE txn ADD CONSTRAINT txn_taken_within_amount
+        CHECK (reserved_fen >= 0 AND refunded_fen >= 0 AND reserved_fen + refunded_fen <= amount_fen);
+    """,
 ]
-
-# The final states of txn_state (final = true), for code that must not ask the database.
-FINAL_STATES = frozenset({"APPROVED", "DECLINED", "CANCELLED", "REVERSED", "VOIDED"})
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
 
@@ -352,7 +378,25 @@ async def migrate(conn: asyncpg.Connection) -> int:
             if version > current:
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        await sync_machine(conn)
         return len(MIGRATIONS)
+
+
+async def sync_machine(conn: asyncpg.Connection) -> None:
+    """Write the state machine's tables from ``switch.journal.machine``: the states, the guard's
+    allowed pairs, and the moves by event and promise that the journal's updates join."""
+    await conn.executemany(
+        "INSERT INTO txn_state (state, final, description) VALUES ($1, $2, $3) "
+        "ON CONFLICT (state) DO UPDATE SET final = EXCLUDED.final, description = EXCLUDED.description",
+        [(s.value, s in machine.FINAL, machine.DESCRIPTIONS[s]) for s in machine.State],
+    )
+    await conn.execute("DELETE FROM txn_state_move")
+    await conn.executemany("INSERT INTO txn_state_move VALUES ($1, $2)", machine.PAIRS)
+    await conn.execute("DELETE FROM txn_event_move")
+    await conn.executemany(
+        "INSERT INTO txn_event_move (state, event, promise, to_state) VALUES ($1, $2, $3, $4)",
+        [(m.state, m.event, m.promise, m.to) for m in machine.MOVES],
+    )
 
 
 async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:

@@ -1,5 +1,7 @@
-"""Journal operations: write-ahead inserts and outcome updates through group commit, lookups,
-RRN allocation and partition upkeep."""
+"""Journal operations: write-ahead inserts and state moves through group commit, lookups, RRN
+allocation and partition upkeep. Every change of a transaction's state, and of its sub-states
+(reversal requested, amounts reserved and refunded), is made here, by the state machine of
+``switch.journal.machine``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,22 @@ from typing import NamedTuple
 
 import asyncpg
 
+from protocols import response_codes as rc
 from switch.journal.groupcommit import GroupCommit
-from switch.journal.schema import FINAL_STATES, ensure_partitions, migrate
+from switch.journal.machine import (
+    DUE_SQL,
+    KEPT,
+    NEXT_CHECK_SQL,
+    OPEN,
+    PROMISE_SQL,
+    PURCHASE,
+    VOID,
+    Event,
+    State,
+    reversal_answer,
+    undo_refusal,
+)
+from switch.journal.schema import ensure_partitions, migrate
 
 RRN_BLOCK = 1000
 
@@ -55,18 +71,21 @@ class NewTxn(NamedTuple):
         return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
 
 
-class FinalUpdate(NamedTuple):
+class Report(NamedTuple):
+    """What a writer learned about a transaction: the event, and what to record with it. The
+    state it moves to is the machine's to decide."""
+
     tx_date: dt.date
     terminal_id: str
     stan: str
     transmitted: str
-    state: str
-    response_code: str
-    auth_id: str
-    channel_code: str
+    event: str  # an Event
+    answer: str | None  # field 39 the terminal is told now, or a resend will get; None: unchanged
+    auth_id: str | None  # None: unchanged
+    channel_code: str  # "": unchanged (likewise the two below)
     channel_message: str
     channel_txn_id: str
-    next_check_at: dt.datetime | None  # for states still open: when the resolver looks again
+    asked: dt.datetime | None  # if it stays open: when the resolver looks again
 
     @property
     def key(self) -> TxnKey:
@@ -112,6 +131,7 @@ class Original(NamedTuple):
     out_trade_no: str
     merchant_id: str
     amount_fen: int
+    reserved_fen: int
     refunded_fen: int
     channel_txn_id: str | None
     received_at: dt.datetime
@@ -154,31 +174,34 @@ _INSERT_SQL = (
     f"AND u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
     "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
 )
-_UPDATE_COLUMNS = list(FinalUpdate._fields)
+_REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
-_UPDATE_SQL = (
-    "UPDATE txn t SET "
-    + ", ".join(f"{c} = u.{c}" for c in _UPDATE_COLUMNS if c not in (*_KEY_COLUMNS, "next_check_at"))
-    # A reversal requested while the transaction was under way is carried out as soon as it ends.
-    + ", next_check_at = CASE WHEN t.reversal_requested_at IS NULL THEN u.next_check_at ELSE now() END"
-    + " FROM unnest("
-    + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_UPDATE_COLUMNS, start=1))
-    + f") AS u({', '.join(_UPDATE_COLUMNS)}) WHERE "
+_REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz"}
+_KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
+# The machine's move for each report: the row's state, the event and the promise (computed on the
+# locked row, so a reversal recorded meanwhile is seen) pick the new state; a report with no move
+# from the row's state (settled already, say) changes nothing and returns no row.
+_MOVE_SQL = (
+    "UPDATE txn t SET state = m.to_state, response_code = coalesce(u.answer, t.response_code), "
+    "auth_id = coalesce(u.auth_id, t.auth_id), "
+    + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
+    + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
+    + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
+    + f") AS u({', '.join(_REPORT_COLUMNS)}) JOIN txn_event_move m ON m.event = u.event WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
-    + f" AND t.tx_date = ${len(_UPDATE_COLUMNS) + 1}::date"  # the round's day: one partition planned
-    + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted"
+    + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: one partition planned
+    + f" AND m.state = t.state AND m.promise = {PROMISE_SQL}"
+    + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted, m.to_state"
 )
 _FIND_SQL = (
     "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
     "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
-_OPEN = "('RECEIVED', 'PENDING', 'UNKNOWN')"
-_DUE = f"(state IN {_OPEN} OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL))"
 _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
 _CLAIM_SQL = (
     f"WITH due AS (SELECT tx_date, terminal_id, stan, transmitted FROM txn "
-    f"WHERE {_DUE} AND next_check_at <= now() AND channel = ANY($3) "
+    f"WHERE {DUE_SQL} AND next_check_at <= now() AND channel = ANY($3) "
     "ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
     "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
@@ -186,14 +209,15 @@ _CLAIM_SQL = (
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
 _DEFER_SQL = (
-    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {_DUE} "
+    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {DUE_SQL} "
     "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
 _ORIGINAL_SQL = (
     "SELECT "
     + ", ".join(c for c in Original._fields if c != "reversal_requested")
-    + ", reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1 AND merchant_id = $2 AND kind = 'purchase' "
+    + ", reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1 AND merchant_id = $2 "
+    f"AND kind = '{PURCHASE}' "
     "ORDER BY tx_date DESC LIMIT 1"
 )
 
@@ -211,7 +235,7 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     transaction)."""
 
 
-def _rounds(items: Sequence[NewTxn] | Sequence[FinalUpdate]) -> list[tuple[dt.date, list[int]]]:
+def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, list[int]]]:
     """Split item positions into rounds of one transaction day in which no key repeats: one
     statement cannot meaningfully write the same row twice, and a statement told its day is
     planned for that day's partition alone (planning all of them cost more than the writes)."""
@@ -301,9 +325,10 @@ class Journal:
         """Insert and commit the RECEIVED row. False when the key already exists."""
         return await self._inserts.submit(txn)
 
-    async def record_outcome(self, update: FinalUpdate) -> bool:
-        """Commit the transaction's new state. False when there is no such row."""
-        return await self._updates.submit(update)
+    async def record(self, report: Report) -> State | None:
+        """Move the transaction by the report's event and commit it: the state it is now in, or
+        None when the machine has no such move from its state (or there is no such row)."""
+        return await self._updates.submit(report)
 
     async def find(self, key: TxnKey) -> StoredTxn | None:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
@@ -333,23 +358,23 @@ class Journal:
     async def open_count(self) -> int:
         """Transactions the resolver is still settling (open, or approved with a reversal to carry
         out); dead letters, waiting for a person, are not counted."""
-        return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE {_DUE} AND next_check_at IS NOT NULL")
+        return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL")
 
     async def open_by_queue(self) -> list[tuple[str, str, int]]:
         """(channel, queue, count) of what the resolver is settling: RECEIVED (orphans), PENDING,
         UNKNOWN, and REVERSAL (the store-and-forward queue of reversals to carry out)."""
         rows = await self._pool.fetch(
             "SELECT channel, CASE WHEN reversal_requested_at IS NOT NULL THEN 'REVERSAL' ELSE state END AS queue, "
-            f"count(*) AS n FROM txn WHERE {_DUE} AND next_check_at IS NOT NULL GROUP BY 1, 2"
+            f"count(*) AS n FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL GROUP BY 1, 2"
         )
         return [(r["channel"], r["queue"], r["n"]) for r in rows]
 
     async def request_reversal(
         self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
-    ) -> tuple[str, str | None]:
-        """Record a 0400 and flag its original, committed before the answer. Returns the RRN of the
-        answer (the first one's, for a retransmission) and the original's state (None: unknown;
-        REFUNDED: approved and partly refunded, which a reversal must not undo a second time)."""
+    ) -> tuple[str, str]:
+        """Record a 0400 and flag its original (the promise becomes "reverse"), committed before
+        the answer. Returns the RRN of the answer (the first one's, for a retransmission) and its
+        field 39 (``switch.journal.machine.reversal_answer``)."""
         async with self._pool.acquire() as conn, conn.transaction():
             answer_rrn = await conn.fetchval(
                 "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
@@ -364,20 +389,21 @@ class Journal:
                 "AND orig_transmitted = $4",
                 *original,
             )
-            state = await conn.fetchval(
-                "UPDATE txn SET reversal_requested_at = coalesce(reversal_requested_at, now()), "
-                # Under way in a front end: it makes the row due when it ends (see _UPDATE_SQL).
-                "next_check_at = CASE WHEN state = 'RECEIVED' THEN next_check_at ELSE now() END "
-                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-                f"AND kind = 'purchase' AND refunded_fen = 0 AND (state IN {_OPEN} OR state = 'APPROVED') "
-                "RETURNING state",
-                *original,
-            ) or await conn.fetchval(  # reversals name purchases (voids and refunds are not reversed)
-                "SELECT CASE WHEN state = 'APPROVED' AND refunded_fen > 0 THEN 'REFUNDED' ELSE state END FROM txn "
-                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND kind = 'purchase'",
+            row = await conn.fetchrow(  # reversals name purchases (voids and refunds are not reversed)
+                "SELECT state, reserved_fen + refunded_fen > 0 AS touched FROM txn WHERE tx_date = $1 "
+                f"AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND kind = '{PURCHASE}' FOR UPDATE",
                 *original,
             )
-        return answer_rrn, state
+            code = reversal_answer(row and row["state"], bool(row and row["touched"]))
+            if code == rc.APPROVED and row["state"] in OPEN | KEPT:
+                await conn.execute(
+                    "UPDATE txn SET reversal_requested_at = coalesce(reversal_requested_at, now()), "
+                    # Under way in a front end: its move makes the row due when it ends.
+                    f"next_check_at = CASE WHEN state = '{State.RECEIVED}' THEN next_check_at ELSE now() END "
+                    "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+                    *original,
+                )
+        return answer_rrn, code
 
     async def reversed_before_arrival(self, key: TxnKey) -> bool:
         return await self._pool.fetchval(
@@ -390,21 +416,24 @@ class Journal:
         row = await self._pool.fetchrow(_ORIGINAL_SQL, rrn, merchant_id)
         return Original(*row) if row else None
 
-    async def write_ahead_undo(self, txn: NewTxn, original: Original, reserve_fen: int, check) -> str | None:
-        """Write a void or refund ahead and reserve ``reserve_fen`` of its purchase, in one
-        transaction, the purchase locked meanwhile. ``check(original)`` (re-run on the locked row)
-        returns a response code that refuses it, or None. Returns that code, or None once written."""
+    async def write_ahead_undo(self, txn: NewTxn, original: Original) -> str | None:
+        """Write a void or refund ahead and reserve what it takes of its purchase, in one
+        transaction, the purchase locked meanwhile and checked again (``machine.undo_refusal``).
+        Returns the refusing response code, or None once written."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
-            refusal = check(locked)
+            refusal = undo_refusal(
+                txn.kind, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
+                locked.reserved_fen, locked.refunded_fen, locked.reversal_requested,
+            )  # fmt: skip
             if refusal is not None:
                 return refusal
             await conn.execute(
-                "UPDATE txn SET refunded_fen = refunded_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
+                "UPDATE txn SET reserved_fen = reserved_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
                 "AND stan = $3 AND transmitted = $4",
                 *locked.key,
-                reserve_fen,
+                taken_fen(txn.kind, txn.amount_fen, locked.amount_fen),
             )
             inserted = await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date)
             if not inserted:
@@ -417,32 +446,27 @@ class Journal:
             )
         return None
 
-    async def settle_undo(self, update: FinalUpdate, original: TxnKey, release_fen: int, voided: bool) -> bool:
-        """Record a void's or refund's outcome, once: a void that went through voids its purchase,
-        and one that did not gives back what it reserved. False when it was settled already."""
+    async def settle_undo(self, report: Report, kind: str, amount_fen: int, original: Original) -> State | None:
+        """Move a void or refund by its report, once; when that settles it, settle its purchase
+        in the same transaction: what it reserved is given back (accepted) or released (refused),
+        and an accepted void voids the purchase. Returns the void's or refund's state, or None
+        when it was settled already (a lapsed lease: never release or void twice)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval(
-                "SELECT state FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-                "FOR UPDATE",
-                *update.key,
+            moved = await record_in(conn, [report])
+            state = moved[0]
+            if state is None or state in OPEN:
+                return state
+            if state is State.APPROVED and kind == VOID:
+                await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)])
+            given_back = state is State.APPROVED
+            await conn.execute(
+                "UPDATE txn SET reserved_fen = reserved_fen - $5, refunded_fen = refunded_fen + $6 "
+                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+                *original.key,
+                (held := taken_fen(kind, amount_fen, original.amount_fen)),
+                held if given_back else 0,
             )
-            if state in FINAL_STATES:
-                return False  # settled already (a lease that lapsed): never release or void twice
-            await conn.fetch(_UPDATE_SQL, *_columns([update]), update.tx_date)
-            if voided:
-                await conn.execute(
-                    "UPDATE txn SET state = 'VOIDED' WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
-                    "AND transmitted = $4",
-                    *original,
-                )
-            if release_fen:
-                await conn.execute(
-                    "UPDATE txn SET refunded_fen = refunded_fen - $5 WHERE tx_date = $1 AND terminal_id = $2 "
-                    "AND stan = $3 AND transmitted = $4",
-                    *original,
-                    release_fen,
-                )
-        return True
+        return state
 
     async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
         await self._pool.execute(
@@ -475,17 +499,45 @@ class Journal:
             )
 
     async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
-        return await self._flush(txns, _INSERT_SQL)
-
-    async def _flush_updates(self, updates: Sequence[FinalUpdate]) -> list[bool]:
-        return await self._flush(updates, _UPDATE_SQL)
-
-    async def _flush(self, items: Sequence[NewTxn] | Sequence[FinalUpdate], sql: str) -> list[bool]:
-        done = [False] * len(items)
         async with self._writers.acquire() as conn:
-            for day, positions in _rounds(items):
-                rows = [items[p] for p in positions]
-                hit = {TxnKey(*r) for r in await conn.fetch(sql, *_columns(rows), day)}
-                for p in positions:
-                    done[p] = items[p].key in hit
-        return done
+            done = await _in_rounds(conn, txns, _INSERT_SQL)
+        return [item is not None for item in done]
+
+    async def _flush_updates(self, reports: Sequence[Report]) -> list[State | None]:
+        async with self._writers.acquire() as conn:
+            return await record_in(conn, reports)
+
+
+def taken_fen(kind: str, amount_fen: int, purchase_fen: int) -> int:
+    """What a void or refund takes of its purchase: a void all of it."""
+    return purchase_fen if kind == VOID else amount_fen
+
+
+async def record_in(conn: asyncpg.Connection, reports: Sequence[Report]) -> list[State | None]:
+    """``Journal.record`` on a connection the caller holds (in its own transaction, say): the
+    state each report moved its transaction to, None where the machine had no move."""
+    return [None if r is None else State(r[4]) for r in await _in_rounds(conn, reports, _MOVE_SQL)]
+
+
+async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
+    """Make a transaction the resolver still owes an outcome due now; False when it is not due
+    at all (settled meanwhile)."""
+    done = await conn.execute(
+        f"UPDATE txn SET next_check_at = now() WHERE {DUE_SQL} "
+        "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+        *key,
+    )
+    return done == "UPDATE 1"
+
+
+async def _in_rounds(
+    conn: asyncpg.Connection, items: Sequence[NewTxn] | Sequence[Report], sql: str
+) -> list[asyncpg.Record | None]:
+    """Run ``sql`` over ``items`` in rounds (see ``_rounds``): each item's returned row, or None."""
+    done: list[asyncpg.Record | None] = [None] * len(items)
+    for day, positions in _rounds(items):
+        rows = [items[p] for p in positions]
+        hit = {TxnKey(*r[:4]): r for r in await conn.fetch(sql, *_columns(rows), day)}
+        for p in positions:
+            done[p] = hit.get(items[p].key)
+    return done

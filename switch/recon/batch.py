@@ -30,6 +30,7 @@ import asyncpg
 
 from protocols.bills import bills_of
 from protocols.statements import CST
+from switch.journal.machine import KEPT, OPEN, sql_set
 from switch.recon.handling import Handler
 
 Fetch = Callable[[str, dt.date], Awaitable[bytes]]
@@ -40,9 +41,9 @@ STEPS = ("fetch", "load", "extract", "match", "handle", "report")
 DONE = "done"
 CLASSES = ("MATCHED", "LONG", "SHORT", "AMOUNT", "STATUS", "REFUND")
 WHOLE_DAY = -1
-_MONEY_KEPT = "('APPROVED', 'REFUNDED')"
-_STILL_OPEN = "('RECEIVED', 'PENDING', 'UNKNOWN')"
-_REFUND_EXPECTED = "('APPROVED', 'RECEIVED', 'PENDING', 'UNKNOWN')"  # a refund the channel should have
+_MONEY_KEPT = sql_set(KEPT)
+_STILL_OPEN = sql_set(OPEN)
+_REFUND_EXPECTED = sql_set(KEPT | OPEN)  # a refund the channel should have
 
 _MATCH_PAYMENTS = f"""
 INSERT INTO recon_item
@@ -79,7 +80,7 @@ FROM (
            CASE
                WHEN j.out_trade_no IS NULL THEN 'REFUND'
                WHEN s.refund_no IS NULL THEN CASE WHEN j.state IN {_REFUND_EXPECTED} THEN 'REFUND' END
-               WHEN j.state <> 'APPROVED' OR s.amount_fen <> j.amount_fen THEN 'REFUND'
+               WHEN j.state NOT IN {_MONEY_KEPT} OR s.amount_fen <> j.amount_fen THEN 'REFUND'
                ELSE 'MATCHED'
            END AS class
     FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND kind = 'REFUND') s

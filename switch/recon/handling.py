@@ -4,10 +4,10 @@ at), within a threshold of count and amount per batch past which the automation 
 leaves the rest to a person.
 
 Rules:
-- ``approve_paid``: the journal still has it UNKNOWN / PENDING and the statement shows it paid, for
-  the same amount. Approved when the terminal was told "in progress" (``09``) or nothing; else
-  handed to the resolver now, which settles it with what the terminal was told (a terminal told
-  it failed gets its money back).
+- ``approve_paid``: the journal still has it open and the statement shows it paid, for the same
+  amount: reported to the journal as accepted at the channel. The state machine approves it when
+  the terminal's promise lets the money be kept; otherwise (told it failed, never told, or a
+  reversal acknowledged) it stays open and due now, and the resolver gives the money back.
 - ``resolve_open``: open in the journal, absent from the statement: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
@@ -18,6 +18,7 @@ AMOUNT and REFUND differences, and anything a rule cannot settle, are left to a 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from protocols.messages import CANCEL, QUERY, ChannelRequest, ChannelResult, Outcome
+from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
+from switch.journal.machine import OPEN
 
 Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
-_OPEN_STATES = ("RECEIVED", "PENDING", "UNKNOWN")
-_TOLD_IN_PROGRESS = (None, "09")
 _keys = itertools.count(1)
 
 
@@ -48,7 +49,7 @@ class Handled:
 
 _CANDIDATES = """
 SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
-       s.channel_txn_id, s.at, t.response_code
+       s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted
 FROM recon_item i
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.kind = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
@@ -85,40 +86,43 @@ class Handler:
         return Handled(fixed, left, stopped=False)
 
     async def _approve_paid(self, item: asyncpg.Record) -> bool:
-        if item["response_code"] in _TOLD_IN_PROGRESS:
-            sql = (
-                "UPDATE txn SET state = 'APPROVED', channel_txn_id = $3, next_check_at = NULL, updated_at = now() "
-                "WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($4)"
-            )
-            detail = "approved: the statement shows it paid"
-            args = (item["rrn"], item["out_trade_no"], item["channel_txn_id"] or "", list(_OPEN_STATES))
-        else:
-            sql = "UPDATE txn SET next_check_at = now() WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($3)"
-            detail = f"the terminal was told {item['response_code']}: handed to the resolver"
-            args = (item["rrn"], item["out_trade_no"], list(_OPEN_STATES))
-        return await self._record(item, "approve_paid", detail, sql, args)
+        async def accepted(conn: asyncpg.Connection) -> str:
+            now = dt.datetime.now(dt.UTC)
+            report = Report(*_key(item), Event.ACCEPTED, None, None, "", "", item["channel_txn_id"] or "", now)
+            state = (await record_in(conn, [report]))[0]
+            if state is State.APPROVED:
+                return "approved: the statement shows it paid"
+            if state is None:
+                raise _JournalMoved
+            return "paid at the channel, but the terminal was promised no payment: handed to the resolver"
+
+        return await self._record(item, "approve_paid", accepted)
 
     async def _resolve_open(self, item: asyncpg.Record) -> bool:
-        sql = "UPDATE txn SET next_check_at = now() WHERE rrn = $1 AND out_trade_no = $2 AND state = ANY($3)"
-        args = (item["rrn"], item["out_trade_no"], list(_OPEN_STATES))
-        return await self._record(item, "resolve_open", "not on the statement: handed to the resolver", sql, args)
+        async def handed(conn: asyncpg.Connection) -> str:
+            if not await hand_to_resolver(conn, _key(item)):
+                raise _JournalMoved
+            return "not on the statement: handed to the resolver"
+
+        return await self._record(item, "resolve_open", handed)
 
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
         asked = await self._ask(QUERY, item)
         if asked.outcome is Outcome.DECLINED and asked.sent:
-            return await self._record(item, "reverse_long", "the channel now reports it closed: nothing to do")
+            return await self._record(item, "reverse_long", _said("the channel now reports it closed: nothing to do"))
         if asked.outcome is not Outcome.APPROVED:
             return False
         cancelled = await self._ask(CANCEL, item)
         if cancelled.outcome is not Outcome.APPROVED:
             return False
-        return await self._record(item, "reverse_long", "paid at the channel, unknown here: reversed, money returned")
+        reversed_ = _said("paid at the channel, unknown here: reversed, money returned")
+        return await self._record(item, "reverse_long", reversed_)
 
     async def _confirm_short(self, item: asyncpg.Record) -> bool:
         asked = await self._ask(QUERY, item)
         if asked.outcome is not Outcome.APPROVED:
             return False
-        return await self._record(item, "confirm_short", "the channel confirms it paid: its statement missed it")
+        return await self._record(item, "confirm_short", _said("the channel confirms it paid: its statement missed it"))
 
     async def _ask(self, op: str, item: asyncpg.Record) -> ChannelResult:
         created = item["at"].timestamp() if item["at"] is not None else time.time()
@@ -136,29 +140,25 @@ class Handler:
         )
         return await self._call(request)
 
-    async def _record(self, item: asyncpg.Record, rule: str, detail: str, sql: str = "", args: tuple = ()) -> bool:
-        """The action, the journal change and the item's new status, together or not at all."""
+    async def _record(self, item: asyncpg.Record, rule: str, act: Action) -> bool:
+        """The item claimed, the journal's change (``act``, which says what it did) and the action
+        recorded, together or not at all."""
         try:
-            return await self._commit(item, rule, detail, sql, args)
+            async with self._pool.acquire() as conn, conn.transaction():
+                claimed = await conn.execute(
+                    "UPDATE recon_item SET status = 'FIXED' WHERE id = $1 AND status = 'OPEN'", item["id"]
+                )
+                if claimed != "UPDATE 1":
+                    return False
+                detail = await act(conn)
+                await conn.execute("UPDATE recon_item SET note = $2 WHERE id = $1", item["id"], detail)
+                await conn.execute(
+                    "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, $2, $3)", item["id"], rule, detail
+                )
         except _JournalMoved:
+            # The journal moved on since the match (the resolver settled it): nothing is fixed here,
+            # the claim rolls back and the item stays open for a person.
             return False
-
-    async def _commit(self, item: asyncpg.Record, rule: str, detail: str, sql: str, args: tuple) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            claimed = await conn.execute(
-                "UPDATE recon_item SET status = 'FIXED', note = $2 WHERE id = $1 AND status = 'OPEN'",
-                item["id"],
-                detail,
-            )
-            if claimed != "UPDATE 1":
-                return False
-            if sql and await conn.execute(sql, *args) != "UPDATE 1":
-                # The journal moved on since the match (the resolver settled it): nothing is fixed
-                # here, the claim above rolls back and the item stays open for a person.
-                raise _JournalMoved
-            await conn.execute(
-                "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, $2, $3)", item["id"], rule, detail
-            )
         return True
 
 
@@ -166,9 +166,25 @@ class _JournalMoved(Exception):
     pass
 
 
+Action = Callable[[asyncpg.Connection], Awaitable[str]]
+
+
+def _said(detail: str) -> Action:
+    """An action that changes nothing in the journal (the channel call was the fix)."""
+
+    async def act(_: asyncpg.Connection) -> str:
+        return detail
+
+    return act
+
+
+def _key(item: asyncpg.Record) -> TxnKey:
+    return TxnKey(item["tx_date"], item["terminal_id"], item["stan"], item["transmitted"])
+
+
 def _rule_for(item: asyncpg.Record) -> str | None:
     kind, state, status = item["class"], item["journal_state"], item["channel_status"]
-    if kind == "STATUS" and state in _OPEN_STATES:
+    if kind == "STATUS" and state in OPEN:
         if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
             return "approve_paid"
         if status is None:

@@ -1,0 +1,185 @@
+"""The transaction state machine, as data: states, events, what the terminal was promised, and
+the moves between them. The journal applies it (``switch.journal.store``), and nothing else moves
+a transaction: the database's guard (``txn_state_move``) and the table the journal's updates join
+(``txn_event_move``) are written from ``MOVES`` at every start.
+
+A move is chosen by (state, event, promise):
+
+- the **state** the row is in;
+- the **event**: what the channel established, or what the switch did there;
+- the **promise**: what the terminal was told, which decides what the money may then do. A
+  purchase answered approved or "in progress" (``00`` / ``09``) may keep its money (``keep``);
+  one answered anything else, or nothing at all (a crash before the answer), must not
+  (``return``); one whose reversal (0400) was acknowledged must go back as a reversal
+  (``reverse``), whatever it was told before. Voids and refunds keep what the channel did.
+
+So a writer that learns "the channel has the money" (the lifecycle, the resolver, or
+reconciliation reading a statement) reports ``accepted``; the machine makes it APPROVED only when
+the promise lets the money be kept, and otherwise leaves it open and due, for the resolver to
+cancel. No writer can forget a reversal, because no writer decides the state.
+
+Sub-states are columns the journal alone writes: ``reversal_requested_at`` (the promise
+``reverse``), ``reserved_fen`` (held by voids and refunds under way) and ``refunded_fen`` (given
+back by voids and refunds the channel accepted). ``REFUNDED`` is not a state: a purchase partly
+or wholly refunded stays APPROVED (its payment row at the channel stands; refunds are rows of
+their own), with ``refunded_fen`` saying how much went back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+from protocols import response_codes as rc
+from protocols.messages import Outcome
+
+
+class State(StrEnum):
+    RECEIVED = "RECEIVED"
+    PENDING = "PENDING"
+    UNKNOWN = "UNKNOWN"
+    APPROVED = "APPROVED"
+    DECLINED = "DECLINED"
+    CANCELLED = "CANCELLED"
+    REVERSED = "REVERSED"
+    VOIDED = "VOIDED"
+
+
+DESCRIPTIONS = {
+    State.RECEIVED: "written ahead; the channel has not answered yet",
+    State.PENDING: "the customer is still confirming at the channel",
+    State.UNKNOWN: "not settled at the channel: to be resolved by query (and cancelled if the money may not be kept)",
+    State.APPROVED: "the channel took the money, and may keep it",
+    State.DECLINED: "the channel refused it, or certainly never received it",
+    State.CANCELLED: "closed or cancelled at the channel: the channel keeps no money",
+    State.REVERSED: "reversed at the terminal's request: the channel keeps no money",
+    State.VOIDED: "voided the same day: the channel keeps no money",
+}
+OPEN = frozenset({State.RECEIVED, State.PENDING, State.UNKNOWN})
+FINAL = frozenset(State) - OPEN
+KEPT = frozenset({State.APPROVED})  # the channel holds the payment (for a purchase) or did the void / refund
+
+
+class Event(StrEnum):
+    ACCEPTED = "accepted"  # the channel did what was asked: took the payment, or did the void / refund
+    PAYING = "paying"  # the customer is still confirming
+    UNSURE = "unsure"  # no answer that can be trusted: ask again
+    REFUSED = "refused"  # refused, closed or failed at the channel: it keeps no money
+    CANCELLED = "cancelled"  # the switch closed or cancelled the payment at the channel
+    VOIDED = "voided"  # a void of this purchase went through
+
+
+class Promise(StrEnum):
+    KEEP = "keep"
+    RETURN = "return"
+    REVERSE = "reverse"
+
+
+EVENT_OF_OUTCOME = {
+    Outcome.APPROVED: Event.ACCEPTED,
+    Outcome.PENDING: Event.PAYING,
+    Outcome.UNKNOWN: Event.UNSURE,
+    Outcome.DECLINED: Event.REFUSED,
+}
+TOLD_KEEP = (rc.APPROVED, rc.IN_PROGRESS)  # answers after which a purchase's money may be kept
+PURCHASE, VOID, REFUND = "purchase", "void", "refund"  # the kinds of transaction
+
+
+def promise(kind: str, told: str | None, reversal_requested: bool) -> Promise:
+    """The one rule: what the terminal was told, and so what the money may do."""
+    if reversal_requested:
+        return Promise.REVERSE
+    if kind != PURCHASE or told in TOLD_KEEP:
+        return Promise.KEEP
+    return Promise.RETURN
+
+
+# The same rule over a ``txn`` row ``t`` and the answer recorded with the move, ``u.answer`` (the
+# front end's own, for a row it had not answered yet). Tested against ``promise``.
+PROMISE_SQL = (
+    f"CASE WHEN t.reversal_requested_at IS NOT NULL THEN '{Promise.REVERSE}' "
+    f"WHEN t.kind <> '{PURCHASE}' OR coalesce(t.response_code, u.answer) IN "
+    f"({', '.join(repr(c) for c in TOLD_KEEP)}) THEN '{Promise.KEEP}' ELSE '{Promise.RETURN}' END"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    state: State
+    event: Event
+    promise: Promise
+    to: State
+
+
+def _moves() -> tuple[Move, ...]:
+    moves = []
+    for state in sorted(OPEN):
+        for promised in Promise:
+            reversing = promised is Promise.REVERSE
+            moves += [
+                # Money the terminal was not promised stays open and due: the resolver cancels it.
+                Move(state, Event.ACCEPTED, promised, State.APPROVED if promised is Promise.KEEP else State.UNKNOWN),
+                Move(state, Event.PAYING, promised, State.PENDING),
+                Move(state, Event.UNSURE, promised, State.UNKNOWN),
+                Move(state, Event.REFUSED, promised, State.REVERSED if reversing else State.DECLINED),
+                Move(state, Event.CANCELLED, promised, State.REVERSED if reversing else State.CANCELLED),
+            ]
+    moves += [
+        # An approved purchase whose reversal was acknowledged afterwards: cancelled, or found closed.
+        Move(State.APPROVED, Event.CANCELLED, Promise.REVERSE, State.REVERSED),
+        Move(State.APPROVED, Event.REFUSED, Promise.REVERSE, State.REVERSED),
+        Move(State.APPROVED, Event.VOIDED, Promise.KEEP, State.VOIDED),
+    ]
+    return tuple(moves)
+
+
+MOVES = _moves()
+PAIRS = sorted({(m.state, m.to) for m in MOVES if m.state != m.to})  # the database guard's table
+
+
+def sql_set(states: frozenset[State]) -> str:
+    """``('A', 'B')`` for SQL that reads states through these definitions."""
+    return "(" + ", ".join(f"'{s}'" for s in sorted(states)) + ")"
+
+
+# A row is due for the resolver while open, or while kept with a reversal still to carry out.
+DUE_SQL = f"(state IN {sql_set(OPEN)} OR (state IN {sql_set(KEPT)} AND reversal_requested_at IS NOT NULL))"
+# When the resolver looks at a row after a move to ``m.to_state``: at once while a reversal is
+# to be carried out, never once final, else when the writer asked (``u.asked``).
+NEXT_CHECK_SQL = (
+    f"CASE WHEN t.reversal_requested_at IS NOT NULL AND m.to_state IN {sql_set(OPEN | KEPT)} THEN now() "
+    f"WHEN m.to_state IN {sql_set(FINAL)} THEN NULL ELSE u.asked END"
+)
+
+
+# -- what may happen next, given the sub-states -------------------------------------------------
+
+
+def undo_refusal(
+    kind: str, amount_fen: int, tx_date: dt.date, state: str, original_date: dt.date,
+    original_fen: int, reserved_fen: int, refunded_fen: int, reversal_requested: bool,
+) -> str | None:  # fmt: skip
+    """Field 39 refusing a void (same day, whole amount) or a refund of a
+    purchase, or None when it may go ahead. Amounts under way count as taken: never over."""
+    if state != State.APPROVED or reversal_requested:
+        return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
+    taken = reserved_fen + refunded_fen
+    if kind == VOID:
+        if original_date != tx_date or taken:
+            return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
+        if amount_fen != original_fen:
+            return rc.ORIGINAL_AMOUNT_INCORRECT
+    elif taken + amount_fen > original_fen:
+        return rc.ORIGINAL_AMOUNT_INCORRECT
+    return None
+
+
+def reversal_answer(state: str | None, touched_by_undo: bool) -> str:
+    """Field 39 of a 0410: ``25`` for an unknown original; ``12`` for an approved one that a
+    refund or void has taken from (cancelling it would return that part twice); else ``00``."""
+    if state is None:
+        return rc.ORIGINAL_NOT_FOUND
+    if state == State.APPROVED and touched_by_undo:
+        return rc.INVALID_TRANSACTION
+    return rc.APPROVED

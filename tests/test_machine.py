@@ -1,0 +1,134 @@
+"""The one state machine: its data, the database's copy of it, the promise rule in SQL against
+the same rule in Python, and that no writer outside the journal moves a transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import re
+import uuid
+from pathlib import Path
+
+from switch.journal import Event, Journal, NewTxn, Report, State
+from switch.journal.machine import FINAL, MOVES, OPEN, PAIRS, PROMISE_SQL, TOLD_KEEP, Promise, promise
+from tests.conftest import run
+
+ROOT = Path(__file__).resolve().parent.parent
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def test_every_state_is_reached_and_final_states_are_left_only_for_a_reversal_or_a_void():
+    reached = {State.RECEIVED} | {m.to for m in MOVES}
+    assert reached == set(State)
+    out_of_final = {(m.state, m.event, m.promise) for m in MOVES if m.state in FINAL}
+    assert out_of_final == {
+        (State.APPROVED, Event.CANCELLED, Promise.REVERSE),
+        (State.APPROVED, Event.REFUSED, Promise.REVERSE),
+        (State.APPROVED, Event.VOIDED, Promise.KEEP),
+    }
+    # One move at most for each state, event and promise.
+    assert len({(m.state, m.event, m.promise) for m in MOVES}) == len(MOVES)
+
+
+def test_money_is_kept_only_where_the_terminal_was_promised_it():
+    for move in MOVES:
+        if move.to is State.APPROVED:
+            assert move.promise is Promise.KEEP, move
+        if move.promise is Promise.REVERSE and move.to in FINAL:
+            assert move.to in (State.REVERSED, State.VOIDED), move
+
+
+def test_the_promise_in_sql_is_the_promise_in_python(database_url):
+    import asyncpg
+
+    async def scenario():
+        conn = await asyncpg.connect(database_url)
+        try:
+            kinds, told, answers = ["purchase", "refund", "void"], [None, *TOLD_KEEP, "91", "05"], [None, "00", "91"]
+            cases = list(itertools.product(kinds, told, answers, [False, True]))
+            rows = await conn.fetch(
+                f"SELECT {PROMISE_SQL} AS promise FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) "
+                "WITH ORDINALITY AS c(kind, response_code, answer, reversal, n) "
+                "CROSS JOIN LATERAL (SELECT c.kind, c.response_code, "
+                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
+                "CROSS JOIN LATERAL (SELECT c.answer) u ORDER BY n",
+                *map(list, zip(*cases, strict=True)),
+            )
+        finally:
+            await conn.close()
+        for (kind, told, answer, reversal), row in zip(cases, rows, strict=True):
+            assert row["promise"] == promise(kind, told if told is not None else answer, reversal), (kind, told, answer)
+
+    run(scenario())
+
+
+def test_the_database_holds_the_machine_written_from_the_code(database_url):
+    async def scenario():
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+        try:
+            final = {r["state"] for r in await journal.pool.fetch("SELECT state FROM txn_state WHERE final")}
+            pairs = {tuple(r) for r in await journal.pool.fetch("SELECT from_state, to_state FROM txn_state_move")}
+            moves = {
+                tuple(r) for r in await journal.pool.fetch("SELECT state, event, promise, to_state FROM txn_event_move")
+            }
+        finally:
+            await journal.close()
+        assert final == set(FINAL)
+        assert pairs == set(PAIRS)
+        assert moves == {(m.state, m.event, m.promise, m.to) for m in MOVES}
+
+    run(scenario())
+
+
+def _purchase(rrn: str) -> NewTxn:
+    now = dt.datetime.now(dt.UTC)
+    return NewTxn(
+        TODAY, f"M{uuid.uuid4().hex[:7].upper()}", "000001", f"{TODAY:%m%d}120000", rrn, "purchase", "0200", "000000",
+        "898310048990001", 500, "156", "120000", f"{TODAY:%m%d}", "031", "134567******6700", b"h", "wechat",
+        f"{TODAY:%Y%m%d}{rrn}", b"r", now, now + dt.timedelta(hours=1),
+    )  # fmt: skip
+
+
+def test_a_reversal_acknowledged_while_under_way_is_never_settled_as_kept(database_url):
+    """The front end's own approval, and a statement's, of a purchase whose 0400 was answered
+    meanwhile: it stays open and due at once, for the resolver to cancel."""
+
+    async def scenario():
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+        try:
+            kept, reversed_ = _purchase(await journal.next_rrn()), _purchase(await journal.next_rrn())
+            for txn in (kept, reversed_):
+                assert await journal.write_ahead(txn)
+            _, code = await journal.request_reversal(reversed_.key, "000002", reversed_.transmitted, 500,
+                                                      await journal.next_rrn())  # fmt: skip
+            assert code == "00"
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+            states = [await journal.record(Report(*t.key, Event.ACCEPTED, "00", "", "", "", "", later))
+                      for t in (kept, reversed_)]  # fmt: skip
+            due = await journal.pool.fetchval(
+                "SELECT next_check_at <= now() FROM txn WHERE rrn = $1", reversed_.rrn
+            )
+            told_failure = _purchase(await journal.next_rrn())
+            assert await journal.write_ahead(told_failure)
+            failed = await journal.record(Report(*told_failure.key, Event.ACCEPTED, "91", "", "", "", "", later))
+        finally:
+            await journal.close()
+        assert states == [State.APPROVED, State.UNKNOWN] and due
+        assert failed is State.UNKNOWN  # paid at the channel, told it failed: the money goes back
+
+    run(scenario())
+
+
+def test_no_transaction_is_moved_outside_the_journal():
+    """One place decides a state: no ``UPDATE txn`` or state literal written outside the journal."""
+    offenders = []
+    for path in [*ROOT.glob("switch/**/*.py"), *ROOT.glob("actors/**/*.py"), *ROOT.glob("bench/**/*.py")]:
+        if path.parent.name == "journal":
+            continue
+        text = path.read_text()
+        if re.search(r"UPDATE\s+txn\b", text, re.IGNORECASE):
+            offenders.append(f"{path.relative_to(ROOT)}: UPDATE txn")
+        if re.search(rf"state\s*(=|IN|<>)\s*\(?'({'|'.join(State)})'", text):
+            offenders.append(f"{path.relative_to(ROOT)}: a state literal in SQL")
+    assert offenders == []
+    assert OPEN.isdisjoint(FINAL)
