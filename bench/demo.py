@@ -10,6 +10,7 @@ import socket
 import statistics
 import sys
 import time
+import urllib.error
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,11 @@ from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
 from bench.terminal import TerminalKeys
 from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, card_number, network, payment_code, purchase, quantile
+from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, host_port, load_config
 from switch.logs import setup_logging
+from switch.operator import request as admin_request
 
 MERCHANT = DEMO_MERCHANT
 TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
@@ -137,6 +140,36 @@ async def secured_terminal(host: str, port: int) -> None:
         await client.close()
 
 
+async def operator_drill(host: str, port: int, admin: str, token: str, token_file: Path) -> None:
+    """What ``paysw channel disable inbank`` / ``enable inbank`` do, through the admin endpoint:
+    refused without the admin token; with it, the channel off (91 at once) and on again."""
+    rng = random.Random()
+    stans = Stans(start=rng.randrange(1, 900_000))
+    terminal = TERMINALS[0]
+
+    async def act(action: str, with_token: str) -> int:
+        try:
+            await asyncio.to_thread(admin_request, admin, f"/channels/inbank/{action}", with_token, post=True)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
+
+    async def pay() -> str:
+        message = purchase(terminal, MERCHANT, payment_code("inbank", "00", rng), 100, stans.next(terminal))
+        return (await client.request(message))["39"]
+
+    client = await IsoClient.connect(host, port)
+    try:
+        refused = await act("disable", "")
+        off = (await act("disable", token), await pay())
+        on = (await act("enable", token), await pay())
+    finally:
+        await client.close()
+    print(f"operator, with the admin token in {token_file} (as paysw channel does):")
+    print(f"  without the token: disable inbank -> HTTP {refused}")
+    print(f"  disable inbank -> HTTP {off[0]}, purchase {off[1]};  enable inbank -> HTTP {on[0]}, purchase {on[1]}")
+
+
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
         f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
@@ -189,8 +222,8 @@ async def _journal_summary(app: SwitchApp) -> None:
     print("\njournal (last 10 minutes): " + ", ".join(f"{r['channel']}/{r['state']}={r['n']}" for r in rows))
 
 
-async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
-    app = SwitchApp(config, url)
+async def _run(config: Config, url: str, token: str, token_file: Path, serve: bool, per_channel: int) -> None:
+    app = SwitchApp(config, url, token)
     started = time.monotonic()
     await app.start()
     print(
@@ -200,6 +233,7 @@ async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
     )
     try:
         if serve:
+            print(f"operator controls: paysw channel list|disable|enable|... (admin token in {token_file})")
             print("serving until Ctrl-C", flush=True)
             await until_signalled()
         else:
@@ -210,6 +244,8 @@ async def _run(config: Config, url: str, serve: bool, per_channel: int) -> None:
             print_summary(tallies, time.monotonic() - started)
             print()
             await secured_terminal(host, port)
+            print()
+            await operator_drill(host, port, config.switch.admin_listen, token, token_file)
             print()
             await _settle(app)
             await _journal_summary(app)
@@ -225,13 +261,14 @@ def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int 
     if busy:
         print(f"paysw demo: ports already in use: {', '.join(busy)} (is another demo running?)")
         return 2
+    token = switch_token(config, data_dir)  # generated at the first start, then reused
     url, embedded = database_url_for(config, data_dir)
     print(f"journal: {'embedded PostgreSQL under ' + str(data_dir / 'pg') if embedded else 'external database'}")
     processes = start_simulators(simulators)
     try:
         _wait_for_ports([s.listen for s in simulators.simulators.values()])
         print(f"simulators: {', '.join(f'{n} {s.listen}' for n, s in simulators.simulators.items())}", flush=True)
-        uvloop.run(_run(config, url, serve, per_channel))
+        uvloop.run(_run(config, url, token, token_path(config, data_dir), serve, per_channel))
     except KeyboardInterrupt:
         pass
     finally:

@@ -137,7 +137,7 @@ def recovery_seconds(samples: list[Sample], cleared: float, until: float) -> flo
 
 async def _measure(stack: Stack, sick: str, faults: list[str], rate: float, phase_s: float, recovery_s: float):
     host, port = host_port(stack.config.switch.listen)
-    admin = stack.config.switch.admin_listen
+    admin, token = stack.config.switch.admin_listen, stack.admin_token()
     control = fault_address(stack.simulators, sick)
     load = Load(rate)
     running = asyncio.get_running_loop().create_task(load.run(host, port))
@@ -168,7 +168,7 @@ async def _measure(stack: Stack, sick: str, faults: list[str], rate: float, phas
     for name in faults:
         fault = FAULTS[name]
         if fault is None:
-            await phase(name, lambda: admin_request(admin, f"/channels/{sick}/crash?shard=0", post=True))
+            await phase(name, lambda: admin_request(admin, f"/channels/{sick}/crash?shard=0", token, post=True))
         else:
             await phase(name, lambda f=fault: set_fault(control, f), lambda: set_fault(control, NO_FAULT))
     await phase(HEALTHY_AGAIN, nothing, nothing)

@@ -14,6 +14,7 @@ from bench.demo import _ports_in_use, _wait_for_ports
 from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import load_simulator_config
+from switch.admin_token import configured_token
 from switch.config import host_port, load_config
 from switch.operator import request as admin_request
 
@@ -50,6 +51,10 @@ class Stack:
     def port(self) -> int:
         """The switch's ISO 8583 port."""
         return host_port(self.config.switch.listen)[1]
+
+    def admin_token(self) -> str:
+        """The token operator actions need (the switch generated it in the data folder)."""
+        return configured_token(self.config, self._data_dir)
 
     def simulator_processes(self) -> list:
         """The simulators' processes (``multiprocessing``), named ``sim-<channel>``."""

@@ -1,15 +1,22 @@
-"""The admin HTTP endpoint, for load balancers, Prometheus and operators:
+"""The admin HTTP endpoint, for load balancers, Prometheus and operators.
+
+Open to anyone who reaches it (read-only):
 
 - ``GET /healthz``, ``GET /readyz``: alive; ready for traffic (503 while starting or stopping).
 - ``GET /metrics``: Prometheus exposition.
 - ``GET /channels``: each channel's state: switched on or off, circuit, calls under way, limits,
   shards (actor alive, restarts, breaker window).
+
+Operator actions, each logged, always need ``Authorization: Bearer <token>`` (the configured
+``admin_token_file``, else the token the switch generated in its data folder: switch.admin_token);
+without it, or with a wrong one, 401 and nothing done:
+
 - ``POST /channels/{name}/{action}``: ``enable``, ``disable``, ``close-circuit`` (close every
   shard's circuit now), ``restart`` (fresh actors for shards whose actor is gone for good),
   ``crash?shard=N`` (incident drill: the actor's process exits, Ray restarts it).
 
-Operator actions are logged, and need ``Authorization: Bearer <token>`` when the configuration
-names an admin token file; either way the endpoint belongs on a loopback or management address.
+The endpoint belongs on a loopback or management address; the configuration refuses any other
+address without an ``admin_token_file``.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ ACTIONS = ("enable", "disable", "close-circuit", "restart", "crash")
 
 
 def admin_app(
-    metrics: Metrics, ready: Callable[[], bool], gateways: dict[str, ChannelGateway], token: str = ""
+    metrics: Metrics, ready: Callable[[], bool], gateways: dict[str, ChannelGateway], token: str
 ) -> web.Application:
+    """The endpoint; operator actions need ``token`` (with none, they are refused, never open)."""
+
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -46,8 +55,17 @@ def admin_app(
         return web.json_response({name: gateway.status() for name, gateway in gateways.items()})
 
     async def act(request: web.Request) -> web.Response:
-        if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
-            return web.json_response({"error": "missing or wrong admin token"}, status=401)
+        if not token:
+            return web.json_response({"error": "operator actions are off: the switch has no admin token"}, status=403)
+        # As bytes: compare_digest refuses str with non-ASCII characters, and headers may hold any.
+        given = request.headers.get("Authorization", "").encode(errors="replace")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            log.warning("operator action refused: missing or wrong admin token", extra={"remote": request.remote})
+            return web.json_response(
+                {"error": "missing or wrong admin token (Authorization: Bearer <token>)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         name, action = request.match_info["name"], request.match_info["action"]
         gateway = gateways.get(name)
         if gateway is None:

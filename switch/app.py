@@ -15,7 +15,8 @@ import uvloop
 from actors.runtime import channel_actor, init_ray
 from hsm import open_hsm
 from switch.admin import admin_app, start_admin
-from switch.config import Config, admin_token, host_port, sizing_warnings
+from switch.admin_token import switch_token
+from switch.config import Config, host_port, sizing_warnings
 from switch.frontend import TerminalConnection
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
@@ -38,9 +39,10 @@ OPEN_TRANSACTIONS_EVERY_S = 5.0
 
 
 class SwitchApp:
-    def __init__(self, config: Config, database_url: str, ray_address: str = "") -> None:
+    def __init__(self, config: Config, database_url: str, admin_token: str, ray_address: str = "") -> None:
         self.config = config
         self._database_url = database_url
+        self._admin_token = admin_token  # operator actions need it (switch.admin_token)
         self._ray_address = ray_address or config.ray.address
         self.metrics = Metrics()
         self.journal: Journal | None = None
@@ -113,7 +115,7 @@ class SwitchApp:
             reuse_address=True,
         )
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
-        admin = admin_app(self.metrics, lambda: self.ready, self.gateways, admin_token(cfg))
+        admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
         self._admin = await start_admin(admin_host, admin_port, admin)
         self.ready = True
         log.info(
@@ -217,9 +219,10 @@ async def serve_until_signalled(app: SwitchApp) -> None:
 
 
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:
+    token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
     url, embedded = database_url_for(config, data_dir)
     try:
-        uvloop.run(serve_until_signalled(SwitchApp(config, url, ray_address)))
+        uvloop.run(serve_until_signalled(SwitchApp(config, url, token, ray_address)))
     finally:
         if embedded is not None:
             embedded.stop()

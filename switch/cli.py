@@ -72,14 +72,27 @@ def _parser() -> argparse.ArgumentParser:
         help="see and control the channels of a running switch",
         description="Through the switch's admin endpoint: list the channels (switched on, circuit, "
         "calls under way, limits, actors), switch one off or on, close its circuit, start fresh "
-        "actors where Ray gave up restarting them, or crash an actor as an incident drill.",
+        "actors where Ray gave up restarting them, or crash an actor as an incident drill. Every "
+        "action but list needs the switch's admin token: the configuration's admin_token_file, "
+        "else the token the switch generated at its first start in its --data-dir; run from the "
+        "switch's folder, no option is needed.",
     )
     channel.add_argument(
         "action", choices=["list", "enable", "disable", "close-circuit", "restart", "crash"], help="what to do"
     )
     channel.add_argument("channel", nargs="?", default="", help="the channel (all but list)")
-    channel.add_argument("--config", type=Path, help="the switch's configuration: its admin address and token file")
+    channel.add_argument(
+        "--config", type=Path, help="the switch's configuration: its admin address and admin_token_file"
+    )
     channel.add_argument("--admin", default="127.0.0.1:9583", help="admin address without --config")
+    channel.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".paysw"),
+        help="the switch's --data-dir, where it generated its admin token when no admin_token_file is "
+        "configured (default: ./.paysw)",
+    )
+    channel.add_argument("--token-file", type=Path, help="read the admin token from this file instead")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
     keys_cli.add_parser(commands)
@@ -212,16 +225,30 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from switch.config import admin_token
+    from switch.admin_token import GENERATED_TOKEN_FILE, configured_token, read_token
     from switch.operator import main as operator_main
 
     if args.action != "list" and not args.channel:
         print(f"paysw channel {args.action}: which channel?", file=sys.stderr)
         return 2
-    admin, token = args.admin, ""
-    if args.config is not None:
-        config = load_config(args.config)
-        admin, token = config.switch.admin_listen, admin_token(config)
+    config = load_config(args.config) if args.config is not None else None
+    admin = config.switch.admin_listen if config is not None else args.admin
+    token = ""
+    if args.action != "list":  # reading needs no token
+        try:
+            if args.token_file is not None:
+                token = read_token(args.token_file)
+            elif config is not None:
+                token = configured_token(config, args.data_dir)
+            else:
+                token = read_token(args.data_dir / GENERATED_TOKEN_FILE)
+        except ConfigError as exc:
+            print(
+                f"paysw channel: {exc} (run this from the folder the switch was started in, "
+                "or give --data-dir, --token-file or --config)",
+                file=sys.stderr,
+            )
+            return 2
     return operator_main(admin, args.action, args.channel, token, args.shard)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +13,7 @@ from msgspec import Meta, Struct
 from actors.settings import ChannelSection
 from hsm import HsmSettings
 from hsm.algorithms import SIGN_ALGORITHMS
+from hsm.secret_file import SecretFileError, read_secret
 from protocols.channels import KINDS
 
 Positive = Annotated[int, Meta(ge=1)]
@@ -28,7 +30,9 @@ class _Strict(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
 class SwitchSection(_Strict):
     listen: HostPort = "127.0.0.1:8583"
     admin_listen: HostPort = "127.0.0.1:9583"  # /metrics, /healthz, /readyz, /channels
-    admin_token_file: str = ""  # when set, operator actions need this token (Bearer)
+    # Operator actions always need a Bearer token: this file's, else one the switch generates at its
+    # first start under --data-dir (switch.admin_token). Required when admin_listen is not loopback.
+    admin_token_file: str = ""
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
@@ -36,6 +40,8 @@ class SwitchSection(_Strict):
     # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
+    # Demo-only relaxations: secret files of the published demo keys may be open to other users.
+    demo: bool = False
 
 
 class DatabaseSection(_Strict):
@@ -153,8 +159,16 @@ def _cross_check(config: Config) -> list[str]:
             if getattr(ch.keys, algo_field) not in SIGN_ALGORITHMS:
                 problems.append(f"{where}.keys.{algo_field}: expected one of {', '.join(SIGN_ALGORITHMS)}")
     token_file = config.switch.admin_token_file
-    if token_file and not (base / token_file).is_file():
-        problems.append(f"$.switch.admin_token_file: no file {base / token_file}")
+    if token_file:
+        try:
+            read_secret(base / token_file, "the admin token file", relaxed=config.switch.demo)
+        except SecretFileError as exc:
+            problems.append(f"$.switch.admin_token_file: {exc}")
+    elif not is_loopback(host_port(config.switch.admin_listen)[0]):
+        problems.append(
+            f"$.switch.admin_listen: {config.switch.admin_listen} is not a loopback address: "
+            "set admin_token_file (a token generated under the data folder is for loopback only)"
+        )
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")
@@ -197,13 +211,17 @@ def sizing_warnings(config: Config) -> list[str]:
     ]
 
 
-def admin_token(config: Config) -> str:
-    """The operators' admin token, or "" when none is configured."""
-    if not config.switch.admin_token_file:
-        return ""
-    return (Path(config.base_dir) / config.switch.admin_token_file).read_text().strip()
-
-
 def host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine alone (a name other than localhost may
+    resolve anywhere, so it is not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -212,6 +212,7 @@ class SwitchProcess:
     def __init__(self, config: Path, database_url: str, log_path: Path, log_level: str = "INFO") -> None:
         self._template = config.read_text()
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
+        self.data_dir = self.config.with_name(f"{self.config.stem}-data")  # its generated admin token
         self.env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
         self.log_path = log_path
         self.log_level = log_level
@@ -235,6 +236,8 @@ class SwitchProcess:
                         str(self.config),
                         "--log-level",
                         self.log_level,
+                        "--data-dir",
+                        str(self.data_dir),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -255,6 +258,17 @@ class SwitchProcess:
                 return True
             time.sleep(0.2)
         raise TimeoutError(f"the switch was not ready after {timeout}s; see {self.log_path}")
+
+    @property
+    def token(self) -> str:
+        """The admin token the switch generated at its first start."""
+        from switch.admin_token import GENERATED_TOKEN_FILE
+
+        return (self.data_dir / GENERATED_TOKEN_FILE).read_text().strip()
+
+    def operator_options(self) -> list[str]:
+        """``paysw channel`` options for this switch: its admin address and its data folder's token."""
+        return ["--admin", f"127.0.0.1:{self.admin}", "--data-dir", str(self.data_dir)]
 
     def get(self, path: str) -> tuple[int, str]:
         try:

@@ -61,7 +61,7 @@ def test_cli_reports_a_bad_configuration_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["sim"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["sim"], ["demo"], ["channel"]])
 def test_every_command_has_help(command):
     result = subprocess.run(
         [sys.executable, "-m", "switch.cli", *command, "--help"], capture_output=True, text=True, timeout=60
@@ -78,3 +78,68 @@ def test_a_channel_bulkhead_that_could_fill_the_switch_is_warned_about():
     small = msgspec.structs.replace(config, switch=msgspec.structs.replace(config.switch, max_in_flight=3000))
     warned = sizing_warnings(small)
     assert len(warned) == len(config.channels) and "a hung wechat could make the whole switch shed" in warned[0]
+
+
+def admin_at(listen: str, text: str = DEMO_TEXT) -> str:
+    return text.replace('admin_listen = "127.0.0.1:9583"', f'admin_listen = "{listen}"')
+
+
+def with_token_file(tmp_path: Path, content: str, mode: int, demo: bool, listen: str = "127.0.0.1:9583") -> Path:
+    """The demo configuration naming an admin token file holding ``content`` with ``mode``."""
+    token = tmp_path / "admin_token"
+    token.write_text(content)
+    token.chmod(mode)
+    text = admin_at(listen).replace("demo = true", f"demo = {str(demo).lower()}")
+    return write(tmp_path, text.replace("[switch]\n", '[switch]\nadmin_token_file = "admin_token"\n'))
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "demo", "message"),
+    [
+        (" \n\t\n", 0o600, False, r"\$\.switch\.admin_token_file: the admin token file .*admin_token is empty"),
+        ("", 0o600, True, r"\$\.switch\.admin_token_file: the admin token file .*admin_token is empty"),
+        ("s3cret", 0o640, False, r"\$\.switch\.admin_token_file: .*is open to other users \(mode 640\)"),
+        ("s3cret", 0o604, False, r"\$\.switch\.admin_token_file: .*is open to other users \(mode 604\)"),
+    ],
+)
+def test_a_bad_admin_token_file_is_a_configuration_error(tmp_path, content, mode, demo, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(with_token_file(tmp_path, content, mode, demo))
+
+
+def test_a_demo_configuration_may_have_a_token_file_open_to_others(tmp_path):
+    from switch.admin_token import configured_token
+
+    config = load_config(with_token_file(tmp_path, "s3cret\n", 0o644, demo=True))
+    assert configured_token(config, tmp_path / "unused") == "s3cret"
+
+
+def test_a_missing_admin_token_file_is_a_configuration_error(tmp_path):
+    path = write(tmp_path, DEMO_TEXT.replace("[switch]\n", '[switch]\nadmin_token_file = "nope"\n'))
+    with pytest.raises(ConfigError, match=r"\$\.switch\.admin_token_file: cannot read the admin token file .*nope"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9583", "10.1.2.3:9583", "admin.example:9583"])
+def test_an_admin_address_off_loopback_needs_a_token_file(tmp_path, listen):
+    with pytest.raises(ConfigError, match=rf"\$\.switch\.admin_listen: {listen} is not a loopback address"):
+        load_config(write(tmp_path, admin_at(listen)))
+    assert load_config(with_token_file(tmp_path, "s3cret", 0o600, demo=False, listen=listen))
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9583", "127.0.0.2:9583", "localhost:9583"])
+def test_a_loopback_admin_address_needs_no_token_file(tmp_path, listen):
+    assert load_config(write(tmp_path, admin_at(listen))).switch.admin_listen == listen
+
+
+def test_the_switch_refuses_to_start_with_its_admin_address_open_and_no_token(tmp_path):
+    path = write(tmp_path, admin_at("0.0.0.0:9583"))
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "run", "--config", str(path), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "configuration error" in result.stderr and "$.switch.admin_listen: 0.0.0.0:9583" in result.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything ran

@@ -67,7 +67,7 @@ def healthy_afterwards(switch, ports):
     for name in ports.controls:
         fault(ports, name)
     for name in ports.controls:
-        admin_request(f"127.0.0.1:{switch.admin}", f"/channels/{name}/close-circuit", post=True)
+        admin_request(f"127.0.0.1:{switch.admin}", f"/channels/{name}/close-circuit", switch.token, post=True)
 
 
 def test_a_hung_channel_costs_the_others_nothing(switch, ports, database_url, healthy_afterwards):
@@ -184,7 +184,7 @@ def test_a_crashed_actor_is_restarted_and_its_calls_resolved(switch, ports, data
             # Slow payments (answered after 3 s) are at the channel when the actor dies.
             in_flight = [asyncio.ensure_future(terminal.request(new_purchase("alipay", "98"))) for _ in range(5)]
             await asyncio.sleep(0.5)
-            admin_request(admin, "/channels/alipay/crash?shard=0", post=True)
+            admin_request(admin, "/channels/alipay/crash?shard=0", switch.token, post=True)
             others = await asyncio.gather(*(terminal.request(new_purchase("unionpay")) for _ in range(20)))
             crashed = await asyncio.gather(*in_flight)
             recovered_in = await wait_until_approved(terminal, "alipay", timeout=30)
@@ -207,7 +207,7 @@ def test_a_crashed_actor_is_restarted_and_its_calls_resolved(switch, ports, data
 def test_an_operator_switches_a_channel_off_and_on(switch, database_url, healthy_afterwards):
     from switch.cli import main as cli
 
-    admin = f"127.0.0.1:{switch.admin}"
+    operator = switch.operator_options()
 
     async def scenario():
         from bench.traffic import void
@@ -216,12 +216,12 @@ def test_an_operator_switches_a_channel_off_and_on(switch, database_url, healthy
         async with connected(switch) as terminal:
             paid_message = new_purchase("inbank")
             paid = await terminal.request(paid_message)
-            assert cli(["channel", "disable", "inbank", "--admin", admin]) == 0
+            assert cli(["channel", "disable", "inbank", *operator]) == 0
             assert channels(switch)["inbank"]["enabled"] is False
             off = await terminal.request(new_purchase("inbank"))
             refused_void = await terminal.request(void(paid_message, paid["37"], STANS.next(TERMINAL)))
             other = await terminal.request(new_purchase("ecny"))
-            assert cli(["channel", "enable", "inbank", "--admin", admin]) == 0
+            assert cli(["channel", "enable", "inbank", *operator]) == 0
             on = await terminal.request(new_purchase("inbank"))
             # The refused void held nothing back: the purchase can still be voided, once.
             voided = await terminal.request(void(paid_message, paid["37"], STANS.next(TERMINAL)))
@@ -229,8 +229,8 @@ def test_an_operator_switches_a_channel_off_and_on(switch, database_url, healthy
         assert voided["39"] == "00"
         assert (await journal_row(database_url, refused_void["37"]))["channel_code"] == "DISABLED"
         assert (await journal_row(database_url, off["37"]))["channel_code"] == "DISABLED"
-        assert cli(["channel", "list", "--admin", admin]) == 0
-        assert cli(["channel", "disable", "nosuch", "--admin", admin]) == 1
+        assert cli(["channel", "list", *operator]) == 0
+        assert cli(["channel", "disable", "nosuch", *operator]) == 1
 
     run(scenario())
 

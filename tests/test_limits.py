@@ -86,13 +86,13 @@ def test_an_actor_ray_gave_up_on_is_restarted_by_the_operator(limited_switch):
     until ``paysw channel restart`` starts a fresh one."""
     from switch.cli import main as cli
 
-    admin = f"127.0.0.1:{limited_switch.admin}"
+    operator = limited_switch.operator_options()
 
     def inbank() -> dict:
         return json.loads(limited_switch.get("/channels")[1])["inbank"]
 
     async def scenario():
-        assert cli(["channel", "crash", "inbank", "--admin", admin]) == 0
+        assert cli(["channel", "crash", "inbank", *operator]) == 0
         started = time.monotonic()
         while inbank()["shards"][0]["actor"] != "dead":
             assert time.monotonic() - started < 20, "the dead actor was not noticed"
@@ -100,7 +100,7 @@ def test_an_actor_ray_gave_up_on_is_restarted_by_the_operator(limited_switch):
         async with connected(limited_switch) as terminal:
             down = await terminal.request(new_purchase("inbank"))
             assert inbank()["circuit"] == "open"
-            assert cli(["channel", "restart", "inbank", "--admin", admin]) == 0
+            assert cli(["channel", "restart", "inbank", *operator]) == 0
             up = await terminal.request(new_purchase("inbank"))
         assert (down["39"], up["39"]) == ("91", "00")
         assert inbank()["shards"][0]["actor"] == "alive"
