@@ -36,6 +36,8 @@ class SwitchSection(_Strict):
     # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
+    # DEMO ONLY: accepts the published demo keys and secret files open to other users.
+    demo: bool = False
 
 
 class DatabaseSection(_Strict):
