@@ -40,7 +40,7 @@ class ChannelWorker:
         self.shard = shard
         self._config = config
         self._connector = module_of(config.kind).connector
-        hsm = open_hsm(keys.hsm, keys.base_dir)
+        hsm = open_hsm(keys.hsm, keys.base_dir, demo=keys.demo)
         self._sign = hsm.signer(keys.sign, config.keys.sign_algorithm)
         self._sign_in_thread = is_costly(config.keys.sign_algorithm)
         self._verify = hsm.verifier(keys.verify, config.keys.verify_algorithm)

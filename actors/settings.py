@@ -29,6 +29,7 @@ class ActorKeys(Struct, kw_only=True, frozen=True):
 
     hsm: HsmSettings
     base_dir: str  # the configuration's folder, for the HSM's relative file names
+    demo: bool = False  # the configuration's switch.demo: the HSM accepts the published demo keys
     sign: KeyRecord
     verify: KeyRecord
     encrypt: KeyRecord | None = None  # the payment code is sent encrypted under this SM4 key

@@ -119,7 +119,17 @@ SM4_KEY_BYTES = 16
 
 
 def sm4_check_value(key: bytes) -> str:
-    encryptor = Cipher(algorithms.SM4(key), modes.ECB()).encryptor()
+    return _block_check_value(algorithms.SM4(key))
+
+
+def aes_check_value(key: bytes) -> str:
+    """The check value of an AES key (the software HSM's LMK), made as the DES and SM4 ones are."""
+    return _block_check_value(algorithms.AES(key))
+
+
+def _block_check_value(cipher: algorithms.BlockCipherAlgorithm) -> str:
+    """The key encrypting a zero block, first 4 bytes, hex."""
+    encryptor = Cipher(cipher, modes.ECB()).encryptor()
     return (encryptor.update(bytes(16)) + encryptor.finalize())[:4].hex().upper()
 
 

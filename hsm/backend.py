@@ -32,7 +32,9 @@ class Hsm(ABC):
     name: str
 
     def __init__(self) -> None:
-        self._clear: dict[tuple[str, int], bytes] = {}
+        # Keyed on the whole record, not its label and version: a record whose blob, kind or check
+        # value differs from the one opened before is opened afresh, and so fails under the LMK.
+        self._clear: dict[KeyRecord, bytes] = {}
 
     # -- how the LMK protects keys (the backend's part) -----------------------------------------
 
@@ -135,8 +137,7 @@ class Hsm(ABC):
             raise HsmError(f"{record.label} is a {record.kind} key, not {' or '.join(kinds)}")
 
     def _material(self, record: KeyRecord) -> bytes:
-        key = (record.label, record.version)
-        material = self._clear.get(key)
+        material = self._clear.get(record)
         if material is None:
             try:
                 material = self._open(record.aad(), record.blob)
@@ -144,7 +145,7 @@ class Hsm(ABC):
                 raise HsmError(f"{record.label} v{record.version} does not open under this LMK") from None
             if check_value_of(record.kind, material) != record.check_value:
                 raise HsmError(f"{record.label} v{record.version}: check value differs from the record")
-            self._clear[key] = material
+            self._clear[record] = material
         return material
 
 

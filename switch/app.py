@@ -70,7 +70,7 @@ class SwitchApp:
         )
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
-        hsm = open_hsm(cfg.security.hsm, cfg.base_dir)
+        hsm = open_hsm(cfg.security.hsm, cfg.base_dir, demo=cfg.switch.demo)
         store = KeyStore(self.journal.pool)
         if cfg.security.key_manifest:
             imported = await provision(store, hsm, Path(cfg.base_dir) / cfg.security.key_manifest)

@@ -40,7 +40,7 @@ class SwitchSection(_Strict):
     # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
-    # Demo-only relaxations: secret files of the published demo keys may be open to other users.
+    # DEMO ONLY: accepts the published demo keys and secret files open to other users.
     demo: bool = False
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from hsm import Hsm, HsmError, KeyKind, open_hsm
+from hsm.settings import token_pin
 from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.action == "new-lmk":
             return _new_lmk(config)
-        hsm = open_hsm(config.security.hsm, config.base_dir)
+        hsm = open_hsm(config.security.hsm, config.base_dir, demo=config.switch.demo)
         return with_database(
             config, args.data_dir, lambda url: _with_store(url, lambda store: _ACTIONS[args.action](args, store, hsm))
         )
@@ -65,7 +66,7 @@ def _new_lmk(config: Config) -> int:
     if settings.backend == "pkcs11":
         from hsm.pkcs11 import Pkcs11Hsm
 
-        pin = (Path(config.base_dir) / settings.pin_file).read_text().strip()
+        pin = token_pin(settings, config.base_dir, demo=config.switch.demo)
         Pkcs11Hsm.create_lmk(settings.pkcs11_library, settings.token_label, pin)
         print(f"LMK created inside token {settings.token_label!r}; it cannot be read out")
         return 0

@@ -83,6 +83,7 @@ def actor_keys(config: Config, channel: str, keys: dict[str, KeyRecord]) -> Acto
     return ActorKeys(
         hsm=config.security.hsm,
         base_dir=config.base_dir,
+        demo=config.switch.demo,
         sign=keys[names.sign_key],
         verify=keys[names.verify_key],
         encrypt=keys.get(names.encrypt_key),

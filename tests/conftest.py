@@ -44,7 +44,7 @@ def demo_actor_keys(channel: str):
     from switch.keystore import read_manifest
 
     config = load_config(DEMO_SWITCH_CONFIG)
-    hsm = open_hsm(config.security.hsm, config.base_dir)
+    hsm = open_hsm(config.security.hsm, config.base_dir, demo=config.switch.demo)
     manifest = read_manifest(DEMO_KEY_MANIFEST)
     keys = config.channels[channel].keys
 
@@ -55,6 +55,7 @@ def demo_actor_keys(channel: str):
     return ActorKeys(
         hsm=config.security.hsm,
         base_dir=config.base_dir,
+        demo=config.switch.demo,
         sign=record(keys.sign_key),
         verify=record(keys.verify_key),
         encrypt=encrypt,

@@ -6,12 +6,13 @@ never key material."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from bench.demo_config import DEMO_DIR
-from hsm import HsmError, KeyKind, PinBlockError
+from hsm import HsmError, HsmSettings, KeyKind, PinBlockError, open_hsm
 from hsm import algorithms as clear
 from hsm.backend import Hsm
 from hsm.pkcs11 import Pkcs11Hsm
@@ -48,6 +49,20 @@ def test_a_blob_passed_off_as_another_key_or_altered_does_not_open(hsm: Hsm):
     altered = msgspec.structs.replace(record, label="mak:T3", blob=record.blob[:-1] + bytes([record.blob[-1] ^ 1]))
     with pytest.raises(HsmError, match="does not open"):
         hsm.mac(altered, "x9.19", b"data")
+
+
+def test_a_record_altered_after_its_key_was_used_does_not_open(hsm: Hsm):
+    """The opened keys are cached by the whole record: a record that differs from the one opened
+    before (its blob, its kind) is opened afresh under the LMK, never served the cached key."""
+    mak = hsm.generate("mak:T5", KeyKind.MAK)
+    hsm.mac(mak, "x9.19", b"data")
+    flipped = msgspec.structs.replace(mak, blob=mak.blob[:-1] + bytes([mak.blob[-1] ^ 1]))
+    with pytest.raises(HsmError, match="mak:T5 v1 does not open"):
+        hsm.mac(flipped, "x9.19", b"data")
+    tmk = hsm.import_key("tmk:T5", KeyKind.TMK, clear.random_des_key())
+    hsm.export_under(mak, tmk)
+    with pytest.raises(HsmError, match="tmk:T5 v1 does not open"):
+        hsm.mac(msgspec.structs.replace(tmk, kind=KeyKind.MAK), "x9.19", b"data")
 
 
 def test_another_lmk_cannot_open_the_keys(hsm: Hsm):
@@ -138,3 +153,40 @@ def test_sm4_sealer_encrypts_for_the_channel(hsm: Hsm):
     assert "0112345678901234567" not in sealed
     assert clear.sm4_cbc_decrypt(dek_clear, bytes.fromhex(sealed)) == b"0112345678901234567"
     assert hsm.sm4_sealer(dek)("0112345678901234567") != sealed  # a fresh IV each time
+
+
+def secret_file(folder: Path, name: str, text: str, mode: int) -> Path:
+    path = folder / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_the_published_demo_lmk_opens_only_in_a_demo_configuration(tmp_path):
+    secret_file(tmp_path, "lmk", (DEMO_DIR / "keys" / "lmk").read_text(), 0o600)
+    settings = HsmSettings(lmk_file="lmk")
+    with pytest.raises(HsmError, match=r"published demo LMK \(check value F8A2BDF8\): refused outside a demo"):
+        open_hsm(settings, tmp_path)
+    assert open_hsm(settings, tmp_path, demo=True).name == "software"
+    # The committed file itself, whatever mode the clone gave it, in the demo configuration:
+    assert open_hsm(HsmSettings(lmk_file="keys/lmk"), DEMO_DIR, demo=True).name == "software"
+    secret_file(tmp_path, "own", f"{os.urandom(32).hex()}\n", 0o600)
+    assert open_hsm(HsmSettings(lmk_file="own"), tmp_path).name == "software"
+
+
+def test_secret_files_open_to_others_or_empty_are_refused(tmp_path):
+    secret_file(tmp_path, "lmk", f"# the LMK\n{os.urandom(32).hex()}\n", 0o640)
+    with pytest.raises(HsmError, match=r"the LMK file .*lmk is open to other users \(mode 640\)"):
+        open_hsm(HsmSettings(lmk_file="lmk"), tmp_path)
+    assert open_hsm(HsmSettings(lmk_file="lmk"), tmp_path, demo=True).name == "software"
+    secret_file(tmp_path, "blank", " \n", 0o600)
+    with pytest.raises(HsmError, match=r"the LMK file .*blank is empty"):
+        open_hsm(HsmSettings(lmk_file="blank"), tmp_path)
+    # The token's PIN file, refused before the token is reached:
+    pkcs11 = HsmSettings(backend="pkcs11", token_label="paysw", pin_file="pin")
+    secret_file(tmp_path, "pin", "246810\n", 0o604)
+    with pytest.raises(HsmError, match=r"the token PIN file .*pin is open to other users \(mode 604\)"):
+        open_hsm(pkcs11, tmp_path)
+    secret_file(tmp_path, "pin", "\n", 0o600)
+    with pytest.raises(HsmError, match=r"the token PIN file .*pin is empty"):
+        open_hsm(pkcs11, tmp_path)

@@ -4,6 +4,7 @@ rotated to new versions, listed by check value only."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,26 @@ def paysw_keys(config: Path, database_url: str, *args: str) -> subprocess.Comple
     )
 
 
+def not_a_demo(folder: Path) -> Path:
+    """The demo configuration in ``folder`` without its demo flag, its LMK file ``folder/lmk``."""
+    text = re.sub(r"(?m)^demo = true.*\n", "", (DEMO / "switch.toml").read_text(), count=1)
+    assert "demo = true" not in text
+    config = folder / "switch.toml"
+    config.write_text(text.replace('lmk_file = "keys/lmk"', 'lmk_file = "lmk"').replace('"keys/', f'"{DEMO}/keys/'))
+    return config
+
+
+def test_the_demo_lmk_is_refused_outside_a_demo_configuration(tmp_path):
+    config = not_a_demo(tmp_path)
+    (tmp_path / "lmk").write_text((DEMO / "keys" / "lmk").read_text())
+    (tmp_path / "lmk").chmod(0o600)  # a copy kept as a real LMK would be
+    refused = paysw_keys(config, "postgresql://127.0.0.1:1/never-reached", "list")
+    assert refused.returncode == 2
+    assert "is the published demo LMK (check value F8A2BDF8): refused outside a demo" in refused.stderr
+
+
 def test_lmk_import_generate_rotate_list(tmp_path, database_url, switch):
-    text = (DEMO / "switch.toml").read_text().replace('"keys/', f'"{DEMO}/keys/')
-    config = tmp_path / "switch.toml"
-    config.write_text(text.replace(f'lmk_file = "{DEMO}/keys/lmk"', 'lmk_file = "lmk"'))
+    config = not_a_demo(tmp_path)  # with a new LMK of its own
     created = paysw_keys(config, database_url, "new-lmk")
     assert created.returncode == 0 and (tmp_path / "lmk").stat().st_mode & 0o777 == 0o600
     again = paysw_keys(config, database_url, "new-lmk")

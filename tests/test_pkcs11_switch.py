@@ -31,6 +31,7 @@ def pkcs11_switch(database_url, softhsm, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pkcs11")
     library, label, pin = softhsm
     (folder / "token.pin").write_text(pin + "\n")
+    (folder / "token.pin").chmod(0o600)
     ports = Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
     text, n = re.subn(
         r"hsm = \{ backend = \"software\", lmk_file = \"[^\"]*\" \}",

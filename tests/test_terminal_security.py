@@ -127,7 +127,7 @@ def test_keys_changed_by_another_front_end_are_picked_up(switch, database_url):
     async def scenario():
         async with connected(switch) as terminal:
             await signed_on(terminal, MAC_TERMINAL)
-            hsm = SoftwareHsm.from_file(DEMO_DIR / "keys" / "lmk")
+            hsm = SoftwareHsm.from_file(DEMO_DIR / "keys" / "lmk", demo=True)
             pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
             try:
                 store = KeyStore(pool)
