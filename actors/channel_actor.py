@@ -19,7 +19,7 @@ import msgspec
 import ray
 
 from actors.link import LinkAddress, LinkServer
-from actors.settings import ActorKeys, ChannelSection
+from actors.settings import ActorKeys, ChannelSection, LinkTls
 from hsm import open_hsm
 from hsm.algorithms import is_costly
 from protocols import response_codes as rc
@@ -171,12 +171,14 @@ class ChannelActor:
     never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver (and is
     restarted, see ``actors.runtime.channel_actor``)."""
 
-    def __init__(self, name: str, config: ChannelSection, keys: ActorKeys, shard: int) -> None:
+    def __init__(
+        self, name: str, config: ChannelSection, keys: ActorKeys, shard: int, link_tls: LinkTls | None = None
+    ) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
         self._worker = ChannelWorker(name, config, keys, shard)
-        self._link = LinkServer(self._worker.call)
+        self._link = LinkServer(self._worker.call, link_tls)
 
     async def open_link(self) -> LinkAddress:
         """Where a front end connects to send this actor payments (``actors.link``)."""

@@ -10,7 +10,9 @@ go back as one frame, so a slow payment never holds back the others.
 
 Frames: a 4-byte big-endian length, then MessagePack (``protocols.messages``). The first frame
 from the front end is the token the actor handed out through Ray: the port is reachable on the
-node's address, and only a holder of the actor's handle may send it payments.
+node's address (127.0.0.1 for a local Ray), and only a holder of the actor's handle may send it
+payments. Across nodes the link is TLS (``LinkTls``): the actor accepts only front ends with a
+certificate from the links' CA and the front end only such an actor; the token check stays.
 
 Nothing here retries: a request whose connection breaks before its result arrives may have
 reached the channel, and the front end settles it UNKNOWN (the resolver finds out).
@@ -21,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple, cast
 
+from actors.settings import LinkTls
 from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, RESULTS_DECODER, ChannelRequest, ChannelResult
 
 log = logging.getLogger("paysw.link")
@@ -74,23 +78,53 @@ def frame(payload: bytes) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
+def _tls_context(purpose: int, tls: LinkTls) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(tls.cert, tls.key)
+    context.load_verify_locations(tls.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def server_tls(tls: LinkTls) -> ssl.SSLContext:
+    """The actor's side: a front end must show a certificate signed by the links' CA."""
+    return _tls_context(ssl.PROTOCOL_TLS_SERVER, tls)
+
+
+def client_tls(tls: LinkTls) -> ssl.SSLContext:
+    """The front end's side: the actor must show a certificate signed by the links' CA. Its
+    name is not checked: Ray places actors on any node, and the CA is the links' own."""
+    context = _tls_context(ssl.PROTOCOL_TLS_CLIENT, tls)
+    context.check_hostname = False
+    return context
+
+
 # -- the actor's side ---------------------------------------------------------------------------
 
 
 class LinkServer:
-    """Listens for front ends and runs ``call`` for every request they send."""
+    """Listens for front ends and runs ``call`` for every request they send; over TLS when
+    ``tls`` is given."""
 
-    def __init__(self, call: Callable[[ChannelRequest], Awaitable[ChannelResult]]) -> None:
+    def __init__(self, call: Callable[[ChannelRequest], Awaitable[ChannelResult]], tls: LinkTls | None = None) -> None:
         self._call = call
         self._token = secrets.token_bytes(32)
+        self._tls = server_tls(tls) if tls is not None else None
         self._server: asyncio.Server | None = None
         self._address: LinkAddress | None = None
 
     async def open(self, host: str) -> LinkAddress:
         """Start listening on ``host`` (once); where and with which token to connect."""
+        if host in ("", "0.0.0.0", "::"):
+            raise ValueError(f"a link listens on its node's own address, not on {host!r} (every interface)")
         if self._address is None:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _ActorSide(self._call, self._token), host, 0
+                lambda: _ActorSide(self._call, self._token),
+                host,
+                0,
+                ssl=self._tls,
+                ssl_handshake_timeout=TOKEN_WAIT_S if self._tls is not None else None,
             )
             port = self._server.sockets[0].getsockname()[1]
             self._address = LinkAddress(host, port, self._token)
@@ -177,9 +211,11 @@ class ActorLink(asyncio.Protocol):
         address: LinkAddress,
         on_results: Callable[[list[ChannelResult]], None],
         on_lost: Callable[[], None],
+        tls: ssl.SSLContext | None = None,
     ) -> ActorLink:
+        """A link to the actor at ``address``; over TLS with ``tls`` (``client_tls``)."""
         loop = asyncio.get_running_loop()
-        _, link = await loop.create_connection(lambda: cls(on_results, on_lost), address.host, address.port)
+        _, link = await loop.create_connection(lambda: cls(on_results, on_lost), address.host, address.port, ssl=tls)
         assert link._transport is not None
         link._transport.write(frame(address.token))
         return link

@@ -73,3 +73,12 @@ class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     query_interval_ms: Annotated[int, Meta(ge=100)] = 5_000  # between queries
     payment_window_ms: Annotated[int, Meta(ge=1_000)] = 30_000  # from the pay call; then cancel it
     cancel_after_ms: Annotated[int, Meta(ge=0)] = 0  # no cancel sooner than this after the pay call
+
+
+class LinkTls(Struct, kw_only=True, frozen=True):
+    """The PEM files of the links' TLS (``actors.link``), as absolute paths: each side reads them
+    on its own node. One CA signs both the front ends' and the actors' certificates."""
+
+    cert: str
+    key: str
+    ca: str

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import uvloop
 
-from actors.runtime import channel_actor, init_ray
+from actors.link import client_tls
+from actors.runtime import channel_actor, init_ray, node_on_loopback
+from actors.settings import LinkTls
 from hsm import open_hsm
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
-from switch.config import Config, host_port, sizing_warnings
-from switch.frontend import TerminalConnection
+from switch.config import Config, ConfigError, RaySection, host_port, link_tls, sizing_warnings
+from switch.frontend import serve_terminals
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
@@ -78,15 +80,18 @@ class SwitchApp:
                 log.info("keys imported from the manifest", extra={"labels": imported})
         keys = await configured_keys(store, cfg)
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
+        tls = link_tls(cfg)
+        check_links_across_nodes(cfg.ray, tls, node_on_loopback())
         for name, channel in cfg.channels.items():
             self.gateways[name] = ChannelGateway(
                 name,
                 channel,
-                functools.partial(channel_actor, name, channel, actor_keys(cfg, name, keys)),
+                functools.partial(channel_actor, name, channel, actor_keys(cfg, name, keys), link_tls=tls),
                 cfg.switch.max_batch,
                 on_circuit=self.metrics.circuit_changed,
                 on_restart=self.metrics.actor_restarted,
                 merchant_rates={m.id: m.rate_per_s[name] for m in cfg.merchants if name in m.rate_per_s},
+                link_tls=client_tls(tls) if tls is not None else None,
             )
         self.metrics.watch_gateways(self.gateways)
         await asyncio.wait_for(asyncio.gather(*(g.linked() for g in self.gateways.values())), 120)
@@ -104,16 +109,7 @@ class SwitchApp:
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         if cfg.recon.schedule_hourly:
             self._recon = asyncio.get_running_loop().create_task(self._hourly_reconciler().run_forever())
-        host, port = host_port(cfg.switch.listen)
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: TerminalConnection(
-                processor, self.metrics, cfg.switch.max_in_flight_per_connection, cfg.switch.stalled_frame_timeout_s
-            ),
-            host,
-            port,
-            backlog=1024,
-            reuse_address=True,
-        )
+        self._server = await serve_terminals(processor, self.metrics, cfg.switch)
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
         self._admin = await start_admin(admin_host, admin_port, admin)
@@ -187,6 +183,19 @@ class SwitchApp:
             import ray
 
             ray.shutdown()
+
+
+def check_links_across_nodes(ray: RaySection, tls: LinkTls | None, on_loopback: bool) -> None:
+    """Payments must not cross a network in clear: off loopback (this node, and so the actors,
+    may be anywhere in the cluster) the links need TLS, or ``plaintext_links`` said outright."""
+    if on_loopback or tls is not None:
+        return
+    if not ray.plaintext_links:
+        raise ConfigError(
+            "$.ray: the Ray node is not on loopback, so links to channel actors cross the network: "
+            "expected link_tls_cert, link_tls_key and link_tls_ca (or plaintext_links = true on a trusted network)"
+        )
+    log.warning("links to channel actors across nodes in plaintext (ray.plaintext_links): payment codes in clear")
 
 
 def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from actors.settings import ChannelSection
+from actors.settings import ChannelSection, LinkTls
 from hsm import HsmSettings
 from hsm.algorithms import SIGN_ALGORITHMS
 from hsm.secret_file import SecretFileError, read_secret
@@ -36,6 +36,10 @@ class SwitchSection(_Strict):
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    # Caps on terminal connections (past one: accepted and closed at once) and on their silence.
+    max_connections: Positive = 10_000  # keep under the process's open-file limit
+    max_connections_per_peer: Positive = 500  # per address: terminals behind one NAT share it
+    idle_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # no complete frame for this long: closed
     max_batch: Positive = 256  # transactions per frame to a channel actor
     # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
@@ -52,8 +56,15 @@ class DatabaseSection(_Strict):
 
 
 class RaySection(_Strict):
-    address: str = ""  # empty: start a local Ray sized for a small machine
+    address: str = ""  # empty: start a local Ray sized for a small machine, on 127.0.0.1 only
     namespace: str = "paysw"
+    # The payment links to channel actors on other nodes (actors.link): TLS both ways with these
+    # PEM files (a CA of the links' own: any certificate it signed is a link party). Needed when
+    # the Ray node is not on loopback, unless plaintext_links is set (trusted network only).
+    link_tls_cert: str = ""
+    link_tls_key: str = ""
+    link_tls_ca: str = ""
+    plaintext_links: bool = False
 
 
 class CodeRoute(_Strict):
@@ -169,6 +180,7 @@ def _cross_check(config: Config) -> list[str]:
             f"$.switch.admin_listen: {config.switch.admin_listen} is not a loopback address: "
             "set admin_token_file (a token generated under the data folder is for loopback only)"
         )
+    problems.extend(_link_tls_problems(config.ray, base))
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")
@@ -198,6 +210,19 @@ def _cross_check(config: Config) -> list[str]:
     return problems
 
 
+def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:
+    files = {"link_tls_cert": ray.link_tls_cert, "link_tls_key": ray.link_tls_key, "link_tls_ca": ray.link_tls_ca}
+    if not any(files.values()):
+        return []
+    if ray.plaintext_links:
+        return ["$.ray.plaintext_links: expected false when link TLS files are set"]
+    return [
+        f"$.ray.{key}: " + (f"no file {base / name}" if name else "expected a file name (all three go together)")
+        for key, name in files.items()
+        if not name or not (base / name).is_file()
+    ]
+
+
 def sizing_warnings(config: Config) -> list[str]:
     """Limits that are valid but let one channel's trouble reach the others: a channel whose
     bulkhead can hold half the switch's requests under way (a hung channel fills its bulkhead
@@ -209,6 +234,15 @@ def sizing_warnings(config: Config) -> list[str]:
         for name, ch in config.channels.items()
         if ch.enabled and ch.frontend_in_flight * 2 > limit
     ]
+
+
+def link_tls(config: Config) -> LinkTls | None:
+    """The links' TLS files as absolute paths, or None when not configured."""
+    ray = config.ray
+    if not ray.link_tls_cert:
+        return None
+    base = Path(config.base_dir)
+    return LinkTls(cert=str(base / ray.link_tls_cert), key=str(base / ray.link_tls_key), ca=str(base / ray.link_tls_ca))
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -4,43 +4,112 @@ Frames are answered as they complete (pipelining). Each connection has a bounded
 requests under way: past it the switch stops reading that socket until answers drain, which
 keeps memory flat. A frame over the size limit, one that is not ISO 8583 at all, or a partial
 frame that stalls longer than the timeout closes that connection only.
+
+A peer cannot take the port for itself: connections past the caps (in total, and per peer
+address) are closed as soon as they are accepted, a connection that sends no complete frame for
+``idle_timeout_s`` is closed, and the warnings bad input causes are rate-limited per peer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from protocols.iso8583 import FrameReader, FrameTooLarge
+from switch.config import SwitchSection, host_port
 from switch.lifecycle import CloseConnection, Processor
+from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.frontend")
 
+WARN_INTERVAL_S = 60.0  # one warning per peer and reason this often, with a count of those held back
+_warnings = RateLimitedLog(WARN_INTERVAL_S)
+
+
+class ConnectionLimits:
+    """Terminal connections open now, in total and per peer address, against their caps."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self._total = total
+        self._per_peer = per_peer
+        self._open = 0
+        self._by_peer: Counter[str] = Counter()
+
+    def admit(self, host: str) -> str | None:
+        """Count one more connection from ``host``; or, over a cap, the name of that cap."""
+        if self._open >= self._total:
+            return "max_connections"
+        if self._by_peer[host] >= self._per_peer:
+            return "max_connections_per_peer"
+        self._open += 1
+        self._by_peer[host] += 1
+        return None
+
+    def release(self, host: str) -> None:
+        self._open -= 1
+        self._by_peer[host] -= 1
+        if not self._by_peer[host]:
+            del self._by_peer[host]
+
+
+async def serve_terminals(processor: Processor, metrics: Metrics, settings: SwitchSection) -> asyncio.Server:
+    """The terminals' port (``settings.listen``), open."""
+    limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_peer)
+    host, port = host_port(settings.listen)
+    return await asyncio.get_running_loop().create_server(
+        lambda: TerminalConnection(processor, metrics, settings, limits),
+        host,
+        port,
+        backlog=1024,
+        reuse_address=True,
+    )
+
 
 class TerminalConnection(asyncio.Protocol):
-    def __init__(self, processor: Processor, metrics: Metrics, max_in_flight: int, stall_timeout: float) -> None:
+    def __init__(
+        self, processor: Processor, metrics: Metrics, settings: SwitchSection, limits: ConnectionLimits
+    ) -> None:
         self._processor = processor
         self._metrics = metrics
-        self._max_in_flight = max_in_flight
-        self._stall_timeout = stall_timeout
+        self._max_in_flight = settings.max_in_flight_per_connection
+        self._stall_timeout = settings.stalled_frame_timeout_s
+        self._idle_timeout = settings.idle_timeout_s
+        self._limits = limits
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._host = "?"
         self._peer = "?"
+        self._admitted = False
         self._in_flight = 0
         self._reading_paused = False
         self._writing_paused = False
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._last_frame = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._host, self._peer = (peer[0], f"{peer[0]}:{peer[1]}") if peer else ("?", "?")
+        over = self._limits.admit(self._host)
+        if over is not None:
+            self._close(over, "over the cap on connections")
+            return
+        self._admitted = True
         self._metrics.connections.inc()
+        self._last_frame = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._metrics.connections.dec()
+        if self._admitted:
+            self._limits.release(self._host)
+            self._metrics.connections.dec()
         self._cancel_stall_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._transport = None  # transactions under way still complete and are journaled
 
     def data_received(self, data: bytes) -> None:
@@ -49,6 +118,8 @@ class TerminalConnection(asyncio.Protocol):
         except FrameTooLarge as exc:
             self._close("frame_size", str(exc))
             return
+        if frames:
+            self._last_frame = self._loop.time()
         for frame in frames:
             self._start(frame)
         self._cancel_stall_timer()
@@ -94,6 +165,19 @@ class TerminalConnection(asyncio.Protocol):
             self._transport.resume_reading()
             self._reading_paused = False
 
+    def _check_idle(self) -> None:
+        """Closes the connection once it has gone ``idle_timeout_s`` without a complete frame
+        (one timer a connection, moved on lazily: frames only note their time)."""
+        self._idle_timer = None
+        if self._transport is None:
+            return
+        quiet_for = self._loop.time() - self._last_frame
+        if quiet_for >= self._idle_timeout and not self._in_flight:
+            self._close("idle", f"no complete frame for {self._idle_timeout:g}s")
+            return
+        wait = self._idle_timeout - quiet_for if quiet_for < self._idle_timeout else self._idle_timeout
+        self._idle_timer = self._loop.call_later(wait, self._check_idle)
+
     def _stalled(self) -> None:
         self._close("stalled_frame", f"partial frame stalled over {self._stall_timeout:g}s")
 
@@ -103,7 +187,7 @@ class TerminalConnection(asyncio.Protocol):
             self._stall_timer = None
 
     def _close(self, reason: str, detail: str) -> None:
-        log.warning("closing connection", extra={"peer": self._peer, "reason": reason, "detail": detail})
+        _warnings.warn(log, (reason, self._host), "closing connection", peer=self._peer, reason=reason, detail=detail)
         self._metrics.closed.labels(reason).inc()
         if self._transport is not None:
             self._transport.close()

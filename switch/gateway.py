@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import itertools
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,7 @@ class ChannelGateway:
         on_circuit: Callable[[str, int, CircuitState], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
         merchant_rates: dict[str, float] | None = None,
+        link_tls: ssl.SSLContext | None = None,  # actors.link.client_tls, for links across nodes
     ) -> None:
         self.name = name
         self.config = config
@@ -114,6 +116,7 @@ class ChannelGateway:
         self.max_in_flight = config.frontend_in_flight
         self.in_flight = 0
         self._spawn = spawn
+        self._link_tls = link_tls
         self._max_batch = max_batch
         self._on_circuit = on_circuit
         self._on_restart = on_restart
@@ -293,7 +296,10 @@ class ChannelGateway:
             try:
                 address = await asyncio.wait_for(shard.actor.open_link.remote(), LINK_OPEN_TIMEOUT_S)
                 shard.link = await ActorLink.connect(
-                    address, functools.partial(self._results, shard), functools.partial(self._link_lost, shard, lost)
+                    address,
+                    functools.partial(self._results, shard),
+                    functools.partial(self._link_lost, shard, lost),
+                    self._link_tls,
                 )
             except Exception as exc:  # the actor is restarting, or gone (the watcher judges which)
                 log.warning(

@@ -31,12 +31,14 @@ from switch.config import Config
 from switch.gateway import ChannelGateway, PaymentRef, refused
 from switch.journal import Journal, NewTxn, Original, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
+from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
 from switch.terminal_keys import MacMismatch, MacMissing, NoPinKey, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
+_ignored_log = RateLimitedLog(60.0)  # a peer sending answers by the thousand gets one line a minute
 
 # Field 39 of an inquiry's answer (spec section 3): the original is paid, in progress, or failed / closed.
 INQUIRY_CODE_OF_STATE = {
@@ -125,7 +127,7 @@ class Processor:
             return await self._reject(decoded.partial, Rejection(rc.FORMAT_ERROR, decoded.field, decoded.reason))
         message = decoded
         if answer_mti(message["t"]) is None:
-            log.warning("message that is not a request ignored", extra={"mti": message["t"]})
+            _ignored_log.warn(log, message["t"], "message that is not a request ignored", mti=message["t"])
             return None
         channel = "-"
         mak: KeyRecord | None = None

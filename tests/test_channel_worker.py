@@ -16,6 +16,7 @@ from aiohttp import web
 
 from actors.channel_actor import ChannelWorker
 from actors.link import ActorLink, LinkAddress, LinkServer
+from actors.settings import LinkTls
 from bench.demo_config import DEMO_DIR
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, Outcome
@@ -152,11 +153,12 @@ def test_a_call_waits_for_a_connection_only_briefly():
 
 
 @contextlib.asynccontextmanager
-async def actor_link_to(handler) -> AsyncIterator[LinkAddress]:
-    """A channel answering with ``handler``, and the address of a worker's link server for it."""
+async def actor_link_to(handler, tls: LinkTls | None = None) -> AsyncIterator[LinkAddress]:
+    """A channel answering with ``handler``, and the address of a worker's link server for it
+    (over TLS with ``tls``)."""
     runner, port = await serve(handler)
     worker = worker_for(f"http://127.0.0.1:{port}")
-    server = LinkServer(worker.call)
+    server = LinkServer(worker.call, tls)
     try:
         yield await server.open("127.0.0.1")
     finally:

@@ -1,0 +1,193 @@
+"""The links to channel actors across nodes: TLS both ways with certificates from the links' own
+CA, the token check kept; whoever cannot show such a certificate reaches no channel."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from actors.link import ActorLink, LinkAddress, client_tls
+from actors.settings import LinkTls
+from switch.app import check_links_across_nodes
+from switch.config import ConfigError, RaySection
+from tests.conftest import run
+from tests.test_channel_worker import actor_link_to, request
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def make_pki(folder: Path, ca_name: str, parties: tuple[str, ...]) -> dict[str, LinkTls]:
+    """A CA in ``folder`` and, for each party, its key and a certificate the CA signed."""
+    folder.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    out = {}
+    for party in parties:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(party, key, ca_name, ca_key, ca=False)
+        (folder / f"{party}.key").write_bytes(_pem_key(key))
+        (folder / f"{party}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[party] = LinkTls(
+            cert=str(folder / f"{party}.pem"), key=str(folder / f"{party}.key"), ca=str(folder / "ca.pem")
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LinkTls]:
+    base = tmp_path_factory.mktemp("link-pki")
+    links = make_pki(base / "links", "paysw links CA", ("actor", "frontend"))
+    rogue = make_pki(base / "rogue", "another CA", ("frontend",))
+    return {**links, "rogue": rogue["frontend"]}
+
+
+def recording_channel() -> tuple[list[bytes], object]:
+    calls: list[bytes] = []
+
+    async def record(http_request):
+        calls.append(await http_request.read())
+        return web.Response(text="<xml><return_code>FAIL</return_code></xml>")
+
+    return calls, record
+
+
+async def _results_or_refusal(address: LinkAddress, tls: ssl.SSLContext | None, keys: list[int]) -> list[int] | None:
+    """The keys of the results that come back for a batch of ``keys``; None when the actor
+    refuses the link (at the handshake, or by hanging up)."""
+    got: list[int] = []
+    done, lost = asyncio.Event(), asyncio.Event()
+
+    def on_results(results) -> None:
+        got.extend(r.key for r in results)
+        if len(got) == len(keys):
+            done.set()
+
+    try:
+        link = await ActorLink.connect(address, on_results, lost.set, tls)
+    except (ssl.SSLError, ConnectionError):
+        return None
+    link.send([request(key) for key in keys])
+    waiters = [asyncio.ensure_future(event.wait()) for event in (done, lost)]
+    await asyncio.wait(waiters, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    link.close()
+    return sorted(got) if done.is_set() else None
+
+
+def test_a_tls_link_carries_a_batch_end_to_end(pki):
+    calls, channel = recording_channel()
+
+    async def scenario():
+        async with actor_link_to(channel, pki["actor"]) as address:
+            return await _results_or_refusal(address, client_tls(pki["frontend"]), [1, 2, 3])
+
+    assert run(scenario()) == [1, 2, 3]
+    assert len(calls) == 3
+
+
+def test_a_front_end_without_a_certificate_of_the_links_ca_is_refused_and_nothing_is_processed(pki):
+    calls, channel = recording_channel()
+    no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    no_certificate.check_hostname = False
+    no_certificate.load_verify_locations(pki["actor"].ca)  # it trusts the actor, but shows nothing
+
+    async def scenario():
+        async with actor_link_to(channel, pki["actor"]) as address:
+            rogue = await _results_or_refusal(address, client_tls(pki["rogue"]), [1])
+            bare = await _results_or_refusal(address, no_certificate, [2])
+            await asyncio.sleep(0.2)
+            return rogue, bare
+
+    assert run(scenario()) == (None, None)
+    assert calls == []
+
+
+def test_a_plaintext_front_end_is_refused_by_a_tls_link(pki):
+    calls, channel = recording_channel()
+
+    async def scenario():
+        async with actor_link_to(channel, pki["actor"]) as address:
+            refused = await _results_or_refusal(address, None, [1])  # the right token, in clear
+            await asyncio.sleep(0.2)
+            return refused
+
+    assert run(scenario()) is None
+    assert calls == []
+
+
+def test_a_front_end_refuses_an_actor_whose_certificate_is_not_of_the_links_ca(pki):
+    calls, channel = recording_channel()
+
+    async def scenario():
+        async with actor_link_to(channel, pki["rogue"]) as address:
+            return await _results_or_refusal(address, client_tls(pki["frontend"]), [1])
+
+    assert run(scenario()) is None
+    assert calls == []
+
+
+def test_links_across_nodes_need_tls_or_plaintext_said_outright(pki, caplog):
+    check_links_across_nodes(RaySection(), None, on_loopback=True)  # a local Ray: nothing leaves the host
+    check_links_across_nodes(RaySection(address="10.0.0.5:6379"), pki["frontend"], on_loopback=False)
+    with pytest.raises(ConfigError, match=r"\$\.ray: .*link_tls_cert"):
+        check_links_across_nodes(RaySection(address="auto"), None, on_loopback=False)
+    check_links_across_nodes(RaySection(address="auto", plaintext_links=True), None, on_loopback=False)
+    assert "plaintext" in caplog.text
+
+
+def test_link_tls_files_go_together_and_must_exist(tmp_path: Path):
+    from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
+    from switch.config import link_tls, load_config
+
+    def config_with(ray_lines: str):
+        text = DEMO_SWITCH_CONFIG.read_text().replace('namespace = "paysw"\n', f'namespace = "paysw"\n{ray_lines}')
+        path = tmp_path / "switch.toml"
+        path.write_text(text.replace('"keys/', f'"{DEMO_DIR}/keys/'))
+        return load_config(path)
+
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "cert.pem").write_text("x")
+    with pytest.raises(ConfigError, match=r"\$\.ray\.link_tls_key: expected a file name"):
+        config_with('link_tls_cert = "cert.pem"\nlink_tls_ca = "ca.pem"\n')
+    with pytest.raises(ConfigError, match=r"\$\.ray\.link_tls_key: no file .*/key\.pem"):
+        config_with('link_tls_cert = "cert.pem"\nlink_tls_key = "key.pem"\nlink_tls_ca = "ca.pem"\n')
+    (tmp_path / "key.pem").write_text("x")
+    config = config_with('link_tls_cert = "cert.pem"\nlink_tls_key = "key.pem"\nlink_tls_ca = "ca.pem"\n')
+    assert link_tls(config) == LinkTls(
+        cert=str(tmp_path / "cert.pem"), key=str(tmp_path / "key.pem"), ca=str(tmp_path / "ca.pem")
+    )
+    assert link_tls(load_config(DEMO_SWITCH_CONFIG)) is None
