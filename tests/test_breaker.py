@@ -81,7 +81,9 @@ def test_only_the_last_window_calls_count():
         b.record(False, 0.1)
     for _ in range(9):
         b.record(True, 0.1)
-    assert b.state is CircuitState.CLOSED  # 9 of the last 20
+    # 9 of the last 20, in a row: with this many calls the rate judges, not a streak (a flaky
+    # channel has one now and then)
+    assert b.state is CircuitState.CLOSED
     b.record(True, 0.1)  # 10 of the last 20, though 10 of 25 overall
     assert b.state is CircuitState.OPEN
 
@@ -141,15 +143,6 @@ def test_an_overdue_call_counts_once_and_its_answer_settles_it():
     b.release(4)  # refused inside the switch: says nothing of the channel
     b.record(True, 1.5)
     assert b.state is CircuitState.OPEN
-
-
-def test_at_volume_a_streak_is_left_to_the_rate_rule():
-    b, _, _ = breaker()
-    for _ in range(20):
-        b.record(False, 0.1)
-    for _ in range(5):
-        b.record(True, 0.1)  # 5 in a row, but 5 of the last 20: a flaky channel, not a dead one
-    assert b.state is CircuitState.CLOSED
 
 
 def test_the_streak_starts_again_once_the_circuit_is_closed():
