@@ -48,6 +48,11 @@ class BreakerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     min_calls: Positive = 20
     open_ms: Annotated[int, Meta(ge=100)] = 5_000  # then half-open
     probes: Positive = 5  # calls let through half-open; all fine closes the circuit
+    # While the window holds fewer than min_calls (a quiet channel, a small bank at night), this many
+    # calls failing in a row open the circuit (calls outstanding past slow_call_ms count as failing):
+    # else every customer waits out a hung channel's timeout. 3, not 1: one or two failures may be
+    # the customer's or the network's; three with no success between are the channel's.
+    consecutive_failures: Positive = 3
 
 
 class ChannelSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

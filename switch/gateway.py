@@ -128,7 +128,6 @@ class ChannelGateway:
         self._keys = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ChannelResult]] = {}
         self._outstanding: deque[tuple[float, int, Shard]] = deque()  # calls by start time
-        self._overdue: set[int] = set()  # keys already counted slow by their breaker
         self._wakeup = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -238,17 +237,17 @@ class ChannelGateway:
     def _call_ended(self, done: asyncio.Future[ChannelResult], key: int, shard: Shard, started: float) -> None:
         self.in_flight -= 1
         result = done.result()
-        if key in self._overdue:  # its breaker already counted it (as slow)
-            self._overdue.discard(key)
-            return
         if result.sent or is_channel_failure(result):
-            shard.breaker.record(is_channel_failure(result), time.monotonic() - started)
+            shard.breaker.record(is_channel_failure(result), time.monotonic() - started, key)
         else:
-            shard.breaker.release()
+            shard.breaker.release(key)
 
     async def _watch_overdue(self) -> None:
         """Count calls outstanding past the slow-call threshold against their shard's breaker
-        now: a hung channel must not take its whole timeout to open the circuit."""
+        now: a hung channel must not take its whole timeout to open the circuit. A check every
+        OVERDUE_CHECK_S rather than on each admission: it opens the circuit while no one pays too,
+        and adds nothing to the hot path (the calls are kept in start order, so a check looks only
+        at those just overdue)."""
         slow_s = self.config.breaker.slow_call_ms / 1000
         while True:
             await asyncio.sleep(OVERDUE_CHECK_S)
@@ -259,8 +258,7 @@ class ChannelGateway:
                     break
                 self._outstanding.popleft()
                 if key in self._waiting:
-                    self._overdue.add(key)
-                    shard.breaker.record_overdue()
+                    shard.breaker.record_overdue(key)
 
     async def _dispatch(self) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
 from actors.settings import BreakerSettings
@@ -21,7 +22,10 @@ class Clock:
         return self.now
 
 
-SETTINGS = BreakerSettings(min_calls=10, window_calls=20, window_s=10, open_ms=5000, probes=3, slow_call_ms=1000)
+SETTINGS = BreakerSettings(
+    min_calls=10, window_calls=20, window_s=10, open_ms=5000, probes=3, slow_call_ms=1000, consecutive_failures=3
+)
+RATE_RULE_ALONE = msgspec.structs.replace(SETTINGS, consecutive_failures=1000)
 
 
 def breaker(settings: BreakerSettings = SETTINGS) -> tuple[CircuitBreaker, Clock, list[CircuitState]]:
@@ -30,7 +34,7 @@ def breaker(settings: BreakerSettings = SETTINGS) -> tuple[CircuitBreaker, Clock
 
 
 def test_opens_at_the_failure_rate_once_the_window_has_enough_calls():
-    b, _, changes = breaker()
+    b, _, changes = breaker(RATE_RULE_ALONE)
     for _ in range(4):
         b.record(True, 0.1)  # 4 failures of 4: too few calls to judge
     assert b.state is CircuitState.CLOSED
@@ -55,14 +59,14 @@ def test_slow_calls_and_overdue_calls_open_it():
     for _ in range(10):
         b.record(False, 1.5)
     assert b.state is CircuitState.OPEN
-    b2, _, _ = breaker()
-    for _ in range(10):
-        b2.record_overdue()
+    b2, _, _ = breaker(RATE_RULE_ALONE)
+    for call in range(10):
+        b2.record_overdue(call)
     assert b2.state is CircuitState.OPEN
 
 
 def test_old_outcomes_leave_the_window():
-    b, clock, _ = breaker()
+    b, clock, _ = breaker(RATE_RULE_ALONE)
     for _ in range(9):
         b.record(True, 0.1)
     clock.now += 11  # older than window_s
@@ -77,9 +81,89 @@ def test_only_the_last_window_calls_count():
         b.record(False, 0.1)
     for _ in range(9):
         b.record(True, 0.1)
-    assert b.state is CircuitState.CLOSED  # 9 of the last 20
+    # 9 of the last 20, in a row: with this many calls the rate judges, not a streak (a flaky
+    # channel has one now and then)
+    assert b.state is CircuitState.CLOSED
     b.record(True, 0.1)  # 10 of the last 20, though 10 of 25 overall
     assert b.state is CircuitState.OPEN
+
+
+def test_a_quiet_channel_opens_on_a_few_failures_in_a_row():
+    b, clock, changes = breaker()
+    b.record(True, 1.5)
+    clock.now += 120  # a quiet till: minutes between customers do not break the streak
+    b.record(True, 1.5)
+    assert b.state is CircuitState.CLOSED and b.snapshot()["failing_in_a_row"] == 2
+    b.record(True, 1.5)
+    assert b.state is CircuitState.OPEN and not b.acquire()
+    assert changes == [CircuitState.OPEN]
+
+
+def test_a_success_starts_the_streak_again():
+    b, _, _ = breaker()
+    for failed in (True, True, False, True, True):
+        b.record(failed, 0.1)
+    assert b.state is CircuitState.CLOSED
+    b.record(False, 2.0)  # a slow answer is still an answer
+    b.record(True, 0.1)
+    b.record(True, 0.1)
+    assert b.state is CircuitState.CLOSED
+    b.record(True, 0.1)
+    assert b.state is CircuitState.OPEN
+
+
+def test_calls_outstanding_past_the_slow_threshold_open_it_before_they_time_out():
+    b, _, _ = breaker()
+    b.record_overdue(1)
+    b.record_overdue(2)
+    assert b.state is CircuitState.CLOSED
+    b.record_overdue(3)  # three hanging at once: no need to wait for the first timeout
+    assert b.state is CircuitState.OPEN
+
+    b2, _, _ = breaker()
+    b2.record(True, 1.5)
+    b2.record_overdue(1)
+    assert b2.state is CircuitState.CLOSED
+    b2.record_overdue(2)  # one failed, two failing now
+    assert b2.state is CircuitState.OPEN
+
+
+def test_an_overdue_call_counts_once_and_its_answer_settles_it():
+    b, _, _ = breaker()
+    b.record_overdue(1)
+    b.record_overdue(2)
+    b.record(False, 1.2, call=1)  # answered late after all: the streak starts again from call 2
+    assert b.snapshot()["failing_in_a_row"] == 1
+    b.record_overdue(3)
+    assert b.state is CircuitState.CLOSED
+    b.record(True, 10.0, call=2)  # timed out: it failed all along, counted once
+    b.record(True, 10.0, call=3)
+    assert b.snapshot()["calls_in_window"] == 3  # each overdue call is one slow outcome, no more
+    assert b.state is CircuitState.CLOSED and b.snapshot()["failing_in_a_row"] == 2
+    b.release(4)  # refused inside the switch: says nothing of the channel
+    b.record(True, 1.5)
+    assert b.state is CircuitState.OPEN
+
+
+def test_the_streak_starts_again_once_the_circuit_is_closed():
+    b, clock, _ = breaker()
+    b.record(True, 1.5)
+    b.record_overdue(1)
+    b.reset()  # close-circuit: the operator knows the channel is back
+    b.record(True, 10.0, call=1)  # ended after the reset: neither in the new streak nor in the window
+    b.record(True, 1.5)
+    b.record(True, 1.5)
+    assert b.state is CircuitState.CLOSED and b.snapshot()["calls_in_window"] == 2
+    b.record(True, 1.5)
+    assert b.state is CircuitState.OPEN
+    clock.now += 5  # half-open: the probes pass and close it, with a fresh streak
+    for _ in range(3):
+        assert b.acquire()
+        b.record(False, 0.1)
+    assert b.state is CircuitState.CLOSED and b.snapshot()["failing_in_a_row"] == 0
+    b.record(True, 1.5)
+    b.record(True, 1.5)
+    assert b.state is CircuitState.CLOSED
 
 
 def open_breaker() -> tuple[CircuitBreaker, Clock, list[CircuitState]]:

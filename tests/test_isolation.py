@@ -14,10 +14,11 @@ import pytest
 from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from switch.operator import request as admin_request
-from tests.conftest import run
+from tests.conftest import WECHAT_TIMEOUT_MS, run
 from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_audit, sim_ledger, wait_for_state
 
 OPEN_FINAL = {"APPROVED", "DECLINED", "CANCELLED", "REVERSED"}
+CONSECUTIVE_FAILURES = 3  # the demo configuration's breaker: this many failing in a row open a quiet circuit
 
 
 def fault(ports, channel: str, **settings) -> None:
@@ -103,6 +104,79 @@ def test_a_hung_channel_costs_the_others_nothing(switch, ports, database_url, he
         # Memory and tasks come back down: nothing piles up behind the hung channel.
         assert metric(switch, "paysw_event_loop_tasks") <= tasks_before + 20
         assert metric(switch, "process_resident_memory_bytes") < memory_before + 64 * 2**20
+
+    run(scenario())
+
+
+def test_a_hung_channel_at_a_quiet_till_costs_only_the_first_customers_the_timeout(
+    switch, ports, database_url, healthy_afterwards
+):
+    """A small bank at night: payments one or two at a time never fill the breaker's window, yet
+    once a few customers have waited out the hung channel's timeout, the next get 91 at once."""
+    timeout_s = WECHAT_TIMEOUT_MS / 1000
+
+    async def scenario():
+        fault(ports, "wechat", hang=True)
+        hung, others = [], []
+        async with connected(switch) as till:
+            for _ in range(CONSECUTIVE_FAILURES + 3):  # one WeChat Pay customer at a time, an Alipay one beside
+                answer, other = await asyncio.gather(
+                    timed(till, new_purchase("wechat")), till.request(new_purchase("alipay"))
+                )
+                hung.append(answer)
+                others.append(other)
+                await asyncio.sleep(0.2)
+            fault(ports, "wechat")
+            recovered_in = await wait_until_approved(till, "wechat", timeout=15)
+            started = time.monotonic()
+            while channels(switch)["wechat"]["circuit"] != "closed":  # the probes pass
+                assert time.monotonic() - started < 10, "wechat's circuit did not close after the fault cleared"
+                await till.request(new_purchase("wechat"))
+        seconds = [round(s, 2) for _, s in hung]
+        assert all(a["39"] == "91" for a, _ in hung)
+        # The first customers wait out the timeout (the resolver's queries of their payments, also
+        # failing, may make them fewer than CONSECUTIVE_FAILURES); everyone after is answered well
+        # before the timeout would have been reached.
+        waited = [s for s in seconds if s >= timeout_s / 2]
+        assert 1 <= len(waited) <= CONSECUTIVE_FAILURES and seconds[: len(waited)] == waited, seconds
+        for answer, _ in hung[len(waited) :]:
+            row = await journal_row(database_url, answer["37"])
+            assert (row["state"], row["channel_code"]) == ("DECLINED", "CIRCUIT_OPEN")
+            assert sim_audit_is_empty(ports, "wechat", answer["37"])
+        assert [a["39"] for a in others] == ["00"] * len(others)
+        assert recovered_in < 15
+        for answer, _ in hung[: len(waited)]:  # sent, never answered: the resolver closes them
+            await wait_for_state(database_url, answer["37"], {"CANCELLED", "DECLINED"}, timeout=30)
+
+    run(scenario())
+
+
+def test_calls_hanging_past_the_slow_threshold_open_a_quiet_circuit_before_they_time_out(
+    switch, ports, database_url, healthy_afterwards
+):
+    """Alipay's calls time out after 10 s, but each counts as failing once outstanding past 3 s
+    (the breaker's slow_call_ms): three hanging at once open the circuit while all three are
+    still under way, and the next customer gets 91 at once."""
+
+    async def scenario():
+        fault(ports, "alipay", hang=True)
+        async with connected(switch) as till, connected(switch) as other_till:
+            first = [asyncio.ensure_future(till.request(new_purchase("alipay"))) for _ in range(2)]
+            await asyncio.sleep(1.0)
+            first.append(asyncio.ensure_future(other_till.request(new_purchase("alipay"))))
+            await wait_for_circuit(switch, "alipay", "open", timeout=20)
+            still_under_way = channels(switch)["alipay"]["in_flight"]
+            next_customer, seconds = await timed(other_till, new_purchase("alipay"))
+            fault(ports, "alipay")
+            hung = await asyncio.gather(*first)
+            recovered_in = await wait_until_approved(other_till, "alipay", timeout=20)
+        assert still_under_way >= 3  # opened before the first of them timed out
+        assert next_customer["39"] == "91" and seconds < 1.0
+        assert (await journal_row(database_url, next_customer["37"]))["channel_code"] == "CIRCUIT_OPEN"
+        assert {a["39"] for a in hung} == {"91"}  # at the switch's deadline (5 s)
+        assert recovered_in < 20
+        for answer in hung:  # sent, never answered: the resolver closes them
+            await wait_for_state(database_url, answer["37"], {"CANCELLED", "DECLINED"}, timeout=40)
 
     run(scenario())
 
