@@ -108,7 +108,7 @@ async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 
     return tallies
 
 
-async def secured_terminal(host: str, port: int) -> None:
+async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> None:
     """Spec section 7 on a terminal with a master key: sign on for keys, MAC'd purchases, a card
     with its PIN to UnionPay, and a forged MAC; one line each."""
     rng = random.Random()
@@ -118,6 +118,10 @@ async def secured_terminal(host: str, port: int) -> None:
     client = await IsoClient.connect(host, port)
     try:
         signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
+        if signed_on["39"] == "65":  # an earlier run signed on less than the switch's limit ago
+            print(f"terminal {terminal_id}: sign-on refused (65, one per {sign_on_interval_s:g}s); waiting")
+            await asyncio.sleep(sign_on_interval_s)
+            signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
         keys.take_working_keys(signed_on["62"])
         client.keys[terminal_id] = keys
         print(f"terminal {terminal_id}: signed on, PIK and MAK received under its TMK (check values match)")
@@ -243,7 +247,7 @@ async def _run(config: Config, url: str, token: str, token_file: Path, serve: bo
             print()
             print_summary(tallies, time.monotonic() - started)
             print()
-            await secured_terminal(host, port)
+            await secured_terminal(host, port, config.security.sign_on_interval_s)
             print()
             await operator_drill(host, port, config.switch.admin_listen, token, token_file)
             print()

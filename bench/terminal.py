@@ -8,8 +8,7 @@ import hmac
 
 from hsm import algorithms
 from protocols.iso8583 import MAC_FIELD, Message, encode_with_mac, mac_span
-
-MACED_REQUESTS = frozenset({"0200", "0100", "0400"})
+from protocols.validation import carries_mac
 
 
 class TerminalKeys:
@@ -42,7 +41,7 @@ class TerminalKeys:
         return encode_with_mac(message, self.mac)
 
     def needs_mac(self, message: Message) -> bool:
-        return self.mak is not None and message["t"] in MACED_REQUESTS
+        return self.mak is not None and carries_mac(message)
 
     def answer_mac_ok(self, body: bytes, answer: Message) -> bool:
         """Whether an answer's field 64 is the MAC of the bytes before it."""

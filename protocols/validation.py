@@ -105,6 +105,13 @@ FIELD_RULES: dict[str, FieldRule] = {
 NETWORK_CODES = {"001": "sign-on", "002": "sign-off", "301": "echo", "101": "key change"}
 
 
+def carries_mac(message: Message) -> bool:
+    """Spec section 7: the requests a terminal MACs (field 64) under its MAK: 0200, 0100, 0400
+    and the key change (0800 ``101``). Not a sign-on: a terminal signs on when it has no MAK."""
+    mti = message.get("t")
+    return mti in ("0200", "0100", "0400") or (mti == "0800" and message.get("70") == "101")
+
+
 def classify(message: Message) -> Kind | Rejection:
     """Which kind of request this is, or ``12`` for an MTI / processing code the switch does not do."""
     mti = message.get("t", "")

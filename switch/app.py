@@ -79,6 +79,11 @@ class SwitchApp:
             if imported:
                 log.info("keys imported from the manifest", extra={"labels": imported})
         keys = await configured_keys(store, cfg)
+        zpks = {name: keys[ch.keys.zpk] for name, ch in cfg.channels.items() if ch.keys.zpk}
+        security = TerminalSecurity(
+            hsm, store, {t.id: t for t in cfg.terminals}, zpks, cfg.switch.request_deadline_ms / 1000, cfg.security
+        )
+        await security.load()  # before Ray: terminals without a master key are a configuration error
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         tls = link_tls(cfg)
         check_links_across_nodes(cfg.ray, tls, node_on_loopback())
@@ -96,11 +101,6 @@ class SwitchApp:
         self.metrics.watch_gateways(self.gateways)
         await asyncio.wait_for(asyncio.gather(*(g.linked() for g in self.gateways.values())), 120)
         fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
-        zpks = {name: keys[ch.keys.zpk] for name, ch in cfg.channels.items() if ch.keys.zpk}
-        security = TerminalSecurity(
-            hsm, store, {t.id: t for t in cfg.terminals}, zpks, cfg.switch.request_deadline_ms / 1000
-        )
-        await security.load()
         self.shedder = LoadShedder(cfg.switch.max_in_flight, cfg.switch.shed_loop_lag_ms)
         self.shedder.start()
         processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security)

@@ -100,7 +100,7 @@ class Merchant(_Strict):
 class Terminal(_Strict):
     id: TerminalId
     merchant: MerchantId
-    # Field 64 once the terminal has a MAK (it gets one at sign-on when the key store has its TMK).
+    # Field 64 of its requests, under the MAK it gets at sign-on (under its TMK, from the key store).
     mac_algorithm: Literal["x9.19", "unionpay-ecb"] = "x9.19"
 
 
@@ -109,6 +109,16 @@ class SecuritySection(_Strict):
     pan_hash_key: str = "pan-hash"  # key store label of the keyed fingerprint of card numbers / codes
     # Keys imported at start when the store lacks their label (then the files may be deleted).
     key_manifest: str = ""
+    # Every terminal needs a master key (tmk:TERMINAL in the key store) and MACs its requests: a
+    # terminal without one could be impersonated by anyone reaching the ISO 8583 port (voids and
+    # refunds need only an RRN). The switch refuses to start otherwise, unless this DEMO-ONLY
+    # relaxation lets such terminals work without MAC.
+    allow_terminals_without_mac: bool = False
+    # Sign-on (0800 001) hands out new keys to whoever asks: it cannot require the MAK, which a
+    # terminal may have lost in a power cycle. So one per terminal per this many seconds (65
+    # past it); a terminal that still has its MAK uses key change (101, MAC'd, not limited).
+    # 0: no limit (tests only).
+    sign_on_interval_s: Annotated[float, Meta(ge=0)] = 30.0
 
 
 class ReconSection(_Strict):

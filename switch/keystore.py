@@ -1,6 +1,7 @@
 """Keys at rest: ``hsm.keys.KeyRecord`` rows in the journal's database, shared by every front end.
 Rows hold keys only as the HSM encrypted them under the LMK; the newest version of a label is
-the one in use, older ones are kept for the audit trail and for messages still in flight."""
+the one in use, older ones are kept for the audit trail and for messages still in flight (but
+for terminals' working keys, which sign-ons renew: only their last few versions are kept)."""
 
 from __future__ import annotations
 
@@ -37,13 +38,19 @@ class KeyStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def add(self, *records: KeyRecord) -> None:
-        """Store new versions, all or none; ``asyncpg.UniqueViolationError`` when one exists."""
+    async def add(self, *records: KeyRecord, keep: int = 0) -> None:
+        """Store new versions, all or none; ``asyncpg.UniqueViolationError`` when one exists.
+        With ``keep``, only the ``keep`` newest versions of each label stay: the others are deleted."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 "INSERT INTO hsm_key (label, version, kind, blob, check_value) VALUES ($1, $2, $3, $4, $5)",
                 [(r.label, r.version, str(r.kind), r.blob, r.check_value) for r in records],
             )
+            if keep:
+                await conn.executemany(
+                    "DELETE FROM hsm_key WHERE label = $1 AND version <= $2",
+                    [(r.label, r.version - keep) for r in records],
+                )
 
     async def newest(self, label: str, count: int = 1) -> list[StoredKey]:
         """The ``count`` newest versions of a label, newest first (empty when there is none)."""

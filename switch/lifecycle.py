@@ -35,7 +35,7 @@ from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
-from switch.terminal_keys import MacMismatch, MacMissing, NoPinKey, TerminalSecurity
+from switch.terminal_keys import MacMismatch, MacMissing, NoPinKey, SignOnTooSoon, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
 _ignored_log = RateLimitedLog(60.0)  # a peer sending answers by the thousand gets one line a minute
@@ -140,14 +140,8 @@ class Processor:
                 try:
                     mak = await self._security.verify(message, frame)
                 except MacMissing:
-                    return await self._reject(
-                        message, Rejection(rc.FORMAT_ERROR, "64", "no MAC from a terminal with a MAK")
-                    )
-                except MacMismatch:
-                    log.warning(
-                        "MAC verification failed",
-                        extra={"mti": message["t"], "terminal": message["41"], "stan": message["11"]},
-                    )
+                    return await self._reject(message, Rejection(rc.FORMAT_ERROR, "64", "no MAC"))
+                except MacMismatch:  # (warned of, rate-limited, by the security)
                     return await self._reject(message, Rejection(rc.MAC_FAILED, "64", "MAC does not verify"))
             if kind is Kind.NETWORK:
                 out = await self._network(message)
@@ -212,9 +206,12 @@ class Processor:
         if terminal_id not in self._terminals:
             return answer(message, rc.INVALID_MERCHANT)
         log.debug("network management", extra={"terminal": terminal_id, "what": NETWORK_CODES[code]})
+        # A key change's MAC was verified in handle_frame; a sign-on has none (see new_working_keys).
         if code in ("001", "101") and self._security.has_master_key(terminal_id):
             try:
-                keys = await self._security.new_working_keys(terminal_id)
+                keys = await self._security.new_working_keys(terminal_id, signing_on=code == "001")
+            except SignOnTooSoon:
+                return answer(message, rc.EXCEEDS_FREQUENCY_LIMIT)
             except asyncpg.UniqueViolationError:  # another front end changed them this instant
                 return answer(message, rc.SYSTEM_MALFUNCTION)
             out = answer(message, rc.APPROVED)

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Hashable
 
 MAX_KEYS = 10_000  # past this, keys are forgotten (those whose interval has passed first): a bound on memory
 
 
 class RateLimitedLog:
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
-        self._seen: dict[object, tuple[float, int]] = {}  # key: (when last logged, held back since)
+        self._clock = clock
+        self._seen: dict[Hashable, tuple[float, int]] = {}  # key: (when last logged, held back since)
 
-    def warn(self, logger: logging.Logger, key: object, msg: str, **extra: object) -> bool:
+    def warn(self, logger: logging.Logger, key: Hashable, msg: str, **extra: object) -> bool:
         """Log ``msg`` at WARNING unless ``key`` was logged less than ``interval_s`` ago; True
         when it was logged. The line carries ``suppressed``: how many were held back before it."""
-        now = time.monotonic()
+        now = self._clock()
         last = self._seen.get(key)
         if last is not None and now - last[0] < self.interval_s:
             self._seen[key] = (last[0], last[1] + 1)

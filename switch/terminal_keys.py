@@ -2,11 +2,16 @@
 and MAK under the terminal's TMK at sign-on and key change, and field 52 PIN blocks translated to
 the card channel's zone PIN key. Every operation runs in the HSM; this module holds only
 ``KeyRecord`` handles, cached per terminal and shared with other front ends through the store.
+
+Every terminal has a master key and MACs its requests, unless the configuration allows terminals
+without (a demo). Sign-on is the one way in without a MAC (a terminal that lost its keys must
+get new ones), so it is rate-limited per terminal; a key change is MAC'd like a payment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,21 +19,30 @@ from dataclasses import dataclass, field
 from hsm import Hsm, KeyKind, KeyRecord
 from hsm.keys import terminal_label
 from protocols.iso8583 import MAC_FIELD, Message, encode, encode_with_mac, mac_span
-from switch.config import Terminal
+from protocols.validation import carries_mac
+from switch.config import ConfigError, SecuritySection, Terminal
 from switch.keystore import KeyStore
+from switch.lograte import RateLimitedLog
 
 log = logging.getLogger("paysw.keys")
 
 MACED_ANSWERS = frozenset({"0210", "0110", "0410"})
-MACED_REQUESTS = frozenset({"0200", "0100", "0400"})
+# Versions of a terminal's PIK and MAK kept: the newest, and the one before it for messages in
+# flight at a key change. Older ones are deleted (sign-ons would otherwise add rows forever).
+WORKING_KEY_VERSIONS = 2
+WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MACs, sign-ons refused)
 
 
 class MacMissing(Exception):
-    """A request of a terminal that has a MAK came without field 64 (a format error, ``30``)."""
+    """A request that must be MAC'd came without field 64 (a format error, ``30``)."""
 
 
 class MacMismatch(Exception):
     """Field 64 is not the MAC of the message under any MAK the terminal may use (``A0``)."""
+
+
+class SignOnTooSoon(Exception):
+    """A sign-on within ``sign_on_interval_s`` of the terminal's last new keys (``65``)."""
 
 
 class NoPinKey(Exception):
@@ -43,6 +57,7 @@ class _Keys:
     # MAKs a request may be MAC'd under, newest first, each with the time it stops being accepted:
     # the newest never; the one before it only for messages in flight at the key change.
     maks: list[tuple[KeyRecord, float]] = field(default_factory=list)
+    issued_at: float = float("-inf")  # when the newest MAK was made (by any front end)
 
     def mak(self) -> KeyRecord | None:
         return self.maks[0][0] if self.maks else None
@@ -50,29 +65,54 @@ class _Keys:
 
 class TerminalSecurity:
     def __init__(
-        self, hsm: Hsm, store: KeyStore, terminals: dict[str, Terminal], zpks: dict[str, KeyRecord], grace_s: float
+        self,
+        hsm: Hsm,
+        store: KeyStore,
+        terminals: dict[str, Terminal],
+        zpks: dict[str, KeyRecord],
+        grace_s: float,
+        policy: SecuritySection,
     ) -> None:
         self._hsm = hsm
         self._store = store
         self._terminals = terminals
         self._zpks = zpks
         self._grace_s = grace_s
+        self._allow_without_mac = policy.allow_terminals_without_mac
+        self._sign_on_interval_s = policy.sign_on_interval_s
         self._keys: dict[str, _Keys] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._warn = RateLimitedLog(WARN_EVERY_S)
 
     async def load(self) -> None:
         """Read every terminal's keys (at start; afterwards on a key change, or on a MAC that does
-        not verify, in case another front end changed the keys)."""
+        not verify, in case another front end changed the keys). Raises ``ConfigError`` naming
+        the terminals without a master key, unless the configuration allows them."""
         for terminal_id in self._terminals:
             await self._reload(terminal_id)
+        plain = sorted(t for t, keys in self._keys.items() if keys.tmk is None)
+        if plain and not self._allow_without_mac:
+            shown = ", ".join(plain[:10]) + (f" and {len(plain) - 10} more" if len(plain) > 10 else "")
+            raise ConfigError(
+                f"$.terminals: {len(plain)} terminals have no master key in the key store ({shown}): import "
+                "each one's tmk:TERMINAL (`paysw keys import`), or (demo only) set "
+                "$.security.allow_terminals_without_mac = true"
+            )
+        if plain:
+            log.warning(
+                f"{len(plain)} of {len(self._terminals)} terminals have no master key and run without MAC "
+                "(security.allow_terminals_without_mac: demo only)",
+                extra={"terminals_without_mac": len(plain)},
+            )
 
     async def _reload(self, terminal_id: str) -> _Keys:
         keys = _Keys(
             tmk=await self._store.current(terminal_label(KeyKind.TMK, terminal_id)),
             pik=await self._store.current(terminal_label(KeyKind.PIK, terminal_id)),
         )
-        maks = await self._store.newest(terminal_label(KeyKind.MAK, terminal_id), 2)
+        maks = await self._store.newest(terminal_label(KeyKind.MAK, terminal_id), WORKING_KEY_VERSIONS)
         if maks:
+            keys.issued_at = maks[0].created_at.timestamp()
             keys.maks.append((maks[0].record, float("inf")))
             if len(maks) == 2:
                 keys.maks.append((maks[1].record, maks[0].created_at.timestamp() + self._grace_s))
@@ -82,8 +122,12 @@ class TerminalSecurity:
     # -- MAC -----------------------------------------------------------------------------------
 
     def needs_mac(self, message: Message) -> bool:
+        """Whether field 64 must verify before the request is acted on: a MAC'd kind of request
+        from a terminal with a master key (also before its first sign-on: with no MAK yet, it is
+        refused), or from any terminal unless terminals without MAC are allowed. (A terminal
+        not configured is refused 03 anyway.)"""
         keys = self._keys.get(message.get("41", ""))
-        return keys is not None and keys.mak() is not None and message["t"] in MACED_REQUESTS
+        return keys is not None and carries_mac(message) and (keys.tmk is not None or not self._allow_without_mac)
 
     async def verify(self, message: Message, frame: bytes) -> KeyRecord:
         """The MAK that field 64 verifies under; raises ``MacMissing`` or ``MacMismatch``."""
@@ -95,6 +139,10 @@ class TerminalSecurity:
         if record is None:  # another front end may have changed this terminal's keys
             record = self._verifying_mak(await self._reload(terminal_id), terminal_id, data, message[MAC_FIELD])
         if record is None:
+            self._warn.warn(
+                log, (terminal_id, "mac"), "MAC verification failed",
+                mti=message["t"], terminal=terminal_id, stan=message["11"],
+            )  # fmt: skip
             raise MacMismatch
         return record
 
@@ -102,7 +150,7 @@ class TerminalSecurity:
         algorithm = self._terminals[terminal_id].mac_algorithm
         now = time.time()
         for record, until in keys.maks:
-            if now <= until and self._hsm.mac(record, algorithm, data).hex().upper() == given.upper():
+            if now <= until and mac_matches(self._hsm.mac(record, algorithm, data), given):
                 return record
         return None
 
@@ -125,19 +173,27 @@ class TerminalSecurity:
         keys = self._keys.get(terminal_id)
         return keys is not None and keys.tmk is not None
 
-    async def new_working_keys(self, terminal_id: str) -> str:
+    async def new_working_keys(self, terminal_id: str, signing_on: bool) -> str:
         """Field 62 of a sign-on / key change answer: a new PIK and MAK under the terminal's TMK,
         each with its check value (spec section 7). The MAK they replace stays valid for messages
-        in flight only. Raises ``asyncpg.UniqueViolationError`` when another front end changed
+        in flight only; older versions are deleted. Raises ``SignOnTooSoon`` for a sign-on less
+        than ``sign_on_interval_s`` after the terminal's last new keys: a key change proved the
+        MAK, a sign-on proves nothing, and the limit is what keeps a stranger from churning the
+        terminal's keys. Raises ``asyncpg.UniqueViolationError`` when another front end changed
         this terminal's keys at the same moment (the terminal signs on again)."""
         async with self._locks.setdefault(terminal_id, asyncio.Lock()):
-            keys = self._keys[terminal_id]
+            keys = await self._reload(terminal_id)  # the newest, whichever front end made them
             assert keys.tmk is not None
+            if signing_on and time.time() < keys.issued_at + self._sign_on_interval_s:
+                self._warn.warn(
+                    log, (terminal_id, "sign-on"), "sign-on refused: too soon after the last one", terminal=terminal_id
+                )
+                raise SignOnTooSoon
             new = {}
             for kind in (KeyKind.PIK, KeyKind.MAK):
                 label = terminal_label(kind, terminal_id)
                 new[kind] = self._hsm.generate(label, kind, await self._store.next_version(label))
-            await self._store.add(*new.values())
+            await self._store.add(*new.values(), keep=WORKING_KEY_VERSIONS)
             await self._reload(terminal_id)
             log.info(
                 "terminal keys changed",
@@ -161,3 +217,13 @@ class TerminalSecurity:
         if keys is None or keys.pik is None or zpk is None:
             raise NoPinKey
         return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
+
+
+def mac_matches(computed: bytes, given_hex: str) -> bool:
+    """Whether field 64 (hex, either case) is the ``computed`` MAC. Compared in constant time, so
+    that how long a refusal takes tells a forger nothing about how much of a guess was right."""
+    try:
+        given = bytes.fromhex(given_hex)
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed, given)

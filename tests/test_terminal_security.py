@@ -1,23 +1,31 @@
 """Spec section 7 end to end over TCP: sign-on hands out working keys under the TMK, MAC'd
 requests are approved and their answers MAC'd, a bad MAC is A0 and never reaches a channel, and a
-card purchase's PIN reaches UnionPay translated to the zone PIN key."""
+card purchase's PIN reaches UnionPay translated to the zone PIN key. A switch of its own, with the
+safe defaults: every terminal needs a master key and MACs its requests, key changes included, and
+sign-ons are rate-limited."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import subprocess
+import sys
 import urllib.request
 
 import asyncpg
+import pytest
 
 from bench.demo_config import DEMO_DIR
 from bench.terminal import TerminalKeys
-from bench.traffic import card_number, inquiry, network, purchase, reversal
+from bench.traffic import card_number, inquiry, network, purchase, refund, reversal
 from hsm import KeyKind
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
 from switch.keystore import KeyStore
-from tests.conftest import run
+from switch.terminal_keys import mac_matches
+from tests.conftest import SwitchProcess, fresh_database, run
 from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase
 
 MAC_TERMINAL, ECB_TERMINAL = "M0000001", "M0000002"
@@ -179,6 +187,9 @@ def test_card_pin_reaches_unionpay_translated_to_the_zone_key(switch, simulators
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):
+    """Allowed by the test configuration (as by the demo's), with a warning at start."""
+    assert "6 of 8 terminals have no master key and run without MAC" in switch.log_path.read_text()
+
     async def scenario():
         async with connected(switch) as terminal:
             sign_on = await terminal.request(network("T0000001", STANS.next("T0000001"), "001"))
@@ -199,5 +210,154 @@ def test_ecny_payment_codes_travel_sm4_encrypted(switch, simulators):
             declined = await terminal.request(new_purchase("ecny", "51"))  # the channel read the code
             assert declined["39"] == "51"
             assert sim_stats(simulators, "ecny").get("code:decrypted", 0) == before + 2
+
+    run(scenario())
+
+
+async def key_rows(database_url: str, terminal_id: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM hsm_key WHERE label = ANY($1)",
+            [terminal_label(KeyKind.PIK, terminal_id), terminal_label(KeyKind.MAK, terminal_id)],
+        )
+    finally:
+        await conn.close()
+
+
+def test_twenty_sign_ons_keep_two_versions_of_each_working_key(switch, database_url):
+    async def scenario():
+        async with connected(switch) as terminal:
+            for _ in range(20):
+                await signed_on(terminal, ECB_TERMINAL, "unionpay-ecb")
+            assert await key_rows(database_url, ECB_TERMINAL) == 4  # PIK and MAK, current and previous
+            assert (await terminal.request(mac_purchase(ECB_TERMINAL)))["39"] == "00"
+
+    run(scenario())
+
+
+def test_mac_failures_are_warned_of_once_per_terminal_and_interval(switch):
+    def warnings() -> int:
+        lines = switch.log_path.read_text().splitlines()
+        return sum('"MAC verification failed"' in line and '"M0000002"' in line for line in lines)
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, ECB_TERMINAL, "unionpay-ecb")
+            before = warnings()
+            keys.mak = bytes(16)
+            for _ in range(10):
+                assert (await terminal.request(mac_purchase(ECB_TERMINAL)))["39"] == "A0"
+            assert warnings() - before == 1
+
+    run(scenario())
+
+
+def test_mac_matches_compares_the_whole_mac_in_either_case():
+    mac = bytes.fromhex("0123456789ABCDEF")
+    assert mac_matches(mac, "0123456789abcdef") and mac_matches(mac, "0123456789ABCDEF")
+    assert not mac_matches(mac, "0123456789ABCDEE")
+    assert not mac_matches(mac, "0123456789ABCD")
+    assert not mac_matches(mac, "not hex at all!!")
+
+
+# -- the safe defaults: no terminal without a master key, sign-ons rate-limited ---------------------
+
+
+def strict_config(config_dir, folder, keep_plain_terminals: bool):
+    """The test configuration without the demo's relaxations (and, unless asked, without the
+    terminals that have no master key)."""
+    text = (config_dir / "switch.toml").read_text()
+    text, n = re.subn(r"(?m)^(allow_terminals_without_mac|sign_on_interval_s) = .*\n", "", text)
+    assert n == 2
+    if not keep_plain_terminals:
+        text, n = re.subn(r'\[\[terminals\]\]\nid = "[TKS]\d{7}"\n[^\[]*', "", text)
+        assert n == 6
+    config = folder / "switch-strict.toml"
+    config.write_text(text)
+    return config
+
+
+def test_terminals_without_a_master_key_stop_the_switch_at_start(config_dir, database_url, tmp_path):
+    config = strict_config(config_dir, tmp_path, keep_plain_terminals=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "SWITCH_DATABASE_URL": database_url},
+    )
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("paysw: configuration error: $.terminals: 6 terminals have no master key"), error
+    assert "T0000001" in error and "S0000001" in error and "M0000001" not in error
+    assert "allow_terminals_without_mac" in error
+
+
+@pytest.fixture(scope="module")
+def strict_switch(config_dir, database_url, simulators, tmp_path_factory):
+    """A switch of its own, on a database of its own (the session switch signs the same
+    terminals on), with the default sign-on limit."""
+    folder = tmp_path_factory.mktemp("strict")
+    url = run(fresh_database(database_url, "paysw_strict"))
+    switch = SwitchProcess(strict_config(config_dir, folder, keep_plain_terminals=False), url, folder / "strict.log")
+    switch.start()
+    yield switch, url
+    assert switch.stop() == 0
+
+
+def test_financial_messages_without_a_mac_are_refused(strict_switch):
+    """A refund needs only an RRN: without a MAC it is refused before the journal is asked. (A
+    terminal that has a master key but has not signed on yet has no MAK to MAC with.)"""
+    switch, url = strict_switch
+
+    async def scenario():
+        assert await key_rows(url, MAC_TERMINAL) == 0  # (the first test on this switch)
+        async with connected(switch) as terminal:
+            original = purchase(MAC_TERMINAL, MERCHANT, card_number(), 1000, STANS.next(MAC_TERMINAL))
+            plain = refund(original, "000000000001", 500, STANS.next(MAC_TERMINAL))
+            assert (await terminal.request(plain))["39"] == "30"
+            assert (await terminal.request(mac_purchase(MAC_TERMINAL)))["39"] == "30"
+
+    run(scenario())
+
+
+def test_sign_on_is_rate_limited_but_a_maced_key_change_is_not(strict_switch):
+    switch, url = strict_switch
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, MAC_TERMINAL)
+            again = await terminal.request(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "001"))
+            assert again["39"] == "65" and "62" not in again
+            assert await key_rows(url, MAC_TERMINAL) == 2
+            change = await terminal.request(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "101"))
+            assert change["39"] == "00"
+            keys.take_working_keys(change["62"])
+            assert await key_rows(url, MAC_TERMINAL) == 4
+
+    run(scenario())
+
+
+def test_a_key_change_needs_the_current_mak_and_changes_nothing_without(strict_switch):
+    switch, url = strict_switch
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = terminal.keys[ECB_TERMINAL] = TerminalKeys(ECB_TERMINAL, demo_tmk(ECB_TERMINAL), "unionpay-ecb")
+            first = await terminal.request(network(ECB_TERMINAL, STANS.next(ECB_TERMINAL), "001"))
+            keys.take_working_keys(first["62"])
+            rows = await key_rows(url, ECB_TERMINAL)
+            real_mak = keys.mak
+            keys.mak = bytes(16)  # a stranger's guess
+            forged = await terminal.request(network(ECB_TERMINAL, STANS.next(ECB_TERMINAL), "101"))
+            keys.mak = None  # sends no field 64
+            unmaced = await terminal.request(network(ECB_TERMINAL, STANS.next(ECB_TERMINAL), "101"))
+            assert (forged["39"], unmaced["39"]) == ("A0", "30")
+            assert "62" not in forged and "62" not in unmaced
+            assert await key_rows(url, ECB_TERMINAL) == rows
+            keys.mak = real_mak  # the terminal's keys still work
+            asked = await terminal.request(inquiry(ECB_TERMINAL, MERCHANT, "000000000001", STANS.next(ECB_TERMINAL)))
+            assert asked["39"] == "25"
 
     run(scenario())
