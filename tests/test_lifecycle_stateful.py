@@ -64,7 +64,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.client = self.loop.run_until_complete(IsoClient.connect(self.host, self.port))
         self.db = self.loop.run_until_complete(asyncpg.connect(self.database_url))
-        self.pool = self.loop.run_until_complete(asyncpg.create_pool(self.database_url, min_size=1, max_size=4, loop=self.loop))
+        pool = asyncpg.create_pool(self.database_url, min_size=1, max_size=4, loop=self.loop)
+        self.pool = self.loop.run_until_complete(pool)
         self.known: list[Purchase] = []
         self.batches: list[int] = []
 
