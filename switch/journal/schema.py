@@ -195,7 +195,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX late_answer_by_txn ON late_answer (tx_date, terminal_id, stan, transmitted);
     """,
-    # 6: keys under the LMK (hsm.keys.KeyRecord): every version kept; the newest is in use
+    # 6: keys under the LMK (hsm.keys.KeyRecord), by version; the newest is in use (a terminal's working
+    # keys keep the last two: switch.keystore)
     """
     CREATE TABLE hsm_key (
         label       text        NOT NULL,
