@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -129,9 +130,13 @@ class Ports:
     controls: dict[str, int]  # the simulators' control addresses (faults)
 
 
+def new_ports() -> Ports:
+    return Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
+
+
 @pytest.fixture(scope="session")
 def ports() -> Ports:
-    return Ports({n: free_port() for n in CHANNELS}, {n: free_port() for n in CHANNELS})
+    return new_ports()
 
 
 def localise(text: str, ports: Ports) -> str:
@@ -179,6 +184,29 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     assert n == 1, "could not slow the unionpay simulator down in the test configuration"
     (folder / "simulators.toml").write_text(simulators)
     return folder
+
+
+def with_own_simulators(config_dir: Path, ports: Ports, folder: Path) -> Ports:
+    """The test configuration of ``config_dir`` copied into ``folder`` with simulator ports of its
+    own: simulators started on it hold in their ledgers only the orders of switches started on it."""
+    own = new_ports()
+    moves = [(ports.channels[n], own.channels[n]) for n in CHANNELS]
+    moves += [(ports.controls[n], own.controls[n]) for n in CHANNELS]
+    for name in ("switch.toml", "simulators.toml"):
+        text = (config_dir / name).read_text()
+        for old, new in moves:
+            text = text.replace(f'127.0.0.1:{old}"', f'127.0.0.1:{new}"')
+        (folder / name).write_text(text)
+    return own
+
+
+@pytest.fixture
+def seed() -> int:
+    """The seed of a test's random draws: ``PAYSW_TEST_SEED`` when set (to replay a failure), else a
+    fresh one. Printed, so that a failed run's captured output names it."""
+    value = int(os.environ.get("PAYSW_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"PAYSW_TEST_SEED={value}")
+    return value
 
 
 @contextlib.contextmanager

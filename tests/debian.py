@@ -1,5 +1,5 @@
 """Debian packages some tests need (Prometheus, SoftHSM2): installed where absent and possible,
-else the test is skipped with a message saying so."""
+else the test is skipped with a message saying so (failed under ``CI=true``: ``tests.required``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.required import missing
 
 
 def debian_binary(binary: str, package: str) -> str:
@@ -25,7 +25,7 @@ def debian_binary(binary: str, package: str) -> str:
             subprocess.run(step, capture_output=True, timeout=600, env=env)
         found = shutil.which(binary)
     if not found:
-        pytest.skip(f"no {binary}, and Debian's {package} package could not be installed here")
+        missing(f"no {binary}, and Debian's {package} package could not be installed here")
     return found
 
 

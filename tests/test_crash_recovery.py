@@ -1,13 +1,16 @@
 """``kill -9`` of the switch at random moments under steady traffic loses nothing: after a
 restart, recovery settles every transaction, and the journal agrees with every channel's ledger
 (nothing lost, nothing charged that the journal does not show APPROVED, nothing left open).
-CI runs 3 kills; ``-m slow`` runs 10."""
+The test has a journal and simulators of its own, so every order the channels hold is one it sent
+and must be in the journal. Its draws are seeded (``PAYSW_TEST_SEED`` replays a failed run's codes,
+amounts and kill moments; not the scheduling). CI runs 3 kills; ``-m slow`` runs 10."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +18,7 @@ import pytest
 
 from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase, reversal
-from tests.conftest import SwitchProcess, run
+from tests.conftest import SwitchProcess, fresh_database, run, simulators_running, with_own_simulators
 from tests.support import MERCHANT, sim_ledger
 
 TERMINALS = ("T0000002", "T0000003", "T0000004")
@@ -90,38 +93,43 @@ async def kill_rounds(
 async def settle_and_compare(
     database_url: str,
     simulators: dict[str, int],
-    since: float,
     answers: dict[str, str],
     reversed_rrns: set[str],
     unanswered_reversals: set[str],
+    replay: str,
 ) -> None:
+    """The journal (the test's own: all of it) once recovery has settled it, against every order
+    the test's simulators hold."""
+    assert answers, f"no purchase was answered before the kills: the test sent no traffic ({replay})"
     conn = await asyncpg.connect(database_url)
     try:
-        filters = "channel = ANY($1) AND terminal_id = ANY($2) AND received_at >= to_timestamp($3)"
-        args = (list(CODE_SHAPES), list(TERMINALS), since)
         deadline = time.monotonic() + 90
         unsettled = (
-            f"SELECT count(*) FROM txn WHERE {filters} AND (state = ANY($4) "
-            "OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL))"
+            "SELECT count(*) FROM txn WHERE state = ANY($1) "
+            "OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL)"
         )
-        while await conn.fetchval(unsettled, *args, list(OPEN)):
-            assert time.monotonic() < deadline, "transactions still open 90 s after the restart"
+        while await conn.fetchval(unsettled, list(OPEN)):
+            assert time.monotonic() < deadline, f"transactions still open 90 s after the restart ({replay})"
             await asyncio.sleep(0.5)
-        rows = await conn.fetch(f"SELECT rrn, channel, out_trade_no, state FROM txn WHERE {filters}", *args)
+        rows = await conn.fetch("SELECT rrn, channel, out_trade_no, state FROM txn")
     finally:
         await conn.close()
     journal = {(r["channel"], r["out_trade_no"]): r for r in rows}
-    ours = {r["out_trade_no"] for r in rows}
+    ledgers = {channel: sim_ledger(simulators, channel) for channel in CODE_SHAPES}
     charged = 0
-    for channel in CODE_SHAPES:
-        for order, entry in sim_ledger(simulators, channel).items():
-            if order not in ours:
-                continue  # another test's order
+    for channel, ledger in ledgers.items():
+        for order, entry in ledger.items():
             row = journal.get((channel, order))
-            assert row is not None, f"lost: {channel} order {order} ({entry['status']}) is not in the journal"
+            assert row is not None, f"lost: {channel} order {order} ({entry['status']}) not in the journal ({replay})"
             kept = entry["status"] == "PAID"
             charged += kept
-            assert kept == (row["state"] == "APPROVED"), f"{channel} {order}: channel {entry}, journal {row['state']}"
+            assert kept == (row["state"] == "APPROVED"), (
+                f"{channel} {order}: channel {entry}, journal {row['state']} ({replay})"
+            )
+    for (channel, order), row in journal.items():
+        if row["state"] == "APPROVED":
+            entry = ledgers.get(channel, {}).get(order)
+            assert entry is not None, f"{channel} {order}: APPROVED in the journal, unknown to the channel ({replay})"
     by_rrn = {r["rrn"]: r["state"] for r in rows}
     for rrn, code in answers.items():
         if code == "00":
@@ -131,34 +139,47 @@ async def settle_and_compare(
                 expected = {"APPROVED", "REVERSED"}
             else:
                 expected = {"APPROVED"}
-            assert by_rrn.get(rrn) in expected, f"told 00, expected {expected}, journal {by_rrn.get(rrn)} ({rrn})"
+            assert by_rrn.get(rrn) in expected, (
+                f"told 00, expected {expected}, journal {by_rrn.get(rrn)} ({rrn}; {replay})"
+            )
     states = {s: sum(1 for r in rows if r["state"] == s) for s in ("APPROVED", "DECLINED", "CANCELLED", "REVERSED")}
+    orders = sum(len(ledger) for ledger in ledgers.values())
     print(
         f"\ncrash test: {len(rows)} transactions, {len(answers)} answered before the kills, {states}, "
-        f"{charged} kept by the channels, 0 lost, 0 open"
+        f"{orders} orders at the channels, all in the journal, {charged} kept, 0 open ({replay})"
     )
 
 
-def crash_test(kills: int, config_dir: Path, database_url: str, simulators: dict[str, int], tmp_path: Path) -> None:
-    rng = random.Random()
-    switch = SwitchProcess(config_dir / "switch.toml", database_url, tmp_path / "crash.log")
-    since = time.time()
+@pytest.fixture
+def own_stack(config_dir, ports, database_url, tmp_path, request) -> Iterator[tuple[Path, str, dict[str, int]]]:
+    """(switch configuration, journal, simulator ports), all of the test's own."""
+    own = with_own_simulators(config_dir, ports, tmp_path)
+    url = run(fresh_database(database_url, f"paysw_{request.node.name}"))
+    with simulators_running(tmp_path / "simulators.toml", own, url) as channels:
+        yield tmp_path / "switch.toml", url, channels
+
+
+def crash_test(kills: int, stack: tuple[Path, str, dict[str, int]], seed: int, log: Path) -> None:
+    config, database_url, simulators = stack
+    rng = random.Random(seed)
+    replay = f"replay with PAYSW_TEST_SEED={seed}"
+    switch = SwitchProcess(config, database_url, log)
 
     async def scenario() -> None:
         answers, reversed_rrns, unanswered_reversals = await kill_rounds(switch, kills, rng)
         switch.start()  # the restart whose recovery settles what the kills left open
         try:
-            await settle_and_compare(database_url, simulators, since, answers, reversed_rrns, unanswered_reversals)
+            await settle_and_compare(database_url, simulators, answers, reversed_rrns, unanswered_reversals, replay)
         finally:
             assert switch.stop() == 0
 
     run(scenario())
 
 
-def test_kill_9_loses_nothing(config_dir, database_url, simulators, tmp_path):
-    crash_test(3, config_dir, database_url, simulators, tmp_path)
+def test_kill_9_loses_nothing(own_stack, seed, tmp_path):
+    crash_test(3, own_stack, seed, tmp_path / "crash.log")
 
 
 @pytest.mark.slow
-def test_kill_9_ten_times_loses_nothing(config_dir, database_url, simulators, tmp_path):
-    crash_test(10, config_dir, database_url, simulators, tmp_path)
+def test_kill_9_ten_times_loses_nothing(own_stack, seed, tmp_path):
+    crash_test(10, own_stack, seed, tmp_path / "crash.log")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from bench.demo_config import DEMO_DIR
 from bench.sm2_speed import key_gmssl_can_read
 from hsm import algorithms, sm2
+from tests.required import required_module
 
 KEY_0123 = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 
@@ -89,7 +90,7 @@ def test_sm2_test_curve_vector():
 
 
 def test_sm2_interoperates_with_gmssl_both_ways():
-    gmssl_sm2 = pytest.importorskip("gmssl.sm2")
+    gmssl_sm2 = required_module("gmssl.sm2")
     secret, key = key_gmssl_can_read()
     public_hex = key.public_key_hex()
     theirs = gmssl_sm2.CryptSM2(private_key=f"{secret:064x}", public_key=public_hex[2:])
@@ -112,7 +113,7 @@ def test_sm2_refuses_a_public_key_off_the_curve():
 def test_x919_retail_mac_vector_and_psec_agree():
     # ANSI X9.19 example: "Now is the time for all " under 0123456789ABCDEF / FEDCBA9876543210.
     assert algorithms.x919_mac(KEY_0123, b"Now is the time for all ").hex().upper() == "A1C72E74EA3FA9B6"
-    psec_mac = pytest.importorskip("psec.mac")
+    psec_mac = required_module("psec.mac")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # psec still imports TripleDES from its old place
         for data in (b"", b"1", b"12345678", bytes(range(41)), b"0200" * 50):
