@@ -116,6 +116,7 @@ async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> N
     terminal_id = "M0000001"
     keys = TerminalKeys(terminal_id, bytes.fromhex((DEMO_DIR / "keys/terminals/M0000001.tmk").read_text().strip()))
     client = await IsoClient.connect(host, port)
+    client.keys[terminal_id] = keys  # the sign-on is MAC'd under the TMK's sign-on variant
     try:
         signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
         if signed_on["39"] == "65":  # an earlier run signed on less than the switch's limit ago
@@ -123,7 +124,6 @@ async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> N
             await asyncio.sleep(sign_on_interval_s)
             signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
         keys.take_working_keys(signed_on["62"])
-        client.keys[terminal_id] = keys
         print(f"terminal {terminal_id}: signed on, PIK and MAK received under its TMK (check values match)")
         codes = Counter()
         for channel in CODE_SHAPES:

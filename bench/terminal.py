@@ -7,8 +7,8 @@ from __future__ import annotations
 import hmac
 
 from hsm import algorithms
-from protocols.iso8583 import MAC_FIELD, Message, encode_with_mac, mac_span
-from protocols.validation import carries_mac
+from protocols.iso8583 import MAC_FIELD, Message, encode_with_mac, mac_input
+from protocols.validation import carries_mac, is_sign_on
 
 
 class TerminalKeys:
@@ -37,16 +37,20 @@ class TerminalKeys:
         return algorithms.mac(self.mac_algorithm, self.mak, data)
 
     def seal(self, message: Message) -> bytes:
-        """The request's frame, with field 64 when it is a MACed request and the terminal has a MAK."""
+        """The request's frame with field 64: a sign-on's under the TMK's sign-on variant, any
+        other's under the MAK."""
+        if is_sign_on(message):
+            key = algorithms.sign_on_variant(self._tmk)
+            return encode_with_mac(message, lambda data: algorithms.mac(self.mac_algorithm, key, data))
         return encode_with_mac(message, self.mac)
 
     def needs_mac(self, message: Message) -> bool:
-        return self.mak is not None and carries_mac(message)
+        return carries_mac(message) and (self.mak is not None or is_sign_on(message))
 
     def answer_mac_ok(self, body: bytes, answer: Message) -> bool:
-        """Whether an answer's field 64 is the MAC of the bytes before it."""
+        """Whether an answer's field 64 is the MAC of the answer (``mac_input``)."""
         given = answer.get(MAC_FIELD, "")
-        return bool(given) and hmac.compare_digest(self.mac(body[: mac_span(answer)]).hex().upper(), given.upper())
+        return bool(given) and hmac.compare_digest(self.mac(mac_input(body, answer)).hex().upper(), given.upper())
 
     def pin_block(self, pin: str, pan: str) -> str:
         """Field 52: the format 0 PIN block under the PIK, hex."""

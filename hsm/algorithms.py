@@ -94,6 +94,15 @@ def unionpay_ecb_mac(key: bytes, data: bytes) -> bytes:
     return second.hex().upper()[:8].encode()
 
 
+SIGN_ON_VARIANT = 0xA6
+
+
+def sign_on_variant(tmk: bytes) -> bytes:
+    """The key a terminal MACs its sign-on under: its TMK with every byte XOR ``SIGN_ON_VARIANT``.
+    A variant, as payment HSMs separate a key's uses, so the TMK itself never MACs anything."""
+    return bytes(b ^ SIGN_ON_VARIANT for b in tmk)
+
+
 def mac(algorithm: str, key: bytes, data: bytes) -> bytes:
     if algorithm == "x9.19":
         return x919_mac(key, data)

@@ -91,6 +91,12 @@ class Hsm(ABC):
         self._expect(record, KeyKind.MAK)
         return algorithms.mac(algorithm, self._material(record), data)
 
+    def sign_on_mac(self, tmk: KeyRecord, algorithm: str, data: bytes) -> bytes:
+        """A sign-on's MAC, under the sign-on variant of the terminal's master key: a terminal that
+        lost its working keys still holds its TMK, and a stranger holds neither."""
+        self._expect(tmk, KeyKind.TMK)
+        return algorithms.mac(algorithm, algorithms.sign_on_variant(self._material(tmk)), data)
+
     def translate_pin(self, pik: KeyRecord, zpk: KeyRecord, block: bytes, pan: str) -> bytes:
         """A format 0 PIN block under the terminal's PIK, re-encrypted under the channel's zone
         PIN key. Raises ``PinBlockError`` when it is not a format 0 block for ``pan``."""

@@ -73,9 +73,8 @@ _MAC_HEX = 16
 
 
 def mac_span(message: Message) -> int:
-    """How many bytes of this message's encoding come before field 64: the MAC's input runs from
-    the first byte of the MTI to there (spec section 7). Every field is ASCII, so a field takes its
-    length prefix plus its characters."""
+    """How many bytes of this message's encoding come before field 64's characters. Every field
+    is ASCII, so a field takes its length prefix plus its characters."""
     secondary = any(f.isdigit() and int(f) > 64 for f in message)
     span = SPEC["t"]["max_len"] + SPEC["p"]["max_len"] + (SPEC["1"]["max_len"] if secondary else 0)
     for field, value in message.items():
@@ -84,11 +83,20 @@ def mac_span(message: Message) -> int:
     return span
 
 
+def mac_input(body: bytes, message: Message) -> bytes:
+    """What field 64 is the MAC of (spec section 7): the whole encoded message, from the first
+    byte of the MTI to the last of the last field, less the MAC's own 16 characters. Fields past
+    64 (a reversal's field 90, a key change's field 70) are covered too, so none of them can be
+    changed on the way."""
+    span = mac_span(message)
+    return body[:span] + body[span + _MAC_HEX :]
+
+
 def encode_with_mac(message: Message, mac: Callable[[bytes], bytes]) -> bytes:
-    """Encode a message whose field 64 is ``mac`` of the bytes before it; with its length header."""
+    """Encode a message whose field 64 is ``mac`` of ``mac_input``; with its length header."""
     raw = bytearray(iso8583.encode({**message, MAC_FIELD: "0" * _MAC_HEX}, SPEC)[0])
     span = mac_span(message)
-    raw[span : span + _MAC_HEX] = mac(bytes(raw[:span])).hex().upper().encode()
+    raw[span : span + _MAC_HEX] = mac(mac_input(bytes(raw), message)).hex().upper().encode()
     return len(raw).to_bytes(LENGTH_HEADER, "big") + bytes(raw)
 
 

@@ -106,10 +106,15 @@ NETWORK_CODES = {"001": "sign-on", "002": "sign-off", "301": "echo", "101": "key
 
 
 def carries_mac(message: Message) -> bool:
-    """Spec section 7: the requests a terminal MACs (field 64) under its MAK: 0200, 0100, 0400
-    and the key change (0800 ``101``). Not a sign-on: a terminal signs on when it has no MAK."""
+    """Spec section 7: the requests a terminal MACs (field 64): 0200, 0100, 0400 and the key
+    change (0800 ``101``) under its MAK, and the sign-on (0800 ``001``) under its master key's
+    sign-on variant (a terminal signs on when it has lost its MAK)."""
     mti = message.get("t")
-    return mti in ("0200", "0100", "0400") or (mti == "0800" and message.get("70") == "101")
+    return mti in ("0200", "0100", "0400") or (mti == "0800" and message.get("70") in ("001", "101"))
+
+
+def is_sign_on(message: Message) -> bool:
+    return message.get("t") == "0800" and message.get("70") == "001"
 
 
 def classify(message: Message) -> Kind | Rejection:

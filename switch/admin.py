@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from switch.gateway import ChannelGateway
+from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.admin")
@@ -40,6 +41,7 @@ def admin_app(
     metrics: Metrics, ready: Callable[[], bool], gateways: dict[str, ChannelGateway], token: str
 ) -> web.Application:
     """The endpoint; operator actions need ``token`` (with none, they are refused, never open)."""
+    refusals = RateLimitedLog(60.0)  # a guesser gets one line a minute, with the count
 
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -60,7 +62,7 @@ def admin_app(
         # As bytes: compare_digest refuses str with non-ASCII characters, and headers may hold any.
         given = request.headers.get("Authorization", "").encode(errors="replace")
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            log.warning("operator action refused: missing or wrong admin token", extra={"remote": request.remote})
+            refusals.warn(log, request.remote, "operator action refused: bad admin token", remote=request.remote)
             return web.json_response(
                 {"error": "missing or wrong admin token (Authorization: Bearer <token>)"},
                 status=401,

@@ -195,7 +195,8 @@ class Processor:
         return await self._journal.next_rrn() if mti in ("0210", "0110", "0410") else ""
 
     def _count(self, request: Message, out: Message, channel: str, started: float | None) -> None:
-        self._metrics.answers.labels(request.get("t", "?"), channel, out.get("39", "?")).inc()
+        mti = request.get("t", "?")
+        self._metrics.answers.labels(mti if mti in REQUEST_MTIS else "other", channel, out.get("39", "?")).inc()
         if started is not None:
             self._metrics.latency.labels(channel).observe(time.monotonic() - started)
 
@@ -297,7 +298,7 @@ class Processor:
         if refusal is not None:
             return Settled(refusal, txn.rrn)
         merchant_channel_id = self._merchant_channel_id(txn)
-        deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
+        deadline = self._deadline(txn)
         gateway = self._gateways[txn.channel]
         refusal = gateway.admit(txn.merchant_id)
         if refusal is None:
@@ -439,11 +440,13 @@ class Processor:
             dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=self._channel(txn).query_interval_ms),
         )
         try:
-            await self._journal.record(report)
+            moved = await self._journal.record(report)
         except Exception:
             # The row stays RECEIVED: recovery will query the channel and settle it.
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
             return Settled(rc.SYSTEM_MALFUNCTION, txn.rrn)
+        if moved is None:  # the resolver settled it first (this front end overran its deadline)
+            return await self._replay(txn)
         log.debug(
             "purchase done",
             extra={
@@ -476,7 +479,7 @@ class Processor:
         """Pay; while the customer is still confirming, query on the channel's schedule until the
         deadline draws near (then the terminal gets ``09`` and the resolver carries on)."""
         gateway = self._gateways[txn.channel]
-        deadline = time.time() + self._deadline_s - ANSWER_MARGIN_S
+        deadline = self._deadline(txn)
         ref = PaymentRef(
             txn.out_trade_no,
             txn.amount_fen,
@@ -503,6 +506,12 @@ class Processor:
         finally:
             self._metrics.in_flight.labels(txn.channel).dec()
             self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
+
+    def _deadline(self, txn: NewTxn) -> float:
+        """When the channel calls must be over: counted from the request's arrival, so that the
+        resolver, which takes a RECEIVED row only past this plus ``ORPHAN_GRACE_S``, never finds
+        one still under way here however long the write-ahead took."""
+        return txn.received_at.timestamp() + self._deadline_s - ANSWER_MARGIN_S
 
     def _refused(self, channel: str, reason: str) -> ChannelResult:
         """A new transaction the channel's limits turned away: journaled, answered 91, never sent."""

@@ -34,7 +34,7 @@ candidates AS (
     JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
     WHERE b.day <= CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
-      AND t.state IN {sql_set(KEPT)}  -- a payment the channel holds, or a refund it did
+      AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL  -- money kept (no reversal owed)
       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.kind = i.kind AND s.out_trade_no = i.out_trade_no)
 )
 INSERT INTO settlement_item (kind, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from hsm import Hsm, KeyKind, KeyRecord
 from hsm.keys import terminal_label
-from protocols.iso8583 import MAC_FIELD, Message, encode, encode_with_mac, mac_span
-from protocols.validation import carries_mac
+from protocols.iso8583 import MAC_FIELD, Message, encode, encode_with_mac, mac_input
+from protocols.validation import carries_mac, is_sign_on
 from switch.config import ConfigError, SecuritySection, Terminal
 from switch.keystore import KeyStore
 from switch.lograte import RateLimitedLog
@@ -30,6 +30,7 @@ MACED_ANSWERS = frozenset({"0210", "0110", "0410"})
 # Versions of a terminal's PIK and MAK kept: the newest, and the one before it for messages in
 # flight at a key change. Older ones are deleted (sign-ons would otherwise add rows forever).
 WORKING_KEY_VERSIONS = 2
+RELOAD_AFTER_S = 1.0  # MACs that do not verify reread a terminal's keys at most this often
 WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MACs, sign-ons refused)
 
 
@@ -82,6 +83,7 @@ class TerminalSecurity:
         self._sign_on_interval_s = policy.sign_on_interval_s
         self._keys: dict[str, _Keys] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._reread_at: dict[str, float] = {}  # when a MAC that did not verify last reread the keys
         self._warn = RateLimitedLog(WARN_EVERY_S)
 
     async def load(self) -> None:
@@ -129,15 +131,26 @@ class TerminalSecurity:
         keys = self._keys.get(message.get("41", ""))
         return keys is not None and carries_mac(message) and (keys.tmk is not None or not self._allow_without_mac)
 
-    async def verify(self, message: Message, frame: bytes) -> KeyRecord:
-        """The MAK that field 64 verifies under; raises ``MacMissing`` or ``MacMismatch``."""
+    async def verify(self, message: Message, frame: bytes) -> KeyRecord | None:
+        """The MAK that field 64 verifies under (None for a sign-on, which verifies under the
+        master key's sign-on variant); raises ``MacMissing`` or ``MacMismatch``."""
         if MAC_FIELD not in message:
             raise MacMissing
         terminal_id = message["41"]
-        data = frame[: mac_span(message)]
-        record = self._verifying_mak(self._keys[terminal_id], terminal_id, data, message[MAC_FIELD])
-        if record is None:  # another front end may have changed this terminal's keys
-            record = self._verifying_mak(await self._reload(terminal_id), terminal_id, data, message[MAC_FIELD])
+        data = mac_input(frame, message)
+        keys = self._keys[terminal_id]
+        if is_sign_on(message):
+            if keys.tmk is not None and self._sign_on_verifies(keys.tmk, terminal_id, data, message[MAC_FIELD]):
+                return None
+            record = None
+        else:
+            record = self._verifying_mak(keys, terminal_id, data, message[MAC_FIELD])
+            now = time.monotonic()
+            if record is None and now >= self._reread_at.get(terminal_id, 0.0) + RELOAD_AFTER_S:
+                # Another front end may have changed this terminal's keys. At most once a second per
+                # terminal: bad MACs from a stranger must not become reads of the key store.
+                self._reread_at[terminal_id] = now
+                record = self._verifying_mak(await self._reload(terminal_id), terminal_id, data, message[MAC_FIELD])
         if record is None:
             self._warn.warn(
                 log, (terminal_id, "mac"), "MAC verification failed",
@@ -145,6 +158,10 @@ class TerminalSecurity:
             )  # fmt: skip
             raise MacMismatch
         return record
+
+    def _sign_on_verifies(self, tmk: KeyRecord, terminal_id: str, data: bytes, given: str) -> bool:
+        algorithm = self._terminals[terminal_id].mac_algorithm
+        return mac_matches(self._hsm.sign_on_mac(tmk, algorithm, data), given)
 
     def _verifying_mak(self, keys: _Keys, terminal_id: str, data: bytes, given: str) -> KeyRecord | None:
         algorithm = self._terminals[terminal_id].mac_algorithm

@@ -65,5 +65,8 @@ async def record(
         result.channel_txn_id,
         dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S),
     )
-    await journal.settle_undo(report, kind, amount_fen, original)
+    if await journal.settle_undo(report, kind, amount_fen, original) is None:
+        stored = await journal.find(key)  # settled first by a resolver: what it recorded stands
+        if stored is not None and stored.response_code:
+            return stored.response_code, stored.auth_id or ""
     return code, auth_id

@@ -143,3 +143,11 @@ def test_the_switch_refuses_to_start_with_its_admin_address_open_and_no_token(tm
     assert result.returncode == 2, result.stderr
     assert "configuration error" in result.stderr and "$.switch.admin_listen: 0.0.0.0:9583" in result.stderr
     assert not (tmp_path / "data").exists()  # refused before anything ran
+
+
+def test_a_demo_configuration_stays_on_loopback(tmp_path):
+    """The published demo keys and relaxations are for a demo on this machine, never a network."""
+    open_listen = DEMO_TEXT.replace('listen = "127.0.0.1:8583"', 'listen = "0.0.0.0:8583"')
+    with pytest.raises(ConfigError, match=r"\$\.switch\.listen: 0\.0\.0\.0:8583 is not a loopback address, and demo"):
+        load_config(write(tmp_path, open_listen))
+    assert load_config(write(tmp_path, open_listen.replace("demo = true", "demo = false"))).switch.demo is False

@@ -6,6 +6,7 @@ sign-ons are rate-limited."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -24,7 +25,7 @@ from hsm import KeyKind
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
 from switch.keystore import KeyStore
-from switch.terminal_keys import mac_matches
+from switch.terminal_keys import RELOAD_AFTER_S, mac_matches
 from tests.conftest import SwitchProcess, fresh_database, run
 from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase
 
@@ -41,11 +42,10 @@ def sim_stats(simulators: dict[str, int], channel: str) -> dict[str, int]:
 
 
 async def signed_on(terminal, terminal_id: str, algorithm: str = "x9.19") -> TerminalKeys:
-    keys = TerminalKeys(terminal_id, demo_tmk(terminal_id), algorithm)
-    answer = await terminal.request(network(terminal_id, STANS.next(terminal_id), "001"))
+    keys = terminal.keys[terminal_id] = TerminalKeys(terminal_id, demo_tmk(terminal_id), algorithm)
+    answer = await terminal.request(network(terminal_id, STANS.next(terminal_id), "001"))  # MAC'd under the TMK
     assert answer["39"] == "00" and len(answer["62"]) == 80
     keys.take_working_keys(answer["62"])  # raises when a check value does not match
-    terminal.keys[terminal_id] = keys
     return keys
 
 
@@ -66,16 +66,25 @@ def test_sign_on_then_maced_purchases_on_both_mac_algorithms(switch, database_ur
     run(scenario())
 
 
-def test_maced_reversal_and_inquiry_with_fields_past_64(switch):
-    """A 0400 carries field 90 after the MAC (secondary bitmap): the MAC covers the message up to
-    field 64 only, with the bitmaps as sent."""
+def test_maced_reversal_and_inquiry_with_fields_past_64(switch, database_url):
+    """A 0400 carries field 90 after the MAC (secondary bitmap): the MAC covers it too, so a
+    reversal redirected on the way to another purchase is refused ``A0`` and reverses nothing."""
 
     async def scenario():
         async with connected(switch) as terminal:
-            await signed_on(terminal, MAC_TERMINAL)
-            original = mac_purchase(MAC_TERMINAL)
+            keys = await signed_on(terminal, MAC_TERMINAL)
+            original, other = mac_purchase(MAC_TERMINAL), mac_purchase(MAC_TERMINAL)
             approved = await terminal.request(original)
-            assert approved["39"] == "00"
+            kept = await terminal.request(other)
+            assert approved["39"] == kept["39"] == "00"
+            # The terminal's reversal of ``original``, with field 90 rewritten to name ``other``.
+            honest = reversal(original, STANS.next(MAC_TERMINAL))
+            frame = keys.seal(honest)
+            forged = frame[: -42] + reversal(other, honest["11"])["90"].encode()
+            await terminal.send_raw(forged)
+            refused = await terminal.next_unmatched()
+            assert (refused["11"], refused["39"]) == (honest["11"], "A0")
+            assert (await journal_row(database_url, kept["37"]))["reversal_requested_at"] is None
             reversed_ = await terminal.request(reversal(original, STANS.next(MAC_TERMINAL)))
             assert reversed_["39"] == "00" and "64" in reversed_
             asked = await terminal.request(inquiry(MAC_TERMINAL, MERCHANT, approved["37"], STANS.next(MAC_TERMINAL)))
@@ -103,6 +112,28 @@ def test_a_bad_or_missing_mac_never_reaches_a_channel(switch, database_url, simu
                 assert await journal_row(database_url, answer["37"]) is None
             terminal.keys[MAC_TERMINAL] = keys
             assert (await terminal.request(mac_purchase(MAC_TERMINAL)))["39"] == "00"
+
+    run(scenario())
+
+
+def test_a_strangers_sign_on_issues_no_keys(switch, database_url):
+    """Sign-on is MAC'd under the master key's sign-on variant: a stranger, who knows the terminal
+    id from a receipt but not its TMK, cannot rotate its keys and lock it out."""
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, MAC_TERMINAL)
+            rows = await key_rows(database_url, MAC_TERMINAL)
+        async with connected(switch) as stranger:
+            plain = await stranger.request(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "001"))
+            stranger.keys[MAC_TERMINAL] = TerminalKeys(MAC_TERMINAL, bytes(range(16)))  # a guessed TMK
+            forged = await stranger.request(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "001"))
+        assert (plain["39"], forged["39"]) == ("30", "A0")
+        assert "62" not in plain and "62" not in forged
+        assert await key_rows(database_url, MAC_TERMINAL) == rows
+        async with connected(switch) as terminal:
+            terminal.keys[MAC_TERMINAL] = keys
+            assert (await terminal.request(mac_purchase(MAC_TERMINAL)))["39"] == "00"  # not locked out
 
     run(scenario())
 
@@ -151,6 +182,9 @@ def test_keys_changed_by_another_front_end_are_picked_up(switch, database_url):
             elsewhere = TerminalKeys(MAC_TERMINAL, demo_tmk(MAC_TERMINAL))
             elsewhere.take_working_keys(field62)
             terminal.keys[MAC_TERMINAL] = elsewhere
+            # Bad MACs reread the keys at most once a second per terminal (an earlier test's A0 may
+            # have just done so): this is the first since.
+            await asyncio.sleep(RELOAD_AFTER_S)
             assert (await terminal.request(mac_purchase(MAC_TERMINAL)))["39"] == "00"
             assert terminal.bad_macs == 0
 

@@ -361,6 +361,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD CONSTRAINT txn_taken_within_amount
         CHECK (reserved_fen >= 0 AND refunded_fen >= 0 AND reserved_fen + refunded_fen <= amount_fen);
     """,
+    # 12: reconciliation sees a purchase whose reversal is still owed as open, not as money kept
+    """
+    ALTER TABLE recon_journal_row ADD COLUMN reversing boolean NOT NULL DEFAULT false;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

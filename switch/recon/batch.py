@@ -41,8 +41,9 @@ STEPS = ("fetch", "load", "extract", "match", "handle", "report")
 DONE = "done"
 CLASSES = ("MATCHED", "LONG", "SHORT", "AMOUNT", "STATUS", "REFUND")
 WHOLE_DAY = -1
-_MONEY_KEPT = sql_set(KEPT)
-_STILL_OPEN = sql_set(OPEN)
+# A purchase whose reversal was acknowledged is not money kept but still open, whatever its state.
+_MONEY_KEPT = f"(j.state IN {sql_set(KEPT)} AND NOT j.reversing)"
+_STILL_OPEN = f"(j.state IN {sql_set(OPEN)} OR j.reversing)"
 _REFUND_EXPECTED = sql_set(KEPT | OPEN)  # a refund the channel should have
 
 _MATCH_PAYMENTS = f"""
@@ -56,9 +57,9 @@ FROM (
            CASE
                WHEN j.out_trade_no IS NULL THEN CASE WHEN s.status = 'SUCCESS' THEN 'LONG' END
                WHEN s.out_trade_no IS NULL THEN CASE
-                   WHEN j.state IN {_MONEY_KEPT} THEN 'SHORT'
-                   WHEN j.state IN {_STILL_OPEN} THEN 'STATUS' END
-               WHEN (s.status = 'SUCCESS') <> (j.state IN {_MONEY_KEPT}) THEN 'STATUS'
+                   WHEN {_MONEY_KEPT} THEN 'SHORT'
+                   WHEN {_STILL_OPEN} THEN 'STATUS' END
+               WHEN (s.status = 'SUCCESS') <> {_MONEY_KEPT} THEN 'STATUS'
                WHEN s.amount_fen <> j.amount_fen THEN 'AMOUNT'
                ELSE 'MATCHED'
            END AS class
@@ -80,7 +81,7 @@ FROM (
            CASE
                WHEN j.out_trade_no IS NULL THEN 'REFUND'
                WHEN s.refund_no IS NULL THEN CASE WHEN j.state IN {_REFUND_EXPECTED} THEN 'REFUND' END
-               WHEN j.state NOT IN {_MONEY_KEPT} OR s.amount_fen <> j.amount_fen THEN 'REFUND'
+               WHEN j.state NOT IN {sql_set(KEPT)} OR s.amount_fen <> j.amount_fen THEN 'REFUND'
                ELSE 'MATCHED'
            END AS class
     FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND kind = 'REFUND') s
@@ -91,8 +92,8 @@ WHERE class IS NOT NULL
 """
 
 _EXTRACT = """
-INSERT INTO recon_journal_row (batch_id, kind, out_trade_no, rrn, state, amount_fen)
-SELECT $1, kind, out_trade_no, rrn, state, amount_fen
+INSERT INTO recon_journal_row (batch_id, kind, out_trade_no, rrn, state, amount_fen, reversing)
+SELECT $1, kind, out_trade_no, rrn, state, amount_fen, reversal_requested_at IS NOT NULL
 FROM txn
 WHERE channel = $2 AND kind IN ('purchase', 'refund')
   AND tx_date BETWEEN $3 AND $4 AND received_at >= $5 AND received_at < $6

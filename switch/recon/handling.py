@@ -8,7 +8,8 @@ Rules:
   amount: reported to the journal as accepted at the channel. The state machine approves it when
   the terminal's promise lets the money be kept; otherwise (told it failed, never told, or a
   reversal acknowledged) it stays open and due now, and the resolver gives the money back.
-- ``resolve_open``: open in the journal, absent from the statement: handed to the resolver now.
+- ``resolve_open``: open in the journal and absent from the statement, or a purchase whose reversal
+  is still owed: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
@@ -49,7 +50,8 @@ class Handled:
 
 _CANDIDATES = """
 SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
-       s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted
+       s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
+       t.reversal_requested_at IS NOT NULL AS reversing
 FROM recon_item i
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.kind = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
@@ -102,6 +104,8 @@ class Handler:
         async def handed(conn: asyncpg.Connection) -> str:
             if not await hand_to_resolver(conn, _key(item)):
                 raise _JournalMoved
+            if item["reversing"]:
+                return "a reversal is owed: handed to the resolver"
             return "not on the statement: handed to the resolver"
 
         return await self._record(item, "resolve_open", handed)
@@ -184,6 +188,8 @@ def _key(item: asyncpg.Record) -> TxnKey:
 
 def _rule_for(item: asyncpg.Record) -> str | None:
     kind, state, status = item["class"], item["journal_state"], item["channel_status"]
+    if kind == "STATUS" and item["reversing"]:
+        return "resolve_open"  # the money goes back whatever the statement says: the resolver's to do
     if kind == "STATUS" and state in OPEN:
         if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
             return "approve_paid"
