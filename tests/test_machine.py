@@ -132,3 +132,51 @@ def test_no_transaction_is_moved_outside_the_journal():
             offenders.append(f"{path.relative_to(ROOT)}: a state literal in SQL")
     assert offenders == []
     assert OPEN.isdisjoint(FINAL)
+
+
+def test_a_purchase_whose_reversal_is_owed_is_matched_as_open(database_url):
+    """Reconciliation's match step: a purchase still APPROVED in the journal but with a reversal
+    acknowledged is not money kept: against a paid statement row it is a STATUS difference (for
+    the resolver), never MATCHED (and so never settled to the merchant)."""
+    import asyncpg
+
+    from switch.recon.batch import _MATCH_PAYMENTS
+
+    async def scenario():
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)  # migrated
+        await journal.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                batch = await conn.fetchval(
+                    "INSERT INTO recon_batch (channel, day, hour, step) VALUES ('machine-test', $1, 3, 'match') "
+                    "RETURNING id",
+                    TODAY,
+                )
+                for order, reversing in (("KEPT1", False), ("OWED1", True)):
+                    await conn.execute(
+                        "INSERT INTO recon_statement_row VALUES ($1, 'PAY', $2, '', 'X', 'SUCCESS', 500, 3, now())",
+                        batch,
+                        order,
+                    )
+                    await conn.execute(
+                        "INSERT INTO recon_journal_row (batch_id, kind, out_trade_no, rrn, state, amount_fen, "
+                        "reversing) VALUES ($1, 'purchase', $2, $2, 'APPROVED', 500, $3)",
+                        batch,
+                        order,
+                        reversing,
+                    )
+                await conn.execute(_MATCH_PAYMENTS, batch)
+                items = await conn.fetch("SELECT out_trade_no, class FROM recon_item WHERE batch_id = $1", batch)
+                classes = {r["out_trade_no"]: r["class"] for r in items}
+                raise _Rollback(classes)
+        except _Rollback as done:
+            return done.args[0]
+        finally:
+            await conn.close()
+
+    assert run(scenario()) == {"KEPT1": "MATCHED", "OWED1": "STATUS"}
+
+
+class _Rollback(Exception):
+    """Leaves the test's rows behind in no table."""
