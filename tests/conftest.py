@@ -160,9 +160,8 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     # Test after test signs the same terminals on; tests of the limit run a switch of their own.
-    switch = switch.replace(
-        "allow_terminals_without_mac = true", "allow_terminals_without_mac = true\nsign_on_interval_s = 0"
-    )
+    switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
+    assert n == 1, "could not lift the sign-on limit in the test configuration"
     switch, n = re.subn(
         r'(endpoint = "http://127.0.0.1:\d+"\napp_id = "wx2421b1c4370ec43b"\nmch_id = "10000100"\n'
         r"(?:.*\n)*?)timeout_ms = 10000",
