@@ -12,7 +12,9 @@ Frames: a 4-byte big-endian length, then MessagePack (``protocols.messages``). T
 from the front end is the token the actor handed out through Ray: the port is reachable on the
 node's address (127.0.0.1 for a local Ray), and only a holder of the actor's handle may send it
 payments. Across nodes the link is TLS (``LinkTls``): the actor accepts only front ends with a
-certificate from the links' CA and the front end only such an actor; the token check stays.
+certificate from the links' CA, and the front end only the actor whose own certificate Ray
+announced with its address (so another holder of a certificate of that CA cannot pose as it);
+the token check stays.
 
 Nothing here retries: a request whose connection breaks before its result arrives may have
 reached the channel, and the front end settles it UNKNOWN (the resolver finds out).
@@ -21,11 +23,14 @@ reached the channel, and the front end settles it UNKNOWN (the resolver finds ou
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple, cast
 
 from actors.settings import LinkTls
@@ -42,6 +47,12 @@ class LinkAddress(NamedTuple):
     host: str
     port: int
     token: bytes
+    cert_sha256: bytes = b""  # over TLS: the actor's own certificate, as it told Ray
+
+
+class WrongActor(ConnectionError):
+    """The TLS peer is not the actor whose address Ray gave (a certificate of the links' CA all
+    the same: another actor's, or a front end's posing as one)."""
 
 
 class FrameError(Exception):
@@ -94,10 +105,16 @@ def server_tls(tls: LinkTls) -> ssl.SSLContext:
 
 def client_tls(tls: LinkTls) -> ssl.SSLContext:
     """The front end's side: the actor must show a certificate signed by the links' CA. Its
-    name is not checked: Ray places actors on any node, and the CA is the links' own."""
+    name is not checked (Ray places actors on any node); ``ActorLink.connect`` checks instead
+    that it is the very certificate the actor announced through Ray."""
     context = _tls_context(ssl.PROTOCOL_TLS_CLIENT, tls)
     context.check_hostname = False
     return context
+
+
+def certificate_sha256(tls: LinkTls) -> bytes:
+    """The SHA-256 of the (first) certificate in ``tls.cert``, as a TLS peer presents it."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(Path(tls.cert).read_text())).digest()
 
 
 # -- the actor's side ---------------------------------------------------------------------------
@@ -111,6 +128,7 @@ class LinkServer:
         self._call = call
         self._token = secrets.token_bytes(32)
         self._tls = server_tls(tls) if tls is not None else None
+        self._cert_sha256 = certificate_sha256(tls) if tls is not None else b""
         self._server: asyncio.Server | None = None
         self._address: LinkAddress | None = None
 
@@ -127,7 +145,7 @@ class LinkServer:
                 ssl_handshake_timeout=TOKEN_WAIT_S if self._tls is not None else None,
             )
             port = self._server.sockets[0].getsockname()[1]
-            self._address = LinkAddress(host, port, self._token)
+            self._address = LinkAddress(host, port, self._token, self._cert_sha256)
         return self._address
 
     async def close(self) -> None:
@@ -213,9 +231,17 @@ class ActorLink(asyncio.Protocol):
         on_lost: Callable[[], None],
         tls: ssl.SSLContext | None = None,
     ) -> ActorLink:
-        """A link to the actor at ``address``; over TLS with ``tls`` (``client_tls``)."""
+        """A link to the actor at ``address``; over TLS with ``tls`` (``client_tls``), to that
+        actor's own certificate only (``WrongActor`` otherwise, before the token is sent)."""
         loop = asyncio.get_running_loop()
-        _, link = await loop.create_connection(lambda: cls(on_results, on_lost), address.host, address.port, ssl=tls)
+        transport, link = await loop.create_connection(
+            lambda: cls(on_results, on_lost), address.host, address.port, ssl=tls
+        )
+        if tls is not None:
+            peer = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            if not address.cert_sha256 or not hmac.compare_digest(hashlib.sha256(peer).digest(), address.cert_sha256):
+                transport.abort()
+                raise WrongActor(f"the link at {address.host}:{address.port} shows another certificate")
         assert link._transport is not None
         link._transport.write(frame(address.token))
         return link

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from actors.link import ActorLink, LinkAddress, client_tls
+from actors.link import ActorLink, LinkAddress, WrongActor, client_tls
 from actors.settings import LinkTls
 from switch.app import check_links_across_nodes
 from switch.config import ConfigError, RaySection
@@ -191,3 +191,19 @@ def test_link_tls_files_go_together_and_must_exist(tmp_path: Path):
         cert=str(tmp_path / "cert.pem"), key=str(tmp_path / "key.pem"), ca=str(tmp_path / "ca.pem")
     )
     assert link_tls(load_config(DEMO_SWITCH_CONFIG)) is None
+
+
+def test_a_front_end_talks_only_to_the_actor_whose_certificate_ray_announced(pki):
+    """Another party with a certificate of the links' own CA (a front end's, say) at the actor's
+    address is refused before the token or any payment reaches it."""
+    calls, channel = recording_channel()
+
+    async def scenario():
+        async with actor_link_to(channel, pki["actor"]) as genuine, actor_link_to(channel, pki["frontend"]) as posing:
+            impostor = genuine._replace(port=posing.port)  # what Ray said, answered by someone else
+            with pytest.raises(WrongActor):
+                await ActorLink.connect(impostor, lambda _: None, lambda: None, client_tls(pki["frontend"]))
+            return await _results_or_refusal(genuine, client_tls(pki["frontend"]), [1])
+
+    assert run(scenario()) == [1]
+    assert len(calls) == 1
