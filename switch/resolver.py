@@ -52,6 +52,7 @@ LEASE_S = 60.0  # longer than a query and a cancel together
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
+OVERTAKEN_EVERY_S = 10.0  # how often 0400s that raced their original's write-ahead are looked for
 LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
 
@@ -94,8 +95,15 @@ class Resolver:
     async def _run(self) -> None:
         """Claim what is due and hand each to its channel's lane, without waiting for them: one
         channel's slow calls never hold back another channel's transactions."""
+        swept_at = 0.0
         while True:
             try:
+                if time.monotonic() >= swept_at + OVERTAKEN_EVERY_S:
+                    swept_at = time.monotonic()
+                    # Looked for over three periods: a front end that stopped for one still finds them.
+                    if flagged := await self._journal.flag_overtaken_originals(3 * OVERTAKEN_EVERY_S):
+                        log.warning("purchases sent while their reversal was arriving: reversing them",
+                                    extra={"count": flagged})  # fmt: skip
                 claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
                 due = [txn for txn in claimed if txn.key not in self._in_progress]
                 for txn in due:

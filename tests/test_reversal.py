@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from bench.traffic import reversal
 from tests.conftest import run
 from tests.support import (
@@ -136,3 +138,40 @@ def test_a_reversal_the_channel_refuses_goes_to_a_person_and_is_never_dropped(sw
         assert 'paysw_dead_letters_total{channel="unionpay"}' in metrics
 
     run(scenario())
+
+
+def test_a_reversal_that_raced_its_originals_write_ahead_is_carried_out(switch, database_url, simulators):
+    """A 0400 answered ``25`` in the very instant its original was being written ahead (neither
+    saw the other's uncommitted row): the original went to the channel. The resolver finds it and
+    carries the reversal out. One answered ``12`` (refused) is left alone."""
+
+    async def race_lost(conn: asyncpg.Connection, answer: dict, code: str) -> None:
+        # As the 0400 left it: recorded and answered, its original not flagged.
+        await conn.execute(
+            "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
+            "amount_fen, rrn, code) SELECT tx_date, terminal_id, stan, transmitted, stan, transmitted, amount_fen, "
+            "$2, $3 FROM txn WHERE rrn = $1",
+            answer["37"],
+            f"8{answer['37'][1:]}",
+            code,
+        )
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            raced = await terminal.request(new_purchase("alipay"))
+            refused = await terminal.request(new_purchase("alipay"))
+        assert raced["39"] == refused["39"] == "00"
+        conn = await asyncpg.connect(database_url)
+        try:
+            await race_lost(conn, raced, "25")
+            await race_lost(conn, refused, "12")
+        finally:
+            await conn.close()
+        reversed_ = await wait_for_state(database_url, raced["37"], {"REVERSED"}, timeout=45)
+        kept = await journal_row(database_url, refused["37"])
+        return raced, reversed_, kept
+
+    raced, reversed_, kept = run(scenario())
+    assert reversed_["state"] == "REVERSED"
+    assert sim_ledger(simulators, "alipay")[out_trade_no(raced["37"])]["status"] == "REVERSED"
+    assert (kept["state"], kept["reversal_requested_at"]) == ("APPROVED", None)

@@ -365,6 +365,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recon_journal_row ADD COLUMN reversing boolean NOT NULL DEFAULT false;
     """,
+    # 13: what a reversal was last answered: one answered "original not found" while its original's
+    # write-ahead was under way is found afterwards and carried out (Journal.flag_overtaken_originals)
+    """
+    ALTER TABLE reversal ADD COLUMN code text;
+    CREATE INDEX reversal_not_found ON reversal (received_at) WHERE code = '25';
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

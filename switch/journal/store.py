@@ -25,6 +25,7 @@ from switch.journal.machine import (
     Event,
     State,
     reversal_answer,
+    sql_set,
     undo_refusal,
 )
 from switch.journal.schema import ensure_partitions, migrate
@@ -395,6 +396,12 @@ class Journal:
                 *original,
             )
             code = reversal_answer(row and row["state"], bool(row and row["touched"]))
+            await conn.execute(
+                "UPDATE reversal SET code = $5 WHERE orig_tx_date = $1 AND terminal_id = $2 AND orig_stan = $3 "
+                "AND orig_transmitted = $4",
+                *original,
+                code,
+            )
             if code == rc.APPROVED and row["state"] in OPEN | KEPT:
                 await conn.execute(
                     "UPDATE txn SET reversal_requested_at = coalesce(reversal_requested_at, now()), "
@@ -404,6 +411,22 @@ class Journal:
                     *original,
                 )
         return answer_rrn, code
+
+    async def flag_overtaken_originals(self, within_s: float) -> int:
+        """Flag for reversal the purchases whose 0400 came in the last ``within_s`` seconds and was
+        answered "original not found": the original's write-ahead was under way at that instant
+        (neither saw the other's uncommitted row), so it was sent. Its reversal stands: the money
+        goes back. Returns how many were flagged."""
+        done = await self._pool.execute(
+            "UPDATE txn t SET reversal_requested_at = r.received_at, next_check_at = now() FROM reversal r "
+            f"WHERE r.code = '{rc.ORIGINAL_NOT_FOUND}' AND r.received_at > now() - make_interval(secs => $1) "
+            "AND (t.tx_date, t.terminal_id, t.stan, t.transmitted) "
+            "= (r.orig_tx_date, r.terminal_id, r.orig_stan, r.orig_transmitted) "
+            f"AND t.kind = '{PURCHASE}' AND t.reversal_requested_at IS NULL "
+            f"AND t.reserved_fen = 0 AND t.refunded_fen = 0 AND t.state IN {sql_set(OPEN | KEPT)}",
+            within_s,
+        )
+        return int(done.split()[-1])
 
     async def reversed_before_arrival(self, key: TxnKey) -> bool:
         return await self._pool.fetchval(
