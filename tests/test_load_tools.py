@@ -40,7 +40,7 @@ def test_the_locust_user_drives_the_switch_without_failures(switch, tmp_path):
 
 
 def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
-    short = ["--steps", "4", "--step-seconds", "3", "--warm-up-seconds", "1"]
+    short = ["--steps", "2", "--step-seconds", "3", "--warm-up-seconds", "1"]
     result = subprocess.run(
         [sys.executable, "-m", "switch.cli", "bench", "throughput", *short, "--out-dir", str(tmp_path)],
         capture_output=True,
