@@ -307,7 +307,16 @@ class Processor:
             )
         else:
             result = self._refused(txn.channel, refusal)
-        code, auth_id = await undo.record(self._journal, txn.key, txn.rrn, kind.value, txn.amount_fen, original, result)
+        try:
+            code, auth_id = await undo.record(
+                self._journal, txn.key, txn.rrn, kind.value, txn.amount_fen, original, result
+            )
+        except Exception:
+            # The row stays open and the resolver sends the same call again until the channel
+            # settles it (a void or refund keeps what the channel did): "in progress", so that the
+            # merchant asks (0100) rather than refunding again under a new STAN.
+            log.exception(f"recording the {kind.value} failed", extra={"rrn": txn.rrn})
+            return Settled(rc.IN_PROGRESS, txn.rrn)
         log.debug(f"{kind.value} done", extra={"rrn": txn.rrn, "original": original.rrn, "code": code})
         return Settled(code, txn.rrn, auth_id, result.channel_txn_id)
 

@@ -167,3 +167,39 @@ def test_money_goes_back_once_between_reversals_and_refunds(switch, simulators, 
         assert (entry["status"], entry["refunded_fen"]) == ("PAID", 300)
 
     run(scenario())
+
+
+def test_a_refund_whose_outcome_could_not_be_recorded_is_in_progress_and_completed_once(
+    switch, simulators, database_url
+):
+    """The channel refunded, but the journal could not record it: the merchant is told "in
+    progress" (09), not a failure it would answer by refunding again under a new STAN, and the
+    resolver completes the refund from the channel's side, once."""
+    import asyncpg
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            paid_request = new_purchase("inbank", amount=5000)
+            paid = await terminal.request(paid_request)
+            assert paid["39"] == "00"
+            conn = await asyncpg.connect(database_url)
+            try:  # the journal refuses to record the outcome of refunds of 7.77 yuan, for now
+                await conn.execute(
+                    "ALTER TABLE txn ADD CONSTRAINT test_no_refund_outcome "
+                    "CHECK (kind <> 'refund' OR amount_fen <> 777 OR state = 'RECEIVED')"
+                )
+                try:
+                    back = await terminal.request(refund(paid_request, paid["37"], 777, STANS.next(paid_request["41"])))
+                finally:
+                    await conn.execute("ALTER TABLE txn DROP CONSTRAINT test_no_refund_outcome")
+            finally:
+                await conn.close()
+        settled = await wait_for_state(database_url, back["37"], {"APPROVED"}, timeout=40)
+        purchase = await journal_row(database_url, paid["37"])
+        return back, settled, purchase, paid
+
+    back, settled, purchase, paid = run(scenario())
+    assert back["39"] == "09"
+    assert settled["state"] == "APPROVED"
+    assert (purchase["reserved_fen"], purchase["refunded_fen"]) == (0, 777)
+    assert sim_ledger(simulators, "inbank")[out_trade_no(paid["37"])]["refunded_fen"] == 777  # refunded once
