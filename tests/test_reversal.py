@@ -175,3 +175,25 @@ def test_a_reversal_that_raced_its_originals_write_ahead_is_carried_out(switch, 
     assert reversed_["state"] == "REVERSED"
     assert sim_ledger(simulators, "alipay")[out_trade_no(raced["37"])]["status"] == "REVERSED"
     assert (kept["state"], kept["reversal_requested_at"]) == ("APPROVED", None)
+
+
+def test_a_reversal_for_another_amount_reverses_nothing(switch, simulators, database_url):
+    """A reversal undoes the whole purchase, so one naming another amount is refused ``64`` and
+    the money stays; the terminal's proper reversal then goes through."""
+
+    async def scenario():
+        purchase = new_purchase("inbank", amount=5000)
+        async with connected(switch) as client:
+            approved = await client.request(purchase)
+            partial = reversal(purchase, STANS.next(purchase["41"])) | {"4": f"{1000:012d}"}
+            refused = await client.request(partial)
+            untouched = await journal_row(database_url, approved["37"])
+            proper = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+        reversed_ = await wait_for_state(database_url, approved["37"], {"REVERSED"})
+        return approved, refused, untouched, proper, reversed_
+
+    approved, refused, untouched, proper, reversed_ = run(scenario())
+    assert (approved["39"], refused["39"], proper["39"]) == ("00", "64", "00")
+    assert (untouched["state"], untouched["reversal_requested_at"]) == ("APPROVED", None)
+    assert reversed_["state"] == "REVERSED"
+    assert sim_ledger(simulators, "inbank")[out_trade_no(approved["37"])]["status"] == "REVERSED"

@@ -175,11 +175,15 @@ def undo_refusal(
     return None
 
 
-def reversal_answer(state: str | None, touched_by_undo: bool) -> str:
-    """Field 39 of a 0410: ``25`` for an unknown original; ``12`` for an approved one that a
-    refund or void has taken from (cancelling it would return that part twice); else ``00``."""
+def reversal_answer(state: str | None, touched_by_undo: bool, amount_differs: bool) -> str:
+    """Field 39 of a 0410: ``25`` for an unknown original; ``64`` for one whose amount is not the
+    reversal's (a reversal undoes the whole purchase: it is never taken for a partial one); ``12``
+    for an approved one that a refund or void has taken from (cancelling it would return that
+    part twice); else ``00``."""
     if state is None:
         return rc.ORIGINAL_NOT_FOUND
+    if amount_differs:
+        return rc.ORIGINAL_AMOUNT_INCORRECT
     if state == State.APPROVED and touched_by_undo:
         return rc.INVALID_TRANSACTION
     return rc.APPROVED

@@ -391,11 +391,13 @@ class Journal:
                 *original,
             )
             row = await conn.fetchrow(  # reversals name purchases (voids and refunds are not reversed)
-                "SELECT state, reserved_fen + refunded_fen > 0 AS touched FROM txn WHERE tx_date = $1 "
+                "SELECT state, reserved_fen + refunded_fen > 0 AS touched, amount_fen FROM txn WHERE tx_date = $1 "
                 f"AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND kind = '{PURCHASE}' FOR UPDATE",
                 *original,
             )
-            code = reversal_answer(row and row["state"], bool(row and row["touched"]))
+            code = reversal_answer(
+                row and row["state"], bool(row and row["touched"]), bool(row and row["amount_fen"] != amount_fen)
+            )
             await conn.execute(
                 "UPDATE reversal SET code = $5 WHERE orig_tx_date = $1 AND terminal_id = $2 AND orig_stan = $3 "
                 "AND orig_transmitted = $4",
