@@ -4,6 +4,7 @@ resumes where it stopped without fetching or matching twice, and a failed step i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
@@ -212,6 +213,32 @@ async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str,
         new_rrn,
     )
     return new_rrn, row["out_trade_no"], row["amount_fen"]
+
+
+@contextlib.asynccontextmanager
+async def paid_but_open(switch, database_url: str, config_dir, channel: str, told: str | None = None,
+                        reversing: bool = False):  # fmt: skip
+    """A pool, the channel's worker, and (RRN, order, amount) of a purchase the channel has paid
+    while the journal has it UNKNOWN, answered ``told``, its reversal asked for if ``reversing``
+    (a copy of an approved purchase, not due for the resolver for an hour)."""
+    answer = await approved_purchase(switch, database_url, channel)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    worker = channel_worker(config_dir, channel)
+    try:
+        async with pool.acquire() as conn:
+            rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
+            await conn.execute(
+                "UPDATE txn SET response_code = $2, reversal_requested_at = CASE WHEN $3 THEN now() END "
+                "WHERE rrn = $1",
+                rrn,
+                told,
+                reversing,
+            )
+        await pay_at_the_channel_only(config_dir, channel, order, amount)
+        yield pool, worker, (rrn, order, amount)
+    finally:
+        await worker.close()
+        await pool.close()
 
 
 def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
@@ -491,13 +518,7 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
     fetch = CountingFetch(config_dir)
 
     async def scenario():
-        answer = await approved_purchase(switch, database_url, channel)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = channel_worker(config_dir, channel)
-        try:
-            async with pool.acquire() as conn:
-                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
-            await pay_at_the_channel_only(config_dir, channel, order, amount)
+        async with paid_but_open(switch, database_url, config_dir, channel) as (pool, worker, (rrn, order, amount)):
             batch = ReconBatch(pool, channel, channel, dt.datetime.now(CST).date(), WHOLE_DAY, fetch,
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run(stop_after="match") == "handle"
@@ -511,9 +532,6 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
             cancel = ChannelRequest(2, CANCEL, order, amount, "", "", "T0000001", time.time() + 10, time.time())
             assert (await worker.call(cancel)).outcome is Outcome.APPROVED
             return item, actions, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
-        finally:
-            await worker.close()
-            await pool.close()
 
     item, actions, state = run(scenario())
     assert (item["class"], item["status"], actions, state) == ("STATUS", "OPEN", 0, "CANCELLED")
@@ -527,27 +545,17 @@ def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, databa
     fetch = CountingFetch(config_dir)
 
     async def scenario():
-        answer = await approved_purchase(switch, database_url, channel)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = channel_worker(config_dir, channel)
-        try:
-            async with pool.acquire() as conn:
-                # Told "in progress" (09), then reversed by the terminal: the reversal waits for the
-                # channel (due in an hour, as the resolver's backoff would have it).
-                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
-                await conn.execute(
-                    "UPDATE txn SET response_code = '09', reversal_requested_at = now() WHERE rrn = $1", rrn
-                )
-            await pay_at_the_channel_only(config_dir, channel, order, amount)
+        # Told "in progress" (09), then reversed by the terminal: the reversal waits for the
+        # channel (due in an hour, as the resolver's backoff would have it).
+        async with paid_but_open(switch, database_url, config_dir, channel, told="09", reversing=True) as (
+            pool, worker, (rrn, order, _)
+        ):  # fmt: skip
             now = dt.datetime.now(CST)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run() == "done"
             row = await wait_for_state(database_url, rrn, {"REVERSED"}, timeout=30)
             return order, row
-        finally:
-            await worker.close()
-            await pool.close()
 
     order, row = run(scenario())
     assert row["state"] == "REVERSED"
