@@ -52,6 +52,7 @@ LEASE_S = 60.0  # longer than a query and a cancel together
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
+OVERTAKEN_WITHIN_S = 3600.0  # how far back: a switch down for a while still finds them on its return
 OVERTAKEN_EVERY_S = 2.0  # how often 0400s that raced their original's write-ahead are looked for (an index scan)
 LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
@@ -97,13 +98,10 @@ class Resolver:
         channel's slow calls never hold back another channel's transactions."""
         swept_at = 0.0
         while True:
+            if time.monotonic() >= swept_at + OVERTAKEN_EVERY_S:
+                swept_at = time.monotonic()
+                await self._reverse_overtaken()
             try:
-                if time.monotonic() >= swept_at + OVERTAKEN_EVERY_S:
-                    swept_at = time.monotonic()
-                    # Looked for over three periods: a front end that stopped for one still finds them.
-                    if flagged := await self._journal.flag_overtaken_originals(3 * OVERTAKEN_EVERY_S):
-                        log.warning("purchases sent while their reversal was arriving: reversing them",
-                                    extra={"count": flagged})  # fmt: skip
                 claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
                 due = [txn for txn in claimed if txn.key not in self._in_progress]
                 for txn in due:
@@ -118,6 +116,17 @@ class Resolver:
             except Exception:
                 log.exception("resolver pass failed; trying again shortly")
             await asyncio.sleep(self._poll_s)
+
+    async def _reverse_overtaken(self) -> None:
+        """Flag the purchases whose 0400 raced their write-ahead (``Journal.flag_overtaken_originals``);
+        a failure here never holds back claiming what is due."""
+        try:
+            if flagged := await self._journal.flag_overtaken_originals(OVERTAKEN_WITHIN_S):
+                log.warning("purchases sent while their reversal was arriving: reversing", extra={"count": flagged})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("looking for reversals that raced their original failed; trying again shortly")
 
     async def _resolve_in_lane(self, txn: OpenTxn) -> None:
         lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))
