@@ -3,6 +3,11 @@ at one concurrency; the CPU time of every process per approved purchase (each ch
 and simulator by name), what PostgreSQL did per purchase, and with ``--py-spy DIR`` a py-spy
 profile of the front end, the actors and the simulators (raw folded stacks, one file each) with
 each one's hottest frames printed. This is how the next bottleneck is found (``README.md``).
+
+With ``--against REV`` it is an A/B: the same profile of commit REV (a git worktree of it, run
+as its own ``paysw bench profile``) and of this checkout, alternately, round after round on the
+same machine, and the ratio of each part's CPU per purchase, this over REV. Parts that neither
+side changed (the load generator, say) show how much the machine itself moved between runs.
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ import glob
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import asyncpg
 import psutil
 import uvloop
 
+from bench.provenance import ROOT, provenance, resolve
 from bench.stack import Stack
 from bench.throughput import closed_loop
 from bench.traffic import Stans
@@ -65,12 +71,27 @@ async def _pg_counters(url_host: str) -> tuple[int, ...]:
         await conn.close()
 
 
-def _cpu(processes: dict[str, psutil.Process]) -> dict[str, float]:
+def _cpu(processes: dict[str, psutil.Process]) -> dict[str, tuple[float, float]]:
+    """Each process's CPU seconds so far: (user + kernel, kernel)."""
     used = {}
     for name, process in processes.items():
         with contextlib.suppress(psutil.Error):  # a process that has just gone
-            used[name] = sum(process.cpu_times()[:2])
+            times = process.cpu_times()
+            used[name] = (times.user + times.system, times.system)
     return used
+
+
+def part_of(name: str) -> str:
+    """The part a process is reported under: PostgreSQL's and Ray's own processes together."""
+    return name.split(" ")[0] if name.startswith(("postgresql", "ray ")) else name
+
+
+def totals(cpu_ms: dict[str, float]) -> dict[str, float]:
+    """The switch's CPU per purchase (front end, actors, Ray, PostgreSQL: issue 17's figure) and
+    the simulators'."""
+    switch = sum(ms for part, ms in cpu_ms.items() if part.startswith(("front end", "actor ", "ray", "postgresql")))
+    simulators = sum(ms for part, ms in cpu_ms.items() if part.startswith("simulator "))
+    return {"switch": round(switch, 3), "simulators": round(simulators, 3)}
 
 
 def _spy(processes: dict[str, psutil.Process], seconds: float, folder: Path) -> list[subprocess.Popen]:
@@ -81,7 +102,8 @@ def _spy(processes: dict[str, psutil.Process], seconds: float, folder: Path) -> 
     for name, process in processes.items():
         if name == "front end" or name.startswith(("actor ", "simulator ")):
             output = folder / f"{name.replace(' ', '_').replace(':', '-')}.txt"
-            record = ["record", "--nonblocking", "-r", "100", "-d", str(int(seconds)), "-f", "raw"]
+            # --gil: only what holds the GIL, so idle threads and a loop waiting in epoll do not count
+            record = ["record", "--nonblocking", "--gil", "-r", "100", "-d", str(int(seconds)), "-f", "raw"]
             spies.append(
                 subprocess.Popen(
                     [spy, *record, "-p", str(process.pid), "-o", str(output)],
@@ -124,26 +146,26 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
         finally:
             stack.stop()
     approved = load["approved_tps"] * seconds
-    per_purchase = {
-        name: round((cpu_after[name] - cpu_before[name]) * 1000 / approved, 3)
-        for name in cpu_after
-        if name in cpu_before and approved
-    }
     grouped: dict[str, float] = collections.defaultdict(float)
-    for name, ms in per_purchase.items():
-        grouped[name.split(" ")[0] if name.startswith(("postgresql", "ray ")) else name] += ms
+    kernel: dict[str, float] = collections.defaultdict(float)
+    for name in cpu_after.keys() & cpu_before.keys() if approved else ():
+        grouped[part_of(name)] += (cpu_after[name][0] - cpu_before[name][0]) * 1000 / approved
+        kernel[part_of(name)] += (cpu_after[name][1] - cpu_before[name][1]) * 1000 / approved
     pg = [(after - before) / approved for before, after in zip(pg_before, pg_after, strict=True)] if approved else []
+    cpu_ms = {part: round(ms, 3) for part, ms in sorted(grouped.items(), key=lambda kv: -kv[1])}
     result = {
+        **provenance(),
         "load": load,
-        "cpu_ms_per_approved": dict(sorted(grouped.items(), key=lambda kv: -kv[1])),
+        "cpu_ms_per_approved": cpu_ms,
+        "kernel_ms_per_approved": {part: round(kernel[part], 3) for part in cpu_ms},
+        "totals_ms_per_approved": totals(cpu_ms),
         "postgresql_per_approved": {name: round(v, 3) for name, v in zip(_PG_FIGURES, pg, strict=True)},
-        "command": " ".join(["paysw", *sys.argv[1:]]),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"\n{load['approved_tps']:.0f} approved/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms")
-    print(f"CPU per approved purchase, {sum(grouped.values()):.2f} ms in all:")
-    for name, ms in result["cpu_ms_per_approved"].items():
-        print(f"  {name:22s} {ms:6.3f} ms")
+    print(f"CPU per approved purchase, {sum(grouped.values()):.2f} ms in all (of which in the kernel):")
+    for name, ms in cpu_ms.items():
+        print(f"  {name:22s} {ms:6.3f} ms  ({result['kernel_ms_per_approved'][name]:.3f})")
+    print("  " + ", ".join(f"{part} {ms:.3f} ms" for part, ms in result["totals_ms_per_approved"].items()))
     print("PostgreSQL per approved purchase:", result["postgresql_per_approved"])
     if py_spy is not None:
         result["hottest"] = {}
@@ -155,3 +177,66 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _run_at(checkout: Path, concurrency: int, seconds: float, out: Path) -> dict:
+    """``paysw bench profile`` of the code in ``checkout``, in a process of its own."""
+    command = [sys.executable, "-m", "switch.cli", "bench", "profile"]
+    command += ["--concurrency", str(concurrency), "--seconds", str(seconds), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Path | None) -> int:
+    """This checkout against commit ``against``: ``rounds`` profiles of each, alternately; the
+    median of each part's CPU per purchase and the ratio this / against."""
+    with tempfile.TemporaryDirectory(prefix="paysw-against-") as folder:
+        base = Path(folder) / "checkout"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), against], cwd=ROOT, check=True)
+        runs: dict[str, list[dict]] = {"against": [], "this": []}
+        try:
+            for i in range(rounds):
+                for side, checkout in (("against", base), ("this", ROOT)):
+                    print(f"round {i + 1}/{rounds}: {side}", flush=True)
+                    runs[side].append(_run_at(checkout, concurrency, seconds, Path(folder) / f"{side}{i}.json"))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    medians = {side: _medians(results) for side, results in runs.items()}
+    parts = sorted(medians["this"].keys() | medians["against"].keys(), key=lambda p: -medians["against"].get(p, 0))
+    result = {
+        **provenance(),
+        "against": resolve(against),
+        "rounds": runs,
+        "median_ms_per_approved": medians,
+        "ratio_this_to_against": {
+            part: round(medians["this"][part] / medians["against"][part], 3)
+            for part in parts
+            if medians["against"].get(part) and part in medians["this"]
+        },
+    }
+    print(
+        f"\nCPU ms per approved purchase, median of {rounds} rounds each; this {result['commit'][:12]}"
+        f" against {result['against'][:12]}:"
+    )
+    # The load generator runs the same code on both sides: its ratio is how much the machine moved.
+    control = result["ratio_this_to_against"].get("load generator") or 1.0
+    print(f"  {'part':22s} {'against':>8s} {'this':>8s} {'ratio':>6s} {'/ load generator':>16s}")
+    for part in parts:
+        was, now = medians["against"].get(part), medians["this"].get(part)
+        ratio = result["ratio_this_to_against"].get(part)
+        shown = "" if ratio is None else f"{ratio:6.3f} {ratio / control:16.3f}"
+        print(f"  {part:22s} {was or 0:8.3f} {now or 0:8.3f} {shown}")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _medians(results: list[dict]) -> dict[str, float]:
+    """Each part's median CPU per purchase over the runs, with the totals and approved/s."""
+    figures: dict[str, list[float]] = collections.defaultdict(list)
+    for result in results:
+        cpu = result["cpu_ms_per_approved"]
+        for part, ms in {**cpu, **totals(cpu), "approved/s": result["load"]["approved_tps"]}.items():
+            figures[part].append(ms)
+    return {part: round(statistics.median(values), 3) for part, values in figures.items()}

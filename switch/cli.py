@@ -160,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     profile_bench.add_argument("--seconds", type=float, default=20.0, help="length of the measurement (default 20)")
     profile_bench.add_argument("--py-spy", type=Path, dest="py_spy", help="write py-spy profiles here")
     profile_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    profile_bench.add_argument(
+        "--against",
+        metavar="REV",
+        help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
+    )
+    profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
     link_bench = benches.add_parser(
         "link",
         help="handing batches to a channel actor: Ray call, streaming Ray call and the actor's link",
@@ -258,8 +264,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         return recon_bench_main(args.rows, args.out)
     if args.bench_command == "profile":
+        from bench.profile import compare
         from bench.profile import main as profile_main
 
+        if args.against:
+            return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out)
         return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
