@@ -89,6 +89,7 @@ class TerminalConnection(asyncio.Protocol):
         self._stall_timer: asyncio.TimerHandle | None = None
         self._last_frame = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._answers: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
@@ -144,7 +145,14 @@ class TerminalConnection(asyncio.Protocol):
             log.error("frame handling failed", exc_info=exc, extra={"peer": self._peer})
             self._close("internal", type(exc).__name__)
         elif (out := task.result()) is not None:
-            self._transport.write(out)
+            if not self._answers:  # the answers of one loop turn leave in one write
+                self._loop.call_soon(self._write_answers)
+            self._answers.append(out)
+
+    def _write_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        if self._transport is not None:
+            self._transport.writelines(answers)
 
     def pause_writing(self) -> None:
         self._writing_paused = True

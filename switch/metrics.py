@@ -4,6 +4,7 @@ reason; never a card or terminal number."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,10 @@ class Metrics:
             registry=r,
         )
 
+        for hot in (self.answers, self.latency, self.channel_latency, self.in_flight, self.requests, self.refused,
+                    self.shed, self.journal_batch, self.journal_seconds):  # fmt: skip
+            _remember_children(hot)
+
     def circuit_changed(self, channel: str, shard: int, state: int) -> None:
         self.circuit.labels(channel, str(shard)).set(state)
 
@@ -148,6 +153,14 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _remember_children(metric: Counter | Gauge | Histogram) -> None:
+    """``metric.labels`` remembered per label values: the hot path's metrics take a dict lookup,
+    not prometheus_client's checks and lock, on every request. For metrics never cleared (a
+    cleared metric drops its children, and remembered ones would count into the void); the
+    labels are bounded, so the memory is too."""
+    metric.labels = functools.cache(metric.labels)  # type: ignore[method-assign]
 
 
 class _GatewayCollector(Collector):
