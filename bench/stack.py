@@ -22,8 +22,9 @@ from switch.operator import request as admin_request
 class Stack:
     """The demo stack: simulators in this process's children, the switch as ``paysw run``."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.config = load_config(DEMO_SWITCH_CONFIG)
+    def __init__(self, data_dir: Path, config: Path = DEMO_SWITCH_CONFIG) -> None:
+        self._config_path = config
+        self.config = load_config(config)
         self.simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
         self._data_dir = data_dir
         self._sims: list = []
@@ -35,7 +36,7 @@ class Stack:
             raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
         self._sims = start_simulators(self.simulators)
         _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
-        run = ["run", "--config", str(DEMO_SWITCH_CONFIG), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
+        run = ["run", "--config", str(self._config_path), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
         self.switch = subprocess.Popen(
             [sys.executable, "-m", "switch.cli", *run],
             stdout=subprocess.DEVNULL,

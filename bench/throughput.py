@@ -37,28 +37,25 @@ CONNECTIONS = 8
 BASELINE_LISTEN = "127.0.0.1:8590"
 
 
-async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict[str, float]:
-    """``concurrency`` senders for ``seconds``: approved TPS and latency quantiles."""
+async def drive(
+    host: str, port: int, concurrency: int, seconds: float, stans: Stans
+) -> tuple[dict[str, list[float]], float]:
+    """``concurrency`` senders for ``seconds``, each sending a purchase and the next as soon as it
+    is answered: every answer's latency by its response code (field 39), and the time it took."""
     clients = [await IsoClient.connect(host, port) for _ in range(CONNECTIONS)]
     rng = random.Random(concurrency)
     channels, weights = list(CHANNEL_SHARES), list(CHANNEL_SHARES.values())
-    latencies: list[float] = []
-    approved = other = 0
+    latencies: dict[str, list[float]] = {}
     stop_at = time.monotonic() + seconds
 
     async def sender(i: int) -> None:
-        nonlocal approved, other
         client, terminal = clients[i % CONNECTIONS], TERMINALS[i % len(TERMINALS)]
         while time.monotonic() < stop_at:
             channel = rng.choices(channels, weights)[0]
             message = purchase(terminal, DEMO_MERCHANT, payment_code(channel, "00", rng), 100 + i, stans.next(terminal))
             started = time.perf_counter()
             answer = await client.request(message)
-            latencies.append(time.perf_counter() - started)
-            if answer.get("39") == "00":
-                approved += 1
-            else:
-                other += 1
+            latencies.setdefault(answer.get("39", "?"), []).append(time.perf_counter() - started)
 
     started = time.monotonic()
     try:
@@ -66,11 +63,18 @@ async def closed_loop(host: str, port: int, concurrency: int, seconds: float, st
     finally:
         for client in clients:
             await client.close()
-    elapsed = time.monotonic() - started
+    return latencies, time.monotonic() - started
+
+
+async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict[str, float]:
+    """``concurrency`` senders for ``seconds``: approved TPS and latency quantiles."""
+    by_code, elapsed = await drive(host, port, concurrency, seconds, stans)
+    latencies = [x for code in by_code.values() for x in code]
+    approved = len(by_code.get("00", []))
     return {
         "concurrency": concurrency,
         "approved_tps": round(approved / elapsed, 1),
-        "not_approved": other,
+        "not_approved": len(latencies) - approved,
         "p50_ms": round(quantile(latencies, 50) * 1000, 2),
         "p95_ms": round(quantile(latencies, 95) * 1000, 2),
         "p99_ms": round(quantile(latencies, 99) * 1000, 2),

@@ -101,7 +101,12 @@ class SwitchApp:
         self.metrics.watch_gateways(self.gateways)
         await asyncio.wait_for(asyncio.gather(*(g.linked() for g in self.gateways.values())), 120)
         fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
-        self.shedder = LoadShedder(cfg.switch.max_in_flight, cfg.switch.shed_loop_lag_ms)
+        self.shedder = LoadShedder(
+            cfg.switch.max_in_flight,
+            cfg.switch.shed_loop_lag_ms,
+            cfg.switch.shed_queue_delay_ms,
+            cfg.switch.shed_queue_interval_ms,
+        )
         self.shedder.start()
         processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security)
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}

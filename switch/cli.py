@@ -166,6 +166,16 @@ def _parser() -> argparse.ArgumentParser:
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
     )
     profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
+    overload_bench = benches.add_parser(
+        "overload",
+        help="far past capacity: accepted purchases' latency and 91s, admission by queueing delay off and on",
+        description="Start the demo stack with admission by queueing delay off (shed_queue_delay_ms = 0), "
+        "hold N purchases outstanding for S seconds, and again with it on (the demo's setting); report "
+        "approved/s, the latency of the purchases taken on and of the 91s, and the ratios on/off.",
+    )
+    overload_bench.add_argument("--concurrency", type=int, default=2048, help="purchases outstanding (default 2048)")
+    overload_bench.add_argument("--seconds", type=float, default=60.0, help="length of each run (default 60)")
+    overload_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     link_bench = benches.add_parser(
         "link",
         help="handing batches to a channel actor: Ray call, streaming Ray call and the actor's link",
@@ -270,6 +280,10 @@ def _bench(args: argparse.Namespace) -> int:
         if args.against:
             return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out)
         return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
+    if args.bench_command == "overload":
+        from bench.overload import main as overload_main
+
+        return overload_main(args.concurrency, args.seconds, args.out)
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
 

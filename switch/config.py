@@ -41,7 +41,14 @@ class SwitchSection(_Strict):
     max_connections_per_peer: Positive = 500  # per address: terminals behind one NAT share it
     idle_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # no complete frame for this long: closed
     max_batch: Positive = 256  # transactions per frame to a channel actor
-    # Load shedding (91 at once, before any work) past either limit; see switch.shedding.
+    # Load shedding (91 at once, before any journal or channel work); see switch.shedding.
+    # Admission by queueing delay (CoDel): once every new purchase has waited longer than
+    # shed_queue_delay_ms from its arrival to its channel call for shed_queue_interval_ms on end,
+    # newcomers are shed until one waits less. So under overload the accepted stay fast and the
+    # excess hears 91 at once. Reversals and retransmissions of one under way are never shed.
+    shed_queue_delay_ms: Annotated[int, Meta(ge=0, le=10_000)] = 50  # 0: off
+    shed_queue_interval_ms: Annotated[int, Meta(ge=1, le=10_000)] = 150
+    # Backstops, past either limit:
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
     # DEMO ONLY: accepts the published demo keys and secret files open to other users.

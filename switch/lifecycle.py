@@ -498,6 +498,7 @@ class Processor:
         )
         started = time.monotonic()
         self._metrics.in_flight.labels(txn.channel).inc()
+        self._shedder.calling_channel(ref.created)
         try:
             result = await gateway.call(
                 PAY, ref, deadline, auth_code=pan, pin_block=pin_block, on_late=self._keep_late(txn, PAY)
