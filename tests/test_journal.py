@@ -10,6 +10,7 @@ import pytest
 
 from switch.journal import Event, Journal, NewTxn, Report, State
 from switch.journal.schema import MIGRATIONS, migrate
+from switch.journal.store import RRN_BLOCK
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -172,6 +173,27 @@ def test_rrns_are_unique_across_front_ends(database_url):
         finally:
             await first.close()
             await second.close()
+
+    run(scenario())
+
+
+def test_the_next_rrn_block_is_on_its_way_before_this_one_runs_out(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            block = int(await journal.next_rrn()) // RRN_BLOCK
+            for _ in range(RRN_BLOCK * 3 // 4):
+                await journal.next_rrn()
+            for _ in range(100):  # fetched in the background, not by the request that needs it
+                if await journal.pool.fetchval("SELECT last_value FROM rrn_block_seq") > block:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("no block fetched ahead")
+            rrns = [int(await journal.next_rrn()) for _ in range(RRN_BLOCK // 4 + 1)]
+            assert rrns[-1] // RRN_BLOCK > block and len(set(rrns)) == len(rrns)
+        finally:
+            await journal.close()
 
     run(scenario())
 

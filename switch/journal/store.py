@@ -272,6 +272,7 @@ class Journal:
         self._rrn_next = 0
         self._rrn_end = 0
         self._rrn_lock = asyncio.Lock()
+        self._rrn_fetch: asyncio.Future[int] | None = None  # the next block, on its way
 
     @classmethod
     async def open(
@@ -293,6 +294,8 @@ class Journal:
         return journal
 
     async def close(self) -> None:
+        if self._rrn_fetch is not None:
+            self._rrn_fetch.cancel()
         await self._inserts.close()
         await self._updates.close()
         await self._writers.close()
@@ -312,15 +315,23 @@ class Journal:
             return await ensure_partitions(conn, today - dt.timedelta(days=2), today + dt.timedelta(days=ahead_days))
 
     async def next_rrn(self) -> str:
-        """A 12-digit RRN unique across all front ends (blocks of a PostgreSQL sequence)."""
+        """A 12-digit RRN unique across all front ends (blocks of a PostgreSQL sequence). The next
+        block is fetched while a quarter of this one is left, so that no request waits for it: under
+        overload every shed request takes an RRN too, and they would all queue behind the fetch."""
         if self._rrn_next >= self._rrn_end:
             async with self._rrn_lock:
                 if self._rrn_next >= self._rrn_end:
-                    block = await self._pool.fetchval("SELECT nextval('rrn_block_seq')")
+                    fetching, self._rrn_fetch = self._rrn_fetch, None
+                    block = await (fetching or self._rrn_block())
                     self._rrn_next, self._rrn_end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
         rrn = self._rrn_next
         self._rrn_next += 1
+        if self._rrn_fetch is None and self._rrn_end - self._rrn_next < RRN_BLOCK // 4:
+            self._rrn_fetch = asyncio.ensure_future(self._rrn_block())
         return f"{rrn:012d}"
+
+    async def _rrn_block(self) -> int:
+        return await self._pool.fetchval("SELECT nextval('rrn_block_seq')")
 
     async def write_ahead(self, txn: NewTxn) -> bool:
         """Insert and commit the RECEIVED row. False when the key already exists."""
