@@ -170,7 +170,7 @@ def signer(algorithm: str, material: bytes) -> Sign:
     if algorithm == "wechat-hmac-sha256":
         secret = _secret(material)
         suffix = b"&key=" + secret
-        return lambda data: std_hmac.new(secret, data + suffix, "sha256").hexdigest().upper()
+        return lambda data: std_hmac.digest(secret, data + suffix, "sha256").hex().upper()
     if algorithm == "hmac-sm3":
         secret = _secret(material)
         return lambda data: _hmac_sm3(secret, data).hex()
@@ -222,7 +222,7 @@ def is_costly(algorithm: str) -> bool:
 def fingerprinter(material: bytes) -> Callable[[str], bytes]:
     """Keyed hash of a card number or payment code: matches equal numbers, reveals nothing."""
     secret = _secret(material)
-    return lambda text: std_hmac.new(secret, text.encode(), "sha256").digest()
+    return lambda text: std_hmac.digest(secret, text.encode(), "sha256")
 
 
 def _secret(material: bytes) -> bytes:

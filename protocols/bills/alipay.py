@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from protocols.bills import BillAsk, BillLink, BillRefused
 from protocols.channels.alipay import GATEWAY, extract_node, response_node
 from protocols.channels.alipay import channel_side as trade_side
-from protocols.channels.base import ChannelIdentity, HttpAnswer, HttpCall, Sign, Verify, sorted_query
+from protocols.channels.base import ChannelIdentity, HttpAnswer, HttpCall, Sign, Verify, form_encode, sorted_query
 from protocols.statements import CST
 from protocols.statements import alipay as statement_format
 
@@ -33,7 +33,7 @@ class Downloader:
             "biz_content": json.dumps({"bill_type": "trade", "bill_date": day.isoformat()}),
         }
         params["sign"] = sign(sorted_query(params).encode())
-        return HttpCall(GATEWAY, urlencode(params).encode(), "application/x-www-form-urlencoded;charset=utf-8")
+        return HttpCall(GATEWAY, form_encode(params), "application/x-www-form-urlencoded;charset=utf-8")
 
     def result(self, answer: HttpAnswer, verify: Verify) -> BillLink:
         text = answer.body.decode("utf-8", "replace")

@@ -9,10 +9,10 @@ import binascii
 import datetime as dt
 import zlib
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from protocols.bills import BillAsk, BillRefused
-from protocols.channels.base import ChannelIdentity, HttpAnswer, HttpCall, Sign, Verify
+from protocols.channels.base import ChannelIdentity, HttpAnswer, HttpCall, Sign, Verify, form_encode
 from protocols.channels.unionpay import channel_side as trade_side
 from protocols.channels.unionpay import signing_input
 from protocols.statements import CST
@@ -39,7 +39,7 @@ class Downloader:
             "certId": ident.cert_id,
         }
         params["signature"] = sign(signing_input(params))
-        return HttpCall(PATH, urlencode(params).encode(), "application/x-www-form-urlencoded;charset=UTF-8")
+        return HttpCall(PATH, form_encode(params), "application/x-www-form-urlencoded;charset=UTF-8")
 
     def result(self, answer: HttpAnswer, verify: Verify) -> bytes:
         doc = dict(parse_qsl(answer.body.decode("utf-8", "replace"), keep_blank_values=True))
@@ -77,7 +77,7 @@ class BillServer:
         doc = {"respCode": "00", "respMsg": "成功", "fileName": "INN_ZM.txt"}
         doc["fileContent"] = base64.b64encode(zlib.compress(content)).decode()
         doc["signature"] = sign(signing_input(doc))
-        return HttpAnswer(200, urlencode(doc).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+        return HttpAnswer(200, form_encode(doc), {"Content-Type": "application/x-www-form-urlencoded"})
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
         return trade_side.write_error(reason, sign)

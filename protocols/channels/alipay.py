@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from protocols import response_codes as rc
 from protocols.channels.base import (
@@ -28,6 +28,7 @@ from protocols.channels.base import (
     approved,
     declined,
     fen,
+    form_encode,
     not_found,
     pending,
     sorted_query,
@@ -134,7 +135,7 @@ class AlipayConnector:
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
         }
         params["sign"] = sign(sorted_query(params).encode())
-        return HttpCall(GATEWAY, urlencode(params).encode(), "application/x-www-form-urlencoded;charset=utf-8")
+        return HttpCall(GATEWAY, form_encode(params), "application/x-www-form-urlencoded;charset=utf-8")
 
     def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
         if answer.status != 200:

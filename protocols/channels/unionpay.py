@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from protocols import response_codes as rc
 from protocols.channels.base import (
@@ -31,6 +31,7 @@ from protocols.channels.base import (
     Verify,
     approved,
     declined,
+    form_encode,
     not_found,
     pending,
     sorted_query,
@@ -127,7 +128,7 @@ class UnionPayConnector:
                 "currencyCode": "156",
             }
         params["signature"] = sign(signing_input(params))
-        return HttpCall(paths[req.op], urlencode(params).encode(), "application/x-www-form-urlencoded;charset=UTF-8")
+        return HttpCall(paths[req.op], form_encode(params), "application/x-www-form-urlencoded;charset=UTF-8")
 
     def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult:
         if answer.status != 200:
@@ -249,10 +250,10 @@ class UnionPayChannelSide:
             if seen.op == REFUND and status == "DONE":
                 doc["queryId"] = verdict.channel_txn_id
         doc["signature"] = sign(signing_input(doc))
-        return HttpAnswer(200, urlencode(doc).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+        return HttpAnswer(200, form_encode(doc), {"Content-Type": "application/x-www-form-urlencoded"})
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
-        body = urlencode({"respCode": "30", "respMsg": reason}).encode()
+        body = form_encode({"respCode": "30", "respMsg": reason})
         return HttpAnswer(200, body, {"Content-Type": "application/x-www-form-urlencoded"})
 
 
