@@ -10,8 +10,12 @@ from bench.simulators import http
 from bench.simulators.http import CUT, TEXT, Reply, Request
 
 
+SEEN: list[bytes] = []  # the bodies of the requests served
+
+
 def _echo(request: Request) -> Reply:
     """Answers with the method, path and body it got; ``/slow`` 50 ms later; ``/cut`` not at all."""
+    SEEN.append(request.body)
     delay = 0.05 if request.path == "/slow" else 0.0
     ending = CUT if request.path == "/cut" else http.SEND
     return Reply(200, f"{request.method} {request.path} ".encode() + request.body, TEXT, delay, ending)
@@ -79,10 +83,12 @@ def test_a_chunked_request_body_arrives_whole():
 
 
 def test_connection_close_is_answered_then_closed():
+    SEEN.clear()
     received = exchange(post("/pay", b"x", "Connection: close\r\n") + post("/pay", b"never"))
     assert received.count(b"HTTP/1.1 200 OK") == 1
     assert b"Connection: close\r\n" in received
     assert received.endswith(b"POST /pay x")  # closed: no "<still open>", the next request unanswered
+    assert SEEN == [b"x"]  # nor acted on
 
 
 def test_a_malformed_request_gets_400_and_the_connection_closes():

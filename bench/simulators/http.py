@@ -77,6 +77,10 @@ class _TooLarge(Exception):
     pass
 
 
+class _Closing(Exception):
+    """Raised to stop parsing: requests after one that closes the connection are not served."""
+
+
 class _Slot:
     """One request's place in a connection's answer order; ``reply`` is set when it is ready."""
 
@@ -116,9 +120,10 @@ class HttpConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, _TooLarge):
+            if isinstance(exc.__context__, _TooLarge):
+                self._refuse(413, "request too large")
+            elif not isinstance(exc.__context__, _Closing):
                 raise
-            self._refuse(413, "request too large")
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served")
         except httptools.HttpParserError as exc:
@@ -130,6 +135,8 @@ class HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self._done_reading:
+            raise _Closing
         self._url, self._headers, self._body = b"", Headers(), []
 
     def on_url(self, url: bytes) -> None:
@@ -202,7 +209,7 @@ class HttpConnection(asyncio.Protocol):
     def _send(self, reply: Reply, keep_alive: bool) -> bool:
         """Write ``reply``; False when the connection is closed after it."""
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return False
         if reply.ending == CUT:
             transport.close()
