@@ -9,7 +9,6 @@ import uvloop
 from bench.simulators import http
 from bench.simulators.http import CUT, TEXT, Reply, Request
 
-
 SEEN: list[bytes] = []  # the bodies of the requests served
 
 

@@ -77,10 +77,6 @@ class _TooLarge(Exception):
     pass
 
 
-class _Closing(Exception):
-    """Raised to stop parsing: requests after one that closes the connection are not served."""
-
-
 class _Slot:
     """One request's place in a connection's answer order; ``reply`` is set when it is ready."""
 
@@ -99,7 +95,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._slots: deque[_Slot] = deque()
         self._unfinished = 0  # bytes received of the request being read
-        self._done_reading = False  # a refused request, or Connection: close
+        self._done_reading = False  # after a refused request
         self._paused = False
         self._url = b""
         self._headers = Headers()
@@ -120,10 +116,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _TooLarge):
-                self._refuse(413, "request too large")
-            elif not isinstance(exc.__context__, _Closing):
+            if not isinstance(exc.__context__, _TooLarge):
                 raise
+            self._refuse(413, "request too large")
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served")
         except httptools.HttpParserError as exc:
@@ -135,8 +130,6 @@ class HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._done_reading:
-            raise _Closing
         self._url, self._headers, self._body = b"", Headers(), []
 
     def on_url(self, url: bytes) -> None:
@@ -158,10 +151,7 @@ class HttpConnection(asyncio.Protocol):
         parser = self._parser
         path = self._url.partition(b"?")[0].decode("latin-1")
         request = Request(parser.get_method().decode("ascii"), path, self._headers, b"".join(self._body))
-        keep_alive = parser.should_keep_alive()
-        if not keep_alive:
-            self._done_reading = True
-        slot = _Slot(keep_alive)
+        slot = _Slot(parser.should_keep_alive())  # llhttp refuses data after a request that closes
         self._slots.append(slot)
         if len(self._slots) >= MAX_UNANSWERED and self._transport is not None:
             self._transport.pause_reading()
