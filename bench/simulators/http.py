@@ -177,10 +177,12 @@ class HttpConnection(asyncio.Protocol):
             self._ready(slot, task.result())
 
     def _ready(self, slot: _Slot, reply: Reply) -> None:
-        if reply.delay:
-            delayed = Reply(reply.status, reply.body, reply.headers, 0.0, reply.ending)
-            self._loop.call_later(reply.delay, self._ready, slot, delayed)
-            return
+        if reply.delay:  # a timer, cheaper than a coroutine sleeping
+            self._loop.call_later(reply.delay, self._due, slot, reply)
+        else:
+            self._due(slot, reply)
+
+    def _due(self, slot: _Slot, reply: Reply) -> None:
         slot.reply = reply
         if self._slots and self._slots[0] is slot:
             self._flush()
