@@ -1,4 +1,4 @@
-"""One channel simulator: an aiohttp server for one channel's pay, query and cancel calls.
+"""One channel simulator: an HTTP server for one channel's pay, query, cancel and refund calls.
 
 It checks the switch's signature with the switch's key (a bad one gets the channel's own error
 answer), decides a payment's outcome from its payment code (``outcomes``), keeps a ledger of
@@ -11,6 +11,9 @@ Its control address (``control_listen``, by default the channel's port + 100) se
 journal; and with an audit database URL, ``/_sim/audit``, for each pay request whether the
 switch's journal row already existed when it arrived (the write-ahead invariant, observed from
 the channel's side). The ``/_sim`` reads are on the channel address too.
+
+The channel address is served by ``bench.simulators.http`` (the hot path under load); the
+control address by aiohttp.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import random
 import secrets
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import asyncpg
 import msgspec
 from aiohttp import web
 from msgspec import Meta, Struct
 
+from bench.simulators import http
 from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
+from bench.simulators.http import CUT, HALF, JSON, TEXT, Reply, Request
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
 from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
 from hsm import algorithms
@@ -118,35 +124,47 @@ class Simulator:
         self.fault: Fault = NO_FAULT
         self._released = asyncio.Event()
         self._released.set()
+        self._reads: dict[str, Callable[[], object]] = {
+            "/_sim/stats": lambda: dict(self.stats),
+            "/_sim/ledger": self.ledger.snapshot,
+            "/_sim/audit": lambda: self.audit,
+        }
+        self._route: dict[tuple[str, str], Callable[[Request], Reply | Awaitable[Reply]]] = {
+            ("POST", path): self.handle for path in set(self.side.paths.values()) | {self.bills.server.path}
+        }
+        self._route.update((("GET", path), self._read) for path in self._reads)
 
-    def channel_app(self) -> web.Application:
-        app = web.Application()
-        for path in set(self.side.paths.values()) | {self.bills.server.path}:
-            app.router.add_post(path, self.handle)
-        app.router.add_get("/_bill/{token}", self.get_bill_file)
-        self._add_reads(app)
-        app.on_startup.append(self._start)
-        app.on_cleanup.append(self._stop)
-        return app
+    def answer(self, request: Request) -> Reply | Awaitable[Reply]:
+        """The channel address: its APIs, the statement files, the ``/_sim`` reads."""
+        route = self._route.get((request.method, request.path))
+        if route is not None:
+            return route(request)
+        if request.method == "GET" and request.path.startswith("/_bill/"):
+            return self.bill_file(request.path.removeprefix("/_bill/"))
+        if any(path == request.path for _, path in self._route):
+            return Reply(405, b"method not allowed", TEXT)
+        return Reply(404, b"not found", TEXT)
 
     def control_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/_sim/fault", self.get_fault)
         app.router.add_post("/_sim/fault", self.set_fault)
         app.router.add_post("/_sim/statement-faults", self.set_statement_faults)
-        self._add_reads(app)
+        for path in self._reads:
+            app.router.add_get(path, self._control_read)
         return app
 
-    def _add_reads(self, app: web.Application) -> None:
-        app.router.add_get("/_sim/stats", self.get_stats)
-        app.router.add_get("/_sim/ledger", self.get_ledger)
-        app.router.add_get("/_sim/audit", self.get_audit)
+    def _read(self, request: Request) -> Reply:
+        return Reply(200, msgspec.json.encode(self._reads[request.path]()), JSON)
+
+    async def _control_read(self, request: web.Request) -> web.Response:
+        return _json(self._reads[request.path]())
 
     async def serve(self, listen: str, control_listen: str) -> None:
         """Serve the channel and its control address until cancelled."""
-        self._channel_runner = web.AppRunner(self.channel_app(), access_log=None)
+        if self._audit_dsn:
+            self._audit_pool = await asyncpg.create_pool(self._audit_dsn, min_size=1, max_size=4)
         control = web.AppRunner(self.control_app(), access_log=None)
-        await self._channel_runner.setup()
         await control.setup()
         self._listen = listen
         await self._open_channel()
@@ -155,22 +173,23 @@ class Simulator:
         try:
             await asyncio.Event().wait()
         finally:
+            self._channel.close()
             await control.cleanup()
-            await self._channel_runner.cleanup()
+            if self._audit_pool is not None:
+                await self._audit_pool.close()
 
     async def _open_channel(self) -> None:
         host, _, port = self._listen.rpartition(":")
-        self._channel_site = web.TCPSite(self._channel_runner, host, int(port), reuse_address=True)
-        await self._channel_site.start()
+        self._channel = await http.listen(self.answer, host, int(port))
 
     async def get_fault(self, _: web.Request) -> web.Response:
-        return web.json_response(msgspec.structs.asdict(self.fault))
+        return _json(msgspec.structs.asdict(self.fault))
 
     async def set_fault(self, request: web.Request) -> web.Response:
         try:
             fault = FAULT_DECODER.decode(await request.read() or b"{}")
         except msgspec.DecodeError as exc:  # ValidationError included
-            return web.json_response({"error": str(exc)}, status=400)
+            return _json({"error": str(exc)}, status=400)
         was_refusing = self.fault.refuse
         self.fault = fault
         if fault.hang:
@@ -178,45 +197,48 @@ class Simulator:
         else:
             self._released.set()  # hung requests go, unanswered
         if fault.refuse and not was_refusing:
-            await self._channel_site.stop()
+            self._channel.close()  # open connections stay; their next request is cut
         elif was_refusing and not fault.refuse:
             await self._open_channel()
         print(f"simulator {self.name}: fault {fault.describe()}", flush=True)
-        return web.json_response(msgspec.structs.asdict(fault))
+        return _json(msgspec.structs.asdict(fault))
 
-    async def _start(self, _: web.Application) -> None:
-        if self._audit_dsn:
-            self._audit_pool = await asyncpg.create_pool(self._audit_dsn, min_size=1, max_size=4)
-
-    async def _stop(self, _: web.Application) -> None:
-        if self._audit_pool is not None:
-            await self._audit_pool.close()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def handle(self, request: Request) -> Reply | Awaitable[Reply]:
         fault = self.fault
         if fault.refuse or fault.reset:
             self.stats["fault:cut"] += 1
-            return _cut(request)
+            return Reply(0, ending=CUT)
         if fault.hang:
             self.stats["fault:hung"] += 1
-            await self._released.wait()
-            return _cut(request)
+            return self._hang()
         if fault.error_rate and random.random() < fault.error_rate:
             self.stats["fault:error"] += 1
-            return web.Response(status=500, text="Internal Server Error")
-        body = await request.read()
+            return Reply(500, b"Internal Server Error", TEXT)
+        body = request.body
         if self.bills.server.handles(request.path, body):
-            return _response(self._bill(request, body))
+            return _reply(self._bill(request, body))
         seen = self.side.read(request.path, body, request.headers, self._verify)
         if self._dek and not isinstance(seen, str) and seen.auth_code:
             seen = self._decrypt_code(seen)
         if isinstance(seen, str):
             self.stats["rejected"] += 1
-            return _response(self.side.write_error(seen, self._sign))
+            return _reply(self.side.write_error(seen, self._sign))
         self.stats[seen.op] += 1
+        if seen.op == PAY and self._audit_pool is not None:
+            return self._audited(seen, fault)
+        return self._act(seen, fault)
+
+    async def _hang(self) -> Reply:
+        await self._released.wait()
+        return Reply(0, ending=CUT)
+
+    async def _audited(self, seen: RequestSeen, fault: Fault) -> Reply:
+        await self._record_audit(seen)
+        return self._act(seen, fault)
+
+    def _act(self, seen: RequestSeen, fault: Fault) -> Reply:
+        """Do what ``seen`` asks to the ledger and answer it, after the channel's latency."""
         if seen.op == PAY:
-            if self._audit_pool is not None:
-                await self._record_audit(seen)
             delay = self._latency + (self._slow if is_slow(seen.auth_code) else 0.0)
             if seen.pin_block and not self._pin_matches(seen):
                 verdict = ChannelVerdict("DECLINED")  # wrong PIN: refused, nothing charged
@@ -237,15 +259,13 @@ class Simulator:
             delay = self._latency
         self.stats[f"{seen.op}:{verdict.status}"] += 1
         delay += fault.latency_ms / 1000
-        if delay:
-            await asyncio.sleep(delay)
         if seen.op == PAY and drops_answer(seen.auth_code):
-            return _cut(request)  # charged, but the answer is lost on the way
+            return Reply(0, delay=delay, ending=CUT)  # charged, but the answer is lost on the way
         answer = self.side.write(seen, verdict, self._sign)
         if fault.partial:
             self.stats["fault:partial"] += 1
-            return await _cut_mid_body(request, answer)
-        return _response(answer)
+            return _reply(answer, delay, ending=HALF)
+        return _reply(answer, delay)
 
     async def _record_audit(self, seen: RequestSeen) -> None:
         assert self._audit_pool is not None
@@ -255,7 +275,7 @@ class Simulator:
     def _transaction_id(self) -> str:
         return f"{self.name[:2].upper()}{time.strftime('%Y%m%d')}{next(self._ids):012d}"
 
-    def _bill(self, request: web.Request, body: bytes) -> HttpAnswer:
+    def _bill(self, request: Request, body: bytes) -> HttpAnswer:
         """The statement of the day asked for, from the ledger, with any discrepancies ordered."""
         server = self.bills.server
         ask = server.read(body, request.headers, self._verify)
@@ -269,29 +289,21 @@ class Simulator:
         token = secrets.token_hex(16)
         self._bill_files[token] = content
         self.stats["bill"] += 1
-        return server.write(content, self._sign, f"http://{request.host}/_bill/{token}")
+        host = request.headers.get("host") or self._listen
+        return server.write(content, self._sign, f"http://{host}/_bill/{token}")
 
-    async def get_bill_file(self, request: web.Request) -> web.Response:
-        content = self._bill_files.pop(request.match_info["token"], None)
+    def bill_file(self, token: str) -> Reply:
+        content = self._bill_files.pop(token, None)
         if content is None:
-            return web.Response(status=404, text="no such file")
-        return web.Response(body=content, content_type="application/zip")
+            return Reply(404, b"no such file", TEXT)
+        return Reply(200, content, {"Content-Type": "application/zip"})
 
     async def set_statement_faults(self, request: web.Request) -> web.Response:
         try:
             self.statement_faults = STATEMENT_FAULTS_DECODER.decode(await request.read() or b"{}")
         except msgspec.DecodeError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(msgspec.structs.asdict(self.statement_faults))
-
-    async def get_stats(self, _: web.Request) -> web.Response:
-        return web.json_response(dict(self.stats))
-
-    async def get_ledger(self, _: web.Request) -> web.Response:
-        return web.json_response(self.ledger.snapshot())
-
-    async def get_audit(self, _: web.Request) -> web.Response:
-        return web.json_response(self.audit)
+            return _json({"error": str(exc)}, status=400)
+        return _json(msgspec.structs.asdict(self.statement_faults))
 
     def _decrypt_code(self, seen: RequestSeen) -> RequestSeen | str:
         try:
@@ -338,21 +350,9 @@ def _query_verdict(order: Order | None) -> str:
     return {"PAID": "PAID", "PAYING": "PAYING"}.get(order.status, "CLOSED")
 
 
-def _response(answer: HttpAnswer) -> web.Response:
-    return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+def _reply(answer: HttpAnswer, delay: float = 0.0, ending: str = http.SEND) -> Reply:
+    return Reply(answer.status, answer.body, answer.headers, delay, ending)
 
 
-def _cut(request: web.Request) -> NoReturn:
-    """Close the connection with no answer at all."""
-    if request.transport is not None:
-        request.transport.close()
-    raise web.HTTPServiceUnavailable()
-
-
-async def _cut_mid_body(request: web.Request, answer: HttpAnswer) -> web.StreamResponse:
-    """Send the head and half of the body of ``answer``, then close the connection."""
-    response = web.StreamResponse(status=answer.status, headers=dict(answer.headers))
-    response.content_length = len(answer.body)
-    await response.prepare(request)
-    await response.write(answer.body[: len(answer.body) // 2])
-    return _cut(request)
+def _json(value: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(value), content_type="application/json")
