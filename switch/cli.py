@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     sim = commands.add_parser(
         "sim",
         help="run the channel simulators",
-        description="Run one simulator process per channel (each channel on a lean HTTP server, its control address on aiohttp), until Ctrl-C.",
+        description="Run one simulator process per channel (its channel address on a lean HTTP server, its "
+        "control address on aiohttp), until Ctrl-C.",
     )
     sim.add_argument("--config", type=Path, help="the simulators' TOML configuration file (required)")
     sim.add_argument(
