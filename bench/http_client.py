@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from statistics import median_low
 
 import aiohttp
 import httptools
@@ -174,17 +175,27 @@ async def _measure(way: Callable[[str], AbstractAsyncContextManager[Post]], endp
     return {"requests_per_s": round(done / elapsed), "cpu_us_per_request": round(cpu / done * 1e6, 1)}
 
 
-def _run_loop(loop_name: str, endpoint: str, levels: list[int], seconds: float) -> dict[str, dict[str, dict]]:
-    """Every way at every level, the ways interleaved so that drift hits them alike."""
+def _run_loop(loop_name: str, endpoint: str, levels: list[int], seconds: float, rounds: int) -> dict[str, dict]:
+    """Every way at every level, ``rounds`` times, interleaved so that the load of a shared machine
+    hits them alike; the median round is reported, every round kept."""
     runner = uvloop.run if loop_name == "uvloop" else asyncio.run
-    results: dict[str, dict[str, dict]] = {}
-    for outstanding in levels:
-        results[str(outstanding)] = level = {}
-        for name, way in WAYS.items():
-            level[name] = figures = runner(_measure(way, endpoint, outstanding, seconds))
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {str(n): {name: [] for name in WAYS} for n in levels}
+    for _ in range(rounds):
+        for outstanding in levels:
+            for name, way in WAYS.items():
+                samples[str(outstanding)][name].append(runner(_measure(way, endpoint, outstanding, seconds)))
+    results: dict[str, dict] = {}
+    for level, by_way in samples.items():
+        results[level] = {}
+        for name, runs in by_way.items():
+            median = {
+                figure: median_low(r[figure] for r in runs) for figure in ("cpu_us_per_request", "requests_per_s")
+            }
+            results[level][name] = {**median, "rounds": runs}
+            each = ", ".join(str(r["cpu_us_per_request"]) for r in runs)
             print(
-                f"  {loop_name:7s} {outstanding:3d} outstanding, {name:11s}: {figures['requests_per_s']:7d}/s,"
-                f" {figures['cpu_us_per_request']:6.1f} us client CPU a request",
+                f"  {loop_name:7s} {int(level):3d} outstanding, {name:11s}: {median['requests_per_s']:7d}/s,"
+                f" {median['cpu_us_per_request']:6.1f} us client CPU a request (rounds: {each})",
                 flush=True,
             )
     return results
@@ -194,13 +205,16 @@ def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
-def main(seconds: float = 3.0, out: Path | None = None, levels: list[int] | None = None) -> int:
+def main(seconds: float = 2.0, rounds: int = 3, out: Path | None = None, levels: list[int] | None = None) -> int:
     levels = levels or [1, 16, 64]  # 64: more calls than the pool's 32 connections, so some wait for a slot
-    print(f"HTTP client CPU per keep-alive POST of {len(REQUEST_BODY)} bytes, {seconds:g} s each: {', '.join(WAYS)}")
+    print(
+        f"HTTP client CPU per keep-alive POST of {len(REQUEST_BODY)} bytes, {rounds} rounds of {seconds:g} s:"
+        f" {', '.join(WAYS)}"
+    )
     server = subprocess.Popen([sys.executable, "-m", "bench.http_client", "--serve"], stdout=subprocess.PIPE, text=True)
     try:
         endpoint = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        results = {loop: _run_loop(loop, endpoint, levels, seconds) for loop in ("asyncio", "uvloop")}
+        results = {loop: _run_loop(loop, endpoint, levels, seconds, rounds) for loop in ("asyncio", "uvloop")}
     finally:
         server.terminate()
         server.wait()
@@ -219,7 +233,7 @@ def main(seconds: float = 3.0, out: Path | None = None, levels: list[int] | None
     if out is not None:
         setup = {
             "commit": _commit(),
-            "command": f"python -m bench.http_client --seconds {seconds:g} --out {out}",
+            "command": f"python -m bench.http_client --seconds {seconds:g} --rounds {rounds} --out {out}",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "versions": {
                 "aiohttp": aiohttp.__version__,
@@ -238,11 +252,12 @@ def main(seconds: float = 3.0, out: Path | None = None, levels: list[int] | None
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each, the median reported (default 3)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server's own process
     args = parser.parse_args()
     if args.serve:
         uvloop.run(_serve())
     else:
-        sys.exit(main(args.seconds, args.out))
+        sys.exit(main(args.seconds, args.rounds, args.out))
