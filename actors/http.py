@@ -136,8 +136,8 @@ class _Connection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         if self._answer is not None:
-            why = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by the server"
-            self._settle(None, ConnectionBroke(f"connection lost before a whole answer ({why})"))
+            why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            self._settle(None, ConnectionBroke(f"connection closed before a whole answer{why}"))
 
     # httptools callbacks
 
@@ -249,8 +249,8 @@ class HttpPool:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a slot just as we were cancelled
-                self._release()
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release()  # handed a slot just as we were cancelled: hand it on
             raise
         finally:
             timer.cancel()

@@ -146,10 +146,33 @@ def test_a_cancelled_wait_keeps_no_slot() -> None:
         await asyncio.sleep(0)
         held.release()
         held.release()  # a second release gives nothing back
-        slot = await pool.acquire(0)
+        held = await pool.acquire(0)
         with pytest.raises(PoolBusy):
             await pool.acquire(0)
-        slot.release()
+
+        waiting = asyncio.ensure_future(pool.acquire(5.0))
+        await asyncio.sleep(0.01)
+        held.release()  # handed to the waiter...
+        waiting.cancel()  # ...cancelled before it could take it: it goes back to the pool
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        held = await pool.acquire(0)
+        with pytest.raises(PoolBusy):
+            await pool.acquire(0)
+
+    asyncio.run(scenario())
+
+
+def test_a_released_slot_posts_nothing() -> None:
+    async def scenario() -> None:
+        async with Server(echo) as server:
+            pool = HttpPool(server.endpoint(), size=1)
+            slot = await pool.acquire(0)
+            slot.release()
+            with pytest.raises(RuntimeError, match="released"):
+                await slot.post("/pay", b"", {}, 1.0)
+            pool.close()
+        assert server.connections == 0
 
     asyncio.run(scenario())
 
@@ -309,6 +332,22 @@ def test_idle_connections_are_closed_after_the_keep_alive_time() -> None:
     asyncio.run(scenario())
 
 
+def test_idle_connections_are_closed_before_the_server_would() -> None:
+    async def says_one_second(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await server.request(reader)) is not None:
+            writer.write(answer(request.partition(b"\r\n\r\n")[2], "Keep-Alive: timeout=1, max=100"))
+
+    async def scenario() -> None:
+        async with Server(says_one_second) as server:
+            pool = HttpPool(server.endpoint(), size=1)  # would keep it 30 s
+            await post(pool)
+            await asyncio.sleep(0.1)
+            assert server.closed_by_client == 1
+            pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_chunked_answer() -> None:
     async def chunked(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await server.request(reader) is not None:
@@ -324,6 +363,25 @@ def test_chunked_answer() -> None:
             pool.close()
         assert [(a.status, a.body, a.headers["X-Sign"]) for a in answers] == [(200, b"hello, world", "abc")] * 2
         assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
+def test_interim_answers_are_skipped_and_a_body_may_end_with_the_connection() -> None:
+    async def old_style(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Sign: abc\r\n\r\nall of ")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"it")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Server(old_style) as server:
+            pool = HttpPool(server.endpoint(), size=1)
+            got = await post(pool)
+            pool.close()
+        assert (got.status, got.body, got.headers) == (200, b"all of it", {"X-Sign": "abc"})
 
     asyncio.run(scenario())
 
