@@ -78,11 +78,18 @@ def answer(body: bytes, *extra: str) -> bytes:
     return head.encode() + b"\r\n" + body
 
 
-async def echo(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answers each request with its own body and the path it asked for, keeping the connection."""
-    while (request := await server.request(reader)) is not None:
-        path = request.split(b" ", 2)[1].decode()
-        writer.write(answer(request.partition(b"\r\n\r\n")[2], f"X-Path: {path}"))
+def echoing(*extra: str) -> Handler:
+    """Answers each request with its own body and the path it asked for (and ``extra`` headers)."""
+
+    async def echo(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await server.request(reader)) is not None:
+            path = request.split(b" ", 2)[1].decode()
+            writer.write(answer(request.partition(b"\r\n\r\n")[2], f"X-Path: {path}", *extra))
+
+    return echo
+
+
+echo = echoing()
 
 
 async def post(pool: HttpPool, body: bytes = b"hello", timeout: float = 5.0, path: str = "/pay"):
@@ -302,12 +309,8 @@ def test_a_connection_known_closed_is_not_written_to() -> None:
 
 
 def test_connection_close_is_honoured() -> None:
-    async def says_close(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (request := await server.request(reader)) is not None:  # says close, but keeps it open
-            writer.write(answer(request.partition(b"\r\n\r\n")[2], "Connection: close"))
-
     async def scenario() -> None:
-        async with Server(says_close) as server:
+        async with Server(echoing("Connection: close")) as server:  # says close, but keeps it open
             pool = HttpPool(server.endpoint(), size=1)
             assert (await post(pool, b"one")).body == b"one"
             assert (await post(pool, b"two")).body == b"two"
@@ -333,12 +336,8 @@ def test_idle_connections_are_closed_after_the_keep_alive_time() -> None:
 
 
 def test_idle_connections_are_closed_before_the_server_would() -> None:
-    async def says_one_second(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (request := await server.request(reader)) is not None:
-            writer.write(answer(request.partition(b"\r\n\r\n")[2], "Keep-Alive: timeout=1, max=100"))
-
     async def scenario() -> None:
-        async with Server(says_one_second) as server:
+        async with Server(echoing("Keep-Alive: timeout=1, max=100")) as server:
             pool = HttpPool(server.endpoint(), size=1)  # would keep it 30 s
             await post(pool)
             await asyncio.sleep(0.1)
