@@ -185,7 +185,7 @@ class Slot:
 
     async def post(self, path: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HttpAnswer:
         """POST ``body`` to the endpoint's base path + ``path``; ``timeout`` covers connecting and
-        the whole answer. The pool writes Host and Content-Length; ``headers`` has the rest.
+        the whole answer. The pool writes Host, User-Agent and Content-Length; ``headers`` the rest.
         Raises ``NotSent`` or a ``NoAnswer``; any HTTP status is an answer."""
         if not self._held or self._posting:
             raise RuntimeError("a slot posts once at a time, and only until it is released")
@@ -226,7 +226,8 @@ class HttpPool:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = (ssl or _ssl.create_default_context()) if url.scheme == "https" else None
         self._base = url.path.rstrip("/") + "/"
-        self._host_header = f"Host: {url.netloc}\r\n"
+        # Some channels refuse a request without a User-Agent (WeChat Pay's v3 API among them).
+        self._fixed_headers = f"Host: {url.netloc}\r\nUser-Agent: paysw\r\n"
         self._where = f"{self._host}:{self._port}"
         self._keepalive_s = keepalive_s
         self._max_answer = max_answer_bytes
@@ -284,11 +285,12 @@ class HttpPool:
         return answer
 
     def _request(self, path: str, body: bytes, headers: Mapping[str, str]) -> bytes:
-        lines = [f"POST {self._base}{path.lstrip('/')} HTTP/1.1\r\n", self._host_header]
+        lines = [f"POST {self._base}{path.lstrip('/')} HTTP/1.1\r\n", self._fixed_headers]
         lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         head = "".join(lines)
-        if head.count("\n") != len(lines) + 1 or head.count("\r") != len(lines) + 1:  # one CRLF a line, two at the end
+        line_ends = len(lines) + 2  # a CRLF a line, two in the fixed headers, one more to end the head
+        if head.count("\n") != line_ends or head.count("\r") != line_ends:
             raise ValueError("a line break inside the request path or a header: refused (header injection)")
         return head.encode() + body
 

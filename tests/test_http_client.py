@@ -110,6 +110,10 @@ def test_keep_alive_one_connection_for_many_posts(run) -> None:
         assert [a.body for a in answers] == [f"body {i}".encode() for i in range(20)]
         assert {(a.status, a.headers["X-Path"]) for a in answers} == {(200, "/gateway/pay")}
         assert server.connections == 1
+        assert (
+            b"\r\nUser-Agent: paysw\r\nContent-Type: application/json\r\nContent-Length: 6\r\n\r\n"
+            in server.requests[0]
+        )
 
     run(scenario())
 
