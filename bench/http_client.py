@@ -205,7 +205,7 @@ def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
-def main(seconds: float = 2.0, rounds: int = 3, out: Path | None = None, levels: list[int] | None = None) -> int:
+def main(seconds: float = 1.5, rounds: int = 3, out: Path | None = None, levels: list[int] | None = None) -> int:
     levels = levels or [1, 16, 64]  # 64: more calls than the pool's 32 connections, so some wait for a slot
     print(
         f"HTTP client CPU per keep-alive POST of {len(REQUEST_BODY)} bytes, {rounds} rounds of {seconds:g} s:"
@@ -252,7 +252,7 @@ def main(seconds: float = 2.0, rounds: int = 3, out: Path | None = None, levels:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="time per measurement (default 1.5)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each, the median reported (default 3)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server's own process
