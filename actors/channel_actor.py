@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 import ray
 
+from actors.http import AnswerTimeout, HttpPool, NoAnswer, NotSent, PoolBusy
 from actors.link import LinkAddress, LinkServer
 from actors.settings import ActorKeys, ChannelSection, LinkTls
 from hsm import open_hsm
@@ -49,25 +50,19 @@ class ChannelWorker:
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
         self._queue_wait = config.queue_wait_ms / 1000
-        self._session: aiohttp.ClientSession | None = None
-        self._connections: asyncio.Semaphore | None = None
+        self._http: HttpPool | None = None  # opened on the actor's event loop
+        self._session: aiohttp.ClientSession | None = None  # statement downloads only
         self._in_flight = 0
         self._calls = 0
 
-    def _ensure_started(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.pool_size, keepalive_timeout=30, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                base_url=self._config.endpoint.rstrip("/") + "/", connector=connector, raise_for_status=False
-            )
-            self._connections = asyncio.Semaphore(self._config.pool_size)
-        return self._session
+    def _pool(self) -> HttpPool:
+        if self._http is None:
+            self._http = HttpPool(self._config.endpoint, self._config.pool_size)
+        return self._http
 
     async def call(self, req: ChannelRequest) -> ChannelResult:
         """One channel call. Never raises: every failure becomes a result that says whether the
         request may have reached the channel (UNKNOWN) or certainly did not (DECLINED, 91)."""
-        session = self._ensure_started()
-        assert self._connections is not None
         if self._in_flight >= self._config.max_in_flight:
             return not_sent(req, "BUSY", "channel shard at its in-flight limit")
         remaining = req.deadline - time.time()
@@ -76,13 +71,13 @@ class ChannelWorker:
         self._in_flight += 1
         self._calls += 1
         try:
-            # A connection of our own before anything is sent, so a request never waits (and
-            # times out) inside the HTTP pool, where a timeout would look like a lost answer.
+            # A connection of our own before anything is signed or sent, so a request never waits
+            # (and times out) inside the HTTP pool, where a timeout would look like a lost answer.
             # The wait is bounded: calls queue behind a stuck channel only briefly.
-            await asyncio.wait_for(self._connections.acquire(), min(remaining, self._queue_wait))
+            slot = await self._pool().acquire(min(remaining, self._queue_wait))
         except BaseException as exc:
             self._in_flight -= 1
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, PoolBusy):
                 return not_sent(req, "BUSY", "no connection free in time")
             raise
         sent = False
@@ -104,16 +99,13 @@ class ChannelWorker:
             headers = {"Content-Type": call.content_type, **call.headers}
             sent = True  # from here on the channel may have the request
             try:
-                async with session.post(
-                    call.path.lstrip("/"), data=call.body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as response:
-                    answer = HttpAnswer(response.status, await response.read(), dict(response.headers))
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                answer = await slot.post(call.path, call.body, headers, timeout)
+            except NotSent as exc:
                 sent = False
-                return not_sent(req, "CONNECT", f"cannot connect: {type(exc).__name__}")
-            except TimeoutError:
+                return not_sent(req, "CONNECT", f"cannot connect: {exc}")
+            except AnswerTimeout:
                 return unknown(req, "TIMEOUT", f"no answer within {timeout:.3f}s")
-            except aiohttp.ClientError as exc:
+            except NoAnswer as exc:
                 return unknown(req, "IOERROR", f"connection broke: {type(exc).__name__}")
             return self._connector.result(req, answer, self._verify)
         except Exception:
@@ -123,12 +115,14 @@ class ChannelWorker:
             return not_sent(req, "INTERNAL", "switch error", iso_code=rc.SYSTEM_MALFUNCTION)
         finally:
             self._in_flight -= 1
-            self._connections.release()
+            slot.release()
 
     async def statement(self, day: dt.date) -> bytes:
         """The channel's statement file of ``day``, through its download API (signed and
         verified like every call). Raises ``BillRefused`` with what the channel answered."""
-        session = self._ensure_started()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(base_url=self._config.endpoint.rstrip("/") + "/")
+        session = self._session
         bills = bills_of(self._config.kind)
         call = bills.downloader.call(day, self._ident, self._sign, time.time())
         timeout = aiohttp.ClientTimeout(total=max(self._timeout, 60.0))
@@ -153,6 +147,8 @@ class ChannelWorker:
         }
 
     async def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
         if self._session is not None:
             await self._session.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
