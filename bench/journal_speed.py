@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import itertools
@@ -89,10 +90,8 @@ class Driver:
     def _pg_cpu(self) -> dict[int, float]:
         used = {}
         for process in [self.server, *self.server.children()]:
-            try:
+            with contextlib.suppress(psutil.Error):  # a process that has just gone
                 used[process.pid] = sum(process.cpu_times()[:2])
-            except psutil.Error:  # a process that has just gone
-                pass
         return used
 
     async def _counters(self) -> tuple[dict, dict, dict]:
@@ -326,7 +325,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
     parser.add_argument("--seconds", type=float, default=10.0, help="the mixed window of each run (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each variant, taking turns (default 2)")
-    parser.add_argument("--baseline", help="the commit the old statements come from (default: where main and HEAD meet)")
+    parser.add_argument("--baseline", help="the commit of the old statements (default: where main and HEAD meet)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--drive", metavar="URL", help=argparse.SUPPRESS)  # a driver, on this database
     parser.add_argument("--postmaster", type=int, help=argparse.SUPPRESS)
