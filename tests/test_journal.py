@@ -331,3 +331,44 @@ def test_outcome_updates_look_rows_up_by_key_as_the_day_grows(database_url):
         assert read < 30_000, read  # not one scan of the grown partition per batch
 
     run(scenario())
+
+
+def test_a_state_the_machine_does_not_know_is_refused(database_url):
+    """No foreign key checks a row's state (its query a row cost the hot path): the statement
+    triggers do, for rows written and rows moved, and the statement is undone."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            columns = ", ".join(txn._fields)
+            values = ", ".join(f"${i}" for i in range(1, len(txn) + 1))
+            with pytest.raises(asyncpg.CheckViolationError, match="state SETTLED unknown"):
+                await journal.pool.execute(f"INSERT INTO txn ({columns}, state) VALUES ({values}, 'SETTLED')", *txn)
+            assert await journal.find(txn.key) is None
+            assert await journal.write_ahead(txn)
+            with pytest.raises(asyncpg.CheckViolationError, match="RECEIVED -> SETTLED not allowed"):
+                await journal.pool.execute("UPDATE txn SET state = 'SETTLED' WHERE rrn = $1", txn.rrn)
+            assert (await journal.find(txn.key)).state == "RECEIVED"
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_an_rrn_used_twice_is_an_error_not_a_duplicate(database_url):
+    """Only a key already written makes a write-ahead a duplicate (answered as its first
+    arrival); another transaction under an RRN in use is refused outright."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            first = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(first)
+            assert not await journal.write_ahead(first)  # a retransmission
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await journal.write_ahead(new_txn(first.rrn))
+        finally:
+            await journal.close()
+
+    run(scenario())

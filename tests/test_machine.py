@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from switch.journal import Event, Journal, NewTxn, Report, State
-from switch.journal.machine import FINAL, MOVES, OPEN, PAIRS, PROMISE_SQL, TOLD_KEEP, Promise, promise
+from switch.journal.machine import FINAL, MOVE_SQL, MOVES, OPEN, PAIRS, PROMISE_SQL, TOLD_KEEP, Promise, promise
 from tests.conftest import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,14 +68,41 @@ def test_the_database_holds_the_machine_written_from_the_code(database_url):
         try:
             final = {r["state"] for r in await journal.pool.fetch("SELECT state FROM txn_state WHERE final")}
             pairs = {tuple(r) for r in await journal.pool.fetch("SELECT from_state, to_state FROM txn_state_move")}
-            moves = {
-                tuple(r) for r in await journal.pool.fetch("SELECT state, event, promise, to_state FROM txn_event_move")
-            }
         finally:
             await journal.close()
         assert final == set(FINAL)
         assert pairs == set(PAIRS)
-        assert moves == {(m.state, m.event, m.promise, m.to) for m in MOVES}
+
+    run(scenario())
+
+
+def test_the_moves_in_sql_are_the_moves_in_python(database_url):
+    """``MOVE_SQL``, by which the journal's updates move rows, against ``MOVES``: for every state,
+    event and promise, the same new state, or none where the machine has no move."""
+    import asyncpg
+
+    async def scenario():
+        conn = await asyncpg.connect(database_url)
+        try:
+            promised = [("purchase", "00", False), ("purchase", "91", False), ("refund", None, False),
+                        ("purchase", "00", True)]  # fmt: skip
+            cases = [(s, e, *p) for s, e, p in itertools.product(State, Event, promised)]
+            rows = await conn.fetch(
+                f"SELECT {MOVE_SQL} AS to_state "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
+                "WITH ORDINALITY AS c(state, event, kind, response_code, reversal, n) "
+                "CROSS JOIN LATERAL (SELECT c.state, c.kind, c.response_code, "
+                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
+                "CROSS JOIN LATERAL (SELECT c.event, NULL::text AS answer) u ORDER BY n",
+                *map(list, zip(*cases, strict=True)),
+            )
+        finally:
+            await conn.close()
+        assert {promise(kind, told, reversal) for _, _, kind, told, reversal in cases} == set(Promise)
+        moves = {(m.state, m.event, m.promise): m.to for m in MOVES}
+        for (state, event, kind, told, reversal), row in zip(cases, rows, strict=True):
+            expected = moves.get((state, event, promise(kind, told, reversal)))
+            assert row["to_state"] == expected, (state, event, kind, told, reversal)
 
     run(scenario())
 

@@ -1,7 +1,8 @@
 """The transaction state machine, as data: states, events, what the terminal was promised, and
 the moves between them. The journal applies it (``switch.journal.store``), and nothing else moves
-a transaction: the database's guard (``txn_state_move``) and the table the journal's updates join
-(``txn_event_move``) are written from ``MOVES`` at every start.
+a transaction: the expression the journal's updates pick the new state with (``MOVE_SQL``) is
+generated from ``MOVES``, and the database's guard (``txn_state_move``) is written from it at
+every start.
 
 A move is chosen by (state, event, promise):
 
@@ -143,13 +144,31 @@ def sql_set(states: frozenset[State]) -> str:
     return "(" + ", ".join(f"'{s}'" for s in sorted(states)) + ")"
 
 
+def _move_sql() -> str:
+    """``MOVES`` as one SQL expression over a ``txn`` row ``t`` and a report ``u`` (its event in
+    ``u.event``): the state the row moves to, or NULL where the machine has no move. Nested simple
+    CASEs (promise, then event, then state), so a row costs a few comparisons and no table read."""
+    by_promise = []
+    for promised in Promise:
+        by_event = []
+        for event in Event:
+            to = " ".join(f"WHEN '{m.state}' THEN '{m.to}'" for m in MOVES if (m.promise, m.event) == (promised, event))
+            if to:
+                by_event.append(f"WHEN '{event}' THEN CASE t.state {to} END")
+        by_promise.append(f"WHEN '{promised}' THEN CASE u.event {' '.join(by_event)} END")
+    return f"(CASE {PROMISE_SQL} {' '.join(by_promise)} END)"
+
+
+MOVE_SQL = _move_sql()
+
 # A row is due for the resolver while open, or while kept with a reversal still to carry out.
 DUE_SQL = f"(state IN {sql_set(OPEN)} OR (state IN {sql_set(KEPT)} AND reversal_requested_at IS NOT NULL))"
-# When the resolver looks at a row after a move to ``m.to_state``: at once while a reversal is
+# When the resolver looks at a row after its move (to ``MOVE_SQL``): at once while a reversal is
 # to be carried out, never once final, else when the writer asked (``u.asked``).
+# (Each row takes one branch, so the move is worked out once here.)
 NEXT_CHECK_SQL = (
-    f"CASE WHEN t.reversal_requested_at IS NOT NULL AND m.to_state IN {sql_set(OPEN | KEPT)} THEN now() "
-    f"WHEN m.to_state IN {sql_set(FINAL)} THEN NULL ELSE u.asked END"
+    f"CASE WHEN t.reversal_requested_at IS NOT NULL THEN CASE WHEN {MOVE_SQL} IN {sql_set(OPEN | KEPT)} THEN now() END "
+    f"WHEN {MOVE_SQL} IN {sql_set(FINAL)} THEN NULL ELSE u.asked END"
 )
 
 

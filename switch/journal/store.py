@@ -17,9 +17,9 @@ from switch.journal.groupcommit import GroupCommit
 from switch.journal.machine import (
     DUE_SQL,
     KEPT,
+    MOVE_SQL,
     NEXT_CHECK_SQL,
     OPEN,
-    PROMISE_SQL,
     PURCHASE,
     VOID,
     Event,
@@ -169,11 +169,13 @@ _INSERT_SQL = (
     f"SELECT u.*, 'RECEIVED' FROM unnest("
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
-    # An original whose reversal arrived first is never written, so never sent.
-    "WHERE NOT EXISTS (SELECT 1 FROM reversal r WHERE r.orig_tx_date = u.tx_date AND r.terminal_id = u.terminal_id "
-    "AND r.orig_stan = u.stan AND r.orig_transmitted = u.transmitted) "
-    f"AND u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
-    "ON CONFLICT DO NOTHING RETURNING tx_date, terminal_id, stan, transmitted"
+    f"WHERE u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
+    # An original whose reversal arrived first is never written, so never sent. The day's
+    # reversals are read once, into a hash the batch is checked against (not a lookup a row).
+    "AND (u.terminal_id, u.stan, u.transmitted) NOT IN (SELECT terminal_id, orig_stan, orig_transmitted "
+    f"FROM reversal WHERE orig_tx_date = ${len(_NEW_COLUMNS) + 1}::date) "
+    # Only the key is a duplicate: another clash (an RRN) is an error, never taken for a retransmission.
+    "ON CONFLICT (tx_date, terminal_id, stan, transmitted) DO NOTHING RETURNING rrn"
 )
 _REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
@@ -181,18 +183,18 @@ _REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz"}
 _KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
 # The machine's move for each report: the row's state, the event and the promise (computed on the
 # locked row, so a reversal recorded meanwhile is seen) pick the new state; a report with no move
-# from the row's state (settled already, say) changes nothing and returns no row.
+# from the row's state (settled already, say) changes nothing and returns no row. A moved row
+# returns its report's place in the batch (``n``) and its new state.
 _MOVE_SQL = (
-    "UPDATE txn t SET state = m.to_state, response_code = coalesce(u.answer, t.response_code), "
+    f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
     "auth_id = coalesce(u.auth_id, t.auth_id), "
     + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
     + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
     + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
-    + f") AS u({', '.join(_REPORT_COLUMNS)}) JOIN txn_event_move m ON m.event = u.event WHERE "
+    + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
     + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: one partition planned
-    + f" AND m.state = t.state AND m.promise = {PROMISE_SQL}"
-    + " RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted, m.to_state"
+    + f" AND {MOVE_SQL} IS NOT NULL RETURNING u.n, t.state"
 )
 _FIND_SQL = (
     "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
@@ -253,22 +255,30 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
     return [(day, positions) for day, _, positions in rounds]
 
 
-# The group commit's statements join a batch to ``txn`` on its key. The planner would pick a hash
-# join over a scan of every partition whenever its statistics lag (a young day's partition, before
-# autovacuum's first analyze; the plan then stays cached): measured, that made PostgreSQL the
-# switch's costliest part. Their connections plan key lookups only.
+# Each group commit has connections of its own, planned for its one statement. The outcome's joins
+# a batch to ``txn`` on its key: the planner would pick a hash join over a scan of every partition
+# whenever its statistics lag (a young day's partition, before autovacuum's first analyze; the
+# plan then stays cached): measured, that made PostgreSQL the switch's costliest part. So it is
+# planned for each batch, to look keys up. The write-ahead joins nothing that grows with the day:
+# planned once per connection (planning it for each batch cost more than running it).
 _KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
+_PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
 
 
 class Journal:
     def __init__(
-        self, pool: asyncpg.Pool, writers: asyncpg.Pool, max_batch: int, on_batch: BatchObserver | None = None
+        self,
+        pool: asyncpg.Pool,
+        inserters: asyncpg.Pool,
+        movers: asyncpg.Pool,
+        max_batch: int,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self._pool = pool
-        self._writers = writers
-        parallel = max(1, writers.get_max_size() // 2)
-        self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, parallel, on_batch)
-        self._updates = GroupCommit("outcome", self._flush_updates, max_batch, parallel, on_batch)
+        self._inserters = inserters
+        self._movers = movers
+        self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, inserters.get_max_size(), on_batch)
+        self._updates = GroupCommit("outcome", self._flush_updates, max_batch, movers.get_max_size(), on_batch)
         self._rrn_next = 0
         self._rrn_end = 0
         self._rrn_lock = asyncio.Lock()
@@ -281,15 +291,14 @@ class Journal:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
-        writers = await asyncpg.create_pool(
-            url,
-            min_size=2,
-            max_size=max(2, pool_size - 2),
-            command_timeout=30,
-            reset=_keep_session,
-            server_settings=_KEY_LOOKUPS_ONLY,
-        )
-        journal = cls(pool, writers, max_batch, on_batch)
+        each = max(1, (pool_size - 2) // 2)  # batches of each kind in flight at once
+
+        async def writers(settings: dict[str, str]) -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                url, min_size=each, max_size=each, command_timeout=30, reset=_keep_session, server_settings=settings
+            )
+
+        journal = cls(pool, await writers(_PLANNED_ONCE), await writers(_KEY_LOOKUPS_ONLY), max_batch, on_batch)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 
@@ -298,7 +307,8 @@ class Journal:
             self._rrn_fetch.cancel()
         await self._inserts.close()
         await self._updates.close()
-        await self._writers.close()
+        await self._inserters.close()
+        await self._movers.close()
         await self._pool.close()
 
     @property
@@ -471,8 +481,7 @@ class Journal:
                 *locked.key,
                 taken_fen(txn.kind, txn.amount_fen, locked.amount_fen),
             )
-            inserted = await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date)
-            if not inserted:
+            if not await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date):
                 raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
             await conn.execute(
                 "UPDATE txn SET original_rrn = $5 WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
@@ -535,12 +544,17 @@ class Journal:
             )
 
     async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
-        async with self._writers.acquire() as conn:
-            done = await _in_rounds(conn, txns, _INSERT_SQL)
-        return [item is not None for item in done]
+        """Whether each was written (False: its key was there already, or its reversal was)."""
+        done = [False] * len(txns)
+        async with self._inserters.acquire() as conn:
+            for positions, rows in await _in_rounds(conn, txns, _INSERT_SQL):
+                written = {rrn for (rrn,) in rows}  # an RRN is one row's (its unique index)
+                for p in positions:
+                    done[p] = txns[p].rrn in written
+        return done
 
     async def _flush_updates(self, reports: Sequence[Report]) -> list[State | None]:
-        async with self._writers.acquire() as conn:
+        async with self._movers.acquire() as conn:
             return await record_in(conn, reports)
 
 
@@ -552,7 +566,11 @@ def taken_fen(kind: str, amount_fen: int, purchase_fen: int) -> int:
 async def record_in(conn: asyncpg.Connection, reports: Sequence[Report]) -> list[State | None]:
     """``Journal.record`` on a connection the caller holds (in its own transaction, say): the
     state each report moved its transaction to, None where the machine had no move."""
-    return [None if r is None else State(r[4]) for r in await _in_rounds(conn, reports, _MOVE_SQL)]
+    done: list[State | None] = [None] * len(reports)
+    for positions, rows in await _in_rounds(conn, reports, _MOVE_SQL):
+        for n, state in rows:
+            done[positions[n - 1]] = State(state)
+    return done
 
 
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
@@ -568,12 +586,10 @@ async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
 
 async def _in_rounds(
     conn: asyncpg.Connection, items: Sequence[NewTxn] | Sequence[Report], sql: str
-) -> list[asyncpg.Record | None]:
-    """Run ``sql`` over ``items`` in rounds (see ``_rounds``): each item's returned row, or None."""
-    done: list[asyncpg.Record | None] = [None] * len(items)
-    for day, positions in _rounds(items):
-        rows = [items[p] for p in positions]
-        hit = {TxnKey(*r[:4]): r for r in await conn.fetch(sql, *_columns(rows), day)}
-        for p in positions:
-            done[p] = hit.get(items[p].key)
-    return done
+) -> list[tuple[list[int], list[asyncpg.Record]]]:
+    """Run ``sql`` over ``items`` in rounds (see ``_rounds``): each round's item positions and the
+    rows it returned."""
+    return [
+        (positions, await conn.fetch(sql, *_columns([items[p] for p in positions]), day))
+        for day, positions in _rounds(items)
+    ]
