@@ -198,6 +198,32 @@ def test_the_next_rrn_block_is_on_its_way_before_this_one_runs_out(database_url)
     run(scenario())
 
 
+def test_a_reversed_purchase_keeps_what_its_terminal_was_told(database_url):
+    """A resend of a reversed original gets its first answer (resolver._failure_code), its
+    authorisation code included: the reversal's own report, which names none, must not erase it."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(txn)
+            approved = outcome(txn, Event.ACCEPTED)._replace(auth_id="001003", channel_txn_id="CH1")
+            assert await journal.record(approved) is State.APPROVED
+            await journal.request_reversal(txn.key, "000002", txn.transmitted, txn.amount_fen, await journal.next_rrn())
+            assert await journal.record(outcome(txn, Event.CANCELLED)) is State.REVERSED
+            stored = await journal.find(txn.key)
+            assert (stored.state, stored.response_code, stored.auth_id, stored.channel_txn_id) == (
+                State.REVERSED,
+                "00",
+                "001003",
+                "CH1",
+            )
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_amounts_are_integer_fen_and_never_negative(database_url):
     async def scenario():
         journal = await open_journal(database_url)

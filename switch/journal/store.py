@@ -180,20 +180,19 @@ _INSERT_SQL = (
 _REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
 _REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz"}
-_KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
+_KEPT_UNLESS_GIVEN = ("auth_id", "channel_code", "channel_message", "channel_txn_id")
 # The machine's move for each report: the row's state, the event and the promise (computed on the
 # locked row, so a reversal recorded meanwhile is seen) pick the new state; a report with no move
 # from the row's state (settled already, say) changes nothing and returns no row. A moved row
 # returns its report's place in the batch (``n``) and its new state.
 _MOVE_SQL = (
     f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
-    "auth_id = coalesce(u.auth_id, t.auth_id), "
     + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
     + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
     + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
     + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
-    + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: one partition planned
+    + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: its partition alone is scanned
     + f" AND {MOVE_SQL} IS NOT NULL RETURNING u.n, t.state"
 )
 _FIND_SQL = (
