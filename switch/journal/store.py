@@ -254,13 +254,13 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
     return [(day, positions) for day, _, positions in rounds]
 
 
-# Each group commit has connections of its own, planned once for their one statement (planning
-# a batch cost more than running it). The outcome joins a batch to ``txn`` on its key: were hash
-# and merge joins allowed, the planner would pick one over a scan of the day's partition whenever
-# its statistics lag (a young day's partition, before autovacuum's first analyze), and the plan
-# would stay: measured, that made PostgreSQL the switch's costliest part. Its connections join
-# by key lookups only. The write-ahead joins nothing that grows with the day.
-_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_generic_plan", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+# Each group commit has connections of its own, planned for its one statement. The outcome's joins
+# a batch to ``txn`` on its key: the planner would pick a hash join over a scan of every partition
+# whenever its statistics lag (a young day's partition, before autovacuum's first analyze; the
+# plan then stays cached): measured, that made PostgreSQL the switch's costliest part. So it is
+# planned for each batch, to look keys up. The write-ahead joins nothing that grows with the day:
+# planned once per connection (planning it for each batch cost more than running it).
+_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
 _PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
 
 
