@@ -6,8 +6,8 @@ each one's hottest frames printed. This is how the next bottleneck is found (``R
 
 With ``--against REV`` it is an A/B: the same profile of commit REV (a git worktree of it, run
 as its own ``paysw bench profile``) and of this checkout, alternately, round after round on the
-same machine, and the ratio of each part's CPU per purchase, this over REV. Parts that neither
-side changed (the load generator, say) show how much the machine itself moved between runs.
+same machine, and the ratio of each part's CPU per purchase, this over REV (medians of the
+rounds: the machine's own speed moves between runs).
 """
 
 from __future__ import annotations
@@ -219,14 +219,11 @@ def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Pa
         f"\nCPU ms per approved purchase, median of {rounds} rounds each; this {result['commit'][:12]}"
         f" against {result['against'][:12]}:"
     )
-    # The load generator runs the same code on both sides: its ratio is how much the machine moved.
-    control = result["ratio_this_to_against"].get("load generator") or 1.0
-    print(f"  {'part':22s} {'against':>8s} {'this':>8s} {'ratio':>6s} {'/ load generator':>16s}")
+    print(f"  {'part':22s} {'against':>8s} {'this':>8s} {'ratio':>6s}")
     for part in parts:
         was, now = medians["against"].get(part), medians["this"].get(part)
         ratio = result["ratio_this_to_against"].get(part)
-        shown = "" if ratio is None else f"{ratio:6.3f} {ratio / control:16.3f}"
-        print(f"  {part:22s} {was or 0:8.3f} {now or 0:8.3f} {shown}")
+        print(f"  {part:22s} {was or 0:8.3f} {now or 0:8.3f} {'' if ratio is None else f'{ratio:6.3f}'}")
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
