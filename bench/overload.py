@@ -11,19 +11,16 @@ each figure with admission on as a ratio to the same figure with it off.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import random
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import uvloop
 
 from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
+from bench.provenance import provenance
 from bench.stack import Stack
 from bench.throughput import drive
 from bench.traffic import Stans, quantile
@@ -142,20 +139,10 @@ def ratios(on: dict, off: dict) -> dict[str, float | None]:
 
 def main(concurrency: int = 2048, seconds: float = 60.0, out: Path | None = None) -> int:
     command = " ".join(["paysw", *sys.argv[1:]]) if sys.argv[1:3] == ["bench", "overload"] else "paysw bench overload"
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=False
-    ).stdout.strip()
     off = measure(0, concurrency, seconds)
     on = measure(None, concurrency, seconds)
     result = {
-        "setup": {
-            "command": command,
-            "commit": commit,
-            "concurrency": concurrency,
-            "seconds": seconds,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "setup": {**provenance(command), "concurrency": concurrency, "seconds": seconds},
         "off": off,
         "on": on,
         "ratio_on_to_off": ratios(on, off),

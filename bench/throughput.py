@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import uvloop
 from bench.client import IsoClient
 from bench.demo import TERMINALS, _wait_for_ports
 from bench.floor import ceiling_tps, signature_floor
+from bench.provenance import provenance
 from bench.stack import Stack
 from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, Stans, payment_code, purchase, quantile
 from switch.config import host_port
@@ -179,14 +179,7 @@ def main(steps: list[int], step_s: float = 15.0, warm_up_s: float = 10.0, out_di
         finally:
             stack.stop()
     result = {
-        "setup": {
-            "command": command,
-            "steps": steps,
-            "step_s": step_s,
-            "connections": CONNECTIONS,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "setup": {**provenance(command), "steps": steps, "step_s": step_s, "connections": CONNECTIONS},
         "floor": floor,
         "switch": switch,
         "baseline": baseline,
