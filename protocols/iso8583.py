@@ -35,6 +35,13 @@ class DecodeFailure:
 
 def decode(frame: bytes) -> Message | DecodeFailure:
     """Decode one message (without its length header)."""
+    doc = _decode_ascii(frame)
+    return doc if doc is not None else _decode_reference(frame)
+
+
+def _decode_reference(frame: bytes) -> Message | DecodeFailure:
+    """``decode`` through pyiso8583: what decides every frame the fast path is not sure of, and so
+    every ``DecodeFailure`` and ``Unparseable``."""
     try:
         doc, _ = iso8583.decode(frame, SPEC)
     except iso8583.DecodeError as exc:
@@ -58,14 +65,169 @@ def decode(frame: bytes) -> Message | DecodeFailure:
 
 def encode(message: Message) -> bytes:
     """Encode a message and prefix its 2-byte length header."""
-    raw, _ = iso8583.encode(dict(message), SPEC)
-    return len(raw).to_bytes(LENGTH_HEADER, "big") + bytes(raw)
+    raw = encode_body(message)
+    return len(raw).to_bytes(LENGTH_HEADER, "big") + raw
 
 
 def encode_body(message: Message) -> bytes:
     """Encode a message without its length header (what the MAC is computed over)."""
+    raw = _encode_ascii(message)
+    return raw if raw is not None else _encode_reference(message)
+
+
+def _encode_reference(message: Message) -> bytes:
+    """``encode_body`` through pyiso8583: what encodes (or refuses) every message the fast path
+    is not sure of. (pyiso8583 writes the bitmaps into the dict it is given: hence the copy.)"""
     raw, _ = iso8583.encode(dict(message), SPEC)
     return bytes(raw)
+
+
+# The fast codec. pyiso8583 spends most of its time on generality this dialect does not use
+# (binary and BCD encodings, nibble lengths, tertiary bitmaps, the encoded twin of every field).
+# Every field of SPEC is ASCII data with an ASCII length of 0 (fixed), 2 or 3 digits, so one
+# pass over the frame's text does. The fast path answers only what it is sure pyiso8583 answers
+# the same way and returns None on anything else, for pyiso8583 to decide (and word the error).
+
+_MTI_LEN = 4
+_BITMAP_LEN = 16
+_TERTIARY = 0x80  # field 1 of the primary bitmap, field 65 of the secondary: one more bitmap
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    key: str
+    len_type: int
+    max_len: int
+    prefixes: tuple[str, ...]  # a variable field's length prefix by length; () for a fixed one
+
+
+def _dialect_field(key: str) -> _Field:
+    spec = SPEC[key]
+    if (
+        spec["data_enc"] != "ascii"
+        or spec["len_enc"] != "ascii"
+        or spec["len_type"] not in (0, 2, 3)
+        or spec.get("len_count", "bytes") != "bytes"
+        or (spec["len_type"] and spec["max_len"] >= 10 ** spec["len_type"])  # its length would not fit
+    ):
+        raise ValueError(f"SPEC field {key!r} is not in the ascii dialect the fast codec reads: {spec}")
+    len_type = spec["len_type"]
+    prefixes = tuple(f"{n:0{len_type}d}" for n in range(spec["max_len"] + 1)) if len_type else ()
+    return _Field(key, len_type, spec["max_len"], prefixes)
+
+
+def _framing_is_ascii() -> bool:
+    return (
+        SPEC["h"]["max_len"] == 0
+        and SPEC["t"]["data_enc"] == "ascii"
+        and all(SPEC[b]["data_enc"] == "ascii" and SPEC[b]["max_len"] == _BITMAP_LEN for b in ("p", "1"))
+    )
+
+
+if not _framing_is_ascii():
+    raise ValueError("SPEC's header, MTI or bitmaps are not the ascii dialect the fast codec reads")
+
+# Data fields by number: 2-64 (primary bitmap) and 66-128 (secondary); 1 and 65 are bitmaps.
+_FIELDS = {n: _dialect_field(str(n)) for n in range(2, 129) if n != 65}
+
+
+# The fields a bitmap byte names, by the byte's place in the bitmaps (0-7 primary, 8-15
+# secondary) and its value, in ascending order: bit 7 of byte 0 is field 1.
+def _fields_named(place: int, value: int) -> tuple[_Field, ...]:
+    numbers = (place * 8 + bit + 1 for bit in range(8) if value & (0x80 >> bit))
+    return tuple(_FIELDS[n] for n in numbers if n in _FIELDS)  # (the bitmaps are not in it)
+
+
+_FIELDS_BY_BYTE = tuple(tuple(_fields_named(place, value) for value in range(256)) for place in range(16))
+
+
+def _decode_ascii(frame: bytes) -> Message | None:
+    """pyiso8583's document for a well-formed frame with a numeric MTI; None for anything else."""
+    try:
+        text = frame.decode("ascii")
+    except (AttributeError, UnicodeDecodeError):
+        return None
+    mti = text[:_MTI_LEN]
+    if len(mti) != _MTI_LEN or not mti.isdigit():
+        return None
+    pos = _MTI_LEN + _BITMAP_LEN
+    primary = text[_MTI_LEN:pos]
+    try:
+        bitmap = bytes.fromhex(primary)  # as pyiso8583 reads it (spaces, which it skips, make it short)
+    except ValueError:
+        return None
+    if len(bitmap) != _BITMAP_LEN // 2:
+        return None
+    doc = {"t": mti, "p": primary}
+    if bitmap[0] & _TERTIARY:
+        secondary = text[pos : pos + _BITMAP_LEN]
+        pos += _BITMAP_LEN
+        try:
+            extension = bytes.fromhex(secondary)
+        except ValueError:
+            return None
+        if len(extension) != _BITMAP_LEN // 2 or extension[0] & _TERTIARY:
+            return None
+        doc["1"] = secondary
+        bitmap += extension
+    size = len(text)
+    for place, value in enumerate(bitmap):
+        for field in _FIELDS_BY_BYTE[place][value]:
+            if field.len_type:
+                prefix = text[pos : pos + field.len_type]
+                if not prefix.isdigit():  # ASCII text: only 0-9 (int() would take " 7" or "+7")
+                    return None
+                length = int(prefix)
+                if length > field.max_len:
+                    return None
+                pos += field.len_type
+            else:
+                length = field.max_len
+            end = pos + length
+            if end > size:
+                return None
+            doc[field.key] = text[pos:end]
+            pos = end
+    return doc if pos == size else None
+
+
+# Keys pyiso8583's encoder ignores (the bitmaps, which it computes) and the MTI.
+_NOT_FIELDS = frozenset(("t", "p", "1", "65"))
+_FIELDS_BY_KEY = {field.key: (number, field) for number, field in _FIELDS.items()}
+_SECONDARY = 1 << 127  # field 1's bit in the 128-bit bitmap (field n is bit 128 - n)
+_SECONDARY_FIELDS = (1 << 64) - 1  # fields 65-128
+
+
+def _encode_ascii(message: Message) -> bytes | None:
+    """pyiso8583's encoding of a message whose values all fit the spec; None for anything else."""
+    try:
+        mti = message["t"]
+        if len(mti) != _MTI_LEN:  # (and a non-str MTI fails its concatenation below)
+            return None
+        bits = 0
+        fields = []
+        for key, value in message.items():
+            known = _FIELDS_BY_KEY.get(key)
+            if known is None:
+                if key in _NOT_FIELDS:
+                    continue
+                return None
+            number, field = known
+            length = len(value)
+            if field.len_type:
+                if length > field.max_len:
+                    return None
+                fields.append((number, field.prefixes[length], value))
+            else:
+                if length != field.max_len:
+                    return None
+                fields.append((number, "", value))
+            bits |= 1 << (128 - number)
+        fields.sort()
+        bitmap = f"{bits | _SECONDARY:032X}" if bits & _SECONDARY_FIELDS else f"{bits >> 64:016X}"
+        return (mti + bitmap + "".join([prefix + value for _, prefix, value in fields])).encode("ascii")
+    except (KeyError, TypeError, UnicodeEncodeError):
+        return None
 
 
 MAC_FIELD = "64"
@@ -94,7 +256,7 @@ def mac_input(body: bytes, message: Message) -> bytes:
 
 def encode_with_mac(message: Message, mac: Callable[[bytes], bytes]) -> bytes:
     """Encode a message whose field 64 is ``mac`` of ``mac_input``; with its length header."""
-    raw = bytearray(iso8583.encode({**message, MAC_FIELD: "0" * _MAC_HEX}, SPEC)[0])
+    raw = bytearray(encode_body({**message, MAC_FIELD: "0" * _MAC_HEX}))
     span = mac_span(message)
     raw[span : span + _MAC_HEX] = mac(mac_input(bytes(raw), message)).hex().upper().encode()
     return len(raw).to_bytes(LENGTH_HEADER, "big") + bytes(raw)
