@@ -167,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
     )
     profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
+    held_bench = benches.add_parser(
+        "held",
+        help="the demo stack held under load for minutes: throughput and every part's memory, window by window",
+        description="Hold the demo stack at one concurrency for --minutes and report, for each window, approved/s, "
+        "p50 / p99 and the resident memory of every part; then each part's growth from the first window's end.",
+    )
+    held_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    held_bench.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
+    held_bench.add_argument("--window-seconds", type=float, default=60.0, help="length of a window (default 60)")
+    held_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     overload_bench = benches.add_parser(
         "overload",
         help="far past capacity: accepted purchases' latency and 91s, admission by queueing delay off and on",
@@ -281,6 +291,10 @@ def _bench(args: argparse.Namespace) -> int:
         if args.against:
             return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out)
         return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
+    if args.bench_command == "held":
+        from bench.held import main as held_main
+
+        return held_main(args.concurrency, args.minutes, args.window_seconds, args.out)
     if args.bench_command == "overload":
         from bench.overload import main as overload_main
 

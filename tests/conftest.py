@@ -232,6 +232,25 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
         yield channels
 
 
+def switch_with(
+    config_dir: Path, database_url: str, folder: Path, name: str, edits: list[tuple[str, str]]
+) -> Iterator[SwitchProcess]:
+    """A test switch on the test configuration with ``edits`` made (each pattern must match once),
+    running until the generator is closed; for module fixtures of tests that need other limits."""
+    text = (config_dir / "switch.toml").read_text()
+    for pattern, replacement in edits:
+        text, n = re.subn(pattern, replacement, text)
+        assert n == 1, f"{pattern!r} matched {n} times in the test configuration"
+    config = folder / f"switch-{name}.toml"
+    config.write_text(text)
+    running = SwitchProcess(config, database_url, folder / f"{name}.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0, f"the switch did not stop cleanly; see {running.log_path}"
+
+
 class SwitchProcess:
     """``paysw run`` as a real process, on loopback ports of its own.
 

@@ -18,7 +18,7 @@ import pytest
 from bench.client import IsoClient
 from bench.traffic import network
 from protocols.iso8583 import LENGTH_HEADER, encode
-from tests.conftest import SwitchProcess, run
+from tests.conftest import SwitchProcess, run, switch_with
 from tests.support import STANS
 
 PER_PEER = 4
@@ -30,18 +30,11 @@ def guarded(
     config_dir: Path, database_url: str, simulators: dict[str, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SwitchProcess]:
     """The test switch with tight caps: PER_PEER connections from one address, IDLE_S of silence."""
-    text = (config_dir / "switch.toml").read_text()
-    text, n = re.subn(r"(?m)^max_connections_per_peer = \d+$", f"max_connections_per_peer = {PER_PEER}", text)
-    text, m = re.subn(r"(?m)^idle_timeout_s = \d+$", f"idle_timeout_s = {IDLE_S}", text)
-    assert n == m == 1, "could not set the connection caps in the test configuration"
-    config = config_dir / "switch-guarded.toml"
-    config.write_text(text)
-    running = SwitchProcess(config, database_url, tmp_path_factory.mktemp("logs") / "guarded.log")
-    running.start()
-    try:
-        yield running
-    finally:
-        assert running.stop() == 0, f"the switch did not stop cleanly; see {running.log_path}"
+    edits = [
+        (r"(?m)^max_connections_per_peer = \d+$", f"max_connections_per_peer = {PER_PEER}"),
+        (r"(?m)^idle_timeout_s = \d+$", f"idle_timeout_s = {IDLE_S}"),
+    ]
+    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("guarded"), "guarded", edits)
 
 
 def _on_loopback(ip: str) -> bool:

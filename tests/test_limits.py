@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import pytest
 
-from tests.conftest import SwitchProcess, run
+from tests.conftest import run, switch_with
 from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_audit
 
 SWITCH_IN_FLIGHT = 4  # financial requests under way in the whole switch
@@ -20,20 +19,12 @@ SWITCH_IN_FLIGHT = 4  # financial requests under way in the whole switch
 
 @pytest.fixture(scope="module")
 def limited_switch(config_dir, database_url, simulators, tmp_path_factory):
-    text = (config_dir / "switch.toml").read_text()
-    text, n = re.subn(r"(\[channels\.unionpay\]\n)", r"\1frontend_in_flight = 1\n", text)
-    assert n == 1
-    text, n = re.subn(r"(?m)^max_in_flight = 10000$", f"max_in_flight = {SWITCH_IN_FLIGHT}", text)
-    assert n == 1
-    text, n = re.subn(r"(\[channels\.inbank\]\n)", r"\1actor_max_restarts = 0\n", text)
-    assert n == 1
-    folder = tmp_path_factory.mktemp("limits")
-    config = folder / "switch-limits.toml"
-    config.write_text(text)
-    switch = SwitchProcess(config, database_url, folder / "limits.log")
-    switch.start()
-    yield switch
-    assert switch.stop() == 0
+    edits = [
+        (r"(\[channels\.unionpay\]\n)", r"\1frontend_in_flight = 1\n"),
+        (r"(?m)^max_in_flight = 10000$", f"max_in_flight = {SWITCH_IN_FLIGHT}"),
+        (r"(\[channels\.inbank\]\n)", r"\1actor_max_restarts = 0\n"),
+    ]
+    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("limits"), "limits", edits)
 
 
 def test_full_bulkhead_sheds_new_purchases_but_not_retransmissions(limited_switch, database_url, simulators):

@@ -13,7 +13,7 @@ import pytest
 
 from bench.traffic import reversal
 from switch.shedding import REENTRY_INTERVALS, LoadShedder, QueueDelay
-from tests.conftest import SwitchProcess, run
+from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
 TARGET_S, INTERVAL_S = 0.020, 0.100
@@ -102,18 +102,11 @@ SENDERS = 32  # purchases kept under way to build the queue
 def impatient_switch(config_dir, database_url, simulators, tmp_path_factory):
     """A switch whose target, 1 ms from arrival to channel call, no purchase meets (the write-ahead
     alone is a commit), over an interval long enough for the test's requests to see it shed."""
-    text = (config_dir / "switch.toml").read_text()
-    text, n = re.subn(r"(?m)^shed_queue_delay_ms = \d+$", "shed_queue_delay_ms = 1", text)
-    assert n == 1
-    text, n = re.subn(r"(?m)^shed_queue_interval_ms = \d+$", "shed_queue_interval_ms = 300", text)
-    assert n == 1
-    folder = tmp_path_factory.mktemp("shedding")
-    config = folder / "switch-shedding.toml"
-    config.write_text(text)
-    switch = SwitchProcess(config, database_url, folder / "shedding.log")
-    switch.start()
-    yield switch
-    assert switch.stop() == 0
+    edits = [
+        (r"(?m)^shed_queue_delay_ms = \d+$", "shed_queue_delay_ms = 1"),
+        (r"(?m)^shed_queue_interval_ms = \d+$", "shed_queue_interval_ms = 300"),
+    ]
+    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("shedding"), "shedding", edits)
 
 
 def test_past_its_target_the_switch_sheds_newcomers_without_journal_work_but_takes_reversals(
