@@ -96,6 +96,15 @@ class Stack:
             for part, procs in self.processes_by_part().items()
         }
 
+    def unique_by_part_mb(self) -> dict[str, float]:
+        """Memory each part's processes hold alone (USS): what a leak grows. Resident memory also
+        counts the shared pages a process has touched, so PostgreSQL's backends each count the
+        shared buffers they have read, and their sum grows as they touch more of them."""
+        return {
+            part: round(sum(_safe(lambda p=p: p.memory_full_info().uss) for p in procs) / 2**20, 1)
+            for part, procs in self.processes_by_part().items()
+        }
+
     def cpu_by_part_s(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by each part's processes alive now."""
         return {
