@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 from protocols.iso8583 import FrameReader, FrameTooLarge
@@ -121,15 +122,16 @@ class TerminalConnection(asyncio.Protocol):
             return
         if frames:
             self._last_frame = self._loop.time()
+            arrived = time.time()  # the frames' wait in the event loop counts (deadline, admission)
         for frame in frames:
-            self._start(frame)
+            self._start(frame, arrived)
         self._cancel_stall_timer()
         if self._reader.partial and self._transport is not None:
             self._stall_timer = asyncio.get_running_loop().call_later(self._stall_timeout, self._stalled)
 
-    def _start(self, frame: bytes) -> None:
+    def _start(self, frame: bytes, arrived: float) -> None:
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._processor.handle_frame(frame))
+        task = asyncio.get_running_loop().create_task(self._processor.handle_frame(frame, arrived))
         task.add_done_callback(self._finished)
         self._update_reading()
 

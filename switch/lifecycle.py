@@ -113,10 +113,13 @@ class Processor:
 
     # -- one frame -------------------------------------------------------------------------
 
-    async def handle_frame(self, frame: bytes) -> bytes | None:
+    async def handle_frame(self, frame: bytes, arrived: float | None = None) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
+        ``arrived``: when its bytes were read (epoch seconds); a transaction counts its deadline,
+        and the admission its wait, from then, the time it queued in the event loop included.
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
+        arrived = arrived or time.time()
         try:
             decoded = decode(frame)
         except Unparseable as exc:
@@ -154,11 +157,11 @@ class Processor:
                 self._shedder.in_flight += 1
                 try:
                     if kind is Kind.PURCHASE:
-                        out, channel = await self._purchase(message)
+                        out, channel = await self._purchase(message, arrived)
                     elif kind is Kind.INQUIRY:
                         out = await self._inquiry(message)
                     else:  # void or refund
-                        out, channel = await self._undo(message, kind)
+                        out, channel = await self._undo(message, kind, arrived)
                 finally:
                     self._shedder.in_flight -= 1
         except Exception:
@@ -265,7 +268,7 @@ class Processor:
 
     # -- void and refund -----------------------------------------------------------------------
 
-    async def _undo(self, message: Message, kind: Kind) -> tuple[Message, str]:
+    async def _undo(self, message: Message, kind: Kind, arrived: float) -> tuple[Message, str]:
         """A void (same day, whole amount) or a refund (any part of what is left), each a
         transaction of its own, carried out at the purchase's channel."""
         rrn = await self._journal.next_rrn()
@@ -279,7 +282,7 @@ class Processor:
         if refusal is not None:
             return answer(message, refusal, rrn=rrn), "-"
         assert original is not None and tx_date is not None
-        txn = self._new_txn(message, original.channel, tx_date, rrn, kind)._replace(
+        txn = self._new_txn(message, original.channel, tx_date, rrn, arrived, kind)._replace(
             pan_masked=original.pan_masked, pan_hash=original.pan_hash
         )
         settled = await self._once(txn, lambda: self._run_undo(txn, kind, original))
@@ -322,7 +325,7 @@ class Processor:
 
     # -- purchase ----------------------------------------------------------------------------
 
-    async def _purchase(self, message: Message) -> tuple[Message, str]:
+    async def _purchase(self, message: Message, arrived: float) -> tuple[Message, str]:
         refusal = self._check_merchant(message)
         if refusal is not None:
             return answer(message, refusal, rrn=await self._journal.next_rrn()), "-"
@@ -347,7 +350,7 @@ class Processor:
                     extra={"terminal": message["41"], "stan": message["11"], "reason": type(exc).__name__},
                 )
                 return answer(message, rc.FORMAT_ERROR, rrn=rrn), channel
-        txn = self._new_txn(message, channel, tx_date, rrn)
+        txn = self._new_txn(message, channel, tx_date, rrn, arrived)
         settled = await self._once(txn, lambda: self._run(txn, pan, pin_block))
         return answer(
             message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
@@ -369,10 +372,10 @@ class Processor:
         return None
 
     def _new_txn(
-        self, message: Message, channel: str, tx_date: dt.date, rrn: str, kind: Kind = Kind.PURCHASE
+        self, message: Message, channel: str, tx_date: dt.date, rrn: str, arrived: float, kind: Kind = Kind.PURCHASE
     ) -> NewTxn:
         pan = message.get("2", "")
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.fromtimestamp(arrived, dt.UTC)
         content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
         return NewTxn(
             tx_date=tx_date,
