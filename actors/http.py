@@ -79,6 +79,9 @@ class _Connection(asyncio.Protocol):
         self._answer = loop.create_future()
         self._timer = loop.call_later(timeout, self._time_out, timeout)
         self._limit, self._received = limit, 0
+        # Nothing of the last answer carries over: a close now, before this answer's head, is a
+        # broken connection, not a close-delimited body (the last one's, a 204's, say).
+        self._headers, self._body, self._delimited, self._until_close = {}, [], False, False
         self._transport.write(request)
         return self._answer
 

@@ -282,6 +282,27 @@ def test_closed_after_reading_is_no_answer_even_on_a_reused_connection() -> None
     asyncio.run(scenario())
 
 
+def test_a_close_after_a_bodiless_answer_is_no_answer_to_the_next_request() -> None:
+    """A 204 has no body and no length: the close that follows the next request is a broken
+    connection, not the end of a close-delimited answer (the 204 replayed as the next answer)."""
+
+    async def no_content_once(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await server.request(reader)  # the second request is read, then the connection dropped
+
+    async def scenario() -> None:
+        async with Server(no_content_once) as server:
+            pool = HttpPool(server.endpoint(), size=1)
+            assert (await post(pool)).status == 204
+            with pytest.raises(ConnectionBroke):
+                await post(pool)
+            pool.close()
+        assert server.connections == 1
+
+    asyncio.run(scenario())
+
+
 def test_a_connection_known_closed_is_not_written_to() -> None:
     """Closed by the server, or spoken on out of turn, while idle: the post goes on a new connection."""
 
