@@ -224,6 +224,22 @@ def test_a_reversed_purchase_keeps_what_its_terminal_was_told(database_url):
     run(scenario())
 
 
+def test_an_authorisation_code_goes_with_any_answer_but_an_approval(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(txn)
+            assert await journal.record(outcome(txn, Event.PAYING, "09")._replace(auth_id="001004")) is State.PENDING
+            assert await journal.record(outcome(txn, Event.REFUSED, "05")) is State.DECLINED
+            stored = await journal.find(txn.key)
+            assert (stored.response_code, stored.auth_id) == ("05", None)
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_amounts_are_integer_fen_and_never_negative(database_url):
     async def scenario():
         journal = await open_journal(database_url)

@@ -170,23 +170,31 @@ _INSERT_SQL = (
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
     f"WHERE u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
-    # An original whose reversal arrived first is never written, so never sent. The day's
-    # reversals are read once, into a hash the batch is checked against (not a lookup a row).
-    "AND (u.terminal_id, u.stan, u.transmitted) NOT IN (SELECT terminal_id, orig_stan, orig_transmitted "
-    f"FROM reversal WHERE orig_tx_date = ${len(_NEW_COLUMNS) + 1}::date) "
+    # An original whose reversal arrived first is never written, so never sent. One lookup a row
+    # on the reversal's key: reading the day's reversals once a batch was cheaper, but a terminal
+    # can add reversals of unknown originals at will, and every write-ahead would then read them.
+    "AND NOT EXISTS (SELECT 1 FROM reversal r WHERE r.orig_tx_date = u.tx_date AND r.terminal_id = u.terminal_id "
+    "AND r.orig_stan = u.stan AND r.orig_transmitted = u.transmitted) "
     # Only the key is a duplicate: another clash (an RRN) is an error, never taken for a retransmission.
     "ON CONFLICT (tx_date, terminal_id, stan, transmitted) DO NOTHING RETURNING rrn"
 )
 _REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
 _REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz"}
-_KEPT_UNLESS_GIVEN = ("auth_id", "channel_code", "channel_message", "channel_txn_id")
+_KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
+# The authorisation code goes with an approval: kept while the answer stays 00 (a reversed
+# original's resend gets its first answer whole), gone with any other answer.
+_AUTH_ID_SQL = (
+    f"CASE WHEN coalesce(u.answer, t.response_code) = '{rc.APPROVED}' THEN coalesce(nullif(u.auth_id, ''), t.auth_id) "
+    "ELSE nullif(u.auth_id, '') END"
+)
 # The machine's move for each report: the row's state, the event and the promise (computed on the
 # locked row, so a reversal recorded meanwhile is seen) pick the new state; a report with no move
 # from the row's state (settled already, say) changes nothing and returns no row. A moved row
 # returns its report's place in the batch (``n``) and its new state.
 _MOVE_SQL = (
     f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
+    f"auth_id = {_AUTH_ID_SQL}, "
     + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
     + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
     + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
