@@ -122,7 +122,7 @@ class TerminalConnection(asyncio.Protocol):
             return
         if frames:
             self._last_frame = self._loop.time()
-            arrived = time.time()  # the frames' wait in the event loop counts (deadline, admission)
+            arrived = time.monotonic()  # the frames' wait in the event loop counts (deadline, admission)
         for frame in frames:
             self._start(frame, arrived)
         self._cancel_stall_timer()

@@ -115,11 +115,12 @@ class Processor:
 
     async def handle_frame(self, frame: bytes, arrived: float | None = None) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
-        ``arrived``: when its bytes were read (epoch seconds); a transaction counts its deadline,
-        and the admission its wait, from then, the time it queued in the event loop included.
+        ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
+        deadline, and the admission its wait, from then, the time it queued in the event loop
+        included.
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
-        arrived = arrived or time.time()
+        arrived = arrived or time.monotonic()
         try:
             decoded = decode(frame)
         except Unparseable as exc:
@@ -351,7 +352,7 @@ class Processor:
                 )
                 return answer(message, rc.FORMAT_ERROR, rrn=rrn), channel
         txn = self._new_txn(message, channel, tx_date, rrn, arrived)
-        settled = await self._once(txn, lambda: self._run(txn, pan, pin_block))
+        settled = await self._once(txn, lambda: self._run(txn, pan, pin_block, arrived))
         return answer(
             message, settled.code, rrn=settled.rrn, auth_id=settled.auth_id, channel_txn_id=settled.channel_txn_id
         ), channel
@@ -375,7 +376,7 @@ class Processor:
         self, message: Message, channel: str, tx_date: dt.date, rrn: str, arrived: float, kind: Kind = Kind.PURCHASE
     ) -> NewTxn:
         pan = message.get("2", "")
-        now = dt.datetime.fromtimestamp(arrived, dt.UTC)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - arrived)
         content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
         return NewTxn(
             tx_date=tx_date,
@@ -423,7 +424,7 @@ class Processor:
         finally:
             del self._under_way[txn.key]
 
-    async def _run(self, txn: NewTxn, pan: str, pin_block: str) -> Settled:
+    async def _run(self, txn: NewTxn, pan: str, pin_block: str, arrived: float) -> Settled:
         """``pan`` and ``pin_block`` (under the channel's zone PIN key) go to the channel and
         nowhere else: the journal keeps the card number masked and hashed, and no PIN at all."""
         try:
@@ -437,7 +438,7 @@ class Processor:
         # transaction under way gets its answer even when the channel is full or its circuit open.
         refusal = self._gateways[txn.channel].admit(txn.merchant_id)
         if refusal is None:
-            result = await self._call_channel(txn, pan, pin_block)
+            result = await self._call_channel(txn, pan, pin_block, arrived)
         else:
             result = self._refused(txn.channel, refusal)
         settled = self._settle(txn, result)
@@ -487,7 +488,7 @@ class Processor:
             return Settled(stored.response_code, stored.rrn, stored.auth_id or "", stored.channel_txn_id or "")
         return Settled(rc.IN_PROGRESS, stored.rrn)
 
-    async def _call_channel(self, txn: NewTxn, pan: str, pin_block: str) -> ChannelResult:
+    async def _call_channel(self, txn: NewTxn, pan: str, pin_block: str, arrived: float) -> ChannelResult:
         """Pay; while the customer is still confirming, query on the channel's schedule until the
         deadline draws near (then the terminal gets ``09`` and the resolver carries on)."""
         gateway = self._gateways[txn.channel]
@@ -501,7 +502,7 @@ class Processor:
         )
         started = time.monotonic()
         self._metrics.in_flight.labels(txn.channel).inc()
-        self._shedder.calling_channel(ref.created)
+        self._shedder.calling_channel(arrived)
         try:
             result = await gateway.call(
                 PAY, ref, deadline, auth_code=pan, pin_block=pin_block, on_late=self._keep_late(txn, PAY)

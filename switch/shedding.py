@@ -83,11 +83,12 @@ class LoadShedder:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def calling_channel(self, arrived_epoch_s: float) -> None:
-        """A request that arrived at ``arrived_epoch_s`` (wall clock, as journaled) is about to
-        be sent to its channel: its wait so far is the queue's length."""
+    def calling_channel(self, arrived: float) -> None:
+        """A request whose bytes were read at ``arrived`` (``time.monotonic()``: a step of the wall
+        clock neither sheds nor hides a queue) is about to be sent to its channel: its wait so far
+        is the queue's length."""
         if self.queue_delay is not None:
-            self.queue_delay.record(time.time() - arrived_epoch_s)
+            self.queue_delay.record(time.monotonic() - arrived)
 
     def overloaded(self) -> str | None:
         """None when a new request may be taken on, else the reason it may not."""

@@ -88,7 +88,7 @@ def test_the_shedder_names_the_queue_delay_and_is_off_at_zero():
     on.queue_delay = QueueDelay(TARGET_S, INTERVAL_S, clock)
     for _ in range(3):
         for shedder in (on, off):
-            shedder.calling_channel(time.time() - 1.0)  # arrived a second ago
+            shedder.calling_channel(time.monotonic() - 1.0)  # arrived a second ago
         clock.now += INTERVAL_S * 0.6
     assert (on.overloaded(), off.overloaded()) == ("queue_delay", None)
 
