@@ -34,7 +34,7 @@ from bench.throughput import closed_loop
 from bench.traffic import Stans
 from switch.operator import request as admin_request
 
-WARM_UP_S = 5.0
+WARM_UP_S = float(os.environ.get("PAYSW_BENCH_WARM_UP_S", 5))  # as for bench.isolation
 _PG_TABLES = "SELECT sum(seq_scan), sum(seq_tup_read), sum(idx_scan) FROM pg_stat_user_tables WHERE relname ~ '^txn_'"
 _PG_FIGURES = ("txn_seq_scans", "txn_rows_seq_read", "txn_index_scans", "commits", "rows_returned")
 _PG_DATABASE = "SELECT xact_commit, tup_returned FROM pg_stat_database WHERE datname = current_database()"

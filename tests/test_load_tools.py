@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,10 +74,14 @@ def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
         capture_output=True,
         text=True,
         timeout=240,
+        env={**os.environ, "PAYSW_BENCH_WARM_UP_S": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "profile.json").read_text())
     assert report["load"]["approved_tps"] > 0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert report["commit"].removesuffix("+changes") == head  # the figures name the code they measured
+    assert report["totals_ms_per_approved"]["switch"] > 0 and report["totals_ms_per_approved"]["simulators"] > 0
     channels = ("wechat", "alipay", "unionpay", "ecny", "inbank")
     parts = {"front end", "postgresql", "load generator", *(f"actor {c}:0" for c in channels)}
     assert parts | {f"simulator {c}" for c in channels} <= set(report["cpu_ms_per_approved"])
