@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -32,6 +30,7 @@ import httptools
 import uvloop
 
 from actors.http import HttpPool
+from bench.provenance import provenance
 
 try:
     import pyreqwest
@@ -201,10 +200,6 @@ def _run_loop(loop_name: str, endpoint: str, levels: list[int], seconds: float, 
     return results
 
 
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-
 def main(seconds: float = 1.5, rounds: int = 3, out: Path | None = None, levels: list[int] | None = None) -> int:
     levels = levels or [1, 16, 64]  # 64: more calls than the pool's 32 connections, so some wait for a slot
     print(
@@ -232,9 +227,7 @@ def main(seconds: float = 1.5, rounds: int = 3, out: Path | None = None, levels:
         print(f"client CPU ratio, {where}: " + ", ".join(f"{k} = {v}x" for k, v in by_way.items()))
     if out is not None:
         setup = {
-            "commit": _commit(),
-            "command": f"python -m bench.http_client --seconds {seconds:g} --rounds {rounds} --out {out}",
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            **provenance(f"python -m bench.http_client --seconds {seconds:g} --rounds {rounds} --out {out}"),
             "versions": {
                 "aiohttp": aiohttp.__version__,
                 "httptools": httptools.__version__,
@@ -244,7 +237,6 @@ def main(seconds: float = 1.5, rounds: int = 3, out: Path | None = None, levels:
             "request_bytes": len(REQUEST_BODY),
             "answer_body_bytes": len(ANSWER_BODY),
             "pool_size": POOL_SIZE,
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         out.write_text(json.dumps({"setup": setup, "results": results, "cpu_ratios": ratios}, indent=1) + "\n")
     return 0

@@ -31,7 +31,6 @@ import io
 import itertools
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -201,10 +200,6 @@ def _less(window: dict, idle: dict) -> dict:
 # -- the orchestrator ---------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
 def _baseline_tree(commit: str, folder: Path) -> Path:
     """The baseline's ``switch`` and ``protocols`` packages, as they were at ``commit``."""
     archive = subprocess.run(
@@ -248,10 +243,10 @@ def _mean(runs: list[dict]) -> dict:
 
 
 def main(concurrency: int, seconds: float, rounds: int, baseline: str | None, out: Path | None) -> int:
+    from bench.provenance import git, provenance, resolve  # (here: a driver runs with another tree on its path)
     from switch.journal.embedded import EmbeddedPostgres
 
-    commit = _git("rev-parse", "HEAD")
-    base = _git("rev-parse", baseline) if baseline else _git("merge-base", "HEAD", "main")
+    base = resolve(baseline) if baseline else git("merge-base", "HEAD", "main")
     with tempfile.TemporaryDirectory(prefix="paysw-journal-speed-") as folder:
         trees = {"old": _baseline_tree(base, Path(folder) / "old"), "new": ROOT}
         server = EmbeddedPostgres(Path(folder) / "pg")
@@ -281,15 +276,12 @@ def main(concurrency: int, seconds: float, rounds: int, baseline: str | None, ou
     }
     result = {
         "setup": {
-            "command": " ".join(["python -m bench.journal_speed", *sys.argv[1:]]),
-            "commit": commit,
+            **provenance(" ".join(["python -m bench.journal_speed", *sys.argv[1:]])),
             "baseline_commit": base,
             "concurrency": concurrency,
             "seconds": seconds,
             "rounds": rounds,
             "journal": {"pool_size": POOL_SIZE, "group_commit_max": MAX_BATCH},
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         "per_purchase": figures,
         "ratio_new_to_old": ratios,

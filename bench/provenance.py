@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _git(*args: str, cwd: Path = ROOT) -> str:
+def git(*args: str, cwd: Path = ROOT) -> str:
+    """What ``git ARGS`` prints in the checkout, stripped; "" when git fails."""
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
@@ -24,13 +25,13 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
 
 def commit(cwd: Path = ROOT) -> str:
     """The checkout's commit, with ``+changes`` when its tracked files differ from it."""
-    head = _git("rev-parse", "HEAD", cwd=cwd) or "unknown"
-    return head + ("+changes" if _git("status", "--porcelain", "--untracked-files=no", cwd=cwd) else "")
+    head = git("rev-parse", "HEAD", cwd=cwd) or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", cwd=cwd) else "")
 
 
 def resolve(rev: str) -> str:
     """The full hash of commit ``rev``."""
-    return _git("rev-parse", rev) or rev
+    return git("rev-parse", rev) or rev
 
 
 def provenance(command: str = "") -> dict[str, str]:

@@ -32,6 +32,7 @@ import psutil
 import uvloop
 
 from bench.demo_config import DEMO_DIR, demo_material
+from bench.provenance import commit, resolve
 from bench.simulators.server import load_simulator_config
 from hsm import algorithms
 from protocols.channels import module_of
@@ -47,10 +48,6 @@ _LAUNCH = (
     "from bench.simulators.server import load_simulator_config\n"
     "_serve_one(sys.argv[2], load_simulator_config(sys.argv[1]), '')\n"
 )
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def _free_port() -> int:
@@ -230,8 +227,8 @@ def run(baseline: str, count: int, concurrency: int, rounds: int, only: list[str
         for name in ("old", "new")
     }
     return {
-        "commit": _git("rev-parse", "HEAD"),
-        "baseline": _git("rev-parse", baseline),
+        "commit": commit(),
+        "baseline": resolve(baseline),
         "requests_per_round": count,
         "rounds": rounds,
         "concurrency": concurrency,
