@@ -108,6 +108,27 @@ def test_a_hung_channel_costs_the_others_nothing(switch, ports, database_url, he
     run(scenario())
 
 
+def test_a_channel_silent_past_the_deadline_is_answered_by_the_front_end_at_the_deadline(
+    switch, ports, database_url, healthy_afterwards
+):
+    """Alipay's own timeout (10 s) is past the terminal's deadline (5 s): the front end does not
+    wait for the actor, it answers 91 by the deadline and journals the call UNKNOWN (DEADLINE)
+    for the resolver to settle from the channel's side."""
+
+    async def scenario():
+        fault(ports, "alipay", hang=True)
+        try:
+            async with connected(switch) as terminal:
+                answer, seconds = await timed(terminal, new_purchase("alipay"))
+        finally:
+            fault(ports, "alipay")
+        assert answer["39"] == "91" and seconds < 5.0
+        row = await journal_row(database_url, answer["37"])
+        assert row["channel_code"] == "DEADLINE"
+
+    run(scenario())
+
+
 def test_a_hung_channel_at_a_quiet_till_costs_only_the_first_customers_the_timeout(
     switch, ports, database_url, healthy_afterwards
 ):
