@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -91,17 +92,17 @@ class Stack:
         }
 
     def rss_by_part_mb(self) -> dict[str, float]:
-        return {
-            part: round(sum(_safe(lambda p=p: p.memory_info().rss) for p in procs) / 2**20, 1)
-            for part, procs in self.processes_by_part().items()
-        }
+        return self._memory_by_part_mb(lambda p: p.memory_info().rss)
 
     def unique_by_part_mb(self) -> dict[str, float]:
         """Memory each part's processes hold alone (USS): what a leak grows. Resident memory also
         counts the shared pages a process has touched, so PostgreSQL's backends each count the
         shared buffers they have read, and their sum grows as they touch more of them."""
+        return self._memory_by_part_mb(lambda p: p.memory_full_info().uss)
+
+    def _memory_by_part_mb(self, read: Callable[[psutil.Process], int]) -> dict[str, float]:
         return {
-            part: round(sum(_safe(lambda p=p: p.memory_full_info().uss) for p in procs) / 2**20, 1)
+            part: round(sum(_safe(lambda p=p: read(p)) for p in procs) / 2**20, 1)
             for part, procs in self.processes_by_part().items()
         }
 

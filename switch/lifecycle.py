@@ -113,14 +113,13 @@ class Processor:
 
     # -- one frame -------------------------------------------------------------------------
 
-    async def handle_frame(self, frame: bytes, arrived: float | None = None) -> bytes | None:
+    async def handle_frame(self, frame: bytes, arrived: float) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
         ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
         deadline, and the admission its wait, from then, the time it queued in the event loop
         included.
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
-        arrived = arrived or time.monotonic()
         try:
             decoded = decode(frame)
         except Unparseable as exc:
