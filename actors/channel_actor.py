@@ -15,18 +15,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
-import msgspec
 import ray
 
 from actors.http import AnswerTimeout, HttpPool, NoAnswer, NotSent, PoolBusy
 from actors.link import LinkAddress, LinkServer
-from actors.settings import ActorKeys, ChannelSection, LinkTls
+from actors.settings import ActorSetup, LinkTls
 from hsm import open_hsm
 from hsm.algorithms import is_costly
 from protocols import response_codes as rc
-from protocols.bills import BillLink, BillRefused, bills_of
-from protocols.channels import module_of
-from protocols.channels.base import ChannelIdentity, HttpAnswer, not_sent, unknown
+from protocols.channels import channel_of
+from protocols.channels.base import Crypto, HttpAnswer, Link, StatementRefused, not_sent, unknown
 from protocols.masking import scrub
 from protocols.messages import ChannelRequest, ChannelResult
 
@@ -36,17 +34,20 @@ log = logging.getLogger("paysw.actor")
 class ChannelWorker:
     """The actor's logic, free of Ray so that it reads (and can be driven) as plain asyncio."""
 
-    def __init__(self, name: str, config: ChannelSection, keys: ActorKeys, shard: int) -> None:
+    def __init__(self, name: str, setup: ActorSetup, shard: int) -> None:
         self.name = name
         self.shard = shard
-        self._config = config
-        self._connector = module_of(config.kind).connector
+        self._config = config = setup.settings
+        self._channel = channel_of(setup.kind)
+        self._account = account = setup.account
+        keys = setup.keys
         hsm = open_hsm(keys.hsm, keys.base_dir, demo=keys.demo)
-        self._sign = hsm.signer(keys.sign, config.keys.sign_algorithm)
-        self._sign_in_thread = is_costly(config.keys.sign_algorithm)
-        self._verify = hsm.verifier(keys.verify, config.keys.verify_algorithm)
-        self._seal_code = hsm.sm4_sealer(keys.encrypt) if keys.encrypt is not None else None
-        self._ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
+        self._crypto = Crypto(
+            hsm.signer(keys.sign, account.keys.sign_algorithm),
+            hsm.verifier(keys.verify, account.keys.verify_algorithm),
+            hsm.sm4_sealer(keys.seal) if keys.seal is not None else None,
+        )
+        self._sign_in_thread = is_costly(account.keys.sign_algorithm)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
         self._queue_wait = config.queue_wait_ms / 1000
@@ -82,15 +83,13 @@ class ChannelWorker:
             raise
         sent = False
         try:
-            if self._seal_code is not None and req.auth_code:  # the code leaves only encrypted
-                req = msgspec.structs.replace(req, auth_code=self._seal_code(req.auth_code))
-            loop = asyncio.get_running_loop()
+            flow = self._channel.flows[req.op]
             if self._sign_in_thread:  # keeps the event loop (and the other calls) moving meanwhile
-                call = await loop.run_in_executor(
-                    self._threads, self._connector.call, req, self._ident, self._sign, time.time()
+                call = await asyncio.get_running_loop().run_in_executor(
+                    self._threads, flow.build, req, self._account, self._crypto, time.time()
                 )
             else:
-                call = self._connector.call(req, self._ident, self._sign, time.time())
+                call = flow.build(req, self._account, self._crypto, time.time())
             if req.deadline <= time.time():
                 return not_sent(req, "DEADLINE", "deadline passed before the call")
             # Once sent, the answer is awaited up to the channel's timeout even past the terminal's
@@ -107,7 +106,7 @@ class ChannelWorker:
                 return unknown(req, "TIMEOUT", f"no answer within {timeout:.3f}s")
             except NoAnswer as exc:
                 return unknown(req, "IOERROR", f"connection broke: {type(exc).__name__}")
-            return self._connector.result(req, answer, self._verify)
+            return flow.parse(req, answer, self._crypto)
         except Exception:
             log.exception("channel call failed inside the switch", extra={"channel": self.name})
             if sent:
@@ -119,21 +118,21 @@ class ChannelWorker:
 
     async def statement(self, day: dt.date) -> bytes:
         """The channel's statement file of ``day``, through its download API (signed and
-        verified like every call). Raises ``BillRefused`` with what the channel answered."""
+        verified like every call). Raises ``StatementRefused`` with what the channel answered."""
         if self._session is None:
             self._session = aiohttp.ClientSession(base_url=self._config.endpoint.rstrip("/") + "/")
         session = self._session
-        bills = bills_of(self._config.kind)
-        call = bills.downloader.call(day, self._ident, self._sign, time.time())
+        download = self._channel.statement
+        call = download.build(day, self._account, self._crypto, time.time())
         timeout = aiohttp.ClientTimeout(total=max(self._timeout, 60.0))
         headers = {"Content-Type": call.content_type, **call.headers}
         async with session.post(call.path.lstrip("/"), data=call.body, headers=headers, timeout=timeout) as response:
             answer = HttpAnswer(response.status, await response.read(), dict(response.headers))
-        got = bills.downloader.result(answer, self._verify)
-        if isinstance(got, BillLink):  # Alipay: the answer says where to fetch the file
+        got = download.parse(answer, self._crypto)
+        if isinstance(got, Link):  # the answer says where to fetch the file
             async with aiohttp.ClientSession() as plain, plain.get(got.url, timeout=timeout) as response:
                 if response.status != 200:
-                    raise BillRefused(f"download link answered HTTP {response.status}")
+                    raise StatementRefused(f"download link answered HTTP {response.status}")
                 return await response.read()
         return got
 
@@ -167,13 +166,11 @@ class ChannelActor:
     never replayed by Ray; an actor that dies leaves its calls UNKNOWN for the resolver (and is
     restarted, see ``actors.runtime.channel_actor``)."""
 
-    def __init__(
-        self, name: str, config: ChannelSection, keys: ActorKeys, shard: int, link_tls: LinkTls | None = None
-    ) -> None:
+    def __init__(self, name: str, setup: ActorSetup, shard: int, link_tls: LinkTls | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-        self._worker = ChannelWorker(name, config, keys, shard)
+        self._worker = ChannelWorker(name, setup, shard)
         self._link = LinkServer(self._worker.call, link_tls)
 
     async def open_link(self) -> LinkAddress:

@@ -11,7 +11,7 @@ from ray._private import ray_constants
 from ray.actor import ActorHandle
 
 from actors.channel_actor import ChannelActor
-from actors.settings import ActorKeys, ChannelSection, LinkTls
+from actors.settings import ActorSetup, LinkTls
 
 log = logging.getLogger("paysw.ray")
 
@@ -55,12 +55,10 @@ def node_on_loopback() -> bool:
     return ipaddress.ip_address(ray.util.get_node_ip_address()).is_loopback
 
 
-def channel_actor(
-    name: str, config: ChannelSection, keys: ActorKeys, shard: int, link_tls: LinkTls | None = None
-) -> ActorHandle:
+def channel_actor(name: str, setup: ActorSetup, shard: int, link_tls: LinkTls | None = None) -> ActorHandle:
     """Shard ``shard``'s actor of channel ``name``: named, so that several front ends on one
     cluster share it (an existing live one is joined); restarted by Ray when it crashes, up to
-    the channel's ``actor_max_restarts``. Its link is TLS with ``link_tls``."""
+    the actor settings' ``max_restarts``. Its link is TLS with ``link_tls``."""
     return ChannelActor.options(
-        name=f"channel:{name}:{shard}", get_if_exists=True, max_restarts=config.actor_max_restarts
-    ).remote(name, config, keys, shard, link_tls)
+        name=f"channel:{name}:{shard}", get_if_exists=True, max_restarts=setup.settings.max_restarts
+    ).remote(name, setup, shard, link_tls)

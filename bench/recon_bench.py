@@ -56,7 +56,7 @@ def generate(rows: int, seed: int = 8583) -> tuple[list[tuple], dict[str, list[S
         amount = rng.randrange(100, 500_000)
         at = start + dt.timedelta(seconds=n * 86_399 // rows)
         journal.append(_txn(rrn, order, channel, "purchase", amount, "APPROVED", at))
-        row = StatementRow(kind=PAY, out_trade_no=order, channel_txn_id=f"C{rrn}", amount_fen=amount, status=PAID,
+        row = StatementRow(entry=PAY, out_trade_no=order, channel_txn_id=f"C{rrn}", amount_fen=amount, status=PAID,
                            at=at, fee_fen=fee_fen(amount, 38))  # fmt: skip
         case = n % 1000
         if case == 1:
@@ -81,7 +81,7 @@ def generate(rows: int, seed: int = 8583) -> tuple[list[tuple], dict[str, list[S
                 expected["REFUND"] += 1
             else:
                 expected["MATCHED"] += 1
-                statements[channel].append(StatementRow(kind=REFUND, out_trade_no=order, channel_txn_id=f"C{rrn}",
+                statements[channel].append(StatementRow(entry=REFUND, out_trade_no=order, channel_txn_id=f"C{rrn}",
                                                         amount_fen=amount // 3, status=PAID, at=at, refund_no=refund_no,
                                                         fee_fen=-fee_fen(amount // 3, 38)))  # fmt: skip
     return journal, statements, {cls: n for cls, n in expected.items() if n}  # a summary names only classes found

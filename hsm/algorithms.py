@@ -12,6 +12,7 @@ import binascii
 import hmac as std_hmac
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -27,7 +28,6 @@ Verify = Callable[[bytes, str], bool]
 
 DES_KEY_BYTES = 16  # double-length 3DES: terminal master keys, MAK, PIK, zone PIN keys
 MAC_ALGORITHMS = ("x9.19", "unionpay-ecb")
-SIGN_ALGORITHMS = ("wechat-hmac-sha256", "rsa-sha256", "hmac-sm3", "sm2-sm3")
 _ZERO_BLOCK = bytes(8)
 
 
@@ -162,61 +162,114 @@ def sm4_cbc_decrypt(key: bytes, data: bytes) -> bytes:
 
 
 # -- channel API signatures ---------------------------------------------------------------------
+#
+# A table of schemes by name: how a signature is made from key material and data, and how it is
+# written (upper hex, lower hex, base64). A channel names the schemes its account uses; none is
+# named after a channel.
+
+
+def _hmac_sha256_appended_key(material: bytes) -> Sign:
+    """HMAC-SHA256 keyed with the secret over ``data + b"&key=" + secret``, upper-case hex (the
+    scheme of WeChat Pay v2's ``sign_type=HMAC-SHA256``)."""
+    secret = _secret(material)
+    suffix = b"&key=" + secret
+    return lambda data: std_hmac.digest(secret, data + suffix, "sha256").hex().upper()
+
+
+def _hmac_sha256(material: bytes) -> Sign:
+    secret = _secret(material)
+    return lambda data: std_hmac.digest(secret, data, "sha256").hex()
+
+
+def _hmac_sm3(material: bytes) -> Sign:
+    secret = _secret(material)
+    return lambda data: _hmac_sm3_digest(secret, data).hex()
+
+
+def _rsa_sha256(material: bytes) -> Sign:
+    key = _rsa_private(material)
+    return lambda data: base64.b64encode(key.sign(data, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def _rsa_sha256_verifier(material: bytes) -> Verify:
+    public = _rsa_public(material)
+
+    def verify(data: bytes, signature: str) -> bool:
+        try:
+            public.verify(base64.b64decode(signature, validate=True), data, padding.PKCS1v15(), hashes.SHA256())
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
+    return verify
+
+
+def _sm2_sm3(material: bytes) -> Sign:
+    key = _sm2_private(material)
+    return lambda data: base64.b64encode(key.sign(data)).decode()
+
+
+def _sm2_sm3_verifier(material: bytes) -> Verify:
+    public = _sm2_public(material)
+
+    def verify(data: bytes, signature: str) -> bool:
+        try:
+            return public.verify(data, base64.b64decode(signature, validate=True))
+        except (binascii.Error, ValueError):
+            return False
+
+    return verify
+
+
+def _mac_verifier(make: Callable[[bytes], Sign]) -> Callable[[bytes], Verify]:
+    """A MAC is checked by making it again and comparing in constant time (hex in either case)."""
+
+    def verifier_of(material: bytes) -> Verify:
+        sign = make(material)
+        return lambda data, signature: std_hmac.compare_digest(sign(data).lower(), signature.lower())
+
+    return verifier_of
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    signer: Callable[[bytes], Sign]  # from the private key or shared secret
+    verifier: Callable[[bytes], Verify]  # from the public key or shared secret
+    costly: bool  # worth a thread of its own: an RSA private-key operation takes milliseconds
+
+
+SCHEMES: dict[str, Scheme] = {
+    "hmac-sha256": Scheme(_hmac_sha256, _mac_verifier(_hmac_sha256), costly=False),
+    "hmac-sha256-appended-key": Scheme(
+        _hmac_sha256_appended_key, _mac_verifier(_hmac_sha256_appended_key), costly=False
+    ),
+    "hmac-sm3": Scheme(_hmac_sm3, _mac_verifier(_hmac_sm3), costly=False),
+    "rsa-sha256": Scheme(_rsa_sha256, _rsa_sha256_verifier, costly=True),
+    "sm2-sm3": Scheme(_sm2_sm3, _sm2_sm3_verifier, costly=True),  # a quarter of RSA's time, still no HMAC
+}
+
+
+def _scheme(algorithm: str) -> Scheme:
+    scheme = SCHEMES.get(algorithm)
+    if scheme is None:
+        raise KeyMaterialError(f"unknown algorithm {algorithm!r}; known: {', '.join(SCHEMES)}")
+    return scheme
 
 
 def signer(algorithm: str, material: bytes) -> Sign:
     """A function that signs bytes with ``material`` and returns the signature text in the
-    channel's encoding (upper hex, base64 or lower hex)."""
-    if algorithm == "wechat-hmac-sha256":
-        secret = _secret(material)
-        suffix = b"&key=" + secret
-        return lambda data: std_hmac.digest(secret, data + suffix, "sha256").hex().upper()
-    if algorithm == "hmac-sm3":
-        secret = _secret(material)
-        return lambda data: _hmac_sm3(secret, data).hex()
-    if algorithm == "rsa-sha256":
-        key = _rsa_private(material)
-        return lambda data: base64.b64encode(key.sign(data, padding.PKCS1v15(), hashes.SHA256())).decode()
-    if algorithm == "sm2-sm3":
-        sm2_key = _sm2_private(material)
-        return lambda data: base64.b64encode(sm2_key.sign(data)).decode()
-    raise KeyMaterialError(f"unknown algorithm {algorithm!r}; known: {', '.join(SIGN_ALGORITHMS)}")
+    scheme's encoding."""
+    return _scheme(algorithm).signer(material)
 
 
 def verifier(algorithm: str, material: bytes) -> Verify:
     """A function that checks a signature text against bytes, with the shared secret (HMAC) or
     the public key (RSA, SM2) in ``material``."""
-    if algorithm in ("wechat-hmac-sha256", "hmac-sm3"):
-        sign = signer(algorithm, material)
-        return lambda data, signature: std_hmac.compare_digest(sign(data).lower(), signature.lower())
-    if algorithm == "rsa-sha256":
-        public = _rsa_public(material)
-
-        def verify_rsa(data: bytes, signature: str) -> bool:
-            try:
-                public.verify(base64.b64decode(signature, validate=True), data, padding.PKCS1v15(), hashes.SHA256())
-            except (InvalidSignature, binascii.Error, ValueError):
-                return False
-            return True
-
-        return verify_rsa
-    if algorithm == "sm2-sm3":
-        sm2_public = _sm2_public(material)
-
-        def verify_sm2(data: bytes, signature: str) -> bool:
-            try:
-                return sm2_public.verify(data, base64.b64decode(signature, validate=True))
-            except (binascii.Error, ValueError):
-                return False
-
-        return verify_sm2
-    raise KeyMaterialError(f"unknown algorithm {algorithm!r}; known: {', '.join(SIGN_ALGORITHMS)}")
+    return _scheme(algorithm).verifier(material)
 
 
 def is_costly(algorithm: str) -> bool:
-    """True for signatures worth a thread of their own: an RSA private-key operation takes
-    milliseconds; SM2 a quarter of one; an HMAC microseconds."""
-    return algorithm in ("rsa-sha256", "sm2-sm3")
+    return _scheme(algorithm).costly
 
 
 def fingerprinter(material: bytes) -> Callable[[str], bytes]:
@@ -232,7 +285,7 @@ def _secret(material: bytes) -> bytes:
     return secret
 
 
-def _hmac_sm3(secret: bytes, data: bytes) -> bytes:
+def _hmac_sm3_digest(secret: bytes, data: bytes) -> bytes:
     mac_ = hmac.HMAC(secret, hashes.SM3())
     mac_.update(data)
     return mac_.finalize()

@@ -23,7 +23,7 @@ from switch.frontend import serve_terminals
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
-from switch.keystore import KeyStore, actor_keys, configured_keys, provision
+from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.metrics import Metrics
 from switch.recon.batch import recon_gauges
@@ -79,7 +79,7 @@ class SwitchApp:
             if imported:
                 log.info("keys imported from the manifest", extra={"labels": imported})
         keys = await configured_keys(store, cfg)
-        zpks = {name: keys[ch.keys.zpk] for name, ch in cfg.channels.items() if ch.keys.zpk}
+        zpks = {name: keys[ch.pin_key] for name, ch in cfg.channels.items() if ch.pin_key}
         security = TerminalSecurity(
             hsm, store, {t.id: t for t in cfg.terminals}, zpks, cfg.switch.request_deadline_ms / 1000, cfg.security
         )
@@ -91,7 +91,7 @@ class SwitchApp:
             self.gateways[name] = ChannelGateway(
                 name,
                 channel,
-                functools.partial(channel_actor, name, channel, actor_keys(cfg, name, keys), link_tls=tls),
+                functools.partial(channel_actor, name, actor_setup(cfg, name, keys), link_tls=tls),
                 cfg.switch.max_batch,
                 on_circuit=self.metrics.circuit_changed,
                 on_restart=self.metrics.actor_restarted,

@@ -23,7 +23,31 @@ from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
 
-from actors.settings import BreakerSettings
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class BreakerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A channel shard's circuit breaker (``switch.breaker``). The defaults follow Hystrix and
+    resilience4j (50 % failures over a window of recent calls, at least 20 of them) with a short
+    open state: a payment channel that is back should get traffic again within seconds."""
+
+    failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # failed calls (no answer, refused, errors)
+    slow_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # calls at or over slow_call_ms
+    slow_call_ms: Positive = 3_000
+    window_calls: Annotated[int, Meta(ge=2)] = 100
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
+    min_calls: Positive = 20
+    open_ms: Annotated[int, Meta(ge=100)] = 5_000  # then half-open
+    probes: Positive = 5  # calls let through half-open; all fine closes the circuit
+    # While the window holds fewer than min_calls (a quiet channel, a small bank at night), this many
+    # calls failing in a row open the circuit (calls outstanding past slow_call_ms count as failing):
+    # else every customer waits out a hung channel's timeout. 3, not 1: one or two failures may be
+    # the customer's or the network's; three with no success between are the channel's.
+    consecutive_failures: Positive = 3
 
 
 class CircuitState(IntEnum):

@@ -10,11 +10,13 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from actors.settings import ChannelSection, LinkTls
+from actors.settings import ActorSettings, LinkTls
 from hsm import HsmSettings
-from hsm.algorithms import SIGN_ALGORITHMS
+from hsm.algorithms import SCHEMES
 from hsm.secret_file import SecretFileError, read_secret
-from protocols.channels import KINDS
+from protocols.channels import UnknownChannel, channel_of
+from protocols.channels.base import Account
+from switch.breaker import BreakerSettings
 
 Positive = Annotated[int, Meta(ge=1)]
 Digits = Annotated[str, Meta(pattern=r"^\d+$")]
@@ -72,6 +74,29 @@ class RaySection(_Strict):
     link_tls_key: str = ""
     link_tls_ca: str = ""
     plaintext_links: bool = False
+
+
+class ChannelSection(_Strict):
+    """One channel: ``[channels.NAME]`` holds what the front end does with it (switched on, its
+    bulkhead and quotas in each front end, its breaker, how open payments are resolved);
+    ``[channels.NAME.actor]`` its actors' settings (``actors.settings``); and
+    ``[channels.NAME.account]`` the switch's account there, whose fields the channel's package
+    defines (``protocols.channels.<kind>``)."""
+
+    kind: str  # the channel's package: wechat, alipay, unionpay, ecny, inbank, or a dotted module path
+    actor: ActorSettings
+    account: dict[str, object]  # checked against the package's schema by load_config (account_of)
+    enabled: bool = True
+    shards: Annotated[int, Meta(ge=1, le=64)] = 1
+    frontend_in_flight: Positive = 2048  # transactions under way in one front end; beyond: 91
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0  # new transactions a second, per front end; 0: no limit
+    merchant_rate_per_s: Annotated[float, Meta(ge=0)] = 0  # the same for each merchant; 0: no limit
+    breaker: BreakerSettings = BreakerSettings()
+    pin_key: str = ""  # card channels: the zone PIN key (its key store label) PIN blocks are translated to
+    # Resolving a payment the customer is still confirming, or whose outcome is unknown:
+    query_interval_ms: Annotated[int, Meta(ge=100)] = 5_000  # between queries
+    payment_window_ms: Annotated[int, Meta(ge=1_000)] = 30_000  # from the pay call; then cancel it
+    cancel_after_ms: Annotated[int, Meta(ge=0)] = 0  # no cancel sooner than this after the pay call
 
 
 class CodeRoute(_Strict):
@@ -180,12 +205,7 @@ def _cross_check(config: Config) -> list[str]:
     channels = config.channels
     base = Path(config.base_dir)
     for name, ch in channels.items():
-        where = f"$.channels.{name}"
-        if ch.kind not in KINDS:
-            problems.append(f"{where}.kind: {ch.kind!r} is not one of {', '.join(KINDS)}")
-        for algo_field in ("sign_algorithm", "verify_algorithm"):
-            if getattr(ch.keys, algo_field) not in SIGN_ALGORITHMS:
-                problems.append(f"{where}.keys.{algo_field}: expected one of {', '.join(SIGN_ALGORITHMS)}")
+        problems.extend(_account_problems(name, ch))
     token_file = config.switch.admin_token_file
     if token_file:
         try:
@@ -230,6 +250,28 @@ def _cross_check(config: Config) -> list[str]:
         if t.merchant not in merchant_ids:
             problems.append(f"$.terminals[{i}].merchant: unknown merchant {t.merchant}")
     return problems
+
+
+def account_of(section: ChannelSection) -> Account:
+    """The channel's account, typed by its package (``ValueError`` naming the field when invalid;
+    ``load_config`` has checked it already)."""
+    return msgspec.convert(section.account, channel_of(section.kind).account)
+
+
+def _account_problems(name: str, section: ChannelSection) -> list[str]:
+    where = f"$.channels.{name}"
+    try:
+        account = account_of(section)
+    except UnknownChannel as exc:
+        return [f"{where}.kind: {exc}"]
+    except msgspec.ValidationError as exc:  # its path is inside the account table
+        text = str(exc)
+        return [text.replace(" - at `$", f" - at `{where}.account") if "`$" in text else f"{text} - at `{where}.account`"]
+    return [
+        f"{where}.account.keys.{field}: {getattr(account.keys, field)!r} is not one of {', '.join(SCHEMES)}"
+        for field in ("sign_algorithm", "verify_algorithm")
+        if getattr(account.keys, field) not in SCHEMES
+    ]
 
 
 def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:

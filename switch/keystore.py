@@ -12,10 +12,10 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
-from actors.settings import ActorKeys
+from actors.settings import ActorKeys, ActorSetup
 from hsm import Hsm, HsmError
 from hsm.keys import HEX_KINDS, KeyKind, KeyRecord
-from switch.config import Config
+from switch.config import Config, account_of
 
 
 class StoredKey(NamedTuple):
@@ -75,7 +75,8 @@ async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
     """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
     labels = {cfg.security.pan_hash_key}
     for channel in cfg.channels.values():
-        labels |= {channel.keys.sign_key, channel.keys.verify_key, channel.keys.zpk, channel.keys.encrypt_key} - {""}
+        names = account_of(channel).keys
+        labels |= {names.sign_key, names.verify_key, names.seal_key, channel.pin_key} - {""}
     found = {label: await store.current(label) for label in sorted(labels)}
     missing = [label for label, record in found.items() if record is None]
     if missing:
@@ -83,18 +84,21 @@ async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
     return {label: record for label, record in found.items() if record is not None}
 
 
-def actor_keys(config: Config, channel: str, keys: dict[str, KeyRecord]) -> ActorKeys:
-    """What channel ``channel``'s actors (or a worker outside Ray) are given: the HSM to open and
-    the channel's key records among ``keys`` (``configured_keys``)."""
-    names = config.channels[channel].keys
-    return ActorKeys(
+def actor_setup(config: Config, channel: str, keys: dict[str, KeyRecord]) -> ActorSetup:
+    """What channel ``channel``'s actors (or a worker outside Ray) are given: its actor settings,
+    the account, the HSM to open and the account's key records among ``keys`` (``configured_keys``)."""
+    section = config.channels[channel]
+    account = account_of(section)
+    names = account.keys
+    records = ActorKeys(
         hsm=config.security.hsm,
         base_dir=config.base_dir,
         demo=config.switch.demo,
         sign=keys[names.sign_key],
         verify=keys[names.verify_key],
-        encrypt=keys.get(names.encrypt_key),
+        seal=keys[names.seal_key] if names.seal_key else None,
     )
+    return ActorSetup(kind=section.kind, settings=section.actor, account=account, keys=records)
 
 
 class ManifestEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

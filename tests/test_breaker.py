@@ -8,7 +8,7 @@ import time
 import msgspec
 import pytest
 
-from actors.settings import BreakerSettings
+from switch.breaker import BreakerSettings
 from switch.breaker import CircuitBreaker, CircuitState
 from switch.ratelimit import Quota, TokenBucket
 from switch.shedding import LoadShedder

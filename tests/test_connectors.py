@@ -2,6 +2,7 @@
 channel's signature check, every channel verdict maps to the right outcome and ISO code, and a
 tampered request or answer is caught."""
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -14,17 +15,18 @@ from hypothesis import strategies as st
 
 from bench.demo_config import DEMO_DIR, demo_material
 from bench.simulators.server import load_simulator_config
+from bench.simulators.side import ChannelVerdict, RequestSeen, side_of
 from hsm import algorithms
 from protocols import response_codes as rc
-from protocols.channels import KINDS, module_of
-from protocols.channels.alipay import extract_node
-from protocols.channels.base import ChannelIdentity, ChannelVerdict, HttpAnswer, fen, form_encode, sorted_query, yuan
-from protocols.channels.xmlkv import from_xml
-from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, Outcome
-from switch.config import load_config
+from protocols.channels import builtin_kinds, channel_of
+from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_encode, sorted_query, yuan
+from protocols.channels.wechat.xml import from_xml
+from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
+from switch.config import account_of, load_config
 
 SWITCH = load_config(DEMO_DIR / "switch.toml")
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
+KINDS = builtin_kinds()
 
 EXPECTED = {
     (PAY, "SUCCESS"): (Outcome.APPROVED, rc.APPROVED),
@@ -55,16 +57,35 @@ class Pair:
     """Both ends of one channel with their real keys."""
 
     def __init__(self, kind: str) -> None:
-        module = module_of(kind)
-        ch, sim = SWITCH.channels[kind], SIMS.simulators[kind]
-        self.connector, self.side = module.connector, module.channel_side
-        self.ident = ChannelIdentity(ch.app_id, ch.mch_id, ch.cert_id)
-        self.switch_sign = algorithms.signer(ch.keys.sign_algorithm, demo_material(ch.keys.sign_key))
-        self.switch_verify = algorithms.verifier(ch.keys.verify_algorithm, demo_material(ch.keys.verify_key))
+        sim = SIMS.simulators[kind]
+        self.channel, self.side = channel_of(kind), side_of(kind)
+        self.account = account_of(SWITCH.channels[kind])
+        keys = self.account.keys
+        self.dek = demo_material(keys.seal_key) if keys.seal_key else b""
+        self.crypto = Crypto(
+            algorithms.signer(keys.sign_algorithm, demo_material(keys.sign_key)),
+            algorithms.verifier(keys.verify_algorithm, demo_material(keys.verify_key)),
+            (lambda code: algorithms.sm4_cbc_encrypt(self.dek, code.encode()).hex()) if self.dek else None,
+        )
         self.channel_sign = algorithms.signer(sim.keys.sign_algorithm, (DEMO_DIR / sim.keys.sign_key).read_bytes())
         self.channel_verify = algorithms.verifier(
             sim.keys.verify_algorithm, (DEMO_DIR / sim.keys.verify_key).read_bytes()
         )
+
+    def build(self, req: ChannelRequest) -> HttpCall:
+        return self.channel.flows[req.op].build(req, self.account, self.crypto, time.time())
+
+    def parse(self, req: ChannelRequest, answer: HttpAnswer, crypto: Crypto | None = None) -> ChannelResult:
+        return self.channel.flows[req.op].parse(req, answer, crypto or self.crypto)
+
+    def read(self, call: HttpCall, body: bytes | None = None) -> RequestSeen | str:
+        """The request as the channel reads it, a sealed payment code opened as its simulator does."""
+        seen = self.side.read(call.path, call.body if body is None else body, call.headers, self.channel_verify)
+        assert not isinstance(seen, str) or body is not None, f"channel refused the switch's request: {seen}"
+        if isinstance(seen, RequestSeen) and self.dek and seen.auth_code:
+            code = algorithms.sm4_cbc_decrypt(self.dek, bytes.fromhex(seen.auth_code)).decode()
+            seen = dataclasses.replace(seen, auth_code=code)
+        return seen
 
     def request(self, amount_fen: int = 12345, op: str = PAY) -> ChannelRequest:
         auth_code = "134567890123456700" if op == PAY else ""
@@ -89,17 +110,17 @@ class Pair:
 def test_every_verdict_round_trips(kind, op, status):
     pair = Pair(kind)
     req = pair.request(op=op)
-    call = pair.connector.call(req, pair.ident, pair.switch_sign, time.time())
-    assert call.path == pair.side.paths[op]
-    seen = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
-    assert not isinstance(seen, str), f"channel refused the switch's request: {seen}"
+    call = pair.build(req)
+    assert call.path in pair.side.paths
+    seen = pair.read(call)
+    assert isinstance(seen, RequestSeen)
     assert (seen.op, seen.out_trade_no) == (op, req.out_trade_no)
     if op == PAY:
         assert (seen.auth_code, seen.amount_fen) == (req.auth_code, 12345)
     if op == REFUND:
         assert (seen.amount_fen, seen.refund_no) == (12345, req.refund_no)
     answer = pair.side.write(seen, ChannelVerdict(status, "CHTX0001"), pair.channel_sign)
-    result = pair.connector.result(req, answer, pair.switch_verify)
+    result = pair.parse(req, answer)
     assert (result.outcome, result.response_code) == EXPECTED[(op, status)], result
     assert result.key == req.key
     if status in ("SUCCESS", "PAID") or (op, status) == (REFUND, "DONE"):
@@ -112,8 +133,8 @@ def test_unionpay_query_names_the_original_by_order_id_and_write_ahead_time():
     pair = Pair("unionpay")
     pay = pair.request()
     query = pair.request(op=QUERY)
-    pay_doc = dict(parse_qsl(pair.connector.call(pay, pair.ident, pair.switch_sign, time.time()).body.decode()))
-    query_doc = dict(parse_qsl(pair.connector.call(query, pair.ident, pair.switch_sign, time.time()).body.decode()))
+    pay_doc = dict(parse_qsl(pair.build(pay).body.decode()))
+    query_doc = dict(parse_qsl(pair.build(query).body.decode()))
     assert (query_doc["orderId"], query_doc["txnTime"]) == (pay_doc["orderId"], pay_doc["txnTime"])
     assert query_doc["txnType"] == "00" and pay_doc["txnType"] == "01"
 
@@ -121,21 +142,19 @@ def test_unionpay_query_names_the_original_by_order_id_and_write_ahead_time():
 @pytest.mark.parametrize("kind", KINDS)
 def test_tampered_request_is_refused_with_the_channels_own_error(kind):
     pair = Pair(kind)
-    call = pair.connector.call(pair.request(100), pair.ident, pair.switch_sign, time.time())
+    call = pair.build(pair.request(100))
     tampered = call.body.replace(b"100", b"900", 1) if kind != "alipay" else call.body.replace(b"1.00", b"9.00")
     assert tampered != call.body
-    refusal = pair.side.read(call.path, tampered, call.headers, pair.channel_verify)
+    refusal = pair.read(call, tampered)
     assert isinstance(refusal, str)
     # The channel's error answer is a certain "not processed": the switch declines with 96, never UNKNOWN.
-    result = pair.connector.result(
-        pair.request(), pair.side.write_error(refusal, pair.channel_sign), pair.switch_verify
-    )
+    result = pair.parse(pair.request(), pair.side.write_error(refusal, pair.channel_sign))
     assert (result.outcome, result.response_code) == (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION)
 
 
 # A key of the right algorithm that is not the channel's.
 WRONG_KEY = {
-    "wechat": ("wechat-hmac-sha256", "keys/journal/pan_hash_key"),
+    "wechat": ("hmac-sha256-appended-key", "keys/journal/pan_hash_key"),
     "alipay": ("rsa-sha256", "keys/unionpay/platform_private.pem"),
     "unionpay": ("rsa-sha256", "keys/alipay/platform_private.pem"),
     "ecny": ("sm2-sm3", "keys/ecny/switch_sm2_private"),
@@ -147,12 +166,12 @@ WRONG_KEY = {
 def test_forged_approval_is_unknown_not_approved(kind):
     pair = Pair(kind)
     req = pair.request()
-    call = pair.connector.call(req, pair.ident, pair.switch_sign, time.time())
-    seen = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
+    seen = pair.read(pair.build(req))
+    assert isinstance(seen, RequestSeen)
     algorithm, wrong_key = WRONG_KEY[kind]
     forged_sign = algorithms.signer(algorithm, (DEMO_DIR / wrong_key).read_bytes())
     answer = pair.side.write(seen, ChannelVerdict("SUCCESS", "FORGED"), forged_sign)
-    result = pair.connector.result(req, answer, pair.switch_verify)
+    result = pair.parse(req, answer)
     assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "BADSIGN")
 
 
@@ -160,14 +179,13 @@ def test_forged_approval_is_unknown_not_approved(kind):
 @pytest.mark.parametrize("answer", [HttpAnswer(502, b"bad gateway"), HttpAnswer(200, b"\x00garbage")])
 def test_http_errors_and_garbage_are_unknown(kind, answer):
     pair = Pair(kind)
-    result = pair.connector.result(pair.request(), answer, pair.switch_verify)
+    result = pair.parse(pair.request(), answer)
     assert (result.outcome, result.response_code) == (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE)
 
 
 def test_wechat_signature_matches_an_independent_computation():
     pair = Pair("wechat")
-    call = pair.connector.call(pair.request(), pair.ident, pair.switch_sign, time.time())
-    doc = from_xml(call.body)
+    doc = from_xml(pair.build(pair.request()).body)
     key = (DEMO_DIR / "keys/wechat/api_key").read_bytes().strip()
     text = "&".join(f"{k}={doc[k]}" for k in sorted(doc) if k != "sign" and doc[k]) + "&key=" + key.decode()
     assert doc["sign"] == hmac.new(key, text.encode(), hashlib.sha256).hexdigest().upper()
@@ -176,19 +194,19 @@ def test_wechat_signature_matches_an_independent_computation():
 
 def test_alipay_request_carries_yuan_and_the_answer_node_is_cut_exactly():
     pair = Pair("alipay")
-    call = pair.connector.call(pair.request(12345), pair.ident, pair.switch_sign, time.time())
-    params = dict(parse_qsl(call.body.decode()))
+    params = dict(parse_qsl(pair.build(pair.request(12345)).body.decode()))
     assert params["method"] == "alipay.trade.pay" and params["sign_type"] == "RSA2"
     biz = json.loads(params["biz_content"])
     assert biz["scene"] == "bar_code" and biz["total_amount"] == "123.45"
+    from protocols.channels.alipay.flows import extract_node
+
     body = '{"alipay_trade_pay_response":{"msg":"a}\\"{b","code":"10000"},"sign":"x"}'
     assert extract_node(body, "alipay_trade_pay_response") == '{"msg":"a}\\"{b","code":"10000"}'
 
 
 def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():
     pair = Pair("unionpay")
-    call = pair.connector.call(pair.request(), pair.ident, pair.switch_sign, time.time())
-    doc = dict(parse_qsl(call.body.decode()))
+    doc = dict(parse_qsl(pair.build(pair.request()).body.decode()))
     digest = hashlib.sha256(sorted_query(doc, frozenset({"signature"})).encode()).hexdigest().encode()
     verify = algorithms.verifier("rsa-sha256", (DEMO_DIR / "keys/unionpay/merchant_public.pem").read_bytes())
     assert verify(digest, doc["signature"])

@@ -184,4 +184,4 @@ def test_hmac_sm3_and_wechat_hmac_match_hand_built_ones():
     assert algorithms.signer("hmac-sm3", secret)(b"payload") == _reference_hmac_sm3(secret, b"payload").hex()
     api_key = (DEMO_DIR / "keys/wechat/api_key").read_bytes().strip()
     expected = hmac.new(api_key, b"a=1&b=2&key=" + api_key, hashlib.sha256).hexdigest().upper()
-    assert algorithms.signer("wechat-hmac-sha256", api_key)(b"a=1&b=2") == expected
+    assert algorithms.signer("hmac-sha256-appended-key", api_key)(b"a=1&b=2") == expected

@@ -109,7 +109,7 @@ def test_pin_is_translated_to_the_zone_key_never_returned_clear(hsm: Hsm):
         ("rsa-sha256", "alipay/app_private.pem", "alipay/app_public.pem", KeyKind.PUBLIC),
         ("sm2-sm3", "ecny/switch_sm2_private", "ecny/switch_sm2_public", KeyKind.PUBLIC),
         ("hmac-sm3", "inbank/hmac_key", "inbank/hmac_key", KeyKind.SECRET),
-        ("wechat-hmac-sha256", "wechat/api_key", "wechat/api_key", KeyKind.SECRET),
+        ("hmac-sha256-appended-key", "wechat/api_key", "wechat/api_key", KeyKind.SECRET),
     ],
 )
 def test_channel_signatures_from_records(hsm: Hsm, algorithm, private_file, public_file, kind):

@@ -165,7 +165,7 @@ class Ledger:
                 kept = order.status == "PAID"
                 rows.append(
                     StatementRow(
-                        kind=PAY,
+                        entry=PAY,
                         out_trade_no=no,
                         channel_txn_id=order.channel_txn_id,
                         amount_fen=order.amount_fen,
@@ -178,7 +178,7 @@ class Ledger:
                 if start <= order.refunded_at[refund_no] < end:
                     rows.append(
                         StatementRow(
-                            kind=REFUND,
+                            entry=REFUND,
                             out_trade_no=no,
                             channel_txn_id=order.channel_txn_id,
                             amount_fen=amount,

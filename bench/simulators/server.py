@@ -40,14 +40,11 @@ from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.http import CUT, HALF, JSON, TEXT, Reply, Request
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
 from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
+from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, side_of
 from hsm import algorithms
-from protocols.bills import BillAsk, bills_of
-from protocols.channels import module_of
-from protocols.channels.base import ChannelVerdict, HttpAnswer, RequestSeen
+from protocols.channels.base import HttpAnswer
 from protocols.messages import CANCEL, PAY, REFUND
-from protocols.statements import CST, StatementRow
-from protocols.statements import alipay as alipay_statement
-from protocols.statements import wechat as wechat_statement
+from protocols.statements import CST
 
 
 class SimulatorKeys(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,7 +55,7 @@ class SimulatorKeys(Struct, forbid_unknown_fields=True, kw_only=True):
     verify_algorithm: str
     verify_key: str  # the switch's key (public, or the shared secret)
     zpk: str = ""  # card channels: the zone PIN key (hex) PIN blocks arrive under
-    encrypt_key: str = ""  # e-CNY: the SM4 data key (hex) payment codes arrive under
+    seal_key: str = ""  # e-CNY: the SM4 data key (hex) payment codes arrive under
 
 
 class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -100,10 +97,8 @@ def load_simulator_config(path: str) -> SimulatorConfig:
 
 class Simulator:
     def __init__(self, name: str, section: SimulatorSection, base_dir: str, audit_dsn: str = "") -> None:
-        module = module_of(section.kind)
         self.name = name
-        self.side = module.channel_side
-        self.bills = bills_of(section.kind)
+        self.side = side_of(section.kind)
         self._fee_per_10000 = section.fee_per_10000
         self.statement_faults = NO_STATEMENT_FAULTS
         self._bill_files: dict[str, bytes] = {}
@@ -111,7 +106,7 @@ class Simulator:
         self._sign = algorithms.signer(keys.sign_algorithm, (base / keys.sign_key).read_bytes())
         self._verify = algorithms.verifier(keys.verify_algorithm, (base / keys.verify_key).read_bytes())
         self._zpk = bytes.fromhex((base / keys.zpk).read_text().strip()) if keys.zpk else b""
-        self._dek = bytes.fromhex((base / keys.encrypt_key).read_text().strip()) if keys.encrypt_key else b""
+        self._dek = bytes.fromhex((base / keys.seal_key).read_text().strip()) if keys.seal_key else b""
         self._card_pin = section.card_pin
         self._latency = section.latency_ms / 1000
         self._slow = section.slow_ms / 1000
@@ -130,7 +125,7 @@ class Simulator:
             "/_sim/audit": lambda: self.audit,
         }
         self._route: dict[tuple[str, str], Callable[[Request], Reply | Awaitable[Reply]]] = {
-            ("POST", path): self.handle for path in set(self.side.paths.values()) | {self.bills.server.path}
+            ("POST", path): self.handle for path in self.side.paths
         }
         self._route.update((("GET", path), self._read) for path in self._reads)
 
@@ -214,11 +209,10 @@ class Simulator:
         if fault.error_rate and random.random() < fault.error_rate:
             self.stats["fault:error"] += 1
             return Reply(500, b"Internal Server Error", TEXT)
-        body = request.body
-        if self.bills.server.handles(request.path, body):
-            return _reply(self._bill(request, body))
-        seen = self.side.read(request.path, body, request.headers, self._verify)
-        if self._dek and not isinstance(seen, str) and seen.auth_code:
+        seen = self.side.read(request.path, request.body, request.headers, self._verify)
+        if isinstance(seen, StatementAsk):
+            return _reply(self._statement(request, seen))
+        if self._dek and isinstance(seen, RequestSeen) and seen.auth_code:
             seen = self._decrypt_code(seen)
         if isinstance(seen, str):
             self.stats["rejected"] += 1
@@ -275,22 +269,17 @@ class Simulator:
     def _transaction_id(self) -> str:
         return f"{self.name[:2].upper()}{time.strftime('%Y%m%d')}{next(self._ids):012d}"
 
-    def _bill(self, request: Request, body: bytes) -> HttpAnswer:
+    def _statement(self, request: Request, ask: StatementAsk) -> HttpAnswer:
         """The statement of the day asked for, from the ledger, with any discrepancies ordered."""
-        server = self.bills.server
-        ask = server.read(body, request.headers, self._verify)
-        if isinstance(ask, str):
-            self.stats["bill:rejected"] += 1
-            return server.write_error(ask, self._sign)
         start = dt.datetime.combine(ask.day, dt.time(), CST).timestamp()
         rows = self.ledger.statement(start, start + 86400, self._fee_per_10000)
         rows = spoil(rows, self.statement_faults, ask.day)
-        content = _statement_bytes(self.bills.statement_format, rows, ask)
+        content = self.side.statement(rows, ask)
         token = secrets.token_hex(16)
         self._bill_files[token] = content
         self.stats["bill"] += 1
         host = request.headers.get("host") or self._listen
-        return server.write(content, self._sign, f"http://{host}/_bill/{token}")
+        return self.side.write_statement(content, self._sign, f"http://{host}/_bill/{token}")
 
     def bill_file(self, token: str) -> Reply:
         content = self._bill_files.pop(token, None)
@@ -323,15 +312,6 @@ class Simulator:
             matches = False
         self.stats["pin:ok" if matches else "pin:wrong"] += 1
         return matches
-
-
-def _statement_bytes(statement_format, rows: list[StatementRow], ask: BillAsk) -> bytes:
-    """Each format names the merchant its own way; the simulator fills in what it knows."""
-    if statement_format is wechat_statement:
-        return wechat_statement.write(rows, "wx2421b1c4370ec43b", ask.merchant)
-    if statement_format is alipay_statement:
-        return alipay_statement.write(rows, "2088101117955611", ask.day.isoformat())
-    return statement_format.write(rows)
 
 
 def _pay_verdict(order: Order) -> str:

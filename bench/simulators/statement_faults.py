@@ -27,7 +27,7 @@ def spoil(rows: list[StatementRow], faults: StatementFaults, day: dt.date) -> li
     for row in rows:
         if row.out_trade_no in faults.drop or (row.refund_no and row.refund_no in faults.drop):
             continue
-        if row.kind == PAY:
+        if row.entry == PAY:
             row = msgspec.structs.replace(
                 row,
                 amount_fen=faults.amounts.get(row.out_trade_no, row.amount_fen),
@@ -38,7 +38,7 @@ def spoil(rows: list[StatementRow], faults: StatementFaults, day: dt.date) -> li
     for number, (out_trade_no, amount) in enumerate(sorted(faults.extra.items())):
         out.append(
             StatementRow(
-                kind=PAY,
+                entry=PAY,
                 out_trade_no=out_trade_no,
                 channel_txn_id=f"EXTRA{number:010d}",
                 amount_fen=amount,

@@ -1,15 +1,45 @@
-"""Channel wire formats, one module per channel. The router knows none of them by name: a
-channel's configuration names its ``kind``, looked up here."""
+"""Channels, one package each. The switch knows none of them by name: a channel's configuration
+names its ``kind``, and the package of that kind gives its descriptor (``base.Channel``) as the
+module attribute ``channel``.
+
+A kind without a dot is a package here (``wechat`` is ``protocols.channels.wechat``); a dotted
+kind is any importable package (``acme.paysw_channel``), so a bank can keep a channel of its own
+outside this tree and add it by configuration alone.
+"""
 
 from __future__ import annotations
 
+import pkgutil
+from functools import cache
 from importlib import import_module
-from types import ModuleType
 
-KINDS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+from protocols.channels.base import Channel
 
 
-def module_of(kind: str) -> ModuleType:
-    if kind not in KINDS:
-        raise KeyError(f"unknown channel kind {kind!r}; known: {', '.join(KINDS)}")
-    return import_module(f"protocols.channels.{kind}")
+class UnknownChannel(LookupError):
+    """No channel package of that kind: the message says which kinds there are."""
+
+
+@cache
+def channel_of(kind: str) -> Channel:
+    """The descriptor of channel kind ``kind``; ``UnknownChannel`` naming the known kinds."""
+    name = kind if "." in kind else f"{__name__}.{kind}"
+    try:
+        module = import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not name.startswith(exc.name):  # a module the package itself lacks
+            raise
+        raise UnknownChannel(f"no channel package {kind!r}; built in: {', '.join(builtin_kinds())}") from None
+    channel = getattr(module, "channel", None)
+    if not isinstance(channel, Channel):
+        raise UnknownChannel(f"{name} is not a channel package (it has no `channel` descriptor)")
+    return channel
+
+
+def builtin_kinds() -> list[str]:
+    """The channel packages shipped here (shared API shapes, such as ``bankjson``, have no descriptor)."""
+    return [
+        info.name
+        for info in pkgutil.iter_modules(__path__)
+        if info.ispkg and isinstance(getattr(import_module(f"{__name__}.{info.name}"), "channel", None), Channel)
+    ]

@@ -1,16 +1,21 @@
-"""The connector contract: one module per channel turns our request into theirs and their
-answer into ours. Crypto is injected (``sign`` / ``verify`` bound to keys held by ``hsm/``), so
-this code stays pure and never sees key material.
+"""What every channel package is made of: a ``Channel`` descriptor holding its ``Account``
+schema, one ``Flow`` per operation (our request into theirs, their answer into ours) and its
+statement ``Download``. Crypto is injected (``Crypto``: sign / verify / seal bound to keys held by
+``hsm/``), so channel code stays pure and never sees key material.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any
+
+from msgspec import Struct
 
 from protocols import response_codes as rc
 from protocols.messages import NOT_FOUND, ChannelRequest, ChannelResult, Outcome
+from protocols.statements import StatementRow
 
 Sign = Callable[[bytes], str]
 Verify = Callable[[bytes, str], bool]
@@ -33,66 +38,81 @@ class HttpAnswer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelIdentity:
-    """Non-secret identifiers of the switch at a channel (app id, merchant number, cert id)."""
+class Keys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The switch's keys for a channel's API, by their labels in the key store (``paysw keys``),
+    and the signature schemes (``hsm.algorithms.SCHEMES``) they are used with."""
 
-    app_id: str = ""
-    mch_id: str = ""
-    cert_id: str = ""
-
-
-class Connector(Protocol):
-    """Switch side of one channel's API: turn our request into theirs, their answer into ours.
-    Both dispatch on ``req.op`` (pay, query, cancel)."""
-
-    name: str
-
-    def call(self, req: ChannelRequest, ident: ChannelIdentity, sign: Sign, now: float) -> HttpCall: ...
-
-    def result(self, req: ChannelRequest, answer: HttpAnswer, verify: Verify) -> ChannelResult: ...
+    sign_algorithm: str
+    sign_key: str
+    verify_algorithm: str
+    verify_key: str
+    seal_key: str = ""  # an SM4 data key the channel wants sensitive fields encrypted under
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelVerdict:
-    """What a simulated channel decided, in a vocabulary shared by the five simulators:
+class Account(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The switch's account at a channel: the ``[channels.NAME.account]`` table. A channel
+    subclasses it with its own identity fields (app id, merchant number, certificate id) and,
+    where it needs more keys, a ``Keys`` subclass."""
 
-    - pay: SUCCESS, USERPAYING, NOTENOUGH, EXPIRED, INVALID, DECLINED, ORDERCLOSED, SYSTEMERROR
-    - query: PAID, PAYING, CLOSED, NOTEXIST, SYSTEMERROR
-    - cancel: DONE, RETRY, NOTEXIST, REFUSED, SYSTEMERROR
-    - refund: DONE, REFUSED, SYSTEMERROR
-    """
-
-    status: str
-    channel_txn_id: str = ""
+    keys: Keys
 
 
 @dataclass(frozen=True, slots=True)
-class RequestSeen:
-    """A request as the channel reads it."""
+class Crypto:
+    """The account's keys at work, from the HSM: the flows sign, verify and seal with these and
+    never see key material. ``seal`` (hex of the SM4-CBC text) is there when the account names a
+    ``seal_key``."""
 
-    op: str
-    out_trade_no: str
-    auth_code: str = ""
-    amount_fen: int = 0
-    merchant: str = ""
-    channel_txn_id: str = ""
-    refund_no: str = ""
-    pin_block: str = ""
-    fields: Mapping[str, str] = field(default_factory=dict)
+    sign: Sign
+    verify: Verify
+    seal: Callable[[str], str] | None = None
 
 
-class ChannelSide(Protocol):
-    """Channel side of the same API, for the simulators: read their request, write their answer."""
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One API of a channel (pay, query, cancel, refund, ...): ``build`` turns our request into
+    theirs, signed and ready to send; ``parse`` reads their answer, verified, into ours. Neither
+    does I/O."""
 
-    name: str
-    paths: Mapping[str, str]  # op -> path
+    build: Callable[[ChannelRequest, Any, Crypto, float], HttpCall]  # (request, account, crypto, now)
+    parse: Callable[[ChannelRequest, HttpAnswer, Crypto], ChannelResult]
 
-    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | str: ...
 
-    def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer: ...
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A statement download's answer that names where to fetch the file (Alipay's
+    ``bill_download_url``) rather than holding it."""
 
-    def write_error(self, reason: str, sign: Sign) -> HttpAnswer: ...
+    url: str
+
+
+class StatementRefused(Exception):
+    """The channel refused or garbled a statement download: the text says what it answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A channel's statement download: ``build`` asks for a day's file, ``parse`` reads the answer
+    (the file, or a ``Link`` to it; ``StatementRefused`` otherwise), and ``read`` reads the file
+    into statement rows."""
+
+    build: Callable[[dt.date, Any, Crypto, float], HttpCall]  # (day, account, crypto, now)
+    parse: Callable[[HttpAnswer, Crypto], bytes | Link]
+    read: Callable[[bytes], list[StatementRow]]
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Everything the switch knows of one kind of channel, from its package: the account it needs
+    (validated against ``account`` when the configuration is read), one ``Flow`` per operation,
+    the statement download, and where its simulated counterpart lives (test equipment, named by
+    module so the switch never imports it)."""
+
+    kind: str
+    account: type[Account]
+    flows: Mapping[str, Flow]  # PAY, QUERY, CANCEL, REFUND
+    statement: Download
+    simulator: str
 
 
 def sorted_query(params: Mapping[str, str], skip: frozenset[str] = frozenset({"sign"})) -> str:

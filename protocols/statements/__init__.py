@@ -24,12 +24,12 @@ CST = dt.timezone(dt.timedelta(hours=8))
 
 
 class StatementRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of a statement. ``kind`` PAY: an order the channel took (``status`` SUCCESS) or
+    """One line of a statement. ``entry`` PAY: an order the channel took (``status`` SUCCESS) or
     took and gave back whole (REVOKED: cancelled / reversed); REFUND: money returned on an order
     (``refund_no``). ``amount_fen`` is the order amount for PAY, the refunded amount for REFUND;
     ``fee_fen`` what the channel keeps (negative: fee returned with a refund)."""
 
-    kind: str
+    entry: str
     out_trade_no: str
     channel_txn_id: str
     amount_fen: int

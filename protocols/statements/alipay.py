@@ -65,7 +65,7 @@ def write(rows: list[StatementRow], pid: str, day: str) -> bytes:
     )
     writer.writerow(HEADER)
     for row in rows:
-        is_refund = row.kind == REFUND
+        is_refund = row.entry == REFUND
         amount = yuan_text(-row.amount_fen if is_refund else row.amount_fen)
         values = {name: "" for name in HEADER}
         values |= {
@@ -82,7 +82,7 @@ def write(rows: list[StatementRow], pid: str, day: str) -> bytes:
             "备注": _CLOSED_NOTE if row.status == REVOKED else "",
         }
         writer.writerow(values[name] for name in HEADER)
-    trades = sum(1 for r in rows if r.kind == PAY)
+    trades = sum(1 for r in rows if r.entry == PAY)
     detail.write(
         f"{END_OF_LIST}\r\n#交易合计：{trades}笔，退款合计：{len(rows) - trades}笔\r\n#导出时间：[{day} 23:59:59]\r\n"
     )
@@ -115,7 +115,7 @@ def parse(data: bytes) -> list[StatementRow]:
     totals = _TOTALS.match(lines[end_at + 1]) if end_at + 1 < len(lines) else None
     if totals is None:
         raise StatementError(end_at + 2, "no totals line")
-    trades = sum(1 for r in rows if r.kind == PAY)
+    trades = sum(1 for r in rows if r.entry == PAY)
     if (int(totals[1]), int(totals[2])) != (trades, len(rows) - trades):
         raise StatementError(end_at + 2, f"totals say {totals[1]} trades and {totals[2]} refunds, the rows differ")
     return rows
@@ -124,15 +124,15 @@ def parse(data: bytes) -> list[StatementRow]:
 def _row(values: list[str], line: int) -> StatementRow:
     if len(values) != len(HEADER):
         raise StatementError(line, f"{len(values)} columns, not {len(HEADER)}")
-    kind = {"交易": PAY, "退款": REFUND}.get(values[_COL["业务类型"]])
-    if kind is None:
+    entry = {"交易": PAY, "退款": REFUND}.get(values[_COL["业务类型"]])
+    if entry is None:
         raise StatementError(line, f"unknown 业务类型 {values[_COL['业务类型']]!r}")
     amount = fen_of(values[_COL["订单金额（元）"]], line)
     return StatementRow(
-        kind=kind,
+        entry=entry,
         out_trade_no=values[_COL["商户订单号"]].strip(),
         channel_txn_id=values[_COL["支付宝交易号"]].strip(),
-        amount_fen=-amount if kind == REFUND else amount,
+        amount_fen=-amount if entry == REFUND else amount,
         status=REVOKED if values[_COL["备注"]] == _CLOSED_NOTE else PAID,
         at=cst_time(values[_COL["创建时间"]], line),
         refund_no=values[_COL["退款批次号/请求号"]].strip(),

@@ -27,10 +27,10 @@ def write(rows: list[StatementRow]) -> bytes:
     writer.writerow(HEADER)
     for r in rows:
         writer.writerow(
-            [time_text(r.at), r.out_trade_no, r.channel_txn_id, r.kind, r.status, r.amount_fen, r.fee_fen, r.refund_no]
+            [time_text(r.at), r.out_trade_no, r.channel_txn_id, r.entry, r.status, r.amount_fen, r.fee_fen, r.refund_no]
         )
-    paid = sum(r.amount_fen for r in rows if r.kind == PAY)
-    refunded = sum(r.amount_fen for r in rows if r.kind == REFUND)
+    paid = sum(r.amount_fen for r in rows if r.entry == PAY)
+    refunded = sum(r.amount_fen for r in rows if r.entry == REFUND)
     writer.writerow(["TOTAL", len(rows), paid, refunded])
     return out.getvalue().encode("utf-8")
 
@@ -51,8 +51,8 @@ def parse(data: bytes) -> list[StatementRow]:
         raise StatementError(len(lines), "TOTAL trailer is not numbers") from None
     if (count, paid, refunded) != (
         len(rows),
-        sum(r.amount_fen for r in rows if r.kind == PAY),
-        sum(r.amount_fen for r in rows if r.kind == REFUND),
+        sum(r.amount_fen for r in rows if r.entry == PAY),
+        sum(r.amount_fen for r in rows if r.entry == REFUND),
     ):
         raise StatementError(len(lines), "TOTAL trailer differs from the rows")
     return rows
@@ -61,15 +61,15 @@ def parse(data: bytes) -> list[StatementRow]:
 def _row(values: list[str], line: int) -> StatementRow:
     if len(values) != len(HEADER):
         raise StatementError(line, f"{len(values)} columns, not {len(HEADER)}")
-    when, order, trade_no, kind, status, amount, fee, refund_no = values
-    if kind not in (PAY, REFUND) or status not in (PAID, REVOKED) or not amount.isdigit():
+    when, order, trade_no, entry, status, amount, fee, refund_no = values
+    if entry not in (PAY, REFUND) or status not in (PAID, REVOKED) or not amount.isdigit():
         raise StatementError(line, "bad type, status or amount")
     try:
         fee_fen = int(fee)
     except ValueError:
         raise StatementError(line, f"bad fee {fee!r}") from None
     return StatementRow(
-        kind=kind,
+        entry=entry,
         out_trade_no=order,
         channel_txn_id=trade_no,
         amount_fen=int(amount),

@@ -29,9 +29,9 @@ _CODE_OF = {value: code for code, value in _CODES.items()}
 def write(rows: list[StatementRow]) -> bytes:
     lines = []
     for row in rows:
-        is_refund = row.kind == REFUND
+        is_refund = row.entry == REFUND
         fields = (
-            _CODE_OF[(row.kind, row.status)],
+            _CODE_OF[(row.entry, row.status)],
             (row.refund_no if is_refund else row.out_trade_no).ljust(32),
             row.channel_txn_id.ljust(24),
             row.at.astimezone(CST).strftime("%Y%m%d%H%M%S"),
@@ -42,7 +42,7 @@ def write(rows: list[StatementRow]) -> bytes:
         if any(len(f) != w for f, w in zip(fields, _WIDTHS, strict=True)):
             raise ValueError(f"a value of order {row.out_trade_no!r} does not fit its column")
         lines.append("".join(fields))
-    paid = sum(r.amount_fen for r in rows if r.kind == PAY)
+    paid = sum(r.amount_fen for r in rows if r.entry == PAY)
     lines.append(f"TOTAL{len(rows):010d}{paid:015d}")
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
@@ -58,7 +58,7 @@ def parse(data: bytes) -> list[StatementRow]:
         raise StatementError(len(lines), "no TOTAL line")
     rows = [_row(line, n) for n, line in enumerate(lines[:-1], start=1)]
     count, paid = int(lines[-1][5:15]), int(lines[-1][15:30])
-    if count != len(rows) or paid != sum(r.amount_fen for r in rows if r.kind == PAY):
+    if count != len(rows) or paid != sum(r.amount_fen for r in rows if r.entry == PAY):
         raise StatementError(len(lines), "TOTAL line differs from the rows")
     return rows
 
@@ -77,10 +77,10 @@ def _row(line: str, n: int) -> StatementRow:
         at_time = dt.datetime.strptime(when, "%Y%m%d%H%M%S").replace(tzinfo=CST)
     except ValueError:
         raise StatementError(n, f"bad time {when!r}") from None
-    kind, status = _CODES[code]
-    is_refund = kind == REFUND
+    entry, status = _CODES[code]
+    is_refund = entry == REFUND
     return StatementRow(
-        kind=kind,
+        entry=entry,
         out_trade_no=(original if is_refund else order).strip(),
         channel_txn_id=query_id.strip(),
         amount_fen=int(amount),

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from protocols.bills import bills_of
+from protocols.channels import channel_of
 from protocols.statements import CST
 from switch.journal.machine import KEPT, OPEN, sql_set
 from switch.recon.handling import Handler
@@ -104,8 +104,8 @@ def statement_records(batch_id: int, kind: str, statement: bytes, start: dt.date
     """The statement's rows in [start, end), as ``recon_statement_row`` records (plain tuples, so
     they travel cheaply from a worker process)."""
     return [
-        (batch_id, r.kind, r.out_trade_no, r.refund_no, r.channel_txn_id, r.status, r.amount_fen, r.fee_fen, r.at)
-        for r in bills_of(kind).statement_format.parse(statement)
+        (batch_id, r.entry, r.out_trade_no, r.refund_no, r.channel_txn_id, r.status, r.amount_fen, r.fee_fen, r.at)
+        for r in channel_of(kind).statement.read(statement)
         if start <= r.at < end
     ]
 

@@ -23,7 +23,7 @@ from hsm import HsmError
 from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
-from switch.keystore import KeyStore, actor_keys, configured_keys
+from switch.keystore import KeyStore, actor_setup, configured_keys
 from switch.recon.batch import CLASSES, WHOLE_DAY, ReconBatch, StepFailed
 from switch.recon.handling import Handler, Threshold
 
@@ -71,7 +71,7 @@ async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
             await migrate(conn)
         keys = await configured_keys(KeyStore(pool), config)
         workers = {
-            name: ChannelWorker(name, config.channels[name], actor_keys(config, name, keys), 0) for name in channels
+            name: ChannelWorker(name, actor_setup(config, name, keys), 0) for name in channels
         }
         threshold = Threshold(config.recon.auto_max_count, config.recon.auto_max_fen)
         period = f"{day}" + ("" if hour == WHOLE_DAY else f" {hour:02d}:00")

@@ -70,7 +70,7 @@ def write(rows: list[StatementRow], app_id: str, mch_id: str, rate: str = "0.60%
     writer.writerow(HEADER)
     settled = refunded = fees = ordered = 0
     for row in rows:
-        is_refund = row.kind == REFUND
+        is_refund = row.entry == REFUND
         values = {
             "交易时间": time_text(row.at),
             "公众账号ID": app_id,
@@ -130,9 +130,9 @@ def parse(data: bytes) -> list[StatementRow]:
     line = summary_at + 2
     if int(summary[0]) != len(rows):
         raise StatementError(line, f"summary counts {summary[0]} rows, the bill has {len(rows)}")
-    if fen_of(summary[2], line) != sum(r.amount_fen for r in rows if r.kind == REFUND):
+    if fen_of(summary[2], line) != sum(r.amount_fen for r in rows if r.entry == REFUND):
         raise StatementError(line, "refund total differs from the rows")
-    if fen_of(summary[5], line) != sum(r.amount_fen for r in rows if r.kind == PAY):
+    if fen_of(summary[5], line) != sum(r.amount_fen for r in rows if r.entry == PAY):
         raise StatementError(line, "order total differs from the rows")
     return rows
 
@@ -148,7 +148,7 @@ def _row(values: list[str], line: int) -> StatementRow:
         raise StatementError(line, f"unknown trade state {v[_COL['交易状态']]!r}")
     is_refund = state == REFUNDED
     return StatementRow(
-        kind=REFUND if is_refund else PAY,
+        entry=REFUND if is_refund else PAY,
         out_trade_no=v[_COL["商户订单号"]],
         channel_txn_id=v[_COL["微信订单号"]],
         amount_fen=fen_of(v[_COL["退款金额"] if is_refund else _COL["订单金额"]], line),
