@@ -13,18 +13,17 @@ front end, journal, actors, HTTP and simulators free. ``paysw bench throughput``
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from actors.settings import ChannelSection
-from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, demo_material
+from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, demo_account, demo_material
 from bench.simulators.server import load_simulator_config
 from bench.traffic import CHANNEL_SHARES, DEMO_MERCHANT, payment_code
 from hsm import algorithms
-from protocols.channels import module_of
-from protocols.channels.base import ChannelIdentity
+from protocols.channels import channel_of
 from protocols.messages import PAY, ChannelRequest
 from switch.config import load_config
 
@@ -48,8 +47,8 @@ def least_cpu_us(operations: dict[K, Callable[[], object]]) -> dict[K, float]:
     return best
 
 
-def text_signed_for_pay(channel: str, config: ChannelSection) -> bytes:
-    """What the switch's connector (configured by ``config``) hands its signer for a pay request."""
+def text_signed_for_pay(channel: str) -> bytes:
+    """What the switch's pay builder hands its signer for a pay request at ``channel``."""
     signed: list[bytes] = []
 
     def record(data: bytes) -> str:
@@ -59,22 +58,22 @@ def text_signed_for_pay(channel: str, config: ChannelSection) -> bytes:
     request = ChannelRequest(
         1, PAY, "20261124000000000001", 100, payment_code(channel), DEMO_MERCHANT, "T0000001", time.time() + 30
     )
-    ident = ChannelIdentity(config.app_id, config.mch_id, config.cert_id)
-    module_of(config.kind).connector.call(request, ident, record, time.time())
+    account, crypto = demo_account(channel)
+    kind = load_config(DEMO_SWITCH_CONFIG).channels[channel].kind
+    channel_of(kind).flows[PAY].build(request, account, dataclasses.replace(crypto, sign=record), time.time())
     return signed[0]
 
 
 def signature_operations(channel: str) -> dict[str, Callable[[], object]]:
     """The four signature operations of one ``channel`` call, ready to time."""
-    switch_channel = load_config(DEMO_SWITCH_CONFIG).channels[channel]
-    switch_keys = switch_channel.keys
+    switch_keys = demo_account(channel)[0].keys
     sim = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
     channel_keys, base = sim.simulators[channel].keys, Path(sim.base_dir)
     switch_sign = algorithms.signer(switch_keys.sign_algorithm, demo_material(switch_keys.sign_key))
     switch_verify = algorithms.verifier(switch_keys.verify_algorithm, demo_material(switch_keys.verify_key))
     channel_sign = algorithms.signer(channel_keys.sign_algorithm, (base / channel_keys.sign_key).read_bytes())
     channel_verify = algorithms.verifier(channel_keys.verify_algorithm, (base / channel_keys.verify_key).read_bytes())
-    text = text_signed_for_pay(channel, switch_channel)
+    text = text_signed_for_pay(channel)
     by_switch, by_channel = switch_sign(text), channel_sign(text)
     if not (channel_verify(text, by_switch) and switch_verify(text, by_channel)):
         raise RuntimeError(f"{channel}: the demo keys do not verify each other's signatures")

@@ -23,8 +23,9 @@ from pathlib import Path
 import asyncpg
 
 from bench.demo_config import DEMO_SWITCH_CONFIG
-from protocols.bills import bills_of
-from protocols.statements import CST, PAID, PAY, REFUND, StatementRow, alipay, fee_fen, wechat
+from bench.simulators.side import StatementAsk, side_of
+from protocols.channels import channel_of
+from protocols.statements import CST, PAID, PAY, REFUND, StatementRow, fee_fen
 from switch.config import load_config
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.schema import ensure_partitions, migrate
@@ -102,12 +103,8 @@ def _txn(rrn: str, order: str, channel: str, kind: str, amount: int, state: str,
 
 
 def statement_bytes(channel: str, rows: list[StatementRow]) -> bytes:
-    fmt = bills_of(channel).statement_format
-    if fmt is wechat:
-        return wechat.write(rows, "wx2421b1c4370ec43b", "10000100")
-    if fmt is alipay:
-        return alipay.write(rows, "2088101117955611", DAY.isoformat())
-    return fmt.write(rows)
+    """The day's file as the channel's simulator writes it."""
+    return side_of(channel).statement(rows, StatementAsk(DAY, "10000100"))
 
 
 async def measure(url: str, rows: int) -> dict[str, object]:
@@ -135,7 +132,7 @@ async def measure(url: str, rows: int) -> dict[str, object]:
                     "BETWEEN $2 AND $3", channel, DAY - dt.timedelta(days=1), DAY,
                 )  # fmt: skip
         for channel in CHANNELS:
-            bills_of(channel).statement_format.parse(files[channel])
+            channel_of(channel).statement.read(files[channel])
         baseline_s = time.perf_counter() - started
         print(f"baseline (read the journal rows, parse the files): {baseline_s:.1f}s", flush=True)
 

@@ -31,12 +31,10 @@ import httptools
 import psutil
 import uvloop
 
-from bench.demo_config import DEMO_DIR, demo_material
+from bench.demo_config import DEMO_DIR, demo_account
 from bench.provenance import commit, resolve
 from bench.simulators.server import load_simulator_config
-from hsm import algorithms
-from protocols.channels import module_of
-from protocols.channels.base import ChannelIdentity
+from protocols.channels import channel_of
 from protocols.messages import PAY, ChannelRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,22 +67,16 @@ def _config(folder: Path) -> Path:
 
 
 def _requests(channel: str, host: str, count: int, tag: str) -> list[bytes]:
-    """``count`` pay requests as the switch sends them: signed, an e-CNY code encrypted."""
+    """``count`` pay requests as the switch sends them: signed, an e-CNY code sealed."""
     from switch.config import load_config
 
-    keys = load_config(DEMO_DIR / "switch.toml").channels[channel]
-    sim_keys = load_simulator_config(str(DEMO_DIR / "simulators.toml")).simulators[channel].keys
-    sign = algorithms.signer(keys.keys.sign_algorithm, demo_material(keys.keys.sign_key))
-    ident = ChannelIdentity(keys.app_id, keys.mch_id, keys.cert_id)
-    dek = bytes.fromhex((DEMO_DIR / sim_keys.encrypt_key).read_text().strip()) if sim_keys.encrypt_key else b""
-    connector, now = module_of(channel).connector, time.time()
+    account, crypto = demo_account(channel)
+    flow, now = channel_of(load_config(DEMO_DIR / "switch.toml").channels[channel].kind).flows[PAY], time.time()
     out = []
     for i in range(count):
         code = f"1345678901{i:06d}00"  # ends in 00: the channel approves
-        if dek:
-            code = algorithms.sm4_cbc_encrypt(dek, code.encode()).hex().upper()
         req = ChannelRequest(i, PAY, f"{tag}{i:010d}", 1234, code, "SUB001", "T0000001", now + 600, created=now)
-        call = connector.call(req, ident, sign, now)
+        call = flow.build(req, account, crypto, now)
         head = [f"POST {call.path} HTTP/1.1", f"Host: {host}", f"Content-Type: {call.content_type}"]
         head += [f"{name}: {value}" for name, value in call.headers.items()]
         head.append(f"Content-Length: {len(call.body)}")

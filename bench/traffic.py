@@ -8,18 +8,21 @@ import datetime as dt
 import itertools
 import random
 import statistics
+from pathlib import Path
 
+from bench.demo_config import DEMO_SWITCH_CONFIG
 from protocols.iso8583 import Message
 from protocols.masking import luhn_ok
+from switch.config import load_config
 
-# A default-routing prefix and length per channel (spec section 5).
-CODE_SHAPES = {
-    "wechat": ("13", 18),
-    "alipay": ("28", 18),
-    "unionpay": ("62", 19),
-    "ecny": ("01", 19),
-    "inbank": ("88", 19),
-}
+
+def code_shapes(config: Path = DEMO_SWITCH_CONFIG) -> dict[str, tuple[str, int]]:
+    """A prefix and length that route a payment code to each channel (spec section 5), from the
+    routing of ``config``: its first prefix and length for the channel."""
+    return {route.channel: (route.prefixes[0], route.lengths[0]) for route in load_config(config).routing.codes}
+
+
+CODE_SHAPES = code_shapes()  # the demo configuration's channels, in its order
 APPROVING_SUFFIX = "00"
 DEMO_MERCHANT = "898310048990001"  # the demo configuration's merchant on every channel
 # A realistic share of purchases by channel, for the load tools.

@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
-
 from typing import Annotated
 
 from msgspec import Meta, Struct

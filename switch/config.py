@@ -266,7 +266,9 @@ def _account_problems(name: str, section: ChannelSection) -> list[str]:
         return [f"{where}.kind: {exc}"]
     except msgspec.ValidationError as exc:  # its path is inside the account table
         text = str(exc)
-        return [text.replace(" - at `$", f" - at `{where}.account") if "`$" in text else f"{text} - at `{where}.account`"]
+        return [
+            text.replace(" - at `$", f" - at `{where}.account") if "`$" in text else f"{text} - at `{where}.account`"
+        ]
     return [
         f"{where}.account.keys.{field}: {getattr(account.keys, field)!r} is not one of {', '.join(SCHEMES)}"
         for field in ("sign_algorithm", "verify_algorithm")

@@ -32,10 +32,10 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.link import ActorLink
-from actors.settings import ChannelSection
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, ChannelResult, Outcome
 from switch.breaker import CircuitBreaker, CircuitState
+from switch.config import ChannelSection
 from switch.ratelimit import Quota
 
 log = logging.getLogger("paysw.gateway")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from actors.settings import ChannelSection
 from hsm import HsmError, KeyRecord, PinBlockError
 from protocols import response_codes as rc
 from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode
@@ -27,7 +26,7 @@ from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
 from protocols.validation import FIELD_RULES, NETWORK_CODES, Kind, Rejection, classify, validate
 from switch import undo
 from switch.answers import answer, auth_id_for
-from switch.config import Config
+from switch.config import ChannelSection, Config
 from switch.gateway import ChannelGateway, PaymentRef, refused
 from switch.journal import Journal, NewTxn, Original, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL

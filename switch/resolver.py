@@ -35,11 +35,11 @@ import asyncio
 import logging
 import time
 
-from actors.settings import ChannelSection
 from protocols import response_codes as rc
 from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch import undo
 from switch.answers import auth_id_for
+from switch.config import ChannelSection
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import Event, Journal, OpenTxn, Report, TxnKey
 from switch.journal.machine import PURCHASE, Promise, promise

@@ -36,31 +36,21 @@ LATE_SLOW_MS = 6000
 RESOLUTION_SCHEDULE = f"query_interval_ms = 500\npayment_window_ms = {PAYMENT_WINDOW_MS}\ncancel_after_ms = 1000"
 
 
-def demo_actor_keys(channel: str):
-    """What a demo channel's actor is given: the demo HSM's settings and its key records."""
-    from actors.settings import ActorKeys
+def demo_actor_setup(channel: str, config=None):
+    """What a demo channel's actor is given (``switch.keystore.actor_setup``), from ``config``
+    (the demo configuration by default), with its key records made from the demo key files."""
     from bench.demo_config import DEMO_KEY_MANIFEST, DEMO_SWITCH_CONFIG, demo_material
     from hsm import open_hsm
-    from switch.config import load_config
-    from switch.keystore import read_manifest
+    from switch.config import account_of, load_config
+    from switch.keystore import actor_setup, read_manifest
 
-    config = load_config(DEMO_SWITCH_CONFIG)
+    config = config or load_config(DEMO_SWITCH_CONFIG)
     hsm = open_hsm(config.security.hsm, config.base_dir, demo=config.switch.demo)
     manifest = read_manifest(DEMO_KEY_MANIFEST)
-    keys = config.channels[channel].keys
-
-    def record(label: str):
-        return hsm.import_key(label, manifest[label].kind, demo_material(label))
-
-    encrypt = record(keys.encrypt_key) if keys.encrypt_key else None
-    return ActorKeys(
-        hsm=config.security.hsm,
-        base_dir=config.base_dir,
-        demo=config.switch.demo,
-        sign=record(keys.sign_key),
-        verify=record(keys.verify_key),
-        encrypt=encrypt,
-    )
+    names = account_of(config.channels[channel]).keys
+    labels = {names.sign_key, names.verify_key, names.seal_key} - {""}
+    keys = {label: hsm.import_key(label, manifest[label].kind, demo_material(label)) for label in labels}
+    return actor_setup(config, channel, keys)
 
 
 @pytest.fixture(scope="session")
@@ -163,15 +153,15 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
     assert n == 1, "could not lift the sign-on limit in the test configuration"
     switch, n = re.subn(
-        r'(endpoint = "http://127.0.0.1:\d+"\napp_id = "wx2421b1c4370ec43b"\nmch_id = "10000100"\n'
-        r"(?:.*\n)*?)timeout_ms = 10000",
+        r"(\[channels\.wechat\]\n(?:.*\n)*?actor = \{[^}\n]*)timeout_ms = 10000",
         rf"\g<1>timeout_ms = {WECHAT_TIMEOUT_MS}",
         switch,
     )
     assert n == 1, "could not set the wechat channel timeout in the test configuration"
     # Fast resolution schedules for every channel: query every 0.5 s, payment window 4 s.
     switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms) = \d+\n", "", switch)
-    switch = re.sub(r"(?m)^(timeout_ms = \d+)$", r"\1\n" + RESOLUTION_SCHEDULE, switch)
+    switch, n = re.subn(r'(?m)^(kind = "\w+")$', r"\1\n" + RESOLUTION_SCHEDULE, switch)
+    assert n == len(CHANNELS), "could not set the channels' resolution schedules in the test configuration"
     (folder / "switch.toml").write_text(switch)
     simulators = localise((DEMO / "simulators.toml").read_text(), ports)
     simulators = simulators.replace("latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\n")

@@ -12,10 +12,11 @@ import pytest
 
 from actors.channel_actor import ChannelWorker
 from bench.traffic import CODE_SHAPES
-from protocols.bills import BillRefused, bills_of
+from protocols.channels import channel_of
+from protocols.channels.base import StatementRefused
 from protocols.statements import CST, PAY, REVOKED
 from switch.config import load_config
-from tests.conftest import demo_actor_keys, run
+from tests.conftest import demo_actor_setup, run
 from tests.support import connected, new_purchase, out_trade_no
 
 
@@ -29,15 +30,13 @@ def statement_faults(ports: dict[str, int], channel: str, faults: dict) -> None:
 
 
 def worker(config_dir, channel: str) -> ChannelWorker:
-    return ChannelWorker(
-        channel, load_config(config_dir / "switch.toml").channels[channel], demo_actor_keys(channel), 0
-    )
+    return ChannelWorker(channel, demo_actor_setup(channel, load_config(config_dir / "switch.toml")), 0)
 
 
 async def fetch(config_dir, channel: str, day: dt.date):
     w = worker(config_dir, channel)
     try:
-        return bills_of(channel).statement_format.parse(await w.statement(day))
+        return channel_of(channel).statement.read(await w.statement(day))
     finally:
         await w.close()
 
@@ -82,13 +81,13 @@ def test_each_channels_statement_holds_what_it_charged(channel, switch, config_d
 def test_a_statement_signed_with_the_wrong_key_is_refused(config_dir, simulators):
     import msgspec
 
-    keys = demo_actor_keys("inbank")
-    wrong = msgspec.structs.replace(keys, sign=demo_actor_keys("wechat").sign)
-    w = ChannelWorker("inbank", load_config(config_dir / "switch.toml").channels["inbank"], wrong, 0)
+    setup = demo_actor_setup("inbank", load_config(config_dir / "switch.toml"))
+    wrong = msgspec.structs.replace(setup.keys, sign=demo_actor_setup("wechat").keys.sign)
+    w = ChannelWorker("inbank", msgspec.structs.replace(setup, keys=wrong), 0)
 
     async def scenario():
         try:
-            with pytest.raises(BillRefused):
+            with pytest.raises(StatementRefused):
                 await w.statement(dt.datetime.now(CST).date())
         finally:
             await w.close()

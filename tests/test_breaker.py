@@ -8,8 +8,7 @@ import time
 import msgspec
 import pytest
 
-from switch.breaker import BreakerSettings
-from switch.breaker import CircuitBreaker, CircuitState
+from switch.breaker import BreakerSettings, CircuitBreaker, CircuitState
 from switch.ratelimit import Quota, TokenBucket
 from switch.shedding import LoadShedder
 

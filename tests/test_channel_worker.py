@@ -11,27 +11,24 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 from aiohttp import web
 
 from actors.channel_actor import ChannelWorker
 from actors.link import ActorLink, LinkAddress, LinkServer
 from actors.settings import LinkTls
-from bench.demo_config import DEMO_DIR
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, Outcome
-from switch.config import load_config
-from tests.conftest import demo_actor_keys, free_port, run
+from tests.conftest import demo_actor_setup, free_port, run
 
-WECHAT = load_config(DEMO_DIR / "switch.toml").channels["wechat"]
+WECHAT = demo_actor_setup("wechat")
 
 
 def worker_for(endpoint: str, **changes) -> ChannelWorker:
-    import msgspec
-
-    return ChannelWorker(
-        "wechat", msgspec.structs.replace(WECHAT, endpoint=endpoint, **changes), demo_actor_keys("wechat"), 0
-    )
+    """A WeChat worker on ``endpoint`` with its actor settings changed by ``changes``."""
+    settings = msgspec.structs.replace(WECHAT.settings, endpoint=endpoint, **changes)
+    return ChannelWorker("wechat", msgspec.structs.replace(WECHAT, settings=settings), 0)
 
 
 def slow_channel() -> tuple[list[None], Callable]:

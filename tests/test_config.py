@@ -34,7 +34,29 @@ def test_demo_configuration_is_valid():
         (lambda t: t.replace("pool_size = 6", 'pool_size = "six"'), r"\$\.database\.pool_size"),
         (lambda t: t.replace("pool_size = 6", "pool_size = 500"), r"<= 90 - at `\$\.database\.pool_size`"),
         (lambda t: t.replace('listen = "127.0.0.1:8583"', 'listen = "8583"'), r"\$\.switch\.listen"),
-        (lambda t: t.replace('kind = "alipay"', 'kind = "paypal"'), r"\$\.channels\.alipay\.kind: 'paypal'"),
+        (
+            lambda t: t.replace('kind = "alipay"', 'kind = "paypal"'),
+            r"\$\.channels\.alipay\.kind: no channel package 'paypal'; built in: alipay, ecny, inbank, unionpay, we",
+        ),
+        (
+            lambda t: t.replace('kind = "alipay"', 'kind = "protocols.messages"'),
+            r"\$\.channels\.alipay\.kind: protocols\.messages is not a channel package",
+        ),
+        # The account is checked against the channel package's own schema, at its path in the file.
+        (
+            lambda t: t.replace('account = { app_id = "2014072300007148", ', "account = { "),
+            r"missing required field `app_id` - at `\$\.channels\.alipay\.account`",
+        ),
+        (
+            lambda t: t.replace('mch_id = "10000100", keys', "mch_id = 10000100, keys"),
+            r"Expected `str`, got `int` - at `\$\.channels\.wechat\.account\.mch_id`",
+        ),
+        (
+            lambda t: t.replace('cert_id = "69629715588", ', 'cert_id = "69629715588", merchant_key = "x", '),
+            r"unknown field `merchant_key` - at `\$\.channels\.unionpay\.account`",
+        ),
+        (lambda t: t.replace(', seal_key = "ecny:sm4-dek"', ""), r"seal_key.*\$\.channels\.ecny\.account"),
+        (lambda t: t.replace('actor = { endpoint = "http://127.0.0.1:9105" }', "actor = { }"), r"`endpoint`"),
         (lambda t: t.replace('channel = "ecny"', 'channel = "dcep"'), r"unknown channel 'dcep'"),
         (lambda t: t.replace('merchant = "898310048990002"', 'merchant = "898310048999999"'), r"unknown merchant"),
         (lambda t: t.replace('id = "T0000001"', 'id = "T1"'), r"\$\.terminals\[0\]\.id"),
@@ -42,7 +64,10 @@ def test_demo_configuration_is_valid():
             lambda t: t.replace('backend = "software"', 'backend = "pkcs11", pin_file = "keys/nope"'),
             r"pin_file: no file .*keys/nope",
         ),
-        (lambda t: t.replace('"sm2-sm3"', '"sm2"', 1), r"sign_algorithm: expected one of"),
+        (
+            lambda t: t.replace('"sm2-sm3"', '"sm2"', 1),
+            r"\$\.channels\.ecny\.account\.keys\.sign_algorithm: 'sm2' is not one of hmac-sha256, ",
+        ),
         (lambda t: t.replace("[switch]", "[switch"), r"not valid TOML"),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.demo_config import DEMO_DIR, demo_material
+from bench.demo_config import DEMO_DIR, demo_account, demo_material
 from bench.simulators.server import load_simulator_config
 from bench.simulators.side import ChannelVerdict, RequestSeen, side_of
 from hsm import algorithms
@@ -22,9 +22,7 @@ from protocols.channels import builtin_kinds, channel_of
 from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_encode, sorted_query, yuan
 from protocols.channels.wechat.xml import from_xml
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
-from switch.config import account_of, load_config
 
-SWITCH = load_config(DEMO_DIR / "switch.toml")
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
 KINDS = builtin_kinds()
 
@@ -59,14 +57,9 @@ class Pair:
     def __init__(self, kind: str) -> None:
         sim = SIMS.simulators[kind]
         self.channel, self.side = channel_of(kind), side_of(kind)
-        self.account = account_of(SWITCH.channels[kind])
-        keys = self.account.keys
-        self.dek = demo_material(keys.seal_key) if keys.seal_key else b""
-        self.crypto = Crypto(
-            algorithms.signer(keys.sign_algorithm, demo_material(keys.sign_key)),
-            algorithms.verifier(keys.verify_algorithm, demo_material(keys.verify_key)),
-            (lambda code: algorithms.sm4_cbc_encrypt(self.dek, code.encode()).hex()) if self.dek else None,
-        )
+        self.account, self.crypto = demo_account(kind)
+        seal_key = self.account.keys.seal_key
+        self.dek = demo_material(seal_key) if seal_key else b""
         self.channel_sign = algorithms.signer(sim.keys.sign_algorithm, (DEMO_DIR / sim.keys.sign_key).read_bytes())
         self.channel_verify = algorithms.verifier(
             sim.keys.verify_algorithm, (DEMO_DIR / sim.keys.verify_key).read_bytes()

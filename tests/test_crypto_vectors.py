@@ -179,9 +179,29 @@ def _reference_hmac_sm3(key: bytes, data: bytes) -> bytes:
     return sm3(bytes(k ^ 0x5C for k in key) + sm3(bytes(k ^ 0x36 for k in key) + data))
 
 
-def test_hmac_sm3_and_wechat_hmac_match_hand_built_ones():
+def test_the_hmac_schemes_match_hand_built_ones():
     secret = (DEMO_DIR / "keys/inbank/hmac_key").read_bytes().strip()
     assert algorithms.signer("hmac-sm3", secret)(b"payload") == _reference_hmac_sm3(secret, b"payload").hex()
     api_key = (DEMO_DIR / "keys/wechat/api_key").read_bytes().strip()
     expected = hmac.new(api_key, b"a=1&b=2&key=" + api_key, hashlib.sha256).hexdigest().upper()
     assert algorithms.signer("hmac-sha256-appended-key", api_key)(b"a=1&b=2") == expected
+    assert algorithms.signer("hmac-sha256", api_key)(b"a=1&b=2") == hmac.new(api_key, b"a=1&b=2", "sha256").hexdigest()
+
+
+def test_every_scheme_verifies_its_own_signature_and_refuses_a_changed_text():
+    material = {
+        "hmac-sha256": (DEMO_DIR / "keys/inbank/hmac_key").read_bytes(),
+        "hmac-sha256-appended-key": (DEMO_DIR / "keys/wechat/api_key").read_bytes(),
+        "hmac-sm3": (DEMO_DIR / "keys/inbank/hmac_key").read_bytes(),
+        "rsa-sha256": (DEMO_DIR / "keys/alipay/platform_private.pem").read_bytes(),
+        "sm2-sm3": (DEMO_DIR / "keys/ecny/channel_sm2_private").read_bytes(),
+    }
+    public = {
+        "rsa-sha256": (DEMO_DIR / "keys/alipay/platform_public.pem").read_bytes(),
+        "sm2-sm3": (DEMO_DIR / "keys/ecny/channel_sm2_public").read_bytes(),
+    }
+    assert set(material) == set(algorithms.SCHEMES)
+    for name, key in material.items():
+        signature = algorithms.signer(name, key)(b"amount=100")
+        verify = algorithms.verifier(name, public.get(name, key))
+        assert verify(b"amount=100", signature) and not verify(b"amount=900", signature), name

@@ -22,7 +22,7 @@ def limited_switch(config_dir, database_url, simulators, tmp_path_factory):
     edits = [
         (r"(\[channels\.unionpay\]\n)", r"\1frontend_in_flight = 1\n"),
         (r"(?m)^max_in_flight = 10000$", f"max_in_flight = {SWITCH_IN_FLIGHT}"),
-        (r"(\[channels\.inbank\]\n)", r"\1actor_max_restarts = 0\n"),
+        (r"(\[channels\.inbank\]\n(?:.*\n)*?actor = \{ )", r"\1max_restarts = 0, "),
     ]
     yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("limits"), "limits", edits)
 

@@ -23,7 +23,7 @@ from switch.config import load_config
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
 from switch.recon.handling import Handler, Threshold
 from switch.recon.scheduler import HourlyReconciler, due_batches
-from tests.conftest import demo_actor_keys, run
+from tests.conftest import demo_actor_setup, run
 from tests.support import CHANNEL_ONLY_PREFIX, STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
 
@@ -44,7 +44,7 @@ class CountingFetch:
 
     async def __call__(self, channel: str, day: dt.date) -> bytes:
         self.calls += 1
-        worker = ChannelWorker(channel, self._config.channels[channel], demo_actor_keys(channel), 0)
+        worker = ChannelWorker(channel, demo_actor_setup(channel, self._config), 0)
         try:
             return await worker.statement(day)
         finally:
@@ -171,8 +171,8 @@ def test_batch_windows_are_beijing_days_and_hours():
 
 def channel_worker(config_dir, channel: str) -> ChannelWorker:
     """The channel's actor logic, in the test's process, with the test switch's configuration."""
-    config = load_config(config_dir / "switch.toml").channels[channel]
-    return ChannelWorker(channel, config, demo_actor_keys(channel), 0)
+    config = load_config(config_dir / "switch.toml")
+    return ChannelWorker(channel, demo_actor_setup(channel, config), 0)
 
 
 async def approved_purchase(switch, database_url: str, channel: str) -> dict:
@@ -185,8 +185,8 @@ async def approved_purchase(switch, database_url: str, channel: str) -> dict:
 
 async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_fen: int) -> None:
     """A payment the channel takes that never went through this switch."""
-    config = load_config(config_dir / "switch.toml").channels[channel]
-    worker = ChannelWorker(channel, config, demo_actor_keys(channel), 0)
+    config = load_config(config_dir / "switch.toml")
+    worker = ChannelWorker(channel, demo_actor_setup(channel, config), 0)
     try:
         request = ChannelRequest(
             1, PAY, order, amount_fen, payment_code(channel, "00"), "", "T0000001", time.time() + 10
@@ -250,12 +250,12 @@ def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
     are reversed."""
     channel = "wechat"
     fetch = CountingFetch(config_dir)
-    caller_config = load_config(config_dir / "switch.toml").channels[channel]
+    caller_config = load_config(config_dir / "switch.toml")
 
     async def scenario():
         answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = ChannelWorker(channel, caller_config, demo_actor_keys(channel), 0)
+        worker = ChannelWorker(channel, demo_actor_setup(channel, caller_config), 0)
         try:
             async with pool.acquire() as conn:
                 waiting_rrn, waiting_order, amount = await journal_unknown_copy(conn, answer["37"])

@@ -14,3 +14,22 @@ def demo_material(label: str) -> bytes:
 
     entry = read_manifest(DEMO_KEY_MANIFEST)[label]
     return material_of(entry.kind, DEMO_KEY_MANIFEST.parent / entry.file)
+
+
+def demo_account(channel: str):
+    """The switch's demo account at ``channel`` and its ``Crypto`` made from the clear demo keys
+    (as the actor makes it through the HSM): to build and read a channel's messages outside the
+    switch."""
+    from hsm import algorithms
+    from protocols.channels.base import Crypto
+    from switch.config import account_of, load_config
+
+    account = account_of(load_config(DEMO_SWITCH_CONFIG).channels[channel])
+    keys = account.keys
+    dek = demo_material(keys.seal_key) if keys.seal_key else b""
+    crypto = Crypto(
+        algorithms.signer(keys.sign_algorithm, demo_material(keys.sign_key)),
+        algorithms.verifier(keys.verify_algorithm, demo_material(keys.verify_key)),
+        (lambda text: algorithms.sm4_cbc_encrypt(dek, text.encode()).hex().upper()) if dek else None,
+    )
+    return account, crypto

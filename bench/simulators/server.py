@@ -39,8 +39,8 @@ from bench.simulators import http
 from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.http import CUT, HALF, JSON, TEXT, Reply, Request
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
-from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
 from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, side_of
+from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
 from hsm import algorithms
 from protocols.channels.base import HttpAnswer
 from protocols.messages import CANCEL, PAY, REFUND

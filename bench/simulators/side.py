@@ -55,7 +55,9 @@ class StatementAsk:
 class ChannelSide(Protocol):
     paths: Collection[str]  # every path it answers POSTs on (its APIs and the statement download)
 
-    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | StatementAsk | str:
+    def read(
+        self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
+    ) -> RequestSeen | StatementAsk | str:
         """The request, or the channel's reason for refusing it (answered by ``write_error``)."""
         ...
 

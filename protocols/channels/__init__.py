@@ -27,7 +27,7 @@ def channel_of(kind: str) -> Channel:
     try:
         module = import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not name.startswith(exc.name):  # a module the package itself lacks
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):  # one it imports
             raise
         raise UnknownChannel(f"no channel package {kind!r}; built in: {', '.join(builtin_kinds())}") from None
     channel = getattr(module, "channel", None)

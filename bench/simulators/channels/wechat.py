@@ -33,7 +33,9 @@ _XML = {"Content-Type": "text/xml"}
 class WeChatSide:
     paths = frozenset(PATHS.values()) | {download.PATH}
 
-    def read(self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify) -> RequestSeen | StatementAsk | str:
+    def read(
+        self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
+    ) -> RequestSeen | StatementAsk | str:
         if path == download.PATH:
             return _read_statement_ask(body, verify)
         op = _OP_OF_PATH.get(path)

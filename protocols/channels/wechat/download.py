@@ -25,7 +25,10 @@ class DownloadBill(Struct, kw_only=True):
 
 def build(day: dt.date, account: WeChatAccount, crypto: Crypto, now: float) -> HttpCall:
     request = DownloadBill(
-        appid=account.app_id, mch_id=account.mch_id, nonce_str=nonce("bill", str(day), repr(now)), bill_date=f"{day:%Y%m%d}"
+        appid=account.app_id,
+        mch_id=account.mch_id,
+        nonce_str=nonce("bill", str(day), repr(now)),
+        bill_date=f"{day:%Y%m%d}",
     )
     return HttpCall(PATH, signed_xml(request, crypto), CONTENT_TYPE)
 
