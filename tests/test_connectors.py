@@ -3,25 +3,28 @@ channel's signature check, every channel verdict maps to the right outcome and I
 tampered request or answer is caught."""
 
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import json
 import time
 from urllib.parse import parse_qsl, urlencode
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.demo_config import DEMO_DIR, demo_account, demo_material
 from bench.simulators.server import load_simulator_config
-from bench.simulators.side import ChannelVerdict, RequestSeen, side_of
+from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, side_of
 from hsm import algorithms
 from protocols import response_codes as rc
 from protocols.channels import builtin_kinds, channel_of
 from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_encode, sorted_query, yuan
 from protocols.channels.wechat.xml import from_xml
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
+from protocols.statements import CST
 
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
 KINDS = builtin_kinds()
@@ -204,6 +207,31 @@ def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():
     verify = algorithms.verifier("rsa-sha256", (DEMO_DIR / "keys/unionpay/merchant_public.pem").read_bytes())
     assert verify(digest, doc["signature"])
     assert doc["txnAmt"] == "12345" and doc["qrNo"] == "134567890123456700"
+
+
+def test_unionpay_pin_block_travels_only_with_a_card_pin():
+    pair = Pair("unionpay")
+    card = msgspec.structs.replace(pair.request(), pin_block="0123456789ABCDEF")
+    call = pair.build(card)
+    assert dict(parse_qsl(call.body.decode()))["pinBlock"] == "0123456789ABCDEF"
+    seen = pair.read(call)
+    assert isinstance(seen, RequestSeen) and seen.pin_block == "0123456789ABCDEF"
+    assert b"pinBlock" not in pair.build(pair.request()).body
+
+
+@pytest.mark.parametrize(
+    ("day", "asked_at"),
+    [
+        (dt.date(2026, 11, 23), dt.datetime(2026, 11, 24, 1, 0, tzinfo=CST)),
+        (dt.date(2026, 12, 31), dt.datetime(2027, 1, 1, 0, 30, tzinfo=CST)),  # settleDate is MMDD only
+        (dt.date(2028, 2, 29), dt.datetime(2028, 3, 1, 2, 0, tzinfo=CST)),
+    ],
+)
+def test_unionpay_statement_ask_names_the_day_asked_for(day, asked_at):
+    pair = Pair("unionpay")
+    call = pair.channel.statement.build(day, pair.account, pair.crypto, asked_at.timestamp())
+    ask = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
+    assert ask == StatementAsk(day, "777290058110048")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,14 @@
+"""UnionPay QR through the acp gateway, merchant scans the customer's code (``flows``), its
+settlement file download (``download``) and the file's format (``statement``)."""
+
+from protocols.channels.base import Channel, Download
+from protocols.channels.unionpay import download, statement
+from protocols.channels.unionpay.flows import FLOWS, UnionPayAccount
+
+channel = Channel(
+    kind="unionpay",
+    account=UnionPayAccount,
+    flows=FLOWS,
+    statement=Download(download.build, download.parse, statement.parse),
+    simulator="bench.simulators.channels.unionpay",
+)
