@@ -1,14 +1,7 @@
-"""Channel statement (bill) files: one module per format, each with ``write`` (what a channel, here
-its simulator, produces from its ledger) and ``parse`` (what reconciliation reads). Pure code: bytes
-in, rows out. Amounts are integer fen everywhere, whatever the file shows.
-
-Formats:
-- ``wechat``: WeChat Pay's trade bill (downloadbill, bill_type ALL): CSV whose values are
-  back-quoted, a header row, then a summary header and summary row.
-- ``alipay``: Alipay's trade bill: a zip holding the "业务明细" CSV (GBK, ``#`` comment lines
-  before and after, a trailing tab after identifiers) and its summary.
-- ``unionpay``: a UnionPay-style acp settlement file, fixed-width columns (documented there).
-- ``bankcsv``: the bank-operated channels' (e-CNY, in-bank) CSV with a ``TOTAL`` trailer.
+"""Channel statement (bill) files: the row every channel's format reads into, and the helpers
+the formats share. Each format lives with its channel (``protocols.channels.<kind>.statement``:
+``parse``, what reconciliation reads, and ``write``, what the channel's simulator produces). Pure
+code: bytes in, rows out. Amounts are integer fen everywhere, whatever the file shows.
 """
 
 from __future__ import annotations
