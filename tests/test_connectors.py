@@ -22,7 +22,7 @@ from protocols.channels import builtin_kinds, channel_of
 from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_encode, sorted_query, yuan
 from protocols.channels.wechat.xml import from_xml
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
-from switch.config import account_of, load_config
+from switch.config import ConfigError, account_of, load_config
 
 SWITCH = load_config(DEMO_DIR / "switch.toml")
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
@@ -211,6 +211,34 @@ def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():
     verify = algorithms.verifier("rsa-sha256", (DEMO_DIR / "keys/unionpay/merchant_public.pem").read_bytes())
     assert verify(digest, doc["signature"])
     assert doc["txnAmt"] == "12345" and doc["qrNo"] == "134567890123456700"
+
+
+def test_ecny_payment_code_leaves_the_switch_sealed():
+    pair = Pair("ecny")
+    req = pair.request()
+    call = pair.build(req)
+    assert req.auth_code.encode() not in call.body
+    assert json.loads(call.body)["pay_code"] != req.auth_code
+    seen = pair.read(call)  # opened under the channel's data key
+    assert isinstance(seen, RequestSeen) and seen.auth_code == req.auth_code
+    with pytest.raises(ValueError, match="seal"):  # never in clear, even if no sealer were given
+        pair.channel.flows[PAY].build(req, pair.account, dataclasses.replace(pair.crypto, seal=None), time.time())
+
+
+@pytest.mark.parametrize(
+    ("seal_key", "message"),
+    [
+        ("", r"missing required field `seal_key` - at `\$\.channels\.ecny\.account\.keys`"),
+        (', seal_key = ""', r"length >= 1 - at `\$\.channels\.ecny\.account\.keys\.seal_key`"),
+    ],
+)
+def test_an_ecny_account_without_its_seal_key_is_a_configuration_error(tmp_path, seal_key, message):
+    text = (DEMO_DIR / "switch.toml").read_text()
+    assert ', seal_key = "ecny:sm4-dek"' in text
+    path = tmp_path / "switch.toml"
+    path.write_text(text.replace(', seal_key = "ecny:sm4-dek"', seal_key).replace('"keys/', f'"{DEMO_DIR}/keys/'))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
