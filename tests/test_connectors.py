@@ -25,6 +25,7 @@ from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_enco
 from protocols.channels.wechat.xml import from_xml
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
 from protocols.statements import CST
+from switch.config import ConfigError, load_config
 
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
 KINDS = builtin_kinds()
@@ -232,6 +233,34 @@ def test_unionpay_statement_ask_names_the_day_asked_for(day, asked_at):
     call = pair.channel.statement.build(day, pair.account, pair.crypto, asked_at.timestamp())
     ask = pair.side.read(call.path, call.body, call.headers, pair.channel_verify)
     assert ask == StatementAsk(day, "777290058110048")
+
+
+def test_ecny_payment_code_leaves_the_switch_sealed():
+    pair = Pair("ecny")
+    req = pair.request()
+    call = pair.build(req)
+    assert req.auth_code.encode() not in call.body
+    assert json.loads(call.body)["pay_code"] != req.auth_code
+    seen = pair.read(call)  # opened under the channel's data key
+    assert isinstance(seen, RequestSeen) and seen.auth_code == req.auth_code
+    with pytest.raises(ValueError, match="seal"):  # never in clear, even if no sealer were given
+        pair.channel.flows[PAY].build(req, pair.account, dataclasses.replace(pair.crypto, seal=None), time.time())
+
+
+@pytest.mark.parametrize(
+    ("seal_key", "message"),
+    [
+        ("", r"missing required field `seal_key` - at `\$\.channels\.ecny\.account\.keys`"),
+        (', seal_key = ""', r"length >= 1 - at `\$\.channels\.ecny\.account\.keys\.seal_key`"),
+    ],
+)
+def test_an_ecny_account_without_its_seal_key_is_a_configuration_error(tmp_path, seal_key, message):
+    text = (DEMO_DIR / "switch.toml").read_text()
+    assert ', seal_key = "ecny:sm4-dek"' in text
+    path = tmp_path / "switch.toml"
+    path.write_text(text.replace(', seal_key = "ecny:sm4-dek"', seal_key).replace('"keys/', f'"{DEMO_DIR}/keys/'))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,6 @@
+"""Digital RMB as the channel reads and answers it (``protocols.channels.ecny``)."""
+
+from bench.simulators.channels.bankjson import BankJsonSide
+from protocols.channels.ecny import PATHS
+
+side = BankJsonSide(PATHS)

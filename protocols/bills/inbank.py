@@ -1,9 +1,0 @@
-"""In-bank code statement download, on the bank JSON shape (``protocols.bills.bankjson``)."""
-
-from protocols.bills.bankjson import BillServer, Downloader
-from protocols.statements import bankcsv as statement_format
-
-PATH = "/openapi/v1/bill/download"
-downloader = Downloader(PATH)
-server = BillServer(PATH)
-__all__ = ["downloader", "server", "statement_format"]

@@ -1,0 +1,260 @@
+"""The bank JSON shape's pay, query, cancel and refund: each a typed request and answer with its
+builder and parser. The builders take the flow's path first (each bank serves the shape on its
+own paths; the descriptor binds them).
+
+``POST`` JSON; the body is signed (HMAC-SM3 hex, or SM2 with SM3) in the ``X-Signature`` header
+and the answer likewise. Amounts are integer fen. ``code`` ``0000`` is success, with
+``trade_status`` ``SUCCESS`` (paid), ``PAYING`` (waiting for the customer) or ``CLOSED``; business
+codes: ``1001`` insufficient funds, ``1002`` expired code, ``1003`` invalid code, ``1004`` no such
+order, ``1005`` order closed, ``1006`` cannot be cancelled any more, ``1007`` refund over the
+refundable amount, ``1009`` declined; ``9999`` system error (unknown, query). A cancel answers
+``cancel_status`` ``CANCELLED`` or ``RETRY``, a refund ``refund_status`` ``SUCCESS``. A request
+whose signature the bank refuses is answered HTTP 401, not processed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from functools import partial
+from typing import Annotated, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from protocols import response_codes as rc
+from protocols.channels.base import (
+    Account,
+    Crypto,
+    Flow,
+    HttpAnswer,
+    HttpCall,
+    approved,
+    declined,
+    not_found,
+    pending,
+    unknown,
+)
+from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
+from protocols.statements import CST
+
+SIGNATURE_HEADER = "X-Signature"
+CONTENT_TYPE = "application/json;charset=utf-8"
+OK, NO_SUCH_ORDER, SYSTEM_ERROR = "0000", "1004", "9999"
+_DECLINES = {"1001": rc.INSUFFICIENT_FUNDS, "1002": rc.EXPIRED_CODE, "1003": rc.INVALID_PAYMENT_CODE}
+_TRADE_FAILED = {"FAILED", "CLOSED"}
+Fen = Annotated[int, Meta(gt=0)]  # the bank refuses anything else (checked where a request is read)
+
+
+class BankAccount(Account, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    app_id: str  # the switch's application at the bank
+    mch_id: str  # the switch's merchant number, for merchants without their own
+
+
+# -- requests: every one names the order in the same envelope, in this field order ---------------
+
+
+class Envelope(Struct, kw_only=True):
+    app_id: str
+    mch_id: str
+    out_trade_no: str
+    timestamp: str  # YYYYMMDDhhmmss, China time
+
+
+class Pay(Envelope, kw_only=True):
+    amount: Fen
+    currency: str = "CNY"
+    pay_code: str  # the customer's code; e-CNY's sealed (hex of SM4-CBC IV || text)
+    terminal_id: str
+    subject: str
+
+
+class Query(Envelope, kw_only=True):
+    pass
+
+
+class Cancel(Envelope, kw_only=True):
+    pass
+
+
+class Refund(Envelope, kw_only=True):
+    out_refund_no: str
+    refund_amount: Fen
+    total_amount: int  # fen, the payment's whole amount
+
+
+# -- answers (their fields as the bank writes them; absent ones read as empty) --------------------
+
+
+class Answer(Struct, kw_only=True):
+    code: str
+    message: str = ""
+    out_trade_no: str = ""
+
+
+class TradeAnswer(Answer, kw_only=True):
+    """A query's answer; a pay's adds the amount."""
+
+    trade_status: str = ""
+    trade_no: str = ""
+
+
+class PayAnswer(TradeAnswer, kw_only=True):
+    amount: int = 0
+
+
+class CancelAnswer(Answer, kw_only=True):
+    cancel_status: str = ""
+
+
+class RefundAnswer(Answer, kw_only=True):
+    refund_status: str = ""
+    refund_id: str = ""
+    out_refund_no: str = ""
+
+
+A = TypeVar("A", bound=Answer)
+encode = msgspec.json.Encoder().encode  # compact UTF-8, as json.dumps(ensure_ascii=False) with no spaces
+_PAY_ANSWER = msgspec.json.Decoder(PayAnswer)
+_QUERY_ANSWER = msgspec.json.Decoder(TradeAnswer)
+_CANCEL_ANSWER = msgspec.json.Decoder(CancelAnswer)
+_REFUND_ANSWER = msgspec.json.Decoder(RefundAnswer)
+
+
+def timestamp(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, CST).strftime("%Y%m%d%H%M%S")
+
+
+def signed(path: str, request: Struct, crypto: Crypto, content_type: str = CONTENT_TYPE) -> HttpCall:
+    body = encode(request)
+    return HttpCall(path, body, content_type, {SIGNATURE_HEADER: crypto.sign(body)})
+
+
+def _envelope(req: ChannelRequest, account: BankAccount, now: float) -> dict[str, str]:
+    return {
+        "app_id": account.app_id,
+        "mch_id": req.merchant_channel_id or account.mch_id,
+        "out_trade_no": req.out_trade_no,
+        "timestamp": timestamp(now),
+    }
+
+
+def _read(
+    req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, decoder: msgspec.json.Decoder[A]
+) -> A | ChannelResult:
+    """The answer's business part, or the result it already decides (no answer to trust, our
+    request refused unprocessed, or the bank's system error)."""
+    if answer.status == 401:  # our signature was refused: not processed
+        return declined(req, rc.SYSTEM_MALFUNCTION, "401", "signature refused")
+    if answer.status != 200:
+        return unknown(req, f"HTTP{answer.status}")
+    if not crypto.verify(answer.body, answer.headers.get(SIGNATURE_HEADER, "")):
+        return unknown(req, "BADSIGN", "answer signature")
+    try:
+        got = decoder.decode(answer.body)
+    except msgspec.DecodeError:  # ValidationError included
+        return unknown(req, "BADJSON", "unreadable answer")
+    if got.code == SYSTEM_ERROR:
+        return unknown(req, got.code, got.message)
+    return got
+
+
+def _trade(req: ChannelRequest, got: TradeAnswer) -> ChannelResult:
+    """A pay's or query's answer about the order's trade."""
+    code, status = got.code, got.trade_status
+    if code == OK and status == "SUCCESS":
+        return approved(req, code, got.trade_no)
+    if code == OK and status == "PAYING":
+        return pending(req, status, got.message, got.trade_no)
+    if status in _TRADE_FAILED:
+        return declined(req, _DECLINES.get(code, rc.DO_NOT_HONOUR), code if code != OK else status, got.message)
+    return unknown(req, code, got.message)
+
+
+# -- the four flows -------------------------------------------------------------------------------
+
+
+def build_pay(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    return _pay(path, req, account, crypto, now, req.auth_code)
+
+
+def build_sealed_pay(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    """A pay whose payment code leaves only sealed under the account's SM4 data key."""
+    if crypto.seal is None:  # the account schema requires the key: never send the code in clear
+        raise ValueError(f"{path}: the payment code must be sealed and the account has no seal key")
+    return _pay(path, req, account, crypto, now, crypto.seal(req.auth_code))
+
+
+def _pay(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float, pay_code: str) -> HttpCall:
+    request = Pay(
+        **_envelope(req, account, now),
+        amount=req.amount_fen,
+        pay_code=pay_code,
+        terminal_id=req.terminal_id,
+        subject=req.subject,
+    )
+    return signed(path, request, crypto)
+
+
+def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _PAY_ANSWER)
+    return got if isinstance(got, ChannelResult) else _trade(req, got)
+
+
+def build_query(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    return signed(path, Query(**_envelope(req, account, now)), crypto)
+
+
+def parse_query(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _QUERY_ANSWER)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.code == NO_SUCH_ORDER:
+        return not_found(req, got.message)
+    return _trade(req, got)
+
+
+def build_cancel(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    return signed(path, Cancel(**_envelope(req, account, now)), crypto)
+
+
+def parse_cancel(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _CANCEL_ANSWER)
+    if isinstance(got, ChannelResult):
+        return got
+    code, status = got.code, got.cancel_status
+    if (code == OK and status == "CANCELLED") or code == NO_SUCH_ORDER:  # no such order: nothing to cancel
+        return approved(req, code, "")
+    if code == OK and status == "RETRY":
+        return unknown(req, status, got.message)
+    return declined(req, rc.DO_NOT_HONOUR, code, got.message)
+
+
+def build_refund(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    request = Refund(
+        **_envelope(req, account, now),
+        out_refund_no=req.refund_no,
+        refund_amount=req.amount_fen,
+        total_amount=req.total_fen,
+    )
+    return signed(path, request, crypto)
+
+
+def parse_refund(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _REFUND_ANSWER)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.code == OK and got.refund_status == "SUCCESS":
+        return approved(req, got.code, got.refund_id)
+    return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)
+
+
+def flows(paths: Mapping[str, str], *, seals_code: bool) -> dict[str, Flow]:
+    """The four flows on a bank's ``paths`` (by operation); with ``seals_code`` the payment code
+    leaves sealed (``Crypto.seal``)."""
+    return {
+        PAY: Flow(partial(build_sealed_pay if seals_code else build_pay, paths[PAY]), parse_pay),
+        QUERY: Flow(partial(build_query, paths[QUERY]), parse_query),
+        CANCEL: Flow(partial(build_cancel, paths[CANCEL]), parse_cancel),
+        REFUND: Flow(partial(build_refund, paths[REFUND]), parse_refund),
+    }

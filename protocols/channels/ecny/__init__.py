@@ -1,0 +1,35 @@
+"""Digital RMB (e-CNY), merchant scans the wallet's payment code, on the bank JSON shape
+(``protocols.channels.bankjson``), with the national algorithms the channel requires: bodies
+signed SM2 with SM3 (base64 of r || s, user id 1234567812345678), and the payment code sent
+SM4-CBC encrypted under the data key shared with the channel (hex of IV || ciphertext), which is
+why the account must name that key."""
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from protocols.channels.bankjson import Paths, bank_channel
+from protocols.channels.bankjson.flows import BankAccount
+from protocols.channels.base import Keys
+from protocols.messages import CANCEL, PAY, QUERY, REFUND
+
+PATHS = Paths(
+    {
+        PAY: "/ecny/v1/trade/micropay",
+        QUERY: "/ecny/v1/trade/query",
+        CANCEL: "/ecny/v1/trade/cancel",
+        REFUND: "/ecny/v1/trade/refund",
+    },
+    statement="/ecny/v1/bill/download",
+)
+
+
+class SealingKeys(Keys, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    seal_key: Annotated[str, Meta(min_length=1)]  # the SM4 data key the payment code travels under
+
+
+class EcnyAccount(BankAccount, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    keys: SealingKeys
+
+
+channel = bank_channel("ecny", EcnyAccount, PATHS, "bench.simulators.channels.ecny", seals_code=True)
