@@ -75,8 +75,7 @@ async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
     """The newest version of every key the configuration names; ``HsmError`` naming the missing."""
     labels = {cfg.security.pan_hash_key}
     for channel in cfg.channels.values():
-        names = account_of(channel).keys
-        labels |= {names.sign_key, names.verify_key, names.seal_key, channel.pin_key} - {""}
+        labels |= {*account_of(channel).keys.labels().values(), channel.pin_key} - {""}
     found = {label: await store.current(label) for label in sorted(labels)}
     missing = [label for label, record in found.items() if record is None]
     if missing:
@@ -89,14 +88,14 @@ def actor_setup(config: Config, channel: str, keys: dict[str, KeyRecord]) -> Act
     the account, the HSM to open and the account's key records among ``keys`` (``configured_keys``)."""
     section = config.channels[channel]
     account = account_of(section)
-    names = account.keys
+    labels = account.keys.labels()
     records = ActorKeys(
         hsm=config.security.hsm,
         base_dir=config.base_dir,
         demo=config.switch.demo,
-        sign=keys[names.sign_key],
-        verify=keys[names.verify_key],
-        seal=keys[names.seal_key] if names.seal_key else None,
+        sign=keys[labels["sign"]],
+        verify=keys[labels["verify"]],
+        seal=keys[labels["seal"]] if "seal" in labels else None,
     )
     return ActorSetup(kind=section.kind, settings=section.actor, account=account, keys=records)
 

@@ -47,8 +47,7 @@ def demo_actor_setup(channel: str, config=None):
     config = config or load_config(DEMO_SWITCH_CONFIG)
     hsm = open_hsm(config.security.hsm, config.base_dir, demo=config.switch.demo)
     manifest = read_manifest(DEMO_KEY_MANIFEST)
-    names = account_of(config.channels[channel]).keys
-    labels = {names.sign_key, names.verify_key, names.seal_key} - {""}
+    labels = account_of(config.channels[channel]).keys.labels().values()
     keys = {label: hsm.import_key(label, manifest[label].kind, demo_material(label)) for label in labels}
     return actor_setup(config, channel, keys)
 

@@ -55,7 +55,6 @@ def test_demo_configuration_is_valid():
             lambda t: t.replace('cert_id = "69629715588", ', 'cert_id = "69629715588", merchant_key = "x", '),
             r"unknown field `merchant_key` - at `\$\.channels\.unionpay\.account`",
         ),
-        (lambda t: t.replace(', seal_key = "ecny:sm4-dek"', ""), r"seal_key.*\$\.channels\.ecny\.account"),
         (lambda t: t.replace('actor = { endpoint = "http://127.0.0.1:9105" }', "actor = { }"), r"`endpoint`"),
         (lambda t: t.replace('channel = "ecny"', 'channel = "dcep"'), r"unknown channel 'dcep'"),
         (lambda t: t.replace('merchant = "898310048990002"', 'merchant = "898310048999999"'), r"unknown merchant"),

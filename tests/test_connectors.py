@@ -62,8 +62,8 @@ class Pair:
         sim = SIMS.simulators[kind]
         self.channel, self.side = channel_of(kind), side_of(kind)
         self.account, self.crypto = demo_account(kind)
-        seal_key = self.account.keys.seal_key
-        self.dek = demo_material(seal_key) if seal_key else b""
+        labels = self.account.keys.labels()
+        self.dek = demo_material(labels["seal"]) if "seal" in labels else b""
         self.channel_sign = algorithms.signer(sim.keys.sign_algorithm, (DEMO_DIR / sim.keys.sign_key).read_bytes())
         self.channel_verify = algorithms.verifier(
             sim.keys.verify_algorithm, (DEMO_DIR / sim.keys.verify_key).read_bytes()

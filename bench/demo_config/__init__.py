@@ -25,11 +25,11 @@ def demo_account(channel: str):
     from switch.config import account_of, load_config
 
     account = account_of(load_config(DEMO_SWITCH_CONFIG).channels[channel])
-    keys = account.keys
-    dek = demo_material(keys.seal_key) if keys.seal_key else b""
+    keys, labels = account.keys, account.keys.labels()
+    dek = demo_material(labels["seal"]) if "seal" in labels else b""
     crypto = Crypto(
-        algorithms.signer(keys.sign_algorithm, demo_material(keys.sign_key)),
-        algorithms.verifier(keys.verify_algorithm, demo_material(keys.verify_key)),
+        algorithms.signer(keys.sign_algorithm, demo_material(labels["sign"])),
+        algorithms.verifier(keys.verify_algorithm, demo_material(labels["verify"])),
         (lambda text: algorithms.sm4_cbc_encrypt(dek, text.encode()).hex().upper()) if dek else None,
     )
     return account, crypto

@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from protocols import response_codes as rc
 from protocols.messages import NOT_FOUND, ChannelRequest, ChannelResult, Outcome
@@ -46,7 +46,19 @@ class Keys(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     sign_key: str
     verify_algorithm: str
     verify_key: str
-    seal_key: str = ""  # an SM4 data key the channel wants sensitive fields encrypted under
+
+    def labels(self) -> dict[str, str]:
+        """The key store labels of the account's keys, by use (sign, verify, seal)."""
+        return {"sign": self.sign_key, "verify": self.verify_key}
+
+
+class SealingKeys(Keys, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keys of a channel that wants sensitive fields sent encrypted (``Crypto.seal``)."""
+
+    seal_key: Annotated[str, Meta(min_length=1)]  # an SM4 data key shared with the channel
+
+    def labels(self) -> dict[str, str]:
+        return {**super().labels(), "seal": self.seal_key}
 
 
 class Account(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -60,8 +72,8 @@ class Account(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
 @dataclass(frozen=True, slots=True)
 class Crypto:
     """The account's keys at work, from the HSM: the flows sign, verify and seal with these and
-    never see key material. ``seal`` (hex of the SM4-CBC text) is there when the account names a
-    ``seal_key``."""
+    never see key material. ``seal`` (hex of the SM4-CBC text) is there when the account's keys
+    are ``SealingKeys``."""
 
     sign: Sign
     verify: Verify

@@ -4,13 +4,9 @@ signed SM2 with SM3 (base64 of r || s, user id 1234567812345678), and the paymen
 SM4-CBC encrypted under the data key shared with the channel (hex of IV || ciphertext), which is
 why the account must name that key."""
 
-from typing import Annotated
-
-from msgspec import Meta
-
 from protocols.channels.bankjson import Paths, bank_channel
 from protocols.channels.bankjson.flows import BankAccount
-from protocols.channels.base import Keys
+from protocols.channels.base import SealingKeys
 from protocols.messages import CANCEL, PAY, QUERY, REFUND
 
 PATHS = Paths(
@@ -24,12 +20,8 @@ PATHS = Paths(
 )
 
 
-class SealingKeys(Keys, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    seal_key: Annotated[str, Meta(min_length=1)]  # the SM4 data key the payment code travels under
-
-
 class EcnyAccount(BankAccount, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    keys: SealingKeys
+    keys: SealingKeys  # seal_key: the SM4 data key the payment code travels under
 
 
 channel = bank_channel("ecny", EcnyAccount, PATHS, "bench.simulators.channels.ecny", seals_code=True)
