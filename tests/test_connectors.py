@@ -21,10 +21,21 @@ from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, sid
 from hsm import algorithms
 from protocols import response_codes as rc
 from protocols.channels import builtin_kinds, channel_of
-from protocols.channels.base import Crypto, HttpAnswer, HttpCall, fen, form_encode, sorted_query, yuan
+from protocols.channels.base import (
+    Crypto,
+    HttpAnswer,
+    HttpCall,
+    Link,
+    StatementRefused,
+    fen,
+    form_encode,
+    sorted_query,
+    yuan,
+)
 from protocols.channels.wechat.xml import from_xml
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
-from protocols.statements import CST
+from protocols.statements import CST, PAID, StatementRow
+from protocols.statements import PAY as PAY_ENTRY
 from switch.config import ConfigError, load_config
 
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
@@ -199,6 +210,29 @@ def test_alipay_request_carries_yuan_and_the_answer_node_is_cut_exactly():
 
     body = '{"alipay_trade_pay_response":{"msg":"a}\\"{b","code":"10000"},"sign":"x"}'
     assert extract_node(body, "alipay_trade_pay_response") == '{"msg":"a}\\"{b","code":"10000"}'
+
+
+def test_alipay_statement_is_asked_on_the_gateway_and_answered_with_a_signed_link():
+    pair = Pair("alipay")
+    download, day = pair.channel.statement, dt.date(2026, 11, 23)
+    call = download.build(day, pair.account, pair.crypto, time.time())
+    ask = pair.read(call)
+    assert call.path in pair.side.paths and ask == StatementAsk(day, pair.account.app_id)
+    at = dt.datetime(2026, 11, 23, 9, 30, tzinfo=CST)
+    row = StatementRow(
+        entry=PAY_ENTRY,
+        out_trade_no="2026112300001",
+        channel_txn_id="2026112322001",
+        amount_fen=12345,
+        status=PAID,
+        at=at,
+    )
+    assert download.read(pair.side.statement([row], ask)) == [row]
+    link = "http://127.0.0.1:9102/_bill/0123abcd"
+    assert download.parse(pair.side.write_statement(b"", pair.channel_sign, link), pair.crypto) == Link(link)
+    forged_sign = algorithms.signer("rsa-sha256", (DEMO_DIR / WRONG_KEY["alipay"][1]).read_bytes())
+    with pytest.raises(StatementRefused, match="signature"):
+        download.parse(pair.side.write_statement(b"", forged_sign, link), pair.crypto)
 
 
 def test_unionpay_signs_the_sha256_hex_of_the_sorted_string():

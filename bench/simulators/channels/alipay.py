@@ -1,0 +1,133 @@
+"""Alipay as the channel reads and answers it (``protocols.channels.alipay``): the trade methods
+and the bill download link, all on the one gateway path, told apart by ``method``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk
+from protocols.channels.alipay import download, statement
+from protocols.channels.alipay.flows import (
+    ERROR_NODE,
+    FAILED,
+    GATEWAY,
+    INVALID_ARGUMENTS,
+    METHODS,
+    NOT_EXIST,
+    SIGN_TYPE,
+    SUCCESS,
+    UNKNOWN,
+    WAITING,
+    TradeCancel,
+    TradePay,
+    TradeQuery,
+    TradeRefund,
+    response_node,
+)
+from protocols.channels.base import HttpAnswer, Sign, Verify, fen, sorted_query, yuan
+from protocols.messages import CANCEL, PAY, QUERY, REFUND
+from protocols.statements import StatementRow
+
+_OP_OF_METHOD = {method: op for op, method in METHODS.items()}
+_CONTENT = {PAY: TradePay, QUERY: TradeQuery, CANCEL: TradeCancel, REFUND: TradeRefund}
+# Verdicts in Alipay's own vocabulary: (code, msg, sub_code, sub_msg).
+_FAILED = "Business Failed"
+_ANSWERS = {
+    (PAY, "USERPAYING"): (WAITING, "Waiting for buyer to pay", "", ""),
+    (PAY, "NOTENOUGH"): (FAILED, _FAILED, "ACQ.BUYER_BALANCE_NOT_ENOUGH", "买家余额不足"),
+    (PAY, "EXPIRED"): (FAILED, _FAILED, "ACQ.AUTH_CODE_EXPIRED", "付款码已过期"),
+    (PAY, "INVALID"): (FAILED, _FAILED, "ACQ.PAYMENT_AUTH_CODE_INVALID", "支付失败，获取顾客账户信息失败"),
+    (PAY, "DECLINED"): (FAILED, _FAILED, "ACQ.TRADE_HAS_CLOSE", "交易已经关闭"),
+    (PAY, "ORDERCLOSED"): (FAILED, _FAILED, "ACQ.TRADE_HAS_CLOSE", "交易已经关闭"),
+    (QUERY, "NOTEXIST"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),
+    (CANCEL, "NOTEXIST"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),
+    (CANCEL, "REFUSED"): (FAILED, _FAILED, "ACQ.REASON_TRADE_BEEN_FREEZEN", "交易已冻结，不能撤销"),
+    (REFUND, "REFUSED"): (FAILED, _FAILED, "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"),
+}
+_SYSTEM_ERROR = (UNKNOWN, "Service Currently Unavailable", "aop.unknow-error", "系统繁忙")
+_TRADE_STATUS = {"PAID": "TRADE_SUCCESS", "PAYING": "WAIT_BUYER_PAY", "CLOSED": "TRADE_CLOSED"}
+_JSON = {"Content-Type": "application/json;charset=utf-8"}
+
+
+class AlipaySide:
+    paths = frozenset({GATEWAY})
+
+    def read(
+        self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
+    ) -> RequestSeen | StatementAsk | str:
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        method = params.get("method", "")
+        if path != GATEWAY or (method not in _OP_OF_METHOD and method != download.METHOD):
+            return "isv.invalid-method"
+        if params.get("sign_type") != SIGN_TYPE or not verify(sorted_query(params).encode(), params.get("sign", "")):
+            return "isv.invalid-signature"
+        biz = params.get("biz_content", "")
+        try:
+            if method == download.METHOD:
+                return StatementAsk(
+                    msgspec.json.decode(biz, type=download.BillQuery).bill_date, params.get("app_id", "")
+                )
+            return _seen(_OP_OF_METHOD[method], msgspec.json.decode(biz, type=_CONTENT[_OP_OF_METHOD[method]]), params)
+        except ValueError:  # msgspec's DecodeError and ValidationError, and amounts that are not yuan
+            return "isv.invalid-parameter"
+
+    def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
+        status = verdict.status
+        if status == "SYSTEMERROR":
+            code, msg, sub_code, sub_msg = _SYSTEM_ERROR
+        else:
+            code, msg, sub_code, sub_msg = _ANSWERS.get((seen.op, status), (SUCCESS, "Success", "", ""))
+        node = {"code": code, "msg": msg}
+        if sub_code:
+            node |= {"sub_code": sub_code, "sub_msg": sub_msg}
+        node["out_trade_no"] = seen.out_trade_no
+        if seen.op == PAY:
+            node["total_amount"] = yuan(seen.amount_fen)
+        if status in ("SUCCESS", "USERPAYING") or status in _TRADE_STATUS:
+            node["trade_no"] = verdict.channel_txn_id
+        if seen.op == QUERY and status in _TRADE_STATUS:
+            node["trade_status"] = _TRADE_STATUS[status]
+        if seen.op == REFUND and status == "DONE":
+            node |= {"trade_no": verdict.channel_txn_id, "refund_fee": yuan(seen.amount_fen), "fund_change": "Y"}
+        if seen.op == CANCEL and status in ("DONE", "RETRY"):
+            node |= {"retry_flag": "Y" if status == "RETRY" else "N", "action": "close"}
+        return _signed(str(seen.fields.get("method", METHODS[seen.op])), node, sign)
+
+    def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
+        node = {"code": INVALID_ARGUMENTS, "msg": "Invalid Arguments", "sub_code": reason, "sub_msg": reason}
+        return HttpAnswer(200, msgspec.json.encode({ERROR_NODE: node}), _JSON)  # unsigned, as Alipay sends it
+
+    def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
+        return statement.write(rows, "2088101117955611", ask.day.isoformat())
+
+    def write_statement(self, content: bytes, sign: Sign, link: str) -> HttpAnswer:
+        return _signed(download.METHOD, {"code": SUCCESS, "msg": "Success", "bill_download_url": link}, sign)
+
+
+def _seen(op: str, content: TradePay | TradeQuery | TradeCancel | TradeRefund, params: dict[str, str]) -> RequestSeen:
+    if isinstance(content, TradePay):
+        return RequestSeen(
+            op, content.out_trade_no, content.auth_code, fen(content.total_amount), content.store_id, fields=params
+        )
+    if isinstance(content, TradeRefund):
+        return RequestSeen(
+            op,
+            content.out_trade_no,
+            amount_fen=fen(content.refund_amount),
+            refund_no=content.out_request_no,
+            fields=params,
+        )
+    return RequestSeen(op, content.out_trade_no, fields=params)
+
+
+def _signed(method: str, node: Mapping[str, str], sign: Sign) -> HttpAnswer:
+    """``{"<method>_response": node, "sign": ...}``, signed over the node's text as written."""
+    node_text = msgspec.json.encode(node).decode()
+    body = f'{{"{response_node(method)}":{node_text},"sign":"{sign(node_text.encode())}"}}'
+    return HttpAnswer(200, body.encode(), _JSON)
+
+
+side = AlipaySide()
