@@ -54,12 +54,12 @@ def test_each_channels_statement_holds_what_it_charged(channel, switch, config_d
             ports.controls, channel, {"drop": [], "extra": {"EXTRA-" + channel: 100}, "amounts": {order: 4322}}
         )
         try:
-            rows = {r.out_trade_no: r for r in await fetch(config_dir, channel, today) if r.kind == PAY}
+            rows = {r.out_trade_no: r for r in await fetch(config_dir, channel, today) if r.entry == PAY}
         finally:
             statement_faults(ports.controls, channel, {})
         assert rows[order].amount_fen == 4322  # the ordered discrepancy, in the channel's own format
         assert rows["EXTRA-" + channel].amount_fen == 100
-        clean = {r.out_trade_no: r for r in await fetch(config_dir, channel, today) if r.kind == PAY}
+        clean = {r.out_trade_no: r for r in await fetch(config_dir, channel, today) if r.entry == PAY}
         assert clean[order].amount_fen == 4321 and clean[order].status == "SUCCESS" and clean[order].fee_fen >= 0
         assert "EXTRA-" + channel not in clean
         return out_trade_no(reversed_["37"]), clean
@@ -73,7 +73,7 @@ def test_each_channels_statement_holds_what_it_charged(channel, switch, config_d
             break
         time.sleep(0.5)
         rows = {
-            r.out_trade_no: r for r in run(fetch(config_dir, channel, dt.datetime.now(CST).date())) if r.kind == PAY
+            r.out_trade_no: r for r in run(fetch(config_dir, channel, dt.datetime.now(CST).date())) if r.entry == PAY
         }
     assert rows[reversed_order].status == REVOKED
 
