@@ -36,7 +36,7 @@ DAY = dt.date(2026, 1, 15)  # a day of its own, far from any real traffic
 CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
 MERCHANT = "898310048990001"
 _TXN_COLUMNS = (
-    "tx_date", "terminal_id", "stan", "transmitted", "rrn", "kind", "mti", "processing_code", "merchant_id",
+    "tx_date", "terminal_id", "stan", "transmitted", "rrn", "txn_type", "mti", "processing_code", "merchant_id",
     "amount_fen", "currency", "local_time", "local_date", "entry_mode", "pan_masked", "pan_hash", "channel",
     "out_trade_no", "request_hash", "state", "received_at",
 )  # fmt: skip
@@ -92,11 +92,11 @@ def _fields(row: StatementRow) -> dict:
     return {f: getattr(row, f) for f in row.__struct_fields__}
 
 
-def _txn(rrn: str, order: str, channel: str, kind: str, amount: int, state: str, at: dt.datetime) -> tuple:
+def _txn(rrn: str, order: str, channel: str, txn_type: str, amount: int, state: str, at: dt.datetime) -> tuple:
     local = at.astimezone(dt.UTC)
-    purchase = kind == "purchase"
+    purchase = txn_type == "purchase"
     return (
-        local.date(), "T0000001" if purchase else "R0000001", rrn[-6:], local.strftime("%m%d%H%M%S"), rrn, kind,
+        local.date(), "T0000001" if purchase else "R0000001", rrn[-6:], local.strftime("%m%d%H%M%S"), rrn, txn_type,
         "0200", "000000" if purchase else "200000", MERCHANT, amount, "156", local.strftime("%H%M%S"),
         local.strftime("%m%d"), "031", "134567********0000", b"h", channel, order, b"r", state, local,
     )  # fmt: skip
@@ -128,7 +128,7 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         async with pool.acquire() as conn:
             for channel in CHANNELS:
                 await conn.fetch(
-                    "SELECT out_trade_no, rrn, kind, state, amount_fen FROM txn WHERE channel = $1 AND tx_date "
+                    "SELECT out_trade_no, rrn, txn_type, state, amount_fen FROM txn WHERE channel = $1 AND tx_date "
                     "BETWEEN $2 AND $3", channel, DAY - dt.timedelta(days=1), DAY,
                 )  # fmt: skip
         for channel in CHANNELS:

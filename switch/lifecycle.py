@@ -382,7 +382,7 @@ class Processor:
             stan=message["11"],
             transmitted=message["7"],
             rrn=rrn,
-            kind=kind.value,
+            txn_type=kind.value,
             mti=message["t"],
             processing_code=message["3"],
             merchant_id=message["42"],

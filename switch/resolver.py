@@ -149,7 +149,7 @@ class Resolver:
         if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
             await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
             return
-        if txn.kind != PURCHASE:
+        if txn.txn_type != PURCHASE:
             await self._resolve_undo(txn, channel, gateway)
             return
         ref = PaymentRef(
@@ -164,7 +164,7 @@ class Resolver:
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
             return
-        promised = promise(txn.kind, txn.response_code, txn.reversal_requested)
+        promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested)
         if found.outcome is Outcome.APPROVED:
             if promised is Promise.KEEP:
                 await self._finish(txn, Event.ACCEPTED, rc.APPROVED, found, auth_id_for(txn.rrn))
@@ -187,12 +187,12 @@ class Resolver:
         """A void or refund whose outcome is not known: the same idempotent call again."""
         original = await self._journal.original(txn.original_rrn or "", txn.merchant_id)
         if original is None:
-            await self._give_up(txn, f"{txn.kind} whose purchase {txn.original_rrn} is not in the journal")
+            await self._give_up(txn, f"{txn.txn_type} whose purchase {txn.original_rrn} is not in the journal")
             return
         merchant_channel_id = self._merchant_channel_ids.get((txn.merchant_id, txn.channel), "")
         result = await undo.call(
             gateway,
-            txn.kind,
+            txn.txn_type,
             txn.out_trade_no,
             txn.amount_fen,
             original,
@@ -200,7 +200,7 @@ class Resolver:
             time.time() + CALL_TIMEOUT_S,
         )
         if result.sent and result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
-            code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.kind, txn.amount_fen, original, result)
+            code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))

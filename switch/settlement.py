@@ -28,29 +28,29 @@ from switch.journal.machine import KEPT, sql_set
 _SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
 candidates AS (
-    SELECT i.kind, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen, i.channel_fen
+    SELECT i.entry, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen, i.channel_fen
     FROM recon_item i
     JOIN recon_batch b ON b.id = i.batch_id AND b.step = 'done'
     JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
     WHERE b.day <= CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
       AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL  -- money kept (no reversal owed)
-      AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.kind = i.kind AND s.out_trade_no = i.out_trade_no)
+      AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = i.entry AND s.out_trade_no = i.out_trade_no)
 )
-INSERT INTO settlement_item (kind, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)
-SELECT c.kind, c.out_trade_no, $1, c.merchant_id, c.channel, c.amount_fen, c.channel_fen,
-       (CASE WHEN c.kind = 'PAY' THEN 1 ELSE -1 END) * ((c.amount_fen * coalesce(r.fee_per_10000, 0) + 5000) / 10000)
+INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)
+SELECT c.entry, c.out_trade_no, $1, c.merchant_id, c.channel, c.amount_fen, c.channel_fen,
+       (CASE WHEN c.entry = 'PAY' THEN 1 ELSE -1 END) * ((c.amount_fen * coalesce(r.fee_per_10000, 0) + 5000) / 10000)
 FROM candidates c LEFT JOIN rates r ON r.merchant_id = c.merchant_id AND r.channel = c.channel
 ON CONFLICT DO NOTHING
 """
 
 _LINES = """
 SELECT merchant_id, channel,
-       count(*) FILTER (WHERE kind = 'PAY') AS payments,
-       coalesce(sum(amount_fen) FILTER (WHERE kind = 'PAY'), 0)::bigint AS gross,
-       coalesce(sum(amount_fen) FILTER (WHERE kind = 'REFUND'), 0)::bigint AS refunds,
+       count(*) FILTER (WHERE entry = 'PAY') AS payments,
+       coalesce(sum(amount_fen) FILTER (WHERE entry = 'PAY'), 0)::bigint AS gross,
+       coalesce(sum(amount_fen) FILTER (WHERE entry = 'REFUND'), 0)::bigint AS refunds,
        coalesce(sum(fee_fen), 0)::bigint AS fees,
-       coalesce(sum(CASE WHEN kind = 'PAY' THEN coalesce(channel_fen, amount_fen)
+       coalesce(sum(CASE WHEN entry = 'PAY' THEN coalesce(channel_fen, amount_fen)
                          ELSE -coalesce(channel_fen, amount_fen) END), 0)::bigint AS channel_settles
 FROM settlement_item WHERE settled_on = $1 GROUP BY merchant_id, channel ORDER BY merchant_id, channel
 """

@@ -16,14 +16,14 @@ from protocols.messages import CANCEL, REFUND, ChannelResult, Outcome
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import Event, Journal, Original, Report, TxnKey
-from switch.journal.machine import REFUND as REFUND_KIND
+from switch.journal.machine import REFUND as REFUND_TXN
 
 RETRY_S = 2.0
 
 
 async def call(
     gateway: ChannelGateway,
-    kind: str,
+    txn_type: str,
     undo_out_trade_no: str,
     amount_fen: int,
     original: Original,
@@ -32,19 +32,19 @@ async def call(
 ) -> ChannelResult:
     ref = PaymentRef(
         original.out_trade_no,
-        amount_fen if kind == REFUND_KIND else original.amount_fen,
+        amount_fen if txn_type == REFUND_TXN else original.amount_fen,
         merchant_channel_id,
         original.terminal_id,
         original.received_at.timestamp(),
         original.channel_txn_id or "",
-        refund_no=undo_out_trade_no if kind == REFUND_KIND else "",
+        refund_no=undo_out_trade_no if txn_type == REFUND_TXN else "",
         total_fen=original.amount_fen,
     )
-    return await gateway.call(REFUND if kind == REFUND_KIND else CANCEL, ref, deadline)
+    return await gateway.call(REFUND if txn_type == REFUND_TXN else CANCEL, ref, deadline)
 
 
 async def record(
-    journal: Journal, key: TxnKey, rrn: str, kind: str, amount_fen: int, original: Original, result: ChannelResult
+    journal: Journal, key: TxnKey, rrn: str, txn_type: str, amount_fen: int, original: Original, result: ChannelResult
 ) -> tuple[str, str]:
     """Commit a void's or refund's outcome (and, once it is settled, its purchase's); returns the
     response code and authorisation id. Not final yet: ``09`` (in progress), and the resolver
@@ -65,7 +65,7 @@ async def record(
         result.channel_txn_id,
         dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S),
     )
-    if await journal.settle_undo(report, kind, amount_fen, original) is None:
+    if await journal.settle_undo(report, txn_type, amount_fen, original) is None:
         stored = await journal.find(key)  # settled first by a resolver: what it recorded stands
         if stored is not None and stored.response_code:
             return stored.response_code, stored.auth_id or ""

@@ -8,8 +8,8 @@ import uuid
 import asyncpg
 import pytest
 
-from switch.journal import Event, Journal, NewTxn, Report, State
-from switch.journal.schema import MIGRATIONS, migrate
+from switch.journal import Event, Journal, NewTxn, Original, Report, State
+from switch.journal.schema import MIGRATIONS, ensure_partitions, migrate
 from switch.journal.store import RRN_BLOCK
 from tests.conftest import run
 
@@ -45,8 +45,21 @@ def new_txn(rrn: str, terminal: str | None = None, amount: int = 100) -> NewTxn:
     )
 
 
+def undo_of(purchase: NewTxn, rrn: str, txn_type: str, amount: int) -> NewTxn:
+    """A void or refund of ``purchase`` from its terminal."""
+    return new_txn(rrn, terminal=purchase.terminal_id, amount=amount)._replace(txn_type=txn_type)
+
+
 def outcome(txn: NewTxn, event: Event, code: str = "00") -> Report:
     return Report(*txn.key, event, code, "", "", "", "", None)
+
+
+async def approved_purchase(journal: Journal, amount: int) -> tuple[NewTxn, Original]:
+    """A purchase written ahead and approved, and itself as the original a void or refund names."""
+    purchase = new_txn(await journal.next_rrn(), amount=amount)
+    assert await journal.write_ahead(purchase)
+    assert await journal.record(outcome(purchase, Event.ACCEPTED)) is State.APPROVED
+    return purchase, await journal.original(purchase.rrn, purchase.merchant_id)
 
 
 async def open_journal(url: str) -> Journal:
@@ -264,16 +277,12 @@ def test_a_void_or_refund_is_settled_once(database_url):
     async def scenario():
         journal = await open_journal(database_url)
         try:
-            purchase = new_txn(await journal.next_rrn(), amount=1000)
-            assert await journal.write_ahead(purchase)
-            assert await journal.record(outcome(purchase, Event.ACCEPTED)) is State.APPROVED
-            original = await journal.original(purchase.rrn, purchase.merchant_id)
+            purchase, original = await approved_purchase(journal, 1000)
             refunds = []
             for amount in (300, 500, 150):
-                rrn = await journal.next_rrn()
-                refunds.append(new_txn(rrn, terminal=purchase.terminal_id, amount=amount)._replace(kind="refund"))
+                refunds.append(undo_of(purchase, await journal.next_rrn(), "refund", amount))
                 assert await journal.write_ahead_undo(refunds[-1], original) is None
-            over = new_txn(await journal.next_rrn(), terminal=purchase.terminal_id, amount=51)._replace(kind="refund")
+            over = undo_of(purchase, await journal.next_rrn(), "refund", 51)
             assert await journal.write_ahead_undo(over, original) == "64"  # 950 held: 51 more is too much
             declined = outcome(refunds[0], Event.REFUSED, "05")
             assert await journal.settle_undo(declined, "refund", 300, original) is State.DECLINED
@@ -284,6 +293,77 @@ def test_a_void_or_refund_is_settled_once(database_url):
             assert (row["reserved_fen"], row["refunded_fen"]) == (500, 150)  # the 500 still under way
         finally:
             await journal.close()
+
+    run(scenario())
+
+
+def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
+    """What a void reserved is released when it is accepted; the purchase is VOIDED, and its
+    refunded_fen stays 0: that column holds what refunds gave back, and a void is no refund."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            void = undo_of(purchase, await journal.next_rrn(), "void", 1000)
+            assert await journal.write_ahead_undo(void, original) is None
+            amounts = "SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1"
+            assert tuple(await journal.pool.fetchrow(amounts, purchase.rrn)) == (1000, 0)  # the void under way
+            assert await journal.settle_undo(outcome(void, Event.ACCEPTED), "void", 1000, original) is State.APPROVED
+            row = await journal.pool.fetchrow(
+                "SELECT state, reserved_fen, refunded_fen, txn_type FROM txn WHERE rrn = $1", purchase.rrn
+            )
+            assert tuple(row) == ("VOIDED", 0, 0, "purchase")
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fen(database_url):
+    """A journal at schema 14, where an accepted void had put its purchase's whole amount in
+    refunded_fen: migrated, the voided purchase has refunded 0, a refunded one keeps its refunds,
+    and the transaction types and statement entries are under their new names."""
+    from tests.conftest import fresh_database
+
+    async def scenario():
+        conn = await asyncpg.connect(await fresh_database(database_url, "journal_schema_14"))
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL "
+                "DEFAULT now())"
+            )
+            for version, sql in enumerate(MIGRATIONS[:14], start=1):
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await ensure_partitions(conn, TODAY, TODAY)
+            await conn.execute(
+                "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, "
+                "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
+                "channel, out_trade_no, request_hash, state, refunded_fen) "
+                "SELECT $1, 'T1', stan, '1123120000', rrn, 'purchase', '0200', '000000', 'M', 1000, '156', "
+                "'120000', '1123', '031', '-', '', 'wechat', rrn, '', state, refunded "
+                "FROM (VALUES ('000001', 'VOIDED', 1000), ('000002', 'APPROVED', 300)) AS v(stan, state, refunded), "
+                "LATERAL (SELECT 'RRN' || stan AS rrn) r",
+                TODAY,
+            )
+            assert await migrate(conn) == len(MIGRATIONS)
+            rows = await conn.fetch("SELECT state, txn_type, refunded_fen FROM txn ORDER BY stan")
+            columns = await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND column_name IN ('kind', 'txn_type', 'entry') AND table_name NOT LIKE 'txn\\_%'"
+            )
+        finally:
+            await conn.close()
+        assert [tuple(r) for r in rows] == [("VOIDED", "purchase", 0), ("APPROVED", "purchase", 300)]
+        assert {tuple(c) for c in columns} == {
+            ("txn", "txn_type"),
+            ("recon_journal_row", "txn_type"),
+            ("recon_statement_row", "entry"),
+            ("recon_item", "entry"),
+            ("settlement_item", "entry"),
+            ("hsm_key", "kind"),  # a key's kind (MAK, PIK, ...) is another word's business
+        }
 
     run(scenario())
 
@@ -351,7 +431,7 @@ def test_outcome_updates_look_rows_up_by_key_as_the_day_grows(database_url):
         try:
             await updates(journal, 10, 0)  # the morning: a small partition
             await journal.pool.execute(  # the day's rush, from another writer
-                "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, "
+                "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, "
                 "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
                 "channel, out_trade_no, request_hash, received_at, state) "
                 "SELECT $1, 'RUSH' || (g / 100000), lpad((g % 100000)::text, 6, '0'), '1123120000', "

@@ -184,7 +184,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 return await self.pool.fetch(
                     "SELECT i.class, i.out_trade_no, i.journal_state, t.reversal_requested_at IS NOT NULL AS reversing "
                     "FROM recon_item i JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no "
-                    "WHERE i.batch_id = $1 AND i.kind = 'PAY' AND i.rrn = ANY($2)",
+                    "WHERE i.batch_id = $1 AND i.entry = 'PAY' AND i.rrn = ANY($2)",
                     run.id,
                     [p.answer["37"] for p in self.known],
                 )
@@ -256,7 +256,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             row = by_rrn[p.answer["37"]]
             assert 0 <= row["reserved_fen"] + row["refunded_fen"] <= row["amount_fen"]
             assert row["reserved_fen"] == 0  # every void and refund was answered final: none under way
-            expected = p.amount if p.voided else sum(p.refunds)
+            expected = sum(p.refunds)  # a voided purchase has none: a void takes an untouched purchase whole
             assert row["refunded_fen"] == expected, f"{p.answer['37']}: journal {row['refunded_fen']}, model {expected}"
             if p.voided:
                 assert row["state"] == "VOIDED"

@@ -44,20 +44,22 @@ def test_the_promise_in_sql_is_the_promise_in_python(database_url):
     async def scenario():
         conn = await asyncpg.connect(database_url)
         try:
-            kinds, told, answers = ["purchase", "refund", "void"], [None, *TOLD_KEEP, "91", "05"], [None, "00", "91"]
-            cases = list(itertools.product(kinds, told, answers, [False, True]))
+            txn_types, told = ["purchase", "refund", "void"], [None, *TOLD_KEEP, "91", "05"]
+            answers = [None, "00", "91"]
+            cases = list(itertools.product(txn_types, told, answers, [False, True]))
             rows = await conn.fetch(
                 f"SELECT {PROMISE_SQL} AS promise FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) "
-                "WITH ORDINALITY AS c(kind, response_code, answer, reversal, n) "
-                "CROSS JOIN LATERAL (SELECT c.kind, c.response_code, "
+                "WITH ORDINALITY AS c(txn_type, response_code, answer, reversal, n) "
+                "CROSS JOIN LATERAL (SELECT c.txn_type, c.response_code, "
                 "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
                 "CROSS JOIN LATERAL (SELECT c.answer) u ORDER BY n",
                 *map(list, zip(*cases, strict=True)),
             )
         finally:
             await conn.close()
-        for (kind, told, answer, reversal), row in zip(cases, rows, strict=True):
-            assert row["promise"] == promise(kind, told if told is not None else answer, reversal), (kind, told, answer)
+        for (txn_type, told, answer, reversal), row in zip(cases, rows, strict=True):
+            expected = promise(txn_type, told if told is not None else answer, reversal)
+            assert row["promise"] == expected, (txn_type, told, answer)
 
     run(scenario())
 
@@ -90,19 +92,19 @@ def test_the_moves_in_sql_are_the_moves_in_python(database_url):
             rows = await conn.fetch(
                 f"SELECT {MOVE_SQL} AS to_state "
                 "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
-                "WITH ORDINALITY AS c(state, event, kind, response_code, reversal, n) "
-                "CROSS JOIN LATERAL (SELECT c.state, c.kind, c.response_code, "
+                "WITH ORDINALITY AS c(state, event, txn_type, response_code, reversal, n) "
+                "CROSS JOIN LATERAL (SELECT c.state, c.txn_type, c.response_code, "
                 "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
                 "CROSS JOIN LATERAL (SELECT c.event, NULL::text AS answer) u ORDER BY n",
                 *map(list, zip(*cases, strict=True)),
             )
         finally:
             await conn.close()
-        assert {promise(kind, told, reversal) for _, _, kind, told, reversal in cases} == set(Promise)
+        assert {promise(txn_type, told, reversal) for _, _, txn_type, told, reversal in cases} == set(Promise)
         moves = {(m.state, m.event, m.promise): m.to for m in MOVES}
-        for (state, event, kind, told, reversal), row in zip(cases, rows, strict=True):
-            expected = moves.get((state, event, promise(kind, told, reversal)))
-            assert row["to_state"] == expected, (state, event, kind, told, reversal)
+        for (state, event, txn_type, told, reversal), row in zip(cases, rows, strict=True):
+            expected = moves.get((state, event, promise(txn_type, told, reversal)))
+            assert row["to_state"] == expected, (state, event, txn_type, told, reversal)
 
     run(scenario())
 
@@ -187,7 +189,7 @@ def test_a_purchase_whose_reversal_is_owed_is_matched_as_open(database_url):
                         order,
                     )
                     await conn.execute(
-                        "INSERT INTO recon_journal_row (batch_id, kind, out_trade_no, rrn, state, amount_fen, "
+                        "INSERT INTO recon_journal_row (batch_id, txn_type, out_trade_no, rrn, state, amount_fen, "
                         "reversing) VALUES ($1, 'purchase', $2, $2, 'APPROVED', 500, $3)",
                         batch,
                         order,

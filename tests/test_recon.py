@@ -201,10 +201,10 @@ async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str,
     an hour: (its RRN, its order number, its amount)."""
     new_rrn = f"9{random.randrange(10**10, 10**11)}"
     row = await conn.fetchrow(
-        "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, merchant_id, "
+        "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, merchant_id, "
         "amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, out_trade_no, "
         "request_hash, state, next_check_at) "
-        "SELECT tx_date, terminal_id, $2, transmitted, $3, kind, mti, processing_code, merchant_id, amount_fen, "
+        "SELECT tx_date, terminal_id, $2, transmitted, $3, txn_type, mti, processing_code, merchant_id, amount_fen, "
         "currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, "
         "to_char(tx_date, 'YYYYMMDD') || $3, request_hash, 'UNKNOWN', now() + interval '1 hour' "
         "FROM txn WHERE rrn = $1 RETURNING out_trade_no, amount_fen",

@@ -29,9 +29,10 @@ def test_void_of_a_same_day_purchase(switch, simulators, database_url):
         assert (again["39"], again["37"]) == ("00", voided["37"])
         assert second["39"] == "12"  # already voided
         original = await journal_row(database_url, paid["37"])
-        assert (original["state"], original["refunded_fen"]) == ("VOIDED", 2500)
+        # Voided: the whole amount went back, and no refund (refunded_fen counts refunds alone).
+        assert (original["state"], original["reserved_fen"], original["refunded_fen"]) == ("VOIDED", 0, 0)
         row = await journal_row(database_url, voided["37"])
-        assert (row["kind"], row["state"], row["original_rrn"], row["amount_fen"]) == (
+        assert (row["txn_type"], row["state"], row["original_rrn"], row["amount_fen"]) == (
             "void",
             "APPROVED",
             paid["37"],
@@ -186,7 +187,7 @@ def test_a_refund_whose_outcome_could_not_be_recorded_is_in_progress_and_complet
             try:  # the journal refuses to record the outcome of refunds of 7.77 yuan, for now
                 await conn.execute(
                     "ALTER TABLE txn ADD CONSTRAINT test_no_refund_outcome "
-                    "CHECK (kind <> 'refund' OR amount_fen <> 777 OR state = 'RECEIVED')"
+                    "CHECK (txn_type <> 'refund' OR amount_fen <> 777 OR state = 'RECEIVED')"
                 )
                 try:
                     back = await terminal.request(refund(paid_request, paid["37"], 777, STANS.next(paid_request["41"])))

@@ -21,7 +21,8 @@ cancel. No writer can forget a reversal, because no writer decides the state.
 
 Sub-states are columns the journal alone writes: ``reversal_requested_at`` (the promise
 ``reverse``), ``reserved_fen`` (held by voids and refunds under way) and ``refunded_fen`` (given
-back by voids and refunds the channel accepted). ``REFUNDED`` is not a state: a purchase partly
+back by refunds the channel accepted). A void the channel accepted makes its purchase VOIDED: the
+whole amount went back, and ``refunded_fen`` stays 0. ``REFUNDED`` is not a state: a purchase partly
 or wholly refunded stays APPROVED (its payment row at the channel stands; refunds are rows of
 their own), with ``refunded_fen`` saying how much went back.
 """
@@ -84,14 +85,14 @@ EVENT_OF_OUTCOME = {
     Outcome.DECLINED: Event.REFUSED,
 }
 TOLD_KEEP = (rc.APPROVED, rc.IN_PROGRESS)  # answers after which a purchase's money may be kept
-PURCHASE, VOID, REFUND = "purchase", "void", "refund"  # the kinds of transaction
+PURCHASE, VOID, REFUND = "purchase", "void", "refund"  # the transaction types (column txn_type)
 
 
-def promise(kind: str, told: str | None, reversal_requested: bool) -> Promise:
+def promise(txn_type: str, told: str | None, reversal_requested: bool) -> Promise:
     """The one rule: what the terminal was told, and so what the money may do."""
     if reversal_requested:
         return Promise.REVERSE
-    if kind != PURCHASE or told in TOLD_KEEP:
+    if txn_type != PURCHASE or told in TOLD_KEEP:
         return Promise.KEEP
     return Promise.RETURN
 
@@ -100,7 +101,7 @@ def promise(kind: str, told: str | None, reversal_requested: bool) -> Promise:
 # front end's own, for a row it had not answered yet). Tested against ``promise``.
 PROMISE_SQL = (
     f"CASE WHEN t.reversal_requested_at IS NOT NULL THEN '{Promise.REVERSE}' "
-    f"WHEN t.kind <> '{PURCHASE}' OR coalesce(t.response_code, u.answer) IN "
+    f"WHEN t.txn_type <> '{PURCHASE}' OR coalesce(t.response_code, u.answer) IN "
     f"({', '.join(repr(c) for c in TOLD_KEEP)}) THEN '{Promise.KEEP}' ELSE '{Promise.RETURN}' END"
 )
 
@@ -176,7 +177,7 @@ NEXT_CHECK_SQL = (
 
 
 def undo_refusal(
-    kind: str, amount_fen: int, tx_date: dt.date, state: str, original_date: dt.date,
+    txn_type: str, amount_fen: int, tx_date: dt.date, state: str, original_date: dt.date,
     original_fen: int, reserved_fen: int, refunded_fen: int, reversal_requested: bool,
 ) -> str | None:  # fmt: skip
     """Field 39 refusing a void (same day, whole amount) or a refund of a
@@ -184,7 +185,7 @@ def undo_refusal(
     if state != State.APPROVED or reversal_requested:
         return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
     taken = reserved_fen + refunded_fen
-    if kind == VOID:
+    if txn_type == VOID:
         if original_date != tx_date or taken:
             return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
         if amount_fen != original_fen:

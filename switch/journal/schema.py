@@ -419,6 +419,19 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END $$;
     """,
+    # 15: one word, one meaning. A transaction's type (purchase, void, refund) is ``txn_type``, as is
+    # its copy in reconciliation (``kind`` is left to what a channel is); a statement's or a
+    # settlement's PAY or REFUND is its ``entry``. ``refunded_fen`` holds what refunds gave back,
+    # and no longer a void's amount too: a voided purchase says so by its state, VOIDED (a void
+    # takes the whole of an untouched purchase, so its refunded_fen was that void's alone).
+    """
+    ALTER TABLE txn RENAME COLUMN kind TO txn_type;
+    ALTER TABLE recon_journal_row RENAME COLUMN kind TO txn_type;
+    ALTER TABLE recon_statement_row RENAME COLUMN kind TO entry;
+    ALTER TABLE recon_item RENAME COLUMN kind TO entry;
+    ALTER TABLE settlement_item RENAME COLUMN kind TO entry;
+    UPDATE txn SET refunded_fen = 0 WHERE state = 'VOIDED' AND refunded_fen <> 0;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

@@ -21,6 +21,7 @@ from switch.journal.machine import (
     NEXT_CHECK_SQL,
     OPEN,
     PURCHASE,
+    REFUND,
     VOID,
     Event,
     State,
@@ -50,7 +51,7 @@ class NewTxn(NamedTuple):
     stan: str
     transmitted: str
     rrn: str
-    kind: str
+    txn_type: str  # machine.PURCHASE, VOID or REFUND
     mti: str
     processing_code: str
     merchant_id: str
@@ -110,7 +111,7 @@ class OpenTxn(NamedTuple):
     channel_txn_id: str | None
     received_at: dt.datetime
     checks: int
-    kind: str
+    txn_type: str
     original_rrn: str | None
     reversal_requested: bool
 
@@ -227,7 +228,7 @@ _ORIGINAL_SQL = (
     "SELECT "
     + ", ".join(c for c in Original._fields if c != "reversal_requested")
     + ", reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1 AND merchant_id = $2 "
-    f"AND kind = '{PURCHASE}' "
+    f"AND txn_type = '{PURCHASE}' "
     "ORDER BY tx_date DESC LIMIT 1"
 )
 
@@ -298,7 +299,7 @@ class Journal:
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
-        each = max(1, (pool_size - 2) // 2)  # batches of each kind in flight at once
+        each = max(1, (pool_size - 2) // 2)  # write-ahead batches in flight at once, and as many outcome ones
 
         async def writers(settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(
@@ -420,7 +421,7 @@ class Journal:
             )
             row = await conn.fetchrow(  # reversals name purchases (voids and refunds are not reversed)
                 "SELECT state, reserved_fen + refunded_fen > 0 AS touched, amount_fen FROM txn WHERE tx_date = $1 "
-                f"AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND kind = '{PURCHASE}' FOR UPDATE",
+                f"AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND txn_type = '{PURCHASE}' FOR UPDATE",
                 *original,
             )
             code = reversal_answer(
@@ -452,7 +453,7 @@ class Journal:
             f"WHERE r.code = '{rc.ORIGINAL_NOT_FOUND}' AND r.received_at > now() - make_interval(secs => $1) "
             "AND (t.tx_date, t.terminal_id, t.stan, t.transmitted) "
             "= (r.orig_tx_date, r.terminal_id, r.orig_stan, r.orig_transmitted) "
-            f"AND t.kind = '{PURCHASE}' AND t.reversal_requested_at IS NULL "
+            f"AND t.txn_type = '{PURCHASE}' AND t.reversal_requested_at IS NULL "
             f"AND t.reserved_fen = 0 AND t.refunded_fen = 0 AND t.state IN {sql_set(OPEN | KEPT)}",
             within_s,
         )
@@ -477,7 +478,7 @@ class Journal:
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
             refusal = undo_refusal(
-                txn.kind, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
+                txn.txn_type, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
                 locked.reserved_fen, locked.refunded_fen, locked.reversal_requested,
             )  # fmt: skip
             if refusal is not None:
@@ -486,7 +487,7 @@ class Journal:
                 "UPDATE txn SET reserved_fen = reserved_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
                 "AND stan = $3 AND transmitted = $4",
                 *locked.key,
-                taken_fen(txn.kind, txn.amount_fen, locked.amount_fen),
+                taken_fen(txn.txn_type, txn.amount_fen, locked.amount_fen),
             )
             if not await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date):
                 raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
@@ -498,25 +499,26 @@ class Journal:
             )
         return None
 
-    async def settle_undo(self, report: Report, kind: str, amount_fen: int, original: Original) -> State | None:
+    async def settle_undo(self, report: Report, txn_type: str, amount_fen: int, original: Original) -> State | None:
         """Move a void or refund by its report, once; when that settles it, settle its purchase
-        in the same transaction: what it reserved is given back (accepted) or released (refused),
-        and an accepted void voids the purchase. Returns the void's or refund's state, or None
-        when it was settled already (a lapsed lease: never release or void twice)."""
+        in the same transaction: what it reserved is released, and, if accepted, an accepted
+        refund's amount counts as refunded and an accepted void voids the purchase. Returns the
+        void's or refund's state, or None when it was settled already (a lapsed lease: never
+        release or void twice)."""
         async with self._pool.acquire() as conn, conn.transaction():
             moved = await record_in(conn, [report])
             state = moved[0]
             if state is None or state in OPEN:
                 return state
-            if state is State.APPROVED and kind == VOID:
+            if state is State.APPROVED and txn_type == VOID:
                 await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)])
-            given_back = state is State.APPROVED
+            refunded = state is State.APPROVED and txn_type == REFUND
             await conn.execute(
                 "UPDATE txn SET reserved_fen = reserved_fen - $5, refunded_fen = refunded_fen + $6 "
                 "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
                 *original.key,
-                (held := taken_fen(kind, amount_fen, original.amount_fen)),
-                held if given_back else 0,
+                taken_fen(txn_type, amount_fen, original.amount_fen),
+                amount_fen if refunded else 0,
             )
         return state
 
@@ -565,9 +567,9 @@ class Journal:
             return await record_in(conn, reports)
 
 
-def taken_fen(kind: str, amount_fen: int, purchase_fen: int) -> int:
+def taken_fen(txn_type: str, amount_fen: int, purchase_fen: int) -> int:
     """What a void or refund takes of its purchase: a void all of it."""
-    return purchase_fen if kind == VOID else amount_fen
+    return purchase_fen if txn_type == VOID else amount_fen
 
 
 async def record_in(conn: asyncpg.Connection, reports: Sequence[Report]) -> list[State | None]:

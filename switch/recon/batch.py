@@ -30,7 +30,7 @@ import asyncpg
 
 from protocols.channels import channel_of
 from protocols.statements import CST
-from switch.journal.machine import KEPT, OPEN, sql_set
+from switch.journal.machine import KEPT, OPEN, PURCHASE, REFUND, sql_set
 from switch.recon.handling import Handler
 
 Fetch = Callable[[str, dt.date], Awaitable[bytes]]
@@ -48,7 +48,7 @@ _REFUND_EXPECTED = sql_set(KEPT | OPEN)  # a refund the channel should have
 
 _MATCH_PAYMENTS = f"""
 INSERT INTO recon_item
-    (batch_id, class, kind, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, status)
+    (batch_id, class, entry, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, status)
 SELECT $1, class, 'PAY', out_trade_no, rrn, state, journal_fen, channel_status, channel_fen,
        CASE WHEN class = 'MATCHED' THEN 'MATCHED' ELSE 'OPEN' END
 FROM (
@@ -63,8 +63,8 @@ FROM (
                WHEN s.amount_fen <> j.amount_fen THEN 'AMOUNT'
                ELSE 'MATCHED'
            END AS class
-    FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND kind = 'PAY') s
-    FULL JOIN (SELECT * FROM recon_journal_row WHERE batch_id = $1 AND kind = 'purchase') j
+    FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND entry = 'PAY') s
+    FULL JOIN (SELECT * FROM recon_journal_row WHERE batch_id = $1 AND txn_type = '{PURCHASE}') j
         ON s.out_trade_no = j.out_trade_no
 ) compared
 WHERE class IS NOT NULL
@@ -72,7 +72,7 @@ WHERE class IS NOT NULL
 
 _MATCH_REFUNDS = f"""
 INSERT INTO recon_item
-    (batch_id, class, kind, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, status)
+    (batch_id, class, entry, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, status)
 SELECT $1, class, 'REFUND', refund_no, rrn, state, journal_fen, channel_status, channel_fen,
        CASE WHEN class = 'MATCHED' THEN 'MATCHED' ELSE 'OPEN' END
 FROM (
@@ -84,18 +84,18 @@ FROM (
                WHEN j.state NOT IN {sql_set(KEPT)} OR s.amount_fen <> j.amount_fen THEN 'REFUND'
                ELSE 'MATCHED'
            END AS class
-    FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND kind = 'REFUND') s
-    FULL JOIN (SELECT * FROM recon_journal_row WHERE batch_id = $1 AND kind = 'refund') j
+    FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND entry = 'REFUND') s
+    FULL JOIN (SELECT * FROM recon_journal_row WHERE batch_id = $1 AND txn_type = '{REFUND}') j
         ON s.refund_no = j.out_trade_no
 ) compared
 WHERE class IS NOT NULL
 """
 
-_EXTRACT = """
-INSERT INTO recon_journal_row (batch_id, kind, out_trade_no, rrn, state, amount_fen, reversing)
-SELECT $1, kind, out_trade_no, rrn, state, amount_fen, reversal_requested_at IS NOT NULL
+_EXTRACT = f"""
+INSERT INTO recon_journal_row (batch_id, txn_type, out_trade_no, rrn, state, amount_fen, reversing)
+SELECT $1, txn_type, out_trade_no, rrn, state, amount_fen, reversal_requested_at IS NOT NULL
 FROM txn
-WHERE channel = $2 AND kind IN ('purchase', 'refund')
+WHERE channel = $2 AND txn_type IN ('{PURCHASE}', '{REFUND}')
   AND tx_date BETWEEN $3 AND $4 AND received_at >= $5 AND received_at < $6
 """
 

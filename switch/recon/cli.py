@@ -132,7 +132,7 @@ async def _export(pool: asyncpg.Pool, batch: ReconBatch, summary: dict, handling
     stem = f"recon-{batch.channel}-{batch.day}" + ("" if batch.hour == WHOLE_DAY else f"-{batch.hour:02d}")
     (folder / f"{stem}.json").write_text(json.dumps({"summary": summary, "handling": handling}, indent=2) + "\n")
     rows = await pool.fetch(
-        "SELECT id, class, kind, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, "
+        "SELECT id, class, entry, out_trade_no, rrn, journal_state, journal_fen, channel_status, channel_fen, "
         "status, note FROM recon_item WHERE batch_id = $1 AND class <> 'MATCHED' ORDER BY id",
         batch.id,
     )
@@ -167,7 +167,7 @@ async def _errors(url: str, args: argparse.Namespace) -> int:
             print(f"difference {args.resolve} resolved: {args.reason}")
             return 0
         rows = await conn.fetch(
-            "SELECT i.id, b.channel, b.day, b.hour, i.class, i.kind, i.out_trade_no, i.journal_state, i.journal_fen, "
+            "SELECT i.id, b.channel, b.day, b.hour, i.class, i.entry, i.out_trade_no, i.journal_state, i.journal_fen, "
             "i.channel_status, i.channel_fen FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id "
             "WHERE i.status = 'OPEN' ORDER BY b.day, b.channel, i.id"
         )

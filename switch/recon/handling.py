@@ -53,9 +53,9 @@ SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.c
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
        t.reversal_requested_at IS NOT NULL AS reversing
 FROM recon_item i
-LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.kind = 'PAY' AND s.out_trade_no = i.out_trade_no
+LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.entry = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
-WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.kind = 'PAY'
+WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
 ORDER BY i.id
 """
 
@@ -187,16 +187,16 @@ def _key(item: asyncpg.Record) -> TxnKey:
 
 
 def _rule_for(item: asyncpg.Record) -> str | None:
-    kind, state, status = item["class"], item["journal_state"], item["channel_status"]
-    if kind == "STATUS" and item["reversing"]:
+    difference, state, status = item["class"], item["journal_state"], item["channel_status"]
+    if difference == "STATUS" and item["reversing"]:
         return "resolve_open"  # the money goes back whatever the statement says: the resolver's to do
-    if kind == "STATUS" and state in OPEN:
+    if difference == "STATUS" and state in OPEN:
         if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
             return "approve_paid"
         if status is None:
             return "resolve_open"
-    if kind == "LONG":
+    if difference == "LONG":
         return "reverse_long"
-    if kind == "SHORT":
+    if difference == "SHORT":
         return "confirm_short"
     return None

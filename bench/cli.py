@@ -1,0 +1,150 @@
+"""``paysw bench``: the benchmarks, registered with ``paysw`` through the ``paysw.commands`` entry
+points (pyproject.toml), so that the switch never imports bench. Each benchmark's module is
+imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
+    benches = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    isolation = benches.add_parser(
+        "isolation",
+        help="one channel sick, the others measured against a healthy phase of the same run",
+        description="Start the demo stack, offer every channel a steady load, and make one channel "
+        "hang, slow, error, refuse connections and lose its actor in turn; print the healthy channels' "
+        "throughput and p99 as ratios to the healthy phase, and the sick channel's 91s and recovery.",
+    )
+    isolation.add_argument("--channel", default="wechat", help="the channel made sick (default: wechat)")
+    isolation.add_argument(
+        "--faults", default="", help="comma-separated subset of hang,slow,error,refuse,actor_killed (default: all)"
+    )
+    isolation.add_argument("--rate", type=float, default=40.0, help="purchases a second on each channel (default 40)")
+    isolation.add_argument("--phase-seconds", type=float, default=20.0, help="length of each phase (default 20)")
+    isolation.add_argument(
+        "--recovery-seconds", type=float, default=15.0, help="after each fault clears, before the next (default 15)"
+    )
+    isolation.add_argument("--out", type=Path, help="write the results as JSON here")
+    throughput = benches.add_parser(
+        "throughput",
+        help="approved TPS and latency at rising concurrency, switch against a bare baseline server",
+        description="Closed-loop purchases at each concurrency step against the demo stack, and the "
+        "same against a bare uvloop server with the same codec (the baseline, same run); prints a "
+        "table, and with --out-dir writes throughput.json and throughput.png there.",
+    )
+    throughput.add_argument("--steps", default="4,16,64,256", help="concurrency steps (default 4,16,64,256)")
+    throughput.add_argument("--step-seconds", type=float, default=15.0, help="length of each step (default 15)")
+    throughput.add_argument("--warm-up-seconds", type=float, default=10.0, help="before the steps (default 10)")
+    throughput.add_argument("--out-dir", type=Path, help="write throughput.json and throughput.png here")
+    recon_bench = benches.add_parser(
+        "recon",
+        help="reconcile and settle a day of N transactions, against reading and parsing them (same run)",
+        description="Write a day of N transactions over the five channels into a fresh embedded PostgreSQL "
+        "(or SWITCH_DATABASE_URL) and the channels' statements with discrepancies of every class; reconcile "
+        "the five batches at once and settle; report the times against the same-run baseline of reading the "
+        "rows and parsing the files.",
+    )
+    recon_bench.add_argument("--rows", type=int, default=1_000_000, help="transactions in the day (default 1,000,000)")
+    recon_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    sm2_bench = benches.add_parser(
+        "sm2",
+        help="SM2 signatures a second on one core, against gmssl measured in the same run",
+        description="Sign and verify the same e-CNY-sized body with hsm.sm2 and with the pure-Python "
+        "gmssl package (the baseline), and sign it with RSA-2048 for scale; exits 1 below 1,000 SM2 "
+        "signatures a second.",
+    )
+    sm2_bench.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    sm2_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    profile_bench = benches.add_parser(
+        "profile",
+        help="where a purchase's CPU goes: every process of the demo stack under load, PostgreSQL, py-spy",
+        description="Load the demo stack at one concurrency and report the CPU time of every process per "
+        "approved purchase (actors and simulators by channel) and PostgreSQL's work per purchase; with "
+        "--py-spy DIR also profile the front end, actors and simulators with py-spy and print their "
+        "hottest frames.",
+    )
+    profile_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    profile_bench.add_argument("--seconds", type=float, default=20.0, help="length of the measurement (default 20)")
+    profile_bench.add_argument("--py-spy", type=Path, dest="py_spy", help="write py-spy profiles here")
+    profile_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    profile_bench.add_argument(
+        "--against",
+        metavar="REV",
+        help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
+    )
+    profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
+    held_bench = benches.add_parser(
+        "held",
+        help="the demo stack held under load for minutes: throughput and every part's memory, window by window",
+        description="Hold the demo stack at one concurrency for --minutes and report, for each window, approved/s, "
+        "p50 / p99 and the resident memory of every part; then each part's growth from the first window's end.",
+    )
+    held_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    held_bench.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
+    held_bench.add_argument("--window-seconds", type=float, default=60.0, help="length of a window (default 60)")
+    held_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    overload_bench = benches.add_parser(
+        "overload",
+        help="far past capacity: accepted purchases' latency and 91s, admission by queueing delay off and on",
+        description="Start the demo stack with admission by queueing delay off (shed_queue_delay_ms = 0), "
+        "hold N purchases outstanding for S seconds, and again with it on (the demo's setting); report "
+        "approved/s, the latency of the purchases taken on and of the 91s, and the ratios on/off.",
+    )
+    overload_bench.add_argument("--concurrency", type=int, default=2048, help="purchases outstanding (default 2048)")
+    overload_bench.add_argument("--seconds", type=float, default=60.0, help="length of each run (default 60)")
+    overload_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    link_bench = benches.add_parser(
+        "link",
+        help="handing batches to a channel actor: Ray call, streaming Ray call and the actor's link",
+        description="Send batches of payments to one echoing actor three ways in the same run (a Ray "
+        "call, a streaming Ray call, the actor's TCP link) and report batches a second and CPU per batch.",
+    )
+    link_bench.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
+    link_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench_command == "recon":
+        from bench.recon_bench import main as recon_bench_main
+
+        return recon_bench_main(args.rows, args.out)
+    if args.bench_command == "profile":
+        from bench.profile import compare
+        from bench.profile import main as profile_main
+
+        if args.against:
+            return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out)
+        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
+    if args.bench_command == "held":
+        from bench.held import main as held_main
+
+        return held_main(args.concurrency, args.minutes, args.window_seconds, args.out)
+    if args.bench_command == "overload":
+        from bench.overload import main as overload_main
+
+        return overload_main(args.concurrency, args.seconds, args.out)
+    if args.bench_command == "link":
+        from bench.link_speed import main as link_main
+
+        return link_main(args.seconds, args.out)
+    if args.bench_command == "sm2":
+        from bench.sm2_speed import main as sm2_main
+
+        return sm2_main(args.seconds, args.out)
+    if args.bench_command == "throughput":
+        from bench.throughput import main as throughput_main
+
+        try:
+            steps = [int(n) for n in args.steps.split(",") if n]
+        except ValueError:
+            print(f"paysw bench throughput: --steps: not a list of numbers: {args.steps!r}", file=sys.stderr)
+            return 2
+        return throughput_main(steps, args.step_seconds, args.warm_up_seconds, args.out_dir)
+    from bench.isolation import main as isolation_main
+
+    faults = [f for f in args.faults.split(",") if f] or None
+    return isolation_main(args.channel, faults, args.rate, args.phase_seconds, args.recovery_seconds, args.out)
