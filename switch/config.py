@@ -53,6 +53,7 @@ class SwitchSection(_Strict):
     # Backstops, past either limit:
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
+    step_timing: bool = False  # profiling: a histogram of seconds per lifecycle step (switch.steps)
     # DEMO ONLY: accepts the published demo keys and secret files open to other users.
     demo: bool = False
 

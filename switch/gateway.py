@@ -190,7 +190,7 @@ class ChannelGateway:
     ) -> ChannelResult:
         """One channel call, answered by ``deadline`` (epoch seconds) at the latest: past it the
         result is UNKNOWN, and the call's own late answer goes to ``on_late`` (to be kept; the
-        resolver settles the transaction from the channel's side, never from a late answer alone).
+        resolver finishes the transaction from the channel's side, never from a late answer alone).
         With every shard's circuit open the call is refused at once, not sent."""
         key = next(self._keys)
         shard = self._pick()
@@ -300,9 +300,9 @@ class ChannelGateway:
                     live = []
                     for req in batch:  # no work for a request whose deadline has passed
                         if req.deadline <= now:
-                            self._settle(refused(req.key, "DEADLINE", "deadline passed before the call"))
+                            self._resolve(refused(req.key, "DEADLINE", "deadline passed before the call"))
                         elif shard.link is None or not shard.link.is_open:
-                            self._settle(refused(req.key, NO_LINK, "no link to the channel actor"))
+                            self._resolve(refused(req.key, NO_LINK, "no link to the channel actor"))
                         else:
                             live.append(req)
                     if live:
@@ -342,7 +342,7 @@ class ChannelGateway:
     def _results(self, shard: Shard, results: list[ChannelResult]) -> None:
         for result in results:
             shard.on_link.discard(result.key)
-            self._settle(result)
+            self._resolve(result)
 
     def _link_lost(self, shard: Shard, lost: asyncio.Event) -> None:
         """Whatever was sent on a broken link without a result may have reached the channel:
@@ -354,11 +354,12 @@ class ChannelGateway:
                 extra={"channel": self.name, "shard": shard.index, "calls": len(shard.on_link)},
             )
         for key in shard.on_link:
-            self._settle(ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "ACTOR", "channel actor failed"))
+            self._resolve(ChannelResult(key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, "ACTOR", "channel actor failed"))
         shard.on_link.clear()
         lost.set()
 
-    def _settle(self, result: ChannelResult) -> None:
+    def _resolve(self, result: ChannelResult) -> None:
+        """Hand a call's result to the caller waiting for it (if it still waits)."""
         future = self._waiting.pop(result.key, None)
         if future is not None and not future.done():
             future.set_result(result)

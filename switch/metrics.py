@@ -1,5 +1,5 @@
 """Prometheus metrics of the front end. Labels are bounded: MTI, channel, shard, response code,
-reason; never a card or terminal number."""
+reason, field and rule of a rejection, step; never a card or terminal number."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from switch.gateway import ChannelGateway
 
+_STEP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005)  # then the latency buckets
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -113,6 +114,20 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter("paysw_requests", "Requests received, by MTI", ["mti"], registry=r)
+        self.rejected = Counter(
+            "paysw_rejected",
+            "Requests refused by a rule of the wire contract, by field and rule (protocols.validation)",
+            ["field", "rule"],
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "paysw_step_seconds",
+            "Time in each step of a transaction's path, waits included, by step and transaction type "
+            "(only with [switch] step_timing, for profiling)",
+            ["step", "txn_type"],
+            buckets=_STEP_BUCKETS + _LATENCY_BUCKETS,
+            registry=r,
+        )
         self.dead_letters = Counter(
             "paysw_dead_letters",
             "Transactions handed to a person (alert on any increase), by channel",
@@ -121,7 +136,7 @@ class Metrics:
         )
 
         for hot in (self.answers, self.latency, self.channel_latency, self.in_flight, self.requests, self.refused,
-                    self.shed, self.journal_batch, self.journal_seconds):  # fmt: skip
+                    self.shed, self.journal_batch, self.journal_seconds, self.rejected):  # fmt: skip
             _remember_children(hot)
 
     def circuit_changed(self, channel: str, shard: int, state: int) -> None:

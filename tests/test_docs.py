@@ -1,6 +1,6 @@
 """The project holds its own contracts, in step with the code: every response code the switch
-can answer is in the wire contract, and the state machine's table in docs/architecture.md is the
-one the journal runs."""
+can answer is in the wire contract, and the state machine's table and the lists of steps in
+docs/architecture.md are the ones the switch runs."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def test_the_state_machine_table_is_the_one_the_journal_runs():
         moves = rows[(state, promised)]
         lines.append(f"| {state} | {promised} | " + " | ".join(moves.get(e, "-") for e in Event) + " |")
     assert "\n".join(lines) in (DOCS / "architecture.md").read_text()
+
+
+def test_the_steps_table_is_the_one_the_lifecycle_runs():
+    from switch.steps import STEPS
+
+    text = (DOCS / "architecture.md").read_text()
+    for txn_type, steps in STEPS.items():
+        assert f"| {txn_type.value} | {' -> '.join(steps)} |" in text, txn_type

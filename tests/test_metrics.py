@@ -4,6 +4,7 @@ and the gateways, the resolver's queues; and a real Prometheus server scraping t
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import subprocess
@@ -11,7 +12,11 @@ import time
 import urllib.parse
 import urllib.request
 
-from tests.conftest import free_port, run, wait_for_port
+import pytest
+
+from protocols.validation import TxnType
+from switch.steps import STEPS
+from tests.conftest import free_port, run, switch_with, wait_for_port
 from tests.debian import debian_binary
 from tests.support import connected, new_purchase
 
@@ -20,6 +25,51 @@ def value(text: str, series: str) -> float:
     match = re.search(rf"(?m)^{re.escape(series)} (\S+)$", text)
     assert match, f"no {series} in the metrics"
     return float(match.group(1))
+
+
+def value_or_zero(text: str, series: str) -> float:
+    return value(text, series) if re.search(rf"(?m)^{re.escape(series)} ", text) else 0.0
+
+
+STALE = 'paysw_rejected_total{field="7",rule="within a day of today"}'
+MISSING_25 = 'paysw_rejected_total{field="25",rule="mandatory"}'
+
+
+def test_rejections_are_counted_by_field_and_rule(switch):
+    _, text = switch.get("/metrics")
+    before = value_or_zero(text, STALE), value_or_zero(text, MISSING_25)
+
+    async def traffic():
+        far = (dt.datetime.now(dt.UTC) - dt.timedelta(days=5)).strftime("%m%d%H%M%S")
+        async with connected(switch) as terminal:
+            stale = await terminal.request({**new_purchase("wechat"), "7": far})
+            missing = await terminal.request({k: v for k, v in new_purchase("wechat").items() if k != "25"})
+        assert (stale["39"], missing["39"]) == ("30", "30")
+
+    run(traffic())
+    _, text = switch.get("/metrics")
+    assert (value(text, STALE), value(text, MISSING_25)) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.fixture(scope="module")
+def timed_switch(config_dir, database_url, simulators, tmp_path_factory):
+    edits = [(r"(?m)^request_deadline_ms = 5000$", "request_deadline_ms = 5000\nstep_timing = true")]
+    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("timed"), "timed", edits)
+
+
+def test_step_timing_when_switched_on_times_every_step_of_a_purchase(timed_switch, switch):
+    async def traffic():
+        async with connected(timed_switch) as terminal:
+            assert (await terminal.request(new_purchase("alipay")))["39"] == "00"
+
+    run(traffic())
+    _, text = timed_switch.get("/metrics")
+    for step in STEPS[TxnType.PURCHASE]:
+        assert value(text, f'paysw_step_seconds_count{{step="{step}",txn_type="purchase"}}') >= 1, step
+    assert value(text, 'paysw_step_seconds_sum{step="send_and_poll",txn_type="purchase"}') > 0
+    _, untimed = switch.get("/metrics")  # off by default: no series at all
+    assert "# TYPE paysw_step_seconds histogram" in untimed
+    assert not re.search(r"(?m)^paysw_step_seconds_count\{", untimed)
 
 
 def test_actor_gateway_and_queue_figures_reach_the_scrape(switch):

@@ -11,6 +11,7 @@ import pytest
 
 from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, network
+from protocols import validation
 from protocols.iso8583 import encode, encode_body
 from tests.conftest import WECHAT_TIMEOUT_MS, run
 from tests.support import (
@@ -256,10 +257,12 @@ def test_metrics_and_health_endpoints(switch):
     leaked = [pan for pan in {*pans, *SENT_PANS} if pan in text or pan[:6] + "*" in text]
     assert not leaked, f"{len(leaked)} payment codes in the metrics"
     labels = set(re.findall(r'(\w+)="', text))
-    # "class": the reconciliation classes (six of them).
-    assert labels <= {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le"}, (
-        f"unbounded labels: {labels}"
-    )
+    # "class": the reconciliation classes (six of them); "field" and "rule": a rejection's, from the
+    # rules of protocols.validation; "step" and "txn_type": those of switch.steps.
+    bounded = {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le"}
+    assert labels <= bounded | {"field", "rule", "step", "txn_type"}, f"unbounded labels: {labels}"
+    rules = {v.name for v in vars(validation).values() if isinstance(v, validation.Rule)} | {validation.FORMAT}
+    assert set(re.findall(r'rule="([^"]*)"', text)) <= rules
 
 
 def test_fifty_identical_requests_at_once_make_one_channel_call(switch, simulators, database_url):

@@ -1,0 +1,126 @@
+"""The path of each transaction type through the switch: an ordered list of steps, in the spirit
+of jPOS's TransactionManager participants. ``STEPS`` is the one place the lists are read: the
+``Processor`` (``switch/lifecycle.py``) binds each name to its method ``_step_<name>``.
+
+A step either passes, possibly adding to the transaction's ``Context``, or ends the transaction
+by returning its response code (having set ``Context.reply`` when the answer says more than a
+code and an RRN). The last step of every list, ``answer``, always runs: a step that ends the
+transaction skips to it.
+
+Reversals and network management have no ``shed`` step: a reversal is how a terminal makes sure
+of its money, and is never shed. Risk, when it lands, is one more name between ``write_ahead``
+and ``admit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from prometheus_client import Histogram
+
+from hsm import KeyRecord
+from protocols.iso8583 import Message
+from protocols.messages import ChannelResult
+from protocols.validation import TxnType
+from switch.journal import NewTxn, Original, TxnKey
+
+_UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
+         "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
+STEPS: dict[TxnType, tuple[str, ...]] = {
+    TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "transmission_date",
+                       "rrn", "pin", "duplicate_check", "write_ahead", "admit", "send_and_poll", "record", "answer"),
+    TxnType.VOID: _UNDO,
+    TxnType.REFUND: _UNDO,
+    TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
+    TxnType.REVERSAL: ("mac", "terminal_and_merchant", "rrn", "original_of_reversal", "reverse", "answer"),
+    TxnType.NETWORK: ("mac", "terminal", "network_management", "answer"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the terminal is told about a transaction (replayed to identical retransmissions)."""
+
+    code: str
+    rrn: str
+    auth_id: str = ""
+    channel_txn_id: str = ""
+
+
+@dataclass(slots=True)
+class Context:
+    """One transaction on its way through its steps: the request, and what the steps found."""
+
+    message: Message
+    frame: bytes
+    arrived: float  # time.monotonic() when its bytes were read
+    txn_type: TxnType
+    mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
+    in_flight: bool = False  # counted in the load shedder's requests under way
+    channel: str = "-"
+    tx_date: dt.date | None = None  # field 7's date
+    rrn: str = ""
+    pin_block: str = ""  # under the channel's zone PIN key
+    original: Original | None = None  # the purchase a void or refund undoes
+    reversed_key: TxnKey | None = None  # the purchase a reversal reverses
+    txn: NewTxn | None = None  # the row written ahead
+    claim: asyncio.Future[Reply] | None = None  # this arrival runs the transaction; retransmissions wait on it
+    result: ChannelResult | None = None  # the channel's (or its limits')
+    reply: Reply | None = None
+    answer_fields: Message | None = None  # fields the answer carries beyond a reply's
+
+
+Step = Callable[[Context], Any]  # returns None (passes) or a response code (ends); awaited when async
+
+
+class Path(NamedTuple):
+    """A transaction type's steps bound to their owner, each with whether it is to be awaited,
+    and its answer step."""
+
+    steps: tuple[tuple[Step, bool], ...]
+    answer: Callable[[Context], Message]
+
+
+def bind(owner: object, txn_type: TxnType, timing: Histogram | None) -> Path:
+    """``txn_type``'s list, each name bound to ``owner._step_<name>``; with ``timing``, each step
+    observes its seconds (waits included) under its name and the transaction type. Without, the
+    methods themselves: timing costs nothing unless switched on."""
+    names = STEPS[txn_type]
+    assert names[-1] == "answer", f"{txn_type}: every list ends with answer"
+    bound = []
+    for name in names:
+        method = getattr(owner, f"_step_{name}")
+        is_async = inspect.iscoroutinefunction(method)
+        if timing is not None:
+            method = _timed(method, is_async, timing.labels(name, txn_type.value).observe)
+        bound.append((method, is_async))
+    answer, _ = bound.pop()
+    return Path(tuple(bound), answer)
+
+
+def _timed(step: Step, is_async: bool, observe: Callable[[float], None]) -> Step:
+    if is_async:
+
+        async def timed_async(t: Context) -> Any:
+            started = time.perf_counter()
+            try:
+                return await step(t)
+            finally:
+                observe(time.perf_counter() - started)
+
+        return timed_async
+
+    def timed(t: Context) -> Any:
+        started = time.perf_counter()
+        try:
+            return step(t)
+        finally:
+            observe(time.perf_counter() - started)
+
+    return timed
