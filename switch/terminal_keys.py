@@ -34,10 +34,6 @@ RELOAD_AFTER_S = 1.0  # MACs that do not verify reread a terminal's keys at most
 WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MACs, sign-ons refused)
 
 
-class MacMissing(Exception):
-    """A request that must be MAC'd came without field 64 (a format error, ``30``)."""
-
-
 class MacMismatch(Exception):
     """Field 64 is not the MAC of the message under any MAK the terminal may use (``A0``)."""
 
@@ -133,9 +129,10 @@ class TerminalSecurity:
 
     async def verify(self, message: Message, frame: bytes) -> KeyRecord | None:
         """The MAK that field 64 verifies under (None for a sign-on, which verifies under the
-        master key's sign-on variant); raises ``MacMissing`` or ``MacMismatch``."""
+        master key's sign-on variant); raises ``MacMismatch``. A request without field 64 is
+        refused before this, by the wire contract's rule (``protocols.validation``)."""
         if MAC_FIELD not in message:
-            raise MacMissing
+            raise MacMismatch
         terminal_id = message["41"]
         data = mac_input(frame, message)
         keys = self._keys[terminal_id]
