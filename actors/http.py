@@ -98,9 +98,9 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, error: NoAnswer) -> None:
         self.abort()
-        self._settle(None, error)
+        self._resolve(None, error)
 
-    def _settle(self, answer: HttpAnswer | None, error: NoAnswer | None) -> None:
+    def _resolve(self, answer: HttpAnswer | None, error: NoAnswer | None) -> None:
         future, self._answer = self._answer, None
         if self._timer is not None:
             self._timer.cancel()
@@ -140,7 +140,7 @@ class _Connection(asyncio.Protocol):
             self.idle_timer.cancel()
         if self._answer is not None:
             why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-            self._settle(None, ConnectionBroke(f"connection closed before a whole answer{why}"))
+            self._resolve(None, ConnectionBroke(f"connection closed before a whole answer{why}"))
 
     # httptools callbacks
 
@@ -173,7 +173,7 @@ class _Connection(asyncio.Protocol):
             return
         if not self._parser.should_keep_alive():  # Connection: close, or HTTP/1.0
             self.close()
-        self._settle(HttpAnswer(status, b"".join(self._body), self._headers), None)
+        self._resolve(HttpAnswer(status, b"".join(self._body), self._headers), None)
 
 
 class Slot:

@@ -17,7 +17,7 @@ announced with its address (so another holder of a certificate of that CA cannot
 the token check stays.
 
 Nothing here retries: a request whose connection breaks before its result arrives may have
-reached the channel, and the front end settles it UNKNOWN (the resolver finds out).
+reached the channel, and the front end records it UNKNOWN (the resolver finds out).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class _ActorSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Calls under way go on to their end at the channel; their results have nowhere to go,
-        # and the front end has settled them UNKNOWN.
+        # and the front end has recorded them UNKNOWN.
         self._transport = None
 
 

@@ -161,7 +161,7 @@ class ReconSection(_Strict):
     auto_max_count: Annotated[int, Meta(ge=0)] = 50
     auto_max_fen: Annotated[int, Meta(ge=0)] = 1_000_000  # 10,000 yuan
     schedule_hourly: bool = False  # run each hour's batches once it has closed (switch.recon.scheduler)
-    grace_minutes: Annotated[int, Meta(ge=0)] = 15  # after the hour, for the channels' books to settle
+    grace_minutes: Annotated[int, Meta(ge=0)] = 15  # after the hour, for the channels' books to close
     lookback_hours: Annotated[int, Meta(ge=1, le=72)] = 3  # closed hours caught up after a restart
 
 

@@ -69,7 +69,7 @@ class Metrics:
 
         self.resolved = Counter(
             "paysw_resolved",
-            "Open transactions settled by the resolver, by channel and final state",
+            "Open transactions the resolver brought to a final state, by channel and that state",
             ["channel", "state"],
             registry=r,
         )

@@ -234,7 +234,7 @@ class Resolver:
         message = result.channel_message[:200]
         report = Report(*txn.key, event, code, auth_id, result.channel_code, message, result.channel_txn_id, None)
         state = await self._journal.record(report)
-        if state is None:  # settled meanwhile (another resolver, reconciliation): nothing to count
+        if state is None:  # finished meanwhile (another resolver, reconciliation): nothing to count
             return
         self._metrics.resolved.labels(txn.channel, state).inc()
         log.debug(

@@ -3,7 +3,7 @@
 
 A void cancels its purchase at the channel (WeChat Pay reverse, Alipay cancel, UnionPay
 consumption undo, the banks' cancel); a refund returns part or all of it under the refund's own
-number. Both calls are idempotent at the channel, so an unknown outcome is settled by sending the
+number. Both calls are idempotent at the channel, so an unknown outcome is resolved by sending the
 same call again until the channel confirms or refuses.
 """
 
@@ -46,7 +46,7 @@ async def call(
 async def record(
     journal: Journal, key: TxnKey, rrn: str, txn_type: str, amount_fen: int, original: Original, result: ChannelResult
 ) -> tuple[str, str]:
-    """Commit a void's or refund's outcome (and, once it is settled, its purchase's); returns the
+    """Commit a void's or refund's outcome (and, once it is final, its purchase's); returns the
     response code and authorisation id. Not final yet: ``09`` (in progress), and the resolver
     sends the call again."""
     if result.outcome is Outcome.APPROVED:
@@ -65,8 +65,8 @@ async def record(
         result.channel_txn_id,
         dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S),
     )
-    if await journal.settle_undo(report, txn_type, amount_fen, original) is None:
-        stored = await journal.find(key)  # settled first by a resolver: what it recorded stands
+    if await journal.record_undo(report, txn_type, amount_fen, original) is None:
+        stored = await journal.find(key)  # finished first by a resolver: what it recorded stands
         if stored is not None and stored.response_code:
             return stored.response_code, stored.auth_id or ""
     return code, auth_id

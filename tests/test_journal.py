@@ -285,10 +285,10 @@ def test_a_void_or_refund_is_settled_once(database_url):
             over = undo_of(purchase, await journal.next_rrn(), "refund", 51)
             assert await journal.write_ahead_undo(over, original) == "64"  # 950 held: 51 more is too much
             declined = outcome(refunds[0], Event.REFUSED, "05")
-            assert await journal.settle_undo(declined, "refund", 300, original) is State.DECLINED
-            assert await journal.settle_undo(declined, "refund", 300, original) is None  # the second resolver
+            assert await journal.record_undo(declined, "refund", 300, original) is State.DECLINED
+            assert await journal.record_undo(declined, "refund", 300, original) is None  # the second resolver
             accepted = outcome(refunds[2], Event.ACCEPTED)
-            assert await journal.settle_undo(accepted, "refund", 150, original) is State.APPROVED
+            assert await journal.record_undo(accepted, "refund", 150, original) is State.APPROVED
             row = await journal.pool.fetchrow("SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
             assert (row["reserved_fen"], row["refunded_fen"]) == (500, 150)  # the 500 still under way
         finally:
@@ -309,7 +309,7 @@ def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
             assert await journal.write_ahead_undo(void, original) is None
             amounts = "SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1"
             assert tuple(await journal.pool.fetchrow(amounts, purchase.rrn)) == (1000, 0)  # the void under way
-            assert await journal.settle_undo(outcome(void, Event.ACCEPTED), "void", 1000, original) is State.APPROVED
+            assert await journal.record_undo(outcome(void, Event.ACCEPTED), "void", 1000, original) is State.APPROVED
             row = await journal.pool.fetchrow(
                 "SELECT state, reserved_fen, refunded_fen, txn_type FROM txn WHERE rrn = $1", purchase.rrn
             )

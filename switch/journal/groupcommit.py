@@ -68,19 +68,19 @@ class GroupCommit(Generic[T, R]):
                 results = await self._flush([item for item, _ in batch])
             except Exception as exc:
                 if len(batch) == 1:
-                    _settle(batch[0][1], exc=exc)
+                    _resolve(batch[0][1], exc=exc)
                     return
                 log.warning("%s batch of %d failed (%s); retrying one by one", self._name, len(batch), exc)
                 for item, future in batch:
                     try:
                         (result,) = await self._flush([item])
                     except Exception as one_exc:
-                        _settle(future, exc=one_exc)
+                        _resolve(future, exc=one_exc)
                     else:
-                        _settle(future, result=result)
+                        _resolve(future, result=result)
                 return
             for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result=result)
+                _resolve(future, result=result)
         finally:
             self._slots.release()
             if self._on_batch is not None:
@@ -91,11 +91,11 @@ class GroupCommit(Generic[T, R]):
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         for _, future in self._queue:
-            _settle(future, exc=ConnectionError("journal closed"))
+            _resolve(future, exc=ConnectionError("journal closed"))
         self._queue.clear()
 
 
-def _settle(future: asyncio.Future[R], *, result: R | None = None, exc: BaseException | None = None) -> None:
+def _resolve(future: asyncio.Future[R], *, result: R | None = None, exc: BaseException | None = None) -> None:
     if future.done():
         return
     if exc is not None:

@@ -51,7 +51,7 @@ class State(StrEnum):
 DESCRIPTIONS = {
     State.RECEIVED: "written ahead; the channel has not answered yet",
     State.PENDING: "the customer is still confirming at the channel",
-    State.UNKNOWN: "not settled at the channel: to be resolved by query (and cancelled if the money may not be kept)",
+    State.UNKNOWN: "not known at the channel: to be resolved by query (and cancelled if the money may not be kept)",
     State.APPROVED: "the channel took the money, and may keep it",
     State.DECLINED: "the channel refused it, or certainly never received it",
     State.CANCELLED: "closed or cancelled at the channel: the channel keeps no money",

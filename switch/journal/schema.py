@@ -180,7 +180,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD CONSTRAINT txn_refunds_within_amount CHECK (refunded_fen BETWEEN 0 AND amount_fen);
     """,
     # 5: channel answers that came after the terminal was answered: kept, matched to their
-    # transaction; the resolver settles the transaction from the channel's side
+    # transaction; the resolver finishes the transaction from the channel's side
     """
     CREATE TABLE late_answer (
         tx_date        date        NOT NULL,
@@ -210,7 +210,7 @@ MIGRATIONS: list[str] = [
     """,
     # 7: reconciliation batches (switch.recon): one row per channel, day and hour (-1: the whole
     # day), its next step persisted; the statement's rows and the journal's slice copied into work
-    # tables; one item per compared transaction or refund, its class and whether it is settled
+    # tables; one item per compared transaction or refund, its class and whether it is resolved
     """
     CREATE TABLE recon_batch (
         id          bigserial   PRIMARY KEY,

@@ -191,7 +191,7 @@ _AUTH_ID_SQL = (
 )
 # The machine's move for each report: the row's state, the event and the promise (computed on the
 # locked row, so a reversal recorded meanwhile is seen) pick the new state; a report with no move
-# from the row's state (settled already, say) changes nothing and returns no row. A moved row
+# from the row's state (final already, say) changes nothing and returns no row. A moved row
 # returns its report's place in the batch (``n``) and its new state.
 _MOVE_SQL = (
     f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
@@ -499,11 +499,11 @@ class Journal:
             )
         return None
 
-    async def settle_undo(self, report: Report, txn_type: str, amount_fen: int, original: Original) -> State | None:
-        """Move a void or refund by its report, once; when that settles it, settle its purchase
+    async def record_undo(self, report: Report, txn_type: str, amount_fen: int, original: Original) -> State | None:
+        """Move a void or refund by its report, once; when that finishes it, move its purchase
         in the same transaction: what it reserved is released, and, if accepted, an accepted
         refund's amount counts as refunded and an accepted void voids the purchase. Returns the
-        void's or refund's state, or None when it was settled already (a lapsed lease: never
+        void's or refund's state, or None when it was final already (a lapsed lease: never
         release or void twice)."""
         async with self._pool.acquire() as conn, conn.transaction():
             moved = await record_in(conn, [report])
@@ -584,7 +584,7 @@ async def record_in(conn: asyncpg.Connection, reports: Sequence[Report]) -> list
 
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
     """Make a transaction the resolver still owes an outcome due now; False when it is not due
-    at all (settled meanwhile)."""
+    at all (finished meanwhile)."""
     done = await conn.execute(
         f"UPDATE txn SET next_check_at = now() WHERE {DUE_SQL} "
         "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",

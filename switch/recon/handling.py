@@ -14,7 +14,7 @@ Rules:
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
-AMOUNT and REFUND differences, and anything a rule cannot settle, are left to a person.
+AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Handler:
                     "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, $2, $3)", item["id"], rule, detail
                 )
         except _JournalMoved:
-            # The journal moved on since the match (the resolver settled it): nothing is fixed here,
+            # The journal moved on since the match (the resolver finished it): nothing is fixed here,
             # the claim rolls back and the item stays open for a person.
             return False
         return True
