@@ -184,6 +184,31 @@ def test_forged_approval_is_unknown_not_approved(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("op", "status"), [(PAY, "SUCCESS"), (QUERY, "PAID")])
+def test_a_genuine_answer_about_another_order_is_unknown_not_approved(kind, op, status):
+    """Signed by the channel, but about another order (replayed, or the channel's mix-up)."""
+    pair = Pair(kind)
+    ours = pair.request(op=op)
+    theirs = msgspec.structs.replace(ours, out_trade_no="20261123000000009999")
+    seen = pair.read(pair.build(theirs))
+    assert isinstance(seen, RequestSeen)
+    answer = pair.side.write(seen, ChannelVerdict(status, "CHTX0001"), pair.channel_sign)
+    assert pair.parse(theirs, answer).outcome is Outcome.APPROVED
+    result = pair.parse(ours, answer)
+    assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "MISMATCH")
+
+
+@pytest.mark.parametrize("kind", ["wechat", "ecny", "inbank"])
+def test_an_approval_of_another_amount_is_unknown_not_approved(kind):
+    pair = Pair(kind)
+    ours = pair.request(12345)
+    seen = pair.read(pair.build(msgspec.structs.replace(ours, amount_fen=1)))
+    assert isinstance(seen, RequestSeen)
+    result = pair.parse(ours, pair.side.write(seen, ChannelVerdict("SUCCESS", "CHTX0001"), pair.channel_sign))
+    assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "MISMATCH")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("answer", [HttpAnswer(502, b"bad gateway"), HttpAnswer(200, b"\x00garbage")])
 def test_http_errors_and_garbage_are_unknown(kind, answer):
     pair = Pair(kind)

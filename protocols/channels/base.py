@@ -189,6 +189,15 @@ def not_sent(
     return ChannelResult(req.key, Outcome.DECLINED, iso_code, channel_code, message, sent=False)
 
 
+def another_order(req: ChannelRequest, named: str, ours: str) -> ChannelResult | None:
+    """An answer, signed and all, that names another order than ours (a genuine answer replayed,
+    or the channel's mix-up) tells nothing about ours: UNKNOWN, to be queried. Checked wherever
+    the answer names an order (``named``) at all."""
+    if named and named != ours:
+        return unknown(req, "MISMATCH", "answer names another order")
+    return None
+
+
 def not_found(req: ChannelRequest, message: str = "") -> ChannelResult:
     """A query's answer that the channel has no such order."""
     return ChannelResult(req.key, Outcome.DECLINED, rc.DO_NOT_HONOUR, NOT_FOUND, message)

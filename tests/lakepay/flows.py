@@ -22,6 +22,7 @@ from protocols.channels.base import (
     HttpAnswer,
     HttpCall,
     StatementRefused,
+    another_order,
     approved,
     declined,
     not_found,
@@ -77,6 +78,7 @@ class StatementRequest(Struct, kw_only=True):
 
 class Answer(Struct):
     status: str
+    reference: str = ""  # the charge's reference, or the refund's
     lake_id: str = ""
     failure: str = ""
     message: str = ""
@@ -112,7 +114,9 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Answer | C
         got = msgspec.json.decode(answer.body, type=Answer)
     except msgspec.DecodeError:
         return unknown(req, "BADJSON", "unreadable answer")
-    return unknown(req, "error", got.message) if got.status == "error" else got
+    if got.status == "error":
+        return unknown(req, "error", got.message)
+    return another_order(req, got.reference, req.refund_no if req.op == REFUND else req.out_trade_no) or got
 
 
 def build_pay(req: ChannelRequest, account: LakeAccount, crypto: Crypto, now: float) -> HttpCall:

@@ -83,7 +83,15 @@ class LakeSide:
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
         status, failure = _ANSWERS.get((seen.op, verdict.status), ("error", ""))
         lake_id = verdict.channel_txn_id if status in ("succeeded", "pending") else ""
-        return _signed({"status": status, "lake_id": lake_id, "failure": failure, "message": verdict.status}, sign)
+        reference = seen.refund_no if seen.op == REFUND else seen.out_trade_no
+        doc = {
+            "status": status,
+            "reference": reference,
+            "lake_id": lake_id,
+            "failure": failure,
+            "message": verdict.status,
+        }
+        return _signed(doc, sign)
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
         return HttpAnswer(401, msgspec.json.encode({"status": "error", "failure": reason}), {"Content-Type": _JSON})

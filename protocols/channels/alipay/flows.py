@@ -27,6 +27,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_order,
     approved,
     declined,
     form_encode,
@@ -124,6 +125,7 @@ class Answer(Struct):
     msg: str = ""
     sub_code: str = ""
     sub_msg: str = ""
+    out_trade_no: str = ""
 
     @property
     def message(self) -> str:
@@ -216,7 +218,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
         return unknown(req, "BADSIGN", "answer signature")
     if got.code not in (SUCCESS, WAITING, FAILED):  # UNKNOWN (20000), or a code never documented
         return unknown(req, got.sub_code or got.code, got.message)
-    return got
+    return another_order(req, got.out_trade_no, req.out_trade_no) or got
 
 
 # -- the four flows -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_order,
     approved,
     declined,
     not_found,
@@ -156,7 +157,7 @@ def _read(
         return unknown(req, "BADJSON", "unreadable answer")
     if got.code == SYSTEM_ERROR:
         return unknown(req, got.code, got.message)
-    return got
+    return another_order(req, got.out_trade_no, req.out_trade_no) or got
 
 
 def _trade(req: ChannelRequest, got: TradeAnswer) -> ChannelResult:
@@ -198,7 +199,11 @@ def _pay(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, n
 
 def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
     got = _read(req, answer, crypto, _PAY_ANSWER)
-    return got if isinstance(got, ChannelResult) else _trade(req, got)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.amount and got.amount != req.amount_fen:
+        return unknown(req, "MISMATCH", "answer names another amount")
+    return _trade(req, got)
 
 
 def build_query(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:

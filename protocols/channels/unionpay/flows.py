@@ -33,6 +33,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_order,
     approved,
     declined,
     form_encode,
@@ -159,6 +160,14 @@ def _call(req: ChannelRequest, request: Struct, crypto: Crypto) -> HttpCall:
     return HttpCall(PATHS[req.op], signed_form(request, crypto), CONTENT_TYPE)
 
 
+def order_id(req: ChannelRequest) -> str:
+    """The order a request is about at acp: the payment's (pay, query); an undo's and a refund's
+    are orders of their own."""
+    if req.op == CANCEL:
+        return req.out_trade_no + "C"
+    return req.refund_no if req.op == REFUND else req.out_trade_no
+
+
 def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A]) -> A | ChannelResult:
     """The answer, or the result it already decides (no answer to trust, or the gateway's
     refusal to process the request)."""
@@ -172,7 +181,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
         return declined(req, rc.SYSTEM_MALFUNCTION, code, doc.get("respMsg", ""))
     if not crypto.verify(signing_input(doc), doc.get("signature", "")):
         return unknown(req, "BADSIGN", "answer signature")
-    return msgspec.convert(doc, shape)
+    return another_order(req, doc.get("orderId", ""), order_id(req)) or msgspec.convert(doc, shape)
 
 
 # -- the four flows -------------------------------------------------------------------------------
@@ -180,7 +189,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
 
 def build_pay(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
     # The order time is the write-ahead's, so that a query after a restart names the same order.
-    envelope = _envelope(req, account, req.out_trade_no, req.created or now)
+    envelope = _envelope(req, account, order_id(req), req.created or now)
     fields = {"txnAmt": str(req.amount_fen), "qrNo": req.auth_code, "termId": req.terminal_id}
     if req.pin_block:  # a card with its PIN, already under the zone PIN key
         return _call(req, CardConsume(**envelope, **fields, pinBlock=req.pin_block), crypto)
@@ -202,7 +211,7 @@ def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Channe
 
 
 def build_query(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
-    return _call(req, Query(**_envelope(req, account, req.out_trade_no, req.created or now)), crypto)
+    return _call(req, Query(**_envelope(req, account, order_id(req), req.created or now)), crypto)
 
 
 def parse_query(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
@@ -226,7 +235,7 @@ def _against_original(req: ChannelRequest) -> dict[str, str]:
 
 
 def build_cancel(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
-    request = Undo(**_envelope(req, account, req.out_trade_no + "C", now), **_against_original(req))
+    request = Undo(**_envelope(req, account, order_id(req), now), **_against_original(req))
     return _call(req, request, crypto)
 
 
@@ -240,7 +249,7 @@ def parse_cancel(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Cha
 
 
 def build_refund(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
-    request = Refund(**_envelope(req, account, req.refund_no, now), **_against_original(req))
+    request = Refund(**_envelope(req, account, order_id(req), now), **_against_original(req))
     return _call(req, request, crypto)
 
 

@@ -26,6 +26,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_order,
     approved,
     declined,
     not_found,
@@ -113,6 +114,7 @@ A = TypeVar("A", bound=Answer)
 
 class MicropayAnswer(Answer):
     transaction_id: str = ""
+    total_fee: str = ""  # fen, echoed with a success
 
 
 class OrderQueryAnswer(Answer):
@@ -171,7 +173,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
         return declined(req, rc.SYSTEM_MALFUNCTION, "FAIL", doc.get("return_msg", ""))
     if not crypto.verify(signing_input(doc), doc.get("sign", "")):
         return unknown(req, "BADSIGN", "answer signature")
-    return msgspec.convert(doc, shape)
+    return another_order(req, doc.get("out_trade_no", ""), req.out_trade_no) or msgspec.convert(doc, shape)
 
 
 # -- the four flows -------------------------------------------------------------------------------
@@ -192,6 +194,8 @@ def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Channe
     got = _read(req, answer, crypto, MicropayAnswer)
     if isinstance(got, ChannelResult):
         return got
+    if got.total_fee and got.total_fee != str(req.amount_fen):
+        return unknown(req, "MISMATCH", "answer names another amount")
     err, text = got.err_code, got.err_code_des
     if got.result_code == "SUCCESS":
         return approved(req, "SUCCESS", got.transaction_id)
