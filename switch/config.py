@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -54,6 +55,10 @@ class SwitchSection(_Strict):
     max_in_flight: Positive = 10_000  # financial requests under way, all connections together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
     step_timing: bool = False  # profiling: a histogram of seconds per lifecycle step (switch.steps)
+    # Channel packages outside protocols/channels that a channel's dotted kind may name. Importing
+    # one runs its code in the switch and in every channel actor: list only installed packages you
+    # trust as you trust the switch's own code (and install them on every Ray node).
+    channel_packages: list[str] = []
     # DEMO ONLY: accepts the published demo keys and secret files open to other users.
     demo: bool = False
 
@@ -206,7 +211,7 @@ def _cross_check(config: Config) -> list[str]:
     channels = config.channels
     base = Path(config.base_dir)
     for name, ch in channels.items():
-        problems.extend(_account_problems(name, ch))
+        problems.extend(_channel_problems(name, ch, config.switch.channel_packages))
     token_file = config.switch.admin_token_file
     if token_file:
         try:
@@ -259,8 +264,13 @@ def account_of(section: ChannelSection) -> Account:
     return msgspec.convert(section.account, channel_of(section.kind).account)
 
 
-def _account_problems(name: str, section: ChannelSection) -> list[str]:
+def _channel_problems(name: str, section: ChannelSection, packages: list[str]) -> list[str]:
     where = f"$.channels.{name}"
+    if "." in section.kind and section.kind not in packages:
+        return [f"{where}.kind: {section.kind!r} is a package outside the switch: list it in switch.channel_packages"]
+    host = urlsplit(section.actor.endpoint).hostname or ""
+    if section.actor.endpoint.startswith("http://") and not is_loopback(host):
+        return [f"{where}.actor.endpoint: a channel off this host is reached over https, not {section.actor.endpoint}"]
     try:
         account = account_of(section)
     except UnknownChannel as exc:

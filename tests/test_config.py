@@ -39,8 +39,25 @@ def test_demo_configuration_is_valid():
             r"\$\.channels\.alipay\.kind: no channel package 'paypal'; built in: alipay, ecny, inbank, unionpay, we",
         ),
         (
-            lambda t: t.replace('kind = "alipay"', 'kind = "protocols.messages"'),
+            lambda t: t.replace('kind = "alipay"', 'kind = "protocols.messages"').replace(
+                "[switch]\n", '[switch]\nchannel_packages = ["protocols.messages"]\n'
+            ),
             r"\$\.channels\.alipay\.kind: protocols\.messages is not a channel package",
+        ),
+        # A package outside the switch is code: loaded only when the configuration lists it.
+        (
+            lambda t: t.replace('kind = "alipay"', 'kind = "tests.lakepay"'),
+            r"\$\.channels\.alipay\.kind: 'tests\.lakepay' is a package outside the switch: list it in",
+        ),
+        (
+            lambda t: t.replace('kind = "alipay"', 'kind = ".wechat"').replace(
+                "[switch]\n", '[switch]\nchannel_packages = [".wechat"]\n'
+            ),
+            r"\$\.channels\.alipay\.kind: '\.wechat' is not a package name",
+        ),
+        (
+            lambda t: t.replace('"http://127.0.0.1:9102"', '"http://openapi.alipay.com"'),
+            r"\$\.channels\.alipay\.actor\.endpoint: a channel off this host is reached over https",
         ),
         # The account is checked against the channel package's own schema, at its path in the file.
         (

@@ -346,3 +346,9 @@ def test_xml_with_a_dtd_is_refused():
 def test_form_encoding_is_urlencode_byte_for_byte(params):
     """The Alipay and UnionPay bodies: what the channels' own SDKs (and urllib) send."""
     assert form_encode(params) == urlencode(params).encode()
+
+
+def test_a_channel_without_a_flow_for_every_operation_is_refused():
+    wechat = channel_of("wechat")
+    with pytest.raises(TypeError, match="no flow for cancel"):
+        dataclasses.replace(wechat, flows={op: f for op, f in wechat.flows.items() if op != CANCEL})

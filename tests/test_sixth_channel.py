@@ -45,6 +45,7 @@ def with_lake_pay(config_dir: Path, folder: Path, port: int, secret_file: Path) 
     (folder / "manifest.toml").write_text(manifest)
     text = (config_dir / "switch.toml").read_text()
     text = text.replace(f'key_manifest = "{KEYS}/manifest.toml"', f'key_manifest = "{folder}/manifest.toml"')
+    text = text.replace("[switch]\n", '[switch]\nchannel_packages = ["tests.lakepay"]\n', 1)
     text = text.replace(
         'channels = ["wechat", "alipay", "unionpay", "ecny", "inbank"]',
         'channels = ["wechat", "alipay", "unionpay", "ecny", "inbank", "lake"]',

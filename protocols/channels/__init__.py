@@ -4,7 +4,9 @@ module attribute ``channel``.
 
 A kind without a dot is a package here (``wechat`` is ``protocols.channels.wechat``); a dotted
 kind is any importable package (``acme.paysw_channel``), so a bank can keep a channel of its own
-outside this tree and add it by configuration alone.
+outside this tree and add it by configuration alone. Importing a package runs its code: the
+switch's configuration only lets a dotted kind be loaded when it also lists it in
+``[switch] channel_packages`` (``switch.config``).
 """
 
 from __future__ import annotations
@@ -24,15 +26,21 @@ class UnknownChannel(LookupError):
 def channel_of(kind: str) -> Channel:
     """The descriptor of channel kind ``kind``; ``UnknownChannel`` naming the known kinds."""
     name = kind if "." in kind else f"{__name__}.{kind}"
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise UnknownChannel(f"{kind!r} is not a package name")
     try:
         module = import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):  # one it imports
             raise
         raise UnknownChannel(f"no channel package {kind!r}; built in: {', '.join(builtin_kinds())}") from None
+    except Exception as exc:  # a package that fails to load (its descriptor incomplete, say)
+        raise UnknownChannel(f"{name} cannot be loaded: {exc}") from exc
     channel = getattr(module, "channel", None)
     if not isinstance(channel, Channel):
         raise UnknownChannel(f"{name} is not a channel package (it has no `channel` descriptor)")
+    if channel.kind != kind:
+        raise UnknownChannel(f"{name}'s descriptor says it is {channel.kind!r}, not {kind!r}")
     return channel
 
 

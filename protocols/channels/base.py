@@ -14,9 +14,10 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 
 from protocols import response_codes as rc
-from protocols.messages import NOT_FOUND, ChannelRequest, ChannelResult, Outcome
+from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
 from protocols.statements import StatementRow
 
+OPERATIONS = (PAY, QUERY, CANCEL, REFUND)  # every channel has a flow for each
 Sign = Callable[[bytes], str]
 Verify = Callable[[bytes, str], bool]
 
@@ -120,11 +121,17 @@ class Channel:
     the statement download, and where its simulated counterpart lives (test equipment, named by
     module so the switch never imports it)."""
 
-    kind: str
+    kind: str  # as the configuration names it: the package's name here, or its dotted path
     account: type[Account]
     flows: Mapping[str, Flow]  # PAY, QUERY, CANCEL, REFUND
     statement: Download
     simulator: str
+
+    def __post_init__(self) -> None:
+        # A missing operation would fail only when first needed (a reversal's cancel, say).
+        missing = [op for op in OPERATIONS if op not in self.flows]
+        if missing:
+            raise TypeError(f"channel {self.kind!r} has no flow for {', '.join(missing)}")
 
 
 def sorted_query(params: Mapping[str, str], skip: frozenset[str] = frozenset({"sign"})) -> str:
