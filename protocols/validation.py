@@ -48,11 +48,10 @@ class Rejection:
     code: str
     field: str
     reason: str  # may quote the peer's values: for logs, never a label
-    rule: str = ""  # the Rule's name; empty for refusals decided elsewhere (routing's)
+    rule: str  # the Rule's name: a metrics label
 
     def __str__(self) -> str:
-        rule = f"{self.rule}: " if self.rule else ""
-        return f"field {self.field}: {rule}{self.reason} -> {self.code}"
+        return f"field {self.field}: {self.rule}: {self.reason} -> {self.code}"
 
 
 DECODES = Rule("decodes", rc.FORMAT_ERROR)
@@ -66,6 +65,7 @@ WITHIN_A_DAY = Rule("within a day of today", rc.FORMAT_ERROR)  # field 7: stale 
 ORIGINAL_MTI = Rule("original MTI 0200", rc.FORMAT_ERROR)  # field 90 of a reversal
 ORIGINAL_TRANSMITTED = Rule("original transmission MMDDhhmmss", rc.FORMAT_ERROR)
 ORIGINAL_WITHIN_A_DAY = Rule("original within a day of today", rc.ORIGINAL_NOT_FOUND)
+ROUTED = Rule("routed", rc.INVALID_PAYMENT_CODE)  # field 2: a code or card no channel takes (switch.routing)
 
 
 # (MTI, processing code) -> transaction type; a reversal carries the original's processing code.

@@ -388,7 +388,7 @@ class Processor:
     def _step_route(self, t: Context) -> str | None:
         routed = self._router.route(t.message["2"], t.message["22"])
         if isinstance(routed, Rejection):
-            return routed.code
+            return self._rejected(t.message, routed)
         t.channel = routed
         return None
 

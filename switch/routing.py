@@ -4,9 +4,8 @@ longest matching prefix wins."""
 
 from __future__ import annotations
 
-from protocols import response_codes as rc
 from protocols.masking import luhn_ok
-from protocols.validation import Rejection
+from protocols.validation import ROUTED, Rejection
 from switch.config import RoutingSection
 
 CODE_ENTRY = "031"
@@ -26,14 +25,14 @@ class Router:
             for prefix, route in self._codes:
                 if pan.startswith(prefix):
                     if len(pan) not in route.lengths:
-                        return Rejection(rc.INVALID_PAYMENT_CODE, "2", f"wrong length for {route.channel}")
+                        return ROUTED.reject("2", f"wrong length for {route.channel}")
                     if route.luhn and not luhn_ok(pan):
-                        return Rejection(rc.INVALID_PAYMENT_CODE, "2", f"check digit for {route.channel}")
+                        return ROUTED.reject("2", f"check digit for {route.channel}")
                     return route.channel
-            return Rejection(rc.INVALID_PAYMENT_CODE, "2", "no route for this payment code")
+            return ROUTED.reject("2", "no route for this payment code")
         if not 13 <= len(pan) <= 19 or not luhn_ok(pan):
-            return Rejection(rc.INVALID_PAYMENT_CODE, "2", "card number length or check digit")
+            return ROUTED.reject("2", "card number length or check digit")
         for prefix, channel in self._bins:
             if pan.startswith(prefix):
                 return channel
-        return Rejection(rc.INVALID_PAYMENT_CODE, "2", "no route for this card BIN")
+        return ROUTED.reject("2", "no route for this card BIN")

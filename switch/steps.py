@@ -19,7 +19,7 @@ import datetime as dt
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from prometheus_client import Histogram
@@ -55,10 +55,11 @@ class Reply:
 
 @dataclass(slots=True)
 class Context:
-    """One transaction on its way through its steps: the request, and what the steps found."""
+    """One transaction on its way through its steps: the request, and what the steps found. The
+    request's card number or code, its frame and the PIN block stay out of its repr."""
 
-    message: Message
-    frame: bytes
+    message: Message = field(repr=False)
+    frame: bytes = field(repr=False)
     arrived: float  # time.monotonic() when its bytes were read
     txn_type: TxnType
     mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
@@ -66,7 +67,7 @@ class Context:
     channel: str = "-"
     tx_date: dt.date | None = None  # field 7's date
     rrn: str = ""
-    pin_block: str = ""  # under the channel's zone PIN key
+    pin_block: str = field(default="", repr=False)  # under the channel's zone PIN key
     original: Original | None = None  # the purchase a void or refund undoes
     reversed_key: TxnKey | None = None  # the purchase a reversal reverses
     txn: NewTxn | None = None  # the row written ahead
