@@ -19,8 +19,20 @@ from switch.recon import cli as recon_cli
 COMMANDS_GROUP = "paysw.commands"
 
 
-def _registered() -> dict[str, ModuleType]:
-    return {entry.name: entry.load() for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)}
+BUILT_IN = ("run", "channel", "keys", "recon", "settle")
+
+
+def _registered(argv: list[str]) -> dict[str, ModuleType]:
+    """The registered commands to load: only the one asked for (so ``paysw run`` loads no other
+    package's code), or all of them when none is (for ``--help`` and usage errors). A registered
+    name that is a built-in command's is ignored: it cannot take the switch's own commands over."""
+    entries = {e.name: e for e in entry_points(group=COMMANDS_GROUP) if e.name not in BUILT_IN}
+    asked = next((a for a in argv if not a.startswith("-")), None)
+    if asked in BUILT_IN:
+        return {}
+    if asked in entries:
+        return {asked: entries[asked].load()}
+    return {name: entries[name].load() for name in sorted(entries)}
 
 
 def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
@@ -113,7 +125,7 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    registered = _registered()
+    registered = _registered(sys.argv[1:] if argv is None else argv)
     args = _parser(registered).parse_args(argv)
     try:
         if args.command == "run":

@@ -64,3 +64,12 @@ def test_bench_commands_are_reachable_through_paysw():
     assert "paysw bench throughput: --steps: not a list of numbers: '4,x'" in bad_steps.stderr
     no_config = _paysw("sim")
     assert (no_config.returncode, no_config.stderr.strip()) == (2, "paysw sim: --config is required")
+
+
+def test_paysw_run_loads_no_other_packages_commands():
+    """Only the registered command asked for is imported: `paysw run` runs no plugin's code."""
+    from switch.cli import _registered
+
+    assert _registered(["run", "--config", "x.toml"]) == {}
+    assert list(_registered(["bench", "profile"])) == ["bench"]
+    assert set(_registered(["--help"])) >= {"bench", "demo", "sim"}
