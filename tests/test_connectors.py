@@ -352,3 +352,31 @@ def test_a_channel_without_a_flow_for_every_operation_is_refused():
     wechat = channel_of("wechat")
     with pytest.raises(TypeError, match="no flow for cancel"):
         dataclasses.replace(wechat, flows={op: f for op, f in wechat.flows.items() if op != CANCEL})
+
+
+@pytest.mark.parametrize("kind", ["alipay", "ecny"])
+def test_a_null_message_in_an_approval_is_still_an_approval(kind):
+    """A text that decides nothing, sent as null, does not make a signed approval unreadable."""
+    pair = Pair(kind)
+    req = pair.request()
+    seen = pair.read(pair.build(req))
+    answer = pair.side.write(seen, ChannelVerdict("SUCCESS", "CHTX0001"), pair.channel_sign)
+    if kind == "alipay":
+        body = answer.body.replace(b'"msg":"Success"', b'"msg":null')
+        node = extract_alipay_node(body)
+        body = body[: body.rindex(b'"sign":"')] + b'"sign":"' + pair.channel_sign(node.encode()).encode() + b'"}'
+        headers = answer.headers
+    else:
+        doc = json.loads(answer.body) | {"message": None}
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = {**answer.headers, "X-Signature": pair.channel_sign(body)}
+    result = pair.parse(req, HttpAnswer(200, body, headers))
+    assert (result.outcome, result.channel_txn_id) == (Outcome.APPROVED, "CHTX0001"), result
+
+
+def extract_alipay_node(body: bytes) -> str:
+    from protocols.channels.alipay.flows import extract_node
+
+    node = extract_node(body, "alipay_trade_pay_response")
+    assert node is not None
+    return node

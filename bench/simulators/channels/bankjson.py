@@ -96,7 +96,7 @@ class BankJsonSide:
 
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
         code, status, message = _ANSWERS.get((seen.op, verdict.status), _SYSTEM_BUSY)
-        head = {"code": code, "message": message, "out_trade_no": seen.out_trade_no}
+        head = {"code": code, "text": message, "out_trade_no": seen.out_trade_no}
         answer: Answer
         if seen.op == REFUND:
             done = status == "SUCCESS"
@@ -117,7 +117,7 @@ class BankJsonSide:
         return _signed(encode(answer), sign)
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
-        return HttpAnswer(401, encode(Answer(code="4010", message=reason)), {"Content-Type": _JSON})
+        return HttpAnswer(401, encode(Answer(code="4010", text=reason)), {"Content-Type": _JSON})
 
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
         return statement.write(rows)

@@ -122,14 +122,14 @@ class TradeRefund(Trade, kw_only=True):
 
 class Answer(Struct):
     code: str = ""
-    msg: str = ""
+    msg: str | None = ""  # texts decide nothing: a null one is read as empty, not as a broken answer
     sub_code: str = ""
-    sub_msg: str = ""
+    sub_msg: str | None = ""
     out_trade_no: str = ""
 
     @property
     def message(self) -> str:
-        return self.sub_msg or self.msg
+        return self.sub_msg or self.msg or ""
 
 
 A = TypeVar("A", bound=Answer)

@@ -89,8 +89,12 @@ class Refund(Envelope, kw_only=True):
 
 class Answer(Struct, kw_only=True):
     code: str
-    message: str = ""
+    text: str | None = msgspec.field(default="", name="message")  # decides nothing: null reads as empty
     out_trade_no: str = ""
+
+    @property
+    def message(self) -> str:
+        return self.text or ""
 
 
 class TradeAnswer(Answer, kw_only=True):
@@ -111,7 +115,7 @@ class CancelAnswer(Answer, kw_only=True):
 class RefundAnswer(Answer, kw_only=True):
     refund_status: str = ""
     refund_id: str = ""
-    out_refund_no: str = ""
+    out_refund_no: str = ""  # the refund's own number, echoed
 
 
 A = TypeVar("A", bound=Answer)
@@ -249,6 +253,8 @@ def parse_refund(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Cha
     got = _read(req, answer, crypto, _REFUND_ANSWER)
     if isinstance(got, ChannelResult):
         return got
+    if mismatch := another_order(req, got.out_refund_no, req.refund_no):
+        return mismatch
     if got.code == OK and got.refund_status == "SUCCESS":
         return approved(req, got.code, got.refund_id)
     return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)
