@@ -196,7 +196,7 @@ def load_config(path: str | Path) -> Config:
     try:
         config = msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}{_upgrade_hint(str(exc))}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
@@ -256,6 +256,29 @@ def _cross_check(config: Config) -> list[str]:
         if t.merchant not in merchant_ids:
             problems.append(f"$.terminals[{i}].merchant: unknown merchant {t.merchant}")
     return problems
+
+
+# Keys of a channel's table before it was split by owner (README, "Upgrading").
+_MOVED_TO_ACTOR = (
+    "endpoint",
+    "pool_size",
+    "max_in_flight",
+    "queue_wait_ms",
+    "sign_threads",
+    "timeout_ms",
+    "actor_max_restarts",
+)
+_MOVED_TO_ACCOUNT = ("app_id", "mch_id", "cert_id", "keys")
+
+
+def _upgrade_hint(error: str) -> str:
+    if "`$.channels[" not in error:
+        return ""
+    if any(f"unknown field `{key}`" in error for key in _MOVED_TO_ACTOR):
+        return " (a channel's endpoint, pools and timeout now go in its `actor = { ... }` table)"
+    if any(f"unknown field `{key}`" in error for key in _MOVED_TO_ACCOUNT):
+        return " (a channel's ids and keys now go in its `account = { ... }` table)"
+    return ""
 
 
 def account_of(section: ChannelSection) -> Account:

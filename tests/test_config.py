@@ -85,6 +85,10 @@ def test_demo_configuration_is_valid():
             r"\$\.channels\.ecny\.account\.keys\.sign_algorithm: 'sm2' is not one of hmac-sha256, ",
         ),
         (lambda t: t.replace("[switch]", "[switch"), r"not valid TOML"),
+        (
+            lambda t: t.replace('kind = "inbank"\n', 'kind = "inbank"\nendpoint = "http://127.0.0.1:9105"\n'),
+            r"unknown field `endpoint`.*now go in its `actor = \{ \.\.\. \}` table",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error(tmp_path, change, message):
