@@ -19,7 +19,7 @@ from hsm import open_hsm
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
 from switch.config import Config, ConfigError, RaySection, host_port, link_tls, sizing_warnings
-from switch.frontend import serve_terminals
+from switch.frontend import Drained, TerminalServer, serve_terminals
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
@@ -36,7 +36,6 @@ from switch.terminal_keys import TerminalSecurity
 log = logging.getLogger("paysw")
 
 DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
-DRAIN_SECONDS = 5.0
 OPEN_TRANSACTIONS_EVERY_S = 5.0
 
 
@@ -49,7 +48,7 @@ class SwitchApp:
         self.metrics = Metrics()
         self.journal: Journal | None = None
         self.gateways: dict[str, ChannelGateway] = {}
-        self._server: asyncio.Server | None = None
+        self._server: TerminalServer | None = None
         self._admin = None
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
@@ -162,17 +161,34 @@ class SwitchApp:
             await asyncio.sleep(OPEN_TRANSACTIONS_EVERY_S)
 
     async def stop(self) -> None:
+        """The drain, then the parts: /readyz says not ready at once (a load balancer sends no
+        more), the terminals' requests read are answered and their connections closed, and what
+        is still open (PENDING, UNKNOWN, reversals to carry out) stays in the journal for any
+        front end's resolver; all within ``drain_bound_s``, past which the rest is left exactly
+        as after a crash."""
         self.ready = False
-        if self._server is not None:
-            self._server.close()
-        # Let transactions under way finish and be journaled before the parts go away.
-        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
-        while any(g.in_flight for g in self.gateways.values()) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        bound_s = self.config.switch.drain_bound_s()
+        started = loop.time()
+        log.info("draining", extra={"bound_s": bound_s})
+        drained = await self._server.drain(bound_s) if self._server is not None else Drained(0, 0, 0)
         if self._recon is not None:  # before the gateways it calls through go
             self._recon.cancel()
-        if self.resolver is not None:
+        if self.resolver is not None:  # its leases lapse (resolver.LEASE_S) for any front end's resolver
             await self.resolver.stop()
+        # Channel calls past their deadline may still bring a late answer to keep in the journal.
+        while any(g.in_flight for g in self.gateways.values()) and loop.time() < started + bound_s:
+            await asyncio.sleep(0.05)
+        log.info(
+            "drained",
+            extra={
+                "seconds": round(loop.time() - started, 3),
+                "connections_closed": drained.connections,
+                "requests_finished": drained.finished,
+                "left_to_resolver": drained.left,
+                "channel_calls_abandoned": sum(g.in_flight for g in self.gateways.values()),
+            },
+        )
         if self.shedder is not None:
             await self.shedder.stop()
         for gateway in self.gateways.values():

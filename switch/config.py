@@ -24,6 +24,7 @@ Digits = Annotated[str, Meta(pattern=r"^\d+$")]
 HostPort = Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
 TerminalId = Annotated[str, Meta(min_length=8, max_length=8)]
 MerchantId = Annotated[str, Meta(min_length=15, max_length=15)]
+DRAIN_MARGIN_S = 5.0  # the default drain: the request deadline plus this
 
 
 class _Strict(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -59,8 +60,18 @@ class SwitchSection(_Strict):
     # one runs its code in the switch and in every channel actor: list only installed packages you
     # trust as you trust the switch's own code (and install them on every Ray node).
     channel_packages: list[str] = []
+    # On SIGTERM, how long the front end may take to answer the requests it has read and finish
+    # its transactions (switch.frontend's drain); then it stops anyway and the resolver of any
+    # front end finishes what is left, as after a crash. Unset: request_deadline_ms + 5 s.
+    drain_timeout_s: Annotated[float, Meta(gt=0, le=600)] | None = None
     # DEMO ONLY: accepts the published demo keys and secret files open to other users.
     demo: bool = False
+
+    def drain_bound_s(self) -> float:
+        """``drain_timeout_s``, or by default the request deadline and a margin to record and answer."""
+        if self.drain_timeout_s is not None:
+            return self.drain_timeout_s
+        return self.request_deadline_ms / 1000 + DRAIN_MARGIN_S
 
 
 class DatabaseSection(_Strict):

@@ -8,14 +8,23 @@ frame that stalls longer than the timeout closes that connection only.
 A peer cannot take the port for itself: connections past the caps (in total, and per peer
 address) are closed as soon as they are accepted, a connection that sends no complete frame for
 ``idle_timeout_s`` is closed, and the warnings bad input causes are rate-limited per peer.
+
+On SIGTERM the front end drains (``TerminalServer.drain``): it stops accepting, stops reading
+every connection (a frame not read was never received: its terminal sends it again, elsewhere),
+and closes each once every frame it read has its answer written; the terminal then sees the end of
+the stream after its last answer. The close is lingering: the end is sent first and what the
+terminal still sends is read and dropped until it hangs up, because closing a socket with unread
+data sends a reset, which can destroy answers still on their way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from typing import NamedTuple
 
 from protocols.iso8583 import FrameReader, FrameTooLarge
 from switch.config import SwitchSection, host_port
@@ -26,6 +35,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("paysw.frontend")
 
 WARN_INTERVAL_S = 60.0  # one warning per peer and reason this often, with a count of those held back
+LINGER_S = 2.0  # draining: after its last answer and the end, a terminal has this long to hang up
 _warnings = RateLimitedLog(WARN_INTERVAL_S)
 
 
@@ -55,22 +65,82 @@ class ConnectionLimits:
             del self._by_peer[host]
 
 
-async def serve_terminals(processor: Processor, metrics: Metrics, settings: SwitchSection) -> asyncio.Server:
+class Drained(NamedTuple):
+    connections: int  # closed by the drain (or already closed by their terminal, with requests under way)
+    finished: int  # requests under way at its start that ran to their end
+    left: int  # requests still under way at the bound: the resolver's, as after a crash
+
+
+class LiveConnections:
+    """The terminal connections not done with: open, or with requests under way (a request whose
+    terminal hung up still runs to its end and is journaled)."""
+
+    def __init__(self) -> None:
+        self._live: set[TerminalConnection] = set()
+        self._none_left: asyncio.Event | None = None  # while draining
+
+    def add(self, connection: TerminalConnection) -> None:
+        self._live.add(connection)
+        if self._none_left is not None:  # accepted just before the listener closed: never read
+            connection.drain()
+
+    def done(self, connection: TerminalConnection) -> None:
+        self._live.discard(connection)
+        if self._none_left is not None and not self._live:
+            self._none_left.set()
+
+    async def drain(self, timeout: float) -> Drained:
+        """Drain every connection; at ``timeout`` (seconds), abort those left."""
+        self._none_left = asyncio.Event()
+        live = list(self._live)
+        under_way = sum(c.in_flight for c in live)
+        for connection in live:
+            connection.drain()
+        if self._live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_left.wait(), timeout)
+        left = sum(c.in_flight for c in self._live)
+        for connection in list(self._live):
+            connection.abort()  # no answer is written from now on: a late one could contradict the resolver
+        return Drained(len(live), under_way - left, left)
+
+
+class TerminalServer:
+    """The terminals' listening socket and the connections it accepted."""
+
+    def __init__(self, server: asyncio.Server, connections: LiveConnections) -> None:
+        self._server = server
+        self._connections = connections
+
+    async def drain(self, timeout: float) -> Drained:
+        """Accept no more; answer every request read and close each connection (``LiveConnections.drain``)."""
+        self._server.close()
+        return await self._connections.drain(timeout)
+
+
+async def serve_terminals(processor: Processor, metrics: Metrics, settings: SwitchSection) -> TerminalServer:
     """The terminals' port (``settings.listen``), open."""
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_peer)
+    connections = LiveConnections()
     host, port = host_port(settings.listen)
-    return await asyncio.get_running_loop().create_server(
-        lambda: TerminalConnection(processor, metrics, settings, limits),
+    server = await asyncio.get_running_loop().create_server(
+        lambda: TerminalConnection(processor, metrics, settings, limits, connections),
         host,
         port,
         backlog=1024,
         reuse_address=True,
     )
+    return TerminalServer(server, connections)
 
 
 class TerminalConnection(asyncio.Protocol):
     def __init__(
-        self, processor: Processor, metrics: Metrics, settings: SwitchSection, limits: ConnectionLimits
+        self,
+        processor: Processor,
+        metrics: Metrics,
+        settings: SwitchSection,
+        limits: ConnectionLimits,
+        connections: LiveConnections,
     ) -> None:
         self._processor = processor
         self._metrics = metrics
@@ -78,6 +148,7 @@ class TerminalConnection(asyncio.Protocol):
         self._stall_timeout = settings.stalled_frame_timeout_s
         self._idle_timeout = settings.idle_timeout_s
         self._limits = limits
+        self._connections = connections
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -91,6 +162,8 @@ class TerminalConnection(asyncio.Protocol):
         self._last_frame = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._answers: list[bytes] = []
+        self._draining = False  # no new frames: what arrives is dropped, never received
+        self._holding = False  # draining, with answers still owed: reading paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
@@ -104,6 +177,7 @@ class TerminalConnection(asyncio.Protocol):
         self._metrics.connections.inc()
         self._last_frame = self._loop.time()
         self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+        self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
@@ -113,8 +187,43 @@ class TerminalConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._transport = None  # transactions under way still complete and are journaled
+        if not self._in_flight:
+            self._connections.done(self)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def drain(self) -> None:
+        """Read no more frames, and close once every frame read has its answer written."""
+        self._draining = self._holding = True
+        self._cancel_stall_timer()  # a partial frame will never be completed: it was not received
+        self._update_reading()
+        self._end_if_answered()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _end_if_answered(self) -> None:
+        """Draining, once nothing is under way or waiting to be written: send the end after the
+        answers, then read and drop until the terminal hangs up (or ``LINGER_S`` passes)."""
+        if not self._holding or self._in_flight or self._answers or self._transport is None:
+            return
+        if self._transport.is_closing():  # closed for a reason of its own: connection_lost follows
+            return
+        self._holding = False
+        self._transport.write_eof()
+        self._update_reading()
+        self._loop.call_later(LINGER_S, self._linger_over)
+
+    def _linger_over(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return
         try:
             frames = self._reader.feed(data)
         except FrameTooLarge as exc:
@@ -138,7 +247,11 @@ class TerminalConnection(asyncio.Protocol):
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:
         self._in_flight -= 1
         self._update_reading()
-        if task.cancelled() or self._transport is None:
+        if self._transport is None:
+            if not self._in_flight:
+                self._connections.done(self)
+            return
+        if task.cancelled():  # the loop is shutting down
             return
         exc = task.exception()
         if isinstance(exc, CloseConnection):
@@ -150,11 +263,15 @@ class TerminalConnection(asyncio.Protocol):
             if not self._answers:  # the answers of one loop turn leave in one write
                 self._loop.call_soon(self._write_answers)
             self._answers.append(out)
+        if self._holding:
+            self._end_if_answered()
 
     def _write_answers(self) -> None:
         answers, self._answers = self._answers, []
         if self._transport is not None:
             self._transport.writelines(answers)
+            if self._holding:
+                self._end_if_answered()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -167,7 +284,7 @@ class TerminalConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self._transport is None:
             return
-        should_pause = self._writing_paused or self._in_flight >= self._max_in_flight
+        should_pause = self._writing_paused or self._in_flight >= self._max_in_flight or self._holding
         if should_pause and not self._reading_paused:
             self._transport.pause_reading()
             self._reading_paused = True
