@@ -55,8 +55,12 @@ class ConnectionLimits:
             del self._by_peer[host]
 
 
-async def serve_terminals(processor: Processor, metrics: Metrics, settings: SwitchSection) -> asyncio.Server:
-    """The terminals' port (``settings.listen``), open."""
+async def serve_terminals(
+    processor: Processor, metrics: Metrics, settings: SwitchSection, reuse_port: bool = False
+) -> asyncio.Server:
+    """The terminals' port (``settings.listen``), open. With ``reuse_port`` (``paysw run
+    --workers``), other processes of this user may listen on the same port (SO_REUSEPORT) and the
+    kernel spreads new connections among them."""
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_peer)
     host, port = host_port(settings.listen)
     return await asyncio.get_running_loop().create_server(
@@ -65,6 +69,7 @@ async def serve_terminals(processor: Processor, metrics: Metrics, settings: Swit
         port,
         backlog=1024,
         reuse_address=True,
+        reuse_port=reuse_port,
     )
 
 
