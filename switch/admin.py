@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -57,17 +58,8 @@ def admin_app(
         return web.json_response({name: gateway.status() for name, gateway in gateways.items()})
 
     async def act(request: web.Request) -> web.Response:
-        if not token:
-            return web.json_response({"error": "operator actions are off: the switch has no admin token"}, status=403)
-        # As bytes: compare_digest refuses str with non-ASCII characters, and headers may hold any.
-        given = request.headers.get("Authorization", "").encode(errors="replace")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            refusals.warn(log, request.remote, "operator action refused: bad admin token", remote=request.remote)
-            return web.json_response(
-                {"error": "missing or wrong admin token (Authorization: Bearer <token>)"},
-                status=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        if (refusal := refused(request, token, refusals)) is not None:
+            return refusal
         name, action = request.match_info["name"], request.match_info["action"]
         gateway = gateways.get(name)
         if gateway is None:
@@ -94,8 +86,17 @@ def admin_app(
         log.warning("operator action", extra={"channel": name, "action": action, "detail": detail})
         return web.json_response({"channel": name, "action": action, "detail": detail, **gateway.status()})
 
+    return routed(metrics_handler, healthz, readyz, channels, act)
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def routed(metrics: Handler, healthz: Handler, readyz: Handler, channels: Handler, act: Handler) -> web.Application:
+    """The endpoint's routes: one contract, whether a front end answers for itself or the
+    supervisor of ``paysw run --workers`` for all of them (``switch.workers_admin``)."""
     app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/channels", channels)
@@ -103,8 +104,26 @@ def admin_app(
     return app
 
 
-async def start_admin(host: str, port: int, app: web.Application) -> web.AppRunner:
+def refused(request: web.Request, token: str, refusals: RateLimitedLog) -> web.Response | None:
+    """The answer refusing an operator action without ``token``; None when it may go ahead."""
+    if not token:
+        return web.json_response({"error": "operator actions are off: the switch has no admin token"}, status=403)
+    # As bytes: compare_digest refuses str with non-ASCII characters, and headers may hold any.
+    given = request.headers.get("Authorization", "").encode(errors="replace")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        refusals.warn(log, request.remote, "operator action refused: bad admin token", remote=request.remote)
+        return web.json_response(
+            {"error": "missing or wrong admin token (Authorization: Bearer <token>)"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None
+
+
+async def start_admin(host: str, port: int, app: web.Application, socket: Path | None = None) -> web.AppRunner:
+    """``app`` served on ``host:port``, or on the unix socket ``socket`` when given (a worker of
+    ``paysw run --workers``, reached by its supervisor only)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await (web.UnixSite(runner, str(socket)) if socket is not None else web.TCPSite(runner, host, port)).start()
     return runner

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
@@ -39,9 +40,27 @@ DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
 OPEN_TRANSACTIONS_EVERY_S = 5.0
 
 
+@dataclass(frozen=True)
+class WorkerSeat:
+    """A front end that is one of the processes of ``paysw run --workers`` (switch.workers): it
+    shares the terminals' port with the others (SO_REUSEPORT) and serves its admin endpoint on a
+    unix socket, for the supervisor, which serves ``admin_listen`` for all of them."""
+
+    index: int
+    admin_socket: Path
+
+
 class SwitchApp:
-    def __init__(self, config: Config, database_url: str, admin_token: str, ray_address: str = "") -> None:
+    def __init__(
+        self,
+        config: Config,
+        database_url: str,
+        admin_token: str,
+        ray_address: str = "",
+        seat: WorkerSeat | None = None,
+    ) -> None:
         self.config = config
+        self._seat = seat
         self._database_url = database_url
         self._admin_token = admin_token  # operator actions need it (switch.admin_token)
         self._ray_address = ray_address or config.ray.address
@@ -113,14 +132,19 @@ class SwitchApp:
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         if cfg.recon.schedule_hourly:
             self._recon = asyncio.get_running_loop().create_task(self._hourly_reconciler().run_forever())
-        self._server = await serve_terminals(processor, self.metrics, cfg.switch)
+        self._server = await serve_terminals(processor, self.metrics, cfg.switch, reuse_port=self._seat is not None)
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
-        self._admin = await start_admin(admin_host, admin_port, admin)
+        socket = self._seat.admin_socket if self._seat is not None else None
+        self._admin = await start_admin(admin_host, admin_port, admin, socket)
         self.ready = True
         log.info(
             "switch ready",
-            extra={"listen": cfg.switch.listen, "admin": cfg.switch.admin_listen, "channels": list(self.gateways)},
+            extra={
+                "listen": cfg.switch.listen,
+                "admin": str(socket or cfg.switch.admin_listen),
+                "channels": list(self.gateways),
+            },
         )
 
     def _hourly_reconciler(self) -> HourlyReconciler:

@@ -22,6 +22,12 @@ COMMANDS_GROUP = "paysw.commands"
 BUILT_IN = ("run", "channel", "keys", "recon", "settle")
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _registered(argv: list[str]) -> dict[str, ModuleType]:
     """The registered commands to load: only the one asked for (so ``paysw run`` loads no other
     package's code), or all of them when none is (for ``--help`` and usage errors). A registered
@@ -58,6 +64,15 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
         "--ray-address", default="", help="join this Ray cluster (e.g. auto, host:6379) instead of starting a local one"
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--workers",
+        type=_at_least_one,
+        default=1,
+        help="front-end processes sharing the terminals' port, the channel actors and the journal "
+        "(default 1); each limit of [switch] and a channel's frontend_in_flight hold in each, the "
+        "rate quotas are divided among them",
+    )
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
 
     channel = commands.add_parser(
         "channel",
@@ -133,7 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             from switch.logs import setup_logging
 
             setup_logging(args.log_level)
-            run(load_config(args.config), args.data_dir, args.ray_address)
+            config = load_config(args.config)
+            if args.worker is not None:
+                from switch.workers import run_worker
+
+                run_worker(config, args.data_dir, args.ray_address, args.worker, args.workers)
+            elif args.workers > 1:
+                from switch.workers import run_workers
+
+                return run_workers(args.config, config, args.data_dir, args.ray_address, args.workers, args.log_level)
+            else:
+                run(config, args.data_dir, args.ray_address)
             return 0
         if args.command in registered:
             return registered[args.command].main(args)

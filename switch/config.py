@@ -40,6 +40,8 @@ class SwitchSection(_Strict):
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    # The limits of this section hold in each front-end process: `paysw run --workers N` (one port,
+    # SO_REUSEPORT) admits up to N times as much in all; the channels' rate quotas are divided.
     # Caps on terminal connections (past one: accepted and closed at once) and on their silence.
     max_connections: Positive = 10_000  # keep under the process's open-file limit
     max_connections_per_peer: Positive = 500  # per address: terminals behind one NAT share it
@@ -53,7 +55,7 @@ class SwitchSection(_Strict):
     shed_queue_delay_ms: Annotated[int, Meta(ge=0, le=10_000)] = 50  # 0: off
     shed_queue_interval_ms: Annotated[int, Meta(ge=1, le=10_000)] = 150
     # Backstops, past either limit:
-    max_in_flight: Positive = 10_000  # financial requests under way, all connections together
+    max_in_flight: Positive = 10_000  # financial requests under way, all connections of one process together
     shed_loop_lag_ms: Annotated[int, Meta(ge=0)] = 300  # event loop running this late; 0: off
     step_timing: bool = False  # profiling: a histogram of seconds per lifecycle step (switch.steps)
     # Channel packages outside protocols/channels that a channel's dotted kind may name. Importing
@@ -105,8 +107,9 @@ class ChannelSection(_Strict):
     account: dict[str, object]  # checked against the package's schema by load_config (account_of)
     enabled: bool = True
     shards: Annotated[int, Meta(ge=1, le=64)] = 1
-    frontend_in_flight: Positive = 2048  # transactions under way in one front end; beyond: 91
-    rate_per_s: Annotated[float, Meta(ge=0)] = 0  # new transactions a second, per front end; 0: no limit
+    frontend_in_flight: Positive = 2048  # transactions under way in one front-end process; beyond: 91
+    # Quotas of one `paysw run`: its --workers processes each enforce an even share (worker_share).
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0  # new transactions a second; 0: no limit
     merchant_rate_per_s: Annotated[float, Meta(ge=0)] = 0  # the same for each merchant; 0: no limit
     breaker: BreakerSettings = BreakerSettings()
     pin_key: str = ""  # card channels: the zone PIN key (its key store label) PIN blocks are translated to
@@ -332,6 +335,25 @@ def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:
         for key, name in files.items()
         if not name or not (base / name).is_file()
     ]
+
+
+def worker_share(config: Config, workers: int) -> Config:
+    """The configuration of one of the ``workers`` front-end processes of ``paysw run --workers``:
+    the rate quotas at the channels, which bound the switch as a whole, divided evenly (the kernel
+    spreads connections about evenly); every other limit holds in each process as configured."""
+    if workers == 1:
+        return config
+    channels = {
+        name: msgspec.structs.replace(
+            ch, rate_per_s=ch.rate_per_s / workers, merchant_rate_per_s=ch.merchant_rate_per_s / workers
+        )
+        for name, ch in config.channels.items()
+    }
+    merchants = [
+        msgspec.structs.replace(m, rate_per_s={ch: rate / workers for ch, rate in m.rate_per_s.items()})
+        for m in config.merchants
+    ]
+    return msgspec.structs.replace(config, channels=channels, merchants=merchants)
 
 
 def sizing_warnings(config: Config) -> list[str]:

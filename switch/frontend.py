@@ -118,8 +118,12 @@ class TerminalServer:
         return await self._connections.drain(timeout)
 
 
-async def serve_terminals(processor: Processor, metrics: Metrics, settings: SwitchSection) -> TerminalServer:
-    """The terminals' port (``settings.listen``), open."""
+async def serve_terminals(
+    processor: Processor, metrics: Metrics, settings: SwitchSection, reuse_port: bool = False
+) -> TerminalServer:
+    """The terminals' port (``settings.listen``), open. With ``reuse_port`` (``paysw run
+    --workers``), other processes of this user may listen on the same port (SO_REUSEPORT) and the
+    kernel spreads new connections among them."""
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_peer)
     connections = LiveConnections()
     host, port = host_port(settings.listen)
@@ -129,6 +133,7 @@ async def serve_terminals(processor: Processor, metrics: Metrics, settings: Swit
         port,
         backlog=1024,
         reuse_address=True,
+        reuse_port=reuse_port,
     )
     return TerminalServer(server, connections)
 

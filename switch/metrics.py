@@ -1,20 +1,33 @@
 """Prometheus metrics of the front end. Labels are bounded: MTI, channel, shard, response code,
-reason, field and rule of a rejection, step; never a card or terminal number."""
+reason, field and rule of a rejection, step, worker; never a card or terminal number."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from switch.gateway import ChannelGateway
 
+# Figures every worker of ``paysw run --workers`` reads from the same place (the journal, the
+# shared channel actors): the merged scrape has them once, without the ``worker`` label.
+SHARED_FAMILIES = frozenset(
+    {
+        "paysw_open_transactions",
+        "paysw_recon_open_differences",
+        "paysw_recon_batches_failed",
+        "paysw_actor_in_flight",
+        "paysw_actor_calls",
+        "paysw_actor_alive",
+    }
+)
 _STEP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005)  # then the latency buckets
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -209,3 +222,32 @@ class _GatewayCollector(Collector):
                 actor_calls.add_metric(labels, float(shard.figures.get("calls", 0)))
                 actor_alive.add_metric(labels, 0 if shard.dead else 1)
         yield from (in_flight, queued, enabled, actor_in_flight, actor_calls, actor_alive)
+
+
+def merged_exposition(scrapes: Sequence[str | None]) -> bytes:
+    """One exposition of the workers' ``scrapes`` (index: the worker; None: it did not answer):
+    each worker's series labelled ``worker``, so that a sum over it is the whole switch's figure,
+    but the shared ones (``SHARED_FAMILIES``) once, from the first worker that has them; and
+    ``paysw_worker_up`` for each worker."""
+    families: dict[str, Metric] = {}
+    up = GaugeMetricFamily("paysw_worker_up", "1 when the worker process answered this scrape", labels=["worker"])
+    for index, text in enumerate(scrapes):
+        up.add_metric([str(index)], 0 if text is None else 1)
+        for family in text_string_to_metric_families(text or ""):
+            shared = family.name in SHARED_FAMILIES
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            elif shared:
+                continue
+            worker = {} if shared else {"worker": str(index)}
+            merged.samples.extend(s._replace(labels={**s.labels, **worker}) for s in family.samples)
+    return generate_latest(_Families([*families.values(), up]))  # type: ignore[arg-type]  # any collector will do
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families

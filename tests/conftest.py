@@ -222,17 +222,18 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
 
 
 def switch_with(
-    config_dir: Path, database_url: str, folder: Path, name: str, edits: list[tuple[str, str]]
+    config_dir: Path, database_url: str, folder: Path, name: str, edits: list[tuple[str, str]], workers: int = 1
 ) -> Iterator[SwitchProcess]:
     """A test switch on the test configuration with ``edits`` made (each pattern must match once),
-    running until the generator is closed; for module fixtures of tests that need other limits."""
+    of ``workers`` front-end processes, running until the generator is closed; for module fixtures
+    of tests that need other limits."""
     text = (config_dir / "switch.toml").read_text()
     for pattern, replacement in edits:
         text, n = re.subn(pattern, replacement, text)
         assert n == 1, f"{pattern!r} matched {n} times in the test configuration"
     config = folder / f"switch-{name}.toml"
     config.write_text(text)
-    running = SwitchProcess(config, database_url, folder / f"{name}.log")
+    running = SwitchProcess(config, database_url, folder / f"{name}.log", workers=workers)
     running.start()
     try:
         yield running
@@ -249,13 +250,16 @@ class SwitchProcess:
 
     host = "127.0.0.1"
 
-    def __init__(self, config: Path, database_url: str, log_path: Path, log_level: str = "INFO") -> None:
+    def __init__(
+        self, config: Path, database_url: str, log_path: Path, log_level: str = "INFO", workers: int = 1
+    ) -> None:
         self._template = config.read_text()
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
         self.data_dir = self.config.with_name(f"{self.config.stem}-data")  # its generated admin token
         self.env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
         self.log_path = log_path
         self.log_level = log_level
+        self.workers = workers
         self.process: subprocess.Popen | None = None
         self.port = self.admin = 0
 
@@ -278,6 +282,8 @@ class SwitchProcess:
                         self.log_level,
                         "--data-dir",
                         str(self.data_dir),
+                        "--workers",
+                        str(self.workers),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

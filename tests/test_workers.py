@@ -1,0 +1,143 @@
+"""``paysw run --workers 2``: two front-end processes on one port (SO_REUSEPORT), sharing one Ray
+cluster, the channel actors and the journal, behind one admin endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from collections import Counter
+
+import asyncpg
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from switch.config import ConfigError, load_config, worker_share
+from switch.journal.machine import FINAL
+from switch.metrics import merged_exposition
+from switch.workers import listen_is_free
+from tests.conftest import CHANNELS, DEMO, run, switch_with
+from tests.support import connected, new_purchase
+
+WORKERS = 2
+CONNECTIONS = 16  # the kernel spreads them: all on one worker has a chance of 2 in 2**16
+TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
+
+
+@pytest.fixture(scope="module")
+def two_workers(config_dir, database_url, simulators, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("workers")
+    yield from switch_with(config_dir, database_url, folder, "workers", [], workers=WORKERS)
+
+
+def requests_by_worker(metrics: str) -> Counter[str]:
+    """Purchases (0200) received, by worker, in the one scrape."""
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "paysw_requests_total" and sample.labels["mti"] == "0200":
+                counts[sample.labels["worker"]] += int(sample.value)
+    return counts
+
+
+def act(switch, channel: str, action: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{switch.admin}/channels/{channel}/{action}",
+        method="POST",
+        headers={"Authorization": f"Bearer {switch.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
+
+
+async def purchases_on_many_connections(switch, channels: tuple[str, ...]) -> list[dict]:
+    async def one_connection(n: int) -> list[dict]:
+        async with connected(switch) as client:
+            terminal = TERMINALS[n % len(TERMINALS)]
+            return [await client.request(new_purchase(ch, terminal=terminal)) for ch in channels]
+
+    answers = await asyncio.gather(*(one_connection(n) for n in range(CONNECTIONS)))
+    return [a for each in answers for a in each]
+
+
+def test_two_workers_serve_one_port_share_the_journal_and_answer_as_one(two_workers, database_url):
+    switch = two_workers
+    approved = run(purchases_on_many_connections(switch, CHANNELS))
+    assert [a["39"] for a in approved] == ["00"] * len(approved)
+
+    async def journal_states() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT state FROM txn WHERE rrn = ANY($1)", [a["37"] for a in approved])
+        finally:
+            await conn.close()
+        return [row["state"] for row in rows]
+
+    states = run(journal_states())
+    assert len(states) == len(approved)
+    assert all(state in FINAL for state in states), Counter(states)
+
+    # An operator action through the one admin address reaches every worker.
+    disabled = act(switch, "wechat", "disable")
+    assert [w["enabled"] for w in disabled["workers"]] == [False] * WORKERS
+    refused = run(purchases_on_many_connections(switch, ("wechat",)))
+    assert [a["39"] for a in refused] == ["91"] * CONNECTIONS
+    assert act(switch, "wechat", "enable")["enabled"]
+
+    status, metrics = switch.get("/metrics")
+    assert status == 200
+    served = requests_by_worker(metrics)
+    assert sorted(served) == [str(i) for i in range(WORKERS)] and all(served.values()), served
+    assert sum(served.values()) == len(approved) + len(refused)
+    status, body = switch.get("/channels")
+    frontend_in_flight = 2048  # the test configuration's, in each worker
+    assert json.loads(body)["alipay"]["max_in_flight"] == WORKERS * frontend_in_flight
+    assert switch.get("/readyz")[0] == 200
+
+
+def test_the_merged_scrape_labels_each_workers_series_and_gives_shared_ones_once():
+    def scrape(requests: int, open_pending: int) -> str:
+        return (
+            "# TYPE paysw_requests_total counter\n"
+            f'paysw_requests_total{{mti="0200"}} {requests}\n'
+            "# TYPE paysw_open_transactions gauge\n"
+            f'paysw_open_transactions{{channel="wechat",queue="PENDING"}} {open_pending}\n'
+        )
+
+    merged = merged_exposition([scrape(3, 7), None, scrape(5, 7)]).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(merged)
+        for s in family.samples
+    }
+    assert samples == {
+        ("paysw_requests_total", (("mti", "0200"), ("worker", "0"))): 3,
+        ("paysw_requests_total", (("mti", "0200"), ("worker", "2"))): 5,
+        ("paysw_open_transactions", (("channel", "wechat"), ("queue", "PENDING"))): 7,
+        ("paysw_worker_up", (("worker", "0"),)): 1,
+        ("paysw_worker_up", (("worker", "1"),)): 0,
+        ("paysw_worker_up", (("worker", "2"),)): 1,
+    }
+
+
+def test_each_worker_enforces_an_even_share_of_the_rate_quotas_and_every_other_limit_whole():
+    config = load_config(DEMO / "switch.toml")
+    share = worker_share(config, 4)
+    kiosk = next(m for m in share.merchants if m.rate_per_s)
+    assert kiosk.rate_per_s == {"alipay": 5 / 4}
+    wechat = msgspec.structs.replace(config.channels["wechat"], rate_per_s=100, merchant_rate_per_s=8)
+    shared = worker_share(msgspec.structs.replace(config, channels={"wechat": wechat}), 4).channels["wechat"]
+    assert (shared.rate_per_s, shared.merchant_rate_per_s) == (25, 2)
+    assert (shared.frontend_in_flight, share.switch) == (wechat.frontend_in_flight, config.switch)
+
+
+def test_workers_refuse_a_port_another_process_listens_on_even_with_so_reuseport(tmp_path):
+    with socket.socket() as old_switch:
+        old_switch.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # it would share with the workers
+        old_switch.bind(("127.0.0.1", 0))
+        old_switch.listen()
+        listen = f"127.0.0.1:{old_switch.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=r"switch\.toml: \$\.switch\.listen: 127\.0\.0\.1:\d+ is not free"):
+            listen_is_free(tmp_path / "switch.toml", listen)
