@@ -58,7 +58,12 @@ def node_on_loopback() -> bool:
 def channel_actor(name: str, setup: ActorSetup, shard: int, link_tls: LinkTls | None = None) -> ActorHandle:
     """Shard ``shard``'s actor of channel ``name``: named, so that several front ends on one
     cluster share it (an existing live one is joined); restarted by Ray when it crashes, up to
-    the actor settings' ``max_restarts``. Its link is TLS with ``link_tls``."""
+    the actor settings' ``max_restarts``. Its link is TLS with ``link_tls``. Detached: it outlives
+    the front end that created it (the others, and a rolling restart, go on using it); it ends
+    with the Ray cluster, or by ``ray.kill``."""
     return ChannelActor.options(
-        name=f"channel:{name}:{shard}", get_if_exists=True, max_restarts=setup.settings.max_restarts
+        name=f"channel:{name}:{shard}",
+        get_if_exists=True,
+        max_restarts=setup.settings.max_restarts,
+        lifetime="detached",
     ).remote(name, setup, shard, link_tls)

@@ -70,9 +70,10 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
         default=1,
         help="front-end processes sharing the terminals' port, the channel actors and the journal "
         "(default 1); each limit of [switch] and a channel's frontend_in_flight hold in each, the "
-        "rate quotas are divided among them",
+        "rate quotas are divided among them. SIGHUP to the switch then restarts them one at a time",
     )
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
+    run.add_argument("--generation", type=int, default=0, help=argparse.SUPPRESS)  # its replacements' count
 
     channel = commands.add_parser(
         "channel",
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.worker is not None:
                 from switch.workers import run_worker
 
-                run_worker(config, args.data_dir, args.ray_address, args.worker, args.workers)
+                run_worker(config, args.data_dir, args.ray_address, args.worker, args.workers, args.generation)
             elif args.workers > 1:
                 from switch.workers import run_workers
 

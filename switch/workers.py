@@ -10,9 +10,11 @@ Ray actors) and the journal. The supervisor serves ``admin_listen`` for all of t
 (``switch.workers_admin``), asking each over a unix socket in ``DATA_DIR/workers``.
 
 SIGINT / SIGTERM to the supervisor stops every worker (each as a lone ``paysw run`` stops), then
-Ray and the embedded PostgreSQL. A worker that exits on its own stops the others, and the
-supervisor exits with an error: the channel actors belong to the worker that created them, so
-the others would be left without them; a service manager restarts the switch as a whole.
+Ray and the embedded PostgreSQL. SIGHUP restarts the workers one at a time (a new version of the
+code, say): each gets a replacement on the same port, and once that one is ready the old one
+drains (``switch.frontend``) and exits, so the port is never closed and no request read is left
+unanswered. A worker that exits on its own stops the others, and the supervisor exits with an
+error, for a service manager to restart the switch as a whole.
 """
 
 from __future__ import annotations
@@ -40,15 +42,18 @@ STOP_TIMEOUT_S = 60.0  # for each worker to drain and stop before it is killed
 SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (Linux)
 
 
-def admin_socket(data_dir: Path, index: int) -> Path:
-    return data_dir / "workers" / f"{index}.sock"
+READY_TIMEOUT_S = 180.0  # for a replacement to start (it joins Ray, the journal and the actors)
+
+
+def admin_socket(data_dir: Path, index: int, generation: int = 0) -> Path:
+    return data_dir / "workers" / (f"{index}.sock" if generation == 0 else f"{index}-{generation}.sock")
 
 
 def run_workers(
     config_file: Path, config: Config, data_dir: Path, ray_address: str, workers: int, log_level: str
 ) -> int:
     """Supervise ``workers`` front ends until SIGINT / SIGTERM; 0 when all stopped cleanly."""
-    sockets = admin_socket(data_dir, workers - 1)
+    sockets = admin_socket(data_dir, workers - 1, 999)  # the longest name a replacement has
     if len(bytes(sockets)) > SOCKET_PATH_MAX:
         raise ConfigError(f"--data-dir {data_dir}: too long a path for the workers' admin sockets ({sockets})")
     listen_is_free(config_file, config.switch.listen)
@@ -90,20 +95,26 @@ async def _supervise(
     endpoints = [WorkerEndpoint(i, admin_socket(data_dir, i)) for i in range(count)]
     admin = await start_admin(*host_port(config.switch.admin_listen), workers_admin_app(endpoints, token))
     signalled = until_signalled()  # after ray.init, which installs a SIGTERM handler that exits at once
+    roll = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)
     env = {**os.environ, DATABASE_URL_ENV: url}
-    processes = [
-        await asyncio.create_subprocess_exec(*command, "--ray-address", ray_address, "--worker", str(i), env=env)
-        for i in range(count)
-    ]
-    log.info("workers started", extra={"workers": count, "pids": [p.pid for p in processes]})
-    exits = [asyncio.ensure_future(p.wait()) for p in processes]
+    pool = _Workers([*command, "--ray-address", ray_address], env, data_dir, endpoints)
+    for i in range(count):
+        await pool.start(i, 0)
+    log.info("workers started", extra={"workers": count, "pids": pool.pids()})
     try:
-        await asyncio.wait([signalled, *exits], return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            rolling = asyncio.ensure_future(roll.wait())
+            await asyncio.wait([signalled, rolling, *pool.exits], return_when=asyncio.FIRST_COMPLETED)
+            rolling.cancel()
+            if signalled.done() or not roll.is_set():
+                break
+            roll.clear()
+            await pool.roll()
         if not signalled.done():
-            gone = [(i, p.returncode) for i, p in enumerate(processes) if p.returncode is not None]
-            log.error("a worker exited on its own: stopping the others", extra={"workers_exited": gone})
+            log.error("a worker exited on its own: stopping the others", extra={"workers_exited": pool.exited()})
         log.info("stopping the workers")
-        codes = await _stop(processes, exits)
+        codes = await _stop(pool.processes, pool.exits)
     finally:
         await admin.cleanup()
         if started_ray:
@@ -111,6 +122,69 @@ async def _supervise(
 
             ray.shutdown()
     return 0 if signalled.done() and not any(codes) else 1
+
+
+class _Workers:
+    """The running workers, by index, and their replacement one at a time (SIGHUP)."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], data_dir: Path, endpoints: list[WorkerEndpoint]
+    ) -> None:
+        self._command, self._env, self._data_dir, self._endpoints = command, env, data_dir, endpoints
+        self.processes: list[asyncio.subprocess.Process] = []
+        self.exits: list[asyncio.Future[int]] = []
+        self._generation = 0
+
+    async def start(self, index: int, generation: int) -> tuple[asyncio.subprocess.Process, asyncio.Future[int]]:
+        process = await asyncio.create_subprocess_exec(
+            *self._command, "--worker", str(index), "--generation", str(generation), env=self._env
+        )
+        done = asyncio.ensure_future(process.wait())
+        if index == len(self.processes):
+            self.processes.append(process)
+            self.exits.append(done)
+        return process, done
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def exited(self) -> list[tuple[int, int | None]]:
+        return [(i, p.returncode) for i, p in enumerate(self.processes) if p.returncode is not None]
+
+    async def roll(self) -> None:
+        """Replace every worker in turn: its replacement first, ready on the same port, then the
+        old one drains and stops. A replacement that does not come up stops the roll, the old
+        worker still serving."""
+        self._generation += 1
+        log.info("rolling restart", extra={"workers": len(self.processes), "generation": self._generation})
+        for index, old in enumerate(self.processes):
+            socket = admin_socket(self._data_dir, index, self._generation)
+            new, done = await self.start(index, self._generation)
+            if not await _ready(WorkerEndpoint(index, socket), new):
+                log.error("a replacement worker did not get ready: rolling restart stopped", extra={"worker": index})
+                if new.returncode is None:
+                    new.kill()
+                await done
+                return
+            await self._endpoints[index].move(socket)
+            self.processes[index], self.exits[index] = new, done
+            await _stop([old], [asyncio.ensure_future(old.wait())])
+            log.info("worker replaced", extra={"worker": index, "old_pid": old.pid, "pid": new.pid})
+        log.info("rolling restart done", extra={"pids": self.pids()})
+
+
+async def _ready(endpoint: WorkerEndpoint, process: asyncio.subprocess.Process) -> bool:
+    """Whether the worker behind ``endpoint`` says it is ready before it exits or times out."""
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_S
+    try:
+        while process.returncode is None and asyncio.get_running_loop().time() < deadline:
+            status, _ = await endpoint.call("/readyz")
+            if status == 200:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await endpoint.close()
 
 
 async def _stop(processes: list[asyncio.subprocess.Process], exits: list[asyncio.Future[int]]) -> list[int]:
@@ -127,7 +201,7 @@ async def _stop(processes: list[asyncio.subprocess.Process], exits: list[asyncio
     return [exit.result() for exit in exits]
 
 
-def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, workers: int) -> None:
+def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, workers: int, generation: int = 0) -> None:
     """One worker: a front end on the supervisor's journal (its URL in ``SWITCH_DATABASE_URL``) and
     Ray, with its share of the quotas, until SIGINT / SIGTERM."""
     _tag_logs(index)
@@ -136,7 +210,7 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
         os.environ[DATABASE_URL_ENV],
         configured_token(config, data_dir),  # the supervisor has made sure it exists
         ray_address,
-        WorkerSeat(index, admin_socket(data_dir, index)),
+        WorkerSeat(index, admin_socket(data_dir, index, generation)),
     )
     uvloop.run(serve_until_signalled(app))
 

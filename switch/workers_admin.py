@@ -45,6 +45,13 @@ class WorkerEndpoint:
         self.socket = socket
         self._session: aiohttp.ClientSession | None = None
 
+    async def move(self, socket: Path) -> None:
+        """The worker's replacement answers on ``socket`` from now on (a rolling restart)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self.socket = socket
+
     async def call(
         self, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = READ_TIMEOUT_S
     ) -> tuple[int, bytes]:
