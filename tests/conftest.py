@@ -52,6 +52,20 @@ def demo_actor_setup(channel: str, config=None):
     return actor_setup(config, channel, keys)
 
 
+# Files that start the demo stack on the demo's fixed ports: never two at once.
+DEMO_PORTS_FILES = ("test_demo.py", "test_bench_isolation.py", "test_load_tools.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist's ``--dist loadgroup`` (``make test``), a file's tests run in one process, so
+    its module fixtures (a switch of its own, say) start once; the demo-port files share one."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group("demo_ports" if name in DEMO_PORTS_FILES else name))
+
+
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     """One SoftHSM2 token with an LMK for the session: (library, label, PIN). One, because the
@@ -148,6 +162,11 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     # The tests run the batches they need; an hour closing mid-run must not reconcile under them.
     switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
+    # The tests run two at a time on a small machine (make test: xdist), so a test's switch sees
+    # its neighbour's load as queueing delay: admission by queueing delay would shed the test's own
+    # requests at random. Tolerant here; test_shedding runs a switch with it at 1 ms.
+    switch, n = re.subn(r"(?m)^shed_queue_delay_ms = \d+$", "shed_queue_delay_ms = 2000", switch)
+    assert n == 1, "could not set the admission target in the test configuration"
     # Test after test signs the same terminals on; tests of the limit run a switch of their own.
     switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
     assert n == 1, "could not lift the sign-on limit in the test configuration"
@@ -208,7 +227,7 @@ def simulators_running(config: Path, ports: Ports, audit_dsn: str) -> Iterator[d
     )
     try:
         for port in [*ports.channels.values(), *ports.controls.values()]:
-            wait_for_port(port, 30, proc)
+            wait_for_port(port, 90, proc)  # two test processes may be starting stacks at once
         yield ports.channels
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@ else the test is skipped with a message saying so (failed under ``CI=true``: ``t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -17,18 +18,23 @@ def debian_binary(binary: str, package: str) -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for step in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-        ):
-            subprocess.run(step, capture_output=True, timeout=600, env=env)
+        # Test processes run side by side (xdist): one apt at a time, and the second finds it done.
+        with open(APT_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not shutil.which(binary):
+                env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+                for step in (
+                    ["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                ):
+                    subprocess.run(step, capture_output=True, timeout=600, env=env)
         found = shutil.which(binary)
     if not found:
         missing(f"no {binary}, and Debian's {package} package could not be installed here")
     return found
 
 
+APT_LOCK = "/tmp/paysw-tests-apt.lock"
 SOFTHSM_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 
 
