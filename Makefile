@@ -21,7 +21,7 @@ serve: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
-# Two pytest processes (xdist): a test file runs whole in one of them, and the files that start the
-# demo stack on its fixed ports share one (tests/conftest.py, "xdist_group").
+# Two pytest processes (xdist): a test file runs whole in one of them; the files that start the
+# demo stack on its fixed ports take turns (tests/conftest.py, demo_ports).
 test: lint
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadfile

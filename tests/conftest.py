@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import re
@@ -52,18 +53,22 @@ def demo_actor_setup(channel: str, config=None):
     return actor_setup(config, channel, keys)
 
 
-# Files that start the demo stack on the demo's fixed ports: never two at once.
-DEMO_PORTS_FILES = ("test_demo.py", "test_bench_isolation.py", "test_load_tools.py")
+@pytest.fixture(scope="module")
+def demo_ports() -> Iterator[None]:
+    """The demo's fixed ports, for a test file that starts the demo stack on them: one such file
+    at a time across the test processes (make test: xdist), once the last one's stack has let go."""
+    from bench.demo import _ports_in_use
+    from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+    from bench.simulators.server import load_simulator_config
+    from switch.config import load_config
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist's ``--dist loadgroup`` (``make test``), a file's tests run in one process, so
-    its module fixtures (a switch of its own, say) start once; the demo-port files share one."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group("demo_ports" if name in DEMO_PORTS_FILES else name))
+    with open(DEMO_PORTS_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config, sims = load_config(DEMO_SWITCH_CONFIG), load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
+        deadline = time.monotonic() + 60
+        while _ports_in_use(config, sims) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +130,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
+DEMO_PORTS_LOCK = "/tmp/paysw-tests-demo-ports.lock"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("demo_ports")  # the stack on the demo's fixed ports
+
 
 def test_the_isolation_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "isolation.json"

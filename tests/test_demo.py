@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.traffic import CODE_SHAPES
+
+pytestmark = pytest.mark.usefixtures("demo_ports")  # the stack on the demo's fixed ports
 
 
 def _processes(pattern: str) -> set[int]:

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("demo_ports")  # the stack on the demo's fixed ports
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
