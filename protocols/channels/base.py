@@ -205,6 +205,13 @@ def another_order(req: ChannelRequest, named: str, ours: str) -> ChannelResult |
     return None
 
 
+def another_amount(req: ChannelRequest, named_fen: int) -> ChannelResult | None:
+    """The same for a pay's amount, where the answer echoes one (0: it names none)."""
+    if named_fen and named_fen != req.amount_fen:
+        return unknown(req, "MISMATCH", "answer names another amount")
+    return None
+
+
 def not_found(req: ChannelRequest, message: str = "") -> ChannelResult:
     """A query's answer that the channel has no such order."""
     return ChannelResult(req.key, Outcome.DECLINED, rc.DO_NOT_HONOUR, NOT_FOUND, message)

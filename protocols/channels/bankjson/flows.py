@@ -29,6 +29,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_amount,
     another_order,
     approved,
     declined,
@@ -205,8 +206,8 @@ def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Channe
     got = _read(req, answer, crypto, _PAY_ANSWER)
     if isinstance(got, ChannelResult):
         return got
-    if got.amount and got.amount != req.amount_fen:
-        return unknown(req, "MISMATCH", "answer names another amount")
+    if mismatch := another_amount(req, got.amount):
+        return mismatch
     return _trade(req, got)
 
 

@@ -26,6 +26,7 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    another_amount,
     another_order,
     approved,
     declined,
@@ -194,8 +195,9 @@ def parse_pay(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Channe
     got = _read(req, answer, crypto, MicropayAnswer)
     if isinstance(got, ChannelResult):
         return got
-    if got.total_fee and got.total_fee != str(req.amount_fen):
-        return unknown(req, "MISMATCH", "answer names another amount")
+    named = int(got.total_fee) if got.total_fee.isdigit() else -1 if got.total_fee else 0  # -1: not a number
+    if mismatch := another_amount(req, named):
+        return mismatch
     err, text = got.err_code, got.err_code_des
     if got.result_code == "SUCCESS":
         return approved(req, "SUCCESS", got.transaction_id)
