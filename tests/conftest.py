@@ -148,6 +148,15 @@ def ports() -> Ports:
     return new_ports()
 
 
+def tolerant_admission(text: str) -> str:
+    """The tests run two at a time on a small machine (make test: xdist), so a test's switch sees
+    its neighbour's load as queueing delay: admission by queueing delay would shed the test's own
+    requests at random. Tolerant in tests; test_shedding runs a switch with it at 1 ms."""
+    text, n = re.subn(r"(?m)^shed_queue_delay_ms = \d+$", "shed_queue_delay_ms = 2000", text)
+    assert n == 1, "could not set the admission target in the test configuration"
+    return text
+
+
 def localise(text: str, ports: Ports) -> str:
     """The demo configuration with free ports and absolute key paths."""
     for i, name in enumerate(CHANNELS):
@@ -168,11 +177,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     # The tests run the batches they need; an hour closing mid-run must not reconcile under them.
     switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
-    # The tests run two at a time on a small machine (make test: xdist), so a test's switch sees
-    # its neighbour's load as queueing delay: admission by queueing delay would shed the test's own
-    # requests at random. Tolerant here; test_shedding runs a switch with it at 1 ms.
-    switch, n = re.subn(r"(?m)^shed_queue_delay_ms = \d+$", "shed_queue_delay_ms = 2000", switch)
-    assert n == 1, "could not set the admission target in the test configuration"
+    switch = tolerant_admission(switch)
     # Test after test signs the same terminals on; tests of the limit run a switch of their own.
     switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
     assert n == 1, "could not lift the sign-on limit in the test configuration"

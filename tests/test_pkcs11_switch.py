@@ -20,6 +20,7 @@ from tests.conftest import (
     localise,
     run,
     simulators_running,
+    tolerant_admission,
 )
 from tests.support import MERCHANT, STANS, connected, new_purchase
 from tests.test_terminal_security import MAC_TERMINAL, signed_on
@@ -37,7 +38,7 @@ def pkcs11_switch(database_url, softhsm, tmp_path_factory):
         r"hsm = \{ backend = \"software\", lmk_file = \"[^\"]*\" \}",
         f'hsm = {{ backend = "pkcs11", pkcs11_library = "{library}", token_label = "{label}", '
         f'pin_file = "{folder / "token.pin"}" }}',
-        localise((DEMO / "switch.toml").read_text(), ports),
+        tolerant_admission(localise((DEMO / "switch.toml").read_text(), ports)),
     )
     assert n == 1, "could not switch the test configuration to PKCS#11"
     (folder / "switch-pkcs11.toml").write_text(text)
