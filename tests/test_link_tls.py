@@ -4,66 +4,19 @@ CA, the token check kept; whoever cannot show such a certificate reaches no chan
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from actors.link import ActorLink, LinkAddress, WrongActor, client_tls
+from actors.link_pki import make_pki
 from actors.settings import LinkTls
 from switch.app import check_links_across_nodes
 from switch.config import ConfigError, RaySection
 from tests.conftest import run
 from tests.test_channel_worker import actor_link_to, request
-
-
-def _name(text: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-
-def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem_key(key) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def make_pki(folder: Path, ca_name: str, parties: tuple[str, ...]) -> dict[str, LinkTls]:
-    """A CA in ``folder`` and, for each party, its key and a certificate the CA signed."""
-    folder.mkdir()
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
-    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    out = {}
-    for party in parties:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(party, key, ca_name, ca_key, ca=False)
-        (folder / f"{party}.key").write_bytes(_pem_key(key))
-        (folder / f"{party}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        out[party] = LinkTls(
-            cert=str(folder / f"{party}.pem"), key=str(folder / f"{party}.key"), ca=str(folder / "ca.pem")
-        )
-    return out
 
 
 @pytest.fixture(scope="module")
