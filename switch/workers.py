@@ -14,12 +14,14 @@ Ray and the embedded PostgreSQL. SIGHUP restarts the workers one at a time (a ne
 code, say): each gets a replacement on the same port, and once that one is ready the old one
 drains (``switch.frontend``) and exits, so the port is never closed and no request read is left
 unanswered. A worker that exits on its own stops the others, and the supervisor exits with an
-error, for a service manager to restart the switch as a whole.
+error, for a service manager to restart the switch as a whole. A supervisor that dies, even by
+``kill -9``, takes its workers with it: each gets SIGTERM from the kernel and drains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -40,6 +42,7 @@ log = logging.getLogger("paysw")
 
 STOP_TIMEOUT_S = 60.0  # for each worker to drain and stop before it is killed
 SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (Linux)
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 READY_TIMEOUT_S = 180.0  # for a replacement to start (it joins Ray, the journal and the actors)
@@ -204,6 +207,7 @@ async def _stop(processes: list[asyncio.subprocess.Process], exits: list[asyncio
 def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, workers: int, generation: int = 0) -> None:
     """One worker: a front end on the supervisor's journal (its URL in ``SWITCH_DATABASE_URL``) and
     Ray, with its share of the quotas, until SIGINT / SIGTERM."""
+    _stop_with_supervisor()
     _tag_logs(index)
     app = SwitchApp(
         worker_share(config, workers),
@@ -213,6 +217,17 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
         WorkerSeat(index, admin_socket(data_dir, index, generation)),
     )
     uvloop.run(serve_until_signalled(app))
+
+
+def _stop_with_supervisor() -> None:
+    """SIGTERM to this worker when its supervisor dies, ``kill -9`` included (Linux's parent-death
+    signal): a worker left behind would go on serving the port with nobody to restart it or answer
+    for it. It then drains and stops as on any SIGTERM."""
+    supervisor = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _tag_logs(index: int) -> None:

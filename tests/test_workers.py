@@ -12,6 +12,7 @@ from collections import Counter
 
 import asyncpg
 import msgspec
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -202,3 +203,23 @@ def test_workers_refuse_a_port_another_process_listens_on_even_with_so_reuseport
         listen = f"127.0.0.1:{old_switch.getsockname()[1]}"
         with pytest.raises(ConfigError, match=r"switch\.toml: \$\.switch\.listen: 127\.0\.0\.1:\d+ is not free"):
             listen_is_free(tmp_path / "switch.toml", listen)
+
+
+def test_killing_the_supervisor_outright_stops_its_workers_and_its_ray(two_workers):
+    """Last of the module: it ends the module's switch. ``kill -9`` of the supervisor leaves nothing
+    serving the port: each worker gets SIGTERM from the kernel (the parent-death signal) and
+    drains, and Ray's processes share the supervisor's fate."""
+    switch = two_workers
+    supervisor = psutil.Process(switch.process.pid)
+    workers = [p for p in supervisor.children() if "--worker" in p.cmdline()]
+    everything = supervisor.children(recursive=True)
+    assert len(workers) == WORKERS and len(everything) > WORKERS  # the workers and the local Ray
+    log_lines = len(switch.log_path.read_text().splitlines())
+    switch.kill()
+    _, alive = psutil.wait_procs(everything, timeout=90)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    # Drained, not merely gone with their Ray (which would take a worker on another cluster along).
+    lines = [json.loads(line) for line in switch.log_path.read_text().splitlines()[log_lines:] if line.startswith("{")]
+    assert sorted(line["worker"] for line in lines if line["msg"] == "drained") == list(range(WORKERS)), lines
+    with socket.socket() as probe:
+        assert probe.connect_ex((switch.host, switch.port)) != 0, "something still serves the terminals' port"
