@@ -105,6 +105,51 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     link_bench.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default 5)")
     link_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    scale_bench = benches.add_parser(
+        "scale",
+        help="1 or 2 front-end processes, actors on 1 or 2 Ray nodes: throughput and CPU per purchase",
+        description="Run the demo stack on a Ray cluster of ray start processes (token authentication, TLS "
+        "links) each way asked: F front-end processes (paysw run --workers F) x N Ray nodes (the --second-node "
+        "channels' actors placed on the second node); the same closed-loop load each way; approved/s, p50 / p99 "
+        "and the CPU per purchase of every process, with ratios to the first way and the purchases a second "
+        "one core of each part carries.",
+    )
+    scale_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    scale_bench.add_argument("--seconds", type=float, default=15.0, help="length of each measurement (default 15)")
+    scale_bench.add_argument(
+        "--ways", type=_ways, default="1x1,2x1,1x2,2x2", help="FxN, comma-separated (default 1x1,2x1,1x2,2x2)"
+    )
+    scale_bench.add_argument(
+        "--second-node",
+        type=_channels,
+        default="alipay,unionpay,ecny",
+        help="channels whose actors go to the second node (default alipay,unionpay,ecny)",
+    )
+    scale_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+
+
+def _ways(text: str) -> tuple:
+    from bench.scale import Way
+
+    ways = []
+    for item in text.split(","):
+        front_ends, _, nodes = item.partition("x")
+        if not (front_ends.isdigit() and nodes.isdigit() and 1 <= int(front_ends) <= 8 and 1 <= int(nodes) <= 2):
+            raise argparse.ArgumentTypeError(f"{item!r} is not FxN with F front ends (1-8) and N Ray nodes (1-2)")
+        ways.append(Way(int(front_ends), int(nodes)))
+    return tuple(ways)
+
+
+def _channels(text: str) -> tuple[str, ...]:
+    from bench.demo_config import DEMO_SWITCH_CONFIG
+    from switch.config import load_config
+
+    known = load_config(DEMO_SWITCH_CONFIG).channels
+    channels = tuple(c for c in text.split(",") if c)
+    unknown = [c for c in channels if c not in known]
+    if unknown or not channels:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(known)}; not {', '.join(unknown) or 'none'}")
+    return channels
 
 
 def main(args: argparse.Namespace) -> int:
@@ -127,6 +172,10 @@ def main(args: argparse.Namespace) -> int:
         from bench.overload import main as overload_main
 
         return overload_main(args.concurrency, args.seconds, args.out)
+    if args.bench_command == "scale":
+        from bench.scale import main as scale_main
+
+        return scale_main(args.concurrency, args.seconds, args.ways, args.second_node, args.out)
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
 

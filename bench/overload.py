@@ -19,9 +19,8 @@ from pathlib import Path
 
 import uvloop
 
-from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
 from bench.provenance import provenance
-from bench.stack import Stack
+from bench.stack import Stack, demo_config_in
 from bench.throughput import drive
 from bench.traffic import Stans, quantile
 from switch.config import host_port
@@ -32,16 +31,17 @@ SHED = "91"
 
 
 def variant_config(folder: Path, queue_delay_ms: int | None) -> Path:
-    """The demo configuration in ``folder``, keys by absolute path, with ``shed_queue_delay_ms``
-    set to ``queue_delay_ms`` (None: as the demo has it)."""
-    text = DEMO_SWITCH_CONFIG.read_text().replace('"keys/', f'"{DEMO_DIR}/keys/')
-    if queue_delay_ms is not None:
+    """The demo configuration in ``folder`` with ``shed_queue_delay_ms`` set to ``queue_delay_ms``
+    (None: as the demo has it)."""
+
+    def edit(text: str) -> str:
+        if queue_delay_ms is None:
+            return text
         marker = "\nshed_queue_delay_ms = "
         start = text.index(marker) + len(marker)
-        text = text[:start] + str(queue_delay_ms) + text[text.index("\n", start) :]
-    path = folder / "switch.toml"
-    path.write_text(text)
-    return path
+        return text[:start] + str(queue_delay_ms) + text[text.index("\n", start) :]
+
+    return demo_config_in(folder, edit)
 
 
 def summary(latencies: list[float]) -> dict[str, float | int]:

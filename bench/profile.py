@@ -40,18 +40,25 @@ _PG_FIGURES = ("txn_seq_scans", "txn_rows_seq_read", "txn_index_scans", "commits
 _PG_DATABASE = "SELECT xact_commit, tup_returned FROM pg_stat_database WHERE datname = current_database()"
 
 
-def _named_processes(stack: Stack) -> dict[str, psutil.Process]:
-    """Every process of the stack under a readable name: actors by their channel."""
+def named_processes(stack: Stack, ray: dict[str, list[psutil.Process]] | None = None) -> dict[str, psutil.Process]:
+    """Every process of the stack under a readable name: each front end, actors by their channel,
+    Ray's other processes by program under their group of ``ray`` (by default, the local Ray the
+    switch started, as "ray")."""
     parts = stack.processes_by_part()
     actor_pids = {
         shard["pid"]: f"actor {name}:{shard['shard']}"
         for name, channel in admin_request(stack.config.switch.admin_listen, "/channels").items()
         for shard in channel["shards"]
     }
-    named = {"front end": parts["front end"][0]}
-    for process in parts["ray"]:
-        program = process.cmdline()[0].rsplit("/", 1)[-1] if process.cmdline() else "?"
-        named[actor_pids.get(process.pid) or f"ray {program} {process.pid}"] = process
+    fronts = parts["front end"]
+    if len(fronts) == 1:
+        named = {"front end": fronts[0]}
+    else:  # paysw run --workers N: the supervisor, then each worker
+        named = {"front end supervisor": fronts[0], **{f"front end {i}": p for i, p in enumerate(fronts[1:])}}
+    for group, processes in (ray or {"ray": parts["ray"]}).items():
+        for process in processes:
+            program = process.cmdline()[0].rsplit("/", 1)[-1] if process.cmdline() else "?"
+            named[actor_pids.get(process.pid) or f"{group} {program} {process.pid}"] = process
     for i, process in enumerate(parts["postgresql"]):
         named[f"postgresql {i}"] = process
     for sim in stack.simulator_processes():
@@ -71,7 +78,7 @@ async def _pg_counters(url_host: str) -> tuple[int, ...]:
         await conn.close()
 
 
-def _cpu(processes: dict[str, psutil.Process]) -> dict[str, tuple[float, float]]:
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, tuple[float, float]]:
     """Each process's CPU seconds so far: (user + kernel, kernel)."""
     used = {}
     for name, process in processes.items():
@@ -136,11 +143,11 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
             socket_dir = os.path.dirname(glob.glob(f"{folder}/**/.s.PGSQL.*", recursive=True)[0])
             stans = Stans(start=random.randrange(1, 500_000))
             uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, WARM_UP_S, stans))
-            processes = _named_processes(stack)
+            processes = named_processes(stack)
             spies = _spy(processes, seconds - 2, py_spy) if py_spy is not None else []
-            cpu_before, pg_before = _cpu(processes), uvloop.run(_pg_counters(socket_dir))
+            cpu_before, pg_before = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
             load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans))
-            cpu_after, pg_after = _cpu(processes), uvloop.run(_pg_counters(socket_dir))
+            cpu_after, pg_after = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
             for spy in spies:
                 spy.wait(timeout=60)
         finally:

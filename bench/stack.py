@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from bench.demo import _ports_in_use, _wait_for_ports
-from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import load_simulator_config
 from switch.admin_token import configured_token
@@ -20,14 +20,32 @@ from switch.config import host_port, load_config
 from switch.operator import request as admin_request
 
 
-class Stack:
-    """The demo stack: simulators in this process's children, the switch as ``paysw run``."""
+def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text) -> Path:
+    """The demo configuration as ``folder/switch.toml``, its keys by absolute path, with ``edit``
+    made to its text."""
+    path = folder / "switch.toml"
+    path.write_text(edit(DEMO_SWITCH_CONFIG.read_text().replace('"keys/', f'"{DEMO_DIR}/keys/')))
+    return path
 
-    def __init__(self, data_dir: Path, config: Path = DEMO_SWITCH_CONFIG) -> None:
+
+class Stack:
+    """The demo stack: simulators in this process's children, the switch as ``paysw run`` (with
+    ``workers`` front-end processes, on the Ray cluster at ``ray_address`` or a local one)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path = DEMO_SWITCH_CONFIG,
+        workers: int = 1,
+        ray_address: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._config_path = config
         self.config = load_config(config)
         self.simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
         self._data_dir = data_dir
+        self._run_options = ["--workers", str(workers), *(["--ray-address", ray_address] if ray_address else [])]
+        self._env = env
         self._sims: list = []
         self.switch: subprocess.Popen | None = None
 
@@ -39,7 +57,8 @@ class Stack:
         _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
         run = ["run", "--config", str(self._config_path), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
         self.switch = subprocess.Popen(
-            [sys.executable, "-m", "switch.cli", *run],
+            [sys.executable, "-m", "switch.cli", *run, *self._run_options],
+            env=self._env,
             stdout=subprocess.DEVNULL,
             stderr=open(self._data_dir / "switch.log", "ab"),  # noqa: SIM115  (closed with the process)
         )
@@ -74,10 +93,12 @@ class Stack:
         return round(psutil.Process(self.switch.pid).memory_info().rss / 2**20, 1)
 
     def processes_by_part(self) -> dict[str, list[psutil.Process]]:
-        """Every process of the stack, by part: the switch's front end, its Ray processes
-        (actors, raylet, GCS, idle workers), PostgreSQL, the simulators."""
+        """Every process of the stack, by part: the switch's front ends (the first one the
+        ``paysw run`` process: the only front end, or the workers' supervisor), its Ray processes
+        when it started Ray (actors, raylet, GCS, idle workers), PostgreSQL, the simulators."""
         assert self.switch is not None
         front = psutil.Process(self.switch.pid)
+        workers = [p for p in front.children() if "--worker" in _safe_cmdline(p)]
         # pg_ctl detaches PostgreSQL from the switch: its postmaster is found by its data folder.
         postmasters = [
             p
@@ -85,8 +106,8 @@ class Stack:
             if p.info["name"] == "postgres" and str(self._data_dir) in " ".join(p.info["cmdline"] or [])
         ]
         return {
-            "front end": [front],
-            "ray": front.children(recursive=True),
+            "front end": [front, *workers],
+            "ray": [p for p in front.children(recursive=True) if p not in workers],
             "postgresql": [*postmasters, *(c for p in postmasters for c in p.children())],
             "simulators": [psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()],
         }
@@ -118,6 +139,13 @@ class Stack:
             self.switch.terminate()
             self.switch.wait(timeout=60)
         stop_simulators(self._sims)
+
+
+def _safe_cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _safe(read) -> float:
