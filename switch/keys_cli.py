@@ -28,7 +28,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Keys at rest are encrypted under the LMK (a file for the software HSM, a key "
         "inside the token for PKCS#11) in the journal database. Listings show check values, never keys.",
     )
-    keys.add_argument("action", choices=["new-lmk", "list", "import", "generate", "rotate"], help="what to do")
+    keys.add_argument(
+        "action", choices=["new-lmk", "list", "import", "generate", "rotate", "link-certs"], help="what to do"
+    )
     add_database_arguments(keys)
     keys.add_argument("--label", help="the key's label, e.g. tmk:T0000001, zpk:unionpay, wechat:api-key")
     keys.add_argument("--kind", choices=[k.value for k in KeyKind], help="import / generate: the kind of key")
@@ -36,12 +38,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--file", type=Path, help="import: the clear key (DES keys in hex); the file may be deleted afterwards"
     )
     keys.add_argument("--manifest", type=Path, help="import: every key of a manifest whose label is not stored yet")
+    keys.add_argument(
+        "--out",
+        type=Path,
+        help="link-certs: a new folder for a CA of the links' own and the one certificate every node shows "
+        "(copy the folder to each node; the CA's key is not kept)",
+    )
+    keys.add_argument("--days", type=int, default=365, help="link-certs: how long they are valid (default 365)")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.action == "new-lmk":
             return _new_lmk(config)
+        if args.action == "link-certs":
+            return _link_certs(_required(args, "out"), args.days)
         hsm = open_hsm(config.security.hsm, config.base_dir, demo=config.switch.demo)
         return with_database(
             config, args.data_dir, lambda url: _with_store(url, lambda store: _ACTIONS[args.action](args, store, hsm))
@@ -49,6 +60,24 @@ def main(args: argparse.Namespace, config: Config) -> int:
     except HsmError as exc:
         print(f"paysw keys: {exc}", file=sys.stderr)
         return 2
+
+
+def _link_certs(out: Path, days: int) -> int:
+    """The TLS material of the links to channel actors (``actors.link_pki``)."""
+    from actors.link_pki import make_pki
+
+    if out.exists():
+        print(f"paysw keys link-certs: {out} exists; give a new folder", file=sys.stderr)
+        return 2
+    if not 1 <= days <= 3650:
+        print(f"paysw keys link-certs: --days: expected 1 to 3650, not {days}", file=sys.stderr)
+        return 2
+    tls = make_pki(out, "paysw links CA", ("link",), days)["link"]
+    print(
+        f"link certificates in {out}, valid {days} days; on every node and in [ray]:\n"
+        f'link_tls_cert = "{tls.cert}"\nlink_tls_key = "{tls.key}"\nlink_tls_ca = "{tls.ca}"'
+    )
+    return 0
 
 
 async def _with_store(url: str, action) -> int:

@@ -160,3 +160,33 @@ def test_a_front_end_talks_only_to_the_actor_whose_certificate_ray_announced(pki
 
     assert run(scenario()) == [1]
     assert len(calls) == 1
+
+
+def test_paysw_keys_link_certs_makes_what_a_cluster_links_with(tmp_path: Path):
+    """The operator's command: one certificate (with its CA) that every node shows; an actor and a
+    front end holding it link over TLS; its key is the owner's alone."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from bench.demo_config import DEMO_SWITCH_CONFIG
+
+    out = tmp_path / "links"
+    command = [sys.executable, "-m", "switch.cli", "keys", "link-certs", "--out", str(out), "--days", "30"]
+    made = subprocess.run([*command, "--config", str(DEMO_SWITCH_CONFIG)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert f'link_tls_key = "{out}/link.key"' in made.stdout
+    assert stat.S_IMODE(os.stat(out / "link.key").st_mode) == 0o600
+    assert sorted(p.name for p in out.iterdir()) == ["ca.pem", "link.key", "link.pem"]  # no CA key kept
+    tls = LinkTls(cert=str(out / "link.pem"), key=str(out / "link.key"), ca=str(out / "ca.pem"))
+    calls, channel = recording_channel()
+
+    async def scenario():
+        async with actor_link_to(channel, tls) as address:
+            return await _results_or_refusal(address, client_tls(tls), [1, 2])
+
+    assert run(scenario()) == [1, 2]
+    assert len(calls) == 2
+    again = subprocess.run([*command, "--config", str(DEMO_SWITCH_CONFIG)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr  # never over certificates in use
