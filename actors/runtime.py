@@ -20,6 +20,7 @@ LOOPBACK = "127.0.0.1"
 # node's address stays the 127.0.0.1 asked for, where on Linux Ray replaces it with the host's
 # network address and its GCS, raylet and workers listen on every interface.
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+NODE_RESOURCE_SHARE = 0.001  # of a node's placement resource per actor: a marker, not a capacity
 
 
 def init_ray(address: str, namespace: str) -> bool:
@@ -58,12 +59,17 @@ def node_on_loopback() -> bool:
 def channel_actor(name: str, setup: ActorSetup, shard: int, link_tls: LinkTls | None = None) -> ActorHandle:
     """Shard ``shard``'s actor of channel ``name``: named, so that several front ends on one
     cluster share it (an existing live one is joined); restarted by Ray when it crashes, up to
-    the actor settings' ``max_restarts``. Its link is TLS with ``link_tls``. Detached: it outlives
+    the actor settings' ``max_restarts``, on a node that offers their ``node_resource`` (a Ray
+    custom resource: Ray schedules an actor and each of its restarts by it, and `ray start
+    --resources` has long been stable; node labels and ``label_selector`` would serve as well on
+    Ray 2.60). Its link is TLS with ``link_tls``. Detached: it outlives
     the front end that created it (the others, and a rolling restart, go on using it); it ends
     with the Ray cluster, or by ``ray.kill``."""
+    placement = setup.settings.node_resource
     return ChannelActor.options(
         name=f"channel:{name}:{shard}",
         get_if_exists=True,
         max_restarts=setup.settings.max_restarts,
         lifetime="detached",
+        resources={placement: NODE_RESOURCE_SHARE} if placement else None,
     ).remote(name, setup, shard, link_tls)

@@ -38,6 +38,10 @@ class ActorSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     sign_threads: Annotated[int, Meta(ge=1, le=32)] = 2
     timeout_ms: Annotated[int, Meta(ge=50, le=59_000)] = 10_000
     max_restarts: Annotated[int, Meta(ge=0)] = 10  # Ray restarts of a crashed actor, over its life
+    # Placement: only on Ray nodes that offer this custom resource (`ray start --resources
+    # '{"NAME": 1000}'`); empty: any node. Offer it on two nodes or more, so that an actor whose
+    # node is lost has somewhere to restart.
+    node_resource: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = ""
 
 
 class ActorSetup(Struct, kw_only=True, frozen=True):

@@ -21,13 +21,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import random
 import re
-import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -38,20 +33,13 @@ import uvloop
 from actors.link_pki import make_pki
 from bench.profile import WARM_UP_S, cpu_seconds, named_processes, totals
 from bench.provenance import provenance
+from bench.ray_cluster import RayCluster
 from bench.stack import Stack, demo_config_in
 from bench.throughput import closed_loop
 from bench.traffic import Stans
 
 NODE_LABEL = "paysw-second-node"  # the second node's Ray resource; the placed channels ask for it
 SECOND_NODE_DEFAULT = ("alipay", "unionpay", "ecny")  # the channels whose signatures cost most
-RAY_START_TIMEOUT_S = 120.0
-OBJECT_STORE_BYTES = 256 * 1024 * 1024  # as the local Ray (actors.runtime): payments never use it
-_WAIT_FOR_NODES = """
-import sys, time, ray
-ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-while sum(node["Alive"] for node in ray.nodes()) < int(sys.argv[2]):
-    time.sleep(0.2)
-"""
 
 
 class Way(NamedTuple):
@@ -65,83 +53,6 @@ class Way(NamedTuple):
 WAYS = (Way(1, 1), Way(2, 1), Way(1, 2), Way(2, 2))
 
 
-class RayCluster:
-    """A Ray cluster of ``nodes`` nodes on this machine, each a ``ray start --block`` process (its
-    GCS, raylet and workers its descendants), all but the head offering ``NODE_LABEL``."""
-
-    def __init__(self, folder: Path, nodes: int) -> None:
-        folder.mkdir()
-        token = folder / "auth-token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",  # every process of the cluster, the front ends too, shows the token
-            "RAY_AUTH_TOKEN_PATH": str(token),
-            "RAY_worker_niceness": "0",  # as the local Ray: actors are on the payment path
-        }
-        self._folder = folder
-        self._count = nodes
-        self._nodes: list[subprocess.Popen] = []
-        self.address = ""
-
-    def start(self) -> None:
-        port = _free_port()
-        self.address = f"127.0.0.1:{port}"
-        common = ["--block", "--disable-usage-stats", "--object-store-memory", str(OBJECT_STORE_BYTES)]
-        common += ["--num-cpus", str(os.cpu_count() or 2)]
-        head = ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", str(self._folder / "tmp")]
-        self._start_node(head + common)
-        for _ in range(self._count - 1):
-            self._start_node(["--address", self.address, "--resources", json.dumps({NODE_LABEL: 1000}), *common])
-        subprocess.run(
-            [sys.executable, "-c", _WAIT_FOR_NODES, self.address, str(self._count)],
-            env=self.env,
-            check=True,
-            timeout=RAY_START_TIMEOUT_S,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def _start_node(self, options: list[str]) -> None:
-        log = open(self._folder / f"node{len(self._nodes)}.log", "ab")  # noqa: SIM115  (closed with the process)
-        ray = str(Path(sys.executable).with_name("ray"))
-        self._nodes.append(
-            subprocess.Popen([ray, "start", *options], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        )
-
-    def processes_by_node(self) -> dict[int, list[psutil.Process]]:
-        nodes = {}
-        for i, node in enumerate(self._nodes):
-            with contextlib.suppress(psutil.Error):
-                root = psutil.Process(node.pid)
-                nodes[i] = [root, *root.children(recursive=True)]
-        return nodes
-
-    def stop(self) -> None:
-        """Every node, the last first: SIGTERM to its whole process tree, SIGKILL to what is left."""
-        trees = [procs for _, procs in sorted(self.processes_by_node().items(), reverse=True)]
-        for procs in trees:
-            for process in procs:
-                with contextlib.suppress(psutil.Error):
-                    process.send_signal(signal.SIGTERM)
-        for procs in trees:
-            _, alive = psutil.wait_procs(procs, timeout=15)
-            for process in alive:
-                with contextlib.suppress(psutil.Error):
-                    process.kill()
-        for node in self._nodes:
-            node.wait(timeout=30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def way_config(folder: Path, links: Path, second_node: tuple[str, ...], nodes: int) -> Path:
     """The demo configuration with TLS links (files under ``links``) and, on two nodes, the
     ``second_node`` channels' actors asking for the second node's label."""
@@ -152,7 +63,7 @@ def way_config(folder: Path, links: Path, second_node: tuple[str, ...], nodes: i
         for channel in second_node if nodes > 1 else ():
             text, placed = re.subn(
                 rf"(?ms)^(\[channels\.{channel}\]\n.*?^actor = \{{[^}}\n]*?)\s*\}}",
-                rf'\1, resources = {{ "{NODE_LABEL}" = 1 }} }}',
+                rf'\1, node_resource = "{NODE_LABEL}" }}',
                 text,
                 count=1,
             )
@@ -181,7 +92,7 @@ def measure(
     way: Way, folder: Path, links: Path, second_node: tuple[str, ...], concurrency: int, seconds: float
 ) -> dict:
     folder.mkdir()
-    cluster = RayCluster(folder / "ray", way.nodes)
+    cluster = RayCluster(folder / "ray", [{}, *[{NODE_LABEL: 1000}] * (way.nodes - 1)])
     config = way_config(folder, links, second_node, way.nodes)
     (folder / "data").mkdir()
     print(f"{way}: starting", flush=True)

@@ -38,6 +38,7 @@ log = logging.getLogger("paysw")
 
 DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
 OPEN_TRANSACTIONS_EVERY_S = 5.0
+ACTORS_READY_TIMEOUT_S = 120.0  # for every channel to have its actors linked at start
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class SwitchApp:
         self._started_ray = init_ray(self._ray_address, cfg.ray.namespace)
         tls = link_tls(cfg)
         check_links_across_nodes(cfg.ray, tls, node_on_loopback())
+        check_placement(cfg)
         for name, channel in cfg.channels.items():
             self.gateways[name] = ChannelGateway(
                 name,
@@ -117,7 +119,7 @@ class SwitchApp:
                 link_tls=client_tls(tls) if tls is not None else None,
             )
         self.metrics.watch_gateways(self.gateways)
-        await asyncio.wait_for(asyncio.gather(*(g.linked() for g in self.gateways.values())), 120)
+        await all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)
         fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
             cfg.switch.max_in_flight,
@@ -228,6 +230,33 @@ class SwitchApp:
             import ray
 
             ray.shutdown()
+
+
+def check_placement(config: Config) -> None:
+    """A channel placed on nodes by a Ray resource (``node_resource``) that no node of the cluster
+    offers would wait for ever: a configuration error at once instead."""
+    import ray
+
+    offered = ray.cluster_resources()
+    for name, channel in config.channels.items():
+        wanted = channel.actor.node_resource
+        if wanted and offered.get(wanted, 0) <= 0:
+            raise ConfigError(
+                f"$.channels.{name}.actor.node_resource: no node of the Ray cluster offers {wanted!r} "
+                f"(ray start --resources '{{\"{wanted}\": 1000}}' on the nodes meant for it)"
+            )
+
+
+async def all_linked(gateways: dict[str, ChannelGateway], timeout: float) -> None:
+    """Once every channel's shards have a link to their actor; a RuntimeError naming the channels
+    that have none after ``timeout`` seconds."""
+    waits = {name: asyncio.ensure_future(gateway.linked()) for name, gateway in gateways.items()}
+    _, pending = await asyncio.wait(waits.values(), timeout=timeout)
+    for wait in pending:
+        wait.cancel()
+    if pending:
+        late = [name for name, wait in waits.items() if wait in pending]
+        raise RuntimeError(f"no link to the channel actors of {', '.join(late)} after {timeout:g} s (see the log)")
 
 
 def check_links_across_nodes(ray: RaySection, tls: LinkTls | None, on_loopback: bool) -> None:

@@ -281,12 +281,18 @@ class SwitchProcess:
     host = "127.0.0.1"
 
     def __init__(
-        self, config: Path, database_url: str, log_path: Path, log_level: str = "INFO", workers: int = 1
+        self,
+        config: Path,
+        database_url: str,
+        log_path: Path,
+        log_level: str = "INFO",
+        workers: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._template = config.read_text()
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
         self.data_dir = self.config.with_name(f"{self.config.stem}-data")  # its generated admin token
-        self.env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
+        self.env = {**(env or os.environ), "SWITCH_DATABASE_URL": database_url}
         self.log_path = log_path
         self.log_level = log_level
         self.workers = workers
@@ -385,3 +391,12 @@ def switch(
         yield running
     finally:
         assert running.stop() == 0, f"the switch did not stop cleanly; see {running.log_path}"
+
+
+@pytest.fixture
+def own_stack(config_dir, ports, database_url, tmp_path, request) -> Iterator[tuple[Path, str, dict[str, int]]]:
+    """(switch configuration, journal, simulator ports), all of the test's own."""
+    own = with_own_simulators(config_dir, ports, tmp_path)
+    url = run(fresh_database(database_url, f"paysw_{request.node.name}"))
+    with simulators_running(tmp_path / "simulators.toml", own, url) as channels:
+        yield tmp_path / "switch.toml", url, channels

@@ -14,7 +14,7 @@ import urllib.request
 import asyncpg
 
 from bench.client import IsoClient
-from bench.traffic import Stans, payment_code, purchase
+from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase, reversal
 
 MERCHANT = "898310048990001"
 # Orders the reconciliation tests pay at a channel directly, never through the switch (LONG on purpose).
@@ -74,3 +74,118 @@ async def wait_for_state(database_url: str, rrn: str, states: set[str], timeout:
 
 def out_trade_no(rrn: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%d}{rrn}"
+
+
+# The steady traffic of the end-to-end tests that kill parts of the switch under load (kill -9 of
+# the switch, a Ray node lost, a site lost), and the comparison of the journal with every
+# channel's ledger once the switch has settled what they left open.
+TERMINALS = ("T0000002", "T0000003", "T0000004")
+# Mostly approvals, with every outcome that leaves a transaction open for a while.
+SUFFIXES = ["00"] * 12 + ["51", "05", "09", "08", "96", "98"]
+OPEN = ("RECEIVED", "PENDING", "UNKNOWN")
+REVERSAL_SHARE = 0.1
+
+
+async def steady_traffic(
+    port: int,
+    answers: dict[str, str],
+    reversed_rrns: set[str],
+    maybe_reversed: set[str],
+    stop: asyncio.Event,
+    rng: random.Random,
+) -> None:
+    """Purchases on every channel from three terminals, 8 outstanding each, until ``stop`` or the
+    connection dies with the switch."""
+    stans = Stans(start=rng.randrange(1, 900_000))
+    channels = list(CODE_SHAPES)
+
+    async def terminal_loop(terminal: str) -> None:
+        try:
+            client = await IsoClient.connect("127.0.0.1", port)
+        except OSError:
+            return
+        try:
+
+            async def one() -> None:
+                while not stop.is_set():
+                    request = purchase(
+                        terminal,
+                        MERCHANT,
+                        payment_code(rng.choice(channels), rng.choice(SUFFIXES), rng),
+                        rng.randrange(1, 100_000),
+                        stans.next(terminal),
+                    )
+                    answer = await client.request(request, timeout=30)
+                    answers[answer["37"]] = answer["39"]
+                    if rng.random() < REVERSAL_SHARE:  # the terminal gives up on some of them
+                        maybe_reversed.add(answer["37"])  # sent: whether it was committed, a kill may hide
+                        await client.request(reversal(request, stans.next(terminal)), timeout=30)
+                        reversed_rrns.add(answer["37"])  # answered 00: committed, must be carried out
+
+            await asyncio.gather(*(one() for _ in range(8)))
+        except (ConnectionError, TimeoutError):
+            pass  # the switch was killed under us: that is the test
+        finally:
+            await client.close()
+
+    await asyncio.gather(*(terminal_loop(t) for t in TERMINALS))
+
+
+async def settle_and_compare(
+    database_url: str,
+    simulators: dict[str, int],
+    answers: dict[str, str],
+    reversed_rrns: set[str],
+    unanswered_reversals: set[str],
+    replay: str,
+) -> None:
+    """The journal (the test's own: all of it) once recovery has settled it, against every order
+    the test's simulators hold."""
+    assert answers, f"no purchase was answered before the kills: the test sent no traffic ({replay})"
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + 90
+        unsettled = (
+            "SELECT count(*) FROM txn WHERE state = ANY($1) "
+            "OR (state = 'APPROVED' AND reversal_requested_at IS NOT NULL)"
+        )
+        while await conn.fetchval(unsettled, list(OPEN)):
+            assert time.monotonic() < deadline, f"transactions still open 90 s after the restart ({replay})"
+            await asyncio.sleep(0.5)
+        rows = await conn.fetch("SELECT rrn, channel, out_trade_no, state FROM txn")
+    finally:
+        await conn.close()
+    journal = {(r["channel"], r["out_trade_no"]): r for r in rows}
+    ledgers = {channel: sim_ledger(simulators, channel) for channel in CODE_SHAPES}
+    charged = 0
+    for channel, ledger in ledgers.items():
+        for order, entry in ledger.items():
+            row = journal.get((channel, order))
+            assert row is not None, f"lost: {channel} order {order} ({entry['status']}) not in the journal ({replay})"
+            kept = entry["status"] == "PAID"
+            charged += kept
+            assert kept == (row["state"] == "APPROVED"), (
+                f"{channel} {order}: channel {entry}, journal {row['state']} ({replay})"
+            )
+    for (channel, order), row in journal.items():
+        if row["state"] == "APPROVED":
+            entry = ledgers.get(channel, {}).get(order)
+            assert entry is not None, f"{channel} {order}: APPROVED in the journal, unknown to the channel ({replay})"
+    by_rrn = {r["rrn"]: r["state"] for r in rows}
+    for rrn, code in answers.items():
+        if code == "00":
+            if rrn in reversed_rrns:
+                expected = {"REVERSED"}
+            elif rrn in unanswered_reversals:
+                expected = {"APPROVED", "REVERSED"}
+            else:
+                expected = {"APPROVED"}
+            assert by_rrn.get(rrn) in expected, (
+                f"told 00, expected {expected}, journal {by_rrn.get(rrn)} ({rrn}; {replay})"
+            )
+    states = {s: sum(1 for r in rows if r["state"] == s) for s in ("APPROVED", "DECLINED", "CANCELLED", "REVERSED")}
+    orders = sum(len(ledger) for ledger in ledgers.values())
+    print(
+        f"\njournal against the ledgers: {len(rows)} transactions, {len(answers)} answered before the kills, {states}, "
+        f"{orders} orders at the channels, all in the journal, {charged} kept, 0 open ({replay})"
+    )

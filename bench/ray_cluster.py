@@ -1,0 +1,148 @@
+"""A Ray cluster of several nodes on this machine, as a real one is run: each node a ``ray start
+--block`` process (its GCS, raylet and workers among its descendants), token authentication on,
+each node offering the custom resources asked for it (``node_resource`` placement). For
+``paysw bench scale`` and the tests of actors on several nodes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 5.0
+OBJECT_STORE_BYTES = 256 * 1024 * 1024  # as the local Ray (actors.runtime): payments never use it
+_WAIT_FOR_NODES = """
+import sys, time, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+while sum(node["Alive"] for node in ray.nodes()) != int(sys.argv[2]):
+    time.sleep(0.2)
+"""
+
+
+class RayCluster:
+    """One node per entry of ``resources`` (the custom resources it offers), the first the head;
+    ``system_config`` goes to the head (Ray's internal settings, e.g. how fast a lost node is
+    noticed)."""
+
+    def __init__(self, folder: Path, resources: list[dict[str, float]], system_config: dict | None = None) -> None:
+        folder.mkdir()
+        token = folder / "auth-token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",  # every process of the cluster, the front ends too, shows the token
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "RAY_worker_niceness": "0",  # as the local Ray: actors are on the payment path
+        }
+        self._folder = folder
+        self._resources = resources
+        self._system_config = system_config
+        self._nodes: list[subprocess.Popen] = []
+        self._temp = ""
+        self.address = ""
+
+    def start(self) -> None:
+        port = _free_port()
+        self.address = f"127.0.0.1:{port}"
+        common = ["--block", "--disable-usage-stats", "--object-store-memory", str(OBJECT_STORE_BYTES)]
+        common += ["--num-cpus", str(os.cpu_count() or 2)]
+        # Ray's sockets live under its temporary folder, and a unix socket's path has 107 bytes at most.
+        self._temp = tempfile.mkdtemp(prefix="ray-")
+        head = ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", self._temp]
+        if self._system_config:
+            head += ["--system-config", json.dumps(self._system_config)]
+        for i, offered in enumerate(self._resources):
+            where = head if i == 0 else ["--address", self.address]
+            offers = ["--resources", json.dumps(offered)] if offered else []
+            self._start_node([*where, *common, *offers, *_own_ports()])
+            self.wait_for_nodes(i + 1)  # one at a time: nodes starting together on a busy host time out
+
+    def wait_for_nodes(self, alive: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Until the cluster counts exactly ``alive`` live nodes; a RuntimeError naming the node's
+        log when a node's ``ray start`` exits meanwhile, or at the timeout."""
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", _WAIT_FOR_NODES, self.address, str(alive)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while waiting.poll() is None:
+                failed = [i for i, node in enumerate(self._nodes) if node.poll() is not None and i < alive]
+                if failed or time.monotonic() > deadline:
+                    logs = ", ".join(str(self._folder / f"node{i}.log") for i in failed or range(len(self._nodes)))
+                    raise RuntimeError(f"the Ray cluster did not come up with {alive} nodes; see {logs}")
+                time.sleep(0.2)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait()
+
+    def _start_node(self, options: list[str]) -> None:
+        log = open(self._folder / f"node{len(self._nodes)}.log", "ab")  # noqa: SIM115  (closed with the process)
+        ray = str(Path(sys.executable).with_name("ray"))
+        self._nodes.append(
+            subprocess.Popen([ray, "start", *options], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        )
+
+    def processes_by_node(self) -> dict[int, list[psutil.Process]]:
+        """Each live node's processes, by its index."""
+        nodes = {}
+        for i, node in enumerate(self._nodes):
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(node.pid)
+                nodes[i] = [root, *root.children(recursive=True)]
+        return nodes
+
+    def kill(self, node: int) -> None:
+        """The node lost at once, as a machine that fails: SIGKILL to all of its processes."""
+        processes = self.processes_by_node().get(node, [])
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(processes, timeout=30)
+
+    def stop(self) -> None:
+        """Every node: SIGTERM to all of their processes, SIGKILL to what is left after a grace."""
+        processes = [p for procs in self.processes_by_node().values() for p in procs]
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(processes, timeout=STOP_GRACE_S)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=30)
+        for node in self._nodes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=30)
+        if self._temp:
+            shutil.rmtree(self._temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _own_ports() -> list[str]:
+    """Ports of a node's own: several nodes on one host would otherwise meet on Ray's fixed
+    defaults (the dashboard agent's 52365, say), and the later one would not start."""
+    options = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port")
+    options += ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+    return [part for option in options for part in (option, str(_free_port()))]
