@@ -12,6 +12,8 @@ import asyncio
 import json
 import random
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,14 +81,35 @@ async def probe(port: int, channel: str, stop: asyncio.Event, answers: list[tupl
         await client.close()
 
 
-@pytest.fixture
-def cluster(tmp_path) -> RayCluster:
-    running = RayCluster(tmp_path / "ray", [{CORE: 1000}, {EDGE: 1000}, {EDGE: 1000}], FAST_NODE_DEATH)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> RayCluster:
+    """One cluster for the module: the test that loses a node comes last."""
+    running = RayCluster(
+        tmp_path_factory.mktemp("ray") / "nodes", [{CORE: 1000}, {EDGE: 1000}, {EDGE: 1000}], FAST_NODE_DEATH
+    )
     try:
         running.start()
         yield running
     finally:
         running.stop()
+
+
+def test_a_switch_placing_actors_where_no_node_offers_the_resource_refuses_to_start(own_stack, cluster, tmp_path):
+    config, database_url, _ = own_stack
+    links = tmp_path / "links"
+    make_pki(links, "paysw test links CA", ("link",))
+    text = placed_config(config, cluster, links).read_text().replace(f'"{EDGE}"', '"paysw-nowhere"', 1)
+    misplaced = tmp_path / "misplaced.toml"
+    misplaced.write_text(text)
+    started = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "run", "--config", str(misplaced), "--data-dir", str(tmp_path / "data")],
+        env={**cluster.env, "SWITCH_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "$.channels.alipay.actor.node_resource: no node of the Ray cluster offers 'paysw-nowhere'" in started.stderr
 
 
 def test_losing_a_node_under_load_restarts_its_actors_elsewhere_and_loses_nothing(own_stack, cluster, seed, tmp_path):
