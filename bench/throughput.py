@@ -66,7 +66,7 @@ async def drive(
     return latencies, time.monotonic() - started
 
 
-async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict[str, float]:
+async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict:
     """``concurrency`` senders for ``seconds``: approved TPS and latency quantiles."""
     by_code, elapsed = await drive(host, port, concurrency, seconds, stans)
     latencies = [x for code in by_code.values() for x in code]
@@ -75,6 +75,7 @@ async def closed_loop(host: str, port: int, concurrency: int, seconds: float, st
         "concurrency": concurrency,
         "approved_tps": round(approved / elapsed, 1),
         "not_approved": len(latencies) - approved,
+        "answers_by_code": {code: len(answers) for code, answers in sorted(by_code.items())},
         "p50_ms": round(quantile(latencies, 50) * 1000, 2),
         "p95_ms": round(quantile(latencies, 95) * 1000, 2),
         "p99_ms": round(quantile(latencies, 99) * 1000, 2),

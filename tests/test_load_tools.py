@@ -56,7 +56,10 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
     report = json.loads((tmp_path / "throughput.json").read_text())
     switch, baseline = report["switch"][0], report["baseline"][0]
     assert switch["approved_tps"] > 0 and baseline["approved_tps"] > 0
-    assert switch["not_approved"] == 0
+    # Every purchase is built to be approved. The demo configuration sheds by queueing delay, and
+    # the neighbouring test process's load can push this switch past it: 91, and nothing else.
+    assert set(switch["answers_by_code"]) <= {"00", "91"}, switch["answers_by_code"]
+    assert switch["not_approved"] == switch["answers_by_code"].get("91", 0)
     assert set(switch["cpu_ms_per_approved"]) == {"front end", "ray", "postgresql", "simulators", "load generator"}
     # The floor times the four signatures of every channel's call; RSA and SM2 cost far more
     # than the HMAC channels, and no switch gets past the ceiling they set.
