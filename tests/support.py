@@ -186,6 +186,6 @@ async def settle_and_compare(
     states = {s: sum(1 for r in rows if r["state"] == s) for s in ("APPROVED", "DECLINED", "CANCELLED", "REVERSED")}
     orders = sum(len(ledger) for ledger in ledgers.values())
     print(
-        f"\njournal against the ledgers: {len(rows)} transactions, {len(answers)} answered before the kills, {states}, "
+        f"\njournal against the ledgers: {len(rows)} transactions, {len(answers)} answered to the test, {states}, "
         f"{orders} orders at the channels, all in the journal, {charged} kept, 0 open ({replay})"
     )
