@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from bench.demo import _ports_in_use, _wait_for_ports
-from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.demo_config import DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, absolute_paths
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import load_simulator_config
 from switch.admin_token import configured_token
@@ -24,7 +24,7 @@ def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text)
     """The demo configuration as ``folder/switch.toml``, its keys by absolute path, with ``edit``
     made to its text."""
     path = folder / "switch.toml"
-    path.write_text(edit(DEMO_SWITCH_CONFIG.read_text().replace('"keys/', f'"{DEMO_DIR}/keys/')))
+    path.write_text(edit(absolute_paths(DEMO_SWITCH_CONFIG.read_text())))
     return path
 
 

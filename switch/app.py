@@ -17,6 +17,8 @@ from actors.link import client_tls
 from actors.runtime import channel_actor, init_ray, node_on_loopback
 from actors.settings import LinkTls
 from hsm import open_hsm
+from risk import Risk
+from risk.rules import RulesError
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
 from switch.config import Config, ConfigError, RaySection, host_port, link_tls, sizing_warnings
@@ -66,6 +68,8 @@ class SwitchApp:
         self._admin_token = admin_token  # operator actions need it (switch.admin_token)
         self._ray_address = ray_address or config.ray.address
         self.metrics = Metrics()
+        known = ({*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals})
+        self.risk = Risk(config.risk, config.base_dir, known, self.metrics.risk_reloaded)
         self.journal: Journal | None = None
         self.gateways: dict[str, ChannelGateway] = {}
         self._server: TerminalServer | None = None
@@ -82,6 +86,10 @@ class SwitchApp:
         cfg = self.config
         for warning in sizing_warnings(cfg):
             log.warning("configuration: " + warning)
+        try:  # before anything starts: invalid rules stop the switch here
+            self.risk.load_rules()
+        except RulesError as exc:
+            raise ConfigError(f"$.risk.rules: {exc}") from None
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,
@@ -128,7 +136,10 @@ class SwitchApp:
             cfg.switch.shed_queue_interval_ms,
         )
         self.shedder.start()
-        processor = Processor(cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security)
+        await self.risk.start(self.journal.pool, self._database_url)
+        processor = Processor(
+            cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk
+        )
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
@@ -224,6 +235,7 @@ class SwitchApp:
                 task.cancel()
         if self._admin is not None:
             await self._admin.cleanup()
+        await self.risk.stop()
         if self.journal is not None:
             await self.journal.close()
         if self._started_ray:

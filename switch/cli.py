@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from hsm import HsmError
+from risk import cli as risk_cli
 from switch import keys_cli, settlement_cli
 from switch.config import ConfigError, load_config
 from switch.recon import cli as recon_cli
@@ -106,6 +107,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     keys_cli.add_parser(commands)
     recon_cli.add_parser(commands)
     settlement_cli.add_parser(commands)
+    risk_cli.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return recon_cli.main(args, load_config(args.config))
         if args.command == "settle":
             return settlement_cli.main(args, load_config(args.config))
+        if args.command == "risk":
+            return risk_cli.main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

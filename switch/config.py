@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,7 +18,9 @@ from hsm.algorithms import SCHEMES
 from hsm.secret_file import SecretFileError, read_secret
 from protocols.channels import UnknownChannel, channel_of
 from protocols.channels.base import Account
+from risk.rules import RiskSection
 from switch.breaker import BreakerSettings
+from switch.toml_file import read_toml
 
 Positive = Annotated[int, Meta(ge=1)]
 Digits = Annotated[str, Meta(pattern=r"^\d+$")]
@@ -143,6 +146,8 @@ class Merchant(_Strict):
     channel_ids: dict[str, str] = {}  # the merchant's own id at each channel
     rate_per_s: dict[str, Annotated[float, Meta(gt=0)]] = {}  # its quota at a channel, over the channel's default
     suspended: bool = False
+    mcc: Annotated[str, Meta(pattern=r"^([0-9]{4})?$")] = ""  # its merchant category code, for risk rules' scope
+    onboarded: dt.date | None = None  # when it started taking payments (risk: limits for new merchants)
     # Settlement: the fee per channel in 1/10,000 of the amount (38 = 0.38 %), and the cycle:
     # T1 (the next day, by default) or D0 (the same day).
     fee_per_10000: dict[str, Annotated[int, Meta(ge=0, le=10_000)]] = {}
@@ -194,6 +199,7 @@ class Config(_Strict):
     database: DatabaseSection = DatabaseSection()
     ray: RaySection = RaySection()
     recon: ReconSection = ReconSection()
+    risk: RiskSection = RiskSection()
     base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
 
 
@@ -203,16 +209,7 @@ class ConfigError(Exception):
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        config = msgspec.toml.decode(raw, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}{_upgrade_hint(str(exc))}") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = read_toml(path, Config, ConfigError, _upgrade_hint)
     config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
     problems = _cross_check(config)
     if problems:

@@ -36,6 +36,8 @@ from protocols.validation import (
     transmitted_on,
     validate,
 )
+from risk import Risk
+from risk.engine import Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
@@ -82,8 +84,10 @@ class Processor:
         fingerprint: Callable[[str], bytes],
         shedder: LoadShedder,
         security: TerminalSecurity,
+        risk: Risk,
     ) -> None:
         self._journal = journal
+        self._risk = risk
         self._security = security
         self._shedder = shedder
         self._gateways = gateways
@@ -266,6 +270,8 @@ class Processor:
         A refusal is journaled like a channel's answer (91), and nothing is sent."""
         txn = t.txn
         assert txn is not None
+        if t.result is not None:  # declined by risk
+            return
         reason = self._gateways[txn.channel].admit(txn.merchant_id)
         if reason is not None:
             self._metrics.refused.labels(txn.channel, reason).inc()
@@ -425,6 +431,36 @@ class Processor:
             log.exception("write-ahead failed; nothing was sent", extra={"rrn": txn.rrn})
             return rc.SYSTEM_MALFUNCTION
         return None if inserted else await self._replay(t)
+
+    async def _step_risk(self, t: Context) -> str | None:
+        """The risk rules (``risk/``). The rules that fire are journaled before anything is sent
+        (a payment whose decision cannot be journaled is not sent either); an enforced decline
+        becomes the transaction's result, recorded DECLINED with the rule's code, never sent."""
+        txn = t.txn
+        assert txn is not None
+        merchant = self._merchants[txn.merchant_id]
+        local = t.message["12"]
+        decision = self._risk.decide(
+            Facts(
+                txn.channel, txn.merchant_id, merchant.mcc, txn.terminal_id, txn.amount_fen, txn.pan_hash.hex(),
+                dt.time(int(local[:2]) % 24, int(local[2:4]) % 60), merchant.onboarded, txn.tx_date,
+            )
+        )  # fmt: skip
+        if not decision.hits:
+            return None
+        for hit in decision.hits:
+            self._metrics.risk_hits.labels(hit.rule_id, hit.action, hit.mode).inc()
+        try:
+            await self._journal.record_decision(txn, decision.hits)
+        except Exception:
+            log.exception("risk decision not journaled; the payment is not sent", extra={"rrn": txn.rrn})
+            t.result = refused(0, "RISK", "risk decision not journaled")
+            return None
+        hit = decision.decline
+        if hit is not None:
+            message = f"declined by risk rule {hit.rule_id}"
+            t.result = ChannelResult(0, Outcome.DECLINED, hit.code, "RISK", message, sent=False)
+        return None
 
     async def _step_send_and_poll(self, t: Context) -> None:
         """Pay; while the customer is still confirming, query on the channel's schedule until the

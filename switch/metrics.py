@@ -127,6 +127,17 @@ class Metrics:
             registry=r,
         )
         self.requests = Counter("paysw_requests", "Requests received, by MTI", ["mti"], registry=r)
+        self.risk_hits = Counter(
+            "paysw_risk_hits",
+            "Risk rules that fired, by rule, action and mode (shadow: evaluated, not applied)",
+            ["rule", "action", "mode"],
+            registry=r,
+        )
+        self.risk_reloads = Counter(
+            "paysw_risk_reloads", "Reloads of the risk rules and lists, by result (ok, invalid, failed)", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.risk_rules = Gauge("paysw_risk_rules", "Risk rules in force (enforced and shadow)", registry=r)
         self.rejected = Counter(
             "paysw_rejected",
             "Requests refused by a rule of the wire contract, by field and rule (protocols.validation)",
@@ -174,6 +185,10 @@ class Metrics:
         self.recon_unfinished.clear()
         for channel, n in failed:
             self.recon_unfinished.labels(channel).set(n)
+
+    def risk_reloaded(self, result: str, rules: int) -> None:
+        self.risk_reloads.labels(result).inc()
+        self.risk_rules.set(rules)
 
     def journal_batch_done(self, op: str, size: int, seconds: float) -> None:
         self.journal_batch.labels(op).observe(size)

@@ -34,7 +34,8 @@ _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "or
          "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "transmission_date",
-                       "rrn", "pin", "duplicate_check", "write_ahead", "admit", "send_and_poll", "record", "answer"),
+                       "rrn", "pin", "duplicate_check", "write_ahead", "risk", "admit", "send_and_poll", "record",
+                       "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: _UNDO,
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),

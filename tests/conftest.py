@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.demo_config import absolute_paths
 from switch.journal.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +166,7 @@ def localise(text: str, ports: Ports) -> str:
             f'listen = "127.0.0.1:{ports.channels[name]}"\ncontrol_listen = "127.0.0.1:{ports.controls[name]}"',
         )
         text = text.replace(f"127.0.0.1:{9101 + i}", f"127.0.0.1:{ports.channels[name]}")
-    text = text.replace('"keys/', f'"{KEYS}/')
+    text = absolute_paths(text)
     return text
 
 

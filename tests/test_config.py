@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
+from bench.demo_config import DEMO_SWITCH_CONFIG, absolute_paths
 from switch.config import ConfigError, load_config
 
 DEMO_TEXT = DEMO_SWITCH_CONFIG.read_text()
@@ -15,7 +15,7 @@ DEMO_TEXT = DEMO_SWITCH_CONFIG.read_text()
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "switch.toml"
-    path.write_text(text.replace('"keys/', f'"{DEMO_DIR}/keys/'))
+    path.write_text(absolute_paths(text))
     return path
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.demo_config import DEMO_DIR, demo_account, demo_material
+from bench.demo_config import DEMO_DIR, absolute_paths, demo_account, demo_material
 from bench.simulators.server import load_simulator_config
 from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, side_of
 from hsm import algorithms
@@ -317,7 +317,7 @@ def test_an_ecny_account_without_its_seal_key_is_a_configuration_error(tmp_path,
     text = (DEMO_DIR / "switch.toml").read_text()
     assert ', seal_key = "ecny:sm4-dek"' in text
     path = tmp_path / "switch.toml"
-    path.write_text(text.replace(', seal_key = "ecny:sm4-dek"', seal_key).replace('"keys/', f'"{DEMO_DIR}/keys/'))
+    path.write_text(absolute_paths(text.replace(', seal_key = "ecny:sm4-dek"', seal_key)))
     with pytest.raises(ConfigError, match=message):
         load_config(path)
 

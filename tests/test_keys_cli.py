@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.demo_config import absolute_paths
 from hsm import algorithms
 from tests.conftest import DEMO
 
@@ -28,7 +29,7 @@ def not_a_demo(folder: Path) -> Path:
     text = re.sub(r"(?m)^demo = true.*\n", "", (DEMO / "switch.toml").read_text(), count=1)
     assert "demo = true" not in text
     config = folder / "switch.toml"
-    config.write_text(text.replace('lmk_file = "keys/lmk"', 'lmk_file = "lmk"').replace('"keys/', f'"{DEMO}/keys/'))
+    config.write_text(absolute_paths(text.replace('lmk_file = "keys/lmk"', 'lmk_file = "lmk"')))
     return config
 
 

@@ -123,13 +123,13 @@ def test_links_across_nodes_need_tls_or_plaintext_said_outright(pki, caplog):
 
 
 def test_link_tls_files_go_together_and_must_exist(tmp_path: Path):
-    from bench.demo_config import DEMO_DIR, DEMO_SWITCH_CONFIG
+    from bench.demo_config import DEMO_SWITCH_CONFIG, absolute_paths
     from switch.config import link_tls, load_config
 
     def config_with(ray_lines: str):
         text = DEMO_SWITCH_CONFIG.read_text().replace('namespace = "paysw"\n', f'namespace = "paysw"\n{ray_lines}')
         path = tmp_path / "switch.toml"
-        path.write_text(text.replace('"keys/', f'"{DEMO_DIR}/keys/'))
+        path.write_text(absolute_paths(text))
         return load_config(path)
 
     (tmp_path / "ca.pem").write_text("x")

@@ -8,6 +8,12 @@ DEMO_SIMULATORS_CONFIG = DEMO_DIR / "simulators.toml"
 DEMO_KEY_MANIFEST = DEMO_DIR / "keys" / "manifest.toml"
 
 
+def absolute_paths(text: str) -> str:
+    """A demo configuration's text with its paths (keys, risk rules) made absolute, for a copy of
+    it written elsewhere."""
+    return text.replace('"keys/', f'"{DEMO_DIR}/keys/').replace('"risk/', f'"{DEMO_DIR}/risk/')
+
+
 def demo_material(label: str) -> bytes:
     """The clear material of a demo key, by its key store label (for tests of the far side)."""
     from switch.keystore import material_of, read_manifest

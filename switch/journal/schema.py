@@ -432,6 +432,41 @@ MIGRATIONS: list[str] = [
     ALTER TABLE settlement_item RENAME COLUMN kind TO entry;
     UPDATE txn SET refunded_fen = 0 WHERE state = 'VOIDED' AND refunded_fen <> 0;
     """,
+    # 16: risk control (risk/): the rules that fired on a transaction, one row each, so a decline
+    # is explained in the transaction's record and shadow rules are seen; the black and grey lists
+    # (codes and cards by keyed fingerprint only); who changed a list, and when
+    """
+    CREATE TABLE risk_decision (
+        tx_date     date        NOT NULL,
+        rrn         text        NOT NULL,
+        rule_id     text        NOT NULL,
+        action      text        NOT NULL CHECK (action IN ('decline', 'review', 'alert')),
+        mode        text        NOT NULL CHECK (mode IN ('enforce', 'shadow')),
+        code        text        NOT NULL,  -- what a decline of the rule answers
+        merchant_id text        NOT NULL,
+        terminal_id text        NOT NULL,
+        channel     text        NOT NULL,
+        amount_fen  bigint      NOT NULL,
+        decided_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tx_date, rrn, rule_id)
+    );
+    CREATE INDEX risk_decision_by_day ON risk_decision (tx_date, rule_id);
+    CREATE TABLE risk_list (
+        colour   text        NOT NULL CHECK (colour IN ('black', 'grey')),
+        list_of  text        NOT NULL CHECK (list_of IN ('code', 'terminal', 'merchant')),
+        value    text        NOT NULL,
+        reason   text        NOT NULL,
+        added_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (colour, list_of, value)
+    );
+    CREATE TABLE risk_audit (
+        id      bigserial   PRIMARY KEY,
+        at      timestamptz NOT NULL DEFAULT now(),
+        action  text        NOT NULL,
+        detail  text        NOT NULL,
+        by_whom text        NOT NULL
+    );
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

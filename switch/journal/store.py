@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import asyncpg
 
@@ -32,6 +32,15 @@ from switch.journal.machine import (
 from switch.journal.schema import ensure_partitions, migrate
 
 RRN_BLOCK = 1000
+
+
+class RiskHit(Protocol):
+    """A risk rule that fired (``risk.engine.Hit``)."""
+
+    rule_id: str
+    action: str
+    mode: str
+    code: str
 
 
 class TxnKey(NamedTuple):
@@ -287,6 +296,7 @@ class Journal:
         self._movers = movers
         self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, inserters.get_max_size(), on_batch)
         self._updates = GroupCommit("outcome", self._flush_updates, max_batch, movers.get_max_size(), on_batch)
+        self._decisions = GroupCommit("risk", self._flush_decisions, max_batch, 1, on_batch)
         self._rrn_next = 0
         self._rrn_end = 0
         self._rrn_lock = asyncio.Lock()
@@ -315,6 +325,7 @@ class Journal:
             self._rrn_fetch.cancel()
         await self._inserts.close()
         await self._updates.close()
+        await self._decisions.close()
         await self._inserters.close()
         await self._movers.close()
         await self._pool.close()
@@ -359,6 +370,10 @@ class Journal:
         """Move the transaction by the report's event and commit it: the state it is now in, or
         None when the machine has no such move from its state (or there is no such row)."""
         return await self._updates.submit(report)
+
+    async def record_decision(self, txn: NewTxn, hits: Sequence[RiskHit]) -> None:
+        """The risk rules that fired on ``txn`` (before its channel call, and before its answer)."""
+        await self._decisions.submit((txn, hits))
 
     async def find(self, key: TxnKey) -> StoredTxn | None:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
@@ -561,6 +576,20 @@ class Journal:
                 for p in positions:
                     done[p] = txns[p].rrn in written
         return done
+
+    async def _flush_decisions(self, decisions: Sequence[tuple[NewTxn, Sequence[RiskHit]]]) -> list[None]:
+        rows = [
+            (txn.tx_date, txn.rrn, hit.rule_id, hit.action, hit.mode, hit.code, txn.merchant_id, txn.terminal_id,
+             txn.channel, txn.amount_fen)
+            for txn, hits in decisions
+            for hit in hits
+        ]  # fmt: skip
+        await self._pool.executemany(
+            "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, channel, "
+            "amount_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+            rows,
+        )
+        return [None] * len(decisions)
 
     async def _flush_updates(self, reports: Sequence[Report]) -> list[State | None]:
         async with self._movers.acquire() as conn:

@@ -1,0 +1,147 @@
+"""The risk rules file, as data: its schema, and its loading, which takes a file whole or not at all.
+
+A rules file is TOML:
+
+    [[rule]]
+    id = "amount-cap"
+    kind = "amount"          # one payment over max_fen
+    max_fen = 5_000_000
+    scope = { mcc = "5411" } # all (the default), or one channel, merchant, MCC or terminal
+    action = "decline"       # decline (with the rule's code), review (approve, flag), alert (count only)
+    mode = "enforce"         # or "shadow": evaluated, counted and journaled, never applied
+
+Every rule has an ``id``, a ``kind`` (the fields it takes are its own), a ``scope``, an ``action``,
+a ``mode`` and the ``code`` a decline answers (each kind has its default, from the wire contract:
+``61`` over an amount limit, ``62`` a restricted code, card, terminal or merchant, ``57`` outside
+trading hours).
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from protocols import response_codes as rc
+from switch.toml_file import read_toml
+
+RuleId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,40}$")]
+# What a decline may answer (the wire contract, docs/iso8583.md): never an approval or "in progress".
+DeclineCode = Literal["05", "57", "59", "61", "62", "65"]
+Clock = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Action = Literal["decline", "review", "alert"]
+Mode = Literal["enforce", "shadow"]
+
+
+class RulesError(Exception):
+    """A rules file that cannot be used, and why (its path, then the field at fault)."""
+
+
+class Scope(Struct, forbid_unknown_fields=True, frozen=True):
+    """Where a rule applies: every field given must match; none given, everywhere."""
+
+    channel: str = ""
+    merchant: str = ""
+    mcc: str = ""
+    terminal: str = ""
+
+
+class _Rule(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, tag_field="kind"):
+    id: RuleId
+    scope: Scope = Scope()
+    action: Action = "decline"
+    mode: Mode = "enforce"
+    code: DeclineCode | None = None  # the decline's answer; None: the kind's own
+
+    default_code = rc.SUSPECTED_FRAUD
+
+
+class AmountLimit(_Rule, tag="amount", kw_only=True):
+    """One payment of more than ``max_fen``."""
+
+    max_fen: Annotated[int, Meta(ge=0)]
+    default_code = rc.EXCEEDS_AMOUNT_LIMIT
+
+
+class Listed(_Rule, tag="list", kw_only=True):
+    """A payment code or card (by its keyed fingerprint), terminal or merchant on the black or grey
+    list (``paysw risk list``)."""
+
+    colour: Literal["black", "grey"] = "black"
+    of: Literal["code", "terminal", "merchant"]
+    default_code = rc.RESTRICTED_CODE
+
+
+class TradingHours(_Rule, tag="hours", kw_only=True):
+    """A payment outside ``opens``..``closes`` (China Standard Time, the terminal's field 12 being
+    its local time; ``closes`` before ``opens`` spans midnight)."""
+
+    opens: Clock
+    closes: Clock
+    default_code = rc.NOT_PERMITTED
+
+
+class NewMerchant(_Rule, tag="new_merchant", kw_only=True):
+    """A payment of more than ``max_fen`` at a merchant in its first ``days`` days (from its
+    ``onboarded`` date in the switch configuration; a merchant without one is not new)."""
+
+    days: Annotated[int, Meta(ge=1, le=3650)]
+    max_fen: Annotated[int, Meta(ge=0)]
+    default_code = rc.EXCEEDS_AMOUNT_LIMIT
+
+
+Rule = AmountLimit | Listed | TradingHours | NewMerchant
+
+
+class RuleSet(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    rule: list[Rule] = []
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.rule
+
+
+class RiskSection(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """``[risk]`` of the switch configuration."""
+
+    rules: str = ""  # the rules file, relative to the configuration's folder; empty: no rules
+
+
+def code_of(rule: Rule) -> str:
+    return rule.code or rule.default_code
+
+
+def minutes(clock: str) -> int:
+    hours, mins = clock.split(":")
+    return int(hours) * 60 + int(mins)
+
+
+def load_rules(path: str | Path, channels: set[str], merchants: set[str], terminals: set[str]) -> RuleSet:
+    """The rules of ``path``, checked whole against the switch's channels, merchants and terminals
+    (a scope naming none of them is a mistake, not a rule that never fires). Raises ``RulesError``."""
+    path = Path(path)
+    rules = read_toml(path, RuleSet, RulesError)
+    problems = []
+    seen: set[str] = set()
+    for i, rule in enumerate(rules.rules):
+        where = f"$.rule[{i}]"
+        if rule.id in seen:
+            problems.append(f"{where}.id: {rule.id!r} is used twice")
+        seen.add(rule.id)
+        for field, known in (("channel", channels), ("merchant", merchants), ("terminal", terminals)):
+            value = getattr(rule.scope, field)
+            if value and value not in known:
+                problems.append(f"{where}.scope.{field}: {value!r} is not in the switch configuration")
+        if isinstance(rule, TradingHours) and rule.opens == rule.closes:
+            problems.append(f"{where}: opens and closes are the same time")
+    if problems:
+        raise RulesError(f"{path}: " + "; ".join(problems))
+    return rules
+
+
+def is_open(rule: TradingHours, local: time) -> bool:
+    opens, closes = minutes(rule.opens), minutes(rule.closes)
+    now = local.hour * 60 + local.minute
+    return opens <= now < closes if opens < closes else (now >= opens or now < closes)

@@ -1,0 +1,363 @@
+"""Risk control before the channel (``risk/``): rules as data, decided after the write-ahead and
+before the channel call, every hit journaled with its rule; lists and rules changed live.
+
+The end-to-end tests run a switch of their own on a rules file the module writes, against the
+session's simulators and journal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from risk.engine import Engine, Facts
+from risk.lists import Lists
+from risk.rules import RulesError, RuleSet, load_rules
+from tests.conftest import run, switch_with
+from tests.support import connected, journal_row, new_purchase, sim_audit
+
+CAP_FEN = 500_000  # the module's single-payment cap
+WATCH_FEN = 200_000  # its shadow rule's threshold
+NEW_MERCHANT = "898310048990002"  # onboarded today in the module's configuration
+NEW_MERCHANT_CAP_FEN = 10_000
+NIGHT_TERMINAL = "T0000004"  # trading hours 08:00-22:00 apply to it alone
+
+RULES = f"""
+[[rule]]
+id = "cap"
+kind = "amount"
+max_fen = {CAP_FEN}
+
+[[rule]]
+id = "watch"
+kind = "amount"
+max_fen = {WATCH_FEN}
+mode = "shadow"
+
+[[rule]]
+id = "black-code"
+kind = "list"
+of = "code"
+
+[[rule]]
+id = "black-terminal"
+kind = "list"
+of = "terminal"
+
+[[rule]]
+id = "grey-code"
+kind = "list"
+of = "code"
+colour = "grey"
+action = "review"
+
+[[rule]]
+id = "day-only"
+kind = "hours"
+opens = "08:00"
+closes = "22:00"
+scope = {{ terminal = "{NIGHT_TERMINAL}" }}
+
+[[rule]]
+id = "new-merchant"
+kind = "new_merchant"
+days = 30
+max_fen = {NEW_MERCHANT_CAP_FEN}
+"""
+
+
+# -- the rules file and the engine, without a switch ------------------------------------------
+
+KNOWN = ({"wechat", "alipay"}, {"M1", "M2"}, {"T1"})
+
+
+def rules_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[[rule]]\nid = "a"\nkind = "velocityy"\n', r"Invalid value 'velocityy' - at `\$\.rule\[0\]\.kind`"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\n', r"missing required field `max_fen` - at `\$\.rule\[0\]`"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 1\nmode = "dry"\n', r"\$\.rule\[0\]\.mode"),
+        ('[[rule]]\nid = "a b"\nkind = "amount"\nmax_fen = 1\n', r"\$\.rule\[0\]\.id"),
+        ('[[rule]]\nid = "a"\nkind = "hours"\nopens = "8:00"\ncloses = "22:00"\n', r"\$\.rule\[0\]\.opens"),
+        ('[[rule]]\nid = "a"\nkind = "hours"\nopens = "08:00"\ncloses = "08:00"\n', r"\$\.rule\[0\]: opens and closes"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 1\n[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 2\n',
+         r"\$\.rule\[1\]\.id: 'a' is used twice"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 1\nscope = { merchant = "M9" }\n',
+         r"\$\.rule\[0\]\.scope\.merchant: 'M9' is not in the switch configuration"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 1\nscope = { shop = "M1" }\n', r"unknown field `shop`"),
+        ('[[rule]]\nid = "a"\nkind = "amount"\nmax_fen = 1\ncode = "00"\n', r"\$\.rule\[0\]\.code"),  # never approves
+        ("[[rule]\n", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_a_rules_file_is_refused_whole_with_the_field_at_fault(tmp_path, text, error):
+    with pytest.raises(RulesError, match=error):
+        load_rules(rules_file(tmp_path, text), *KNOWN)
+
+
+def facts(**given) -> Facts:
+    base = dict(
+        channel="wechat", merchant="M1", mcc="5814", terminal="T1", amount_fen=100, code_fingerprint="ab" * 32,
+        local_time=dt.time(12, 0), merchant_since=None, today=dt.date(2026, 12, 3),
+    )  # fmt: skip
+    return Facts(**{**base, **given})
+
+
+def decide(text: str, lists: Lists | None = None, **given) -> list[tuple[str, str, str, str]]:
+    import msgspec
+
+    engine = Engine(msgspec.toml.decode(text.encode(), type=RuleSet))
+    return [tuple(h) for h in engine.decide(facts(**given), lists or Lists()).hits]
+
+
+def test_each_kind_fires_on_what_it_names_and_nothing_else():
+    assert decide(RULES.replace(f'terminal = "{NIGHT_TERMINAL}"', 'terminal = "T1"'), amount_fen=CAP_FEN) == [
+        ("watch", "decline", "shadow", "61")
+    ]
+    assert decide(RULES, amount_fen=CAP_FEN + 1)[:2] == [("cap", "decline", "enforce", "61"),
+                                                         ("watch", "decline", "shadow", "61")]  # fmt: skip
+    lists = Lists([("black", "code", "ab" * 32), ("grey", "terminal", "T1")])
+    assert decide(RULES, lists) == [("black-code", "decline", "enforce", "62")]
+    assert decide(RULES, Lists([("grey", "code", "ab" * 32)])) == [("grey-code", "review", "enforce", "62")]
+    assert decide(RULES, Lists([("black", "terminal", "T9")])) == []
+    since = dt.date(2026, 11, 4)  # 29 days before today: still new
+    assert decide(RULES, merchant_since=since, amount_fen=NEW_MERCHANT_CAP_FEN + 1) == [
+        ("new-merchant", "decline", "enforce", "61")
+    ]
+    assert decide(RULES, merchant_since=since - dt.timedelta(days=1), amount_fen=NEW_MERCHANT_CAP_FEN + 1) == []
+    assert decide(RULES, merchant_since=since, amount_fen=NEW_MERCHANT_CAP_FEN) == []
+
+
+def test_trading_hours_are_read_in_the_terminals_local_time_and_may_span_midnight():
+    day = '[[rule]]\nid = "h"\nkind = "hours"\nopens = "08:00"\ncloses = "22:00"\n'
+    night = '[[rule]]\nid = "h"\nkind = "hours"\nopens = "22:00"\ncloses = "02:00"\n'
+    fired = {(label, t): bool(decide(text, local_time=dt.time(*t))) for label, text in (("day", day), ("night", night))
+             for t in ((7, 59), (8, 0), (21, 59), (22, 0), (1, 59), (2, 0))}  # fmt: skip
+    assert [t for (label, t), hit in fired.items() if label == "day" and hit] == [(7, 59), (22, 0), (1, 59), (2, 0)]
+    assert [t for (label, t), hit in fired.items() if label == "night" and hit] == [(7, 59), (8, 0), (21, 59), (2, 0)]
+
+
+def test_a_scope_of_several_fields_needs_them_all():
+    text = '[[rule]]\nid = "s"\nkind = "amount"\nmax_fen = 1\nscope = { channel = "alipay", mcc = "5814" }\n'
+    assert decide(text, channel="alipay") == [("s", "decline", "enforce", "61")]
+    assert decide(text, channel="alipay", mcc="5411") == []
+    assert decide(text, channel="wechat") == []
+
+
+# -- against the real switch ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def risky(config_dir, database_url, simulators, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("risk")
+    (folder / "rules.toml").write_text(RULES)
+    edits = [
+        (r'rules = "[^"]*"', f'rules = "{folder}/rules.toml"'),
+        (r'(id = "898310048990002"\n)', rf'\1onboarded = {dt.date.today().isoformat()}\n'),
+    ]
+    for switch in switch_with(config_dir, database_url, folder, "risk", edits):
+        switch.rules = folder / "rules.toml"
+        yield switch
+
+
+def risk_cli(switch, database_url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "switch.cli", "risk", *args, "--config", str(switch.config)],
+        input=stdin, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SWITCH_DATABASE_URL": database_url},
+    )  # fmt: skip
+
+
+async def decisions(database_url: str, rrn: str) -> list[tuple[str, str, str, str]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT rule_id, action, mode, code FROM risk_decision WHERE rrn = $1 ORDER BY rule_id", rrn
+        )
+    finally:
+        await conn.close()
+    return [tuple(r) for r in rows]
+
+
+def pay(switch, request: dict) -> dict:
+    async def one() -> dict:
+        async with connected(switch) as client:
+            return await client.request(request)
+
+    return run(one())
+
+
+def hits(switch) -> dict[tuple[str, str], float]:
+    _, text = switch.get("/metrics")
+    return {
+        (s.labels["rule"], s.labels["mode"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "paysw_risk_hits_total"
+    }
+
+
+def assert_declined_and_never_sent(switch, database_url, simulators, request, answer, code, rule, channel):
+    assert answer["39"] == code, answer
+    row = run(journal_row(database_url, answer["37"]))
+    assert (row["state"], row["response_code"], row["channel_code"]) == ("DECLINED", code, "RISK")
+    assert rule in row["channel_message"]
+    assert sim_audit(simulators, channel, row["out_trade_no"]) == []  # the channel never saw it
+    assert (rule, "decline", "enforce", code) in run(decisions(database_url, answer["37"]))
+
+
+def test_a_decline_by_each_kind_answers_its_code_is_journaled_with_its_rule_and_is_never_sent(
+    risky, database_url, simulators
+):
+    before = hits(risky)
+    over_cap = new_purchase("alipay", amount=CAP_FEN + 1)
+    answer = pay(risky, over_cap)
+    assert_declined_and_never_sent(risky, database_url, simulators, over_cap, answer, "61", "cap", "alipay")
+    # The shadow rule fired too: journaled and counted, not applied.
+    assert ("watch", "decline", "shadow", "61") in run(decisions(database_url, answer["37"]))
+
+    at_night = {**new_purchase("wechat", terminal=NIGHT_TERMINAL), "12": "031500"}
+    answer = pay(risky, at_night)
+    assert_declined_and_never_sent(risky, database_url, simulators, at_night, answer, "57", "day-only", "wechat")
+    by_day = {**new_purchase("wechat", terminal=NIGHT_TERMINAL), "12": "121500"}
+    assert pay(risky, by_day)["39"] == "00"
+
+    new = new_purchase("wechat", terminal="K0000001", merchant=NEW_MERCHANT, amount=NEW_MERCHANT_CAP_FEN + 1)
+    answer = pay(risky, new)
+    assert_declined_and_never_sent(risky, database_url, simulators, new, answer, "61", "new-merchant", "wechat")
+    after = hits(risky)
+    for rule in ("cap", "day-only", "new-merchant"):
+        assert after[(rule, "enforce")] - before.get((rule, "enforce"), 0) == 1, rule
+
+
+def test_a_shadow_rule_is_journaled_and_counted_and_the_payment_goes_through(risky, database_url, simulators):
+    before = hits(risky).get(("watch", "shadow"), 0)
+    watched = new_purchase("unionpay", amount=WATCH_FEN + 1)
+    answer = pay(risky, watched)
+    assert answer["39"] == "00"
+    assert run(decisions(database_url, answer["37"])) == [("watch", "decline", "shadow", "61")]
+    assert run(journal_row(database_url, answer["37"]))["state"] == "APPROVED"
+    assert hits(risky)[("watch", "shadow")] == before + 1
+    quiet = pay(risky, new_purchase("unionpay", amount=WATCH_FEN))
+    assert quiet["39"] == "00" and run(decisions(database_url, quiet["37"])) == []
+
+
+def wait_for(check, timeout: float = 10.0) -> None:
+    """Until ``check()``: a change reaches the front ends by PostgreSQL's NOTIFY, in about a second."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not applied in time"
+        time.sleep(0.2)
+
+
+def test_listing_a_code_declines_it_at_once_and_unlisting_lets_it_pay(risky, database_url, simulators):
+    first = new_purchase("ecny")
+    assert pay(risky, first)["39"] == "00"
+    code = first["2"]
+    added = risk_cli(risky, database_url, "list", "add", "--of", "code", "--code-stdin", "--reason", "stolen",
+                     stdin=code + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert code not in added.stdout + added.stderr  # the code itself is never shown
+    shown = risk_cli(risky, database_url, "list", "show")
+    assert "stolen" in shown.stdout and code not in shown.stdout
+
+    def next_one() -> dict:
+        return {**new_purchase("ecny"), "2": code}
+
+    answers: list[dict] = []
+    wait_for(lambda: answers.append(pay(risky, next_one())) or answers[-1]["39"] == "62")
+    again = next_one()
+    assert_declined_and_never_sent(risky, database_url, simulators, again, pay(risky, again), "62", "black-code",
+                                   "ecny")  # fmt: skip
+
+    removed = risk_cli(risky, database_url, "list", "remove", "--of", "code", "--code-stdin", "--reason", "found",
+                       stdin=code + "\n")  # fmt: skip
+    assert removed.returncode == 0, removed.stderr
+    wait_for(lambda: pay(risky, next_one())["39"] == "00")
+
+
+def test_a_grey_code_is_approved_and_flagged_for_review(risky, database_url):
+    first = new_purchase("inbank")
+    fingerprint = None
+    answer = pay(risky, first)
+    assert answer["39"] == "00"
+
+    async def pan_hash() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return (await conn.fetchval("SELECT pan_hash FROM txn WHERE rrn = $1", answer["37"])).hex()
+        finally:
+            await conn.close()
+
+    fingerprint = run(pan_hash())  # as an analyst finds it in the journal
+    added = risk_cli(risky, database_url, "list", "add", "--colour", "grey", "--of", "code", "--value", fingerprint,
+                     "--reason", "chargebacks")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    flagged: list[dict] = []
+    wait_for(lambda: flagged.append(pay(risky, {**new_purchase("inbank"), "2": first["2"]})) or bool(
+        run(decisions(database_url, flagged[-1]["37"]))))  # fmt: skip
+    assert flagged[-1]["39"] == "00"
+    assert run(decisions(database_url, flagged[-1]["37"])) == [("grey-code", "review", "enforce", "62")]
+
+
+def test_a_blacklisted_terminal_is_declined(risky, database_url, simulators):
+    terminal = "T0000003"
+    added = risk_cli(risky, database_url, "list", "add", "--of", "terminal", "--value", terminal, "--reason", "stolen")
+    assert added.returncode == 0, added.stderr
+    try:
+        wait_for(lambda: pay(risky, new_purchase("wechat", terminal=terminal))["39"] == "62")
+        assert pay(risky, new_purchase("wechat", terminal="T0000002"))["39"] == "00"
+    finally:
+        risk_cli(risky, database_url, "list", "remove", "--of", "terminal", "--value", terminal, "--reason", "back")
+    wait_for(lambda: pay(risky, new_purchase("wechat", terminal=terminal))["39"] == "00")
+
+
+def test_a_reload_takes_a_valid_file_and_leaves_the_running_rules_for_an_invalid_one(risky, database_url):
+    reloads = lambda result: next(  # noqa: E731
+        (s.value for f in text_string_to_metric_families(risky.get("/metrics")[1]) for s in f.samples
+         if s.name == "paysw_risk_reloads_total" and s.labels["result"] == result), 0.0)  # fmt: skip
+    original = risky.rules.read_text()
+    try:
+        risky.rules.write_text(original.replace("max_fen = 500000", "max_fen = oops"))
+        invalid = reloads("invalid")
+        assert risk_cli(risky, database_url, "reload").returncode == 0
+        wait_for(lambda: reloads("invalid") == invalid + 1)
+        assert pay(risky, new_purchase("wechat", amount=CAP_FEN + 1))["39"] == "61"  # the running rules stay
+        assert pay(risky, new_purchase("wechat", amount=CAP_FEN // 2))["39"] == "00"
+
+        risky.rules.write_text(original.replace(f"max_fen = {CAP_FEN}", f"max_fen = {CAP_FEN // 4}"))
+        ok = reloads("ok")
+        assert risk_cli(risky, database_url, "reload").returncode == 0
+        wait_for(lambda: reloads("ok") == ok + 1)
+        assert pay(risky, new_purchase("wechat", amount=CAP_FEN // 2))["39"] == "61"
+    finally:
+        risky.rules.write_text(original)
+        risk_cli(risky, database_url, "reload")
+
+
+def test_a_switch_with_an_invalid_rules_file_does_not_start_and_says_why(risky, tmp_path):
+    bad = tmp_path / "rules.toml"
+    bad.write_text('[[rule]]\nid = "x"\nkind = "amount"\n')
+    config = tmp_path / "switch.toml"
+    config.write_text(re.sub(r'rules = "[^"]*"', f'rules = "{bad}"', risky.config.read_text()))
+    checked = risk_cli(type("S", (), {"config": config}), "", "check")
+    assert checked.returncode == 2 and "missing required field `max_fen`" in checked.stderr
+    started = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "run", "--config", str(config), "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "SWITCH_DATABASE_URL": "postgresql://nowhere/x"},
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "$.risk.rules" in started.stderr and "missing required field `max_fen`" in started.stderr
