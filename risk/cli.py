@@ -5,6 +5,7 @@ authorise them), are audited in ``risk_audit``, and reach every front end by ``N
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import asyncpg
 
 from hsm import HsmError, open_hsm
+from protocols.statements import CST
 from risk.lists import COLOURS, KINDS, NOTIFY_CHANNEL, change_list
+from risk.report import day_report, printed, write_csv
 from risk.rules import RulesError, load_rules
 from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
@@ -26,10 +29,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="risk rules and lists",
         description="check: validate the rules file ([risk] rules) against the configuration. reload: every "
         "running front end re-reads its rules file and the lists (an invalid file leaves its rules as they "
-        "were). list add|remove|show: the black and grey lists of payment codes or cards (kept by keyed "
+        "were). report: a day's rules fired (enforced and shadow), the merchants, terminals and codes "
+        "declined most, and refunds over sales by merchant. list add|remove|show: the black and grey lists "
+        "of payment codes or cards (kept by keyed "
         "fingerprint only), terminals and merchants; every front end applies a change within a second or two.",
     )
-    risk.add_argument("action", choices=["check", "reload", "list"])
+    risk.add_argument("action", choices=["check", "reload", "list", "report"])
     risk.add_argument("change", nargs="?", choices=["add", "remove", "show"], help="list: what to do (default show)")
     add_database_arguments(risk)
     risk.add_argument("--colour", choices=COLOURS, default="black", help="list: black (default) or grey")
@@ -40,6 +45,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(never from the command line, where ps and the shell's history would see it), fingerprinted here",
     )  # fmt: skip
     risk.add_argument("--reason", help="list add|remove: why (required, audited)")
+    risk.add_argument("--date", type=dt.date.fromisoformat, help="report: the day, YYYY-MM-DD (default: yesterday)")
+    risk.add_argument("--csv", type=Path, metavar="DIR", help="report: also write each section as CSV here")
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
@@ -81,6 +88,14 @@ async def _work(url: str, config: Config, args: argparse.Namespace) -> int:
                 "INSERT INTO risk_audit (action, detail, by_whom) VALUES ('reload', '', $1)", getpass.getuser()
             )
             print("reload asked of every running front end (see their logs and paysw_risk_reloads_total)")
+            return 0
+        if args.action == "report":
+            day = args.date or dt.datetime.now(CST).date() - dt.timedelta(days=1)
+            report = await day_report(conn, day)
+            print(printed(report, day))
+            if args.csv is not None:
+                for path in write_csv(report, args.csv, day):
+                    print(f"wrote {path}")
             return 0
         if args.change in (None, "show"):
             rows = await conn.fetch("SELECT colour, list_of, value, reason, added_at FROM risk_list ORDER BY 1, 2, 5")

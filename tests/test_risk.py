@@ -12,7 +12,9 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -361,3 +363,122 @@ def test_a_switch_with_an_invalid_rules_file_does_not_start_and_says_why(risky, 
     )  # fmt: skip
     assert started.returncode == 2, started.stderr[-2000:]
     assert "$.risk.rules" in started.stderr and "missing required field `max_fen`" in started.stderr
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+class Made(NamedTuple):
+    """A transaction the report test writes, and the rules that fired on it."""
+
+    tx_date: dt.date
+    terminal: str
+    rrn: str
+    txn_type: str
+    merchant: str
+    amount_fen: int
+    code: str  # the fingerprint, hex
+    state: str
+    at: dt.datetime
+    fired: list[tuple[str, str, str]]  # (rule, action, mode)
+
+
+def made_day(day: dt.date, rng) -> list[Made]:
+    """Transactions around the edges of the Beijing day ``day``, some with rules fired."""
+    start = dt.datetime.combine(day, dt.time(), dt.timezone(dt.timedelta(hours=8)))
+    moments = [start - dt.timedelta(seconds=1), start, start + dt.timedelta(hours=12), start + dt.timedelta(days=1)]
+    rules = [("cap", "decline", "enforce"), ("watch", "decline", "shadow"), ("grey", "review", "enforce")]
+    made = []
+    for n in range(300):
+        at = rng.choice(moments) + dt.timedelta(seconds=rng.randrange(0, 3600) if rng.random() < 0.5 else 0)
+        made.append(Made(
+            at.astimezone(dt.UTC).date(), rng.choice(["T1", "T2"]), f"{n:012d}",
+            rng.choice(["purchase", "purchase", "refund"]), rng.choice(["M1", "M2", "M3"]), rng.randrange(1, 10_000),
+            f"{rng.randrange(4):064x}",
+            rng.choice(["APPROVED", "APPROVED", "DECLINED"]), at, rng.sample(rules, rng.randrange(0, 3)),
+        ))  # fmt: skip
+    return made
+
+
+async def write_made(url: str, day: dt.date, made: list[Made]) -> None:
+    from switch.journal.schema import ensure_partitions, migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        await ensure_partitions(conn, day - dt.timedelta(days=2), day + dt.timedelta(days=2))
+        await conn.executemany(
+            "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, "
+            "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, "
+            "out_trade_no, request_hash, state, received_at) VALUES ($1, $2, right($3, 6), $3, $3, $4, '0200', "
+            "'000000', $5, $6, '156', '120000', '1130', '031', '622202******1234', decode($7, 'hex'), 'wechat', $3, "
+            "'\\x00', 'RECEIVED', $8)",
+            [(m.tx_date, m.terminal, m.rrn, m.txn_type, m.merchant, m.amount_fen, m.code, m.at) for m in made],
+        )
+        for m in made:  # through the state machine's guard, as the journal moves them
+            await conn.execute("UPDATE txn SET state = $2 WHERE rrn = $1", m.rrn, m.state)
+        await conn.executemany(
+            "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, "
+            "channel, amount_fen, decided_at) VALUES ($1, $2, $3, $4, $5, '61', $6, $7, 'wechat', $8, $9)",
+            [(m.tx_date, m.rrn, *rule, m.merchant, m.terminal, m.amount_fen, m.at) for m in made for rule in m.fired],
+        )
+    finally:
+        await conn.close()
+
+
+def test_the_day_report_counts_every_decision_of_that_beijing_day_and_no_other(database_url, tmp_path):
+    """Decisions and transactions written straight into a database of the test's own, around the
+    edges of a Beijing day, against figures counted here from the same list."""
+    import random
+
+    from risk.report import day_report, write_csv
+    from tests.conftest import fresh_database
+
+    day = dt.date(2026, 11, 30)
+    made = made_day(day, random.Random(7))
+
+    async def scenario() -> dict:
+        url = await fresh_database(database_url, "paysw_risk_report")
+        await write_made(url, day, made)
+        conn = await asyncpg.connect(url)
+        try:
+            return await day_report(conn, day)
+        finally:
+            await conn.close()
+
+    report = run(scenario())
+    start = dt.datetime.combine(day, dt.time(), dt.timezone(dt.timedelta(hours=8)))
+    inside = [m for m in made if start <= m.at < start + dt.timedelta(days=1)]
+    expected: dict[tuple[str, str, str], tuple[int, int]] = {}
+    for m in inside:
+        for rule in m.fired:
+            hits_before, fen = expected.get(rule, (0, 0))
+            expected[rule] = (hits_before + 1, fen + m.amount_fen)
+    assert {(r["rule_id"], r["action"], r["mode"]): (r["hits"], r["amount_fen"]) for r in report["rules"]} == expected
+    declined = [m for m in inside if ("cap", "decline", "enforce") in m.fired]
+    assert {r["merchant_id"]: r["declines"] for r in report["merchants"]} == Counter(m.merchant for m in declined)
+    assert {r["terminal_id"]: r["declines"] for r in report["terminals"]} == Counter(m.terminal for m in declined)
+    assert {r["code_fingerprint"]: r["declines"] for r in report["codes"]} == Counter(m.code for m in declined)
+    approved = [m for m in inside if m.state == "APPROVED"]
+    sums = {
+        merchant: (sum(m.amount_fen for m in approved if m.merchant == merchant and m.txn_type == "purchase"),
+                   sum(m.amount_fen for m in approved if m.merchant == merchant and m.txn_type == "refund"))
+        for merchant in {m.merchant for m in approved}
+    }  # fmt: skip
+    assert {r["merchant_id"]: (r["sales_fen"], r["refunds_fen"]) for r in report["refund_ratios"]} == sums
+    written = write_csv(report, tmp_path, day)
+    assert sorted(p.name for p in written) == sorted(f"risk-{day}-{name}.csv" for name in report)
+    assert (tmp_path / f"risk-{day}-rules.csv").read_text().splitlines()[0] == "rule_id,action,mode,hits,amount_fen"
+
+
+def test_the_report_command_prints_the_days_rules_and_writes_csv(risky, database_url, tmp_path):
+    """The command end to end, its CSV beside its print."""
+    assert pay(risky, new_purchase("wechat", amount=CAP_FEN + 1))["39"] == "61"  # cap, and watch in shadow
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    done = risk_cli(risky, database_url, "report", "--date", today.isoformat(), "--csv", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^  cap\s+decline\s+enforce\s+\d+ hits", done.stdout, re.M), done.stdout
+    assert re.search(r"^  watch\s+decline\s+shadow\s+\d+ hits", done.stdout, re.M), done.stdout
+    rules = (tmp_path / f"risk-{today}-rules.csv").read_text()
+    assert "cap,decline,enforce," in rules and "watch,decline,shadow," in rules
+
