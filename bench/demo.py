@@ -23,6 +23,7 @@ from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
 from bench.terminal import TerminalKeys
 from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, card_number, network, payment_code, purchase, quantile
+from risk.lists import change_list
 from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, host_port, load_config
@@ -174,6 +175,46 @@ async def operator_drill(host: str, port: int, admin: str, token: str, token_fil
     print(f"  disable inbank -> HTTP {off[0]}, purchase {off[1]};  enable inbank -> HTTP {on[0]}, purchase {on[1]}")
 
 
+async def risk_drill(host: str, port: int, app: SwitchApp) -> None:
+    """The demo's risk rules (bench/demo_config/risk/rules.toml) at work: a payment over the cap
+    declined, one over the shadow rule's threshold approved with the hit journaled, and a code
+    declined once it is black-listed (as ``paysw risk list add`` does)."""
+    assert app.journal is not None
+    pool = app.journal.pool
+    rng = random.Random()
+    stans = Stans(start=rng.randrange(1, 900_000))
+    terminal = TERMINALS[0]
+
+    async def pay(amount_fen: int, code: str) -> tuple[str, list[str]]:
+        answer = await client.request(purchase(terminal, MERCHANT, code, amount_fen, stans.next(terminal)))
+        rows = await pool.fetch("SELECT rule_id, mode FROM risk_decision WHERE rrn = $1 ORDER BY 1", answer["37"])
+        return answer["39"], [f"{r['rule_id']} ({r['mode']})" for r in rows]
+
+    client = await IsoClient.connect(host, port)
+    try:
+        capped = await pay(5_000_001, payment_code("alipay", "00", rng))
+        watched = await pay(2_500_000, payment_code("alipay", "00", rng))
+        code = payment_code("wechat", "00", rng)
+        before = await pay(100, code)
+        async with pool.acquire() as conn:
+            assert app.fingerprint is not None
+            fingerprint = app.fingerprint(code).hex()  # as paysw risk list --code-stdin keeps it
+            await change_list(conn, True, "black", "code", fingerprint, "demo: reported stolen", "demo")
+        for _ in range(50):  # the switch hears of it by NOTIFY, within a second
+            after = await pay(100, code)
+            if after[0] != "00":
+                break
+            await asyncio.sleep(0.1)
+        async with pool.acquire() as conn:
+            await change_list(conn, False, "black", "code", fingerprint, "demo: over", "demo")
+    finally:
+        await client.close()
+    print("risk rules (bench/demo_config/risk/rules.toml), decided before the channel and journaled:")
+    print(f"  a payment of 50,000.01 yuan: {capped[0]} (exceeds amount limit; never sent), rules {capped[1]}")
+    print(f"  a payment of 25,000.00 yuan: {watched[0]}, rules {watched[1]} (shadow: counted, not applied)")
+    print(f"  a code before and after it is black-listed: {before[0]}, then {after[0]}, rules {after[1]}")
+
+
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
         f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
@@ -250,6 +291,8 @@ async def _run(config: Config, url: str, token: str, token_file: Path, serve: bo
             await secured_terminal(host, port, config.security.sign_on_interval_s)
             print()
             await operator_drill(host, port, config.switch.admin_listen, token, token_file)
+            print()
+            await risk_drill(host, port, app)
             print()
             await _settle(app)
             await _journal_summary(app)

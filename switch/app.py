@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class SwitchApp:
         self._queues: asyncio.Task[None] | None = None
         self._recon: asyncio.Task[None] | None = None
         self.resolver: Resolver | None = None
+        self.fingerprint: Callable[[str], bytes] | None = None  # the keyed fingerprint of codes and cards
         self.shedder: LoadShedder | None = None
         self.ready = False
 
@@ -128,7 +130,7 @@ class SwitchApp:
             )
         self.metrics.watch_gateways(self.gateways)
         await all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)
-        fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
+        self.fingerprint = fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
             cfg.switch.max_in_flight,
             cfg.switch.shed_loop_lag_ms,

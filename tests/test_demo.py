@@ -49,5 +49,8 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "terminal M0000001: signed on" in result.stdout
     assert "card 62" in result.stdout and "with PIN: 00" in result.stdout
     assert "forged MAC: A0" in result.stdout
+    assert "50,000.01 yuan: 61 (exceeds amount limit; never sent)" in result.stdout
+    assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout
+    assert "black-listed: 00, then 62, rules ['blacklisted-code (enforce)']" in result.stdout
     journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
     assert journal and "APPROVED=" in journal[1]
