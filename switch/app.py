@@ -306,8 +306,18 @@ def until_signalled() -> asyncio.Future[None]:
 
 
 async def serve_until_signalled(app: SwitchApp) -> None:
+    """Serve until SIGINT or SIGTERM (then drain). SIGHUP re-reads the risk rules and lists, as
+    ``paysw risk reload`` does (a supervisor of workers takes SIGHUP itself: it replaces them)."""
     await app.start()
     stop_on_signal = until_signalled()  # after start: ray.init installs a SIGTERM handler that exits at once
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = asyncio.get_running_loop().create_task(app.risk.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop_on_signal
     finally:

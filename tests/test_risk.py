@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -345,6 +346,14 @@ def test_a_reload_takes_a_valid_file_and_leaves_the_running_rules_for_an_invalid
         assert risk_cli(risky, database_url, "reload").returncode == 0
         wait_for(lambda: reloads("ok") == ok + 1)
         assert pay(risky, new_purchase("wechat", amount=CAP_FEN // 2))["39"] == "61"
+
+        # SIGHUP does the same, as nginx's does.
+        risky.rules.write_text(original.replace(f"max_fen = {CAP_FEN}", f"max_fen = {CAP_FEN // 8}"))
+        ok = reloads("ok")
+        risky.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloads("ok") == ok + 1)
+        assert pay(risky, new_purchase("wechat", amount=CAP_FEN // 4))["39"] == "61"
+        assert risky.process.poll() is None
     finally:
         risky.rules.write_text(original)
         risk_cli(risky, database_url, "reload")
