@@ -31,10 +31,12 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
+
+import msgspec
 
 from actors.settings import LinkTls
-from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, RESULTS_DECODER, ChannelRequest, ChannelResult
+from protocols.messages import BATCH_ENCODER, REQUESTS_DECODER, RESULTS_DECODER
 
 log = logging.getLogger("paysw.link")
 
@@ -124,8 +126,14 @@ class LinkServer:
     """Listens for front ends and runs ``call`` for every request they send; over TLS when
     ``tls`` is given."""
 
-    def __init__(self, call: Callable[[ChannelRequest], Awaitable[ChannelResult]], tls: LinkTls | None = None) -> None:
+    def __init__(
+        self,
+        call: Callable[[Any], Awaitable[Any]],
+        tls: LinkTls | None = None,
+        requests: msgspec.msgpack.Decoder = REQUESTS_DECODER,
+    ) -> None:
         self._call = call
+        self._requests = requests  # what a batch holds (channel calls by default; risk.messages)
         self._token = secrets.token_bytes(32)
         self._tls = server_tls(tls) if tls is not None else None
         self._cert_sha256 = certificate_sha256(tls) if tls is not None else b""
@@ -138,7 +146,7 @@ class LinkServer:
             raise ValueError(f"a link listens on its node's own address, not on {host!r} (every interface)")
         if self._address is None:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _ActorSide(self._call, self._token),
+                lambda: _ActorSide(self._call, self._token, self._requests),
                 host,
                 0,
                 ssl=self._tls,
@@ -154,13 +162,14 @@ class LinkServer:
 
 
 class _ActorSide(asyncio.Protocol):
-    def __init__(self, call: Callable[[ChannelRequest], Awaitable[ChannelResult]], token: bytes) -> None:
+    def __init__(self, call: Callable[[Any], Awaitable[Any]], token: bytes, requests: msgspec.msgpack.Decoder) -> None:
         self._call = call
         self._token = token
+        self._requests = requests
         self._reader = FrameReader(limit=len(token))  # a stranger cannot make us buffer much
         self._transport: asyncio.Transport | None = None
         self._trusted = False
-        self._done: list[ChannelResult] = []
+        self._done: list[Any] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -183,7 +192,7 @@ class _ActorSide(asyncio.Protocol):
                     self._trusted = True
                     self._reader.limit = MAX_FRAME
                     continue
-                for request in REQUESTS_DECODER.decode(payload):
+                for request in self._requests.decode(payload):
                     task = asyncio.ensure_future(self._run(request))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -191,7 +200,7 @@ class _ActorSide(asyncio.Protocol):
             log.warning("link closed: bad input", extra={"error": f"{type(exc).__name__}: {exc}"})
             self._transport.close()
 
-    async def _run(self, request: ChannelRequest) -> None:
+    async def _run(self, request: Any) -> None:
         result = await self._call(request)  # (not inlined: the list is swapped meanwhile)
         self._done.append(result)
         if not self._flush_scheduled:  # results of one loop turn leave as one frame
@@ -217,9 +226,15 @@ class ActorLink(asyncio.Protocol):
     """A front end's connection to one actor. ``on_results`` gets each frame of results;
     ``on_lost`` is called once when the connection ends, for whatever reason."""
 
-    def __init__(self, on_results: Callable[[list[ChannelResult]], None], on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_results: Callable[[list[Any]], None],
+        on_lost: Callable[[], None],
+        results: msgspec.msgpack.Decoder = RESULTS_DECODER,
+    ) -> None:
         self._on_results = on_results
         self._on_lost = on_lost
+        self._results = results  # what a batch of answers holds (channel results by default)
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
 
@@ -227,15 +242,16 @@ class ActorLink(asyncio.Protocol):
     async def connect(
         cls,
         address: LinkAddress,
-        on_results: Callable[[list[ChannelResult]], None],
+        on_results: Callable[[list[Any]], None],
         on_lost: Callable[[], None],
         tls: ssl.SSLContext | None = None,
+        results: msgspec.msgpack.Decoder = RESULTS_DECODER,
     ) -> ActorLink:
         """A link to the actor at ``address``; over TLS with ``tls`` (``client_tls``), to that
         actor's own certificate only (``WrongActor`` otherwise, before the token is sent)."""
         loop = asyncio.get_running_loop()
         transport, link = await loop.create_connection(
-            lambda: cls(on_results, on_lost), address.host, address.port, ssl=tls
+            lambda: cls(on_results, on_lost, results), address.host, address.port, ssl=tls
         )
         if tls is not None:
             peer = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -250,7 +266,7 @@ class ActorLink(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
-    def send(self, batch: list[ChannelRequest]) -> None:
+    def send(self, batch: list[Any]) -> None:
         assert self._transport is not None
         self._transport.write(frame(BATCH_ENCODER.encode(batch)))
 
@@ -264,9 +280,9 @@ class ActorLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for payload in self._reader.feed(data):
-                self._on_results(RESULTS_DECODER.decode(payload))
+                self._on_results(self._results.decode(payload))
         except Exception as exc:
-            log.error("link to channel actor broken: bad frame", extra={"error": type(exc).__name__})
+            log.error("link to actor broken: bad frame", extra={"error": type(exc).__name__})
             assert self._transport is not None
             self._transport.abort()
 

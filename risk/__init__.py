@@ -10,12 +10,27 @@ from pathlib import Path
 
 import asyncpg
 
-from risk.engine import NO_HITS, Decision, Engine, Facts
+from protocols import response_codes as rc
+from risk.actor import shard_of, subjects_of
+from risk.client import CounterShards, Unreachable, spread
+from risk.engine import NO_HITS, Decision, Engine, Facts, Hit
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
-from risk.rules import RiskSection, RulesError, RuleSet, load_rules
+from risk.messages import ADD, CHECK, REMOVE, Ask, Check
+from risk.rules import Cumulative, RiskSection, RulesError, RuleSet, Velocity, load_rules, window_s
+from switch.journal.store import Moved
 
 log = logging.getLogger("paysw.risk")
 RELOAD_SETTLE_S = 0.2  # notifications that come together are one reload
+# The counters could not answer in time and the rule set fails closed: declined, "try again later".
+UNREACHABLE = Hit("counters-unreachable", "decline", "enforce", rc.CHANNEL_UNAVAILABLE)
+_COUNTED_MOVES = frozenset({"APPROVED", "REVERSED", "VOIDED", "CANCELLED"})
+
+
+def _check(rule: Cumulative | Velocity) -> Check:
+    seconds = window_s(rule.window)
+    if isinstance(rule, Velocity):
+        return Check(rule.id, rule.per, seconds, across=rule.across, max_distinct=rule.max_distinct)
+    return Check(rule.id, rule.per, seconds, max_fen=rule.max_fen, max_count=rule.max_count)
 
 
 class Risk:
@@ -29,10 +44,13 @@ class Risk:
         base_dir: str,
         known: tuple[set[str], set[str], set[str]],
         on_reload: Callable[[str, int], None] = lambda result, rules: None,
+        on_unreachable: Callable[[str], None] = lambda policy: None,
     ) -> None:
         self._path = Path(base_dir) / section.rules if section.rules else None
         self._known = known  # the channels, merchants and terminals a scope may name
         self._on_reload = on_reload
+        self._on_unreachable = on_unreachable
+        self.counters: CounterShards | None = None  # the risk actors, once started
         self.engine = Engine(RuleSet())
         self.lists = Lists()
         self._listener: asyncpg.Connection | None = None
@@ -43,8 +61,49 @@ class Risk:
         if self._path is not None:
             self.engine = Engine(load_rules(self._path, *self._known))
 
-    def decide(self, facts: Facts) -> Decision:
-        return self.engine.decide(facts, self.lists) if len(self.engine) else NO_HITS
+    async def decide(self, facts: Facts) -> Decision:
+        """The rules that fire on the payment: those that read it alone, then (unless one of those
+        declines it already) the counted ones, judged by the risk actors that hold its subjects."""
+        engine = self.engine
+        if not len(engine):
+            return NO_HITS
+        decision = engine.decide(facts, self.lists)
+        counted = engine.counted(facts)
+        if not counted or decision.decline is not None or self.counters is None:
+            return decision
+        subjects = subjects_of(facts.code_fingerprint, facts.terminal, facts.merchant)
+        asks = {}
+        for shard, mine in spread(subjects, self.counters.shards, shard_of).items():
+            pers = {s.per for s in mine}
+            checks = [_check(rule) for rule in counted if rule.per in pers]
+            if checks:
+                asks[shard] = Ask(0, CHECK, list(mine), "", facts.amount_fen, facts.merchant, facts.terminal, checks)
+        try:
+            answers = await self.counters.ask(asks)
+        except Unreachable as exc:
+            self._on_unreachable(engine.rules.fail)
+            log.warning("risk counters unreachable", extra={"policy": engine.rules.fail, "error": str(exc)})
+            if engine.rules.fail == "closed":
+                return Decision((*decision.hits, UNREACHABLE))
+            return decision
+        by_id = {rule.id: rule for rule in counted}
+        fired = [(by_id[rule_id], code) for answer in answers for rule_id, code in answer.fired]
+        return Decision((*decision.hits, *(Hit(r.id, r.action, r.mode, r.code or code) for r, code in fired)))
+
+    def moved(self, moves: list[Moved]) -> None:
+        """The journal's moves (``Journal.on_moved``): a purchase approved counts from now on; one
+        reversed, voided or cancelled after it was counted no longer does."""
+        if self.counters is None:
+            return
+        for move in moves:
+            if move.txn_type != "purchase" or move.state not in _COUNTED_MOVES:
+                continue
+            op = ADD if move.state == "APPROVED" else REMOVE
+            subjects = subjects_of(move.pan_hash.hex(), move.terminal_id, move.merchant_id)
+            self.counters.tell({
+                shard: Ask(0, op, list(mine), move.rrn, move.amount_fen, move.merchant_id, move.terminal_id)
+                for shard, mine in spread(subjects, self.counters.shards, shard_of).items()
+            })  # fmt: skip
 
     async def start(self, pool: asyncpg.Pool, url: str) -> None:
         """Read the lists, then follow changes: ``paysw risk list`` and ``paysw risk reload``
@@ -82,6 +141,8 @@ class Risk:
         return True
 
     async def stop(self) -> None:
+        if self.counters is not None:
+            await self.counters.close()
         if self._pending is not None:
             self._pending.cancel()
         if self._listener is not None:

@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from risk.lists import Lists
-from risk.rules import AmountLimit, Listed, NewMerchant, Rule, RuleSet, TradingHours, code_of, is_open
+from risk.rules import (
+    COUNTED,
+    AmountLimit,
+    Cumulative,
+    Listed,
+    NewMerchant,
+    Rule,
+    RuleSet,
+    TradingHours,
+    Velocity,
+    code_of,
+    is_open,
+)
 
 
 class Facts(NamedTuple):
@@ -56,6 +68,7 @@ class Engine:
         self.rules = rules
         self._everywhere: list[Rule] = []
         self._by: dict[tuple[str, str], list[Rule]] = {}
+        self.has_counted = any(isinstance(rule, COUNTED) for rule in rules.rules)
         for rule in rules.rules:
             given = [(f, v) for f, v in _scope_fields(rule) if v]
             if not given:
@@ -67,12 +80,17 @@ class Engine:
         return len(self.rules.rules)
 
     def decide(self, facts: Facts, lists: Lists) -> Decision:
+        """The rules that read the payment alone (the counted ones are ``counted``'s)."""
         hits = [
             Hit(rule.id, rule.action, rule.mode, code_of(rule))
             for rule in self._in_scope(facts)
-            if _fires(rule, facts, lists)
+            if not isinstance(rule, COUNTED) and _fires(rule, facts, lists)
         ]
         return Decision(tuple(hits)) if hits else NO_HITS
+
+    def counted(self, facts: Facts) -> list[Cumulative | Velocity]:
+        """The counted rules in the payment's scope, for the risk actors to judge."""
+        return [rule for rule in self._in_scope(facts) if isinstance(rule, COUNTED)] if self.has_counted else []
 
     def _in_scope(self, facts: Facts) -> list[Rule]:
         rules = list(self._everywhere)

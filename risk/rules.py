@@ -32,6 +32,11 @@ RuleId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,40}$")]
 DeclineCode = Literal["05", "57", "59", "61", "62", "65"]
 Clock = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 Action = Literal["decline", "review", "alert"]
+Per = Literal["code", "terminal", "merchant"]
+# A sliding window: seconds, minutes or hours, at most a day (what the counters keep).
+Window = Annotated[str, Meta(pattern=r"^([1-9][0-9]*)(s|m|h|d)$")]
+MAX_WINDOW_S = 86_400
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 Mode = Literal["enforce", "shadow"]
 
 
@@ -92,10 +97,37 @@ class NewMerchant(_Rule, tag="new_merchant", kw_only=True):
     default_code = rc.EXCEEDS_AMOUNT_LIMIT
 
 
-Rule = AmountLimit | Listed | TradingHours | NewMerchant
+class Cumulative(_Rule, tag="cumulative", kw_only=True):
+    """The approved payments of one code or card, terminal or merchant (``per``) over the last
+    ``window``: this payment would take their amount past ``max_fen`` (answered ``61``) or their
+    count past ``max_count`` (``65``)."""
+
+    per: Per
+    window: Window
+    max_fen: Annotated[int, Meta(ge=0)] | None = None
+    max_count: Annotated[int, Meta(ge=0)] | None = None
+    default_code = rc.EXCEEDS_AMOUNT_LIMIT
+
+
+class Velocity(_Rule, tag="velocity", kw_only=True):
+    """One code or card used at more than ``max_distinct`` merchants (or terminals: ``across``)
+    within ``window``, this payment's included."""
+
+    per: Literal["code"] = "code"
+    across: Literal["merchant", "terminal"] = "merchant"
+    window: Window
+    max_distinct: Annotated[int, Meta(ge=1)]
+    default_code = rc.EXCEEDS_FREQUENCY_LIMIT
+
+
+Rule = AmountLimit | Listed | TradingHours | NewMerchant | Cumulative | Velocity
+COUNTED = (Cumulative, Velocity)  # rules that read the counters (risk.counters), not the payment alone
 
 
 class RuleSet(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # When the counters cannot answer in time: "open" lets the payment through as if no counted
+    # rule fired, "closed" declines it (91). Either way it is counted (paysw_risk_unreachable_total).
+    fail: Literal["open", "closed"] = "open"
     rule: list[Rule] = []
 
     @property
@@ -107,10 +139,21 @@ class RiskSection(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
     """``[risk]`` of the switch configuration."""
 
     rules: str = ""  # the rules file, relative to the configuration's folder; empty: no rules
+    shards: Annotated[int, Meta(ge=1, le=64)] = 1  # risk actors holding the counters, by subject hash
+    counters_timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 100  # then the rule set's fail policy
 
 
 def code_of(rule: Rule) -> str:
     return rule.code or rule.default_code
+
+
+def window_s(window: str) -> int:
+    return int(window[:-1]) * _UNIT_S[window[-1]]
+
+
+def code_for(rule: Cumulative, over_count: bool) -> str:
+    """A cumulative rule answers 65 when its count is what went over (unless it names its code)."""
+    return rule.code or (rc.EXCEEDS_FREQUENCY_LIMIT if over_count else rc.EXCEEDS_AMOUNT_LIMIT)
 
 
 def minutes(clock: str) -> int:
@@ -136,6 +179,10 @@ def load_rules(path: str | Path, channels: set[str], merchants: set[str], termin
                 problems.append(f"{where}.scope.{field}: {value!r} is not in the switch configuration")
         if isinstance(rule, TradingHours) and rule.opens == rule.closes:
             problems.append(f"{where}: opens and closes are the same time")
+        if isinstance(rule, COUNTED) and window_s(rule.window) > MAX_WINDOW_S:
+            problems.append(f"{where}.window: {rule.window} is longer than the counters keep (1d)")
+        if isinstance(rule, Cumulative) and rule.max_fen is None and rule.max_count is None:
+            problems.append(f"{where}: give max_fen, max_count or both")
     if problems:
         raise RulesError(f"{path}: " + "; ".join(problems))
     return rules

@@ -19,6 +19,8 @@ from actors.runtime import channel_actor, init_ray, node_on_loopback
 from actors.settings import LinkTls
 from hsm import open_hsm
 from risk import Risk
+from risk.actor import risk_actor
+from risk.client import CounterShards
 from risk.rules import RulesError
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
@@ -70,7 +72,13 @@ class SwitchApp:
         self._ray_address = ray_address or config.ray.address
         self.metrics = Metrics()
         known = ({*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals})
-        self.risk = Risk(config.risk, config.base_dir, known, self.metrics.risk_reloaded)
+        self.risk = Risk(
+            config.risk,
+            config.base_dir,
+            known,
+            self.metrics.risk_reloaded,
+            lambda policy: self.metrics.risk_unreachable.labels(policy).inc(),
+        )
         self.journal: Journal | None = None
         self.gateways: dict[str, ChannelGateway] = {}
         self._server: TerminalServer | None = None
@@ -130,6 +138,8 @@ class SwitchApp:
             )
         self.metrics.watch_gateways(self.gateways)
         await all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)
+        if cfg.risk.rules:
+            await self._start_counters(tls)
         self.fingerprint = fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
             cfg.switch.max_in_flight,
@@ -161,6 +171,21 @@ class SwitchApp:
                 "channels": list(self.gateways),
             },
         )
+
+    async def _start_counters(self, tls: LinkTls | None) -> None:
+        """The risk actors (``risk.actor``), each rebuilt from the journal before it answers, and
+        the journal's moves counted by them from now on."""
+        assert self.journal is not None
+        section = self.config.risk
+        actors = [risk_actor(i, section.shards, self._database_url, tls) for i in range(section.shards)]
+        counters = CounterShards(actors, section.counters_timeout_ms / 1000, client_tls(tls) if tls else None)
+        counters.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in counters.linked)), ACTORS_READY_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"the risk actors did not open their links within {ACTORS_READY_TIMEOUT_S} s") from None
+        self.risk.counters = counters
+        self.journal.on_moved = self.risk.moved
 
     def _hourly_reconciler(self) -> HourlyReconciler:
         cfg = self.config

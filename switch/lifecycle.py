@@ -440,7 +440,7 @@ class Processor:
         assert txn is not None
         merchant = self._merchants[txn.merchant_id]
         local = t.message["12"]
-        decision = self._risk.decide(
+        decision = await self._risk.decide(
             Facts(
                 txn.channel, txn.merchant_id, merchant.mcc, txn.terminal_id, txn.amount_fen, txn.pan_hash.hex(),
                 dt.time(int(local[:2]) % 24, int(local[2:4]) % 60), merchant.onboarded, txn.tx_date,

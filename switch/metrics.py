@@ -137,6 +137,13 @@ class Metrics:
             "paysw_risk_reloads", "Reloads of the risk rules and lists, by result (ok, invalid, failed)", ["result"],
             registry=r,
         )  # fmt: skip
+        self.risk_unreachable = Counter(
+            "paysw_risk_unreachable",
+            "Payments whose counted rules could not be judged in time (risk actors unreachable), by the "
+            "rule set's policy (open: let through, closed: declined 91); alert on any",
+            ["policy"],
+            registry=r,
+        )
         self.risk_rules = Gauge("paysw_risk_rules", "Risk rules in force (enforced and shadow)", registry=r)
         self.rejected = Counter(
             "paysw_rejected",

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import asyncpg
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.traffic import reversal
 from risk.engine import Engine, Facts
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
 from tests.conftest import run, switch_with
-from tests.support import connected, journal_row, new_purchase, sim_audit
+from tests.support import STANS, connected, journal_row, new_purchase, sim_audit
+from tests.test_workers import requests_by_worker
 
 CAP_FEN = 500_000  # the module's single-payment cap
 WATCH_FEN = 200_000  # its shadow rule's threshold
@@ -34,6 +37,24 @@ NEW_MERCHANT_CAP_FEN = 10_000
 NIGHT_TERMINAL = "T0000004"  # trading hours 08:00-22:00 apply to it alone
 
 RULES = f"""
+fail = "closed"
+
+[[rule]]
+id = "code-twice-an-hour"
+kind = "cumulative"
+per = "code"
+window = "1h"
+max_count = 2
+scope = {{ channel = "unionpay" }}
+
+[[rule]]
+id = "code-at-one-merchant"
+kind = "velocity"
+across = "merchant"
+window = "10m"
+max_distinct = 1
+scope = {{ channel = "alipay" }}
+
 [[rule]]
 id = "cap"
 kind = "amount"
@@ -491,3 +512,109 @@ def test_the_report_command_prints_the_days_rules_and_writes_csv(risky, database
     rules = (tmp_path / f"risk-{today}-rules.csv").read_text()
     assert "cap,decline,enforce," in rules and "watch,decline,shadow," in rules
 
+
+
+# -- counted rules: the risk actors -----------------------------------------------------------
+
+
+def same_code(channel: str, code: str, terminal: str = "T0000001", merchant: str = "898310048990001") -> dict:
+    return {**new_purchase(channel, terminal=terminal, merchant=merchant), "2": code}
+
+
+def test_a_cumulative_count_declines_the_third_payment_and_a_reversal_gives_one_back(risky, database_url, simulators):
+    first = new_purchase("unionpay")
+    code = first["2"]
+    assert pay(risky, first)["39"] == "00"
+    second = same_code("unionpay", code)
+    assert pay(risky, second)["39"] == "00"
+    third = same_code("unionpay", code)
+    answer = pay(risky, third)
+    assert_declined_and_never_sent(risky, database_url, simulators, third, answer, "65", "code-twice-an-hour",
+                                   "unionpay")  # fmt: skip
+    declined = new_purchase("unionpay", "51")  # refused by the channel: never counted
+    assert [pay(risky, same_code("unionpay", declined["2"]))["39"] for _ in range(3)] == ["51"] * 3
+
+    async def reverse() -> dict:
+        async with connected(risky) as client:
+            return await client.request(reversal(second, STANS.next(second["41"])))
+
+    assert run(reverse())["39"] == "00"
+    # The resolver cancels it at the channel; the journal's move to REVERSED gives the count back.
+    wait_for(lambda: pay(risky, same_code("unionpay", code))["39"] == "00", timeout=30)
+    assert pay(risky, same_code("unionpay", code))["39"] == "65"
+
+
+def test_velocity_declines_a_code_at_a_second_merchant(risky, database_url, simulators):
+    first = new_purchase("alipay")
+    assert pay(risky, first)["39"] == "00"
+    assert pay(risky, same_code("alipay", first["2"], terminal="T0000002"))["39"] == "00"  # the same merchant
+    elsewhere = same_code("alipay", first["2"], terminal="K0000001", merchant=NEW_MERCHANT)
+    answer = pay(risky, elsewhere)
+    assert_declined_and_never_sent(risky, database_url, simulators, elsewhere, answer, "65", "code-at-one-merchant",
+                                   "alipay")  # fmt: skip
+
+
+def risk_actor_process(switch) -> psutil.Process:
+    found = [p for p in psutil.Process(switch.process.pid).children(recursive=True)
+             if "RiskActor" in " ".join(p.cmdline())]  # fmt: skip
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_restarted_risk_actor_rebuilds_its_counts_from_the_journal_and_fails_as_configured(risky, database_url):
+    """Closed: while the counters are gone, payments under counted rules are declined 91; the
+    first one judged again is judged on the counts rebuilt from the journal. Open: let through."""
+    first = new_purchase("unionpay")
+    code = first["2"]
+    assert [pay(risky, p)["39"] for p in (first, same_code("unionpay", code))] == ["00", "00"]
+    unreachable = lambda policy: next(  # noqa: E731
+        (s.value for f in text_string_to_metric_families(risky.get("/metrics")[1]) for s in f.samples
+         if s.name == "paysw_risk_unreachable_total" and s.labels["policy"] == policy), 0.0)  # fmt: skip
+    closed = unreachable("closed")
+    old = risk_actor_process(risky)
+    old.kill()
+    answers = []
+    wait_for(lambda: answers.append(pay(risky, same_code("unionpay", code))["39"]) or answers[-1] != "91", timeout=60)
+    assert answers[-1] == "65", answers  # the two approvals, counted again from the journal
+    assert unreachable("closed") >= closed + answers.count("91")
+    assert risk_actor_process(risky).pid != old.pid
+
+    original = risky.rules.read_text()
+    try:
+        risky.rules.write_text(original.replace('fail = "closed"', 'fail = "open"'))
+        assert risk_cli(risky, database_url, "reload").returncode == 0
+        time.sleep(1.5)
+        opened = unreachable("open")
+        risk_actor_process(risky).kill()
+        let_through = []
+        wait_for(lambda: let_through.append(pay(risky, new_purchase("unionpay"))["39"]) or unreachable("open") > opened,
+                 timeout=30)  # fmt: skip
+        assert set(let_through) == {"00"}, let_through
+    finally:
+        risky.rules.write_text(original)
+        risk_cli(risky, database_url, "reload")
+    wait_for(lambda: pay(risky, same_code("unionpay", code))["39"] == "65", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def two_front_ends(risky, config_dir, database_url, simulators, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("risk2")
+    (folder / "rules.toml").write_text(RULES)
+    edits = [(r'rules = "[^"]*"', f'rules = "{folder}/rules.toml"')]
+    yield from switch_with(config_dir, database_url, folder, "risk2", edits, workers=2)
+
+
+def test_two_front_ends_count_against_the_same_risk_actors(two_front_ends):
+    code = new_purchase("unionpay")["2"]
+
+    async def on_many_connections() -> list[str]:
+        codes = []
+        for _ in range(16):  # a connection each: the kernel spreads them over the two workers
+            async with connected(two_front_ends) as client:
+                codes.append((await client.request(same_code("unionpay", code)))["39"])
+        return codes
+
+    codes = run(on_many_connections())
+    assert codes.count("00") == 2 and codes.count("65") == 14, codes
+    served = requests_by_worker(two_front_ends.get("/metrics")[1])
+    assert sorted(served) == ["0", "1"] and all(served.values()), served  # both workers judged some of them

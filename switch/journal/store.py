@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -32,6 +33,22 @@ from switch.journal.machine import (
 from switch.journal.schema import ensure_partitions, migrate
 
 RRN_BLOCK = 1000
+log = logging.getLogger("paysw.journal")
+
+
+class Moved(NamedTuple):
+    """A transaction the journal moved, as those who count payments need it (``risk``)."""
+
+    state: str
+    rrn: str
+    txn_type: str
+    pan_hash: bytes
+    terminal_id: str
+    merchant_id: str
+    amount_fen: int
+
+
+MovesObserver = Callable[[list[Moved]], None]
 
 
 class RiskHit(Protocol):
@@ -211,7 +228,8 @@ _MOVE_SQL = (
     + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
     + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: its partition alone is scanned
-    + f" AND {MOVE_SQL} IS NOT NULL RETURNING u.n, t.state"
+    + f" AND {MOVE_SQL} IS NOT NULL RETURNING u.n, t.state, "
+    + ", ".join(f"t.{c}" for c in Moved._fields if c != "state")
 )
 _FIND_SQL = (
     "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
@@ -297,6 +315,7 @@ class Journal:
         self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, inserters.get_max_size(), on_batch)
         self._updates = GroupCommit("outcome", self._flush_updates, max_batch, movers.get_max_size(), on_batch)
         self._decisions = GroupCommit("risk", self._flush_decisions, max_batch, 1, on_batch)
+        self.on_moved: MovesObserver | None = None  # told of every move this journal makes, once committed
         self._rrn_next = 0
         self._rrn_end = 0
         self._rrn_lock = asyncio.Lock()
@@ -520,13 +539,13 @@ class Journal:
         refund's amount counts as refunded and an accepted void voids the purchase. Returns the
         void's or refund's state, or None when it was final already (a lapsed lease: never
         release or void twice)."""
+        moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            moved = await record_in(conn, [report])
-            state = moved[0]
+            state = (await record_in(conn, [report]))[0]
             if state is None or state in OPEN:
                 return state
             if state is State.APPROVED and txn_type == VOID:
-                await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)])
+                await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)], moved)
             refunded = state is State.APPROVED and txn_type == REFUND
             await conn.execute(
                 "UPDATE txn SET reserved_fen = reserved_fen - $5, refunded_fen = refunded_fen + $6 "
@@ -535,6 +554,7 @@ class Journal:
                 taken_fen(txn_type, amount_fen, original.amount_fen),
                 amount_fen if refunded else 0,
             )
+        self._tell(moved)  # committed: the purchase voided
         return state
 
     async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
@@ -592,8 +612,18 @@ class Journal:
         return [None] * len(decisions)
 
     async def _flush_updates(self, reports: Sequence[Report]) -> list[State | None]:
+        moved: list[Moved] = []
         async with self._movers.acquire() as conn:
-            return await record_in(conn, reports)
+            states = await record_in(conn, reports, moved)
+        self._tell(moved)
+        return states
+
+    def _tell(self, moved: list[Moved]) -> None:
+        if moved and self.on_moved is not None:
+            try:
+                self.on_moved(moved)
+            except Exception:  # whoever counts moves is told on a best-effort basis
+                log.exception("a move observer failed")
 
 
 def taken_fen(txn_type: str, amount_fen: int, purchase_fen: int) -> int:
@@ -601,13 +631,18 @@ def taken_fen(txn_type: str, amount_fen: int, purchase_fen: int) -> int:
     return purchase_fen if txn_type == VOID else amount_fen
 
 
-async def record_in(conn: asyncpg.Connection, reports: Sequence[Report]) -> list[State | None]:
+async def record_in(
+    conn: asyncpg.Connection, reports: Sequence[Report], moved: list[Moved] | None = None
+) -> list[State | None]:
     """``Journal.record`` on a connection the caller holds (in its own transaction, say): the
-    state each report moved its transaction to, None where the machine had no move."""
+    state each report moved its transaction to, None where the machine had no move. Each move
+    is added to ``moved`` when given."""
     done: list[State | None] = [None] * len(reports)
     for positions, rows in await _in_rounds(conn, reports, _MOVE_SQL):
-        for n, state in rows:
+        for n, state, *facts in rows:
             done[positions[n - 1]] = State(state)
+            if moved is not None:
+                moved.append(Moved(state, *facts))
     return done
 
 

@@ -1,0 +1,115 @@
+"""The risk actor: one shard of the counters (``risk.counters``), partitioned by the hash of each
+subject, so every front end on the Ray cluster reads and adds to the same counts. Asked over its
+link (``actors.link``) in batches, as the channel actors are.
+
+A shard that starts (or that Ray restarts) first rebuilds its payments of the last day from the
+journal, and only then opens its link: a front end never reads half a count."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+
+import asyncpg
+import ray
+from ray.actor import ActorHandle
+
+from actors.link import LinkAddress, LinkServer
+from actors.settings import LinkTls
+from risk import messages
+from risk.counters import Book, Counters, Entry, Subject
+from risk.messages import Answer, Ask
+from risk.rules import MAX_WINDOW_S
+
+log = logging.getLogger("paysw.risk")
+EXPIRE_EVERY_S = 60.0
+
+# The journal's approved purchases of the last day, with their subjects, oldest first. A row's time
+# is when it last moved (its approval, for almost all of them).
+_REBUILD_SQL = f"""
+SELECT rrn, extract(epoch FROM updated_at)::float8 AS at, amount_fen, merchant_id, terminal_id,
+       encode(pan_hash, 'hex') AS code
+FROM txn
+WHERE txn_type = 'purchase' AND state = 'APPROVED'
+  AND tx_date >= (now() - interval '{MAX_WINDOW_S} seconds')::date - 1
+  AND updated_at > now() - interval '{MAX_WINDOW_S} seconds'
+ORDER BY updated_at
+"""
+
+
+def shard_of(subject: Subject, shards: int) -> int:
+    """The shard that counts ``subject`` (stable across processes and restarts)."""
+    digest = hashlib.blake2b(f"{subject.per}:{subject.value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def subjects_of(code: str, terminal: str, merchant: str) -> tuple[Subject, ...]:
+    return (Subject("code", code), Subject("terminal", terminal), Subject("merchant", merchant))
+
+
+async def rebuild(url: str, shard: int, shards: int) -> Counters:
+    """The shard's counters from the journal: its subjects' approved payments of the last day."""
+    counters = Counters()
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            async for row in conn.cursor(_REBUILD_SQL, prefetch=10_000):
+                mine = tuple(
+                    s for s in subjects_of(row["code"], row["terminal_id"], row["merchant_id"])
+                    if shard_of(s, shards) == shard
+                )  # fmt: skip
+                if mine:
+                    entry = Entry(row["rrn"], row["at"], row["amount_fen"], row["merchant_id"], row["terminal_id"])
+                    counters.add(mine, entry)
+    finally:
+        await conn.close()
+    return counters
+
+
+@ray.remote(num_cpus=0, max_task_retries=0, max_concurrency=100)
+class RiskActor:
+    def __init__(self, shard: int, shards: int, database_url: str, link_tls: LinkTls | None = None) -> None:
+        logging.basicConfig(level=logging.WARNING, force=True)
+        self._shard, self._shards, self._url = shard, shards, database_url
+        self._book: Book | None = None
+        self._link = LinkServer(self._ask, link_tls, messages.ASKS)  # (by module: Ray pickles this class)
+        self._rebuilt_s = 0.0
+        self._ready = asyncio.Lock()
+
+    async def _ask(self, ask: Ask) -> Answer:
+        assert self._book is not None
+        return self._book.answer(ask)
+
+    async def open_link(self) -> LinkAddress:
+        """Where a front end connects; the counters are rebuilt from the journal first."""
+        async with self._ready:
+            if self._book is None:
+                started = time.monotonic()
+                self._book = Book(await rebuild(self._url, self._shard, self._shards))
+                self._rebuilt_s = time.monotonic() - started
+                log.warning(
+                    "risk counters rebuilt from the journal",
+                    extra={"shard": self._shard, "payments": len(self._book.counters), "seconds": self._rebuilt_s},
+                )
+                asyncio.get_running_loop().create_task(self._expire())
+        return await self._link.open(ray.util.get_node_ip_address())
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            assert self._book is not None
+            self._book.counters.expire()
+
+    async def stats(self) -> dict[str, float | int]:
+        counted = len(self._book.counters) if self._book is not None else 0
+        return {"shard": self._shard, "payments": counted, "rebuilt_s": self._rebuilt_s, "pid": os.getpid()}
+
+
+def risk_actor(shard: int, shards: int, database_url: str, link_tls: LinkTls | None) -> ActorHandle:
+    """Shard ``shard``'s risk actor: named, detached and restarted by Ray, like the channel actors."""
+    return RiskActor.options(
+        name=f"risk:{shard}", get_if_exists=True, max_restarts=-1, lifetime="detached"
+    ).remote(shard, shards, database_url, link_tls)

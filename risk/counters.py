@@ -1,0 +1,188 @@
+"""Counters over sliding windows: the approved payments of each subject (a code or card by its
+fingerprint, a terminal, a merchant) over the last day, and what the counted rules ask of them.
+
+A payment counts from when it is approved (the journal's move to APPROVED) until it is reversed
+or voided, at the time it was approved. Each window length a rule asks about keeps, per subject, a
+running total over that window, trimmed as time passes, so a check costs the same whether a
+subject had ten payments or a hundred thousand."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from protocols import response_codes as rc
+from risk.messages import ADD, REMOVE, Answer, Ask, Check
+from risk.rules import MAX_WINDOW_S
+
+
+class Subject(NamedTuple):
+    per: str  # code, terminal or merchant
+    value: str
+
+
+@dataclass(slots=True)
+class Entry:
+    rrn: str
+    at: float  # epoch seconds it was approved
+    amount_fen: int
+    merchant: str
+    terminal: str
+    removed: bool = False  # reversed or voided: no longer counted
+
+
+@dataclass(slots=True)
+class _Window:
+    """One subject's payments within one window length, with their running totals."""
+
+    seconds: int
+    entries: deque[Entry] = field(default_factory=deque)
+    count: int = 0
+    fen: int = 0
+    merchants: Counter[str] = field(default_factory=Counter)
+    terminals: Counter[str] = field(default_factory=Counter)
+
+    def take(self, entry: Entry, sign: int) -> None:
+        self.count += sign
+        self.fen += sign * entry.amount_fen
+        for across, name in ((self.merchants, entry.merchant), (self.terminals, entry.terminal)):
+            across[name] += sign
+            if not across[name]:
+                del across[name]
+
+    def trim(self, now: float) -> None:
+        since = now - self.seconds
+        while self.entries and self.entries[0].at <= since:
+            entry = self.entries.popleft()
+            if not entry.removed:
+                self.take(entry, -1)
+
+
+class Totals(NamedTuple):
+    count: int
+    fen: int
+    merchants: frozenset[str]
+    terminals: frozenset[str]
+
+
+class Counters:
+    """Every subject's approved payments of the last day (``MAX_WINDOW_S``), and per window length
+    asked about, their running totals."""
+
+    def __init__(self, clock=time.time) -> None:
+        self._clock = clock
+        self._day: dict[Subject, deque[Entry]] = {}
+        self._windows: dict[tuple[Subject, int], _Window] = {}
+        self._lengths: dict[Subject, set[int]] = {}  # the window lengths kept for a subject
+        self._by_rrn: dict[str, tuple[Entry, tuple[Subject, ...]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_rrn)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def add(self, subjects: tuple[Subject, ...], entry: Entry) -> bool:
+        """Count an approved payment under each of its subjects; False if it is counted already
+        (approvals are told once per front end that saw them, and again at a rebuild)."""
+        if entry.rrn in self._by_rrn:
+            return False
+        self._by_rrn[entry.rrn] = (entry, subjects)
+        for subject in subjects:
+            self._day.setdefault(subject, deque()).append(entry)
+            for seconds in self._lengths.get(subject, ()):
+                window = self._windows[(subject, seconds)]
+                window.entries.append(entry)
+                window.take(entry, +1)
+        return True
+
+    def remove(self, rrn: str) -> bool:
+        """No longer count a payment (reversed, voided); False if it was not counted."""
+        found = self._by_rrn.pop(rrn, None)
+        if found is None:
+            return False
+        entry, subjects = found
+        entry.removed = True
+        for subject in subjects:
+            for seconds in self._lengths.get(subject, ()):
+                window = self._windows[(subject, seconds)]
+                if window.entries and window.entries[0].at <= entry.at:  # still inside it
+                    window.take(entry, -1)
+        return True
+
+    def totals(self, subject: Subject, seconds: int) -> Totals:
+        """What ``subject`` was approved for over the last ``seconds``."""
+        now = self._clock()
+        window = self._windows.get((subject, seconds))
+        if window is None:  # the first question about this length: built from the day's payments
+            window = self._windows[(subject, seconds)] = _Window(seconds)
+            self._lengths.setdefault(subject, set()).add(seconds)
+            for entry in self._day.get(subject, ()):
+                if entry.at > now - seconds:
+                    window.entries.append(entry)
+                    if not entry.removed:
+                        window.take(entry, +1)
+        window.trim(now)
+        return Totals(window.count, window.fen, frozenset(window.merchants), frozenset(window.terminals))
+
+    def expire(self) -> int:
+        """Forget payments older than a day (and windows left empty); how many went."""
+        since = self._clock() - MAX_WINDOW_S
+        gone = 0
+        for subject in list(self._day):
+            day = self._day[subject]
+            while day and day[0].at <= since:
+                entry = day.popleft()
+                if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
+                    del self._by_rrn[entry.rrn]
+                    gone += 1
+            if not day:
+                del self._day[subject]
+        for key, window in list(self._windows.items()):
+            window.trim(since + MAX_WINDOW_S)
+            if not window.entries:
+                del self._windows[key]
+                lengths = self._lengths[key[0]]
+                lengths.discard(key[1])
+                if not lengths:
+                    del self._lengths[key[0]]
+        return gone
+
+
+def judge(check: Check, totals: Totals, amount_fen: int, merchant: str, terminal: str) -> str | None:
+    """The code a counted rule's decline answers if this payment, added to ``totals``, breaks it;
+    None if it does not."""
+    if check.across:  # velocity: this payment's merchant (or terminal) counts among them
+        seen = totals.merchants | {merchant} if check.across == "merchant" else totals.terminals | {terminal}
+        return rc.EXCEEDS_FREQUENCY_LIMIT if len(seen) > check.max_distinct else None
+    if check.max_fen is not None and totals.fen + amount_fen > check.max_fen:
+        return rc.EXCEEDS_AMOUNT_LIMIT
+    if check.max_count is not None and totals.count + 1 > check.max_count:
+        return rc.EXCEEDS_FREQUENCY_LIMIT
+    return None
+
+
+class Book:
+    """The counters as an actor keeps them, answering the front ends' asks (``risk.messages``)."""
+
+    def __init__(self, counters: Counters | None = None) -> None:
+        self.counters = counters if counters is not None else Counters()  # (an empty one is falsy)
+
+    def answer(self, ask: Ask) -> Answer:
+        subjects = tuple(Subject(*s) for s in ask.subjects)
+        if ask.op == ADD:
+            self.counters.add(subjects, Entry(ask.rrn, self.counters.now(), ask.amount_fen, ask.merchant, ask.terminal))
+            return Answer(ask.key)
+        if ask.op == REMOVE:
+            self.counters.remove(ask.rrn)
+            return Answer(ask.key)
+        by_per = {s.per: s for s in subjects}
+        fired = []
+        for check in ask.checks:
+            totals = self.counters.totals(by_per[check.per], check.seconds)
+            code = judge(check, totals, ask.amount_fen, ask.merchant, ask.terminal)
+            if code is not None:
+                fired.append((check.rule_id, code))
+        return Answer(ask.key, fired)

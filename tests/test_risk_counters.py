@@ -1,0 +1,84 @@
+"""The risk counters (``risk.counters``) against a model computed here by brute force: every check
+of a random sequence of approvals, reversals, checks and time passing gives what the model gives."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from risk.actor import shard_of, subjects_of
+from risk.counters import Book, Counters, Subject
+from risk.messages import ADD, CHECK, REMOVE, Ask, Check
+
+CODES = [f"{i:064x}" for i in range(4)]
+TERMINALS = ["T1", "T2", "T3"]
+MERCHANTS = ["M1", "M2"]
+CHECKS = [
+    Check("code-day-fen", "code", 86_400, max_fen=30_000),
+    Check("code-10m-count", "code", 600, max_count=3),
+    Check("terminal-1h", "terminal", 3_600, max_fen=50_000, max_count=6),
+    Check("merchant-90s-count", "merchant", 90, max_count=4),
+    Check("code-merchants", "code", 300, across="merchant", max_distinct=1),
+    Check("code-terminals", "code", 1_200, across="terminal", max_distinct=2),
+]
+
+
+def model(approved: list[dict], now: float, check: Check, subject: Subject, amount: int, merchant: str,
+          terminal: str) -> str | None:  # fmt: skip
+    inside = [p for p in approved if p[subject.per] == subject.value and p["at"] > now - check.seconds]
+    if check.across:
+        seen = {p[check.across] for p in inside} | {merchant if check.across == "merchant" else terminal}
+        return "65" if len(seen) > check.max_distinct else None
+    if check.max_fen is not None and sum(p["amount"] for p in inside) + amount > check.max_fen:
+        return "61"
+    if check.max_count is not None and len(inside) + 1 > check.max_count:
+        return "65"
+    return None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_check_agrees_with_the_brute_force_model(seed):
+    rng = random.Random(seed)
+    now = [1_000_000.0]
+    book = Book(Counters(clock=lambda: now[0]))
+    approved: list[dict] = []
+    checked = fired = 0
+    for n in range(1500):
+        now[0] += rng.choice([0, 0, 1, 5, 30, 120, 900])
+        code, terminal, merchant = rng.choice(CODES), rng.choice(TERMINALS), rng.choice(MERCHANTS)
+        subjects = [tuple(s) for s in subjects_of(code, terminal, merchant)]
+        amount = rng.randrange(1, 12_000)
+        roll = rng.random()
+        if roll < 0.45:
+            rrn = f"{n:012d}"
+            book.answer(Ask(n, ADD, subjects, rrn, amount, merchant, terminal))
+            approved.append({"rrn": rrn, "at": now[0], "amount": amount, "code": code, "terminal": terminal,
+                             "merchant": merchant})  # fmt: skip
+            if rng.random() < 0.05:  # a resend of the same approval counts once
+                book.answer(Ask(n, ADD, subjects, rrn, amount, merchant, terminal))
+        elif roll < 0.55 and approved:
+            gone = rng.choice(approved)
+            approved.remove(gone)
+            book.answer(Ask(n, REMOVE, [], gone["rrn"]))
+        elif roll < 0.57:
+            book.counters.expire()
+            approved = [p for p in approved if p["at"] > now[0] - 86_400]
+        else:
+            answer = book.answer(Ask(n, CHECK, subjects, "", amount, merchant, terminal, CHECKS))
+            expected = []
+            for check in CHECKS:
+                subject = next(Subject(*s) for s in subjects if s[0] == check.per)
+                code_of = model(approved, now[0], check, subject, amount, merchant, terminal)
+                if code_of is not None:
+                    expected.append((check.rule_id, code_of))
+            assert answer.fired == expected, (n, seed)
+            checked += 1
+            fired += bool(expected)
+    assert checked > 500 and 0 < fired < checked  # the sequence exercised both sides of the limits
+
+
+def test_subjects_spread_over_shards_the_same_way_in_every_process():
+    subjects = [Subject("code", c) for c in CODES] + [Subject("terminal", t) for t in TERMINALS]
+    assert [shard_of(s, 4) for s in subjects] == [shard_of(Subject(*tuple(s)), 4) for s in subjects]
+    assert len({shard_of(Subject("code", f"{i:064x}"), 4) for i in range(64)}) == 4
