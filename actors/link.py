@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import logging
 import secrets
 import ssl
@@ -123,12 +124,13 @@ def certificate_sha256(tls: LinkTls) -> bytes:
 
 
 class LinkServer:
-    """Listens for front ends and runs ``call`` for every request they send; over TLS when
-    ``tls`` is given."""
+    """Listens for front ends and runs ``call`` for every request they send (a coroutine function,
+    whose calls run side by side, or a plain one, answered at once); over TLS when ``tls`` is
+    given."""
 
     def __init__(
         self,
-        call: Callable[[Any], Awaitable[Any]],
+        call: Callable[[Any], Any],
         tls: LinkTls | None = None,
         requests: msgspec.msgpack.Decoder = REQUESTS_DECODER,
     ) -> None:
@@ -162,7 +164,7 @@ class LinkServer:
 
 
 class _ActorSide(asyncio.Protocol):
-    def __init__(self, call: Callable[[Any], Awaitable[Any]], token: bytes, requests: msgspec.msgpack.Decoder) -> None:
+    def __init__(self, call: Callable[[Any], Any], token: bytes, requests: msgspec.msgpack.Decoder) -> None:
         self._call = call
         self._token = token
         self._requests = requests
@@ -193,15 +195,21 @@ class _ActorSide(asyncio.Protocol):
                     self._reader.limit = MAX_FRAME
                     continue
                 for request in self._requests.decode(payload):
-                    task = asyncio.ensure_future(self._run(request))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    result = self._call(request)
+                    if inspect.isawaitable(result):  # a channel call: it runs alongside the others
+                        task = asyncio.ensure_future(self._run(result))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                    else:  # answered at once (the risk actors' counters)
+                        self._done_one(result)
         except Exception as exc:  # a peer that does not speak the protocol: drop it
             log.warning("link closed: bad input", extra={"error": f"{type(exc).__name__}: {exc}"})
             self._transport.close()
 
-    async def _run(self, request: Any) -> None:
-        result = await self._call(request)  # (not inlined: the list is swapped meanwhile)
+    async def _run(self, call: Awaitable[Any]) -> None:
+        self._done_one(await call)
+
+    def _done_one(self, result: Any) -> None:
         self._done.append(result)
         if not self._flush_scheduled:  # results of one loop turn leave as one frame
             self._flush_scheduled = True

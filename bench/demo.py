@@ -207,12 +207,16 @@ async def risk_drill(host: str, port: int, app: SwitchApp) -> None:
             await asyncio.sleep(0.1)
         async with pool.acquire() as conn:
             await change_list(conn, False, "black", "code", fingerprint, "demo: over", "demo")
+        drained = payment_code("unionpay", "00", rng)
+        burst = [await pay(100, drained) for _ in range(6)]
     finally:
         await client.close()
     print("risk rules (bench/demo_config/risk/rules.toml), decided before the channel and journaled:")
     print(f"  a payment of 50,000.01 yuan: {capped[0]} (exceeds amount limit; never sent), rules {capped[1]}")
     print(f"  a payment of 25,000.00 yuan: {watched[0]}, rules {watched[1]} (shadow: counted, not applied)")
     print(f"  a code before and after it is black-listed: {before[0]}, then {after[0]}, rules {after[1]}")
+    print(f"  one code paying six times running: {' '.join(code for code, _ in burst)}, rules {burst[-1][1]}"
+          " (counted by the risk actors)")  # fmt: skip
 
 
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:

@@ -15,8 +15,8 @@ from risk.actor import shard_of, subjects_of
 from risk.client import CounterShards, Unreachable, spread
 from risk.engine import NO_HITS, Decision, Engine, Facts, Hit
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
-from risk.messages import ADD, CHECK, REMOVE, Ask, Check
-from risk.rules import Cumulative, RiskSection, RulesError, RuleSet, Velocity, load_rules, window_s
+from risk.messages import ADD, CHECK, REMOVE, Ask
+from risk.rules import RiskSection, RulesError, RuleSet, load_rules
 from switch.journal.store import Moved
 
 log = logging.getLogger("paysw.risk")
@@ -24,13 +24,6 @@ RELOAD_SETTLE_S = 0.2  # notifications that come together are one reload
 # The counters could not answer in time and the rule set fails closed: declined, "try again later".
 UNREACHABLE = Hit("counters-unreachable", "decline", "enforce", rc.CHANNEL_UNAVAILABLE)
 _COUNTED_MOVES = frozenset({"APPROVED", "REVERSED", "VOIDED", "CANCELLED"})
-
-
-def _check(rule: Cumulative | Velocity) -> Check:
-    seconds = window_s(rule.window)
-    if isinstance(rule, Velocity):
-        return Check(rule.id, rule.per, seconds, across=rule.across, max_distinct=rule.max_distinct)
-    return Check(rule.id, rule.per, seconds, max_fen=rule.max_fen, max_count=rule.max_count)
 
 
 class Risk:
@@ -75,7 +68,7 @@ class Risk:
         asks = {}
         for shard, mine in spread(subjects, self.counters.shards, shard_of).items():
             pers = {s.per for s in mine}
-            checks = [_check(rule) for rule in counted if rule.per in pers]
+            checks = [engine.check(rule) for rule in counted if rule.per in pers]
             if checks:
                 asks[shard] = Ask(0, CHECK, list(mine), "", facts.amount_fen, facts.merchant, facts.terminal, checks)
         try:

@@ -79,7 +79,7 @@ class RiskActor:
         self._rebuilt_s = 0.0
         self._ready = asyncio.Lock()
 
-    async def _ask(self, ask: Ask) -> Answer:
+    def _ask(self, ask: Ask) -> Answer:
         assert self._book is not None
         return self._book.answer(ask)
 

@@ -60,13 +60,6 @@ class _Window:
                 self.take(entry, -1)
 
 
-class Totals(NamedTuple):
-    count: int
-    fen: int
-    merchants: frozenset[str]
-    terminals: frozenset[str]
-
-
 class Counters:
     """Every subject's approved payments of the last day (``MAX_WINDOW_S``), and per window length
     asked about, their running totals."""
@@ -112,8 +105,9 @@ class Counters:
                     window.take(entry, -1)
         return True
 
-    def totals(self, subject: Subject, seconds: int) -> Totals:
-        """What ``subject`` was approved for over the last ``seconds``."""
+    def totals(self, subject: Subject, seconds: int) -> _Window:
+        """What ``subject`` was approved for over the last ``seconds`` (its running totals: read,
+        never change them)."""
         now = self._clock()
         window = self._windows.get((subject, seconds))
         if window is None:  # the first question about this length: built from the day's payments
@@ -125,7 +119,7 @@ class Counters:
                     if not entry.removed:
                         window.take(entry, +1)
         window.trim(now)
-        return Totals(window.count, window.fen, frozenset(window.merchants), frozenset(window.terminals))
+        return window
 
     def expire(self) -> int:
         """Forget payments older than a day (and windows left empty); how many went."""
@@ -151,12 +145,12 @@ class Counters:
         return gone
 
 
-def judge(check: Check, totals: Totals, amount_fen: int, merchant: str, terminal: str) -> str | None:
+def judge(check: Check, totals: _Window, amount_fen: int, merchant: str, terminal: str) -> str | None:
     """The code a counted rule's decline answers if this payment, added to ``totals``, breaks it;
     None if it does not."""
     if check.across:  # velocity: this payment's merchant (or terminal) counts among them
-        seen = totals.merchants | {merchant} if check.across == "merchant" else totals.terminals | {terminal}
-        return rc.EXCEEDS_FREQUENCY_LIMIT if len(seen) > check.max_distinct else None
+        seen, mine = (totals.merchants, merchant) if check.across == "merchant" else (totals.terminals, terminal)
+        return rc.EXCEEDS_FREQUENCY_LIMIT if len(seen) + (mine not in seen) > check.max_distinct else None
     if check.max_fen is not None and totals.fen + amount_fen > check.max_fen:
         return rc.EXCEEDS_AMOUNT_LIMIT
     if check.max_count is not None and totals.count + 1 > check.max_count:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from risk.lists import Lists
+from risk.messages import Check
 from risk.rules import (
     COUNTED,
     AmountLimit,
@@ -24,6 +25,7 @@ from risk.rules import (
     Velocity,
     code_of,
     is_open,
+    window_s,
 )
 
 
@@ -59,6 +61,7 @@ class Decision:
 
 
 NO_HITS = Decision()
+SCOPES_KEPT = 100_000  # (channel, merchant, MCC, terminal) whose rules are remembered
 
 
 class Engine:
@@ -69,6 +72,8 @@ class Engine:
         self._everywhere: list[Rule] = []
         self._by: dict[tuple[str, str], list[Rule]] = {}
         self.has_counted = any(isinstance(rule, COUNTED) for rule in rules.rules)
+        self._checks = {rule.id: _check_of(rule) for rule in rules.rules if isinstance(rule, COUNTED)}
+        self._scopes: dict[tuple[str, str, str, str], list[Rule]] = {}  # the rules of each scope seen
         for rule in rules.rules:
             given = [(f, v) for f, v in _scope_fields(rule) if v]
             if not given:
@@ -92,7 +97,20 @@ class Engine:
         """The counted rules in the payment's scope, for the risk actors to judge."""
         return [rule for rule in self._in_scope(facts) if isinstance(rule, COUNTED)] if self.has_counted else []
 
+    def check(self, rule: Cumulative | Velocity) -> Check:
+        """A counted rule as the risk actors judge it (made once, when the rules are loaded)."""
+        return self._checks[rule.id]
+
     def _in_scope(self, facts: Facts) -> list[Rule]:
+        scope = (facts.channel, facts.merchant, facts.mcc, facts.terminal)
+        found = self._scopes.get(scope)
+        if found is None:
+            if len(self._scopes) > SCOPES_KEPT:
+                self._scopes.clear()
+            found = self._scopes[scope] = self._match(facts)
+        return found
+
+    def _match(self, facts: Facts) -> list[Rule]:
         rules = list(self._everywhere)
         for key in (("channel", facts.channel), ("merchant", facts.merchant), ("mcc", facts.mcc),
                     ("terminal", facts.terminal)):  # fmt: skip
@@ -100,6 +118,13 @@ class Engine:
                 if all(not v or v == getattr(facts, f) for f, v in _scope_fields(rule)):
                     rules.append(rule)
         return rules
+
+
+def _check_of(rule: Cumulative | Velocity) -> Check:
+    seconds = window_s(rule.window)
+    if isinstance(rule, Velocity):
+        return Check(rule.id, rule.per, seconds, across=rule.across, max_distinct=rule.max_distinct)
+    return Check(rule.id, rule.per, seconds, max_fen=rule.max_fen, max_count=rule.max_count)
 
 
 def _scope_fields(rule: Rule) -> tuple[tuple[str, str], ...]:

@@ -52,5 +52,6 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "50,000.01 yuan: 61 (exceeds amount limit; never sent)" in result.stdout
     assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout
     assert "black-listed: 00, then 62, rules ['blacklisted-code (enforce)']" in result.stdout
+    assert "six times running: 00 00 00 00 00 65, rules ['code-burst (enforce)']" in result.stdout
     journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
     assert journal and "APPROVED=" in journal[1]

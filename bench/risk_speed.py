@@ -1,0 +1,331 @@
+"""``paysw bench risk``: what risk control costs, with 20 rules (8 that read the payment alone, 12
+counted), in one run:
+
+- **decisions**: one process deciding payments against counters already holding a busy day
+  (the work of one risk actor shard, without its link): decisions a second;
+- **actor**: the same through a real risk actor on a local Ray, over its link, many asks under
+  way: decisions a second, and the actor's CPU per decision;
+- **rebuild**: a shard's start, reading a day's approved purchases back from the journal
+  (``--rows`` of them; 10 million scale linearly from it);
+- **stack**: the demo stack under closed-loop load, its front end timing each step: the risk
+  step's own time (the latency it adds), and approved/s against the same stack without rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import psutil
+import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.provenance import provenance
+from bench.stack import Stack, demo_config_in
+from bench.throughput import closed_loop
+from bench.traffic import Stans
+from risk.actor import rebuild, subjects_of
+from risk.counters import Book, Counters, Entry
+from risk.engine import Engine, Facts
+from risk.lists import Lists
+from risk.messages import ADD, CHECK, Ask
+from risk.rules import RuleSet
+
+MERCHANT, TERMINALS = "898310048990001", ("T0000001", "T0000002", "T0000003", "T0000004")
+# Twenty rules, none of which the bench's traffic breaks (their limits are far off): every one is
+# evaluated on every payment, which is what costs.
+RULES = """
+[[rule]]
+id = "cap"
+kind = "amount"
+max_fen = 100_000_000
+[[rule]]
+id = "cap-coffee"
+kind = "amount"
+max_fen = 90_000_000
+scope = { mcc = "5814" }
+[[rule]]
+id = "cap-alipay"
+kind = "amount"
+max_fen = 80_000_000
+scope = { channel = "alipay" }
+[[rule]]
+id = "black-code"
+kind = "list"
+of = "code"
+[[rule]]
+id = "black-terminal"
+kind = "list"
+of = "terminal"
+[[rule]]
+id = "black-merchant"
+kind = "list"
+of = "merchant"
+[[rule]]
+id = "grey-code"
+kind = "list"
+of = "code"
+colour = "grey"
+action = "review"
+[[rule]]
+id = "hours"
+kind = "hours"
+opens = "00:00"
+closes = "23:59"
+mode = "shadow"
+""" + "".join(
+    f'[[rule]]\nid = "{rule_id}"\nkind = "cumulative"\nper = "{per}"\nwindow = "{window}"\n{limit}\n'
+    for rule_id, per, window, limit in (
+        ("code-10m", "code", "10m", "max_count = 1_000_000"),
+        ("code-1h", "code", "1h", "max_fen = 1_000_000_000"),
+        ("code-1d", "code", "1d", "max_fen = 1_000_000_000\nmax_count = 1_000_000"),
+        ("terminal-10m", "terminal", "10m", "max_count = 100_000_000"),
+        ("terminal-1h", "terminal", "1h", "max_fen = 100_000_000_000"),
+        ("terminal-1d", "terminal", "1d", "max_fen = 100_000_000_000"),
+        ("merchant-1h", "merchant", "1h", "max_count = 100_000_000"),
+        ("merchant-1d", "merchant", "1d", "max_fen = 1_000_000_000_000"),
+        ("merchant-10m", "merchant", "10m", "max_count = 100_000_000"),
+        ("code-1d-count", "code", "1d", "max_count = 1_000_000"),
+    )
+) + "".join(
+    f'[[rule]]\nid = "velocity-{across}"\nkind = "velocity"\nacross = "{across}"\nwindow = "10m"\n'
+    f"max_distinct = 1000\n"
+    for across in ("merchant", "terminal")
+)
+
+
+def engine() -> Engine:
+    rules = msgspec.toml.decode(RULES.encode(), type=RuleSet)
+    assert len(rules.rules) == 20, len(rules.rules)
+    return Engine(rules)
+
+
+def busy_day(counters: Counters, payments: int, rng: random.Random) -> list[str]:
+    """``payments`` approvals over the last day on 10,000 codes; the codes."""
+    codes = [f"{rng.getrandbits(256):064x}" for _ in range(10_000)]
+    now = time.time()
+    for n in range(payments):
+        code, terminal = rng.choice(codes), rng.choice(TERMINALS)
+        at = now - 86_000 * (payments - n) / payments
+        counters.add(subjects_of(code, terminal, MERCHANT), Entry(f"r{n}", at, rng.randrange(100, 10_000), MERCHANT,
+                                                                   terminal))  # fmt: skip
+    return codes
+
+
+def facts(code: str, terminal: str, amount: int) -> Facts:
+    return Facts("alipay", MERCHANT, "5814", terminal, amount, code, dt.time(12, 0), None, dt.date.today())
+
+
+def decisions(seconds: float, payments: int) -> dict:
+    """One shard's work in this process: the rules that read the payment alone, then every counted
+    rule judged against the counters (all subjects on the one shard)."""
+    rng = random.Random(1)
+    rules, lists, counters = engine(), Lists([("black", "code", "0" * 64)]), Counters()
+    codes = busy_day(counters, payments, rng)
+    book = Book(counters)
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        for _ in range(1000):
+            f = facts(rng.choice(codes), rng.choice(TERMINALS), rng.randrange(100, 10_000))
+            decision = rules.decide(f, lists)
+            checks = [rules.check(rule) for rule in rules.counted(f)]
+            subjects = [tuple(s) for s in subjects_of(f.code_fingerprint, f.terminal, f.merchant)]
+            answer = book.answer(Ask(done, CHECK, subjects, "", f.amount_fen, f.merchant, f.terminal, checks))
+            assert decision.decline is None and not answer.fired
+            done += 1
+    elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+    return {"decisions_per_s": round(done / elapsed), "cpu_us_per_decision": round(used / done * 1e6, 1),
+            "rules": len(rules), "counted_payments": len(counters)}  # fmt: skip
+
+
+async def _through_actor(url: str, seconds: float, outstanding: int, payments: int) -> dict:
+    import ray
+
+    from risk.actor import RiskActor
+    from risk.client import CounterShards
+
+    actor = RiskActor.options(name=f"bench-risk-{os.getpid()}").remote(0, 1, url, None)
+    shards = CounterShards([actor], timeout_s=5.0)
+    shards.start()
+    await asyncio.wait_for(shards.linked[0].wait(), 120)
+    pid = (await actor.stats.remote())["pid"]
+    rng = random.Random(2)
+    codes = [f"{rng.getrandbits(256):064x}" for _ in range(10_000)]
+    for n in range(payments):  # a busy day's approvals, told as the journal's moves are
+        code, terminal = rng.choice(codes), rng.choice(TERMINALS)
+        shards.tell({0: Ask(0, ADD, [tuple(s) for s in subjects_of(code, terminal, MERCHANT)], f"r{n}", 500, MERCHANT,
+                            terminal)})  # fmt: skip
+        if n % 1000 == 0:
+            await asyncio.sleep(0)
+    rules = engine()
+    checks = [rules.check(rule) for rule in rules.counted(facts(codes[0], TERMINALS[0], 1))]
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def asker() -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            code, terminal = rng.choice(codes), rng.choice(TERMINALS)
+            subjects = [tuple(s) for s in subjects_of(code, terminal, MERCHANT)]
+            await shards.ask({0: Ask(0, CHECK, subjects, "", 500, MERCHANT, terminal, checks)})
+            done += 1
+
+    actor_process = psutil.Process(pid)
+    cpu_before, started = sum(actor_process.cpu_times()[:2]), time.perf_counter()
+    await asyncio.gather(*(asker() for _ in range(outstanding)))
+    elapsed, cpu = time.perf_counter() - started, sum(actor_process.cpu_times()[:2]) - cpu_before
+    counted = (await actor.stats.remote())["payments"]
+    await shards.close()
+    ray.kill(actor)
+    return {"decisions_per_s": round(done / elapsed), "actor_cpu_us_per_decision": round(cpu / done * 1e6, 1),
+            "outstanding": outstanding, "counted_payments": counted}  # fmt: skip
+
+
+async def _write_day(url: str, rows: int) -> None:
+    """``rows`` approved purchases of the last day, straight into the journal."""
+    from switch.journal.schema import ensure_partitions, migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+        day = dt.datetime.now(dt.UTC).date()
+        await ensure_partitions(conn, day - dt.timedelta(days=2), day + dt.timedelta(days=1))
+        await conn.execute("ALTER TABLE txn DISABLE TRIGGER USER")  # a bench day, not a day of moves
+        await conn.execute(
+            """
+            INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, merchant_id,
+                amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, out_trade_no,
+                request_hash, state, received_at, updated_at)
+            SELECT (now() - (n * interval '1 second' * 80000 / $1))::date, 'T' || lpad((n % 400)::text, 7, '0'),
+                lpad((n % 1000000)::text, 6, '0'), lpad((n / 1000000)::text, 10, '0'), lpad(n::text, 12, '0'),
+                'purchase', '0200', '000000', '8983100489' || lpad((n % 2000)::text, 5, '0'), 100 + n % 9000, '156',
+                '120000', '0101', '031', '622202******1234', sha256(int8send(n % 1000000)), 'wechat',
+                'b' || n, '\\x00', 'APPROVED', now() - (n * interval '1 second' * 80000 / $1),
+                now() - (n * interval '1 second' * 80000 / $1)
+            FROM generate_series(1, $1) AS n
+            """,
+            rows,
+        )
+        await conn.execute("ALTER TABLE txn ENABLE TRIGGER USER")
+        await conn.execute("ANALYZE txn")
+    finally:
+        await conn.close()
+
+
+async def _rebuild(url: str, rows: int) -> dict:
+    await _write_day(url, rows)
+    started, cpu = time.perf_counter(), time.process_time()
+    counters = await rebuild(url, 0, 1)
+    elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+    return {"rows": rows, "counted": len(counters), "seconds": round(elapsed, 2), "cpu_s": round(used, 2),
+            "seconds_for_10_million_estimated": round(elapsed * 10_000_000 / rows)}  # fmt: skip
+
+
+def _step_quantiles(metrics: str, step: str) -> dict[str, float]:
+    """p50 and p99 of a step's time from the histogram (the bucket's upper edge, linear within)."""
+    buckets = []
+    for family in text_string_to_metric_families(metrics):
+        for s in family.samples:
+            labels = s.labels
+            if s.name == "paysw_step_seconds_bucket" and labels["step"] == step and labels["txn_type"] == "purchase":
+                buckets.append((float(labels["le"]), s.value))
+    buckets.sort()
+    total = buckets[-1][1]
+    out = {}
+    for q in (50, 99):
+        want, lower, below = total * q / 100, 0.0, 0.0
+        for edge, count in buckets:
+            if count >= want:
+                share = (want - below) / (count - below) if count > below else 1.0
+                out[f"p{q}_ms"] = round((lower + (edge - lower) * share) * 1000, 4)
+                break
+            lower, below = edge, count
+    out["count"] = total
+    return out
+
+
+def _stack_run(folder: Path, with_rules: bool, concurrency: int, seconds: float) -> dict:
+    rules = folder / "rules.toml"
+    rules.write_text(RULES)
+
+    def edit(text: str) -> str:
+        text = text.replace("[switch]\n", "[switch]\nstep_timing = true\n", 1)
+        return text.replace('rules = "', f'rules = "{rules}" # ', 1) if with_rules else text.replace(
+            'rules = "risk/rules.toml"', 'rules = ""')  # fmt: skip
+
+    data = folder / ("with" if with_rules else "without")
+    data.mkdir()
+    stack = Stack(data, demo_config_in(data, edit))
+    try:
+        stack.start()
+        stans = Stans(start=random.randrange(1, 500_000))
+        uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, 5, stans))
+        load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans))
+        with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+    finally:
+        stack.stop()
+    return {"load": load, "risk_step": _step_quantiles(metrics, "risk"), "write_ahead_step": _step_quantiles(
+        metrics, "write_ahead")}  # fmt: skip
+
+
+def main(seconds: float = 5.0, rows: int = 1_000_000, payments: int = 200_000, stack_seconds: float = 20.0,
+         concurrency: int = 128, out: Path | None = None) -> int:  # fmt: skip
+    import pgserver
+    import ray
+
+    result: dict = {**provenance(), "rules": 20}
+    print("decisions in one process (one shard's work, without its link) ...", flush=True)
+    result["decisions"] = decisions(seconds, payments)
+    print(f"  {result['decisions']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="paysw-risk-bench-") as folder:
+        server = pgserver.get_server(Path(folder) / "pg", cleanup_mode="stop")
+        url = server.get_uri()
+        asyncio.run(_migrate(url))
+        print("through a risk actor on a local Ray, over its link ...", flush=True)
+        ray.init(include_dashboard=False, logging_level="WARNING", num_cpus=2, namespace=f"bench-{os.getpid()}")
+        try:
+            result["actor"] = uvloop.run(_through_actor(url, seconds, 256, payments))
+        finally:
+            ray.shutdown()
+        print(f"  {result['actor']}", flush=True)
+        print(f"a shard's rebuild from the journal, {rows:,} approved purchases of the day ...", flush=True)
+        result["rebuild"] = asyncio.run(_rebuild(url, rows))
+        print(f"  {result['rebuild']}", flush=True)
+        server.cleanup()
+        if stack_seconds > 0:
+            for with_rules in (False, True):
+                name = "stack_with_rules" if with_rules else "stack_without_rules"
+                print(f"the demo stack {'with' if with_rules else 'without'} the 20 rules, {concurrency} under way ...",
+                      flush=True)  # fmt: skip
+                result[name] = _stack_run(Path(folder), with_rules, concurrency, stack_seconds)
+                print(f"  {result[name]['load']}\n  risk step: {result[name]['risk_step']}", flush=True)
+            with_rules, without = result["stack_with_rules"]["load"], result["stack_without_rules"]["load"]
+            result["approved_ratio"] = round(with_rules["approved_tps"] / without["approved_tps"], 3)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("stack_with_rules", "stack_without_rules")},
+                     indent=1))  # fmt: skip
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+async def _migrate(url: str) -> None:
+    from switch.journal.schema import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
