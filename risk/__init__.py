@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +15,7 @@ from risk.actor import shard_of, subjects_of
 from risk.client import CounterShards, Unreachable, spread
 from risk.engine import NO_HITS, Decision, Engine, Facts, Hit
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
-from risk.messages import ADD, CHECK, REMOVE, Ask
+from risk.messages import ADD, CHECK, REMOVE, Answer, Ask
 from risk.rules import RiskSection, RulesError, RuleSet, load_rules
 from switch.journal.store import Moved
 
@@ -24,6 +24,11 @@ RELOAD_SETTLE_S = 0.2  # notifications that come together are one reload
 # The counters could not answer in time and the rule set fails closed: declined, "try again later".
 UNREACHABLE = Hit("counters-unreachable", "decline", "enforce", rc.CHANNEL_UNAVAILABLE)
 _COUNTED_MOVES = frozenset({"APPROVED", "REVERSED", "VOIDED", "CANCELLED"})
+
+
+def _retrieved(task: asyncio.Future[Decision]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Risk:
@@ -54,16 +59,18 @@ class Risk:
         if self._path is not None:
             self.engine = Engine(load_rules(self._path, *self._known))
 
-    async def decide(self, facts: Facts) -> Decision:
-        """The rules that fire on the payment: those that read it alone, then (unless one of those
-        declines it already) the counted ones, judged by the risk actors that hold its subjects."""
+    def begin(self, facts: Facts) -> asyncio.Future[Decision]:
+        """The payment's decision, on its way: the rules that read it alone are decided now, and
+        (unless one of those declines it already) the risk actors holding its subjects are asked
+        now, so that their answer comes while the write-ahead commits."""
+        loop = asyncio.get_running_loop()
         engine = self.engine
-        if not len(engine):
-            return NO_HITS
-        decision = engine.decide(facts, self.lists)
+        decision = engine.decide(facts, self.lists) if len(engine) else NO_HITS
         counted = engine.counted(facts)
         if not counted or decision.decline is not None or self.counters is None:
-            return decision
+            done = loop.create_future()
+            done.set_result(decision)
+            return done
         subjects = subjects_of(facts.code_fingerprint, facts.terminal, facts.merchant)
         asks = {}
         for shard, mine in spread(subjects, self.counters.shards, shard_of).items():
@@ -71,8 +78,18 @@ class Risk:
             checks = [engine.check(rule) for rule in counted if rule.per in pers]
             if checks:
                 asks[shard] = Ask(0, CHECK, list(mine), "", facts.amount_fen, facts.merchant, facts.terminal, checks)
+        judged = loop.create_task(self._judged(engine, decision, counted, self.counters.ask(asks)))
+        judged.add_done_callback(_retrieved)  # a transaction that ended before its risk step leaves it
+        return judged
+
+    async def decide(self, facts: Facts) -> Decision:
+        return await self.begin(facts)
+
+    async def _judged(
+        self, engine: Engine, decision: Decision, counted: list, answered: Awaitable[list[Answer]]
+    ) -> Decision:
         try:
-            answers = await self.counters.ask(asks)
+            answers = await answered
         except Unreachable as exc:
             self._on_unreachable(engine.rules.fail)
             log.warning("risk counters unreachable", extra={"policy": engine.rules.fail, "error": str(exc)})

@@ -432,20 +432,28 @@ class Processor:
             return rc.SYSTEM_MALFUNCTION
         return None if inserted else await self._replay(t)
 
-    async def _step_risk(self, t: Context) -> str | None:
-        """The risk rules (``risk/``). The rules that fire are journaled before anything is sent
-        (a payment whose decision cannot be journaled is not sent either); an enforced decline
-        becomes the transaction's result, recorded DECLINED with the rule's code, never sent."""
+    def _step_risk_ask(self, t: Context) -> None:
+        """The risk decision begun (``risk.Risk.begin``): what the payment alone decides, and the
+        counters' question on its way while the write-ahead commits."""
         txn = t.txn
         assert txn is not None
         merchant = self._merchants[txn.merchant_id]
         local = t.message["12"]
-        decision = await self._risk.decide(
+        t.risk = self._risk.begin(
             Facts(
                 txn.channel, txn.merchant_id, merchant.mcc, txn.terminal_id, txn.amount_fen, txn.pan_hash.hex(),
                 dt.time(int(local[:2]) % 24, int(local[2:4]) % 60), merchant.onboarded, txn.tx_date,
             )
         )  # fmt: skip
+
+    async def _step_risk(self, t: Context) -> str | None:
+        """The risk rules (``risk/``), decided once the row is written. The rules that fire are
+        journaled before anything is sent (a payment whose decision cannot be journaled is not
+        sent either); an enforced decline becomes the transaction's result, recorded DECLINED with
+        the rule's code, never sent."""
+        txn = t.txn
+        assert txn is not None and t.risk is not None
+        decision = await t.risk
         if not decision.hits:
             return None
         for hit in decision.hits:

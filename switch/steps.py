@@ -34,8 +34,8 @@ _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "or
          "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "transmission_date",
-                       "rrn", "pin", "duplicate_check", "write_ahead", "risk", "admit", "send_and_poll", "record",
-                       "answer"),
+                       "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit", "send_and_poll",
+                       "record", "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: _UNDO,
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
@@ -73,6 +73,7 @@ class Context:
     reversed_key: TxnKey | None = None  # the purchase a reversal reverses
     txn: NewTxn | None = None  # the row written ahead
     claim: asyncio.Future[Reply] | None = None  # this arrival runs the transaction; retransmissions wait on it
+    risk: asyncio.Future[Any] | None = None  # the risk decision on its way (risk.Risk.begin)
     result: ChannelResult | None = None  # the channel's (or its limits')
     reply: Reply | None = None
     answer_fields: Message | None = None  # fields the answer carries beyond a reply's
