@@ -140,7 +140,7 @@ class RiskSection(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
 
     rules: str = ""  # the rules file, relative to the configuration's folder; empty: no rules
     shards: Annotated[int, Meta(ge=1, le=64)] = 1  # risk actors holding the counters, by subject hash
-    counters_timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 100  # then the rule set's fail policy
+    counters_timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 250  # then the rule set's fail policy
 
 
 def code_of(rule: Rule) -> str:

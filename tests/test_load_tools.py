@@ -137,3 +137,30 @@ def test_recon_benchmark_finds_every_injected_difference_in_a_short_run(database
     assert result["found"] == {"MATCHED": 20_120, **result["injected"]}, result
     assert result["every_difference_found"], result
     assert result["recon_s"] > 0 and result["baseline_s"] > 0
+
+
+def test_the_risk_benchmark_measures_decisions_and_a_rebuild_in_one_run(tmp_path):
+    """The short CI version of ``paysw bench risk`` (its stack part is the throughput test's)."""
+    out = tmp_path / "risk.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "bench", "risk", "--seconds", "0.3", "--rows", "3000", "--payments",
+         "3000", "--stack-seconds", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["rules"] == 20 and report["decisions"]["rules"] == 20
+    assert report["decisions"]["decisions_per_s"] > 0 and report["actor"]["decisions_per_s"] > 0
+    assert report["actor"]["counted_payments"] == 3000  # every approval told reached the actor
+    assert report["rebuild"]["counted"] == 3000  # the day's approvals, read back from the journal
+
+
+def test_a_steps_quantiles_are_read_from_its_histogram():
+    from bench.risk_speed import _step_quantiles
+
+    exposition = "".join(
+        f'paysw_step_seconds_bucket{{step="risk",txn_type="purchase",le="{le}"}} {count}\n'
+        for le, count in (("0.0001", 50), ("0.001", 98), ("0.01", 100), ("+Inf", 100))
+    )
+    exposition = "# TYPE paysw_step_seconds histogram\n" + exposition
+    assert _step_quantiles(exposition, "risk") == {"p50_ms": 0.1, "p99_ms": 5.5, "count": 100.0}

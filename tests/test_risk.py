@@ -56,6 +56,13 @@ max_distinct = 1
 scope = {{ channel = "alipay" }}
 
 [[rule]]
+id = "big-inbank"
+kind = "amount"
+max_fen = 300_000
+action = "alert"
+scope = {{ channel = "inbank" }}
+
+[[rule]]
 id = "cap"
 kind = "amount"
 max_fen = {CAP_FEN}
@@ -618,3 +625,11 @@ def test_two_front_ends_count_against_the_same_risk_actors(two_front_ends):
     assert codes.count("00") == 2 and codes.count("65") == 14, codes
     served = requests_by_worker(two_front_ends.get("/metrics")[1])
     assert sorted(served) == ["0", "1"] and all(served.values()), served  # both workers judged some of them
+
+
+def test_an_alert_rule_is_journaled_and_counted_and_the_payment_goes_through(risky, database_url):
+    answer = pay(risky, new_purchase("inbank", amount=300_001))
+    assert answer["39"] == "00"
+    assert run(decisions(database_url, answer["37"])) == [("big-inbank", "alert", "enforce", "61"),
+                                                          ("watch", "decline", "shadow", "61")]  # fmt: skip
+    assert hits(risky)[("big-inbank", "enforce")] >= 1
