@@ -21,6 +21,7 @@ from hsm import open_hsm
 from risk import Risk
 from risk.actor import risk_actor
 from risk.client import CounterShards
+from risk.messages import CHECK, Ask
 from risk.rules import RulesError
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
@@ -184,6 +185,9 @@ class SwitchApp:
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in counters.linked)), ACTORS_READY_TIMEOUT_S)
         except TimeoutError:
             raise RuntimeError(f"the risk actors did not open their links within {ACTORS_READY_TIMEOUT_S} s") from None
+        # One question each before the switch is ready: every shard has answered once (the first
+        # answer of a fresh actor is slower, and the first customers should not wait for it).
+        await counters.ask({shard: Ask(0, CHECK, []) for shard in range(section.shards)})
         self.risk.counters = counters
         self.journal.on_moved = self.risk.moved
 
