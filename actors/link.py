@@ -125,8 +125,8 @@ def certificate_sha256(tls: LinkTls) -> bytes:
 
 class LinkServer:
     """Listens for front ends and runs ``call`` for every request they send (a coroutine function,
-    whose calls run side by side, or a plain one, answered at once); over TLS when ``tls`` is
-    given."""
+    whose calls run side by side, or a plain one, answered at once unless it returns None: a
+    message told, not asked); over TLS when ``tls`` is given."""
 
     def __init__(
         self,
@@ -200,7 +200,7 @@ class _ActorSide(asyncio.Protocol):
                         task = asyncio.ensure_future(self._run(result))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
-                    else:  # answered at once (the risk actors' counters)
+                    elif result is not None:  # answered at once (the risk actors' counters)
                         self._done_one(result)
         except Exception as exc:  # a peer that does not speak the protocol: drop it
             log.warning("link closed: bad input", extra={"error": f"{type(exc).__name__}: {exc}"})

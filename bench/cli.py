@@ -131,14 +131,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="risk control's cost with 20 rules: decisions a second, a shard's rebuild, the latency it adds",
         description="In one run, with 20 rules (8 on the payment alone, 12 counted): decisions a second in one "
         "process against a busy day's counters; the same through a real risk actor over its link; a shard's "
-        "rebuild from a journal of --rows approved purchases; and the demo stack under closed-loop load with "
-        "and without the rules, the risk step's own p50 / p99 from the front end's step timing.",
+        "rebuild from a journal of --rows approved purchases; and the demo stack with and without the rules, "
+        "paced at --rate and then saturated, the risk steps' own p50 / p99 from the front end's step timing.",
     )
     risk_bench.add_argument("--seconds", type=float, default=5.0, help="each decisions measurement (default 5)")
     risk_bench.add_argument("--rows", type=int, default=1_000_000, help="the rebuild's day (default 1,000,000)")
     risk_bench.add_argument("--payments", type=int, default=200_000, help="counted before deciding (default 200,000)")
     risk_bench.add_argument("--stack-seconds", type=float, default=20.0, help="each stack run; 0: none (default 20)")
-    risk_bench.add_argument("--concurrency", type=int, default=128, help="stack: purchases under way (default 128)")
+    risk_bench.add_argument("--rate", type=float, default=500.0,
+                            help="stack: the paced load, purchases a second (default 500)")  # fmt: skip
+    risk_bench.add_argument("--concurrency", type=int, default=128,
+                            help="stack: purchases under way at most, paced or not (default 128)")  # fmt: skip
     risk_bench.add_argument("--out", type=Path, help="write the results as JSON here")
 
 
@@ -193,7 +196,8 @@ def main(args: argparse.Namespace) -> int:
     if args.bench_command == "risk":
         from bench.risk_speed import main as risk_main
 
-        return risk_main(args.seconds, args.rows, args.payments, args.stack_seconds, args.concurrency, args.out)
+        return risk_main(args.seconds, args.rows, args.payments, args.stack_seconds, args.rate, args.concurrency,
+                         args.out)  # fmt: skip
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
 

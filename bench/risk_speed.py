@@ -1,12 +1,14 @@
 """``paysw bench risk``: what risk control costs, with 20 rules (8 that read the payment alone, 12
 counted), in one run:
 
-- **decisions**: one process deciding payments against counters already holding a busy day
-  (the work of one risk actor shard, without its link): decisions a second;
+- **decisions**: one process deciding payments against counters already holding a busy day (the
+  work of a front end and of one risk actor shard, each ask encoded and decoded as on the link,
+  without the link itself): decisions a second;
 - **actor**: the same through a real risk actor on a local Ray, over its link, many asks under
   way: decisions a second, and the actor's CPU per decision;
 - **rebuild**: a shard's start, reading a day's approved purchases back from the journal
-  (``--rows`` of them; 10 million scale linearly from it);
+  (``--rows`` of them; 10 million scale linearly from it), and the collector's full pass over
+  them, as collected and frozen (``risk.actor``);
 - **stack**: the demo stack under closed-loop load, its front end timing each step: the risk
   step's own time (the latency it adds), and approved/s against the same stack without rules.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import random
@@ -38,7 +41,7 @@ from risk.actor import rebuild, subjects_of
 from risk.counters import Book, Counters, Entry
 from risk.engine import Engine, Facts
 from risk.lists import Lists
-from risk.messages import ADD, CHECK, Ask
+from risk.messages import ADD, ASKS, CHECK, Ask
 from risk.rules import RuleSet
 
 STEPS_TIMED = ("risk_ask", "write_ahead", "risk")  # the risk steps, and the write-ahead the ask overlaps
@@ -139,10 +142,11 @@ def decisions(seconds: float, payments: int) -> dict:
         while time.perf_counter() - started < seconds:
             for _ in range(1000):
                 f = facts(rng.choice(codes), rng.choice(TERMINALS), rng.randrange(100, 10_000))
-                decision = rules.decide(f, lists)
-                checks = [rules.check(rule) for rule in rules.counted(f)]
-                subjects = [tuple(s) for s in subjects_of(f.code_fingerprint, f.terminal, f.merchant)]
-                answer = book.answer(Ask(done, CHECK, subjects, "", f.amount_fen, f.merchant, f.terminal, checks))
+                scope = rules.scope(f)
+                decision = rules.decide(f, lists, scope)
+                subjects = list(subjects_of(f.code_fingerprint, f.terminal, f.merchant))
+                ask = Ask(done, CHECK, subjects, "", f.amount_fen, f.merchant, f.terminal, scope.checks)
+                answer = book.answer(ASKS.decode(msgspec.msgpack.encode([ask]))[0])  # as it comes off the link
                 assert decision.decline is None and not answer.fired
                 done += 1
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
@@ -165,14 +169,14 @@ async def _through_actor(url: str, seconds: float, outstanding: int, payments: i
     codes = [f"{rng.getrandbits(256):064x}" for _ in range(10_000)]
     for n in range(payments):  # a busy day's approvals, told as the journal's moves are
         code, terminal = rng.choice(codes), rng.choice(TERMINALS)
-        shards.tell({0: Ask(0, ADD, [tuple(s) for s in subjects_of(code, terminal, MERCHANT)], f"r{n}", 500, MERCHANT,
+        shards.tell({0: Ask(0, ADD, list(subjects_of(code, terminal, MERCHANT)), f"r{n}", 500, MERCHANT,
                             terminal)})  # fmt: skip
         if n % 1000 == 0:
             await asyncio.sleep(0)
     while (await actor.stats.remote())["payments"] < payments:  # told, and counted, before measuring
         await asyncio.sleep(0.2)
     rules = engine()
-    checks = [rules.check(rule) for rule in rules.counted(facts(codes[0], TERMINALS[0], 1))]
+    checks = rules.scope(facts(codes[0], TERMINALS[0], 1)).checks
     done = 0
     stop_at = time.monotonic() + seconds
 
@@ -180,7 +184,7 @@ async def _through_actor(url: str, seconds: float, outstanding: int, payments: i
         nonlocal done
         while time.monotonic() < stop_at:
             code, terminal = rng.choice(codes), rng.choice(TERMINALS)
-            subjects = [tuple(s) for s in subjects_of(code, terminal, MERCHANT)]
+            subjects = list(subjects_of(code, terminal, MERCHANT))
             await shards.ask({0: Ask(0, CHECK, subjects, "", 500, MERCHANT, terminal, checks)})
             done += 1
 
@@ -233,19 +237,34 @@ async def _rebuild(url: str, rows: int) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     counters = await rebuild(url, 0, 1)
     elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+    # Why a shard freezes what it holds out of the collector (risk.actor): a full pass over a day.
+    pauses = []
+    for _ in ("as collected", "frozen"):
+        started = time.perf_counter()
+        gc.collect()
+        pauses.append(round((time.perf_counter() - started) * 1000, 1))
+        gc.freeze()
+    gc.unfreeze()
     return {"rows": rows, "counted": len(counters), "seconds": round(elapsed, 2), "cpu_s": round(used, 2),
-            "seconds_for_10_million_estimated": round(elapsed * 10_000_000 / rows)}  # fmt: skip
+            "seconds_for_10_million_estimated": round(elapsed * 10_000_000 / rows),
+            "full_collection_ms": pauses[0], "full_collection_frozen_ms": pauses[1]}  # fmt: skip
 
 
-def _step_quantiles(metrics: str, step: str) -> dict[str, float]:
-    """p50 and p99 of a step's time from the histogram (the bucket's upper edge, linear within)."""
+def _step_buckets(metrics: str, step: str) -> list[tuple[float, float]]:
     buckets = []
     for family in text_string_to_metric_families(metrics):
         for s in family.samples:
             labels = s.labels
             if s.name == "paysw_step_seconds_bucket" and labels["step"] == step and labels["txn_type"] == "purchase":
                 buckets.append((float(labels["le"]), s.value))
-    buckets.sort()
+    return sorted(buckets)
+
+
+def _step_quantiles(metrics: str, step: str, since: str = "") -> dict[str, float]:
+    """p50 and p99 of a step's time from the histogram (the bucket's upper edge, linear within);
+    with ``since``, of the steps timed after that scrape only."""
+    before = dict(_step_buckets(since, step)) if since else {}
+    buckets = [(edge, count - before.get(edge, 0.0)) for edge, count in _step_buckets(metrics, step)]
     total = buckets[-1][1]
     out = {}
     for q in (50, 99):
@@ -260,7 +279,14 @@ def _step_quantiles(metrics: str, step: str) -> dict[str, float]:
     return out
 
 
-def _stack_run(folder: Path, with_rules: bool, concurrency: int, seconds: float) -> dict:
+def _unreachable(metrics: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "paysw_risk_unreachable_total")  # fmt: skip
+
+
+def _stack_run(folder: Path, with_rules: bool, rate: float, concurrency: int, seconds: float) -> dict:
+    """The stack paced at ``rate`` purchases a second, then as fast as ``concurrency`` under way
+    are answered: each load's figures and the risk steps' times under it."""
     rules = folder / "rules.toml"
     rules.write_text(RULES)
 
@@ -270,31 +296,38 @@ def _stack_run(folder: Path, with_rules: bool, concurrency: int, seconds: float)
         assert n == 1, "no [risk] rules in the demo configuration"
         return text
 
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
+            return answer.read().decode()
+
     data = folder / ("with" if with_rules else "without")
     data.mkdir()
     stack = Stack(data, demo_config_in(data, edit))
+    result = {}
     try:
         stack.start()
         stans = Stans(start=random.randrange(1, 500_000))
         uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, 5, stans))
-        load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans))
-        with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
-            metrics = answer.read().decode()
+        before = scrape()
+        for name, paced in (("paced", rate), ("saturated", None)):
+            load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, paced))
+            after = scrape()
+            result[name] = {"load": load, "rate": paced,
+                            **{f"{step}_step": _step_quantiles(after, step, before) for step in STEPS_TIMED},
+                            "counters_unreachable": _unreachable(after) - _unreachable(before)}  # fmt: skip
+            before = after
     finally:
         stack.stop()
-    unreachable = sum(s.value for f in text_string_to_metric_families(metrics) for s in f.samples
-                      if s.name == "paysw_risk_unreachable_total")  # fmt: skip
-    return {"load": load, **{f"{step}_step": _step_quantiles(metrics, step) for step in STEPS_TIMED},
-            "counters_unreachable": unreachable}  # fmt: skip
+    return result
 
 
 def main(seconds: float = 5.0, rows: int = 1_000_000, payments: int = 200_000, stack_seconds: float = 20.0,
-         concurrency: int = 128, out: Path | None = None) -> int:  # fmt: skip
+         rate: float = 500.0, concurrency: int = 128, out: Path | None = None) -> int:  # fmt: skip
     import pgserver
     import ray
 
     result: dict = {**provenance(), "rules": 20}
-    print("decisions in one process (one shard's work, without its link) ...", flush=True)
+    print("decisions in one process (a front end's and a shard's work, without the link) ...", flush=True)
     result["decisions"] = decisions(seconds, payments)
     print(f"  {result['decisions']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="paysw-risk-bench-") as folder:
@@ -315,13 +348,17 @@ def main(seconds: float = 5.0, rows: int = 1_000_000, payments: int = 200_000, s
         if stack_seconds > 0:
             for with_rules in (False, True):
                 name = "stack_with_rules" if with_rules else "stack_without_rules"
-                print(f"the demo stack {'with' if with_rules else 'without'} the 20 rules, {concurrency} under way ...",
-                      flush=True)  # fmt: skip
-                result[name] = _stack_run(Path(folder), with_rules, concurrency, stack_seconds)
-                steps = {step: result[name][f"{step}_step"] for step in STEPS_TIMED}
-                print(f"  {result[name]['load']}\n  steps: {steps}", flush=True)
-            with_rules, without = result["stack_with_rules"]["load"], result["stack_without_rules"]["load"]
-            result["approved_ratio"] = round(with_rules["approved_tps"] / without["approved_tps"], 3)
+                print(f"the demo stack {'with' if with_rules else 'without'} the 20 rules: {rate:g}/s, then "
+                      f"{concurrency} under way ...", flush=True)  # fmt: skip
+                result[name] = _stack_run(Path(folder), with_rules, rate, concurrency, stack_seconds)
+                for load, run in result[name].items():
+                    steps = {step: run[f"{step}_step"] for step in STEPS_TIMED}
+                    print(f"  {load}: {run['load']}\n    steps: {steps}", flush=True)
+            with_rules, without = result["stack_with_rules"], result["stack_without_rules"]
+            result["approved_ratio"] = {
+                load: round(with_rules[load]["load"]["approved_tps"] / without[load]["load"]["approved_tps"], 3)
+                for load in ("paced", "saturated")
+            }
     print(json.dumps({k: v for k, v in result.items() if k not in ("stack_with_rules", "stack_without_rules")},
                      indent=1))  # fmt: skip
     if out is not None:

@@ -38,10 +38,11 @@ BASELINE_LISTEN = "127.0.0.1:8590"
 
 
 async def drive(
-    host: str, port: int, concurrency: int, seconds: float, stans: Stans
+    host: str, port: int, concurrency: int, seconds: float, stans: Stans, rate: float | None = None
 ) -> tuple[dict[str, list[float]], float]:
     """``concurrency`` senders for ``seconds``, each sending a purchase and the next as soon as it
-    is answered: every answer's latency by its response code (field 39), and the time it took."""
+    is answered (or, with ``rate``, when its turn of ``rate`` a second comes, if answered by then):
+    every answer's latency by its response code (field 39), and the time it took."""
     clients = [await IsoClient.connect(host, port) for _ in range(CONNECTIONS)]
     rng = random.Random(concurrency)
     channels, weights = list(CHANNEL_SHARES), list(CHANNEL_SHARES.values())
@@ -50,14 +51,20 @@ async def drive(
 
     async def sender(i: int) -> None:
         client, terminal = clients[i % CONNECTIONS], TERMINALS[i % len(TERMINALS)]
+        turn = 0
         while time.monotonic() < stop_at:
+            if rate is not None:  # the senders take turns: sender i sends the (k * concurrency + i)-th
+                await asyncio.sleep(begun + (turn * concurrency + i) / rate - time.monotonic())
+                turn += 1
+                if time.monotonic() >= stop_at:
+                    break
             channel = rng.choices(channels, weights)[0]
             message = purchase(terminal, DEMO_MERCHANT, payment_code(channel, "00", rng), 100 + i, stans.next(terminal))
             started = time.perf_counter()
             answer = await client.request(message)
             latencies.setdefault(answer.get("39", "?"), []).append(time.perf_counter() - started)
 
-    started = time.monotonic()
+    started = begun = time.monotonic()
     try:
         await asyncio.gather(*(sender(i) for i in range(concurrency)))
     finally:
@@ -66,9 +73,12 @@ async def drive(
     return latencies, time.monotonic() - started
 
 
-async def closed_loop(host: str, port: int, concurrency: int, seconds: float, stans: Stans) -> dict:
-    """``concurrency`` senders for ``seconds``: approved TPS and latency quantiles."""
-    by_code, elapsed = await drive(host, port, concurrency, seconds, stans)
+async def closed_loop(
+    host: str, port: int, concurrency: int, seconds: float, stans: Stans, rate: float | None = None
+) -> dict:
+    """``concurrency`` senders for ``seconds`` (paced to ``rate`` a second if given): approved TPS
+    and latency quantiles."""
+    by_code, elapsed = await drive(host, port, concurrency, seconds, stans, rate)
     latencies = [x for code in by_code.values() for x in code]
     approved = len(by_code.get("00", []))
     return {

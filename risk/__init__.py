@@ -13,7 +13,7 @@ import asyncpg
 from protocols import response_codes as rc
 from risk.actor import shard_of, subjects_of
 from risk.client import CounterShards, Unreachable, spread
-from risk.engine import NO_HITS, Decision, Engine, Facts, Hit
+from risk.engine import Decision, Engine, Facts, Hit, Scope
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
 from risk.messages import ADD, CHECK, REMOVE, Answer, Ask
 from risk.rules import RiskSection, RulesError, RuleSet, load_rules
@@ -65,20 +65,19 @@ class Risk:
         now, so that their answer comes while the write-ahead commits."""
         loop = asyncio.get_running_loop()
         engine = self.engine
-        decision = engine.decide(facts, self.lists) if len(engine) else NO_HITS
-        counted = engine.counted(facts)
-        if not counted or decision.decline is not None or self.counters is None:
+        scope = engine.scope(facts)
+        decision = engine.decide(facts, self.lists, scope)
+        if not scope.counted or decision.decline is not None or self.counters is None:
             done = loop.create_future()
             done.set_result(decision)
             return done
         subjects = subjects_of(facts.code_fingerprint, facts.terminal, facts.merchant)
-        asks = {}
-        for shard, mine in spread(subjects, self.counters.shards, shard_of).items():
-            pers = {s.per for s in mine}
-            checks = [engine.check(rule) for rule in counted if rule.per in pers]
-            if checks:
-                asks[shard] = Ask(0, CHECK, list(mine), "", facts.amount_fen, facts.merchant, facts.terminal, checks)
-        judged = loop.create_task(self._judged(engine, decision, counted, self.counters.ask(asks)))
+        asks = {
+            shard: Ask(0, CHECK, mine, "", facts.amount_fen, facts.merchant, facts.terminal, scope.checks)
+            for shard, mine in spread(subjects, self.counters.shards, shard_of).items()
+            if any(s.per in scope.pers for s in mine)
+        }
+        judged = loop.create_task(self._judged(engine, decision, scope, self.counters.ask(asks)))
         judged.add_done_callback(_retrieved)  # a transaction that ended before its risk step leaves it
         return judged
 
@@ -86,7 +85,7 @@ class Risk:
         return await self.begin(facts)
 
     async def _judged(
-        self, engine: Engine, decision: Decision, counted: list, answered: Awaitable[list[Answer]]
+        self, engine: Engine, decision: Decision, scope: Scope, answered: Awaitable[list[Answer]]
     ) -> Decision:
         try:
             answers = await answered
@@ -96,8 +95,7 @@ class Risk:
             if engine.rules.fail == "closed":
                 return Decision((*decision.hits, UNREACHABLE))
             return decision
-        by_id = {rule.id: rule for rule in counted}
-        fired = [(by_id[rule_id], code) for answer in answers for rule_id, code in answer.fired]
+        fired = [(scope.counted[rule_id], code) for answer in answers for rule_id, code in answer.fired]
         return Decision((*decision.hits, *(Hit(r.id, r.action, r.mode, r.code or code) for r, code in fired)))
 
     def moved(self, moves: list[Moved]) -> None:

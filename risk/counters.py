@@ -11,16 +11,10 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from protocols import response_codes as rc
-from risk.messages import ADD, REMOVE, Answer, Ask, Check
+from risk.messages import ADD, CHECKS, REMOVE, Answer, Ask, Check, Subject
 from risk.rules import MAX_WINDOW_S
-
-
-class Subject(NamedTuple):
-    per: str  # code, terminal or merchant
-    value: str
 
 
 @dataclass(slots=True)
@@ -158,24 +152,40 @@ def judge(check: Check, totals: _Window, amount_fen: int, merchant: str, termina
     return None
 
 
+CHECK_LISTS_KEPT = 10_000  # the scopes' lists of checks decoded (a few per rule set and scope)
+
+
 class Book:
     """The counters as an actor keeps them, answering the front ends' asks (``risk.messages``)."""
 
     def __init__(self, counters: Counters | None = None) -> None:
         self.counters = counters if counters is not None else Counters()  # (an empty one is falsy)
+        self._checks: dict[bytes, list[Check]] = {}
 
-    def answer(self, ask: Ask) -> Answer:
-        subjects = tuple(Subject(*s) for s in ask.subjects)
+    def _decoded(self, encoded: bytes) -> list[Check]:
+        checks = self._checks.get(encoded)
+        if checks is None:
+            if len(self._checks) >= CHECK_LISTS_KEPT:
+                self._checks.clear()
+            checks = self._checks[encoded] = CHECKS.decode(encoded)
+        return checks
+
+    def answer(self, ask: Ask) -> Answer | None:
+        """A check's answer; None to an approval or a reversal told (nobody waits for those)."""
+        subjects = tuple(ask.subjects)
         if ask.op == ADD:
             self.counters.add(subjects, Entry(ask.rrn, self.counters.now(), ask.amount_fen, ask.merchant, ask.terminal))
-            return Answer(ask.key)
+            return None
         if ask.op == REMOVE:
             self.counters.remove(ask.rrn)
-            return Answer(ask.key)
+            return None
         by_per = {s.per: s for s in subjects}
         fired = []
-        for check in ask.checks:
-            totals = self.counters.totals(by_per[check.per], check.seconds)
+        for check in self._decoded(bytes(ask.checks)):
+            subject = by_per.get(check.per)
+            if subject is None:  # counted on another shard
+                continue
+            totals = self.counters.totals(subject, check.seconds)
             code = judge(check, totals, ask.amount_fen, ask.merchant, ask.terminal)
             if code is not None:
                 fired.append((check.rule_id, code))

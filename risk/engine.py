@@ -11,8 +11,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
+
 from risk.lists import Lists
-from risk.messages import Check
+from risk.messages import Check, encode_checks
 from risk.rules import (
     COUNTED,
     AmountLimit,
@@ -61,6 +63,17 @@ class Decision:
 
 
 NO_HITS = Decision()
+
+
+class Scope(NamedTuple):
+    """The rules that apply to payments of one (channel, merchant, MCC, terminal)."""
+
+    alone: list[Rule]  # those that read the payment alone
+    counted: dict[str, Cumulative | Velocity]  # by id: those the risk actors judge
+    pers: frozenset[str]  # the subjects those count (code, terminal, merchant)
+    checks: msgspec.Raw  # ``counted`` as the risk actors read them, encoded once
+
+
 SCOPES_KEPT = 100_000  # (channel, merchant, MCC, terminal) whose rules are remembered
 
 
@@ -71,9 +84,8 @@ class Engine:
         self.rules = rules
         self._everywhere: list[Rule] = []
         self._by: dict[tuple[str, str], list[Rule]] = {}
-        self.has_counted = any(isinstance(rule, COUNTED) for rule in rules.rules)
         self._checks = {rule.id: _check_of(rule) for rule in rules.rules if isinstance(rule, COUNTED)}
-        self._scopes: dict[tuple[str, str, str, str], list[Rule]] = {}  # the rules of each scope seen
+        self._scopes: dict[tuple[str, str, str, str], Scope] = {}  # the rules of each scope seen
         for rule in rules.rules:
             given = [(f, v) for f, v in _scope_fields(rule) if v]
             if not given:
@@ -84,30 +96,30 @@ class Engine:
     def __len__(self) -> int:
         return len(self.rules.rules)
 
-    def decide(self, facts: Facts, lists: Lists) -> Decision:
-        """The rules that read the payment alone (the counted ones are ``counted``'s)."""
+    def decide(self, facts: Facts, lists: Lists, scope: Scope | None = None) -> Decision:
+        """The rules that read the payment alone (the counted ones are the risk actors')."""
         hits = [
             Hit(rule.id, rule.action, rule.mode, code_of(rule))
-            for rule in self._in_scope(facts)
-            if not isinstance(rule, COUNTED) and _fires(rule, facts, lists)
+            for rule in (scope or self.scope(facts)).alone
+            if _fires(rule, facts, lists)
         ]
         return Decision(tuple(hits)) if hits else NO_HITS
 
-    def counted(self, facts: Facts) -> list[Cumulative | Velocity]:
-        """The counted rules in the payment's scope, for the risk actors to judge."""
-        return [rule for rule in self._in_scope(facts) if isinstance(rule, COUNTED)] if self.has_counted else []
-
-    def check(self, rule: Cumulative | Velocity) -> Check:
-        """A counted rule as the risk actors judge it (made once, when the rules are loaded)."""
-        return self._checks[rule.id]
-
-    def _in_scope(self, facts: Facts) -> list[Rule]:
-        scope = (facts.channel, facts.merchant, facts.mcc, facts.terminal)
-        found = self._scopes.get(scope)
+    def scope(self, facts: Facts) -> Scope:
+        """The rules in the payment's scope (remembered per scope)."""
+        key = (facts.channel, facts.merchant, facts.mcc, facts.terminal)
+        found = self._scopes.get(key)
         if found is None:
             if len(self._scopes) > SCOPES_KEPT:
                 self._scopes.clear()
-            found = self._scopes[scope] = self._match(facts)
+            rules = self._match(facts)
+            counted = {rule.id: rule for rule in rules if isinstance(rule, COUNTED)}
+            found = self._scopes[key] = Scope(
+                [rule for rule in rules if not isinstance(rule, COUNTED)],
+                counted,
+                frozenset(rule.per for rule in counted.values()),
+                encode_checks([self._checks[rule_id] for rule_id in counted]),
+            )
         return found
 
     def _match(self, facts: Facts) -> list[Rule]:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgspec
+
+
+class Subject(NamedTuple):
+    """What a count is kept for: a code or card (by its fingerprint), a terminal or a merchant."""
+
+    per: str  # code, terminal or merchant
+    value: str
 
 
 class Check(msgspec.Struct, array_like=True, frozen=True):
@@ -24,12 +33,14 @@ class Ask(msgspec.Struct, array_like=True, frozen=True):
 
     key: int  # correlation id within the asking front end
     op: str  # CHECK, ADD or REMOVE
-    subjects: list[tuple[str, str]]  # (per, value) of this shard
+    subjects: list[Subject]  # of this shard
     rrn: str = ""
     amount_fen: int = 0
     merchant: str = ""
     terminal: str = ""
-    checks: list[Check] = []
+    # The counted rules to judge, MessagePack-encoded once per rule set and scope (``encode_checks``):
+    # a shard reads the same few lists over and over, and decodes each once (``Book``).
+    checks: msgspec.Raw = msgspec.Raw(b"\x90")
 
 
 class Answer(msgspec.Struct, array_like=True, frozen=True):
@@ -40,3 +51,8 @@ class Answer(msgspec.Struct, array_like=True, frozen=True):
 CHECK, ADD, REMOVE = "check", "add", "remove"
 ASKS = msgspec.msgpack.Decoder(list[Ask])
 ANSWERS = msgspec.msgpack.Decoder(list[Answer])
+CHECKS = msgspec.msgpack.Decoder(list[Check])
+
+
+def encode_checks(checks: list[Check]) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.msgpack.encode(checks))

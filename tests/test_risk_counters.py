@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 
 from risk.actor import shard_of, subjects_of
 from risk.counters import Book, Counters, Subject
-from risk.messages import ADD, CHECK, REMOVE, Ask, Check
+from risk.messages import ADD, ASKS, CHECK, REMOVE, Ask, Check, encode_checks
 
 CODES = [f"{i:064x}" for i in range(4)]
 TERMINALS = ["T1", "T2", "T3"]
@@ -22,6 +23,13 @@ CHECKS = [
     Check("code-merchants", "code", 300, across="merchant", max_distinct=1),
     Check("code-terminals", "code", 1_200, across="terminal", max_distinct=2),
 ]
+
+ENCODED = encode_checks(CHECKS)
+
+
+def wire(ask: Ask) -> Ask:
+    """``ask`` as a risk actor reads it off its link."""
+    return ASKS.decode(msgspec.msgpack.encode([ask]))[0]
 
 
 def model(approved: list[dict], now: float, check: Check, subject: Subject, amount: int, merchant: str,
@@ -47,25 +55,25 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
     for n in range(1500):
         now[0] += rng.choice([0, 0, 1, 5, 30, 120, 900])
         code, terminal, merchant = rng.choice(CODES), rng.choice(TERMINALS), rng.choice(MERCHANTS)
-        subjects = [tuple(s) for s in subjects_of(code, terminal, merchant)]
+        subjects = list(subjects_of(code, terminal, merchant))
         amount = rng.randrange(1, 12_000)
         roll = rng.random()
         if roll < 0.45:
             rrn = f"{n:012d}"
-            book.answer(Ask(n, ADD, subjects, rrn, amount, merchant, terminal))
+            book.answer(wire(Ask(n, ADD, subjects, rrn, amount, merchant, terminal)))
             approved.append({"rrn": rrn, "at": now[0], "amount": amount, "code": code, "terminal": terminal,
                              "merchant": merchant})  # fmt: skip
             if rng.random() < 0.05:  # a resend of the same approval counts once
-                book.answer(Ask(n, ADD, subjects, rrn, amount, merchant, terminal))
+                book.answer(wire(Ask(n, ADD, subjects, rrn, amount, merchant, terminal)))
         elif roll < 0.55 and approved:
             gone = rng.choice(approved)
             approved.remove(gone)
-            book.answer(Ask(n, REMOVE, [], gone["rrn"]))
+            book.answer(wire(Ask(n, REMOVE, [], gone["rrn"])))
         elif roll < 0.57:
             book.counters.expire()
             approved = [p for p in approved if p["at"] > now[0] - 86_400]
         else:
-            answer = book.answer(Ask(n, CHECK, subjects, "", amount, merchant, terminal, CHECKS))
+            answer = book.answer(wire(Ask(n, CHECK, subjects, "", amount, merchant, terminal, ENCODED)))
             expected = []
             for check in CHECKS:
                 subject = next(Subject(*s) for s in subjects if s[0] == check.per)
@@ -82,3 +90,14 @@ def test_subjects_spread_over_shards_the_same_way_in_every_process():
     subjects = [Subject("code", c) for c in CODES] + [Subject("terminal", t) for t in TERMINALS]
     assert [shard_of(s, 4) for s in subjects] == [shard_of(Subject(*tuple(s)), 4) for s in subjects]
     assert len({shard_of(Subject("code", f"{i:064x}"), 4) for i in range(64)}) == 4
+
+
+def test_a_shard_judges_only_the_rules_counting_the_subjects_it_holds():
+    """Every shard gets the scope's whole list of checks; the code's rules are judged only where
+    the code is counted, however often the list comes."""
+    book = Book(Counters(clock=lambda: 1_000_000.0))
+    terminal_only = [Subject("terminal", "T1")]
+    for n in range(7):
+        book.answer(wire(Ask(n, ADD, terminal_only, f"r{n}", 10, "M1", "T1")))
+    answer = book.answer(wire(Ask(99, CHECK, terminal_only, "", 10, "M1", "T1", ENCODED)))
+    assert answer.fired == [("terminal-1h", "65")]  # an eighth breaks max_count 6; no code rule is judged
