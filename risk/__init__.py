@@ -15,8 +15,9 @@ from risk.actor import shard_of, subjects_of
 from risk.client import CounterShards, Unreachable, spread
 from risk.engine import Decision, Engine, Facts, Hit, Scope
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
-from risk.messages import ADD, CHECK, REMOVE, Answer, Ask
+from risk.messages import ADD, ADD_REFUND, CHECK, REMOVE, Answer, Ask
 from risk.rules import RiskSection, RulesError, RuleSet, load_rules
+from switch.journal.machine import PURCHASE, REFUND
 from switch.journal.store import Moved
 
 log = logging.getLogger("paysw.risk")
@@ -24,6 +25,7 @@ RELOAD_SETTLE_S = 0.2  # notifications that come together are one reload
 # The counters could not answer in time and the rule set fails closed: declined, "try again later".
 UNREACHABLE = Hit("counters-unreachable", "decline", "enforce", rc.CHANNEL_UNAVAILABLE)
 _COUNTED_MOVES = frozenset({"APPROVED", "REVERSED", "VOIDED", "CANCELLED"})
+_COUNTED_TYPES = frozenset({PURCHASE, REFUND})
 
 
 def _retrieved(task: asyncio.Future[Decision]) -> None:
@@ -71,7 +73,7 @@ class Risk:
             done = loop.create_future()
             done.set_result(decision)
             return done
-        subjects = subjects_of(facts.code_fingerprint, facts.terminal, facts.merchant)
+        subjects = subjects_of(facts.code_fingerprint, facts.terminal, facts.merchant, facts.refund)
         asks = {
             shard: Ask(0, CHECK, mine, "", facts.amount_fen, facts.merchant, facts.terminal, scope.checks)
             for shard, mine in spread(subjects, self.counters.shards, shard_of).items()
@@ -99,17 +101,18 @@ class Risk:
         return Decision((*decision.hits, *(Hit(r.id, r.action, r.mode, r.code or code) for r, code in fired)))
 
     def moved(self, moves: list[Moved]) -> None:
-        """The journal's moves (``Journal.on_moved``): a purchase approved counts from now on; one
-        reversed, voided or cancelled after it was counted no longer does."""
+        """The journal's moves (``Journal.on_moved``): a purchase or refund approved counts from
+        now on; one reversed, voided or cancelled after it was counted no longer does."""
         if self.counters is None:
             return
         for move in moves:
-            if move.txn_type != "purchase" or move.state not in _COUNTED_MOVES:
+            if move.txn_type not in _COUNTED_TYPES or move.state not in _COUNTED_MOVES:
                 continue
-            op = ADD if move.state == "APPROVED" else REMOVE
-            subjects = subjects_of(move.pan_hash.hex(), move.terminal_id, move.merchant_id)
+            refund = move.txn_type == REFUND
+            op = REMOVE if move.state != "APPROVED" else ADD_REFUND if refund else ADD
+            subjects = subjects_of(move.pan_hash.hex(), move.terminal_id, move.merchant_id, refund)
             self.counters.tell({
-                shard: Ask(0, op, list(mine), move.rrn, move.amount_fen, move.merchant_id, move.terminal_id)
+                shard: Ask(0, op, mine, move.rrn, move.amount_fen, move.merchant_id, move.terminal_id)
                 for shard, mine in spread(subjects, self.counters.shards, shard_of).items()
             })  # fmt: skip
 

@@ -33,13 +33,13 @@ from risk.rules import MAX_WINDOW_S
 log = logging.getLogger("paysw.risk")
 EXPIRE_EVERY_S = 60.0
 
-# The journal's approved purchases of the last day, with their subjects, oldest first. A row's time
-# is when it last moved (its approval, for almost all of them).
+# The journal's approved purchases and refunds of the last day, with their subjects, oldest first.
+# A row's time is when it last moved (its approval, for almost all of them).
 _REBUILD_SQL = f"""
 SELECT rrn, extract(epoch FROM updated_at)::float8 AS at, amount_fen, merchant_id, terminal_id,
-       encode(pan_hash, 'hex') AS code
+       encode(pan_hash, 'hex') AS code, txn_type = 'refund' AS refund
 FROM txn
-WHERE txn_type = 'purchase' AND state = 'APPROVED'
+WHERE txn_type IN ('purchase', 'refund') AND state = 'APPROVED'
   AND tx_date >= (now() - interval '{MAX_WINDOW_S} seconds')::date - 1
   AND updated_at > now() - interval '{MAX_WINDOW_S} seconds'
 ORDER BY updated_at
@@ -52,7 +52,10 @@ def shard_of(subject: Subject, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
-def subjects_of(code: str, terminal: str, merchant: str) -> tuple[Subject, ...]:
+def subjects_of(code: str, terminal: str, merchant: str, refund: bool = False) -> tuple[Subject, ...]:
+    """What a payment counts under: a sale its code, terminal and merchant; a refund its merchant."""
+    if refund:
+        return (Subject("merchant", merchant),)
     return (Subject("code", code), Subject("terminal", terminal), Subject("merchant", merchant))
 
 
@@ -64,11 +67,12 @@ async def rebuild(url: str, shard: int, shards: int) -> Counters:
         async with conn.transaction():
             async for row in conn.cursor(_REBUILD_SQL, prefetch=10_000):
                 mine = tuple(
-                    s for s in subjects_of(row["code"], row["terminal_id"], row["merchant_id"])
+                    s for s in subjects_of(row["code"], row["terminal_id"], row["merchant_id"], row["refund"])
                     if shard_of(s, shards) == shard
                 )  # fmt: skip
                 if mine:
-                    entry = Entry(row["rrn"], row["at"], row["amount_fen"], row["merchant_id"], row["terminal_id"])
+                    entry = Entry(row["rrn"], row["at"], row["amount_fen"], row["merchant_id"], row["terminal_id"],
+                                  row["refund"])  # fmt: skip
                     counters.add(mine, entry)
     finally:
         await conn.close()

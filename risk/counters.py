@@ -2,7 +2,8 @@
 fingerprint, a terminal, a merchant) over the last day, and what the counted rules ask of them.
 
 A payment counts from when it is approved (the journal's move to APPROVED) until it is reversed
-or voided, at the time it was approved. Each window length a rule asks about keeps, per subject, a
+or voided, at the time it was approved. An approved refund counts under its merchant alone, apart
+from the sales (the refund ratio reads both). Each window length a rule asks about keeps, per subject, a
 running total over that window, trimmed as time passes, so a check costs the same whether a
 subject had ten payments or a hundred thousand."""
 
@@ -13,7 +14,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from protocols import response_codes as rc
-from risk.messages import ADD, CHECKS, REMOVE, Answer, Ask, Check, Subject
+from risk.messages import ADD, ADD_REFUND, CHECKS, REMOVE, Answer, Ask, Check, Subject
 from risk.rules import MAX_WINDOW_S
 
 
@@ -24,6 +25,7 @@ class Entry:
     amount_fen: int
     merchant: str
     terminal: str
+    refund: bool = False  # an approved refund (counted under its merchant only), not a sale
     removed: bool = False  # reversed or voided: no longer counted
 
 
@@ -33,12 +35,16 @@ class _Window:
 
     seconds: int
     entries: deque[Entry] = field(default_factory=deque)
-    count: int = 0
+    count: int = 0  # sales
     fen: int = 0
+    refund_fen: int = 0
     merchants: Counter[str] = field(default_factory=Counter)
     terminals: Counter[str] = field(default_factory=Counter)
 
     def take(self, entry: Entry, sign: int) -> None:
+        if entry.refund:
+            self.refund_fen += sign * entry.amount_fen
+            return
         self.count += sign
         self.fen += sign * entry.amount_fen
         for across, name in ((self.merchants, entry.merchant), (self.terminals, entry.terminal)):
@@ -142,6 +148,9 @@ class Counters:
 def judge(check: Check, totals: _Window, amount_fen: int, merchant: str, terminal: str) -> str | None:
     """The code a counted rule's decline answers if this payment, added to ``totals``, breaks it;
     None if it does not."""
+    if check.max_pct is not None:  # refund ratio: this refund added to the window's refunds
+        sales = max(totals.fen, check.min_sales_fen)
+        return rc.EXCEEDS_AMOUNT_LIMIT if (totals.refund_fen + amount_fen) * 100 > sales * check.max_pct else None
     if check.across:  # velocity: this payment's merchant (or terminal) counts among them
         seen, mine = (totals.merchants, merchant) if check.across == "merchant" else (totals.terminals, terminal)
         return rc.EXCEEDS_FREQUENCY_LIMIT if len(seen) + (mine not in seen) > check.max_distinct else None
@@ -173,8 +182,10 @@ class Book:
     def answer(self, ask: Ask) -> Answer | None:
         """A check's answer; None to an approval or a reversal told (nobody waits for those)."""
         subjects = tuple(ask.subjects)
-        if ask.op == ADD:
-            self.counters.add(subjects, Entry(ask.rrn, self.counters.now(), ask.amount_fen, ask.merchant, ask.terminal))
+        if ask.op in (ADD, ADD_REFUND):
+            refund = ask.op == ADD_REFUND
+            entry = Entry(ask.rrn, self.counters.now(), ask.amount_fen, ask.merchant, ask.terminal, refund)
+            self.counters.add(subjects, entry)
             return None
         if ask.op == REMOVE:
             self.counters.remove(ask.rrn)

@@ -17,10 +17,12 @@ from risk.lists import Lists
 from risk.messages import Check, encode_checks
 from risk.rules import (
     COUNTED,
+    ON_REFUNDS,
     AmountLimit,
     Cumulative,
     Listed,
     NewMerchant,
+    RefundRatio,
     Rule,
     RuleSet,
     TradingHours,
@@ -43,6 +45,7 @@ class Facts(NamedTuple):
     local_time: dt.time  # the terminal's field 12
     merchant_since: dt.date | None  # the merchant's onboarding date, if configured
     today: dt.date
+    refund: bool = False  # a refund (judged by the refund rules), or a purchase (by the others)
 
 
 class Hit(NamedTuple):
@@ -69,7 +72,7 @@ class Scope(NamedTuple):
     """The rules that apply to payments of one (channel, merchant, MCC, terminal)."""
 
     alone: list[Rule]  # those that read the payment alone
-    counted: dict[str, Cumulative | Velocity]  # by id: those the risk actors judge
+    counted: dict[str, Cumulative | Velocity | RefundRatio]  # by id: those the risk actors judge
     pers: frozenset[str]  # the subjects those count (code, terminal, merchant)
     checks: msgspec.Raw  # ``counted`` as the risk actors read them, encoded once
 
@@ -85,7 +88,7 @@ class Engine:
         self._everywhere: list[Rule] = []
         self._by: dict[tuple[str, str], list[Rule]] = {}
         self._checks = {rule.id: _check_of(rule) for rule in rules.rules if isinstance(rule, COUNTED)}
-        self._scopes: dict[tuple[str, str, str, str], Scope] = {}  # the rules of each scope seen
+        self._scopes: dict[tuple[str, str, str, str, bool], Scope] = {}  # the rules of each scope seen
         for rule in rules.rules:
             given = [(f, v) for f, v in _scope_fields(rule) if v]
             if not given:
@@ -107,7 +110,7 @@ class Engine:
 
     def scope(self, facts: Facts) -> Scope:
         """The rules in the payment's scope (remembered per scope)."""
-        key = (facts.channel, facts.merchant, facts.mcc, facts.terminal)
+        key = (facts.channel, facts.merchant, facts.mcc, facts.terminal, facts.refund)
         found = self._scopes.get(key)
         if found is None:
             if len(self._scopes) > SCOPES_KEPT:
@@ -129,11 +132,13 @@ class Engine:
             for rule in self._by.get(key, ()):
                 if all(not v or v == getattr(facts, f) for f, v in _scope_fields(rule)):
                     rules.append(rule)
-        return rules
+        return [rule for rule in rules if isinstance(rule, ON_REFUNDS) == facts.refund]
 
 
-def _check_of(rule: Cumulative | Velocity) -> Check:
+def _check_of(rule: Cumulative | Velocity | RefundRatio) -> Check:
     seconds = window_s(rule.window)
+    if isinstance(rule, RefundRatio):
+        return Check(rule.id, rule.per, seconds, max_pct=rule.max_pct, min_sales_fen=rule.min_sales_fen)
     if isinstance(rule, Velocity):
         return Check(rule.id, rule.per, seconds, across=rule.across, max_distinct=rule.max_distinct)
     return Check(rule.id, rule.per, seconds, max_fen=rule.max_fen, max_count=rule.max_count)

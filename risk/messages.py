@@ -25,11 +25,14 @@ class Check(msgspec.Struct, array_like=True, frozen=True):
     max_count: int | None = None  # cumulative
     across: str = ""  # velocity: merchant or terminal
     max_distinct: int = 0  # velocity
+    max_pct: int | None = None  # refund ratio: refunds over sales, per cent
+    min_sales_fen: int = 0  # refund ratio: the sales it is taken of, at least
 
 
 class Ask(msgspec.Struct, array_like=True, frozen=True):
     """``check`` a payment against counted rules (subjects of this shard only), or ``add`` an
-    approved payment to its subjects' counts, or ``remove`` one (reversed, voided)."""
+    approved payment to its subjects' counts (``add_refund``: an approved refund, to its
+    merchant's), or ``remove`` one (reversed, voided)."""
 
     key: int  # correlation id within the asking front end
     op: str  # CHECK, ADD or REMOVE
@@ -48,7 +51,7 @@ class Answer(msgspec.Struct, array_like=True, frozen=True):
     fired: list[tuple[str, str]] = []  # (rule id, the code its decline answers)
 
 
-CHECK, ADD, REMOVE = "check", "add", "remove"
+CHECK, ADD, ADD_REFUND, REMOVE = "check", "add", "add_refund", "remove"
 ASKS = msgspec.msgpack.Decoder(list[Ask])
 ANSWERS = msgspec.msgpack.Decoder(list[Answer])
 CHECKS = msgspec.msgpack.Decoder(list[Check])

@@ -13,7 +13,7 @@ A rules file is TOML:
 Every rule has an ``id``, a ``kind`` (the fields it takes are its own), a ``scope``, an ``action``,
 a ``mode`` and the ``code`` a decline answers (each kind has its default, from the wire contract:
 ``61`` over an amount limit, ``62`` a restricted code, card, terminal or merchant, ``57`` outside
-trading hours).
+trading hours). Every kind is judged on purchases, except ``refund_ratio``, judged on refunds.
 """
 
 from __future__ import annotations
@@ -120,8 +120,22 @@ class Velocity(_Rule, tag="velocity", kw_only=True):
     default_code = rc.EXCEEDS_FREQUENCY_LIMIT
 
 
-Rule = AmountLimit | Listed | TradingHours | NewMerchant | Cumulative | Velocity
-COUNTED = (Cumulative, Velocity)  # rules that read the counters (risk.counters), not the payment alone
+class RefundRatio(_Rule, tag="refund_ratio", kw_only=True):
+    """A refund that would take the merchant's refunds over the last ``window`` past ``max_pct``
+    per cent of its sales over the same window (its approved purchases, less those reversed or
+    voided), or of ``min_sales_fen`` if it sold less: a merchant with hardly any sales may still
+    refund a little. Judged on refunds only."""
+
+    per: Literal["merchant"] = "merchant"
+    window: Window = "1d"
+    max_pct: Annotated[int, Meta(ge=0, le=10_000)]
+    min_sales_fen: Annotated[int, Meta(ge=0)] = 0
+    default_code = rc.EXCEEDS_AMOUNT_LIMIT
+
+
+Rule = AmountLimit | Listed | TradingHours | NewMerchant | Cumulative | Velocity | RefundRatio
+COUNTED = (Cumulative, Velocity, RefundRatio)  # rules that read the counters (risk.counters), not the payment alone
+ON_REFUNDS = (RefundRatio,)  # rules judged on refunds; every other kind is judged on purchases
 
 
 class RuleSet(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -433,8 +433,9 @@ class Processor:
         return None if inserted else await self._replay(t)
 
     def _step_risk_ask(self, t: Context) -> None:
-        """The risk decision begun (``risk.Risk.begin``): what the payment alone decides, and the
-        counters' question on its way while the write-ahead commits."""
+        """The risk decision begun (``risk.Risk.begin``): what the payment (a purchase, or a
+        refund) alone decides, and the counters' question on its way while the write-ahead
+        commits."""
         txn = t.txn
         assert txn is not None
         merchant = self._merchants[txn.merchant_id]
@@ -443,6 +444,7 @@ class Processor:
             Facts(
                 txn.channel, txn.merchant_id, merchant.mcc, txn.terminal_id, txn.amount_fen, txn.pan_hash.hex(),
                 dt.time(int(local[:2]) % 24, int(local[2:4]) % 60), merchant.onboarded, txn.tx_date,
+                t.txn_type is TxnType.REFUND,
             )
         )  # fmt: skip
 

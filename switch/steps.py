@@ -37,7 +37,7 @@ STEPS: dict[TxnType, tuple[str, ...]] = {
                        "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit", "send_and_poll",
                        "record", "answer"),
     TxnType.VOID: _UNDO,
-    TxnType.REFUND: _UNDO,
+    TxnType.REFUND: (*_UNDO[:7], "risk_ask", "write_ahead_undo", "risk", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
     TxnType.REVERSAL: ("mac", "terminal_and_merchant", "rrn", "original_of_reversal", "reverse", "answer"),
     TxnType.NETWORK: ("mac", "terminal", "network_management", "answer"),

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.traffic import reversal
+from bench.traffic import refund, reversal
 from risk.engine import Engine, Facts
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
@@ -35,6 +35,9 @@ WATCH_FEN = 200_000  # its shadow rule's threshold
 NEW_MERCHANT = "898310048990002"  # onboarded today in the module's configuration
 NEW_MERCHANT_CAP_FEN = 10_000
 NIGHT_TERMINAL = "T0000004"  # trading hours 08:00-22:00 apply to it alone
+# Refunds at e-CNY may take the merchant's refunds of the day to 1 % of its sales, or of 1,000,000
+# yuan if it sold less (as the session's merchant has): 1,000,000 fen of refunds, all channels'.
+REFUND_PCT, REFUND_FLOOR_FEN = 1, 100_000_000
 
 RULES = f"""
 fail = "closed"
@@ -102,6 +105,13 @@ id = "new-merchant"
 kind = "new_merchant"
 days = 30
 max_fen = {NEW_MERCHANT_CAP_FEN}
+
+[[rule]]
+id = "refunds-over-sales"
+kind = "refund_ratio"
+max_pct = {REFUND_PCT}
+min_sales_fen = {REFUND_FLOOR_FEN}
+scope = {{ channel = "ecny" }}
 """
 
 
@@ -179,6 +189,18 @@ def test_trading_hours_are_read_in_the_terminals_local_time_and_may_span_midnigh
              for t in ((7, 59), (8, 0), (21, 59), (22, 0), (1, 59), (2, 0))}  # fmt: skip
     assert [t for (label, t), hit in fired.items() if label == "day" and hit] == [(7, 59), (22, 0), (1, 59), (2, 0)]
     assert [t for (label, t), hit in fired.items() if label == "night" and hit] == [(7, 59), (8, 0), (21, 59), (2, 0)]
+
+
+def test_the_refund_ratio_is_judged_on_refunds_and_every_other_kind_on_purchases():
+    import msgspec
+
+    engine = Engine(msgspec.toml.decode(RULES.encode(), type=RuleSet))
+    purchase, refund = facts(channel="ecny", amount_fen=CAP_FEN + 1), facts(channel="ecny", amount_fen=CAP_FEN + 1,
+                                                                            refund=True)  # fmt: skip
+    assert list(engine.scope(purchase).counted) == [] and list(engine.scope(refund).counted) == ["refunds-over-sales"]
+    assert [h.rule_id for h in engine.decide(purchase, Lists()).hits] == ["cap", "watch"]
+    assert engine.decide(refund, Lists()).hits == ()  # a refund over the purchase cap is not a purchase
+    assert list(engine.scope(facts(channel="wechat", refund=True)).counted) == []  # out of the rule's scope
 
 
 def test_a_scope_of_several_fields_needs_them_all():
@@ -559,6 +581,36 @@ def test_velocity_declines_a_code_at_a_second_merchant(risky, database_url, simu
     answer = pay(risky, elsewhere)
     assert_declined_and_never_sent(risky, database_url, simulators, elsewhere, answer, "65", "code-at-one-merchant",
                                    "alipay")  # fmt: skip
+
+
+def test_a_refund_past_the_merchants_refund_ratio_is_declined_never_sent_and_its_amount_released(
+    risky, database_url, simulators
+):
+    """Each refund adds to the merchant's refunds of the day (told to the risk actors as the journal
+    approves it); the one that would take them past the ratio is declined 61 before its channel."""
+    paid = []
+    for _ in range(3):
+        purchase = new_purchase("ecny", amount=400_000)
+        answer = pay(risky, purchase)
+        assert answer["39"] == "00", answer
+        paid.append((purchase, answer["37"]))
+    last_order = run(journal_row(database_url, paid[2][1]))["out_trade_no"]
+    calls_before = len(sim_audit(simulators, "ecny", last_order))
+    answers = [pay(risky, refund(p, rrn, 400_000, STANS.next(p["41"]))) for p, rrn in paid]
+    assert [a["39"] for a in answers] == ["00", "00", "61"], answers
+    declined = run(journal_row(database_url, answers[2]["37"]))
+    assert (declined["txn_type"], declined["state"], declined["channel_code"]) == ("refund", "DECLINED", "RISK")
+    assert run(decisions(database_url, answers[2]["37"])) == [("refunds-over-sales", "decline", "enforce", "61")]
+    assert len(sim_audit(simulators, "ecny", last_order)) == calls_before  # the refund never reached e-CNY
+    purchase = run(journal_row(database_url, paid[2][1]))
+    assert (purchase["reserved_fen"], purchase["refunded_fen"]) == (0, 0)  # what the refund reserved, released
+    assert run(journal_row(database_url, paid[0][1]))["refunded_fen"] == 400_000
+    # A restarted risk actor reads the day's refunds back from the journal with its sales.
+    risk_actor_process(risky).kill()
+    again: list[str] = []
+    once_more = lambda: refund(paid[2][0], paid[2][1], 400_000, STANS.next(paid[2][0]["41"]))  # noqa: E731
+    wait_for(lambda: again.append(pay(risky, once_more())["39"]) or again[-1] != "91", timeout=60)
+    assert again[-1] == "61", again
 
 
 def risk_actor_process(switch) -> psutil.Process:

@@ -4,13 +4,14 @@ of a random sequence of approvals, reversals, checks and time passing gives what
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import msgspec
 import pytest
 
 from risk.actor import shard_of, subjects_of
 from risk.counters import Book, Counters, Subject
-from risk.messages import ADD, ASKS, CHECK, REMOVE, Ask, Check, encode_checks
+from risk.messages import ADD, ADD_REFUND, ASKS, CHECK, REMOVE, Ask, Check, encode_checks
 
 CODES = [f"{i:064x}" for i in range(4)]
 TERMINALS = ["T1", "T2", "T3"]
@@ -22,6 +23,7 @@ CHECKS = [
     Check("merchant-90s-count", "merchant", 90, max_count=4),
     Check("code-merchants", "code", 300, across="merchant", max_distinct=1),
     Check("code-terminals", "code", 1_200, across="terminal", max_distinct=2),
+    Check("merchant-refunds", "merchant", 3_600, max_pct=30, min_sales_fen=20_000),
 ]
 
 ENCODED = encode_checks(CHECKS)
@@ -34,7 +36,12 @@ def wire(ask: Ask) -> Ask:
 
 def model(approved: list[dict], now: float, check: Check, subject: Subject, amount: int, merchant: str,
           terminal: str) -> str | None:  # fmt: skip
-    inside = [p for p in approved if p[subject.per] == subject.value and p["at"] > now - check.seconds]
+    within = [p for p in approved if p[subject.per] == subject.value and p["at"] > now - check.seconds]
+    inside = [p for p in within if not p["refund"]]  # the sales
+    if check.max_pct is not None:
+        refunds = sum(p["amount"] for p in within if p["refund"])
+        sales = max(sum(p["amount"] for p in inside), check.min_sales_fen)
+        return "61" if (refunds + amount) * 100 > sales * check.max_pct else None
     if check.across:
         seen = {p[check.across] for p in inside} | {merchant if check.across == "merchant" else terminal}
         return "65" if len(seen) > check.max_distinct else None
@@ -51,7 +58,7 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
     now = [1_000_000.0]
     book = Book(Counters(clock=lambda: now[0]))
     approved: list[dict] = []
-    checked = fired = 0
+    checked, fired = 0, Counter()
     for n in range(1500):
         now[0] += rng.choice([0, 0, 1, 5, 30, 120, 900])
         code, terminal, merchant = rng.choice(CODES), rng.choice(TERMINALS), rng.choice(MERCHANTS)
@@ -59,12 +66,14 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
         amount = rng.randrange(1, 12_000)
         roll = rng.random()
         if roll < 0.45:
-            rrn = f"{n:012d}"
-            book.answer(wire(Ask(n, ADD, subjects, rrn, amount, merchant, terminal)))
-            approved.append({"rrn": rrn, "at": now[0], "amount": amount, "code": code, "terminal": terminal,
-                             "merchant": merchant})  # fmt: skip
+            rrn, refund = f"{n:012d}", rng.random() < 0.2
+            op, counted_under = (ADD, subjects) if not refund else (ADD_REFUND, [Subject("merchant", merchant)])
+            book.answer(wire(Ask(n, op, counted_under, rrn, amount, merchant, terminal)))
+            approved.append({"rrn": rrn, "at": now[0], "amount": amount, "code": None if refund else code,
+                             "terminal": None if refund else terminal, "merchant": merchant,
+                             "refund": refund})  # fmt: skip
             if rng.random() < 0.05:  # a resend of the same approval counts once
-                book.answer(wire(Ask(n, ADD, subjects, rrn, amount, merchant, terminal)))
+                book.answer(wire(Ask(n, op, counted_under, rrn, amount, merchant, terminal)))
         elif roll < 0.55 and approved:
             gone = rng.choice(approved)
             approved.remove(gone)
@@ -82,8 +91,9 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
                     expected.append((check.rule_id, code_of))
             assert answer.fired == expected, (n, seed)
             checked += 1
-            fired += bool(expected)
-    assert checked > 500 and 0 < fired < checked  # the sequence exercised both sides of the limits
+            fired.update(rule_id for rule_id, _ in expected)
+    # The sequence exercised both sides of every limit.
+    assert checked > 500 and all(0 < fired[check.rule_id] < checked for check in CHECKS), fired
 
 
 def test_subjects_spread_over_shards_the_same_way_in_every_process():

@@ -541,7 +541,7 @@ class Journal:
         release or void twice)."""
         moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            state = (await record_in(conn, [report]))[0]
+            state = (await record_in(conn, [report], moved))[0]
             if state is None or state in OPEN:
                 return state
             if state is State.APPROVED and txn_type == VOID:
@@ -554,7 +554,7 @@ class Journal:
                 taken_fen(txn_type, amount_fen, original.amount_fen),
                 amount_fen if refunded else 0,
             )
-        self._tell(moved)  # committed: the purchase voided
+        self._tell(moved)  # committed: the void or refund, and the purchase voided
         return state
 
     async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
