@@ -105,16 +105,19 @@ class Risk:
         now on; one reversed, voided or cancelled after it was counted no longer does."""
         if self.counters is None:
             return
+        told = []
         for move in moves:
             if move.txn_type not in _COUNTED_TYPES or move.state not in _COUNTED_MOVES:
                 continue
             refund = move.txn_type == REFUND
             op = REMOVE if move.state != "APPROVED" else ADD_REFUND if refund else ADD
             subjects = subjects_of(move.pan_hash.hex(), move.terminal_id, move.merchant_id, refund)
-            self.counters.tell({
-                shard: Ask(0, op, mine, move.rrn, move.amount_fen, move.merchant_id, move.terminal_id)
+            told += [
+                (shard, Ask(0, op, mine, move.rrn, move.amount_fen, move.merchant_id, move.terminal_id))
                 for shard, mine in spread(subjects, self.counters.shards, shard_of).items()
-            })  # fmt: skip
+            ]
+        if told:
+            self.counters.tell(told)
 
     async def start(self, pool: asyncpg.Pool, url: str) -> None:
         """Read the lists, then follow changes: ``paysw risk list`` and ``paysw risk reload``

@@ -3,7 +3,11 @@ subject, so every front end on the Ray cluster reads and adds to the same counts
 link (``actors.link``) in batches, as the channel actors are.
 
 A shard that starts (or that Ray restarts) first rebuilds its payments of the last day from the
-journal, and only then opens its link: a front end never reads half a count.
+journal, and only then opens its link: a front end never reads half a count. From then on the
+front ends tell it of their journal's moves as they commit, and it follows the journal's log of
+moves (``txn_move``) from the snapshot it rebuilt in, so the moves of every other process on the
+journal (another site's resolver, reconciliation) count too, within ``FOLLOW_EVERY_S``. A move
+read twice (told, and read from the log) counts once.
 
 A day of payments is millions of objects, and the collector's full pass over them stops the shard
 (1.3 s for a million payments, measured; far over the front ends' wait). So what the shard holds
@@ -13,11 +17,13 @@ reference cycles, and their payments are freed by reference counting as they lea
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import hashlib
 import logging
 import os
 import time
+from typing import NamedTuple
 
 import asyncpg
 import ray
@@ -33,17 +39,38 @@ from risk.rules import MAX_WINDOW_S
 log = logging.getLogger("paysw.risk")
 EXPIRE_EVERY_S = 60.0
 
+FOLLOW_EVERY_S = 0.5  # how soon a move another process made (a resolver of another site) counts
+
 # The journal's approved purchases and refunds of the last day, with their subjects, oldest first.
 # A row's time is when it last moved (its approval, for almost all of them).
-_REBUILD_SQL = f"""
+_PAYMENT = """
 SELECT rrn, extract(epoch FROM updated_at)::float8 AS at, amount_fen, merchant_id, terminal_id,
        encode(pan_hash, 'hex') AS code, txn_type = 'refund' AS refund
 FROM txn
 WHERE txn_type IN ('purchase', 'refund') AND state = 'APPROVED'
+"""
+_REBUILD_SQL = f"""{_PAYMENT}
   AND tx_date >= (now() - interval '{MAX_WINDOW_S} seconds')::date - 1
   AND updated_at > now() - interval '{MAX_WINDOW_S} seconds'
 ORDER BY updated_at
 """
+_SNAPSHOT_SQL = "SELECT pg_snapshot_xmax(s), array(SELECT pg_snapshot_xip(s)) FROM pg_current_snapshot() s"
+# The moves that change a count made by transactions a snapshot did not see (``Since``).
+_MOVES_SQL = """
+SELECT rrn, to_state = 'APPROVED' AS approved FROM txn_move
+WHERE (xid >= $1::xid8 OR xid = ANY($2::xid8[]))
+  AND to_state IN ('APPROVED', 'REVERSED', 'VOIDED', 'CANCELLED') AND tx_date >= $3
+ORDER BY xid, moved_at
+"""
+_PAYMENTS_SQL = f"{_PAYMENT} AND rrn = ANY($1::text[]) AND tx_date >= $2"
+
+
+class Since(NamedTuple):
+    """A snapshot of the journal, as the transactions it did not see: those from ``xmax`` on,
+    and those under way (``xip``)."""
+
+    xmax: int
+    xip: list[int]
 
 
 def shard_of(subject: Subject, shards: int) -> int:
@@ -59,24 +86,48 @@ def subjects_of(code: str, terminal: str, merchant: str, refund: bool = False) -
     return (Subject("code", code), Subject("terminal", terminal), Subject("merchant", merchant))
 
 
-async def rebuild(url: str, shard: int, shards: int) -> Counters:
-    """The shard's counters from the journal: its subjects' approved payments of the last day."""
+def count(counters: Counters, row: asyncpg.Record, shard: int, shards: int) -> None:
+    """An approved payment of the journal, under the subjects this shard holds."""
+    mine = tuple(
+        s for s in subjects_of(row["code"], row["terminal_id"], row["merchant_id"], row["refund"])
+        if shard_of(s, shards) == shard
+    )  # fmt: skip
+    if mine:
+        counters.add(mine, Entry(row["rrn"], row["at"], row["amount_fen"], row["merchant_id"], row["terminal_id"],
+                                 row["refund"]))  # fmt: skip
+
+
+async def rebuild(url: str, shard: int, shards: int) -> tuple[Counters, Since]:
+    """The shard's counters from the journal: its subjects' approved payments of the last day;
+    and the snapshot they were read in, for ``follow`` to go on from."""
     counters = Counters()
     conn = await asyncpg.connect(url)
     try:
-        async with conn.transaction():
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            since = Since(*await conn.fetchrow(_SNAPSHOT_SQL))
             async for row in conn.cursor(_REBUILD_SQL, prefetch=10_000):
-                mine = tuple(
-                    s for s in subjects_of(row["code"], row["terminal_id"], row["merchant_id"], row["refund"])
-                    if shard_of(s, shards) == shard
-                )  # fmt: skip
-                if mine:
-                    entry = Entry(row["rrn"], row["at"], row["amount_fen"], row["merchant_id"], row["terminal_id"],
-                                  row["refund"])  # fmt: skip
-                    counters.add(mine, entry)
+                count(counters, row, shard, shards)
     finally:
         await conn.close()
-    return counters
+    return counters, since
+
+
+async def follow(conn: asyncpg.Connection, counters: Counters, since: Since, shard: int, shards: int) -> Since:
+    """The moves committed since ``since`` that the front ends' tells did not bring (those of
+    another process on the journal: another site's resolver, reconciliation), counted; the
+    snapshot to go on from."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        now = Since(*await conn.fetchrow(_SNAPSHOT_SQL))
+        first_day = dt.date.today() - dt.timedelta(days=2)
+        moves = await conn.fetch(_MOVES_SQL, since.xmax, since.xip, first_day)
+        approved = [m["rrn"] for m in moves if m["approved"] and not counters.knows(m["rrn"], True)]
+        rows = {r["rrn"]: r for r in await conn.fetch(_PAYMENTS_SQL, approved, first_day)} if approved else {}
+    for move in moves:
+        if not move["approved"]:
+            counters.remove(move["rrn"])
+        elif move["rrn"] in rows:
+            count(counters, rows[move["rrn"]], shard, shards)
+    return now
 
 
 @ray.remote(num_cpus=0, max_task_retries=0, max_concurrency=100)
@@ -98,7 +149,8 @@ class RiskActor:
         async with self._ready:
             if self._book is None:
                 started = time.monotonic()
-                self._book = Book(await rebuild(self._url, self._shard, self._shards))
+                counters, since = await rebuild(self._url, self._shard, self._shards)
+                self._book = Book(counters)
                 self._rebuilt_s = time.monotonic() - started
                 log.warning(
                     "risk counters rebuilt from the journal",
@@ -106,6 +158,7 @@ class RiskActor:
                 )
                 gc.freeze()
                 asyncio.get_running_loop().create_task(self._expire())
+                asyncio.get_running_loop().create_task(self._follow(since))
         return await self._link.open(ray.util.get_node_ip_address())
 
     async def _expire(self) -> None:
@@ -114,6 +167,19 @@ class RiskActor:
             assert self._book is not None
             self._book.counters.expire()
             gc.freeze()
+
+    async def _follow(self, since: Since) -> None:
+        assert self._book is not None
+        conn: asyncpg.Connection | None = None
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY_S)
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self._url)
+                since = await follow(conn, self._book.counters, since, self._shard, self._shards)
+            except Exception as exc:  # the journal away: the same moves are read once it is back
+                log.warning("risk shard cannot follow the journal", extra={"shard": self._shard, "error": repr(exc)})
+                conn = None
 
     async def stats(self) -> dict[str, float | int]:
         counted = len(self._book.counters) if self._book is not None else 0

@@ -17,9 +17,6 @@ from risk.messages import ANSWERS, Answer, Ask
 log = logging.getLogger("paysw.risk")
 LINK_RETRY_S = (0.2, 5.0)
 LINK_OPEN_TIMEOUT_S = 120.0  # a shard rebuilding a busy day from the journal takes a while
-# Approvals and reversals to count wait this long for asks to go with (a shard wakes once for
-# both); a count a few milliseconds late changes no decision that a payment under way could not.
-TELL_LINGER_S = 0.01
 
 
 class Unreachable(Exception):
@@ -36,7 +33,6 @@ class CounterShards:
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self._next_key = 0
         self._flush_scheduled = False
-        self._linger: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.linked = [asyncio.Event() for _ in actors]
 
@@ -58,15 +54,15 @@ class CounterShards:
         except ConnectionError as exc:
             raise Unreachable(str(exc)) from None
 
-    def tell(self, asks: dict[int, Ask]) -> None:
-        """Send, not answered (approvals and reversals to count), with the next asks or within
-        ``TELL_LINGER_S``: a shard whose link is down misses it, and catches up from the journal
-        when it starts again."""
-        for shard, ask in asks.items():
+    def tell(self, asks: list[tuple[int, Ask]]) -> None:
+        """Send now, not answered (the approvals and reversals of one journal commit, to count),
+        with whatever asks are queued: before the terminal is answered, so that a payment sent
+        after the answer, to any front end, is judged with it. A shard whose link is down misses
+        it, and catches up from the journal when it starts again."""
+        for shard, ask in asks:
             if self._links[shard] is not None:
                 self._queues[shard].append(ask)  # key 0: no answer comes
-        if self._linger is None and not self._flush_scheduled:
-            self._linger = asyncio.get_running_loop().call_later(TELL_LINGER_S, self._flush)
+        self._flush()
 
     def _queue(self, shard: int, ask: Ask) -> asyncio.Future[Answer]:
         self._next_key += 1
@@ -84,9 +80,6 @@ class CounterShards:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
         sent: list[int] = []
         for shard, queue in enumerate(self._queues):
             if queue:

@@ -69,20 +69,31 @@ class Counters:
         self._day: dict[Subject, deque[Entry]] = {}
         self._windows: dict[tuple[Subject, int], _Window] = {}
         self._lengths: dict[Subject, set[int]] = {}  # the window lengths kept for a subject
+        # Every payment of the day by RRN, those no longer counted too (marked removed): a move told
+        # twice, or late (by a front end, and by the journal's log), changes nothing.
         self._by_rrn: dict[str, tuple[Entry, tuple[Subject, ...]]] = {}
+        self._unseen: deque[Entry] = deque()  # removals of payments never counted here, for a day
+        self._counted = 0
 
     def __len__(self) -> int:
-        return len(self._by_rrn)
+        """The payments counted."""
+        return self._counted
 
     def now(self) -> float:
         return self._clock()
 
+    def knows(self, rrn: str, counted: bool) -> bool:
+        """Whether the payment is already added (``counted``) or removed, as a move would leave it."""
+        found = self._by_rrn.get(rrn)
+        return found is not None and (counted or found[0].removed)
+
     def add(self, subjects: tuple[Subject, ...], entry: Entry) -> bool:
-        """Count an approved payment under each of its subjects; False if it is counted already
-        (approvals are told once per front end that saw them, and again at a rebuild)."""
+        """Count an approved payment under each of its subjects; False if it is known already
+        (counted, or removed: a payment reversed or voided is never counted again)."""
         if entry.rrn in self._by_rrn:
             return False
         self._by_rrn[entry.rrn] = (entry, subjects)
+        self._counted += 1
         for subject in subjects:
             self._day.setdefault(subject, deque()).append(entry)
             for seconds in self._lengths.get(subject, ()):
@@ -92,12 +103,19 @@ class Counters:
         return True
 
     def remove(self, rrn: str) -> bool:
-        """No longer count a payment (reversed, voided); False if it was not counted."""
-        found = self._by_rrn.pop(rrn, None)
+        """No longer count a payment (reversed, voided); False if it was not counted (it never
+        will be: a removal can come before the approval it undoes)."""
+        found = self._by_rrn.get(rrn)
         if found is None:
+            entry = Entry(rrn, self._clock(), 0, "", "", removed=True)
+            self._by_rrn[rrn] = (entry, ())
+            self._unseen.append(entry)
             return False
         entry, subjects = found
+        if entry.removed:
+            return False
         entry.removed = True
+        self._counted -= 1
         for subject in subjects:
             for seconds in self._lengths.get(subject, ()):
                 window = self._windows[(subject, seconds)]
@@ -122,7 +140,7 @@ class Counters:
         return window
 
     def expire(self) -> int:
-        """Forget payments older than a day (and windows left empty); how many went."""
+        """Forget payments older than a day (and windows left empty); how many counted went."""
         since = self._clock() - MAX_WINDOW_S
         gone = 0
         for subject in list(self._day):
@@ -131,9 +149,15 @@ class Counters:
                 entry = day.popleft()
                 if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
                     del self._by_rrn[entry.rrn]
-                    gone += 1
+                    if not entry.removed:
+                        self._counted -= 1
+                        gone += 1
             if not day:
                 del self._day[subject]
+        while self._unseen and self._unseen[0].at <= since:
+            entry = self._unseen.popleft()
+            if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
+                del self._by_rrn[entry.rrn]
         for key, window in list(self._windows.items()):
             window.trim(since + MAX_WINDOW_S)
             if not window.entries:

@@ -58,6 +58,7 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
     now = [1_000_000.0]
     book = Book(Counters(clock=lambda: now[0]))
     approved: list[dict] = []
+    removed: list[dict] = []
     checked, fired = 0, Counter()
     for n in range(1500):
         now[0] += rng.choice([0, 0, 1, 5, 30, 120, 900])
@@ -78,7 +79,17 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
             gone = rng.choice(approved)
             approved.remove(gone)
             book.answer(wire(Ask(n, REMOVE, [], gone["rrn"])))
-        elif roll < 0.57:
+            removed.append(gone)
+        elif roll < 0.58 and (recent := [p for p in removed if p["at"] > now[0] - 86_400]):
+            late = rng.choice(recent)  # an approval told late, after its reversal: never counted again
+            op = ADD_REFUND if late["refund"] else ADD
+            late_subjects = subjects_of(late["code"] or "", late["terminal"] or "", late["merchant"], late["refund"])
+            book.answer(wire(Ask(n, op, list(late_subjects), late["rrn"], late["amount"], late["merchant"],
+                                 late["terminal"] or "")))  # fmt: skip
+        elif roll < 0.60:  # a reversal read from the journal before its approval was told
+            book.answer(wire(Ask(n, REMOVE, [], f"early{n}")))
+            book.answer(wire(Ask(n, ADD, subjects, f"early{n}", amount, merchant, terminal)))
+        elif roll < 0.62:
             book.counters.expire()
             approved = [p for p in approved if p["at"] > now[0] - 86_400]
         else:

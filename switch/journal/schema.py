@@ -467,6 +467,14 @@ MIGRATIONS: list[str] = [
         by_whom text        NOT NULL
     );
     """,
+    # 17: the moves that change a count (approved, reversed, voided, cancelled), read in the order
+    # their transactions committed by the risk actors that follow the journal (risk.actor): each
+    # move's transaction id, so a reader's snapshot says which it has seen
+    """
+    ALTER TABLE txn_move ADD COLUMN xid xid8;
+    ALTER TABLE txn_move ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
+    CREATE INDEX txn_move_counted ON txn_move (xid) WHERE to_state IN ('APPROVED', 'REVERSED', 'VOIDED', 'CANCELLED');
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

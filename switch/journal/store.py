@@ -540,21 +540,22 @@ class Journal:
         void's or refund's state, or None when it was final already (a lapsed lease: never
         release or void twice)."""
         moved: list[Moved] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            state = (await record_in(conn, [report], moved))[0]
-            if state is None or state in OPEN:
-                return state
-            if state is State.APPROVED and txn_type == VOID:
-                await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)], moved)
-            refunded = state is State.APPROVED and txn_type == REFUND
-            await conn.execute(
-                "UPDATE txn SET reserved_fen = reserved_fen - $5, refunded_fen = refunded_fen + $6 "
-                "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
-                *original.key,
-                taken_fen(txn_type, amount_fen, original.amount_fen),
-                amount_fen if refunded else 0,
-            )
-        self._tell(moved)  # committed: the void or refund, and the purchase voided
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                state = (await record_in(conn, [report], moved))[0]
+                if state is None or state in OPEN:
+                    return state
+                if state is State.APPROVED and txn_type == VOID:
+                    await record_in(conn, [Report(*original.key, Event.VOIDED, None, None, "", "", "", None)], moved)
+                refunded = state is State.APPROVED and txn_type == REFUND
+                await conn.execute(
+                    "UPDATE txn SET reserved_fen = reserved_fen - $5, refunded_fen = refunded_fen + $6 "
+                    "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+                    *original.key,
+                    taken_fen(txn_type, amount_fen, original.amount_fen),
+                    amount_fen if refunded else 0,
+                )
+            self._tell(moved)  # committed (and told before the connection's release takes a round trip)
         return state
 
     async def record_late(self, key: TxnKey, op: str, outcome: str, channel_code: str, channel_txn_id: str) -> None:
@@ -615,7 +616,7 @@ class Journal:
         moved: list[Moved] = []
         async with self._movers.acquire() as conn:
             states = await record_in(conn, reports, moved)
-        self._tell(moved)
+            self._tell(moved)  # committed (and told before the connection's release takes a round trip)
         return states
 
     def _tell(self, moved: list[Moved]) -> None:
