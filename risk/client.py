@@ -81,18 +81,20 @@ class CounterShards:
     def _flush(self) -> None:
         self._flush_scheduled = False
         sent: list[int] = []
-        for shard, queue in enumerate(self._queues):
-            if queue:
-                self._queues[shard] = []
-                link = self._links[shard]
-                if link is not None and link.is_open:
-                    link.send(queue)
-                    sent.extend(ask.key for ask in queue if ask.key)
-                else:
-                    for ask in queue:
-                        self._fail(ask.key, f"no link to risk shard {shard}")
-        if sent:  # one deadline for the asks of the turn, not a timer each
-            asyncio.get_running_loop().call_later(self._timeout_s, self._expire, sent)
+        try:
+            for shard, queue in enumerate(self._queues):
+                if queue:
+                    self._queues[shard] = []
+                    link = self._links[shard]
+                    if link is not None and link.is_open:
+                        sent.extend(ask.key for ask in queue if ask.key)
+                        link.send(queue)
+                    else:
+                        for ask in queue:
+                            self._fail(ask.key, f"no link to risk shard {shard}")
+        finally:  # one deadline for the asks of the turn, not a timer each; even if a send raised
+            if sent:
+                asyncio.get_running_loop().call_later(self._timeout_s, self._expire, sent)
 
     def _expire(self, keys: list[int]) -> None:
         for key in keys:

@@ -21,7 +21,7 @@ from actors.settings import LinkTls
 from hsm import open_hsm
 from risk import Risk
 from risk.actor import risk_actor
-from risk.client import CounterShards
+from risk.client import CounterShards, Unreachable
 from risk.messages import CHECK, Ask
 from risk.rules import RulesError
 from switch.admin import admin_app, start_admin
@@ -189,9 +189,19 @@ class SwitchApp:
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in counters.linked)), ACTORS_READY_TIMEOUT_S)
         except TimeoutError:
             raise RuntimeError(f"the risk actors did not open their links within {ACTORS_READY_TIMEOUT_S} s") from None
-        # One question each before the switch is ready: every shard has answered once (the first
-        # answer of a fresh actor is slower, and the first customers should not wait for it).
-        await counters.ask({shard: Ask(0, CHECK, []) for shard in range(section.shards)})
+        # One answer from each shard before the switch is ready: the first answer of a fresh actor
+        # is slower, and the first customers should not wait for it. On a loaded machine it may
+        # miss the payments' short wait; asking again is harmless (a check counts nothing).
+        deadline = asyncio.get_running_loop().time() + ACTORS_READY_TIMEOUT_S
+        while True:
+            try:
+                await counters.ask({shard: Ask(0, CHECK, []) for shard in range(section.shards)})
+                break
+            except Unreachable as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"the risk actors did not answer within {ACTORS_READY_TIMEOUT_S} s") from None
+                log.info("risk actors warming up", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
         self.risk.counters = counters
         self.journal.on_moved = self.risk.moved
 
