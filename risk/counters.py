@@ -74,6 +74,7 @@ class Counters:
         self._by_rrn: dict[str, tuple[Entry, tuple[Subject, ...]]] = {}
         self._unseen: deque[Entry] = deque()  # removals of payments never counted here, for a day
         self._counted = 0
+        self._latest = 0.0  # the latest time added: every deque stays in time order
 
     def __len__(self) -> int:
         """The payments counted."""
@@ -92,6 +93,10 @@ class Counters:
         (counted, or removed: a payment reversed or voided is never counted again)."""
         if entry.rrn in self._by_rrn:
             return False
+        # Times come from two clocks (the shard's for what it is told, the journal's for what it
+        # reads) and a read comes late: one older than what is held counts from the latest time,
+        # a second or so longer than its own, so that trimming and removal see every deque in order.
+        entry.at = self._latest = max(entry.at, self._latest)
         self._by_rrn[entry.rrn] = (entry, subjects)
         self._counted += 1
         for subject in subjects:

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from risk.actor import shard_of, subjects_of
-from risk.counters import Book, Counters, Subject
+from risk.counters import Book, Counters, Entry, Subject
 from risk.messages import ADD, ADD_REFUND, ASKS, CHECK, REMOVE, Ask, Check, encode_checks
 
 CODES = [f"{i:064x}" for i in range(4)]
@@ -105,6 +105,24 @@ def test_every_check_agrees_with_the_brute_force_model(seed):
             fired.update(rule_id for rule_id, _ in expected)
     # The sequence exercised both sides of every limit.
     assert checked > 500 and all(0 < fired[check.rule_id] < checked for check in CHECKS), fired
+
+
+def test_a_payment_read_late_from_the_journal_then_reversed_leaves_nothing_counted():
+    """What a shard is told carries its own clock; what it reads from the journal's log carries
+    the journal's, up to a second behind. Read after a later one was told, then reversed, it is
+    taken out of the window, and nothing stays counted once the window has passed."""
+    now = [1_000.0]
+    counters = Counters(clock=lambda: now[0])
+    merchant = Subject("merchant", "M1")
+    assert counters.totals(merchant, 60).fen == 0  # the window kept from now on
+    counters.add((merchant,), Entry("told", 1_000.0, 100, "M1", "T1"))
+    counters.add((merchant,), Entry("read", 999.0, 200, "M1", "T1"))
+    assert counters.totals(merchant, 60).fen == 300
+    now[0] = 1_059.5
+    assert counters.remove("read")
+    assert counters.totals(merchant, 60).fen == 100
+    now[0] = 1_061.0
+    assert (counters.totals(merchant, 60).fen, counters.totals(merchant, 60).count) == (0, 0)
 
 
 def test_subjects_spread_over_shards_the_same_way_in_every_process():
