@@ -81,6 +81,11 @@ def refused(key: int, reason: str, message: str) -> ChannelResult:
     return ChannelResult(key, Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, reason, message, sent=False)
 
 
+def risk_declined(rule_id: str, code: str) -> ChannelResult:
+    """The result of a payment or refund an enforced risk rule declined: never sent."""
+    return ChannelResult(0, Outcome.DECLINED, code, "RISK", f"declined by risk rule {rule_id}", sent=False)
+
+
 @dataclass(eq=False)
 class Shard:
     index: int

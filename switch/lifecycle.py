@@ -41,7 +41,7 @@ from risk.engine import Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
-from switch.gateway import ChannelGateway, PaymentRef, refused
+from switch.gateway import ChannelGateway, PaymentRef, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
 from switch.lograte import RateLimitedLog
@@ -467,9 +467,8 @@ class Processor:
             t.result = refused(0, "RISK", "risk decision not journaled")
             return None
         hit = decision.decline
-        if hit is not None:
-            message = f"declined by risk rule {hit.rule_id}"
-            t.result = ChannelResult(0, Outcome.DECLINED, hit.code, "RISK", message, sent=False)
+        if hit is not None:  # journaled above: a resolver that finds the row open never sends it either
+            t.result = risk_declined(hit.rule_id, hit.code)
         return None
 
     async def _step_send_and_poll(self, t: Context) -> None:

@@ -40,9 +40,9 @@ from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch import undo
 from switch.answers import auth_id_for
 from switch.config import ChannelSection
-from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import Event, Journal, OpenTxn, Report, TxnKey
-from switch.journal.machine import PURCHASE, Promise, promise
+from switch.gateway import ChannelGateway, PaymentRef, risk_declined
+from switch.journal import Event, Journal, OpenTxn, Original, Report, TxnKey
+from switch.journal.machine import PURCHASE, Promise, State, promise
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.resolver")
@@ -149,6 +149,9 @@ class Resolver:
         if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
             await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
             return
+        if txn.state == State.RECEIVED and (decline := await self._journal.risk_decline(txn.tx_date, txn.rrn)):
+            await self._refuse_declined(txn, risk_declined(*decline))  # its front end stopped short of recording it
+            return
         if txn.txn_type != PURCHASE:
             await self._resolve_undo(txn, channel, gateway)
             return
@@ -183,11 +186,26 @@ class Resolver:
         else:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 
-    async def _resolve_undo(self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway) -> None:
-        """A void or refund whose outcome is not known: the same idempotent call again."""
+    async def _refuse_declined(self, txn: OpenTxn, result: ChannelResult) -> None:
+        """A payment or refund that risk declined, recorded so without a channel call (a refund
+        releases what it reserved)."""
+        if txn.txn_type == PURCHASE:
+            await self._finish(txn, Event.REFUSED, result.response_code, result)
+        elif original := await self._original(txn):
+            await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
+            self._metrics.resolved.labels(txn.channel, "DECLINED").inc()
+
+    async def _original(self, txn: OpenTxn) -> Original | None:
+        """The purchase a void or refund undoes; dead-lettered when it is not in the journal."""
         original = await self._journal.original(txn.original_rrn or "", txn.merchant_id)
         if original is None:
             await self._give_up(txn, f"{txn.txn_type} whose purchase {txn.original_rrn} is not in the journal")
+        return original
+
+    async def _resolve_undo(self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway) -> None:
+        """A void or refund whose outcome is not known: the same idempotent call again."""
+        original = await self._original(txn)
+        if original is None:
             return
         merchant_channel_id = self._merchant_channel_ids.get((txn.merchant_id, txn.channel), "")
         result = await undo.call(

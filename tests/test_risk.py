@@ -25,9 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.traffic import refund, reversal
 from risk.actor import FOLLOW_EVERY_S
-from risk.engine import Engine, Facts
+from risk.engine import Engine, Facts, Hit
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
+from switch.journal import Journal, NewTxn
+from switch.journal.machine import FINAL
 from tests.conftest import run, switch_with
 from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state
 from tests.test_workers import requests_by_worker
@@ -641,6 +643,46 @@ def test_a_refund_past_the_merchants_refund_ratio_is_declined_never_sent_and_its
     once_more = lambda: refund(paid[2][0], paid[2][1], 400_000, STANS.next(paid[2][0]["41"]))  # noqa: E731
     wait_for(lambda: again.append(pay(risky, once_more())["39"]) or again[-1] != "91", timeout=60)
     assert again[-1] == "61", again
+
+
+def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolver_never_sent(
+    risky, database_url, simulators
+):
+    """A front end that journaled a refund's enforced decline, then died or lost the journal before
+    recording the outcome, leaves the refund RECEIVED with what it reserved. The resolver that takes
+    it up records the decline and releases the reservation; it never sends the refund."""
+    purchase = new_purchase("alipay")
+    paid = pay(risky, purchase)
+    assert paid["39"] == "00", paid
+    order = run(journal_row(database_url, paid["37"]))["out_trade_no"]
+    calls_before = len(sim_audit(simulators, "alipay", order))
+
+    async def left_open() -> str:  # the journal as that front end left it
+        journal = await Journal.open(database_url, pool_size=2, max_batch=8)
+        try:
+            original = await journal.original(paid["37"], purchase["42"])
+            assert original is not None
+            now = dt.datetime.now(dt.UTC)
+            rrn = await journal.next_rrn()
+            stan = STANS.next(original.terminal_id)
+            txn = NewTxn(
+                now.date(), original.terminal_id, stan, now.strftime("%m%d%H%M%S"), rrn, "refund", "0200",
+                "200000", original.merchant_id, 500, "156", now.strftime("%H%M%S"), now.strftime("%m%d"), "031",
+                original.pan_masked, original.pan_hash, "alipay", f"{now:%Y%m%d}{rrn}", b"r", now, now,
+            )  # fmt: skip
+            assert await journal.write_ahead_undo(txn, original) is None
+            assert (await journal.original(paid["37"], purchase["42"])).reserved_fen == 500
+            await journal.record_decision(txn, [Hit("refunds-over-sales", "decline", "enforce", "61")])
+            return rrn
+        finally:
+            await journal.close()
+
+    rrn = run(left_open())
+    row = run(wait_for_state(database_url, rrn, FINAL, timeout=30))
+    assert (row["state"], row["response_code"], row["channel_code"]) == ("DECLINED", "61", "RISK")
+    assert len(sim_audit(simulators, "alipay", order)) == calls_before  # never sent to Alipay
+    bought = run(journal_row(database_url, paid["37"]))
+    assert (bought["state"], bought["reserved_fen"], bought["refunded_fen"]) == ("APPROVED", 0, 0)
 
 
 def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(risky, database_url):

@@ -394,6 +394,17 @@ class Journal:
         """The risk rules that fired on ``txn`` (before its channel call, and before its answer)."""
         await self._decisions.submit((txn, hits))
 
+    async def risk_decline(self, tx_date: dt.date, rrn: str) -> tuple[str, str] | None:
+        """(rule id, code) of an enforced decline journaled for the transaction, if any: it was
+        never sent (the decision is journaled before the channel call)."""
+        row = await self._pool.fetchrow(
+            "SELECT rule_id, code FROM risk_decision WHERE tx_date = $1 AND rrn = $2 AND mode = 'enforce' "
+            "AND action = 'decline' ORDER BY decided_at, rule_id LIMIT 1",
+            tx_date,
+            rrn,
+        )
+        return (row["rule_id"], row["code"]) if row else None
+
     async def find(self, key: TxnKey) -> StoredTxn | None:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
         return StoredTxn(*row) if row else None
