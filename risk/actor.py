@@ -17,7 +17,6 @@ reference cycles, and their payments are freed by reference counting as they lea
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import gc
 import hashlib
 import logging
@@ -42,28 +41,30 @@ FREEZE_EVERY_S = 5.0  # (a freeze is a list splice: its cost does not grow with 
 
 FOLLOW_EVERY_S = 0.5  # how soon a move another process made (a resolver of another site) counts
 
-# The journal's approved purchases and refunds of the last day, with their subjects, oldest first.
-# A row's time is when it last moved (its approval, for almost all of them).
+# The journal's approved purchases and refunds, with their subjects, at the time of their approval
+# (their move to APPROVED: the row's updated_at moves again with a refund's reservation, say).
 _PAYMENT = """
-SELECT rrn, extract(epoch FROM updated_at)::float8 AS at, amount_fen, merchant_id, terminal_id,
-       encode(pan_hash, 'hex') AS code, txn_type = 'refund' AS refund
-FROM txn
-WHERE txn_type IN ('purchase', 'refund') AND state = 'APPROVED'
+SELECT t.rrn, extract(epoch FROM m.moved_at)::float8 AS at, t.amount_fen, t.merchant_id, t.terminal_id,
+       encode(t.pan_hash, 'hex') AS code, t.txn_type = 'refund' AS refund
+FROM txn t JOIN txn_move m ON m.tx_date = t.tx_date AND m.rrn = t.rrn AND m.to_state = 'APPROVED'
+WHERE t.txn_type IN ('purchase', 'refund') AND t.state = 'APPROVED'
 """
+# (Field 7's date may be a day behind the approval, and the last day spans two dates.)
+_FIRST_DAY = f"(now() - interval '{MAX_WINDOW_S} seconds')::date - 1"
 _REBUILD_SQL = f"""{_PAYMENT}
-  AND tx_date >= (now() - interval '{MAX_WINDOW_S} seconds')::date - 1
-  AND updated_at > now() - interval '{MAX_WINDOW_S} seconds'
-ORDER BY updated_at
+  AND t.tx_date >= {_FIRST_DAY} AND m.tx_date >= {_FIRST_DAY}
+  AND m.moved_at > now() - interval '{MAX_WINDOW_S} seconds'
+ORDER BY m.moved_at
 """
 _SNAPSHOT_SQL = "SELECT pg_snapshot_xmax(s), array(SELECT pg_snapshot_xip(s)) FROM pg_current_snapshot() s"
 # The moves that change a count made by transactions a snapshot did not see (``Since``).
-_MOVES_SQL = """
+_MOVES_SQL = f"""
 SELECT rrn, to_state = 'APPROVED' AS approved FROM txn_move
 WHERE (xid >= $1::xid8 OR xid = ANY($2::xid8[]))
-  AND to_state IN ('APPROVED', 'REVERSED', 'VOIDED', 'CANCELLED') AND tx_date >= $3
+  AND to_state IN ('APPROVED', 'REVERSED', 'VOIDED', 'CANCELLED') AND tx_date >= {_FIRST_DAY}
 ORDER BY xid, moved_at
 """
-_PAYMENTS_SQL = f"{_PAYMENT} AND rrn = ANY($1::text[]) AND tx_date >= $2"
+_PAYMENTS_SQL = f"{_PAYMENT} AND t.rrn = ANY($1::text[]) AND t.tx_date >= {_FIRST_DAY} AND m.tx_date >= {_FIRST_DAY}"
 
 
 class Since(NamedTuple):
@@ -119,10 +120,9 @@ async def follow(conn: asyncpg.Connection, counters: Counters, since: Since, sha
     snapshot to go on from."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         now = Since(*await conn.fetchrow(_SNAPSHOT_SQL))
-        first_day = dt.date.today() - dt.timedelta(days=2)
-        moves = await conn.fetch(_MOVES_SQL, since.xmax, since.xip, first_day)
+        moves = await conn.fetch(_MOVES_SQL, since.xmax, since.xip)
         approved = [m["rrn"] for m in moves if m["approved"] and not counters.knows(m["rrn"], True)]
-        rows = {r["rrn"]: r for r in await conn.fetch(_PAYMENTS_SQL, approved, first_day)} if approved else {}
+        rows = {r["rrn"]: r for r in await conn.fetch(_PAYMENTS_SQL, approved)} if approved else {}
     for move in moves:
         if not move["approved"]:
             counters.remove(move["rrn"])
@@ -171,6 +171,7 @@ class RiskActor:
             if time.monotonic() - expired >= EXPIRE_EVERY_S:
                 self._book.counters.expire()
                 expired = time.monotonic()
+            gc.collect(1)  # dead cycles of the young generations freed, not frozen (bounded: cheap)
             gc.freeze()
 
     async def _follow(self, since: Since) -> None:

@@ -708,6 +708,18 @@ def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(ri
     assert time.monotonic() - started < 4 * FOLLOW_EVERY_S + 1
 
 
+async def backdate_approval(database_url: str, rrn: str, by: dt.timedelta) -> None:
+    """Move a payment's approval back in the journal's log of moves, and touch its row now."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE txn_move SET moved_at = moved_at - $2::interval WHERE rrn = $1 AND to_state = 'APPROVED'", rrn, by
+        )
+        await conn.execute("UPDATE txn SET reserved_fen = reserved_fen WHERE rrn = $1", rrn)
+    finally:
+        await conn.close()
+
+
 def risk_actor_process(switch) -> psutil.Process:
     found = [p for p in psutil.Process(switch.process.pid).children(recursive=True)
              if "RiskActor" in " ".join(p.cmdline())]  # fmt: skip
@@ -717,10 +729,17 @@ def risk_actor_process(switch) -> psutil.Process:
 
 def test_a_restarted_risk_actor_rebuilds_its_counts_from_the_journal_and_fails_as_configured(risky, database_url):
     """Closed: while the counters are gone, payments under counted rules are declined 91; the
-    first one judged again is judged on the counts rebuilt from the journal. Open: let through."""
+    first one judged again is judged on the counts rebuilt from the journal, each payment at the
+    time of its approval. Open: let through."""
     first = new_purchase("unionpay")
     code = first["2"]
     assert [pay(risky, p)["39"] for p in (first, same_code("unionpay", code))] == ["00", "00"]
+    # Another code's first approval two hours old, its row touched since (as a refund's reservation
+    # touches it): out of the rule's hour once rebuilt.
+    second = new_purchase("unionpay")
+    paid = [pay(risky, p) for p in (second, same_code("unionpay", second["2"]))]
+    assert [a["39"] for a in paid] == ["00", "00"]
+    run(backdate_approval(database_url, paid[0]["37"], dt.timedelta(hours=2)))
     unreachable = lambda policy: next(  # noqa: E731
         (s.value for f in text_string_to_metric_families(risky.get("/metrics")[1]) for s in f.samples
          if s.name == "paysw_risk_unreachable_total" and s.labels["policy"] == policy), 0.0)  # fmt: skip
@@ -730,6 +749,7 @@ def test_a_restarted_risk_actor_rebuilds_its_counts_from_the_journal_and_fails_a
     answers = []
     wait_for(lambda: answers.append(pay(risky, same_code("unionpay", code))["39"]) or answers[-1] != "91", timeout=60)
     assert answers[-1] == "65", answers  # the two approvals, counted again from the journal
+    assert pay(risky, same_code("unionpay", second["2"]))["39"] == "00"  # one in the hour, by approval time
     assert unreachable("closed") >= closed + answers.count("91")
     assert risk_actor_process(risky).pid != old.pid
 
