@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import http.client
 import os
 import random
 import re
@@ -96,10 +97,23 @@ async def fresh_database(url: str, name: str) -> str:
     return urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
+# Ports the tests pick for their servers: below the kernel's ephemeral range (32768-60999 by
+# default), which Ray's processes bind by port 0 at any time (a port freed here and bound by the
+# switch a moment later could be taken in between), and above Ray's workers' 10002-19999.
+PICKED_PORTS = range(20_000, 32_768)
+_pick = random.Random()  # (each xdist process seeds its own)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        port = _pick.choice(PICKED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PICKED_PORTS}")
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -361,7 +375,7 @@ class SwitchProcess:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet, or another server took the port
             return 0, ""
 
     def kill(self) -> None:
