@@ -234,7 +234,7 @@ async def _write_day(url: str, rows: int) -> None:
             SELECT tx_date, rrn, step.from_state, step.to_state, received_at + step.after
             FROM txn, (VALUES (NULL, 'RECEIVED', interval '0'), ('RECEIVED', 'APPROVED', interval '10 ms'))
                 AS step (from_state, to_state, after)
-            WHERE txn.state = 'APPROVED' AND txn.out_trade_no LIKE 'b%'
+            WHERE txn.out_trade_no LIKE 'b%'  -- the bench's day: every row approved
             """
         )
         await conn.execute("ALTER TABLE txn ENABLE TRIGGER USER")
