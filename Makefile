@@ -22,6 +22,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
 # Two pytest processes (xdist): a test file runs whole in one of them; the files that start the
-# demo stack on its fixed ports take turns (tests/conftest.py, demo_ports).
+# demo stack on its fixed ports run one after the other in one of them; files go out in the order
+# tests/conftest.py puts them (longest first), not by how many tests each has.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder

@@ -146,6 +146,32 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
 DEMO_PORTS_LOCK = "/tmp/paysw-tests-demo-ports.lock"
+# The files that start the demo stack on its fixed ports (``demo_ports``): under xdist they go to
+# one test process as one unit, one after the other, rather than one process waiting on the lock
+# while the other holds it. Then the files of a minute or more, so that neither process is left
+# with one of them at the end while the other has finished.
+DEMO_PORT_FILES = ("tests/test_demo.py", "tests/test_bench_isolation.py", "tests/test_load_tools.py")
+LONG_FILES = ("tests/test_isolation.py", "tests/test_multinode.py", "tests/test_crash_recovery.py",
+              "tests/test_risk.py", "tests/test_workers.py", "tests/test_resolution.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = (*DEMO_PORT_FILES, *LONG_FILES)
+    rank = {path: n for n, path in enumerate(first)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(first)))  # (stable)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoPortsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "demo ports" if path in DEMO_PORT_FILES else path
+
+    return DemoPortsTogether(config, log)
 
 
 @dataclass(frozen=True)
