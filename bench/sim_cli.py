@@ -39,6 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fault.add_argument("--refuse", action="store_true", help="refuse connections")
     fault.add_argument("--reset", action="store_true", help="close connections without answering")
     fault.add_argument("--partial", action="store_true", help="act, then cut the answer off mid-body")
+    fault.add_argument("--unread", action="store_true", help="refuse every request unread (the channel's own error)")
     fault.add_argument("--clear", action="store_true", help="healthy again")
 
 
@@ -67,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         "refuse": args.refuse,
         "reset": args.reset,
         "partial": args.partial,
+        "unread": args.unread,
         "latency_ms": latency_ms,
         "error_rate": args.error_rate or 0.0,
     }

@@ -60,6 +60,12 @@ def sim_ledger(simulators: dict[str, int], channel: str) -> dict[str, dict]:
         return json.load(response)
 
 
+def sim_stats(simulators: dict[str, int], channel: str) -> dict[str, int]:
+    """What the channel's simulator saw, counted by operation and verdict."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/stats", timeout=5) as response:
+        return json.load(response)
+
+
 async def wait_for_state(database_url: str, rrn: str, states: set[str], timeout: float = 20.0) -> asyncpg.Record:
     """The journal row once its state is one of ``states`` (the resolver works in the background)."""
     deadline = time.monotonic() + timeout

@@ -155,9 +155,16 @@ def test_tampered_request_is_refused_with_the_channels_own_error(kind):
     assert tampered != call.body
     refusal = pair.read(call, tampered)
     assert isinstance(refusal, str)
-    # The channel's error answer is a certain "not processed": the switch declines with 96, never UNKNOWN.
-    result = pair.parse(pair.request(), pair.side.write_error(refusal, pair.channel_sign))
-    assert (result.outcome, result.response_code) == (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION)
+    # The channel's error answer is a certain "not processed": a pay, cancel or refund is refused
+    # with 96, never UNKNOWN; a query so refused says nothing about the order: UNKNOWN, never closed.
+    error = pair.side.write_error(refusal, pair.channel_sign)
+    outcomes = {op: pair.parse(pair.request(op=op), error) for op in (PAY, CANCEL, REFUND, QUERY)}
+    assert {op: (r.outcome, r.response_code) for op, r in outcomes.items()} == {
+        PAY: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
+        CANCEL: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
+        REFUND: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
+        QUERY: (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+    }
 
 
 # A key of the right algorithm that is not the channel's.

@@ -15,6 +15,7 @@ from tests.support import (
     new_purchase,
     out_trade_no,
     sim_ledger,
+    sim_stats,
     wait_for_state,
 )
 
@@ -74,6 +75,47 @@ def test_customer_who_never_confirms_is_cancelled_when_the_window_closes(switch,
         assert (again["39"], again["37"]) == ("05", answer["37"])
 
     run(scenario())
+
+
+def test_a_query_refused_unread_leaves_the_payment_open_until_the_channel_reads_again(
+    switch, simulators, ports, database_url
+):
+    """The channel charged and the switch gave up waiting (UNKNOWN); then the channel refuses every
+    request unread (our signature no longer accepted, say). A query so refused says nothing about
+    the order: the payment stays open, never recorded closed while the channel holds the money.
+    Once the channel reads requests again, the resolver returns the money."""
+    import asyncio
+
+    from bench.simulators.control import set_fault
+    from bench.simulators.faults import NO_FAULT, Fault
+
+    control = f"127.0.0.1:{ports.controls['wechat']}"
+
+    async def scenario():
+        async with connected(switch) as client:
+            paying = asyncio.ensure_future(client.request(new_purchase("wechat", "98")))  # charged, answered late
+            await asyncio.sleep(0.3)
+            set_fault(control, Fault(unread=True))
+            try:
+                answer = await paying
+                assert answer["39"] == "91"
+                refused = sim_stats(simulators, "wechat").get("fault:unread", 0)
+                for _ in range(60):  # the resolver asks, and is refused, twice more (or takes that for closed)
+                    meanwhile = await journal_row(database_url, answer["37"])
+                    if meanwhile["state"] != "UNKNOWN":
+                        break
+                    if sim_stats(simulators, "wechat").get("fault:unread", 0) >= refused + 2:
+                        break
+                    await asyncio.sleep(0.25)
+            finally:
+                set_fault(control, NO_FAULT)
+        assert (meanwhile["state"], meanwhile["response_code"]) == ("UNKNOWN", "91")
+        settled = await wait_for_state(database_url, answer["37"], {"CANCELLED"}, timeout=45)
+        return answer, settled
+
+    answer, settled = run(scenario())
+    assert settled["response_code"] == "91"
+    assert sim_ledger(simulators, "wechat")[out_trade_no(answer["37"])]["status"] == "REVERSED"
 
 
 def test_journal_agrees_with_every_channel_ledger(switch, simulators, database_url):

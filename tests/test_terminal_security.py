@@ -7,13 +7,11 @@ sign-ons are rate-limited."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
 import subprocess
 import sys
-import urllib.request
 
 import asyncpg
 import pytest
@@ -27,18 +25,13 @@ from hsm.software import SoftwareHsm
 from switch.keystore import KeyStore
 from switch.terminal_keys import RELOAD_AFTER_S, mac_matches
 from tests.conftest import SwitchProcess, fresh_database, run
-from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase
+from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase, sim_stats
 
 MAC_TERMINAL, ECB_TERMINAL = "M0000001", "M0000002"
 
 
 def demo_tmk(terminal: str) -> bytes:
     return bytes.fromhex((DEMO_DIR / "keys" / "terminals" / f"{terminal}.tmk").read_text().strip())
-
-
-def sim_stats(simulators: dict[str, int], channel: str) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/stats", timeout=5) as response:
-        return json.load(response)
 
 
 async def signed_on(terminal, terminal_id: str, algorithm: str = "x9.19") -> TerminalKeys:

@@ -5,7 +5,9 @@
 - ``error_rate``: answer this share of requests with HTTP 500, without acting on them;
 - ``refuse``: stop listening (connections refused); open connections are closed on their next request;
 - ``reset``: accept, then close the connection without answering;
-- ``partial``: act on the request, then cut the answer off in the middle of its body.
+- ``partial``: act on the request, then cut the answer off in the middle of its body;
+- ``unread``: refuse every request unread with the channel's own "not processed" error, acting on
+  nothing (as when the channel no longer accepts our signature).
 
 Set with ``POST /_sim/fault`` on the simulator's control address (a JSON object of these fields;
 it replaces the previous fault), read with ``GET /_sim/fault``, or with ``paysw sim fault``.
@@ -27,6 +29,7 @@ class Fault(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     refuse: bool = False
     reset: bool = False
     partial: bool = False
+    unread: bool = False
 
     def describe(self) -> str:
         active = [name for name, value in msgspec.structs.asdict(self).items() if value]

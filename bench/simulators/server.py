@@ -209,6 +209,9 @@ class Simulator:
         if fault.error_rate and random.random() < fault.error_rate:
             self.stats["fault:error"] += 1
             return Reply(500, b"Internal Server Error", TEXT)
+        if fault.unread:
+            self.stats["fault:unread"] += 1
+            return _reply(self.side.write_error("fault: request refused unread", self._sign))
         seen = self.side.read(request.path, request.body, request.headers, self._verify)
         if isinstance(seen, StatementAsk):
             return _reply(self._statement(request, seen))

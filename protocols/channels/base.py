@@ -189,6 +189,15 @@ def unknown(req: ChannelRequest, channel_code: str, message: str = "") -> Channe
     return ChannelResult(req.key, Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE, channel_code, message)
 
 
+def unprocessed(req: ChannelRequest, channel_code: str, message: str = "") -> ChannelResult:
+    """The channel refused our request unread (its signature or parameters): it did nothing. A pay,
+    cancel or refund is thereby refused (96); a query learned nothing about the order: UNKNOWN, to
+    be asked again, never taken for the order's being closed."""
+    if req.op == QUERY:
+        return unknown(req, channel_code, message)
+    return declined(req, rc.SYSTEM_MALFUNCTION, channel_code, message)
+
+
 def not_sent(
     req: ChannelRequest, channel_code: str, message: str, iso_code: str = rc.CHANNEL_UNAVAILABLE
 ) -> ChannelResult:

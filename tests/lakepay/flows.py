@@ -28,6 +28,7 @@ from protocols.channels.base import (
     not_found,
     pending,
     unknown,
+    unprocessed,
 )
 from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
@@ -105,7 +106,7 @@ def verified(answer: HttpAnswer, crypto: Crypto) -> bool:
 
 def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Answer | ChannelResult:
     if answer.status == 401:
-        return declined(req, rc.SYSTEM_MALFUNCTION, "401", "signature refused")
+        return unprocessed(req, "401", "signature refused")
     if answer.status != 200:
         return unknown(req, f"HTTP{answer.status}")
     if not verified(answer, crypto):

@@ -35,6 +35,7 @@ from protocols.channels.base import (
     pending,
     sorted_query,
     unknown,
+    unprocessed,
     yuan,
 )
 from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
@@ -213,7 +214,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
     except msgspec.DecodeError:  # ValidationError included: a field of the wrong type
         return unknown(req, "BADJSON", "unreadable answer")
     if got.code == INVALID_ARGUMENTS:  # Alipay leaves it unsigned; certainly not processed
-        return declined(req, rc.SYSTEM_MALFUNCTION, got.sub_code or got.code, got.message)
+        return unprocessed(req, got.sub_code or got.code, got.message)
     if not verified:
         return unknown(req, "BADSIGN", "answer signature")
     if got.code not in (SUCCESS, WAITING, FAILED):  # UNKNOWN (20000), or a code never documented

@@ -36,6 +36,7 @@ from protocols.channels.base import (
     not_found,
     pending,
     unknown,
+    unprocessed,
 )
 from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 from protocols.statements import CST
@@ -151,7 +152,7 @@ def _read(
     """The answer's business part, or the result it already decides (no answer to trust, our
     request refused unprocessed, or the bank's system error)."""
     if answer.status == 401:  # our signature was refused: not processed
-        return declined(req, rc.SYSTEM_MALFUNCTION, "401", "signature refused")
+        return unprocessed(req, "401", "signature refused")
     if answer.status != 200:
         return unknown(req, f"HTTP{answer.status}")
     if not crypto.verify(answer.body, answer.headers.get(SIGNATURE_HEADER, "")):

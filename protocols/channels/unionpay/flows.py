@@ -41,6 +41,7 @@ from protocols.channels.base import (
     pending,
     sorted_query,
     unknown,
+    unprocessed,
 )
 from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 from protocols.statements import CST
@@ -178,7 +179,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
     if not code:
         return unknown(req, "BADFORM", "unreadable answer")
     if code == FORMAT_ERROR and "signature" not in doc:  # refused unread: certainly not processed
-        return declined(req, rc.SYSTEM_MALFUNCTION, code, doc.get("respMsg", ""))
+        return unprocessed(req, code, doc.get("respMsg", ""))
     if not crypto.verify(signing_input(doc), doc.get("signature", "")):
         return unknown(req, "BADSIGN", "answer signature")
     return another_order(req, doc.get("orderId", ""), order_id(req)) or msgspec.convert(doc, shape)

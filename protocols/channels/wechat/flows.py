@@ -34,6 +34,7 @@ from protocols.channels.base import (
     pending,
     sorted_query,
     unknown,
+    unprocessed,
 )
 from protocols.channels.wechat.xml import from_xml, to_xml
 from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
@@ -171,7 +172,7 @@ def _read(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, shape: type[A
         return unknown(req, "BADXML", "unreadable answer")
     if doc.get("return_code") != "SUCCESS":
         # Communication-level failure (bad signature, bad parameters): not processed.
-        return declined(req, rc.SYSTEM_MALFUNCTION, "FAIL", doc.get("return_msg", ""))
+        return unprocessed(req, "FAIL", doc.get("return_msg", ""))
     if not crypto.verify(signing_input(doc), doc.get("sign", "")):
         return unknown(req, "BADSIGN", "answer signature")
     return another_order(req, doc.get("out_trade_no", ""), req.out_trade_no) or msgspec.convert(doc, shape)
