@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.traffic import refund, reversal
+from protocols.messages import CANCEL, ChannelRequest, Outcome
 from risk.actor import FOLLOW_EVERY_S
 from risk.engine import Engine, Facts, Hit
 from risk.lists import Lists
@@ -32,6 +33,7 @@ from switch.journal import Journal, NewTxn
 from switch.journal.machine import FINAL
 from tests.conftest import run, switch_with
 from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state
+from tests.test_recon import channel_worker
 from tests.test_workers import requests_by_worker
 
 CAP_FEN = 500_000  # the module's single-payment cap
@@ -685,7 +687,7 @@ def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolve
     assert (bought["state"], bought["reserved_fen"], bought["refunded_fen"]) == ("APPROVED", 0, 0)
 
 
-def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(risky, database_url):
+def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(risky, config_dir, database_url):
     """Reconciliation, or another site's resolver, moves rows without telling this switch's risk
     actors: they read such moves from the journal's log of moves."""
     first = new_purchase("unionpay")
@@ -694,7 +696,27 @@ def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(ri
     assert [a["39"] for a in paid] == ["00", "00"]
     assert pay(risky, same_code("unionpay", code))["39"] == "65"
 
-    async def reverse_behind_its_back() -> None:  # as a writer that tells nobody would
+    async def reverse_behind_its_back() -> None:
+        # As a writer that tells nobody would: the money returned at the channel (so the journal
+        # still agrees with the channel's ledger), then the row moved.
+        row = await journal_row(database_url, paid[1]["37"])
+        worker = channel_worker(config_dir, "unionpay")
+        try:
+            cancel = ChannelRequest(
+                1,
+                CANCEL,
+                row["out_trade_no"],
+                row["amount_fen"],
+                "",
+                "",
+                row["terminal_id"],
+                time.time() + 10,
+                row["received_at"].timestamp(),
+                row["channel_txn_id"],
+            )
+            assert (await worker.call(cancel)).outcome is Outcome.APPROVED
+        finally:
+            await worker.close()
         conn = await asyncpg.connect(database_url)
         try:
             await conn.execute("UPDATE txn SET reversal_requested_at = now(), state = 'REVERSED' WHERE rrn = $1",
