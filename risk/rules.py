@@ -155,6 +155,9 @@ class RiskSection(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
     rules: str = ""  # the rules file, relative to the configuration's folder; empty: no rules
     shards: Annotated[int, Meta(ge=1, le=64)] = 1  # risk actors holding the counters, by subject hash
     counters_timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 250  # then the rule set's fail policy
+    # The risk actors' CPU priority (nice, every thread): an answer every payment waits for must not
+    # wait for a CPU behind busier processes. Lowering it needs CAP_SYS_NICE; without, a warning.
+    cpu_nice: Annotated[int, Meta(ge=-20, le=19)] = -10
 
 
 def code_of(rule: Rule) -> str:

@@ -182,7 +182,9 @@ class SwitchApp:
         the journal's moves counted by them from now on."""
         assert self.journal is not None
         section = self.config.risk
-        actors = [risk_actor(i, section.shards, self._database_url, tls) for i in range(section.shards)]
+        actors = [
+            risk_actor(i, section.shards, self._database_url, tls, section.cpu_nice) for i in range(section.shards)
+        ]
         counters = CounterShards(actors, section.counters_timeout_ms / 1000, client_tls(tls) if tls else None)
         counters.start()
         try:

@@ -749,6 +749,25 @@ def risk_actor_process(switch) -> psutil.Process:
     return found[0]
 
 
+def may_raise_priority() -> bool:
+    """Whether this host lets a process raise its CPU priority: CAP_SYS_NICE (root has it)."""
+    status = Path("/proc/self/status").read_text()
+    return bool(int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16) >> 23 & 1)
+
+
+def test_every_thread_of_a_risk_actor_runs_at_the_configured_cpu_priority(risky):
+    """Each payment waits for a shard's answer, and a shard is idle most of the time: on a busy
+    host it must not wait for a CPU behind busier processes. Every thread (Linux keeps a priority
+    per thread) runs at ``[risk] cpu_nice`` (-10 by default); a host that does not allow it is told."""
+    actor = risk_actor_process(risky)
+    if not may_raise_priority():
+        wait_for(lambda: "raising it needs CAP_SYS_NICE" in risky.log_path.read_text())
+        return
+    priorities = lambda: {os.getpriority(os.PRIO_PROCESS, t.id) for t in actor.threads()}  # noqa: E731
+    wait_for(lambda: priorities() == {-10})
+    assert len(actor.threads()) > 1  # Ray's threads as well as the one that answers
+
+
 def test_a_restarted_risk_actor_rebuilds_its_counts_from_the_journal_and_fails_as_configured(risky, database_url):
     """Closed: while the counters are gone, payments under counted rules are declined 91; the
     first one judged again is judged on the counts rebuilt from the journal, each payment at the
