@@ -155,14 +155,15 @@ def test_tampered_request_is_refused_with_the_channels_own_error(kind):
     assert tampered != call.body
     refusal = pair.read(call, tampered)
     assert isinstance(refusal, str)
-    # The channel's error answer is a certain "not processed": a pay, cancel or refund is refused
-    # with 96, never UNKNOWN; a query so refused says nothing about the order: UNKNOWN, never closed.
+    # The channel's error answer is a certain "not processed": a pay (never sent twice) is refused
+    # with 96, never UNKNOWN; a query, cancel or refund so refused (perhaps a retry of one whose
+    # answer was lost) says nothing of the order: UNKNOWN, asked again.
     error = pair.side.write_error(refusal, pair.channel_sign)
     outcomes = {op: pair.parse(pair.request(op=op), error) for op in (PAY, CANCEL, REFUND, QUERY)}
     assert {op: (r.outcome, r.response_code) for op, r in outcomes.items()} == {
         PAY: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
-        CANCEL: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
-        REFUND: (Outcome.DECLINED, rc.SYSTEM_MALFUNCTION),
+        CANCEL: (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+        REFUND: (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
         QUERY: (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
     }
 

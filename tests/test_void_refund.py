@@ -8,7 +8,16 @@ import asyncio
 from bench.client import IsoClient
 from bench.traffic import refund, void
 from tests.conftest import run
-from tests.support import STANS, connected, journal_row, new_purchase, out_trade_no, sim_ledger, wait_for_state
+from tests.support import (
+    STANS,
+    connected,
+    journal_row,
+    new_purchase,
+    out_trade_no,
+    sim_ledger,
+    sim_stats,
+    wait_for_state,
+)
 
 
 def stan(request: dict[str, str]) -> str:
@@ -124,6 +133,46 @@ def test_refund_with_an_unknown_outcome_is_completed_once(switch, simulators, da
         assert (await journal_row(database_url, paid["37"]))["refunded_fen"] == 300
 
     run(scenario())
+
+
+def test_a_refund_retried_while_the_channel_reads_no_request_is_completed_once(
+    switch, simulators, ports, database_url
+):
+    """The channel refunded but garbled its answer (09, in progress); the resolver's retries are
+    then refused unread (our signature no longer accepted, say). A refusal of the retry says
+    nothing of the first attempt: the refund stays in progress, never recorded refused while the
+    channel has paid it back, and is completed, once, when the channel reads requests again."""
+    from bench.simulators.control import set_fault
+    from bench.simulators.faults import NO_FAULT, Fault
+
+    control = f"127.0.0.1:{ports.controls['wechat']}"
+
+    async def scenario():
+        purchase = new_purchase("wechat", "06", amount=900)  # the channel garbles its first refund answer
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            answer = await client.request(refund(purchase, paid["37"], 300, stan(purchase)))
+        assert (paid["39"], answer["39"]) == ("00", "09")
+        set_fault(control, Fault(unread=True))  # before the resolver's first retry, RETRY_S later
+        try:
+            refused = sim_stats(simulators, "wechat").get("fault:unread", 0)
+            for _ in range(60):  # two retries refused (or one taken for the refund's refusal)
+                meanwhile = await journal_row(database_url, answer["37"])
+                if meanwhile["state"] != "UNKNOWN":
+                    break
+                if sim_stats(simulators, "wechat").get("fault:unread", 0) >= refused + 2:
+                    break
+                await asyncio.sleep(0.25)
+        finally:
+            set_fault(control, NO_FAULT)
+        assert meanwhile["state"] == "UNKNOWN"
+        settled = await wait_for_state(database_url, answer["37"], {"APPROVED"}, timeout=45)
+        return paid, settled
+
+    paid, settled = run(scenario())
+    assert settled["response_code"] == "00"
+    assert sim_ledger(simulators, "wechat")[out_trade_no(paid["37"])]["refunded_fen"] == 300  # refunded once
+    assert run(journal_row(database_url, paid["37"]))["refunded_fen"] == 300
 
 
 def test_void_with_an_unknown_outcome_is_completed_once(switch, simulators, database_url):

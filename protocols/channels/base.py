@@ -190,12 +190,14 @@ def unknown(req: ChannelRequest, channel_code: str, message: str = "") -> Channe
 
 
 def unprocessed(req: ChannelRequest, channel_code: str, message: str = "") -> ChannelResult:
-    """The channel refused our request unread (its signature or parameters): it did nothing. A pay,
-    cancel or refund is thereby refused (96); a query learned nothing about the order: UNKNOWN, to
-    be asked again, never taken for the order's being closed."""
-    if req.op == QUERY:
-        return unknown(req, channel_code, message)
-    return declined(req, rc.SYSTEM_MALFUNCTION, channel_code, message)
+    """The channel refused our request unread (its signature or parameters): this request did
+    nothing. That ends a pay, which is never sent twice: refused (96). A query, a cancel or a
+    refund is asked again, and may be a retry of one whose first answer was lost: it tells nothing
+    of the order or of that first attempt, so UNKNOWN (never taken for the order's being closed, or
+    an undo's being refused while the channel may have done it)."""
+    if req.op == PAY:
+        return declined(req, rc.SYSTEM_MALFUNCTION, channel_code, message)
+    return unknown(req, channel_code, message)
 
 
 def not_sent(
