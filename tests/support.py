@@ -10,6 +10,7 @@ import json
 import random
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import asyncpg
 
@@ -64,6 +65,34 @@ def sim_stats(simulators: dict[str, int], channel: str) -> dict[str, int]:
     """What the channel's simulator saw, counted by operation and verdict."""
     with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/stats", timeout=5) as response:
         return json.load(response)
+
+
+@contextlib.contextmanager
+def reading_nothing(ports, channel: str) -> Iterator[None]:
+    """Meanwhile the channel's simulator refuses every request unread (``paysw sim fault --unread``)."""
+    from bench.simulators.control import set_fault
+    from bench.simulators.faults import NO_FAULT, Fault
+
+    control = f"127.0.0.1:{ports.controls[channel]}"
+    set_fault(control, Fault(unread=True))
+    try:
+        yield
+    finally:
+        set_fault(control, NO_FAULT)
+
+
+async def row_after_refusals(
+    database_url: str, simulators: dict[str, int], channel: str, rrn: str, refusals: int = 2
+) -> asyncpg.Record:
+    """``rrn``'s journal row once the channel has refused ``refusals`` more requests unread, or
+    once the row has left UNKNOWN (a refusal taken for an answer)."""
+    seen = sim_stats(simulators, channel).get("fault:unread", 0)
+    for _ in range(60):
+        row = await journal_row(database_url, rrn)
+        if row["state"] != "UNKNOWN" or sim_stats(simulators, channel).get("fault:unread", 0) >= seen + refusals:
+            break
+        await asyncio.sleep(0.25)
+    return row
 
 
 async def wait_for_state(database_url: str, rrn: str, states: set[str], timeout: float = 20.0) -> asyncpg.Record:

@@ -14,8 +14,9 @@ from tests.support import (
     journal_row,
     new_purchase,
     out_trade_no,
+    reading_nothing,
+    row_after_refusals,
     sim_ledger,
-    sim_stats,
     wait_for_state,
 )
 
@@ -86,29 +87,14 @@ def test_a_query_refused_unread_leaves_the_payment_open_until_the_channel_reads_
     Once the channel reads requests again, the resolver returns the money."""
     import asyncio
 
-    from bench.simulators.control import set_fault
-    from bench.simulators.faults import NO_FAULT, Fault
-
-    control = f"127.0.0.1:{ports.controls['wechat']}"
-
     async def scenario():
         async with connected(switch) as client:
             paying = asyncio.ensure_future(client.request(new_purchase("wechat", "98")))  # charged, answered late
             await asyncio.sleep(0.3)
-            set_fault(control, Fault(unread=True))
-            try:
+            with reading_nothing(ports, "wechat"):
                 answer = await paying
                 assert answer["39"] == "91"
-                refused = sim_stats(simulators, "wechat").get("fault:unread", 0)
-                for _ in range(60):  # the resolver asks, and is refused, twice more (or takes that for closed)
-                    meanwhile = await journal_row(database_url, answer["37"])
-                    if meanwhile["state"] != "UNKNOWN":
-                        break
-                    if sim_stats(simulators, "wechat").get("fault:unread", 0) >= refused + 2:
-                        break
-                    await asyncio.sleep(0.25)
-            finally:
-                set_fault(control, NO_FAULT)
+                meanwhile = await row_after_refusals(database_url, simulators, "wechat", answer["37"])
         assert (meanwhile["state"], meanwhile["response_code"]) == ("UNKNOWN", "91")
         settled = await wait_for_state(database_url, answer["37"], {"CANCELLED"}, timeout=45)
         return answer, settled

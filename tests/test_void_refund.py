@@ -14,8 +14,9 @@ from tests.support import (
     journal_row,
     new_purchase,
     out_trade_no,
+    reading_nothing,
+    row_after_refusals,
     sim_ledger,
-    sim_stats,
     wait_for_state,
 )
 
@@ -142,29 +143,14 @@ def test_a_refund_retried_while_the_channel_reads_no_request_is_completed_once(
     then refused unread (our signature no longer accepted, say). A refusal of the retry says
     nothing of the first attempt: the refund stays in progress, never recorded refused while the
     channel has paid it back, and is completed, once, when the channel reads requests again."""
-    from bench.simulators.control import set_fault
-    from bench.simulators.faults import NO_FAULT, Fault
-
-    control = f"127.0.0.1:{ports.controls['wechat']}"
-
     async def scenario():
         purchase = new_purchase("wechat", "06", amount=900)  # the channel garbles its first refund answer
         async with connected(switch) as client:
             paid = await client.request(purchase)
             answer = await client.request(refund(purchase, paid["37"], 300, stan(purchase)))
         assert (paid["39"], answer["39"]) == ("00", "09")
-        set_fault(control, Fault(unread=True))  # before the resolver's first retry, RETRY_S later
-        try:
-            refused = sim_stats(simulators, "wechat").get("fault:unread", 0)
-            for _ in range(60):  # two retries refused (or one taken for the refund's refusal)
-                meanwhile = await journal_row(database_url, answer["37"])
-                if meanwhile["state"] != "UNKNOWN":
-                    break
-                if sim_stats(simulators, "wechat").get("fault:unread", 0) >= refused + 2:
-                    break
-                await asyncio.sleep(0.25)
-        finally:
-            set_fault(control, NO_FAULT)
+        with reading_nothing(ports, "wechat"):  # before the resolver's first retry, RETRY_S later
+            meanwhile = await row_after_refusals(database_url, simulators, "wechat", answer["37"])
         assert meanwhile["state"] == "UNKNOWN"
         settled = await wait_for_state(database_url, answer["37"], {"APPROVED"}, timeout=45)
         return paid, settled
