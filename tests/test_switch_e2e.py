@@ -258,11 +258,14 @@ def test_metrics_and_health_endpoints(switch):
     assert not leaked, f"{len(leaked)} payment codes in the metrics"
     labels = set(re.findall(r'(\w+)="', text))
     # "class": the reconciliation classes (six of them); "field" and "rule": a rejection's, from the
-    # rules of protocols.validation; "step" and "txn_type": those of switch.steps.
+    # rules of protocols.validation, or a risk rule's id from the rules file; "action", "mode",
+    # "policy" and "result": the risk rules' and reloads' own few values; "step" and "txn_type":
+    # those of switch.steps. Which appear depends on what other tests did on the session's switch.
     bounded = {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le"}
-    assert labels <= bounded | {"field", "rule", "step", "txn_type"}, f"unbounded labels: {labels}"
+    risk = {"action", "mode", "policy", "result"}
+    assert labels <= bounded | risk | {"field", "rule", "step", "txn_type"}, f"unbounded labels: {labels}"
     rules = {v.name for v in vars(validation).values() if isinstance(v, validation.Rule)} | {validation.FORMAT}
-    assert set(re.findall(r'rule="([^"]*)"', text)) <= rules
+    assert set(re.findall(r'paysw_rejected_total\{[^}]*rule="([^"]*)"', text)) <= rules
 
 
 def test_fifty_identical_requests_at_once_make_one_channel_call(switch, simulators, database_url):
