@@ -20,6 +20,9 @@ class Outcome(StrEnum):
 
 
 PAY, QUERY, CANCEL, REFUND = "pay", "query", "cancel", "refund"
+# A QR order the customer scans (the merchant's code, 主扫): ``precreate`` it at the channel, and
+# ``close`` it unpaid when it expires (a closed order can no longer be paid).
+PRECREATE, CLOSE = "precreate", "close"
 
 
 class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -44,6 +47,8 @@ class ChannelRequest(msgspec.Struct, array_like=True, frozen=True):
     refund_no: str = ""  # refund: its own order number at the channel
     total_fen: int = 0  # refund: the payment's whole amount
     pin_block: str = ""  # card pay with a PIN: the block under the channel's zone PIN key, hex
+    notify_url: str = ""  # precreate: where the channel posts its notification that the order is paid
+    expires: float = 0.0  # precreate: epoch seconds after which the order can no longer be paid
 
 
 class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
@@ -54,6 +59,10 @@ class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
       NOT_FOUND when the channel has no such order), UNKNOWN could not tell.
     - cancel: APPROVED cancelled (the channel keeps no money), UNKNOWN call again, DECLINED refused.
     - refund: APPROVED accepted (the money goes back), UNKNOWN call again (same refund_no), DECLINED refused.
+    - precreate: PENDING created, ``qr_code`` what the customer scans (nothing paid yet), DECLINED
+      refused (no order), UNKNOWN it may exist (queried, and closed).
+    - close: APPROVED closed (it can no longer be paid), DECLINED refused (paid meanwhile: query it),
+      UNKNOWN call again.
     """
 
     key: int
@@ -63,6 +72,7 @@ class ChannelResult(msgspec.Struct, array_like=True, frozen=True):
     channel_message: str = ""
     channel_txn_id: str = ""
     sent: bool = True  # False when the request certainly never left the switch
+    qr_code: str = ""  # precreate: the content of the QR code the customer scans
 
 
 NOT_FOUND = "NOTEXIST"  # channel_code of a query for an order the channel never had

@@ -7,7 +7,12 @@
 - ``reset``: accept, then close the connection without answering;
 - ``partial``: act on the request, then cut the answer off in the middle of its body;
 - ``unread``: refuse every request unread with the channel's own "not processed" error, acting on
-  nothing (as when the channel no longer accepts our signature).
+  nothing (as when the channel no longer accepts our signature);
+- ``notice_drop``: lose the first this many attempts of each QR order's notification on the way
+  (more than its schedule has: the notification never arrives);
+- ``notice_twice``: send each notification attempt twice.
+
+The notification faults are those in force when the order is paid.
 
 Set with ``POST /_sim/fault`` on the simulator's control address (a JSON object of these fields;
 it replaces the previous fault), read with ``GET /_sim/fault``, or with ``paysw sim fault``.
@@ -30,12 +35,13 @@ class Fault(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     reset: bool = False
     partial: bool = False
     unread: bool = False
+    notice_drop: Annotated[int, Meta(ge=0)] = 0
+    notice_twice: bool = False
 
     def describe(self) -> str:
         active = [name for name, value in msgspec.structs.asdict(self).items() if value]
-        return (
-            ", ".join(f"{n}={getattr(self, n)}" if n in ("latency_ms", "error_rate") else n for n in active) or "none"
-        )
+        valued = ("latency_ms", "error_rate", "notice_drop")
+        return ", ".join(f"{n}={getattr(self, n)}" if n in valued else n for n in active) or "none"
 
 
 NO_FAULT = Fault()

@@ -60,7 +60,9 @@ class Order:
     """One order in a simulated channel's ledger."""
 
     amount_fen: int
-    status: str  # PAID, PAYING, FAILED, CLOSED (never paid), REVERSED (paid, money returned)
+    # PAID, PAYING, NOTPAY (a QR order not paid yet), FAILED, CLOSED (never paid), REVERSED (paid,
+    # money returned)
+    status: str
     channel_txn_id: str
     pay_verdict: str = ""
     confirms_at: float = math.inf  # while PAYING: when the customer confirms
@@ -69,6 +71,9 @@ class Order:
     garbles_next_undo: bool = False
     created_at: float = field(default_factory=time.time)
     refunded_at: dict[str, float] = field(default_factory=dict)  # refund number -> when
+    qr_code: str = ""  # a QR order: what the customer scans
+    notify_url: str = ""  # a QR order: where its notifications go
+    expires_at: float = math.inf  # a QR order: no scan after this
 
     def answer(self, status: str) -> str:
         """What the channel says about what it just did (an order may garble its first answer)."""
@@ -123,6 +128,39 @@ class Ledger:
             order.refresh()
         return order
 
+    def precreate(self, out_trade_no: str, amount_fen: int, qr_code: str, notify_url: str, expires_at: float) -> Order:
+        """A QR order for the customer to scan (NOTPAY); a resent order number gets the same order."""
+        order = self._orders.get(out_trade_no)
+        if order is None:
+            order = Order(amount_fen, "NOTPAY", "", qr_code=qr_code, notify_url=notify_url, expires_at=expires_at)
+            self._orders[out_trade_no] = order
+        return order
+
+    def scan(self, out_trade_no: str, channel_txn_id: str) -> Order | str:
+        """The customer scans the order's code and pays: the order, PAID; or why not (NOTEXIST,
+        EXPIRED, CLOSED, PAID: it was paid before)."""
+        order = self._orders.get(out_trade_no)
+        if order is None or not order.qr_code:
+            return "NOTEXIST"
+        if order.status != "NOTPAY":
+            return order.status
+        if time.time() > order.expires_at:
+            return "EXPIRED"
+        order.status, order.channel_txn_id, order.created_at = "PAID", channel_txn_id, time.time()
+        return order
+
+    def close(self, out_trade_no: str) -> str:
+        """Close a QR order unpaid: DONE (also one closed before), PAID (paid: not closed), or
+        NOTEXIST (the number is closed anyway, so it is never paid)."""
+        order = self._orders.get(out_trade_no)
+        if order is None:
+            self._orders[out_trade_no] = Order(0, "CLOSED", "")
+            return "NOTEXIST"
+        if order.status in ("PAID", "REVERSED"):
+            return "PAID"
+        order.status = "CLOSED"
+        return "DONE"
+
     def cancel(self, out_trade_no: str) -> str:
         """Close or reverse an order: DONE, REFUSED, or NOTEXIST when there was none (the number
         is closed anyway, so a pay that arrives late is refused)."""
@@ -135,7 +173,7 @@ class Ledger:
             return "REFUSED"
         if order.status == "PAID":
             order.status = "REVERSED"
-        elif order.status == "PAYING":
+        elif order.status in ("PAYING", "NOTPAY"):
             order.status = "CLOSED"
         return order.answer("DONE")
 

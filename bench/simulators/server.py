@@ -5,6 +5,13 @@ answer), decides a payment's outcome from its payment code (``outcomes``), keeps
 what it charged, closed and reversed (a resent order gets its first outcome; a late pay for a
 cancelled order is refused), and signs its answers with the channel's key.
 
+QR orders (the customer scans the merchant's code): a precreate makes an order nobody has paid
+(NOTPAY) and answers its code; ``POST /_sim/scan`` on the control address is the customer
+scanning and paying it, after which the channel POSTs its notification to the order's
+``notify_url`` on the channel's own retry schedule (``ChannelSide.notice_schedule_s``, times
+``notice_scale``) until it is acknowledged; the faults ``notice_drop`` and ``notice_twice`` lose
+or repeat some.
+
 Its control address (``control_listen``, by default the channel's port + 100) serves
 ``/_sim/fault`` (``bench.simulators.faults``: faults switched on and off at run time);
 ``/_sim/stats``, what it saw; ``/_sim/ledger``, the ledger, for comparing with the switch's
@@ -22,6 +29,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import itertools
+import math
 import random
 import secrets
 import time
@@ -32,18 +40,18 @@ from typing import Annotated
 
 import asyncpg
 import msgspec
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from msgspec import Meta, Struct
 
 from bench.simulators import http
 from bench.simulators.faults import FAULT_DECODER, NO_FAULT, Fault
 from bench.simulators.http import CUT, HALF, JSON, TEXT, Reply, Request
 from bench.simulators.outcomes import Ledger, Order, drops_answer, is_slow
-from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk, side_of
+from bench.simulators.side import ChannelVerdict, Paid, RequestSeen, StatementAsk, side_of
 from bench.simulators.statement_faults import NO_STATEMENT_FAULTS, STATEMENT_FAULTS_DECODER, spoil
 from hsm import algorithms
 from protocols.channels.base import HttpAnswer
-from protocols.messages import CANCEL, PAY, REFUND
+from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, REFUND
 from protocols.statements import CST
 
 
@@ -68,6 +76,7 @@ class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     keys: SimulatorKeys
     card_pin: str = "123456"  # the PIN every test card has, checked when a PIN block comes
     fee_per_10000: Annotated[int, Meta(ge=0)] = 60  # the channel's fee on each payment (60 = 0.60 %)
+    notice_scale: Annotated[float, Meta(gt=0)] = 1.0  # the notification retry schedule's times this (tests: 0.01)
 
 
 def control_address(section: SimulatorSection) -> str:
@@ -111,6 +120,10 @@ class Simulator:
         self._latency = section.latency_ms / 1000
         self._slow = section.slow_ms / 1000
         self.ledger = Ledger(section.paying_ms / 1000)
+        self._notice_scale = section.notice_scale
+        self._qr_orders: dict[str, RequestSeen] = {}  # out_trade_no -> its precreate request
+        self._notifying: set[asyncio.Task[None]] = set()
+        self._client: ClientSession | None = None
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
         self._audit_dsn = audit_dsn
@@ -145,6 +158,7 @@ class Simulator:
         app.router.add_get("/_sim/fault", self.get_fault)
         app.router.add_post("/_sim/fault", self.set_fault)
         app.router.add_post("/_sim/statement-faults", self.set_statement_faults)
+        app.router.add_post("/_sim/scan", self.scan)
         for path in self._reads:
             app.router.add_get(path, self._control_read)
         return app
@@ -165,10 +179,14 @@ class Simulator:
         await self._open_channel()
         host, _, port = control_listen.rpartition(":")
         await web.TCPSite(control, host, int(port)).start()
+        self._client = ClientSession(timeout=ClientTimeout(total=10))
         try:
             await asyncio.Event().wait()
         finally:
             self._channel.close()
+            for task in self._notifying:
+                task.cancel()
+            await self._client.close()
             await control.cleanup()
             if self._audit_pool is not None:
                 await self._audit_pool.close()
@@ -250,6 +268,10 @@ class Simulator:
         elif seen.op == CANCEL:
             verdict = ChannelVerdict(self.ledger.cancel(seen.out_trade_no))
             delay = self._latency
+        elif seen.op == PRECREATE:
+            verdict, delay = self._precreate(seen), self._latency
+        elif seen.op == CLOSE:
+            verdict, delay = ChannelVerdict(self.ledger.close(seen.out_trade_no)), self._latency
         else:
             order = self.ledger.query(seen.out_trade_no)
             verdict = ChannelVerdict(_query_verdict(order), order.channel_txn_id if order else "")
@@ -263,6 +285,58 @@ class Simulator:
             self.stats["fault:partial"] += 1
             return _reply(answer, delay, ending=HALF)
         return _reply(answer, delay)
+
+    def _precreate(self, seen: RequestSeen) -> ChannelVerdict:
+        notify_url, expires_at = str(seen.fields.get("notify_url", "")), float(seen.fields.get("expires_at", 0))
+        qr_code = self.side.qr_prefix + secrets.token_urlsafe(12)
+        order = self.ledger.precreate(seen.out_trade_no, seen.amount_fen, qr_code, notify_url, expires_at or math.inf)
+        self._qr_orders.setdefault(seen.out_trade_no, seen)
+        return ChannelVerdict("CREATED", qr_code=order.qr_code)
+
+    async def scan(self, request: web.Request) -> web.Response:
+        """The customer scans a QR order's code (``{"qr_code": ...}`` or ``{"out_trade_no": ...}``)
+        and pays: ``{"status": "PAID", ...}`` and its notifications start; or why not."""
+        try:
+            ask = msgspec.json.decode(await request.read(), type=dict[str, str])
+        except msgspec.DecodeError as exc:
+            return _json({"error": str(exc)}, status=400)
+        out_trade_no = ask.get("out_trade_no") or next(
+            (no for no, seen in self._qr_orders.items() if self.ledger.query(no).qr_code == ask.get("qr_code")), ""
+        )
+        paid = self.ledger.scan(out_trade_no, self._transaction_id())
+        if isinstance(paid, str):
+            self.stats[f"scan:{paid}"] += 1
+            return _json({"status": paid, "out_trade_no": out_trade_no}, status=409)
+        self.stats["scan:PAID"] += 1
+        notice = Paid(paid.channel_txn_id, paid.amount_fen, paid.created_at)
+        task = asyncio.get_running_loop().create_task(self._notify(self._qr_orders[out_trade_no], notice, self.fault))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+        return _json({"status": "PAID", "out_trade_no": out_trade_no, "channel_txn_id": paid.channel_txn_id})
+
+    async def _notify(self, order: RequestSeen, paid: Paid, fault: Fault) -> None:
+        """POST the order's notification until acknowledged, on the channel's schedule; the first
+        ``notice_drop`` attempts are lost on the way, and with ``notice_twice`` each goes twice."""
+        assert self._client is not None
+        notification = self.side.notice(order, paid, self._sign)
+        url = str(order.fields.get("notify_url", ""))
+        for attempt, wait in enumerate((0.0, *self.side.notice_schedule_s)):
+            await asyncio.sleep(wait * self._notice_scale)
+            if attempt < fault.notice_drop:
+                self.stats["notice:dropped"] += 1
+                continue
+            for _ in range(2 if fault.notice_twice else 1):
+                self.stats["notice:sent"] += 1
+                try:
+                    headers = {"Content-Type": notification.content_type}
+                    async with self._client.post(url, data=notification.body, headers=headers) as answer:
+                        acked = self.side.notice_acked(answer.status, await answer.read())
+                except (TimeoutError, OSError, ClientError):
+                    acked = False
+            if acked:
+                self.stats["notice:acked"] += 1
+                return
+        self.stats["notice:given_up"] += 1
 
     async def _record_audit(self, seen: RequestSeen) -> None:
         assert self._audit_pool is not None
@@ -320,7 +394,7 @@ class Simulator:
 def _pay_verdict(order: Order) -> str:
     if order.status == "PAID":
         return "SYSTEMERROR" if order.pay_verdict == "SYSTEMERROR" else "SUCCESS"
-    if order.status == "PAYING":
+    if order.status in ("PAYING", "NOTPAY"):
         return "USERPAYING"
     if order.status == "FAILED":
         return order.pay_verdict
@@ -330,7 +404,7 @@ def _pay_verdict(order: Order) -> str:
 def _query_verdict(order: Order | None) -> str:
     if order is None:
         return "NOTEXIST"
-    return {"PAID": "PAID", "PAYING": "PAYING"}.get(order.status, "CLOSED")
+    return {"PAID": "PAID", "PAYING": "PAYING", "NOTPAY": "NOTPAY"}.get(order.status, "CLOSED")
 
 
 def _reply(answer: HttpAnswer, delay: float = 0.0, ending: str = http.SEND) -> Reply:

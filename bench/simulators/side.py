@@ -23,10 +23,14 @@ class ChannelVerdict:
     - query: PAID, PAYING, CLOSED, NOTEXIST, SYSTEMERROR
     - cancel: DONE, RETRY, NOTEXIST, REFUSED, SYSTEMERROR
     - refund: DONE, REFUSED, SYSTEMERROR
+    - precreate: CREATED (with ``qr_code``), SYSTEMERROR
+    - close: DONE, PAID (paid: not closed), NOTEXIST, SYSTEMERROR
+    - query of a QR order nobody has paid yet: NOTPAY
     """
 
     status: str
     channel_txn_id: str = ""
+    qr_code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,23 @@ class RequestSeen:
     refund_no: str = ""
     pin_block: str = ""
     fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Paid:
+    """A QR order the customer paid, as the channel's notification tells it."""
+
+    channel_txn_id: str
+    amount_fen: int
+    at: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A notification to POST to the order's ``notify_url``."""
+
+    body: bytes
+    content_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +85,14 @@ class ChannelSide(Protocol):
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer: ...
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer: ...
+
+    def notice(self, order: RequestSeen, paid: Paid, sign: Sign) -> Notification:
+        """The channel's notification that the QR order ``order`` (its precreate request) is paid."""
+        ...
+
+    def notice_acked(self, status: int, body: bytes) -> bool:
+        """Whether the answer to a notification is the acknowledgement that stops its retries."""
+        ...
 
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
         """The statement file of ``rows``, in the channel's format."""

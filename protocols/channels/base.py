@@ -14,10 +14,22 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 
 from protocols import response_codes as rc
-from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
+from protocols.messages import (
+    CANCEL,
+    CLOSE,
+    NOT_FOUND,
+    PAY,
+    PRECREATE,
+    QUERY,
+    REFUND,
+    ChannelRequest,
+    ChannelResult,
+    Outcome,
+)
 from protocols.statements import StatementRow
 
 OPERATIONS = (PAY, QUERY, CANCEL, REFUND)  # every channel has a flow for each
+QR_OPERATIONS = (PRECREATE, CLOSE)  # a channel that takes QR orders has both, and reads notices
 Sign = Callable[[bytes], str]
 Verify = Callable[[bytes, str], bool]
 
@@ -91,6 +103,29 @@ class Flow:
     parse: Callable[[ChannelRequest, HttpAnswer, Crypto], ChannelResult]
 
 
+class Notice(Struct, frozen=True, kw_only=True):
+    """A channel's notification, read and verified: the order it names is ``paid`` (the amount
+    and the channel's id of the payment as it says), or closed or failed (``paid`` False)."""
+
+    out_trade_no: str
+    amount_fen: int
+    paid: bool
+    channel_txn_id: str = ""
+    channel_code: str = ""  # the channel's own word for the state (SUCCESS, TRADE_SUCCESS, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeReader:
+    """How a channel's notifications read: ``read(body, headers, account, crypto)`` verifies one
+    (its signature, and that it is meant for our account) and returns the ``Notice``, or why it is
+    refused. ``ack`` is the answer the channel expects once the switch has recorded it (anything
+    else makes the channel send it again, on its own schedule); ``nack`` answers a refused one."""
+
+    read: Callable[[bytes, Mapping[str, str], Any, Crypto], Notice | str]
+    ack: HttpAnswer
+    nack: Callable[[str], HttpAnswer]
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     """A statement download's answer that names where to fetch the file (Alipay's
@@ -126,12 +161,21 @@ class Channel:
     flows: Mapping[str, Flow]  # PAY, QUERY, CANCEL, REFUND
     statement: Download
     simulator: str
+    notice: NoticeReader | None = None  # QR orders: how its notifications read
 
     def __post_init__(self) -> None:
         # A missing operation would fail only when first needed (a reversal's cancel, say).
         missing = [op for op in OPERATIONS if op not in self.flows]
         if missing:
             raise TypeError(f"channel {self.kind!r} has no flow for {', '.join(missing)}")
+        qr = [op for op in QR_OPERATIONS if op in self.flows]
+        if qr and (len(qr) < len(QR_OPERATIONS) or self.notice is None):
+            raise TypeError(f"channel {self.kind!r} takes QR orders: it needs precreate, close and a notice reader")
+
+    @property
+    def takes_qr(self) -> bool:
+        """Whether the customer can scan the merchant's QR code on this channel (precreate)."""
+        return PRECREATE in self.flows
 
 
 def sorted_query(params: Mapping[str, str], skip: frozenset[str] = frozenset({"sign"})) -> str:
@@ -177,6 +221,11 @@ def approved(req: ChannelRequest, channel_code: str, channel_txn_id: str) -> Cha
 
 def pending(req: ChannelRequest, channel_code: str, message: str, channel_txn_id: str = "") -> ChannelResult:
     return ChannelResult(req.key, Outcome.PENDING, rc.IN_PROGRESS, channel_code, message, channel_txn_id)
+
+
+def created(req: ChannelRequest, channel_code: str, qr_code: str, channel_txn_id: str = "") -> ChannelResult:
+    """A QR order the channel created: nothing paid yet, ``qr_code`` for the customer to scan."""
+    return ChannelResult(req.key, Outcome.PENDING, rc.IN_PROGRESS, channel_code, "", channel_txn_id, qr_code=qr_code)
 
 
 def declined(req: ChannelRequest, iso_code: str, channel_code: str, message: str = "") -> ChannelResult:

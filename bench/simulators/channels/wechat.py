@@ -5,17 +5,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk
+from bench.simulators.side import ChannelVerdict, Notification, Paid, RequestSeen, StatementAsk
 from protocols.channels.base import HttpAnswer, Sign, Verify
 from protocols.channels.wechat import download, statement
 from protocols.channels.wechat.flows import PATHS, nonce, signing_input
 from protocols.channels.wechat.xml import from_xml, to_xml
-from protocols.messages import PAY, REFUND
-from protocols.statements import StatementRow
+from protocols.messages import CLOSE, PAY, PRECREATE, REFUND
+from protocols.statements import CST, StatementRow
 
 _OP_OF_PATH = {path: op for op, path in PATHS.items()}
-_REQUIRED = {PAY: ("total_fee", "auth_code"), REFUND: ("out_refund_no", "total_fee", "refund_fee")}
-_AMOUNT = {PAY: "total_fee", REFUND: "refund_fee"}
+_REQUIRED = {
+    PAY: ("total_fee", "auth_code"),
+    REFUND: ("out_refund_no", "total_fee", "refund_fee"),
+    PRECREATE: ("total_fee", "notify_url", "time_expire", "trade_type", "product_id"),
+}
+_AMOUNT = {PAY: "total_fee", REFUND: "refund_fee", PRECREATE: "total_fee"}
 # Verdicts in WeChat's own vocabulary: (err_code, err_code_des).
 _PAY_ERRORS = {
     "USERPAYING": ("USERPAYING", "需要用户输入支付密码"),
@@ -26,12 +30,15 @@ _PAY_ERRORS = {
     "ORDERCLOSED": ("ORDERCLOSED", "订单已关闭"),
     "SYSTEMERROR": ("SYSTEMERROR", "接口返回错误"),
 }
-_TRADE_STATE = {"PAID": "SUCCESS", "PAYING": "USERPAYING", "CLOSED": "CLOSED"}
+_TRADE_STATE = {"PAID": "SUCCESS", "PAYING": "USERPAYING", "NOTPAY": "NOTPAY", "CLOSED": "CLOSED"}
 _XML = {"Content-Type": "text/xml"}
 
 
 class WeChatSide:
     paths = frozenset(PATHS.values()) | {download.PATH}
+    qr_prefix = "weixin://wxpay/bizpayurl?pr="
+    # WeChat Pay's own: 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h, 24 h 4 min in all.
+    notice_schedule_s = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
 
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
@@ -52,6 +59,13 @@ class WeChatSide:
         amount_field = _AMOUNT.get(op)
         if missing or (amount_field and not doc[amount_field].isdigit()):
             return f"缺少参数或参数格式错误: {','.join(missing) or amount_field}"
+        fields: dict[str, object] = dict(doc)
+        if op == PRECREATE:
+            try:
+                expires = dt.datetime.strptime(doc["time_expire"], "%Y%m%d%H%M%S").replace(tzinfo=CST)
+            except ValueError:
+                return "time_expire 格式错误"
+            fields["expires_at"] = expires.timestamp()
         return RequestSeen(
             op,
             doc["out_trade_no"],
@@ -59,7 +73,7 @@ class WeChatSide:
             int(doc[amount_field]) if amount_field else 0,
             doc.get("sub_mch_id", ""),
             refund_no=doc.get("out_refund_no", ""),
-            fields=doc,
+            fields=fields,
         )
 
     def write(self, seen: RequestSeen, verdict: ChannelVerdict, sign: Sign) -> HttpAnswer:
@@ -95,6 +109,12 @@ class WeChatSide:
             }
         elif seen.op == REFUND and status == "REFUSED":
             doc |= {"result_code": "FAIL", "err_code": "NOTENOUGH", "err_code_des": "商户可退余额不足"}
+        elif seen.op == PRECREATE and status == "CREATED":
+            doc |= {"result_code": "SUCCESS", "trade_type": "NATIVE", "prepay_id": "", "code_url": verdict.qr_code}
+        elif seen.op == CLOSE and status in ("DONE", "NOTEXIST"):
+            doc |= {"result_code": "SUCCESS"}  # closing an order WeChat never had succeeds too
+        elif seen.op == CLOSE and status == "PAID":
+            doc |= {"result_code": "FAIL", "err_code": "ORDERPAID", "err_code_des": "订单已支付，不能发起关单"}
         elif status in _TRADE_STATE:  # query
             doc |= {
                 "result_code": "SUCCESS",
@@ -117,6 +137,33 @@ class WeChatSide:
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
         return HttpAnswer(200, to_xml({"return_code": "FAIL", "return_msg": reason}), _XML)
+
+    def notice(self, order: RequestSeen, paid: Paid, sign: Sign) -> Notification:
+        f = order.fields
+        doc = {
+            "return_code": "SUCCESS",
+            "appid": str(f.get("appid", "")),
+            "mch_id": str(f.get("mch_id", "")),
+            "sub_mch_id": str(f.get("sub_mch_id", "")),
+            "nonce_str": nonce("notify", order.out_trade_no),
+            "result_code": "SUCCESS",
+            "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+            "trade_type": "NATIVE",
+            "bank_type": "CMC",
+            "total_fee": str(paid.amount_fen),
+            "cash_fee": str(paid.amount_fen),
+            "transaction_id": paid.channel_txn_id,
+            "out_trade_no": order.out_trade_no,
+            "time_end": dt.datetime.fromtimestamp(paid.at, CST).strftime("%Y%m%d%H%M%S"),
+        }
+        doc["sign"] = sign(signing_input(doc))
+        return Notification(to_xml(doc), "text/xml")
+
+    def notice_acked(self, status: int, body: bytes) -> bool:
+        try:
+            return status == 200 and from_xml(body).get("return_code") == "SUCCESS"
+        except Exception:
+            return False
 
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
         return statement.write(rows, "wx2421b1c4370ec43b", ask.merchant)

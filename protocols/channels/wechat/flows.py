@@ -1,6 +1,8 @@
 """WeChat Pay v2, merchant scans the customer's payment code: ``pay/micropay``,
-``pay/orderquery``, ``secapi/pay/reverse`` and ``secapi/pay/refund``, each a typed request and
-answer with its builder and parser.
+``pay/orderquery``, ``secapi/pay/reverse`` and ``secapi/pay/refund``; and the customer scans the
+merchant's (NATIVE): ``pay/unifiedorder`` (answers the ``code_url`` to show), ``pay/closeorder``
+and the payment notification (``read_notice``). Each a typed request and answer with its builder
+and parser.
 
 XML over HTTPS; the signature is HMAC-SHA256 over the non-empty parameters sorted by name as
 ``k=v&...`` with ``&key=<API key>`` appended, upper-case hex (the ``&key=`` suffix and the key
@@ -12,6 +14,7 @@ result is unknown and must be queried. Reverse answers ``recall=Y`` while it mus
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from typing import TypeVar
@@ -26,9 +29,12 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    Notice,
+    NoticeReader,
     another_amount,
     another_order,
     approved,
+    created,
     declined,
     not_found,
     pending,
@@ -37,13 +43,16 @@ from protocols.channels.base import (
     unprocessed,
 )
 from protocols.channels.wechat.xml import from_xml, to_xml
-from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, QUERY, REFUND, ChannelRequest, ChannelResult
+from protocols.statements import CST
 
 PATHS = {
     PAY: "/pay/micropay",
     QUERY: "/pay/orderquery",
     CANCEL: "/secapi/pay/reverse",
     REFUND: "/secapi/pay/refund",
+    PRECREATE: "/pay/unifiedorder",
+    CLOSE: "/pay/closeorder",
 }
 CONTENT_TYPE = "text/xml; charset=utf-8"
 SIGN_TYPE = "HMAC-SHA256"
@@ -91,6 +100,22 @@ class OrderQuery(Envelope, kw_only=True):
     pass
 
 
+class UnifiedOrder(Envelope, kw_only=True):
+    device_info: str
+    body: str
+    total_fee: str  # fen
+    fee_type: str = "CNY"
+    spbill_create_ip: str = "127.0.0.1"
+    time_expire: str  # yyyyMMddHHmmss, Beijing time
+    notify_url: str
+    trade_type: str = "NATIVE"
+    product_id: str  # NATIVE requires it: ours is the order number
+
+
+class CloseOrder(Envelope, kw_only=True):
+    pass
+
+
 class Reverse(Envelope, kw_only=True):
     pass
 
@@ -122,6 +147,22 @@ class MicropayAnswer(Answer):
 class OrderQueryAnswer(Answer):
     trade_state: str = ""
     trade_state_desc: str = ""
+    transaction_id: str = ""
+
+
+class UnifiedOrderAnswer(Answer):
+    code_url: str = ""
+    prepay_id: str = ""
+
+
+class NotifyDoc(Struct):
+    """A payment notification, past its verified signature."""
+
+    appid: str = ""
+    mch_id: str = ""
+    result_code: str = ""
+    out_trade_no: str = ""
+    total_fee: str = ""
     transaction_id: str = ""
 
 
@@ -270,9 +311,85 @@ def parse_refund(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Cha
     return declined(req, rc.DO_NOT_HONOUR, got.err_code, got.err_code_des)
 
 
+def build_precreate(req: ChannelRequest, account: WeChatAccount, crypto: Crypto, now: float) -> HttpCall:
+    request = UnifiedOrder(
+        **_envelope(req, account, now),
+        device_info=req.terminal_id,
+        body=req.subject,
+        total_fee=str(req.amount_fen),
+        time_expire=dt.datetime.fromtimestamp(req.expires, CST).strftime("%Y%m%d%H%M%S"),
+        notify_url=req.notify_url,
+        product_id=req.out_trade_no,
+    )
+    return _call(req, request, crypto)
+
+
+def parse_precreate(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, UnifiedOrderAnswer)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.result_code == "SUCCESS" and got.code_url:
+        return created(req, "SUCCESS", got.code_url, got.prepay_id)
+    if got.result_code == "SUCCESS" or got.err_code in _PAY_UNKNOWN:
+        return unknown(req, got.err_code or "NOCODEURL", got.err_code_des)
+    return declined(req, rc.DO_NOT_HONOUR, got.err_code, got.err_code_des)  # ORDERPAID among them: queried
+
+
+def build_close(req: ChannelRequest, account: WeChatAccount, crypto: Crypto, now: float) -> HttpCall:
+    return _call(req, CloseOrder(**_envelope(req, account, now)), crypto)
+
+
+def parse_close(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, Answer)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.result_code == "SUCCESS" or got.err_code == "ORDERCLOSED":
+        return approved(req, got.err_code or "CLOSED", "")
+    if got.err_code in ("SYSTEMERROR", "USERPAYING"):
+        return unknown(req, got.err_code, got.err_code_des)
+    return declined(req, rc.DO_NOT_HONOUR, got.err_code, got.err_code_des)  # ORDERPAID: the query says so
+
+
+# The notification's answer, exactly as WeChat Pay documents it: anything else and it sends again
+# (15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h).
+NOTICE_ACK = HttpAnswer(
+    200,
+    b"<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>",
+    {"Content-Type": "text/xml"},
+)
+
+
+def read_notice(body: bytes, headers: Mapping[str, str], account: WeChatAccount, crypto: Crypto) -> Notice | str:
+    try:
+        doc = from_xml(body)
+    except Exception:
+        return "unreadable XML"
+    if doc.get("return_code") != "SUCCESS":
+        return "return_code is not SUCCESS"
+    if not crypto.verify(signing_input(doc), doc.get("sign", "")):
+        return "signature"
+    got = msgspec.convert(doc, NotifyDoc)
+    if (got.appid, got.mch_id) != (account.app_id, account.mch_id):
+        return "not our account"
+    if not got.out_trade_no or not got.total_fee.isdigit():
+        return "no order or amount"
+    paid = got.result_code == "SUCCESS"
+    return Notice(
+        out_trade_no=got.out_trade_no, amount_fen=int(got.total_fee), paid=paid,
+        channel_txn_id=got.transaction_id, channel_code=got.result_code,
+    )  # fmt: skip
+
+
+def nack_notice(reason: str) -> HttpAnswer:
+    return HttpAnswer(200, to_xml({"return_code": "FAIL", "return_msg": reason}), {"Content-Type": "text/xml"})
+
+
 FLOWS = {
     PAY: Flow(build_pay, parse_pay),
     QUERY: Flow(build_query, parse_query),
     CANCEL: Flow(build_cancel, parse_cancel),
     REFUND: Flow(build_refund, parse_refund),
+    PRECREATE: Flow(build_precreate, parse_precreate),
+    CLOSE: Flow(build_close, parse_close),
 }
+NOTICE = NoticeReader(read_notice, NOTICE_ACK, nack_notice)

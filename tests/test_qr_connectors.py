@@ -1,0 +1,122 @@
+"""QR orders (the customer scans the merchant's code) in each channel's wire format, both sides,
+with the demo keys: precreate, close, a query of an order nobody has paid yet, and the channel's
+payment notification, verified, with a tampered or misdirected one refused."""
+
+import time
+
+import pytest
+
+from bench.simulators.side import ChannelVerdict, Paid, RequestSeen
+from protocols import response_codes as rc
+from protocols.channels import builtin_kinds, channel_of
+from protocols.channels.base import Notice
+from protocols.messages import CLOSE, NOT_FOUND, PRECREATE, QUERY, ChannelRequest, Outcome
+from tests.test_connectors import Pair
+
+QR_KINDS = [kind for kind in builtin_kinds() if channel_of(kind).takes_qr]
+NOTIFY_URL = "https://switch.example.cn/notify/wechat"
+
+CLOSE_EXPECTED = {
+    "DONE": (Outcome.APPROVED, rc.APPROVED),
+    "NOTEXIST": (Outcome.APPROVED, rc.APPROVED),  # closed once past its expiry: it can never be paid
+    "PAID": (Outcome.DECLINED, rc.DO_NOT_HONOUR),  # paid meanwhile: the query says so
+    "SYSTEMERROR": (Outcome.UNKNOWN, rc.CHANNEL_UNAVAILABLE),
+}
+
+
+def qr_request(op: str, amount_fen: int = 2500) -> ChannelRequest:
+    return ChannelRequest(
+        9, op, "20261204000000001234", amount_fen, "", "SUB001", "HTTP", time.time() + 30,
+        created=time.time(), subject="Coffee", notify_url=NOTIFY_URL, expires=time.time() + 900,
+    )  # fmt: skip
+
+
+def precreated(pair: Pair, amount_fen: int = 2500) -> RequestSeen:
+    seen = pair.read(pair.build(qr_request(PRECREATE, amount_fen)))
+    assert isinstance(seen, RequestSeen)
+    return seen
+
+
+def test_every_built_in_channel_takes_qr_orders():
+    assert QR_KINDS == builtin_kinds()
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+def test_a_precreated_order_answers_the_code_to_scan_and_nothing_paid(kind):
+    pair = Pair(kind)
+    req = qr_request(PRECREATE)
+    call = pair.build(req)
+    assert call.path in pair.side.paths
+    seen = pair.read(call)
+    assert isinstance(seen, RequestSeen)
+    assert (seen.op, seen.out_trade_no, seen.amount_fen) == (PRECREATE, req.out_trade_no, 2500)
+    assert seen.fields["notify_url"] == NOTIFY_URL
+    assert abs(float(seen.fields["expires_at"]) - req.expires) < 61  # some channels say it to the minute
+    code = pair.side.qr_prefix + "abc123"
+    result = pair.parse(req, pair.side.write(seen, ChannelVerdict("CREATED", qr_code=code), pair.channel_sign))
+    assert (result.outcome, result.response_code, result.qr_code) == (Outcome.PENDING, rc.IN_PROGRESS, code)
+    failed = pair.parse(req, pair.side.write(seen, ChannelVerdict("SYSTEMERROR"), pair.channel_sign))
+    assert failed.outcome is Outcome.UNKNOWN  # it may exist: queried, then closed
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+@pytest.mark.parametrize("status", list(CLOSE_EXPECTED))
+def test_every_close_verdict_round_trips(kind, status):
+    pair = Pair(kind)
+    req = qr_request(CLOSE)
+    seen = pair.read(pair.build(req))
+    assert isinstance(seen, RequestSeen)
+    assert (seen.op, seen.out_trade_no) == (CLOSE, req.out_trade_no)
+    result = pair.parse(req, pair.side.write(seen, ChannelVerdict(status), pair.channel_sign))
+    assert (result.outcome, result.response_code) == CLOSE_EXPECTED[status], result
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+def test_a_query_of_an_order_nobody_paid_yet_is_never_a_failure(kind):
+    """WeChat says NOTPAY; Alipay has no trade until the customer scans, so "not found": neither
+    is the order's end (the resolver closes it only once it has expired)."""
+    pair = Pair(kind)
+    req = qr_request(QUERY)
+    seen = pair.read(pair.build(req))
+    result = pair.parse(req, pair.side.write(seen, ChannelVerdict("NOTPAY"), pair.channel_sign))
+    assert result.outcome is Outcome.PENDING or (result.outcome, result.channel_code) == (Outcome.DECLINED, NOT_FOUND)
+
+
+def notice_of(pair: Pair, amount_fen: int = 2500) -> tuple[bytes, dict[str, str]]:
+    note = pair.side.notice(precreated(pair, amount_fen), Paid("CHTX0042", amount_fen, time.time()), pair.channel_sign)
+    return note.body, {"Content-Type": note.content_type}
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+def test_a_payment_notification_reads_verified_and_its_ack_stops_the_retries(kind):
+    pair = Pair(kind)
+    body, headers = notice_of(pair)
+    notice = channel_of(kind).notice.read(body, headers, pair.account, pair.crypto)
+    assert notice == Notice(
+        out_trade_no="20261204000000001234", amount_fen=2500, paid=True, channel_txn_id="CHTX0042",
+        channel_code=notice.channel_code,
+    )  # fmt: skip
+    ack = channel_of(kind).notice.ack
+    assert pair.side.notice_acked(ack.status, ack.body)
+    nack = channel_of(kind).notice.nack("signature")
+    assert not pair.side.notice_acked(nack.status, nack.body)
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+def test_a_tampered_notification_is_refused(kind):
+    pair = Pair(kind)
+    body, headers = notice_of(pair, 2500)
+    forged = body.replace(b"2500", b"2400") if b"2500" in body else body.replace(b"25.00", b"24.00")
+    assert forged != body
+    assert isinstance(channel_of(kind).notice.read(forged, headers, pair.account, pair.crypto), str)
+    assert isinstance(channel_of(kind).notice.read(b"garbage", headers, pair.account, pair.crypto), str)
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+def test_a_notification_for_another_account_is_refused(kind):
+    """Signed by the channel all right, but for another merchant account of the channel's."""
+    pair = Pair(kind)
+    body, headers = notice_of(pair)
+    fields = {name: getattr(pair.account, name) for name in pair.account.__struct_fields__}
+    other = type(pair.account)(**{n: v if n == "keys" else f"OTHER{v}" for n, v in fields.items()})
+    assert isinstance(channel_of(kind).notice.read(body, headers, other, pair.crypto), str)
