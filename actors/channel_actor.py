@@ -24,7 +24,7 @@ from hsm import open_hsm
 from hsm.algorithms import is_costly
 from protocols import response_codes as rc
 from protocols.channels import channel_of
-from protocols.channels.base import Crypto, HttpAnswer, Link, StatementRefused, not_sent, unknown
+from protocols.channels.base import Crypto, HttpAnswer, Link, Notice, StatementRefused, not_sent, unknown
 from protocols.masking import scrub
 from protocols.messages import ChannelRequest, ChannelResult
 
@@ -136,6 +136,14 @@ class ChannelWorker:
                 return await response.read()
         return got
 
+    def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
+        """A notification the channel posted, verified with the account's keys: the ``Notice``,
+        or why it is refused (it is then answered the channel's own refusal)."""
+        reader = self._channel.notice
+        if reader is None:
+            return f"channel {self.name} sends no notifications"
+        return reader.read(body, headers, self._account, self._crypto)
+
     def stats(self) -> dict[str, int | str]:
         return {
             "channel": self.name,
@@ -185,6 +193,9 @@ class ChannelActor:
 
     async def statement(self, day: dt.date) -> bytes:
         return await self._worker.statement(day)
+
+    async def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
+        return self._worker.read_notice(body, headers)
 
     def crash(self) -> None:
         """Incident drill (``paysw channel crash``): exit as a crashed process would; Ray restarts it."""

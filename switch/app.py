@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
+from aiohttp import web
 
 from actors.link import client_tls
 from actors.runtime import channel_actor, init_ray, node_on_loopback
 from actors.settings import LinkTls
-from hsm import open_hsm
+from hsm import Hsm, KeyRecord, open_hsm
 from risk import Risk
 from risk.actor import risk_actor
 from risk.client import CounterShards, Unreachable
@@ -31,8 +32,15 @@ from switch.frontend import Drained, TerminalServer, serve_terminals
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
+from switch.journal.orders import set_endpoints
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
+from switch.merchant.api import MerchantApi
+from switch.merchant.api import start as start_merchant_api
+from switch.merchant.notices import Notices
+from switch.merchant.orders import Orders
+from switch.merchant.outbox import Outbox
+from switch.merchant.signing import SIGN_TYPES
 from switch.metrics import Metrics
 from switch.recon.batch import recon_gauges
 from switch.recon.handling import Threshold
@@ -92,6 +100,8 @@ class SwitchApp:
         self.resolver: Resolver | None = None
         self.fingerprint: Callable[[str], bytes] | None = None  # the keyed fingerprint of codes and cards
         self.shedder: LoadShedder | None = None
+        self._outbox: Outbox | None = None
+        self._merchant_api: web.AppRunner | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -155,6 +165,7 @@ class SwitchApp:
             cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk
         )
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
+        await self._start_merchant_side(hsm, keys)
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         if cfg.recon.schedule_hourly:
@@ -206,6 +217,28 @@ class SwitchApp:
                 await asyncio.sleep(0.1)
         self.risk.counters = counters
         self.journal.on_moved = self.risk.moved
+
+    async def _start_merchant_side(self, hsm: Hsm, keys: dict[str, KeyRecord]) -> None:
+        """The merchants' notification URLs for the journal's outbox, the outbox's delivery, and
+        the merchant API with the channels' notifications when it has a listener."""
+        cfg = self.config
+        assert self.journal is not None
+        await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in cfg.merchants if m.notify_url})
+        keyed = [m for m in cfg.merchants if m.api_key]
+        signers = {m.id: hsm.signer(keys[m.api_key], "hmac-sha256") for m in keyed}
+        self._outbox = Outbox(self.journal.pool, cfg.merchant_api, signers, self.metrics)
+        self._outbox.start()
+        if not cfg.merchant_api.listen:
+            return
+        verifiers = {
+            (m.id, sign_type): hsm.verifier(keys[m.api_key], scheme)
+            for m in keyed
+            for sign_type, scheme in SIGN_TYPES.items()
+        }
+        orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, self.metrics)
+        notices = Notices(self.journal, self.gateways, {n: ch.kind for n, ch in cfg.channels.items()}, self.metrics)
+        api = MerchantApi(cfg.merchant_api, cfg.merchants, verifiers, orders, notices)
+        self._merchant_api = await start_merchant_api(api, cfg.merchant_api.listen, reuse_port=self._seat is not None)
 
     def _hourly_reconciler(self) -> HourlyReconciler:
         cfg = self.config
@@ -282,6 +315,10 @@ class SwitchApp:
                 task.cancel()
         if self._admin is not None:
             await self._admin.cleanup()
+        if self._merchant_api is not None:
+            await self._merchant_api.cleanup()
+        if self._outbox is not None:
+            await self._outbox.stop()
         await self.risk.stop()
         if self.journal is not None:
             await self.journal.close()

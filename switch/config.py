@@ -20,6 +20,7 @@ from protocols.channels import UnknownChannel, channel_of
 from protocols.channels.base import Account
 from risk.rules import RiskSection
 from switch.breaker import BreakerSettings
+from switch.merchant.settings import MerchantApiSection
 from switch.toml_file import read_toml
 
 Positive = Annotated[int, Meta(ge=1)]
@@ -152,6 +153,11 @@ class Merchant(_Strict):
     # T1 (the next day, by default) or D0 (the same day).
     fee_per_10000: dict[str, Annotated[int, Meta(ge=0, le=10_000)]] = {}
     settlement: Literal["T1", "D0"] = "T1"
+    # The merchant API (switch.merchant): the key store label of the merchant's API key (HMAC;
+    # "": the merchant has no HTTP API and gets no notifications), and where every payment of
+    # its, at a terminal or over HTTP, is notified ("": nowhere; an HTTP order may name its own).
+    api_key: str = ""
+    notify_url: Annotated[str, Meta(pattern=r"^(https?://\S+)?$")] = ""
 
 
 class Terminal(_Strict):
@@ -200,6 +206,7 @@ class Config(_Strict):
     ray: RaySection = RaySection()
     recon: ReconSection = ReconSection()
     risk: RiskSection = RiskSection()
+    merchant_api: MerchantApiSection = MerchantApiSection()
     base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
 
 
@@ -259,6 +266,9 @@ def _cross_check(config: Config) -> list[str]:
         for ch in [*m.channels, *m.channel_ids, *m.rate_per_s, *m.fee_per_10000]:
             if ch not in channels:
                 problems.append(f"$.merchants[{i}]: unknown channel {ch!r}")
+        if m.notify_url and not m.api_key:
+            problems.append(f"$.merchants[{i}].notify_url: notifications are signed with its api_key: set it")
+        problems.extend(_url_problems(f"$.merchants[{i}].notify_url", m.notify_url))
     terminal_ids = set()
     for i, t in enumerate(config.terminals):
         if t.id in terminal_ids:
@@ -267,6 +277,15 @@ def _cross_check(config: Config) -> list[str]:
         if t.merchant not in merchant_ids:
             problems.append(f"$.terminals[{i}].merchant: unknown merchant {t.merchant}")
     return problems
+
+
+def _url_problems(where: str, url: str) -> list[str]:
+    return [f"{where}: an address off this host is reached over https, not {url}"] if insecure_url(url) else []
+
+
+def insecure_url(url: str) -> bool:
+    """Money facts cross a network only over https: http is for this host (tests, a sidecar)."""
+    return url.startswith("http://") and not is_loopback(urlsplit(url).hostname or "")
 
 
 # Keys of a channel's table before it was split by owner (README, "Upgrading").

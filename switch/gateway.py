@@ -33,6 +33,7 @@ from ray.actor import ActorHandle
 
 from actors.link import ActorLink
 from protocols import response_codes as rc
+from protocols.channels.base import Notice
 from protocols.messages import ChannelRequest, ChannelResult, Outcome
 from switch.breaker import CircuitBreaker, CircuitState
 from switch.config import ChannelSection
@@ -68,6 +69,9 @@ class PaymentRef(NamedTuple):
     channel_txn_id: str = ""
     refund_no: str = ""  # a refund: its own order number at the channel
     total_fen: int = 0  # a refund: the payment's whole amount
+    subject: str = "POS purchase"  # what the customer sees the payment is for
+    notify_url: str = ""  # a QR order: where the channel posts its notification
+    expires: float = 0.0  # a QR order: epoch seconds after which it can no longer be paid
 
 
 def is_channel_failure(result: ChannelResult) -> bool:
@@ -212,9 +216,12 @@ class ChannelGateway:
             deadline,
             ref.created,
             ref.channel_txn_id,
+            subject=ref.subject,
             refund_no=ref.refund_no,
             total_fen=ref.total_fen,
             pin_block=pin_block,
+            notify_url=ref.notify_url,
+            expires=ref.expires,
         )
         loop = asyncio.get_running_loop()
         call: asyncio.Future[ChannelResult] = loop.create_future()
@@ -443,6 +450,12 @@ class ChannelGateway:
         """The channel's statement of ``day``, fetched by a live shard's actor (reconciliation)."""
         shard = next((s for s in self.shards if not s.dead), self.shards[0])
         return await shard.actor.statement.remote(day)
+
+    async def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
+        """A notification the channel posted, verified by a live shard's actor (which holds the
+        account's keys): the ``Notice``, or why it is refused."""
+        shard = next((s for s in self.shards if not s.dead), self.shards[0])
+        return await shard.actor.read_notice.remote(body, headers)
 
     def call_request(self, req: ChannelRequest) -> Awaitable[ChannelResult]:
         """``call`` for a request built elsewhere (reconciliation's error handling): through the

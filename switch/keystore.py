@@ -76,6 +76,7 @@ async def configured_keys(store: KeyStore, cfg: Config) -> dict[str, KeyRecord]:
     labels = {cfg.security.pan_hash_key}
     for channel in cfg.channels.values():
         labels |= {*account_of(channel).keys.labels().values(), channel.pin_key} - {""}
+    labels |= {m.api_key for m in cfg.merchants} - {""}
     found = {label: await store.current(label) for label in sorted(labels)}
     missing = [label for label, record in found.items() if record is None]
     if missing:

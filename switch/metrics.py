@@ -159,6 +159,20 @@ class Metrics:
             buckets=_STEP_BUCKETS + _LATENCY_BUCKETS,
             registry=r,
         )
+        self.channel_notices = Counter(
+            "paysw_channel_notices",
+            "Channels' payment notifications, by channel and result (recorded, unchanged, unknown_order, "
+            "amount_differs: kept for reconciliation; refused: not verified)",
+            ["channel", "result"],
+            registry=r,
+        )
+        self.merchant_notices = Counter(
+            "paysw_merchant_notices",
+            "Notification attempts to merchants, by result (delivered, failed: tried again later, dead: "
+            "its schedule ran out, for `paysw notify`; alert on any)",
+            ["result"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "paysw_dead_letters",
             "Transactions handed to a person (alert on any increase), by channel",

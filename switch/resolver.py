@@ -16,6 +16,12 @@ For each it asks the channel, then:
 | cannot tell       | -                        | ask again later (backing off)               |
 | (call not sent)   | -                        | ask again later: the circuit is open, or the channel switched off |
 
+A QR order (the customer scans the merchant's code; ``expires_at`` set) is asked about with a
+backoff until it expires, and a query finding it not paid, or not at all (Alipay has no trade until
+the customer scans), is not its end: once expired it is closed (``close``), which also bars a late
+payment, and ends CANCELLED. A close the channel refuses (paid meanwhile) is followed by a query.
+The channel's notification usually ends it sooner (``switch.merchant.notices``).
+
 A void or refund whose first answer was not final is sent again (the channel calls are idempotent)
 until the channel confirms or refuses.
 
@@ -36,7 +42,7 @@ import logging
 import time
 
 from protocols import response_codes as rc
-from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelResult, Outcome
+from protocols.messages import CANCEL, CLOSE, NOT_FOUND, QUERY, ChannelResult, Outcome
 from switch import undo
 from switch.answers import auth_id_for
 from switch.config import ChannelSection
@@ -168,7 +174,11 @@ class Resolver:
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
             return
         promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested)
-        if found.outcome is Outcome.APPROVED:
+        not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
+        unpaid = found.outcome is Outcome.PENDING or not_found
+        if txn.expires_at is not None and unpaid and promised is not Promise.REVERSE:
+            await self._close_when_expired(txn, channel, gateway, ref, age)
+        elif found.outcome is Outcome.APPROVED:
             if promised is Promise.KEEP:
                 await self._finish(txn, Event.ACCEPTED, rc.APPROVED, found, auth_id_for(txn.rrn))
             else:
@@ -239,6 +249,24 @@ class Resolver:
             await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
             await self._journal.defer(txn.key, min(2.0, channel.query_interval_ms / 1000))
+
+    async def _close_when_expired(
+        self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
+    ) -> None:
+        """A QR order nobody has paid: asked about again until it expires, then closed."""
+        assert txn.expires_at is not None
+        left = txn.expires_at.timestamp() - time.time()
+        wait = max(left, channel.cancel_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
+        if wait > 0:
+            await self._journal.defer(txn.key, min(wait, _backoff(channel, txn.checks)))
+            return
+        closed = await gateway.call(CLOSE, ref, time.time() + CALL_TIMEOUT_S)
+        if closed.sent and closed.outcome is Outcome.APPROVED:
+            await self._finish(txn, Event.CANCELLED, _failure_code(txn), closed)
+        elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so
+            await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
+        else:
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 
     async def _give_up(self, txn: OpenTxn, reason: str) -> None:
         await self._journal.dead_letter(txn, reason)

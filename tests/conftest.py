@@ -219,6 +219,11 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch = tolerant_admission(switch)
+    # The demo merchant's receiver is the demo's; a test that wants notifications runs its own.
+    switch, n = re.subn(
+        r'notify_url = "http://127.0.0.1:9590/notify"', f'notify_url = "http://127.0.0.1:{free_port()}/notify"', switch
+    )
+    assert n == 1, "could not move the demo merchant's notification URL in the test configuration"
     # Test after test signs the same terminals on; tests of the limit run a switch of their own.
     switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
     assert n == 1, "could not lift the sign-on limit in the test configuration"
@@ -234,7 +239,9 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     assert n == len(CHANNELS), "could not set the channels' resolution schedules in the test configuration"
     (folder / "switch.toml").write_text(switch)
     simulators = localise((DEMO / "simulators.toml").read_text(), ports)
-    simulators = simulators.replace("latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\n")
+    simulators = simulators.replace(
+        "latency_ms = 2\n", f"latency_ms = 2\npaying_ms = {PAYING_MS}\nnotice_scale = 0.01\n"
+    )
     # UnionPay's slow answers (..98) come after the switch's deadline (5 s) but within the channel
     # timeout: late answers.
     simulators, n = re.subn(
@@ -339,13 +346,18 @@ class SwitchProcess:
         self.workers = workers
         self.process: subprocess.Popen | None = None
         self.killed = False  # by the test (kill()), since its last start
-        self.port = self.admin = 0
+        self.port = self.admin = self.merchant = 0  # the terminals', admin and merchant API ports
 
     def start(self, attempts: int = 3) -> None:
         self.killed = False
         for _ in range(attempts):
-            self.port, self.admin = free_port(), free_port()
-            text = re.sub(r'(?m)^listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{self.port}"', self._template)
+            self.port, self.admin, self.merchant = free_port(), free_port(), free_port()
+            text = re.sub(
+                r'(\[merchant_api\]\n(?:#.*\n)*)listen = "127.0.0.1:\d+"',
+                rf'\g<1>listen = "127.0.0.1:{self.merchant}"',
+                self._template,
+            )
+            text = re.sub(r'(?m)^listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{self.port}"', text, count=1)
             text = re.sub(r'(?m)^admin_listen = "127.0.0.1:\d+"', f'admin_listen = "127.0.0.1:{self.admin}"', text)
             self.config.write_text(text)
             with open(self.log_path, "ab") as log:

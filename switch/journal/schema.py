@@ -475,6 +475,93 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn_move ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
     CREATE INDEX txn_move_counted ON txn_move (xid) WHERE to_state IN ('APPROVED', 'REVERSED', 'VOIDED', 'CANCELLED');
     """,
+    # 18: the merchant side (switch.merchant). A merchant's order over HTTP is a purchase row like a
+    # terminal's, under the pseudo-terminal HTTP with its RRN as its STAN; ``merchant_order`` names
+    # it by the merchant's own order number (one order per number). A QR order expires: the
+    # resolver closes it then. The channels' notifications are kept, matched or not. The outbox
+    # of notifications to merchants is filled by the move trigger, in the transaction of the move:
+    # one per final state of a purchase or refund of a merchant with a URL (its own, or the order's)
+    """
+    ALTER TABLE txn ADD COLUMN expires_at timestamptz;
+    CREATE TABLE merchant_order (
+        merchant_id text        NOT NULL,
+        order_no    text        NOT NULL,
+        tx_date     date        NOT NULL,
+        rrn         text        NOT NULL UNIQUE,
+        scene       text        NOT NULL CHECK (scene IN ('qr', 'code')),
+        subject     text        NOT NULL,
+        notify_url  text,
+        qr_code     text,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (merchant_id, order_no)
+    );
+    CREATE TABLE merchant_nonce (
+        merchant_id text        NOT NULL,
+        nonce       text        NOT NULL,
+        seen_at     timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (merchant_id, nonce)
+    );
+    CREATE INDEX merchant_nonce_age ON merchant_nonce (seen_at);
+    CREATE TABLE channel_notice (
+        id             bigserial   PRIMARY KEY,
+        channel        text        NOT NULL,
+        out_trade_no   text        NOT NULL,
+        amount_fen     bigint      NOT NULL,
+        paid           boolean     NOT NULL,
+        channel_txn_id text        NOT NULL,
+        outcome        text        NOT NULL,  -- recorded, unchanged, unknown order, amount differs
+        received_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX channel_notice_unmatched ON channel_notice (received_at) WHERE outcome <> 'recorded';
+    CREATE TABLE merchant_endpoint (
+        merchant_id text PRIMARY KEY,
+        url         text NOT NULL
+    );
+    CREATE TABLE notice_outbox (
+        tx_date      date        NOT NULL,
+        rrn          text        NOT NULL,
+        state        text        NOT NULL,
+        merchant_id  text        NOT NULL,
+        url          text        NOT NULL,
+        attempts     int         NOT NULL DEFAULT 0,
+        next_at      timestamptz NOT NULL DEFAULT now(),
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        delivered_at timestamptz,
+        dead_at      timestamptz,
+        last_error   text,
+        PRIMARY KEY (rrn, state)
+    );
+    CREATE INDEX notice_outbox_due ON notice_outbox (next_at) WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+    CREATE OR REPLACE FUNCTION txn_record_moves() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        bad record;
+    BEGIN
+        WITH moved AS (
+            INSERT INTO txn_move (tx_date, rrn, from_state, to_state)
+            SELECT n.tx_date, n.rrn, o.state, n.state
+            FROM old_rows o JOIN new_rows n USING (tx_date, terminal_id, stan, transmitted)
+            WHERE n.state IS DISTINCT FROM o.state
+            RETURNING rrn, from_state, to_state
+        )
+        SELECT * INTO bad FROM moved
+            WHERE (from_state, to_state) NOT IN (SELECT from_state, to_state FROM txn_state_move) LIMIT 1;
+        IF FOUND THEN  -- the whole statement is undone
+            RAISE EXCEPTION 'state move % -> % not allowed (rrn %)', bad.from_state, bad.to_state, bad.rrn
+                USING ERRCODE = 'check_violation';
+        END IF;
+        INSERT INTO notice_outbox (tx_date, rrn, state, merchant_id, url)
+            SELECT n.tx_date, n.rrn, n.state, n.merchant_id, coalesce(mo.notify_url, me.url)
+            FROM old_rows o JOIN new_rows n USING (tx_date, terminal_id, stan, transmitted)
+            JOIN txn_state s ON s.state = n.state AND s.final
+            LEFT JOIN merchant_order mo ON mo.rrn = coalesce(n.original_rrn, n.rrn)  -- a refund: its order's URL
+            LEFT JOIN merchant_endpoint me ON me.merchant_id = n.merchant_id
+            WHERE n.state IS DISTINCT FROM o.state AND n.txn_type IN ('purchase', 'refund')
+              AND coalesce(mo.notify_url, me.url) IS NOT NULL
+            ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END $$;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

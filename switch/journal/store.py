@@ -139,6 +139,7 @@ class OpenTxn(NamedTuple):
     checks: int
     txn_type: str
     original_rrn: str | None
+    expires_at: dt.datetime | None  # a QR order: until when the customer may pay it
     reversal_requested: bool
 
     @property

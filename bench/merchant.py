@@ -1,0 +1,140 @@
+"""A merchant's side of the merchant API, for the demo and the tests: a client that signs its
+requests as ``switch.merchant.signing`` says, and a receiver of the switch's notifications that
+verifies their signature, keeps what it received, answers ``SUCCESS`` (or, on demand, stays
+down or slow), and can be run alone (``python -m bench.merchant --key FILE --listen ADDR``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hsm import algorithms
+from switch.merchant.signing import SIGN_TYPES, signing_input
+
+
+def signed(params: dict[str, Any], key: bytes, sign_type: str = "HMAC-SHA256") -> dict[str, Any]:
+    """``params`` with a fresh timestamp and nonce, signed with the merchant's key."""
+    params = {**params, "timestamp": int(time.time() * 1000), "nonce": secrets.token_hex(16), "sign_type": sign_type}
+    params["sign"] = algorithms.signer(SIGN_TYPES[sign_type], key)(signing_input(params))
+    return params
+
+
+class MerchantClient:
+    """The merchant's calls to the switch's merchant API (blocking: for the demo and tests)."""
+
+    def __init__(self, base_url: str, merchant_id: str, key: bytes) -> None:
+        self.base_url, self.merchant_id, self.key = base_url.rstrip("/"), merchant_id, key
+
+    def create_qr(self, order_no: str, amount_fen: int, subject: str = "Demo order", **extra: Any) -> tuple[int, dict]:
+        params = {"merchant_id": self.merchant_id, "order_no": order_no, "scene": "qr", "amount_fen": amount_fen,
+                  "subject": subject, **extra}  # fmt: skip
+        return self.post("/v1/orders", signed(params, self.key))
+
+    def get(self, order_no: str) -> tuple[int, dict]:
+        params = signed({"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
+        query = "&".join(f"{k}={v}" for k, v in params.items() if k != "order_no")
+        return self.call("GET", f"/v1/orders/{order_no}?{query}", None)
+
+    def close(self, order_no: str) -> tuple[int, dict]:
+        params = signed({"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
+        del params["order_no"]  # named by the path, and signed as order_no
+        return self.post(f"/v1/orders/{order_no}/close", params)
+
+    def post(self, path: str, params: dict[str, Any]) -> tuple[int, dict]:
+        return self.call("POST", path, json.dumps(params).encode())
+
+    def call(self, method: str, path: str, body: bytes | None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            self.base_url + path, data=body, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+class Receiver:
+    """The merchant's notification endpoint: ``received`` holds each verified body, in order of
+    arrival (duplicates included); ``down`` answers 503, ``slow_s`` answers that much later."""
+
+    def __init__(self, key: bytes) -> None:
+        self._verify = algorithms.verifier("hmac-sha256", key)
+        self.received: list[dict[str, Any]] = []
+        self.refused = 0
+        self.down = False
+        self.slow_s = 0.0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_post("/notify", self._notify)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _notify(self, request: web.Request) -> web.Response:
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
+        if self.down:
+            return web.Response(status=503, text="down")
+        body = json.loads(await request.read())
+        if not self._verify(signing_input(body), body.get("sign", "")):
+            self.refused += 1
+            return web.Response(status=400, text="FAIL: signature")
+        self.received.append(body)
+        return web.Response(text="SUCCESS")
+
+    def paid(self) -> list[dict[str, Any]]:
+        """The payments credited (purchases APPROVED), first notification of each."""
+        seen: dict[str, dict[str, Any]] = {}
+        for body in self.received:
+            if body["txn_type"] == "purchase" and body["state"] == "APPROVED":
+                seen.setdefault(body["notify_id"], body)
+        return list(seen.values())
+
+
+def describe(body: dict[str, Any]) -> str:
+    """One line for a notification received, as a till speaker would say it."""
+    return (
+        f"notified: {body['state']} {body['txn_type']} order {body['order_no'] or '-'} rrn {body['rrn']} "
+        f"{body['amount_fen'] / 100:.2f} yuan via {body['channel']}"
+    )
+
+
+async def _serve(key: bytes, listen: str) -> None:
+    receiver = Receiver(key)
+    host, _, port = listen.rpartition(":")
+    await receiver.start(host, int(port))
+    print(f"merchant receiver on http://{listen}/notify", flush=True)
+    shown = 0
+    while True:
+        await asyncio.sleep(0.2)
+        for body in receiver.received[shown:]:
+            print(describe(body), flush=True)
+        shown = len(receiver.received)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A merchant's receiver of the switch's notifications (demo, tests)")
+    parser.add_argument("--key", required=True, help="the merchant's API key file (hex)")
+    parser.add_argument("--listen", default="127.0.0.1:9590", help="address to serve /notify on")
+    args = parser.parse_args()
+    asyncio.run(_serve(Path(args.key).read_bytes(), args.listen))
+
+
+if __name__ == "__main__":
+    main()

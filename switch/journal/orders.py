@@ -1,0 +1,148 @@
+"""Merchants' orders over HTTP in the journal (migration 18): an order is a purchase row like a
+terminal's, under the pseudo-terminal ``HTTP`` with its RRN for a STAN, named by the merchant's
+own order number in ``merchant_order``; and the channels' notifications, kept whether or not they
+matched an order. States still move only through ``Journal.record``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import NamedTuple
+
+import asyncpg
+
+from switch.journal.machine import PURCHASE
+from switch.journal.store import NewTxn, TxnKey
+
+HTTP_TERMINAL = "HTTP"  # the terminal id of every order made over the merchant API
+
+
+class Order(NamedTuple):
+    """A merchant's order and its transaction, as the merchant API shows it."""
+
+    merchant_id: str
+    order_no: str
+    scene: str
+    subject: str
+    notify_url: str | None
+    qr_code: str | None
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    rrn: str
+    state: str
+    amount_fen: int
+    channel: str
+    out_trade_no: str
+    response_code: str | None
+    channel_code: str | None
+    channel_txn_id: str | None
+    received_at: dt.datetime
+    expires_at: dt.datetime | None
+    refunded_fen: int
+    reserved_fen: int
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+_ORDER_COLUMNS = ", ".join(
+    f"mo.{c}" if c in ("merchant_id", "order_no", "scene", "subject", "notify_url", "qr_code") else f"t.{c}"
+    for c in Order._fields
+)
+_FIND_ORDER_SQL = (
+    f"SELECT {_ORDER_COLUMNS} FROM merchant_order mo JOIN txn t ON t.rrn = mo.rrn AND t.tx_date = mo.tx_date "
+    "WHERE mo.merchant_id = $1 AND mo.order_no = $2"
+)
+_NEW_COLUMNS = [*NewTxn._fields, "expires_at"]
+_INSERT_TXN_SQL = (
+    f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_NEW_COLUMNS) + 1))}, 'RECEIVED')"
+)
+
+
+async def open_order(
+    pool: asyncpg.Pool, txn: NewTxn, order_no: str, scene: str, subject: str, notify_url: str,
+    expires_at: dt.datetime | None,
+) -> Order | None:  # fmt: skip
+    """Write an order ahead: its number and its RECEIVED row, committed together before anything
+    leaves the switch. None when written now; the order already under that number otherwise
+    (the caller tells a retry of the same request from a clash)."""
+    async with pool.acquire() as conn, conn.transaction():
+        taken = await conn.fetchval(
+            "INSERT INTO merchant_order (merchant_id, order_no, tx_date, rrn, scene, subject, notify_url) "
+            "VALUES ($1, $2, $3, $4, $5, $6, nullif($7, '')) ON CONFLICT DO NOTHING RETURNING rrn",
+            txn.merchant_id, order_no, txn.tx_date, txn.rrn, scene, subject, notify_url,
+        )  # fmt: skip
+        if taken is None:
+            row = await conn.fetchrow(_FIND_ORDER_SQL, txn.merchant_id, order_no)
+            return Order(*row) if row else None
+        await conn.execute(_INSERT_TXN_SQL, *txn, expires_at)
+    return None
+
+
+async def find_order(pool: asyncpg.Pool, merchant_id: str, order_no: str) -> Order | None:
+    row = await pool.fetchrow(_FIND_ORDER_SQL, merchant_id, order_no)
+    return Order(*row) if row else None
+
+
+async def keep_qr_code(pool: asyncpg.Pool, merchant_id: str, order_no: str, qr_code: str) -> None:
+    sql = "UPDATE merchant_order SET qr_code = $3 WHERE merchant_id = $1 AND order_no = $2"
+    await pool.execute(sql, merchant_id, order_no, qr_code)
+
+
+class Paid(NamedTuple):
+    """The purchase a channel's notification names."""
+
+    tx_date: dt.date
+    terminal_id: str
+    stan: str
+    transmitted: str
+    rrn: str
+    amount_fen: int
+
+    @property
+    def key(self) -> TxnKey:
+        return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+
+async def payment_named(pool: asyncpg.Pool, channel: str, out_trade_no: str) -> Paid | None:
+    """The purchase of ``channel`` with this order number at the channel, if the journal has it."""
+    row = await pool.fetchrow(
+        f"SELECT {', '.join(Paid._fields)} FROM txn WHERE out_trade_no = $1 AND channel = $2 "
+        f"AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1",
+        out_trade_no,
+        channel,
+    )
+    return Paid(*row) if row else None
+
+
+async def keep_notice(
+    pool: asyncpg.Pool, channel: str, out_trade_no: str, amount_fen: int, paid: bool, channel_txn_id: str, outcome: str
+) -> None:
+    """A channel's notification as received, and what became of it (``recorded``, ``unchanged``,
+    ``unknown order``, ``amount differs``): those not recorded are for reconciliation."""
+    await pool.execute(
+        "INSERT INTO channel_notice (channel, out_trade_no, amount_fen, paid, channel_txn_id, outcome) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        channel, out_trade_no, amount_fen, paid, channel_txn_id, outcome,
+    )  # fmt: skip
+
+
+async def set_endpoints(pool: asyncpg.Pool, urls: dict[str, str]) -> None:
+    """The merchants' notification URLs from the configuration, which the move trigger reads."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM merchant_endpoint")
+        await conn.executemany("INSERT INTO merchant_endpoint VALUES ($1, $2)", list(urls.items()))
+
+
+async def fresh_nonce(pool: asyncpg.Pool, merchant_id: str, nonce: str, window_s: int) -> bool:
+    """Whether this nonce of the merchant's is new (and now seen): False is a replay. Nonces older
+    than the signature window are forgotten (their timestamps are refused anyway)."""
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM merchant_nonce WHERE seen_at < now() - make_interval(secs => $1)", window_s * 2)
+        return await conn.fetchval(
+            "INSERT INTO merchant_nonce (merchant_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+            merchant_id, nonce,
+        ) is not None  # fmt: skip

@@ -1,0 +1,199 @@
+"""The merchants' HTTP API and the channels' notifications, on the merchant listener
+(``[merchant_api] listen``); described by ``docs/merchant-api.yaml``.
+
+- ``POST /v1/orders``: a QR order (``scene = "qr"``); answers the code the customer scans.
+- ``GET /v1/orders/{order_no}``: the order as the journal has it.
+- ``POST /v1/orders/{order_no}/close``: close it unpaid.
+- ``POST /notify/{channel}``: a channel's payment notification (``switch.merchant.notices``).
+
+Every merchant request is signed (``switch.merchant.signing``; the path's order number is signed
+as the parameter ``order_no``), within the signature window of now, with a nonce never seen
+before. Errors are ``{"code", "message"}`` with an HTTP status; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from msgspec import Meta, Struct
+
+from protocols.channels.base import Verify
+from switch.config import Merchant, insecure_url
+from switch.journal.orders import Order, find_order, fresh_nonce
+from switch.merchant.notices import Notices
+from switch.merchant.orders import QR, Orders, QrAsk, Refused
+from switch.merchant.settings import MerchantApiSection
+from switch.merchant.signing import SIGN_TYPES, signing_input
+
+log = logging.getLogger("paysw.merchant_api")
+OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+MAX_BODY = 16 * 1024
+
+
+class Signed(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    merchant_id: Annotated[str, Meta(min_length=15, max_length=15)]
+    timestamp: Annotated[int, Meta(gt=0)]  # epoch milliseconds
+    nonce: Annotated[str, Meta(pattern=r"^[A-Za-z0-9]{16,64}$")]
+    sign_type: str
+    sign: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+S = TypeVar("S", bound=Signed)
+
+
+class CreateOrder(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    order_no: OrderNo
+    scene: str
+    amount_fen: Annotated[int, Meta(ge=1, le=100_000_000)]
+    subject: Annotated[str, Meta(min_length=1, max_length=128)]
+    channel: str = ""
+    notify_url: Annotated[str, Meta(pattern=r"^(https?://\S{1,250})?$")] = ""
+    expires_in_s: Annotated[int, Meta(ge=60, le=7200)] | None = None
+
+
+class OrderAction(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    order_no: OrderNo
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def view(order: Order) -> dict[str, Any]:
+    """An order as the API shows it."""
+    return {
+        "merchant_id": order.merchant_id,
+        "order_no": order.order_no,
+        "scene": order.scene,
+        "rrn": order.rrn,
+        "channel": order.channel,
+        "amount_fen": order.amount_fen,
+        "subject": order.subject,
+        "state": order.state,
+        "qr_code": order.qr_code or "",
+        "expires_at": order.expires_at.isoformat() if order.expires_at else "",
+        "channel_txn_id": order.channel_txn_id or "",
+        "refunded_fen": order.refunded_fen,
+        "created_at": order.received_at.isoformat(),
+    }
+
+
+class MerchantApi:
+    def __init__(
+        self, section: MerchantApiSection, merchants: list[Merchant], verifiers: dict[tuple[str, str], Verify],
+        orders: Orders, notices: Notices,
+    ) -> None:  # fmt: skip
+        self._section = section
+        self._merchants = {m.id: m for m in merchants}
+        self._verifiers = verifiers  # (merchant id, sign_type) -> its key's verifier
+        self._orders = orders
+        self._notices = notices
+        self._pool = orders.pool
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+        app.router.add_post("/v1/orders", self.create)
+        app.router.add_get("/v1/orders/{order_no}", self.get)
+        app.router.add_post("/v1/orders/{order_no}/close", self.close)
+        app.router.add_post("/notify/{channel}", self.notify)
+        return app
+
+    async def create(self, request: web.Request) -> web.Response:
+        ask, merchant = await self._signed(await _json_params(request), CreateOrder)
+        if ask.scene != QR:
+            raise ApiError(400, "UNSUPPORTED_SCENE", f"scene {ask.scene!r}: only 'qr' is offered over HTTP")
+        if insecure_url(ask.notify_url):
+            raise ApiError(400, "INVALID_REQUEST", "notify_url: an address off the switch's host must be https")
+        try:
+            order = await self._orders.create_qr(
+                merchant,
+                QrAsk(ask.order_no, ask.amount_fen, ask.subject, ask.channel, ask.notify_url, ask.expires_in_s or 0),
+            )
+        except Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        return _json(view(order))
+
+    async def get(self, request: web.Request) -> web.Response:
+        params = {**request.query, "order_no": request.match_info["order_no"]}
+        ask, merchant = await self._signed(params, OrderAction, strings=True)
+        order = await find_order(self._pool, merchant.id, ask.order_no)
+        if order is None:
+            raise ApiError(404, "ORDER_NOT_FOUND", f"no order {ask.order_no}")
+        return _json(view(order))
+
+    async def close(self, request: web.Request) -> web.Response:
+        params = {**await _json_params(request), "order_no": request.match_info["order_no"]}
+        ask, merchant = await self._signed(params, OrderAction)
+        try:
+            order = await self._orders.close(merchant, ask.order_no)
+        except Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        return _json(view(order))
+
+    async def notify(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        answer = await self._notices.receive(request.match_info["channel"], body, dict(request.headers))
+        return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+    async def _signed(self, params: Mapping[str, object], shape: type[S], strings: bool = False) -> tuple[S, Merchant]:
+        """The request's parameters as ``shape``, once its signature, time and nonce hold."""
+        try:
+            ask = msgspec.convert(params, shape, strict=not strings)
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, "INVALID_REQUEST", str(exc)) from None
+        merchant = self._merchants.get(ask.merchant_id)
+        verify = self._verifiers.get((ask.merchant_id, ask.sign_type))
+        if merchant is None or verify is None:
+            known = merchant is not None and ask.sign_type in SIGN_TYPES
+            why = "the merchant has no API key" if known else "unknown merchant or sign_type"
+            raise ApiError(401, "UNAUTHORISED", why)
+        if not verify(signing_input(params), ask.sign):
+            raise ApiError(401, "BAD_SIGNATURE", "the signature does not verify")
+        window = self._section.signature_window_s
+        if abs(time.time() * 1000 - ask.timestamp) > window * 1000:
+            raise ApiError(401, "STALE_REQUEST", f"timestamp more than {window} s from now")
+        if not await fresh_nonce(self._pool, merchant.id, ask.nonce, window):
+            raise ApiError(401, "REPLAYED", "this nonce was used before")
+        return ask, merchant
+
+
+async def _json_params(request: web.Request) -> dict[str, object]:
+    try:
+        params = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError:
+        raise ApiError(400, "INVALID_JSON", "the body is not JSON") from None
+    if not isinstance(params, dict) or any(isinstance(v, dict | list) for v in params.values()):
+        raise ApiError(400, "INVALID_REQUEST", "the body is an object of plain values")
+    return params
+
+
+def _json(value: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(value), content_type="application/json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json({"code": exc.code, "message": exc.message}, exc.status)
+    except web.HTTPException as exc:  # aiohttp's own: not found, too large, method not allowed
+        return _json({"code": "HTTP_" + str(exc.status), "message": exc.reason}, exc.status)
+    except Exception:
+        log.exception("merchant API request failed", extra={"path": request.path})
+        return _json({"code": "SYSTEM_ERROR", "message": "the switch could not handle the request"}, 500)
+
+
+async def start(api: MerchantApi, listen: str, reuse_port: bool = False) -> web.AppRunner:
+    """Serve ``api`` on ``listen``; with ``reuse_port``, beside the other workers of a ``--workers`` switch."""
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host, int(port), reuse_port=reuse_port or None).start()
+    return runner

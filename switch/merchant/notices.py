@@ -1,0 +1,68 @@
+"""The channels' payment notifications (``POST /notify/CHANNEL`` on the merchant listener):
+verified by the channel's actor (which holds the account's keys), matched to the purchase by its
+order number at the channel, and reported to the journal as the channel's word on it, through
+the state machine like any other. They are idempotent (a second one moves nothing), may come
+before the query's answer or never (the resolver's queries stay the safety net), and each is
+kept in ``channel_notice``: one naming no purchase of the journal's, or another amount, moves
+nothing and is there for reconciliation. Acknowledged, in the channel's own words, once kept."""
+
+from __future__ import annotations
+
+import logging
+
+from protocols import response_codes as rc
+from protocols.channels import channel_of
+from protocols.channels.base import HttpAnswer, Notice
+from switch.answers import auth_id_for
+from switch.gateway import ChannelGateway
+from switch.journal import Event, Journal, Report
+from switch.journal.orders import keep_notice, payment_named
+from switch.metrics import Metrics
+
+log = logging.getLogger("paysw.notices")
+NOT_FOUND = HttpAnswer(404, b"no such channel", {"Content-Type": "text/plain"})
+
+
+class Notices:
+    def __init__(self, journal: Journal, gateways: dict[str, ChannelGateway], kinds: dict[str, str], metrics: Metrics):
+        self._journal = journal
+        self._gateways = gateways
+        self._kinds = kinds  # channel -> its package's kind
+        self._metrics = metrics
+
+    async def receive(self, channel: str, body: bytes, headers: dict[str, str]) -> HttpAnswer:
+        gateway, kind = self._gateways.get(channel), self._kinds.get(channel)
+        reader = channel_of(kind).notice if kind else None
+        if gateway is None or reader is None:
+            return NOT_FOUND
+        notice = await gateway.read_notice(body, headers)
+        if isinstance(notice, str):
+            self._metrics.channel_notices.labels(channel, "refused").inc()
+            log.warning("channel notification refused", extra={"channel": channel, "reason": notice})
+            return reader.nack(notice)
+        result = await self._record(channel, notice)
+        await keep_notice(
+            self._journal.pool, channel, notice.out_trade_no, notice.amount_fen, notice.paid,
+            notice.channel_txn_id, result.replace("_", " "),
+        )  # fmt: skip
+        self._metrics.channel_notices.labels(channel, result).inc()
+        if result in ("unknown_order", "amount_differs"):
+            log.error(
+                "channel notification matches no purchase: kept for reconciliation",
+                extra={"channel": channel, "out_trade_no": notice.out_trade_no, "result": result},
+            )
+        return reader.ack
+
+    async def _record(self, channel: str, notice: Notice) -> str:
+        paid = await payment_named(self._journal.pool, channel, notice.out_trade_no)
+        if paid is None:
+            return "unknown_order"
+        if paid.amount_fen != notice.amount_fen:
+            return "amount_differs"
+        event = Event.ACCEPTED if notice.paid else Event.REFUSED
+        report = Report(
+            *paid.key, event, rc.APPROVED if notice.paid else None, auth_id_for(paid.rrn) if notice.paid else None,
+            notice.channel_code, "notification", notice.channel_txn_id, None,
+        )  # fmt: skip
+        moved = await self._journal.record(report)  # a failure answers 500: the channel sends it again
+        return "recorded" if moved is not None else "unchanged"

@@ -1,0 +1,210 @@
+"""A merchant's QR order (the customer scans the merchant's code), as a list of steps like a
+terminal's purchase: the merchant and the channel allowed, the channel's limits, the write-ahead
+(its number and its row, committed before anything leaves), the channel's precreate, the outcome
+recorded through the journal's state machine, and the answer. Then the channel's notification
+(``switch.merchant.notices``) or the resolver's queries end it, and an unpaid one is closed once
+it expires (``switch.resolver``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from protocols import response_codes as rc
+from protocols.channels import channel_of
+from protocols.messages import CLOSE, PRECREATE, QUERY, ChannelResult, Outcome
+from protocols.statements import CST
+from switch.answers import auth_id_for
+from switch.config import Config, Merchant
+from switch.gateway import ChannelGateway, PaymentRef
+from switch.journal import Event, Journal, NewTxn, Report
+from switch.journal.machine import FINAL, PURCHASE
+from switch.journal.orders import HTTP_TERMINAL, Order, find_order, keep_qr_code, open_order
+from switch.merchant.settings import MerchantApiSection
+from switch.metrics import Metrics
+
+QR = "qr"
+CALL_TIMEOUT_S = 10.0
+EVENT_OF = {
+    Outcome.PENDING: Event.PAYING,
+    Outcome.DECLINED: Event.REFUSED,
+    Outcome.UNKNOWN: Event.UNSURE,
+    Outcome.APPROVED: Event.ACCEPTED,
+}
+
+
+class Refused(Exception):
+    """The order cannot be made: ``status`` (HTTP), ``code`` (the API's error code) and why."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True, slots=True)
+class QrAsk:
+    """A QR order as the merchant asks for it (validated by ``switch.merchant.api``)."""
+
+    order_no: str
+    amount_fen: int
+    subject: str
+    channel: str  # "": the merchant's first channel that takes QR orders
+    notify_url: str  # "": the merchant's configured URL, if any
+    expires_in_s: int  # 0: the section's default
+
+
+class Orders:
+    def __init__(
+        self, config: Config, section: MerchantApiSection, journal: Journal,
+        gateways: dict[str, ChannelGateway], metrics: Metrics,
+    ) -> None:  # fmt: skip
+        self._config = config
+        self._section = section
+        self._journal = journal
+        self._gateways = gateways
+        self._metrics = metrics
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._journal.pool
+
+    async def create_qr(self, merchant: Merchant, ask: QrAsk) -> Order:
+        channel = self._channel_for(merchant, ask.channel)
+        now = dt.datetime.now(dt.UTC)
+        expires = now + dt.timedelta(seconds=ask.expires_in_s or self._section.qr_expiry_s)
+        reason = self._gateways[channel].admit(merchant.id)
+        if reason is not None:
+            self._metrics.refused.labels(channel, reason).inc()
+            raise Refused(503, "CHANNEL_UNAVAILABLE", f"channel {channel} refuses new orders now: {reason.lower()}")
+        txn = await self._new_txn(merchant, ask, channel, now)
+        earlier = await open_order(self._journal.pool, txn, ask.order_no, QR, ask.subject, ask.notify_url, expires)
+        if earlier is not None:
+            return self._same_order(earlier, ask, channel)
+        result = await self._gateways[channel].call(
+            PRECREATE,
+            PaymentRef(
+                txn.out_trade_no, txn.amount_fen, merchant.channel_ids.get(channel, ""), HTTP_TERMINAL,
+                now.timestamp(), subject=ask.subject,
+                notify_url=f"{self._section.notify_base()}/notify/{channel}", expires=expires.timestamp(),
+            ),
+            time.time() + CALL_TIMEOUT_S,
+        )  # fmt: skip
+        await self._record(txn, result)
+        if result.qr_code:
+            await keep_qr_code(self._journal.pool, merchant.id, ask.order_no, result.qr_code)
+        order = await find_order(self._journal.pool, merchant.id, ask.order_no)
+        assert order is not None
+        return order
+
+    async def close(self, merchant: Merchant, order_no: str) -> Order:
+        """Close an order nobody has paid, at the merchant's request: it can no longer be paid. A
+        paid one is found paid (the query says so) and stays paid; a final one is as it is."""
+        order = await find_order(self._journal.pool, merchant.id, order_no)
+        if order is None:
+            raise Refused(404, "ORDER_NOT_FOUND", f"no order {order_no}")
+        if order.state in FINAL:
+            return order
+        ref = PaymentRef(
+            order.out_trade_no, order.amount_fen, merchant.channel_ids.get(order.channel, ""), HTTP_TERMINAL,
+            order.received_at.timestamp(), order.channel_txn_id or "",
+        )  # fmt: skip
+        gateway = self._gateways[order.channel]
+        closed = await gateway.call(CLOSE, ref, time.time() + CALL_TIMEOUT_S)
+        if closed.sent and closed.outcome is Outcome.APPROVED:
+            await self._move(order, Event.CANCELLED, rc.DO_NOT_HONOUR, closed)
+        elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile
+            found = await gateway.call(QUERY, ref, time.time() + CALL_TIMEOUT_S)
+            if found.outcome is Outcome.APPROVED:
+                await self._move(order, Event.ACCEPTED, rc.APPROVED, found)
+        else:
+            raise Refused(503, "CHANNEL_UNAVAILABLE", "the channel did not confirm the close: ask again")
+        order = await find_order(self._journal.pool, merchant.id, order_no)
+        assert order is not None
+        return order
+
+    async def _move(self, order: Order, event: Event, code: str, result: ChannelResult) -> None:
+        auth_id = auth_id_for(order.rrn) if event is Event.ACCEPTED else None
+        report = Report(*order.key, event, code, auth_id, result.channel_code, result.channel_message[:200],
+                        result.channel_txn_id, None)  # fmt: skip
+        await self._journal.record(report)
+
+    def _channel_for(self, merchant: Merchant, asked: str) -> str:
+        """The channel the order goes to: the one asked for, else the merchant's first that takes
+        QR orders; it must be the merchant's, configured, switched on and take QR orders."""
+        if merchant.suspended:
+            raise Refused(403, "MERCHANT_SUSPENDED", "the merchant is suspended")
+        takes_qr = [c for c in merchant.channels if c in self._config.channels and self._takes_qr(c)]
+        channel = asked or (takes_qr[0] if takes_qr else "")
+        if not channel:
+            raise Refused(400, "NO_CHANNEL", "none of the merchant's channels takes QR orders")
+        if channel not in merchant.channels:
+            raise Refused(403, "CHANNEL_NOT_ALLOWED", f"the merchant may not use channel {channel!r}")
+        if channel not in takes_qr:
+            raise Refused(400, "CHANNEL_NO_QR", f"channel {channel!r} takes no QR orders")
+        return channel
+
+    def _takes_qr(self, channel: str) -> bool:
+        return channel_of(self._config.channels[channel].kind).takes_qr
+
+    async def _new_txn(self, merchant: Merchant, ask: QrAsk, channel: str, now: dt.datetime) -> NewTxn:
+        rrn = await self._journal.next_rrn()
+        local = now.astimezone(CST)
+        return NewTxn(
+            tx_date=now.date(),
+            terminal_id=HTTP_TERMINAL,
+            stan=rrn,
+            transmitted=f"{now:%m%d%H%M%S}",
+            rrn=rrn,
+            txn_type=PURCHASE,
+            mti="0200",
+            processing_code="000000",
+            merchant_id=merchant.id,
+            amount_fen=ask.amount_fen,
+            currency="156",
+            local_time=f"{local:%H%M%S}",
+            local_date=f"{local:%m%d}",
+            entry_mode="",
+            pan_masked="",
+            pan_hash=b"",
+            channel=channel,
+            out_trade_no=f"{now:%Y%m%d}{rrn}",
+            request_hash=_request_hash(ask, channel),
+            received_at=now,
+            # Should this front end vanish before recording the precreate, the resolver takes it.
+            next_check_at=now + dt.timedelta(seconds=CALL_TIMEOUT_S + 5),
+        )
+
+    def _same_order(self, earlier: Order, ask: QrAsk, channel: str) -> Order:
+        """A number used before: the same request again gets its order; another is refused."""
+        if (earlier.amount_fen, earlier.channel, earlier.scene, earlier.subject) != (
+            ask.amount_fen, channel, QR, ask.subject,
+        ):  # fmt: skip
+            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
+        return earlier
+
+    async def _record(self, txn: NewTxn, result: ChannelResult) -> None:
+        """The precreate's outcome, through the machine: created is PENDING (the merchant is told
+        to wait for the customer: ``09``), refused DECLINED, unknown UNKNOWN (queried, closed)."""
+        event = EVENT_OF[result.outcome]
+        if not result.sent:
+            event = Event.REFUSED  # it never left the switch: no order at the channel
+        channel = self._config.channels[txn.channel]
+        asked = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=channel.query_interval_ms)
+        await self._journal.record(
+            Report(
+                *txn.key, event, result.response_code, None, result.channel_code,
+                result.channel_message[:200], result.channel_txn_id, asked,
+            )
+        )  # fmt: skip
+
+
+def _request_hash(ask: QrAsk, channel: str) -> bytes:
+    return hashlib.sha256(f"{ask.order_no}|{ask.amount_fen}|{channel}|{ask.subject}".encode()).digest()
+
+
+def merchant_of(config: Config, merchant_id: str) -> Merchant | None:
+    return next((m for m in config.merchants if m.id == merchant_id), None)

@@ -1,0 +1,203 @@
+"""Notifications to merchants, from the outbox the journal fills (``notice_outbox``: one per final
+state of a purchase or refund of a merchant with a URL, written in the transaction of the move,
+so none is lost and none made twice). Each is a JSON body signed with the merchant's key
+(``switch.merchant.signing``), delivered once the merchant answers ``SUCCESS``, else tried again
+on the schedule (WeChat Pay's by default) and, past its end, left dead for ``paysw notify``.
+
+Every merchant endpoint has its own limit of notifications under way and its own timeout: a
+merchant at its limit is not even claimed, so a slow or dead URL delays no other merchant's. Rows
+are leased (``FOR UPDATE SKIP LOCKED``), so several front ends share the outbox, and a front end
+that stops leaves its rows to the others once their lease lapses: a restart resumes the
+schedule where it was."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import aiohttp
+import asyncpg
+import msgspec
+
+from switch.merchant.settings import MerchantApiSection
+from switch.merchant.signing import signing_input
+from switch.metrics import Metrics
+
+log = logging.getLogger("paysw.outbox")
+Sign = Callable[[bytes], str]
+SIGN_TYPE = "HMAC-SHA256"
+POLL_S = 0.2
+CLAIM_BATCH = 100
+
+
+class Due(NamedTuple):
+    """A notification due, with what its body says."""
+
+    rrn: str
+    state: str
+    merchant_id: str
+    url: str
+    attempts: int
+    order_no: str | None
+    original_rrn: str | None
+    txn_type: str
+    amount_fen: int
+    channel: str
+    channel_txn_id: str | None
+    terminal_id: str
+    moved_at: float
+
+
+_CLAIM_SQL = """
+WITH due AS (
+    SELECT rrn, state FROM notice_outbox
+    WHERE delivered_at IS NULL AND dead_at IS NULL AND next_at <= now() AND merchant_id <> ALL($3::text[])
+    ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE notice_outbox o SET next_at = now() + make_interval(secs => $2)
+FROM due JOIN txn t ON t.rrn = due.rrn
+LEFT JOIN merchant_order mo ON mo.rrn = coalesce(t.original_rrn, t.rrn)
+WHERE (o.rrn, o.state) = (due.rrn, due.state) AND t.tx_date = o.tx_date
+RETURNING o.rrn, o.state, o.merchant_id, o.url, o.attempts, mo.order_no, t.original_rrn, t.txn_type,
+          t.amount_fen, t.channel, t.channel_txn_id, t.terminal_id, extract(epoch FROM t.updated_at)::float8
+"""
+
+
+def body_of(due: Due, sign: Sign, nonce: str, now_ms: int) -> bytes:
+    """The notification's signed JSON body. ``notify_id`` names it (one per transaction and final
+    state): a merchant that sees it twice has seen the same notification."""
+    params: dict[str, object] = {
+        "notify_id": f"{due.rrn}-{due.state}",
+        "merchant_id": due.merchant_id,
+        "order_no": due.order_no or "",
+        "rrn": due.rrn,
+        "original_rrn": due.original_rrn or "",
+        "txn_type": due.txn_type,
+        "state": due.state,
+        "amount_fen": due.amount_fen,
+        "channel": due.channel,
+        "channel_txn_id": due.channel_txn_id or "",
+        "terminal_id": due.terminal_id,
+        "moved_at": int(due.moved_at * 1000),
+        "timestamp": now_ms,
+        "nonce": nonce,
+        "sign_type": SIGN_TYPE,
+    }
+    params["sign"] = sign(signing_input(params))
+    return msgspec.json.encode(params)
+
+
+class Outbox:
+    def __init__(
+        self, pool: asyncpg.Pool, section: MerchantApiSection, signers: dict[str, Sign], metrics: Metrics
+    ) -> None:
+        self._pool = pool
+        self._section = section
+        self._schedule: Sequence[float] = section.notify_schedule_s
+        self._signers = signers  # merchant id -> its key's HMAC-SHA256
+        self._metrics = metrics
+        self._under_way: Counter[str] = Counter()  # merchant id -> notifications being delivered
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        # No cookies kept, no redirects followed: each notification stands alone.
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        lease_s = self._section.notify_timeout_s + 10
+        while True:
+            try:
+                busy = [m for m, n in self._under_way.items() if n >= self._section.notify_concurrency]
+                rows = await self._pool.fetch(_CLAIM_SQL, CLAIM_BATCH, lease_s, busy)
+                for row in rows:
+                    due = Due(*row)
+                    self._under_way[due.merchant_id] += 1
+                    task = asyncio.get_running_loop().create_task(self._deliver(due))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if len(rows) == CLAIM_BATCH:
+                    await asyncio.sleep(0)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming notifications failed; trying again shortly")
+            await asyncio.sleep(POLL_S)
+
+    async def _deliver(self, due: Due) -> None:
+        try:
+            error = await self._post(due)
+            await self._settle(due, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivering a notification failed; its lease lapses and it is tried again")
+        finally:
+            self._under_way[due.merchant_id] -= 1
+            if not self._under_way[due.merchant_id]:
+                del self._under_way[due.merchant_id]
+
+    async def _post(self, due: Due) -> str:
+        """ "" once the merchant answered ``SUCCESS``; else what went wrong."""
+        sign = self._signers.get(due.merchant_id)
+        if sign is None:
+            return "the merchant has no key to sign with"
+        assert self._session is not None
+        body = body_of(due, sign, secrets.token_hex(16), int(time.time() * 1000))
+        timeout = aiohttp.ClientTimeout(total=self._section.notify_timeout_s)
+        try:
+            async with self._session.post(
+                due.url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout,
+                allow_redirects=False,
+            ) as answer:  # fmt: skip
+                text = (await answer.content.read(64)).decode("utf-8", "replace").strip()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        if answer.status == 200 and text == "SUCCESS":
+            return ""
+        return f"HTTP {answer.status}: {text[:60]!r}"
+
+    async def _settle(self, due: Due, error: str) -> None:
+        if not error:
+            await self._pool.execute(
+                "UPDATE notice_outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL "
+                "WHERE rrn = $1 AND state = $2",
+                due.rrn, due.state,
+            )  # fmt: skip
+            self._metrics.merchant_notices.labels("delivered").inc()
+            return
+        attempts = due.attempts + 1
+        if attempts > len(self._schedule):
+            await self._pool.execute(
+                "UPDATE notice_outbox SET dead_at = now(), attempts = $3, last_error = $4 "
+                "WHERE rrn = $1 AND state = $2",
+                due.rrn, due.state, attempts, error,
+            )  # fmt: skip
+            self._metrics.merchant_notices.labels("dead").inc()
+            log.error(
+                "notification to a merchant given up after its whole schedule: `paysw notify resend` sends it again",
+                extra={"merchant": due.merchant_id, "rrn": due.rrn, "state": due.state, "error": error},
+            )
+            return
+        await self._pool.execute(
+            "UPDATE notice_outbox SET next_at = now() + make_interval(secs => $3), attempts = $4, last_error = $5 "
+            "WHERE rrn = $1 AND state = $2",
+            due.rrn, due.state, self._schedule[attempts - 1], attempts, error,
+        )  # fmt: skip
+        self._metrics.merchant_notices.labels("failed").inc()

@@ -1,0 +1,258 @@
+"""The merchant side against the real switch, simulators and PostgreSQL: a QR order created over
+the signed HTTP API, scanned and paid at the channel's simulator, its notification verified and
+recorded through the journal, and the merchant notified from the outbox; the notification lost,
+duplicated, forged or about no order; the merchant's endpoint down; refused requests."""
+
+import asyncio
+import secrets
+import threading
+import time
+import urllib.request
+
+import asyncpg
+import msgspec
+import pytest
+
+from bench.demo_config import DEMO_DIR
+from bench.merchant import MerchantClient, Receiver, signed
+from bench.simulators.control import set_fault
+from bench.simulators.faults import NO_FAULT, Fault
+from tests.conftest import free_port, run, switch_with
+
+MERCHANT = "898310048990001"
+KEY = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()
+SCHEDULE = "[0.3, 0.3, 0.3, 0.3]"  # the merchants' retry schedule here: four tries after the first
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """The merchant's notification endpoint, on a loop of its own in a thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    got = Receiver(KEY)
+    got.port = free_port()
+    asyncio.run_coroutine_threadsafe(got.start("127.0.0.1", got.port), loop).result(10)
+    yield got
+    asyncio.run_coroutine_threadsafe(got.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture(scope="module")
+def merchant_switch(config_dir, database_url, simulators, receiver, tmp_path_factory):
+    edits = [
+        (r'notify_url = "http://127.0.0.1:\d+/notify"', f'notify_url = "http://127.0.0.1:{receiver.port}/notify"'),
+        (r"(?m)^qr_expiry_s = 900$", f"qr_expiry_s = 900\nnotify_schedule_s = {SCHEDULE}"),
+    ]
+    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("merchant"), "merchant", edits)
+
+
+@pytest.fixture
+def client(merchant_switch):
+    return MerchantClient(f"http://127.0.0.1:{merchant_switch.merchant}", MERCHANT, KEY)
+
+
+def order_no() -> str:
+    return "T" + secrets.token_hex(8)
+
+
+def scan(ports, channel: str, qr_code: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{ports.controls[channel]}/_sim/scan", data=msgspec.json.encode({"qr_code": qr_code})
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return msgspec.json.decode(answer.read())
+    except urllib.error.HTTPError as exc:
+        return msgspec.json.decode(exc.read())
+
+
+def wait_for(client: MerchantClient, number: str, state: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, order = client.get(number)
+        assert status == 200, order
+        if order["state"] == state or time.monotonic() > deadline:
+            assert order["state"] == state, order
+            return order
+        time.sleep(0.1)
+
+
+def notified(receiver: Receiver, number: str, timeout: float = 15) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [b for b in receiver.received if b["order_no"] == number]
+        if found:
+            time.sleep(0.5)  # any duplicate would come meanwhile
+            return [b for b in receiver.received if b["order_no"] == number]
+        time.sleep(0.1)
+    return []
+
+
+def notices(database_url: str, out_trade_no: str) -> list[str]:
+    async def read():
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT outcome FROM channel_notice WHERE out_trade_no = $1 ORDER BY id", out_trade_no
+            )
+        finally:
+            await conn.close()
+        return [r["outcome"] for r in rows]
+
+    return run(read())
+
+
+def out_trade_no_of(order: dict) -> str:
+    return order["created_at"][:10].replace("-", "") + order["rrn"]
+
+
+@pytest.mark.parametrize("channel", ["wechat"])
+def test_a_qr_order_paid_is_recorded_from_the_notification_and_the_merchant_told_once(
+    client, receiver, ports, database_url, channel
+):
+    number = order_no()
+    status, order = client.create_qr(number, 2500, "Latte", channel=channel)
+    assert status == 200, order
+    assert (order["state"], order["channel"], order["amount_fen"]) == ("PENDING", channel, 2500)
+    assert order["qr_code"].startswith("weixin://wxpay/bizpayurl?pr=")
+    assert scan(ports, channel, order["qr_code"])["status"] == "PAID"
+    paid = wait_for(client, number, "APPROVED")
+    assert paid["channel_txn_id"]
+    assert notices(database_url, out_trade_no_of(order))[0] == "recorded"
+    told = notified(receiver, number)
+    assert [(b["state"], b["amount_fen"], b["rrn"]) for b in told] == [("APPROVED", 2500, order["rrn"])]
+    # The same request again is the same order; the number with other details is refused.
+    assert client.create_qr(number, 2500, "Latte", channel=channel)[1]["rrn"] == order["rrn"]
+    assert client.create_qr(number, 2600, "Latte", channel=channel)[0] == 409
+
+
+def test_a_lost_notification_leaves_the_payment_to_the_queries(client, ports, database_url):
+    set_fault(f"127.0.0.1:{ports.controls['wechat']}", Fault(notice_drop=100))
+    try:
+        number = order_no()
+        _, order = client.create_qr(number, 1800, "Tea", channel="wechat")
+        assert scan(ports, "wechat", order["qr_code"])["status"] == "PAID"
+        wait_for(client, number, "APPROVED")
+    finally:
+        set_fault(f"127.0.0.1:{ports.controls['wechat']}", NO_FAULT)
+    assert notices(database_url, out_trade_no_of(order)) == []
+
+
+def test_a_notification_sent_twice_moves_the_order_once(client, receiver, ports, database_url):
+    set_fault(f"127.0.0.1:{ports.controls['wechat']}", Fault(notice_twice=True))
+    try:
+        number = order_no()
+        _, order = client.create_qr(number, 1900, "Cake", channel="wechat")
+        scan(ports, "wechat", order["qr_code"])
+        wait_for(client, number, "APPROVED")
+        time.sleep(0.5)
+    finally:
+        set_fault(f"127.0.0.1:{ports.controls['wechat']}", NO_FAULT)
+    kept = notices(database_url, out_trade_no_of(order))
+    assert kept.count("recorded") == 1 and kept.count("unchanged") >= 1, kept
+    assert len(notified(receiver, number)) == 1
+
+
+def test_a_closed_order_can_no_longer_be_paid(client, ports):
+    number = order_no()
+    _, order = client.create_qr(number, 700, "Muffin", channel="wechat")
+    status, closed = client.close(number)
+    assert (status, closed["state"]) == (200, "CANCELLED")
+    assert scan(ports, "wechat", order["qr_code"])["status"] == "CLOSED"
+    assert client.get(number)[1]["state"] == "CANCELLED"
+
+
+def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing(client):
+    number = order_no()
+    params = signed({"merchant_id": MERCHANT, "order_no": number, "scene": "qr", "amount_fen": 500,
+                     "subject": "Water", "channel": "wechat"}, KEY)  # fmt: skip
+    forged = {**params, "amount_fen": 1}
+    assert client.post("/v1/orders", forged) == (401, {"code": "BAD_SIGNATURE", "message": forged_message()})
+    assert client.get(number)[0] == 404
+    assert client.post("/v1/orders", params)[0] == 200
+    replayed = client.post("/v1/orders", params)
+    assert replayed[0] == 401 and replayed[1]["code"] == "REPLAYED"
+    stale = signed({"merchant_id": MERCHANT, "order_no": order_no(), "scene": "qr", "amount_fen": 500,
+                    "subject": "Water"}, KEY)  # fmt: skip
+    stale["timestamp"] -= 3_600_000
+    stale["sign"] = signed_again(stale)
+    assert client.post("/v1/orders", stale)[1]["code"] == "STALE_REQUEST"
+    other = MerchantClient(client.base_url, "898310048990002", KEY)  # a merchant without an API key
+    assert other.create_qr(order_no(), 500)[1]["code"] == "UNAUTHORISED"
+    assert client.create_qr(order_no(), 0)[1]["code"] == "INVALID_REQUEST"
+    assert client.call("POST", "/v1/orders", b"not json")[1]["code"] == "INVALID_JSON"
+
+
+def forged_message() -> str:
+    return "the signature does not verify"
+
+
+def signed_again(params: dict) -> str:
+    from hsm import algorithms
+    from switch.merchant.signing import signing_input
+
+    return algorithms.signer("hmac-sha256", KEY)(signing_input(params))
+
+
+def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant_switch, database_url):
+    from bench.simulators.channels.wechat import side
+    from bench.simulators.side import Paid, RequestSeen
+    from tests.test_connectors import Pair
+
+    pair = Pair("wechat")
+    unknown = f"2026120499{secrets.randbelow(10**10):010d}"
+    order = RequestSeen("precreate", unknown, amount_fen=300, fields={"appid": pair.account.app_id,
+                                                                        "mch_id": pair.account.mch_id})  # fmt: skip
+    note = side.notice(order, Paid("CH0001", 300, time.time()), pair.channel_sign)
+    url = f"http://127.0.0.1:{merchant_switch.merchant}/notify/wechat"
+    with urllib.request.urlopen(urllib.request.Request(url, data=note.body), timeout=10) as answer:
+        assert b"SUCCESS" in answer.read()
+    assert notices(database_url, unknown) == ["unknown order"]
+    forged = note.body.replace(b"<total_fee><![CDATA[300]]>", b"<total_fee><![CDATA[30000]]>")
+    with urllib.request.urlopen(urllib.request.Request(url, data=forged), timeout=10) as answer:
+        assert b"FAIL" in answer.read()
+    assert notices(database_url, unknown) == ["unknown order"]
+
+
+def test_a_merchant_endpoint_down_gets_the_notification_once_up_and_dead_after_its_schedule(
+    client, receiver, ports, database_url
+):
+    receiver.down = True
+    try:
+        order = paid_order(client, ports, 4200)
+        time.sleep(0.8)  # a couple of tries fail meanwhile
+    finally:
+        receiver.down = False
+    assert [b["state"] for b in notified(receiver, order["order_no"])] == ["APPROVED"]
+
+    receiver.down = True
+    try:
+        order = paid_order(client, ports, 4300)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and outbox_row(database_url, order["rrn"])["dead_at"] is None:
+            time.sleep(0.2)
+    finally:
+        receiver.down = False
+    row = outbox_row(database_url, order["rrn"])
+    assert row["dead_at"] is not None and row["attempts"] == 5 and row["delivered_at"] is None, row
+    assert "503" in row["last_error"]
+
+
+def paid_order(client: MerchantClient, ports, amount_fen: int) -> dict:
+    """A WeChat Pay QR order, created, scanned and paid, once the journal has it APPROVED."""
+    number = order_no()
+    _, order = client.create_qr(number, amount_fen, "Sandwich", channel="wechat")
+    scan(ports, "wechat", order["qr_code"])
+    return wait_for(client, number, "APPROVED")
+
+
+def outbox_row(database_url: str, rrn: str) -> asyncpg.Record:
+    async def read():
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchrow("SELECT * FROM notice_outbox WHERE rrn = $1", rrn)
+        finally:
+            await conn.close()
+
+    return run(read())
