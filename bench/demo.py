@@ -5,6 +5,7 @@ it all running on 127.0.0.1 for trying by hand, until Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import statistics
@@ -19,10 +20,12 @@ import uvloop
 
 from bench.client import IsoClient
 from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.merchant import MerchantClient, Receiver, describe, receiver_thread
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
 from bench.terminal import TerminalKeys
 from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, card_number, network, payment_code, purchase, quantile
+from protocols.channels import channel_of
 from risk.lists import change_list
 from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
@@ -52,6 +55,8 @@ def _ports_in_use(config: Config, simulators: SimulatorConfig) -> list[str]:
     addresses = [
         config.switch.listen,
         config.switch.admin_listen,
+        *([config.merchant_api.listen] if config.merchant_api.listen else []),
+        *(_receiver_address(config),),
         *(s.listen for s in sims),
         *(control_address(s) for s in sims),
     ]
@@ -219,6 +224,44 @@ async def risk_drill(host: str, port: int, app: SwitchApp) -> None:
           " (counted by the risk actors)")  # fmt: skip
 
 
+def _receiver_address(config: Config) -> str:
+    """Where the demo merchant's notifications go (its ``notify_url``): the demo's receiver."""
+    url = next(m.notify_url for m in config.merchants if m.id == MERCHANT)
+    return url.removeprefix("http://").partition("/")[0]
+
+
+async def merchant_drill(config: Config, simulators: SimulatorConfig, receiver: Receiver) -> None:
+    """The merchant side: a QR order on each channel that takes them, created over the signed
+    merchant API, scanned and paid at the channel's simulator, recorded from the channel's
+    notification, and the merchant's receipt; and how many of the terminal payments above the
+    merchant was told of (the till-speaker case)."""
+    merchant = next(m for m in config.merchants if m.id == MERCHANT)
+    key = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()  # DEMO TEST KEY
+    client = MerchantClient(f"http://{config.merchant_api.listen}", MERCHANT, key)
+    qr_channels = [c for c in merchant.channels if channel_of(config.channels[c].kind).takes_qr]
+    print(f"merchant API on http://{config.merchant_api.listen}: one QR order per channel, paid by a customer's scan:")
+    for channel in qr_channels:
+        number = f"DEMO{random.randrange(10**12):012d}"
+        status, order = await asyncio.to_thread(client.create_qr, number, 1234, "Demo latte", channel=channel)
+        if status != 200 or not order.get("qr_code"):
+            print(f"  {channel}: not created: {order}")
+            continue
+        control, scan = control_address(simulators.simulators[channel]), json.dumps({"qr_code": order["qr_code"]})
+        try:  # the customer scans the code and pays
+            scanned = await asyncio.to_thread(admin_request, control, "/_sim/scan", "", True, scan.encode())
+        except urllib.error.HTTPError as exc:
+            scanned = {"status": f"refused ({exc.code})"}
+        for _ in range(100):
+            receipt = [b for b in receiver.received if b["order_no"] == number]
+            if receipt:
+                break
+            await asyncio.sleep(0.1)
+        told = describe(receipt[0]) if receipt else "no notification yet"
+        print(f"  {channel}: code {order['qr_code'][:40]}..., scanned: {scanned.get('status')}; merchant {told}")
+    terminal = [b for b in receiver.received if b["terminal_id"] != "HTTP" and b["state"] == "APPROVED"]
+    print(f"  terminal payments notified to the merchant (signed, verified by its receiver): {len(terminal)}")
+
+
 def print_summary(tallies: dict[str, ChannelTally], seconds: float) -> None:
     header = (
         f"{'channel':10s} {'count':>6s} {'approved':>9s} {'confirmed':>10s} {'declined':>9s} {'pending':>8s}"
@@ -271,7 +314,18 @@ async def _journal_summary(app: SwitchApp) -> None:
     print("\njournal (last 10 minutes): " + ", ".join(f"{r['channel']}/{r['state']}={r['n']}" for r in rows))
 
 
-async def _run(config: Config, url: str, token: str, token_file: Path, serve: bool, per_channel: int) -> None:
+async def _run(
+    config: Config, simulators: SimulatorConfig, url: str, token: str, token_file: Path, serve: bool, per_channel: int
+) -> None:
+    key = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()  # DEMO TEST KEY
+    with receiver_thread(key, *host_port(_receiver_address(config))) as receiver:
+        await _run_with(config, simulators, url, token, token_file, serve, per_channel, receiver)
+
+
+async def _run_with(
+    config: Config, simulators: SimulatorConfig, url: str, token: str, token_file: Path, serve: bool,
+    per_channel: int, receiver: Receiver,
+) -> None:  # fmt: skip
     app = SwitchApp(config, url, token)
     started = time.monotonic()
     await app.start()
@@ -298,6 +352,8 @@ async def _run(config: Config, url: str, token: str, token_file: Path, serve: bo
             print()
             await risk_drill(host, port, app)
             print()
+            await merchant_drill(config, simulators, receiver)
+            print()
             await _settle(app)
             await _journal_summary(app)
     finally:
@@ -319,7 +375,7 @@ def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int 
     try:
         _wait_for_ports([s.listen for s in simulators.simulators.values()])
         print(f"simulators: {', '.join(f'{n} {s.listen}' for n, s in simulators.simulators.items())}", flush=True)
-        uvloop.run(_run(config, url, token, token_path(config, data_dir), serve, per_channel))
+        uvloop.run(_run(config, simulators, url, token, token_path(config, data_dir), serve, per_channel))
     except KeyboardInterrupt:
         pass
     finally:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,23 @@ class Receiver:
             if body["txn_type"] == "purchase" and body["state"] == "APPROVED":
                 seen.setdefault(body["notify_id"], body)
         return list(seen.values())
+
+
+@contextlib.contextmanager
+def receiver_thread(key: bytes, host: str, port: int) -> Iterator[Receiver]:
+    """A ``Receiver`` serving on an event loop of its own, in a thread: the merchant is another
+    party, and its work stays off the loop of whoever runs it (the demo's switch, a test)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="merchant-receiver", daemon=True)
+    thread.start()
+    receiver = Receiver(key)
+    try:
+        asyncio.run_coroutine_threadsafe(receiver.start(host, port), loop).result(10)
+        yield receiver
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def describe(body: dict[str, Any]) -> str:

@@ -226,8 +226,8 @@ class SwitchApp:
         await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in cfg.merchants if m.notify_url})
         keyed = [m for m in cfg.merchants if m.api_key]
         signers = {m.id: hsm.signer(keys[m.api_key], "hmac-sha256") for m in keyed}
-        self._outbox = Outbox(self.journal.pool, cfg.merchant_api, signers, self.metrics)
-        self._outbox.start()
+        self._outbox = Outbox(self._database_url, cfg.merchant_api, signers, self.metrics)
+        await self._outbox.start()
         if not cfg.merchant_api.listen:
             return
         verifiers = {

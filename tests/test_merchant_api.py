@@ -3,9 +3,7 @@ the signed HTTP API, scanned and paid at the channel's simulator, its notificati
 recorded through the journal, and the merchant notified from the outbox; the notification lost,
 duplicated, forged or about no order; the merchant's endpoint down; refused requests."""
 
-import asyncio
 import secrets
-import threading
 import time
 import urllib.request
 
@@ -14,7 +12,7 @@ import msgspec
 import pytest
 
 from bench.demo_config import DEMO_DIR
-from bench.merchant import MerchantClient, Receiver, signed
+from bench.merchant import MerchantClient, Receiver, receiver_thread, signed
 from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from tests.conftest import free_port, run, switch_with
@@ -26,16 +24,11 @@ SCHEDULE = "[0.3, 0.3, 0.3, 0.3]"  # the merchants' retry schedule here: four tr
 
 @pytest.fixture(scope="module")
 def receiver():
-    """The merchant's notification endpoint, on a loop of its own in a thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    got = Receiver(KEY)
-    got.port = free_port()
-    asyncio.run_coroutine_threadsafe(got.start("127.0.0.1", got.port), loop).result(10)
-    yield got
-    asyncio.run_coroutine_threadsafe(got.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
+    """The merchant's notification endpoint."""
+    port = free_port()
+    with receiver_thread(KEY, "127.0.0.1", port) as got:
+        got.port = port
+        yield got
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def precreated(pair: Pair, amount_fen: int = 2500) -> RequestSeen:
 
 
 def test_every_built_in_channel_takes_qr_orders():
-    assert QR_KINDS == builtin_kinds()
+    assert builtin_kinds() == QR_KINDS
 
 
 @pytest.mark.parametrize("kind", QR_KINDS)

@@ -33,6 +33,7 @@ Sign = Callable[[bytes], str]
 SIGN_TYPE = "HMAC-SHA256"
 POLL_S = 0.2
 CLAIM_BATCH = 100
+POOL_SIZE = 2
 
 
 class Due(NamedTuple):
@@ -93,10 +94,12 @@ def body_of(due: Due, sign: Sign, nonce: str, now_ms: int) -> bytes:
 
 
 class Outbox:
-    def __init__(
-        self, pool: asyncpg.Pool, section: MerchantApiSection, signers: dict[str, Sign], metrics: Metrics
-    ) -> None:
-        self._pool = pool
+    """Delivery of the outbox, on a pool of its own (``POOL_SIZE``): never a connection the
+    payments' lookups wait for."""
+
+    def __init__(self, url: str, section: MerchantApiSection, signers: dict[str, Sign], metrics: Metrics) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool
         self._section = section
         self._schedule: Sequence[float] = section.notify_schedule_s
         self._signers = signers  # merchant id -> its key's HMAC-SHA256
@@ -106,7 +109,8 @@ class Outbox:
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=POOL_SIZE, command_timeout=30)
         # No cookies kept, no redirects followed: each notification stands alone.
         self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
@@ -118,6 +122,7 @@ class Outbox:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+            await self._pool.close()
 
     async def _run(self) -> None:
         lease_s = self._section.notify_timeout_s + 10

@@ -70,9 +70,7 @@ async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
         async with pool.acquire() as conn:
             await migrate(conn)
         keys = await configured_keys(KeyStore(pool), config)
-        workers = {
-            name: ChannelWorker(name, actor_setup(config, name, keys), 0) for name in channels
-        }
+        workers = {name: ChannelWorker(name, actor_setup(config, name, keys), 0) for name in channels}
         threshold = Threshold(config.recon.auto_max_count, config.recon.auto_max_fen)
         period = f"{day}" + ("" if hour == WHOLE_DAY else f" {hour:02d}:00")
         print(f"reconciling {period} (Beijing time): {', '.join(channels)}", flush=True)
