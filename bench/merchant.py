@@ -42,6 +42,24 @@ class MerchantClient:
                   "subject": subject, **extra}  # fmt: skip
         return self.post("/v1/orders", signed(params, self.key))
 
+    def pay_code(self, order_no: str, amount_fen: int, auth_code: str, subject: str = "Demo order") -> tuple[int, dict]:
+        params = {"merchant_id": self.merchant_id, "order_no": order_no, "scene": "code", "amount_fen": amount_fen,
+                  "subject": subject, "auth_code": auth_code}  # fmt: skip
+        return self.post("/v1/orders", signed(params, self.key))
+
+    def refund(self, order_no: str, refund_no: str, amount_fen: int) -> tuple[int, dict]:
+        params = signed(
+            {"merchant_id": self.merchant_id, "order_no": order_no, "refund_no": refund_no, "amount_fen": amount_fen},
+            self.key,
+        )
+        del params["order_no"]  # named by the path, and signed as order_no
+        return self.post(f"/v1/orders/{order_no}/refunds", params)
+
+    def get_refund(self, order_no: str, refund_no: str) -> tuple[int, dict]:
+        params = signed({"merchant_id": self.merchant_id, "order_no": order_no, "refund_no": refund_no}, self.key)
+        query = "&".join(f"{k}={v}" for k, v in params.items() if k not in ("order_no", "refund_no"))
+        return self.call("GET", f"/v1/orders/{order_no}/refunds/{refund_no}?{query}", None)
+
     def get(self, order_no: str) -> tuple[int, dict]:
         params = signed({"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
         query = "&".join(f"{k}={v}" for k, v in params.items() if k != "order_no")

@@ -165,7 +165,7 @@ class SwitchApp:
             cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk
         )
         merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
-        await self._start_merchant_side(hsm, keys)
+        await self._start_merchant_side(hsm, keys, processor)
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
         if cfg.recon.schedule_hourly:
@@ -218,7 +218,7 @@ class SwitchApp:
         self.risk.counters = counters
         self.journal.on_moved = self.risk.moved
 
-    async def _start_merchant_side(self, hsm: Hsm, keys: dict[str, KeyRecord]) -> None:
+    async def _start_merchant_side(self, hsm: Hsm, keys: dict[str, KeyRecord], processor: Processor) -> None:
         """The merchants' notification URLs for the journal's outbox, the outbox's delivery, and
         the merchant API with the channels' notifications when it has a listener."""
         cfg = self.config
@@ -235,7 +235,7 @@ class SwitchApp:
             for m in keyed
             for sign_type, scheme in SIGN_TYPES.items()
         }
-        orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, self.metrics)
+        orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, self.metrics, processor)
         notices = Notices(self.journal, self.gateways, {n: ch.kind for n, ch in cfg.channels.items()}, self.metrics)
         api = MerchantApi(cfg.merchant_api, cfg.merchants, verifiers, orders, notices)
         self._merchant_api = await start_merchant_api(api, cfg.merchant_api.listen, reuse_port=self._seat is not None)

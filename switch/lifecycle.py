@@ -48,7 +48,7 @@ from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
-from switch.steps import Context, Path, Reply, bind
+from switch.steps import HTTP_STEPS, Context, Path, Reply, bind
 from switch.terminal_keys import MacMismatch, NoPinKey, SignOnTooSoon, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
@@ -102,6 +102,7 @@ class Processor:
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {txn_type: bind(self, txn_type, timing) for txn_type in TxnType}
+        self._http_paths = {txn_type: bind(self, txn_type, timing, HTTP_STEPS) for txn_type in HTTP_STEPS}
 
     # -- one frame -------------------------------------------------------------------------
 
@@ -138,9 +139,24 @@ class Processor:
         self._count(message, out, "-" if t is None else t.channel, started)
         return self._security.encode(out, None if t is None else t.mak)
 
-    async def _run(self, t: Context) -> Message:
+    async def handle_order(self, message: Message, txn_type: TxnType, rrn: str) -> Reply:
+        """A merchant's order over HTTP (``switch.merchant``), as the ISO 8583 message it amounts
+        to (terminal ``HTTP``, its RRN for a STAN), run through the same steps as a terminal's
+        (``steps.HTTP_STEPS``): what the merchant is told."""
+        t = Context(message, b"", time.monotonic(), txn_type, rrn=rrn)
+        try:
+            await self._run(t, self._http_paths[txn_type])
+        except Exception:
+            log.exception("unexpected error while processing an order", extra={"rrn": rrn})
+            return Reply(rc.SYSTEM_MALFUNCTION, rrn)
+        finally:
+            self._metrics.requests.labels("http").inc()
+        assert t.reply is not None
+        return t.reply
+
+    async def _run(self, t: Context, path: Path | None = None) -> Message:
         """Run ``t``'s steps until one ends the transaction, then its answer step."""
-        path = self._paths[t.txn_type]
+        path = path or self._paths[t.txn_type]
         try:
             for step, is_async in path.steps:
                 end = await step(t) if is_async else step(t)
@@ -237,6 +253,12 @@ class Processor:
         if self._merchants[terminal.merchant].suspended:
             return rc.NOT_PERMITTED
         return None
+
+    def _step_merchant(self, t: Context) -> str | None:
+        merchant = self._merchants.get(t.message["42"])
+        if merchant is None:
+            return rc.INVALID_MERCHANT
+        return rc.NOT_PERMITTED if merchant.suspended else None
 
     def _step_transmission_date(self, t: Context) -> str | None:
         tx_date = transmitted_on(t.message, dt.datetime.now(dt.UTC).date())

@@ -44,6 +44,16 @@ STEPS: dict[TxnType, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
+    """A list as it runs for a merchant's order over HTTP (``switch.merchant``): the merchant's
+    signature was checked at the API and it names no terminal (no ``mac``; ``merchant`` for
+    ``terminal_and_merchant``), and its RRN was taken when its order number was (no ``rrn``)."""
+    return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in ("mac", "rrn"))
+
+
+HTTP_STEPS: dict[TxnType, tuple[str, ...]] = {t: over_http(STEPS[t]) for t in (TxnType.PURCHASE, TxnType.REFUND)}
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What the terminal is told about a transaction (replayed to identical retransmissions)."""
@@ -90,11 +100,13 @@ class Path(NamedTuple):
     answer: Callable[[Context], Message]
 
 
-def bind(owner: object, txn_type: TxnType, timing: Histogram | None) -> Path:
-    """``txn_type``'s list, each name bound to ``owner._step_<name>``; with ``timing``, each step
-    observes its seconds (waits included) under its name and the transaction type. Without, the
-    methods themselves: timing costs nothing unless switched on."""
-    names = STEPS[txn_type]
+def bind(
+    owner: object, txn_type: TxnType, timing: Histogram | None, lists: dict[TxnType, tuple[str, ...]] = STEPS
+) -> Path:
+    """``txn_type``'s list (of ``lists``), each name bound to ``owner._step_<name>``; with
+    ``timing``, each step observes its seconds (waits included) under its name and the
+    transaction type. Without, the methods themselves: timing costs nothing unless switched on."""
+    names = lists[txn_type]
     assert names[-1] == "answer", f"{txn_type}: every list ends with answer"
     bound = []
     for name in names:

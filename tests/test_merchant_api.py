@@ -3,6 +3,7 @@ the signed HTTP API, scanned and paid at the channel's simulator, its notificati
 recorded through the journal, and the merchant notified from the outbox; the notification lost,
 duplicated, forged or about no order; the merchant's endpoint down; refused requests."""
 
+import random
 import secrets
 import time
 import urllib.request
@@ -15,7 +16,10 @@ from bench.demo_config import DEMO_DIR
 from bench.merchant import MerchantClient, Receiver, receiver_thread, signed
 from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
+from bench.traffic import payment_code
+from protocols.masking import mask_pan
 from tests.conftest import free_port, run, switch_with
+from tests.support import journal_row
 
 MERCHANT = "898310048990001"
 KEY = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()
@@ -249,3 +253,35 @@ def outbox_row(database_url: str, rrn: str) -> asyncpg.Record:
             await conn.close()
 
     return run(read())
+
+
+def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, database_url):
+    rng = random.Random()
+    number, code = order_no(), payment_code("alipay", "00", rng)
+    status, order = client.pay_code(number, 990, code, "Bagel")
+    assert status == 200, order
+    assert (order["state"], order["channel"], order["response_code"]) == ("APPROVED", "alipay", "00")
+    row = run(journal_row(database_url, order["rrn"]))
+    assert (row["terminal_id"], row["stan"], row["txn_type"]) == ("HTTP", order["rrn"], "purchase")
+    assert row["pan_masked"] == mask_pan(code)  # masked at the journal's door
+    assert client.pay_code(number, 990, code, "Bagel")[1]["rrn"] == order["rrn"]  # the same request: its order
+    assert client.pay_code(number, 990, payment_code("alipay", "00", rng), "Bagel")[0] == 409  # another code
+    status, refused = client.pay_code(order_no(), 990, payment_code("wechat", "51", rng), "Bagel")
+    assert (status, refused["state"], refused["response_code"]) == (200, "DECLINED", "51")
+    status, unknown = client.pay_code(order_no(), 990, "9" * 18, "Bagel")
+    assert (status, unknown["code"]) == (400, "INVALID_CODE")
+
+
+def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(client, ports):
+    order = paid_order(client, ports, 1000)
+    number = order["order_no"]
+    status, first = client.refund(number, "R" + number, 600)
+    assert (status, first["state"], first["amount_fen"]) == (200, "APPROVED", 600)
+    assert client.refund(number, "R" + number, 600)[1]["rrn"] == first["rrn"]  # the same refund, not another
+    status, over = client.refund(number, "S" + number, 500)
+    assert (status, over["code"]) == (409, "AMOUNT_EXCEEDED")
+    status, rest = client.refund(number, "T" + number, 400)
+    assert (status, rest["state"]) == (200, "APPROVED")
+    assert client.get(number)[1]["refunded_fen"] == 1000
+    assert client.get_refund(number, "T" + number)[1]["state"] == "APPROVED"
+    assert client.refund(order_no(), "R1", 100)[0] == 404

@@ -71,15 +71,82 @@ async def open_order(
     (the caller tells a retry of the same request from a clash)."""
     async with pool.acquire() as conn, conn.transaction():
         taken = await conn.fetchval(
-            "INSERT INTO merchant_order (merchant_id, order_no, tx_date, rrn, scene, subject, notify_url) "
-            "VALUES ($1, $2, $3, $4, $5, $6, nullif($7, '')) ON CONFLICT DO NOTHING RETURNING rrn",
-            txn.merchant_id, order_no, txn.tx_date, txn.rrn, scene, subject, notify_url,
+            "INSERT INTO merchant_order (merchant_id, order_no, tx_date, rrn, transmitted, scene, subject, notify_url) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, nullif($8, '')) ON CONFLICT DO NOTHING RETURNING rrn",
+            txn.merchant_id, order_no, txn.tx_date, txn.rrn, txn.transmitted, scene, subject, notify_url,
         )  # fmt: skip
         if taken is None:
             row = await conn.fetchrow(_FIND_ORDER_SQL, txn.merchant_id, order_no)
             return Order(*row) if row else None
         await conn.execute(_INSERT_TXN_SQL, *txn, expires_at)
     return None
+
+
+class Reserved(NamedTuple):
+    """An order or refund number taken: the key its row is written under, and what it was for."""
+
+    rrn: str
+    tx_date: dt.date
+    transmitted: str
+    what: str  # an order's scene and subject, a refund's order number: a retry must say the same
+
+
+async def reserve_order(
+    pool: asyncpg.Pool, merchant_id: str, order_no: str, scene: str, subject: str, notify_url: str,
+    rrn: str, tx_date: dt.date, transmitted: str,
+) -> Reserved:  # fmt: skip
+    """Take the merchant's order number for an order its steps write ahead (``rrn``, ``tx_date``,
+    ``transmitted``), or the reservation made before under it (a retry runs again under the same
+    key: the journal's write-ahead and duplicate check make that one transaction)."""
+    row = await pool.fetchrow(
+        "WITH taken AS (INSERT INTO merchant_order "
+        "(merchant_id, order_no, tx_date, rrn, transmitted, scene, subject, notify_url) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, nullif($8, '')) ON CONFLICT DO NOTHING "
+        "RETURNING rrn, tx_date, transmitted, scene || ' ' || subject) "
+        "SELECT * FROM taken UNION ALL SELECT rrn, tx_date, transmitted, scene || ' ' || subject FROM merchant_order "
+        "WHERE merchant_id = $1 AND order_no = $2 LIMIT 1",
+        merchant_id, order_no, tx_date, rrn, transmitted, scene, subject, notify_url,
+    )  # fmt: skip
+    if row is None:  # taken this instant by another request, committed after this one's snapshot
+        return await reserve_order(pool, merchant_id, order_no, scene, subject, notify_url, rrn, tx_date, transmitted)
+    return Reserved(*row)
+
+
+async def reserve_refund(
+    pool: asyncpg.Pool, merchant_id: str, refund_no: str, order_no: str, rrn: str, tx_date: dt.date,
+    transmitted: str,
+) -> Reserved:  # fmt: skip
+    """The same for a refund number of the merchant's."""
+    row = await pool.fetchrow(
+        "WITH taken AS (INSERT INTO merchant_refund (merchant_id, refund_no, order_no, tx_date, rrn, transmitted) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING rrn, tx_date, transmitted, order_no) "
+        "SELECT * FROM taken UNION ALL SELECT rrn, tx_date, transmitted, order_no FROM merchant_refund "
+        "WHERE merchant_id = $1 AND refund_no = $2 LIMIT 1",
+        merchant_id, refund_no, order_no, tx_date, rrn, transmitted,
+    )  # fmt: skip
+    if row is None:  # as for an order
+        return await reserve_refund(pool, merchant_id, refund_no, order_no, rrn, tx_date, transmitted)
+    return Reserved(*row)
+
+
+class Refund(NamedTuple):
+    """A merchant's refund and its transaction."""
+
+    refund_no: str
+    order_no: str
+    rrn: str
+    state: str | None  # None: taken, not written (its front end stopped first: ask again)
+    amount_fen: int | None
+    response_code: str | None
+
+
+async def find_refund(pool: asyncpg.Pool, merchant_id: str, refund_no: str) -> Refund | None:
+    row = await pool.fetchrow(
+        "SELECT mr.refund_no, mr.order_no, mr.rrn, t.state, t.amount_fen, t.response_code FROM merchant_refund mr "
+        "LEFT JOIN txn t ON t.rrn = mr.rrn AND t.tx_date = mr.tx_date WHERE mr.merchant_id = $1 AND mr.refund_no = $2",
+        merchant_id, refund_no,
+    )  # fmt: skip
+    return Refund(*row) if row else None
 
 
 async def find_order(pool: asyncpg.Pool, merchant_id: str, order_no: str) -> Order | None:

@@ -477,7 +477,8 @@ MIGRATIONS: list[str] = [
     """,
     # 18: the merchant side (switch.merchant). A merchant's order over HTTP is a purchase row like a
     # terminal's, under the pseudo-terminal HTTP with its RRN as its STAN; ``merchant_order`` names
-    # it by the merchant's own order number (one order per number). A QR order expires: the
+    # it by the merchant's own order number (one order per number), ``merchant_refund`` a refund
+    # of it by the merchant's refund number. A QR order expires: the
     # resolver closes it then. The channels' notifications are kept, matched or not. The outbox
     # of notifications to merchants is filled by the move trigger, in the transaction of the move:
     # one per final state of a purchase or refund of a merchant with a URL (its own, or the order's)
@@ -488,12 +489,24 @@ MIGRATIONS: list[str] = [
         order_no    text        NOT NULL,
         tx_date     date        NOT NULL,
         rrn         text        NOT NULL UNIQUE,
+        transmitted text        NOT NULL,  -- with the day and the RRN, its row's key (terminal HTTP)
         scene       text        NOT NULL CHECK (scene IN ('qr', 'code')),
         subject     text        NOT NULL,
         notify_url  text,
         qr_code     text,
         created_at  timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (merchant_id, order_no)
+    );
+    CREATE TABLE merchant_refund (
+        merchant_id text        NOT NULL,
+        refund_no   text        NOT NULL,
+        order_no    text        NOT NULL,
+        tx_date     date        NOT NULL,
+        rrn         text        NOT NULL UNIQUE,
+        transmitted text        NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (merchant_id, refund_no),
+        FOREIGN KEY (merchant_id, order_no) REFERENCES merchant_order
     );
     CREATE TABLE merchant_nonce (
         merchant_id text        NOT NULL,

@@ -1,9 +1,14 @@
 """The merchants' HTTP API and the channels' notifications, on the merchant listener
 (``[merchant_api] listen``); described by ``docs/merchant-api.yaml``.
 
-- ``POST /v1/orders``: a QR order (``scene = "qr"``); answers the code the customer scans.
+- ``POST /v1/orders``: a QR order (``scene = "qr"``), answering the code the customer scans; or
+  a payment by the code the customer presents (``scene = "code"``, ``auth_code``), through the
+  steps of a terminal's 0200.
 - ``GET /v1/orders/{order_no}``: the order as the journal has it.
 - ``POST /v1/orders/{order_no}/close``: close it unpaid.
+- ``POST /v1/orders/{order_no}/refunds``, ``GET /v1/orders/{order_no}/refunds/{refund_no}``: a
+  refund, through the steps of a terminal's refund (what is left to refund reserved as it is
+  written), and how it stands.
 - ``POST /notify/{channel}``: a channel's payment notification (``switch.merchant.notices``).
 
 Every merchant request is signed (``switch.merchant.signing``; the path's order number is signed
@@ -23,9 +28,9 @@ from msgspec import Meta, Struct
 
 from protocols.channels.base import Verify
 from switch.config import Merchant, insecure_url
-from switch.journal.orders import Order, find_order, fresh_nonce
+from switch.journal.orders import Order, Refund, find_order, find_refund, fresh_nonce
 from switch.merchant.notices import Notices
-from switch.merchant.orders import QR, Orders, QrAsk, Refused
+from switch.merchant.orders import CODE, QR, CodeAsk, Orders, QrAsk, Refused
 from switch.merchant.settings import MerchantApiSection
 from switch.merchant.signing import SIGN_TYPES, signing_input
 
@@ -50,9 +55,21 @@ class CreateOrder(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True)
     scene: str
     amount_fen: Annotated[int, Meta(ge=1, le=100_000_000)]
     subject: Annotated[str, Meta(min_length=1, max_length=128)]
-    channel: str = ""
+    channel: str = ""  # qr: the channel (else the merchant's first that takes QR orders); code: by the code
     notify_url: Annotated[str, Meta(pattern=r"^(https?://\S{1,250})?$")] = ""
-    expires_in_s: Annotated[int, Meta(ge=60, le=7200)] | None = None
+    expires_in_s: Annotated[int, Meta(ge=60, le=7200)] | None = None  # qr
+    auth_code: Annotated[str, Meta(pattern=r"^([0-9]{10,24})?$")] = ""  # code: the customer's payment code
+
+
+class RefundOrder(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    order_no: OrderNo
+    refund_no: OrderNo
+    amount_fen: Annotated[int, Meta(ge=1, le=100_000_000)]
+
+
+class RefundAction(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    order_no: OrderNo
+    refund_no: OrderNo
 
 
 class OrderAction(Signed, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -76,11 +93,23 @@ def view(order: Order) -> dict[str, Any]:
         "amount_fen": order.amount_fen,
         "subject": order.subject,
         "state": order.state,
+        "response_code": order.response_code or "",
         "qr_code": order.qr_code or "",
         "expires_at": order.expires_at.isoformat() if order.expires_at else "",
         "channel_txn_id": order.channel_txn_id or "",
         "refunded_fen": order.refunded_fen,
         "created_at": order.received_at.isoformat(),
+    }
+
+
+def refund_view(refund: Refund) -> dict[str, Any]:
+    return {
+        "refund_no": refund.refund_no,
+        "order_no": refund.order_no,
+        "rrn": refund.rrn,
+        "amount_fen": refund.amount_fen,
+        "state": refund.state,
+        "response_code": refund.response_code or "",
     }
 
 
@@ -101,20 +130,26 @@ class MerchantApi:
         app.router.add_post("/v1/orders", self.create)
         app.router.add_get("/v1/orders/{order_no}", self.get)
         app.router.add_post("/v1/orders/{order_no}/close", self.close)
+        app.router.add_post("/v1/orders/{order_no}/refunds", self.refund)
+        app.router.add_get("/v1/orders/{order_no}/refunds/{refund_no}", self.get_refund)
         app.router.add_post("/notify/{channel}", self.notify)
         return app
 
     async def create(self, request: web.Request) -> web.Response:
         ask, merchant = await self._signed(await _json_params(request), CreateOrder)
-        if ask.scene != QR:
-            raise ApiError(400, "UNSUPPORTED_SCENE", f"scene {ask.scene!r}: only 'qr' is offered over HTTP")
         if insecure_url(ask.notify_url):
             raise ApiError(400, "INVALID_REQUEST", "notify_url: an address off the switch's host must be https")
+        if ask.scene not in (QR, CODE) or (ask.scene == CODE) != bool(ask.auth_code):
+            raise ApiError(400, "INVALID_REQUEST", "scene is 'qr', or 'code' with the customer's auth_code")
         try:
-            order = await self._orders.create_qr(
-                merchant,
-                QrAsk(ask.order_no, ask.amount_fen, ask.subject, ask.channel, ask.notify_url, ask.expires_in_s or 0),
-            )
+            if ask.scene == QR:
+                qr = QrAsk(
+                    ask.order_no, ask.amount_fen, ask.subject, ask.channel, ask.notify_url, ask.expires_in_s or 0
+                )
+                order = await self._orders.create_qr(merchant, qr)
+            else:
+                code = CodeAsk(ask.order_no, ask.amount_fen, ask.subject, ask.auth_code, ask.notify_url)
+                order = await self._orders.pay_code(merchant, code)
         except Refused as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         return _json(view(order))
@@ -135,6 +170,23 @@ class MerchantApi:
         except Refused as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         return _json(view(order))
+
+    async def refund(self, request: web.Request) -> web.Response:
+        params = {**await _json_params(request), "order_no": request.match_info["order_no"]}
+        ask, merchant = await self._signed(params, RefundOrder)
+        try:
+            refund = await self._orders.refund(merchant, ask.order_no, ask.refund_no, ask.amount_fen)
+        except Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        return _json(refund_view(refund))
+
+    async def get_refund(self, request: web.Request) -> web.Response:
+        params = {**request.query, **request.match_info}
+        ask, merchant = await self._signed(params, RefundAction, strings=True)
+        refund = await find_refund(self._pool, merchant.id, ask.refund_no)
+        if refund is None or refund.order_no != ask.order_no or refund.state is None:
+            raise ApiError(404, "REFUND_NOT_FOUND", f"no refund {ask.refund_no} of order {ask.order_no}")
+        return _json(refund_view(refund))
 
     async def notify(self, request: web.Request) -> web.Response:
         body = await request.read()

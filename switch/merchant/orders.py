@@ -10,24 +10,39 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from protocols import response_codes as rc
 from protocols.channels import channel_of
+from protocols.iso8583 import Message
 from protocols.messages import CLOSE, PRECREATE, QUERY, ChannelResult, Outcome
 from protocols.statements import CST
+from protocols.validation import TxnType
 from switch.answers import auth_id_for
 from switch.config import Config, Merchant
 from switch.gateway import ChannelGateway, PaymentRef
 from switch.journal import Event, Journal, NewTxn, Report
 from switch.journal.machine import FINAL, PURCHASE
-from switch.journal.orders import HTTP_TERMINAL, Order, find_order, keep_qr_code, open_order
+from switch.journal.orders import (
+    HTTP_TERMINAL,
+    Order,
+    Refund,
+    Reserved,
+    find_order,
+    find_refund,
+    keep_qr_code,
+    open_order,
+    reserve_order,
+    reserve_refund,
+)
+from switch.lifecycle import Processor
 from switch.merchant.settings import MerchantApiSection
 from switch.metrics import Metrics
+from switch.routing import CODE_ENTRY
 
-QR = "qr"
+QR, CODE = "qr", "code"
 CALL_TIMEOUT_S = 10.0
 EVENT_OF = {
     Outcome.PENDING: Event.PAYING,
@@ -57,11 +72,37 @@ class QrAsk:
     expires_in_s: int  # 0: the section's default
 
 
+@dataclass(frozen=True, slots=True)
+class CodeAsk:
+    """A payment by the code the customer presents, over HTTP (a cashier system's 0200)."""
+
+    order_no: str
+    amount_fen: int
+    subject: str
+    auth_code: str = field(repr=False)
+    notify_url: str
+
+
+# What the merchant is told of an order or refund its steps ended before writing it ahead (a
+# retry runs again), by response code; any other code is in the order's state and code.
+NOT_WRITTEN = {
+    rc.CHANNEL_UNAVAILABLE: (503, "CHANNEL_UNAVAILABLE", "the switch or the channel is busy: ask again"),
+    rc.INVALID_PAYMENT_CODE: (400, "INVALID_CODE", "no channel takes this payment code"),
+    rc.NOT_PERMITTED: (403, "NOT_PERMITTED", "the merchant may not use this channel, or is suspended"),
+    rc.INVALID_MERCHANT: (403, "NOT_PERMITTED", "unknown merchant"),
+    rc.DUPLICATE_TRANSMISSION: (409, "NUMBER_USED", "the number was used with other details"),
+    rc.ORIGINAL_NOT_FOUND: (404, "ORDER_NOT_FOUND", "no such order to refund"),
+    rc.INVALID_TRANSACTION: (409, "NOT_REFUNDABLE", "the order is not paid, or was reversed"),
+    rc.ORIGINAL_AMOUNT_INCORRECT: (409, "AMOUNT_EXCEEDED", "more than is left to refund"),
+}
+
+
 class Orders:
     def __init__(
         self, config: Config, section: MerchantApiSection, journal: Journal,
-        gateways: dict[str, ChannelGateway], metrics: Metrics,
+        gateways: dict[str, ChannelGateway], metrics: Metrics, processor: Processor,
     ) -> None:  # fmt: skip
+        self._processor = processor
         self._config = config
         self._section = section
         self._journal = journal
@@ -132,6 +173,40 @@ class Orders:
                         result.channel_txn_id, None)  # fmt: skip
         await self._journal.record(report)
 
+    async def pay_code(self, merchant: Merchant, ask: CodeAsk) -> Order:
+        """A code the customer presents, paid through the steps of a terminal's 0200."""
+        now = dt.datetime.now(dt.UTC)
+        rrn, transmitted = await self._journal.next_rrn(), f"{now:%m%d%H%M%S}"
+        taken = await reserve_order(
+            self.pool, merchant.id, ask.order_no, CODE, ask.subject, ask.notify_url, rrn, now.date(), transmitted
+        )
+        if taken.what != f"{CODE} {ask.subject}":
+            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
+        message = _message(merchant.id, taken, ask.amount_fen, "000000") | {"2": ask.auth_code, "22": CODE_ENTRY}
+        reply = await self._processor.handle_order(message, TxnType.PURCHASE, taken.rrn)
+        order = await find_order(self.pool, merchant.id, ask.order_no)
+        if order is None or reply.code == rc.DUPLICATE_TRANSMISSION:
+            raise Refused(*NOT_WRITTEN.get(reply.code, (502, "FAILED", f"refused before the channel: {reply.code}")))
+        return order
+
+    async def refund(self, merchant: Merchant, order_no: str, refund_no: str, amount_fen: int) -> Refund:
+        """A refund of the merchant's order, through the steps of a terminal's refund: the same
+        reservation of what is left, the same risk rules."""
+        order = await find_order(self.pool, merchant.id, order_no)
+        if order is None:
+            raise Refused(404, "ORDER_NOT_FOUND", f"no order {order_no}")
+        now = dt.datetime.now(dt.UTC)
+        rrn, transmitted = await self._journal.next_rrn(), f"{now:%m%d%H%M%S}"
+        taken = await reserve_refund(self.pool, merchant.id, refund_no, order_no, rrn, now.date(), transmitted)
+        if taken.what != order_no:
+            raise Refused(409, "REFUND_NO_USED", f"refund {refund_no} was made for another order")
+        message = _message(merchant.id, taken, amount_fen, "200000") | {"37": order.rrn}
+        reply = await self._processor.handle_order(message, TxnType.REFUND, taken.rrn)
+        refund = await find_refund(self.pool, merchant.id, refund_no)
+        if refund is None or refund.state is None or reply.code == rc.DUPLICATE_TRANSMISSION:
+            raise Refused(*NOT_WRITTEN.get(reply.code, (502, "FAILED", f"refused before the channel: {reply.code}")))
+        return refund
+
     def _channel_for(self, merchant: Merchant, asked: str) -> str:
         """The channel the order goes to: the one asked for, else the merchant's first that takes
         QR orders; it must be the merchant's, configured, switched on and take QR orders."""
@@ -200,6 +275,15 @@ class Orders:
                 result.channel_message[:200], result.channel_txn_id, asked,
             )
         )  # fmt: skip
+
+
+def _message(merchant_id: str, taken: Reserved, amount_fen: int, processing_code: str) -> Message:
+    """The ISO 8583 request an order over HTTP amounts to: terminal ``HTTP``, its RRN for a STAN."""
+    local = dt.datetime.now(CST)
+    return {
+        "t": "0200", "3": processing_code, "4": f"{amount_fen:012d}", "7": taken.transmitted, "11": taken.rrn,
+        "12": f"{local:%H%M%S}", "13": f"{local:%m%d}", "25": "00", "41": HTTP_TERMINAL, "42": merchant_id, "49": "156",
+    }  # fmt: skip
 
 
 def _request_hash(ask: QrAsk, channel: str) -> bytes:
