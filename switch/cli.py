@@ -12,6 +12,7 @@ from hsm import HsmError
 from risk import cli as risk_cli
 from switch import keys_cli, settlement_cli
 from switch.config import ConfigError, load_config
+from switch.merchant import cli as notify_cli
 from switch.recon import cli as recon_cli
 
 # Commands other packages register (pyproject.toml, [project.entry-points."paysw.commands"]): each
@@ -108,6 +109,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     recon_cli.add_parser(commands)
     settlement_cli.add_parser(commands)
     risk_cli.add_parser(commands)
+    notify_cli.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return settlement_cli.main(args, load_config(args.config))
         if args.command == "risk":
             return risk_cli.main(args, load_config(args.config))
+        if args.command == "notify":
+            return notify_cli.main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ duplicated, forged or about no order; the merchant's endpoint down; refused requ
 
 import random
 import secrets
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -18,7 +20,7 @@ from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from bench.traffic import payment_code
 from protocols.masking import mask_pan
-from tests.conftest import free_port, run, switch_with
+from tests.conftest import PAYMENT_WINDOW_MS, free_port, run, switch_with
 from tests.support import journal_row
 
 MERCHANT = "898310048990001"
@@ -285,3 +287,76 @@ def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(c
     assert client.get(number)[1]["refunded_fen"] == 1000
     assert client.get_refund(number, "T" + number)[1]["state"] == "APPROVED"
     assert client.refund(order_no(), "R1", 100)[0] == 404
+
+
+def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(
+    merchant_switch, client, receiver, ports, database_url
+):
+    receiver.down = True
+    try:
+        order = paid_order(client, ports, 4400)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and outbox_row(database_url, order["rrn"])["dead_at"] is None:
+            time.sleep(0.2)
+    finally:
+        receiver.down = False
+    listed = notify_cli(merchant_switch, "list", "--dead", "--merchant", MERCHANT)
+    assert order["rrn"] in listed.stdout and "dead" in listed.stdout
+    assert notify_cli(merchant_switch, "resend").returncode == 2  # nothing named: nothing sent
+    assert notify_cli(merchant_switch, "resend", "--rrn", order["rrn"]).returncode == 0
+    assert [b["state"] for b in notified(receiver, order["order_no"])] == ["APPROVED"]
+    assert outbox_row(database_url, order["rrn"])["delivered_at"] is not None
+
+
+def test_the_outbox_resumes_after_a_restart_and_open_qr_orders_survive_a_kill(
+    merchant_switch, client, receiver, ports, database_url
+):
+    """Mid-schedule, the switch stops; open QR orders are paid while it is killed. Once it is
+    back, each order ends APPROVED (notification retried, or found by query) and the merchant is
+    told of each, once."""
+    receiver.down = True
+    try:
+        before = paid_order(client, ports, 4500)
+        while outbox_row(database_url, before["rrn"])["attempts"] < 1:
+            time.sleep(0.1)
+        merchant_switch.stop()
+        merchant_switch.start()
+    finally:
+        receiver.down = False
+    client = MerchantClient(f"http://127.0.0.1:{merchant_switch.merchant}", MERCHANT, KEY)
+    assert [b["state"] for b in notified(receiver, before["order_no"])] == ["APPROVED"]
+
+    opened = [client.create_qr(order_no(), 100 + i, "Open", channel="wechat")[1] for i in range(3)]
+    assert {o["state"] for o in opened} == {"PENDING"}
+    merchant_switch.kill()
+    for order in opened:
+        assert scan(ports, "wechat", order["qr_code"])["status"] == "PAID"
+    merchant_switch.start()
+    client = MerchantClient(f"http://127.0.0.1:{merchant_switch.merchant}", MERCHANT, KEY)
+    for order in opened:
+        assert wait_for(client, order["order_no"], "APPROVED", timeout=30)["rrn"] == order["rrn"]
+        assert [b["amount_fen"] for b in notified(receiver, order["order_no"])] == [order["amount_fen"]]
+
+
+def notify_cli(switch, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "switch.cli", "notify", *args, "--config", str(switch.config)]
+    return subprocess.run(command, env=switch.env, capture_output=True, text=True, timeout=60)
+
+
+def test_an_unpaid_qr_order_is_closed_once_it_expires_and_never_before(client, receiver, ports, database_url):
+    number = order_no()
+    _, order = client.create_qr(number, 800, "Scone", channel="wechat")
+    time.sleep(PAYMENT_WINDOW_MS / 1000 + 1)  # a terminal payment would be cancelled by now; not a QR order
+    assert client.get(number)[1]["state"] == "PENDING"
+    run(expire_now(database_url, order["rrn"]))  # as if its 15 minutes had passed
+    assert wait_for(client, number, "CANCELLED")["rrn"] == order["rrn"]
+    assert scan(ports, "wechat", order["qr_code"])["status"] == "CLOSED"
+    assert [b["state"] for b in notified(receiver, number)] == ["CANCELLED"]
+
+
+async def expire_now(database_url: str, rrn: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE txn SET expires_at = now(), next_check_at = now() WHERE rrn = $1", rrn)
+    finally:
+        await conn.close()

@@ -13,6 +13,7 @@ schedule where it was."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import time
@@ -206,3 +207,40 @@ class Outbox:
             due.rrn, due.state, self._schedule[attempts - 1], attempts, error,
         )  # fmt: skip
         self._metrics.merchant_notices.labels("failed").inc()
+
+
+class Listed(NamedTuple):
+    """A notification as ``paysw notify list`` shows it."""
+
+    rrn: str
+    state: str
+    merchant_id: str
+    url: str
+    attempts: int
+    created_at: dt.datetime
+    next_at: dt.datetime
+    delivered_at: dt.datetime | None
+    dead_at: dt.datetime | None
+    last_error: str | None
+
+
+async def listing(pool: asyncpg.Pool, dead_only: bool, merchant_id: str, limit: int) -> list[Listed]:
+    """The newest notifications (or the dead ones), of one merchant or all."""
+    rows = await pool.fetch(
+        f"SELECT {', '.join(Listed._fields)} FROM notice_outbox "
+        "WHERE ($1::bool IS false OR dead_at IS NOT NULL) AND ($2 = '' OR merchant_id = $2) "
+        "ORDER BY created_at DESC LIMIT $3",
+        dead_only, merchant_id, limit,
+    )  # fmt: skip
+    return [Listed(*row) for row in rows]
+
+
+async def resend(pool: asyncpg.Pool, rrn: str, merchant_id: str) -> int:
+    """Give dead notifications (the one of ``rrn``, or all of a merchant, or all) a new schedule,
+    from now: how many."""
+    done = await pool.execute(
+        "UPDATE notice_outbox SET dead_at = NULL, attempts = 0, next_at = now(), last_error = NULL "
+        "WHERE dead_at IS NOT NULL AND ($1 = '' OR rrn = $1) AND ($2 = '' OR merchant_id = $2)",
+        rrn, merchant_id,
+    )  # fmt: skip
+    return int(done.split()[-1])
