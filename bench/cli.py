@@ -143,6 +143,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     risk_bench.add_argument("--concurrency", type=int, default=128,
                             help="stack: purchases under way at most, paced or not (default 128)")  # fmt: skip
     risk_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    notify_bench = benches.add_parser(
+        "notify",
+        help="notifications to the merchant under load: delivered a second, credit to receipt, the cost",
+        description="The demo stack twice in one run: a baseline with no merchant URL, then with the demo "
+        "merchant's receiver notified of every payment credited; a closed loop of purchases each time. Reports "
+        "notifications delivered a second, the delay from credit to the merchant's receipt (p50, p99) and the "
+        "approved purchases a second and p99 of both runs, as ratios. Exit 1 if a payment was not notified.",
+    )
+    notify_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
+    notify_bench.add_argument("--seconds", type=float, default=20.0, help="length of each run (default 20)")
+    notify_bench.add_argument("--rate", type=float, default=500.0,
+                              help="purchases a second; 0: as many as --concurrency allow (default 500)")  # fmt: skip
+    notify_bench.add_argument("--out", type=Path, help="write the results as JSON here")
 
 
 def _ways(text: str) -> tuple:
@@ -198,6 +211,10 @@ def main(args: argparse.Namespace) -> int:
 
         return risk_main(args.seconds, args.rows, args.payments, args.stack_seconds, args.rate, args.concurrency,
                          args.out)  # fmt: skip
+    if args.bench_command == "notify":
+        from bench.notify_speed import main as notify_main
+
+        return notify_main(args.concurrency, args.seconds, args.rate, args.out)
     if args.bench_command == "link":
         from bench.link_speed import main as link_main
 

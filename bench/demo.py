@@ -49,14 +49,14 @@ class ChannelTally:
     confirmed: int = 0  # paid after the customer confirmed (they wait for the channel's query schedule)
 
 
-def _ports_in_use(config: Config, simulators: SimulatorConfig) -> list[str]:
+def _ports_in_use(config: Config, simulators: SimulatorConfig, others: tuple[str, ...] = ()) -> list[str]:
     busy = []
     sims = simulators.simulators.values()
     addresses = [
         config.switch.listen,
         config.switch.admin_listen,
         *([config.merchant_api.listen] if config.merchant_api.listen else []),
-        *(_receiver_address(config),),
+        *others,
         *(s.listen for s in sims),
         *(control_address(s) for s in sims),
     ]
@@ -364,7 +364,7 @@ def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int 
     setup_logging("WARNING")
     config = load_config(DEMO_SWITCH_CONFIG)
     simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
-    busy = _ports_in_use(config, simulators)
+    busy = _ports_in_use(config, simulators, (_receiver_address(config),))
     if busy:
         print(f"paysw demo: ports already in use: {', '.join(busy)} (is another demo running?)")
         return 2

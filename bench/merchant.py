@@ -91,6 +91,7 @@ class Receiver:
     def __init__(self, key: bytes) -> None:
         self._verify = algorithms.verifier("hmac-sha256", key)
         self.received: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # epoch seconds each of ``received`` arrived
         self.refused = 0
         self.down = False
         self.slow_s = 0.0
@@ -99,6 +100,7 @@ class Receiver:
     async def start(self, host: str, port: int) -> None:
         app = web.Application()
         app.router.add_post("/notify", self._notify)
+        app.router.add_get("/_received", self._received)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
@@ -106,6 +108,9 @@ class Receiver:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _received(self, _: web.Request) -> web.Response:
+        return web.json_response({"received": self.received, "arrivals": self.arrivals})
 
     async def _notify(self, request: web.Request) -> web.Response:
         if self.slow_s:
@@ -117,6 +122,7 @@ class Receiver:
             self.refused += 1
             return web.Response(status=400, text="FAIL: signature")
         self.received.append(body)
+        self.arrivals.append(time.time())
         return web.Response(text="SUCCESS")
 
     def paid(self) -> list[dict[str, Any]]:
@@ -153,15 +159,15 @@ def describe(body: dict[str, Any]) -> str:
     )
 
 
-async def _serve(key: bytes, listen: str) -> None:
+async def _serve(key: bytes, listen: str, quiet: bool) -> None:
     receiver = Receiver(key)
     host, _, port = listen.rpartition(":")
     await receiver.start(host, int(port))
-    print(f"merchant receiver on http://{listen}/notify", flush=True)
+    print(f"merchant receiver on http://{listen}/notify (what it received: GET /_received)", flush=True)
     shown = 0
     while True:
         await asyncio.sleep(0.2)
-        for body in receiver.received[shown:]:
+        for body in [] if quiet else receiver.received[shown:]:
             print(describe(body), flush=True)
         shown = len(receiver.received)
 
@@ -170,8 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A merchant's receiver of the switch's notifications (demo, tests)")
     parser.add_argument("--key", required=True, help="the merchant's API key file (hex)")
     parser.add_argument("--listen", default="127.0.0.1:9590", help="address to serve /notify on")
+    parser.add_argument("--quiet", action="store_true", help="print nothing for each notification")
     args = parser.parse_args()
-    asyncio.run(_serve(Path(args.key).read_bytes(), args.listen))
+    asyncio.run(_serve(Path(args.key).read_bytes(), args.listen, args.quiet))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def test_the_state_machine_table_is_the_one_the_journal_runs():
 
 
 def test_the_steps_table_is_the_one_the_lifecycle_runs():
-    from switch.steps import STEPS
+    from switch.steps import HTTP_STEPS, STEPS
 
     text = (DOCS / "architecture.md").read_text()
     for txn_type, steps in STEPS.items():
         assert f"| {txn_type.value} | {' -> '.join(steps)} |" in text, txn_type
+    for txn_type, steps in HTTP_STEPS.items():
+        assert f"| {txn_type.value} over HTTP | {' -> '.join(steps)} |" in text, txn_type

@@ -4,8 +4,9 @@ so none is lost and none made twice). Each is a JSON body signed with the mercha
 (``switch.merchant.signing``), delivered once the merchant answers ``SUCCESS``, else tried again
 on the schedule (WeChat Pay's by default) and, past its end, left dead for ``paysw notify``.
 
-Every merchant endpoint has its own limit of notifications under way and its own timeout: a
-merchant at its limit is not even claimed, so a slow or dead URL delays no other merchant's. Rows
+Every merchant endpoint has its own limit of notifications in flight and its own timeout, and at
+most ``BACKLOG`` times that many claimed: a merchant with a full backlog is not even claimed, so a
+slow or dead URL delays no other merchant's. Rows
 are leased (``FOR UPDATE SKIP LOCKED``), so several front ends share the outbox, and a front end
 that stops leaves its rows to the others once their lease lapses: a restart resumes the
 schedule where it was."""
@@ -13,6 +14,7 @@ schedule where it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -34,6 +36,7 @@ Sign = Callable[[bytes], str]
 SIGN_TYPE = "HMAC-SHA256"
 POLL_S = 0.2
 CLAIM_BATCH = 100
+BACKLOG = 4  # a merchant's notifications claimed at most: this many times its limit in flight
 POOL_SIZE = 2
 
 
@@ -105,7 +108,9 @@ class Outbox:
         self._schedule: Sequence[float] = section.notify_schedule_s
         self._signers = signers  # merchant id -> its key's HMAC-SHA256
         self._metrics = metrics
-        self._under_way: Counter[str] = Counter()  # merchant id -> notifications being delivered
+        self._under_way: Counter[str] = Counter()  # merchant id -> notifications claimed, not done
+        self._slots: dict[str, asyncio.Semaphore] = {}  # merchant id -> its notifications in flight
+        self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -126,10 +131,11 @@ class Outbox:
             await self._pool.close()
 
     async def _run(self) -> None:
-        lease_s = self._section.notify_timeout_s + 10
+        lease_s = self._section.notify_timeout_s * BACKLOG + 10  # the last of a full backlog, past its wait
         while True:
+            self._freed.clear()
             try:
-                busy = [m for m, n in self._under_way.items() if n >= self._section.notify_concurrency]
+                busy = [m for m, n in self._under_way.items() if n >= self._section.notify_concurrency * BACKLOG]
                 rows = await self._pool.fetch(_CLAIM_SQL, CLAIM_BATCH, lease_s, busy)
                 for row in rows:
                     due = Due(*row)
@@ -144,11 +150,15 @@ class Outbox:
                 raise
             except Exception:
                 log.exception("claiming notifications failed; trying again shortly")
-            await asyncio.sleep(POLL_S)
+            # New rows are looked for every POLL_S, and as soon as a merchant has room again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), POLL_S)
 
     async def _deliver(self, due: Due) -> None:
+        slots = self._slots.setdefault(due.merchant_id, asyncio.Semaphore(self._section.notify_concurrency))
         try:
-            error = await self._post(due)
+            async with slots:
+                error = await self._post(due)
             await self._settle(due, error)
         except asyncio.CancelledError:
             raise
@@ -158,6 +168,7 @@ class Outbox:
             self._under_way[due.merchant_id] -= 1
             if not self._under_way[due.merchant_id]:
                 del self._under_way[due.merchant_id]
+            self._freed.set()
 
     async def _post(self, due: Due) -> str:
         """ "" once the merchant answered ``SUCCESS``; else what went wrong."""
