@@ -260,7 +260,9 @@ class Resolver:
         if wait > 0:
             await self._journal.defer(txn.key, min(wait, _backoff(channel, txn.checks)))
             return
-        closed = await gateway.call(CLOSE, ref, time.time() + CALL_TIMEOUT_S)
+        closed = await gateway.call(
+            CLOSE, ref._replace(expires=txn.expires_at.timestamp()), time.time() + CALL_TIMEOUT_S
+        )
         if closed.sent and closed.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), closed)
         elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so

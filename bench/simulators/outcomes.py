@@ -149,10 +149,14 @@ class Ledger:
         order.status, order.channel_txn_id, order.created_at = "PAID", channel_txn_id, time.time()
         return order
 
-    def close(self, out_trade_no: str) -> str:
+    def close(self, out_trade_no: str, unscanned_too: bool = True) -> str:
         """Close a QR order unpaid: DONE (also one closed before), PAID (paid: not closed), or
-        NOTEXIST (the number is closed anyway, so it is never paid)."""
+        NOTEXIST (the number is closed anyway, so it is never paid). A channel that has no trade
+        until the customer scans (Alipay: not ``unscanned_too``) answers NOTEXIST for an order
+        nobody has scanned, and it stays payable until it expires."""
         order = self._orders.get(out_trade_no)
+        if order is not None and order.status == "NOTPAY" and not unscanned_too:
+            return "NOTEXIST"
         if order is None:
             self._orders[out_trade_no] = Order(0, "CLOSED", "")
             return "NOTEXIST"

@@ -271,7 +271,8 @@ class Simulator:
         elif seen.op == PRECREATE:
             verdict, delay = self._precreate(seen), self._latency
         elif seen.op == CLOSE:
-            verdict, delay = ChannelVerdict(self.ledger.close(seen.out_trade_no)), self._latency
+            verdict = ChannelVerdict(self.ledger.close(seen.out_trade_no, self.side.closes_unscanned))
+            delay = self._latency
         else:
             order = self.ledger.query(seen.out_trade_no)
             verdict = ChannelVerdict(_query_verdict(order), order.channel_txn_id if order else "")

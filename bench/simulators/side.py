@@ -75,6 +75,9 @@ class StatementAsk:
 
 class ChannelSide(Protocol):
     paths: Collection[str]  # every path it answers POSTs on (its APIs and the statement download)
+    qr_prefix: str  # how the content of its QR codes begins
+    notice_schedule_s: tuple[float, ...]  # its notifications' retry schedule
+    closes_unscanned: bool  # whether its close ends a QR order nobody has scanned (Alipay's does not)
 
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify

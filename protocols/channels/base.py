@@ -7,6 +7,7 @@ statement ``Download``. Crypto is injected (``Crypto``: sign / verify / seal bou
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -270,6 +271,16 @@ def another_amount(req: ChannelRequest, named_fen: int) -> ChannelResult | None:
     if named_fen and named_fen != req.amount_fen:
         return unknown(req, "MISMATCH", "answer names another amount")
     return None
+
+
+CLOCK_GRACE_S = 60.0  # the channel's clock and ours may differ by this much
+
+
+def lapsed(req: ChannelRequest) -> bool:
+    """Whether a QR order can no longer be paid at the channel because it expired (``expires``,
+    as the precreate told the channel, with a grace for the clocks): where a channel cannot close
+    an order nobody has scanned, only its expiry does."""
+    return 0 < req.expires <= time.time() - CLOCK_GRACE_S
 
 
 def not_found(req: ChannelRequest, message: str = "") -> ChannelResult:

@@ -143,7 +143,9 @@ class Orders:
 
     async def close(self, merchant: Merchant, order_no: str) -> Order:
         """Close an order nobody has paid, at the merchant's request: it can no longer be paid. A
-        paid one is found paid (the query says so) and stays paid; a final one is as it is."""
+        paid one is found paid (the query says so) and stays paid; a final one is as it is. Where
+        the channel cannot close an order nobody has scanned (Alipay, UnionPay), it stays PENDING
+        and ends when it expires."""
         order = await find_order(self._journal.pool, merchant.id, order_no)
         if order is None:
             raise Refused(404, "ORDER_NOT_FOUND", f"no order {order_no}")
@@ -152,6 +154,7 @@ class Orders:
         ref = PaymentRef(
             order.out_trade_no, order.amount_fen, merchant.channel_ids.get(order.channel, ""), HTTP_TERMINAL,
             order.received_at.timestamp(), order.channel_txn_id or "",
+            expires=order.expires_at.timestamp() if order.expires_at else 0.0,
         )  # fmt: skip
         gateway = self._gateways[order.channel]
         closed = await gateway.call(CLOSE, ref, time.time() + CALL_TIMEOUT_S)

@@ -22,11 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 import msgspec
 
+from actors.http import HttpPool, NoAnswer, NotSent, PoolBusy
 from switch.merchant.settings import MerchantApiSection
 from switch.merchant.signing import signing_input
 from switch.metrics import Metrics
@@ -72,6 +73,11 @@ RETURNING o.rrn, o.state, o.merchant_id, o.url, o.attempts, mo.order_no, t.origi
           t.amount_fen, t.channel, t.channel_txn_id, t.terminal_id, extract(epoch FROM t.updated_at)::float8
 """
 
+_DELIVERED_SQL = (
+    "UPDATE notice_outbox o SET delivered_at = now(), attempts = o.attempts + 1, last_error = NULL "
+    "FROM unnest($1::text[], $2::text[]) AS u(rrn, state) WHERE (o.rrn, o.state) = (u.rrn, u.state)"
+)
+
 
 def body_of(due: Due, sign: Sign, nonce: str, now_ms: int) -> bytes:
     """The notification's signed JSON body. ``notify_id`` names it (one per transaction and final
@@ -109,16 +115,16 @@ class Outbox:
         self._signers = signers  # merchant id -> its key's HMAC-SHA256
         self._metrics = metrics
         self._under_way: Counter[str] = Counter()  # merchant id -> notifications claimed, not done
-        self._slots: dict[str, asyncio.Semaphore] = {}  # merchant id -> its notifications in flight
+        self._pools: dict[tuple[str, str, str], HttpPool] = {}  # (merchant id, scheme, host:port) -> its pool
         self._freed = asyncio.Event()
+        self._batch: list[tuple[str, str]] = []  # delivered, to be marked so
+        self._next: asyncio.Future[None] | None = None  # done once the batch is marked
+        self._marking = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=POOL_SIZE, command_timeout=30)
-        # No cookies kept, no redirects followed: each notification stands alone.
-        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="outbox")
 
     async def stop(self) -> None:
@@ -126,9 +132,9 @@ class Outbox:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            await self._pool.close()
+        for pool in self._pools.values():
+            pool.close()
+        await self._pool.close()
 
     async def _run(self) -> None:
         lease_s = self._section.notify_timeout_s * BACKLOG + 10  # the last of a full backlog, past its wait
@@ -154,12 +160,35 @@ class Outbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._freed.wait(), POLL_S)
 
-    async def _deliver(self, due: Due) -> None:
-        slots = self._slots.setdefault(due.merchant_id, asyncio.Semaphore(self._section.notify_concurrency))
+    async def _delivered(self, due: Due) -> None:
+        """Mark ``due`` delivered, with the others delivered meanwhile: one statement at a time,
+        each for all that came while the one before ran (as the journal's group commit)."""
+        self._batch.append((due.rrn, due.state))
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        marked = self._next
+        if not self._marking:
+            self._marking = True
+            asyncio.get_running_loop().create_task(self._mark_delivered())
+        await asyncio.shield(marked)
+
+    async def _mark_delivered(self) -> None:
         try:
-            async with slots:
-                error = await self._post(due)
-            await self._settle(due, error)
+            while self._batch:
+                batch, done = self._batch, self._next
+                self._batch, self._next = [], None
+                assert done is not None
+                try:
+                    await self._pool.execute(_DELIVERED_SQL, [rrn for rrn, _ in batch], [state for _, state in batch])
+                    done.set_result(None)
+                except Exception as exc:  # their leases lapse: sent again (a merchant dedupes by notify_id)
+                    done.set_exception(exc)
+        finally:
+            self._marking = False
+
+    async def _deliver(self, due: Due) -> None:
+        try:
+            await self._settle(due, await self._post(due))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -171,32 +200,37 @@ class Outbox:
             self._freed.set()
 
     async def _post(self, due: Due) -> str:
-        """ "" once the merchant answered ``SUCCESS``; else what went wrong."""
+        """ "" once the merchant answered ``SUCCESS``; else what went wrong. On the merchant's own
+        pool (``actors.http``: keep-alive connections, as many as its limit in flight)."""
         sign = self._signers.get(due.merchant_id)
         if sign is None:
             return "the merchant has no key to sign with"
-        assert self._session is not None
+        url = urlsplit(due.url)
+        pool = self._pools.get((due.merchant_id, url.scheme, url.netloc))
+        if pool is None:
+            endpoint = f"{url.scheme}://{url.netloc}"
+            pool = self._pools[(due.merchant_id, url.scheme, url.netloc)] = HttpPool(
+                endpoint, self._section.notify_concurrency
+            )
         body = body_of(due, sign, secrets.token_hex(16), int(time.time() * 1000))
-        timeout = aiohttp.ClientTimeout(total=self._section.notify_timeout_s)
+        timeout = self._section.notify_timeout_s
+        path = url.path + (f"?{url.query}" if url.query else "")
         try:
-            async with self._session.post(
-                due.url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout,
-                allow_redirects=False,
-            ) as answer:  # fmt: skip
-                text = (await answer.content.read(64)).decode("utf-8", "replace").strip()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            slot = await pool.acquire(timeout * BACKLOG)  # behind the merchant's others
+            try:
+                answer = await slot.post(path or "/", body, {"Content-Type": "application/json"}, timeout)
+            finally:
+                slot.release()
+        except (PoolBusy, NotSent, NoAnswer, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200]
+        text = answer.body[:64].decode("utf-8", "replace").strip()
         if answer.status == 200 and text == "SUCCESS":
             return ""
         return f"HTTP {answer.status}: {text[:60]!r}"
 
     async def _settle(self, due: Due, error: str) -> None:
         if not error:
-            await self._pool.execute(
-                "UPDATE notice_outbox SET delivered_at = now(), attempts = attempts + 1, last_error = NULL "
-                "WHERE rrn = $1 AND state = $2",
-                due.rrn, due.state,
-            )  # fmt: skip
+            await self._delivered(due)
             self._metrics.merchant_notices.labels("delivered").inc()
             return
         attempts = due.attempts + 1

@@ -1,14 +1,17 @@
 """Alipay as the channel reads and answers it (``protocols.channels.alipay``): the trade methods
-and the bill download link, all on the one gateway path, told apart by ``method``."""
+and the bill download link, all on the one gateway path, told apart by ``method``; and the
+notification that a precreated order is paid."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
 import msgspec
 
-from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk
+from bench.simulators.side import ChannelVerdict, Notification, Paid, RequestSeen, StatementAsk
 from protocols.channels.alipay import download, statement
 from protocols.channels.alipay.flows import (
     ERROR_NODE,
@@ -17,22 +20,35 @@ from protocols.channels.alipay.flows import (
     INVALID_ARGUMENTS,
     METHODS,
     NOT_EXIST,
+    NOTICE_UNSIGNED,
+    NOTIFY_TYPE,
     SIGN_TYPE,
+    STATUS_ERROR,
     SUCCESS,
     UNKNOWN,
     WAITING,
     TradeCancel,
+    TradeClose,
     TradePay,
+    TradePrecreate,
     TradeQuery,
     TradeRefund,
+    beijing,
     response_node,
 )
-from protocols.channels.base import HttpAnswer, Sign, Verify, fen, sorted_query, yuan
-from protocols.messages import CANCEL, PAY, QUERY, REFUND
-from protocols.statements import StatementRow
+from protocols.channels.base import HttpAnswer, Sign, Verify, fen, form_encode, sorted_query, yuan
+from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, QUERY, REFUND
+from protocols.statements import CST, StatementRow
 
 _OP_OF_METHOD = {method: op for op, method in METHODS.items()}
-_CONTENT = {PAY: TradePay, QUERY: TradeQuery, CANCEL: TradeCancel, REFUND: TradeRefund}
+_CONTENT = {
+    PAY: TradePay,
+    QUERY: TradeQuery,
+    CANCEL: TradeCancel,
+    REFUND: TradeRefund,
+    PRECREATE: TradePrecreate,
+    CLOSE: TradeClose,
+}
 # Verdicts in Alipay's own vocabulary: (code, msg, sub_code, sub_msg).
 _FAILED = "Business Failed"
 _ANSWERS = {
@@ -43,17 +59,25 @@ _ANSWERS = {
     (PAY, "DECLINED"): (FAILED, _FAILED, "ACQ.TRADE_HAS_CLOSE", "交易已经关闭"),
     (PAY, "ORDERCLOSED"): (FAILED, _FAILED, "ACQ.TRADE_HAS_CLOSE", "交易已经关闭"),
     (QUERY, "NOTEXIST"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),
+    (QUERY, "NOTPAY"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),  # no trade until the customer scans
     (CANCEL, "NOTEXIST"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),
     (CANCEL, "REFUSED"): (FAILED, _FAILED, "ACQ.REASON_TRADE_BEEN_FREEZEN", "交易已冻结，不能撤销"),
     (REFUND, "REFUSED"): (FAILED, _FAILED, "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"),
+    (CLOSE, "NOTEXIST"): (FAILED, _FAILED, NOT_EXIST, "交易不存在"),
+    (CLOSE, "PAID"): (FAILED, _FAILED, STATUS_ERROR, "交易状态不合法"),
 }
 _SYSTEM_ERROR = (UNKNOWN, "Service Currently Unavailable", "aop.unknow-error", "系统繁忙")
 _TRADE_STATUS = {"PAID": "TRADE_SUCCESS", "PAYING": "WAIT_BUYER_PAY", "CLOSED": "TRADE_CLOSED"}
 _JSON = {"Content-Type": "application/json;charset=utf-8"}
+_SELLER_ID = "2088101117955611"
 
 
 class AlipaySide:
     paths = frozenset({GATEWAY})
+    qr_prefix = "https://qr.alipay.com/bax0"
+    # Alipay's own: 4m, 10m, 10m, 1h, 2h, 6h, 15h after the first, 24 h 24 min in all.
+    notice_schedule_s = (240, 600, 600, 3600, 7200, 21600, 54000)
+    closes_unscanned = False  # no trade until the customer scans: its close finds none
 
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
@@ -86,7 +110,7 @@ class AlipaySide:
         node["out_trade_no"] = seen.out_trade_no
         if seen.op == PAY:
             node["total_amount"] = yuan(seen.amount_fen)
-        if status in ("SUCCESS", "USERPAYING") or status in _TRADE_STATUS:
+        if seen.op in (PAY, QUERY) and (status in ("SUCCESS", "USERPAYING") or status in _TRADE_STATUS):
             node["trade_no"] = verdict.channel_txn_id
         if seen.op == QUERY and status in _TRADE_STATUS:
             node["trade_status"] = _TRADE_STATUS[status]
@@ -94,20 +118,66 @@ class AlipaySide:
             node |= {"trade_no": verdict.channel_txn_id, "refund_fee": yuan(seen.amount_fen), "fund_change": "Y"}
         if seen.op == CANCEL and status in ("DONE", "RETRY"):
             node |= {"retry_flag": "Y" if status == "RETRY" else "N", "action": "close"}
+        if seen.op == PRECREATE and status == "CREATED":
+            node["qr_code"] = verdict.qr_code
         return _signed(str(seen.fields.get("method", METHODS[seen.op])), node, sign)
 
     def write_error(self, reason: str, sign: Sign) -> HttpAnswer:
         node = {"code": INVALID_ARGUMENTS, "msg": "Invalid Arguments", "sub_code": reason, "sub_msg": reason}
         return HttpAnswer(200, msgspec.json.encode({ERROR_NODE: node}), _JSON)  # unsigned, as Alipay sends it
 
+    def notice(self, order: RequestSeen, paid: Paid, sign: Sign) -> Notification:
+        f = order.fields
+        amount, at = yuan(paid.amount_fen), beijing(paid.at)
+        params = {
+            "notify_time": at,
+            "notify_type": NOTIFY_TYPE,
+            "notify_id": hashlib.sha256(f"{order.out_trade_no}|{paid.channel_txn_id}".encode()).hexdigest()[:34],
+            "app_id": str(f.get("app_id", "")),
+            "charset": "utf-8",
+            "version": "1.0",
+            "trade_no": paid.channel_txn_id,
+            "out_trade_no": order.out_trade_no,
+            "buyer_id": "2088102177846880",
+            "buyer_logon_id": "159****5620",
+            "seller_id": _SELLER_ID,
+            "trade_status": "TRADE_SUCCESS",
+            "total_amount": amount,
+            "receipt_amount": amount,
+            "buyer_pay_amount": amount,
+            "subject": str(f.get("subject", "")),
+            "gmt_create": at,
+            "gmt_payment": at,
+        }
+        params |= {"sign_type": SIGN_TYPE, "sign": sign(sorted_query(params, NOTICE_UNSIGNED).encode())}
+        return Notification(form_encode(params), "application/x-www-form-urlencoded;charset=utf-8")
+
+    def notice_acked(self, status: int, body: bytes) -> bool:
+        return status == 200 and body == b"success"
+
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
-        return statement.write(rows, "2088101117955611", ask.day.isoformat())
+        return statement.write(rows, _SELLER_ID, ask.day.isoformat())
 
     def write_statement(self, content: bytes, sign: Sign, link: str) -> HttpAnswer:
         return _signed(download.METHOD, {"code": SUCCESS, "msg": "Success", "bill_download_url": link}, sign)
 
 
-def _seen(op: str, content: TradePay | TradeQuery | TradeCancel | TradeRefund, params: dict[str, str]) -> RequestSeen:
+_Content = TradePay | TradeQuery | TradeCancel | TradeRefund | TradePrecreate | TradeClose
+
+
+def _seen(op: str, content: _Content, params: dict[str, str]) -> RequestSeen | str:
+    """The request ``content`` makes; ValueError where a field is malformed."""
+    if isinstance(content, TradePrecreate):
+        if not params.get("notify_url"):
+            return "isv.missing-notify-url"
+        expires = dt.datetime.strptime(content.time_expire, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST)
+        return RequestSeen(
+            op,
+            content.out_trade_no,
+            amount_fen=fen(content.total_amount),
+            merchant=content.store_id,
+            fields=params | {"subject": content.subject, "expires_at": expires.timestamp()},
+        )
     if isinstance(content, TradePay):
         return RequestSeen(
             op, content.out_trade_no, content.auth_code, fen(content.total_amount), content.store_id, fields=params

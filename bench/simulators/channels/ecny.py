@@ -3,4 +3,4 @@
 from bench.simulators.channels.bankjson import BankJsonSide
 from protocols.channels.ecny import PATHS
 
-side = BankJsonSide(PATHS)
+side = BankJsonSide(PATHS, qr_prefix="https://qr.ecny.example.cn/pay/")

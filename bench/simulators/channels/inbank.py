@@ -3,4 +3,4 @@
 from bench.simulators.channels.bankjson import BankJsonSide
 from protocols.channels.inbank import PATHS
 
-side = BankJsonSide(PATHS)
+side = BankJsonSide(PATHS, qr_prefix="https://qr.inbank.example.cn/pay/")

@@ -1,4 +1,5 @@
-"""UnionPay's acp gateway as the channel reads and answers it (``protocols.channels.unionpay``)."""
+"""UnionPay's acp gateway as the channel reads and answers it (``protocols.channels.unionpay``),
+and its notification that a QR code applied for is paid."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import datetime as dt
 import zlib
 from collections.abc import Mapping
 
-from bench.simulators.side import ChannelVerdict, RequestSeen, StatementAsk
+from bench.simulators.side import ChannelVerdict, Notification, Paid, RequestSeen, StatementAsk
 from protocols.channels.base import HttpAnswer, Sign, Verify, form_encode
 from protocols.channels.unionpay import download, statement
-from protocols.channels.unionpay.flows import FORMAT_ERROR, NO_SUCH_TXN, PATHS, read_form, signing_input
-from protocols.messages import CANCEL, PAY, QUERY, REFUND
-from protocols.statements import StatementRow
+from protocols.channels.unionpay.flows import (
+    FORMAT_ERROR,
+    NO_SUCH_TXN,
+    PATHS,
+    read_form,
+    signing_input,
+)
+from protocols.messages import CANCEL, PAY, PRECREATE, QUERY, REFUND
+from protocols.statements import CST, StatementRow
 
 _OP_OF_TXN_TYPE = {"01": PAY, "00": QUERY, "31": CANCEL, "04": REFUND}
 _ECHOED = (
@@ -39,7 +46,7 @@ _PAY_CODES = {
     "ORDERCLOSED": ("01", "交易失败，订单已关闭"),
     "SYSTEMERROR": ("04", "交易状态未明，请查询对账结果"),
 }
-_ORIG_CODE = {"PAID": "00", "PAYING": "05", "CLOSED": "01"}
+_ORIG_CODE = {"PAID": "00", "PAYING": "05", "NOTPAY": "05", "CLOSED": "01"}  # NOTPAY: a code nobody paid yet
 _CANCEL_CODES = {
     "DONE": ("00", "成功"),
     "RETRY": ("04", "交易状态未明"),
@@ -53,6 +60,10 @@ _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 class UnionPaySide:
     paths = frozenset(PATHS.values()) | {download.PATH}
+    qr_prefix = "https://qr.95516.com/00010000/"
+    # UnionPay's own: again 1, 2, 4 and 5 minutes apart, five sends in all.
+    notice_schedule_s = (60, 120, 240, 300)
+    closes_unscanned = False  # no close in acp (the switch's close is a query)
 
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
@@ -62,9 +73,11 @@ class UnionPaySide:
             return "验证签名失败"
         if path == download.PATH:
             return _statement_ask(doc)
-        op = _OP_OF_TXN_TYPE.get(doc.get("txnType", ""))
-        if op is None or path != PATHS[op]:
+        op = _op(path, doc)
+        if op is None:
             return "交易类型错误"
+        if op == PRECREATE:
+            return _qr_apply(doc)
         if op == PAY:
             if not doc.get("orderId") or not doc.get("qrNo") or not doc.get("txnAmt", "").isdigit():
                 return "报文格式错误"
@@ -77,7 +90,7 @@ class UnionPaySide:
                 pin_block=doc.get("pinBlock", ""),
                 fields=doc,
             )
-        # A query names the order itself; an undo and a refund are orders of their own naming it.
+        # A query names the order itself; an undo, a close and a refund are orders of their own naming it.
         order = doc.get("orderId") if op == QUERY else doc.get("origOrderId")
         if not order or (op == REFUND and not doc.get("txnAmt", "").isdigit()):
             return "报文格式错误"
@@ -113,8 +126,14 @@ class UnionPaySide:
                 doc |= {"respCode": NO_SUCH_TXN, "respMsg": "查无此交易"}
             else:
                 doc |= {"respCode": "04", "respMsg": "系统繁忙"}
+        elif seen.op == PRECREATE:
+            if status == "CREATED":
+                doc |= {"respCode": "00", "respMsg": "成功[0000000]", "qrCode": verdict.qr_code}
+            else:
+                doc |= {"respCode": _IN_DOUBT[0], "respMsg": _IN_DOUBT[1]}
         else:
-            code, text = (_REFUND_CODES if seen.op == REFUND else _CANCEL_CODES).get(status, _IN_DOUBT)
+            codes = {REFUND: _REFUND_CODES, CANCEL: _CANCEL_CODES}[seen.op]
+            code, text = codes.get(status, _IN_DOUBT)
             doc |= {"respCode": code, "respMsg": text}
             if seen.op == REFUND and status == "DONE":
                 doc["queryId"] = verdict.channel_txn_id
@@ -125,6 +144,28 @@ class UnionPaySide:
         # Unsigned, as the gateway answers what it could not read or verify.
         return HttpAnswer(200, form_encode({"respCode": FORMAT_ERROR, "respMsg": reason}), _FORM)
 
+    def notice(self, order: RequestSeen, paid: Paid, sign: Sign) -> Notification:
+        f = order.fields
+        at = dt.datetime.fromtimestamp(paid.at, CST)
+        doc = {k: str(f.get(k, "")) for k in _ECHOED} | {
+            "txnAmt": str(paid.amount_fen),
+            "currencyCode": str(f.get("currencyCode", "")),
+            "reqReserved": str(f.get("reqReserved", "")),
+            "queryId": paid.channel_txn_id,
+            "respCode": "00",
+            "respMsg": "成功[0000000]",
+            "settleAmt": str(paid.amount_fen),
+            "settleCurrencyCode": "156",
+            "settleDate": at.strftime("%m%d"),
+            "traceNo": at.strftime("%H%M%S"),  # six digits
+            "traceTime": at.strftime("%m%d%H%M%S"),
+        }
+        doc["signature"] = sign(signing_input(doc))
+        return Notification(form_encode(doc), _FORM["Content-Type"])
+
+    def notice_acked(self, status: int, body: bytes) -> bool:
+        return status in (200, 302)  # the body is not read
+
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
         return statement.write(rows)
 
@@ -133,6 +174,31 @@ class UnionPaySide:
         doc["fileContent"] = base64.b64encode(zlib.compress(content)).decode()
         doc["signature"] = sign(signing_input(doc))
         return HttpAnswer(200, form_encode(doc), _FORM)
+
+
+def _op(path: str, doc: Mapping[str, str]) -> str | None:
+    """The operation a request is, by its path and transaction type (None: not one of ours)."""
+    txn_type = doc.get("txnType", "")
+    op = _OP_OF_TXN_TYPE.get(txn_type)
+    if op == PAY and doc.get("txnSubType") == "07":
+        op = PRECREATE
+    return op if op is not None and path == PATHS[op] else None
+
+
+def _qr_apply(doc: Mapping[str, str]) -> RequestSeen | str:
+    try:
+        expires = dt.datetime.strptime(doc.get("payTimeout", ""), "%Y%m%d%H%M%S").replace(tzinfo=CST)
+    except ValueError:
+        return "报文格式错误"
+    if not doc.get("orderId") or not doc.get("backUrl") or not doc.get("txnAmt", "").isdigit():
+        return "报文格式错误"
+    return RequestSeen(
+        PRECREATE,
+        doc["orderId"],
+        amount_fen=int(doc["txnAmt"]),
+        merchant=doc.get("merId", ""),
+        fields={**doc, "notify_url": doc["backUrl"], "expires_at": expires.timestamp()},
+    )
 
 
 def _statement_ask(doc: Mapping[str, str]) -> StatementAsk | str:

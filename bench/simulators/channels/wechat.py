@@ -39,6 +39,7 @@ class WeChatSide:
     qr_prefix = "weixin://wxpay/bizpayurl?pr="
     # WeChat Pay's own: 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h, 24 h 4 min in all.
     notice_schedule_s = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
+    closes_unscanned = True
 
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify

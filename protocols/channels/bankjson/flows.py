@@ -1,15 +1,24 @@
-"""The bank JSON shape's pay, query, cancel and refund: each a typed request and answer with its
-builder and parser. The builders take the flow's path first (each bank serves the shape on its
-own paths; the descriptor binds them).
+"""The bank JSON shape's pay, query, cancel and refund, and for the customer scanning the
+merchant's code its QR order create (answers the ``qr_code`` to show), close and payment
+notification (``read_notice``): each a typed request and answer with its builder and parser. The
+builders take the flow's path first (each bank serves the shape on its own paths; the descriptor
+binds them).
 
 ``POST`` JSON; the body is signed (HMAC-SM3 hex, or SM2 with SM3) in the ``X-Signature`` header
 and the answer likewise. Amounts are integer fen. ``code`` ``0000`` is success, with
-``trade_status`` ``SUCCESS`` (paid), ``PAYING`` (waiting for the customer) or ``CLOSED``; business
-codes: ``1001`` insufficient funds, ``1002`` expired code, ``1003`` invalid code, ``1004`` no such
-order, ``1005`` order closed, ``1006`` cannot be cancelled any more, ``1007`` refund over the
-refundable amount, ``1009`` declined; ``9999`` system error (unknown, query). A cancel answers
-``cancel_status`` ``CANCELLED`` or ``RETRY``, a refund ``refund_status`` ``SUCCESS``. A request
-whose signature the bank refuses is answered HTTP 401, not processed.
+``trade_status`` ``SUCCESS`` (paid), ``PAYING`` (waiting for the customer), ``NOTPAY`` (a QR order
+nobody has paid yet) or ``CLOSED``; business codes: ``1001`` insufficient funds, ``1002`` expired
+code, ``1003`` invalid code, ``1004`` no such order, ``1005`` order closed, ``1006`` cannot be
+cancelled any more, ``1007`` refund over the refundable amount, ``1008`` order paid (not closed),
+``1009`` declined; ``9999`` system error (unknown, query). A cancel answers ``cancel_status``
+``CANCELLED`` or ``RETRY``, a close ``close_status`` ``CLOSED``, a refund ``refund_status``
+``SUCCESS``. A request whose signature the bank refuses is answered HTTP 401, not processed.
+
+A QR order is payable until its ``expire_time``. Its notification is POSTed to its
+``notify_url`` as ``{"data": {...}, "signature": "..."}``, the signature (the account's scheme)
+over the exact text of ``data``: it carries no signature header. It names our account by
+``app_id`` (``mch_id`` may be the merchant's own); acknowledged ``{"code":"SUCCESS"}``, sent again
+otherwise (15s, 1m, 5m, 15m, 1h).
 """
 
 from __future__ import annotations
@@ -29,22 +38,27 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    Notice,
+    NoticeReader,
     another_amount,
     another_order,
     approved,
+    created,
     declined,
     not_found,
     pending,
     unknown,
     unprocessed,
 )
-from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, QUERY, REFUND, ChannelRequest, ChannelResult
 from protocols.statements import CST
 
 SIGNATURE_HEADER = "X-Signature"
 CONTENT_TYPE = "application/json;charset=utf-8"
-OK, NO_SUCH_ORDER, SYSTEM_ERROR = "0000", "1004", "9999"
+OK, NO_SUCH_ORDER, ORDER_PAID, SYSTEM_ERROR = "0000", "1004", "1008", "9999"
+ACKED = "SUCCESS"  # the code of the answer that acknowledges a notification
 _DECLINES = {"1001": rc.INSUFFICIENT_FUNDS, "1002": rc.EXPIRED_CODE, "1003": rc.INVALID_PAYMENT_CODE}
+_TRADE_WAITING = {"PAYING", "NOTPAY"}
 _TRADE_FAILED = {"FAILED", "CLOSED"}
 Fen = Annotated[int, Meta(gt=0)]  # the bank refuses anything else (checked where a request is read)
 
@@ -86,6 +100,19 @@ class Refund(Envelope, kw_only=True):
     total_amount: int  # fen, the payment's whole amount
 
 
+class QrCreate(Envelope, kw_only=True):
+    amount: Fen
+    currency: str = "CNY"
+    terminal_id: str
+    subject: str
+    notify_url: str
+    expire_time: str  # YYYYMMDDhhmmss, China time: no payment is taken after it
+
+
+class QrClose(Envelope, kw_only=True):
+    pass
+
+
 # -- answers (their fields as the bank writes them; absent ones read as empty) --------------------
 
 
@@ -120,12 +147,41 @@ class RefundAnswer(Answer, kw_only=True):
     out_refund_no: str = ""  # the refund's own number, echoed
 
 
+class QrAnswer(Answer, kw_only=True):
+    qr_code: str = ""
+    trade_no: str = ""
+    amount: int = 0
+
+
+class CloseAnswer(Answer, kw_only=True):
+    close_status: str = ""
+
+
+class SignedNotice(Struct, kw_only=True):
+    data: msgspec.Raw  # the exact text the signature covers
+    signature: str
+
+
+class NotifyData(Struct, kw_only=True):
+    app_id: str
+    mch_id: str = ""
+    out_trade_no: str
+    trade_no: str = ""
+    amount: Fen
+    trade_status: str
+    pay_time: str = ""
+
+
 A = TypeVar("A", bound=Answer)
 encode = msgspec.json.Encoder().encode  # compact UTF-8, as json.dumps(ensure_ascii=False) with no spaces
 _PAY_ANSWER = msgspec.json.Decoder(PayAnswer)
 _QUERY_ANSWER = msgspec.json.Decoder(TradeAnswer)
 _CANCEL_ANSWER = msgspec.json.Decoder(CancelAnswer)
 _REFUND_ANSWER = msgspec.json.Decoder(RefundAnswer)
+_QR_ANSWER = msgspec.json.Decoder(QrAnswer)
+_CLOSE_ANSWER = msgspec.json.Decoder(CloseAnswer)
+_SIGNED_NOTICE = msgspec.json.Decoder(SignedNotice)
+_NOTIFY_DATA = msgspec.json.Decoder(NotifyData)
 
 
 def timestamp(now: float) -> str:
@@ -171,7 +227,7 @@ def _trade(req: ChannelRequest, got: TradeAnswer) -> ChannelResult:
     code, status = got.code, got.trade_status
     if code == OK and status == "SUCCESS":
         return approved(req, code, got.trade_no)
-    if code == OK and status == "PAYING":
+    if code == OK and status in _TRADE_WAITING:
         return pending(req, status, got.message, got.trade_no)
     if status in _TRADE_FAILED:
         return declined(req, _DECLINES.get(code, rc.DO_NOT_HONOUR), code if code != OK else status, got.message)
@@ -262,12 +318,89 @@ def parse_refund(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Cha
     return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)
 
 
+def build_precreate(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    request = QrCreate(
+        **_envelope(req, account, now),
+        amount=req.amount_fen,
+        terminal_id=req.terminal_id,
+        subject=req.subject,
+        notify_url=req.notify_url,
+        expire_time=timestamp(req.expires),
+    )
+    return signed(path, request, crypto)
+
+
+def parse_precreate(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _QR_ANSWER)
+    if isinstance(got, ChannelResult):
+        return got
+    if mismatch := another_amount(req, got.amount):  # the customer would be asked another amount
+        return mismatch
+    if got.code == OK and got.qr_code:
+        return created(req, got.code, got.qr_code, got.trade_no)
+    if got.code == OK:  # no code to show, yet it may exist
+        return unknown(req, "NOQRCODE", got.message)
+    if got.code == ORDER_PAID:  # the number is paid: it may be this very order
+        return unknown(req, got.code, got.message)
+    return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)
+
+
+def build_close(path: str, req: ChannelRequest, account: BankAccount, crypto: Crypto, now: float) -> HttpCall:
+    return signed(path, QrClose(**_envelope(req, account, now)), crypto)
+
+
+def parse_close(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, _CLOSE_ANSWER)
+    if isinstance(got, ChannelResult):
+        return got
+    # No such order: the switch closes only past its expire_time, so none can ever be paid.
+    if (got.code == OK and got.close_status == "CLOSED") or got.code == NO_SUCH_ORDER:
+        return approved(req, got.code, "")
+    if got.code == OK:
+        return unknown(req, got.close_status or "NOSTATUS", got.message)
+    return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)  # 1008: paid, queried
+
+
+_JSON = {"Content-Type": "application/json"}
+NOTICE_ACK = HttpAnswer(200, encode({"code": ACKED, "message": "成功"}), _JSON)
+
+
+def read_notice(body: bytes, headers: Mapping[str, str], account: BankAccount, crypto: Crypto) -> Notice | str:
+    try:
+        notification = _SIGNED_NOTICE.decode(body)
+    except msgspec.DecodeError:
+        return "unreadable JSON"
+    if not crypto.verify(bytes(notification.data), notification.signature):
+        return "signature"
+    try:
+        got = _NOTIFY_DATA.decode(notification.data)
+    except msgspec.DecodeError:  # ValidationError included: no order, or an amount not above 0
+        return "no order or amount"
+    if got.app_id != account.app_id:
+        return "not our account"
+    if got.trade_status not in _TRADE_FAILED and got.trade_status != "SUCCESS":
+        return f"trade_status {got.trade_status}"  # not final: says nothing
+    return Notice(
+        out_trade_no=got.out_trade_no, amount_fen=got.amount, paid=got.trade_status == "SUCCESS",
+        channel_txn_id=got.trade_no, channel_code=got.trade_status,
+    )  # fmt: skip
+
+
+def nack_notice(reason: str) -> HttpAnswer:
+    return HttpAnswer(200, encode({"code": "FAIL", "message": reason}), _JSON)
+
+
 def flows(paths: Mapping[str, str], *, seals_code: bool) -> dict[str, Flow]:
-    """The four flows on a bank's ``paths`` (by operation); with ``seals_code`` the payment code
-    leaves sealed (``Crypto.seal``)."""
+    """The flows on a bank's ``paths`` (by operation); with ``seals_code`` the payment code leaves
+    sealed (``Crypto.seal``). A QR order has no payment code: nothing to seal."""
     return {
         PAY: Flow(partial(build_sealed_pay if seals_code else build_pay, paths[PAY]), parse_pay),
         QUERY: Flow(partial(build_query, paths[QUERY]), parse_query),
         CANCEL: Flow(partial(build_cancel, paths[CANCEL]), parse_cancel),
         REFUND: Flow(partial(build_refund, paths[REFUND]), parse_refund),
+        PRECREATE: Flow(partial(build_precreate, paths[PRECREATE]), parse_precreate),
+        CLOSE: Flow(partial(build_close, paths[CLOSE]), parse_close),
     }
+
+
+NOTICE = NoticeReader(read_notice, NOTICE_ACK, nack_notice)

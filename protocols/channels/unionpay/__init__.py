@@ -1,9 +1,10 @@
-"""UnionPay QR through the acp gateway, merchant scans the customer's code (``flows``), its
-settlement file download (``download``) and the file's format (``statement``)."""
+"""UnionPay QR through the acp gateway, merchant scans the customer's code and the customer the
+merchant's (``flows``), its settlement file download (``download``) and the file's format
+(``statement``)."""
 
 from protocols.channels.base import Channel, Download
 from protocols.channels.unionpay import download, statement
-from protocols.channels.unionpay.flows import FLOWS, UnionPayAccount
+from protocols.channels.unionpay.flows import FLOWS, NOTICE, UnionPayAccount
 
 channel = Channel(
     kind="unionpay",
@@ -11,4 +12,5 @@ channel = Channel(
     flows=FLOWS,
     statement=Download(download.build, download.parse, statement.parse),
     simulator="bench.simulators.channels.unionpay",
+    notice=NOTICE,
 )

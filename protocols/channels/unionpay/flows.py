@@ -1,6 +1,9 @@
-"""UnionPay QR, merchant scans the customer's code, through the acp gateway: consumption
-(``txnType`` 01), transaction query (00, on ``queryTrans.do``), consumption undo (31) and refund
-(04, 退货), each a typed request and answer with its builder and parser.
+"""UnionPay QR through the acp gateway. The merchant scans the customer's code: consumption
+(``txnType`` 01, ``txnSubType`` 06), transaction query (00, on ``queryTrans.do``), consumption
+undo (31) and refund (04, 退货). The customer scans the merchant's: the QR code application
+(申请二维码: 01 / 07, answering the ``qrCode`` to show, payable until ``payTimeout``, its
+notification to ``backUrl``), its close, and the notification (``read_notice``). Each a typed
+request and answer with its builder and parser.
 
 Form parameters (``version`` 5.1.0, ``signMethod`` 01): the signing input is the hex SHA-256 of
 the sorted ``k=v&...`` string of every non-empty parameter but ``signature``, signed
@@ -13,6 +16,16 @@ refund are orders of their own (order ids ``<orderId>C`` and the refund number),
 original by ``origQryId`` and ``origOrderId``. The business refusals the simulator produces carry
 the ISO-derived codes UnionPay uses for them (51, 54, 14); any other code is a refusal (01,
 "交易失败").
+
+acp has no close of a QR code applied for: the order lapses at its ``payTimeout``. So the close
+is a query (``queryTrans.do``) read for what it says of the order's end: paid, not closed; not
+paid (or no such order) and past its ``payTimeout``, over (closed: it can never be paid); not paid
+before then, not closed (the order is still payable; the resolver asks again once it expires).
+
+The notification is a form POST signed like the answers, for a paid order only (respCode 00),
+and names our account by ``reqReserved``, echoed from the application (``merId`` may be the
+merchant's own number, which the account does not list). UnionPay takes HTTP 200 (or 302) as
+received, whatever the body, and sends it again 1, 2, 4 and 5 minutes apart otherwise.
 """
 
 from __future__ import annotations
@@ -33,22 +46,33 @@ from protocols.channels.base import (
     Flow,
     HttpAnswer,
     HttpCall,
+    Notice,
+    NoticeReader,
     another_order,
     approved,
+    created,
     declined,
     form_encode,
+    lapsed,
     not_found,
     pending,
     sorted_query,
     unknown,
     unprocessed,
 )
-from protocols.messages import CANCEL, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, QUERY, REFUND, ChannelRequest, ChannelResult, Outcome
 from protocols.statements import CST
 
 BACK_TRANS = "/gateway/api/backTransReq.do"
 QUERY_TRANS = "/gateway/api/queryTrans.do"
-PATHS = {PAY: BACK_TRANS, QUERY: QUERY_TRANS, CANCEL: BACK_TRANS, REFUND: BACK_TRANS}
+PATHS = {
+    PAY: BACK_TRANS,
+    QUERY: QUERY_TRANS,
+    CANCEL: BACK_TRANS,
+    REFUND: BACK_TRANS,
+    PRECREATE: BACK_TRANS,
+    CLOSE: QUERY_TRANS,  # no close in acp: see the module's docstring
+}
 CONTENT_TYPE = "application/x-www-form-urlencoded;charset=UTF-8"
 VERSION = "5.1.0"
 SIGN_METHOD = "01"  # RSA over the SHA-256 hex of the sorted string
@@ -113,6 +137,17 @@ class Refund(Undo, kw_only=True):
     txnType: str = "04"
 
 
+class QrApply(Envelope, kw_only=True):
+    txnType: str = "01"
+    txnSubType: str = "07"  # the customer scans the merchant's code
+    txnAmt: str  # fen
+    currencyCode: str = CNY
+    backUrl: str  # where the notification goes
+    payTimeout: str  # YYYYMMDDhhmmss Beijing time: no payment is taken after it
+    termId: str
+    reqReserved: str  # echoed in the notification: our account's merchant number
+
+
 # -- answers (past a readable respCode and a verified signature) ----------------------------------
 
 
@@ -128,6 +163,21 @@ A = TypeVar("A", bound=Answer)
 class QueryAnswer(Answer):
     origRespCode: str = ""
     origRespMsg: str = ""
+
+
+class QrAnswer(Answer):
+    qrCode: str = ""
+
+
+class NotifyForm(Struct):
+    """A notification, past its verified signature."""
+
+    txnType: str = ""
+    respCode: str = ""
+    orderId: str = ""
+    txnAmt: str = ""  # fen
+    queryId: str = ""
+    reqReserved: str = ""
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
@@ -162,8 +212,8 @@ def _call(req: ChannelRequest, request: Struct, crypto: Crypto) -> HttpCall:
 
 
 def order_id(req: ChannelRequest) -> str:
-    """The order a request is about at acp: the payment's (pay, query); an undo's and a refund's
-    are orders of their own."""
+    """The order a request is about at acp: the payment's (pay, query, and the close, which is a
+    query); an undo's and a refund's are orders of their own."""
     if req.op == CANCEL:
         return req.out_trade_no + "C"
     return req.refund_no if req.op == REFUND else req.out_trade_no
@@ -270,9 +320,78 @@ def _undo_result(req: ChannelRequest, got: Answer) -> ChannelResult:
     return declined(req, rc.DO_NOT_HONOUR, got.respCode, got.respMsg)
 
 
+def build_precreate(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
+    # The order time is the write-ahead's, as a pay's: the query names the order by it.
+    request = QrApply(
+        **_envelope(req, account, order_id(req), req.created or now),
+        txnAmt=str(req.amount_fen),
+        backUrl=req.notify_url,
+        payTimeout=txn_time(req.expires),
+        termId=req.terminal_id,
+        reqReserved=account.mch_id,
+    )
+    return _call(req, request, crypto)
+
+
+def parse_precreate(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    got = _read(req, answer, crypto, QrAnswer)
+    if isinstance(got, ChannelResult):
+        return got
+    if got.respCode == "00" and got.qrCode:
+        return created(req, got.respCode, got.qrCode, got.queryId)
+    if got.respCode == "00":  # no code to show, yet it may exist
+        return unknown(req, "NOQRCODE", got.respMsg)
+    if got.respCode in _IN_DOUBT:
+        return unknown(req, got.respCode, got.respMsg)
+    return declined(req, rc.DO_NOT_HONOUR, got.respCode, got.respMsg)
+
+
+def build_close(req: ChannelRequest, account: UnionPayAccount, crypto: Crypto, now: float) -> HttpCall:
+    return build_query(req, account, crypto, now)
+
+
+def parse_close(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
+    found = parse_query(req, answer, crypto)
+    if found.outcome is Outcome.UNKNOWN:
+        return found
+    if found.outcome is Outcome.APPROVED:
+        return declined(req, rc.DO_NOT_HONOUR, found.channel_code, "paid: not closed")
+    if lapsed(req):
+        return approved(req, "LAPSED", "")
+    return declined(req, rc.DO_NOT_HONOUR, found.channel_code, "not paid yet: it lapses at its payTimeout")
+
+
+# UnionPay reads only the status: 200 (or 302) received, anything else sent again.
+NOTICE_ACK = HttpAnswer(200, b"ok", {"Content-Type": "text/plain"})
+
+
+def read_notice(body: bytes, headers: Mapping[str, str], account: UnionPayAccount, crypto: Crypto) -> Notice | str:
+    doc = read_form(body)
+    if not crypto.verify(signing_input(doc), doc.get("signature", "")):
+        return "signature"
+    got = msgspec.convert(doc, NotifyForm)
+    if got.reqReserved != account.mch_id:
+        return "not our account"
+    if got.txnType != "01" or got.respCode != "00":  # it notifies successful payments only
+        return f"not a payment's success: txnType {got.txnType}, respCode {got.respCode}"
+    if not got.orderId or not got.txnAmt.isdigit():
+        return "no order or amount"
+    return Notice(
+        out_trade_no=got.orderId, amount_fen=int(got.txnAmt), paid=True, channel_txn_id=got.queryId,
+        channel_code=got.respCode,
+    )  # fmt: skip
+
+
+def nack_notice(reason: str) -> HttpAnswer:
+    return HttpAnswer(400, b"refused", {"Content-Type": "text/plain"})
+
+
 FLOWS = {
     PAY: Flow(build_pay, parse_pay),
     QUERY: Flow(build_query, parse_query),
     CANCEL: Flow(build_cancel, parse_cancel),
     REFUND: Flow(build_refund, parse_refund),
+    PRECREATE: Flow(build_precreate, parse_precreate),
+    CLOSE: Flow(build_close, parse_close),
 }
+NOTICE = NoticeReader(read_notice, NOTICE_ACK, nack_notice)

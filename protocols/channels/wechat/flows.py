@@ -330,9 +330,9 @@ def parse_precreate(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> 
         return got
     if got.result_code == "SUCCESS" and got.code_url:
         return created(req, "SUCCESS", got.code_url, got.prepay_id)
-    if got.result_code == "SUCCESS" or got.err_code in _PAY_UNKNOWN:
+    if got.result_code == "SUCCESS" or got.err_code in _PAY_UNKNOWN:  # ORDERPAID: may be this very order
         return unknown(req, got.err_code or "NOCODEURL", got.err_code_des)
-    return declined(req, rc.DO_NOT_HONOUR, got.err_code, got.err_code_des)  # ORDERPAID among them: queried
+    return declined(req, rc.DO_NOT_HONOUR, got.err_code, got.err_code_des)
 
 
 def build_close(req: ChannelRequest, account: WeChatAccount, crypto: Crypto, now: float) -> HttpCall:
