@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -21,7 +23,16 @@ from bench.simulators.faults import NO_FAULT, Fault
 from bench.simulators.side import side_of
 from bench.traffic import payment_code
 from protocols.masking import mask_pan
-from tests.conftest import PAYMENT_WINDOW_MS, free_port, run, switch_with
+from tests.conftest import (
+    PAYMENT_WINDOW_MS,
+    Ports,
+    free_port,
+    fresh_database,
+    run,
+    simulators_running,
+    switch_with,
+    with_own_simulators,
+)
 from tests.support import journal_row
 
 MERCHANT = "898310048990001"
@@ -46,12 +57,36 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def merchant_switch(config_dir, database_url, simulators, receiver, tmp_path_factory):
+def merchant_stack(config_dir, ports, database_url, tmp_path_factory) -> Iterator[tuple[Path, str, Ports]]:
+    """(configuration folder, journal, simulator sim_ports) of this module's own. The outbox is
+    shared by every switch on a journal (any front end delivers any notification), and the other
+    tests' switches have another schedule and URL; the simulators check pay requests against it."""
+    folder = tmp_path_factory.mktemp("merchant-stack")
+    own = with_own_simulators(config_dir, ports, folder)
+    url = run(fresh_database(database_url, "paysw_merchant"))
+    with simulators_running(folder / "simulators.toml", own, url):
+        yield folder, url, own
+
+
+@pytest.fixture(scope="module")
+def merchant_db(merchant_stack) -> str:
+    return merchant_stack[1]
+
+
+@pytest.fixture(scope="module")
+def sim_ports(merchant_stack) -> Ports:
+    """This module's simulators (the session's ``ports`` are other tests')."""
+    return merchant_stack[2]
+
+
+@pytest.fixture(scope="module")
+def merchant_switch(merchant_stack, receiver, tmp_path_factory):
+    folder, url, _ = merchant_stack
     edits = [
         (r'notify_url = "http://127.0.0.1:\d+/notify"', f'notify_url = "http://127.0.0.1:{receiver.port}/notify"'),
         (r"(?m)^qr_expiry_s = 900$", f"qr_expiry_s = 900\nnotify_schedule_s = {SCHEDULE}"),
     ]
-    yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("merchant"), "merchant", edits)
+    yield from switch_with(folder, url, tmp_path_factory.mktemp("merchant"), "merchant", edits)
 
 
 @pytest.fixture
@@ -63,9 +98,9 @@ def order_no() -> str:
     return "T" + secrets.token_hex(8)
 
 
-def scan(ports, channel: str, qr_code: str) -> dict:
+def scan(sim_ports, channel: str, qr_code: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{ports.controls[channel]}/_sim/scan", data=msgspec.json.encode({"qr_code": qr_code})
+        f"http://127.0.0.1:{sim_ports.controls[channel]}/_sim/scan", data=msgspec.json.encode({"qr_code": qr_code})
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -116,17 +151,17 @@ def out_trade_no_of(order: dict) -> str:
 
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_a_qr_order_paid_is_recorded_from_the_notification_and_the_merchant_told_once(
-    client, receiver, ports, database_url, channel
+    client, receiver, sim_ports, merchant_db, channel
 ):
     number = order_no()
     status, order = client.create_qr(number, 2500, "Latte", channel=channel)
     assert status == 200, order
     assert (order["state"], order["channel"], order["amount_fen"]) == ("PENDING", channel, 2500)
     assert order["qr_code"].startswith(side_of(channel).qr_prefix)
-    assert scan(ports, channel, order["qr_code"])["status"] == "PAID"
+    assert scan(sim_ports, channel, order["qr_code"])["status"] == "PAID"
     paid = wait_for(client, number, "APPROVED")
     assert paid["channel_txn_id"]
-    assert notices(database_url, out_trade_no_of(order))[0] == "recorded"
+    assert notices(merchant_db, out_trade_no_of(order))[0] == "recorded"
     told = notified(receiver, number)
     assert [(b["state"], b["amount_fen"], b["rrn"]) for b in told] == [("APPROVED", 2500, order["rrn"])]
     # The same request again is the same order; the number with other details is refused.
@@ -134,39 +169,39 @@ def test_a_qr_order_paid_is_recorded_from_the_notification_and_the_merchant_told
     assert client.create_qr(number, 2600, "Latte", channel=channel)[0] == 409
 
 
-def test_a_lost_notification_leaves_the_payment_to_the_queries(client, ports, database_url):
-    set_fault(f"127.0.0.1:{ports.controls['wechat']}", Fault(notice_drop=100))
+def test_a_lost_notification_leaves_the_payment_to_the_queries(client, sim_ports, merchant_db):
+    set_fault(f"127.0.0.1:{sim_ports.controls['wechat']}", Fault(notice_drop=100))
     try:
         number = order_no()
         order = created(client, number, 1800, "Tea", channel="wechat")
-        assert scan(ports, "wechat", order["qr_code"])["status"] == "PAID"
+        assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "PAID"
         wait_for(client, number, "APPROVED")
     finally:
-        set_fault(f"127.0.0.1:{ports.controls['wechat']}", NO_FAULT)
-    assert notices(database_url, out_trade_no_of(order)) == []
+        set_fault(f"127.0.0.1:{sim_ports.controls['wechat']}", NO_FAULT)
+    assert notices(merchant_db, out_trade_no_of(order)) == []
 
 
-def test_a_notification_sent_twice_moves_the_order_once(client, receiver, ports, database_url):
-    set_fault(f"127.0.0.1:{ports.controls['wechat']}", Fault(notice_twice=True))
+def test_a_notification_sent_twice_moves_the_order_once(client, receiver, sim_ports, merchant_db):
+    set_fault(f"127.0.0.1:{sim_ports.controls['wechat']}", Fault(notice_twice=True))
     try:
         number = order_no()
         order = created(client, number, 1900, "Cake", channel="wechat")
-        scan(ports, "wechat", order["qr_code"])
+        scan(sim_ports, "wechat", order["qr_code"])
         wait_for(client, number, "APPROVED")
         time.sleep(0.5)
     finally:
-        set_fault(f"127.0.0.1:{ports.controls['wechat']}", NO_FAULT)
-    kept = notices(database_url, out_trade_no_of(order))
+        set_fault(f"127.0.0.1:{sim_ports.controls['wechat']}", NO_FAULT)
+    kept = notices(merchant_db, out_trade_no_of(order))
     assert kept.count("recorded") == 1 and kept.count("unchanged") >= 1, kept
     assert len(notified(receiver, number)) == 1
 
 
-def test_a_closed_order_can_no_longer_be_paid(client, ports):
+def test_a_closed_order_can_no_longer_be_paid(client, sim_ports):
     number = order_no()
     order = created(client, number, 700, "Muffin", channel="wechat")
     status, closed = client.close(number)
     assert (status, closed["state"]) == (200, "CANCELLED")
-    assert scan(ports, "wechat", order["qr_code"])["status"] == "CLOSED"
+    assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "CLOSED"
     assert client.get(number)[1]["state"] == "CANCELLED"
 
 
@@ -202,7 +237,7 @@ def signed_again(params: dict) -> str:
     return algorithms.signer("hmac-sha256", KEY)(signing_input(params))
 
 
-def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant_switch, database_url):
+def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant_switch, merchant_db):
     from bench.simulators.channels.wechat import side
     from bench.simulators.side import Paid, RequestSeen
     from tests.test_connectors import Pair
@@ -215,19 +250,19 @@ def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant
     url = f"http://127.0.0.1:{merchant_switch.merchant}/notify/wechat"
     with urllib.request.urlopen(urllib.request.Request(url, data=note.body), timeout=10) as answer:
         assert b"SUCCESS" in answer.read()
-    assert notices(database_url, unknown) == ["unknown order"]
+    assert notices(merchant_db, unknown) == ["unknown order"]
     forged = note.body.replace(b"<total_fee><![CDATA[300]]>", b"<total_fee><![CDATA[30000]]>")
     with urllib.request.urlopen(urllib.request.Request(url, data=forged), timeout=10) as answer:
         assert b"FAIL" in answer.read()
-    assert notices(database_url, unknown) == ["unknown order"]
+    assert notices(merchant_db, unknown) == ["unknown order"]
 
 
 def test_a_merchant_endpoint_down_gets_the_notification_once_up_and_dead_after_its_schedule(
-    client, receiver, ports, database_url
+    client, receiver, sim_ports, merchant_db
 ):
     receiver.down = True
     try:
-        order = paid_order(client, ports, 4200)
+        order = paid_order(client, sim_ports, 4200)
         time.sleep(0.8)  # a couple of tries fail meanwhile
     finally:
         receiver.down = False
@@ -235,13 +270,13 @@ def test_a_merchant_endpoint_down_gets_the_notification_once_up_and_dead_after_i
 
     receiver.down = True
     try:
-        order = paid_order(client, ports, 4300)
+        order = paid_order(client, sim_ports, 4300)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and outbox_row(database_url, order["rrn"])["dead_at"] is None:
+        while time.monotonic() < deadline and outbox_row(merchant_db, order["rrn"])["dead_at"] is None:
             time.sleep(0.2)
     finally:
         receiver.down = False
-    row = outbox_row(database_url, order["rrn"])
+    row = outbox_row(merchant_db, order["rrn"])
     assert row["dead_at"] is not None and row["attempts"] == 5 and row["delivered_at"] is None, row
     assert "503" in row["last_error"]
 
@@ -252,11 +287,11 @@ def created(client: MerchantClient, number: str, amount_fen: int, subject: str, 
     return order
 
 
-def paid_order(client: MerchantClient, ports, amount_fen: int) -> dict:
+def paid_order(client: MerchantClient, sim_ports, amount_fen: int) -> dict:
     """A WeChat Pay QR order, created, scanned and paid, once the journal has it APPROVED."""
     number = order_no()
     order = created(client, number, amount_fen, "Sandwich", channel="wechat")
-    scan(ports, "wechat", order["qr_code"])
+    scan(sim_ports, "wechat", order["qr_code"])
     return wait_for(client, number, "APPROVED")
 
 
@@ -271,13 +306,13 @@ def outbox_row(database_url: str, rrn: str) -> asyncpg.Record:
     return run(read())
 
 
-def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, database_url):
+def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, merchant_db):
     rng = random.Random()
     number, code = order_no(), payment_code("alipay", "00", rng)
     status, order = client.pay_code(number, 990, code, "Bagel")
     assert status == 200, order
     assert (order["state"], order["channel"], order["response_code"]) == ("APPROVED", "alipay", "00")
-    row = run(journal_row(database_url, order["rrn"]))
+    row = run(journal_row(merchant_db, order["rrn"]))
     assert (row["terminal_id"], row["stan"], row["txn_type"]) == ("HTTP", order["rrn"], "purchase")
     assert row["pan_masked"] == mask_pan(code)  # masked at the journal's door
     assert client.pay_code(number, 990, code, "Bagel")[1]["rrn"] == order["rrn"]  # the same request: its order
@@ -288,8 +323,8 @@ def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, d
     assert (status, unknown["code"]) == (400, "INVALID_CODE")
 
 
-def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(client, ports):
-    order = paid_order(client, ports, 1000)
+def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(client, sim_ports):
+    order = paid_order(client, sim_ports, 1000)
     number = order["order_no"]
     status, first = client.refund(number, "R" + number, 600)
     assert (status, first["state"], first["amount_fen"]) == (200, "APPROVED", 600)
@@ -304,13 +339,13 @@ def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(c
 
 
 def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(
-    merchant_switch, client, receiver, ports, database_url
+    merchant_switch, client, receiver, sim_ports, merchant_db
 ):
     receiver.down = True
     try:
-        order = paid_order(client, ports, 4400)
+        order = paid_order(client, sim_ports, 4400)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and outbox_row(database_url, order["rrn"])["dead_at"] is None:
+        while time.monotonic() < deadline and outbox_row(merchant_db, order["rrn"])["dead_at"] is None:
             time.sleep(0.2)
     finally:
         receiver.down = False
@@ -319,19 +354,19 @@ def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(
     assert notify_cli(merchant_switch, "resend").returncode == 2  # nothing named: nothing sent
     assert notify_cli(merchant_switch, "resend", "--rrn", order["rrn"]).returncode == 0
     assert [b["state"] for b in notified(receiver, order["order_no"])] == ["APPROVED"]
-    assert outbox_row(database_url, order["rrn"])["delivered_at"] is not None
+    assert outbox_row(merchant_db, order["rrn"])["delivered_at"] is not None
 
 
 def test_the_outbox_resumes_after_a_restart_and_open_qr_orders_survive_a_kill(
-    merchant_switch, client, receiver, ports, database_url
+    merchant_switch, client, receiver, sim_ports, merchant_db
 ):
     """Mid-schedule, the switch stops; open QR orders are paid while it is killed. Once it is
     back, each order ends APPROVED (notification retried, or found by query) and the merchant is
     told of each, once."""
     receiver.down = True
     try:
-        before = paid_order(client, ports, 4500)
-        while outbox_row(database_url, before["rrn"])["attempts"] < 1:
+        before = paid_order(client, sim_ports, 4500)
+        while outbox_row(merchant_db, before["rrn"])["attempts"] < 1:
             time.sleep(0.1)
         merchant_switch.stop()
         merchant_switch.start()
@@ -344,7 +379,7 @@ def test_the_outbox_resumes_after_a_restart_and_open_qr_orders_survive_a_kill(
     assert {o["state"] for o in opened} == {"PENDING"}
     merchant_switch.kill()
     for order in opened:
-        assert scan(ports, "wechat", order["qr_code"])["status"] == "PAID"
+        assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "PAID"
     merchant_switch.start()
     client = MerchantClient(f"http://127.0.0.1:{merchant_switch.merchant}", MERCHANT, KEY)
     for order in opened:
@@ -358,17 +393,19 @@ def notify_cli(switch, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("channel", ["wechat", "alipay"])
-def test_an_unpaid_qr_order_is_closed_once_it_expires_and_never_before(client, receiver, ports, database_url, channel):
+def test_an_unpaid_qr_order_is_closed_once_it_expires_and_never_before(
+    client, receiver, sim_ports, merchant_db, channel
+):
     """Queried meanwhile, WeChat Pay says "not paid" and Alipay "no such trade" (none until the
     customer scans): neither ends the order before it expires."""
     number = order_no()
     order = created(client, number, 800, "Scone", channel=channel)
     time.sleep(PAYMENT_WINDOW_MS / 1000 + 1)  # a terminal payment would be cancelled by now; not a QR order
     assert client.get(number)[1]["state"] == "PENDING"
-    run(expire(database_url, order["rrn"]))  # as if its 15 minutes had passed
+    run(expire(merchant_db, order["rrn"]))  # as if its 15 minutes had passed
     assert wait_for(client, number, "CANCELLED")["rrn"] == order["rrn"]
     if channel == "wechat":  # closed at the channel (Alipay's closes nothing: the code lapsed)
-        assert scan(ports, channel, order["qr_code"])["status"] == "CLOSED"
+        assert scan(sim_ports, channel, order["qr_code"])["status"] == "CLOSED"
     assert [b["state"] for b in notified(receiver, number)] == ["CANCELLED"]
 
 
