@@ -24,7 +24,7 @@ class MerchantApiSection(Struct, forbid_unknown_fields=True, kw_only=True, froze
     # Notifications to merchants: the waits between attempts, and each merchant endpoint's own
     # limits (a slow or dead one delays no other merchant's).
     notify_schedule_s: list[Annotated[float, Meta(gt=0)]] = field(default_factory=lambda: list(WECHAT_SCHEDULE_S))
-    notify_concurrency: Annotated[int, Meta(ge=1, le=64)] = 8
+    notify_concurrency: Annotated[int, Meta(ge=1, le=256)] = 32
     notify_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
 
     def notify_base(self) -> str:
