@@ -134,9 +134,7 @@ def test_a_reversal_acknowledged_while_under_way_is_never_settled_as_kept(databa
             later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
             states = [await journal.record(Report(*t.key, Event.ACCEPTED, "00", "", "", "", "", later))
                       for t in (kept, reversed_)]  # fmt: skip
-            due = await journal.pool.fetchval(
-                "SELECT next_check_at <= now() FROM txn WHERE rrn = $1", reversed_.rrn
-            )
+            due = await journal.pool.fetchval("SELECT next_check_at <= now() FROM txn WHERE rrn = $1", reversed_.rrn)
             told_failure = _purchase(await journal.next_rrn())
             assert await journal.write_ahead(told_failure)
             failed = await journal.record(Report(*told_failure.key, Event.ACCEPTED, "91", "", "", "", "", later))

@@ -223,6 +223,9 @@ def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing
     other = MerchantClient(client.base_url, "898310048990002", KEY)  # a merchant without an API key
     assert other.create_qr(order_no(), 500)[1]["code"] == "UNAUTHORISED"
     assert client.create_qr(order_no(), 0)[1]["code"] == "INVALID_REQUEST"
+    # The switch POSTs notifications only to the host configured for the merchant.
+    elsewhere = client.create_qr(order_no(), 500, "Water", notify_url="https://169.254.169.254/latest/meta-data")
+    assert elsewhere[0] == 400 and "notify_url" in elsewhere[1]["message"]
     assert client.call("POST", "/v1/orders", b"not json")[1]["code"] == "INVALID_JSON"
 
 
@@ -315,7 +318,9 @@ def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, m
     row = run(journal_row(merchant_db, order["rrn"]))
     assert (row["terminal_id"], row["stan"], row["txn_type"]) == ("HTTP", order["rrn"], "purchase")
     assert row["pan_masked"] == mask_pan(code)  # masked at the journal's door
+    time.sleep(1.1)  # a retry comes later: the same request all the same
     assert client.pay_code(number, 990, code, "Bagel")[1]["rrn"] == order["rrn"]  # the same request: its order
+    assert client.close(number)[1]["state"] == "APPROVED"  # a final order is as it is: refunded, never closed
     assert client.pay_code(number, 990, payment_code("alipay", "00", rng), "Bagel")[0] == 409  # another code
     status, refused = client.pay_code(order_no(), 990, payment_code("wechat", "51", rng), "Bagel")
     assert (status, refused["state"], refused["response_code"]) == (200, "DECLINED", "51")
@@ -328,6 +333,7 @@ def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(c
     number = order["order_no"]
     status, first = client.refund(number, "R" + number, 600)
     assert (status, first["state"], first["amount_fen"]) == (200, "APPROVED", 600)
+    time.sleep(1.1)  # a retry comes later: the same refund all the same
     assert client.refund(number, "R" + number, 600)[1]["rrn"] == first["rrn"]  # the same refund, not another
     status, over = client.refund(number, "S" + number, 500)
     assert (status, over["code"]) == (409, "AMOUNT_EXCEEDED")

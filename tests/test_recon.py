@@ -228,8 +228,7 @@ async def paid_but_open(switch, database_url: str, config_dir, channel: str, tol
         async with pool.acquire() as conn:
             rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
             await conn.execute(
-                "UPDATE txn SET response_code = $2, reversal_requested_at = CASE WHEN $3 THEN now() END "
-                "WHERE rrn = $1",
+                "UPDATE txn SET response_code = $2, reversal_requested_at = CASE WHEN $3 THEN now() END WHERE rrn = $1",
                 rrn,
                 told,
                 reversing,

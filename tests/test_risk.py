@@ -253,7 +253,7 @@ def risky(config_dir, database_url, simulators, tmp_path_factory):
     (folder / "rules.toml").write_text(RULES)
     edits = [
         (r'rules = "[^"]*"', f'rules = "{folder}/rules.toml"'),
-        (r'(id = "898310048990002"\n)', rf'\1onboarded = {dt.date.today().isoformat()}\n'),
+        (r'(id = "898310048990002"\n)', rf"\1onboarded = {dt.date.today().isoformat()}\n"),
     ]
     for switch in switch_with(config_dir, database_url, folder, "risk", edits):
         switch.rules = folder / "rules.toml"
@@ -574,7 +574,6 @@ def test_the_report_command_prints_the_days_rules_and_writes_csv(risky, database
     assert re.search(r"^  watch\s+decline\s+shadow\s+\d+ hits", done.stdout, re.M), done.stdout
     rules = (tmp_path / f"risk-{today}-rules.csv").read_text()
     assert "cap,decline,enforce," in rules and "watch,decline,shadow," in rules
-
 
 
 # -- counted rules: the risk actors -----------------------------------------------------------

@@ -73,7 +73,7 @@ def test_maced_reversal_and_inquiry_with_fields_past_64(switch, database_url):
             # The terminal's reversal of ``original``, with field 90 rewritten to name ``other``.
             honest = reversal(original, STANS.next(MAC_TERMINAL))
             frame = keys.seal(honest)
-            forged = frame[: -42] + reversal(other, honest["11"])["90"].encode()
+            forged = frame[:-42] + reversal(other, honest["11"])["90"].encode()
             await terminal.send_raw(forged)
             refused = await terminal.next_unmatched()
             assert (refused["11"], refused["39"]) == (honest["11"], "A0")

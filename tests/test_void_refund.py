@@ -136,13 +136,12 @@ def test_refund_with_an_unknown_outcome_is_completed_once(switch, simulators, da
     run(scenario())
 
 
-def test_a_refund_retried_while_the_channel_reads_no_request_is_completed_once(
-    switch, simulators, ports, database_url
-):
+def test_a_refund_retried_while_the_channel_reads_no_request_is_completed_once(switch, simulators, ports, database_url):
     """The channel refunded but garbled its answer (09, in progress); the resolver's retries are
     then refused unread (our signature no longer accepted, say). A refusal of the retry says
     nothing of the first attempt: the refund stays in progress, never recorded refused while the
     channel has paid it back, and is completed, once, when the channel reads requests again."""
+
     async def scenario():
         purchase = new_purchase("wechat", "06", amount=900)  # the channel garbles its first refund answer
         async with connected(switch) as client:

@@ -276,11 +276,11 @@ def another_amount(req: ChannelRequest, named_fen: int) -> ChannelResult | None:
 CLOCK_GRACE_S = 60.0  # the channel's clock and ours may differ by this much
 
 
-def lapsed(req: ChannelRequest) -> bool:
+def lapsed(req: ChannelRequest, grace_s: float = CLOCK_GRACE_S) -> bool:
     """Whether a QR order can no longer be paid at the channel because it expired (``expires``,
-    as the precreate told the channel, with a grace for the clocks): where a channel cannot close
-    an order nobody has scanned, only its expiry does."""
-    return 0 < req.expires <= time.time() - CLOCK_GRACE_S
+    as the precreate told the channel, ``grace_s`` ago: by default the clocks' grace): where a
+    channel cannot close an order nobody has scanned, only its expiry does."""
+    return 0 < req.expires <= time.time() - grace_s
 
 
 def not_found(req: ChannelRequest, message: str = "") -> ChannelResult:

@@ -62,13 +62,18 @@ _INSERT_TXN_SQL = (
 )
 
 
+class NumberHeld(Exception):
+    """The merchant's number is taken by an order or refund not written ahead yet."""
+
+
 async def open_order(
     pool: asyncpg.Pool, txn: NewTxn, order_no: str, scene: str, subject: str, notify_url: str,
     expires_at: dt.datetime | None,
 ) -> Order | None:  # fmt: skip
     """Write an order ahead: its number and its RECEIVED row, committed together before anything
     leaves the switch. None when written now; the order already under that number otherwise
-    (the caller tells a retry of the same request from a clash)."""
+    (the caller tells a retry of the same request from a clash); ``NumberHeld`` when the number
+    is taken by an order not written yet."""
     async with pool.acquire() as conn, conn.transaction():
         taken = await conn.fetchval(
             "INSERT INTO merchant_order (merchant_id, order_no, tx_date, rrn, transmitted, scene, subject, notify_url) "
@@ -77,7 +82,9 @@ async def open_order(
         )  # fmt: skip
         if taken is None:
             row = await conn.fetchrow(_FIND_ORDER_SQL, txn.merchant_id, order_no)
-            return Order(*row) if row else None
+            if row is None:  # taken by an order whose row is not written (under way, or its front end stopped)
+                raise NumberHeld(order_no)
+            return Order(*row)
         await conn.execute(_INSERT_TXN_SQL, *txn, expires_at)
     return None
 
@@ -168,6 +175,7 @@ class Paid(NamedTuple):
     transmitted: str
     rrn: str
     amount_fen: int
+    state: str
 
     @property
     def key(self) -> TxnKey:

@@ -1,5 +1,5 @@
 """The merchants' HTTP API and the channels' notifications, on the merchant listener
-(``[merchant_api] listen``); described by ``docs/merchant-api.yaml``.
+(``[merchant_api] listen``); described by ``docs/merchant-api.json``.
 
 - ``POST /v1/orders``: a QR order (``scene = "qr"``), answering the code the customer scans; or
   a payment by the code the customer presents (``scene = "code"``, ``auth_code``), through the
@@ -21,18 +21,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
 from msgspec import Meta, Struct
 
 from protocols.channels.base import Verify
-from switch.config import Merchant, insecure_url
+from switch.config import Merchant
 from switch.journal.orders import Order, Refund, find_order, find_refund, fresh_nonce
 from switch.merchant.notices import Notices
 from switch.merchant.orders import CODE, QR, CodeAsk, Orders, QrAsk, Refused
 from switch.merchant.settings import MerchantApiSection
-from switch.merchant.signing import SIGN_TYPES, signing_input
+from switch.merchant.signing import signing_input
 
 log = logging.getLogger("paysw.merchant_api")
 OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -44,7 +45,7 @@ class Signed(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     timestamp: Annotated[int, Meta(gt=0)]  # epoch milliseconds
     nonce: Annotated[str, Meta(pattern=r"^[A-Za-z0-9]{16,64}$")]
     sign_type: str
-    sign: Annotated[str, Meta(min_length=1, max_length=256)]
+    sign: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{64}$")]  # HMAC-SHA256 and HMAC-SM3: 32 bytes, hex
 
 
 S = TypeVar("S", bound=Signed)
@@ -137,8 +138,9 @@ class MerchantApi:
 
     async def create(self, request: web.Request) -> web.Response:
         ask, merchant = await self._signed(await _json_params(request), CreateOrder)
-        if insecure_url(ask.notify_url):
-            raise ApiError(400, "INVALID_REQUEST", "notify_url: an address off the switch's host must be https")
+        if ask.notify_url and _origin(ask.notify_url) != _origin(merchant.notify_url):
+            # The switch POSTs there: only to the host the operator configured for the merchant.
+            raise ApiError(400, "INVALID_REQUEST", "notify_url: must be on the host of the merchant's configured URL")
         if ask.scene not in (QR, CODE) or (ask.scene == CODE) != bool(ask.auth_code):
             raise ApiError(400, "INVALID_REQUEST", "scene is 'qr', or 'code' with the customer's auth_code")
         try:
@@ -202,9 +204,7 @@ class MerchantApi:
         merchant = self._merchants.get(ask.merchant_id)
         verify = self._verifiers.get((ask.merchant_id, ask.sign_type))
         if merchant is None or verify is None:
-            known = merchant is not None and ask.sign_type in SIGN_TYPES
-            why = "the merchant has no API key" if known else "unknown merchant or sign_type"
-            raise ApiError(401, "UNAUTHORISED", why)
+            raise ApiError(401, "UNAUTHORISED", "unknown merchant, sign_type, or a merchant without an API key")
         if not verify(signing_input(params), ask.sign):
             raise ApiError(401, "BAD_SIGNATURE", "the signature does not verify")
         window = self._section.signature_window_s
@@ -223,6 +223,11 @@ async def _json_params(request: web.Request) -> dict[str, object]:
     if not isinstance(params, dict) or any(isinstance(v, dict | list) for v in params.values()):
         raise ApiError(400, "INVALID_REQUEST", "the body is an object of plain values")
     return params
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
 
 
 def _json(value: object, status: int = 200) -> web.Response:

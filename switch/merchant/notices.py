@@ -3,8 +3,11 @@ verified by the channel's actor (which holds the account's keys), matched to the
 order number at the channel, and reported to the journal as the channel's word on it, through
 the state machine like any other. They are idempotent (a second one moves nothing), may come
 before the query's answer or never (the resolver's queries stay the safety net), and each is
-kept in ``channel_notice``: one naming no purchase of the journal's, or another amount, moves
-nothing and is there for reconciliation. Acknowledged, in the channel's own words, once kept."""
+kept in ``channel_notice``: one naming no purchase of the journal's, or another amount, or a
+payment of one already ended otherwise (``paid_after_final``), moves nothing and is there for
+reconciliation, logged as an error. One saying "not paid" ends nothing: the resolver asks the
+channel (and closes the order there if it must). Acknowledged, in the channel's own words, once
+kept."""
 
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from protocols.channels import channel_of
 from protocols.channels.base import HttpAnswer, Notice
 from switch.answers import auth_id_for
 from switch.gateway import ChannelGateway
-from switch.journal import Event, Journal, Report
+from switch.journal import Event, Journal, Report, State, hand_to_resolver
 from switch.journal.orders import keep_notice, payment_named
+from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 
 log = logging.getLogger("paysw.notices")
+_refused_log = RateLimitedLog(1.0)  # anyone can post to /notify: at most a line a second per channel
 NOT_FOUND = HttpAnswer(404, b"no such channel", {"Content-Type": "text/plain"})
 
 
@@ -38,7 +43,7 @@ class Notices:
         notice = await gateway.read_notice(body, headers)
         if isinstance(notice, str):
             self._metrics.channel_notices.labels(channel, "refused").inc()
-            log.warning("channel notification refused", extra={"channel": channel, "reason": notice})
+            _refused_log.warn(log, channel, "channel notification refused", channel=channel, reason=notice)
             return reader.nack(notice)
         result = await self._record(channel, notice)
         await keep_notice(
@@ -46,9 +51,11 @@ class Notices:
             notice.channel_txn_id, result.replace("_", " "),
         )  # fmt: skip
         self._metrics.channel_notices.labels(channel, result).inc()
-        if result in ("unknown_order", "amount_differs"):
+        if result in ("unknown_order", "amount_differs", "paid_after_final"):
+            # The channel has money the journal does not count as kept: reconciliation's STATUS or
+            # LONG difference, for its handling (a refund) or a person.
             log.error(
-                "channel notification matches no purchase: kept for reconciliation",
+                "channel notification of money the journal does not keep: kept for reconciliation",
                 extra={"channel": channel, "out_trade_no": notice.out_trade_no, "result": result},
             )
         return reader.ack
@@ -59,10 +66,17 @@ class Notices:
             return "unknown_order"
         if paid.amount_fen != notice.amount_fen:
             return "amount_differs"
-        event = Event.ACCEPTED if notice.paid else Event.REFUSED
+        if not notice.paid:
+            # "Not paid" may leave the order payable at the channel: the resolver asks and, if it
+            # must, closes it there; a notice alone never ends it.
+            async with self._journal.pool.acquire() as conn:
+                await hand_to_resolver(conn, paid.key)
+            return "queried"
         report = Report(
-            *paid.key, event, rc.APPROVED if notice.paid else None, auth_id_for(paid.rrn) if notice.paid else None,
-            notice.channel_code, "notification", notice.channel_txn_id, None,
+            *paid.key, Event.ACCEPTED, rc.APPROVED, auth_id_for(paid.rrn), notice.channel_code, "notification",
+            notice.channel_txn_id, None,
         )  # fmt: skip
         moved = await self._journal.record(report)  # a failure answers 500: the channel sends it again
-        return "recorded" if moved is not None else "unchanged"
+        if moved is not None:
+            return "recorded"
+        return "unchanged" if paid.state == State.APPROVED else "paid_after_final"

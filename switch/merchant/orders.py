@@ -23,10 +23,11 @@ from protocols.validation import TxnType
 from switch.answers import auth_id_for
 from switch.config import Config, Merchant
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import Event, Journal, NewTxn, Report
-from switch.journal.machine import FINAL, PURCHASE
+from switch.journal import Event, Journal, NewTxn, Report, State
+from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, PURCHASE
 from switch.journal.orders import (
     HTTP_TERMINAL,
+    NumberHeld,
     Order,
     Refund,
     Reserved,
@@ -44,12 +45,6 @@ from switch.routing import CODE_ENTRY
 
 QR, CODE = "qr", "code"
 CALL_TIMEOUT_S = 10.0
-EVENT_OF = {
-    Outcome.PENDING: Event.PAYING,
-    Outcome.DECLINED: Event.REFUSED,
-    Outcome.UNKNOWN: Event.UNSURE,
-    Outcome.APPROVED: Event.ACCEPTED,
-}
 
 
 class Refused(Exception):
@@ -122,7 +117,10 @@ class Orders:
             self._metrics.refused.labels(channel, reason).inc()
             raise Refused(503, "CHANNEL_UNAVAILABLE", f"channel {channel} refuses new orders now: {reason.lower()}")
         txn = await self._new_txn(merchant, ask, channel, now)
-        earlier = await open_order(self._journal.pool, txn, ask.order_no, QR, ask.subject, ask.notify_url, expires)
+        try:
+            earlier = await open_order(self.pool, txn, ask.order_no, QR, ask.subject, ask.notify_url, expires)
+        except NumberHeld:
+            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} is being made: ask for it again") from None
         if earlier is not None:
             return self._same_order(earlier, ask, channel)
         result = await self._gateways[channel].call(
@@ -151,6 +149,13 @@ class Orders:
             raise Refused(404, "ORDER_NOT_FOUND", f"no order {order_no}")
         if order.state in FINAL:
             return order
+        if order.scene != QR or order.state not in (State.PENDING, State.UNKNOWN):
+            # A code payment, or an order whose channel call is under way: a close could cross its
+            # payment at the channel. The resolver ends it; a paid one is refunded.
+            raise Refused(409, "NOT_CLOSABLE", f"order {order_no} is being paid: ask again, or refund it once paid")
+        reason = self._gateways[order.channel].admit(merchant.id)
+        if reason is not None:
+            raise Refused(503, "CHANNEL_UNAVAILABLE", f"channel {order.channel} refuses calls now: {reason.lower()}")
         ref = PaymentRef(
             order.out_trade_no, order.amount_fen, merchant.channel_ids.get(order.channel, ""), HTTP_TERMINAL,
             order.received_at.timestamp(), order.channel_txn_id or "",
@@ -267,7 +272,7 @@ class Orders:
     async def _record(self, txn: NewTxn, result: ChannelResult) -> None:
         """The precreate's outcome, through the machine: created is PENDING (the merchant is told
         to wait for the customer: ``09``), refused DECLINED, unknown UNKNOWN (queried, closed)."""
-        event = EVENT_OF[result.outcome]
+        event = EVENT_OF_OUTCOME[result.outcome]
         if not result.sent:
             event = Event.REFUSED  # it never left the switch: no order at the channel
         channel = self._config.channels[txn.channel]
@@ -281,8 +286,11 @@ class Orders:
 
 
 def _message(merchant_id: str, taken: Reserved, amount_fen: int, processing_code: str) -> Message:
-    """The ISO 8583 request an order over HTTP amounts to: terminal ``HTTP``, its RRN for a STAN."""
-    local = dt.datetime.now(CST)
+    """The ISO 8583 request an order over HTTP amounts to: terminal ``HTTP``, its RRN for a STAN,
+    every field from the reservation, so that a retry is the very same request (fields 12 and 13,
+    the local time, are field 7's in Beijing time)."""
+    utc = dt.datetime.strptime(f"{taken.tx_date.year}{taken.transmitted}", "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+    local = utc.astimezone(CST)
     return {
         "t": "0200", "3": processing_code, "4": f"{amount_fen:012d}", "7": taken.transmitted, "11": taken.rrn,
         "12": f"{local:%H%M%S}", "13": f"{local:%m%d}", "25": "00", "41": HTTP_TERMINAL, "42": merchant_id, "49": "156",

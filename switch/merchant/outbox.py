@@ -39,6 +39,7 @@ POLL_S = 0.2
 CLAIM_BATCH = 100
 BACKLOG = 4  # a merchant's notifications claimed at most: this many times its limit in flight
 POOL_SIZE = 2
+IDLE_POOL_S = 600.0
 
 
 class Due(NamedTuple):
@@ -56,21 +57,31 @@ class Due(NamedTuple):
     channel: str
     channel_txn_id: str | None
     terminal_id: str
-    moved_at: float
+    response_code: str | None
+    refund_no: str | None
+    moved_at: float  # epoch seconds of the move (the outbox row is written in its transaction)
+    found: bool  # False: the transaction is no longer in the journal (its partition dropped)
 
 
+# Rows of a transaction the journal no longer has are claimed too (and given up on), so that they
+# never stay at the head of the queue.
 _CLAIM_SQL = """
 WITH due AS (
-    SELECT rrn, state FROM notice_outbox
+    SELECT rrn, state, tx_date FROM notice_outbox
     WHERE delivered_at IS NULL AND dead_at IS NULL AND next_at <= now() AND merchant_id <> ALL($3::text[])
     ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED
+), facts AS (
+    SELECT due.rrn, due.state, mo.order_no, t.original_rrn, t.txn_type, t.amount_fen, t.channel, t.channel_txn_id,
+           t.terminal_id, t.response_code, mr.refund_no, t.rrn IS NOT NULL AS found
+    FROM due LEFT JOIN txn t ON t.rrn = due.rrn AND t.tx_date = due.tx_date
+    LEFT JOIN merchant_order mo ON mo.rrn = coalesce(t.original_rrn, t.rrn)
+    LEFT JOIN merchant_refund mr ON mr.rrn = t.rrn
 )
 UPDATE notice_outbox o SET next_at = now() + make_interval(secs => $2)
-FROM due JOIN txn t ON t.rrn = due.rrn
-LEFT JOIN merchant_order mo ON mo.rrn = coalesce(t.original_rrn, t.rrn)
-WHERE (o.rrn, o.state) = (due.rrn, due.state) AND t.tx_date = o.tx_date
-RETURNING o.rrn, o.state, o.merchant_id, o.url, o.attempts, mo.order_no, t.original_rrn, t.txn_type,
-          t.amount_fen, t.channel, t.channel_txn_id, t.terminal_id, extract(epoch FROM t.updated_at)::float8
+FROM facts f WHERE (o.rrn, o.state) = (f.rrn, f.state)
+RETURNING o.rrn, o.state, o.merchant_id, o.url, o.attempts, f.order_no, f.original_rrn, f.txn_type,
+          coalesce(f.amount_fen, 0), coalesce(f.channel, ''), f.channel_txn_id, coalesce(f.terminal_id, ''),
+          f.response_code, f.refund_no, extract(epoch FROM o.created_at)::float8, f.found
 """
 
 _DELIVERED_SQL = (
@@ -81,7 +92,8 @@ _DELIVERED_SQL = (
 
 def body_of(due: Due, sign: Sign, nonce: str, now_ms: int) -> bytes:
     """The notification's signed JSON body. ``notify_id`` names it (one per transaction and final
-    state): a merchant that sees it twice has seen the same notification."""
+    state): a merchant that sees it twice has seen the same notification; of two about one
+    transaction (APPROVED, then VOIDED), the later ``moved_at`` is its state."""
     params: dict[str, object] = {
         "notify_id": f"{due.rrn}-{due.state}",
         "merchant_id": due.merchant_id,
@@ -94,6 +106,8 @@ def body_of(due: Due, sign: Sign, nonce: str, now_ms: int) -> bytes:
         "channel": due.channel,
         "channel_txn_id": due.channel_txn_id or "",
         "terminal_id": due.terminal_id,
+        "response_code": due.response_code or "",
+        "refund_no": due.refund_no or "",
         "moved_at": int(due.moved_at * 1000),
         "timestamp": now_ms,
         "nonce": nonce,
@@ -116,6 +130,7 @@ class Outbox:
         self._metrics = metrics
         self._under_way: Counter[str] = Counter()  # merchant id -> notifications claimed, not done
         self._pools: dict[tuple[str, str, str], HttpPool] = {}  # (merchant id, scheme, host:port) -> its pool
+        self._used: dict[tuple[str, str, str], float] = {}  # when each pool was last used (monotonic)
         self._freed = asyncio.Event()
         self._batch: list[tuple[str, str]] = []  # delivered, to be marked so
         self._next: asyncio.Future[None] | None = None  # done once the batch is marked
@@ -156,6 +171,7 @@ class Outbox:
                 raise
             except Exception:
                 log.exception("claiming notifications failed; trying again shortly")
+            self._forget_idle_pools()
             # New rows are looked for every POLL_S, and as soon as a merchant has room again.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._freed.wait(), POLL_S)
@@ -199,13 +215,25 @@ class Outbox:
                 del self._under_way[due.merchant_id]
             self._freed.set()
 
+    def _forget_idle_pools(self) -> None:
+        """Pools of hosts not posted to for ``IDLE_POOL_S``: an order may name a URL of its own."""
+        cutoff = time.monotonic() - IDLE_POOL_S
+        for key in [k for k, used in self._used.items() if used < cutoff]:
+            del self._used[key]
+            pool = self._pools.pop(key, None)
+            if pool is not None:
+                pool.close()
+
     async def _post(self, due: Due) -> str:
         """ "" once the merchant answered ``SUCCESS``; else what went wrong. On the merchant's own
         pool (``actors.http``: keep-alive connections, as many as its limit in flight)."""
         sign = self._signers.get(due.merchant_id)
         if sign is None:
             return "the merchant has no key to sign with"
+        if not due.found:
+            return "the transaction is no longer in the journal"
         url = urlsplit(due.url)
+        self._used[(due.merchant_id, url.scheme, url.netloc)] = time.monotonic()
         pool = self._pools.get((due.merchant_id, url.scheme, url.netloc))
         if pool is None:
             endpoint = f"{url.scheme}://{url.netloc}"
@@ -234,10 +262,10 @@ class Outbox:
             self._metrics.merchant_notices.labels("delivered").inc()
             return
         attempts = due.attempts + 1
-        if attempts > len(self._schedule):
+        if attempts > len(self._schedule) or not due.found:
             await self._pool.execute(
                 "UPDATE notice_outbox SET dead_at = now(), attempts = $3, last_error = $4 "
-                "WHERE rrn = $1 AND state = $2",
+                "WHERE rrn = $1 AND state = $2 AND delivered_at IS NULL",
                 due.rrn, due.state, attempts, error,
             )  # fmt: skip
             self._metrics.merchant_notices.labels("dead").inc()
@@ -248,7 +276,7 @@ class Outbox:
             return
         await self._pool.execute(
             "UPDATE notice_outbox SET next_at = now() + make_interval(secs => $3), attempts = $4, last_error = $5 "
-            "WHERE rrn = $1 AND state = $2",
+            "WHERE rrn = $1 AND state = $2 AND delivered_at IS NULL AND dead_at IS NULL",
             due.rrn, due.state, self._schedule[attempts - 1], attempts, error,
         )  # fmt: skip
         self._metrics.merchant_notices.labels("failed").inc()

@@ -45,6 +45,7 @@ from protocols.channels.base import (
     approved,
     created,
     declined,
+    lapsed,
     not_found,
     pending,
     unknown,
@@ -353,9 +354,14 @@ def parse_close(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Chan
     got = _read(req, answer, crypto, _CLOSE_ANSWER)
     if isinstance(got, ChannelResult):
         return got
-    # No such order: the switch closes only past its expire_time, so none can ever be paid.
-    if (got.code == OK and got.close_status == "CLOSED") or got.code == NO_SUCH_ORDER:
+    if got.code == OK and got.close_status == "CLOSED":
         return approved(req, got.code, "")
+    # No such order: one created (or paid) by a call still on its way may yet arrive, until the
+    # order's expiry has passed.
+    if got.code == NO_SUCH_ORDER:
+        if lapsed(req):
+            return approved(req, got.code, "")
+        return declined(req, rc.DO_NOT_HONOUR, got.code, "no such order yet: it lapses at its expiry")
     if got.code == OK:
         return unknown(req, got.close_status or "NOSTATUS", got.message)
     return declined(req, rc.DO_NOT_HONOUR, got.code, got.message)  # 1008: paid, queried

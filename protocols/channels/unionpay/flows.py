@@ -82,6 +82,7 @@ FORMAT_ERROR = "30"  # the gateway's "format or signature error": it did not pro
 
 _SKIP = frozenset({"signature"})
 _IN_DOUBT = {"03", "04", "05"}
+UNDER_WAY_S = 600.0  # close: how long past its expiry a code still "in doubt" may be being paid
 _PAY_DECLINES = {"51": rc.INSUFFICIENT_FUNDS, "54": rc.EXPIRED_CODE, "14": rc.INVALID_PAYMENT_CODE}
 
 
@@ -356,6 +357,10 @@ def parse_close(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> Chan
         return found
     if found.outcome is Outcome.APPROVED:
         return declined(req, rc.DO_NOT_HONOUR, found.channel_code, "paid: not closed")
+    # "In doubt" (03/04/05) is also how a code nobody used reads: a payment under way when the
+    # code expired has long finished once UNDER_WAY_S more have passed.
+    if found.outcome is Outcome.PENDING and not lapsed(req, UNDER_WAY_S):
+        return unknown(req, found.channel_code, "a payment may be under way: asked again")
     if lapsed(req):
         return approved(req, "LAPSED", "")
     return declined(req, rc.DO_NOT_HONOUR, found.channel_code, "not paid yet: it lapses at its payTimeout")
