@@ -53,5 +53,13 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout
     assert "black-listed: 00, then 62, rules ['blacklisted-code (enforce)']" in result.stdout
     assert "six times running: 00 00 00 00 00 65, rules ['code-burst (enforce)']" in result.stdout
+    for channel in CODE_SHAPES:  # a QR order on each, scanned, and the merchant's receipt of it
+        assert re.search(
+            rf"^  {channel}: code \S+, scanned: PAID; merchant notified: APPROVED purchase", result.stdout, re.M
+        )
+    told = re.search(
+        r"terminal payments notified to the merchant \(signed, verified by its receiver\): (\d+)", result.stdout
+    )
+    assert told and int(told[1]) > 0
     journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
     assert journal and "APPROVED=" in journal[1]
