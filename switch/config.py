@@ -121,6 +121,7 @@ class ChannelSection(_Strict):
     query_interval_ms: Annotated[int, Meta(ge=100)] = 5_000  # between queries
     payment_window_ms: Annotated[int, Meta(ge=1_000)] = 30_000  # from the pay call; then cancel it
     cancel_after_ms: Annotated[int, Meta(ge=0)] = 0  # no cancel sooner than this after the pay call
+    close_after_ms: Annotated[int, Meta(ge=0)] = 0  # no close of a QR order sooner than this after it was made
 
 
 class CodeRoute(_Strict):

@@ -256,7 +256,7 @@ class Resolver:
         """A QR order nobody has paid: asked about again until it expires, then closed."""
         assert txn.expires_at is not None
         left = txn.expires_at.timestamp() - time.time()
-        wait = max(left, channel.cancel_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
+        wait = max(left, channel.close_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
         if wait > 0:
             await self._journal.defer(txn.key, min(wait, _backoff(channel, txn.checks)))
             return

@@ -234,7 +234,7 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     )
     assert n == 1, "could not set the wechat channel timeout in the test configuration"
     # Fast resolution schedules for every channel: query every 0.5 s, payment window 4 s.
-    switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms) = \d+\n", "", switch)
+    switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms|close_after_ms) = \d+.*\n", "", switch)
     switch, n = re.subn(r'(?m)^(kind = "\w+")$', r"\1\n" + RESOLUTION_SCHEDULE, switch)
     assert n == len(CHANNELS), "could not set the channels' resolution schedules in the test configuration"
     (folder / "switch.toml").write_text(switch)

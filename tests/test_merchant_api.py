@@ -85,6 +85,7 @@ def merchant_switch(merchant_stack, receiver, tmp_path_factory):
     edits = [
         (r'notify_url = "http://127.0.0.1:\d+/notify"', f'notify_url = "http://127.0.0.1:{receiver.port}/notify"'),
         (r"(?m)^qr_expiry_s = 900$", f"qr_expiry_s = 900\nnotify_schedule_s = {SCHEDULE}"),
+        (r"(\[channels\.inbank\]\n)", r"\1close_after_ms = 300000\n"),  # as WeChat Pay's 5 minutes
     ]
     yield from switch_with(folder, url, tmp_path_factory.mktemp("merchant"), "merchant", edits)
 
@@ -203,6 +204,8 @@ def test_a_closed_order_can_no_longer_be_paid(client, sim_ports):
     assert (status, closed["state"]) == (200, "CANCELLED")
     assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "CLOSED"
     assert client.get(number)[1]["state"] == "CANCELLED"
+    early = created(client, order_no(), 700, "Muffin", channel="inbank")
+    assert client.close(early["order_no"])[1]["code"] == "TOO_SOON"  # the channel's own minimum wait
 
 
 def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing(client):

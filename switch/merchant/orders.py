@@ -153,6 +153,13 @@ class Orders:
             # A code payment, or an order whose channel call is under way: a close could cross its
             # payment at the channel. The resolver ends it; a paid one is refunded.
             raise Refused(409, "NOT_CLOSABLE", f"order {order_no} is being paid: ask again, or refund it once paid")
+        too_soon = self._config.channels[order.channel].close_after_ms / 1000 - (
+            time.time() - order.received_at.timestamp()
+        )
+        if too_soon > 0:  # WeChat Pay: no close within 5 minutes of the order
+            raise Refused(
+                409, "TOO_SOON", f"channel {order.channel} closes an order no sooner than {too_soon:.0f} s from now"
+            )
         reason = self._gateways[order.channel].admit(merchant.id)
         if reason is not None:
             raise Refused(503, "CHANNEL_UNAVAILABLE", f"channel {order.channel} refuses calls now: {reason.lower()}")
