@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import socket
+import tempfile
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -109,7 +112,11 @@ def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_not
     Every request gets its answer, the 91s are counted, and the journal (the test's own) ends equal
     to every channel's ledger (the test's own simulators), with nothing open."""
     config, database_url, simulators = own_stack
-    switch = SwitchProcess(config, database_url, tmp_path / "rolling.log", workers=WORKERS)
+    # The workers' admin sockets live under the data folder beside the configuration, and a unix
+    # socket's path has 107 bytes at most: pytest's folder for this test is too deep for that.
+    short = Path(tempfile.mkdtemp(prefix="paysw-rr-"))
+    (short / "switch.toml").write_text(config.read_text())
+    switch = SwitchProcess(short / "switch.toml", database_url, tmp_path / "rolling.log", workers=WORKERS)
     switch.start()
     try:
 
@@ -154,7 +161,9 @@ def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_not
         run(settle_and_compare(database_url, simulators, {a["37"]: a["39"] for a in answers}, set(), set(), "rolling"))
         assert switch.get("/readyz")[0] == 200
     finally:
-        assert switch.stop() == 0, f"the switch did not stop cleanly; see {switch.log_path}"
+        stopped = switch.stop()
+        shutil.rmtree(short, ignore_errors=True)
+        assert stopped == 0, f"the switch did not stop cleanly; see {switch.log_path}"
 
 
 def test_the_merged_scrape_labels_each_workers_series_and_gives_shared_ones_once():

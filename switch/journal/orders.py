@@ -206,10 +206,15 @@ async def keep_notice(
 
 
 async def set_endpoints(pool: asyncpg.Pool, urls: dict[str, str]) -> None:
-    """The merchants' notification URLs from the configuration, which the move trigger reads."""
+    """The merchants' notification URLs from the configuration, which the move trigger reads.
+    Front ends starting together (``--workers``) write the same rows at once: upserts, never a
+    delete and insert of the same key."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM merchant_endpoint")
-        await conn.executemany("INSERT INTO merchant_endpoint VALUES ($1, $2)", list(urls.items()))
+        await conn.execute("DELETE FROM merchant_endpoint WHERE merchant_id <> ALL($1::text[])", list(urls))
+        await conn.executemany(
+            "INSERT INTO merchant_endpoint VALUES ($1, $2) ON CONFLICT (merchant_id) DO UPDATE SET url = EXCLUDED.url",
+            list(urls.items()),
+        )
 
 
 async def fresh_nonce(pool: asyncpg.Pool, merchant_id: str, nonce: str, window_s: int) -> bool:
