@@ -244,10 +244,12 @@ def _cross_check(config: Config) -> list[str]:
         )
     problems.extend(_link_tls_problems(config.ray, base))
     if config.switch.demo:  # the published demo keys are for a demo on this machine, never on a network
-        for key in ("listen", "admin_listen"):
-            address = getattr(config.switch, key)
+        listeners = {"$.switch.listen": config.switch.listen, "$.switch.admin_listen": config.switch.admin_listen}
+        if config.merchant_api.listen:  # the demo merchant's key is published too
+            listeners["$.merchant_api.listen"] = config.merchant_api.listen
+        for where, address in listeners.items():
             if not is_loopback(host_port(address)[0]):
-                problems.append(f"$.switch.{key}: {address} is not a loopback address, and demo = true")
+                problems.append(f"{where}: {address} is not a loopback address, and demo = true")
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")

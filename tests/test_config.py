@@ -196,3 +196,6 @@ def test_a_demo_configuration_stays_on_loopback(tmp_path):
     with pytest.raises(ConfigError, match=r"\$\.switch\.listen: 0\.0\.0\.0:8583 is not a loopback address, and demo"):
         load_config(write(tmp_path, open_listen))
     assert load_config(write(tmp_path, open_listen.replace("demo = true", "demo = false"))).switch.demo is False
+    open_api = DEMO_TEXT.replace('listen = "127.0.0.1:9584"', 'listen = "0.0.0.0:9584"')
+    with pytest.raises(ConfigError, match=r"\$\.merchant_api\.listen: 0\.0\.0\.0:9584 is not a loopback address"):
+        load_config(write(tmp_path, open_api))
