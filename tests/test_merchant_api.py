@@ -274,17 +274,24 @@ def test_a_merchant_endpoint_down_gets_the_notification_once_up_and_dead_after_i
         receiver.down = False
     assert [b["state"] for b in notified(receiver, order["order_no"])] == ["APPROVED"]
 
+    order = paid_while_down(client, receiver, sim_ports, merchant_db, 4300)
+    row = outbox_row(merchant_db, order["rrn"])
+    assert row["dead_at"] is not None and row["attempts"] == 5 and row["delivered_at"] is None, row
+    assert "503" in row["last_error"]
+
+
+def paid_while_down(client: MerchantClient, receiver: Receiver, sim_ports, merchant_db: str, amount_fen: int) -> dict:
+    """An order paid while the merchant's endpoint is down, once its notification is dead (its
+    whole schedule failed) or 15 s have passed."""
     receiver.down = True
     try:
-        order = paid_order(client, sim_ports, 4300)
+        order = paid_order(client, sim_ports, amount_fen)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and outbox_row(merchant_db, order["rrn"])["dead_at"] is None:
             time.sleep(0.2)
     finally:
         receiver.down = False
-    row = outbox_row(merchant_db, order["rrn"])
-    assert row["dead_at"] is not None and row["attempts"] == 5 and row["delivered_at"] is None, row
-    assert "503" in row["last_error"]
+    return order
 
 
 def created(client: MerchantClient, number: str, amount_fen: int, subject: str, **extra) -> dict:
@@ -350,14 +357,7 @@ def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(c
 def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(
     merchant_switch, client, receiver, sim_ports, merchant_db
 ):
-    receiver.down = True
-    try:
-        order = paid_order(client, sim_ports, 4400)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and outbox_row(merchant_db, order["rrn"])["dead_at"] is None:
-            time.sleep(0.2)
-    finally:
-        receiver.down = False
+    order = paid_while_down(client, receiver, sim_ports, merchant_db, 4400)
     listed = notify_cli(merchant_switch, "list", "--dead", "--merchant", MERCHANT)
     assert order["rrn"] in listed.stdout and "dead" in listed.stdout
     assert notify_cli(merchant_switch, "resend").returncode == 2  # nothing named: nothing sent
