@@ -39,6 +39,7 @@ from risk import messages
 from risk.counters import Book, Counters, Entry, Subject
 from risk.messages import Answer, Ask
 from risk.rules import MAX_WINDOW_S
+from switch.journal.orders import HTTP_TERMINAL
 
 log = logging.getLogger("paysw.risk")
 EXPIRE_EVERY_S = 60.0
@@ -87,10 +88,17 @@ def shard_of(subject: Subject, shards: int) -> int:
 
 
 def subjects_of(code: str, terminal: str, merchant: str, refund: bool = False) -> tuple[Subject, ...]:
-    """What a payment counts under: a sale its code, terminal and merchant; a refund its merchant."""
+    """What a payment counts under: a sale its code, terminal and merchant; a refund its merchant.
+    A QR order has no code the switch saw (the customer's is the channel's), and an order over
+    HTTP no terminal of its own (``HTTP`` stands for every merchant's): neither is a subject, or
+    every such payment would count against all the others."""
     if refund:
         return (Subject("merchant", merchant),)
-    return (Subject("code", code), Subject("terminal", terminal), Subject("merchant", merchant))
+    return (
+        *((Subject("code", code),) if code else ()),
+        *((Subject("terminal", terminal),) if terminal != HTTP_TERMINAL else ()),
+        Subject("merchant", merchant),
+    )
 
 
 def count(counters: Counters, row: asyncpg.Record, shard: int, shards: int) -> None:

@@ -140,3 +140,14 @@ def test_a_shard_judges_only_the_rules_counting_the_subjects_it_holds():
         book.answer(wire(Ask(n, ADD, terminal_only, f"r{n}", 10, "M1", "T1")))
     answer = book.answer(wire(Ask(99, CHECK, terminal_only, "", 10, "M1", "T1", ENCODED)))
     assert answer.fired == [("terminal-1h", "65")]  # an eighth breaks max_count 6; no code rule is judged
+
+
+def test_orders_over_http_count_only_under_what_is_theirs():
+    """A QR order has no code the switch saw, and ``HTTP`` is every merchant's pseudo-terminal:
+    counted under them, one merchant's QR orders would trip another's per-code and per-terminal
+    rules."""
+    assert subjects_of("", "HTTP", "M1") == (Subject("merchant", "M1"),)
+    assert subjects_of(CODES[0], "HTTP", "M1") == (Subject("code", CODES[0]), Subject("merchant", "M1"))
+    assert subjects_of(CODES[0], "T1", "M1") == (
+        Subject("code", CODES[0]), Subject("terminal", "T1"), Subject("merchant", "M1"),
+    )  # fmt: skip
