@@ -39,6 +39,9 @@ from tests.test_workers import requests_by_worker
 CAP_FEN = 500_000  # the module's single-payment cap
 WATCH_FEN = 200_000  # its shadow rule's threshold
 NEW_MERCHANT = "898310048990002"  # onboarded today in the module's configuration
+# The refund ratio's merchant and terminal, the module's own: another test's refunds on the same
+# journal today (locust's, say) would count against the demo merchant's ratio.
+REFUNDING_MERCHANT, REFUNDING_TERMINAL = "898310048990009", "R0000009"
 NEW_MERCHANT_CAP_FEN = 10_000
 NIGHT_TERMINAL = "T0000004"  # trading hours 08:00-22:00 apply to it alone
 # Refunds at e-CNY may take the merchant's refunds of the day to 1 % of its sales, or of 1,000,000
@@ -254,6 +257,15 @@ def risky(config_dir, database_url, simulators, tmp_path_factory):
     edits = [
         (r'rules = "[^"]*"', f'rules = "{folder}/rules.toml"'),
         (r'(id = "898310048990002"\n)', rf"\1onboarded = {dt.date.today().isoformat()}\n"),
+        (
+            r'(\[\[terminals\]\]\nid = "T0000001"\n)',
+            (
+                f'[[merchants]]\nid = "{REFUNDING_MERCHANT}"\nname = "Refund ratio test"\nchannels = ["ecny"]\n'
+                f'channel_ids = {{ ecny = "ECNYSUB0009" }}\n\n'
+                f'[[terminals]]\nid = "{REFUNDING_TERMINAL}"\nmerchant = "{REFUNDING_MERCHANT}"\n\n'
+                r"\1"
+            ),
+        ),
     ]
     for switch in switch_with(config_dir, database_url, folder, "risk", edits):
         switch.rules = folder / "rules.toml"
@@ -623,7 +635,7 @@ def test_a_refund_past_the_merchants_refund_ratio_is_declined_never_sent_and_its
     approves it); the one that would take them past the ratio is declined 61 before its channel."""
     paid = []
     for _ in range(3):
-        purchase = new_purchase("ecny", amount=400_000)
+        purchase = new_purchase("ecny", terminal=REFUNDING_TERMINAL, merchant=REFUNDING_MERCHANT, amount=400_000)
         answer = pay(risky, purchase)
         assert answer["39"] == "00", answer
         paid.append((purchase, answer["37"]))
