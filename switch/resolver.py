@@ -173,7 +173,7 @@ class Resolver:
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
             await self._journal.defer(txn.key, _backoff(channel, txn.checks))
             return
-        promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested)
+        promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested, txn.expires_at is not None)
         not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
         unpaid = found.outcome is Outcome.PENDING or not_found
         if txn.expires_at is not None and unpaid and promised is not Promise.REVERSE:

@@ -46,20 +46,22 @@ def test_the_promise_in_sql_is_the_promise_in_python(database_url):
         try:
             txn_types, told = ["purchase", "refund", "void"], [None, *TOLD_KEEP, "91", "05"]
             answers = [None, "00", "91"]
-            cases = list(itertools.product(txn_types, told, answers, [False, True]))
+            cases = list(itertools.product(txn_types, told, answers, [False, True], [False, True]))
             rows = await conn.fetch(
-                f"SELECT {PROMISE_SQL} AS promise FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) "
-                "WITH ORDINALITY AS c(txn_type, response_code, answer, reversal, n) "
+                f"SELECT {PROMISE_SQL} AS promise "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[]) "
+                "WITH ORDINALITY AS c(txn_type, response_code, answer, reversal, qr, n) "
                 "CROSS JOIN LATERAL (SELECT c.txn_type, c.response_code, "
-                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
+                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at, "
+                "CASE WHEN c.qr THEN now() END AS expires_at) t "
                 "CROSS JOIN LATERAL (SELECT c.answer) u ORDER BY n",
                 *map(list, zip(*cases, strict=True)),
             )
         finally:
             await conn.close()
-        for (txn_type, told, answer, reversal), row in zip(cases, rows, strict=True):
-            expected = promise(txn_type, told if told is not None else answer, reversal)
-            assert row["promise"] == expected, (txn_type, told, answer)
+        for (txn_type, told, answer, reversal, qr), row in zip(cases, rows, strict=True):
+            expected = promise(txn_type, told if told is not None else answer, reversal, qr)
+            assert row["promise"] == expected, (txn_type, told, answer, reversal, qr)
 
     run(scenario())
 
@@ -94,7 +96,7 @@ def test_the_moves_in_sql_are_the_moves_in_python(database_url):
                 "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
                 "WITH ORDINALITY AS c(state, event, txn_type, response_code, reversal, n) "
                 "CROSS JOIN LATERAL (SELECT c.state, c.txn_type, c.response_code, "
-                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at) t "
+                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at, NULL::timestamptz AS expires_at) t "
                 "CROSS JOIN LATERAL (SELECT c.event, NULL::text AS answer) u ORDER BY n",
                 *map(list, zip(*cases, strict=True)),
             )
@@ -207,3 +209,12 @@ def test_a_purchase_whose_reversal_is_owed_is_matched_as_open(database_url):
 
 class _Rollback(Exception):
     """Leaves the test's rows behind in no table."""
+
+
+def test_a_qr_orders_payment_is_kept_whatever_its_merchant_was_told():
+    """Never told (its front end stopped after the channel created it) or told "unknown", a QR
+    order paid by the customer is the merchant's money; a terminal's purchase so told is not."""
+    for told in (None, "91", "96"):
+        assert promise("purchase", told, False, qr=True) is Promise.KEEP
+        assert promise("purchase", told, False) is Promise.RETURN
+    assert promise("purchase", None, True, qr=True) is Promise.REVERSE

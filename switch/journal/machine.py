@@ -88,20 +88,24 @@ TOLD_KEEP = (rc.APPROVED, rc.IN_PROGRESS)  # answers after which a purchase's mo
 PURCHASE, VOID, REFUND = "purchase", "void", "refund"  # the transaction types (column txn_type)
 
 
-def promise(txn_type: str, told: str | None, reversal_requested: bool) -> Promise:
-    """The one rule: what the terminal was told, and so what the money may do."""
+def promise(txn_type: str, told: str | None, reversal_requested: bool, qr: bool = False) -> Promise:
+    """The one rule: what the terminal was told, and so what the money may do. A QR order's
+    payment is kept whatever its merchant was told, or if never told (its front end stopped after
+    the channel created it): the customer can pay only a code the channel made for the merchant's
+    order, and the merchant closes or refunds an order it no longer wants."""
     if reversal_requested:
         return Promise.REVERSE
-    if txn_type != PURCHASE or told in TOLD_KEEP:
+    if txn_type != PURCHASE or qr or told in TOLD_KEEP:
         return Promise.KEEP
     return Promise.RETURN
 
 
-# The same rule over a ``txn`` row ``t`` and the answer recorded with the move, ``u.answer`` (the
-# front end's own, for a row it had not answered yet). Tested against ``promise``.
+# The same rule over a ``txn`` row ``t`` (a QR order's has ``expires_at``) and the answer recorded
+# with the move, ``u.answer`` (the front end's own, for a row it had not answered yet). Tested
+# against ``promise``.
 PROMISE_SQL = (
     f"CASE WHEN t.reversal_requested_at IS NOT NULL THEN '{Promise.REVERSE}' "
-    f"WHEN t.txn_type <> '{PURCHASE}' OR coalesce(t.response_code, u.answer) IN "
+    f"WHEN t.txn_type <> '{PURCHASE}' OR t.expires_at IS NOT NULL OR coalesce(t.response_code, u.answer) IN "
     f"({', '.join(repr(c) for c in TOLD_KEEP)}) THEN '{Promise.KEEP}' ELSE '{Promise.RETURN}' END"
 )
 
