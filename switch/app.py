@@ -235,7 +235,7 @@ class SwitchApp:
             for m in keyed
             for sign_type, scheme in SIGN_TYPES.items()
         }
-        orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, self.metrics, processor)
+        orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, processor)
         notices = Notices(self.journal, self.gateways, {n: ch.kind for n, ch in cfg.channels.items()}, self.metrics)
         api = MerchantApi(cfg.merchant_api, cfg.merchants, verifiers, orders, notices)
         self._merchant_api = await start_merchant_api(api, cfg.merchant_api.listen, reuse_port=self._seat is not None)

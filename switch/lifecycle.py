@@ -11,18 +11,20 @@ the outcome is committed before the answer leaves; a terminal + STAN + field 7 i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import asyncpg
+import msgspec
 
 from hsm import HsmError, PinBlockError
 from protocols import response_codes as rc
 from protocols.iso8583 import DecodeFailure, Message, Unparseable, answer_mti, decode
 from protocols.masking import mask_pan
-from protocols.messages import NOT_FOUND, PAY, QUERY, ChannelResult, Outcome
+from protocols.messages import NOT_FOUND, PAY, PRECREATE, QUERY, ChannelResult, Outcome
 from protocols.validation import (
     DECODES,
     MAC_VERIFIES,
@@ -44,11 +46,12 @@ from switch.config import ChannelSection, Config
 from switch.gateway import ChannelGateway, PaymentRef, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
+from switch.journal.orders import keep_qr_code
 from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
-from switch.steps import HTTP_STEPS, Context, Path, Reply, bind
+from switch.steps import HTTP_STEPS, STEPS, Context, Path, QrTerms, Reply, bind
 from switch.terminal_keys import MacMismatch, NoPinKey, SignOnTooSoon, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
@@ -101,8 +104,8 @@ class Processor:
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
-        self._paths: dict[TxnType, Path] = {txn_type: bind(self, txn_type, timing) for txn_type in TxnType}
-        self._http_paths = {txn_type: bind(self, txn_type, timing, HTTP_STEPS) for txn_type in HTTP_STEPS}
+        self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
+        self._http_paths = {scene: bind(self, names, scene, timing) for scene, names in HTTP_STEPS.items()}
 
     # -- one frame -------------------------------------------------------------------------
 
@@ -139,13 +142,17 @@ class Processor:
         self._count(message, out, "-" if t is None else t.channel, started)
         return self._security.encode(out, None if t is None else t.mak)
 
-    async def handle_order(self, message: Message, txn_type: TxnType, rrn: str) -> Reply:
+    async def handle_order(self, message: Message, scene: str, rrn: str, qr: QrTerms | None = None) -> Reply:
         """A merchant's order over HTTP (``switch.merchant``), as the ISO 8583 message it amounts
-        to (terminal ``HTTP``, its RRN for a STAN), run through the same steps as a terminal's
-        (``steps.HTTP_STEPS``): what the merchant is told."""
-        t = Context(message, b"", time.monotonic(), txn_type, rrn=rrn)
+        to (terminal ``HTTP``, its RRN for a STAN), run through its scene's list
+        (``steps.HTTP_STEPS``): what the merchant is told. A QR order comes with its channel
+        (``qr.channel``) and terms."""
+        txn_type = TxnType.REFUND if scene == "refund" else TxnType.PURCHASE
+        t = Context(message, b"", time.monotonic(), txn_type, rrn=rrn, qr=qr)
+        if qr is not None:
+            t.channel = qr.channel
         try:
-            await self._run(t, self._http_paths[txn_type])
+            await self._run(t, self._http_paths[scene])
         except Exception:
             log.exception("unexpected error while processing an order", extra={"rrn": rrn})
             return Reply(rc.SYSTEM_MALFUNCTION, rrn)
@@ -502,17 +509,8 @@ class Processor:
             return
         gateway = self._gateways[txn.channel]
         deadline = self._deadline(txn)
-        ref = PaymentRef(
-            txn.out_trade_no,
-            txn.amount_fen,
-            self._merchant_channel_id(txn),
-            txn.terminal_id,
-            txn.received_at.timestamp(),
-        )
-        started = time.monotonic()
-        self._metrics.in_flight.labels(txn.channel).inc()
-        self._shedder.calling_channel(t.arrived)
-        try:
+        ref = self._ref(txn)
+        with self._calling(t):
             result = await gateway.call(
                 PAY,
                 ref,
@@ -531,9 +529,37 @@ class Processor:
                 ):
                     result = polled
             t.result = result
-        finally:
-            self._metrics.in_flight.labels(txn.channel).dec()
-            self._metrics.channel_latency.labels(txn.channel).observe(time.monotonic() - started)
+
+    async def _step_precreate(self, t: Context) -> None:
+        """A QR order created at its channel: the code the customer scans, or why not."""
+        txn, qr = t.txn, t.qr
+        assert txn is not None and qr is not None
+        if t.result is not None:  # not admitted
+            return
+        ref = self._ref(txn)._replace(subject=qr.subject, notify_url=qr.notify_url, expires=qr.expires)
+        with self._calling(t):
+            result = await self._gateways[txn.channel].call(
+                PRECREATE, ref, self._deadline(txn), on_late=self._keep_late(txn, PRECREATE)
+            )
+        if result.outcome is Outcome.UNKNOWN:
+            # The channel may have the order, and the customer may pay it: the merchant is told to
+            # wait (09), so that such a payment is kept, never returned (``machine.promise``).
+            result = msgspec.structs.replace(result, response_code=rc.IN_PROGRESS)
+        t.result = result
+
+    async def _step_qr_code(self, t: Context) -> str | None:
+        """The code kept with the merchant's order before the order is recorded PENDING, so that an
+        order the merchant finds open always shows what the customer scans."""
+        txn, result = t.txn, t.result
+        assert txn is not None and result is not None
+        if not result.qr_code:
+            return None
+        try:
+            await keep_qr_code(self._journal.pool, txn.rrn, result.qr_code)
+        except Exception:  # the row stays RECEIVED: the resolver queries it, and closes it unpaid
+            log.exception("keeping the QR code failed", extra={"rrn": txn.rrn})
+            return rc.SYSTEM_MALFUNCTION
+        return None
 
     async def _step_record(self, t: Context) -> str | None:
         """Invariant: the outcome is committed before the answer leaves."""
@@ -574,13 +600,36 @@ class Processor:
 
     # -- helpers of the steps ----------------------------------------------------------------
 
+    def _ref(self, txn: NewTxn) -> PaymentRef:
+        return PaymentRef(
+            txn.out_trade_no,
+            txn.amount_fen,
+            self._merchant_channel_id(txn),
+            txn.terminal_id,
+            txn.received_at.timestamp(),
+        )
+
+    @contextlib.contextmanager
+    def _calling(self, t: Context) -> Iterator[None]:
+        """A payment's call to its channel: counted in flight, timed, and told to the shedder."""
+        started = time.monotonic()
+        self._metrics.in_flight.labels(t.channel).inc()
+        self._shedder.calling_channel(t.arrived)
+        try:
+            yield
+        finally:
+            self._metrics.in_flight.labels(t.channel).dec()
+            self._metrics.channel_latency.labels(t.channel).observe(time.monotonic() - started)
+
     def _new_txn(self, t: Context) -> NewTxn:
         """The row ``t`` writes ahead (a void's or refund's with its purchase's card)."""
         message, original, tx_date = t.message, t.original, t.tx_date
         assert tx_date is not None
-        if original is None:
+        if original is None and "2" in message:
             pan = message["2"]
             pan_masked, pan_hash = mask_pan(pan), self._fingerprint(pan)
+        elif original is None:  # a QR order: the customer's code is the channel's, never the switch's
+            pan_masked, pan_hash = "", b""
         else:
             pan_masked, pan_hash = original.pan_masked, original.pan_hash
         now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - t.arrived)
@@ -608,6 +657,7 @@ class Processor:
             received_at=now,
             # Should this front end vanish, the resolver takes the transaction after its deadline.
             next_check_at=now + dt.timedelta(seconds=self._deadline_s + ORPHAN_GRACE_S),
+            expires_at=None if t.qr is None else dt.datetime.fromtimestamp(t.qr.expires, dt.UTC),
         )
 
     async def _replay(self, t: Context) -> str:
@@ -637,13 +687,17 @@ class Processor:
         return txn.received_at.timestamp() + self._deadline_s - ANSWER_MARGIN_S
 
     def _keep_late(self, txn: NewTxn, op: str) -> Callable[[ChannelResult], None]:
-        """Journal a channel answer that came after the terminal was answered."""
+        """Journal a channel answer that came after the terminal (or merchant) was answered; a
+        QR order's code, so that the merchant finds it with the order (left UNKNOWN: the resolver
+        asks the channel, and a notification ends it)."""
 
         async def keep(result: ChannelResult) -> None:
             try:
                 await self._journal.record_late(
                     txn.key, op, result.outcome.value, result.channel_code, result.channel_txn_id
                 )
+                if result.qr_code:
+                    await keep_qr_code(self._journal.pool, txn.rrn, result.qr_code)
             except Exception:  # the resolver still finishes the transaction from the channel's side
                 log.exception("keeping a late answer failed", extra={"rrn": txn.rrn})
 

@@ -8,8 +8,11 @@ code and an RRN). The last step of every list, ``answer``, always runs: a step t
 transaction skips to it.
 
 Reversals and network management have no ``shed`` step: a reversal is how a terminal makes sure
-of its money, and is never shed. Risk, when it lands, is one more name between ``write_ahead``
-and ``admit``.
+of its money, and is never shed.
+
+``HTTP_STEPS`` are the lists of a merchant's orders over HTTP (``switch.merchant``), by scene: a
+code the customer presents and a refund run a terminal's lists (``over_http``); a QR order the
+customer scans runs a purchase's, with the channel's precreate where the payment would be.
 """
 
 from __future__ import annotations
@@ -51,7 +54,20 @@ def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in ("mac", "rrn"))
 
 
-HTTP_STEPS: dict[TxnType, tuple[str, ...]] = {t: over_http(STEPS[t]) for t in (TxnType.PURCHASE, TxnType.REFUND)}
+def scanned(names: tuple[str, ...]) -> tuple[str, ...]:
+    """A purchase's list as it runs for a QR order the customer scans: the merchant chose the
+    channel (no ``route``; ``channel_allowed`` checks it), there is no card (no ``pin``), and
+    nothing is paid yet: the order is created at the channel (``precreate``, its code kept by
+    ``qr_code``) and recorded PENDING, to be ended by a notification or the resolver."""
+    swapped = {"send_and_poll": ("precreate", "qr_code"), "route": (), "pin": ()}
+    return tuple(m for n in names for m in swapped.get(n, (n,)))
+
+
+HTTP_STEPS: dict[str, tuple[str, ...]] = {  # by the order's scene
+    "code": over_http(STEPS[TxnType.PURCHASE]),
+    "qr": scanned(over_http(STEPS[TxnType.PURCHASE])),
+    "refund": over_http(STEPS[TxnType.REFUND]),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +91,8 @@ class Context:
     txn_type: TxnType
     mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
     in_flight: bool = False  # counted in the load shedder's requests under way
-    channel: str = "-"
+    channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)
+    qr: QrTerms | None = None  # a QR order's terms
     tx_date: dt.date | None = None  # field 7's date
     rrn: str = ""
     pin_block: str = field(default="", repr=False)  # under the channel's zone PIN key
@@ -89,6 +106,17 @@ class Context:
     answer_fields: Message | None = None  # fields the answer carries beyond a reply's
 
 
+class QrTerms(NamedTuple):
+    """A QR order's channel (the merchant's choice), and what it tells the channel beyond a
+    payment's: what is sold, where the channel's notification goes, when the code lapses (epoch
+    seconds)."""
+
+    channel: str
+    subject: str
+    notify_url: str
+    expires: float
+
+
 Step = Callable[[Context], Any]  # returns None (passes) or a response code (ends); awaited when async
 
 
@@ -100,20 +128,17 @@ class Path(NamedTuple):
     answer: Callable[[Context], Message]
 
 
-def bind(
-    owner: object, txn_type: TxnType, timing: Histogram | None, lists: dict[TxnType, tuple[str, ...]] = STEPS
-) -> Path:
-    """``txn_type``'s list (of ``lists``), each name bound to ``owner._step_<name>``; with
-    ``timing``, each step observes its seconds (waits included) under its name and the
-    transaction type. Without, the methods themselves: timing costs nothing unless switched on."""
-    names = lists[txn_type]
-    assert names[-1] == "answer", f"{txn_type}: every list ends with answer"
+def bind(owner: object, names: tuple[str, ...], label: str, timing: Histogram | None) -> Path:
+    """The list ``names``, each name bound to ``owner._step_<name>``; with ``timing``, each step
+    observes its seconds (waits included) under its name and ``label`` (the transaction type, or
+    the order's scene). Without, the methods themselves: timing costs nothing unless switched on."""
+    assert names[-1] == "answer", f"{label}: every list ends with answer"
     bound = []
     for name in names:
         method = getattr(owner, f"_step_{name}")
         is_async = inspect.iscoroutinefunction(method)
         if timing is not None:
-            method = _timed(method, is_async, timing.labels(name, txn_type.value).observe)
+            method = _timed(method, is_async, timing.labels(name, label).observe)
         bound.append((method, is_async))
     answer, _ = bound.pop()
     return Path(tuple(bound), answer)

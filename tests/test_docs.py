@@ -37,5 +37,5 @@ def test_the_steps_table_is_the_one_the_lifecycle_runs():
     text = (DOCS / "architecture.md").read_text()
     for txn_type, steps in STEPS.items():
         assert f"| {txn_type.value} | {' -> '.join(steps)} |" in text, txn_type
-    for txn_type, steps in HTTP_STEPS.items():
-        assert f"| {txn_type.value} over HTTP | {' -> '.join(steps)} |" in text, txn_type
+    for scene, steps in HTTP_STEPS.items():
+        assert f"| {scene} over HTTP | {' -> '.join(steps)} |" in text, scene

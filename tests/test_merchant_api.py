@@ -7,6 +7,7 @@ import random
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -99,9 +100,12 @@ def order_no() -> str:
     return "T" + secrets.token_hex(8)
 
 
-def scan(sim_ports, channel: str, qr_code: str) -> dict:
+def scan(sim_ports, channel: str, qr_code: str = "", out_trade_no: str = "") -> dict:
+    """The customer scans the order's code (or, as no customer could, its order number at the
+    channel) and pays."""
+    body = {"qr_code": qr_code} if qr_code else {"out_trade_no": out_trade_no}
     request = urllib.request.Request(
-        f"http://127.0.0.1:{sim_ports.controls[channel]}/_sim/scan", data=msgspec.json.encode({"qr_code": qr_code})
+        f"http://127.0.0.1:{sim_ports.controls[channel]}/_sim/scan", data=msgspec.json.encode(body)
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -132,18 +136,20 @@ def notified(receiver: Receiver, number: str, timeout: float = 15) -> list[dict]
     return []
 
 
-def notices(database_url: str, out_trade_no: str) -> list[str]:
+def rows(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     async def read():
         conn = await asyncpg.connect(database_url)
         try:
-            rows = await conn.fetch(
-                "SELECT outcome FROM channel_notice WHERE out_trade_no = $1 ORDER BY id", out_trade_no
-            )
+            return await conn.fetch(sql, *args)
         finally:
             await conn.close()
-        return [r["outcome"] for r in rows]
 
     return run(read())
+
+
+def notices(database_url: str, out_trade_no: str) -> list[str]:
+    sql = "SELECT outcome FROM channel_notice WHERE out_trade_no = $1 ORDER BY id"
+    return [r["outcome"] for r in rows(database_url, sql, out_trade_no)]
 
 
 def out_trade_no_of(order: dict) -> str:
@@ -309,14 +315,7 @@ def paid_order(client: MerchantClient, sim_ports, amount_fen: int) -> dict:
 
 
 def outbox_row(database_url: str, rrn: str) -> asyncpg.Record:
-    async def read():
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await conn.fetchrow("SELECT * FROM notice_outbox WHERE rrn = $1", rrn)
-        finally:
-            await conn.close()
-
-    return run(read())
+    return rows(database_url, "SELECT * FROM notice_outbox WHERE rrn = $1", rrn)[0]
 
 
 def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, merchant_db):
@@ -369,26 +368,37 @@ def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(
 def test_after_a_kill_the_outbox_resumes_and_open_qr_orders_are_paid_once(
     merchant_switch, client, receiver, sim_ports, merchant_db
 ):
-    """Mid-schedule (one notification tried and failed) and with QR orders open, the switch is
+    """Mid-schedule (one notification tried and failed), with QR orders open and one whose
+    precreate is under way (written ahead, created at the channel, not answered), the switch is
     killed; the orders are paid while it is down. Once it is back, the notification is sent again,
     each order ends APPROVED (its notification retried, or found by query), and the merchant is
     told of each, once."""
+    control = f"127.0.0.1:{sim_ports.controls['ecny']}"
     receiver.down = True
     try:
         before = paid_order(client, sim_ports, 4500)
         opened = [created(client, order_no(), 100 + i, "Open", channel="wechat") for i in range(3)]
         assert {o["state"] for o in opened} == {"PENDING"}
+        set_fault(control, Fault(latency_ms=3000))
+        creating = Creating(client, order_no(), random.randrange(10_000, 99_999) * 10 + 7, "ecny")
+        creating.start()
+        unanswered = written_ahead(merchant_db, creating.amount_fen)
         while outbox_row(merchant_db, before["rrn"])["attempts"] < 1:
             time.sleep(0.1)
+        time.sleep(0.3)  # the precreate reached the channel
         merchant_switch.kill()
+        set_fault(control, NO_FAULT)
         for order in opened:
             assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "PAID"
+        # Only the channel knows its code now; the customer who scanned it pays.
+        assert scan(sim_ports, "ecny", out_trade_no=unanswered["out_trade_no"])["status"] == "PAID"
     finally:
+        set_fault(control, NO_FAULT)
         receiver.down = False
     merchant_switch.start()
     client = MerchantClient(f"http://127.0.0.1:{merchant_switch.merchant}", MERCHANT, KEY)
     assert [b["state"] for b in notified(receiver, before["order_no"])] == ["APPROVED"]
-    for order in opened:
+    for order in [*opened, {"order_no": creating.number, "rrn": unanswered["rrn"], "amount_fen": creating.amount_fen}]:
         assert wait_for(client, order["order_no"], "APPROVED", timeout=30)["rrn"] == order["rrn"]
         assert [b["amount_fen"] for b in notified(receiver, order["order_no"])] == [order["amount_fen"]]
 
@@ -421,3 +431,95 @@ async def expire(database_url: str, rrn: str) -> None:
         await conn.execute(sql, rrn)
     finally:
         await conn.close()
+
+
+def test_a_qr_order_runs_the_risk_rules_and_one_declined_never_reaches_its_channel(client, sim_ports, merchant_db):
+    """The demo's rules: over 20,000 yuan is watched (a shadow rule), over 50,000 declined (61)."""
+    watched = created(client, order_no(), 2_000_001, "Piano", channel="alipay")
+    assert watched["state"] == "PENDING" and watched["qr_code"]
+    declined = created(client, order_no(), 5_000_001, "Car", channel="alipay")
+    assert (declined["state"], declined["response_code"], declined["qr_code"]) == ("DECLINED", "61", "")
+    assert scan(sim_ports, "alipay", out_trade_no=out_trade_no_of(declined))["status"] == "NOTEXIST"  # never sent
+    assert decisions(merchant_db, watched["rrn"]) == {("large-payment-watch", "shadow")}
+    assert decisions(merchant_db, declined["rrn"]) == {
+        ("large-payment-watch", "shadow"),
+        ("single-payment-cap", "enforce"),
+    }
+
+
+def decisions(database_url: str, rrn: str) -> set[tuple[str, str]]:
+    return {tuple(r) for r in rows(database_url, "SELECT rule_id, mode FROM risk_decision WHERE rrn = $1", rrn)}
+
+
+class Creating(threading.Thread):
+    """A QR order asked for in the background, its answer kept."""
+
+    def __init__(self, client: MerchantClient, number: str, amount_fen: int, channel: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.number, self.amount_fen, self.channel = client, number, amount_fen, channel
+        self.answer: tuple[int, dict] | None = None
+
+    def run(self) -> None:
+        try:
+            self.answer = self.client.create_qr(self.number, self.amount_fen, "Tea", channel=self.channel)
+        except OSError:  # the switch was killed under it
+            self.answer = None
+
+
+def written_ahead(database_url: str, amount_fen: int, timeout: float = 10) -> asyncpg.Record:
+    """The RECEIVED row of the order of this (unique) amount, once written ahead."""
+    sql = "SELECT * FROM txn WHERE terminal_id = 'HTTP' AND amount_fen = $1 AND state = 'RECEIVED'"
+    deadline = time.monotonic() + timeout
+    while not (found := rows(database_url, sql, amount_fen)):
+        assert time.monotonic() < deadline, "the order was never written ahead"
+        time.sleep(0.05)
+    return found[0]
+
+
+def test_a_notification_before_the_precreate_is_recorded_ends_the_order_once(client, receiver, sim_ports, merchant_db):
+    """The channel's answer to the precreate is slow; meanwhile the customer pays and the channel's
+    notification comes. It is recorded (the order is APPROVED from RECEIVED), the precreate's own
+    answer then moves nothing, and the merchant is told APPROVED, once. While the precreate is
+    under way the order cannot be closed (a close could cross its payment)."""
+    control = f"127.0.0.1:{sim_ports.controls['ecny']}"
+    amount_fen = random.randrange(10_000, 99_999) * 10 + 3
+    set_fault(control, Fault(latency_ms=2500))
+    try:
+        creating = Creating(client, order_no(), amount_fen, "ecny")
+        creating.start()
+        row = written_ahead(merchant_db, amount_fen)
+        assert client.close(creating.number)[1]["code"] == "NOT_CLOSABLE"
+        time.sleep(0.3)  # the precreate reached the channel: its order is there
+        assert scan(sim_ports, "ecny", out_trade_no=row["out_trade_no"])["status"] == "PAID"
+        assert wait_for(client, creating.number, "APPROVED", timeout=2)["rrn"] == row["rrn"]
+        creating.join(10)
+    finally:
+        set_fault(control, NO_FAULT)
+    status, order = creating.answer
+    assert (status, order["state"], order["response_code"]) == (200, "APPROVED", "00")
+    assert notices(merchant_db, row["out_trade_no"])[0] == "recorded"
+    assert [b["state"] for b in notified(receiver, creating.number)] == ["APPROVED"]
+
+
+def test_a_precreate_answered_too_late_keeps_its_code_and_the_order_is_paid_once(
+    client, receiver, sim_ports, merchant_db
+):
+    """The channel answers the precreate after the switch's deadline: the merchant is told the
+    order is UNKNOWN (never failed: the channel may have it), the late answer's code is kept with
+    the order, and once the customer scans it the order is paid and the merchant told, once."""
+    control = f"127.0.0.1:{sim_ports.controls['ecny']}"
+    set_fault(control, Fault(latency_ms=6000))  # past the test switch's 5 s deadline
+    try:
+        number = order_no()
+        status, order = client.create_qr(number, 1234, "Cake", channel="ecny")
+        assert (status, order["state"], order["qr_code"]) == (200, "UNKNOWN", ""), order
+    finally:
+        set_fault(control, NO_FAULT)
+    deadline = time.monotonic() + 10
+    while not (order := client.get(number)[1])["qr_code"]:
+        assert time.monotonic() < deadline, order
+        time.sleep(0.1)
+    assert order["state"] in ("UNKNOWN", "PENDING"), order  # not paid: nobody has scanned
+    assert scan(sim_ports, "ecny", order["qr_code"])["status"] == "PAID"
+    assert wait_for(client, number, "APPROVED")["rrn"] == order["rrn"]
+    assert [b["state"] for b in notified(receiver, number)] == ["APPROVED"]

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import asyncpg
 
 from switch.journal.machine import PURCHASE
-from switch.journal.store import NewTxn, TxnKey
+from switch.journal.store import TxnKey
 
 HTTP_TERMINAL = "HTTP"  # the terminal id of every order made over the merchant API
 
@@ -55,38 +55,6 @@ _FIND_ORDER_SQL = (
     f"SELECT {_ORDER_COLUMNS} FROM merchant_order mo JOIN txn t ON t.rrn = mo.rrn AND t.tx_date = mo.tx_date "
     "WHERE mo.merchant_id = $1 AND mo.order_no = $2"
 )
-_NEW_COLUMNS = [*NewTxn._fields, "expires_at"]
-_INSERT_TXN_SQL = (
-    f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
-    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_NEW_COLUMNS) + 1))}, 'RECEIVED')"
-)
-
-
-class NumberHeld(Exception):
-    """The merchant's number is taken by an order or refund not written ahead yet."""
-
-
-async def open_order(
-    pool: asyncpg.Pool, txn: NewTxn, order_no: str, scene: str, subject: str, notify_url: str,
-    expires_at: dt.datetime | None,
-) -> Order | None:  # fmt: skip
-    """Write an order ahead: its number and its RECEIVED row, committed together before anything
-    leaves the switch. None when written now; the order already under that number otherwise
-    (the caller tells a retry of the same request from a clash); ``NumberHeld`` when the number
-    is taken by an order not written yet."""
-    async with pool.acquire() as conn, conn.transaction():
-        taken = await conn.fetchval(
-            "INSERT INTO merchant_order (merchant_id, order_no, tx_date, rrn, transmitted, scene, subject, notify_url) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, nullif($8, '')) ON CONFLICT DO NOTHING RETURNING rrn",
-            txn.merchant_id, order_no, txn.tx_date, txn.rrn, txn.transmitted, scene, subject, notify_url,
-        )  # fmt: skip
-        if taken is None:
-            row = await conn.fetchrow(_FIND_ORDER_SQL, txn.merchant_id, order_no)
-            if row is None:  # taken by an order whose row is not written (under way, or its front end stopped)
-                raise NumberHeld(order_no)
-            return Order(*row)
-        await conn.execute(_INSERT_TXN_SQL, *txn, expires_at)
-    return None
 
 
 class Reserved(NamedTuple):
@@ -161,9 +129,9 @@ async def find_order(pool: asyncpg.Pool, merchant_id: str, order_no: str) -> Ord
     return Order(*row) if row else None
 
 
-async def keep_qr_code(pool: asyncpg.Pool, merchant_id: str, order_no: str, qr_code: str) -> None:
-    sql = "UPDATE merchant_order SET qr_code = $3 WHERE merchant_id = $1 AND order_no = $2"
-    await pool.execute(sql, merchant_id, order_no, qr_code)
+async def keep_qr_code(pool: asyncpg.Pool, rrn: str, qr_code: str) -> None:
+    """The code the customer scans, kept with the order whose transaction is ``rrn``."""
+    await pool.execute("UPDATE merchant_order SET qr_code = $2 WHERE rrn = $1", rrn, qr_code)
 
 
 class Paid(NamedTuple):

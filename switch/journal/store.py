@@ -93,6 +93,7 @@ class NewTxn(NamedTuple):
     request_hash: bytes
     received_at: dt.datetime  # also the order time the channel is told
     next_check_at: dt.datetime  # when the resolver may take it, should its front end vanish
+    expires_at: dt.datetime | None = None  # a QR order's: when its code lapses (closed unpaid)
 
     @property
     def key(self) -> TxnKey:
@@ -191,6 +192,7 @@ _TYPES = {
     "request_hash": "bytea",
     "received_at": "timestamptz",
     "next_check_at": "timestamptz",
+    "expires_at": "timestamptz",
 }
 _INSERT_SQL = (
     f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "

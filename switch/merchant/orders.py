@@ -1,14 +1,13 @@
-"""A merchant's QR order (the customer scans the merchant's code), as a list of steps like a
-terminal's purchase: the merchant and the channel allowed, the channel's limits, the write-ahead
-(its number and its row, committed before anything leaves), the channel's precreate, the outcome
-recorded through the journal's state machine, and the answer. Then the channel's notification
-(``switch.merchant.notices``) or the resolver's queries end it, and an unpaid one is closed once
-it expires (``switch.resolver``)."""
+"""A merchant's orders over HTTP: a QR order the customer scans, a code the customer presents, a
+refund, and the close of an unpaid QR order. Each takes its number (``merchant_order``,
+``merchant_refund``: a retry is the same transaction) and runs its scene's list of steps in the
+``Processor`` (``steps.HTTP_STEPS``), as a terminal's message does. A QR order is then ended by
+the channel's notification (``switch.merchant.notices``) or the resolver's queries, and an unpaid
+one is closed once it expires (``switch.resolver``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -17,33 +16,29 @@ import asyncpg
 from protocols import response_codes as rc
 from protocols.channels import channel_of
 from protocols.iso8583 import Message
-from protocols.messages import CLOSE, PRECREATE, QUERY, ChannelResult, Outcome
+from protocols.messages import CLOSE, QUERY, ChannelResult, Outcome
 from protocols.statements import CST
-from protocols.validation import TxnType
 from switch.answers import auth_id_for
 from switch.config import Config, Merchant
 from switch.gateway import ChannelGateway, PaymentRef
-from switch.journal import Event, Journal, NewTxn, Report, State
-from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, PURCHASE
+from switch.journal import Event, Journal, Report, State
+from switch.journal.machine import FINAL
 from switch.journal.orders import (
     HTTP_TERMINAL,
-    NumberHeld,
     Order,
     Refund,
     Reserved,
     find_order,
     find_refund,
-    keep_qr_code,
-    open_order,
     reserve_order,
     reserve_refund,
 )
 from switch.lifecycle import Processor
 from switch.merchant.settings import MerchantApiSection
-from switch.metrics import Metrics
 from switch.routing import CODE_ENTRY
+from switch.steps import QrTerms, Reply
 
-QR, CODE = "qr", "code"
+QR, CODE, REFUND = "qr", "code", "refund"  # the scenes of ``steps.HTTP_STEPS``
 CALL_TIMEOUT_S = 10.0
 
 
@@ -85,58 +80,51 @@ NOT_WRITTEN = {
     rc.INVALID_PAYMENT_CODE: (400, "INVALID_CODE", "no channel takes this payment code"),
     rc.NOT_PERMITTED: (403, "NOT_PERMITTED", "the merchant may not use this channel, or is suspended"),
     rc.INVALID_MERCHANT: (403, "NOT_PERMITTED", "unknown merchant"),
-    rc.DUPLICATE_TRANSMISSION: (409, "NUMBER_USED", "the number was used with other details"),
+    rc.DUPLICATE_TRANSMISSION: (409, "ORDER_NO_USED", "the order number was used with other details"),
     rc.ORIGINAL_NOT_FOUND: (404, "ORDER_NOT_FOUND", "no such order to refund"),
     rc.INVALID_TRANSACTION: (409, "NOT_REFUNDABLE", "the order is not paid, or was reversed"),
     rc.ORIGINAL_AMOUNT_INCORRECT: (409, "AMOUNT_EXCEEDED", "more than is left to refund"),
 }
 
 
+def _not_written(code: str) -> tuple[int, str, str]:
+    return NOT_WRITTEN.get(code, (502, "FAILED", f"refused before the channel: {code}"))
+
+
 class Orders:
     def __init__(
         self, config: Config, section: MerchantApiSection, journal: Journal,
-        gateways: dict[str, ChannelGateway], metrics: Metrics, processor: Processor,
+        gateways: dict[str, ChannelGateway], processor: Processor,
     ) -> None:  # fmt: skip
         self._processor = processor
         self._config = config
         self._section = section
         self._journal = journal
         self._gateways = gateways
-        self._metrics = metrics
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self._journal.pool
 
     async def create_qr(self, merchant: Merchant, ask: QrAsk) -> Order:
+        """A QR order, through a purchase's steps as a QR order runs them (``steps.HTTP_STEPS``):
+        shedding, the channel's limits and the risk rules apply, the row is written ahead before
+        the channel's precreate, and it is recorded PENDING."""
         channel = self._channel_for(merchant, ask.channel)
         now = dt.datetime.now(dt.UTC)
+        rrn, transmitted = await self._journal.next_rrn(), f"{now:%m%d%H%M%S}"
+        taken = await reserve_order(
+            self.pool, merchant.id, ask.order_no, QR, ask.subject, ask.notify_url, rrn, now.date(), transmitted
+        )
+        if taken.what != f"{QR} {ask.subject}":
+            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
         expires = now + dt.timedelta(seconds=ask.expires_in_s or self._section.qr_expiry_s)
-        reason = self._gateways[channel].admit(merchant.id)
-        if reason is not None:
-            self._metrics.refused.labels(channel, reason).inc()
-            raise Refused(503, "CHANNEL_UNAVAILABLE", f"channel {channel} refuses new orders now: {reason.lower()}")
-        txn = await self._new_txn(merchant, ask, channel, now)
-        try:
-            earlier = await open_order(self.pool, txn, ask.order_no, QR, ask.subject, ask.notify_url, expires)
-        except NumberHeld:
-            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} is being made: ask for it again") from None
-        if earlier is not None:
-            return self._same_order(earlier, ask, channel)
-        result = await self._gateways[channel].call(
-            PRECREATE,
-            PaymentRef(
-                txn.out_trade_no, txn.amount_fen, merchant.channel_ids.get(channel, ""), HTTP_TERMINAL,
-                now.timestamp(), subject=ask.subject,
-                notify_url=f"{self._section.notify_base()}/notify/{channel}", expires=expires.timestamp(),
-            ),
-            time.time() + CALL_TIMEOUT_S,
-        )  # fmt: skip
-        await self._record(txn, result)
-        if result.qr_code:
-            await keep_qr_code(self._journal.pool, merchant.id, ask.order_no, result.qr_code)
-        order = await find_order(self._journal.pool, merchant.id, ask.order_no)
-        assert order is not None
+        terms = QrTerms(channel, ask.subject, f"{self._section.notify_base()}/notify/{channel}", expires.timestamp())
+        message = _message(merchant.id, taken, ask.amount_fen, "000000")
+        reply = await self._processor.handle_order(message, QR, taken.rrn, terms)
+        order = await self._written(merchant, ask.order_no, reply)
+        if order.channel != channel:  # the same order asked again of another channel: not sent (a replay)
+            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
         return order
 
     async def close(self, merchant: Merchant, order_no: str) -> Order:
@@ -198,10 +186,14 @@ class Orders:
         if taken.what != f"{CODE} {ask.subject}":
             raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
         message = _message(merchant.id, taken, ask.amount_fen, "000000") | {"2": ask.auth_code, "22": CODE_ENTRY}
-        reply = await self._processor.handle_order(message, TxnType.PURCHASE, taken.rrn)
-        order = await find_order(self.pool, merchant.id, ask.order_no)
+        reply = await self._processor.handle_order(message, CODE, taken.rrn)
+        return await self._written(merchant, ask.order_no, reply)
+
+    async def _written(self, merchant: Merchant, order_no: str, reply: Reply) -> Order:
+        """The order as its steps left it; refused when they ended before writing it ahead."""
+        order = await find_order(self.pool, merchant.id, order_no)
         if order is None or reply.code == rc.DUPLICATE_TRANSMISSION:
-            raise Refused(*NOT_WRITTEN.get(reply.code, (502, "FAILED", f"refused before the channel: {reply.code}")))
+            raise Refused(*_not_written(reply.code))
         return order
 
     async def refund(self, merchant: Merchant, order_no: str, refund_no: str, amount_fen: int) -> Refund:
@@ -216,10 +208,12 @@ class Orders:
         if taken.what != order_no:
             raise Refused(409, "REFUND_NO_USED", f"refund {refund_no} was made for another order")
         message = _message(merchant.id, taken, amount_fen, "200000") | {"37": order.rrn}
-        reply = await self._processor.handle_order(message, TxnType.REFUND, taken.rrn)
+        reply = await self._processor.handle_order(message, REFUND, taken.rrn)
         refund = await find_refund(self.pool, merchant.id, refund_no)
-        if refund is None or refund.state is None or reply.code == rc.DUPLICATE_TRANSMISSION:
-            raise Refused(*NOT_WRITTEN.get(reply.code, (502, "FAILED", f"refused before the channel: {reply.code}")))
+        if reply.code == rc.DUPLICATE_TRANSMISSION:
+            raise Refused(409, "REFUND_NO_USED", f"refund {refund_no} was made with other details")
+        if refund is None or refund.state is None:
+            raise Refused(*_not_written(reply.code))
         return refund
 
     def _channel_for(self, merchant: Merchant, asked: str) -> str:
@@ -240,57 +234,6 @@ class Orders:
     def _takes_qr(self, channel: str) -> bool:
         return channel_of(self._config.channels[channel].kind).takes_qr
 
-    async def _new_txn(self, merchant: Merchant, ask: QrAsk, channel: str, now: dt.datetime) -> NewTxn:
-        rrn = await self._journal.next_rrn()
-        local = now.astimezone(CST)
-        return NewTxn(
-            tx_date=now.date(),
-            terminal_id=HTTP_TERMINAL,
-            stan=rrn,
-            transmitted=f"{now:%m%d%H%M%S}",
-            rrn=rrn,
-            txn_type=PURCHASE,
-            mti="0200",
-            processing_code="000000",
-            merchant_id=merchant.id,
-            amount_fen=ask.amount_fen,
-            currency="156",
-            local_time=f"{local:%H%M%S}",
-            local_date=f"{local:%m%d}",
-            entry_mode="",
-            pan_masked="",
-            pan_hash=b"",
-            channel=channel,
-            out_trade_no=f"{now:%Y%m%d}{rrn}",
-            request_hash=_request_hash(ask, channel),
-            received_at=now,
-            # Should this front end vanish before recording the precreate, the resolver takes it.
-            next_check_at=now + dt.timedelta(seconds=CALL_TIMEOUT_S + 5),
-        )
-
-    def _same_order(self, earlier: Order, ask: QrAsk, channel: str) -> Order:
-        """A number used before: the same request again gets its order; another is refused."""
-        if (earlier.amount_fen, earlier.channel, earlier.scene, earlier.subject) != (
-            ask.amount_fen, channel, QR, ask.subject,
-        ):  # fmt: skip
-            raise Refused(409, "ORDER_NO_USED", f"order {ask.order_no} exists with other details")
-        return earlier
-
-    async def _record(self, txn: NewTxn, result: ChannelResult) -> None:
-        """The precreate's outcome, through the machine: created is PENDING (the merchant is told
-        to wait for the customer: ``09``), refused DECLINED, unknown UNKNOWN (queried, closed)."""
-        event = EVENT_OF_OUTCOME[result.outcome]
-        if not result.sent:
-            event = Event.REFUSED  # it never left the switch: no order at the channel
-        channel = self._config.channels[txn.channel]
-        asked = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=channel.query_interval_ms)
-        await self._journal.record(
-            Report(
-                *txn.key, event, result.response_code, None, result.channel_code,
-                result.channel_message[:200], result.channel_txn_id, asked,
-            )
-        )  # fmt: skip
-
 
 def _message(merchant_id: str, taken: Reserved, amount_fen: int, processing_code: str) -> Message:
     """The ISO 8583 request an order over HTTP amounts to: terminal ``HTTP``, its RRN for a STAN,
@@ -302,10 +245,6 @@ def _message(merchant_id: str, taken: Reserved, amount_fen: int, processing_code
         "t": "0200", "3": processing_code, "4": f"{amount_fen:012d}", "7": taken.transmitted, "11": taken.rrn,
         "12": f"{local:%H%M%S}", "13": f"{local:%m%d}", "25": "00", "41": HTTP_TERMINAL, "42": merchant_id, "49": "156",
     }  # fmt: skip
-
-
-def _request_hash(ask: QrAsk, channel: str) -> bytes:
-    return hashlib.sha256(f"{ask.order_no}|{ask.amount_fen}|{channel}|{ask.subject}".encode()).digest()
 
 
 def merchant_of(config: Config, merchant_id: str) -> Merchant | None:
