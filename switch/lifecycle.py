@@ -547,19 +547,17 @@ class Processor:
             result = msgspec.structs.replace(result, response_code=rc.IN_PROGRESS)
         t.result = result
 
-    async def _step_qr_code(self, t: Context) -> str | None:
+    async def _step_qr_code(self, t: Context) -> None:
         """The code kept with the merchant's order before the order is recorded PENDING, so that an
-        order the merchant finds open always shows what the customer scans."""
+        order the merchant finds open shows what the customer scans."""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
         if not result.qr_code:
-            return None
+            return
         try:
             await keep_qr_code(self._journal.pool, txn.rrn, result.qr_code)
-        except Exception:  # the row stays RECEIVED: the resolver queries it, and closes it unpaid
+        except Exception:  # recorded PENDING all the same: nobody can pay it, and it is closed at its expiry
             log.exception("keeping the QR code failed", extra={"rrn": txn.rrn})
-            return rc.SYSTEM_MALFUNCTION
-        return None
 
     async def _step_record(self, t: Context) -> str | None:
         """Invariant: the outcome is committed before the answer leaves."""
@@ -634,6 +632,8 @@ class Processor:
             pan_masked, pan_hash = original.pan_masked, original.pan_hash
         now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - t.arrived)
         content = "|".join(f"{k}={message[k]}" for k in sorted(message) if k not in _NOT_HASHED)
+        if t.qr is not None:  # the merchant's choice of channel is part of the order: another is another request
+            content += f"|channel={t.channel}"
         return NewTxn(
             tx_date=tx_date,
             terminal_id=message["41"],

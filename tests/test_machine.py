@@ -88,25 +88,27 @@ def test_the_moves_in_sql_are_the_moves_in_python(database_url):
     async def scenario():
         conn = await asyncpg.connect(database_url)
         try:
-            promised = [("purchase", "00", False), ("purchase", "91", False), ("refund", None, False),
-                        ("purchase", "00", True)]  # fmt: skip
+            promised = [("purchase", "00", False, False), ("purchase", "91", False, False),
+                        ("refund", None, False, False), ("purchase", "00", True, False),
+                        ("purchase", None, False, True)]  # (type, told, reversal, qr)  # fmt: skip
             cases = [(s, e, *p) for s, e, p in itertools.product(State, Event, promised)]
             rows = await conn.fetch(
                 f"SELECT {MOVE_SQL} AS to_state "
-                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) "
-                "WITH ORDINALITY AS c(state, event, txn_type, response_code, reversal, n) "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[]) "
+                "WITH ORDINALITY AS c(state, event, txn_type, response_code, reversal, qr, n) "
                 "CROSS JOIN LATERAL (SELECT c.state, c.txn_type, c.response_code, "
-                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at, NULL::timestamptz AS expires_at) t "
+                "CASE WHEN c.reversal THEN now() END AS reversal_requested_at, "
+                "CASE WHEN c.qr THEN now() END AS expires_at) t "
                 "CROSS JOIN LATERAL (SELECT c.event, NULL::text AS answer) u ORDER BY n",
                 *map(list, zip(*cases, strict=True)),
             )
         finally:
             await conn.close()
-        assert {promise(txn_type, told, reversal) for _, _, txn_type, told, reversal in cases} == set(Promise)
+        assert {promise(txn_type, told, reversal, qr) for _, _, txn_type, told, reversal, qr in cases} == set(Promise)
         moves = {(m.state, m.event, m.promise): m.to for m in MOVES}
-        for (state, event, txn_type, told, reversal), row in zip(cases, rows, strict=True):
-            expected = moves.get((state, event, promise(txn_type, told, reversal)))
-            assert row["to_state"] == expected, (state, event, txn_type, told, reversal)
+        for (state, event, txn_type, told, reversal, qr), row in zip(cases, rows, strict=True):
+            expected = moves.get((state, event, promise(txn_type, told, reversal, qr)))
+            assert row["to_state"] == expected, (state, event, txn_type, told, reversal, qr)
 
     run(scenario())
 

@@ -387,10 +387,12 @@ def test_after_a_kill_the_outbox_resumes_and_open_qr_orders_are_paid_once(
             time.sleep(0.1)
         time.sleep(0.3)  # the precreate reached the channel
         merchant_switch.kill()
-        set_fault(control, NO_FAULT)
+        assert rows(merchant_db, "SELECT state FROM txn WHERE rrn = $1", unanswered["rrn"])[0]["state"] == "RECEIVED"
         for order in opened:
             assert scan(sim_ports, "wechat", order["qr_code"])["status"] == "PAID"
-        # Only the channel knows its code now; the customer who scanned it pays.
+        # Only the channel knows its code now; the customer who scanned it pays. Its notifications
+        # are lost: the resolver finds the payment, and keeps it (the merchant was never told).
+        set_fault(control, Fault(notice_drop=100))
         assert scan(sim_ports, "ecny", out_trade_no=unanswered["out_trade_no"])["status"] == "PAID"
     finally:
         set_fault(control, NO_FAULT)
@@ -512,7 +514,7 @@ def test_a_precreate_answered_too_late_keeps_its_code_and_the_order_is_paid_once
     try:
         number = order_no()
         status, order = client.create_qr(number, 1234, "Cake", channel="ecny")
-        assert (status, order["state"], order["qr_code"]) == (200, "UNKNOWN", ""), order
+        assert (status, order["state"], order["response_code"], order["qr_code"]) == (200, "UNKNOWN", "09", ""), order
     finally:
         set_fault(control, NO_FAULT)
     deadline = time.monotonic() + 10
@@ -520,6 +522,18 @@ def test_a_precreate_answered_too_late_keeps_its_code_and_the_order_is_paid_once
         assert time.monotonic() < deadline, order
         time.sleep(0.1)
     assert order["state"] in ("UNKNOWN", "PENDING"), order  # not paid: nobody has scanned
+    assert [r["op"] for r in rows(merchant_db, "SELECT op FROM late_answer WHERE stan = $1", order["rrn"])] == [
+        "precreate"
+    ]
     assert scan(sim_ports, "ecny", order["qr_code"])["status"] == "PAID"
     assert wait_for(client, number, "APPROVED")["rrn"] == order["rrn"]
     assert [b["state"] for b in notified(receiver, number)] == ["APPROVED"]
+
+
+def test_an_order_number_asked_again_of_another_channel_is_refused_and_sends_nothing(client, sim_ports):
+    number = order_no()
+    first = created(client, number, 700, "Muffin", channel="wechat")
+    status, again = client.create_qr(number, 700, "Muffin", channel="alipay")
+    assert (status, again["code"]) == (409, "ORDER_NO_USED")
+    assert scan(sim_ports, "alipay", out_trade_no=out_trade_no_of(first))["status"] == "NOTEXIST"
+    assert client.get(number)[1]["channel"] == "wechat"

@@ -137,9 +137,10 @@ class Orders:
             raise Refused(404, "ORDER_NOT_FOUND", f"no order {order_no}")
         if order.state in FINAL:
             return order
-        if order.scene != QR or order.state not in (State.PENDING, State.UNKNOWN):
-            # A code payment, or an order whose channel call is under way: a close could cross its
-            # payment at the channel. The resolver ends it; a paid one is refunded.
+        if order.scene != QR or order.state not in (State.PENDING, State.UNKNOWN) or self._late_may_come(order):
+            # A code payment, or an order whose channel call is under way (or whose unanswered
+            # precreate may yet reach the channel): a close could cross its payment, or its very
+            # creation, at the channel. The resolver ends it; a paid one is refunded.
             raise Refused(409, "NOT_CLOSABLE", f"order {order_no} is being paid: ask again, or refund it once paid")
         too_soon = self._config.channels[order.channel].close_after_ms / 1000 - (
             time.time() - order.received_at.timestamp()
@@ -169,6 +170,12 @@ class Orders:
         order = await find_order(self._journal.pool, merchant.id, order_no)
         assert order is not None
         return order
+
+    def _late_may_come(self, order: Order) -> bool:
+        """Whether an UNKNOWN order's precreate may still be on its way: until its actor's timeout
+        has passed, a close could reach the channel before the order does."""
+        timeout_s = self._config.channels[order.channel].actor.timeout_ms / 1000
+        return order.state == State.UNKNOWN and time.time() < order.received_at.timestamp() + timeout_s + 1
 
     async def _move(self, order: Order, event: Event, code: str, result: ChannelResult) -> None:
         auth_id = auth_id_for(order.rrn) if event is Event.ACCEPTED else None
@@ -245,7 +252,3 @@ def _message(merchant_id: str, taken: Reserved, amount_fen: int, processing_code
         "t": "0200", "3": processing_code, "4": f"{amount_fen:012d}", "7": taken.transmitted, "11": taken.rrn,
         "12": f"{local:%H%M%S}", "13": f"{local:%m%d}", "25": "00", "41": HTTP_TERMINAL, "42": merchant_id, "49": "156",
     }  # fmt: skip
-
-
-def merchant_of(config: Config, merchant_id: str) -> Merchant | None:
-    return next((m for m in config.merchants if m.id == merchant_id), None)
