@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,6 @@ from bench.traffic import DEMO_MERCHANT, Stans, quantile
 
 RECEIVER = ("127.0.0.1", 9590)  # the demo merchant's notify_url
 DRAIN_S = 30.0  # after the load, how long the outbox may take to deliver what is left
-
-
-def _without_url(text: str) -> str:
-    return re.sub(r'(?m)^notify_url = "[^"]*".*\n', "", text)
 
 
 class ReceiverProcess:
@@ -59,7 +54,7 @@ class ReceiverProcess:
 
 def run_side(notified: bool, concurrency: int, seconds: float, rate: float | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="paysw-notify-") as folder:
-        config = demo_config_in(Path(folder), (lambda t: t) if notified else _without_url)
+        config = demo_config_in(Path(folder), notify=notified)
         receiver = ReceiverProcess()
         stack = Stack(Path(folder), config)
         try:

@@ -3,6 +3,7 @@ simulators as processes of this one, and the switch as ``paysw run``, a process 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -20,28 +21,34 @@ from switch.config import host_port, load_config
 from switch.operator import request as admin_request
 
 
-def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text) -> Path:
+def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text, notify: bool = False) -> Path:
     """The demo configuration as ``folder/switch.toml``, its keys by absolute path, with ``edit``
-    made to its text."""
+    made to its text. Without ``notify`` the merchants have no notification URL: a benchmark of
+    payments runs no merchant receiver, and notifications to one not listening would be tried on
+    the outbox's schedule, work no payment asks for (``paysw bench notify`` measures them)."""
+    text = absolute_paths(DEMO_SWITCH_CONFIG.read_text())
+    if not notify:
+        text = re.sub(r'(?m)^notify_url = "[^"]*".*\n', "", text)
     path = folder / "switch.toml"
-    path.write_text(edit(absolute_paths(DEMO_SWITCH_CONFIG.read_text())))
+    path.write_text(edit(text))
     return path
 
 
 class Stack:
     """The demo stack: simulators in this process's children, the switch as ``paysw run`` (with
-    ``workers`` front-end processes, on the Ray cluster at ``ray_address`` or a local one)."""
+    ``workers`` front-end processes, on the Ray cluster at ``ray_address`` or a local one), on
+    ``config`` (by default ``demo_config_in(data_dir)``)."""
 
     def __init__(
         self,
         data_dir: Path,
-        config: Path = DEMO_SWITCH_CONFIG,
+        config: Path | None = None,
         workers: int = 1,
         ray_address: str = "",
         env: dict[str, str] | None = None,
     ) -> None:
-        self._config_path = config
-        self.config = load_config(config)
+        self._config_path = config or demo_config_in(data_dir)
+        self.config = load_config(self._config_path)
         self.simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
         self._data_dir = data_dir
         self._run_options = ["--workers", str(workers), *(["--ray-address", ray_address] if ray_address else [])]
