@@ -21,13 +21,16 @@ from typing import Any
 from aiohttp import web
 
 from hsm import algorithms
-from switch.merchant.signing import SIGN_TYPES, signing_input
+from switch.merchant.signing import SIGN_TYPES, request_signing_input, signing_input
 
 
-def signed(params: dict[str, Any], key: bytes, sign_type: str = "HMAC-SHA256") -> dict[str, Any]:
-    """``params`` with a fresh timestamp and nonce, signed with the merchant's key."""
+def signed(
+    method: str, path: str, params: dict[str, Any], key: bytes, sign_type: str = "HMAC-SHA256"
+) -> dict[str, Any]:
+    """``params`` of the request ``method path`` with a fresh timestamp and nonce, signed with the
+    merchant's key."""
     params = {**params, "timestamp": int(time.time() * 1000), "nonce": secrets.token_hex(16), "sign_type": sign_type}
-    params["sign"] = algorithms.signer(SIGN_TYPES[sign_type], key)(signing_input(params))
+    params["sign"] = algorithms.signer(SIGN_TYPES[sign_type], key)(request_signing_input(method, path, params))
     return params
 
 
@@ -40,35 +43,42 @@ class MerchantClient:
     def create_qr(self, order_no: str, amount_fen: int, subject: str = "Demo order", **extra: Any) -> tuple[int, dict]:
         params = {"merchant_id": self.merchant_id, "order_no": order_no, "scene": "qr", "amount_fen": amount_fen,
                   "subject": subject, **extra}  # fmt: skip
-        return self.post("/v1/orders", signed(params, self.key))
+        return self.post("/v1/orders", signed("POST", "/v1/orders", params, self.key))
 
     def pay_code(self, order_no: str, amount_fen: int, auth_code: str, subject: str = "Demo order") -> tuple[int, dict]:
         params = {"merchant_id": self.merchant_id, "order_no": order_no, "scene": "code", "amount_fen": amount_fen,
                   "subject": subject, "auth_code": auth_code}  # fmt: skip
-        return self.post("/v1/orders", signed(params, self.key))
+        return self.post("/v1/orders", signed("POST", "/v1/orders", params, self.key))
 
     def refund(self, order_no: str, refund_no: str, amount_fen: int) -> tuple[int, dict]:
+        path = f"/v1/orders/{order_no}/refunds"
         params = signed(
+            "POST", path,
             {"merchant_id": self.merchant_id, "order_no": order_no, "refund_no": refund_no, "amount_fen": amount_fen},
             self.key,
-        )
+        )  # fmt: skip
         del params["order_no"]  # named by the path, and signed as order_no
-        return self.post(f"/v1/orders/{order_no}/refunds", params)
+        return self.post(path, params)
 
     def get_refund(self, order_no: str, refund_no: str) -> tuple[int, dict]:
-        params = signed({"merchant_id": self.merchant_id, "order_no": order_no, "refund_no": refund_no}, self.key)
+        path = f"/v1/orders/{order_no}/refunds/{refund_no}"
+        params = signed(
+            "GET", path, {"merchant_id": self.merchant_id, "order_no": order_no, "refund_no": refund_no}, self.key
+        )
         query = "&".join(f"{k}={v}" for k, v in params.items() if k not in ("order_no", "refund_no"))
-        return self.call("GET", f"/v1/orders/{order_no}/refunds/{refund_no}?{query}", None)
+        return self.call("GET", f"{path}?{query}", None)
 
     def get(self, order_no: str) -> tuple[int, dict]:
-        params = signed({"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
+        path = f"/v1/orders/{order_no}"
+        params = signed("GET", path, {"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
         query = "&".join(f"{k}={v}" for k, v in params.items() if k != "order_no")
-        return self.call("GET", f"/v1/orders/{order_no}?{query}", None)
+        return self.call("GET", f"{path}?{query}", None)
 
     def close(self, order_no: str) -> tuple[int, dict]:
-        params = signed({"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
+        path = f"/v1/orders/{order_no}/close"
+        params = signed("POST", path, {"merchant_id": self.merchant_id, "order_no": order_no}, self.key)
         del params["order_no"]  # named by the path, and signed as order_no
-        return self.post(f"/v1/orders/{order_no}/close", params)
+        return self.post(path, params)
 
     def post(self, path: str, params: dict[str, Any]) -> tuple[int, dict]:
         return self.call("POST", path, json.dumps(params).encode())

@@ -216,16 +216,16 @@ def test_a_closed_order_can_no_longer_be_paid(client, sim_ports):
 
 def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing(client):
     number = order_no()
-    params = signed({"merchant_id": MERCHANT, "order_no": number, "scene": "qr", "amount_fen": 500,
-                     "subject": "Water", "channel": "wechat"}, KEY)  # fmt: skip
+    water = {"merchant_id": MERCHANT, "order_no": number, "scene": "qr", "amount_fen": 500, "subject": "Water"}
+    params = signed("POST", "/v1/orders", {**water, "channel": "wechat"}, KEY)
     forged = {**params, "amount_fen": 1}
     assert client.post("/v1/orders", forged) == (401, {"code": "BAD_SIGNATURE", "message": forged_message()})
     assert client.get(number)[0] == 404
     assert client.post("/v1/orders", params)[0] == 200
     replayed = client.post("/v1/orders", params)
     assert replayed[0] == 401 and replayed[1]["code"] == "REPLAYED"
-    stale = signed({"merchant_id": MERCHANT, "order_no": order_no(), "scene": "qr", "amount_fen": 500,
-                    "subject": "Water"}, KEY)  # fmt: skip
+    stale = signed("POST", "/v1/orders", {"merchant_id": MERCHANT, "order_no": order_no(), "scene": "qr",
+                                          "amount_fen": 500, "subject": "Water"}, KEY)  # fmt: skip
     stale["timestamp"] -= 3_600_000
     stale["sign"] = signed_again(stale)
     assert client.post("/v1/orders", stale)[1]["code"] == "STALE_REQUEST"
@@ -236,6 +236,11 @@ def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing
     elsewhere = client.create_qr(order_no(), 500, "Water", notify_url="https://169.254.169.254/latest/meta-data")
     assert elsewhere[0] == 400 and "notify_url" in elsewhere[1]["message"]
     assert client.call("POST", "/v1/orders", b"not json")[1]["code"] == "INVALID_JSON"
+    # A signature is for its call: one made to look an order up does not close it.
+    looked_up = signed("GET", f"/v1/orders/{number}", {"merchant_id": MERCHANT, "order_no": number}, KEY)
+    del looked_up["order_no"]
+    assert client.post(f"/v1/orders/{number}/close", looked_up)[1]["code"] == "BAD_SIGNATURE"
+    assert client.get(number)[1]["state"] == "PENDING"
 
 
 def forged_message() -> str:
@@ -244,9 +249,9 @@ def forged_message() -> str:
 
 def signed_again(params: dict) -> str:
     from hsm import algorithms
-    from switch.merchant.signing import signing_input
+    from switch.merchant.signing import request_signing_input
 
-    return algorithms.signer("hmac-sha256", KEY)(signing_input(params))
+    return algorithms.signer("hmac-sha256", KEY)(request_signing_input("POST", "/v1/orders", params))
 
 
 def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant_switch, merchant_db):

@@ -11,9 +11,9 @@
   written), and how it stands.
 - ``POST /notify/{channel}``: a channel's payment notification (``switch.merchant.notices``).
 
-Every merchant request is signed (``switch.merchant.signing``; the path's order number is signed
-as the parameter ``order_no``), within the signature window of now, with a nonce never seen
-before. Errors are ``{"code", "message"}`` with an HTTP status; never a traceback."""
+Every merchant request is signed (``switch.merchant.signing``: its method and path, and its
+parameters, the path's order number among them as ``order_no``), within the signature window of
+now, with a nonce never seen before. Errors are ``{"code", "message"}`` with an HTTP status; never a traceback."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from switch.journal.orders import Order, Refund, find_order, find_refund, fresh_
 from switch.merchant.notices import Notices
 from switch.merchant.orders import CODE, QR, CodeAsk, Orders, QrAsk, Refused
 from switch.merchant.settings import MerchantApiSection
-from switch.merchant.signing import signing_input
+from switch.merchant.signing import request_signing_input
 
 log = logging.getLogger("paysw.merchant_api")
 OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -137,7 +137,7 @@ class MerchantApi:
         return app
 
     async def create(self, request: web.Request) -> web.Response:
-        ask, merchant = await self._signed(await _json_params(request), CreateOrder)
+        ask, merchant = await self._signed(request, await _json_params(request), CreateOrder)
         if ask.notify_url and _origin(ask.notify_url) != _origin(merchant.notify_url):
             # The switch POSTs there: only to the host the operator configured for the merchant.
             raise ApiError(400, "INVALID_REQUEST", "notify_url: must be on the host of the merchant's configured URL")
@@ -158,7 +158,7 @@ class MerchantApi:
 
     async def get(self, request: web.Request) -> web.Response:
         params = {**request.query, "order_no": request.match_info["order_no"]}
-        ask, merchant = await self._signed(params, OrderAction, strings=True)
+        ask, merchant = await self._signed(request, params, OrderAction, strings=True)
         order = await find_order(self._pool, merchant.id, ask.order_no)
         if order is None:
             raise ApiError(404, "ORDER_NOT_FOUND", f"no order {ask.order_no}")
@@ -166,7 +166,7 @@ class MerchantApi:
 
     async def close(self, request: web.Request) -> web.Response:
         params = {**await _json_params(request), "order_no": request.match_info["order_no"]}
-        ask, merchant = await self._signed(params, OrderAction)
+        ask, merchant = await self._signed(request, params, OrderAction)
         try:
             order = await self._orders.close(merchant, ask.order_no)
         except Refused as exc:
@@ -175,7 +175,7 @@ class MerchantApi:
 
     async def refund(self, request: web.Request) -> web.Response:
         params = {**await _json_params(request), "order_no": request.match_info["order_no"]}
-        ask, merchant = await self._signed(params, RefundOrder)
+        ask, merchant = await self._signed(request, params, RefundOrder)
         try:
             refund = await self._orders.refund(merchant, ask.order_no, ask.refund_no, ask.amount_fen)
         except Refused as exc:
@@ -184,7 +184,7 @@ class MerchantApi:
 
     async def get_refund(self, request: web.Request) -> web.Response:
         params = {**request.query, **request.match_info}
-        ask, merchant = await self._signed(params, RefundAction, strings=True)
+        ask, merchant = await self._signed(request, params, RefundAction, strings=True)
         refund = await find_refund(self._pool, merchant.id, ask.refund_no)
         if refund is None or refund.order_no != ask.order_no or refund.state is None:
             raise ApiError(404, "REFUND_NOT_FOUND", f"no refund {ask.refund_no} of order {ask.order_no}")
@@ -195,8 +195,11 @@ class MerchantApi:
         answer = await self._notices.receive(request.match_info["channel"], body, dict(request.headers))
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
-    async def _signed(self, params: Mapping[str, object], shape: type[S], strings: bool = False) -> tuple[S, Merchant]:
-        """The request's parameters as ``shape``, once its signature, time and nonce hold."""
+    async def _signed(
+        self, request: web.Request, params: Mapping[str, object], shape: type[S], strings: bool = False
+    ) -> tuple[S, Merchant]:
+        """The request's parameters as ``shape``, once its signature (of its method and path, and
+        its parameters), time and nonce hold."""
         try:
             ask = msgspec.convert(params, shape, strict=not strings)
         except msgspec.ValidationError as exc:
@@ -205,7 +208,7 @@ class MerchantApi:
         verify = self._verifiers.get((ask.merchant_id, ask.sign_type))
         if merchant is None or verify is None:
             raise ApiError(401, "UNAUTHORISED", "unknown merchant, sign_type, or a merchant without an API key")
-        if not verify(signing_input(params), ask.sign):
+        if not verify(request_signing_input(request.method, request.path, params), ask.sign):
             raise ApiError(401, "BAD_SIGNATURE", "the signature does not verify")
         window = self._section.signature_window_s
         if abs(time.time() * 1000 - ask.timestamp) > window * 1000:
