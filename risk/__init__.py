@@ -61,6 +61,14 @@ class Risk:
         if self._path is not None:
             self.engine = Engine(load_rules(self._path, *self._known))
 
+    def engine_for(self, known: tuple[set[str], set[str], set[str]]) -> Engine:
+        """The rules file read against the channels, merchants and terminals of a reloaded
+        configuration (``RulesError`` if a rule names one it no longer has); ``use`` it."""
+        return Engine(load_rules(self._path, *known)) if self._path is not None else self.engine
+
+    def use(self, engine: Engine, known: tuple[set[str], set[str], set[str]]) -> None:
+        self.engine, self._known = engine, known
+
     def begin(self, facts: Facts) -> asyncio.Future[Decision]:
         """The payment's decision, on its way: the rules that read it alone are decided now, and
         (unless one of those declines it already) the risk actors holding its subjects are asked

@@ -227,10 +227,8 @@ class RiskActor:
         return {"shard": self._shard, "payments": counted, "rebuilt_s": self._rebuilt_s, "pid": os.getpid()}
 
 
-def risk_actor(
-    shard: int, shards: int, database_url: str, link_tls: LinkTls | None, cpu_nice: int = 0
-) -> ActorHandle:
+def risk_actor(shard: int, shards: int, database_url: str, link_tls: LinkTls | None, cpu_nice: int = 0) -> ActorHandle:
     """Shard ``shard``'s risk actor: named, detached and restarted by Ray, like the channel actors."""
-    return RiskActor.options(
-        name=f"risk:{shard}", get_if_exists=True, max_restarts=-1, lifetime="detached"
-    ).remote(shard, shards, database_url, link_tls, cpu_nice)
+    return RiskActor.options(name=f"risk:{shard}", get_if_exists=True, max_restarts=-1, lifetime="detached").remote(
+        shard, shards, database_url, link_tls, cpu_nice
+    )

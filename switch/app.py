@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+import msgspec
 import uvloop
 from aiohttp import web
 
@@ -27,7 +29,16 @@ from risk.messages import CHECK, Ask
 from risk.rules import RulesError
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
-from switch.config import Config, ConfigError, RaySection, host_port, link_tls, sizing_warnings
+from switch.config import (
+    Config,
+    ConfigError,
+    RaySection,
+    host_port,
+    link_tls,
+    load_config,
+    sizing_warnings,
+    worker_share,
+)
 from switch.frontend import Drained, TerminalServer, serve_terminals
 from switch.gateway import ChannelGateway
 from switch.journal import Journal
@@ -35,6 +46,7 @@ from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.orders import set_endpoints
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
+from switch.live import NOTIFY_CHANNEL, restart_needed
 from switch.merchant.api import MerchantApi
 from switch.merchant.api import start as start_merchant_api
 from switch.merchant.notices import Notices
@@ -74,7 +86,10 @@ class SwitchApp:
         admin_token: str,
         ray_address: str = "",
         seat: WorkerSeat | None = None,
+        share: int = 1,
     ) -> None:
+        self._share = share  # of ``paysw run --workers``: this front end's share of the quotas
+        config = worker_share(config, share)
         self.config = config
         self._seat = seat
         self._database_url = database_url
@@ -102,6 +117,12 @@ class SwitchApp:
         self.shedder: LoadShedder | None = None
         self._outbox: Outbox | None = None
         self._merchant_api: web.AppRunner | None = None
+        self._processor: Processor | None = None
+        self._security: TerminalSecurity | None = None
+        self._api: MerchantApi | None = None
+        self._reloading = asyncio.Lock()
+        self._reload_listener: asyncpg.Connection | None = None
+        self._background: set[asyncio.Task[bool]] = set()
         self.ready = False
 
     async def start(self) -> None:
@@ -161,10 +182,11 @@ class SwitchApp:
         )
         self.shedder.start()
         await self.risk.start(self.journal.pool, self._database_url)
-        processor = Processor(
+        self._processor = processor = Processor(
             cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk
         )
-        merchant_ids = {(m.id, ch): ident for m in cfg.merchants for ch, ident in m.channel_ids.items()}
+        self._security = security
+        merchant_ids = _channel_ids(cfg)
         await self._start_merchant_side(hsm, keys, processor)
         self.resolver = Resolver(self.journal, self.gateways, dict(cfg.channels), merchant_ids, self.metrics)
         self.resolver.start()  # also recovery: orphans of a crash are due once their deadline has passed
@@ -175,6 +197,8 @@ class SwitchApp:
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
         socket = self._seat.admin_socket if self._seat is not None else None
         self._admin = await start_admin(admin_host, admin_port, admin, socket)
+        self._reload_listener = await asyncpg.connect(self._database_url)
+        await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._reload_soon())
         # What start made lives as long as the process: the collector's full passes leave it alone
         # (one over it stopped the event loop for 45-60 ms under load).
         gc.freeze()
@@ -237,7 +261,7 @@ class SwitchApp:
         }
         orders = Orders(cfg, cfg.merchant_api, self.journal, self.gateways, processor)
         notices = Notices(self.journal, self.gateways, {n: ch.kind for n, ch in cfg.channels.items()}, self.metrics)
-        api = MerchantApi(cfg.merchant_api, cfg.merchants, verifiers, orders, notices)
+        self._api = api = MerchantApi(cfg.merchant_api, cfg.merchants, verifiers, orders, notices)
         self._merchant_api = await start_merchant_api(api, cfg.merchant_api.listen, reuse_port=self._seat is not None)
 
     def _hourly_reconciler(self) -> HourlyReconciler:
@@ -276,6 +300,59 @@ class SwitchApp:
             except Exception:
                 log.exception("reading the open transactions failed; trying again shortly")
             await asyncio.sleep(OPEN_TRANSACTIONS_EVERY_S)
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> bool:
+        """The configuration file read again (``switch.live``) and, if the whole of it is valid,
+        its live part applied in this front end; the risk rules and lists are read again too.
+        False, with the running configuration untouched and the reason logged, when invalid."""
+        async with self._reloading:
+            applied = await self._reload_configuration()
+            await self.risk.reload()
+            return applied
+
+    async def _reload_configuration(self) -> bool:
+        assert self._processor is not None and self._security is not None and self.journal is not None
+        try:
+            read = worker_share(load_config(self.config.source), self._share)
+            known = ({*self.config.channels}, {m.id for m in read.merchants}, {t.id for t in read.terminals})
+            engine = self.risk.engine_for(known)
+            await self._security.set_terminals({t.id: t for t in read.terminals})  # last check; then all of it
+        except (ConfigError, RulesError) as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("configuration not reloaded, the running one stays", extra={"error": str(exc)})
+            return False
+        self.risk.use(engine, known)
+        later = restart_needed(self.config, read)
+        live = msgspec.structs.replace(
+            self.config, merchants=read.merchants, terminals=read.terminals, routing=read.routing
+        )
+        self._processor.configure(live)
+        for name, gateway in self.gateways.items():
+            gateway.set_merchant_rates({m.id: m.rate_per_s[name] for m in live.merchants if name in m.rate_per_s})
+        if self.resolver is not None:
+            self.resolver.set_merchant_channel_ids(_channel_ids(live))
+        if self._api is not None:
+            self._api.set_merchants(live.merchants)
+        self.config = live
+        try:
+            await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in live.merchants if m.notify_url})
+        except Exception:  # the URLs of the moves from now on; the rest is applied
+            log.exception("the merchants' notification URLs were not updated")
+            self.metrics.config_reloads.labels("failed").inc()
+            return True
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info(
+            "configuration reloaded",
+            extra={"merchants": len(live.merchants), "terminals": len(live.terminals), "restart_needed": later},
+        )
+        if later:
+            log.warning("configuration changes that apply only after a restart", extra={"restart_needed": later})
+        return True
 
     async def stop(self) -> None:
         """The drain, then the parts: /readyz says not ready at once (a load balancer sends no
@@ -320,6 +397,8 @@ class SwitchApp:
         if self._outbox is not None:
             await self._outbox.stop()
         await self.risk.stop()
+        if self._reload_listener is not None:
+            await self._reload_listener.close()
         if self.journal is not None:
             await self.journal.close()
         if self._started_ray:
@@ -378,6 +457,10 @@ def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostg
     return embedded.start(), embedded
 
 
+def _channel_ids(config: Config) -> dict[tuple[str, str], str]:
+    return {(m.id, ch): ident for m in config.merchants for ch, ident in m.channel_ids.items()}
+
+
 def until_signalled() -> asyncio.Future[None]:
     """A future done at the first SIGINT or SIGTERM, handled on the event loop."""
     loop = asyncio.get_running_loop()
@@ -388,14 +471,15 @@ def until_signalled() -> asyncio.Future[None]:
 
 
 async def serve_until_signalled(app: SwitchApp) -> None:
-    """Serve until SIGINT or SIGTERM (then drain). SIGHUP re-reads the risk rules and lists, as
-    ``paysw risk reload`` does (a supervisor of workers takes SIGHUP itself: it replaces them)."""
+    """Serve until SIGINT or SIGTERM (then drain). SIGHUP re-reads the configuration file (its live
+    part, ``switch.live``) and the risk rules and lists, as ``paysw reload`` does for every front
+    end (a supervisor of workers takes SIGHUP itself: it replaces them)."""
     await app.start()
     stop_on_signal = until_signalled()  # after start: ray.init installs a SIGTERM handler that exits at once
     reloads: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
-        task = asyncio.get_running_loop().create_task(app.risk.reload())
+        task = asyncio.get_running_loop().create_task(app.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from hsm import HsmError
 from risk import cli as risk_cli
-from switch import keys_cli, settlement_cli
+from switch import keys_cli, reload_cli, settlement_cli
 from switch.config import ConfigError, load_config
 from switch.merchant import cli as notify_cli
 from switch.recon import cli as recon_cli
@@ -110,6 +110,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     settlement_cli.add_parser(commands)
     risk_cli.add_parser(commands)
     notify_cli.add_parser(commands)
+    reload_cli.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return risk_cli.main(args, load_config(args.config))
         if args.command == "notify":
             return notify_cli.main(args, load_config(args.config))
+        if args.command == "reload":
+            return reload_cli.main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

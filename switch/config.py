@@ -209,6 +209,7 @@ class Config(_Strict):
     risk: RiskSection = RiskSection()
     merchant_api: MerchantApiSection = MerchantApiSection()
     base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
+    source: str = ""  # the file itself, read again by a reload (set by load_config)
 
 
 class ConfigError(Exception):
@@ -218,7 +219,7 @@ class ConfigError(Exception):
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     config = read_toml(path, Config, ConfigError, _upgrade_hint)
-    config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent))
+    config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent), source=str(path.resolve()))
     problems = _cross_check(config)
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))

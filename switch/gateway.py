@@ -146,6 +146,14 @@ class ChannelGateway:
             *(loop.create_task(self._keep_linked(s), name=f"gateway-{name}-link{s.index}") for s in self.shards),
         ]
 
+    def set_merchant_rates(self, rates: dict[str, float]) -> None:
+        """The merchants' own quotas of a reloaded configuration: a merchant whose rate changed
+        starts a fresh bucket at its new rate; the others keep theirs."""
+        for merchant_id in {*rates, *self._merchant_rates}:
+            if rates.get(merchant_id) != self._merchant_rates.get(merchant_id):
+                self._merchant_quotas.pop(merchant_id, None)
+        self._merchant_rates = rates
+
     async def linked(self) -> None:
         """Return once every shard has had a link open (the switch is ready for traffic)."""
         await asyncio.gather(*(shard.linked.wait() for shard in self.shards))

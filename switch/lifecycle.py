@@ -96,9 +96,7 @@ class Processor:
         self._gateways = gateways
         self._metrics = metrics
         self._fingerprint = fingerprint
-        self._router = Router(config.routing)
-        self._merchants = {m.id: m for m in config.merchants}
-        self._terminals = {t.id: t for t in config.terminals}
+        self.configure(config)
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
@@ -106,6 +104,13 @@ class Processor:
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
         self._http_paths = {scene: bind(self, names, scene, timing) for scene, names in HTTP_STEPS.items()}
+
+    def configure(self, config: Config) -> None:
+        """The merchants, terminals and routing, at start and on a reload (``switch.live``): a
+        transaction under way reads them from its next step on."""
+        self._router = Router(config.routing)
+        self._merchants = {m.id: m for m in config.merchants}
+        self._terminals = {t.id: t for t in config.terminals}
 
     # -- one frame -------------------------------------------------------------------------
 

@@ -137,6 +137,11 @@ class Metrics:
             "paysw_risk_reloads", "Reloads of the risk rules and lists, by result (ok, invalid, failed)", ["result"],
             registry=r,
         )  # fmt: skip
+        self.config_reloads = Counter(
+            "paysw_config_reloads",
+            "Reloads of the configuration file (switch.live), by result (ok, invalid, failed)", ["result"],
+            registry=r,
+        )  # fmt: skip
         self.risk_unreachable = Counter(
             "paysw_risk_unreachable",
             "Payments whose counted rules could not be judged in time (risk actors unreachable), by the "

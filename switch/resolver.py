@@ -86,6 +86,10 @@ class Resolver:
         self._in_progress: set[TxnKey] = set()  # a lease may lapse while a lane is stuck: never twice
         self._workers: set[asyncio.Task[None]] = set()
 
+    def set_merchant_channel_ids(self, ids: dict[tuple[str, str], str]) -> None:
+        """The merchants' ids at the channels, of a reloaded configuration."""
+        self._merchant_channel_ids = ids
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="resolver")
 

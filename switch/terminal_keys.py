@@ -103,7 +103,24 @@ class TerminalSecurity:
                 extra={"terminals_without_mac": len(plain)},
             )
 
+    async def set_terminals(self, terminals: dict[str, Terminal]) -> None:
+        """The terminals of a reloaded configuration (``switch.live``): a new one's keys are read,
+        and, as at start, a new one without a master key is a ``ConfigError`` unless allowed; then
+        (only then) the set is replaced."""
+        fresh = {t: await self._read(t) for t in terminals if t not in self._terminals}
+        plain = sorted(t for t, keys in fresh.items() if keys.tmk is None)
+        if plain and not self._allow_without_mac:
+            raise ConfigError(f"$.terminals: new terminals without a master key in the key store: {', '.join(plain)}")
+        self._keys.update(fresh)
+        for gone in set(self._terminals) - set(terminals):
+            self._keys.pop(gone, None)
+        self._terminals = terminals
+
     async def _reload(self, terminal_id: str) -> _Keys:
+        keys = self._keys[terminal_id] = await self._read(terminal_id)
+        return keys
+
+    async def _read(self, terminal_id: str) -> _Keys:
         keys = _Keys(
             tmk=await self._store.current(terminal_label(KeyKind.TMK, terminal_id)),
             pik=await self._store.current(terminal_label(KeyKind.PIK, terminal_id)),
@@ -114,7 +131,6 @@ class TerminalSecurity:
             keys.maks.append((maks[0].record, float("inf")))
             if len(maks) == 2:
                 keys.maks.append((maks[1].record, maks[0].created_at.timestamp() + self._grace_s))
-        self._keys[terminal_id] = keys
         return keys
 
     # -- MAC -----------------------------------------------------------------------------------

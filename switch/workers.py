@@ -35,7 +35,7 @@ from actors.runtime import init_ray
 from switch.admin import start_admin
 from switch.admin_token import configured_token, switch_token
 from switch.app import DATABASE_URL_ENV, SwitchApp, WorkerSeat, database_url_for, serve_until_signalled, until_signalled
-from switch.config import Config, ConfigError, host_port, worker_share
+from switch.config import Config, ConfigError, host_port
 from switch.workers_admin import WorkerEndpoint, workers_admin_app
 
 log = logging.getLogger("paysw")
@@ -210,11 +210,12 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
     _stop_with_supervisor()
     _tag_logs(index)
     app = SwitchApp(
-        worker_share(config, workers),
+        config,
         os.environ[DATABASE_URL_ENV],
         configured_token(config, data_dir),  # the supervisor has made sure it exists
         ray_address,
         WorkerSeat(index, admin_socket(data_dir, index, generation)),
+        share=workers,
     )
     uvloop.run(serve_until_signalled(app))
 

@@ -126,6 +126,10 @@ class MerchantApi:
         self._notices = notices
         self._pool = orders.pool
 
+    def set_merchants(self, merchants: list[Merchant]) -> None:
+        """The merchants of a reloaded configuration (their keys stay those opened at start)."""
+        self._merchants = {m.id: m for m in merchants}
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
         app.router.add_post("/v1/orders", self.create)

@@ -1,0 +1,58 @@
+"""``paysw reload``: every running front end on the journal reads its configuration file again and
+applies its live part (``switch.live``), and its risk rules and lists; an invalid file leaves a
+front end's running configuration as it was. The file given here is checked first, whole, so
+that a mistake is reported at once with its path and reason (each front end checks its own copy
+again). Told through PostgreSQL (``NOTIFY``), whose credentials are what authorise it."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from risk.rules import RulesError, load_rules
+from switch.cli_support import add_database_arguments, with_database
+from switch.config import Config
+from switch.live import LIVE, NOTIFY_CHANNEL
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "reload",
+        help="every running front end re-reads its configuration file (merchants, terminals, routing)",
+        description="Check the configuration file whole (and the risk rules against it), then tell every front "
+        f"end on the journal to read its own file again and apply its live part ({', '.join(sorted(LIVE))}) "
+        "and its risk rules and lists, within a second or two, with no restart. A front end whose file is "
+        "invalid keeps its running configuration and logs why; a change to anything else (listeners, database, "
+        "channels, security, a merchant's API key) is logged as needing a restart. SIGHUP to one front end "
+        "does the same for it.",
+    )
+    add_database_arguments(parser)
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    if config.risk.rules:
+        known = {*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals}
+        try:
+            load_rules(Path(config.base_dir) / config.risk.rules, *known)
+        except RulesError as exc:
+            print(f"paysw reload: not reloaded: {exc}", file=sys.stderr)
+            return 2
+    return with_database(config, args.data_dir, _tell)
+
+
+async def _tell(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}, {_quoted(getpass.getuser())}")
+    finally:
+        await conn.close()
+    print("paysw reload: the configuration is valid; every running front end reads its own again")
+    return 0
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
