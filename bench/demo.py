@@ -19,7 +19,7 @@ from pathlib import Path
 import uvloop
 
 from bench.client import IsoClient
-from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG
+from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, absolute_paths
 from bench.merchant import MerchantClient, Receiver, describe, receiver_thread
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
@@ -224,6 +224,40 @@ async def risk_drill(host: str, port: int, app: SwitchApp) -> None:
           " (counted by the risk actors)")  # fmt: skip
 
 
+async def reload_drill(host: str, port: int, app: SwitchApp) -> None:
+    """Live configuration: the demo's kiosk merchant suspended in the configuration file and the
+    file reloaded (as SIGHUP or ``paysw reload`` do), with no restart; then the file as it was.
+    The file is the demo's copy in the data folder (``main``), never the repository's."""
+    source = Path(app.config.source)
+    original = source.read_text()
+    kiosk, terminal = "898310048990002", "K0000001"
+    stans = Stans(start=random.randrange(1, 900_000))
+    client = await IsoClient.connect(host, port)
+
+    async def pay() -> str:
+        code = payment_code("wechat", "00", random.Random())
+        return (await client.request(purchase(terminal, kiosk, code, 100, stans.next(terminal))))["39"]
+
+    try:
+        before = await pay()
+        source.write_text(original.replace(f'id = "{kiosk}"\n', f'id = "{kiosk}"\nsuspended = true\n', 1))
+        applied = await app.reload()
+        suspended = await pay()
+        source.write_text(original.replace(f'id = "{kiosk}"', 'id = "not a merchant id"', 1))
+        refused = not await app.reload()
+        still = await pay()
+        source.write_text(original)
+        await app.reload()
+        after = await pay()
+    finally:
+        source.write_text(original)
+        await client.close()
+    print(f"live configuration ({source.name} read again, as SIGHUP or `paysw reload` do; no restart):")
+    print(f"  merchant {kiosk} suspended in the file: {before} before, {suspended} after (applied: {applied})")
+    print(f"  an invalid file refused, the running configuration kept: {refused}, the merchant still {still}")
+    print(f"  the file as it was: {after}")
+
+
 def _receiver_address(config: Config) -> str:
     """Where the demo merchant's notifications go (its ``notify_url``): the demo's receiver."""
     url = next(m.notify_url for m in config.merchants if m.id == MERCHANT)
@@ -352,6 +386,8 @@ async def _run_with(
             print()
             await risk_drill(host, port, app)
             print()
+            await reload_drill(host, port, app)
+            print()
             await merchant_drill(config, simulators, receiver)
             print()
             await _settle(app)
@@ -362,7 +398,10 @@ async def _run_with(
 
 def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int = 200) -> int:
     setup_logging("WARNING")
-    config = load_config(DEMO_SWITCH_CONFIG)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    copy = data_dir / "switch.toml"  # what a reload reads again (the demo's drill edits it, never the repository's)
+    copy.write_text(absolute_paths(DEMO_SWITCH_CONFIG.read_text()))
+    config = load_config(copy)
     simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
     busy = _ports_in_use(config, simulators, (_receiver_address(config),))
     if busy:

@@ -53,6 +53,9 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout
     assert "black-listed: 00, then 62, rules ['blacklisted-code (enforce)']" in result.stdout
     assert "six times running: 00 00 00 00 00 65, rules ['code-burst (enforce)']" in result.stdout
+    assert "suspended in the file: 00 before, 57 after (applied: True)" in result.stdout
+    assert "an invalid file refused, the running configuration kept: True, the merchant still 57" in result.stdout
+    assert "the file as it was: 00" in result.stdout
     for channel in CODE_SHAPES:  # a QR order on each, scanned, and the merchant's receipt of it
         assert re.search(
             rf"^  {channel}: code \S+, scanned: PAID; merchant notified: APPROVED purchase", result.stdout, re.M
