@@ -123,6 +123,8 @@ class SwitchApp:
         self._reloading = asyncio.Lock()
         self._reload_listener: asyncpg.Connection | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        self._reload_waiting = False
+        self._stopping = False
         self.ready = False
 
     async def start(self) -> None:
@@ -198,7 +200,7 @@ class SwitchApp:
         socket = self._seat.admin_socket if self._seat is not None else None
         self._admin = await start_admin(admin_host, admin_port, admin, socket)
         self._reload_listener = await asyncpg.connect(self._database_url)
-        await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._reload_soon())
+        await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda _, pid, __, by: self._reload_soon(pid, by))
         # What start made lives as long as the process: the collector's full passes leave it alone
         # (one over it stopped the event loop for 45-60 ms under load).
         gc.freeze()
@@ -301,7 +303,13 @@ class SwitchApp:
                 log.exception("reading the open transactions failed; trying again shortly")
             await asyncio.sleep(OPEN_TRANSACTIONS_EVERY_S)
 
-    def _reload_soon(self) -> None:
+    def _reload_soon(self, sender: int, payload: str) -> None:
+        """``paysw reload`` (by NOTIFY): one reload at a time, and notifications that come while
+        one waits are one more reload, not one each."""
+        log.info("configuration reload asked", extra={"by": payload[:64], "backend_pid": sender})
+        if self._reload_waiting:
+            return
+        self._reload_waiting = True
         task = asyncio.get_running_loop().create_task(self.reload())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -311,7 +319,15 @@ class SwitchApp:
         its live part applied in this front end; the risk rules and lists are read again too.
         False, with the running configuration untouched and the reason logged, when invalid."""
         async with self._reloading:
-            applied = await self._reload_configuration()
+            self._reload_waiting = False
+            if self._stopping:
+                return False
+            try:
+                applied = await self._reload_configuration()
+            except Exception:  # the database, the key store: nothing was applied
+                self.metrics.config_reloads.labels("failed").inc()
+                log.exception("configuration not reloaded, the running one stays")
+                return False
             await self.risk.reload()
             return applied
 
@@ -319,13 +335,19 @@ class SwitchApp:
         assert self._processor is not None and self._security is not None and self.journal is not None
         try:
             read = worker_share(load_config(self.config.source), self._share)
+            _channels_running(read, set(self.gateways))
             known = ({*self.config.channels}, {m.id for m in read.merchants}, {t.id for t in read.terminals})
             engine = self.risk.engine_for(known)
-            await self._security.set_terminals({t.id: t for t in read.terminals})  # last check; then all of it
+            terminals = {t.id: t for t in read.terminals}
+            fresh = await self._security.new_terminals(terminals)
         except (ConfigError, RulesError) as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             log.error("configuration not reloaded, the running one stays", extra={"error": str(exc)})
             return False
+        # The one write (in one database transaction, shared by the front ends on the journal);
+        # if it fails nothing is applied. Then every part at once: no await from here on.
+        await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in read.merchants if m.notify_url})
+        self._security.set_terminals(terminals, fresh)
         self.risk.use(engine, known)
         later = restart_needed(self.config, read)
         live = msgspec.structs.replace(
@@ -339,12 +361,6 @@ class SwitchApp:
         if self._api is not None:
             self._api.set_merchants(live.merchants)
         self.config = live
-        try:
-            await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in live.merchants if m.notify_url})
-        except Exception:  # the URLs of the moves from now on; the rest is applied
-            log.exception("the merchants' notification URLs were not updated")
-            self.metrics.config_reloads.labels("failed").inc()
-            return True
         self.metrics.config_reloads.labels("ok").inc()
         log.info(
             "configuration reloaded",
@@ -361,6 +377,10 @@ class SwitchApp:
         front end's resolver; all within ``drain_bound_s``, past which the rest is left exactly
         as after a crash."""
         self.ready = False
+        async with self._reloading:  # a reload under way finishes first; none starts after
+            self._stopping = True
+        if self._reload_listener is not None:
+            await self._reload_listener.close()
         loop = asyncio.get_running_loop()
         bound_s = self.config.switch.drain_bound_s()
         started = loop.time()
@@ -397,8 +417,6 @@ class SwitchApp:
         if self._outbox is not None:
             await self._outbox.stop()
         await self.risk.stop()
-        if self._reload_listener is not None:
-            await self._reload_listener.close()
         if self.journal is not None:
             await self.journal.close()
         if self._started_ray:
@@ -455,6 +473,18 @@ def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostg
         return url, None
     embedded = EmbeddedPostgres(data_dir / "pg")
     return embedded.start(), embedded
+
+
+def _channels_running(config: Config, running: set[str]) -> None:
+    """A reload's routes and merchants may name only channels running here: a new channel, like
+    any change to the channels, needs a restart (its routes with it)."""
+    named = {r.channel for r in config.routing.codes} | {b.channel for b in config.routing.card_bins}
+    named |= {c for m in config.merchants for c in m.channels}
+    if named - running:
+        raise ConfigError(
+            f"{config.source}: $.routing or $.merchants name channels not running here (a new channel needs a "
+            f"restart): {', '.join(sorted(named - running))}"
+        )
 
 
 def _channel_ids(config: Config) -> dict[tuple[str, str], str]:

@@ -107,7 +107,7 @@ class Processor:
 
     def configure(self, config: Config) -> None:
         """The merchants, terminals and routing, at start and on a reload (``switch.live``): a
-        transaction under way reads them from its next step on."""
+        transaction under way keeps the merchant its first step read (``Context.merchant``)."""
         self._router = Router(config.routing)
         self._merchants = {m.id: m for m in config.merchants}
         self._terminals = {t.id: t for t in config.terminals}
@@ -262,12 +262,11 @@ class Processor:
         terminal = self._terminals.get(t.message["41"])
         if terminal is None or terminal.merchant != t.message["42"]:
             return rc.INVALID_MERCHANT
-        if self._merchants[terminal.merchant].suspended:
-            return rc.NOT_PERMITTED
-        return None
+        t.merchant = self._merchants[terminal.merchant]
+        return rc.NOT_PERMITTED if t.merchant.suspended else None
 
     def _step_merchant(self, t: Context) -> str | None:
-        merchant = self._merchants.get(t.message["42"])
+        t.merchant = merchant = self._merchants.get(t.message["42"])
         if merchant is None:
             return rc.INVALID_MERCHANT
         return rc.NOT_PERMITTED if merchant.suspended else None
@@ -403,7 +402,7 @@ class Processor:
                 txn.out_trade_no,
                 txn.amount_fen,
                 original,
-                self._merchant_channel_id(txn),
+                self._merchant_channel_id(t),
                 self._deadline(txn),
             )
 
@@ -433,7 +432,8 @@ class Processor:
         return None
 
     def _step_channel_allowed(self, t: Context) -> str | None:
-        if t.channel not in self._merchants[t.message["42"]].channels:
+        assert t.merchant is not None
+        if t.channel not in t.merchant.channels:
             return rc.NOT_PERMITTED
         if t.channel not in self._gateways:
             return rc.CHANNEL_UNAVAILABLE
@@ -472,7 +472,8 @@ class Processor:
         commits."""
         txn = t.txn
         assert txn is not None
-        merchant = self._merchants[txn.merchant_id]
+        merchant = t.merchant
+        assert merchant is not None
         local = t.message["12"]
         t.risk = self._risk.begin(
             Facts(
@@ -514,7 +515,7 @@ class Processor:
             return
         gateway = self._gateways[txn.channel]
         deadline = self._deadline(txn)
-        ref = self._ref(txn)
+        ref = self._ref(t)
         with self._calling(t):
             result = await gateway.call(
                 PAY,
@@ -541,7 +542,7 @@ class Processor:
         assert txn is not None and qr is not None
         if t.result is not None:  # not admitted
             return
-        ref = self._ref(txn)._replace(subject=qr.subject, notify_url=qr.notify_url, expires=qr.expires)
+        ref = self._ref(t)._replace(subject=qr.subject, notify_url=qr.notify_url, expires=qr.expires)
         with self._calling(t):
             result = await self._gateways[txn.channel].call(
                 PRECREATE, ref, self._deadline(txn), on_late=self._keep_late(txn, PRECREATE)
@@ -603,11 +604,13 @@ class Processor:
 
     # -- helpers of the steps ----------------------------------------------------------------
 
-    def _ref(self, txn: NewTxn) -> PaymentRef:
+    def _ref(self, t: Context) -> PaymentRef:
+        txn = t.txn
+        assert txn is not None
         return PaymentRef(
             txn.out_trade_no,
             txn.amount_fen,
-            self._merchant_channel_id(txn),
+            self._merchant_channel_id(t),
             txn.terminal_id,
             txn.received_at.timestamp(),
         )
@@ -721,5 +724,6 @@ class Processor:
     def _channel_section(self, txn: NewTxn) -> ChannelSection:
         return self._channels[txn.channel]
 
-    def _merchant_channel_id(self, txn: NewTxn) -> str:
-        return self._merchants[txn.merchant_id].channel_ids.get(txn.channel, "")
+    def _merchant_channel_id(self, t: Context) -> str:
+        assert t.merchant is not None and t.txn is not None
+        return t.merchant.channel_ids.get(t.txn.channel, "")

@@ -47,12 +47,15 @@ def main(args: argparse.Namespace, config: Config) -> int:
 async def _tell(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}, {_quoted(getpass.getuser())}")
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, _who())
     finally:
         await conn.close()
     print("paysw reload: the configuration is valid; every running front end reads its own again")
     return 0
 
 
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's user with no name
+        return "?"

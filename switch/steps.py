@@ -31,6 +31,7 @@ from hsm import KeyRecord
 from protocols.iso8583 import Message
 from protocols.messages import ChannelResult
 from protocols.validation import TxnType
+from switch.config import Merchant
 from switch.journal import NewTxn, Original, TxnKey
 
 _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
@@ -93,6 +94,7 @@ class Context:
     in_flight: bool = False  # counted in the load shedder's requests under way
     channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)
     qr: QrTerms | None = None  # a QR order's terms
+    merchant: Merchant | None = None  # as configured when its step read it (a reload meanwhile changes nothing here)
     tx_date: dt.date | None = None  # field 7's date
     rrn: str = ""
     pin_block: str = field(default="", repr=False)  # under the channel's zone PIN key

@@ -103,18 +103,21 @@ class TerminalSecurity:
                 extra={"terminals_without_mac": len(plain)},
             )
 
-    async def set_terminals(self, terminals: dict[str, Terminal]) -> None:
-        """The terminals of a reloaded configuration (``switch.live``): a new one's keys are read,
-        and, as at start, a new one without a master key is a ``ConfigError`` unless allowed; then
-        (only then) the set is replaced."""
+    async def new_terminals(self, terminals: dict[str, Terminal]) -> dict[str, _Keys]:
+        """The keys of the terminals of a reloaded configuration (``switch.live``) not known here
+        yet, for ``set_terminals``; as at start, a new one without a master key is a
+        ``ConfigError`` unless allowed. Changes nothing."""
         fresh = {t: await self._read(t) for t in terminals if t not in self._terminals}
         plain = sorted(t for t, keys in fresh.items() if keys.tmk is None)
         if plain and not self._allow_without_mac:
             raise ConfigError(f"$.terminals: new terminals without a master key in the key store: {', '.join(plain)}")
+        return fresh
+
+    def set_terminals(self, terminals: dict[str, Terminal], fresh: dict[str, _Keys]) -> None:
         self._keys.update(fresh)
-        for gone in set(self._terminals) - set(terminals):
-            self._keys.pop(gone, None)
-        self._terminals = terminals
+        # A removed terminal's keys and MAC algorithm stay: a request of its under way is answered
+        # under them (the Processor refuses its new ones, 03).
+        self._terminals = {**self._terminals, **terminals}
 
     async def _reload(self, terminal_id: str) -> _Keys:
         keys = self._keys[terminal_id] = await self._read(terminal_id)

@@ -28,3 +28,14 @@ def test_a_merchants_api_key_needs_a_restart_whether_changed_given_or_taken_away
     for merchants, who in ((changed, keyed.id), (given, RUNNING.merchants[1].id), (taken, keyed.id)):
         read = msgspec.structs.replace(RUNNING, merchants=merchants)
         assert restart_needed(RUNNING, read) == [f"$.merchants[{who}].api_key"]
+
+
+def test_routes_and_merchants_may_name_only_channels_running():
+    import pytest
+
+    from switch.app import _channels_running
+    from switch.config import ConfigError
+
+    _channels_running(RUNNING, set(RUNNING.channels))
+    with pytest.raises(ConfigError, match=r"needs a restart.*: inbank"):
+        _channels_running(RUNNING, set(RUNNING.channels) - {"inbank"})
