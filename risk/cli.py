@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import sys
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from protocols.statements import CST
 from risk.lists import COLOURS, KINDS, NOTIFY_CHANNEL, change_list
 from risk.report import day_report, printed, write_csv
 from risk.rules import RulesError, load_rules
-from switch.cli_support import add_database_arguments, with_database
-from switch.config import Config
+from switch.cli_support import add_database_arguments, who, with_database
+from switch.config import Config, known_names
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, configured_keys
 
@@ -64,7 +63,7 @@ def _check(config: Config) -> int:
         print("paysw risk check: the configuration names no rules file ([risk] rules)")
         return 0
     try:
-        rules = load_rules(Path(config.base_dir) / config.risk.rules, *_known(config))
+        rules = load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config))
     except RulesError as exc:
         print(f"paysw risk check: {exc}", file=sys.stderr)
         return 2
@@ -74,10 +73,6 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _known(config: Config) -> tuple[set[str], set[str], set[str]]:
-    return {*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals}
-
-
 async def _work(url: str, config: Config, args: argparse.Namespace) -> int:
     conn = await asyncpg.connect(url)
     try:
@@ -85,7 +80,7 @@ async def _work(url: str, config: Config, args: argparse.Namespace) -> int:
         if args.action == "reload":
             await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}, 'rules'")
             await conn.execute(
-                "INSERT INTO risk_audit (action, detail, by_whom) VALUES ('reload', '', $1)", getpass.getuser()
+                "INSERT INTO risk_audit (action, detail, by_whom) VALUES ('reload', '', $1)", who()
             )
             print("reload asked of every running front end (see their logs and paysw_risk_reloads_total)")
             return 0
@@ -111,7 +106,7 @@ async def _work(url: str, config: Config, args: argparse.Namespace) -> int:
             print("paysw risk list: --reason is required (it is audited)", file=sys.stderr)
             return 2
         changed = await change_list(conn, args.change == "add", args.colour, args.of, value, args.reason,
-                                    getpass.getuser())  # fmt: skip
+                                    who())  # fmt: skip
         shown = value if args.of != "code" else value[:16] + "..."
         print(f"{args.change} {args.colour} {args.of} {shown}: {'done' if changed else 'nothing to change'}")
         return 0

@@ -34,6 +34,7 @@ from switch.config import (
     ConfigError,
     RaySection,
     host_port,
+    known_names,
     link_tls,
     load_config,
     sizing_warnings,
@@ -46,7 +47,7 @@ from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.orders import set_endpoints
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
-from switch.live import NOTIFY_CHANNEL, restart_needed
+from switch.live import NOTIFY_CHANNEL, kept_sections, overlaid, restart_needed
 from switch.merchant.api import MerchantApi
 from switch.merchant.api import start as start_merchant_api
 from switch.merchant.notices import Notices
@@ -89,6 +90,7 @@ class SwitchApp:
         share: int = 1,
     ) -> None:
         self._share = share  # of ``paysw run --workers``: this front end's share of the quotas
+        self._file_config = config  # start puts the journal's live sections over it (switch.live)
         config = worker_share(config, share)
         self.config = config
         self._seat = seat
@@ -96,11 +98,10 @@ class SwitchApp:
         self._admin_token = admin_token  # operator actions need it (switch.admin_token)
         self._ray_address = ray_address or config.ray.address
         self.metrics = Metrics()
-        known = ({*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals})
         self.risk = Risk(
             config.risk,
             config.base_dir,
-            known,
+            known_names(config),
             self.metrics.risk_reloaded,
             lambda policy: self.metrics.risk_unreachable.labels(policy).inc(),
         )
@@ -131,10 +132,6 @@ class SwitchApp:
         cfg = self.config
         for warning in sizing_warnings(cfg):
             log.warning("configuration: " + warning)
-        try:  # before anything starts: invalid rules stop the switch here
-            self.risk.load_rules()
-        except RulesError as exc:
-            raise ConfigError(f"$.risk.rules: {exc}") from None
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,
@@ -142,6 +139,12 @@ class SwitchApp:
             on_batch=self.metrics.journal_batch_done,
             ahead_days=cfg.database.partitions_ahead_days,
         )
+        self.config = cfg = worker_share(await self._configuration(self._file_config), self._share)
+        self.risk.use(self.risk.engine, known_names(cfg))
+        try:  # before anything else starts: invalid rules stop the switch here
+            self.risk.load_rules()
+        except RulesError as exc:
+            raise ConfigError(f"$.risk.rules: {exc}") from None
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
         hsm = open_hsm(cfg.security.hsm, cfg.base_dir, demo=cfg.switch.demo)
@@ -334,9 +337,10 @@ class SwitchApp:
     async def _reload_configuration(self) -> bool:
         assert self._processor is not None and self._security is not None and self.journal is not None
         try:
-            read = worker_share(load_config(self.config.source), self._share)
+            file_config = load_config(self.config.source)
+            read = worker_share(await self._configuration(file_config), self._share)
             _channels_running(read, set(self.gateways))
-            known = ({*self.config.channels}, {m.id for m in read.merchants}, {t.id for t in read.terminals})
+            known = known_names(msgspec.structs.replace(read, channels=self.config.channels))
             engine = self.risk.engine_for(known)
             terminals = {t.id: t for t in read.terminals}
             fresh = await self._security.new_terminals(terminals)
@@ -360,7 +364,7 @@ class SwitchApp:
             self.resolver.set_merchant_channel_ids(_channel_ids(live))
         if self._api is not None:
             self._api.set_merchants(live.merchants)
-        self.config = live
+        self.config, self._file_config = live, file_config
         self.metrics.config_reloads.labels("ok").inc()
         log.info(
             "configuration reloaded",
@@ -369,6 +373,14 @@ class SwitchApp:
         if later:
             log.warning("configuration changes that apply only after a restart", extra={"restart_needed": later})
         return True
+
+    async def _configuration(self, file_config: Config) -> Config:
+        """The file's configuration with the journal's live sections over it (``switch.live``)."""
+        assert self.journal is not None
+        kept = await kept_sections(self.journal.pool)
+        if kept:
+            log.info("configuration sections kept in the journal replace the file's", extra={"sections": sorted(kept)})
+        return overlaid(file_config, kept)
 
     async def stop(self) -> None:
         """The drain, then the parts: /readyz says not ready at once (a load balancer sends no

@@ -12,6 +12,7 @@ from hsm import HsmError
 from risk import cli as risk_cli
 from switch import keys_cli, reload_cli, settlement_cli
 from switch.config import ConfigError, load_config
+from switch.console import cli as console_cli
 from switch.merchant import cli as notify_cli
 from switch.recon import cli as recon_cli
 
@@ -21,7 +22,7 @@ from switch.recon import cli as recon_cli
 COMMANDS_GROUP = "paysw.commands"
 
 
-BUILT_IN = ("run", "channel", "keys", "recon", "settle")
+BUILT_IN = ("run", "channel", "keys", "recon", "settle", "risk", "notify", "reload", "console")
 
 
 def _at_least_one(text: str) -> int:
@@ -111,6 +112,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     risk_cli.add_parser(commands)
     notify_cli.add_parser(commands)
     reload_cli.add_parser(commands)
+    console_cli.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return notify_cli.main(args, load_config(args.config))
         if args.command == "reload":
             return reload_cli.main(args, load_config(args.config))
+        if args.command == "console":
+            return console_cli.main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

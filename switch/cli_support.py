@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -28,3 +29,11 @@ def with_database(config: Config, data_dir: Path, work: Callable[[str], Awaitabl
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def who() -> str:
+    """The operating-system user running the command, for the logs and audit rows it writes."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's user with no name
+        return "?"

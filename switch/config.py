@@ -20,6 +20,7 @@ from protocols.channels import UnknownChannel, channel_of
 from protocols.channels.base import Account
 from risk.rules import RiskSection
 from switch.breaker import BreakerSettings
+from switch.console.settings import ConsoleSection
 from switch.merchant.settings import MerchantApiSection
 from switch.toml_file import read_toml
 
@@ -208,6 +209,7 @@ class Config(_Strict):
     recon: ReconSection = ReconSection()
     risk: RiskSection = RiskSection()
     merchant_api: MerchantApiSection = MerchantApiSection()
+    console: ConsoleSection = ConsoleSection()
     base_dir: str = ""  # folder of the file, for relative key paths (set by load_config)
     source: str = ""  # the file itself, read again by a reload (set by load_config)
 
@@ -220,13 +222,14 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     config = read_toml(path, Config, ConfigError, _upgrade_hint)
     config = msgspec.structs.replace(config, base_dir=str(path.resolve().parent), source=str(path.resolve()))
-    problems = _cross_check(config)
+    problems = cross_check(config)
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return config
 
 
-def _cross_check(config: Config) -> list[str]:
+def cross_check(config: Config) -> list[str]:
+    """What is wrong across sections (a route to a channel that is not configured, say), by path."""
     problems = []
     channels = config.channels
     base = Path(config.base_dir)
@@ -248,6 +251,7 @@ def _cross_check(config: Config) -> list[str]:
         listeners = {"$.switch.listen": config.switch.listen, "$.switch.admin_listen": config.switch.admin_listen}
         if config.merchant_api.listen:  # the demo merchant's key is published too
             listeners["$.merchant_api.listen"] = config.merchant_api.listen
+        listeners["$.console.listen"] = config.console.listen
         for where, address in listeners.items():
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
@@ -355,6 +359,11 @@ def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:
         for key, name in files.items()
         if not name or not (base / name).is_file()
     ]
+
+
+def known_names(config: Config) -> tuple[set[str], set[str], set[str]]:
+    """The channels, merchants and terminals of ``config``: what a risk rule's scope may name."""
+    return {*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals}
 
 
 def worker_share(config: Config, workers: int) -> Config:

@@ -7,16 +7,15 @@ again). Told through PostgreSQL (``NOTIFY``), whose credentials are what authori
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 
 import asyncpg
 
 from risk.rules import RulesError, load_rules
-from switch.cli_support import add_database_arguments, with_database
-from switch.config import Config
-from switch.live import LIVE, NOTIFY_CHANNEL
+from switch.cli_support import add_database_arguments, who, with_database
+from switch.config import Config, ConfigError, known_names
+from switch.live import LIVE, NOTIFY_CHANNEL, current
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,28 +33,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    if config.risk.rules:
-        known = {*config.channels}, {m.id for m in config.merchants}, {t.id for t in config.terminals}
-        try:
-            load_rules(Path(config.base_dir) / config.risk.rules, *known)
-        except RulesError as exc:
-            print(f"paysw reload: not reloaded: {exc}", file=sys.stderr)
-            return 2
-    return with_database(config, args.data_dir, _tell)
+    return with_database(config, args.data_dir, lambda url: _tell(url, config))
 
 
-async def _tell(url: str) -> int:
+async def _tell(url: str, config: Config) -> int:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, _who())
+        try:
+            config = await current(conn, config)  # the journal's live sections over the file
+            if config.risk.rules:
+                load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config))
+        except (ConfigError, RulesError) as exc:
+            print(f"paysw reload: not reloaded: {exc}", file=sys.stderr)
+            return 2
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, who())
     finally:
         await conn.close()
     print("paysw reload: the configuration is valid; every running front end reads its own again")
     return 0
 
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container's user with no name
-        return "?"

@@ -12,6 +12,7 @@ import asyncpg
 from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
+from switch.live import current
 from switch.settlement import settle, write_file
 
 
@@ -38,7 +39,7 @@ async def _settle(url: str, config: Config, args: argparse.Namespace) -> int:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-        settlement = await settle(pool, config, args.date)
+        settlement = await settle(pool, await current(pool, config), args.date)
     finally:
         await pool.close()
     header = ("merchant", "channel", "cycle", "payments", "gross", "refunds", "fees", "net")

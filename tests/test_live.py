@@ -39,3 +39,60 @@ def test_routes_and_merchants_may_name_only_channels_running():
     _channels_running(RUNNING, set(RUNNING.channels))
     with pytest.raises(ConfigError, match=r"needs a restart.*: inbank"):
         _channels_running(RUNNING, set(RUNNING.channels) - {"inbank"})
+
+
+def test_the_journals_sections_replace_the_files_and_are_checked_whole():
+    import pytest
+
+    from switch.config import ConfigError
+    from switch.live import overlaid
+
+    assert overlaid(RUNNING, {}) is RUNNING
+    merchants = msgspec.to_builtins(RUNNING.merchants)
+    merchants[1]["rate_per_s"] = {"wechat": 2.5}
+    read = overlaid(RUNNING, {"merchants": merchants})
+    assert read.merchants[1].rate_per_s == {"wechat": 2.5}
+    assert read.channels == RUNNING.channels and read.source == RUNNING.source  # the rest is the file's
+    merchants[1]["rate_per_s"] = {"wechat": 0}
+    with pytest.raises(ConfigError, match=r"journal's live configuration .*\$\.merchants\[1\]\.rate_per_s"):
+        overlaid(RUNNING, {"merchants": merchants})
+    merchants[1]["rate_per_s"], merchants[1]["channels"] = {}, ["paypal"]  # checked across sections too
+    with pytest.raises(ConfigError, match=r"\$\.merchants\[1\]: unknown channel 'paypal'"):
+        overlaid(RUNNING, {"merchants": merchants})
+
+
+def test_an_edit_is_kept_only_over_the_version_it_was_made_on(database_url):
+    import asyncio
+
+    import asyncpg
+    import pytest
+
+    from switch.journal.schema import migrate
+    from switch.live import EditConflict, keep_section, kept_sections, versions
+    from tests.conftest import run
+
+    async def go() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await migrate(conn)
+            await conn.execute("DELETE FROM live_config WHERE section = 'routing'")
+            await conn.execute("LISTEN paysw_reload")
+            told: list[str] = []
+            await conn.add_listener("paysw_reload", lambda *args: told.append(args[3]))
+            body = msgspec.to_builtins(RUNNING.routing)
+            async with conn.transaction():
+                assert await keep_section(conn, "routing", body, 0, "console:ada") == 1
+            with pytest.raises(EditConflict):  # made on what was there before ada's
+                async with conn.transaction():
+                    await keep_section(conn, "routing", body, 0, "console:bob")
+            async with conn.transaction():
+                assert await keep_section(conn, "routing", body, 1, "console:bob") == 2
+            assert (await versions(conn))["routing"] == 2
+            assert (await kept_sections(conn))["routing"] == body
+            await conn.execute("DELETE FROM live_config WHERE section = 'routing'")
+            await asyncio.sleep(0.2)  # the notifications, read by this loop
+            assert told == ["console:ada", "console:bob"]  # a refused edit tells nobody
+        finally:
+            await conn.close()
+
+    run(go())

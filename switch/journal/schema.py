@@ -575,6 +575,58 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END $$;
     """,
+    # 19: live configuration and the operators' console (switch.live, switch.console). A section of
+    # the configuration (merchants, terminals, routing) once kept here replaces the file's in every
+    # front end; its version guards against two people's edits crossing. Console accounts (the
+    # password under scrypt), sessions (the cookie's hash only), sign-in failures (rate limit) and
+    # the audit log, which refuses UPDATE, DELETE and TRUNCATE: nobody edits it from the console.
+    """
+    CREATE TABLE live_config (
+        section    text        PRIMARY KEY CHECK (section IN ('merchants', 'terminals', 'routing')),
+        body       jsonb       NOT NULL,
+        version    bigint      NOT NULL,
+        changed_at timestamptz NOT NULL DEFAULT now(),
+        changed_by text        NOT NULL
+    );
+    CREATE TABLE console_user (
+        name          text        PRIMARY KEY,
+        password_hash text        NOT NULL,
+        role          text        NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        created_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE console_session (
+        token_hash bytea       PRIMARY KEY,
+        user_name  text        NOT NULL REFERENCES console_user ON DELETE CASCADE,
+        csrf       text        NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL
+    );
+    CREATE TABLE console_sign_in_failure (
+        user_name text        NOT NULL,
+        remote    text        NOT NULL,
+        at        timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX console_sign_in_failure_by_user ON console_sign_in_failure (user_name, at);
+    CREATE INDEX console_sign_in_failure_by_remote ON console_sign_in_failure (remote, at);
+    CREATE TABLE console_audit (
+        id        bigserial   PRIMARY KEY,
+        at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+        user_name text        NOT NULL,
+        action    text        NOT NULL,
+        target    text        NOT NULL,
+        before    jsonb,
+        after     jsonb,
+        outcome   text        NOT NULL
+    );
+    CREATE FUNCTION console_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'the console audit log is append-only' USING ERRCODE = 'insufficient_privilege';
+    END $$;
+    CREATE TRIGGER console_audit_no_change BEFORE UPDATE OR DELETE ON console_audit
+        FOR EACH ROW EXECUTE FUNCTION console_audit_append_only();
+    CREATE TRIGGER console_audit_no_truncate BEFORE TRUNCATE ON console_audit
+        FOR EACH STATEMENT EXECUTE FUNCTION console_audit_append_only();
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

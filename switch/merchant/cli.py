@@ -4,12 +4,11 @@ ones (their whole schedule failed) again, once the merchant's endpoint is back."
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 
 import asyncpg
 
-from switch.cli_support import add_database_arguments, with_database
+from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
 from switch.merchant.outbox import listing, resend
@@ -48,8 +47,8 @@ async def _run(url: str, args: argparse.Namespace) -> int:
             await migrate(conn)
         if args.action == "resend":
             count = await resend(pool, args.rrn, args.merchant)
-            who = {"count": count, "rrn": args.rrn, "merchant": args.merchant, "by": getpass.getuser()}
-            log.warning("dead notifications sent again", extra=who)
+            done = {"count": count, "rrn": args.rrn, "merchant": args.merchant, "by": who()}
+            log.warning("dead notifications sent again", extra=done)
             print(f"{count} dead notification(s) given a new schedule from now")
             return 0 if count else 1
         rows = await listing(pool, args.dead, args.merchant, args.limit)

@@ -25,7 +25,7 @@ from switch.config import Config
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, actor_setup, configured_keys
 from switch.recon.batch import CLASSES, WHOLE_DAY, ReconBatch, StepFailed
-from switch.recon.handling import Handler, Threshold
+from switch.recon.handling import Handler, Threshold, resolve_by_hand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -149,19 +149,9 @@ async def _errors(url: str, args: argparse.Namespace) -> int:
                 print("paysw recon errors: --resolve needs --reason", file=sys.stderr)
                 return 2
             async with conn.transaction():
-                status = await conn.execute(
-                    "UPDATE recon_item SET status = 'RESOLVED', note = $2 WHERE id = $1 AND status = 'OPEN'",
-                    args.resolve,
-                    args.reason,
-                )
-                if status != "UPDATE 1":
+                if not await resolve_by_hand(conn, args.resolve, args.reason):
                     print(f"paysw recon errors: no open difference {args.resolve}", file=sys.stderr)
                     return 2
-                await conn.execute(
-                    "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, 'operator', $2)",
-                    args.resolve,
-                    args.reason,
-                )
             print(f"difference {args.resolve} resolved: {args.reason}")
             return 0
         rows = await conn.fetch(

@@ -200,3 +200,15 @@ def _rule_for(item: asyncpg.Record) -> str | None:
     if difference == "SHORT":
         return "confirm_short"
     return None
+
+
+async def resolve_by_hand(conn: asyncpg.Connection, item_id: int, reason: str) -> bool:
+    """An open difference closed by a person with ``reason`` (``paysw recon errors --resolve``, the
+    console), inside the caller's transaction; False when there is no open difference ``item_id``."""
+    status = await conn.execute(
+        "UPDATE recon_item SET status = 'RESOLVED', note = $2 WHERE id = $1 AND status = 'OPEN'", item_id, reason
+    )
+    if status != "UPDATE 1":
+        return False
+    await conn.execute("INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, 'operator', $2)", item_id, reason)
+    return True

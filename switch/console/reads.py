@@ -1,0 +1,225 @@
+"""What the console's pages read from the journal: transactions found by what an operator knows
+of them, and one transaction's whole story in time order. Card numbers and payment codes are
+only ever read masked (the journal keeps nothing else)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NamedTuple
+
+import asyncpg
+
+SHOWN = 100  # rows a search shows, newest first
+
+_COLUMNS = (
+    "tx_date, rrn, terminal_id, stan, transmitted, merchant_id, txn_type, channel, state, amount_fen, currency, "
+    "pan_masked, entry_mode, response_code, channel_code, channel_message, channel_txn_id, out_trade_no, original_rrn, "
+    "refunded_fen, reserved_fen, received_at, updated_at, reversal_requested_at, expires_at"
+)
+
+
+class Filters(NamedTuple):
+    rrn: str = ""
+    terminal: str = ""
+    merchant: str = ""
+    channel: str = ""
+    state: str = ""
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+async def search(pool: asyncpg.Pool, f: Filters) -> list[asyncpg.Record]:
+    """The newest transactions (``SHOWN`` at most) that match every filter given."""
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM txn WHERE ($1 = '' OR rrn = $1) AND ($2 = '' OR terminal_id = $2) "
+        "AND ($3 = '' OR merchant_id = $3) AND ($4 = '' OR channel = $4) AND ($5 = '' OR state = $5) "
+        "AND ($6::timestamptz IS NULL OR received_at >= $6) AND ($7::timestamptz IS NULL OR received_at < $7) "
+        f"ORDER BY received_at DESC LIMIT {SHOWN}",
+        f.rrn, f.terminal, f.merchant, f.channel, f.state, f.since, f.until,
+    )  # fmt: skip
+
+
+class Event(NamedTuple):
+    at: dt.datetime
+    what: str  # state, channel, late answer, reversal, undo, risk, reconciliation, notification, ...
+    detail: str
+
+
+class Story(NamedTuple):
+    txn: asyncpg.Record
+    events: list[Event]
+
+
+async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
+    """The transaction of ``rrn`` (the newest, should an RRN repeat across days) and everything
+    that happened to it, in time order."""
+    txn = await pool.fetchrow(f"SELECT {_COLUMNS} FROM txn WHERE rrn = $1 ORDER BY tx_date DESC LIMIT 1", rrn)
+    if txn is None:
+        return None
+    key = (txn["tx_date"], txn["terminal_id"], txn["stan"], txn["transmitted"])
+    events = [Event(txn["received_at"], "received", _received(txn))]
+    for r in await pool.fetch(
+        "SELECT from_state, to_state, moved_at FROM txn_move WHERE tx_date = $1 AND rrn = $2 ORDER BY moved_at",
+        txn["tx_date"], rrn,
+    ):  # fmt: skip
+        events.append(Event(r["moved_at"], "state", f"{r['from_state'] or '(new)'} → {r['to_state']}"))
+    if txn["channel_code"] or txn["channel_txn_id"]:
+        events.append(Event(txn["updated_at"], "channel answer", _channel_answer(txn)))
+    for r in await pool.fetch(
+        "SELECT op, outcome, channel_code, channel_txn_id, received_at FROM late_answer "
+        "WHERE (tx_date, terminal_id, stan, transmitted) = ($1, $2, $3, $4)",
+        *key,
+    ):
+        events.append(
+            Event(
+                r["received_at"],
+                "late answer",
+                f"{r['op']}: {r['outcome']} (channel code {r['channel_code']}, id {r['channel_txn_id']})",
+            )
+        )
+    if txn["reversal_requested_at"]:
+        events.append(
+            Event(txn["reversal_requested_at"], "reversal", "asked by the terminal: carried out by the resolver")
+        )
+    for r in await pool.fetch(
+        "SELECT rrn, stan, amount_fen, code, received_at FROM reversal "
+        "WHERE (orig_tx_date, terminal_id, orig_stan, orig_transmitted) = ($1, $2, $3, $4)",
+        *key,
+    ):
+        events.append(
+            Event(
+                r["received_at"],
+                "reversal",
+                f"0400 STAN {r['stan']}, RRN {r['rrn']}, {_yuan(r['amount_fen'])}, answered {r['code'] or '-'}",
+            )
+        )
+    for r in await pool.fetch(
+        "SELECT rrn, txn_type, state, amount_fen, received_at FROM txn WHERE original_rrn = $1 AND merchant_id = $2",
+        rrn, txn["merchant_id"],
+    ):  # fmt: skip
+        events.append(Event(r["received_at"], r["txn_type"], f"RRN {r['rrn']}: {_yuan(r['amount_fen'])}, {r['state']}"))
+    for r in await pool.fetch(
+        "SELECT rule_id, action, mode, code, decided_at FROM risk_decision WHERE tx_date = $1 AND rrn = $2",
+        txn["tx_date"],
+        rrn,
+    ):
+        events.append(
+            Event(r["decided_at"], "risk", f"rule {r['rule_id']}: {r['action']} ({r['mode']}), code {r['code']}")
+        )
+    for r in await pool.fetch(
+        "SELECT i.id, i.class, i.status, i.note, i.channel_status, b.channel, b.day, b.updated_at FROM recon_item i "
+        "JOIN recon_batch b ON b.id = i.batch_id WHERE i.rrn = $1 OR (i.rrn IS NULL AND i.out_trade_no = $2)",
+        rrn, txn["out_trade_no"],
+    ):  # fmt: skip
+        note = f"; {r['note']}" if r["note"] else ""
+        said = f"channel says {r['channel_status'] or '-'}"
+        item = f"item {r['id']} of {r['channel']} {r['day']}: {r['class']}, {r['status']} ({said}){note}"
+        events.append(Event(r["updated_at"], "reconciliation", item))
+    for r in await pool.fetch(
+        "SELECT outcome, paid, amount_fen, received_at FROM channel_notice WHERE channel = $1 AND out_trade_no = $2",
+        txn["channel"], txn["out_trade_no"],
+    ):  # fmt: skip
+        events.append(
+            Event(
+                r["received_at"],
+                "channel notification",
+                f"{'paid' if r['paid'] else 'not paid'} {_yuan(r['amount_fen'])}: {r['outcome']}",
+            )
+        )
+    for r in await pool.fetch(
+        "SELECT state, attempts, created_at, delivered_at, dead_at, last_error FROM notice_outbox WHERE rrn = $1", rrn
+    ):
+        events.append(Event(r["created_at"], "merchant notification", _notice(r)))
+    for r in await pool.fetch(
+        "SELECT reason, state, created_at, resolved_at, resolution FROM dead_letter "
+        "WHERE (tx_date, terminal_id, stan, transmitted) = ($1, $2, $3, $4)",
+        *key,
+    ):
+        done = f"; resolved: {r['resolution']}" if r["resolved_at"] else ""
+        events.append(Event(r["created_at"], "dead letter", f"{r['reason']} (at {r['state']}){done}"))
+    return Story(txn, sorted(events, key=lambda e: e.at))
+
+
+async def open_differences(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT i.id, b.channel, b.day, b.hour, i.class, i.entry, i.out_trade_no, i.rrn, i.journal_state, "
+        "i.journal_fen, i.channel_status, i.channel_fen FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id "
+        "WHERE i.status = 'OPEN' ORDER BY b.day DESC, b.channel, i.id LIMIT 500"
+    )
+
+
+async def batches(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT id, channel, day, hour, step, summary::text AS summary, handling::text AS handling, error, updated_at, "
+        "(SELECT count(*) FROM recon_item i WHERE i.batch_id = b.id AND i.status = 'OPEN') AS open "
+        "FROM recon_batch b ORDER BY day DESC, hour DESC, channel LIMIT 200"
+    )
+
+
+async def dead_letters(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT rrn, terminal_id, channel, state, reason, created_at FROM dead_letter WHERE resolved_at IS NULL "
+        "ORDER BY created_at DESC LIMIT 500"
+    )
+
+
+async def dead_notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT rrn, state, merchant_id, attempts, created_at, dead_at, last_error FROM notice_outbox "
+        "WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT 500"
+    )
+
+
+async def settlement_days(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT settled_on, merchant_id, channel, count(*) FILTER (WHERE entry = 'PAY') AS payments, "
+        "coalesce(sum(amount_fen) FILTER (WHERE entry = 'PAY'), 0) AS gross, "
+        "coalesce(sum(amount_fen) FILTER (WHERE entry = 'REFUND'), 0) AS refunds, sum(fee_fen) AS fees "
+        "FROM settlement_item GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3 LIMIT 500"
+    )
+
+
+async def terminal_keys(pool: asyncpg.Pool, terminals: list[str]) -> dict[tuple[str, str], tuple[int, str]]:
+    """(terminal, kind) → the newest key's version and check value: never the key."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT ON (label) label, version, check_value FROM hsm_key WHERE label = ANY($1) "
+        "ORDER BY label, version DESC",
+        [f"{kind}:{t}" for t in terminals for kind in ("tmk", "mak", "pik")],
+    )  # fmt: skip
+    return {tuple(reversed(r["label"].split(":", 1))): (r["version"], r["check_value"]) for r in rows}
+
+
+async def audit_rows(pool: asyncpg.Pool, limit: int = 300) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT id, at, user_name, action, target, before::text AS before, after::text AS after, outcome "
+        "FROM console_audit ORDER BY id DESC LIMIT $1",
+        limit,
+    )
+
+
+def _received(txn: Any) -> str:
+    return (
+        f"{txn['txn_type']} {_yuan(txn['amount_fen'])} {txn['currency']} at terminal {txn['terminal_id']} "
+        f"(STAN {txn['stan']}), merchant {txn['merchant_id']}, {txn['pan_masked']} by entry mode {txn['entry_mode']}, "
+        f"to {txn['channel']} as order {txn['out_trade_no']}"
+    )
+
+
+def _channel_answer(txn: Any) -> str:
+    return (
+        f"code {txn['channel_code'] or '-'} {txn['channel_message'] or ''} "
+        f"(channel id {txn['channel_txn_id'] or '-'}); "
+        f"the terminal was answered {txn['response_code'] or '-'}"
+    )
+
+
+def _notice(r: Any) -> str:
+    if r["delivered_at"]:
+        return f"{r['state']}: delivered at {r['delivered_at']:%H:%M:%S} after {r['attempts']} attempt(s)"
+    if r["dead_at"]:
+        return f"{r['state']}: dead after {r['attempts']} attempts ({r['last_error'] or ''})"
+    return f"{r['state']}: {r['attempts']} attempt(s) so far ({r['last_error'] or 'none failed'})"
+
+
+def _yuan(fen: int | None) -> str:
+    return "" if fen is None else f"{fen / 100:,.2f}"

@@ -1,0 +1,27 @@
+"""``[console]``: the operators' web console (``switch.console``), a process of its own
+(``paysw console serve``) on a listener of its own."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+HostPort = Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
+
+
+class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    listen: HostPort = "127.0.0.1:9585"
+    # A session ends after this long without a request, and in any case this long after sign-in.
+    idle_minutes: Annotated[int, Meta(ge=1, le=240)] = 30
+    max_hours: Annotated[int, Meta(ge=1, le=24)] = 12
+    # Sign-in is refused, whatever the password, after this many failures for one account (or
+    # four times as many from one address) within the window: a guesser gets a handful an hour.
+    sign_in_failures: Annotated[int, Meta(ge=1, le=100)] = 5
+    sign_in_window_minutes: Annotated[int, Meta(ge=1, le=1440)] = 15
+    # The switch's admin endpoints the channel actions go to (every front end, or the supervisor
+    # of each `paysw run --workers`); none: the configuration's admin_listen.
+    admin_endpoints: list[HostPort] = []
+    # The session cookie only over https: on unless the console listens on loopback (or behind
+    # a TLS gateway that sets this true). DEMO and loopback only: plain http.
+    secure_cookie: bool | None = None

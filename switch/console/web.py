@@ -1,0 +1,361 @@
+"""The console's HTTP side: sign-in, the session and CSRF checks, who may do what, and the pages.
+
+Every route but the sign-in page and the style sheet needs a session (a GET without one goes to
+the sign-in page; a POST is refused). Every POST carries the session's CSRF token and, when the
+browser sends an ``Origin``, comes from this console's own; a refusal is audited. Roles rank
+viewer < operator < admin: a viewer reads; an operator also acts on channels, reconciliation
+differences and notifications; an admin also edits merchants. Every action, sign-in and
+sign-out included, writes an audit row (``switch.console.audit``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import asyncpg
+import jinja2
+from aiohttp import web
+
+from switch.console import accounts, reads
+from switch.console.accounts import ROLES, Role, Session
+from switch.console.audit import Entry, record
+from switch.console.channels import Channels
+from switch.console.merchants import MerchantEdit, Merchants
+from switch.console.settings import ConsoleSection
+from switch.journal import machine
+from switch.merchant.outbox import resend
+from switch.recon.handling import resolve_by_hand
+
+log = logging.getLogger("paysw.console")
+
+COOKIE = "paysw_console"
+PRE_COOKIE = "paysw_console_signin"  # the sign-in form's own CSRF token (double submit)
+RANK = {role: i for i, role in enumerate(ROLES)}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def needs(role: Role) -> Callable[[Handler], Handler]:
+    """Mark a handler as needing a session of at least ``role``."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.role = role  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+class Console:
+    def __init__(
+        self, pool: asyncpg.Pool, section: ConsoleSection, channels: Channels, merchants: Merchants, secure: bool
+    ) -> None:
+        self._pool = pool
+        self._section = section
+        self._channels = channels
+        self._merchants = merchants
+        self._secure = secure
+        self._idle = dt.timedelta(minutes=section.idle_minutes)
+        self._longest = dt.timedelta(hours=section.max_hours)
+        self._templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("switch.console", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._templates.filters["yuan"] = lambda fen: "" if fen is None else f"{fen / 100:,.2f}"
+        self._templates.filters["at"] = lambda t: "" if t is None else f"{t:%Y-%m-%d %H:%M:%S}"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        app.router.add_static("/static", Path(__file__).parent / "static")
+        routes = [
+            ("GET", "/sign-in", self.sign_in_page),
+            ("POST", "/sign-in", self.sign_in),
+            ("POST", "/sign-out", self.sign_out),
+            ("GET", "/", self.home),
+            ("GET", "/transactions", self.transactions),
+            ("GET", "/transactions/{rrn}", self.timeline),
+            ("GET", "/channels", self.channels),
+            ("GET", "/channels/{name}/{action}", self.channel_confirm),
+            ("POST", "/channels/{name}/{action}", self.channel_act),
+            ("GET", "/recon", self.recon),
+            ("POST", "/recon/{item}/resolve", self.recon_resolve),
+            ("GET", "/dead-letters", self.dead_letters),
+            ("POST", "/notifications/{rrn}/resend", self.notification_resend),
+            ("GET", "/settlement", self.settlement),
+            ("GET", "/merchants", self.merchants),
+            ("GET", "/merchants/{id}", self.merchant),
+            ("POST", "/merchants/{id}", self.merchant_save),
+            ("GET", "/terminals", self.terminals),
+            ("GET", "/audit", self.audit),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler)
+        return app
+
+    # -- the guard: session, CSRF, role, headers --------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        role = getattr(getattr(request.match_info, "handler", None), "role", None)
+        try:
+            response = await self._checked(request, handler, role) if role else await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers.update(HEADERS)
+        return response
+
+    async def _checked(self, request: web.Request, handler: Handler, role: Role) -> web.StreamResponse:
+        token = request.cookies.get(COOKIE, "")
+        session = await accounts.session_of(self._pool, token, self._idle, self._longest) if token else None
+        if session is None:
+            if request.method == "GET":
+                raise web.HTTPSeeOther(f"/sign-in?next={quote(request.path_qs)}")
+            return self._refusal(request, None, 401, "sign in first")
+        request["session"] = session
+        if request.method == "POST":
+            form = await request.post()
+            request["form"] = form
+            given = str(form.get("csrf", "")).encode()
+            if not hmac.compare_digest(given, session.csrf.encode()) or not self._same_origin(request):
+                await record(self._pool, Entry(session.account.name, "csrf", request.path, outcome="refused"))
+                return self._refusal(
+                    request, session, 403, "the form is stale or came from elsewhere: load the page again"
+                )
+        if RANK[session.account.role] < RANK[role]:
+            if request.method == "POST":
+                await record(self._pool, Entry(session.account.name, "role", request.path, outcome="refused"))
+            return self._refusal(request, session, 403, f"this needs the {role} role; you are a {session.account.role}")
+        return await handler(request)
+
+    def _same_origin(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        return origin is None or urlsplit(origin).netloc == request.host
+
+    def _refusal(self, request: web.Request, session: Session | None, status: int, why: str) -> web.Response:
+        return self._page(request, "refused.html", status=status, session=session, why=why)
+
+    def _page(
+        self, request: web.Request, template: str, status: int = 200, session: Session | None = None, **values: Any
+    ) -> web.Response:
+        session = session or request.get("session")
+        values |= {
+            "me": session.account if session else None,
+            "csrf": session.csrf if session else "",
+            "can_act": session is not None and RANK[session.account.role] >= RANK["operator"],
+            "is_admin": session is not None and session.account.role == "admin",
+            "said": request.query.get("said", "")[:300],
+            "path": request.path,
+        }
+        text = self._templates.get_template(template).render(**values)
+        return web.Response(text=text, status=status, content_type="text/html")
+
+    async def _audit(self, request: web.Request, action: str, target: str, **fields: Any) -> None:
+        await record(self._pool, Entry(request["session"].account.name, action, target, **fields))
+
+    # -- sign-in ----------------------------------------------------------------------------
+
+    async def sign_in_page(self, request: web.Request) -> web.Response:
+        return self._sign_in_form(request, "", 200)
+
+    def _sign_in_form(self, request: web.Request, error: str, status: int) -> web.Response:
+        pre = secrets.token_urlsafe(24)
+        response = self._page(request, "sign_in.html", status=status, pre=pre, error=error, next=_local(request))
+        response.set_cookie(PRE_COOKIE, pre, httponly=True, samesite="Strict", secure=self._secure, path="/sign-in")
+        return response
+
+    async def sign_in(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if not pre or not hmac.compare_digest(str(form.get("pre", "")).encode(), pre.encode()):
+            return self._sign_in_form(request, "the sign-in form is stale: try again", 403)
+        remote = request.remote or "?"
+        window = dt.timedelta(minutes=self._section.sign_in_window_minutes)
+        async with self._pool.acquire() as conn:
+            outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
+            if outcome.account is None:
+                await record(conn, Entry(name, "sign-in", remote, outcome=outcome.refusal))
+                log.warning("console sign-in refused", extra={"user": name, "remote": remote, "why": outcome.refusal})
+                return self._sign_in_form(request, outcome.refusal, 429 if "too many" in outcome.refusal else 401)
+            token = await accounts.open_session(conn, outcome.account, self._idle)
+            await record(conn, Entry(name, "sign-in", remote))
+        log.info("console sign-in", extra={"user": name, "remote": remote})
+        response = web.HTTPSeeOther(_local(request, str(form.get("next", ""))))
+        response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=self._secure, path="/")
+        response.del_cookie(PRE_COOKIE, path="/sign-in")
+        return response
+
+    @needs("viewer")
+    async def sign_out(self, request: web.Request) -> web.StreamResponse:
+        await accounts.close_session(self._pool, request.cookies.get(COOKIE, ""))
+        await self._audit(request, "sign-out", request.remote or "?")
+        response = web.HTTPSeeOther("/sign-in")
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    # -- pages ------------------------------------------------------------------------------
+
+    @needs("viewer")
+    async def home(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/transactions")
+
+    @needs("viewer")
+    async def transactions(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            filters = reads.Filters(
+                rrn=q.get("rrn", "").strip(),
+                terminal=q.get("terminal", "").strip(),
+                merchant=q.get("merchant", "").strip(),
+                channel=q.get("channel", ""),
+                state=q.get("state", ""),
+                since=_moment(q.get("since", "")),
+                until=_moment(q.get("until", "")),
+            )
+        except ValueError as exc:
+            return self._page(
+                request, "transactions.html", status=400, rows=[], filters=q, error=str(exc), **self._choices()
+            )
+        rows = await reads.search(self._pool, filters)
+        return self._page(request, "transactions.html", rows=rows, filters=q, error="", **self._choices())
+
+    def _choices(self) -> dict[str, Any]:
+        return {"channel_names": self._merchants.channel_names(), "states": [s.value for s in machine.State]}
+
+    @needs("viewer")
+    async def timeline(self, request: web.Request) -> web.Response:
+        found = await reads.story(self._pool, request.match_info["rrn"])
+        if found is None:
+            return self._refusal(request, None, 404, f"no transaction with RRN {request.match_info['rrn']}")
+        return self._page(request, "timeline.html", txn=found.txn, events=found.events)
+
+    @needs("viewer")
+    async def channels(self, request: web.Request) -> web.Response:
+        return self._page(request, "channels.html", endpoints=await self._channels.status())
+
+    @needs("operator")
+    async def channel_confirm(self, request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in Channels.ACTIONS or name not in self._merchants.channel_names():
+            return self._refusal(request, None, 404, f"no channel {name!r} or no action {action!r}")
+        return self._page(request, "confirm.html", name=name, action=action)
+
+    @needs("operator")
+    async def channel_act(self, request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in Channels.ACTIONS or name not in self._merchants.channel_names():
+            return self._refusal(request, None, 404, f"no channel {name!r} or no action {action!r}")
+        before, after, outcome = await self._channels.act(name, action)
+        await self._audit(request, f"channel.{action}", name, before=before, after=after, outcome=outcome)
+        raise web.HTTPSeeOther(f"/channels?said={quote(f'{name}: {action} {outcome}')}")
+
+    @needs("viewer")
+    async def recon(self, request: web.Request) -> web.Response:
+        batches, open_ = await reads.batches(self._pool), await reads.open_differences(self._pool)
+        return self._page(request, "recon.html", batches=batches, differences=open_)
+
+    @needs("operator")
+    async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
+        item, reason = request.match_info["item"], str(request["form"].get("reason", "")).strip()[:500]
+        if not item.isdigit() or not reason:
+            raise web.HTTPSeeOther(f"/recon?said={quote('a resolution needs a reason')}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await resolve_by_hand(conn, int(item), reason)
+            outcome = "ok" if done else "no open difference"
+            await record(
+                conn, Entry(request["session"].account.name, "recon.resolve", item, after=reason, outcome=outcome)
+            )
+        raise web.HTTPSeeOther(
+            f"/recon?said={quote(f'difference {item}: resolved' if done else f'no open difference {item}')}"
+        )
+
+    @needs("viewer")
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        letters, notices = await reads.dead_letters(self._pool), await reads.dead_notifications(self._pool)
+        return self._page(request, "dead_letters.html", letters=letters, notices=notices)
+
+    @needs("operator")
+    async def notification_resend(self, request: web.Request) -> web.StreamResponse:
+        rrn = request.match_info["rrn"]
+        async with self._pool.acquire() as conn, conn.transaction():
+            count = await resend(conn, rrn, "")
+            await self._audit(request, "notification.resend", rrn, after=count, outcome="ok" if count else "none dead")
+        raise web.HTTPSeeOther(f"/dead-letters?said={quote(f'{count} notification(s) of {rrn} sent again')}")
+
+    @needs("viewer")
+    async def settlement(self, request: web.Request) -> web.Response:
+        return self._page(request, "settlement.html", rows=await reads.settlement_days(self._pool))
+
+    @needs("viewer")
+    async def merchants(self, request: web.Request) -> web.Response:
+        listed = await self._merchants.listed()
+        return self._page(
+            request, "merchants.html", merchants=listed.merchants, kept=listed.kept, version=listed.version
+        )
+
+    @needs("viewer")
+    async def merchant(self, request: web.Request) -> web.Response:
+        edit = await self._merchants.edit(request.match_info["id"])
+        if edit is None:
+            return self._refusal(request, None, 404, f"no merchant {request.match_info['id']}")
+        return self._merchant_form(request, edit, "", 200)
+
+    def _merchant_form(self, request: web.Request, edit: MerchantEdit, error: str, status: int) -> web.Response:
+        return self._page(
+            request,
+            "merchant.html",
+            status=status,
+            edit=edit,
+            error=error,
+            channel_names=self._merchants.channel_names(),
+        )
+
+    @needs("admin")
+    async def merchant_save(self, request: web.Request) -> web.StreamResponse:
+        merchant_id, form = request.match_info["id"], request["form"]
+        saved = await self._merchants.save(merchant_id, form, request["session"].account.name)
+        if saved.error:
+            return self._merchant_form(request, saved.edit, saved.error, 400)
+        said = (
+            f"merchant {saved.edit.merchant['id']} saved (version {saved.edit.version}): every front end applies it now"
+        )
+        raise web.HTTPSeeOther(f"/merchants?said={quote(said)}")
+
+    @needs("viewer")
+    async def terminals(self, request: web.Request) -> web.Response:
+        terminals = await self._merchants.terminals()
+        keys = await reads.terminal_keys(self._pool, [t.id for t in terminals])
+        return self._page(request, "terminals.html", terminals=terminals, keys=keys)
+
+    @needs("operator")
+    async def audit(self, request: web.Request) -> web.Response:
+        return self._page(request, "audit.html", rows=await reads.audit_rows(self._pool))
+
+
+def _local(request: web.Request, given: str | None = None) -> str:
+    """Where to go after sign-in: a path on this console only (never another site)."""
+    target = request.query.get("next", "") if given is None else given
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/transactions"
+
+
+def _moment(text: str) -> dt.datetime | None:
+    """A search's time bound, ``YYYY-MM-DDTHH:MM`` as the browser's picker sends it, in China time."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time: {text[:40]!r} (YYYY-MM-DD HH:MM)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone(dt.timedelta(hours=8)))

@@ -1,0 +1,411 @@
+"""The operators' console (``switch.console``) against a real switch, a real console process, the
+real journal and a real browser (Debian's chromium, driven by Selenium through chromedriver):
+sign-in and sessions, CSRF, roles, the limit on failed sign-ins, the audit log; and an operator's
+day: a transaction found and its timeline read, a channel disabled and enabled, a reconciliation
+difference resolved, a merchant's rate quota changed with no restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+import requests
+
+from tests.conftest import free_port, run, switch_with, wait_for_port
+from tests.debian import debian_binary
+from tests.required import required_module
+from tests.support import connected, new_purchase
+
+KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
+PASSWORDS = {"ada": "admin-password-1", "otto": "operator-password-1", "vera": "viewer-password-1"}
+ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
+PAGES = ["/", "/transactions", "/transactions/000000000001", "/channels", "/channels/wechat/disable", "/recon",
+         "/dead-letters", "/settlement", "/merchants", f"/merchants/{KIOSK}", "/terminals", "/audit"]  # fmt: skip
+ACTIONS = [
+    "/sign-out",
+    "/channels/wechat/disable",
+    "/recon/1/resolve",
+    "/notifications/1/resend",
+    f"/merchants/{KIOSK}",
+]
+
+
+class ConsoleProcess:
+    def __init__(self, switch, folder: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = folder / "console.toml"
+        text = switch.config.read_text() + f'\n[console]\nlisten = "127.0.0.1:{self.port}"\n'
+        self.config.write_text(text)
+        self.switch = switch
+        self.log = (folder / "console.log").open("w")
+        self.process: subprocess.Popen | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "switch.cli", "console", *args, "--config", str(self.config),
+                "--data-dir", str(self.switch.data_dir)]  # fmt: skip
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command("serve"), env=self.switch.env, stdout=self.log, stderr=self.log)
+        wait_for_port(self.port, 30, self.process)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        assert self.process.wait(15) == 0
+
+
+@pytest.fixture(scope="module")
+def console(config_dir, database_url, simulators, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("console")
+    for switch in switch_with(config_dir, database_url, folder, "console", []):
+        running = ConsoleProcess(switch, folder)
+        for name, password in PASSWORDS.items():
+            added = subprocess.run(
+                running.command("add-user", name, "--role", ROLES[name], "--password-stdin"),
+                input=password + "\n", env=switch.env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert added.returncode == 0 or "exists already" in added.stderr, added.stderr
+        running.start()
+        try:
+            yield running
+        finally:
+            running.stop()
+            run(_forget_live_configuration(database_url))
+
+
+async def _forget_live_configuration(database_url: str) -> None:
+    """The journal's merchants go: every switch on this journal reads its own file again."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DELETE FROM live_config")
+        await conn.execute("SELECT pg_notify('paysw_reload', 'tests')")
+    finally:
+        await conn.close()
+
+
+def sql(database_url: str, query: str, *args):
+    async def go():
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    return run(go())
+
+
+def signed_in(console: ConsoleProcess, name: str, password: str | None = None) -> tuple[requests.Session, int]:
+    """A session signed in over HTTP as a browser does it (the sign-in form's own token), and the
+    sign-in's status (303 when signed in)."""
+    session = requests.Session()
+    page = session.get(f"{console.base}/sign-in")
+    pre = re.search(r'name="pre" value="([^"]+)"', page.text).group(1)
+    form = {"pre": pre, "name": name, "password": PASSWORDS[name] if password is None else password, "next": "/"}
+    answer = session.post(f"{console.base}/sign-in", data=form, allow_redirects=False)
+    return session, answer.status_code
+
+
+def csrf(session: requests.Session, console: ConsoleProcess) -> str:
+    page = session.get(f"{console.base}/channels")
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def audit_count(database_url: str, action: str, outcome: str | None = None) -> int:
+    rows = sql(
+        database_url,
+        "SELECT count(*) FROM console_audit WHERE action = $1 AND ($2::text IS NULL OR outcome = $2)",
+        action, outcome,
+    )  # fmt: skip
+    return rows[0][0]
+
+
+def channel_enabled(switch, name: str) -> bool:
+    status, text = switch.get("/channels")
+    assert status == 200
+    return requests.models.complexjson.loads(text)[name]["enabled"]
+
+
+def test_no_page_and_no_action_without_a_session(console):
+    for path in PAGES:
+        answer = requests.get(console.base + path, allow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["Location"].startswith("/sign-in"), path
+        assert (
+            answer.headers["X-Frame-Options"] == "DENY"
+            and "default-src 'self'" in answer.headers["Content-Security-Policy"]
+        )
+    for path in ACTIONS:
+        answer = requests.post(console.base + path, data={"csrf": "x"}, allow_redirects=False)
+        assert answer.status_code == 401, path
+    # A cookie that is not a session's is no session.
+    answer = requests.get(f"{console.base}/channels", cookies={"paysw_console": "forged"}, allow_redirects=False)
+    assert answer.status_code == 303
+    assert channel_enabled(console.switch, "wechat")
+
+
+def test_a_viewer_reads_but_cannot_act(console, database_url):
+    session, status = signed_in(console, "vera")
+    assert status == 303
+    assert session.get(f"{console.base}/transactions").status_code == 200
+    token = csrf(session, console)
+    refused = audit_count(database_url, "role", "refused")
+    for path in ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve"):
+        answer = session.post(
+            console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
+        )
+        assert answer.status_code == 403 and "needs the" in answer.text, path
+    assert channel_enabled(console.switch, "wechat")
+    assert audit_count(database_url, "role", "refused") == refused + 3
+    # The merchant form is shown to a viewer, but cannot be sent.
+    page = session.get(f"{console.base}/merchants/{KIOSK}").text
+    assert "<fieldset disabled>" in page and 'id="save"' not in page
+
+
+def test_csrf_is_refused_and_audited(console, database_url):
+    session, status = signed_in(console, "otto")
+    assert status == 303
+    token = csrf(session, console)
+    refused = audit_count(database_url, "csrf", "refused")
+    for data, headers in (
+        ({}, {}),  # no token
+        ({"csrf": token[:-2] + "xx"}, {}),  # a wrong one
+        ({"csrf": token}, {"Origin": "http://evil.example"}),  # the right one, sent by another site's page
+    ):
+        answer = session.post(
+            f"{console.base}/channels/wechat/disable", data=data, headers=headers, allow_redirects=False
+        )
+        assert answer.status_code == 403, (data, headers)
+    assert channel_enabled(console.switch, "wechat")
+    assert audit_count(database_url, "csrf", "refused") == refused + 3
+    # The sign-in form has its own token: a sign-in posted from elsewhere (no token cookie) is refused.
+    forged = requests.post(f"{console.base}/sign-in", data={"pre": "x", "name": "otto", "password": PASSWORDS["otto"]},
+                           allow_redirects=False)  # fmt: skip
+    assert forged.status_code == 403 and "paysw_console" not in forged.cookies
+
+
+def test_wrong_passwords_are_rate_limited(console, database_url):
+    for _ in range(5):
+        assert signed_in(console, "vera", "not-her-password")[1] == 401
+    # The sixth try is refused whatever the password, the right one included; other accounts are not.
+    assert signed_in(console, "vera")[1] == 429
+    assert signed_in(console, "otto")[1] == 303
+    assert audit_count(database_url, "sign-in", "too many failed sign-ins: try again later") >= 1
+    sql(database_url, "DELETE FROM console_sign_in_failure WHERE user_name = 'vera'")  # the window, passed
+    assert signed_in(console, "vera")[1] == 303
+
+
+def test_a_session_expires_and_signing_out_ends_it(console, database_url):
+    session, _ = signed_in(console, "otto")
+    assert session.get(f"{console.base}/channels", allow_redirects=False).status_code == 200
+    sql(database_url, "UPDATE console_session SET expires_at = now() - interval '1 second' WHERE user_name = 'otto'")
+    assert session.get(f"{console.base}/channels", allow_redirects=False).status_code == 303
+    session, _ = signed_in(console, "otto")
+    token = csrf(session, console)
+    cookie = session.cookies["paysw_console"]
+    assert session.post(f"{console.base}/sign-out", data={"csrf": token}, allow_redirects=False).status_code == 303
+    stolen = requests.get(f"{console.base}/channels", cookies={"paysw_console": cookie}, allow_redirects=False)
+    assert stolen.status_code == 303
+
+
+def test_the_audit_log_cannot_be_changed(console, database_url):
+    signed_in(console, "otto")
+    for statement in (
+        "UPDATE console_audit SET outcome = 'edited'",
+        "DELETE FROM console_audit",
+        "TRUNCATE console_audit",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            sql(database_url, statement)
+    assert audit_count(database_url, "sign-in", "ok") >= 1
+
+
+def test_an_invalid_merchant_edit_is_refused_with_its_path(console, database_url):
+    session, _ = signed_in(console, "ada")
+    token = csrf(session, console)
+    before = sql(database_url, "SELECT version FROM live_config WHERE section = 'merchants'")
+    form = {"csrf": token, "version": str(before[0][0] if before else 0), "name": "Demo Kiosk", "takes_wechat": "on",
+            "rate_wechat": "-1"}  # fmt: skip
+    answer = session.post(f"{console.base}/merchants/{KIOSK}", data=form, allow_redirects=False)
+    assert answer.status_code == 400 and "$.merchants[" in answer.text and "rate_per_s" in answer.text
+    assert sql(database_url, "SELECT version FROM live_config WHERE section = 'merchants'") == before
+
+
+# -- in a real browser --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    webdriver = required_module("selenium.webdriver")
+    chromium = debian_binary("chromium", "chromium")
+    driver_binary = debian_binary("chromedriver", "chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    profile = tmp_path_factory.mktemp("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000", f"--user-data-dir={profile}"):  # fmt: skip
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    driver = webdriver.Chrome(service=Service(driver_binary), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(browser, name: str) -> None:
+    """A screenshot of the page; PAYSW_SCREENSHOTS=folder keeps it there (the README's)."""
+    folder = os.environ.get("PAYSW_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(folder) / f"{name}.png"))
+
+
+def pay(switch, channel: str, terminal: str = "T0000001", merchant: str = "898310048990001") -> dict:
+    async def one() -> dict:
+        async with connected(switch) as client:
+            return await client.request(new_purchase(channel, terminal=terminal, merchant=merchant))
+
+    return run(one())
+
+
+def pay_many(switch, count: int, channel: str, terminal: str, merchant: str) -> list[str]:
+    import asyncio
+
+    async def many() -> list[str]:
+        async with connected(switch) as client:
+            asks = [client.request(new_purchase(channel, terminal=terminal, merchant=merchant)) for _ in range(count)]
+            return [answer["39"] for answer in await asyncio.gather(*asks)]
+
+    return run(many())
+
+
+def test_an_operators_day_in_a_browser(console, browser, database_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    def text(element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
+    def follow(by: str, value: str) -> None:
+        """Click, and wait for the page it leads to."""
+        page = browser.find_element(By.TAG_NAME, "html")
+        browser.find_element(by, value).click()
+        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+
+    def until(predicate, what: str, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while not (found := predicate()):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+        return found
+
+    base, switch = console.base, console.switch
+    # Sign in: the page asked for comes after.
+    browser.get(f"{base}/transactions")
+    assert "/sign-in" in browser.current_url
+    shot(browser, "sign-in")
+    browser.find_element(By.ID, "name").send_keys("ada")
+    browser.find_element(By.ID, "password").send_keys(PASSWORDS["ada"])
+    follow(By.ID, "sign-in")
+    assert browser.current_url == f"{base}/transactions"
+
+    # A transaction the test just made: found by its RRN, its timeline read.
+    answer = pay(switch, "alipay")
+    assert answer["39"] == "00"
+    rrn = answer["37"]
+    browser.find_element(By.ID, "rrn").send_keys(rrn)
+    follow(By.ID, "search")
+    assert rrn in text("results") and "APPROVED" in text("results")
+    shot(browser, "transactions")
+    follow(By.LINK_TEXT, rrn)
+    assert text("state") == "APPROVED"
+    timeline = text("timeline")
+    assert "(new) → RECEIVED" in timeline and "RECEIVED → APPROVED" in timeline and "channel answer" in timeline
+    assert answer["2"] not in browser.page_source  # the payment code is never shown whole
+    shot(browser, "timeline")
+
+    # A channel disabled (with a confirmation): its purchases are answered 91; enabled again: 00.
+    browser.get(f"{base}/channels")
+    follow(By.ID, "disable-wechat")
+    assert "disable wechat?" in browser.find_element(By.TAG_NAME, "h1").text
+    follow(By.ID, "confirm")
+    assert "wechat: disable ok" in text("said")
+    assert "NO" in browser.find_element(By.CSS_SELECTOR, "#channel-wechat .on").text
+    shot(browser, "channels")
+    assert pay(switch, "wechat")["39"] == "91"
+    follow(By.ID, "enable-wechat")
+    follow(By.ID, "confirm")
+    assert "wechat: enable ok" in text("said")
+    assert pay(switch, "wechat")["39"] == "00"
+
+    # A reconciliation difference resolved with a reason.
+    item = _open_difference(database_url)
+    browser.get(f"{base}/recon")
+    shot(browser, "recon")
+    browser.find_element(By.ID, f"reason-{item}").send_keys("paid at the counter; receipt 42")
+    follow(By.ID, f"resolve-{item}")
+    assert f"difference {item}: resolved" in text("said")
+    status, note = sql(database_url, "SELECT status, note FROM recon_item WHERE id = $1", item)[0]
+    assert (status, note) == ("RESOLVED", "paid at the counter; receipt 42")
+    assert sql(database_url, "SELECT rule FROM recon_action WHERE item_id = $1", item)[0][0] == "operator"
+
+    # A merchant's rate quota changed: it holds at once, with no restart; then taken away again.
+    assert set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}
+    browser.get(f"{base}/merchants/{KIOSK}")
+    shot(browser, "merchant")
+    browser.find_element(By.ID, "rate-wechat").send_keys("1")
+    follow(By.ID, "save")
+    assert "saved" in text("said")
+    assert "wechat 1.0" in browser.find_element(By.CSS_SELECTOR, f"#merchant-{KIOSK} .rates").text
+    shot(browser, "merchants")
+
+    def limited() -> list[str] | None:
+        answers = pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)
+        return answers if "91" in answers else None
+
+    answers = until(limited, "the new quota did not hold within 10 s")
+    assert answers.count("00") <= 2, answers
+    browser.get(f"{base}/merchants/{KIOSK}")
+    browser.find_element(By.ID, "rate-wechat").clear()
+    follow(By.ID, "save")
+    until(lambda: set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}, "the quota stayed")
+
+    # Every action is in the audit log, with who did it, and the merchant's values before and after.
+    browser.get(f"{base}/audit")
+    shot(browser, "audit")
+    log = text("audit")
+    for action in ("channel.disable", "channel.enable", "recon.resolve", "merchant.edit", "sign-in"):
+        assert action in log, action
+    edits = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'merchant.edit' "
+                "AND user_name = 'ada' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
+    rates = [(json.loads(b)["rate_per_s"].get("wechat"), json.loads(a)["rate_per_s"].get("wechat")) for b, a in edits]
+    assert rates == [(1.0, None), (None, 1.0)]
+    follow(By.ID, "sign-out")
+    assert "/sign-in" in browser.current_url
+
+
+def _open_difference(database_url: str) -> int:
+    """A reconciliation batch with one open difference (a payment the channel has and the journal
+    does not), as a batch leaves it for a person."""
+    hour = random.randrange(24)
+    day = f"2001-01-{random.randrange(1, 29):02d}"
+    rows = sql(
+        database_url,
+        "WITH b AS (INSERT INTO recon_batch (channel, day, hour, step) VALUES ('wechat', $1::text::date, $2, 'done') "
+        "ON CONFLICT (channel, day, hour) DO UPDATE SET step = 'done' RETURNING id) "
+        "INSERT INTO recon_item (batch_id, class, entry, out_trade_no, channel_status, channel_fen, status) "
+        "SELECT id, 'LONG', 'PAY', 'CONSOLE' || $2, 'SUCCESS', 1234, 'OPEN' FROM b RETURNING id",
+        day, hour,
+    )  # fmt: skip
+    return rows[0][0]
