@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import ray
 
+from actors.frames import FramePool
 from actors.http import AnswerTimeout, HttpPool, NoAnswer, NotSent, PoolBusy
 from actors.link import LinkAddress, LinkServer
 from actors.settings import ActorSetup, LinkTls
@@ -58,7 +59,8 @@ class ChannelWorker:
 
     def _pool(self) -> HttpPool:
         if self._http is None:
-            self._http = HttpPool(self._config.endpoint, self._config.pool_size)
+            pool = FramePool if self._channel.wire == "iso8583" else HttpPool
+            self._http = pool(self._config.endpoint, self._config.pool_size)
         return self._http
 
     async def call(self, req: ChannelRequest) -> ChannelResult:
@@ -123,6 +125,8 @@ class ChannelWorker:
             self._session = aiohttp.ClientSession(base_url=self._config.endpoint.rstrip("/") + "/")
         session = self._session
         download = self._channel.statement
+        if download is None:
+            raise StatementRefused(f"channel {self.name} ({self._channel.kind}) keeps no statement for the switch")
         call = download.build(day, self._account, self._crypto, time.time())
         timeout = aiohttp.ClientTimeout(total=max(self._timeout, 60.0))
         headers = {"Content-Type": call.content_type, **call.headers}

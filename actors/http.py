@@ -240,6 +240,8 @@ class HttpPool:
         self._open: set[_Connection] = set()
         self._closed = False
 
+    _connection: type[_Connection] = _Connection  # what speaks on each connection (actors.frames: ISO 8583)
+
     async def acquire(self, wait_s: float) -> Slot:
         """A slot within ``wait_s`` seconds, else ``PoolBusy``. First come, first served."""
         if self._closed:
@@ -321,7 +323,7 @@ class HttpPool:
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self._open),
+                    lambda: self._connection(self._open),
                     self._host,
                     self._port,
                     ssl=self._ssl,

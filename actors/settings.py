@@ -31,7 +31,9 @@ class ActorSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """A channel shard's actor: where the channel is, its connections, in-flight limit, signing
     threads and timeout."""
 
-    endpoint: Annotated[str, Meta(pattern=r"^https?://")]
+    # http(s)://host:port/base for an HTTP API; tcp://host:port (loopback only) or tls://host:port
+    # for a switch reached over ISO 8583 (a channel of wire "iso8583", such as "legacy").
+    endpoint: Annotated[str, Meta(pattern=r"^(https?|tcp|tls)://")]
     pool_size: Positive = 32  # HTTP connections per shard = calls on the wire at once
     max_in_flight: Positive = 256  # calls admitted per shard (on the wire or waiting); beyond: 91 at once
     queue_wait_ms: Positive = 1_000  # longest wait for a free connection; then 91, not sent

@@ -37,6 +37,7 @@ from switch.config import (
     known_names,
     link_tls,
     load_config,
+    reconciled,
     sizing_warnings,
     worker_share,
 )
@@ -274,7 +275,7 @@ class SwitchApp:
         assert self.journal is not None
         return HourlyReconciler(
             self.journal.pool,
-            {name: ch.kind for name, ch in cfg.channels.items() if ch.enabled},
+            {name: cfg.channels[name].kind for name in reconciled(cfg) if cfg.channels[name].enabled},
             lambda channel, day: self.gateways[channel].statement(day),
             lambda channel: self.gateways[channel].call_request,
             Threshold(cfg.recon.auto_max_count, cfg.recon.auto_max_fen),
@@ -491,6 +492,7 @@ def _channels_running(config: Config, running: set[str]) -> None:
     """A reload's routes and merchants may name only channels running here: a new channel, like
     any change to the channels, needs a restart (its routes with it)."""
     named = {r.channel for r in config.routing.codes} | {b.channel for b in config.routing.card_bins}
+    named |= {c for g in config.routing.gray for c in (g.channel, g.to)}
     named |= {c for m in config.merchants for c in m.channels}
     if named - running:
         raise ConfigError(

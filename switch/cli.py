@@ -10,7 +10,7 @@ from types import ModuleType
 
 from hsm import HsmError
 from risk import cli as risk_cli
-from switch import keys_cli, reload_cli, settlement_cli
+from switch import config_cli, keys_cli, reload_cli, settlement_cli
 from switch.config import ConfigError, load_config
 from switch.console import cli as console_cli
 from switch.merchant import cli as notify_cli
@@ -22,7 +22,7 @@ from switch.recon import cli as recon_cli
 COMMANDS_GROUP = "paysw.commands"
 
 
-BUILT_IN = ("run", "channel", "keys", "recon", "settle", "risk", "notify", "reload", "console")
+BUILT_IN = ("run", "channel", "keys", "recon", "settle", "risk", "notify", "reload", "console", "config")
 
 
 def _at_least_one(text: str) -> int:
@@ -113,6 +113,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     notify_cli.add_parser(commands)
     reload_cli.add_parser(commands)
     console_cli.add_parser(commands)
+    config_cli.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             return reload_cli.main(args, load_config(args.config))
         if args.command == "console":
             return console_cli.main(args, load_config(args.config))
+        if args.command == "config":
+            return config_cli.main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

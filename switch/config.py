@@ -137,9 +137,22 @@ class BinRoute(_Strict):
     channel: str
 
 
+class GrayRoute(_Strict):
+    """Gray cut-over (灰度引流): the purchases a terminal of some merchants makes on ``channel`` go
+    ``to`` another channel instead: a new gateway of the same kind, or a legacy switch upstream
+    (kind ``legacy``). The merchants are those named, and ``percent`` of all of them, chosen by
+    a stable hash of their id (``switch.routing.share_of``): raising it keeps those already moved."""
+
+    channel: str
+    to: str
+    percent: Annotated[int, Meta(ge=0, le=100)] = 0
+    merchants: list[MerchantId] = []
+
+
 class RoutingSection(_Strict):
     codes: list[CodeRoute] = []
     card_bins: list[BinRoute] = []
+    gray: list[GrayRoute] = []
 
 
 class Merchant(_Strict):
@@ -255,6 +268,9 @@ def cross_check(config: Config) -> list[str]:
         for where, address in listeners.items():
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
+    for i, endpoint in enumerate(config.console.admin_endpoints):  # the admin token goes there in clear
+        if not is_loopback(host_port(endpoint)[0]):
+            problems.append(f"$.console.admin_endpoints[{i}]: {endpoint} is not a loopback address")
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")
@@ -266,6 +282,16 @@ def cross_check(config: Config) -> list[str]:
     for i, route in enumerate(config.routing.card_bins):
         if route.channel not in channels:
             problems.append(f"$.routing.card_bins[{i}].channel: unknown channel {route.channel!r}")
+    diverted: set[str] = set()
+    for i, gray in enumerate(config.routing.gray):
+        where = f"$.routing.gray[{i}]"
+        problems += [f"{where}.{f}: unknown channel {c!r}" for f, c in (("channel", gray.channel), ("to", gray.to))
+                     if c not in channels]  # fmt: skip
+        if gray.to == gray.channel:
+            problems.append(f"{where}.to: the channel itself")
+        if gray.channel in diverted:
+            problems.append(f"{where}.channel: {gray.channel} has a gray route already")
+        diverted.add(gray.channel)
     merchant_ids = set()
     for i, m in enumerate(config.merchants):
         if m.id in merchant_ids:
@@ -329,9 +355,16 @@ def _channel_problems(name: str, section: ChannelSection, packages: list[str]) -
     where = f"$.channels.{name}"
     if "." in section.kind and section.kind not in packages:
         return [f"{where}.kind: {section.kind!r} is a package outside the switch: list it in switch.channel_packages"]
-    host = urlsplit(section.actor.endpoint).hostname or ""
-    if section.actor.endpoint.startswith("http://") and not is_loopback(host):
-        return [f"{where}.actor.endpoint: a channel off this host is reached over https, not {section.actor.endpoint}"]
+    endpoint = section.actor.endpoint
+    host = urlsplit(endpoint).hostname or ""
+    if endpoint.startswith(("http://", "tcp://")) and not is_loopback(host):
+        return [f"{where}.actor.endpoint: a channel off this host is reached over https or tls, not {endpoint}"]
+    try:
+        wire = channel_of(section.kind).wire
+    except UnknownChannel as exc:
+        return [f"{where}.kind: {exc}"]
+    if endpoint.startswith(("tcp://", "tls://")) != (wire == "iso8583"):
+        return [f"{where}.actor.endpoint: a {section.kind} channel is reached over {wire}, not {endpoint}"]
     try:
         account = account_of(section)
     except UnknownChannel as exc:
@@ -359,6 +392,12 @@ def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:
         for key, name in files.items()
         if not name or not (base / name).is_file()
     ]
+
+
+def reconciled(config: Config) -> list[str]:
+    """The channels reconciled here: those whose kind keeps a statement for the switch (a legacy
+    switch upstream reconciles what it handled on its own side)."""
+    return [name for name, ch in config.channels.items() if channel_of(ch.kind).statement is not None]
 
 
 def known_names(config: Config) -> tuple[set[str], set[str], set[str]]:

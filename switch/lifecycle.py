@@ -439,6 +439,13 @@ class Processor:
             return rc.CHANNEL_UNAVAILABLE
         return None
 
+    def _step_gray(self, t: Context) -> str | None:
+        """A gray route's merchants go elsewhere (``switch.routing``); the journal names the
+        channel the purchase went to."""
+        assert t.merchant is not None
+        t.channel = self._router.divert(t.channel, t.merchant.id)
+        return None if t.channel in self._gateways else rc.CHANNEL_UNAVAILABLE
+
     def _step_pin(self, t: Context) -> str | None:
         """Field 52, translated to the channel's zone PIN key: it goes to the channel and nowhere
         else (the journal keeps the card number masked and hashed, and no PIN at all)."""

@@ -63,13 +63,15 @@ def overlaid(config: Config, sections: dict[str, Any]) -> Config:
     if not sections:
         return config
     whole = msgspec.to_builtins(config) | sections
+    kept = ", ".join(sorted(sections))
+    hint = f" (kept in the journal: {kept}; `paysw config forget` or `import` puts the file's in force)"
     try:
         read = msgspec.json.decode(msgspec.json.encode(whole), type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{JOURNAL} over {config.source}: {exc}") from None
+        raise ConfigError(f"{JOURNAL} over {config.source}: {exc}{hint}") from None
     problems = cross_check(read)
     if problems:
-        raise ConfigError(f"{JOURNAL} over {config.source}: " + "; ".join(problems))
+        raise ConfigError(f"{JOURNAL} over {config.source}: " + "; ".join(problems) + hint)
     return read
 
 
@@ -98,3 +100,23 @@ async def versions(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, int]:
     """Each kept section's version (a section not kept is at 0)."""
     rows = await conn.fetch("SELECT section, version FROM live_config")
     return {section: 0 for section in LIVE} | {r["section"]: r["version"] for r in rows}
+
+
+async def provenance(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, str]:
+    """Where each live section comes from, in words: the journal's (its version, by whom, when),
+    or the file's."""
+    kept = {}
+    if await conn.fetchval("SELECT to_regclass('live_config') IS NOT NULL"):
+        kept = {
+            r["section"]: r
+            for r in await conn.fetch("SELECT section, version, changed_by, changed_at FROM live_config")
+        }
+    return {
+        section: (
+            f"the journal's (version {r['version']}, by {r['changed_by']}, {r['changed_at']:%Y-%m-%d %H:%M:%S %Z}): "
+            "the file's is not used"
+            if (r := kept.get(section)) is not None
+            else "the file's"
+        )
+        for section in sorted(LIVE)
+    }

@@ -15,7 +15,7 @@ import asyncpg
 from risk.rules import RulesError, load_rules
 from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config, ConfigError, known_names
-from switch.live import LIVE, NOTIFY_CHANNEL, current
+from switch.live import LIVE, NOTIFY_CHANNEL, current, provenance
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -47,8 +47,14 @@ async def _tell(url: str, config: Config) -> int:
             print(f"paysw reload: not reloaded: {exc}", file=sys.stderr)
             return 2
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, who())
+        sources = await provenance(conn)
     finally:
         await conn.close()
     print("paysw reload: the configuration is valid; every running front end reads its own again")
+    for section, source in sources.items():
+        print(f"  {section}: {source}")
+    if any(source != "the file's" for source in sources.values()):
+        print(
+            "  (paysw config import puts the file's sections in the journal; paysw config forget goes back to the file)"
+        )
     return 0
-

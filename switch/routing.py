@@ -1,8 +1,11 @@
 """Routing by payment code or card number (spec section 5). The table is configuration: payment
 codes (entry mode 031) by prefix and length, cards (021 / 051) by BIN with a Luhn check. The
-longest matching prefix wins."""
+longest matching prefix wins. Then gray routes (``[[routing.gray]]``) send some merchants'
+purchases on a channel to another destination: those named, and a share of all, by hash."""
 
 from __future__ import annotations
+
+import hashlib
 
 from protocols.masking import luhn_ok
 from protocols.validation import ROUTED, Rejection
@@ -18,6 +21,7 @@ class Router:
             key=lambda item: -len(item[0]),
         )
         self._bins = sorted(((b.prefix, b.channel) for b in routing.card_bins), key=lambda item: -len(item[0]))
+        self._gray = {g.channel: (g.to, g.percent, frozenset(g.merchants)) for g in routing.gray}
 
     def route(self, pan: str, entry_mode: str) -> str | Rejection:
         """The channel for ``pan``, or a ``14`` rejection saying why there is none."""
@@ -36,3 +40,18 @@ class Router:
             if pan.startswith(prefix):
                 return channel
         return ROUTED.reject("2", "no route for this card BIN")
+
+    def divert(self, channel: str, merchant_id: str) -> str:
+        """Where a purchase of ``merchant_id`` that routes to ``channel`` goes: a gray route's
+        destination for the merchants it takes, else ``channel``."""
+        gray = self._gray.get(channel)
+        if gray is None:
+            return channel
+        to, percent, named = gray
+        return to if merchant_id in named or share_of(merchant_id) < percent else channel
+
+
+def share_of(merchant_id: str) -> int:
+    """The merchant's place, 0-99, in every gray route's percentage: the same on every front end
+    and after every restart, so raising a percentage only adds merchants."""
+    return int.from_bytes(hashlib.sha256(merchant_id.encode()).digest()[:4], "big") % 100

@@ -37,9 +37,9 @@ from switch.journal import NewTxn, Original, TxnKey
 _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
          "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
-    TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "transmission_date",
-                       "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit", "send_and_poll",
-                       "record", "answer"),
+    TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
+                       "transmission_date", "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk",
+                       "admit", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: (*_UNDO[:7], "risk_ask", "write_ahead_undo", "risk", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
@@ -51,8 +51,10 @@ STEPS: dict[TxnType, tuple[str, ...]] = {
 def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
     """A list as it runs for a merchant's order over HTTP (``switch.merchant``): the merchant's
     signature was checked at the API and it names no terminal (no ``mac``; ``merchant`` for
-    ``terminal_and_merchant``), and its RRN was taken when its order number was (no ``rrn``)."""
-    return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in ("mac", "rrn"))
+    ``terminal_and_merchant``), its RRN was taken when its order number was (no ``rrn``), and it
+    goes to the channel itself (no ``gray``: a legacy switch upstream knows terminals only)."""
+    skipped = ("mac", "rrn", "gray")
+    return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in skipped)
 
 
 def scanned(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -36,7 +36,7 @@ def test_demo_configuration_is_valid():
         (lambda t: t.replace('listen = "127.0.0.1:8583"', 'listen = "8583"'), r"\$\.switch\.listen"),
         (
             lambda t: t.replace('kind = "alipay"', 'kind = "paypal"'),
-            r"\$\.channels\.alipay\.kind: no channel package 'paypal'; built in: alipay, ecny, inbank, unionpay, we",
+            r"\$\.channels\.alipay\.kind: no channel package 'paypal'; built in: alipay, ecny, inbank, legacy, unio",
         ),
         (
             lambda t: t.replace('kind = "alipay"', 'kind = "protocols.messages"').replace(

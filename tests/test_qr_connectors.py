@@ -8,12 +8,12 @@ import pytest
 
 from bench.simulators.side import ChannelVerdict, Paid, RequestSeen
 from protocols import response_codes as rc
-from protocols.channels import builtin_kinds, channel_of
+from protocols.channels import channel_of
 from protocols.channels.base import Notice
 from protocols.messages import CLOSE, NOT_FOUND, PRECREATE, QUERY, ChannelRequest, ChannelResult, Outcome
-from tests.test_connectors import Pair
+from tests.test_connectors import KINDS, Pair
 
-QR_KINDS = [kind for kind in builtin_kinds() if channel_of(kind).takes_qr]
+QR_KINDS = [kind for kind in KINDS if channel_of(kind).takes_qr]
 NOTIFY_URL = "https://switch.example.cn/notify/wechat"
 
 CLOSE_EXPECTED = {
@@ -37,8 +37,8 @@ def precreated(pair: Pair, amount_fen: int = 2500) -> RequestSeen:
     return seen
 
 
-def test_every_built_in_channel_takes_qr_orders():
-    assert builtin_kinds() == QR_KINDS
+def test_every_built_in_http_channel_takes_qr_orders():
+    assert KINDS == QR_KINDS
 
 
 @pytest.mark.parametrize("kind", QR_KINDS)

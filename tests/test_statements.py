@@ -10,16 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.simulators.side import StatementAsk, side_of
-from protocols.channels import builtin_kinds, channel_of
+from protocols.channels import channel_of
 from protocols.channels.wechat import statement as wechat
 from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementError, StatementRow, fee_fen, fen_of
+from tests.test_connectors import KINDS
 
 ASK = StatementAsk(dt.date(2026, 11, 23), "10000100")
 # Each channel's format: as its simulated side writes it, as its package reads it. Lake Pay's too:
 # a channel from a package of its own.
 FORMATS = {
     kind: (lambda rows, kind=kind: side_of(kind).statement(rows, ASK), channel_of(kind).statement.read)
-    for kind in [*builtin_kinds(), "tests.lakepay"]
+    for kind in [*KINDS, "tests.lakepay"]
 }
 
 rows_strategy = st.lists(

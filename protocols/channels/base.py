@@ -10,7 +10,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
@@ -160,9 +160,11 @@ class Channel:
     kind: str  # as the configuration names it: the package's name here, or its dotted path
     account: type[Account]
     flows: Mapping[str, Flow]  # PAY, QUERY, CANCEL, REFUND
-    statement: Download
+    statement: Download | None  # None: it keeps none for the switch (reconciled on its own side)
     simulator: str
     notice: NoticeReader | None = None  # QR orders: how its notifications read
+    # How its calls travel: HTTP, or ISO 8583 frames (actors.frames) to another switch.
+    wire: Literal["http", "iso8583"] = "http"
 
     def __post_init__(self) -> None:
         # A missing operation would fail only when first needed (a reversal's cancel, say).

@@ -7,6 +7,7 @@ absolute). Failed sign-ins are kept for the window and counted per account and p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import functools
@@ -70,31 +71,44 @@ async def set_password(conn: asyncpg.Connection, name: str, password: str) -> bo
         "UPDATE console_user SET password_hash = $2 WHERE name = $1", name, hash_password(password)
     )
     await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+    await unlock(conn, name)
     return done == "UPDATE 1"
 
 
+async def unlock(conn: asyncpg.Connection, name: str) -> int:
+    """Forget the failed sign-ins of ``name``: how many."""
+    done = await conn.execute("DELETE FROM console_sign_in_failure WHERE user_name = $1", name)
+    return int(done.split()[-1])
+
+
 class SignIn(NamedTuple):
-    """A sign-in's outcome: the account (None if refused), and why it was refused."""
+    """A sign-in's outcome: the account (None if refused), why it was refused, and whether for
+    too many failures (the password was not even checked)."""
 
     account: Account | None
     refusal: str = ""
+    limited: bool = False
 
 
 async def sign_in(
     conn: asyncpg.Connection, name: str, password: str, remote: str, failures: int, window: dt.timedelta
 ) -> SignIn:
-    """Check ``password`` for ``name``, unless too many sign-ins failed lately for the account
-    (``failures`` in ``window``) or from ``remote`` (four times as many); a failure is kept."""
+    """Check ``password`` for ``name``, unless too many sign-ins failed lately for the account from
+    ``remote`` (``failures`` in ``window``), or from ``remote`` at all (four times as many); a
+    failure is kept. Counted by address and account together, so that a guesser elsewhere cannot
+    lock an operator out (``paysw console unlock`` lifts a lock at once). The password is checked
+    in a thread: scrypt takes a tenth of a second, which the console's other requests need."""
     await conn.execute("DELETE FROM console_sign_in_failure WHERE at < now() - $1::interval", window)
-    by_user, by_remote = await conn.fetchrow(
-        "SELECT count(*) FILTER (WHERE user_name = $1), count(*) FILTER (WHERE remote = $2) "
-        "FROM console_sign_in_failure WHERE at >= now() - $3::interval",
+    mine, by_remote = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE user_name = $1), count(*) "
+        "FROM console_sign_in_failure WHERE remote = $2 AND at >= now() - $3::interval",
         name, remote, window,
     )  # fmt: skip
-    if by_user >= failures or by_remote >= 4 * failures:
-        return SignIn(None, "too many failed sign-ins: try again later")
+    if mine >= failures or by_remote >= 4 * failures:
+        return SignIn(None, "too many failed sign-ins: try again later", limited=True)
     row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
-    if password_matches(password, row["password_hash"] if row else _nobody()) and row is not None:
+    stored = row["password_hash"] if row else _nobody()
+    if await asyncio.to_thread(password_matches, password, stored) and row is not None:
         return SignIn(Account(name, row["role"]))
     await conn.execute("INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2)", name, remote)
     return SignIn(None, "wrong name or password")

@@ -18,7 +18,7 @@ from switch.config import Config, ConfigError, host_port, is_loopback
 from switch.console import accounts
 from switch.console.audit import Entry, record
 from switch.console.channels import Channels
-from switch.console.merchants import Merchants
+from switch.console.edits import Edits
 from switch.console.web import Console
 from switch.journal.schema import migrate
 
@@ -34,9 +34,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "channel actions go to the switch's admin endpoints with the switch's admin token. add-user: an "
         "account (roles: viewer reads; operator also acts on channels, differences, notifications; admin also "
         "edits merchants); the password is asked for, or read from the first line of standard input with "
-        "--password-stdin. set-password: a new password, which ends the account's sessions.",
+        "--password-stdin. set-password: a new password, which ends the account's sessions and lifts its lock. "
+        "unlock: forget the account's failed sign-ins (it is refused after [console] sign_in_failures within "
+        "sign_in_window_minutes from one address).",
     )
-    parser.add_argument("action", choices=["serve", "add-user", "set-password"])
+    parser.add_argument("action", choices=["serve", "add-user", "set-password", "unlock"])
     parser.add_argument("name", nargs="?", default="", help="add-user, set-password: the account's name")
     parser.add_argument("--role", choices=accounts.ROLES, default="viewer", help="add-user: its role (viewer)")
     parser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
@@ -49,6 +51,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if not args.name or len(args.name) > 64 or not args.name.isprintable():
         print(f"paysw console {args.action}: give the account's name (at most 64 characters)", file=sys.stderr)
         return 2
+    if args.action == "unlock":
+        return with_database(config, args.data_dir, lambda url: _account(url, args, ""))
     password = _password(args.password_stdin)
     if len(password) < MIN_PASSWORD:
         print(f"paysw console {args.action}: the password needs at least {MIN_PASSWORD} characters", file=sys.stderr)
@@ -76,6 +80,9 @@ async def _account(url: str, args: argparse.Namespace, password: str) -> int:
                     print(f"paysw console add-user: {args.name} exists already", file=sys.stderr)
                     return 2
                 await record(conn, Entry(by, "user.add", args.name, after={"role": args.role}))
+            elif args.action == "unlock":
+                count = await accounts.unlock(conn, args.name)
+                await record(conn, Entry(by, "user.unlock", args.name, after=count))
             elif not await accounts.set_password(conn, args.name, password):
                 print(f"paysw console set-password: no account {args.name}", file=sys.stderr)
                 return 2
@@ -100,7 +107,7 @@ async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
     channels = Channels(section.admin_endpoints or [config.switch.admin_listen], token)
     host, port = host_port(section.listen)
     secure = section.secure_cookie if section.secure_cookie is not None else not is_loopback(host)
-    console = Console(pool, section, channels, Merchants(pool, config.source), secure)
+    console = Console(pool, section, channels, Edits(pool, config.source), secure)
     runner = web.AppRunner(console.app(), access_log=None)
     await runner.setup()
     try:
@@ -122,4 +129,3 @@ async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
         await channels.close()
         await pool.close()
     return 0
-

@@ -1,6 +1,7 @@
 """What the console's pages read from the journal: transactions found by what an operator knows
 of them, and one transaction's whole story in time order. Card numbers and payment codes are
-only ever read masked (the journal keeps nothing else)."""
+only ever read masked (the journal keeps nothing else), and the free text that came from outside
+(a channel's message, an error) is scrubbed of anything that looks like one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import datetime as dt
 from typing import Any, NamedTuple
 
 import asyncpg
+
+from protocols.masking import scrub
 
 SHOWN = 100  # rows a search shows, newest first
 
@@ -111,7 +114,7 @@ async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
         "JOIN recon_batch b ON b.id = i.batch_id WHERE i.rrn = $1 OR (i.rrn IS NULL AND i.out_trade_no = $2)",
         rrn, txn["out_trade_no"],
     ):  # fmt: skip
-        note = f"; {r['note']}" if r["note"] else ""
+        note = f"; {scrub(r['note'])}" if r["note"] else ""
         said = f"channel says {r['channel_status'] or '-'}"
         item = f"item {r['id']} of {r['channel']} {r['day']}: {r['class']}, {r['status']} ({said}){note}"
         events.append(Event(r["updated_at"], "reconciliation", item))
@@ -136,7 +139,7 @@ async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
         *key,
     ):
         done = f"; resolved: {r['resolution']}" if r["resolved_at"] else ""
-        events.append(Event(r["created_at"], "dead letter", f"{r['reason']} (at {r['state']}){done}"))
+        events.append(Event(r["created_at"], "dead letter", f"{scrub(r['reason'])} (at {r['state']}){done}"))
     return Story(txn, sorted(events, key=lambda e: e.at))
 
 
@@ -207,7 +210,7 @@ def _received(txn: Any) -> str:
 
 def _channel_answer(txn: Any) -> str:
     return (
-        f"code {txn['channel_code'] or '-'} {txn['channel_message'] or ''} "
+        f"code {txn['channel_code'] or '-'} {scrub(txn['channel_message'] or '')} "
         f"(channel id {txn['channel_txn_id'] or '-'}); "
         f"the terminal was answered {txn['response_code'] or '-'}"
     )
@@ -217,8 +220,8 @@ def _notice(r: Any) -> str:
     if r["delivered_at"]:
         return f"{r['state']}: delivered at {r['delivered_at']:%H:%M:%S} after {r['attempts']} attempt(s)"
     if r["dead_at"]:
-        return f"{r['state']}: dead after {r['attempts']} attempts ({r['last_error'] or ''})"
-    return f"{r['state']}: {r['attempts']} attempt(s) so far ({r['last_error'] or 'none failed'})"
+        return f"{r['state']}: dead after {r['attempts']} attempts ({scrub(r['last_error'] or '')})"
+    return f"{r['state']}: {r['attempts']} attempt(s) so far ({scrub(r['last_error'] or 'none failed')})"
 
 
 def _yuan(fen: int | None) -> str:

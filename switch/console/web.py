@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,13 +23,15 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
+from protocols.masking import scrub
 from switch.console import accounts, reads
 from switch.console.accounts import ROLES, Role, Session
 from switch.console.audit import Entry, record
 from switch.console.channels import Channels
-from switch.console.merchants import MerchantEdit, Merchants
+from switch.console.edits import Edits, MerchantEdit
 from switch.console.settings import ConsoleSection
 from switch.journal import machine
+from switch.lograte import RateLimitedLog
 from switch.merchant.outbox import resend
 from switch.recon.handling import resolve_by_hand
 
@@ -48,7 +51,7 @@ HEADERS = {
 
 
 def needs(role: Role) -> Callable[[Handler], Handler]:
-    """Mark a handler as needing a session of at least ``role``."""
+    """Mark a handler as needing a session of at least ``role`` (unmarked: a viewer's)."""
 
     def mark(handler: Handler) -> Handler:
         handler.role = role  # type: ignore[attr-defined]
@@ -57,15 +60,23 @@ def needs(role: Role) -> Callable[[Handler], Handler]:
     return mark
 
 
+def public(handler: Handler) -> Handler:
+    """Mark a handler as open without a session (the sign-in form only)."""
+    handler.public = True  # type: ignore[attr-defined]
+    return handler
+
+
 class Console:
     def __init__(
-        self, pool: asyncpg.Pool, section: ConsoleSection, channels: Channels, merchants: Merchants, secure: bool
+        self, pool: asyncpg.Pool, section: ConsoleSection, channels: Channels, edits: Edits, secure: bool
     ) -> None:
         self._pool = pool
+        self._hosts = {section.listen, *section.hosts}
         self._section = section
         self._channels = channels
-        self._merchants = merchants
+        self._edits = edits
         self._secure = secure
+        self._refusals = RateLimitedLog(60.0)
         self._idle = dt.timedelta(minutes=section.idle_minutes)
         self._longest = dt.timedelta(hours=section.max_hours)
         self._templates = jinja2.Environment(
@@ -75,6 +86,7 @@ class Console:
         )
         self._templates.filters["yuan"] = lambda fen: "" if fen is None else f"{fen / 100:,.2f}"
         self._templates.filters["at"] = lambda t: "" if t is None else f"{t:%Y-%m-%d %H:%M:%S}"
+        self._templates.filters["scrub"] = lambda text: "" if text is None else scrub(str(text))
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
@@ -97,6 +109,8 @@ class Console:
             ("GET", "/merchants", self.merchants),
             ("GET", "/merchants/{id}", self.merchant),
             ("POST", "/merchants/{id}", self.merchant_save),
+            ("GET", "/routing", self.routing),
+            ("POST", "/routing/gray/{channel}", self.gray_save),
             ("GET", "/terminals", self.terminals),
             ("GET", "/audit", self.audit),
         ]
@@ -108,11 +122,25 @@ class Console:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        role = getattr(getattr(request.match_info, "handler", None), "role", None)
+        """Every route needs a session (a viewer's, unless marked otherwise) but the sign-in form
+        and the style sheet: a route added without a mark is closed, not open."""
+        route = getattr(request.match_info, "handler", None)
+        # Open: the sign-in form, the style sheet, and no route at all (404, 405: nothing to guard,
+        # and a browser's favicon asked for must not start a fresh sign-in form under the user's).
+        no_route = request.match_info.http_exception is not None
+        open_ = getattr(route, "public", False) or request.path.startswith("/static/") or no_route
         try:
-            response = await self._checked(request, handler, role) if role else await handler(request)
+            if request.host not in self._hosts:  # DNS rebinding: another site's name for this address
+                response: web.StreamResponse = web.Response(status=421, text="misdirected request")
+            elif open_:
+                response = await handler(request)
+            else:
+                response = await self._checked(request, handler, getattr(route, "role", "viewer"))
         except web.HTTPException as exc:
             response = exc
+        except Exception:
+            log.exception("console request failed", extra={"path": request.path})
+            response = web.Response(status=500, text="the console failed: see its log")
         response.headers.update(HEADERS)
         return response
 
@@ -166,6 +194,7 @@ class Console:
 
     # -- sign-in ----------------------------------------------------------------------------
 
+    @public
     async def sign_in_page(self, request: web.Request) -> web.Response:
         return self._sign_in_form(request, "", 200)
 
@@ -175,7 +204,10 @@ class Console:
         response.set_cookie(PRE_COOKIE, pre, httponly=True, samesite="Strict", secure=self._secure, path="/sign-in")
         return response
 
+    @public
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
+        if not self._same_origin(request):
+            return self._sign_in_form(request, "the sign-in form came from elsewhere", 403)
         form = await request.post()
         name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
         pre = request.cookies.get(PRE_COOKIE, "")
@@ -186,9 +218,14 @@ class Console:
         async with self._pool.acquire() as conn:
             outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
             if outcome.account is None:
+                if outcome.limited:  # not audited one by one: a flood would grow the audit log for nothing
+                    self._refusals.warn(
+                        log, name, "console sign-in refused: too many failures", user=name, remote=remote
+                    )
+                    return self._sign_in_form(request, outcome.refusal, 429)
                 await record(conn, Entry(name, "sign-in", remote, outcome=outcome.refusal))
                 log.warning("console sign-in refused", extra={"user": name, "remote": remote, "why": outcome.refusal})
-                return self._sign_in_form(request, outcome.refusal, 429 if "too many" in outcome.refusal else 401)
+                return self._sign_in_form(request, outcome.refusal, 401)
             token = await accounts.open_session(conn, outcome.account, self._idle)
             await record(conn, Entry(name, "sign-in", remote))
         log.info("console sign-in", extra={"user": name, "remote": remote})
@@ -232,7 +269,7 @@ class Console:
         return self._page(request, "transactions.html", rows=rows, filters=q, error="", **self._choices())
 
     def _choices(self) -> dict[str, Any]:
-        return {"channel_names": self._merchants.channel_names(), "states": [s.value for s in machine.State]}
+        return {"channel_names": self._edits.channel_names(), "states": [s.value for s in machine.State]}
 
     @needs("viewer")
     async def timeline(self, request: web.Request) -> web.Response:
@@ -248,14 +285,14 @@ class Console:
     @needs("operator")
     async def channel_confirm(self, request: web.Request) -> web.Response:
         name, action = request.match_info["name"], request.match_info["action"]
-        if action not in Channels.ACTIONS or name not in self._merchants.channel_names():
+        if action not in Channels.ACTIONS or name not in self._edits.channel_names():
             return self._refusal(request, None, 404, f"no channel {name!r} or no action {action!r}")
         return self._page(request, "confirm.html", name=name, action=action)
 
     @needs("operator")
     async def channel_act(self, request: web.Request) -> web.StreamResponse:
         name, action = request.match_info["name"], request.match_info["action"]
-        if action not in Channels.ACTIONS or name not in self._merchants.channel_names():
+        if action not in Channels.ACTIONS or name not in self._edits.channel_names():
             return self._refusal(request, None, 404, f"no channel {name!r} or no action {action!r}")
         before, after, outcome = await self._channels.act(name, action)
         await self._audit(request, f"channel.{action}", name, before=before, after=after, outcome=outcome)
@@ -269,7 +306,7 @@ class Console:
     @needs("operator")
     async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
         item, reason = request.match_info["item"], str(request["form"].get("reason", "")).strip()[:500]
-        if not item.isdigit() or not reason:
+        if not re.fullmatch(r"[0-9]{1,18}", item) or not reason:
             raise web.HTTPSeeOther(f"/recon?said={quote('a resolution needs a reason')}")
         async with self._pool.acquire() as conn, conn.transaction():
             done = await resolve_by_hand(conn, int(item), reason)
@@ -300,14 +337,14 @@ class Console:
 
     @needs("viewer")
     async def merchants(self, request: web.Request) -> web.Response:
-        listed = await self._merchants.listed()
+        listed = await self._edits.listed()
         return self._page(
             request, "merchants.html", merchants=listed.merchants, kept=listed.kept, version=listed.version
         )
 
     @needs("viewer")
     async def merchant(self, request: web.Request) -> web.Response:
-        edit = await self._merchants.edit(request.match_info["id"])
+        edit = await self._edits.edit(request.match_info["id"])
         if edit is None:
             return self._refusal(request, None, 404, f"no merchant {request.match_info['id']}")
         return self._merchant_form(request, edit, "", 200)
@@ -319,14 +356,17 @@ class Console:
             status=status,
             edit=edit,
             error=error,
-            channel_names=self._merchants.channel_names(),
+            channel_names=self._edits.channel_names(),
         )
 
     @needs("admin")
     async def merchant_save(self, request: web.Request) -> web.StreamResponse:
         merchant_id, form = request.match_info["id"], request["form"]
-        saved = await self._merchants.save(merchant_id, form, request["session"].account.name)
+        saved = await self._edits.save(merchant_id, form, request["session"].account.name)
         if saved.error:
+            await self._audit(
+                request, "merchant.edit", merchant_id, after=saved.edit.merchant, outcome=saved.error[:300]
+            )
             return self._merchant_form(request, saved.edit, saved.error, 400)
         said = (
             f"merchant {saved.edit.merchant['id']} saved (version {saved.edit.version}): every front end applies it now"
@@ -334,8 +374,24 @@ class Console:
         raise web.HTTPSeeOther(f"/merchants?said={quote(said)}")
 
     @needs("viewer")
+    async def routing(self, request: web.Request) -> web.Response:
+        routing, version = await self._edits.routing()
+        return self._page(request, "routing.html", routing=routing, version=version)
+
+    @needs("admin")
+    async def gray_save(self, request: web.Request) -> web.StreamResponse:
+        channel, form = request.match_info["channel"], request["form"]
+        seen = int(form["version"]) if str(form.get("version", "")).isdigit() else 0
+        percent = str(form.get("percent", "")).strip()[:10]
+        error = await self._edits.set_gray(channel, percent, seen, request["session"].account.name)
+        if error:
+            await self._audit(request, "routing.gray", channel, after=percent, outcome=error[:300])
+        said = error or f"{channel}: gray route moved to {percent} %: every front end applies it now"
+        raise web.HTTPSeeOther(f"/routing?said={quote(said)}")
+
+    @needs("viewer")
     async def terminals(self, request: web.Request) -> web.Response:
-        terminals = await self._merchants.terminals()
+        terminals = await self._edits.terminals()
         keys = await reads.terminal_keys(self._pool, [t.id for t in terminals])
         return self._page(request, "terminals.html", terminals=terminals, keys=keys)
 
@@ -345,9 +401,13 @@ class Console:
 
 
 def _local(request: web.Request, given: str | None = None) -> str:
-    """Where to go after sign-in: a path on this console only (never another site)."""
+    """Where to go after sign-in: a path on this console only (never another site: no scheme, no
+    host, nothing a browser or URL library would drop or read as one, such as a tab or a backslash)."""
     target = request.query.get("next", "") if given is None else given
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/transactions"
+    url = urlsplit(target)
+    if not re.fullmatch(r"/[!-~]*", target) or "\\" in target or target.startswith("//") or url.scheme or url.netloc:
+        return "/transactions"
+    return target
 
 
 def _moment(text: str) -> dt.datetime | None:

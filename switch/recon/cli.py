@@ -21,7 +21,7 @@ import asyncpg
 from actors.channel_actor import ChannelWorker
 from hsm import HsmError
 from switch.cli_support import add_database_arguments, with_database
-from switch.config import Config
+from switch.config import Config, reconciled
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, actor_setup, configured_keys
 from switch.recon.batch import CLASSES, WHOLE_DAY, ReconBatch, StepFailed
@@ -58,10 +58,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
-    channels = args.channel or list(config.channels)
-    unknown = [c for c in channels if c not in config.channels]
+    channels = args.channel or reconciled(config)
+    unknown = [c for c in channels if c not in reconciled(config)]
     if unknown:
-        print(f"paysw recon: no channel {', '.join(unknown)} in the configuration", file=sys.stderr)
+        print(f"paysw recon: no channel reconciled here: {', '.join(unknown)}", file=sys.stderr)
         return 2
     day = args.date or (dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)).date() - dt.timedelta(days=1)
     hour = WHOLE_DAY if args.hour is None else args.hour

@@ -1,12 +1,15 @@
-"""Merchants and terminals as the console shows and edits them: the configuration in force (the
-file's, with the journal's live sections over it: ``switch.live``). An edit is checked as a reload
-checks (the whole configuration, the risk rules against it), kept in the journal with the audit
-row in one transaction, and broadcast to every front end, which applies it within a second or two
-with no restart. The first edit seeds the journal's section from the file; from then on the
-journal's is the one in force."""
+"""The configuration as the console shows and edits it (merchants, gray routes; terminals shown):
+the configuration in force (the file's, with the journal's live sections over it: ``switch.live``).
+An edit is checked as a reload checks (the whole configuration, the risk rules against it), kept
+in the journal with the audit row in one transaction, and broadcast to every front end, which
+applies it within a second or two with no restart. The first edit of a section seeds the
+journal's from the file; from then on the journal's is the one in force."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,8 +17,9 @@ import asyncpg
 import msgspec
 from multidict import MultiMapping
 
+from protocols.statements import CST
 from risk.rules import RulesError, load_rules
-from switch.config import Config, ConfigError, Merchant, Terminal, known_names, load_config
+from switch.config import Config, ConfigError, Merchant, RoutingSection, Terminal, known_names, load_config
 from switch.console.audit import Entry, record
 from switch.live import EditConflict, current, keep_section, kept_sections, overlaid, versions
 
@@ -39,7 +43,7 @@ class Saved(NamedTuple):
     error: str = ""
 
 
-class Merchants:
+class Edits:
     def __init__(self, pool: asyncpg.Pool, config_file: Path) -> None:
         self._pool = pool
         self._file = config_file
@@ -93,12 +97,40 @@ class Merchants:
             return Saved(MerchantEdit(after, seen, new), str(exc))
         return Saved(MerchantEdit(after, version, False))
 
+    async def routing(self) -> tuple[RoutingSection, int]:
+        """The routing in force, and the version of the journal's (0: the file's)."""
+        return (await self._in_force()).routing, (await versions(self._pool))["routing"]
+
+    async def set_gray(self, channel: str, percent_text: str, seen: int, user: str) -> str:
+        """The gray route of ``channel`` moved to ``percent_text`` percent of the merchants, kept
+        and audited; "" when done, else why not."""
+        if not percent_text.isdigit() or not 0 <= int(percent_text) <= 100:
+            return f"a percentage is a whole number from 0 to 100, not {percent_text[:10]!r}"
+        file_config = load_config(self._file)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                kept = await kept_sections(conn)
+                routing = kept.get("routing") or msgspec.to_builtins(file_config.routing)
+                gray = next((g for g in routing.get("gray", []) if g["channel"] == channel), None)
+                if gray is None:
+                    return f"no gray route for {channel}"
+                before = dict(gray)
+                gray["percent"] = int(percent_text)
+                self._check(file_config, kept | {"routing": routing})
+                await keep_section(conn, "routing", routing, seen, f"console:{user}")
+                await record(conn, Entry(user, "routing.gray", channel, before=before, after=gray))
+        except (ConfigError, RulesError, EditConflict) as exc:
+            return str(exc)
+        return ""
+
     def _from_form(self, form: MultiMapping[Any], base: dict[str, Any]) -> dict[str, Any]:
         def text(name: str) -> str:
             return str(form.get(name, "")).strip()
 
         merchant = dict(base)  # what the form does not show (the API key, the onboarding day) stays
         merchant["id"] = base.get("id") or text("id")
+        if not base:  # a new merchant starts today: the risk rules for new merchants apply to it
+            merchant["onboarded"] = dt.datetime.now(CST).date().isoformat()
         merchant |= {
             "name": text("name"),
             "suspended": form.get("suspended") == "on",
@@ -108,9 +140,7 @@ class Merchants:
             "channels": [c for c in self._channels if form.get(f"takes_{c}") == "on"],
             "channel_ids": {c: text(f"id_{c}") for c in self._channels if text(f"id_{c}")},
             "rate_per_s": {c: _number(text(f"rate_{c}"), f"rate at {c}") for c in self._channels if text(f"rate_{c}")},
-            "fee_per_10000": {
-                c: int(_number(text(f"fee_{c}"), f"fee at {c}")) for c in self._channels if text(f"fee_{c}")
-            },
+            "fee_per_10000": {c: _whole(text(f"fee_{c}"), f"fee at {c}") for c in self._channels if text(f"fee_{c}")},
         }
         return merchant
 
@@ -124,6 +154,15 @@ class Merchants:
 
 def _number(text: str, what: str) -> float:
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise ValueError(f"{what}: not a number: {text[:20]!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what}: not a number: {text[:20]!r}")
+    return number
+
+
+def _whole(text: str, what: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,6}", text):
+        raise ValueError(f"{what}: not a whole number: {text[:20]!r}")
+    return int(text)
