@@ -20,6 +20,16 @@ import uvloop
 
 from bench.client import IsoClient
 from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, absolute_paths
+from bench.demo_console import (
+    DEMO_PASSWORD,
+    DEMO_USER,
+    LEGACY_CONFIG,
+    LEGACY_LISTEN,
+    console,
+    console_drill,
+    forget_live_sections,
+    legacy_switch,
+)
 from bench.merchant import MerchantClient, Receiver, describe, receiver_thread
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
@@ -352,8 +362,12 @@ async def _run(
     config: Config, simulators: SimulatorConfig, url: str, token: str, token_file: Path, serve: bool, per_channel: int
 ) -> None:
     key = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()  # DEMO TEST KEY
+    dropped = await forget_live_sections(url)
+    if dropped:
+        print(f"configuration: the file's again (an earlier run's console kept {', '.join(dropped)} in the journal)")
     with receiver_thread(key, *host_port(_receiver_address(config))) as receiver:
-        await _run_with(config, simulators, url, token, token_file, serve, per_channel, receiver)
+        async with legacy_switch():
+            await _run_with(config, simulators, url, token, token_file, serve, per_channel, receiver)
 
 
 async def _run_with(
@@ -371,8 +385,10 @@ async def _run_with(
     try:
         if serve:
             print(f"operator controls: paysw channel list|disable|enable|... (admin token in {token_file})")
-            print("serving until Ctrl-C", flush=True)
-            await until_signalled()
+            async with console(config, url, token) as base:
+                print(f"console: {base} (DEMO ONLY account {DEMO_USER} / {DEMO_PASSWORD})")
+                print("serving until Ctrl-C", flush=True)
+                await until_signalled()
         else:
             host, port = host_port(config.switch.listen)
             started = time.monotonic()
@@ -390,6 +406,9 @@ async def _run_with(
             print()
             await merchant_drill(config, simulators, receiver)
             print()
+            async with console(config, url, token) as base:
+                await console_drill(host, port, base, app)
+            print()
             await _settle(app)
             await _journal_summary(app)
     finally:
@@ -400,10 +419,10 @@ def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int 
     setup_logging("WARNING")
     data_dir.mkdir(parents=True, exist_ok=True)
     copy = data_dir / "switch.toml"  # what a reload reads again (the demo's drill edits it, never the repository's)
-    copy.write_text(absolute_paths(DEMO_SWITCH_CONFIG.read_text()))
+    copy.write_text(absolute_paths(DEMO_SWITCH_CONFIG.read_text()) + LEGACY_CONFIG)
     config = load_config(copy)
     simulators = load_simulator_config(str(DEMO_SIMULATORS_CONFIG))
-    busy = _ports_in_use(config, simulators, (_receiver_address(config),))
+    busy = _ports_in_use(config, simulators, (_receiver_address(config), LEGACY_LISTEN, config.console.listen))
     if busy:
         print(f"paysw demo: ports already in use: {', '.join(busy)} (is another demo running?)")
         return 2

@@ -10,7 +10,7 @@ and answers as an old switch would:
 - a refund (0200, 200000): 00 while what is refunded stays within the purchase, else 13;
 - a bad MAC: A0, and the order is not touched.
 
-``python -m bench.legacy_switch --listen 127.0.0.1:9590 --key FILE`` runs it until SIGTERM;
+``python -m bench.legacy_switch --listen 127.0.0.1:9591 --key FILE`` runs it until SIGTERM;
 ``--ledger FILE`` writes each purchase it approved, one JSON line each (merchant, terminal,
 order, amount)."""
 

@@ -402,6 +402,13 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     follow(By.ID, "save")
     until(lambda: set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}, "the quota stayed")
 
+    browser.get(f"{base}/routing")
+    assert "Gray routes" in browser.page_source
+    shot(browser, "routing")
+    browser.get(f"{base}/terminals")
+    assert "KCV" in text("terminals")  # keys by their check values, never the keys
+    shot(browser, "terminals")
+
     # Every action is in the audit log, with who did it, and the merchant's values before and after.
     browser.get(f"{base}/audit")
     shot(browser, "audit")

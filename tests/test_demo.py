@@ -56,6 +56,10 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "suspended in the file: 00 before, 57 after (applied: True)" in result.stdout
     assert "an invalid file refused, the running configuration kept: True, the merchant still 57" in result.stdout
     assert "the file as it was: 00" in result.stdout
+    assert "(named in the gray route): 00, handled by legacy" in result.stdout
+    assert "shop 898310048990001: 00, handled by wechat" in result.stdout
+    assert "gray share moved to 100 % in the console: the shop's next purchase 00, by legacy" in result.stdout
+    assert re.search(r"the shop's purchase \d{12}: [4-9] events on its timeline", result.stdout), result.stdout
     for channel in CODE_SHAPES:  # a QR order on each, scanned, and the merchant's receipt of it
         assert re.search(
             rf"^  {channel}: code \S+, scanned: PAID; merchant notified: APPROVED purchase", result.stdout, re.M

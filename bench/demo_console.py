@@ -1,0 +1,145 @@
+"""The demo's console and gray routing: a legacy switch stand-in upstream (``bench.legacy_switch``)
+that the demo's kiosk merchant is gray-routed to, the operators' console on its listener with a
+DEMO ONLY account, and a drill that signs in over HTTP as a browser does, reads a purchase's
+timeline and moves the gray share with no restart."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from bench.client import IsoClient
+from bench.demo_config import DEMO_DIR
+from bench.legacy_switch import LegacySwitch
+from bench.traffic import Stans, payment_code, purchase
+from switch.app import SwitchApp
+from switch.config import Config, host_port
+from switch.console import accounts
+from switch.console.channels import Channels
+from switch.console.edits import Edits
+from switch.console.web import Console
+
+LEGACY_LISTEN = "127.0.0.1:9591"
+KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
+SHOP, SHOP_TERMINAL = "898310048990001", "T0000001"
+# DEMO ONLY: a published account of the demo's console, created on the demo's own journal.
+DEMO_USER, DEMO_PASSWORD = "demo", "demo-console-password"
+# The demo's copy of its configuration gets a legacy switch upstream and a gray route to it.
+LEGACY_CONFIG = f"""
+# Added by the demo: a legacy switch upstream (bench/legacy_switch.py), over ISO 8583, and a gray
+# route sending the kiosk merchant's WeChat Pay purchases to it (the console moves the share).
+[channels.legacy]
+kind = "legacy"
+actor = {{ endpoint = "tcp://{LEGACY_LISTEN}" }}
+
+[channels.legacy.account]
+institution = "48020000"
+
+[channels.legacy.account.keys]
+sign_algorithm = "hmac-sha256"
+sign_key = "legacy:mac-key"
+verify_algorithm = "hmac-sha256"
+verify_key = "legacy:mac-key"
+
+[[routing.gray]]
+channel = "wechat"
+to = "legacy"
+merchants = ["{KIOSK}"]
+percent = 0
+"""
+
+
+@contextlib.asynccontextmanager
+async def legacy_switch() -> AsyncIterator[None]:
+    """The legacy switch stand-in, in this process, with the demo's shared MAC key (DEMO TEST KEY)."""
+    host, port = host_port(LEGACY_LISTEN)
+    server = await LegacySwitch((DEMO_DIR / "keys" / "legacy" / "mac_key").read_bytes().strip()).serve(host, port)
+    try:
+        yield
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def console(config: Config, url: str, token: str) -> AsyncIterator[str]:
+    """The console on ``[console] listen``, with the DEMO ONLY account; its address."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", DEMO_USER):
+            await accounts.add_user(conn, DEMO_USER, DEMO_PASSWORD, "admin")
+    channels = Channels([config.switch.admin_listen], token)
+    app = Console(pool, config.console, channels, Edits(pool, Path(config.source)), secure=False).app()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, *host_port(config.console.listen)).start()
+    try:
+        yield f"http://{config.console.listen}"
+    finally:
+        await runner.cleanup()
+        await channels.close()
+        await pool.close()
+
+
+async def forget_live_sections(url: str) -> list[str]:
+    """The demo starts from its file: sections an earlier run's console kept in the journal go."""
+    conn = await asyncpg.connect(url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('live_config') IS NOT NULL"):
+            return []
+        return [r["section"] for r in await conn.fetch("DELETE FROM live_config RETURNING section")]
+    finally:
+        await conn.close()
+
+
+async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None:
+    stans = Stans()
+    client = await IsoClient.connect(host, port)
+
+    async def pay(terminal: str, merchant: str) -> tuple[str, str, str]:
+        code = payment_code("wechat", "00", random.Random())
+        answer = await client.request(purchase(terminal, merchant, code, 100, stans.next(terminal)))
+        assert app.journal is not None
+        went = await app.journal.pool.fetchval("SELECT channel FROM txn WHERE rrn = $1", answer["37"])
+        return answer["39"], answer["37"], went
+
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
+    try:
+        async with aiohttp.ClientSession(base, cookie_jar=jar) as web_client:
+            kiosk = await pay(KIOSK_TERMINAL, KIOSK)
+            shop = await pay(SHOP_TERMINAL, SHOP)
+            print(f"gray routing (WeChat Pay to a legacy switch upstream over ISO 8583, on {LEGACY_LISTEN}):")
+            print(f"  kiosk {KIOSK} (named in the gray route): {kiosk[0]}, handled by {kiosk[2]}")
+            print(f"  shop {SHOP}: {shop[0]}, handled by {shop[2]}")
+            page = await (await web_client.get("/sign-in")).text()
+            pre = re.search(r'name="pre" value="([^"]+)"', page).group(1)
+            form = {"pre": pre, "name": DEMO_USER, "password": DEMO_PASSWORD, "next": f"/transactions/{shop[1]}"}
+            timeline = await (await web_client.post("/sign-in", data=form)).text()
+            events = timeline.count("<tr><td>")  # the rows of its timeline
+            print(f"console on {base} (DEMO ONLY account {DEMO_USER} / {DEMO_PASSWORD}):")
+            print(f"  signed in; the shop's purchase {shop[1]}: {events} events on its timeline")
+            routing = await (await web_client.get("/routing")).text()
+            csrf = re.search(r'name="csrf" value="([^"]+)"', routing).group(1)
+            version = re.search(r'name="version" value="(\d+)"', routing).group(1)
+            moved = await web_client.post(
+                "/routing/gray/wechat", data={"csrf": csrf, "version": version, "percent": "100"}
+            )
+            assert moved.status == 200
+            await app.reload()  # what every front end does on the console's broadcast (the demo waits for none)
+            everyone = await pay(SHOP_TERMINAL, SHOP)
+            print(
+                f"  gray share moved to 100 % in the console: the shop's next purchase {everyone[0]}, by {everyone[2]}"
+            )
+            audit = await (await web_client.get("/audit")).text()
+            print(f"  audit log: {audit.count('<tr><td>')} rows (sign-in, routing.gray, ...), none can be changed")
+    finally:
+        await client.close()
+        assert app.journal is not None
+        await app.journal.pool.execute("DELETE FROM live_config WHERE section = 'routing'")
+        await app.reload()
