@@ -133,6 +133,10 @@ class SwitchApp:
         cfg = self.config
         for warning in sizing_warnings(cfg):
             log.warning("configuration: " + warning)
+        try:  # before anything starts: invalid rules stop the switch here
+            self.risk.load_rules()
+        except RulesError as exc:
+            raise ConfigError(f"$.risk.rules: {exc}") from None
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,
@@ -141,11 +145,11 @@ class SwitchApp:
             ahead_days=cfg.database.partitions_ahead_days,
         )
         self.config = cfg = worker_share(await self._configuration(self._file_config), self._share)
-        self.risk.use(self.risk.engine, known_names(cfg))
-        try:  # before anything else starts: invalid rules stop the switch here
-            self.risk.load_rules()
-        except RulesError as exc:
-            raise ConfigError(f"$.risk.rules: {exc}") from None
+        if known_names(cfg) != known_names(self._file_config):  # the journal's merchants or terminals
+            try:
+                self.risk.use(self.risk.engine_for(known_names(cfg)), known_names(cfg))
+            except RulesError as exc:
+                raise ConfigError(f"$.risk.rules, against the journal's live configuration: {exc}") from None
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
         hsm = open_hsm(cfg.security.hsm, cfg.base_dir, demo=cfg.switch.demo)

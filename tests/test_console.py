@@ -6,6 +6,7 @@ difference resolved, a merchant's rate quota changed with no restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -19,6 +20,9 @@ import asyncpg
 import pytest
 import requests
 
+from bench.demo_config import DEMO_DIR
+from switch.console import accounts
+from switch.routing import share_of
 from tests.conftest import free_port, run, switch_with, wait_for_port
 from tests.debian import debian_binary
 from tests.required import required_module
@@ -63,23 +67,64 @@ class ConsoleProcess:
         assert self.process.wait(15) == 0
 
 
+# Gray routing: 40 merchants of their own, UnionPay's purchases of a share of them (and of the demo
+# merchants, none of whom pays on UnionPay here) sent to a legacy switch stand-in.
+GRAY_MERCHANTS = [(f"8983100477{n:05d}", f"G{n:07d}") for n in range(1, 41)]
+
+
+def gray_edits(legacy_port: int) -> list[tuple[str, str]]:
+    merchants = "".join(
+        f'\n[[merchants]]\nid = "{m}"\nname = "Gray {m}"\nchannels = ["unionpay"]\n'
+        f'\n[[terminals]]\nid = "{t}"\nmerchant = "{m}"\n'
+        for m, t in GRAY_MERCHANTS
+    )
+    legacy = (
+        f'\n[channels.legacy]\nkind = "legacy"\nactor = {{ endpoint = "tcp://127.0.0.1:{legacy_port}" }}\n'
+        'account = { institution = "48020000", keys = { sign_algorithm = "hmac-sha256", sign_key = "legacy:mac-key", '
+        'verify_algorithm = "hmac-sha256", verify_key = "legacy:mac-key" } }\n'
+        '\n[[routing.gray]]\nchannel = "unionpay"\nto = "legacy"\npercent = 10\n'
+    )
+    return [(r"\Z", merchants + legacy)]
+
+
 @pytest.fixture(scope="module")
 def console(config_dir, database_url, simulators, tmp_path_factory):
     folder = tmp_path_factory.mktemp("console")
-    for switch in switch_with(config_dir, database_url, folder, "console", []):
-        running = ConsoleProcess(switch, folder)
-        for name, password in PASSWORDS.items():
-            added = subprocess.run(
-                running.command("add-user", name, "--role", ROLES[name], "--password-stdin"),
-                input=password + "\n", env=switch.env, capture_output=True, text=True, timeout=60,
+    legacy_port = free_port()
+    stand_in = subprocess.Popen(
+        [sys.executable, "-m", "bench.legacy_switch", "--listen", f"127.0.0.1:{legacy_port}",
+         "--key", str(DEMO_DIR / "keys" / "legacy" / "mac_key"), "--ledger", str(folder / "legacy-ledger.jsonl")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(legacy_port, 30, stand_in)
+        for switch in switch_with(config_dir, database_url, folder, "console", gray_edits(legacy_port)):
+            running = ConsoleProcess(switch, folder)
+            added = subprocess.run(  # the first admin, as an operator makes one
+                running.command("add-user", "ada", "--role", "admin", "--password-stdin"),
+                input=PASSWORDS["ada"] + "\n", env=switch.env, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert added.returncode == 0 or "exists already" in added.stderr, added.stderr
-        running.start()
-        try:
-            yield running
-        finally:
-            running.stop()
-            run(_forget_live_configuration(database_url))
+            run(_accounts(database_url, {name: PASSWORDS[name] for name in ("otto", "vera")}))
+            running.start()
+            try:
+                yield running
+            finally:
+                running.stop()
+                run(_forget_live_configuration(database_url))
+    finally:
+        stand_in.terminate()
+        stand_in.wait(10)
+
+
+async def _accounts(database_url: str, passwords: dict[str, str]) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for name, password in passwords.items():
+            if not await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", name):
+                await accounts.add_user(conn, name, password, ROLES[name])
+    finally:
+        await conn.close()
 
 
 async def _forget_live_configuration(database_url: str) -> None:
@@ -300,8 +345,6 @@ def pay(switch, channel: str, terminal: str = "T0000001", merchant: str = "89831
 
 
 def pay_many(switch, count: int, channel: str, terminal: str, merchant: str) -> list[str]:
-    import asyncio
-
     async def many() -> list[str]:
         async with connected(switch) as client:
             asks = [client.request(new_purchase(channel, terminal=terminal, merchant=merchant)) for _ in range(count)]
@@ -437,6 +480,67 @@ def _open_difference(database_url: str) -> int:
         day, hour,
     )  # fmt: skip
     return rows[0][0]
+
+
+def pay_each(switch, amount: int = 1234) -> dict[str, dict]:
+    async def each() -> dict[str, dict]:
+        async with connected(switch) as client:
+            asks = [
+                client.request(new_purchase("unionpay", terminal=t, merchant=m, amount=amount))
+                for m, t in GRAY_MERCHANTS
+            ]
+            return dict(zip([m for m, _ in GRAY_MERCHANTS], await asyncio.gather(*asks), strict=True))
+
+    return run(each())
+
+
+def channels_of(database_url: str, answers: dict[str, dict]) -> dict[str, str]:
+    rows = sql(database_url, "SELECT rrn, channel FROM txn WHERE rrn = ANY($1)", [a["37"] for a in answers.values()])
+    by_rrn = {r["rrn"]: r["channel"] for r in rows}
+    return {m: by_rrn[a["37"]] for m, a in answers.items()}
+
+
+def test_a_share_of_merchants_goes_to_the_legacy_switch_and_an_operator_moves_it(console, database_url):
+    switch, ledger = console.switch, console.config.parent / "legacy-ledger.jsonl"
+    tenth = {m for m, _ in GRAY_MERCHANTS if share_of(m) < 10}
+    half = {m for m, _ in GRAY_MERCHANTS if share_of(m) < 50}
+    assert 1 <= len(tenth) < len(half) < len(GRAY_MERCHANTS)  # the ids make a fair test
+
+    answers = pay_each(switch)
+    assert {a["39"] for a in answers.values()} == {"00"}
+    went = channels_of(database_url, answers)
+    assert {m for m, ch in went.items() if ch == "legacy"} == tenth
+    assert {m for m, ch in went.items() if ch == "unionpay"} == set(went) - tenth
+    # The legacy switch saw those purchases, and only those: by terminal, as it knows them.
+    seen = [json.loads(line) for line in ledger.read_text().splitlines()]
+    terminals = dict((t, m) for m, t in GRAY_MERCHANTS)
+    assert {terminals[s["terminal"]] for s in seen} == tenth
+    # Its own answer is relayed: a purchase it declines for funds is 51 at the terminal.
+    poor = pay_each(switch, amount=1251)
+    assert {m for m, a in poor.items() if a["39"] == "51"} == tenth
+
+    # The operator moves the share to 50 % in the console: live, with no restart.
+    session, status = signed_in(console, "ada")
+    assert status == 303
+    page = session.get(f"{console.base}/routing").text
+    assert 'id="gray-unionpay"' in page and "10 %" in page
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    version = page.split('name="version" value="')[1].split('"')[0]
+    form = {"csrf": csrf, "version": version, "percent": "50"}
+    moved = session.post(f"{console.base}/routing/gray/unionpay", data=form)
+    assert "moved to 50" in moved.text and "50 %" in moved.text
+    deadline = time.monotonic() + 10
+    while True:
+        went = channels_of(database_url, pay_each(switch))
+        if {m for m, ch in went.items() if ch == "legacy"} == half:
+            break
+        assert time.monotonic() < deadline, f"50 % did not take: {sorted(m for m, c in went.items() if c == 'legacy')}"
+        time.sleep(0.3)
+    assert tenth <= half  # those moved first stayed moved
+    audited = "SELECT before::text, after::text FROM console_audit WHERE action = 'routing.gray' ORDER BY id DESC"
+    before, after = sql(database_url, audited)[0]
+    assert json.loads(before)["percent"] == 10 and json.loads(after)["percent"] == 50
+    assert requests.get(f"{console.base}/routing", allow_redirects=False).status_code == 303
 
 
 def test_a_new_merchant_starts_today_and_the_file_and_the_journal_trade_places(console, database_url):

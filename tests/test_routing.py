@@ -63,3 +63,29 @@ def test_scrub_masks_long_digit_runs_in_free_text():
 
     text = "failed for 6222020200112233446 at 12:00, order 20261123000000001000x, stan 000042"
     assert scrub(text) == "failed for 622202*********3446 at 12:00, order 20261123000000001000x, stan 000042"
+
+
+def test_a_gray_route_takes_the_merchants_named_and_a_share_by_hash_that_only_grows():
+    import msgspec
+
+    from switch.config import GrayRoute
+    from switch.routing import share_of
+
+    routing = load_config(DEMO_SWITCH_CONFIG).routing
+    merchants = [f"8983100477{n:05d}" for n in range(200)]
+
+    def router(percent: int, named: tuple[str, ...] = ()) -> Router:
+        gray = [GrayRoute(channel="wechat", to="alipay", percent=percent, merchants=list(named))]
+        return Router(msgspec.structs.replace(routing, gray=gray))
+
+    for percent in (0, 10, 50, 100):
+        moved = {m for m in merchants if router(percent).divert("wechat", m) == "alipay"}
+        assert moved == {m for m in merchants if share_of(m) < percent}
+        assert abs(len(moved) - 2 * percent) <= 20  # about the share asked for, over 200 merchants
+    edge = merchants[0]
+    assert router(share_of(edge)).divert("wechat", edge) == "wechat"  # its place is the first share that takes it
+    assert router(share_of(edge) + 1).divert("wechat", edge) == "alipay"
+    assert router(0, (edge,)).divert("wechat", edge) == "alipay"  # named: whatever the share
+    assert router(100).divert("alipay", edge) == "alipay"  # another channel's purchases: untouched
+    # Pinned: a different hash would move merchants between the two sides in the middle of a cut-over.
+    assert [share_of(m) for m in ("898310048990001", "898310048990002", "898310048990003")] == [50, 8, 43]
