@@ -5,8 +5,9 @@ and answers as an old switch would:
 
 - a purchase (0200, 000000): 00 with an authorisation id, unless its amount ends in 51 (51,
   insufficient funds) or 05 (05); the same order again gets the same answer;
-- a status inquiry (0100, 330000): 00 paid, 12 reversed, 25 unknown;
-- a reversal (0400): 00 reversed, 25 when it never had the purchase;
+- a status inquiry (0100, 330000): 00 paid, its refusal if declined (05 once reversed), 25 unknown;
+- a reversal (0400): 00 reversed; 25 when it never had the purchase, which it then refuses (05)
+  should it come after (docs/iso8583.md section 8);
 - a refund (0200, 200000): 00 while what is refunded stays within the purchase, else 13;
 - a bad MAC: A0, and the order is not touched.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hsm.algorithms import signer
-from protocols.channels.legacy.flows import INQUIRY, ORDER, ORIGINAL, PURCHASE, REFUND, mac_ok, sealed
+from protocols.channels.legacy.flows import INQUIRY_CODE, ORDER, ORIGINAL, PURCHASE_CODE, REFUND_CODE, mac_ok, sealed
 from protocols.iso8583 import DecodeFailure, FrameReader, FrameTooLarge, Message, Unparseable, decode
 
 
@@ -58,18 +59,20 @@ class LegacySwitch:
         if not mac_ok(body, message, self._sign):
             return self._reply(message, "A0")
         mti, code = message.get("t"), message.get("3")
-        if mti == "0200" and code == PURCHASE:
+        if mti == "0200" and code == PURCHASE_CODE:
             return self._purchase(message)
-        if mti == "0200" and code == REFUND:
+        if mti == "0200" and code == REFUND_CODE:
             return self._refund(message)
-        if mti == "0100" and code == INQUIRY:
+        if mti == "0100" and code == INQUIRY_CODE:
             order = self._orders.get(message.get(ORDER, ""))
             if order is None:
                 return self._reply(message, "25")
-            return self._reply(message, "12" if order.reversed else order.code, order.auth_id)
+            return self._reply(message, "05" if order.reversed else order.code, order.auth_id)
         if mti == "0400":
-            order = self._orders.get(message.get(ORDER, ""))
-            if order is None:
+            number = message.get(ORDER, "")
+            order = self._orders.get(number)
+            if order is None:  # kept: the purchase, should it come after, is refused
+                self._orders[number] = Order(int(message.get("4", "0")), "05", "", reversed=True)
                 return self._reply(message, "25")
             order.reversed = True
             return self._reply(message, "00")
@@ -88,14 +91,14 @@ class LegacySwitch:
                         "merchant": message.get("42", "").strip()}  # fmt: skip
                 self._ledger.write(json.dumps(seen) + "\n")
                 self._ledger.flush()
-        return self._reply(message, "12" if order.reversed else order.code, order.auth_id)
+        return self._reply(message, "05" if order.reversed else order.code, order.auth_id)
 
     def _refund(self, message: Message) -> bytes:
         number = message.get(ORDER, "")
         if number not in self._refunds:
             original = self._orders.get(message.get(ORIGINAL, ""))
             amount = int(message.get("4", "0"))
-            if original is None or original.code != "00" or original.reversed:
+            if original is None or original.code != "00" or original.reversed:  # nothing paid to refund
                 self._refunds[number] = "25"
             elif original.refunded_fen + amount > original.amount_fen:
                 self._refunds[number] = "13"

@@ -543,6 +543,39 @@ def test_a_share_of_merchants_goes_to_the_legacy_switch_and_an_operator_moves_it
     assert requests.get(f"{console.base}/routing", allow_redirects=False).status_code == 303
 
 
+def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, database_url):
+    merchant, terminal = GRAY_MERCHANTS[-1]  # on UnionPay, never gray-routed (its share is 97)
+
+    def pays() -> str:
+        async def one() -> str:
+            async with connected(console.switch) as client:
+                return (await client.request(new_purchase("unionpay", terminal=terminal, merchant=merchant)))["39"]
+
+        return run(one())
+
+    def until(code: str) -> None:
+        deadline = time.monotonic() + 10
+        while (got := pays()) != code:
+            assert time.monotonic() < deadline, f"still {got}, not {code}"
+            time.sleep(0.2)
+
+    session, _ = signed_in(console, "otto")
+    token = csrf(session, console)
+    assert pays() == "00"
+    entry = {"csrf": token, "colour": "black", "of": "terminal", "value": terminal, "reason": "skimmer found"}
+    page = session.post(f"{console.base}/risk/lists/add", data=entry)
+    assert f"black list of terminals: {terminal} added" in page.text and "blacklisted-terminal" in page.text
+    until("62")  # the rule's answer, in every front end within a second or two
+    assert "code" not in re.findall(r'name="of"[^>]*>((?:<option>\w+</option>)+)', page.text)[0]  # no code entry
+    page = session.post(f"{console.base}/risk/lists/remove", data=entry | {"reason": ""})
+    assert f"{terminal} removed" in page.text
+    until("00")
+    assert audit_count(database_url, "risk.list.add") == 1 and audit_count(database_url, "risk.list.remove") == 1
+    viewer, _ = signed_in(console, "vera")
+    refused = viewer.post(f"{console.base}/risk/lists/add", data=entry | {"csrf": csrf(viewer, console)})
+    assert refused.status_code == 403
+
+
 def test_a_new_merchant_starts_today_and_the_file_and_the_journal_trade_places(console, database_url):
     import datetime as dt
 

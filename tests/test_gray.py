@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
 from actors.frames import FramePool
@@ -17,8 +18,8 @@ from bench.legacy_switch import LegacySwitch
 from hsm.algorithms import signer, verifier
 from protocols import response_codes as rc
 from protocols.channels import channel_of
-from protocols.channels.base import Crypto, Keys
-from protocols.channels.legacy.flows import LegacyAccount
+from protocols.channels.base import Crypto, HttpAnswer, Keys
+from protocols.channels.legacy.flows import ASKED, ORDER, LegacyAccount, sealed
 from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, Outcome
 from tests.conftest import free_port, run
 
@@ -73,8 +74,11 @@ def test_the_link_to_the_legacy_switch_carries_every_operation():
             reversed_ = await call(port, request(CANCEL, "20261204000000000101"))
             assert reversed_.outcome == Outcome.APPROVED
             assert (await call(port, request(QUERY, "20261204000000000101"))).outcome == Outcome.DECLINED
-            # A reversal of what it never had leaves no money anywhere: done.
+            # A reversal of what it never had leaves no money anywhere: done, and the purchase is
+            # refused should it come after (a pay overtaken by its reversal).
             assert (await call(port, request(CANCEL, "20261204000000000198"))).outcome == Outcome.APPROVED
+            late = await call(port, request(PAY, "20261204000000000198"))
+            assert (late.outcome, late.response_code) == (Outcome.DECLINED, rc.DO_NOT_HONOUR)
             # Another key: the legacy switch refuses it (A0), and its answer is not ours to believe.
             stranger = Crypto(signer("hmac-sha256", b"0" * 32), verifier("hmac-sha256", b"0" * 32))
             forged = await call(port, request(PAY, "20261204000000000105"), crypto=stranger)
@@ -109,3 +113,65 @@ def test_the_link_says_what_it_knows_when_the_legacy_switch_fails():
             await (await pool.acquire(1)).post("", b"0800", {}, 0.5)
 
     run(go())
+
+
+def answer_to(req: ChannelRequest, code: str, **changes: str) -> HttpAnswer:
+    """The legacy switch's answer to ``req`` with ``code``, as the stand-in writes it, then changed."""
+    order = req.refund_no if req.op == REFUND else req.out_trade_no
+    message = {
+        "t": ASKED[req.op],
+        "4": f"{req.amount_fen:012d}",
+        "11": "000101",
+        ORDER: order,
+        "39": code,
+        "38": "A00001",
+    }
+    return HttpAnswer(200, sealed(message | changes, CRYPTO.sign))
+
+
+# What each operation makes of each code: only an answer that says for certain that no money moved
+# is DECLINED; what the link does not know (94 a duplicate, 12 an inquiry it does not support, a
+# private code) is UNKNOWN, for the resolver to ask again.
+VERDICTS = {
+    PAY: {"00": Outcome.APPROVED, "09": Outcome.PENDING, "51": Outcome.DECLINED, "05": Outcome.DECLINED,
+          "12": Outcome.DECLINED, "30": Outcome.DECLINED, "A0": Outcome.DECLINED, "94": Outcome.UNKNOWN,
+          "91": Outcome.UNKNOWN, "96": Outcome.UNKNOWN, "10": Outcome.UNKNOWN, "Z9": Outcome.UNKNOWN},
+    QUERY: {"00": Outcome.APPROVED, "09": Outcome.PENDING, "25": Outcome.DECLINED, "05": Outcome.DECLINED,
+            "12": Outcome.UNKNOWN, "30": Outcome.UNKNOWN, "A0": Outcome.UNKNOWN, "94": Outcome.UNKNOWN,
+            "68": Outcome.UNKNOWN},
+    CANCEL: {"00": Outcome.APPROVED, "25": Outcome.APPROVED, "05": Outcome.UNKNOWN, "12": Outcome.UNKNOWN,
+             "30": Outcome.UNKNOWN, "94": Outcome.UNKNOWN},
+    REFUND: {"00": Outcome.APPROVED, "13": Outcome.DECLINED, "25": Outcome.DECLINED, "09": Outcome.UNKNOWN,
+             "94": Outcome.UNKNOWN, "A0": Outcome.UNKNOWN, "30": Outcome.UNKNOWN, "Z9": Outcome.UNKNOWN},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("op", "code"), [(op, code) for op, codes in VERDICTS.items() for code in codes])
+def test_each_answer_code_means_what_it_certainly_says(op, code):
+    req = request(op, "20261204000000000301", 1000, "20261204000000000302" if op == REFUND else "", 1000)
+    result = LEGACY.flows[op].parse(req, answer_to(req, code), CRYPTO)
+    assert result.outcome == VERDICTS[op][code], (op, code, result)
+    if result.outcome == Outcome.DECLINED and code != "25":
+        assert result.response_code in (code, rc.SYSTEM_MALFUNCTION)  # relayed (a message refused unread: 96)
+
+
+def test_an_answer_to_another_message_is_not_believed():
+    req = request(QUERY, "20261204000000000401")
+    for changed in ({"t": "0410"}, {"4": f"{1:012d}"}, {ORDER: "20261204000000000499"}):
+        result = LEGACY.flows[QUERY].parse(req, answer_to(req, "00", **changed), CRYPTO)
+        assert (result.outcome, result.channel_code) == (Outcome.UNKNOWN, "MISMATCH"), changed
+    pay = request(PAY, "20261204000000000402", 1000)
+    partial = LEGACY.flows[PAY].parse(pay, answer_to(pay, "00", **{"4": f"{1:012d}"}), CRYPTO)
+    assert partial.outcome == Outcome.UNKNOWN  # an approval of another amount is not this payment's
+
+
+def test_a_reversal_names_the_purchase_as_it_was_sent():
+    from protocols.iso8583 import decode
+
+    pay = request(PAY, "20261204000000000501")
+    sent = decode(LEGACY.flows[PAY].build(pay, ACCOUNT, CRYPTO, pay.created + 0.9).body)
+    cancel = request(CANCEL, "20261204000000000501")
+    cancel = msgspec.structs.replace(cancel, created=pay.created)
+    reversal = decode(LEGACY.flows[CANCEL].build(cancel, ACCOUNT, CRYPTO, pay.created + 30).body)
+    assert reversal["90"][:20] == f"0200{sent['11']}{sent['7']}"  # the original's MTI, STAN and field 7
+    assert reversal["11"] != sent["11"]  # its own STAN

@@ -97,6 +97,17 @@ class Edits:
             return Saved(MerchantEdit(after, seen, new), str(exc))
         return Saved(MerchantEdit(after, version, False))
 
+    async def rules(self) -> tuple[list[Any], str]:
+        """The risk rules in force (the file's, read against the configuration in force), and why
+        they could not be read, if so."""
+        config = await self._in_force()
+        if not config.risk.rules:
+            return [], "the configuration names no rules file ([risk] rules)"
+        try:
+            return load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config)).rule, ""
+        except RulesError as exc:
+            return [], str(exc)
+
     async def routing(self) -> tuple[RoutingSection, int]:
         """The routing in force, and the version of the journal's (0: the file's)."""
         return (await self._in_force()).routing, (await versions(self._pool))["routing"]

@@ -192,6 +192,17 @@ async def terminal_keys(pool: asyncpg.Pool, terminals: list[str]) -> dict[tuple[
     return {tuple(reversed(r["label"].split(":", 1))): (r["version"], r["check_value"]) for r in rows}
 
 
+async def risk_lists(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """The black and grey lists (codes by their keyed fingerprint only)."""
+    return await pool.fetch(
+        "SELECT colour, list_of, value, reason, added_at FROM risk_list ORDER BY colour, list_of, added_at"
+    )
+
+
+async def risk_changes(pool: asyncpg.Pool, limit: int = 50) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT at, action, detail, by_whom FROM risk_audit ORDER BY id DESC LIMIT $1", limit)
+
+
 async def audit_rows(pool: asyncpg.Pool, limit: int = 300) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT id, at, user_name, action, target, before::text AS before, after::text AS after, outcome "

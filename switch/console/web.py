@@ -24,6 +24,7 @@ import jinja2
 from aiohttp import web
 
 from protocols.masking import scrub
+from risk.lists import change_list
 from switch.console import accounts, reads
 from switch.console.accounts import ROLES, Role, Session
 from switch.console.audit import Entry, record
@@ -111,6 +112,8 @@ class Console:
             ("POST", "/merchants/{id}", self.merchant_save),
             ("GET", "/routing", self.routing),
             ("POST", "/routing/gray/{channel}", self.gray_save),
+            ("GET", "/risk", self.risk),
+            ("POST", "/risk/lists/{action}", self.risk_list),
             ("GET", "/terminals", self.terminals),
             ("GET", "/audit", self.audit),
         ]
@@ -388,6 +391,37 @@ class Console:
             await self._audit(request, "routing.gray", channel, after=percent, outcome=error[:300])
         said = error or f"{channel}: gray route moved to {percent} %: every front end applies it now"
         raise web.HTTPSeeOther(f"/routing?said={quote(said)}")
+
+    @needs("viewer")
+    async def risk(self, request: web.Request) -> web.Response:
+        rules, problem = await self._edits.rules()
+        lists, changes = await reads.risk_lists(self._pool), await reads.risk_changes(self._pool)
+        return self._page(request, "risk.html", rules=rules, problem=problem, lists=lists, changes=changes)
+
+    @needs("operator")
+    async def risk_list(self, request: web.Request) -> web.StreamResponse:
+        """A terminal or merchant put on a list, or any entry taken off (a code goes on by
+        ``paysw risk list --code-stdin``: the console never takes a code or card number)."""
+        action, form = request.match_info["action"], request["form"]
+        colour, of = str(form.get("colour", "")), str(form.get("of", ""))
+        value, reason = str(form.get("value", "")).strip()[:64], str(form.get("reason", "")).strip()[:200]
+        add = action == "add"
+        allowed = ("terminal", "merchant") if add else ("code", "terminal", "merchant")
+        if action not in ("add", "remove") or colour not in ("black", "grey") or of not in allowed or not value:
+            raise web.HTTPSeeOther(f"/risk?said={quote('a list entry needs its list, what it is and its value')}")
+        if add and not reason:
+            raise web.HTTPSeeOther(f"/risk?said={quote('an entry needs a reason')}")
+        user = request["session"].account.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            changed = await change_list(
+                conn, add, colour, of, value, reason or "removed in the console", f"console:{user}"
+            )
+            entry = {"colour": colour, "of": of, "value": value, "reason": reason}
+            await record(
+                conn, Entry(user, f"risk.list.{action}", value, after=entry, outcome="ok" if changed else "no change")
+            )
+        said = f"{colour} list of {of}s: {value} {'added' if add else 'removed'}" if changed else "nothing changed"
+        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
 
     @needs("viewer")
     async def terminals(self, request: web.Request) -> web.Response:

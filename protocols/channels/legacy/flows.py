@@ -32,15 +32,20 @@ from protocols.channels.base import (
     declined,
     pending,
     unknown,
+    unprocessed,
 )
 from protocols.iso8583 import MAC_FIELD, DecodeFailure, Message, Unparseable, decode, encode_with_mac, mac_input
-from protocols.messages import NOT_FOUND, ChannelRequest, ChannelResult
+from protocols.messages import CANCEL, NOT_FOUND, PAY, QUERY, REFUND, ChannelRequest, ChannelResult
 
 CST = dt.timezone(dt.timedelta(hours=8))
-PURCHASE, REFUND, INQUIRY = "000000", "200000", "330000"
+PURCHASE_CODE, REFUND_CODE, INQUIRY_CODE = "000000", "200000", "330000"  # field 3
 ORDER, ORIGINAL, INSTITUTION = "48", "62", "32"
-NOT_THERE = {"91", "96", "68"}  # it could not tell, or did not finish: the legacy switch may have it
 MAC_BYTES = 8
+# The answers that say for certain that no money moved, by operation: any other code (one this
+# switch does not know, 91, 96, 68, 94 a duplicate, 12 an inquiry it does not support) is UNKNOWN,
+# for the resolver to ask again. A pay refused unread (30 format, A0 MAC) moved nothing either.
+REFUSALS = frozenset({"03", "05", "13", "14", "51", "54", "55", "57", "59", "61", "62", "65"})
+UNREAD = frozenset({"30", "A0"})
 
 
 class LegacyAccount(Account, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,16 +77,17 @@ def stan_of(order_no: str) -> str:
     return tail if tail.isdigit() and len(tail) == 6 else f"{zlib.crc32(order_no.encode()) % 1_000_000:06d}"
 
 
-def _message(mti: str, code: str, req: ChannelRequest, account: LegacyAccount, now: float, order_no: str) -> Message:
-    at = dt.datetime.fromtimestamp(now, CST)
+def _message(mti: str, code: str, req: ChannelRequest, account: LegacyAccount, at: float, order_no: str) -> Message:
+    """A request about ``order_no``, its fields 7, 12 and 13 at ``at``."""
+    when = dt.datetime.fromtimestamp(at, CST)
     message = {
         "t": mti,
         "3": code,
         "4": f"{req.amount_fen:012d}",
-        "7": f"{at:%m%d%H%M%S}",
+        "7": f"{when:%m%d%H%M%S}",
         "11": stan_of(order_no),
-        "12": f"{at:%H%M%S}",
-        "13": f"{at:%m%d}",
+        "12": f"{when:%H%M%S}",
+        "13": f"{when:%m%d}",
         INSTITUTION: account.institution,
         "37": order_no[-12:].rjust(12, "0"),
         "41": req.terminal_id[:8].ljust(8),
@@ -98,26 +104,34 @@ def _call(message: Message, crypto: Crypto) -> HttpCall:
 
 
 def build_pay(req: ChannelRequest, account: LegacyAccount, crypto: Crypto, now: float) -> HttpCall:
-    return _call({**_message("0200", PURCHASE, req, account, now, req.out_trade_no), "2": req.auth_code}, crypto)
+    # Field 7 is the write-ahead's time, the order's own: a reversal's field 90 names it again.
+    message = _message("0200", PURCHASE_CODE, req, account, req.created or now, req.out_trade_no)
+    return _call({**message, "2": req.auth_code}, crypto)
 
 
 def build_query(req: ChannelRequest, account: LegacyAccount, crypto: Crypto, now: float) -> HttpCall:
-    return _call(_message("0100", INQUIRY, req, account, now, req.out_trade_no), crypto)
+    return _call(_message("0100", INQUIRY_CODE, req, account, now, req.out_trade_no), crypto)
 
 
 def build_cancel(req: ChannelRequest, account: LegacyAccount, crypto: Crypto, now: float) -> HttpCall:
-    message = _message("0400", PURCHASE, req, account, now, req.out_trade_no)
+    message = _message("0400", PURCHASE_CODE, req, account, now, req.out_trade_no)
+    message["11"] = stan_of(f"{req.out_trade_no}R")  # its own STAN; field 90 names the purchase's
     original = f"0200{stan_of(req.out_trade_no)}{dt.datetime.fromtimestamp(req.created or now, CST):%m%d%H%M%S}"
     return _call({**message, "90": f"{original}{account.institution.zfill(11)}{'0' * 11}"}, crypto)
 
 
 def build_refund(req: ChannelRequest, account: LegacyAccount, crypto: Crypto, now: float) -> HttpCall:
-    message = _message("0200", REFUND, req, account, now, req.refund_no)
+    message = _message("0200", REFUND_CODE, req, account, now, req.refund_no)
     return _call({**message, ORIGINAL: req.out_trade_no}, crypto)
 
 
+ASKED = {PAY: "0210", QUERY: "0110", CANCEL: "0410", REFUND: "0210"}  # the answer's MTI, by operation
+
+
 def _answer(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, order_no: str) -> Message | ChannelResult:
-    """The legacy switch's answer, if it is one to this request and carries our MAC."""
+    """The legacy switch's answer, if it is one to this very request: our MAC, the answer MTI of
+    the request's, our order number and amount echoed. Anything else is UNKNOWN: believed, an
+    answer to another message (a late one on the same connection, say) could end this one."""
     try:
         decoded = decode(answer.body)
     except Unparseable as exc:
@@ -126,8 +140,9 @@ def _answer(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto, order_no: s
         return unknown(req, "BADANSWER", f"not ISO 8583: {decoded.reason}"[:120])
     if not mac_ok(answer.body, decoded, crypto.sign):
         return unknown(req, "BADMAC", "the answer's MAC is not the legacy switch's")
-    if decoded.get(ORDER) != order_no or "39" not in decoded:
-        return unknown(req, "MISMATCH", "an answer to another request")
+    echoed = (decoded.get("t"), decoded.get(ORDER), decoded.get("4"))
+    if echoed != (ASKED[req.op], order_no, f"{req.amount_fen:012d}") or "39" not in decoded:
+        return unknown(req, "MISMATCH", "not the answer to this request")
     return decoded
 
 
@@ -147,20 +162,26 @@ def _never_had(req: ChannelRequest, got: Message) -> ChannelResult:
     return declined(req, rc.ORIGINAL_NOT_FOUND, NOT_FOUND, "the legacy switch has no such order")
 
 
-def _parser(order_of: Callable[[ChannelRequest], str], said: dict[str, Said], refused: str) -> Parse:
-    """An operation's answer read by its codes: those in ``said`` as they say; 91, 96 and 68 as
-    UNKNOWN (the legacy switch may have it); any other as its refusal, the code relayed as it is."""
+def _refused(why: str) -> Said:
+    def said(req: ChannelRequest, got: Message) -> ChannelResult:
+        return declined(req, got["39"], got["39"], why)
+
+    return said
+
+
+def _unread(req: ChannelRequest, got: Message) -> ChannelResult:
+    return unprocessed(req, got["39"], "the legacy switch refused the message unread")
+
+
+def _parser(order_of: Callable[[ChannelRequest], str], said: dict[str, Said]) -> Parse:
+    """An operation's answer read by its code, as ``said`` says; any other code is UNKNOWN."""
 
     def parse(req: ChannelRequest, answer: HttpAnswer, crypto: Crypto) -> ChannelResult:
         got = _answer(req, answer, crypto, order_of(req))
         if isinstance(got, ChannelResult):
             return got
-        code = got["39"]
-        if code in said:
-            return said[code](req, got)
-        if code in NOT_THERE:
-            return unknown(req, code, "the legacy switch could not tell or finish it")
-        return declined(req, code if code in rc.ALL else rc.DO_NOT_HONOUR, code, refused)
+        read = said.get(got["39"])
+        return read(req, got) if read is not None else unknown(req, got["39"], "the legacy switch did not say")
 
     return parse
 
@@ -169,10 +190,26 @@ def _order(req: ChannelRequest) -> str:
     return req.out_trade_no
 
 
-parse_pay = _parser(_order, {rc.APPROVED: _done, rc.IN_PROGRESS: _paying}, "declined by the legacy switch")
-parse_query = _parser(
-    _order, {rc.APPROVED: _done, rc.IN_PROGRESS: _paying, rc.ORIGINAL_NOT_FOUND: _never_had}, "not paid there"
+def _codes(codes: frozenset[str], read: Said) -> dict[str, Said]:
+    return dict.fromkeys(codes, read)
+
+
+# The code relayed to the terminal is the legacy switch's own.
+parse_pay = _parser(
+    _order,
+    {rc.APPROVED: _done, rc.IN_PROGRESS: _paying}
+    | _codes(REFUSALS | {"12"}, _refused("declined by the legacy switch"))
+    | _codes(UNREAD, _unread),
 )
-# Reversed, or never had: either way it keeps no money.
-parse_cancel = _parser(_order, {rc.APPROVED: _done, rc.ORIGINAL_NOT_FOUND: _done}, "it refused the reversal")
-parse_refund = _parser(lambda req: req.refund_no, {rc.APPROVED: _done}, "the legacy switch refused the refund")
+parse_query = _parser(  # a purchase declined or reversed there answers its refusal (a reversed one 05)
+    _order,
+    {rc.APPROVED: _done, rc.IN_PROGRESS: _paying, rc.ORIGINAL_NOT_FOUND: _never_had}
+    | _codes(REFUSALS, _refused("not paid at the legacy switch")),
+)
+# Reversed, or never had: either way it keeps no money, and it bars the purchase should it come
+# after (docs/iso8583.md section 8, as this switch does itself).
+parse_cancel = _parser(_order, {rc.APPROVED: _done, rc.ORIGINAL_NOT_FOUND: _done})
+parse_refund = _parser(
+    lambda req: req.refund_no,
+    {rc.APPROVED: _done} | _codes(REFUSALS | {"12", rc.ORIGINAL_NOT_FOUND}, _refused("refused by the legacy switch")),
+)
