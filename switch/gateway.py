@@ -45,6 +45,7 @@ WATCH_INTERVAL_S = 1.0
 DEAD_AFTER_CHECKS = 5
 RESPAWN_ATTEMPTS = 10
 OVERDUE_CHECK_S = 0.2
+CLOSE_WAIT_S = 5.0  # at stop, for the gateway's own tasks to end once cancelled
 LINK_OPEN_TIMEOUT_S = 60.0  # Ray may be starting (or restarting) the actor
 LINK_RETRY_S = (0.1, 2.0)  # first and longest wait between attempts to open a link
 # Reasons a call or a new transaction is refused before anything is sent (the journal's channel code).
@@ -505,7 +506,11 @@ class ChannelGateway:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded, so that a stop never waits on one of them (one awaiting a Ray call to an actor
+        # whose node is lost, say): once cancelled, what they do no longer matters.
+        _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
+        if stuck:
+            log.warning("channel tasks still ending at stop; left", extra={"channel": self.name, "tasks": len(stuck)})
         for shard in self.shards:
             if shard.link is not None:
                 shard.link.close()
