@@ -458,6 +458,8 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     log = text("audit")
     for action in ("channel.disable", "channel.enable", "recon.resolve", "merchant.edit", "sign-in"):
         assert action in log, action
+    disabled = sql(database_url, "SELECT outcome FROM console_audit WHERE action = 'channel.disable' ORDER BY id")
+    assert [r["outcome"] for r in disabled] == ["started", "ok"]  # the attempt, then what came of it
     edits = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'merchant.edit' "
                 "AND user_name = 'ada' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
     rates = [(json.loads(b)["rate_per_s"].get("wechat"), json.loads(a)["rate_per_s"].get("wechat")) for b, a in edits]

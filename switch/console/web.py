@@ -297,6 +297,9 @@ class Console:
         name, action = request.match_info["name"], request.match_info["action"]
         if action not in Channels.ACTIONS or name not in self._edits.channel_names():
             return self._refusal(request, None, 404, f"no channel {name!r} or no action {action!r}")
+        # Audited before it goes out, then with its outcome: a console that dies in between leaves
+        # the attempt on record, with front ends possibly switched already.
+        await self._audit(request, f"channel.{action}", name, outcome="started")
         before, after, outcome = await self._channels.act(name, action)
         await self._audit(request, f"channel.{action}", name, before=before, after=after, outcome=outcome)
         raise web.HTTPSeeOther(f"/channels?said={quote(f'{name}: {action} {outcome}')}")
