@@ -354,18 +354,31 @@ def pay_many(switch, count: int, channel: str, terminal: str, merchant: str) -> 
 
 
 def test_an_operators_day_in_a_browser(console, browser, database_url):
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     def text(element_id: str) -> str:
         return browser.find_element(By.ID, element_id).text
 
     def follow(by: str, value: str) -> None:
-        """Click, and wait for the page it leads to."""
+        """Click, and wait for the page it leads to (the old page's root gone: stale, or, as
+        chromedriver 156 sometimes words it, a node that does not belong to the document)."""
         page = browser.find_element(By.TAG_NAME, "html")
         browser.find_element(by, value).click()
-        WebDriverWait(browser, 10).until(expected_conditions.staleness_of(page))
+
+        def left(_) -> bool:
+            try:
+                page.is_enabled()
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as exc:
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
+            return False
+
+        WebDriverWait(browser, 10).until(left)
 
     def until(predicate, what: str, timeout: float = 10.0):
         deadline = time.monotonic() + timeout
