@@ -142,7 +142,14 @@ def _free_port() -> int:
 
 def _own_ports() -> list[str]:
     """Ports of a node's own: several nodes on one host would otherwise meet on Ray's fixed
-    defaults (the dashboard agent's 52365, say), and the later one would not start."""
+    defaults (the dashboard agent's 52365, say), and the later one would not start. Taken with
+    every probe held open, so that no two are the same port (Ray refuses a node whose components
+    share one: seen in CI when the kernel handed a freed port out again)."""
     options = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port")
     options += ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
-    return [part for option in options for part in (option, str(_free_port()))]
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in options]
+        for probe in probes:
+            probe.bind(("", 0))
+        ports = [probe.getsockname()[1] for probe in probes]
+    return [part for option, port in zip(options, ports, strict=True) for part in (option, str(port))]
