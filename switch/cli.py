@@ -22,7 +22,19 @@ from switch.recon import cli as recon_cli
 COMMANDS_GROUP = "paysw.commands"
 
 
-BUILT_IN = ("run", "channel", "keys", "recon", "settle", "risk", "notify", "reload", "console", "config")
+# The commands on the journal and its configuration: each module's ``add_parser(commands)`` and
+# ``main(args, config)``, given the configuration its ``--config`` names.
+ON_CONFIG: dict[str, ModuleType] = {
+    "keys": keys_cli,
+    "recon": recon_cli,
+    "settle": settlement_cli,
+    "risk": risk_cli,
+    "notify": notify_cli,
+    "reload": reload_cli,
+    "console": console_cli,
+    "config": config_cli,
+}
+BUILT_IN = ("run", "channel", *ON_CONFIG)
 
 
 def _at_least_one(text: str) -> int:
@@ -106,14 +118,8 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     channel.add_argument("--token-file", type=Path, help="read the admin token from this file instead")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
-    keys_cli.add_parser(commands)
-    recon_cli.add_parser(commands)
-    settlement_cli.add_parser(commands)
-    risk_cli.add_parser(commands)
-    notify_cli.add_parser(commands)
-    reload_cli.add_parser(commands)
-    console_cli.add_parser(commands)
-    config_cli.add_parser(commands)
+    for module in ON_CONFIG.values():
+        module.add_parser(commands)
     for command in registered.values():
         command.add_parser(commands)
 
@@ -173,22 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return registered[args.command].main(args)
         if args.command == "channel":
             return _channel(args)
-        if args.command == "keys":
-            return keys_cli.main(args, load_config(args.config))
-        if args.command == "recon":
-            return recon_cli.main(args, load_config(args.config))
-        if args.command == "settle":
-            return settlement_cli.main(args, load_config(args.config))
-        if args.command == "risk":
-            return risk_cli.main(args, load_config(args.config))
-        if args.command == "notify":
-            return notify_cli.main(args, load_config(args.config))
-        if args.command == "reload":
-            return reload_cli.main(args, load_config(args.config))
-        if args.command == "console":
-            return console_cli.main(args, load_config(args.config))
-        if args.command == "config":
-            return config_cli.main(args, load_config(args.config))
+        if args.command in ON_CONFIG:
+            return ON_CONFIG[args.command].main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2
