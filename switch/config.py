@@ -180,6 +180,7 @@ class Terminal(_Strict):
     merchant: MerchantId
     # Field 64 of its requests, under the MAK it gets at sign-on (under its TMK, from the key store).
     mac_algorithm: Literal["x9.19", "unionpay-ecb"] = "x9.19"
+    suspended: bool = False  # its purchases, voids, refunds and inquiries answered 57; reversals still taken
 
 
 class SecuritySection(_Strict):

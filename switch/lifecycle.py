@@ -263,7 +263,10 @@ class Processor:
         if terminal is None or terminal.merchant != t.message["42"]:
             return rc.INVALID_MERCHANT
         t.merchant = self._merchants[terminal.merchant]
-        return rc.NOT_PERMITTED if t.merchant.suspended else None
+        return None
+
+    def _step_active(self, t: Context) -> str | None:
+        return rc.NOT_PERMITTED if t.merchant.suspended or self._terminals[t.message["41"]].suspended else None
 
     def _step_merchant(self, t: Context) -> str | None:
         t.merchant = merchant = self._merchants.get(t.message["42"])
