@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 
@@ -16,7 +15,7 @@ from risk.client import CounterShards, Unreachable, spread
 from risk.engine import Decision, Engine, Facts, Hit, Scope
 from risk.lists import NOTIFY_CHANNEL, Lists, read_lists
 from risk.messages import ADD, ADD_REFUND, CHECK, REMOVE, Answer, Ask
-from risk.rules import RiskSection, RulesError, RuleSet, load_rules
+from risk.rules import RulesError, RuleSet
 from switch.journal.machine import PURCHASE, REFUND
 from switch.journal.store import Moved
 
@@ -34,40 +33,28 @@ def _retrieved(task: asyncio.Future[Decision]) -> None:
 
 
 class Risk:
-    """The rules and lists a front end decides with. A reload reads the rules file and the lists
-    whole and swaps them in only when the file is valid: an invalid file leaves the running rules
-    as they were, and says why (logged and counted)."""
+    """The rules and lists a front end decides with. A reload reads the rules in force (the rules
+    file's, or the journal's: ``switch.live``) and the lists whole, and swaps them in only when the
+    rules are valid: invalid ones leave the running rules as they were, and say why (logged and
+    counted)."""
 
     def __init__(
         self,
-        section: RiskSection,
-        base_dir: str,
-        known: tuple[set[str], set[str], set[str]],
         on_reload: Callable[[str, int], None] = lambda result, rules: None,
         on_unreachable: Callable[[str], None] = lambda policy: None,
     ) -> None:
-        self._path = Path(base_dir) / section.rules if section.rules else None
-        self._known = known  # the channels, merchants and terminals a scope may name
         self._on_reload = on_reload
         self._on_unreachable = on_unreachable
         self.counters: CounterShards | None = None  # the risk actors, once started
         self.engine = Engine(RuleSet())
         self.lists = Lists()
+        self._read_rules: Callable[[], Awaitable[RuleSet | None]] | None = None
         self._listener: asyncpg.Connection | None = None
         self._pending: asyncio.TimerHandle | None = None
 
-    def load_rules(self) -> None:
-        """Read the rules file (at start: ``RulesError`` stops the switch)."""
-        if self._path is not None:
-            self.engine = Engine(load_rules(self._path, *self._known))
-
-    def engine_for(self, known: tuple[set[str], set[str], set[str]]) -> Engine:
-        """The rules file read against the channels, merchants and terminals of a reloaded
-        configuration (``RulesError`` if a rule names one it no longer has); ``use`` it."""
-        return Engine(load_rules(self._path, *known)) if self._path is not None else self.engine
-
-    def use(self, engine: Engine, known: tuple[set[str], set[str], set[str]]) -> None:
-        self.engine, self._known = engine, known
+    def use(self, rules: RuleSet | None) -> None:
+        """Decide by ``rules`` from now on (None: no rules)."""
+        self.engine = Engine(rules or RuleSet())
 
     def begin(self, facts: Facts) -> asyncio.Future[Decision]:
         """The payment's decision, on its way: the rules that read it alone are decided now, and
@@ -127,10 +114,12 @@ class Risk:
         if told:
             self.counters.tell(told)
 
-    async def start(self, pool: asyncpg.Pool, url: str) -> None:
+    async def start(self, pool: asyncpg.Pool, url: str, read_rules: Callable[[], Awaitable[RuleSet | None]]) -> None:
         """Read the lists, then follow changes: ``paysw risk list`` and ``paysw risk reload``
-        notify every front end through PostgreSQL."""
+        notify every front end through PostgreSQL; ``read_rules`` reads the rules in force again
+        (``RulesError`` when they are invalid)."""
         self._pool = pool
+        self._read_rules = read_rules
         self.lists = await read_lists(pool)
         self._listener = await asyncpg.connect(url)
         await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
@@ -143,14 +132,21 @@ class Risk:
         self._pending = None
         asyncio.get_running_loop().create_task(self.reload())
 
-    async def reload(self) -> bool:
-        """Rules file and lists read again; False (and nothing changed) when the file is invalid."""
-        try:
-            engine = Engine(load_rules(self._path, *self._known)) if self._path is not None else self.engine
-        except RulesError as exc:
-            log.error("risk rules not reloaded, the running ones stay", extra={"error": str(exc)})
-            self._on_reload("invalid", len(self.engine))
-            return False
+    async def reload(self, rules: bool = True) -> bool:
+        """The rules in force (unless ``rules`` is False: the caller has just set them) and the
+        lists read again; False (and nothing changed) when the rules are invalid."""
+        engine = self.engine
+        if rules and self._read_rules is not None:
+            try:
+                engine = Engine(await self._read_rules() or RuleSet())
+            except RulesError as exc:
+                log.error("risk rules not reloaded, the running ones stay", extra={"error": str(exc)})
+                self._on_reload("invalid", len(self.engine))
+                return False
+            except Exception:  # the journal
+                log.exception("risk rules not reloaded, the running ones stay")
+                self._on_reload("failed", len(self.engine))
+                return False
         try:
             lists = await read_lists(self._pool)
         except Exception:

@@ -1,4 +1,5 @@
-"""The risk rules file, as data: its schema, and its loading, which takes a file whole or not at all.
+"""The risk rules, as data: their schema, and their loading, which takes a rule set whole or not at
+all, from the rules file or from the journal (the console's edits: ``switch.live``).
 
 A rules file is TOML:
 
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 from protocols import response_codes as rc
@@ -182,7 +184,20 @@ def load_rules(path: str | Path, channels: set[str], merchants: set[str], termin
     """The rules of ``path``, checked whole against the switch's channels, merchants and terminals
     (a scope naming none of them is a mistake, not a rule that never fires). Raises ``RulesError``."""
     path = Path(path)
-    rules = read_toml(path, RuleSet, RulesError)
+    return _checked(read_toml(path, RuleSet, RulesError), str(path), channels, merchants, terminals)
+
+
+def rules_from(body: Any, source: str, channels: set[str], merchants: set[str], terminals: set[str]) -> RuleSet:
+    """The rules of ``body`` (JSON values, as the journal keeps them: ``switch.live``), checked as
+    ``load_rules`` checks a file's; ``RulesError`` naming ``source``."""
+    try:
+        rules = msgspec.convert(body, RuleSet)
+    except msgspec.ValidationError as exc:
+        raise RulesError(f"{source}: {exc}") from None
+    return _checked(rules, source, channels, merchants, terminals)
+
+
+def _checked(rules: RuleSet, source: str, channels: set[str], merchants: set[str], terminals: set[str]) -> RuleSet:
     problems = []
     seen: set[str] = set()
     for i, rule in enumerate(rules.rules):
@@ -201,7 +216,7 @@ def load_rules(path: str | Path, channels: set[str], merchants: set[str], termin
         if isinstance(rule, Cumulative) and rule.max_fen is None and rule.max_count is None:
             problems.append(f"{where}: give max_fen, max_count or both")
     if problems:
-        raise RulesError(f"{path}: " + "; ".join(problems))
+        raise RulesError(f"{source}: " + "; ".join(problems))
     return rules
 
 

@@ -26,15 +26,15 @@ from risk import Risk
 from risk.actor import risk_actor
 from risk.client import CounterShards, Unreachable
 from risk.messages import CHECK, Ask
-from risk.rules import RulesError
+from risk.rules import RuleSet
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
 from switch.config import (
+    ChannelSection,
     Config,
     ConfigError,
     RaySection,
     host_port,
-    known_names,
     link_tls,
     load_config,
     reconciled,
@@ -48,7 +48,7 @@ from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.orders import set_endpoints
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
-from switch.live import NOTIFY_CHANNEL, kept_sections, overlaid, restart_needed
+from switch.live import LIMITS, NOTIFY_CHANNEL, in_force, kept_sections, restart_needed, rules_in_force
 from switch.merchant.api import MerchantApi
 from switch.merchant.api import start as start_merchant_api
 from switch.merchant.notices import Notices
@@ -100,9 +100,6 @@ class SwitchApp:
         self._ray_address = ray_address or config.ray.address
         self.metrics = Metrics()
         self.risk = Risk(
-            config.risk,
-            config.base_dir,
-            known_names(config),
             self.metrics.risk_reloaded,
             lambda policy: self.metrics.risk_unreachable.labels(policy).inc(),
         )
@@ -133,10 +130,7 @@ class SwitchApp:
         cfg = self.config
         for warning in sizing_warnings(cfg):
             log.warning("configuration: " + warning)
-        try:  # before anything starts: invalid rules stop the switch here
-            self.risk.load_rules()
-        except RulesError as exc:
-            raise ConfigError(f"$.risk.rules: {exc}") from None
+        in_force(self._file_config, {})  # before anything starts: an invalid file or rules file stop it here
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,
@@ -144,12 +138,10 @@ class SwitchApp:
             on_batch=self.metrics.journal_batch_done,
             ahead_days=cfg.database.partitions_ahead_days,
         )
-        self.config = cfg = worker_share(await self._configuration(self._file_config), self._share)
-        if known_names(cfg) != known_names(self._file_config):  # the journal's merchants or terminals
-            try:
-                self.risk.use(self.risk.engine_for(known_names(cfg)), known_names(cfg))
-            except RulesError as exc:
-                raise ConfigError(f"$.risk.rules, against the journal's live configuration: {exc}") from None
+        # Then the journal's live sections over them, checked whole again.
+        read, rules = await self._configuration(self._file_config)
+        self.config = cfg = worker_share(read, self._share)
+        self.risk.use(rules)
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
         self._queues = asyncio.get_running_loop().create_task(self._watch_open_transactions())
         hsm = open_hsm(cfg.security.hsm, cfg.base_dir, demo=cfg.switch.demo)
@@ -181,7 +173,7 @@ class SwitchApp:
             )
         self.metrics.watch_gateways(self.gateways)
         await all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)
-        if cfg.risk.rules:
+        if rules is not None:
             await self._start_counters(tls)
         self.fingerprint = fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
@@ -191,7 +183,7 @@ class SwitchApp:
             cfg.switch.shed_queue_interval_ms,
         )
         self.shedder.start()
-        await self.risk.start(self.journal.pool, self._database_url)
+        await self.risk.start(self.journal.pool, self._database_url, self._rules)
         self._processor = processor = Processor(
             cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk
         )
@@ -336,20 +328,19 @@ class SwitchApp:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.exception("configuration not reloaded, the running one stays")
                 return False
-            await self.risk.reload()
+            await self.risk.reload(rules=False)  # the lists; the rules are the configuration's
             return applied
 
     async def _reload_configuration(self) -> bool:
         assert self._processor is not None and self._security is not None and self.journal is not None
         try:
             file_config = load_config(self.config.source)
-            read = worker_share(await self._configuration(file_config), self._share)
+            read, rules = await self._configuration(file_config)
+            read = worker_share(read, self._share)
             _channels_running(read, set(self.gateways))
-            known = known_names(msgspec.structs.replace(read, channels=self.config.channels))
-            engine = self.risk.engine_for(known)
             terminals = {t.id: t for t in read.terminals}
             fresh = await self._security.new_terminals(terminals)
-        except (ConfigError, RulesError) as exc:
+        except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             log.error("configuration not reloaded, the running one stays", extra={"error": str(exc)})
             return False
@@ -357,13 +348,18 @@ class SwitchApp:
         # if it fails nothing is applied. Then every part at once: no await from here on.
         await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in read.merchants if m.notify_url})
         self._security.set_terminals(terminals, fresh)
-        self.risk.use(engine, known)
+        self.risk.use(rules)
         later = restart_needed(self.config, read)
         live = msgspec.structs.replace(
-            self.config, merchants=read.merchants, terminals=read.terminals, routing=read.routing
+            self.config,
+            merchants=read.merchants,
+            terminals=read.terminals,
+            routing=read.routing,
+            channels={name: _limited(channel, read.channels[name]) for name, channel in self.config.channels.items()},
         )
         self._processor.configure(live)
         for name, gateway in self.gateways.items():
+            gateway.set_limits(live.channels[name])
             gateway.set_merchant_rates({m.id: m.rate_per_s[name] for m in live.merchants if name in m.rate_per_s})
         if self.resolver is not None:
             self.resolver.set_merchant_channel_ids(_channel_ids(live))
@@ -379,13 +375,19 @@ class SwitchApp:
             log.warning("configuration changes that apply only after a restart", extra={"restart_needed": later})
         return True
 
-    async def _configuration(self, file_config: Config) -> Config:
-        """The file's configuration with the journal's live sections over it (``switch.live``)."""
+    async def _configuration(self, file_config: Config) -> tuple[Config, RuleSet | None]:
+        """The file's configuration with the journal's live sections over it, and the risk rules in
+        force (``switch.live``), checked whole (``ConfigError``)."""
         assert self.journal is not None
         kept = await kept_sections(self.journal.pool)
         if kept:
             log.info("configuration sections kept in the journal replace the file's", extra={"sections": sorted(kept)})
-        return overlaid(file_config, kept)
+        return in_force(file_config, kept)
+
+    async def _rules(self) -> RuleSet | None:
+        """The risk rules in force, against the running configuration (``Risk.reload``)."""
+        assert self.journal is not None
+        return rules_in_force(self.config, await kept_sections(self.journal.pool))
 
     async def stop(self) -> None:
         """The drain, then the parts: /readyz says not ready at once (a load balancer sends no
@@ -490,6 +492,11 @@ def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostg
         return url, None
     embedded = EmbeddedPostgres(data_dir / "pg")
     return embedded.start(), embedded
+
+
+def _limited(running: ChannelSection, read: ChannelSection) -> ChannelSection:
+    """The running channel with the live ``LIMITS`` of ``read`` (the rest waits for a restart)."""
+    return msgspec.structs.replace(running, **{field: getattr(read, field) for field in LIMITS})
 
 
 def _channels_running(config: Config, running: set[str]) -> None:

@@ -62,7 +62,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[CircuitState], None] | None = None,
     ) -> None:
-        self._s = settings
+        self.settings = settings  # replaced live by a reload (switch.live.LIMITS)
         self._clock = clock
         self._on_change = on_change
         self._state = CircuitState.CLOSED
@@ -80,7 +80,7 @@ class CircuitBreaker:
         if (
             self._state is CircuitState.OPEN
             and not self.forced_open
-            and self._clock() - self._opened_at >= self._s.open_ms / 1000
+            and self._clock() - self._opened_at >= self.settings.open_ms / 1000
         ):
             self._move(CircuitState.HALF_OPEN)
         return self._state
@@ -90,7 +90,7 @@ class CircuitBreaker:
         state = self.state
         if state is CircuitState.CLOSED:
             return True
-        return state is CircuitState.HALF_OPEN and self._probes_started < self._s.probes
+        return state is CircuitState.HALF_OPEN and self._probes_started < self.settings.probes
 
     def acquire(self) -> bool:
         """Let one call through, taking a probe slot when half-open."""
@@ -108,14 +108,14 @@ class CircuitBreaker:
                 self._hanging.discard(call)
                 self._consecutive = self._consecutive + 1 if failed else 0
             return
-        slow = seconds * 1000 >= self._s.slow_call_ms
+        slow = seconds * 1000 >= self.settings.slow_call_ms
         state = self.state
         if state is CircuitState.HALF_OPEN:
             if failed or slow:
                 self._open()
                 return
             self._probes_passed += 1
-            if self._probes_passed >= self._s.probes:
+            if self._probes_passed >= self.settings.probes:
                 self._close()
             return
         if state is CircuitState.CLOSED:
@@ -171,18 +171,18 @@ class CircuitBreaker:
         self._window.append((now, failed, slow))
         self._failed += failed
         self._slow += slow
-        oldest = now - self._s.window_s
-        while self._window and (len(self._window) > self._s.window_calls or self._window[0][0] < oldest):
+        oldest = now - self.settings.window_s
+        while self._window and (len(self._window) > self.settings.window_calls or self._window[0][0] < oldest):
             _, old_failed, old_slow = self._window.popleft()
             self._failed -= old_failed
             self._slow -= old_slow
         calls = len(self._window)
-        if calls >= self._s.min_calls:
-            if self._failed >= self._s.failure_rate * calls or self._slow >= self._s.slow_rate * calls:
+        if calls >= self.settings.min_calls:
+            if self._failed >= self.settings.failure_rate * calls or self._slow >= self.settings.slow_rate * calls:
                 self._open()
         # Too few calls to judge a rate. At volume a streak says little (a channel failing 5 % of
         # calls has 3 in a row once in 8000 calls); here it is all there is.
-        elif self._failing_in_a_row >= self._s.consecutive_failures:
+        elif self._failing_in_a_row >= self.settings.consecutive_failures:
             self._open()
 
     def _open(self) -> None:

@@ -1,9 +1,10 @@
 """``paysw config``: where the live configuration comes from (``switch.live``), and moving it
-between the file and the journal. The merchants, terminals and routing come from the file until a
-section of them is kept in the journal (by the console's first edit, or by ``import``); from then
-on the journal's is in force in every front end, and the file's is not used until ``forget``.
-Both are checked whole first, audited (``console_audit``, by the operating-system user), and
-broadcast to every front end, which applies them within a second or two."""
+between the file and the journal. The merchants, terminals, routing, the channels' limits and the
+risk rules come from the file until a section of them is kept in the journal (by the console's
+first edit, or by ``import``); from then on the journal's is in force in every front end, and the
+file's is not used until ``forget``. Both are checked whole first, audited (``console_audit``, by
+the operating-system user), and broadcast to every front end, which applies them within a second
+or two."""
 
 from __future__ import annotations
 
@@ -12,20 +13,30 @@ import sys
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config, ConfigError
 from switch.console.audit import Entry, record
 from switch.journal.schema import migrate
-from switch.live import LIVE, NOTIFY_CHANNEL, EditConflict, keep_section, kept_sections, overlaid, provenance, versions
+from switch.live import (
+    LIVE,
+    NOTIFY_CHANNEL,
+    EditConflict,
+    file_section,
+    in_force,
+    keep_section,
+    kept_sections,
+    provenance,
+    versions,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "config",
         help="where the live configuration comes from (the file, the journal): show, import, forget",
-        description="show: for each live section (merchants, terminals, routing), whether the file's or the "
+        description="show: for each live section (merchants, terminals, routing, the channels' limits and "
+        "breakers, the risk rules), whether the file's or the "
         "journal's is in force. import: the file's sections replace the journal's (the file as the seed of the "
         "configuration kept in the journal, which the console edits). forget: the journal's sections are dropped "
         "and the file's are in force again. import and forget check the whole configuration first, are audited and "
@@ -67,13 +78,13 @@ async def _move(conn: asyncpg.Connection, config: Config, action: str, sections:
     seen = await versions(conn)
     by = f"cli:{who()}"
     if action == "import":
-        files: dict[str, Any] = {s: msgspec.to_builtins(getattr(config, s)) for s in sections}
-        overlaid(config, kept | files)  # the whole, as every front end will read it
+        files: dict[str, Any] = {s: file_section(config, s) for s in sections}
+        in_force(config, kept | files)  # the whole, as every front end will read it
         for section in sections:
             await keep_section(conn, section, files[section], seen[section], by)
             await record(conn, Entry(by, "config.import", section, before=kept.get(section), after=files[section]))
         return
-    overlaid(config, {s: body for s, body in kept.items() if s not in sections})
+    in_force(config, {s: body for s, body in kept.items() if s not in sections})
     for section in sections:
         if section in kept:
             await conn.execute("DELETE FROM live_config WHERE section = $1", section)

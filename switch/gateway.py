@@ -147,6 +147,18 @@ class ChannelGateway:
             *(loop.create_task(self._keep_linked(s), name=f"gateway-{name}-link{s.index}") for s in self.shards),
         ]
 
+    def set_limits(self, config: ChannelSection) -> None:
+        """The live limits of a reloaded configuration (``switch.live.LIMITS``): the bulkhead at
+        once; a quota whose rate changed starts a fresh bucket; the breakers keep their window
+        and state and judge by the new settings from the next call."""
+        if config.rate_per_s != self.config.rate_per_s:
+            self._quota = Quota(config.rate_per_s)
+        if config.merchant_rate_per_s != self.config.merchant_rate_per_s:
+            self._merchant_quotas.clear()
+        for shard in self.shards:
+            shard.breaker.settings = config.breaker
+        self.config, self.max_in_flight = config, config.frontend_in_flight
+
     def set_merchant_rates(self, rates: dict[str, float]) -> None:
         """The merchants' own quotas of a reloaded configuration: a merchant whose rate changed
         starts a fresh bucket at its new rate; the others keep theirs."""

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import asyncpg
 
-from risk.rules import RulesError, load_rules
 from switch.cli_support import add_database_arguments, who, with_database
-from switch.config import Config, ConfigError, known_names
-from switch.live import LIVE, NOTIFY_CHANNEL, current, provenance
+from switch.config import Config, ConfigError
+from switch.live import LIVE, NOTIFY_CHANNEL, in_force, kept_sections, provenance
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "reload",
-        help="every running front end re-reads its configuration file (merchants, terminals, routing)",
+        help="every running front end re-reads its configuration file (merchants, terminals, routing, limits, rules)",
         description="Check the configuration file whole (and the risk rules against it), then tell every front "
         f"end on the journal to read its own file again and apply its live part ({', '.join(sorted(LIVE))}) "
         "and its risk rules and lists, within a second or two, with no restart. A front end whose file is "
@@ -40,10 +38,8 @@ async def _tell(url: str, config: Config) -> int:
     conn = await asyncpg.connect(url)
     try:
         try:
-            config = await current(conn, config)  # the journal's live sections over the file
-            if config.risk.rules:
-                load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config))
-        except (ConfigError, RulesError) as exc:
+            in_force(config, await kept_sections(conn))  # the journal's live sections over the file
+        except ConfigError as exc:
             print(f"paysw reload: not reloaded: {exc}", file=sys.stderr)
             return 2
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, who())

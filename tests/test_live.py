@@ -96,3 +96,56 @@ def test_an_edit_is_kept_only_over_the_version_it_was_made_on(database_url):
             await conn.close()
 
     run(go())
+
+
+def test_a_channels_limits_apply_live_and_the_rest_of_it_needs_a_restart():
+    wechat = RUNNING.channels["wechat"]
+    limited = msgspec.structs.replace(
+        wechat, rate_per_s=7.0, breaker=msgspec.structs.replace(wechat.breaker, open_ms=900), frontend_in_flight=3
+    )
+    read = msgspec.structs.replace(RUNNING, channels=RUNNING.channels | {"wechat": limited})
+    assert restart_needed(RUNNING, read) == []
+    moved = msgspec.structs.replace(limited, shards=wechat.shards + 1)
+    read = msgspec.structs.replace(RUNNING, channels=RUNNING.channels | {"wechat": moved})
+    assert restart_needed(RUNNING, read) == ["$.channels.wechat"]
+
+
+def test_the_journals_limits_go_over_the_files_channel_and_only_the_limits():
+    import pytest
+
+    from switch.config import ConfigError
+    from switch.live import file_section, overlaid
+
+    limits = file_section(RUNNING, "limits")
+    assert set(limits) == set(RUNNING.channels)
+    limits["alipay"] = limits["alipay"] | {"merchant_rate_per_s": 4.5}
+    limits["alipay"]["breaker"]["min_calls"] = 3
+    read = overlaid(RUNNING, {"limits": limits})
+    assert read.channels["alipay"].merchant_rate_per_s == 4.5 and read.channels["alipay"].breaker.min_calls == 3
+    assert read.channels["alipay"].account == RUNNING.channels["alipay"].account
+    with pytest.raises(ConfigError, match=r"\$\.limits\.alipay: only frontend_in_flight, .* apply live"):
+        overlaid(RUNNING, {"limits": {"alipay": {"shards": 4}}})
+    with pytest.raises(ConfigError, match=r"\$\.limits\.paypal: no such channel"):
+        overlaid(RUNNING, {"limits": {"paypal": {}}})
+    with pytest.raises(ConfigError, match=r"\$\.limits\.alipay: Expected .* at `\$\.breaker\.failure_rate`"):
+        overlaid(RUNNING, {"limits": {"alipay": {"breaker": {"failure_rate": 2}}}})
+
+
+def test_the_rules_in_force_are_the_journals_once_kept_and_checked_against_the_configuration():
+    import pytest
+
+    from switch.config import ConfigError
+    from switch.live import file_section, in_force
+
+    _, from_file = in_force(RUNNING, {})
+    rules = file_section(RUNNING, "rules")
+    assert from_file is not None and [r["id"] for r in rules["rule"]] == [r.id for r in from_file.rules]
+    rules["rule"] = rules["rule"][:1]
+    _, kept = in_force(RUNNING, {"rules": rules})
+    assert kept is not None and [r.id for r in kept.rules] == [from_file.rules[0].id]
+    rules["rule"][0]["scope"] = {"merchant": "111111111111111"}  # a merchant the configuration has not
+    with pytest.raises(ConfigError, match=r"journal's live configuration \(rules.*\$\.rule\[0\]\.scope\.merchant"):
+        in_force(RUNNING, {"rules": rules})
+    no_rules = msgspec.structs.replace(RUNNING, risk=msgspec.structs.replace(RUNNING.risk, rules=""))
+    with pytest.raises(ConfigError, match="names no rules file"):
+        in_force(no_rules, {"rules": rules})

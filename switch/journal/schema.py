@@ -627,6 +627,12 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER console_audit_no_truncate BEFORE TRUNCATE ON console_audit
         FOR EACH STATEMENT EXECUTE FUNCTION console_audit_append_only();
     """,
+    # 20: the channels' limits and breakers, and the risk rules, kept live too (switch.live.LIVE).
+    """
+    ALTER TABLE live_config DROP CONSTRAINT live_config_section_check;
+    ALTER TABLE live_config ADD CONSTRAINT live_config_section_check
+        CHECK (section IN ('merchants', 'terminals', 'routing', 'limits', 'rules'));
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
