@@ -136,10 +136,21 @@ async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None
             print(
                 f"  gray share moved to 100 % in the console: the shop's next purchase {everyone[0]}, by {everyone[2]}"
             )
+            suspended = []
+            for on in (True, False):  # the kiosk's terminal suspended in the console, then active again
+                page = await (await web_client.get(f"/terminals/{KIOSK_TERMINAL}")).text()
+                version = re.search(r'name="version" value="(\d+)"', page).group(1)
+                form = {"csrf": csrf, "version": version, "merchant": KIOSK, "mac_algorithm": "x9.19"}
+                form |= {"suspended": "on"} if on else {}
+                saved = await web_client.post(f"/terminals/{KIOSK_TERMINAL}", data=form)
+                assert saved.status == 200, await saved.text()
+                await app.reload()
+                suspended.append((await pay(KIOSK_TERMINAL, KIOSK))[0])
+            print(f"  terminal {KIOSK_TERMINAL} suspended in the console: {suspended[0]}; active again: {suspended[1]}")
             audit = await (await web_client.get("/audit")).text()
             print(f"  audit log: {audit.count('<tr><td>')} rows (sign-in, routing.gray, ...), none can be changed")
     finally:
         await client.close()
         assert app.journal is not None
-        await app.journal.pool.execute("DELETE FROM live_config WHERE section = 'routing'")
+        await app.journal.pool.execute("DELETE FROM live_config WHERE section IN ('routing', 'terminals')")
         await app.reload()

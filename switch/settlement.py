@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,15 @@ async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement
     report covers everything settled on it)."""
     d0 = [m.id for m in config.merchants if m.settlement == "D0"]
     rates = [(m.id, channel, fee) for m in config.merchants for channel, fee in m.fee_per_10000.items()]
-    cycles = {m.id: m.settlement for m in config.merchants}
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates])
-        rows = await conn.fetch(_LINES, day)
+        return await settled(conn, config, day)
+
+
+async def settled(conn: asyncpg.Connection | asyncpg.Pool, config: Config, day: dt.date) -> Settlement:
+    """What was settled on ``day``, as its file has it (reads only: the console's download)."""
+    rows = await conn.fetch(_LINES, day)
+    cycles = {m.id: m.settlement for m in config.merchants}
     lines = [
         Line(
             r["merchant_id"],
@@ -114,41 +120,30 @@ async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement
     return Settlement(day, lines, settles)
 
 
+def file_name(day: dt.date) -> str:
+    return f"settlement-{day}.csv"
+
+
 def write_file(settlement: Settlement, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"settlement-{settlement.day}.csv"
+    path = folder / file_name(settlement.day)
     with open(path, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "fees_fen", "net_fen"])
-        for line in settlement.lines:
-            writer.writerow(
-                [
-                    line.merchant_id,
-                    line.channel,
-                    line.cycle,
-                    line.payments,
-                    line.gross,
-                    line.refunds,
-                    line.fees,
-                    line.net,
-                ]
-            )
-        mismatches = settlement.mismatches()
-        for channel, settles in sorted(settlement.channel_settles.items()):
-            ours = sum(line.net + line.fees for line in settlement.lines if line.channel == channel)
-            writer.writerow(
-                [
-                    "TOTAL",
-                    channel,
-                    "",
-                    "",
-                    "",
-                    "",
-                    "nets+fees",
-                    ours,
-                    "channel",
-                    settles,
-                    "MISMATCH" if channel in mismatches else "OK",
-                ]
-            )
+        out.write(csv_text(settlement))
     return path
+
+
+def csv_text(settlement: Settlement) -> str:
+    """The day's file: one line per merchant, channel and cycle, then one TOTAL line per channel."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "fees_fen", "net_fen"])
+    for line in settlement.lines:
+        writer.writerow(
+            [line.merchant_id, line.channel, line.cycle, line.payments, line.gross, line.refunds, line.fees, line.net]
+        )
+    mismatches = settlement.mismatches()
+    for channel, settles in sorted(settlement.channel_settles.items()):
+        ours = sum(line.net + line.fees for line in settlement.lines if line.channel == channel)
+        verdict = "MISMATCH" if channel in mismatches else "OK"
+        writer.writerow(["TOTAL", channel, "", "", "", "", "nets+fees", ours, "channel", settles, verdict])
+    return out.getvalue()

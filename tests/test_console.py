@@ -32,13 +32,17 @@ KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
 PASSWORDS = {"ada": "admin-password-1", "otto": "operator-password-1", "vera": "viewer-password-1"}
 ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 PAGES = ["/", "/transactions", "/transactions/000000000001", "/channels", "/channels/wechat/disable", "/recon",
-         "/dead-letters", "/settlement", "/merchants", f"/merchants/{KIOSK}", "/terminals", "/audit"]  # fmt: skip
+         "/dead-letters", "/settlement", "/settlement/settlement-2026-01-01.csv", "/merchants", f"/merchants/{KIOSK}",
+         "/terminals", "/terminals/new", "/limits/wechat", "/risk", "/audit"]  # fmt: skip
 ACTIONS = [
     "/sign-out",
     "/channels/wechat/disable",
     "/recon/1/resolve",
     "/notifications/1/resend",
     f"/merchants/{KIOSK}",
+    "/terminals/new",
+    "/limits/wechat",
+    "/risk/rules",
 ]
 
 
@@ -202,13 +206,15 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     assert session.get(f"{console.base}/transactions").status_code == 200
     token = csrf(session, console)
     refused = audit_count(database_url, "role", "refused")
-    for path in ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve"):
+    acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/terminals/new", "/limits/wechat",
+            "/risk/rules")  # fmt: skip
+    for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
         )
         assert answer.status_code == 403 and "needs the" in answer.text, path
     assert channel_enabled(console.switch, "wechat")
-    assert audit_count(database_url, "role", "refused") == refused + 3
+    assert audit_count(database_url, "role", "refused") == refused + len(acts)
     # The merchant form is shown to a viewer, but cannot be sent.
     page = session.get(f"{console.base}/merchants/{KIOSK}").text
     assert "<fieldset disabled>" in page and 'id="save"' not in page
@@ -251,6 +257,21 @@ def test_wrong_passwords_are_rate_limited(console, database_url):
     assert unlocked.returncode == 0, unlocked.stderr
     assert signed_in(console, "vera")[1] == 303
     assert audit_count(database_url, "user.unlock") == 1
+
+
+def test_a_name_that_is_no_accounts_is_never_logged_nor_kept(console, database_url):
+    typed = "Otto-password-typed-as-the-name"  # a password typed in the wrong field
+    session = requests.Session()
+    page = session.get(f"{console.base}/sign-in")
+    pre = re.search(r'name="pre" value="([^"]+)"', page.text).group(1)
+    answer = session.post(f"{console.base}/sign-in", data={"pre": pre, "name": typed, "password": "x"},
+                          allow_redirects=False)  # fmt: skip
+    assert answer.status_code == 401
+    console.log.flush()
+    assert typed not in Path(console.log.name).read_text()
+    for table, column in (("console_audit", "user_name"), ("console_sign_in_failure", "user_name")):
+        assert not sql(database_url, f"SELECT 1 FROM {table} WHERE {column} = $1", typed), table
+    assert sql(database_url, "SELECT 1 FROM console_audit WHERE user_name = '(not an account)'")
 
 
 def test_sign_in_goes_nowhere_but_this_console_and_other_hosts_are_refused(console):
@@ -624,3 +645,146 @@ def test_a_new_merchant_starts_today_and_the_file_and_the_journal_trade_places(c
     assert "898310048990077" not in {m["id"] for m in body} and KIOSK in {m["id"] for m in body}
     assert audit_count(database_url, "config.forget") >= 1 and audit_count(database_url, "config.import") >= 1
     assert config("forget").returncode == 0
+
+
+def answer_of(switch, message: dict) -> str:
+    async def one() -> str:
+        async with connected(switch) as client:
+            return (await client.request(message))["39"]
+
+    return run(one())
+
+
+def until_answered(switch, make, code: str, within_s: float = 10) -> None:
+    """``make()``'s purchase answered ``code`` within ``within_s`` (a live change reaching the front end)."""
+    deadline = time.monotonic() + within_s
+    while (got := answer_of(switch, make())) != code:
+        assert time.monotonic() < deadline, f"still {got}, not {code}"
+        time.sleep(0.2)
+
+
+def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_url):
+    session, _ = signed_in(console, "ada")
+    token = csrf(session, console)
+    page = session.get(f"{console.base}/limits/inbank").text
+    form = dict(re.findall(r'<input name="([a-z_.]+)" id="[^"]*" value="([^"]*)"', page))
+    assert form["rate_per_s"] == "0" and "breaker.open_ms" in form
+    version = re.search(r'name="version" value="(\d+)"', page).group(1)
+    post = form | {"csrf": token, "version": version}
+    wrong = session.post(f"{console.base}/limits/inbank", data=post | {"breaker.failure_rate": "2"})
+    assert wrong.status_code == 400 and "$.limits.inbank" in wrong.text and "failure_rate" in wrong.text
+    assert not sql(database_url, "SELECT 1 FROM live_config WHERE section = 'limits'")  # nothing kept
+    saved = session.post(
+        f"{console.base}/limits/inbank",
+        data=post | {"rate_per_s": "1", "frontend_in_flight": "7", "breaker.open_ms": "1234"},
+        allow_redirects=False,
+    )
+    assert saved.status_code == 303, saved.text
+    deadline = time.monotonic() + 10  # every front end, with no restart
+    while (shown := json.loads(console.switch.get("/channels")[1])["inbank"])["max_in_flight"] != 7:
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert shown["rate_per_s"] == 1
+    refused = [answer_of(console.switch, new_purchase("inbank")) for _ in range(4)]
+    assert "91" in refused, refused  # one a second: a burst goes over it
+    audited = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'channel.limits' "
+                  "AND outcome = 'ok'")  # fmt: skip
+    before, after = (json.loads(v) for v in audited[-1])
+    assert before["rate_per_s"] == 0 and after["rate_per_s"] == 1 and after["breaker"]["open_ms"] == 1234
+    restored = session.post(f"{console.base}/limits/inbank", data=post | {"version": "1"}, allow_redirects=False)
+    assert restored.status_code == 303, restored.text
+    until_answered(console.switch, lambda: new_purchase("inbank"), "00")
+    assert json.loads(console.switch.get("/channels")[1])["inbank"]["max_in_flight"] == int(form["frontend_in_flight"])
+
+
+def test_an_admin_edits_the_risk_rules_live_and_the_file_takes_over_again(console, database_url):
+    import html
+
+    merchant, terminal = GRAY_MERCHANTS[-1]  # on UnionPay, never gray-routed
+
+    def big() -> dict:
+        return new_purchase("unionpay", terminal=terminal, merchant=merchant, amount=5_000)
+
+    session, _ = signed_in(console, "ada")
+    assert answer_of(console.switch, big()) == "00"
+    page = session.get(f"{console.base}/risk").text
+    text = html.unescape(re.search(r'<textarea name="rules"[^>]*>(.*?)</textarea>', page, re.S).group(1))
+    version = re.search(r'action="/risk/rules".*?name="version" value="(\d+)"', page, re.S).group(1)
+    token = csrf(session, console)
+    assert '[[rule]]\nkind = "amount"\nid = "single-payment-cap"' in text  # the file's rules, as TOML
+    cap = f'id = "console-cap"\nkind = "amount"\nmax_fen = 4000\nscope = {{ terminal = "{terminal}" }}\n'
+    capped = f"{text}\n[[rule]]\n{cap}"
+    unknown = capped.replace(f'terminal = "{terminal}"', 'terminal = "Z9999999"')
+    refused = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": unknown})
+    said = html.unescape(refused.text)
+    assert refused.status_code == 400 and "scope.terminal: 'Z9999999' is not in the switch configuration" in said
+    assert not sql(database_url, "SELECT 1 FROM live_config WHERE section = 'rules'")  # nothing kept
+    saved = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": capped})
+    assert saved.status_code == 200 and "risk rules saved" in saved.text and "console-cap" in saved.text
+    until_answered(console.switch, big, "61")  # over the new cap, in every front end within seconds
+    small = new_purchase("unionpay", terminal=terminal, merchant=merchant, amount=3_000)
+    assert answer_of(console.switch, small) == "00"
+    assert audit_count(database_url, "risk.rules", "ok") == 1
+    forgotten = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "config", "forget", "--section", "rules", "--config", str(console.config)],
+        env=console.switch.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert forgotten.returncode == 0 and "rules: the file's" in forgotten.stdout, forgotten.stderr
+    until_answered(console.switch, big, "00")  # the rules file's again
+
+
+def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_taken(console, database_url):
+    from bench.traffic import reversal
+    from tests.support import STANS
+
+    merchant, _ = GRAY_MERCHANTS[-1]
+    new_id = "N0000001"
+
+    def from_new() -> dict:
+        return new_purchase("unionpay", terminal=new_id, merchant=merchant)
+
+    assert answer_of(console.switch, from_new()) == "03"  # not a terminal yet
+    session, _ = signed_in(console, "ada")
+    token = csrf(session, console)
+    version = sql(database_url, "SELECT version FROM live_config WHERE section = 'terminals'")
+    seen = str(version[0][0] if version else 0)
+    form = {"csrf": token, "version": seen, "id": new_id, "merchant": merchant, "mac_algorithm": "x9.19"}
+    refused = session.post(f"{console.base}/terminals/new", data=form | {"id": "N01"})
+    assert refused.status_code == 400 and "$.terminals[" in refused.text  # an id of 8 characters
+    created = session.post(f"{console.base}/terminals/new", data=form, allow_redirects=False)
+    assert created.status_code == 303, created.text
+    until_answered(console.switch, from_new, "00")
+    paid = from_new()
+    assert answer_of(console.switch, paid) == "00"
+    seen = str(int(seen) + 1)
+    suspended = session.post(
+        f"{console.base}/terminals/{new_id}", data=form | {"version": seen, "suspended": "on"}, allow_redirects=False
+    )
+    assert suspended.status_code == 303, suspended.text
+    until_answered(console.switch, from_new, "57")
+    # A reversal undoes what the terminal did before it was suspended: it is still taken.
+    assert answer_of(console.switch, reversal(paid, STANS.next(new_id))) == "00"
+    assert "SUSPENDED" in session.get(f"{console.base}/terminals").text
+    audited = sql(database_url, "SELECT action, after::text FROM console_audit WHERE target = $1 AND outcome = 'ok' "
+                  "ORDER BY id", new_id)  # fmt: skip
+    assert [a for a, _ in audited] == ["terminal.create", "terminal.edit"] and json.loads(audited[1][1])["suspended"]
+
+
+def test_a_days_settlement_file_is_the_one_paysw_settle_writes(console, database_url, tmp_path):
+    import datetime as dt
+
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    settled = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "settle", "--date", str(today), "--out-dir", str(tmp_path),
+         "--config", str(console.config)],
+        env=console.switch.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert settled.returncode in (0, 1), settled.stderr  # 1: a totals mismatch, still written
+    written = (tmp_path / f"settlement-{today}.csv").read_bytes()
+    session, _ = signed_in(console, "vera")
+    page = session.get(f"{console.base}/settlement").text
+    assert f'href="/settlement/settlement-{today}.csv"' in page or "none yet" in page
+    got = session.get(f"{console.base}/settlement/settlement-{today}.csv")
+    assert got.status_code == 200 and got.headers["Content-Type"].startswith("text/csv")
+    assert got.content == written  # byte for byte
+    assert requests.get(f"{console.base}/settlement/settlement-{today}.csv", allow_redirects=False).status_code == 303

@@ -88,6 +88,7 @@ class SignIn(NamedTuple):
     account: Account | None
     refusal: str = ""
     limited: bool = False
+    known: bool = True  # the name typed is an account's (else it is never logged nor kept: it may be a password)
 
 
 async def sign_in(
@@ -99,19 +100,21 @@ async def sign_in(
     lock an operator out (``paysw console unlock`` lifts a lock at once). The password is checked
     in a thread: scrypt takes a tenth of a second, which the console's other requests need."""
     await conn.execute("DELETE FROM console_sign_in_failure WHERE at < now() - $1::interval", window)
+    row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
+    if row is None:  # kept and counted by a digest: a password typed as the name must not be kept
+        name = "unknown:" + hashlib.sha256(name.encode()).hexdigest()[:16]
     mine, by_remote = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE user_name = $1), count(*) "
         "FROM console_sign_in_failure WHERE remote = $2 AND at >= now() - $3::interval",
         name, remote, window,
     )  # fmt: skip
     if mine >= failures or by_remote >= 4 * failures:
-        return SignIn(None, "too many failed sign-ins: try again later", limited=True)
-    row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
+        return SignIn(None, "too many failed sign-ins: try again later", limited=True, known=row is not None)
     stored = row["password_hash"] if row else _nobody()
     if await asyncio.to_thread(password_matches, password, stored) and row is not None:
         return SignIn(Account(name, row["role"]))
     await conn.execute("INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2)", name, remote)
-    return SignIn(None, "wrong name or password")
+    return SignIn(None, "wrong name or password", known=row is not None)
 
 
 async def open_session(conn: asyncpg.Connection, account: Account, idle: dt.timedelta) -> str:

@@ -1,15 +1,17 @@
-"""The configuration as the console shows and edits it (merchants, gray routes; terminals shown):
-the configuration in force (the file's, with the journal's live sections over it: ``switch.live``).
-An edit is checked as a reload checks (the whole configuration, the risk rules against it), kept
-in the journal with the audit row in one transaction, and broadcast to every front end, which
-applies it within a second or two with no restart. The first edit of a section seeds the
-journal's from the file; from then on the journal's is the one in force."""
+"""The configuration as the console shows and edits it (merchants, terminals, gray routes, the
+channels' limits and breakers, the risk rules): the configuration in force (the file's, with the
+journal's live sections over it: ``switch.live``). An edit is checked as a reload checks (the
+whole configuration, the risk rules against it), kept in the journal with the audit row in one
+transaction, and broadcast to every front end, which applies it within a second or two with no
+restart. The first edit of a section seeds the journal's from the file; from then on the
+journal's is the one in force."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,12 +20,26 @@ import msgspec
 from multidict import MultiMapping
 
 from protocols.statements import CST
-from risk.rules import RulesError, load_rules
-from switch.config import Config, ConfigError, Merchant, RoutingSection, Terminal, known_names, load_config
+from risk.rules import RulesError, RuleSet
+from switch.breaker import BreakerSettings
+from switch.config import Config, ConfigError, Merchant, RoutingSection, Terminal, load_config
 from switch.console.audit import Entry, record
-from switch.live import EditConflict, current, keep_section, kept_sections, overlaid, versions
+from switch.live import (
+    LIMITS,
+    EditConflict,
+    current,
+    file_section,
+    in_force,
+    keep_section,
+    kept_sections,
+    limits_of,
+    versions,
+)
 
 NEW = "new"
+_REFUSED = (ConfigError, RulesError, EditConflict, ValueError)  # an edit refused: its reason is shown
+# A change: the section's body in, (the body edited, the part before, the part after) out.
+Change = Callable[[Any], tuple[Any, Any, Any]]
 
 
 class Listed(NamedTuple):
@@ -52,89 +68,66 @@ class Edits:
     def channel_names(self) -> list[str]:
         return self._channels
 
-    async def _in_force(self) -> Config:
+    async def config(self) -> Config:
+        """The configuration in force (the rules not read)."""
         return await current(self._pool, load_config(self._file))
 
+    async def _in_force(self) -> tuple[Config, RuleSet | None]:
+        return in_force(load_config(self._file), await kept_sections(self._pool))
+
+    async def _change(self, section: str, seen: int, user: str, action: str, target: str, change: Change) -> int:
+        """``change`` made to ``section`` as in force, checked whole, kept over version ``seen``
+        and audited (on ``target``; "": the id of what changed) in one transaction; its new
+        version. Raises one of ``_REFUSED``."""
+        file_config = load_config(self._file)
+        async with self._pool.acquire() as conn, conn.transaction():
+            kept = await kept_sections(conn)
+            body = kept[section] if section in kept else file_section(file_config, section)
+            edited, before, after = change(body)
+            in_force(file_config, kept | {section: edited})
+            version = await keep_section(conn, section, edited, seen, f"console:{user}")
+            await record(conn, Entry(user, action, target or after["id"], before=before, after=after))
+        return version
+
+    # -- merchants --------------------------------------------------------------------------
+
     async def listed(self) -> Listed:
-        config = await self._in_force()
+        config, _ = await self._in_force()
         version = (await versions(self._pool))["merchants"]
         return Listed(config.merchants, version > 0, version)
-
-    async def terminals(self) -> list[Terminal]:
-        return (await self._in_force()).terminals
 
     async def edit(self, merchant_id: str) -> MerchantEdit | None:
         version = (await versions(self._pool))["merchants"]
         if merchant_id == NEW:
             return MerchantEdit({"id": "", "name": "", "channels": [], "settlement": "T1"}, version, True)
-        found = next((m for m in (await self._in_force()).merchants if m.id == merchant_id), None)
+        found = next((m for m in (await self._in_force())[0].merchants if m.id == merchant_id), None)
         return None if found is None else MerchantEdit(msgspec.to_builtins(found), version, False)
 
     async def save(self, merchant_id: str, form: MultiMapping[Any], user: str) -> Saved:
         """The merchant ``merchant_id`` (``new``: a new one) as the form gives it, kept and audited."""
         new = merchant_id == NEW
-        seen = int(form["version"]) if str(form.get("version", "")).isdigit() else 0
-        file_config = load_config(self._file)
-        after: dict[str, Any] = {"id": merchant_id}
+        seen = version_of(form)
+        shown: dict[str, Any] = {"id": merchant_id}
+
+        def change(merchants: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+            index = {m["id"]: i for i, m in enumerate(merchants)}
+            before = None if new else merchants[index[merchant_id]] if merchant_id in index else None
+            if not new and before is None:
+                raise ValueError(f"no merchant {merchant_id}")
+            after = self._merchant_from(form, before or {})
+            shown.update(after)
+            if new and after["id"] in index:
+                raise ValueError(f"merchant {after['id']} exists already")
+            return [*merchants, after] if new else [after if m is before else m for m in merchants], before, after
+
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                kept = await kept_sections(conn)
-                merchants = kept.get("merchants") or msgspec.to_builtins(file_config.merchants)
-                index = {m["id"]: i for i, m in enumerate(merchants)}
-                before = None if new else merchants[index[merchant_id]] if merchant_id in index else None
-                if not new and before is None:
-                    return Saved(MerchantEdit({"id": merchant_id}, seen, new), f"no merchant {merchant_id}")
-                after = self._from_form(form, before or {})
-                edit = MerchantEdit(after, seen, new)
-                if new and after["id"] in index:
-                    return Saved(edit, f"merchant {after['id']} exists already")
-                edited = [*merchants, after] if new else [after if m is before else m for m in merchants]
-                self._check(file_config, kept | {"merchants": edited})
-                version = await keep_section(conn, "merchants", edited, seen, f"console:{user}")
-                action = "merchant.create" if new else "merchant.edit"
-                await record(conn, Entry(user, action, after["id"], before=before, after=after))
-        except (ConfigError, RulesError, EditConflict, ValueError) as exc:
-            return Saved(MerchantEdit(after, seen, new), str(exc))
-        return Saved(MerchantEdit(after, version, False))
+            action = "merchant.create" if new else "merchant.edit"
+            version = await self._change("merchants", seen, user, action, "", change)
+        except _REFUSED as exc:
+            return Saved(MerchantEdit(shown, seen, new), str(exc))
+        return Saved(MerchantEdit(shown, version, False))
 
-    async def rules(self) -> tuple[list[Any], str]:
-        """The risk rules in force (the file's, read against the configuration in force), and why
-        they could not be read, if so."""
-        config = await self._in_force()
-        if not config.risk.rules:
-            return [], "the configuration names no rules file ([risk] rules)"
-        try:
-            return load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config)).rule, ""
-        except RulesError as exc:
-            return [], str(exc)
-
-    async def routing(self) -> tuple[RoutingSection, int]:
-        """The routing in force, and the version of the journal's (0: the file's)."""
-        return (await self._in_force()).routing, (await versions(self._pool))["routing"]
-
-    async def set_gray(self, channel: str, percent_text: str, seen: int, user: str) -> str:
-        """The gray route of ``channel`` moved to ``percent_text`` percent of the merchants, kept
-        and audited; "" when done, else why not."""
-        if not percent_text.isdigit() or not 0 <= int(percent_text) <= 100:
-            return f"a percentage is a whole number from 0 to 100, not {percent_text[:10]!r}"
-        file_config = load_config(self._file)
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                kept = await kept_sections(conn)
-                routing = kept.get("routing") or msgspec.to_builtins(file_config.routing)
-                gray = next((g for g in routing.get("gray", []) if g["channel"] == channel), None)
-                if gray is None:
-                    return f"no gray route for {channel}"
-                before = dict(gray)
-                gray["percent"] = int(percent_text)
-                self._check(file_config, kept | {"routing": routing})
-                await keep_section(conn, "routing", routing, seen, f"console:{user}")
-                await record(conn, Entry(user, "routing.gray", channel, before=before, after=gray))
-        except (ConfigError, RulesError, EditConflict) as exc:
-            return str(exc)
-        return ""
-
-    def _from_form(self, form: MultiMapping[Any], base: dict[str, Any]) -> dict[str, Any]:
+    def _merchant_from(self, form: MultiMapping[Any], base: dict[str, Any]) -> dict[str, Any]:
         def text(name: str) -> str:
             return str(form.get(name, "")).strip()
 
@@ -155,12 +148,148 @@ class Edits:
         }
         return merchant
 
-    @staticmethod
-    def _check(file_config: Config, sections: dict[str, Any]) -> None:
-        """The whole configuration with ``sections`` over the file's, as a reload checks it."""
-        candidate = overlaid(file_config, sections)
-        if candidate.risk.rules:
-            load_rules(Path(candidate.base_dir) / candidate.risk.rules, *known_names(candidate))
+    # -- terminals --------------------------------------------------------------------------
+
+    async def terminals(self) -> tuple[list[Terminal], int]:
+        """The terminals in force, and the version of the journal's (0: the file's)."""
+        return (await self._in_force())[0].terminals, (await versions(self._pool))["terminals"]
+
+    async def save_terminal(self, terminal_id: str, form: MultiMapping[Any], user: str) -> str:
+        """The terminal ``terminal_id`` (``new``: a new one) as the form gives it, kept and
+        audited; "" when done, else why not. A new terminal needs its master key in the key store
+        first (``paysw keys``, a key ceremony: the console never takes a key), as at start."""
+        new = terminal_id == NEW
+        given = str(form.get("id", "")).strip()[:16] if new else terminal_id
+        config, _ = await self._in_force()
+        if new and not config.security.allow_terminals_without_mac and not await self._has_master_key(given):
+            return f"terminal {given}: no master key (tmk:{given}) in the key store: load it with paysw keys first"
+
+        def change(terminals: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+            index = {t["id"]: i for i, t in enumerate(terminals)}
+            if new and given in index:
+                raise ValueError(f"terminal {given} exists already")
+            if not new and given not in index:
+                raise ValueError(f"no terminal {given}")
+            before = None if new else terminals[index[given]]
+            after = (before or {}) | {
+                "id": given,
+                "merchant": str(form.get("merchant", "")).strip()[:15],
+                "mac_algorithm": str(form.get("mac_algorithm", "x9.19")),
+                "suspended": form.get("suspended") == "on",
+            }
+            return [*terminals, after] if new else [after if t is before else t for t in terminals], before, after
+
+        try:
+            action = "terminal.create" if new else "terminal.edit"
+            await self._change("terminals", version_of(form), user, action, given, change)
+        except _REFUSED as exc:
+            return str(exc)
+        return ""
+
+    async def _has_master_key(self, terminal_id: str) -> bool:
+        return await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM hsm_key WHERE label = $1)", f"tmk:{terminal_id}")
+
+    # -- routing, limits, rules ----------------------------------------------------------------
+
+    async def routing(self) -> tuple[RoutingSection, int]:
+        """The routing in force, and the version of the journal's (0: the file's)."""
+        return (await self._in_force())[0].routing, (await versions(self._pool))["routing"]
+
+    async def set_gray(self, channel: str, percent_text: str, seen: int, user: str) -> str:
+        """The gray route of ``channel`` moved to ``percent_text`` percent of the merchants, kept
+        and audited; "" when done, else why not."""
+        if not percent_text.isdigit() or not 0 <= int(percent_text) <= 100:
+            return f"a percentage is a whole number from 0 to 100, not {percent_text[:10]!r}"
+
+        def change(routing: dict[str, Any]) -> tuple[Any, Any, Any]:
+            gray = next((g for g in routing.get("gray", []) if g["channel"] == channel), None)
+            if gray is None:
+                raise ValueError(f"no gray route for {channel}")
+            before = dict(gray)
+            gray["percent"] = int(percent_text)
+            return routing, before, gray
+
+        try:
+            await self._change("routing", seen, user, "routing.gray", channel, change)
+        except _REFUSED as exc:
+            return str(exc)
+        return ""
+
+    async def limits(self) -> tuple[dict[str, dict[str, Any]], int]:
+        """Each channel's live limits in force (``switch.live.LIMITS``), and the version of the
+        journal's (0: the file's)."""
+        config, _ = await self._in_force()
+        version = (await versions(self._pool))["limits"]
+        return {name: limits_of(channel) for name, channel in config.channels.items()}, version
+
+    async def set_limits(self, channel: str, form: MultiMapping[Any], user: str) -> str:
+        """``channel``'s limits and breaker as the form gives them, kept and audited; "" when done,
+        else why not (the field's JSON path, from the whole configuration's check)."""
+        if channel not in self._channels:
+            return f"no channel {channel}"
+
+        def change(limits: dict[str, Any]) -> tuple[Any, Any, Any]:
+            before = limits.get(channel)
+            after = {field: _figure(form, field) for field in LIMITS if field != "breaker"}
+            after["breaker"] = {f: _figure(form, f"breaker.{f}") for f in BreakerSettings.__struct_fields__}
+            return limits | {channel: after}, before, after
+
+        try:
+            await self._change("limits", version_of(form), user, "channel.limits", channel, change)
+        except _REFUSED as exc:
+            return str(exc)
+        return ""
+
+    async def rules(self) -> tuple[str, list[Any], int, str]:
+        """The risk rules in force as TOML, and one by one; the version of the journal's (0: the
+        rules file's); and why they could not be read, if so."""
+        version = (await versions(self._pool))["rules"]
+        try:
+            _, rules = await self._in_force()
+        except ConfigError as exc:
+            return "", [], version, str(exc)
+        if rules is None:
+            return "", [], version, "the configuration names no rules file ([risk] rules)"
+        return rules_toml(rules), rules.rules, version, ""
+
+    async def set_rules(self, text: str, seen: int, user: str) -> str:
+        """The risk rules replaced by ``text`` (TOML, as the rules file), checked against the
+        configuration in force, kept and audited; "" when done, else why not."""
+        try:
+            rules = msgspec.toml.decode(text.encode(), type=RuleSet)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return f"the rules: {exc}"
+        after = msgspec.to_builtins(rules)
+        try:
+            await self._change("rules", seen, user, "risk.rules", "rules", lambda before: (after, before, after))
+        except _REFUSED as exc:
+            return str(exc)
+        return ""
+
+
+def rules_toml(rules: RuleSet) -> str:
+    """``rules`` as a rules file has them (TOML; a field with no value, or an empty one, left out:
+    the schema's defaults)."""
+    return msgspec.toml.encode(_valued(msgspec.to_builtins(rules))).decode()
+
+
+def _valued(value: Any) -> Any:
+    if isinstance(value, dict):
+        valued = {k: _valued(v) for k, v in value.items()}
+        return {k: v for k, v in valued.items() if v not in (None, "", {})}
+    if isinstance(value, list):
+        return [_valued(v) for v in value]
+    return value
+
+
+def version_of(form: MultiMapping[Any]) -> int:
+    return int(form["version"]) if str(form.get("version", "")).isdigit() else 0
+
+
+def _figure(form: MultiMapping[Any], name: str) -> int | float:
+    """A number of the limits' form: a whole one as such (for the fields that take only those)."""
+    text = str(form.get(name, "")).strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,9}", text) else _number(text, name)
 
 
 def _number(text: str, what: str) -> float:

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 import jinja2
+import msgspec
 from aiohttp import web
 
 from protocols.masking import scrub
@@ -29,12 +30,13 @@ from switch.console import accounts, reads
 from switch.console.accounts import ROLES, Role, Session
 from switch.console.audit import Entry, record
 from switch.console.channels import Channels
-from switch.console.edits import Edits, MerchantEdit
+from switch.console.edits import NEW, Edits, MerchantEdit, version_of
 from switch.console.settings import ConsoleSection
 from switch.journal import machine
 from switch.lograte import RateLimitedLog
 from switch.merchant.outbox import resend
 from switch.recon.handling import resolve_by_hand
+from switch.settlement import csv_text, file_name, settled
 
 log = logging.getLogger("paysw.console")
 
@@ -102,11 +104,14 @@ class Console:
             ("GET", "/channels", self.channels),
             ("GET", "/channels/{name}/{action}", self.channel_confirm),
             ("POST", "/channels/{name}/{action}", self.channel_act),
+            ("GET", "/limits/{name}", self.limits),
+            ("POST", "/limits/{name}", self.limits_save),
             ("GET", "/recon", self.recon),
             ("POST", "/recon/{item}/resolve", self.recon_resolve),
             ("GET", "/dead-letters", self.dead_letters),
             ("POST", "/notifications/{rrn}/resend", self.notification_resend),
             ("GET", "/settlement", self.settlement),
+            ("GET", r"/settlement/settlement-{day:\d{4}-\d{2}-\d{2}}.csv", self.settlement_file),
             ("GET", "/merchants", self.merchants),
             ("GET", "/merchants/{id}", self.merchant),
             ("POST", "/merchants/{id}", self.merchant_save),
@@ -114,7 +119,10 @@ class Console:
             ("POST", "/routing/gray/{channel}", self.gray_save),
             ("GET", "/risk", self.risk),
             ("POST", "/risk/lists/{action}", self.risk_list),
+            ("POST", "/risk/rules", self.rules_save),
             ("GET", "/terminals", self.terminals),
+            ("GET", "/terminals/{id}", self.terminal),
+            ("POST", "/terminals/{id}", self.terminal_save),
             ("GET", "/audit", self.audit),
         ]
         for method, path, handler in routes:
@@ -221,6 +229,7 @@ class Console:
         async with self._pool.acquire() as conn:
             outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
             if outcome.account is None:
+                name = name if outcome.known else "(not an account)"
                 if outcome.limited:  # not audited one by one: a flood would grow the audit log for nothing
                     self._refusals.warn(
                         log, name, "console sign-in refused: too many failures", user=name, remote=remote
@@ -283,7 +292,32 @@ class Console:
 
     @needs("viewer")
     async def channels(self, request: web.Request) -> web.Response:
-        return self._page(request, "channels.html", endpoints=await self._channels.status())
+        limits, version = await self._edits.limits()
+        return self._page(
+            request, "channels.html", endpoints=await self._channels.status(), limits=limits, version=version
+        )
+
+    @needs("viewer")
+    async def limits(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        limits, version = await self._edits.limits()
+        if name not in limits:
+            return self._refusal(request, None, 404, f"no channel {name!r}")
+        return self._page(request, "limits.html", name=name, limits=limits[name], version=version, error="")
+
+    @needs("admin")
+    async def limits_save(self, request: web.Request) -> web.StreamResponse:
+        name, form = request.match_info["name"], request["form"]
+        error = await self._edits.set_limits(name, form, request["session"].account.name)
+        if error:
+            await self._audit(request, "channel.limits", name, outcome=error[:300])
+            shown = {k: v for k, v in form.items() if k != "csrf"}
+            limits = {**shown, "breaker": {k.split(".", 1)[1]: v for k, v in shown.items() if k.startswith("breaker.")}}
+            return self._page(
+                request, "limits.html", status=400, name=name, limits=limits, version=version_of(form), error=error
+            )
+        said = f"{name}: limits and breaker saved: every front end applies them now"
+        raise web.HTTPSeeOther(f"/channels?said={quote(said)}")
 
     @needs("operator")
     async def channel_confirm(self, request: web.Request) -> web.Response:
@@ -339,7 +373,25 @@ class Console:
 
     @needs("viewer")
     async def settlement(self, request: web.Request) -> web.Response:
-        return self._page(request, "settlement.html", rows=await reads.settlement_days(self._pool))
+        rows = await reads.settlement_days(self._pool)
+        days = sorted({r["settled_on"] for r in rows}, reverse=True)
+        return self._page(request, "settlement.html", rows=rows, files=[(d, file_name(d)) for d in days])
+
+    @needs("viewer")
+    async def settlement_file(self, request: web.Request) -> web.Response:
+        """A day's settlement file, as ``paysw settle`` wrote it, from the journal."""
+        try:
+            day = dt.date.fromisoformat(request.match_info["day"])
+        except ValueError:
+            return self._refusal(request, None, 404, "no such day")
+        config = await self._edits.config()
+        text = csv_text(await settled(self._pool, config, day))
+        await self._audit(request, "settlement.download", str(day))
+        return web.Response(
+            text=text,
+            content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{file_name(day)}"'},
+        )
 
     @needs("viewer")
     async def merchants(self, request: web.Request) -> web.Response:
@@ -387,7 +439,7 @@ class Console:
     @needs("admin")
     async def gray_save(self, request: web.Request) -> web.StreamResponse:
         channel, form = request.match_info["channel"], request["form"]
-        seen = int(form["version"]) if str(form.get("version", "")).isdigit() else 0
+        seen = version_of(form)
         percent = str(form.get("percent", "")).strip()[:10]
         error = await self._edits.set_gray(channel, percent, seen, request["session"].account.name)
         if error:
@@ -397,9 +449,34 @@ class Console:
 
     @needs("viewer")
     async def risk(self, request: web.Request) -> web.Response:
-        rules, problem = await self._edits.rules()
+        return await self._risk_page(request, None, "", 200)
+
+    async def _risk_page(self, request: web.Request, text: str | None, error: str, status: int) -> web.Response:
+        toml, rules, version, problem = await self._edits.rules()
         lists, changes = await reads.risk_lists(self._pool), await reads.risk_changes(self._pool)
-        return self._page(request, "risk.html", rules=rules, problem=problem, lists=lists, changes=changes)
+        return self._page(
+            request,
+            "risk.html",
+            status=status,
+            rules=rules,
+            toml=toml if text is None else text,
+            version=version,
+            problem=problem,
+            error=error,
+            lists=lists,
+            changes=changes,
+        )
+
+    @needs("admin")
+    async def rules_save(self, request: web.Request) -> web.StreamResponse:
+        """The risk rules replaced as a whole (TOML, as the rules file), kept in the journal."""
+        form = request["form"]
+        text = str(form.get("rules", ""))[:60_000]
+        error = await self._edits.set_rules(text, version_of(form), request["session"].account.name)
+        if error:
+            await self._audit(request, "risk.rules", "rules", outcome=error[:300])
+            return await self._risk_page(request, text, error, 400)
+        raise web.HTTPSeeOther(f"/risk?said={quote('risk rules saved: every front end applies them now')}")
 
     @needs("operator")
     async def risk_list(self, request: web.Request) -> web.StreamResponse:
@@ -428,9 +505,42 @@ class Console:
 
     @needs("viewer")
     async def terminals(self, request: web.Request) -> web.Response:
-        terminals = await self._edits.terminals()
+        terminals, version = await self._edits.terminals()
         keys = await reads.terminal_keys(self._pool, [t.id for t in terminals])
-        return self._page(request, "terminals.html", terminals=terminals, keys=keys)
+        return self._page(request, "terminals.html", terminals=terminals, keys=keys, version=version)
+
+    @needs("viewer")
+    async def terminal(self, request: web.Request) -> web.Response:
+        terminal_id = request.match_info["id"]
+        terminals, version = await self._edits.terminals()
+        found = next((t for t in terminals if t.id == terminal_id), None)
+        if found is None and terminal_id != NEW:
+            return self._refusal(request, None, 404, f"no terminal {terminal_id}")
+        shown = {"id": "", "merchant": "", "mac_algorithm": "x9.19"} if found is None else msgspec.to_builtins(found)
+        return await self._terminal_form(request, shown, found is None, version, "", 200)
+
+    async def _terminal_form(
+        self, request: web.Request, terminal: dict[str, Any], new: bool, version: int, error: str, status: int
+    ) -> web.Response:
+        merchants = [m.id for m in (await self._edits.config()).merchants]
+        return self._page(
+            request, "terminal.html", status=status, t=terminal, new=new, version=version, error=error,
+            merchant_ids=merchants,
+        )  # fmt: skip
+
+    @needs("admin")
+    async def terminal_save(self, request: web.Request) -> web.StreamResponse:
+        terminal_id, form = request.match_info["id"], request["form"]
+        error = await self._edits.save_terminal(terminal_id, form, request["session"].account.name)
+        if error:
+            await self._audit(request, "terminal.edit", terminal_id, outcome=error[:300])
+            shown = {k: form.get(k, "") for k in ("id", "merchant", "mac_algorithm")} | {
+                "id": form.get("id", "") if terminal_id == NEW else terminal_id,
+                "suspended": form.get("suspended") == "on",
+            }
+            return await self._terminal_form(request, shown, terminal_id == NEW, version_of(form), error, 400)
+        said = f"terminal {form.get('id') or terminal_id} saved: every front end applies it now"
+        raise web.HTTPSeeOther(f"/terminals?said={quote(said)}")
 
     @needs("operator")
     async def audit(self, request: web.Request) -> web.Response:
