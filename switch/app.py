@@ -9,9 +9,11 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import msgspec
@@ -123,6 +125,8 @@ class SwitchApp:
         self._reload_listener: asyncpg.Connection | None = None
         self._background: set[asyncio.Task[bool]] = set()
         self._reload_waiting = False
+        self._asked: set[str] = set()  # who asked for the reload waiting (NOTIFY payloads)
+        self._front_end = f"{socket.gethostname()}/{os.getpid()} {config.switch.listen}"
         self._stopping = False
         self.ready = False
 
@@ -197,8 +201,8 @@ class SwitchApp:
         self._server = await serve_terminals(processor, self.metrics, cfg.switch, reuse_port=self._seat is not None)
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
-        socket = self._seat.admin_socket if self._seat is not None else None
-        self._admin = await start_admin(admin_host, admin_port, admin, socket)
+        admin_socket = self._seat.admin_socket if self._seat is not None else None
+        self._admin = await start_admin(admin_host, admin_port, admin, admin_socket)
         self._reload_listener = await asyncpg.connect(self._database_url)
         await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda _, pid, __, by: self._reload_soon(pid, by))
         # What start made lives as long as the process: the collector's full passes leave it alone
@@ -307,6 +311,7 @@ class SwitchApp:
         """``paysw reload`` (by NOTIFY): one reload at a time, and notifications that come while
         one waits are one more reload, not one each."""
         log.info("configuration reload asked", extra={"by": payload[:64], "backend_pid": sender})
+        self._asked.add(payload[:200])
         if self._reload_waiting:
             return
         self._reload_waiting = True
@@ -320,18 +325,37 @@ class SwitchApp:
         False, with the running configuration untouched and the reason logged, when invalid."""
         async with self._reloading:
             self._reload_waiting = False
+            asked, self._asked = self._asked or {"signal"}, set()
             if self._stopping:
                 return False
             try:
-                applied = await self._reload_configuration()
-            except Exception:  # the database, the key store: nothing was applied
+                outcome = await self._reload_configuration()
+            except Exception as exc:  # the database, the key store: nothing was applied
                 self.metrics.config_reloads.labels("failed").inc()
                 log.exception("configuration not reloaded, the running one stays")
-                return False
-            await self.risk.reload(rules=False)  # the lists; the rules are the configuration's
-            return applied
+                outcome = Reloaded("failed", f"{type(exc).__name__}: see the front end's log")
+            if outcome.result == "ok":
+                await self.risk.reload(rules=False)  # the lists; the rules are the configuration's
+            await self._tell_reloaded(asked, outcome)
+            return outcome.result == "ok"
 
-    async def _reload_configuration(self) -> bool:
+    async def _tell_reloaded(self, asked: set[str], outcome: Reloaded) -> None:
+        """The reload's outcome in the journal, for whoever asked (``paysw reload`` waits for every
+        front end's); a day's worth is kept."""
+        assert self.journal is not None
+        try:
+            async with self.journal.pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM config_reload WHERE at < now() - interval '1 day'")
+                await conn.executemany(
+                    "INSERT INTO config_reload AS r (asked, front_end, result, detail) VALUES ($1, $2, $3, $4) "
+                    "ON CONFLICT (asked, front_end) DO UPDATE SET result = EXCLUDED.result, "
+                    "detail = EXCLUDED.detail, at = now()",
+                    [(a, self._front_end, outcome.result, outcome.detail[:1000]) for a in sorted(asked)],
+                )  # fmt: skip
+        except Exception:
+            log.exception("the reload's outcome could not be written to the journal")
+
+    async def _reload_configuration(self) -> Reloaded:
         assert self._processor is not None and self._security is not None and self.journal is not None
         try:
             file_config = load_config(self.config.source)
@@ -343,7 +367,7 @@ class SwitchApp:
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             log.error("configuration not reloaded, the running one stays", extra={"error": str(exc)})
-            return False
+            return Reloaded("invalid", str(exc))
         # The one write (in one database transaction, shared by the front ends on the journal);
         # if it fails nothing is applied. Then every part at once: no await from here on.
         await set_endpoints(self.journal.pool, {m.id: m.notify_url for m in read.merchants if m.notify_url})
@@ -373,7 +397,7 @@ class SwitchApp:
         )
         if later:
             log.warning("configuration changes that apply only after a restart", extra={"restart_needed": later})
-        return True
+        return Reloaded("ok", f"applied; these need a restart: {', '.join(later)}" if later else "applied")
 
     async def _configuration(self, file_config: Config) -> tuple[Config, RuleSet | None]:
         """The file's configuration with the journal's live sections over it, and the risk rules in
@@ -492,6 +516,11 @@ def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostg
         return url, None
     embedded = EmbeddedPostgres(data_dir / "pg")
     return embedded.start(), embedded
+
+
+class Reloaded(NamedTuple):
+    result: str  # ok, invalid (nothing applied), failed (nothing applied: the journal, the key store)
+    detail: str
 
 
 def _limited(running: ChannelSection, read: ChannelSection) -> ChannelSection:

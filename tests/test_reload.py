@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,8 +36,8 @@ def pay(switch, request: dict) -> dict:
     return run(one())
 
 
-def reload_cli(switch) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "switch.cli", "reload", "--config", str(switch.config)]
+def reload_cli(switch, config: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "switch.cli", "reload", "--config", str(config or switch.config)]
     return subprocess.run(command, env=switch.env, capture_output=True, text=True, timeout=60)
 
 
@@ -83,6 +84,13 @@ def test_an_invalid_file_is_refused_with_its_path_and_reason_and_nothing_changes
         before = reloads(live).get("invalid", 0)
         live.process.send_signal(signal.SIGHUP)  # the front end reads the same file, and refuses it too
         wait_for_reloads(live, "invalid", before + 1)
+        # Asked with a valid copy elsewhere: the front end's own file is the invalid one, and says so.
+        copy = live.config.parent / "elsewhere.toml"
+        copy.write_text(original)
+        told = reload_cli(live, copy)
+        assert told.returncode == 1, told.stdout + told.stderr
+        assert re.search(rf"/\d+ 127\.0\.0\.1:{live.port}: invalid: .*\$\.merchants", told.stdout), told.stdout
+        assert "1 front end(s) kept their running configuration" in told.stderr
     finally:
         live.config.write_text(original)
     assert pay(live, new_purchase("wechat", terminal="K0000001", merchant=KIOSK))["39"] == "00"
@@ -100,10 +108,9 @@ def test_a_valid_file_applies_under_load_with_no_failed_answer_and_names_what_ne
         changed, n = re.subn(r"(?m)^request_deadline_ms = \d+$", "request_deadline_ms = 4000", changed)
         assert n == 1
         live.config.write_text(changed)
-        before = reloads(live).get("ok", 0)
-        told = reload_cli(live)
+        told = reload_cli(live)  # waits for every front end's outcome
         assert told.returncode == 0, told.stderr
-        wait_for_reloads(live, "ok", before + 1)
+        assert re.search(rf":{live.port}: ok: applied; these need a restart: \$\.switch", told.stdout), told.stdout
         time.sleep(0.5)
     finally:
         paying.stopping.set()

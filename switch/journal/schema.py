@@ -633,6 +633,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE live_config ADD CONSTRAINT live_config_section_check
         CHECK (section IN ('merchants', 'terminals', 'routing', 'limits', 'rules'));
     """,
+    # 21: each front end's outcome of a reload, by who asked (paysw reload waits for them all).
+    """
+    CREATE TABLE config_reload (
+        asked     text        NOT NULL,  -- the NOTIFY payload: paysw reload's tag, console:NAME, signal
+        front_end text        NOT NULL,  -- host/pid listen
+        at        timestamptz NOT NULL DEFAULT now(),
+        result    text        NOT NULL CHECK (result IN ('ok', 'invalid', 'failed')),
+        detail    text        NOT NULL,
+        PRIMARY KEY (asked, front_end)
+    );
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
