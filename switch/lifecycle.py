@@ -43,7 +43,7 @@ from risk.engine import Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
-from switch.gateway import ChannelGateway, PaymentRef, refused, risk_declined
+from switch.gateway import SUSPENDED, ChannelGateway, PaymentRef, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
 from switch.journal.orders import keep_qr_code
@@ -265,9 +265,6 @@ class Processor:
         t.merchant = self._merchants[terminal.merchant]
         return None
 
-    def _step_active(self, t: Context) -> str | None:
-        return rc.NOT_PERMITTED if t.merchant.suspended or self._terminals[t.message["41"]].suspended else None
-
     def _step_merchant(self, t: Context) -> str | None:
         t.merchant = merchant = self._merchants.get(t.message["42"])
         if merchant is None:
@@ -301,12 +298,19 @@ class Processor:
         return t.reply.code
 
     def _step_admit(self, t: Context) -> None:
-        """The channel's limits, checked after the duplicate check, so that a retransmission of a
-        transaction under way gets its answer even when the channel is full or its circuit open.
-        A refusal is journaled like a channel's answer (91), and nothing is sent."""
+        """The merchant's and terminal's suspension (57) and the channel's limits (91), checked
+        after the duplicate check and the write-ahead, so that a retransmission of a transaction
+        under way or done gets its answer even when its merchant or terminal was suspended since,
+        or the channel is full or its circuit open. A refusal is journaled like a channel's
+        answer, and nothing is sent."""
         txn = t.txn
         assert txn is not None
         if t.result is not None:  # declined by risk
+            return
+        terminal = self._terminals.get(txn.terminal_id)
+        if t.merchant.suspended or (terminal is not None and terminal.suspended):
+            self._metrics.refused.labels(txn.channel, SUSPENDED).inc()
+            t.result = ChannelResult(0, Outcome.DECLINED, rc.NOT_PERMITTED, SUSPENDED, "suspended", sent=False)
             return
         reason = self._gateways[txn.channel].admit(txn.merchant_id)
         if reason is not None:

@@ -34,17 +34,18 @@ from protocols.validation import TxnType
 from switch.config import Merchant
 from switch.journal import NewTxn, Original, TxnKey
 
-_UNDO = ("mac", "shed", "terminal_and_merchant", "active", "transmission_date", "rrn", "original",
-         "duplicate_check", "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
+_UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
+         "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
-    TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "active", "route", "channel_allowed", "gray",
+    TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
                        "transmission_date", "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk",
                        "admit", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
-    TxnType.REFUND: (*_UNDO[:8], "risk_ask", "write_ahead_undo", "risk", *_UNDO[9:]),
-    TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "active", "rrn", "inquire", "answer"),
-    # No ``active``: a reversal undoes what a terminal did before its merchant or it was suspended.
-    TxnType.REVERSAL: ("mac", "terminal_and_merchant", "rrn", "original_of_reversal", "reverse", "answer"),
+    TxnType.REFUND: (*_UNDO[:7], "risk_ask", "write_ahead_undo", "risk", *_UNDO[8:]),
+    TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
+    # ``terminal``, not ``terminal_and_merchant``: a reversal undoes what the terminal did, even for
+    # a merchant it no longer belongs to; and no ``admit``: even when suspended since.
+    TxnType.REVERSAL: ("mac", "terminal", "rrn", "original_of_reversal", "reverse", "answer"),
     TxnType.NETWORK: ("mac", "terminal", "network_management", "answer"),
 }  # fmt: skip
 
@@ -54,7 +55,7 @@ def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
     signature was checked at the API and it names no terminal (no ``mac``; ``merchant`` for
     ``terminal_and_merchant``), its RRN was taken when its order number was (no ``rrn``), and it
     goes to the channel itself (no ``gray``: a legacy switch upstream knows terminals only)."""
-    skipped = ("mac", "rrn", "gray", "active")  # ``merchant`` checks the merchant's suspension
+    skipped = ("mac", "rrn", "gray")
     return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in skipped)
 
 
