@@ -49,12 +49,14 @@ class Risk:
         self.engine = Engine(RuleSet())
         self.lists = Lists()
         self._read_rules: Callable[[], Awaitable[RuleSet | None]] | None = None
+        self._generation = 0  # of the rules ``use`` set: a reload that read older ones leaves newer ones
         self._listener: asyncpg.Connection | None = None
         self._pending: asyncio.TimerHandle | None = None
 
     def use(self, rules: RuleSet | None) -> None:
         """Decide by ``rules`` from now on (None: no rules)."""
         self.engine = Engine(rules or RuleSet())
+        self._generation += 1
 
     def begin(self, facts: Facts) -> asyncio.Future[Decision]:
         """The payment's decision, on its way: the rules that read it alone are decided now, and
@@ -135,7 +137,7 @@ class Risk:
     async def reload(self, rules: bool = True) -> bool:
         """The rules in force (unless ``rules`` is False: the caller has just set them) and the
         lists read again; False (and nothing changed) when the rules are invalid."""
-        engine = self.engine
+        engine, generation = None, self._generation
         if rules and self._read_rules is not None:
             try:
                 engine = Engine(await self._read_rules() or RuleSet())
@@ -153,9 +155,11 @@ class Risk:
             log.exception("risk lists not reloaded, the running ones stay")
             self._on_reload("failed", len(self.engine))
             return False
-        self.engine, self.lists = engine, lists
-        log.info("risk rules and lists reloaded", extra={"rules": len(engine), "listed": len(lists)})
-        self._on_reload("ok", len(engine))
+        if engine is not None and generation == self._generation:  # else a configuration reload set newer ones
+            self.engine = engine
+        self.lists = lists
+        log.info("risk rules and lists reloaded", extra={"rules": len(self.engine), "listed": len(lists)})
+        self._on_reload("ok", len(self.engine))
         return True
 
     async def stop(self) -> None:

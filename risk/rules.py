@@ -183,8 +183,12 @@ def minutes(clock: str) -> int:
 def load_rules(path: str | Path, channels: set[str], merchants: set[str], terminals: set[str]) -> RuleSet:
     """The rules of ``path``, checked whole against the switch's channels, merchants and terminals
     (a scope naming none of them is a mistake, not a rule that never fires). Raises ``RulesError``."""
-    path = Path(path)
-    return _checked(read_toml(path, RuleSet, RulesError), str(path), channels, merchants, terminals)
+    return _checked(read_rules(path), str(path), channels, merchants, terminals)
+
+
+def read_rules(path: str | Path) -> RuleSet:
+    """The rules file read against the schema alone (``RulesError``); ``load_rules`` checks more."""
+    return read_toml(Path(path), RuleSet, RulesError)
 
 
 def rules_from(body: Any, source: str, channels: set[str], merchants: set[str], terminals: set[str]) -> RuleSet:

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -28,7 +28,7 @@ from risk import Risk
 from risk.actor import risk_actor
 from risk.client import CounterShards, Unreachable
 from risk.messages import CHECK, Ask
-from risk.rules import RuleSet
+from risk.rules import RulesError, RuleSet, read_rules
 from switch.admin import admin_app, start_admin
 from switch.admin_token import switch_token
 from switch.config import (
@@ -134,7 +134,11 @@ class SwitchApp:
         cfg = self.config
         for warning in sizing_warnings(cfg):
             log.warning("configuration: " + warning)
-        in_force(self._file_config, {})  # before anything starts: an invalid file or rules file stop it here
+        if cfg.risk.rules:  # before anything starts: a rules file that cannot be read stops it here
+            try:
+                read_rules(Path(cfg.base_dir) / cfg.risk.rules)
+            except RulesError as exc:
+                raise ConfigError(f"$.risk.rules: {exc}") from None
         self.journal = await Journal.open(
             self._database_url,
             cfg.database.pool_size,
@@ -143,7 +147,7 @@ class SwitchApp:
             ahead_days=cfg.database.partitions_ahead_days,
         )
         # Then the journal's live sections over them, checked whole again.
-        read, rules = await self._configuration(self._file_config)
+        read, rules = in_force(self._file_config, await self._kept())
         self.config = cfg = worker_share(read, self._share)
         self.risk.use(rules)
         self._upkeep = asyncio.get_running_loop().create_task(self._partition_upkeep())
@@ -359,7 +363,10 @@ class SwitchApp:
         assert self._processor is not None and self._security is not None and self.journal is not None
         try:
             file_config = load_config(self.config.source)
-            read, rules = await self._configuration(file_config)
+            kept = await self._kept()
+            read, _ = in_force(file_config, kept)  # the whole, as a restart would read it
+            # The rules of the running rules file ([risk] needs a restart), or the journal's.
+            _, rules = in_force(msgspec.structs.replace(file_config, risk=self.config.risk), kept)
             read = worker_share(read, self._share)
             _channels_running(read, set(self.gateways))
             terminals = {t.id: t for t in read.terminals}
@@ -379,7 +386,7 @@ class SwitchApp:
             merchants=read.merchants,
             terminals=read.terminals,
             routing=read.routing,
-            channels={name: _limited(channel, read.channels[name]) for name, channel in self.config.channels.items()},
+            channels={n: _limited(ch, read.channels.get(n, ch)) for n, ch in self.config.channels.items()},
         )
         self._processor.configure(live)
         for name, gateway in self.gateways.items():
@@ -399,14 +406,13 @@ class SwitchApp:
             log.warning("configuration changes that apply only after a restart", extra={"restart_needed": later})
         return Reloaded("ok", f"applied; these need a restart: {', '.join(later)}" if later else "applied")
 
-    async def _configuration(self, file_config: Config) -> tuple[Config, RuleSet | None]:
-        """The file's configuration with the journal's live sections over it, and the risk rules in
-        force (``switch.live``), checked whole (``ConfigError``)."""
+    async def _kept(self) -> dict[str, Any]:
+        """The live sections the journal keeps, which replace the file's (``switch.live``)."""
         assert self.journal is not None
         kept = await kept_sections(self.journal.pool)
         if kept:
             log.info("configuration sections kept in the journal replace the file's", extra={"sections": sorted(kept)})
-        return in_force(file_config, kept)
+        return kept
 
     async def _rules(self) -> RuleSet | None:
         """The risk rules in force, against the running configuration (``Risk.reload``)."""

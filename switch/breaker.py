@@ -62,7 +62,7 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[CircuitState], None] | None = None,
     ) -> None:
-        self.settings = settings  # replaced live by a reload (switch.live.LIMITS)
+        self.settings = settings  # replaced live by ``configure``
         self._clock = clock
         self._on_change = on_change
         self._state = CircuitState.CLOSED
@@ -91,6 +91,13 @@ class CircuitBreaker:
         if state is CircuitState.CLOSED:
             return True
         return state is CircuitState.HALF_OPEN and self._probes_started < self.settings.probes
+
+    def configure(self, settings: BreakerSettings) -> None:
+        """New settings (a reload: ``switch.live.LIMITS``), the window and state kept: the next
+        outcomes are judged by them. Half-open, the probes passed may already be enough now."""
+        self.settings = settings
+        if self._state is CircuitState.HALF_OPEN and self._probes_passed >= settings.probes:
+            self._close()
 
     def acquire(self) -> bool:
         """Let one call through, taking a probe slot when half-open."""

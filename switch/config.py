@@ -275,6 +275,11 @@ def cross_check(config: Config) -> list[str]:
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")
+    problems += [  # the rate rule could never judge: the window never holds min_calls
+        f"$.channels.{name}.breaker.min_calls: more than window_calls ({ch.breaker.window_calls})"
+        for name, ch in config.channels.items()
+        if ch.breaker.min_calls > ch.breaker.window_calls
+    ]
     for i, route in enumerate(config.routing.codes):
         if route.channel not in channels:
             problems.append(f"$.routing.codes[{i}].channel: unknown channel {route.channel!r}")

@@ -21,11 +21,13 @@ from switch.journal.schema import migrate
 from switch.live import (
     LIVE,
     NOTIFY_CHANNEL,
+    SECTIONS,
     EditConflict,
     file_section,
     in_force,
     keep_section,
     kept_sections,
+    lock,
     provenance,
     versions,
 )
@@ -44,7 +46,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("action", choices=["show", "import", "forget"])
     parser.add_argument(
-        "--section", action="append", choices=sorted(LIVE), help="import, forget: only this section (repeatable)"
+        "--section",
+        action="append",
+        choices=sorted(LIVE),
+        help="import, forget: only this section (repeatable; by default import takes merchants, terminals and "
+        "routing, and forget all)",
     )
     add_database_arguments(parser)
 
@@ -54,7 +60,9 @@ def main(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
-    sections = sorted(set(args.section or LIVE))
+    # By default import takes the file's merchants, terminals and routing; the limits and the
+    # rules only when named (frozen in the journal, a file edit of them would do nothing).
+    sections = sorted(set(args.section or (SECTIONS if args.action == "import" else LIVE)))
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
@@ -74,11 +82,12 @@ async def _run(url: str, config: Config, args: argparse.Namespace) -> int:
 
 
 async def _move(conn: asyncpg.Connection, config: Config, action: str, sections: list[str]) -> None:
+    await lock(conn)
     kept = await kept_sections(conn)
     seen = await versions(conn)
     by = f"cli:{who()}"
     if action == "import":
-        files: dict[str, Any] = {s: file_section(config, s) for s in sections}
+        files: dict[str, Any] = {s: file_section(config, s, kept) for s in sections}
         in_force(config, kept | files)  # the whole, as every front end will read it
         for section in sections:
             await keep_section(conn, section, files[section], seen[section], by)

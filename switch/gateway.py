@@ -57,6 +57,7 @@ DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN, NO_LINK = (
     "CIRCUIT_OPEN",
     "NO_LINK",
 )
+SUSPENDED = "SUSPENDED"  # the merchant or terminal (switch.lifecycle's admit step: answered 57)
 
 
 class PaymentRef(NamedTuple):
@@ -156,7 +157,7 @@ class ChannelGateway:
         if config.merchant_rate_per_s != self.config.merchant_rate_per_s:
             self._merchant_quotas.clear()
         for shard in self.shards:
-            shard.breaker.settings = config.breaker
+            shard.breaker.configure(config.breaker)
         self.config, self.max_in_flight = config, config.frontend_in_flight
 
     def set_merchant_rates(self, rates: dict[str, float]) -> None:
@@ -309,10 +310,9 @@ class ChannelGateway:
         OVERDUE_CHECK_S rather than on each admission: it opens the circuit while no one pays too,
         and adds nothing to the hot path (the calls are kept in start order, so a check looks only
         at those just overdue)."""
-        slow_s = self.config.breaker.slow_call_ms / 1000
         while True:
             await asyncio.sleep(OVERDUE_CHECK_S)
-            now = time.monotonic()
+            now, slow_s = time.monotonic(), self.config.breaker.slow_call_ms / 1000  # set_limits may change it
             while self._outstanding:
                 started, key, shard = self._outstanding[0]
                 if key in self._waiting and now - started < slow_s:

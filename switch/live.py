@@ -38,6 +38,7 @@ LIVE = SECTIONS | {"limits", "rules"}
 _NOT_COMPARED = frozenset({"base_dir", "source", "channels"})
 JOURNAL = "the journal's live configuration"
 _HINT = "`paysw config forget` or `import` puts the file's in force"
+_EDIT_LOCK = 0x6C697665  # "live"
 
 
 class EditConflict(Exception):
@@ -73,15 +74,26 @@ def limits_of(channel: ChannelSection) -> dict[str, Any]:
     return {field: msgspec.to_builtins(getattr(channel, field)) for field in LIMITS}
 
 
-def file_section(config: Config, section: str) -> Any:
-    """The file's ``section`` (of ``LIVE``), as JSON values, as the journal would keep it."""
+def file_section(config: Config, section: str, kept: dict[str, Any]) -> Any:
+    """The file's ``section`` (of ``LIVE``), as JSON values, as the journal would keep it; the
+    rules file's checked against the configuration in force (the file's with ``kept`` over it)."""
     if section == "limits":
         return {name: limits_of(channel) for name, channel in config.channels.items()}
     if section == "rules":
         if not config.risk.rules:
             raise ConfigError("$.risk.rules: the configuration names no rules file")
-        return msgspec.to_builtins(load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config)))
+        try:
+            known = known_names(overlaid(config, kept))
+            return msgspec.to_builtins(load_rules(Path(config.base_dir) / config.risk.rules, *known))
+        except RulesError as exc:
+            raise ConfigError(f"$.risk.rules: {exc}") from None
     return msgspec.to_builtins(getattr(config, section))
+
+
+async def lock(conn: asyncpg.Connection) -> None:
+    """Edits of the live sections one at a time (inside the caller's transaction): each checks
+    the whole with the others' sections, which must not change under it."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _EDIT_LOCK)
 
 
 async def kept_sections(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Any]:
@@ -126,15 +138,18 @@ def overlaid(config: Config, sections: dict[str, Any]) -> Config:
 
 def rules_in_force(config: Config, kept: dict[str, Any]) -> RuleSet | None:
     """The risk rules in force, checked against ``config`` (the one in force): the journal's if it
-    keeps them, else the rules file's; None when the configuration names no rules file. Raises
-    ``RulesError`` naming where they came from."""
+    keeps them, else the rules file's (checked either way); None when the configuration names no
+    rules file. Raises ``RulesError`` naming where they came from."""
     if not config.risk.rules:
         if "rules" in kept:
             raise RulesError(f"the journal keeps risk rules, the configuration names no rules file ({_HINT})")
         return None
+    # The rules file is checked even while the journal's are in force: it is what `paysw config
+    # forget` would put back, and what a restart reads first.
+    from_file = load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config))
     if "rules" in kept:
         return rules_from(kept["rules"], f"{JOURNAL} (rules; {_HINT})", *known_names(config))
-    return load_rules(Path(config.base_dir) / config.risk.rules, *known_names(config))
+    return from_file
 
 
 def in_force(config: Config, kept: dict[str, Any]) -> tuple[Config, RuleSet | None]:

@@ -182,6 +182,25 @@ def test_half_opens_after_the_open_time_and_lets_only_the_probes_through():
     assert [b.acquire() for _ in range(4)] == [True, True, True, False]
 
 
+def test_fewer_probes_set_while_half_open_close_it_once_enough_have_passed():
+    b, clock, _ = open_breaker()
+    clock.now += 5
+    for _ in range(3):
+        assert b.acquire()
+    b.record(False, 0.1)
+    b.record(False, 0.1)  # two of three passed, one out
+    b.configure(msgspec.structs.replace(SETTINGS, probes=2))  # a reload
+    assert b.state is CircuitState.CLOSED and b.allows()
+    b2, clock2, _ = open_breaker()
+    clock2.now += 5
+    assert b2.acquire() and b2.acquire()
+    b2.record(False, 0.1)
+    b2.configure(msgspec.structs.replace(SETTINGS, probes=2))  # one passed, one out: its outcome decides
+    assert b2.state is CircuitState.HALF_OPEN
+    b2.record(False, 0.1)
+    assert b2.state is CircuitState.CLOSED
+
+
 def test_probes_that_pass_close_it_and_one_failure_reopens_it():
     b, clock, changes = open_breaker()
     clock.now += 5

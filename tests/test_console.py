@@ -719,6 +719,8 @@ def test_an_admin_edits_the_risk_rules_live_and_the_file_takes_over_again(consol
     said = html.unescape(refused.text)
     assert refused.status_code == 400 and "scope.terminal: 'Z9999999' is not in the switch configuration" in said
     assert not sql(database_url, "SELECT 1 FROM live_config WHERE section = 'rules'")  # nothing kept
+    emptied = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": ""})
+    assert emptied.status_code == 400 and "none are left" in emptied.text  # an empty form is not "no rules"
     saved = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": capped})
     assert saved.status_code == 200 and "risk rules saved" in saved.text and "console-cap" in saved.text
     until_answered(console.switch, big, "61")  # over the new cap, in every front end within seconds
@@ -750,24 +752,34 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
     seen = str(version[0][0] if version else 0)
     form = {"csrf": token, "version": seen, "id": new_id, "merchant": merchant, "mac_algorithm": "x9.19"}
     refused = session.post(f"{console.base}/terminals/new", data=form | {"id": "N01"})
-    assert refused.status_code == 400 and "$.terminals[" in refused.text  # an id of 8 characters
+    assert refused.status_code == 400 and "a terminal id is 8 letters or digits" in refused.text
     created = session.post(f"{console.base}/terminals/new", data=form, allow_redirects=False)
     assert created.status_code == 303, created.text
     until_answered(console.switch, from_new, "00")
-    paid = from_new()
-    assert answer_of(console.switch, paid) == "00"
-    seen = str(int(seen) + 1)
-    suspended = session.post(
-        f"{console.base}/terminals/{new_id}", data=form | {"version": seen, "suspended": "on"}, allow_redirects=False
-    )
-    assert suspended.status_code == 303, suspended.text
+    paid, later = from_new(), from_new()
+    assert answer_of(console.switch, paid) == "00" and answer_of(console.switch, later) == "00"
+
+    def edit(**fields: str) -> None:
+        version = sql(database_url, "SELECT version FROM live_config WHERE section = 'terminals'")[0][0]
+        saved = session.post(f"{console.base}/terminals/{new_id}", data=form | {"version": str(version), **fields},
+                             allow_redirects=False)  # fmt: skip
+        assert saved.status_code == 303, saved.text
+
+    edit(suspended="on")
     until_answered(console.switch, from_new, "57")
+    # The purchase made before, sent again (its answer lost): its first answer, not 57.
+    assert answer_of(console.switch, paid) == "00"
     # A reversal undoes what the terminal did before it was suspended: it is still taken.
     assert answer_of(console.switch, reversal(paid, STANS.next(new_id))) == "00"
+    elsewhere = GRAY_MERCHANTS[-2][0]  # and moved to another merchant: still taken
+    edit(suspended="on", merchant=elsewhere)
+    until_answered(console.switch, lambda: new_purchase("unionpay", terminal=new_id, merchant=elsewhere), "57")
+    assert answer_of(console.switch, reversal(later, STANS.next(new_id))) == "00"
     assert "SUSPENDED" in session.get(f"{console.base}/terminals").text
     audited = sql(database_url, "SELECT action, after::text FROM console_audit WHERE target = $1 AND outcome = 'ok' "
                   "ORDER BY id", new_id)  # fmt: skip
-    assert [a for a, _ in audited] == ["terminal.create", "terminal.edit"] and json.loads(audited[1][1])["suspended"]
+    assert [a for a, _ in audited] == ["terminal.create", "terminal.edit", "terminal.edit"]
+    assert json.loads(audited[1][1])["suspended"] and json.loads(audited[2][1])["merchant"] == elsewhere
 
 
 def test_a_days_settlement_file_is_the_one_paysw_settle_writes(console, database_url, tmp_path):

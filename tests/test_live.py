@@ -116,7 +116,7 @@ def test_the_journals_limits_go_over_the_files_channel_and_only_the_limits():
     from switch.config import ConfigError
     from switch.live import file_section, overlaid
 
-    limits = file_section(RUNNING, "limits")
+    limits = file_section(RUNNING, "limits", {})
     assert set(limits) == set(RUNNING.channels)
     limits["alipay"] = limits["alipay"] | {"merchant_rate_per_s": 4.5}
     limits["alipay"]["breaker"]["min_calls"] = 3
@@ -138,7 +138,7 @@ def test_the_rules_in_force_are_the_journals_once_kept_and_checked_against_the_c
     from switch.live import file_section, in_force
 
     _, from_file = in_force(RUNNING, {})
-    rules = file_section(RUNNING, "rules")
+    rules = file_section(RUNNING, "rules", {})
     assert from_file is not None and [r["id"] for r in rules["rule"]] == [r.id for r in from_file.rules]
     rules["rule"] = rules["rule"][:1]
     _, kept = in_force(RUNNING, {"rules": rules})
@@ -149,3 +149,17 @@ def test_the_rules_in_force_are_the_journals_once_kept_and_checked_against_the_c
     no_rules = msgspec.structs.replace(RUNNING, risk=msgspec.structs.replace(RUNNING.risk, rules=""))
     with pytest.raises(ConfigError, match="names no rules file"):
         in_force(no_rules, {"rules": rules})
+
+
+def test_the_rules_file_is_checked_even_while_the_journals_rules_are_in_force(tmp_path):
+    import pytest
+
+    from switch.config import ConfigError
+    from switch.live import file_section, in_force
+
+    kept = {"rules": file_section(RUNNING, "rules", {})}
+    broken = tmp_path / "rules.toml"
+    broken.write_text('[[rule]]\nid = "x"\nkind = "amount"\nmax_fen = 1\nscope = { merchant = "111111111111111" }\n')
+    elsewhere = msgspec.structs.replace(RUNNING, risk=msgspec.structs.replace(RUNNING.risk, rules=str(broken)))
+    with pytest.raises(ConfigError, match=r"rules\.toml: \$\.rule\[0\]\.scope\.merchant"):
+        in_force(elsewhere, kept)  # what `paysw config forget` would put back, and a restart reads first

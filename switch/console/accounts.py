@@ -81,6 +81,9 @@ async def unlock(conn: asyncpg.Connection, name: str) -> int:
     return int(done.split()[-1])
 
 
+UNKNOWN = "(not an account)"  # what is logged, audited and counted for a name that is no account's
+
+
 class SignIn(NamedTuple):
     """A sign-in's outcome: the account (None if refused), why it was refused, and whether for
     too many failures (the password was not even checked)."""
@@ -101,8 +104,8 @@ async def sign_in(
     in a thread: scrypt takes a tenth of a second, which the console's other requests need."""
     await conn.execute("DELETE FROM console_sign_in_failure WHERE at < now() - $1::interval", window)
     row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
-    if row is None:  # kept and counted by a digest: a password typed as the name must not be kept
-        name = "unknown:" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    if row is None:  # never kept (a password typed as the name): unknown names count together, by address
+        name = UNKNOWN
     mine, by_remote = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE user_name = $1), count(*) "
         "FROM console_sign_in_failure WHERE remote = $2 AND at >= now() - $3::interval",

@@ -33,10 +33,12 @@ from switch.live import (
     keep_section,
     kept_sections,
     limits_of,
+    lock,
     versions,
 )
 
 NEW = "new"
+MAX_RULES_TEXT = 60_000  # characters of the rules as TOML
 _REFUSED = (ConfigError, RulesError, EditConflict, ValueError)  # an edit refused: its reason is shown
 # A change: the section's body in, (the body edited, the part before, the part after) out.
 Change = Callable[[Any], tuple[Any, Any, Any]]
@@ -81,8 +83,9 @@ class Edits:
         version. Raises one of ``_REFUSED``."""
         file_config = load_config(self._file)
         async with self._pool.acquire() as conn, conn.transaction():
+            await lock(conn)
             kept = await kept_sections(conn)
-            body = kept[section] if section in kept else file_section(file_config, section)
+            body = kept[section] if section in kept else file_section(file_config, section, kept)
             edited, before, after = change(body)
             in_force(file_config, kept | {section: edited})
             version = await keep_section(conn, section, edited, seen, f"console:{user}")
@@ -92,7 +95,7 @@ class Edits:
     # -- merchants --------------------------------------------------------------------------
 
     async def listed(self) -> Listed:
-        config, _ = await self._in_force()
+        config = await self.config()
         version = (await versions(self._pool))["merchants"]
         return Listed(config.merchants, version > 0, version)
 
@@ -100,7 +103,7 @@ class Edits:
         version = (await versions(self._pool))["merchants"]
         if merchant_id == NEW:
             return MerchantEdit({"id": "", "name": "", "channels": [], "settlement": "T1"}, version, True)
-        found = next((m for m in (await self._in_force())[0].merchants if m.id == merchant_id), None)
+        found = next((m for m in (await self.config()).merchants if m.id == merchant_id), None)
         return None if found is None else MerchantEdit(msgspec.to_builtins(found), version, False)
 
     async def save(self, merchant_id: str, form: MultiMapping[Any], user: str) -> Saved:
@@ -152,7 +155,7 @@ class Edits:
 
     async def terminals(self) -> tuple[list[Terminal], int]:
         """The terminals in force, and the version of the journal's (0: the file's)."""
-        return (await self._in_force())[0].terminals, (await versions(self._pool))["terminals"]
+        return (await self.config()).terminals, (await versions(self._pool))["terminals"]
 
     async def save_terminal(self, terminal_id: str, form: MultiMapping[Any], user: str) -> str:
         """The terminal ``terminal_id`` (``new``: a new one) as the form gives it, kept and
@@ -160,7 +163,9 @@ class Edits:
         first (``paysw keys``, a key ceremony: the console never takes a key), as at start."""
         new = terminal_id == NEW
         given = str(form.get("id", "")).strip()[:16] if new else terminal_id
-        config, _ = await self._in_force()
+        if new and not re.fullmatch(r"[0-9A-Za-z]{8}", given):
+            return f"$.terminals: a terminal id is 8 letters or digits, not {given!r}"
+        config = await self.config()
         if new and not config.security.allow_terminals_without_mac and not await self._has_master_key(given):
             return f"terminal {given}: no master key (tmk:{given}) in the key store: load it with paysw keys first"
 
@@ -193,7 +198,7 @@ class Edits:
 
     async def routing(self) -> tuple[RoutingSection, int]:
         """The routing in force, and the version of the journal's (0: the file's)."""
-        return (await self._in_force())[0].routing, (await versions(self._pool))["routing"]
+        return (await self.config()).routing, (await versions(self._pool))["routing"]
 
     async def set_gray(self, channel: str, percent_text: str, seen: int, user: str) -> str:
         """The gray route of ``channel`` moved to ``percent_text`` percent of the merchants, kept
@@ -218,7 +223,7 @@ class Edits:
     async def limits(self) -> tuple[dict[str, dict[str, Any]], int]:
         """Each channel's live limits in force (``switch.live.LIMITS``), and the version of the
         journal's (0: the file's)."""
-        config, _ = await self._in_force()
+        config = await self.config()
         version = (await versions(self._pool))["limits"]
         return {name: limits_of(channel) for name, channel in config.channels.items()}, version
 
@@ -252,13 +257,18 @@ class Edits:
             return "", [], version, "the configuration names no rules file ([risk] rules)"
         return rules_toml(rules), rules.rules, version, ""
 
-    async def set_rules(self, text: str, seen: int, user: str) -> str:
+    async def set_rules(self, text: str, seen: int, user: str, none_meant: bool) -> str:
         """The risk rules replaced by ``text`` (TOML, as the rules file), checked against the
-        configuration in force, kept and audited; "" when done, else why not."""
+        configuration in force, kept and audited; "" when done, else why not. No rules at all
+        only when ``none_meant``: an empty form is more often a mistake."""
+        if len(text) > MAX_RULES_TEXT:
+            return f"the rules: longer than {MAX_RULES_TEXT:,} characters: edit the rules file instead"
         try:
             rules = msgspec.toml.decode(text.encode(), type=RuleSet)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return f"the rules: {exc}"
+        if not rules.rules and not none_meant:
+            return "the rules: none are left: tick \"no rules at all\" if that is meant"
         after = msgspec.to_builtins(rules)
         try:
             await self._change("rules", seen, user, "risk.rules", "rules", lambda before: (after, before, after))

@@ -30,9 +30,10 @@ from switch.console import accounts, reads
 from switch.console.accounts import ROLES, Role, Session
 from switch.console.audit import Entry, record
 from switch.console.channels import Channels
-from switch.console.edits import NEW, Edits, MerchantEdit, version_of
+from switch.console.edits import MAX_RULES_TEXT, NEW, Edits, MerchantEdit, version_of
 from switch.console.settings import ConsoleSection
 from switch.journal import machine
+from switch.live import LIMITS
 from switch.lograte import RateLimitedLog
 from switch.merchant.outbox import resend
 from switch.recon.handling import resolve_by_hand
@@ -229,7 +230,7 @@ class Console:
         async with self._pool.acquire() as conn:
             outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
             if outcome.account is None:
-                name = name if outcome.known else "(not an account)"
+                name = name if outcome.known else accounts.UNKNOWN
                 if outcome.limited:  # not audited one by one: a flood would grow the audit log for nothing
                     self._refusals.warn(
                         log, name, "console sign-in refused: too many failures", user=name, remote=remote
@@ -311,8 +312,10 @@ class Console:
         error = await self._edits.set_limits(name, form, request["session"].account.name)
         if error:
             await self._audit(request, "channel.limits", name, outcome=error[:300])
-            shown = {k: v for k, v in form.items() if k != "csrf"}
-            limits = {**shown, "breaker": {k.split(".", 1)[1]: v for k, v in shown.items() if k.startswith("breaker.")}}
+            in_force, _ = await self._edits.limits()
+            limits = in_force.get(name, {}) | {k: form[k] for k in LIMITS if k in form and k != "breaker"}
+            breaker = limits.get("breaker", {})
+            limits["breaker"] = breaker | {k: form[f"breaker.{k}"] for k in breaker if f"breaker.{k}" in form}
             return self._page(
                 request, "limits.html", status=400, name=name, limits=limits, version=version_of(form), error=error
             )
@@ -471,11 +474,11 @@ class Console:
     async def rules_save(self, request: web.Request) -> web.StreamResponse:
         """The risk rules replaced as a whole (TOML, as the rules file), kept in the journal."""
         form = request["form"]
-        text = str(form.get("rules", ""))[:60_000]
-        error = await self._edits.set_rules(text, version_of(form), request["session"].account.name)
+        text, none_meant = str(form.get("rules", "")), form.get("no_rules") == "on"
+        error = await self._edits.set_rules(text, version_of(form), request["session"].account.name, none_meant)
         if error:
             await self._audit(request, "risk.rules", "rules", outcome=error[:300])
-            return await self._risk_page(request, text, error, 400)
+            return await self._risk_page(request, text[:MAX_RULES_TEXT], error, 400)
         raise web.HTTPSeeOther(f"/risk?said={quote('risk rules saved: every front end applies them now')}")
 
     @needs("operator")
