@@ -57,6 +57,7 @@ DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN, NO_LINK = (
     "CIRCUIT_OPEN",
     "NO_LINK",
 )
+LATENCIES_KEPT = 256  # the last calls' latencies a gateway's status reads its percentiles from
 SUSPENDED = "SUSPENDED"  # the merchant or terminal (switch.lifecycle's admit step: answered 57)
 
 
@@ -85,6 +86,11 @@ def is_channel_failure(result: ChannelResult) -> bool:
 
 def refused(key: int, reason: str, message: str) -> ChannelResult:
     return ChannelResult(key, Outcome.DECLINED, rc.CHANNEL_UNAVAILABLE, reason, message, sent=False)
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``ordered`` seconds, in milliseconds (None of none)."""
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else None
 
 
 def risk_declined(rule_id: str, code: str) -> ChannelResult:
@@ -139,6 +145,7 @@ class ChannelGateway:
         self._keys = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[ChannelResult]] = {}
         self._outstanding: deque[tuple[float, int, Shard]] = deque()  # calls by start time
+        self._latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)  # of the last calls, for status()
         self._wakeup = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -300,7 +307,9 @@ class ChannelGateway:
         self.in_flight -= 1
         result = done.result()
         if result.sent or is_channel_failure(result):
-            shard.breaker.record(is_channel_failure(result), time.monotonic() - started, key)
+            seconds = time.monotonic() - started
+            self._latencies.append(seconds)
+            shard.breaker.record(is_channel_failure(result), seconds, key)
         else:
             shard.breaker.release(key)
 
@@ -494,9 +503,16 @@ class ChannelGateway:
         circuit = (
             "closed" if CircuitState.CLOSED in states else "half_open" if CircuitState.HALF_OPEN in states else "open"
         )
+        latencies = sorted(self._latencies)
+        latency = {"calls": len(latencies), "p50": _percentile(latencies, 0.5), "p99": _percentile(latencies, 0.99)}
+        windows = [shard.breaker.snapshot() for shard in self.shards]
+        calls = sum(w["calls_in_window"] for w in windows)
+        failed = sum(w["failure_rate"] * w["calls_in_window"] for w in windows)
         return {
             "enabled": self.enabled,
             "circuit": circuit,
+            "latency_ms": latency,  # of the last LATENCIES_KEPT calls sent
+            "error_rate": round(failed / calls, 3) if calls else None,  # in the breakers' windows
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "rate_per_s": self.config.rate_per_s,
@@ -509,9 +525,9 @@ class ChannelGateway:
                     "restarts": shard.restarts,
                     "actor_in_flight": shard.figures.get("in_flight", 0),
                     "calls": shard.figures.get("calls", 0),
-                    "circuit": shard.breaker.snapshot(),
+                    "circuit": window,
                 }
-                for shard in self.shards
+                for shard, window in zip(self.shards, windows, strict=True)
             ],
         }
 

@@ -691,6 +691,8 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
                   "AND outcome = 'ok'")  # fmt: skip
     before, after = (json.loads(v) for v in audited[-1])
     assert before["rate_per_s"] == 0 and after["rate_per_s"] == 1 and after["breaker"]["open_ms"] == 1234
+    row = re.search(r'<tr id="channel-inbank">.*?</tr>', session.get(f"{console.base}/channels").text, re.S).group(0)
+    assert re.search(r'class="n latency">[0-9.]+ / [0-9.]+ ms<', row) and re.search(r'class="n errors">0\.0 %<', row)
     restored = session.post(f"{console.base}/limits/inbank", data=post | {"version": "1"}, allow_redirects=False)
     assert restored.status_code == 303, restored.text
     until_answered(console.switch, lambda: new_purchase("inbank"), "00")
