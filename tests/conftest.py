@@ -280,14 +280,19 @@ def seed() -> int:
 def simulators_running(config: Path, ports: Ports, audit_dsn: str) -> Iterator[dict[str, int]]:
     """The simulators of ``config`` as a real process, checking pay requests against the journal
     at ``audit_dsn``; yields their channel ports."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch.cli", "sim", "--config", str(config), "--audit-dsn", audit_dsn],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log_path = config.with_suffix(".log")  # a file, not a pipe no one reads: a full one would stop them
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "switch.cli", "sim", "--config", str(config), "--audit-dsn", audit_dsn],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     try:
         for port in [*ports.channels.values(), *ports.controls.values()]:
-            wait_for_port(port, 90, proc)  # two test processes may be starting stacks at once
+            try:
+                wait_for_port(port, 90, proc)  # two test processes may be starting stacks at once
+            except (TimeoutError, RuntimeError) as exc:
+                raise RuntimeError(f"{exc}; the simulators said: {log_path.read_text()[-3000:]}") from None
         yield ports.channels
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
 
@@ -53,6 +54,9 @@ def main(config_path: str, audit_dsn: str = "") -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    for process in processes:
-        process.join()
-    return 0 if all(p.exitcode == 0 for p in processes) else 1
+    # One that ends (it could not take its port, say) ends them all: no half a set of simulators.
+    ready = multiprocessing.connection.wait([p.sentinel for p in processes])
+    ended = [p.name for p in processes if p.sentinel in ready]
+    stop_simulators(processes)
+    print(f"paysw sim: {', '.join(ended)} ended; the others were stopped", file=sys.stderr, flush=True)
+    return 1
