@@ -217,7 +217,7 @@ class SwitchApp:
             "switch ready",
             extra={
                 "listen": cfg.switch.listen,
-                "admin": str(socket or cfg.switch.admin_listen),
+                "admin": str(admin_socket or cfg.switch.admin_listen),
                 "channels": list(self.gateways),
             },
         )

@@ -485,6 +485,12 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     browser.get(f"{base}/terminals")
     assert "KCV" in text("terminals")  # keys by their check values, never the keys
     shot(browser, "terminals")
+    browser.get(f"{base}/risk")
+    assert "single-payment-cap" in browser.find_element(By.ID, "rules-text").get_attribute("value")
+    shot(browser, "risk")
+    browser.get(f"{base}/limits/wechat")
+    assert browser.find_element(By.ID, "breaker-open_ms").get_attribute("value")
+    shot(browser, "limits")
 
     # Every action is in the audit log, with who did it, and the merchant's values before and after.
     browser.get(f"{base}/audit")
