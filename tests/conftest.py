@@ -280,6 +280,19 @@ def seed() -> int:
 def simulators_running(config: Path, ports: Ports, audit_dsn: str) -> Iterator[dict[str, int]]:
     """The simulators of ``config`` as a real process, checking pay requests against the journal
     at ``audit_dsn``; yields their channel ports."""
+    proc = _start_simulators(config, ports, audit_dsn)
+    try:
+        yield ports.channels
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+class SimulatorsDidNotStart(RuntimeError):
+    pass
+
+
+def _start_simulators(config: Path, ports: Ports, audit_dsn: str) -> subprocess.Popen:
     log_path = config.with_suffix(".log")  # a file, not a pipe no one reads: a full one would stop them
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -289,14 +302,32 @@ def simulators_running(config: Path, ports: Ports, audit_dsn: str) -> Iterator[d
         )
     try:
         for port in [*ports.channels.values(), *ports.controls.values()]:
-            try:
-                wait_for_port(port, 90, proc)  # two test processes may be starting stacks at once
-            except (TimeoutError, RuntimeError) as exc:
-                raise RuntimeError(f"{exc}; the simulators said: {log_path.read_text()[-3000:]}") from None
-        yield ports.channels
-    finally:
+            wait_for_port(port, 90, proc)  # two test processes may be starting stacks at once
+    except (TimeoutError, RuntimeError) as exc:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+        raise SimulatorsDidNotStart(f"{exc}; the simulators said: {log_path.read_text()[-3000:]}") from None
+    return proc
+
+
+@contextlib.contextmanager
+def own_simulators(config_dir: Path, ports: Ports, folder: Path, audit_dsn: str) -> Iterator[Ports]:
+    """``with_own_simulators``, running: started again on fresh ports should a port picked free
+    have been taken meanwhile (by another test process's server: it would not bind)."""
+    for attempt in range(3):
+        own = with_own_simulators(config_dir, ports, folder)
+        try:
+            proc = _start_simulators(folder / "simulators.toml", own, audit_dsn)
+        except SimulatorsDidNotStart:
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield own
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        return
 
 
 @pytest.fixture(scope="session")
@@ -455,7 +486,6 @@ def switch(
 @pytest.fixture
 def own_stack(config_dir, ports, database_url, tmp_path, request) -> Iterator[tuple[Path, str, dict[str, int]]]:
     """(switch configuration, journal, simulator ports), all of the test's own."""
-    own = with_own_simulators(config_dir, ports, tmp_path)
     url = run(fresh_database(database_url, f"paysw_{request.node.name}"))
-    with simulators_running(tmp_path / "simulators.toml", own, url) as channels:
-        yield tmp_path / "switch.toml", url, channels
+    with own_simulators(config_dir, ports, tmp_path, url) as own:
+        yield tmp_path / "switch.toml", url, own.channels

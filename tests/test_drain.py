@@ -17,7 +17,7 @@ import asyncpg
 
 from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
-from tests.conftest import SwitchProcess, fresh_database, run, simulators_running, with_own_simulators
+from tests.conftest import SwitchProcess, fresh_database, own_simulators, run
 from tests.support import MERCHANT, RNG
 
 TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
@@ -72,10 +72,9 @@ async def terminal(port: int, name: str, sent: list[Sent], stans: Stans) -> None
 
 
 def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
-    own = with_own_simulators(config_dir, ports, tmp_path)  # their audit reads the test's journal
     url = run(fresh_database(database_url, "paysw_drain"))
-    switch = SwitchProcess(tmp_path / "switch.toml", url, tmp_path / "drain.log")
-    with simulators_running(tmp_path / "simulators.toml", own, url):
+    with own_simulators(config_dir, ports, tmp_path, url):  # their audit reads the test's journal
+        switch = SwitchProcess(tmp_path / "switch.toml", url, tmp_path / "drain.log")
         switch.start()
         try:
             sent, signalled, took = run(drain_under_load(switch))

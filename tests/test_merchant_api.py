@@ -29,10 +29,9 @@ from tests.conftest import (
     Ports,
     free_port,
     fresh_database,
+    own_simulators,
     run,
-    simulators_running,
     switch_with,
-    with_own_simulators,
 )
 from tests.support import journal_row
 
@@ -63,9 +62,8 @@ def merchant_stack(config_dir, ports, database_url, tmp_path_factory) -> Iterato
     shared by every switch on a journal (any front end delivers any notification), and the other
     tests' switches have another schedule and URL; the simulators check pay requests against it."""
     folder = tmp_path_factory.mktemp("merchant-stack")
-    own = with_own_simulators(config_dir, ports, folder)
     url = run(fresh_database(database_url, "paysw_merchant"))
-    with simulators_running(folder / "simulators.toml", own, url):
+    with own_simulators(config_dir, ports, folder, url) as own:
         yield folder, url, own
 
 
