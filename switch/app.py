@@ -364,9 +364,9 @@ class SwitchApp:
         try:
             file_config = load_config(self.config.source)
             kept = await self._kept()
-            read, _ = in_force(file_config, kept)  # the whole, as a restart would read it
-            # The rules of the running rules file ([risk] needs a restart), or the journal's.
-            _, rules = in_force(msgspec.structs.replace(file_config, risk=self.config.risk), kept)
+            read, rules = in_force(file_config, kept)  # the whole, as a restart would read it
+            if read.risk != self.config.risk:  # [risk] needs a restart: the running rules file's rules
+                _, rules = in_force(msgspec.structs.replace(file_config, risk=self.config.risk), kept)
             read = worker_share(read, self._share)
             _channels_running(read, set(self.gateways))
             terminals = {t.id: t for t in read.terminals}

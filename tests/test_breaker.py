@@ -182,23 +182,26 @@ def test_half_opens_after_the_open_time_and_lets_only_the_probes_through():
     assert [b.acquire() for _ in range(4)] == [True, True, True, False]
 
 
-def test_fewer_probes_set_while_half_open_close_it_once_enough_have_passed():
+def half_open_with(started: int, passed: int) -> CircuitBreaker:
+    """A breaker half-open, ``started`` probes let through and ``passed`` of them passed."""
     b, clock, _ = open_breaker()
     clock.now += 5
-    for _ in range(3):
-        assert b.acquire()
-    b.record(False, 0.1)
-    b.record(False, 0.1)  # two of three passed, one out
-    b.configure(msgspec.structs.replace(SETTINGS, probes=2))  # a reload
+    assert all(b.acquire() for _ in range(started))
+    for _ in range(passed):
+        b.record(False, 0.1)
+    return b
+
+
+def test_fewer_probes_set_while_half_open_close_it_once_enough_have_passed():
+    fewer = msgspec.structs.replace(SETTINGS, probes=2)  # a reload
+    b = half_open_with(3, 2)  # two of three passed, one out
+    b.configure(fewer)
     assert b.state is CircuitState.CLOSED and b.allows()
-    b2, clock2, _ = open_breaker()
-    clock2.now += 5
-    assert b2.acquire() and b2.acquire()
-    b2.record(False, 0.1)
-    b2.configure(msgspec.structs.replace(SETTINGS, probes=2))  # one passed, one out: its outcome decides
-    assert b2.state is CircuitState.HALF_OPEN
-    b2.record(False, 0.1)
-    assert b2.state is CircuitState.CLOSED
+    b = half_open_with(2, 1)  # one passed, one out: its outcome decides
+    b.configure(fewer)
+    assert b.state is CircuitState.HALF_OPEN
+    b.record(False, 0.1)
+    assert b.state is CircuitState.CLOSED
 
 
 def test_probes_that_pass_close_it_and_one_failure_reopens_it():
