@@ -6,6 +6,8 @@ counted), in one run:
   without the link itself): decisions a second;
 - **actor**: the same through a real risk actor on a local Ray, over its link, many asks under
   way: decisions a second, and the actor's CPU per decision;
+- **expiry**: a shard's minutely pass forgetting what left the day, with a day of one-time payment
+  codes held (a subject each, as dynamic codes are): its time, which the shard's asks wait behind;
 - **rebuild**: a shard's start, reading a day's approved purchases back from the journal
   (``--rows`` of them; 10 million scale linearly from it), and the collector's full pass over
   them, as collected and frozen (``risk.actor``);
@@ -42,7 +44,7 @@ from risk.counters import Book, Counters, Entry
 from risk.engine import Engine, Facts
 from risk.lists import Lists
 from risk.messages import ADD, ASKS, CHECK, Ask
-from risk.rules import RuleSet
+from risk.rules import MAX_WINDOW_S, RuleSet
 
 STEPS_TIMED = ("risk_ask", "write_ahead", "risk")  # the risk steps, and the write-ahead the ask overlaps
 MERCHANT, TERMINALS = "898310048990001", ("T0000001", "T0000002", "T0000003", "T0000004")
@@ -152,6 +154,21 @@ def decisions(seconds: float, payments: int) -> dict:
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
     return {"decisions_per_s": round(done / elapsed), "cpu_us_per_decision": round(used / done * 1e6, 1),
             "rules": len(rules), "counted_payments": len(counters)}  # fmt: skip
+
+
+def expiry(payments: int) -> dict:
+    """One ``Counters.expire`` pass over a day of ``payments`` approvals, each on a code of its own
+    (payment codes are one-time), the oldest minute's due: the pause it puts in a shard's answers."""
+    rng, now = random.Random(2), time.time()
+    counters = Counters()
+    for n in range(payments):
+        code = f"{rng.getrandbits(256):064x}"
+        at = now - MAX_WINDOW_S - 60 + (MAX_WINDOW_S * n / payments)
+        counters.add(subjects_of(code, rng.choice(TERMINALS), MERCHANT), Entry(f"r{n}", at, 100, MERCHANT, "T"))
+    held = counters.held()
+    started = time.perf_counter()
+    forgotten = counters.expire()
+    return {"held": held, "forgotten": forgotten, "pass_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 async def _through_actor(url: str, seconds: float, outstanding: int, payments: int) -> dict:
@@ -342,6 +359,9 @@ def main(seconds: float = 5.0, rows: int = 1_000_000, payments: int = 200_000, s
     print("decisions in one process (a front end's and a shard's work, without the link) ...", flush=True)
     result["decisions"] = decisions(seconds, payments)
     print(f"  {result['decisions']}", flush=True)
+    print(f"a shard's expiry pass, {payments:,} payments held on one-time codes ...", flush=True)
+    result["expiry"] = expiry(payments)
+    print(f"  {result['expiry']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="paysw-risk-bench-") as folder:
         server = pgserver.get_server(Path(folder) / "pg", cleanup_mode="stop")
         url = server.get_uri()

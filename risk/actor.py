@@ -223,8 +223,8 @@ class RiskActor:
                 conn = None
 
     async def stats(self) -> dict[str, float | int]:
-        counted = len(self._book.counters) if self._book is not None else 0
-        return {"shard": self._shard, "payments": counted, "rebuilt_s": self._rebuilt_s, "pid": os.getpid()}
+        held = self._book.counters.held() if self._book is not None else {"payments": 0}
+        return {"shard": self._shard, **held, "rebuilt_s": self._rebuilt_s, "pid": os.getpid()}
 
 
 def risk_actor(shard: int, shards: int, database_url: str, link_tls: LinkTls | None, cpu_nice: int = 0) -> ActorHandle:

@@ -73,6 +73,9 @@ class Counters:
         # twice, or late (by a front end, and by the journal's log), changes nothing.
         self._by_rrn: dict[str, tuple[Entry, tuple[Subject, ...]]] = {}
         self._unseen: deque[Entry] = deque()  # removals of payments never counted here, for a day
+        # Every payment added, in time order: what ``expire`` forgets is found at its head, so a pass
+        # costs what it forgets, not what is held (a day's distinct codes are millions of subjects).
+        self._added: deque[tuple[Entry, tuple[Subject, ...]]] = deque()
         self._counted = 0
         self._latest = 0.0  # the latest time added: every deque stays in time order
 
@@ -98,6 +101,7 @@ class Counters:
         # a second or so longer than its own, so that trimming and removal see every deque in order.
         entry.at = self._latest = max(entry.at, self._latest)
         self._by_rrn[entry.rrn] = (entry, subjects)
+        self._added.append((entry, subjects))
         self._counted += 1
         for subject in subjects:
             self._day.setdefault(subject, deque()).append(entry)
@@ -133,6 +137,8 @@ class Counters:
         never change them)."""
         now = self._clock()
         window = self._windows.get((subject, seconds))
+        if window is None and subject not in self._day:  # nothing paid: nothing kept (most codes asked about)
+            return _NOTHING
         if window is None:  # the first question about this length: built from the day's payments
             window = self._windows[(subject, seconds)] = _Window(seconds)
             self._lengths.setdefault(subject, set()).add(seconds)
@@ -145,33 +151,37 @@ class Counters:
         return window
 
     def expire(self) -> int:
-        """Forget payments older than a day (and windows left empty); how many counted went."""
+        """Forget payments older than a day, with the subjects and windows they leave empty; how
+        many counted went. (A subject's windows hold some of its day's payments: none once the day
+        holds none. Until then they are trimmed when read.)"""
         since = self._clock() - MAX_WINDOW_S
         gone = 0
-        for subject in list(self._day):
-            day = self._day[subject]
-            while day and day[0].at <= since:
-                entry = day.popleft()
-                if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
-                    del self._by_rrn[entry.rrn]
-                    if not entry.removed:
-                        self._counted -= 1
-                        gone += 1
-            if not day:
-                del self._day[subject]
+        while self._added and self._added[0][0].at <= since:
+            entry, subjects = self._added.popleft()
+            if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
+                del self._by_rrn[entry.rrn]
+                if not entry.removed:
+                    self._counted -= 1
+                    gone += 1
+            for subject in subjects:  # each subject's day is in the same order: this entry is its first
+                day = self._day[subject]
+                day.popleft()
+                if not day:
+                    del self._day[subject]
+                    for seconds in self._lengths.pop(subject, ()):
+                        del self._windows[(subject, seconds)]
         while self._unseen and self._unseen[0].at <= since:
             entry = self._unseen.popleft()
             if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
                 del self._by_rrn[entry.rrn]
-        for key, window in list(self._windows.items()):
-            window.trim(since + MAX_WINDOW_S)
-            if not window.entries:
-                del self._windows[key]
-                lengths = self._lengths[key[0]]
-                lengths.discard(key[1])
-                if not lengths:
-                    del self._lengths[key[0]]
         return gone
+
+    def held(self) -> dict[str, int]:
+        """What the counters hold: payments counted, subjects with a payment, windows kept."""
+        return {"payments": self._counted, "subjects": len(self._day), "windows": len(self._windows)}
+
+
+_NOTHING = _Window(0)  # the totals of a subject with no payment (shared: read, never changed)
 
 
 def judge(check: Check, totals: _Window, amount_fen: int, merchant: str, terminal: str) -> str | None:

@@ -114,7 +114,7 @@ def test_a_payment_read_late_from_the_journal_then_reversed_leaves_nothing_count
     now = [1_000.0]
     counters = Counters(clock=lambda: now[0])
     merchant = Subject("merchant", "M1")
-    assert counters.totals(merchant, 60).fen == 0  # the window kept from now on
+    assert counters.totals(merchant, 60).fen == 0
     counters.add((merchant,), Entry("told", 1_000.0, 100, "M1", "T1"))
     counters.add((merchant,), Entry("read", 999.0, 200, "M1", "T1"))
     assert counters.totals(merchant, 60).fen == 300
@@ -123,6 +123,33 @@ def test_a_payment_read_late_from_the_journal_then_reversed_leaves_nothing_count
     assert counters.totals(merchant, 60).fen == 100
     now[0] = 1_061.0
     assert (counters.totals(merchant, 60).fen, counters.totals(merchant, 60).count) == (0, 0)
+
+
+def test_what_a_day_leaves_behind_is_forgotten_with_it():
+    """Checks of codes never paid keep nothing; a day on, every payment, subject and window is
+    forgotten, and a subject still paying keeps its own."""
+    now = [1_000_000.0]
+    book = Book(Counters(clock=lambda: now[0]))
+    checks = encode_checks([Check("code-10m-count", "code", 600, max_count=3)])
+    for n in range(200):  # codes asked about, then declined or paid elsewhere
+        book.answer(wire(Ask(n, CHECK, [Subject("code", f"unpaid{n}")], "", 100, "M1", "T1", checks)))
+    assert book.counters.held() == {"payments": 0, "subjects": 0, "windows": 0}
+    for n in range(100):
+        subjects = [Subject("code", f"paid{n}"), Subject("merchant", "M1")]
+        book.answer(wire(Ask(n, CHECK, subjects, "", 100, "M1", "T1", checks)))
+        book.answer(wire(Ask(0, ADD, subjects, f"r{n}", 100, "M1", "T1")))
+        book.answer(wire(Ask(n, CHECK, subjects, "", 100, "M1", "T1", checks)))  # its window is built
+        now[0] += 60
+    assert book.counters.held() == {"payments": 100, "subjects": 101, "windows": 100}
+    now[0] += 86_400 - 60 * 50 - 30  # the first 50 payments' day is over
+    assert book.counters.expire() == 50
+    assert book.counters.held() == {"payments": 50, "subjects": 51, "windows": 50}
+    code = Subject("code", "paid99")
+    assert book.counters.totals(code, 86_400).count == 1
+    now[0] += 86_400
+    assert book.counters.expire() == 50
+    assert book.counters.held() == {"payments": 0, "subjects": 0, "windows": 0}
+    assert book.counters.totals(code, 86_400).count == 0
 
 
 def test_subjects_spread_over_shards_the_same_way_in_every_process():
