@@ -41,9 +41,9 @@ _PG_DATABASE = "SELECT xact_commit, tup_returned FROM pg_stat_database WHERE dat
 
 
 def named_processes(stack: Stack, ray: dict[str, list[psutil.Process]] | None = None) -> dict[str, psutil.Process]:
-    """Every process of the stack under a readable name: each front end, actors by their channel,
-    Ray's other processes by program under their group of ``ray`` (by default, the local Ray the
-    switch started, as "ray")."""
+    """Every process of the stack under a readable name: each front end, actors by their channel
+    and the risk counters' as ``actor risk:N``, Ray's other processes by program under their group
+    of ``ray`` (by default, the local Ray the switch started, as "ray")."""
     parts = stack.processes_by_part()
     actor_pids = {
         shard["pid"]: f"actor {name}:{shard['shard']}"
@@ -55,9 +55,14 @@ def named_processes(stack: Stack, ray: dict[str, list[psutil.Process]] | None = 
         named = {"front end": fronts[0]}
     else:  # paysw run --workers N: the supervisor, then each worker
         named = {"front end supervisor": fronts[0], **{f"front end {i}": p for i, p in enumerate(fronts[1:])}}
+    risk_shards = 0
     for group, processes in (ray or {"ray": parts["ray"]}).items():
         for process in processes:
             program = process.cmdline()[0].rsplit("/", 1)[-1] if process.cmdline() else "?"
+            if program == "ray::RiskActor":  # the switch's risk counters: a part of their own
+                named[f"actor risk:{risk_shards}"] = process
+                risk_shards += 1
+                continue
             named[actor_pids.get(process.pid) or f"{group} {program} {process.pid}"] = process
     for i, process in enumerate(parts["postgresql"]):
         named[f"postgresql {i}"] = process

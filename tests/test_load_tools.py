@@ -90,7 +90,7 @@ def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
     assert report["commit"].removesuffix("+changes") == head  # the figures name the code they measured
     assert report["totals_ms_per_approved"]["switch"] > 0 and report["totals_ms_per_approved"]["simulators"] > 0
     channels = ("wechat", "alipay", "unionpay", "ecny", "inbank")
-    parts = {"front end", "postgresql", "load generator", *(f"actor {c}:0" for c in channels)}
+    parts = {"front end", "postgresql", "load generator", "actor risk:0", *(f"actor {c}:0" for c in channels)}
     assert parts | {f"simulator {c}" for c in channels} <= set(report["cpu_ms_per_approved"])
     assert report["postgresql_per_approved"]["commits"] > 0  # the journal's group commits were seen
 
