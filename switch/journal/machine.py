@@ -30,6 +30,7 @@ their own), with ``refunded_fen`` saying how much went back.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -151,17 +152,15 @@ def sql_set(states: frozenset[State]) -> str:
 
 def _move_sql() -> str:
     """``MOVES`` as one SQL expression over a ``txn`` row ``t`` and a report ``u`` (its event in
-    ``u.event``): the state the row moves to, or NULL where the machine has no move. Nested simple
-    CASEs (promise, then event, then state), so a row costs a few comparisons and no table read."""
-    by_promise = []
-    for promised in Promise:
-        by_event = []
-        for event in Event:
-            to = " ".join(f"WHEN '{m.state}' THEN '{m.to}'" for m in MOVES if (m.promise, m.event) == (promised, event))
-            if to:
-                by_event.append(f"WHEN '{event}' THEN CASE t.state {to} END")
-        by_promise.append(f"WHEN '{promised}' THEN CASE u.event {' '.join(by_event)} END")
-    return f"(CASE {PROMISE_SQL} {' '.join(by_promise)} END)"
+    ``u.event``): the state the row moves to, or NULL where the machine has no move. The moves are
+    one constant, by promise, then event, then state, read with three lookups: a row costs no
+    table read, and the statement little to plan (nested CASEs of every move, which the outcome's
+    update repeats four times, took two thirds of its planning, and it is planned for each batch)."""
+    table: dict[str, dict[str, dict[str, str]]] = {}
+    for m in MOVES:
+        table.setdefault(m.promise, {}).setdefault(m.event, {})[m.state] = m.to
+    moves = json.dumps(table, sort_keys=True, separators=(",", ":"))
+    return f"('{moves}'::jsonb -> ({PROMISE_SQL}) -> u.event ->> t.state)"
 
 
 MOVE_SQL = _move_sql()
