@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from bench.provenance import provenance
 from hsm import sm2
 
 BODY = b'{"amount":"12.34","auth_code":"0112345678901234567","mch_id":"ECNYMCH0001","out_trade_no":"x"}' * 2
@@ -77,7 +78,7 @@ def measure(seconds: float) -> dict[str, object]:
 
 
 def main(seconds: float, out: Path | None) -> int:
-    result = measure(seconds)
+    result = {**provenance(), **measure(seconds)}
     print(f"{'operation':<24} {'per second':>12}")
     for name, rate in result["per_second"].items():  # type: ignore[union-attr]
         print(f"{name:<24} {rate:>12,.0f}")

@@ -7,6 +7,8 @@ base point (G for signing, the channel's public key too for verifying) every mul
 ``j * 256**i * point`` is computed once, so a scalar multiplication is 32 mixed additions in
 Jacobian coordinates and one inversion, with no doublings. The curve is a parameter so the
 published test-curve example (GM/T 0003 annex) checks the same code as the recommended curve.
+The additions run on GMP's integers (``gmpy2``): a third of the time of Python's at 256 bits
+(``paysw bench sm2``).
 
 SM3 itself comes from ``cryptography`` (OpenSSL).
 """
@@ -17,6 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
+from gmpy2 import mpz
 
 DEFAULT_ID = b"1234567812345678"  # the user id of GM/T 0009 when the parties agree none
 _WINDOW_BITS = 8
@@ -81,7 +84,7 @@ class Curve:
                     row.append(acc)
                 table.append(row)
                 window_base = self._add_affine(row[-1], window_base)  # 256 * window_base
-            self._combs[base] = table
+            table = self._combs[base] = [[(mpz(x), mpz(y)) for x, y in row] for row in table]
         return table
 
     def multiply(self, scalar: int, base: Point) -> Point | None:
@@ -94,7 +97,7 @@ class Curve:
         return self._to_affine(self._comb_sum(t % self.n, self.comb(base2), acc))
 
     def _comb_sum(self, scalar: int, table: list[list[Point]], acc: tuple[int, int, int] | None):
-        p = self.p
+        p = mpz(self.p)  # (the table's points are mpz already: every product below is GMP's)
         for row in table:
             digit = scalar & (_WINDOW - 1)
             scalar >>= _WINDOW_BITS
@@ -135,9 +138,10 @@ class Curve:
         if jacobian is None:
             return None
         x, y, z = jacobian
-        z_inv = pow(z, -1, self.p)
-        z2 = z_inv * z_inv % self.p
-        return x * z2 % self.p, y * z2 * z_inv % self.p
+        p = mpz(self.p)
+        z_inv = pow(z, -1, p)
+        z2 = z_inv * z_inv % p
+        return int(x * z2 % p), int(y * z2 * z_inv % p)  # plain ints out of the curve
 
 
 # The recommended curve, sm2p256v1 (GB/T 32918.5-2017).
