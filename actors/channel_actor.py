@@ -22,7 +22,7 @@ from actors.http import AnswerTimeout, HttpPool, NoAnswer, NotSent, PoolBusy
 from actors.link import LinkAddress, LinkServer
 from actors.settings import ActorSetup, LinkTls
 from hsm import open_hsm
-from hsm.algorithms import is_costly
+from hsm.algorithms import signs_in_thread
 from protocols import response_codes as rc
 from protocols.channels import channel_of
 from protocols.channels.base import Crypto, HttpAnswer, Link, Notice, StatementRefused, not_sent, unknown
@@ -48,7 +48,7 @@ class ChannelWorker:
             hsm.verifier(keys.verify, account.keys.verify_algorithm),
             hsm.sm4_sealer(keys.seal) if keys.seal is not None else None,
         )
-        self._sign_in_thread = is_costly(account.keys.sign_algorithm)
+        self._sign_in_thread = signs_in_thread(account.keys.sign_algorithm)
         self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
         self._timeout = config.timeout_ms / 1000
         self._queue_wait = config.queue_wait_ms / 1000

@@ -235,17 +235,20 @@ def _mac_verifier(make: Callable[[bytes], Sign]) -> Callable[[bytes], Verify]:
 class Scheme:
     signer: Callable[[bytes], Sign]  # from the private key or shared secret
     verifier: Callable[[bytes], Verify]  # from the public key or shared secret
-    costly: bool  # worth a thread of its own: an RSA private-key operation takes milliseconds
+    # Worth a thread of its own: it takes a while and holds no GIL meanwhile (OpenSSL's RSA), so
+    # the event loop goes on, and on a node with more cores several sign at once. SM2 here is
+    # Python and GMP under the GIL: a thread would only add the hops there and back.
+    threaded: bool
 
 
 SCHEMES: dict[str, Scheme] = {
-    "hmac-sha256": Scheme(_hmac_sha256, _mac_verifier(_hmac_sha256), costly=False),
+    "hmac-sha256": Scheme(_hmac_sha256, _mac_verifier(_hmac_sha256), threaded=False),
     "hmac-sha256-appended-key": Scheme(
-        _hmac_sha256_appended_key, _mac_verifier(_hmac_sha256_appended_key), costly=False
+        _hmac_sha256_appended_key, _mac_verifier(_hmac_sha256_appended_key), threaded=False
     ),
-    "hmac-sm3": Scheme(_hmac_sm3, _mac_verifier(_hmac_sm3), costly=False),
-    "rsa-sha256": Scheme(_rsa_sha256, _rsa_sha256_verifier, costly=True),
-    "sm2-sm3": Scheme(_sm2_sm3, _sm2_sm3_verifier, costly=True),  # a quarter of RSA's time, still no HMAC
+    "hmac-sm3": Scheme(_hmac_sm3, _mac_verifier(_hmac_sm3), threaded=False),
+    "rsa-sha256": Scheme(_rsa_sha256, _rsa_sha256_verifier, threaded=True),
+    "sm2-sm3": Scheme(_sm2_sm3, _sm2_sm3_verifier, threaded=False),
 }
 
 
@@ -268,8 +271,9 @@ def verifier(algorithm: str, material: bytes) -> Verify:
     return _scheme(algorithm).verifier(material)
 
 
-def is_costly(algorithm: str) -> bool:
-    return _scheme(algorithm).costly
+def signs_in_thread(algorithm: str) -> bool:
+    """Whether a channel actor signs with ``algorithm`` in its signing threads (``Scheme.threaded``)."""
+    return _scheme(algorithm).threaded
 
 
 def fingerprinter(material: bytes) -> Callable[[str], bytes]:
