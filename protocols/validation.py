@@ -10,6 +10,7 @@ transaction's path (``transmitted_on``, ``original_of_reversal``, ``mac_present`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,7 +197,12 @@ def mac_present(message: Message) -> Rejection | None:
 def transmission_date(field7: str, today: dt.date) -> dt.date | None:
     """The date of field 7 (MMDD...), with the year that puts it nearest ``today``; None when
     it is more than a day away (a stale or future-dated transmission)."""
-    month, day = int(field7[:2]), int(field7[2:4])
+    return _nearest(field7[:4], today)
+
+
+@functools.lru_cache(maxsize=64)  # every request asks, and of a few days only
+def _nearest(mmdd: str, today: dt.date) -> dt.date | None:
+    month, day = int(mmdd[:2]), int(mmdd[2:4])
     candidates = []
     for year in (today.year - 1, today.year, today.year + 1):
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +76,12 @@ _NOT_HASHED = frozenset({"p", "1", "64", "52", "35"})
 
 class CloseConnection(Exception):
     """The frame cannot be answered at all; only its connection is closed."""
+
+
+@functools.lru_cache(maxsize=8)
+def _digits(day: dt.date) -> str:
+    """``YYYYMMDD`` (an out_trade_no's start), formatted once a day, not once a request."""
+    return f"{day:%Y%m%d}"
 
 
 class Processor:
@@ -674,7 +681,7 @@ class Processor:
             pan_masked=pan_masked,
             pan_hash=pan_hash,
             channel=t.channel,
-            out_trade_no=f"{tx_date:%Y%m%d}{t.rrn}",
+            out_trade_no=_digits(tx_date) + t.rrn,
             request_hash=self._fingerprint(content),
             received_at=now,
             # Should this front end vanish, the resolver takes the transaction after its deadline.

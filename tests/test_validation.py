@@ -125,6 +125,13 @@ def test_field_7_more_than_a_day_away_is_30(field7):
     assert rejection == Rejection(rc.FORMAT_ERROR, "7", rejection.reason, validation.WITHIN_A_DAY.name)
 
 
+def test_the_same_field_7_is_judged_against_each_day_it_arrives_on():
+    """(The dates are remembered per field 7 and day: a day later, the same field 7 is another answer.)"""
+    assert transmitted_on({"7": "0101120000"}, TODAY) == TODAY
+    assert isinstance(transmitted_on({"7": "0101120000"}, dt.date(2025, 1, 3)), Rejection)
+    assert transmitted_on({"7": "0101120000"}, dt.date(2025, 12, 31)) == dt.date(2026, 1, 1)
+
+
 def reversal_of(field7: str) -> dict[str, str]:
     return reversal({**PURCHASE, "7": field7}, "000124")
 
