@@ -59,7 +59,7 @@ def named_processes(stack: Stack, ray: dict[str, list[psutil.Process]] | None = 
     for group, processes in (ray or {"ray": parts["ray"]}).items():
         for process in processes:
             program = process.cmdline()[0].rsplit("/", 1)[-1] if process.cmdline() else "?"
-            if program == "ray::RiskActor":  # the switch's risk counters: a part of their own
+            if program.startswith("ray::RiskActor"):  # the risk counters (Ray titles it by method while one runs)
                 named[f"actor risk:{risk_shards}"] = process
                 risk_shards += 1
                 continue

@@ -158,13 +158,16 @@ def decisions(seconds: float, payments: int) -> dict:
 
 def expiry(payments: int) -> dict:
     """One ``Counters.expire`` pass over a day of ``payments`` approvals, each on a code of its own
-    (payment codes are one-time), the oldest minute's due: the pause it puts in a shard's answers."""
+    (payment codes are one-time) whose 10-minute window a rule read (the demo's code-burst), the
+    oldest minute's due: the pause it puts in a shard's answers."""
     rng, now = random.Random(2), time.time()
-    counters = Counters()
+    counters = Counters(clock=lambda: now)
     for n in range(payments):
         code = f"{rng.getrandbits(256):064x}"
         at = now - MAX_WINDOW_S - 60 + (MAX_WINDOW_S * n / payments)
-        counters.add(subjects_of(code, rng.choice(TERMINALS), MERCHANT), Entry(f"r{n}", at, 100, MERCHANT, "T"))
+        subjects = subjects_of(code, rng.choice(TERMINALS), MERCHANT)
+        counters.add(subjects, Entry(f"r{n}", at, 100, MERCHANT, "T"))
+        counters.totals(subjects[0], 600)
     held = counters.held()
     started = time.perf_counter()
     forgotten = counters.expire()

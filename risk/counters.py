@@ -100,13 +100,14 @@ class Counters:
         # reads) and a read comes late: one older than what is held counts from the latest time,
         # a second or so longer than its own, so that trimming and removal see every deque in order.
         entry.at = self._latest = max(entry.at, self._latest)
-        self._by_rrn[entry.rrn] = (entry, subjects)
-        self._added.append((entry, subjects))
+        self._by_rrn[entry.rrn] = added = (entry, subjects)
+        self._added.append(added)
         self._counted += 1
         for subject in subjects:
             self._day.setdefault(subject, deque()).append(entry)
             for seconds in self._lengths.get(subject, ()):
                 window = self._windows[(subject, seconds)]
+                window.trim(entry.at)  # a window nobody reads (a refund ratio's, between refunds) stays its length
                 window.entries.append(entry)
                 window.take(entry, +1)
         return True
@@ -153,7 +154,7 @@ class Counters:
     def expire(self) -> int:
         """Forget payments older than a day, with the subjects and windows they leave empty; how
         many counted went. (A subject's windows hold some of its day's payments: none once the day
-        holds none. Until then they are trimmed when read.)"""
+        holds none. Until then they are trimmed as payments are added and when read.)"""
         since = self._clock() - MAX_WINDOW_S
         gone = 0
         while self._added and self._added[0][0].at <= since:

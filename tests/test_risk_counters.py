@@ -152,6 +152,24 @@ def test_what_a_day_leaves_behind_is_forgotten_with_it():
     assert book.counters.totals(code, 86_400).count == 0
 
 
+def test_a_window_nobody_reads_stays_its_length_while_its_subject_pays():
+    """A merchant's refund-ratio window is read only by its refunds, while every sale is added to
+    it: between refunds it keeps no more than its hour, however long the merchant sells."""
+    now = [1_000_000.0]
+    counters = Counters(clock=lambda: now[0])
+    merchant = Subject("merchant", "M1")
+    assert counters.add((merchant,), Entry("first", now[0], 100, "M1", "T1"))
+    assert counters.totals(merchant, 3_600).count == 1  # read once: the window is kept
+    for n in range(3 * 24 * 60):  # a sale a minute for three days, the window never read
+        now[0] += 60
+        counters.add((merchant,), Entry(f"r{n}", now[0], 100, "M1", "T1"))
+        if n % 60 == 0:
+            counters.expire()
+    window = counters._windows[(merchant, 3_600)]  # (white box: what it holds, not what it says)
+    assert len(window.entries) <= 61 and window.count == len(window.entries)
+    assert counters.totals(merchant, 3_600).count == 60
+
+
 def test_subjects_spread_over_shards_the_same_way_in_every_process():
     subjects = [Subject("code", c) for c in CODES] + [Subject("terminal", t) for t in TERMINALS]
     assert [shard_of(s, 4) for s in subjects] == [shard_of(Subject(*tuple(s)), 4) for s in subjects]
