@@ -76,6 +76,9 @@ class Counters:
         # Every payment added, in time order: what ``expire`` forgets is found at its head, so a pass
         # costs what it forgets, not what is held (a day's distinct codes are millions of subjects).
         self._added: deque[tuple[Entry, tuple[Subject, ...]]] = deque()
+        # Per window length, when each window's payments leave it, in time order: a window left
+        # empty is dropped within a minute (one per payment code asked about, a day's worth else).
+        self._ends: dict[int, deque[tuple[float, Subject]]] = {}
         self._counted = 0
         self._latest = 0.0  # the latest time added: every deque stays in time order
 
@@ -110,6 +113,7 @@ class Counters:
                 window.trim(entry.at)  # a window nobody reads (a refund ratio's, between refunds) stays its length
                 window.entries.append(entry)
                 window.take(entry, +1)
+                self._ends[seconds].append((entry.at + seconds, subject))
         return True
 
     def remove(self, rrn: str) -> bool:
@@ -148,13 +152,15 @@ class Counters:
                     window.entries.append(entry)
                     if not entry.removed:
                         window.take(entry, +1)
+            newest = window.entries[-1].at if window.entries else now
+            self._ends.setdefault(seconds, deque()).append((newest + seconds, subject))
         window.trim(now)
         return window
 
     def expire(self) -> int:
-        """Forget payments older than a day, with the subjects and windows they leave empty; how
-        many counted went. (A subject's windows hold some of its day's payments: none once the day
-        holds none. Until then they are trimmed as payments are added and when read.)"""
+        """Forget payments older than a day, with the subjects they leave empty, and windows left
+        empty; how many counted went. Each pass costs what it forgets: it reads the oldest payments
+        and the windows whose last payment has just left them, never all that is held."""
         since = self._clock() - MAX_WINDOW_S
         gone = 0
         while self._added and self._added[0][0].at <= since:
@@ -175,6 +181,20 @@ class Counters:
             entry = self._unseen.popleft()
             if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
                 del self._by_rrn[entry.rrn]
+        now = since + MAX_WINDOW_S
+        for seconds, ends in self._ends.items():
+            while ends and ends[0][0] <= now:
+                _, subject = ends.popleft()
+                window = self._windows.get((subject, seconds))
+                if window is None:  # gone with its subject's day already
+                    continue
+                window.trim(now)
+                if not window.entries:
+                    del self._windows[(subject, seconds)]
+                    lengths = self._lengths[subject]
+                    lengths.discard(seconds)
+                    if not lengths:
+                        del self._lengths[subject]
         return gone
 
     def held(self) -> dict[str, int]:

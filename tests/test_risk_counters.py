@@ -143,7 +143,8 @@ def test_what_a_day_leaves_behind_is_forgotten_with_it():
     assert book.counters.held() == {"payments": 100, "subjects": 101, "windows": 100}
     now[0] += 86_400 - 60 * 50 - 30  # the first 50 payments' day is over
     assert book.counters.expire() == 50
-    assert book.counters.held() == {"payments": 50, "subjects": 51, "windows": 50}
+    # The 50 codes still in the day keep their subjects; their 10-minute windows, long empty, went.
+    assert book.counters.held() == {"payments": 50, "subjects": 51, "windows": 0}
     code = Subject("code", "paid99")
     assert book.counters.totals(code, 86_400).count == 1
     now[0] += 86_400
@@ -168,6 +169,30 @@ def test_a_window_nobody_reads_stays_its_length_while_its_subject_pays():
     window = counters._windows[(merchant, 3_600)]  # (white box: what it holds, not what it says)
     assert len(window.entries) <= 61 and window.count == len(window.entries)
     assert counters.totals(merchant, 3_600).count == 60
+
+
+def test_a_window_its_payments_have_left_is_dropped_while_its_subject_is_kept():
+    """A card paid twice keeps a 10-minute window; once its payments have left the window, the
+    next pass drops it (the card's day is kept: a day's worth of windows would be one per card)."""
+    now = [1_000_000.0]
+    counters = Counters(clock=lambda: now[0])
+    cards = [Subject("code", f"card{n}") for n in range(50)]
+    for n, card in enumerate(cards):
+        counters.add((card,), Entry(f"a{n}", now[0], 100, "M1", "T1"))
+        assert counters.totals(card, 600).count == 1
+    counters.add((cards[0],), Entry("later", now[0] + 300, 100, "M1", "T1"))
+    now[0] += 599
+    counters.expire()
+    assert counters.held() == {"payments": 51, "subjects": 50, "windows": 50}
+    now[0] += 2
+    counters.expire()
+    assert counters.held() == {"payments": 51, "subjects": 50, "windows": 1}  # card0 paid again since
+    assert counters.totals(cards[0], 600).count == 1
+    now[0] += 300
+    counters.expire()
+    assert counters.held() == {"payments": 51, "subjects": 50, "windows": 0}
+    assert counters.totals(cards[1], 600).count == 0  # built again from the day: nothing within it
+    assert counters.totals(cards[1], 86_400).count == 1
 
 
 def test_subjects_spread_over_shards_the_same_way_in_every_process():
