@@ -145,6 +145,7 @@ class SwitchApp:
             cfg.database.group_commit_max,
             on_batch=self.metrics.journal_batch_done,
             ahead_days=cfg.database.partitions_ahead_days,
+            writers=cfg.database.writers,
         )
         # Then the journal's live sections over them, checked whole again.
         read, rules = in_force(self._file_config, await self._kept())

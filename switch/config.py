@@ -83,8 +83,12 @@ class SwitchSection(_Strict):
 
 class DatabaseSection(_Strict):
     url: str = ""  # empty: embedded PostgreSQL from pgserver under the data folder
-    pool_size: Annotated[int, Meta(ge=2, le=90)] = 6  # lookups; the group commit has pool_size - 2 more
+    pool_size: Annotated[int, Meta(ge=2, le=90)] = 6  # connections for lookups
     group_commit_max: Positive = 512  # journal writes per round trip
+    # Write-ahead batches committing at once, and as many outcome batches (a connection each).
+    # One gathers the most rows per statement and commit, which is what PostgreSQL's CPU per
+    # purchase follows; more only where the round trip to PostgreSQL, not its CPU, is the limit.
+    writers: Annotated[int, Meta(ge=1, le=16)] = 1
     partitions_ahead_days: Annotated[int, Meta(ge=1, le=60)] = 7
 
 

@@ -132,6 +132,36 @@ def test_group_commit_shares_round_trips(database_url):
     run(scenario())
 
 
+@pytest.mark.parametrize("writers", [1, 2])
+def test_group_commit_keeps_to_its_writers(database_url, writers):
+    """``[database] writers``: at most that many write-ahead batches commit at once (one by
+    default, gathering the most rows per commit), however the writes arrive."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        spans: list[tuple[float, float]] = []
+
+        def done(op: str, _: int, seconds: float) -> None:
+            if op == "write_ahead":
+                spans.append((loop.time() - seconds, loop.time()))
+
+        journal = await Journal.open(database_url, pool_size=2, max_batch=512, on_batch=done, writers=writers)
+        try:
+
+            async def terminal() -> None:  # one write after another, as a till sends them
+                for _ in range(15):
+                    assert await journal.write_ahead(new_txn(await journal.next_rrn()))
+
+            await asyncio.gather(*(terminal() for _ in range(40)))
+            ends = sorted(end for _, end in spans)
+            most = max(sum(1 for start, end in spans if start < at <= end) for at in ends)
+            assert most == writers, f"{most} batches committing at once with writers = {writers}"
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_state_moves_follow_the_table_and_are_recorded(database_url):
     async def scenario():
         journal = await open_journal(database_url)

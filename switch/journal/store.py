@@ -326,19 +326,31 @@ class Journal:
 
     @classmethod
     async def open(
-        cls, url: str, pool_size: int, max_batch: int, on_batch: BatchObserver | None = None, ahead_days: int = 7
+        cls,
+        url: str,
+        pool_size: int,
+        max_batch: int,
+        on_batch: BatchObserver | None = None,
+        ahead_days: int = 7,
+        writers: int = 1,
     ) -> Journal:
+        """``pool_size`` connections for lookups, and ``writers`` more for each group commit (the
+        write-ahead's and the outcome's batches committing at once)."""
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
-        each = max(1, (pool_size - 2) // 2)  # write-ahead batches in flight at once, and as many outcome ones
 
-        async def writers(settings: dict[str, str]) -> asyncpg.Pool:
+        async def writing(settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(
-                url, min_size=each, max_size=each, command_timeout=30, reset=_keep_session, server_settings=settings
+                url,
+                min_size=writers,
+                max_size=writers,
+                command_timeout=30,
+                reset=_keep_session,
+                server_settings=settings,
             )
 
-        journal = cls(pool, await writers(_PLANNED_ONCE), await writers(_KEY_LOOKUPS_ONLY), max_batch, on_batch)
+        journal = cls(pool, await writing(_PLANNED_ONCE), await writing(_KEY_LOOKUPS_ONLY), max_batch, on_batch)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 
