@@ -1,4 +1,4 @@
-"""The channel actor: one instance per channel shard, with its own signing thread pool, HTTP
+"""The channel actor: one instance per channel shard, with its own signing threads (if any), HTTP
 connection pool and in-flight limit, so one channel's trouble stays in its own actors.
 
 Payments come in over the actor's link (``actors.link``), in batches; each result goes back as
@@ -48,8 +48,11 @@ class ChannelWorker:
             hsm.verifier(keys.verify, account.keys.verify_algorithm),
             hsm.sm4_sealer(keys.seal) if keys.seal is not None else None,
         )
-        self._sign_in_thread = signs_in_thread(account.keys.sign_algorithm)
-        self._threads = ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
+        self._threads = (
+            ThreadPoolExecutor(config.sign_threads, thread_name_prefix=f"{name}{shard}-sign")
+            if config.sign_threads and signs_in_thread(account.keys.sign_algorithm)
+            else None
+        )
         self._timeout = config.timeout_ms / 1000
         self._queue_wait = config.queue_wait_ms / 1000
         self._http: HttpPool | None = None  # opened on the actor's event loop
@@ -86,7 +89,7 @@ class ChannelWorker:
         sent = False
         try:
             flow = self._channel.flows[req.op]
-            if self._sign_in_thread:  # keeps the event loop (and the other calls) moving meanwhile
+            if self._threads is not None:  # keeps the event loop (and the other calls) moving meanwhile
                 call = await asyncio.get_running_loop().run_in_executor(
                     self._threads, flow.build, req, self._account, self._crypto, time.time()
                 )
@@ -162,7 +165,8 @@ class ChannelWorker:
             self._http.close()
         if self._session is not None:
             await self._session.close()
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 class _ScrubbingFormatter(logging.Formatter):

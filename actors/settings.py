@@ -37,7 +37,10 @@ class ActorSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     pool_size: Positive = 32  # HTTP connections per shard = calls on the wire at once
     max_in_flight: Positive = 256  # calls admitted per shard (on the wire or waiting); beyond: 91 at once
     queue_wait_ms: Positive = 1_000  # longest wait for a free connection; then 91, not sent
-    sign_threads: Annotated[int, Meta(ge=1, le=32)] = 2
+    # 0: sign on the actor's event loop, the least CPU per call (the hop to a thread and back
+    # costs about a tenth of an RSA channel's actor). N: sign in N threads (for the schemes that
+    # release the GIL, RSA), so that on a node with cores to spare one shard signs on several.
+    sign_threads: Annotated[int, Meta(ge=0, le=32)] = 0
     timeout_ms: Annotated[int, Meta(ge=50, le=59_000)] = 10_000
     max_restarts: Annotated[int, Meta(ge=0)] = 10  # Ray restarts of a crashed actor, over its life
     # Placement: only on Ray nodes that offer this custom resource (`ray start --resources

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from actors.channel_actor import ChannelWorker
 from actors.link import ActorLink, LinkAddress, LinkServer
-from actors.settings import LinkTls
+from actors.settings import ActorSetup, LinkTls
 from protocols import response_codes as rc
 from protocols.messages import ChannelRequest, Outcome
 from tests.conftest import demo_actor_setup, free_port, run
@@ -25,10 +26,11 @@ from tests.conftest import demo_actor_setup, free_port, run
 WECHAT = demo_actor_setup("wechat")
 
 
-def worker_for(endpoint: str, **changes) -> ChannelWorker:
-    """A WeChat worker on ``endpoint`` with its actor settings changed by ``changes``."""
-    settings = msgspec.structs.replace(WECHAT.settings, endpoint=endpoint, **changes)
-    return ChannelWorker("wechat", msgspec.structs.replace(WECHAT, settings=settings), 0)
+def worker_for(endpoint: str, setup: ActorSetup = WECHAT, **changes) -> ChannelWorker:
+    """A worker (WeChat's unless ``setup`` says) on ``endpoint`` with its actor settings changed
+    by ``changes``."""
+    settings = msgspec.structs.replace(setup.settings, endpoint=endpoint, **changes)
+    return ChannelWorker(setup.kind, msgspec.structs.replace(setup, settings=settings), 0)
 
 
 def slow_channel() -> tuple[list[None], Callable]:
@@ -129,6 +131,36 @@ def test_nothing_is_sent_after_the_deadline_or_past_the_in_flight_limit():
         busy = [r for r in results if r.channel_code == "BUSY"]
         assert len(busy) == 2 and all(not r.sent and r.response_code == rc.CHANNEL_UNAVAILABLE for r in busy)
         assert len(calls) == 2  # one connection: the second admitted call waited for it, then went out
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("kind", "sign_threads", "in_thread"), [("alipay", 0, False), ("alipay", 1, True), ("wechat", 2, False)]
+)
+def test_signing_runs_in_a_thread_only_when_asked_and_worth_it(kind, sign_threads, in_thread):
+    """``sign_threads`` 0 (the default) signs on the actor's loop; N signs in threads, but only a
+    scheme that lets go of the GIL (RSA): an HMAC never pays the hop."""
+
+    async def anything(_):
+        return web.Response(text="not an answer")
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", anything)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        worker = worker_for(f"http://127.0.0.1:{port}", demo_actor_setup(kind), sign_threads=sign_threads)
+        try:
+            result = await worker.call(request())
+            assert result.sent  # built, signed and sent; what came back is no answer
+            signers = [t.name for t in threading.enumerate() if t.name.startswith(f"{kind}0-sign")]
+            assert bool(signers) is in_thread, signers
+        finally:
+            await worker.close()
+            await runner.cleanup()
 
     run(scenario())
 
