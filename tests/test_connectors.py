@@ -28,6 +28,7 @@ from protocols.channels.base import (
     Link,
     StatementRefused,
     fen,
+    form_decode,
     form_encode,
     sorted_query,
     yuan,
@@ -354,6 +355,31 @@ def test_xml_with_a_dtd_is_refused():
 @given(st.dictionaries(st.text(), st.text()))
 def test_form_encoding_is_urlencode_byte_for_byte(params):
     """The Alipay and UnionPay bodies: what the channels' own SDKs (and urllib) send."""
+    assert form_encode(params) == urlencode(params).encode()
+
+
+# Form text as channels send it and as it may arrive broken: escapes valid and not, "+", "=",
+# "&", line breaks, bytes past ASCII (raw and escaped, valid UTF-8 and not).
+_FORM_PIECES = ["%", "+", "=", "&", " ", "\n", "\r", "é", "%3D", "%3d", "%26", "%2B", "%0A", "%E4%B8%AD",
+                "%e4%b8", "%FF", "%0", "%G1", "%%", "="]  # fmt: skip
+_FORM_TEXT = st.lists(st.sampled_from(_FORM_PIECES) | st.text(max_size=3)).map("".join)
+
+
+@given(_FORM_TEXT, st.booleans())
+def test_form_decoding_is_parse_qsl_field_for_field(text, strict):
+    """The channels' answers and notifications (and the simulators' requests) are read as urllib
+    reads them, broken forms included."""
+    try:
+        want = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=strict))
+    except ValueError:
+        with pytest.raises(ValueError):
+            form_decode(text, strict)
+    else:
+        assert form_decode(text, strict) == want
+
+
+@given(st.dictionaries(_FORM_TEXT, _FORM_TEXT))
+def test_form_encoding_of_form_like_text_is_urlencode(params):
     assert form_encode(params) == urlencode(params).encode()
 
 

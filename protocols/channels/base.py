@@ -6,11 +6,13 @@ statement ``Download``. Crypto is injected (``Crypto``: sign / verify / seal bou
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote_plus
 
 from msgspec import Meta, Struct
 
@@ -188,18 +190,63 @@ def sorted_query(params: Mapping[str, str], skip: frozenset[str] = frozenset({"s
 
 
 # What ``urllib.parse.quote_plus`` keeps as it is; every other byte of the UTF-8 text is %XX and a
-# space is "+". As one table for ``str.translate`` over the text's bytes read as latin-1.
+# space is "+".
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
-_FORM = {b: chr(b) if b in _UNRESERVED else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)}
+_FORM = {chr(b): "+" if b == 0x20 else f"%{b:02X}" for b in range(256) if b not in _UNRESERVED}
+
+
+def _quote_plus(text: str) -> str:
+    """``urllib.parse.quote_plus(text, safe="")``: one C ``str.replace`` per distinct byte to
+    escape (a signature's base64 has three, a JSON body about ten), "%" first and "+" before the
+    space, so that no escape is escaped again. UTF-8 bytes are read as latin-1 characters."""
+    raw = text.encode()
+    escaped = raw.translate(None, _UNRESERVED)
+    if not escaped:
+        return text
+    if len(raw) != len(text):
+        text = raw.decode("latin-1")
+    chars = set(escaped.decode("latin-1"))
+    for char in ("%", "+"):
+        if char in chars:
+            chars.discard(char)
+            text = text.replace(char, _FORM[char])
+    for char in chars:
+        text = text.replace(char, _FORM[char])
+    return text
 
 
 def form_encode(params: Mapping[str, str]) -> bytes:
-    """``urllib.parse.urlencode(params).encode()``, byte for byte, in a third of its time: a
-    signature's base64 is quoted there one byte at a time in Python, here in one C call."""
-    return "&".join(
-        f"{k.encode().decode('latin-1').translate(_FORM)}={v.encode().decode('latin-1').translate(_FORM)}"
-        for k, v in params.items()
-    ).encode("ascii")
+    """``urllib.parse.urlencode(params).encode()``, byte for byte, in a fraction of its time."""
+    return "&".join(f"{_quote_plus(k)}={_quote_plus(v)}" for k, v in params.items()).encode("ascii")
+
+
+def _unquote_plus(text: str) -> str:
+    """``urllib.parse.unquote_plus(text, errors="replace")``. Its escapes are made quoted-printable's
+    =XX, which binascii decodes in C (urllib loops over each in Python), unless the text has a raw
+    "=", a line break or a byte past ASCII. Each "%" that starts no escape leaves more than it
+    should (binascii keeps it, or drops it whole at the end), so the length tells: then urllib."""
+    if "%" not in text:
+        return text.replace("+", " ")
+    if text.isascii() and "=" not in text and "\n" not in text and "\r" not in text:
+        raw = binascii.a2b_qp(text.replace("+", " ").replace("%", "="))
+        if len(raw) == len(text) - 2 * text.count("%"):
+            return raw.decode("utf-8", "replace")
+    return unquote_plus(text, errors="replace")
+
+
+def form_decode(text: str, strict: bool = False) -> dict[str, str]:
+    """``dict(urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=strict))``, key
+    for key and value for value: a field without "=" is an empty value (``strict``: a
+    ``ValueError``), and the last of a repeated name wins."""
+    fields: dict[str, str] = {}
+    for pair in text.split("&") if text else ():
+        if not pair and not strict:
+            continue
+        name, eq, value = pair.partition("=")
+        if not eq and strict:
+            raise ValueError(f"bad form field: {pair!r}")
+        fields[_unquote_plus(name)] = _unquote_plus(value)
+    return fields
 
 
 def yuan(amount_fen: int) -> str:

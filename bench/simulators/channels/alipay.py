@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
-from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -36,7 +35,7 @@ from protocols.channels.alipay.flows import (
     beijing,
     response_node,
 )
-from protocols.channels.base import HttpAnswer, Sign, Verify, fen, form_encode, sorted_query, yuan
+from protocols.channels.base import HttpAnswer, Sign, Verify, fen, form_decode, form_encode, sorted_query, yuan
 from protocols.messages import CANCEL, CLOSE, PAY, PRECREATE, QUERY, REFUND
 from protocols.statements import CST, StatementRow
 
@@ -82,7 +81,7 @@ class AlipaySide:
     def read(
         self, path: str, body: bytes, headers: Mapping[str, str], verify: Verify
     ) -> RequestSeen | StatementAsk | str:
-        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        params = form_decode(body.decode("utf-8", "replace"))
         method = params.get("method", "")
         if path != GATEWAY or (method not in _OP_OF_METHOD and method != download.METHOD):
             return "isv.invalid-method"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from typing import TypeVar
-from urllib.parse import parse_qsl
 
 import msgspec
 from msgspec import Struct
@@ -43,6 +42,7 @@ from protocols.channels.base import (
     created,
     declined,
     fen,
+    form_decode,
     form_encode,
     lapsed,
     not_found,
@@ -406,7 +406,7 @@ NOTICE_ACK = HttpAnswer(200, b"success", {"Content-Type": "text/plain"})
 
 def read_notice(body: bytes, headers: Mapping[str, str], account: AlipayAccount, crypto: Crypto) -> Notice | str:
     try:
-        params = dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
+        params = form_decode(body.decode(), strict=True)
     except ValueError:  # UnicodeDecodeError included
         return "unreadable form"
     if params.get("sign_type") != SIGN_TYPE or not crypto.verify(

@@ -34,7 +34,6 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping
 from typing import TypeVar
-from urllib.parse import parse_qsl
 
 import msgspec
 from msgspec import Struct
@@ -52,6 +51,7 @@ from protocols.channels.base import (
     approved,
     created,
     declined,
+    form_decode,
     form_encode,
     lapsed,
     not_found,
@@ -196,7 +196,7 @@ def signed_form(request: Struct, crypto: Crypto) -> bytes:
 
 
 def read_form(body: bytes) -> dict[str, str]:
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return form_decode(body.decode("utf-8", "replace"))
 
 
 def _envelope(req: ChannelRequest, account: UnionPayAccount, order_id: str, order_time: float) -> dict[str, str]:
