@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from switch.journal.orders import set_endpoints
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.live import LIMITS, NOTIFY_CHANNEL, in_force, kept_sections, restart_needed, rules_in_force
+from switch.lograte import RateLimitedLog
 from switch.merchant.api import MerchantApi
 from switch.merchant.api import start as start_merchant_api
 from switch.merchant.notices import Notices
@@ -69,6 +71,7 @@ log = logging.getLogger("paysw")
 
 DATABASE_URL_ENV = "SWITCH_DATABASE_URL"
 OPEN_TRANSACTIONS_EVERY_S = 5.0
+YOUNG_CHECK_S = 2.0  # how often the day partitions in use are checked for missing statistics
 ACTORS_READY_TIMEOUT_S = 120.0  # for every channel to have its actors linked at start
 
 
@@ -111,6 +114,7 @@ class SwitchApp:
         self._admin = None
         self._started_ray = False
         self._upkeep: asyncio.Task[None] | None = None
+        self._upkeep_log = RateLimitedLog(600)
         self._queues: asyncio.Task[None] | None = None
         self._recon: asyncio.Task[None] | None = None
         self.resolver: Resolver | None = None
@@ -290,10 +294,22 @@ class SwitchApp:
         )
 
     async def _partition_upkeep(self) -> None:
+        """Each hour, the day partitions ahead; every few seconds, a young day's statistics (see
+        ``Journal.analyze_young``: the outcome's plan depends on them)."""
+        created_at = time.monotonic()
         while True:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(YOUNG_CHECK_S)
+            assert self.journal is not None
             try:
-                assert self.journal is not None
+                analyzed = await self.journal.analyze_young()
+                if analyzed:
+                    log.info("young journal partitions analyzed", extra={"partitions": analyzed})
+            except Exception as exc:
+                self._upkeep_log.warn(log, "analyze", f"analyzing young partitions failed: {exc!r}")
+            if time.monotonic() - created_at < 3600:
+                continue
+            created_at = time.monotonic()
+            try:
                 created = await self.journal.ensure_partitions(self.config.database.partitions_ahead_days)
                 if created:
                     log.info("journal partitions created", extra={"partitions": created})

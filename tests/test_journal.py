@@ -10,7 +10,7 @@ import pytest
 
 from switch.journal import Event, Journal, NewTxn, Original, Report, State
 from switch.journal.schema import MIGRATIONS, ensure_partitions, migrate
-from switch.journal.store import RRN_BLOCK
+from switch.journal.store import _MOVE_SQL, RRN_BLOCK, _columns
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -520,6 +520,48 @@ def test_an_rrn_used_twice_is_an_error_not_a_duplicate(database_url):
             assert not await journal.write_ahead(first)  # a retransmission
             with pytest.raises(asyncpg.UniqueViolationError):
                 await journal.write_ahead(new_txn(first.rrn))
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_url):
+    """Until a day's partition has statistics, the planner takes it for nearly empty and joins an
+    outcome batch to it by scanning the whole day; ``analyze_young`` gives it statistics once it
+    holds rows (once: then autovacuum takes over)."""
+    day = TODAY + dt.timedelta(days=40)
+    name = f"txn_{day:%Y%m%d}"
+
+    async def outcome_plan(journal: Journal, txn: NewTxn) -> str:
+        report = Report(*txn.key, Event.ACCEPTED, "00", "123456", "SUCCESS", "", "42", None)
+        plan = await journal.pool.fetch(f"EXPLAIN {_MOVE_SQL}", *_columns([report]), day)  # planned, not run
+        return "\n".join(row[0] for row in plan)
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            async with journal.pool.acquire() as conn:
+                await ensure_partitions(conn, day, day)
+                await conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")  # this test analyzes
+            txns = [new_txn(await journal.next_rrn())._replace(tx_date=day) for _ in range(300)]
+            assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
+            await journal.close()  # its writers' backends report their rows as they exit
+            journal = await open_journal(database_url)
+            for _ in range(50):
+                changed = await journal.pool.fetchval(
+                    "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = $1", name
+                )
+                if changed >= 300:
+                    break
+                await asyncio.sleep(0.1)
+            before = await outcome_plan(journal, txns[0])
+            assert "terminal_id = u.terminal_id" not in before  # the whole day scanned by its date
+            assert await journal.analyze_young(min_rows=1000, today=day) == []  # not young enough yet
+            assert await journal.analyze_young(min_rows=200, today=day) == [name]
+            after = await outcome_plan(journal, txns[0])
+            assert "terminal_id = u.terminal_id" in after, after  # looked up by its key
+            assert await journal.analyze_young(min_rows=200, today=day) == []  # analyzed once
         finally:
             await journal.close()
 

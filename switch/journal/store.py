@@ -30,9 +30,11 @@ from switch.journal.machine import (
     sql_set,
     undo_refusal,
 )
-from switch.journal.schema import ensure_partitions, migrate
+from switch.journal.schema import analyze_young, ensure_partitions, migrate
 
 RRN_BLOCK = 1000
+# A day partition is analyzed by the journal once this many rows changed (then autovacuum takes over).
+YOUNG_ROWS = 200
 log = logging.getLogger("paysw.journal")
 
 
@@ -376,6 +378,14 @@ class Journal:
         today = today or dt.datetime.now(dt.UTC).date()
         async with self._pool.acquire() as conn:
             return await ensure_partitions(conn, today - dt.timedelta(days=2), today + dt.timedelta(days=ahead_days))
+
+    async def analyze_young(self, min_rows: int = YOUNG_ROWS, today: dt.date | None = None) -> list[str]:
+        """ANALYZE the partitions of the days in use (yesterday, today and tomorrow, as field 7
+        may date a transaction) that are young: ``schema.analyze_young``."""
+        today = today or dt.datetime.now(dt.UTC).date()
+        days = [today + dt.timedelta(days=n) for n in (-1, 0, 1)]
+        async with self._pool.acquire() as conn:
+            return await analyze_young(conn, days, min_rows)
 
     async def next_rrn(self) -> str:
         """A 12-digit RRN unique across all front ends (blocks of a PostgreSQL sequence). The next
