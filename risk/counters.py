@@ -66,7 +66,9 @@ class Counters:
 
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
-        self._day: dict[Subject, deque[Entry]] = {}
+        # A subject's payments of the day: the one Entry while it has one (a payment code is used
+        # once: a deque, 760 bytes empty, would be half of what such a payment holds), then a deque.
+        self._day: dict[Subject, Entry | deque[Entry]] = {}
         self._windows: dict[tuple[Subject, int], _Window] = {}
         self._lengths: dict[Subject, set[int]] = {}  # the window lengths kept for a subject
         # Every payment of the day by RRN, those no longer counted too (marked removed): a move told
@@ -107,7 +109,13 @@ class Counters:
         self._added.append(added)
         self._counted += 1
         for subject in subjects:
-            self._day.setdefault(subject, deque()).append(entry)
+            day = self._day.get(subject)
+            if day is None:
+                self._day[subject] = entry
+            elif type(day) is Entry:
+                self._day[subject] = deque((day, entry))
+            else:
+                day.append(entry)
             for seconds in self._lengths.get(subject, ()):
                 window = self._windows[(subject, seconds)]
                 window.trim(entry.at)  # a window nobody reads (a refund ratio's, between refunds) stays its length
@@ -147,7 +155,8 @@ class Counters:
         if window is None:  # the first question about this length: built from the day's payments
             window = self._windows[(subject, seconds)] = _Window(seconds)
             self._lengths.setdefault(subject, set()).add(seconds)
-            for entry in self._day.get(subject, ()):
+            day = self._day.get(subject, ())
+            for entry in (day,) if type(day) is Entry else day:
                 if entry.at > now - seconds:
                     window.entries.append(entry)
                     if not entry.removed:
@@ -172,8 +181,9 @@ class Counters:
                     gone += 1
             for subject in subjects:  # each subject's day is in the same order: this entry is its first
                 day = self._day[subject]
-                day.popleft()
-                if not day:
+                if type(day) is not Entry:
+                    day.popleft()
+                if type(day) is Entry or not day:
                     del self._day[subject]
                     for seconds in self._lengths.pop(subject, ()):
                         del self._windows[(subject, seconds)]
