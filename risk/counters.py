@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from sys import intern
 
 from protocols import response_codes as rc
 from risk.messages import ADD, ADD_REFUND, CHECKS, REMOVE, Answer, Ask, Check, Subject
@@ -105,6 +106,10 @@ class Counters:
         # reads) and a read comes late: one older than what is held counts from the latest time,
         # a second or so longer than its own, so that trimming and removal see every deque in order.
         entry.at = self._latest = max(entry.at, self._latest)
+        # Kept for a day: each payment's own copies of its terminal's and merchant's names (as a
+        # link or a journal read decodes them) would be some 400 bytes of it; interned, held once.
+        entry.merchant, entry.terminal = intern(entry.merchant), intern(entry.terminal)
+        subjects = tuple(Subject(intern(s.per), s.value if s.per == "code" else intern(s.value)) for s in subjects)
         self._by_rrn[entry.rrn] = added = (entry, subjects)
         self._added.append(added)
         self._counted += 1
@@ -251,12 +256,12 @@ class Book:
 
     def answer(self, ask: Ask) -> Answer | None:
         """A check's answer; None to an approval or a reversal told (nobody waits for those)."""
-        subjects = tuple(ask.subjects)
         if ask.op in (ADD, ADD_REFUND):
             refund = ask.op == ADD_REFUND
             entry = Entry(ask.rrn, self.counters.now(), ask.amount_fen, ask.merchant, ask.terminal, refund)
-            self.counters.add(subjects, entry)
+            self.counters.add(tuple(ask.subjects), entry)
             return None
+        subjects = tuple(ask.subjects)
         if ask.op == REMOVE:
             self.counters.remove(ask.rrn)
             return None
