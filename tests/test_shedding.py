@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from bench.traffic import reversal
-from switch.shedding import REENTRY_INTERVALS, LoadShedder, QueueDelay
+from switch.shedding import LoadShedder, QueueDelay
 from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
@@ -58,17 +58,18 @@ def test_a_standing_queue_sheds_until_one_request_waits_less_than_the_target():
     assert not delay.shedding()
 
 
-def test_soon_after_shedding_one_long_wait_sheds_again_at_once():
+def test_after_shedding_a_whole_interval_of_long_waits_is_needed_again():
+    """As CoDel's dropping state: one long wait after shedding stopped (a busy box's tail) sheds
+    nothing; a standing queue again does."""
     delay, clock = queue_delay()
     wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
     delay.record(0.0)
-    clock.now += INTERVAL_S
-    delay.record(TARGET_S * 2)  # the burst let in when shedding stopped
-    assert delay.shedding()
-    delay.record(0.0)
-    clock.now += REENTRY_INTERVALS * INTERVAL_S  # long ago: a whole interval is needed again
+    assert not delay.shedding()
+    clock.now += INTERVAL_S * 0.1
     delay.record(TARGET_S * 2)
     assert not delay.shedding()
+    wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
+    assert delay.shedding()
 
 
 def test_shedding_stops_when_nothing_reached_a_channel_for_an_interval():
