@@ -3,14 +3,15 @@
 import asyncio
 import datetime as dt
 import itertools
+import random
 import uuid
 
 import asyncpg
 import pytest
 
 from switch.journal import Event, Journal, NewTxn, Original, Report, State
-from switch.journal.schema import MIGRATIONS, ensure_partitions, migrate
-from switch.journal.store import _MOVE_SQL, RRN_BLOCK, _columns
+from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
+from switch.journal.store import _MOVE_SQL, RRN_BLOCK, WRITER_LOCK_WAIT_MS, _columns
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -530,7 +531,7 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
     """Until a day's partition has statistics, the planner takes it for nearly empty and joins an
     outcome batch to it by scanning the whole day; ``analyze_young`` gives it statistics once it
     holds rows (once: then autovacuum takes over)."""
-    day = TODAY + dt.timedelta(days=40)
+    day = TODAY + dt.timedelta(days=random.randrange(40, 4000))  # a day of its own, run after run
     name = f"txn_{day:%Y%m%d}"
 
     async def outcome_plan(journal: Journal, txn: NewTxn) -> str:
@@ -558,10 +559,53 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
             before = await outcome_plan(journal, txns[0])
             assert "terminal_id = u.terminal_id" not in before  # the whole day scanned by its date
             assert await journal.analyze_young(min_rows=1000, today=day) == []  # not young enough yet
+            async with journal.pool.acquire() as conn:  # a role that may write but not analyze: nothing to do
+                await conn.execute(
+                    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'journal_writer') "
+                    "THEN CREATE ROLE journal_writer; END IF; END $$"
+                )
+                await conn.execute(f"GRANT ALL ON {name} TO journal_writer; SET ROLE journal_writer")
+                try:
+                    assert await analyze_young(conn, [day], 200) == []
+                finally:
+                    await conn.execute("RESET ROLE")
             assert await journal.analyze_young(min_rows=200, today=day) == [name]
             after = await outcome_plan(journal, txns[0])
             assert "terminal_id = u.terminal_id" in after, after  # looked up by its key
             assert await journal.analyze_young(min_rows=200, today=day) == []  # analyzed once
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_writer_gives_up_on_a_row_locked_elsewhere(database_url):
+    """One writer commits a front end's outcomes: a row locked elsewhere (a person's transaction
+    left open) fails its own outcome after WRITER_LOCK_WAIT_MS, not every outcome for 30 s."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            locked, free = new_txn(await journal.next_rrn()), new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(locked) and await journal.write_ahead(free)
+            async with journal.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
+                    "FOR UPDATE",
+                    *locked.key,
+                )
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                results = await asyncio.gather(
+                    journal.record(outcome(locked, Event.ACCEPTED)),
+                    journal.record(outcome(free, Event.ACCEPTED)),
+                    return_exceptions=True,
+                )
+                waited = loop.time() - started
+            assert isinstance(results[0], asyncpg.LockNotAvailableError), results
+            assert results[1] is State.APPROVED
+            assert waited < 3 * WRITER_LOCK_WAIT_MS / 1000, waited  # not command_timeout's 30 s
+            assert (await journal.find(locked.key)).state == "RECEIVED"  # the resolver's to finish
         finally:
             await journal.close()
 

@@ -301,8 +301,12 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
 # plan then stays cached): measured, that made PostgreSQL the switch's costliest part. So it is
 # planned for each batch, to look keys up. The write-ahead joins nothing that grows with the day:
 # planned once per connection (planning it for each batch cost more than running it).
-_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
-_PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
+# And a writer gives up on a row lock held longer than WRITER_LOCK_WAIT_MS (a person's open
+# transaction, say), rather than hold up every write of its front end behind it: the batch is then
+# written one by one, and a row that still cannot be moved is the resolver's, as after any failure.
+WRITER_LOCK_WAIT_MS = 5000
+_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan", "lock_timeout": str(WRITER_LOCK_WAIT_MS)}
+_PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan", "lock_timeout": str(WRITER_LOCK_WAIT_MS)}
 
 
 class Journal:
