@@ -45,10 +45,8 @@ class QueueDelay:
             self._above_since = now
         # Again after shedding too, only once every wait of an interval was above target, as CoDel
         # enters its dropping state only then (its memory of recent drops sets how fast it drops,
-        # not whether). Re-entering at the first long wait, as this once did, kept a saturated
-        # switch shedding for good: a busy box's tail waits pass the target, while the clients
-        # turned away come straight back (in ten-minute runs at 128 under way, approvals fell
-        # from 1,550 a second to between 500 and 1,000 from the sixth minute on).
+        # not whether). Re-entering at the first long wait, as this once did, sheds on a busy
+        # box's tail waits, which pass the target while there is no standing queue.
         if now - self._above_since >= self.interval_s:
             self._shedding = True
 
