@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,8 +60,9 @@ def request(key: int = 1, deadline_in: float = 5.0) -> ChannelRequest:
 
 
 async def serve(handler) -> tuple[web.AppRunner, int]:
+    """A channel that answers every path with ``handler``."""
     app = web.Application()
-    app.router.add_post("/pay/micropay", handler)
+    app.router.add_route("*", "/{path:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -146,12 +148,7 @@ def test_signing_runs_in_a_thread_only_when_asked_and_worth_it(kind, sign_thread
         return web.Response(text="not an answer")
 
     async def scenario():
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", anything)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, port = await serve(anything)
         worker = worker_for(f"http://127.0.0.1:{port}", demo_actor_setup(kind), sign_threads=sign_threads)
         try:
             result = await worker.call(request())
@@ -161,6 +158,34 @@ def test_signing_runs_in_a_thread_only_when_asked_and_worth_it(kind, sign_thread
         finally:
             await worker.close()
             await runner.cleanup()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("sign_threads", [0, 1])
+def test_a_signature_that_fails_sends_nothing_and_says_so(sign_threads):
+    """On the loop or in a thread, a call whose signing raises (an HSM gone, say) is certainly not
+    sent: DECLINED 96, INTERNAL, and the channel never hears of it."""
+    calls: list[None] = []
+
+    async def anything(_):
+        calls.append(None)
+        return web.Response(text="not an answer")
+
+    def broken_hsm(_: bytes) -> str:
+        raise OSError("HSM unreachable")
+
+    async def scenario():
+        runner, port = await serve(anything)
+        worker = worker_for(f"http://127.0.0.1:{port}", demo_actor_setup("alipay"), sign_threads=sign_threads)
+        worker._crypto = dataclasses.replace(worker._crypto, sign=broken_hsm)
+        try:
+            result = await worker.call(request())
+        finally:
+            await worker.close()
+            await runner.cleanup()
+        assert (result.outcome, result.sent, result.channel_code) == (Outcome.DECLINED, False, "INTERNAL")
+        assert result.response_code == rc.SYSTEM_MALFUNCTION and not calls
 
     run(scenario())
 

@@ -305,8 +305,8 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
 # transaction, say), rather than hold up every write of its front end behind it: the batch is then
 # written one by one, and a row that still cannot be moved is the resolver's, as after any failure.
 WRITER_LOCK_WAIT_MS = 5000
-_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan", "lock_timeout": str(WRITER_LOCK_WAIT_MS)}
-_PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan", "lock_timeout": str(WRITER_LOCK_WAIT_MS)}
+_KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
+_PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
 
 
 class Journal:
@@ -353,7 +353,7 @@ class Journal:
                 max_size=writers,
                 command_timeout=30,
                 reset=_keep_session,
-                server_settings=settings,
+                server_settings={**settings, "lock_timeout": str(WRITER_LOCK_WAIT_MS)},
             )
 
         journal = cls(pool, await writing(_PLANNED_ONCE), await writing(_KEY_LOOKUPS_ONLY), max_batch, on_batch)
