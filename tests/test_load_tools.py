@@ -164,3 +164,40 @@ def test_a_steps_quantiles_are_read_from_its_histogram():
     )
     exposition = "# TYPE paysw_step_seconds histogram\n" + exposition
     assert _step_quantiles(exposition, "risk") == {"p50_ms": 0.1, "p99_ms": 5.5, "count": 100.0}
+
+
+def test_the_load_generator_never_pays_twice_with_one_code():
+    """Each call of the closed loop (a held run's window, a benchmark's warm-up and round) sends
+    fresh payment codes: repeated ones would be declined by the demo's code-burst risk rule (65)
+    from their sixth use, and a held run would measure the risk rules instead of the switch."""
+    import asyncio
+
+    import uvloop
+
+    from bench.baseline_server import BaselineConnection
+    from bench.throughput import drive
+    from bench.traffic import Stans
+    from protocols.iso8583 import FrameReader, decode
+
+    codes: list[str] = []
+
+    class Recording(BaselineConnection):  # the baseline server, keeping every code it is sent
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._copy = FrameReader()
+
+        def data_received(self, data: bytes) -> None:
+            codes.extend(decode(frame)["2"] for frame in self._copy.feed(data))
+            super().data_received(data)
+
+    async def run() -> None:
+        server = await asyncio.get_running_loop().create_server(Recording, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        stans = Stans()
+        async with server:
+            for _ in range(2):  # the same concurrency twice, as a held run's windows are
+                by_code, _ = await drive("127.0.0.1", port, 8, 0.3, stans)
+                assert sum(len(v) for v in by_code.values()) > 50
+
+    uvloop.run(run())
+    assert len(set(codes)) == len(codes)
