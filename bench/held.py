@@ -20,7 +20,7 @@ import uvloop
 
 from bench.provenance import provenance
 from bench.stack import Stack
-from bench.throughput import closed_loop
+from bench.throughput import closed_loop, others
 from bench.traffic import Stans
 
 
@@ -41,7 +41,7 @@ def main(concurrency: int = 128, minutes: float = 10.0, window_s: float = 60.0, 
                 rss = ", ".join(f"{part} {mb:.0f}" for part, mb in window["uss_mb"].items())
                 print(
                     f"  window {i + 1:2d}/{windows}: {window['approved_tps']:7.1f} approved/s,"
-                    f" p50 {window['p50_ms']:6.1f} ms, p99 {window['p99_ms']:7.1f} ms; unique MB {rss}",
+                    f" p50 {window['p50_ms']:6.1f} ms, p99 {window['p99_ms']:7.1f} ms{others(window)}; unique MB {rss}",
                     flush=True,
                 )
         finally:

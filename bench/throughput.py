@@ -96,6 +96,13 @@ async def closed_loop(
     }
 
 
+def others(window: dict) -> str:
+    """The answers other than approvals, by response code, for a progress line: a run whose
+    approvals fall says at once whether it is shedding (91), a risk rule (61, 65) or a channel."""
+    counts = {code: n for code, n in window["answers_by_code"].items() if code != "00"}
+    return "; others " + ", ".join(f"{code} x{n}" for code, n in counts.items()) if counts else ""
+
+
 def run_steps(listen: str, steps: list[int], step_s: float, warm_up_s: float, rss, cpu) -> list[dict]:
     """Each step's figures, with memory (``rss()``) and the CPU time each part spent per approved
     purchase (``cpu()``: seconds used so far, by part; the load generator is this process)."""
@@ -121,7 +128,7 @@ def run_steps(listen: str, steps: list[int], step_s: float, warm_up_s: float, rs
             step["rss_mb"] = rss()
             print(
                 f"  concurrency {concurrency:4d}: {step['approved_tps']:8.1f} approved/s, p50 {step['p50_ms']:7.1f} ms,"
-                f" p99 {step['p99_ms']:7.1f} ms",
+                f" p99 {step['p99_ms']:7.1f} ms{others(step)}",
                 flush=True,
             )
             results.append(step)

@@ -201,3 +201,10 @@ def test_the_load_generator_never_pays_twice_with_one_code():
 
     uvloop.run(run())
     assert len(set(codes)) == len(codes)
+
+
+def test_a_progress_line_names_the_answers_other_than_approvals():
+    from bench.throughput import others
+
+    assert others({"answers_by_code": {"00": 90_096}}) == ""
+    assert others({"answers_by_code": {"00": 68_317, "65": 89_739, "91": 14}}) == "; others 65 x89739, 91 x14"
