@@ -146,6 +146,8 @@ class CounterShards:
 
 def spread(subjects: tuple, shards: int, shard_of: Callable) -> dict[int, list]:
     """``subjects`` by the shard that counts each."""
+    if shards == 1:  # every subject is the one shard's: no hash of each (two a subject a payment)
+        return {0: list(subjects)}
     by_shard: dict[int, list] = {}
     for subject in subjects:
         by_shard.setdefault(shard_of(subject, shards), []).append(subject)

@@ -417,3 +417,11 @@ def extract_alipay_node(body: bytes) -> str:
     node = extract_node(body, "alipay_trade_pay_response")
     assert node is not None
     return node
+
+
+def test_alipay_writes_beijing_time_to_the_second():
+    from protocols.channels.alipay.flows import beijing
+
+    assert beijing(1733300000.7) == "2024-12-04 16:13:20"  # UTC 08:13:20.7, floored
+    assert beijing(1733300001.2) == "2024-12-04 16:13:21"  # the next second, not the last one's
+    assert beijing(1733299999.9) == "2024-12-04 16:13:19"

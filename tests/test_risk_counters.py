@@ -201,6 +201,19 @@ def test_subjects_spread_over_shards_the_same_way_in_every_process():
     assert len({shard_of(Subject("code", f"{i:064x}"), 4) for i in range(64)}) == 4
 
 
+def test_one_shard_takes_every_subject_without_a_hash():
+    from risk.client import spread
+
+    subjects = subjects_of("c0de", "T0000001", "898310048990001")
+
+    def never(subject: Subject, shards: int) -> int:
+        raise AssertionError("hashed")
+
+    assert spread(subjects, 1, never) == {0: list(subjects)}
+    by_shard = spread(subjects, 4, shard_of)  # more shards: each subject where shard_of says
+    assert {s: n for n, mine in by_shard.items() for s in mine} == {s: shard_of(s, 4) for s in subjects}
+
+
 def test_a_shard_judges_only_the_rules_counting_the_subjects_it_holds():
     """Every shard gets the scope's whole list of checks; the code's rules are judged only where
     the code is counted, however often the list comes."""

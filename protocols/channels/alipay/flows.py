@@ -22,6 +22,7 @@ acknowledged with exactly ``success``, resent otherwise (4m, 10m, 10m, 1h, 2h, 6
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -238,7 +239,13 @@ def signed_node(body: bytes, crypto: Crypto, *nodes: str) -> tuple[str, bool] | 
 
 
 def beijing(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, CST).strftime("%Y-%m-%d %H:%M:%S")
+    """Beijing time to the second, as Alipay writes it."""
+    return _beijing_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=4)  # every call of a second writes the same timestamp
+def _beijing_second(second: int) -> str:
+    return dt.datetime.fromtimestamp(second, CST).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def signed_form(
