@@ -146,7 +146,7 @@ class CounterShards:
 
 def spread(subjects: tuple, shards: int, shard_of: Callable) -> dict[int, list]:
     """``subjects`` by the shard that counts each."""
-    if shards == 1:  # every subject is the one shard's: no hash of each (two a subject a payment)
+    if shards == 1 and subjects:  # every subject is the one shard's: no hash of each (two a subject a payment)
         return {0: list(subjects)}
     by_shard: dict[int, list] = {}
     for subject in subjects:

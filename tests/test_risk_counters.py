@@ -210,6 +210,7 @@ def test_one_shard_takes_every_subject_without_a_hash():
         raise AssertionError("hashed")
 
     assert spread(subjects, 1, never) == {0: list(subjects)}
+    assert spread((), 1, never) == {}  # nothing to ask or tell, as with more shards
     by_shard = spread(subjects, 4, shard_of)  # more shards: each subject where shard_of says
     assert {s: n for n, mine in by_shard.items() for s in mine} == {s: shard_of(s, 4) for s in subjects}
 
