@@ -86,6 +86,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     held_bench.add_argument("--concurrency", type=int, default=128, help="purchases under way (default 128)")
     held_bench.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     held_bench.add_argument("--window-seconds", type=float, default=60.0, help="length of a window (default 60)")
+    held_bench.add_argument(
+        "--rate",
+        type=float,
+        help="pace the purchases at this many a second, the senders taking turns (default: closed loop)",
+    )
     held_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     overload_bench = benches.add_parser(
         "overload",
@@ -197,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     if args.bench_command == "held":
         from bench.held import main as held_main
 
-        return held_main(args.concurrency, args.minutes, args.window_seconds, args.out)
+        return held_main(args.concurrency, args.minutes, args.window_seconds, args.out, args.rate)
     if args.bench_command == "overload":
         from bench.overload import main as overload_main
 

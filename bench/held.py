@@ -24,17 +24,28 @@ from bench.throughput import closed_loop, others
 from bench.traffic import Stans
 
 
-def main(concurrency: int = 128, minutes: float = 10.0, window_s: float = 60.0, out: Path | None = None) -> int:
+def main(
+    concurrency: int = 128,
+    minutes: float = 10.0,
+    window_s: float = 60.0,
+    out: Path | None = None,
+    rate: float | None = None,
+) -> int:
+    """With ``rate``, the purchases are paced at ``rate`` a second (an open loop while the stack keeps
+    up), so that latency is read at a given load rather than at saturation."""
     windows = max(2, round(minutes * 60 / window_s))
-    result: dict = {**provenance(), "concurrency": concurrency, "window_s": window_s, "windows": []}
+    result: dict = {**provenance(), "concurrency": concurrency, "rate": rate, "window_s": window_s, "windows": []}
     with tempfile.TemporaryDirectory(prefix="paysw-held-") as folder:
         stack = Stack(Path(folder))
-        print(f"the demo stack in {folder}; {concurrency} purchases under way, {windows} windows of {window_s:g} s")
+        paced = f", paced at {rate:g}/s" if rate else ""
+        print(
+            f"the demo stack in {folder}; {concurrency} purchases under way{paced}, {windows} windows of {window_s:g} s"
+        )
         try:
             stack.start()
             stans = Stans(start=random.randrange(1, 500_000))
             for i in range(windows):
-                window = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, window_s, stans))
+                window = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, window_s, stans, rate))
                 window["rss_mb"] = stack.rss_by_part_mb()
                 window["uss_mb"] = stack.unique_by_part_mb()
                 result["windows"].append(window)
