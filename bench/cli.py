@@ -77,6 +77,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
     )
     profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
+    profile_bench.add_argument(
+        "--rate",
+        type=float,
+        help="pace the purchases at this many a second, the senders taking turns: the CPU a purchase costs "
+        "at that load, where batches are smaller than at saturation (default: closed loop)",
+    )
     held_bench = benches.add_parser(
         "held",
         help="the demo stack held under load for minutes: throughput and every part's memory, window by window",
@@ -197,8 +203,8 @@ def main(args: argparse.Namespace) -> int:
         from bench.profile import main as profile_main
 
         if args.against:
-            return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out)
-        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out)
+            return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out, args.rate)
+        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out, args.rate)
     if args.bench_command == "held":
         from bench.held import main as held_main
 

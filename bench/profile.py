@@ -8,6 +8,11 @@ With ``--against REV`` it is an A/B: the same profile of commit REV (a git workt
 as its own ``paysw bench profile``) and of this checkout, alternately, round after round on the
 same machine (each first in every other round), and the ratio of each part's CPU per purchase,
 this over REV (medians of the rounds: the machine's own speed moves between runs).
+
+With ``--rate R`` the purchases are paced at R a second instead (as ``paysw bench held --rate``):
+below saturation each journal round trip and each frame to an actor carries fewer purchases, so a
+purchase costs more CPU than at the closed loop's full batches, and its latency is the figure
+that matters; p50 and p99 are compared too.
 """
 
 from __future__ import annotations
@@ -139,10 +144,17 @@ def hottest(folded: Path, top: int = 6) -> list[tuple[float, str]]:
     return [(round(100 * n / total, 1), frame) for frame, n in own.most_common(top)] if total else []
 
 
-def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = None, out: Path | None = None) -> int:
+def main(
+    concurrency: int = 128,
+    seconds: float = 20.0,
+    py_spy: Path | None = None,
+    out: Path | None = None,
+    rate: float | None = None,
+) -> int:
     with tempfile.TemporaryDirectory(prefix="paysw-profile-") as folder:
         stack = Stack(Path(folder))
-        print(f"the demo stack in {folder}; {concurrency} purchases under way, {seconds:g} s", flush=True)
+        paced = f", paced at {rate:g}/s" if rate else ""
+        print(f"the demo stack in {folder}; {concurrency} purchases under way{paced}, {seconds:g} s", flush=True)
         try:
             stack.start()
             socket_dir = os.path.dirname(glob.glob(f"{folder}/**/.s.PGSQL.*", recursive=True)[0])
@@ -151,7 +163,7 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
             processes = named_processes(stack)
             spies = _spy(processes, seconds - 2, py_spy) if py_spy is not None else []
             cpu_before, pg_before = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
-            load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans))
+            load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, rate))
             cpu_after, pg_after = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
             for spy in spies:
                 spy.wait(timeout=60)
@@ -167,6 +179,7 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
     cpu_ms = {part: round(ms, 3) for part, ms in sorted(grouped.items(), key=lambda kv: -kv[1])}
     result = {
         **provenance(),
+        "rate": rate,
         "load": load,
         "cpu_ms_per_approved": cpu_ms,
         "kernel_ms_per_approved": {part: round(kernel[part], 3) for part in cpu_ms},
@@ -191,18 +204,22 @@ def main(concurrency: int = 128, seconds: float = 20.0, py_spy: Path | None = No
     return 0
 
 
-def _run_at(checkout: Path, concurrency: int, seconds: float, out: Path) -> dict:
+def _run_at(checkout: Path, concurrency: int, seconds: float, out: Path, rate: float | None) -> dict:
     """``paysw bench profile`` of the code in ``checkout``, in a process of its own."""
     command = [sys.executable, "-m", "switch.cli", "bench", "profile"]
     command += ["--concurrency", str(concurrency), "--seconds", str(seconds), "--out", str(out)]
+    command += ["--rate", str(rate)] if rate else []
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Path | None) -> int:
+def compare(
+    against: str, rounds: int, concurrency: int, seconds: float, out: Path | None, rate: float | None = None
+) -> int:
     """This checkout against commit ``against``: ``rounds`` profiles of each, alternately; the
-    median of each part's CPU per purchase and the ratio this / against."""
+    median of each part's CPU per purchase (and of approved/s, p50 and p99) and the ratio this /
+    against. With ``rate``, REV must know ``--rate`` too."""
     with tempfile.TemporaryDirectory(prefix="paysw-against-") as folder:
         base = Path(folder) / "checkout"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), against], cwd=ROOT, check=True)
@@ -214,7 +231,7 @@ def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Pa
                 # came out 3-4 % cheaper against the very same commit (bench results, 1f3a3c2).
                 for side, checkout in sides if i % 2 == 0 else sides[::-1]:
                     print(f"round {i + 1}/{rounds}: {side}", flush=True)
-                    runs[side].append(_run_at(checkout, concurrency, seconds, Path(folder) / f"{side}{i}.json"))
+                    runs[side].append(_run_at(checkout, concurrency, seconds, Path(folder) / f"{side}{i}.json", rate))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     medians = {side: _medians(results) for side, results in runs.items()}
@@ -222,6 +239,7 @@ def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Pa
     result = {
         **provenance(),
         "against": resolve(against),
+        "rate": rate,
         "rounds": runs,
         "median_ms_per_approved": medians,
         "ratio_this_to_against": {
@@ -245,10 +263,11 @@ def compare(against: str, rounds: int, concurrency: int, seconds: float, out: Pa
 
 
 def _medians(results: list[dict]) -> dict[str, float]:
-    """Each part's median CPU per purchase over the runs, with the totals and approved/s."""
+    """Each part's median CPU per purchase over the runs, with the totals, approved/s, p50 and p99."""
     figures: dict[str, list[float]] = collections.defaultdict(list)
     for result in results:
-        cpu = result["cpu_ms_per_approved"]
-        for part, ms in {**cpu, **totals(cpu), "approved/s": result["load"]["approved_tps"]}.items():
+        cpu, load = result["cpu_ms_per_approved"], result["load"]
+        latency = {"approved/s": load["approved_tps"], "p50 ms": load["p50_ms"], "p99 ms": load["p99_ms"]}
+        for part, ms in {**cpu, **totals(cpu), **latency}.items():
             figures[part].append(ms)
     return {part: round(statistics.median(values), 3) for part, values in figures.items()}

@@ -75,9 +75,10 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
 
 
 def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
+    """Paced (``--rate``), as the profile of a load below saturation is taken."""
     result = subprocess.run(
         [sys.executable, "-m", "switch.cli", "bench", "profile", "--concurrency", "8", "--seconds", "3",
-         "--out", str(tmp_path / "profile.json")],
+         "--rate", "60", "--out", str(tmp_path / "profile.json")],
         capture_output=True,
         text=True,
         timeout=240,
@@ -85,7 +86,8 @@ def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "profile.json").read_text())
-    assert report["load"]["approved_tps"] > 0
+    # Eight senders unpaced would answer hundreds a second; paced, some 60.
+    assert report["rate"] == 60 and 0 < report["load"]["approved_tps"] <= 70
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert report["commit"].removesuffix("+changes") == head  # the figures name the code they measured
     assert report["totals_ms_per_approved"]["switch"] > 0 and report["totals_ms_per_approved"]["simulators"] > 0
@@ -93,6 +95,18 @@ def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
     parts = {"front end", "postgresql", "load generator", "actor risk:0", *(f"actor {c}:0" for c in channels)}
     assert parts | {f"simulator {c}" for c in channels} <= set(report["cpu_ms_per_approved"])
     assert report["postgresql_per_approved"]["commits"] > 0  # the journal's group commits were seen
+
+
+def test_the_profile_comparison_takes_medians_of_cpu_and_latency():
+    from bench.profile import _medians
+
+    def run_of(front_end_ms: float, p99_ms: float) -> dict:
+        load = {"approved_tps": 1000.0, "p50_ms": 20.0, "p99_ms": p99_ms}
+        return {"cpu_ms_per_approved": {"front end": front_end_ms, "simulator wechat": 0.3}, "load": load}
+
+    medians = _medians([run_of(0.4, 60.0), run_of(0.5, 40.0), run_of(0.45, 90.0)])
+    assert medians["front end"] == 0.45 and medians["p99 ms"] == 60.0 and medians["p50 ms"] == 20.0
+    assert medians["switch"] == 0.45 and medians["simulators"] == 0.3 and medians["approved/s"] == 1000.0
 
 
 def test_hottest_frames_are_read_from_py_spy_folded_stacks(tmp_path):
