@@ -150,6 +150,7 @@ class SwitchApp:
             on_batch=self.metrics.journal_batch_done,
             ahead_days=cfg.database.partitions_ahead_days,
             writers=cfg.database.writers,
+            linger_s=cfg.database.linger_ms / 1000,
         )
         # Then the journal's live sections over them, checked whole again.
         read, rules = in_force(self._file_config, await self._kept())

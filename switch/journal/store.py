@@ -317,12 +317,17 @@ class Journal:
         movers: asyncpg.Pool,
         max_batch: int,
         on_batch: BatchObserver | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self._pool = pool
         self._inserters = inserters
         self._movers = movers
-        self._inserts = GroupCommit("write_ahead", self._flush_inserts, max_batch, inserters.get_max_size(), on_batch)
-        self._updates = GroupCommit("outcome", self._flush_updates, max_batch, movers.get_max_size(), on_batch)
+        self._inserts = GroupCommit(
+            "write_ahead", self._flush_inserts, max_batch, inserters.get_max_size(), on_batch, linger_s
+        )
+        self._updates = GroupCommit(
+            "outcome", self._flush_updates, max_batch, movers.get_max_size(), on_batch, linger_s
+        )
         self._decisions = GroupCommit("risk", self._flush_decisions, max_batch, 1, on_batch)
         self.on_moved: MovesObserver | None = None  # told of every move this journal makes, once committed
         self._rrn_next = 0
@@ -339,9 +344,11 @@ class Journal:
         on_batch: BatchObserver | None = None,
         ahead_days: int = 7,
         writers: int = 1,
+        linger_s: float = 0.0,
     ) -> Journal:
         """``pool_size`` connections for lookups, and ``writers`` more for each group commit (the
-        write-ahead's and the outcome's batches committing at once)."""
+        write-ahead's and the outcome's batches committing at once), whose batches linger under
+        load up to ``linger_s`` (``GroupCommit``)."""
         pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -356,7 +363,8 @@ class Journal:
                 server_settings={**settings, "lock_timeout": str(WRITER_LOCK_WAIT_MS)},
             )
 
-        journal = cls(pool, await writing(_PLANNED_ONCE), await writing(_KEY_LOOKUPS_ONLY), max_batch, on_batch)
+        inserters, movers = await writing(_PLANNED_ONCE), await writing(_KEY_LOOKUPS_ONLY)
+        journal = cls(pool, inserters, movers, max_batch, on_batch, linger_s)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 

@@ -1,0 +1,79 @@
+"""``switch.journal.groupcommit``: batches gathered while a flush is in flight, and under load a
+linger for more. The flush here is a plain function recording each batch: what is tested is how
+writes are grouped, not PostgreSQL (``test_journal`` runs the group commits against it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from switch.journal.groupcommit import GroupCommit
+from tests.conftest import run
+
+
+def recorder() -> tuple[list[list[int]], object]:
+    batches: list[list[int]] = []
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        return list(items)
+
+    return batches, flush
+
+
+@pytest.mark.parametrize("linger_s, expected", [(0.0, [[1, 2], [3], [4]]), (0.5, [[1, 2], [3, 4]])])
+def test_under_load_a_batch_lingers_for_the_next_write(linger_s, expected):
+    """After a batch of two (load), the next write waits up to the linger and the write that
+    follows it 0.1 s later goes in the same round trip; with no linger each goes alone."""
+
+    async def scenario() -> None:
+        batches, flush = recorder()
+        commit = GroupCommit("t", flush, max_batch=512, max_parallel=1, linger_s=linger_s)
+        try:
+            assert await asyncio.gather(commit.submit(1), commit.submit(2)) == [1, 2]
+            third = asyncio.ensure_future(commit.submit(3))
+            await asyncio.sleep(0.1)
+            assert await commit.submit(4) == 4 and await third == 3
+        finally:
+            await commit.close()
+        assert batches == expected
+
+    run(scenario())
+
+
+def test_a_lone_write_never_lingers():
+    """An idle switch pays nothing for the linger: a write after a batch of one goes at once."""
+
+    async def scenario() -> None:
+        batches, flush = recorder()
+        commit = GroupCommit("t", flush, max_batch=512, max_parallel=1, linger_s=60.0)
+        try:
+            for item in range(3):
+                assert await asyncio.wait_for(commit.submit(item), 5) == item
+        finally:
+            await commit.close()
+        assert batches == [[0], [1], [2]]
+
+    run(scenario())
+
+
+def test_a_full_batch_ends_the_linger():
+    """The linger waits for ``fill`` writes, not for its whole length once they are there."""
+
+    async def scenario() -> None:
+        batches, flush = recorder()
+        commit = GroupCommit("t", flush, max_batch=512, max_parallel=1, linger_s=60.0, fill=4)
+        try:
+            await asyncio.gather(commit.submit(0), commit.submit(1))
+            waiting = []
+            for item in range(2, 6):
+                waiting.append(asyncio.ensure_future(commit.submit(item)))
+                await asyncio.sleep(0.01)
+            assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [2, 3, 4, 5]
+        finally:
+            await commit.close()
+        assert batches == [[0, 1], [2, 3, 4, 5]]
+
+    run(scenario())
