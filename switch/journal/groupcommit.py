@@ -1,10 +1,12 @@
 """Group commit: writes that arrive while earlier flushes are in flight are gathered and flushed
-together, one round trip for many. The batch is whatever queued up, and under load (the last
-batch held more than one write) a little more: it lingers up to ``linger_s`` for ``fill`` writes.
+together, one round trip for many. The batch is whatever queued up, and under load (writes
+arriving less than ``linger_s`` apart, on average) a little more: it lingers up to ``linger_s``
+for ``fill`` writes.
 A round trip costs the front end and PostgreSQL much the same CPU whatever it carries: paced at
 1,000 a second batches held about 3, and CPU queueing made the tail. Lingering 2 ms (batches of
 about 5) took PostgreSQL's CPU per purchase to 0.72 and p99 to 0.81 of what they were
-(``paysw bench profile --rate 1000``, README). A lone write (an idle switch) never waits."""
+(``paysw bench profile --rate 1000``, README). Writes further apart than that (an idle switch, a
+few terminals) would wait for nobody, and never do."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 log = logging.getLogger("paysw.journal")
+GAP_WEIGHT = 0.2  # of each new gap between writes in their running mean
+GAP_MAX_S = 10.0  # a longer pause counts as this: the mean forgets an idle hour within a few dozen writes
 
 
 class GroupCommit(Generic[T, R]):
@@ -47,10 +51,15 @@ class GroupCommit(Generic[T, R]):
         self._linger_s = linger_s
         self._fill = min(fill, max_batch)
         self._filling: asyncio.Future[None] | None = None  # a linger's wait, ended early by a full batch
-        self._last = 1  # writes in the last batch taken
+        self._gap = GAP_MAX_S  # running mean of the seconds between writes
+        self._at = 0.0  # when the last write came
 
     async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._gap += (min(now - self._at, GAP_MAX_S) - self._gap) * GAP_WEIGHT
+        self._at = now
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.append((item, future))
         self._wakeup.set()
         if self._filling is not None and len(self._queue) >= self._fill:
@@ -67,11 +76,10 @@ class GroupCommit(Generic[T, R]):
             self._wakeup.clear()
             while self._queue:
                 await self._slots.acquire()
-                if self._linger_s and self._last > 1 and len(self._queue) < self._fill:
+                if self._gap < self._linger_s and len(self._queue) < self._fill:
                     await self._linger()
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                self._last = len(batch)
                 task = asyncio.get_running_loop().create_task(self._flush_batch(batch))
                 self._flushes.add(task)
                 task.add_done_callback(self._flushes.discard)
