@@ -4,7 +4,7 @@ arriving less than ``linger_s`` apart, on average) a little more: it lingers up 
 for ``fill`` writes.
 A round trip costs the front end and PostgreSQL much the same CPU whatever it carries: paced at
 1,000 a second batches held about 3, and CPU queueing made the tail. Lingering 2 ms (batches of
-about 5) took PostgreSQL's CPU per purchase to 0.72 and p99 to 0.81 of what they were
+about 5) took PostgreSQL's CPU per purchase to 0.69 and p99 to 0.81 of what they were
 (``paysw bench profile --rate 1000``, README). Writes further apart than that (an idle switch, a
 few terminals) would wait for nobody, and never do."""
 
