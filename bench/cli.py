@@ -79,7 +79,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
     profile_bench.add_argument(
         "--rate",
-        type=float,
+        type=_rate,
         help="pace the purchases at this many a second, the senders taking turns: the CPU a purchase costs "
         "at that load, where batches are smaller than at saturation (default: closed loop)",
     )
@@ -94,7 +94,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     held_bench.add_argument("--window-seconds", type=float, default=60.0, help="length of a window (default 60)")
     held_bench.add_argument(
         "--rate",
-        type=float,
+        type=_rate,
         help="pace the purchases at this many a second, the senders taking turns (default: closed loop)",
     )
     held_bench.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -167,6 +167,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     notify_bench.add_argument("--rate", type=float, default=500.0,
                               help="purchases a second; 0: as many as --concurrency allow (default 500)")  # fmt: skip
     notify_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+
+
+def _rate(text: str) -> float:
+    """A pace: purchases a second, above 0 (no pace is no ``--rate``)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"a rate above 0, not {text}")
+    return rate
 
 
 def _ways(text: str) -> tuple:

@@ -89,7 +89,7 @@ class DatabaseSection(_Strict):
     # One gathers the most rows per statement and commit, which is what PostgreSQL's CPU per
     # purchase follows; more only where the round trip to PostgreSQL, not its CPU, is the limit.
     writers: Annotated[int, Meta(ge=1, le=16)] = 1
-    # Under load (the last batch held more than one write) a batch waits up to this long for 16
+    # Under load (writes less than this apart, on average) a batch waits up to this long for 16
     # writes before it is sent: fewer, fuller round trips, the CPU the tail queues for. 0: never.
     linger_ms: Annotated[float, Meta(ge=0, le=20)] = 2.0
     partitions_ahead_days: Annotated[int, Meta(ge=1, le=60)] = 7

@@ -86,3 +86,19 @@ def test_a_full_batch_ends_the_linger():
         assert batches[1:] == [[2, 3, 4, 5]]
 
     run(scenario())
+
+
+def test_closing_sends_a_lingering_batch():
+    """A journal closed while a batch lingers commits it rather than failing its writes."""
+
+    async def scenario() -> None:
+        batches, flush = recorder()
+        commit = GroupCommit("t", flush, max_batch=512, max_parallel=1, linger_s=30.0)
+        await busy(commit)
+        lingering = asyncio.ensure_future(commit.submit(7))
+        await asyncio.sleep(0.05)
+        assert batches[1:] == []  # waiting for more
+        await asyncio.wait_for(commit.close(), 5)
+        assert await lingering == 7 and batches[1:] == [[7]]
+
+    run(scenario())
