@@ -85,6 +85,9 @@ def test_demo_configuration_is_valid():
             r"\$\.channels\.ecny\.account\.keys\.sign_algorithm: 'sm2' is not one of hmac-sha256, ",
         ),
         (lambda t: t.replace("[switch]", "[switch"), r"not valid TOML"),
+        # A batch may not wait longer than 20 ms for company: that would be latency, not batching.
+        (lambda t: t.replace("pool_size = 6\n", "pool_size = 6\nlinger_ms = 50\n"), r"\$\.database\.linger_ms"),
+        (lambda t: t.replace("pool_size = 6\n", "pool_size = 6\nlinger_ms = -1\n"), r"\$\.database\.linger_ms"),
         (
             lambda t: t.replace('kind = "inbank"\n', 'kind = "inbank"\nendpoint = "http://127.0.0.1:9105"\n'),
             r"unknown field `endpoint`.*now go in its `actor = \{ \.\.\. \}` table",
