@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from switch.journal import Event, Journal, NewTxn, Original, Report, State
+from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
-from switch.journal.store import _MOVE_SQL, RRN_BLOCK, WRITER_LOCK_WAIT_MS, _columns
+from switch.journal.store import _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()

@@ -5,7 +5,6 @@ allocation and partition upkeep. Every change of a transaction's state, and of i
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -30,9 +29,9 @@ from switch.journal.machine import (
     sql_set,
     undo_refusal,
 )
+from switch.journal.rrns import Rrns
 from switch.journal.schema import analyze_young, ensure_partitions, migrate
 
-RRN_BLOCK = 1000
 # A day partition is analyzed by the journal once this many rows changed (then autovacuum takes over).
 YOUNG_ROWS = 200
 log = logging.getLogger("paysw.journal")
@@ -330,10 +329,7 @@ class Journal:
         )
         self._decisions = GroupCommit("risk", self._flush_decisions, max_batch, 1, on_batch)
         self.on_moved: MovesObserver | None = None  # told of every move this journal makes, once committed
-        self._rrn_next = 0
-        self._rrn_end = 0
-        self._rrn_lock = asyncio.Lock()
-        self._rrn_fetch: asyncio.Future[int] | None = None  # the next block, on its way
+        self._rrns = Rrns(self._rrn_blocks)
 
     @classmethod
     async def open(
@@ -369,8 +365,7 @@ class Journal:
         return journal
 
     async def close(self) -> None:
-        if self._rrn_fetch is not None:
-            self._rrn_fetch.cancel()
+        self._rrns.close()
         await self._inserts.close()
         await self._updates.close()
         await self._decisions.close()
@@ -400,23 +395,14 @@ class Journal:
             return await analyze_young(conn, days, min_rows)
 
     async def next_rrn(self) -> str:
-        """A 12-digit RRN unique across all front ends (blocks of a PostgreSQL sequence). The next
-        block is fetched while a quarter of this one is left, so that no request waits for it: under
-        overload every shed request takes an RRN too, and they would all queue behind the fetch."""
-        if self._rrn_next >= self._rrn_end:
-            async with self._rrn_lock:
-                if self._rrn_next >= self._rrn_end:
-                    fetching, self._rrn_fetch = self._rrn_fetch, None
-                    block = await (fetching or self._rrn_block())
-                    self._rrn_next, self._rrn_end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
-        rrn = self._rrn_next
-        self._rrn_next += 1
-        if self._rrn_fetch is None and self._rrn_end - self._rrn_next < RRN_BLOCK // 4:
-            self._rrn_fetch = asyncio.ensure_future(self._rrn_block())
-        return f"{rrn:012d}"
+        """A 12-digit RRN unique across all front ends (``switch.journal.rrns``)."""
+        return await self._rrns.next()
 
-    async def _rrn_block(self) -> int:
-        return await self._pool.fetchval("SELECT nextval('rrn_block_seq')")
+    async def _rrn_blocks(self, n: int) -> list[int]:
+        return [
+            block
+            for (block,) in await self._pool.fetch("SELECT nextval('rrn_block_seq') FROM generate_series(1, $1)", n)
+        ]
 
     async def write_ahead(self, txn: NewTxn) -> bool:
         """Insert and commit the RECEIVED row. False when the key already exists."""
