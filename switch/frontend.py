@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from typing import NamedTuple
 
 from protocols.iso8583 import FrameReader, FrameTooLarge
 from switch.config import SwitchSection, host_port
+from switch.intake import Intake
 from switch.lifecycle import CloseConnection, Processor
 from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
@@ -125,10 +127,10 @@ async def serve_terminals(
     --workers``), other processes of this user may listen on the same port (SO_REUSEPORT) and the
     kernel spreads new connections among them."""
     limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_peer)
-    connections = LiveConnections()
+    connections, intake = LiveConnections(), Intake()
     host, port = host_port(settings.listen)
     server = await asyncio.get_running_loop().create_server(
-        lambda: TerminalConnection(processor, metrics, settings, limits, connections),
+        lambda: TerminalConnection(processor, metrics, settings, limits, connections, intake),
         host,
         port,
         backlog=1024,
@@ -146,8 +148,10 @@ class TerminalConnection(asyncio.Protocol):
         settings: SwitchSection,
         limits: ConnectionLimits,
         connections: LiveConnections,
+        intake: Intake,
     ) -> None:
         self._processor = processor
+        self._intake = intake
         self._metrics = metrics
         self._max_in_flight = settings.max_in_flight_per_connection
         self._stall_timeout = settings.stalled_frame_timeout_s
@@ -238,16 +242,21 @@ class TerminalConnection(asyncio.Protocol):
             self._last_frame = self._loop.time()
             arrived = time.monotonic()  # the frames' wait in the event loop counts (deadline, admission)
         for frame in frames:
-            self._start(frame, arrived)
+            self._in_flight += 1
+            overload = self._processor.overloaded()
+            if overload is not None:  # shed, after the transactions under way (switch.intake)
+                self._intake.later(functools.partial(self._start, frame, arrived, overload))
+            else:
+                self._start(frame, arrived)
+        if frames:
+            self._update_reading()
         self._cancel_stall_timer()
         if self._reader.partial and self._transport is not None:
             self._stall_timer = asyncio.get_running_loop().call_later(self._stall_timeout, self._stalled)
 
-    def _start(self, frame: bytes, arrived: float) -> None:
-        self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._processor.handle_frame(frame, arrived))
+    def _start(self, frame: bytes, arrived: float, overload: str | None = None) -> None:
+        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload))
         task.add_done_callback(self._finished)
-        self._update_reading()
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:
         self._in_flight -= 1

@@ -121,11 +121,16 @@ class Processor:
 
     # -- one frame -------------------------------------------------------------------------
 
-    async def handle_frame(self, frame: bytes, arrived: float) -> bytes | None:
+    def overloaded(self) -> str | None:
+        """Why the switch is over capacity now (``switch.shedding``), None when it is not."""
+        return self._shedder.overloaded()
+
+    async def handle_frame(self, frame: bytes, arrived: float, overload: str | None = None) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
         ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
         deadline, and the admission its wait, from then, the time it queued in the event loop
-        included.
+        included. ``overload``: why the switch was over capacity when it was read (it is shed,
+        ``switch.intake``), None when it was not.
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
         try:
@@ -146,7 +151,7 @@ class Processor:
             rejection = txn_type if isinstance(txn_type, Rejection) else validate(txn_type, message)
             if rejection is not None:
                 return await self._reject(message, rejection)
-            t = Context(message, frame, arrived, txn_type)
+            t = Context(message, frame, arrived, txn_type, overload=overload)
             out = await self._run(t)
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
@@ -193,7 +198,7 @@ class Processor:
                 t.claim.set_result(t.reply)  # type: ignore[arg-type]  (set by the step that ended)
         finally:
             if t.in_flight:
-                self._shedder.in_flight -= 1
+                self._shedder.finish(t.waiting)
             if t.claim is not None:
                 del self._under_way[t.txn.key]  # type: ignore[union-attr]  (claimed with its row)
         return path.answer(t)
@@ -253,13 +258,14 @@ class Processor:
         return None
 
     def _step_shed(self, t: Context) -> str | None:
-        """91 at once while the switch is over capacity, unless this retransmits one under way."""
-        overload = self._shedder.overloaded()
+        """91 at once while the switch is over capacity, or was when the request was read, unless
+        this retransmits one under way."""
+        overload = t.overload or self._shedder.overloaded()
         if overload is not None and not self._under_way_now(t.message):
             self._metrics.shed.labels(overload).inc()
             return rc.CHANNEL_UNAVAILABLE
-        self._shedder.in_flight += 1
-        t.in_flight = True
+        self._shedder.admit()
+        t.in_flight = t.waiting = True
         return None
 
     def _step_terminal(self, t: Context) -> str | None:
@@ -410,6 +416,7 @@ class Processor:
         txn, original = t.txn, t.original
         assert txn is not None and original is not None
         if t.result is None:  # admitted
+            self._reaching_channel(t)
             t.result = await undo.call(
                 self._gateways[txn.channel],
                 t.txn_type.value,
@@ -641,12 +648,18 @@ class Processor:
         """A payment's call to its channel: counted in flight, timed, and told to the shedder."""
         started = time.monotonic()
         self._metrics.in_flight.labels(t.channel).inc()
-        self._shedder.calling_channel(t.arrived)
+        self._reaching_channel(t)
         try:
             yield
         finally:
             self._metrics.in_flight.labels(t.channel).dec()
             self._metrics.channel_latency.labels(t.channel).observe(time.monotonic() - started)
+
+    def _reaching_channel(self, t: Context) -> None:
+        """``t`` no longer waits for its channel call (the shedder's count; once, for its first)."""
+        if t.waiting:
+            t.waiting = False
+            self._shedder.calling_channel(t.arrived)
 
     def _new_txn(self, t: Context) -> NewTxn:
         """The row ``t`` writes ahead (a void's or refund's with its purchase's card)."""

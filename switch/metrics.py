@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from switch.gateway import ChannelGateway
+    from switch.shedding import WaitingLimit
 
 # Figures every worker of ``paysw run --workers`` reads from the same place (the journal, the
 # shared channel actors): the merged scrape has them once, without the ``worker`` label.
@@ -194,6 +195,18 @@ class Metrics:
 
     def actor_restarted(self, channel: str) -> None:
         self.actor_restarts.labels(channel).inc()
+
+    def watch_admission(self, limit: WaitingLimit) -> None:
+        """The admission's limit and how many wait under it (``switch.shedding.WaitingLimit``)."""
+        r = self.registry
+        Gauge(
+            "paysw_admission_limit",
+            "Admitted requests that may wait for their channel call at once (switch.shedding)",
+            registry=r,
+        ).set_function(lambda: limit.limit)
+        Gauge(
+            "paysw_admission_waiting", "Admitted requests waiting for their channel call", registry=r
+        ).set_function(lambda: limit.waiting)
 
     def watch_gateways(self, gateways: Mapping[str, ChannelGateway]) -> None:
         """Figures read from the gateways, and through them from the channel actors, at each scrape."""

@@ -2,10 +2,11 @@
 answered ``91`` at once, before any journal or channel work, so that memory stays flat and the
 requests already under way finish in time. It recovers by itself as the load falls.
 
-The main signal is how long financial requests wait before their channel call (``QueueDelay``,
+The main signal is how long financial requests wait before their channel call (``WaitingLimit``,
 CoDel's detection): a queue that stays long for an interval is more load than the switch can
-serve, wherever in the front end, the journal or the event loop it builds up. Shedding on it
-keeps the accepted requests fast instead of making every customer wait toward the deadline.
+serve, wherever in the front end, the journal or the event loop it builds up. It sets how many
+may wait at once, which keeps the accepted requests fast instead of making every customer wait
+toward the deadline.
 
 Two backstops: requests under way in this front end (all connections together), and how late the
 event loop runs its callbacks (a loop that lags is a CPU that cannot keep up; every request
@@ -15,46 +16,83 @@ waiting in it gets later still).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
 LAG_SAMPLE_S = 0.05
 LAG_SMOOTHING = 0.3  # weight of the newest sample: a single hiccup does not shed, a trend does
-class QueueDelay:
-    """CoDel's detection, used for admission: shedding starts once every wait recorded for
-    ``interval_s`` has been above ``target_s`` (a standing queue, not a burst), and stops at the
-    first wait below target. Shedding also stops when no wait at all was recorded for an interval
-    (nothing was let through to tell whether the queue is still there)."""
+# Admitted requests let wait at once however long they wait: fewer would starve the journal's
+# group commit and the channels' batches of the very purchases that keep the box busy.
+MIN_LIMIT = 32
+SHRINK_AT_MOST = 0.5  # of the limit, in one interval: one slow interval does not empty the switch
+GROWTH = 1.25  # of the limit, for an interval that reached it without a standing queue
+# The limit before any queue was seen. A burst is let in whole up to it (on two cores, 1,024
+# purchases are about 0.6 s of work, well within a terminal's wait), and partly shed past it; a load
+# that keeps reaching it without a standing queue raises it.
+START_LIMIT = 1024
+
+
+class WaitingLimit:
+    """Admission by queueing delay: how many admitted requests may wait for their channel call at
+    once. A request waits from its arrival until its channel call, or until it ends without one.
+
+    At the end of each ``interval_s``, the interval's shortest wait is its standing queue (CoDel's
+    reading: a queue that never emptied). Above ``target_s``, the limit becomes the number that
+    would wait the target at the rate they leave (Little's law: the most that waited at once,
+    times the target over the mean wait), cut by half at most and never below ``MIN_LIMIT``.
+    Without a standing queue, an interval that reached the limit raises it by ``GROWTH``.
+
+    So under overload a steady number is let in, waiting about the target, and the excess is
+    answered ``91`` at once. The on/off switch this replaced (shed every newcomer while the queue
+    stood, take every one from the first short wait) let the whole backlog in at each opening:
+    purchases taken on had a p99 of 2 s (``paysw bench overload``). Time at the channel is not
+    counted, so a slow channel never makes the switch shed another's purchases (its own limits,
+    ``frontend_in_flight``, bound it)."""
 
     def __init__(self, target_s: float, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.target_s = target_s
         self.interval_s = interval_s
+        self.limit: int = START_LIMIT
+        self.waiting = 0
         self._clock = clock
-        self._above_since: float | None = None  # since when every wait was above target
-        self._shedding = False
-        self._last_recorded = -float("inf")
+        self._ends_at = clock() + interval_s
+        self._most = 0  # the most that waited at once this interval
+        self._shortest = math.inf  # of the waits that ended at a channel call this interval
+        self._waited_s, self._waits = 0.0, 0  # their sum and count
 
-    def record(self, waited_s: float) -> None:
-        """One request's wait from its arrival to its channel call."""
+    def full(self) -> bool:
+        """Whether a newcomer is to be answered ``91`` now."""
+        self._turn()
+        return self.waiting >= self.limit
+
+    def enter(self) -> None:
+        self.waiting += 1
+        self._most = max(self._most, self.waiting)
+
+    def leave(self, waited_s: float | None) -> None:
+        """One stops waiting: at its channel call after ``waited_s``, or ended without one (None:
+        it says nothing of the queue)."""
+        self.waiting -= 1
+        if waited_s is not None:
+            self._shortest = min(self._shortest, waited_s)
+            self._waited_s += waited_s
+            self._waits += 1
+        self._turn()
+
+    def _turn(self) -> None:
         now = self._clock()
-        self._last_recorded = now
-        if waited_s < self.target_s:
-            self._above_since, self._shedding = None, False
+        if now < self._ends_at:
             return
-        if self._above_since is None:
-            self._above_since = now
-        # Again after shedding too, only once every wait of an interval was above target, as CoDel
-        # enters its dropping state only then (its memory of recent drops sets how fast it drops,
-        # not whether). Re-entering at the first long wait, as this once did, sheds on a busy
-        # box's tail waits, which pass the target while there is no standing queue.
-        if now - self._above_since >= self.interval_s:
-            self._shedding = True
-
-    def shedding(self) -> bool:
-        """Whether newcomers are to be answered ``91`` now."""
-        if self._shedding and self._clock() - self._last_recorded >= self.interval_s:
-            self._shedding, self._above_since = False, None
-        return self._shedding
+        if self._waits and self._shortest > self.target_s:  # a standing queue
+            mean_s = self._waited_s / self._waits
+            fits = self._most * max(SHRINK_AT_MOST, self.target_s / mean_s)
+            self.limit = max(MIN_LIMIT, math.floor(min(fits, self.limit)))
+        elif self._waits and self._most >= self.limit:  # the queue empties at this limit: try more
+            self.limit = math.floor(self.limit * GROWTH)
+        self._ends_at = now + self.interval_s
+        self._most, self._shortest = self.waiting, math.inf
+        self._waited_s, self._waits = 0.0, 0
 
 
 class LoadShedder:
@@ -63,7 +101,7 @@ class LoadShedder:
     ) -> None:
         self.max_in_flight = max_in_flight
         self._max_lag_s = max_loop_lag_ms / 1000
-        self.queue_delay = QueueDelay(queue_delay_ms / 1000, queue_interval_ms / 1000) if queue_delay_ms else None
+        self.waiting = WaitingLimit(queue_delay_ms / 1000, queue_interval_ms / 1000) if queue_delay_ms else None
         self.in_flight = 0
         self.loop_lag_s = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -77,16 +115,28 @@ class LoadShedder:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def admit(self) -> None:
+        """A request taken on: under way, and waiting for its channel call."""
+        self.in_flight += 1
+        if self.waiting is not None:
+            self.waiting.enter()
+
     def calling_channel(self, arrived: float) -> None:
-        """A request whose bytes were read at ``arrived`` (``time.monotonic()``: a step of the wall
-        clock neither sheds nor hides a queue) is about to be sent to its channel: its wait so far
-        is the queue's length."""
-        if self.queue_delay is not None:
-            self.queue_delay.record(time.monotonic() - arrived)
+        """An admitted request whose bytes were read at ``arrived`` (``time.monotonic()``: a step
+        of the wall clock neither sheds nor hides a queue) is about to be sent to its channel: its
+        wait so far is the queue's length."""
+        if self.waiting is not None:
+            self.waiting.leave(time.monotonic() - arrived)
+
+    def finish(self, waiting: bool) -> None:
+        """An admitted request ended (``waiting``: before any channel call)."""
+        self.in_flight -= 1
+        if waiting and self.waiting is not None:
+            self.waiting.leave(None)
 
     def overloaded(self) -> str | None:
         """None when a new request may be taken on, else the reason it may not."""
-        if self.queue_delay is not None and self.queue_delay.shedding():
+        if self.waiting is not None and self.waiting.full():
             return "queue_delay"
         if self.in_flight >= self.max_in_flight:
             return "in_flight"

@@ -95,7 +95,9 @@ class Context:
     arrived: float  # time.monotonic() when its bytes were read
     txn_type: TxnType
     mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
+    overload: str | None = None  # why the switch was over capacity when it was read: shed (switch.intake)
     in_flight: bool = False  # counted in the load shedder's requests under way
+    waiting: bool = False  # and in those waiting for their channel call (``switch.shedding.WaitingLimit``)
     channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)
     qr: QrTerms | None = None  # a QR order's terms
     merchant: Merchant | None = None  # as configured when its step read it (a reload meanwhile changes nothing here)

@@ -1,6 +1,8 @@
-"""Admission by queueing delay (``switch.shedding``): CoDel's detection on an injected clock, and a
-switch of its own, configured with a target any real purchase overshoots, driven past it: new
-purchases are answered 91 without a journal row while reversals are still taken."""
+"""Admission by queueing delay (``switch.shedding``): the limit on requests waiting for their channel
+call, on an injected clock; the intake that starts frames read while shedding after the work under
+way (``switch.intake``); and a switch of its own, configured with a target any real purchase
+overshoots, driven past it: new purchases are answered 91 without a journal row while reversals
+are still taken."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import urllib.request
 import pytest
 
 from bench.traffic import reversal
-from switch.shedding import LoadShedder, QueueDelay
+from switch.intake import Intake
+from switch.shedding import GROWTH, MIN_LIMIT, START_LIMIT, LoadShedder, WaitingLimit
 from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
@@ -27,76 +30,124 @@ class Clock:
         return self.now
 
 
-def queue_delay() -> tuple[QueueDelay, Clock]:
+def waiting_limit() -> tuple[WaitingLimit, Clock]:
     clock = Clock()
-    return QueueDelay(TARGET_S, INTERVAL_S, clock), clock
+    return WaitingLimit(TARGET_S, INTERVAL_S, clock), clock
 
 
-def wait_above_target_for(delay: QueueDelay, clock: Clock, seconds: float, step: float = 0.01) -> None:
-    end = clock.now + seconds
-    while clock.now < end:
-        delay.record(TARGET_S * 3)
-        clock.now += step
+def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]) -> None:
+    """One interval: ``waiting`` requests enter, the ``waits`` leave at their channel calls (the
+    others stay), then the interval ends."""
+    for _ in range(waiting):
+        limit.enter()
+    for waited in waits:
+        limit.leave(waited)
+    clock.now += INTERVAL_S
+    limit.full()  # the interval's end is read
 
 
-def test_a_burst_shorter_than_the_interval_is_not_shed():
-    delay, clock = queue_delay()
-    wait_above_target_for(delay, clock, INTERVAL_S * 0.8)
-    assert not delay.shedding()
-    delay.record(TARGET_S / 2)  # the queue emptied: the clock starts again
-    wait_above_target_for(delay, clock, INTERVAL_S * 0.8)
-    assert not delay.shedding()
+def test_a_standing_queue_cuts_the_limit_to_those_that_would_wait_the_target():
+    limit, clock = waiting_limit()
+    interval(limit, clock, 200, [TARGET_S * 1.5] * 100)  # every wait above target: most 200, mean 1.5x
+    assert limit.limit == int(200 / 1.5)
+    assert [limit.full() for _ in range(2)] == [False, False]  # 100 wait: room for 33 more
+    for _ in range(33):
+        limit.enter()
+    assert limit.full()
 
 
-def test_a_standing_queue_sheds_until_one_request_waits_less_than_the_target():
-    delay, clock = queue_delay()
-    wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
-    assert delay.shedding()
-    delay.record(TARGET_S * 10)  # still long
-    assert delay.shedding()
-    delay.record(TARGET_S / 2)
-    assert not delay.shedding()
+def test_a_cut_halves_at_most_and_never_goes_below_the_floor():
+    limit, clock = waiting_limit()
+    interval(limit, clock, 200, [TARGET_S * 10] * 200)
+    assert limit.limit == 100  # not 20
+    for _ in range(5):  # as many as the limit lets in each time
+        interval(limit, clock, limit.limit, [TARGET_S * 10] * limit.limit)
+    assert limit.limit == MIN_LIMIT
 
 
-def test_after_shedding_a_whole_interval_of_long_waits_is_needed_again():
-    """As CoDel's dropping state: one long wait after shedding stopped (a busy box's tail) sheds
-    nothing; a standing queue again does."""
-    delay, clock = queue_delay()
-    wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
-    delay.record(0.0)
-    assert not delay.shedding()
-    clock.now += INTERVAL_S * 0.1
-    delay.record(TARGET_S * 2)
-    assert not delay.shedding()
-    wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
-    assert delay.shedding()
+def test_one_wait_below_the_target_is_no_standing_queue():
+    """A burst (CoDel): waits above target, but the queue emptied once in the interval."""
+    limit, clock = waiting_limit()
+    interval(limit, clock, 200, [TARGET_S * 10] * 99 + [TARGET_S / 2])
+    assert limit.limit == START_LIMIT
 
 
-def test_shedding_stops_when_nothing_reached_a_channel_for_an_interval():
-    delay, clock = queue_delay()
-    wait_above_target_for(delay, clock, INTERVAL_S * 1.1)
-    clock.now += INTERVAL_S * 0.5  # (the last wait was recorded one step before)
-    assert delay.shedding()
-    clock.now += INTERVAL_S * 0.5
-    assert not delay.shedding()
+def test_a_limit_reached_without_a_standing_queue_grows_and_one_not_reached_stays():
+    limit, clock = waiting_limit()
+    interval(limit, clock, START_LIMIT - 1, [TARGET_S / 2] * (START_LIMIT - 1))
+    assert limit.limit == START_LIMIT
+    interval(limit, clock, START_LIMIT, [TARGET_S / 2] * START_LIMIT)
+    assert limit.limit == int(START_LIMIT * GROWTH)
+
+
+def test_requests_that_end_before_any_channel_call_say_nothing_of_the_queue():
+    limit, clock = waiting_limit()
+    for _ in range(START_LIMIT + 1):
+        limit.enter()
+    assert limit.full()  # past the limit
+    for _ in range(START_LIMIT + 1):
+        limit.leave(None)  # declined by risk, duplicates, refused by a channel's limits
+    clock.now += INTERVAL_S
+    assert not limit.full() and limit.limit == START_LIMIT and limit.waiting == 0
 
 
 def test_the_shedder_names_the_queue_delay_and_is_off_at_zero():
-    on = LoadShedder(max_in_flight=100, max_loop_lag_ms=0, queue_delay_ms=20)
-    off = LoadShedder(max_in_flight=100, max_loop_lag_ms=0, queue_delay_ms=0)
-    assert off.queue_delay is None
-    clock = Clock()
-    on.queue_delay = QueueDelay(TARGET_S, INTERVAL_S, clock)
-    for _ in range(3):
+    on = LoadShedder(max_in_flight=10_000, max_loop_lag_ms=0, queue_delay_ms=20)
+    off = LoadShedder(max_in_flight=10_000, max_loop_lag_ms=0, queue_delay_ms=0)
+    assert off.waiting is None
+    for _ in range(START_LIMIT):
         for shedder in (on, off):
-            shedder.calling_channel(time.monotonic() - 1.0)  # arrived a second ago
-        clock.now += INTERVAL_S * 0.6
+            shedder.admit()
     assert (on.overloaded(), off.overloaded()) == ("queue_delay", None)
+    for shedder in (on, off):
+        shedder.finish(waiting=True)  # ended before its channel call (declined by risk, say)
+    assert (on.overloaded(), off.overloaded()) == (None, None)
+    for shedder in (on, off):
+        shedder.admit()
+    assert on.overloaded() == "queue_delay"
+    for shedder in (on, off):
+        shedder.calling_channel(time.monotonic() - 1.0)  # one waited a second, and is at its channel
+    assert (on.overloaded(), off.overloaded()) == (None, None)
+    for shedder in (on, off):
+        shedder.finish(waiting=False)  # (its place was given back at the channel call)
+    assert (on.overloaded(), on.waiting.waiting, on.in_flight) == (None, START_LIMIT - 1, START_LIMIT - 1)
+
+
+def test_the_intake_starts_a_few_frames_a_turn_after_the_work_under_way():
+    """Frames read while shedding are started ``per_turn`` a loop turn, and the callbacks of the
+    transactions under way run in every turn between them, in order."""
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        loop = asyncio.get_running_loop()
+        intake = Intake(per_turn=4)
+
+        def under_way(step: int) -> None:  # a transaction under way: one step a turn
+            order.append("work")
+            if step < 5:
+                loop.call_soon(under_way, step + 1)
+
+        loop.call_soon(under_way, 0)
+        for n in range(10):
+            intake.later(lambda n=n: order.append(f"frame {n}"))
+        for _ in range(8):
+            await asyncio.sleep(0)
+        assert len(intake) == 0
+        return order
+
+    order = run(scenario())
+    turns = " ".join(order).split("work")
+    assert [t.split() for t in turns if t.strip()] == [
+        ["frame", "0", "frame", "1", "frame", "2", "frame", "3"],
+        ["frame", "4", "frame", "5", "frame", "6", "frame", "7"],
+        ["frame", "8", "frame", "9"],
+    ]
+    assert order.count("work") == 6
 
 
 # -- a real switch -------------------------------------------------------------------------------
 
-SENDERS = 32  # purchases kept under way to build the queue
+SENDERS = 96  # purchases kept under way to build the queue, past the limit's floor
 
 
 @pytest.fixture(scope="module")
