@@ -53,10 +53,12 @@ class SwitchSection(_Strict):
     idle_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # no complete frame for this long: closed
     max_batch: Positive = 256  # transactions per frame to a channel actor
     # Load shedding (91 at once, before any journal or channel work); see switch.shedding.
-    # Admission by queueing delay (CoDel): once every new purchase has waited longer than
-    # shed_queue_delay_ms from its arrival to its channel call for shed_queue_interval_ms on end,
-    # newcomers are shed until one waits less. So under overload the accepted stay fast and the
-    # excess hears 91 at once. Reversals and retransmissions of one under way are never shed.
+    # Admission by queueing delay (switch.shedding): a limit on new purchases waiting for their
+    # channel call at once, cut when every wait of a shed_queue_interval_ms was over
+    # shed_queue_delay_ms (CoDel's standing queue) to the number that would wait that long, raised
+    # while reached without one. Past it, newcomers are answered 91 at once, after the work under
+    # way (switch.intake), so under overload the accepted stay fast. Reversals and retransmissions
+    # of one under way are never shed.
     shed_queue_delay_ms: Annotated[int, Meta(ge=0, le=10_000)] = 50  # 0: off
     shed_queue_interval_ms: Annotated[int, Meta(ge=1, le=10_000)] = 150
     # Backstops, past either limit:

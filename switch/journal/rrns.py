@@ -35,7 +35,7 @@ class Rrns:
         self._blocks: deque[int] = deque()  # fetched, not begun
         self._next = self._end = 0  # the block in use
         self._begun_at: float | None = None  # when the block in use was begun
-        self.per_s = 0.0  # the rate RRNs go at, read from how long the last block lasted
+        self._per_s = 0.0  # the rate RRNs go at, read from how long the last block lasted
         self._lock = asyncio.Lock()
         self._filling: asyncio.Task[None] | None = None
 
@@ -57,7 +57,7 @@ class Rrns:
             self._filling.cancel()
 
     def _reserve(self) -> int:
-        return max(RRN_BLOCK, math.ceil(self.per_s * RESERVE_S))
+        return max(RRN_BLOCK, math.ceil(self._per_s * RESERVE_S))
 
     async def _begin_block(self) -> None:
         async with self._lock:
@@ -74,7 +74,7 @@ class Rrns:
                         await asyncio.shield(ahead)
             now = self._clock()
             if self._begun_at is not None:
-                self.per_s = RRN_BLOCK / max(now - self._begun_at, 1e-3)
+                self._per_s = RRN_BLOCK / max(now - self._begun_at, 1e-3)
             self._begun_at = now
             block = self._blocks.popleft()
             self._next, self._end = block * RRN_BLOCK, (block + 1) * RRN_BLOCK
