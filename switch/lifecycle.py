@@ -307,6 +307,9 @@ class Processor:
         request_hash, first = under_way
         if request_hash != txn.request_hash:
             return rc.DUPLICATE_TRANSMISSION
+        if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
+            t.waiting = False
+            self._shedder.stopped_waiting()
         t.reply = await asyncio.shield(first)
         return t.reply.code
 

@@ -128,6 +128,12 @@ class LoadShedder:
         if self.waiting is not None:
             self.waiting.leave(time.monotonic() - arrived)
 
+    def stopped_waiting(self) -> None:
+        """An admitted request no longer waits for a channel call of its own, though still under
+        way (a retransmission, waiting for its original's answer)."""
+        if self.waiting is not None:
+            self.waiting.leave(None)
+
     def finish(self, waiting: bool) -> None:
         """An admitted request ended (``waiting``: before any channel call)."""
         self.in_flight -= 1

@@ -125,6 +125,30 @@ def test_pipelined_identical_requests_reach_the_channel_once(switch, simulators)
     run(scenario())
 
 
+def test_retransmissions_waiting_for_their_original_hold_no_place_in_the_admission(switch):
+    """The original of a slow purchase is at its channel; three retransmissions of it wait for its
+    answer. None of them counts as waiting for a channel call (``switch.shedding``): a hung
+    channel's retransmissions must not fill the limit and shed other channels' purchases."""
+
+    def waiting() -> float:
+        text = switch.get("/metrics")[1]
+        return float(re.search(r"(?m)^paysw_admission_waiting (\S+)$", text).group(1))
+
+    async def scenario():
+        request = new_purchase("alipay", suffix="98")  # the simulator answers after slow_ms (3 s)
+        async with connected(switch) as first, connected(switch) as a, connected(switch) as b, connected(switch) as c:
+            original = asyncio.ensure_future(first.request(request))
+            await asyncio.sleep(0.5)
+            resent = [asyncio.ensure_future(again.request(dict(request))) for again in (a, b, c)]  # (one a connection)
+            await asyncio.sleep(0.5)
+            during = await asyncio.to_thread(waiting)
+            answers = await asyncio.gather(original, *resent)
+        assert during == 0
+        assert len({(a["37"], a["39"]) for a in answers}) == 1 and answers[0]["39"] == "00"
+
+    run(scenario())
+
+
 def test_conflicting_retransmission_is_94_and_changes_nothing(switch, database_url):
     async def scenario():
         request = new_purchase("unionpay", amount=500)
