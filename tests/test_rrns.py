@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from switch.journal.rrns import RRN_BLOCK, Rrns
+from switch.journal.rrns import MAX_BLOCKS, RRN_BLOCK, Rrns
 from tests.conftest import run
 
 
@@ -64,3 +64,21 @@ def test_a_failed_fetch_is_made_again_by_the_request_that_needs_a_block():
     taken, asked = run(scenario())
     assert asked[:3] == [1, 1, 1] and len(set(taken)) == RRN_BLOCK + 1  # the third: made again
     assert int(taken[-1]) // RRN_BLOCK == 2  # from the fetch made again (the failed one took no number)
+
+
+def test_a_block_gone_in_a_moment_holds_no_more_than_max_blocks():
+    """A burst used a block in no time: the rate it gives is no reason to hold a million RRNs."""
+
+    async def scenario() -> tuple[Rrns, Sequence]:
+        sequence = Sequence()
+        rrns = Rrns(sequence, Clock())  # the clock never moves: every block lasts no time
+        for _ in range(RRN_BLOCK * 3):
+            await rrns.next()
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return rrns, sequence
+
+    rrns, sequence = run(scenario())
+    assert rrns.in_hand() <= (MAX_BLOCKS + 1) * RRN_BLOCK
+    assert sum(sequence.asked) <= MAX_BLOCKS + 4

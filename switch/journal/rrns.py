@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 RRN_BLOCK = 1000
 RESERVE_S = 1.0  # RRNs kept in hand for this long at the rate they go
-MAX_BLOCKS = 64  # fetched in one round trip, at most
+MAX_BLOCKS = 64  # fetched in one round trip, and held, at most (a block that went in a moment says little)
 log = logging.getLogger("paysw.journal")
 
 Fetch = Callable[[int], Awaitable[list[int]]]  # n: n new block numbers
@@ -57,7 +57,7 @@ class Rrns:
             self._filling.cancel()
 
     def _reserve(self) -> int:
-        return max(RRN_BLOCK, math.ceil(self._per_s * RESERVE_S))
+        return min(MAX_BLOCKS * RRN_BLOCK, max(RRN_BLOCK, math.ceil(self._per_s * RESERVE_S)))
 
     async def _begin_block(self) -> None:
         async with self._lock:
