@@ -15,7 +15,7 @@ import pytest
 
 from bench.traffic import reversal
 from switch.intake import Intake
-from switch.shedding import GROWTH, MIN_LIMIT, START_LIMIT, LoadShedder, WaitingLimit
+from switch.shedding import GROWTH, MIN_LIMIT, STANDING_INTERVALS, START_LIMIT, LoadShedder, WaitingLimit
 from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
@@ -46,9 +46,17 @@ def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]
     limit.full()  # the interval's end is read
 
 
+def standing(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]) -> None:
+    """Intervals in a row with the same standing queue, as many as a cut takes; ``waiting``
+    enter in the first, and as many as leave come back in each of the others."""
+    interval(limit, clock, waiting, waits)
+    for _ in range(STANDING_INTERVALS - 1):
+        interval(limit, clock, len(waits), waits)
+
+
 def test_a_standing_queue_cuts_the_limit_to_those_that_would_wait_the_target():
     limit, clock = waiting_limit()
-    interval(limit, clock, 200, [TARGET_S * 1.5] * 100)  # every wait above target: most 200, mean 1.5x
+    standing(limit, clock, 200, [TARGET_S * 1.5] * 100)  # every wait above target: most 200, mean 1.5x
     assert limit.limit == int(200 / 1.5)
     assert [limit.full() for _ in range(2)] == [False, False]  # 100 wait: room for 33 more
     for _ in range(33):
@@ -58,11 +66,22 @@ def test_a_standing_queue_cuts_the_limit_to_those_that_would_wait_the_target():
 
 def test_a_cut_halves_at_most_and_never_goes_below_the_floor():
     limit, clock = waiting_limit()
-    interval(limit, clock, 200, [TARGET_S * 10] * 200)
+    standing(limit, clock, 200, [TARGET_S * 10] * 200)
     assert limit.limit == 100  # not 20
     for _ in range(5):  # as many as the limit lets in each time
         interval(limit, clock, limit.limit, [TARGET_S * 10] * limit.limit)
     assert limit.limit == MIN_LIMIT
+
+
+def test_one_slow_interval_is_a_stall_not_overload():
+    """A cold start or a checkpoint: every wait of one interval above target, then the queue gone.
+    Fewer requests would not have waited less: the limit stays where it was."""
+    limit, clock = waiting_limit()
+    interval(limit, clock, 64, [TARGET_S * 10] * 64)
+    assert limit.limit == START_LIMIT
+    interval(limit, clock, 64, [TARGET_S / 2] * 64)
+    interval(limit, clock, 64, [TARGET_S * 10] * 64)  # a stall again: not in a row with the first
+    assert limit.limit == START_LIMIT
 
 
 def test_one_wait_below_the_target_is_no_standing_queue():
@@ -72,11 +91,12 @@ def test_one_wait_below_the_target_is_no_standing_queue():
     assert limit.limit == START_LIMIT
 
 
-def test_a_limit_reached_without_a_standing_queue_grows_and_one_not_reached_stays():
+def test_a_limit_come_near_without_a_standing_queue_grows_before_it_sheds_and_one_not_near_stays():
     limit, clock = waiting_limit()
-    interval(limit, clock, START_LIMIT - 1, [TARGET_S / 2] * (START_LIMIT - 1))
+    not_near, near = START_LIMIT * 2 // 3, START_LIMIT * 4 // 5  # NEAR is between
+    interval(limit, clock, not_near, [TARGET_S / 2] * not_near)
     assert limit.limit == START_LIMIT
-    interval(limit, clock, START_LIMIT, [TARGET_S / 2] * START_LIMIT)
+    interval(limit, clock, near, [TARGET_S / 2] * near)
     assert limit.limit == int(START_LIMIT * GROWTH)
 
 
