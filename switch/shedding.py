@@ -26,17 +26,16 @@ LAG_SMOOTHING = 0.3  # weight of the newest sample: a single hiccup does not she
 # group commit and the channels' batches of the very purchases that keep the box busy.
 MIN_LIMIT = 32
 SHRINK_AT_MOST = 0.5  # of the limit, in one interval: one slow interval does not empty the switch
-# Intervals in a row with a standing queue before a cut: one slow interval is a stall (a cold
-# start, a checkpoint), which fewer requests would not have shortened; overload lasts. Cutting on
-# one, a fresh switch's first slow interval cut the limit from 1,024 to 97 under 64 outstanding,
-# and it shed 131 purchases of a load (then 128 outstanding) it went on to serve without a queue.
-STANDING_INTERVALS = 2
-GROWTH = 1.25  # of the limit, for an interval that came near it without a standing queue
-# How near: the limit grows before it is reached, so finding the room costs no 91s.
+GROWTH = 1.25  # of the limit, for an interval that reached it without a standing queue
+# A standing queue cuts the limit only while as many as this share of it wait: then the limit is
+# what lets the queue stand. With fewer, the waits come from a stall (a cold start, a checkpoint)
+# that fewer requests would not have shortened. Cutting on those, a fresh switch's first slow
+# interval cut the limit from 1,024 to 97 under 64 outstanding, and it shed 131 purchases of a
+# load (then 128 outstanding) it went on to serve without a queue.
 NEAR = 0.75
 # The limit before any queue was seen. A burst is let in whole up to it (on two cores, 1,024
 # purchases are about 0.6 s of work, well within a terminal's wait), and partly shed past it; a load
-# that keeps coming near it without a standing queue raises it.
+# that keeps reaching it without a standing queue raises it.
 START_LIMIT = 1024
 
 
@@ -45,11 +44,11 @@ class WaitingLimit:
     once. A request waits from its arrival until its channel call, or until it ends without one.
 
     At the end of each ``interval_s``, the interval's shortest wait is its standing queue (CoDel's
-    reading: a queue that never emptied). Above ``target_s`` for ``STANDING_INTERVALS`` in a row,
-    the limit becomes the number that would wait the target at the rate they leave (Little's law:
-    the most that waited at once, times the target over the mean wait), cut by half at most and
-    never below ``MIN_LIMIT``. Without a standing queue, an interval in which as many waited as
-    ``NEAR`` the limit raises it by ``GROWTH``.
+    reading: a queue that never emptied). Above ``target_s``, with at least ``NEAR`` the limit
+    waiting at once, the limit becomes the number that would wait the target at the rate they
+    leave (Little's law: the most that waited at once, times the target over the mean wait), cut
+    by half at most and never below ``MIN_LIMIT``. Without a standing queue, an interval that
+    reached the limit raises it by ``GROWTH``.
 
     So under overload a steady number is let in, waiting about the target, and the excess is
     answered ``91`` at once. The on/off switch this replaced (shed every newcomer while the queue
@@ -68,7 +67,6 @@ class WaitingLimit:
         self._most = 0  # the most that waited at once this interval
         self._shortest = math.inf  # of the waits that ended at a channel call this interval
         self._waited_s, self._waits = 0.0, 0  # their sum and count
-        self._standing = 0  # intervals in a row with a standing queue
 
     def full(self) -> bool:
         """Whether a newcomer is to be answered ``91`` now."""
@@ -94,12 +92,11 @@ class WaitingLimit:
         if now < self._ends_at:
             return
         standing = self._waits and self._shortest > self.target_s
-        self._standing = self._standing + 1 if standing else 0
-        if self._standing >= STANDING_INTERVALS:
+        if standing and self._most >= self.limit * NEAR:
             mean_s = self._waited_s / self._waits
             fits = self._most * max(SHRINK_AT_MOST, self.target_s / mean_s)
             self.limit = max(MIN_LIMIT, math.floor(min(fits, self.limit)))
-        elif not standing and self._waits and self._most >= self.limit * NEAR:  # room at this limit: try more
+        elif self._waits and self._most >= self.limit:  # the queue empties at this limit: try more
             self.limit = math.floor(self.limit * GROWTH)
         self._ends_at = now + self.interval_s
         self._most, self._shortest = self.waiting, math.inf

@@ -15,7 +15,7 @@ import pytest
 
 from bench.traffic import reversal
 from switch.intake import Intake
-from switch.shedding import GROWTH, MIN_LIMIT, STANDING_INTERVALS, START_LIMIT, LoadShedder, WaitingLimit
+from switch.shedding import GROWTH, MIN_LIMIT, START_LIMIT, LoadShedder, WaitingLimit
 from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
@@ -46,57 +46,47 @@ def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]
     limit.full()  # the interval's end is read
 
 
-def standing(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]) -> None:
-    """Intervals in a row with the same standing queue, as many as a cut takes; ``waiting``
-    enter in the first, and as many as leave come back in each of the others."""
-    interval(limit, clock, waiting, waits)
-    for _ in range(STANDING_INTERVALS - 1):
-        interval(limit, clock, len(waits), waits)
-
-
 def test_a_standing_queue_cuts_the_limit_to_those_that_would_wait_the_target():
     limit, clock = waiting_limit()
-    standing(limit, clock, 200, [TARGET_S * 1.5] * 100)  # every wait above target: most 200, mean 1.5x
-    assert limit.limit == int(200 / 1.5)
-    assert [limit.full() for _ in range(2)] == [False, False]  # 100 wait: room for 33 more
-    for _ in range(33):
+    interval(limit, clock, 900, [TARGET_S * 1.5] * 450)  # every wait above target: most 900, mean 1.5x
+    assert limit.limit == int(900 / 1.5)
+    assert [limit.full() for _ in range(2)] == [False, False]  # 450 wait: room for 150 more
+    for _ in range(150):
         limit.enter()
     assert limit.full()
 
 
 def test_a_cut_halves_at_most_and_never_goes_below_the_floor():
     limit, clock = waiting_limit()
-    standing(limit, clock, 200, [TARGET_S * 10] * 200)
-    assert limit.limit == 100  # not 20
+    interval(limit, clock, 900, [TARGET_S * 10] * 900)
+    assert limit.limit == 450  # not 90
     for _ in range(5):  # as many as the limit lets in each time
         interval(limit, clock, limit.limit, [TARGET_S * 10] * limit.limit)
     assert limit.limit == MIN_LIMIT
 
 
-def test_one_slow_interval_is_a_stall_not_overload():
-    """A cold start or a checkpoint: every wait of one interval above target, then the queue gone.
-    Fewer requests would not have waited less: the limit stays where it was."""
+def test_a_standing_queue_of_a_few_against_the_limit_is_a_stall_not_overload():
+    """A cold start or a checkpoint: every wait above target with far fewer waiting than the
+    limit lets. Fewer requests would not have waited less: the limit stays."""
     limit, clock = waiting_limit()
-    interval(limit, clock, 64, [TARGET_S * 10] * 64)
+    interval(limit, clock, 700, [TARGET_S * 10] * 700)  # under 3/4 of 1,024
     assert limit.limit == START_LIMIT
-    interval(limit, clock, 64, [TARGET_S / 2] * 64)
-    interval(limit, clock, 64, [TARGET_S * 10] * 64)  # a stall again: not in a row with the first
-    assert limit.limit == START_LIMIT
+    interval(limit, clock, 800, [TARGET_S * 10] * 800)  # over: the limit is what lets it stand
+    assert limit.limit == 400  # half the 800 (a cut halves at most)
 
 
 def test_one_wait_below_the_target_is_no_standing_queue():
     """A burst (CoDel): waits above target, but the queue emptied once in the interval."""
     limit, clock = waiting_limit()
-    interval(limit, clock, 200, [TARGET_S * 10] * 99 + [TARGET_S / 2])
+    interval(limit, clock, 900, [TARGET_S * 10] * 99 + [TARGET_S / 2])
     assert limit.limit == START_LIMIT
 
 
-def test_a_limit_come_near_without_a_standing_queue_grows_before_it_sheds_and_one_not_near_stays():
+def test_a_limit_reached_without_a_standing_queue_grows_and_one_not_reached_stays():
     limit, clock = waiting_limit()
-    not_near, near = START_LIMIT * 2 // 3, START_LIMIT * 4 // 5  # NEAR is between
-    interval(limit, clock, not_near, [TARGET_S / 2] * not_near)
+    interval(limit, clock, START_LIMIT - 1, [TARGET_S / 2] * (START_LIMIT - 1))
     assert limit.limit == START_LIMIT
-    interval(limit, clock, near, [TARGET_S / 2] * near)
+    interval(limit, clock, START_LIMIT, [TARGET_S / 2] * START_LIMIT)
     assert limit.limit == int(START_LIMIT * GROWTH)
 
 
@@ -167,7 +157,9 @@ def test_the_intake_starts_a_few_frames_a_turn_after_the_work_under_way():
 
 # -- a real switch -------------------------------------------------------------------------------
 
-SENDERS = 96  # purchases kept under way to build the queue, past the limit's floor
+# Purchases kept under way on each of two connections to build the queue: together past NEAR the
+# starting limit, where a standing queue is the limit's doing and cuts it.
+SENDERS = 420
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +177,18 @@ def test_past_its_target_the_switch_sheds_newcomers_without_journal_work_but_tak
     impatient_switch, database_url
 ):
     async def scenario():
-        async with connected(impatient_switch) as load, connected(impatient_switch) as terminal:
+        async with (
+            connected(impatient_switch) as load,
+            connected(impatient_switch) as more,
+            connected(impatient_switch) as terminal,
+        ):
             stop = asyncio.Event()
 
-            async def keep_busy() -> None:
+            async def keep_busy(connection) -> None:
                 while not stop.is_set():
-                    await load.request(new_purchase("wechat"))
+                    await connection.request(new_purchase("wechat"))
 
-            senders = [asyncio.ensure_future(keep_busy()) for _ in range(SENDERS)]
+            senders = [asyncio.ensure_future(keep_busy(c)) for c in (load, more) for _ in range(SENDERS)]
             await asyncio.sleep(1.0)
             shed, reversals = [], []
             deadline = time.monotonic() + 20
