@@ -57,10 +57,18 @@ class WaitingLimit:
     counted, so a slow channel never makes the switch shed another's purchases (its own limits,
     ``frontend_in_flight``, bound it)."""
 
-    def __init__(self, target_s: float, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        target_s: float,
+        interval_s: float,
+        ceiling: float = math.inf,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``ceiling``: no more can wait (those under way at most, ``max_in_flight``)."""
         self.target_s = target_s
         self.interval_s = interval_s
-        self.limit: int = START_LIMIT
+        self.ceiling = ceiling
+        self.limit: int = min(START_LIMIT, ceiling)
         self.waiting = 0
         self._clock = clock
         self._ends_at = clock() + interval_s
@@ -97,7 +105,7 @@ class WaitingLimit:
             fits = self._most * max(SHRINK_AT_MOST, self.target_s / mean_s)
             self.limit = max(MIN_LIMIT, math.floor(min(fits, self.limit)))
         elif self._waits and self._most >= self.limit:  # the queue empties at this limit: try more
-            self.limit = math.floor(self.limit * GROWTH)
+            self.limit = min(self.ceiling, math.floor(self.limit * GROWTH))
         self._ends_at = now + self.interval_s
         self._most, self._shortest = self.waiting, math.inf
         self._waited_s, self._waits = 0.0, 0
@@ -109,7 +117,9 @@ class LoadShedder:
     ) -> None:
         self.max_in_flight = max_in_flight
         self._max_lag_s = max_loop_lag_ms / 1000
-        self.waiting = WaitingLimit(queue_delay_ms / 1000, queue_interval_ms / 1000) if queue_delay_ms else None
+        self.waiting = (
+            WaitingLimit(queue_delay_ms / 1000, queue_interval_ms / 1000, max_in_flight) if queue_delay_ms else None
+        )
         self.in_flight = 0
         self.loop_lag_s = 0.0
         self._task: asyncio.Task[None] | None = None

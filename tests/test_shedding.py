@@ -32,7 +32,7 @@ class Clock:
 
 def waiting_limit() -> tuple[WaitingLimit, Clock]:
     clock = Clock()
-    return WaitingLimit(TARGET_S, INTERVAL_S, clock), clock
+    return WaitingLimit(TARGET_S, INTERVAL_S, clock=clock), clock
 
 
 def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]) -> None:
@@ -73,6 +73,16 @@ def test_a_standing_queue_of_a_few_against_the_limit_is_a_stall_not_overload():
     assert limit.limit == START_LIMIT
     interval(limit, clock, 800, [TARGET_S * 10] * 800)  # over: the limit is what lets it stand
     assert limit.limit == 400  # half the 800 (a cut halves at most)
+
+
+def test_a_limit_starts_and_grows_no_higher_than_those_that_may_be_under_way():
+    """With ``max_in_flight`` 200, 3/4 of a limit of 1,024 could never wait: the limit is 200."""
+    clock = Clock()
+    limit = WaitingLimit(TARGET_S, INTERVAL_S, ceiling=200, clock=clock)
+    interval(limit, clock, 200, [TARGET_S / 2] * 200)  # reached, no standing queue: would grow
+    assert limit.limit == 200
+    interval(limit, clock, 160, [TARGET_S * 10] * 160)
+    assert limit.limit == 80  # cut: half the 160
 
 
 def test_one_wait_below_the_target_is_no_standing_queue():
