@@ -3,6 +3,7 @@ pipelined requests answered in order, chunked bodies, Connection: close, and the
 request that does not parse (400) or is too large (413), each closing the connection."""
 
 import asyncio
+import time
 
 import uvloop
 
@@ -109,3 +110,32 @@ def test_a_request_over_the_size_cap_gets_413_and_the_connection_closes():
 def test_a_cut_answer_closes_the_connection_after_the_answers_before_it():
     received = exchange(post("/pay", b"1") + post("/cut") + post("/pay", b"3"))
     assert received.count(b"HTTP/1.1 200 OK") == 1 and received.endswith(b"POST /pay 1")
+
+
+def _answer_after(work_s: float, delay_s: float) -> float:
+    """Seconds from sending one request to its answer, from an app that works ``work_s`` (blocking,
+    as signing does) and asks for ``delay_s``."""
+
+    def working(request: Request) -> Reply:
+        time.sleep(work_s)
+        return Reply(200, b"done", TEXT, delay_s)
+
+    async def timed() -> float:
+        server = await http.listen(working, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        started = time.monotonic()
+        writer.write(post("/pay", b"x"))
+        await reader.readuntil(b"\r\n\r\n")
+        took = time.monotonic() - started
+        writer.close()
+        server.close()
+        return took
+
+    return uvloop.run(timed())
+
+
+def test_a_replys_delay_counts_from_the_requests_arrival_so_the_work_is_inside_it():
+    # A channel's latency includes its own work: 0.5 s of work inside a 1 s delay answers at 1 s,
+    # not 1.5; work past the delay answers as soon as it is done.
+    assert 1.0 <= _answer_after(0.5, 1.0) < 1.3
+    assert 0.5 <= _answer_after(0.5, 0.45) < 0.8

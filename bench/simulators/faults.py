@@ -1,7 +1,7 @@
 """Faults a simulator can be told to show, at run time, to rehearse a channel's incidents:
 
 - ``hang``: take requests and never answer (released, unanswered, when the fault is cleared);
-- ``latency_ms``: answer this much later;
+- ``latency_ms``: answer this much later (added to the channel's own latency);
 - ``error_rate``: answer this share of requests with HTTP 500, without acting on them;
 - ``refuse``: stop listening (connections refused); open connections are closed on their next request;
 - ``reset``: accept, then close the connection without answering;

@@ -11,7 +11,9 @@ connection.
 The application is a callable taking a ``Request`` and returning a ``Reply``, or an awaitable of
 one for the rare requests that must wait (an audit look-up, a hang). A reply may ask to be sent
 after a delay (a timer, not a sleeping coroutine), or to end the connection instead of answering
-(``CUT``) or part-way through its body (``HALF``): the faults a simulator plays.
+(``CUT``) or part-way through its body (``HALF``): the faults a simulator plays. The delay counts
+from the request's arrival, as a channel's latency includes its own work (its signatures): a
+reply whose work took longer than its delay goes at once.
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ class _TooLarge(Exception):
 class _Slot:
     """One request's place in a connection's answer order; ``reply`` is set when it is ready."""
 
-    __slots__ = ("keep_alive", "reply")
+    __slots__ = ("arrived", "keep_alive", "reply")
 
-    def __init__(self, keep_alive: bool) -> None:
+    def __init__(self, keep_alive: bool, arrived: float) -> None:
         self.reply: Reply | None = None
         self.keep_alive = keep_alive
+        self.arrived = arrived  # the loop's clock when the request was read whole
 
 
 class HttpConnection(asyncio.Protocol):
@@ -151,7 +154,8 @@ class HttpConnection(asyncio.Protocol):
         parser = self._parser
         path = self._url.partition(b"?")[0].decode("latin-1")
         request = Request(parser.get_method().decode("ascii"), path, self._headers, b"".join(self._body))
-        slot = _Slot(parser.should_keep_alive())  # llhttp refuses data after a request that closes
+        # llhttp refuses data after a request that closes
+        slot = _Slot(parser.should_keep_alive(), self._loop.time())
         self._slots.append(slot)
         if len(self._slots) >= MAX_UNANSWERED and self._transport is not None:
             self._transport.pause_reading()
@@ -177,8 +181,9 @@ class HttpConnection(asyncio.Protocol):
             self._ready(slot, task.result())
 
     def _ready(self, slot: _Slot, reply: Reply) -> None:
-        if reply.delay:  # a timer, cheaper than a coroutine sleeping
-            self._loop.call_later(reply.delay, self._due, slot, reply)
+        wait = reply.delay - (self._loop.time() - slot.arrived)
+        if wait > 0:  # a timer, cheaper than a coroutine sleeping
+            self._loop.call_later(wait, self._due, slot, reply)
         else:
             self._due(slot, reply)
 
@@ -223,7 +228,7 @@ class HttpConnection(asyncio.Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer a request that cannot be read, after those before it, and close."""
         self._done_reading = True
-        slot = _Slot(keep_alive=False)
+        slot = _Slot(keep_alive=False, arrived=self._loop.time())
         self._slots.append(slot)
         self._ready(slot, Reply(status, reason.encode(), TEXT))
 

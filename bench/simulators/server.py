@@ -70,7 +70,7 @@ class SimulatorSection(Struct, forbid_unknown_fields=True, kw_only=True):
     kind: str
     listen: Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
     control_listen: Annotated[str, Meta(pattern=r"^([^:\s]+:\d{1,5})?$")] = ""  # "": channel port + 100
-    latency_ms: Annotated[float, Meta(ge=0)] = 2.0
+    latency_ms: Annotated[float, Meta(ge=0)] = 2.0  # from a request's arrival to its answer, the work inside it
     slow_ms: Annotated[float, Meta(ge=0)] = 3000.0
     paying_ms: Annotated[float, Meta(ge=0)] = 8000.0  # how long a "user paying" customer takes
     keys: SimulatorKeys
