@@ -25,7 +25,9 @@ LAG_SMOOTHING = 0.3  # weight of the newest sample: a single hiccup does not she
 # Admitted requests let wait at once however long they wait: fewer would starve the journal's
 # group commit and the channels' batches of the very purchases that keep the box busy.
 MIN_LIMIT = 32
-SHRINK_AT_MOST = 0.5  # of the limit, in one interval: one slow interval does not empty the switch
+# A cut keeps at least this share of those that waited at once (so, with NEAR, 3/8 of the limit):
+# one slow interval does not empty the switch.
+SHRINK_AT_MOST = 0.5
 GROWTH = 1.25  # of the limit, for an interval that reached it without a standing queue
 # A standing queue cuts the limit only while as many as this share of it wait: then the limit is
 # what lets the queue stand. With fewer, the waits come from a stall (a cold start, a checkpoint)

@@ -56,7 +56,7 @@ def test_a_standing_queue_cuts_the_limit_to_those_that_would_wait_the_target():
     assert limit.full()
 
 
-def test_a_cut_halves_at_most_and_never_goes_below_the_floor():
+def test_a_cut_keeps_half_of_those_that_waited_and_never_goes_below_the_floor():
     limit, clock = waiting_limit()
     interval(limit, clock, 900, [TARGET_S * 10] * 900)
     assert limit.limit == 450  # not 90
@@ -72,7 +72,7 @@ def test_a_standing_queue_of_a_few_against_the_limit_is_a_stall_not_overload():
     interval(limit, clock, 700, [TARGET_S * 10] * 700)  # under 3/4 of 1,024
     assert limit.limit == START_LIMIT
     interval(limit, clock, 800, [TARGET_S * 10] * 800)  # over: the limit is what lets it stand
-    assert limit.limit == 400  # half the 800 (a cut halves at most)
+    assert limit.limit == 400  # half the 800 that waited (a cut keeps half of them at least)
 
 
 def test_a_limit_starts_and_grows_no_higher_than_those_that_may_be_under_way():
