@@ -200,6 +200,20 @@ def transmission_date(field7: str, today: dt.date) -> dt.date | None:
     return _nearest(field7[:4], today)
 
 
+def transmitted_at(field7: str, now: dt.datetime) -> dt.datetime | None:
+    """Field 7 (MMDDhhmmss, UTC) as a moment, in the year nearest ``now``; None when it is more
+    than a day away."""
+    day = transmission_date(field7, now.date())
+    if day is None:
+        return None
+    try:
+        return dt.datetime(
+            day.year, day.month, day.day, int(field7[4:6]), int(field7[6:8]), int(field7[8:10]), tzinfo=dt.UTC
+        )
+    except ValueError:  # no such time of day
+        return None
+
+
 @functools.lru_cache(maxsize=64)  # every request asks, and of a few days only
 def _nearest(mmdd: str, today: dt.date) -> dt.date | None:
     month, day = int(mmdd[:2]), int(mmdd[2:4])

@@ -36,6 +36,7 @@ from protocols.validation import (
     mac_present,
     original_of_reversal,
     transmission_date,
+    transmitted_at,
     transmitted_on,
     validate,
 )
@@ -68,10 +69,27 @@ INQUIRY_CODE_OF_STATE = {
 }
 REQUEST_MTIS = frozenset({"0100", "0200", "0400", "0800"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
+# A request sent (field 7) this long before it came may be a terminal's resend of one finished:
+# shedding it would answer 91 to a purchase the channel may have approved.
+RESEND_AGE_S = 2.0
+# Retransmissions of one transaction under way that wait for its answer at once; more are told 09
+# (in progress, with the original's RRN to inquire by) at once: a terminal resending in a loop
+# cannot hold a task per resend for the whole deadline.
+MAX_RESENDS_WAITING = 4
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 # Bitmaps follow from the fields; the MAC differs per send; PIN block and track 2 are never kept,
 # not even hashed (PCI DSS 3.3.1).
 _NOT_HASHED = frozenset({"p", "1", "64", "52", "35"})
+
+
+class UnderWay:
+    """A transaction under way at this front end, as its retransmissions see it."""
+
+    __slots__ = ("claim", "request_hash", "resends", "rrn")
+
+    def __init__(self, request_hash: bytes, rrn: str, claim: asyncio.Future[Reply]) -> None:
+        self.request_hash, self.rrn, self.claim = request_hash, rrn, claim
+        self.resends = 0  # waiting for its answer now
 
 
 class CloseConnection(Exception):
@@ -106,7 +124,7 @@ class Processor:
         self.configure(config)
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
-        self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
+        self._under_way: dict[TxnKey, UnderWay] = {}
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
@@ -205,10 +223,19 @@ class Processor:
 
     def _under_way_now(self, message: Message) -> bool:
         """Whether this is a retransmission of a transaction under way here: it is never shed, it
-        gets the original's answer. (One of a transaction already finished is shed like any other
-        request while the switch is over capacity: that needs the journal, the very work shed.)"""
+        gets the original's answer."""
         tx_date = transmission_date(message["7"], dt.datetime.now(dt.UTC).date())
         return tx_date is not None and TxnKey(tx_date, message["41"], message["11"], message["7"]) in self._under_way
+
+    async def _journaled(self, message: Message) -> bool:
+        """Whether a request sent ``RESEND_AGE_S`` or more before now is in the journal: a resend
+        of one finished, or under way at another front end. One key lookup, only for requests that
+        old: a new one, sent just now, is shed without it (the work shedding saves)."""
+        now = dt.datetime.now(dt.UTC)
+        sent = transmitted_at(message["7"], now)
+        if sent is None or (now - sent).total_seconds() < RESEND_AGE_S:
+            return False
+        return await self._journal.find(TxnKey(sent.date(), message["41"], message["11"], message["7"])) is not None
 
     async def _reject(self, message: Message, rejection: Rejection) -> bytes | None:
         """The answer to a request refused before its steps (it cannot be decoded, or classified,
@@ -257,11 +284,11 @@ class Processor:
             return self._rejected(t.message, MAC_VERIFIES.reject("64", "MAC does not verify"))
         return None
 
-    def _step_shed(self, t: Context) -> str | None:
+    async def _step_shed(self, t: Context) -> str | None:
         """91 at once while the switch is over capacity, or was when the request was read, unless
-        this retransmits one under way."""
+        this retransmits one under way or already journaled (it gets the original's answer)."""
         overload = t.overload or self._shedder.overloaded()
-        if overload is not None and not self._under_way_now(t.message):
+        if overload is not None and not self._under_way_now(t.message) and not await self._journaled(t.message):
             self._metrics.shed.labels(overload).inc()
             return rc.CHANNEL_UNAVAILABLE
         self._shedder.admit()
@@ -302,15 +329,21 @@ class Processor:
         under_way = self._under_way.get(txn.key)
         if under_way is None:
             t.claim = asyncio.get_running_loop().create_future()
-            self._under_way[txn.key] = (txn.request_hash, t.claim)
+            self._under_way[txn.key] = UnderWay(txn.request_hash, txn.rrn, t.claim)
             return None
-        request_hash, first = under_way
-        if request_hash != txn.request_hash:
+        if under_way.request_hash != txn.request_hash:
             return rc.DUPLICATE_TRANSMISSION
+        if under_way.resends >= MAX_RESENDS_WAITING:
+            t.reply = Reply(rc.IN_PROGRESS, under_way.rrn)
+            return t.reply.code
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
             self._shedder.stopped_waiting()
-        t.reply = await asyncio.shield(first)
+        under_way.resends += 1
+        try:
+            t.reply = await asyncio.shield(under_way.claim)
+        finally:
+            under_way.resends -= 1
         return t.reply.code
 
     def _step_admit(self, t: Context) -> None:

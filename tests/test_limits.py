@@ -6,13 +6,15 @@ as a whole (91 at once before any work, recovering by itself)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 
 import pytest
 
+from bench.traffic import payment_code, purchase
 from tests.conftest import run, switch_with
-from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_audit
+from tests.support import MERCHANT, RNG, STANS, TERMINAL, connected, journal_row, new_purchase, out_trade_no, sim_audit
 
 SWITCH_IN_FLIGHT = 4  # financial requests under way in the whole switch
 
@@ -68,6 +70,29 @@ def test_over_capacity_the_switch_sheds_at_once_and_recovers(limited_switch, dat
         assert {a["39"] for a in admitted} == {"00"}
         assert (retransmission["39"], retransmission["37"]) == ("00", admitted[0]["37"])
         assert after["39"] == "00"
+
+    run(scenario())
+
+
+def test_over_capacity_a_resend_of_a_finished_purchase_gets_its_answer_not_91(limited_switch, database_url):
+    """The terminal did not hear the answer of a purchase the switch finished, and sends it again
+    while the switch sheds: it must hear the approval, not 91 for a payment the channel took."""
+
+    async def scenario():
+        sent = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)  # its field 7: RESEND_AGE_S ago and more
+        finished = purchase(TERMINAL, MERCHANT, payment_code("wechat", "00", RNG), 1234, STANS.next(TERMINAL), sent)
+        async with connected(limited_switch) as terminal, connected(limited_switch) as again:
+            first = await terminal.request(finished)
+            slow = [
+                asyncio.ensure_future(terminal.request(new_purchase("alipay", "98"))) for _ in range(SWITCH_IN_FLIGHT)
+            ]
+            await asyncio.sleep(0.3)
+            newcomer = await again.request(new_purchase("wechat"))
+            resent = await again.request(dict(finished))
+            await asyncio.gather(*slow)
+        assert first["39"] == "00"
+        assert newcomer["39"] == "91"  # the switch was shedding
+        assert (resent["39"], resent["37"]) == ("00", first["37"])
 
     run(scenario())
 

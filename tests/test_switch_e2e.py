@@ -4,6 +4,7 @@ processes, a real PostgreSQL journal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 
@@ -13,6 +14,7 @@ from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, network
 from protocols import validation
 from protocols.iso8583 import encode, encode_body
+from switch.lifecycle import MAX_RESENDS_WAITING
 from tests.conftest import WECHAT_TIMEOUT_MS, run
 from tests.support import (
     SENT_PANS,
@@ -145,6 +147,30 @@ def test_retransmissions_waiting_for_their_original_hold_no_place_in_the_admissi
             answers = await asyncio.gather(original, *resent)
         assert during == 0
         assert len({(a["37"], a["39"]) for a in answers}) == 1 and answers[0]["39"] == "00"
+
+    run(scenario())
+
+
+def test_resends_past_those_waiting_for_their_original_are_told_09_at_once_with_its_rrn(switch):
+    """A terminal resending in a loop holds no more than ``MAX_RESENDS_WAITING`` waits on its
+    original: the rest hear 09 (in progress) at once, with the RRN to inquire by."""
+
+    async def scenario():
+        request = new_purchase("alipay", suffix="98")  # the simulator answers after slow_ms (3 s)
+        async with contextlib.AsyncExitStack() as stack:
+            first, *others = [
+                await stack.enter_async_context(connected(switch)) for _ in range(MAX_RESENDS_WAITING + 3)
+            ]
+            original = asyncio.ensure_future(first.request(request))
+            await asyncio.sleep(0.5)
+            waiting = [asyncio.ensure_future(c.request(dict(request))) for c in others[:MAX_RESENDS_WAITING]]
+            await asyncio.sleep(0.3)
+            told = [await c.request(dict(request)) for c in others[MAX_RESENDS_WAITING:]]
+            told_while_under_way = not original.done()
+            answers = await asyncio.gather(original, *waiting)
+        assert answers[0]["39"] == "00" and len({(a["37"], a["39"]) for a in answers}) == 1
+        assert [(a["39"], a["37"]) for a in told] == [("09", answers[0]["37"])] * 2
+        assert told_while_under_way
 
     run(scenario())
 

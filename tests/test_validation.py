@@ -161,3 +161,11 @@ def test_a_request_without_field_64_breaks_the_mac_rule():
     assert mac_present({**PURCHASE, "64": "0123456789ABCDEF"}) is None
     rejection = mac_present(PURCHASE)
     assert (rejection.code, rejection.field, rejection.rule) == (rc.FORMAT_ERROR, "64", validation.MAC_PRESENT.name)
+
+
+def test_field_7_as_a_moment_takes_the_nearest_year_and_refuses_what_is_no_time():
+    now = dt.datetime(2027, 1, 1, 0, 0, 5, tzinfo=dt.UTC)
+    assert validation.transmitted_at("1231235955", now) == dt.datetime(2026, 12, 31, 23, 59, 55, tzinfo=dt.UTC)
+    assert validation.transmitted_at("0101000001", now) == dt.datetime(2027, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
+    assert validation.transmitted_at("0101250000", now) is None  # hour 25
+    assert validation.transmitted_at("0601000000", now) is None  # months away
