@@ -197,8 +197,7 @@ class SwitchApp:
             cfg.switch.shed_queue_interval_ms,
         )
         self.shedder.start()
-        if self.shedder.waiting is not None:
-            self.metrics.watch_admission(self.shedder.waiting)
+        self.metrics.watch_shedder(self.shedder)
         await self.risk.start(self.journal.pool, self._database_url, self._rules)
         self._processor = processor = Processor(
             cfg, self.journal, self.gateways, self.metrics, fingerprint, self.shedder, security, self.risk

@@ -72,24 +72,10 @@ ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome 
 # A request sent (field 7) this long before it came may be a terminal's resend of one finished:
 # shedding it would answer 91 to a purchase the channel may have approved.
 RESEND_AGE_S = 2.0
-# Retransmissions of one transaction under way that wait for its answer at once; more are told 09
-# (in progress, with the original's RRN to inquire by) at once: a terminal resending in a loop
-# cannot hold a task per resend for the whole deadline.
-MAX_RESENDS_WAITING = 4
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 # Bitmaps follow from the fields; the MAC differs per send; PIN block and track 2 are never kept,
 # not even hashed (PCI DSS 3.3.1).
 _NOT_HASHED = frozenset({"p", "1", "64", "52", "35"})
-
-
-class UnderWay:
-    """A transaction under way at this front end, as its retransmissions see it."""
-
-    __slots__ = ("claim", "request_hash", "resends", "rrn")
-
-    def __init__(self, request_hash: bytes, rrn: str, claim: asyncio.Future[Reply]) -> None:
-        self.request_hash, self.rrn, self.claim = request_hash, rrn, claim
-        self.resends = 0  # waiting for its answer now
 
 
 class CloseConnection(Exception):
@@ -124,7 +110,7 @@ class Processor:
         self.configure(config)
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
-        self._under_way: dict[TxnKey, UnderWay] = {}
+        self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
@@ -329,21 +315,15 @@ class Processor:
         under_way = self._under_way.get(txn.key)
         if under_way is None:
             t.claim = asyncio.get_running_loop().create_future()
-            self._under_way[txn.key] = UnderWay(txn.request_hash, txn.rrn, t.claim)
+            self._under_way[txn.key] = (txn.request_hash, t.claim)
             return None
-        if under_way.request_hash != txn.request_hash:
+        request_hash, first = under_way
+        if request_hash != txn.request_hash:
             return rc.DUPLICATE_TRANSMISSION
-        if under_way.resends >= MAX_RESENDS_WAITING:
-            t.reply = Reply(rc.IN_PROGRESS, under_way.rrn)
-            return t.reply.code
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
             self._shedder.stopped_waiting()
-        under_way.resends += 1
-        try:
-            t.reply = await asyncio.shield(under_way.claim)
-        finally:
-            under_way.resends -= 1
+        t.reply = await asyncio.shield(first)
         return t.reply.code
 
     def _step_admit(self, t: Context) -> None:

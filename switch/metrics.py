@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from switch.gateway import ChannelGateway
-    from switch.shedding import WaitingLimit
+    from switch.shedding import LoadShedder
 
 # Figures every worker of ``paysw run --workers`` reads from the same place (the journal, the
 # shared channel actors): the merged scrape has them once, without the ``worker`` label.
@@ -196,9 +196,16 @@ class Metrics:
     def actor_restarted(self, channel: str) -> None:
         self.actor_restarts.labels(channel).inc()
 
-    def watch_admission(self, limit: WaitingLimit) -> None:
-        """The admission's limit and how many wait under it (``switch.shedding.WaitingLimit``)."""
+    def watch_shedder(self, shedder: LoadShedder) -> None:
+        """The requests under way that ``max_in_flight`` bounds, and the admission's limit and how
+        many wait under it (``switch.shedding``), when it is on."""
         r = self.registry
+        Gauge(
+            "paysw_requests_in_flight", "Financial requests under way at this front end (max_in_flight)", registry=r
+        ).set_function(lambda: shedder.in_flight)
+        limit = shedder.waiting
+        if limit is None:
+            return
         Gauge(
             "paysw_admission_limit",
             "Admitted requests that may wait for their channel call at once (switch.shedding)",

@@ -11,10 +11,9 @@ import re
 import pytest
 
 from bench.client import IsoClient
-from bench.traffic import CODE_SHAPES, network
+from bench.traffic import CODE_SHAPES, inquiry, network, reversal
 from protocols import validation
 from protocols.iso8583 import encode, encode_body
-from switch.lifecycle import MAX_RESENDS_WAITING
 from tests.conftest import WECHAT_TIMEOUT_MS, run
 from tests.support import (
     SENT_PANS,
@@ -151,26 +150,40 @@ def test_retransmissions_waiting_for_their_original_hold_no_place_in_the_admissi
     run(scenario())
 
 
-def test_resends_past_those_waiting_for_their_original_are_told_09_at_once_with_its_rrn(switch):
-    """A terminal resending in a loop holds no more than ``MAX_RESENDS_WAITING`` waits on its
-    original: the rest hear 09 (in progress) at once, with the RRN to inquire by."""
+def test_every_way_a_request_ends_gives_back_its_place_under_max_in_flight_and_the_admission(switch):
+    """Approved, declined, replayed, 94, waiting on its original, reversed, inquired:
+    once all are answered nothing is counted under way or waiting. A place kept by any of them
+    would, request by request, bring the switch to shed everything."""
+
+    def gauge(text: str, name: str) -> float:
+        return float(re.search(rf"(?m)^{name} (\S+)$", text).group(1))
 
     async def scenario():
-        request = new_purchase("alipay", suffix="98")  # the simulator answers after slow_ms (3 s)
+        slow, paid, refused = new_purchase("alipay", "98"), new_purchase("wechat"), new_purchase("wechat", "05")
         async with contextlib.AsyncExitStack() as stack:
-            first, *others = [
-                await stack.enter_async_context(connected(switch)) for _ in range(MAX_RESENDS_WAITING + 3)
-            ]
-            original = asyncio.ensure_future(first.request(request))
+            first, *others = [await stack.enter_async_context(connected(switch)) for _ in range(6)]
+            original = asyncio.ensure_future(first.request(slow))
             await asyncio.sleep(0.5)
-            waiting = [asyncio.ensure_future(c.request(dict(request))) for c in others[:MAX_RESENDS_WAITING]]
-            await asyncio.sleep(0.3)
-            told = [await c.request(dict(request)) for c in others[MAX_RESENDS_WAITING:]]
-            told_while_under_way = not original.done()
-            answers = await asyncio.gather(original, *waiting)
-        assert answers[0]["39"] == "00" and len({(a["37"], a["39"]) for a in answers}) == 1
-        assert [(a["39"], a["37"]) for a in told] == [("09", answers[0]["37"])] * 2
-        assert told_while_under_way
+            resent = [asyncio.ensure_future(c.request(dict(slow))) for c in others]  # waiting on the original
+            approved = await first.request(paid)
+            answers = [
+                approved,
+                await first.request(refused),
+                await first.request(dict(paid)),  # replayed from the journal
+                await first.request({**paid, "4": "000000000001"}),  # 94
+                await first.request(reversal(refused, STANS.next(TERMINAL))),
+                await first.request(inquiry(TERMINAL, paid["42"], approved["37"], STANS.next(TERMINAL))),
+            ]
+            answers += await asyncio.gather(original, *resent)
+        assert [a["39"] for a in answers[:6]] == ["00", "05", "00", "94", "00", "00"]
+        assert len({(a["37"], a["39"]) for a in answers[6:]}) == 1 and answers[6]["39"] == "00"
+        for _ in range(50):  # the answer leaves before the step that gives the place back ends
+            text = (await asyncio.to_thread(switch.get, "/metrics"))[1]
+            counted = gauge(text, "paysw_requests_in_flight"), gauge(text, "paysw_admission_waiting")
+            if counted == (0, 0):
+                break
+            await asyncio.sleep(0.1)
+        assert counted == (0, 0)
 
     run(scenario())
 
