@@ -213,13 +213,14 @@ class Processor:
         tx_date = transmission_date(message["7"], dt.datetime.now(dt.UTC).date())
         return tx_date is not None and TxnKey(tx_date, message["41"], message["11"], message["7"]) in self._under_way
 
-    async def _journaled(self, message: Message) -> bool:
-        """Whether a request sent ``RESEND_AGE_S`` or more before now is in the journal: a resend
-        of one finished, or under way at another front end. One key lookup, only for requests that
-        old: a new one, sent just now, is shed without it (the work shedding saves)."""
-        now = dt.datetime.now(dt.UTC)
-        sent = transmitted_at(message["7"], now)
-        if sent is None or (now - sent).total_seconds() < RESEND_AGE_S:
+    async def _journaled(self, t: Context) -> bool:
+        """Whether a request sent ``RESEND_AGE_S`` or more before it was read is in the journal: a
+        resend of one finished, or under way at another front end. One key lookup, only for
+        requests that old: a new one, sent just now, is shed without it (the work shedding saves)."""
+        message = t.message
+        read = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - t.arrived)
+        sent = transmitted_at(message["7"], read)
+        if sent is None or (read - sent).total_seconds() < RESEND_AGE_S:
             return False
         return await self._journal.find(TxnKey(sent.date(), message["41"], message["11"], message["7"])) is not None
 
@@ -274,7 +275,7 @@ class Processor:
         """91 at once while the switch is over capacity, or was when the request was read, unless
         this retransmits one under way or already journaled (it gets the original's answer)."""
         overload = t.overload or self._shedder.overloaded()
-        if overload is not None and not self._under_way_now(t.message) and not await self._journaled(t.message):
+        if overload is not None and not self._under_way_now(t.message) and not await self._journaled(t):
             self._metrics.shed.labels(overload).inc()
             return rc.CHANNEL_UNAVAILABLE
         self._shedder.admit()
