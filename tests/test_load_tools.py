@@ -123,7 +123,11 @@ def test_sm2_benchmark_measures_both_implementations_in_one_run():
     result = measure(0.2)
     rates = result["per_second"]
     assert rates["sm2_sign_paysw"] > 0 and rates["sm2_sign_gmssl"] > 0 and rates["rsa2048_sign_openssl"] > 0
-    assert abs(result["ratios"]["sign_vs_gmssl"] - rates["sm2_sign_paysw"] / rates["sm2_sign_gmssl"]) < 0.1
+    # The ratio is of the unrounded rates, the rates shown to 0.1 a second: over 0.2 s gmssl signs
+    # only a few dozen times on a busy machine, so compare to 1 %, not to 0.1 absolute (a ratio
+    # of about 120 was 0.29 off in a CI run).
+    computed = rates["sm2_sign_paysw"] / rates["sm2_sign_gmssl"]
+    assert abs(result["ratios"]["sign_vs_gmssl"] - computed) < 0.01 * computed
 
 
 def test_link_benchmark_moves_batches_all_three_ways_in_one_run(tmp_path):
