@@ -70,8 +70,13 @@ INQUIRY_CODE_OF_STATE = {
 REQUEST_MTIS = frozenset({"0100", "0200", "0400", "0800"})
 ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome and answering
 # A request sent (field 7) this long before it came may be a terminal's resend of one finished:
-# shedding it would answer 91 to a purchase the channel may have approved.
+# shedding it would answer 91 to a purchase the channel may have approved. Such requests are looked
+# up in the journal before being shed, a few at once and briefly: past that (a flood of them, a slow
+# journal) they are shed as any other, so that shedding stays quick and the RRN blocks every 91
+# needs, fetched on the same pool, are not held up.
 RESEND_AGE_S = 2.0
+RESEND_LOOKUPS = 4  # at once
+RESEND_LOOKUP_S = 0.2
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 # Bitmaps follow from the fields; the MAC differs per send; PIN block and track 2 are never kept,
 # not even hashed (PCI DSS 3.3.1).
@@ -111,6 +116,8 @@ class Processor:
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
+        self._resend_lookups = 0  # under way now (RESEND_LOOKUPS)
+        self._lookup_failures = RateLimitedLog(60.0)  # one line a minute while the journal cannot answer
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
@@ -214,15 +221,33 @@ class Processor:
         return tx_date is not None and TxnKey(tx_date, message["41"], message["11"], message["7"]) in self._under_way
 
     async def _journaled(self, t: Context) -> bool:
-        """Whether a request sent ``RESEND_AGE_S`` or more before it was read is in the journal: a
-        resend of one finished, or under way at another front end. One key lookup, only for
-        requests that old: a new one, sent just now, is shed without it (the work shedding saves)."""
+        """Whether a request of a configured terminal sent ``RESEND_AGE_S`` or more before it was
+        read is in the journal: a resend of one finished, or under way at another front end. One
+        key lookup, only for requests that old: a new one, sent just now, is shed without it (the
+        work shedding saves). An inquiry is never journaled, so never looked up. (A resend from a
+        terminal whose clock runs ahead may look new, and is shed as before.)"""
         message = t.message
+        if t.txn_type is TxnType.INQUIRY or message["41"] not in self._terminals:
+            return False
         read = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - t.arrived)
         sent = transmitted_at(message["7"], read)
         if sent is None or (read - sent).total_seconds() < RESEND_AGE_S:
             return False
-        return await self._journal.find(TxnKey(sent.date(), message["41"], message["11"], message["7"])) is not None
+        if self._resend_lookups >= RESEND_LOOKUPS:
+            self._metrics.resend_lookups.labels("busy").inc()
+            return False
+        self._resend_lookups += 1
+        try:
+            async with asyncio.timeout(RESEND_LOOKUP_S):
+                found = await self._journal.find(TxnKey(sent.date(), message["41"], message["11"], message["7"]))
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._metrics.resend_lookups.labels("failed").inc()
+            self._lookup_failures.warn(log, "resend", "resend look-up failed: shed", error=type(exc).__name__)
+            return False
+        finally:
+            self._resend_lookups -= 1
+        self._metrics.resend_lookups.labels("found" if found is not None else "absent").inc()
+        return found is not None
 
     async def _reject(self, message: Message, rejection: Rejection) -> bytes | None:
         """The answer to a request refused before its steps (it cannot be decoded, or classified,

@@ -105,6 +105,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.resend_lookups = Counter(
+            "paysw_resend_lookups",
+            "Requests old enough to be resends, looked up in the journal before being shed, by result "
+            "(found: answered as the original; absent, busy, failed: shed)",
+            ["result"],
+            registry=r,
+        )
         self.actor_restarts = Counter(
             "paysw_actor_restarts", "Channel actors found restarted after a crash, by channel", ["channel"], registry=r
         )
@@ -187,7 +194,8 @@ class Metrics:
         )
 
         for hot in (self.answers, self.latency, self.channel_latency, self.in_flight, self.requests, self.refused,
-                    self.shed, self.journal_batch, self.journal_seconds, self.rejected):  # fmt: skip
+                    self.shed, self.resend_lookups, self.journal_batch, self.journal_seconds,
+                    self.rejected):  # fmt: skip
             _remember_children(hot)
 
     def circuit_changed(self, channel: str, shard: int, state: int) -> None:

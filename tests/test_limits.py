@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 
 import pytest
@@ -74,6 +75,12 @@ def test_over_capacity_the_switch_sheds_at_once_and_recovers(limited_switch, dat
     run(scenario())
 
 
+def _lookups(switch) -> dict[str, float]:
+    """``paysw_resend_lookups_total`` by result."""
+    text = switch.get("/metrics")[1]
+    return {m[1]: float(m[2]) for m in re.finditer(r'(?m)^paysw_resend_lookups_total\{result="(\w+)"\} (\S+)$', text)}
+
+
 def test_over_capacity_a_resend_of_a_finished_purchase_gets_its_answer_not_91(limited_switch, database_url):
     """The terminal did not hear the answer of a purchase the switch finished, and sends it again
     while the switch sheds: it must hear the approval, not 91 for a payment the channel took."""
@@ -87,12 +94,17 @@ def test_over_capacity_a_resend_of_a_finished_purchase_gets_its_answer_not_91(li
                 asyncio.ensure_future(terminal.request(new_purchase("alipay", "98"))) for _ in range(SWITCH_IN_FLIGHT)
             ]
             await asyncio.sleep(0.3)
+            before = await asyncio.to_thread(_lookups, limited_switch)
             newcomer = await again.request(new_purchase("wechat"))
+            between = await asyncio.to_thread(_lookups, limited_switch)
             resent = await again.request(dict(finished))
+            after = await asyncio.to_thread(_lookups, limited_switch)
             await asyncio.gather(*slow)
         assert first["39"] == "00"
         assert newcomer["39"] == "91"  # the switch was shedding
+        assert between == before  # a new request is shed without a look-up
         assert (resent["39"], resent["37"]) == ("00", first["37"])
+        assert after == {**before, "found": before.get("found", 0) + 1}
 
     run(scenario())
 

@@ -129,6 +129,7 @@ def _answer_after(work_s: float, delay_s: float) -> float:
         took = time.monotonic() - started
         writer.close()
         server.close()
+        await server.wait_closed()
         return took
 
     return uvloop.run(timed())

@@ -87,7 +87,7 @@ class _Slot:
     def __init__(self, keep_alive: bool, arrived: float) -> None:
         self.reply: Reply | None = None
         self.keep_alive = keep_alive
-        self.arrived = arrived  # the loop's clock when the request was read whole
+        self.arrived = arrived  # the loop's clock when the request was read whole (pipelined: after those before it)
 
 
 class HttpConnection(asyncio.Protocol):
