@@ -87,6 +87,11 @@ class CloseConnection(Exception):
     """The frame cannot be answered at all; only its connection is closed."""
 
 
+def _key(message: Message, tx_date: dt.date) -> TxnKey:
+    """The journal key of a request whose field 7 falls on ``tx_date``."""
+    return TxnKey(tx_date, message["41"], message["11"], message["7"])
+
+
 @functools.lru_cache(maxsize=8)
 def _digits(day: dt.date) -> str:
     """``YYYYMMDD`` (an out_trade_no's start), formatted once a day, not once a request."""
@@ -218,7 +223,7 @@ class Processor:
         """Whether this is a retransmission of a transaction under way here: it is never shed, it
         gets the original's answer."""
         tx_date = transmission_date(message["7"], dt.datetime.now(dt.UTC).date())
-        return tx_date is not None and TxnKey(tx_date, message["41"], message["11"], message["7"]) in self._under_way
+        return tx_date is not None and _key(message, tx_date) in self._under_way
 
     async def _journaled(self, t: Context) -> bool:
         """Whether a request of a configured terminal sent ``RESEND_AGE_S`` or more before it was
@@ -239,7 +244,7 @@ class Processor:
         self._resend_lookups += 1
         try:
             async with asyncio.timeout(RESEND_LOOKUP_S):
-                found = await self._journal.find(TxnKey(sent.date(), message["41"], message["11"], message["7"]))
+                found = await self._journal.find(_key(message, sent.date()))
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             self._metrics.resend_lookups.labels("failed").inc()
             self._lookup_failures.warn(log, "resend", "resend look-up failed: shed", error=type(exc).__name__)

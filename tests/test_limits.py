@@ -11,6 +11,7 @@ import json
 import re
 import time
 
+import asyncpg
 import pytest
 
 from bench.traffic import payment_code, purchase
@@ -105,6 +106,48 @@ def test_over_capacity_a_resend_of_a_finished_purchase_gets_its_answer_not_91(li
         assert between == before  # a new request is shed without a look-up
         assert (resent["39"], resent["37"]) == ("00", first["37"])
         assert after == {**before, "found": before.get("found", 0) + 1}
+
+    run(scenario())
+
+
+def test_over_capacity_a_resend_the_journal_cannot_look_up_in_time_is_shed_at_once(limited_switch, database_url):
+    """The look-up is brief: while the journal cannot answer (here a lock holds its table), the
+    resend is shed as it was before the look-up existed, rather than hold up the shedding."""
+
+    async def scenario():
+        sent = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+        finished = purchase(TERMINAL, MERCHANT, payment_code("wechat", "00", RNG), 1234, STANS.next(TERMINAL), sent)
+        blocker = await asyncpg.connect(database_url)
+        try:
+            async with connected(limited_switch) as terminal, connected(limited_switch) as again:
+                assert (await terminal.request(finished))["39"] == "00"
+                slow = [
+                    asyncio.ensure_future(terminal.request(new_purchase("alipay", "98")))
+                    for _ in range(SWITCH_IN_FLIGHT)
+                ]
+                await asyncio.sleep(0.3)
+                before = await asyncio.to_thread(_lookups, limited_switch)
+                released = asyncio.Event()
+
+                async def hold_the_lock() -> None:
+                    async with blocker.transaction():
+                        await blocker.execute("LOCK TABLE txn IN ACCESS EXCLUSIVE MODE")  # reads wait behind it
+                        locked.set()
+                        await asyncio.sleep(2.0)
+                    released.set()
+
+                locked = asyncio.Event()
+                holder = asyncio.ensure_future(hold_the_lock())
+                await locked.wait()
+                resent = await again.request(dict(finished))
+                answered_while_locked = not released.is_set()
+                await holder
+                after = await asyncio.to_thread(_lookups, limited_switch)
+                await asyncio.gather(*slow)
+        finally:
+            await blocker.close()
+        assert resent["39"] == "91" and answered_while_locked
+        assert after == {**before, "failed": before.get("failed", 0) + 1}
 
     run(scenario())
 
