@@ -29,8 +29,10 @@ class IsoClient:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> IsoClient:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def connect(cls, host: str, port: int, source: str | None = None) -> IsoClient:
+        """``source``: the local address to connect from (another peer of the switch's, such as
+        127.0.0.2 on loopback); by default the system's choice."""
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
         return cls(reader, writer)
 
     async def request(self, message: Message, timeout: float = 60.0) -> Message:

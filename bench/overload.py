@@ -6,10 +6,16 @@ answered, for S seconds, over 8 connections (``bench.throughput.drive``). Report
 approved/s; the latency of the purchases the switch took on (every answer but ``91``) and of the
 approved; how many were answered ``91`` and how fast; the switch's shed counter by reason. Then
 each figure with admission on as a ratio to the same figure with it off.
+
+Meanwhile another peer (``--quiet N`` senders from 127.0.0.2, another address on loopback; 8 by
+default, 0 for none) sends purchases the same way: an acquirer of normal traffic beside one that
+floods. Its figures are reported apart: the admission's limit is shared among peers
+(``switch.shedding``), so its purchases should go through while the flood is shed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
@@ -28,6 +34,7 @@ from switch.config import host_port
 WARM_UP_CONCURRENCY = 64
 WARM_UP_S = 5.0
 SHED = "91"
+QUIET_PEER = "127.0.0.2"
 
 
 def variant_config(folder: Path, queue_delay_ms: int | None) -> Path:
@@ -78,8 +85,9 @@ def switch_figures(metrics_text: str) -> dict[str, dict[str, float]]:
     return {"shed_by_reason": shed, **means}
 
 
-def measure(queue_delay_ms: int | None, concurrency: int, seconds: float) -> dict:
-    """One stack, fresh data folder, warmed up, then ``concurrency`` outstanding for ``seconds``."""
+def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet: int) -> dict:
+    """One stack, fresh data folder, warmed up, then ``concurrency`` outstanding for ``seconds``,
+    and ``quiet`` outstanding from another peer."""
     with tempfile.TemporaryDirectory(prefix="paysw-overload-") as folder:
         stack = Stack(Path(folder), variant_config(Path(folder), queue_delay_ms))
         settings = stack.config.switch
@@ -93,11 +101,14 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float) -> dic
             host, port = host_port(settings.listen)
             stans = Stans(start=random.randrange(1, 500_000))
 
-            async def load() -> tuple[dict[str, list[float]], float]:
+            async def load() -> tuple[tuple[dict[str, list[float]], float], ...]:
                 await drive(host, port, WARM_UP_CONCURRENCY, WARM_UP_S, stans)
-                return await drive(host, port, concurrency, seconds, stans)
+                peers = [drive(host, port, concurrency, seconds, stans)]
+                if quiet:
+                    peers.append(drive(host, port, quiet, seconds, stans, source=QUIET_PEER))
+                return tuple(await asyncio.gather(*peers))
 
-            by_code, elapsed = uvloop.run(load())
+            (by_code, elapsed), *others = uvloop.run(load())
             with urllib.request.urlopen(f"http://{settings.admin_listen}/metrics", timeout=10) as response:
                 figures = switch_figures(response.read().decode())
         finally:
@@ -116,12 +127,28 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float) -> dic
         # (91s not shed were refused by a channel's limits, after the write-ahead.)
         **figures,
     }
+    for quiet_by_code, quiet_elapsed in others:
+        result["quiet_peer"] = {
+            "concurrency": quiet,
+            "approved_per_s": round(len(quiet_by_code.get("00", [])) / quiet_elapsed, 1),
+            "taken_on": summary([x for code, xs in quiet_by_code.items() if code != SHED for x in xs]),
+            "answered_91": summary(quiet_by_code.get(SHED, [])),
+            "answers_by_code": {code: len(xs) for code, xs in sorted(quiet_by_code.items())},
+        }
     print(
         f"  {result['approved_per_s']:.1f} approved/s; taken on p50 {result['taken_on']['p50_ms']:.1f} ms,"
         f" p99 {result['taken_on']['p99_ms']:.1f} ms; {result['answered_91']['count']} answered 91,"
         f" p50 {result['answered_91']['p50_ms']:.1f} ms, p99 {result['answered_91']['p99_ms']:.1f} ms",
         flush=True,
     )
+    if "quiet_peer" in result:
+        q = result["quiet_peer"]
+        print(
+            f"  the other peer ({quiet} outstanding from {QUIET_PEER}): {q['approved_per_s']:.1f} approved/s;"
+            f" taken on p50 {q['taken_on']['p50_ms']:.1f} ms, p99 {q['taken_on']['p99_ms']:.1f} ms;"
+            f" {q['answered_91']['count']} answered 91 of {sum(q['answers_by_code'].values())}",
+            flush=True,
+        )
     return result
 
 
@@ -137,12 +164,12 @@ def ratios(on: dict, off: dict) -> dict[str, float | None]:
     return {name: round(get(on) / get(off), 4) if get(off) else None for name, get in figures.items()}
 
 
-def main(concurrency: int = 2048, seconds: float = 60.0, out: Path | None = None) -> int:
+def main(concurrency: int = 2048, seconds: float = 60.0, out: Path | None = None, quiet: int = 8) -> int:
     command = " ".join(["paysw", *sys.argv[1:]]) if sys.argv[1:3] == ["bench", "overload"] else "paysw bench overload"
-    off = measure(0, concurrency, seconds)
-    on = measure(None, concurrency, seconds)
+    off = measure(0, concurrency, seconds, quiet)
+    on = measure(None, concurrency, seconds, quiet)
     result = {
-        "setup": {**provenance(command), "concurrency": concurrency, "seconds": seconds},
+        "setup": {**provenance(command), "concurrency": concurrency, "seconds": seconds, "quiet": quiet},
         "off": off,
         "on": on,
         "ratio_on_to_off": ratios(on, off),

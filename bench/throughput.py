@@ -38,16 +38,23 @@ BASELINE_LISTEN = "127.0.0.1:8590"
 
 
 async def drive(
-    host: str, port: int, concurrency: int, seconds: float, stans: Stans, rate: float | None = None
+    host: str,
+    port: int,
+    concurrency: int,
+    seconds: float,
+    stans: Stans,
+    rate: float | None = None,
+    source: str | None = None,
 ) -> tuple[dict[str, list[float]], float]:
     """``concurrency`` senders for ``seconds``, each sending a purchase and the next as soon as it
     is answered (or, with ``rate``, when its turn of ``rate`` a second comes, if answered by then):
-    every answer's latency by its response code (field 39), and the time it took.
+    every answer's latency by its response code (field 39), and the time it took. ``source``: the
+    local address the connections come from (another peer of the switch's, such as 127.0.0.2).
 
     Every purchase pays with a code of its own, as a customer's one-time payment code does. (A
     generator seeded the same at every call repeats its codes; the demo's risk rules decline a
     code's sixth payment in 10 minutes, 65, so a held run would measure those declines.)"""
-    clients = [await IsoClient.connect(host, port) for _ in range(CONNECTIONS)]
+    clients = [await IsoClient.connect(host, port, source) for _ in range(CONNECTIONS)]
     rng = random.Random()
     channels, weights = list(CHANNEL_SHARES), list(CHANNEL_SHARES.values())
     latencies: dict[str, list[float]] = {}

@@ -243,7 +243,7 @@ class TerminalConnection(asyncio.Protocol):
             arrived = time.monotonic()  # the frames' wait in the event loop counts (deadline, admission)
         for frame in frames:
             self._in_flight += 1
-            overload = self._processor.overloaded()
+            overload = self._processor.overloaded(self._host)
             if overload is not None:  # shed, after the transactions under way (switch.intake)
                 self._intake.later(functools.partial(self._start, frame, arrived, overload))
             else:
@@ -255,7 +255,7 @@ class TerminalConnection(asyncio.Protocol):
             self._stall_timer = asyncio.get_running_loop().call_later(self._stall_timeout, self._stalled)
 
     def _start(self, frame: bytes, arrived: float, overload: str | None = None) -> None:
-        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload))
+        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload, self._host))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:

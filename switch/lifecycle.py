@@ -137,16 +137,20 @@ class Processor:
 
     # -- one frame -------------------------------------------------------------------------
 
-    def overloaded(self) -> str | None:
-        """Why the switch is over capacity now (``switch.shedding``), None when it is not."""
-        return self._shedder.overloaded()
+    def overloaded(self, peer: str) -> str | None:
+        """Why the switch is over capacity for a new request from ``peer`` now
+        (``switch.shedding``), None when it is not."""
+        return self._shedder.overloaded(peer)
 
-    async def handle_frame(self, frame: bytes, arrived: float, overload: str | None = None) -> bytes | None:
+    async def handle_frame(
+        self, frame: bytes, arrived: float, overload: str | None = None, peer: str = ""
+    ) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
         ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
         deadline, and the admission its wait, from then, the time it queued in the event loop
         included. ``overload``: why the switch was over capacity when it was read (it is shed,
-        ``switch.intake``), None when it was not.
+        ``switch.intake``), None when it was not. ``peer``: the connection's source address, whose
+        share of the admission it takes (``switch.shedding``).
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
         try:
@@ -167,7 +171,7 @@ class Processor:
             rejection = txn_type if isinstance(txn_type, Rejection) else validate(txn_type, message)
             if rejection is not None:
                 return await self._reject(message, rejection)
-            t = Context(message, frame, arrived, txn_type, overload=overload)
+            t = Context(message, frame, arrived, txn_type, overload=overload, peer=peer)
             out = await self._run(t)
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
@@ -181,7 +185,7 @@ class Processor:
         (``steps.HTTP_STEPS``): what the merchant is told. A QR order comes with its channel
         (``qr.channel``) and terms."""
         txn_type = TxnType.REFUND if scene == "refund" else TxnType.PURCHASE
-        t = Context(message, b"", time.monotonic(), txn_type, rrn=rrn, qr=qr)
+        t = Context(message, b"", time.monotonic(), txn_type, rrn=rrn, qr=qr, peer=f"merchant:{message['42']}")
         if qr is not None:
             t.channel = qr.channel
         try:
@@ -214,7 +218,7 @@ class Processor:
                 t.claim.set_result(t.reply)  # type: ignore[arg-type]  (set by the step that ended)
         finally:
             if t.in_flight:
-                self._shedder.finish(t.waiting)
+                self._shedder.finish(t.waiting, t.peer)
             if t.claim is not None:
                 del self._under_way[t.txn.key]  # type: ignore[union-attr]  (claimed with its row)
         return path.answer(t)
@@ -304,11 +308,11 @@ class Processor:
     async def _step_shed(self, t: Context) -> str | None:
         """91 at once while the switch is over capacity, or was when the request was read, unless
         this retransmits one under way or already journaled (it gets the original's answer)."""
-        overload = t.overload or self._shedder.overloaded()
+        overload = t.overload or self._shedder.overloaded(t.peer)
         if overload is not None and not self._under_way_now(t.message) and not await self._journaled(t):
             self._metrics.shed.labels(overload).inc()
             return rc.CHANNEL_UNAVAILABLE
-        self._shedder.admit()
+        self._shedder.admit(t.peer)
         t.in_flight = t.waiting = True
         return None
 
@@ -353,7 +357,7 @@ class Processor:
             return rc.DUPLICATE_TRANSMISSION
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
-            self._shedder.stopped_waiting()
+            self._shedder.stopped_waiting(t.peer)
         t.reply = await asyncio.shield(first)
         return t.reply.code
 
@@ -706,7 +710,7 @@ class Processor:
         """``t`` no longer waits for its channel call (the shedder's count; once, for its first)."""
         if t.waiting:
             t.waiting = False
-            self._shedder.calling_channel(t.arrived)
+            self._shedder.calling_channel(t.arrived, t.peer)
 
     def _new_txn(self, t: Context) -> NewTxn:
         """The row ``t`` writes ahead (a void's or refund's with its purchase's card)."""

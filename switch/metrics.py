@@ -205,8 +205,8 @@ class Metrics:
         self.actor_restarts.labels(channel).inc()
 
     def watch_shedder(self, shedder: LoadShedder) -> None:
-        """The requests under way that ``max_in_flight`` bounds, and the admission's limit and how
-        many wait under it (``switch.shedding``), when it is on."""
+        """The requests under way that ``max_in_flight`` bounds, and the admission's limit, how
+        many wait under it and of how many peers (``switch.shedding``), when it is on."""
         r = self.registry
         Gauge(
             "paysw_requests_in_flight", "Financial requests under way at this front end (max_in_flight)", registry=r
@@ -222,6 +222,9 @@ class Metrics:
         Gauge(
             "paysw_admission_waiting", "Admitted requests waiting for their channel call", registry=r
         ).set_function(lambda: limit.waiting)
+        Gauge(
+            "paysw_admission_peers", "Peers with requests waiting, who share the admission's limit", registry=r
+        ).set_function(lambda: limit.peers)
 
     def watch_gateways(self, gateways: Mapping[str, ChannelGateway]) -> None:
         """Figures read from the gateways, and through them from the channel actors, at each scrape."""

@@ -8,6 +8,15 @@ serve, wherever in the front end, the journal or the event loop it builds up. It
 may wait at once, which keeps the accepted requests fast instead of making every customer wait
 toward the deadline.
 
+The limit is shared fairly among the peers whose requests wait (a peer is a connection's source
+address, or a merchant on the HTTP API): when it is reached, a peer with fewer waiting than its
+share of it (the limit over the peers waiting, itself included) is still let in, and only those at
+their share or past it are answered ``91``. So one acquirer's flood (a concentrator that resends at
+once, say) is shed, and another's purchases go on as before: peers are isolated from each other as
+channels are. Those let in past the limit are at most one share each, and the limit itself adapts
+to the waits they add. Terminals each on a peer of its own, one request each, have a share under
+one once they fill the limit, and are shed as before.
+
 Two backstops: requests under way in this front end (all connections together), and how late the
 event loop runs its callbacks (a loop that lags is a CPU that cannot keep up; every request
 waiting in it gets later still).
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 
 LAG_SAMPLE_S = 0.05
@@ -77,20 +87,37 @@ class WaitingLimit:
         self._most = 0  # the most that waited at once this interval
         self._shortest = math.inf  # of the waits that ended at a channel call this interval
         self._waited_s, self._waits = 0.0, 0  # their sum and count
+        self._by_peer: Counter[str] = Counter()  # those waiting, by peer (none kept at 0)
 
-    def full(self) -> bool:
-        """Whether a newcomer is to be answered ``91`` now."""
+    @property
+    def peers(self) -> int:
+        """Peers with requests waiting: the limit's shares."""
+        return len(self._by_peer)
+
+    def full(self, peer: str = "") -> bool:
+        """Whether a newcomer from ``peer`` is to be answered ``91`` now: the limit is reached, and
+        ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included)."""
         self._turn()
-        return self.waiting >= self.limit
+        if self.waiting < self.limit:
+            return False
+        by_peer = self._by_peer
+        peers = len(by_peer) + (peer not in by_peer)
+        return by_peer[peer] + 1 > self.limit // peers
 
-    def enter(self) -> None:
+    def enter(self, peer: str = "") -> None:
         self.waiting += 1
+        self._by_peer[peer] += 1
         self._most = max(self._most, self.waiting)
 
-    def leave(self, waited_s: float | None) -> None:
-        """One stops waiting: at its channel call after ``waited_s``, or ended without one (None:
-        it says nothing of the queue)."""
+    def leave(self, waited_s: float | None, peer: str = "") -> None:
+        """One of ``peer``'s stops waiting: at its channel call after ``waited_s``, or ended
+        without one (None: it says nothing of the queue)."""
         self.waiting -= 1
+        left = self._by_peer[peer] - 1
+        if left > 0:
+            self._by_peer[peer] = left
+        else:
+            del self._by_peer[peer]
         if waited_s is not None:
             self._shortest = min(self._shortest, waited_s)
             self._waited_s += waited_s
@@ -135,34 +162,34 @@ class LoadShedder:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def admit(self) -> None:
-        """A request taken on: under way, and waiting for its channel call."""
+    def admit(self, peer: str) -> None:
+        """A request of ``peer`` taken on: under way, and waiting for its channel call."""
         self.in_flight += 1
         if self.waiting is not None:
-            self.waiting.enter()
+            self.waiting.enter(peer)
 
-    def calling_channel(self, arrived: float) -> None:
-        """An admitted request whose bytes were read at ``arrived`` (``time.monotonic()``: a step
-        of the wall clock neither sheds nor hides a queue) is about to be sent to its channel: its
-        wait so far is the queue's length."""
+    def calling_channel(self, arrived: float, peer: str) -> None:
+        """An admitted request of ``peer`` whose bytes were read at ``arrived``
+        (``time.monotonic()``: a step of the wall clock neither sheds nor hides a queue) is about
+        to be sent to its channel: its wait so far is the queue's length."""
         if self.waiting is not None:
-            self.waiting.leave(time.monotonic() - arrived)
+            self.waiting.leave(time.monotonic() - arrived, peer)
 
-    def stopped_waiting(self) -> None:
+    def stopped_waiting(self, peer: str) -> None:
         """An admitted request no longer waits for a channel call of its own, though still under
         way (a retransmission, waiting for its original's answer)."""
         if self.waiting is not None:
-            self.waiting.leave(None)
+            self.waiting.leave(None, peer)
 
-    def finish(self, waiting: bool) -> None:
-        """An admitted request ended (``waiting``: before any channel call)."""
+    def finish(self, waiting: bool, peer: str) -> None:
+        """An admitted request of ``peer`` ended (``waiting``: before any channel call)."""
         self.in_flight -= 1
         if waiting and self.waiting is not None:
-            self.waiting.leave(None)
+            self.waiting.leave(None, peer)
 
-    def overloaded(self) -> str | None:
-        """None when a new request may be taken on, else the reason it may not."""
-        if self.waiting is not None and self.waiting.full():
+    def overloaded(self, peer: str = "") -> str | None:
+        """None when a new request from ``peer`` may be taken on, else the reason it may not."""
+        if self.waiting is not None and self.waiting.full(peer):
             return "queue_delay"
         if self.in_flight >= self.max_in_flight:
             return "in_flight"

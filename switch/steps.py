@@ -96,6 +96,7 @@ class Context:
     txn_type: TxnType
     mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
     overload: str | None = None  # why the switch was over capacity when it was read: shed (switch.intake)
+    peer: str = ""  # whose share of the admission it takes: its connection's address, or its merchant (HTTP)
     in_flight: bool = False  # counted in the load shedder's requests under way
     waiting: bool = False  # and in those waiting for their channel call (``switch.shedding.WaitingLimit``)
     channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)

@@ -35,8 +35,9 @@ def new_purchase(
 
 
 @contextlib.asynccontextmanager
-async def connected(switch):
-    client = await IsoClient.connect(switch.host, switch.port)
+async def connected(switch, source: str | None = None):
+    """A terminal connection to ``switch`` (from the local address ``source``, another peer)."""
+    client = await IsoClient.connect(switch.host, switch.port, source)
     try:
         yield client
     finally:

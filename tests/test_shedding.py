@@ -10,6 +10,7 @@ import asyncio
 import re
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.conftest import run, switch_with
 from tests.support import STANS, TERMINAL, connected, journal_row, new_purchase
 
 TARGET_S, INTERVAL_S = 0.020, 0.100
+PEER = "127.0.0.1"
 
 
 class Clock:
@@ -117,20 +119,49 @@ def test_the_shedder_names_the_queue_delay_and_is_off_at_zero():
     assert off.waiting is None
     for _ in range(START_LIMIT):
         for shedder in (on, off):
-            shedder.admit()
-    assert (on.overloaded(), off.overloaded()) == ("queue_delay", None)
+            shedder.admit(PEER)
+    assert (on.overloaded(PEER), off.overloaded(PEER)) == ("queue_delay", None)
     for shedder in (on, off):
-        shedder.finish(waiting=True)  # ended before its channel call (declined by risk, say)
-    assert (on.overloaded(), off.overloaded()) == (None, None)
+        shedder.finish(True, PEER)  # ended before its channel call (declined by risk, say)
+    assert (on.overloaded(PEER), off.overloaded(PEER)) == (None, None)
     for shedder in (on, off):
-        shedder.admit()
-    assert on.overloaded() == "queue_delay"
+        shedder.admit(PEER)
+    assert on.overloaded(PEER) == "queue_delay"
     for shedder in (on, off):
-        shedder.calling_channel(time.monotonic() - 1.0)  # one waited a second, and is at its channel
-    assert (on.overloaded(), off.overloaded()) == (None, None)
+        shedder.calling_channel(time.monotonic() - 1.0, PEER)  # one waited a second, and is at its channel
+    assert (on.overloaded(PEER), off.overloaded(PEER)) == (None, None)
     for shedder in (on, off):
-        shedder.finish(waiting=False)  # (its place was given back at the channel call)
-    assert (on.overloaded(), on.waiting.waiting, on.in_flight) == (None, START_LIMIT - 1, START_LIMIT - 1)
+        shedder.finish(False, PEER)  # (its place was given back at the channel call)
+    assert (on.overloaded(PEER), on.waiting.waiting, on.in_flight) == (None, START_LIMIT - 1, START_LIMIT - 1)
+
+
+def test_past_the_limit_a_peer_under_its_share_is_let_in_and_one_at_its_share_is_not():
+    """One peer's flood fills the limit: it is shed, and another peer is let in up to its share,
+    the limit over the peers waiting (itself included)."""
+    limit, _ = waiting_limit()
+    for _ in range(START_LIMIT):
+        limit.enter("flood")
+    assert limit.full("flood") and not limit.full("quiet")
+    for _ in range(START_LIMIT // 2 - 1):
+        limit.enter("quiet")
+    assert not limit.full("quiet")  # one short of its half
+    limit.enter("quiet")
+    assert limit.full("quiet") and limit.full("flood")
+    assert not limit.full("third")  # a third peer's share: a third of the limit
+    assert limit.peers == 2
+    for _ in range(START_LIMIT // 2):
+        limit.leave(None, "quiet")
+    assert limit.peers == 1 and limit.full("flood") and not limit.full("quiet")  # none kept at 0
+
+
+def test_peers_of_one_request_each_are_shed_once_they_fill_the_limit():
+    """A terminal on a peer of its own has a share under one once such peers fill the limit: the
+    share never lets a crowd of them past it."""
+    limit, _ = waiting_limit()
+    for n in range(START_LIMIT):
+        assert not limit.full(f"terminal {n}")
+        limit.enter(f"terminal {n}")
+    assert limit.full("one more terminal") and limit.full("terminal 0")
 
 
 def test_the_intake_starts_a_few_frames_a_turn_after_the_work_under_way():
@@ -170,6 +201,7 @@ def test_the_intake_starts_a_few_frames_a_turn_after_the_work_under_way():
 # Purchases kept under way on each of two connections to build the queue: together past NEAR the
 # starting limit, where a standing queue is the limit's doing and cuts it.
 SENDERS = 420
+QUIET_PEER = "127.0.0.2"  # another address on loopback: another peer of the switch's
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +254,37 @@ def test_past_its_target_the_switch_sheds_newcomers_without_journal_work_but_tak
             assert re.search(r'(?m)^paysw_shed_total\{reason="queue_delay"\} [1-9]', response.read().decode())
 
     run(scenario())
+
+
+def test_one_peers_flood_is_shed_while_another_peers_purchases_go_through(impatient_switch):
+    """The admission's limit is shared among peers (``switch.shedding``): while one address's
+    flood keeps it full and is shed, a terminal on another address is let in, under its share."""
+
+    async def scenario() -> tuple[Counter[str], Counter[str]]:
+        async with (
+            connected(impatient_switch) as load,
+            connected(impatient_switch) as more,
+            connected(impatient_switch, QUIET_PEER) as quiet,
+        ):
+            stop, measuring = asyncio.Event(), asyncio.Event()
+            flood: Counter[str] = Counter()
+
+            async def keep_busy(connection) -> None:
+                while not stop.is_set():
+                    answer = await connection.request(new_purchase("wechat"))
+                    if measuring.is_set():
+                        flood[answer["39"]] += 1
+
+            senders = [asyncio.ensure_future(keep_busy(c)) for c in (load, more) for _ in range(SENDERS)]
+            await asyncio.sleep(1.0)
+            measuring.set()
+            served: Counter[str] = Counter()
+            for _ in range(20):
+                served[(await quiet.request(new_purchase("alipay")))["39"]] += 1
+            stop.set()
+            await asyncio.gather(*senders)
+        return flood, served
+
+    flood, served = run(scenario())
+    assert flood["91"] > flood.total() / 4, f"the flood was hardly shed: {dict(flood)}"
+    assert served == {"00": 20}, f"the other peer's purchases were shed too: {dict(served)}"
