@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from bench.traffic import payment_code, purchase
+from switch.lifecycle import RESEND_LOOKUPS
 from tests.conftest import run, switch_with
 from tests.support import MERCHANT, RNG, STANS, TERMINAL, connected, journal_row, new_purchase, out_trade_no, sim_audit
 
@@ -148,6 +149,44 @@ def test_over_capacity_a_resend_the_journal_cannot_look_up_in_time_is_shed_at_on
             await blocker.close()
         assert resent["39"] == "91" and answered_while_locked
         assert after == {**before, "failed": before.get("failed", 0) + 1}
+
+    run(scenario())
+
+
+def test_over_capacity_resends_past_the_look_ups_at_once_are_shed_without_one(limited_switch, database_url):
+    """At most ``RESEND_LOOKUPS`` look-ups run at once: while they wait on the journal (a lock
+    holds its table), further resends are shed at once, counted busy, never queued behind them."""
+    resends = RESEND_LOOKUPS + 2
+
+    async def scenario():
+        sent = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10)
+        finished = [
+            purchase(TERMINAL, MERCHANT, payment_code("wechat", "00", RNG), 1234, STANS.next(TERMINAL), sent)
+            for _ in range(resends)
+        ]
+        blocker = await asyncpg.connect(database_url)
+        try:
+            async with connected(limited_switch) as terminal, connected(limited_switch) as again:
+                assert [(await terminal.request(f))["39"] for f in finished] == ["00"] * resends
+                slow = [
+                    asyncio.ensure_future(terminal.request(new_purchase("alipay", "98")))
+                    for _ in range(SWITCH_IN_FLIGHT)
+                ]
+                await asyncio.sleep(0.3)
+                before = await asyncio.to_thread(_lookups, limited_switch)
+                async with blocker.transaction():
+                    await blocker.execute("LOCK TABLE txn IN ACCESS EXCLUSIVE MODE")  # reads wait behind it
+                    answers = await asyncio.gather(*(again.request(dict(f)) for f in finished))
+                after = await asyncio.to_thread(_lookups, limited_switch)
+                await asyncio.gather(*slow)
+        finally:
+            await blocker.close()
+        assert [a["39"] for a in answers] == ["91"] * resends  # all answered while the lock held
+        assert after == {
+            **before,
+            "failed": before.get("failed", 0) + RESEND_LOOKUPS,
+            "busy": before.get("busy", 0) + resends - RESEND_LOOKUPS,
+        }
 
     run(scenario())
 
