@@ -33,6 +33,7 @@ from switch.intake import Intake
 from switch.lifecycle import CloseConnection, Processor
 from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
+from switch.shedding import peer_of
 
 log = logging.getLogger("paysw.frontend")
 
@@ -163,6 +164,7 @@ class TerminalConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._host = "?"
         self._peer = "?"
+        self._share = "?"  # whose share of the admission its requests take (switch.shedding.peer_of)
         self._admitted = False
         self._in_flight = 0
         self._reading_paused = False
@@ -178,6 +180,7 @@ class TerminalConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self._host, self._peer = (peer[0], f"{peer[0]}:{peer[1]}") if peer else ("?", "?")
+        self._share = peer_of(self._host)
         over = self._limits.admit(self._host)
         if over is not None:
             self._close(over, "over the cap on connections")
@@ -243,7 +246,7 @@ class TerminalConnection(asyncio.Protocol):
             arrived = time.monotonic()  # the frames' wait in the event loop counts (deadline, admission)
         for frame in frames:
             self._in_flight += 1
-            overload = self._processor.overloaded(self._host)
+            overload = self._processor.overloaded(self._share)
             if overload is not None:  # shed, after the transactions under way (switch.intake)
                 self._intake.later(functools.partial(self._start, frame, arrived, overload))
             else:
@@ -255,7 +258,7 @@ class TerminalConnection(asyncio.Protocol):
             self._stall_timer = asyncio.get_running_loop().call_later(self._stall_timeout, self._stalled)
 
     def _start(self, frame: bytes, arrived: float, overload: str | None = None) -> None:
-        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload, self._host))
+        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload, self._share))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:

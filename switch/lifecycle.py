@@ -149,8 +149,8 @@ class Processor:
         ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
         deadline, and the admission its wait, from then, the time it queued in the event loop
         included. ``overload``: why the switch was over capacity when it was read (it is shed,
-        ``switch.intake``), None when it was not. ``peer``: the connection's source address, whose
-        share of the admission it takes (``switch.shedding``).
+        ``switch.intake``), None when it was not. ``peer``: whose share of the admission it takes
+        (``switch.shedding.peer_of`` its connection's source address).
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
         try:

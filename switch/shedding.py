@@ -8,14 +8,16 @@ serve, wherever in the front end, the journal or the event loop it builds up. It
 may wait at once, which keeps the accepted requests fast instead of making every customer wait
 toward the deadline.
 
-The limit is shared fairly among the peers whose requests wait (a peer is a connection's source
-address, or a merchant on the HTTP API): when it is reached, a peer with fewer waiting than its
-share of it (the limit over the peers waiting, itself included) is still let in, and only those at
-their share or past it are answered ``91``. So one acquirer's flood (a concentrator that resends at
-once, say) is shed, and another's purchases go on as before: peers are isolated from each other as
-channels are. Those let in past the limit are at most one share each, and the limit itself adapts
-to the waits they add. Terminals each on a peer of its own, one request each, have a share under
-one once they fill the limit, and are shed as before.
+The limit is shared among the peers whose requests wait (``peer_of``: a connection's source
+address, an IPv6 one by its /64; or a merchant on the HTTP API): when it is reached, a peer with
+fewer waiting than its share (the limit over the peers waiting, itself included) is still let in,
+up to one share past the limit in all; the others are answered ``91``. So one acquirer's flood (a
+concentrator that resends at once, say) is shed while another's purchases go on: peers are kept
+apart as channels are. The shares are equal, whatever a peer carries: under a general overload a
+concentrator of many terminals is shed more than a terminal on an address of its own, and behind a
+proxy or load balancer that hides the source addresses every terminal is one peer. Terminals each
+on an address of their own, one request each, have a share under one once they fill the limit,
+and are shed as before.
 
 Two backstops: requests under way in this front end (all connections together), and how late the
 event loop runs its callbacks (a loop that lags is a CPU that cannot keep up; every request
@@ -25,6 +27,7 @@ waiting in it gets later still).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from collections import Counter
@@ -96,13 +99,14 @@ class WaitingLimit:
 
     def full(self, peer: str = "") -> bool:
         """Whether a newcomer from ``peer`` is to be answered ``91`` now: the limit is reached, and
-        ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included)."""
+        ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included),
+        or a share past the limit waits already. (So at most a limit and a half ever wait.)"""
         self._turn()
         if self.waiting < self.limit:
             return False
         by_peer = self._by_peer
-        peers = len(by_peer) + (peer not in by_peer)
-        return by_peer[peer] + 1 > self.limit // peers
+        share = self.limit // (len(by_peer) + (peer not in by_peer))
+        return by_peer[peer] + 1 > share or self.waiting >= self.limit + share
 
     def enter(self, peer: str = "") -> None:
         self.waiting += 1
@@ -131,13 +135,29 @@ class WaitingLimit:
         standing = self._waits and self._shortest > self.target_s
         if standing and self._most >= self.limit * NEAR:
             mean_s = self._waited_s / self._waits
-            fits = self._most * max(SHRINK_AT_MOST, self.target_s / mean_s)
+            # (those let in past the limit, under their share, count as the limit: it is cut as
+            # if they had not come, so that what they add is cut too)
+            fits = min(self._most, self.limit) * max(SHRINK_AT_MOST, self.target_s / mean_s)
             self.limit = max(MIN_LIMIT, math.floor(min(fits, self.limit)))
         elif self._waits and self._most >= self.limit:  # the queue empties at this limit: try more
             self.limit = min(self.ceiling, math.floor(self.limit * GROWTH))
         self._ends_at = now + self.interval_s
         self._most, self._shortest = self.waiting, math.inf
         self._waited_s, self._waits = 0.0, 0
+
+
+def peer_of(host: str) -> str:
+    """Whose share of the admission a connection from ``host`` takes: the address, an IPv6 one by
+    its /64 (a network hands one site a /64, and taken apart its addresses would be a share each)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 class LoadShedder:
