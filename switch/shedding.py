@@ -17,7 +17,7 @@ apart as channels are. The shares are equal, whatever a peer carries: under a ge
 concentrator of many terminals is shed more than a terminal on an address of its own, and behind a
 proxy or load balancer that hides the source addresses every terminal is one peer. Terminals each
 on an address of their own, one request each, have a share under one once they fill the limit,
-and are shed as before.
+and are shed as before. The backstops below know no shares: past them every peer is shed.
 
 Two backstops: requests under way in this front end (all connections together), and how late the
 event loop runs its callbacks (a loop that lags is a CPU that cannot keep up; every request
@@ -38,8 +38,8 @@ LAG_SMOOTHING = 0.3  # weight of the newest sample: a single hiccup does not she
 # Admitted requests let wait at once however long they wait: fewer would starve the journal's
 # group commit and the channels' batches of the very purchases that keep the box busy.
 MIN_LIMIT = 32
-# A cut keeps at least this share of those that waited at once (so, with NEAR, 3/8 of the limit):
-# one slow interval does not empty the switch.
+# A cut keeps at least this share of those that waited at once, or of the limit if more waited (so,
+# with NEAR, 3/8 of the limit): one slow interval does not empty the switch.
 SHRINK_AT_MOST = 0.5
 GROWTH = 1.25  # of the limit, for an interval that reached it without a standing queue
 # A standing queue cuts the limit only while as many as this share of it wait: then the limit is
@@ -100,7 +100,8 @@ class WaitingLimit:
     def full(self, peer: str = "") -> bool:
         """Whether a newcomer from ``peer`` is to be answered ``91`` now: the limit is reached, and
         ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included),
-        or a share past the limit waits already. (So at most a limit and a half ever wait.)"""
+        or a share past the limit waits already. (So no one is let in while a limit and a half
+        wait; after a cut, more than that may wait until they leave.)"""
         self._turn()
         if self.waiting < self.limit:
             return False

@@ -37,13 +37,13 @@ def waiting_limit() -> tuple[WaitingLimit, Clock]:
     return WaitingLimit(TARGET_S, INTERVAL_S, clock=clock), clock
 
 
-def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float]) -> None:
-    """One interval: ``waiting`` requests enter, the ``waits`` leave at their channel calls (the
-    others stay), then the interval ends."""
+def interval(limit: WaitingLimit, clock: Clock, waiting: int, waits: list[float], peer: str = "") -> None:
+    """One interval: ``waiting`` requests of ``peer`` enter, the ``waits`` leave at their channel
+    calls (the others stay), then the interval ends."""
     for _ in range(waiting):
-        limit.enter()
+        limit.enter(peer)
     for waited in waits:
-        limit.leave(waited)
+        limit.leave(waited, peer)
     clock.now += INTERVAL_S
     limit.full()  # the interval's end is read
 
@@ -178,7 +178,7 @@ def test_those_let_in_past_the_limit_are_cut_with_it():
         limit.enter("flood")
     for _ in range(START_LIMIT // 2):
         limit.enter("quiet")
-    interval(limit, clock, 0, [TARGET_S * 1.25] * 10)  # 1,536 waited at most, 1.25 times the target
+    interval(limit, clock, 0, [TARGET_S * 1.25] * 10, "flood")  # 1,536 waited at most, 1.25 times the target
     assert limit.limit == int(START_LIMIT / 1.25)
 
 
