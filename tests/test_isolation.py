@@ -79,7 +79,15 @@ def test_a_hung_channel_costs_the_others_nothing(switch, ports, database_url, he
         async with connected(switch) as terminal:
             hung = [asyncio.ensure_future(timed(terminal, new_purchase("wechat"))) for _ in range(40)]
             await asyncio.sleep(0.2)
-            others = await asyncio.gather(*(timed(terminal, new_purchase("alipay")) for _ in range(100)))
+            # Fewer at once than Alipay's connections: a burst past its pool would wait for a free
+            # connection (91 past queue_wait_ms on a slow machine), which is not the hang's doing.
+            at_once = asyncio.Semaphore(16)
+
+            async def other() -> tuple[dict, float]:
+                async with at_once:
+                    return await timed(terminal, new_purchase("alipay"))
+
+            others = await asyncio.gather(*(other() for _ in range(100)))
             hung_answers = await asyncio.gather(*hung)
             # Calls of a hung channel fail (time out): its circuit opens; new purchases get 91 at
             # once and are never sent.
@@ -87,9 +95,11 @@ def test_a_hung_channel_costs_the_others_nothing(switch, ports, database_url, he
             refused = await asyncio.gather(*(timed(terminal, new_purchase("wechat")) for _ in range(20)))
             fault(ports, "wechat")
             recovered_in = await wait_until_approved(terminal, "wechat", timeout=10)
-        assert [a["39"] for a, _ in others] == ["00"] * 100
-        # WeChat's calls wait 1.5 s (its timeout) before failing; Alipay's never waited for them.
-        assert max(seconds for _, seconds in others) < 1.0
+        refusals = [(a["39"], (await journal_row(database_url, a["37"]) or {}).get("channel_code")) for a, _ in others]
+        assert [code for code, _ in refusals] == ["00"] * 100, [r for r in refusals if r[0] != "00"]
+        # WeChat's calls wait its timeout before failing: an Alipay purchase that waited behind one
+        # would take that long at least.
+        assert max(seconds for _, seconds in others) < WECHAT_TIMEOUT_MS / 1000
         assert all(a["39"] == "91" and seconds < 5.0 for a, seconds in hung_answers)  # within the deadline
         assert all(a["39"] == "91" and seconds < 0.5 for a, seconds in refused)
         for answer, _ in refused:
