@@ -59,7 +59,7 @@ class SwitchSection(_Strict):
     # that would wait that long, raised while reached without one. Past it, newcomers are answered
     # 91 at once, after the work under way (switch.intake), so under overload the accepted stay
     # fast; a peer (source address) with fewer than its share (the limit over the peers waiting)
-    # is still let in, up to one share past the limit. Reversals and retransmissions of one under way are never shed.
+    # is still let in, one share past the limit at most. Reversals and retransmissions of one under way are never shed.
     shed_queue_delay_ms: Annotated[int, Meta(ge=0, le=10_000)] = 50  # 0: off
     shed_queue_interval_ms: Annotated[int, Meta(ge=1, le=10_000)] = 150
     # Backstops, past either limit:

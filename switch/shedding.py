@@ -11,7 +11,7 @@ toward the deadline.
 The limit is shared among the peers whose requests wait (``peer_of``: a connection's source
 address, an IPv6 one by its /64; or a merchant on the HTTP API): when it is reached, a peer with
 fewer waiting than its share (the limit over the peers waiting, itself included) is still let in,
-up to one share past the limit in all; the others are answered ``91``. So one acquirer's flood (a
+one share past the limit in all at most; the others are answered ``91``. So one acquirer's flood (a
 concentrator that resends at once, say) is shed while another's purchases go on: peers are kept
 apart as channels are. The shares are equal, whatever a peer carries: under a general overload a
 concentrator of many terminals is shed more than a terminal on an address of its own, and behind a
@@ -91,6 +91,11 @@ class WaitingLimit:
         self._shortest = math.inf  # of the waits that ended at a channel call this interval
         self._waited_s, self._waits = 0.0, 0  # their sum and count
         self._by_peer: Counter[str] = Counter()  # those waiting, by peer (none kept at 0)
+        # Of them, those let in past the limit (under their share), by peer and in all. A peer's
+        # first to leave counts as its last let in: its requests are alike, and the count never
+        # exceeds what it has waiting.
+        self._past_by_peer: Counter[str] = Counter()
+        self._past = 0
 
     @property
     def peers(self) -> int:
@@ -100,16 +105,20 @@ class WaitingLimit:
     def full(self, peer: str = "") -> bool:
         """Whether a newcomer from ``peer`` is to be answered ``91`` now: the limit is reached, and
         ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included),
-        or a share past the limit waits already. (So no one is let in while a limit and a half
-        wait; after a cut, more than that may wait until they leave.)"""
+        or a share was let in past the limit and waits still. (So no more than a share waits past
+        the limit it was let in under. After a cut, those let in under the old limit may be more
+        than the new one until they leave; a peer with none waiting is still let in meanwhile.)"""
         self._turn()
         if self.waiting < self.limit:
             return False
         by_peer = self._by_peer
         share = self.limit // (len(by_peer) + (peer not in by_peer))
-        return by_peer[peer] + 1 > share or self.waiting >= self.limit + share
+        return by_peer[peer] + 1 > share or self._past >= share
 
     def enter(self, peer: str = "") -> None:
+        if self.waiting >= self.limit:
+            self._past += 1
+            self._past_by_peer[peer] += 1
         self.waiting += 1
         self._by_peer[peer] += 1
         self._most = max(self._most, self.waiting)
@@ -123,6 +132,13 @@ class WaitingLimit:
             self._by_peer[peer] = left
         else:
             del self._by_peer[peer]
+        past = self._past_by_peer[peer]
+        if past:
+            self._past -= 1
+            if past > 1:
+                self._past_by_peer[peer] = past - 1
+            else:
+                del self._past_by_peer[peer]
         if waited_s is not None:
             self._shortest = min(self._shortest, waited_s)
             self._waited_s += waited_s
