@@ -11,7 +11,7 @@ toward the deadline.
 The limit is shared among the peers whose requests wait (``peer_of``: a connection's source
 address, an IPv6 one by its /64; or a merchant on the HTTP API): when it is reached, a peer with
 fewer waiting than its share (the limit over the peers waiting, itself included) is still let in,
-one share past the limit in all at most; the others are answered ``91``. So one acquirer's flood (a
+one share past the limit it is let in under at most, in all; the others are answered ``91``. So one acquirer's flood (a
 concentrator that resends at once, say) is shed while another's purchases go on: peers are kept
 apart as channels are. The shares are equal, whatever a peer carries: under a general overload a
 concentrator of many terminals is shed more than a terminal on an address of its own, and behind a
@@ -107,7 +107,8 @@ class WaitingLimit:
         ``peer`` has its share of it waiting (the limit over the peers waiting, ``peer`` included),
         or a share was let in past the limit and waits still. (So no more than a share waits past
         the limit it was let in under. After a cut, those let in under the old limit may be more
-        than the new one until they leave; a peer with none waiting is still let in meanwhile.)"""
+        than the new one until they leave; a peer with none waiting is still let in meanwhile, while
+        less than a share was let in past the limit.)"""
         self._turn()
         if self.waiting < self.limit:
             return False
