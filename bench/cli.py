@@ -83,6 +83,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="pace the purchases at this many a second, the senders taking turns: the CPU a purchase costs "
         "at that load, where batches are smaller than at saturation (default: closed loop)",
     )
+    start_bench = benches.add_parser(
+        "start",
+        help="how long the switch takes to be ready on the demo stack, and the CPU its processes spent",
+        description="Start the switch of the demo stack (embedded PostgreSQL, a local Ray, the channels' and the "
+        "risk actors) once uncounted, then --rounds times, each after a stop: seconds from its spawn to ready, and "
+        "the CPU of the front end, of Ray's processes (actors included) and of PostgreSQL by then.",
+    )
+    start_bench.add_argument("--rounds", type=_count, default=3, help="starts counted (default 3)")
+    start_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    start_bench.add_argument(
+        "--against", metavar="REV", help="A/B: start commit REV and this checkout alternately, --rounds each"
+    )
     held_bench = benches.add_parser(
         "held",
         help="the demo stack held under load for minutes: throughput and every part's memory, window by window",
@@ -183,6 +195,17 @@ def _rate(text: str) -> float:
     return rate
 
 
+def _count(text: str) -> int:
+    """A whole number above 0."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {text}")
+    return count
+
+
 def _ways(text: str) -> tuple:
     from bench.scale import Way
 
@@ -219,6 +242,13 @@ def main(args: argparse.Namespace) -> int:
         if args.against:
             return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out, args.rate)
         return profile_main(args.concurrency, args.seconds, args.py_spy, args.out, args.rate)
+    if args.bench_command == "start":
+        from bench.start import compare as start_compare
+        from bench.start import main as start_main
+
+        if args.against:
+            return start_compare(args.against, args.rounds, args.out)
+        return start_main(args.rounds, args.out)
     if args.bench_command == "held":
         from bench.held import main as held_main
 

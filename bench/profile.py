@@ -33,7 +33,8 @@ import asyncpg
 import psutil
 import uvloop
 
-from bench.provenance import ROOT, provenance, resolve
+from bench.ab import alternate
+from bench.provenance import provenance, resolve
 from bench.stack import Stack
 from bench.throughput import closed_loop
 from bench.traffic import Stans
@@ -204,36 +205,14 @@ def main(
     return 0
 
 
-def _run_at(checkout: Path, concurrency: int, seconds: float, out: Path, rate: float | None) -> dict:
-    """``paysw bench profile`` of the code in ``checkout``, in a process of its own."""
-    command = [sys.executable, "-m", "switch.cli", "bench", "profile"]
-    command += ["--concurrency", str(concurrency), "--seconds", str(seconds), "--out", str(out)]
-    command += ["--rate", str(rate)] if rate else []
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
-
-
 def compare(
     against: str, rounds: int, concurrency: int, seconds: float, out: Path | None, rate: float | None = None
 ) -> int:
     """This checkout against commit ``against``: ``rounds`` profiles of each, alternately; the
     median of each part's CPU per purchase (and of approved/s, p50 and p99) and the ratio this /
     against. With ``rate``, REV must know ``--rate`` too."""
-    with tempfile.TemporaryDirectory(prefix="paysw-against-") as folder:
-        base = Path(folder) / "checkout"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), against], cwd=ROOT, check=True)
-        runs: dict[str, list[dict]] = {"against": [], "this": []}
-        try:
-            sides = (("against", base), ("this", ROOT))
-            for i in range(rounds):
-                # Each side goes first every other round: measured, the side run first in a round
-                # came out 3-4 % cheaper against the very same commit (bench results, 1f3a3c2).
-                for side, checkout in sides if i % 2 == 0 else sides[::-1]:
-                    print(f"round {i + 1}/{rounds}: {side}", flush=True)
-                    runs[side].append(_run_at(checkout, concurrency, seconds, Path(folder) / f"{side}{i}.json", rate))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    bench = ["profile", "--concurrency", str(concurrency), "--seconds", str(seconds)]
+    runs = alternate(against, rounds, bench + (["--rate", str(rate)] if rate else []))
     medians = {side: _medians(results) for side, results in runs.items()}
     parts = sorted(medians["this"].keys() | medians["against"].keys(), key=lambda p: -medians["against"].get(p, 0))
     result = {

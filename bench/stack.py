@@ -55,6 +55,7 @@ class Stack:
         self._env = env
         self._sims: list = []
         self.switch: subprocess.Popen | None = None
+        self.ready_s = 0.0
 
     def start(self) -> None:
         busy = _ports_in_use(self.config, self.simulators)
@@ -63,6 +64,7 @@ class Stack:
         self._sims = start_simulators(self.simulators)
         _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
         run = ["run", "--config", str(self._config_path), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
+        began = time.monotonic()
         self.switch = subprocess.Popen(
             [sys.executable, "-m", "switch.cli", *run, *self._run_options],
             env=self._env,
@@ -73,7 +75,8 @@ class Stack:
         while not self._ready():
             if self.switch.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the switch did not start; see {self._data_dir / 'switch.log'}")
-            time.sleep(0.3)
+            time.sleep(0.1)
+        self.ready_s = time.monotonic() - began  # from the switch's spawn to its /readyz saying ready
 
     @property
     def port(self) -> int:

@@ -226,3 +226,23 @@ def test_a_progress_line_names_the_answers_other_than_approvals():
 
     assert others({"answers_by_code": {"00": 90_096}}) == ""
     assert others({"answers_by_code": {"00": 68_317, "65": 89_739, "91": 14}}) == "; others 65 x89739, 91 x14"
+
+
+def test_the_start_benchmark_times_the_switch_to_ready_and_its_processes_cpu(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "bench", "start", "--rounds", "1", "--out", str(tmp_path / "start.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "start.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert report["commit"].removesuffix("+changes") == head
+    (start,) = report["starts"]  # the first start, which makes the database, is not counted
+    assert start == report["median"]
+    # Ready takes Ray's start and six actors: seconds, not the instant a stub would answer in.
+    assert 1 < start["ready_s"] < 180
+    # Ray's processes (the actors among them) and the front end did the work of it.
+    assert start["cpu_s ray"] > 1 and start["cpu_s front end"] > 0.3
+    assert "not counted" in result.stdout and "start 1/1" in result.stdout

@@ -1,0 +1,73 @@
+"""``paysw bench start``: how long ``paysw run`` takes to be ready on the demo stack (embedded
+PostgreSQL, a local Ray, the five channels' actors and the risk actor), and the CPU its processes
+spent getting there. It is how long a switch that starts its own Ray is away after a crash or a
+restart; one on an external Ray cluster joins the actors already running there instead.
+
+The first start makes the journal's database and imports the keys: it is run and not counted.
+Then ``--rounds`` starts, each after a stop, in the same folder. With ``--against REV`` it is an
+A/B, as for ``paysw bench profile`` (``bench.ab``): the medians of each side and their ratio."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.ab import alternate
+from bench.provenance import provenance, resolve
+from bench.stack import Stack
+
+PARTS = ("front end", "ray", "postgresql")  # Stack.processes_by_part: the switch's own, started by it
+
+
+def main(rounds: int, out: Path | None) -> int:
+    starts: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="paysw-start-") as folder:
+        for i in range(rounds + 1):
+            stack = Stack(Path(folder))
+            stack.start()
+            try:
+                cpu = stack.cpu_by_part_s()
+            finally:
+                stack.stop()
+            if i == 0:
+                print(f"first start (makes the database, imports the keys), not counted: {stack.ready_s:.2f} s")
+                continue
+            start = {"ready_s": round(stack.ready_s, 3), **{f"cpu_s {part}": round(cpu[part], 2) for part in PARTS}}
+            print(f"start {i}/{rounds}: " + ", ".join(f"{k} {v}" for k, v in start.items()), flush=True)
+            starts.append(start)
+    result = {**provenance(), "starts": starts, "median": medians(starts)}
+    print(f"median of {rounds}: " + ", ".join(f"{k} {v}" for k, v in result["median"].items()))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def medians(starts: list[dict]) -> dict[str, float]:
+    return {figure: round(statistics.median(s[figure] for s in starts), 3) for figure in starts[0]}
+
+
+def compare(against: str, rounds: int, out: Path | None) -> int:
+    """This checkout against commit ``against``: ``rounds`` runs of each (a run is one counted
+    start), alternately; the medians of each side and the ratio this / against."""
+    runs = alternate(against, rounds, ["start", "--rounds", "1"])
+    sides = {side: medians([run["starts"][0] for run in results]) for side, results in runs.items()}
+    result = {
+        **provenance(),
+        "against": resolve(against),
+        "runs": runs,
+        "median": sides,
+        "ratio_this_to_against": {
+            figure: round(sides["this"][figure] / sides["against"][figure], 3)
+            for figure in sides["this"]
+            if sides["against"].get(figure)
+        },
+    }
+    print(f"\nmedian of {rounds} starts each; this {result['commit'][:12]} against {result['against'][:12]}:")
+    print(f"  {'figure':22s} {'against':>8s} {'this':>8s} {'ratio':>6s}")
+    for figure, ratio in result["ratio_this_to_against"].items():
+        print(f"  {figure:22s} {sides['against'][figure]:8.2f} {sides['this'][figure]:8.2f} {ratio:6.3f}")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
