@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -186,9 +186,10 @@ class SwitchApp:
                 link_tls=client_tls(tls) if tls is not None else None,
             )
         self.metrics.watch_gateways(self.gateways)
-        await all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)
+        starting = [all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)]
         if rules is not None:
-            await self._start_counters(tls)
+            starting.append(self._start_counters(tls))
+        await all_of(starting)  # side by side: each actor is a Ray worker to start, and a Ray start waits much
         self.fingerprint = fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
             cfg.switch.max_in_flight,
@@ -518,6 +519,16 @@ async def all_linked(gateways: dict[str, ChannelGateway], timeout: float) -> Non
     if pending:
         late = [name for name, wait in waits.items() if wait in pending]
         raise RuntimeError(f"no link to the channel actors of {', '.join(late)} after {timeout:g} s (see the log)")
+
+
+async def all_of(steps: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``steps`` side by side; the first to fail cancels the others and raises its error."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def check_links_across_nodes(ray: RaySection, tls: LinkTls | None, on_loopback: bool) -> None:
