@@ -76,7 +76,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="REV",
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
     )
-    profile_bench.add_argument("--rounds", type=int, default=2, help="with --against: runs of each side (default 2)")
+    profile_bench.add_argument("--rounds", type=_count, default=2, help="with --against: runs of each side (default 2)")
     profile_bench.add_argument(
         "--rate",
         type=_rate,
@@ -88,12 +88,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how long the switch takes to be ready on the demo stack, and the CPU its processes spent",
         description="Start the switch of the demo stack (embedded PostgreSQL, a local Ray, the channels' and the "
         "risk actors) once uncounted, then --rounds times, each after a stop: seconds from its spawn to ready, and "
-        "the CPU of the front end, of Ray's processes (actors included) and of PostgreSQL by then.",
+        "the CPU the front end, Ray's processes (actors included) and PostgreSQL alive then had spent.",
     )
     start_bench.add_argument("--rounds", type=_count, default=3, help="starts counted (default 3)")
     start_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     start_bench.add_argument(
-        "--against", metavar="REV", help="A/B: start commit REV and this checkout alternately, --rounds each"
+        "--against",
+        metavar="REV",
+        help="A/B: start commit REV (01cb817 or later) and this checkout alternately, --rounds each (each run "
+        "with its own uncounted first start)",
     )
     held_bench = benches.add_parser(
         "held",

@@ -26,8 +26,8 @@ def main(rounds: int, out: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="paysw-start-") as folder:
         for i in range(rounds + 1):
             stack = Stack(Path(folder))
-            stack.start()
             try:
+                stack.start()
                 cpu = stack.cpu_by_part_s()
             finally:
                 stack.stop()

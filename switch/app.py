@@ -189,7 +189,7 @@ class SwitchApp:
         starting = [all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)]
         if rules is not None:
             starting.append(self._start_counters(tls))
-        await all_of(starting)  # side by side: each actor is a Ray worker to start, and a Ray start waits much
+        await all_of(starting)  # side by side: starting an actor is mostly waiting on Ray
         self.fingerprint = fingerprint = hsm.fingerprinter(keys[cfg.security.pan_hash_key])
         self.shedder = LoadShedder(
             cfg.switch.max_in_flight,
@@ -522,13 +522,15 @@ async def all_linked(gateways: dict[str, ChannelGateway], timeout: float) -> Non
 
 
 async def all_of(steps: list[Coroutine[Any, Any, None]]) -> None:
-    """Run ``steps`` side by side; the first to fail cancels the others and raises its error."""
+    """Run ``steps`` side by side; the first to fail cancels the others and raises its own error
+    (a TaskGroup would raise an ExceptionGroup, and the operator read that instead of the message)."""
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each cancelled one has ended
 
 
 def check_links_across_nodes(ray: RaySection, tls: LinkTls | None, on_loopback: bool) -> None:
