@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from switch.cli_support import at_least_one
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks on the demo stack", description="Benchmarks.")
@@ -76,7 +78,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="REV",
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
     )
-    profile_bench.add_argument("--rounds", type=_count, default=2, help="with --against: runs of each side (default 2)")
+    profile_bench.add_argument(
+        "--rounds", type=at_least_one, default=2, help="with --against: runs of each side (default 2)"
+    )
     profile_bench.add_argument(
         "--rate",
         type=_rate,
@@ -90,7 +94,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "risk actors) once uncounted, then --rounds times, each after a stop: seconds from its spawn to ready, and "
         "the CPU the front end, Ray's processes (actors included) and PostgreSQL alive then had spent.",
     )
-    start_bench.add_argument("--rounds", type=_count, default=3, help="starts counted (default 3)")
+    start_bench.add_argument("--rounds", type=at_least_one, default=3, help="starts counted (default 3)")
     start_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     start_bench.add_argument(
         "--against",
@@ -196,17 +200,6 @@ def _rate(text: str) -> float:
     if not rate > 0:
         raise argparse.ArgumentTypeError(f"a rate above 0, not {text}")
     return rate
-
-
-def _count(text: str) -> int:
-    """A whole number above 0."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, not {text}")
-    return count
 
 
 def _ways(text: str) -> tuple:

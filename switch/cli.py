@@ -11,6 +11,7 @@ from types import ModuleType
 from hsm import HsmError
 from risk import cli as risk_cli
 from switch import config_cli, keys_cli, reload_cli, settlement_cli
+from switch.cli_support import at_least_one
 from switch.config import ConfigError, load_config
 from switch.console import cli as console_cli
 from switch.merchant import cli as notify_cli
@@ -35,12 +36,6 @@ ON_CONFIG: dict[str, ModuleType] = {
     "config": config_cli,
 }
 BUILT_IN = ("run", "channel", *ON_CONFIG)
-
-
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return int(text)
 
 
 def _registered(argv: list[str]) -> dict[str, ModuleType]:
@@ -81,7 +76,7 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument(
         "--workers",
-        type=_at_least_one,
+        type=at_least_one,
         default=1,
         help="front-end processes sharing the terminals' port, the channel actors and the journal "
         "(default 1); each limit of [switch] and a channel's frontend_in_flight hold in each, the "

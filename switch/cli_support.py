@@ -12,6 +12,13 @@ from pathlib import Path
 from switch.config import Config
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of workers, rounds...)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="the switch's TOML configuration file")
     parser.add_argument(

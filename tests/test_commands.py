@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("isolation", "throughput", "recon", "sm2", "profile", "held", "overload", "link")
+BENCHMARKS = ("isolation", "throughput", "recon", "sm2", "profile", "held", "overload", "link", "start")
 
 
 def _imported_modules(tree: ast.AST) -> list[str]:
@@ -62,6 +62,14 @@ def test_bench_commands_are_reachable_through_paysw():
     bad_steps = _paysw("bench", "throughput", "--steps", "4,x")
     assert bad_steps.returncode == 2
     assert "paysw bench throughput: --steps: not a list of numbers: '4,x'" in bad_steps.stderr
+    for command in (
+        ["run", "--workers", "0"],
+        ["bench", "start", "--rounds", "0"],
+        ["bench", "profile", "--rounds", "x"],
+    ):
+        refused = _paysw(*command)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert f"argument {command[-2]}: expected a whole number of at least 1, not '{command[-1]}'" in refused.stderr
     no_config = _paysw("sim")
     assert (no_config.returncode, no_config.stderr.strip()) == (2, "paysw sim: --config is required")
 
