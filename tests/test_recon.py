@@ -473,9 +473,11 @@ def test_a_recon_process_killed_mid_batch_resumes_at_its_step(switch, database_u
     from bench.simulators.control import set_fault
     from bench.simulators.faults import NO_FAULT, Fault
 
-    previous_hour = dt.datetime.now(CST) - dt.timedelta(hours=1)
+    # Yesterday's hour: no other test's batch. (The previous hour was the command-line test's own
+    # current hour whenever an hour ended between the two: its batch done, and this one's too.)
+    yesterday = dt.datetime.now(CST) - dt.timedelta(days=1)
     command = [sys.executable, "-m", "switch.cli", "recon", "--config", str(config_dir / "switch.toml")]
-    command += ["--channel", "unionpay", "--date", previous_hour.date().isoformat(), "--hour", str(previous_hour.hour)]
+    command += ["--channel", "unionpay", "--date", yesterday.date().isoformat(), "--hour", str(yesterday.hour)]
     env = {**os.environ, "SWITCH_DATABASE_URL": database_url}
 
     async def batch_step() -> tuple[int, str] | None:
@@ -483,8 +485,8 @@ def test_a_recon_process_killed_mid_batch_resumes_at_its_step(switch, database_u
         try:
             row = await conn.fetchrow(
                 "SELECT id, step FROM recon_batch WHERE channel = 'unionpay' AND day = $1 AND hour = $2",
-                previous_hour.date(),
-                previous_hour.hour,
+                yesterday.date(),
+                yesterday.hour,
             )
             return (row["id"], row["step"]) if row else None
         finally:
