@@ -56,13 +56,16 @@ class Stack:
         self._sims: list = []
         self.switch: subprocess.Popen | None = None
         self.ready_s = 0.0
+        self.simulators_ready_s = 0.0
 
     def start(self) -> None:
         busy = _ports_in_use(self.config, self.simulators)
         if busy:
             raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
+        began = time.monotonic()
         self._sims = start_simulators(self.simulators)
         _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
+        self.simulators_ready_s = time.monotonic() - began  # from their spawn to every port open
         run = ["run", "--config", str(self._config_path), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
         began = time.monotonic()
         self.switch = subprocess.Popen(

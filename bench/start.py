@@ -1,7 +1,9 @@
 """``paysw bench start``: how long ``paysw run`` takes to be ready on the demo stack (embedded
 PostgreSQL, a local Ray, the five channels' actors and the risk actor), and the CPU its processes
 spent getting there. It is how long a switch that starts its own Ray is away after a crash or a
-restart; one on an external Ray cluster joins the actors already running there instead.
+restart; one on an external Ray cluster joins the actors already running there instead. Also
+how long the simulators (test equipment, started first) took to open their ports, and their CPU:
+every test of a stack pays it.
 
 The first start makes the journal's database and imports the keys: it is run and not counted.
 Then ``--rounds`` starts, each after a stop, in the same folder. With ``--against REV`` it is an
@@ -18,7 +20,7 @@ from bench.ab import alternate
 from bench.provenance import provenance, resolve
 from bench.stack import Stack
 
-PARTS = ("front end", "ray", "postgresql")  # Stack.processes_by_part: the switch's own, started by it
+PARTS = ("front end", "ray", "postgresql", "simulators")  # Stack.processes_by_part
 
 
 def main(rounds: int, out: Path | None) -> int:
@@ -34,7 +36,11 @@ def main(rounds: int, out: Path | None) -> int:
             if i == 0:
                 print(f"first start (makes the database, imports the keys), not counted: {stack.ready_s:.2f} s")
                 continue
-            start = {"ready_s": round(stack.ready_s, 3), **{f"cpu_s {part}": round(cpu[part], 2) for part in PARTS}}
+            start = {
+                "ready_s": round(stack.ready_s, 3),
+                "simulators_ready_s": round(stack.simulators_ready_s, 3),
+                **{f"cpu_s {part}": round(cpu[part], 2) for part in PARTS},
+            }
             print(f"start {i}/{rounds}: " + ", ".join(f"{k} {v}" for k, v in start.items()), flush=True)
             starts.append(start)
     result = {**provenance(), "starts": starts, "median": medians(starts)}

@@ -25,9 +25,9 @@ from actors.link import client_tls
 from actors.runtime import channel_actor, init_ray, node_on_loopback
 from actors.settings import LinkTls
 from hsm import Hsm, KeyRecord, open_hsm
-from risk import Risk
 from risk.actor import risk_actor
 from risk.client import CounterShards, Unreachable
+from risk.control import Risk
 from risk.messages import CHECK, Ask
 from risk.rules import RulesError, RuleSet, read_rules
 from switch.admin import admin_app, start_admin

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 from hsm import HsmError
-from risk import cli as risk_cli
-from switch import config_cli, keys_cli, reload_cli, settlement_cli
 from switch.cli_support import at_least_one
 from switch.config import ConfigError, load_config
-from switch.console import cli as console_cli
-from switch.merchant import cli as notify_cli
-from switch.recon import cli as recon_cli
 
 # Commands other packages register (pyproject.toml, [project.entry-points."paysw.commands"]): each
 # entry, named after its command, is a module with ``add_parser(commands)`` and ``main(args) -> int``.
@@ -25,33 +22,46 @@ COMMANDS_GROUP = "paysw.commands"
 
 # The commands on the journal and its configuration: each module's ``add_parser(commands)`` and
 # ``main(args, config)``, given the configuration its ``--config`` names.
-ON_CONFIG: dict[str, ModuleType] = {
-    "keys": keys_cli,
-    "recon": recon_cli,
-    "settle": settlement_cli,
-    "risk": risk_cli,
-    "notify": notify_cli,
-    "reload": reload_cli,
-    "console": console_cli,
-    "config": config_cli,
+ON_CONFIG = {
+    "keys": "switch.keys_cli",
+    "recon": "switch.recon.cli",
+    "settle": "switch.settlement_cli",
+    "risk": "risk.cli",
+    "notify": "switch.merchant.cli",
+    "reload": "switch.reload_cli",
+    "console": "switch.console.cli",
+    "config": "switch.config_cli",
 }
 BUILT_IN = ("run", "channel", *ON_CONFIG)
 
 
-def _registered(argv: list[str]) -> dict[str, ModuleType]:
-    """The registered commands to load: only the one asked for (so ``paysw run`` loads no other
-    package's code), or all of them when none is (for ``--help`` and usage errors). A registered
-    name that is a built-in command's is ignored: it cannot take the switch's own commands over."""
+class Commands(NamedTuple):
+    on_config: dict[str, ModuleType]  # of ON_CONFIG
+    registered: dict[str, ModuleType]  # of COMMANDS_GROUP
+
+
+def _loaded(argv: list[str]) -> Commands:
+    """The command modules to import: only the one asked for, or all of them when none is (for
+    ``--help`` and usage errors). Their imports are heavy (Ray, aiohttp, the console's pages): a
+    command that loaded them all paid about 2 s of CPU before it began, and so did each simulator
+    process (``multiprocessing`` imports the main module again in each child). So ``paysw run``
+    loads no other package's code. A registered name that is a built-in command's is ignored: it
+    cannot take the switch's own commands over."""
     entries = {e.name: e for e in entry_points(group=COMMANDS_GROUP) if e.name not in BUILT_IN}
     asked = next((a for a in argv if not a.startswith("-")), None)
-    if asked in BUILT_IN:
-        return {}
+    if asked in ("run", "channel"):
+        return Commands({}, {})
+    if asked in ON_CONFIG:
+        return Commands({asked: importlib.import_module(ON_CONFIG[asked])}, {})
     if asked in entries:
-        return {asked: entries[asked].load()}
-    return {name: entries[name].load() for name in sorted(entries)}
+        return Commands({}, {asked: entries[asked].load()})
+    return Commands(
+        {name: importlib.import_module(module) for name, module in ON_CONFIG.items()},
+        {name: entries[name].load() for name in sorted(entries)},
+    )
 
 
-def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
+def _parser(commands_loaded: Commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paysw",
         description="Aggregated-payment transaction switch: ISO 8583 over TCP to WeChat Pay, Alipay, "
@@ -113,10 +123,8 @@ def _parser(registered: dict[str, ModuleType]) -> argparse.ArgumentParser:
     channel.add_argument("--token-file", type=Path, help="read the admin token from this file instead")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
-    for module in ON_CONFIG.values():
+    for module in (*commands_loaded.on_config.values(), *commands_loaded.registered.values()):
         module.add_parser(commands)
-    for command in registered.values():
-        command.add_parser(commands)
 
     return parser
 
@@ -150,8 +158,8 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    registered = _registered(sys.argv[1:] if argv is None else argv)
-    args = _parser(registered).parse_args(argv)
+    loaded = _loaded(sys.argv[1:] if argv is None else argv)
+    args = _parser(loaded).parse_args(argv)
     try:
         if args.command == "run":
             from switch.app import run
@@ -170,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run(config, args.data_dir, args.ray_address)
             return 0
-        if args.command in registered:
-            return registered[args.command].main(args)
+        if args.command in loaded.registered:
+            return loaded.registered[args.command].main(args)
         if args.command == "channel":
             return _channel(args)
-        if args.command in ON_CONFIG:
-            return ON_CONFIG[args.command].main(args, load_config(args.config))
+        if args.command in loaded.on_config:
+            return loaded.on_config[args.command].main(args, load_config(args.config))
     except ConfigError as exc:
         print(f"paysw: configuration error: {exc}", file=sys.stderr)
         return 2

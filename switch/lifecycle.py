@@ -40,7 +40,7 @@ from protocols.validation import (
     transmitted_on,
     validate,
 )
-from risk import Risk
+from risk.control import Risk
 from risk.engine import Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
@@ -546,7 +546,7 @@ class Processor:
         return None if inserted else await self._replay(t)
 
     def _step_risk_ask(self, t: Context) -> None:
-        """The risk decision begun (``risk.Risk.begin``): what the payment (a purchase, or a
+        """The risk decision begun (``risk.control.Risk.begin``): what the payment (a purchase, or a
         refund) alone decides, and the counters' question on its way while the write-ahead
         commits."""
         txn = t.txn

@@ -109,7 +109,7 @@ class Context:
     reversed_key: TxnKey | None = None  # the purchase a reversal reverses
     txn: NewTxn | None = None  # the row written ahead
     claim: asyncio.Future[Reply] | None = None  # this arrival runs the transaction; retransmissions wait on it
-    risk: asyncio.Future[Any] | None = None  # the risk decision on its way (risk.Risk.begin)
+    risk: asyncio.Future[Any] | None = None  # the risk decision on its way (risk.control.Risk.begin)
     result: ChannelResult | None = None  # the channel's (or its limits')
     reply: Reply | None = None
     answer_fields: Message | None = None  # fields the answer carries beyond a reply's

@@ -74,10 +74,19 @@ def test_bench_commands_are_reachable_through_paysw():
     assert (no_config.returncode, no_config.stderr.strip()) == (2, "paysw sim: --config is required")
 
 
-def test_paysw_run_loads_no_other_packages_commands():
-    """Only the registered command asked for is imported: `paysw run` runs no plugin's code."""
-    from switch.cli import _registered
+def test_a_command_loads_only_its_own_module_and_the_simulators_no_ray():
+    """Only the command asked for is imported: `paysw run` runs no plugin's code, and `paysw sim`
+    (each simulator process imports the command line again) loads neither Ray nor the console."""
+    from switch.cli import ON_CONFIG, _loaded
 
-    assert _registered(["run", "--config", "x.toml"]) == {}
-    assert list(_registered(["bench", "profile"])) == ["bench"]
-    assert set(_registered(["--help"])) >= {"bench", "demo", "sim"}
+    assert _loaded(["run", "--config", "x.toml"]) == ({}, {})
+    bench = _loaded(["bench", "profile"])
+    assert (list(bench.on_config), list(bench.registered)) == ([], ["bench"])
+    recon = _loaded(["recon", "--config", "x.toml"])
+    assert (list(recon.on_config), list(recon.registered)) == (["recon"], [])
+    everything = _loaded(["--help"])
+    assert set(everything.on_config) == set(ON_CONFIG) and set(everything.registered) >= {"bench", "demo", "sim"}
+    probe = "import sys, switch.cli; switch.cli._loaded(['sim']); print(*(m in sys.modules for m in sys.argv[1:]))"
+    probe = [sys.executable, "-c", probe, "ray", "switch.console.cli"]
+    loaded = subprocess.run(probe, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (loaded.returncode, loaded.stdout.strip()) == (0, "False False"), loaded.stderr
