@@ -116,6 +116,26 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {PICKED_PORTS}")
 
 
+_RESERVED: list[socket.socket] = []  # held for the test process's life
+
+
+def refusing_port() -> int:
+    """A port that refuses connections for as long as this test process lives: bound and never
+    listened on, so no test's server (``free_port``, in either test process) can take it. For an
+    address in a configuration that no one is meant to answer at; a port merely picked free was
+    taken by another test's recording server, which then received this one's notifications."""
+    held = socket.socket()
+    for _ in range(1000):
+        port = _pick.choice(PICKED_PORTS)
+        try:
+            held.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _RESERVED.append(held)
+        return port
+    raise RuntimeError(f"no free port in {PICKED_PORTS}")
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,9 +241,8 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
     switch = tolerant_admission(switch)
     # The demo merchant's receiver is the demo's; a test that wants notifications runs its own.
-    switch, n = re.subn(
-        r'notify_url = "http://127.0.0.1:9590/notify"', f'notify_url = "http://127.0.0.1:{free_port()}/notify"', switch
-    )
+    nowhere = f'notify_url = "http://127.0.0.1:{refusing_port()}/notify"'
+    switch, n = re.subn(r'notify_url = "http://127.0.0.1:9590/notify"', nowhere, switch)
     assert n == 1, "could not move the demo merchant's notification URL in the test configuration"
     # Test after test signs the same terminals on; tests of the limit run a switch of their own.
     switch, n = re.subn(r"(?m)^sign_on_interval_s = \d+$", "sign_on_interval_s = 0", switch)
