@@ -22,7 +22,7 @@ COMMANDS_GROUP = "paysw.commands"
 
 # The commands on the journal and its configuration: each module's ``add_parser(commands)`` and
 # ``main(args, config)``, given the configuration its ``--config`` names.
-ON_CONFIG = {
+ON_CONFIG: dict[str, str] = {  # name: module
     "keys": "switch.keys_cli",
     "recon": "switch.recon.cli",
     "settle": "switch.settlement_cli",
@@ -40,19 +40,20 @@ class Commands(NamedTuple):
     registered: dict[str, ModuleType]  # of COMMANDS_GROUP
 
 
-def _loaded(argv: list[str]) -> Commands:
-    """The command modules to import: only the one asked for, or all of them when none is (for
-    ``--help`` and usage errors). Their imports are heavy (Ray, aiohttp, the console's pages): a
-    command that loaded them all paid about 2 s of CPU before it began, and so did each simulator
-    process (``multiprocessing`` imports the main module again in each child). So ``paysw run``
-    loads no other package's code. A registered name that is a built-in command's is ignored: it
-    cannot take the switch's own commands over."""
-    entries = {e.name: e for e in entry_points(group=COMMANDS_GROUP) if e.name not in BUILT_IN}
-    asked = next((a for a in argv if not a.startswith("-")), None)
+def _load_commands(argv: list[str]) -> Commands:
+    """The command modules to import: only the one asked for, or all of them when none is, or when
+    the top-level help is (``--help`` and usage errors list every command). Their imports are
+    heavy (Ray, aiohttp, the console's pages): a command that loaded them all paid about 2 s of CPU
+    before it began, and so did each simulator process (``multiprocessing`` imports the main module
+    again in each child). So ``paysw run`` loads no other package's code. A registered name that is
+    a built-in command's is ignored: it cannot take the switch's own commands over."""
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    asked = None if {"-h", "--help"} & set(argv[:at]) or at == len(argv) else argv[at]
     if asked in ("run", "channel"):
         return Commands({}, {})
     if asked in ON_CONFIG:
         return Commands({asked: importlib.import_module(ON_CONFIG[asked])}, {})
+    entries = {e.name: e for e in entry_points(group=COMMANDS_GROUP) if e.name not in BUILT_IN}
     if asked in entries:
         return Commands({}, {asked: entries[asked].load()})
     return Commands(
@@ -61,7 +62,7 @@ def _loaded(argv: list[str]) -> Commands:
     )
 
 
-def _parser(commands_loaded: Commands) -> argparse.ArgumentParser:
+def _parser(loaded: Commands) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paysw",
         description="Aggregated-payment transaction switch: ISO 8583 over TCP to WeChat Pay, Alipay, "
@@ -123,7 +124,7 @@ def _parser(commands_loaded: Commands) -> argparse.ArgumentParser:
     channel.add_argument("--token-file", type=Path, help="read the admin token from this file instead")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
-    for module in (*commands_loaded.on_config.values(), *commands_loaded.registered.values()):
+    for module in (*loaded.on_config.values(), *loaded.registered.values()):
         module.add_parser(commands)
 
     return parser
@@ -158,7 +159,7 @@ def _channel(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = _loaded(sys.argv[1:] if argv is None else argv)
+    loaded = _load_commands(sys.argv[1:] if argv is None else argv)
     args = _parser(loaded).parse_args(argv)
     try:
         if args.command == "run":

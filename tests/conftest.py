@@ -5,6 +5,7 @@ own local Ray cluster, all on free loopback ports."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import http.client
@@ -116,9 +117,6 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {PICKED_PORTS}")
 
 
-_RESERVED: list[socket.socket] = []  # held for the test process's life
-
-
 def refusing_port() -> int:
     """A port that refuses connections for as long as this test process lives: bound and never
     listened on, so no test's server (``free_port``, in either test process) can take it. For an
@@ -131,8 +129,9 @@ def refusing_port() -> int:
             held.bind(("127.0.0.1", port))
         except OSError:
             continue
-        _RESERVED.append(held)
+        atexit.register(held.close)
         return port
+    held.close()
     raise RuntimeError(f"no free port in {PICKED_PORTS}")
 
 
