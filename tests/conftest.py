@@ -105,16 +105,22 @@ PICKED_PORTS = range(20_000, 32_768)
 _pick = random.Random()  # (each xdist process seeds its own)
 
 
-def free_port() -> int:
+def _bound_picked() -> socket.socket:
+    """A socket bound to a free port of ``PICKED_PORTS`` on loopback."""
+    sock = socket.socket()
     for _ in range(1000):
-        port = _pick.choice(PICKED_PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+        try:
+            sock.bind(("127.0.0.1", _pick.choice(PICKED_PORTS)))
+        except OSError:
+            continue
+        return sock
+    sock.close()
     raise RuntimeError(f"no free port in {PICKED_PORTS}")
+
+
+def free_port() -> int:
+    with _bound_picked() as sock:
+        return sock.getsockname()[1]
 
 
 def refusing_port() -> int:
@@ -122,17 +128,9 @@ def refusing_port() -> int:
     listened on, so no test's server (``free_port``, in either test process) can take it. For an
     address in a configuration that no one is meant to answer at; a port merely picked free was
     taken by another test's recording server, which then received this one's notifications."""
-    held = socket.socket()
-    for _ in range(1000):
-        port = _pick.choice(PICKED_PORTS)
-        try:
-            held.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        atexit.register(held.close)
-        return port
-    held.close()
-    raise RuntimeError(f"no free port in {PICKED_PORTS}")
+    held = _bound_picked()
+    atexit.register(held.close)
+    return held.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
