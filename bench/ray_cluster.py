@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 
 START_TIMEOUT_S = 120.0
+PORT_ATTEMPTS = 3  # a node's start again, with new ports, when another process took one of them
+PORT_TAKEN = ("used by other components", "Address already in use")  # Ray's words for it
 STOP_GRACE_S = 5.0
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # as the local Ray (actors.runtime): payments never use it
 _WAIT_FOR_NODES = """
@@ -55,20 +57,37 @@ class RayCluster:
         self.address = ""
 
     def start(self) -> None:
-        port = _free_port()
-        self.address = f"127.0.0.1:{port}"
-        common = ["--block", "--disable-usage-stats", "--object-store-memory", str(OBJECT_STORE_BYTES)]
-        common += ["--num-cpus", str(os.cpu_count() or 2)]
-        # Ray's sockets live under its temporary folder, and a unix socket's path has 107 bytes at most.
-        self._temp = tempfile.mkdtemp(prefix="ray-")
-        head = ["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", self._temp]
-        if self._system_config:
-            head += ["--system-config", json.dumps(self._system_config)]
         for i, offered in enumerate(self._resources):
-            where = head if i == 0 else ["--address", self.address]
-            offers = ["--resources", json.dumps(offered)] if offered else []
-            self._start_node([*where, *common, *offers, *_own_ports()])
-            self.wait_for_nodes(i + 1)  # one at a time: nodes starting together on a busy host time out
+            for attempt in range(PORT_ATTEMPTS):
+                ports = _own_ports()
+                if i == 0:
+                    self.address = f"127.0.0.1:{ports['--port']}"
+                else:
+                    del ports["--port"]  # the head's alone
+                self._start_node(self._options(i, offered, ports))
+                try:
+                    self.wait_for_nodes(i + 1)  # one at a time: nodes starting together on a busy host time out
+                    break
+                except RuntimeError:
+                    if attempt + 1 == PORT_ATTEMPTS or not self._lost_a_port(i):
+                        raise
+                    self.kill(i)  # another process took one of its ports between our probe and Ray's bind
+                    self._nodes.pop().wait()
+
+    def _options(self, i: int, offered: dict[str, float], ports: dict[str, int]) -> list[str]:
+        options = ["--block", "--disable-usage-stats", "--object-store-memory", str(OBJECT_STORE_BYTES)]
+        options += ["--num-cpus", str(os.cpu_count() or 2)]
+        if i == 0:
+            # Ray's sockets live under its temporary folder, and a unix socket's path has 107 bytes at most.
+            self._temp = self._temp or tempfile.mkdtemp(prefix="ray-")
+            options += ["--head", "--include-dashboard=false", "--temp-dir", self._temp]
+            if self._system_config:
+                options += ["--system-config", json.dumps(self._system_config)]
+        else:
+            options += ["--address", self.address]
+        if offered:
+            options += ["--resources", json.dumps(offered)]
+        return options + [part for option, port in ports.items() for part in (option, str(port))]
 
     def wait_for_nodes(self, alive: int, timeout: float = START_TIMEOUT_S) -> None:
         """Until the cluster counts exactly ``alive`` live nodes; a RuntimeError naming the node's
@@ -84,13 +103,27 @@ class RayCluster:
             while waiting.poll() is None:
                 failed = [i for i, node in enumerate(self._nodes) if node.poll() is not None and i < alive]
                 if failed or time.monotonic() > deadline:
-                    logs = ", ".join(str(self._folder / f"node{i}.log") for i in failed or range(len(self._nodes)))
-                    raise RuntimeError(f"the Ray cluster did not come up with {alive} nodes; see {logs}")
+                    why = "exited" if failed else f"not up after {timeout:.0f} s"
+                    logs = [self._folder / f"node{i}.log" for i in failed or range(len(self._nodes))]
+                    tails = "".join(f"\n--- {log} (its end):\n{_tail(log)}" for log in logs)
+                    tails += "".join(f"\n--- {log} (its errors):\n{_fatal(log)}" for log in self._errors())
+                    raise RuntimeError(f"the Ray cluster did not come up with {alive} nodes ({why}){tails}")
                 time.sleep(0.2)
         finally:
             if waiting.poll() is None:
                 waiting.kill()
                 waiting.wait()
+
+    def _errors(self) -> list[Path]:
+        """The Ray components' error logs that have something in them (the raylet's says why it
+        stopped, and ``ray start`` only that the node timed out)."""
+        logs = (Path(self._temp) / "session_latest" / "logs").glob("*.err") if self._temp else []
+        return [log for log in logs if log.stat().st_size]
+
+    def _lost_a_port(self, node: int) -> bool:
+        """Whether a node's start failed because one of its ports was taken."""
+        logs = [self._folder / f"node{node}.log", *self._errors()]
+        return any(marker in _tail(log, 100_000) for log in logs for marker in PORT_TAKEN)
 
     def _start_node(self, options: list[str]) -> None:
         log = open(self._folder / f"node{len(self._nodes)}.log", "ab")  # noqa: SIM115  (closed with the process)
@@ -134,22 +167,28 @@ class RayCluster:
             shutil.rmtree(self._temp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
-
-
-def _own_ports() -> list[str]:
-    """Ports of a node's own: several nodes on one host would otherwise meet on Ray's fixed
-    defaults (the dashboard agent's 52365, say), and the later one would not start. Taken with
-    every probe held open, so that no two are the same port (Ray refuses a node whose components
-    share one: seen in CI when the kernel handed a freed port out again)."""
-    options = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port")
-    options += ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+def _own_ports() -> dict[str, int]:
+    """A node's own ports, by ``ray start`` option: several nodes on one host would otherwise meet
+    on Ray's fixed defaults (the dashboard agent's 52365, say), and the later one would not start.
+    Taken with every probe held open, the head's port among them, so that no two are the same port
+    (Ray refuses a node whose components share one: seen in CI when the kernel handed a freed port
+    out again)."""
+    options = ("--port", "--node-manager-port", "--object-manager-port", "--metrics-export-port")
+    options += ("--runtime-env-agent-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
     with contextlib.ExitStack() as held:
         probes = [held.enter_context(socket.socket()) for _ in options]
         for probe in probes:
             probe.bind(("", 0))
-        ports = [probe.getsockname()[1] for probe in probes]
-    return [part for option, port in zip(options, ports, strict=True) for part in (option, str(port))]
+        return {option: probe.getsockname()[1] for option, probe in zip(options, probes, strict=True)}
+
+
+def _fatal(log: Path, lines: int = 5) -> str:
+    """The lines of a Ray component's error log that say why it stopped, not its stack."""
+    text = _tail(log, 100_000).splitlines()
+    return "\n".join(line[:600] for line in text if "Check failed" in line or "rror" in line[:200])[-lines * 600 :]
+
+
+def _tail(log: Path, size: int = 3000) -> str:
+    with contextlib.suppress(OSError):
+        return log.read_text(errors="replace")[-size:]
+    return "(no log)"
