@@ -21,8 +21,10 @@ from pathlib import Path
 import psutil
 
 START_TIMEOUT_S = 120.0
-PORT_ATTEMPTS = 3  # a node's start again, with new ports, when another process took one of them
-PORT_TAKEN = ("used by other components", "Address already in use")  # Ray's words for it
+NODE_ATTEMPTS = 3  # a node's start again, with new ports, when it failed for a passing reason
+# Ray's words for those: another process took one of its ports between our probe and Ray's bind,
+# or its raylet did not register within Ray's fixed 30 s (a busy CI host).
+PASSING = ("used by other components", "Address already in use", "current node timed out during startup")
 STOP_GRACE_S = 5.0
 OBJECT_STORE_BYTES = 256 * 1024 * 1024  # as the local Ray (actors.runtime): payments never use it
 _WAIT_FOR_NODES = """
@@ -58,7 +60,7 @@ class RayCluster:
 
     def start(self) -> None:
         for i, offered in enumerate(self._resources):
-            for attempt in range(PORT_ATTEMPTS):
+            for attempt in range(NODE_ATTEMPTS):
                 ports = _own_ports()
                 if i == 0:
                     self.address = f"127.0.0.1:{ports['--port']}"
@@ -69,9 +71,9 @@ class RayCluster:
                     self.wait_for_nodes(i + 1)  # one at a time: nodes starting together on a busy host time out
                     break
                 except RuntimeError:
-                    if attempt + 1 == PORT_ATTEMPTS or not self._lost_a_port(i):
+                    if attempt + 1 == NODE_ATTEMPTS or not self._passing(i):
                         raise
-                    self.kill(i)  # another process took one of its ports between our probe and Ray's bind
+                    self.kill(i)
                     self._nodes.pop().wait()
 
     def _options(self, i: int, offered: dict[str, float], ports: dict[str, int]) -> list[str]:
@@ -120,10 +122,10 @@ class RayCluster:
         logs = (Path(self._temp) / "session_latest" / "logs").glob("*.err") if self._temp else []
         return [log for log in logs if log.stat().st_size]
 
-    def _lost_a_port(self, node: int) -> bool:
-        """Whether a node's start failed because one of its ports was taken."""
+    def _passing(self, node: int) -> bool:
+        """Whether a node's start failed for a reason that another attempt may not meet."""
         logs = [self._folder / f"node{node}.log", *self._errors()]
-        return any(marker in _tail(log, 100_000) for log in logs for marker in PORT_TAKEN)
+        return any(marker in _tail(log, 100_000) for log in logs for marker in PASSING)
 
     def _start_node(self, options: list[str]) -> None:
         log = open(self._folder / f"node{len(self._nodes)}.log", "ab")  # noqa: SIM115  (closed with the process)
