@@ -49,7 +49,7 @@ class SwitchSection(_Strict):
     # SO_REUSEPORT) admits up to N times as much in all; the channels' rate quotas are divided.
     # Caps on terminal connections (past one: accepted and closed at once) and on their silence.
     max_connections: Positive = 10_000  # keep under the process's open-file limit
-    max_connections_per_peer: Positive = 500  # per address: terminals behind one NAT share it
+    max_connections_per_peer: Positive = 500  # per address (IPv6: per /64): terminals behind one NAT share it
     idle_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # no complete frame for this long: closed
     max_batch: Positive = 256  # transactions per frame to a channel actor
     # Load shedding (91 at once, before any journal or channel work); see switch.shedding.

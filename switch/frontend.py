@@ -43,7 +43,9 @@ _warnings = RateLimitedLog(WARN_INTERVAL_S)
 
 
 class ConnectionLimits:
-    """Terminal connections open now, in total and per peer address, against their caps."""
+    """Terminal connections open now, in total and per peer, against their caps. A peer is as the
+    admission counts it (``peer_of``): an address, an IPv6 one by its /64, so that a network
+    cannot take a connection cap per address of its own."""
 
     def __init__(self, total: int, per_peer: int) -> None:
         self._total = total
@@ -53,19 +55,21 @@ class ConnectionLimits:
 
     def admit(self, host: str) -> str | None:
         """Count one more connection from ``host``; or, over a cap, the name of that cap."""
+        peer = peer_of(host)
         if self._open >= self._total:
             return "max_connections"
-        if self._by_peer[host] >= self._per_peer:
+        if self._by_peer[peer] >= self._per_peer:
             return "max_connections_per_peer"
         self._open += 1
-        self._by_peer[host] += 1
+        self._by_peer[peer] += 1
         return None
 
     def release(self, host: str) -> None:
+        peer = peer_of(host)
         self._open -= 1
-        self._by_peer[host] -= 1
-        if not self._by_peer[host]:
-            del self._by_peer[host]
+        self._by_peer[peer] -= 1
+        if not self._by_peer[peer]:
+            del self._by_peer[peer]
 
 
 class Drained(NamedTuple):

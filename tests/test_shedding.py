@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bench.traffic import reversal
+from switch.frontend import ConnectionLimits
 from switch.intake import Intake
 from switch.shedding import GROWTH, MIN_LIMIT, START_LIMIT, LoadShedder, WaitingLimit, peer_of
 from tests.conftest import run, switch_with
@@ -219,6 +220,17 @@ def test_a_peer_is_an_address_and_an_ipv6_one_its_64():
     assert peer_of("2001:db8:1:2::17") == peer_of("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
     assert peer_of("2001:db8:1:3::17") != peer_of("2001:db8:1:2::17")
     assert peer_of("::ffff:10.1.2.3") == "10.1.2.3"  # an IPv4 client on a dual-stack socket
+
+
+def test_the_cap_on_connections_per_peer_counts_an_ipv6_64_as_one_peer():
+    """Addresses of one /64 share the cap; another /64, an IPv4 address and the total cap are apart."""
+    limits = ConnectionLimits(total=4, per_peer=2)
+    assert limits.admit("2001:db8:1:2::17") is None and limits.admit("2001:db8:1:2:ffff::1") is None
+    assert limits.admit("2001:db8:1:2::99") == "max_connections_per_peer"
+    assert limits.admit("2001:db8:1:3::17") is None and limits.admit("10.1.2.3") is None
+    limits.release("2001:db8:1:2::17")  # any address of the /64 frees its share
+    assert limits.admit("2001:db8:1:2::99") is None
+    assert limits.admit("10.1.2.4") == "max_connections"
 
 
 def test_the_intake_starts_a_few_frames_a_turn_after_the_work_under_way():
