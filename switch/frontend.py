@@ -335,7 +335,7 @@ class TerminalConnection(asyncio.Protocol):
             self._stall_timer = None
 
     def _close(self, reason: str, detail: str) -> None:
-        _warnings.warn(log, (reason, self._host), "closing connection", peer=self._peer, reason=reason, detail=detail)
+        _warnings.warn(log, (reason, self._share), "closing connection", peer=self._peer, reason=reason, detail=detail)
         self._metrics.closed.labels(reason).inc()
         if self._transport is not None:
             self._transport.close()
