@@ -6,6 +6,7 @@ big-endian length before each message (spec section 1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,8 +113,14 @@ def _dialect_field(key: str) -> _Field:
     ):
         raise ValueError(f"SPEC field {key!r} is not in the ascii dialect the fast codec reads: {spec}")
     len_type = spec["len_type"]
-    prefixes = tuple(f"{n:0{len_type}d}" for n in range(spec["max_len"] + 1)) if len_type else ()
-    return _Field(key, len_type, spec["max_len"], prefixes)
+    return _Field(key, len_type, spec["max_len"], _prefixes(len_type, spec["max_len"]) if len_type else ())
+
+
+@functools.cache
+def _prefixes(len_type: int, max_len: int) -> tuple[str, ...]:
+    """The length prefixes of a variable field, by length: one table for the fields that share
+    its size (every process that speaks ISO 8583 builds them at import, an actor's among them)."""
+    return tuple(map(f"%0{len_type}d".__mod__, range(max_len + 1)))
 
 
 def _framing_is_ascii() -> bool:
@@ -133,12 +140,19 @@ _FIELDS = {n: _dialect_field(str(n)) for n in range(2, 129) if n != 65}
 
 # The fields a bitmap byte names, by the byte's place in the bitmaps (0-7 primary, 8-15
 # secondary) and its value, in ascending order: bit 7 of byte 0 is field 1.
-def _fields_named(place: int, value: int) -> tuple[_Field, ...]:
-    numbers = (place * 8 + bit + 1 for bit in range(8) if value & (0x80 >> bit))
-    return tuple(_FIELDS[n] for n in numbers if n in _FIELDS)  # (the bitmaps are not in it)
+def _fields_named(place: int) -> tuple[tuple[_Field, ...], ...]:
+    """Each value's fields from the one with its top bit cleared, which comes before it: one
+    tuple a value, not a pass over its eight bits (this runs at every import)."""
+    named: list[tuple[_Field, ...]] = [()]
+    for value in range(1, 256):
+        bit = 7 - (value.bit_length() - 1)  # the top set bit, the lowest field number
+        number = place * 8 + bit + 1
+        first = (_FIELDS[number],) if number in _FIELDS else ()  # (the bitmaps are not in it)
+        named.append(first + named[value & ~(0x80 >> bit)])
+    return tuple(named)
 
 
-_FIELDS_BY_BYTE = tuple(tuple(_fields_named(place, value) for value in range(256)) for place in range(16))
+_FIELDS_BY_BYTE = tuple(_fields_named(place) for place in range(16))
 
 
 def _decode_ascii(frame: bytes) -> Message | None:
