@@ -23,12 +23,18 @@ from switch.operator import request as admin_request
 
 def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text, notify: bool = False) -> Path:
     """The demo configuration as ``folder/switch.toml``, its keys by absolute path, with ``edit``
-    made to its text. Without ``notify`` the merchants have no notification URL: a benchmark of
-    payments runs no merchant receiver, and notifications to one not listening would be tried on
-    the outbox's schedule, work no payment asks for (``paysw bench notify`` measures them)."""
+    made to its text, for a benchmark of payments: no work that no payment asks for.
+    - Without ``notify`` the merchants have no notification URL: a benchmark runs no merchant
+      receiver, and notifications to one not listening would be tried on the outbox's schedule
+      (``paysw bench notify`` measures them).
+    - The hourly reconciliation is off: on a fresh journal it would catch up its last hours at
+      once, 15 batches (statements from every channel, each parsed in a new Ray worker) beside the
+      warm-up and the measurement, and again at each hour (``paysw bench recon`` measures it)."""
     text = absolute_paths(DEMO_SWITCH_CONFIG.read_text())
     if not notify:
         text = re.sub(r'(?m)^notify_url = "[^"]*".*\n', "", text)
+    text, hourly = re.subn(r"(?m)^schedule_hourly = true\b", "schedule_hourly = false", text)
+    assert hourly == 1, "the demo configuration no longer says schedule_hourly = true"
     path = folder / "switch.toml"
     path.write_text(edit(text))
     return path
