@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from bench.demo_config import DEMO_SWITCH_CONFIG, absolute_paths
+from bench.stack import demo_config_in
 from switch.config import ConfigError, load_config
 
 DEMO_TEXT = DEMO_SWITCH_CONFIG.read_text()
@@ -17,6 +18,16 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "switch.toml"
     path.write_text(absolute_paths(text))
     return path
+
+
+def test_the_benchmarks_run_the_demo_configuration_without_work_no_payment_asks_for(tmp_path):
+    """No hourly reconciliation (it would catch up three hours beside the measurement) and no
+    merchant notification URLs; the rest as the demo's."""
+    demo = load_config(DEMO_SWITCH_CONFIG)
+    bench = load_config(demo_config_in(tmp_path))
+    assert demo.recon.schedule_hourly and any(m.notify_url for m in demo.merchants)
+    assert not bench.recon.schedule_hourly and not any(m.notify_url for m in bench.merchants)
+    assert bench.channels.keys() == demo.channels.keys() and bench.switch == demo.switch
 
 
 def test_demo_configuration_is_valid():
