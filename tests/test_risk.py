@@ -7,6 +7,7 @@ session's simulators and journal."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -25,13 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.traffic import refund, reversal
 from protocols.messages import CANCEL, ChannelRequest, Outcome
-from risk.actor import FOLLOW_EVERY_S
+from risk.actor import _MOVES_SQL, FOLLOW_EVERY_S, follow_connection
 from risk.engine import Engine, Facts, Hit
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
 from switch.journal import Journal, NewTxn
 from switch.journal.machine import FINAL
-from tests.conftest import run, switch_with
+from switch.journal.schema import ensure_partitions, migrate
+from tests.conftest import fresh_database, run, switch_with
 from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state
 from tests.test_recon import channel_worker
 from tests.test_workers import requests_by_worker
@@ -901,3 +903,41 @@ def test_an_alert_rule_is_journaled_and_counted_and_the_payment_goes_through(ris
     assert run(decisions(database_url, answer["37"])) == [("big-inbank", "alert", "enforce", "61"),
                                                           ("watch", "decline", "shadow", "61")]  # fmt: skip
     assert hits(risky)[("big-inbank", "enforce")] >= 1
+
+
+def test_following_the_journal_reads_only_the_moves_since_its_last_look(database_url):
+    """A risk shard follows the journal every half second on one connection: however often its
+    statement has run, a day of approvals is not read again, only the moves since its snapshot
+    (a cached generic plan, on a partition without statistics, read them all every time)."""
+
+    async def scenario() -> tuple[int, list[int]]:
+        url = await fresh_database(database_url, "paysw_follow")
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            today = await conn.fetchval("SELECT current_date")
+            await ensure_partitions(conn, today - dt.timedelta(days=2), today + dt.timedelta(days=1))
+            approvals = "INSERT INTO txn_move (tx_date, rrn, to_state) SELECT current_date, $1 || g, 'APPROVED' "
+            approvals += "FROM generate_series(1, $2) g"
+            await conn.execute(approvals, "day-", 5_000)  # the day so far
+            follower = await follow_connection(url)
+            since = await follower.fetchrow("SELECT pg_snapshot_xmax(s) FROM pg_current_snapshot() s")
+            await conn.execute(approvals, "new-", 3)
+            sql = _MOVES_SQL.replace("$1::xid8", "$1").replace("$2::xid8[]", "$2")
+            await follower.execute(f"PREPARE moves(xid8, xid8[]) AS {sql}")
+            run_it = f"EXECUTE moves('{since[0]}', '{{}}')"
+            found = [len(await follower.fetch(run_it)) for _ in range(8)]  # past the 5 runs of custom plans
+            plan = json.loads(await follower.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {run_it}"))
+            await follower.close()
+        finally:
+            await conn.close()
+
+        def index_rows(node: dict) -> int:
+            own = node["Actual Rows"] if node["Node Type"] == "Bitmap Index Scan" else 0
+            return own + sum(index_rows(child) for child in node.get("Plans", []))
+
+        return index_rows(plan[0]["Plan"]), found
+
+    read, found = run(scenario())
+    assert found == [3] * 8
+    assert read <= 10, f"{read} index rows read for 3 new moves: the day was read again"
