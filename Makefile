@@ -22,7 +22,7 @@ serve: $(VENV)/.installed bytecode
 # stack or a test run starts: where PYTHONDONTWRITEBYTECODE is set (some CI images, containers),
 # each would otherwise compile them again, about 0.2 s of CPU for a front end's imports.
 bytecode: $(VENV)/.installed
-	$(BIN)/python -m compileall -q -j 0 actors bench hsm protocols risk switch tests > /dev/null
+	$(BIN)/python -m compileall -q -j 0 actors bench hsm protocols risk switch tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -66,12 +66,13 @@ class RayCluster:
                     self.address = f"127.0.0.1:{ports['--port']}"
                 else:
                     del ports["--port"]  # the head's alone
+                before = self._sizes(i)  # the logs are appended to: this attempt's words start there
                 self._start_node(self._options(i, offered, ports))
                 try:
                     self.wait_for_nodes(i + 1)  # one at a time: nodes starting together on a busy host time out
                     break
                 except RuntimeError:
-                    if attempt + 1 == NODE_ATTEMPTS or not self._passing(i):
+                    if attempt + 1 == NODE_ATTEMPTS or not self._passing(i, before):
                         raise
                     self.kill(i)
                     self._nodes.pop().wait()
@@ -120,12 +121,16 @@ class RayCluster:
         """The Ray components' error logs that have something in them (the raylet's says why it
         stopped, and ``ray start`` only that the node timed out)."""
         logs = (Path(self._temp) / "session_latest" / "logs").glob("*.err") if self._temp else []
-        return [log for log in logs if log.stat().st_size]
+        return [log for log in logs if _size(log)]
 
-    def _passing(self, node: int) -> bool:
-        """Whether a node's start failed for a reason that another attempt may not meet."""
+    def _sizes(self, node: int) -> dict[Path, int]:
+        return {log: _size(log) for log in [self._folder / f"node{node}.log", *self._errors()]}
+
+    def _passing(self, node: int, before: dict[Path, int]) -> bool:
+        """Whether a node's start failed for a reason that another attempt may not meet, as its
+        logs say after ``before`` (their sizes when the attempt began)."""
         logs = [self._folder / f"node{node}.log", *self._errors()]
-        return any(marker in _tail(log, 100_000) for log in logs for marker in PASSING)
+        return any(marker in _read(log, before.get(log, 0)) for log in logs for marker in PASSING)
 
     def _start_node(self, options: list[str]) -> None:
         log = open(self._folder / f"node{len(self._nodes)}.log", "ab")  # noqa: SIM115  (closed with the process)
@@ -184,13 +189,27 @@ def _own_ports() -> dict[str, int]:
         return {option: probe.getsockname()[1] for option, probe in zip(options, probes, strict=True)}
 
 
-def _fatal(log: Path, lines: int = 5) -> str:
-    """The lines of a Ray component's error log that say why it stopped, not its stack."""
-    text = _tail(log, 100_000).splitlines()
-    return "\n".join(line[:600] for line in text if "Check failed" in line or "rror" in line[:200])[-lines * 600 :]
+def _fatal(log: Path, most: int = 5) -> str:
+    """The last ``most`` lines of a Ray component's error log that say why it stopped, not its stack."""
+    said = [line[:600] for line in _tail(log, 100_000).splitlines() if "Check failed" in line or "rror" in line[:200]]
+    return "\n".join(said[-most:])
 
 
 def _tail(log: Path, size: int = 3000) -> str:
     with contextlib.suppress(OSError):
         return log.read_text(errors="replace")[-size:]
     return "(no log)"
+
+
+def _read(log: Path, offset: int) -> str:
+    """What ``log`` says from byte ``offset`` on ("" when it is gone)."""
+    with contextlib.suppress(OSError), open(log, "rb") as file:
+        file.seek(offset)
+        return file.read().decode(errors="replace")
+    return ""
+
+
+def _size(log: Path) -> int:
+    with contextlib.suppress(OSError):
+        return log.stat().st_size
+    return 0
