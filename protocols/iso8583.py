@@ -140,7 +140,7 @@ _FIELDS = {n: _dialect_field(str(n)) for n in range(2, 129) if n != 65}
 
 # The fields a bitmap byte names, by the byte's place in the bitmaps (0-7 primary, 8-15
 # secondary) and its value, in ascending order: bit 7 of byte 0 is field 1.
-def _fields_named(place: int) -> tuple[tuple[_Field, ...], ...]:
+def _fields_by_value(place: int) -> tuple[tuple[_Field, ...], ...]:
     """Each value's fields from the one with its top bit cleared, which comes before it: one
     tuple a value, not a pass over its eight bits (this runs at every import)."""
     named: list[tuple[_Field, ...]] = [()]
@@ -152,7 +152,7 @@ def _fields_named(place: int) -> tuple[tuple[_Field, ...], ...]:
     return tuple(named)
 
 
-_FIELDS_BY_BYTE = tuple(_fields_named(place) for place in range(16))
+_FIELDS_BY_BYTE = tuple(_fields_by_value(place) for place in range(16))
 
 
 def _decode_ascii(frame: bytes) -> Message | None:

@@ -164,9 +164,15 @@ class WaitingLimit:
         self._waited_s, self._waits = 0.0, 0
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's prefix: an IPv4 host behind a translator
+
+
 def peer_of(host: str) -> str:
-    """Whose share of the admission a connection from ``host`` takes: the address, an IPv6 one by
-    its /64 (a network hands one site a /64, and taken apart its addresses would be a share each)."""
+    """Whose share of the admission (and of the connection caps) a connection from ``host`` takes:
+    the address, an IPv6 one by its /64 (a network hands one site a /64, and taken apart its
+    addresses would be a share each), but an IPv4 address carried in IPv6 (mapped on a dual-stack
+    socket, or translated by NAT64) as that IPv4 address: behind a translator every IPv4 terminal
+    would otherwise be one /64."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -174,6 +180,8 @@ def peer_of(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
+        if address in NAT64:
+            return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return host
 

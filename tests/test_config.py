@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_benchmarks_run_the_demo_configuration_without_work_no_payment_asks_for(tmp_path):
     """No hourly reconciliation (it would catch up three hours beside the measurement) and no
-    merchant notification URLs; the rest as the demo's."""
+    merchant notification URLs; the channels and the [switch] section as the demo's."""
     demo = load_config(DEMO_SWITCH_CONFIG)
     bench = load_config(demo_config_in(tmp_path))
     assert demo.recon.schedule_hourly and any(m.notify_url for m in demo.merchants)

@@ -220,6 +220,7 @@ def test_a_peer_is_an_address_and_an_ipv6_one_its_64():
     assert peer_of("2001:db8:1:2::17") == peer_of("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
     assert peer_of("2001:db8:1:3::17") != peer_of("2001:db8:1:2::17")
     assert peer_of("::ffff:10.1.2.3") == "10.1.2.3"  # an IPv4 client on a dual-stack socket
+    assert peer_of("64:ff9b::10.1.2.3") == "10.1.2.3" != peer_of("64:ff9b::10.1.2.4")  # through NAT64
 
 
 def test_the_cap_on_connections_per_peer_counts_an_ipv6_64_as_one_peer():
