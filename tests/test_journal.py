@@ -531,9 +531,10 @@ def test_an_rrn_used_twice_is_an_error_not_a_duplicate(database_url):
 def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_url):
     """Until a day's partition has statistics, the planner takes it for nearly empty and joins an
     outcome batch to it by scanning the whole day; ``analyze_young`` gives it statistics once it
-    holds rows (once: then autovacuum takes over)."""
+    holds rows (once: then autovacuum takes over), and the day's ``txn_move`` partition too (the
+    risk shards read it by transaction id)."""
     day = TODAY + dt.timedelta(days=random.randrange(40, 4000))  # a day of its own, run after run
-    name = f"txn_{day:%Y%m%d}"
+    name, moves = f"txn_{day:%Y%m%d}", f"txn_move_{day:%Y%m%d}"
 
     async def outcome_plan(journal: Journal, txn: NewTxn) -> str:
         report = Report(*txn.key, Event.ACCEPTED, "00", "123456", "SUCCESS", "", "42", None)
@@ -545,14 +546,16 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
         try:
             async with journal.pool.acquire() as conn:
                 await ensure_partitions(conn, day, day)
-                await conn.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = false)")  # this test analyzes
+                for table in (name, moves):  # this test analyzes
+                    await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
             txns = [new_txn(await journal.next_rrn())._replace(tx_date=day) for _ in range(300)]
             assert all(await asyncio.gather(*(journal.write_ahead(t) for t in txns)))
             await journal.close()  # its writers' backends report their rows as they exit
             journal = await open_journal(database_url)
             for _ in range(50):
                 changed = await journal.pool.fetchval(
-                    "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = $1", name
+                    "SELECT min(n_mod_since_analyze) FROM pg_stat_user_tables WHERE relname = ANY($1::text[])",
+                    [name, moves],
                 )
                 if changed >= 300:
                     break
@@ -565,12 +568,12 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
                     "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'journal_writer') "
                     "THEN CREATE ROLE journal_writer; END IF; END $$"
                 )
-                await conn.execute(f"GRANT ALL ON {name} TO journal_writer; SET ROLE journal_writer")
+                await conn.execute(f"GRANT ALL ON {name}, {moves} TO journal_writer; SET ROLE journal_writer")
                 try:
                     assert await analyze_young(conn, [day], 200) == []
                 finally:
                     await conn.execute("RESET ROLE")
-            assert await journal.analyze_young(min_rows=200, today=day) == [name]
+            assert sorted(await journal.analyze_young(min_rows=200, today=day)) == [name, moves]
             after = await outcome_plan(journal, txns[0])
             assert "terminal_id = u.terminal_id" in after, after  # looked up by its key
             assert await journal.analyze_young(min_rows=200, today=day) == []  # analyzed once
