@@ -228,7 +228,8 @@ def compare(
         },
     }
     print(
-        f"\nCPU ms per approved purchase, median of {rounds} rounds each; this {result['commit'][:12]}"
+        f"\nCPU ms (and PostgreSQL's counts, pg) per approved purchase, median of {rounds} rounds each; "
+        f"this {result['commit'][:12]}"
         f" against {result['against'][:12]}:"
     )
     print(f"  {'part':22s} {'against':>8s} {'this':>8s} {'ratio':>6s}")
@@ -242,11 +243,13 @@ def compare(
 
 
 def _medians(results: list[dict]) -> dict[str, float]:
-    """Each part's median CPU per purchase over the runs, with the totals, approved/s, p50 and p99."""
+    """Each part's median CPU per purchase over the runs, with the totals, approved/s, p50 and p99,
+    and PostgreSQL's work per purchase (``pg ...``: counts, which the machine's speed does not move)."""
     figures: dict[str, list[float]] = collections.defaultdict(list)
     for result in results:
         cpu, load = result["cpu_ms_per_approved"], result["load"]
         latency = {"approved/s": load["approved_tps"], "p50 ms": load["p50_ms"], "p99 ms": load["p99_ms"]}
-        for part, ms in {**cpu, **totals(cpu), **latency}.items():
+        postgresql = {f"pg {name}": n for name, n in result.get("postgresql_per_approved", {}).items()}
+        for part, ms in {**cpu, **totals(cpu), **latency, **postgresql}.items():
             figures[part].append(ms)
     return {part: round(statistics.median(values), 3) for part, values in figures.items()}
