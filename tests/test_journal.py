@@ -12,7 +12,7 @@ import pytest
 from switch.journal import Event, Journal, NewTxn, Original, Report, State
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
-from switch.journal.store import _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
+from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -581,6 +581,69 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
             await journal.close()
 
     run(scenario())
+
+
+def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(database_url):
+    """Resolvers claim every second. A row that has left their queues stays in the queue's index
+    until a vacuum, up to a fifth of the day: a claim passes its entry once, not on every claim."""
+    from tests.conftest import fresh_database
+
+    async def index_reads(conn: asyncpg.Connection, partition: str) -> int:
+        await conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's, once it is idle
+        await asyncio.sleep(0.1)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return await conn.fetchval("SELECT sum(idx_tup_read)::int FROM pg_stat_user_indexes WHERE relname = $1", partition)
+
+    async def scenario() -> tuple[list[tuple[str, bool]], list[int]]:
+        url = await fresh_database(database_url, "journal_claims")
+        journal = await open_journal(url)
+        conn = await asyncpg.connect(url)
+        try:
+            partition = f"txn_{TODAY:%Y%m%d}"
+            await conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = false)")  # between two
+            await conn.execute(  # 5,000 written ahead an hour ago, in the order they fall due, and 1,000 now
+                "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, "
+                "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
+                "channel, out_trade_no, request_hash, state, next_check_at) "
+                "SELECT $1, 'CLAIMS', lpad(g::text, 6, '0'), '1123120000', 'C' || lpad(g::text, 11, '0'), "
+                "'purchase', '0200', '000000', 'M', 100, '156', '120000', '1123', '031', '-', '', $2, g::text, '', "
+                "'RECEIVED', now() + CASE WHEN g <= 5000 THEN interval '-1 hour' ELSE interval '30 s' END + g * interval '1 ms' "
+                "FROM generate_series(1, 6000) g",
+                TODAY,
+                UNSERVED_CHANNEL,
+            )
+            await conn.execute(  # all the hour's answered but the last 40
+                "UPDATE txn SET state = 'APPROVED', next_check_at = NULL WHERE rrn < 'C00000004961'"
+            )
+            reversing = "UPDATE txn SET reversal_requested_at = now(), next_check_at = $2 WHERE rrn = $1"
+            await conn.execute(reversing, "C00000000001", dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
+            await conn.execute(reversing, "C00000000002", dt.datetime.now(dt.UTC))
+            await conn.execute(f"ANALYZE {partition}")
+            before = await index_reads(conn, partition)
+            claimed = await journal.claim_due(4, 3600, [UNSERVED_CHANNEL])
+            await journal.close()  # its backends report what they read as they exit
+            for _ in range(50):
+                if await index_reads(conn, partition) - before >= 4_960:
+                    break
+            else:
+                raise AssertionError("the claim's index reads were never reported")
+            reads = []
+            for _ in range(4):  # as the resolvers' next claims
+                before = await index_reads(conn, partition)
+                assert len(await conn.fetch(_CLAIM_SQL, 4, 3600, [UNSERVED_CHANNEL])) == 4
+                reads.append(await index_reads(conn, partition) - before)
+            return [(t.rrn, t.reversal_requested) for t in claimed], reads
+        finally:
+            await conn.close()
+            await journal.close()
+
+    claimed, reads = run(scenario())
+    # The reversal two hours overdue, then the open rows in the order they fell due; the newest
+    # reversal and the last open rows are left for the next claim.
+    assert claimed == [("C00000000001", True), ("C00000004961", False), ("C00000004962", False),
+                       ("C00000004963", False)]  # fmt: skip
+    # The first claim passed the 4,960 answered rows' entries; the next ones read what they claim.
+    assert max(reads) <= 20, reads
 
 
 def test_a_writer_gives_up_on_a_row_locked_elsewhere(database_url):

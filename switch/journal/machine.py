@@ -165,8 +165,11 @@ def _move_sql() -> str:
 
 MOVE_SQL = _move_sql()
 
-# A row is due for the resolver while open, or while kept with a reversal still to carry out.
-DUE_SQL = f"(state IN {sql_set(OPEN)} OR (state IN {sql_set(KEPT)} AND reversal_requested_at IS NOT NULL))"
+# A row is due for the resolver while open, or while kept with a reversal still to carry out:
+# two queues, each with its partial index on next_check_at (txn_due, txn_reversal_due).
+OPEN_SQL = f"state IN {sql_set(OPEN)}"
+REVERSING_SQL = f"state IN {sql_set(KEPT)} AND reversal_requested_at IS NOT NULL"
+DUE_SQL = f"({OPEN_SQL} OR ({REVERSING_SQL}))"
 # When the resolver looks at a row after its move (to ``MOVE_SQL``): at once while a reversal is
 # to be carried out, never once final, else when the writer asked (``u.asked``).
 # (Each row takes one branch, so the move is worked out once here.)

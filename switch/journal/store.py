@@ -20,8 +20,10 @@ from switch.journal.machine import (
     MOVE_SQL,
     NEXT_CHECK_SQL,
     OPEN,
+    OPEN_SQL,
     PURCHASE,
     REFUND,
+    REVERSING_SQL,
     VOID,
     Event,
     State,
@@ -241,10 +243,22 @@ _FIND_SQL = (
 )
 
 _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
+
+
+def _due_in(queue: str) -> str:
+    return (
+        f"SELECT tx_date, terminal_id, stan, transmitted, next_check_at FROM txn WHERE {queue} "
+        "AND next_check_at <= now() AND channel = ANY($3) ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+    )
+
+
+# The most overdue of both queues, each read in order from its own index: an ordered index scan
+# marks the entries of rows that have left its queue dead as it passes them, and no claim reads
+# them again. One statement over both (an OR) was planned as a bitmap scan, which never marks
+# them: every claim read every row finished since the last vacuum, a growing share of the day.
 _CLAIM_SQL = (
-    f"WITH due AS (SELECT tx_date, terminal_id, stan, transmitted FROM txn "
-    f"WHERE {DUE_SQL} AND next_check_at <= now() AND channel = ANY($3) "
-    "ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    f"WITH open AS ({_due_in(OPEN_SQL)}), reversing AS ({_due_in(REVERSING_SQL)}), "
+    "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1) "
     "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
@@ -443,9 +457,9 @@ class Journal:
         return (row["state"], row["amount_fen"]) if row else None
 
     async def claim_due(self, limit: int, lease_s: float, channels: list[str]) -> list[OpenTxn]:
-        """Take up to ``limit`` open transactions of ``channels`` whose time has come, leased for
-        ``lease_s`` (several resolvers never take the same one; a resolver that dies lets its lease
-        lapse; a front end takes only the channels it serves)."""
+        """Take up to ``limit`` open transactions of ``channels`` whose time has come, the most
+        overdue first, leased for ``lease_s`` (several resolvers never take the same one; a
+        resolver that dies lets its lease lapse; a front end takes only the channels it serves)."""
         rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels)
         return [OpenTxn(*row) for row in rows]
 
