@@ -473,11 +473,14 @@ class Journal:
         return await self._pool.fetchval(f"SELECT count(*) FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL")
 
     async def open_by_queue(self) -> list[tuple[str, str, int]]:
-        """(channel, queue, count) of what the resolver is settling: RECEIVED (orphans), PENDING,
-        UNKNOWN, and REVERSAL (the store-and-forward queue of reversals to carry out)."""
+        """(channel, queue, count) of what the resolver is settling: RECEIVED (orphans: past their
+        front end's deadline, or claimed already; not those in flight), PENDING, UNKNOWN, and
+        REVERSAL (the store-and-forward queue of reversals to carry out)."""
         rows = await self._pool.fetch(
             "SELECT channel, CASE WHEN reversal_requested_at IS NOT NULL THEN 'REVERSAL' ELSE state END AS queue, "
-            f"count(*) AS n FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL GROUP BY 1, 2"
+            f"count(*) AS n FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL "
+            f"AND (state <> '{State.RECEIVED}' OR reversal_requested_at IS NOT NULL OR checks > 0 "
+            "OR next_check_at <= now()) GROUP BY 1, 2"
         )
         return [(r["channel"], r["queue"], r["n"]) for r in rows]
 
