@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -78,8 +79,14 @@ def named_processes(stack: Stack, ray: dict[str, list[psutil.Process]] | None = 
     return named
 
 
-async def _pg_counters(url_host: str) -> tuple[int, ...]:
-    conn = await asyncpg.connect(host=url_host, user="postgres", database="postgres")
+def pg_socket_dir(folder: str | Path) -> str:
+    """Where the embedded PostgreSQL of the stack in ``folder`` listens."""
+    return os.path.dirname(glob.glob(f"{folder}/**/.s.PGSQL.*", recursive=True)[0])
+
+
+async def pg_counters(socket_dir: str) -> tuple[int, ...]:
+    """PostgreSQL's running counts, for ``pg_per_approved``."""
+    conn = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         tables = await conn.fetchrow(_PG_TABLES)
@@ -102,6 +109,29 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, tuple[float, 
 def part_of(name: str) -> str:
     """The part a process is reported under: PostgreSQL's and Ray's own processes together."""
     return name.split(" ")[0] if name.startswith(("postgresql", "ray ")) else name
+
+
+def cpu_ms_per_approved(
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    approved: float,
+    part: Callable[[str], str] = part_of,
+    kernel: bool = False,
+) -> dict[str, float]:
+    """Each part's CPU (with ``kernel``, its kernel time only) between two ``cpu_seconds``, in ms
+    per approved purchase, the largest first."""
+    used: dict[str, float] = collections.defaultdict(float)
+    for name in after.keys() & before.keys() if approved else ():
+        used[part(name)] += (after[name][kernel] - before[name][kernel]) * 1000 / approved
+    return {name: round(ms, 3) for name, ms in sorted(used.items(), key=lambda kv: -kv[1])}
+
+
+def pg_per_approved(before: tuple[int, ...], after: tuple[int, ...], approved: float) -> dict[str, float]:
+    """PostgreSQL's work between two ``pg_counters``, per approved purchase."""
+    return {
+        name: round((b - a) / approved, 3) if approved else 0.0
+        for name, a, b in zip(_PG_FIGURES, before, after, strict=True)
+    }
 
 
 def totals(cpu_ms: dict[str, float]) -> dict[str, float]:
@@ -158,37 +188,32 @@ def main(
         print(f"the demo stack in {folder}; {concurrency} purchases under way{paced}, {seconds:g} s", flush=True)
         try:
             stack.start()
-            socket_dir = os.path.dirname(glob.glob(f"{folder}/**/.s.PGSQL.*", recursive=True)[0])
+            socket_dir = pg_socket_dir(folder)
             stans = Stans(start=random.randrange(1, 500_000))
             uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, WARM_UP_S, stans))
             processes = named_processes(stack)
             spies = _spy(processes, seconds - 2, py_spy) if py_spy is not None else []
-            cpu_before, pg_before = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
+            cpu_before, pg_before = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
             load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, rate))
-            cpu_after, pg_after = cpu_seconds(processes), uvloop.run(_pg_counters(socket_dir))
+            cpu_after, pg_after = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
             for spy in spies:
                 spy.wait(timeout=60)
         finally:
             stack.stop()
     approved = load["approved_tps"] * seconds
-    grouped: dict[str, float] = collections.defaultdict(float)
-    kernel: dict[str, float] = collections.defaultdict(float)
-    for name in cpu_after.keys() & cpu_before.keys() if approved else ():
-        grouped[part_of(name)] += (cpu_after[name][0] - cpu_before[name][0]) * 1000 / approved
-        kernel[part_of(name)] += (cpu_after[name][1] - cpu_before[name][1]) * 1000 / approved
-    pg = [(after - before) / approved for before, after in zip(pg_before, pg_after, strict=True)] if approved else []
-    cpu_ms = {part: round(ms, 3) for part, ms in sorted(grouped.items(), key=lambda kv: -kv[1])}
+    cpu_ms = cpu_ms_per_approved(cpu_before, cpu_after, approved)
+    kernel = cpu_ms_per_approved(cpu_before, cpu_after, approved, kernel=True)
     result = {
         **provenance(),
         "rate": rate,
         "load": load,
         "cpu_ms_per_approved": cpu_ms,
-        "kernel_ms_per_approved": {part: round(kernel[part], 3) for part in cpu_ms},
+        "kernel_ms_per_approved": {part: kernel[part] for part in cpu_ms},
         "totals_ms_per_approved": totals(cpu_ms),
-        "postgresql_per_approved": {name: round(v, 3) for name, v in zip(_PG_FIGURES, pg, strict=True)},
+        "postgresql_per_approved": pg_per_approved(pg_before, pg_after, approved),
     }
     print(f"\n{load['approved_tps']:.0f} approved/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms")
-    print(f"CPU per approved purchase, {sum(grouped.values()):.2f} ms in all (of which in the kernel):")
+    print(f"CPU per approved purchase, {sum(cpu_ms.values()):.2f} ms in all (of which in the kernel):")
     for name, ms in cpu_ms.items():
         print(f"  {name:22s} {ms:6.3f} ms  ({result['kernel_ms_per_approved'][name]:.3f})")
     print("  " + ", ".join(f"{part} {ms:.3f} ms" for part, ms in result["totals_ms_per_approved"].items()))

@@ -18,7 +18,6 @@ process, PostgreSQL and the actors scale out (``--workers``, its own cores, shar
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import random
@@ -31,7 +30,7 @@ import psutil
 import uvloop
 
 from actors.link_pki import make_pki
-from bench.profile import WARM_UP_S, cpu_seconds, named_processes, totals
+from bench.profile import WARM_UP_S, cpu_ms_per_approved, cpu_seconds, named_processes, totals
 from bench.provenance import provenance
 from bench.ray_cluster import RayCluster
 from bench.stack import Stack, demo_config_in
@@ -110,11 +109,7 @@ def measure(
         before = cpu_seconds(named)
         load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans))
         after = cpu_seconds(named)
-    approved = load["approved_tps"] * seconds
-    cpu: dict[str, float] = collections.defaultdict(float)
-    for name in after.keys() & before.keys() if approved else ():
-        cpu[report_part(name)] += (after[name][0] - before[name][0]) * 1000 / approved
-    cpu_ms = {part: round(ms, 3) for part, ms in sorted(cpu.items(), key=lambda kv: -kv[1])}
+    cpu_ms = cpu_ms_per_approved(before, after, load["approved_tps"] * seconds, report_part)
     result = {
         "front_ends": way.front_ends,
         "nodes": way.nodes,
