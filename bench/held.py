@@ -8,10 +8,11 @@ with the end of the first window (which carries the warm-up: pools filled, cache
 touched): ``growth_mb`` by part. The simulators keep a ledger of every order, so theirs grows.
 
 Each window also reports the switch's CPU per approved purchase and PostgreSQL's work per purchase
-(as ``paysw bench profile`` counts them): work that grows with the day (a statement reading all
-of it, an index whose dead entries are read again) shows as a cost that rises while the load stays
-the same. ``cost_growth`` is each one's ratio, last window over the second (the first carries the
-warm-up), paced with ``--rate`` for a load that stays the same.
+(as ``paysw bench profile`` counts them, over the processes alive at the window's start): work
+that grows with the day (a statement reading all of it, an index whose dead entries are read
+again) shows as a cost that rises while the load stays the same, given a long enough run.
+``cost_growth`` is each one's ratio, last window over the second (the first carries the warm-up),
+paced with ``--rate`` for a load that stays the same.
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ def main(
         )
         try:
             stack.start()
-            processes, socket_dir = named_processes(stack), pg_socket_dir(folder)
+            socket_dir = pg_socket_dir(folder)
             stans = Stans(start=random.randrange(1, 500_000))
             for i in range(windows):
+                processes = named_processes(stack)  # again: pools grow, backends and workers come and go
                 cpu_before, pg_before = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
                 window = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, window_s, stans, rate))
                 approved = window["approved_tps"] * window_s

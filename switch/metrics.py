@@ -117,8 +117,8 @@ class Metrics:
         )
         self.open_transactions = Gauge(
             "paysw_open_transactions",
-            "Transactions the resolver is settling, by channel and queue (RECEIVED orphans, PENDING, UNKNOWN, "
-            "REVERSAL: the store-and-forward reversals)",
+            "Transactions the resolver is settling, by channel and queue (RECEIVED orphans: past their front end's "
+            "deadline; PENDING, UNKNOWN, REVERSAL: the store-and-forward reversals)",
             ["channel", "queue"],
             registry=r,
         )

@@ -3,6 +3,7 @@
 import asyncio
 import datetime as dt
 import itertools
+import json
 import random
 import uuid
 
@@ -583,9 +584,15 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
     run(scenario())
 
 
+def _nodes(plan: dict) -> list[dict]:
+    """A plan's nodes (EXPLAIN's JSON), every level."""
+    return [plan, *(node for child in plan.get("Plans", []) for node in _nodes(child))]
+
+
 def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(database_url):
     """Resolvers claim every second. A row that has left their queues stays in the queue's index
-    until a vacuum, up to a fifth of the day: a claim passes its entry once, not on every claim."""
+    until a vacuum, up to a fifth of the day: a claim passes its entry once, not on every claim.
+    Each queue is read in order from its own index, however the statement is planned."""
     from tests.conftest import fresh_database
 
     async def index_reads(conn: asyncpg.Connection, partition: str) -> int:
@@ -601,7 +608,7 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
         conn = await asyncpg.connect(url)
         try:
             partition = f"txn_{TODAY:%Y%m%d}"
-            await conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = false)")  # between two
+            await conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = false)")  # as between vacuums
             await conn.execute(  # 5,000 written ahead an hour ago, in the order they fall due, and 1,000 now
                 "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, "
                 "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
@@ -629,11 +636,21 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
                     break
             else:
                 raise AssertionError("the claim's index reads were never reported")
+            # The resolvers' next claims, planned once for any parameters (as a pooled connection's
+            # prepared statement may be, from its sixth run).
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_CLAIM_SQL}", 4, 3600, [UNSERVED_CHANNEL]))
+            queues = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = $1 AND indexdef LIKE '%(next_check_at)%'",
+                partition,
+            )
             reads = []
-            for _ in range(4):  # as the resolvers' next claims
+            for _ in range(4):
                 before = await index_reads(conn, partition)
                 assert len(await conn.fetch(_CLAIM_SQL, 4, 3600, [UNSERVED_CHANNEL])) == 4
                 reads.append(await index_reads(conn, partition) - before)
+            scanned = {node["Index Name"] for node in _nodes(plan[0]["Plan"]) if node["Node Type"] == "Index Scan"}
+            assert {q["indexname"] for q in queues} <= scanned, (queues, scanned)  # in order, not as a bitmap
             return [(t.rrn, t.reversal_requested) for t in claimed], reads
         finally:
             await conn.close()

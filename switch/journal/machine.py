@@ -166,7 +166,8 @@ def _move_sql() -> str:
 MOVE_SQL = _move_sql()
 
 # A row is due for the resolver while open, or while kept with a reversal still to carry out:
-# two queues, each with its partial index on next_check_at (txn_due, txn_reversal_due).
+# two queues, each with its partial index on next_check_at (txn_due, txn_reversal_due, whose
+# predicates name these states: a state added here needs its index changed too).
 OPEN_SQL = f"state IN {sql_set(OPEN)}"
 REVERSING_SQL = f"state IN {sql_set(KEPT)} AND reversal_requested_at IS NOT NULL"
 DUE_SQL = f"({OPEN_SQL} OR ({REVERSING_SQL}))"

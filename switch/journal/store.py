@@ -256,6 +256,7 @@ def _due_in(queue: str) -> str:
 # marks the entries of rows that have left its queue dead as it passes them, and no claim reads
 # them again. One statement over both (an OR) was planned as a bitmap scan, which never marks
 # them: every claim read every row finished since the last vacuum, a growing share of the day.
+# Rows a queue's LIMIT locked and the outer one cut stay due, for the next claim.
 _CLAIM_SQL = (
     f"WITH open AS ({_due_in(OPEN_SQL)}), reversing AS ({_due_in(REVERSING_SQL)}), "
     "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1) "
