@@ -46,14 +46,20 @@ def _load_commands(argv: list[str]) -> Commands:
     heavy (Ray, aiohttp, the console's pages): a command that loaded them all paid about 2 s of CPU
     before it began, and so did each simulator process (``multiprocessing`` imports the main module
     again in each child). So ``paysw run`` loads no other package's code. A registered name that is
-    a built-in command's is ignored: it cannot take the switch's own commands over."""
+    a built-in command's is ignored, with a word on stderr: it cannot take the switch's own commands over."""
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     asked = None if {"-h", "--help"} & set(argv[:at]) or at == len(argv) else argv[at]
     if asked in ("run", "channel"):
         return Commands({}, {})
     if asked in ON_CONFIG:
         return Commands({asked: importlib.import_module(ON_CONFIG[asked])}, {})
-    entries = {e.name: e for e in entry_points(group=COMMANDS_GROUP) if e.name not in BUILT_IN}
+    entries = {}
+    for entry in entry_points(group=COMMANDS_GROUP):
+        if entry.name in BUILT_IN:  # said, not silently dropped: its package's author expects it to run
+            print(f"paysw: {entry.value} registers the command {entry.name!r}, which is built in: ignored",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            entries[entry.name] = entry
     if asked in entries:
         return Commands({}, {asked: entries[asked].load()})
     return Commands(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,9 @@ def test_no_module_under_switch_imports_bench():
     assert offenders == []
 
 
-def _paysw(*args: str) -> subprocess.CompletedProcess:
+def _paysw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "switch.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "switch.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
     )
 
 
@@ -91,3 +92,18 @@ def test_a_command_loads_only_its_own_module_and_the_simulators_no_ray():
     probe = [sys.executable, "-c", probe, "ray", "switch.console.cli"]
     loaded = subprocess.run(probe, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert (loaded.returncode, loaded.stdout.strip()) == (0, "False False"), loaded.stderr
+
+
+def test_a_package_registering_a_built_in_command_is_told_and_the_switch_keeps_its_own(tmp_path):
+    """Another installed package cannot take ``paysw run`` over; it is told so, not ignored silently."""
+    dist = tmp_path / "shadow-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[paysw.commands]\nrun = shadow_run\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    listed = _paysw("--help", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "paysw: shadow_run registers the command 'run', which is built in: ignored" in listed.stderr
+    assert any(line.split(None, 1) == ["run", "run the switch"] for line in listed.stdout.splitlines()), listed.stdout
+    bench = _paysw("bench", "--help", env=env)  # any other command's help: the same word
+    assert bench.returncode == 0 and "which is built in: ignored" in bench.stderr, bench.stderr
