@@ -173,8 +173,12 @@ class Outbox:
                 log.exception("claiming notifications failed; trying again shortly")
             self._forget_idle_pools()
             # New rows are looked for every POLL_S, and as soon as a merchant has room again.
+            # (asyncio.timeout, not wait_for: on Python 3.11, wait_for returns when its event is
+            # set in the same turn as the task is cancelled, and the cancellation is lost. stop()
+            # cancels the deliveries, which set it as they end: this loop went on for ever.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self._freed.wait()
 
     async def _delivered(self, due: Due) -> None:
         """Mark ``due`` delivered, with the others delivered meanwhile: one statement at a time,
