@@ -481,7 +481,14 @@ class SwitchProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=60)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Fail the test, but leave no switch running past the session (its Ray's reaper
+            # takes Ray's processes down with it).
+            self.process.kill()
+            self.process.wait(timeout=30)
+            raise
         return 0 if self.killed and code == -signal.SIGKILL else code
 
 
