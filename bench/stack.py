@@ -1,5 +1,6 @@
 """The demo stack for benchmarks: embedded PostgreSQL (started by the switch), the five channel
-simulators as processes of this one, and the switch as ``paysw run``, a process of its own."""
+simulators as processes of this one (forked by its fork server), and the switch as ``paysw run``,
+a process of its own."""
 
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ class Stack:
             "front end": [front, *workers],
             "ray": [p for p in front.children(recursive=True) if p not in workers],
             "postgresql": [*postmasters, *(c for p in postmasters for c in p.children())],
-            "simulators": [psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()],
+            "simulators": [
+                *(psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()),
+                *_fork_servers(),  # their imports: it forked them
+            ],
         }
 
     def rss_by_part_mb(self) -> dict[str, float]:
@@ -159,6 +163,11 @@ class Stack:
             self.switch.terminate()
             self.switch.wait(timeout=60)
         stop_simulators(self._sims)
+
+
+def _fork_servers() -> list[psutil.Process]:
+    """This process's multiprocessing fork server (``start_simulators``), if it has started one."""
+    return [p for p in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(_safe_cmdline(p))]
 
 
 def _safe_cmdline(process: psutil.Process) -> list[str]:

@@ -3,7 +3,9 @@ PostgreSQL, a local Ray, the five channels' actors and the risk actor), and the 
 spent getting there. It is how long a switch that starts its own Ray is away after a crash or a
 restart; one on an external Ray cluster joins the actors already running there instead. Also
 how long the simulators (test equipment, started first) took to open their ports, and their CPU:
-every test of a stack pays it.
+every test of a stack pays it. Those are started by this process (``Stack``), so from the second
+start on with its fork server warm; each counted start is therefore preceded by a cold ``paysw
+sim``, as the tests and an operator run them (``*_cold``), stopped before the stack starts.
 
 The first start makes the journal's database and imports the keys: it is run and not counted.
 Then ``--rounds`` starts, each after a stop, in the same folder. With ``--against REV`` it is an
@@ -13,11 +15,19 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
+
 from bench.ab import alternate
+from bench.demo import _ports_in_use, _wait_for_ports
+from bench.demo_config import DEMO_SIMULATORS_CONFIG
 from bench.provenance import provenance, resolve
+from bench.simulators.server import control_address
 from bench.stack import Stack
 
 PARTS = ("front end", "ray", "postgresql", "simulators")  # Stack.processes_by_part
@@ -28,6 +38,7 @@ def main(rounds: int, out: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="paysw-start-") as folder:
         for i in range(rounds + 1):
             stack = Stack(Path(folder))
+            cold = cold_simulators(stack) if i else {}
             try:
                 stack.start()
                 cpu = stack.cpu_by_part_s()
@@ -40,6 +51,7 @@ def main(rounds: int, out: Path | None) -> int:
                 "ready_s": round(stack.ready_s, 3),
                 "simulators_ready_s": round(stack.simulators_ready_s, 3),
                 **{f"cpu_s {part}": round(cpu[part], 2) for part in PARTS},
+                **cold,
             }
             print(f"start {i}/{rounds}: " + ", ".join(f"{k} {v}" for k, v in start.items()), flush=True)
             starts.append(start)
@@ -48,6 +60,28 @@ def main(rounds: int, out: Path | None) -> int:
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def cold_simulators(stack: Stack) -> dict[str, float]:
+    """``paysw sim`` on ``stack``'s simulators, as the tests and an operator start them: seconds
+    from its launch to every port open (channels and controls), and the CPU its processes had
+    spent by then (the command, its fork server, the simulators); then it is stopped."""
+    busy = _ports_in_use(stack.config, stack.simulators)
+    if busy:
+        raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
+    began = time.monotonic()
+    command = [sys.executable, "-m", "switch.cli", "sim", "--config", str(DEMO_SIMULATORS_CONFIG)]
+    sim = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        sims = stack.simulators.simulators.values()
+        _wait_for_ports([a for s in sims for a in (s.listen, control_address(s))], timeout=60)
+        ready = time.monotonic() - began
+        tree = psutil.Process(sim.pid)
+        cpu = sum(sum(p.cpu_times()[:2]) for p in (tree, *tree.children(recursive=True)))
+    finally:
+        sim.terminate()
+        sim.wait(timeout=30)
+    return {"simulators_cold_ready_s": round(ready, 3), "cpu_s simulators cold": round(cpu, 2)}
 
 
 def medians(starts: list[dict]) -> dict[str, float]:
