@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import signal
 import sys
+from collections.abc import Coroutine
 
 import uvloop
 
@@ -15,7 +18,29 @@ from bench.simulators.server import Simulator, SimulatorConfig, control_address,
 def _serve_one(name: str, config: SimulatorConfig, audit_dsn: str) -> None:
     section = config.simulators[name]
     simulator = Simulator(name, section, config.base_dir, audit_dsn)
-    uvloop.run(simulator.serve(section.listen, control_address(section)))
+    uvloop.run(_while_parent_lives(simulator.serve(section.listen, control_address(section))))
+
+
+async def _while_parent_lives(serving: Coroutine[None, None, None]) -> None:
+    """Run ``serving`` until the process that started this simulator is gone, even killed
+    outright: its end of a pipe closes (``parent_process().sentinel``). Without it a simulator
+    would outlive it holding its ports, as it would one whose fork server died: the parent then
+    sees every simulator's sentinel end, and can no longer signal them."""
+    loop = asyncio.get_running_loop()
+    sentinel = multiprocessing.parent_process().sentinel
+    gone = loop.create_future()
+
+    def _gone() -> None:
+        loop.remove_reader(sentinel)
+        gone.set_result(None)
+
+    loop.add_reader(sentinel, _gone)
+    task = asyncio.ensure_future(serving)
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def start_simulators(config: SimulatorConfig, audit_dsn: str = "") -> list[multiprocessing.Process]:
