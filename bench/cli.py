@@ -93,7 +93,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Start the switch of the demo stack (embedded PostgreSQL, a local Ray, the channels' and the "
         "risk actors) once uncounted, then --rounds times, each after a stop: seconds from its spawn to ready, and "
         "the CPU the front end, Ray's processes (actors included), PostgreSQL and the simulators alive then had "
-        "spent; and the simulators' own start (started first: seconds to their ports open).",
+        "spent; and the simulators' own start (started first: seconds to their ports open), and before each "
+        "counted start a cold `paysw sim` as the tests start it (seconds to every port open, and its processes' CPU).",
     )
     start_bench.add_argument("--rounds", type=at_least_one, default=3, help="starts counted (default 3)")
     start_bench.add_argument("--out", type=Path, help="write the results as JSON here")

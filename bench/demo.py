@@ -60,7 +60,6 @@ class ChannelTally:
 
 
 def _ports_in_use(config: Config, simulators: SimulatorConfig, others: tuple[str, ...] = ()) -> list[str]:
-    busy = []
     sims = simulators.simulators.values()
     addresses = [
         config.switch.listen,
@@ -70,22 +69,19 @@ def _ports_in_use(config: Config, simulators: SimulatorConfig, others: tuple[str
         *(s.listen for s in sims),
         *(control_address(s) for s in sims),
     ]
-    for address in addresses:
-        host, port = host_port(address)
-        with socket.socket() as probe:
-            if probe.connect_ex((host, port)) == 0:
-                busy.append(address)
-    return busy
+    return [address for address in addresses if listening(address)]
+
+
+def listening(address: str) -> bool:
+    """Whether something accepts connections at ``address`` (host:port)."""
+    with socket.socket() as probe:
+        return probe.connect_ex(host_port(address)) == 0
 
 
 def _wait_for_ports(addresses: list[str], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     for address in addresses:
-        host, port = host_port(address)
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex((host, port)) == 0:
-                    break
+        while not listening(address):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"simulator at {address} did not start within {timeout:g}s")
             time.sleep(0.1)

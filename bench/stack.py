@@ -1,6 +1,7 @@
 """The demo stack for benchmarks: embedded PostgreSQL (started by the switch), the five channel
-simulators as processes of this one (forked by its fork server), and the switch as ``paysw run``,
-a process of its own."""
+simulators as processes of this one (forked by its fork server, which imported them once, when
+this process started its first simulators: their CPU here is their own, after the fork), and the
+switch as ``paysw run``, a process of its own."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class Stack:
         began = time.monotonic()
         self._sims = start_simulators(self.simulators)
         _wait_for_ports([s.listen for s in self.simulators.simulators.values()])
-        self.simulators_ready_s = time.monotonic() - began  # from their spawn to every port open
+        self.simulators_ready_s = time.monotonic() - began  # from their start to every channel port open
         run = ["run", "--config", str(self._config_path), "--log-level", "WARNING", "--data-dir", str(self._data_dir)]
         began = time.monotonic()
         self.switch = subprocess.Popen(
@@ -130,10 +131,7 @@ class Stack:
             "front end": [front, *workers],
             "ray": [p for p in front.children(recursive=True) if p not in workers],
             "postgresql": [*postmasters, *(c for p in postmasters for c in p.children())],
-            "simulators": [
-                *(psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()),
-                *_fork_servers(),  # their imports: it forked them
-            ],
+            "simulators": [psutil.Process(p.pid) for p in self._sims if p.pid and p.is_alive()],
         }
 
     def rss_by_part_mb(self) -> dict[str, float]:
@@ -163,11 +161,6 @@ class Stack:
             self.switch.terminate()
             self.switch.wait(timeout=60)
         stop_simulators(self._sims)
-
-
-def _fork_servers() -> list[psutil.Process]:
-    """This process's multiprocessing fork server (``start_simulators``), if it has started one."""
-    return [p for p in psutil.Process().children() if "multiprocessing.forkserver" in " ".join(_safe_cmdline(p))]
 
 
 def _safe_cmdline(process: psutil.Process) -> list[str]:

@@ -4,8 +4,9 @@ spent getting there. It is how long a switch that starts its own Ray is away aft
 restart; one on an external Ray cluster joins the actors already running there instead. Also
 how long the simulators (test equipment, started first) took to open their ports, and their CPU:
 every test of a stack pays it. Those are started by this process (``Stack``), so from the second
-start on with its fork server warm; each counted start is therefore preceded by a cold ``paysw
-sim``, as the tests and an operator run them (``*_cold``), stopped before the stack starts.
+start on by its fork server, warm (their figures are their own start, after the fork); each
+counted start is therefore preceded by a cold ``paysw sim``, as the tests and an operator run
+them (``simulators_cold_ready_s``, ``cpu_s simulators cold``), stopped before the stack starts.
 
 The first start makes the journal's database and imports the keys: it is run and not counted.
 Then ``--rounds`` starts, each after a stop, in the same folder. With ``--against REV`` it is an
@@ -24,11 +25,11 @@ from pathlib import Path
 import psutil
 
 from bench.ab import alternate
-from bench.demo import _ports_in_use, _wait_for_ports
+from bench.demo import _ports_in_use, listening
 from bench.demo_config import DEMO_SIMULATORS_CONFIG
 from bench.provenance import provenance, resolve
 from bench.simulators.server import control_address
-from bench.stack import Stack
+from bench.stack import Stack, _safe
 
 PARTS = ("front end", "ray", "postgresql", "simulators")  # Stack.processes_by_part
 
@@ -69,18 +70,27 @@ def cold_simulators(stack: Stack) -> dict[str, float]:
     busy = _ports_in_use(stack.config, stack.simulators)
     if busy:
         raise RuntimeError(f"ports already in use: {', '.join(busy)} (is a demo running?)")
+    addresses = [a for s in stack.simulators.simulators.values() for a in (s.listen, control_address(s))]
     began = time.monotonic()
     command = [sys.executable, "-m", "switch.cli", "sim", "--config", str(DEMO_SIMULATORS_CONFIG)]
     sim = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
-        sims = stack.simulators.simulators.values()
-        _wait_for_ports([a for s in sims for a in (s.listen, control_address(s))], timeout=60)
+        while not all(listening(a) for a in addresses):
+            if sim.poll() is not None:
+                raise RuntimeError(f"paysw sim ended (exit {sim.returncode}) before opening its ports")
+            if time.monotonic() - began > 60:
+                raise RuntimeError("paysw sim did not open its ports within 60 s")
+            time.sleep(0.02)
         ready = time.monotonic() - began
         tree = psutil.Process(sim.pid)
-        cpu = sum(sum(p.cpu_times()[:2]) for p in (tree, *tree.children(recursive=True)))
+        cpu = sum(_safe(lambda p=p: sum(p.cpu_times()[:2])) for p in (tree, *tree.children(recursive=True)))
     finally:
         sim.terminate()
-        sim.wait(timeout=30)
+        try:
+            sim.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sim.kill()  # its simulators end with it (they watch it)
+            sim.wait(timeout=30)
     return {"simulators_cold_ready_s": round(ready, 3), "cpu_s simulators cold": round(cpu, 2)}
 
 
