@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.demo_config import absolute_paths
@@ -484,8 +485,11 @@ class SwitchProcess:
         try:
             code = self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            # Fail the test, but leave no switch running past the session (its Ray's reaper
-            # takes Ray's processes down with it).
+            # Fail the test, but leave nothing of the switch running past the session: its
+            # workers (--workers) and its Ray's processes are killed with it.
+            for process in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
             self.process.kill()
             self.process.wait(timeout=30)
             raise
