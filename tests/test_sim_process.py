@@ -27,13 +27,18 @@ def _end(simulators: list[psutil.Process]) -> None:
 
 def test_the_simulators_end_when_their_command_is_killed_outright(config_dir, ports, tmp_path):
     command, _, simulators = _started(config_dir, ports, tmp_path)
-    command.kill()  # no handler runs: nothing of its own can stop them
-    command.wait(timeout=10)
-    _end(simulators)
+    try:
+        command.kill()  # no handler runs: nothing of its own can stop them
+        command.wait(timeout=10)
+    finally:
+        _end(simulators)
 
 
 def test_a_dead_fork_server_ends_the_command_and_every_simulator(config_dir, ports, tmp_path):
     command, fork_server, simulators = _started(config_dir, ports, tmp_path)
-    fork_server.kill()  # the command then reads every simulator as ended, and can signal none
-    assert command.wait(timeout=15) == 1
-    _end(simulators)
+    try:
+        fork_server.kill()  # the command then reads every simulator as ended, and can signal none
+        assert command.wait(timeout=15) == 1
+    finally:
+        command.kill()  # (gone already, unless the assertion failed)
+        _end(simulators)
