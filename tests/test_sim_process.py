@@ -11,10 +11,15 @@ from tests.conftest import _start_simulators, with_own_simulators
 def _started(config_dir, ports, folder):
     own = with_own_simulators(config_dir, ports, folder)
     command = _start_simulators(folder / "simulators.toml", own, "")
-    tree = psutil.Process(command.pid).children(recursive=True)
-    fork_server = next(p for p in tree if "multiprocessing.forkserver" in " ".join(p.cmdline()))
-    simulators = fork_server.children()
-    assert len(simulators) == len(own.channels)
+    try:
+        tree = psutil.Process(command.pid).children(recursive=True)
+        fork_server = next(p for p in tree if "multiprocessing.forkserver" in " ".join(p.cmdline()))
+        simulators = fork_server.children()
+        assert len(simulators) == len(own.channels)
+    except BaseException:
+        command.terminate()  # its SIGTERM handler stops the simulators
+        command.wait(timeout=20)
+        raise
     return command, fork_server, simulators
 
 
