@@ -84,6 +84,11 @@ def test_a_site_killed_whole_fails_over_to_the_other_which_settles_its_orphans(o
                 for i, t in enumerate(TERMINALS)
             ]
             await asyncio.sleep(rng.uniform(2.0, 3.0))
+            # Killed while serving: on a busy host a site's first answers can take longer than that.
+            for _ in range(300):
+                if tally["by_site"][a] and tally["by_site"][b]:
+                    break
+                await asyncio.sleep(0.1)
             processes = await asyncio.to_thread(kill_site, site_a)
             conn = await asyncpg.connect(database_url)
             try:
