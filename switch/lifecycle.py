@@ -453,15 +453,19 @@ class Processor:
 
     async def _step_write_ahead_undo(self, t: Context) -> str | None:
         """A void (same day, whole amount) or a refund (any part of what is left) reserves its
-        amount on the purchase as it is written."""
-        txn, original = t.txn, t.original
+        amount on the purchase as it is written; a refund's risk decision is written with it, and
+        an enforced decline becomes its result (recorded DECLINED, never sent)."""
+        txn, original, decision = t.txn, t.original, t.decision
         assert txn is not None and original is not None
         if await self._journal.find(txn.key) is not None:
             return await self._replay(t)
         try:
-            return await self._journal.write_ahead_undo(txn, original)
+            refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else ())
         except asyncpg.UniqueViolationError:  # another front end wrote this key first
             return await self._replay(t)
+        if refusal is None and decision is not None and (hit := decision.decline) is not None:
+            t.result = risk_declined(hit.rule_id, hit.code)
+        return refusal
 
     async def _step_send_undo(self, t: Context) -> None:
         txn, original = t.txn, t.original
@@ -563,17 +567,17 @@ class Processor:
         )  # fmt: skip
 
     async def _step_risk(self, t: Context) -> str | None:
-        """The risk rules (``risk/``), decided once the row is written. The rules that fire are
-        journaled before anything is sent (a payment whose decision cannot be journaled is not
+        """A payment's risk rules (``risk/``), decided once its row is written. The rules that fire
+        are journaled before anything is sent (a payment whose decision cannot be journaled is not
         sent either); an enforced decline becomes the transaction's result, recorded DECLINED with
-        the rule's code, never sent."""
+        the rule's code, never sent. (Should its front end stall past the deadline meanwhile, the
+        resolver only asks the channel about a payment: it never pays it.)"""
         txn = t.txn
-        assert txn is not None and t.risk is not None
-        decision = await t.risk
+        assert txn is not None
+        await self._step_risk_decide(t)
+        decision = t.decision
         if not decision.hits:
             return None
-        for hit in decision.hits:
-            self._metrics.risk_hits.labels(hit.rule_id, hit.action, hit.mode).inc()
         try:
             await self._journal.record_decision(txn, decision.hits)
         except Exception:
@@ -584,6 +588,14 @@ class Processor:
         if hit is not None:  # journaled above: a resolver that finds the row open never sends it either
             t.result = risk_declined(hit.rule_id, hit.code)
         return None
+
+    async def _step_risk_decide(self, t: Context) -> None:
+        """The risk decision awaited, its rules counted: a refund's, before its row is written with
+        it (``write_ahead_undo``)."""
+        assert t.risk is not None
+        t.decision = await t.risk
+        for hit in t.decision.hits:
+            self._metrics.risk_hits.labels(hit.rule_id, hit.action, hit.mode).inc()
 
     async def _step_send_and_poll(self, t: Context) -> None:
         """Pay; while the customer is still confirming, query on the channel's schedule until the

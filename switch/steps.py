@@ -31,6 +31,7 @@ from hsm import KeyRecord
 from protocols.iso8583 import Message
 from protocols.messages import ChannelResult
 from protocols.validation import TxnType
+from risk.engine import Decision
 from switch.config import Merchant
 from switch.journal import NewTxn, Original, TxnKey
 
@@ -41,7 +42,8 @@ STEPS: dict[TxnType, tuple[str, ...]] = {
                        "transmission_date", "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk",
                        "admit", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
-    TxnType.REFUND: (*_UNDO[:7], "risk_ask", "write_ahead_undo", "risk", *_UNDO[8:]),
+    # A refund's decision before its row, and written with it: a resolver sends the undo calls it finds open.
+    TxnType.REFUND: (*_UNDO[:7], "risk_ask", "risk_decide", *_UNDO[7:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
     # ``terminal``, not ``terminal_and_merchant``: a reversal undoes what the terminal did, even for
     # a merchant it no longer belongs to; and no ``admit``: even when suspended since.
@@ -109,7 +111,8 @@ class Context:
     reversed_key: TxnKey | None = None  # the purchase a reversal reverses
     txn: NewTxn | None = None  # the row written ahead
     claim: asyncio.Future[Reply] | None = None  # this arrival runs the transaction; retransmissions wait on it
-    risk: asyncio.Future[Any] | None = None  # the risk decision on its way (risk.control.Risk.begin)
+    risk: asyncio.Future[Decision] | None = None  # the risk decision on its way (risk.control.Risk.begin)
+    decision: Decision | None = None  # its risk decision, once awaited (a refund's is written with its row)
     result: ChannelResult | None = None  # the channel's (or its limits')
     reply: Reply | None = None
     answer_fields: Message | None = None  # fields the answer carries beyond a reply's

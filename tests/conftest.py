@@ -35,6 +35,7 @@ KEYS = DEMO / "keys"
 # The wechat channel's timeout in the test configuration: a "slow" payment code (..98) makes the
 # simulator answer after 3 s, past it, so the switch must treat the call as UNKNOWN.
 WECHAT_TIMEOUT_MS = 1500
+DEADLINE_MS = 5000  # the switch's request deadline in the test configuration (the demo's is 30 s)
 PAYING_MS = 1500  # a "user paying" customer (..09) confirms after this
 PAYMENT_WINDOW_MS = 4000
 LATE_SLOW_MS = 6000
@@ -236,7 +237,8 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
     switch = switch.replace("stalled_frame_timeout_s = 30", "stalled_frame_timeout_s = 1")
     # The tests run the batches they need; an hour closing mid-run must not reconcile under them.
     switch = switch.replace("schedule_hourly = true", "schedule_hourly = false")
-    switch = switch.replace("request_deadline_ms = 30000", "request_deadline_ms = 5000")
+    switch, n = re.subn(r"(?m)^request_deadline_ms = 30000", f"request_deadline_ms = {DEADLINE_MS}", switch)
+    assert n == 1, "could not set the request deadline in the test configuration"
     switch = tolerant_admission(switch)
     # The demo merchant's receiver is the demo's; a test that wants notifications runs its own.
     nowhere = f'notify_url = "http://127.0.0.1:{refusing_port()}/notify"'

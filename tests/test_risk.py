@@ -6,6 +6,7 @@ session's simulators and journal."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -33,7 +34,8 @@ from risk.rules import RulesError, RuleSet, load_rules
 from switch.journal import Journal, NewTxn
 from switch.journal.machine import FINAL
 from switch.journal.schema import ensure_partitions, migrate
-from tests.conftest import fresh_database, run, switch_with
+from switch.lifecycle import ORPHAN_GRACE_S
+from tests.conftest import DEADLINE_MS, fresh_database, run, switch_with
 from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state
 from tests.test_recon import channel_worker
 from tests.test_workers import requests_by_worker
@@ -44,6 +46,7 @@ NEW_MERCHANT = "898310048990002"  # onboarded today in the module's configuratio
 # The refund ratio's merchant and terminal, the module's own: another test's refunds on the same
 # journal today (locust's, say) would count against the demo merchant's ratio.
 REFUNDING_MERCHANT, REFUNDING_TERMINAL = "898310048990009", "R0000009"
+HELD_MERCHANT, HELD_TERMINAL = "898310048990008", "R0000008"  # the same, for the test that holds the journal up
 NEW_MERCHANT_CAP_FEN = 10_000
 NIGHT_TERMINAL = "T0000004"  # trading hours 08:00-22:00 apply to it alone
 # Refunds at e-CNY may take the merchant's refunds of the day to 1 % of its sales, or of 1,000,000
@@ -261,12 +264,13 @@ def risky(config_dir, database_url, simulators, tmp_path_factory):
         (r'(id = "898310048990002"\n)', rf"\1onboarded = {dt.date.today().isoformat()}\n"),
         (
             r'(\[\[terminals\]\]\nid = "T0000001"\n)',
-            (
-                f'[[merchants]]\nid = "{REFUNDING_MERCHANT}"\nname = "Refund ratio test"\nchannels = ["ecny"]\n'
-                f'channel_ids = {{ ecny = "ECNYSUB0009" }}\n\n'
-                f'[[terminals]]\nid = "{REFUNDING_TERMINAL}"\nmerchant = "{REFUNDING_MERCHANT}"\n\n'
-                r"\1"
-            ),
+            "".join(
+                f'[[merchants]]\nid = "{merchant}"\nname = "Refund ratio test"\nchannels = ["ecny"]\n'
+                f'channel_ids = {{ ecny = "ECNYSUB{merchant[-4:]}" }}\n\n'
+                f'[[terminals]]\nid = "{terminal}"\nmerchant = "{merchant}"\n\n'
+                for merchant, terminal in ((REFUNDING_MERCHANT, REFUNDING_TERMINAL), (HELD_MERCHANT, HELD_TERMINAL))
+            )
+            + r"\1",
         ),
     ]
     for switch in switch_with(config_dir, database_url, folder, "risk", edits):
@@ -630,17 +634,24 @@ def test_velocity_declines_a_code_at_a_second_merchant(risky, database_url, simu
                                    "alipay")  # fmt: skip
 
 
+def paid_at(switch, merchant: str, terminal: str) -> list[tuple[dict, str]]:
+    """Three e-CNY purchases of 4,000 yuan at ``merchant`` (request, RRN): refunds of two stay
+    within the refund ratio's floor, of the third pass it."""
+    paid = []
+    for _ in range(3):
+        purchase = new_purchase("ecny", terminal=terminal, merchant=merchant, amount=400_000)
+        answer = pay(switch, purchase)
+        assert answer["39"] == "00", answer
+        paid.append((purchase, answer["37"]))
+    return paid
+
+
 def test_a_refund_past_the_merchants_refund_ratio_is_declined_never_sent_and_its_amount_released(
     risky, database_url, simulators
 ):
     """Each refund adds to the merchant's refunds of the day (told to the risk actors as the journal
     approves it); the one that would take them past the ratio is declined 61 before its channel."""
-    paid = []
-    for _ in range(3):
-        purchase = new_purchase("ecny", terminal=REFUNDING_TERMINAL, merchant=REFUNDING_MERCHANT, amount=400_000)
-        answer = pay(risky, purchase)
-        assert answer["39"] == "00", answer
-        paid.append((purchase, answer["37"]))
+    paid = paid_at(risky, REFUNDING_MERCHANT, REFUNDING_TERMINAL)
     last_order = run(journal_row(database_url, paid[2][1]))["out_trade_no"]
     calls_before = len(sim_audit(simulators, "ecny", last_order))
     answers = [pay(risky, refund(p, rrn, 400_000, STANS.next(p["41"]))) for p, rrn in paid]
@@ -701,6 +712,42 @@ def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolve
     assert len(sim_audit(simulators, "alipay", order)) == calls_before  # never sent to Alipay
     bought = run(journal_row(database_url, paid["37"]))
     assert (bought["state"], bought["reserved_fen"], bought["refunded_fen"]) == ("APPROVED", 0, 0)
+
+
+def test_a_refund_declined_while_the_journal_holds_its_decision_up_is_never_sent(risky, database_url, simulators):
+    """A refund's risk decision is written with its row, in one transaction. The journal here holds
+    the decisions' table locked past the refund's deadline and the resolvers' grace, as a stalled
+    journal (or front end) would: no resolver finds the refund written without its decline, to
+    send it; it is declined once the journal lets go, and never reaches its channel."""
+    paid = paid_at(risky, HELD_MERCHANT, HELD_TERMINAL)
+    assert [pay(risky, refund(p, rrn, 400_000, STANS.next(p["41"])))["39"] for p, rrn in paid[:2]] == ["00", "00"]
+    purchase, rrn = paid[2]
+    order = run(journal_row(database_url, rrn))["out_trade_no"]
+    calls_before = len(sim_audit(simulators, "ecny", order))
+
+    async def held_up() -> dict:
+        conn = await asyncpg.connect(database_url)
+        try:
+            lock = conn.transaction()
+            await lock.start()
+            await conn.execute("LOCK TABLE risk_decision IN EXCLUSIVE MODE")  # reads go on; writes wait
+            async with connected(risky) as client:
+                again = refund(purchase, rrn, 400_000, STANS.next(purchase["41"]))
+                asked = asyncio.create_task(client.request(again, timeout=90))
+                await asyncio.sleep(DEADLINE_MS / 1000 + ORPHAN_GRACE_S + 3)  # past both, and the resolvers' turn
+                await lock.commit()  # the journal takes writes again
+                return await asked
+        finally:
+            await conn.close()
+
+    answer = run(held_up())
+    assert answer["39"] == "61", answer
+    row = run(wait_for_state(database_url, answer["37"], FINAL, timeout=30))
+    assert (row["txn_type"], row["state"], row["channel_code"]) == ("refund", "DECLINED", "RISK")
+    assert run(decisions(database_url, answer["37"])) == [("refunds-over-sales", "decline", "enforce", "61")]
+    assert len(sim_audit(simulators, "ecny", order)) == calls_before  # the refund never reached e-CNY
+    bought = run(journal_row(database_url, rrn))
+    assert (bought["reserved_fen"], bought["refunded_fen"]) == (0, 0)
 
 
 def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(risky, config_dir, database_url):

@@ -278,7 +278,21 @@ _ORIGINAL_SQL = (
     "ORDER BY tx_date DESC LIMIT 1"
 )
 
+_DECISION_SQL = (
+    "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, channel, "
+    "amount_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+)
+
 BatchObserver = Callable[[str, int, float], None]
+
+
+def _decision_rows(decisions: Sequence[tuple[NewTxn, Sequence[RiskHit]]]) -> list[tuple]:
+    return [
+        (txn.tx_date, txn.rrn, hit.rule_id, hit.action, hit.mode, hit.code, txn.merchant_id, txn.terminal_id,
+         txn.channel, txn.amount_fen)
+        for txn, hits in decisions
+        for hit in hits
+    ]  # fmt: skip
 
 
 def _columns(rows: Sequence[tuple]) -> list[list]:
@@ -556,10 +570,12 @@ class Journal:
         row = await self._pool.fetchrow(_ORIGINAL_SQL, rrn, merchant_id)
         return Original(*row) if row else None
 
-    async def write_ahead_undo(self, txn: NewTxn, original: Original) -> str | None:
-        """Write a void or refund ahead and reserve what it takes of its purchase, in one
-        transaction, the purchase locked meanwhile and checked again (``machine.undo_refusal``).
-        Returns the refusing response code, or None once written."""
+    async def write_ahead_undo(self, txn: NewTxn, original: Original, hits: Sequence[RiskHit] = ()) -> str | None:
+        """Write a void or refund ahead, with the risk rules that fired on it (``hits``), and
+        reserve what it takes of its purchase, in one transaction, the purchase locked meanwhile
+        and checked again (``machine.undo_refusal``). Returns the refusing response code, or None
+        once written. (A resolver sends an undo it finds open: written with its decisions, a
+        declined one is never found without its decline.)"""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
@@ -583,6 +599,8 @@ class Journal:
                 *txn.key,
                 locked.rrn,
             )
+            if hits:
+                await conn.executemany(_DECISION_SQL, _decision_rows([(txn, hits)]))
         return None
 
     async def record_undo(self, report: Report, txn_type: str, amount_fen: int, original: Original) -> State | None:
@@ -651,17 +669,7 @@ class Journal:
         return done
 
     async def _flush_decisions(self, decisions: Sequence[tuple[NewTxn, Sequence[RiskHit]]]) -> list[None]:
-        rows = [
-            (txn.tx_date, txn.rrn, hit.rule_id, hit.action, hit.mode, hit.code, txn.merchant_id, txn.terminal_id,
-             txn.channel, txn.amount_fen)
-            for txn, hits in decisions
-            for hit in hits
-        ]  # fmt: skip
-        await self._pool.executemany(
-            "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, channel, "
-            "amount_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-            rows,
-        )
+        await self._pool.executemany(_DECISION_SQL, _decision_rows(decisions))
         return [None] * len(decisions)
 
     async def _flush_updates(self, reports: Sequence[Report]) -> list[State | None]:
