@@ -41,7 +41,7 @@ from protocols.validation import (
     validate,
 )
 from risk.control import Risk
-from risk.engine import Facts
+from risk.engine import Decision, Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
@@ -463,8 +463,13 @@ class Processor:
             refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else ())
         except asyncpg.UniqueViolationError:  # another front end wrote this key first
             return await self._replay(t)
-        if refusal is None and decision is not None and (hit := decision.decline) is not None:
-            t.result = risk_declined(hit.rule_id, hit.code)
+        except Exception:
+            log.exception("write-ahead failed; nothing was sent", extra={"rrn": txn.rrn})
+            return rc.SYSTEM_MALFUNCTION
+        if refusal is None and decision is not None:
+            self._count_hits(decision)  # written: a retransmission's or a refused refund's never are
+            if (hit := decision.decline) is not None:
+                t.result = risk_declined(hit.rule_id, hit.code)
         return refusal
 
     async def _step_send_undo(self, t: Context) -> None:
@@ -572,12 +577,11 @@ class Processor:
         sent either); an enforced decline becomes the transaction's result, recorded DECLINED with
         the rule's code, never sent. (Should its front end stall past the deadline meanwhile, the
         resolver only asks the channel about a payment: it never pays it.)"""
-        txn = t.txn
+        txn, decision = t.txn, await self._decided(t)
         assert txn is not None
-        await self._step_risk_decide(t)
-        decision = t.decision
         if not decision.hits:
             return None
+        self._count_hits(decision)
         try:
             await self._journal.record_decision(txn, decision.hits)
         except Exception:
@@ -590,11 +594,16 @@ class Processor:
         return None
 
     async def _step_risk_decide(self, t: Context) -> None:
-        """The risk decision awaited, its rules counted: a refund's, before its row is written with
-        it (``write_ahead_undo``)."""
+        """A refund's risk decision awaited, before its row is written with it (``write_ahead_undo``)."""
+        await self._decided(t)
+
+    async def _decided(self, t: Context) -> Decision:
         assert t.risk is not None
-        t.decision = await t.risk
-        for hit in t.decision.hits:
+        t.decision = decision = await t.risk
+        return decision
+
+    def _count_hits(self, decision: Decision) -> None:
+        for hit in decision.hits:
             self._metrics.risk_hits.labels(hit.rule_id, hit.action, hit.mode).inc()
 
     async def _step_send_and_poll(self, t: Context) -> None:

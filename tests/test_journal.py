@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 import pytest
 
+from risk.engine import Hit
 from switch.journal import Event, Journal, NewTxn, Original, Report, State
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
@@ -324,6 +325,36 @@ def test_a_void_or_refund_is_settled_once(database_url):
             assert await journal.record_undo(accepted, "refund", 150, original) is State.APPROVED
             row = await journal.pool.fetchrow("SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
             assert (row["reserved_fen"], row["refunded_fen"]) == (500, 150)  # the 500 still under way
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_refunds_risk_decisions_are_written_with_it_or_not_at_all(database_url):
+    """A refund's rules that fired go in with its row, in its transaction: refused by its purchase
+    (more than is left), or written twice (another front end first), it leaves no decision; written,
+    its decisions are there the moment it is."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            hits = [Hit("refunds-over-sales", "decline", "enforce", "61"), Hit("watch", "review", "shadow", "")]
+            decided = "SELECT rule_id FROM risk_decision WHERE rrn = $1 ORDER BY rule_id"
+            over = undo_of(purchase, await journal.next_rrn(), "refund", 1001)
+            assert await journal.write_ahead_undo(over, original, hits) == "64"
+            assert await journal.pool.fetch(decided, over.rrn) == []
+            refund = undo_of(purchase, await journal.next_rrn(), "refund", 300)
+            assert await journal.write_ahead_undo(refund, original, hits) is None
+            written = await journal.pool.fetch(decided, refund.rrn)
+            assert [r["rule_id"] for r in written] == ["refunds-over-sales", "watch"]
+            again = refund._replace(rrn=await journal.next_rrn())  # the same key, another front end's RRN
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await journal.write_ahead_undo(again, original, hits)
+            assert await journal.pool.fetch(decided, again.rrn) == []
+            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["reserved_fen"] == 300  # the refused and the second write reserved nothing
         finally:
             await journal.close()
 
