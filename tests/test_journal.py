@@ -361,6 +361,36 @@ def test_a_refunds_risk_decisions_are_written_with_it_or_not_at_all(database_url
     run(scenario())
 
 
+def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal(database_url):
+    """A retransmission at another front end, while the first arrival's write-ahead is under way,
+    finds no row yet and writes too: it waits on the purchase's lock, and must then see the first
+    arrival's row (and replay its answer), not count its reservation against itself (64, when
+    the refund is more than half the purchase) and tell the terminal the refund was refused."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        holder = await asyncpg.connect(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            refund = undo_of(purchase, await journal.next_rrn(), "refund", 600)
+            twice = refund._replace(rrn=await journal.next_rrn())  # the same key, the other front end's RRN
+            async with holder.transaction():  # both wait on the purchase's lock, past their look-ups
+                await holder.execute("SELECT 1 FROM txn WHERE rrn = $1 FOR UPDATE", purchase.rrn)
+                writes = [asyncio.create_task(journal.write_ahead_undo(txn, original)) for txn in (refund, twice)]
+                await asyncio.sleep(0.5)
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            assert sorted(map(repr, results)) == sorted(
+                [repr(None), repr(asyncpg.UniqueViolationError("void or refund written twice"))]
+            ), results
+            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["reserved_fen"] == 600
+        finally:
+            await holder.close()
+            await journal.close()
+
+    run(scenario())
+
+
 def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
     """What a void reserved is released when it is accepted; the purchase is VOIDED, and its
     refunded_fen stays 0: that column holds what refunds gave back, and a void is no refund."""

@@ -579,6 +579,10 @@ class Journal:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
+            if await conn.fetchval(_FIND_SQL, *txn.key):
+                # Written by another front end while this one waited on the lock (the caller's
+                # look-up came before): a retransmission, to replay, not a refund over what is left.
+                raise asyncpg.UniqueViolationError("void or refund written twice")
             refusal = undo_refusal(
                 txn.txn_type, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
                 locked.reserved_fen, locked.refunded_fen, locked.reversal_requested,
