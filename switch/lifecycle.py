@@ -363,10 +363,11 @@ class Processor:
 
     def _step_admit(self, t: Context) -> None:
         """The merchant's and terminal's suspension (57) and the channel's limits (91), checked
-        after the duplicate check and the write-ahead, so that a retransmission of a transaction
-        under way or done gets its answer even when its merchant or terminal was suspended since,
-        or the channel is full or its circuit open. A refusal is journaled like a channel's
-        answer, and nothing is sent."""
+        after the duplicate check and a purchase's write-ahead, so that a retransmission of a
+        transaction under way or done gets its answer even when its merchant or terminal was
+        suspended since, or the channel is full or its circuit open (a void's or refund's
+        write-ahead comes after: it replays a journaled one's answer first). A refusal is
+        journaled like a channel's answer, and nothing is sent."""
         txn = t.txn
         assert txn is not None
         if t.result is not None:  # declined by risk
@@ -453,39 +454,39 @@ class Processor:
 
     async def _step_write_ahead_undo(self, t: Context) -> str | None:
         """A void (same day, whole amount) or a refund (any part of what is left) reserves its
-        amount on the purchase as it is written; a refund's risk decision is written with it, and
-        an enforced decline becomes its result (recorded DECLINED, never sent)."""
-        txn, original, decision = t.txn, t.original, t.decision
+        amount on the purchase as it is written, a refund with its risk decision. One refused
+        before its channel (``risk_decide``, ``admit``) is written DECLINED at once, and answered."""
+        txn, original, decision, result = t.txn, t.original, t.decision, t.result
         assert txn is not None and original is not None
         if await self._journal.find(txn.key) is not None:
-            return await self._replay(t)
+            return await self._replay(t)  # its first answer, even if it would be refused now
+        refused = None if result is None else undo.report(txn.key, txn.rrn, result)
         try:
-            refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else ())
+            refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else (), refused)
         except asyncpg.UniqueViolationError:  # another front end wrote this key first
             return await self._replay(t)
         except Exception:
             log.exception("write-ahead failed; nothing was sent", extra={"rrn": txn.rrn})
             return rc.SYSTEM_MALFUNCTION
-        if refusal is None and decision is not None:
+        if refusal is not None:
+            return refusal
+        if decision is not None:
             self._count_hits(decision)  # written: a retransmission's or a refused refund's never are
-            if (hit := decision.decline) is not None:
-                t.result = risk_declined(hit.rule_id, hit.code)
-        return refusal
+        return None if refused is None else refused.answer
 
     async def _step_send_undo(self, t: Context) -> None:
         txn, original = t.txn, t.original
-        assert txn is not None and original is not None
-        if t.result is None:  # admitted
-            self._reaching_channel(t)
-            t.result = await undo.call(
-                self._gateways[txn.channel],
-                t.txn_type.value,
-                txn.out_trade_no,
-                txn.amount_fen,
-                original,
-                self._merchant_channel_id(t),
-                self._deadline(txn),
-            )
+        assert txn is not None and original is not None and t.result is None  # a refused one ended at its write
+        self._reaching_channel(t)
+        t.result = await undo.call(
+            self._gateways[txn.channel],
+            t.txn_type.value,
+            txn.out_trade_no,
+            txn.amount_fen,
+            original,
+            self._merchant_channel_id(t),
+            self._deadline(txn),
+        )
 
     async def _step_record_undo(self, t: Context) -> str | None:
         txn, original, result = t.txn, t.original, t.result
@@ -594,8 +595,10 @@ class Processor:
         return None
 
     async def _step_risk_decide(self, t: Context) -> None:
-        """A refund's risk decision awaited, before its row is written with it (``write_ahead_undo``)."""
-        await self._decided(t)
+        """A refund's risk decision, before its row is written with it (``write_ahead_undo``); an
+        enforced decline becomes its result."""
+        if (hit := (await self._decided(t)).decline) is not None:
+            t.result = risk_declined(hit.rule_id, hit.code)
 
     async def _decided(self, t: Context) -> Decision:
         assert t.risk is not None

@@ -35,14 +35,15 @@ from risk.engine import Decision
 from switch.config import Merchant
 from switch.journal import NewTxn, Original, TxnKey
 
+# A void or refund refused before its channel is written so with its row: a resolver sends the
+# undos it finds open (a purchase it only asks about), so it must never find a refused one open.
 _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
-         "write_ahead_undo", "admit", "send_undo", "record_undo", "answer")  # fmt: skip
+         "admit", "write_ahead_undo", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
                        "transmission_date", "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk",
                        "admit", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
-    # A refund's decision before its row, and written with it: a resolver sends the undo calls it finds open.
     TxnType.REFUND: (*_UNDO[:7], "risk_ask", "risk_decide", *_UNDO[7:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
     # ``terminal``, not ``terminal_and_merchant``: a reversal undoes what the terminal did, even for

@@ -43,19 +43,16 @@ async def call(
     return await gateway.call(REFUND if txn_type == REFUND_TXN else CANCEL, ref, deadline)
 
 
-async def record(
-    journal: Journal, key: TxnKey, rrn: str, txn_type: str, amount_fen: int, original: Original, result: ChannelResult
-) -> tuple[str, str]:
-    """Commit a void's or refund's outcome (and, once it is final, its purchase's); returns the
-    response code and authorisation id. Not final yet: ``09`` (in progress), and the resolver
-    sends the call again."""
+def report(key: TxnKey, rrn: str, result: ChannelResult) -> Report:
+    """What a void's or refund's ``result`` tells the journal. Neither approved nor declined: not
+    final yet, ``09`` (in progress), and the resolver sends the call again."""
     if result.outcome is Outcome.APPROVED:
         event, code, auth_id = Event.ACCEPTED, rc.APPROVED, auth_id_for(rrn)
     elif result.outcome is Outcome.DECLINED:
         event, code, auth_id = Event.REFUSED, result.response_code, ""
     else:  # a void or refund has no "customer paying": anything else is asked again
         event, code, auth_id = Event.UNSURE, rc.IN_PROGRESS, ""
-    report = Report(
+    return Report(
         *key,
         event,
         code,
@@ -65,8 +62,17 @@ async def record(
         result.channel_txn_id,
         dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RETRY_S),
     )
-    if await journal.record_undo(report, txn_type, amount_fen, original) is None:
+
+
+async def record(
+    journal: Journal, key: TxnKey, rrn: str, txn_type: str, amount_fen: int, original: Original, result: ChannelResult
+) -> tuple[str, str]:
+    """Commit a void's or refund's outcome (and, once it is final, its purchase's); returns the
+    response code and authorisation id (``report``)."""
+    told = report(key, rrn, result)
+    if await journal.record_undo(told, txn_type, amount_fen, original) is None:
         stored = await journal.find(key)  # finished first by a resolver: what it recorded stands
         if stored is not None and stored.response_code:
             return stored.response_code, stored.auth_id or ""
-    return code, auth_id
+    assert told.answer is not None
+    return told.answer, told.auth_id or ""

@@ -361,6 +361,33 @@ def test_a_refunds_risk_decisions_are_written_with_it_or_not_at_all(database_url
     run(scenario())
 
 
+def test_a_void_or_refund_refused_before_its_channel_is_written_declined_with_its_row(database_url):
+    """Refused by risk, a suspension or the channel's limits, a void or refund is never open in
+    the journal (a resolver would send it): its row goes in DECLINED with the answer, in the
+    transaction that writes it, and it reserves nothing of its purchase."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            for txn_type, amount in (("refund", 400), ("void", 1000)):
+                undo = undo_of(purchase, await journal.next_rrn(), txn_type, amount)
+                refused = Report(*undo.key, Event.REFUSED, "57", "", "SUSPENDED", "suspended", "", None)
+                assert await journal.write_ahead_undo(undo, original, refused=refused) is None
+                row = await journal.pool.fetchrow(
+                    "SELECT state, response_code, channel_code FROM txn WHERE rrn = $1", undo.rrn
+                )
+                assert tuple(row) == ("DECLINED", "57", "SUSPENDED")
+                moves = await journal.pool.fetch("SELECT to_state FROM txn_move WHERE rrn = $1", undo.rrn)
+                assert sorted(m["to_state"] for m in moves) == ["DECLINED", "RECEIVED"]
+            bought = await journal.pool.fetchrow("SELECT state, reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert tuple(bought) == ("APPROVED", 0)
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal(database_url):
     """A retransmission at another front end, while the first arrival's write-ahead is under way,
     finds no row yet and writes too: it waits on the purchase's lock, and must then see the first

@@ -674,10 +674,11 @@ def test_a_refund_past_the_merchants_refund_ratio_is_declined_never_sent_and_its
 def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolver_never_sent(
     risky, database_url, simulators
 ):
-    """A front end that wrote a refund ahead with its enforced decline, then died or lost the
-    journal before recording the outcome, leaves the refund RECEIVED with what it reserved. The
-    resolver that takes it up records the decline and releases the reservation; it never sends the
-    refund."""
+    """A front end of the previous release (a rolling upgrade) that journaled a refund's enforced
+    decline after its write-ahead, then died or lost the journal before recording the outcome,
+    leaves the refund RECEIVED with what it reserved. The resolver that takes it up records the
+    decline and releases the reservation; it never sends the refund. (Front ends now write a
+    declined refund DECLINED with its row.)"""
     purchase = new_purchase("alipay")
     paid = pay(risky, purchase)
     assert paid["39"] == "00", paid
@@ -692,15 +693,17 @@ def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolve
             now = dt.datetime.now(dt.UTC)
             rrn = await journal.next_rrn()
             stan = STANS.next(original.terminal_id)
-            due = now  # due to the resolvers at once: the decline is written with the row
+            # Due to the resolvers a little later, as a front end's deadline would make it: not
+            # between the write-ahead and the decision (one taken then has no decline to record).
+            due = now + dt.timedelta(seconds=2)
             txn = NewTxn(
                 now.date(), original.terminal_id, stan, now.strftime("%m%d%H%M%S"), rrn, "refund", "0200",
                 "200000", original.merchant_id, 500, "156", now.strftime("%H%M%S"), now.strftime("%m%d"), "031",
                 original.pan_masked, original.pan_hash, "alipay", f"{now:%Y%m%d}{rrn}", b"r", now, due,
             )  # fmt: skip
-            declined = [Hit("refunds-over-sales", "decline", "enforce", "61")]
-            assert await journal.write_ahead_undo(txn, original, declined) is None
+            assert await journal.write_ahead_undo(txn, original) is None
             assert (await journal.original(paid["37"], purchase["42"])).reserved_fen == 500
+            await journal.record_decision(txn, [Hit("refunds-over-sales", "decline", "enforce", "61")])
             return rrn
         finally:
             await journal.close()

@@ -570,12 +570,16 @@ class Journal:
         row = await self._pool.fetchrow(_ORIGINAL_SQL, rrn, merchant_id)
         return Original(*row) if row else None
 
-    async def write_ahead_undo(self, txn: NewTxn, original: Original, hits: Sequence[RiskHit] = ()) -> str | None:
+    async def write_ahead_undo(
+        self, txn: NewTxn, original: Original, hits: Sequence[RiskHit] = (), refused: Report | None = None
+    ) -> str | None:
         """Write a void or refund ahead, with the risk rules that fired on it (``hits``), and
         reserve what it takes of its purchase, in one transaction, the purchase locked meanwhile
-        and checked again (``machine.undo_refusal``). Returns the refusing response code, or None
-        once written. (A resolver sends an undo it finds open: written with its decisions, a
-        declined one is never found without its decline.)"""
+        and checked again (``machine.undo_refusal``); one ``refused`` before its channel (by
+        risk, a suspension, the channel's limits) is recorded so at once, and reserves nothing.
+        Returns the refusing response code of the purchase's check, or None once written. (A
+        resolver sends the undos it finds open: one refused is never found so.)"""
+        moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
@@ -589,12 +593,13 @@ class Journal:
             )  # fmt: skip
             if refusal is not None:
                 return refusal
-            await conn.execute(
-                "UPDATE txn SET reserved_fen = reserved_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
-                "AND stan = $3 AND transmitted = $4",
-                *locked.key,
-                taken_fen(txn.txn_type, txn.amount_fen, locked.amount_fen),
-            )
+            if refused is None:
+                await conn.execute(
+                    "UPDATE txn SET reserved_fen = reserved_fen + $5 WHERE tx_date = $1 AND terminal_id = $2 "
+                    "AND stan = $3 AND transmitted = $4",
+                    *locked.key,
+                    taken_fen(txn.txn_type, txn.amount_fen, locked.amount_fen),
+                )
             if not await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date):
                 raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
             await conn.execute(
@@ -605,6 +610,9 @@ class Journal:
             )
             if hits:
                 await conn.executemany(_DECISION_SQL, _decision_rows([(txn, hits)]))
+            if refused is not None:
+                await record_in(conn, [refused], moved)
+        self._tell(moved)
         return None
 
     async def record_undo(self, report: Report, txn_type: str, amount_fen: int, original: Original) -> State | None:
