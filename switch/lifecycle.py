@@ -345,7 +345,7 @@ class Processor:
     async def _step_duplicate_check(self, t: Context) -> str | None:
         """Invariant 2: the first arrival of a key runs; any other gets the first one's answer
         (``94`` when its content differs). Retransmissions of one already finished are found by
-        the write-ahead."""
+        the write-ahead (a void's or refund's, by ``journaled``)."""
         txn = t.txn = self._new_txn(t)
         under_way = self._under_way.get(txn.key)
         if under_way is None:
@@ -452,14 +452,18 @@ class Processor:
         t.channel = t.original.channel
         return None
 
+    async def _step_journaled(self, t: Context) -> str | None:
+        """A void or refund in the journal already (a retransmission of one finished, or under way
+        at another front end): its first answer, before anything judges it again."""
+        assert t.txn is not None
+        return await self._replay(t) if await self._journal.find(t.txn.key) is not None else None
+
     async def _step_write_ahead_undo(self, t: Context) -> str | None:
         """A void (same day, whole amount) or a refund (any part of what is left) reserves its
         amount on the purchase as it is written, a refund with its risk decision. One refused
         before its channel (``risk_decide``, ``admit``) is written DECLINED at once, and answered."""
         txn, original, decision, result = t.txn, t.original, t.decision, t.result
         assert txn is not None and original is not None
-        if await self._journal.find(txn.key) is not None:
-            return await self._replay(t)  # its first answer, even if it would be refused now
         refused = None if result is None else undo.report(txn.key, txn.rrn, result)
         try:
             refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else (), refused)
@@ -471,7 +475,7 @@ class Processor:
         if refusal is not None:
             return refusal
         if decision is not None:
-            self._count_hits(decision)  # written: a retransmission's or a refused refund's never are
+            self._count_hits(decision)  # written: never a retransmission's, nor one its purchase refused
         return None if refused is None else refused.answer
 
     async def _step_send_undo(self, t: Context) -> None:

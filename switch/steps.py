@@ -37,14 +37,15 @@ from switch.journal import NewTxn, Original, TxnKey
 
 # A void or refund refused before its channel is written so with its row: a resolver sends the
 # undos it finds open (a purchase it only asks about), so it must never find a refused one open.
+# One journaled already gets its first answer before it is judged again.
 _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "original", "duplicate_check",
-         "admit", "write_ahead_undo", "send_undo", "record_undo", "answer")  # fmt: skip
+         "journaled", "admit", "write_ahead_undo", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
                        "transmission_date", "rrn", "pin", "duplicate_check", "risk_ask", "write_ahead", "risk",
                        "admit", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
-    TxnType.REFUND: (*_UNDO[:7], "risk_ask", "risk_decide", *_UNDO[7:]),
+    TxnType.REFUND: (*_UNDO[:8], "risk_ask", "risk_decide", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
     # ``terminal``, not ``terminal_and_merchant``: a reversal undoes what the terminal did, even for
     # a merchant it no longer belongs to; and no ``admit``: even when suspended since.

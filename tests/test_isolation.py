@@ -346,6 +346,49 @@ def test_an_operator_switches_a_channel_off_and_on(switch, database_url, healthy
     run(scenario())
 
 
+def refused_before_channel(switch, channel: str) -> float:
+    """``paysw_refused_total`` of ``channel``, all reasons."""
+    total = 0.0
+    for line in switch.get("/metrics")[1].splitlines():
+        if line.startswith("paysw_refused_total{") and f'channel="{channel}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_refund_resent_while_its_channel_is_off_gets_its_first_answer(switch, database_url, healthy_afterwards):
+    """A void or refund in the journal already gets its first answer before it is judged again:
+    resent while its channel is switched off, a finished refund is answered as it was (not 91),
+    and the resend is no refusal (nothing counted, no quota taken)."""
+    from bench.traffic import refund
+    from switch.cli import main as cli
+    from tests.support import STANS, TERMINAL
+
+    operator = switch.operator_options()
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            purchase = new_purchase("inbank")
+            paid = await terminal.request(purchase)
+            asked = refund(purchase, paid["37"], 100, STANS.next(TERMINAL))
+            first = await terminal.request(asked)
+            assert cli(["channel", "disable", "inbank", *operator]) == 0
+            try:
+                refused = refused_before_channel(switch, "inbank")
+                again = await terminal.request(asked)
+                assert refused_before_channel(switch, "inbank") == refused
+                new = await terminal.request(refund(purchase, paid["37"], 100, STANS.next(TERMINAL)))
+            finally:
+                assert cli(["channel", "enable", "inbank", *operator]) == 0
+        assert (paid["39"], first["39"], again["39"], again["37"], new["39"]) == ("00", "00", "00", first["37"], "91")
+        assert refused_before_channel(switch, "inbank") == refused + 1  # the new one, refused
+        row = await journal_row(database_url, new["37"])
+        assert (row["state"], row["channel_code"]) == ("DECLINED", "DISABLED")
+        bought = await journal_row(database_url, paid["37"])
+        assert (bought["reserved_fen"], bought["refunded_fen"]) == (0, 100)
+
+    run(scenario())
+
+
 def test_a_merchant_over_its_channel_quota_gets_91(switch, database_url):
     async def scenario():
         async with connected(switch) as terminal:  # the kiosk's Alipay quota: 5 a second

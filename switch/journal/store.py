@@ -242,6 +242,10 @@ _FIND_SQL = (
     "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
+_EXISTS_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4)"
+)
+
 _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
 
 
@@ -583,15 +587,15 @@ class Journal:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
-            if await conn.fetchval(_FIND_SQL, *txn.key):
-                # Written by another front end while this one waited on the lock (the caller's
-                # look-up came before): a retransmission, to replay, not a refund over what is left.
-                raise asyncpg.UniqueViolationError("void or refund written twice")
             refusal = undo_refusal(
                 txn.txn_type, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
                 locked.reserved_fen, locked.refunded_fen, locked.reversal_requested,
             )  # fmt: skip
             if refusal is not None:
+                if await conn.fetchval(_EXISTS_SQL, *txn.key):
+                    # Written by another front end while this one waited on the lock (the caller's
+                    # look-up came before): its reservation is this one's, to replay, not a refusal.
+                    raise asyncpg.UniqueViolationError("void or refund written twice")
                 return refusal
             if refused is None:
                 await conn.execute(
@@ -601,7 +605,7 @@ class Journal:
                     taken_fen(txn.txn_type, txn.amount_fen, locked.amount_fen),
                 )
             if not await conn.fetch(_INSERT_SQL, *_columns([txn]), txn.tx_date):
-                raise asyncpg.UniqueViolationError("void or refund written twice")  # the caller checked first
+                raise asyncpg.UniqueViolationError("void or refund written twice")  # since the caller looked
             await conn.execute(
                 "UPDATE txn SET original_rrn = $5 WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
                 "AND transmitted = $4",
