@@ -561,3 +561,38 @@ def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, databa
     order, row = run(scenario())
     assert row["state"] == "REVERSED"
     assert sim_ledger(simulators, channel)[order]["status"] == "REVERSED"  # the money went back
+
+
+def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
+    switch, database_url, config_dir, simulators
+):
+    """The statement's time is the channel's, the journal's window the switch's arrival time: a
+    payment on either side of an hour (a QR order created at 10:55, paid at 11:02) is LONG for
+    the batch. The journal has it approved, the merchant told paid: reconciliation must not cancel
+    it at the channel; it stays open for a person."""
+    channel = "alipay"  # its current hour's batch is this test's own
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        answer = await approved_purchase(switch, database_url, channel)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            order = await pool.fetchval("SELECT out_trade_no FROM txn WHERE rrn = $1", answer["37"])
+            moved = "UPDATE txn SET received_at = received_at - interval '2 hours' WHERE rrn = $1"
+            await pool.execute(moved, answer["37"])  # arrived, for the journal's window, in an earlier hour
+            now = dt.datetime.now(CST)
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
+                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            item = await pool.fetchrow(
+                "SELECT class, status FROM recon_item WHERE batch_id = $1 AND out_trade_no = $2", batch.id, order
+            )
+            return order, item, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", answer["37"])
+        finally:
+            await worker.close()
+            await pool.close()
+
+    order, item, state = run(scenario())
+    assert (item["class"], item["status"], state) == ("LONG", "OPEN", "APPROVED")
+    assert sim_ledger(simulators, channel)[order]["status"] != "REVERSED"  # the customer's payment stands

@@ -59,6 +59,8 @@ WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
 ORDER BY i.id
 """
 
+_JOURNALED_SQL = "SELECT EXISTS (SELECT 1 FROM txn WHERE out_trade_no = $1)"
+
 
 class Handler:
     def __init__(self, pool: asyncpg.Pool, call: Caller, threshold: Threshold) -> None:
@@ -111,6 +113,11 @@ class Handler:
         return await self._record(item, "resolve_open", handed)
 
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
+        """Paid at the channel, not in the batch's window of the journal: reversed, unless the
+        journal has it after all (the statement's time is the channel's, the window the switch's
+        arrival: a payment on either side of an hour), which is a person's to look at."""
+        if await self._pool.fetchval(_JOURNALED_SQL, item["out_trade_no"]):
+            return False
         asked = await self._ask(QUERY, item)
         if asked.outcome is Outcome.DECLINED and asked.sent:
             return await self._record(item, "reverse_long", _said("the channel now reports it closed: nothing to do"))
