@@ -686,6 +686,7 @@ class Processor:
             result.channel_message[:200],
             result.channel_txn_id,
             dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=self._channel_section(txn).query_interval_ms),
+            first=True,
         )
         try:
             moved = await self._journal.record(report)
@@ -693,7 +694,7 @@ class Processor:
             # The row stays RECEIVED: recovery will query the channel and finish it.
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
             return rc.SYSTEM_MALFUNCTION
-        if moved is None:  # the resolver finished it first (this front end overran its deadline)
+        if moved is None:  # a resolver took it first (this front end overran its deadline): its word stands
             return await self._replay(t)
         log.debug(
             "purchase done",

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from risk.engine import Hit
-from switch.journal import Event, Journal, NewTxn, Original, Report, State
+from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
@@ -265,6 +265,36 @@ def test_a_reversed_purchase_keeps_what_its_terminal_was_told(database_url):
                 "001003",
                 "CH1",
             )
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(database_url):
+    """A front end's own answer (``Report.first``) moves a purchase only while no resolver has
+    taken it: one that has acts on "nobody was told anything" (and may be cancelling it). A hand
+    to the resolver (a channel's "not paid", reconciliation) leaves a purchase still in its front
+    end's hands there until its deadline."""
+    channel = f"first-{uuid.uuid4().hex[:8]}"  # the shared journal: the claim takes only this test's rows
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            in_hands = new_txn(await journal.next_rrn())._replace(channel=channel)
+            overdue = new_txn(await journal.next_rrn())._replace(
+                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+            for txn in (in_hands, overdue):
+                assert await journal.write_ahead(txn)
+            async with journal.pool.acquire() as conn:
+                assert await hand_to_resolver(conn, in_hands.key)
+            assert [t.rrn for t in await journal.claim_due(10, 60, [channel])] == [overdue.rrn]
+            assert await journal.record(outcome(in_hands, Event.ACCEPTED)._replace(first=True)) is State.APPROVED
+            assert await journal.record(outcome(overdue, Event.ACCEPTED)._replace(first=True)) is None
+            stored = await journal.find(overdue.key)
+            assert (stored.state, stored.response_code) == (State.RECEIVED, None)
+            assert await journal.record(outcome(overdue, Event.CANCELLED, "05")) is State.CANCELLED
         finally:
             await journal.close()
 

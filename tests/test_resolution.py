@@ -10,6 +10,9 @@ from bench.traffic import CODE_SHAPES, inquiry
 from tests.conftest import PAYMENT_WINDOW_MS, run
 from tests.support import (
     CHANNEL_ONLY_PREFIX,
+    MERCHANT,
+    STANS,
+    TERMINAL,
     connected,
     journal_row,
     new_purchase,
@@ -142,7 +145,6 @@ def test_journal_agrees_with_every_channel_ledger(switch, simulators, database_u
 
 
 def test_inquiry_reports_the_original_state_and_amount(switch, database_url):
-    from tests.support import MERCHANT, STANS, TERMINAL
 
     async def scenario():
         async with connected(switch) as client:
@@ -220,5 +222,65 @@ def test_dropped_answer_is_unknown_and_the_money_goes_back(switch, simulators, d
         assert answer["39"] == "91"
         await wait_for_state(database_url, answer["37"], {"CANCELLED"})
         assert sim_ledger(simulators, channel)[out_trade_no(answer["37"])]["status"] == "REVERSED"
+
+    run(scenario())
+
+
+def test_a_purchase_a_resolver_took_before_its_answer_was_written_is_never_told_approved(
+    switch, simulators, database_url
+):
+    """The front end's commit of an approval is held up past its deadline (here: the database
+    backends of its outcome writer are stopped). A resolver takes the purchase, reads that nobody
+    was told anything, and cancels the payment at the channel. The front end's approval, written
+    after the take, must not stand: the terminal is told 09 (ask again), the purchase ends
+    CANCELLED, and an inquiry says so. (Before: the approval was written after the cancel, the
+    terminal told 00, the resolver's cancel moved nothing, and the money was gone.)"""
+
+    async def scenario():
+        import asyncio
+        import os
+        import signal
+
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        writers = [
+            r["pid"]
+            for r in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", f"paysw outcome {switch.process.pid}"
+            )
+        ]
+        assert writers, "the switch's outcome writer has no database backend named as its"
+        request = new_purchase("inbank", "00")
+        try:
+            for pid in writers:
+                os.kill(pid, signal.SIGSTOP)
+            async with connected(switch) as client:
+                answering = asyncio.ensure_future(client.request(request, timeout=60))
+                deadline = asyncio.get_running_loop().time() + 40
+                while True:  # until the resolver has cancelled the payment at the channel
+                    row = await conn.fetchrow(
+                        "SELECT rrn, out_trade_no FROM txn WHERE terminal_id = $1 AND stan = $2",
+                        request["41"],
+                        request["11"],
+                    )
+                    ledger = sim_ledger(simulators, "inbank")
+                    if row and ledger.get(row["out_trade_no"], {}).get("status") == "REVERSED":
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, "the resolver never cancelled the payment"
+                    await asyncio.sleep(0.2)
+                assert not answering.done()  # the front end is still writing its answer
+                for pid in writers:
+                    os.kill(pid, signal.SIGCONT)
+                answer = await answering
+        finally:
+            for pid in writers:
+                os.kill(pid, signal.SIGCONT)
+            await conn.close()
+        assert answer["39"] == "09", answer  # not 00: the money is going back
+        await wait_for_state(database_url, row["rrn"], {"CANCELLED"})
+        async with connected(switch) as client:
+            asked = await client.request(inquiry(TERMINAL, MERCHANT, row["rrn"], STANS.next(TERMINAL)))
+        assert asked["39"] == "05", asked  # declined: nothing was kept
 
     run(scenario())

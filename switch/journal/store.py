@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -118,6 +119,11 @@ class Report(NamedTuple):
     channel_message: str
     channel_txn_id: str
     asked: dt.datetime | None  # if it stays open: when the resolver looks again
+    # The front end's own answer to the request: it moves the row only while no resolver has
+    # taken it (``checks``). A resolver that took a purchase nobody had answered acts on the
+    # promise it read then, "told nothing", and may be cancelling the payment: the front end,
+    # past its deadline, then replays what the journal holds rather than telling 00.
+    first: bool = False
 
     @property
     def key(self) -> TxnKey:
@@ -213,7 +219,7 @@ _INSERT_SQL = (
 )
 _REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
-_REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz"}
+_REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz", "first": "boolean"}
 _KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
 # The authorisation code goes with an approval: kept while the answer stays 00 (a reversed
 # original's resend gets its first answer whole), gone with any other answer.
@@ -234,7 +240,7 @@ _MOVE_SQL = (
     + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
     + f" AND t.tx_date = ${len(_REPORT_COLUMNS) + 1}::date"  # the round's day: its partition alone is scanned
-    + f" AND {MOVE_SQL} IS NOT NULL RETURNING u.n, t.state, "
+    + f" AND {MOVE_SQL} IS NOT NULL AND (NOT u.first OR t.checks = 0) RETURNING u.n, t.state, "
     + ", ".join(f"t.{c}" for c in Moved._fields if c != "state")
 )
 _FIND_SQL = (
@@ -297,6 +303,12 @@ def _decision_rows(decisions: Sequence[tuple[NewTxn, Sequence[RiskHit]]]) -> lis
         for txn, hits in decisions
         for hit in hits
     ]  # fmt: skip
+
+
+def _named(pool: str) -> dict[str, str]:
+    """A pool's backends named in ``pg_stat_activity`` by the pool and the process: which front
+    end, and which of its writers, holds a lock or a long query."""
+    return {"application_name": f"paysw {pool} {os.getpid()}"}
 
 
 def _columns(rows: Sequence[tuple]) -> list[list]:
@@ -378,21 +390,24 @@ class Journal:
         """``pool_size`` connections for lookups, and ``writers`` more for each group commit (the
         write-ahead's and the outcome's batches committing at once), whose batches linger under
         load up to ``linger_s`` (``GroupCommit``)."""
-        pool = await asyncpg.create_pool(url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session)
+        pool = await asyncpg.create_pool(
+            url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session,
+            server_settings=_named("lookups"),
+        )  # fmt: skip
         async with pool.acquire() as conn:
             await migrate(conn)
 
-        async def writing(settings: dict[str, str]) -> asyncpg.Pool:
+        async def writing(name: str, settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(
                 url,
                 min_size=writers,
                 max_size=writers,
                 command_timeout=30,
                 reset=_keep_session,
-                server_settings={**settings, "lock_timeout": str(WRITER_LOCK_WAIT_MS)},
+                server_settings={**settings, **_named(name), "lock_timeout": str(WRITER_LOCK_WAIT_MS)},
             )
 
-        inserters, movers = await writing(_PLANNED_ONCE), await writing(_KEY_LOOKUPS_ONLY)
+        inserters, movers = await writing("write_ahead", _PLANNED_ONCE), await writing("outcome", _KEY_LOOKUPS_ONLY)
         journal = cls(pool, inserters, movers, max_batch, on_batch, linger_s)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
@@ -725,9 +740,12 @@ async def record_in(
 
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
     """Make a transaction the resolver still owes an outcome due now; False when it is not due
-    at all (finished meanwhile)."""
+    at all (finished meanwhile). One still in its front end's hands (written ahead, never taken)
+    stays there until its deadline: a resolver taking it would bar the front end's answer
+    (``Report.first``)."""
     done = await conn.execute(
-        f"UPDATE txn SET next_check_at = now() WHERE {DUE_SQL} "
+        f"UPDATE txn SET next_check_at = CASE WHEN state = '{State.RECEIVED}' AND checks = 0 THEN next_check_at "
+        f"ELSE now() END WHERE {DUE_SQL} "
         "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
         *key,
     )
