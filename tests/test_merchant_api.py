@@ -281,6 +281,49 @@ def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant
     assert notices(merchant_db, unknown) == ["unknown order"]
 
 
+def test_a_notification_naming_a_card_or_code_purchase_never_approves_it(merchant_switch, merchant_db):
+    """A purchase by payment code whose terminal was told nothing (its front end stopped after the
+    channel call): a channel's "paid" notification naming it leaves it to the resolver, which
+    keeps the money only if the terminal was told so. (Before: the notification approved it, 00
+    for a resend, while a resolver that had taken it was returning the money.)"""
+    from bench.simulators.channels.wechat import side
+    from bench.simulators.side import Paid, RequestSeen
+    from switch.journal import Event, Journal, Report, State
+    from tests.test_connectors import Pair
+    from tests.test_journal import new_txn
+
+    async def written_ahead() -> tuple:
+        journal = await Journal.open(merchant_db, pool_size=2, max_batch=8)
+        try:
+            txn = new_txn(await journal.next_rrn(), amount=300)
+            txn = txn._replace(channel="wechat", out_trade_no=f"N{txn.rrn}", merchant_id=MERCHANT)
+            assert await journal.write_ahead(txn)
+            return txn
+        finally:
+            await journal.close()
+
+    async def stored(txn) -> tuple:
+        journal = await Journal.open(merchant_db, pool_size=2, max_batch=8)
+        try:
+            found = await journal.find(txn.key)
+            if found.state == State.RECEIVED:  # out of the way of the module's other tests
+                assert await journal.record(Report(*txn.key, Event.REFUSED, "96", "", "", "", "", None)) is not None
+            return found.state, found.response_code
+        finally:
+            await journal.close()
+
+    txn = run(written_ahead())
+    pair = Pair("wechat")
+    order = RequestSeen("pay", txn.out_trade_no, amount_fen=300, fields={"appid": pair.account.app_id,
+                                                                          "mch_id": pair.account.mch_id})  # fmt: skip
+    note = side.notice(order, Paid("CH0002", 300, time.time()), pair.channel_sign)
+    url = f"http://127.0.0.1:{merchant_switch.merchant}/notify/wechat"
+    with urllib.request.urlopen(urllib.request.Request(url, data=note.body), timeout=10) as answer:
+        assert b"SUCCESS" in answer.read()
+    assert notices(merchant_db, txn.out_trade_no) == ["queried"]
+    assert run(stored(txn)) == (State.RECEIVED, None)
+
+
 def test_a_merchant_endpoint_down_gets_the_notification_once_up_and_dead_after_its_schedule(
     client, receiver, sim_ports, merchant_db
 ):

@@ -144,6 +144,7 @@ class Paid(NamedTuple):
     rrn: str
     amount_fen: int
     state: str
+    qr: bool  # a QR order (``expires_at`` set): its payment is kept whatever its merchant was told
 
     @property
     def key(self) -> TxnKey:
@@ -153,8 +154,8 @@ class Paid(NamedTuple):
 async def payment_named(pool: asyncpg.Pool, channel: str, out_trade_no: str) -> Paid | None:
     """The purchase of ``channel`` with this order number at the channel, if the journal has it."""
     row = await pool.fetchrow(
-        f"SELECT {', '.join(Paid._fields)} FROM txn WHERE out_trade_no = $1 AND channel = $2 "
-        f"AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1",
+        f"SELECT {', '.join(Paid._fields[:-1])}, expires_at IS NOT NULL FROM txn "
+        f"WHERE out_trade_no = $1 AND channel = $2 AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1",
         out_trade_no,
         channel,
     )

@@ -6,8 +6,10 @@ before the query's answer or never (the resolver's queries stay the safety net),
 kept in ``channel_notice``: one naming no purchase of the journal's, or another amount, or a
 payment of one already ended otherwise (``paid_after_final``), moves nothing and is there for
 reconciliation, logged as an error. One saying "not paid" ends nothing: the resolver asks the
-channel (and closes the order there if it must). Acknowledged, in the channel's own words, once
-kept."""
+channel (and closes the order there if it must). Nor does one naming a card's or payment code's
+purchase, which a QR order's channel should never send: whether its money is kept is the
+resolver's to decide by what its terminal was told. Acknowledged, in the channel's own words,
+once kept."""
 
 from __future__ import annotations
 
@@ -72,6 +74,20 @@ class Notices:
             async with self._journal.pool.acquire() as conn:
                 await hand_to_resolver(conn, paid.key)
             return "queried"
+        if not paid.qr:
+            # A card's or payment code's purchase keeps its money only if its terminal was told
+            # so (``promise``): the resolver asks and decides; a notice never tells it 00.
+            async with self._journal.pool.acquire() as conn:
+                if await hand_to_resolver(conn, paid.key):
+                    return "queried"
+        else:
+            report = Report(
+                *paid.key, Event.ACCEPTED, rc.APPROVED, auth_id_for(paid.rrn), notice.channel_code, "notification",
+                notice.channel_txn_id, None,
+            )  # fmt: skip
+            if await self._journal.record(report) is not None:  # a failure answers 500: the channel sends it again
+                return "recorded"
+        return "unchanged" if paid.state == State.APPROVED else "paid_after_final"
         report = Report(
             *paid.key, Event.ACCEPTED, rc.APPROVED, auth_id_for(paid.rrn), notice.channel_code, "notification",
             notice.channel_txn_id, None,
