@@ -691,9 +691,12 @@ class Processor:
         try:
             moved = await self._journal.record(report)
         except Exception:
-            # The row stays RECEIVED: recovery will query the channel and finish it.
+            # The commit may have landed all the same (a connection lost after it, a timeout
+            # during it): "in progress" holds either way. Landed, an inquiry gets its answer; not,
+            # the row stays RECEIVED, told nothing, and the resolver asks the channel and ends it
+            # (returning any money) for an inquiry to find.
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
-            return rc.SYSTEM_MALFUNCTION
+            return rc.IN_PROGRESS
         if moved is None:  # a resolver took it first (this front end overran its deadline): its word stands
             return await self._replay(t)
         log.debug(

@@ -252,6 +252,11 @@ _EXISTS_SQL = (
     "SELECT EXISTS (SELECT 1 FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4)"
 )
 
+# A purchase written ahead that no resolver has taken yet: its front end's to answer
+# (``Report.first``) until its deadline; nothing hands it to a resolver sooner.
+_IN_HANDS_SQL = f"(state = '{State.RECEIVED}' AND checks = 0)"
+_DUE_NOW_UNLESS_IN_HANDS = f"next_check_at = CASE WHEN {_IN_HANDS_SQL} THEN next_check_at ELSE now() END"
+
 _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_requested"]
 
 
@@ -513,8 +518,7 @@ class Journal:
         rows = await self._pool.fetch(
             "SELECT channel, CASE WHEN reversal_requested_at IS NOT NULL THEN 'REVERSAL' ELSE state END AS queue, "
             f"count(*) AS n FROM txn WHERE {DUE_SQL} AND next_check_at IS NOT NULL "
-            f"AND (state <> '{State.RECEIVED}' OR reversal_requested_at IS NOT NULL OR checks > 0 "
-            "OR next_check_at <= now()) GROUP BY 1, 2"
+            f"AND (NOT {_IN_HANDS_SQL} OR reversal_requested_at IS NOT NULL OR next_check_at <= now()) GROUP BY 1, 2"
         )
         return [(r["channel"], r["queue"], r["n"]) for r in rows]
 
@@ -556,7 +560,7 @@ class Journal:
                 await conn.execute(
                     "UPDATE txn SET reversal_requested_at = coalesce(reversal_requested_at, now()), "
                     # Under way in a front end: its move makes the row due when it ends.
-                    f"next_check_at = CASE WHEN state = '{State.RECEIVED}' THEN next_check_at ELSE now() END "
+                    f"{_DUE_NOW_UNLESS_IN_HANDS} "
                     "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
                     *original,
                 )
@@ -568,7 +572,7 @@ class Journal:
         (neither saw the other's uncommitted row), so it was sent. Its reversal stands: the money
         goes back. Returns how many were flagged."""
         done = await self._pool.execute(
-            "UPDATE txn t SET reversal_requested_at = r.received_at, next_check_at = now() FROM reversal r "
+            f"UPDATE txn t SET reversal_requested_at = r.received_at, {_DUE_NOW_UNLESS_IN_HANDS} FROM reversal r "
             f"WHERE r.code = '{rc.ORIGINAL_NOT_FOUND}' AND r.received_at > now() - make_interval(secs => $1) "
             "AND (t.tx_date, t.terminal_id, t.stan, t.transmitted) "
             "= (r.orig_tx_date, r.terminal_id, r.orig_stan, r.orig_transmitted) "
@@ -741,11 +745,10 @@ async def record_in(
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
     """Make a transaction the resolver still owes an outcome due now; False when it is not due
     at all (finished meanwhile). One still in its front end's hands (written ahead, never taken)
-    stays there until its deadline: a resolver taking it would bar the front end's answer
-    (``Report.first``)."""
+    is left due at its deadline, and counts as handed: a resolver taking it sooner would bar the
+    front end's answer (``Report.first``)."""
     done = await conn.execute(
-        f"UPDATE txn SET next_check_at = CASE WHEN state = '{State.RECEIVED}' AND checks = 0 THEN next_check_at "
-        f"ELSE now() END WHERE {DUE_SQL} "
+        f"UPDATE txn SET {_DUE_NOW_UNLESS_IN_HANDS} WHERE {DUE_SQL} "
         "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
         *key,
     )

@@ -88,11 +88,3 @@ class Notices:
             if await self._journal.record(report) is not None:  # a failure answers 500: the channel sends it again
                 return "recorded"
         return "unchanged" if paid.state == State.APPROVED else "paid_after_final"
-        report = Report(
-            *paid.key, Event.ACCEPTED, rc.APPROVED, auth_id_for(paid.rrn), notice.channel_code, "notification",
-            notice.channel_txn_id, None,
-        )  # fmt: skip
-        moved = await self._journal.record(report)  # a failure answers 500: the channel sends it again
-        if moved is not None:
-            return "recorded"
-        return "unchanged" if paid.state == State.APPROVED else "paid_after_final"
