@@ -275,7 +275,8 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
     """A front end's own answer (``Report.first``) moves a purchase only while no resolver has
     taken it: one that has acts on "nobody was told anything" (and may be cancelling it). A hand
     to the resolver (a channel's "not paid", reconciliation) leaves a purchase still in its front
-    end's hands there until its deadline."""
+    end's hands there until its deadline, and that is counted on the database's clock: a front
+    end whose clock runs an hour behind keeps its purchases its deadline long."""
     channel = f"first-{uuid.uuid4().hex[:8]}"  # the shared journal: the claim takes only this test's rows
 
     async def scenario():
@@ -285,12 +286,17 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
             overdue = new_txn(await journal.next_rrn())._replace(
                 channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
             )
-            for txn in (in_hands, overdue):
+            slow_clock = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+            behind = new_txn(await journal.next_rrn())._replace(
+                channel=channel, received_at=slow_clock, next_check_at=slow_clock + dt.timedelta(seconds=10)
+            )
+            for txn in (in_hands, overdue, behind):
                 assert await journal.write_ahead(txn)
             async with journal.pool.acquire() as conn:
                 assert await hand_to_resolver(conn, in_hands.key)
             assert [t.rrn for t in await journal.claim_due(10, 60, [channel])] == [overdue.rrn]
-            assert await journal.record(outcome(in_hands, Event.ACCEPTED)._replace(first=True)) is State.APPROVED
+            for txn in (in_hands, behind):
+                assert await journal.record(outcome(txn, Event.ACCEPTED)._replace(first=True)) is State.APPROVED
             assert await journal.record(outcome(overdue, Event.ACCEPTED)._replace(first=True)) is None
             stored = await journal.find(overdue.key)
             assert (stored.state, stored.response_code) == (State.RECEIVED, None)

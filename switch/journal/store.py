@@ -96,7 +96,7 @@ class NewTxn(NamedTuple):
     out_trade_no: str
     request_hash: bytes
     received_at: dt.datetime  # also the order time the channel is told
-    next_check_at: dt.datetime  # when the resolver may take it, should its front end vanish
+    next_check_at: dt.datetime  # when the resolver may take it should its front end vanish (counted from the commit)
     expires_at: dt.datetime | None = None  # a QR order's: when its code lapses (closed unpaid)
 
     @property
@@ -203,9 +203,16 @@ _TYPES = {
     "next_check_at": "timestamptz",
     "expires_at": "timestamptz",
 }
+# When the resolver may take a row is read on the database's clock, which every resolver shares:
+# a front end's wait (``next_check_at - received_at``: its deadline and the grace) is counted
+# from the commit, so a front end whose clock runs behind never has a purchase it is still
+# answering taken (and its answer barred, ``Report.first``).
+_NEW_VALUES = ", ".join(
+    "now() + (u.next_check_at - u.received_at)" if c == "next_check_at" else f"u.{c}" for c in _NEW_COLUMNS
+)
 _INSERT_SQL = (
     f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
-    f"SELECT u.*, 'RECEIVED' FROM unnest("
+    f"SELECT {_NEW_VALUES}, 'RECEIVED' FROM unnest("
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
     f"WHERE u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
