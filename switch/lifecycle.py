@@ -698,6 +698,8 @@ class Processor:
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
             return rc.IN_PROGRESS
         if moved is None:  # a resolver took it first (this front end overran its deadline): its word stands
+            if t.qr is None:  # (a QR order's notification may simply have come first)
+                self._metrics.overtaken.labels(txn.channel).inc()
             return await self._replay(t)
         log.debug(
             "purchase done",

@@ -87,6 +87,13 @@ class Metrics:
             ["channel", "state"],
             registry=r,
         )
+        self.overtaken = Counter(
+            "paysw_answers_overtaken",
+            "Purchases whose front end's answer came after a resolver had taken them (past the deadline and its "
+            "grace): the journal's answer was given instead; a rise means the journal's commits are held up",
+            ["channel"],
+            registry=r,
+        )
         self.circuit = Gauge(
             "paysw_circuit_state",
             "Circuit breaker of each channel shard: 0 closed, 1 half-open, 2 open",
@@ -219,9 +226,9 @@ class Metrics:
             "Admitted requests that may wait for their channel call at once (switch.shedding)",
             registry=r,
         ).set_function(lambda: limit.limit)
-        Gauge(
-            "paysw_admission_waiting", "Admitted requests waiting for their channel call", registry=r
-        ).set_function(lambda: limit.waiting)
+        Gauge("paysw_admission_waiting", "Admitted requests waiting for their channel call", registry=r).set_function(
+            lambda: limit.waiting
+        )
         Gauge(
             "paysw_admission_peers", "Peers with requests waiting, who share the admission's limit", registry=r
         ).set_function(lambda: limit.peers)

@@ -283,6 +283,9 @@ def test_a_purchase_a_resolver_took_before_its_answer_was_written_is_never_told_
                 os.kill(pid, signal.SIGCONT)
             await conn.close()
         assert answer["39"] in ("09", "05"), answer["39"]  # not 00: the money went back
+        overtaken = [line for line in switch.get("/metrics")[1].splitlines()
+                     if line.startswith('paysw_answers_overtaken_total{channel="inbank"}')]  # fmt: skip
+        assert overtaken and float(overtaken[0].split()[-1]) >= 1, overtaken
         await wait_for_state(database_url, row["rrn"], {"CANCELLED"})
         async with connected(switch) as client:
             asked = await client.request(inquiry(TERMINAL, MERCHANT, row["rrn"], STANS.next(TERMINAL)))
