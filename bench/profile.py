@@ -168,7 +168,7 @@ def hottest(folded: Path, top: int = 6) -> list[tuple[float, str]]:
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # not a folded stack (another file in the folder, say)
             continue
         total += int(count)
         own[stack.rsplit(";", 1)[-1].strip()] += int(count)

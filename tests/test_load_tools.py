@@ -115,6 +115,9 @@ def test_hottest_frames_are_read_from_py_spy_folded_stacks(tmp_path):
     folded = tmp_path / "front_end.txt"
     folded.write_text("main;loop;decode 30\nmain;loop;encode 10\nmain;loop 60\n")
     assert hottest(folded, top=2) == [(60.0, "loop"), (30.0, "decode")]
+    other = tmp_path / "out.txt"  # the benchmark's own printout, kept in the same folder
+    other.write_text("  switch 1.312 ms, simulators 0.594 ms\nthe demo stack in /tmp/x; 128 purchases\n")
+    assert hottest(other) == []
 
 
 def test_sm2_benchmark_measures_both_implementations_in_one_run():
