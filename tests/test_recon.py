@@ -569,30 +569,43 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
     """The statement's time is the channel's, the journal's window the switch's arrival time: a
     payment on either side of an hour (a QR order created at 10:55, paid at 11:02) is LONG for
     the batch. The journal has it approved, the merchant told paid: reconciliation must not cancel
-    it at the channel; it stays open for a person."""
+    it at the channel. Kept in the journal for the same amount, it is reconciled with the hour of
+    its arrival (fixed, nothing done); one the journal has otherwise (a reversal owed, here) is
+    left open for a person."""
     channel = "alipay"  # its current hour's batch is this test's own
     fetch = CountingFetch(config_dir)
 
     async def scenario():
-        answer = await approved_purchase(switch, database_url, channel)
+        answers = [await approved_purchase(switch, database_url, channel) for _ in range(2)]
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         worker = channel_worker(config_dir, channel)
         try:
-            order = await pool.fetchval("SELECT out_trade_no FROM txn WHERE rrn = $1", answer["37"])
-            moved = "UPDATE txn SET received_at = received_at - interval '2 hours' WHERE rrn = $1"
-            await pool.execute(moved, answer["37"])  # arrived, for the journal's window, in an earlier hour
+            rrns = [a["37"] for a in answers]
+            orders = [await pool.fetchval("SELECT out_trade_no FROM txn WHERE rrn = $1", rrn) for rrn in rrns]
+            moved = "UPDATE txn SET received_at = received_at - interval '2 hours' WHERE rrn = ANY($1)"
+            await pool.execute(moved, rrns)  # arrived, for the journal's window, in an earlier hour
+            await pool.execute("UPDATE txn SET reversal_requested_at = now() WHERE rrn = $1", rrns[1])
             now = dt.datetime.now(CST)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run() == "done"
-            item = await pool.fetchrow(
-                "SELECT class, status FROM recon_item WHERE batch_id = $1 AND out_trade_no = $2", batch.id, order
-            )
-            return order, item, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", answer["37"])
+            items = [
+                await pool.fetchrow(
+                    "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
+                    "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
+                    batch.id,
+                    order,
+                )
+                for order in orders
+            ]
+            states = [await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn) for rrn in rrns]
+            return orders, items, states
         finally:
             await worker.close()
             await pool.close()
 
-    order, item, state = run(scenario())
-    assert (item["class"], item["status"], state) == ("LONG", "OPEN", "APPROVED")
-    assert sim_ledger(simulators, channel)[order]["status"] != "REVERSED"  # the customer's payment stands
+    orders, items, states = run(scenario())
+    assert [tuple(item) for item in items] == [("LONG", "FIXED", "journal_elsewhere"), ("LONG", "OPEN", None)]
+    assert states == ["APPROVED", "APPROVED"]
+    ledger = sim_ledger(simulators, channel)
+    assert [ledger[order]["status"] for order in orders] == ["PAID", "PAID"]  # the customers' payments stand

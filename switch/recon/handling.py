@@ -12,6 +12,9 @@ Rules:
   is still owed: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
+- ``journal_elsewhere``: a LONG order the journal has outside the batch's window, keeping the
+  same amount (paid on either side of an hour): nothing to do. One it has otherwise (not kept,
+  another amount) is left to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
@@ -29,7 +32,7 @@ import asyncpg
 
 from protocols.messages import CANCEL, QUERY, ChannelRequest, ChannelResult, Outcome
 from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
-from switch.journal.machine import OPEN
+from switch.journal.machine import KEPT, OPEN, PURCHASE, sql_set
 
 Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
 _keys = itertools.count(1)
@@ -59,7 +62,12 @@ WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
 ORDER BY i.id
 """
 
-_JOURNALED_SQL = "SELECT EXISTS (SELECT 1 FROM txn WHERE out_trade_no = $1)"
+# A channel's order the journal has after all, outside the batch's window: whether it keeps the
+# money the statement shows (NULL: not in the journal).
+_KEPT_ELSEWHERE_SQL = (
+    f"SELECT state IN {sql_set(KEPT)} AND reversal_requested_at IS NULL AND amount_fen = $2 FROM txn "
+    f"WHERE out_trade_no = $1 AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1"
+)
 
 
 class Handler:
@@ -115,8 +123,14 @@ class Handler:
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
         """Paid at the channel, not in the batch's window of the journal: reversed, unless the
         journal has it after all (the statement's time is the channel's, the window the switch's
-        arrival: a payment on either side of an hour), which is a person's to look at."""
-        if await self._pool.fetchval(_JOURNALED_SQL, item["out_trade_no"]):
+        arrival: a payment on either side of an hour). Kept there, for the same amount, it is
+        reconciled in the batch of its arrival (its SHORT there confirmed by query); otherwise
+        it is a person's to look at."""
+        kept = await self._pool.fetchval(_KEPT_ELSEWHERE_SQL, item["out_trade_no"], item["channel_fen"])
+        if kept:
+            elsewhere = "paid on either side of an hour: the journal keeps it, reconciled with its arrival's hour"
+            return await self._record(item, "journal_elsewhere", _said(elsewhere))
+        if kept is not None:
             return False
         asked = await self._ask(QUERY, item)
         if asked.outcome is Outcome.DECLINED and asked.sent:
