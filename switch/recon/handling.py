@@ -54,8 +54,9 @@ class Handled:
 _CANDIDATES = """
 SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
-       t.reversal_requested_at IS NOT NULL AS reversing
+       t.reversal_requested_at IS NOT NULL AS reversing, b.channel
 FROM recon_item i
+JOIN recon_batch b ON b.id = i.batch_id
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.entry = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
 WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
@@ -66,7 +67,7 @@ ORDER BY i.id
 # money the statement shows (NULL: not in the journal).
 _KEPT_ELSEWHERE_SQL = (
     f"SELECT state IN {sql_set(KEPT)} AND reversal_requested_at IS NULL AND amount_fen = $2 FROM txn "
-    f"WHERE out_trade_no = $1 AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1"
+    f"WHERE out_trade_no = $1 AND channel = $3 AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1"
 )
 
 
@@ -126,7 +127,8 @@ class Handler:
         arrival: a payment on either side of an hour). Kept there, for the same amount, it is
         reconciled in the batch of its arrival (its SHORT there confirmed by query); otherwise
         it is a person's to look at."""
-        kept = await self._pool.fetchval(_KEPT_ELSEWHERE_SQL, item["out_trade_no"], item["channel_fen"])
+        order, fen, channel = item["out_trade_no"], item["channel_fen"], item["channel"]
+        kept = await self._pool.fetchval(_KEPT_ELSEWHERE_SQL, order, fen, channel)
         if kept:
             elsewhere = "paid on either side of an hour: the journal keeps it, reconciled with its arrival's hour"
             return await self._record(item, "journal_elsewhere", _said(elsewhere))
