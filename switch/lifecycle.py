@@ -692,11 +692,11 @@ class Processor:
             moved = await self._journal.record(report)
         except Exception:
             # The commit may have landed all the same (a connection lost after it, a timeout
-            # during it): "in progress" holds either way. Landed, an inquiry gets its answer; not,
-            # the row stays RECEIVED, told nothing, and the resolver asks the channel and ends it
-            # (returning any money) for an inquiry to find.
+            # during it). A refusal moved no money either way; anything else is "in progress":
+            # landed, an inquiry gets its answer; not, the row stays RECEIVED, told nothing, and
+            # the resolver asks the channel and ends it (returning any money) for an inquiry.
             log.exception("recording the outcome failed", extra={"rrn": txn.rrn, "outcome": result.outcome.value})
-            return rc.IN_PROGRESS
+            return reply.code if result.outcome is Outcome.DECLINED else rc.IN_PROGRESS
         if moved is None:  # a resolver took it first (this front end overran its deadline): its word stands
             if t.qr is None:  # (a QR order's notification may simply have come first)
                 self._metrics.overtaken.labels(txn.channel).inc()

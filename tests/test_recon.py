@@ -570,8 +570,8 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
     payment on either side of an hour (a QR order created at 10:55, paid at 11:02) is LONG for
     the batch. The journal has it approved, the merchant told paid: reconciliation must not cancel
     it at the channel. Kept in the journal for the same amount, it is reconciled with the hour of
-    its arrival (fixed, nothing done); one the journal has otherwise (a reversal owed, here) is
-    left open for a person."""
+    its arrival (fixed, nothing done, the item taking the journal's RRN for settlement); one the
+    journal has otherwise (a reversal owed, here) is left open for a person."""
     channel = "alipay"  # its current hour's batch is this test's own
     fetch = CountingFetch(config_dir)
 
@@ -591,21 +591,25 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
             assert await batch.run() == "done"
             items = [
                 await pool.fetchrow(
-                    "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
-                    "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
+                    "SELECT i.class, i.status, a.rule, i.rrn FROM recon_item i "
+                    "LEFT JOIN recon_action a ON a.item_id = i.id WHERE i.batch_id = $1 AND i.out_trade_no = $2",
                     batch.id,
                     order,
                 )
                 for order in orders
             ]
             states = [await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn) for rrn in rrns]
-            return orders, items, states
+            return orders, rrns, items, states
         finally:
             await worker.close()
             await pool.close()
 
-    orders, items, states = run(scenario())
-    assert [tuple(item) for item in items] == [("LONG", "FIXED", "journal_elsewhere"), ("LONG", "OPEN", None)]
+    orders, rrns, items, states = run(scenario())
+    # The fixed one carries the journal's RRN: settlement pays it from here if its arrival's hour never does.
+    assert [tuple(item) for item in items] == [
+        ("LONG", "FIXED", "journal_elsewhere", rrns[0]),
+        ("LONG", "OPEN", None, None),
+    ]
     assert states == ["APPROVED", "APPROVED"]
     ledger = sim_ledger(simulators, channel)
     assert [ledger[order]["status"] for order in orders] == ["PAID", "PAID"]  # the customers' payments stand

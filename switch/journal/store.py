@@ -205,10 +205,12 @@ _TYPES = {
 }
 # When the resolver may take a row is read on the database's clock, which every resolver shares:
 # a front end's wait (``next_check_at - received_at``: its deadline and the grace) is counted
-# from the commit, so a front end whose clock runs behind never has a purchase it is still
-# answering taken (and its answer barred, ``Report.first``).
+# from the write (``statement_timestamp()``: a refund's after its wait for its purchase's lock),
+# so a front end whose clock runs behind never has a purchase it is still answering taken (and
+# its answer barred, ``Report.first``).
 _NEW_VALUES = ", ".join(
-    "now() + (u.next_check_at - u.received_at)" if c == "next_check_at" else f"u.{c}" for c in _NEW_COLUMNS
+    "statement_timestamp() + (u.next_check_at - u.received_at)" if c == "next_check_at" else f"u.{c}"
+    for c in _NEW_COLUMNS
 )
 _INSERT_SQL = (
     f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "

@@ -13,8 +13,9 @@ Rules:
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
 - ``journal_elsewhere``: a LONG order the journal has outside the batch's window, keeping the
-  same amount (paid on either side of an hour): nothing to do. One it has otherwise (not kept,
-  another amount) is left to a person.
+  same amount on the same channel (paid on either side of an hour): nothing to do at the
+  channel, and the item carries the journal's RRN for settlement. One the journal has otherwise
+  (not kept, another amount) is left to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
@@ -63,11 +64,11 @@ WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
 ORDER BY i.id
 """
 
-# A channel's order the journal has after all, outside the batch's window: whether it keeps the
-# money the statement shows (NULL: not in the journal).
-_KEPT_ELSEWHERE_SQL = (
-    f"SELECT state IN {sql_set(KEPT)} AND reversal_requested_at IS NULL AND amount_fen = $2 FROM txn "
-    f"WHERE out_trade_no = $1 AND channel = $3 AND txn_type = '{PURCHASE}' ORDER BY tx_date DESC LIMIT 1"
+# A channel's order the journal has after all, outside the batch's window (on any channel, as
+# anything: order numbers are unique), and whether it is a purchase whose money it keeps.
+_JOURNALED_SQL = (
+    f"SELECT rrn, state, amount_fen, channel, txn_type = '{PURCHASE}' AND state IN {sql_set(KEPT)} "
+    "AND reversal_requested_at IS NULL AS kept FROM txn WHERE out_trade_no = $1 ORDER BY tx_date DESC LIMIT 1"
 )
 
 
@@ -124,16 +125,10 @@ class Handler:
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
         """Paid at the channel, not in the batch's window of the journal: reversed, unless the
         journal has it after all (the statement's time is the channel's, the window the switch's
-        arrival: a payment on either side of an hour). Kept there, for the same amount, it is
-        reconciled in the batch of its arrival (its SHORT there confirmed by query); otherwise
-        it is a person's to look at."""
-        order, fen, channel = item["out_trade_no"], item["channel_fen"], item["channel"]
-        kept = await self._pool.fetchval(_KEPT_ELSEWHERE_SQL, order, fen, channel)
-        if kept:
-            elsewhere = "paid on either side of an hour: the journal keeps it, reconciled with its arrival's hour"
-            return await self._record(item, "journal_elsewhere", _said(elsewhere))
-        if kept is not None:
-            return False
+        arrival: a payment on either side of an hour), which ``_journal_elsewhere`` handles."""
+        journaled = await self._pool.fetchrow(_JOURNALED_SQL, item["out_trade_no"])
+        if journaled is not None:
+            return await self._journal_elsewhere(item, journaled)
         asked = await self._ask(QUERY, item)
         if asked.outcome is Outcome.DECLINED and asked.sent:
             return await self._record(item, "reverse_long", _said("the channel now reports it closed: nothing to do"))
@@ -144,6 +139,24 @@ class Handler:
             return False
         reversed_ = _said("paid at the channel, unknown here: reversed, money returned")
         return await self._record(item, "reverse_long", reversed_)
+
+    async def _journal_elsewhere(self, item: asyncpg.Record, journaled: asyncpg.Record) -> bool:
+        """A LONG payment the journal keeps, on the batch's channel, for the same amount: nothing
+        to do at the channel. The item takes the journal's RRN, so that settlement pays it from
+        here should the batch of its arrival never take it (an hour that never ran, a terminal
+        dated a day ahead); once, whichever comes first. Anything else is a person's."""
+        if not (journaled["kept"] and journaled["channel"] == item["channel"]
+                and journaled["amount_fen"] == item["channel_fen"]):  # fmt: skip
+            return False
+
+        async def adopted(conn: asyncpg.Connection) -> str:
+            await conn.execute(
+                "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
+                item["id"], journaled["rrn"], journaled["state"], journaled["amount_fen"],
+            )  # fmt: skip
+            return "paid on either side of an hour: the journal keeps it, from an arrival outside this batch"
+
+        return await self._record(item, "journal_elsewhere", adopted)
 
     async def _confirm_short(self, item: asyncpg.Record) -> bool:
         asked = await self._ask(QUERY, item)
