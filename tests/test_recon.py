@@ -563,6 +563,44 @@ def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, databa
     assert sim_ledger(simulators, channel)[order]["status"] == "REVERSED"  # the money went back
 
 
+def test_a_purchase_a_terminal_dates_a_day_ahead_is_reconciled_in_the_hour_it_arrived(
+    switch, database_url, config_dir, simulators
+):
+    """Field 7 may be a day from the switch's date (a terminal's clock ahead, or Beijing's date
+    sent for UTC's): its transaction date is the next day, and the batch of the hour it arrived in
+    must still take it from the journal (it was LONG there: the journal's rows were read only up
+    to the window's own date)."""
+    from bench.traffic import purchase
+    from tests.support import MERCHANT, TERMINAL
+
+    channel = "unionpay"  # its current hour's batch is this test's own
+    fetch = CountingFetch(config_dir)
+
+    async def scenario():
+        ahead = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        request = purchase(TERMINAL, MERCHANT, payment_code(channel, "00"), 4_321, STANS.next(TERMINAL), when=ahead)
+        async with connected(switch) as terminal:
+            answer = await terminal.request(request)
+        assert answer["39"] == "00", answer["39"]
+        await wait_for_state(database_url, answer["37"], {"APPROVED"})
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        try:
+            row = await pool.fetchrow("SELECT tx_date, out_trade_no FROM txn WHERE rrn = $1", answer["37"])
+            assert row["tx_date"] == ahead.date()
+            now = dt.datetime.now(CST)
+            afresh = "DELETE FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = $3"
+            await pool.execute(afresh, channel, now.date(), now.hour)  # another test's run of the hour
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch)
+            assert await batch.run() == "done"
+            return await pool.fetchval(
+                "SELECT class FROM recon_item WHERE batch_id = $1 AND out_trade_no = $2", batch.id, row["out_trade_no"]
+            )
+        finally:
+            await pool.close()
+
+    assert run(scenario()) == "MATCHED"
+
+
 def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
     switch, database_url, config_dir, simulators
 ):

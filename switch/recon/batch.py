@@ -239,12 +239,13 @@ class ReconBatch:
             await self._advance(conn, "load")
 
     async def _extract(self) -> None:
+        # A row's day is its field 7's, which may be a day either side of the arrival's (a
+        # terminal's clock, Beijing's date sent for UTC's): the days around the window's are read.
         first, last = self.start.astimezone(dt.UTC).date(), self.end.astimezone(dt.UTC).date()
+        day = dt.timedelta(days=1)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM recon_journal_row WHERE batch_id = $1", self.id)
-            await conn.execute(
-                _EXTRACT, self.id, self.channel, first - dt.timedelta(days=1), last, self.start, self.end
-            )
+            await conn.execute(_EXTRACT, self.id, self.channel, first - day, last + day, self.start, self.end)
             await self._advance(conn, "extract")
 
     async def _match(self) -> None:
