@@ -175,6 +175,10 @@ def channel_worker(config_dir, channel: str) -> ChannelWorker:
     return ChannelWorker(channel, demo_actor_setup(channel, config), 0)
 
 
+# An hour's batch run afresh: another test (test_settlement, say) may have run the same one.
+AFRESH = "DELETE FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = $3"
+
+
 async def approved_purchase(switch, database_url: str, channel: str) -> dict:
     """A purchase through the switch, once the journal has it approved."""
     async with connected(switch) as terminal:
@@ -552,6 +556,7 @@ def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, databa
             pool, worker, (rrn, order, _)
         ):  # fmt: skip
             now = dt.datetime.now(CST)
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run() == "done"
@@ -588,8 +593,7 @@ def test_a_purchase_a_terminal_dates_a_day_ahead_is_reconciled_in_the_hour_it_ar
             row = await pool.fetchrow("SELECT tx_date, out_trade_no FROM txn WHERE rrn = $1", answer["37"])
             assert row["tx_date"] == ahead.date()
             now = dt.datetime.now(CST)
-            afresh = "DELETE FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = $3"
-            await pool.execute(afresh, channel, now.date(), now.hour)  # another test's run of the hour
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch)
             assert await batch.run() == "done"
             return await pool.fetchval(
@@ -624,6 +628,7 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
             await pool.execute(moved, rrns)  # arrived, for the journal's window, in an earlier hour
             await pool.execute("UPDATE txn SET reversal_requested_at = now() WHERE rrn = $1", rrns[1])
             now = dt.datetime.now(CST)
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run() == "done"

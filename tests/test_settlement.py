@@ -15,7 +15,7 @@ from switch.recon.batch import ReconBatch
 from switch.settlement import settle, write_file
 from tests.conftest import run
 from tests.support import STANS, connected, new_purchase, out_trade_no
-from tests.test_recon import CountingFetch, order_statement_faults
+from tests.test_recon import AFRESH, CountingFetch, order_statement_faults
 
 COFFEE, KIOSK = "898310048990001", "898310048990002"  # T+1 at 0.20 % on inbank; D0 at 0.25 % on alipay
 
@@ -37,8 +37,7 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
         fetch = CountingFetch(config_dir)
         try:
             for channel in ("inbank", "alipay"):  # afresh: test_recon runs this hour's batches of its own
-                afresh = "DELETE FROM recon_batch WHERE channel = $1 AND day = $2 AND hour = $3"
-                await pool.execute(afresh, channel, today, hour)
+                await pool.execute(AFRESH, channel, today, hour)
                 assert await ReconBatch(pool, channel, channel, today, hour, fetch).run() == "done"
             order_statement_faults(ports, "inbank", {})
             same_day = await settle(pool, config, today)
