@@ -612,8 +612,9 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
     payment on either side of an hour (a QR order created at 10:55, paid at 11:02) is LONG for
     the batch. The journal has it approved, the merchant told paid: reconciliation must not cancel
     it at the channel. Kept in the journal for the same amount, it is reconciled with the hour of
-    its arrival (fixed, nothing done, the item taking the journal's RRN for settlement); one the
-    journal has otherwise (a reversal owed, here) is left open for a person."""
+    its arrival (fixed, nothing done, the item taking the journal's RRN for settlement, however
+    low the automation's threshold: it moves no money); one the journal has otherwise (a reversal
+    owed, here) is left open for a person."""
     channel = "alipay"  # its current hour's batch is this test's own
     fetch = CountingFetch(config_dir)
 
@@ -630,7 +631,7 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
             now = dt.datetime.now(CST)
             await pool.execute(AFRESH, channel, now.date(), now.hour)
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, fetch,
-                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+                               Handler(pool, worker.call, Threshold(0, 0)))  # fmt: skip
             assert await batch.run() == "done"
             items = [
                 await pool.fetchrow(

@@ -14,8 +14,9 @@ Rules:
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
 - ``journal_elsewhere``: a LONG order the journal has outside the batch's window, keeping the
   same amount on the same channel (paid on either side of an hour): nothing to do at the
-  channel, and the item carries the journal's RRN for settlement. One the journal has otherwise
-  (not kept, another amount) is left to a person.
+  channel, and the item carries the journal's RRN for settlement; it moves no money and takes
+  nothing of the threshold. One the journal has otherwise (not kept, another amount) is left
+  to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
@@ -52,24 +53,29 @@ class Handled:
     stopped: bool  # the threshold stopped the automation
 
 
-_CANDIDATES = """
+# The open PAY items with what a rule needs: the statement's row, the journal's by RRN, and for
+# a LONG one (no RRN) the journal's row of the same order number, should it have one outside the
+# batch's window (on any channel, as anything: order numbers are unique).
+_CANDIDATES = f"""
 SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
-       t.reversal_requested_at IS NOT NULL AS reversing, b.channel
+       t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
+       e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
+       e.txn_type = '{PURCHASE}' AND e.state IN {sql_set(KEPT)} AND e.reversal_requested_at IS NULL
+           AND e.channel = b.channel AND e.amount_fen = i.channel_fen AS kept_elsewhere
 FROM recon_item i
 JOIN recon_batch b ON b.id = i.batch_id
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.entry = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
+LEFT JOIN LATERAL (
+    SELECT * FROM txn x WHERE i.class = 'LONG' AND x.out_trade_no = i.out_trade_no ORDER BY x.tx_date DESC LIMIT 1
+) e ON true
 WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
 ORDER BY i.id
 """
-
-# A channel's order the journal has after all, outside the batch's window (on any channel, as
-# anything: order numbers are unique), and whether it is a purchase whose money it keeps.
-_JOURNALED_SQL = (
-    f"SELECT rrn, state, amount_fen, channel, txn_type = '{PURCHASE}' AND state IN {sql_set(KEPT)} "
-    "AND reversal_requested_at IS NULL AS kept FROM txn WHERE out_trade_no = $1 ORDER BY tx_date DESC LIMIT 1"
-)
+# Rules that move no money, and so take nothing of the threshold: a payment on either side of an
+# hour is no reason to stop the automation, however many an hour has.
+_NO_MONEY = frozenset({"journal_elsewhere"})
 
 
 class Handler:
@@ -79,25 +85,22 @@ class Handler:
         self._threshold = threshold
 
     async def handle(self, batch_id: int) -> Handled:
-        fixed = fen = 0
-        left = 0
+        fixed = left = 0
+        counted = fen = 0  # the fixes the threshold bounds: all but those that only agree with the journal
+        stopped = False
         for item in await self._pool.fetch(_CANDIDATES, batch_id):
             rule = _rule_for(item)
-            if rule is None:
+            money = abs(item["channel_fen"] or item["journal_fen"] or 0)
+            bounded = rule is not None and rule not in _NO_MONEY
+            if bounded and not stopped:
+                stopped = counted + 1 > self._threshold.max_count or fen + money > self._threshold.max_fen
+            if rule is None or (bounded and stopped) or not await getattr(self, "_" + rule)(item):
                 left += 1
                 continue
-            money = abs(item["channel_fen"] or item["journal_fen"] or 0)
-            if fixed + 1 > self._threshold.max_count or fen + money > self._threshold.max_fen:
-                open_count = await self._pool.fetchval(
-                    "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN'", batch_id
-                )
-                return Handled(fixed, open_count, stopped=True)
-            if await getattr(self, "_" + rule)(item):
-                fixed += 1
-                fen += money
-            else:
-                left += 1
-        return Handled(fixed, left, stopped=False)
+            fixed += 1
+            if bounded:
+                counted, fen = counted + 1, fen + money
+        return Handled(fixed, left, stopped)
 
     async def _approve_paid(self, item: asyncpg.Record) -> bool:
         async def accepted(conn: asyncpg.Connection) -> str:
@@ -123,12 +126,7 @@ class Handler:
         return await self._record(item, "resolve_open", handed)
 
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
-        """Paid at the channel, not in the batch's window of the journal: reversed, unless the
-        journal has it after all (the statement's time is the channel's, the window the switch's
-        arrival: a payment on either side of an hour), which ``_journal_elsewhere`` handles."""
-        journaled = await self._pool.fetchrow(_JOURNALED_SQL, item["out_trade_no"])
-        if journaled is not None:
-            return await self._journal_elsewhere(item, journaled)
+        """Paid at the channel, in no journal row of ours (``_rule_for``)."""
         asked = await self._ask(QUERY, item)
         if asked.outcome is Outcome.DECLINED and asked.sent:
             return await self._record(item, "reverse_long", _said("the channel now reports it closed: nothing to do"))
@@ -140,19 +138,17 @@ class Handler:
         reversed_ = _said("paid at the channel, unknown here: reversed, money returned")
         return await self._record(item, "reverse_long", reversed_)
 
-    async def _journal_elsewhere(self, item: asyncpg.Record, journaled: asyncpg.Record) -> bool:
-        """A LONG payment the journal keeps, on the batch's channel, for the same amount: nothing
-        to do at the channel. The item takes the journal's RRN, so that settlement pays it from
-        here should the batch of its arrival never take it (an hour that never ran, a terminal
-        dated a day ahead); once, whichever comes first. Anything else is a person's."""
-        if not (journaled["kept"] and journaled["channel"] == item["channel"]
-                and journaled["amount_fen"] == item["channel_fen"]):  # fmt: skip
-            return False
+    async def _journal_elsewhere(self, item: asyncpg.Record) -> bool:
+        """A LONG payment the journal keeps, on the batch's channel, for the same amount, from an
+        arrival outside the batch's window: nothing to do at the channel. The item takes the
+        journal's RRN, so that settlement pays it from here should the batch of its arrival never
+        take it (an hour that never ran, a terminal dated a day ahead); once, whichever comes
+        first."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
             await conn.execute(
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
-                item["id"], journaled["rrn"], journaled["state"], journaled["amount_fen"],
+                item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
             )  # fmt: skip
             return "paid on either side of an hour: the journal keeps it, from an arrival outside this batch"
 
@@ -231,6 +227,10 @@ def _rule_for(item: asyncpg.Record) -> str | None:
             return "approve_paid"
         if status is None:
             return "resolve_open"
+    if difference == "LONG" and item["elsewhere_rrn"] is not None:
+        # The journal has it after all (the statement's time is the channel's, the window the
+        # switch's arrival): kept as the statement says, nothing to do; otherwise a person's.
+        return "journal_elsewhere" if item["kept_elsewhere"] else None
     if difference == "LONG":
         return "reverse_long"
     if difference == "SHORT":
