@@ -330,13 +330,17 @@ def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database
             still_open = await pool.fetchval(
                 "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN' AND class = 'LONG'", batch.id
             )
-            return handling, fixed, still_open
+            all_open = await pool.fetchval(
+                "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN'", batch.id
+            )
+            return handling, fixed, still_open, all_open
         finally:
             await worker.close()
             await pool.close()
 
-    handling, fixed, still_open = run(scenario())
+    handling, fixed, still_open, all_open = run(scenario())
     assert handling["stopped"] is True and handling["fixed"] == 1 and fixed == 1
+    assert handling["left"] == all_open  # what "N left for a person" reports
     assert still_open >= 2  # left for a person
 
 
@@ -566,6 +570,42 @@ def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, databa
     order, row = run(scenario())
     assert row["state"] == "REVERSED"
     assert sim_ledger(simulators, channel)[order]["status"] == "REVERSED"  # the money went back
+
+
+def test_a_payment_kept_elsewhere_reversed_meanwhile_is_not_fixed_as_kept(switch, database_url, config_dir):
+    """A LONG item whose journal row was read kept with the batch's candidates, then asked to be
+    reversed before its turn came (earlier items wait on channel calls): it stays open for a
+    person, with no action recorded."""
+    from switch.recon.handling import _CANDIDATES
+
+    channel = "wechat"  # its current hour's batch is this test's own
+
+    async def scenario():
+        answer = await approved_purchase(switch, database_url, channel)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            moved = "UPDATE txn SET received_at = received_at - interval '2 hours' WHERE rrn = $1"
+            await pool.execute(moved, answer["37"])
+            now = dt.datetime.now(CST)
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
+            handler = Handler(pool, worker.call, Threshold(1000, 10**9))
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, CountingFetch(config_dir), handler)
+            assert await batch.run(stop_after="match") == "handle"
+            order = await pool.fetchval("SELECT out_trade_no FROM txn WHERE rrn = $1", answer["37"])
+            item = next(c for c in await pool.fetch(_CANDIDATES, batch.id) if c["out_trade_no"] == order)
+            assert item["kept_elsewhere"]
+            await pool.execute("UPDATE txn SET reversal_requested_at = now() WHERE rrn = $1", answer["37"])
+            fixed = await handler._journal_elsewhere(item)
+            status = await pool.fetchval("SELECT status FROM recon_item WHERE id = $1", item["id"])
+            actions = await pool.fetchval("SELECT count(*) FROM recon_action WHERE item_id = $1", item["id"])
+            await pool.execute("UPDATE txn SET reversal_requested_at = NULL WHERE rrn = $1", answer["37"])
+            return fixed, status, actions
+        finally:
+            await worker.close()
+            await pool.close()
+
+    assert run(scenario()) == (False, "OPEN", 0)
 
 
 def test_a_purchase_a_terminal_dates_a_day_ahead_is_reconciled_in_the_hour_it_arrived(

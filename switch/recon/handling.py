@@ -100,6 +100,10 @@ class Handler:
             fixed += 1
             if bounded:
                 counted, fen = counted + 1, fen + money
+        if stopped:  # everything left for a person, refunds' differences included
+            left = await self._pool.fetchval(
+                "SELECT count(*) FROM recon_item WHERE batch_id = $1 AND status = 'OPEN'", batch_id
+            )
         return Handled(fixed, left, stopped)
 
     async def _approve_paid(self, item: asyncpg.Record) -> bool:
@@ -146,6 +150,13 @@ class Handler:
         first."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
+            still = await conn.fetchval(  # as the candidates read it (a void or a reversal since: a person's)
+                "SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 "
+                "AND reversal_requested_at IS NULL FOR SHARE",
+                item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"],
+            )  # fmt: skip
+            if not still:
+                raise _JournalMoved
             await conn.execute(
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
                 item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
