@@ -68,18 +68,14 @@ class Notices:
             return "unknown_order"
         if paid.amount_fen != notice.amount_fen:
             return "amount_differs"
-        if not notice.paid:
-            # "Not paid" may leave the order payable at the channel: the resolver asks and, if it
-            # must, closes it there; a notice alone never ends it.
+        if not notice.paid or not paid.qr:
+            # The resolver's to end: "not paid" may leave the order payable at the channel (it asks
+            # and, if it must, closes it there), and a card's or payment code's purchase keeps its
+            # money only if its terminal was told so (``promise``): a notice never tells it 00.
             async with self._journal.pool.acquire() as conn:
-                await hand_to_resolver(conn, paid.key)
-            return "queried"
-        if not paid.qr:
-            # A card's or payment code's purchase keeps its money only if its terminal was told
-            # so (``promise``): the resolver asks and decides; a notice never tells it 00.
-            async with self._journal.pool.acquire() as conn:
-                if await hand_to_resolver(conn, paid.key):
-                    return "queried"
+                handed = await hand_to_resolver(conn, paid.key)
+            if handed or not notice.paid:
+                return "queried"
         else:
             report = Report(
                 *paid.key, Event.ACCEPTED, rc.APPROVED, auth_id_for(paid.rrn), notice.channel_code, "notification",
