@@ -457,7 +457,7 @@ class SwitchApp:
         drained = await self._server.drain(bound_s) if self._server is not None else Drained(0, 0, 0)
         if self._recon is not None:  # before the gateways it calls through go
             self._recon.cancel()
-        if self.resolver is not None:  # its leases are anyone's once the journal closes (journal.leases)
+        if self.resolver is not None:  # its leases lapse (resolver.LEASE_S) for any front end's resolver
             await self.resolver.stop()
         # Channel calls past their deadline may still bring a late answer to keep in the journal.
         while any(g.in_flight for g in self.gateways.values()) and loop.time() < started + bound_s:

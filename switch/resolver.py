@@ -3,9 +3,6 @@
 It takes (leases) the open transactions whose time has come: PENDING (the customer was still
 confirming when the terminal got ``09``), UNKNOWN (the channel may or may not have it), and
 RECEIVED rows past their deadline (orphaned by a crash: this is also the recovery at start-up).
-A lease stands while its front end's lease session lives (``switch.journal.leases``): what a
-front end that crashed or stopped had leased is taken back by the others, or by itself restarted,
-within ``SWEEP_EVERY_S``; a stuck one's leases lapse after ``LEASE_S``.
 For each it asks the channel, then:
 
 | the channel says  | the terminal was told    | so                                          |
@@ -62,7 +59,7 @@ MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
 OVERTAKEN_WITHIN_S = 3600.0  # how far back: a switch down for a while still finds them on its return
-SWEEP_EVERY_S = 2.0  # how often the resolver looks for what claims alone would find late (index scans)
+OVERTAKEN_EVERY_S = 2.0  # how often 0400s that raced their original's write-ahead are looked for (an index scan)
 LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
 
@@ -111,9 +108,9 @@ class Resolver:
         channel's slow calls never hold back another channel's transactions."""
         swept_at = 0.0
         while True:
-            if time.monotonic() >= swept_at + SWEEP_EVERY_S:
+            if time.monotonic() >= swept_at + OVERTAKEN_EVERY_S:
                 swept_at = time.monotonic()
-                await self._sweep()
+                await self._reverse_overtaken()
             try:
                 claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
                 due = [txn for txn in claimed if txn.key not in self._in_progress]
@@ -130,20 +127,16 @@ class Resolver:
                 log.exception("resolver pass failed; trying again shortly")
             await asyncio.sleep(self._poll_s)
 
-    async def _sweep(self) -> None:
-        """Flag the purchases whose 0400 raced their write-ahead (``Journal.flag_overtaken_originals``),
-        and take back what resolvers that are gone had leased (``Journal.take_back_abandoned``:
-        after a front end's crash or stop, at once rather than once their leases lapse). A failure
-        here never holds back claiming what is due."""
+    async def _reverse_overtaken(self) -> None:
+        """Flag the purchases whose 0400 raced their write-ahead (``Journal.flag_overtaken_originals``);
+        a failure here never holds back claiming what is due."""
         try:
             if flagged := await self._journal.flag_overtaken_originals(OVERTAKEN_WITHIN_S):
                 log.warning("purchases sent while their reversal was arriving: reversing", extra={"count": flagged})
-            if taken := await self._journal.take_back_abandoned(self._batch):
-                log.info("taken back from resolvers that are gone", extra={"count": taken})
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("sweeping the journal failed; trying again shortly")
+            log.exception("looking for reversals that raced their original failed; trying again shortly")
 
     async def _resolve_in_lane(self, txn: OpenTxn) -> None:
         lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))

@@ -14,7 +14,7 @@ from risk.engine import Hit
 from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
-from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, _TAKE_BACK_SQL, WRITER_LOCK_WAIT_MS, _columns
+from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -303,44 +303,6 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
             assert await journal.record(outcome(overdue, Event.CANCELLED, "05")) is State.CANCELLED
         finally:
             await journal.close()
-
-    run(scenario())
-
-
-def test_a_lease_stands_while_its_resolvers_session_lives_and_is_taken_back_once_it_is_gone(database_url):
-    """What one journal claimed, and put off, is its own while its lease session lives: another
-    neither claims it nor takes it back. Once that journal is closed (its front end stopped; one
-    killed has its sockets closed by the kernel), the other takes it back at once, an hour before
-    the lease would lapse. A purchase never claimed (in its front end's hands) is left alone."""
-    channel = f"lease-{uuid.uuid4().hex[:8]}"  # the shared journal: the claims take only this test's rows
-
-    async def scenario():
-        first, second = await open_journal(database_url), await open_journal(database_url)
-        try:
-            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            leased, put_off = [
-                new_txn(await first.next_rrn())._replace(channel=channel, next_check_at=past) for _ in range(2)
-            ]
-            in_hands = new_txn(await first.next_rrn())._replace(channel=channel)
-            for txn in (leased, put_off, in_hands):
-                assert await first.write_ahead(txn)
-            claimed = await first.claim_due(10, 3600, [channel])
-            assert sorted(t.rrn for t in claimed) == sorted([leased.rrn, put_off.rrn])
-            await first.defer(put_off.key, 3600)
-            await second.take_back_abandoned(1000)
-            assert await second.claim_due(10, 3600, [channel]) == []
-            await first.close()
-            await second.take_back_abandoned(1000)
-            taken = await second.claim_due(10, 3600, [channel])
-            assert sorted(t.rrn for t in taken) == sorted([leased.rrn, put_off.rrn])
-            assert {t.checks for t in taken} == {2}
-            untouched = await second.pool.fetchrow(
-                "SELECT checks, next_check_at > now() AS ahead FROM txn WHERE rrn = $1", in_hands.rrn
-            )
-            assert (untouched["checks"], untouched["ahead"]) == (0, True)
-        finally:
-            await first.close()
-            await second.close()
 
     run(scenario())
 
@@ -754,8 +716,7 @@ def _nodes(plan: dict) -> list[dict]:
 def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(database_url):
     """Resolvers claim every second. A row that has left their queues stays in the queue's index
     until a vacuum, up to a fifth of the day: a claim passes its entry once, not on every claim.
-    Each queue is read in order from its own index, however the statement is planned; so too by
-    the sweep taking back what resolvers that are gone had leased."""
+    Each queue is read in order from its own index, however the statement is planned."""
     from tests.conftest import fresh_database
 
     async def index_reads(conn: asyncpg.Connection, partition: str) -> int:
@@ -802,9 +763,7 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
             # The resolvers' next claims, planned once for any parameters (as a pooled connection's
             # prepared statement may be, from its sixth run).
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            claim = [4, 3600, [UNSERVED_CHANNEL], 0]
-            plans = [json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_CLAIM_SQL}", *claim))]
-            plans.append(json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_TAKE_BACK_SQL}", 4)))
+            plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_CLAIM_SQL}", 4, 3600, [UNSERVED_CHANNEL]))
             queues = await conn.fetch(
                 "SELECT indexname FROM pg_indexes WHERE tablename = $1 AND indexdef LIKE '%(next_check_at)%'",
                 partition,
@@ -812,11 +771,10 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
             reads = []
             for _ in range(4):
                 before = await index_reads(conn, partition)
-                assert len(await conn.fetch(_CLAIM_SQL, *claim)) == 4
+                assert len(await conn.fetch(_CLAIM_SQL, 4, 3600, [UNSERVED_CHANNEL])) == 4
                 reads.append(await index_reads(conn, partition) - before)
-            for plan in plans:  # the claim's, and the take-back's of what resolvers that are gone leased
-                scanned = {node["Index Name"] for node in _nodes(plan[0]["Plan"]) if node["Node Type"] == "Index Scan"}
-                assert {q["indexname"] for q in queues} <= scanned, (queues, scanned)  # in order, not as a bitmap
+            scanned = {node["Index Name"] for node in _nodes(plan[0]["Plan"]) if node["Node Type"] == "Index Scan"}
+            assert {q["indexname"] for q in queues} <= scanned, (queues, scanned)  # in order, not as a bitmap
             return [(t.rrn, t.reversal_requested) for t in claimed], reads
         finally:
             await conn.close()

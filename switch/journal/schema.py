@@ -644,10 +644,6 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (asked, front_end)
     );
     """,
-    # 22: whose lease a claimed transaction is under (switch.journal.leases): a backend pid.
-    """
-    ALTER TABLE txn ADD COLUMN leased_by int;
-    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

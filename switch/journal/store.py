@@ -15,7 +15,6 @@ import asyncpg
 
 from protocols import response_codes as rc
 from switch.journal.groupcommit import GroupCommit
-from switch.journal.leases import LeaseHolder
 from switch.journal.machine import (
     DUE_SQL,
     KEPT,
@@ -285,30 +284,10 @@ def _due_in(queue: str) -> str:
 _CLAIM_SQL = (
     f"WITH open AS ({_due_in(OPEN_SQL)}), reversing AS ({_due_in(REVERSING_SQL)}), "
     "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1) "
-    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1, leased_by = $4 "
-    "FROM due "
+    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
-)
-
-
-def _abandoned_in(queue: str) -> str:
-    return (
-        f"SELECT tx_date, terminal_id, stan, transmitted FROM txn WHERE {queue} AND next_check_at > now() "
-        "AND leased_by <> ALL (SELECT pid FROM pg_stat_activity) ORDER BY next_check_at LIMIT $1 "
-        "FOR UPDATE SKIP LOCKED"
-    )
-
-
-# Leased (or put off) by a resolver whose lease session is gone: due at once, each queue read in
-# order from its own index, as the claim reads it.
-_TAKE_BACK_SQL = (
-    f"WITH open AS ({_abandoned_in(OPEN_SQL)}), reversing AS ({_abandoned_in(REVERSING_SQL)}), "
-    "gone AS (SELECT * FROM open UNION ALL SELECT * FROM reversing) "
-    "UPDATE txn t SET next_check_at = now(), leased_by = NULL FROM gone "
-    "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
-    "(gone.tx_date, gone.terminal_id, gone.stan, gone.transmitted)"
 )
 _DEFER_SQL = (
     f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {DUE_SQL} "
@@ -395,12 +374,10 @@ class Journal:
         inserters: asyncpg.Pool,
         movers: asyncpg.Pool,
         max_batch: int,
-        leases: LeaseHolder,
         on_batch: BatchObserver | None = None,
         linger_s: float = 0.0,
     ) -> None:
         self._pool = pool
-        self._leases = leases
         self._inserters = inserters
         self._movers = movers
         self._inserts = GroupCommit(
@@ -445,13 +422,12 @@ class Journal:
             )
 
         inserters, movers = await writing("write_ahead", _PLANNED_ONCE), await writing("outcome", _KEY_LOOKUPS_ONLY)
-        journal = cls(pool, inserters, movers, max_batch, LeaseHolder(url, _named("leases")), on_batch, linger_s)
+        journal = cls(pool, inserters, movers, max_batch, on_batch, linger_s)
         await journal.ensure_partitions(ahead_days=ahead_days)
         return journal
 
     async def close(self) -> None:
         self._rrns.close()
-        await self._leases.close()
         await self._inserts.close()
         await self._updates.close()
         await self._decisions.close()
@@ -530,18 +506,10 @@ class Journal:
 
     async def claim_due(self, limit: int, lease_s: float, channels: list[str]) -> list[OpenTxn]:
         """Take up to ``limit`` open transactions of ``channels`` whose time has come, the most
-        overdue first, leased for ``lease_s`` to this journal's lease session (several resolvers
-        never take the same one; a front end takes only the channels it serves). A resolver
-        that is gone lets its leases go at once (``take_back_abandoned``); one that is stuck, once
-        they lapse."""
-        rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels, await self._leases.pid())
+        overdue first, leased for ``lease_s`` (several resolvers never take the same one; a
+        resolver that dies lets its lease lapse; a front end takes only the channels it serves)."""
+        rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels)
         return [OpenTxn(*row) for row in rows]
-
-    async def take_back_abandoned(self, limit: int) -> int:
-        """Make due now up to ``limit`` open transactions leased, or put off, by a resolver whose
-        lease session is gone (``switch.journal.leases``). Returns how many."""
-        done = await self._leases.execute(_TAKE_BACK_SQL, limit)
-        return int(done.split()[-1])
 
     async def defer(self, key: TxnKey, seconds: float) -> None:
         """Look at an open transaction again in ``seconds``."""
