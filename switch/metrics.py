@@ -199,13 +199,6 @@ class Metrics:
             ["channel"],
             registry=r,
         )
-        self.leases_lapsed = Counter(
-            "paysw_resolver_leases_lapsed",
-            "Cancels, closes, voids and refunds the resolver did not send because its lease had lapsed "
-            "(a lane stuck past resolver.LEASE_S; the next claim decides): alert on any, by channel",
-            ["channel"],
-            registry=r,
-        )
 
         for hot in (self.answers, self.latency, self.channel_latency, self.in_flight, self.requests, self.refused,
                     self.shed, self.resend_lookups, self.journal_batch, self.journal_seconds,

@@ -3,7 +3,6 @@
 It takes (leases) the open transactions whose time has come: PENDING (the customer was still
 confirming when the terminal got ``09``), UNKNOWN (the channel may or may not have it), and
 RECEIVED rows past their deadline (orphaned by a crash: this is also the recovery at start-up).
-A lease outlasts a query and a cancel; a lane stuck past it sends no call that moves money.
 For each it asks the channel, then:
 
 | the channel says  | the terminal was told    | so                                          |
@@ -55,7 +54,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("paysw.resolver")
 
 CALL_TIMEOUT_S = 15.0
-LEASE_S = 60.0  # longer than a query and a cancel together: a lane's work never outlives its lease, unless stuck
+LEASE_S = 60.0  # longer than a query and a cancel together
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
@@ -74,12 +73,8 @@ class Resolver:
         metrics: Metrics,
         poll_s: float = 1.0,
         batch: int = 100,
-        lease_s: float = LEASE_S,
-        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         self._journal = journal
-        self._lease_s = lease_s
-        self._call_timeout_s = call_timeout_s
         self._gateways = gateways
         self._channels = channels
         self._merchant_channel_ids = merchant_channel_ids
@@ -117,7 +112,7 @@ class Resolver:
                 swept_at = time.monotonic()
                 await self._reverse_overtaken()
             try:
-                claimed = await self._journal.claim_due(self._batch, self._lease_s, list(self._gateways))
+                claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
                 due = [txn for txn in claimed if txn.key not in self._in_progress]
                 for txn in due:
                     self._in_progress.add(txn.key)
@@ -178,9 +173,9 @@ class Resolver:
             txn.received_at.timestamp(),
             txn.channel_txn_id or "",
         )
-        found = await gateway.call(QUERY, ref, time.time() + self._call_timeout_s)
+        found = await gateway.call(QUERY, ref, time.time() + CALL_TIMEOUT_S)
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
             return
         promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested, txn.expires_at is not None)
         not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
@@ -194,7 +189,7 @@ class Resolver:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.PENDING:
             if age * 1000 < channel.payment_window_ms and promised is not Promise.REVERSE:
-                await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
+                await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.DECLINED and found.channel_code != NOT_FOUND:
@@ -203,7 +198,7 @@ class Resolver:
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 
     async def _refuse_declined(self, txn: OpenTxn, result: ChannelResult) -> None:
         """A payment or refund that risk declined, recorded so without a channel call (a refund
@@ -224,7 +219,7 @@ class Resolver:
     async def _resolve_undo(self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway) -> None:
         """A void or refund whose outcome is not known: the same idempotent call again."""
         original = await self._original(txn)
-        if original is None or not await self._still_ours(txn, txn.txn_type):
+        if original is None:
             return
         merchant_channel_id = self._merchant_channel_ids.get((txn.merchant_id, txn.channel), "")
         result = await undo.call(
@@ -234,32 +229,30 @@ class Resolver:
             txn.amount_fen,
             original,
             merchant_channel_id,
-            time.time() + self._call_timeout_s,
+            time.time() + CALL_TIMEOUT_S,
         )
         if result.sent and result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 
     async def _cancel(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
     ) -> None:
         wait = channel.cancel_after_ms / 1000 - age
         if wait > 0:  # the channel wants time between the pay call and a cancel
-            await self._journal.defer(txn.key, txn.checks, wait)
+            await self._journal.defer(txn.key, wait)
             return
-        if not await self._still_ours(txn, "cancel"):
-            return
-        cancelled = await gateway.call(CANCEL, ref, time.time() + self._call_timeout_s)
+        cancelled = await gateway.call(CANCEL, ref, time.time() + CALL_TIMEOUT_S)
         if not cancelled.sent:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
         elif cancelled.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
             await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
-            await self._journal.defer(txn.key, txn.checks, min(2.0, channel.query_interval_ms / 1000))
+            await self._journal.defer(txn.key, min(2.0, channel.query_interval_ms / 1000))
 
     async def _close_when_expired(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
@@ -269,32 +262,17 @@ class Resolver:
         left = txn.expires_at.timestamp() - time.time()
         wait = max(left, channel.close_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
         if wait > 0:
-            await self._journal.defer(txn.key, txn.checks, min(wait, _backoff(channel, txn.checks)))
-            return
-        if not await self._still_ours(txn, "close"):
+            await self._journal.defer(txn.key, min(wait, _backoff(channel, txn.checks)))
             return
         closed = await gateway.call(
-            CLOSE, ref._replace(expires=txn.expires_at.timestamp()), time.time() + self._call_timeout_s
+            CLOSE, ref._replace(expires=txn.expires_at.timestamp()), time.time() + CALL_TIMEOUT_S
         )
         if closed.sent and closed.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), closed)
         elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so
-            await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
+            await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
-
-    async def _still_ours(self, txn: OpenTxn, call: str) -> bool:
-        """Whether this resolver's claim on ``txn`` holds for one more channel call. A lane stuck
-        past its lease (another resolver may have taken the transaction since, and be acting on
-        what the journal says now) makes no call that moves money: the claim after it decides."""
-        if await self._journal.leased(txn.key, txn.checks, self._call_timeout_s):
-            return True
-        self._metrics.leases_lapsed.labels(txn.channel).inc()
-        log.warning(
-            "lease lapsed before a channel call that moves money: not made, left to the next claim",
-            extra={"rrn": txn.rrn, "channel": txn.channel, "call": call},
-        )
-        return False
+            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
 
     async def _give_up(self, txn: OpenTxn, reason: str) -> None:
         await self._journal.dead_letter(txn, reason)

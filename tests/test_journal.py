@@ -307,38 +307,6 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
     run(scenario())
 
 
-def test_a_claim_whose_lease_lapsed_holds_nothing_and_puts_nothing_off(database_url):
-    """A claim holds its transaction while its lease runs and no claim came after it; once
-    another claim took it, the first's "look again later" changes nothing (it would cut the new
-    claim's lease short, and let a third resolver in)."""
-    channel = f"lapse-{uuid.uuid4().hex[:8]}"  # the shared journal: the claims take only this test's rows
-
-    async def scenario():
-        journal = await open_journal(database_url)
-        try:
-            txn = new_txn(await journal.next_rrn())._replace(
-                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            )
-            assert await journal.write_ahead(txn)
-            [first] = await journal.claim_due(10, 0.3, [channel])
-            assert await journal.leased(txn.key, first.checks, 0)
-            assert not await journal.leased(txn.key, first.checks, 60)  # not for a call that long
-            await asyncio.sleep(0.4)
-            assert not await journal.leased(txn.key, first.checks, 0)
-            [second] = await journal.claim_due(10, 3600, [channel])
-            assert second.checks == first.checks + 1
-            assert not await journal.leased(txn.key, first.checks, 0)
-            await journal.defer(txn.key, first.checks, 0)  # the lapsed claim's
-            assert await journal.leased(txn.key, second.checks, 60)
-            assert await journal.claim_due(10, 3600, [channel]) == []
-            await journal.defer(txn.key, second.checks, 0)
-            assert [t.rrn for t in await journal.claim_due(10, 3600, [channel])] == [txn.rrn]
-        finally:
-            await journal.close()
-
-    run(scenario())
-
-
 def test_an_authorisation_code_goes_with_any_answer_but_an_approval(database_url):
     async def scenario():
         journal = await open_journal(database_url)

@@ -290,12 +290,8 @@ _CLAIM_SQL = (
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
 _DEFER_SQL = (
-    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $6) WHERE {DUE_SQL} "
-    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND checks = $5"
-)
-_LEASED_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 "
-    "AND checks = $5 AND next_check_at >= now() + make_interval(secs => $6))"
+    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {DUE_SQL} "
+    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
 _ORIGINAL_SQL = (
@@ -515,15 +511,9 @@ class Journal:
         rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels)
         return [OpenTxn(*row) for row in rows]
 
-    async def defer(self, key: TxnKey, checks: int, seconds: float) -> None:
-        """Look at an open transaction again in ``seconds``: by the claim that counted ``checks``
-        (one whose lease lapsed, and another took the transaction, puts nothing off)."""
-        await self._pool.execute(_DEFER_SQL, *key, checks, seconds)
-
-    async def leased(self, key: TxnKey, checks: int, for_s: float) -> bool:
-        """Whether the claim that counted ``checks`` still holds ``key`` for ``for_s`` seconds more:
-        no claim since, nothing finished it, and its lease not lapsing sooner."""
-        return await self._pool.fetchval(_LEASED_SQL, *key, checks, for_s)
+    async def defer(self, key: TxnKey, seconds: float) -> None:
+        """Look at an open transaction again in ``seconds``."""
+        await self._pool.execute(_DEFER_SQL, *key, seconds)
 
     async def open_count(self) -> int:
         """Transactions the resolver is still settling (open, or approved with a reversal to carry
