@@ -199,6 +199,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.leases_lost = Counter(
+            "paysw_resolver_leases_lost",
+            "Transactions a resolver's lane left alone because its lease had lapsed and another claim "
+            "took them (a lane stuck past resolver.LEASE_S): alert on any, by channel",
+            ["channel"],
+            registry=r,
+        )
 
         for hot in (self.answers, self.latency, self.channel_latency, self.in_flight, self.requests, self.refused,
                     self.shed, self.resend_lookups, self.journal_batch, self.journal_seconds,

@@ -3,6 +3,9 @@
 It takes (leases) the open transactions whose time has come: PENDING (the customer was still
 confirming when the terminal got ``09``), UNKNOWN (the channel may or may not have it), and
 RECEIVED rows past their deadline (orphaned by a crash: this is also the recovery at start-up).
+A claim's lease is its own (``leased_until``): a reversal or a notification that makes a leased
+transaction due lets no other resolver in, and a lane renews its lease as it starts and before
+each cancel, close, void or refund, so one stuck past its lease makes none of them.
 For each it asks the channel, then:
 
 | the channel says  | the terminal was told    | so                                          |
@@ -54,7 +57,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("paysw.resolver")
 
 CALL_TIMEOUT_S = 15.0
-LEASE_S = 60.0  # longer than a query and a cancel together
+LEASE_S = 60.0  # longer than a query and a cancel together; renewed as a lane starts and before each cancel
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
@@ -73,8 +76,12 @@ class Resolver:
         metrics: Metrics,
         poll_s: float = 1.0,
         batch: int = 100,
+        lease_s: float = LEASE_S,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         self._journal = journal
+        self._lease_s = lease_s
+        self._call_timeout_s = call_timeout_s
         self._gateways = gateways
         self._channels = channels
         self._merchant_channel_ids = merchant_channel_ids
@@ -112,7 +119,7 @@ class Resolver:
                 swept_at = time.monotonic()
                 await self._reverse_overtaken()
             try:
-                claimed = await self._journal.claim_due(self._batch, LEASE_S, list(self._gateways))
+                claimed = await self._journal.claim_due(self._batch, self._lease_s, list(self._gateways))
                 due = [txn for txn in claimed if txn.key not in self._in_progress]
                 for txn in due:
                     self._in_progress.add(txn.key)
@@ -141,8 +148,9 @@ class Resolver:
     async def _resolve_in_lane(self, txn: OpenTxn) -> None:
         lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))
         try:
-            async with lane:
-                await self.resolve(txn)
+            async with lane:  # the wait for a lane may have outlasted the claim's lease
+                if await self._held(txn, "resolve"):
+                    await self.resolve(txn)
         except Exception:
             # The lease lapses and the transaction comes round again: nothing is dropped.
             log.exception("resolving failed", extra={"rrn": txn.rrn, "channel": txn.channel})
@@ -173,9 +181,9 @@ class Resolver:
             txn.received_at.timestamp(),
             txn.channel_txn_id or "",
         )
-        found = await gateway.call(QUERY, ref, time.time() + CALL_TIMEOUT_S)
+        found = await gateway.call(QUERY, ref, time.time() + self._call_timeout_s)
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
-            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
             return
         promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested, txn.expires_at is not None)
         not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
@@ -189,7 +197,7 @@ class Resolver:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.PENDING:
             if age * 1000 < channel.payment_window_ms and promised is not Promise.REVERSE:
-                await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
+                await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.DECLINED and found.channel_code != NOT_FOUND:
@@ -198,7 +206,7 @@ class Resolver:
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
-            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
 
     async def _refuse_declined(self, txn: OpenTxn, result: ChannelResult) -> None:
         """A payment or refund that risk declined, recorded so without a channel call (a refund
@@ -219,7 +227,7 @@ class Resolver:
     async def _resolve_undo(self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway) -> None:
         """A void or refund whose outcome is not known: the same idempotent call again."""
         original = await self._original(txn)
-        if original is None:
+        if original is None or not await self._held(txn, txn.txn_type):
             return
         merchant_channel_id = self._merchant_channel_ids.get((txn.merchant_id, txn.channel), "")
         result = await undo.call(
@@ -229,30 +237,32 @@ class Resolver:
             txn.amount_fen,
             original,
             merchant_channel_id,
-            time.time() + CALL_TIMEOUT_S,
+            time.time() + self._call_timeout_s,
         )
         if result.sent and result.outcome in (Outcome.APPROVED, Outcome.DECLINED):
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
-            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
 
     async def _cancel(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
     ) -> None:
         wait = channel.cancel_after_ms / 1000 - age
         if wait > 0:  # the channel wants time between the pay call and a cancel
-            await self._journal.defer(txn.key, wait)
+            await self._journal.defer(txn.key, txn.checks, wait)
             return
-        cancelled = await gateway.call(CANCEL, ref, time.time() + CALL_TIMEOUT_S)
+        if not await self._held(txn, CANCEL):
+            return
+        cancelled = await gateway.call(CANCEL, ref, time.time() + self._call_timeout_s)
         if not cancelled.sent:
-            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
         elif cancelled.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
             await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
-            await self._journal.defer(txn.key, min(2.0, channel.query_interval_ms / 1000))
+            await self._journal.defer(txn.key, txn.checks, min(2.0, channel.query_interval_ms / 1000))
 
     async def _close_when_expired(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
@@ -262,17 +272,33 @@ class Resolver:
         left = txn.expires_at.timestamp() - time.time()
         wait = max(left, channel.close_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
         if wait > 0:
-            await self._journal.defer(txn.key, min(wait, _backoff(channel, txn.checks)))
+            await self._journal.defer(txn.key, txn.checks, min(wait, _backoff(channel, txn.checks)))
+            return
+        if not await self._held(txn, CLOSE):
             return
         closed = await gateway.call(
-            CLOSE, ref._replace(expires=txn.expires_at.timestamp()), time.time() + CALL_TIMEOUT_S
+            CLOSE, ref._replace(expires=txn.expires_at.timestamp()), time.time() + self._call_timeout_s
         )
         if closed.sent and closed.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), closed)
         elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so
-            await self._journal.defer(txn.key, channel.query_interval_ms / 1000)
+            await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
         else:
-            await self._journal.defer(txn.key, _backoff(channel, txn.checks))
+            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+
+    async def _held(self, txn: OpenTxn, before: str) -> bool:
+        """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
+        void or refund). A lane stuck past its lease, whose transaction another resolver took
+        meanwhile and may be acting on, makes no call: what it would do is the other's to decide."""
+        if await self._journal.renew(txn.key, txn.checks, self._lease_s):
+            return True
+        if await self._journal.taken_since(txn.key, txn.checks):
+            self._metrics.leases_lost.labels(txn.channel).inc()
+            log.warning(
+                "lease lapsed and the transaction taken by another claim: left to it",
+                extra={"rrn": txn.rrn, "channel": txn.channel, "before": before},
+            )
+        return False
 
     async def _give_up(self, txn: OpenTxn, reason: str) -> None:
         await self._journal.dead_letter(txn, reason)

@@ -307,6 +307,45 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
     run(scenario())
 
 
+def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url):
+    """A claim's lease is its own: a hand to the resolver (a reversal, a notification) makes the
+    transaction due, yet no second claim takes it while the lease runs, and the claim's "look again
+    later" then keeps it due. Renewing holds a claim only while no later claim has taken the
+    transaction and no move has ended it; a claim whose lease lapsed and was taken puts nothing off."""
+    channel = f"lease-{uuid.uuid4().hex[:8]}"  # the shared journal: the claims take only this test's rows
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())._replace(
+                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+            assert await journal.write_ahead(txn)
+            [first] = await journal.claim_due(10, 3600, [channel])
+            async with journal.pool.acquire() as conn:
+                assert await hand_to_resolver(conn, txn.key)
+            assert await journal.claim_due(10, 3600, [channel]) == []
+            assert await journal.renew(txn.key, first.checks, 3600)
+            assert not await journal.renew(txn.key, first.checks + 1, 3600)
+            await journal.defer(txn.key, first.checks, 3600)  # asked for meanwhile: still due
+            [second] = await journal.claim_due(10, 1, [channel])
+            assert second.checks == first.checks + 1
+            assert not await journal.renew(txn.key, first.checks, 3600)
+            await asyncio.sleep(1.2)  # the second claim's lease lapses, and a third takes it
+            [third] = await journal.claim_due(10, 3600, [channel])
+            assert not await journal.renew(txn.key, second.checks, 3600)
+            assert await journal.taken_since(txn.key, second.checks)
+            await journal.defer(txn.key, second.checks, 0)
+            assert await journal.claim_due(10, 3600, [channel]) == []
+            assert await journal.record(outcome(txn, Event.CANCELLED, "05")) is State.CANCELLED
+            assert not await journal.renew(txn.key, third.checks, 3600)  # ended by a move
+            assert not await journal.taken_since(txn.key, third.checks)
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_an_authorisation_code_goes_with_any_answer_but_an_approval(database_url):
     async def scenario():
         journal = await open_journal(database_url)

@@ -13,7 +13,7 @@ from bench.demo_config import DEMO_SWITCH_CONFIG
 from protocols import response_codes as rc
 from protocols.messages import ChannelResult, Outcome
 from switch.config import load_config
-from switch.journal import Event, Journal, NewTxn, Report
+from switch.journal import Event, Journal, NewTxn, Report, TxnKey, hand_to_resolver
 from switch.metrics import Metrics
 from switch.resolver import Resolver
 from tests.conftest import run
@@ -25,9 +25,11 @@ class StandInGateway:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.calls = 0
+        self.ops: list[str] = []
 
     async def call(self, op, ref, deadline, auth_code="", on_late=None) -> ChannelResult:
         self.calls += 1
+        self.ops.append(op)
         await asyncio.sleep(self.delay)
         return ChannelResult(1, Outcome.APPROVED, rc.APPROVED, "OK", "", "CH1")
 
@@ -99,6 +101,87 @@ def test_a_hung_channel_holds_only_its_own_lane(database_url):
             assert hung.calls == 16  # one lane's width under way, the rest waiting, none twice
         finally:
             await resolver.stop()
+            await journal.close()
+
+    run(scenario())
+
+
+async def settled(journal: Journal, rrn: str) -> str:
+    """The transaction's state once it is no longer UNKNOWN (or after 10 s)."""
+    for _ in range(200):
+        state = await journal.pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
+        if state != "UNKNOWN":
+            return state
+        await asyncio.sleep(0.05)
+    return state
+
+
+def test_a_reversal_asked_for_while_a_resolver_works_lets_no_other_resolver_in(database_url):
+    """A resolver is querying a transaction when something hands it to the resolver (a reversal,
+    a notification): due now, but leased. Another resolver takes nothing; the first finds it paid
+    and cancels it (the terminal was told 91), once."""
+
+    async def scenario():
+        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
+        name = f"busy-{uuid.uuid4().hex[:6]}"
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+        working, idle = StandInGateway(delay=1.0), StandInGateway(delay=0.01)
+        first = Resolver(journal, {name: working}, {name: channel}, {}, Metrics(), poll_s=0.1)
+        other = Resolver(journal, {name: idle}, {name: channel}, {}, Metrics(), poll_s=0.1)
+        rrn = await unknown_txn(journal, name)
+        first.start()
+        try:
+            while not working.ops:  # claimed, its query under way
+                await asyncio.sleep(0.02)
+            key = TxnKey(*await journal.pool.fetchrow(
+                "SELECT tx_date, terminal_id, stan, transmitted FROM txn WHERE rrn = $1", rrn
+            ))  # fmt: skip
+            async with journal.pool.acquire() as conn:
+                assert await hand_to_resolver(conn, key)
+            other.start()
+            assert await settled(journal, rrn) == "CANCELLED"
+            assert (working.ops, idle.ops) == (["query", "cancel"], [])
+        finally:
+            await first.stop()
+            await other.stop()
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_resolver_stuck_past_its_lease_sends_no_cancel(database_url):
+    """A lane stuck past its lease (its query answers after 2 s, the lease is 1 s): another
+    resolver takes the transaction meanwhile, finds it paid and cancels it (the terminal was told
+    91). The first, back with its own "paid", sends no second cancel: its claim is no longer the
+    transaction's, whatever the journal says now is the other's to act on."""
+
+    async def scenario():
+        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
+        name = f"lapse-{uuid.uuid4().hex[:6]}"
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+        slow, quick = StandInGateway(delay=2.0), StandInGateway(delay=0.01)
+        metrics = Metrics()
+        stuck = Resolver(journal, {name: slow}, {name: channel}, {}, metrics, poll_s=60, lease_s=1, call_timeout_s=0.5)
+        other = Resolver(journal, {name: quick}, {name: channel}, {}, Metrics(), poll_s=0.1)
+        rrn = await unknown_txn(journal, name)
+        stuck.start()
+        try:
+            while not slow.ops:  # claimed (once: its next claim is a minute away), its query under way
+                await asyncio.sleep(0.02)
+            other.start()
+            assert await settled(journal, rrn) == "CANCELLED"
+
+            def lost() -> float | None:
+                return metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name})
+
+            for _ in range(100):  # the stuck lane's query answers, and its lane ends
+                if lost():
+                    break
+                await asyncio.sleep(0.05)
+            assert (slow.ops, quick.ops, lost()) == (["query"], ["query", "cancel"], 1)
+        finally:
+            await stuck.stop()
+            await other.stop()
             await journal.close()
 
     run(scenario())

@@ -644,6 +644,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (asked, front_end)
     );
     """,
+    # 22: the resolver's lease of its own (store._CLAIM_SQL): next_check_at is when to look again,
+    # which a reversal or a notification makes "now" while a resolver may be at work on it.
+    """
+    ALTER TABLE txn ADD COLUMN leased_until timestamptz;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

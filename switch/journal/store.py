@@ -244,7 +244,7 @@ _MOVE_SQL = (
     f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
     f"auth_id = {_AUTH_ID_SQL}, "
     + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
-    + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
+    + f", next_check_at = {NEXT_CHECK_SQL}, leased_until = NULL FROM unnest("
     + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
     + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
@@ -272,7 +272,8 @@ _OPEN_TXN_COLUMNS = [f"t.{c}" for c in OpenTxn._fields if c != "reversal_request
 def _due_in(queue: str) -> str:
     return (
         f"SELECT tx_date, terminal_id, stan, transmitted, next_check_at FROM txn WHERE {queue} "
-        "AND next_check_at <= now() AND channel = ANY($3) ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+        "AND next_check_at <= now() AND channel = ANY($3) AND (leased_until IS NULL OR leased_until <= now()) "
+        "ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED"
     )
 
 
@@ -284,14 +285,22 @@ def _due_in(queue: str) -> str:
 _CLAIM_SQL = (
     f"WITH open AS ({_due_in(OPEN_SQL)}), reversing AS ({_due_in(REVERSING_SQL)}), "
     "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1) "
-    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
+    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), "
+    "leased_until = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
+# A claim's "look again in": not for a claim another has taken since, and not later than a
+# reversal or a notification asked for meanwhile (it made the row due while this one worked).
 _DEFER_SQL = (
-    f"UPDATE txn SET next_check_at = now() + make_interval(secs => $5) WHERE {DUE_SQL} "
-    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
+    "UPDATE txn SET next_check_at = CASE WHEN next_check_at <= now() THEN next_check_at "
+    f"ELSE now() + make_interval(secs => $6) END, leased_until = NULL WHERE {DUE_SQL} "
+    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND checks = $5"
+)
+_RENEW_SQL = (
+    "UPDATE txn SET leased_until = now() + make_interval(secs => $6) WHERE tx_date = $1 AND terminal_id = $2 "
+    "AND stan = $3 AND transmitted = $4 AND checks = $5 AND leased_until IS NOT NULL RETURNING true"
 )
 
 _ORIGINAL_SQL = (
@@ -506,14 +515,28 @@ class Journal:
 
     async def claim_due(self, limit: int, lease_s: float, channels: list[str]) -> list[OpenTxn]:
         """Take up to ``limit`` open transactions of ``channels`` whose time has come, the most
-        overdue first, leased for ``lease_s`` (several resolvers never take the same one; a
-        resolver that dies lets its lease lapse; a front end takes only the channels it serves)."""
+        overdue first, leased for ``lease_s`` (several resolvers never take the same one, even when
+        a reversal or a notification makes it due while leased; a resolver that dies lets its
+        lease lapse; a front end takes only the channels it serves)."""
         rows = await self._pool.fetch(_CLAIM_SQL, limit, lease_s, channels)
         return [OpenTxn(*row) for row in rows]
 
-    async def defer(self, key: TxnKey, seconds: float) -> None:
-        """Look at an open transaction again in ``seconds``."""
-        await self._pool.execute(_DEFER_SQL, *key, seconds)
+    async def defer(self, key: TxnKey, checks: int, seconds: float) -> None:
+        """End the claim that counted ``checks`` and look at the transaction again in ``seconds``
+        (sooner if something asked for it meanwhile; nothing if another claim has taken it)."""
+        await self._pool.execute(_DEFER_SQL, *key, checks, seconds)
+
+    async def taken_since(self, key: TxnKey, checks: int) -> bool:
+        """Whether a claim after the one that counted ``checks`` has taken the transaction."""
+        return bool(await self._pool.fetchval(
+            "SELECT checks <> $5 FROM txn WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4",
+            *key, checks,
+        ))  # fmt: skip
+
+    async def renew(self, key: TxnKey, checks: int, lease_s: float) -> bool:
+        """Hold the claim that counted ``checks`` for ``lease_s`` more; False when it is no longer
+        the transaction's (another claim took it once its lease lapsed, or a move ended it)."""
+        return bool(await self._pool.fetchval(_RENEW_SQL, *key, checks, lease_s))
 
     async def open_count(self) -> int:
         """Transactions the resolver is still settling (open, or approved with a reversal to carry
