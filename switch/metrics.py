@@ -201,8 +201,8 @@ class Metrics:
         )
         self.leases_lost = Counter(
             "paysw_resolver_leases_lost",
-            "Transactions a resolver's lane left alone because its lease had lapsed and another claim "
-            "took them (a lane stuck past resolver.LEASE_S): alert on any, by channel",
+            "Transactions a resolver's lane left alone because its lease had lapsed and another front end's "
+            "resolver took them (a lane stuck past resolver.LEASE_S): alert on any, by channel",
             ["channel"],
             registry=r,
         )

@@ -3,9 +3,10 @@
 It takes (leases) the open transactions whose time has come: PENDING (the customer was still
 confirming when the terminal got ``09``), UNKNOWN (the channel may or may not have it), and
 RECEIVED rows past their deadline (orphaned by a crash: this is also the recovery at start-up).
-A claim's lease is its own (``leased_until``): a reversal or a notification that makes a leased
-transaction due lets no other resolver in, and a lane renews its lease as it starts and before
-each cancel, close, void or refund, so one stuck past its lease makes none of them.
+A claim's lease is its own (``leased_until``): a reversal, a notification or a move that makes a
+leased transaction due lets no other resolver in (the lane that holds it looks again as it ends),
+and a lane renews its lease as it starts and before each cancel, close, void or refund, so one
+stuck past its lease, once another resolver has taken the transaction, makes none of them.
 For each it asks the channel, then:
 
 | the channel says  | the terminal was told    | so                                          |
@@ -90,7 +91,9 @@ class Resolver:
         self._batch = batch
         self._task: asyncio.Task[None] | None = None
         self._lanes: dict[str, asyncio.Semaphore] = {}
-        self._in_progress: set[TxnKey] = set()  # a lease may lapse while a lane is stuck: never twice
+        # The claim (its checks) of each transaction a lane here has or waits for: a lease may lapse
+        # meanwhile and this resolver claim it again, never twice at once.
+        self._in_progress: dict[TxnKey, int] = {}
         self._workers: set[asyncio.Task[None]] = set()
 
     def set_merchant_channel_ids(self, ids: dict[tuple[str, str], str]) -> None:
@@ -120,9 +123,11 @@ class Resolver:
                 await self._reverse_overtaken()
             try:
                 claimed = await self._journal.claim_due(self._batch, self._lease_s, list(self._gateways))
-                due = [txn for txn in claimed if txn.key not in self._in_progress]
-                for txn in due:
-                    self._in_progress.add(txn.key)
+                for txn in claimed:
+                    if txn.key in self._in_progress:  # its lease lapsed while waiting for a lane here, or in one
+                        self._in_progress[txn.key] = txn.checks  # that lane's, from now on
+                        continue
+                    self._in_progress[txn.key] = txn.checks
                     worker = asyncio.get_running_loop().create_task(self._resolve_in_lane(txn))
                     self._workers.add(worker)
                     worker.add_done_callback(self._workers.discard)
@@ -151,11 +156,12 @@ class Resolver:
             async with lane:  # the wait for a lane may have outlasted the claim's lease
                 if await self._held(txn, "resolve"):
                     await self.resolve(txn)
+            await self._journal.release(txn.key, self._claim(txn))  # its move may have left it due
         except Exception:
             # The lease lapses and the transaction comes round again: nothing is dropped.
             log.exception("resolving failed", extra={"rrn": txn.rrn, "channel": txn.channel})
         finally:
-            self._in_progress.discard(txn.key)
+            del self._in_progress[txn.key]
 
     async def resolve(self, txn: OpenTxn) -> None:
         channel = self._channels.get(txn.channel)
@@ -183,7 +189,7 @@ class Resolver:
         )
         found = await gateway.call(QUERY, ref, time.time() + self._call_timeout_s)
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.checks))
             return
         promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested, txn.expires_at is not None)
         not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
@@ -197,7 +203,7 @@ class Resolver:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.PENDING:
             if age * 1000 < channel.payment_window_ms and promised is not Promise.REVERSE:
-                await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
+                await self._defer(txn, channel.query_interval_ms / 1000)
             else:
                 await self._cancel(txn, channel, gateway, ref._replace(channel_txn_id=found.channel_txn_id), age)
         elif found.outcome is Outcome.DECLINED and found.channel_code != NOT_FOUND:
@@ -206,7 +212,7 @@ class Resolver:
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.checks))
 
     async def _refuse_declined(self, txn: OpenTxn, result: ChannelResult) -> None:
         """A payment or refund that risk declined, recorded so without a channel call (a refund
@@ -243,26 +249,26 @@ class Resolver:
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.checks))
 
     async def _cancel(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
     ) -> None:
         wait = channel.cancel_after_ms / 1000 - age
         if wait > 0:  # the channel wants time between the pay call and a cancel
-            await self._journal.defer(txn.key, txn.checks, wait)
+            await self._defer(txn, wait)
             return
         if not await self._held(txn, CANCEL):
             return
         cancelled = await gateway.call(CANCEL, ref, time.time() + self._call_timeout_s)
         if not cancelled.sent:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.checks))
         elif cancelled.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
             await self._give_up(txn, f"channel refused to cancel: {cancelled.channel_code} {cancelled.channel_message}")
         else:  # asked to repeat (recall / retry_flag) or no answer
-            await self._journal.defer(txn.key, txn.checks, min(2.0, channel.query_interval_ms / 1000))
+            await self._defer(txn, min(2.0, channel.query_interval_ms / 1000))
 
     async def _close_when_expired(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
@@ -272,7 +278,7 @@ class Resolver:
         left = txn.expires_at.timestamp() - time.time()
         wait = max(left, channel.close_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
         if wait > 0:
-            await self._journal.defer(txn.key, txn.checks, min(wait, _backoff(channel, txn.checks)))
+            await self._defer(txn, min(wait, _backoff(channel, txn.checks)))
             return
         if not await self._held(txn, CLOSE):
             return
@@ -282,23 +288,30 @@ class Resolver:
         if closed.sent and closed.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), closed)
         elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so
-            await self._journal.defer(txn.key, txn.checks, channel.query_interval_ms / 1000)
+            await self._defer(txn, channel.query_interval_ms / 1000)
         else:
-            await self._journal.defer(txn.key, txn.checks, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.checks))
 
     async def _held(self, txn: OpenTxn, before: str) -> bool:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
         void or refund). A lane stuck past its lease, whose transaction another resolver took
         meanwhile and may be acting on, makes no call: what it would do is the other's to decide."""
-        if await self._journal.renew(txn.key, txn.checks, self._lease_s):
+        if await self._journal.renew(txn.key, self._claim(txn), self._lease_s):
             return True
-        if await self._journal.taken_since(txn.key, txn.checks):
+        if await self._journal.taken_since(txn.key, self._claim(txn)):
             self._metrics.leases_lost.labels(txn.channel).inc()
             log.warning(
                 "lease lapsed and the transaction taken by another claim: left to it",
                 extra={"rrn": txn.rrn, "channel": txn.channel, "before": before},
             )
         return False
+
+    def _claim(self, txn: OpenTxn) -> int:
+        """The checks of this resolver's latest claim of ``txn``."""
+        return self._in_progress.get(txn.key, txn.checks)
+
+    async def _defer(self, txn: OpenTxn, seconds: float) -> None:
+        await self._journal.defer(txn.key, self._claim(txn), seconds)
 
     async def _give_up(self, txn: OpenTxn, reason: str) -> None:
         await self._journal.dead_letter(txn, reason)

@@ -308,10 +308,11 @@ def test_a_purchase_is_its_front_ends_to_answer_until_a_resolver_takes_it(databa
 
 
 def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url):
-    """A claim's lease is its own: a hand to the resolver (a reversal, a notification) makes the
-    transaction due, yet no second claim takes it while the lease runs, and the claim's "look again
-    later" then keeps it due. Renewing holds a claim only while no later claim has taken the
-    transaction and no move has ended it; a claim whose lease lapsed and was taken puts nothing off."""
+    """A claim's lease is its own: a hand to the resolver (a reversal, a notification) or a move
+    that leaves the transaction due lets no second claim take it while the lease runs; the
+    holder's "look again later" then keeps it due, and otherwise backs off even once the lease
+    has run out. Renewing holds a claim only while no later claim has taken the transaction and it
+    is still in the resolver's queues; a claim whose lease lapsed and was taken puts nothing off."""
     channel = f"lease-{uuid.uuid4().hex[:8]}"  # the shared journal: the claims take only this test's rows
 
     async def scenario():
@@ -325,21 +326,35 @@ def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url
             async with journal.pool.acquire() as conn:
                 assert await hand_to_resolver(conn, txn.key)
             assert await journal.claim_due(10, 3600, [channel]) == []
+            unsure = Report(*txn.key, Event.UNSURE, "91", "", "TIMEOUT", "", "", dt.datetime.now(dt.UTC))
+            assert await journal.record(unsure) is State.UNKNOWN  # due now, still leased
+            assert await journal.claim_due(10, 3600, [channel]) == []
             assert await journal.renew(txn.key, first.checks, 3600)
             assert not await journal.renew(txn.key, first.checks + 1, 3600)
             await journal.defer(txn.key, first.checks, 3600)  # asked for meanwhile: still due
             [second] = await journal.claim_due(10, 1, [channel])
             assert second.checks == first.checks + 1
             assert not await journal.renew(txn.key, first.checks, 3600)
-            await asyncio.sleep(1.2)  # the second claim's lease lapses, and a third takes it
-            [third] = await journal.claim_due(10, 3600, [channel])
-            assert not await journal.renew(txn.key, second.checks, 3600)
-            assert await journal.taken_since(txn.key, second.checks)
-            await journal.defer(txn.key, second.checks, 0)
+            await asyncio.sleep(1.2)  # its lease runs out, nobody takes it
+            await journal.defer(txn.key, second.checks, 3600)  # backs off all the same
+            assert await journal.claim_due(10, 3600, [channel]) == []
+            async with journal.pool.acquire() as conn:
+                assert await hand_to_resolver(conn, txn.key)
+                [third] = await journal.claim_due(10, 1, [channel])
+                assert await hand_to_resolver(conn, txn.key)
+            assert await journal.claim_due(10, 1, [channel]) == []
+            await journal.release(txn.key, third.checks)  # let go: anyone's, being due
+            [fourth] = await journal.claim_due(10, 1, [channel])
+            await asyncio.sleep(1.2)  # its lease lapses, and a fifth claim takes it
+            [fifth] = await journal.claim_due(10, 3600, [channel])
+            assert not await journal.renew(txn.key, fourth.checks, 3600)
+            assert await journal.taken_since(txn.key, fourth.checks)
+            await journal.defer(txn.key, fourth.checks, 0)
+            await journal.release(txn.key, fourth.checks)
             assert await journal.claim_due(10, 3600, [channel]) == []
             assert await journal.record(outcome(txn, Event.CANCELLED, "05")) is State.CANCELLED
-            assert not await journal.renew(txn.key, third.checks, 3600)  # ended by a move
-            assert not await journal.taken_since(txn.key, third.checks)
+            assert not await journal.renew(txn.key, fifth.checks, 3600)  # out of the queues
+            assert not await journal.taken_since(txn.key, fifth.checks)
         finally:
             await journal.close()
 

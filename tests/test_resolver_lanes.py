@@ -20,17 +20,19 @@ from tests.conftest import run
 
 
 class StandInGateway:
-    """Answers every call "paid" / "done" after ``delay`` seconds (the channel side of the test)."""
+    """Answers every call "paid" / "done" after ``delay`` seconds, or once ``until`` is set (the
+    channel side of the test)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, until: asyncio.Event | None = None) -> None:
         self.delay = delay
+        self.until = until
         self.calls = 0
         self.ops: list[str] = []
 
     async def call(self, op, ref, deadline, auth_code="", on_late=None) -> ChannelResult:
         self.calls += 1
         self.ops.append(op)
-        await asyncio.sleep(self.delay)
+        await (self.until.wait() if self.until else asyncio.sleep(self.delay))
         return ChannelResult(1, Outcome.APPROVED, rc.APPROVED, "OK", "", "CH1")
 
 
@@ -150,16 +152,17 @@ def test_a_reversal_asked_for_while_a_resolver_works_lets_no_other_resolver_in(d
 
 
 def test_a_resolver_stuck_past_its_lease_sends_no_cancel(database_url):
-    """A lane stuck past its lease (its query answers after 2 s, the lease is 1 s): another
-    resolver takes the transaction meanwhile, finds it paid and cancels it (the terminal was told
-    91). The first, back with its own "paid", sends no second cancel: its claim is no longer the
-    transaction's, whatever the journal says now is the other's to act on."""
+    """A lane stuck past its lease (its query answers only once the other has cancelled; the
+    lease is 1 s): another resolver takes the transaction meanwhile, finds it paid and cancels it
+    (the terminal was told 91). The first, back with its own "paid", sends no second cancel: its
+    claim is no longer the transaction's, whatever the journal says now is the other's to act on."""
 
     async def scenario():
         channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
         name = f"lapse-{uuid.uuid4().hex[:6]}"
         journal = await Journal.open(database_url, pool_size=4, max_batch=64)
-        slow, quick = StandInGateway(delay=2.0), StandInGateway(delay=0.01)
+        answered = asyncio.Event()
+        slow, quick = StandInGateway(delay=0, until=answered), StandInGateway(delay=0.01)
         metrics = Metrics()
         stuck = Resolver(journal, {name: slow}, {name: channel}, {}, metrics, poll_s=60, lease_s=1, call_timeout_s=0.5)
         other = Resolver(journal, {name: quick}, {name: channel}, {}, Metrics(), poll_s=0.1)
@@ -170,6 +173,7 @@ def test_a_resolver_stuck_past_its_lease_sends_no_cancel(database_url):
                 await asyncio.sleep(0.02)
             other.start()
             assert await settled(journal, rrn) == "CANCELLED"
+            answered.set()
 
             def lost() -> float | None:
                 return metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name})
@@ -182,6 +186,40 @@ def test_a_resolver_stuck_past_its_lease_sends_no_cancel(database_url):
         finally:
             await stuck.stop()
             await other.stop()
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_transaction_that_waited_past_its_lease_for_a_lane_here_is_that_lanes(database_url):
+    """Seventeen transactions of one channel, whose calls hang until released: sixteen lanes take
+    the first sixteen; the last waits for one past its lease, and this resolver claims it again
+    meanwhile. The lane that finally takes it works on the newer claim: it is settled, and no
+    lease counts as lost to another resolver."""
+
+    async def scenario():
+        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
+        name = f"wait-{uuid.uuid4().hex[:6]}"
+        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+        released = asyncio.Event()
+        gateway = StandInGateway(delay=0, until=released)
+        metrics = Metrics()
+        resolver = Resolver(journal, {name: gateway}, {name: channel}, {}, metrics, poll_s=0.1, lease_s=0.5)
+        rrns = [await unknown_txn(journal, name) for _ in range(17)]
+        resolver.start()
+        try:
+            while gateway.calls < 16:  # every lane busy
+                await asyncio.sleep(0.02)
+            last = await journal.pool.fetchval("SELECT checks FROM txn WHERE rrn = $1", rrns[-1])
+            for _ in range(100):  # claimed again here while it waits
+                if await journal.pool.fetchval("SELECT checks FROM txn WHERE rrn = $1", rrns[-1]) > last:
+                    break
+                await asyncio.sleep(0.05)
+            released.set()
+            assert [await settled(journal, rrn) for rrn in rrns] == ["CANCELLED"] * 17
+            assert metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name}) is None
+        finally:
+            await resolver.stop()
             await journal.close()
 
     run(scenario())

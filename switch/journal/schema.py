@@ -646,7 +646,10 @@ MIGRATIONS: list[str] = [
     """,
     # 22: the resolver's lease of its own (store._CLAIM_SQL): next_check_at is when to look again,
     # which a reversal or a notification makes "now" while a resolver may be at work on it.
+    # The lock it needs on every partition waits behind any long reader, and every write behind it:
+    # better to fail the start (and be retried) than to stall the front ends already running.
     """
+    SET LOCAL lock_timeout = '5s';
     ALTER TABLE txn ADD COLUMN leased_until timestamptz;
     """,
 ]

@@ -244,7 +244,7 @@ _MOVE_SQL = (
     f"UPDATE txn t SET state = {MOVE_SQL}, response_code = coalesce(u.answer, t.response_code), "
     f"auth_id = {_AUTH_ID_SQL}, "
     + ", ".join(f"{c} = coalesce(nullif(u.{c}, ''), t.{c})" for c in _KEPT_UNLESS_GIVEN)
-    + f", next_check_at = {NEXT_CHECK_SQL}, leased_until = NULL FROM unnest("
+    + f", next_check_at = {NEXT_CHECK_SQL} FROM unnest("
     + ", ".join(f"${i}::{_REPORT_TYPES.get(c, 'text')}[]" for i, c in enumerate(_REPORT_COLUMNS, start=1))
     + f") WITH ORDINALITY AS u({', '.join(_REPORT_COLUMNS)}, n) WHERE "
     + " AND ".join(f"t.{c} = u.{c}" for c in _KEY_COLUMNS)
@@ -291,17 +291,22 @@ _CLAIM_SQL = (
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
-# A claim's "look again in": not for a claim another has taken since, and not later than a
-# reversal or a notification asked for meanwhile (it made the row due while this one worked).
+# A claim leaves next_check_at equal to its lease's end (and renewing keeps them so): one that
+# differs was set by a hand to the resolver (a reversal, a notification) while the claim held it.
+_KEY_AND_CLAIM = "tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND checks = $5"
+# The claim's "look again in", ending its lease: nothing for a claim another has taken since, and
+# no later than what was asked for meanwhile.
 _DEFER_SQL = (
-    "UPDATE txn SET next_check_at = CASE WHEN next_check_at <= now() THEN next_check_at "
-    f"ELSE now() + make_interval(secs => $6) END, leased_until = NULL WHERE {DUE_SQL} "
-    "AND tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND checks = $5"
+    "UPDATE txn SET next_check_at = CASE WHEN next_check_at <> leased_until AND next_check_at <= now() "
+    f"THEN next_check_at ELSE now() + make_interval(secs => $6) END, leased_until = NULL WHERE {DUE_SQL} "
+    f"AND {_KEY_AND_CLAIM}"
 )
 _RENEW_SQL = (
-    "UPDATE txn SET leased_until = now() + make_interval(secs => $6) WHERE tx_date = $1 AND terminal_id = $2 "
-    "AND stan = $3 AND transmitted = $4 AND checks = $5 AND leased_until IS NOT NULL RETURNING true"
+    "UPDATE txn SET next_check_at = CASE WHEN next_check_at = leased_until THEN now() + make_interval(secs => $6) "
+    "ELSE next_check_at END, leased_until = now() + make_interval(secs => $6) "
+    f"WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL AND {DUE_SQL} AND next_check_at IS NOT NULL RETURNING true"
 )
+_RELEASE_SQL = f"UPDATE txn SET leased_until = NULL WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL"
 
 _ORIGINAL_SQL = (
     "SELECT "
@@ -535,8 +540,14 @@ class Journal:
 
     async def renew(self, key: TxnKey, checks: int, lease_s: float) -> bool:
         """Hold the claim that counted ``checks`` for ``lease_s`` more; False when it is no longer
-        the transaction's (another claim took it once its lease lapsed, or a move ended it)."""
+        the transaction's (another claim took it once its lease lapsed, its holder let it go, or
+        the transaction left the resolver's queues)."""
         return bool(await self._pool.fetchval(_RENEW_SQL, *key, checks, lease_s))
+
+    async def release(self, key: TxnKey, checks: int) -> None:
+        """End the lease of the claim that counted ``checks``: the transaction is any resolver's
+        once it is due (its own move may have left it due: a reversal to carry out)."""
+        await self._pool.execute(_RELEASE_SQL, *key, checks)
 
     async def open_count(self) -> int:
         """Transactions the resolver is still settling (open, or approved with a reversal to carry
