@@ -4,7 +4,8 @@ It takes (leases) the open transactions whose time has come: PENDING (the custom
 confirming when the terminal got ``09``), UNKNOWN (the channel may or may not have it), and
 RECEIVED rows past their deadline (orphaned by a crash: this is also the recovery at start-up).
 A claim's lease is its own (``leased_until``): a reversal, a notification or a move that makes a
-leased transaction due lets no other resolver in (the lane that holds it looks again as it ends),
+leased transaction due lets no other resolver in (the lane that holds it lets it go as it ends;
+one whose work failed, once the lease runs out),
 and a lane renews its lease as it starts and before each cancel, close, void or refund, so one
 stuck past its lease, once another resolver has taken the transaction, makes none of them.
 For each it asks the channel, then:
@@ -94,6 +95,7 @@ class Resolver:
         # The claim (its checks) of each transaction a lane here has or waits for: a lease may lapse
         # meanwhile and this resolver claim it again, never twice at once.
         self._in_progress: dict[TxnKey, int] = {}
+        self._claiming = asyncio.Lock()  # a claim and what it hands out, against a lane's end and a lost lease
         self._workers: set[asyncio.Task[None]] = set()
 
     def set_merchant_channel_ids(self, ids: dict[tuple[str, str], str]) -> None:
@@ -122,15 +124,16 @@ class Resolver:
                 swept_at = time.monotonic()
                 await self._reverse_overtaken()
             try:
-                claimed = await self._journal.claim_due(self._batch, self._lease_s, list(self._gateways))
-                for txn in claimed:
-                    if txn.key in self._in_progress:  # its lease lapsed while waiting for a lane here, or in one
-                        self._in_progress[txn.key] = txn.checks  # that lane's, from now on
-                        continue
-                    self._in_progress[txn.key] = txn.checks
-                    worker = asyncio.get_running_loop().create_task(self._resolve_in_lane(txn))
-                    self._workers.add(worker)
-                    worker.add_done_callback(self._workers.discard)
+                async with self._claiming:
+                    claimed = await self._journal.claim_due(self._batch, self._lease_s, list(self._gateways))
+                    for txn in claimed:
+                        if txn.key in self._in_progress:  # its lease lapsed while waiting for a lane here, or in one
+                            self._in_progress[txn.key] = txn.checks  # that lane's, from now on
+                            continue
+                        self._in_progress[txn.key] = txn.checks
+                        worker = asyncio.get_running_loop().create_task(self._resolve_in_lane(txn))
+                        self._workers.add(worker)
+                        worker.add_done_callback(self._workers.discard)
                 if len(claimed) == self._batch:
                     continue  # there may be more due right away
             except asyncio.CancelledError:
@@ -156,12 +159,14 @@ class Resolver:
             async with lane:  # the wait for a lane may have outlasted the claim's lease
                 if await self._held(txn, "resolve"):
                     await self.resolve(txn)
-            await self._journal.release(txn.key, self._claim(txn))  # its move may have left it due
+            async with self._claiming:  # no claim of it in flight to be adopted by a lane that has ended
+                await self._journal.release(txn.key, self._claim(txn))  # its move may have left it due
+                del self._in_progress[txn.key]
         except Exception:
             # The lease lapses and the transaction comes round again: nothing is dropped.
             log.exception("resolving failed", extra={"rrn": txn.rrn, "channel": txn.channel})
         finally:
-            del self._in_progress[txn.key]
+            self._in_progress.pop(txn.key, None)
 
     async def resolve(self, txn: OpenTxn) -> None:
         channel = self._channels.get(txn.channel)
@@ -296,9 +301,14 @@ class Resolver:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
         void or refund). A lane stuck past its lease, whose transaction another resolver took
         meanwhile and may be acting on, makes no call: what it would do is the other's to decide."""
-        if await self._journal.renew(txn.key, self._claim(txn), self._lease_s):
+        tried = self._claim(txn)
+        if await self._journal.renew(txn.key, tried, self._lease_s):
             return True
-        if await self._journal.taken_since(txn.key, self._claim(txn)):
+        async with self._claiming:  # this resolver's own claim of it may be in flight: adopted once done
+            claim = self._claim(txn)
+        if claim != tried and await self._journal.renew(txn.key, claim, self._lease_s):
+            return True
+        if await self._journal.taken_since(txn.key, claim):
             self._metrics.leases_lost.labels(txn.channel).inc()
             log.warning(
                 "lease lapsed and the transaction taken by another claim: left to it",

@@ -340,7 +340,7 @@ def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url
             assert await journal.claim_due(10, 3600, [channel]) == []
             async with journal.pool.acquire() as conn:
                 assert await hand_to_resolver(conn, txn.key)
-                [third] = await journal.claim_due(10, 1, [channel])
+                [third] = await journal.claim_due(10, 3600, [channel])
                 assert await hand_to_resolver(conn, txn.key)
             assert await journal.claim_due(10, 1, [channel]) == []
             await journal.release(txn.key, third.checks)  # let go: anyone's, being due

@@ -215,6 +215,8 @@ def test_a_transaction_that_waited_past_its_lease_for_a_lane_here_is_that_lanes(
                 if await journal.pool.fetchval("SELECT checks FROM txn WHERE rrn = $1", rrns[-1]) > last:
                     break
                 await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the waiting transaction was never claimed again")
             released.set()
             assert [await settled(journal, rrn) for rrn in rrns] == ["CANCELLED"] * 17
             assert metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name}) is None

@@ -651,6 +651,7 @@ MIGRATIONS: list[str] = [
     """
     SET LOCAL lock_timeout = '5s';
     ALTER TABLE txn ADD COLUMN leased_until timestamptz;
+    SET LOCAL lock_timeout = DEFAULT;
     """,
 ]
 

@@ -297,8 +297,9 @@ _KEY_AND_CLAIM = "tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitte
 # The claim's "look again in", ending its lease: nothing for a claim another has taken since, and
 # no later than what was asked for meanwhile.
 _DEFER_SQL = (
-    "UPDATE txn SET next_check_at = CASE WHEN next_check_at <> leased_until AND next_check_at <= now() "
-    f"THEN next_check_at ELSE now() + make_interval(secs => $6) END, leased_until = NULL WHERE {DUE_SQL} "
+    "UPDATE txn SET next_check_at = CASE WHEN next_check_at <> leased_until "
+    "THEN least(next_check_at, now() + make_interval(secs => $6)) ELSE now() + make_interval(secs => $6) END, "
+    f"leased_until = NULL WHERE {DUE_SQL} "
     f"AND {_KEY_AND_CLAIM}"
 )
 _RENEW_SQL = (
