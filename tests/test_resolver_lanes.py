@@ -4,8 +4,10 @@ The answering channel's transactions are settled at once; the hung one holds onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 
 import msgspec
 
@@ -118,35 +120,56 @@ async def settled(journal: Journal, rrn: str) -> str:
     return state
 
 
+class Stage:
+    """A journal and a channel of a test's own (the demo's WeChat Pay, cancelling as soon as asked),
+    and the resolvers the test makes on them: stopped, and the journal closed, at the end."""
+
+    def __init__(self, journal: Journal, name: str) -> None:
+        self.journal = journal
+        self.name = name
+        self.channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
+        self.resolvers: list[Resolver] = []
+
+    def resolver(self, gateway: StandInGateway, metrics: Metrics | None = None, **timing: float) -> Resolver:
+        metrics = metrics or Metrics()
+        made = Resolver(self.journal, {self.name: gateway}, {self.name: self.channel}, {}, metrics, **timing)
+        self.resolvers.append(made)
+        return made
+
+
+@contextlib.asynccontextmanager
+async def stage(database_url: str, prefix: str) -> AsyncIterator[Stage]:
+    journal = await Journal.open(database_url, pool_size=4, max_batch=64)
+    staged = Stage(journal, f"{prefix}-{uuid.uuid4().hex[:6]}")
+    try:
+        yield staged
+    finally:
+        for resolver in staged.resolvers:
+            await resolver.stop()
+        await journal.close()
+
+
 def test_a_reversal_asked_for_while_a_resolver_works_lets_no_other_resolver_in(database_url):
     """A resolver is querying a transaction when something hands it to the resolver (a reversal,
     a notification): due now, but leased. Another resolver takes nothing; the first finds it paid
     and cancels it (the terminal was told 91), once."""
 
     async def scenario():
-        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
-        name = f"busy-{uuid.uuid4().hex[:6]}"
-        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
-        working, idle = StandInGateway(delay=1.0), StandInGateway(delay=0.01)
-        first = Resolver(journal, {name: working}, {name: channel}, {}, Metrics(), poll_s=0.1)
-        other = Resolver(journal, {name: idle}, {name: channel}, {}, Metrics(), poll_s=0.1)
-        rrn = await unknown_txn(journal, name)
-        first.start()
-        try:
+        async with stage(database_url, "busy") as on:
+            working, idle = StandInGateway(delay=1.0), StandInGateway(delay=0.01)
+            first, other = on.resolver(working, poll_s=0.1), on.resolver(idle, poll_s=0.1)
+            rrn = await unknown_txn(on.journal, on.name)
+            first.start()
             while not working.ops:  # claimed, its query under way
                 await asyncio.sleep(0.02)
-            key = TxnKey(*await journal.pool.fetchrow(
+            key = TxnKey(*await on.journal.pool.fetchrow(
                 "SELECT tx_date, terminal_id, stan, transmitted FROM txn WHERE rrn = $1", rrn
             ))  # fmt: skip
-            async with journal.pool.acquire() as conn:
+            async with on.journal.pool.acquire() as conn:
                 assert await hand_to_resolver(conn, key)
             other.start()
-            assert await settled(journal, rrn) == "CANCELLED"
+            assert await settled(on.journal, rrn) == "CANCELLED"
             assert (working.ops, idle.ops) == (["query", "cancel"], [])
-        finally:
-            await first.stop()
-            await other.stop()
-            await journal.close()
 
     run(scenario())
 
@@ -158,35 +181,28 @@ def test_a_resolver_stuck_past_its_lease_sends_no_cancel(database_url):
     claim is no longer the transaction's, whatever the journal says now is the other's to act on."""
 
     async def scenario():
-        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
-        name = f"lapse-{uuid.uuid4().hex[:6]}"
-        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
-        answered = asyncio.Event()
-        slow, quick = StandInGateway(delay=0, until=answered), StandInGateway(delay=0.01)
-        metrics = Metrics()
-        stuck = Resolver(journal, {name: slow}, {name: channel}, {}, metrics, poll_s=60, lease_s=1, call_timeout_s=0.5)
-        other = Resolver(journal, {name: quick}, {name: channel}, {}, Metrics(), poll_s=0.1)
-        rrn = await unknown_txn(journal, name)
-        stuck.start()
-        try:
+        async with stage(database_url, "lapse") as on:
+            answered = asyncio.Event()
+            slow, quick = StandInGateway(delay=0, until=answered), StandInGateway(delay=0.01)
+            metrics = Metrics()
+            stuck = on.resolver(slow, metrics, poll_s=60, lease_s=1, call_timeout_s=0.5)
+            other = on.resolver(quick, poll_s=0.1)
+            rrn = await unknown_txn(on.journal, on.name)
+            stuck.start()
             while not slow.ops:  # claimed (once: its next claim is a minute away), its query under way
                 await asyncio.sleep(0.02)
             other.start()
-            assert await settled(journal, rrn) == "CANCELLED"
+            assert await settled(on.journal, rrn) == "CANCELLED"
             answered.set()
 
             def lost() -> float | None:
-                return metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name})
+                return metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": on.name})
 
             for _ in range(100):  # the stuck lane's query answers, and its lane ends
                 if lost():
                     break
                 await asyncio.sleep(0.05)
             assert (slow.ops, quick.ops, lost()) == (["query"], ["query", "cancel"], 1)
-        finally:
-            await stuck.stop()
-            await other.stop()
-            await journal.close()
 
     run(scenario())
 
@@ -198,30 +214,25 @@ def test_a_transaction_that_waited_past_its_lease_for_a_lane_here_is_that_lanes(
     lease counts as lost to another resolver."""
 
     async def scenario():
-        channel = msgspec.structs.replace(load_config(DEMO_SWITCH_CONFIG).channels["wechat"], cancel_after_ms=0)
-        name = f"wait-{uuid.uuid4().hex[:6]}"
-        journal = await Journal.open(database_url, pool_size=4, max_batch=64)
-        released = asyncio.Event()
-        gateway = StandInGateway(delay=0, until=released)
-        metrics = Metrics()
-        resolver = Resolver(journal, {name: gateway}, {name: channel}, {}, metrics, poll_s=0.1, lease_s=0.5)
-        rrns = [await unknown_txn(journal, name) for _ in range(17)]
-        resolver.start()
-        try:
+        async with stage(database_url, "wait") as on:
+            released = asyncio.Event()
+            gateway = StandInGateway(delay=0, until=released)
+            metrics = Metrics()
+            resolver = on.resolver(gateway, metrics, poll_s=0.1, lease_s=0.5)
+            rrns = [await unknown_txn(on.journal, on.name) for _ in range(17)]
+            resolver.start()
             while gateway.calls < 16:  # every lane busy
                 await asyncio.sleep(0.02)
-            last = await journal.pool.fetchval("SELECT checks FROM txn WHERE rrn = $1", rrns[-1])
+            checks = "SELECT checks FROM txn WHERE rrn = $1"
+            last = await on.journal.pool.fetchval(checks, rrns[-1])
             for _ in range(100):  # claimed again here while it waits
-                if await journal.pool.fetchval("SELECT checks FROM txn WHERE rrn = $1", rrns[-1]) > last:
+                if await on.journal.pool.fetchval(checks, rrns[-1]) > last:
                     break
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the waiting transaction was never claimed again")
             released.set()
-            assert [await settled(journal, rrn) for rrn in rrns] == ["CANCELLED"] * 17
-            assert metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": name}) is None
-        finally:
-            await resolver.stop()
-            await journal.close()
+            assert [await settled(on.journal, rrn) for rrn in rrns] == ["CANCELLED"] * 17
+            assert metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": on.name}) is None
 
     run(scenario())
