@@ -157,8 +157,8 @@ class Resolver:
         lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))
         try:
             async with lane:  # the wait for a lane may have outlasted the claim's lease
-                if await self._held(txn, "resolve"):
-                    await self.resolve(txn)
+                if now := await self._held(txn, "resolve"):  # as it is now, not as it was claimed
+                    await self.resolve(now)
             async with self._claiming:  # no claim of it in flight to be adopted by a lane that has ended
                 await self._journal.release(txn.key, self._claim(txn))  # its move may have left it due
                 del self._in_progress[txn.key]
@@ -297,24 +297,25 @@ class Resolver:
         else:
             await self._defer(txn, _backoff(channel, txn.checks))
 
-    async def _held(self, txn: OpenTxn, before: str) -> bool:
+    async def _held(self, txn: OpenTxn, before: str) -> OpenTxn | None:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
-        void or refund). A lane stuck past its lease, whose transaction another resolver took
-        meanwhile and may be acting on, makes no call: what it would do is the other's to decide."""
+        void or refund), and the transaction as it is now. A lane stuck past its lease, whose
+        transaction another resolver took meanwhile and may be acting on, makes no call: what it
+        would do is the other's to decide."""
         tried = self._claim(txn)
-        if await self._journal.renew(txn.key, tried, self._lease_s):
-            return True
+        if now := await self._journal.renew(txn.key, tried, self._lease_s):
+            return now
         async with self._claiming:  # this resolver's own claim of it may be in flight: adopted once done
             claim = self._claim(txn)
-        if claim != tried and await self._journal.renew(txn.key, claim, self._lease_s):
-            return True
+        if claim != tried and (now := await self._journal.renew(txn.key, claim, self._lease_s)):
+            return now
         if await self._journal.taken_since(txn.key, claim):
             self._metrics.leases_lost.labels(txn.channel).inc()
             log.warning(
                 "lease lapsed and the transaction taken by another claim: left to it",
                 extra={"rrn": txn.rrn, "channel": txn.channel, "before": before},
             )
-        return False
+        return None
 
     def _claim(self, txn: OpenTxn) -> int:
         """The checks of this resolver's latest claim of ``txn``."""
@@ -324,7 +325,12 @@ class Resolver:
         await self._journal.defer(txn.key, self._claim(txn), seconds)
 
     async def _give_up(self, txn: OpenTxn, reason: str) -> None:
-        await self._journal.dead_letter(txn, reason)
+        if not await self._journal.dead_letter(txn.key, self._claim(txn), reason):
+            log.warning(
+                "not handed to a person: the claim giving it up is no longer the transaction's",
+                extra={"rrn": txn.rrn, "channel": txn.channel, "reason": reason},
+            )
+            return
         self._metrics.dead_letters.labels(txn.channel).inc()
         log.error(
             "moved to the dead letters: needs a person",

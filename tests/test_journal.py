@@ -361,6 +361,67 @@ def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url
     run(scenario())
 
 
+def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
+    """A lane that waited for a slot past its claim renews it and gets the row as it is now: the
+    reversal asked for meanwhile, the state moved meanwhile, and its own claim's count."""
+    channel = f"renew-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())._replace(
+                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+            assert await journal.write_ahead(txn)
+            [claimed] = await journal.claim_due(10, 3600, [channel])
+            assert (claimed.state, claimed.reversal_requested) == (State.RECEIVED, False)
+            unsure = Report(*txn.key, Event.UNSURE, "91", "", "TIMEOUT", "", "", dt.datetime.now(dt.UTC))
+            assert await journal.record(unsure) is State.UNKNOWN
+            await journal.request_reversal(txn.key, "000002", txn.transmitted, txn.amount_fen, await journal.next_rrn())
+            now = await journal.renew(txn.key, claimed.checks, 3600)
+            assert now is not None
+            assert (now.key, now.state, now.response_code, now.reversal_requested, now.checks) == (
+                txn.key, State.UNKNOWN, "91", True, claimed.checks,
+            )  # fmt: skip
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_url):
+    """A lane stuck past its lease gives up on a transaction another resolver has claimed since:
+    nothing is dead-lettered, and the transaction stays the other's. The holding claim's give-up
+    is recorded once, and the transaction leaves the resolver's queues."""
+    channel = f"dead-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())._replace(
+                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+            assert await journal.write_ahead(txn)
+            [stuck] = await journal.claim_due(10, 1, [channel])
+            await asyncio.sleep(1.2)  # its lease lapses
+            [holder] = await journal.claim_due(10, 3600, [channel])
+            letters = "SELECT count(*) FROM dead_letter WHERE rrn = $1"
+            assert not await journal.dead_letter(txn.key, stuck.checks, "stuck lane gives up")
+            assert await journal.pool.fetchval(letters, txn.rrn) == 0
+            assert await journal.renew(txn.key, holder.checks, 3600)  # still the holder's, still queued
+            assert await journal.dead_letter(txn.key, holder.checks, "unresolved")
+            assert not await journal.dead_letter(txn.key, holder.checks, "again")
+            assert await journal.pool.fetchval(letters, txn.rrn) == 1
+            assert await journal.pool.fetchval(
+                "SELECT next_check_at IS NULL AND leased_until IS NULL FROM txn WHERE rrn = $1", txn.rrn
+            )
+            assert await journal.claim_due(10, 3600, [channel]) == []
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_an_authorisation_code_goes_with_any_answer_but_an_approval(database_url):
     async def scenario():
         journal = await open_journal(database_url)

@@ -38,7 +38,9 @@ class StandInGateway:
         return ChannelResult(1, Outcome.APPROVED, rc.APPROVED, "OK", "", "CH1")
 
 
-async def unknown_txn(journal: Journal, channel: str) -> str:
+async def unknown_txn(journal: Journal, channel: str, paying: bool = False) -> str:
+    """A purchase whose outcome is not known (or, ``paying``, that its customer is paying: the
+    terminal was told 09)."""
     now = dt.datetime.now(dt.UTC)
     rrn = await journal.next_rrn()
     txn = NewTxn(
@@ -65,7 +67,8 @@ async def unknown_txn(journal: Journal, channel: str) -> str:
         now,
     )
     assert await journal.write_ahead(txn)
-    assert await journal.record(Report(*txn.key, Event.UNSURE, rc.CHANNEL_UNAVAILABLE, "", "TIMEOUT", "", "", now))
+    told = (Event.PAYING, rc.IN_PROGRESS, "USERPAYING") if paying else (Event.UNSURE, rc.CHANNEL_UNAVAILABLE, "TIMEOUT")
+    assert await journal.record(Report(*txn.key, *told[:2], "", told[2], "", "", now))
     return rrn
 
 
@@ -111,10 +114,10 @@ def test_a_hung_channel_holds_only_its_own_lane(database_url):
 
 
 async def settled(journal: Journal, rrn: str) -> str:
-    """The transaction's state once it is no longer UNKNOWN (or after 10 s)."""
+    """The transaction's state once it is no longer UNKNOWN or PENDING (or after 10 s)."""
     for _ in range(200):
         state = await journal.pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
-        if state != "UNKNOWN":
+        if state not in ("UNKNOWN", "PENDING"):
             return state
         await asyncio.sleep(0.05)
     return state
@@ -234,5 +237,39 @@ def test_a_transaction_that_waited_past_its_lease_for_a_lane_here_is_that_lanes(
             released.set()
             assert [await settled(on.journal, rrn) for rrn in rrns] == ["CANCELLED"] * 17
             assert metrics.registry.get_sample_value("paysw_resolver_leases_lost_total", {"channel": on.name}) is None
+
+    run(scenario())
+
+
+def test_a_transaction_waiting_for_a_lane_is_worked_as_it_is_when_its_turn_comes(database_url):
+    """Seventeen transactions on sixteen lanes, whose calls hang until released; the terminal
+    reverses the last, whose customer was paying, while it waits for a lane. The lane that takes
+    it works from the journal as it is then: its one query finds the purchase paid, and it
+    reverses it, never recording it approved on the way."""
+
+    async def scenario():
+        async with stage(database_url, "fresh") as on:
+            released = asyncio.Event()
+            gateway = StandInGateway(delay=0, until=released)
+            resolver = on.resolver(gateway, poll_s=0.1)
+            rrns = [await unknown_txn(on.journal, on.name) for _ in range(16)]
+            rrns.append(await unknown_txn(on.journal, on.name, paying=True))
+            resolver.start()
+            while gateway.calls < 16:  # every lane busy, the last transaction claimed and waiting
+                await asyncio.sleep(0.02)
+            row = await on.journal.pool.fetchrow(
+                "SELECT tx_date, terminal_id, stan, transmitted, amount_fen, checks FROM txn WHERE rrn = $1", rrns[-1]
+            )
+            assert row["checks"] == 1  # claimed with the others, before its reversal
+            key = TxnKey(*list(row.values())[:4])
+            reversal = await on.journal.next_rrn()
+            await on.journal.request_reversal(key, "000002", key.transmitted, row["amount_fen"], reversal)
+            released.set()
+            assert [await settled(on.journal, rrn) for rrn in rrns] == ["CANCELLED"] * 16 + ["REVERSED"]
+            moves = "SELECT to_state FROM txn_move WHERE rrn = $1 ORDER BY moved_at"
+            assert [m["to_state"] for m in await on.journal.pool.fetch(moves, rrns[-1])] == [
+                "RECEIVED", "PENDING", "REVERSED",
+            ]  # fmt: skip
+            assert gateway.ops.count("query") == 17  # asked about once: its first look saw the reversal
 
     run(scenario())

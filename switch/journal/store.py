@@ -302,10 +302,22 @@ _DEFER_SQL = (
     f"leased_until = NULL WHERE {DUE_SQL} "
     f"AND {_KEY_AND_CLAIM}"
 )
+# A claim still the transaction's: no later claim has taken it, it is still in the resolver's
+# queues, and no person has it (a dead letter's next_check_at is NULL).
+_HELD_SQL = f"{_KEY_AND_CLAIM} AND leased_until IS NOT NULL AND {DUE_SQL} AND next_check_at IS NOT NULL"
+# Renewing returns the row as it is now: a lane that waited for a slot works from what was asked
+# for meanwhile (a reversal) and from its own claim's count, not from its claim's snapshot.
 _RENEW_SQL = (
-    "UPDATE txn SET next_check_at = CASE WHEN next_check_at = leased_until THEN now() + make_interval(secs => $6) "
-    "ELSE next_check_at END, leased_until = now() + make_interval(secs => $6) "
-    f"WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL AND {DUE_SQL} AND next_check_at IS NOT NULL RETURNING true"
+    "UPDATE txn t SET next_check_at = CASE WHEN next_check_at = leased_until THEN now() + make_interval(secs => $6) "
+    f"ELSE next_check_at END, leased_until = now() + make_interval(secs => $6) WHERE {_HELD_SQL} "
+    "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
+)
+# A person's from now on, only when the claim that gives it up is still the transaction's.
+_DEAD_LETTER_SQL = (
+    f"WITH held AS (UPDATE txn SET next_check_at = NULL, leased_until = NULL WHERE {_HELD_SQL} "
+    "RETURNING tx_date, terminal_id, stan, transmitted, rrn, channel, state) "
+    "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason) "
+    "SELECT *, $6 FROM held ON CONFLICT DO NOTHING RETURNING true"
 )
 _RELEASE_SQL = f"UPDATE txn SET leased_until = NULL WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL"
 
@@ -539,11 +551,12 @@ class Journal:
             *key, checks,
         ))  # fmt: skip
 
-    async def renew(self, key: TxnKey, checks: int, lease_s: float) -> bool:
-        """Hold the claim that counted ``checks`` for ``lease_s`` more; False when it is no longer
-        the transaction's (another claim took it once its lease lapsed, its holder let it go, or
-        the transaction left the resolver's queues)."""
-        return bool(await self._pool.fetchval(_RENEW_SQL, *key, checks, lease_s))
+    async def renew(self, key: TxnKey, checks: int, lease_s: float) -> OpenTxn | None:
+        """Hold the claim that counted ``checks`` for ``lease_s`` more, and the transaction as it is
+        now; None when the claim is no longer the transaction's (another claim took it once its
+        lease lapsed, its holder let it go, or the transaction left the resolver's queues)."""
+        row = await self._pool.fetchrow(_RENEW_SQL, *key, checks, lease_s)
+        return OpenTxn(*row) if row else None
 
     async def release(self, key: TxnKey, checks: int) -> None:
         """End the lease of the claim that counted ``checks``: the transaction is any resolver's
@@ -718,24 +731,12 @@ class Journal:
             channel_txn_id,
         )
 
-    async def dead_letter(self, txn: OpenTxn, reason: str) -> None:
-        """Hand a transaction to a person: recorded in ``dead_letter``, no longer taken by the resolver,
-        its journal row kept as it is."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                *txn.key,
-                txn.rrn,
-                txn.channel,
-                txn.state,
-                reason,
-            )
-            await conn.execute(
-                "UPDATE txn SET next_check_at = NULL WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 "
-                "AND transmitted = $4",
-                *txn.key,
-            )
+    async def dead_letter(self, key: TxnKey, checks: int, reason: str) -> bool:
+        """Hand a transaction to a person: recorded in ``dead_letter``, no longer taken by the
+        resolver, its journal row kept as it is. Only by the claim that counted ``checks`` while it
+        is still the transaction's (False otherwise: a lane stuck past its lease does not take
+        from a person's queue what another resolver is settling)."""
+        return bool(await self._pool.fetchval(_DEAD_LETTER_SQL, *key, checks, reason))
 
     async def _flush_inserts(self, txns: Sequence[NewTxn]) -> list[bool]:
         """Whether each was written (False: its key was there already, or its reversal was)."""
