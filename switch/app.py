@@ -443,8 +443,8 @@ class SwitchApp:
         """The drain, then the parts: /readyz says not ready at once (a load balancer sends no
         more), the terminals' requests read are answered and their connections closed, and what
         is still open (PENDING, UNKNOWN, reversals to carry out) stays in the journal for any
-        front end's resolver; all within ``drain_bound_s``, past which the rest is left exactly
-        as after a crash."""
+        front end's resolver (this one's lanes end or let go, ``Resolver.stop``); all within
+        ``drain_bound_s``, past which the rest is left exactly as after a crash."""
         self.ready = False
         async with self._reloading:  # a reload under way finishes first; none starts after
             self._stopping = True
@@ -457,8 +457,8 @@ class SwitchApp:
         drained = await self._server.drain(bound_s) if self._server is not None else Drained(0, 0, 0)
         if self._recon is not None:  # before the gateways it calls through go
             self._recon.cancel()
-        if self.resolver is not None:  # its leases lapse (resolver.LEASE_S) for any front end's resolver
-            await self.resolver.stop()
+        if self.resolver is not None:  # what it holds, let go or lapsed (resolver.LEASE_S), is any resolver's
+            await self.resolver.stop(until=started + bound_s)
         # Channel calls past their deadline may still bring a late answer to keep in the journal.
         while any(g.in_flight for g in self.gateways.values()) and loop.time() < started + bound_s:
             await asyncio.sleep(0.05)

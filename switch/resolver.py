@@ -96,7 +96,8 @@ class Resolver:
         # meanwhile and this resolver claim it again, never twice at once.
         self._in_progress: dict[TxnKey, int] = {}
         self._claiming = asyncio.Lock()  # a claim and what it hands out, against a lane's end and a lost lease
-        self._workers: set[asyncio.Task[None]] = set()
+        self._workers: dict[asyncio.Task[None], TxnKey] = {}  # each transaction's, waiting for a lane or in one
+        self._in_lane: set[TxnKey] = set()  # those whose lane has started: it may have called the channel
 
     def set_merchant_channel_ids(self, ids: dict[tuple[str, str], str]) -> None:
         """The merchants' ids at the channels, of a reloaded configuration."""
@@ -105,11 +106,34 @@ class Resolver:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="resolver")
 
-    async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._workers) if t is not None]
-        for task in tasks:
+    async def stop(self, until: float | None = None) -> None:
+        """Claim no more. What waits for a lane here made no call: cancelled, and its lease let go
+        at once for any resolver. What is in a lane has until ``until`` (the loop's clock; by default
+        no time) to end and let its own go; the rest is cancelled, and its lease lapses, since its
+        channel call may still be under way."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        async with self._claiming:
+            waiting = {
+                task: (key, self._in_progress[key])
+                for task, key in self._workers.items()
+                if key not in self._in_lane and key in self._in_progress  # (not one that has just ended)
+            }
+            for task in waiting:
+                task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        try:
+            for key, checks in waiting.values():
+                await self._journal.defer(key, checks, 0)  # due again at once, unleased
+        except Exception:
+            log.exception("letting go of what waited for a lane failed: its leases lapse")
+        loop = asyncio.get_running_loop()
+        if in_lane := list(self._workers):
+            await asyncio.wait(in_lane, timeout=max(0.0, (until or 0.0) - loop.time()))
+        for task in in_lane:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*in_lane, return_exceptions=True)
 
     @property
     def in_progress(self) -> int:
@@ -132,8 +156,8 @@ class Resolver:
                             continue
                         self._in_progress[txn.key] = txn.checks
                         worker = asyncio.get_running_loop().create_task(self._resolve_in_lane(txn))
-                        self._workers.add(worker)
-                        worker.add_done_callback(self._workers.discard)
+                        self._workers[worker] = txn.key
+                        worker.add_done_callback(self._ended)
                 if len(claimed) == self._batch:
                     continue  # there may be more due right away
             except asyncio.CancelledError:
@@ -157,6 +181,7 @@ class Resolver:
         lane = self._lanes.setdefault(txn.channel, asyncio.Semaphore(LANE_WIDTH))
         try:
             async with lane:  # the wait for a lane may have outlasted the claim's lease
+                self._in_lane.add(txn.key)
                 if now := await self._held(txn, "resolve"):  # as it is now, not as it was claimed
                     await self.resolve(now)
             async with self._claiming:  # no claim of it in flight to be adopted by a lane that has ended
@@ -167,6 +192,10 @@ class Resolver:
             log.exception("resolving failed", extra={"rrn": txn.rrn, "channel": txn.channel})
         finally:
             self._in_progress.pop(txn.key, None)
+            self._in_lane.discard(txn.key)
+
+    def _ended(self, worker: asyncio.Task[None]) -> None:
+        self._workers.pop(worker, None)
 
     async def resolve(self, txn: OpenTxn) -> None:
         channel = self._channels.get(txn.channel)

@@ -273,3 +273,45 @@ def test_a_transaction_waiting_for_a_lane_is_worked_as_it_is_when_its_turn_comes
             assert gateway.ops.count("query") == 17  # asked about once: its first look saw the reversal
 
     run(scenario())
+
+
+def test_a_stopping_resolver_lets_go_at_once_of_what_made_no_call(database_url):
+    """Seventeen transactions on sixteen lanes, whose calls hang: stopped, the resolver lets go of
+    the one waiting for a lane (it made no call), and another resolver settles it at once; the
+    sixteen whose calls may still be under way keep their leases until they lapse."""
+
+    async def scenario():
+        async with stage(database_url, "stop") as on:
+            hung = StandInGateway(delay=3600)
+            stopping = on.resolver(hung, poll_s=0.1)
+            rrns = [await unknown_txn(on.journal, on.name) for _ in range(17)]
+            stopping.start()
+            while hung.calls < 16:
+                await asyncio.sleep(0.02)
+            await stopping.stop()
+            leased = "SELECT rrn FROM txn WHERE rrn = ANY($1) AND leased_until > now()"
+            assert {r["rrn"] for r in await on.journal.pool.fetch(leased, rrns)} == set(rrns[:16])
+            on.resolver(StandInGateway(delay=0.01), poll_s=0.1).start()
+            assert await settled(on.journal, rrns[-1]) == "CANCELLED"
+            assert hung.calls == 16
+
+    run(scenario())
+
+
+def test_a_stopping_resolver_lets_its_lanes_end_until_told(database_url):
+    """Stopped while its lanes' calls are under way, with time to spare: they end, their
+    transactions are settled, and nothing is left leased."""
+
+    async def scenario():
+        async with stage(database_url, "drain") as on:
+            gateway = StandInGateway(delay=0.5)
+            resolver = on.resolver(gateway, poll_s=0.1)
+            rrns = [await unknown_txn(on.journal, on.name) for _ in range(4)]
+            resolver.start()
+            while gateway.calls < 4:
+                await asyncio.sleep(0.02)
+            await resolver.stop(until=asyncio.get_running_loop().time() + 10)
+            rows = await on.journal.pool.fetch("SELECT state, leased_until FROM txn WHERE rrn = ANY($1)", rrns)
+            assert [(r["state"], r["leased_until"]) for r in rows] == [("CANCELLED", None)] * 4
+
+    run(scenario())
