@@ -392,7 +392,8 @@ def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
 def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_url):
     """A lane stuck past its lease gives up on a transaction another resolver has claimed since:
     nothing is dead-lettered, and the transaction stays the other's. The holding claim's give-up
-    is recorded once, and the transaction leaves the resolver's queues."""
+    is recorded once, and the transaction leaves the resolver's queues; handed back to the
+    resolver and given up on again, its letter is open again."""
     channel = f"dead-{uuid.uuid4().hex[:8]}"
 
     async def scenario():
@@ -416,6 +417,14 @@ def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_u
                 "SELECT next_check_at IS NULL AND leased_until IS NULL FROM txn WHERE rrn = $1", txn.rrn
             )
             assert await journal.claim_due(10, 3600, [channel]) == []
+            await journal.pool.execute("UPDATE dead_letter SET resolved_at = now() WHERE rrn = $1", txn.rrn)
+            async with journal.pool.acquire() as conn:  # handed back (a reversal of it, say)
+                assert await hand_to_resolver(conn, txn.key)
+            [back] = await journal.claim_due(10, 3600, [channel])
+            assert await journal.dead_letter(txn.key, back.checks, "refused again")  # the letter reopened
+            assert await journal.pool.fetchval(
+                "SELECT reason FROM dead_letter WHERE rrn = $1 AND resolved_at IS NULL", txn.rrn
+            ) == "refused again"  # fmt: skip
         finally:
             await journal.close()
 

@@ -292,3 +292,45 @@ def test_a_purchase_a_resolver_took_before_its_answer_was_written_is_never_told_
         assert asked["39"] == "05", asked["39"]  # declined: nothing was kept
 
     run(scenario())
+
+
+def test_an_approval_that_cannot_be_recorded_is_answered_09_and_its_money_returned(switch, simulators, database_url):
+    """The channel approves, but the journal refuses the outcome (here: a trigger of the test's that
+    fails this one purchase's move). The terminal is told 09 (ask again), never 00 with nothing
+    recorded; the row stays RECEIVED, told nothing, and the resolver, once its deadline is past,
+    finds the payment and returns it. An inquiry then says 05."""
+
+    async def scenario():
+        import uuid
+
+        import asyncpg
+
+        request = new_purchase("alipay", "00")
+        name = f"refuse_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.terminal_id = '{request['41']}' AND NEW.stan = '{request['11']}' AND NEW.state <> 'RECEIVED' "
+                "THEN RAISE EXCEPTION 'the test refuses this outcome'; END IF; RETURN NEW; END $$"
+            )
+            await conn.execute(f"CREATE TRIGGER {name} BEFORE UPDATE ON txn FOR EACH ROW EXECUTE FUNCTION {name}()")
+            try:
+                async with connected(switch) as client:
+                    answer = await client.request(request)
+            finally:
+                await conn.execute(f"DROP TRIGGER {name} ON txn")
+                await conn.execute(f"DROP FUNCTION {name}()")
+        finally:
+            await conn.close()
+        assert answer["39"] == "09", answer["39"]
+        row = await journal_row(database_url, answer["37"])
+        assert (row["state"], row["response_code"], row["checks"]) == ("RECEIVED", None, 0)
+        assert sim_ledger(simulators, "alipay")[out_trade_no(answer["37"])]["status"] == "PAID"
+        await wait_for_state(database_url, answer["37"], {"CANCELLED"}, timeout=30)
+        assert sim_ledger(simulators, "alipay")[out_trade_no(answer["37"])]["status"] == "REVERSED"
+        async with connected(switch) as client:
+            asked = await client.request(inquiry(TERMINAL, MERCHANT, answer["37"], STANS.next(TERMINAL)))
+        assert asked["39"] == "05", asked["39"]
+
+    run(scenario())

@@ -312,12 +312,15 @@ _RENEW_SQL = (
     f"ELSE next_check_at END, leased_until = now() + make_interval(secs => $6) WHERE {_HELD_SQL} "
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
-# A person's from now on, only when the claim that gives it up is still the transaction's.
+# A person's from now on, only when the claim that gives it up is still the transaction's. A
+# transaction given up on before and handed back to the resolver since (a reversal of it, say)
+# reopens its letter, with what is wrong now.
 _DEAD_LETTER_SQL = (
     f"WITH held AS (UPDATE txn SET next_check_at = NULL, leased_until = NULL WHERE {_HELD_SQL} "
     "RETURNING tx_date, terminal_id, stan, transmitted, rrn, channel, state) "
     "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason) "
-    "SELECT *, $6 FROM held ON CONFLICT DO NOTHING RETURNING true"
+    "SELECT *, $6 FROM held ON CONFLICT (tx_date, terminal_id, stan, transmitted) DO UPDATE SET "
+    "state = excluded.state, reason = excluded.reason, resolved_at = NULL, resolution = NULL RETURNING true"
 )
 _RELEASE_SQL = f"UPDATE txn SET leased_until = NULL WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL"
 
