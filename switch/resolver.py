@@ -65,6 +65,7 @@ MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
 OVERTAKEN_WITHIN_S = 3600.0  # how far back: a switch down for a while still finds them on its return
 OVERTAKEN_EVERY_S = 2.0  # how often 0400s that raced their original's write-ahead are looked for (an index scan)
+LET_GO_S = 5.0  # at stop: the least time given to letting go of leases, and to cancelled lanes to end
 LANE_WIDTH = 16  # transactions of one channel resolved at once: a hung channel fills only its own lane
 
 
@@ -123,17 +124,21 @@ class Resolver:
             for task in waiting:
                 task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        try:
-            for key, checks in waiting.values():
-                await self._journal.defer(key, checks, 0)  # due again at once, unleased
-        except Exception:
-            log.exception("letting go of what waited for a lane failed: its leases lapse")
         loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(max((until or 0.0) - loop.time(), LET_GO_S)):
+                for key, checks in waiting.values():
+                    await self._journal.defer(key, checks, 0)  # due again at once, unleased
+        except Exception:  # (a timeout too)
+            log.exception("letting go of what waited for a lane failed: the rest of their leases lapse")
         if in_lane := list(self._workers):
             await asyncio.wait(in_lane, timeout=max(0.0, (until or 0.0) - loop.time()))
         for task in in_lane:
             task.cancel()
-        await asyncio.gather(*in_lane, return_exceptions=True)
+        if in_lane:
+            _, stuck = await asyncio.wait(in_lane, timeout=LET_GO_S)
+            if stuck:  # a database that does not answer: the process ends with them
+                log.warning("resolver lanes did not end when cancelled", extra={"count": len(stuck)})
 
     @property
     def in_progress(self) -> int:
