@@ -241,22 +241,10 @@ class SwitchApp:
         counters = CounterShards(actors, section.counters_timeout_ms / 1000, client_tls(tls) if tls else None)
         counters.start()
         try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in counters.linked)), ACTORS_READY_TIMEOUT_S)
-        except TimeoutError:
-            raise RuntimeError(f"the risk actors did not open their links within {ACTORS_READY_TIMEOUT_S} s") from None
-        # One answer from each shard before the switch is ready: the first answer of a fresh actor
-        # is slower, and the first customers should not wait for it. On a loaded machine it may
-        # miss the payments' short wait; asking again is harmless (a check counts nothing).
-        deadline = asyncio.get_running_loop().time() + ACTORS_READY_TIMEOUT_S
-        while True:
-            try:
-                await counters.ask({shard: Ask(0, CHECK, []) for shard in range(section.shards)})
-                break
-            except Unreachable as exc:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise RuntimeError(f"the risk actors did not answer within {ACTORS_READY_TIMEOUT_S} s") from None
-                log.info("risk actors warming up", extra={"error": str(exc)})
-                await asyncio.sleep(0.1)
+            await _counters_answering(counters, section.shards)
+        except BaseException:
+            await counters.close()  # its links' tasks, not left running behind a failed start
+            raise
         self.risk.counters = counters
         self.journal.on_moved = self.risk.moved
 
@@ -492,6 +480,27 @@ class SwitchApp:
             import ray
 
             ray.shutdown()
+
+
+async def _counters_answering(counters: CounterShards, shards: int) -> None:
+    """Every risk actor linked and answering, within ``ACTORS_READY_TIMEOUT_S`` each."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in counters.linked)), ACTORS_READY_TIMEOUT_S)
+    except TimeoutError:
+        raise RuntimeError(f"the risk actors did not open their links within {ACTORS_READY_TIMEOUT_S} s") from None
+    # One answer from each shard before the switch is ready: the first answer of a fresh actor
+    # is slower, and the first customers should not wait for it. On a loaded machine it may
+    # miss the payments' short wait; asking again is harmless (a check counts nothing).
+    deadline = asyncio.get_running_loop().time() + ACTORS_READY_TIMEOUT_S
+    while True:
+        try:
+            await counters.ask({shard: Ask(0, CHECK, []) for shard in range(shards)})
+            return
+        except Unreachable as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the risk actors did not answer within {ACTORS_READY_TIMEOUT_S} s") from None
+            log.info("risk actors warming up", extra={"error": str(exc)})
+            await asyncio.sleep(0.1)
 
 
 def check_placement(config: Config) -> None:
