@@ -187,7 +187,7 @@ class Resolver:
         try:
             async with lane:  # the wait for a lane may have outlasted the claim's lease
                 self._in_lane.add(txn.key)
-                if now := await self._held(txn, "resolve"):  # as it is now, not as it was claimed
+                if now := await self._held(txn, "resolve", seen=True):  # as it is now, not as it was claimed
                     await self.resolve(now)
             async with self._claiming:  # no claim of it in flight to be adopted by a lane that has ended
                 await self._journal.release(txn.key, self._claim(txn))  # its move may have left it due
@@ -331,17 +331,17 @@ class Resolver:
         else:
             await self._defer(txn, _backoff(channel, txn.checks))
 
-    async def _held(self, txn: OpenTxn, before: str) -> OpenTxn | None:
+    async def _held(self, txn: OpenTxn, before: str, seen: bool = False) -> OpenTxn | None:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
-        void or refund), and the transaction as it is now. A lane stuck past its lease, whose
-        transaction another resolver took meanwhile and may be acting on, makes no call: what it
-        would do is the other's to decide."""
+        void or refund), and the transaction as it is now (``seen``: which the lane works from).
+        A lane stuck past its lease, whose transaction another resolver took meanwhile and may be
+        acting on, makes no call: what it would do is the other's to decide."""
         tried = self._claim(txn)
-        if now := await self._journal.renew(txn.key, tried, self._lease_s):
+        if now := await self._journal.renew(txn.key, tried, self._lease_s, seen):
             return now
         async with self._claiming:  # this resolver's own claim of it may be in flight: adopted once done
             claim = self._claim(txn)
-        if claim != tried and (now := await self._journal.renew(txn.key, claim, self._lease_s)):
+        if claim != tried and (now := await self._journal.renew(txn.key, claim, self._lease_s, seen)):
             return now
         if await self._journal.taken_since(txn.key, claim):
             self._metrics.leases_lost.labels(txn.channel).inc()

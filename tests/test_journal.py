@@ -363,7 +363,8 @@ def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url
 
 def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
     """A lane that waited for a slot past its claim renews it and gets the row as it is now: the
-    reversal asked for meanwhile, the state moved meanwhile, and its own claim's count."""
+    reversal asked for meanwhile, the state moved meanwhile, and its own claim's count; the lane
+    having seen the reversal, its "look again later" backs off."""
     channel = f"renew-{uuid.uuid4().hex[:8]}"
 
     async def scenario():
@@ -378,11 +379,13 @@ def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
             unsure = Report(*txn.key, Event.UNSURE, "91", "", "TIMEOUT", "", "", dt.datetime.now(dt.UTC))
             assert await journal.record(unsure) is State.UNKNOWN
             await journal.request_reversal(txn.key, "000002", txn.transmitted, txn.amount_fen, await journal.next_rrn())
-            now = await journal.renew(txn.key, claimed.checks, 3600)
+            now = await journal.renew(txn.key, claimed.checks, 3600, seen=True)
             assert now is not None
             assert (now.key, now.state, now.response_code, now.reversal_requested, now.checks) == (
                 txn.key, State.UNKNOWN, "91", True, claimed.checks,
             )  # fmt: skip
+            await journal.defer(txn.key, claimed.checks, 3600)  # the reversal was seen: no reason to stay due
+            assert await journal.claim_due(10, 3600, [channel]) == []
         finally:
             await journal.close()
 

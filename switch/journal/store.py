@@ -306,10 +306,12 @@ _DEFER_SQL = (
 # queues, and no person has it (a dead letter's next_check_at is NULL).
 _HELD_SQL = f"{_KEY_AND_CLAIM} AND leased_until IS NOT NULL AND {DUE_SQL} AND next_check_at IS NOT NULL"
 # Renewing returns the row as it is now: a lane that waited for a slot works from what was asked
-# for meanwhile (a reversal) and from its own claim's count, not from its claim's snapshot.
+# for meanwhile (a reversal) and from its own claim's count, not from its claim's snapshot. A lane
+# that works from it (``$7``) has seen what a hand to the resolver asked: the mark of it goes.
 _RENEW_SQL = (
-    "UPDATE txn t SET next_check_at = CASE WHEN next_check_at = leased_until THEN now() + make_interval(secs => $6) "
-    f"ELSE next_check_at END, leased_until = now() + make_interval(secs => $6) WHERE {_HELD_SQL} "
+    "UPDATE txn t SET next_check_at = CASE WHEN $7 OR next_check_at = leased_until "
+    "THEN now() + make_interval(secs => $6) ELSE next_check_at END, "
+    f"leased_until = now() + make_interval(secs => $6) WHERE {_HELD_SQL} "
     "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
 )
 # A person's from now on, only when the claim that gives it up is still the transaction's. A
@@ -554,11 +556,13 @@ class Journal:
             *key, checks,
         ))  # fmt: skip
 
-    async def renew(self, key: TxnKey, checks: int, lease_s: float) -> OpenTxn | None:
+    async def renew(self, key: TxnKey, checks: int, lease_s: float, seen: bool = False) -> OpenTxn | None:
         """Hold the claim that counted ``checks`` for ``lease_s`` more, and the transaction as it is
         now; None when the claim is no longer the transaction's (another claim took it once its
-        lease lapsed, its holder let it go, or the transaction left the resolver's queues)."""
-        row = await self._pool.fetchrow(_RENEW_SQL, *key, checks, lease_s)
+        lease lapsed, its holder let it go, or the transaction left the resolver's queues).
+        ``seen``: the holder works from what this returns, so what was asked for until now (a
+        reversal, a notification) no longer keeps the transaction due past its ``defer``."""
+        row = await self._pool.fetchrow(_RENEW_SQL, *key, checks, lease_s, seen)
         return OpenTxn(*row) if row else None
 
     async def release(self, key: TxnKey, checks: int) -> None:
