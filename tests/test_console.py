@@ -7,6 +7,7 @@ difference resolved, a merchant's rate quota changed with no restart."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -808,3 +810,33 @@ def test_a_days_settlement_file_is_the_one_paysw_settle_writes(console, database
     assert got.status_code == 200 and got.headers["Content-Type"].startswith("text/csv")
     assert got.content == written  # byte for byte
     assert requests.get(f"{console.base}/settlement/settlement-{today}.csv", allow_redirects=False).status_code == 303
+
+
+def test_a_reopened_dead_letter_is_listed_when_it_was_reopened_with_what_came_before(console, database_url):
+    """A dead letter the resolver reopened (given up on again after a person resolved it) is on
+    the open list at the time it was reopened, and its reason still says what the person did."""
+
+    async def scenario():
+        conn = await asyncpg.connect(database_url)
+        try:
+            terminal = f"D{uuid.uuid4().hex[:7].upper()}"
+            await conn.execute(
+                "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason, "
+                "created_at, reopened_at) VALUES ($1, $2, '000001', '0101120000', $3, 'wechat', 'APPROVED', "
+                "'refused again (given up on before, at UNKNOWN: unresolved; resolved 2026-01-02: refunded by hand)', "
+                "$4, now())",
+                dt.date(2026, 1, 1),
+                terminal,
+                f"9{uuid.uuid4().int % 10**11:011d}",
+                dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            )
+        finally:
+            await conn.close()
+        return terminal
+
+    terminal = run(scenario())
+    session, status = signed_in(console, "vera")
+    assert status == 303
+    page = session.get(f"{console.base}/dead-letters").text
+    row = next(line for line in page.splitlines() if terminal in line)
+    assert "refunded by hand" in row and "2026-01-01" not in row  # listed when reopened, not first given up

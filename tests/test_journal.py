@@ -420,14 +420,21 @@ def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_u
                 "SELECT next_check_at IS NULL AND leased_until IS NULL FROM txn WHERE rrn = $1", txn.rrn
             )
             assert await journal.claim_due(10, 3600, [channel]) == []
-            await journal.pool.execute("UPDATE dead_letter SET resolved_at = now() WHERE rrn = $1", txn.rrn)
+            await journal.pool.execute(
+                "UPDATE dead_letter SET resolved_at = now(), resolution = 'refunded by hand' WHERE rrn = $1", txn.rrn
+            )
             async with journal.pool.acquire() as conn:  # handed back (a reversal of it, say)
                 assert await hand_to_resolver(conn, txn.key)
             [back] = await journal.claim_due(10, 3600, [channel])
             assert await journal.dead_letter(txn.key, back.checks, "refused again")  # the letter reopened
-            assert await journal.pool.fetchval(
-                "SELECT reason FROM dead_letter WHERE rrn = $1 AND resolved_at IS NULL", txn.rrn
-            ) == "refused again"  # fmt: skip
+            letter = await journal.pool.fetchrow(
+                "SELECT reason, reopened_at IS NOT NULL AS reopened FROM dead_letter WHERE rrn = $1 "
+                "AND resolved_at IS NULL",
+                txn.rrn,
+            )
+            assert letter["reopened"]
+            assert letter["reason"].startswith("refused again (given up on before, at RECEIVED: unresolved; resolved ")
+            assert letter["reason"].endswith(": refunded by hand)")  # what a person did is not lost
         finally:
             await journal.close()
 

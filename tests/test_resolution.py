@@ -309,9 +309,11 @@ def test_an_approval_that_cannot_be_recorded_is_answered_09_and_its_money_return
         name = f"refuse_{uuid.uuid4().hex[:8]}"
         conn = await asyncpg.connect(database_url)
         try:
+            await conn.execute("SET lock_timeout = '10s'")  # (its trigger locks the journal's rows a moment)
             await conn.execute(
                 f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.terminal_id = '{request['41']}' AND NEW.stan = '{request['11']}' AND NEW.state <> 'RECEIVED' "
+                f"IF NEW.terminal_id = '{request['41']}' AND NEW.stan = '{request['11']}' "
+                f"AND NEW.transmitted = '{request['7']}' AND NEW.state <> 'RECEIVED' "
                 "THEN RAISE EXCEPTION 'the test refuses this outcome'; END IF; RETURN NEW; END $$"
             )
             await conn.execute(f"CREATE TRIGGER {name} BEFORE UPDATE ON txn FOR EACH ROW EXECUTE FUNCTION {name}()")
@@ -319,8 +321,7 @@ def test_an_approval_that_cannot_be_recorded_is_answered_09_and_its_money_return
                 async with connected(switch) as client:
                     answer = await client.request(request)
             finally:
-                await conn.execute(f"DROP TRIGGER {name} ON txn")
-                await conn.execute(f"DROP FUNCTION {name}()")
+                await conn.execute(f"DROP FUNCTION IF EXISTS {name}() CASCADE")  # and its trigger
         finally:
             await conn.close()
         assert answer["39"] == "09", answer["39"]

@@ -134,12 +134,12 @@ async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
     ):
         events.append(Event(r["created_at"], "merchant notification", _notice(r)))
     for r in await pool.fetch(
-        "SELECT reason, state, created_at, resolved_at, resolution FROM dead_letter "
+        "SELECT reason, state, coalesce(reopened_at, created_at) AS at, resolved_at, resolution FROM dead_letter "
         "WHERE (tx_date, terminal_id, stan, transmitted) = ($1, $2, $3, $4)",
         *key,
     ):
         done = f"; resolved: {r['resolution']}" if r["resolved_at"] else ""
-        events.append(Event(r["created_at"], "dead letter", f"{scrub(r['reason'])} (at {r['state']}){done}"))
+        events.append(Event(r["at"], "dead letter", f"{scrub(r['reason'])} (at {r['state']}){done}"))
     return Story(txn, sorted(events, key=lambda e: e.at))
 
 
@@ -161,8 +161,8 @@ async def batches(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 async def dead_letters(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT rrn, terminal_id, channel, state, reason, created_at FROM dead_letter WHERE resolved_at IS NULL "
-        "ORDER BY created_at DESC LIMIT 500"
+        "SELECT rrn, terminal_id, channel, state, reason, coalesce(reopened_at, created_at) AS at FROM dead_letter "
+        "WHERE resolved_at IS NULL ORDER BY at DESC LIMIT 500"
     )
 
 

@@ -653,6 +653,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD COLUMN leased_until timestamptz;
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 23: a dead letter given up on again after it was handed back to the resolver is reopened
+    # (store._DEAD_LETTER_SQL), its earlier reason and resolution kept in its reason.
+    """
+    SET LOCAL lock_timeout = '5s';
+    ALTER TABLE dead_letter ADD COLUMN reopened_at timestamptz;
+    SET LOCAL lock_timeout = DEFAULT;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

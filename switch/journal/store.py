@@ -316,13 +316,17 @@ _RENEW_SQL = (
 )
 # A person's from now on, only when the claim that gives it up is still the transaction's. A
 # transaction given up on before and handed back to the resolver since (a reversal of it, say)
-# reopens its letter, with what is wrong now.
+# reopens its letter: what is wrong now, and what was before and what a person did about it (a
+# refund by hand must not be made twice).
 _DEAD_LETTER_SQL = (
     f"WITH held AS (UPDATE txn SET next_check_at = NULL, leased_until = NULL WHERE {_HELD_SQL} "
     "RETURNING tx_date, terminal_id, stan, transmitted, rrn, channel, state) "
     "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason) "
     "SELECT *, $6 FROM held ON CONFLICT (tx_date, terminal_id, stan, transmitted) DO UPDATE SET "
-    "state = excluded.state, reason = excluded.reason, resolved_at = NULL, resolution = NULL RETURNING true"
+    "state = excluded.state, reopened_at = now(), resolved_at = NULL, resolution = NULL, "
+    "reason = excluded.reason || ' (given up on before, at ' || dead_letter.state || ': ' || dead_letter.reason "
+    "|| coalesce('; resolved ' || dead_letter.resolved_at || coalesce(': ' || dead_letter.resolution, ''), '') "
+    "|| ')' RETURNING true"
 )
 _RELEASE_SQL = f"UPDATE txn SET leased_until = NULL WHERE {_KEY_AND_CLAIM} AND leased_until IS NOT NULL"
 
