@@ -386,6 +386,13 @@ def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
             )  # fmt: skip
             await journal.defer(txn.key, claimed.checks, 3600)  # the reversal was seen: no reason to stay due
             assert await journal.claim_due(10, 3600, [channel]) == []
+            async with journal.pool.acquire() as conn:
+                assert await hand_to_resolver(conn, txn.key)
+                [again] = await journal.claim_due(10, 3600, [channel])
+                assert await journal.renew(txn.key, again.checks, 3600, seen=True)
+                assert await hand_to_resolver(conn, txn.key)  # asked for after the lane looked
+            await journal.defer(txn.key, again.checks, 3600)
+            assert [t.checks for t in await journal.claim_due(10, 3600, [channel])] == [again.checks + 1]
         finally:
             await journal.close()
 
