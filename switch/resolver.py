@@ -99,6 +99,7 @@ class Resolver:
         self._claiming = asyncio.Lock()  # a claim and what it hands out, against a lane's end and a lost lease
         self._workers: dict[asyncio.Task[None], TxnKey] = {}  # each transaction's, waiting for a lane or in one
         self._in_lane: set[TxnKey] = set()  # those whose lane has started: it may have called the channel
+        self._until: float | None = None  # stopping: by when (the loop's clock) the lanes are to end
 
     def set_merchant_channel_ids(self, ids: dict[tuple[str, str], str]) -> None:
         """The merchants' ids at the channels, of a reloaded configuration."""
@@ -110,8 +111,11 @@ class Resolver:
     async def stop(self, until: float | None = None) -> None:
         """Claim no more. What waits for a lane here made no call: cancelled, and its lease let go
         at once for any resolver. What is in a lane has until ``until`` (the loop's clock; by default
-        no time) to end and let its own go; the rest is cancelled, and its lease lapses, since its
-        channel call may still be under way."""
+        no time) to end and let its own go, and starts no channel call it could not see through by
+        then (``_held``); the rest is cancelled, and its lease lapses, since its channel call may
+        still be under way."""
+        loop = asyncio.get_running_loop()
+        self._until = until or loop.time()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -124,7 +128,6 @@ class Resolver:
             for task in waiting:
                 task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(max((until or 0.0) - loop.time(), LET_GO_S)):
                 for key, checks in waiting.values():
@@ -335,7 +338,12 @@ class Resolver:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
         void or refund), and the transaction as it is now (``seen``: which the lane works from).
         A lane stuck past its lease, whose transaction another resolver took meanwhile and may be
-        acting on, makes no call: what it would do is the other's to decide."""
+        acting on, makes no call: what it would do is the other's to decide. Nor does a lane of a
+        stopping resolver whose call could outlast the stop: it lets the transaction go at once,
+        for any resolver, rather than leave a call under way and its lease to lapse."""
+        if self._until is not None and asyncio.get_running_loop().time() + self._call_timeout_s > self._until:
+            await self._defer(txn, 0)
+            return None
         tried = self._claim(txn)
         if now := await self._journal.renew(txn.key, tried, self._lease_s, seen):
             return now

@@ -299,13 +299,13 @@ def test_a_stopping_resolver_lets_go_at_once_of_what_made_no_call(database_url):
 
 
 def test_a_stopping_resolver_lets_its_lanes_end_until_told(database_url):
-    """Stopped while its lanes' calls are under way, with time to spare: they end, their
-    transactions are settled, and nothing is left leased."""
+    """Stopped while its lanes' calls are under way, with time to spare (more than a call may
+    take): they end, their transactions are settled, and nothing is left leased."""
 
     async def scenario():
         async with stage(database_url, "drain") as on:
             gateway = StandInGateway(delay=0.5)
-            resolver = on.resolver(gateway, poll_s=0.1)
+            resolver = on.resolver(gateway, poll_s=0.1, call_timeout_s=2)
             rrns = [await unknown_txn(on.journal, on.name) for _ in range(4)]
             resolver.start()
             while gateway.calls < 4:
@@ -313,5 +313,31 @@ def test_a_stopping_resolver_lets_its_lanes_end_until_told(database_url):
             await resolver.stop(until=asyncio.get_running_loop().time() + 10)
             rows = await on.journal.pool.fetch("SELECT state, leased_until FROM txn WHERE rrn = ANY($1)", rrns)
             assert [(r["state"], r["leased_until"]) for r in rows] == [("CANCELLED", None)] * 4
+
+    run(scenario())
+
+
+def test_a_stopping_resolver_starts_no_call_it_could_not_see_through(database_url):
+    """Stopped while a lane's query is under way, with less time left than a call may take: the
+    query ends, and the lane sends no cancel it might have to abandon; it lets the transaction go,
+    due at once, unleased, and another resolver cancels it."""
+
+    async def scenario():
+        async with stage(database_url, "late") as on:
+            gateway = StandInGateway(delay=0.5)
+            resolver = on.resolver(gateway, poll_s=0.1)
+            rrn = await unknown_txn(on.journal, on.name)
+            resolver.start()
+            while not gateway.calls:
+                await asyncio.sleep(0.02)
+            await resolver.stop(until=asyncio.get_running_loop().time() + 5)  # a call may take 15 s
+            row = await on.journal.pool.fetchrow(
+                "SELECT state, leased_until, next_check_at <= now() AS due FROM txn WHERE rrn = $1", rrn
+            )
+            assert (gateway.ops, row["state"], row["leased_until"], row["due"]) == (["query"], "UNKNOWN", None, True)
+            other = StandInGateway(delay=0.01)
+            on.resolver(other, poll_s=0.1).start()
+            assert await settled(on.journal, rrn) == "CANCELLED"
+            assert other.ops == ["query", "cancel"]
 
     run(scenario())
