@@ -59,7 +59,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("paysw.resolver")
 
 CALL_TIMEOUT_S = 15.0
-LEASE_S = 60.0  # longer than a query and a cancel together; renewed as a lane starts and before each cancel
+LEASE_S = 60.0  # well past one channel call and the statements around it: renewed before each (_held)
 MAX_BACKOFF_S = 300.0
 MAX_CHECKS = 200  # with the backoff, about 16 hours of trying
 MAX_AGE_S = 3 * 24 * 3600.0
@@ -115,10 +115,21 @@ class Resolver:
         then (``_held``); the rest is cancelled, and its lease lapses, since its channel call may
         still be under way."""
         loop = asyncio.get_running_loop()
-        self._until = until or loop.time()
+        self._until = end = loop.time() if until is None else until
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._let_go_of_waiting(max(end - loop.time(), LET_GO_S))
+        if in_lane := list(self._workers):
+            await asyncio.wait(in_lane, timeout=max(0.0, end - loop.time()))
+            for task in in_lane:
+                task.cancel()
+            _, stuck = await asyncio.wait(in_lane, timeout=LET_GO_S)
+            if stuck:  # a database that does not answer: the process ends with them
+                log.warning("resolver lanes did not end when cancelled", extra={"count": len(stuck)})
+
+    async def _let_go_of_waiting(self, within_s: float) -> None:
+        """Cancel the transactions waiting for a lane here and make each due again, unleased."""
         async with self._claiming:
             waiting = {
                 task: (key, self._in_progress[key])
@@ -129,19 +140,11 @@ class Resolver:
                 task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         try:
-            async with asyncio.timeout(max((until or 0.0) - loop.time(), LET_GO_S)):
+            async with asyncio.timeout(within_s):
                 for key, checks in waiting.values():
-                    await self._journal.defer(key, checks, 0)  # due again at once, unleased
+                    await self._journal.defer(key, checks, 0)
         except Exception:  # (a timeout too)
             log.exception("letting go of what waited for a lane failed: the rest of their leases lapse")
-        if in_lane := list(self._workers):
-            await asyncio.wait(in_lane, timeout=max(0.0, (until or 0.0) - loop.time()))
-        for task in in_lane:
-            task.cancel()
-        if in_lane:
-            _, stuck = await asyncio.wait(in_lane, timeout=LET_GO_S)
-            if stuck:  # a database that does not answer: the process ends with them
-                log.warning("resolver lanes did not end when cancelled", extra={"count": len(stuck)})
 
     @property
     def in_progress(self) -> int:
