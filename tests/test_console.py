@@ -7,7 +7,6 @@ difference resolved, a merchant's rate quota changed with no restart."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import random
@@ -40,6 +39,7 @@ ACTIONS = [
     "/sign-out",
     "/channels/wechat/disable",
     "/recon/1/resolve",
+    "/dead-letters/000000000001/resolve",
     "/notifications/1/resend",
     f"/merchants/{KIOSK}",
     "/terminals/new",
@@ -208,8 +208,8 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     assert session.get(f"{console.base}/transactions").status_code == 200
     token = csrf(session, console)
     refused = audit_count(database_url, "role", "refused")
-    acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/terminals/new", "/limits/wechat",
-            "/risk/rules")  # fmt: skip
+    acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
+            "/terminals/new", "/limits/wechat", "/risk/rules")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -460,6 +460,18 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert (status, note) == ("RESOLVED", "paid at the counter; receipt 42")
     assert sql(database_url, "SELECT rule FROM recon_action WHERE item_id = $1", item)[0][0] == "operator"
 
+    # A transaction the resolver gave up on: what was done about it said; off the list, audited.
+    letter = _dead_letter(database_url)
+    browser.get(f"{base}/dead-letters")
+    shot(browser, "dead-letters")
+    browser.find_element(By.ID, f"resolution-{letter}").send_keys("cancelled by phone with UnionPay; ticket 7")
+    follow(By.ID, f"resolve-{letter}")
+    assert f"{letter}: resolved" in text("said") and letter not in browser.find_element(By.TAG_NAME, "table").text
+    resolved = sql(database_url, "SELECT resolved_at, resolution FROM dead_letter WHERE rrn = $1", letter)[0]
+    assert resolved["resolved_at"] and resolved["resolution"] == "cancelled by phone with UnionPay; ticket 7"
+    audited = "SELECT user_name, after #>> '{}' FROM console_audit WHERE action = 'dead_letter.resolve' AND target = $1"
+    assert tuple(sql(database_url, audited, letter)[0]) == ("ada", "cancelled by phone with UnionPay; ticket 7")
+
     # A merchant's rate quota changed: it holds at once, with no restart; then taken away again.
     assert set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}
     browser.get(f"{base}/merchants/{KIOSK}")
@@ -524,6 +536,20 @@ def _open_difference(database_url: str) -> int:
         day, hour,
     )  # fmt: skip
     return rows[0][0]
+
+
+def _dead_letter(database_url: str, reason: str = "channel refused to cancel", reopened: bool = False) -> str:
+    """The RRN of a transaction the resolver gave up on (on 2026-01-01; ``reopened``: given up on
+    again now), as it leaves it for a person."""
+    rrn = f"9{uuid.uuid4().int % 10**11:011d}"
+    sql(
+        database_url,
+        "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason, created_at, "
+        "reopened_at) VALUES ('2026-01-01', $1, '000001', '0101120000', $2, 'unionpay', 'APPROVED', $3, "
+        "'2026-01-01T00:00:00Z', CASE WHEN $4 THEN now() END)",
+        f"D{uuid.uuid4().hex[:7].upper()}", rrn, reason, reopened,
+    )  # fmt: skip
+    return rrn
 
 
 def pay_each(switch, amount: int = 1234) -> dict[str, dict]:
@@ -814,29 +840,38 @@ def test_a_days_settlement_file_is_the_one_paysw_settle_writes(console, database
 
 def test_a_reopened_dead_letter_is_listed_when_it_was_reopened_with_what_came_before(console, database_url):
     """A dead letter the resolver reopened (given up on again after a person resolved it) is on
-    the open list at the time it was reopened, and its reason still says what the person did."""
-
-    async def scenario():
-        conn = await asyncpg.connect(database_url)
-        try:
-            terminal = f"D{uuid.uuid4().hex[:7].upper()}"
-            await conn.execute(
-                "INSERT INTO dead_letter (tx_date, terminal_id, stan, transmitted, rrn, channel, state, reason, "
-                "created_at, reopened_at) VALUES ($1, $2, '000001', '0101120000', $3, 'wechat', 'APPROVED', "
-                "'refused again (given up on before, at UNKNOWN: unresolved; resolved 2026-01-02: refunded by hand)', "
-                "$4, now())",
-                dt.date(2026, 1, 1),
-                terminal,
-                f"9{uuid.uuid4().int % 10**11:011d}",
-                dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-            )
-        finally:
-            await conn.close()
-        return terminal
-
-    terminal = run(scenario())
+    the open list at the time it was reopened, and its reason still says what the person did; a
+    viewer reads it and cannot resolve it."""
+    before = "refused again (given up on before, at UNKNOWN: unresolved; resolved 2026-01-02: refunded by hand)"
+    rrn = _dead_letter(database_url, before, reopened=True)
     session, status = signed_in(console, "vera")
     assert status == 303
     page = session.get(f"{console.base}/dead-letters").text
-    row = next(line for line in page.splitlines() if terminal in line)
+    row = next(line for line in page.splitlines() if rrn in line)
     assert "refunded by hand" in row and "2026-01-01" not in row  # listed when reopened, not first given up
+    assert f"/dead-letters/{rrn}/resolve" not in page
+
+
+def resolve_letter(console, rrn: str, resolution: str) -> str:
+    session, status = signed_in(console, "otto")
+    assert status == 303
+    answer = session.post(
+        f"{console.base}/dead-letters/{rrn}/resolve", data={"csrf": csrf(session, console), "resolution": resolution}
+    )
+    assert answer.status_code == 200
+    return answer.text
+
+
+def test_a_dead_letter_resolved_twice_or_with_nothing_said_is_refused_and_a_card_number_is_masked(
+    console, database_url
+):
+    rrn = _dead_letter(database_url)
+    page = resolve_letter(console, rrn, "   ")
+    assert "a resolution needs what was done" in page and f"/dead-letters/{rrn}/resolve" in page  # still open
+    resolve_letter(console, rrn, "refunded at the counter to card 6222021234567890123")
+    kept = sql(database_url, "SELECT resolution FROM dead_letter WHERE rrn = $1", rrn)[0][0]
+    assert kept == "refunded at the counter to card 622202*********0123"
+    refused = audit_count(database_url, "dead_letter.resolve", "no open dead letter")
+    assert f"no open dead letter {rrn}" in resolve_letter(console, rrn, "again")
+    assert audit_count(database_url, "dead_letter.resolve", "no open dead letter") == refused + 1
+    assert sql(database_url, "SELECT resolution FROM dead_letter WHERE rrn = $1", rrn)[0][0] == kept

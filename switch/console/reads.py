@@ -139,7 +139,7 @@ async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
         *key,
     ):
         done = f"; resolved: {r['resolution']}" if r["resolved_at"] else ""
-        events.append(Event(r["at"], "dead letter", f"{scrub(r['reason'])} (at {r['state']}){done}"))
+        events.append(Event(r["at"], "dead letter", scrub(f"{r['reason']} (at {r['state']}){done}")))
     return Story(txn, sorted(events, key=lambda e: e.at))
 
 

@@ -12,6 +12,7 @@ from switch.journal.store import (
     TxnKey,
     hand_to_resolver,
     record_in,
+    resolve_dead_letter,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "TxnKey",
     "hand_to_resolver",
     "record_in",
+    "resolve_dead_letter",
 ]

@@ -798,6 +798,19 @@ async def record_in(
     return done
 
 
+async def resolve_dead_letter(conn: asyncpg.Connection, rrn: str, resolution: str) -> bool:
+    """A person's account of an open dead letter (the transaction ``rrn``'s): what was done about
+    it, at the channel or by hand; False when it has none open. Kept should the resolver give up
+    on the transaction again (``_DEAD_LETTER_SQL``). The journal row is not moved: its state is
+    what the switch knows."""
+    done = await conn.execute(
+        "UPDATE dead_letter SET resolved_at = now(), resolution = $2 WHERE rrn = $1 AND resolved_at IS NULL",
+        rrn,
+        resolution,
+    )
+    return done == "UPDATE 1"
+
+
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
     """Make a transaction the resolver still owes an outcome due now; False when it is not due
     at all (finished meanwhile). One still in its front end's hands (written ahead, never taken)
