@@ -3,6 +3,9 @@
 import re
 
 _LONG_DIGITS = re.compile(r"(?<!\d)\d{13,19}(?!\d)")  # whole runs: a 20-digit order number is not a card
+# As a person types one: in groups, with spaces or dashes between them.
+_TYPED_DIGITS = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def mask_pan(pan: str | None) -> str:
@@ -36,3 +39,13 @@ def scrub(text: str) -> str:
     """``text`` with every run of 13 to 19 digits (what a card number or payment code looks like)
     masked: the last line of defence for log lines and tracebacks."""
     return _LONG_DIGITS.sub(lambda m: mask_pan(m.group()), text)
+
+
+def typed(text: str, limit: int) -> str:
+    """What a person typed into a free-text field (a reason, a resolution), fit to keep, audit and
+    show: control characters gone, every card number masked, also one written in groups ("6222
+    0212 3456 7890"), then cut to ``limit`` (after masking, which keeps the length: a cut number
+    would escape it)."""
+    text = _UNPRINTABLE.sub(" ", text).strip()
+    masked = _TYPED_DIGITS.sub(lambda m: mask_pan(re.sub(r"[ -]", "", m.group())), text)
+    return masked[:limit]

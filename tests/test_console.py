@@ -868,7 +868,7 @@ def test_a_dead_letter_resolved_twice_or_with_nothing_said_is_refused_and_a_card
     rrn = _dead_letter(database_url)
     page = resolve_letter(console, rrn, "   ")
     assert "a resolution needs what was done" in page and f"/dead-letters/{rrn}/resolve" in page  # still open
-    resolve_letter(console, rrn, "refunded at the counter to card 6222021234567890123")
+    resolve_letter(console, rrn, "refunded at the counter to card 6222 0212 3456 7890 123")
     kept = sql(database_url, "SELECT resolution FROM dead_letter WHERE rrn = $1", rrn)[0][0]
     assert kept == "refunded at the counter to card 622202*********0123"
     refused = audit_count(database_url, "dead_letter.resolve", "no open dead letter")

@@ -4,7 +4,7 @@ import pytest
 
 from bench.demo_config import DEMO_SWITCH_CONFIG
 from protocols import response_codes as rc
-from protocols.masking import luhn_ok, mask_pan
+from protocols.masking import luhn_ok, mask_pan, typed
 from protocols.validation import Rejection
 from switch.config import load_config
 from switch.routing import Router
@@ -49,6 +49,15 @@ def test_cards_route_by_bin_with_luhn():
     assert isinstance(bad_check, Rejection) and bad_check.code == rc.INVALID_PAYMENT_CODE
     no_bin = ROUTER.route("5500005555555559", "051")
     assert isinstance(no_bin, Rejection) and no_bin.code == rc.INVALID_PAYMENT_CODE
+
+
+def test_what_a_person_types_is_kept_with_every_card_number_masked():
+    assert typed("card 6222 0212 3456 7890 123, ok", 500) == "card 622202*********0123, ok"
+    assert typed("ref-6222-0212-3456-7890", 500) == "ref-622202******7890"
+    assert typed("x" * 488 + "6222021234567890123", 500) == "x" * 488 + "622202******"  # masked, then cut
+    assert typed(" a\x00b\r\n", 500) == "a b"  # (PostgreSQL refuses a NUL in text)
+    kept = "2026-12-06 19:20 ticket 7, rrn 000000002025, order 20261206000000002025, phone 138 1234 5678"
+    assert typed(kept, 500) == kept  # a date, an RRN, a 20-digit order number, a phone number
 
 
 def test_masking_keeps_first_six_and_last_four_only():

@@ -24,7 +24,7 @@ import jinja2
 import msgspec
 from aiohttp import web
 
-from protocols.masking import scrub
+from protocols.masking import scrub, typed
 from risk.lists import change_list
 from switch.console import accounts, reads
 from switch.console.accounts import ROLES, Role, Session
@@ -349,7 +349,7 @@ class Console:
 
     @needs("operator")
     async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
-        item, reason = request.match_info["item"], str(request["form"].get("reason", "")).strip()[:500]
+        item, reason = request.match_info["item"], typed(str(request["form"].get("reason", "")), 500)
         if not re.fullmatch(r"[0-9]{1,18}", item) or not reason:
             raise web.HTTPSeeOther(f"/recon?said={quote('a resolution needs a reason')}")
         async with self._pool.acquire() as conn, conn.transaction():
@@ -371,7 +371,7 @@ class Console:
     async def dead_letter_resolve(self, request: web.Request) -> web.StreamResponse:
         """What a person did about a transaction the resolver gave up on, audited with it (a card
         number typed into it is masked before it is kept)."""
-        rrn, resolution = request.match_info["rrn"], scrub(str(request["form"].get("resolution", "")).strip()[:500])
+        rrn, resolution = request.match_info["rrn"], typed(str(request["form"].get("resolution", "")), 500)
         if not re.fullmatch(r"[0-9]{12}", rrn) or not resolution:
             raise web.HTTPSeeOther(f"/dead-letters?said={quote('a resolution needs what was done')}")
         async with self._pool.acquire() as conn, conn.transaction():
@@ -502,7 +502,7 @@ class Console:
         ``paysw risk list --code-stdin``: the console never takes a code or card number)."""
         action, form = request.match_info["action"], request["form"]
         colour, of = str(form.get("colour", "")), str(form.get("of", ""))
-        value, reason = str(form.get("value", "")).strip()[:64], str(form.get("reason", "")).strip()[:200]
+        value, reason = str(form.get("value", "")).strip()[:64], typed(str(form.get("reason", "")), 200)
         add = action == "add"
         allowed = ("terminal", "merchant") if add else ("code", "terminal", "merchant")
         if action not in ("add", "remove") or colour not in ("black", "grey") or of not in allowed or not value:
