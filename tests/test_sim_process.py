@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psutil
 
-from tests.conftest import _start_simulators, with_own_simulators
+from tests.conftest import _start_simulators, free_port, new_ports, own_ports, with_own_simulators
 
 
 def _started(config_dir, ports, folder):
@@ -47,3 +47,14 @@ def test_a_dead_fork_server_ends_the_command_and_every_simulator(config_dir, por
     finally:
         command.kill()  # (gone already, unless the assertion failed)
         _end(simulators)
+
+
+def test_ports_picked_for_servers_are_this_test_process_own_and_never_twice():
+    """Five hundred ports picked in a row (fifty sets of simulators' worth): all different, all of
+    this xdist process's share, so no server's port is picked again before it binds it."""
+    picked = [free_port() for _ in range(400)]
+    for _ in range(10):
+        ports = new_ports()
+        picked += [*ports.channels.values(), *ports.controls.values()]
+    assert len(set(picked)) == len(picked)
+    assert all(p in own_ports() for p in picked)
