@@ -37,7 +37,8 @@ the journal, retried with backoff until the channel confirms, surviving restarts
 A cancel the channel confirms makes the transaction CANCELLED (REVERSED for a reversal); one it
 asks to repeat is repeated. One it refuses, and any transaction past ``MAX_CHECKS`` tries or
 ``MAX_AGE_S``, moves to the dead-letter table for a person (with an alert metric); its journal row
-stays as it is, never dropped.
+stays as it is, never dropped. A person may hand it back (``journal.retry_dead_letter``): its tries
+and days then count afresh.
 """
 
 from __future__ import annotations
@@ -215,8 +216,9 @@ class Resolver:
         if channel is None or gateway is None:
             await self._give_up(txn, f"channel {txn.channel!r} is not configured")
             return
-        if txn.checks > MAX_CHECKS or age > MAX_AGE_S:
-            await self._give_up(txn, f"unresolved after {txn.checks} tries over {age / 3600:.1f} h")
+        trying = time.time() - txn.trying_since.timestamp()
+        if txn.tries > MAX_CHECKS or trying > MAX_AGE_S:
+            await self._give_up(txn, f"unresolved after {txn.tries} tries over {trying / 3600:.1f} h")
             return
         if txn.state == State.RECEIVED and (decline := await self._journal.risk_decline(txn.tx_date, txn.rrn)):
             await self._refuse_declined(txn, risk_declined(*decline))  # its front end stopped short of recording it
@@ -234,7 +236,7 @@ class Resolver:
         )
         found = await gateway.call(QUERY, ref, time.time() + self._call_timeout_s)
         if not found.sent:  # never reached the channel (circuit open, switched off): ask later
-            await self._defer(txn, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.tries))
             return
         promised = promise(txn.txn_type, txn.response_code, txn.reversal_requested, txn.expires_at is not None)
         not_found = found.outcome is Outcome.DECLINED and found.channel_code == NOT_FOUND
@@ -257,7 +259,7 @@ class Resolver:
         elif found.outcome is Outcome.DECLINED:
             await self._cancel(txn, channel, gateway, ref, age)
         else:
-            await self._defer(txn, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.tries))
 
     async def _refuse_declined(self, txn: OpenTxn, result: ChannelResult) -> None:
         """A payment or refund that risk declined, recorded so without a channel call (a refund
@@ -294,7 +296,7 @@ class Resolver:
             code, _ = await undo.record(self._journal, txn.key, txn.rrn, txn.txn_type, txn.amount_fen, original, result)
             self._metrics.resolved.labels(txn.channel, "APPROVED" if code == rc.APPROVED else "DECLINED").inc()
         else:
-            await self._defer(txn, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.tries))
 
     async def _cancel(
         self, txn: OpenTxn, channel: ChannelSection, gateway: ChannelGateway, ref: PaymentRef, age: float
@@ -307,7 +309,7 @@ class Resolver:
             return
         cancelled = await gateway.call(CANCEL, ref, time.time() + self._call_timeout_s)
         if not cancelled.sent:
-            await self._defer(txn, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.tries))
         elif cancelled.outcome is Outcome.APPROVED:
             await self._finish(txn, Event.CANCELLED, _failure_code(txn), cancelled)
         elif cancelled.outcome is Outcome.DECLINED:
@@ -323,7 +325,7 @@ class Resolver:
         left = txn.expires_at.timestamp() - time.time()
         wait = max(left, channel.close_after_ms / 1000 - age)  # WeChat: no close within 5 min of the order
         if wait > 0:
-            await self._defer(txn, min(wait, _backoff(channel, txn.checks)))
+            await self._defer(txn, min(wait, _backoff(channel, txn.tries)))
             return
         if not await self._held(txn, CLOSE):
             return
@@ -335,7 +337,7 @@ class Resolver:
         elif closed.sent and closed.outcome is Outcome.DECLINED:  # paid meanwhile: the next query says so
             await self._defer(txn, channel.query_interval_ms / 1000)
         else:
-            await self._defer(txn, _backoff(channel, txn.checks))
+            await self._defer(txn, _backoff(channel, txn.tries))
 
     async def _held(self, txn: OpenTxn, before: str, seen: bool = False) -> OpenTxn | None:
         """Renew this resolver's lease on ``txn`` before ``before`` (its work, a cancel, a close, a
@@ -404,5 +406,5 @@ def _failure_code(txn: OpenTxn) -> str:
     return rc.DO_NOT_HONOUR if told in (None, "", rc.IN_PROGRESS, rc.APPROVED) else told
 
 
-def _backoff(channel: ChannelSection, checks: int) -> float:
-    return min(MAX_BACKOFF_S, channel.query_interval_ms / 1000 * 2 ** min(checks, 10))
+def _backoff(channel: ChannelSection, tries: int) -> float:
+    return min(MAX_BACKOFF_S, channel.query_interval_ms / 1000 * 2 ** min(tries, 10))

@@ -40,6 +40,7 @@ ACTIONS = [
     "/channels/wechat/disable",
     "/recon/1/resolve",
     "/dead-letters/000000000001/resolve",
+    "/dead-letters/000000000001/retry",
     "/notifications/1/resend",
     f"/merchants/{KIOSK}",
     "/terminals/new",
@@ -209,7 +210,7 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     token = csrf(session, console)
     refused = audit_count(database_url, "role", "refused")
     acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
-            "/terminals/new", "/limits/wechat", "/risk/rules")  # fmt: skip
+            "/dead-letters/000000000001/retry", "/terminals/new", "/limits/wechat", "/risk/rules")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -471,6 +472,14 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert resolved["resolved_at"] and resolved["resolution"] == "cancelled by phone with UnionPay; ticket 7"
     audited = "SELECT user_name, after #>> '{}' FROM console_audit WHERE action = 'dead_letter.resolve' AND target = $1"
     assert tuple(sql(database_url, audited, letter)[0]) == ("ada", "cancelled by phone with UnionPay; ticket 7")
+    # "Try again" sends the same form to the resolver's hand-back (this letter's transaction is
+    # not in the journal: refused, the letter kept open).
+    other = _dead_letter(database_url)
+    browser.get(f"{base}/dead-letters")
+    browser.find_element(By.ID, f"resolution-{other}").send_keys("UnionPay's outage is over")
+    follow(By.ID, f"retry-{other}")
+    assert f"no open dead letter {other} to be handed back to the resolver" in text("said")
+    assert sql(database_url, audited.replace("resolve", "retry"), other)[0][1] == "UnionPay's outage is over"
 
     # A merchant's rate quota changed: it holds at once, with no restart; then taken away again.
     assert set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}
@@ -852,14 +861,26 @@ def test_a_reopened_dead_letter_is_listed_when_it_was_reopened_with_what_came_be
     assert f"/dead-letters/{rrn}/resolve" not in page
 
 
-def resolve_letter(console, rrn: str, resolution: str) -> str:
+def resolve_letter(console, rrn: str, resolution: str, action: str = "resolve") -> str:
     session, status = signed_in(console, "otto")
     assert status == 303
     answer = session.post(
-        f"{console.base}/dead-letters/{rrn}/resolve", data={"csrf": csrf(session, console), "resolution": resolution}
+        f"{console.base}/dead-letters/{rrn}/{action}", data={"csrf": csrf(session, console), "resolution": resolution}
     )
     assert answer.status_code == 200
     return answer.text
+
+
+def test_a_dead_letter_whose_transaction_is_no_longer_open_is_not_handed_back(console, database_url):
+    """Trying again a transaction that is not the resolver's to settle (final since, or not in this
+    journal) is refused and audited, and its letter stays open for a person."""
+    rrn = _dead_letter(database_url)
+    refused = audit_count(database_url, "dead_letter.retry", "no open dead letter")
+    page = resolve_letter(console, rrn, "the channel is back", action="retry")
+    assert f"no open dead letter {rrn} to be handed back to the resolver" in page
+    assert f'id="retry-{rrn}"' in page  # still listed, still open
+    assert audit_count(database_url, "dead_letter.retry", "no open dead letter") == refused + 1
+    assert sql(database_url, "SELECT resolved_at FROM dead_letter WHERE rrn = $1", rrn)[0][0] is None
 
 
 def test_a_dead_letter_resolved_twice_or_with_nothing_said_is_refused_and_a_card_number_is_masked(
@@ -867,11 +888,11 @@ def test_a_dead_letter_resolved_twice_or_with_nothing_said_is_refused_and_a_card
 ):
     rrn = _dead_letter(database_url)
     page = resolve_letter(console, rrn, "   ")
-    assert "a resolution needs what was done" in page and f"/dead-letters/{rrn}/resolve" in page  # still open
+    assert "say what was done, or why it is tried again" in page and f"/dead-letters/{rrn}/resolve" in page
     resolve_letter(console, rrn, "refunded at the counter to card 6222 0212 3456 7890 123")
     kept = sql(database_url, "SELECT resolution FROM dead_letter WHERE rrn = $1", rrn)[0][0]
     assert kept == "refunded at the counter to card 622202*********0123"
     refused = audit_count(database_url, "dead_letter.resolve", "no open dead letter")
-    assert f"no open dead letter {rrn}" in resolve_letter(console, rrn, "again")
+    assert f"no open dead letter {rrn} to be resolved" in resolve_letter(console, rrn, "again")
     assert audit_count(database_url, "dead_letter.resolve", "no open dead letter") == refused + 1
     assert sql(database_url, "SELECT resolution FROM dead_letter WHERE rrn = $1", rrn)[0][0] == kept

@@ -15,7 +15,7 @@ from bench.demo_config import DEMO_SWITCH_CONFIG
 from protocols import response_codes as rc
 from protocols.messages import ChannelResult, Outcome
 from switch.config import load_config
-from switch.journal import Event, Journal, NewTxn, Report, TxnKey, hand_to_resolver
+from switch.journal import Event, Journal, NewTxn, Report, TxnKey, hand_to_resolver, retry_dead_letter
 from switch.metrics import Metrics
 from switch.resolver import Resolver
 from tests.conftest import run
@@ -339,5 +339,34 @@ def test_a_stopping_resolver_starts_no_call_it_could_not_see_through(database_ur
             on.resolver(other, poll_s=0.1).start()
             assert await settled(on.journal, rrn) == "CANCELLED"
             assert other.ops == ["query", "cancel"]
+
+    run(scenario())
+
+
+def test_a_transaction_a_person_hands_back_is_tried_afresh(database_url):
+    """A transaction past the resolver's tries goes to the dead letters; handed back by a person,
+    its tries count from then: it is queried and cancelled, and its letter says what was done."""
+
+    async def scenario():
+        async with stage(database_url, "retry") as on:
+            gateway = StandInGateway(delay=0.01)
+            rrn = await unknown_txn(on.journal, on.name)
+            await on.journal.pool.execute("UPDATE txn SET checks = 250 WHERE rrn = $1", rrn)
+            on.resolver(gateway, poll_s=0.1).start()
+            letter = "SELECT reason, resolved_at, resolution FROM dead_letter WHERE rrn = $1"
+            for _ in range(100):
+                if await on.journal.pool.fetchrow(letter, rrn):
+                    break
+                await asyncio.sleep(0.05)
+            given_up = await on.journal.pool.fetchrow(letter, rrn)
+            assert given_up["reason"].startswith("unresolved after 251 tries") and gateway.ops == []
+            async with on.journal.pool.acquire() as conn, conn.transaction():
+                assert await retry_dead_letter(conn, rrn, "handed back: the channel's outage is over")
+            assert await settled(on.journal, rrn) == "CANCELLED"
+            assert gateway.ops == ["query", "cancel"]
+            done = await on.journal.pool.fetchrow(letter, rrn)
+            assert done["resolved_at"] and done["resolution"] == "handed back: the channel's outage is over"
+            async with on.journal.pool.acquire() as conn, conn.transaction():  # final now: nothing to hand back
+                assert not await retry_dead_letter(conn, rrn, "again")
 
     run(scenario())

@@ -32,7 +32,7 @@ from switch.console.audit import Entry, record
 from switch.console.channels import Channels
 from switch.console.edits import MAX_RULES_TEXT, NEW, Edits, MerchantEdit, version_of
 from switch.console.settings import ConsoleSection
-from switch.journal import machine, resolve_dead_letter
+from switch.journal import machine, resolve_dead_letter, retry_dead_letter
 from switch.live import LIMITS
 from switch.lograte import RateLimitedLog
 from switch.merchant.outbox import resend
@@ -110,7 +110,7 @@ class Console:
             ("GET", "/recon", self.recon),
             ("POST", "/recon/{item}/resolve", self.recon_resolve),
             ("GET", "/dead-letters", self.dead_letters),
-            ("POST", "/dead-letters/{rrn}/resolve", self.dead_letter_resolve),
+            ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
             ("POST", "/notifications/{rrn}/resend", self.notification_resend),
             ("GET", "/settlement", self.settlement),
             ("GET", r"/settlement/settlement-{day:\d{4}-\d{2}-\d{2}}.csv", self.settlement_file),
@@ -368,18 +368,23 @@ class Console:
         return self._page(request, "dead_letters.html", letters=letters, notices=notices)
 
     @needs("operator")
-    async def dead_letter_resolve(self, request: web.Request) -> web.StreamResponse:
-        """What a person did about a transaction the resolver gave up on, audited with it (a card
-        number typed into it is masked before it is kept)."""
-        rrn, resolution = request.match_info["rrn"], typed(str(request["form"].get("resolution", "")), 500)
+    async def dead_letter_act(self, request: web.Request) -> web.StreamResponse:
+        """A transaction the resolver gave up on: what a person did about it (``resolve``), or it
+        handed back to the resolver to be tried afresh (``retry``: its cancel may return money);
+        audited with who and what (a card number typed into it is masked before it is kept)."""
+        rrn, action = request.match_info["rrn"], request.match_info["action"]
+        resolution = typed(str(request["form"].get("resolution", "")), 500)
         if not re.fullmatch(r"[0-9]{12}", rrn) or not resolution:
-            raise web.HTTPSeeOther(f"/dead-letters?said={quote('a resolution needs what was done')}")
+            raise web.HTTPSeeOther(f"/dead-letters?said={quote('say what was done, or why it is tried again')}")
+        act = resolve_dead_letter if action == "resolve" else retry_dead_letter
         async with self._pool.acquire() as conn, conn.transaction():
-            done = await resolve_dead_letter(conn, rrn, resolution)
-            said = f"{rrn}: resolved" if done else f"no open dead letter {rrn}"
+            done = await act(conn, rrn, resolution)
             who, outcome = request["session"].account.name, "ok" if done else "no open dead letter"
-            await record(conn, Entry(who, "dead_letter.resolve", rrn, after=resolution, outcome=outcome))
-        raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
+            await record(conn, Entry(who, f"dead_letter.{action}", rrn, after=resolution, outcome=outcome))
+        said = {"resolve": "resolved", "retry": "handed back to the resolver"}[action]
+        raise web.HTTPSeeOther(
+            f"/dead-letters?said={quote(f'{rrn}: {said}' if done else f'no open dead letter {rrn} to be {said}')}"
+        )
 
     @needs("operator")
     async def notification_resend(self, request: web.Request) -> web.StreamResponse:

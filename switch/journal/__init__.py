@@ -13,6 +13,7 @@ from switch.journal.store import (
     hand_to_resolver,
     record_in,
     resolve_dead_letter,
+    retry_dead_letter,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "hand_to_resolver",
     "record_in",
     "resolve_dead_letter",
+    "retry_dead_letter",
 ]

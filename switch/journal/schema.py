@@ -660,6 +660,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE dead_letter ADD COLUMN reopened_at timestamptz;
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 24: a transaction handed back to the resolver by a person (store.retry_dead_letter) is tried
+    # again as if new: its tries and days count from then. (A constant default: no rewrite.)
+    """
+    SET LOCAL lock_timeout = '5s';
+    ALTER TABLE txn ADD COLUMN retried_at timestamptz, ADD COLUMN checks_at_retry integer NOT NULL DEFAULT 0;
+    SET LOCAL lock_timeout = DEFAULT;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends

@@ -150,11 +150,22 @@ class OpenTxn(NamedTuple):
     txn_type: str
     original_rrn: str | None
     expires_at: dt.datetime | None  # a QR order: until when the customer may pay it
+    retried_at: dt.datetime | None  # when a person last handed it back to the resolver
+    checks_at_retry: int
     reversal_requested: bool
 
     @property
     def key(self) -> TxnKey:
         return TxnKey(self.tx_date, self.terminal_id, self.stan, self.transmitted)
+
+    @property
+    def tries(self) -> int:
+        """The resolver's tries at it, since a person last handed it back."""
+        return self.checks - self.checks_at_retry
+
+    @property
+    def trying_since(self) -> dt.datetime:
+        return self.retried_at or self.received_at
 
 
 class Original(NamedTuple):
@@ -809,6 +820,21 @@ async def resolve_dead_letter(conn: asyncpg.Connection, rrn: str, resolution: st
         resolution,
     )
     return done == "UPDATE 1"
+
+
+async def retry_dead_letter(conn: asyncpg.Connection, rrn: str, resolution: str) -> bool:
+    """Hand a transaction the resolver gave up on back to it, due now, its tries and days counted
+    afresh (a person has put right what stopped it: a channel's configuration, say), its letter
+    resolved so (``resolution``); False when it has no open letter or is not the resolver's to
+    settle any more (final since). Run it in a transaction: both or neither."""
+    retried = await conn.fetchval(
+        "UPDATE txn SET next_check_at = now(), retried_at = now(), checks_at_retry = checks "
+        "WHERE (tx_date, terminal_id, stan, transmitted) = (SELECT tx_date, terminal_id, stan, transmitted "
+        f"FROM dead_letter WHERE rrn = $1 AND resolved_at IS NULL) AND {DUE_SQL} AND next_check_at IS NULL "
+        "RETURNING true",
+        rrn,
+    )
+    return bool(retried) and await resolve_dead_letter(conn, rrn, resolution)
 
 
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
