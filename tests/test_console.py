@@ -33,8 +33,9 @@ KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
 PASSWORDS = {"ada": "admin-password-1", "otto": "operator-password-1", "vera": "viewer-password-1"}
 ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
 PAGES = ["/", "/transactions", "/transactions/000000000001", "/channels", "/channels/wechat/disable", "/recon",
-         "/dead-letters", "/settlement", "/settlement/settlement-2026-01-01.csv", "/merchants", f"/merchants/{KIOSK}",
-         "/terminals", "/terminals/new", "/limits/wechat", "/risk", "/audit"]  # fmt: skip
+         "/dead-letters", "/dead-letters/000000000001/retry", "/settlement", "/settlement/settlement-2026-01-01.csv",
+         "/merchants", f"/merchants/{KIOSK}", "/terminals", "/terminals/new", "/limits/wechat", "/risk",
+         "/audit"]  # fmt: skip
 ACTIONS = [
     "/sign-out",
     "/channels/wechat/disable",
@@ -472,12 +473,15 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert resolved["resolved_at"] and resolved["resolution"] == "cancelled by phone with UnionPay; ticket 7"
     audited = "SELECT user_name, after #>> '{}' FROM console_audit WHERE action = 'dead_letter.resolve' AND target = $1"
     assert tuple(sql(database_url, audited, letter)[0]) == ("ada", "cancelled by phone with UnionPay; ticket 7")
-    # "Try again" sends the same form to the resolver's hand-back (this letter's transaction is
-    # not in the journal: refused, the letter kept open).
-    other = _dead_letter(database_url)
+    # "Try again" asks first, showing why it was given up on (this letter's transaction is not in
+    # the journal: refused, the letter kept open).
+    other = _dead_letter(database_url, "refused (given up on before, at UNKNOWN: x; resolved 2026-01-02: paid back)")
     browser.get(f"{base}/dead-letters")
-    browser.find_element(By.ID, f"resolution-{other}").send_keys("UnionPay's outage is over")
     follow(By.ID, f"retry-{other}")
+    assert "paid back" in text("reason") and text("state") == "not in this journal"
+    shot(browser, "dead-letter-retry")
+    browser.find_element(By.ID, "resolution").send_keys("UnionPay's outage is over")
+    follow(By.ID, "confirm")
     assert f"no open dead letter {other} to be handed back to the resolver" in text("said")
     assert sql(database_url, audited.replace("resolve", "retry"), other)[0][1] == "UnionPay's outage is over"
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from risk.engine import Hit
-from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver
+from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver, retry_dead_letter
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
@@ -442,6 +442,35 @@ def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_u
             assert letter["reopened"]
             assert letter["reason"].startswith("refused again (given up on before, at RECEIVED: unresolved; resolved ")
             assert letter["reason"].endswith(": refunded by hand)")  # what a person did is not lost
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_dead_letter_whose_transaction_went_final_is_not_handed_back(database_url):
+    """A transaction given up on and made final since (by reconciliation, say) is not handed back
+    to the resolver: nothing changes, and its letter stays open for a person."""
+    channel = f"final-{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())._replace(
+                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+            assert await journal.write_ahead(txn)
+            [claimed] = await journal.claim_due(10, 3600, [channel])
+            assert await journal.dead_letter(txn.key, claimed.checks, "unresolved")
+            assert await journal.record(outcome(txn, Event.CANCELLED, "05")) is State.CANCELLED
+            async with journal.pool.acquire() as conn, conn.transaction():
+                assert not await retry_dead_letter(conn, txn.rrn, "the channel is back")
+            row = await journal.pool.fetchrow(
+                "SELECT t.next_check_at, t.retried_at, d.resolved_at FROM txn t JOIN dead_letter d USING (rrn) "
+                "WHERE rrn = $1",
+                txn.rrn,
+            )
+            assert tuple(row) == (None, None, None)
         finally:
             await journal.close()
 

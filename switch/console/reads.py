@@ -166,6 +166,16 @@ async def dead_letters(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     )
 
 
+async def dead_letter(pool: asyncpg.Pool, rrn: str) -> asyncpg.Record | None:
+    """An open dead letter of the transaction ``rrn``, with the transaction's state now."""
+    return await pool.fetchrow(
+        "SELECT d.rrn, d.terminal_id, d.channel, d.state AS given_up_at, d.reason, t.state, t.amount_fen "
+        "FROM dead_letter d LEFT JOIN txn t ON (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
+        "(d.tx_date, d.terminal_id, d.stan, d.transmitted) WHERE d.rrn = $1 AND d.resolved_at IS NULL LIMIT 1",
+        rrn,
+    )
+
+
 async def dead_notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT rrn, state, merchant_id, attempts, created_at, dead_at, last_error FROM notice_outbox "

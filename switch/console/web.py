@@ -110,6 +110,7 @@ class Console:
             ("GET", "/recon", self.recon),
             ("POST", "/recon/{item}/resolve", self.recon_resolve),
             ("GET", "/dead-letters", self.dead_letters),
+            ("GET", "/dead-letters/{rrn}/retry", self.dead_letter_confirm),
             ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
             ("POST", "/notifications/{rrn}/resend", self.notification_resend),
             ("GET", "/settlement", self.settlement),
@@ -366,6 +367,15 @@ class Console:
     async def dead_letters(self, request: web.Request) -> web.Response:
         letters, notices = await reads.dead_letters(self._pool), await reads.dead_notifications(self._pool)
         return self._page(request, "dead_letters.html", letters=letters, notices=notices)
+
+    @needs("operator")
+    async def dead_letter_confirm(self, request: web.Request) -> web.Response:
+        """Handing a transaction back can return money: confirmed on a page of its own, which shows
+        why it was given up on and what a person did about it before."""
+        letter = await reads.dead_letter(self._pool, request.match_info["rrn"])
+        if letter is None:
+            return self._refusal(request, None, 404, f"no open dead letter {request.match_info['rrn']}")
+        return self._page(request, "retry_confirm.html", letter=letter)
 
     @needs("operator")
     async def dead_letter_act(self, request: web.Request) -> web.StreamResponse:

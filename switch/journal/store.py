@@ -822,19 +822,28 @@ async def resolve_dead_letter(conn: asyncpg.Connection, rrn: str, resolution: st
     return done == "UPDATE 1"
 
 
+# The letter locked first (a person resolving it at the same moment waits, then finds it closed),
+# the transaction handed back only while a person's (given up on, unleased, not final since), and
+# the letter closed with it: all in one statement, or nothing.
+_RETRY_SQL = (
+    "WITH letter AS (SELECT tx_date, terminal_id, stan, transmitted FROM dead_letter "
+    "WHERE rrn = $1 AND resolved_at IS NULL FOR UPDATE), "
+    "back AS (UPDATE txn t SET next_check_at = now(), retried_at = now(), checks_at_retry = t.checks FROM letter l "
+    "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = (l.tx_date, l.terminal_id, l.stan, l.transmitted) "
+    f"AND {DUE_SQL} AND t.next_check_at IS NULL AND t.leased_until IS NULL "
+    "RETURNING t.tx_date, t.terminal_id, t.stan, t.transmitted) "
+    "UPDATE dead_letter d SET resolved_at = now(), resolution = $2 FROM back b "
+    "WHERE (d.tx_date, d.terminal_id, d.stan, d.transmitted) = (b.tx_date, b.terminal_id, b.stan, b.transmitted) "
+    "RETURNING true"
+)
+
+
 async def retry_dead_letter(conn: asyncpg.Connection, rrn: str, resolution: str) -> bool:
     """Hand a transaction the resolver gave up on back to it, due now, its tries and days counted
     afresh (a person has put right what stopped it: a channel's configuration, say), its letter
-    resolved so (``resolution``); False when it has no open letter or is not the resolver's to
-    settle any more (final since). Run it in a transaction: both or neither."""
-    retried = await conn.fetchval(
-        "UPDATE txn SET next_check_at = now(), retried_at = now(), checks_at_retry = checks "
-        "WHERE (tx_date, terminal_id, stan, transmitted) = (SELECT tx_date, terminal_id, stan, transmitted "
-        f"FROM dead_letter WHERE rrn = $1 AND resolved_at IS NULL) AND {DUE_SQL} AND next_check_at IS NULL "
-        "RETURNING true",
-        rrn,
-    )
-    return bool(retried) and await resolve_dead_letter(conn, rrn, resolution)
+    resolved so (``resolution``); False, and nothing changed, when it has no open letter or is not
+    the resolver's to settle any more (final since)."""
+    return bool(await conn.fetchval(_RETRY_SQL, rrn, resolution))
 
 
 async def hand_to_resolver(conn: asyncpg.Connection, key: TxnKey) -> bool:
