@@ -66,6 +66,16 @@ async def approved_purchase(journal: Journal, amount: int) -> tuple[NewTxn, Orig
     return purchase, await journal.original(purchase.rrn, purchase.merchant_id)
 
 
+async def due_txn(journal: Journal, channel: str) -> NewTxn:
+    """A purchase of ``channel`` written ahead and due for the resolver at once (a channel of the
+    test's own: the shared journal's claims of it take only this test's rows)."""
+    txn = new_txn(await journal.next_rrn())._replace(
+        channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    assert await journal.write_ahead(txn)
+    return txn
+
+
 async def open_journal(url: str) -> Journal:
     return await Journal.open(url, pool_size=6, max_batch=512)
 
@@ -318,10 +328,7 @@ def test_a_leased_transaction_is_one_claims_until_it_ends_or_lapses(database_url
     async def scenario():
         journal = await open_journal(database_url)
         try:
-            txn = new_txn(await journal.next_rrn())._replace(
-                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            )
-            assert await journal.write_ahead(txn)
+            txn = await due_txn(journal, channel)
             [first] = await journal.claim_due(10, 3600, [channel])
             async with journal.pool.acquire() as conn:
                 assert await hand_to_resolver(conn, txn.key)
@@ -370,10 +377,7 @@ def test_a_renewed_claim_sees_the_transaction_as_it_is_now(database_url):
     async def scenario():
         journal = await open_journal(database_url)
         try:
-            txn = new_txn(await journal.next_rrn())._replace(
-                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            )
-            assert await journal.write_ahead(txn)
+            txn = await due_txn(journal, channel)
             [claimed] = await journal.claim_due(10, 3600, [channel])
             assert (claimed.state, claimed.reversal_requested) == (State.RECEIVED, False)
             unsure = Report(*txn.key, Event.UNSURE, "91", "", "TIMEOUT", "", "", dt.datetime.now(dt.UTC))
@@ -409,10 +413,7 @@ def test_only_the_claim_that_holds_a_transaction_hands_it_to_a_person(database_u
     async def scenario():
         journal = await open_journal(database_url)
         try:
-            txn = new_txn(await journal.next_rrn())._replace(
-                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            )
-            assert await journal.write_ahead(txn)
+            txn = await due_txn(journal, channel)
             [stuck] = await journal.claim_due(10, 1, [channel])
             await asyncio.sleep(1.2)  # its lease lapses
             [holder] = await journal.claim_due(10, 3600, [channel])
@@ -456,10 +457,7 @@ def test_a_dead_letter_whose_transaction_went_final_is_not_handed_back(database_
     async def scenario():
         journal = await open_journal(database_url)
         try:
-            txn = new_txn(await journal.next_rrn())._replace(
-                channel=channel, next_check_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-            )
-            assert await journal.write_ahead(txn)
+            txn = await due_txn(journal, channel)
             [claimed] = await journal.claim_due(10, 3600, [channel])
             assert await journal.dead_letter(txn.key, claimed.checks, "unresolved")
             assert await journal.record(outcome(txn, Event.CANCELLED, "05")) is State.CANCELLED
