@@ -10,6 +10,17 @@ published test-curve example (GM/T 0003 annex) checks the same code as the recom
 The additions run on GMP's integers (``gmpy2``): a third of the time of Python's at 256 bits
 (``paysw bench sm2``).
 
+A multiplication by a secret (the nonce of a signature, the private key) must not let its time
+tell anything of the secret: signatures made faster because their nonces had a zero top byte are
+what lattice attacks recover keys from, given a few thousand timed signatures (Minerva; TPM-Fail
+did it over a network). So a secret scalar is blinded first (``k + r * n``, ``r`` a fresh random
+64-bit number with its top two bits set: the same point, other digits every time, all 40 of them
+taken) and summed in a fixed number of additions (a zero digit adds into a sum thrown away), and
+the final inversion is blinded too. What remains is below what Python can promise: GMP's
+arithmetic is not constant-time, and the table rows read follow the blinded digits, which a
+process sharing the CPU's caches could in principle watch. A key that must withstand that lives
+in a hardware HSM.
+
 SM3 itself comes from ``cryptography`` (OpenSSL).
 """
 
@@ -24,6 +35,7 @@ from gmpy2 import mpz
 DEFAULT_ID = b"1234567812345678"  # the user id of GM/T 0009 when the parties agree none
 _WINDOW_BITS = 8
 _WINDOW = 1 << _WINDOW_BITS
+_BLIND_BITS = 64  # the random multiple of n added to a secret scalar
 
 Point = tuple[int, int]  # affine; None stands for the point at infinity
 
@@ -69,29 +81,59 @@ class Curve:
         x3 = (slope * slope - x1 - x2) % p
         return x3, (slope * (x1 - x3) - y1) % p
 
-    def comb(self, base: Point) -> list[list[Point]]:
-        """``table[i][j - 1] = j * 256**i * base``: built once per base point (some 8,000 points)."""
-        table = self._combs.get(base)
-        if table is None:
-            table = []
-            # On GMP's integers from the start: the build is some 8,000 modular inversions, and
-            # GMP's take a tenth of the time of Python's (0.5 s a base point on a slow machine).
-            window_base: Point | None = (mpz(base[0]), mpz(base[1]))
-            for _ in range((self.n.bit_length() + _WINDOW_BITS - 1) // _WINDOW_BITS):
-                row: list[Point] = []
-                acc: Point | None = None
-                for _ in range(_WINDOW - 1):
-                    acc = self._add_affine(acc, window_base)
-                    assert acc is not None  # the order n is prime and larger than 255
-                    row.append(acc)
-                table.append(row)
-                window_base = self._add_affine(row[-1], window_base)  # 256 * window_base
-            self._combs[base] = table
+    def _rows(self, bits: int) -> int:
+        return (bits + _WINDOW_BITS - 1) // _WINDOW_BITS
+
+    def comb(self, base: Point, rows: int = 0) -> list[list[Point]]:
+        """``table[i][j - 1] = j * 256**i * base``, at least ``rows`` rows (enough for a scalar
+        below n by default): built once per base point (some 8,000 points), and extended once
+        for a blinded secret's longer scalars (G's)."""
+        rows = max(rows, self._rows(self.n.bit_length()))
+        table = self._combs.setdefault(base, [])
+        # On GMP's integers from the start: the build is some 8,000 modular inversions, and
+        # GMP's take a tenth of the time of Python's (0.5 s a base point on a slow machine).
+        window_base: Point | None = (mpz(base[0]), mpz(base[1]))
+        if table:
+            window_base = self._add_affine(table[-1][-1], table[-1][0])  # 256 * the last row's base
+        while len(table) < rows:
+            row: list[Point] = []
+            acc: Point | None = None
+            for _ in range(_WINDOW - 1):
+                acc = self._add_affine(acc, window_base)
+                assert acc is not None  # the order n is prime and larger than 255
+                row.append(acc)
+            table.append(row)
+            window_base = self._add_affine(row[-1], window_base)  # 256 * window_base
         return table
 
     def multiply(self, scalar: int, base: Point) -> Point | None:
-        """``scalar * base`` with the base point's comb (Jacobian accumulator, one inversion)."""
+        """``scalar * base`` with the base point's comb (Jacobian accumulator, one inversion), in a
+        time that depends on the scalar: for public scalars only."""
         return self._to_affine(self._comb_sum(scalar % self.n, self.comb(base), None))
+
+    def multiply_secret(self, scalar: int, base: Point) -> Point:
+        """``scalar * base`` for a secret ``scalar`` in [1, n): blinded, in a fixed number of
+        additions whatever the scalar, with a blinded inversion (the module's docstring)."""
+        # The blind's top two bits set: the blinded scalar is at least 2**(bits(n) + 63), so its
+        # top digit is never zero and the sum starts from a point (no branch on infinity).
+        blinded = scalar + (secrets.randbits(_BLIND_BITS - 2) | 3 << (_BLIND_BITS - 2)) * self.n
+        rows = self._rows(self.n.bit_length() + _BLIND_BITS)
+        table = self.comb(base, rows)
+        top = rows - 1
+        digit = blinded >> (top * _WINDOW_BITS)
+        assert 0 < digit < _WINDOW
+        x, y = table[top][digit - 1]
+        acc: tuple[int, int, int] | None = (x, y, mpz(1))
+        p = mpz(self.p)
+        for row in table[:top]:
+            digit = blinded & (_WINDOW - 1)
+            blinded >>= _WINDOW_BITS
+            added = self._add_mixed(acc, row[digit - 1] if digit else row[0], p)
+            if digit:
+                acc = added
+        point = self._to_affine(acc, blind=True)
+        assert point is not None  # scalar in [1, n): never the point at infinity
+        return point
 
     def multiply_add(self, s: int, base1: Point, t: int, base2: Point) -> Point | None:
         """``s * base1 + t * base2`` (verification's sum) with both combs and one inversion."""
@@ -103,28 +145,26 @@ class Curve:
         for row in table:
             digit = scalar & (_WINDOW - 1)
             scalar >>= _WINDOW_BITS
-            if not digit:
-                continue
-            x2, y2 = row[digit - 1]
-            if acc is None:
-                acc = (x2, y2, 1)
-                continue
-            x1, y1, z1 = acc
-            z1z1 = z1 * z1 % p
-            h = (x2 * z1z1 - x1) % p
-            r = (y2 * z1 * z1z1 - y1) % p
-            if h == 0:  # equal x: the same point (double it) or opposite points
-                if r != 0:
-                    acc = None
-                    continue
-                acc = self._double(acc)
-                continue
-            hh = h * h % p
-            hhh = h * hh % p
-            v = x1 * hh
-            x3 = (r * r - hhh - 2 * v) % p
-            acc = (x3, (r * (v - x3) - y1 * hhh) % p, z1 * h % p)
+            if digit:
+                acc = self._add_mixed(acc, row[digit - 1], p)
         return acc
+
+    def _add_mixed(self, acc: tuple[int, int, int] | None, point: Point, p: int) -> tuple[int, int, int] | None:
+        """``acc + point``, the sum in Jacobian coordinates and the point affine."""
+        if acc is None:
+            return (point[0], point[1], 1)
+        x1, y1, z1 = acc
+        x2, y2 = point
+        z1z1 = z1 * z1 % p
+        h = (x2 * z1z1 - x1) % p
+        r = (y2 * z1 * z1z1 - y1) % p
+        if h == 0:  # equal x: the same point (double it) or opposite points
+            return self._double(acc) if r == 0 else None
+        hh = h * h % p
+        hhh = h * hh % p
+        v = x1 * hh
+        x3 = (r * r - hhh - 2 * v) % p
+        return x3, (r * (v - x3) - y1 * hhh) % p, z1 * h % p
 
     def _double(self, jacobian: tuple[int, int, int]) -> tuple[int, int, int]:
         x, y, z = jacobian
@@ -136,12 +176,18 @@ class Curve:
         x3 = (m * m - 2 * s) % p
         return x3, (m * (s - x3) - 8 * yy * yy) % p, 2 * y * z % p
 
-    def _to_affine(self, jacobian: tuple[int, int, int] | None) -> Point | None:
+    def _to_affine(self, jacobian: tuple[int, int, int] | None, blind: bool = False) -> Point | None:
+        """Affine coordinates; with ``blind``, z is inverted times a random factor (an inversion's
+        time follows its input, and a secret multiple's z is the secret's)."""
         if jacobian is None:
             return None
         x, y, z = jacobian
         p = mpz(self.p)
-        z_inv = pow(z, -1, p)
+        if blind:
+            factor = secrets.randbelow(self.p - 1) + 1
+            z_inv = pow(z * factor % p, -1, p) * factor % p
+        else:
+            z_inv = pow(z, -1, p)
         z2 = z_inv * z_inv % p
         return int(x * z2 % p), int(y * z2 * z_inv % p)  # plain ints out of the curve
 
@@ -176,9 +222,7 @@ class SigningKey:
             raise ValueError("SM2 private key out of range")
         self._d = secret
         self._curve = curve
-        public = curve.multiply(secret, curve.g)
-        assert public is not None
-        self.public = public
+        self.public = public = curve.multiply_secret(secret, curve.g)
         self._z = z_value(public, user_id, curve)
         self._inv_1_plus_d = pow(1 + secret, -1, curve.n)
 
@@ -199,8 +243,7 @@ class SigningKey:
         e = self.digest(data)
         while True:
             nonce = k if k is not None else secrets.randbelow(n - 1) + 1
-            point = curve.multiply(nonce, curve.g)
-            assert point is not None
+            point = curve.multiply_secret(nonce, curve.g)
             r = (e + point[0]) % n
             if r == 0 or r + nonce == n:
                 k = None

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import subprocess
 import warnings
+from typing import ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -205,3 +206,40 @@ def test_every_scheme_verifies_its_own_signature_and_refuses_a_changed_text():
         signature = algorithms.signer(name, key)(b"amount=100")
         verify = algorithms.verifier(name, public.get(name, key))
         assert verify(b"amount=100", signature) and not verify(b"amount=900", signature), name
+
+
+class _CountingCurve(sm2.Curve):
+    """The recommended curve, noting the table points each addition of a secret multiple takes."""
+
+    added: ClassVar[list[sm2.Point]] = []
+
+    def _add_mixed(self, acc, point, p):
+        self.added.append(point)
+        return super()._add_mixed(acc, point, p)
+
+
+def test_sm2_signing_takes_the_same_additions_whatever_the_nonce_and_other_points_each_time():
+    curve = _CountingCurve(**{f: getattr(sm2.SM2P256, f) for f in ("p", "a", "b", "n", "gx", "gy")})
+    key = sm2.SigningKey(SM2_D, curve=curve)
+    counts, points = {}, {}
+    for name, nonce in (("one", 1), ("small", 0xFF), ("zero bytes", 1 << 200), ("vector", SM2_K), ("top", curve.n - 2)):
+        for turn in (0, 1):
+            curve.added.clear()
+            signature = key.sign(b"message digest", k=nonce)
+            counts[name, turn], points[name, turn] = len(curve.added), list(curve.added)
+        assert sm2.VerifyingKey(key.public, curve=curve).verify(b"message digest", signature)
+    # A nonce of 1 takes as long as any: no zero digit is skipped, nor a shorter nonce's rows.
+    assert set(counts.values()) == {39}
+    # Blinded: the same nonce signs through other table points each time.
+    assert all(points[name, 0] != points[name, 1] for name, _ in points)
+
+
+def test_sm2_a_secret_multiple_with_zero_digits_takes_every_addition(monkeypatch):
+    curve = _CountingCurve(**{f: getattr(sm2.SM2P256, f) for f in ("p", "a", "b", "n", "gx", "gy")})
+    monkeypatch.setattr(sm2.secrets, "randbits", lambda bits: 0)  # the blind pinned: 3 << 62
+    blind = (3 << 62) * curve.n
+    scalar = -blind % (1 << 64)  # its blinded form ends in 8 zero digits
+    expected = curve.multiply(scalar, curve.g)
+    curve.added.clear()
+    assert curve.multiply_secret(scalar, curve.g) == expected
+    assert len(curve.added) == 39
