@@ -201,6 +201,66 @@ def test_state_moves_follow_the_table_and_are_recorded(database_url):
     run(scenario())
 
 
+def test_a_statement_naming_a_days_partition_is_guarded_and_recorded_as_one_naming_txn(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        part = f"txn_{TODAY:%Y%m%d}"
+        later = [TODAY + dt.timedelta(days=n) for n in (500, 501)]
+        try:
+            declined, open_ = new_txn(await journal.next_rrn()), new_txn(await journal.next_rrn())
+            for txn in (declined, open_):
+                assert await journal.write_ahead(txn)
+            assert await journal.record(outcome(declined, Event.REFUSED, "05")) is State.DECLINED
+            with pytest.raises(asyncpg.CheckViolationError, match="DECLINED -> APPROVED not allowed"):
+                await journal.pool.execute(f"UPDATE {part} SET state = 'APPROVED' WHERE rrn = $1", declined.rrn)
+            await journal.pool.execute(f"UPDATE {part} SET state = 'UNKNOWN' WHERE rrn = $1", open_.rrn)
+            with pytest.raises(asyncpg.CheckViolationError, match="state PAID unknown"):
+                await journal.pool.execute(  # a copy of a row under a key of its own, in a state of none
+                    f"INSERT INTO {part} SELECT (jsonb_populate_record(t, "
+                    """'{"stan": "999999", "rrn": "999999999999", "state": "PAID"}')).* FROM txn t WHERE rrn = $1""",
+                    open_.rrn,
+                )
+            moves = await journal.pool.fetch(
+                "SELECT rrn, from_state, to_state FROM txn_move WHERE rrn = ANY($1) ORDER BY moved_at",
+                [declined.rrn, open_.rrn],
+            )
+            # Each move once: through txn, only txn's triggers fire; through the partition, its own.
+            assert [(m["rrn"], m["from_state"], m["to_state"]) for m in moves] == [
+                (declined.rrn, None, "RECEIVED"),
+                (open_.rrn, None, "RECEIVED"),
+                (declined.rrn, "RECEIVED", "DECLINED"),
+                (open_.rrn, "RECEIVED", "UNKNOWN"),
+            ]
+            # A partition made by a front end of an earlier release (no guard) is guarded by the next
+            # ensure_partitions, and one it makes itself is guarded from the start.
+            async with journal.pool.acquire() as conn:
+                await conn.execute(
+                    f"CREATE TABLE txn_{later[0]:%Y%m%d} PARTITION OF txn FOR VALUES FROM ('{later[0]}') "
+                    f"TO ('{later[0] + dt.timedelta(days=1)}')"
+                )
+                assert await ensure_partitions(conn, later[0], later[1]) == [
+                    f"txn_move_{later[0]:%Y%m%d}",
+                    f"txn_{later[1]:%Y%m%d}",
+                    f"txn_move_{later[1]:%Y%m%d}",
+                ]
+                guards = await conn.fetch(
+                    "SELECT tgrelid::regclass::text AS part, tgname FROM pg_trigger WHERE tgrelid::regclass::text "
+                    "= ANY($1) AND tgname LIKE 'txn_record_%' ORDER BY 1, 2",
+                    [f"txn_{day:%Y%m%d}" for day in later],
+                )
+                assert [(g["part"], g["tgname"]) for g in guards] == [
+                    (f"txn_{day:%Y%m%d}", name) for day in later for name in ("txn_record_inserts", "txn_record_moves")
+                ]
+        finally:
+            async with journal.pool.acquire() as conn:
+                for day in later:
+                    for parent in ("txn", "txn_move"):
+                        await conn.execute(f"DROP TABLE IF EXISTS {parent}_{day:%Y%m%d}")
+            await journal.close()
+
+    run(scenario())
+
+
 def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
     async def scenario():
         journal = await open_journal(database_url)
@@ -661,7 +721,11 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
             for version, sql in enumerate(MIGRATIONS[:14], start=1):
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-            await ensure_partitions(conn, TODAY, TODAY)
+            for parent in ("txn", "txn_move"):  # as that release made them
+                await conn.execute(
+                    f"CREATE TABLE {parent}_{TODAY:%Y%m%d} PARTITION OF {parent} "
+                    f"FOR VALUES FROM ('{TODAY}') TO ('{TODAY + dt.timedelta(days=1)}')"
+                )
             await conn.execute(
                 "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, "
                 "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
@@ -674,6 +738,10 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
             )
             assert await migrate(conn) == len(MIGRATIONS)
             rows = await conn.fetch("SELECT state, txn_type, refunded_fen FROM txn ORDER BY stan")
+            guards = await conn.fetchval(  # migration 25 guards the partitions made before it
+                f"SELECT count(*) FROM pg_trigger WHERE tgrelid = 'txn_{TODAY:%Y%m%d}'::regclass "
+                "AND tgname IN ('txn_record_inserts', 'txn_record_moves')"
+            )
             columns = await conn.fetch(
                 "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
                 "AND column_name IN ('kind', 'txn_type', 'entry') AND table_name NOT LIKE 'txn\\_%'"
@@ -681,6 +749,7 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
         finally:
             await conn.close()
         assert [tuple(r) for r in rows] == [("VOIDED", "purchase", 0), ("APPROVED", "purchase", 300)]
+        assert guards == 2
         assert {tuple(c) for c in columns} == {
             ("txn", "txn_type"),
             ("recon_journal_row", "txn_type"),

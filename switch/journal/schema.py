@@ -1,8 +1,9 @@
 """The journal's schema as an ordered list of migrations, applied once each at start-up.
 
 States and their allowed moves are data in ``switch.journal.machine``, written into ``txn_state``
-and ``txn_state_move`` at every start; statement triggers refuse any other state or move and
-record every move with its time in ``txn_move``. Transactions are
+and ``txn_state_move`` at every start; statement triggers (on ``txn`` and on each of its day
+partitions, whichever a statement names) refuse any other state or move and record every move
+with its time in ``txn_move``. Transactions are
 partitioned by ``tx_date``, the date of field 7 as the terminal sent it, so that a terminal +
 STAN + field 7 always lands in the same partition and the primary key can carry invariant 2.
 """
@@ -667,6 +668,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD COLUMN retried_at timestamptz, ADD COLUMN checks_at_retry integer NOT NULL DEFAULT 0;
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 25: the guard and the record of moves (10, 14) on each day's partition as well as on txn. A
+    # statement's triggers are those of the table it names: an UPDATE or INSERT naming a partition
+    # (a person's repair, say) moved states past the guard, and no move was recorded. Through txn
+    # only txn's fire, so nothing is recorded twice. ensure_partitions guards each new partition.
+    """
+    CREATE FUNCTION txn_guard_partition(part regclass) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'txn_record_inserts') THEN
+            EXECUTE format('CREATE TRIGGER txn_record_inserts AFTER INSERT ON %s REFERENCING NEW TABLE AS inserted '
+                'FOR EACH STATEMENT EXECUTE FUNCTION txn_record_inserts()', part);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'txn_record_moves') THEN
+            EXECUTE format('CREATE TRIGGER txn_record_moves AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
+                'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION txn_record_moves()', part);
+        END IF;
+    END $$;
+    SET LOCAL lock_timeout = '5s';
+    SELECT txn_guard_partition(inhrelid::regclass) FROM pg_inherits WHERE inhparent = 'txn'::regclass;
+    SET LOCAL lock_timeout = DEFAULT;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
@@ -707,7 +728,9 @@ def partition(parent: str, day: dt.date) -> str:
 
 
 async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:
-    """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet."""
+    """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet, each
+    of ``txn``'s with the state guard (migration 25: also one a front end of an earlier release
+    created)."""
     created = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
@@ -722,6 +745,8 @@ async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.d
                         f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
                     )
                     created.append(name)
+                if parent == "txn":
+                    await conn.execute("SELECT txn_guard_partition($1::regclass)", name)
             day += dt.timedelta(days=1)
     return created
 
