@@ -4,8 +4,8 @@ channel: at least 1,000 signatures a second on one core in plain Python.
 Neither ``cryptography`` nor the pure-Python ``gmssl`` package is usable here (the first has no
 SM2, the second signs about 100 a second). Speed comes from fixed-base combs: for each key's
 base point (G for signing, the channel's public key too for verifying) every multiple
-``j * 256**i * point`` is computed once, so a scalar multiplication is 32 mixed additions in
-Jacobian coordinates and one inversion, with no doublings. The curve is a parameter so the
+``j * 256**i * point`` is computed once, so a scalar multiplication is at most 32 mixed additions
+in Jacobian coordinates (a secret's 47, below) and one inversion, with no doublings. The curve is a parameter so the
 published test-curve example (GM/T 0003 annex) checks the same code as the recommended curve.
 The additions run on GMP's integers (``gmpy2``): a third of the time of Python's at 256 bits
 (``paysw bench sm2``).
@@ -13,11 +13,13 @@ The additions run on GMP's integers (``gmpy2``): a third of the time of Python's
 A multiplication by a secret (the nonce of a signature, the private key) must not let its time
 tell anything of the secret: signatures made faster because their nonces had a zero top byte are
 what lattice attacks recover keys from, given a few thousand timed signatures (Minerva; TPM-Fail
-did it over a network). So a secret scalar is blinded first (``k + r * n``, ``r`` a fresh random
-64-bit number with its top two bits set: the same point, other digits every time, all 40 of them
-taken) and summed in a fixed number of additions (a zero digit adds into a sum thrown away), and
-the final inversion is blinded too. What remains is below what Python can promise: GMP's
-arithmetic is not constant-time, and the table rows read follow the blinded digits, which a
+did it over a network). So a secret scalar is blinded first (``k + r * n``, ``r`` fresh and random,
+of some 128 bits, so that the sum has 48 digits and its top one is never zero: the same point,
+other digits every time) and summed in a fixed number of additions (a zero digit adds into a sum
+thrown away), and the final inversion is blinded too. The blind is longer than the 96 ones in a
+row of SM2's n (its bits 128 to 223), through which a shorter blind's multiple of n would carry
+the nonce's own bits into the digits unchanged. What remains is below what Python can promise:
+GMP's arithmetic is not constant-time, and the table rows read follow the blinded digits, which a
 process sharing the CPU's caches could in principle watch. A key that must withstand that lives
 in a hardware HSM.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cryptography.hazmat.primitives import hashes
 from gmpy2 import mpz
@@ -35,7 +38,7 @@ from gmpy2 import mpz
 DEFAULT_ID = b"1234567812345678"  # the user id of GM/T 0009 when the parties agree none
 _WINDOW_BITS = 8
 _WINDOW = 1 << _WINDOW_BITS
-_BLIND_BITS = 64  # the random multiple of n added to a secret scalar
+_BLIND_BITS = 128  # about the size of the random multiplier of n added to a secret scalar
 
 Point = tuple[int, int]  # affine; None stands for the point at infinity
 
@@ -87,9 +90,12 @@ class Curve:
     def comb(self, base: Point, rows: int = 0) -> list[list[Point]]:
         """``table[i][j - 1] = j * 256**i * base``, at least ``rows`` rows (enough for a scalar
         below n by default): built once per base point (some 8,000 points), and extended once
-        for a blinded secret's longer scalars (G's)."""
+        for a blinded secret's longer scalars (G's: 12,000)."""
         rows = max(rows, self._rows(self.n.bit_length()))
-        table = self._combs.setdefault(base, [])
+        table = self._combs.get(base, [])
+        if len(table) >= rows:
+            return table
+        table = list(table)  # extended apart and put in place whole: no reader sees it half built
         # On GMP's integers from the start: the build is some 8,000 modular inversions, and
         # GMP's take a tenth of the time of Python's (0.5 s a base point on a slow machine).
         window_base: Point | None = (mpz(base[0]), mpz(base[1]))
@@ -104,7 +110,17 @@ class Curve:
                 row.append(acc)
             table.append(row)
             window_base = self._add_affine(row[-1], window_base)  # 256 * window_base
+        self._combs[base] = table
         return table
+
+    @cached_property
+    def _blind(self) -> tuple[int, int, int]:
+        """(rows, lowest, count): ``k + r * n`` with ``r = lowest + randbelow(count)`` has exactly
+        ``rows`` digits, the top one never zero, for every k in [1, n)."""
+        rows = self._rows(self.n.bit_length() + _BLIND_BITS)
+        lowest = -(-(1 << _WINDOW_BITS * (rows - 1)) // self.n)  # k + r * n >= 256**(rows - 1)
+        highest = ((1 << _WINDOW_BITS * rows) - self.n) // self.n  # k + r * n < 256**rows
+        return rows, lowest, highest - lowest + 1
 
     def multiply(self, scalar: int, base: Point) -> Point | None:
         """``scalar * base`` with the base point's comb (Jacobian accumulator, one inversion), in a
@@ -114,23 +130,20 @@ class Curve:
     def multiply_secret(self, scalar: int, base: Point) -> Point:
         """``scalar * base`` for a secret ``scalar`` in [1, n): blinded, in a fixed number of
         additions whatever the scalar, with a blinded inversion (the module's docstring)."""
-        # The blind's top two bits set: the blinded scalar is at least 2**(bits(n) + 63), so its
-        # top digit is never zero and the sum starts from a point (no branch on infinity).
-        blinded = scalar + (secrets.randbits(_BLIND_BITS - 2) | 3 << (_BLIND_BITS - 2)) * self.n
-        rows = self._rows(self.n.bit_length() + _BLIND_BITS)
+        if not 0 < scalar < self.n:
+            raise ValueError("secret scalar out of range")
+        rows, lowest, count = self._blind
+        blinded = scalar + (lowest + secrets.randbelow(count)) * self.n
         table = self.comb(base, rows)
         top = rows - 1
-        digit = blinded >> (top * _WINDOW_BITS)
-        assert 0 < digit < _WINDOW
-        x, y = table[top][digit - 1]
+        x, y = table[top][(blinded >> top * _WINDOW_BITS) - 1]  # the top digit: never zero
         acc: tuple[int, int, int] | None = (x, y, mpz(1))
         p = mpz(self.p)
         for row in table[:top]:
             digit = blinded & (_WINDOW - 1)
             blinded >>= _WINDOW_BITS
-            added = self._add_mixed(acc, row[digit - 1] if digit else row[0], p)
-            if digit:
-                acc = added
+            added = self._add_mixed(acc, row[digit - 1], p)  # a zero digit: the row's last, thrown away
+            acc = (acc, added)[digit != 0]
         point = self._to_affine(acc, blind=True)
         assert point is not None  # scalar in [1, n): never the point at infinity
         return point
@@ -224,7 +237,8 @@ class SigningKey:
         self._curve = curve
         self.public = public = curve.multiply_secret(secret, curve.g)
         self._z = z_value(public, user_id, curve)
-        self._inv_1_plus_d = pow(1 + secret, -1, curve.n)
+        blind = secrets.randbelow(curve.n - 1) + 1  # (an inversion's time follows its input)
+        self._inv_1_plus_d = pow((1 + secret) * blind % curve.n, -1, curve.n) * blind % curve.n
 
     @classmethod
     def generate(cls, user_id: bytes = DEFAULT_ID, curve: Curve = SM2P256) -> SigningKey:

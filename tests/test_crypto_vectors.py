@@ -209,37 +209,65 @@ def test_every_scheme_verifies_its_own_signature_and_refuses_a_changed_text():
 
 
 class _CountingCurve(sm2.Curve):
-    """The recommended curve, noting the table points each addition of a secret multiple takes."""
+    """The recommended curve, noting the table point each addition takes and whether each
+    conversion to affine coordinates blinds its inversion."""
 
     added: ClassVar[list[sm2.Point]] = []
+    blinded: ClassVar[list[bool]] = []
 
     def _add_mixed(self, acc, point, p):
         self.added.append(point)
         return super()._add_mixed(acc, point, p)
 
+    def _to_affine(self, jacobian, blind=False):
+        self.blinded.append(blind)
+        return super()._to_affine(jacobian, blind)
+
+
+def _counting_curve() -> _CountingCurve:
+    _CountingCurve.added.clear()
+    _CountingCurve.blinded.clear()
+    return _CountingCurve(**{f: getattr(sm2.SM2P256, f) for f in ("p", "a", "b", "n", "gx", "gy")})
+
+
+SECRET_ADDITIONS = 47  # a blinded secret's 48 digits, the top one the sum's start
+
 
 def test_sm2_signing_takes_the_same_additions_whatever_the_nonce_and_other_points_each_time():
-    curve = _CountingCurve(**{f: getattr(sm2.SM2P256, f) for f in ("p", "a", "b", "n", "gx", "gy")})
+    curve = _counting_curve()
     key = sm2.SigningKey(SM2_D, curve=curve)
-    counts, points = {}, {}
-    for name, nonce in (("one", 1), ("small", 0xFF), ("zero bytes", 1 << 200), ("vector", SM2_K), ("top", curve.n - 2)):
-        for turn in (0, 1):
+    # The private key's own multiplication at load is a secret's too.
+    assert (len(curve.added), curve.blinded) == (SECRET_ADDITIONS, [True])
+    nonces = {"one": 1, "small": 0xFF, "zero bytes": 1 << 200, "vector": SM2_K, "top": curve.n - 2}
+    for name, nonce in nonces.items():
+        seen: list[list[sm2.Point]] = []
+        for _ in range(16):
             curve.added.clear()
+            curve.blinded.clear()
             signature = key.sign(b"message digest", k=nonce)
-            counts[name, turn], points[name, turn] = len(curve.added), list(curve.added)
+            assert len(curve.added) == SECRET_ADDITIONS, name  # a nonce of 1 takes as long as any
+            assert curve.blinded == [True], name
+            seen.append(list(curve.added))
         assert sm2.VerifyingKey(key.public, curve=curve).verify(b"message digest", signature)
-    # A nonce of 1 takes as long as any: no zero digit is skipped, nor a shorter nonce's rows.
-    assert set(counts.values()) == {39}
-    # Blinded: the same nonce signs through other table points each time.
-    assert all(points[name, 0] != points[name, 1] for name, _ in points)
+        # Blinded: every addition takes other table points from one signature to the next, also
+        # where SM2's n has its 96 ones in a row (a 64-bit blind left 4 of them the nonce's own).
+        for position in range(SECRET_ADDITIONS):
+            assert len({points[position] for points in seen}) >= 3, (name, position)
 
 
 def test_sm2_a_secret_multiple_with_zero_digits_takes_every_addition(monkeypatch):
-    curve = _CountingCurve(**{f: getattr(sm2.SM2P256, f) for f in ("p", "a", "b", "n", "gx", "gy")})
-    monkeypatch.setattr(sm2.secrets, "randbits", lambda bits: 0)  # the blind pinned: 3 << 62
-    blind = (3 << 62) * curve.n
-    scalar = -blind % (1 << 64)  # its blinded form ends in 8 zero digits
+    curve = _counting_curve()
+    rows, lowest, _ = curve._blind
+    assert rows == SECRET_ADDITIONS + 1
+    monkeypatch.setattr(sm2.secrets, "randbelow", lambda bound: 0)  # the blind pinned: r = lowest
+    scalar = -lowest * curve.n % (1 << 64)  # its blinded form ends in 8 zero digits
     expected = curve.multiply(scalar, curve.g)
     curve.added.clear()
     assert curve.multiply_secret(scalar, curve.g) == expected
-    assert len(curve.added) == 39
+    assert len(curve.added) == SECRET_ADDITIONS
+
+
+def test_sm2_a_comb_extended_for_secrets_is_the_one_built_whole():
+    extended, whole = _counting_curve(), _counting_curve()
+    assert len(extended.comb(extended.g)) == 32
+    assert extended.comb(extended.g, 48) == whole.comb(whole.g, 48)
