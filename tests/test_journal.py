@@ -261,6 +261,32 @@ def test_a_statement_naming_a_days_partition_is_guarded_and_recorded_as_one_nami
     run(scenario())
 
 
+def test_the_journal_refuses_to_delete_or_truncate_its_rows_or_change_a_move(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            txn = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(txn)
+            for statement in (
+                "DELETE FROM txn WHERE rrn = $1",
+                f"DELETE FROM txn_{TODAY:%Y%m%d} WHERE rrn = $1",
+                "DELETE FROM txn_move WHERE rrn = $1",
+                f"DELETE FROM txn_move_{TODAY:%Y%m%d} WHERE rrn = $1",
+                "UPDATE txn_move SET to_state = 'APPROVED' WHERE rrn = $1",  # a move recorded stands
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="the journal keeps every row"):
+                    await journal.pool.execute(statement, txn.rrn)
+            for table in ("txn", "txn_move"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="TRUNCATE on"):
+                    await journal.pool.execute(f"TRUNCATE {table}")
+            assert await journal.pool.fetchval("SELECT count(*) FROM txn WHERE rrn = $1", txn.rrn) == 1
+            assert await journal.pool.fetchval("SELECT count(*) FROM txn_move WHERE rrn = $1", txn.rrn) == 1
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
     async def scenario():
         journal = await open_journal(database_url)

@@ -796,12 +796,18 @@ def test_a_move_made_by_another_process_on_the_journal_counts_within_a_second(ri
 
 
 async def backdate_approval(database_url: str, rrn: str, by: dt.timedelta) -> None:
-    """Move a payment's approval back in the journal's log of moves, and touch its row now."""
+    """Move a payment's approval back in the journal's log of moves (which refuses any change: this
+    test's stand-in for time passing, as the database's superuser, with the triggers off), and
+    touch its row now."""
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute(
-            "UPDATE txn_move SET moved_at = moved_at - $2::interval WHERE rrn = $1 AND to_state = 'APPROVED'", rrn, by
-        )
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE txn_move SET moved_at = moved_at - $2::interval WHERE rrn = $1 AND to_state = 'APPROVED'",
+                rrn,
+                by,
+            )
         await conn.execute("UPDATE txn SET reserved_fen = reserved_fen WHERE rrn = $1", rrn)
     finally:
         await conn.close()

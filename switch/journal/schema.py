@@ -688,6 +688,25 @@ MIGRATIONS: list[str] = [
     SELECT txn_guard_partition(inhrelid::regclass) FROM pg_inherits WHERE inhparent = 'txn'::regclass;
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 26: nothing is lost: the journal's rows and their moves are never deleted, through txn or a
+    # partition (a row trigger on a partitioned table is every partition's, made later or not),
+    # nor truncated through txn or txn_move, and a move once recorded is never changed. Retention
+    # is a person's detaching or dropping of a whole day's partition, which no trigger sees.
+    """
+    CREATE FUNCTION journal_keeps_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'the journal keeps every row: % on % refused', TG_OP, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END $$;
+    SET LOCAL lock_timeout = '5s';
+    CREATE TRIGGER txn_keeps_rows BEFORE DELETE ON txn FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows();
+    CREATE TRIGGER txn_keeps_all BEFORE TRUNCATE ON txn FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
+    CREATE TRIGGER txn_move_keeps_rows BEFORE UPDATE OR DELETE ON txn_move
+        FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows();
+    CREATE TRIGGER txn_move_keeps_all BEFORE TRUNCATE ON txn_move
+        FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
+    SET LOCAL lock_timeout = DEFAULT;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
