@@ -242,6 +242,7 @@ async def _write_day(url: str, rows: int) -> None:
         day = dt.datetime.now(dt.UTC).date()
         await ensure_partitions(conn, day - dt.timedelta(days=2), day + dt.timedelta(days=1))
         await conn.execute("ALTER TABLE txn DISABLE TRIGGER USER")  # a bench day, not a day of moves
+        await conn.execute("ALTER TABLE txn_move DISABLE TRIGGER USER")  # (its moves are made up below)
         await conn.execute(
             """
             INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, txn_type, mti, processing_code, merchant_id,
@@ -268,6 +269,7 @@ async def _write_day(url: str, rows: int) -> None:
             """
         )
         await conn.execute("ALTER TABLE txn ENABLE TRIGGER USER")
+        await conn.execute("ALTER TABLE txn_move ENABLE TRIGGER USER")
         await conn.execute("ANALYZE txn")
         await conn.execute("ANALYZE txn_move")
     finally:

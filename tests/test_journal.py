@@ -205,7 +205,8 @@ def test_a_statement_naming_a_days_partition_is_guarded_and_recorded_as_one_nami
     async def scenario():
         journal = await open_journal(database_url)
         part = f"txn_{TODAY:%Y%m%d}"
-        later = [TODAY + dt.timedelta(days=n) for n in (500, 501)]
+        later = [TODAY + dt.timedelta(days=n) for n in (500, 501, 503)]
+        odd = f"odd_{uuid.uuid4().hex[:8]}"  # a partition by a name of its own
         try:
             declined, open_ = new_txn(await journal.next_rrn()), new_txn(await journal.next_rrn())
             for txn in (declined, open_):
@@ -231,13 +232,14 @@ def test_a_statement_naming_a_days_partition_is_guarded_and_recorded_as_one_nami
                 (declined.rrn, "RECEIVED", "DECLINED"),
                 (open_.rrn, "RECEIVED", "UNKNOWN"),
             ]
-            # A partition made by a front end of an earlier release (no guard) is guarded by the next
-            # ensure_partitions, and one it makes itself is guarded from the start.
+            # A partition made by a front end of an earlier release (no guard), or by a person under
+            # a name of their own, is guarded by the next ensure_partitions; one it makes, at once.
             async with journal.pool.acquire() as conn:
-                await conn.execute(
-                    f"CREATE TABLE txn_{later[0]:%Y%m%d} PARTITION OF txn FOR VALUES FROM ('{later[0]}') "
-                    f"TO ('{later[0] + dt.timedelta(days=1)}')"
-                )
+                for name, day in ((f"txn_{later[0]:%Y%m%d}", later[0]), (odd, later[2])):
+                    await conn.execute(
+                        f"CREATE TABLE {name} PARTITION OF txn FOR VALUES FROM ('{day}') "
+                        f"TO ('{day + dt.timedelta(days=1)}')"
+                    )
                 assert await ensure_partitions(conn, later[0], later[1]) == [
                     f"txn_move_{later[0]:%Y%m%d}",
                     f"txn_{later[1]:%Y%m%d}",
@@ -245,23 +247,33 @@ def test_a_statement_naming_a_days_partition_is_guarded_and_recorded_as_one_nami
                 ]
                 guards = await conn.fetch(
                     "SELECT tgrelid::regclass::text AS part, tgname FROM pg_trigger WHERE tgrelid::regclass::text "
-                    "= ANY($1) AND tgname LIKE 'txn_record_%' ORDER BY 1, 2",
-                    [f"txn_{day:%Y%m%d}" for day in later],
+                    "= ANY($1) AND NOT tgisinternal AND tgparentid = 0 ORDER BY 1, 2",
+                    [odd, *(f"{parent}_{day:%Y%m%d}" for day in later[:2] for parent in ("txn", "txn_move"))],
                 )
-                assert [(g["part"], g["tgname"]) for g in guards] == [
-                    (f"txn_{day:%Y%m%d}", name) for day in later for name in ("txn_record_inserts", "txn_record_moves")
+            guarded = ["journal_keeps_all", "txn_record_inserts", "txn_record_moves"]
+            assert [(g["part"], g["tgname"]) for g in guards] == sorted(
+                [
+                    *((odd, name) for name in guarded),
+                    *(
+                        guard
+                        for day in later[:2]
+                        for guard in (
+                            *((f"txn_{day:%Y%m%d}", name) for name in guarded),
+                            (f"txn_move_{day:%Y%m%d}", "journal_keeps_all"),
+                        )
+                    ),
                 ]
+            )
         finally:
             async with journal.pool.acquire() as conn:
-                for day in later:
-                    for parent in ("txn", "txn_move"):
-                        await conn.execute(f"DROP TABLE IF EXISTS {parent}_{day:%Y%m%d}")
+                for name in (odd, *(f"{parent}_{day:%Y%m%d}" for day in later for parent in ("txn", "txn_move"))):
+                    await conn.execute(f"DROP TABLE IF EXISTS {name}")
             await journal.close()
 
     run(scenario())
 
 
-def test_the_journal_refuses_to_delete_or_truncate_its_rows_or_change_a_move(database_url):
+def test_the_journal_refuses_to_delete_or_truncate_its_rows_or_change_or_make_up_a_move(database_url):
     async def scenario():
         journal = await open_journal(database_url)
         try:
@@ -276,7 +288,13 @@ def test_the_journal_refuses_to_delete_or_truncate_its_rows_or_change_a_move(dat
             ):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError, match="the journal keeps every row"):
                     await journal.pool.execute(statement, txn.rrn)
-            for table in ("txn", "txn_move"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="INSERT on txn_move"):
+                await journal.pool.execute(  # a move made up
+                    "INSERT INTO txn_move (tx_date, rrn, from_state, to_state) VALUES ($1, $2, 'RECEIVED', 'APPROVED')",
+                    TODAY,
+                    txn.rrn,
+                )
+            for table in ("txn", "txn_move", f"txn_{TODAY:%Y%m%d}", f"txn_move_{TODAY:%Y%m%d}"):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError, match="TRUNCATE on"):
                     await journal.pool.execute(f"TRUNCATE {table}")
             assert await journal.pool.fetchval("SELECT count(*) FROM txn WHERE rrn = $1", txn.rrn) == 1
@@ -727,6 +745,48 @@ def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
             assert tuple(row) == ("VOIDED", 0, 0, "purchase")
         finally:
             await journal.close()
+
+    run(scenario())
+
+
+def test_migration_25_waits_for_a_writer_rather_than_deadlock_with_it(database_url):
+    """Migration 25 adds triggers to every partition. Were it to lock them one by one, a writer
+    holding txn (a batch written to one day) and then writing another day it had locked would
+    deadlock with it: the upgrade of a live journal would fail writes. It locks the parents first,
+    as writers take them, so it waits for the writer's commit instead."""
+    from tests.conftest import fresh_database
+
+    async def scenario():
+        url = await fresh_database(database_url, "journal_schema_24")
+        conn, writer = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL "
+                "DEFAULT now())"
+            )
+            for version, sql in enumerate(MIGRATIONS[:24], start=1):
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            days = [TODAY - dt.timedelta(days=1), TODAY]
+            for day in days:  # as that release made them (the earlier day first, as the migration goes)
+                for parent in ("txn", "txn_move"):
+                    await conn.execute(
+                        f"CREATE TABLE {parent}_{day:%Y%m%d} PARTITION OF {parent} "
+                        f"FOR VALUES FROM ('{day}') TO ('{day + dt.timedelta(days=1)}')"
+                    )
+            columns = ", ".join(c for c in NewTxn._fields)
+            values = ", ".join(f"${i}" for i in range(1, len(NewTxn._fields) + 1))
+            insert = f"INSERT INTO txn ({columns}, state) VALUES ({values}, 'RECEIVED')"
+            async with writer.transaction():
+                await writer.execute(insert, *new_txn("250000000001"))  # today's partition, and txn, held
+                migrating = asyncio.ensure_future(migrate(conn))
+                await asyncio.sleep(0.5)  # the migration under way, waiting for what the writer holds
+                await writer.execute(insert, *new_txn("250000000002")._replace(tx_date=days[0]))
+            assert await asyncio.wait_for(migrating, 30) == len(MIGRATIONS)
+            assert await conn.fetchval("SELECT count(*) FROM txn") == 2
+        finally:
+            await writer.close()
+            await conn.close()
 
     run(scenario())
 

@@ -668,43 +668,56 @@ MIGRATIONS: list[str] = [
     ALTER TABLE txn ADD COLUMN retried_at timestamptz, ADD COLUMN checks_at_retry integer NOT NULL DEFAULT 0;
     SET LOCAL lock_timeout = DEFAULT;
     """,
-    # 25: the guard and the record of moves (10, 14) on each day's partition as well as on txn. A
-    # statement's triggers are those of the table it names: an UPDATE or INSERT naming a partition
-    # (a person's repair, say) moved states past the guard, and no move was recorded. Through txn
-    # only txn's fire, so nothing is recorded twice. ensure_partitions guards each new partition.
+    # 25: the journal held to its rules whatever table a statement names, txn or a day's partition.
+    # A statement's statement triggers are those of the table it names: an UPDATE or INSERT naming
+    # a partition moved states past the guard of 10 and 14, and no move was recorded; so each
+    # partition of txn has the guard and the record of moves too (through txn only txn's fire:
+    # nothing is recorded twice). And nothing is lost: the rows of txn and txn_move are never
+    # deleted nor truncated, and a recorded move is never changed nor made up (only the triggers
+    # of txn write txn_move: pg_trigger_depth() is 0 for any other writer). A row trigger of a
+    # partitioned table is every partition's, made later or not; a TRUNCATE trigger is each
+    # table's own (journal_guard_partition, which ensure_partitions runs on every partition found
+    # without it). Retention is a person's detaching or dropping of a day's partition, which no
+    # trigger sees. The parents are locked first, as writers take them: locking partitions one by
+    # one under a writer's lock on txn deadlocked with it.
     """
-    CREATE FUNCTION txn_guard_partition(part regclass) RETURNS void LANGUAGE plpgsql AS $$
-    BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'txn_record_inserts') THEN
-            EXECUTE format('CREATE TRIGGER txn_record_inserts AFTER INSERT ON %s REFERENCING NEW TABLE AS inserted '
-                'FOR EACH STATEMENT EXECUTE FUNCTION txn_record_inserts()', part);
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'txn_record_moves') THEN
-            EXECUTE format('CREATE TRIGGER txn_record_moves AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
-                'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION txn_record_moves()', part);
-        END IF;
-    END $$;
     SET LOCAL lock_timeout = '5s';
-    SELECT txn_guard_partition(inhrelid::regclass) FROM pg_inherits WHERE inhparent = 'txn'::regclass;
-    SET LOCAL lock_timeout = DEFAULT;
-    """,
-    # 26: nothing is lost: the journal's rows and their moves are never deleted, through txn or a
-    # partition (a row trigger on a partitioned table is every partition's, made later or not),
-    # nor truncated through txn or txn_move, and a move once recorded is never changed. Retention
-    # is a person's detaching or dropping of a whole day's partition, which no trigger sees.
-    """
+    LOCK TABLE txn, txn_move IN SHARE ROW EXCLUSIVE MODE;
     CREATE FUNCTION journal_keeps_rows() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'the journal keeps every row: % on % refused', TG_OP, TG_TABLE_NAME
             USING ERRCODE = 'insufficient_privilege';
     END $$;
-    SET LOCAL lock_timeout = '5s';
     CREATE TRIGGER txn_keeps_rows BEFORE DELETE ON txn FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows();
     CREATE TRIGGER txn_keeps_all BEFORE TRUNCATE ON txn FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
     CREATE TRIGGER txn_move_keeps_rows BEFORE UPDATE OR DELETE ON txn_move
         FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows();
+    CREATE TRIGGER txn_move_made_by_txn BEFORE INSERT ON txn_move
+        FOR EACH ROW WHEN (pg_trigger_depth() = 0) EXECUTE FUNCTION journal_keeps_rows();
     CREATE TRIGGER txn_move_keeps_all BEFORE TRUNCATE ON txn_move
         FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
+
+    CREATE FUNCTION journal_guard_partition(part regclass) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        parent regclass := (SELECT inhparent FROM pg_inherits WHERE inhrelid = part);
+    BEGIN
+        IF parent = 'txn'::regclass AND NOT EXISTS (
+            SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'txn_record_moves'
+        ) THEN
+            EXECUTE format('CREATE TRIGGER txn_record_inserts AFTER INSERT ON %s REFERENCING NEW TABLE AS inserted '
+                'FOR EACH STATEMENT EXECUTE FUNCTION txn_record_inserts()', part);
+            EXECUTE format('CREATE TRIGGER txn_record_moves AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
+                'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION txn_record_moves()', part);
+        END IF;
+        IF parent IN ('txn'::regclass, 'txn_move'::regclass) AND NOT EXISTS (
+            SELECT 1 FROM pg_trigger WHERE tgrelid = part AND tgname = 'journal_keeps_all'
+        ) THEN
+            EXECUTE format('CREATE TRIGGER journal_keeps_all BEFORE TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows()', part);
+        END IF;
+    END $$;
+    SELECT journal_guard_partition(inhrelid::regclass) FROM pg_inherits
+        WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass);
     SET LOCAL lock_timeout = DEFAULT;
     """,
 ]
@@ -747,11 +760,13 @@ def partition(parent: str, day: dt.date) -> str:
 
 
 async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:
-    """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet, each
-    of ``txn``'s with the state guard (migration 25: also one a front end of an earlier release
-    created)."""
+    """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet, and
+    guard every partition of ``txn`` and ``txn_move`` found without it (migration 25: one just
+    made, or made by a front end of an earlier release, or attached by a person under any name).
+    Gives up on a lock not had within 5 s rather than hold up the writers queued behind it."""
     created = []
     async with conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '5s'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
         day = first
         while day <= last:
@@ -764,9 +779,11 @@ async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.d
                         f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
                     )
                     created.append(name)
-                if parent == "txn":
-                    await conn.execute("SELECT txn_guard_partition($1::regclass)", name)
             day += dt.timedelta(days=1)
+        await conn.execute(
+            "SELECT journal_guard_partition(inhrelid::regclass) FROM pg_inherits "
+            "WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass)"
+        )
     return created
 
 
