@@ -749,6 +749,23 @@ def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
     run(scenario())
 
 
+async def schema_at(conn: asyncpg.Connection, version: int, days: list[dt.date]) -> None:
+    """A journal of an earlier release in an empty database: its schema at ``version``, and the
+    partitions of ``days`` as that release made them."""
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for applied, sql in enumerate(MIGRATIONS[:version], start=1):
+        await conn.execute(sql)
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", applied)
+    for day in days:
+        for parent in ("txn", "txn_move"):
+            await conn.execute(
+                f"CREATE TABLE {parent}_{day:%Y%m%d} PARTITION OF {parent} "
+                f"FOR VALUES FROM ('{day}') TO ('{day + dt.timedelta(days=1)}')"
+            )
+
+
 def test_migration_25_waits_for_a_writer_rather_than_deadlock_with_it(database_url):
     """Migration 25 adds triggers to every partition. Were it to lock them one by one, a writer
     holding txn (a batch written to one day) and then writing another day it had locked would
@@ -760,20 +777,8 @@ def test_migration_25_waits_for_a_writer_rather_than_deadlock_with_it(database_u
         url = await fresh_database(database_url, "journal_schema_24")
         conn, writer = await asyncpg.connect(url), await asyncpg.connect(url)
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL "
-                "DEFAULT now())"
-            )
-            for version, sql in enumerate(MIGRATIONS[:24], start=1):
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-            days = [TODAY - dt.timedelta(days=1), TODAY]
-            for day in days:  # as that release made them (the earlier day first, as the migration goes)
-                for parent in ("txn", "txn_move"):
-                    await conn.execute(
-                        f"CREATE TABLE {parent}_{day:%Y%m%d} PARTITION OF {parent} "
-                        f"FOR VALUES FROM ('{day}') TO ('{day + dt.timedelta(days=1)}')"
-                    )
+            days = [TODAY - dt.timedelta(days=1), TODAY]  # the earlier day first, as the migration goes
+            await schema_at(conn, 24, days)
             columns = ", ".join(c for c in NewTxn._fields)
             values = ", ".join(f"${i}" for i in range(1, len(NewTxn._fields) + 1))
             insert = f"INSERT INTO txn ({columns}, state) VALUES ({values}, 'RECEIVED')"
@@ -800,18 +805,7 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
     async def scenario():
         conn = await asyncpg.connect(await fresh_database(database_url, "journal_schema_14"))
         try:
-            await conn.execute(
-                "CREATE TABLE schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL "
-                "DEFAULT now())"
-            )
-            for version, sql in enumerate(MIGRATIONS[:14], start=1):
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-            for parent in ("txn", "txn_move"):  # as that release made them
-                await conn.execute(
-                    f"CREATE TABLE {parent}_{TODAY:%Y%m%d} PARTITION OF {parent} "
-                    f"FOR VALUES FROM ('{TODAY}') TO ('{TODAY + dt.timedelta(days=1)}')"
-                )
+            await schema_at(conn, 14, [TODAY])
             await conn.execute(
                 "INSERT INTO txn (tx_date, terminal_id, stan, transmitted, rrn, kind, mti, processing_code, "
                 "merchant_id, amount_fen, currency, local_time, local_date, entry_mode, pan_masked, pan_hash, "
