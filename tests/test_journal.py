@@ -305,6 +305,37 @@ def test_the_journal_refuses_to_delete_or_truncate_its_rows_or_change_or_make_up
     run(scenario())
 
 
+KEPT_BESIDE = (
+    "reversal", "dead_letter", "late_answer", "channel_notice", "risk_decision", "risk_audit", "merchant_order",
+    "merchant_refund", "settlement_item",
+)  # fmt: skip
+
+
+def test_the_records_beside_the_journal_are_kept_as_it_is(database_url):
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(purchase)
+            rrn = await journal.next_rrn()
+            await journal.request_reversal(purchase.key, "999998", "1123120001", purchase.amount_fen, rrn)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="DELETE on reversal refused"):
+                await journal.pool.execute("DELETE FROM reversal WHERE rrn = $1", rrn)  # its original would be sent
+            for table in KEPT_BESIDE:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match=f"TRUNCATE on {table} refused"):
+                    await journal.pool.execute(f"TRUNCATE {table} CASCADE")
+            row_guards = await journal.pool.fetch(
+                "SELECT tgrelid::regclass::text AS kept FROM pg_trigger WHERE tgname = tgrelid::regclass::text "
+                "|| '_keeps_rows' ORDER BY 1"
+            )
+            assert [g["kept"] for g in row_guards if g["kept"] in KEPT_BESIDE] == sorted(KEPT_BESIDE)
+            assert await journal.pool.fetchval("SELECT count(*) FROM reversal WHERE rrn = $1", rrn) == 1
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
 def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
     async def scenario():
         journal = await open_journal(database_url)

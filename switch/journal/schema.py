@@ -720,6 +720,28 @@ MIGRATIONS: list[str] = [
         WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass);
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 26: the records beside the journal are kept as it is (25): the reversals acknowledged (one
+    # deleted, its original arriving late would be sent and kept), the dead letters, the channels'
+    # late answers and notifications, the risk decisions and list changes, the merchants' orders
+    # and refunds, and what was settled. The switch only ever adds to them or updates them.
+    # (Reconciliation's working tables are rebuilt by a batch run afresh, and sessions, nonces and
+    # the like expire: those are deleted.)
+    """
+    SET LOCAL lock_timeout = '5s';
+    DO $$
+    DECLARE
+        kept text;
+    BEGIN
+        FOREACH kept IN ARRAY ARRAY['reversal', 'dead_letter', 'late_answer', 'channel_notice', 'risk_decision',
+                                    'risk_audit', 'merchant_order', 'merchant_refund', 'settlement_item'] LOOP
+            EXECUTE format('CREATE TRIGGER %I BEFORE DELETE ON %I '
+                'FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows()', kept || '_keeps_rows', kept);
+            EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+                'FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows()', kept || '_keeps_all', kept);
+        END LOOP;
+    END $$;
+    SET LOCAL lock_timeout = DEFAULT;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
