@@ -210,12 +210,13 @@ async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str,
         "request_hash, state, next_check_at) "
         "SELECT tx_date, terminal_id, $2, transmitted, $3, txn_type, mti, processing_code, merchant_id, amount_fen, "
         "currency, local_time, local_date, entry_mode, pan_masked, pan_hash, channel, "
-        "to_char(tx_date, 'YYYYMMDD') || $3, request_hash, 'UNKNOWN', now() + interval '1 hour' "
+        "to_char(tx_date, 'YYYYMMDD') || $3, request_hash, 'RECEIVED', now() + interval '1 hour' "
         "FROM txn WHERE rrn = $1 RETURNING out_trade_no, amount_fen",
         rrn,
         f"U{random.randrange(10**5):05d}",
         new_rrn,
     )
+    await conn.execute("UPDATE txn SET state = 'UNKNOWN' WHERE rrn = $1", new_rrn)  # written ahead, then moved
     return new_rrn, row["out_trade_no"], row["amount_fen"]
 
 

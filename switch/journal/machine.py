@@ -59,6 +59,7 @@ DESCRIPTIONS = {
     State.REVERSED: "reversed at the terminal's request: the channel keeps no money",
     State.VOIDED: "voided the same day: the channel keeps no money",
 }
+BORN = State.RECEIVED  # the state a transaction is written in (the write-ahead's); any other comes by a move
 OPEN = frozenset({State.RECEIVED, State.PENDING, State.UNKNOWN})
 FINAL = frozenset(State) - OPEN
 KEPT = frozenset({State.APPROVED})  # the channel holds the payment (for a purchase) or did the void / refund

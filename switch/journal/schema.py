@@ -742,6 +742,30 @@ MIGRATIONS: list[str] = [
     END $$;
     SET LOCAL lock_timeout = DEFAULT;
     """,
+    # 27: a transaction is written in the one state the machine says (machine.BORN, RECEIVED) and
+    # comes to any other by a move: a row written APPROVED (a COPY, say) had no move to show for it.
+    # Checked in the same one pass over the rows written as the state's existence.
+    """
+    ALTER TABLE txn_state ADD COLUMN born boolean NOT NULL DEFAULT false;
+    CREATE OR REPLACE FUNCTION txn_record_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        bad record;
+    BEGIN
+        SELECT i.state, i.rrn, s.state IS NULL AS unknown INTO bad
+            FROM inserted i LEFT JOIN txn_state s ON s.state = i.state
+            WHERE NOT coalesce(s.born, false) LIMIT 1;
+        IF FOUND THEN  -- the whole statement is undone
+            IF bad.unknown THEN
+                RAISE EXCEPTION 'state % unknown (rrn %)', bad.state, bad.rrn USING ERRCODE = 'check_violation';
+            END IF;
+            RAISE EXCEPTION 'state % is not one a transaction is written in: it is written %, then moved (rrn %)',
+                bad.state, (SELECT string_agg(state, ', ') FROM txn_state WHERE born), bad.rrn
+                USING ERRCODE = 'check_violation';
+        END IF;
+        INSERT INTO txn_move (tx_date, rrn, from_state, to_state) SELECT tx_date, rrn, NULL, state FROM inserted;
+        RETURN NULL;
+    END $$;
+    """,
 ]
 
 _LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
@@ -768,9 +792,10 @@ async def sync_machine(conn: asyncpg.Connection) -> None:
     """Write the state machine's tables from ``switch.journal.machine``: the states and the
     guard's allowed pairs."""
     await conn.executemany(
-        "INSERT INTO txn_state (state, final, description) VALUES ($1, $2, $3) "
-        "ON CONFLICT (state) DO UPDATE SET final = EXCLUDED.final, description = EXCLUDED.description",
-        [(s.value, s in machine.FINAL, machine.DESCRIPTIONS[s]) for s in machine.State],
+        "INSERT INTO txn_state (state, final, description, born) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (state) DO UPDATE SET final = EXCLUDED.final, description = EXCLUDED.description, "
+        "born = EXCLUDED.born",
+        [(s.value, s in machine.FINAL, machine.DESCRIPTIONS[s], s is machine.BORN) for s in machine.State],
     )
     await conn.execute("DELETE FROM txn_state_move")
     await conn.executemany("INSERT INTO txn_state_move VALUES ($1, $2)", machine.PAIRS)

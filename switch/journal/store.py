@@ -16,6 +16,7 @@ import asyncpg
 from protocols import response_codes as rc
 from switch.journal.groupcommit import GroupCommit
 from switch.journal.machine import (
+    BORN,
     DUE_SQL,
     KEPT,
     MOVE_SQL,
@@ -225,7 +226,7 @@ _NEW_VALUES = ", ".join(
 )
 _INSERT_SQL = (
     f"INSERT INTO txn ({', '.join(_NEW_COLUMNS)}, state) "
-    f"SELECT {_NEW_VALUES}, 'RECEIVED' FROM unnest("
+    f"SELECT {_NEW_VALUES}, '{BORN}' FROM unnest("
     + ", ".join(f"${i}::{_TYPES.get(c, 'text')}[]" for i, c in enumerate(_NEW_COLUMNS, start=1))
     + f") AS u({', '.join(_NEW_COLUMNS)}) "
     f"WHERE u.tx_date = ${len(_NEW_COLUMNS) + 1}::date "  # the round's day (see _rounds)
