@@ -49,6 +49,7 @@ from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.orders import set_endpoints
+from switch.journal.roles import runtime_url
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.live import LIMITS, NOTIFY_CHANNEL, in_force, kept_sections, restart_needed, rules_in_force
@@ -557,12 +558,17 @@ def check_links_across_nodes(ray: RaySection, tls: LinkTls | None, on_loopback: 
 
 def database_url_for(config: Config, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
     """The configured URL, else ``SWITCH_DATABASE_URL``, else an embedded PostgreSQL under
-    ``data_dir/pg`` (returned so the caller stops it)."""
+    ``data_dir/pg`` (returned so the caller stops it), migrated as its superuser and reached as the
+    switch's runtime role (``switch.journal.roles``)."""
     url = config.database.url or os.environ.get(DATABASE_URL_ENV, "")
     if url:
         return url, None
     embedded = EmbeddedPostgres(data_dir / "pg")
-    return embedded.start(), embedded
+    try:
+        return asyncio.run(runtime_url(embedded.start())), embedded
+    except BaseException:
+        embedded.stop()
+        raise
 
 
 class Reloaded(NamedTuple):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 from hsm import HsmError
 from switch.cli_support import at_least_one
 from switch.config import ConfigError, load_config
+from switch.journal.schema import SchemaNotCurrent
 
 # Commands other packages register (pyproject.toml, [project.entry-points."paysw.commands"]): each
 # entry, named after its command, is a module with ``add_parser(commands)`` and ``main(args) -> int``.
@@ -31,6 +32,7 @@ ON_CONFIG: dict[str, str] = {  # name: module
     "reload": "switch.reload_cli",
     "console": "switch.console.cli",
     "config": "switch.config_cli",
+    "journal": "switch.journal_cli",
 }
 BUILT_IN = ("run", "channel", *ON_CONFIG)
 
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HsmError as exc:
         print(f"paysw: key error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaNotCurrent as exc:
+        print(f"paysw: journal error: {exc}", file=sys.stderr)
         return 2
 
     return 1

@@ -36,6 +36,7 @@ from switch.admin import start_admin
 from switch.admin_token import configured_token, switch_token
 from switch.app import DATABASE_URL_ENV, SwitchApp, WorkerSeat, database_url_for, serve_until_signalled, until_signalled
 from switch.config import Config, ConfigError, host_port
+from switch.journal.roles import OWNER_URL_ENV, prepare, user_of
 from switch.workers_admin import WorkerEndpoint, workers_admin_app
 
 log = logging.getLogger("paysw")
@@ -65,7 +66,10 @@ def run_workers(
     command = [sys.executable, "-m", "switch.cli", "run", "--config", str(config_file), "--data-dir", str(data_dir)]
     command += ["--log-level", log_level, "--workers", str(workers)]
     try:
-        return uvloop.run(_supervise(config, command, url, token, ray_address or config.ray.address, data_dir, workers))
+        owner = embedded.url if embedded is not None else ""
+        return uvloop.run(
+            _supervise(config, command, url, token, ray_address or config.ray.address, data_dir, workers, owner)
+        )
     finally:
         if embedded is not None:
             embedded.stop()
@@ -83,7 +87,14 @@ def listen_is_free(config_file: Path, listen: str) -> None:
 
 
 async def _supervise(
-    config: Config, command: list[str], url: str, token: str, ray_address: str, data_dir: Path, count: int
+    config: Config,
+    command: list[str],
+    url: str,
+    token: str,
+    ray_address: str,
+    data_dir: Path,
+    count: int,
+    embedded_owner: str = "",
 ) -> int:
     started_ray = False
     if not ray_address:
@@ -101,6 +112,8 @@ async def _supervise(
     roll = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)
     env = {**os.environ, DATABASE_URL_ENV: url}
+    if embedded_owner:  # a worker of new code after a SIGHUP migrates what it needs (roles.OWNER_URL_ENV)
+        env[OWNER_URL_ENV] = embedded_owner
     pool = _Workers([*command, "--ray-address", ray_address], env, data_dir, endpoints)
     for i in range(count):
         await pool.start(i, 0)
@@ -209,9 +222,13 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
     Ray, with its share of the quotas, until SIGINT / SIGTERM."""
     _stop_with_supervisor()
     _tag_logs(index)
+    url = os.environ[DATABASE_URL_ENV]
+    owner = os.environ.pop(OWNER_URL_ENV, "")  # used once, here, and not handed on (to Ray's workers, say)
+    if owner:
+        asyncio.run(prepare(owner, user_of(url)))
     app = SwitchApp(
         config,
-        os.environ[DATABASE_URL_ENV],
+        url,
         configured_token(config, data_dir),  # the supervisor has made sure it exists
         ray_address,
         WorkerSeat(index, admin_socket(data_dir, index, generation)),

@@ -29,6 +29,7 @@ import pytest
 
 from bench.demo_config import absolute_paths
 from switch.journal.embedded import EmbeddedPostgres
+from switch.journal.roles import runtime_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "bench" / "demo_config"
@@ -420,7 +421,8 @@ class SwitchProcess:
         self._template = config.read_text()
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
         self.data_dir = self.config.with_name(f"{self.config.stem}-data")  # its generated admin token
-        self.env = {**(env or os.environ), "SWITCH_DATABASE_URL": database_url}
+        # Migrated as the test's superuser, run as the switch's runtime role (switch.journal.roles).
+        self.env = {**(env or os.environ), "SWITCH_DATABASE_URL": run(runtime_url(database_url))}
         self.log_path = log_path
         self.log_level = log_level
         self.workers = workers

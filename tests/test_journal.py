@@ -4,7 +4,10 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -12,10 +15,11 @@ import pytest
 
 from risk.engine import Hit
 from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver, retry_dead_letter
+from switch.journal.roles import RUNTIME_ROLE, RoleTooStrong, as_role, grant, owns_journal, runtime_url
 from switch.journal.rrns import RRN_BLOCK
-from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
+from switch.journal.schema import MIGRATIONS, SchemaNotCurrent, analyze_young, ensure_partitions, migrate
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
-from tests.conftest import run
+from tests.conftest import DEMO, run
 
 TODAY = dt.datetime.now(dt.UTC).date()
 UNSERVED_CHANNEL = "journal-test"  # synthetic rows: no switch serves (or resolves) this channel
@@ -334,6 +338,170 @@ def test_the_records_beside_the_journal_are_kept_as_it_is(database_url):
             await journal.close()
 
     run(scenario())
+
+
+def test_the_switchs_role_writes_the_journal_but_may_not_switch_its_guards_off_or_rewrite_its_machine(database_url):
+    """The switch runs as a role that owns nothing (``switch.journal.roles``): it writes ahead,
+    moves and makes the days to come, but no statement of its own can disable a trigger, truncate,
+    drop, delete a kept row or change the state machine; and a machine not this release's stops
+    it with a clear error rather than being written by it."""
+
+    async def scenario():
+        url = await runtime_url(database_url)
+        journal = await open_journal(url)
+        runtime = await asyncpg.connect(url)
+        try:
+            assert not await owns_journal(runtime)
+            txn = new_txn(await journal.next_rrn())
+            assert await journal.write_ahead(txn)
+            assert await journal.record(outcome(txn, Event.ACCEPTED)) is State.APPROVED
+            later = TODAY + dt.timedelta(days=random.randrange(20, 60))  # the days it may make: those in use
+            made = await ensure_partitions(runtime, later, later)
+            assert set(made) <= {f"txn_{later:%Y%m%d}", f"txn_move_{later:%Y%m%d}"}
+            assert await runtime.fetchval(f"SELECT to_regclass('txn_move_{later:%Y%m%d}') IS NOT NULL")
+            assert await runtime.fetchval("DELETE FROM console_session WHERE false RETURNING 1") is None  # expires
+            day = f"txn_{TODAY:%Y%m%d}"
+            for statement in (
+                "ALTER TABLE txn DISABLE TRIGGER USER",
+                f"ALTER TABLE {day} DISABLE TRIGGER USER",
+                f"ALTER TABLE txn_move_{later:%Y%m%d} DISABLE TRIGGER USER",  # one it had made
+                f"UPDATE {day} SET state = state",  # partitions are reached through txn alone
+                "TRUNCATE recon_item",
+                "DROP TABLE reversal",
+                "CREATE TABLE txn_copy (LIKE txn)",
+                "CREATE TEMP TABLE scratch (x int)",  # nothing of its own for the owner's functions to meet
+                "INSERT INTO txn_state_move VALUES ('APPROVED', 'RECEIVED')",
+                "UPDATE txn_state SET final = false",
+                "DELETE FROM schema_migrations",
+                "SET session_replication_role = replica",
+                "UPDATE txn SET amount_fen = 1",  # a transaction's amount, key, card and merchant are as written
+                "UPDATE txn SET merchant_id = 'M'",
+                "UPDATE risk_audit SET detail = 'x'",  # a record only added to
+                "UPDATE settlement_item SET amount_fen = 0",
+                "UPDATE notice_outbox SET state = 'APPROVED', delivered_at = NULL",  # a notice forged
+                "UPDATE reversal SET orig_stan = '000000'",  # as good as deleted
+                "SELECT journal_guard_partition('txn_copy'::regclass)",
+                f"INSERT INTO txn_move (tx_date, rrn, from_state, to_state) VALUES ('{TODAY}', 'X', NULL, 'APPROVED')",
+                "INSERT INTO notice_outbox (tx_date, rrn, state, merchant_id, url) VALUES (now(), 'X', 'S', 'M', 'u')",
+            ):
+                with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedTableError)):
+                    await runtime.execute(statement)
+            with pytest.raises(asyncpg.InvalidParameterValueError, match="at most 63 days"):
+                await ensure_partitions(runtime, later, later + dt.timedelta(days=400))  # not a catalog's worth
+            with pytest.raises(asyncpg.InvalidParameterValueError, match="only the days from"):
+                await ensure_partitions(runtime, TODAY + dt.timedelta(days=400), TODAY + dt.timedelta(days=400))
+
+            owner = await asyncpg.connect(database_url)
+            database = await owner.fetchval("SELECT current_database()")
+            await owner.execute(f"GRANT TEMPORARY ON DATABASE {database} TO {RUNTIME_ROLE}")
+            try:  # Were it let make temporary tables, the guard would not read them for its own,
+                await runtime.execute(
+                    "CREATE TEMP TABLE txn_state_move (from_state text, to_state text); "
+                    "INSERT INTO txn_state_move VALUES ('APPROVED', 'RECEIVED'); "
+                    "CREATE TEMP TABLE txn_move (LIKE public.txn_move INCLUDING DEFAULTS); "
+                    "CREATE TEMP TABLE fake (tx_date date, rrn text, state text)"
+                )
+                with pytest.raises(asyncpg.CheckViolationError, match="APPROVED -> RECEIVED not allowed"):
+                    await runtime.execute("UPDATE txn SET state = 'RECEIVED' WHERE rrn = $1", txn.rrn)
+                fresh = new_txn(await journal.next_rrn())
+                assert await journal.write_ahead(fresh)  # recorded in the journal's txn_move, not the session's
+                assert await runtime.fetchval("SELECT count(*) FROM public.txn_move WHERE rrn = $1", fresh.rrn) == 1
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor could it put the guard on its own
+                    await runtime.execute(
+                        "CREATE TRIGGER forge AFTER INSERT ON pg_temp.fake REFERENCING NEW TABLE AS inserted "
+                        "FOR EACH STATEMENT EXECUTE FUNCTION public.txn_record_inserts()"
+                    )
+                await runtime.execute("DROP TABLE pg_temp.txn_state_move, pg_temp.txn_move, pg_temp.fake")
+            finally:
+                await owner.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM {RUNTIME_ROLE}")
+            assert await runtime.fetchval("SELECT state FROM txn WHERE rrn = $1", txn.rrn) == State.APPROVED
+            try:
+                for strong in ("postgres", await owner.fetchval("SELECT current_user")):
+                    with pytest.raises(RoleTooStrong, match="is a superuser"):
+                        await grant(owner, strong)  # a role that could undo the guards is refused one
+                await owner.execute(f"GRANT CREATE ON DATABASE {database} TO {RUNTIME_ROLE}")
+                try:  # a schema of the owner's name would come first in the owner's own search path
+                    with pytest.raises(RoleTooStrong, match="may create schemas in the database"):
+                        await runtime_url(database_url)
+                finally:
+                    await owner.execute(f"REVOKE CREATE ON DATABASE {database} FROM {RUNTIME_ROLE}")
+                await owner.execute("GRANT TRUNCATE ON recon_item TO PUBLIC")
+                try:  # however it came by it
+                    with pytest.raises(RoleTooStrong, match=r"may do more than.*TRUNCATE on recon_item"):
+                        await grant(owner, RUNTIME_ROLE)
+                finally:
+                    await owner.execute("REVOKE TRUNCATE ON recon_item FROM PUBLIC")
+                # A machine edited by hand: the owner's next migrate puts it back, the switch's role may not.
+                await owner.execute("DELETE FROM txn_state_move WHERE from_state = 'UNKNOWN' AND to_state = 'PENDING'")
+                with pytest.raises(SchemaNotCurrent, match="run `paysw journal migrate` as the journal's owner"):
+                    await migrate(runtime)
+                assert await migrate(owner) == len(MIGRATIONS)
+                assert await migrate(runtime) == len(MIGRATIONS)
+            finally:
+                await owner.close()
+        finally:
+            await runtime.close()
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_journal_a_later_release_migrated_is_run_on_not_rewritten_unless_its_machine_refuses_ours(database_url):
+    """An earlier release starting on a journal a later one migrated (a rolling upgrade) writes
+    nothing while the later machine allows every move of its own, and stops, saying why, when not:
+    it used to write its own machine back over the later one's."""
+    from tests.conftest import fresh_database
+
+    async def scenario():
+        conn = await asyncpg.connect(await fresh_database(database_url, "journal_later_release"))
+        try:
+            await migrate(conn)
+            later = len(MIGRATIONS) + 1
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", later)
+            await conn.execute("INSERT INTO txn_state_move VALUES ('DECLINED', 'APPROVED')")  # the later's own
+            await conn.execute("UPDATE txn_state SET description = 'said otherwise' WHERE state = 'APPROVED'")
+            assert await migrate(conn) == len(MIGRATIONS)
+            assert await conn.fetchval("SELECT count(*) FROM txn_state_move WHERE from_state = 'DECLINED'") == 1
+            assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == later
+            await conn.execute("DELETE FROM txn_state_move WHERE from_state = 'UNKNOWN' AND to_state = 'PENDING'")
+            with pytest.raises(SchemaNotCurrent, match=f"at schema version {later}, a later release's"):
+                await migrate(conn)
+            assert await conn.fetchval("SELECT count(*) FROM txn_state_move WHERE from_state = 'DECLINED'") == 1
+        finally:
+            await conn.close()
+
+    run(scenario())
+
+
+def test_paysw_journal_migrate_grants_the_switchs_role_as_the_owner(database_url):
+    """``paysw journal migrate`` migrates a database as its owner (its URL from the environment,
+    never the command line) and grants the configured URL's user the switch's part."""
+    from tests.conftest import fresh_database
+
+    base = run(fresh_database(database_url, "paysw_journal_cli"))
+    run(runtime_url(database_url))  # the role, made in the cluster
+    url = as_role(base, RUNTIME_ROLE)
+    command = [sys.executable, "-m", "switch.cli", "journal", "migrate", "--config", str(DEMO / "switch.toml")]
+    env = {**os.environ, "SWITCH_DATABASE_URL": url}
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "set SWITCH_DATABASE_OWNER_URL" in refused.stderr
+    done = subprocess.run(
+        command, env={**env, "SWITCH_DATABASE_OWNER_URL": base}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"version {len(MIGRATIONS)}; role paysw_switch granted" in done.stdout
+
+    async def check():
+        runtime = await asyncpg.connect(url)
+        try:
+            assert await migrate(runtime) == len(MIGRATIONS)  # current: nothing for it to write
+            assert await runtime.fetchval("SELECT count(*) FROM txn") == 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await runtime.execute("TRUNCATE txn")
+        finally:
+            await runtime.close()
+
+    run(check())
 
 
 def test_one_bad_row_does_not_fail_its_batch_neighbours(database_url):
@@ -1044,17 +1212,15 @@ def test_a_young_day_is_analyzed_so_outcomes_look_their_rows_up_by_key(database_
             before = await outcome_plan(journal, txns[0])
             assert "terminal_id = u.terminal_id" not in before  # the whole day scanned by its date
             assert await journal.analyze_young(min_rows=1000, today=day) == []  # not young enough yet
-            async with journal.pool.acquire() as conn:  # a role that may write but not analyze: nothing to do
-                await conn.execute(
-                    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'journal_writer') "
-                    "THEN CREATE ROLE journal_writer; END IF; END $$"
-                )
-                await conn.execute(f"GRANT ALL ON {name}, {moves} TO journal_writer; SET ROLE journal_writer")
-                try:
-                    assert await analyze_young(conn, [day], 200) == []
-                finally:
-                    await conn.execute("RESET ROLE")
-            assert sorted(await journal.analyze_young(min_rows=200, today=day)) == [name, moves]
+            # The switch's runtime role may not analyze what it does not own: the owner does it for it.
+            runtime = await asyncpg.connect(await runtime_url(database_url))
+            try:
+                assert not await runtime.fetchval(f"SELECT has_table_privilege('{name}', 'SELECT')")  # via txn only
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await runtime.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = true)")
+                assert sorted(await analyze_young(runtime, [day], 200)) == [name, moves]
+            finally:
+                await runtime.close()
             after = await outcome_plan(journal, txns[0])
             assert "terminal_id = u.terminal_id" in after, after  # looked up by its key
             assert await journal.analyze_young(min_rows=200, today=day) == []  # analyzed once

@@ -14,6 +14,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path | str) -> None:
         self.data_dir = Path(data_dir).resolve()
         self._server = None
+        self.url = ""  # its superuser's, once started
 
     def start(self) -> str:
         """Start (or join) the server and return its connection URL."""
@@ -23,7 +24,7 @@ class EmbeddedPostgres:
 
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
-        url = self._server.get_uri()
+        url = self.url = self._server.get_uri()
         log.info("embedded PostgreSQL running", extra={"data_dir": str(self.data_dir)})
         return url
 

@@ -1,9 +1,10 @@
 """The journal's schema as an ordered list of migrations, applied once each at start-up.
 
 States and their allowed moves are data in ``switch.journal.machine``, written into ``txn_state``
-and ``txn_state_move`` at every start; statement triggers (on ``txn`` and on each of its day
-partitions, whichever a statement names) refuse any other state or move and record every move
-with its time in ``txn_move``. Transactions are
+and ``txn_state_move`` by the journal's owner at any start that finds them otherwise (the
+switch's runtime role may read them, not write them: ``switch.journal.roles``); statement
+triggers (on ``txn`` and on each of its day partitions, whichever a statement names) refuse any
+other state or move and record every move with its time in ``txn_move``. Transactions are
 partitioned by ``tx_date``, the date of field 7 as the terminal sent it, so that a terminal +
 STAN + field 7 always lands in the same partition and the primary key can carry invariant 2.
 """
@@ -15,6 +16,8 @@ import datetime as dt
 import asyncpg
 
 from switch.journal import machine
+
+LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
 
 MIGRATIONS: list[str] = [
     # 1: transactions, states, moves, RRN blocks
@@ -766,26 +769,137 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END $$;
     """,
+    # 28: the switch's runtime role may own nothing (switch.journal.roles), so that its statements
+    # can neither switch the guards off nor truncate. The guard's triggers record moves and
+    # notifications as the journal's owner, so that role need not (and may not) write txn_move or
+    # add to notice_outbox; the partitions' upkeep is done as the owner on its behalf: making the
+    # days to come and guarding every partition (25), and analyzing a young day's
+    # (store.analyze_young). Each resolves names in the journal's schema, then pg_temp, whoever
+    # fires or calls it: a temporary txn_state_move of the caller's would otherwise be the guard's.
+    # Built-ins are named in pg_catalog; the role may not create in the schema (roles.grant).
+    f"""
+    SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+    ALTER FUNCTION txn_record_inserts() SECURITY DEFINER SET search_path FROM CURRENT;
+    ALTER FUNCTION txn_record_moves() SECURITY DEFINER SET search_path FROM CURRENT;
+    ALTER FUNCTION journal_guard_partition(regclass) SET search_path FROM CURRENT;
+    CREATE FUNCTION journal_make_days(first_day date, last_day date) RETURNS SETOF text LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '5s' AS $$
+    DECLARE
+        day date := first_day;
+        parent text;
+        made text;
+    BEGIN
+        IF last_day - first_day > 62 THEN  -- days_ahead (60 at most) and two behind, not a catalog's worth
+            RAISE EXCEPTION 'at most 63 days at once, not % to %', first_day, last_day
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(session_user, current_user, 'MEMBER')  -- for the switch: the days in use
+           AND (first_day < current_date - 3 OR last_day > current_date + 63) THEN
+            RAISE EXCEPTION 'only the days from % to %, not % to %', current_date - 3, current_date + 63,
+                first_day, last_day USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM pg_catalog.pg_advisory_xact_lock({LOCK_ID});
+        WHILE day <= last_day LOOP
+            FOREACH parent IN ARRAY ARRAY['txn', 'txn_move'] LOOP
+                made := parent || '_' || pg_catalog.to_char(day, 'YYYYMMDD');  -- schema.partition's name
+                IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), made)) IS NULL THEN
+                    EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                        pg_catalog.current_schema(), made, pg_catalog.current_schema(), parent, day, day + 1);
+                    RETURN NEXT made;
+                END IF;
+            END LOOP;
+            day := day + 1;
+        END LOOP;
+        PERFORM journal_guard_partition(inhrelid::regclass) FROM pg_catalog.pg_inherits
+            WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass);
+    END $$;
+    -- Only what the owner may analyze (PostgreSQL skips the rest with a warning, and they would be
+    -- found young again every time), of the partitions of txn and txn_move named.
+    CREATE FUNCTION journal_analyze_young(names text[], min_rows bigint) RETURNS SETOF text LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    DECLARE
+        young regclass;
+    BEGIN
+        FOR young IN
+            SELECT s.relid::regclass FROM pg_catalog.pg_stat_user_tables s JOIN pg_catalog.pg_class c ON c.oid = s.relid
+                JOIN pg_catalog.pg_inherits i ON i.inhrelid = s.relid
+                    AND i.inhparent IN ('txn'::regclass, 'txn_move'::regclass)
+            WHERE s.relname = ANY(names) AND s.schemaname = pg_catalog.current_schema() AND s.last_analyze IS NULL
+                AND s.last_autoanalyze IS NULL AND s.n_mod_since_analyze >= GREATEST(min_rows, 1)
+                AND (pg_catalog.pg_has_role(c.relowner, 'USAGE')
+                     OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user))
+        LOOP
+            EXECUTE pg_catalog.format('ANALYZE %s', young);
+            RETURN NEXT young::text;  -- regclass's own text: quoted where it must be
+        END LOOP;
+    END $$;
+    -- Nobody but the owner may put them on a table (a temporary one of the caller's, say).
+    REVOKE ALL ON FUNCTION txn_record_inserts(), txn_record_moves() FROM PUBLIC;
+    REVOKE ALL ON FUNCTION journal_make_days(date, date), journal_analyze_young(text[], bigint) FROM PUBLIC;
+    """,
 ]
 
-_LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
+
+class SchemaNotCurrent(RuntimeError):
+    """The journal's schema or state machine is not this release's, and the role connected may not
+    bring it there (it is not the journal's owner)."""
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
-    """Apply the migrations not applied yet; returns the schema version."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        for version, sql in enumerate(MIGRATIONS, start=1):
-            if version > current:
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        await sync_machine(conn)
-        return len(MIGRATIONS)
+    """Apply the migrations not applied yet and write the state machine's tables, as the journal's
+    owner; returns the schema version. A role that is not its owner (the switch's runtime role,
+    ``switch.journal.roles``) finds both current and writes nothing, or gets ``SchemaNotCurrent``;
+    so does an earlier release on a journal a later one migrated, unless the later's machine
+    allows every move of its own (it writes nothing then: the later's machine stands)."""
+    try:
+        if await _current(conn):
+            return len(MIGRATIONS)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            if current > len(MIGRATIONS):
+                raise SchemaNotCurrent(
+                    f"the journal is at schema version {current}, a later release's than this one's "
+                    f"({len(MIGRATIONS)}), and its state machine is not one this release can run on"
+                )
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await sync_machine(conn)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        user = await conn.fetchval("SELECT current_user")
+        raise SchemaNotCurrent(
+            f"role {user} may not read or bring the journal's schema and state machine to this release's "
+            f"(version {len(MIGRATIONS)}): run `paysw journal migrate` as the journal's owner ({exc})"
+        ) from exc
+    return len(MIGRATIONS)
+
+
+async def _current(conn: asyncpg.Connection) -> bool:
+    """Whether every migration is applied and the state machine's tables are ``machine``'s (at a
+    later release's version: allow every move of ``machine``'s)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return False
+    version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    if version < len(MIGRATIONS):
+        return False
+    states = {tuple(row) for row in await conn.fetch("SELECT state, final, description, born FROM txn_state")}
+    pairs = {tuple(row) for row in await conn.fetch("SELECT from_state, to_state FROM txn_state_move")}
+    if version == len(MIGRATIONS):
+        return _machine_states() <= states and pairs == set(machine.PAIRS)
+    meaning = {(state, final, born) for state, final, _, born in states}  # a later release may say it otherwise
+    return {(state, final, born) for state, final, _, born in _machine_states()} <= meaning and set(
+        machine.PAIRS
+    ) <= pairs
+
+
+def _machine_states() -> set[tuple[str, bool, str, bool]]:
+    return {(s.value, s in machine.FINAL, machine.DESCRIPTIONS[s], s is machine.BORN) for s in machine.State}
 
 
 async def sync_machine(conn: asyncpg.Connection) -> None:
@@ -795,7 +909,7 @@ async def sync_machine(conn: asyncpg.Connection) -> None:
         "INSERT INTO txn_state (state, final, description, born) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (state) DO UPDATE SET final = EXCLUDED.final, description = EXCLUDED.description, "
         "born = EXCLUDED.born",
-        [(s.value, s in machine.FINAL, machine.DESCRIPTIONS[s], s is machine.BORN) for s in machine.State],
+        sorted(_machine_states()),
     )
     await conn.execute("DELETE FROM txn_state_move")
     await conn.executemany("INSERT INTO txn_state_move VALUES ($1, $2)", machine.PAIRS)
@@ -809,29 +923,10 @@ def partition(parent: str, day: dt.date) -> str:
 async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:
     """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet, and
     guard every partition of ``txn`` and ``txn_move`` found without it (migration 25: one just
-    made, or made by a front end of an earlier release, or attached by a person under any name).
-    Gives up on a lock not had within 5 s rather than hold up the writers queued behind it."""
-    created = []
-    async with conn.transaction():
-        await conn.execute("SET LOCAL lock_timeout = '5s'")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-        day = first
-        while day <= last:
-            for parent in ("txn", "txn_move"):
-                name = partition(parent, day)
-                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
-                if not exists:
-                    await conn.execute(
-                        f"CREATE TABLE {name} PARTITION OF {parent} "
-                        f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + dt.timedelta(days=1)).isoformat()}')"
-                    )
-                    created.append(name)
-            day += dt.timedelta(days=1)
-        await conn.execute(
-            "SELECT journal_guard_partition(inhrelid::regclass) FROM pg_inherits "
-            "WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass)"
-        )
-    return created
+    made, or made by a front end of an earlier release, or attached by a person under any name);
+    the names made. Gives up on a lock not had within 5 s rather than hold up the writers queued
+    behind it. Done as the journal's owner, whichever role calls (migration 28)."""
+    return [row[0] for row in await conn.fetch("SELECT journal_make_days($1, $2)", first, last)]
 
 
 async def analyze_young(conn: asyncpg.Connection, days: list[dt.date], min_rows: int) -> list[str]:
@@ -842,17 +937,6 @@ async def analyze_young(conn: asyncpg.Connection, days: list[dt.date], min_rows:
     its last (``risk.actor.follow``) reads every approval of the day in ``txn_move``'s (13 rows
     per purchase over the first 45 s of load). Autovacuum's first analyze comes up to a minute
     after the day's first rows: at 1,000 a second, scans of tens of thousands of rows by then."""
-    # Only what this role may analyze (PostgreSQL skips the rest with a warning, and they would be
-    # found young again every time), in the schema the journal's statements resolve to.
-    young = await conn.fetch(
-        "SELECT s.relid::regclass::text AS name FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
-        "WHERE s.relname = ANY($1::text[]) AND s.schemaname = current_schema() AND s.last_analyze IS NULL "
-        "AND s.last_autoanalyze IS NULL AND s.n_mod_since_analyze >= $2 "
-        "AND (pg_has_role(c.relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))",
-        [partition(parent, day) for parent in ("txn", "txn_move") for day in days],
-        min_rows,
-    )
-    names = [row["name"] for row in young]
-    for name in names:  # regclass's own text: quoted where it must be
-        await conn.execute(f"ANALYZE {name}")
-    return names
+    names = [partition(parent, day) for parent in ("txn", "txn_move") for day in days]
+    # As the journal's owner, whichever role calls (migration 28).
+    return [row[0] for row in await conn.fetch("SELECT journal_analyze_young($1::text[], $2)", names, min_rows)]

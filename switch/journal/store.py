@@ -33,6 +33,7 @@ from switch.journal.machine import (
     sql_set,
     undo_refusal,
 )
+from switch.journal.roles import owns_journal
 from switch.journal.rrns import Rrns
 from switch.journal.schema import analyze_young, ensure_partitions, migrate
 
@@ -458,6 +459,11 @@ class Journal:
         )  # fmt: skip
         async with pool.acquire() as conn:
             await migrate(conn)
+            if await owns_journal(conn):
+                log.warning(
+                    "the switch connects to the journal as its owner (or a superuser), whose credentials can switch "
+                    "its guards off: give it a role of its own (`paysw journal migrate`)"
+                )
 
         async def writing(name: str, settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(

@@ -1,0 +1,227 @@
+"""The switch's runtime role: what it may do in the journal's database, granted by the journal's
+owner, who keeps the rest.
+
+A role that owns a table may switch its triggers off (``ALTER TABLE ... DISABLE TRIGGER USER``),
+truncate it or drop it, and with them the journal's guards (migrations 10, 14 and 25 to 27). So
+the switch runs as a role that owns nothing: it reads, adds and updates rows, deletes only where
+rows expire or are rebuilt, and never writes the schema's version or the state machine. The
+owner migrates (``schema.migrate``); the days' partitions are made and analyzed on the switch's
+behalf by functions the owner defined (migration 28). The embedded PostgreSQL is set up this way
+by ``runtime_url``; an external one by ``paysw journal migrate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+
+from switch.journal.schema import LOCK_ID, migrate
+
+RUNTIME_ROLE = "paysw_switch"  # the embedded PostgreSQL's
+# The owner's URL, for `paysw journal migrate` and for the workers of a `paysw run --workers N` on
+# the embedded PostgreSQL (each migrates at its start, as a rolling restart's new code may need).
+OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
+# The switch reads every table and adds to every one but these. Written by the owner alone: the
+# schema's version and the state machine (schema.migrate), and the moves and the notifications
+# of final ones (the guard's triggers, as the owner: migration 28).
+NOT_ADDED_TO = ("schema_migrations", "txn_state", "txn_state_move", "txn_move", "notice_outbox")
+# The columns it changes in place; every other row it only adds. A transaction's key, amount,
+# card and merchant stay as written ahead: its outcome, the resolver's and the reversal's marks,
+# and what its voids and refunds took of it are its only changes; an outbox row's delivery, a
+# reversal's answer, an order's QR code, and so on.
+UPDATED: dict[str, tuple[str, ...]] = {
+    "txn": (
+        "state", "response_code", "auth_id", "channel_code", "channel_message", "channel_txn_id", "next_check_at",
+        "leased_until", "checks", "checks_at_retry", "retried_at", "reversal_requested_at", "reserved_fen",
+        "refunded_fen", "original_rrn",
+    ),
+    "notice_outbox": ("next_at", "delivered_at", "attempts", "last_error", "dead_at"),
+    "reversal": ("code",),
+    "merchant_order": ("qr_code",),
+    "dead_letter": ("state", "reason", "reopened_at", "resolved_at", "resolution"),
+    "merchant_endpoint": ("url",),
+    "live_config": ("body", "version", "changed_at", "changed_by"),
+    "config_reload": ("result", "detail", "at"),
+    "console_session": ("expires_at",),
+    "console_user": ("password_hash",),
+    "recon_batch": ("step", "error", "updated_at", "statement", "handling", "summary"),
+    "recon_item": ("rrn", "journal_state", "journal_fen", "status", "note"),
+}  # fmt: skip
+# The tables the switch deletes rows from: reconciliation's working tables (rebuilt by a batch run
+# afresh), what expires (sessions, sign-in failures, nonces, reload reports, superseded keys) and
+# what a person removes (list entries, endpoints, live sections). Every other row is kept.
+DELETED_FROM = (
+    "recon_statement_row", "recon_journal_row", "recon_item", "console_session", "console_sign_in_failure",
+    "merchant_nonce", "config_reload", "hsm_key", "risk_list", "merchant_endpoint", "live_config",
+)  # fmt: skip
+# The partitions' upkeep, done as the owner (migration 28).
+UPKEEP = ("journal_make_days(date, date)", "journal_analyze_young(text[], bigint)")
+
+
+class RoleTooStrong(RuntimeError):
+    """The role named for the switch could undo the journal's guards itself, or does not exist."""
+
+
+# What would let a role undo the guards whatever it is granted, each with its reason: the owner's
+# powers, by membership or by making objects (a schema of the owner's name, a function the
+# owner's would call) that the owner's statements would run; and the predefined roles that
+# write any table or run programs on the server.
+_POWERS_SQL = """
+SELECT r.rolsuper AS "is a superuser",
+       r.rolcreaterole AS "may create roles",
+       pg_has_role(r.oid, coalesce((SELECT relowner FROM pg_class WHERE oid = to_regclass('txn')),
+                                   (SELECT oid FROM pg_roles WHERE rolname = current_user)), 'MEMBER')
+           AS "is or may become the journal's owner",
+       pg_has_role(r.oid, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'MEMBER')
+           AS "owns the database",
+       has_database_privilege(r.oid, current_database(), 'CREATE') AS "may create schemas in the database",
+       pg_has_role(r.oid, (SELECT nspowner FROM pg_namespace WHERE nspname = current_schema()), 'MEMBER')
+           AS "owns the journal's schema",
+       has_schema_privilege(r.oid, current_schema(), 'CREATE') AS "may create in the journal's schema",
+       pg_has_role(r.oid, 'pg_write_all_data', 'MEMBER') AS "is a member of pg_write_all_data",
+       pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER') AS "is a member of pg_execute_server_program"
+FROM pg_roles r WHERE r.rolname = $1
+"""
+# What the role may do, after the grants, beyond reading: every table and partition, however it
+# came by it (granted to PUBLIC, or to a role it belongs to).
+_HELD_SQL = """
+SELECT c.oid::regclass::text AS tbl, c.relispartition AS part, p.priv, NULL AS col
+FROM pg_class c CROSS JOIN unnest(ARRAY['INSERT', 'DELETE', 'TRUNCATE', 'TRIGGER', 'REFERENCES']) AS p(priv)
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+  AND has_table_privilege($1, c.oid, p.priv)
+UNION ALL
+SELECT c.oid::regclass::text, c.relispartition, 'UPDATE', a.attname
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
+  AND has_column_privilege($1, c.oid, a.attnum, 'UPDATE')
+UNION ALL  -- the guard's functions, which record moves as the owner (put on a table of its own)
+SELECT f, false, 'EXECUTE', NULL FROM unnest(ARRAY['txn_record_inserts()', 'txn_record_moves()']) AS f
+WHERE has_function_privilege($1, f, 'EXECUTE')
+"""
+
+
+async def refuse_strong(conn: asyncpg.Connection, role: str) -> None:
+    """``RoleTooStrong`` unless ``role`` exists and could not undo the guards whatever it is
+    granted (``conn`` the owner's: checked before it migrates, and again as it grants)."""
+    powers = await conn.fetchrow(_POWERS_SQL, role)
+    if powers is None:
+        raise RoleTooStrong(f"role {role} does not exist: create it (a login that owns nothing) first")
+    held = [power for power, holds in powers.items() if holds]
+    defaults = await conn.fetchval(  # what the owner makes later (a day's partition) would be granted it
+        "SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclobjtype = 'r' "
+        "AND a.grantee IN (0, (SELECT oid FROM pg_roles WHERE rolname = $1))",
+        role,
+    )
+    if defaults:
+        held.append("is granted tables by default privileges (ALTER DEFAULT PRIVILEGES), itself or as PUBLIC")
+    if held:
+        raise RoleTooStrong(f"role {role} {'; '.join(held)}: the switch needs a role that owns nothing")
+
+
+async def grant(conn: asyncpg.Connection, role: str) -> None:
+    """Grant ``role`` what the switch does and nothing more, on the journal's tables as they are
+    now (``conn`` the owner's, after ``migrate``: run again after each); ``RoleTooStrong`` if the
+    role could undo the guards, or holds more than that however it came by it (nothing granted)."""
+    await refuse_strong(conn, role)
+    to = await conn.fetchval("SELECT quote_ident($1)", role)
+    schema = await conn.fetchval("SELECT quote_ident(current_schema())")
+    database = await conn.fetchval("SELECT quote_ident(current_database())")
+    tables = {  # partitions are reached through their parents: the switch never names one
+        row["name"]: row["part"]
+        for row in await conn.fetch(
+            "SELECT c.oid::regclass::text AS name, c.relispartition AS part FROM pg_class c "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
+        )
+    }
+    parents = [t for t, part in tables.items() if not part]
+    added = [t for t in parents if t not in NOT_ADDED_TO]
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # grants at once: "tuple concurrently updated"
+        # No temporary objects: the switch makes none, and a trigger or a cast of its own making
+        # is how a caller would reach into a function that runs as the owner.
+        await conn.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {to}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {to}")
+        await conn.execute(f"REVOKE ALL ON {', '.join(tables)} FROM {to}")  # whatever was granted before
+        await conn.execute(f"GRANT SELECT ON {', '.join(parents)} TO {to}")
+        await conn.execute(f"GRANT INSERT ON {', '.join(added)} TO {to}")
+        for table, columns in UPDATED.items():
+            await conn.execute(f"GRANT UPDATE ({', '.join(columns)}) ON {table} TO {to}")
+        await conn.execute(f"GRANT DELETE ON {', '.join(DELETED_FROM)} TO {to}")
+        await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {to}")
+        await conn.execute(f"GRANT EXECUTE ON FUNCTION {', '.join(UPKEEP)} TO {to}")
+        beyond = [
+            f"{row['priv']} on {row['tbl']}" + (f" ({row['col']})" if row["col"] else "")
+            for row in await conn.fetch(_HELD_SQL, role)
+            if not _meant(row["tbl"], row["part"], row["priv"], row["col"], added)
+        ]
+        if beyond:  # the grants are undone with the transaction
+            raise RoleTooStrong(
+                f"role {role} may do more than the switch does, granted to PUBLIC or to a role it belongs to: "
+                f"{', '.join(beyond[:8])}{' ...' if len(beyond) > 8 else ''}"
+            )
+
+
+def _meant(table: str, part: bool, priv: str, column: str | None, added: list[str]) -> bool:
+    """Whether ``grant`` gives this privilege: none on a partition."""
+    if part:
+        return False
+    if priv == "INSERT":
+        return table in added
+    if priv == "DELETE":
+        return table in DELETED_FROM
+    if priv == "UPDATE":
+        return column in UPDATED.get(table, ())
+    return False
+
+
+async def prepare(owner_url: str, role: str, make_role: bool = False) -> int:
+    """Migrate the journal at ``owner_url`` as its owner and grant ``role`` the switch's part;
+    with ``make_role``, make it first if there is none (a login without a password: for a server
+    that trusts its local connections, as the embedded one does). Returns the schema version."""
+    conn = await asyncpg.connect(owner_url)
+    try:
+        if make_role:
+            await _make_role(conn, role)
+        await refuse_strong(conn, role)  # before anything runs as the owner
+        version = await migrate(conn)
+        await grant(conn, role)
+        return version
+    finally:
+        await conn.close()
+
+
+async def _make_role(conn: asyncpg.Connection, role: str) -> None:
+    """Make ``role`` if there is none: another database's start may make it at the same moment (a
+    role is the server's, an advisory lock a database's)."""
+    if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role):
+        return
+    with contextlib.suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+        await conn.execute(f"CREATE ROLE {await conn.fetchval('SELECT quote_ident($1)', role)} LOGIN")
+
+
+async def runtime_url(owner_url: str, role: str = RUNTIME_ROLE) -> str:
+    """``prepare`` the journal at ``owner_url`` for ``role``, made if need be; the URL of the same
+    database as ``role``."""
+    await prepare(owner_url, role, make_role=True)
+    return as_role(owner_url, role)
+
+
+async def owns_journal(conn: asyncpg.Connection) -> bool:
+    """Whether the role connected owns the journal's tables, or may do anything (a superuser):
+    then it may also switch their guards off."""
+    owner = "(SELECT relowner FROM pg_class WHERE oid = 'txn'::regclass)"
+    return await conn.fetchval(f"SELECT pg_has_role({owner}, 'MEMBER')")
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` with ``role`` for its user and no password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}@{host}"))
+
+
+def user_of(url: str) -> str:
+    """The user a PostgreSQL URL connects as ('' when it names none)."""
+    return urlsplit(url).username or ""
