@@ -13,7 +13,7 @@ from typing import NamedTuple
 from hsm import HsmError
 from switch.cli_support import at_least_one
 from switch.config import ConfigError, load_config
-from switch.journal.schema import SchemaNotCurrent
+from switch.refused import JournalRefused
 
 # Commands other packages register (pyproject.toml, [project.entry-points."paysw.commands"]): each
 # entry, named after its command, is a module with ``add_parser(commands)`` and ``main(args) -> int``.
@@ -32,14 +32,17 @@ ON_CONFIG: dict[str, str] = {  # name: module
     "reload": "switch.reload_cli",
     "console": "switch.console.cli",
     "config": "switch.config_cli",
-    "journal": "switch.journal_cli",
 }
-BUILT_IN = ("run", "channel", *ON_CONFIG)
+# The commands that need no configuration (run where the switch's secrets are not): each module's
+# ``add_parser(commands)`` and ``main(args)``.
+PLAIN: dict[str, str] = {"journal": "switch.journal_cli"}
+BUILT_IN = ("run", "channel", *ON_CONFIG, *PLAIN)
 
 
 class Commands(NamedTuple):
     on_config: dict[str, ModuleType]  # of ON_CONFIG
     registered: dict[str, ModuleType]  # of COMMANDS_GROUP
+    plain: dict[str, ModuleType]  # of PLAIN
 
 
 def _load_commands(argv: list[str]) -> Commands:
@@ -52,9 +55,11 @@ def _load_commands(argv: list[str]) -> Commands:
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     asked = None if {"-h", "--help"} & set(argv[:at]) or at == len(argv) else argv[at]
     if asked in ("run", "channel"):
-        return Commands({}, {})
+        return Commands({}, {}, {})
     if asked in ON_CONFIG:
-        return Commands({asked: importlib.import_module(ON_CONFIG[asked])}, {})
+        return Commands({asked: importlib.import_module(ON_CONFIG[asked])}, {}, {})
+    if asked in PLAIN:
+        return Commands({}, {}, {asked: importlib.import_module(PLAIN[asked])})
     entries = {}
     for entry in entry_points(group=COMMANDS_GROUP):
         if entry.name in BUILT_IN:  # said, not silently dropped: its package's author expects it to run
@@ -63,10 +68,11 @@ def _load_commands(argv: list[str]) -> Commands:
         else:
             entries[entry.name] = entry
     if asked in entries:
-        return Commands({}, {asked: entries[asked].load()})
+        return Commands({}, {asked: entries[asked].load()}, {})
     return Commands(
         {name: importlib.import_module(module) for name, module in ON_CONFIG.items()},
         {name: entries[name].load() for name in sorted(entries)},
+        {name: importlib.import_module(module) for name, module in PLAIN.items()},
     )
 
 
@@ -132,7 +138,7 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
     channel.add_argument("--token-file", type=Path, help="read the admin token from this file instead")
     channel.add_argument("--shard", type=int, default=0, help="crash: which shard's actor (default 0)")
 
-    for module in (*loaded.on_config.values(), *loaded.registered.values()):
+    for module in (*loaded.on_config.values(), *loaded.plain.values(), *loaded.registered.values()):
         module.add_parser(commands)
 
     return parser
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in loaded.registered:
             return loaded.registered[args.command].main(args)
+        if args.command in loaded.plain:
+            return loaded.plain[args.command].main(args)
         if args.command == "channel":
             return _channel(args)
         if args.command in loaded.on_config:
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     except HsmError as exc:
         print(f"paysw: key error: {exc}", file=sys.stderr)
         return 2
-    except SchemaNotCurrent as exc:
+    except JournalRefused as exc:
         print(f"paysw: journal error: {exc}", file=sys.stderr)
         return 2
 

@@ -44,6 +44,8 @@ log = logging.getLogger("paysw")
 STOP_TIMEOUT_S = 60.0  # for each worker to drain and stop before it is killed
 SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (Linux)
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# The embedded PostgreSQL's superuser URL, from the supervisor to its workers (trusted locally anyway).
+EMBEDDED_OWNER_ENV = "PAYSW_EMBEDDED_OWNER_URL"
 
 
 READY_TIMEOUT_S = 180.0  # for a replacement to start (it joins Ray, the journal and the actors)
@@ -94,7 +96,7 @@ async def _supervise(
     ray_address: str,
     data_dir: Path,
     count: int,
-    embedded_owner: str = "",
+    embedded_owner: str,
 ) -> int:
     started_ray = False
     if not ray_address:
@@ -111,9 +113,11 @@ async def _supervise(
     signalled = until_signalled()  # after ray.init, which installs a SIGTERM handler that exits at once
     roll = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)
-    env = {**os.environ, DATABASE_URL_ENV: url}
-    if embedded_owner:  # a worker of new code after a SIGHUP migrates what it needs (roles.OWNER_URL_ENV)
-        env[OWNER_URL_ENV] = embedded_owner
+    # An external journal's owner's URL left in the shell is not the workers' to use; the embedded
+    # one's superuser is: a worker of new code after a SIGHUP migrates what it needs.
+    env = {**{k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}, DATABASE_URL_ENV: url}
+    if embedded_owner:
+        env[EMBEDDED_OWNER_ENV] = embedded_owner
     pool = _Workers([*command, "--ray-address", ray_address], env, data_dir, endpoints)
     for i in range(count):
         await pool.start(i, 0)
@@ -223,7 +227,7 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
     _stop_with_supervisor()
     _tag_logs(index)
     url = os.environ[DATABASE_URL_ENV]
-    owner = os.environ.pop(OWNER_URL_ENV, "")  # used once, here, and not handed on (to Ray's workers, say)
+    owner = os.environ.pop(EMBEDDED_OWNER_ENV, "")  # used once, here, and not handed on (to Ray's workers, say)
     if owner:
         asyncio.run(prepare(owner, user_of(url)))
     app = SwitchApp(

@@ -78,16 +78,18 @@ def test_bench_commands_are_reachable_through_paysw():
 def test_a_command_loads_only_its_own_module_and_the_simulators_no_ray():
     """Only the command asked for is imported: `paysw run` runs no plugin's code, and `paysw sim`
     (each simulator process imports the command line again) loads neither Ray nor the console."""
-    from switch.cli import ON_CONFIG, _load_commands
+    from switch.cli import ON_CONFIG, PLAIN, _load_commands
 
-    assert _load_commands(["run", "--config", "x.toml"]) == ({}, {})
+    assert _load_commands(["run", "--config", "x.toml"]) == ({}, {}, {})
     bench = _load_commands(["bench", "profile"])
     assert (list(bench.on_config), list(bench.registered)) == ([], ["bench"])
     recon = _load_commands(["recon", "--config", "x.toml"])
     assert (list(recon.on_config), list(recon.registered)) == (["recon"], [])
+    assert list(_load_commands(["journal", "migrate"]).plain) == ["journal"]
     for argv in (["--help"], ["-h", "recon"], []):  # the top-level help lists every command
         everything = _load_commands(argv)
         assert set(everything.on_config) == set(ON_CONFIG) and set(everything.registered) >= {"bench", "demo", "sim"}
+        assert set(everything.plain) == set(PLAIN)
     probe = "import sys, switch.cli as c; c._load_commands(['sim']); print(*(m in sys.modules for m in sys.argv[1:]))"
     probe = [sys.executable, "-c", probe, "ray", "switch.console.cli"]
     loaded = subprocess.run(probe, capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -15,11 +15,12 @@ import pytest
 
 from risk.engine import Hit
 from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver, retry_dead_letter
-from switch.journal.roles import RUNTIME_ROLE, RoleTooStrong, as_role, grant, owns_journal, runtime_url
+from switch.journal.roles import RUNTIME_ROLE, as_role, grant, owns_journal, prepare, runtime_url
 from switch.journal.rrns import RRN_BLOCK
-from switch.journal.schema import MIGRATIONS, SchemaNotCurrent, analyze_young, ensure_partitions, migrate
+from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
-from tests.conftest import DEMO, run
+from switch.refused import JournalRefused, RoleRefused, SchemaNotCurrent
+from tests.conftest import run
 
 TODAY = dt.datetime.now(dt.UTC).date()
 UNSERVED_CHANNEL = "journal-test"  # synthetic rows: no switch serves (or resolves) this channel
@@ -417,26 +418,34 @@ def test_the_switchs_role_writes_the_journal_but_may_not_switch_its_guards_off_o
             assert await runtime.fetchval("SELECT state FROM txn WHERE rrn = $1", txn.rrn) == State.APPROVED
             try:
                 for strong in ("postgres", await owner.fetchval("SELECT current_user")):
-                    with pytest.raises(RoleTooStrong, match="is a superuser"):
+                    with pytest.raises(RoleRefused, match="is a superuser"):
                         await grant(owner, strong)  # a role that could undo the guards is refused one
                 await owner.execute(f"GRANT CREATE ON DATABASE {database} TO {RUNTIME_ROLE}")
                 try:  # a schema of the owner's name would come first in the owner's own search path
-                    with pytest.raises(RoleTooStrong, match="may create schemas in the database"):
+                    with pytest.raises(RoleRefused, match="may create schemas in the database"):
                         await runtime_url(database_url)
                 finally:
                     await owner.execute(f"REVOKE CREATE ON DATABASE {database} FROM {RUNTIME_ROLE}")
                 await owner.execute("GRANT TRUNCATE ON recon_item TO PUBLIC")
                 try:  # however it came by it
-                    with pytest.raises(RoleTooStrong, match=r"may do more than.*TRUNCATE on recon_item"):
+                    with pytest.raises(RoleRefused, match=r"may do more than.*TRUNCATE on recon_item"):
                         await grant(owner, RUNTIME_ROLE)
                 finally:
                     await owner.execute("REVOKE TRUNCATE ON recon_item FROM PUBLIC")
                 # A machine edited by hand: the owner's next migrate puts it back, the switch's role may not.
                 await owner.execute("DELETE FROM txn_state_move WHERE from_state = 'UNKNOWN' AND to_state = 'PENDING'")
-                with pytest.raises(SchemaNotCurrent, match="run `paysw journal migrate` as the journal's owner"):
+                with pytest.raises(SchemaNotCurrent, match="`paysw journal migrate` as the journal's owner"):
                     await migrate(runtime)
                 assert await migrate(owner) == len(MIGRATIONS)
                 assert await migrate(runtime) == len(MIGRATIONS)
+                # Grants an earlier release's: the switch says what it may not do, rather than fail mid-traffic.
+                await owner.execute(f"REVOKE UPDATE (state) ON txn FROM {RUNTIME_ROLE}")
+                with pytest.raises(SchemaNotCurrent, match=r"may not UPDATE on txn \(state\).*`paysw journal migrate`"):
+                    await open_journal(url)
+                await runtime_url(database_url)
+                await runtime_url(database_url, "paysw_other")  # made, as weak as the switch's
+                with pytest.raises(JournalRefused, match="of the owner's URL does not own the journal's tables"):
+                    await prepare(url, "paysw_other")  # the switch's own URL given for the owner's
             finally:
                 await owner.close()
         finally:
@@ -460,7 +469,7 @@ def test_a_journal_a_later_release_migrated_is_run_on_not_rewritten_unless_its_m
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", later)
             await conn.execute("INSERT INTO txn_state_move VALUES ('DECLINED', 'APPROVED')")  # the later's own
             await conn.execute("UPDATE txn_state SET description = 'said otherwise' WHERE state = 'APPROVED'")
-            assert await migrate(conn) == len(MIGRATIONS)
+            assert await migrate(conn) == later  # its version, for `paysw journal migrate` to leave its grants be
             assert await conn.fetchval("SELECT count(*) FROM txn_state_move WHERE from_state = 'DECLINED'") == 1
             assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == later
             await conn.execute("DELETE FROM txn_state_move WHERE from_state = 'UNKNOWN' AND to_state = 'PENDING'")
@@ -475,16 +484,30 @@ def test_a_journal_a_later_release_migrated_is_run_on_not_rewritten_unless_its_m
 
 def test_paysw_journal_migrate_grants_the_switchs_role_as_the_owner(database_url):
     """``paysw journal migrate`` migrates a database as its owner (its URL from the environment,
-    never the command line) and grants the configured URL's user the switch's part."""
+    never the command line; no configuration read) and grants the switch's role its part; what
+    it refuses, it says on one line."""
     from tests.conftest import fresh_database
 
     base = run(fresh_database(database_url, "paysw_journal_cli"))
     run(runtime_url(database_url))  # the role, made in the cluster
     url = as_role(base, RUNTIME_ROLE)
-    command = [sys.executable, "-m", "switch.cli", "journal", "migrate", "--config", str(DEMO / "switch.toml")]
-    env = {**os.environ, "SWITCH_DATABASE_URL": url}
-    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "set SWITCH_DATABASE_OWNER_URL" in refused.stderr
+    command = [sys.executable, "-m", "switch.cli", "journal", "migrate"]
+    env = {k: v for k, v in os.environ.items() if k != "SWITCH_DATABASE_OWNER_URL"}
+    for owner, refusal in (
+        ("", "set SWITCH_DATABASE_OWNER_URL"),
+        ("owner@nowhere/x", "the owner's database:"),  # not a URL
+        (as_role(base, "postgres").replace("postgres@", "nobody_at_all@"), "the owner's database:"),
+    ):
+        refused = subprocess.run(
+            command, env={**env, "SWITCH_DATABASE_OWNER_URL": owner}, capture_output=True, text=True, timeout=60
+        )
+        assert (refused.returncode, refused.stderr.count("\n")) == (2, 1), refused.stderr
+        assert refused.stderr.startswith("paysw: journal error: ") and refusal in refused.stderr, refused.stderr
+    superuser = subprocess.run(
+        [*command, "--role", "postgres"], env={**env, "SWITCH_DATABASE_OWNER_URL": base}, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert superuser.returncode == 2 and "role postgres is a superuser" in superuser.stderr
     done = subprocess.run(
         command, env={**env, "SWITCH_DATABASE_OWNER_URL": base}, capture_output=True, text=True, timeout=60
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bench.demo_config import absolute_paths
 from hsm import algorithms
-from tests.conftest import DEMO
+from switch.journal.roles import runtime_url
+from tests.conftest import DEMO, run
 
 
 def paysw_keys(config: Path, database_url: str, *args: str) -> subprocess.CompletedProcess:
@@ -43,6 +44,7 @@ def test_the_demo_lmk_is_refused_outside_a_demo_configuration(tmp_path):
 
 
 def test_lmk_import_generate_rotate_list(tmp_path, database_url, switch):
+    database_url = run(runtime_url(database_url))  # the custodians' commands as the switch's role
     config = not_a_demo(tmp_path)  # with a new LMK of its own
     created = paysw_keys(config, database_url, "new-lmk")
     assert created.returncode == 0 and (tmp_path / "lmk").stat().st_mode & 0o777 == 0o600

@@ -20,6 +20,7 @@ from bench.traffic import payment_code, refund
 from protocols.messages import CANCEL, PAY, ChannelRequest, Outcome
 from protocols.statements import CST
 from switch.config import load_config
+from switch.journal.roles import runtime_url
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
 from switch.recon.handling import Handler, Threshold
 from switch.recon.scheduler import HourlyReconciler, due_batches
@@ -350,13 +351,15 @@ def test_the_recon_command_line_runs_exports_lists_and_resolves(switch, database
     import subprocess
     import sys
 
+    role_url = run(runtime_url(database_url))
+
     def paysw(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "switch.cli", "recon", *args, "--config", str(config_dir / "switch.toml")],
             capture_output=True,
             text=True,
             timeout=180,
-            env={**os.environ, "SWITCH_DATABASE_URL": database_url},
+            env={**os.environ, "SWITCH_DATABASE_URL": role_url},  # as the switch's role
         )
 
     async def approved_one() -> str:

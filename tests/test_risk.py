@@ -33,6 +33,7 @@ from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
 from switch.journal import Journal, NewTxn
 from switch.journal.machine import FINAL
+from switch.journal.roles import runtime_url
 from switch.journal.schema import ensure_partitions, migrate
 from switch.lifecycle import ORPHAN_GRACE_S
 from tests.conftest import DEADLINE_MS, fresh_database, run, switch_with
@@ -282,7 +283,7 @@ def risk_cli(switch, database_url: str, *args: str, stdin: str = "") -> subproce
     return subprocess.run(
         [sys.executable, "-m", "switch.cli", "risk", *args, "--config", str(switch.config)],
         input=stdin, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "SWITCH_DATABASE_URL": database_url},
+        env={**os.environ, "SWITCH_DATABASE_URL": database_url and run(runtime_url(database_url))},  # the switch's role
     )  # fmt: skip
 
 

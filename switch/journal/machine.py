@@ -1,8 +1,8 @@
 """The transaction state machine, as data: states, events, what the terminal was promised, and
 the moves between them. The journal applies it (``switch.journal.store``), and nothing else moves
 a transaction: the expression the journal's updates pick the new state with (``MOVE_SQL``) is
-generated from ``MOVES``, and the database's guard (``txn_state_move``) is written from it at
-every start.
+generated from ``MOVES``, and the database's guard (``txn_state_move``) is written from it by
+the journal's owner at any start that finds it otherwise (``schema.migrate``).
 
 A move is chosen by (state, event, promise):
 

@@ -3,8 +3,9 @@ owner, who keeps the rest.
 
 A role that owns a table may switch its triggers off (``ALTER TABLE ... DISABLE TRIGGER USER``),
 truncate it or drop it, and with them the journal's guards (migrations 10, 14 and 25 to 27). So
-the switch runs as a role that owns nothing: it reads, adds and updates rows, deletes only where
-rows expire or are rebuilt, and never writes the schema's version or the state machine. The
+the switch runs as a role that owns nothing: it reads, adds and updates rows, deletes only rows
+that expire, are rebuilt or a person removes, and never writes the schema's version, the state
+machine or the record of moves. The
 owner migrates (``schema.migrate``); the days' partitions are made and analyzed on the switch's
 behalf by functions the owner defined (migration 28). The embedded PostgreSQL is set up this way
 by ``runtime_url``; an external one by ``paysw journal migrate``.
@@ -17,11 +18,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from switch.journal.schema import LOCK_ID, migrate
+from switch.journal.schema import LOCK_ID, MIGRATIONS, migrate
+from switch.refused import JournalRefused, RoleRefused
 
 RUNTIME_ROLE = "paysw_switch"  # the embedded PostgreSQL's
-# The owner's URL, for `paysw journal migrate` and for the workers of a `paysw run --workers N` on
-# the embedded PostgreSQL (each migrates at its start, as a rolling restart's new code may need).
+# The owner's URL, for `paysw journal migrate` (never on a command line, which other users read).
 OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
 # The switch reads every table and adds to every one but these. Written by the owner alone: the
 # schema's version and the state machine (schema.migrate), and the moves and the notifications
@@ -29,8 +30,9 @@ OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
 NOT_ADDED_TO = ("schema_migrations", "txn_state", "txn_state_move", "txn_move", "notice_outbox")
 # The columns it changes in place; every other row it only adds. A transaction's key, amount,
 # card and merchant stay as written ahead: its outcome, the resolver's and the reversal's marks,
-# and what its voids and refunds took of it are its only changes; an outbox row's delivery, a
-# reversal's answer, an order's QR code, and so on.
+# what its voids and refunds took of it, and a void's or refund's link to its purchase (set once,
+# after its write-ahead) are its only changes; an outbox row's delivery, a reversal's answer, an
+# order's QR code, and so on.
 UPDATED: dict[str, tuple[str, ...]] = {
     "txn": (
         "state", "response_code", "auth_id", "channel_code", "channel_message", "channel_txn_id", "next_check_at",
@@ -60,10 +62,6 @@ DELETED_FROM = (
 UPKEEP = ("journal_make_days(date, date)", "journal_analyze_young(text[], bigint)")
 
 
-class RoleTooStrong(RuntimeError):
-    """The role named for the switch could undo the journal's guards itself, or does not exist."""
-
-
 # What would let a role undo the guards whatever it is granted, each with its reason: the owner's
 # powers, by membership or by making objects (a schema of the owner's name, a function the
 # owner's would call) that the owner's statements would run; and the predefined roles that
@@ -84,30 +82,33 @@ SELECT r.rolsuper AS "is a superuser",
        pg_has_role(r.oid, 'pg_execute_server_program', 'MEMBER') AS "is a member of pg_execute_server_program"
 FROM pg_roles r WHERE r.rolname = $1
 """
-# What the role may do, after the grants, beyond reading: every table and partition, however it
-# came by it (granted to PUBLIC, or to a role it belongs to).
+# What the role may do, after the grants, beyond reading: on every table and partition, the
+# guard's functions and the database, however it came by it (granted to PUBLIC, or to a role it
+# belongs to): (table, privilege, column).
 _HELD_SQL = """
-SELECT c.oid::regclass::text AS tbl, c.relispartition AS part, p.priv, NULL AS col
+SELECT c.oid::regclass::text AS tbl, p.priv, NULL AS col
 FROM pg_class c CROSS JOIN unnest(ARRAY['INSERT', 'DELETE', 'TRUNCATE', 'TRIGGER', 'REFERENCES']) AS p(priv)
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
   AND has_table_privilege($1, c.oid, p.priv)
 UNION ALL
-SELECT c.oid::regclass::text, c.relispartition, 'UPDATE', a.attname
+SELECT c.oid::regclass::text, 'UPDATE', a.attname
 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')
   AND has_column_privilege($1, c.oid, a.attnum, 'UPDATE')
 UNION ALL  -- the guard's functions, which record moves as the owner (put on a table of its own)
-SELECT f, false, 'EXECUTE', NULL FROM unnest(ARRAY['txn_record_inserts()', 'txn_record_moves()']) AS f
+SELECT f, 'EXECUTE', NULL FROM unnest(ARRAY['txn_record_inserts()', 'txn_record_moves()']) AS f
 WHERE has_function_privilege($1, f, 'EXECUTE')
+UNION ALL
+SELECT current_database(), 'TEMPORARY', NULL WHERE has_database_privilege($1, current_database(), 'TEMPORARY')
 """
 
 
 async def refuse_strong(conn: asyncpg.Connection, role: str) -> None:
-    """``RoleTooStrong`` unless ``role`` exists and could not undo the guards whatever it is
+    """``RoleRefused`` unless ``role`` exists and could not undo the guards whatever it is
     granted (``conn`` the owner's: checked before it migrates, and again as it grants)."""
     powers = await conn.fetchrow(_POWERS_SQL, role)
     if powers is None:
-        raise RoleTooStrong(f"role {role} does not exist: create it (a login that owns nothing) first")
+        raise RoleRefused(f"role {role} does not exist: create it (a login that owns nothing) first")
     held = [power for power, holds in powers.items() if holds]
     defaults = await conn.fetchval(  # what the owner makes later (a day's partition) would be granted it
         "SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclobjtype = 'r' "
@@ -117,26 +118,19 @@ async def refuse_strong(conn: asyncpg.Connection, role: str) -> None:
     if defaults:
         held.append("is granted tables by default privileges (ALTER DEFAULT PRIVILEGES), itself or as PUBLIC")
     if held:
-        raise RoleTooStrong(f"role {role} {'; '.join(held)}: the switch needs a role that owns nothing")
+        raise RoleRefused(f"role {role} {'; '.join(held)}: the switch needs a role that owns nothing")
 
 
 async def grant(conn: asyncpg.Connection, role: str) -> None:
-    """Grant ``role`` what the switch does and nothing more, on the journal's tables as they are
-    now (``conn`` the owner's, after ``migrate``: run again after each); ``RoleTooStrong`` if the
-    role could undo the guards, or holds more than that however it came by it (nothing granted)."""
+    """Grant ``role`` the switch's part and nothing more, on the journal's tables as they are now
+    (``conn`` the owner's, after ``migrate``: run again after each); ``RoleRefused`` if the role
+    could undo the guards, or holds more however it came by it (then nothing is granted)."""
     await refuse_strong(conn, role)
     to = await conn.fetchval("SELECT quote_ident($1)", role)
     schema = await conn.fetchval("SELECT quote_ident(current_schema())")
     database = await conn.fetchval("SELECT quote_ident(current_database())")
-    tables = {  # partitions are reached through their parents: the switch never names one
-        row["name"]: row["part"]
-        for row in await conn.fetch(
-            "SELECT c.oid::regclass::text AS name, c.relispartition AS part FROM pg_class c "
-            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
-        )
-    }
-    parents = [t for t, part in tables.items() if not part]
-    added = [t for t in parents if t not in NOT_ADDED_TO]
+    tables = await _tables(conn)
+    ours = _part(tables)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # grants at once: "tuple concurrently updated"
         # No temporary objects: the switch makes none, and a trigger or a cast of its own making
@@ -144,49 +138,75 @@ async def grant(conn: asyncpg.Connection, role: str) -> None:
         await conn.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {to}")
         await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {to}")
         await conn.execute(f"REVOKE ALL ON {', '.join(tables)} FROM {to}")  # whatever was granted before
-        await conn.execute(f"GRANT SELECT ON {', '.join(parents)} TO {to}")
-        await conn.execute(f"GRANT INSERT ON {', '.join(added)} TO {to}")
+        for privilege in ("SELECT", "INSERT", "DELETE"):
+            on = sorted(table for table, held, _ in ours if held == privilege)
+            await conn.execute(f"GRANT {privilege} ON {', '.join(on)} TO {to}")
         for table, columns in UPDATED.items():
             await conn.execute(f"GRANT UPDATE ({', '.join(columns)}) ON {table} TO {to}")
-        await conn.execute(f"GRANT DELETE ON {', '.join(DELETED_FROM)} TO {to}")
         await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {to}")
         await conn.execute(f"GRANT EXECUTE ON FUNCTION {', '.join(UPKEEP)} TO {to}")
-        beyond = [
-            f"{row['priv']} on {row['tbl']}" + (f" ({row['col']})" if row["col"] else "")
-            for row in await conn.fetch(_HELD_SQL, role)
-            if not _meant(row["tbl"], row["part"], row["priv"], row["col"], added)
-        ]
+        beyond = [_said(*row) for row in await conn.fetch(_HELD_SQL, role) if tuple(row) not in ours]
         if beyond:  # the grants are undone with the transaction
-            raise RoleTooStrong(
+            raise RoleRefused(
                 f"role {role} may do more than the switch does, granted to PUBLIC or to a role it belongs to: "
                 f"{', '.join(beyond[:8])}{' ...' if len(beyond) > 8 else ''}"
             )
 
 
-def _meant(table: str, part: bool, priv: str, column: str | None, added: list[str]) -> bool:
-    """Whether ``grant`` gives this privilege: none on a partition."""
-    if part:
-        return False
-    if priv == "INSERT":
-        return table in added
-    if priv == "DELETE":
-        return table in DELETED_FROM
-    if priv == "UPDATE":
-        return column in UPDATED.get(table, ())
-    return False
+async def lacking(conn: asyncpg.Connection) -> list[str]:
+    """What of this release's part the role connected may not do (its grants an earlier
+    release's, say), as ``grant`` would give it."""
+    wanted = sorted(_part(await _tables(conn))) + [(f, "EXECUTE", None) for f in UPKEEP]
+    rows = await conn.fetch(
+        "SELECT t, p, c FROM unnest($1::text[], $2::text[], $3::text[]) AS w(t, p, c) WHERE NOT CASE "
+        "WHEN p = 'EXECUTE' THEN has_function_privilege(t, p) WHEN c IS NULL THEN has_table_privilege(t, p) "
+        "ELSE has_column_privilege(t, c, p) END",
+        *map(list, zip(*wanted, strict=True)),
+    )
+    return [_said(*row) for row in rows]
+
+
+async def _tables(conn: asyncpg.Connection) -> dict[str, bool]:
+    """The journal's tables, and whether each is a partition (reached through its parent alone:
+    the switch never names one)."""
+    rows = await conn.fetch(
+        "SELECT c.oid::regclass::text, c.relispartition FROM pg_class c "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
+    )
+    return {name: partition for name, partition in rows}
+
+
+def _part(tables: dict[str, bool]) -> set[tuple[str, str, str | None]]:
+    """The switch's part of ``tables``: (table, privilege, column, or None for the whole table)."""
+    parents = [table for table, partition in tables.items() if not partition]
+    part = {(table, "SELECT", None) for table in parents}
+    part |= {(table, "INSERT", None) for table in parents if table not in NOT_ADDED_TO}
+    part |= {(table, "DELETE", None) for table in DELETED_FROM}
+    return part | {(table, "UPDATE", column) for table, columns in UPDATED.items() for column in columns}
+
+
+def _said(table: str, privilege: str, column: str | None) -> str:
+    return f"{privilege} on {table}" + (f" ({column})" if column else "")
 
 
 async def prepare(owner_url: str, role: str, make_role: bool = False) -> int:
     """Migrate the journal at ``owner_url`` as its owner and grant ``role`` the switch's part;
     with ``make_role``, make it first if there is none (a login without a password: for a server
-    that trusts its local connections, as the embedded one does). Returns the schema version."""
+    that trusts its local connections, as the embedded one does). Returns the schema version. A
+    journal a later release migrated keeps that release's grants: they are its to give."""
     conn = await asyncpg.connect(owner_url)
     try:
         if make_role:
             await _make_role(conn, role)
         await refuse_strong(conn, role)  # before anything runs as the owner
         version = await migrate(conn)
-        await grant(conn, role)
+        if not await owns_journal(conn):
+            raise JournalRefused(
+                f"role {await conn.fetchval('SELECT current_user')} of the owner's URL does not own the journal's "
+                "tables: give the URL of the role that made them"
+            )
+        if version == len(MIGRATIONS):
+            await grant(conn, role)
         return version
     finally:
         await conn.close()

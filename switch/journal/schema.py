@@ -1,4 +1,5 @@
-"""The journal's schema as an ordered list of migrations, applied once each at start-up.
+"""The journal's schema as an ordered list of migrations, applied once each by its owner (the
+switch at start-up on the embedded PostgreSQL; ``paysw journal migrate`` on an external one).
 
 States and their allowed moves are data in ``switch.journal.machine``, written into ``txn_state``
 and ``txn_state_move`` by the journal's owner at any start that finds them otherwise (the
@@ -16,6 +17,7 @@ import datetime as dt
 import asyncpg
 
 from switch.journal import machine
+from switch.refused import SchemaNotCurrent
 
 LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
 
@@ -840,20 +842,17 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class SchemaNotCurrent(RuntimeError):
-    """The journal's schema or state machine is not this release's, and the role connected may not
-    bring it there (it is not the journal's owner)."""
-
-
 async def migrate(conn: asyncpg.Connection) -> int:
     """Apply the migrations not applied yet and write the state machine's tables, as the journal's
-    owner; returns the schema version. A role that is not its owner (the switch's runtime role,
-    ``switch.journal.roles``) finds both current and writes nothing, or gets ``SchemaNotCurrent``;
-    so does an earlier release on a journal a later one migrated, unless the later's machine
-    allows every move of its own (it writes nothing then: the later's machine stands)."""
+    owner; returns the journal's schema version (a later release's, if one migrated it). A role
+    that is not its owner (the switch's, ``switch.journal.roles``) finds both current and writes
+    nothing, or gets ``SchemaNotCurrent``. So does an earlier release on a journal a later one
+    migrated, unless the later's machine allows every move of its own (it writes nothing then:
+    the later's machine stands)."""
     try:
-        if await _current(conn):
-            return len(MIGRATIONS)
+        version = await _current(conn)
+        if version is not None:
+            return version
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
             await conn.execute(
@@ -861,41 +860,41 @@ async def migrate(conn: asyncpg.Connection) -> int:
                 "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
-            if current > len(MIGRATIONS):
-                raise SchemaNotCurrent(
-                    f"the journal is at schema version {current}, a later release's than this one's "
-                    f"({len(MIGRATIONS)}), and its state machine is not one this release can run on"
-                )
             for version, sql in enumerate(MIGRATIONS, start=1):
                 if version > current:
                     await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             await sync_machine(conn)
+            return max(current, len(MIGRATIONS))
     except asyncpg.InsufficientPrivilegeError as exc:
         user = await conn.fetchval("SELECT current_user")
         raise SchemaNotCurrent(
             f"role {user} may not read or bring the journal's schema and state machine to this release's "
-            f"(version {len(MIGRATIONS)}): run `paysw journal migrate` as the journal's owner ({exc})"
+            f"(version {len(MIGRATIONS)}): run this release's `paysw journal migrate` as the journal's owner ({exc})"
         ) from exc
-    return len(MIGRATIONS)
 
 
-async def _current(conn: asyncpg.Connection) -> bool:
-    """Whether every migration is applied and the state machine's tables are ``machine``'s (at a
-    later release's version: allow every move of ``machine``'s)."""
+async def _current(conn: asyncpg.Connection) -> int | None:
+    """The journal's version if every migration is applied and the state machine's tables are
+    ``machine``'s, or a later release's allowing every move of it; None if there is work for its
+    owner. ``SchemaNotCurrent`` for a later release's machine that refuses one of ``machine``'s."""
     if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
-        return False
+        return None
     version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
     if version < len(MIGRATIONS):
-        return False
+        return None
     states = {tuple(row) for row in await conn.fetch("SELECT state, final, description, born FROM txn_state")}
     pairs = {tuple(row) for row in await conn.fetch("SELECT from_state, to_state FROM txn_state_move")}
     if version == len(MIGRATIONS):
-        return _machine_states() <= states and pairs == set(machine.PAIRS)
+        return version if _machine_states() <= states and pairs == set(machine.PAIRS) else None
     meaning = {(state, final, born) for state, final, _, born in states}  # a later release may say it otherwise
-    return {(state, final, born) for state, final, _, born in _machine_states()} <= meaning and set(
-        machine.PAIRS
-    ) <= pairs
+    ours = {(state, final, born) for state, final, _, born in _machine_states()}
+    if ours <= meaning and set(machine.PAIRS) <= pairs:
+        return version
+    raise SchemaNotCurrent(
+        f"the journal is at schema version {version}, a later release's than this one's ({len(MIGRATIONS)}), "
+        "and its state machine is not one this release can run on: run the later release"
+    )
 
 
 def _machine_states() -> set[tuple[str, bool, str, bool]]:

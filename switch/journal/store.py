@@ -33,9 +33,10 @@ from switch.journal.machine import (
     sql_set,
     undo_refusal,
 )
-from switch.journal.roles import owns_journal
+from switch.journal.roles import lacking, owns_journal
 from switch.journal.rrns import Rrns
 from switch.journal.schema import analyze_young, ensure_partitions, migrate
+from switch.refused import SchemaNotCurrent
 
 # A day partition is analyzed by the journal once this many rows changed (then autovacuum takes over).
 YOUNG_ROWS = 200
@@ -457,13 +458,12 @@ class Journal:
             url, min_size=2, max_size=pool_size, command_timeout=30, reset=_keep_session,
             server_settings=_named("lookups"),
         )  # fmt: skip
-        async with pool.acquire() as conn:
-            await migrate(conn)
-            if await owns_journal(conn):
-                log.warning(
-                    "the switch connects to the journal as its owner (or a superuser), whose credentials can switch "
-                    "its guards off: give it a role of its own (`paysw journal migrate`)"
-                )
+        try:
+            async with pool.acquire() as conn:
+                await _ready(conn)
+        except BaseException:
+            await pool.close()
+            raise
 
         async def writing(name: str, settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(
@@ -794,6 +794,25 @@ class Journal:
                 self.on_moved(moved)
             except Exception:  # whoever counts moves is told on a best-effort basis
                 log.exception("a move observer failed")
+
+
+async def _ready(conn: asyncpg.Connection) -> None:
+    """The journal as this release needs it, before the switch starts: migrated (by this role if
+    it owns the journal, with a warning that it could also switch the guards off), and this role
+    granted this release's part (``SchemaNotCurrent`` if not: an earlier release's grants)."""
+    await migrate(conn)
+    if await owns_journal(conn):
+        log.warning(
+            "the switch connects to the journal as its owner (or a superuser), whose credentials can switch "
+            "its guards off: give it a role of its own (`paysw journal migrate`)"
+        )
+        return
+    missing = await lacking(conn)
+    if missing:
+        raise SchemaNotCurrent(
+            f"role {await conn.fetchval('SELECT current_user')} may not {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''}: run this release's `paysw journal migrate` as the journal's owner"
+        )
 
 
 def taken_fen(txn_type: str, amount_fen: int, purchase_fen: int) -> int:
