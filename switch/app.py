@@ -49,7 +49,7 @@ from switch.gateway import ChannelGateway
 from switch.journal import Journal
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.orders import set_endpoints
-from switch.journal.roles import runtime_url
+from switch.journal.roles import runtime_url, take_owner_urls
 from switch.keystore import KeyStore, actor_setup, configured_keys, provision
 from switch.lifecycle import Processor
 from switch.live import LIMITS, NOTIFY_CHANNEL, in_force, kept_sections, restart_needed, rules_in_force
@@ -629,6 +629,7 @@ async def serve_until_signalled(app: SwitchApp) -> None:
 
 
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:
+    take_owner_urls()
     token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
     url, embedded = database_url_for(config, data_dir)
     try:

@@ -210,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except JournalRefused as exc:
         print(f"paysw: journal error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # asyncpg's, if it was ever imported: a role an earlier release granted
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is None or not isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            raise
+        print(f"paysw: journal error: {exc}: run this release's `paysw journal migrate` as the journal's owner",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
     return 1
 

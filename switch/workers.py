@@ -36,7 +36,7 @@ from switch.admin import start_admin
 from switch.admin_token import configured_token, switch_token
 from switch.app import DATABASE_URL_ENV, SwitchApp, WorkerSeat, database_url_for, serve_until_signalled, until_signalled
 from switch.config import Config, ConfigError, host_port
-from switch.journal.roles import OWNER_URL_ENV, prepare, user_of
+from switch.journal.roles import EMBEDDED_OWNER_ENV, prepare, take_owner_urls, user_of
 from switch.workers_admin import WorkerEndpoint, workers_admin_app
 
 log = logging.getLogger("paysw")
@@ -44,8 +44,6 @@ log = logging.getLogger("paysw")
 STOP_TIMEOUT_S = 60.0  # for each worker to drain and stop before it is killed
 SOCKET_PATH_MAX = 107  # bytes of a unix socket's path (Linux)
 PR_SET_PDEATHSIG = 1  # prctl(2)
-# The embedded PostgreSQL's superuser URL, from the supervisor to its workers (trusted locally anyway).
-EMBEDDED_OWNER_ENV = "PAYSW_EMBEDDED_OWNER_URL"
 
 
 READY_TIMEOUT_S = 180.0  # for a replacement to start (it joins Ray, the journal and the actors)
@@ -63,6 +61,7 @@ def run_workers(
     if len(bytes(sockets)) > SOCKET_PATH_MAX:
         raise ConfigError(f"--data-dir {data_dir}: too long a path for the workers' admin sockets ({sockets})")
     listen_is_free(config_file, config.switch.listen)
+    take_owner_urls()
     token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
     url, embedded = database_url_for(config, data_dir)
     command = [sys.executable, "-m", "switch.cli", "run", "--config", str(config_file), "--data-dir", str(data_dir)]
@@ -113,9 +112,9 @@ async def _supervise(
     signalled = until_signalled()  # after ray.init, which installs a SIGTERM handler that exits at once
     roll = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)
-    # An external journal's owner's URL left in the shell is not the workers' to use; the embedded
-    # one's superuser is: a worker of new code after a SIGHUP migrates what it needs.
-    env = {**{k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}, DATABASE_URL_ENV: url}
+    # The embedded journal's superuser is the workers' to use (none other: take_owner_urls): a
+    # worker of new code after a SIGHUP migrates what it needs.
+    env = {**os.environ, DATABASE_URL_ENV: url}
     if embedded_owner:
         env[EMBEDDED_OWNER_ENV] = embedded_owner
     pool = _Workers([*command, "--ray-address", ray_address], env, data_dir, endpoints)
@@ -227,7 +226,7 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
     _stop_with_supervisor()
     _tag_logs(index)
     url = os.environ[DATABASE_URL_ENV]
-    owner = os.environ.pop(EMBEDDED_OWNER_ENV, "")  # used once, here, and not handed on (to Ray's workers, say)
+    owner = take_owner_urls()  # the embedded one's, used once, here, and not handed on
     if owner:
         asyncio.run(prepare(owner, user_of(url)))
     app = SwitchApp(

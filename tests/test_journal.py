@@ -426,12 +426,16 @@ def test_the_switchs_role_writes_the_journal_but_may_not_switch_its_guards_off_o
                         await runtime_url(database_url)
                 finally:
                     await owner.execute(f"REVOKE CREATE ON DATABASE {database} FROM {RUNTIME_ROLE}")
-                await owner.execute("GRANT TRUNCATE ON recon_item TO PUBLIC")
-                try:  # however it came by it
-                    with pytest.raises(RoleRefused, match=r"may do more than.*TRUNCATE on recon_item"):
-                        await grant(owner, RUNTIME_ROLE)
-                finally:
-                    await owner.execute("REVOKE TRUNCATE ON recon_item FROM PUBLIC")
+                for given, taken in (
+                    ("GRANT TRUNCATE ON recon_item TO PUBLIC", "REVOKE TRUNCATE ON recon_item FROM PUBLIC"),
+                    ("GRANT UPDATE ON rrn_block_seq TO PUBLIC", "REVOKE UPDATE ON rrn_block_seq FROM PUBLIC"),  # RRNs
+                ):
+                    await owner.execute(given)
+                    try:  # however it came by it
+                        with pytest.raises(RoleRefused, match=r"may do more than.*(TRUNCATE on recon_item|rrn_block)"):
+                            await grant(owner, RUNTIME_ROLE)
+                    finally:
+                        await owner.execute(taken)
                 # A machine edited by hand: the owner's next migrate puts it back, the switch's role may not.
                 await owner.execute("DELETE FROM txn_state_move WHERE from_state = 'UNKNOWN' AND to_state = 'PENDING'")
                 with pytest.raises(SchemaNotCurrent, match="`paysw journal migrate` as the journal's owner"):

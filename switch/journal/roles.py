@@ -14,6 +14,7 @@ by ``runtime_url``; an external one by ``paysw journal migrate``.
 from __future__ import annotations
 
 import contextlib
+import os
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
@@ -24,6 +25,9 @@ from switch.refused import JournalRefused, RoleRefused
 RUNTIME_ROLE = "paysw_switch"  # the embedded PostgreSQL's
 # The owner's URL, for `paysw journal migrate` (never on a command line, which other users read).
 OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
+# The embedded PostgreSQL's superuser URL, from a `paysw run --workers N` supervisor to its workers
+# (each migrates at its start, as a rolling restart's new code may need).
+EMBEDDED_OWNER_ENV = "PAYSW_EMBEDDED_OWNER_URL"
 # The switch reads every table and adds to every one but these. Written by the owner alone: the
 # schema's version and the state machine (schema.migrate), and the moves and the notifications
 # of final ones (the guard's triggers, as the owner: migration 28).
@@ -98,6 +102,10 @@ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p'
 UNION ALL  -- the guard's functions, which record moves as the owner (put on a table of its own)
 SELECT f, 'EXECUTE', NULL FROM unnest(ARRAY['txn_record_inserts()', 'txn_record_moves()']) AS f
 WHERE has_function_privilege($1, f, 'EXECUTE')
+UNION ALL  -- a sequence set back would hand out RRNs again
+SELECT c.oid::regclass::text, 'UPDATE', NULL FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace  -- CASE: has_sequence_privilege on a table is an error
+  AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege($1, c.oid, 'UPDATE') ELSE false END
 UNION ALL
 SELECT current_database(), 'TEMPORARY', NULL WHERE has_database_privilege($1, current_database(), 'TEMPORARY')
 """
@@ -112,7 +120,7 @@ async def refuse_strong(conn: asyncpg.Connection, role: str) -> None:
     held = [power for power, holds in powers.items() if holds]
     defaults = await conn.fetchval(  # what the owner makes later (a day's partition) would be granted it
         "SELECT count(*) FROM pg_default_acl d, aclexplode(d.defaclacl) a WHERE d.defaclobjtype = 'r' "
-        "AND a.grantee IN (0, (SELECT oid FROM pg_roles WHERE rolname = $1))",
+        "AND (a.grantee = 0 OR pg_has_role((SELECT oid FROM pg_roles WHERE rolname = $1), a.grantee, 'MEMBER'))",
         role,
     )
     if defaults:
@@ -143,6 +151,7 @@ async def grant(conn: asyncpg.Connection, role: str) -> None:
             await conn.execute(f"GRANT {privilege} ON {', '.join(on)} TO {to}")
         for table, columns in UPDATED.items():
             await conn.execute(f"GRANT UPDATE ({', '.join(columns)}) ON {table} TO {to}")
+        await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {to}")
         await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {to}")
         await conn.execute(f"GRANT EXECUTE ON FUNCTION {', '.join(UPKEEP)} TO {to}")
         beyond = [_said(*row) for row in await conn.fetch(_HELD_SQL, role) if tuple(row) not in ours]
@@ -233,6 +242,13 @@ async def owns_journal(conn: asyncpg.Connection) -> bool:
     then it may also switch their guards off."""
     owner = "(SELECT relowner FROM pg_class WHERE oid = 'txn'::regclass)"
     return await conn.fetchval(f"SELECT pg_has_role({owner}, 'MEMBER')")
+
+
+def take_owner_urls() -> str:
+    """Take the owners' URLs out of this process's environment, which the switch's children (Ray's
+    among them) would inherit; the embedded one's, which only a worker's supervisor gives."""
+    os.environ.pop(OWNER_URL_ENV, None)
+    return os.environ.pop(EMBEDDED_OWNER_ENV, "")
 
 
 def as_role(url: str, role: str) -> str:

@@ -860,6 +860,8 @@ async def migrate(conn: asyncpg.Connection) -> int:
                 "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            if current > len(MIGRATIONS):  # a later release migrated it while this one waited for the lock
+                return await _current(conn)
             for version, sql in enumerate(MIGRATIONS, start=1):
                 if version > current:
                     await conn.execute(sql)

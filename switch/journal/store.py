@@ -35,7 +35,7 @@ from switch.journal.machine import (
 )
 from switch.journal.roles import lacking, owns_journal
 from switch.journal.rrns import Rrns
-from switch.journal.schema import analyze_young, ensure_partitions, migrate
+from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
 from switch.refused import SchemaNotCurrent
 
 # A day partition is analyzed by the journal once this many rows changed (then autovacuum takes over).
@@ -800,12 +800,14 @@ async def _ready(conn: asyncpg.Connection) -> None:
     """The journal as this release needs it, before the switch starts: migrated (by this role if
     it owns the journal, with a warning that it could also switch the guards off), and this role
     granted this release's part (``SchemaNotCurrent`` if not: an earlier release's grants)."""
-    await migrate(conn)
+    version = await migrate(conn)
     if await owns_journal(conn):
         log.warning(
             "the switch connects to the journal as its owner (or a superuser), whose credentials can switch "
             "its guards off: give it a role of its own (`paysw journal migrate`)"
         )
+        return
+    if version > len(MIGRATIONS):  # a later release's journal, and grants: that release's to give
         return
     missing = await lacking(conn)
     if missing:
