@@ -227,7 +227,7 @@ def run_worker(config: Config, data_dir: Path, ray_address: str, index: int, wor
     _tag_logs(index)
     url = os.environ[DATABASE_URL_ENV]
     owner = take_owner_urls()  # the embedded one's, used once, here, and not handed on
-    if owner:
+    if owner and generation > 0:  # a rolling restart's new code; the first ones', the supervisor prepared
         asyncio.run(prepare(owner, user_of(url)))
     app = SwitchApp(
         config,
