@@ -30,6 +30,7 @@ import pytest
 from bench.demo_config import absolute_paths
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.roles import runtime_url
+from tests.support import clear_of_the_hour
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "bench" / "demo_config"
@@ -309,6 +310,12 @@ def with_own_simulators(config_dir: Path, ports: Ports, folder: Path) -> Ports:
             text = text.replace(f'127.0.0.1:{old}"', f'127.0.0.1:{new}"')
         (folder / name).write_text(text)
     return own
+
+
+@pytest.fixture
+def one_hour() -> None:
+    """The test's clock readings fall in one hour (``clear_of_the_hour``)."""
+    clear_of_the_hour()
 
 
 @pytest.fixture

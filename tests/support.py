@@ -108,6 +108,15 @@ async def wait_for_state(database_url: str, rrn: str, states: set[str], timeout:
         await asyncio.sleep(0.2)
 
 
+def clear_of_the_hour(margin_s: float = 60.0) -> None:
+    """Wait, if the hour ends within ``margin_s``, until the next has begun. A test that pays, then
+    reconciles or settles "this hour" (or today), reads the clock twice: both reads must fall in
+    one hour, as the channel's statement is cut by hour (Beijing time, whole hours from UTC's)."""
+    left = 3600.0 - time.time() % 3600.0
+    if left < margin_s:
+        time.sleep(left + 0.5)
+
+
 def out_trade_no(rrn: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%d}{rrn}"
 

@@ -19,6 +19,9 @@ from switch.config import load_config
 from tests.conftest import demo_actor_setup, run
 from tests.support import connected, new_purchase, out_trade_no
 
+# Each pays, then reads the channel's statement of the day it read off the clock.
+pytestmark = pytest.mark.usefixtures("one_hour")
+
 
 def statement_faults(ports: dict[str, int], channel: str, faults: dict) -> None:
     control = ports[channel]

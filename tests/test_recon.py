@@ -27,6 +27,9 @@ from switch.recon.scheduler import HourlyReconciler, due_batches
 from tests.conftest import demo_actor_setup, run
 from tests.support import CHANNEL_ONLY_PREFIX, STANS, connected, new_purchase, out_trade_no, sim_ledger, wait_for_state
 
+# Each pays, then reconciles or settles the hour (or day) it read off the clock.
+pytestmark = pytest.mark.usefixtures("one_hour")
+
 
 def order_statement_faults(ports, channel: str, faults: dict) -> None:
     request = urllib.request.Request(

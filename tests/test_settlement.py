@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+import pytest
 
 from bench.traffic import refund
 from protocols.statements import CST
@@ -16,6 +17,9 @@ from switch.settlement import settle, write_file
 from tests.conftest import run
 from tests.support import STANS, connected, new_purchase, out_trade_no
 from tests.test_recon import AFRESH, CountingFetch, order_statement_faults
+
+# Each pays, then reconciles the hour and settles the day it read off the clock.
+pytestmark = pytest.mark.usefixtures("one_hour")
 
 COFFEE, KIOSK = "898310048990001", "898310048990002"  # T+1 at 0.20 % on inbank; D0 at 0.25 % on alipay
 
