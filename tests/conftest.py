@@ -419,17 +419,22 @@ class SwitchProcess:
     def __init__(
         self,
         config: Path,
-        database_url: str,
+        database_url: str | None,
         log_path: Path,
         log_level: str = "INFO",
         workers: int = 1,
         env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self._template = config.read_text()
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
-        self.data_dir = self.config.with_name(f"{self.config.stem}-data")  # its generated admin token
-        # Migrated as the test's superuser, run as the switch's runtime role (switch.journal.roles).
-        self.env = {**(env or os.environ), "SWITCH_DATABASE_URL": run(runtime_url(database_url))}
+        self.data_dir = data_dir or self.config.with_name(f"{self.config.stem}-data")  # its admin token
+        # Migrated as the test's superuser, run as the switch's runtime role (switch.journal.roles);
+        # with no URL, on its own embedded journal under its data folder, as ``make demo`` runs.
+        self.env = {**(env or os.environ)}
+        self.env.pop("SWITCH_DATABASE_URL", None)
+        if database_url is not None:
+            self.env["SWITCH_DATABASE_URL"] = run(runtime_url(database_url))
         self.log_path = log_path
         self.log_level = log_level
         self.workers = workers

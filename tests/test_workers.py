@@ -22,10 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import IsoClient
 from switch.config import ConfigError, load_config, worker_share
+from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.machine import FINAL
+from switch.journal.roles import RUNTIME_ROLE
 from switch.metrics import merged_exposition
 from switch.workers import listen_is_free
-from tests.conftest import CHANNELS, DEMO, SwitchProcess, run, switch_with
+from tests.conftest import CHANNELS, DEMO, SwitchProcess, own_simulators, run, switch_with
 from tests.support import connected, new_purchase, settle_and_compare
 
 WORKERS = 2
@@ -48,6 +50,14 @@ def requests_by_worker(metrics: str) -> Counter[str]:
             if sample.name == "paysw_requests_total" and sample.labels["mti"] == "0200":
                 counts[sample.labels["worker"]] += int(sample.value)
     return counts
+
+
+async def fetchval(url: str, sql: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 def act(switch, channel: str, action: str) -> dict:
@@ -105,20 +115,34 @@ def test_two_workers_serve_one_port_share_the_journal_and_answer_as_one(two_work
     assert switch.get("/readyz")[0] == 200
 
 
-def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_nothing(own_stack, tmp_path):
+def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_nothing(config_dir, ports, tmp_path):
     """SIGHUP to the switch: each worker gets a replacement on the port, then drains and stops.
     Terminals keep paying throughout; one whose connection closes before its request was read
     sends it again on a new connection (the same STAN and field 7: a retransmission, answered once).
-    Every request gets its answer, the 91s are counted, and the journal (the test's own) ends equal
-    to every channel's ledger (the test's own simulators), with nothing open."""
-    config, database_url, simulators = own_stack
-    # The workers' admin sockets live under the data folder beside the configuration, and a unix
-    # socket's path has 107 bytes at most: pytest's folder for this test is too deep for that.
+    Every request gets its answer, the 91s are counted, and the journal ends equal to every
+    channel's ledger (the test's own simulators), with nothing open.
+
+    The journal is the switch's embedded one, as ``make demo`` runs: a replacement is new code, so
+    it migrates and grants the switch's role its part before it starts, as its supervisor did for
+    the first workers, while they serve. Here a grant is taken away before the SIGHUP: a
+    replacement that did not give it back would refuse to start (its check of its role's part)."""
+    # The workers' admin sockets live under the data folder, and a unix socket's path has 107
+    # bytes at most: pytest's folder for this test is too deep for that.
     short = Path(tempfile.mkdtemp(prefix="paysw-rr-"))
-    (short / "switch.toml").write_text(config.read_text())
-    switch = SwitchProcess(short / "switch.toml", database_url, tmp_path / "rolling.log", workers=WORKERS)
-    switch.start()
-    try:
+    # Started before the switch (which joins it) for the simulators, which read the journal to
+    # check each pay request was written ahead.
+    embedded = EmbeddedPostgres(short / "data" / "pg")
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, short, ignore_errors=True)
+        stack.callback(embedded.stop)
+        journal = embedded.start()
+        simulators = stack.enter_context(own_simulators(config_dir, ports, tmp_path, journal)).channels
+        switch = SwitchProcess(
+            tmp_path / "switch.toml", None, tmp_path / "rolling.log", workers=WORKERS, data_dir=short / "data"
+        )
+        switch.start()
+        stack.callback(switch.stop)  # should the test fail
+        run(fetchval(journal, f"REVOKE UPDATE (url) ON merchant_endpoint FROM {RUNTIME_ROLE}"))
 
         async def terminal(n: int, done: asyncio.Event) -> list[dict]:
             answers, client = [], None
@@ -142,8 +166,11 @@ def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_not
             await asyncio.sleep(1)
             switch.process.send_signal(signal.SIGHUP)
             for _ in range(900):
-                if "rolling restart done" in switch.log_path.read_text():
+                said = switch.log_path.read_text()
+                if "rolling restart done" in said:
                     break
+                if "rolling restart stopped" in said:
+                    raise AssertionError(f"a replacement did not get ready; see {switch.log_path}")
                 await asyncio.sleep(0.2)
             else:
                 raise AssertionError(f"no rolling restart done; see {switch.log_path}")
@@ -158,12 +185,11 @@ def test_a_rolling_restart_under_steady_load_answers_every_request_and_loses_not
         replaced = [line for line in switch.log_path.read_text().splitlines() if "worker replaced" in line]
         assert len(replaced) == WORKERS, replaced
         assert len({a["37"] for a in answers}) == len(answers)  # each request journaled once, a resend answered once
-        run(settle_and_compare(database_url, simulators, {a["37"]: a["39"] for a in answers}, set(), set(), "rolling"))
+        run(settle_and_compare(journal, simulators, {a["37"]: a["39"] for a in answers}, set(), set(), "rolling"))
         assert switch.get("/readyz")[0] == 200
-    finally:
-        stopped = switch.stop()
-        shutil.rmtree(short, ignore_errors=True)
-        assert stopped == 0, f"the switch did not stop cleanly; see {switch.log_path}"
+        given_back = f"SELECT has_column_privilege('{RUNTIME_ROLE}', 'merchant_endpoint', 'url', 'UPDATE')"
+        assert run(fetchval(journal, given_back)) is True
+        assert switch.stop() == 0, f"the switch did not stop cleanly; see {switch.log_path}"
 
 
 def test_the_merged_scrape_labels_each_workers_series_and_gives_shared_ones_once():
