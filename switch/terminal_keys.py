@@ -56,9 +56,6 @@ class _Keys:
     maks: list[tuple[KeyRecord, float]] = field(default_factory=list)
     issued_at: float = float("-inf")  # when the newest MAK was made (by any front end)
 
-    def mak(self) -> KeyRecord | None:
-        return self.maks[0][0] if self.maks else None
-
 
 class TerminalSecurity:
     def __init__(
@@ -101,6 +98,14 @@ class TerminalSecurity:
                 f"{len(plain)} of {len(self._terminals)} terminals have no master key and run without MAC "
                 "(security.allow_terminals_without_mac: demo only)",
                 extra={"terminals_without_mac": len(plain)},
+            )
+        linear = sum(t.mac_algorithm == "unionpay-ecb" for t in self._terminals.values())
+        if linear:
+            log.warning(
+                f"{linear} of {len(self._terminals)} terminals MAC with unionpay-ecb, a MAC of the XOR of the "
+                "message's blocks: whoever sees one MAC'd message of such a terminal can forge another; keep "
+                "them on a private line",
+                extra={"terminals_with_linear_mac": linear},
             )
 
     async def new_terminals(self, terminals: dict[str, Terminal]) -> dict[str, _Keys]:
@@ -188,16 +193,14 @@ class TerminalSecurity:
         return None
 
     def encode(self, answer: Message, mak: KeyRecord | None = None) -> bytes:
-        """The answer's frame, with field 64 when its terminal has a MAK: under ``mak`` (the key
-        its request verified under) or else the terminal's newest."""
-        if answer["t"] not in MACED_ANSWERS:
+        """The answer's frame, with field 64 under ``mak``, the key its request's MAC verified
+        under. An answer to a request that proved nothing (no MAC, a MAC that does not verify, a
+        request refused before it was checked) goes without one: MAC'd under the terminal's key,
+        it would give anyone who sends a message the MAC of a message they can predict, whose
+        blocks forge another under a MAC as linear as UnionPay's ECB."""
+        if mak is None or answer["t"] not in MACED_ANSWERS:
             return encode(answer)
-        terminal_id = answer.get("41", "")
-        keys = self._keys.get(terminal_id)
-        mak = mak or (keys.mak() if keys else None)
-        if mak is None:
-            return encode(answer)
-        algorithm = self._terminals[terminal_id].mac_algorithm
+        algorithm = self._terminals[answer["41"]].mac_algorithm
         return encode_with_mac(answer, lambda data: self._hsm.mac(mak, algorithm, data))
 
     # -- key exchange ------------------------------------------------------------------------------

@@ -103,8 +103,30 @@ def test_a_bad_or_missing_mac_never_reaches_a_channel(switch, database_url, simu
             assert sim_stats(simulators, "wechat").get("pay", 0) == pays_before
             for answer in (bad, missing):
                 assert await journal_row(database_url, answer["37"]) is None
+                assert "64" not in answer  # a request that proved nothing gets no MAC (see below)
             terminal.keys[MAC_TERMINAL] = keys
             assert (await terminal.request(mac_purchase(MAC_TERMINAL)))["39"] == "00"
+
+    run(scenario())
+
+
+def test_an_answer_to_a_request_that_proved_nothing_carries_no_mac(switch):
+    """A stranger's unMAC'd purchase for a terminal is refused ``30`` without field 64. MAC'd under
+    the terminal's key, that answer (every byte of it predictable) was a MAC oracle: UnionPay's
+    ECB MAC is the encrypted XOR of the message's blocks, so a refund whose blocks XOR to the
+    answer's took its field 64 and was approved, keyless (found in review). A MAC'd request's
+    answer still carries one, under the key it verified under."""
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, ECB_TERMINAL, "unionpay-ecb")
+            answered = await terminal.request(mac_purchase(ECB_TERMINAL))  # the client checks its MAC
+        async with connected(switch) as stranger:
+            refused = await stranger.request(mac_purchase(ECB_TERMINAL))
+            invalid = await stranger.request({**mac_purchase(ECB_TERMINAL), "4": "000000000000"})  # refused by rule
+        assert answered["39"] == "00" and "64" in answered and terminal.bad_macs == 0 and keys.mak is not None
+        assert refused["39"] == "30" and invalid["39"] not in ("00", "09")
+        assert "64" not in refused and "64" not in invalid
 
     run(scenario())
 
