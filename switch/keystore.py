@@ -52,6 +52,22 @@ class KeyStore:
                     [(r.label, r.version - keep) for r in records],
                 )
 
+    async def note_key_request(self, terminal_id: str, sent_at: dt.datetime, stan: str) -> bool:
+        """Record that ``terminal_id`` asked for new keys by a request sent at ``sent_at`` (its
+        field 7) with ``stan``; False, recording nothing, unless it comes after the last one
+        recorded (later, or in the same second with a later STAN): the same request sent again."""
+        return bool(
+            await self._pool.fetchval(
+                "INSERT INTO terminal_key_request (terminal_id, sent_at, stan) VALUES ($1, $2, $3) "
+                "ON CONFLICT (terminal_id) DO UPDATE SET sent_at = EXCLUDED.sent_at, stan = EXCLUDED.stan "
+                "WHERE (terminal_key_request.sent_at, terminal_key_request.stan) < (EXCLUDED.sent_at, EXCLUDED.stan) "
+                "RETURNING true",
+                terminal_id,
+                sent_at,
+                stan,
+            )
+        )
+
     async def newest(self, label: str, count: int = 1) -> list[StoredKey]:
         """The ``count`` newest versions of a label, newest first (empty when there is none)."""
         rows = await self._pool.fetch(

@@ -54,7 +54,7 @@ from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
 from switch.steps import HTTP_STEPS, STEPS, Context, Path, QrTerms, Reply, bind
-from switch.terminal_keys import MacMismatch, NoPinKey, SignOnTooSoon, TerminalSecurity
+from switch.terminal_keys import KeyRequestReplayed, MacMismatch, NoPinKey, SignOnTooSoon, TerminalSecurity
 
 log = logging.getLogger("paysw.txn")
 _ignored_log = RateLimitedLog(60.0)  # a peer sending answers by the thousand gets one line a minute
@@ -393,14 +393,18 @@ class Processor:
     # -- network management ------------------------------------------------------------------
 
     async def _step_network_management(self, t: Context) -> str | None:
-        terminal_id, code = t.message["41"], t.message["70"]
+        message = t.message
+        terminal_id, code = message["41"], message["70"]
         log.debug("network management", extra={"terminal": terminal_id, "what": NETWORK_CODES[code]})
-        # A key change's MAC was verified by the mac step; a sign-on has none (see new_working_keys).
+        # Its MAC was verified by the mac step: a key change's under the MAK, a sign-on's under the
+        # master key's sign-on variant (see new_working_keys for what else is checked).
         if code in ("001", "101") and self._security.has_master_key(terminal_id):
             try:
-                keys = await self._security.new_working_keys(terminal_id, signing_on=code == "001")
+                keys = await self._security.new_working_keys(terminal_id, code == "001", message["7"], message["11"])
             except SignOnTooSoon:
                 return rc.EXCEEDS_FREQUENCY_LIMIT
+            except KeyRequestReplayed:
+                return rc.DUPLICATE_TRANSMISSION
             except asyncpg.UniqueViolationError:  # another front end changed them this instant
                 return rc.SYSTEM_MALFUNCTION
             t.answer_fields = {"62": keys}

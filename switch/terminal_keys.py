@@ -4,13 +4,16 @@ the card channel's zone PIN key. Every operation runs in the HSM; this module ho
 ``KeyRecord`` handles, cached per terminal and shared with other front ends through the store.
 
 Every terminal has a master key and MACs its requests, unless the configuration allows terminals
-without (a demo). Sign-on is the one way in without a MAC (a terminal that lost its keys must
-get new ones), so it is rate-limited per terminal; a key change is MAC'd like a payment.
+without (a demo). A sign-on is MAC'd under the master key's sign-on variant (a terminal that lost
+its working keys must get new ones), which never changes, so sign-ons are rate-limited per
+terminal; a key change is MAC'd like a payment. Either gives keys only if sent later than the
+last that did (``KeyRequestReplayed``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import time
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from hsm import Hsm, KeyKind, KeyRecord
 from hsm.keys import terminal_label
 from protocols.iso8583 import MAC_FIELD, Message, encode, encode_with_mac, mac_input
-from protocols.validation import carries_mac, is_sign_on
+from protocols.validation import carries_mac, is_sign_on, transmitted_at
 from switch.config import ConfigError, SecuritySection, Terminal
 from switch.keystore import KeyStore
 from switch.lograte import RateLimitedLog
@@ -32,6 +35,9 @@ MACED_ANSWERS = frozenset({"0210", "0110", "0410"})
 WORKING_KEY_VERSIONS = 2
 RELOAD_AFTER_S = 1.0  # MACs that do not verify reread a terminal's keys at most this often
 WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MACs, sign-ons refused)
+# How far a sign-on's or key change's field 7 may be from the switch's clock: one held back on the
+# way and sent later (by whoever held it) gives no keys past this.
+KEY_REQUEST_FRESH_S = 600.0
 
 
 class MacMismatch(Exception):
@@ -40,6 +46,11 @@ class MacMismatch(Exception):
 
 class SignOnTooSoon(Exception):
     """A sign-on within ``sign_on_interval_s`` of the terminal's last new keys (``65``)."""
+
+
+class KeyRequestReplayed(Exception):
+    """A sign-on or key change not after the terminal's last one given keys (by field 7, then
+    STAN), or further than ``KEY_REQUEST_FRESH_S`` from now: the same request sent again (``94``)."""
 
 
 class NoPinKey(Exception):
@@ -209,14 +220,16 @@ class TerminalSecurity:
         keys = self._keys.get(terminal_id)
         return keys is not None and keys.tmk is not None
 
-    async def new_working_keys(self, terminal_id: str, signing_on: bool) -> str:
+    async def new_working_keys(self, terminal_id: str, signing_on: bool, field7: str, stan: str) -> str:
         """Field 62 of a sign-on / key change answer: a new PIK and MAK under the terminal's TMK,
         each with its check value (spec section 7). The MAK they replace stays valid for messages
         in flight only; older versions are deleted. Raises ``SignOnTooSoon`` for a sign-on less
-        than ``sign_on_interval_s`` after the terminal's last new keys: a key change proved the
-        MAK, a sign-on proves nothing, and the limit is what keeps a stranger from churning the
-        terminal's keys. Raises ``asyncpg.UniqueViolationError`` when another front end changed
-        this terminal's keys at the same moment (the terminal signs on again)."""
+        than ``sign_on_interval_s`` after the terminal's last new keys (a sign-on's MAC is under a
+        key that never changes: the limit bounds how often one captured could be used), and
+        ``KeyRequestReplayed`` for a request (``field7``, ``stan``) not after the last one given
+        keys, or sent far from now: one captured and sent again would rotate the keys and lock the
+        terminal out. Raises ``asyncpg.UniqueViolationError`` when another front end changed this
+        terminal's keys at the same moment (the terminal signs on again)."""
         async with self._locks.setdefault(terminal_id, asyncio.Lock()):
             keys = await self._reload(terminal_id)  # the newest, whichever front end made them
             assert keys.tmk is not None
@@ -225,6 +238,15 @@ class TerminalSecurity:
                     log, (terminal_id, "sign-on"), "sign-on refused: too soon after the last one", terminal=terminal_id
                 )
                 raise SignOnTooSoon
+            now = dt.datetime.now(dt.UTC)
+            sent = transmitted_at(field7, now)
+            fresh = sent is not None and abs((now - sent).total_seconds()) <= KEY_REQUEST_FRESH_S
+            if not fresh or not await self._store.note_key_request(terminal_id, sent, stan):
+                self._warn.warn(
+                    log, (terminal_id, "replayed"), "key request refused: sent again, or sent too long ago",
+                    terminal=terminal_id, field7=field7,
+                )  # fmt: skip
+                raise KeyRequestReplayed
             new = {}
             for kind in (KeyKind.PIK, KeyKind.MAK):
                 label = terminal_label(kind, terminal_id)

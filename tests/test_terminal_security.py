@@ -7,6 +7,7 @@ sign-ons are rate-limited."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import re
@@ -23,7 +24,7 @@ from hsm import KeyKind
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
 from switch.keystore import KeyStore
-from switch.terminal_keys import RELOAD_AFTER_S, mac_matches
+from switch.terminal_keys import KEY_REQUEST_FRESH_S, RELOAD_AFTER_S, mac_matches
 from tests.conftest import SwitchProcess, fresh_database, run
 from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase, sim_stats
 
@@ -272,6 +273,52 @@ async def key_rows(database_url: str, terminal_id: str) -> int:
         )
     finally:
         await conn.close()
+
+
+async def mak_version(database_url: str, terminal_id: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(
+            "SELECT max(version) FROM hsm_key WHERE label = $1", terminal_label(KeyKind.MAK, terminal_id)
+        )
+    finally:
+        await conn.close()
+
+
+def test_a_sign_on_or_key_change_sent_again_gives_no_keys(switch, database_url):
+    """A sign-on is MAC'd under a key that never changes, a key change under the MAK until the
+    next: captured on the line and sent again byte for byte, either one rotated the terminal's
+    keys and locked it out, every sign-on interval (found in review). Now one sent again, or with
+    a field 7 further from now than ``KEY_REQUEST_FRESH_S``, is refused ``94`` with no keys, and
+    the terminal's own next one gets keys as before."""
+
+    async def sent(client, frame: bytes) -> dict:
+        await client.send_raw(frame)
+        return await client.next_unmatched()
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = TerminalKeys(MAC_TERMINAL, demo_tmk(MAC_TERMINAL))
+            sign_on = keys.seal(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "001"))
+            first = await sent(terminal, sign_on)
+            keys.take_working_keys(first["62"])
+            version = await mak_version(database_url, MAC_TERMINAL)
+            ahead = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=KEY_REQUEST_FRESH_S + 60)
+            far = keys.seal(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "001", when=ahead))
+            refused = [await sent(terminal, sign_on), await sent(terminal, far)]
+            assert await mak_version(database_url, MAC_TERMINAL) == version
+            change = keys.seal(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "101"))
+            changed = await sent(terminal, change)
+            keys.take_working_keys(changed["62"])
+            refused.append(await sent(terminal, change))  # its MAK is still accepted, for messages in flight
+            assert await mak_version(database_url, MAC_TERMINAL) == version + 1
+            terminal.keys[MAC_TERMINAL] = keys
+            paid = await terminal.request(mac_purchase(MAC_TERMINAL))
+        assert first["39"] == changed["39"] == "00"
+        assert [(a["39"], "62" in a) for a in refused] == [("94", False)] * 3
+        assert paid["39"] == "00" and terminal.bad_macs == 0
+
+    run(scenario())
 
 
 def test_twenty_sign_ons_keep_two_versions_of_each_working_key(switch, database_url):
