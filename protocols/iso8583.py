@@ -248,11 +248,16 @@ MAC_FIELD = "64"
 _MAC_HEX = 16
 
 
-def mac_span(message: Message) -> int:
-    """How many bytes of this message's encoding come before field 64's characters. Every field
-    is ASCII, so a field takes its length prefix plus its characters."""
-    secondary = any(f.isdigit() and int(f) > 64 for f in message)
-    span = SPEC["t"]["max_len"] + SPEC["p"]["max_len"] + (SPEC["1"]["max_len"] if secondary else 0)
+_WITH_SECONDARY = frozenset(b"89ABCDEFabcdef")  # a bitmap's first hex digit with bit 1 set
+
+
+def mac_span(body: bytes, message: Message) -> int:
+    """How many bytes of ``body`` (``message`` encoded) come before field 64's characters. Every
+    field is ASCII, so a field takes its length prefix plus its characters; the secondary bitmap
+    counts when the primary's bit 1 says it is there, as sent (even empty)."""
+    mti_len = SPEC["t"]["max_len"]
+    secondary = len(body) > mti_len and body[mti_len] in _WITH_SECONDARY
+    span = mti_len + SPEC["p"]["max_len"] + (SPEC["1"]["max_len"] if secondary else 0)
     for field, value in message.items():
         if field.isdigit() and 1 < int(field) < 64:
             span += SPEC[field]["len_type"] + len(value)
@@ -264,14 +269,14 @@ def mac_input(body: bytes, message: Message) -> bytes:
     byte of the MTI to the last of the last field, less the MAC's own 16 characters. Fields past
     64 (a reversal's field 90, a key change's field 70) are covered too, so none of them can be
     changed on the way."""
-    span = mac_span(message)
+    span = mac_span(body, message)
     return body[:span] + body[span + _MAC_HEX :]
 
 
 def encode_with_mac(message: Message, mac: Callable[[bytes], bytes]) -> bytes:
     """Encode a message whose field 64 is ``mac`` of ``mac_input``; with its length header."""
     raw = bytearray(encode_body({**message, MAC_FIELD: "0" * _MAC_HEX}))
-    span = mac_span(message)
+    span = mac_span(raw, message)
     raw[span : span + _MAC_HEX] = mac(mac_input(bytes(raw), message)).hex().upper().encode()
     return len(raw).to_bytes(LENGTH_HEADER, "big") + bytes(raw)
 

@@ -25,6 +25,8 @@ from protocols.iso8583 import (
     decode,
     encode,
     encode_body,
+    encode_with_mac,
+    mac_input,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,19 @@ def test_bitmap_is_sixteen_ascii_hex_characters():
     # fields 2, 3, 4, 7, 11, 12, 13, 22, 25, 41, 42, 49 set, and no secondary bitmap
     bits = bin(int(bitmap, 16))[2:].zfill(64)
     assert [i + 1 for i, b in enumerate(bits) if b == "1"] == [2, 3, 4, 7, 11, 12, 13, 22, 25, 41, 42, 49]
+
+
+def test_the_mac_input_leaves_out_field_64_alone_with_an_empty_secondary_bitmap_as_sent():
+    """Bit 1 set and no field past 64 (a terminal that always sends the secondary bitmap): the MAC
+    covers the bitmaps as sent, and field 64, the last field here, is all it leaves out. (Counted
+    from the fields alone, the secondary bitmap was missed, and a good MAC answered A0.)"""
+    body = encode_with_mac(PURCHASE, lambda data: bytes(8))[2:]
+    primary = int(body[4:20], 16) | 1 << 63
+    sent = body[:4] + f"{primary:016X}".encode() + b"0" * 16 + body[20:]
+    message = decode(sent)
+    assert isinstance(message, dict) and message["64"] == "0" * 16
+    assert mac_input(sent, message) == sent[:-16]
+    assert mac_input(body, decode(body)) == body[:-16]
 
 
 def test_frame_reader_handles_split_and_coalesced_frames():

@@ -52,7 +52,7 @@ def one_input(data: bytes) -> None:
             code = rc.FORMAT_ERROR
         else:
             if "64" in message:
-                assert mac_span(message) + 16 <= len(frame), "MAC span past the frame"
+                assert mac_span(frame, message) + 16 <= len(frame), "MAC span past the frame"
             kind = classify(message)
             rejection = kind if isinstance(kind, Rejection) else validate(kind, message)
             code = rejection.code if rejection is not None else rc.APPROVED
