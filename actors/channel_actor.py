@@ -157,7 +157,10 @@ class ChannelWorker:
         reader = self._channel.notice
         if reader is None:
             return f"channel {self.name} sends no notifications"
-        return reader.read(body, headers, self._account, self._crypto)
+        try:
+            return reader.read(body, headers, self._account, self._crypto)
+        except Exception as exc:  # anyone may post one: what cannot be read is refused, not raised
+            return f"unreadable: {type(exc).__name__}"
 
     def stats(self) -> dict[str, int | str]:
         return {

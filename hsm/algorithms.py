@@ -222,11 +222,15 @@ def _sm2_sm3_verifier(material: bytes) -> Verify:
 
 
 def _mac_verifier(make: Callable[[bytes], Sign]) -> Callable[[bytes], Verify]:
-    """A MAC is checked by making it again and comparing in constant time (hex in either case)."""
+    """A MAC is checked by making it again and comparing in constant time (hex in either case).
+    A signature with a character outside ASCII is simply wrong (``compare_digest`` would raise on
+    it: anyone could make a notice's reading fail with one)."""
 
     def verifier_of(material: bytes) -> Verify:
         sign = make(material)
-        return lambda data, signature: std_hmac.compare_digest(sign(data).lower(), signature.lower())
+        return lambda data, signature: signature.isascii() and std_hmac.compare_digest(
+            sign(data).lower(), signature.lower()
+        )
 
     return verifier_of
 

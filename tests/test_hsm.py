@@ -120,6 +120,7 @@ def test_channel_signatures_from_records(hsm: Hsm, algorithm, private_file, publ
     signature = hsm.signer(signing, algorithm)(b"message")
     assert hsm.verifier(checking, algorithm)(b"message", signature)
     assert not hsm.verifier(checking, algorithm)(b"messagE", signature)
+    assert not hsm.verifier(checking, algorithm)(b"message", "é" + signature[1:])  # wrong, not an error
     assert clear.verifier(algorithm, (keys / public_file).read_bytes())(b"message", signature)
 
 
