@@ -9,7 +9,10 @@ import pytest
 from bench.simulators.side import ChannelVerdict, Paid, RequestSeen
 from protocols import response_codes as rc
 from protocols.channels import channel_of
-from protocols.channels.base import Notice
+from protocols.channels.base import Notice, form_encode
+from protocols.channels.unionpay import flows as unionpay
+from protocols.channels.wechat import flows as wechat
+from protocols.channels.wechat.xml import from_xml, to_xml
 from protocols.messages import CLOSE, NOT_FOUND, PRECREATE, QUERY, ChannelRequest, ChannelResult, Outcome
 from tests.test_connectors import KINDS, Pair
 
@@ -144,3 +147,55 @@ def test_a_notification_for_another_account_is_refused(kind):
     fields = {name: getattr(pair.account, name) for name in pair.account.__struct_fields__}
     other = type(pair.account)(**{n: v if n == "keys" else f"OTHER{v}" for n, v in fields.items()})
     assert isinstance(channel_of(kind).notice.read(body, headers, other, pair.crypto), str)
+
+
+@pytest.mark.parametrize("kind", QR_KINDS)
+@pytest.mark.parametrize("verdict", ["CREATED", "NOTPAY"])
+def test_a_channel_signed_answer_is_no_notification(kind, verdict):
+    """The channel's own answers are signed as its notifications are: one taken off the line (a
+    QR order's creation, or a query finding it unpaid) and posted to the notification address
+    must not read as the order paid. WeChat Pay's query answer said result_code SUCCESS (the query
+    worked) with trade_state NOTPAY, and was read as paid (found in review)."""
+    pair = Pair(kind)
+    op = PRECREATE if verdict == "CREATED" else QUERY
+    req = qr_request(op)
+    seen = pair.read(pair.build(req))
+    answer = pair.side.write(seen, ChannelVerdict(verdict, qr_code="https://qr.example/x"), pair.channel_sign)
+    read = channel_of(kind).notice.read(answer.body, answer.headers, pair.account, pair.crypto)
+    assert isinstance(read, str) or not read.paid, read
+
+
+def resigned(kind: str, body: bytes, change) -> bytes:
+    """A notification's document changed by ``change`` and signed again by the channel."""
+    pair = Pair(kind)
+    if kind == "wechat":
+        doc = from_xml(body)
+        doc.pop("sign")
+        change(doc)
+        doc["sign"] = pair.channel_sign(wechat.signing_input(doc))
+        return to_xml(doc)
+    doc = unionpay.read_form(body)
+    doc.pop("signature")
+    change(doc)
+    doc["signature"] = pair.channel_sign(unionpay.signing_input(doc))
+    return form_encode(doc)
+
+
+@pytest.mark.parametrize(
+    ("kind", "change"),
+    [
+        ("wechat", lambda doc: doc.update(trade_state="NOTPAY")),  # an order query's answer, unpaid
+        ("wechat", lambda doc: doc.pop("transaction_id")),
+        ("unionpay", lambda doc: [doc.pop(k) for k in ("queryId", "traceNo", "settleAmt")]),  # the application's answer
+        ("unionpay", lambda doc: doc.update(txnSubType="06")),  # a pay's answer, by the customer's code
+    ],
+)
+def test_a_channel_signed_document_that_is_no_payment_notification_is_refused(kind, change):
+    """Signed by the channel, of a notification's shape, but what the channel answers (a query
+    finding the order unpaid, the code's application), not what it notifies: refused, never read
+    as the order paid (found in review: WeChat Pay's query answer with trade_state NOTPAY was)."""
+    pair = Pair(kind)
+    body, headers = notice_of(pair)
+    assert not isinstance(channel_of(kind).notice.read(body, headers, pair.account, pair.crypto), str)
+    changed = resigned(kind, body, change)
+    assert isinstance(channel_of(kind).notice.read(changed, headers, pair.account, pair.crypto), str)

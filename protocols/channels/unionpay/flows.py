@@ -174,11 +174,14 @@ class NotifyForm(Struct):
     """A notification, past its verified signature."""
 
     txnType: str = ""
+    txnSubType: str = ""
     respCode: str = ""
     orderId: str = ""
     txnAmt: str = ""  # fen
     queryId: str = ""
     reqReserved: str = ""
+    traceNo: str = ""  # a payment's: the QR code's application answer, of the same type, has none
+    settleAmt: str = ""
 
 
 def signing_input(params: Mapping[str, str]) -> bytes:
@@ -377,8 +380,12 @@ def read_notice(body: bytes, headers: Mapping[str, str], account: UnionPayAccoun
     got = msgspec.convert(doc, NotifyForm)
     if got.reqReserved != account.mch_id:
         return "not our account"
-    if got.txnType != "01" or got.respCode != "00":  # it notifies successful payments only
-        return f"not a payment's success: txnType {got.txnType}, respCode {got.respCode}"
+    if (got.txnType, got.txnSubType, got.respCode) != ("01", "07", "00"):  # successful payments only
+        return f"not a payment's success: txnType {got.txnType}/{got.txnSubType}, respCode {got.respCode}"
+    # The application's answer is signed alike, of the same type, with respCode 00 and our
+    # reqReserved echoed: a payment's notification carries what only a payment has.
+    if not (got.queryId and got.traceNo and got.settleAmt):
+        return "no payment's queryId, traceNo and settleAmt: an answer, not a notification"
     if not got.orderId or not got.txnAmt.isdigit():
         return "no order or amount"
     return Notice(

@@ -164,6 +164,8 @@ class NotifyDoc(Struct):
     out_trade_no: str = ""
     total_fee: str = ""
     transaction_id: str = ""
+    time_end: str = ""
+    trade_state: str = ""  # an order query's answer has one, a notification none
 
 
 class ReverseAnswer(Answer):
@@ -373,7 +375,13 @@ def read_notice(body: bytes, headers: Mapping[str, str], account: WeChatAccount,
         return "not our account"
     if not got.out_trade_no or not got.total_fee.isdigit():
         return "no order or amount"
+    # The channel signs its answers as its notifications: a query's, posted here, says the query
+    # worked (result_code SUCCESS) of an order perhaps unpaid (trade_state).
+    if got.trade_state not in ("", "SUCCESS"):
+        return f"an order's state ({got.trade_state}), not a payment's notification"
     paid = got.result_code == "SUCCESS"
+    if paid and not (got.transaction_id and got.time_end):
+        return "paid, without the payment's transaction id and time"
     return Notice(
         out_trade_no=got.out_trade_no, amount_fen=int(got.total_fee), paid=paid,
         channel_txn_id=got.transaction_id, channel_code=got.result_code,
