@@ -330,6 +330,20 @@ def cross_check(config: Config) -> list[str]:
 
 
 def _url_problems(where: str, url: str) -> list[str]:
+    """What is wrong with ``url`` as the address a notification or statement goes to: plain http
+    off this host, a user and password in it (they would be logged with it, and sent nowhere:
+    an endpoint names its host), or a port that is no number."""
+    if not url:
+        return []
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return [f"{where}: no user or password in the URL (its host and path only)"]
+    try:
+        parts.port  # noqa: B018 (read to check it)
+    except ValueError:
+        return [f"{where}: the port of {url} is not a number from 0 to 65535"]
+    if not parts.hostname:
+        return [f"{where}: no host in {url}"]
     return [f"{where}: an address off this host is reached over https, not {url}"] if insecure_url(url) else []
 
 

@@ -99,6 +99,15 @@ def test_demo_configuration_is_valid():
         # A batch may not wait longer than 20 ms for company: that would be latency, not batching.
         (lambda t: t.replace("pool_size = 6\n", "pool_size = 6\nlinger_ms = 50\n"), r"\$\.database\.linger_ms"),
         (lambda t: t.replace("pool_size = 6\n", "pool_size = 6\nlinger_ms = -1\n"), r"\$\.database\.linger_ms"),
+        # A password in a notification URL was logged with it, and its notifications tried forever.
+        (
+            lambda t: t.replace('"http://127.0.0.1:9590/notify"', '"https://shop:s3cret@merchant.example/cb"'),
+            r"\$\.merchants\[0\]\.notify_url: no user or password in the URL",
+        ),
+        (
+            lambda t: t.replace('"http://127.0.0.1:9590/notify"', '"https://merchant.example:abc/cb"'),
+            r"\$\.merchants\[0\]\.notify_url: the port of .* is not a number",
+        ),
         (
             lambda t: t.replace('kind = "inbank"\n', 'kind = "inbank"\nendpoint = "http://127.0.0.1:9105"\n'),
             r"unknown field `endpoint`.*now go in its `actor = \{ \.\.\. \}` table",

@@ -240,10 +240,11 @@ class Outbox:
         self._used[(due.merchant_id, url.scheme, url.netloc)] = time.monotonic()
         pool = self._pools.get((due.merchant_id, url.scheme, url.netloc))
         if pool is None:
-            endpoint = f"{url.scheme}://{url.netloc}"
-            pool = self._pools[(due.merchant_id, url.scheme, url.netloc)] = HttpPool(
-                endpoint, self._section.notify_concurrency
-            )
+            try:
+                pool = HttpPool(f"{url.scheme}://{url.netloc}", self._section.notify_concurrency)
+            except ValueError:  # (not said how: the URL may hold a password) an attempt, to its end
+                return "the notification URL is no endpoint (http[s]://host[:port]/path)"
+            self._pools[(due.merchant_id, url.scheme, url.netloc)] = pool
         body = body_of(due, sign, secrets.token_hex(16), int(time.time() * 1000))
         timeout = self._section.notify_timeout_s
         path = url.path + (f"?{url.query}" if url.query else "")
