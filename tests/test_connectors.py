@@ -347,9 +347,14 @@ def test_fen_refuses_non_amounts(bad):
         fen(bad)
 
 
-def test_xml_with_a_dtd_is_refused():
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-16-be", "utf-32"])
+def test_xml_with_a_dtd_is_refused_in_any_encoding(encoding):
+    """In UTF-16 the DTD's bytes are not b"<!DOCTYPE": a byte check let it through, and its
+    entities were expanded (found in review)."""
+    doc = f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE x [<!ENTITY a "bbbb">]><xml><a>&a;</a></xml>'
     with pytest.raises(ValueError):
-        from_xml(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><xml><a>&a;</a></xml>')
+        from_xml(doc.encode(encoding))
+    assert from_xml(b"<xml><a><![CDATA[b]]></a></xml>") == {"a": "b"}
 
 
 @given(st.dictionaries(st.text(), st.text()))
