@@ -25,6 +25,7 @@ from bench.simulators.faults import NO_FAULT, Fault
 from bench.simulators.side import side_of
 from bench.traffic import payment_code
 from protocols.masking import mask_pan
+from switch.merchant.api import AHEAD_S
 from tests.conftest import (
     PAYMENT_WINDOW_MS,
     Ports,
@@ -237,6 +238,11 @@ def test_replayed_badly_signed_or_stale_requests_are_refused_and_journal_nothing
     stale["timestamp"] -= 3_600_000
     stale["sign"] = signed_again(stale)
     assert client.post("/v1/orders", stale)[1]["code"] == "STALE_REQUEST"
+    early = signed("POST", "/v1/orders", {"merchant_id": MERCHANT, "order_no": order_no(), "scene": "qr",
+                                          "amount_fen": 500, "subject": "Water"}, KEY)  # fmt: skip
+    early["timestamp"] += (AHEAD_S + 30) * 1000  # within the window, but further ahead than a fast clock
+    early["sign"] = signed_again(early)
+    assert client.post("/v1/orders", early)[1]["code"] == "STALE_REQUEST"
     other = MerchantClient(client.base_url, "898310048990002", KEY)  # a merchant without an API key
     assert other.create_qr(order_no(), 500)[1]["code"] == "UNAUTHORISED"
     assert client.create_qr(order_no(), 0)[1]["code"] == "INVALID_REQUEST"
