@@ -289,12 +289,15 @@ class FrameReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes, limit: int | None = None) -> list[bytes]:
+        """The whole frames buffered once ``data`` is added, at most ``limit`` of them: the others
+        stay buffered (``ready``) for a later call."""
         self._buf += data
-        frames = []
+        frames: list[bytes] = []
         buf = self._buf
         pos = 0
-        while len(buf) - pos >= LENGTH_HEADER:
+        room = len(buf) if limit is None else limit  # (a frame is at least 3 bytes)
+        while len(frames) < room and len(buf) - pos >= LENGTH_HEADER:
             size = int.from_bytes(buf[pos : pos + LENGTH_HEADER], "big")
             if size == 0 or size > MAX_MESSAGE:
                 raise FrameTooLarge(size)
@@ -309,8 +312,14 @@ class FrameReader:
 
     @property
     def partial(self) -> bool:
-        """True while part of a frame is buffered."""
-        return bool(self._buf)
+        """True while part of a frame is buffered, and no whole one."""
+        return bool(self._buf) and not self.ready
+
+    @property
+    def ready(self) -> bool:
+        """True while a whole frame is buffered (one ``feed``'s limit left)."""
+        buf = self._buf
+        return len(buf) >= LENGTH_HEADER and len(buf) >= LENGTH_HEADER + int.from_bytes(buf[:LENGTH_HEADER], "big")
 
 
 class FrameTooLarge(Exception):

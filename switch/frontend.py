@@ -240,8 +240,14 @@ class TerminalConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._draining:
             return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Start the frames ``data`` completes, as many as the connection may have under way: the
+        others wait in the reader for places to free (one read may hold thousands of small ones),
+        their time counted from their start (only a peer with more under way than that waits)."""
         try:
-            frames = self._reader.feed(data)
+            frames = self._reader.feed(data, max(0, self._max_in_flight - self._in_flight))
         except FrameTooLarge as exc:
             self._close("frame_size", str(exc))
             return
@@ -267,6 +273,8 @@ class TerminalConnection(asyncio.Protocol):
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:
         self._in_flight -= 1
+        if self._reader.ready and self._transport is not None and not self._draining:
+            self._take(b"")  # a frame read earlier takes the place
         self._update_reading()
         if self._transport is None:
             if not self._in_flight:

@@ -35,7 +35,10 @@ from protocols.iso8583 import (
     decode,
     encode,
 )
-from tests.conftest import ROOT, run
+from switch.config import SwitchSection
+from switch.frontend import serve_terminals
+from switch.metrics import Metrics
+from tests.conftest import ROOT, free_port, run
 from tests.support import MERCHANT, STANS, connected, new_purchase
 
 FUZZ_RUNS = int(os.environ.get("PAYSW_FUZZ_RUNS", "200000"))
@@ -222,3 +225,55 @@ def test_atheris_fuzzes_the_decoder_on_the_committed_corpus(tmp_path: Path):
     assert int(done[1]) == FUZZ_RUNS, (
         f"only {done[1]} of {FUZZ_RUNS} runs in -max_total_time={FUZZ_MAX_S} s: PAYSW_FUZZ_RUNS too high here"
     )
+
+
+class Holding:
+    """A processor whose requests wait until let go, counting the most under way at once."""
+
+    def __init__(self) -> None:
+        self.under_way = self.most = 0
+        self.go = asyncio.Event()
+
+    def overloaded(self, share: str) -> None:
+        return None
+
+    async def handle_frame(self, frame: bytes, arrived: float, overload: str | None, share: str) -> bytes:
+        self.under_way += 1
+        self.most = max(self.most, self.under_way)
+        try:
+            await self.go.wait()
+        finally:
+            self.under_way -= 1
+        message = decode(frame)
+        return encode({"t": "0810", "7": message["7"], "11": message["11"], "39": "00", "41": message["41"]})
+
+
+def test_one_read_of_many_frames_starts_no_more_than_a_connection_may_have_under_way():
+    """Thousands of small frames in one write arrive in few reads: each read's frames were all
+    started at once, far past ``max_in_flight_per_connection`` (found in review). Now the others
+    wait, whole, in the connection's reader, each started as a place frees; every one is answered."""
+    cap, sent = 8, 200
+
+    async def scenario() -> tuple[int, int]:
+        processor = Holding()
+        settings = SwitchSection(listen=f"127.0.0.1:{free_port()}", max_in_flight_per_connection=cap)
+        server = await serve_terminals(processor, Metrics(), settings)
+        try:
+            reader, writer = await asyncio.open_connection(*settings.listen.split(":"))
+            writer.write(b"".join(encode(network("T0000001", f"{n:06d}")) for n in range(1, sent + 1)))
+            await writer.drain()
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+            most_held = processor.most
+            processor.go.set()
+            answers = FrameReader()
+            got: list[bytes] = []
+            while len(got) < sent:
+                got += answers.feed(await asyncio.wait_for(reader.read(65536), 10))
+            writer.close()
+            return most_held, len(got)
+        finally:
+            await server.drain(1)
+
+    most_held, answered = run(scenario())
+    assert (most_held, answered) == (cap, sent)

@@ -77,6 +77,18 @@ def test_frame_reader_handles_split_and_coalesced_frames():
     assert not reader.partial
 
 
+
+def test_frame_reader_gives_at_most_its_limit_and_keeps_the_others_whole():
+    frame = encode(PURCHASE)
+    reader = FrameReader()
+    assert reader.feed(frame * 3 + frame[:5], limit=2) == [frame[2:]] * 2
+    assert reader.ready and not reader.partial  # a whole frame waits: no stalled sender
+    assert reader.feed(b"", limit=0) == []
+    assert reader.feed(b"", limit=5) == [frame[2:]]
+    assert reader.partial and not reader.ready
+    assert reader.feed(frame[5:]) == [frame[2:]]
+
+
 @pytest.mark.parametrize("size", [0, MAX_MESSAGE + 1, 65535])
 def test_frame_reader_refuses_lengths_outside_the_limit(size):
     with pytest.raises(FrameTooLarge):
