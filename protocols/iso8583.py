@@ -256,7 +256,8 @@ def mac_span(body: bytes, message: Message) -> int:
     field is ASCII, so a field takes its length prefix plus its characters; the secondary bitmap
     counts when the primary's bit 1 says it is there, as sent (even empty)."""
     mti_len = SPEC["t"]["max_len"]
-    secondary = len(body) > mti_len and body[mti_len] in _WITH_SECONDARY
+    # (as decoded too: pyiso8583 reads a bitmap with spaces, " 8..." among them, as hex)
+    secondary = "1" in message or (len(body) > mti_len and body[mti_len] in _WITH_SECONDARY)
     span = mti_len + SPEC["p"]["max_len"] + (SPEC["1"]["max_len"] if secondary else 0)
     for field, value in message.items():
         if field.isdigit() and 1 < int(field) < 64:

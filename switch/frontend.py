@@ -177,7 +177,9 @@ class TerminalConnection(asyncio.Protocol):
         self._last_frame = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._answers: list[bytes] = []
-        self._draining = False  # no new frames: what arrives is dropped, never received
+        # No new frames: what arrives is dropped, never received, and so are whole frames held in
+        # the reader past max_in_flight_per_connection (the terminal sends them again, elsewhere).
+        self._draining = False
         self._holding = False  # draining, with answers still owed: reading paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -273,8 +275,7 @@ class TerminalConnection(asyncio.Protocol):
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:
         self._in_flight -= 1
-        if self._reader.ready and self._transport is not None and not self._draining:
-            self._take(b"")  # a frame read earlier takes the place
+        self._take_held()
         self._update_reading()
         if self._transport is None:
             if not self._in_flight:
@@ -308,7 +309,13 @@ class TerminalConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._take_held()
         self._update_reading()
+
+    def _take_held(self) -> None:
+        """Start frames held in the reader as places free, while the peer reads its answers."""
+        if self._reader.ready and not (self._writing_paused or self._draining) and self._transport is not None:
+            self._take(b"")
 
     def _update_reading(self) -> None:
         if self._transport is None:

@@ -35,9 +35,11 @@ MACED_ANSWERS = frozenset({"0210", "0110", "0410"})
 WORKING_KEY_VERSIONS = 2
 RELOAD_AFTER_S = 1.0  # MACs that do not verify reread a terminal's keys at most this often
 WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MACs, sign-ons refused)
-# How far a sign-on's or key change's field 7 may be from the switch's clock: one held back on the
-# way and sent later (by whoever held it) gives no keys past this.
+# How far a sign-on's or key change's field 7 may be behind the switch's clock (one held back on the
+# way and sent later, by whoever held it, gives no keys past this), and ahead of it: one refused as
+# ahead is not noted, and would give keys once the time it names came, so the margin is short.
 KEY_REQUEST_FRESH_S = 600.0
+KEY_REQUEST_AHEAD_S = 60.0
 
 
 class MacMismatch(Exception):
@@ -49,8 +51,9 @@ class SignOnTooSoon(Exception):
 
 
 class KeyRequestReplayed(Exception):
-    """A sign-on or key change not after the terminal's last one given keys (by field 7, then
-    STAN), or further than ``KEY_REQUEST_FRESH_S`` from now: the same request sent again (``94``)."""
+    """A sign-on or key change not after the terminal's last one (by field 7, then STAN), or
+    further than ``KEY_REQUEST_FRESH_S`` behind now or ``KEY_REQUEST_AHEAD_S`` ahead: the same
+    request sent again (``94``)."""
 
 
 class NoPinKey(Exception):
@@ -226,27 +229,24 @@ class TerminalSecurity:
         in flight only; older versions are deleted. Raises ``SignOnTooSoon`` for a sign-on less
         than ``sign_on_interval_s`` after the terminal's last new keys (a sign-on's MAC is under a
         key that never changes: the limit bounds how often one captured could be used), and
-        ``KeyRequestReplayed`` for a request (``field7``, ``stan``) not after the last one given
-        keys, or sent far from now: one captured and sent again would rotate the keys and lock the
+        ``KeyRequestReplayed`` for a request (``field7``, ``stan``) not after the terminal's last
+        one, or sent far from now: one captured and sent again would rotate the keys and lock the
         terminal out. Raises ``asyncpg.UniqueViolationError`` when another front end changed this
         terminal's keys at the same moment (the terminal signs on again)."""
         async with self._locks.setdefault(terminal_id, asyncio.Lock()):
             keys = await self._reload(terminal_id)  # the newest, whichever front end made them
             assert keys.tmk is not None
+            # Noted before the interval's refusal too: one refused 65 and sent again later would
+            # otherwise come after the last one noted, and give keys.
+            why = await self._seen_before(terminal_id, field7, stan)
+            if why:
+                self._warn.warn(log, (terminal_id, "replayed"), f"key request refused: {why}", terminal=terminal_id)
+                raise KeyRequestReplayed
             if signing_on and time.time() < keys.issued_at + self._sign_on_interval_s:
                 self._warn.warn(
                     log, (terminal_id, "sign-on"), "sign-on refused: too soon after the last one", terminal=terminal_id
                 )
                 raise SignOnTooSoon
-            now = dt.datetime.now(dt.UTC)
-            sent = transmitted_at(field7, now)
-            fresh = sent is not None and abs((now - sent).total_seconds()) <= KEY_REQUEST_FRESH_S
-            if not fresh or not await self._store.note_key_request(terminal_id, sent, stan):
-                self._warn.warn(
-                    log, (terminal_id, "replayed"), "key request refused: sent again, or sent too long ago",
-                    terminal=terminal_id, field7=field7,
-                )  # fmt: skip
-                raise KeyRequestReplayed
             new = {}
             for kind in (KeyKind.PIK, KeyKind.MAK):
                 label = terminal_label(kind, terminal_id)
@@ -264,6 +264,17 @@ class TerminalSecurity:
             return "".join(
                 self._hsm.export_under(new[k], keys.tmk) + new[k].check_value for k in (KeyKind.PIK, KeyKind.MAK)
             )
+
+    async def _seen_before(self, terminal_id: str, field7: str, stan: str) -> str:
+        """Why a key request (its ``field7`` and ``stan``) is refused as sent again, after noting
+        it as the terminal's last when it is not: "" then."""
+        now = dt.datetime.now(dt.UTC)
+        sent = transmitted_at(field7, now)
+        if sent is None or not -KEY_REQUEST_AHEAD_S <= (now - sent).total_seconds() <= KEY_REQUEST_FRESH_S:
+            return f"field 7 {field7} too far from the switch's clock (the terminal's clock?)"
+        if not await self._store.note_key_request(terminal_id, sent, stan):
+            return f"not after the last one (field 7 {field7}, STAN {stan}): sent again"
+        return ""
 
     # -- PIN -----------------------------------------------------------------------------------
 

@@ -839,8 +839,8 @@ MIGRATIONS: list[str] = [
     REVOKE ALL ON FUNCTION txn_record_inserts(), txn_record_moves() FROM PUBLIC;
     REVOKE ALL ON FUNCTION journal_make_days(date, date), journal_analyze_young(text[], bigint) FROM PUBLIC;
     """,
-    # 29: the field 7 and STAN of the last sign-on or key change each terminal was given keys for
-    # (switch.terminal_keys): such a request, MAC'd under a key that never changes (the TMK's
+    # 29: the field 7 and STAN of the last sign-on or key change each terminal sent, its MAC and
+    # field 7 good (switch.terminal_keys): such a request, MAC'd under a key that never changes (the TMK's
     # sign-on variant) or not at once (the MAK), gives keys only when it comes after that, so
     # that one captured and sent again cannot rotate the terminal's keys and lock it out.
     """

@@ -39,8 +39,9 @@ log = logging.getLogger("paysw.merchant_api")
 OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 MAX_BODY = 16 * 1024
 # How far ahead of the switch's clock a request's timestamp may be (a merchant's clock a little
-# fast). Not the whole window: a nonce is kept for two windows by the journal's clock, and a
-# timestamp a window ahead, read by a front end whose clock lags, outlived its nonce.
+# fast; half the window at most). Not the whole window: a nonce is kept for two windows by the
+# journal's clock, and a timestamp a window ahead, read by a front end whose clock lags, outlived
+# its nonce.
 AHEAD_S = 30
 
 
@@ -219,9 +220,9 @@ class MerchantApi:
         if not verify(request_signing_input(request.method, request.path, params), ask.sign):
             raise ApiError(401, "BAD_SIGNATURE", "the signature does not verify")
         window = self._section.signature_window_s
-        early = ask.timestamp - time.time() * 1000
-        if early > AHEAD_S * 1000 or -early > window * 1000:
-            raise ApiError(401, "STALE_REQUEST", f"timestamp more than {window} s before now, or {AHEAD_S} s after")
+        early, ahead = ask.timestamp - time.time() * 1000, min(AHEAD_S, window // 2)
+        if early > ahead * 1000 or -early > window * 1000:
+            raise ApiError(401, "STALE_REQUEST", f"timestamp more than {window} s before now, or {ahead} s after")
         if not await fresh_nonce(self._pool, merchant.id, ask.nonce, window):
             raise ApiError(401, "REPLAYED", "this nonce was used before")
         return ask, merchant
