@@ -28,6 +28,7 @@ from protocols.channels import channel_of
 from protocols.channels.base import Crypto, HttpAnswer, Link, Notice, StatementRefused, not_sent, unknown
 from protocols.masking import scrub
 from protocols.messages import ChannelRequest, ChannelResult
+from protocols.statements import MAX_DOWNLOAD_BYTES
 
 if TYPE_CHECKING:
     import aiohttp
@@ -142,13 +143,16 @@ class ChannelWorker:
         timeout = aiohttp.ClientTimeout(total=max(self._timeout, 60.0))
         headers = {"Content-Type": call.content_type, **call.headers}
         async with session.post(call.path.lstrip("/"), data=call.body, headers=headers, timeout=timeout) as response:
-            answer = HttpAnswer(response.status, await response.read(), dict(response.headers))
+            answer = HttpAnswer(response.status, await _capped(response), dict(response.headers))
         got = download.parse(answer, self._crypto)
-        if isinstance(got, Link):  # the answer says where to fetch the file
-            async with aiohttp.ClientSession() as plain, plain.get(got.url, timeout=timeout) as response:
+        if isinstance(got, Link):  # the answer says where to fetch the file (https: ``fetchable``)
+            async with (
+                aiohttp.ClientSession() as plain,
+                plain.get(got.url, timeout=timeout, allow_redirects=False) as response,  # not elsewhere
+            ):
                 if response.status != 200:
                     raise StatementRefused(f"download link answered HTTP {response.status}")
-                return await response.read()
+                return await _capped(response)
         return got
 
     def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
@@ -178,6 +182,17 @@ class ChannelWorker:
             await self._session.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def _capped(response: aiohttp.ClientResponse) -> bytes:
+    """A statement download's body, refused past ``MAX_DOWNLOAD_BYTES`` (read as it comes: a
+    length header may lie)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > MAX_DOWNLOAD_BYTES:
+            raise StatementRefused(f"a statement download over {MAX_DOWNLOAD_BYTES} bytes")
+    return bytes(body)
 
 
 class _ScrubbingFormatter(logging.Formatter):

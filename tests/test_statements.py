@@ -4,6 +4,8 @@ format; a file whose totals disagree with its rows, or that is cut, is refused n
 from __future__ import annotations
 
 import datetime as dt
+import io
+import zipfile
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from bench.simulators.side import StatementAsk, side_of
 from protocols.channels import channel_of
+from protocols.channels.base import StatementRefused, fetchable
 from protocols.channels.wechat import statement as wechat
 from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementError, StatementRow, fee_fen, fen_of
 from tests.test_connectors import KINDS
@@ -104,3 +107,43 @@ def test_amounts_and_fees_are_exact_fen():
     assert fee_fen(1234, 60) == 7  # 7.404 -> 7
     assert fee_fen(1250, 60) == 8  # 7.5 -> 8, half up
     assert fee_fen(1, 60) == 0
+
+
+def test_an_alipay_bill_zip_that_unpacks_past_the_limit_is_refused_unread(monkeypatch):
+    """A zip bomb: a small download that unpacks to gigabytes (409 KB to 818 MB of memory, found
+    in review). Its declared size is read before a byte of it is unpacked."""
+    from protocols.channels.alipay import statement as alipay
+
+    monkeypatch.setattr(alipay, "MAX_TEXT_BYTES", 1 << 20)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("2088_20261123_业务明细.csv", b"0" * (2 << 20))
+    with pytest.raises(StatementError, match="unpacks to more than"):
+        alipay.parse(out.getvalue())
+
+
+def test_a_unionpay_file_that_unpacks_past_the_limit_is_refused(monkeypatch):
+    from protocols.channels.unionpay import download
+    from tests.test_connectors import Pair
+
+    pair = Pair("unionpay")
+    monkeypatch.setattr(download, "MAX_TEXT_BYTES", 1 << 20)
+    answer = pair.side.write_statement(b"0" * (2 << 20), pair.channel_sign, "")
+    with pytest.raises(StatementRefused, match="unpacks to more than"):
+        download.parse(answer, pair.crypto)
+    assert download.parse(pair.side.write_statement(b"0" * 1000, pair.channel_sign, ""), pair.crypto) == b"0" * 1000
+
+
+@pytest.mark.parametrize(
+    ("url", "fetched"),
+    [
+        ("https://dwbillcenter.alipay.com/downloadBillFile.resource?bizType=trade", True),
+        ("http://127.0.0.1:9102/bill.zip", True),  # a simulator on this host
+        ("http://dwbillcenter.alipay.com/downloadBillFile.resource", False),  # the zip is signed by nothing
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("https://user:pass@dwbillcenter.alipay.com/x", False),
+        ("file:///etc/passwd", False),
+    ],
+)
+def test_a_statement_link_is_fetched_over_https_alone(url, fetched):
+    assert fetchable(url) is fetched

@@ -11,8 +11,9 @@ import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from msgspec import Meta, Struct
 
@@ -135,6 +136,20 @@ class Link:
     ``bill_download_url``) rather than holding it."""
 
     url: str
+
+
+def fetchable(url: str) -> bool:
+    """Whether a file may be fetched from ``url``: over https, or plain http on this host (a
+    simulator's), with no user or password."""
+    parts = urlsplit(url)
+    if parts.username is not None or not parts.hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    try:
+        return parts.scheme == "http" and (parts.hostname == "localhost" or ip_address(parts.hostname).is_loopback)
+    except ValueError:  # a name: it may resolve anywhere
+        return False
 
 
 class StatementRefused(Exception):

@@ -14,6 +14,11 @@ import msgspec
 PAY, REFUND = "PAY", "REFUND"
 PAID, REVOKED, REFUNDED = "SUCCESS", "REVOKED", "REFUND"  # a paid order, one reversed, a refund row
 CST = dt.timezone(dt.timedelta(hours=8))
+# A statement's size at most: as downloaded (compressed), and its text once unpacked. A day's file
+# is tens of MB at the reference banks' rates; past these it is a bomb, never a bill, and a
+# channel actor that read it whole would take the channel's payments down with it.
+MAX_DOWNLOAD_BYTES = 256 << 20
+MAX_TEXT_BYTES = 2 << 30
 
 
 class StatementRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Struct
 
 from protocols.channels.alipay.flows import SUCCESS, AlipayAccount, Answer, response_node, signed_form, signed_node
-from protocols.channels.base import Crypto, HttpAnswer, HttpCall, Link, StatementRefused
+from protocols.channels.base import Crypto, HttpAnswer, HttpCall, Link, StatementRefused, fetchable
 
 METHOD = "alipay.data.dataservice.bill.downloadurl.query"
 NODE = response_node(METHOD)
@@ -42,4 +42,6 @@ def parse(answer: HttpAnswer, crypto: Crypto) -> Link:
         raise StatementRefused("unreadable answer") from None
     if got.code != SUCCESS or not got.bill_download_url:
         raise StatementRefused(f"{got.code} {got.message}")
+    if not fetchable(got.bill_download_url):  # the zip is signed by nothing but the way it comes
+        raise StatementRefused("bill_download_url is not https")
     return Link(got.bill_download_url)

@@ -12,6 +12,7 @@ import re
 import zipfile
 
 from protocols.statements import (
+    MAX_TEXT_BYTES,
     PAID,
     PAY,
     REFUND,
@@ -100,6 +101,8 @@ def parse(data: bytes) -> list[StatementRow]:
             names = [n for n in archive.namelist() if n.endswith("_业务明细.csv")]
             if len(names) != 1:
                 raise StatementError(0, "the zip holds no single 业务明细 file")
+            if archive.getinfo(names[0]).file_size > MAX_TEXT_BYTES:  # (a size that lies fails its CRC)
+                raise StatementError(0, f"the 业务明细 file unpacks to more than {MAX_TEXT_BYTES} bytes")
             text = archive.read(names[0]).decode("gbk")
     except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise StatementError(0, f"not an Alipay bill zip: {exc}") from None

@@ -23,6 +23,7 @@ from protocols.channels.unionpay.flows import (
     signing_input,
     txn_time,
 )
+from protocols.statements import MAX_TEXT_BYTES
 
 PATH = "/gateway/api/fileTransfer.do"
 
@@ -56,6 +57,10 @@ def parse(answer: HttpAnswer, crypto: Crypto) -> bytes:
     if not crypto.verify(signing_input(doc), doc.get("signature", "")):
         raise StatementRefused("answer signature does not verify")
     try:
-        return zlib.decompress(base64.b64decode(doc.get("fileContent", ""), validate=True))
+        unpacking = zlib.decompressobj()
+        text = unpacking.decompress(base64.b64decode(doc.get("fileContent", ""), validate=True), MAX_TEXT_BYTES)
     except (binascii.Error, zlib.error):
         raise StatementRefused("fileContent is not deflated base64") from None
+    if unpacking.unconsumed_tail:
+        raise StatementRefused(f"fileContent unpacks to more than {MAX_TEXT_BYTES} bytes")
+    return text
