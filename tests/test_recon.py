@@ -306,6 +306,46 @@ def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
     assert all(ledger[order]["status"] == "REVERSED" for order in long_orders)  # the money went back
 
 
+def test_a_statement_alone_never_approves_an_open_purchase(switch, database_url, config_dir, ports):
+    """A statement is a file, no signed answer of the channel's: one showing paid an order the
+    journal has open, which the channel never charged (a file rewritten on its way), approves
+    nothing. The rule asks the channel first, as the others do, and the item is left to a person
+    (found in review: it approved on the file's word, and settlement would have paid for it)."""
+    channel = "inbank"
+    fetch = CountingFetch(config_dir)
+    caller_config = load_config(config_dir / "switch.toml")
+
+    async def scenario():
+        answer = await approved_purchase(switch, database_url, channel)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = ChannelWorker(channel, demo_actor_setup(channel, caller_config), 0)
+        try:
+            async with pool.acquire() as conn:
+                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
+                await conn.execute("UPDATE txn SET response_code = '09' WHERE rrn = $1", rrn)
+            order_statement_faults(ports, channel, {"extra": {order: amount}})  # "paid", never charged
+            day = dt.datetime.now(CST).date()
+            await pool.execute(AFRESH, channel, day, WHOLE_DAY)
+            batch = ReconBatch(pool, channel, channel, day, WHOLE_DAY, fetch,
+                               Handler(pool, worker.call, Threshold(max_count=1000, max_fen=10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            item = await pool.fetchrow(
+                "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
+                "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
+                batch.id,
+                order,
+            )
+            return tuple(item), await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
+        finally:
+            order_statement_faults(ports, channel, {})
+            await worker.close()
+            await pool.close()
+
+    item, state = run(scenario())
+    assert item == ("STATUS", "OPEN", None)
+    assert state == "UNKNOWN"  # as it was: nothing approved
+
+
 def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database_url, config_dir):
     channel = "ecny"
     fetch = CountingFetch(config_dir)

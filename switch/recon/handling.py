@@ -5,7 +5,8 @@ leaves the rest to a person.
 
 Rules:
 - ``approve_paid``: the journal still has it open and the statement shows it paid, for the same
-  amount: reported to the journal as accepted at the channel. The state machine approves it when
+  amount: asked again (a statement is a file, no signed answer), and if paid, reported to the
+  journal as accepted at the channel. The state machine approves it when
   the terminal's promise lets the money be kept; otherwise (told it failed, never told, or a
   reversal acknowledged) it stays open and due now, and the resolver gives the money back.
 - ``resolve_open``: open in the journal and absent from the statement, or a purchase whose reversal
@@ -107,6 +108,11 @@ class Handler:
         return Handled(fixed, left, stopped)
 
     async def _approve_paid(self, item: asyncpg.Record) -> bool:
+        """The statement has paid what the journal has open: asked again of the channel first,
+        as the other rules do (the statement, a file, is no signed answer of the channel's)."""
+        if (await self._ask(QUERY, item)).outcome is not Outcome.APPROVED:
+            return False
+
         async def accepted(conn: asyncpg.Connection) -> str:
             now = dt.datetime.now(dt.UTC)
             report = Report(*_key(item), Event.ACCEPTED, None, None, "", "", item["channel_txn_id"] or "", now)
