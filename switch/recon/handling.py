@@ -77,6 +77,12 @@ ORDER BY i.id
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
 _NO_MONEY = frozenset({"journal_elsewhere"})
+# What the batch's fixes so far took of the threshold (``_money``, as SQL): a run after a failure
+# (the step is run again) goes on from there, not from nothing.
+_TAKEN = """
+SELECT count(*), coalesce(sum(greatest(abs(coalesce(i.channel_fen, 0)), abs(coalesce(i.journal_fen, 0)))), 0)
+FROM recon_action a JOIN recon_item i ON i.id = a.item_id WHERE i.batch_id = $1 AND a.rule <> ALL($2::text[])
+"""
 
 
 class Handler:
@@ -87,11 +93,13 @@ class Handler:
 
     async def handle(self, batch_id: int) -> Handled:
         fixed = left = 0
-        counted = fen = 0  # the fixes the threshold bounds: all but those that only agree with the journal
+        # The fixes the threshold bounds (all but those that only agree with the journal), this
+        # batch's earlier runs' included.
+        counted, fen = await self._pool.fetchrow(_TAKEN, batch_id, list(_NO_MONEY))
         stopped = False
         for item in await self._pool.fetch(_CANDIDATES, batch_id):
             rule = _rule_for(item)
-            money = abs(item["channel_fen"] or item["journal_fen"] or 0)
+            money = _money(item)
             bounded = rule is not None and rule not in _NO_MONEY
             if bounded and not stopped:
                 stopped = counted + 1 > self._threshold.max_count or fen + money > self._threshold.max_fen
@@ -229,6 +237,12 @@ def _said(detail: str) -> Action:
         return detail
 
     return act
+
+
+def _money(item: asyncpg.Record) -> int:
+    """An item's money as the threshold counts it: the larger of the statement's and the journal's
+    (a statement row may understate what a fix moves)."""
+    return max(abs(item["channel_fen"] or 0), abs(item["journal_fen"] or 0))
 
 
 def _key(item: asyncpg.Record) -> TxnKey:
