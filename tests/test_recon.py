@@ -22,6 +22,7 @@ from protocols.statements import CST
 from switch.config import load_config
 from switch.journal.roles import runtime_url
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
+from switch.recon.cli import inert
 from switch.recon.handling import Handler, Threshold
 from switch.recon.scheduler import HourlyReconciler, due_batches
 from tests.conftest import demo_actor_setup, run
@@ -747,3 +748,11 @@ def test_a_payment_the_journal_has_outside_the_batchs_window_is_not_reversed(
     assert states == ["APPROVED", "APPROVED"]
     ledger = sim_ledger(simulators, channel)
     assert [ledger[order]["status"] for order in orders] == ["PAID", "PAID"]  # the customers' payments stand
+
+
+def test_the_differences_file_shows_a_cell_from_the_statement_as_text_never_a_formula():
+    """Order numbers and notes come from the channel's file: one read as a formula would run
+    where the differences CSV is opened (found in review)."""
+    assert [inert(v) for v in ("=HYPERLINK(1)", "+1", "-2", "@SUM(A1)", "2026120400001", 12, None)] == [
+        "'=HYPERLINK(1)", "'+1", "'-2", "'@SUM(A1)", "2026120400001", 12, None,
+    ]  # fmt: skip

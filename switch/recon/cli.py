@@ -137,7 +137,15 @@ async def _export(pool: asyncpg.Pool, batch: ReconBatch, summary: dict, handling
     with open(folder / f"{stem}-differences.csv", "w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(rows[0].keys() if rows else ["id"])
-        writer.writerows(tuple(r.values()) for r in rows)
+        writer.writerows(tuple(inert(v) for v in r.values()) for r in rows)
+
+
+def inert(value: object) -> object:
+    """A cell a spreadsheet shows as text: order numbers and notes come from the channel's file,
+    and one starting ``=``, ``+``, ``-`` or ``@`` would be run as a formula where it is opened."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 async def _errors(url: str, args: argparse.Namespace) -> int:
