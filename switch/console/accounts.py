@@ -106,17 +106,24 @@ async def sign_in(
     row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
     if row is None:  # never kept (a password typed as the name): unknown names count together, by address
         name = UNKNOWN
+    # Counted as failed before the password is checked, until it proves otherwise: sign-ins at
+    # once each count the others, so no more than ``failures`` are ever checked (counted after
+    # the check, as many as came at once were).
+    tried = await conn.fetchval(
+        "INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2) RETURNING ctid", name, remote
+    )
     mine, by_remote = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE user_name = $1), count(*) "
         "FROM console_sign_in_failure WHERE remote = $2 AND at >= now() - $3::interval",
         name, remote, window,
     )  # fmt: skip
-    if mine >= failures or by_remote >= 4 * failures:
+    if mine > failures or by_remote > 4 * failures:
+        await conn.execute("DELETE FROM console_sign_in_failure WHERE ctid = $1", tried)
         return SignIn(None, "too many failed sign-ins: try again later", limited=True, known=row is not None)
     stored = row["password_hash"] if row else _nobody()
     if await asyncio.to_thread(password_matches, password, stored) and row is not None:
+        await conn.execute("DELETE FROM console_sign_in_failure WHERE ctid = $1", tried)
         return SignIn(Account(name, row["role"]))
-    await conn.execute("INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2)", name, remote)
     return SignIn(None, "wrong name or password", known=row is not None)
 
 
