@@ -205,6 +205,13 @@ async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_f
         await worker.close()
 
 
+async def journal_told_in_progress(conn: asyncpg.Connection, rrn: str) -> tuple[str, str, int]:
+    """``journal_unknown_copy``, its terminal told "in progress" (09): its money may be kept."""
+    copy = await journal_unknown_copy(conn, rrn)
+    await conn.execute("UPDATE txn SET response_code = '09' WHERE rrn = $1", copy[0])
+    return copy
+
+
 async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str, str, int]:
     """A copy of a purchase, left UNKNOWN with no answer sent and not due for the resolver for
     an hour: (its RRN, its order number, its amount)."""
@@ -267,8 +274,7 @@ def test_automatic_handling_fixes_each_difference_once_within_its_threshold(
         worker = ChannelWorker(channel, demo_actor_setup(channel, caller_config), 0)
         try:
             async with pool.acquire() as conn:
-                waiting_rrn, waiting_order, amount = await journal_unknown_copy(conn, answer["37"])
-                await conn.execute("UPDATE txn SET response_code = '09' WHERE rrn = $1", waiting_rrn)
+                waiting_rrn, waiting_order, amount = await journal_told_in_progress(conn, answer["37"])
                 untold_rrn, untold_order, _ = await journal_unknown_copy(conn, answer["37"])
             for order in (waiting_order, untold_order):
                 await pay_at_the_channel_only(config_dir, channel, order, amount)  # paid, journal UNKNOWN
@@ -314,16 +320,14 @@ def test_a_statement_alone_never_approves_an_open_purchase(switch, database_url,
     (found in review: it approved on the file's word, and settlement would have paid for it)."""
     channel = "inbank"
     fetch = CountingFetch(config_dir)
-    caller_config = load_config(config_dir / "switch.toml")
 
     async def scenario():
         answer = await approved_purchase(switch, database_url, channel)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-        worker = ChannelWorker(channel, demo_actor_setup(channel, caller_config), 0)
+        worker = channel_worker(config_dir, channel)
         try:
             async with pool.acquire() as conn:
-                rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
-                await conn.execute("UPDATE txn SET response_code = '09' WHERE rrn = $1", rrn)
+                rrn, order, amount = await journal_told_in_progress(conn, answer["37"])
             order_statement_faults(ports, channel, {"extra": {order: amount}})  # "paid", never charged
             day = dt.datetime.now(CST).date()
             await pool.execute(AFRESH, channel, day, WHOLE_DAY)

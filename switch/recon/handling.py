@@ -54,11 +54,15 @@ class Handled:
     stopped: bool  # the threshold stopped the automation
 
 
+# An item's money, as the threshold counts it: the larger of the statement's and the journal's (a
+# statement row may understate what a fix moves).
+_MONEY_SQL = "greatest(abs(coalesce(i.channel_fen, 0)), abs(coalesce(i.journal_fen, 0)))"
 # The open PAY items with what a rule needs: the statement's row, the journal's by RRN, and for
 # a LONG one (no RRN) the journal's row of the same order number, should it have one outside the
 # batch's window (on any channel, as anything: order numbers are unique).
 _CANDIDATES = f"""
 SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
+       {_MONEY_SQL} AS money,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
        t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
        e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
@@ -77,10 +81,10 @@ ORDER BY i.id
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
 _NO_MONEY = frozenset({"journal_elsewhere"})
-# What the batch's fixes so far took of the threshold (``_money``, as SQL): a run after a failure
-# (the step is run again) goes on from there, not from nothing.
-_TAKEN = """
-SELECT count(*), coalesce(sum(greatest(abs(coalesce(i.channel_fen, 0)), abs(coalesce(i.journal_fen, 0)))), 0)
+# What the batch's fixes so far took of the threshold: a run after a failure (the step is run
+# again) goes on from there, not from nothing.
+_TAKEN = f"""
+SELECT count(*), coalesce(sum({_MONEY_SQL}), 0)
 FROM recon_action a JOIN recon_item i ON i.id = a.item_id WHERE i.batch_id = $1 AND a.rule <> ALL($2::text[])
 """
 
@@ -99,7 +103,7 @@ class Handler:
         stopped = False
         for item in await self._pool.fetch(_CANDIDATES, batch_id):
             rule = _rule_for(item)
-            money = _money(item)
+            money = item["money"]
             bounded = rule is not None and rule not in _NO_MONEY
             if bounded and not stopped:
                 stopped = counted + 1 > self._threshold.max_count or fen + money > self._threshold.max_fen
@@ -237,12 +241,6 @@ def _said(detail: str) -> Action:
         return detail
 
     return act
-
-
-def _money(item: asyncpg.Record) -> int:
-    """An item's money as the threshold counts it: the larger of the statement's and the journal's
-    (a statement row may understate what a fix moves)."""
-    return max(abs(item["channel_fen"] or 0), abs(item["journal_fen"] or 0))
 
 
 def _key(item: asyncpg.Record) -> TxnKey:
