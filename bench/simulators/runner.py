@@ -25,9 +25,14 @@ async def _while_parent_lives(serving: Coroutine[None, None, None]) -> None:
     """Run ``serving`` until the process that started this simulator is gone, even killed
     outright: its end of a pipe closes (``parent_process().sentinel``). Without it a simulator
     would outlive it holding its ports, as it would one whose fork server died: the parent then
-    sees every simulator's sentinel end, and can no longer signal them."""
+    sees every simulator's sentinel end, and can no longer signal them. Started on its own (``python
+    -m bench.sim_speed`` starts one with ``python -c``), it has no such parent, and runs until stopped."""
     loop = asyncio.get_running_loop()
-    sentinel = multiprocessing.parent_process().sentinel
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        await serving
+        return
+    sentinel = parent.sentinel
     gone = loop.create_future()
 
     def _gone() -> None:
