@@ -129,6 +129,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     overload_bench.add_argument("--concurrency", type=int, default=2048, help="purchases outstanding (default 2048)")
     overload_bench.add_argument("--seconds", type=float, default=60.0, help="length of each run (default 60)")
     overload_bench.add_argument(
+        "--rate",
+        type=float,
+        help="offer purchases at this many a second (an open loop, at most --concurrency outstanding); "
+        "default: a closed loop, each sender's next as soon as its last is answered",
+    )
+    overload_bench.add_argument(
         "--quiet", type=int, default=8, help="purchases outstanding from another peer, 127.0.0.2 (default 8; 0: none)"
     )
     overload_bench.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -254,7 +260,7 @@ def main(args: argparse.Namespace) -> int:
     if args.bench_command == "overload":
         from bench.overload import main as overload_main
 
-        return overload_main(args.concurrency, args.seconds, args.out, args.quiet)
+        return overload_main(args.concurrency, args.seconds, args.out, args.quiet, args.rate)
     if args.bench_command == "scale":
         from bench.scale import main as scale_main
 

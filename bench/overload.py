@@ -2,7 +2,11 @@
 delay off (``shed_queue_delay_ms = 0``) and then on (the demo configuration's), in the same run.
 
 Closed loop: N senders (default 2,048) each send a purchase and the next as soon as it is
-answered, for S seconds, over 8 connections (``bench.throughput.drive``). Reported for each:
+answered, for S seconds, over 8 connections (``bench.throughput.drive``). In a closed loop the
+answers' mean latency is N over the answers a second (Little's law), so 91s answered fast come back
+as more requests, and however fast the switch sheds, its 91s wait behind that flood on a box the load
+generator shares. ``--rate R`` offers R purchases a second instead (an open loop, as customers
+arrive, at most N outstanding): the excess the switch sheds then no longer feeds the load. Reported for each:
 approved/s; the latency of the purchases the switch took on (every answer but ``91``) and of the
 approved; how many were answered ``91`` and how fast; the switch's shed counter by reason. Then
 each figure with admission on as a ratio to the same figure with it off.
@@ -85,9 +89,9 @@ def switch_figures(metrics_text: str) -> dict[str, dict[str, float]]:
     return {"shed_by_reason": shed, **means}
 
 
-def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet: int) -> dict:
-    """One stack, fresh data folder, warmed up, then ``concurrency`` outstanding for ``seconds``,
-    and ``quiet`` outstanding from another peer."""
+def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet: int, rate: float | None) -> dict:
+    """One stack, fresh data folder, warmed up, then ``concurrency`` outstanding for ``seconds``
+    (paced at ``rate`` a second if given), and ``quiet`` outstanding from another peer."""
     with tempfile.TemporaryDirectory(prefix="paysw-overload-") as folder:
         stack = Stack(Path(folder), variant_config(Path(folder), queue_delay_ms))
         settings = stack.config.switch
@@ -103,7 +107,7 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet:
 
             async def load() -> tuple[tuple[dict[str, list[float]], float], ...]:
                 await drive(host, port, WARM_UP_CONCURRENCY, WARM_UP_S, stans)
-                peers = [drive(host, port, concurrency, seconds, stans)]
+                peers = [drive(host, port, concurrency, seconds, stans, rate)]
                 if quiet:
                     peers.append(drive(host, port, quiet, seconds, stans, source=QUIET_PEER))
                 return tuple(await asyncio.gather(*peers))
@@ -164,12 +168,14 @@ def ratios(on: dict, off: dict) -> dict[str, float | None]:
     return {name: round(get(on) / get(off), 4) if get(off) else None for name, get in figures.items()}
 
 
-def main(concurrency: int = 2048, seconds: float = 60.0, out: Path | None = None, quiet: int = 8) -> int:
+def main(
+    concurrency: int = 2048, seconds: float = 60.0, out: Path | None = None, quiet: int = 8, rate: float | None = None
+) -> int:
     command = " ".join(["paysw", *sys.argv[1:]]) if sys.argv[1:3] == ["bench", "overload"] else "paysw bench overload"
-    off = measure(0, concurrency, seconds, quiet)
-    on = measure(None, concurrency, seconds, quiet)
+    off = measure(0, concurrency, seconds, quiet, rate)
+    on = measure(None, concurrency, seconds, quiet, rate)
     result = {
-        "setup": {**provenance(command), "concurrency": concurrency, "seconds": seconds, "quiet": quiet},
+        "setup": {**provenance(command), "concurrency": concurrency, "seconds": seconds, "quiet": quiet, "rate": rate},
         "off": off,
         "on": on,
         "ratio_on_to_off": ratios(on, off),
