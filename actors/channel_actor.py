@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,6 @@ from protocols.channels.base import Crypto, HttpAnswer, Link, Notice, StatementR
 from protocols.masking import scrub
 from protocols.messages import ChannelRequest, ChannelResult
 from protocols.statements import MAX_DOWNLOAD_BYTES
-from switch.shedding import WaitingLimit
 
 if TYPE_CHECKING:
     import aiohttp
@@ -65,11 +63,6 @@ class ChannelWorker:
         self._session: aiohttp.ClientSession | None = None  # statement downloads only
         self._in_flight = 0
         self._calls = 0
-        self._waiting = (
-            WaitingLimit(config.shed_queue_delay_ms / 1000, config.shed_queue_interval_ms / 1000, config.max_in_flight)
-            if config.shed_queue_delay_ms
-            else None
-        )
 
     def _pool(self) -> HttpPool:
         if self._http is None:
@@ -82,32 +75,9 @@ class ChannelWorker:
         request may have reached the channel (UNKNOWN) or certainly did not (DECLINED, 91)."""
         if self._in_flight >= self._config.max_in_flight:
             return not_sent(req, "BUSY", "channel shard at its in-flight limit")
-        waiting = self._waiting
-        if waiting is not None and waiting.full():
-            return not_sent(req, "BUSY", "channel shard's calls wait too long to be sent")
         remaining = req.deadline - time.time()
         if remaining <= 0:
             return not_sent(req, "DEADLINE", "deadline passed before the call")
-        if waiting is None:
-            return await self._call(req, remaining)
-        waiting.enter()
-        arrived, left = time.monotonic(), False
-
-        def sending() -> None:
-            nonlocal left
-            left = True
-            waiting.leave(time.monotonic() - arrived)
-
-        try:
-            return await self._call(req, remaining, sending)
-        finally:
-            if not left:  # ended before it was sent: it says nothing of the queue
-                waiting.leave(None)
-
-    async def _call(
-        self, req: ChannelRequest, remaining: float, sending: Callable[[], None] | None = None
-    ) -> ChannelResult:
-        """The call, admitted: ``sending`` is told when it stops waiting, as it is sent."""
         self._in_flight += 1
         self._calls += 1
         try:
@@ -135,8 +105,6 @@ class ChannelWorker:
             # deadline: the front end has answered by then, and a late answer is still worth keeping.
             timeout = self._timeout
             headers = {"Content-Type": call.content_type, **call.headers}
-            if sending is not None:
-                sending()
             sent = True  # from here on the channel may have the request
             try:
                 answer = await slot.post(call.path, call.body, headers, timeout)
@@ -203,7 +171,6 @@ class ChannelWorker:
             "channel": self.name,
             "shard": self.shard,
             "in_flight": self._in_flight,
-            "may_wait": self._waiting.limit if self._waiting is not None else self._config.max_in_flight,
             "calls": self._calls,
             "pid": os.getpid(),
         }

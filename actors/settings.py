@@ -37,13 +37,6 @@ class ActorSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     pool_size: Positive = 32  # HTTP connections per shard = calls on the wire at once
     max_in_flight: Positive = 256  # calls admitted per shard (on the wire or waiting); beyond: 91 at once
     queue_wait_ms: Positive = 1_000  # longest wait for a free connection; then 91, not sent
-    # Admission by queueing delay, as the front end's (switch.shedding.WaitingLimit): how many
-    # calls may wait at once to be sent (for a connection, for their signature), cut when every
-    # wait of an interval was over shed_queue_delay_ms. The front end's does not count time at a
-    # channel, so a channel short of CPU (an RSA channel's one actor under overload) held its
-    # calls up to queue_wait_ms, and the accepted purchases' p99 with them. 0: off.
-    shed_queue_delay_ms: Annotated[int, Meta(ge=0, le=10_000)] = 50
-    shed_queue_interval_ms: Annotated[int, Meta(ge=1, le=10_000)] = 150
     # 0: sign on the actor's event loop, the least CPU per call (the hop to a thread and back
     # costs about a tenth of an RSA channel's actor). N: sign in N threads (for the schemes that
     # release the GIL, RSA), so that on a node with cores to spare one shard signs on several.

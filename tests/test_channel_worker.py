@@ -206,68 +206,6 @@ def test_a_call_waits_for_a_connection_only_briefly():
     run(scenario())
 
 
-@pytest.mark.parametrize("delay_ms", [50, 0])
-def test_calls_that_stand_waiting_to_be_sent_are_fewer_and_a_newcomer_past_them_is_refused(delay_ms):
-    """A shard's calls wait to be sent (for a connection, for their signature). When every wait of
-    an interval is over ``shed_queue_delay_ms`` with most of those allowed waiting, fewer may wait,
-    and a newcomer past them is answered BUSY at once and never sent. Off (0), the calls queue up
-    to the shard's in-flight limit, as before."""
-    hits: list[None] = []
-
-    async def channel(_):
-        hits.append(None)
-        await asyncio.sleep(0.03)  # one connection: about 33 calls a second
-        return web.Response(text="<xml></xml>")
-
-    async def scenario():
-        runner, port = await serve(channel)
-        worker = worker_for(
-            f"http://127.0.0.1:{port}", pool_size=1, max_in_flight=64, queue_wait_ms=10_000, timeout_ms=3000,
-            shed_queue_delay_ms=delay_ms, shed_queue_interval_ms=100,
-        )  # fmt: skip
-        try:
-            calls = []
-            for key in range(200):  # 100 a second for 2 s: three times what the channel takes
-                calls.append(asyncio.ensure_future(worker.call(request(key, deadline_in=60))))
-                await asyncio.sleep(0.01)
-            results = await asyncio.gather(*calls)
-            return results, worker.stats()["may_wait"]
-        finally:
-            await worker.close()
-            await runner.cleanup()
-
-    results, may_wait = run(scenario())
-    refused = [r for r in results if r.channel_code == "BUSY"]
-    assert all(not r.sent for r in refused) and len(hits) == len(results) - len(refused)
-    waited_too_long = [r for r in refused if "wait too long" in r.channel_message]
-    if delay_ms:
-        assert may_wait < 64 and waited_too_long, (may_wait, [r.channel_message for r in refused])
-    else:
-        assert may_wait == 64 and not waited_too_long and refused  # the in-flight limit's
-
-
-def test_time_at_the_channel_is_no_wait_to_be_sent():
-    """A slow channel's calls, each on a connection of its own, wait for nothing: however long the
-    channel takes, no fewer may wait (its breaker and in-flight limit are what bound it)."""
-    calls, slow = slow_channel()
-
-    async def scenario():
-        runner, port = await serve(slow)
-        worker = worker_for(
-            f"http://127.0.0.1:{port}", pool_size=48, max_in_flight=48, timeout_ms=3000, shed_queue_interval_ms=100
-        )
-        try:
-            first = await asyncio.gather(*(worker.call(request(key)) for key in range(40)))
-            second = await asyncio.gather(*(worker.call(request(key)) for key in range(40, 80)))
-            return first + second, worker.stats()["may_wait"]
-        finally:
-            await worker.close()
-            await runner.cleanup()
-
-    results, may_wait = run(scenario())
-    assert all(r.sent for r in results) and len(calls) == 80 and may_wait == 48
-
-
 @contextlib.asynccontextmanager
 async def actor_link_to(handler, tls: LinkTls | None = None) -> AsyncIterator[LinkAddress]:
     """A channel answering with ``handler``, and the address of a worker's link server for it
