@@ -55,9 +55,10 @@ def drops_answer(auth_code: str) -> bool:
     return auth_code.endswith(DROPS_ANSWER_SUFFIX)
 
 
-@dataclass
+@dataclass(slots=True)
 class Order:
-    """One order in a simulated channel's ledger."""
+    """One order in a simulated channel's ledger (slots, and no refunds' table until its first
+    refund: a held run's ledger grows by an order a payment: 529 bytes each before, 345 now, traced)."""
 
     amount_fen: int
     # PAID, PAYING, NOTPAY (a QR order not paid yet), FAILED, CLOSED (never paid), REVERSED (paid,
@@ -67,10 +68,9 @@ class Order:
     pay_verdict: str = ""
     confirms_at: float = math.inf  # while PAYING: when the customer confirms
     refuses_cancel: bool = False
-    refunds: dict[str, int] = field(default_factory=dict)  # refund number -> fen
+    refunds: dict[str, tuple[int, float]] | None = None  # refund number -> (fen, when)
     garbles_next_undo: bool = False
     created_at: float = field(default_factory=time.time)
-    refunded_at: dict[str, float] = field(default_factory=dict)  # refund number -> when
     qr_code: str = ""  # a QR order: what the customer scans
     notify_url: str = ""  # a QR order: where its notifications go
     expires_at: float = math.inf  # a QR order: no scan after this
@@ -81,6 +81,9 @@ class Order:
             self.garbles_next_undo = False
             return "SYSTEMERROR"
         return status
+
+    def refunded_fen(self) -> int:
+        return sum(fen for fen, _ in self.refunds.values()) if self.refunds else 0
 
     def refresh(self, now: float | None = None) -> None:
         if self.status == "PAYING" and (now or time.time()) >= self.confirms_at:
@@ -188,12 +191,13 @@ class Ledger:
         if order is None:
             return "REFUSED"
         order.refresh()
-        if refund_no in order.refunds:
+        if order.refunds and refund_no in order.refunds:
             return "DONE"
-        if order.status != "PAID" or sum(order.refunds.values()) + amount_fen > order.amount_fen:
+        if order.status != "PAID" or order.refunded_fen() + amount_fen > order.amount_fen:
             return "REFUSED"
-        order.refunds[refund_no] = amount_fen
-        order.refunded_at[refund_no] = time.time()
+        if order.refunds is None:
+            order.refunds = {}
+        order.refunds[refund_no] = (amount_fen, time.time())
         return order.answer("DONE")
 
     def statement(self, start: float, end: float, fee_per_10000: int) -> list[StatementRow]:
@@ -216,8 +220,8 @@ class Ledger:
                         fee_fen=fee_fen(order.amount_fen, fee_per_10000) if kept else 0,
                     )
                 )
-            for refund_no, amount in order.refunds.items():
-                if start <= order.refunded_at[refund_no] < end:
+            for refund_no, (amount, when) in (order.refunds or {}).items():
+                if start <= when < end:
                     rows.append(
                         StatementRow(
                             entry=REFUND,
@@ -225,7 +229,7 @@ class Ledger:
                             channel_txn_id=order.channel_txn_id,
                             amount_fen=amount,
                             status=PAID,
-                            at=dt.datetime.fromtimestamp(order.refunded_at[refund_no], CST),
+                            at=dt.datetime.fromtimestamp(when, CST),
                             refund_no=refund_no,
                             fee_fen=-fee_fen(amount, fee_per_10000),
                         )
@@ -236,6 +240,6 @@ class Ledger:
         for order in self._orders.values():
             order.refresh()
         return {
-            no: {"status": o.status, "amount_fen": o.amount_fen, "refunded_fen": sum(o.refunds.values())}
+            no: {"status": o.status, "amount_fen": o.amount_fen, "refunded_fen": o.refunded_fen()}
             for no, o in self._orders.items()
         }
