@@ -9,6 +9,7 @@ subject had ten payments or a hundred thousand."""
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Entry:
     terminal: str
     refund: bool = False  # an approved refund (counted under its merchant only), not a sale
     removed: bool = False  # reversed or voided: no longer counted
+    subjects: tuple[Subject, ...] = ()  # what it counts under, here
 
 
 @dataclass(slots=True)
@@ -74,14 +76,20 @@ class Counters:
         self._lengths: dict[Subject, set[int]] = {}  # the window lengths kept for a subject
         # Every payment of the day by RRN, those no longer counted too (marked removed): a move told
         # twice, or late (by a front end, and by the journal's log), changes nothing.
-        self._by_rrn: dict[str, tuple[Entry, tuple[Subject, ...]]] = {}
+        self._by_rrn: dict[str, Entry] = {}
+        # Each terminal's and merchant's subject, held once (a payment's own copies, as its ask
+        # decodes them, would be some 130 bytes of it): a payment code's is its payment's alone.
+        self._named: dict[Subject, Subject] = {}
         self._unseen: deque[Entry] = deque()  # removals of payments never counted here, for a day
         # Every payment added, in time order: what ``expire`` forgets is found at its head, so a pass
         # costs what it forgets, not what is held (a day's distinct codes are millions of subjects).
-        self._added: deque[tuple[Entry, tuple[Subject, ...]]] = deque()
-        # Per window length, when each window's payments leave it, in time order: a window left
-        # empty is dropped within a minute (one per payment code asked about, a day's worth else).
-        self._ends: dict[int, deque[tuple[float, Subject]]] = {}
+        self._added: deque[Entry] = deque()
+        # When each window's payments have all left it, if no more come (its newest's time plus its
+        # length), soonest first: a window left empty is dropped within a minute of it (one per
+        # payment code asked about, a day's worth else). One each, put back at its newest's end
+        # while payments come, not one per payment: a terminal's day-long window would hold a day
+        # of them.
+        self._ends: list[tuple[float, int, Subject]] = []
         self._counted = 0
         self._latest = 0.0  # the latest time added: every deque stays in time order
 
@@ -95,7 +103,7 @@ class Counters:
     def knows(self, rrn: str, counted: bool) -> bool:
         """Whether the payment is already added (``counted``) or removed, as a move would leave it."""
         found = self._by_rrn.get(rrn)
-        return found is not None and (counted or found[0].removed)
+        return found is not None and (counted or found.removed)
 
     def add(self, subjects: tuple[Subject, ...], entry: Entry) -> bool:
         """Count an approved payment under each of its subjects; False if it is known already
@@ -109,9 +117,9 @@ class Counters:
         # Kept for a day: each payment's own copies of its terminal's and merchant's names (as a
         # link or a journal read decodes them) would be some 400 bytes of it; interned, held once.
         entry.merchant, entry.terminal = intern(entry.merchant), intern(entry.terminal)
-        subjects = tuple(Subject(intern(s.per), s.value if s.per == "code" else intern(s.value)) for s in subjects)
-        self._by_rrn[entry.rrn] = added = (entry, subjects)
-        self._added.append(added)
+        entry.subjects = subjects = tuple(map(self._held, subjects))
+        self._by_rrn[entry.rrn] = entry
+        self._added.append(entry)
         self._counted += 1
         for subject in subjects:
             day = self._day.get(subject)
@@ -126,24 +134,30 @@ class Counters:
                 window.trim(entry.at)  # a window nobody reads (a refund ratio's, between refunds) stays its length
                 window.entries.append(entry)
                 window.take(entry, +1)
-                self._ends[seconds].append((entry.at + seconds, subject))
         return True
+
+    def _held(self, subject: Subject) -> Subject:
+        if subject.per == "code":
+            return Subject(intern(subject.per), subject.value)
+        held = self._named.get(subject)
+        if held is None:
+            held = self._named[subject] = Subject(intern(subject.per), intern(subject.value))
+        return held
 
     def remove(self, rrn: str) -> bool:
         """No longer count a payment (reversed, voided); False if it was not counted (it never
         will be: a removal can come before the approval it undoes)."""
-        found = self._by_rrn.get(rrn)
-        if found is None:
+        entry = self._by_rrn.get(rrn)
+        if entry is None:
             entry = Entry(rrn, self._clock(), 0, "", "", removed=True)
-            self._by_rrn[rrn] = (entry, ())
+            self._by_rrn[rrn] = entry
             self._unseen.append(entry)
             return False
-        entry, subjects = found
         if entry.removed:
             return False
         entry.removed = True
         self._counted -= 1
-        for subject in subjects:
+        for subject in entry.subjects:
             for seconds in self._lengths.get(subject, ()):
                 window = self._windows[(subject, seconds)]
                 if window.entries and window.entries[0].at <= entry.at:  # still inside it
@@ -166,8 +180,7 @@ class Counters:
                     window.entries.append(entry)
                     if not entry.removed:
                         window.take(entry, +1)
-            newest = window.entries[-1].at if window.entries else now
-            self._ends.setdefault(seconds, deque()).append((newest + seconds, subject))
+            self._look_again(subject, seconds, (window.entries[-1].at if window.entries else now) + seconds)
         window.trim(now)
         return window
 
@@ -177,40 +190,45 @@ class Counters:
         and the windows whose last payment has just left them, never all that is held."""
         since = self._clock() - MAX_WINDOW_S
         gone = 0
-        while self._added and self._added[0][0].at <= since:
-            entry, subjects = self._added.popleft()
-            if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
+        while self._added and self._added[0].at <= since:
+            entry = self._added.popleft()
+            if self._by_rrn.get(entry.rrn) is entry:
                 del self._by_rrn[entry.rrn]
                 if not entry.removed:
                     self._counted -= 1
                     gone += 1
-            for subject in subjects:  # each subject's day is in the same order: this entry is its first
+            for subject in entry.subjects:  # each subject's day is in the same order: this entry is its first
                 day = self._day[subject]
                 if type(day) is not Entry:
                     day.popleft()
                 if type(day) is Entry or not day:
                     del self._day[subject]
+                    self._named.pop(subject, None)
                     for seconds in self._lengths.pop(subject, ()):
                         del self._windows[(subject, seconds)]
         while self._unseen and self._unseen[0].at <= since:
             entry = self._unseen.popleft()
-            if self._by_rrn.get(entry.rrn, (None,))[0] is entry:
+            if self._by_rrn.get(entry.rrn) is entry:
                 del self._by_rrn[entry.rrn]
-        now = since + MAX_WINDOW_S
-        for seconds, ends in self._ends.items():
-            while ends and ends[0][0] <= now:
-                _, subject = ends.popleft()
-                window = self._windows.get((subject, seconds))
-                if window is None:  # gone with its subject's day already
-                    continue
-                window.trim(now)
-                if not window.entries:
-                    del self._windows[(subject, seconds)]
-                    lengths = self._lengths[subject]
-                    lengths.discard(seconds)
-                    if not lengths:
-                        del self._lengths[subject]
+        now, ends = since + MAX_WINDOW_S, self._ends
+        while ends and ends[0][0] <= now:
+            _, seconds, subject = heapq.heappop(ends)
+            window = self._windows.get((subject, seconds))
+            if window is None:  # gone with its subject's day already
+                continue
+            window.trim(now)
+            if window.entries:  # payments came since: look again when the newest has left
+                self._look_again(subject, seconds, window.entries[-1].at + seconds)
+                continue
+            del self._windows[(subject, seconds)]
+            lengths = self._lengths[subject]
+            lengths.discard(seconds)
+            if not lengths:
+                del self._lengths[subject]
         return gone
+
+    def _look_again(self, subject: Subject, seconds: int, at: float) -> None:
+        heapq.heappush(self._ends, (at, seconds, subject))
 
     def held(self) -> dict[str, int]:
         """What the counters hold: payments counted, subjects with a payment, windows kept."""
