@@ -8,6 +8,8 @@ next request when the answer to its last is in. The simulator's CPU (user + syst
 ``/proc``) over a fixed number of requests, divided by them, is the figure; each pair is measured
 ``--rounds`` times, alternating which goes first. The weighted line applies the standard mix
 (WeChat 40 %, Alipay 35 %, UnionPay 10 %, e-CNY 10 %, in-bank 5 %): a simulator's CPU per purchase.
+Beside it, the bytes the process's unique memory (USS) grew by a request: each is an order its
+ledger keeps.
 
     flock /tmp/paysw-bench.lock python -m bench.sim_speed --out bench/results/sim_speed.json
 """
@@ -157,13 +159,15 @@ def _wait_listening(port: int) -> None:
 
 
 def _measure(process: psutil.Process, port: int, requests: list[bytes], concurrency: int) -> list[float]:
-    """The simulator's user and system CPU seconds over ``requests``, and the seconds taken."""
+    """The simulator's user and system CPU seconds over ``requests``, the seconds taken, and the
+    bytes its unique memory grew by (each request a new order its ledger keeps)."""
     user, system = _cpu(process)
+    unique = process.memory_full_info().uss
     seconds, failures = uvloop.run(_drive(port, requests, concurrency))
     if failures:
         raise RuntimeError(f"{failures} of {len(requests)} requests were not answered 200")
     user_after, system_after = _cpu(process)
-    return [user_after - user, system_after - system, seconds]
+    return [user_after - user, system_after - system, seconds, process.memory_full_info().uss - unique]
 
 
 def run(baseline: str, count: int, concurrency: int, rounds: int, only: list[str]) -> dict[str, object]:
@@ -184,7 +188,7 @@ def run(baseline: str, count: int, concurrency: int, rounds: int, only: list[str
             (Path(tmp) / name).mkdir(exist_ok=True)
             configs[name] = _config(Path(tmp) / name)
         for channel in only:
-            spent = {name: [0.0, 0.0, 0.0] for name in trees}  # user, system, wall
+            spent = {name: [0.0, 0.0, 0.0, 0.0] for name in trees}  # user, system, wall, memory
             ports = {
                 name: int(load_simulator_config(str(configs[name])).simulators[channel].listen.rpartition(":")[2])
                 for name in trees
@@ -209,8 +213,9 @@ def run(baseline: str, count: int, concurrency: int, rounds: int, only: list[str
                     "cpu_us_per_request": round((user + system) / total * 1e6, 1),
                     "of_which_system_us": round(system / total * 1e6, 1),
                     "requests_per_s": round(total / wall, 1),
+                    "memory_bytes_per_request": round(grew / total),
                 }
-                for name, (user, system, wall) in spent.items()
+                for name, (user, system, wall, grew) in spent.items()
             }
             channels[channel]["new_over_old"] = round(sum(spent["new"][:2]) / sum(spent["old"][:2]), 3)
             print(f"{channel:9s} old {channels[channel]['old']}  new {channels[channel]['new']}", flush=True)
