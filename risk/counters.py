@@ -141,7 +141,8 @@ class Counters:
             return Subject(intern(subject.per), subject.value)
         held = self._named.get(subject)
         if held is None:
-            held = self._named[subject] = Subject(intern(subject.per), intern(subject.value))
+            held = Subject(intern(subject.per), intern(subject.value))
+            self._named[held] = held  # its own key too: the ask's copy is not kept
         return held
 
     def remove(self, rrn: str) -> bool:
@@ -210,7 +211,7 @@ class Counters:
             entry = self._unseen.popleft()
             if self._by_rrn.get(entry.rrn) is entry:
                 del self._by_rrn[entry.rrn]
-        now, ends = since + MAX_WINDOW_S, self._ends
+        now, ends, again = since + MAX_WINDOW_S, self._ends, []
         while ends and ends[0][0] <= now:
             _, seconds, subject = heapq.heappop(ends)
             window = self._windows.get((subject, seconds))
@@ -218,13 +219,16 @@ class Counters:
                 continue
             window.trim(now)
             if window.entries:  # payments came since: look again when the newest has left
-                self._look_again(subject, seconds, window.entries[-1].at + seconds)
+                # (after this pass: a time that rounds to ``now`` would be popped again forever)
+                again.append((window.entries[-1].at + seconds, seconds, subject))
                 continue
             del self._windows[(subject, seconds)]
             lengths = self._lengths[subject]
             lengths.discard(seconds)
             if not lengths:
                 del self._lengths[subject]
+        for due in again:
+            heapq.heappush(ends, due)
         return gone
 
     def _look_again(self, subject: Subject, seconds: int, at: float) -> None:

@@ -218,6 +218,25 @@ def test_a_window_read_while_its_subject_pays_is_looked_at_once_not_once_a_payme
     assert counters.held() == {"payments": 0, "subjects": 0, "windows": 0} and not counters._ends
 
 
+def test_a_window_looked_at_again_in_a_pass_is_not_looked_at_twice_in_it():
+    """A window still holding payments is put back at its newest's end, after the pass: at a
+    float's binade edge (2**31 s, in 2038) that time rounds down to the pass's own, and put back
+    at once it was popped again forever (helper 75 found it; the pass hung)."""
+    import threading
+
+    now = [2.0**31 - 600 + 2.0**-22]
+    counters = Counters(clock=lambda: now[0])
+    terminal = Subject("terminal", "T1")
+    counters.add((terminal,), Entry("r1", now[0], 100, "M1", "T1"))
+    assert counters.totals(terminal, 600).count == 1
+    now[0] = 2.0**31  # the payment is still inside the window, and its end rounds to now
+    passed = threading.Thread(target=counters.expire, daemon=True)
+    passed.start()
+    passed.join(5)
+    assert not passed.is_alive(), "the pass never ended"
+    assert counters.totals(terminal, 600).count == 1
+
+
 def test_subjects_spread_over_shards_the_same_way_in_every_process():
     subjects = [Subject("code", c) for c in CODES] + [Subject("terminal", t) for t in TERMINALS]
     assert [shard_of(s, 4) for s in subjects] == [shard_of(Subject(*tuple(s)), 4) for s in subjects]
