@@ -1338,6 +1338,47 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
     assert max(reads) <= 20, reads
 
 
+def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadlocks(database_url):
+    """A write locks ``txn``, then ``txn_move`` (its trigger records the move). Making days took
+    them the other way round whenever the first partition it made was a ``txn_move`` one (a day
+    whose ``txn`` partition was there already, an earlier release's): the next day's ``txn``
+    partition then waited on a write that waited on it, and PostgreSQL aborted one of them (a
+    fresh clone's test run caught it). Both are locked before any is made, in a write's order."""
+
+    async def scenario() -> list[str]:
+        journal = await open_journal(database_url)  # migrated
+        days = [TODAY + dt.timedelta(days=n) for n in (530, 531)]
+        names = [f"{parent}_{day:%Y%m%d}" for day in days for parent in ("txn", "txn_move")]
+        writer, maker = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+        try:
+            await maker.execute(
+                f"CREATE TABLE {names[0]} PARTITION OF txn FOR VALUES FROM ('{days[0]}') "
+                f"TO ('{days[0] + dt.timedelta(days=1)}')"
+            )
+            async with writer.transaction():
+                await writer.execute("LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE")  # a write under way
+                making = asyncio.ensure_future(ensure_partitions(maker, days[0], days[1]))
+                for _ in range(200):  # until the maker waits for a lock
+                    waiting = "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted"
+                    if await writer.fetchval(waiting, maker.get_server_pid()):
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("making the days never waited for the write")
+                await writer.execute("LOCK TABLE ONLY txn_move IN ROW EXCLUSIVE MODE")  # its move's record
+            return await making
+        finally:
+            for name in reversed(names):
+                await maker.execute(f"DROP TABLE IF EXISTS {name}")
+            await writer.close()
+            await maker.close()
+            await journal.close()
+
+    made = run(scenario())
+    later = [TODAY + dt.timedelta(days=n) for n in (530, 531)]
+    assert made == [f"txn_move_{later[0]:%Y%m%d}", f"txn_{later[1]:%Y%m%d}", f"txn_move_{later[1]:%Y%m%d}"]
+
+
 def test_the_queue_gauges_count_orphans_not_purchases_in_flight(database_url):
     """``paysw_open_transactions``: a purchase written ahead and still within its front end's
     deadline is no orphan (under load there are hundreds); one past it, or already claimed by a

@@ -21,6 +21,21 @@ from switch.refused import SchemaNotCurrent
 
 LOCK_ID = 0x70617973  # "pays": serialises migrations and partition creation across front ends
 
+# What journal_make_days checks of the days asked, and the lock that has one front end at a time
+# make them (migrations 28 and 30).
+_MAKE_DAYS_CHECKS = f"""\
+        IF last_day - first_day > 62 THEN  -- days_ahead (60 at most) and two behind, not a catalog's worth
+            RAISE EXCEPTION 'at most 63 days at once, not % to %', first_day, last_day
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF NOT pg_catalog.pg_has_role(session_user, current_user, 'MEMBER')  -- for the switch: the days in use
+           AND (first_day < current_date - 3 OR last_day > current_date + 63) THEN
+            RAISE EXCEPTION 'only the days from % to %, not % to %', current_date - 3, current_date + 63,
+                first_day, last_day USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM pg_catalog.pg_advisory_xact_lock({LOCK_ID});
+"""
+
 MIGRATIONS: list[str] = [
     # 1: transactions, states, moves, RRN blocks
     """
@@ -791,17 +806,7 @@ MIGRATIONS: list[str] = [
         parent text;
         made text;
     BEGIN
-        IF last_day - first_day > 62 THEN  -- days_ahead (60 at most) and two behind, not a catalog's worth
-            RAISE EXCEPTION 'at most 63 days at once, not % to %', first_day, last_day
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF NOT pg_catalog.pg_has_role(session_user, current_user, 'MEMBER')  -- for the switch: the days in use
-           AND (first_day < current_date - 3 OR last_day > current_date + 63) THEN
-            RAISE EXCEPTION 'only the days from % to %, not % to %', current_date - 3, current_date + 63,
-                first_day, last_day USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        PERFORM pg_catalog.pg_advisory_xact_lock({LOCK_ID});
-        WHILE day <= last_day LOOP
+{_MAKE_DAYS_CHECKS}        WHILE day <= last_day LOOP
             FOREACH parent IN ARRAY ARRAY['txn', 'txn_move'] LOOP
                 made := parent || '_' || pg_catalog.to_char(day, 'YYYYMMDD');  -- schema.partition's name
                 IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), made)) IS NULL THEN
@@ -849,6 +854,46 @@ MIGRATIONS: list[str] = [
         sent_at     timestamptz NOT NULL,
         stan        text        NOT NULL
     );
+    """,
+    # 30: making days locks txn, then txn_move, before it makes any, as a write does (its trigger
+    # records the move in txn_move). Made one by one, a txn_move partition first (its day's txn
+    # partition there already, an earlier release's), the next day's txn partition then waited on
+    # a write that waited on the txn_move one, and PostgreSQL aborted one of them.
+    f"""
+    SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+    CREATE OR REPLACE FUNCTION journal_make_days(first_day date, last_day date) RETURNS SETOF text
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET lock_timeout = '5s' AS $$
+    DECLARE
+        day date;
+        parent text;
+        made text;
+        missing text[] := '{{}}';
+    BEGIN
+{_MAKE_DAYS_CHECKS}        day := first_day;
+        WHILE day <= last_day LOOP
+            FOREACH parent IN ARRAY ARRAY['txn', 'txn_move'] LOOP
+                made := parent || '_' || pg_catalog.to_char(day, 'YYYYMMDD');  -- schema.partition's name
+                IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), made)) IS NULL THEN
+                    missing := missing || ARRAY[parent, made, day::text];
+                END IF;
+            END LOOP;
+            day := day + 1;
+        END LOOP;
+        IF pg_catalog.cardinality(missing) > 0 THEN  -- a write's order: txn, then txn_move
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY %I.txn, ONLY %I.txn_move IN ACCESS EXCLUSIVE MODE',
+                pg_catalog.current_schema(), pg_catalog.current_schema());
+        END IF;
+        FOR i IN 1 .. pg_catalog.cardinality(missing) / 3 LOOP
+            parent := missing[3 * i - 2];
+            made := missing[3 * i - 1];
+            day := missing[3 * i]::date;
+            EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                pg_catalog.current_schema(), made, pg_catalog.current_schema(), parent, day, day + 1);
+            RETURN NEXT made;
+        END LOOP;
+        PERFORM journal_guard_partition(inhrelid::regclass) FROM pg_catalog.pg_inherits
+            WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass);
+    END $$;
     """,
 ]
 
