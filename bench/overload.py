@@ -104,10 +104,11 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet:
             stack.start()
             host, port = host_port(settings.listen)
             stans = Stans(start=random.randrange(1, 500_000))
+            by_channel: dict[tuple[str, str], list[float]] = {}
 
             async def load() -> tuple[tuple[dict[str, list[float]], float], ...]:
                 await drive(host, port, WARM_UP_CONCURRENCY, WARM_UP_S, stans)
-                peers = [drive(host, port, concurrency, seconds, stans, rate)]
+                peers = [drive(host, port, concurrency, seconds, stans, rate, by_channel=by_channel)]
                 if quiet:
                     peers.append(drive(host, port, quiet, seconds, stans, source=QUIET_PEER))
                 return tuple(await asyncio.gather(*peers))
@@ -130,6 +131,16 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet:
         "answers_by_code": {code: len(xs) for code, xs in sorted(by_code.items())},
         # (91s not shed were refused by a channel's limits, after the write-ahead.)
         **figures,
+        # The flood's purchases by channel: one channel short of CPU holds the tail of them all.
+        "by_channel": {
+            channel: {
+                "taken_on": summary(
+                    [x for (c, code), xs in by_channel.items() if c == channel and code != SHED for x in xs]
+                ),
+                "answered_91": summary(by_channel.get((channel, SHED), [])),
+            }
+            for channel in sorted({c for c, _ in by_channel})
+        },
     }
     for quiet_by_code, quiet_elapsed in others:
         result["quiet_peer"] = {
@@ -145,6 +156,14 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet:
         f" p50 {result['answered_91']['p50_ms']:.1f} ms, p99 {result['answered_91']['p99_ms']:.1f} ms",
         flush=True,
     )
+    for channel, figures_of in result["by_channel"].items():
+        taken, shed = figures_of["taken_on"], figures_of["answered_91"]
+        print(
+            f"    {channel:9s} taken on {taken['count']:6d}, p50 {taken['p50_ms']:.1f} ms,"
+            f" p99 {taken['p99_ms']:.1f} ms;"
+            f" 91 {shed['count']:6d}, p50 {shed['p50_ms']:.1f} ms, p99 {shed['p99_ms']:.1f} ms",
+            flush=True,
+        )
     if "quiet_peer" in result:
         q = result["quiet_peer"]
         print(

@@ -45,11 +45,13 @@ async def drive(
     stans: Stans,
     rate: float | None = None,
     source: str | None = None,
+    by_channel: dict[tuple[str, str], list[float]] | None = None,
 ) -> tuple[dict[str, list[float]], float]:
     """``concurrency`` senders for ``seconds``, each sending a purchase and the next as soon as it
     is answered (or, with ``rate``, when its turn of ``rate`` a second comes, if answered by then):
     every answer's latency by its response code (field 39), and the time it took. ``source``: the
     local address the connections come from (another peer of the switch's, such as 127.0.0.2).
+    ``by_channel``: filled with the same latencies by (channel, response code) too.
 
     Every purchase pays with a code of its own, as a customer's one-time payment code does. (A
     generator seeded the same at every call repeats its codes; the demo's risk rules decline a
@@ -73,7 +75,10 @@ async def drive(
             message = purchase(terminal, DEMO_MERCHANT, payment_code(channel, "00", rng), 100 + i, stans.next(terminal))
             started = time.perf_counter()
             answer = await client.request(message)
-            latencies.setdefault(answer.get("39", "?"), []).append(time.perf_counter() - started)
+            took, code = time.perf_counter() - started, answer.get("39", "?")
+            latencies.setdefault(code, []).append(took)
+            if by_channel is not None:
+                by_channel.setdefault((channel, code), []).append(took)
 
     started = begun = time.monotonic()
     try:
