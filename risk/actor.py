@@ -141,6 +141,9 @@ async def follow(conn: asyncpg.Connection, counters: Counters, since: Since, sha
     another process on the journal: another site's resolver, reconciliation), counted; the
     snapshot to go on from. ``conn`` from ``follow_connection``."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # txn before txn_move, as a write and the making of days lock them (schema, migration 30):
+        # read the other way round, a day being made between its two reads deadlocked with it.
+        await conn.execute("LOCK TABLE ONLY txn IN ACCESS SHARE MODE")
         now = Since(*await conn.fetchrow(_SNAPSHOT_SQL))
         moves = await conn.fetch(_MOVES_SQL, since.xmax, since.xip)
         approved = [m["rrn"] for m in moves if m["approved"] and not counters.knows(m["rrn"], True)]

@@ -1379,6 +1379,61 @@ def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadl
     assert made == [f"txn_move_{later[0]:%Y%m%d}", f"txn_{later[1]:%Y%m%d}", f"txn_move_{later[1]:%Y%m%d}"]
 
 
+def test_partitions_made_by_hand_are_guarded_locking_the_journal_as_a_write_does(database_url):
+    """Guarding partitions made by hand (``txn_move``'s day first, then ``txn``'s) locked them one
+    by one: the ``txn_move`` one, then the ``txn`` one a write of that day held while it waited for
+    the ``txn_move`` one, and PostgreSQL aborted one of them (helper 76 reproduced it). With a
+    partition to guard, as with one to make, both parents are locked first, in a write's order."""
+
+    async def scenario() -> list[tuple[str, str]]:
+        journal = await open_journal(database_url)  # migrated
+        day = TODAY + dt.timedelta(days=540)
+        names = [f"txn_move_{day:%Y%m%d}", f"txn_{day:%Y%m%d}"]
+        writer, maker = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+        try:
+            for name, parent in zip(names, ("txn_move", "txn"), strict=True):
+                await maker.execute(
+                    f"CREATE TABLE {name} PARTITION OF {parent} FOR VALUES FROM ('{day}') "
+                    f"TO ('{day + dt.timedelta(days=1)}')"
+                )
+            async with writer.transaction():  # a write of that day, its row in txn's partition
+                await writer.execute(
+                    f"LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE; LOCK TABLE {names[1]} IN ROW EXCLUSIVE MODE"
+                )
+                making = asyncio.ensure_future(ensure_partitions(maker, day, day))
+                for _ in range(250):  # until the maker waits for a lock
+                    waiting = "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted"
+                    if await writer.fetchval(waiting, maker.get_server_pid()):
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("guarding the partitions never waited for the write")
+                await writer.execute(f"LOCK TABLE {names[0]} IN ROW EXCLUSIVE MODE")  # its move's record
+            assert await making == []  # nothing to make, two to guard
+            return [
+                tuple(row)
+                for row in await maker.fetch(
+                    "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE tgrelid::regclass::text = ANY($1) "
+                    "AND NOT tgisinternal AND tgparentid = 0 ORDER BY 1, 2",
+                    names,
+                )
+            ]
+        finally:
+            for name in reversed(names):
+                await maker.execute(f"DROP TABLE IF EXISTS {name}")
+            await writer.close()
+            await maker.close()
+            await journal.close()
+
+    day = TODAY + dt.timedelta(days=540)
+    assert run(scenario()) == [
+        (f"txn_{day:%Y%m%d}", "journal_keeps_all"),
+        (f"txn_{day:%Y%m%d}", "txn_record_inserts"),
+        (f"txn_{day:%Y%m%d}", "txn_record_moves"),
+        (f"txn_move_{day:%Y%m%d}", "journal_keeps_all"),
+    ]
+
+
 def test_the_queue_gauges_count_orphans_not_purchases_in_flight(database_url):
     """``paysw_open_transactions``: a purchase written ahead and still within its front end's
     deadline is no orphan (under load there are hundreds); one past it, or already claimed by a

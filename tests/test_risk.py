@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.traffic import refund, reversal
 from protocols.messages import CANCEL, ChannelRequest, Outcome
-from risk.actor import _MOVES_SQL, FOLLOW_EVERY_S, follow_connection
+from risk.actor import _MOVES_SQL, _SNAPSHOT_SQL, FOLLOW_EVERY_S, Since, follow, follow_connection
+from risk.counters import Counters
 from risk.engine import Engine, Facts, Hit
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
@@ -971,6 +972,49 @@ def test_an_alert_rule_is_journaled_and_counted_and_the_payment_goes_through(ris
     assert run(decisions(database_url, answer["37"])) == [("big-inbank", "alert", "enforce", "61"),
                                                           ("watch", "decline", "shadow", "61")]  # fmt: skip
     assert hits(risky)[("big-inbank", "enforce")] >= 1
+
+
+async def waits_for_a_lock(watcher: asyncpg.Connection, pid: int) -> None:
+    for _ in range(250):
+        if await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
+def test_following_the_journal_while_days_are_made_deadlocks_with_neither(database_url):
+    """A risk shard's follow reads the moves (txn_move), then the payments (txn); making days
+    locks txn, then txn_move (migration 30). A day made between follow's two reads deadlocked
+    with it, and PostgreSQL aborted one (helper 76 reproduced it). Follow takes txn first now."""
+
+    async def scenario() -> list[str]:
+        url = await fresh_database(database_url, "paysw_follow_days")
+        owner = await asyncpg.connect(url)
+        await migrate(owner)
+        today = await owner.fetchval("SELECT current_date")
+        await ensure_partitions(owner, today - dt.timedelta(days=2), today + dt.timedelta(days=1))
+        later = today + dt.timedelta(days=40)
+        follower, maker = await follow_connection(url), await asyncpg.connect(url)
+        try:
+            since = Since(*await follower.fetchrow(_SNAPSHOT_SQL))
+            await owner.execute("SET session_replication_role = replica")  # a move of the test's making
+            await owner.execute("INSERT INTO txn_move (tx_date, rrn, to_state) VALUES (current_date, 'F1', 'APPROVED')")
+            await owner.execute("RESET session_replication_role")
+            async with owner.transaction():
+                await owner.execute("LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE")  # a write under way
+                making = asyncio.ensure_future(ensure_partitions(maker, later, later))
+                await waits_for_a_lock(owner, maker.get_server_pid())
+                following = asyncio.ensure_future(follow(follower, Counters(), since, 0, 1))
+                await waits_for_a_lock(owner, follower.get_server_pid())
+            await following
+            return await making
+        finally:
+            await follower.close()
+            await maker.close()
+            await owner.close()
+
+    later = dt.date.today() + dt.timedelta(days=40)
+    assert run(scenario()) == [f"txn_{later:%Y%m%d}", f"txn_move_{later:%Y%m%d}"]
 
 
 def test_following_the_journal_reads_only_the_moves_since_its_last_look(database_url):

@@ -855,10 +855,13 @@ MIGRATIONS: list[str] = [
         stan        text        NOT NULL
     );
     """,
-    # 30: making days locks txn, then txn_move, before it makes any, as a write does (its trigger
-    # records the move in txn_move). Made one by one, a txn_move partition first (its day's txn
-    # partition there already, an earlier release's), the next day's txn partition then waited on
-    # a write that waited on the txn_move one, and PostgreSQL aborted one of them.
+    # 30: making days locks txn, then txn_move, before it makes or guards any partition, as a write
+    # does (its trigger records the move in txn_move); so does the risk actors' follow, its first
+    # statement (risk.actor). Made one by one, a txn_move partition first (its day's txn partition
+    # there already, an earlier release's), the next day's txn partition waited on a write that
+    # waited on the txn_move one, and PostgreSQL aborted one of them; guarded one by one, a
+    # partition made by hand likewise. The days go as dates, whatever the caller's DateStyle, and
+    # one made meanwhile by someone else is not made again.
     f"""
     SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
     CREATE OR REPLACE FUNCTION journal_make_days(first_day date, last_day date) RETURNS SETOF text
@@ -867,29 +870,39 @@ MIGRATIONS: list[str] = [
         day date;
         parent text;
         made text;
-        missing text[] := '{{}}';
+        parents text[] := '{{}}';
+        names text[] := '{{}}';
+        days date[] := '{{}}';
     BEGIN
 {_MAKE_DAYS_CHECKS}        day := first_day;
         WHILE day <= last_day LOOP
             FOREACH parent IN ARRAY ARRAY['txn', 'txn_move'] LOOP
                 made := parent || '_' || pg_catalog.to_char(day, 'YYYYMMDD');  -- schema.partition's name
                 IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), made)) IS NULL THEN
-                    missing := missing || ARRAY[parent, made, day::text];
+                    parents := parents || parent;
+                    names := names || made;
+                    days := days || day;
                 END IF;
             END LOOP;
             day := day + 1;
         END LOOP;
-        IF pg_catalog.cardinality(missing) > 0 THEN  -- a write's order: txn, then txn_move
+        IF pg_catalog.cardinality(names) > 0 OR EXISTS (  -- or a partition to guard
+            SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent IN ('txn'::regclass, 'txn_move'::regclass)
+                AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                 WHERE g.tgrelid = i.inhrelid AND g.tgname = 'journal_keeps_all')
+                     OR (i.inhparent = 'txn'::regclass AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                         WHERE g.tgrelid = i.inhrelid AND g.tgname = 'txn_record_moves')))
+        ) THEN  -- a write's order: txn, then txn_move
             EXECUTE pg_catalog.format('LOCK TABLE ONLY %I.txn, ONLY %I.txn_move IN ACCESS EXCLUSIVE MODE',
                 pg_catalog.current_schema(), pg_catalog.current_schema());
         END IF;
-        FOR i IN 1 .. pg_catalog.cardinality(missing) / 3 LOOP
-            parent := missing[3 * i - 2];
-            made := missing[3 * i - 1];
-            day := missing[3 * i]::date;
-            EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-                pg_catalog.current_schema(), made, pg_catalog.current_schema(), parent, day, day + 1);
-            RETURN NEXT made;
+        FOR i IN 1 .. pg_catalog.cardinality(names) LOOP
+            IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), names[i])) IS NULL THEN
+                EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                    pg_catalog.current_schema(), names[i], pg_catalog.current_schema(), parents[i], days[i],
+                    days[i] + 1);
+                RETURN NEXT names[i];
+            END IF;
         END LOOP;
         PERFORM journal_guard_partition(inhrelid::regclass) FROM pg_catalog.pg_inherits
             WHERE inhparent IN ('txn'::regclass, 'txn_move'::regclass);
