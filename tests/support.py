@@ -52,6 +52,15 @@ async def journal_row(database_url: str, rrn: str) -> asyncpg.Record | None:
         await conn.close()
 
 
+async def waits_for_a_lock(watcher: asyncpg.Connection, pid: int) -> None:
+    """Return once PostgreSQL's backend ``pid`` waits for a lock (seen from ``watcher``)."""
+    for _ in range(250):
+        if await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"backend {pid} never waited for a lock")
+
+
 def sim_audit(simulators: dict[str, int], channel: str, out_trade_no: str) -> list[dict]:
     with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/audit", timeout=5) as response:
         return [a for a in json.load(response) if a["out_trade_no"] == out_trade_no]

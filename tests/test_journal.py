@@ -21,6 +21,7 @@ from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, 
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from switch.refused import JournalRefused, RoleRefused, SchemaNotCurrent
 from tests.conftest import run
+from tests.support import waits_for_a_lock
 
 TODAY = dt.datetime.now(dt.UTC).date()
 UNSERVED_CHANNEL = "journal-test"  # synthetic rows: no switch serves (or resolves) this channel
@@ -1358,13 +1359,7 @@ def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadl
             async with writer.transaction():
                 await writer.execute("LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE")  # a write under way
                 making = asyncio.ensure_future(ensure_partitions(maker, days[0], days[1]))
-                for _ in range(200):  # until the maker waits for a lock
-                    waiting = "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted"
-                    if await writer.fetchval(waiting, maker.get_server_pid()):
-                        break
-                    await asyncio.sleep(0.02)
-                else:
-                    raise AssertionError("making the days never waited for the write")
+                await waits_for_a_lock(writer, maker.get_server_pid())
                 await writer.execute("LOCK TABLE ONLY txn_move IN ROW EXCLUSIVE MODE")  # its move's record
             return await making
         finally:
@@ -1401,13 +1396,7 @@ def test_partitions_made_by_hand_are_guarded_locking_the_journal_as_a_write_does
                     f"LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE; LOCK TABLE {names[1]} IN ROW EXCLUSIVE MODE"
                 )
                 making = asyncio.ensure_future(ensure_partitions(maker, day, day))
-                for _ in range(250):  # until the maker waits for a lock
-                    waiting = "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted"
-                    if await writer.fetchval(waiting, maker.get_server_pid()):
-                        break
-                    await asyncio.sleep(0.02)
-                else:
-                    raise AssertionError("guarding the partitions never waited for the write")
+                await waits_for_a_lock(writer, maker.get_server_pid())
                 await writer.execute(f"LOCK TABLE {names[0]} IN ROW EXCLUSIVE MODE")  # its move's record
             assert await making == []  # nothing to make, two to guard
             return [

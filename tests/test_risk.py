@@ -38,7 +38,7 @@ from switch.journal.roles import runtime_url
 from switch.journal.schema import ensure_partitions, migrate
 from switch.lifecycle import ORPHAN_GRACE_S
 from tests.conftest import DEADLINE_MS, fresh_database, run, switch_with
-from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state
+from tests.support import STANS, connected, journal_row, new_purchase, sim_audit, wait_for_state, waits_for_a_lock
 from tests.test_recon import channel_worker
 from tests.test_workers import requests_by_worker
 
@@ -972,14 +972,6 @@ def test_an_alert_rule_is_journaled_and_counted_and_the_payment_goes_through(ris
     assert run(decisions(database_url, answer["37"])) == [("big-inbank", "alert", "enforce", "61"),
                                                           ("watch", "decline", "shadow", "61")]  # fmt: skip
     assert hits(risky)[("big-inbank", "enforce")] >= 1
-
-
-async def waits_for_a_lock(watcher: asyncpg.Connection, pid: int) -> None:
-    for _ in range(250):
-        if await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted", pid):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"backend {pid} never waited for a lock")
 
 
 def test_following_the_journal_while_days_are_made_deadlocks_with_neither(database_url):
