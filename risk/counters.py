@@ -181,7 +181,8 @@ class Counters:
                     window.entries.append(entry)
                     if not entry.removed:
                         window.take(entry, +1)
-            self._look_again(subject, seconds, (window.entries[-1].at if window.entries else now) + seconds)
+            newest = window.entries[-1].at if window.entries else now
+            heapq.heappush(self._ends, (newest + seconds, seconds, subject))
         window.trim(now)
         return window
 
@@ -230,9 +231,6 @@ class Counters:
         for due in again:
             heapq.heappush(ends, due)
         return gone
-
-    def _look_again(self, subject: Subject, seconds: int, at: float) -> None:
-        heapq.heappush(self._ends, (at, seconds, subject))
 
     def held(self) -> dict[str, int]:
         """What the counters hold: payments counted, subjects with a payment, windows kept."""
