@@ -1,6 +1,7 @@
 """The journal on a real PostgreSQL: schema, partitions, group commit, invariant 2, state moves."""
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -9,6 +10,7 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -1339,6 +1341,22 @@ def test_the_resolver_claims_the_most_overdue_and_reads_a_finished_row_once(data
     assert max(reads) <= 20, reads
 
 
+@contextlib.asynccontextmanager
+async def writer_and_maker(url: str, names: list[str]) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """A connection to write and one to make days on the migrated journal at ``url``; the
+    partitions ``names`` dropped after (a lock-order test's far days)."""
+    journal = await open_journal(url)
+    writer, maker = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        yield writer, maker
+    finally:
+        for name in reversed(names):
+            await maker.execute(f"DROP TABLE IF EXISTS {name}")
+        await writer.close()
+        await maker.close()
+        await journal.close()
+
+
 def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadlocks(database_url):
     """A write locks ``txn``, then ``txn_move`` (its trigger records the move). Making days took
     them the other way round whenever the first partition it made was a ``txn_move`` one (a day
@@ -1347,11 +1365,9 @@ def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadl
     fresh clone's test run caught it). Both are locked before any is made, in a write's order."""
 
     async def scenario() -> list[str]:
-        journal = await open_journal(database_url)  # migrated
         days = [TODAY + dt.timedelta(days=n) for n in (530, 531)]
         names = [f"{parent}_{day:%Y%m%d}" for day in days for parent in ("txn", "txn_move")]
-        writer, maker = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
-        try:
+        async with writer_and_maker(database_url, names) as (writer, maker):
             await maker.execute(
                 f"CREATE TABLE {names[0]} PARTITION OF txn FOR VALUES FROM ('{days[0]}') "
                 f"TO ('{days[0] + dt.timedelta(days=1)}')"
@@ -1362,12 +1378,6 @@ def test_days_are_made_locking_the_journal_as_a_write_does_so_that_neither_deadl
                 await waits_for_a_lock(writer, maker.get_server_pid())
                 await writer.execute("LOCK TABLE ONLY txn_move IN ROW EXCLUSIVE MODE")  # its move's record
             return await making
-        finally:
-            for name in reversed(names):
-                await maker.execute(f"DROP TABLE IF EXISTS {name}")
-            await writer.close()
-            await maker.close()
-            await journal.close()
 
     made = run(scenario())
     later = [TODAY + dt.timedelta(days=n) for n in (530, 531)]
@@ -1381,20 +1391,17 @@ def test_partitions_made_by_hand_are_guarded_locking_the_journal_as_a_write_does
     partition to guard, as with one to make, both parents are locked first, in a write's order."""
 
     async def scenario() -> list[tuple[str, str]]:
-        journal = await open_journal(database_url)  # migrated
         day = TODAY + dt.timedelta(days=540)
         names = [f"txn_move_{day:%Y%m%d}", f"txn_{day:%Y%m%d}"]
-        writer, maker = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
-        try:
+        async with writer_and_maker(database_url, names) as (writer, maker):
             for name, parent in zip(names, ("txn_move", "txn"), strict=True):
                 await maker.execute(
                     f"CREATE TABLE {name} PARTITION OF {parent} FOR VALUES FROM ('{day}') "
                     f"TO ('{day + dt.timedelta(days=1)}')"
                 )
             async with writer.transaction():  # a write of that day, its row in txn's partition
-                await writer.execute(
-                    f"LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE; LOCK TABLE {names[1]} IN ROW EXCLUSIVE MODE"
-                )
+                await writer.execute("LOCK TABLE ONLY txn IN ROW EXCLUSIVE MODE")
+                await writer.execute(f"LOCK TABLE {names[1]} IN ROW EXCLUSIVE MODE")
                 making = asyncio.ensure_future(ensure_partitions(maker, day, day))
                 await waits_for_a_lock(writer, maker.get_server_pid())
                 await writer.execute(f"LOCK TABLE {names[0]} IN ROW EXCLUSIVE MODE")  # its move's record
@@ -1407,12 +1414,6 @@ def test_partitions_made_by_hand_are_guarded_locking_the_journal_as_a_write_does
                     names,
                 )
             ]
-        finally:
-            for name in reversed(names):
-                await maker.execute(f"DROP TABLE IF EXISTS {name}")
-            await writer.close()
-            await maker.close()
-            await journal.close()
 
     day = TODAY + dt.timedelta(days=540)
     assert run(scenario()) == [
