@@ -167,5 +167,5 @@ class Risk:
             await self.counters.close()
         if self._pending is not None:
             self._pending.cancel()
-        if self._listener is not None:
-            await self._listener.close()
+        if self._listener is not None:  # nothing to flush: a graceful close waits on the server, unbounded
+            self._listener.terminate()

@@ -429,16 +429,19 @@ class SwitchApp:
         return rules_in_force(self.config, await kept_sections(self.journal.pool))
 
     async def stop(self) -> None:
-        """The drain, then the parts: /readyz says not ready at once (a load balancer sends no
-        more), the terminals' requests read are answered and their connections closed, and what
-        is still open (PENDING, UNKNOWN, reversals to carry out) stays in the journal for any
-        front end's resolver (this one's lanes end or let go, ``Resolver.stop``); all within
-        ``drain_bound_s``, past which the rest is left exactly as after a crash."""
+        """The drain, then the parts: /readyz says not ready and the terminals' port stops accepting
+        at once (a load balancer sends no more), the terminals' requests read are answered and
+        their connections closed, and what is still open (PENDING, UNKNOWN, reversals to carry
+        out) stays in the journal for any front end's resolver (this one's lanes end or let go,
+        ``Resolver.stop``); all within ``drain_bound_s``, past which the rest is left exactly as
+        after a crash."""
         self.ready = False
+        if self._server is not None:  # at once, before anything is awaited (a reload under way)
+            self._server.stop_accepting()
         async with self._reloading:  # a reload under way finishes first; none starts after
             self._stopping = True
-        if self._reload_listener is not None:
-            await self._reload_listener.close()
+        if self._reload_listener is not None:  # nothing to flush: a graceful close waits on the server, unbounded
+            self._reload_listener.terminate()
         loop = asyncio.get_running_loop()
         bound_s = self.config.switch.drain_bound_s()
         started = loop.time()

@@ -119,9 +119,13 @@ class TerminalServer:
         self._server = server
         self._connections = connections
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket (again: a no-op); connections accepted stay open."""
+        self._server.close()
+
     async def drain(self, timeout: float) -> Drained:
         """Accept no more; answer every request read and close each connection (``LiveConnections.drain``)."""
-        self._server.close()
+        self.stop_accepting()
         return await self._connections.drain(timeout)
 
 

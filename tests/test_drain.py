@@ -1,12 +1,15 @@
 """SIGTERM drains a front end under load: it says not ready and stops accepting at once, reads
 no new frame, answers every request it read (slow channel answers included), closes each
 connection only after its answers, leaves nothing RECEIVED in the journal, and exits 0 within
-its bound. A switch and a journal of the test's own: every row is a request the test sent."""
+its bound, the backends of its listeners in the journal not answering meanwhile (as a database
+stalled or out of reach would not). A switch and a journal of the test's own: every row is a
+request the test sent."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import time
@@ -17,6 +20,8 @@ import asyncpg
 
 from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
+from risk.lists import NOTIFY_CHANNEL as RISK_CHANNEL
+from switch.live import NOTIFY_CHANNEL
 from tests.conftest import SwitchProcess, fresh_database, own_simulators, run
 from tests.support import MERCHANT, RNG
 
@@ -76,9 +81,12 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     with own_simulators(config_dir, ports, tmp_path, url):  # their audit reads the test's journal
         switch = SwitchProcess(tmp_path / "switch.toml", url, tmp_path / "drain.log")
         switch.start()
+        stalled = run(stall_listeners(url))
         try:
             sent, signalled, took = run(drain_under_load(switch))
         finally:
+            for pid in stalled:
+                os.kill(pid, signal.SIGCONT)
             if switch.process is not None and switch.process.poll() is None:
                 switch.kill()
     rows = run(journal(url))
@@ -95,6 +103,26 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
         f"\ndrain: {len(sent)} requests sent, {len(rows)} journaled, {len(answered_in_drain)} answered during "
         f"the drain, {unread} never read (the terminal resends them); exit {took:.1f}s after SIGTERM; {drained}"
     )
+
+
+async def stall_listeners(url: str) -> list[int]:
+    """The backends of the switch's two listeners (live configuration, risk lists) stopped
+    (SIGSTOP), so that a graceful close of either waits for ever: their pids, to SIGCONT."""
+    conn = await asyncpg.connect(url)
+    try:
+        pids = [
+            pid
+            for (pid,) in await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = ANY($1)",
+                [f'LISTEN "{channel}"' for channel in (NOTIFY_CHANNEL, RISK_CHANNEL)],  # as add_listener words it
+            )
+        ]
+    finally:
+        await conn.close()
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
 
 
 async def drain_under_load(switch: SwitchProcess) -> tuple[list[Sent], float, float]:
