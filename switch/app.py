@@ -436,10 +436,9 @@ class SwitchApp:
         ``Resolver.stop``); all within ``drain_bound_s``, past which the rest is left exactly as
         after a crash."""
         self.ready = False
-        if self._server is not None:  # at once, before anything is awaited (a reload under way)
+        self._stopping = True  # no reload starts; one under way ends before the parts go (below)
+        if self._server is not None:  # at once: nothing before the drain waits on the journal
             self._server.stop_accepting()
-        async with self._reloading:  # a reload under way finishes first; none starts after
-            self._stopping = True
         if self._reload_listener is not None:  # nothing to flush: a graceful close waits on the server, unbounded
             self._reload_listener.terminate()
         loop = asyncio.get_running_loop()
@@ -464,6 +463,8 @@ class SwitchApp:
                 "channel_calls_abandoned": sum(g.in_flight for g in self.gateways.values()),
             },
         )
+        async with self._reloading:  # a reload under way has ended
+            pass
         if self.shedder is not None:
             await self.shedder.stop()
         for gateway in self.gateways.values():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from itertools import cycle
 
 import asyncpg
+import psutil
 
 from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
@@ -81,8 +82,9 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     with own_simulators(config_dir, ports, tmp_path, url):  # their audit reads the test's journal
         switch = SwitchProcess(tmp_path / "switch.toml", url, tmp_path / "drain.log")
         switch.start()
-        stalled = run(stall_listeners(url))
+        stalled: list[int] = []
         try:
+            run(stall_listeners(url, stalled))
             sent, signalled, took = run(drain_under_load(switch))
         finally:
             for pid in stalled:
@@ -105,9 +107,13 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     )
 
 
-async def stall_listeners(url: str) -> list[int]:
+async def stall_listeners(url: str, stalled: list[int]) -> None:
     """The backends of the switch's two listeners (live configuration, risk lists) stopped
-    (SIGSTOP), so that a graceful close of either waits for ever: their pids, to SIGCONT."""
+    (SIGSTOP), so that a graceful close of either would wait for ever; each added to ``stalled``
+    once stopped, to SIGCONT. Only on the embedded server, this machine's: a server elsewhere
+    (SWITCH_DATABASE_URL) has its pids in another machine's or namespace's numbering."""
+    if os.environ.get("SWITCH_DATABASE_URL"):
+        return
     conn = await asyncpg.connect(url)
     try:
         pids = [
@@ -121,8 +127,10 @@ async def stall_listeners(url: str) -> list[int]:
         await conn.close()
     assert len(pids) == 2, pids
     for pid in pids:
+        title = " ".join(psutil.Process(pid).cmdline())
+        assert title.startswith("postgres: ") and " paysw_drain " in title, (pid, title)  # that backend, no other
         os.kill(pid, signal.SIGSTOP)
-    return pids
+        stalled.append(pid)
 
 
 async def drain_under_load(switch: SwitchProcess) -> tuple[list[Sent], float, float]:

@@ -7,12 +7,15 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import psutil
 import pytest
 
 from risk.engine import Hit
@@ -20,7 +23,7 @@ from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand
 from switch.journal.roles import RUNTIME_ROLE, as_role, grant, owns_journal, prepare, runtime_url
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
-from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
+from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, CLOSE_S, WRITER_LOCK_WAIT_MS, _columns
 from switch.refused import JournalRefused, RoleRefused, SchemaNotCurrent
 from tests.conftest import run
 from tests.support import waits_for_a_lock
@@ -1068,6 +1071,32 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
             ("hsm_key", "kind"),  # a key's kind (MAK, PIK, ...) is another word's business
         }
 
+    run(scenario())
+
+
+def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url):
+    """A backend of each pool stopped (SIGSTOP: a server stalled, or out of reach): the pools'
+    graceful close would wait for ever; the journal's ends within CLOSE_S, its connections cut."""
+
+    async def scenario():
+        journal = await Journal.open(database_url, pool_size=2, max_batch=8)
+        stopped: list[int] = []
+        try:
+            for pool in (journal.pool, journal._inserters, journal._movers):
+                async with pool.acquire() as conn:
+                    pid = conn.get_server_pid()
+                assert " ".join(psutil.Process(pid).cmdline()).startswith("postgres: ")  # this machine's backend
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            started = time.monotonic()
+            await asyncio.wait_for(journal.close(), CLOSE_S + 10)
+            assert time.monotonic() - started < CLOSE_S + 5
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+
+    if os.environ.get("SWITCH_DATABASE_URL"):
+        pytest.skip("stops backends by pid: needs the embedded server, on this machine")
     run(scenario())
 
 

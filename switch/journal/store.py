@@ -5,6 +5,7 @@ allocation and partition upkeep. Every change of a transaction's state, and of i
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -413,6 +414,7 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
 # transaction, say), rather than hold up every write of its front end behind it: the batch is then
 # written one by one, and a row that still cannot be moved is the resolver's, as after any failure.
 WRITER_LOCK_WAIT_MS = 5000
+CLOSE_S = 5.0  # Journal.close: how long the server may take to see the connections closed
 _KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
 _PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
 
@@ -481,13 +483,22 @@ class Journal:
         return journal
 
     async def close(self) -> None:
+        """The batches under way finished (each within its statement's timeout), then the pools
+        closed: gracefully within ``CLOSE_S``, cut past it (a server that no longer answers would
+        keep a graceful close waiting for ever, and the process from exiting)."""
         self._rrns.close()
         await self._inserts.close()
         await self._updates.close()
         await self._decisions.close()
-        await self._inserters.close()
-        await self._movers.close()
-        await self._pool.close()
+        pools = (self._inserters, self._movers, self._pool)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(pool.close() for pool in pools)), CLOSE_S)
+        except TimeoutError:
+            log.warning(
+                "the journal's server did not see its connections closed; they are cut", extra={"seconds": CLOSE_S}
+            )
+            for pool in pools:
+                pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:
