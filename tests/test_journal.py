@@ -19,11 +19,11 @@ import psutil
 import pytest
 
 from risk.engine import Hit
-from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver, retry_dead_letter
+from switch.journal import Event, Journal, NewTxn, Original, Report, State, hand_to_resolver, retry_dead_letter, store
 from switch.journal.roles import RUNTIME_ROLE, as_role, grant, owns_journal, prepare, runtime_url
 from switch.journal.rrns import RRN_BLOCK
 from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, migrate
-from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, CLOSE_S, WRITER_LOCK_WAIT_MS, _columns
+from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from switch.refused import JournalRefused, RoleRefused, SchemaNotCurrent
 from tests.conftest import run
 from tests.support import waits_for_a_lock
@@ -1074,9 +1074,10 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
     run(scenario())
 
 
-def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url):
+def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url, monkeypatch):
     """A backend of each pool stopped (SIGSTOP: a server stalled, or out of reach): the pools'
     graceful close would wait for ever; the journal's ends within CLOSE_S, its connections cut."""
+    monkeypatch.setattr(store, "CLOSE_S", 1.0)
 
     async def scenario():
         journal = await Journal.open(database_url, pool_size=2, max_batch=8)
@@ -1089,8 +1090,8 @@ def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
             started = time.monotonic()
-            await asyncio.wait_for(journal.close(), CLOSE_S + 10)
-            assert time.monotonic() - started < CLOSE_S + 5
+            await asyncio.wait_for(journal.close(), store.CLOSE_S + 10)
+            assert time.monotonic() - started < store.CLOSE_S + 5
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)
