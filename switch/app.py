@@ -463,8 +463,12 @@ class SwitchApp:
                 "channel_calls_abandoned": sum(g.in_flight for g in self.gateways.values()),
             },
         )
-        async with self._reloading:  # a reload under way has ended
-            pass
+        if self._reloading.locked():  # a reload under way ends before the parts go, within the bound
+            try:
+                async with asyncio.timeout(max(0.0, started + bound_s - loop.time())), self._reloading:
+                    pass
+            except TimeoutError:
+                log.warning("a configuration reload was still under way at the drain's bound")
         if self.shedder is not None:
             await self.shedder.stop()
         for gateway in self.gateways.values():

@@ -1075,8 +1075,9 @@ def test_migration_15_names_types_and_entries_and_takes_voids_out_of_refunded_fe
 
 
 def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url, monkeypatch):
-    """A backend of each pool stopped (SIGSTOP: a server stalled, or out of reach): the pools'
-    graceful close would wait for ever; the journal's ends within CLOSE_S, its connections cut."""
+    """A backend of each pool stopped (SIGSTOP: a server stalled, or out of reach), a write-ahead
+    under way on one: a graceful close would wait on each for its statement's timeout; the
+    journal's ends within CLOSE_S, its connections cut, and the write-ahead failed (never sent)."""
     monkeypatch.setattr(store, "CLOSE_S", 1.0)
 
     async def scenario():
@@ -1089,12 +1090,17 @@ def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url
                 assert " ".join(psutil.Process(pid).cmdline()).startswith("postgres: ")  # this machine's backend
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
+            under_way = asyncio.ensure_future(journal.write_ahead(new_txn(f"{random.randrange(10**11, 10**12)}")))
+            await asyncio.sleep(0.2)
+            assert not under_way.done()  # its statement sent, and never answered
             started = time.monotonic()
             await asyncio.wait_for(journal.close(), store.CLOSE_S + 10)
             assert time.monotonic() - started < store.CLOSE_S + 5
+            assert under_way.done() and isinstance(under_way.exception(), Exception)
         finally:
             for pid in stopped:
-                os.kill(pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     if os.environ.get("SWITCH_DATABASE_URL"):
         pytest.skip("stops backends by pid: needs the embedded server, on this machine")

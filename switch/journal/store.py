@@ -414,7 +414,7 @@ def _rounds(items: Sequence[NewTxn] | Sequence[Report]) -> list[tuple[dt.date, l
 # transaction, say), rather than hold up every write of its front end behind it: the batch is then
 # written one by one, and a row that still cannot be moved is the resolver's, as after any failure.
 WRITER_LOCK_WAIT_MS = 5000
-CLOSE_S = 5.0  # Journal.close: how long the server may take to see the connections closed
+CLOSE_S = 5.0  # Journal.close: how long its last batches and the server's end of its connections may take
 _KEY_LOOKUPS_ONLY = {"plan_cache_mode": "force_custom_plan"}
 _PLANNED_ONCE = {"plan_cache_mode": "force_generic_plan"}
 
@@ -483,22 +483,21 @@ class Journal:
         return journal
 
     async def close(self) -> None:
-        """The batches under way finished (each within its statement's timeout), then the pools
-        closed: gracefully within ``CLOSE_S``, cut past it (a server that no longer answers would
-        keep a graceful close waiting for ever, and the process from exiting)."""
+        """The batches under way finished, then the pools closed; past ``CLOSE_S`` the connections
+        are cut and what is still under way fails at once, as after a crash. (A server that no
+        longer answers held each statement to its timeout, a failed batch retried row by row, and
+        each graceful close of a connection to a timeout too.)"""
         self._rrns.close()
-        await self._inserts.close()
-        await self._updates.close()
-        await self._decisions.close()
         pools = (self._inserters, self._movers, self._pool)
+        cut = asyncio.get_running_loop().call_later(CLOSE_S, _cut, pools)
         try:
-            await asyncio.wait_for(asyncio.gather(*(pool.close() for pool in pools)), CLOSE_S)
-        except TimeoutError:
-            log.warning(
-                "the journal's server did not see its connections closed; they are cut", extra={"seconds": CLOSE_S}
-            )
-            for pool in pools:
-                pool.terminate()
+            for commits in (self._inserts, self._updates, self._decisions):
+                await commits.close()
+            for result in await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True):
+                if isinstance(result, BaseException):  # once every pool is closed or cut
+                    raise result
+        finally:
+            cut.cancel()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -805,6 +804,14 @@ class Journal:
                 self.on_moved(moved)
             except Exception:  # whoever counts moves is told on a best-effort basis
                 log.exception("a move observer failed")
+
+
+def _cut(pools: Sequence[asyncpg.Pool]) -> None:
+    log.warning(
+        "the journal's connections are cut: its server did not see them closed in time", extra={"seconds": CLOSE_S}
+    )
+    for pool in pools:
+        pool.terminate()
 
 
 async def _ready(conn: asyncpg.Connection) -> None:
