@@ -52,6 +52,7 @@ class Risk:
         self._generation = 0  # of the rules ``use`` set: a reload that read older ones leaves newer ones
         self._listener: asyncpg.Connection | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()  # a notification's, under way (held: not collected)
 
     def use(self, rules: RuleSet | None) -> None:
         """Decide by ``rules`` from now on (None: no rules)."""
@@ -132,7 +133,9 @@ class Risk:
 
     def _reload_soon(self) -> None:
         self._pending = None
-        asyncio.get_running_loop().create_task(self.reload())
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def reload(self, rules: bool = True) -> bool:
         """The rules in force (unless ``rules`` is False: the caller has just set them) and the
@@ -169,3 +172,5 @@ class Risk:
             self._pending.cancel()
         if self._listener is not None:  # nothing to flush: a graceful close waits on the server, unbounded
             self._listener.terminate()
+        for task in self._reloads:  # before the journal closes; a reload applies nothing until its last step
+            task.cancel()

@@ -28,8 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.traffic import refund, reversal
 from protocols.messages import CANCEL, ChannelRequest, Outcome
 from risk.actor import _MOVES_SQL, _SNAPSHOT_SQL, FOLLOW_EVERY_S, Since, follow, follow_connection
+from risk.control import Risk
 from risk.counters import Counters
 from risk.engine import Engine, Facts, Hit
+from risk.lists import NOTIFY_CHANNEL as LISTS_CHANNEL
 from risk.lists import Lists
 from risk.rules import RulesError, RuleSet, load_rules
 from switch.journal import Journal, NewTxn
@@ -430,6 +432,37 @@ def test_a_blacklisted_terminal_is_declined(risky, database_url, simulators):
     finally:
         risk_cli(risky, database_url, "list", "remove", "--of", "terminal", "--value", terminal, "--reason", "back")
     wait_for(lambda: pay(risky, new_purchase("wechat", terminal=terminal))["39"] == "00")
+
+
+def test_a_reload_notified_and_under_way_when_risk_stops_applies_nothing_after(database_url):
+    """``paysw risk list`` notifies every front end; a reload that notice began, still reading
+    the rules when its front end stops, ends with it: it reads no lists and applies nothing after
+    (the journal's pools close right after). It ran on, unheld, before."""
+
+    async def scenario():
+        results: list[str] = []
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def read_rules() -> None:
+            reading.set()
+            await release.wait()
+
+        risk = Risk(on_reload=lambda result, rules: results.append(result))
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            await risk.start(pool, database_url, read_rules)
+            await pool.execute(f"NOTIFY {LISTS_CHANNEL}")  # as `paysw risk list` tells every front end
+            await asyncio.wait_for(reading.wait(), 10)
+            await risk.stop()
+            release.set()
+            await asyncio.sleep(0.5)
+            assert results == []
+        finally:
+            await pool.close()
+
+    run(scenario())
 
 
 def test_a_reload_takes_a_valid_file_and_leaves_the_running_rules_for_an_invalid_one(risky, database_url):
