@@ -1,9 +1,9 @@
 """SIGTERM drains a front end under load: it says not ready and stops accepting at once, reads
 no new frame, answers every request it read (slow channel answers included), closes each
 connection only after its answers, leaves nothing RECEIVED in the journal, and exits 0 within
-its bound, the backends of its listeners in the journal not answering meanwhile (as a database
-stalled or out of reach would not). A switch and a journal of the test's own: every row is a
-request the test sent."""
+its bound; meanwhile a configuration reload is held up on the journal past the drain's bound, and
+the backends of its listeners in the journal answer nothing (as a database stalled or out of reach
+would not). A switch and a journal of the test's own: every row is a request the test sent."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import psutil
 from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
 from risk.lists import NOTIFY_CHANNEL as RISK_CHANNEL
-from switch.live import NOTIFY_CHANNEL
+from switch.live import NOTIFY_CHANNEL as RELOAD_CHANNEL
 from tests.conftest import SwitchProcess, fresh_database, own_simulators, run
 from tests.support import MERCHANT, RNG
 
@@ -86,8 +86,7 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
         switch.start()
         stalled: list[int] = []
         try:
-            run(stall_listeners(url, stalled))
-            sent, signalled, took = run(drain_under_load(switch))
+            sent, signalled, took = run(drain_held_up(switch, url, stalled))
         finally:
             for pid in stalled:
                 with contextlib.suppress(ProcessLookupError):
@@ -103,11 +102,32 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     assert drained["left_to_resolver"] == 0
     assert drained["seconds"] <= BOUND_S
     assert drained["requests_finished"] >= len(answered_in_drain)
+    # The reload held up was waited for only until the bound (then the parts went, its connection cut).
+    assert "still under way at the drain's bound" in switch.log_path.read_text()
     unread = sum(1 for s in sent if s.answer is None)
     print(
         f"\ndrain: {len(sent)} requests sent, {len(rows)} journaled, {len(answered_in_drain)} answered during "
         f"the drain, {unread} never read (the terminal resends them); exit {took:.1f}s after SIGTERM; {drained}"
     )
+
+
+async def drain_held_up(switch: SwitchProcess, url: str, stalled: list[int]) -> tuple[list[Sent], float, float]:
+    """``drain_under_load`` with a configuration reload under way at the signal, held up on the
+    journal past the drain's bound (``live_config`` locked), and the listeners' backends stopped."""
+    locker, teller = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE live_config IN ACCESS EXCLUSIVE MODE")
+            await teller.execute(f"NOTIFY {RELOAD_CHANNEL}, 'test_drain'")  # as `paysw reload` asks
+            while not await teller.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'live_config'::regclass AND NOT granted"
+            ):
+                await asyncio.sleep(0.05)  # the reload reads the configuration kept in the journal
+            await stall_listeners(url, stalled)
+            return await drain_under_load(switch)
+    finally:
+        await teller.close()
+        await locker.close()
 
 
 async def stall_listeners(url: str, stalled: list[int]) -> None:
@@ -124,7 +144,7 @@ async def stall_listeners(url: str, stalled: list[int]) -> None:
             pid
             for (pid,) in await conn.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = ANY($1)",
-                [f'LISTEN "{channel}"' for channel in (NOTIFY_CHANNEL, RISK_CHANNEL)],  # as add_listener words it
+                [f'LISTEN "{channel}"' for channel in (RELOAD_CHANNEL, RISK_CHANNEL)],  # as add_listener words it
             )
         ]
     finally:
