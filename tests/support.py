@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import random
+import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
+import psutil
 
 from bench.client import IsoClient
 from bench.traffic import CODE_SHAPES, Stans, payment_code, purchase, reversal
@@ -243,3 +246,24 @@ async def settle_and_compare(
         f"\njournal against the ledgers: {len(rows)} transactions, {len(answers)} answered to the test, {states}, "
         f"{orders} orders at the channels, all in the journal, {charged} kept, 0 open ({replay})"
     )
+
+
+@contextlib.contextmanager
+def stalled_backends() -> Iterator[Callable[[int], None]]:
+    """``stall(pid)``: a PostgreSQL backend of this machine stopped (SIGSTOP), as a server stalled
+    or out of reach answers nothing; checked to be one first (a server elsewhere numbers its pids
+    in another machine's or namespace's count). Every one stopped is let go (SIGCONT) on leaving."""
+    stopped: list[int] = []
+
+    def stall(pid: int) -> None:
+        title = " ".join(psutil.Process(pid).cmdline())
+        assert title.startswith("postgres: "), (pid, title)  # that backend, no other process
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    try:
+        yield stall
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signal.SIGCONT)

@@ -8,25 +8,24 @@ would not). A switch and a journal of the test's own: every row is a request the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import cycle
 
 import asyncpg
-import psutil
 
 from bench.client import IsoClient
 from bench.traffic import Stans, payment_code, purchase
 from risk.lists import NOTIFY_CHANNEL as RISK_CHANNEL
 from switch.live import NOTIFY_CHANNEL as RELOAD_CHANNEL
 from tests.conftest import SwitchProcess, fresh_database, own_simulators, run
-from tests.support import MERCHANT, RNG
+from tests.support import MERCHANT, RNG, stalled_backends
 
 TERMINALS = ("T0000001", "T0000002", "T0000003", "T0000004")
 OUTSTANDING = 4  # requests under way on each connection
@@ -84,13 +83,10 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     with own_simulators(config_dir, ports, tmp_path, url):  # their audit reads the test's journal
         switch = SwitchProcess(tmp_path / "switch.toml", url, tmp_path / "drain.log")
         switch.start()
-        stalled: list[int] = []
         try:
-            sent, signalled, took = run(drain_held_up(switch, url, stalled))
+            with stalled_backends() as stall:
+                sent, signalled, took = run(drain_held_up(switch, url, stall))
         finally:
-            for pid in stalled:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
             if switch.process is not None and switch.process.poll() is None:
                 switch.kill()
     rows = run(journal(url))
@@ -111,7 +107,9 @@ def test_sigterm_drains_under_load(config_dir, ports, database_url, tmp_path):
     )
 
 
-async def drain_held_up(switch: SwitchProcess, url: str, stalled: list[int]) -> tuple[list[Sent], float, float]:
+async def drain_held_up(
+    switch: SwitchProcess, url: str, stall: Callable[[int], None]
+) -> tuple[list[Sent], float, float]:
     """``drain_under_load`` with a configuration reload under way at the signal, held up on the
     journal past the drain's bound (``live_config`` locked), and the listeners' backends stopped."""
     locker, teller = await asyncpg.connect(url), await asyncpg.connect(url)
@@ -123,18 +121,17 @@ async def drain_held_up(switch: SwitchProcess, url: str, stalled: list[int]) -> 
                 "SELECT count(*) FROM pg_locks WHERE relation = 'live_config'::regclass AND NOT granted"
             ):
                 await asyncio.sleep(0.05)  # the reload reads the configuration kept in the journal
-            await stall_listeners(url, stalled)
+            await stall_listeners(url, stall)
             return await drain_under_load(switch)
     finally:
         await teller.close()
         await locker.close()
 
 
-async def stall_listeners(url: str, stalled: list[int]) -> None:
+async def stall_listeners(url: str, stall: Callable[[int], None]) -> None:
     """The backends of the switch's two listeners (live configuration, risk lists) stopped
-    (SIGSTOP), so that a graceful close of either would wait for ever; each added to ``stalled``
-    once stopped, to SIGCONT. Only on the embedded server, this machine's: a server elsewhere
-    (SWITCH_DATABASE_URL) has its pids in another machine's or namespace's numbering."""
+    (``stall``), so that a graceful close of either would wait for ever. Only on the embedded
+    server, this machine's (``tests.support.stalled_backends``)."""
     if os.environ.get("SWITCH_DATABASE_URL"):
         warnings.warn("the listeners' backends are not stopped on SWITCH_DATABASE_URL's server", stacklevel=2)
         return
@@ -151,10 +148,7 @@ async def stall_listeners(url: str, stalled: list[int]) -> None:
         await conn.close()
     assert len(pids) == 2, pids
     for pid in pids:
-        title = " ".join(psutil.Process(pid).cmdline())
-        assert title.startswith("postgres: ") and " paysw_drain " in title, (pid, title)  # that backend, no other
-        os.kill(pid, signal.SIGSTOP)
-        stalled.append(pid)
+        stall(pid)
 
 
 async def drain_under_load(switch: SwitchProcess) -> tuple[list[Sent], float, float]:

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
-import psutil
 import pytest
 
 from risk.engine import Hit
@@ -26,7 +24,7 @@ from switch.journal.schema import MIGRATIONS, analyze_young, ensure_partitions, 
 from switch.journal.store import _CLAIM_SQL, _MOVE_SQL, WRITER_LOCK_WAIT_MS, _columns
 from switch.refused import JournalRefused, RoleRefused, SchemaNotCurrent
 from tests.conftest import run
-from tests.support import waits_for_a_lock
+from tests.support import stalled_backends, waits_for_a_lock
 
 TODAY = dt.datetime.now(dt.UTC).date()
 UNSERVED_CHANNEL = "journal-test"  # synthetic rows: no switch serves (or resolves) this channel
@@ -1082,14 +1080,10 @@ def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url
 
     async def scenario():
         journal = await Journal.open(database_url, pool_size=2, max_batch=8)
-        stopped: list[int] = []
-        try:
+        with stalled_backends() as stall:
             for pool in (journal.pool, journal._inserters, journal._movers):
                 async with pool.acquire() as conn:
-                    pid = conn.get_server_pid()
-                assert " ".join(psutil.Process(pid).cmdline()).startswith("postgres: ")  # this machine's backend
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
+                    stall(conn.get_server_pid())
             under_way = asyncio.ensure_future(journal.write_ahead(new_txn(f"{random.randrange(10**11, 10**12)}")))
             await asyncio.sleep(0.2)
             assert not under_way.done()  # its statement sent, and never answered
@@ -1097,10 +1091,6 @@ def test_closing_the_journal_ends_though_its_server_answers_no_more(database_url
             await asyncio.wait_for(journal.close(), store.CLOSE_S + 10)
             assert time.monotonic() - started < store.CLOSE_S + 5
             assert under_way.done() and isinstance(under_way.exception(), Exception)
-        finally:
-            for pid in stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
 
     if os.environ.get("SWITCH_DATABASE_URL"):
         pytest.skip("stops backends by pid: needs the embedded server, on this machine")
