@@ -39,7 +39,7 @@ from protocols.channels import channel_of
 from risk.lists import change_list
 from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
-from switch.config import Config, host_port, load_config
+from switch.config import Config, SecuritySection, host_port, load_config
 from switch.logs import setup_logging
 from switch.operator import request as admin_request
 
@@ -120,7 +120,7 @@ async def send_burst(host: str, port: int, per_channel: int, concurrency: int = 
     return tallies
 
 
-async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> None:
+async def secured_terminal(host: str, port: int, security: SecuritySection) -> None:
     """Spec section 7 on a terminal with a master key: sign on for keys, MAC'd purchases, a card
     with its PIN to UnionPay, and a forged MAC; one line each."""
     rng = random.Random()
@@ -132,8 +132,8 @@ async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> N
     try:
         signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
         if signed_on["39"] == "65":  # an earlier run signed on less than the switch's limit ago
-            print(f"terminal {terminal_id}: sign-on refused (65, one per {sign_on_interval_s:g}s); waiting")
-            await asyncio.sleep(sign_on_interval_s)
+            print(f"terminal {terminal_id}: sign-on refused (65, one per {security.sign_on_interval_s:g}s); waiting")
+            await asyncio.sleep(security.sign_on_interval_s)
             signed_on = await client.request(network(terminal_id, stans.next(terminal_id), "001"))
         keys.take_working_keys(signed_on["62"])
         print(f"terminal {terminal_id}: signed on, PIK and MAK received under its TMK (check values match)")
@@ -147,6 +147,13 @@ async def secured_terminal(host: str, port: int, sign_on_interval_s: float) -> N
         message["52"] = keys.pin_block("123456", card)
         answer = await client.request(message)
         print(f"  card {card[:6]}...{card[-4:]} with PIN: {answer['39']} (PIN translated to UnionPay's zone key)")
+        message = purchase(terminal_id, MERCHANT, card_number(rng), 2000, stans.next(terminal_id), entry_mode="021")
+        message["52"] = keys.pin_block("123456", card)  # bound to the card before: not format 0 for this one
+        probe = await client.request(message)
+        print(
+            f"  PIN block bound to another card: {probe['39']} (as a wrong PIN, not sent; "
+            f"{security.pin_failures_per_hour} such an hour, then 75)"
+        )
         keys.mak = bytes(16)  # a tampered terminal
         forged = await client.request(
             purchase(terminal_id, MERCHANT, payment_code("wechat", "00", rng), 1, stans.next(terminal_id))
@@ -392,7 +399,7 @@ async def _run_with(
             print()
             print_summary(tallies, time.monotonic() - started)
             print()
-            await secured_terminal(host, port, config.security.sign_on_interval_s)
+            await secured_terminal(host, port, config.security)
             print()
             await operator_drill(host, port, config.switch.admin_listen, token, token_file)
             print()

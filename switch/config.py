@@ -208,6 +208,11 @@ class SecuritySection(_Strict):
     # past it); a terminal that still has its MAK uses key change (101, MAC'd, not limited).
     # 0: no limit (tests only).
     sign_on_interval_s: Annotated[float, Meta(ge=0)] = 30.0
+    # PIN blocks of a terminal that do not read as format 0 under its PIK (answered 05, as an
+    # issuer answers a wrong PIN), at most this many in any hour; past them its PIN blocks are
+    # refused (75) until the oldest is an hour old (switch.terminal_keys.translate_pin). Counted
+    # in each front-end process, from its start.
+    pin_failures_per_hour: Annotated[int, Meta(ge=1, le=100)] = 3
 
 
 class ReconSection(_Strict):

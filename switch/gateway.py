@@ -98,6 +98,11 @@ def risk_declined(rule_id: str, code: str) -> ChannelResult:
     return ChannelResult(0, Outcome.DECLINED, code, "RISK", f"declined by risk rule {rule_id}", sent=False)
 
 
+def pin_refused(code: str, reason: str) -> ChannelResult:
+    """The result of a purchase whose PIN block was not translated (``Processor._step_pin``): never sent."""
+    return ChannelResult(0, Outcome.DECLINED, code, "PIN", f"PIN block not translated ({reason})", sent=False)
+
+
 @dataclass(eq=False)
 class Shard:
     index: int

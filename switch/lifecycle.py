@@ -45,7 +45,7 @@ from risk.engine import Decision, Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
-from switch.gateway import SUSPENDED, ChannelGateway, PaymentRef, refused, risk_declined
+from switch.gateway import SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
 from switch.journal.orders import keep_qr_code
@@ -54,7 +54,14 @@ from switch.metrics import Metrics
 from switch.routing import Router
 from switch.shedding import LoadShedder
 from switch.steps import HTTP_STEPS, STEPS, Context, Path, QrTerms, Reply, bind
-from switch.terminal_keys import KeyRequestReplayed, MacMismatch, NoPinKey, SignOnTooSoon, TerminalSecurity
+from switch.terminal_keys import (
+    KeyRequestReplayed,
+    MacMismatch,
+    NoPinKey,
+    PinTriesExceeded,
+    SignOnTooSoon,
+    TerminalSecurity,
+)
 
 log = logging.getLogger("paysw.txn")
 _ignored_log = RateLimitedLog(60.0)  # a peer sending answers by the thousand gets one line a minute
@@ -123,6 +130,7 @@ class Processor:
         self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
         self._resend_lookups = 0  # under way now (RESEND_LOOKUPS)
         self._lookup_failures = RateLimitedLog(60.0)  # one line a minute while the journal cannot answer
+        self._pin_warnings = RateLimitedLog(60.0)
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
@@ -370,7 +378,7 @@ class Processor:
         journaled like a channel's answer, and nothing is sent."""
         txn = t.txn
         assert txn is not None
-        if t.result is not None:  # declined by risk
+        if t.result is not None:  # declined by risk, or its PIN block not translated
             return
         terminal = self._terminals.get(txn.terminal_id)
         if t.merchant.suspended or (terminal is not None and terminal.suspended):
@@ -536,21 +544,34 @@ class Processor:
         t.channel = self._router.divert(t.channel, t.merchant.id)
         return None if t.channel in self._gateways else rc.CHANNEL_UNAVAILABLE
 
-    def _step_pin(self, t: Context) -> str | None:
+    def _step_pin(self, t: Context) -> None:
         """Field 52, translated to the channel's zone PIN key: it goes to the channel and nowhere
-        else (the journal keeps the card number masked and hashed, and no PIN at all)."""
+        else (the journal keeps the card number masked and hashed, and no PIN at all). Once the
+        row is written: a retransmission is answered as its first arrival was before it gets
+        here, and a terminal's allowance of unreadable blocks (``translate_pin``) never turns the
+        answer to a purchase it made into a refusal. A block not translated is the purchase's
+        result, recorded DECLINED, never sent."""
         message = t.message
         if "52" not in message:
-            return None
+            return
+        terminal = message["41"]
         try:
-            t.pin_block = self._security.translate_pin(message["41"], message["52"], message["2"], t.channel)
-        except (NoPinKey, PinBlockError, HsmError) as exc:
-            log.warning(
-                "PIN block not translated",
-                extra={"terminal": message["41"], "stan": message["11"], "reason": type(exc).__name__},
-            )
-            return rc.FORMAT_ERROR
-        return None
+            t.pin_block = self._security.translate_pin(terminal, message["52"], message["2"], t.channel)
+            return
+        except NoPinKey:
+            code, reason = rc.FORMAT_ERROR, "no_key"  # the configuration's, whatever the block holds
+        except PinTriesExceeded:
+            code, reason = rc.PIN_TRIES_EXCEEDED, "tries"
+        except PinBlockError:  # as an issuer answers a wrong PIN, not 30 (TerminalSecurity.translate_pin)
+            code, reason = rc.DO_NOT_HONOUR, "unreadable"
+        except HsmError:  # the HSM's trouble, not the terminal's
+            code, reason = rc.SYSTEM_MALFUNCTION, "hsm"
+        self._metrics.pin_refused.labels(reason).inc()
+        # Whoever holds a terminal's keys can provoke these at will: a line per terminal and reason a minute.
+        self._pin_warnings.warn(
+            log, (terminal, reason), "PIN block not translated", terminal=terminal, stan=message["11"], reason=reason
+        )
+        t.result = pin_refused(code, reason)
 
     async def _step_write_ahead(self, t: Context) -> str | None:
         """Invariant 1: the row is committed before anything is sent."""

@@ -171,6 +171,14 @@ class Metrics:
             ["field", "rule"],
             registry=r,
         )
+        self.pin_refused = Counter(
+            "paysw_pin_refused",
+            "PIN blocks not translated, by reason (unreadable: not format 0 under the terminal's PIK, "
+            "answered 05; tries: the terminal's hour of unreadable blocks used up, 75; no_key: 30; "
+            "hsm: 96); a terminal with unreadable blocks is a wrong key or someone probing its PINs",
+            ["reason"],
+            registry=r,
+        )
         self.step_seconds = Histogram(
             "paysw_step_seconds",
             "Time in each step of a transaction's path, waits included, by step and transaction type "

@@ -17,9 +17,11 @@ import datetime as dt
 import hmac
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hsm import Hsm, KeyKind, KeyRecord
+from hsm import Hsm, KeyKind, KeyRecord, PinBlockError
 from hsm.keys import terminal_label
 from protocols.iso8583 import MAC_FIELD, Message, encode, encode_with_mac, mac_input
 from protocols.validation import carries_mac, is_sign_on, transmitted_at
@@ -40,6 +42,7 @@ WARN_EVERY_S = 60.0  # per terminal, for warnings a stranger can provoke (bad MA
 # ahead is not noted, and would give keys once the time it names came, so the margin is short.
 KEY_REQUEST_FRESH_S = 600.0
 KEY_REQUEST_AHEAD_S = 60.0
+PIN_FAILURE_WINDOW_S = 3600.0  # SecuritySection.pin_failures_per_hour counts over this rolling window
 
 
 class MacMismatch(Exception):
@@ -61,6 +64,12 @@ class NoPinKey(Exception):
     PIN key (a format error, ``30``)."""
 
 
+class PinTriesExceeded(Exception):
+    """The terminal sent ``pin_failures_per_hour`` PIN blocks that did not read as format 0 within
+    the last hour: none of its PIN blocks is translated until the oldest of them is an hour old
+    (``75``)."""
+
+
 @dataclass
 class _Keys:
     tmk: KeyRecord | None = None
@@ -80,6 +89,7 @@ class TerminalSecurity:
         zpks: dict[str, KeyRecord],
         grace_s: float,
         policy: SecuritySection,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._hsm = hsm
         self._store = store
@@ -88,6 +98,9 @@ class TerminalSecurity:
         self._grace_s = grace_s
         self._allow_without_mac = policy.allow_terminals_without_mac
         self._sign_on_interval_s = policy.sign_on_interval_s
+        self._pin_failures: dict[str, deque[float]] = {}  # per terminal, the latest (monotonic), at most the limit
+        self._pin_failure_limit = policy.pin_failures_per_hour
+        self._clock = clock
         self._keys: dict[str, _Keys] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reread_at: dict[str, float] = {}  # when a MAC that did not verify last reread the keys
@@ -280,12 +293,32 @@ class TerminalSecurity:
 
     def translate_pin(self, terminal_id: str, block_hex: str, pan: str, channel: str) -> str:
         """Field 52 under the terminal's PIK, as the same block under ``channel``'s zone PIN key
-        (hex). Raises ``NoPinKey`` or ``hsm.PinBlockError``."""
+        (hex). Raises ``NoPinKey``, ``PinTriesExceeded`` or ``hsm.PinBlockError``.
+
+        Whether a block reads as format 0 depends on the PIN and the card number it is bound to:
+        told apart, with the card number changed at will, it gives a captured PIN block's digits
+        away one query at a time (Clulow's PAN-modification attack), and no issuer counts those
+        tries, since an unreadable block never reaches one. The caller answers such a block as an
+        issuer answers a wrong PIN, not as a format error, but a readable one still goes on to
+        the channel, whose answer and time may differ: what bounds the probing is that a
+        terminal gets ``pin_failures_per_hour`` unreadable blocks an hour, and past them none of
+        its blocks is translated."""
         keys = self._keys.get(terminal_id)
         zpk = self._zpks.get(channel)
         if keys is None or keys.pik is None or zpk is None:
             raise NoPinKey
-        return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
+        failures = self._pin_failures.get(terminal_id)
+        now = self._clock()
+        full = failures is not None and len(failures) == self._pin_failure_limit
+        if full and now - failures[0] < PIN_FAILURE_WINDOW_S:  # type: ignore[index]  (full: not None)
+            raise PinTriesExceeded
+        try:
+            return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
+        except PinBlockError:
+            if failures is None:
+                failures = self._pin_failures[terminal_id] = deque(maxlen=self._pin_failure_limit)
+            failures.append(now)
+            raise
 
 
 def mac_matches(computed: bytes, given_hex: str) -> bool:

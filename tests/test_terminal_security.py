@@ -20,11 +20,20 @@ import pytest
 from bench.demo_config import DEMO_DIR
 from bench.terminal import TerminalKeys
 from bench.traffic import card_number, inquiry, network, purchase, refund, reversal
-from hsm import KeyKind
+from hsm import HsmSettings, KeyKind, PinBlockError
+from hsm import algorithms as clear_keys
 from hsm.keys import terminal_label
 from hsm.software import SoftwareHsm
+from switch.config import SecuritySection
 from switch.keystore import KeyStore
-from switch.terminal_keys import KEY_REQUEST_FRESH_S, RELOAD_AFTER_S, mac_matches
+from switch.terminal_keys import (
+    KEY_REQUEST_FRESH_S,
+    RELOAD_AFTER_S,
+    PinTriesExceeded,
+    TerminalSecurity,
+    _Keys,
+    mac_matches,
+)
 from tests.conftest import SwitchProcess, fresh_database, run
 from tests.support import MERCHANT, STANS, connected, journal_row, new_purchase, sim_stats
 
@@ -234,6 +243,91 @@ def test_card_pin_reaches_unionpay_translated_to_the_zone_key(switch, simulators
             assert sim_stats(simulators, "unionpay").get("pay", 0) == after.get("pay", 0)
 
     run(scenario())
+
+
+def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_three_an_hour(
+    switch, simulators, database_url
+):
+    """A PIN block bound to another card than field 2's (the Clulow probe: which card numbers
+    make a captured block readable gives its PIN away) is answered 05, as the issuer answers a
+    wrong PIN, not 30; after three such blocks (one sent twice counts once) the terminal's PIN
+    blocks are not translated for the hour, a right one included (75), while a purchase it made
+    before is still told its answer. Each refusal is recorded DECLINED and none is sent.
+    ECB_TERMINAL sends no other PIN block in the tests: its hour changes nothing else."""
+    rng = random.Random()
+
+    def pin_purchase(keys: TerminalKeys, bound_to: str | None = None) -> dict[str, str]:
+        card = card_number(rng)
+        message = purchase(ECB_TERMINAL, MERCHANT, card, 5000, STANS.next(ECB_TERMINAL), entry_mode="021")
+        message["52"] = keys.pin_block("123456", bound_to or card)
+        return message
+
+    async def refused(terminal, message: dict[str, str]) -> str:
+        answer = await terminal.request(message)
+        row = await journal_row(database_url, answer["37"])
+        assert row is not None and (row["state"], row["channel_code"]) == ("DECLINED", "PIN"), dict(row or {})
+        return answer["39"]
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, ECB_TERMINAL, "unionpay-ecb")
+            before = sim_stats(simulators, "unionpay").get("pay", 0)
+            paid = pin_purchase(keys)
+            first = await terminal.request(paid)
+            assert first["39"] == "00"
+            probe = pin_purchase(keys, bound_to=card_number(rng))
+            # Sent again (its answer lost) it is told the same, and is not a second unreadable block.
+            probes = [await refused(terminal, probe), await refused(terminal, probe)]
+            probes += [await refused(terminal, pin_purchase(keys, bound_to=card_number(rng))) for _ in range(2)]
+            assert probes == ["05", "05", "05", "05"]
+            assert await refused(terminal, pin_purchase(keys)) == "75"
+            # Its answer lost, the paid one sent again is told what it was, not refused for the hour.
+            again = await terminal.request(paid)
+            assert (again["39"], again["37"]) == ("00", first["37"])
+            assert sim_stats(simulators, "unionpay").get("pay", 0) == before + 1
+
+    run(scenario())
+
+
+def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
+    """``translate_pin`` alone, on a software HSM and the test's clock: the fourth unreadable
+    block within the hour is refused untried, whatever it holds; an hour after the first, one
+    more is tried; another terminal is never held up."""
+    hsm = SoftwareHsm(os.urandom(32))
+    tmk_clear = clear_keys.random_des_key()
+    tmk = hsm.import_key("tmk:T0000009", KeyKind.TMK, tmk_clear)
+    now = [1000.0]
+    policy = SecuritySection(hsm=HsmSettings(), pin_failures_per_hour=3)
+    zpk = hsm.import_key("zpk:unionpay", KeyKind.ZPK, clear_keys.random_des_key())
+    security = TerminalSecurity(hsm, None, {}, {"unionpay": zpk}, 60.0, policy, clock=lambda: now[0])  # type: ignore[arg-type]
+    piks = {}
+    for terminal_id in ("T0000009", "T0000010"):
+        pik = hsm.generate(f"pik:{terminal_id}", KeyKind.PIK)
+        piks[terminal_id] = clear_keys.tdes_ecb_decrypt(tmk_clear, bytes.fromhex(hsm.export_under(pik, tmk)))
+        security.set_terminals({}, {terminal_id: _Keys(pik=pik)})
+    pan, other = "6222021234567890123", "6222029999567890123"
+
+    def block(terminal_id: str, bound_to: str) -> str:
+        return clear_keys.tdes_ecb_encrypt(piks[terminal_id], clear_keys.pin_block("123456", bound_to)).hex()
+
+    def translate(terminal_id: str, bound_to: str) -> str:
+        return security.translate_pin(terminal_id, block(terminal_id, bound_to), pan, "unionpay")
+
+    assert translate("T0000009", pan)
+    for minute in range(3):
+        now[0] = 1000.0 + 60 * minute
+        with pytest.raises(PinBlockError):
+            translate("T0000009", other)
+    now[0] = 1000.0 + 3599
+    with pytest.raises(PinTriesExceeded):
+        translate("T0000009", pan)
+    assert translate("T0000010", pan)  # its own allowance
+    now[0] = 1000.0 + 3600  # the first is an hour old: one more is tried
+    assert translate("T0000009", pan)
+    with pytest.raises(PinBlockError):
+        translate("T0000009", other)
+    with pytest.raises(PinTriesExceeded):  # the second is not an hour old yet
+        translate("T0000009", pan)
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):
