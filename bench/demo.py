@@ -152,7 +152,7 @@ async def secured_terminal(host: str, port: int, security: SecuritySection) -> N
         probe = await client.request(message)
         print(
             f"  PIN block bound to another card: {probe['39']} (as a wrong PIN, not sent; "
-            f"{security.pin_failures_per_hour} such an hour, then 75)"
+            f"{security.pin_failures_per_hour} such an hour, then 58)"
         )
         keys.mak = bytes(16)  # a tampered terminal
         forged = await client.request(

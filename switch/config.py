@@ -210,7 +210,7 @@ class SecuritySection(_Strict):
     sign_on_interval_s: Annotated[float, Meta(ge=0)] = 30.0
     # PIN blocks of a terminal that do not read as format 0 under its PIK (answered 05, as an
     # issuer answers a wrong PIN), at most this many in any hour; past them its PIN blocks are
-    # refused (75) until the oldest is an hour old (switch.terminal_keys.translate_pin). Counted
+    # refused (58) until the oldest is an hour old (switch.terminal_keys.translate_pin). Counted
     # in each front-end process, from its start.
     pin_failures_per_hour: Annotated[int, Meta(ge=1, le=100)] = 3
 

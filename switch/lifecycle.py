@@ -378,7 +378,7 @@ class Processor:
         journaled like a channel's answer, and nothing is sent."""
         txn = t.txn
         assert txn is not None
-        if t.result is not None:  # declined by risk, or its PIN block not translated
+        if t.result is not None:  # declined by risk
             return
         terminal = self._terminals.get(txn.terminal_id)
         if t.merchant.suspended or (terminal is not None and terminal.suspended):
@@ -546,13 +546,15 @@ class Processor:
 
     def _step_pin(self, t: Context) -> None:
         """Field 52, translated to the channel's zone PIN key: it goes to the channel and nowhere
-        else (the journal keeps the card number masked and hashed, and no PIN at all). Once the
-        row is written: a retransmission is answered as its first arrival was before it gets
-        here, and a terminal's allowance of unreadable blocks (``translate_pin``) never turns the
-        answer to a purchase it made into a refusal. A block not translated is the purchase's
-        result, recorded DECLINED, never sent."""
+        else (the journal keeps the card number masked and hashed, and no PIN at all). Only for a
+        purchase about to be sent: a retransmission was answered as its first arrival was, so a
+        terminal's allowance of unreadable blocks (``translate_pin``) never turns the answer to
+        a purchase it made into a refusal; and one refused already (risk, suspension, the
+        channel's limits) is answered as such whatever its block holds, which would otherwise
+        tell a readable block from another. A block not translated is the purchase's result,
+        recorded DECLINED, never sent."""
         message = t.message
-        if "52" not in message:
+        if "52" not in message or t.result is not None:
             return
         terminal = message["41"]
         try:
@@ -561,7 +563,7 @@ class Processor:
         except NoPinKey:
             code, reason = rc.FORMAT_ERROR, "no_key"  # the configuration's, whatever the block holds
         except PinTriesExceeded:
-            code, reason = rc.PIN_TRIES_EXCEEDED, "tries"
+            code, reason = rc.NOT_PERMITTED_AT_TERMINAL, "tries"
         except PinBlockError:  # as an issuer answers a wrong PIN, not 30 (TerminalSecurity.translate_pin)
             code, reason = rc.DO_NOT_HONOUR, "unreadable"
         except HsmError:  # the HSM's trouble, not the terminal's

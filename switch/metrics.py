@@ -174,7 +174,7 @@ class Metrics:
         self.pin_refused = Counter(
             "paysw_pin_refused",
             "PIN blocks not translated, by reason (unreadable: not format 0 under the terminal's PIK, "
-            "answered 05; tries: the terminal's hour of unreadable blocks used up, 75; no_key: 30; "
+            "answered 05; tries: the terminal's hour of unreadable blocks used up, 58; no_key: 30; "
             "hsm: 96); a terminal with unreadable blocks is a wrong key or someone probing its PINs",
             ["reason"],
             registry=r,

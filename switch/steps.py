@@ -42,8 +42,8 @@ _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "or
          "journaled", "admit", "write_ahead_undo", "send_undo", "record_undo", "answer")  # fmt: skip
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
-                       "transmission_date", "rrn", "duplicate_check", "risk_ask", "write_ahead", "pin", "risk",
-                       "admit", "send_and_poll", "record", "answer"),
+                       "transmission_date", "rrn", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit",
+                       "pin", "send_and_poll", "record", "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: (*_UNDO[:8], "risk_ask", "risk_decide", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),

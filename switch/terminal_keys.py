@@ -67,7 +67,7 @@ class NoPinKey(Exception):
 class PinTriesExceeded(Exception):
     """The terminal sent ``pin_failures_per_hour`` PIN blocks that did not read as format 0 within
     the last hour: none of its PIN blocks is translated until the oldest of them is an hour old
-    (``75``)."""
+    (``58``)."""
 
 
 @dataclass

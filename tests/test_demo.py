@@ -48,7 +48,7 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
         assert not _processes(str(data_dir)), "a process of the demo is still running"
     assert "terminal M0000001: signed on" in result.stdout
     assert "card 62" in result.stdout and "with PIN: 00" in result.stdout
-    assert "PIN block bound to another card: 05 (as a wrong PIN, not sent; 3 such an hour, then 75)" in result.stdout
+    assert "PIN block bound to another card: 05 (as a wrong PIN, not sent; 3 such an hour, then 58)" in result.stdout
     assert "forged MAC: A0" in result.stdout
     assert "50,000.01 yuan: 61 (exceeds amount limit; never sent)" in result.stdout
     assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout

@@ -249,16 +249,17 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
     switch, simulators, database_url
 ):
     """A PIN block bound to another card than field 2's (the Clulow probe: which card numbers
-    make a captured block readable gives its PIN away) is answered 05, as the issuer answers a
-    wrong PIN, not 30; after three such blocks (one sent twice counts once) the terminal's PIN
-    blocks are not translated for the hour, a right one included (75), while a purchase it made
-    before is still told its answer. Each refusal is recorded DECLINED and none is sent.
-    ECB_TERMINAL sends no other PIN block in the tests: its hour changes nothing else."""
+    make a captured block readable tells of its PIN) is answered 05, as the issuer answers a
+    wrong PIN, not 30; after three such blocks (one sent twice counts once; one of a purchase
+    declined before it is read does not count) the terminal's PIN blocks are not translated for
+    the hour, a right one included (58), while a purchase it made before is still told its
+    answer. Each refusal is recorded DECLINED and none is sent. ECB_TERMINAL sends no other PIN
+    block in the tests: its hour changes nothing else."""
     rng = random.Random()
 
-    def pin_purchase(keys: TerminalKeys, bound_to: str | None = None) -> dict[str, str]:
+    def pin_purchase(keys: TerminalKeys, bound_to: str | None = None, amount_fen: int = 5000) -> dict[str, str]:
         card = card_number(rng)
-        message = purchase(ECB_TERMINAL, MERCHANT, card, 5000, STANS.next(ECB_TERMINAL), entry_mode="021")
+        message = purchase(ECB_TERMINAL, MERCHANT, card, amount_fen, STANS.next(ECB_TERMINAL), entry_mode="021")
         message["52"] = keys.pin_block("123456", bound_to or card)
         return message
 
@@ -275,12 +276,17 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
             paid = pin_purchase(keys)
             first = await terminal.request(paid)
             assert first["39"] == "00"
+            # Declined before its block is read (the demo's rule: over 50,000 yuan, 61), a purchase
+            # is answered so whatever the block holds, and its block is not one of the three.
+            for _ in range(3):
+                over = await terminal.request(pin_purchase(keys, bound_to=card_number(rng), amount_fen=5_000_001))
+                assert over["39"] == "61", over
             probe = pin_purchase(keys, bound_to=card_number(rng))
             # Sent again (its answer lost) it is told the same, and is not a second unreadable block.
             probes = [await refused(terminal, probe), await refused(terminal, probe)]
             probes += [await refused(terminal, pin_purchase(keys, bound_to=card_number(rng))) for _ in range(2)]
             assert probes == ["05", "05", "05", "05"]
-            assert await refused(terminal, pin_purchase(keys)) == "75"
+            assert await refused(terminal, pin_purchase(keys)) == "58"
             # Its answer lost, the paid one sent again is told what it was, not refused for the hour.
             again = await terminal.request(paid)
             assert (again["39"], again["37"]) == ("00", first["37"])
