@@ -211,7 +211,7 @@ class SecuritySection(_Strict):
     # PIN blocks of a terminal that do not read as format 0 under its PIK (answered 05, as an
     # issuer answers a wrong PIN), at most this many in any hour; past them its PIN blocks are
     # refused (58) until the oldest is an hour old (switch.terminal_keys.translate_pin). Counted
-    # in each front-end process, from its start.
+    # from the journal, every front end's: a process that has counted none lets one more through.
     pin_failures_per_hour: Annotated[int, Meta(ge=1, le=100)] = 3
 
 

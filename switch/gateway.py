@@ -98,9 +98,12 @@ def risk_declined(rule_id: str, code: str) -> ChannelResult:
     return ChannelResult(0, Outcome.DECLINED, code, "RISK", f"declined by risk rule {rule_id}", sent=False)
 
 
+PIN_REFUSED = "PIN"  # the channel code recorded for a purchase whose PIN block was not translated
+
+
 def pin_refused(code: str, reason: str) -> ChannelResult:
     """The result of a purchase whose PIN block was not translated (``Processor._step_pin``): never sent."""
-    return ChannelResult(0, Outcome.DECLINED, code, "PIN", f"PIN block not translated ({reason})", sent=False)
+    return ChannelResult(0, Outcome.DECLINED, code, PIN_REFUSED, f"PIN block not translated ({reason})", sent=False)
 
 
 @dataclass(eq=False)

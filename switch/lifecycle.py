@@ -45,7 +45,7 @@ from risk.engine import Decision, Facts
 from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
-from switch.gateway import SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
+from switch.gateway import PIN_REFUSED, SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
 from switch.journal.orders import keep_qr_code
@@ -55,6 +55,7 @@ from switch.routing import Router
 from switch.shedding import LoadShedder
 from switch.steps import HTTP_STEPS, STEPS, Context, Path, QrTerms, Reply, bind
 from switch.terminal_keys import (
+    PIN_FAILURE_WINDOW_S,
     KeyRequestReplayed,
     MacMismatch,
     NoPinKey,
@@ -84,6 +85,7 @@ ANSWER_MARGIN_S = 0.25  # kept back from the deadline for recording the outcome 
 RESEND_AGE_S = 2.0
 RESEND_LOOKUPS = 4  # at once
 RESEND_LOOKUP_S = 0.2
+PIN_RECALL_S = 1.0  # how long an unreadable PIN block waits for the journal to say the terminal's others
 ORPHAN_GRACE_S = 5.0  # past its deadline, a RECEIVED transaction no front end is finishing is an orphan
 # Bitmaps follow from the fields; the MAC differs per send; PIN block and track 2 are never kept,
 # not even hashed (PCI DSS 3.3.1).
@@ -544,7 +546,7 @@ class Processor:
         t.channel = self._router.divert(t.channel, t.merchant.id)
         return None if t.channel in self._gateways else rc.CHANNEL_UNAVAILABLE
 
-    def _step_pin(self, t: Context) -> None:
+    async def _step_pin(self, t: Context) -> None:
         """Field 52, translated to the channel's zone PIN key: it goes to the channel and nowhere
         else (the journal keeps the card number masked and hashed, and no PIN at all). Only for a
         purchase about to be sent: a retransmission was answered as its first arrival was, so a
@@ -566,6 +568,7 @@ class Processor:
             code, reason = rc.NOT_PERMITTED_AT_TERMINAL, "tries"
         except PinBlockError:  # as an issuer answers a wrong PIN, not 30 (TerminalSecurity.translate_pin)
             code, reason = rc.DO_NOT_HONOUR, "unreadable"
+            await self._recall_pin_failures(terminal)
         except HsmError:  # the HSM's trouble, not the terminal's
             code, reason = rc.SYSTEM_MALFUNCTION, "hsm"
         self._metrics.pin_refused.labels(reason).inc()
@@ -574,6 +577,23 @@ class Processor:
             log, (terminal, reason), "PIN block not translated", terminal=terminal, stan=message["11"], reason=reason
         )
         t.result = pin_refused(code, reason)
+
+    async def _recall_pin_failures(self, terminal: str) -> None:
+        """The terminal's unreadable PIN blocks of the hour that the journal holds, every front
+        end's (``TerminalSecurity.recall_pin_failures``); while it cannot say, this process's
+        count stands."""
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=PIN_FAILURE_WINDOW_S)
+        limit = self._security.pin_failure_limit
+        try:
+            async with asyncio.timeout(PIN_RECALL_S):
+                recorded = await self._journal.refused_since(terminal, PIN_REFUSED, rc.DO_NOT_HONOUR, since, limit)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._lookup_failures.warn(
+                log, "pin", "PIN failures not read from the journal: this front end's count stands",
+                error=type(exc).__name__,
+            )  # fmt: skip
+            return
+        self._security.recall_pin_failures(terminal, [when.timestamp() for when in recorded])
 
     async def _step_write_ahead(self, t: Context) -> str | None:
         """Invariant 1: the row is committed before anything is sent."""

@@ -89,7 +89,7 @@ class TerminalSecurity:
         zpks: dict[str, KeyRecord],
         grace_s: float,
         policy: SecuritySection,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,  # wall time: the journal's are compared with it
     ) -> None:
         self._hsm = hsm
         self._store = store
@@ -98,8 +98,8 @@ class TerminalSecurity:
         self._grace_s = grace_s
         self._allow_without_mac = policy.allow_terminals_without_mac
         self._sign_on_interval_s = policy.sign_on_interval_s
-        self._pin_failures: dict[str, deque[float]] = {}  # per terminal, the latest (monotonic), at most the limit
-        self._pin_failure_limit = policy.pin_failures_per_hour
+        self._pin_failures: dict[str, deque[float]] = {}  # per terminal, the latest, at most the limit
+        self.pin_failure_limit = policy.pin_failures_per_hour
         self._clock = clock
         self._keys: dict[str, _Keys] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -302,23 +302,35 @@ class TerminalSecurity:
         issuer answers a wrong PIN, not as a format error, but a readable one still goes on to
         the channel, whose answer and time may differ: what bounds the probing is that a
         terminal gets ``pin_failures_per_hour`` unreadable blocks an hour, and past them none of
-        its blocks is translated."""
+        its blocks is translated. Counted here as they come, and from the journal as each comes
+        (``recall_pin_failures``): other front ends' and earlier processes' count too."""
         keys = self._keys.get(terminal_id)
         zpk = self._zpks.get(channel)
         if keys is None or keys.pik is None or zpk is None:
             raise NoPinKey
         failures = self._pin_failures.get(terminal_id)
         now = self._clock()
-        full = failures is not None and len(failures) == self._pin_failure_limit
+        full = failures is not None and len(failures) == self.pin_failure_limit
         if full and now - failures[0] < PIN_FAILURE_WINDOW_S:  # type: ignore[index]  (full: not None)
             raise PinTriesExceeded
         try:
             return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
         except PinBlockError:
             if failures is None:
-                failures = self._pin_failures[terminal_id] = deque(maxlen=self._pin_failure_limit)
+                failures = self._pin_failures[terminal_id] = deque(maxlen=self.pin_failure_limit)
             failures.append(now)
             raise
+
+    def recall_pin_failures(self, terminal_id: str, recorded: list[float]) -> None:
+        """After an unreadable block of ``terminal_id`` (its time the latest counted here): the
+        times its earlier ones were recorded in the journal within the hour, by any front end
+        (this one's included, so they replace what is counted here rather than add to it). With
+        ``paysw run --workers N``, a restart, or a second site, the terminal's allowance is then
+        the switch's, not each process's: a process that has counted none lets one more through
+        before it knows."""
+        latest = self._pin_failures[terminal_id][-1]
+        merged = sorted([t for t in recorded if t < latest] + [latest])
+        self._pin_failures[terminal_id] = deque(merged[-self.pin_failure_limit :], maxlen=self.pin_failure_limit)
 
 
 def mac_matches(computed: bytes, given_hex: str) -> bool:

@@ -253,8 +253,9 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
     wrong PIN, not 30; after three such blocks (one sent twice counts once; one of a purchase
     declined before it is read does not count) the terminal's PIN blocks are not translated for
     the hour, a right one included (58), while a purchase it made before is still told its
-    answer. Each refusal is recorded DECLINED and none is sent. ECB_TERMINAL sends no other PIN
-    block in the tests: its hour changes nothing else."""
+    answer. Each refusal is recorded DECLINED and none is sent. The hour outlives the process: the
+    switch restarted, the journal tells it. ECB_TERMINAL sends no other PIN block in the tests:
+    its hour changes nothing else."""
     rng = random.Random()
 
     def pin_purchase(keys: TerminalKeys, bound_to: str | None = None, amount_fen: int = 5000) -> dict[str, str]:
@@ -272,7 +273,6 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
     async def scenario():
         async with connected(switch) as terminal:
             keys = await signed_on(terminal, ECB_TERMINAL, "unionpay-ecb")
-            before = sim_stats(simulators, "unionpay").get("pay", 0)
             paid = pin_purchase(keys)
             first = await terminal.request(paid)
             assert first["39"] == "00"
@@ -290,9 +290,21 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
             # Its answer lost, the paid one sent again is told what it was, not refused for the hour.
             again = await terminal.request(paid)
             assert (again["39"], again["37"]) == ("00", first["37"])
-            assert sim_stats(simulators, "unionpay").get("pay", 0) == before + 1
+        return keys
 
-    run(scenario())
+    async def after_restart(keys: TerminalKeys):
+        async with connected(switch) as terminal:
+            terminal.keys[ECB_TERMINAL] = keys  # kept in the key store across the restart
+            # A new process has counted none: it lets one through, then reads the journal's three.
+            assert await refused(terminal, pin_purchase(keys, bound_to=card_number(rng))) == "05"
+            assert await refused(terminal, pin_purchase(keys)) == "58"
+
+    before = sim_stats(simulators, "unionpay").get("pay", 0)
+    keys = run(scenario())
+    assert switch.stop() == 0
+    switch.start()
+    run(after_restart(keys))
+    assert sim_stats(simulators, "unionpay").get("pay", 0) == before + 1
 
 
 def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
@@ -334,6 +346,16 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         translate("T0000009", other)
     with pytest.raises(PinTriesExceeded):  # the second is not an hour old yet
         translate("T0000009", pan)
+    # T0000010's first here, with two recorded in the journal by other front ends within the hour
+    # (and this one, recorded since, which must not count twice): its allowance is used up.
+    now[0] = 9000.0
+    with pytest.raises(PinBlockError):
+        translate("T0000010", other)
+    security.recall_pin_failures("T0000010", [8000.0, 8500.0, 9000.0])
+    with pytest.raises(PinTriesExceeded):
+        translate("T0000010", pan)
+    now[0] = 8000.0 + 3600  # the oldest recorded is an hour old
+    assert translate("T0000010", pan)
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):

@@ -558,6 +558,24 @@ class Journal:
         row = await self._pool.fetchrow(_FIND_SQL, key.tx_date, key.terminal_id, key.stan, key.transmitted)
         return StoredTxn(*row) if row else None
 
+    async def refused_since(
+        self, terminal_id: str, channel_code: str, answer: str, since: dt.datetime, limit: int
+    ) -> list[dt.datetime]:
+        """When the terminal's latest ``limit`` transactions read since ``since`` were refused
+        with ``channel_code`` and ``answer``, by any front end: newest first."""
+        rows = await self._pool.fetch(
+            "SELECT received_at FROM txn WHERE tx_date BETWEEN $2 AND $3 AND terminal_id = $1 AND channel_code = $4 "
+            "AND response_code = $5 AND received_at > $6 ORDER BY received_at DESC LIMIT $7",
+            terminal_id,
+            since.date() - dt.timedelta(days=1),  # field 7's day may be the terminal's, a day either side
+            dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1),
+            channel_code,
+            answer,
+            since,
+            limit,
+        )
+        return [row["received_at"] for row in rows]
+
     async def find_by_rrn(self, rrn: str, merchant_id: str) -> tuple[str, int] | None:
         """State and amount of the transaction ``rrn`` of ``merchant_id`` (another merchant's is
         not found: a terminal learns nothing of other merchants' transactions)."""
