@@ -559,8 +559,11 @@ class Processor:
         if "52" not in message or t.result is not None:
             return
         terminal = message["41"]
+        if self._security.pin_failures_counted(terminal):  # others may have come to other front ends
+            await self._recall_pin_failures(terminal)
         try:
-            t.pin_block = self._security.translate_pin(terminal, message["52"], message["2"], t.channel)
+            request = (message["11"], message["7"])
+            t.pin_block = self._security.translate_pin(terminal, message["52"], message["2"], t.channel, request)
             return
         except NoPinKey:
             code, reason = rc.FORMAT_ERROR, "no_key"  # the configuration's, whatever the block holds
@@ -593,7 +596,7 @@ class Processor:
                 error=type(exc).__name__,
             )  # fmt: skip
             return
-        self._security.recall_pin_failures(terminal, [when.timestamp() for when in recorded])
+        self._security.recall_pin_failures(terminal, {request: when.timestamp() for request, when in recorded.items()})
 
     async def _step_write_ahead(self, t: Context) -> str | None:
         """Invariant 1: the row is committed before anything is sent."""

@@ -17,7 +17,6 @@ import datetime as dt
 import hmac
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +63,9 @@ class NoPinKey(Exception):
     PIN key (a format error, ``30``)."""
 
 
+PinRequest = tuple[str, str]  # a purchase's STAN and field 7: one PIN block counts once
+
+
 class PinTriesExceeded(Exception):
     """The terminal sent ``pin_failures_per_hour`` PIN blocks that did not read as format 0 within
     the last hour: none of its PIN blocks is translated until the oldest of them is an hour old
@@ -98,7 +100,7 @@ class TerminalSecurity:
         self._grace_s = grace_s
         self._allow_without_mac = policy.allow_terminals_without_mac
         self._sign_on_interval_s = policy.sign_on_interval_s
-        self._pin_failures: dict[str, deque[float]] = {}  # per terminal, the latest, at most the limit
+        self._pin_failures: dict[str, dict[PinRequest, float]] = {}  # per terminal, the latest (at most the limit)
         self.pin_failure_limit = policy.pin_failures_per_hour
         self._clock = clock
         self._keys: dict[str, _Keys] = {}
@@ -291,7 +293,7 @@ class TerminalSecurity:
 
     # -- PIN -----------------------------------------------------------------------------------
 
-    def translate_pin(self, terminal_id: str, block_hex: str, pan: str, channel: str) -> str:
+    def translate_pin(self, terminal_id: str, block_hex: str, pan: str, channel: str, request: PinRequest) -> str:
         """Field 52 under the terminal's PIK, as the same block under ``channel``'s zone PIN key
         (hex). Raises ``NoPinKey``, ``PinTriesExceeded`` or ``hsm.PinBlockError``.
 
@@ -302,35 +304,48 @@ class TerminalSecurity:
         issuer answers a wrong PIN, not as a format error, but a readable one still goes on to
         the channel, whose answer and time may differ: what bounds the probing is that a
         terminal gets ``pin_failures_per_hour`` unreadable blocks an hour, and past them none of
-        its blocks is translated. Counted here as they come, and from the journal as each comes
-        (``recall_pin_failures``): other front ends' and earlier processes' count too."""
+        its blocks is translated. Counted here as they come (``request``: the purchase's STAN and
+        field 7), and from the journal (``recall_pin_failures``): other front ends' and earlier
+        processes' count too."""
         keys = self._keys.get(terminal_id)
         zpk = self._zpks.get(channel)
         if keys is None or keys.pik is None or zpk is None:
             raise NoPinKey
-        failures = self._pin_failures.get(terminal_id)
-        now = self._clock()
-        full = failures is not None and len(failures) == self.pin_failure_limit
-        if full and now - failures[0] < PIN_FAILURE_WINDOW_S:  # type: ignore[index]  (full: not None)
+        if self._pin_locked(terminal_id):
             raise PinTriesExceeded
         try:
             return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
-        except PinBlockError:
-            if failures is None:
-                failures = self._pin_failures[terminal_id] = deque(maxlen=self.pin_failure_limit)
-            failures.append(now)
+        except PinBlockError:  # counted before anything awaits: pipelined probes see it
+            self._count_pin_failures(terminal_id, {request: self._clock()})
             raise
 
-    def recall_pin_failures(self, terminal_id: str, recorded: list[float]) -> None:
-        """After an unreadable block of ``terminal_id`` (its time the latest counted here): the
-        times its earlier ones were recorded in the journal within the hour, by any front end
-        (this one's included, so they replace what is counted here rather than add to it). With
-        ``paysw run --workers N``, a restart, or a second site, the terminal's allowance is then
-        the switch's, not each process's: a process that has counted none lets one more through
-        before it knows."""
-        latest = self._pin_failures[terminal_id][-1]
-        merged = sorted([t for t in recorded if t < latest] + [latest])
-        self._pin_failures[terminal_id] = deque(merged[-self.pin_failure_limit :], maxlen=self.pin_failure_limit)
+    def pin_failures_counted(self, terminal_id: str) -> bool:
+        """Whether an unreadable block of ``terminal_id`` within the hour is counted here: then
+        the journal is read before its next block (``recall_pin_failures``), which another front
+        end may have refused since, as well as after every unreadable one."""
+        failures = self._pin_failures.get(terminal_id)
+        return bool(failures) and self._clock() - max(failures.values()) < PIN_FAILURE_WINDOW_S  # type: ignore[union-attr]
+
+    def recall_pin_failures(self, terminal_id: str, recorded: dict[PinRequest, float]) -> None:
+        """The unreadable blocks of ``terminal_id`` the journal holds from the last hour, by any
+        front end, as request: time. Counted with this process's, each request once (one counted
+        here may be recorded by now). So with ``paysw run --workers N`` or after a restart the
+        allowance is the switch's: a process that has counted none of the hour lets one more
+        through before it reads the others."""
+        self._count_pin_failures(terminal_id, recorded)
+
+    def _count_pin_failures(self, terminal_id: str, failures: dict[PinRequest, float]) -> None:
+        merged = {**failures, **self._pin_failures.get(terminal_id, {})}
+        latest = sorted(merged.items(), key=lambda item: item[1])[-self.pin_failure_limit :]
+        self._pin_failures[terminal_id] = dict(latest)
+
+    def _pin_locked(self, terminal_id: str) -> bool:
+        failures = self._pin_failures.get(terminal_id)
+        return (
+            failures is not None
+            and len(failures) == self.pin_failure_limit
+            and self._clock() - min(failures.values()) < PIN_FAILURE_WINDOW_S
+        )
 
 
 def mac_matches(computed: bytes, given_hex: str) -> bool:

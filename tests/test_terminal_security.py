@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import os
 import random
 import re
@@ -310,7 +311,8 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
 def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
     """``translate_pin`` alone, on a software HSM and the test's clock: the fourth unreadable
     block within the hour is refused untried, whatever it holds; an hour after the first, one
-    more is tried; another terminal is never held up."""
+    more is tried; another terminal is never held up; the journal's (other front ends') count
+    with this process's, a request once."""
     hsm = SoftwareHsm(os.urandom(32))
     tmk_clear = clear_keys.random_des_key()
     tmk = hsm.import_key("tmk:T0000009", KeyKind.TMK, tmk_clear)
@@ -324,18 +326,20 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         piks[terminal_id] = clear_keys.tdes_ecb_decrypt(tmk_clear, bytes.fromhex(hsm.export_under(pik, tmk)))
         security.set_terminals({}, {terminal_id: _Keys(pik=pik)})
     pan, other = "6222021234567890123", "6222029999567890123"
+    stans = itertools.count(1)
 
-    def block(terminal_id: str, bound_to: str) -> str:
-        return clear_keys.tdes_ecb_encrypt(piks[terminal_id], clear_keys.pin_block("123456", bound_to)).hex()
-
-    def translate(terminal_id: str, bound_to: str) -> str:
-        return security.translate_pin(terminal_id, block(terminal_id, bound_to), pan, "unionpay")
+    def translate(terminal_id: str, bound_to: str, stan: int | None = None) -> str:
+        block = clear_keys.tdes_ecb_encrypt(piks[terminal_id], clear_keys.pin_block("123456", bound_to)).hex()
+        request = (f"{stan or next(stans):06d}", "1207101010")
+        return security.translate_pin(terminal_id, block, pan, "unionpay", request)
 
     assert translate("T0000009", pan)
+    assert not security.pin_failures_counted("T0000009")
     for minute in range(3):
         now[0] = 1000.0 + 60 * minute
         with pytest.raises(PinBlockError):
             translate("T0000009", other)
+    assert security.pin_failures_counted("T0000009")
     now[0] = 1000.0 + 3599
     with pytest.raises(PinTriesExceeded):
         translate("T0000009", pan)
@@ -346,16 +350,28 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         translate("T0000009", other)
     with pytest.raises(PinTriesExceeded):  # the second is not an hour old yet
         translate("T0000009", pan)
-    # T0000010's first here, with two recorded in the journal by other front ends within the hour
-    # (and this one, recorded since, which must not count twice): its allowance is used up.
+    # T0000010's first here (STAN 900001), and the journal's: two other front ends' within the hour,
+    # and this one's, recorded since (at its arrival, a little earlier), which counts once.
     now[0] = 9000.0
     with pytest.raises(PinBlockError):
-        translate("T0000010", other)
-    security.recall_pin_failures("T0000010", [8000.0, 8500.0, 9000.0])
+        translate("T0000010", other, stan=900001)
+    security.recall_pin_failures("T0000010", {("000007", "1207101010"): 8000.0, ("900001", "1207101010"): 8999.5})
+    assert translate("T0000010", pan)  # two so far
+    security.recall_pin_failures("T0000010", {("000008", "1207101010"): 8500.0})
     with pytest.raises(PinTriesExceeded):
         translate("T0000010", pan)
     now[0] = 8000.0 + 3600  # the oldest recorded is an hour old
     assert translate("T0000010", pan)
+    # Pipelined probes: the journal read after one returns before any is recorded; none is lost.
+    now[0] = 20000.0
+    for _ in range(2):
+        with pytest.raises(PinBlockError):
+            translate("T0000010", other)
+    security.recall_pin_failures("T0000010", {})
+    with pytest.raises(PinBlockError):
+        translate("T0000010", other)
+    with pytest.raises(PinTriesExceeded):
+        translate("T0000010", pan)
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):

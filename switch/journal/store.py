@@ -560,21 +560,24 @@ class Journal:
 
     async def refused_since(
         self, terminal_id: str, channel_code: str, answer: str, since: dt.datetime, limit: int
-    ) -> list[dt.datetime]:
-        """When the terminal's latest ``limit`` transactions read since ``since`` were refused
-        with ``channel_code`` and ``answer``, by any front end: newest first."""
+    ) -> dict[tuple[str, str], dt.datetime]:
+        """The terminal's latest ``limit`` transactions read since ``since`` and refused with
+        ``channel_code`` and ``answer``, by any front end: (STAN, field 7): when read."""
+        # field 7's day is the terminal's: a day either side of the switch's. Days as a list, each
+        # a partition's primary key lookup on (tx_date, terminal_id); a range would scan them.
+        first = since.date() - dt.timedelta(days=1)
+        days = [first + dt.timedelta(days=n) for n in range((dt.datetime.now(dt.UTC).date() - first).days + 2)]
         rows = await self._pool.fetch(
-            "SELECT received_at FROM txn WHERE tx_date BETWEEN $2 AND $3 AND terminal_id = $1 AND channel_code = $4 "
-            "AND response_code = $5 AND received_at > $6 ORDER BY received_at DESC LIMIT $7",
+            "SELECT stan, transmitted, received_at FROM txn WHERE tx_date = ANY($2::date[]) AND terminal_id = $1 "
+            "AND channel_code = $3 AND response_code = $4 AND received_at > $5 ORDER BY received_at DESC LIMIT $6",
             terminal_id,
-            since.date() - dt.timedelta(days=1),  # field 7's day may be the terminal's, a day either side
-            dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1),
+            days,
             channel_code,
             answer,
             since,
             limit,
         )
-        return [row["received_at"] for row in rows]
+        return {(row["stan"], row["transmitted"]): row["received_at"] for row in rows}
 
     async def find_by_rrn(self, rrn: str, merchant_id: str) -> tuple[str, int] | None:
         """State and amount of the transaction ``rrn`` of ``merchant_id`` (another merchant's is
