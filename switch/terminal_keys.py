@@ -13,6 +13,7 @@ last that did (``KeyRequestReplayed``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import logging
@@ -80,6 +81,9 @@ class _Keys:
     # the newest never; the one before it only for messages in flight at the key change.
     maks: list[tuple[KeyRecord, float]] = field(default_factory=list)
     issued_at: float = float("-inf")  # when the newest MAK was made (by any front end)
+    # The PIK before ``pik``, and when it stops being read: a PIN purchase in flight at a key
+    # change, its MAC under the MAK before, has its block under this one.
+    previous_pik: tuple[KeyRecord, float] | None = None
 
 
 class TerminalSecurity:
@@ -158,10 +162,12 @@ class TerminalSecurity:
         return keys
 
     async def _read(self, terminal_id: str) -> _Keys:
-        keys = _Keys(
-            tmk=await self._store.current(terminal_label(KeyKind.TMK, terminal_id)),
-            pik=await self._store.current(terminal_label(KeyKind.PIK, terminal_id)),
-        )
+        keys = _Keys(tmk=await self._store.current(terminal_label(KeyKind.TMK, terminal_id)))
+        piks = await self._store.newest(terminal_label(KeyKind.PIK, terminal_id), WORKING_KEY_VERSIONS)
+        if piks:
+            keys.pik = piks[0].record
+            if len(piks) == 2:
+                keys.previous_pik = (piks[1].record, piks[0].created_at.timestamp() + self._grace_s)
         maks = await self._store.newest(terminal_label(KeyKind.MAK, terminal_id), WORKING_KEY_VERSIONS)
         if maks:
             keys.issued_at = maks[0].created_at.timestamp()
@@ -313,10 +319,15 @@ class TerminalSecurity:
             raise NoPinKey
         if self._pin_locked(terminal_id):
             raise PinTriesExceeded
+        block = bytes.fromhex(block_hex)
         try:
-            return self._hsm.translate_pin(keys.pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
-        except PinBlockError:  # counted before anything awaits: pipelined probes see it
-            self._count_pin_failures(terminal_id, {request: self._clock()})
+            return self._hsm.translate_pin(keys.pik, zpk, block, pan).hex().upper()
+        except PinBlockError:
+            now = self._clock()
+            if keys.previous_pik is not None and now < keys.previous_pik[1]:
+                with contextlib.suppress(PinBlockError):
+                    return self._hsm.translate_pin(keys.previous_pik[0], zpk, block, pan).hex().upper()
+            self._count_pin_failures(terminal_id, {request: now})  # before anything awaits: pipelined probes see it
             raise
 
     def pin_failures_counted(self, terminal_id: str) -> bool:

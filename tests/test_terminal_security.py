@@ -7,6 +7,7 @@ sign-ons are rate-limited."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import itertools
 import os
@@ -308,6 +309,31 @@ def test_an_unreadable_pin_block_is_answered_as_a_wrong_pin_and_a_terminal_gets_
     assert sim_stats(simulators, "unionpay").get("pay", 0) == before + 1
 
 
+def test_a_pin_purchase_in_flight_at_a_key_change_reads_under_the_pik_before(switch, simulators):
+    """Built before a key change (MAC and PIN block under the keys before) and read after it: the
+    MAK before is accepted for a request deadline, and so is the PIK before, so the purchase is
+    paid, not refused 05 and counted against the terminal."""
+    rng = random.Random()
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            keys = await signed_on(terminal, MAC_TERMINAL)
+            built_before = copy.copy(keys)
+            change = await terminal.request(network(MAC_TERMINAL, STANS.next(MAC_TERMINAL), "101"))
+            assert change["39"] == "00"
+            keys.take_working_keys(change["62"])
+            assert keys.pik != built_before.pik
+            before = sim_stats(simulators, "unionpay").get("pin:ok", 0)
+            card = card_number(rng)
+            message = purchase(MAC_TERMINAL, MERCHANT, card, 5000, STANS.next(MAC_TERMINAL), entry_mode="021")
+            message["52"] = built_before.pin_block("123456", card)
+            terminal.keys[MAC_TERMINAL] = built_before  # MAC'd as it was built
+            assert (await terminal.request(message))["39"] == "00"
+            assert sim_stats(simulators, "unionpay").get("pin:ok", 0) == before + 1
+
+    run(scenario())
+
+
 def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
     """``translate_pin`` alone, on a software HSM and the test's clock: the fourth unreadable
     block within the hour is refused untried, whatever it holds; an hour after the first, one
@@ -372,6 +398,25 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         translate("T0000010", other)
     with pytest.raises(PinTriesExceeded):
         translate("T0000010", pan)
+
+
+def test_the_pik_before_a_key_change_is_read_for_its_grace_only():
+    hsm = SoftwareHsm(os.urandom(32))
+    tmk_clear = clear_keys.random_des_key()
+    tmk = hsm.import_key("tmk:T0000011", KeyKind.TMK, tmk_clear)
+    zpk = hsm.import_key("zpk:unionpay", KeyKind.ZPK, clear_keys.random_des_key())
+    now = [1000.0]
+    policy = SecuritySection(hsm=HsmSettings(), pin_failures_per_hour=3)
+    security = TerminalSecurity(hsm, None, {}, {"unionpay": zpk}, 30.0, policy, clock=lambda: now[0])  # type: ignore[arg-type]
+    old, new = hsm.generate("pik:T0000011", KeyKind.PIK), hsm.generate("pik:T0000011", KeyKind.PIK)
+    security.set_terminals({}, {"T0000011": _Keys(pik=new, previous_pik=(old, 1030.0))})
+    old_clear = clear_keys.tdes_ecb_decrypt(tmk_clear, bytes.fromhex(hsm.export_under(old, tmk)))
+    pan = "6222021234567890123"
+    block = clear_keys.tdes_ecb_encrypt(old_clear, clear_keys.pin_block("123456", pan)).hex()
+    assert security.translate_pin("T0000011", block, pan, "unionpay", ("000001", "1207101010"))
+    now[0] = 1030.0
+    with pytest.raises(PinBlockError):
+        security.translate_pin("T0000011", block, pan, "unionpay", ("000002", "1207101010"))
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):
