@@ -304,15 +304,15 @@ class TerminalSecurity:
         (hex). Raises ``NoPinKey``, ``PinTriesExceeded`` or ``hsm.PinBlockError``.
 
         Whether a block reads as format 0 depends on the PIN and the card number it is bound to:
-        told apart, with the card number changed at will, it gives a captured PIN block's digits
-        away one query at a time (Clulow's PAN-modification attack), and no issuer counts those
-        tries, since an unreadable block never reaches one. The caller answers such a block as an
-        issuer answers a wrong PIN, not as a format error, but a readable one still goes on to
-        the channel, whose answer and time may differ: what bounds the probing is that a
-        terminal gets ``pin_failures_per_hour`` unreadable blocks an hour, and past them none of
-        its blocks is translated. Counted here as they come (``request``: the purchase's STAN and
-        field 7), and from the journal (``recall_pin_failures``): other front ends' and earlier
-        processes' count too."""
+        told apart, with the card number changed at will, it tells of a captured block's digits
+        (past the second, which pair of values) one query at a time (Clulow's PAN-modification
+        attack), and no issuer counts those tries, since an unreadable block never reaches one.
+        The caller answers such a block as an issuer answers a wrong PIN, not as a format error,
+        but a readable one still goes on to the channel, whose answer and time may differ: what
+        bounds the probing is that a terminal gets ``pin_failures_per_hour`` unreadable blocks
+        an hour, and past them none of its blocks is translated. Counted here as they come
+        (``request``: the purchase's STAN and field 7), and from the journal
+        (``recall_pin_failures``): other front ends' and earlier processes' count too."""
         keys = self._keys.get(terminal_id)
         zpk = self._zpks.get(channel)
         if keys is None or keys.pik is None or zpk is None:
