@@ -563,7 +563,7 @@ class Processor:
             await self._recall_pin_failures(terminal)
         try:
             request = (message["11"], message["7"])
-            t.pin_block = self._security.translate_pin(terminal, message["52"], message["2"], t.channel, request)
+            t.pin_block = self._security.translate_pin(terminal, message["52"], message["2"], t.channel, request, t.mak)
             return
         except NoPinKey:
             code, reason = rc.FORMAT_ERROR, "no_key"  # the configuration's, whatever the block holds

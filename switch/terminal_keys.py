@@ -13,7 +13,6 @@ last that did (``KeyRequestReplayed``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hmac
 import logging
@@ -81,9 +80,9 @@ class _Keys:
     # the newest never; the one before it only for messages in flight at the key change.
     maks: list[tuple[KeyRecord, float]] = field(default_factory=list)
     issued_at: float = float("-inf")  # when the newest MAK was made (by any front end)
-    # The PIK before ``pik``, and when it stops being read: a PIN purchase in flight at a key
-    # change, its MAC under the MAK before, has its block under this one.
-    previous_pik: tuple[KeyRecord, float] | None = None
+    # The PIK made with the MAK before (``maks[1]``): a PIN purchase in flight at a key change,
+    # MAC'd under that MAK, has its block under this one.
+    previous_pik: KeyRecord | None = None
 
 
 class TerminalSecurity:
@@ -167,7 +166,7 @@ class TerminalSecurity:
         if piks:
             keys.pik = piks[0].record
             if len(piks) == 2:
-                keys.previous_pik = (piks[1].record, piks[0].created_at.timestamp() + self._grace_s)
+                keys.previous_pik = piks[1].record
         maks = await self._store.newest(terminal_label(KeyKind.MAK, terminal_id), WORKING_KEY_VERSIONS)
         if maks:
             keys.issued_at = maks[0].created_at.timestamp()
@@ -247,7 +246,8 @@ class TerminalSecurity:
     async def new_working_keys(self, terminal_id: str, signing_on: bool, field7: str, stan: str) -> str:
         """Field 62 of a sign-on / key change answer: a new PIK and MAK under the terminal's TMK,
         each with its check value (spec section 7). The MAK they replace stays valid for messages
-        in flight only; older versions are deleted. Raises ``SignOnTooSoon`` for a sign-on less
+        in flight only, and the PIK they replace is read for a request MAC'd under that MAK;
+        older versions are deleted. Raises ``SignOnTooSoon`` for a sign-on less
         than ``sign_on_interval_s`` after the terminal's last new keys (a sign-on's MAC is under a
         key that never changes: the limit bounds how often one captured could be used), and
         ``KeyRequestReplayed`` for a request (``field7``, ``stan``) not after the terminal's last
@@ -299,9 +299,13 @@ class TerminalSecurity:
 
     # -- PIN -----------------------------------------------------------------------------------
 
-    def translate_pin(self, terminal_id: str, block_hex: str, pan: str, channel: str, request: PinRequest) -> str:
+    def translate_pin(
+        self, terminal_id: str, block_hex: str, pan: str, channel: str, request: PinRequest, mak: KeyRecord | None
+    ) -> str:
         """Field 52 under the terminal's PIK, as the same block under ``channel``'s zone PIN key
-        (hex). Raises ``NoPinKey``, ``PinTriesExceeded`` or ``hsm.PinBlockError``.
+        (hex). Raises ``NoPinKey``, ``PinTriesExceeded`` or ``hsm.PinBlockError``. ``mak``: the
+        MAK the request's MAC verified under; the one before a key change (accepted for messages
+        in flight) means the block is under the PIK made with it.
 
         Whether a block reads as format 0 depends on the PIN and the card number it is bound to:
         told apart, with the card number changed at will, it tells of a captured block's digits
@@ -319,15 +323,13 @@ class TerminalSecurity:
             raise NoPinKey
         if self._pin_locked(terminal_id):
             raise PinTriesExceeded
-        block = bytes.fromhex(block_hex)
+        pik = keys.pik
+        if keys.previous_pik is not None and len(keys.maks) == 2 and mak == keys.maks[1][0]:
+            pik = keys.previous_pik  # MAC'd under the MAK before a key change: in flight at it
         try:
-            return self._hsm.translate_pin(keys.pik, zpk, block, pan).hex().upper()
-        except PinBlockError:
-            now = self._clock()
-            if keys.previous_pik is not None and now < keys.previous_pik[1]:
-                with contextlib.suppress(PinBlockError):
-                    return self._hsm.translate_pin(keys.previous_pik[0], zpk, block, pan).hex().upper()
-            self._count_pin_failures(terminal_id, {request: now})  # before anything awaits: pipelined probes see it
+            return self._hsm.translate_pin(pik, zpk, bytes.fromhex(block_hex), pan).hex().upper()
+        except PinBlockError:  # counted before anything awaits: pipelined probes see it
+            self._count_pin_failures(terminal_id, {request: self._clock()})
             raise
 
     def pin_failures_counted(self, terminal_id: str) -> bool:

@@ -357,7 +357,7 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
     def translate(terminal_id: str, bound_to: str, stan: int | None = None) -> str:
         block = clear_keys.tdes_ecb_encrypt(piks[terminal_id], clear_keys.pin_block("123456", bound_to)).hex()
         request = (f"{stan or next(stans):06d}", "1207101010")
-        return security.translate_pin(terminal_id, block, pan, "unionpay", request)
+        return security.translate_pin(terminal_id, block, pan, "unionpay", request, None)
 
     assert translate("T0000009", pan)
     assert not security.pin_failures_counted("T0000009")
@@ -400,23 +400,28 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         translate("T0000010", pan)
 
 
-def test_the_pik_before_a_key_change_is_read_for_its_grace_only():
+def test_the_pik_before_a_key_change_reads_only_a_request_maced_under_the_mak_before():
+    """The MAC check holds the grace (the MAK before is accepted for a request deadline): the
+    PIN block of a request MAC'd under it is read under the PIK made with it, and counts nothing;
+    under the new MAK, or with no MAC, only the new PIK is tried."""
     hsm = SoftwareHsm(os.urandom(32))
     tmk_clear = clear_keys.random_des_key()
     tmk = hsm.import_key("tmk:T0000011", KeyKind.TMK, tmk_clear)
     zpk = hsm.import_key("zpk:unionpay", KeyKind.ZPK, clear_keys.random_des_key())
-    now = [1000.0]
     policy = SecuritySection(hsm=HsmSettings(), pin_failures_per_hour=3)
-    security = TerminalSecurity(hsm, None, {}, {"unionpay": zpk}, 30.0, policy, clock=lambda: now[0])  # type: ignore[arg-type]
+    security = TerminalSecurity(hsm, None, {}, {"unionpay": zpk}, 30.0, policy, clock=lambda: 1000.0)  # type: ignore[arg-type]
     old, new = hsm.generate("pik:T0000011", KeyKind.PIK), hsm.generate("pik:T0000011", KeyKind.PIK)
-    security.set_terminals({}, {"T0000011": _Keys(pik=new, previous_pik=(old, 1030.0))})
+    mak_old, mak_new = hsm.generate("mak:T0000011", KeyKind.MAK), hsm.generate("mak:T0000011", KeyKind.MAK)
+    maks = [(mak_new, float("inf")), (mak_old, 1030.0)]
+    security.set_terminals({}, {"T0000011": _Keys(pik=new, previous_pik=old, maks=maks)})
     old_clear = clear_keys.tdes_ecb_decrypt(tmk_clear, bytes.fromhex(hsm.export_under(old, tmk)))
     pan = "6222021234567890123"
     block = clear_keys.tdes_ecb_encrypt(old_clear, clear_keys.pin_block("123456", pan)).hex()
-    assert security.translate_pin("T0000011", block, pan, "unionpay", ("000001", "1207101010"))
-    now[0] = 1030.0
-    with pytest.raises(PinBlockError):
-        security.translate_pin("T0000011", block, pan, "unionpay", ("000002", "1207101010"))
+    assert security.translate_pin("T0000011", block, pan, "unionpay", ("000001", "1207101010"), mak_old)
+    assert not security.pin_failures_counted("T0000011")
+    for n, mak in ((2, mak_new), (3, None)):
+        with pytest.raises(PinBlockError):
+            security.translate_pin("T0000011", block, pan, "unionpay", (f"{n:06d}", "1207101010"), mak)
 
 
 def test_terminals_without_a_master_key_sign_on_plainly(switch):
