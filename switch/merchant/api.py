@@ -35,7 +35,6 @@ from switch.merchant.orders import CODE, QR, CodeAsk, Orders, QrAsk, Refused
 from switch.merchant.settings import MerchantApiSection
 from switch.merchant.signing import request_signing_input
 from switch.ratelimit import FailureLimit
-from switch.shedding import peer_of
 
 log = logging.getLogger("paysw.merchant_api")
 OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -211,9 +210,8 @@ class MerchantApi:
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
     def _unrefused(self, request: web.Request) -> str:
-        """The request's peer (its address, as the admission groups them: an IPv6 one by its /64),
-        unless too many of its signatures failed of late."""
-        peer = peer_of(request.remote or "")
+        """The request's peer (its address), unless too many of its signatures failed of late."""
+        peer = request.remote or ""
         if self._forgers.refused(peer):
             raise ApiError(429, "TOO_MANY_FAILURES", "too many requests whose signature did not verify: try later")
         return peer
