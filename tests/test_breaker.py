@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from switch.breaker import BreakerSettings, CircuitBreaker, CircuitState
-from switch.ratelimit import FailureLimit, Quota, TokenBucket
+from switch.ratelimit import Quota, TokenBucket
 from switch.shedding import LoadShedder
 
 
@@ -283,36 +283,3 @@ def test_a_healthy_channel_never_opens(settings):
         clock.now += 0.01
         b.record(False, 0.05)
     assert changes == []
-
-
-def test_a_peers_failures_are_limited_a_minute_and_it_earns_them_back():
-    now = [0.0]
-    limit = FailureLimit(3, clock=lambda: now[0])
-    for _ in range(3):
-        assert not limit.refused("10.0.0.1")
-        limit.failed("10.0.0.1")
-    assert limit.refused("10.0.0.1") and not limit.refused("10.0.0.2")
-    now[0] = 19.9
-    assert limit.refused("10.0.0.1")
-    now[0] = 20.0  # a minute's three, one every 20 s
-    assert not limit.refused("10.0.0.1")
-    limit.failed("10.0.0.1")
-    assert limit.refused("10.0.0.1")
-    off = FailureLimit(0, clock=lambda: now[0])
-    for _ in range(100):
-        off.failed("10.0.0.1")
-    assert not off.refused("10.0.0.1")
-
-
-def test_failure_limits_forget_the_peers_that_earned_everything_back(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr("switch.ratelimit.MAX_PEERS", 4)
-    limit = FailureLimit(3, clock=lambda: now[0])
-    for peer in ("a", "b", "c"):
-        limit.failed(peer)
-    limit.failed("d")
-    limit.failed("d")
-    limit.failed("d")
-    now[0] = 60.0  # a, b, c (one failure each) and d have all earned everything back
-    limit.failed("e")
-    assert len(limit._peers) == 1 and not limit.refused("d")

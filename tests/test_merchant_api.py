@@ -3,8 +3,6 @@ the signed HTTP API, scanned and paid at the channel's simulator, its notificati
 recorded through the journal, and the merchant notified from the outbox; the notification lost,
 duplicated, forged or about no order; the merchant's endpoint down; refused requests."""
 
-import http.client
-import json
 import random
 import re
 import secrets
@@ -290,50 +288,6 @@ def test_a_notification_about_no_order_is_kept_and_a_forged_one_refused(merchant
         with urllib.request.urlopen(urllib.request.Request(url, data=refused), timeout=10) as answer:
             assert b"FAIL" in answer.read()
     assert notices(merchant_db, unknown) == ["unknown order"]
-
-
-def test_a_peer_whose_signatures_keep_failing_is_refused_unverified_and_no_other(merchant_switch, client):
-    """Past ``failed_signatures_per_minute`` (30) forgeries from one address, its requests and its
-    notifications are answered 429 before any signature is checked (a notification's is checked
-    by its channel's actor, beside that channel's payments); another address is served."""
-    from bench.simulators.channels.wechat import side
-    from bench.simulators.side import Paid, RequestSeen
-    from tests.test_connectors import Pair
-
-    def post(source: str, path: str, body: bytes) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", merchant_switch.merchant, timeout=10, source_address=(source, 0))
-        try:
-            conn.request("POST", path, body, {"Content-Type": "application/json"})
-            answer = conn.getresponse()
-            return answer.status, answer.read()
-        finally:
-            conn.close()
-
-    def refused_notices() -> float:
-        metrics = merchant_switch.get("/metrics")[1]
-        found = re.search(r'^paysw_channel_notices_total\{channel="wechat",result="refused"\} (\S+)$', metrics, re.M)
-        return float(found[1]) if found else 0.0
-
-    water = {"merchant_id": MERCHANT, "scene": "qr", "amount_fen": 500, "subject": "Water", "channel": "wechat"}
-    for _ in range(30):
-        forged = {**signed("POST", "/v1/orders", {**water, "order_no": order_no()}, KEY), "amount_fen": 1}
-        assert post("127.0.0.2", "/v1/orders", json.dumps(forged).encode())[0] == 401
-    good = json.dumps(signed("POST", "/v1/orders", {**water, "order_no": order_no()}, KEY)).encode()
-    status, body = post("127.0.0.2", "/v1/orders", good)
-    assert (status, json.loads(body)["code"]) == (429, "TOO_MANY_FAILURES")
-    assert post("127.0.0.2", "/notify/wechat", b"<xml></xml>")[0] == 429
-    assert client.create_qr(order_no(), 500)[0] == 200  # 127.0.0.1
-
-    pair = Pair("wechat")
-    seen = RequestSeen("precreate", order_no(), amount_fen=300, fields={"appid": pair.account.app_id,
-                                                                         "mch_id": pair.account.mch_id})  # fmt: skip
-    note = side.notice(seen, Paid("CH0002", 300, time.time()), pair.channel_sign).body
-    forged_note = note.replace(b"<total_fee><![CDATA[300]]>", b"<total_fee><![CDATA[30000]]>")
-    before = refused_notices()
-    for _ in range(30):
-        assert b"FAIL" in post("127.0.0.3", "/notify/wechat", forged_note)[1]
-    assert post("127.0.0.3", "/notify/wechat", note)[0] == 429  # a good one too: it is not read
-    assert refused_notices() == before + 30  # the 31st never reached the actor
 
 
 def test_a_notification_naming_a_card_or_code_purchase_never_approves_it(merchant_switch, merchant_db):

@@ -34,7 +34,6 @@ from switch.merchant.notices import Notices
 from switch.merchant.orders import CODE, QR, CodeAsk, Orders, QrAsk, Refused
 from switch.merchant.settings import MerchantApiSection
 from switch.merchant.signing import request_signing_input
-from switch.ratelimit import FailureLimit
 
 log = logging.getLogger("paysw.merchant_api")
 OrderNo = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -131,7 +130,6 @@ class MerchantApi:
         self._orders = orders
         self._notices = notices
         self._pool = orders.pool
-        self._forgers = FailureLimit(section.failed_signatures_per_minute)
 
     def set_merchants(self, merchants: list[Merchant]) -> None:
         """The merchants of a reloaded configuration (their keys stay those opened at start)."""
@@ -202,26 +200,15 @@ class MerchantApi:
         return _json(refund_view(refund))
 
     async def notify(self, request: web.Request) -> web.Response:
-        peer = self._unrefused(request)
         body = await request.read()
-        answer, refused = await self._notices.receive(request.match_info["channel"], body, dict(request.headers))
-        if refused:
-            self._forgers.failed(peer)
+        answer = await self._notices.receive(request.match_info["channel"], body, dict(request.headers))
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
-
-    def _unrefused(self, request: web.Request) -> str:
-        """The request's peer (its address), unless too many of its signatures failed of late."""
-        peer = request.remote or ""
-        if self._forgers.refused(peer):
-            raise ApiError(429, "TOO_MANY_FAILURES", "too many requests whose signature did not verify: try later")
-        return peer
 
     async def _signed(
         self, request: web.Request, params: Mapping[str, object], shape: type[S], strings: bool = False
     ) -> tuple[S, Merchant]:
         """The request's parameters as ``shape``, once its signature (of its method and path, and
         its parameters), time and nonce hold."""
-        peer = self._unrefused(request)
         try:
             ask = msgspec.convert(params, shape, strict=not strings)
         except msgspec.ValidationError as exc:
@@ -231,7 +218,6 @@ class MerchantApi:
         if merchant is None or verify is None:
             raise ApiError(401, "UNAUTHORISED", "unknown merchant, sign_type, or a merchant without an API key")
         if not verify(request_signing_input(request.method, request.path, params), ask.sign):
-            self._forgers.failed(peer)
             raise ApiError(401, "BAD_SIGNATURE", "the signature does not verify")
         window = self._section.signature_window_s
         early, ahead = ask.timestamp - time.time() * 1000, min(AHEAD_S, window // 2)

@@ -37,18 +37,16 @@ class Notices:
         self._kinds = kinds  # channel -> its package's kind
         self._metrics = metrics
 
-    async def receive(self, channel: str, body: bytes, headers: dict[str, str]) -> tuple[HttpAnswer, bool]:
-        """The answer to a channel's notification, and whether it was refused as not the
-        channel's (its signature, or its form, did not verify)."""
+    async def receive(self, channel: str, body: bytes, headers: dict[str, str]) -> HttpAnswer:
         gateway, kind = self._gateways.get(channel), self._kinds.get(channel)
         reader = channel_of(kind).notice if kind else None
         if gateway is None or reader is None:
-            return NOT_FOUND, False
+            return NOT_FOUND
         notice = await gateway.read_notice(body, headers)
         if isinstance(notice, str):
             self._metrics.channel_notices.labels(channel, "refused").inc()
             _refused_log.warn(log, channel, "channel notification refused", channel=channel, reason=notice)
-            return reader.nack(notice), True
+            return reader.nack(notice)
         result = await self._record(channel, notice)
         await keep_notice(
             self._journal.pool, channel, notice.out_trade_no, notice.amount_fen, notice.paid,
@@ -62,7 +60,7 @@ class Notices:
                 "channel notification of money the journal does not keep: kept for reconciliation",
                 extra={"channel": channel, "out_trade_no": notice.out_trade_no, "result": result},
             )
-        return reader.ack, False
+        return reader.ack
 
     async def _record(self, channel: str, notice: Notice) -> str:
         paid = await payment_named(self._journal.pool, channel, notice.out_trade_no)

@@ -26,11 +26,6 @@ class MerchantApiSection(Struct, forbid_unknown_fields=True, kw_only=True, froze
     notify_schedule_s: list[Annotated[float, Meta(gt=0)]] = field(default_factory=lambda: list(WECHAT_SCHEDULE_S))
     notify_concurrency: Annotated[int, Meta(ge=1, le=256)] = 32
     notify_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
-    # Requests and channel notifications whose signature does not verify, at most this many a
-    # minute from one address; past them its requests are answered 429 unverified (each costs a
-    # verification, a notification's in its channel's actor, beside that channel's payments).
-    # 0: no limit (behind a proxy that hides the callers' addresses, limit there instead).
-    failed_signatures_per_minute: Annotated[int, Meta(ge=0, le=100_000)] = 30
 
     def notify_base(self) -> str:
         return (self.public_url or f"http://{self.listen}").rstrip("/")
