@@ -559,7 +559,8 @@ class Processor:
         if "52" not in message or t.result is not None:
             return
         terminal = message["41"]
-        if self._security.pin_failures_counted(terminal):  # others may have come to other front ends
+        # Others may have come to other front ends; once used up here, the journal can add nothing.
+        if self._security.pin_failures_counted(terminal) and not self._security.pin_locked(terminal):
             await self._recall_pin_failures(terminal)
         try:
             request = (message["11"], message["7"])

@@ -321,7 +321,7 @@ class TerminalSecurity:
         zpk = self._zpks.get(channel)
         if keys is None or keys.pik is None or zpk is None:
             raise NoPinKey
-        if self._pin_locked(terminal_id):
+        if self.pin_locked(terminal_id):
             raise PinTriesExceeded
         pik = keys.pik
         if keys.previous_pik is not None and len(keys.maks) == 2 and mak == keys.maks[1][0]:
@@ -352,7 +352,8 @@ class TerminalSecurity:
         latest = sorted(merged.items(), key=lambda item: item[1])[-self.pin_failure_limit :]
         self._pin_failures[terminal_id] = dict(latest)
 
-    def _pin_locked(self, terminal_id: str) -> bool:
+    def pin_locked(self, terminal_id: str) -> bool:
+        """Whether ``terminal_id``'s allowance of unreadable blocks is used up, as counted here."""
         failures = self._pin_failures.get(terminal_id)
         return (
             failures is not None

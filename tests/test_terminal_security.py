@@ -365,7 +365,7 @@ def test_a_terminals_allowance_of_unreadable_pin_blocks_is_a_rolling_hour():
         now[0] = 1000.0 + 60 * minute
         with pytest.raises(PinBlockError):
             translate("T0000009", other)
-    assert security.pin_failures_counted("T0000009")
+    assert security.pin_failures_counted("T0000009") and security.pin_locked("T0000009")
     now[0] = 1000.0 + 3599
     with pytest.raises(PinTriesExceeded):
         translate("T0000009", pan)
