@@ -126,6 +126,9 @@ class ChannelSection(_Strict):
     # Quotas of one `paysw run`: its --workers processes each enforce an even share (worker_share).
     rate_per_s: Annotated[float, Meta(ge=0)] = 0  # new transactions a second; 0: no limit
     merchant_rate_per_s: Annotated[float, Meta(ge=0)] = 0  # the same for each merchant; 0: no limit
+    # Its notifications read a second (each a signature its actor checks, beside its payments, for
+    # whoever posts one); past it answered 503 unread, and the channel sends them again; 0: no limit.
+    notices_per_s: Annotated[float, Meta(ge=0)] = 200
     breaker: BreakerSettings = BreakerSettings()
     pin_key: str = ""  # card channels: the zone PIN key (its key store label) PIN blocks are translated to
     # Resolving a payment the customer is still confirming, or whose outcome is unknown:
@@ -442,13 +445,17 @@ def known_names(config: Config) -> tuple[set[str], set[str], set[str]]:
 
 def worker_share(config: Config, workers: int) -> Config:
     """The configuration of one of the ``workers`` front-end processes of ``paysw run --workers``:
-    the rate quotas at the channels, which bound the switch as a whole, divided evenly (the kernel
-    spreads connections about evenly); every other limit holds in each process as configured."""
+    the rate quotas at the channels and of their notifications, which bound the switch as a whole,
+    divided evenly (the kernel spreads connections about evenly); every other limit holds in each
+    process as configured."""
     if workers == 1:
         return config
     channels = {
         name: msgspec.structs.replace(
-            ch, rate_per_s=ch.rate_per_s / workers, merchant_rate_per_s=ch.merchant_rate_per_s / workers
+            ch,
+            rate_per_s=ch.rate_per_s / workers,
+            merchant_rate_per_s=ch.merchant_rate_per_s / workers,
+            notices_per_s=ch.notices_per_s / workers,
         )
         for name, ch in config.channels.items()
     }

@@ -57,8 +57,18 @@ DISABLED, BUSY, RATE_LIMIT, MERCHANT_RATE_LIMIT, CIRCUIT_OPEN, NO_LINK = (
     "CIRCUIT_OPEN",
     "NO_LINK",
 )
+NOTICE_READ_S = 5.0  # for an actor to check a notification; past it 503, and the channel sends it again
+SHED, UNANSWERED = "shed", "unanswered"  # why a notification was not read (the metric's result)
 LATENCIES_KEPT = 256  # the last calls' latencies a gateway's status reads its percentiles from
 SUSPENDED = "SUSPENDED"  # the merchant or terminal (switch.lifecycle's admit step: answered 57)
+
+
+class NoticeUnread(Exception):
+    """A channel's notification not read now (``reason``: ``SHED`` or ``UNANSWERED``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class PaymentRef(NamedTuple):
@@ -148,6 +158,7 @@ class ChannelGateway:
         self.shards = [self._new_shard(i, spawn(i)) for i in range(config.shards)]
         self._turn = itertools.count()
         self._quota = Quota(config.rate_per_s)
+        self._notice_quota = Quota(config.notices_per_s)
         self._merchant_rates = merchant_rates or {}  # a merchant's own quota, over merchant_rate_per_s
         self._merchant_quotas: dict[str, Quota] = {}
         self._keys = itertools.count(1)
@@ -171,6 +182,8 @@ class ChannelGateway:
             self._quota = Quota(config.rate_per_s)
         if config.merchant_rate_per_s != self.config.merchant_rate_per_s:
             self._merchant_quotas.clear()
+        if config.notices_per_s != self.config.notices_per_s:
+            self._notice_quota = Quota(config.notices_per_s)
         for shard in self.shards:
             shard.breaker.configure(config.breaker)
         self.config, self.max_in_flight = config, config.frontend_in_flight
@@ -491,9 +504,16 @@ class ChannelGateway:
 
     async def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
         """A notification the channel posted, verified by a live shard's actor (which holds the
-        account's keys): the ``Notice``, or why it is refused."""
+        account's keys): the ``Notice``, or why it is refused. ``NoticeUnread`` past the channel's
+        ``notices_per_s`` (anyone may post one, and its check runs beside the channel's payments),
+        or when the actor does not answer within ``NOTICE_READ_S``: the channel sends it again."""
+        if not self._notice_quota.try_take():
+            raise NoticeUnread(SHED)
         shard = next((s for s in self.shards if not s.dead), self.shards[0])
-        return await shard.actor.read_notice.remote(body, headers)
+        try:
+            return await asyncio.wait_for(shard.actor.read_notice.remote(body, headers), NOTICE_READ_S)
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            raise NoticeUnread(UNANSWERED) from exc
 
     def call_request(self, req: ChannelRequest) -> Awaitable[ChannelResult]:
         """``call`` for a request built elsewhere (reconciliation's error handling): through the

@@ -33,7 +33,7 @@ NOTIFY_CHANNEL = "paysw_reload"  # ``paysw reload`` and the console tell every f
 SECTIONS = frozenset({"merchants", "terminals", "routing"})  # sections of the file, kept whole
 # A channel's fields that apply live (``[channels.NAME]``: its bulkhead, quotas and breaker); the
 # journal keeps them as ``limits``, by channel.
-LIMITS = ("frontend_in_flight", "rate_per_s", "merchant_rate_per_s", "breaker")
+LIMITS = ("frontend_in_flight", "rate_per_s", "merchant_rate_per_s", "notices_per_s", "breaker")
 LIVE = SECTIONS | {"limits", "rules"}
 _NOT_COMPARED = frozenset({"base_dir", "source", "channels"})
 JOURNAL = "the journal's live configuration"

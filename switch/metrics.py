@@ -190,7 +190,8 @@ class Metrics:
         self.channel_notices = Counter(
             "paysw_channel_notices",
             "Channels' payment notifications, by channel and result (recorded, unchanged, unknown_order, "
-            "amount_differs: kept for reconciliation; refused: not verified)",
+            "amount_differs: kept for reconciliation; refused: not verified; shed: past the channel's "
+            "notices_per_s, unanswered: by its actor, both answered 503 unread)",
             ["channel", "result"],
             registry=r,
         )

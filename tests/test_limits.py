@@ -10,6 +10,9 @@ import datetime as dt
 import json
 import re
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
@@ -20,6 +23,7 @@ from tests.conftest import run, switch_with
 from tests.support import MERCHANT, RNG, STANS, TERMINAL, connected, journal_row, new_purchase, out_trade_no, sim_audit
 
 SWITCH_IN_FLIGHT = 4  # financial requests under way in the whole switch
+NOTICES_PER_S = 10  # WeChat Pay's notifications read a second
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,7 @@ def limited_switch(config_dir, database_url, simulators, tmp_path_factory):
         # calls (a race a slow machine loses), Alipay's circuit would open and the next test's slow
         # purchases would be refused at once, holding nothing.
         (r"(\[channels\.alipay\]\n)", r"\1breaker = { slow_call_ms = 10000 }\n"),
+        (r"(\[channels\.wechat\]\n)", rf"\1notices_per_s = {NOTICES_PER_S}\n"),
     ]
     yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("limits"), "limits", edits)
 
@@ -215,12 +220,55 @@ def test_an_actor_ray_gave_up_on_is_restarted_by_the_operator(limited_switch):
         async with connected(limited_switch) as terminal:
             down = await terminal.request(new_purchase("inbank"))
             assert inbank()["circuit"] == "open"
+            unread = notify(limited_switch, "inbank", b"{}")  # its actor cannot check it: not a 500
             assert cli(["channel", "restart", "inbank", *operator]) == 0
             up = await terminal.request(new_purchase("inbank"))
         assert (down["39"], up["39"]) == ("91", "00")
+        assert unread[0] == 503
+        assert notices_counted(limited_switch, "inbank", "unanswered") >= 1
         assert inbank()["shards"][0]["actor"] == "alive"
 
     run(scenario())
+
+
+def notify(switch, channel: str, body: bytes) -> tuple[int, bytes, str]:
+    """POST a notification as a channel would: (status, body, Retry-After)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{switch.merchant}/notify/{channel}", data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read(), answer.headers.get("Retry-After", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Retry-After", "")
+
+
+def notices_counted(switch, channel: str, result: str) -> float:
+    metrics = switch.get("/metrics")[1]
+    found = re.search(rf'^paysw_channel_notices_total{{channel="{channel}",result="{result}"}} (\S+)$', metrics, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_past_a_channels_notices_per_s_notifications_are_answered_503_unread(limited_switch):
+    """Anyone may post to ``/notify``, and each notification read costs its channel's actor a
+    signature check beside the channel's payments: past ``notices_per_s`` (10 here, a second's
+    worth at once) they are answered 503 unread, and the channel sends them again. Another
+    channel's are read meanwhile, and WeChat Pay's again a second later."""
+    junk = b"<xml><return_code><![CDATA[SUCCESS]]></return_code><sign>00</sign></xml>"
+    before = {result: notices_counted(limited_switch, "wechat", result) for result in ("refused", "shed")}
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: notify(limited_switch, "wechat", junk), range(60)))
+    took = time.monotonic() - started
+    read = [a for a in answers if a[0] == 200]
+    unread = [a for a in answers if a[0] == 503]
+    assert len(read) + len(unread) == 60, {a[0] for a in answers}
+    assert all(b"FAIL" in body for _, body, _ in read)  # read, and refused: the signature is junk
+    assert {(body, retry) for _, body, retry in unread} == {(b"not read: send it again", "1")}
+    assert 1 <= len(read) <= NOTICES_PER_S * (1 + took) + 1, (len(read), took)
+    assert notices_counted(limited_switch, "wechat", "refused") == before["refused"] + len(read)
+    assert notices_counted(limited_switch, "wechat", "shed") == before["shed"] + len(unread)
+    assert [notify(limited_switch, "alipay", b"sign=00")[0] for _ in range(5)] == [200] * 5  # its own quota
+    time.sleep(1.2)
+    assert notify(limited_switch, "wechat", junk)[0] == 200
 
 
 def test_no_log_line_per_transaction_at_info(limited_switch):

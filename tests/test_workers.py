@@ -222,9 +222,9 @@ def test_each_worker_enforces_an_even_share_of_the_rate_quotas_and_every_other_l
     share = worker_share(config, 4)
     kiosk = next(m for m in share.merchants if m.rate_per_s)
     assert kiosk.rate_per_s == {"alipay": 5 / 4}
-    wechat = msgspec.structs.replace(config.channels["wechat"], rate_per_s=100, merchant_rate_per_s=8)
+    wechat = msgspec.structs.replace(config.channels["wechat"], rate_per_s=100, merchant_rate_per_s=8, notices_per_s=60)
     shared = worker_share(msgspec.structs.replace(config, channels={"wechat": wechat}), 4).channels["wechat"]
-    assert (shared.rate_per_s, shared.merchant_rate_per_s) == (25, 2)
+    assert (shared.rate_per_s, shared.merchant_rate_per_s, shared.notices_per_s) == (25, 2, 15)
     assert (shared.frontend_in_flight, share.switch) == (wechat.frontend_in_flight, config.switch)
 
 

@@ -19,7 +19,7 @@ from protocols import response_codes as rc
 from protocols.channels import channel_of
 from protocols.channels.base import HttpAnswer, Notice
 from switch.answers import auth_id_for
-from switch.gateway import ChannelGateway
+from switch.gateway import ChannelGateway, NoticeUnread
 from switch.journal import Event, Journal, Report, State, hand_to_resolver
 from switch.journal.orders import keep_notice, payment_named
 from switch.lograte import RateLimitedLog
@@ -28,6 +28,7 @@ from switch.metrics import Metrics
 log = logging.getLogger("paysw.notices")
 _refused_log = RateLimitedLog(1.0)  # anyone can post to /notify: at most a line a second per channel
 NOT_FOUND = HttpAnswer(404, b"no such channel", {"Content-Type": "text/plain"})
+UNREAD = HttpAnswer(503, b"not read: send it again", {"Content-Type": "text/plain", "Retry-After": "1"})
 
 
 class Notices:
@@ -42,7 +43,14 @@ class Notices:
         reader = channel_of(kind).notice if kind else None
         if gateway is None or reader is None:
             return NOT_FOUND
-        notice = await gateway.read_notice(body, headers)
+        try:
+            notice = await gateway.read_notice(body, headers)
+        except NoticeUnread as exc:
+            self._metrics.channel_notices.labels(channel, exc.reason).inc()
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else ""
+            _refused_log.warn(log, (channel, exc.reason), "channel notification not read: answered 503",
+                              channel=channel, reason=exc.reason, cause=cause)  # fmt: skip
+            return UNREAD
         if isinstance(notice, str):
             self._metrics.channel_notices.labels(channel, "refused").inc()
             _refused_log.warn(log, channel, "channel notification refused", channel=channel, reason=notice)
