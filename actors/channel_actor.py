@@ -63,6 +63,7 @@ class ChannelWorker:
         self._session: aiohttp.ClientSession | None = None  # statement downloads only
         self._in_flight = 0
         self._calls = 0
+        self._notices = 0  # notifications read (each a signature checked)
 
     def _pool(self) -> HttpPool:
         if self._http is None:
@@ -158,6 +159,7 @@ class ChannelWorker:
     def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
         """A notification the channel posted, verified with the account's keys: the ``Notice``,
         or why it is refused (it is then answered the channel's own refusal)."""
+        self._notices += 1
         reader = self._channel.notice
         if reader is None:
             return f"channel {self.name} sends no notifications"
@@ -172,6 +174,7 @@ class ChannelWorker:
             "shard": self.shard,
             "in_flight": self._in_flight,
             "calls": self._calls,
+            "notices": self._notices,
             "pid": os.getpid(),
         }
 

@@ -545,6 +545,7 @@ class ChannelGateway:
             "max_in_flight": self.max_in_flight,
             "rate_per_s": self.config.rate_per_s,
             "merchant_rate_per_s": self.config.merchant_rate_per_s,
+            "notices_per_s": self.config.notices_per_s,
             "shards": [
                 {
                     "shard": shard.index,
@@ -553,6 +554,7 @@ class ChannelGateway:
                     "restarts": shard.restarts,
                     "actor_in_flight": shard.figures.get("in_flight", 0),
                     "calls": shard.figures.get("calls", 0),
+                    "notices_read": shard.figures.get("notices", 0),
                     "circuit": window,
                 }
                 for shard, window in zip(self.shards, windows, strict=True)

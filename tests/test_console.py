@@ -723,7 +723,7 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     token = csrf(session, console)
     page = session.get(f"{console.base}/limits/inbank").text
     form = dict(re.findall(r'<input name="([a-z_.]+)" id="[^"]*" value="([^"]*)"', page))
-    assert form["rate_per_s"] == "0" and "breaker.open_ms" in form
+    assert form["rate_per_s"] == "0" and form["notices_per_s"] == "200" and "breaker.open_ms" in form
     version = re.search(r'name="version" value="(\d+)"', page).group(1)
     post = form | {"csrf": token, "version": version}
     wrong = session.post(f"{console.base}/limits/inbank", data=post | {"breaker.failure_rate": "2"})
@@ -731,7 +731,7 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     assert not sql(database_url, "SELECT 1 FROM live_config WHERE section = 'limits'")  # nothing kept
     saved = session.post(
         f"{console.base}/limits/inbank",
-        data=post | {"rate_per_s": "1", "frontend_in_flight": "7", "breaker.open_ms": "1234"},
+        data=post | {"rate_per_s": "1", "frontend_in_flight": "7", "breaker.open_ms": "1234", "notices_per_s": "40"},
         allow_redirects=False,
     )
     assert saved.status_code == 303, saved.text
@@ -739,7 +739,7 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     while (shown := json.loads(console.switch.get("/channels")[1])["inbank"])["max_in_flight"] != 7:
         assert time.monotonic() < deadline, shown
         time.sleep(0.2)
-    assert shown["rate_per_s"] == 1
+    assert (shown["rate_per_s"], shown["notices_per_s"]) == (1, 40)
     refused = [answer_of(console.switch, new_purchase("inbank")) for _ in range(4)]
     assert "91" in refused, refused  # one a second: a burst goes over it
     audited = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'channel.limits' "
