@@ -21,6 +21,7 @@ from protocols.channels.base import Account
 from risk.rules import RiskSection
 from switch.breaker import BreakerSettings
 from switch.console.settings import ConsoleSection
+from switch.forwarded import network_problems
 from switch.merchant.settings import MerchantApiSection
 from switch.toml_file import read_toml
 
@@ -287,6 +288,7 @@ def cross_check(config: Config) -> list[str]:
         for where, address in listeners.items():
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
+    problems += network_problems(config.console.trusted_proxies, "$.console.trusted_proxies")
     for i, endpoint in enumerate(config.console.admin_endpoints):  # the admin token goes there in clear
         if not is_loopback(host_port(endpoint)[0]):
             problems.append(f"$.console.admin_endpoints[{i}]: {endpoint} is not a loopback address")

@@ -51,12 +51,16 @@ ACTIONS = [
 ]
 
 
+PROXY = "127.0.0.2"  # the console's TLS gateway, say: its X-Forwarded-For is believed
+
+
 class ConsoleProcess:
     def __init__(self, switch, folder: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = folder / "console.toml"
-        text = switch.config.read_text() + f'\n[console]\nlisten = "127.0.0.1:{self.port}"\n'
+        console = f'\n[console]\nlisten = "127.0.0.1:{self.port}"\ntrusted_proxies = ["{PROXY}"]\n'
+        text = switch.config.read_text() + console
         self.config.write_text(text)
         self.switch = switch
         self.log = (folder / "console.log").open("w")
@@ -157,10 +161,28 @@ def sql(database_url: str, query: str, *args):
     return run(go())
 
 
-def signed_in(console: ConsoleProcess, name: str, password: str | None = None) -> tuple[requests.Session, int]:
+class _From(requests.adapters.HTTPAdapter):
+    """Connections from a loopback address of our choosing (127.0.0.2, the proxy, say)."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs, source_address=(self._source, 0))
+
+
+def signed_in(
+    console: ConsoleProcess, name: str, password: str | None = None, source: str = "", forwarded_for: str = ""
+) -> tuple[requests.Session, int]:
     """A session signed in over HTTP as a browser does it (the sign-in form's own token), and the
-    sign-in's status (303 when signed in)."""
+    sign-in's status (303 when signed in); from ``source`` (a loopback address), saying it
+    forwards for ``forwarded_for``."""
     session = requests.Session()
+    if source:
+        session.mount("http://", _From(source))
+    if forwarded_for:
+        session.headers["X-Forwarded-For"] = forwarded_for
     page = session.get(f"{console.base}/sign-in")
     pre = re.search(r'name="pre" value="([^"]+)"', page.text).group(1)
     form = {"pre": pre, "name": name, "password": PASSWORDS[name] if password is None else password, "next": "/"}
@@ -269,6 +291,24 @@ def test_wrong_passwords_are_rate_limited(console, database_url):
     assert unlocked.returncode == 0, unlocked.stderr
     assert signed_in(console, "vera")[1] == 303
     assert audit_count(database_url, "user.unlock") == 1
+
+
+def test_behind_a_trusted_proxy_each_user_is_the_address_it_forwards_and_nobody_else_can_say_so(console, database_url):
+    """Through the console's gateway (``trusted_proxies``) the sign-in limits count the address
+    the gateway forwards, not the gateway's: a stranger's failures lock out the stranger alone,
+    and the audit says who signed in from where. From anywhere else X-Forwarded-For is ignored:
+    a guesser cannot escape the limit by naming other addresses."""
+    stranger, colleague, operator = "198.51.100.7", "198.51.100.8", "203.0.113.9"
+    tries = [signed_in(console, "vera", "not-her-password", PROXY, f"10.9.9.9, {stranger}")[1] for _ in range(6)]
+    assert tries == [401] * 5 + [429]  # sign_in_failures = 5 for one account from one address
+    assert signed_in(console, "vera", "not-her-password", PROXY, colleague)[1] == 401  # not locked out
+    assert signed_in(console, "vera", None, PROXY, operator)[1] == 303
+    target = sql(database_url, "SELECT target FROM console_audit WHERE action = 'sign-in' AND user_name = 'vera' "
+                 "AND outcome = 'ok' ORDER BY at DESC LIMIT 1")[0][0]  # fmt: skip
+    assert target == operator
+    spoofed = [signed_in(console, "vera", "not-her-password", "127.0.0.3", f"192.0.2.{n}")[1] for n in range(6)]
+    assert spoofed == [401] * 5 + [429]  # all 127.0.0.3's
+    sql(database_url, "DELETE FROM console_sign_in_failure WHERE user_name = 'vera'")  # the other tests' vera
 
 
 def test_a_name_that_is_no_accounts_is_never_logged_nor_kept(console, database_url):

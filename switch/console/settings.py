@@ -26,6 +26,11 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # Host headers accepted besides listen's own (a TLS gateway's public name, say): any other is
     # refused (421), so that a page of another site cannot reach the console by DNS rebinding.
     hosts: list[str] = []
+    # Networks of the proxies in front of the console (the TLS gateway, say): a connection from
+    # one is taken to be from the address its X-Forwarded-For names (the last not a proxy's), for
+    # the sign-in limits and the audit. None (the default): every connection is its own address,
+    # and behind a gateway all users share the gateway's (a stranger's failures lock all out).
+    trusted_proxies: list[str] = []
     # The session cookie only over https: on unless the console listens on loopback (or behind
     # a TLS gateway that sets this true). DEMO and loopback only: plain http.
     secure_cookie: bool | None = None

@@ -32,6 +32,7 @@ from switch.console.audit import Entry, record
 from switch.console.channels import Channels
 from switch.console.edits import MAX_RULES_TEXT, NEW, Edits, MerchantEdit, version_of
 from switch.console.settings import ConsoleSection
+from switch.forwarded import client_address, networks
 from switch.journal import machine, resolve_dead_letter, retry_dead_letter
 from switch.live import LIMITS
 from switch.lograte import RateLimitedLog
@@ -77,6 +78,7 @@ class Console:
         self._pool = pool
         self._hosts = {section.listen, *section.hosts}
         self._section = section
+        self._proxies = networks(section.trusted_proxies)
         self._channels = channels
         self._edits = edits
         self._secure = secure
@@ -203,6 +205,10 @@ class Console:
         text = self._templates.get_template(template).render(**values)
         return web.Response(text=text, status=status, content_type="text/html")
 
+    def _client(self, request: web.Request) -> str:
+        """The user's address: the connection's, or through ``trusted_proxies`` what they forwarded."""
+        return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self._proxies)
+
     async def _audit(self, request: web.Request, action: str, target: str, **fields: Any) -> None:
         await record(self._pool, Entry(request["session"].account.name, action, target, **fields))
 
@@ -227,7 +233,7 @@ class Console:
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(str(form.get("pre", "")).encode(), pre.encode()):
             return self._sign_in_form(request, "the sign-in form is stale: try again", 403)
-        remote = request.remote or "?"
+        remote = self._client(request)
         window = dt.timedelta(minutes=self._section.sign_in_window_minutes)
         async with self._pool.acquire() as conn:
             outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
@@ -252,7 +258,7 @@ class Console:
     @needs("viewer")
     async def sign_out(self, request: web.Request) -> web.StreamResponse:
         await accounts.close_session(self._pool, request.cookies.get(COOKIE, ""))
-        await self._audit(request, "sign-out", request.remote or "?")
+        await self._audit(request, "sign-out", self._client(request))
         response = web.HTTPSeeOther("/sign-in")
         response.del_cookie(COOKIE, path="/")
         return response
