@@ -299,16 +299,21 @@ def test_behind_a_trusted_proxy_each_user_is_the_address_it_forwards_and_nobody_
     and the audit says who signed in from where. From anywhere else X-Forwarded-For is ignored:
     a guesser cannot escape the limit by naming other addresses."""
     stranger, colleague, operator = "198.51.100.7", "198.51.100.8", "203.0.113.9"
-    tries = [signed_in(console, "vera", "not-her-password", PROXY, f"10.9.9.9, {stranger}")[1] for _ in range(6)]
-    assert tries == [401] * 5 + [429]  # sign_in_failures = 5 for one account from one address
-    assert signed_in(console, "vera", "not-her-password", PROXY, colleague)[1] == 401  # not locked out
-    assert signed_in(console, "vera", None, PROXY, operator)[1] == 303
-    target = sql(database_url, "SELECT target FROM console_audit WHERE action = 'sign-in' AND user_name = 'vera' "
-                 "AND outcome = 'ok' ORDER BY at DESC LIMIT 1")[0][0]  # fmt: skip
-    assert target == operator
-    spoofed = [signed_in(console, "vera", "not-her-password", "127.0.0.3", f"192.0.2.{n}")[1] for n in range(6)]
-    assert spoofed == [401] * 5 + [429]  # all 127.0.0.3's
-    sql(database_url, "DELETE FROM console_sign_in_failure WHERE user_name = 'vera'")  # the other tests' vera
+    try:
+        tries = [signed_in(console, "vera", "not-her-password", PROXY, f"10.9.9.9, {stranger}")[1] for _ in range(6)]
+        assert tries == [401] * 5 + [429]  # sign_in_failures = 5 for one account from one address
+        assert signed_in(console, "vera", "not-her-password", PROXY, colleague)[1] == 401  # not locked out
+        session, status = signed_in(console, "vera", None, PROXY, operator)
+        assert status == 303
+        session.post(f"{console.base}/sign-out", data={"csrf": csrf(session, console)}, allow_redirects=False)
+        audited = sql(database_url, "SELECT action, target FROM console_audit WHERE user_name = 'vera' "
+                      "AND action IN ('sign-in', 'sign-out') AND outcome = 'ok' ORDER BY at DESC LIMIT 2")  # fmt: skip
+        via = f"{operator} via {PROXY}"
+        assert [tuple(row) for row in audited] == [("sign-out", via), ("sign-in", via)]
+        spoofed = [signed_in(console, "vera", "not-her-password", "127.0.0.3", f"192.0.2.{n}")[1] for n in range(6)]
+        assert spoofed == [401] * 5 + [429]  # all 127.0.0.3's
+    finally:
+        sql(database_url, "DELETE FROM console_sign_in_failure WHERE user_name = 'vera'")  # the other tests' vera
 
 
 def test_a_name_that_is_no_accounts_is_never_logged_nor_kept(console, database_url):

@@ -39,6 +39,7 @@ from switch.lograte import RateLimitedLog
 from switch.merchant.outbox import resend
 from switch.recon.handling import resolve_by_hand
 from switch.settlement import csv_text, file_name, settled
+from switch.shedding import peer_of
 
 log = logging.getLogger("paysw.console")
 
@@ -209,6 +210,11 @@ class Console:
         """The user's address: the connection's, or through ``trusted_proxies`` what they forwarded."""
         return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self._proxies)
 
+    def _whence(self, request: web.Request) -> str:
+        """The user's address as the audit and the log say it: with the proxy that forwarded it."""
+        client = self._client(request)
+        return client if client == request.remote or request.remote is None else f"{client} via {request.remote}"
+
     async def _audit(self, request: web.Request, action: str, target: str, **fields: Any) -> None:
         await record(self._pool, Entry(request["session"].account.name, action, target, **fields))
 
@@ -233,10 +239,11 @@ class Console:
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(str(form.get("pre", "")).encode(), pre.encode()):
             return self._sign_in_form(request, "the sign-in form is stale: try again", 403)
-        remote = self._client(request)
-        window = dt.timedelta(minutes=self._section.sign_in_window_minutes)
+        client, remote = self._client(request), self._whence(request)
+        window, failures = dt.timedelta(minutes=self._section.sign_in_window_minutes), self._section.sign_in_failures
         async with self._pool.acquire() as conn:
-            outcome = await accounts.sign_in(conn, name, password, remote, self._section.sign_in_failures, window)
+            # Counted by address, an IPv6 one by its /64 (one site's: taken apart, a budget each).
+            outcome = await accounts.sign_in(conn, name, password, peer_of(client), failures, window)
             if outcome.account is None:
                 name = name if outcome.known else accounts.UNKNOWN
                 if outcome.limited:  # not audited one by one: a flood would grow the audit log for nothing
@@ -258,7 +265,7 @@ class Console:
     @needs("viewer")
     async def sign_out(self, request: web.Request) -> web.StreamResponse:
         await accounts.close_session(self._pool, request.cookies.get(COOKIE, ""))
-        await self._audit(request, "sign-out", self._client(request))
+        await self._audit(request, "sign-out", self._whence(request))
         response = web.HTTPSeeOther("/sign-in")
         response.del_cookie(COOKIE, path="/")
         return response
