@@ -1,4 +1,4 @@
-"""The admin HTTP endpoint, for load balancers, Prometheus and operators.
+"""The admin HTTP endpoint (https with ``switch.admin_tls``), for load balancers, Prometheus and operators.
 
 Open to anyone who reaches it (read-only):
 
@@ -16,13 +16,15 @@ without it, or with a wrong one, 401 and nothing done:
   ``crash?shard=N`` (incident drill: the actor's process exits, Ray restarts it).
 
 The endpoint belongs on a loopback or management address; the configuration refuses any other
-address without an ``admin_token_file``.
+address without an ``admin_token_file`` and TLS (``admin_tls_cert``, ``admin_tls_key``): the
+token must not cross a network in clear.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -120,10 +122,14 @@ def refused(request: web.Request, token: str, refusals: RateLimitedLog) -> web.R
     return None
 
 
-async def start_admin(host: str, port: int, app: web.Application, socket: Path | None = None) -> web.AppRunner:
-    """``app`` served on ``host:port``, or on the unix socket ``socket`` when given (a worker of
-    ``paysw run --workers``, reached by its supervisor only)."""
+async def start_admin(
+    host: str, port: int, app: web.Application, socket: Path | None = None, tls: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """``app`` served on ``host:port`` (over TLS with ``tls``: ``switch.admin_tls``), or on the
+    unix socket ``socket`` when given (a worker of ``paysw run --workers``, reached by its
+    supervisor only)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await (web.UnixSite(runner, str(socket)) if socket is not None else web.TCPSite(runner, host, port)).start()
+    site = web.UnixSite(runner, str(socket)) if socket is not None else web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
     return runner

@@ -31,6 +31,7 @@ from risk.control import Risk
 from risk.messages import CHECK, Ask
 from risk.rules import RulesError, RuleSet, read_rules
 from switch.admin import admin_app, start_admin
+from switch.admin_tls import server_tls
 from switch.admin_token import switch_token
 from switch.config import (
     ChannelSection,
@@ -215,7 +216,8 @@ class SwitchApp:
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
         admin_socket = self._seat.admin_socket if self._seat is not None else None
-        self._admin = await start_admin(admin_host, admin_port, admin, admin_socket)
+        tls = server_tls(cfg) if admin_socket is None else None  # a worker's socket is its supervisor's
+        self._admin = await start_admin(admin_host, admin_port, admin, admin_socket, tls)
         self._reload_listener = await asyncpg.connect(self._database_url)
         await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda _, pid, __, by: self._reload_soon(pid, by))
         # What start made lives as long as the process: the collector's full passes leave it alone

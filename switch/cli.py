@@ -145,6 +145,7 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
 
 
 def _channel(args: argparse.Namespace) -> int:
+    from switch.admin_tls import client_tls
     from switch.admin_token import GENERATED_TOKEN_FILE, configured_token, read_token
     from switch.operator import main as operator_main
 
@@ -169,7 +170,8 @@ def _channel(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    return operator_main(admin, args.action, args.channel, token, args.shard)
+    tls = client_tls(config) if config is not None else None
+    return operator_main(admin, args.action, args.channel, token, args.shard, tls)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,12 @@ class SwitchSection(_Strict):
     # Operator actions always need a Bearer token: this file's, else one the switch generates at its
     # first start under --data-dir (switch.admin_token). Required when admin_listen is not loopback.
     admin_token_file: str = ""
+    # TLS on admin_listen (PEM files, from the configuration's folder): required when it is not
+    # loopback, since operator actions carry the token. admin_tls_ca is what `paysw channel` and the
+    # console trust it by (none: the system's CAs; a self-signed certificate: that certificate).
+    admin_tls_cert: str = ""
+    admin_tls_key: str = ""
+    admin_tls_ca: str = ""
     request_deadline_ms: Annotated[int, Meta(ge=100, le=59_000)] = 30_000
     max_in_flight_per_connection: Positive = 512
     stalled_frame_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
@@ -279,6 +285,7 @@ def cross_check(config: Config) -> list[str]:
             f"$.switch.admin_listen: {config.switch.admin_listen} is not a loopback address: "
             "set admin_token_file (a token generated under the data folder is for loopback only)"
         )
+    problems.extend(_admin_tls_problems(config.switch, base))
     problems.extend(_link_tls_problems(config.ray, base))
     if config.switch.demo:  # the published demo keys are for a demo on this machine, never on a network
         listeners = {"$.switch.listen": config.switch.listen, "$.switch.admin_listen": config.switch.admin_listen}
@@ -289,9 +296,12 @@ def cross_check(config: Config) -> list[str]:
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
     problems += network_problems(config.console.trusted_proxies, "$.console.trusted_proxies")
-    for i, endpoint in enumerate(config.console.admin_endpoints):  # the admin token goes there in clear
-        if not is_loopback(host_port(endpoint)[0]):
-            problems.append(f"$.console.admin_endpoints[{i}]: {endpoint} is not a loopback address")
+    for i, endpoint in enumerate(config.console.admin_endpoints):  # without TLS the admin token goes in clear
+        if not config.switch.admin_tls_cert and not is_loopback(host_port(endpoint)[0]):
+            problems.append(
+                f"$.console.admin_endpoints[{i}]: {endpoint} is not a loopback address, and the admin "
+                "endpoints have no TLS ([switch] admin_tls_cert)"
+            )
     pin_file = config.security.hsm.pin_file  # (a missing LMK file is the HSM's error: `paysw keys new-lmk` makes it)
     if pin_file and not (base / pin_file).is_file():
         problems.append(f"$.security.hsm.pin_file: no file {base / pin_file}")
@@ -418,6 +428,26 @@ def _channel_problems(name: str, section: ChannelSection, packages: list[str]) -
         f"{where}.account.keys.{field}: {getattr(account.keys, field)!r} is not one of {', '.join(SCHEMES)}"
         for field in ("sign_algorithm", "verify_algorithm")
         if getattr(account.keys, field) not in SCHEMES
+    ]
+
+
+def _admin_tls_problems(section: SwitchSection, base: Path) -> list[str]:
+    """TLS on a non-loopback admin_listen (its operator actions carry the token), its files there."""
+    cert, key, ca = section.admin_tls_cert, section.admin_tls_key, section.admin_tls_ca
+    if not cert and not key:
+        if is_loopback(host_port(section.admin_listen)[0]):
+            return [] if not ca else ["$.switch.admin_tls_ca: set with admin_tls_cert and admin_tls_key only"]
+        return [
+            f"$.switch.admin_listen: {section.admin_listen} is not a loopback address: set admin_tls_cert and "
+            "admin_tls_key (operator actions carry the admin token, which must not cross a network in clear)"
+        ]
+    if not cert or not key:
+        return [f"$.switch.{'admin_tls_key' if cert else 'admin_tls_cert'}: expected with the other (both or neither)"]
+    named = {"admin_tls_cert": cert, "admin_tls_key": key, "admin_tls_ca": ca}
+    return [
+        f"$.switch.{field}: no file {base / name}"
+        for field, name in named.items()
+        if name and not (base / name).is_file()
     ]
 
 

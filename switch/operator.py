@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 
+from switch.admin_tls import scheme
 
-def request(address: str, path: str, token: str = "", post: bool = False, body: bytes = b"") -> dict:
-    """A JSON answer from an admin or control endpoint (POST when ``post``)."""
+
+def request(
+    address: str, path: str, token: str = "", post: bool = False, body: bytes = b"", tls: ssl.SSLContext | None = None
+) -> dict:
+    """A JSON answer from an admin or control endpoint (POST when ``post``; over https with ``tls``)."""
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    req = urllib.request.Request(
-        f"http://{address}{path}", data=body if post else None, headers=headers, method="POST" if post else "GET"
-    )
-    with urllib.request.urlopen(req, timeout=70) as response:  # a restart waits for the new actor
+    url = f"{scheme(tls)}://{address}{path}"
+    req = urllib.request.Request(url, data=body if post else None, headers=headers, method="POST" if post else "GET")
+    with urllib.request.urlopen(req, timeout=70, context=tls) as response:  # a restart waits for the new actor
         return json.load(response)
 
 
@@ -45,13 +49,15 @@ def table(channels: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(admin: str, action: str, channel: str, token: str = "", shard: int = 0) -> int:
+def main(
+    admin: str, action: str, channel: str, token: str = "", shard: int = 0, tls: ssl.SSLContext | None = None
+) -> int:
     try:
         if action == "list":
-            print(table(request(admin, "/channels")))
+            print(table(request(admin, "/channels", tls=tls)))
             return 0
         path = f"/channels/{channel}/{action}" + (f"?shard={shard}" if action == "crash" else "")
-        answer = request(admin, path, token, post=True)
+        answer = request(admin, path, token, post=True, tls=tls)
     except urllib.error.HTTPError as exc:
         print(f"paysw channel: {error_of(exc)}")
         return 1

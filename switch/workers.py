@@ -33,6 +33,7 @@ import uvloop
 
 from actors.runtime import init_ray
 from switch.admin import start_admin
+from switch.admin_tls import server_tls
 from switch.admin_token import configured_token, switch_token
 from switch.app import DATABASE_URL_ENV, SwitchApp, WorkerSeat, database_url_for, serve_until_signalled, until_signalled
 from switch.config import Config, ConfigError, host_port
@@ -108,7 +109,8 @@ async def _supervise(
     for stale in folder.glob("*.sock"):
         stale.unlink()
     endpoints = [WorkerEndpoint(i, admin_socket(data_dir, i)) for i in range(count)]
-    admin = await start_admin(*host_port(config.switch.admin_listen), workers_admin_app(endpoints, token))
+    admin_app = workers_admin_app(endpoints, token)
+    admin = await start_admin(*host_port(config.switch.admin_listen), admin_app, tls=server_tls(config))
     signalled = until_signalled()  # after ray.init, which installs a SIGTERM handler that exits at once
     roll = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)

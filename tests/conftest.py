@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -388,7 +389,13 @@ def simulators(config_dir: Path, ports: Ports, database_url: str) -> Iterator[di
 
 
 def switch_with(
-    config_dir: Path, database_url: str, folder: Path, name: str, edits: list[tuple[str, str]], workers: int = 1
+    config_dir: Path,
+    database_url: str,
+    folder: Path,
+    name: str,
+    edits: list[tuple[str, str]],
+    workers: int = 1,
+    admin_tls: ssl.SSLContext | None = None,
 ) -> Iterator[SwitchProcess]:
     """A test switch on the test configuration with ``edits`` made (each pattern must match once),
     of ``workers`` front-end processes, running until the generator is closed; for module fixtures
@@ -399,7 +406,7 @@ def switch_with(
         assert n == 1, f"{pattern!r} matched {n} times in the test configuration"
     config = folder / f"switch-{name}.toml"
     config.write_text(text)
-    running = SwitchProcess(config, database_url, folder / f"{name}.log", workers=workers)
+    running = SwitchProcess(config, database_url, folder / f"{name}.log", workers=workers, admin_tls=admin_tls)
     running.start()
     try:
         yield running
@@ -425,8 +432,10 @@ class SwitchProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         data_dir: Path | None = None,
+        admin_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._template = config.read_text()
+        self.admin_tls = admin_tls  # what its admin endpoint is reached with, when it serves https
         self.config = config.with_name(f"{config.stem}-{free_port()}.toml")
         self.data_dir = data_dir or self.config.with_name(f"{self.config.stem}-data")  # its admin token
         # Migrated as the test's superuser, run as the switch's runtime role (switch.journal.roles);
@@ -502,8 +511,9 @@ class SwitchProcess:
         return ["--admin", f"127.0.0.1:{self.admin}", "--data-dir", str(self.data_dir)]
 
     def get(self, path: str) -> tuple[int, str]:
+        url = f"{'https' if self.admin_tls else 'http'}://127.0.0.1:{self.admin}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=5, context=self.admin_tls) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()

@@ -5,8 +5,6 @@ some of them misbehaving: what it reuses, what it bounds, and above all which fa
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import re
 import socket
 import ssl
@@ -14,12 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from actors.http import AnswerTimeout, BadAnswer, ConnectionBroke, HttpPool, NoAnswer, NotSent, PoolBusy
+from tests.certs import self_signed as certificate
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
@@ -447,29 +442,10 @@ def test_a_line_break_in_a_header_is_refused_before_sending() -> None:
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
     """A server context with a self-signed certificate for 127.0.0.1, and that certificate (PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test channel")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("channel-tls")
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert, key = certificate(tmp_path_factory.mktemp("channel-tls"), "test channel")
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return server, (folder / "cert.pem").read_text()
+    server.load_cert_chain(cert, key)
+    return server, cert.read_text()
 
 
 @LOOPS

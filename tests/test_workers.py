@@ -9,6 +9,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import urllib.request
 from collections import Counter
@@ -27,6 +28,7 @@ from switch.journal.machine import FINAL
 from switch.journal.roles import RUNTIME_ROLE
 from switch.metrics import merged_exposition
 from switch.workers import listen_is_free
+from tests.certs import self_signed
 from tests.conftest import CHANNELS, DEMO, SwitchProcess, own_simulators, run, switch_with
 from tests.support import connected, new_purchase, settle_and_compare
 
@@ -39,7 +41,11 @@ RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 @pytest.fixture(scope="module")
 def two_workers(config_dir, database_url, simulators, tmp_path_factory):
     folder = tmp_path_factory.mktemp("workers")
-    yield from switch_with(config_dir, database_url, folder, "workers", [], workers=WORKERS)
+    cert, key = self_signed(folder, "paysw admin (test)")  # the supervisor's admin endpoint over https
+    settings = f'admin_tls_cert = "{cert}"\nadmin_tls_key = "{key}"\nadmin_tls_ca = "{cert}"\n'
+    trust = ssl.create_default_context(cafile=cert)
+    edits = [(r"(\[switch\]\n)", rf"\1{settings}")]
+    yield from switch_with(config_dir, database_url, folder, "workers", edits, workers=WORKERS, admin_tls=trust)
 
 
 def requests_by_worker(metrics: str) -> Counter[str]:
@@ -62,11 +68,11 @@ async def fetchval(url: str, sql: str) -> object:
 
 def act(switch, channel: str, action: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{switch.admin}/channels/{channel}/{action}",
+        f"{'https' if switch.admin_tls else 'http'}://127.0.0.1:{switch.admin}/channels/{channel}/{action}",
         method="POST",
         headers={"Authorization": f"Bearer {switch.token}"},
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    with urllib.request.urlopen(request, timeout=30, context=switch.admin_tls) as answer:
         return json.load(answer)
 
 

@@ -4,9 +4,12 @@ switch's admin token, so that an action reaches every front end and the switch k
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import aiohttp
+
+from switch.admin_tls import scheme
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 
@@ -14,14 +17,17 @@ TIMEOUT = aiohttp.ClientTimeout(total=15)
 class Channels:
     ACTIONS = ("disable", "enable", "close-circuit")
 
-    def __init__(self, endpoints: list[str], token: str) -> None:
+    def __init__(self, endpoints: list[str], token: str, tls: ssl.SSLContext | None = None) -> None:
         self._endpoints = endpoints
+        self._scheme = scheme(tls)
         self._token = token
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            connector = aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else True)
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT, connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -33,7 +39,7 @@ class Channels:
         out: list[tuple[str, dict[str, Any] | str]] = []
         for endpoint in self._endpoints:
             try:
-                async with self._client().get(f"http://{endpoint}/channels") as response:
+                async with self._client().get(f"{self._scheme}://{endpoint}/channels") as response:
                     response.raise_for_status()
                     out.append((endpoint, await response.json()))
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -48,7 +54,7 @@ class Channels:
         before = {e: _summary(s, name) for e, s in await self.status()}
         failed = []
         for endpoint in self._endpoints:
-            url = f"http://{endpoint}/channels/{name}/{action}"
+            url = f"{self._scheme}://{endpoint}/channels/{name}/{action}"
             try:
                 async with self._client().post(url, headers={"Authorization": f"Bearer {self._token}"}) as response:
                     if response.status != 200:

@@ -20,8 +20,8 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     sign_in_failures: Annotated[int, Meta(ge=1, le=100)] = 5
     sign_in_window_minutes: Annotated[int, Meta(ge=1, le=1440)] = 15
     # The switch's admin endpoints the channel actions go to (every front end, or the supervisor
-    # of each `paysw run --workers`); none: the configuration's admin_listen. They are reached over
-    # plain http with the admin token, so on loopback only (as admin_listen is by default).
+    # of each `paysw run --workers`); none: the configuration's admin_listen. They are reached with
+    # the admin token: over https when [switch] admin_tls_cert is set, else on loopback only.
     admin_endpoints: list[HostPort] = []
     # Host headers accepted besides listen's own (a TLS gateway's public name, say): any other is
     # refused (421), so that a page of another site cannot reach the console by DNS rebinding.
