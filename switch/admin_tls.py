@@ -1,37 +1,84 @@
 """TLS on the admin endpoint (``[switch] admin_tls_cert``, ``admin_tls_key``, ``admin_tls_ca``):
-the server's context, and its clients' (``paysw channel``, the console), who speak https to it
-when it is configured and check its certificate by ``admin_tls_ca`` (else the system's CAs)."""
+the server's context, made before anything starts so that a file it cannot use is a configuration
+error; and its clients' (``paysw channel``, the console), who speak https to it when it is
+configured and check its certificate by ``admin_tls_ca`` (else the system's CAs)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import ssl
 from pathlib import Path
 
-from switch.config import Config
+from cryptography import x509
+
+from hsm.secret_file import SecretFileError, read_secret
+from switch.config import Config, ConfigError
+
+log = logging.getLogger("paysw.admin")
+
+RENEW_WITHIN = dt.timedelta(days=30)  # a certificate closer than this to its end is warned of at start
 
 
 def server_tls(config: Config) -> ssl.SSLContext | None:
-    """The admin listener's context; None when it serves plain http (loopback only)."""
+    """The admin listener's context (TLS 1.2 at least); None when it serves plain http (loopback
+    only). ``ConfigError`` naming the setting for a key open to other users or that does not go
+    with the certificate, a certificate out of its dates, a file that cannot be read."""
     section = config.switch
     if not section.admin_tls_cert:
         return None
+    base = Path(config.base_dir)
+    cert, key = base / section.admin_tls_cert, base / section.admin_tls_key
+    try:
+        read_secret(key, "the admin TLS key", relaxed=section.demo)
+    except SecretFileError as exc:
+        raise ConfigError(f"$.switch.admin_tls_key: {exc}") from None
+    _in_date(cert)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    base = Path(config.base_dir)
-    context.load_cert_chain(base / section.admin_tls_cert, base / section.admin_tls_key)
+    try:  # a key under a passphrase is refused, not asked for on a terminal the switch may not have
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"$.switch.admin_tls_cert and admin_tls_key: cannot serve TLS with them: {exc}") from None
     return context
 
 
 def client_tls(config: Config) -> ssl.SSLContext | None:
-    """What a client checks the admin endpoint's certificate by; None when it serves plain http."""
+    """What a client checks the admin endpoint's certificate by; None when it serves plain http.
+    ``ConfigError`` when ``admin_tls_ca`` cannot be read."""
     section = config.switch
     if not section.admin_tls_cert:
         return None
-    ca = Path(config.base_dir) / section.admin_tls_ca if section.admin_tls_ca else None
-    context = ssl.create_default_context(cafile=ca)
+    return trusting(Path(config.base_dir) / section.admin_tls_ca if section.admin_tls_ca else None)
+
+
+def trusting(ca: Path | None) -> ssl.SSLContext:
+    """A client's context trusting ``ca`` alone (a file of PEM certificates), or the system's CAs."""
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot read the admin endpoint's CA {ca}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 
 def scheme(tls: ssl.SSLContext | None) -> str:
     return "https" if tls is not None else "http"
+
+
+def _in_date(cert: Path) -> None:
+    try:
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"$.switch.admin_tls_cert: cannot read a PEM certificate from {cert}: {exc}") from None
+    now = dt.datetime.now(dt.UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        raise ConfigError(
+            f"$.switch.admin_tls_cert: {cert} is valid from {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            f"to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
+        )
+    if certificate.not_valid_after_utc - now < RENEW_WITHIN:
+        log.warning(
+            "the admin endpoint's certificate ends soon: renew it",
+            extra={"file": str(cert), "not_after": certificate.not_valid_after_utc.isoformat()},
+        )

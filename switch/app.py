@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -96,8 +97,10 @@ class SwitchApp:
         ray_address: str = "",
         seat: WorkerSeat | None = None,
         share: int = 1,
+        admin_tls: ssl.SSLContext | None = None,  # switch.admin_tls.server_tls: https on admin_listen
     ) -> None:
-        self._share = share  # of ``paysw run --workers``: this front end's share of the quotas
+        self._share = share
+        self._admin_tls = admin_tls  # of ``paysw run --workers``: this front end's share of the quotas
         self._file_config = config  # start puts the journal's live sections over it (switch.live)
         config = worker_share(config, share)
         self.config = config
@@ -216,8 +219,7 @@ class SwitchApp:
         admin_host, admin_port = host_port(cfg.switch.admin_listen)
         admin = admin_app(self.metrics, lambda: self.ready, self.gateways, self._admin_token)
         admin_socket = self._seat.admin_socket if self._seat is not None else None
-        tls = server_tls(cfg) if admin_socket is None else None  # a worker's socket is its supervisor's
-        self._admin = await start_admin(admin_host, admin_port, admin, admin_socket, tls)
+        self._admin = await start_admin(admin_host, admin_port, admin, admin_socket, self._admin_tls)
         self._reload_listener = await asyncpg.connect(self._database_url)
         await self._reload_listener.add_listener(NOTIFY_CHANNEL, lambda _, pid, __, by: self._reload_soon(pid, by))
         # What start made lives as long as the process: the collector's full passes leave it alone
@@ -641,9 +643,10 @@ async def serve_until_signalled(app: SwitchApp) -> None:
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:
     take_owner_urls()
     token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
+    tls = server_tls(config)  # and a TLS file the admin endpoint cannot serve with
     url, embedded = database_url_for(config, data_dir)
     try:
-        uvloop.run(serve_until_signalled(SwitchApp(config, url, token, ray_address)))
+        uvloop.run(serve_until_signalled(SwitchApp(config, url, token, ray_address, admin_tls=tls)))
     finally:
         if embedded is not None:
             embedded.stop()

@@ -127,7 +127,12 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
     channel.add_argument(
         "--config", type=Path, help="the switch's configuration: its admin address and admin_token_file"
     )
-    channel.add_argument("--admin", default="127.0.0.1:9583", help="admin address without --config")
+    channel.add_argument(
+        "--admin",
+        help="the admin endpoint, HOST:PORT or https://HOST:PORT (default: the configuration's admin_listen, "
+        "else 127.0.0.1:9583); a token goes over plain http to loopback only",
+    )
+    channel.add_argument("--ca", type=Path, help="with --admin https://...: the CA its certificate is checked by")
     channel.add_argument(
         "--data-dir",
         type=Path,
@@ -145,7 +150,7 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
 
 
 def _channel(args: argparse.Namespace) -> int:
-    from switch.admin_tls import client_tls
+    from switch.admin_tls import client_tls, trusting
     from switch.admin_token import GENERATED_TOKEN_FILE, configured_token, read_token
     from switch.operator import main as operator_main
 
@@ -153,7 +158,12 @@ def _channel(args: argparse.Namespace) -> int:
         print(f"paysw channel {args.action}: which channel?", file=sys.stderr)
         return 2
     config = load_config(args.config) if args.config is not None else None
-    admin = config.switch.admin_listen if config is not None else args.admin
+    tls = client_tls(config) if config is not None else None
+    admin = args.admin or (config.switch.admin_listen if config is not None else "127.0.0.1:9583")
+    if admin.startswith("https://"):
+        admin, tls = admin.removeprefix("https://"), trusting(args.ca)
+    elif admin.startswith("http://"):
+        admin, tls = admin.removeprefix("http://"), None
     token = ""
     if args.action != "list":  # reading needs no token
         try:
@@ -170,7 +180,6 @@ def _channel(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    tls = client_tls(config) if config is not None else None
     return operator_main(admin, args.action, args.channel, token, args.shard, tls)
 
 

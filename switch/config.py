@@ -285,7 +285,7 @@ def cross_check(config: Config) -> list[str]:
             f"$.switch.admin_listen: {config.switch.admin_listen} is not a loopback address: "
             "set admin_token_file (a token generated under the data folder is for loopback only)"
         )
-    problems.extend(_admin_tls_problems(config.switch, base))
+    problems.extend(_admin_tls_problems(config.switch))
     problems.extend(_link_tls_problems(config.ray, base))
     if config.switch.demo:  # the published demo keys are for a demo on this machine, never on a network
         listeners = {"$.switch.listen": config.switch.listen, "$.switch.admin_listen": config.switch.admin_listen}
@@ -431,8 +431,9 @@ def _channel_problems(name: str, section: ChannelSection, packages: list[str]) -
     ]
 
 
-def _admin_tls_problems(section: SwitchSection, base: Path) -> list[str]:
-    """TLS on a non-loopback admin_listen (its operator actions carry the token), its files there."""
+def _admin_tls_problems(section: SwitchSection) -> list[str]:
+    """TLS on a non-loopback admin_listen (its operator actions carry the token). Its files are the
+    switch's to read at start (``switch.admin_tls``): a client's host has the CA alone."""
     cert, key, ca = section.admin_tls_cert, section.admin_tls_key, section.admin_tls_ca
     if not cert and not key:
         if is_loopback(host_port(section.admin_listen)[0]):
@@ -443,12 +444,7 @@ def _admin_tls_problems(section: SwitchSection, base: Path) -> list[str]:
         ]
     if not cert or not key:
         return [f"$.switch.{'admin_tls_key' if cert else 'admin_tls_cert'}: expected with the other (both or neither)"]
-    named = {"admin_tls_cert": cert, "admin_tls_key": key, "admin_tls_ca": ca}
-    return [
-        f"$.switch.{field}: no file {base / name}"
-        for field, name in named.items()
-        if name and not (base / name).is_file()
-    ]
+    return []
 
 
 def _link_tls_problems(ray: RaySection, base: Path) -> list[str]:

@@ -9,16 +9,26 @@ import urllib.error
 import urllib.request
 
 from switch.admin_tls import scheme
+from switch.config import host_port, is_loopback
+
+
+class InClear(Exception):
+    """A token would cross a network in clear: refused before anything is sent."""
 
 
 def request(
     address: str, path: str, token: str = "", post: bool = False, body: bytes = b"", tls: ssl.SSLContext | None = None
 ) -> dict:
-    """A JSON answer from an admin or control endpoint (POST when ``post``; over https with ``tls``)."""
+    """A JSON answer from an admin or control endpoint (POST when ``post``; over https with
+    ``tls``). ``InClear`` for a token to a host off loopback over plain http. The environment's
+    proxies are not used: a token goes to the endpoint, never to a proxy."""
+    if token and tls is None and not is_loopback(host_port(address)[0]):
+        raise InClear(f"the admin token would go to {address} in clear: use https://{address} (with --ca FILE)")
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     url = f"{scheme(tls)}://{address}{path}"
     req = urllib.request.Request(url, data=body if post else None, headers=headers, method="POST" if post else "GET")
-    with urllib.request.urlopen(req, timeout=70, context=tls) as response:  # a restart waits for the new actor
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls))
+    with opener.open(req, timeout=70) as response:  # a restart waits for the new actor
         return json.load(response)
 
 
@@ -61,6 +71,9 @@ def main(
     except urllib.error.HTTPError as exc:
         print(f"paysw channel: {error_of(exc)}")
         return 1
+    except InClear as exc:
+        print(f"paysw channel: refused: {exc}")
+        return 2
     except OSError as exc:
         print(f"paysw channel: cannot reach the switch's admin endpoint at {admin}: {exc}")
         return 1

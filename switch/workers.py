@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -64,13 +65,14 @@ def run_workers(
     listen_is_free(config_file, config.switch.listen)
     take_owner_urls()
     token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
+    tls = server_tls(config)  # and a TLS file the admin endpoint cannot serve with
     url, embedded = database_url_for(config, data_dir)
     command = [sys.executable, "-m", "switch.cli", "run", "--config", str(config_file), "--data-dir", str(data_dir)]
     command += ["--log-level", log_level, "--workers", str(workers)]
     try:
         owner = embedded.url if embedded is not None else ""
         return uvloop.run(
-            _supervise(config, command, url, token, ray_address or config.ray.address, data_dir, workers, owner)
+            _supervise(config, command, url, token, ray_address or config.ray.address, data_dir, workers, owner, tls)
         )
     finally:
         if embedded is not None:
@@ -97,6 +99,7 @@ async def _supervise(
     data_dir: Path,
     count: int,
     embedded_owner: str,
+    tls: ssl.SSLContext | None,
 ) -> int:
     started_ray = False
     if not ray_address:
@@ -110,7 +113,7 @@ async def _supervise(
         stale.unlink()
     endpoints = [WorkerEndpoint(i, admin_socket(data_dir, i)) for i in range(count)]
     admin_app = workers_admin_app(endpoints, token)
-    admin = await start_admin(*host_port(config.switch.admin_listen), admin_app, tls=server_tls(config))
+    admin = await start_admin(*host_port(config.switch.admin_listen), admin_app, tls=tls)
     signalled = until_signalled()  # after ray.init, which installs a SIGTERM handler that exits at once
     roll = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, roll.set)

@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    """``folder``/cert.pem, for 127.0.0.1 and its own CA, valid for a day; and its key, key.pem
-    (owner only)."""
+def self_signed(folder: Path, name: str, ended_days_ago: int = 0) -> tuple[Path, Path]:
+    """``folder``/cert.pem, for 127.0.0.1 and its own CA, valid for a day (that ended so many days
+    ago); and its key, key.pem (owner only)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=ended_days_ago + (1 if ended_days_ago else 0))
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -8,16 +8,19 @@ import asyncio
 import http.client
 import json
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from bench.demo_config import DEMO_DIR
-from switch.admin_tls import client_tls
+from switch.admin_tls import client_tls, server_tls, trusting
 from switch.cli import main as cli
-from switch.config import cross_check, load_config
+from switch.config import ConfigError, cross_check, load_config
 from switch.console.channels import Channels
 from tests.certs import self_signed
 from tests.conftest import switch_with
@@ -39,7 +42,7 @@ def channels(switch) -> dict:
     return json.loads(body)
 
 
-def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certificate(tls_switch):
+def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certificate(tls_switch, tmp_path, capsys):
     assert tls_switch.get("/readyz") == (200, '{"ready": true}')  # over https, the certificate checked
     with pytest.raises((http.client.HTTPException, OSError)):  # plain http: no answer at all
         urllib.request.urlopen(f"http://127.0.0.1:{tls_switch.admin}/readyz", timeout=5).read()
@@ -52,25 +55,42 @@ def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certific
     assert cli(["channel", "enable", "inbank", *operator]) == 0
     assert channels(tls_switch)["inbank"]["enabled"] is True
 
-    async def console_view() -> list:
-        config = load_config(tls_switch.config)
-        seen = Channels([f"127.0.0.1:{tls_switch.admin}"], tls_switch.token, client_tls(config))
+    # Given by address: https with the CA; a certificate the CA did not sign, or plain http off
+    # loopback with the token, refused (the latter before anything is sent).
+    given = ["--admin", f"https://127.0.0.1:{tls_switch.admin}", "--data-dir", str(tls_switch.data_dir)]
+    cert = Path(load_config(tls_switch.config).switch.admin_tls_ca)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed(tmp_path / "other", "another admin")
+    assert cli(["channel", "disable", "inbank", *given, "--ca", str(cert)]) == 0
+    assert channels(tls_switch)["inbank"]["enabled"] is False
+    capsys.readouterr()
+    assert cli(["channel", "enable", "inbank", *given, "--ca", str(other)]) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().out
+    assert channels(tls_switch)["inbank"]["enabled"] is False
+    away = ["--admin", "192.0.2.1:9583", "--data-dir", str(tls_switch.data_dir)]
+    assert cli(["channel", "enable", "inbank", *away]) == 2
+    assert "refused: the admin token would go to 192.0.2.1:9583 in clear" in capsys.readouterr().out
+    assert cli(["channel", "enable", "inbank", *given, "--ca", str(cert)]) == 0
+
+    async def console_view(tls: ssl.SSLContext) -> list:
+        seen = Channels([f"127.0.0.1:{tls_switch.admin}"], tls_switch.token, tls)
         try:
             return await seen.status()
         finally:
             await seen.close()
 
-    [(_, status)] = asyncio.run(console_view())
+    [(_, status)] = asyncio.run(console_view(client_tls(load_config(tls_switch.config))))
     assert isinstance(status, dict) and status["inbank"]["enabled"] is True, status
+    [(_, refused)] = asyncio.run(console_view(trusting(other)))
+    assert isinstance(refused, str) and "certificate verify failed" in refused.lower(), refused
 
 
 def _with(config, **switch) -> list[str]:
     return cross_check(msgspec.structs.replace(config, switch=msgspec.structs.replace(config.switch, **switch)))
 
 
-def test_a_non_loopback_admin_address_needs_tls_and_its_files(tmp_path):
+def test_a_non_loopback_admin_address_needs_tls(tmp_path):
     config = load_config(DEMO_DIR / "switch.toml")
-    cert, key = self_signed(tmp_path, "paysw admin (test)")
     token = tmp_path / "admin_token"
     token.write_text("a-token-of-the-operators-own-0123456789\n")
     token.chmod(0o600)
@@ -78,14 +98,52 @@ def test_a_non_loopback_admin_address_needs_tls_and_its_files(tmp_path):
     clear = [p for p in _with(config, **away) if p.startswith("$.switch.admin")]
     assert len(clear) == 1 and clear[0].startswith("$.switch.admin_listen: 10.0.0.5:9583 is not a loopback address: "
                                                    "set admin_tls_cert and admin_tls_key"), clear  # fmt: skip
-    secured = _with(config, **away, admin_tls_cert=str(cert), admin_tls_key=str(key))
-    assert not [p for p in secured if p.startswith("$.switch.admin")], secured
-    half = _with(config, admin_tls_cert=str(cert))
+    secured = _with(config, **away, admin_tls_cert="admin.pem", admin_tls_key="admin.key")
+    assert not [p for p in secured if p.startswith("$.switch.admin")], secured  # the files are the switch's to read
+    half = _with(config, admin_tls_cert="admin.pem")
     assert "$.switch.admin_tls_key: expected with the other (both or neither)" in half
-    missing = _with(config, admin_tls_cert=str(cert), admin_tls_key=str(tmp_path / "nope.key"))
-    assert f"$.switch.admin_tls_key: no file {tmp_path / 'nope.key'}" in missing
     console = msgspec.structs.replace(config.console, admin_endpoints=["10.0.0.6:9583"])
     with_console = msgspec.structs.replace(config, console=console)
     assert any(p.startswith("$.console.admin_endpoints[0]") for p in cross_check(with_console))
-    tls = msgspec.structs.replace(with_console.switch, admin_tls_cert=str(cert), admin_tls_key=str(key))
+    tls = msgspec.structs.replace(with_console.switch, admin_tls_cert="admin.pem", admin_tls_key="admin.key")
     assert not any(p.startswith("$.console") for p in cross_check(msgspec.structs.replace(with_console, switch=tls)))
+
+
+def test_the_switch_refuses_to_start_on_tls_files_it_cannot_serve_with(tmp_path):
+    """Before anything starts (``paysw run`` exits 2 with the setting named): a key open to other
+    users, a key that is not the certificate's, a certificate out of its dates."""
+    config = load_config(DEMO_DIR / "switch.toml")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "old").mkdir()
+    cert, key = self_signed(tmp_path / "good", "admin")
+    _, other_key = self_signed(tmp_path / "other", "another")
+    old_cert, old_key = self_signed(tmp_path / "old", "admin", ended_days_ago=2)
+
+    def served(cert: Path, key: Path, demo: bool = False) -> ssl.SSLContext | None:
+        section = msgspec.structs.replace(config.switch, admin_tls_cert=str(cert), admin_tls_key=str(key), demo=demo)
+        return server_tls(msgspec.structs.replace(config, switch=section))
+
+    assert isinstance(served(cert, key), ssl.SSLContext)
+    with pytest.raises(ConfigError, match=r"\$\.switch\.admin_tls_cert and admin_tls_key: cannot serve TLS"):
+        served(cert, other_key)
+    with pytest.raises(ConfigError, match=r"\$\.switch\.admin_tls_cert: .* UTC, not now"):
+        served(old_cert, old_key)
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"\$\.switch\.admin_tls_key: .* open to other users"):
+        served(cert, key)
+    assert isinstance(served(cert, key, demo=True), ssl.SSLContext)  # the demo's relaxation, with a warning
+
+    settings = f'[switch]\nadmin_tls_cert = "{cert}"\nadmin_tls_key = "{other_key}"\n'
+    text = (DEMO_DIR / "switch.toml").read_text().replace("[switch]\n", settings, 1)
+    (tmp_path / "switch.toml").write_text(text)
+    (tmp_path / "keys").symlink_to(DEMO_DIR / "keys")
+    for name in ("risk", "simulators.toml"):
+        (tmp_path / name).symlink_to(DEMO_DIR / name)
+    run = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "run", "--config", str(tmp_path / "switch.toml"), "--data-dir",
+         str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "configuration error: $.switch.admin_tls_cert and admin_tls_key: cannot serve TLS" in run.stderr
+    assert "Traceback" not in run.stderr
