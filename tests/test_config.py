@@ -189,10 +189,14 @@ def test_a_missing_admin_token_file_is_a_configuration_error(tmp_path):
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:9583", "10.1.2.3:9583", "admin.example:9583"])
-def test_an_admin_address_off_loopback_needs_a_token_file(tmp_path, listen):
-    with pytest.raises(ConfigError, match=rf"\$\.switch\.admin_listen: {listen} is not a loopback address"):
+def test_an_admin_address_off_loopback_needs_a_token_file_and_tls(tmp_path, listen):
+    with pytest.raises(ConfigError, match=rf"\$\.switch\.admin_listen: {listen} is not a loopback address: set adm"):
         load_config(write(tmp_path, admin_at(listen)))
-    assert load_config(with_token_file(tmp_path, "s3cret", 0o600, demo=False, listen=listen))
+    tokened = with_token_file(tmp_path, "s3cret", 0o600, demo=False, listen=listen)
+    with pytest.raises(ConfigError, match=rf"\$\.switch\.admin_listen: {listen} .* set admin_tls_cert and"):
+        load_config(tokened)
+    tls = '[switch]\nadmin_tls_cert = "admin.pem"\nadmin_tls_key = "admin.key"\n'
+    assert load_config(write(tmp_path, tokened.read_text().replace("[switch]\n", tls)))
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:9583", "127.0.0.2:9583", "localhost:9583"])
