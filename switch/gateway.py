@@ -159,6 +159,7 @@ class ChannelGateway:
         self._turn = itertools.count()
         self._quota = Quota(config.rate_per_s)
         self._notice_quota = Quota(config.notices_per_s)
+        self._notice_turn = itertools.count()
         self._merchant_rates = merchant_rates or {}  # a merchant's own quota, over merchant_rate_per_s
         self._merchant_quotas: dict[str, Quota] = {}
         self._keys = itertools.count(1)
@@ -503,13 +504,14 @@ class ChannelGateway:
         return await shard.actor.statement.remote(day)
 
     async def read_notice(self, body: bytes, headers: dict[str, str]) -> Notice | str:
-        """A notification the channel posted, verified by a live shard's actor (which holds the
-        account's keys): the ``Notice``, or why it is refused. ``NoticeUnread`` past the channel's
+        """A notification the channel posted, verified by the live shards' actors in turn (which
+        hold the account's keys): the ``Notice``, or why it is refused. ``NoticeUnread`` past the channel's
         ``notices_per_s`` (anyone may post one, and its check runs beside the channel's payments),
         or when the actor does not answer within ``NOTICE_READ_S``: the channel sends it again."""
         if not self._notice_quota.try_take():
             raise NoticeUnread(SHED)
-        shard = next((s for s in self.shards if not s.dead), self.shards[0])
+        live = [s for s in self.shards if not s.dead] or self.shards  # in turn, as calls go
+        shard = live[next(self._notice_turn) % len(live)]
         try:
             return await asyncio.wait_for(shard.actor.read_notice.remote(body, headers), NOTICE_READ_S)
         except (TimeoutError, ray.exceptions.RayError) as exc:

@@ -38,6 +38,7 @@ def limited_switch(config_dir, database_url, simulators, tmp_path_factory):
         # purchases would be refused at once, holding nothing.
         (r"(\[channels\.alipay\]\n)", r"\1breaker = { slow_call_ms = 10000 }\n"),
         (r"(\[channels\.wechat\]\n(?:.*\n)*?)notices_per_s = 200 ", rf"\1notices_per_s = {NOTICES_PER_S} "),
+        (r"(\[channels\.wechat\]\n(?:.*\n)*?)shards = 1\n", r"\1shards = 2\n"),  # notifications read in turn
     ]
     yield from switch_with(config_dir, database_url, tmp_path_factory.mktemp("limits"), "limits", edits)
 
@@ -247,9 +248,9 @@ def notices_counted(switch, channel: str, result: str) -> float:
     return float(found[1]) if found else 0.0
 
 
-def notices_read(switch, channel: str) -> int:
-    """The notifications the channel's actors read, by their own count."""
-    return sum(shard["notices_read"] for shard in json.loads(switch.get("/channels")[1])[channel]["shards"])
+def notices_read(switch, channel: str) -> list[int]:
+    """The notifications each of the channel's actors read, by its own count."""
+    return [shard["notices_read"] for shard in json.loads(switch.get("/channels")[1])[channel]["shards"]]
 
 
 def test_past_a_channels_notices_per_s_notifications_are_answered_503_unread(limited_switch):
@@ -272,11 +273,13 @@ def test_past_a_channels_notices_per_s_notifications_are_answered_503_unread(lim
     assert 1 <= len(read) <= NOTICES_PER_S * (1 + took) + 1, (len(read), took)  # a second's worth, then 2 a second
     assert notices_counted(limited_switch, "wechat", "refused") == before["refused"] + len(read)
     assert notices_counted(limited_switch, "wechat", "shed") == before["shed"] + len(unread)
-    deadline = time.monotonic() + 10  # the actor's own count, as its front end's watcher collects it each second
-    while (actor_read := notices_read(limited_switch, "wechat")) < actor_before + len(read):
+    deadline = time.monotonic() + 10  # the actors' own counts, as their front end's watcher collects them each second
+    while sum(actor_read := notices_read(limited_switch, "wechat")) < sum(actor_before) + len(read):
         assert time.monotonic() < deadline, (actor_read, actor_before, len(read))
         time.sleep(0.3)
-    assert actor_read == actor_before + len(read)  # the 503s were never read
+    assert sum(actor_read) == sum(actor_before) + len(read)  # the 503s were never read
+    by_shard = [after - before for before, after in zip(actor_before, actor_read, strict=True)]
+    assert min(by_shard) >= len(read) // 2, by_shard  # the two shards in turn
     assert [notify(limited_switch, "alipay", b"sign=00")[0] for _ in range(5)] == [200] * 5  # its own quota
     time.sleep(1.2)
     assert notify(limited_switch, "wechat", junk)[0] == 200
