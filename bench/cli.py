@@ -74,6 +74,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     profile_bench.add_argument("--py-spy", type=Path, dest="py_spy", help="write py-spy profiles here")
     profile_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     profile_bench.add_argument(
+        "--steps",
+        action="store_true",
+        help="time each step of a purchase (step_timing) and report their means: where a purchase's time goes "
+        "(not with --against)",
+    )
+    profile_bench.add_argument(
         "--against",
         metavar="REV",
         help="A/B: profile commit REV and this checkout alternately and report each part's ratio, this / REV",
@@ -245,7 +251,7 @@ def main(args: argparse.Namespace) -> int:
 
         if args.against:
             return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out, args.rate)
-        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out, args.rate)
+        return profile_main(args.concurrency, args.seconds, args.py_spy, args.out, args.rate, args.steps)
     if args.bench_command == "start":
         from bench.start import compare as start_compare
         from bench.start import main as start_main

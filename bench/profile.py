@@ -9,6 +9,10 @@ as its own ``paysw bench profile``) and of this checkout, alternately, round aft
 same machine (each first in every other round), and the ratio of each part's CPU per purchase,
 this over REV (medians of the rounds: the machine's own speed moves between runs).
 
+With ``--steps`` the switch times each step of a purchase (``[switch] step_timing``) and the
+mean of each is reported, with the front end's answer time and the channel call by channel: where
+a purchase's time goes (its CPU figures then include the timing's own, a little).
+
 With ``--rate R`` the purchases are paced at R a second instead (as ``paysw bench held --rate``):
 below saturation each journal round trip and each frame to an actor carries fewer purchases, so a
 purchase costs more CPU than at the closed loop's full batches, and its latency is the figure
@@ -27,16 +31,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import psutil
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.ab import alternate
 from bench.provenance import provenance, resolve
-from bench.stack import Stack
+from bench.stack import Stack, demo_config_in
 from bench.throughput import closed_loop
 from bench.traffic import Stans
 from switch.operator import request as admin_request
@@ -175,15 +181,48 @@ def hottest(folded: Path, top: int = 6) -> list[tuple[float, str]]:
     return [(round(100 * n / total, 1), frame) for frame, n in own.most_common(top)] if total else []
 
 
+_TIMED = ("paysw_step_seconds", "paysw_request_seconds", "paysw_channel_call_seconds")
+
+
+def timings(metrics: str) -> dict[str, tuple[float, float]]:
+    """Each timed series of a scrape (a step by transaction type, an answer or channel call by
+    channel): its sum of seconds and its count."""
+    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples if family.name in _TIMED else ():
+            kind = sample.name.rpartition("_")[2]
+            if kind in ("sum", "count"):
+                key = f"{family.name.removeprefix('paysw_')}{{{','.join(sample.labels.values())}}}"
+                out[key][kind == "count"] += sample.value
+    return {key: (total, count) for key, (total, count) in out.items()}
+
+
+def mean_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The mean milliseconds of each series over what was timed between two scrapes, longest first."""
+    means = {}
+    for key, (total, count) in after.items():
+        was_total, was_count = before.get(key, (0.0, 0.0))
+        if count > was_count:
+            means[key] = round((total - was_total) / (count - was_count) * 1000, 3)
+    return dict(sorted(means.items(), key=lambda item: -item[1]))
+
+
+def _scrape(stack: Stack) -> str:
+    with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
+        return answer.read().decode()
+
+
 def main(
     concurrency: int = 128,
     seconds: float = 20.0,
     py_spy: Path | None = None,
     out: Path | None = None,
     rate: float | None = None,
+    steps: bool = False,
 ) -> int:
     with tempfile.TemporaryDirectory(prefix="paysw-profile-") as folder:
-        stack = Stack(Path(folder))
+        timed = (lambda text: text.replace("[switch]\n", "[switch]\nstep_timing = true\n", 1)) if steps else None
+        stack = Stack(Path(folder), demo_config_in(Path(folder), timed) if timed else None)
         paced = f", paced at {rate:g}/s" if rate else ""
         print(f"the demo stack in {folder}; {concurrency} purchases under way{paced}, {seconds:g} s", flush=True)
         try:
@@ -193,9 +232,11 @@ def main(
             uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, WARM_UP_S, stans))
             processes = named_processes(stack)
             spies = _spy(processes, seconds - 2, py_spy) if py_spy is not None else []
+            times_before = timings(_scrape(stack)) if steps else {}
             cpu_before, pg_before = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
             load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, rate))
             cpu_after, pg_after = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
+            times_after = timings(_scrape(stack)) if steps else {}
             for spy in spies:
                 spy.wait(timeout=60)
         finally:
@@ -218,6 +259,11 @@ def main(
         print(f"  {name:22s} {ms:6.3f} ms  ({result['kernel_ms_per_approved'][name]:.3f})")
     print("  " + ", ".join(f"{part} {ms:.3f} ms" for part, ms in result["totals_ms_per_approved"].items()))
     print("PostgreSQL per approved purchase:", result["postgresql_per_approved"])
+    if steps:
+        result["mean_ms"] = means = mean_ms(times_before, times_after)
+        print("\nmean time (ms): each step of a purchase, the answer and the channel call by channel")
+        for key, ms in means.items():
+            print(f"  {ms:8.3f}  {key}")
     if py_spy is not None:
         result["hottest"] = {}
         for folded in sorted(py_spy.glob("*.txt")):

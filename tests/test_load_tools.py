@@ -75,10 +75,10 @@ def test_the_throughput_benchmark_runs_against_its_baseline(tmp_path):
 
 
 def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
-    """Paced (``--rate``), as the profile of a load below saturation is taken."""
+    """Paced (``--rate``), as the profile of a load below saturation is taken; with each step's time."""
     result = subprocess.run(
         [sys.executable, "-m", "switch.cli", "bench", "profile", "--concurrency", "8", "--seconds", "3",
-         "--rate", "60", "--out", str(tmp_path / "profile.json")],
+         "--rate", "60", "--steps", "--out", str(tmp_path / "profile.json")],
         capture_output=True,
         text=True,
         timeout=240,
@@ -95,6 +95,9 @@ def test_the_profile_benchmark_accounts_for_every_part_by_channel(tmp_path):
     parts = {"front end", "postgresql", "load generator", "actor risk:0", *(f"actor {c}:0" for c in channels)}
     assert parts | {f"simulator {c}" for c in channels} <= set(report["cpu_ms_per_approved"])
     assert report["postgresql_per_approved"]["commits"] > 0  # the journal's group commits were seen
+    means = report["mean_ms"]  # where a purchase's time goes: its steps, the answer, the channel call
+    assert {"step_seconds{write_ahead,purchase}", "step_seconds{record,purchase}"} <= set(means), means
+    assert means["request_seconds{wechat}"] > means["channel_call_seconds{wechat}"] > 2.0  # the simulator's 2 ms
 
 
 def test_the_profile_comparison_takes_medians_of_cpu_and_latency():
