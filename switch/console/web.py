@@ -174,15 +174,20 @@ class Console:
             request["form"] = form
             given = str(form.get("csrf", "")).encode()
             if not hmac.compare_digest(given, session.csrf.encode()) or not self._same_origin(request):
-                await record(self._pool, Entry(session.account.name, "csrf", request.path, outcome="refused"))
+                await self._refused(request, session, "csrf")
                 return self._refusal(
                     request, session, 403, "the form is stale or came from elsewhere: load the page again"
                 )
         if RANK[session.account.role] < RANK[role]:
             if request.method == "POST":
-                await record(self._pool, Entry(session.account.name, "role", request.path, outcome="refused"))
+                await self._refused(request, session, "role")
             return self._refusal(request, session, 403, f"this needs the {role} role; you are a {session.account.role}")
         return await handler(request)
+
+    async def _refused(self, request: web.Request, session: Session, why: str) -> None:
+        """A form refused (``csrf``, ``role``), audited with where it came from: a forged one's lead."""
+        where = {"from": self._whence(request)}
+        await record(self._pool, Entry(session.account.name, why, request.path, after=where, outcome="refused"))
 
     def _same_origin(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
