@@ -296,6 +296,7 @@ def cross_check(config: Config) -> list[str]:
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
     problems += network_problems(config.console.trusted_proxies, "$.console.trusted_proxies")
+    problems += config.merchant_api.problems()
     for i, endpoint in enumerate(config.console.admin_endpoints):  # without TLS the admin token goes in clear
         if not config.switch.admin_tls_cert and not is_loopback(host_port(endpoint)[0]):
             problems.append(

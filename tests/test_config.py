@@ -226,3 +226,17 @@ def test_a_demo_configuration_stays_on_loopback(tmp_path):
     open_api = DEMO_TEXT.replace('listen = "127.0.0.1:9584"', 'listen = "0.0.0.0:9584"')
     with pytest.raises(ConfigError, match=r"\$\.merchant_api\.listen: 0\.0\.0\.0:9584 is not a loopback address"):
         load_config(write(tmp_path, open_api))
+
+
+def test_the_merchant_api_tells_the_channels_an_address_they_can_post_to(tmp_path):
+    """Its notify_url is public_url's, else its listen address, which a wildcard is not; and the
+    channels refuse one with a query."""
+    wildcard = DEMO_TEXT.replace('listen = "127.0.0.1:9584"', 'listen = "0.0.0.0:9584"').replace(
+        "demo = true", "demo = false"
+    )
+    with pytest.raises(ConfigError, match=r"\$\.merchant_api\.public_url: needed with listen 0\.0\.0\.0:9584"):
+        load_config(write(tmp_path, wildcard))
+    public = wildcard.replace("[merchant_api]\n", '[merchant_api]\npublic_url = "https://pay.example-bank.cn"\n')
+    assert load_config(write(tmp_path, public)).merchant_api.notify_base() == "https://pay.example-bank.cn"
+    with pytest.raises(ConfigError, match=r"public_url"):
+        load_config(write(tmp_path, public.replace("example-bank.cn", "example-bank.cn/?from=switch")))
