@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -164,6 +165,9 @@ def _channel(args: argparse.Namespace) -> int:
         admin, tls = admin.removeprefix("https://"), trusting(args.ca)
     elif admin.startswith("http://"):
         admin, tls = admin.removeprefix("http://"), None
+    if not re.fullmatch(r"[^:\s/]+:\d{1,5}", admin):
+        print(f"paysw channel: --admin expects HOST:PORT or https://HOST:PORT, not {args.admin!r}", file=sys.stderr)
+        return 2
     token = ""
     if args.action != "list":  # reading needs no token
         try:

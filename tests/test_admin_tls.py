@@ -85,6 +85,15 @@ def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certific
     assert isinstance(refused, str) and "certificate verify failed" in refused.lower(), refused
 
 
+@pytest.mark.parametrize("given", ["notaport", "10.0.0.1:x", "https://10.0.0.1:9583/path", "https://"])
+def test_paysw_channel_says_what_an_admin_address_is_when_given_another(tmp_path, capsys, given):
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-operators-own-0123456789\n")
+    token.chmod(0o600)
+    assert cli(["channel", "disable", "wechat", "--admin", given, "--token-file", str(token)]) == 2
+    assert f"--admin expects HOST:PORT or https://HOST:PORT, not {given!r}" in capsys.readouterr().err
+
+
 def _with(config, **switch) -> list[str]:
     return cross_check(msgspec.structs.replace(config, switch=msgspec.structs.replace(config.switch, **switch)))
 
