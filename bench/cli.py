@@ -250,6 +250,9 @@ def main(args: argparse.Namespace) -> int:
         from bench.profile import main as profile_main
 
         if args.against:
+            if args.steps or args.py_spy:
+                print("paysw bench profile: --steps and --py-spy go with one profile, not --against", file=sys.stderr)
+                return 2
             return compare(args.against, args.rounds, args.concurrency, args.seconds, args.out, args.rate)
         return profile_main(args.concurrency, args.seconds, args.py_spy, args.out, args.rate, args.steps)
     if args.bench_command == "start":

@@ -24,7 +24,6 @@ import json
 import random
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import uvloop
@@ -114,8 +113,7 @@ def measure(queue_delay_ms: int | None, concurrency: int, seconds: float, quiet:
                 return tuple(await asyncio.gather(*peers))
 
             (by_code, elapsed), *others = uvloop.run(load())
-            with urllib.request.urlopen(f"http://{settings.admin_listen}/metrics", timeout=10) as response:
-                figures = switch_figures(response.read().decode())
+            figures = switch_figures(stack.metrics())
         finally:
             stack.stop()
     approved = by_code.get("00", [])

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.ab import alternate
 from bench.provenance import provenance, resolve
-from bench.stack import Stack, demo_config_in
+from bench.stack import Stack, demo_config_in, with_step_timing
 from bench.throughput import closed_loop
 from bench.traffic import Stans
 from switch.operator import request as admin_request
@@ -207,11 +206,6 @@ def mean_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float
     return dict(sorted(means.items(), key=lambda item: -item[1]))
 
 
-def _scrape(stack: Stack) -> str:
-    with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
-        return answer.read().decode()
-
-
 def main(
     concurrency: int = 128,
     seconds: float = 20.0,
@@ -221,8 +215,7 @@ def main(
     steps: bool = False,
 ) -> int:
     with tempfile.TemporaryDirectory(prefix="paysw-profile-") as folder:
-        timed = (lambda text: text.replace("[switch]\n", "[switch]\nstep_timing = true\n", 1)) if steps else None
-        stack = Stack(Path(folder), demo_config_in(Path(folder), timed) if timed else None)
+        stack = Stack(Path(folder), demo_config_in(Path(folder), with_step_timing) if steps else None)
         paced = f", paced at {rate:g}/s" if rate else ""
         print(f"the demo stack in {folder}; {concurrency} purchases under way{paced}, {seconds:g} s", flush=True)
         try:
@@ -232,11 +225,11 @@ def main(
             uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, WARM_UP_S, stans))
             processes = named_processes(stack)
             spies = _spy(processes, seconds - 2, py_spy) if py_spy is not None else []
-            times_before = timings(_scrape(stack)) if steps else {}
+            times_before = timings(stack.metrics()) if steps else {}
             cpu_before, pg_before = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
             load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, rate))
             cpu_after, pg_after = cpu_seconds(processes), uvloop.run(pg_counters(socket_dir))
-            times_after = timings(_scrape(stack)) if steps else {}
+            times_after = timings(stack.metrics()) if steps else {}
             for spy in spies:
                 spy.wait(timeout=60)
         finally:

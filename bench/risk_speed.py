@@ -27,7 +27,6 @@ import re
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -37,7 +36,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.provenance import provenance
-from bench.stack import Stack, demo_config_in
+from bench.stack import Stack, demo_config_in, with_step_timing
 from bench.throughput import closed_loop
 from bench.traffic import Stans
 from risk.actor import rebuild, subjects_of
@@ -335,14 +334,10 @@ def _stack_run(folder: Path, with_rules: bool, rate: float, concurrency: int, se
     rules.write_text(RULES)
 
     def edit(text: str) -> str:
-        text = text.replace("[switch]\n", "[switch]\nstep_timing = true\n", 1)
+        text = with_step_timing(text)
         text, n = re.subn(r'(?m)^rules = ".*"$', f'rules = "{rules if with_rules else ""}"', text)
         assert n == 1, "no [risk] rules in the demo configuration"
         return text
-
-    def scrape() -> str:
-        with urllib.request.urlopen(f"http://{stack.config.switch.admin_listen}/metrics", timeout=10) as answer:
-            return answer.read().decode()
 
     data = folder / ("with" if with_rules else "without")
     data.mkdir()
@@ -352,10 +347,10 @@ def _stack_run(folder: Path, with_rules: bool, rate: float, concurrency: int, se
         stack.start()
         stans = Stans(start=random.randrange(1, 500_000))
         uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, 5, stans))
-        before = scrape()
+        before = stack.metrics()
         for name, paced in (("paced", rate), ("saturated", None)):
             load = uvloop.run(closed_loop("127.0.0.1", stack.port, concurrency, seconds, stans, paced))
-            after = scrape()
+            after = stack.metrics()
             result[name] = {"load": load, "rate": paced,
                             **{f"{step}_step": _step_quantiles(after, step, before) for step in STEPS_TIMED},
                             "counters_unreachable": _unreachable(after) - _unreachable(before)}  # fmt: skip

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def demo_config_in(folder: Path, edit: Callable[[str], str] = lambda text: text,
     path = folder / "switch.toml"
     path.write_text(edit(text))
     return path
+
+
+def with_step_timing(text: str) -> str:
+    """A configuration's text with ``[switch] step_timing`` on: each step of a purchase timed."""
+    return text.replace("[switch]\n", "[switch]\nstep_timing = true\n", 1)
 
 
 class Stack:
@@ -108,6 +114,11 @@ class Stack:
             return admin_request(self.config.switch.admin_listen, "/readyz").get("ready") is True
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        """The switch's ``/metrics`` (the demo's admin endpoint: plain http on loopback)."""
+        with urllib.request.urlopen(f"http://{self.config.switch.admin_listen}/metrics", timeout=10) as answer:
+            return answer.read().decode()
 
     def rss_mb(self) -> float:
         """The switch process's resident memory."""

@@ -49,15 +49,17 @@ def client_tls(config: Config) -> ssl.SSLContext | None:
     section = config.switch
     if not section.admin_tls_cert:
         return None
-    return trusting(Path(config.base_dir) / section.admin_tls_ca if section.admin_tls_ca else None)
+    ca = Path(config.base_dir) / section.admin_tls_ca if section.admin_tls_ca else None
+    return trusting(ca, "$.switch.admin_tls_ca")
 
 
-def trusting(ca: Path | None) -> ssl.SSLContext:
-    """A client's context trusting ``ca`` alone (a file of PEM certificates), or the system's CAs."""
+def trusting(ca: Path | None, where: str) -> ssl.SSLContext:
+    """A client's context trusting ``ca`` alone (a file of PEM certificates: a CA's, or each
+    host's own), or the system's CAs; ``ConfigError`` naming ``where`` it was given if unread."""
     try:
         context = ssl.create_default_context(cafile=ca)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"cannot read the admin endpoint's CA {ca}: {exc}") from None
+        raise ConfigError(f"{where}: cannot read the admin endpoint's CA {ca}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

@@ -22,7 +22,7 @@ import msgspec
 import uvloop
 from aiohttp import web
 
-from actors.link import client_tls
+from actors.link import client_tls as link_client_tls
 from actors.runtime import channel_actor, init_ray, node_on_loopback
 from actors.settings import LinkTls
 from hsm import Hsm, KeyRecord, open_hsm
@@ -32,7 +32,7 @@ from risk.control import Risk
 from risk.messages import CHECK, Ask
 from risk.rules import RulesError, RuleSet, read_rules
 from switch.admin import admin_app, start_admin
-from switch.admin_tls import server_tls
+from switch.admin_tls import server_tls as admin_server_tls
 from switch.admin_token import switch_token
 from switch.config import (
     ChannelSection,
@@ -99,8 +99,8 @@ class SwitchApp:
         share: int = 1,
         admin_tls: ssl.SSLContext | None = None,  # switch.admin_tls.server_tls: https on admin_listen
     ) -> None:
-        self._share = share
-        self._admin_tls = admin_tls  # of ``paysw run --workers``: this front end's share of the quotas
+        self._share = share  # of ``paysw run --workers``: this front end's share of the quotas
+        self._admin_tls = admin_tls
         self._file_config = config  # start puts the journal's live sections over it (switch.live)
         config = worker_share(config, share)
         self.config = config
@@ -188,7 +188,7 @@ class SwitchApp:
                 on_circuit=self.metrics.circuit_changed,
                 on_restart=self.metrics.actor_restarted,
                 merchant_rates={m.id: m.rate_per_s[name] for m in cfg.merchants if name in m.rate_per_s},
-                link_tls=client_tls(tls) if tls is not None else None,
+                link_tls=link_client_tls(tls) if tls is not None else None,
             )
         self.metrics.watch_gateways(self.gateways)
         starting = [all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)]
@@ -243,7 +243,7 @@ class SwitchApp:
         actors = [
             risk_actor(i, section.shards, self._database_url, tls, section.cpu_nice) for i in range(section.shards)
         ]
-        counters = CounterShards(actors, section.counters_timeout_ms / 1000, client_tls(tls) if tls else None)
+        counters = CounterShards(actors, section.counters_timeout_ms / 1000, link_client_tls(tls) if tls else None)
         counters.start()
         try:
             await _counters_answering(counters, section.shards)
@@ -643,7 +643,7 @@ async def serve_until_signalled(app: SwitchApp) -> None:
 def run(config: Config, data_dir: Path, ray_address: str = "") -> None:
     take_owner_urls()
     token = switch_token(config, data_dir)  # first: a bad token file stops the start before anything runs
-    tls = server_tls(config)  # and a TLS file the admin endpoint cannot serve with
+    tls = admin_server_tls(config)  # and a TLS file the admin endpoint cannot serve with
     url, embedded = database_url_for(config, data_dir)
     try:
         uvloop.run(serve_until_signalled(SwitchApp(config, url, token, ray_address, admin_tls=tls)))

@@ -151,6 +151,7 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
 
 
 def _channel(args: argparse.Namespace) -> int:
+    from switch.addresses import HOST_PORT
     from switch.admin_tls import client_tls, trusting
     from switch.admin_token import GENERATED_TOKEN_FILE, configured_token, read_token
     from switch.operator import main as operator_main
@@ -159,15 +160,19 @@ def _channel(args: argparse.Namespace) -> int:
         print(f"paysw channel {args.action}: which channel?", file=sys.stderr)
         return 2
     config = load_config(args.config) if args.config is not None else None
-    tls = client_tls(config) if config is not None else None
-    admin = args.admin or (config.switch.admin_listen if config is not None else "127.0.0.1:9583")
-    if admin.startswith("https://"):
-        admin, tls = admin.removeprefix("https://"), trusting(args.ca)
-    elif admin.startswith("http://"):
-        admin, tls = admin.removeprefix("http://"), None
-    if not re.fullmatch(r"[^:\s/]+:\d{1,5}", admin):
-        print(f"paysw channel: --admin expects HOST:PORT or https://HOST:PORT, not {args.admin!r}", file=sys.stderr)
+    configured = client_tls(config) if config is not None else None
+    given = args.admin or (config.switch.admin_listen if config is not None else "127.0.0.1:9583")
+    scheme, _, admin = given.rpartition("://")
+    if scheme not in ("", "http", "https") or not re.fullmatch(HOST_PORT, admin):
+        print(f"paysw channel: --admin expects HOST:PORT or https://HOST:PORT, not {given!r}", file=sys.stderr)
         return 2
+    if args.ca is not None and scheme != "https":
+        print("paysw channel: --ca goes with --admin https://HOST:PORT", file=sys.stderr)
+        return 2
+    if scheme == "https":  # the CA given, else the configuration's, else the system's
+        tls = trusting(args.ca, "--ca") if args.ca is not None else configured or trusting(None, "--ca")
+    else:
+        tls = None if scheme == "http" else configured
     token = ""
     if args.action != "list":  # reading needs no token
         try:

@@ -19,15 +19,14 @@ from hsm.secret_file import SecretFileError, read_secret
 from protocols.channels import UnknownChannel, channel_of
 from protocols.channels.base import Account
 from risk.rules import RiskSection
+from switch.addresses import HostPort
 from switch.breaker import BreakerSettings
 from switch.console.settings import ConsoleSection
-from switch.forwarded import network_problems
 from switch.merchant.settings import MerchantApiSection
 from switch.toml_file import read_toml
 
 Positive = Annotated[int, Meta(ge=1)]
 Digits = Annotated[str, Meta(pattern=r"^\d+$")]
-HostPort = Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
 TerminalId = Annotated[str, Meta(min_length=8, max_length=8)]
 MerchantId = Annotated[str, Meta(min_length=15, max_length=15)]
 DRAIN_MARGIN_S = 5.0  # the default drain: the request deadline plus this
@@ -295,7 +294,7 @@ def cross_check(config: Config) -> list[str]:
         for where, address in listeners.items():
             if not is_loopback(host_port(address)[0]):
                 problems.append(f"{where}: {address} is not a loopback address, and demo = true")
-    problems += network_problems(config.console.trusted_proxies, "$.console.trusted_proxies")
+    problems += config.console.problems()
     problems += config.merchant_api.problems()
     for i, endpoint in enumerate(config.console.admin_endpoints):  # without TLS the admin token goes in clear
         if not config.switch.admin_tls_cert and not is_loopback(host_port(endpoint)[0]):

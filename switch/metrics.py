@@ -189,9 +189,9 @@ class Metrics:
         )
         self.channel_notices = Counter(
             "paysw_channel_notices",
-            "Channels' payment notifications, by channel and result (recorded, unchanged, unknown_order, "
-            "amount_differs: kept for reconciliation; refused: not verified; shed: past the channel's "
-            "notices_per_s, unanswered: by its actor, both answered 503 unread)",
+            "Channels' payment notifications, by channel and result (recorded, unchanged, queried; unknown_order, "
+            "amount_differs, paid_after_final: kept for reconciliation; refused: not verified; shed: past the "
+            "channel's notices_per_s, unanswered: by its actor, both answered 503 unread)",
             ["channel", "result"],
             registry=r,
         )

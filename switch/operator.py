@@ -75,7 +75,8 @@ def main(
         print(f"paysw channel: refused: {exc}")
         return 2
     except OSError as exc:
-        print(f"paysw channel: cannot reach the switch's admin endpoint at {admin}: {exc}")
+        hint = "" if tls is not None else " (if it serves https: --admin https://HOST:PORT)"
+        print(f"paysw channel: cannot reach the switch's admin endpoint at {admin}: {exc}{hint}")
         return 1
     detail = f" ({answer['detail']})" if answer.get("detail") else ""
     print(f"{channel}: {action} done{detail}")

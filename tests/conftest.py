@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from bench.demo_config import absolute_paths
+from switch.admin_tls import scheme
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.roles import runtime_url
 from tests.support import clear_of_the_hour
@@ -511,7 +512,7 @@ class SwitchProcess:
         return ["--admin", f"127.0.0.1:{self.admin}", "--data-dir", str(self.data_dir)]
 
     def get(self, path: str) -> tuple[int, str]:
-        url = f"{'https' if self.admin_tls else 'http'}://127.0.0.1:{self.admin}{path}"
+        url = f"{scheme(self.admin_tls)}://127.0.0.1:{self.admin}{path}"
         try:
             with urllib.request.urlopen(url, timeout=5, context=self.admin_tls) as response:
                 return response.status, response.read().decode()

@@ -71,6 +71,9 @@ def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certific
     assert cli(["channel", "enable", "inbank", *away]) == 2
     assert "refused: the admin token would go to 192.0.2.1:9583 in clear" in capsys.readouterr().out
     assert cli(["channel", "enable", "inbank", *given, "--ca", str(cert)]) == 0
+    # Given by address with the configuration: its CA (a wildcard admin_listen is no address for a certificate).
+    assert cli(["channel", "list", *operator, "--admin", f"https://127.0.0.1:{tls_switch.admin}"]) == 0
+    assert cli(["channel", "list", "--admin", f"127.0.0.1:{tls_switch.admin}", "--ca", str(cert)]) == 2  # not https
 
     async def console_view(tls: ssl.SSLContext) -> list:
         seen = Channels([f"127.0.0.1:{tls_switch.admin}"], tls_switch.token, tls)
@@ -81,7 +84,7 @@ def test_the_admin_endpoint_speaks_only_https_and_its_clients_check_its_certific
 
     [(_, status)] = asyncio.run(console_view(client_tls(load_config(tls_switch.config))))
     assert isinstance(status, dict) and status["inbank"]["enabled"] is True, status
-    [(_, refused)] = asyncio.run(console_view(trusting(other)))
+    [(_, refused)] = asyncio.run(console_view(trusting(other, "test")))
     assert isinstance(refused, str) and "certificate verify failed" in refused.lower(), refused
 
 

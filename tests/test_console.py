@@ -242,6 +242,8 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
         assert answer.status_code == 403 and "needs the" in answer.text, path
     assert channel_enabled(console.switch, "wechat")
     assert audit_count(database_url, "role", "refused") == refused + len(acts)
+    last = sql(database_url, "SELECT target FROM console_audit WHERE action = 'role' ORDER BY at DESC LIMIT 1")
+    assert last[0][0] == f"{acts[-1]} from 127.0.0.1"
     # The merchant form is shown to a viewer, but cannot be sent.
     page = session.get(f"{console.base}/merchants/{KIOSK}").text
     assert "<fieldset disabled>" in page and 'id="save"' not in page
@@ -263,8 +265,8 @@ def test_csrf_is_refused_and_audited(console, database_url):
         assert answer.status_code == 403, (data, headers)
     assert channel_enabled(console.switch, "wechat")
     assert audit_count(database_url, "csrf", "refused") == refused + 3
-    froms = sql(database_url, "SELECT after->>'from' FROM console_audit WHERE action = 'csrf' ORDER BY at DESC LIMIT 3")
-    assert [row[0] for row in froms] == ["127.0.0.1"] * 3  # where each refused form came from
+    froms = sql(database_url, "SELECT target FROM console_audit WHERE action = 'csrf' ORDER BY at DESC LIMIT 3")
+    assert [row[0] for row in froms] == ["/channels/wechat/disable from 127.0.0.1"] * 3  # where each came from
     # The sign-in form has its own token: a sign-in posted from elsewhere (no token cookie) is refused.
     forged = requests.post(f"{console.base}/sign-in", data={"pre": "x", "name": "otto", "password": PASSWORDS["otto"]},
                            allow_redirects=False)  # fmt: skip

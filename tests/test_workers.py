@@ -22,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.client import IsoClient
+from switch.admin_tls import scheme
 from switch.config import ConfigError, load_config, worker_share
 from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.machine import FINAL
@@ -68,7 +69,7 @@ async def fetchval(url: str, sql: str) -> object:
 
 def act(switch, channel: str, action: str) -> dict:
     request = urllib.request.Request(
-        f"{'https' if switch.admin_tls else 'http'}://127.0.0.1:{switch.admin}/channels/{channel}/{action}",
+        f"{scheme(switch.admin_tls)}://127.0.0.1:{switch.admin}/channels/{channel}/{action}",
         method="POST",
         headers={"Authorization": f"Bearer {switch.token}"},
     )

@@ -95,13 +95,14 @@ class SignIn(NamedTuple):
 
 
 async def sign_in(
-    conn: asyncpg.Connection, name: str, password: str, remote: str, failures: int, window: dt.timedelta
+    conn: asyncpg.Connection, name: str, password: str, peer: str, failures: int, window: dt.timedelta
 ) -> SignIn:
     """Check ``password`` for ``name``, unless too many sign-ins failed lately for the account from
-    ``remote`` (``failures`` in ``window``), or from ``remote`` at all (four times as many); a
-    failure is kept. Counted by address and account together, so that a guesser elsewhere cannot
-    lock an operator out (``paysw console unlock`` lifts a lock at once). The password is checked
-    in a thread: scrypt takes a tenth of a second, which the console's other requests need."""
+    ``peer`` (the address failures are counted by: ``switch.shedding.peer_of``; ``failures`` in
+    ``window``), or from ``peer`` at all (four times as many); a failure is kept. Counted by
+    address and account together, so that a guesser elsewhere cannot lock an operator out
+    (``paysw console unlock`` lifts a lock at once). The password is checked in a thread: scrypt
+    takes a tenth of a second, which the console's other requests need."""
     await conn.execute("DELETE FROM console_sign_in_failure WHERE at < now() - $1::interval", window)
     row = await conn.fetchrow("SELECT password_hash, role FROM console_user WHERE name = $1", name)
     if row is None:  # never kept (a password typed as the name): unknown names count together, by address
@@ -110,12 +111,12 @@ async def sign_in(
     # once each count the others, so no more than ``failures`` are ever checked (counted after
     # the check, as many as came at once were).
     tried = await conn.fetchval(
-        "INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2) RETURNING ctid", name, remote
+        "INSERT INTO console_sign_in_failure (user_name, remote) VALUES ($1, $2) RETURNING ctid", name, peer
     )
     mine, by_remote = await conn.fetchrow(
         "SELECT count(*) FILTER (WHERE user_name = $1), count(*) "
         "FROM console_sign_in_failure WHERE remote = $2 AND at >= now() - $3::interval",
-        name, remote, window,
+        name, peer, window,
     )  # fmt: skip
     if mine > failures or by_remote > 4 * failures:
         await conn.execute("DELETE FROM console_sign_in_failure WHERE ctid = $1", tried)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-HostPort = Annotated[str, Meta(pattern=r"^[^:\s]+:\d{1,5}$")]
+from switch.addresses import HostPort
+from switch.forwarded import network_problems
 
 
 class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -30,7 +31,11 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # one is taken to be from the address its X-Forwarded-For names (the last not a proxy's), for
     # the sign-in limits and the audit. None (the default): every connection is its own address,
     # and behind a gateway all users share the gateway's (a stranger's failures lock all out).
-    trusted_proxies: list[str] = []
+    trusted_proxies: list[str] = []  # checked by problems()
     # The session cookie only over https: on unless the console listens on loopback (or behind
     # a TLS gateway that sets this true). DEMO and loopback only: plain http.
     secure_cookie: bool | None = None
+
+    def problems(self) -> list[str]:
+        """What is wrong across its fields, by path."""
+        return network_problems(self.trusted_proxies, "$.console.trusted_proxies")

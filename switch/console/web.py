@@ -186,8 +186,8 @@ class Console:
 
     async def _refused(self, request: web.Request, session: Session, why: str) -> None:
         """A form refused (``csrf``, ``role``), audited with where it came from: a forged one's lead."""
-        where = {"from": self._whence(request)}
-        await record(self._pool, Entry(session.account.name, why, request.path, after=where, outcome="refused"))
+        target = f"{request.path} from {self._whence(request)}"
+        await record(self._pool, Entry(session.account.name, why, target, outcome="refused"))
 
     def _same_origin(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -244,7 +244,7 @@ class Console:
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(str(form.get("pre", "")).encode(), pre.encode()):
             return self._sign_in_form(request, "the sign-in form is stale: try again", 403)
-        client, remote = self._client(request), self._whence(request)
+        client, whence = self._client(request), self._whence(request)
         window, failures = dt.timedelta(minutes=self._section.sign_in_window_minutes), self._section.sign_in_failures
         async with self._pool.acquire() as conn:
             # Counted by address, an IPv6 one by its /64 (one site's: taken apart, a budget each).
@@ -253,15 +253,15 @@ class Console:
                 name = name if outcome.known else accounts.UNKNOWN
                 if outcome.limited:  # not audited one by one: a flood would grow the audit log for nothing
                     self._refusals.warn(
-                        log, name, "console sign-in refused: too many failures", user=name, remote=remote
+                        log, name, "console sign-in refused: too many failures", user=name, remote=whence
                     )
                     return self._sign_in_form(request, outcome.refusal, 429)
-                await record(conn, Entry(name, "sign-in", remote, outcome=outcome.refusal))
-                log.warning("console sign-in refused", extra={"user": name, "remote": remote, "why": outcome.refusal})
+                await record(conn, Entry(name, "sign-in", whence, outcome=outcome.refusal))
+                log.warning("console sign-in refused", extra={"user": name, "remote": whence, "why": outcome.refusal})
                 return self._sign_in_form(request, outcome.refusal, 401)
             token = await accounts.open_session(conn, outcome.account, self._idle)
-            await record(conn, Entry(name, "sign-in", remote))
-        log.info("console sign-in", extra={"user": name, "remote": remote})
+            await record(conn, Entry(name, "sign-in", whence))
+        log.info("console sign-in", extra={"user": name, "remote": whence})
         response = web.HTTPSeeOther(_local(request, str(form.get("next", ""))))
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=self._secure, path="/")
         response.del_cookie(PRE_COOKIE, path="/sign-in")
