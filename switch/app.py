@@ -191,6 +191,7 @@ class SwitchApp:
                 link_tls=link_client_tls(tls) if tls is not None else None,
             )
         self.metrics.watch_gateways(self.gateways)
+        self.metrics.from_zero(self.gateways)
         starting = [all_linked(self.gateways, ACTORS_READY_TIMEOUT_S)]
         if rules is not None:
             starting.append(self._start_counters(tls))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
@@ -252,6 +252,23 @@ class Metrics:
     def watch_gateways(self, gateways: Mapping[str, ChannelGateway]) -> None:
         """Figures read from the gateways, and through them from the channel actors, at each scrape."""
         self.registry.register(_GatewayCollector(gateways))
+
+    def from_zero(self, channels: Iterable[str]) -> None:
+        """The counters switch/monitoring/alerts.yml watches, at 0 from the start: a series born at its first
+        count shows no increase() to an alert until its second (the first dead letter would go
+        unseen)."""
+        for channel in channels:
+            for counter in (self.dead_letters, self.overtaken, self.leases_lost):
+                counter.labels(channel)
+            for result in ("unknown_order", "amount_differs", "paid_after_final", "shed", "unanswered"):
+                self.channel_notices.labels(channel, result)
+        self.merchant_notices.labels("dead")
+        self.pin_refused.labels("tries")
+        for policy in ("open", "closed"):
+            self.risk_unreachable.labels(policy)
+        for result in ("invalid", "failed"):
+            self.config_reloads.labels(result)
+            self.risk_reloads.labels(result)
 
     def set_open(self, counts: list[tuple[str, str, int]]) -> None:
         self.open_transactions.clear()
