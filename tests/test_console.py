@@ -24,6 +24,7 @@ import requests
 
 from bench.demo_config import DEMO_DIR
 from switch.console import accounts
+from switch.console.reads import AWAITING
 from switch.routing import share_of
 from tests.conftest import free_port, run, switch_with, wait_for_port
 from tests.debian import debian_binary
@@ -43,6 +44,7 @@ ACTIONS = [
     "/recon/1/resolve",
     "/dead-letters/000000000001/resolve",
     "/dead-letters/000000000001/retry",
+    "/dead-letters/000000000001/approve",
     "/notifications/1/resend",
     f"/merchants/{KIOSK}",
     "/terminals/new",
@@ -234,7 +236,8 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     token = csrf(session, console)
     refused = audit_count(database_url, "role", "refused")
     acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
-            "/dead-letters/000000000001/retry", "/terminals/new", "/limits/wechat", "/risk/rules")  # fmt: skip
+            "/dead-letters/000000000001/retry", "/dead-letters/000000000001/approve", "/terminals/new",
+            "/limits/wechat", "/risk/rules")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -538,9 +541,12 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert "paid back" in text("reason") and text("state") == "not in this journal"
     shot(browser, "dead-letter-retry")
     browser.find_element(By.ID, "resolution").send_keys("UnionPay's outage is over")
-    follow(By.ID, "confirm")
-    assert f"no open dead letter {other} to be handed back to the resolver" in text("said")
+    follow(By.ID, "confirm")  # asked: another operator approves it (four_eyes)
+    assert f"{other}: handing back asked" in text("said") and "Handing back asked by ada" in text(f"asked-{other}")
+    assert not browser.find_elements(By.ID, f"approve-{other}")  # not by the one who asked
     assert sql(database_url, audited.replace("resolve", "retry"), other)[0][1] == "UnionPay's outage is over"
+    follow(By.ID, f"reject-{other}")  # withdrawn
+    assert f"{other}: handing back rejected" in text("said") and browser.find_elements(By.ID, f"retry-{other}")
 
     # A merchant's rate quota changed: it holds at once, with no restart; then taken away again.
     assert set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}
@@ -922,8 +928,8 @@ def test_a_reopened_dead_letter_is_listed_when_it_was_reopened_with_what_came_be
     assert f"/dead-letters/{rrn}/resolve" not in page
 
 
-def resolve_letter(console, rrn: str, resolution: str, action: str = "resolve") -> str:
-    session, status = signed_in(console, "otto")
+def resolve_letter(console, rrn: str, resolution: str, action: str = "resolve", who: str = "otto") -> str:
+    session, status = signed_in(console, who)
     assert status == 303
     answer = session.post(
         f"{console.base}/dead-letters/{rrn}/{action}", data={"csrf": csrf(session, console), "resolution": resolution}
@@ -932,13 +938,43 @@ def resolve_letter(console, rrn: str, resolution: str, action: str = "resolve") 
     return answer.text
 
 
+def hand_backs(database_url: str, rrn: str) -> list[tuple]:
+    """Each hand-back asked or decided of ``rrn``: who, the outcome, who asked it."""
+    rows = sql(database_url, "SELECT user_name, outcome, before->>'asked_by' FROM console_audit "
+               "WHERE action = 'dead_letter.retry' AND target = $1 ORDER BY at", rrn)  # fmt: skip
+    return [tuple(row) for row in rows]
+
+
+def test_a_dead_letter_is_handed_back_only_once_another_operator_approves(console, database_url):
+    """four_eyes (the default): one operator asks, nothing is done; the same one cannot approve
+    (nor ask twice); another approves, and the hand-back is tried then, with the reason asked, and
+    audited with who asked; or rejects it."""
+    rrn = _dead_letter(database_url)
+    asked = resolve_letter(console, rrn, "the channel is back", action="retry", who="otto")
+    assert f"{rrn}: handing back asked; another operator approves it on this page" in asked
+    assert f"{rrn}: handing back awaits approval already (asked by otto)" in resolve_letter(
+        console, rrn, "again", action="retry", who="ada"
+    )
+    assert "approved by another operator than the one who asked" in resolve_letter(console, rrn, "", "approve")
+    assert hand_backs(database_url, rrn) == [("otto", AWAITING, None)]  # nothing done yet
+    approved = resolve_letter(console, rrn, "", "approve", who="ada")  # tried: its transaction is not in this journal
+    assert f"no open dead letter {rrn} to be handed back" in approved and f'id="retry-{rrn}"' in approved
+    assert hand_backs(database_url, rrn) == [("otto", AWAITING, None), ("ada", "no open dead letter", "otto")]
+    assert f"{rrn}: no handing back awaits approval" in resolve_letter(console, rrn, "", "approve", who="ada")
+    resolve_letter(console, rrn, "once more", action="retry", who="ada")
+    assert f"{rrn}: handing back rejected" in resolve_letter(console, rrn, "", "reject", who="otto")
+    assert hand_backs(database_url, rrn)[-2:] == [("ada", AWAITING, None), ("otto", "rejected", "ada")]
+    assert sql(database_url, "SELECT resolved_at FROM dead_letter WHERE rrn = $1", rrn)[0][0] is None
+
+
 def test_a_dead_letter_whose_transaction_is_no_longer_open_is_not_handed_back(console, database_url):
     """Trying again a transaction that is not the resolver's to settle (final since, or not in this
-    journal) is refused and audited, and its letter stays open for a person."""
+    journal) is refused and audited once approved, and its letter stays open for a person."""
     rrn = _dead_letter(database_url)
     refused = audit_count(database_url, "dead_letter.retry", "no open dead letter")
-    page = resolve_letter(console, rrn, "the channel is back", action="retry")
-    assert f"no open dead letter {rrn} to be handed back to the resolver" in page
+    resolve_letter(console, rrn, "the channel is back", action="retry")
+    page = resolve_letter(console, rrn, "", "approve", who="ada")
+    assert f"no open dead letter {rrn} to be handed back" in page
     assert f'id="retry-{rrn}"' in page  # still listed, still open
     assert audit_count(database_url, "dead_letter.retry", "no open dead letter") == refused + 1
     assert sql(database_url, "SELECT resolved_at FROM dead_letter WHERE rrn = $1", rrn)[0][0] is None

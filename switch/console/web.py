@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 import asyncpg
@@ -115,6 +115,7 @@ class Console:
             ("GET", "/dead-letters", self.dead_letters),
             ("GET", "/dead-letters/{rrn}/retry", self.dead_letter_confirm),
             ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
+            ("POST", "/dead-letters/{rrn}/{decision:approve|reject}", self.dead_letter_decide),
             ("POST", "/notifications/{rrn}/resend", self.notification_resend),
             ("GET", "/settlement", self.settlement),
             ("GET", r"/settlement/settlement-{day:\d{4}-\d{2}-\d{2}}.csv", self.settlement_file),
@@ -384,7 +385,8 @@ class Console:
     @needs("viewer")
     async def dead_letters(self, request: web.Request) -> web.Response:
         letters, notices = await reads.dead_letters(self._pool), await reads.dead_notifications(self._pool)
-        return self._page(request, "dead_letters.html", letters=letters, notices=notices)
+        asked = await reads.hand_backs_asked(self._pool)
+        return self._page(request, "dead_letters.html", letters=letters, notices=notices, asked=asked)
 
     @needs("operator")
     async def dead_letter_confirm(self, request: web.Request) -> web.Response:
@@ -393,7 +395,7 @@ class Console:
         letter = await reads.dead_letter(self._pool, request.match_info["rrn"])
         if letter is None:
             return self._refusal(request, None, 404, f"no open dead letter {request.match_info['rrn']}")
-        return self._page(request, "retry_confirm.html", letter=letter)
+        return self._page(request, "retry_confirm.html", letter=letter, four_eyes=self._section.four_eyes)
 
     @needs("operator")
     async def dead_letter_act(self, request: web.Request) -> web.StreamResponse:
@@ -404,6 +406,8 @@ class Console:
         resolution = typed(str(request["form"].get("resolution", "")), 500)
         if not re.fullmatch(r"[0-9]{12}", rrn) or not resolution:
             raise web.HTTPSeeOther(f"/dead-letters?said={quote('say what was done, or why it is tried again')}")
+        if action == "retry" and self._section.four_eyes:
+            await self._ask_hand_back(request, rrn, resolution)
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
         async with self._pool.acquire() as conn, conn.transaction():
             done = await act(conn, rrn, resolution)
@@ -413,6 +417,47 @@ class Console:
         raise web.HTTPSeeOther(
             f"/dead-letters?said={quote(f'{rrn}: {said}' if done else f'no open dead letter {rrn} to be {said}')}"
         )
+
+    async def _ask_hand_back(self, request: web.Request, rrn: str, resolution: str) -> NoReturn:
+        """A hand-back asked (``four_eyes``): audited as awaiting a second operator, nothing done."""
+        who = request["session"].account.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _decisions_of(conn, rrn)
+            asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
+            if asked is not None:
+                said = f"{rrn}: handing back awaits approval already (asked by {asked['user_name']})"
+            elif await reads.dead_letter(conn, rrn) is None:
+                said = f"no open dead letter {rrn} to be handed back to the resolver"
+            else:
+                await record(conn, Entry(who, "dead_letter.retry", rrn, after=resolution, outcome=reads.AWAITING))
+                said = f"{rrn}: handing back asked; another operator approves it on this page"
+        raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
+
+    @needs("operator")
+    async def dead_letter_decide(self, request: web.Request) -> web.StreamResponse:
+        """A hand-back asked by another operator approved (the dead letter handed back to the
+        resolver, with the reason asked) or rejected; the one who asked may only reject (withdraw)
+        it. Each decision audited with who asked."""
+        rrn, decision = request.match_info["rrn"], request.match_info["decision"]
+        who = request["session"].account.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _decisions_of(conn, rrn)
+            asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
+            if asked is None:
+                said = f"{rrn}: no handing back awaits approval"
+            elif decision == "approve" and asked["user_name"] == who:  # a refusal apart: the request still waits
+                await record(conn, Entry(who, "dead_letter.approve", rrn, outcome="refused: the one who asked"))
+                said = f"{rrn}: handing back is approved by another operator than the one who asked"
+            else:
+                if decision == "reject":
+                    outcome, said = "rejected", f"{rrn}: handing back rejected"
+                elif await retry_dead_letter(conn, rrn, asked["resolution"]):
+                    outcome, said = "ok", f"{rrn}: handed back to the resolver"
+                else:
+                    outcome, said = "no open dead letter", f"no open dead letter {rrn} to be handed back"
+                asker, why = {"asked_by": asked["user_name"]}, asked["resolution"]
+                await record(conn, Entry(who, "dead_letter.retry", rrn, asker, why, outcome))
+        raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
 
     @needs("operator")
     async def notification_resend(self, request: web.Request) -> web.StreamResponse:
@@ -596,6 +641,12 @@ class Console:
     @needs("operator")
     async def audit(self, request: web.Request) -> web.Response:
         return self._page(request, "audit.html", rows=await reads.audit_rows(self._pool))
+
+
+async def _decisions_of(conn: asyncpg.Connection, rrn: str) -> None:
+    """The decisions on ``rrn``'s hand-back held to this transaction: two operators approving at
+    once are taken one after the other, the second finding it decided."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"dead_letter.retry:{rrn}")
 
 
 def _local(request: web.Request, given: str | None = None) -> str:
