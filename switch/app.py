@@ -314,12 +314,13 @@ class SwitchApp:
                 log.exception("partition upkeep failed; will retry in an hour")
 
     async def _watch_open_transactions(self) -> None:
-        """The resolver's queues as metrics (pending, unknown, orphans, reversals to carry out), and
-        the reconciliation's open differences and failed batches."""
+        """The resolver's queues as metrics (pending, unknown, orphans, reversals to carry out), the
+        dead letters open, and the reconciliation's open differences and failed batches."""
         while True:
             try:
                 assert self.journal is not None
                 self.metrics.set_open(await self.journal.open_by_queue())
+                self.metrics.set_dead_letters(await self.journal.open_dead_letters())
                 self.metrics.set_recon(*await recon_gauges(self.journal.pool))
             except Exception:
                 log.exception("reading the open transactions failed; trying again shortly")

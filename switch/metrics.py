@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 SHARED_FAMILIES = frozenset(
     {
         "paysw_open_transactions",
+        "paysw_dead_letters_open",
         "paysw_recon_open_differences",
         "paysw_recon_batches_failed",
         "paysw_actor_in_flight",
@@ -208,6 +209,12 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.dead_letters_open = Gauge(
+            "paysw_dead_letters_open",
+            "Transactions handed to a person and not resolved yet, by channel (alert while any)",
+            ["channel"],
+            registry=r,
+        )
         self.leases_lost = Counter(
             "paysw_resolver_leases_lost",
             "Transactions a resolver's lane left alone because its lease had lapsed and another front end's "
@@ -255,10 +262,10 @@ class Metrics:
 
     def from_zero(self, channels: Iterable[str]) -> None:
         """The counters switch/monitoring/alerts.yml watches, at 0 from the start: a series born at its first
-        count shows no increase() to an alert until its second (the first dead letter would go
-        unseen)."""
+        count shows no increase() to an alert until its second (the first answer overtaken would
+        go unseen)."""
         for channel in channels:
-            for counter in (self.dead_letters, self.overtaken, self.leases_lost):
+            for counter in (self.overtaken, self.leases_lost):
                 counter.labels(channel)
             for result in ("unknown_order", "amount_differs", "paid_after_final", "shed", "unanswered"):
                 self.channel_notices.labels(channel, result)
@@ -274,6 +281,11 @@ class Metrics:
         self.open_transactions.clear()
         for channel, queue, n in counts:
             self.open_transactions.labels(channel, queue).set(n)
+
+    def set_dead_letters(self, counts: list[tuple[str, int]]) -> None:
+        self.dead_letters_open.clear()
+        for channel, n in counts:
+            self.dead_letters_open.labels(channel).set(n)
 
     def set_recon(self, open_differences: list[tuple[str, str, int]], failed: list[tuple[str, int]]) -> None:
         self.recon_open.clear()

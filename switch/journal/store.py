@@ -639,6 +639,13 @@ class Journal:
         )
         return [(r["channel"], r["queue"], r["n"]) for r in rows]
 
+    async def open_dead_letters(self) -> list[tuple[str, int]]:
+        """(channel, count) of the dead letters no person has resolved yet."""
+        rows = await self._pool.fetch(
+            "SELECT channel, count(*) AS n FROM dead_letter WHERE resolved_at IS NULL GROUP BY channel"
+        )
+        return [(r["channel"], r["n"]) for r in rows]
+
     async def request_reversal(
         self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
     ) -> tuple[str, str]:
