@@ -4,6 +4,7 @@ confirms, idempotent, and honoured even when they overtake their original."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import asyncpg
 
@@ -136,6 +137,14 @@ def test_a_reversal_the_channel_refuses_goes_to_a_person_and_is_never_dropped(sw
         assert sim_ledger(simulators, "unionpay")[out_trade_no(approved["37"])]["status"] == "PAID"
         _, metrics = switch.get("/metrics")
         assert 'paysw_dead_letters_total{channel="unionpay"}' in metrics
+        for _ in range(60):  # and open, while no person has resolved it (read every 5 s), for the alert
+            metrics = switch.get("/metrics")[1]
+            waiting = re.search(r'^paysw_dead_letters_open\{channel="unionpay"\} (\S+)$', metrics, re.M)
+            if waiting and float(waiting[1]) >= 1:
+                break
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError("paysw_dead_letters_open never counted the open letter")
 
     run(scenario())
 
