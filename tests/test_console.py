@@ -938,6 +938,19 @@ def resolve_letter(console, rrn: str, resolution: str, action: str = "resolve", 
     return answer.text
 
 
+def request_read(console, rrn: str, who: str) -> str:
+    """The hand-back request ``who`` reads on its approve page (its id, which the approval sends)."""
+    session, _ = signed_in(console, who)
+    page = session.get(f"{console.base}/dead-letters/{rrn}/retry").text
+    return re.search(r'name="request" value="(\d+)"', page).group(1)
+
+
+def approve(console, rrn: str, who: str, read: str) -> str:
+    session, _ = signed_in(console, who)
+    data = {"csrf": csrf(session, console), "request": read}
+    return session.post(f"{console.base}/dead-letters/{rrn}/approve", data=data).text
+
+
 def hand_backs(database_url: str, rrn: str) -> list[tuple]:
     """Each hand-back asked or decided of ``rrn``: who, the outcome, who asked it."""
     rows = sql(database_url, "SELECT user_name, outcome, before->>'asked_by' FROM console_audit "
@@ -955,13 +968,19 @@ def test_a_dead_letter_is_handed_back_only_once_another_operator_approves(consol
     assert f"{rrn}: handing back awaits approval already (asked by otto)" in resolve_letter(
         console, rrn, "again", action="retry", who="ada"
     )
-    assert "approved by another operator than the one who asked" in resolve_letter(console, rrn, "", "approve")
+    asked_id = request_read(console, rrn, "ada")  # the approve page shows the request: its id goes back with it
+    assert "approved by another operator than the one who asked" in approve(console, rrn, "otto", asked_id)
+    assert "a hand-back awaits approval: approve or reject it first" in resolve_letter(console, rrn, "paid back")
     assert hand_backs(database_url, rrn) == [("otto", AWAITING, None)]  # nothing done yet
-    approved = resolve_letter(console, rrn, "", "approve", who="ada")  # tried: its transaction is not in this journal
+    approved = approve(console, rrn, "ada", asked_id)  # tried: its transaction is not in this journal
     assert f"no open dead letter {rrn} to be handed back" in approved and f'id="retry-{rrn}"' in approved
     assert hand_backs(database_url, rrn) == [("otto", AWAITING, None), ("ada", "no open dead letter", "otto")]
-    assert f"{rrn}: no handing back awaits approval" in resolve_letter(console, rrn, "", "approve", who="ada")
+    assert f"{rrn}: no handing back awaits approval" in approve(console, rrn, "ada", asked_id)
     resolve_letter(console, rrn, "once more", action="retry", who="ada")
+    stale = request_read(console, rrn, "otto")
+    resolve_letter(console, rrn, "", "reject", who="ada")  # withdrawn, and asked again with another reason
+    resolve_letter(console, rrn, "for another reason", action="retry", who="ada")
+    assert "is not the one you read: read it again" in approve(console, rrn, "otto", stale)
     assert f"{rrn}: handing back rejected" in resolve_letter(console, rrn, "", "reject", who="otto")
     assert hand_backs(database_url, rrn)[-2:] == [("ada", AWAITING, None), ("otto", "rejected", "ada")]
     assert sql(database_url, "SELECT resolved_at FROM dead_letter WHERE rrn = $1", rrn)[0][0] is None
@@ -973,7 +992,7 @@ def test_a_dead_letter_whose_transaction_is_no_longer_open_is_not_handed_back(co
     rrn = _dead_letter(database_url)
     refused = audit_count(database_url, "dead_letter.retry", "no open dead letter")
     resolve_letter(console, rrn, "the channel is back", action="retry")
-    page = resolve_letter(console, rrn, "", "approve", who="ada")
+    page = approve(console, rrn, "ada", request_read(console, rrn, "ada"))
     assert f"no open dead letter {rrn} to be handed back" in page
     assert f'id="retry-{rrn}"' in page  # still listed, still open
     assert audit_count(database_url, "dead_letter.retry", "no open dead letter") == refused + 1

@@ -97,6 +97,8 @@ async def _account(url: str, args: argparse.Namespace, password: str) -> int:
 
 async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
     section = config.console
+    if not section.four_eyes:
+        log.warning("four_eyes is off: one operator alone hands a dead letter back to the resolver")
     try:
         token = configured_token(config, args.data_dir)
     except ConfigError as exc:

@@ -180,10 +180,10 @@ AWAITING = "awaiting a second operator"  # the audit's outcome of a hand-back as
 # The latest hand-back decision of each open dead letter since it was (re)opened: the audit log is
 # where a hand-back is asked, approved or rejected, so it is where one awaiting approval is read.
 _HAND_BACKS_SQL = (
-    "SELECT DISTINCT ON (d.rrn) d.rrn, a.user_name, a.at, a.after #>> '{}' AS resolution, a.outcome "
+    "SELECT DISTINCT ON (d.rrn) d.rrn, a.id, a.user_name, a.at, a.after #>> '{}' AS resolution, a.outcome "
     "FROM dead_letter d JOIN console_audit a ON a.action = 'dead_letter.retry' AND a.target = d.rrn "
     "AND a.at >= coalesce(d.reopened_at, d.created_at) WHERE d.resolved_at IS NULL AND ($1::text IS NULL OR "
-    "d.rrn = $1) ORDER BY d.rrn, a.at DESC"
+    "d.rrn = $1) ORDER BY d.rrn, a.id DESC"
 )
 
 
@@ -191,7 +191,7 @@ async def hand_backs_asked(
     conn: asyncpg.Connection | asyncpg.Pool, rrn: str | None = None
 ) -> dict[str, asyncpg.Record]:
     """The hand-backs to the resolver asked of open dead letters (or of ``rrn``'s) and not yet
-    approved or rejected, by RRN: who asked, when, and why."""
+    approved or rejected, by RRN: the request (its audit row's ``id``), who asked, when, and why."""
     rows = await conn.fetch(_HAND_BACKS_SQL, rrn)
     return {row["rrn"]: row for row in rows if row["outcome"] == AWAITING}
 

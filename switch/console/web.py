@@ -390,12 +390,15 @@ class Console:
 
     @needs("operator")
     async def dead_letter_confirm(self, request: web.Request) -> web.Response:
-        """Handing a transaction back can return money: confirmed on a page of its own, which shows
-        why it was given up on and what a person did about it before."""
-        letter = await reads.dead_letter(self._pool, request.match_info["rrn"])
+        """Handing a transaction back can return money: asked, and approved, on a page of its own,
+        which shows why it was given up on, what a person did about it before, its amount and
+        state now, and the request awaiting approval if one does."""
+        rrn = request.match_info["rrn"]
+        letter = await reads.dead_letter(self._pool, rrn)
         if letter is None:
-            return self._refusal(request, None, 404, f"no open dead letter {request.match_info['rrn']}")
-        return self._page(request, "retry_confirm.html", letter=letter, four_eyes=self._section.four_eyes)
+            return self._refusal(request, None, 404, f"no open dead letter {rrn}")
+        asked = (await reads.hand_backs_asked(self._pool, rrn)).get(rrn) if self._section.four_eyes else None
+        return self._page(request, "retry_confirm.html", letter=letter, four_eyes=self._section.four_eyes, asked=asked)
 
     @needs("operator")
     async def dead_letter_act(self, request: web.Request) -> web.StreamResponse:
@@ -409,7 +412,11 @@ class Console:
         if action == "retry" and self._section.four_eyes:
             await self._ask_hand_back(request, rrn, resolution)
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            await _decisions_of(conn, rrn)
+            if (await reads.hand_backs_asked(conn, rrn)).get(rrn) is not None:  # decided first, by another
+                said = f"{rrn}: a hand-back awaits approval: approve or reject it first"
+                raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
             done = await act(conn, rrn, resolution)
             who, outcome = request["session"].account.name, "ok" if done else "no open dead letter"
             await record(conn, Entry(who, f"dead_letter.{action}", rrn, after=resolution, outcome=outcome))
@@ -421,7 +428,7 @@ class Console:
     async def _ask_hand_back(self, request: web.Request, rrn: str, resolution: str) -> NoReturn:
         """A hand-back asked (``four_eyes``): audited as awaiting a second operator, nothing done."""
         who = request["session"].account.name
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, rrn)
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
             if asked is not None:
@@ -437,14 +444,17 @@ class Console:
     async def dead_letter_decide(self, request: web.Request) -> web.StreamResponse:
         """A hand-back asked by another operator approved (the dead letter handed back to the
         resolver, with the reason asked) or rejected; the one who asked may only reject (withdraw)
-        it. Each decision audited with who asked."""
+        it. An approval names the request its approver read (``request``: its audit row), and is
+        refused if another has taken its place since. Each decision audited with who asked."""
         rrn, decision = request.match_info["rrn"], request.match_info["decision"]
-        who = request["session"].account.name
-        async with self._pool.acquire() as conn, conn.transaction():
+        who, read = request["session"].account.name, str(request["form"].get("request", ""))
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, rrn)
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
             if asked is None:
                 said = f"{rrn}: no handing back awaits approval"
+            elif decision == "approve" and read != str(asked["id"]):
+                said = f"{rrn}: the request to hand it back is not the one you read: read it again"
             elif decision == "approve" and asked["user_name"] == who:  # a refusal apart: the request still waits
                 await record(conn, Entry(who, "dead_letter.approve", rrn, outcome="refused: the one who asked"))
                 said = f"{rrn}: handing back is approved by another operator than the one who asked"
