@@ -17,7 +17,7 @@ from switch.config import Config, ConfigError
 
 log = logging.getLogger("paysw.admin")
 
-RENEW_WITHIN = dt.timedelta(days=30)  # a certificate closer than this to its end is warned of at start
+RENEW_WITHIN = dt.timedelta(days=30)  # a certificate closer than this to its end is warned of (start, reload)
 
 
 def server_tls(config: Config) -> ssl.SSLContext | None:
@@ -27,8 +27,7 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
     section = config.switch
     if not section.admin_tls_cert:
         return None
-    base = Path(config.base_dir)
-    cert, key = base / section.admin_tls_cert, base / section.admin_tls_key
+    cert, key = _files(config)
     try:
         read_secret(key, "the admin TLS key", relaxed=section.demo)
     except SecretFileError as exc:
@@ -41,6 +40,23 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"$.switch.admin_tls_cert and admin_tls_key: cannot serve TLS with them: {exc}") from None
     return context
+
+
+def renew_admin_tls(context: ssl.SSLContext | None, config: Config) -> None:
+    """The certificate and key at the configured paths read again into the running ``context``
+    (SIGHUP, ``paysw reload``): new connections get a renewed certificate with no restart. They
+    are checked on a context of their own first: files it cannot serve with are logged, and the
+    running pair stays."""
+    if context is None:  # plain http: switching TLS on is a restart's
+        return
+    try:
+        server_tls(config)
+    except ConfigError as exc:
+        log.error("the admin endpoint's certificate not read again: the running one stays", extra={"error": str(exc)})
+        return
+    cert, key = _files(config)
+    context.load_cert_chain(cert, key, password=lambda: b"")
+    log.info("the admin endpoint's certificate read again", extra={"file": str(cert)})
 
 
 def client_tls(config: Config) -> ssl.SSLContext | None:
@@ -66,6 +82,11 @@ def trusting(ca: Path | None, where: str) -> ssl.SSLContext:
 
 def scheme(tls: ssl.SSLContext | None) -> str:
     return "https" if tls is not None else "http"
+
+
+def _files(config: Config) -> tuple[Path, Path]:
+    base = Path(config.base_dir)
+    return base / config.switch.admin_tls_cert, base / config.switch.admin_tls_key
 
 
 def _in_date(cert: Path) -> None:

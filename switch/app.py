@@ -32,6 +32,7 @@ from risk.control import Risk
 from risk.messages import CHECK, Ask
 from risk.rules import RulesError, RuleSet, read_rules
 from switch.admin import admin_app, start_admin
+from switch.admin_tls import renew_admin_tls
 from switch.admin_tls import server_tls as admin_server_tls
 from switch.admin_token import switch_token
 from switch.config import (
@@ -355,6 +356,7 @@ class SwitchApp:
                 outcome = Reloaded("failed", f"{type(exc).__name__}: see the front end's log")
             if outcome.result == "ok":
                 await self.risk.reload(rules=False)  # the lists; the rules are the configuration's
+            renew_admin_tls(self._admin_tls, self.config)
             await self._tell_reloaded(asked, outcome)
             return outcome.result == "ok"
 

@@ -34,7 +34,7 @@ import uvloop
 
 from actors.runtime import init_ray
 from switch.admin import start_admin
-from switch.admin_tls import server_tls
+from switch.admin_tls import renew_admin_tls, server_tls
 from switch.admin_token import configured_token, switch_token
 from switch.app import DATABASE_URL_ENV, SwitchApp, WorkerSeat, database_url_for, serve_until_signalled, until_signalled
 from switch.config import Config, ConfigError, host_port
@@ -134,6 +134,7 @@ async def _supervise(
             if signalled.done() or not roll.is_set():
                 break
             roll.clear()
+            renew_admin_tls(tls, config)
             await pool.roll()
         if not signalled.done():
             log.error("a worker exited on its own: stopping the others", extra={"workers_exited": pool.exited()})

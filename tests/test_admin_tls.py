@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -159,3 +161,40 @@ def test_the_switch_refuses_to_start_on_tls_files_it_cannot_serve_with(tmp_path)
     assert run.returncode == 2, run.stderr[-2000:]
     assert "configuration error: $.switch.admin_tls_cert and admin_tls_key: cannot serve TLS" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_renewed_certificate_is_served_after_a_reload_with_no_restart(tls_switch, tmp_path):
+    """SIGHUP (or ``paysw reload``) reads the certificate and key at their paths again: a renewed
+    one is served to new connections; a pair it cannot serve with is refused, the running one kept."""
+    settings = load_config(tls_switch.config).switch
+    cert, key = Path(settings.admin_tls_cert), Path(settings.admin_tls_key)
+    running = cert.read_bytes(), key.read_bytes()
+    (tmp_path / "renewed").mkdir()
+    renewed_cert, renewed_key = self_signed(tmp_path / "renewed", "paysw admin (renewed)")
+
+    def served() -> bytes:  # what a new connection is shown (not verified: the old CA is the test's)
+        return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", tls_switch.admin), timeout=5))
+
+    def shown(pem: bytes, seconds: float = 15) -> bool:
+        deadline = time.monotonic() + seconds
+        while served() != ssl.PEM_cert_to_DER_cert(pem.decode()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    try:
+        cert.write_bytes(renewed_cert.read_bytes())
+        key.write_bytes(renewed_key.read_bytes())
+        tls_switch.process.send_signal(signal.SIGHUP)
+        assert shown(renewed_cert.read_bytes()), "the renewed certificate was not served"
+        cert.write_bytes(running[0])  # the old certificate with the renewed key: refused, the renewed pair kept
+        tls_switch.process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert served() == ssl.PEM_cert_to_DER_cert(renewed_cert.read_text())
+        assert "the admin endpoint's certificate not read again" in tls_switch.log_path.read_text()
+    finally:
+        cert.write_bytes(running[0])
+        key.write_bytes(running[1])
+        tls_switch.process.send_signal(signal.SIGHUP)
+        assert shown(running[0])
