@@ -57,15 +57,15 @@ PROXY = "127.0.0.2"  # the console's TLS gateway, say: its X-Forwarded-For is be
 
 
 class ConsoleProcess:
-    def __init__(self, switch, folder: Path) -> None:
+    def __init__(self, switch, folder: Path, name: str = "console", settings: str = "") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.config = folder / "console.toml"
-        console = f'\n[console]\nlisten = "127.0.0.1:{self.port}"\ntrusted_proxies = ["{PROXY}"]\n'
+        self.config = folder / f"{name}.toml"
+        console = f'\n[console]\nlisten = "127.0.0.1:{self.port}"\ntrusted_proxies = ["{PROXY}"]\n{settings}'
         text = switch.config.read_text() + console
         self.config.write_text(text)
         self.switch = switch
-        self.log = (folder / "console.log").open("w")
+        self.log = (folder / f"{name}.log").open("w")
         self.process: subprocess.Popen | None = None
 
     def command(self, *args: str) -> list[str]:
@@ -984,6 +984,22 @@ def test_a_dead_letter_is_handed_back_only_once_another_operator_approves(consol
     assert f"{rrn}: handing back rejected" in resolve_letter(console, rrn, "", "reject", who="otto")
     assert hand_backs(database_url, rrn)[-2:] == [("ada", AWAITING, None), ("otto", "rejected", "ada")]
     assert sql(database_url, "SELECT resolved_at FROM dead_letter WHERE rrn = $1", rrn)[0][0] is None
+
+
+def test_without_four_eyes_one_operator_hands_a_dead_letter_back_and_the_console_says_so(console, database_url):
+    """A console with ``four_eyes = false`` (a bank's choice) hands back at the one operator's word,
+    audited as before; it warns of it at start."""
+    alone = ConsoleProcess(console.switch, Path(console.log.name).parent, "console-alone", "four_eyes = false\n")
+    alone.start()
+    try:
+        rrn = _dead_letter(database_url)
+        page = resolve_letter(alone, rrn, "the channel is back", action="retry")
+        assert f"no open dead letter {rrn} to be handed back to the resolver" in page  # tried at once
+        assert hand_backs(database_url, rrn) == [("otto", "no open dead letter", None)]
+    finally:
+        alone.stop()
+    alone.log.flush()
+    assert "four_eyes is off" in Path(alone.log.name).read_text()
 
 
 def test_a_dead_letter_whose_transaction_is_no_longer_open_is_not_handed_back(console, database_url):
