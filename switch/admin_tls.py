@@ -69,6 +69,16 @@ def client_tls(config: Config) -> ssl.SSLContext | None:
     return trusting(ca, "$.switch.admin_tls_ca")
 
 
+def admin_address(config: Config, instead: str) -> str:
+    """Where a client of this configuration reaches the admin endpoint: ``admin_listen``, unless
+    that is a wildcard and the endpoint speaks TLS (no certificate names 0.0.0.0): ``ConfigError``
+    saying to give ``instead`` the address the certificate names."""
+    if config.switch.admin_tls_cert and config.switch.admin_listen.rpartition(":")[0] == "0.0.0.0":
+        raise ConfigError(f"$.switch.admin_listen is {config.switch.admin_listen}: give {instead} the address "
+                          "the admin endpoint's certificate names")  # fmt: skip
+    return config.switch.admin_listen
+
+
 def trusting(ca: Path | None, where: str) -> ssl.SSLContext:
     """A client's context trusting ``ca`` alone (a file of PEM certificates: a CA's, or each
     host's own), or the system's CAs; ``ConfigError`` naming ``where`` it was given if unread."""

@@ -152,7 +152,7 @@ def _parser(loaded: Commands) -> argparse.ArgumentParser:
 
 def _channel(args: argparse.Namespace) -> int:
     from switch.addresses import HOST_PORT
-    from switch.admin_tls import client_tls, trusting
+    from switch.admin_tls import admin_address, client_tls, trusting
     from switch.admin_token import GENERATED_TOKEN_FILE, configured_token, read_token
     from switch.operator import main as operator_main
 
@@ -161,7 +161,7 @@ def _channel(args: argparse.Namespace) -> int:
         return 2
     config = load_config(args.config) if args.config is not None else None
     configured = client_tls(config) if config is not None else None
-    given = args.admin or (config.switch.admin_listen if config is not None else "127.0.0.1:9583")
+    given = args.admin or (admin_address(config, "--admin https://HOST:PORT") if config else "127.0.0.1:9583")
     scheme, _, admin = given.rpartition("://")
     if scheme not in ("", "http", "https") or not re.fullmatch(HOST_PORT, admin):
         print(f"paysw channel: --admin expects HOST:PORT or https://HOST:PORT, not {given!r}", file=sys.stderr)

@@ -99,6 +99,34 @@ def test_paysw_channel_says_what_an_admin_address_is_when_given_another(tmp_path
     assert f"--admin expects HOST:PORT or https://HOST:PORT, not {given!r}" in capsys.readouterr().err
 
 
+def test_a_wildcard_admin_address_with_tls_is_no_address_for_its_clients(tmp_path, capsys):
+    """No certificate names 0.0.0.0: paysw channel and the console say to give them the address one
+    names, rather than fail the certificate's check."""
+    cert, key = self_signed(tmp_path, "paysw admin (test)")
+    (tmp_path / "token").write_text("a-token-of-the-operators-own-0123456789\n")
+    (tmp_path / "token").chmod(0o600)
+    settings = (f'[switch]\nadmin_tls_cert = "{cert}"\nadmin_tls_key = "{key}"\nadmin_tls_ca = "{cert}"\n'
+                'admin_token_file = "token"\n')  # fmt: skip
+    text = (DEMO_DIR / "switch.toml").read_text()
+    wildcard = 'admin_listen = "0.0.0.0:9583"'
+    for was, now in (
+        ("[switch]\n", settings),
+        ("demo = true", "demo = false"),
+        ('admin_listen = "127.0.0.1:9583"', wildcard),
+    ):
+        text = text.replace(was, now, 1)
+    config = tmp_path / "switch.toml"
+    config.write_text(text)
+    for name in ("keys", "risk", "simulators.toml"):
+        (tmp_path / name).symlink_to(DEMO_DIR / name)
+    assert cli(["channel", "list", "--config", str(config)]) == 2
+    said = capsys.readouterr().err
+    assert "give --admin https://HOST:PORT the address the admin endpoint's certificate names" in said
+    served = subprocess.run([sys.executable, "-m", "switch.cli", "console", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert served.returncode == 2 and "give [console] admin_endpoints the address" in served.stderr, served.stderr
+
+
 def _with(config, **switch) -> list[str]:
     return cross_check(msgspec.structs.replace(config, switch=msgspec.structs.replace(config.switch, **switch)))
 

@@ -12,7 +12,7 @@ import sys
 import asyncpg
 from aiohttp import web
 
-from switch.admin_tls import client_tls
+from switch.admin_tls import admin_address, client_tls
 from switch.admin_token import configured_token
 from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config, ConfigError, host_port, is_loopback
@@ -97,6 +97,7 @@ async def _account(url: str, args: argparse.Namespace, password: str) -> int:
 
 async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
     section = config.console
+    endpoints = section.admin_endpoints or [admin_address(config, "[console] admin_endpoints")]
     if not section.four_eyes:
         log.warning("four_eyes is off: one operator alone hands a dead letter back to the resolver")
     try:
@@ -107,7 +108,7 @@ async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     async with pool.acquire() as conn:
         await migrate(conn)
-    channels = Channels(section.admin_endpoints or [config.switch.admin_listen], token, client_tls(config))
+    channels = Channels(endpoints, token, client_tls(config))
     host, port = host_port(section.listen)
     secure = section.secure_cookie if section.secure_cookie is not None else not is_loopback(host)
     console = Console(pool, section, channels, Edits(pool, config.source), secure)
