@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
+import tempfile
 from pathlib import Path
 
+import msgspec
 from cryptography import x509
 
 from hsm.secret_file import SecretFileError, read_secret
@@ -44,18 +46,26 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
 
 def renew_admin_tls(context: ssl.SSLContext | None, config: Config) -> None:
     """The certificate and key at the configured paths read again into the running ``context``
-    (SIGHUP, ``paysw reload``): new connections get a renewed certificate with no restart. They
-    are checked on a context of their own first: files it cannot serve with are logged, and the
-    running pair stays."""
+    (SIGHUP, ``paysw reload``): new connections get a renewed certificate with no restart. The
+    pair is read once, into a private copy that is checked on a context of its own before the
+    running one loads it (a pair that does not go together, loaded there, leaves it unable to
+    shake hands; read twice, a renewal tool could change it in between): files it cannot serve
+    with are logged, and the running pair stays."""
     if context is None:  # plain http: switching TLS on is a restart's
         return
+    cert, key = _files(config)
     try:
-        server_tls(config)
-    except ConfigError as exc:
+        read_secret(key, "the admin TLS key", relaxed=config.switch.demo)  # its mode, as at start
+        with tempfile.TemporaryDirectory(prefix="paysw-admin-tls-") as folder:  # the owner's alone
+            copy = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+            copy[0].write_bytes(cert.read_bytes())
+            copy[1].write_bytes(key.read_bytes())
+            switch = msgspec.structs.replace(config.switch, admin_tls_cert=str(copy[0]), admin_tls_key=str(copy[1]))
+            server_tls(msgspec.structs.replace(config, switch=switch))
+            context.load_cert_chain(*copy, password=lambda: b"")
+    except (ConfigError, SecretFileError, OSError, ssl.SSLError) as exc:
         log.error("the admin endpoint's certificate not read again: the running one stays", extra={"error": str(exc)})
         return
-    cert, key = _files(config)
-    context.load_cert_chain(cert, key, password=lambda: b"")
     log.info("the admin endpoint's certificate read again", extra={"file": str(cert)})
 
 

@@ -122,9 +122,10 @@ def test_a_wildcard_admin_address_with_tls_is_no_address_for_its_clients(tmp_pat
     assert cli(["channel", "list", "--config", str(config)]) == 2
     said = capsys.readouterr().err
     assert "give --admin https://HOST:PORT the address the admin endpoint's certificate names" in said
-    served = subprocess.run([sys.executable, "-m", "switch.cli", "console", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    serve = ["console", "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")]
+    served = subprocess.run([sys.executable, "-m", "switch.cli", *serve], capture_output=True, text=True, timeout=60)
     assert served.returncode == 2 and "give [console] admin_endpoints the address" in served.stderr, served.stderr
+    assert not (tmp_path / "data").exists()  # said before any database started
 
 
 def _with(config, **switch) -> list[str]:
@@ -221,8 +222,8 @@ def test_a_renewed_certificate_is_served_after_a_reload_with_no_restart(tls_swit
         time.sleep(2)
         assert served() == ssl.PEM_cert_to_DER_cert(renewed_cert.read_text())
         assert "the admin endpoint's certificate not read again" in tls_switch.log_path.read_text()
-    finally:
+    finally:  # the module's other tests trust the first certificate
         cert.write_bytes(running[0])
         key.write_bytes(running[1])
         tls_switch.process.send_signal(signal.SIGHUP)
-        assert shown(running[0])
+    assert shown(running[0])

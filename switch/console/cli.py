@@ -47,8 +47,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
-    if args.action == "serve":
-        return with_database(config, args.data_dir, lambda url: _serve(url, config, args))
+    if args.action == "serve":  # where its channel actions go, known before any database starts
+        endpoints = config.console.admin_endpoints or [admin_address(config, "[console] admin_endpoints")]
+        return with_database(config, args.data_dir, lambda url: _serve(url, config, args, endpoints))
     if not args.name or len(args.name) > 64 or not args.name.isprintable():
         print(f"paysw console {args.action}: give the account's name (at most 64 characters)", file=sys.stderr)
         return 2
@@ -95,9 +96,8 @@ async def _account(url: str, args: argparse.Namespace, password: str) -> int:
     return 0
 
 
-async def _serve(url: str, config: Config, args: argparse.Namespace) -> int:
+async def _serve(url: str, config: Config, args: argparse.Namespace, endpoints: list[str]) -> int:
     section = config.console
-    endpoints = section.admin_endpoints or [admin_address(config, "[console] admin_endpoints")]
     if not section.four_eyes:
         log.warning("four_eyes is off: one operator alone hands a dead letter back to the resolver")
     try:
