@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import ssl
 import tempfile
 from pathlib import Path
@@ -59,7 +60,8 @@ def renew_admin_tls(context: ssl.SSLContext | None, config: Config) -> None:
         with tempfile.TemporaryDirectory(prefix="paysw-admin-tls-") as folder:  # the owner's alone
             copy = Path(folder) / "cert.pem", Path(folder) / "key.pem"
             copy[0].write_bytes(cert.read_bytes())
-            copy[1].write_bytes(key.read_bytes())
+            with os.fdopen(os.open(copy[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as secret:
+                secret.write(key.read_bytes())  # owner-only, as server_tls checks the key it is given
             switch = msgspec.structs.replace(config.switch, admin_tls_cert=str(copy[0]), admin_tls_key=str(copy[1]))
             server_tls(msgspec.structs.replace(config, switch=switch))
             context.load_cert_chain(*copy, password=lambda: b"")

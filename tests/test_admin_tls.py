@@ -5,6 +5,7 @@ console) check its certificate; the configuration refuses a non-loopback admin a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import signal
@@ -20,7 +21,7 @@ import msgspec
 import pytest
 
 from bench.demo_config import DEMO_DIR
-from switch.admin_tls import client_tls, server_tls, trusting
+from switch.admin_tls import client_tls, renew_admin_tls, server_tls, trusting
 from switch.cli import main as cli
 from switch.config import ConfigError, cross_check, load_config
 from switch.console.channels import Channels
@@ -227,3 +228,37 @@ def test_a_renewed_certificate_is_served_after_a_reload_with_no_restart(tls_swit
         key.write_bytes(running[1])
         tls_switch.process.send_signal(signal.SIGHUP)
     assert shown(running[0])
+
+
+def served_by(context: ssl.SSLContext) -> bytes:
+    """The certificate ``context`` shows a client, from a handshake in memory (DER)."""
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ours = client.wrap_bio(to_client, to_server)
+    theirs = context.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(10):
+        for side in (ours, theirs):
+            with contextlib.suppress(ssl.SSLWantReadError):  # its turn comes when the other side has written
+                side.do_handshake()
+        server_in.write(to_server.read())
+        to_client.write(server_out.read())
+    return ours.getpeercert(binary_form=True)
+
+
+def test_renewal_outside_the_demo_reads_an_owner_only_key(tmp_path):
+    """Outside the demo a key open to other users is refused, so the private copy a renewal
+    checks must be owner-only too (written with the umask's mode, every renewal was refused)."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "renewed").mkdir()
+    cert, key = self_signed(tmp_path / "first", "paysw admin (test)")
+    config = load_config(DEMO_DIR / "switch.toml")
+    switch = msgspec.structs.replace(config.switch, admin_tls_cert=str(cert), admin_tls_key=str(key), demo=False)
+    config = msgspec.structs.replace(config, switch=switch)
+    running = server_tls(config)
+    renewed_cert, renewed_key = self_signed(tmp_path / "renewed", "paysw admin (renewed)")
+    cert.write_bytes(renewed_cert.read_bytes())
+    key.write_bytes(renewed_key.read_bytes())
+    renew_admin_tls(running, config)
+    assert served_by(running) == ssl.PEM_cert_to_DER_cert(renewed_cert.read_text())
