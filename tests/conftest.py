@@ -200,7 +200,7 @@ DEMO_PORTS_LOCK = "/tmp/paysw-tests-demo-ports.lock"
 DEMO_PORT_FILES = ("tests/test_demo.py", "tests/test_bench_isolation.py", "tests/test_load_tools.py")
 LONG_FILES = ("tests/test_isolation.py", "tests/test_multinode.py", "tests/test_crash_recovery.py",
               "tests/test_risk.py", "tests/test_workers.py", "tests/test_resolution.py", "tests/test_console.py",
-              "tests/test_merchant_api.py", "tests/test_sites.py")  # fmt: skip
+              "tests/test_merchant_api.py", "tests/test_sites.py", "tests/test_bench_tools.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
