@@ -41,9 +41,10 @@ STEPS = ("fetch", "load", "extract", "match", "handle", "report")
 DONE = "done"
 CLASSES = ("MATCHED", "LONG", "SHORT", "AMOUNT", "STATUS", "REFUND")
 WHOLE_DAY = -1
-# A purchase whose reversal was acknowledged is not money kept but still open, whatever its state.
+# A purchase whose reversal was acknowledged is not money kept; it is still owed (the resolver's
+# to finish) while open, or while kept with its reversal not yet carried out (as ``DUE_SQL``).
 _MONEY_KEPT = f"(j.state IN {sql_set(KEPT)} AND NOT j.reversing)"
-_STILL_OPEN = f"(j.state IN {sql_set(OPEN)} OR j.reversing)"
+_STILL_OPEN = f"(j.state IN {sql_set(OPEN)} OR (j.state IN {sql_set(KEPT)} AND j.reversing))"
 _REFUND_EXPECTED = sql_set(KEPT | OPEN)  # a refund the channel should have
 
 _MATCH_PAYMENTS = f"""

@@ -20,6 +20,10 @@ Rules:
   to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
+- ``agrees_now``: final in the journal with no money kept (cancelled, reversed, declined), paid
+  on the statement: asked again; if the channel now reports it closed, the statement was cut
+  before the cancel or reversal (a batch fetches it before reading the journal): nothing to do,
+  and it moves no money. Still paid is a decline the channel charged: left to a person.
 AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
 """
 
@@ -33,9 +37,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from protocols.messages import CANCEL, QUERY, ChannelRequest, ChannelResult, Outcome
+from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelRequest, ChannelResult, Outcome
 from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
-from switch.journal.machine import KEPT, OPEN, PURCHASE, sql_set
+from switch.journal.machine import DUE_SQL, KEPT, OPEN, PURCHASE, sql_set
 
 Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
 _keys = itertools.count(1)
@@ -80,7 +84,7 @@ ORDER BY i.id
 """
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
-_NO_MONEY = frozenset({"journal_elsewhere"})
+_NO_MONEY = frozenset({"journal_elsewhere", "agrees_now"})
 # What the batch's fixes so far took of the threshold: a run after a failure (the step is run
 # again) goes on from there, not from nothing.
 _TAKEN = f"""
@@ -168,13 +172,8 @@ class Handler:
         first."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
-            still = await conn.fetchval(  # as the candidates read it (a void or a reversal since: a person's)
-                "SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 "
-                "AND reversal_requested_at IS NULL FOR SHARE",
-                item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"],
-            )  # fmt: skip
-            if not still:
-                raise _JournalMoved
+            # As the candidates read it (a void or a reversal since: a person's).
+            await _journal_still(conn, item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"])
             await conn.execute(
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
                 item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
@@ -188,6 +187,22 @@ class Handler:
         if asked.outcome is not Outcome.APPROVED:
             return False
         return await self._record(item, "confirm_short", _said("the channel confirms it paid: its statement missed it"))
+
+    async def _agrees_now(self, item: asyncpg.Record) -> bool:
+        """Final in the journal with no money kept there, paid on the statement: the batch fetched
+        the statement before it read the journal, and a cancel or reversal may have come in
+        between. If the channel, asked again, reports the order closed, it agrees with the journal
+        and the difference was only the statement's moment; the journal is checked unchanged as the
+        claim commits. Still paid (a decline the channel charged), or no order at all: a person's."""
+        asked = await self._ask(QUERY, item)
+        if asked.outcome is not Outcome.DECLINED or not asked.sent or asked.channel_code == NOT_FOUND:
+            return False
+
+        async def unchanged(conn: asyncpg.Connection) -> str:
+            await _journal_still(conn, item["rrn"], item["out_trade_no"], item["journal_state"])
+            return f"the channel now reports it closed, as the journal has it {item['journal_state']}: cut before"
+
+        return await self._record(item, "agrees_now", unchanged)
 
     async def _ask(self, op: str, item: asyncpg.Record) -> ChannelResult:
         created = item["at"].timestamp() if item["at"] is not None else time.time()
@@ -234,6 +249,17 @@ class _JournalMoved(Exception):
 Action = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
+async def _journal_still(conn: asyncpg.Connection, rrn: str, out_trade_no: str, state: str) -> None:
+    """The journal's row in ``state`` with nothing owed on it, held so until the claim commits;
+    else ``_JournalMoved``."""
+    still = await conn.fetchval(
+        f"SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 AND NOT {DUE_SQL} FOR SHARE",
+        rrn, out_trade_no, state,
+    )  # fmt: skip
+    if not still:
+        raise _JournalMoved
+
+
 def _said(detail: str) -> Action:
     """An action that changes nothing in the journal (the channel call was the fix)."""
 
@@ -249,13 +275,15 @@ def _key(item: asyncpg.Record) -> TxnKey:
 
 def _rule_for(item: asyncpg.Record) -> str | None:
     difference, state, status = item["class"], item["journal_state"], item["channel_status"]
-    if difference == "STATUS" and item["reversing"]:
+    owed = state in OPEN or (state in KEPT and item["reversing"])  # the resolver's (``DUE_SQL``)
+    if difference == "STATUS" and owed and item["reversing"]:
         return "resolve_open"  # the money goes back whatever the statement says: the resolver's to do
-    if difference == "STATUS" and state in OPEN:
+    if difference == "STATUS" and owed:
         if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
             return "approve_paid"
-        if status is None:
-            return "resolve_open"
+        return "resolve_open" if status is None else None
+    if difference == "STATUS" and state not in KEPT:
+        return "agrees_now"
     if difference == "LONG" and item["elsewhere_rrn"] is not None:
         # The journal has it after all (the statement's time is the channel's, the window the
         # switch's arrival): kept as the statement says, nothing to do; otherwise a person's.
