@@ -203,7 +203,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         for item in self.loop.run_until_complete(batch()):
             owed = item["journal_state"] in OPEN or (item["journal_state"] in KEPT and item["reversing"])
-            moment = (item["status"], item["rule"]) == ("FIXED", "agrees_now")
+            moment = (item["status"], item["rule"]) == ("FIXED", "agrees_now") and item["journal_state"] not in KEPT
             assert item["class"] == "MATCHED" or (item["class"] == "STATUS" and (owed or moment)), dict(item)
 
     @rule()

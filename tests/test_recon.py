@@ -18,7 +18,7 @@ import pytest
 from actors.channel_actor import ChannelWorker
 from bench.traffic import payment_code, refund, reversal
 from protocols.messages import CANCEL, PAY, ChannelRequest, Outcome
-from protocols.statements import CST
+from protocols.statements import CST, PAID
 from switch.config import load_config
 from switch.journal.roles import runtime_url
 from switch.recon.batch import WHOLE_DAY, ReconBatch, StepFailed, window
@@ -601,60 +601,68 @@ def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database
     assert (item["class"], item["status"], actions, state) == ("STATUS", "OPEN", 0, "CANCELLED")
 
 
-def test_a_payment_reversed_after_its_statement_was_cut_is_no_difference(switch, database_url, config_dir):
+def test_a_payment_reversed_after_its_statement_was_cut_is_no_difference(switch, database_url, config_dir, ports):
     """A batch fetches the statement before it reads the journal: a payment reversed in between is
     paid on the statement and reversed in the journal. The channel, asked again, agrees with the
     journal: closed with no money moved, not left to a person (a flaky stateful lifecycle test found
-    it, the resolver's cancel in between). A decline the channel charged is a real difference:
-    left to a person, and a second run asks again and still leaves it. A payment never made that
-    its terminal reversed is no difference at all."""
+    it, the resolver's cancel in between). Left to a person: a decline the channel charged (asked
+    again, still paid); one reversed before the statement was asked for which the statement shows
+    paid (the file contradicts the journal, whatever the channel says now). A payment never made
+    that its terminal reversed is no difference at all."""
     channel = "inbank"  # its current hour's batch is this test's own
 
     async def scenario():
-        agreed, unpaid = new_purchase(channel), new_purchase(channel, "08")  # 08: the customer never confirms
-        async with connected(switch) as terminal:
-            agreed_rrn = (await terminal.request(agreed))["37"]
-            unpaid_rrn = (await terminal.request(unpaid))["37"]
-            assert (await terminal.request(reversal(unpaid, STANS.next(unpaid["41"]))))["39"] == "00"
-        await wait_for_state(database_url, agreed_rrn, {"APPROVED"})
-        await wait_for_state(database_url, unpaid_rrn, {"REVERSED"})
+        agreed, unpaid, early = new_purchase(channel), new_purchase(channel, "08"), new_purchase(channel)
+        async with connected(switch) as terminal:  # 08: the customer never confirms
+            rrns = {name: (await terminal.request(message))["37"] for name, message in
+                    (("agreed", agreed), ("unpaid", unpaid), ("early", early))}  # fmt: skip
+            for message in (unpaid, early):
+                assert (await terminal.request(reversal(message, STANS.next(message["41"]))))["39"] == "00"
+        await wait_for_state(database_url, rrns["agreed"], {"APPROVED"})
+        for name in ("unpaid", "early"):
+            await wait_for_state(database_url, rrns[name], {"REVERSED"})
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         worker = channel_worker(config_dir, channel)
         try:
             async with pool.acquire() as conn:
-                declined_rrn, order, amount = await journal_unknown_copy(conn, agreed_rrn)
+                rrns["declined"], order, amount = await journal_unknown_copy(conn, rrns["agreed"])
             await pay_at_the_channel_only(config_dir, channel, order, amount)
-            await pool.execute("UPDATE txn SET state = 'DECLINED' WHERE rrn = $1", declined_rrn)
             now = dt.datetime.now(CST)
             await pool.execute(AFRESH, channel, now.date(), now.hour)
             handler = Handler(pool, worker.call, Threshold(max_count=1000, max_fen=10**9))
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, CountingFetch(config_dir), handler)
-            assert await batch.run(stop_after="load") == "extract"  # the statement shows both paid
+            order_statement_faults(ports, channel, {"statuses": {out_trade_no(rrns["early"]): PAID}})
+            try:
+                assert await batch.run(stop_after="load") == "extract"  # the statement shows them paid
+            finally:
+                order_statement_faults(ports, channel, {})
             async with connected(switch) as terminal:
                 assert (await terminal.request(reversal(agreed, STANS.next(agreed["41"]))))["39"] == "00"
-            await wait_for_state(database_url, agreed_rrn, {"REVERSED"})
+            await wait_for_state(database_url, rrns["agreed"], {"REVERSED"})
+            await pool.execute("UPDATE txn SET state = 'DECLINED' WHERE rrn = $1", rrns["declined"])
             assert await batch.run() == "done"
-            await handler.handle(batch.id)  # a second run asks again, and still leaves it
+            await handler.handle(batch.id)  # a second run asks again, and still leaves them
             found = await pool.fetch(
                 "SELECT i.rrn, i.class, i.status, i.journal_state, a.rule FROM recon_item i "
                 "LEFT JOIN recon_action a ON a.item_id = i.id WHERE i.batch_id = $1 AND i.rrn = ANY($2)",
                 batch.id,
-                [agreed_rrn, declined_rrn, unpaid_rrn],
+                list(rrns.values()),
             )
             reversing = await pool.fetchval(
-                "SELECT reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1", unpaid_rrn
+                "SELECT reversal_requested_at IS NOT NULL FROM txn WHERE rrn = $1", rrns["unpaid"]
             )
-            return {r["rrn"]: tuple(r.values())[1:] for r in found}, (agreed_rrn, declined_rrn), reversing
+            return {r["rrn"]: tuple(r.values())[1:] for r in found}, rrns, reversing
         finally:
             await worker.close()
             await pool.close()
 
-    found, (agreed, declined), reversing = run(scenario())
-    assert found[agreed] == ("STATUS", "FIXED", "REVERSED", "agrees_now")
-    assert found[declined] == ("STATUS", "OPEN", "DECLINED", None)
+    found, rrns, reversing = run(scenario())
+    assert found[rrns["agreed"]] == ("STATUS", "FIXED", "REVERSED", "agrees_now")
+    assert found[rrns["declined"]] == ("STATUS", "OPEN", "DECLINED", None)
+    assert found[rrns["early"]] == ("STATUS", "OPEN", "REVERSED", None)
     # Never paid, reversed by its terminal and closed at the channel: no money on either side, so
     # no difference at all (its reversal's mark made it "still open" once, a person's to clear).
-    assert reversing and len(found) == 2
+    assert reversing and rrns["unpaid"] not in found
 
 
 def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):

@@ -52,7 +52,7 @@ UPDATED: dict[str, tuple[str, ...]] = {
     "config_reload": ("result", "detail", "at"),
     "console_session": ("expires_at",),
     "console_user": ("password_hash",),
-    "recon_batch": ("step", "error", "updated_at", "statement", "handling", "summary"),
+    "recon_batch": ("step", "error", "updated_at", "statement", "fetched_at", "handling", "summary"),
     "recon_item": ("rrn", "journal_state", "journal_fen", "status", "note"),
     "terminal_key_request": ("sent_at", "stan"),
 }  # fmt: skip

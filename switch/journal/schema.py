@@ -962,6 +962,11 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END $$;
     """,
+    # 32: when a batch asked for its statement, by the journal's clock (that of txn_move), so that
+    # reconciliation tells a payment made final after the statement was cut from one final before.
+    """
+    ALTER TABLE recon_batch ADD COLUMN fetched_at timestamptz;
+    """,
 ]
 
 

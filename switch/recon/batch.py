@@ -227,9 +227,11 @@ class ReconBatch:
             raise StepTaken(f"batch {self.id} is no longer at {step}")
 
     async def _fetch_step(self) -> None:
+        # Before the call: a move recorded after this may be missing from the statement.
+        asked = await self._pool.fetchval("SELECT clock_timestamp()")
         statement = await self._fetch(self.channel, self.day)
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._advance(conn, "fetch", statement=statement)
+            await self._advance(conn, "fetch", statement=statement, fetched_at=asked)
 
     async def _load(self) -> None:
         statement = await self._pool.fetchval("SELECT statement FROM recon_batch WHERE id = $1", self.id)

@@ -20,10 +20,15 @@ Rules:
   to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
-- ``agrees_now``: final in the journal with no money kept (cancelled, reversed, declined), paid
-  on the statement: asked again; if the channel now reports it closed, the statement was cut
-  before the cancel or reversal (a batch fetches it before reading the journal): nothing to do,
-  and it moves no money. Still paid is a decline the channel charged: left to a person.
+- ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
+  (cancelled, reversed, voided, declined) after the batch asked for the statement (``txn_move``
+  against the batch's ``fetched_at``): a batch fetches the statement before it reads the
+  journal. Asked again; if the channel now reports it closed, the statement was cut before the
+  move: nothing to do. Still paid (a reversal or void the channel did not carry out, a decline it
+  charged), no such order, or made final before the statement was asked for (the statement then
+  contradicts the journal, and asking the channel again would only repeat what the journal was
+  told): a person's. A day's statement is what the channel settles by, so its batch leaves these
+  to a person too (the reversal's money comes back on a later day's file).
 AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
 """
 
@@ -39,7 +44,7 @@ import asyncpg
 
 from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelRequest, ChannelResult, Outcome
 from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
-from switch.journal.machine import DUE_SQL, KEPT, OPEN, PURCHASE, sql_set
+from switch.journal.machine import KEPT, OPEN, PURCHASE, sql_set
 
 Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
 _keys = itertools.count(1)
@@ -69,6 +74,10 @@ SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.c
        {_MONEY_SQL} AS money,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
        t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
+       b.hour BETWEEN 0 AND 23 AND EXISTS (  -- an hour's batch (not a day's), and moved since the fetch
+           SELECT 1 FROM txn_move m
+           WHERE m.rrn = t.rrn AND m.tx_date = t.tx_date AND m.to_state = t.state AND m.moved_at >= b.fetched_at
+       ) AS final_since_fetch,
        e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
        e.txn_type = '{PURCHASE}' AND e.state IN {sql_set(KEPT)} AND e.reversal_requested_at IS NULL
            AND e.channel = b.channel AND e.amount_fen = i.channel_fen AS kept_elsewhere
@@ -84,7 +93,7 @@ ORDER BY i.id
 """
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
-_NO_MONEY = frozenset({"journal_elsewhere", "agrees_now"})
+_NO_MONEY = frozenset({"journal_elsewhere"})
 # What the batch's fixes so far took of the threshold: a run after a failure (the step is run
 # again) goes on from there, not from nothing.
 _TAKEN = f"""
@@ -172,8 +181,13 @@ class Handler:
         first."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
-            # As the candidates read it (a void or a reversal since: a person's).
-            await _journal_still(conn, item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"])
+            still = await conn.fetchval(  # as the candidates read it (a void or a reversal since: a person's)
+                "SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 "
+                "AND reversal_requested_at IS NULL FOR SHARE",
+                item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"],
+            )  # fmt: skip
+            if not still:
+                raise _JournalMoved
             await conn.execute(
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
                 item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
@@ -189,20 +203,15 @@ class Handler:
         return await self._record(item, "confirm_short", _said("the channel confirms it paid: its statement missed it"))
 
     async def _agrees_now(self, item: asyncpg.Record) -> bool:
-        """Final in the journal with no money kept there, paid on the statement: the batch fetched
-        the statement before it read the journal, and a cancel or reversal may have come in
-        between. If the channel, asked again, reports the order closed, it agrees with the journal
-        and the difference was only the statement's moment; the journal is checked unchanged as the
-        claim commits. Still paid (a decline the channel charged), or no order at all: a person's."""
+        """Made final with no money kept after the batch asked for the statement, which shows it
+        paid (``_rule_for``): if the channel, asked again, reports the order closed, it agrees
+        with the journal and the difference was only the statement's moment (a final state has no
+        move out, so the journal cannot have moved since). Still paid or no such order: a person's."""
         asked = await self._ask(QUERY, item)
         if asked.outcome is not Outcome.DECLINED or not asked.sent or asked.channel_code == NOT_FOUND:
             return False
-
-        async def unchanged(conn: asyncpg.Connection) -> str:
-            await _journal_still(conn, item["rrn"], item["out_trade_no"], item["journal_state"])
-            return f"the channel now reports it closed, as the journal has it {item['journal_state']}: cut before"
-
-        return await self._record(item, "agrees_now", unchanged)
+        now = "the channel now reports it closed, as the journal has it"
+        return await self._record(item, "agrees_now", _said(f"{now} {item['journal_state']} since the statement"))
 
     async def _ask(self, op: str, item: asyncpg.Record) -> ChannelResult:
         created = item["at"].timestamp() if item["at"] is not None else time.time()
@@ -249,17 +258,6 @@ class _JournalMoved(Exception):
 Action = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
-async def _journal_still(conn: asyncpg.Connection, rrn: str, out_trade_no: str, state: str) -> None:
-    """The journal's row in ``state`` with nothing owed on it, held so until the claim commits;
-    else ``_JournalMoved``."""
-    still = await conn.fetchval(
-        f"SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 AND NOT {DUE_SQL} FOR SHARE",
-        rrn, out_trade_no, state,
-    )  # fmt: skip
-    if not still:
-        raise _JournalMoved
-
-
 def _said(detail: str) -> Action:
     """An action that changes nothing in the journal (the channel call was the fix)."""
 
@@ -282,7 +280,7 @@ def _rule_for(item: asyncpg.Record) -> str | None:
         if status == "SUCCESS" and item["channel_fen"] == item["journal_fen"]:
             return "approve_paid"
         return "resolve_open" if status is None else None
-    if difference == "STATUS" and state not in KEPT:
+    if difference == "STATUS" and state not in KEPT and item["final_since_fetch"]:
         return "agrees_now"
     if difference == "LONG" and item["elsewhere_rrn"] is not None:
         # The journal has it after all (the statement's time is the channel's, the window the
