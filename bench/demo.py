@@ -21,6 +21,8 @@ import uvloop
 from bench.client import IsoClient
 from bench.demo_config import DEMO_DIR, DEMO_SIMULATORS_CONFIG, DEMO_SWITCH_CONFIG, absolute_paths
 from bench.demo_console import (
+    DEMO_CHECKER,
+    DEMO_CHECKER_PASSWORD,
     DEMO_PASSWORD,
     DEMO_USER,
     LEGACY_CONFIG,
@@ -389,7 +391,8 @@ async def _run_with(
         if serve:
             print(f"operator controls: paysw channel list|disable|enable|... (admin token in {token_file})")
             async with console(config, url, token) as base:
-                print(f"console: {base} (DEMO ONLY account {DEMO_USER} / {DEMO_PASSWORD})")
+                print(f"console: {base} (DEMO ONLY accounts {DEMO_USER} / {DEMO_PASSWORD}, and "
+                      f"{DEMO_CHECKER} / {DEMO_CHECKER_PASSWORD} who approves the first's changes)")  # fmt: skip
                 print("serving until Ctrl-C", flush=True)
                 await until_signalled()
         else:

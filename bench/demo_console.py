@@ -1,7 +1,8 @@
 """The demo's console and gray routing: a legacy switch stand-in upstream (``bench.legacy_switch``)
 that the demo's kiosk merchant is gray-routed to, the operators' console on its listener with a
-DEMO ONLY account, and a drill that signs in over HTTP as a browser does, reads a purchase's
-timeline and moves the gray share with no restart."""
+DEMO ONLY accounts, and a drill that signs in over HTTP as a browser does, reads a purchase's
+timeline and moves the gray share with no restart, each change asked by one admin and approved by
+another (``[console] four_eyes``)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ from switch.console.web import Console
 LEGACY_LISTEN = "127.0.0.1:9591"
 KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
 SHOP, SHOP_TERMINAL = "898310048990001", "T0000001"
-# DEMO ONLY: a published account of the demo's console, created on the demo's own journal.
+# DEMO ONLY: published accounts of the demo's console, created on the demo's own journal: the
+# second approves what the first asks (four eyes).
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-console-password"
+DEMO_CHECKER, DEMO_CHECKER_PASSWORD = "demo-checker", "demo-checker-password"
 # The demo's copy of its configuration gets a legacy switch upstream and a gray route to it.
 LEGACY_CONFIG = f"""
 # Added by the demo: a legacy switch upstream (bench/legacy_switch.py), over ISO 8583, and a gray
@@ -69,13 +72,15 @@ async def legacy_switch() -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def console(config: Config, url: str, token: str) -> AsyncIterator[str]:
-    """The console on ``[console] listen``, with the DEMO ONLY account; its address."""
+    """The console on ``[console] listen``, with the DEMO ONLY accounts; its address."""
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", DEMO_USER):
-            await accounts.add_user(conn, DEMO_USER, DEMO_PASSWORD, "admin")
+        for user, password in ((DEMO_USER, DEMO_PASSWORD), (DEMO_CHECKER, DEMO_CHECKER_PASSWORD)):
+            if not await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", user):
+                await accounts.add_user(conn, user, password, "admin")
     channels = Channels([config.switch.admin_listen], token)
-    app = Console(pool, config.console, channels, Edits(pool, Path(config.source)), secure=False).app()
+    edits = Edits(pool, Path(config.source), config.console.four_eyes)
+    app = Console(pool, config.console, channels, edits, secure=False).app()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, *host_port(config.console.listen)).start()
@@ -88,11 +93,17 @@ async def console(config: Config, url: str, token: str) -> AsyncIterator[str]:
 
 
 async def forget_live_sections(url: str) -> list[str]:
-    """The demo starts from its file: sections an earlier run's console kept in the journal go."""
+    """The demo starts from its file: sections an earlier run's console kept in the journal go, and
+    changes it left awaiting approval are withdrawn."""
     conn = await asyncpg.connect(url)
     try:
         if not await conn.fetchval("SELECT to_regclass('live_config') IS NOT NULL"):
             return []
+        if await conn.fetchval("SELECT to_regclass('config_change') IS NOT NULL"):  # (an older release's journal)
+            await conn.execute(
+                "UPDATE config_change SET decided_by = 'demo', decided_at = now(), outcome = 'withdrawn by the demo' "
+                "WHERE decided_at IS NULL"
+            )
         return [r["section"] for r in await conn.fetch("DELETE FROM live_config RETURNING section")]
     finally:
         await conn.close()
@@ -109,32 +120,50 @@ async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None
         went = await app.journal.pool.fetchval("SELECT channel FROM txn WHERE rrn = $1", answer["37"])
         return answer["39"], answer["37"], went
 
+    async def sign_in(web_client: aiohttp.ClientSession, user: str, password: str, then: str) -> str:
+        page = await (await web_client.get("/sign-in")).text()
+        pre = re.search(r'name="pre" value="([^"]+)"', page).group(1)
+        form = {"pre": pre, "name": user, "password": password, "next": then}
+        return await (await web_client.post("/sign-in", data=form)).text()
+
+    async def approved(maker_said: aiohttp.ClientResponse, checker: aiohttp.ClientSession, csrf: str) -> None:
+        """The change just asked, approved by the second admin (four eyes)."""
+        assert maker_said.status == 200 and "change asked" in await maker_said.text(), await maker_said.text()
+        page = await (await checker.get("/changes")).text()
+        request = re.search(r'id="approve-(\d+)"', page).group(1)
+        decided = await checker.post(f"/changes/{request}/approve", data={"csrf": csrf})
+        assert "approved" in await decided.text(), await decided.text()
+
     jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
     try:
-        async with aiohttp.ClientSession(base, cookie_jar=jar) as web_client:
+        async with (
+            aiohttp.ClientSession(base, cookie_jar=jar) as web_client,
+            aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as checker,
+        ):
             kiosk = await pay(KIOSK_TERMINAL, KIOSK)
             shop = await pay(SHOP_TERMINAL, SHOP)
             print(f"gray routing (WeChat Pay to a legacy switch upstream over ISO 8583, on {LEGACY_LISTEN}):")
             print(f"  kiosk {KIOSK} (named in the gray route): {kiosk[0]}, handled by {kiosk[2]}")
             print(f"  shop {SHOP}: {shop[0]}, handled by {shop[2]}")
-            page = await (await web_client.get("/sign-in")).text()
-            pre = re.search(r'name="pre" value="([^"]+)"', page).group(1)
-            form = {"pre": pre, "name": DEMO_USER, "password": DEMO_PASSWORD, "next": f"/transactions/{shop[1]}"}
-            timeline = await (await web_client.post("/sign-in", data=form)).text()
+            timeline = await sign_in(web_client, DEMO_USER, DEMO_PASSWORD, f"/transactions/{shop[1]}")
             events = timeline.count("<tr><td>")  # the rows of its timeline
-            print(f"console on {base} (DEMO ONLY account {DEMO_USER} / {DEMO_PASSWORD}):")
+            print(f"console on {base} (DEMO ONLY accounts {DEMO_USER} / {DEMO_PASSWORD} and {DEMO_CHECKER} / "
+                  f"{DEMO_CHECKER_PASSWORD}):")  # fmt: skip
             print(f"  signed in; the shop's purchase {shop[1]}: {events} events on its timeline")
+            changes = await sign_in(checker, DEMO_CHECKER, DEMO_CHECKER_PASSWORD, "/changes")
+            checker_csrf = re.search(r'name="csrf" value="([^"]+)"', changes).group(1)
             routing = await (await web_client.get("/routing")).text()
             csrf = re.search(r'name="csrf" value="([^"]+)"', routing).group(1)
             version = re.search(r'name="version" value="(\d+)"', routing).group(1)
             moved = await web_client.post(
                 "/routing/gray/wechat", data={"csrf": csrf, "version": version, "percent": "100"}
             )
-            assert moved.status == 200
+            await approved(moved, checker, checker_csrf)
             await app.reload()  # what every front end does on the console's broadcast (the demo waits for none)
             everyone = await pay(SHOP_TERMINAL, SHOP)
             print(
-                f"  gray share moved to 100 % in the console: the shop's next purchase {everyone[0]}, by {everyone[2]}"
+                f"  gray share moved to 100 % in the console, asked by {DEMO_USER} and approved by {DEMO_CHECKER} "
+                f"(four eyes): the shop's next purchase {everyone[0]}, by {everyone[2]}"
             )
             suspended = []
             for on in (True, False):  # the kiosk's terminal suspended in the console, then active again
@@ -143,7 +172,7 @@ async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None
                 form = {"csrf": csrf, "version": version, "merchant": KIOSK, "mac_algorithm": "x9.19"}
                 form |= {"suspended": "on"} if on else {}
                 saved = await web_client.post(f"/terminals/{KIOSK_TERMINAL}", data=form)
-                assert saved.status == 200, await saved.text()
+                await approved(saved, checker, checker_csrf)
                 await app.reload()
                 suspended.append((await pay(KIOSK_TERMINAL, KIOSK))[0])
             print(f"  terminal {KIOSK_TERMINAL} suspended in the console: {suspended[0]}; active again: {suspended[1]}")

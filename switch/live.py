@@ -170,14 +170,23 @@ async def current(conn: asyncpg.Connection | asyncpg.Pool, config: Config) -> Co
 
 async def keep_section(conn: asyncpg.Connection, section: str, body: Any, seen: int, by: str) -> int:
     """Keep ``body`` as ``section`` (inside the caller's transaction), if its version is still
-    ``seen`` (0: not kept yet), and tell every front end; its new version. ``EditConflict`` if
-    someone else changed it meanwhile. The broadcast goes out when the transaction commits."""
-    version = await conn.fetchval(
-        "INSERT INTO live_config AS l (section, body, version, changed_by) VALUES ($1, $2::jsonb, 1, $4) "
-        "ON CONFLICT (section) DO UPDATE SET body = EXCLUDED.body, version = l.version + 1, changed_at = now(), "
-        "changed_by = EXCLUDED.changed_by WHERE l.version = $3 RETURNING version",
-        section, msgspec.json.encode(body).decode(), seen, by,
-    )  # fmt: skip
+    ``seen`` (0: not kept), and tell every front end; its new version (a number never used before,
+    migration 34). ``EditConflict`` if someone else changed it meanwhile, or kept or forgot it.
+    The broadcast goes out when the transaction commits."""
+    text = msgspec.json.encode(body).decode()
+    if seen == 0:
+        version = await conn.fetchval(
+            "INSERT INTO live_config (section, body, version, changed_by) "
+            "VALUES ($1, $2::jsonb, nextval('live_config_version'), $3) ON CONFLICT (section) DO NOTHING "
+            "RETURNING version",
+            section, text, by,
+        )  # fmt: skip
+    else:
+        version = await conn.fetchval(
+            "UPDATE live_config SET body = $2::jsonb, version = nextval('live_config_version'), changed_at = now(), "
+            "changed_by = $4 WHERE section = $1 AND version = $3 RETURNING version",
+            section, text, seen, by,
+        )  # fmt: skip
     if version is None:
         raise EditConflict(f"{section} changed since it was read: read it again")
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, by)

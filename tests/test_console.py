@@ -17,6 +17,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote
 
 import asyncpg
 import pytest
@@ -24,6 +25,7 @@ import requests
 
 from bench.demo_config import DEMO_DIR
 from switch.console import accounts
+from switch.console.changes import AWAITING as CHANGE_AWAITING
 from switch.console.reads import AWAITING
 from switch.routing import share_of
 from tests.conftest import free_port, run, switch_with, wait_for_port
@@ -32,12 +34,13 @@ from tests.required import required_module
 from tests.support import connected, new_purchase
 
 KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
-PASSWORDS = {"ada": "admin-password-1", "otto": "operator-password-1", "vera": "viewer-password-1"}
-ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer"}
+PASSWORDS = {"ada": "admin-password-1", "alan": "admin-password-2", "otto": "operator-password-1",
+             "vera": "viewer-password-1"}  # fmt: skip
+ROLES = {"ada": "admin", "alan": "admin", "otto": "operator", "vera": "viewer"}
 PAGES = ["/", "/transactions", "/transactions/000000000001", "/channels", "/channels/wechat/disable", "/recon",
          "/dead-letters", "/dead-letters/000000000001/retry", "/settlement", "/settlement/settlement-2026-01-01.csv",
          "/merchants", f"/merchants/{KIOSK}", "/terminals", "/terminals/new", "/limits/wechat", "/risk",
-         "/audit"]  # fmt: skip
+         "/changes", "/audit"]  # fmt: skip
 ACTIONS = [
     "/sign-out",
     "/channels/wechat/disable",
@@ -50,6 +53,7 @@ ACTIONS = [
     "/terminals/new",
     "/limits/wechat",
     "/risk/rules",
+    "/changes/1/approve",
 ]
 
 
@@ -120,7 +124,7 @@ def console(config_dir, database_url, simulators, tmp_path_factory):
                 input=PASSWORDS["ada"] + "\n", env=switch.env, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert added.returncode == 0 or "exists already" in added.stderr, added.stderr
-            run(_accounts(database_url, {name: PASSWORDS[name] for name in ("otto", "vera")}))
+            run(_accounts(database_url, {name: PASSWORDS[name] for name in ("alan", "otto", "vera")}))
             running.start()
             try:
                 yield running
@@ -195,6 +199,18 @@ def signed_in(
 def csrf(session: requests.Session, console: ConsoleProcess) -> str:
     page = session.get(f"{console.base}/channels")
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def approved(console: ConsoleProcess, database_url: str, asked: requests.Response) -> requests.Response:
+    """The change an admin's form just asked (four eyes, the console's default) approved by
+    another admin, alan; the Changes page after it."""
+    said = asked.text if asked.status_code == 200 else unquote(asked.headers.get("Location", ""))
+    assert asked.status_code in (200, 303) and "change asked" in said, (asked.status_code, said[:300])
+    request = sql(database_url, "SELECT max(id) FROM config_change WHERE decided_at IS NULL")[0][0]
+    checker, _ = signed_in(console, "alan")
+    decided = checker.post(f"{console.base}/changes/{request}/approve", data={"csrf": csrf(checker, console)})
+    assert decided.status_code == 200 and f"change {request} approved" in decided.text, decided.text
+    return decided
 
 
 def audit_count(database_url: str, action: str, outcome: str | None = None) -> int:
@@ -554,7 +570,17 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     shot(browser, "merchant")
     browser.find_element(By.ID, "rate-wechat").send_keys("1")
     follow(By.ID, "save")
-    assert "saved" in text("said")
+    assert "change asked" in text("said")  # four eyes: another admin approves it
+    assert "wechat 1.0" not in browser.find_element(By.CSS_SELECTOR, f"#merchant-{KIOSK} .rates").text
+    browser.get(f"{base}/changes")
+    waiting = text("waiting")
+    assert "merchant.edit" in waiting and KIOSK in waiting and "Withdraw" in waiting and "Approve" not in waiting
+    shot(browser, "changes")
+    request = sql(database_url, "SELECT max(id) FROM config_change WHERE decided_at IS NULL")[0][0]
+    checker, _ = signed_in(console, "alan")
+    decided = checker.post(f"{console.base}/changes/{request}/approve", data={"csrf": csrf(checker, console)})
+    assert f"change {request} approved" in decided.text
+    browser.get(f"{base}/merchants")
     assert "wechat 1.0" in browser.find_element(By.CSS_SELECTOR, f"#merchant-{KIOSK} .rates").text
     shot(browser, "merchants")
 
@@ -567,6 +593,14 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     browser.get(f"{base}/merchants/{KIOSK}")
     browser.find_element(By.ID, "rate-wechat").clear()
     follow(By.ID, "save")
+    browser.get(f"{base}/changes")
+    follow(By.ID, f"reject-{request + 1}")  # withdrawn by the one who asked: the quota stays
+    assert f"change {request + 1} withdrawn" in text("said") and "none" in text("waiting")
+    browser.get(f"{base}/merchants/{KIOSK}")
+    browser.find_element(By.ID, "rate-wechat").clear()
+    follow(By.ID, "save")
+    again = checker.post(f"{console.base}/changes/{request + 2}/approve", data={"csrf": csrf(checker, console)})
+    assert f"change {request + 2} approved" in again.text
     until(lambda: set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}, "the quota stayed")
 
     browser.get(f"{base}/routing")
@@ -591,7 +625,7 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     disabled = sql(database_url, "SELECT outcome FROM console_audit WHERE action = 'channel.disable' ORDER BY id")
     assert [r["outcome"] for r in disabled] == ["started", "ok"]  # the attempt, then what came of it
     edits = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'merchant.edit' "
-                "AND user_name = 'ada' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
+                "AND outcome LIKE 'ok: %' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
     rates = [(json.loads(b)["rate_per_s"].get("wechat"), json.loads(a)["rate_per_s"].get("wechat")) for b, a in edits]
     assert rates == [(1.0, None), (None, 1.0)]
     follow(By.ID, "sign-out")
@@ -674,7 +708,8 @@ def test_a_share_of_merchants_goes_to_the_legacy_switch_and_an_operator_moves_it
     version = page.split('name="version" value="')[1].split('"')[0]
     form = {"csrf": csrf, "version": version, "percent": "50"}
     moved = session.post(f"{console.base}/routing/gray/unionpay", data=form)
-    assert "moved to 50" in moved.text and "50 %" in moved.text
+    assert "moved to 50 %: change asked" in moved.text
+    approved(console, database_url, moved)
     deadline = time.monotonic() + 10
     while True:
         went = channels_of(database_url, pay_each(switch))
@@ -733,7 +768,7 @@ def test_a_new_merchant_starts_today_and_the_file_and_the_journal_trade_places(c
     refused = session.post(f"{console.base}/merchants/new", data=form, allow_redirects=False)
     assert refused.status_code == 400 and "fee at wechat: not a whole number" in refused.text
     created = session.post(f"{console.base}/merchants/new", data=form | {"fee_wechat": "38"}, allow_redirects=False)
-    assert created.status_code == 303, created.text
+    approved(console, database_url, created)
     body = json.loads(sql(database_url, "SELECT body::text FROM live_config WHERE section = 'merchants'")[0][0])
     new = next(m for m in body if m["id"] == "898310048990077")
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
@@ -789,7 +824,7 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
         data=post | {"rate_per_s": "1", "frontend_in_flight": "7", "breaker.open_ms": "1234", "notices_per_s": "40"},
         allow_redirects=False,
     )
-    assert saved.status_code == 303, saved.text
+    approved(console, database_url, saved)
     deadline = time.monotonic() + 10  # every front end, with no restart
     while (shown := json.loads(console.switch.get("/channels")[1])["inbank"])["max_in_flight"] != 7:
         assert time.monotonic() < deadline, shown
@@ -798,15 +833,81 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     refused = [answer_of(console.switch, new_purchase("inbank")) for _ in range(4)]
     assert "91" in refused, refused  # one a second: a burst goes over it
     audited = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'channel.limits' "
-                  "AND outcome = 'ok'")  # fmt: skip
+                  "AND outcome LIKE 'ok: %' ORDER BY id")  # fmt: skip
     before, after = (json.loads(v) for v in audited[-1])
     assert before["rate_per_s"] == 0 and after["rate_per_s"] == 1 and after["breaker"]["open_ms"] == 1234
     row = re.search(r'<tr id="channel-inbank">.*?</tr>', session.get(f"{console.base}/channels").text, re.S).group(0)
     assert re.search(r'class="n latency">[0-9.]+ / [0-9.]+ ms<', row) and re.search(r'class="n errors">0\.0 %<', row)
-    restored = session.post(f"{console.base}/limits/inbank", data=post | {"version": "1"}, allow_redirects=False)
-    assert restored.status_code == 303, restored.text
+    kept = re.search(r'name="version" value="(\d+)"', session.get(f"{console.base}/limits/inbank").text).group(1)
+    restored = session.post(f"{console.base}/limits/inbank", data=post | {"version": kept}, allow_redirects=False)
+    approved(console, database_url, restored)
     until_answered(console.switch, lambda: new_purchase("inbank"), "00")
     assert json.loads(console.switch.get("/channels")[1])["inbank"]["max_in_flight"] == int(form["frontend_in_flight"])
+
+
+def test_a_configuration_change_applies_only_once_another_admin_approves_it(console, database_url):
+    """Four eyes (the default): an admin's change of the live configuration is asked, nothing kept;
+    not approved by the one who asked, nor by an operator; one waits per section; another admin's
+    approval keeps it as asked, named in the section's provenance and the audit. One whose
+    section changed since lapses, nothing kept; one rejected is not kept."""
+    session, _ = signed_in(console, "ada")
+    page = session.get(f"{console.base}/limits/ecny").text
+    form = dict(re.findall(r'<input name="([a-z_.]+)" id="[^"]*" value="([^"]*)"', page))
+    version = re.search(r'name="version" value="(\d+)"', page).group(1)
+    post = form | {"csrf": csrf(session, console), "version": version}
+
+    def limits() -> asyncpg.Record | None:
+        rows = sql(database_url, "SELECT body, version, changed_by FROM live_config WHERE section = 'limits'")
+        return rows[0] if rows else None
+
+    def ask(who: requests.Session, **fields: str) -> requests.Response:
+        return who.post(f"{console.base}/limits/ecny", data=post | fields, allow_redirects=False)
+
+    def decide(who: requests.Session, request: int, decision: str) -> str:
+        answer = who.post(f"{console.base}/changes/{request}/{decision}", data={"csrf": csrf(who, console)})
+        return answer.text if answer.status_code == 200 else str(answer.status_code)
+
+    before = limits()  # (another test's kept limits, or none)
+    assert form["frontend_in_flight"] != "9"
+    asked = ask(session, frontend_in_flight="9")
+    assert asked.status_code == 303 and "change asked" in unquote(asked.headers["Location"])
+    request = sql(database_url, "SELECT max(id) FROM config_change WHERE decided_at IS NULL")[0][0]
+    assert limits() == before  # nothing kept: no front end sees it
+    alan, _ = signed_in(console, "alan")
+    second = ask(alan, frontend_in_flight="8", csrf=csrf(alan, console))
+    assert second.status_code == 400 and f"awaits approval (request {request}, asked by ada)" in second.text
+    assert "is approved by another admin than the one who asked" in decide(session, request, "approve")
+    otto, _ = signed_in(console, "otto")
+    assert decide(otto, request, "approve") == "403"
+    assert limits() == before and audit_count(database_url, "channel.limits", f"{CHANGE_AWAITING}: request {request}")
+    assert f"change {request} approved" in decide(alan, request, "approve")
+    kept = limits()
+    assert json.loads(kept["body"])["ecny"]["frontend_in_flight"] == 9 and kept["changed_by"] == "console:ada+alan"
+    deadline = time.monotonic() + 10  # every front end, with no restart
+    while json.loads(console.switch.get("/channels")[1])["ecny"]["max_in_flight"] != 9:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert f"change {request} approved" not in decide(alan, request, "approve")  # once
+
+    # Asked, then the section changed under it (the file's put in force again): it lapses.
+    asked = ask(session, frontend_in_flight=form["frontend_in_flight"], version=str(kept["version"]))
+    assert asked.status_code == 303, asked.text
+    forget = [sys.executable, "-m", "switch.cli", "config", "forget", "--section", "limits"]
+    forget += ["--config", str(console.config)]
+    forgotten = subprocess.run(forget, env=console.switch.env, capture_output=True, text=True, timeout=60)
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert "lapsed, nothing changed" in decide(alan, request + 1, "approve") and limits() is None
+    asked = ask(session, frontend_in_flight="7", version="0")
+    assert asked.status_code == 303 and f"change {request + 2} rejected" in decide(alan, request + 2, "reject")
+    assert limits() is None
+    outcomes = sql(database_url, "SELECT decided_by, outcome FROM config_change WHERE id >= $1 ORDER BY id", request)
+    assert [(r["decided_by"], r["outcome"].split(":")[0]) for r in outcomes] == [
+        ("alan", "ok"),
+        ("alan", "lapsed"),
+        ("alan", "rejected"),
+    ]
+    changes = session.get(f"{console.base}/changes").text
+    assert f'id="approve-{request}"' not in changes and "none" in changes  # nothing waits
 
 
 def test_an_admin_edits_the_risk_rules_live_and_the_file_takes_over_again(console, database_url):
@@ -834,11 +935,15 @@ def test_an_admin_edits_the_risk_rules_live_and_the_file_takes_over_again(consol
     emptied = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": ""})
     assert emptied.status_code == 400 and "none are left" in emptied.text  # an empty form is not "no rules"
     saved = session.post(f"{console.base}/risk/rules", data={"csrf": token, "version": version, "rules": capped})
-    assert saved.status_code == 200 and "risk rules saved" in saved.text and "console-cap" in saved.text
+    assert saved.status_code == 200 and "risk rules: change asked" in saved.text and "console-cap" not in saved.text
+    approved(console, database_url, saved)
+    assert "console-cap" in session.get(f"{console.base}/risk").text
     until_answered(console.switch, big, "61")  # over the new cap, in every front end within seconds
     small = new_purchase("unionpay", terminal=terminal, merchant=merchant, amount=3_000)
     assert answer_of(console.switch, small) == "00"
-    assert audit_count(database_url, "risk.rules", "ok") == 1
+    rows = sql(database_url, "SELECT user_name, outcome FROM console_audit WHERE action = 'risk.rules' "
+               "AND (outcome LIKE 'ok: %' OR outcome LIKE 'awaiting %') ORDER BY id")  # fmt: skip
+    assert [(r["user_name"], r["outcome"].split(":")[0]) for r in rows] == [("ada", CHANGE_AWAITING), ("alan", "ok")]
     forgotten = subprocess.run(
         [sys.executable, "-m", "switch.cli", "config", "forget", "--section", "rules", "--config", str(console.config)],
         env=console.switch.env, capture_output=True, text=True, timeout=60,
@@ -866,7 +971,7 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
     refused = session.post(f"{console.base}/terminals/new", data=form | {"id": "N01"})
     assert refused.status_code == 400 and "a terminal id is 8 letters or digits" in refused.text
     created = session.post(f"{console.base}/terminals/new", data=form, allow_redirects=False)
-    assert created.status_code == 303, created.text
+    approved(console, database_url, created)
     until_answered(console.switch, from_new, "00")
     paid, later = from_new(), from_new()
     assert answer_of(console.switch, paid) == "00" and answer_of(console.switch, later) == "00"
@@ -875,7 +980,7 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
         version = sql(database_url, "SELECT version FROM live_config WHERE section = 'terminals'")[0][0]
         saved = session.post(f"{console.base}/terminals/{new_id}", data=form | {"version": str(version), **fields},
                              allow_redirects=False)  # fmt: skip
-        assert saved.status_code == 303, saved.text
+        approved(console, database_url, saved)
 
     edit(suspended="on")
     until_answered(console.switch, from_new, "57")
@@ -888,8 +993,8 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
     until_answered(console.switch, lambda: new_purchase("unionpay", terminal=new_id, merchant=elsewhere), "57")
     assert answer_of(console.switch, reversal(later, STANS.next(new_id))) == "00"
     assert "SUSPENDED" in session.get(f"{console.base}/terminals").text
-    audited = sql(database_url, "SELECT action, after::text FROM console_audit WHERE target = $1 AND outcome = 'ok' "
-                  "ORDER BY id", new_id)  # fmt: skip
+    audited = sql(database_url, "SELECT action, after::text FROM console_audit WHERE target = $1 "
+                  "AND outcome LIKE 'ok: %' ORDER BY id", new_id)  # fmt: skip
     assert [a for a, _ in audited] == ["terminal.create", "terminal.edit", "terminal.edit"]
     assert json.loads(audited[1][1])["suspended"] and json.loads(audited[2][1])["merchant"] == elsewhere
 
@@ -988,7 +1093,8 @@ def test_a_dead_letter_is_handed_back_only_once_another_operator_approves(consol
 
 def test_without_four_eyes_one_operator_hands_a_dead_letter_back_and_the_console_says_so(console, database_url):
     """A console with ``four_eyes = false`` (a bank's choice) hands back at the one operator's word,
-    audited as before; it warns of it at start."""
+    and keeps an admin's change of the configuration at once, audited as before; it warns of it
+    at start."""
     alone = ConsoleProcess(console.switch, Path(console.log.name).parent, "console-alone", "four_eyes = false\n")
     alone.start()
     try:
@@ -996,10 +1102,22 @@ def test_without_four_eyes_one_operator_hands_a_dead_letter_back_and_the_console
         page = resolve_letter(alone, rrn, "the channel is back", action="retry")
         assert f"no open dead letter {rrn} to be handed back to the resolver" in page  # tried at once
         assert hand_backs(database_url, rrn) == [("otto", "no open dead letter", None)]
+        session, _ = signed_in(alone, "ada")
+        page = session.get(f"{alone.base}/limits/ecny").text
+        form = dict(re.findall(r'<input name="([a-z_.]+)" id="[^"]*" value="([^"]*)"', page))
+        version = re.search(r'name="version" value="(\d+)"', page).group(1)
+        form |= {"csrf": csrf(session, alone), "version": version, "frontend_in_flight": "5"}
+        saved = session.post(f"{alone.base}/limits/ecny", data=form)
+        assert "limits and breaker saved: every front end applies them now" in saved.text
+        kept = sql(database_url, "SELECT body, changed_by FROM live_config WHERE section = 'limits'")[0]
+        assert json.loads(kept["body"])["ecny"]["frontend_in_flight"] == 5 and kept["changed_by"] == "console:ada"
     finally:
         alone.stop()
+        run(_forget_live_configuration(database_url))
     alone.log.flush()
     assert "four_eyes is off" in Path(alone.log.name).read_text()
+    assert not sql(database_url, "SELECT 1 FROM config_change WHERE asked_at > now() - interval '1 minute' "
+                   "AND section = 'limits' AND decided_at IS NULL")  # fmt: skip
 
 
 def test_a_dead_letter_whose_transaction_is_no_longer_open_is_not_handed_back(console, database_url):

@@ -81,17 +81,26 @@ def test_an_edit_is_kept_only_over_the_version_it_was_made_on(database_url):
             await conn.add_listener("paysw_reload", lambda *args: told.append(args[3]))
             body = msgspec.to_builtins(RUNNING.routing)
             async with conn.transaction():
-                assert await keep_section(conn, "routing", body, 0, "console:ada") == 1
+                first = await keep_section(conn, "routing", body, 0, "console:ada")
             with pytest.raises(EditConflict):  # made on what was there before ada's
                 async with conn.transaction():
                     await keep_section(conn, "routing", body, 0, "console:bob")
             async with conn.transaction():
-                assert await keep_section(conn, "routing", body, 1, "console:bob") == 2
-            assert (await versions(conn))["routing"] == 2
+                second = await keep_section(conn, "routing", body, first, "console:bob")
+            assert second > first and (await versions(conn))["routing"] == second
             assert (await kept_sections(conn))["routing"] == body
+            # Forgotten (the file's in force again) and kept anew: an edit made on the version
+            # before is refused, whatever number the new one carries (never one used before).
+            await conn.execute("DELETE FROM live_config WHERE section = 'routing'")
+            with pytest.raises(EditConflict):
+                async with conn.transaction():
+                    await keep_section(conn, "routing", body, second, "console:carl")
+            async with conn.transaction():
+                third = await keep_section(conn, "routing", body, 0, "console:dora")
+            assert third not in (first, second)
             await conn.execute("DELETE FROM live_config WHERE section = 'routing'")
             await asyncio.sleep(0.2)  # the notifications, read by this loop
-            assert told == ["console:ada", "console:bob"]  # a refused edit tells nobody
+            assert told == ["console:ada", "console:bob", "console:dora"]  # a refused edit tells nobody
         finally:
             await conn.close()
 

@@ -99,7 +99,10 @@ async def _account(url: str, args: argparse.Namespace, password: str) -> int:
 async def _serve(url: str, config: Config, args: argparse.Namespace, endpoints: list[str]) -> int:
     section = config.console
     if not section.four_eyes:
-        log.warning("four_eyes is off: one operator alone hands a dead letter back to the resolver")
+        log.warning(
+            "four_eyes is off: one operator alone hands a dead letter back to the resolver, "
+            "and one admin alone changes the live configuration"
+        )
     try:
         token = configured_token(config, args.data_dir)
     except ConfigError as exc:
@@ -111,7 +114,7 @@ async def _serve(url: str, config: Config, args: argparse.Namespace, endpoints: 
     channels = Channels(endpoints, token, client_tls(config))
     host, port = host_port(section.listen)
     secure = section.secure_cookie if section.secure_cookie is not None else not is_loopback(host)
-    console = Console(pool, section, channels, Edits(pool, config.source), secure)
+    console = Console(pool, section, channels, Edits(pool, config.source, section.four_eyes), secure)
     runner = web.AppRunner(console.app(), access_log=None)
     await runner.setup()
     try:

@@ -3,8 +3,9 @@ channels' limits and breakers, the risk rules): the configuration in force (the 
 journal's live sections over it: ``switch.live``). An edit is checked as a reload checks (the
 whole configuration, the risk rules against it), kept in the journal with the audit row in one
 transaction, and broadcast to every front end, which applies it within a second or two with no
-restart. The first edit of a section seeds the journal's from the file; from then on the
-journal's is the one in force."""
+restart; or, with ``[console] four_eyes``, asked, and kept when another admin approves it
+(``switch.console.changes``). The first edit of a section seeds the journal's from the file; from
+then on the journal's is the one in force."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from protocols.statements import CST
 from risk.rules import RulesError, RuleSet
 from switch.breaker import BreakerSettings
 from switch.config import Config, ConfigError, Merchant, RoutingSection, Terminal, load_config
+from switch.console import changes
 from switch.console.audit import Entry, record
 from switch.live import (
     LIMITS,
@@ -62,10 +64,11 @@ class Saved(NamedTuple):
 
 
 class Edits:
-    def __init__(self, pool: asyncpg.Pool, config_file: Path) -> None:
+    def __init__(self, pool: asyncpg.Pool, config_file: Path, four_eyes: bool) -> None:
         self._pool = pool
         self._file = config_file
         self._channels = list(load_config(config_file).channels)  # channels change only with a restart
+        self.four_eyes = four_eyes  # an edit is asked, and kept when another admin approves it
 
     def channel_names(self) -> list[str]:
         return self._channels
@@ -80,7 +83,8 @@ class Edits:
     async def _change(self, section: str, seen: int, user: str, action: str, target: str, change: Change) -> int:
         """``change`` made to ``section`` as in force, checked whole, kept over version ``seen``
         and audited (on ``target``; "": the id of what changed) in one transaction; its new
-        version. Raises one of ``_REFUSED``."""
+        version (``four_eyes``: asked instead, and the version unchanged). Raises one of
+        ``_REFUSED``."""
         file_config = load_config(self._file)
         async with self._pool.acquire() as conn, conn.transaction():
             await lock(conn)
@@ -88,9 +92,47 @@ class Edits:
             body = kept[section] if section in kept else file_section(file_config, section, kept)
             edited, before, after = change(body)
             in_force(file_config, kept | {section: edited})
+            entry = Entry(user, action, target or after["id"], before=before, after=after)
+            if self.four_eyes:
+                await changes.ask(conn, section, seen, edited, entry)
+                return seen
             version = await keep_section(conn, section, edited, seen, f"console:{user}")
-            await record(conn, Entry(user, action, target or after["id"], before=before, after=after))
+            await record(conn, entry)
         return version
+
+    async def decide(self, request: int, user: str, approve: bool) -> str:
+        """A change asked (``four_eyes``) approved by another admin than the one who asked, and
+        kept as it was asked, checked whole again; or rejected (withdrawn, by the one who asked).
+        What was done, in words. One that can no longer be kept as asked (its section changed
+        since, or the configuration around it) lapses."""
+        file_config = load_config(self._file)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await lock(conn)
+            found = await changes.waiting(conn, request)
+            if not found:
+                return f"no change {request} awaits approval"
+            asked = found[0]
+            if not approve:
+                outcome = "withdrawn" if asked["asked_by"] == user else "rejected"
+                await changes.close(conn, asked, user, outcome)
+                return f"change {request} {outcome}"
+            if asked["asked_by"] == user:  # a refusal apart: the request still waits
+                refused = f"refused: the one who asked it approves not request {request}"
+                await record(conn, Entry(user, asked["action"], asked["target"], outcome=refused))
+                return f"change {request} is approved by another admin than the one who asked it"
+            section, body = asked["section"], changes.body_of(asked)
+            try:
+                in_force(file_config, await kept_sections(conn) | {section: body})
+                await keep_section(conn, section, body, asked["seen"], f"console:{asked['asked_by']}+{user}")
+            except _REFUSED as exc:
+                await changes.close(conn, asked, user, f"lapsed: {exc}"[:300])
+                return f"change {request} lapsed, nothing changed: {exc}: ask it again"
+            await changes.close(conn, asked, user, "ok")
+        return f"change {request} approved: every front end applies it now"
+
+    async def asked(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """The changes awaiting approval, oldest first, and the latest decided."""
+        return await changes.waiting(self._pool), await changes.decided(self._pool)
 
     # -- merchants --------------------------------------------------------------------------
 

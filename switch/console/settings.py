@@ -33,7 +33,9 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # and behind a gateway all users share the gateway's (a stranger's failures lock all out).
     trusted_proxies: list[str] = []  # checked by problems()
     # Handing a dead letter back to the resolver (which may return its money) takes a second
-    # operator's approval: one asks, another approves or rejects. Off: whoever asks does it.
+    # operator's approval, and a change of the live configuration (merchants, terminals, gray
+    # routes, limits, risk rules) a second admin's: one asks, another approves or rejects. Off:
+    # whoever asks does it.
     four_eyes: bool = True
     # The session cookie only over https: on unless the console listens on loopback (or behind
     # a TLS gateway that sets this true). DEMO and loopback only: plain http.

@@ -130,6 +130,8 @@ class Console:
             ("GET", "/terminals", self.terminals),
             ("GET", "/terminals/{id}", self.terminal),
             ("POST", "/terminals/{id}", self.terminal_save),
+            ("GET", "/changes", self.changes),
+            ("POST", r"/changes/{request:\d{1,18}}/{decision:approve|reject}", self.change_decide),
             ("GET", "/audit", self.audit),
         ]
         for method, path, handler in routes:
@@ -340,7 +342,7 @@ class Console:
             return self._page(
                 request, "limits.html", status=400, name=name, limits=limits, version=version_of(form), error=error
             )
-        said = f"{name}: limits and breaker saved: every front end applies them now"
+        said = self._saved(name, f"{name}: limits and breaker saved: every front end applies them now")
         raise web.HTTPSeeOther(f"/channels?said={quote(said)}")
 
     @needs("operator")
@@ -532,9 +534,8 @@ class Console:
                 request, "merchant.edit", merchant_id, after=saved.edit.merchant, outcome=saved.error[:300]
             )
             return self._merchant_form(request, saved.edit, saved.error, 400)
-        said = (
-            f"merchant {saved.edit.merchant['id']} saved (version {saved.edit.version}): every front end applies it now"
-        )
+        what = f"merchant {saved.edit.merchant['id']}"
+        said = self._saved(what, f"{what} saved (version {saved.edit.version}): every front end applies it now")
         raise web.HTTPSeeOther(f"/merchants?said={quote(said)}")
 
     @needs("viewer")
@@ -550,7 +551,8 @@ class Console:
         error = await self._edits.set_gray(channel, percent, seen, request["session"].account.name)
         if error:
             await self._audit(request, "routing.gray", channel, after=percent, outcome=error[:300])
-        said = error or f"{channel}: gray route moved to {percent} %: every front end applies it now"
+        moved = f"{channel}: gray route moved to {percent} %"
+        said = error or self._saved(moved, f"{moved}: every front end applies it now")
         raise web.HTTPSeeOther(f"/routing?said={quote(said)}")
 
     @needs("viewer")
@@ -582,7 +584,8 @@ class Console:
         if error:
             await self._audit(request, "risk.rules", "rules", outcome=error[:300])
             return await self._risk_page(request, text[:MAX_RULES_TEXT], error, 400)
-        raise web.HTTPSeeOther(f"/risk?said={quote('risk rules saved: every front end applies them now')}")
+        said = self._saved("risk rules", "risk rules saved: every front end applies them now")
+        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
 
     @needs("operator")
     async def risk_list(self, request: web.Request) -> web.StreamResponse:
@@ -645,8 +648,28 @@ class Console:
                 "suspended": form.get("suspended") == "on",
             }
             return await self._terminal_form(request, shown, terminal_id == NEW, version_of(form), error, 400)
-        said = f"terminal {form.get('id') or terminal_id} saved: every front end applies it now"
+        what = f"terminal {form.get('id') or terminal_id}"
+        said = self._saved(what, f"{what} saved: every front end applies it now")
         raise web.HTTPSeeOther(f"/terminals?said={quote(said)}")
+
+    def _saved(self, what: str, done: str) -> str:
+        """What a saved edit says: ``done``; with four eyes, that ``what`` was asked."""
+        if self._edits.four_eyes:
+            return f"{what}: change asked: it applies once another admin approves it on the Changes page"
+        return done
+
+    @needs("viewer")
+    async def changes(self, request: web.Request) -> web.Response:
+        waiting, decided = await self._edits.asked()
+        return self._page(request, "changes.html", waiting=waiting, decided=decided, four_eyes=self._edits.four_eyes)
+
+    @needs("admin")
+    async def change_decide(self, request: web.Request) -> web.StreamResponse:
+        """A change asked approved (kept as asked) or rejected; its asker may only withdraw it."""
+        approve = request.match_info["decision"] == "approve"
+        user = request["session"].account.name
+        said = await self._edits.decide(int(request.match_info["request"]), user, approve)
+        raise web.HTTPSeeOther(f"/changes?said={quote(said)}")
 
     @needs("operator")
     async def audit(self, request: web.Request) -> web.Response:

@@ -55,6 +55,7 @@ UPDATED: dict[str, tuple[str, ...]] = {
     "recon_batch": ("step", "error", "updated_at", "statement", "fetched_at", "handling", "summary"),
     "recon_item": ("rrn", "journal_state", "journal_fen", "status", "note"),
     "terminal_key_request": ("sent_at", "stan"),
+    "config_change": ("decided_by", "decided_at", "outcome"),
 }  # fmt: skip
 # The tables the switch deletes rows from: reconciliation's working tables (rebuilt by a batch run
 # afresh), what expires (sessions, sign-in failures, nonces, reload reports, superseded keys) and

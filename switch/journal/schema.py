@@ -967,6 +967,34 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE recon_batch ADD COLUMN fetched_at timestamptz;
     """,
+    # 33: four eyes on the live configuration (switch.console.changes): a change asked by one admin
+    # waits here, the whole section as edited and the version it was edited from, until another
+    # approves or rejects it; one waits per section at a time.
+    """
+    CREATE TABLE config_change (
+        id         bigserial   PRIMARY KEY,
+        section    text        NOT NULL,
+        seen       bigint      NOT NULL,
+        body       jsonb       NOT NULL,
+        action     text        NOT NULL,
+        target     text        NOT NULL,
+        before     jsonb,
+        after      jsonb,
+        asked_by   text        NOT NULL,
+        asked_at   timestamptz NOT NULL DEFAULT now(),
+        decided_by text,
+        decided_at timestamptz,
+        outcome    text
+    );
+    CREATE UNIQUE INDEX config_change_waiting ON config_change (section) WHERE decided_at IS NULL;
+    """,
+    # 34: a kept section's version is never used twice, across sections and a section forgotten and
+    # kept again, so that an edit (or a change waiting for approval) read at a version cannot be
+    # kept over another body that happens to carry the same number.
+    """
+    CREATE SEQUENCE live_config_version;
+    SELECT setval('live_config_version', coalesce(max(version), 0) + 1, false) FROM live_config;
+    """,
 ]
 
 
