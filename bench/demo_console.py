@@ -22,10 +22,11 @@ from bench.legacy_switch import LegacySwitch
 from bench.traffic import Stans, payment_code, purchase
 from switch.app import SwitchApp
 from switch.config import Config, host_port
-from switch.console import accounts
+from switch.console import accounts, changes
 from switch.console.channels import Channels
 from switch.console.edits import Edits
 from switch.console.web import Console
+from switch.live import LIVE
 
 LEGACY_LISTEN = "127.0.0.1:9591"
 KIOSK, KIOSK_TERMINAL = "898310048990002", "K0000001"
@@ -79,7 +80,7 @@ async def console(config: Config, url: str, token: str) -> AsyncIterator[str]:
             if not await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", user):
                 await accounts.add_user(conn, user, password, "admin")
     channels = Channels([config.switch.admin_listen], token)
-    edits = Edits(pool, Path(config.source), config.console.four_eyes)
+    edits = Edits(pool, Path(config.source), config.console)
     app = Console(pool, config.console, channels, edits, secure=False).app()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -100,10 +101,8 @@ async def forget_live_sections(url: str) -> list[str]:
         if not await conn.fetchval("SELECT to_regclass('live_config') IS NOT NULL"):
             return []
         if await conn.fetchval("SELECT to_regclass('config_change') IS NOT NULL"):  # (an older release's journal)
-            await conn.execute(
-                "UPDATE config_change SET decided_by = 'demo', decided_at = now(), outcome = 'withdrawn by the demo' "
-                "WHERE decided_at IS NULL"
-            )
+            for section in LIVE:
+                await changes.lapse_section(conn, section, "demo", "the demo starts from its file")
         return [r["section"] for r in await conn.fetch("DELETE FROM live_config RETURNING section")]
     finally:
         await conn.close()

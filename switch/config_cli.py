@@ -16,6 +16,7 @@ import asyncpg
 
 from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config, ConfigError
+from switch.console import changes
 from switch.console.audit import Entry, record
 from switch.journal.schema import migrate
 from switch.live import (
@@ -86,6 +87,8 @@ async def _move(conn: asyncpg.Connection, config: Config, action: str, sections:
     kept = await kept_sections(conn)
     seen = await versions(conn)
     by = f"cli:{who()}"
+    for section in sections:  # a change asked in the console was of what is no longer there
+        await changes.lapse_section(conn, section, by, f"paysw config {action}")
     if action == "import":
         files: dict[str, Any] = {s: file_section(config, s, kept) for s in sections}
         in_force(config, kept | files)  # the whole, as every front end will read it

@@ -7,6 +7,7 @@ difference resolved, a merchant's rate quota changed with no restart."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import random
@@ -625,7 +626,7 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     disabled = sql(database_url, "SELECT outcome FROM console_audit WHERE action = 'channel.disable' ORDER BY id")
     assert [r["outcome"] for r in disabled] == ["started", "ok"]  # the attempt, then what came of it
     edits = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'merchant.edit' "
-                "AND outcome LIKE 'ok: %' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
+                "AND outcome = 'ok' AND target = $1 ORDER BY id DESC LIMIT 2", KIOSK)  # fmt: skip
     rates = [(json.loads(b)["rate_per_s"].get("wechat"), json.loads(a)["rate_per_s"].get("wechat")) for b, a in edits]
     assert rates == [(1.0, None), (None, 1.0)]
     follow(By.ID, "sign-out")
@@ -833,7 +834,7 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     refused = [answer_of(console.switch, new_purchase("inbank")) for _ in range(4)]
     assert "91" in refused, refused  # one a second: a burst goes over it
     audited = sql(database_url, "SELECT before::text, after::text FROM console_audit WHERE action = 'channel.limits' "
-                  "AND outcome LIKE 'ok: %' ORDER BY id")  # fmt: skip
+                  "AND outcome = 'ok' ORDER BY id")  # fmt: skip
     before, after = (json.loads(v) for v in audited[-1])
     assert before["rate_per_s"] == 0 and after["rate_per_s"] == 1 and after["breaker"]["open_ms"] == 1234
     row = re.search(r'<tr id="channel-inbank">.*?</tr>', session.get(f"{console.base}/channels").text, re.S).group(0)
@@ -889,23 +890,47 @@ def test_a_configuration_change_applies_only_once_another_admin_approves_it(cons
         time.sleep(0.2)
     assert f"change {request} approved" not in decide(alan, request, "approve")  # once
 
-    # Asked, then the section changed under it (the file's put in force again): it lapses.
+    # Asked, then the section forgotten (the file's put in force again): the request lapses.
     asked = ask(session, frontend_in_flight=form["frontend_in_flight"], version=str(kept["version"]))
     assert asked.status_code == 303, asked.text
     forget = [sys.executable, "-m", "switch.cli", "config", "forget", "--section", "limits"]
     forget += ["--config", str(console.config)]
     forgotten = subprocess.run(forget, env=console.switch.env, capture_output=True, text=True, timeout=60)
     assert forgotten.returncode == 0, forgotten.stderr
-    assert "lapsed, nothing changed" in decide(alan, request + 1, "approve") and limits() is None
-    asked = ask(session, frontend_in_flight="7", version="0")
-    assert asked.status_code == 303 and f"change {request + 2} rejected" in decide(alan, request + 2, "reject")
-    assert limits() is None
+    assert f"no change {request + 1} awaits approval" in decide(alan, request + 1, "approve") and limits() is None
+    # Asked over the file's limits (no version to tell them by), then the file's edited: it lapses.
+    assert ask(session, frontend_in_flight="7", version="0").status_code == 303
+    text = console.config.read_text()
+    console.config.write_text(text.replace("notices_per_s = 200", "notices_per_s = 150", 1))
+    try:
+        assert "limits changed since it was asked" in decide(alan, request + 2, "approve") and limits() is None
+    finally:
+        console.config.write_text(text)
+    # Asked, and left longer than change_max_hours: it lapses. Then one rejected.
+    assert ask(session, frontend_in_flight="7", version="0").status_code == 303
+    sql(database_url, "UPDATE config_change SET asked_at = now() - interval '25 hours' WHERE id = $1", request + 3)
+    assert "asked more than 24 hours ago" in decide(alan, request + 3, "approve") and limits() is None
+    assert ask(session, frontend_in_flight="7", version="0").status_code == 303
+    assert f"change {request + 4} rejected" in decide(alan, request + 4, "reject") and limits() is None
     outcomes = sql(database_url, "SELECT decided_by, outcome FROM config_change WHERE id >= $1 ORDER BY id", request)
     assert [(r["decided_by"], r["outcome"].split(":")[0]) for r in outcomes] == [
-        ("alan", "ok"),
-        ("alan", "lapsed"),
+        ("alan", "ok"), ("cli:" + getpass.getuser(), "lapsed"), ("alan", "lapsed"), ("alan", "lapsed"),
         ("alan", "rejected"),
-    ]
+    ]  # fmt: skip
+    # Each decision audited on its request, with who asked and the versions.
+    approval = json.loads(sql(database_url, "SELECT after::text FROM console_audit WHERE action = 'config.approve' "
+                              "AND target = $1 AND outcome = 'ok'", str(request))[0][0])  # fmt: skip
+    assert approval == {"request": request, "asked_by": "ada", "section": "limits", "change": "channel.limits ecny",
+                        "seen": int(version), "version": kept["version"]}  # fmt: skip
+    assert audit_count(database_url, "config.lapse") >= 3 and audit_count(database_url, "config.reject") >= 1
+    # The journal holds the decisions to it, whoever writes: once, and never by the one who asked.
+    with pytest.raises(asyncpg.CheckViolationError, match="decided already"):
+        sql(database_url, "UPDATE config_change SET decided_at = NULL WHERE id = $1", request)
+    assert ask(session, frontend_in_flight="7", version="0").status_code == 303
+    with pytest.raises(asyncpg.CheckViolationError, match="config_change_two_people"):
+        sql(database_url, "UPDATE config_change SET decided_by = 'ada', decided_at = now(), outcome = 'ok' "
+            "WHERE id = $1", request + 5)  # fmt: skip
+    assert f"change {request + 5} withdrawn" in decide(session, request + 5, "reject")
     changes = session.get(f"{console.base}/changes").text
     assert f'id="approve-{request}"' not in changes and "none" in changes  # nothing waits
 
@@ -942,7 +967,7 @@ def test_an_admin_edits_the_risk_rules_live_and_the_file_takes_over_again(consol
     small = new_purchase("unionpay", terminal=terminal, merchant=merchant, amount=3_000)
     assert answer_of(console.switch, small) == "00"
     rows = sql(database_url, "SELECT user_name, outcome FROM console_audit WHERE action = 'risk.rules' "
-               "AND (outcome LIKE 'ok: %' OR outcome LIKE 'awaiting %') ORDER BY id")  # fmt: skip
+               "AND (outcome = 'ok' OR outcome LIKE 'awaiting %') ORDER BY id")  # fmt: skip
     assert [(r["user_name"], r["outcome"].split(":")[0]) for r in rows] == [("ada", CHANGE_AWAITING), ("alan", "ok")]
     forgotten = subprocess.run(
         [sys.executable, "-m", "switch.cli", "config", "forget", "--section", "rules", "--config", str(console.config)],
@@ -994,7 +1019,7 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
     assert answer_of(console.switch, reversal(later, STANS.next(new_id))) == "00"
     assert "SUSPENDED" in session.get(f"{console.base}/terminals").text
     audited = sql(database_url, "SELECT action, after::text FROM console_audit WHERE target = $1 "
-                  "AND outcome LIKE 'ok: %' ORDER BY id", new_id)  # fmt: skip
+                  "AND outcome = 'ok' ORDER BY id", new_id)  # fmt: skip
     assert [a for a, _ in audited] == ["terminal.create", "terminal.edit", "terminal.edit"]
     assert json.loads(audited[1][1])["suspended"] and json.loads(audited[2][1])["merchant"] == elsewhere
 

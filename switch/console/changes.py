@@ -2,14 +2,21 @@
 in the console (merchants, terminals, gray routes, the channels' limits, the risk rules) is asked
 by one admin and put in force only when another approves it; the one who asked may withdraw it.
 
-A request keeps the whole section as edited and the version it was edited from, so an approval
-puts in force exactly what was asked and shown, or nothing: should the section have changed since
-(a `paysw config import`, say), the request lapses and is asked again. One request waits per
-section at a time. Asking and deciding are audited (``console_audit``) in the transaction that
-does them; ``config_change`` keeps the requests and their decisions."""
+A request keeps the whole section as edited, the version it was edited from and a digest of the
+section it was edited from, so that an approval puts in force exactly what was asked and shown,
+or nothing: should the section have changed since (another change, the file's section edited and
+reloaded while the journal keeps none, ``paysw config import`` or ``forget``), the request lapses
+and is asked again; so does one older than ``change_max_hours`` or whose asker is no longer an
+admin. One request waits per section at a time. The asking is audited as the change it asks
+(``merchant.edit``, awaiting); each decision as ``config.approve``, ``config.reject``,
+``config.withdraw`` or ``config.lapse`` on the request, with who asked, the section and the
+versions; an approval also as the change itself, as an admin's own change is without four eyes.
+The journal lets a decision be made once, and never an approval by the one who asked
+(migration 35)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import asyncpg
@@ -19,13 +26,20 @@ from switch.console.audit import Entry, record
 from switch.live import EditConflict, versions
 
 AWAITING = "awaiting a second admin"  # the audit's outcome of a change asked, not yet decided
-_COLUMNS = "id, section, seen, body, action, target, before, after, asked_by, asked_at"
+DONE = {"approve": "ok", "reject": "rejected", "withdraw": "withdrawn", "lapse": "lapsed"}
+_COLUMNS = "id, section, seen, base, body, action, target, before, after, asked_by, asked_at"
 
 
-async def ask(conn: asyncpg.Connection, section: str, seen: int, body: Any, entry: Entry) -> int:
-    """``body`` asked as ``section`` over its version ``seen`` (inside the caller's transaction,
-    under ``switch.live.lock``), ``entry`` audited as awaiting; the request's id. ``EditConflict``
-    when a request of the section waits already or the section changed since it was read."""
+def digest(section: Any) -> str:
+    """A section's body, as a digest that does not depend on the order of its keys."""
+    return hashlib.sha256(msgspec.json.encode(section, order="sorted")).hexdigest()
+
+
+async def ask(conn: asyncpg.Connection, section: str, seen: int, base: str, body: Any, entry: Entry) -> int:
+    """``body`` asked as ``section``, edited from the section of digest ``base`` at version ``seen`` (inside the
+    caller's transaction, under ``switch.live.lock``), ``entry`` audited as awaiting; the request's
+    id. ``EditConflict`` when a request of the section waits already or the section changed since
+    it was read."""
     waiting = await conn.fetchrow(
         "SELECT id, asked_by FROM config_change WHERE section = $1 AND decided_at IS NULL", section
     )
@@ -36,18 +50,22 @@ async def ask(conn: asyncpg.Connection, section: str, seen: int, body: Any, entr
         )
     if (await versions(conn))[section] != seen:
         raise EditConflict(f"{section} changed since it was read: read it again")
-    request = await conn.fetchval(
-        "INSERT INTO config_change (section, seen, body, action, target, before, after, asked_by) "
-        "VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7::jsonb, $8) RETURNING id",
-        section, seen, _json(body), entry.action, entry.target, _json(entry.before), _json(entry.after),
-        entry.user_name,
-    )  # fmt: skip
+    try:
+        async with conn.transaction():
+            request = await conn.fetchval(
+                "INSERT INTO config_change (section, seen, base, body, action, target, before, after, asked_by) "
+                "VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::jsonb, $8::jsonb, $9) RETURNING id",
+                section, seen, base, _json(body), entry.action, entry.target, _json(entry.before),
+                _json(entry.after), entry.user_name,
+            )  # fmt: skip
+    except asyncpg.UniqueViolationError as exc:  # asked meanwhile by one not under the lock
+        raise EditConflict(f"a change of {section} awaits approval: approve, reject or withdraw it first") from exc
     await record(conn, entry._replace(outcome=f"{AWAITING}: request {request}"))
     return request
 
 
 async def waiting(conn: asyncpg.Connection | asyncpg.Pool, request: int | None = None) -> list[asyncpg.Record]:
-    """The requests awaiting a decision (or ``request``, if it does), oldest first."""
+    """The requests awaiting a decision (or ``request``, held, if it does), oldest first."""
     return await conn.fetch(
         f"SELECT {_COLUMNS} FROM config_change WHERE decided_at IS NULL AND ($1::bigint IS NULL OR id = $1) "
         "ORDER BY id" + (" FOR UPDATE" if request is not None else ""),
@@ -64,15 +82,32 @@ async def decided(conn: asyncpg.Connection | asyncpg.Pool, shown: int = 20) -> l
     )
 
 
-async def close(conn: asyncpg.Connection, request: asyncpg.Record, user: str, outcome: str) -> None:
-    """``request`` decided by ``user`` (inside the caller's transaction), audited as its action."""
+async def close(
+    conn: asyncpg.Connection, request: asyncpg.Record, user: str, decision: str, why: str = "", version: int = 0
+) -> None:
+    """``request`` decided by ``user`` (``DONE``'s keys; a lapse says ``why``), inside the
+    caller's transaction, and audited; an approval, kept at ``version``, also as the change."""
+    outcome = f"{DONE[decision]}: {why}"[:300] if why else DONE[decision]
     await conn.execute(
         "UPDATE config_change SET decided_by = $2, decided_at = now(), outcome = $3 WHERE id = $1",
         request["id"], user, outcome,
     )  # fmt: skip
-    shown = f"{outcome}: request {request['id']} asked by {request['asked_by']}"
-    before, after = (msgspec.json.decode(request[k]) if request[k] else None for k in ("before", "after"))
-    await record(conn, Entry(user, request["action"], request["target"], before, after, shown))
+    what = {"request": request["id"], "asked_by": request["asked_by"], "section": request["section"],
+            "change": f"{request['action']} {request['target']}", "seen": request["seen"]}  # fmt: skip
+    await record(conn, Entry(user, f"config.{decision}", str(request["id"]), after=what | {"version": version or None},
+                             outcome=outcome))  # fmt: skip
+    if decision == "approve":
+        before, after = (msgspec.json.decode(request[k]) if request[k] else None for k in ("before", "after"))
+        await record(conn, Entry(user, request["action"], request["target"], before, after))
+
+
+async def lapse_section(conn: asyncpg.Connection, section: str, user: str, why: str) -> None:
+    """The request of ``section`` awaiting a decision, if any, lapsed (``section`` kept or forgotten
+    by other means: ``paysw config``), inside the caller's transaction."""
+    for request in await conn.fetch(
+        f"SELECT {_COLUMNS} FROM config_change WHERE section = $1 AND decided_at IS NULL FOR UPDATE", section
+    ):
+        await close(conn, request, user, "lapse", why)
 
 
 def body_of(request: asyncpg.Record) -> Any:

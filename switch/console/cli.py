@@ -114,7 +114,7 @@ async def _serve(url: str, config: Config, args: argparse.Namespace, endpoints: 
     channels = Channels(endpoints, token, client_tls(config))
     host, port = host_port(section.listen)
     secure = section.secure_cookie if section.secure_cookie is not None else not is_loopback(host)
-    console = Console(pool, section, channels, Edits(pool, config.source, section.four_eyes), secure)
+    console = Console(pool, section, channels, Edits(pool, config.source, section), secure)
     runner = web.AppRunner(console.app(), access_log=None)
     await runner.setup()
     try:

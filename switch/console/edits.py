@@ -26,6 +26,7 @@ from switch.breaker import BreakerSettings
 from switch.config import Config, ConfigError, Merchant, RoutingSection, Terminal, load_config
 from switch.console import changes
 from switch.console.audit import Entry, record
+from switch.console.settings import ConsoleSection
 from switch.live import (
     LIMITS,
     EditConflict,
@@ -64,11 +65,12 @@ class Saved(NamedTuple):
 
 
 class Edits:
-    def __init__(self, pool: asyncpg.Pool, config_file: Path, four_eyes: bool) -> None:
+    def __init__(self, pool: asyncpg.Pool, config_file: Path, section: ConsoleSection) -> None:
         self._pool = pool
         self._file = config_file
         self._channels = list(load_config(config_file).channels)  # channels change only with a restart
-        self.four_eyes = four_eyes  # an edit is asked, and kept when another admin approves it
+        self.four_eyes = section.four_eyes  # an edit is asked, and kept when another admin approves it
+        self._max_age = dt.timedelta(hours=section.change_max_hours)
 
     def channel_names(self) -> list[str]:
         return self._channels
@@ -90,11 +92,12 @@ class Edits:
             await lock(conn)
             kept = await kept_sections(conn)
             body = kept[section] if section in kept else file_section(file_config, section, kept)
+            base = changes.digest(body)  # before ``change``, which may edit it in place
             edited, before, after = change(body)
             in_force(file_config, kept | {section: edited})
             entry = Entry(user, action, target or after["id"], before=before, after=after)
             if self.four_eyes:
-                await changes.ask(conn, section, seen, edited, entry)
+                await changes.ask(conn, section, seen, base, edited, entry)
                 return seen
             version = await keep_section(conn, section, edited, seen, f"console:{user}")
             await record(conn, entry)
@@ -103,32 +106,55 @@ class Edits:
     async def decide(self, request: int, user: str, approve: bool) -> str:
         """A change asked (``four_eyes``) approved by another admin than the one who asked, and
         kept as it was asked, checked whole again; or rejected (withdrawn, by the one who asked).
-        What was done, in words. One that can no longer be kept as asked (its section changed
-        since, or the configuration around it) lapses."""
+        What was done, in words. One that can no longer be kept as it was asked and shown lapses
+        (``_stale``)."""
         file_config = load_config(self._file)
         async with self._pool.acquire() as conn, conn.transaction():
             await lock(conn)
             found = await changes.waiting(conn, request)
+            decision = "approve" if approve else "reject"
             if not found:
+                await record(conn, Entry(user, f"config.{decision}", str(request), outcome="none awaits approval"))
                 return f"no change {request} awaits approval"
             asked = found[0]
             if not approve:
-                outcome = "withdrawn" if asked["asked_by"] == user else "rejected"
-                await changes.close(conn, asked, user, outcome)
-                return f"change {request} {outcome}"
+                decision = "withdraw" if asked["asked_by"] == user else "reject"
+                await changes.close(conn, asked, user, decision)
+                return f"change {request} {changes.DONE[decision]}"
             if asked["asked_by"] == user:  # a refusal apart: the request still waits
-                refused = f"refused: the one who asked it approves not request {request}"
-                await record(conn, Entry(user, asked["action"], asked["target"], outcome=refused))
+                await record(conn, Entry(user, "config.approve", str(request), outcome="refused: the one who asked it"))
                 return f"change {request} is approved by another admin than the one who asked it"
-            section, body = asked["section"], changes.body_of(asked)
-            try:
-                in_force(file_config, await kept_sections(conn) | {section: body})
-                await keep_section(conn, section, body, asked["seen"], f"console:{asked['asked_by']}+{user}")
-            except _REFUSED as exc:
-                await changes.close(conn, asked, user, f"lapsed: {exc}"[:300])
-                return f"change {request} lapsed, nothing changed: {exc}: ask it again"
-            await changes.close(conn, asked, user, "ok")
+            why, version = await self._stale(conn, file_config, asked), 0
+            if not why:
+                section, body = asked["section"], changes.body_of(asked)
+                try:
+                    in_force(file_config, await kept_sections(conn) | {section: body})
+                    by = f"console:{asked['asked_by']}+{user}"
+                    version = await keep_section(conn, section, body, asked["seen"], by)
+                except _REFUSED as exc:
+                    why = str(exc)
+            if why:
+                await changes.close(conn, asked, user, "lapse", why)
+                return f"change {request} lapsed, nothing changed: {why}: ask it again"
+            await changes.close(conn, asked, user, "approve", version=version)
         return f"change {request} approved: every front end applies it now"
+
+    async def _stale(self, conn: asyncpg.Connection, file_config: Config, asked: asyncpg.Record) -> str:
+        """Why ``asked`` can no longer be kept as it was asked and shown, if so: too old, its asker
+        no longer an admin, its section not the one it was edited from (by digest: the file's, while
+        the journal keeps none, has no version to tell it by), a new terminal's key gone."""
+        if dt.datetime.now(dt.UTC) - asked["asked_at"] > self._max_age:
+            return f"asked more than {self._max_age.total_seconds() / 3600:g} hours ago"
+        if await conn.fetchval("SELECT role FROM console_user WHERE name = $1", asked["asked_by"]) != "admin":
+            return f"{asked['asked_by']} is no longer an admin"
+        kept, section = await kept_sections(conn), asked["section"]
+        base = kept[section] if section in kept else file_section(file_config, section, kept)
+        if changes.digest(base) != asked["base"]:
+            return f"{section} changed since it was asked"
+        new_terminal = asked["action"] == "terminal.create" and not file_config.security.allow_terminals_without_mac
+        if new_terminal and not await self._has_master_key(asked["target"]):
+            return f"terminal {asked['target']}: no master key (tmk:{asked['target']}) in the key store"
+        return ""
 
     async def asked(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
         """The changes awaiting approval, oldest first, and the latest decided."""

@@ -37,6 +37,9 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # routes, limits, risk rules) a second admin's: one asks, another approves or rejects. Off:
     # whoever asks does it.
     four_eyes: bool = True
+    # A change of the configuration asked and not approved within this long lapses: an approval
+    # is of a change as its time saw it.
+    change_max_hours: Annotated[int, Meta(ge=1, le=720)] = 24
     # The session cookie only over https: on unless the console listens on loopback (or behind
     # a TLS gateway that sets this true). DEMO and loopback only: plain http.
     secure_cookie: bool | None = None

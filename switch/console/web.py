@@ -4,8 +4,9 @@ Every route but the sign-in page and the style sheet needs a session (a GET with
 the sign-in page; a POST is refused). Every POST carries the session's CSRF token and, when the
 browser sends an ``Origin``, comes from this console's own; a refusal is audited. Roles rank
 viewer < operator < admin: a viewer reads; an operator also acts on channels, reconciliation
-differences and notifications; an admin also edits merchants. Every action, sign-in and
-sign-out included, writes an audit row (``switch.console.audit``)."""
+differences and notifications; an admin also edits the live configuration (merchants, terminals,
+routing, limits, risk rules) and decides another admin's change of it (four eyes). Every action,
+sign-in and sign-out included, writes an audit row (``switch.console.audit``)."""
 
 from __future__ import annotations
 

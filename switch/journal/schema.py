@@ -995,6 +995,28 @@ MIGRATIONS: list[str] = [
     CREATE SEQUENCE live_config_version;
     SELECT setval('live_config_version', coalesce(max(version), 0) + 1, false) FROM live_config;
     """,
+    # 35: a change asked keeps a digest of the section it was edited from (the file's has no
+    # version: an approval must not keep a stale copy of it), and the journal holds the decisions
+    # to their rules: made once, never an approval by the one who asked, of a live section. Those
+    # asked before the digest lapse.
+    """
+    ALTER TABLE config_change ADD COLUMN base text;
+    UPDATE config_change SET decided_by = 'migration', decided_at = now(),
+        outcome = 'lapsed: asked before changes kept what they were edited from' WHERE decided_at IS NULL;
+    ALTER TABLE config_change
+        ADD CONSTRAINT config_change_section
+            CHECK (section IN ('merchants', 'terminals', 'routing', 'limits', 'rules')),
+        ADD CONSTRAINT config_change_two_people CHECK (outcome IS DISTINCT FROM 'ok' OR decided_by <> asked_by);
+    CREATE FUNCTION config_change_decided_once() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF OLD.decided_at IS NOT NULL THEN
+            RAISE EXCEPTION 'change % was decided already', OLD.id USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER config_change_decided_once BEFORE UPDATE ON config_change
+        FOR EACH ROW EXECUTE FUNCTION config_change_decided_once();
+    """,
 ]
 
 
