@@ -665,6 +665,55 @@ def test_a_payment_reversed_after_its_statement_was_cut_is_no_difference(switch,
     assert reversing and rrns["unpaid"] not in found
 
 
+def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_url, config_dir):
+    """A refund the switch took at the end of an hour that the channel's statement has in the next
+    (its clock, or the batch's fetch, past the hour): the earlier batch finds it on the journal's
+    side only, the later on the statement's only. The later's rule finds the journal's refund
+    outside its window, kept for the same amount: the item takes its RRN (settlement refunds it
+    once) and the earlier batch's item is closed with it."""
+    channel = "wechat"  # its batches of this hour and the one before are this test's own
+
+    async def scenario():
+        purchase = new_purchase(channel, amount=5000)
+        async with connected(switch) as terminal:
+            paid = await terminal.request(purchase)
+            back = await terminal.request(refund(purchase, paid["37"], 1200, STANS.next(purchase["41"])))
+        assert (paid["39"], back["39"]) == ("00", "00")
+        await wait_for_state(database_url, back["37"], {"APPROVED"})
+        now = dt.datetime.now(CST)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            # The journal has it arriving in the hour before; the statement, in this one.
+            await pool.execute(
+                "UPDATE txn SET received_at = received_at - interval '1 hour' WHERE rrn = $1", back["37"]
+            )
+            handler = Handler(pool, worker.call, Threshold(1000, 10**9))
+            batches = []
+            for when in (now - dt.timedelta(hours=1), now):
+                await pool.execute(AFRESH, channel, when.date(), when.hour)
+                batch = ReconBatch(pool, channel, channel, when.date(), when.hour, CountingFetch(config_dir), handler)
+                assert await batch.run() == "done"
+                batches.append(batch.id)
+            found = await pool.fetch(
+                "SELECT i.class, i.status, i.rrn, i.channel_fen, a.rule FROM recon_item i "
+                "LEFT JOIN recon_action a ON a.item_id = i.id "
+                "WHERE i.entry = 'REFUND' AND i.out_trade_no = $1 AND i.batch_id = ANY($2) ORDER BY i.batch_id",
+                out_trade_no(back["37"]),
+                batches,
+            )
+            return [tuple(r) for r in found], back["37"]
+        finally:
+            await worker.close()
+            await pool.close()
+
+    found, rrn = run(scenario())
+    assert found == [
+        ("REFUND", "FIXED", rrn, None, "journal_elsewhere"),  # the journal's side, in the hour before
+        ("REFUND", "FIXED", rrn, 1200, "journal_elsewhere"),  # the statement's, with the journal's RRN
+    ]
+
+
 def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):
     """A 0400 answered ``00`` while the purchase was still open (its channel down, the resolver
     backing off): the statement then shows it paid. Reconciliation must not settle it as kept:

@@ -13,11 +13,12 @@ Rules:
   is still owed: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
-- ``journal_elsewhere``: a LONG order the journal has outside the batch's window, keeping the
-  same amount on the same channel (paid on either side of an hour): nothing to do at the
-  channel, and the item carries the journal's RRN for settlement; it moves no money and takes
-  nothing of the threshold. One the journal has otherwise (not kept, another amount) is left
-  to a person.
+- ``journal_elsewhere``: a LONG order, or a refund only the statement has, that the journal has
+  outside the batch's window, keeping the same amount on the same channel (paid or refunded on
+  either side of an hour): nothing to do at the channel, and the item carries the journal's RRN
+  for settlement; the earlier batch's item of the journal's side (SHORT, or a refund the
+  statement lacked), still open, is closed with it. It moves no money and takes nothing of the
+  threshold. One the journal has otherwise (not kept, another amount) is left to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 - ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
@@ -29,7 +30,7 @@ Rules:
   contradicts the journal, and asking the channel again would only repeat what the journal was
   told): a person's. A day's statement is what the channel settles by, so its batch leaves these
   to a person too (the reversal's money comes back on a later day's file).
-AMOUNT and REFUND differences, and anything a rule cannot resolve, are left to a person.
+AMOUNT and other REFUND differences, and anything a rule cannot resolve, are left to a person.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import asyncpg
 
 from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelRequest, ChannelResult, Outcome
 from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
-from switch.journal.machine import KEPT, OPEN, PURCHASE, sql_set
+from switch.journal.machine import KEPT, OPEN, PURCHASE, REFUND, sql_set
 
 Caller = Callable[[ChannelRequest], Awaitable[ChannelResult]]
 _keys = itertools.count(1)
@@ -66,11 +67,12 @@ class Handled:
 # An item's money, as the threshold counts it: the larger of the statement's and the journal's (a
 # statement row may understate what a fix moves).
 _MONEY_SQL = "greatest(abs(coalesce(i.channel_fen, 0)), abs(coalesce(i.journal_fen, 0)))"
-# The open PAY items with what a rule needs: the statement's row, the journal's by RRN, and for
-# a LONG one (no RRN) the journal's row of the same order number, should it have one outside the
-# batch's window (on any channel, as anything: order numbers are unique).
+# The open items with what a rule needs: the statement's row, the journal's by RRN, and for a
+# LONG one or a refund only the statement has (no RRN) the journal's row of the same number,
+# should it have one outside the batch's window (on any channel, as anything: numbers are unique).
 _CANDIDATES = f"""
-SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.channel_status, i.channel_fen,
+SELECT i.id, i.batch_id, i.entry, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen,
+       i.channel_status, i.channel_fen,
        {_MONEY_SQL} AS money,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
        t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
@@ -79,17 +81,27 @@ SELECT i.id, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen, i.c
            WHERE m.rrn = t.rrn AND m.tx_date = t.tx_date AND m.to_state = t.state AND m.moved_at >= b.fetched_at
        ) AS final_since_fetch,
        e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
-       e.txn_type = '{PURCHASE}' AND e.state IN {sql_set(KEPT)} AND e.reversal_requested_at IS NULL
-           AND e.channel = b.channel AND e.amount_fen = i.channel_fen AS kept_elsewhere
+       e.txn_type = CASE i.entry WHEN 'PAY' THEN '{PURCHASE}' ELSE '{REFUND}' END AND e.state IN {sql_set(KEPT)}
+           AND e.reversal_requested_at IS NULL AND e.channel = b.channel AND e.amount_fen = i.channel_fen
+           AS kept_elsewhere
 FROM recon_item i
 JOIN recon_batch b ON b.id = i.batch_id
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.entry = 'PAY' AND s.out_trade_no = i.out_trade_no
 LEFT JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
 LEFT JOIN LATERAL (
-    SELECT * FROM txn x WHERE i.class = 'LONG' AND x.out_trade_no = i.out_trade_no ORDER BY x.tx_date DESC LIMIT 1
+    SELECT * FROM txn x WHERE (i.class = 'LONG' OR (i.entry = 'REFUND' AND i.rrn IS NULL))
+        AND x.out_trade_no = i.out_trade_no ORDER BY x.tx_date DESC LIMIT 1
 ) e ON true
-WHERE i.batch_id = $1 AND i.status = 'OPEN' AND i.entry = 'PAY'
+WHERE i.batch_id = $1 AND i.status = 'OPEN'
 ORDER BY i.id
+"""
+# The journal's side of a ``journal_elsewhere`` item, open in the batch of its arrival (SHORT, or a
+# refund the statement lacked): explained by the statement of another hour, closed with it.
+_OTHER_SIDE = """
+UPDATE recon_item o SET status = 'FIXED', note = $6 FROM recon_batch b
+WHERE b.id = o.batch_id AND b.channel = $3 AND o.out_trade_no = $1 AND o.entry = $2 AND o.rrn = $4 AND o.id <> $5
+  AND o.status = 'OPEN' AND o.channel_status IS NULL AND o.class IN ('SHORT', 'REFUND')
+RETURNING o.id
 """
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
@@ -174,11 +186,12 @@ class Handler:
         return await self._record(item, "reverse_long", reversed_)
 
     async def _journal_elsewhere(self, item: asyncpg.Record) -> bool:
-        """A LONG payment the journal keeps, on the batch's channel, for the same amount, from an
-        arrival outside the batch's window: nothing to do at the channel. The item takes the
-        journal's RRN, so that settlement pays it from here should the batch of its arrival never
-        take it (an hour that never ran, a terminal dated a day ahead); once, whichever comes
-        first."""
+        """A LONG payment, or a refund only the statement has, that the journal keeps, on the
+        batch's channel, for the same amount, from an arrival outside the batch's window: nothing
+        to do at the channel. The item takes the journal's RRN, so that settlement pays it from
+        here should the batch of its arrival never take it (an hour that never ran, a terminal
+        dated a day ahead); once, whichever comes first. The batch of its arrival found it on the
+        journal's side only: that item, still open, is explained and closed with it."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
             still = await conn.fetchval(  # as the candidates read it (a void or a reversal since: a person's)
@@ -192,7 +205,16 @@ class Handler:
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
                 item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
             )  # fmt: skip
-            return "paid on either side of an hour: the journal keeps it, from an arrival outside this batch"
+            note = f"on the statement of batch {item['batch_id']} (item {item['id']}): either side of an hour"
+            for other in await conn.fetch(_OTHER_SIDE, item["out_trade_no"], item["entry"], item["channel"],
+                                          item["elsewhere_rrn"], item["id"], note):  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, 'journal_elsewhere', $2)",
+                    other[0],
+                    note,
+                )
+            done = "paid" if item["entry"] == "PAY" else "refunded"
+            return f"{done} on either side of an hour: the journal keeps it, from an arrival outside this batch"
 
         return await self._record(item, "journal_elsewhere", adopted)
 
@@ -273,6 +295,8 @@ def _key(item: asyncpg.Record) -> TxnKey:
 
 def _rule_for(item: asyncpg.Record) -> str | None:
     difference, state, status = item["class"], item["journal_state"], item["channel_status"]
+    if item["entry"] == "REFUND":  # of refunds, only one on either side of an hour is a rule's
+        return "journal_elsewhere" if item["elsewhere_rrn"] is not None and item["kept_elsewhere"] else None
     owed = state in OPEN or (state in KEPT and item["reversing"])  # the resolver's (``DUE_SQL``)
     if difference == "STATUS" and owed and item["reversing"]:
         return "resolve_open"  # the money goes back whatever the statement says: the resolver's to do
