@@ -665,53 +665,84 @@ def test_a_payment_reversed_after_its_statement_was_cut_is_no_difference(switch,
     assert reversing and rrns["unpaid"] not in found
 
 
-def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_url, config_dir):
+def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_url, config_dir, ports):
     """A refund the switch took at the end of an hour that the channel's statement has in the next
     (its clock, or the batch's fetch, past the hour): the earlier batch finds it on the journal's
     side only, the later on the statement's only. The later's rule finds the journal's refund
     outside its window, kept for the same amount: the item takes its RRN (settlement refunds it
-    once) and the earlier batch's item is closed with it."""
+    once) and the earlier batch's item is closed with it. Left to a person: a refund the statement
+    shows still in progress (no money back yet), even in the hour of its arrival, and one another
+    statement of the channel has too."""
     channel = "wechat"  # its batches of this hour and the one before are this test's own
 
     async def scenario():
-        purchase = new_purchase(channel, amount=5000)
+        backs = {}
         async with connected(switch) as terminal:
-            paid = await terminal.request(purchase)
-            back = await terminal.request(refund(purchase, paid["37"], 1200, STANS.next(purchase["41"])))
-        assert (paid["39"], back["39"]) == ("00", "00")
-        await wait_for_state(database_url, back["37"], {"APPROVED"})
+            for name in ("kept", "pending", "twice", "unfinished"):
+                purchase = new_purchase(channel, amount=5000)
+                paid = await terminal.request(purchase)
+                backs[name] = await terminal.request(refund(purchase, paid["37"], 1200, STANS.next(purchase["41"])))
+                assert (paid["39"], backs[name]["39"]) == ("00", "00")
+        rrns = {name: back["37"] for name, back in backs.items()}
+        for rrn in rrns.values():
+            await wait_for_state(database_url, rrn, {"APPROVED"})
         now = dt.datetime.now(CST)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         worker = channel_worker(config_dir, channel)
         try:
-            # The journal has it arriving in the hour before; the statement, in this one.
+            # The journal has them arriving in the hour before; the statement, in this one.
             await pool.execute(
-                "UPDATE txn SET received_at = received_at - interval '1 hour' WHERE rrn = $1", back["37"]
+                "UPDATE txn SET received_at = received_at - interval '1 hour' WHERE rrn = ANY($1)",
+                [rrns[name] for name in ("kept", "pending", "twice")],
+            )
+            # Another hour's statement of the channel listed one of them already (done twice?).
+            await pool.execute(
+                "WITH b AS (INSERT INTO recon_batch (channel, day, hour, step) VALUES ($1, '2001-01-01', 3, 'done') "
+                "ON CONFLICT (channel, day, hour) DO UPDATE SET step = 'done' RETURNING id) "
+                "INSERT INTO recon_item (batch_id, class, entry, out_trade_no, channel_status, channel_fen, status) "
+                "SELECT id, 'REFUND', 'REFUND', $2, 'SUCCESS', 1200, 'OPEN' FROM b",
+                channel,
+                out_trade_no(rrns["twice"]),
             )
             handler = Handler(pool, worker.call, Threshold(1000, 10**9))
             batches = []
-            for when in (now - dt.timedelta(hours=1), now):
-                await pool.execute(AFRESH, channel, when.date(), when.hour)
-                batch = ReconBatch(pool, channel, channel, when.date(), when.hour, CountingFetch(config_dir), handler)
-                assert await batch.run() == "done"
-                batches.append(batch.id)
+            pending = {out_trade_no(rrns[name]): "PROCESSING" for name in ("pending", "unfinished")}
+            order_statement_faults(ports, channel, {"statuses": pending})
+            try:
+                for when in (now - dt.timedelta(hours=1), now):
+                    await pool.execute(AFRESH, channel, when.date(), when.hour)
+                    fetch = CountingFetch(config_dir)
+                    batch = ReconBatch(pool, channel, channel, when.date(), when.hour, fetch, handler)
+                    assert await batch.run() == "done"
+                    batches.append(batch.id)
+            finally:
+                order_statement_faults(ports, channel, {})
             found = await pool.fetch(
-                "SELECT i.class, i.status, i.rrn, i.channel_fen, a.rule FROM recon_item i "
+                "SELECT i.out_trade_no, i.class, i.status, i.rrn, i.channel_status, a.rule FROM recon_item i "
                 "LEFT JOIN recon_action a ON a.item_id = i.id "
-                "WHERE i.entry = 'REFUND' AND i.out_trade_no = $1 AND i.batch_id = ANY($2) ORDER BY i.batch_id",
-                out_trade_no(back["37"]),
+                "WHERE i.entry = 'REFUND' AND i.out_trade_no = ANY($1) AND i.batch_id = ANY($2) ORDER BY i.batch_id",
+                [out_trade_no(rrn) for rrn in rrns.values()],
                 batches,
             )
-            return [tuple(r) for r in found], back["37"]
+            by_refund = {name: [tuple(r)[1:] for r in found if r["out_trade_no"] == out_trade_no(rrn)]
+                         for name, rrn in rrns.items()}  # fmt: skip
+            return by_refund, rrns
         finally:
             await worker.close()
             await pool.close()
 
-    found, rrn = run(scenario())
-    assert found == [
-        ("REFUND", "FIXED", rrn, None, "journal_elsewhere"),  # the journal's side, in the hour before
-        ("REFUND", "FIXED", rrn, 1200, "journal_elsewhere"),  # the statement's, with the journal's RRN
+    found, rrns = run(scenario())
+    assert found["kept"] == [
+        ("REFUND", "FIXED", rrns["kept"], None, "journal_elsewhere"),  # the journal's side, in the hour before
+        ("REFUND", "FIXED", rrns["kept"], "SUCCESS", "journal_elsewhere"),  # the statement's, with the journal's RRN
     ]
+    assert found["pending"] == [
+        ("REFUND", "OPEN", rrns["pending"], None, None),
+        ("REFUND", "OPEN", None, "PROCESSING", None),  # no money back yet: a person's
+    ]
+    assert found["twice"] == [("REFUND", "OPEN", rrns["twice"], None, None), ("REFUND", "OPEN", None, "SUCCESS", None)]
+    # In one hour on both sides, but still in progress at the channel: not matched.
+    assert found["unfinished"] == [("REFUND", "OPEN", rrns["unfinished"], "PROCESSING", None)]
 
 
 def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):

@@ -76,6 +76,24 @@ def test_wechat_bill_shape_is_wechats():
     assert lines[3].startswith("总交易单数") and lines[4].startswith("`2,`12.34,`0.34,")
 
 
+def test_a_wechat_refund_is_done_only_when_its_refund_state_says_success():
+    """A WeChat Pay bill lists a refund once asked (交易状态 REFUND); 退款状态 says whether its
+    money went back: PROCESSING, REFUNDCLOSE or CHANGE (abnormal) is no refund done, and reads so."""
+    at = dt.datetime(2026, 11, 23, 10, 0, tzinfo=CST)
+    rows = [
+        StatementRow(
+            entry=REFUND, out_trade_no="A1", channel_txn_id="T1", amount_fen=34, status=status, at=at, refund_no=f"R{n}"
+        )
+        for n, status in enumerate([PAID, "PROCESSING", "REFUNDCLOSE", "CHANGE"])
+    ]
+    text = wechat.write(rows, "wx2421b1c4370ec43b", "10000100")
+    assert [r.status for r in wechat.parse(text)] == [PAID, "PROCESSING", "REFUNDCLOSE", "CHANGE"]
+    assert text.decode().count(",`SUCCESS,") == 1  # the refund state, written as WeChat Pay does
+    unstated = text.replace(b",`PROCESSING,", b",`,", 1)
+    with pytest.raises(StatementError, match="line 3: a refund without its refund state"):
+        wechat.parse(unstated)
+
+
 @pytest.mark.parametrize(
     ("fmt", "spoil"),
     [

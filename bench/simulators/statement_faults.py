@@ -15,7 +15,7 @@ class StatementFaults(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     drop: list[str] = []  # order numbers (or refund numbers) whose rows are left out
     extra: dict[str, int] = {}  # order number -> fen: paid orders only the channel has
     amounts: dict[str, int] = {}  # order number -> the fen its PAY row shows instead
-    statuses: dict[str, str] = {}  # order number -> the status its PAY row shows instead
+    statuses: dict[str, str] = {}  # order number (refund number) -> the status its PAY (REFUND) row shows instead
 
 
 NO_STATEMENT_FAULTS = StatementFaults()
@@ -33,6 +33,8 @@ def spoil(rows: list[StatementRow], faults: StatementFaults, day: dt.date) -> li
                 amount_fen=faults.amounts.get(row.out_trade_no, row.amount_fen),
                 status=faults.statuses.get(row.out_trade_no, row.status),
             )
+        else:
+            row = msgspec.structs.replace(row, status=faults.statuses.get(row.refund_no, row.status))
         out.append(row)
     noon = dt.datetime.combine(day, dt.time(12), CST)
     for number, (out_trade_no, amount) in enumerate(sorted(faults.extra.items())):

@@ -15,8 +15,8 @@ Classes: MATCHED; LONG (the channel kept money for an order the journal does not
 (approved in the journal, unknown to the channel); AMOUNT (both, amounts differ); STATUS (both,
 or the journal alone, disagree on whether money was kept: a journal still UNKNOWN or PENDING, a
 decline the channel charged, a reversal the channel did not do); REFUND (a refund on one side
-only, or of another amount). A channel-only order it gave back whole (REVOKED) moved no money
-and is not a difference.
+only, of another amount, or not done on the statement: in progress, closed). A channel-only
+order it gave back whole (REVOKED) moved no money and is not a difference.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from protocols.channels import channel_of
-from protocols.statements import CST
+from protocols.statements import CST, PAID
 from switch.journal.machine import KEPT, OPEN, PURCHASE, REFUND, sql_set
 from switch.recon.handling import Handler
 
@@ -82,7 +82,7 @@ FROM (
            CASE
                WHEN j.out_trade_no IS NULL THEN 'REFUND'
                WHEN s.refund_no IS NULL THEN CASE WHEN j.state IN {_REFUND_EXPECTED} THEN 'REFUND' END
-               WHEN j.state NOT IN {sql_set(KEPT)} OR s.amount_fen <> j.amount_fen THEN 'REFUND'
+               WHEN j.state NOT IN {sql_set(KEPT)} OR s.amount_fen <> j.amount_fen OR s.status <> '{PAID}' THEN 'REFUND'
                ELSE 'MATCHED'
            END AS class
     FROM (SELECT * FROM recon_statement_row WHERE batch_id = $1 AND entry = 'REFUND') s

@@ -13,12 +13,15 @@ Rules:
   is still owed: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
   (nothing was sold for it); if the channel now says it is closed, nothing to do.
-- ``journal_elsewhere``: a LONG order, or a refund only the statement has, that the journal has
-  outside the batch's window, keeping the same amount on the same channel (paid or refunded on
-  either side of an hour): nothing to do at the channel, and the item carries the journal's RRN
-  for settlement; the earlier batch's item of the journal's side (SHORT, or a refund the
-  statement lacked), still open, is closed with it. It moves no money and takes nothing of the
-  threshold. One the journal has otherwise (not kept, another amount) is left to a person.
+- ``journal_elsewhere``: a LONG order, or a refund done that only the statement has, that the
+  journal has outside the batch's window, keeping the same amount on the same channel (paid or
+  refunded on either side of an hour), and that no other statement of the channel (of the same
+  kind: hour or day) has too: nothing to do at the channel, and the item carries the journal's
+  RRN for settlement; the item of the journal's side in the batch of its arrival (SHORT, or a
+  refund the statement lacked), if it ran first and is still open, is closed with it (if it runs
+  later, its item is a person's). It moves nothing at the channel and takes nothing of the
+  threshold. One the journal has otherwise (not kept, another amount, a refund still in
+  progress, on two statements) is left to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 - ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from protocols.messages import CANCEL, NOT_FOUND, QUERY, ChannelRequest, ChannelResult, Outcome
+from protocols.statements import PAID
 from switch.journal import Event, Report, State, TxnKey, hand_to_resolver, record_in
 from switch.journal.machine import KEPT, OPEN, PURCHASE, REFUND, sql_set
 
@@ -83,7 +87,12 @@ SELECT i.id, i.batch_id, i.entry, i.class, i.out_trade_no, i.rrn, i.journal_stat
        e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
        e.txn_type = CASE i.entry WHEN 'PAY' THEN '{PURCHASE}' ELSE '{REFUND}' END AND e.state IN {sql_set(KEPT)}
            AND e.reversal_requested_at IS NULL AND e.channel = b.channel AND e.amount_fen = i.channel_fen
-           AS kept_elsewhere
+           AND (i.entry = 'PAY' OR i.channel_status = '{PAID}')  -- a refund done, not one in progress
+           AND NOT EXISTS (  -- on another statement of the channel too: done twice, a person's
+               SELECT 1 FROM recon_item d JOIN recon_batch db ON db.id = d.batch_id
+               WHERE d.entry = i.entry AND d.out_trade_no = i.out_trade_no AND d.id <> i.id
+                 AND d.channel_status IS NOT NULL AND db.channel = b.channel AND (db.hour = -1) = (b.hour = -1)
+           ) AS kept_elsewhere
 FROM recon_item i
 JOIN recon_batch b ON b.id = i.batch_id
 LEFT JOIN recon_statement_row s ON s.batch_id = i.batch_id AND s.entry = 'PAY' AND s.out_trade_no = i.out_trade_no

@@ -62,6 +62,7 @@ SUMMARY = [
 ]
 _COL = {name: i for i, name in enumerate(HEADER)}
 _TRADE_STATES = {PAID: PAID, REVOKED: REVOKED, "REFUND": REFUNDED}
+_REFUND_DONE = "SUCCESS"  # 退款状态 of a refund whose money went back
 
 
 def write(rows: list[StatementRow], app_id: str, mch_id: str, rate: str = "0.60%") -> bytes:
@@ -91,7 +92,7 @@ def write(rows: list[StatementRow], app_id: str, mch_id: str, rate: str = "0.60%
             "退款金额": yuan_text(row.amount_fen if is_refund else 0),
             "充值券退款金额": "0.00",
             "退款类型": "ORIGINAL" if is_refund else "",
-            "退款状态": "SUCCESS" if is_refund else "",
+            "退款状态": (_REFUND_DONE if row.status == PAID else row.status) if is_refund else "",
             "商品名称": "POS purchase",
             "商户数据包": "",
             "手续费": yuan_text(row.fee_fen, 5),
@@ -147,12 +148,15 @@ def _row(values: list[str], line: int) -> StatementRow:
     if state is None:
         raise StatementError(line, f"unknown trade state {v[_COL['交易状态']]!r}")
     is_refund = state == REFUNDED
+    refund_state = v[_COL["退款状态"]]  # SUCCESS; PROCESSING, REFUNDCLOSE, CHANGE: no money back (yet)
+    if is_refund and not refund_state:
+        raise StatementError(line, "a refund without its refund state")
     return StatementRow(
         entry=REFUND if is_refund else PAY,
         out_trade_no=v[_COL["商户订单号"]],
         channel_txn_id=v[_COL["微信订单号"]],
         amount_fen=fen_of(v[_COL["退款金额"] if is_refund else _COL["订单金额"]], line),
-        status=PAID if is_refund else state,
+        status=(PAID if refund_state == _REFUND_DONE else refund_state) if is_refund else state,
         at=cst_time(v[_COL["交易时间"]], line),
         refund_no=v[_COL["商户退款单号"]] if is_refund else "",
         fee_fen=fen_of(v[_COL["手续费"]], line),
