@@ -448,7 +448,10 @@ def test_the_switchs_role_writes_the_journal_but_may_not_switch_its_guards_off_o
                 assert await migrate(runtime) == len(MIGRATIONS)
                 # Grants an earlier release's: the switch says what it may not do, rather than fail mid-traffic.
                 await owner.execute(f"REVOKE UPDATE (state) ON txn FROM {RUNTIME_ROLE}")
+                await owner.execute(f"REVOKE USAGE ON SEQUENCE live_config_version FROM {RUNTIME_ROLE}")
                 with pytest.raises(SchemaNotCurrent, match=r"may not UPDATE on txn \(state\).*`paysw journal migrate`"):
+                    await open_journal(url)
+                with pytest.raises(SchemaNotCurrent, match="USAGE on live_config_version"):  # a later migration's
                     await open_journal(url)
                 await runtime_url(database_url)
                 await runtime_url(database_url, "paysw_other")  # made, as weak as the switch's

@@ -168,10 +168,11 @@ async def lacking(conn: asyncpg.Connection) -> list[str]:
     """What of this release's part the role connected may not do (its grants an earlier
     release's, say), as ``grant`` would give it."""
     wanted = sorted(_part(await _tables(conn))) + [(f, "EXECUTE", None) for f in UPKEEP]
+    wanted += [(s, "USAGE", None) for s in await _sequences(conn)]  # (a later migration's sequence, say)
     rows = await conn.fetch(
         "SELECT t, p, c FROM unnest($1::text[], $2::text[], $3::text[]) AS w(t, p, c) WHERE NOT CASE "
-        "WHEN p = 'EXECUTE' THEN has_function_privilege(t, p) WHEN c IS NULL THEN has_table_privilege(t, p) "
-        "ELSE has_column_privilege(t, c, p) END",
+        "WHEN p = 'EXECUTE' THEN has_function_privilege(t, p) WHEN p = 'USAGE' THEN has_sequence_privilege(t, p) "
+        "WHEN c IS NULL THEN has_table_privilege(t, p) ELSE has_column_privilege(t, c, p) END",
         *map(list, zip(*wanted, strict=True)),
     )
     return [_said(*row) for row in rows]
@@ -185,6 +186,15 @@ async def _tables(conn: asyncpg.Connection) -> dict[str, bool]:
         "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
     )
     return {name: partition for name, partition in rows}
+
+
+async def _sequences(conn: asyncpg.Connection) -> list[str]:
+    """The journal's sequences, which ``grant`` gives the switch the use of."""
+    rows = await conn.fetch(
+        "SELECT c.oid::regclass::text FROM pg_class c "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'S' ORDER BY 1"
+    )
+    return [row[0] for row in rows]
 
 
 def _part(tables: dict[str, bool]) -> set[tuple[str, str, str | None]]:
