@@ -42,6 +42,7 @@ from switch.config import ConfigError, load_config
 SIMS = load_simulator_config(str(DEMO_DIR / "simulators.toml"))
 # The HTTP channels and their simulators; the legacy switch upstream (ISO 8583) is tested in test_gray.
 KINDS = [kind for kind in builtin_kinds() if channel_of(kind).wire == "http"]
+WRITTEN_AHEAD = time.time() - 60  # the write-ahead's time, the order time each channel is told
 
 EXPECTED = {
     (PAY, "SUCCESS"): (Outcome.APPROVED, rc.APPROVED),
@@ -108,7 +109,7 @@ class Pair:
             "SUB001",
             "T0000001",
             time.time() + 30,
-            created=time.time() - 60,
+            created=WRITTEN_AHEAD,  # one order time for every call (UnionPay's side keeps each order's)
             channel_txn_id="CHTX0001",
             refund_no="20261123000000002000" if op == REFUND else "",
             total_fen=20000,

@@ -192,13 +192,14 @@ async def approved_purchase(switch, database_url: str, channel: str) -> dict:
     return answer
 
 
-async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_fen: int) -> None:
-    """A payment the channel takes that never went through this switch."""
+async def pay_at_the_channel_only(config_dir, channel: str, order: str, amount_fen: int, sent_at: float = 0) -> None:
+    """A payment the channel takes that never went through this switch (sent with the order time
+    ``sent_at``, as the switch sends its write-ahead's; else now)."""
     config = load_config(config_dir / "switch.toml")
     worker = ChannelWorker(channel, demo_actor_setup(channel, config), 0)
     try:
         request = ChannelRequest(
-            1, PAY, order, amount_fen, payment_code(channel, "00"), "", "T0000001", time.time() + 10
+            1, PAY, order, amount_fen, payment_code(channel, "00"), "", "T0000001", time.time() + 10, sent_at
         )
         assert (await worker.call(request)).outcome is Outcome.APPROVED
     finally:
@@ -234,23 +235,27 @@ async def journal_unknown_copy(conn: asyncpg.Connection, rrn: str) -> tuple[str,
 
 @contextlib.asynccontextmanager
 async def paid_but_open(switch, database_url: str, config_dir, channel: str, told: str | None = None,
-                        reversing: bool = False):  # fmt: skip
+                        reversing: bool = False, written_ago_s: int = 0):  # fmt: skip
     """A pool, the channel's worker, and (RRN, order, amount) of a purchase the channel has paid
     while the journal has it UNKNOWN, answered ``told``, its reversal asked for if ``reversing``
-    (a copy of an approved purchase, not due for the resolver for an hour)."""
+    (a copy of an approved purchase, not due for the resolver for an hour), written ahead
+    ``written_ago_s`` before it was sent (the channel is told the write-ahead's time)."""
     answer = await approved_purchase(switch, database_url, channel)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     worker = channel_worker(config_dir, channel)
     try:
         async with pool.acquire() as conn:
             rrn, order, amount = await journal_unknown_copy(conn, answer["37"])
-            await conn.execute(
-                "UPDATE txn SET response_code = $2, reversal_requested_at = CASE WHEN $3 THEN now() END WHERE rrn = $1",
+            written = await conn.fetchval(
+                "UPDATE txn SET response_code = $2, reversal_requested_at = CASE WHEN $3 THEN now() END, "
+                "received_at = received_at - make_interval(secs => $4) WHERE rrn = $1 "
+                "RETURNING extract(epoch FROM received_at)::float8",
                 rrn,
                 told,
                 reversing,
+                written_ago_s,
             )
-        await pay_at_the_channel_only(config_dir, channel, order, amount)
+        await pay_at_the_channel_only(config_dir, channel, order, amount, written)
         yield pool, worker, (rrn, order, amount)
     finally:
         await worker.close()
@@ -573,6 +578,34 @@ def test_a_recon_process_killed_mid_batch_resumes_at_its_step(switch, database_u
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert run(batch_step()) == (killed[0], "done")
+
+
+def test_the_channel_is_asked_about_an_order_by_the_time_it_was_sent(switch, database_url, config_dir):
+    """UnionPay names an order by its number and the time it was sent (txnTime) together: a query
+    with another time is of no order (34, as its simulator answers too). Reconciliation asks about
+    an order the journal has by its write-ahead's time, not the statement's (seconds later): paid,
+    its terminal told "in progress", it is approved."""
+    channel = "unionpay"  # its current hour's batch is this test's own
+
+    async def scenario():
+        async with paid_but_open(switch, database_url, config_dir, channel, told="09", written_ago_s=5) as (
+            pool, worker, (rrn, order, _)
+        ):  # fmt: skip
+            now = dt.datetime.now(CST)
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, CountingFetch(config_dir),
+                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            item = await pool.fetchrow(
+                "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
+                "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
+                batch.id,
+                order,
+            )
+            return tuple(item), (await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn))
+
+    item, state = run(scenario())
+    assert (item, state) == (("STATUS", "FIXED", "approve_paid"), "APPROVED")
 
 
 def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database_url, config_dir):

@@ -78,7 +78,7 @@ _CANDIDATES = f"""
 SELECT i.id, i.batch_id, i.entry, i.class, i.out_trade_no, i.rrn, i.journal_state, i.journal_fen,
        i.channel_status, i.channel_fen,
        {_MONEY_SQL} AS money,
-       s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted,
+       s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted, t.received_at,
        t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
        b.hour BETWEEN 0 AND 23 AND EXISTS (  -- an hour's batch (not a day's), and moved since the fetch
            SELECT 1 FROM txn_move m
@@ -245,7 +245,10 @@ class Handler:
         return await self._record(item, "agrees_now", _said(f"{now} {item['journal_state']} since the statement"))
 
     async def _ask(self, op: str, item: asyncpg.Record) -> ChannelResult:
-        created = item["at"].timestamp() if item["at"] is not None else time.time()
+        # The order time the channel was told: the write-ahead's (UnionPay names an order by its
+        # number and that time together); for an order the journal does not have, the statement's.
+        sent = item["received_at"] or item["at"]
+        created = sent.timestamp() if sent is not None else time.time()
         request = ChannelRequest(
             next(_keys),
             op,

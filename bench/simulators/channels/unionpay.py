@@ -59,6 +59,11 @@ _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 class UnionPaySide:
+    def __init__(self) -> None:
+        # acp names an order by its number and the time it was sent (txnTime) together: each order's
+        # time, so that a query with another names no order (34), as at UnionPay.
+        self._sent_at: dict[str, str] = {}
+
     paths = frozenset(PATHS.values()) | {download.PATH}
     qr_prefix = "https://qr.95516.com/00010000/"
     # UnionPay's own: again 1, 2, 4 and 5 minutes apart, five sends in all.
@@ -76,6 +81,8 @@ class UnionPaySide:
         op = _op(path, doc)
         if op is None:
             return "交易类型错误"
+        if op in (PRECREATE, PAY) and doc.get("orderId"):
+            self._sent_at.setdefault(doc["orderId"], doc.get("txnTime", ""))
         if op == PRECREATE:
             return _qr_apply(doc)
         if op == PAY:
@@ -114,6 +121,8 @@ class UnionPaySide:
             if status in ("SUCCESS", "USERPAYING"):
                 doc["queryId"] = verdict.channel_txn_id
         elif seen.op == QUERY:
+            if self._sent_at.get(seen.out_trade_no, f.get("txnTime")) != f.get("txnTime"):
+                status = "NOTEXIST"  # another order time names another order, which it has not
             if status in _ORIG_CODE:
                 doc |= {
                     "respCode": "00",
