@@ -40,6 +40,17 @@ def order_statement_faults(ports, channel: str, faults: dict) -> None:
         pass
 
 
+async def item_of(pool: asyncpg.Pool, batch_id: int, order: str) -> tuple:
+    """The class, status and rule (if fixed by one) of ``order``'s item in a batch."""
+    item = await pool.fetchrow(
+        "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
+        "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
+        batch_id,
+        order,
+    )
+    return tuple(item)
+
+
 class CountingFetch:
     """The switch's download call, through the channel worker, counting the fetches."""
 
@@ -339,13 +350,8 @@ def test_a_statement_alone_never_approves_an_open_purchase(switch, database_url,
             batch = ReconBatch(pool, channel, channel, day, WHOLE_DAY, fetch,
                                Handler(pool, worker.call, Threshold(max_count=1000, max_fen=10**9)))  # fmt: skip
             assert await batch.run() == "done"
-            item = await pool.fetchrow(
-                "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
-                "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
-                batch.id,
-                order,
-            )
-            return tuple(item), await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
+            item = await item_of(pool, batch.id, order)
+            return item, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
         finally:
             order_statement_faults(ports, channel, {})
             await worker.close()
@@ -596,13 +602,8 @@ def test_the_channel_is_asked_about_an_order_by_the_time_it_was_sent(switch, dat
             batch = ReconBatch(pool, channel, channel, now.date(), now.hour, CountingFetch(config_dir),
                                Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
             assert await batch.run() == "done"
-            item = await pool.fetchrow(
-                "SELECT i.class, i.status, a.rule FROM recon_item i LEFT JOIN recon_action a ON a.item_id = i.id "
-                "WHERE i.batch_id = $1 AND i.out_trade_no = $2",
-                batch.id,
-                order,
-            )
-            return tuple(item), (await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn))
+            item = await item_of(pool, batch.id, order)
+            return item, await pool.fetchval("SELECT state FROM txn WHERE rrn = $1", rrn)
 
     item, state = run(scenario())
     assert (item, state) == (("STATUS", "FIXED", "approve_paid"), "APPROVED")
