@@ -254,7 +254,7 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     refused = audit_count(database_url, "role", "refused")
     acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
             "/dead-letters/000000000001/retry", "/dead-letters/000000000001/approve", "/terminals/new",
-            "/limits/wechat", "/risk/rules")  # fmt: skip
+            "/limits/wechat", "/risk/rules", "/changes/1/approve", "/changes/1/reject")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -709,7 +709,7 @@ def test_a_share_of_merchants_goes_to_the_legacy_switch_and_an_operator_moves_it
     version = page.split('name="version" value="')[1].split('"')[0]
     form = {"csrf": csrf, "version": version, "percent": "50"}
     moved = session.post(f"{console.base}/routing/gray/unionpay", data=form)
-    assert "moved to 50 %: change asked" in moved.text
+    assert "gray route to 50 %: change asked" in moved.text
     approved(console, database_url, moved)
     deadline = time.monotonic() + 10
     while True:

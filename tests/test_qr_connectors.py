@@ -14,7 +14,7 @@ from protocols.channels.unionpay import flows as unionpay
 from protocols.channels.wechat import flows as wechat
 from protocols.channels.wechat.xml import from_xml, to_xml
 from protocols.messages import CLOSE, NOT_FOUND, PRECREATE, QUERY, ChannelRequest, ChannelResult, Outcome
-from tests.test_connectors import KINDS, Pair
+from tests.test_connectors import KINDS, WRITTEN_AHEAD, Pair
 
 QR_KINDS = [kind for kind in KINDS if channel_of(kind).takes_qr]
 NOTIFY_URL = "https://switch.example.cn/notify/wechat"
@@ -30,7 +30,7 @@ CLOSE_EXPECTED = {
 def qr_request(op: str, amount_fen: int = 2500, expires: float = 0.0) -> ChannelRequest:
     return ChannelRequest(
         9, op, "20261204000000001234", amount_fen, "", "SUB001", "HTTP", time.time() + 30,
-        created=time.time(), subject="Coffee", notify_url=NOTIFY_URL, expires=expires or time.time() + 900,
+        created=WRITTEN_AHEAD, subject="Coffee", notify_url=NOTIFY_URL, expires=expires or time.time() + 900,
     )  # fmt: skip
 
 

@@ -362,6 +362,32 @@ def test_a_statement_alone_never_approves_an_open_purchase(switch, database_url,
     assert state == "UNKNOWN"  # as it was: nothing approved
 
 
+def test_an_order_the_channel_says_it_never_had_is_not_closed_as_nothing_to_do(switch, database_url, config_dir, ports):
+    """A statement row of an order only the channel has, which the channel, asked, says it never
+    had (no such order): not "closed, nothing to do" (that is for an order it reports closed), and
+    not reversed: the file contradicts the channel, a person's."""
+    channel = "inbank"
+    order = f"{CHANNEL_ONLY_PREFIX}{random.randrange(10**12)}"
+
+    async def scenario():
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            order_statement_faults(ports, channel, {"extra": {order: 777}})  # on the file, never at the channel
+            day = dt.datetime.now(CST).date()
+            await pool.execute(AFRESH, channel, day, WHOLE_DAY)
+            batch = ReconBatch(pool, channel, channel, day, WHOLE_DAY, CountingFetch(config_dir),
+                               Handler(pool, worker.call, Threshold(max_count=1000, max_fen=10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            return await item_of(pool, batch.id, order)
+        finally:
+            order_statement_faults(ports, channel, {})
+            await worker.close()
+            await pool.close()
+
+    assert run(scenario()) == ("LONG", "OPEN", None)
+
+
 def test_the_threshold_stops_the_automation_and_leaves_the_rest(switch, database_url, config_dir):
     channel = "ecny"
     fetch = CountingFetch(config_dir)

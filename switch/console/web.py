@@ -552,8 +552,10 @@ class Console:
         error = await self._edits.set_gray(channel, percent, seen, request["session"].account.name)
         if error:
             await self._audit(request, "routing.gray", channel, after=percent, outcome=error[:300])
-        moved = f"{channel}: gray route moved to {percent} %"
-        said = error or self._saved(moved, f"{moved}: every front end applies it now")
+        said = error or self._saved(
+            f"{channel}: gray route to {percent} %",
+            f"{channel}: gray route moved to {percent} %: every front end applies it now",
+        )
         raise web.HTTPSeeOther(f"/routing?said={quote(said)}")
 
     @needs("viewer")

@@ -1017,6 +1017,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER config_change_decided_once BEFORE UPDATE ON config_change
         FOR EACH ROW EXECUTE FUNCTION config_change_decided_once();
     """,
+    # 36: reconciliation looks items up by order or refund number (journal_elsewhere: the same row
+    # on another statement, the journal's side in another batch), across every batch kept.
+    """
+    CREATE INDEX recon_item_by_number ON recon_item (out_trade_no, entry);
+    """,
 ]
 
 

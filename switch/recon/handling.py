@@ -12,15 +12,16 @@ Rules:
 - ``resolve_open``: open in the journal and absent from the statement, or a purchase whose reversal
   is still owed: handed to the resolver now.
 - ``reverse_long``: an order only the channel has: asked again; if paid, reversed at the channel
-  (nothing was sold for it); if the channel now says it is closed, nothing to do.
+  (nothing was sold for it); if the channel now says it is closed, nothing to do; if it says it
+  has no such order (which its statement shows paid), a person's.
 - ``journal_elsewhere``: a LONG order, or a refund done that only the statement has, that the
   journal has outside the batch's window, keeping the same amount on the same channel (paid or
   refunded on either side of an hour), and that no other statement of the channel (of the same
   kind: hour or day) has too: nothing to do at the channel, and the item carries the journal's
   RRN for settlement; the item of the journal's side in the batch of its arrival (SHORT, or a
   refund the statement lacked), if it ran first and is still open, is closed with it (if it runs
-  later, its item is a person's). It moves nothing at the channel and takes nothing of the
-  threshold. One the journal has otherwise (not kept, another amount, a refund still in
+  later, a SHORT is confirmed by query, a refund is a person's). It moves nothing at the channel
+  and takes nothing of the threshold. One the journal has otherwise (not kept, another amount, a refund still in
   progress, on two statements) is left to a person.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
@@ -184,7 +185,7 @@ class Handler:
     async def _reverse_long(self, item: asyncpg.Record) -> bool:
         """Paid at the channel, in no journal row of ours (``_rule_for``)."""
         asked = await self._ask(QUERY, item)
-        if asked.outcome is Outcome.DECLINED and asked.sent:
+        if asked.outcome is Outcome.DECLINED and asked.sent and asked.channel_code != NOT_FOUND:
             return await self._record(item, "reverse_long", _said("the channel now reports it closed: nothing to do"))
         if asked.outcome is not Outcome.APPROVED:
             return False
