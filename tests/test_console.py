@@ -576,8 +576,9 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     browser.get(f"{base}/changes")
     waiting = text("waiting")
     assert "merchant.edit" in waiting and KIOSK in waiting and "Withdraw" in waiting and "Approve" not in waiting
-    shot(browser, "changes")
     request = sql(database_url, "SELECT max(id) FROM config_change WHERE decided_at IS NULL")[0][0]
+    assert text(f"changed-{request}") == "rate_per_s.wechat: (none) → 1.0"  # the one figure, not the whole merchant
+    shot(browser, "changes")
     checker, _ = signed_in(console, "alan")
     decided = checker.post(f"{console.base}/changes/{request}/approve", data={"csrf": csrf(checker, console)})
     assert f"change {request} approved" in decided.text
@@ -844,6 +845,20 @@ def test_an_admin_changes_a_channels_limits_and_breaker_live(console, database_u
     approved(console, database_url, restored)
     until_answered(console.switch, lambda: new_purchase("inbank"), "00")
     assert json.loads(console.switch.get("/channels")[1])["inbank"]["max_in_flight"] == int(form["frontend_in_flight"])
+
+
+def test_a_change_shows_its_approver_what_it_changes_field_by_field():
+    from switch.console.changes import differences
+
+    before = {"id": "M1", "rate_per_s": {"alipay": 5.0}, "fee_per_10000": {"wechat": 25}, "suspended": False}
+    after = {"id": "M1", "rate_per_s": {"alipay": 5.0, "wechat": 1.0}, "fee_per_10000": {}, "suspended": True}
+    assert differences(before, after) == [
+        ("fee_per_10000.wechat", 25, None),
+        ("rate_per_s.wechat", None, 1.0),
+        ("suspended", False, True),
+    ]
+    assert differences(None, {"id": "T1"}) == [("(all)", None, {"id": "T1"})]  # a new one: all of it
+    assert differences([1, 2], [1, 3]) == [("(all)", [1, 2], [1, 3])] and differences(before, before) == []
 
 
 def test_a_configuration_change_applies_only_once_another_admin_approves_it(console, database_url):

@@ -97,8 +97,7 @@ async def close(
     await record(conn, Entry(user, f"config.{decision}", str(request["id"]), after=what | {"version": version or None},
                              outcome=outcome))  # fmt: skip
     if decision == "approve":
-        before, after = (msgspec.json.decode(request[k]) if request[k] else None for k in ("before", "after"))
-        await record(conn, Entry(user, request["action"], request["target"], before, after))
+        await record(conn, Entry(user, request["action"], request["target"], *_sides(request)))
 
 
 async def lapse_section(conn: asyncpg.Connection, section: str, user: str, why: str) -> None:
@@ -108,6 +107,30 @@ async def lapse_section(conn: asyncpg.Connection, section: str, user: str, why: 
         f"SELECT {_COLUMNS} FROM config_change WHERE section = $1 AND decided_at IS NULL FOR UPDATE", section
     ):
         await close(conn, request, user, "lapse", why)
+
+
+def differences(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """What a change changes, field by field: (path, before, after) for each value that differs,
+    nested objects walked (``rate_per_s.wechat``); a field added or removed has None on the other
+    side. What an approver reads first: the whole before and after can hide one figure in many."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            found
+            for key in sorted(before.keys() | after.keys(), key=str)
+            for found in differences(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+        ]
+    return [] if before == after else [(path or "(all)", before, after)]
+
+
+def changed(request: asyncpg.Record) -> list[tuple[str, Any, Any]]:
+    """``differences`` of a request's item, before and after."""
+    return differences(*_sides(request))
+
+
+def _sides(request: asyncpg.Record) -> tuple[Any, Any]:
+    """A request's item as it was and as it is asked to be."""
+    before, after = (msgspec.json.decode(request[k]) if request[k] else None for k in ("before", "after"))
+    return before, after
 
 
 def body_of(request: asyncpg.Record) -> Any:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from protocols.masking import scrub, typed
 from risk.lists import change_list
-from switch.console import accounts, reads
+from switch.console import accounts, changes, reads
 from switch.console.accounts import ROLES, Role, Session
 from switch.console.audit import Entry, record
 from switch.console.channels import Channels
@@ -664,7 +664,10 @@ class Console:
     @needs("viewer")
     async def changes(self, request: web.Request) -> web.Response:
         waiting, decided = await self._edits.asked()
-        return self._page(request, "changes.html", waiting=waiting, decided=decided, four_eyes=self._edits.four_eyes)
+        changed = {c["id"]: changes.changed(c) for c in waiting}
+        return self._page(
+            request, "changes.html", waiting=waiting, changed=changed, decided=decided, four_eyes=self._edits.four_eyes
+        )
 
     @needs("admin")
     async def change_decide(self, request: web.Request) -> web.StreamResponse:
