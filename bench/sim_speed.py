@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,12 +56,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(folder: Path) -> Path:
-    """The demo simulators' configuration on free ports, with absolute key paths."""
+def _config(folder: Path, free_port: Callable[[], int] = _free_port) -> Path:
+    """The demo simulators' configuration on ports ``free_port`` picks, with absolute key paths (the
+    tests pass theirs: a port picked by port 0 lies in the ephemeral range, where another process's
+    outgoing connection may take it before the simulator binds it)."""
     text = (DEMO_DIR / "simulators.toml").read_text().replace('"keys/', f'"{DEMO_DIR}/keys/')
     for port in range(9101, 9106):
         text = text.replace(
-            f'"127.0.0.1:{port}"', f'"127.0.0.1:{_free_port()}"\ncontrol_listen = "127.0.0.1:{_free_port()}"'
+            f'"127.0.0.1:{port}"', f'"127.0.0.1:{free_port()}"\ncontrol_listen = "127.0.0.1:{free_port()}"'
         )
     path = folder / "simulators.toml"
     path.write_text(text)
@@ -148,8 +150,10 @@ def _simulator(tree: Path, config: Path, channel: str) -> Iterator[psutil.Proces
         proc.wait(timeout=10)
 
 
-def _wait_listening(port: int) -> None:
+def _wait_listening(port: int, process: psutil.Process) -> None:
     for _ in range(200):
+        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+            raise RuntimeError(f"the simulator for port {port} exited before it listened")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -199,7 +203,7 @@ def run(baseline: str, count: int, concurrency: int, rounds: int, only: list[str
             ):
                 processes = {"old": old, "new": new}
                 for name in trees:
-                    _wait_listening(ports[name])
+                    _wait_listening(ports[name], processes[name])
                     _measure(processes[name], ports[name], _requests(channel, "sim", 200, f"W{name}"), concurrency)
                 for r in range(rounds):
                     order = list(trees) if r % 2 == 0 else list(reversed(trees))

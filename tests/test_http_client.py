@@ -15,6 +15,7 @@ import uvloop
 
 from actors.http import AnswerTimeout, BadAnswer, ConnectionBroke, HttpPool, NoAnswer, NotSent, PoolBusy
 from tests.certs import self_signed as certificate
+from tests.conftest import refusing_port
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
@@ -183,15 +184,9 @@ def test_a_released_slot_posts_nothing() -> None:
     asyncio.run(scenario())
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_refused_is_not_sent() -> None:
     async def scenario() -> None:
-        pool = HttpPool(f"http://127.0.0.1:{_closed_port()}", size=1)
+        pool = HttpPool(f"http://127.0.0.1:{refusing_port()}", size=1)
         with pytest.raises(NotSent, match="ConnectionRefusedError"):
             await post(pool)
 
