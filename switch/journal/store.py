@@ -296,15 +296,21 @@ def _due_in(queue: str) -> str:
 # marks the entries of rows that have left its queue dead as it passes them, and no claim reads
 # them again. One statement over both (an OR) was planned as a bitmap scan, which never marks
 # them: every claim read every row finished since the last vacuum, a growing share of the day.
-# Rows a queue's LIMIT locked and the outer one cut stay due, for the next claim.
+# Rows a queue's LIMIT locked and the outer one cut stay due, for the next claim. The UPDATE returns
+# its rows in its join's order (a hash join's: the heap's), so they are sorted again, the most
+# overdue first: the order the resolver gives them lanes in (in the heap's, a newer one could take
+# a lane while the most overdue waited behind it).
 _CLAIM_SQL = (
     f"WITH open AS ({_due_in(OPEN_SQL)}), reversing AS ({_due_in(REVERSING_SQL)}), "
-    "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1) "
-    "UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), "
+    "due AS (SELECT * FROM open UNION ALL SELECT * FROM reversing ORDER BY next_check_at LIMIT $1), "
+    "claimed AS (UPDATE txn t SET next_check_at = now() + make_interval(secs => $2), "
     "leased_until = now() + make_interval(secs => $2), checks = t.checks + 1 FROM due "
     "WHERE (t.tx_date, t.terminal_id, t.stan, t.transmitted) = "
     "(due.tx_date, due.terminal_id, due.stan, due.transmitted) "
-    "RETURNING " + ", ".join(_OPEN_TXN_COLUMNS) + ", t.reversal_requested_at IS NOT NULL"
+    "RETURNING due.next_check_at AS due_at, "
+    + ", ".join(_OPEN_TXN_COLUMNS)
+    + ", t.reversal_requested_at IS NOT NULL AS reversal_requested) "
+    "SELECT " + ", ".join(OpenTxn._fields) + " FROM claimed ORDER BY due_at"
 )
 # A claim leaves next_check_at equal to its lease's end (and renewing keeps them so): one that
 # differs was set by a hand to the resolver (a reversal, a notification) while the claim held it.
