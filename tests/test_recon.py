@@ -725,14 +725,16 @@ def test_a_payment_reversed_after_its_statement_was_cut_is_no_difference(switch,
     assert reversing and rrns["unpaid"] not in found
 
 
-def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_url, config_dir, ports):
+@pytest.mark.parametrize("later_first", [False, True], ids=["in-order", "later-first"])
+def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_url, config_dir, ports, later_first):
     """A refund the switch took at the end of an hour that the channel's statement has in the next
     (its clock, or the batch's fetch, past the hour): the earlier batch finds it on the journal's
     side only, the later on the statement's only. The later's rule finds the journal's refund
     outside its window, kept for the same amount: the item takes its RRN (settlement refunds it
-    once) and the earlier batch's item is closed with it. Left to a person: a refund the statement
-    shows still in progress (no money back yet), even in the hour of its arrival, and one another
-    statement of the channel has too."""
+    once) and the earlier batch's item is closed with it; run the other way round (a rerun hour),
+    the earlier's item is closed by the mirror rule. A payment so is fixed on both sides too. Left
+    to a person: a refund the statement shows still in progress (no money back yet), even in the
+    hour of its arrival, and one another statement of the channel has too."""
     channel = "wechat"  # its batches of this hour and the one before are this test's own
 
     async def scenario():
@@ -743,6 +745,7 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
                 paid = await terminal.request(purchase)
                 backs[name] = await terminal.request(refund(purchase, paid["37"], 1200, STANS.next(purchase["41"])))
                 assert (paid["39"], backs[name]["39"]) == ("00", "00")
+            backs["paid"] = await terminal.request(new_purchase(channel, amount=3000))
         rrns = {name: back["37"] for name, back in backs.items()}
         for rrn in rrns.values():
             await wait_for_state(database_url, rrn, {"APPROVED"})
@@ -753,7 +756,7 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
             # The journal has them arriving in the hour before; the statement, in this one.
             await pool.execute(
                 "UPDATE txn SET received_at = received_at - interval '1 hour' WHERE rrn = ANY($1)",
-                [rrns[name] for name in ("kept", "pending", "twice")],
+                [rrns[name] for name in ("kept", "pending", "twice", "paid")],
             )
             # Another hour's statement of the channel listed one of them already (done twice?).
             await pool.execute(
@@ -769,7 +772,8 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
             pending = {out_trade_no(rrns[name]): "PROCESSING" for name in ("pending", "unfinished")}
             order_statement_faults(ports, channel, {"statuses": pending})
             try:
-                for when in (now - dt.timedelta(hours=1), now):
+                hours = [now - dt.timedelta(hours=1), now]
+                for when in reversed(hours) if later_first else hours:
                     await pool.execute(AFRESH, channel, when.date(), when.hour)
                     fetch = CountingFetch(config_dir)
                     batch = ReconBatch(pool, channel, channel, when.date(), when.hour, fetch, handler)
@@ -777,10 +781,10 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
                     batches.append(batch.id)
             finally:
                 order_statement_faults(ports, channel, {})
-            found = await pool.fetch(
+            found = await pool.fetch(  # the earlier hour's item first
                 "SELECT i.out_trade_no, i.class, i.status, i.rrn, i.channel_status, a.rule FROM recon_item i "
-                "LEFT JOIN recon_action a ON a.item_id = i.id "
-                "WHERE i.entry = 'REFUND' AND i.out_trade_no = ANY($1) AND i.batch_id = ANY($2) ORDER BY i.batch_id",
+                "JOIN recon_batch b ON b.id = i.batch_id LEFT JOIN recon_action a ON a.item_id = i.id "
+                "WHERE i.out_trade_no = ANY($1) AND i.batch_id = ANY($2) ORDER BY b.day, b.hour",
                 [out_trade_no(rrn) for rrn in rrns.values()],
                 batches,
             )
@@ -792,9 +796,16 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
             await pool.close()
 
     found, rrns = run(scenario())
+    # The journal's side, in the hour before: closed by the later batch's rule, or by its mirror.
+    closed = "statement_elsewhere" if later_first else "journal_elsewhere"
     assert found["kept"] == [
-        ("REFUND", "FIXED", rrns["kept"], None, "journal_elsewhere"),  # the journal's side, in the hour before
+        ("REFUND", "FIXED", rrns["kept"], None, closed),
         ("REFUND", "FIXED", rrns["kept"], "SUCCESS", "journal_elsewhere"),  # the statement's, with the journal's RRN
+    ]
+    # In order, the earlier batch's short is confirmed by asking the channel before the later runs.
+    assert found["paid"] == [
+        ("SHORT", "FIXED", rrns["paid"], None, "statement_elsewhere" if later_first else "confirm_short"),
+        ("LONG", "FIXED", rrns["paid"], "SUCCESS", "journal_elsewhere"),
     ]
     assert found["pending"] == [
         ("REFUND", "OPEN", rrns["pending"], None, None),

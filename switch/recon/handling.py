@@ -20,9 +20,12 @@ Rules:
   kind: hour or day) has too: nothing to do at the channel, and the item carries the journal's
   RRN for settlement; the item of the journal's side in the batch of its arrival (SHORT, or a
   refund the statement lacked), if it ran first and is still open, is closed with it (if it runs
-  later, a SHORT is confirmed by query, a refund is a person's). It moves nothing at the channel
-  and takes nothing of the threshold. One the journal has otherwise (not kept, another amount, a refund still in
+  later, ``statement_elsewhere`` closes it). It moves nothing at the channel and takes nothing of
+  the threshold. One the journal has otherwise (not kept, another amount, a refund still in
   progress, on two statements) is left to a person.
+- ``statement_elsewhere``: the journal's side only (a SHORT, or a refund the statement lacked) of
+  what another hour's batch, run first, adopted by ``journal_elsewhere``, while the journal still
+  keeps it as then: closed, nothing asked of the channel, no money moved, nothing of the threshold.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 - ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
@@ -85,6 +88,7 @@ SELECT i.id, i.batch_id, i.entry, i.class, i.out_trade_no, i.rrn, i.journal_stat
            SELECT 1 FROM txn_move m
            WHERE m.rrn = t.rrn AND m.tx_date = t.tx_date AND m.to_state = t.state AND m.moved_at >= b.fetched_at
        ) AS final_since_fetch,
+       adopted.id AS adopted_id, adopted.batch_id AS adopted_batch,
        e.rrn AS elsewhere_rrn, e.state AS elsewhere_state, e.amount_fen AS elsewhere_fen,
        e.txn_type = CASE i.entry WHEN 'PAY' THEN '{PURCHASE}' ELSE '{REFUND}' END AND e.state IN {sql_set(KEPT)}
            AND e.reversal_requested_at IS NULL AND e.channel = b.channel AND e.amount_fen = i.channel_fen
@@ -102,6 +106,16 @@ LEFT JOIN LATERAL (
     SELECT * FROM txn x WHERE (i.class = 'LONG' OR (i.entry = 'REFUND' AND i.rrn IS NULL))
         AND x.out_trade_no = i.out_trade_no ORDER BY x.tx_date DESC LIMIT 1
 ) e ON true
+LEFT JOIN LATERAL (  -- the journal's side only, which another hour's statement had and its batch adopted
+    SELECT a.id, a.batch_id FROM recon_item a
+    JOIN recon_batch ab ON ab.id = a.batch_id AND ab.channel = b.channel
+    JOIN recon_action r ON r.item_id = a.id AND r.rule = 'journal_elsewhere'
+    WHERE i.channel_status IS NULL AND i.class IN ('SHORT', 'REFUND') AND t.state IN {sql_set(KEPT)}
+      AND t.reversal_requested_at IS NULL
+      AND a.out_trade_no = i.out_trade_no AND a.entry = i.entry AND a.rrn = i.rrn AND a.id <> i.id
+      AND a.status = 'FIXED' AND a.channel_status IS NOT NULL
+    LIMIT 1
+) adopted ON true
 WHERE i.batch_id = $1 AND i.status = 'OPEN'
 ORDER BY i.id
 """
@@ -115,7 +129,7 @@ RETURNING o.id
 """
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
 # hour is no reason to stop the automation, however many an hour has.
-_NO_MONEY = frozenset({"journal_elsewhere"})
+_NO_MONEY = frozenset({"journal_elsewhere", "statement_elsewhere"})
 # What the batch's fixes so far took of the threshold: a run after a failure (the step is run
 # again) goes on from there, not from nothing.
 _TAKEN = f"""
@@ -204,13 +218,7 @@ class Handler:
         journal's side only: that item, still open, is explained and closed with it."""
 
         async def adopted(conn: asyncpg.Connection) -> str:
-            still = await conn.fetchval(  # as the candidates read it (a void or a reversal since: a person's)
-                "SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 "
-                "AND reversal_requested_at IS NULL FOR SHARE",
-                item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"],
-            )  # fmt: skip
-            if not still:
-                raise _JournalMoved
+            await _still_kept(conn, item["elsewhere_rrn"], item["out_trade_no"], item["elsewhere_state"])
             await conn.execute(
                 "UPDATE recon_item SET rrn = $2, journal_state = $3, journal_fen = $4 WHERE id = $1",
                 item["id"], item["elsewhere_rrn"], item["elsewhere_state"], item["elsewhere_fen"],
@@ -227,6 +235,20 @@ class Handler:
             return f"{done} on either side of an hour: the journal keeps it, from an arrival outside this batch"
 
         return await self._record(item, "journal_elsewhere", adopted)
+
+    async def _statement_elsewhere(self, item: asyncpg.Record) -> bool:
+        """The journal's side only (a SHORT, or a refund the statement lacked) of what the statement
+        of another hour has and its batch, run first, adopted (``journal_elsewhere``): the mirror of
+        that rule's closing of this side, when the batches ran the other way round (a rerun hour).
+        The journal still keeps it as then: nothing to ask of the channel, no money moved."""
+
+        async def explained(conn: asyncpg.Connection) -> str:
+            await _still_kept(conn, item["rrn"], item["out_trade_no"], item["journal_state"])
+            return (
+                f"on the statement of batch {item['adopted_batch']} (item {item['adopted_id']}): either side of an hour"
+            )
+
+        return await self._record(item, "statement_elsewhere", explained)
 
     async def _confirm_short(self, item: asyncpg.Record) -> bool:
         asked = await self._ask(QUERY, item)
@@ -293,6 +315,18 @@ class _JournalMoved(Exception):
 Action = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
+async def _still_kept(conn: asyncpg.Connection, rrn: str, out_trade_no: str, state: str) -> None:
+    """The journal's row as the candidates read it, held while the item is closed: a void or a
+    reversal since makes it a person's."""
+    still = await conn.fetchval(
+        "SELECT true FROM txn WHERE rrn = $1 AND out_trade_no = $2 AND state = $3 "
+        "AND reversal_requested_at IS NULL FOR SHARE",
+        rrn, out_trade_no, state,
+    )  # fmt: skip
+    if not still:
+        raise _JournalMoved
+
+
 def _said(detail: str) -> Action:
     """An action that changes nothing in the journal (the channel call was the fix)."""
 
@@ -308,6 +342,8 @@ def _key(item: asyncpg.Record) -> TxnKey:
 
 def _rule_for(item: asyncpg.Record) -> str | None:
     difference, state, status = item["class"], item["journal_state"], item["channel_status"]
+    if item["adopted_id"] is not None:
+        return "statement_elsewhere"
     if item["entry"] == "REFUND":  # of refunds, only one on either side of an hour is a rule's
         return "journal_elsewhere" if item["elsewhere_rrn"] is not None and item["kept_elsewhere"] else None
     owed = state in OPEN or (state in KEPT and item["reversing"])  # the resolver's (``DUE_SQL``)
