@@ -635,6 +635,32 @@ def test_the_channel_is_asked_about_an_order_by_the_time_it_was_sent(switch, dat
     assert (item, state) == (("STATUS", "FIXED", "approve_paid"), "APPROVED")
 
 
+def test_an_order_only_unionpay_has_is_asked_by_the_time_its_file_shows(switch, database_url, config_dir, simulators):
+    """An order only the channel has, sent 5 s before UnionPay took it: its file's time column is the
+    order's txnTime (as the switch's orders are named by), so reconciliation's query finds it paid
+    and reverses it. With the time it was taken, the query names no order, a person's."""
+    channel = "unionpay"  # its current hour's batch is this test's own
+    order = f"{CHANNEL_ONLY_PREFIX}{random.randrange(10**12)}"
+
+    async def scenario():
+        await pay_at_the_channel_only(config_dir, channel, order, 4321, time.time() - 5)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        worker = channel_worker(config_dir, channel)
+        try:
+            now = dt.datetime.now(CST)
+            await pool.execute(AFRESH, channel, now.date(), now.hour)
+            batch = ReconBatch(pool, channel, channel, now.date(), now.hour, CountingFetch(config_dir),
+                               Handler(pool, worker.call, Threshold(1000, 10**9)))  # fmt: skip
+            assert await batch.run() == "done"
+            return await item_of(pool, batch.id, order)
+        finally:
+            await worker.close()
+            await pool.close()
+
+    assert run(scenario()) == ("LONG", "FIXED", "reverse_long")
+    assert sim_ledger(simulators, channel)[order]["status"] == "REVERSED"
+
+
 def test_a_journal_that_moved_since_the_match_is_not_fixed_over(switch, database_url, config_dir):
     """Between match and handle the resolver may settle a transaction: the rule must not claim
     a fix it did not make (the item stays open for a person, no action is recorded)."""

@@ -8,6 +8,8 @@ import datetime as dt
 import zlib
 from collections.abc import Mapping
 
+import msgspec
+
 from bench.simulators.side import ChannelVerdict, Notification, Paid, RequestSeen, StatementAsk
 from protocols.channels.base import HttpAnswer, Sign, Verify, form_encode
 from protocols.channels.unionpay import download, statement
@@ -81,7 +83,7 @@ class UnionPaySide:
         op = _op(path, doc)
         if op is None:
             return "交易类型错误"
-        if op in (PRECREATE, PAY) and doc.get("orderId"):
+        if op in (PRECREATE, PAY, REFUND) and doc.get("orderId"):  # a refund is an order of its own
             self._sent_at.setdefault(doc["orderId"], doc.get("txnTime", ""))
         if op == PRECREATE:
             return _qr_apply(doc)
@@ -176,7 +178,16 @@ class UnionPaySide:
         return status in (200, 302)  # the body is not read
 
     def statement(self, rows: list[StatementRow], ask: StatementAsk) -> bytes:
-        return statement.write(rows)
+        return statement.write([self._as_sent(row) for row in rows])
+
+    def _as_sent(self, row: StatementRow) -> StatementRow:
+        """The file's time is the order's txnTime (a refund's own), as the switch sent it, not when
+        the channel took it: what a query must name the order by."""
+        try:
+            sent = dt.datetime.strptime(self._sent_at.get(row.refund_no or row.out_trade_no, ""), "%Y%m%d%H%M%S")
+        except ValueError:  # an order the ledger has from elsewhere (a fault's), or sent without a time
+            return row
+        return msgspec.structs.replace(row, at=sent.replace(tzinfo=CST))
 
     def write_statement(self, content: bytes, sign: Sign, link: str) -> HttpAnswer:
         doc = {"respCode": "00", "respMsg": "成功", "fileName": "INN_ZM.txt"}
