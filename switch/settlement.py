@@ -28,8 +28,9 @@ from switch.journal.machine import KEPT, sql_set
 
 _SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
-candidates AS (
-    SELECT i.entry, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen, i.channel_fen
+candidates AS (  -- one item an order or refund: the statement's side first (its amount), if two were fixed
+    SELECT DISTINCT ON (i.entry, i.out_trade_no) i.entry, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen,
+           i.channel_fen
     FROM recon_item i
     JOIN recon_batch b ON b.id = i.batch_id AND b.step = 'done'
     JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
@@ -37,6 +38,7 @@ candidates AS (
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
       AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL  -- money kept (no reversal owed)
       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = i.entry AND s.out_trade_no = i.out_trade_no)
+    ORDER BY i.entry, i.out_trade_no, i.channel_fen IS NULL, i.id
 )
 INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)
 SELECT c.entry, c.out_trade_no, $1, c.merchant_id, c.channel, c.amount_fen, c.channel_fen,

@@ -4,6 +4,7 @@ resumes where it stopped without fetching or matching twice, and a failed step i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -643,6 +644,8 @@ def test_an_order_only_unionpay_has_is_asked_by_the_time_its_file_shows(switch, 
     order = f"{CHANNEL_ONLY_PREFIX}{random.randrange(10**12)}"
 
     async def scenario():
+        if dt.datetime.now(CST).strftime("%M%S") < "0010":
+            await asyncio.sleep(10)  # sent and taken in one hour: the batch is the hour's
         await pay_at_the_channel_only(config_dir, channel, order, 4321, time.time() - 5)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
         worker = channel_worker(config_dir, channel)
@@ -805,6 +808,12 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
                     batch = ReconBatch(pool, channel, channel, when.date(), when.hour, fetch, handler)
                     assert await batch.run() == "done"
                     batches.append(batch.id)
+                lacking = [out_trade_no(rrns[name]) for name in ("kept", "paid")]
+                order_statement_faults(ports, channel, {"drop": lacking})
+                await pool.execute(AFRESH, channel, now.date(), WHOLE_DAY)
+                whole = ReconBatch(pool, channel, channel, now.date(), WHOLE_DAY, CountingFetch(config_dir), handler)
+                assert await whole.run() == "done"
+                day = {name: await item_of(pool, whole.id, out_trade_no(rrns[name])) for name in ("kept", "paid")}
             finally:
                 order_statement_faults(ports, channel, {})
             found = await pool.fetch(  # the earlier hour's item first
@@ -816,12 +825,12 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
             )
             by_refund = {name: [tuple(r)[1:] for r in found if r["out_trade_no"] == out_trade_no(rrn)]
                          for name, rrn in rrns.items()}  # fmt: skip
-            return by_refund, rrns
+            return by_refund, rrns, day
         finally:
             await worker.close()
             await pool.close()
 
-    found, rrns = run(scenario())
+    found, rrns, day = run(scenario())
     # The journal's side, in the hour before: closed by the later batch's rule, or by its mirror.
     closed = "statement_elsewhere" if later_first else "journal_elsewhere"
     assert found["kept"] == [
@@ -840,6 +849,8 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
     assert found["twice"] == [("REFUND", "OPEN", rrns["twice"], None, None), ("REFUND", "OPEN", None, "SUCCESS", None)]
     # In one hour on both sides, but still in progress at the channel: not matched.
     assert found["unfinished"] == [("REFUND", "OPEN", rrns["unfinished"], "PROCESSING", None)]
+    # The day's file, which the channel settles by, lacking both: the hour's adoption closes neither.
+    assert day == {"kept": ("REFUND", "OPEN", None), "paid": ("SHORT", "FIXED", "confirm_short")}
 
 
 def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):

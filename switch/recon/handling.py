@@ -19,13 +19,15 @@ Rules:
   refunded on either side of an hour), and that no other statement of the channel (of the same
   kind: hour or day) has too: nothing to do at the channel, and the item carries the journal's
   RRN for settlement; the item of the journal's side in the batch of its arrival (SHORT, or a
-  refund the statement lacked), if it ran first and is still open, is closed with it (if it runs
-  later, ``statement_elsewhere`` closes it). It moves nothing at the channel and takes nothing of
-  the threshold. One the journal has otherwise (not kept, another amount, a refund still in
-  progress, on two statements) is left to a person.
+  refund the statement lacked) of the same kind of batch (hour or day), if it ran first and is
+  still open, is closed with it (if it runs later, ``statement_elsewhere`` closes it). It moves
+  nothing at the channel and takes nothing of the threshold. One the journal has otherwise (not
+  kept, another amount, a refund still in progress, on two statements) is left to a person.
 - ``statement_elsewhere``: the journal's side only (a SHORT, or a refund the statement lacked) of
-  what another hour's batch, run first, adopted by ``journal_elsewhere``, while the journal still
-  keeps it as then: closed, nothing asked of the channel, no money moved, nothing of the threshold.
+  what another hour's batch, run first, adopted by ``journal_elsewhere`` for the same amount,
+  while the journal still keeps it as the match read it: closed, nothing asked of the channel, no
+  money moved, nothing of the threshold (settlement pays it once, from either item). Hours only:
+  a day's batch that lacks what an hour's statement listed is a contradiction, not a moment.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 - ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
@@ -83,7 +85,7 @@ SELECT i.id, i.batch_id, i.entry, i.class, i.out_trade_no, i.rrn, i.journal_stat
        i.channel_status, i.channel_fen,
        {_MONEY_SQL} AS money,
        s.channel_txn_id, s.at, t.tx_date, t.terminal_id, t.stan, t.transmitted, t.received_at,
-       t.reversal_requested_at IS NOT NULL AS reversing, b.channel,
+       t.reversal_requested_at IS NOT NULL AS reversing, b.channel, b.hour = -1 AS whole_day,
        b.hour BETWEEN 0 AND 23 AND EXISTS (  -- an hour's batch (not a day's), and moved since the fetch
            SELECT 1 FROM txn_move m
            WHERE m.rrn = t.rrn AND m.tx_date = t.tx_date AND m.to_state = t.state AND m.moved_at >= b.fetched_at
@@ -108,23 +110,25 @@ LEFT JOIN LATERAL (
 ) e ON true
 LEFT JOIN LATERAL (  -- the journal's side only, which another hour's statement had and its batch adopted
     SELECT a.id, a.batch_id FROM recon_item a
-    JOIN recon_batch ab ON ab.id = a.batch_id AND ab.channel = b.channel
+    JOIN recon_batch ab ON ab.id = a.batch_id AND ab.channel = b.channel AND (ab.hour = -1) = (b.hour = -1)
     JOIN recon_action r ON r.item_id = a.id AND r.rule = 'journal_elsewhere'
     WHERE i.channel_status IS NULL AND i.class IN ('SHORT', 'REFUND') AND t.state IN {sql_set(KEPT)}
       AND t.reversal_requested_at IS NULL
       AND a.out_trade_no = i.out_trade_no AND a.entry = i.entry AND a.rrn = i.rrn AND a.id <> i.id
-      AND a.status = 'FIXED' AND a.channel_status IS NOT NULL
-    LIMIT 1
+      AND a.status = 'FIXED' AND a.channel_status IS NOT NULL AND a.channel_fen = i.journal_fen
+    ORDER BY a.id LIMIT 1
 ) adopted ON true
 WHERE i.batch_id = $1 AND i.status = 'OPEN'
 ORDER BY i.id
 """
 # The journal's side of a ``journal_elsewhere`` item, open in the batch of its arrival (SHORT, or a
-# refund the statement lacked): explained by the statement of another hour, closed with it.
+# refund the statement lacked): explained by the statement of another hour, closed with it. Only in
+# a batch of the same kind: hours never overlap, but a day holds its hours, and a day's file (what
+# the channel settles by) that lacks what an hour's listed contradicts it.
 _OTHER_SIDE = """
 UPDATE recon_item o SET status = 'FIXED', note = $6 FROM recon_batch b
 WHERE b.id = o.batch_id AND b.channel = $3 AND o.out_trade_no = $1 AND o.entry = $2 AND o.rrn = $4 AND o.id <> $5
-  AND o.status = 'OPEN' AND o.channel_status IS NULL AND o.class IN ('SHORT', 'REFUND')
+  AND (b.hour = -1) = $7 AND o.status = 'OPEN' AND o.channel_status IS NULL AND o.class IN ('SHORT', 'REFUND')
 RETURNING o.id
 """
 # Rules that move no money, and so take nothing of the threshold: a payment on either side of an
@@ -225,7 +229,7 @@ class Handler:
             )  # fmt: skip
             note = f"on the statement of batch {item['batch_id']} (item {item['id']}): either side of an hour"
             for other in await conn.fetch(_OTHER_SIDE, item["out_trade_no"], item["entry"], item["channel"],
-                                          item["elsewhere_rrn"], item["id"], note):  # fmt: skip
+                                          item["elsewhere_rrn"], item["id"], note, item["whole_day"]):  # fmt: skip
                 await conn.execute(
                     "INSERT INTO recon_action (item_id, rule, detail) VALUES ($1, 'journal_elsewhere', $2)",
                     other[0],
@@ -244,6 +248,9 @@ class Handler:
 
         async def explained(conn: asyncpg.Connection) -> str:
             await _still_kept(conn, item["rrn"], item["out_trade_no"], item["journal_state"])
+            adopted = "SELECT true FROM recon_item WHERE id = $1 AND status = 'FIXED' FOR SHARE"
+            if not await conn.fetchval(adopted, item["adopted_id"]):  # its batch deleted, to be run afresh
+                raise _JournalMoved
             return (
                 f"on the statement of batch {item['adopted_batch']} (item {item['adopted_id']}): either side of an hour"
             )
