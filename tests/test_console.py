@@ -54,6 +54,8 @@ ACTIONS = [
     "/terminals/new",
     "/limits/wechat",
     "/risk/rules",
+    "/risk/lists/remove",
+    "/risk/removals/approve",
     "/changes/1/approve",
 ]
 
@@ -254,7 +256,8 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     refused = audit_count(database_url, "role", "refused")
     acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
             "/dead-letters/000000000001/retry", "/dead-letters/000000000001/approve", "/terminals/new",
-            "/limits/wechat", "/risk/rules", "/changes/1/approve", "/changes/1/reject")  # fmt: skip
+            "/limits/wechat", "/risk/rules", "/risk/lists/remove", "/risk/removals/approve", "/changes/1/approve",
+            "/changes/1/reject")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -565,6 +568,23 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     follow(By.ID, f"reject-{other}")  # withdrawn
     assert f"{other}: handing back rejected" in text("said") and browser.find_elements(By.ID, f"retry-{other}")
 
+    # A terminal black-listed; taking it off takes two: asked, saying why; the asker may only withdraw it.
+    browser.get(f"{base}/risk")
+    browser.find_element(By.ID, "list-value").send_keys("T9999999")
+    browser.find_element(By.ID, "list-reason").send_keys("card skimmer reported")
+    follow(By.ID, "list-add")
+    assert "black list of terminals: T9999999 added" in text("said")
+    browser.find_element(By.ID, "remove-reason-terminal-T9999999").send_keys("skimmer removed; terminal swapped")
+    follow(By.ID, "remove-terminal-T9999999")
+    assert "black terminal T9999999: removal asked" in text("said")
+    assert "removal asked by ada" in text("removal-terminal-T9999999") and "terminal swapped" in text("lists")
+    assert not browser.find_elements(By.ID, "approve-removal-terminal-T9999999")  # not by the one who asked
+    shot(browser, "risk")
+    follow(By.ID, "reject-removal-terminal-T9999999")  # withdrawn: still listed
+    assert "removal rejected" in text("said") and browser.find_elements(By.ID, "remove-terminal-T9999999")
+    listed = "SELECT count(*) FROM risk_list WHERE colour = 'black' AND value = 'T9999999'"
+    assert sql(database_url, listed)[0][0] == 1
+
     # A merchant's rate quota changed: it holds at once, with no restart; then taken away again.
     assert set(pay_many(switch, 6, "wechat", KIOSK_TERMINAL, KIOSK)) == {"00"}
     browser.get(f"{base}/merchants/{KIOSK}")
@@ -750,10 +770,33 @@ def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, data
     assert f"black list of terminals: {terminal} added" in page.text and "blacklisted-terminal" in page.text
     until("62")  # the rule's answer, in every front end within a second or two
     assert "code" not in re.findall(r'name="of"[^>]*>((?:<option>\w+</option>)+)', page.text)[0]  # no code entry
+    # Off the black list, it pays again: with four eyes, one operator asks (saying why), another approves.
     page = session.post(f"{console.base}/risk/lists/remove", data=entry | {"reason": ""})
-    assert f"{terminal} removed" in page.text
+    assert "say why it comes off the black list" in page.text
+    page = session.post(f"{console.base}/risk/lists/remove", data=entry | {"reason": "terminal swapped"})
+    assert f"black terminal {terminal}: removal asked" in page.text and "terminal swapped" in page.text
+    asked = re.search(r'name="request" value="(\d+)"', page.text)[1]
+    decide = {"csrf": token, "of": "terminal", "value": terminal, "request": asked}
+    page = session.post(f"{console.base}/risk/removals/approve", data=decide)
+    assert "approved by another operator than the one who asked" in page.text
+    checker, _ = signed_in(console, "ada")
+    decide["csrf"] = csrf(checker, console)
+    page = checker.post(f"{console.base}/risk/removals/approve", data=decide | {"request": "0"})
+    assert "not the one you read" in page.text
+    assert pays() == "62"  # asked, refused twice: still listed
+    page = checker.post(f"{console.base}/risk/removals/approve", data=decide)
+    assert f"black list of terminals: {terminal} removed" in page.text
     until("00")
-    assert audit_count(database_url, "risk.list.add") == 1 and audit_count(database_url, "risk.list.remove") == 1
+    audited = "SELECT action, outcome FROM console_audit WHERE target = $1 ORDER BY id"
+    assert [tuple(r) for r in sql(database_url, audited, f"black terminal {terminal}")] == [
+        ("risk.list.add", "ok"),
+        ("risk.list.remove", "awaiting a second operator"),
+        ("risk.list.approve", "refused: the one who asked"),
+        ("risk.list.remove", "ok"),
+    ]
+    removed = "SELECT by_whom FROM risk_audit WHERE detail LIKE $1 ORDER BY id DESC LIMIT 1"
+    by = sql(database_url, removed, f"% {terminal}:%")
+    assert [tuple(r) for r in by] == [("console:otto+ada",)]
     viewer, _ = signed_in(console, "vera")
     refused = viewer.post(f"{console.base}/risk/lists/add", data=entry | {"csrf": csrf(viewer, console)})
     assert refused.status_code == 403

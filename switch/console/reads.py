@@ -229,6 +229,25 @@ async def risk_lists(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     )
 
 
+# A black list entry's removal asked (``four_eyes``): the latest request or decision of the entry since
+# it went on the list (a decision is audited on the same action and target; a refused approval is not).
+_REMOVALS_SQL = (
+    "SELECT DISTINCT ON (l.list_of, l.value) l.list_of, l.value, a.id, a.user_name, a.at, "
+    "a.after ->> 'reason' AS reason, a.outcome FROM risk_list l JOIN console_audit a ON a.action = 'risk.list.remove' "
+    "AND a.target = 'black ' || l.list_of || ' ' || l.value AND a.at >= l.added_at WHERE l.colour = 'black' "
+    "AND ($1::text IS NULL OR (l.list_of = $1 AND l.value = $2)) ORDER BY l.list_of, l.value, a.id DESC"
+)
+
+
+async def removals_asked(
+    conn: asyncpg.Connection | asyncpg.Pool, of: str | None = None, value: str = ""
+) -> dict[tuple[str, str], asyncpg.Record]:
+    """The black list's removals asked and not yet approved or rejected (of ``of`` ``value``'s entry
+    only, if given), by (what, value): the request (its audit row's ``id``), who asked, when, and why."""
+    rows = await conn.fetch(_REMOVALS_SQL, of, value)
+    return {(row["list_of"], row["value"]): row for row in rows if row["outcome"] == AWAITING}
+
+
 async def risk_changes(pool: asyncpg.Pool, limit: int = 50) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT at, action, detail, by_whom FROM risk_audit ORDER BY id DESC LIMIT $1", limit)
 

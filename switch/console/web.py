@@ -127,6 +127,7 @@ class Console:
             ("POST", "/routing/gray/{channel}", self.gray_save),
             ("GET", "/risk", self.risk),
             ("POST", "/risk/lists/{action}", self.risk_list),
+            ("POST", "/risk/removals/{decision:approve|reject}", self.risk_removal_decide),
             ("POST", "/risk/rules", self.rules_save),
             ("GET", "/terminals", self.terminals),
             ("GET", "/terminals/{id}", self.terminal),
@@ -416,7 +417,7 @@ class Console:
             await self._ask_hand_back(request, rrn, resolution)
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            await _decisions_of(conn, rrn)
+            await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             if (await reads.hand_backs_asked(conn, rrn)).get(rrn) is not None:  # decided first, by another
                 said = f"{rrn}: a hand-back awaits approval: approve or reject it first"
                 raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
@@ -432,7 +433,7 @@ class Console:
         """A hand-back asked (``four_eyes``): audited as awaiting a second operator, nothing done."""
         who = request["session"].account.name
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            await _decisions_of(conn, rrn)
+            await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
             if asked is not None:
                 said = f"{rrn}: handing back awaits approval already (asked by {asked['user_name']})"
@@ -452,15 +453,11 @@ class Console:
         rrn, decision = request.match_info["rrn"], request.match_info["decision"]
         who, read = request["session"].account.name, str(request["form"].get("request", ""))
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            await _decisions_of(conn, rrn)
+            await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
-            if asked is None:
-                said = f"{rrn}: no handing back awaits approval"
-            elif decision == "approve" and read != str(asked["id"]):
-                said = f"{rrn}: the request to hand it back is not the one you read: read it again"
-            elif decision == "approve" and asked["user_name"] == who:  # a refusal apart: the request still waits
-                await record(conn, Entry(who, "dead_letter.approve", rrn, outcome="refused: the one who asked"))
-                said = f"{rrn}: handing back is approved by another operator than the one who asked"
+            refused = await _undecidable(conn, asked, decision, read, who, rrn, "handing back", "dead_letter.approve")
+            if refused:
+                said = refused
             else:
                 if decision == "reject":
                     outcome, said = "rejected", f"{rrn}: handing back rejected"
@@ -576,6 +573,8 @@ class Console:
             error=error,
             lists=lists,
             changes=changes,
+            removals=await reads.removals_asked(self._pool),
+            four_eyes=self._section.four_eyes,
         )
 
     @needs("admin")
@@ -593,7 +592,9 @@ class Console:
     @needs("operator")
     async def risk_list(self, request: web.Request) -> web.StreamResponse:
         """A terminal or merchant put on a list, or any entry taken off (a code goes on by
-        ``paysw risk list --code-stdin``: the console never takes a code or card number)."""
+        ``paysw risk list --code-stdin``: the console never takes a code or card number); with
+        ``four_eyes``, an entry's removal from the black list is asked, and another operator
+        approves it."""
         action, form = request.match_info["action"], request["form"]
         colour, of = str(form.get("colour", "")), str(form.get("of", ""))
         value, reason = str(form.get("value", "")).strip()[:64], typed(str(form.get("reason", "")), 200)
@@ -603,16 +604,65 @@ class Console:
             raise web.HTTPSeeOther(f"/risk?said={quote('a list entry needs its list, what it is and its value')}")
         if add and not reason:
             raise web.HTTPSeeOther(f"/risk?said={quote('an entry needs a reason')}")
+        if not add and colour == "black" and self._section.four_eyes:
+            await self._ask_removal(request, of, value, reason)
         user = request["session"].account.name
         async with self._pool.acquire() as conn, conn.transaction():
             changed = await change_list(
                 conn, add, colour, of, value, reason or "removed in the console", f"console:{user}"
             )
             entry = {"colour": colour, "of": of, "value": value, "reason": reason}
-            await record(
-                conn, Entry(user, f"risk.list.{action}", value, after=entry, outcome="ok" if changed else "no change")
-            )
+            outcome, target = "ok" if changed else "no change", f"{colour} {of} {value}"
+            await record(conn, Entry(user, f"risk.list.{action}", target, after=entry, outcome=outcome))
         said = f"{colour} list of {of}s: {value} {'added' if add else 'removed'}" if changed else "nothing changed"
+        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+
+    async def _ask_removal(self, request: web.Request, of: str, value: str, reason: str) -> NoReturn:
+        """A black list entry's removal asked (``four_eyes``): audited as awaiting a second operator,
+        nothing removed. Taking a terminal or merchant off the black list lets it pay again."""
+        if not reason:
+            said = "say why it comes off the black list: another operator reads it to approve"
+            raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+        who, target = request["session"].account.name, f"black {of} {value}"
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            await _decisions_of(conn, f"risk.list.remove:{target}")
+            asked = (await reads.removals_asked(conn, of, value)).get((of, value))
+            listed = "SELECT true FROM risk_list WHERE colour = 'black' AND list_of = $1 AND value = $2"
+            if asked is not None:
+                said = f"{target}: its removal awaits approval already (asked by {asked['user_name']})"
+            elif not await conn.fetchval(listed, of, value):
+                said = f"{target}: not on the black list"
+            else:
+                entry = Entry(who, "risk.list.remove", target, after={"reason": reason}, outcome=reads.AWAITING)
+                await record(conn, entry)
+                said = f"{target}: removal asked; another operator approves it on this page"
+        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+
+    @needs("operator")
+    async def risk_removal_decide(self, request: web.Request) -> web.StreamResponse:
+        """A black list entry's removal asked by another operator approved (taken off, with the
+        reason asked) or rejected; the one who asked may only reject (withdraw) it. An approval
+        names the request its approver read (``request``: its audit row), and is refused if another
+        has taken its place since. Each decision audited with who asked."""
+        decision, form = request.match_info["decision"], request["form"]
+        of, value, read = str(form.get("of", "")), str(form.get("value", "")).strip()[:64], str(form.get("request", ""))
+        who, target = request["session"].account.name, f"black {of} {value}"
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            await _decisions_of(conn, f"risk.list.remove:{target}")
+            asked = (await reads.removals_asked(conn, of, value)).get((of, value))
+            refused = await _undecidable(conn, asked, decision, read, who, target, "removal", "risk.list.approve")
+            if refused:
+                said = refused
+            else:
+                asker, why = asked["user_name"], asked["reason"]
+                if decision == "reject":
+                    outcome, said = "rejected", f"{target}: removal rejected"
+                elif await change_list(conn, False, "black", of, value, why, f"console:{asker}+{who}"):
+                    outcome, said = "ok", f"black list of {of}s: {value} removed"
+                else:  # cannot be: a request stands only while its entry does
+                    outcome, said = "no change", f"{target}: not on the black list"
+                decided = Entry(who, "risk.list.remove", target, {"asked_by": asker}, {"reason": why}, outcome)
+                await record(conn, decided)
         raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
 
     @needs("viewer")
@@ -682,10 +732,34 @@ class Console:
         return self._page(request, "audit.html", rows=await reads.audit_rows(self._pool))
 
 
-async def _decisions_of(conn: asyncpg.Connection, rrn: str) -> None:
-    """The decisions on ``rrn``'s hand-back held to this transaction: two operators approving at
-    once are taken one after the other, the second finding it decided."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"dead_letter.retry:{rrn}")
+async def _undecidable(
+    conn: asyncpg.Connection,
+    asked: asyncpg.Record | None,
+    decision: str,
+    read: str,
+    who: str,
+    target: str,
+    what: str,
+    refusal: str,
+) -> str | None:
+    """Why ``who`` cannot make ``decision`` on the request ``asked`` (a hand-back, a removal from the
+    black list; its audit row), or None: none awaits, an approval of another request than the one
+    ``read``, or of one's own (audited as ``refusal``: the request still waits)."""
+    if asked is None:
+        return f"{target}: no {what} awaits approval"
+    if decision == "approve" and read != str(asked["id"]):
+        return f"{target}: the request ({what}) is not the one you read: read it again"
+    if decision == "approve" and asked["user_name"] == who:
+        await record(conn, Entry(who, refusal, target, outcome="refused: the one who asked"))
+        return f"{target}: {what} is approved by another operator than the one who asked"
+    return None
+
+
+async def _decisions_of(conn: asyncpg.Connection, asked: str) -> None:
+    """The decisions on what was ``asked`` (a hand-back, a removal from the black list) held to this
+    transaction: two operators approving at once are taken one after the other, the second finding
+    it decided."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", asked)
 
 
 def _local(request: web.Request, given: str | None = None) -> str:
