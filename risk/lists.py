@@ -39,9 +39,10 @@ async def read_lists(conn: asyncpg.Connection | asyncpg.Pool) -> Lists:
 
 
 async def change_list(
-    conn: asyncpg.Connection, add: bool, colour: str, of: str, value: str, reason: str, by: str
+    conn: asyncpg.Connection, add: bool, colour: str, of: str, value: str, reason: str, by: str, entry: int = 0
 ) -> bool:
-    """Add (or remove) one entry, audited, and tell the front ends; whether anything changed."""
+    """Add (or remove) one entry, audited, and tell the front ends; whether anything changed. A
+    removal with ``entry`` removes that entry (its id) only."""
     async with conn.transaction():
         if add:
             status = await conn.execute(
@@ -50,8 +51,9 @@ async def change_list(
             )  # fmt: skip
         else:
             status = await conn.execute(
-                "DELETE FROM risk_list WHERE colour = $1 AND list_of = $2 AND value = $3", colour, of, value
-            )
+                "DELETE FROM risk_list WHERE colour = $1 AND list_of = $2 AND value = $3 AND ($4 = 0 OR id = $4)",
+                colour, of, value, entry,
+            )  # fmt: skip
         changed = status.endswith(" 1")
         if changed:
             await conn.execute(

@@ -56,6 +56,7 @@ ACTIONS = [
     "/risk/rules",
     "/risk/lists/remove",
     "/risk/removals/approve",
+    "/risk/removals/reject",
     "/changes/1/approve",
 ]
 
@@ -574,14 +575,14 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     browser.find_element(By.ID, "list-reason").send_keys("card skimmer reported")
     follow(By.ID, "list-add")
     assert "black list of terminals: T9999999 added" in text("said")
-    browser.find_element(By.ID, "remove-reason-terminal-T9999999").send_keys("skimmer removed; terminal swapped")
-    follow(By.ID, "remove-terminal-T9999999")
+    browser.find_element(By.ID, "remove-reason-black-terminal-T9999999").send_keys("skimmer removed; terminal swapped")
+    follow(By.ID, "remove-black-terminal-T9999999")
     assert "black terminal T9999999: removal asked" in text("said")
-    assert "removal asked by ada" in text("removal-terminal-T9999999") and "terminal swapped" in text("lists")
-    assert not browser.find_elements(By.ID, "approve-removal-terminal-T9999999")  # not by the one who asked
+    assert "removal asked by ada" in text("removal-black-terminal-T9999999") and "terminal swapped" in text("lists")
+    assert not browser.find_elements(By.ID, "approve-removal-black-terminal-T9999999")  # not by the one who asked
     shot(browser, "risk")
-    follow(By.ID, "reject-removal-terminal-T9999999")  # withdrawn: still listed
-    assert "removal rejected" in text("said") and browser.find_elements(By.ID, "remove-terminal-T9999999")
+    follow(By.ID, "reject-removal-black-terminal-T9999999")  # withdrawn: still listed
+    assert "removal withdrawn" in text("said") and browser.find_elements(By.ID, "remove-black-terminal-T9999999")
     listed = "SELECT count(*) FROM risk_list WHERE colour = 'black' AND value = 'T9999999'"
     assert sql(database_url, listed)[0][0] == 1
 
@@ -797,6 +798,25 @@ def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, data
     removed = "SELECT by_whom FROM risk_audit WHERE detail LIKE $1 ORDER BY id DESC LIMIT 1"
     by = sql(database_url, removed, f"% {terminal}:%")
     assert [tuple(r) for r in by] == [("console:otto+ada",)]
+    # A request names its entry: taken off outside the console and listed again, it is another
+    # entry, which the request made before does not remove.
+    listed = {"csrf": token, "colour": "black", "of": "terminal", "value": "T9999998", "reason": "skimmer"}
+    session.post(f"{console.base}/risk/lists/add", data=listed)
+    page = session.post(f"{console.base}/risk/lists/remove", data=listed | {"reason": "swapped"})
+    asked = re.search(r'name="request" value="(\d+)"', page.text)[1]
+    sql(database_url, "DELETE FROM risk_list WHERE value = 'T9999998'")  # as paysw risk list remove does
+    again = "INSERT INTO risk_list (colour, list_of, value, reason) VALUES ('black', 'terminal', 'T9999998', 'again')"
+    sql(database_url, again)
+    page = checker.post(f"{console.base}/risk/removals/approve", data=decide | {"value": "T9999998", "request": asked})
+    assert "black terminal T9999998: no removal awaits approval" in page.text
+    assert sql(database_url, "SELECT reason FROM risk_list WHERE value = 'T9999998'")[0][0] == "again"
+    page = session.post(f"{console.base}/risk/lists/remove", data=listed | {"value": "T" * 65})
+    assert "at most 64 characters" in page.text and 'id="said"' in page.text
+    # A page says only what the console said to this session: a link's words are not shown.
+    told = page.url.partition("?")[2]
+    assert checker.get(f"{console.base}/risk?{told}").text.count('id="said"') == 0  # signed for otto's session
+    forged = session.get(f"{console.base}/risk", params={"said": "removal approved by the security team"})
+    assert "security team" not in forged.text and 'id="said"' not in forged.text
     viewer, _ = signed_in(console, "vera")
     refused = viewer.post(f"{console.base}/risk/lists/add", data=entry | {"csrf": csrf(viewer, console)})
     assert refused.status_code == 403

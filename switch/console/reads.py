@@ -229,13 +229,13 @@ async def risk_lists(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     )
 
 
-# A black list entry's removal asked (``four_eyes``): the latest request or decision of the entry since
-# it went on the list (a decision is audited on the same action and target; a refused approval is not).
+# A black list entry's removal asked (``four_eyes``): the latest request or decision naming the entry
+# by its id (one removed and listed again is another entry); a refused approval is audited apart.
 _REMOVALS_SQL = (
-    "SELECT DISTINCT ON (l.list_of, l.value) l.list_of, l.value, a.id, a.user_name, a.at, "
+    "SELECT DISTINCT ON (l.id) l.list_of, l.value, l.id AS entry, a.id, a.user_name, a.at, "
     "a.after ->> 'reason' AS reason, a.outcome FROM risk_list l JOIN console_audit a ON a.action = 'risk.list.remove' "
-    "AND a.target = 'black ' || l.list_of || ' ' || l.value AND a.at >= l.added_at WHERE l.colour = 'black' "
-    "AND ($1::text IS NULL OR (l.list_of = $1 AND l.value = $2)) ORDER BY l.list_of, l.value, a.id DESC"
+    "AND a.target = 'black ' || l.list_of || ' ' || l.value AND a.before ->> 'entry' = l.id::text "
+    "WHERE l.colour = 'black' AND ($1::text IS NULL OR (l.list_of = $1 AND l.value = $2)) ORDER BY l.id, a.id DESC"
 )
 
 
@@ -243,7 +243,8 @@ async def removals_asked(
     conn: asyncpg.Connection | asyncpg.Pool, of: str | None = None, value: str = ""
 ) -> dict[tuple[str, str], asyncpg.Record]:
     """The black list's removals asked and not yet approved or rejected (of ``of`` ``value``'s entry
-    only, if given), by (what, value): the request (its audit row's ``id``), who asked, when, and why."""
+    only, if given), by (what, value): the entry's id, the request (its audit row's ``id``), who
+    asked, when, and why."""
     rows = await conn.fetch(_REMOVALS_SQL, of, value)
     return {(row["list_of"], row["value"]): row for row in rows if row["outcome"] == AWAITING}
 

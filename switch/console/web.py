@@ -198,6 +198,10 @@ class Console:
         origin = request.headers.get("Origin")
         return origin is None or urlsplit(origin).netloc == request.host
 
+    def _told(self, request: web.Request, path: str, said: str) -> web.HTTPSeeOther:
+        """Back to ``path``, saying ``said`` there (``_said``)."""
+        return web.HTTPSeeOther(f"{path}?said={quote(said)}&sig={_signed(request['session'], said)}")
+
     def _refusal(self, request: web.Request, session: Session | None, status: int, why: str) -> web.Response:
         return self._page(request, "refused.html", status=status, session=session, why=why)
 
@@ -210,7 +214,7 @@ class Console:
             "csrf": session.csrf if session else "",
             "can_act": session is not None and RANK[session.account.role] >= RANK["operator"],
             "is_admin": session is not None and session.account.role == "admin",
-            "said": request.query.get("said", "")[:300],
+            "said": _said(request, session),
             "path": request.path,
         }
         text = self._templates.get_template(template).render(**values)
@@ -345,7 +349,7 @@ class Console:
                 request, "limits.html", status=400, name=name, limits=limits, version=version_of(form), error=error
             )
         said = self._saved(name, f"{name}: limits and breaker saved: every front end applies them now")
-        raise web.HTTPSeeOther(f"/channels?said={quote(said)}")
+        raise self._told(request, "/channels", said)
 
     @needs("operator")
     async def channel_confirm(self, request: web.Request) -> web.Response:
@@ -364,7 +368,7 @@ class Console:
         await self._audit(request, f"channel.{action}", name, outcome="started")
         before, after, outcome = await self._channels.act(name, action)
         await self._audit(request, f"channel.{action}", name, before=before, after=after, outcome=outcome)
-        raise web.HTTPSeeOther(f"/channels?said={quote(f'{name}: {action} {outcome}')}")
+        raise self._told(request, "/channels", f"{name}: {action} {outcome}")
 
     @needs("viewer")
     async def recon(self, request: web.Request) -> web.Response:
@@ -375,16 +379,14 @@ class Console:
     async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
         item, reason = request.match_info["item"], typed(str(request["form"].get("reason", "")), 500)
         if not re.fullmatch(r"[0-9]{1,18}", item) or not reason:
-            raise web.HTTPSeeOther(f"/recon?said={quote('a resolution needs a reason')}")
+            raise self._told(request, "/recon", "a resolution needs a reason")
         async with self._pool.acquire() as conn, conn.transaction():
             done = await resolve_by_hand(conn, int(item), reason)
             outcome = "ok" if done else "no open difference"
             await record(
                 conn, Entry(request["session"].account.name, "recon.resolve", item, after=reason, outcome=outcome)
             )
-        raise web.HTTPSeeOther(
-            f"/recon?said={quote(f'difference {item}: resolved' if done else f'no open difference {item}')}"
-        )
+        raise self._told(request, "/recon", f"difference {item}: resolved" if done else f"no open difference {item}")
 
     @needs("viewer")
     async def dead_letters(self, request: web.Request) -> web.Response:
@@ -412,7 +414,7 @@ class Console:
         rrn, action = request.match_info["rrn"], request.match_info["action"]
         resolution = typed(str(request["form"].get("resolution", "")), 500)
         if not re.fullmatch(r"[0-9]{12}", rrn) or not resolution:
-            raise web.HTTPSeeOther(f"/dead-letters?said={quote('say what was done, or why it is tried again')}")
+            raise self._told(request, "/dead-letters", "say what was done, or why it is tried again")
         if action == "retry" and self._section.four_eyes:
             await self._ask_hand_back(request, rrn, resolution)
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
@@ -420,14 +422,13 @@ class Console:
             await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             if (await reads.hand_backs_asked(conn, rrn)).get(rrn) is not None:  # decided first, by another
                 said = f"{rrn}: a hand-back awaits approval: approve or reject it first"
-                raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
+                raise self._told(request, "/dead-letters", said)
             done = await act(conn, rrn, resolution)
             who, outcome = request["session"].account.name, "ok" if done else "no open dead letter"
             await record(conn, Entry(who, f"dead_letter.{action}", rrn, after=resolution, outcome=outcome))
         said = {"resolve": "resolved", "retry": "handed back to the resolver"}[action]
-        raise web.HTTPSeeOther(
-            f"/dead-letters?said={quote(f'{rrn}: {said}' if done else f'no open dead letter {rrn} to be {said}')}"
-        )
+        said = f"{rrn}: {said}" if done else f"no open dead letter {rrn} to be {said}"
+        raise self._told(request, "/dead-letters", said)
 
     async def _ask_hand_back(self, request: web.Request, rrn: str, resolution: str) -> NoReturn:
         """A hand-back asked (``four_eyes``): audited as awaiting a second operator, nothing done."""
@@ -442,7 +443,7 @@ class Console:
             else:
                 await record(conn, Entry(who, "dead_letter.retry", rrn, after=resolution, outcome=reads.AWAITING))
                 said = f"{rrn}: handing back asked; another operator approves it on this page"
-        raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
+        raise self._told(request, "/dead-letters", said)
 
     @needs("operator")
     async def dead_letter_decide(self, request: web.Request) -> web.StreamResponse:
@@ -467,7 +468,7 @@ class Console:
                     outcome, said = "no open dead letter", f"no open dead letter {rrn} to be handed back"
                 asker, why = {"asked_by": asked["user_name"]}, asked["resolution"]
                 await record(conn, Entry(who, "dead_letter.retry", rrn, asker, why, outcome))
-        raise web.HTTPSeeOther(f"/dead-letters?said={quote(said)}")
+        raise self._told(request, "/dead-letters", said)
 
     @needs("operator")
     async def notification_resend(self, request: web.Request) -> web.StreamResponse:
@@ -475,7 +476,7 @@ class Console:
         async with self._pool.acquire() as conn, conn.transaction():
             count = await resend(conn, rrn, "")
             await self._audit(request, "notification.resend", rrn, after=count, outcome="ok" if count else "none dead")
-        raise web.HTTPSeeOther(f"/dead-letters?said={quote(f'{count} notification(s) of {rrn} sent again')}")
+        raise self._told(request, "/dead-letters", f"{count} notification(s) of {rrn} sent again")
 
     @needs("viewer")
     async def settlement(self, request: web.Request) -> web.Response:
@@ -534,7 +535,7 @@ class Console:
             return self._merchant_form(request, saved.edit, saved.error, 400)
         what = f"merchant {saved.edit.merchant['id']}"
         said = self._saved(what, f"{what} saved (version {saved.edit.version}): every front end applies it now")
-        raise web.HTTPSeeOther(f"/merchants?said={quote(said)}")
+        raise self._told(request, "/merchants", said)
 
     @needs("viewer")
     async def routing(self, request: web.Request) -> web.Response:
@@ -553,7 +554,7 @@ class Console:
             f"{channel}: gray route to {percent} %",
             f"{channel}: gray route moved to {percent} %: every front end applies it now",
         )
-        raise web.HTTPSeeOther(f"/routing?said={quote(said)}")
+        raise self._told(request, "/routing", said)
 
     @needs("viewer")
     async def risk(self, request: web.Request) -> web.Response:
@@ -587,7 +588,7 @@ class Console:
             await self._audit(request, "risk.rules", "rules", outcome=error[:300])
             return await self._risk_page(request, text[:MAX_RULES_TEXT], error, 400)
         said = self._saved("risk rules", "risk rules saved: every front end applies them now")
-        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+        raise self._told(request, "/risk", said)
 
     @needs("operator")
     async def risk_list(self, request: web.Request) -> web.StreamResponse:
@@ -597,13 +598,15 @@ class Console:
         approves it."""
         action, form = request.match_info["action"], request["form"]
         colour, of = str(form.get("colour", "")), str(form.get("of", ""))
-        value, reason = str(form.get("value", "")).strip()[:64], typed(str(form.get("reason", "")), 200)
+        value, reason = str(form.get("value", "")).strip(), typed(str(form.get("reason", "")), 200)
+        if len(value) > MAX_LISTED:
+            raise self._told(request, "/risk", f"a list entry's value is at most {MAX_LISTED} characters")
         add = action == "add"
         allowed = ("terminal", "merchant") if add else ("code", "terminal", "merchant")
         if action not in ("add", "remove") or colour not in ("black", "grey") or of not in allowed or not value:
-            raise web.HTTPSeeOther(f"/risk?said={quote('a list entry needs its list, what it is and its value')}")
+            raise self._told(request, "/risk", "a list entry needs its list, what it is and its value")
         if add and not reason:
-            raise web.HTTPSeeOther(f"/risk?said={quote('an entry needs a reason')}")
+            raise self._told(request, "/risk", "an entry needs a reason")
         if not add and colour == "black" and self._section.four_eyes:
             await self._ask_removal(request, of, value, reason)
         user = request["session"].account.name
@@ -615,28 +618,28 @@ class Console:
             outcome, target = "ok" if changed else "no change", f"{colour} {of} {value}"
             await record(conn, Entry(user, f"risk.list.{action}", target, after=entry, outcome=outcome))
         said = f"{colour} list of {of}s: {value} {'added' if add else 'removed'}" if changed else "nothing changed"
-        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+        raise self._told(request, "/risk", said)
 
     async def _ask_removal(self, request: web.Request, of: str, value: str, reason: str) -> NoReturn:
         """A black list entry's removal asked (``four_eyes``): audited as awaiting a second operator,
         nothing removed. Taking a terminal or merchant off the black list lets it pay again."""
         if not reason:
             said = "say why it comes off the black list: another operator reads it to approve"
-            raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+            raise self._told(request, "/risk", said)
         who, target = request["session"].account.name, f"black {of} {value}"
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"risk.list.remove:{target}")
+            entry = await conn.fetchval(_LISTED, of, value)
             asked = (await reads.removals_asked(conn, of, value)).get((of, value))
-            listed = "SELECT true FROM risk_list WHERE colour = 'black' AND list_of = $1 AND value = $2"
-            if asked is not None:
-                said = f"{target}: its removal awaits approval already (asked by {asked['user_name']})"
-            elif not await conn.fetchval(listed, of, value):
+            if entry is None:
                 said = f"{target}: not on the black list"
+            elif asked is not None:
+                said = f"{target}: its removal awaits approval already (asked by {asked['user_name']})"
             else:
-                entry = Entry(who, "risk.list.remove", target, after={"reason": reason}, outcome=reads.AWAITING)
-                await record(conn, entry)
+                ask = Entry(who, "risk.list.remove", target, {"entry": entry}, {"reason": reason}, reads.AWAITING)
+                await record(conn, ask)
                 said = f"{target}: removal asked; another operator approves it on this page"
-        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+        raise self._told(request, "/risk", said)
 
     @needs("operator")
     async def risk_removal_decide(self, request: web.Request) -> web.StreamResponse:
@@ -645,7 +648,7 @@ class Console:
         names the request its approver read (``request``: its audit row), and is refused if another
         has taken its place since. Each decision audited with who asked."""
         decision, form = request.match_info["decision"], request["form"]
-        of, value, read = str(form.get("of", "")), str(form.get("value", "")).strip()[:64], str(form.get("request", ""))
+        of, value, read = str(form.get("of", "")), str(form.get("value", "")).strip(), str(form.get("request", ""))
         who, target = request["session"].account.name, f"black {of} {value}"
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"risk.list.remove:{target}")
@@ -656,14 +659,15 @@ class Console:
             else:
                 asker, why = asked["user_name"], asked["reason"]
                 if decision == "reject":
-                    outcome, said = "rejected", f"{target}: removal rejected"
-                elif await change_list(conn, False, "black", of, value, why, f"console:{asker}+{who}"):
+                    outcome = "withdrawn" if who == asker else "rejected"
+                    said = f"{target}: removal {outcome}"
+                elif await change_list(conn, False, "black", of, value, why, f"console:{asker}+{who}", asked["entry"]):
                     outcome, said = "ok", f"black list of {of}s: {value} removed"
-                else:  # cannot be: a request stands only while its entry does
+                else:  # taken off meanwhile outside the console (its request lapsed with it)
                     outcome, said = "no change", f"{target}: not on the black list"
-                decided = Entry(who, "risk.list.remove", target, {"asked_by": asker}, {"reason": why}, outcome)
-                await record(conn, decided)
-        raise web.HTTPSeeOther(f"/risk?said={quote(said)}")
+                named = {"entry": asked["entry"], "request": asked["id"], "asked_by": asker}
+                await record(conn, Entry(who, "risk.list.remove", target, named, {"reason": why}, outcome))
+        raise self._told(request, "/risk", said)
 
     @needs("viewer")
     async def terminals(self, request: web.Request) -> web.Response:
@@ -703,7 +707,7 @@ class Console:
             return await self._terminal_form(request, shown, terminal_id == NEW, version_of(form), error, 400)
         what = f"terminal {form.get('id') or terminal_id}"
         said = self._saved(what, f"{what} saved: every front end applies it now")
-        raise web.HTTPSeeOther(f"/terminals?said={quote(said)}")
+        raise self._told(request, "/terminals", said)
 
     def _saved(self, what: str, done: str) -> str:
         """What a saved edit says: ``done``; with four eyes, that ``what`` was asked."""
@@ -725,11 +729,24 @@ class Console:
         approve = request.match_info["decision"] == "approve"
         user = request["session"].account.name
         said = await self._edits.decide(int(request.match_info["request"]), user, approve)
-        raise web.HTTPSeeOther(f"/changes?said={quote(said)}")
+        raise self._told(request, "/changes", said)
 
     @needs("operator")
     async def audit(self, request: web.Request) -> web.Response:
         return self._page(request, "audit.html", rows=await reads.audit_rows(self._pool))
+
+
+def _signed(session: Session, said: str) -> str:
+    return hmac.new(session.csrf.encode(), said.encode(), "sha256").hexdigest()[:32]
+
+
+def _said(request: web.Request, session: Session | None) -> str:
+    """What the page says an action came to: only what this console said, to this session (signed
+    with its CSRF secret), never words a link from elsewhere puts on it ("approved by security")."""
+    said = request.query.get("said", "")
+    if session is None or not hmac.compare_digest(request.query.get("sig", ""), _signed(session, said)):
+        return ""
+    return said[:300]
 
 
 async def _undecidable(
@@ -750,9 +767,16 @@ async def _undecidable(
     if decision == "approve" and read != str(asked["id"]):
         return f"{target}: the request ({what}) is not the one you read: read it again"
     if decision == "approve" and asked["user_name"] == who:
-        await record(conn, Entry(who, refusal, target, outcome="refused: the one who asked"))
+        named = {"request": asked["id"], "asked_by": asked["user_name"]}
+        await record(conn, Entry(who, refusal, target, named, outcome="refused: the one who asked"))
         return f"{target}: {what} is approved by another operator than the one who asked"
     return None
+
+
+# A black list entry's id: a removal asked names it, and its approval removes that entry only (one
+# removed and listed again meanwhile, outside the console, is another).
+_LISTED = "SELECT id FROM risk_list WHERE colour = 'black' AND list_of = $1 AND value = $2"
+MAX_LISTED = 64  # the longest value a list entry takes (a code's fingerprint: 64 hex digits)
 
 
 async def _decisions_of(conn: asyncpg.Connection, asked: str) -> None:

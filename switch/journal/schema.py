@@ -1022,6 +1022,16 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX recon_item_by_number ON recon_item (out_trade_no, entry);
     """,
+    # 37: the console reads what waits for a second person (a hand-back, a removal from the black
+    # list) from the audit, by action and target, on every Dead letters and Risk page: the audit
+    # keeps every action for good.
+    # A black list entry's removal asked names the entry by its id, not by its value and time: one
+    # removed and listed again is another entry, which no request made before names.
+    """
+    CREATE INDEX console_audit_by_target ON console_audit (action, target, id);
+    ALTER TABLE risk_list ADD COLUMN id bigserial;
+    CREATE UNIQUE INDEX risk_list_by_id ON risk_list (id);
+    """,
 ]
 
 
