@@ -817,6 +817,18 @@ def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, data
     assert checker.get(f"{console.base}/risk?{told}").text.count('id="said"') == 0  # signed for otto's session
     forged = session.get(f"{console.base}/risk", params={"said": "removal approved by the security team"})
     assert "security team" not in forged.text and 'id="said"' not in forged.text
+    # A request whose asker is no longer an operator lapses when approved: nothing removed.
+    page = session.post(f"{console.base}/risk/lists/remove", data=listed | {"reason": "swapped again"})
+    asked = re.search(r'name="request" value="(\d+)"', page.text)[1]
+    approval = decide | {"value": "T9999998", "request": asked}
+    sql(database_url, "UPDATE console_user SET role = 'viewer' WHERE name = 'otto'")
+    try:
+        page = checker.post(f"{console.base}/risk/removals/approve", data=approval)
+    finally:
+        sql(database_url, "UPDATE console_user SET role = 'operator' WHERE name = 'otto'")
+    assert "its removal lapsed (otto is no longer an operator): ask again" in page.text
+    assert 'id="approve-removal-black-terminal-T9999998"' not in page.text  # no longer waiting
+    assert sql(database_url, "SELECT reason FROM risk_list WHERE value = 'T9999998'")[0][0] == "again"
     viewer, _ = signed_in(console, "vera")
     refused = viewer.post(f"{console.base}/risk/lists/add", data=entry | {"csrf": csrf(viewer, console)})
     assert refused.status_code == 403

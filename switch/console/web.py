@@ -198,6 +198,18 @@ class Console:
         origin = request.headers.get("Origin")
         return origin is None or urlsplit(origin).netloc == request.host
 
+    async def _lapsed(self, conn: asyncpg.Connection, asked: asyncpg.Record) -> str:
+        """Why a request waiting for a second operator (a hand-back, a removal; its audit row) may
+        no longer be approved, if so: asked more than ``change_max_hours`` ago, or its asker no
+        longer an operator. A decision then ends it, nothing done, and it is asked again."""
+        hours = self._section.change_max_hours
+        if dt.datetime.now(dt.UTC) - asked["at"] > dt.timedelta(hours=hours):
+            return f"asked more than {hours} hours ago"
+        role = await conn.fetchval("SELECT role FROM console_user WHERE name = $1", asked["user_name"])
+        if role is None or RANK[role] < RANK["operator"]:
+            return f"{asked['user_name']} is no longer an operator"
+        return ""
+
     def _told(self, request: web.Request, path: str, said: str) -> web.HTTPSeeOther:
         """Back to ``path``, saying ``said`` there (``_said``)."""
         return web.HTTPSeeOther(f"{path}?said={quote(said)}&sig={_signed(request['session'], said)}")
@@ -460,7 +472,10 @@ class Console:
             if refused:
                 said = refused
             else:
-                if decision == "reject":
+                lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
+                if lapsed:
+                    outcome, said = f"lapsed: {lapsed}", f"{rrn}: handing back lapsed ({lapsed}): ask again"
+                elif decision == "reject":
                     outcome, said = "rejected", f"{rrn}: handing back rejected"
                 elif await retry_dead_letter(conn, rrn, asked["resolution"]):
                     outcome, said = "ok", f"{rrn}: handed back to the resolver"
@@ -658,7 +673,10 @@ class Console:
                 said = refused
             else:
                 asker, why = asked["user_name"], asked["reason"]
-                if decision == "reject":
+                lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
+                if lapsed:
+                    outcome, said = f"lapsed: {lapsed}", f"{target}: its removal lapsed ({lapsed}): ask again"
+                elif decision == "reject":
                     outcome = "withdrawn" if who == asker else "rejected"
                     said = f"{target}: removal {outcome}"
                 elif await change_list(conn, False, "black", of, value, why, f"console:{asker}+{who}", asked["entry"]):
