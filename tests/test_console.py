@@ -249,6 +249,17 @@ def test_no_page_and_no_action_without_a_session(console):
     assert channel_enabled(console.switch, "wechat")
 
 
+def test_an_account_name_names_one_person(console, database_url):
+    """A new account's name is letters, digits, '.', '-' and '_': an approval's provenance names
+    two (console:ada+alan), which a name with a '+' would make ambiguous."""
+    added = subprocess.run(
+        console.command("add-user", "ada+alan", "--role", "admin", "--password-stdin"),
+        input="a long enough password\n", env=console.switch.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 2 and "a name is letters, digits" in added.stderr, added.stderr
+    assert sql(database_url, "SELECT count(*) FROM console_user WHERE name = 'ada+alan'")[0][0] == 0
+
+
 def test_a_viewer_reads_but_cannot_act(console, database_url):
     session, status = signed_in(console, "vera")
     assert status == 303

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from typing import Literal, NamedTuple
 
@@ -58,8 +59,16 @@ class Session(NamedTuple):
     expires_at: dt.datetime
 
 
+# A new account's name: letters, digits, dot, dash, underscore, as the provenance of an approved
+# change (console:ada+alan) and the audit join names without ambiguity.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 async def add_user(conn: asyncpg.Connection, name: str, password: str, role: Role) -> None:
-    """A new account (``asyncpg.UniqueViolationError`` if the name is taken)."""
+    """A new account (``asyncpg.UniqueViolationError`` if the name is taken; ``ValueError`` if it
+    is not a ``NAME``)."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"an account's name is letters, digits, '.', '-' and '_' (at most 64): {name!r}")
     await conn.execute(
         "INSERT INTO console_user (name, password_hash, role) VALUES ($1, $2, $3)", name, hash_password(password), role
     )

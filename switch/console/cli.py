@@ -53,6 +53,10 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if not args.name or len(args.name) > 64 or not args.name.isprintable():
         print(f"paysw console {args.action}: give the account's name (at most 64 characters)", file=sys.stderr)
         return 2
+    if args.action == "add-user" and not accounts.NAME.fullmatch(args.name):
+        print("paysw console add-user: a name is letters, digits, '.', '-' and '_', starting with a letter or "
+              "digit (as an approval's provenance names two: console:ada+alan)", file=sys.stderr)  # fmt: skip
+        return 2
     if args.action == "unlock":
         return with_database(config, args.data_dir, lambda url: _account(url, args, ""))
     password = _password(args.password_stdin)
