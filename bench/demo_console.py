@@ -6,10 +6,11 @@ another (``[console] four_eyes``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -108,6 +109,37 @@ async def forget_live_sections(url: str) -> list[str]:
         await conn.close()
 
 
+async def black_listed(
+    maker: aiohttp.ClientSession,
+    checker: aiohttp.ClientSession,
+    csrf: str,
+    checker_csrf: str,
+    pay: Callable[[], Awaitable[tuple[str, str, str]]],
+) -> tuple[str, str]:
+    """The kiosk's terminal put on the black list in the console, then taken off: asked by one
+    account, approved by the other. What its purchase is answered on the list, and off it."""
+
+    async def until(changed: Callable[[str], bool]) -> str:
+        for _ in range(50):  # every front end hears of a list change by NOTIFY, within a second
+            code = (await pay())[0]
+            if changed(code):
+                break
+            await asyncio.sleep(0.1)
+        return code
+
+    entry = {"csrf": csrf, "colour": "black", "of": "terminal", "value": KIOSK_TERMINAL}
+    added = await maker.post("/risk/lists/add", data=entry | {"reason": "demo: a skimmer found on it"})
+    assert "added" in await added.text(), await added.text()
+    on = await until(lambda code: code != "00")
+    asked = await (await maker.post("/risk/lists/remove", data=entry | {"reason": "demo: terminal swapped"})).text()
+    request = re.search(r'name="request" value="(\d+)"', asked)
+    assert request is not None, asked
+    decision = {"csrf": checker_csrf, "of": "terminal", "value": KIOSK_TERMINAL, "request": request.group(1)}
+    approved = await (await checker.post("/risk/removals/approve", data=decision)).text()
+    assert "removed" in approved, approved
+    return on, await until(lambda code: code == "00")
+
+
 async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None:
     stans = Stans()
     client = await IsoClient.connect(host, port)
@@ -175,10 +207,15 @@ async def console_drill(host: str, port: int, base: str, app: SwitchApp) -> None
                 await app.reload()
                 suspended.append((await pay(KIOSK_TERMINAL, KIOSK))[0])
             print(f"  terminal {KIOSK_TERMINAL} suspended in the console: {suspended[0]}; active again: {suspended[1]}")
+            listed = await black_listed(web_client, checker, csrf, checker_csrf, lambda: pay(KIOSK_TERMINAL, KIOSK))
+            print(f"  terminal {KIOSK_TERMINAL} black-listed in the console: {listed[0]}; taken off, asked by "
+                  f"{DEMO_USER} and approved by {DEMO_CHECKER} (four eyes): {listed[1]}")  # fmt: skip
             audit = await (await web_client.get("/audit")).text()
             print(f"  audit log: {audit.count('<tr><td>')} rows (sign-in, routing.gray, ...), none can be changed")
     finally:
         await client.close()
         assert app.journal is not None
         await app.journal.pool.execute("DELETE FROM live_config WHERE section IN ('routing', 'terminals')")
+        unlisted = "DELETE FROM risk_list WHERE list_of = 'terminal' AND value = $1"  # should the drill have stopped
+        await app.journal.pool.execute(unlisted, KIOSK_TERMINAL)
         await app.reload()

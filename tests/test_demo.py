@@ -64,6 +64,10 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
         "the shop's next purchase 00, by legacy"
     ) in result.stdout
     assert "terminal K0000001 suspended in the console: 57; active again: 00" in result.stdout
+    assert (
+        "terminal K0000001 black-listed in the console: 62; taken off, asked by demo and approved by demo-checker "
+        "(four eyes): 00"
+    ) in result.stdout
     assert re.search(r"the shop's purchase \d{12}: [4-9] events on its timeline", result.stdout), result.stdout
     for channel in CODE_SHAPES:  # a QR order on each, scanned, and the merchant's receipt of it
         assert re.search(

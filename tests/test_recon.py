@@ -810,8 +810,9 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
                     batches.append(batch.id)
                 lacking = [out_trade_no(rrns[name]) for name in ("kept", "paid")]
                 order_statement_faults(ports, channel, {"drop": lacking})
-                await pool.execute(AFRESH, channel, now.date(), WHOLE_DAY)
-                whole = ReconBatch(pool, channel, channel, now.date(), WHOLE_DAY, CountingFetch(config_dir), handler)
+                journal_day = hours[0].date()  # of the journal's hour (past midnight, the day before this one)
+                await pool.execute(AFRESH, channel, journal_day, WHOLE_DAY)
+                whole = ReconBatch(pool, channel, channel, journal_day, WHOLE_DAY, CountingFetch(config_dir), handler)
                 assert await whole.run() == "done"
                 day = {name: await item_of(pool, whole.id, out_trade_no(rrns[name])) for name in ("kept", "paid")}
             finally:
