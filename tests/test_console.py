@@ -268,8 +268,8 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     refused = audit_count(database_url, "role", "refused")
     acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
             "/dead-letters/000000000001/retry", "/dead-letters/000000000001/approve", "/terminals/new",
-            "/limits/wechat", "/risk/rules", "/risk/lists/remove", "/risk/removals/approve", "/changes/1/approve",
-            "/changes/1/reject")  # fmt: skip
+            "/limits/wechat", "/risk/rules", "/risk/lists/remove", "/risk/removals/approve",
+            "/risk/removals/reject", "/changes/1/approve", "/changes/1/reject")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False

@@ -24,10 +24,11 @@ Rules:
   nothing at the channel and takes nothing of the threshold. One the journal has otherwise (not
   kept, another amount, a refund still in progress, on two statements) is left to a person.
 - ``statement_elsewhere``: the journal's side only (a SHORT, or a refund the statement lacked) of
-  what another hour's batch, run first, adopted by ``journal_elsewhere`` for the same amount,
-  while the journal still keeps it as the match read it: closed, nothing asked of the channel, no
-  money moved, nothing of the threshold (settlement pays it once, from either item). Hours only:
-  a day's batch that lacks what an hour's statement listed is a contradiction, not a moment.
+  what another batch of the same kind (hour, or day), run first, adopted by ``journal_elsewhere``
+  for the same amount, while the journal still keeps it as the match read it: closed, nothing
+  asked of the channel, no money moved, nothing of the threshold (settlement pays it once, from
+  either item). Never across kinds: a day's batch that lacks what an hour's statement listed is
+  a contradiction, not a moment.
 - ``confirm_short``: approved in the journal, absent from the statement: asked again; fixed if
   the channel says it is paid (its statement missed it), else left to a person.
 - ``agrees_now``: in an hour's batch, paid on the statement and made final with no money kept
