@@ -578,7 +578,7 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert not browser.find_elements(By.ID, f"approve-{other}")  # not by the one who asked
     assert sql(database_url, audited.replace("resolve", "retry"), other)[0][1] == "UnionPay's outage is over"
     follow(By.ID, f"reject-{other}")  # withdrawn
-    assert f"{other}: handing back rejected" in text("said") and browser.find_elements(By.ID, f"retry-{other}")
+    assert f"{other}: handing back withdrawn" in text("said") and browser.find_elements(By.ID, f"retry-{other}")
 
     # A terminal black-listed; taking it off takes two: asked, saying why; the asker may only withdraw it.
     browser.get(f"{base}/risk")
@@ -840,6 +840,20 @@ def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, data
     assert "its removal lapsed (otto is no longer an operator): ask again" in page.text
     assert 'id="approve-removal-black-terminal-T9999998"' not in page.text  # no longer waiting
     assert sql(database_url, "SELECT reason FROM risk_list WHERE value = 'T9999998'")[0][0] == "again"
+    # Nor does a lapsed request block another's: asked anew, it takes its place.
+    session.post(f"{console.base}/risk/lists/remove", data=listed | {"reason": "swapped once more"})
+    sql(database_url, "UPDATE console_user SET role = 'viewer' WHERE name = 'otto'")
+    try:
+        anew = {"csrf": decide["csrf"], "colour": "black", "of": "terminal", "value": "T9999998", "reason": "mine"}
+        page = checker.post(f"{console.base}/risk/lists/remove", data=anew)
+    finally:
+        sql(database_url, "UPDATE console_user SET role = 'operator' WHERE name = 'otto'")
+    assert "black terminal T9999998: removal asked" in page.text and "removal asked by ada" in page.text
+    outcomes = "SELECT outcome FROM console_audit WHERE target = 'black terminal T9999998' ORDER BY id DESC LIMIT 2"
+    assert [r[0] for r in sql(database_url, outcomes)] == [
+        "awaiting a second operator",
+        "lapsed: otto is no longer an operator",
+    ]
     viewer, _ = signed_in(console, "vera")
     refused = viewer.post(f"{console.base}/risk/lists/add", data=entry | {"csrf": csrf(viewer, console)})
     assert refused.status_code == 403

@@ -210,6 +210,17 @@ class Console:
             return f"{asked['user_name']} is no longer an operator"
         return ""
 
+    async def _superseded(
+        self, conn: asyncpg.Connection, asked: asyncpg.Record, who: str, action: str, target: str, names: dict
+    ) -> bool:
+        """Whether a request asked anew may take the place of ``asked``: only one that has lapsed
+        (``_lapsed``), audited as such first, so that a lapsed request blocks no one."""
+        lapsed = await self._lapsed(conn, asked)
+        if lapsed:
+            named = names | {"request": asked["id"], "asked_by": asked["user_name"]}
+            await record(conn, Entry(who, action, target, named, outcome=f"lapsed: {lapsed}"))
+        return bool(lapsed)
+
     def _told(self, request: web.Request, path: str, said: str) -> web.HTTPSeeOther:
         """Back to ``path``, saying ``said`` there (``_said``)."""
         return web.HTTPSeeOther(f"{path}?said={quote(said)}&sig={_signed(request['session'], said)}")
@@ -448,7 +459,7 @@ class Console:
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
-            if asked is not None:
+            if asked is not None and not await self._superseded(conn, asked, who, "dead_letter.retry", rrn, {}):
                 said = f"{rrn}: handing back awaits approval already (asked by {asked['user_name']})"
             elif await reads.dead_letter(conn, rrn) is None:
                 said = f"no open dead letter {rrn} to be handed back to the resolver"
@@ -476,7 +487,8 @@ class Console:
                 if lapsed:
                     outcome, said = f"lapsed: {lapsed}", f"{rrn}: handing back lapsed ({lapsed}): ask again"
                 elif decision == "reject":
-                    outcome, said = "rejected", f"{rrn}: handing back rejected"
+                    outcome = "withdrawn" if who == asked["user_name"] else "rejected"
+                    said = f"{rrn}: handing back {outcome}"
                 elif await retry_dead_letter(conn, rrn, asked["resolution"]):
                     outcome, said = "ok", f"{rrn}: handed back to the resolver"
                 else:
@@ -648,7 +660,9 @@ class Console:
             asked = (await reads.removals_asked(conn, of, value)).get((of, value))
             if entry is None:
                 said = f"{target}: not on the black list"
-            elif asked is not None:
+            elif asked is not None and not await self._superseded(
+                conn, asked, who, "risk.list.remove", target, {"entry": asked["entry"]}
+            ):
                 said = f"{target}: its removal awaits approval already (asked by {asked['user_name']})"
             else:
                 ask = Entry(who, "risk.list.remove", target, {"entry": entry}, {"reason": reason}, reads.AWAITING)
