@@ -116,7 +116,7 @@ class Console:
             ("GET", "/dead-letters", self.dead_letters),
             ("GET", "/dead-letters/{rrn}/retry", self.dead_letter_confirm),
             ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
-            ("POST", "/dead-letters/{rrn}/{decision:approve|reject}", self.dead_letter_decide),
+            ("POST", r"/dead-letters/{rrn:\d{12}}/{decision:approve|reject}", self.dead_letter_decide),
             ("POST", "/notifications/{rrn}/resend", self.notification_resend),
             ("GET", "/settlement", self.settlement),
             ("GET", r"/settlement/settlement-{day:\d{4}-\d{2}-\d{2}}.csv", self.settlement_file),
@@ -202,12 +202,17 @@ class Console:
         """Why a request waiting for a second operator (a hand-back, a removal; its audit row) may
         no longer be approved, if so: asked more than ``change_max_hours`` ago, or its asker no
         longer an operator. A decision then ends it, nothing done, and it is asked again."""
-        hours = self._section.change_max_hours
-        if dt.datetime.now(dt.UTC) - asked["at"] > dt.timedelta(hours=hours):
+        hours, name = self._section.change_max_hours, asked["user_name"]
+        old, role, made_since = await conn.fetchrow(  # by the journal's clock, which dated the request
+            "SELECT now() - $1::timestamptz > make_interval(hours => $2), "
+            "(SELECT role FROM console_user WHERE name = $3), "
+            "(SELECT created_at > $1 FROM console_user WHERE name = $3)",
+            asked["at"], hours, name,
+        )  # fmt: skip
+        if old:
             return f"asked more than {hours} hours ago"
-        role = await conn.fetchval("SELECT role FROM console_user WHERE name = $1", asked["user_name"])
-        if role is None or RANK[role] < RANK["operator"]:
-            return f"{asked['user_name']} is no longer an operator"
+        if RANK.get(role, -1) < RANK["operator"] or made_since:  # (an account of that name made since: not theirs)
+            return f"{name} is no longer an operator"
         return ""
 
     async def _superseded(
@@ -223,6 +228,7 @@ class Console:
 
     def _told(self, request: web.Request, path: str, said: str) -> web.HTTPSeeOther:
         """Back to ``path``, saying ``said`` there (``_said``)."""
+        said = said[:300]  # (what a page shows of it)
         return web.HTTPSeeOther(f"{path}?said={quote(said)}&sig={_signed(request['session'], said)}")
 
     def _refusal(self, request: web.Request, session: Session | None, status: int, why: str) -> web.Response:
@@ -443,11 +449,12 @@ class Console:
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"dead_letter.retry:{rrn}")
-            if (await reads.hand_backs_asked(conn, rrn)).get(rrn) is not None:  # decided first, by another
-                said = f"{rrn}: a hand-back awaits approval: approve or reject it first"
+            who, asked = request["session"].account.name, (await reads.hand_backs_asked(conn, rrn)).get(rrn)
+            if asked is not None and not await self._superseded(conn, asked, who, "dead_letter.retry", rrn, {}):
+                said = f"{rrn}: a hand-back awaits approval: approve or reject it first"  # (asked first, by another)
                 raise self._told(request, "/dead-letters", said)
             done = await act(conn, rrn, resolution)
-            who, outcome = request["session"].account.name, "ok" if done else "no open dead letter"
+            outcome = "ok" if done else "no open dead letter"
             await record(conn, Entry(who, f"dead_letter.{action}", rrn, after=resolution, outcome=outcome))
         said = {"resolve": "resolved", "retry": "handed back to the resolver"}[action]
         said = f"{rrn}: {said}" if done else f"no open dead letter {rrn} to be {said}"
@@ -493,7 +500,7 @@ class Console:
                     outcome, said = "ok", f"{rrn}: handed back to the resolver"
                 else:
                     outcome, said = "no open dead letter", f"no open dead letter {rrn} to be handed back"
-                asker, why = {"asked_by": asked["user_name"]}, asked["resolution"]
+                asker, why = {"request": asked["id"], "asked_by": asked["user_name"]}, asked["resolution"]
                 await record(conn, Entry(who, "dead_letter.retry", rrn, asker, why, outcome))
         raise self._told(request, "/dead-letters", said)
 
@@ -679,6 +686,8 @@ class Console:
         decision, form = request.match_info["decision"], request["form"]
         of, value, read = str(form.get("of", "")), str(form.get("value", "")).strip(), str(form.get("request", ""))
         who, target = request["session"].account.name, f"black {of} {value}"
+        if len(value) > MAX_LISTED:
+            raise self._told(request, "/risk", f"a list entry's value is at most {MAX_LISTED} characters")
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"risk.list.remove:{target}")
             asked = (await reads.removals_asked(conn, of, value)).get((of, value))
@@ -776,7 +785,8 @@ def _said(request: web.Request, session: Session | None) -> str:
     """What the page says an action came to: only what this console said, to this session (signed
     with its CSRF secret), never words a link from elsewhere puts on it ("approved by security")."""
     said = request.query.get("said", "")
-    if session is None or not hmac.compare_digest(request.query.get("sig", ""), _signed(session, said)):
+    signature = request.query.get("sig", "").encode()  # (text with other than ASCII would raise)
+    if session is None or not hmac.compare_digest(signature, _signed(session, said).encode()):
         return ""
     return said[:300]
 
