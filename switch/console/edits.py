@@ -143,7 +143,7 @@ class Edits:
         """Why ``asked`` can no longer be kept as it was asked and shown, if so: too old, its asker
         no longer an admin, its section not the one it was edited from (by digest: the file's, while
         the journal keeps none, has no version to tell it by), a new terminal's key gone."""
-        if dt.datetime.now(dt.UTC) - asked["asked_at"] > self._max_age:
+        if await conn.fetchval("SELECT now() - $1::timestamptz > $2::interval", asked["asked_at"], self._max_age):
             return f"asked more than {self._max_age.total_seconds() / 3600:g} hours ago"
         if await conn.fetchval("SELECT role FROM console_user WHERE name = $1", asked["asked_by"]) != "admin":
             return f"{asked['asked_by']} is no longer an admin"
