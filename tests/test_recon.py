@@ -826,6 +826,12 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
             )
             by_refund = {name: [tuple(r)[1:] for r in found if r["out_trade_no"] == out_trade_no(rrn)]
                          for name, rrn in rrns.items()}  # fmt: skip
+            # The later hour run again: adopting the refund again, it closes no day batch's item.
+            later = hours[1]
+            await pool.execute(AFRESH, channel, later.date(), later.hour)
+            again = ReconBatch(pool, channel, channel, later.date(), later.hour, CountingFetch(config_dir), handler)
+            assert await again.run() == "done"
+            day["kept after the hour again"] = await item_of(pool, whole.id, out_trade_no(rrns["kept"]))
             return by_refund, rrns, day
         finally:
             await worker.close()
@@ -851,7 +857,11 @@ def test_a_refund_on_either_side_of_an_hour_is_no_difference(switch, database_ur
     # In one hour on both sides, but still in progress at the channel: not matched.
     assert found["unfinished"] == [("REFUND", "OPEN", rrns["unfinished"], "PROCESSING", None)]
     # The day's file, which the channel settles by, lacking both: the hour's adoption closes neither.
-    assert day == {"kept": ("REFUND", "OPEN", None), "paid": ("SHORT", "FIXED", "confirm_short")}
+    assert day == {
+        "kept": ("REFUND", "OPEN", None),
+        "paid": ("SHORT", "FIXED", "confirm_short"),
+        "kept after the hour again": ("REFUND", "OPEN", None),
+    }
 
 
 def test_a_reversal_asked_for_before_the_statement_is_carried_out(switch, database_url, config_dir, simulators):
