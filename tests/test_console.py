@@ -46,6 +46,7 @@ ACTIONS = [
     "/sign-out",
     "/channels/wechat/disable",
     "/recon/1/resolve",
+    "/recon/1/approve",
     "/dead-letters/000000000001/resolve",
     "/dead-letters/000000000001/retry",
     "/dead-letters/000000000001/approve",
@@ -266,10 +267,11 @@ def test_a_viewer_reads_but_cannot_act(console, database_url):
     assert session.get(f"{console.base}/transactions").status_code == 200
     token = csrf(session, console)
     refused = audit_count(database_url, "role", "refused")
-    acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/dead-letters/000000000001/resolve",
-            "/dead-letters/000000000001/retry", "/dead-letters/000000000001/approve", "/terminals/new",
-            "/limits/wechat", "/risk/rules", "/risk/lists/remove", "/risk/removals/approve",
-            "/risk/removals/reject", "/changes/1/approve", "/changes/1/reject")  # fmt: skip
+    acts = ("/channels/wechat/disable", f"/merchants/{KIOSK}", "/recon/1/resolve", "/recon/1/approve",
+            "/dead-letters/000000000001/resolve", "/dead-letters/000000000001/retry",
+            "/dead-letters/000000000001/approve", "/terminals/new", "/limits/wechat", "/risk/rules",
+            "/risk/lists/remove", "/risk/removals/approve", "/risk/removals/reject", "/changes/1/approve",
+            "/changes/1/reject")  # fmt: skip
     for path in acts:
         answer = session.post(
             console.base + path, data={"csrf": token, "name": "x", "reason": "x"}, allow_redirects=False
@@ -543,13 +545,24 @@ def test_an_operators_day_in_a_browser(console, browser, database_url):
     assert "wechat: enable ok" in text("said")
     assert pay(switch, "wechat")["39"] == "00"
 
-    # A reconciliation difference resolved with a reason.
+    # A reconciliation difference resolved with a reason: asked, and approved by a second operator
+    # (a difference resolved is settled as one fixed: it can pay a merchant).
     item = _open_difference(database_url)
     browser.get(f"{base}/recon")
     shot(browser, "recon")
     browser.find_element(By.ID, f"reason-{item}").send_keys("paid at the counter; receipt 42")
     follow(By.ID, f"resolve-{item}")
-    assert f"difference {item}: resolved" in text("said")
+    assert f"difference {item}: resolution asked" in text("said") and "asked by ada" in text(f"asked-{item}")
+    assert not browser.find_elements(By.ID, f"approve-{item}")  # not by the one who asked
+    assert sql(database_url, "SELECT status FROM recon_item WHERE id = $1", item)[0][0] == "OPEN"
+    asked = "SELECT max(id) FROM console_audit WHERE action = 'recon.resolve' AND target = $1"
+    request = str(sql(database_url, asked, str(item))[0][0])
+    own, _ = signed_in(console, "ada")
+    refused = own.post(f"{console.base}/recon/{item}/approve", data={"csrf": csrf(own, console), "request": request})
+    assert "approved by another operator than the one who asked" in refused.text
+    second, _ = signed_in(console, "otto")
+    decision = {"csrf": csrf(second, console), "request": request}
+    assert f"difference {item}: resolved" in second.post(f"{console.base}/recon/{item}/approve", data=decision).text
     status, note = sql(database_url, "SELECT status, note FROM recon_item WHERE id = $1", item)[0]
     assert (status, note) == ("RESOLVED", "paid at the counter; receipt 42")
     assert sql(database_url, "SELECT rule FROM recon_action WHERE item_id = $1", item)[0][0] == "operator"
@@ -838,7 +851,7 @@ def test_an_operator_black_lists_a_terminal_and_takes_it_off_again(console, data
         page = checker.post(f"{console.base}/risk/removals/approve", data=approval)
     finally:
         sql(database_url, "UPDATE console_user SET role = 'operator' WHERE name = 'otto'")
-    assert "its removal lapsed (otto is no longer an operator): ask again" in page.text
+    assert "black terminal T9999998: removal lapsed (otto is no longer an operator): ask again" in page.text
     assert 'id="approve-removal-black-terminal-T9999998"' not in page.text  # no longer waiting
     assert sql(database_url, "SELECT reason FROM risk_list WHERE value = 'T9999998'")[0][0] == "again"
     # Nor does a lapsed request block another's: asked anew, it takes its place.

@@ -104,8 +104,9 @@ async def _serve(url: str, config: Config, args: argparse.Namespace, endpoints: 
     section = config.console
     if not section.four_eyes:
         log.warning(
-            "four_eyes is off: one operator alone hands a dead letter back to the resolver "
-            "or takes an entry off the black list, and one admin alone changes the live configuration"
+            "four_eyes is off: one operator alone hands a dead letter back to the resolver, resolves a "
+            "reconciliation difference or takes an entry off the black list, and one admin alone changes "
+            "the live configuration"
         )
     try:
         token = configured_token(config, args.data_dir)

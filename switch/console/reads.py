@@ -6,6 +6,7 @@ only ever read masked (the journal keeps nothing else), and the free text that c
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -177,6 +178,16 @@ async def dead_letter(pool: asyncpg.Pool, rrn: str) -> asyncpg.Record | None:
 
 
 AWAITING = "awaiting a second operator"  # the audit's outcome of a hand-back asked, not yet decided
+
+
+async def _awaiting(
+    conn: asyncpg.Connection | asyncpg.Pool, sql: str, key: Callable[[asyncpg.Record], Any], *args: Any
+) -> dict[Any, asyncpg.Record]:
+    """Of the requests ``sql`` reads (the latest audit row of each thing asked about), those still
+    awaiting a second operator, by ``key``."""
+    return {key(row): row for row in await conn.fetch(sql, *args) if row["outcome"] == AWAITING}
+
+
 # The latest hand-back decision of each open dead letter since it was (re)opened: the audit log is
 # where a hand-back is asked, approved or rejected, so it is where one awaiting approval is read.
 _HAND_BACKS_SQL = (
@@ -192,8 +203,23 @@ async def hand_backs_asked(
 ) -> dict[str, asyncpg.Record]:
     """The hand-backs to the resolver asked of open dead letters (or of ``rrn``'s) and not yet
     approved or rejected, by RRN: the request (its audit row's ``id``), who asked, when, and why."""
-    rows = await conn.fetch(_HAND_BACKS_SQL, rrn)
-    return {row["rrn"]: row for row in rows if row["outcome"] == AWAITING}
+    return await _awaiting(conn, _HAND_BACKS_SQL, lambda row: row["rrn"], rrn)
+
+
+# A difference's resolution asked (``four_eyes``): the latest request or decision of an open item.
+_RESOLUTIONS_SQL = (
+    "SELECT DISTINCT ON (i.id) i.id::text AS item, a.id, a.user_name, a.at, a.after #>> '{}' AS reason, a.outcome "
+    "FROM recon_item i JOIN console_audit a ON a.action = 'recon.resolve' AND a.target = i.id::text "
+    "WHERE i.status = 'OPEN' AND ($1::bigint IS NULL OR i.id = $1) ORDER BY i.id, a.id DESC"
+)
+
+
+async def resolutions_asked(
+    conn: asyncpg.Connection | asyncpg.Pool, item: int | None = None
+) -> dict[str, asyncpg.Record]:
+    """The resolutions asked of open differences (or of ``item``) and not yet approved or rejected,
+    by item (as text): the request (its audit row's ``id``), who asked, when, and why."""
+    return await _awaiting(conn, _RESOLUTIONS_SQL, lambda row: row["item"], item)
 
 
 async def dead_notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -245,8 +271,7 @@ async def removals_asked(
     """The black list's removals asked and not yet approved or rejected (of ``of`` ``value``'s entry
     only, if given), by (what, value): the entry's id, the request (its audit row's ``id``), who
     asked, when, and why."""
-    rows = await conn.fetch(_REMOVALS_SQL, of, value)
-    return {(row["list_of"], row["value"]): row for row in rows if row["outcome"] == AWAITING}
+    return await _awaiting(conn, _REMOVALS_SQL, lambda row: (row["list_of"], row["value"]), of, value)
 
 
 async def risk_changes(pool: asyncpg.Pool, limit: int = 50) -> list[asyncpg.Record]:

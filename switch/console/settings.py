@@ -32,13 +32,14 @@ class ConsoleSection(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # the sign-in limits and the audit. None (the default): every connection is its own address,
     # and behind a gateway all users share the gateway's (a stranger's failures lock all out).
     trusted_proxies: list[str] = []  # checked by problems()
-    # Handing a dead letter back to the resolver (which may return its money) and taking an entry
-    # off the black list (which lets it pay again) take a second operator's approval, and a
-    # change of the live configuration (merchants, terminals, gray routes, limits, risk rules) a
-    # second admin's: one asks, another approves or rejects. Off: whoever asks does it.
+    # Handing a dead letter back to the resolver (which may return its money), resolving a
+    # reconciliation difference by hand (settlement then pays it) and taking an entry off the black
+    # list (which lets it pay again) take a second operator's approval, and a change of the live
+    # configuration (merchants, terminals, gray routes, limits, risk rules) a second admin's: one
+    # asks, another approves or rejects. Off: whoever asks does it.
     four_eyes: bool = True
-    # A change of the configuration, a hand-back or a black list removal asked and not approved
-    # within this long lapses: an approval is of a request as its time saw it.
+    # A configuration change, a hand-back, a resolution or a black list removal asked and not
+    # approved within this long lapses: an approval is of a request as its time saw it.
     change_max_hours: Annotated[int, Meta(ge=1, le=720)] = 24
     # The session cookie only over https: on unless the console listens on loopback (or behind
     # a TLS gateway that sets this true). DEMO and loopback only: plain http.

@@ -16,8 +16,9 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import asyncpg
@@ -113,6 +114,7 @@ class Console:
             ("POST", "/limits/{name}", self.limits_save),
             ("GET", "/recon", self.recon),
             ("POST", "/recon/{item}/resolve", self.recon_resolve),
+            ("POST", r"/recon/{item:\d{1,18}}/{decision:approve|reject}", self.recon_decide),
             ("GET", "/dead-letters", self.dead_letters),
             ("GET", "/dead-letters/{rrn}/retry", self.dead_letter_confirm),
             ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
@@ -214,6 +216,66 @@ class Console:
         if RANK.get(role, -1) < RANK["operator"] or made_since:  # (an account of that name made since: not theirs)
             return f"{name} is no longer an operator"
         return ""
+
+    async def _ask(
+        self,
+        request: web.Request,
+        kind: _Kind,
+        target: str,
+        audited: str,
+        reason: Any,
+        asked_of: Callable[[asyncpg.Connection], Awaitable[dict[Any, asyncpg.Record]]],
+        key: Any,
+        still: Callable[[asyncpg.Connection], Awaitable[dict[str, Any] | None]],
+        gone: str,
+    ) -> str:
+        """A request of ``kind`` on ``target`` asked (``four_eyes``): audited on ``audited`` as
+        awaiting a second operator, nothing done. Refused while another waits (``asked_of``, by
+        ``key``), unless that one has lapsed (the new one takes its place), and when ``still`` finds
+        nothing to ask about (``gone``; else what to name in the request). What the page says."""
+        who = request["session"].account.name
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            await _decisions_of(conn, f"{kind.action}:{audited}")
+            names, asked = await still(conn), (await asked_of(conn)).get(key)
+            if names is None:
+                return gone
+            if asked is not None and not await self._superseded(conn, asked, who, kind.action, audited, names):
+                return f"{target}: {kind.what} awaits approval already (asked by {asked['user_name']})"
+            await record(conn, Entry(who, kind.action, audited, names or None, reason, reads.AWAITING))
+            return f"{target}: {kind.what} asked; another operator approves it on this page"
+
+    async def _decide(
+        self,
+        conn: asyncpg.Connection,
+        request: web.Request,
+        kind: _Kind,
+        asked: asyncpg.Record | None,
+        target: str,
+        audited: str,
+        reason: Any,
+        names: dict[str, Any],
+        carry_out: Callable[[], Awaitable[tuple[str, str]]],
+    ) -> str:
+        """The session's decision (approve or reject, from the route) on ``asked``, a request of
+        ``kind`` on ``target``: refused (``_undecidable``), lapsed, withdrawn or rejected, or carried
+        out (``carry_out``: its outcome and what to say); audited on ``audited`` with ``names``, the
+        request and who asked. What the page says."""
+        decision, who = request.match_info["decision"], request["session"].account.name
+        read = str(request["form"].get("request", ""))
+        refused = await _undecidable(conn, asked, decision, read, who, target, kind.what, kind.refusal)
+        if refused or asked is None:
+            return refused
+        lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
+        if lapsed:
+            outcome, said = f"lapsed: {lapsed}", f"{target}: {kind.what} lapsed ({lapsed}): ask again"
+        elif decision == "reject":
+            outcome = "withdrawn" if who == asked["user_name"] else "rejected"
+            said = f"{target}: {kind.what} {outcome}"
+        else:
+            outcome, said = await carry_out()
+        named = names | {"request": asked["id"], "asked_by": asked["user_name"]}
+        await record(conn, Entry(who, kind.action, audited, named, reason, outcome))
+        return said
 
     async def _superseded(
         self, conn: asyncpg.Connection, asked: asyncpg.Record, who: str, action: str, target: str, names: dict
@@ -402,13 +464,25 @@ class Console:
     @needs("viewer")
     async def recon(self, request: web.Request) -> web.Response:
         batches, open_ = await reads.batches(self._pool), await reads.open_differences(self._pool)
-        return self._page(request, "recon.html", batches=batches, differences=open_)
+        asked = await reads.resolutions_asked(self._pool)
+        return self._page(
+            request, "recon.html", batches=batches, differences=open_, asked=asked, four_eyes=self._section.four_eyes
+        )
 
     @needs("operator")
     async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
         item, reason = request.match_info["item"], typed(str(request["form"].get("reason", "")), 500)
         if not re.fullmatch(r"[0-9]{1,18}", item) or not reason:
             raise self._told(request, "/recon", "a resolution needs a reason")
+        if self._section.four_eyes:  # a difference resolved is settled as one fixed: it can pay a merchant
+
+            async def open_(conn: asyncpg.Connection) -> dict[str, Any] | None:
+                return {} if await conn.fetchval(_OPEN_ITEM, int(item)) else None
+
+            asked = partial(reads.resolutions_asked, item=int(item))
+            said = await self._ask(request, _RESOLUTION, f"difference {item}", item, reason, asked, item, open_,
+                                   f"no open difference {item}")  # fmt: skip
+            raise self._told(request, "/recon", said)
         async with self._pool.acquire() as conn, conn.transaction():
             done = await resolve_by_hand(conn, int(item), reason)
             outcome = "ok" if done else "no open difference"
@@ -416,6 +490,25 @@ class Console:
                 conn, Entry(request["session"].account.name, "recon.resolve", item, after=reason, outcome=outcome)
             )
         raise self._told(request, "/recon", f"difference {item}: resolved" if done else f"no open difference {item}")
+
+    @needs("operator")
+    async def recon_decide(self, request: web.Request) -> web.StreamResponse:
+        """A difference's resolution asked by another operator approved (resolved with the reason
+        asked) or rejected; the one who asked may only withdraw it. An approval names the request
+        its approver read, and is refused if another has taken its place since."""
+        item = request.match_info["item"]
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+            await _decisions_of(conn, f"recon.resolve:{item}")
+            asked = (await reads.resolutions_asked(conn, int(item))).get(item)
+
+            async def resolve() -> tuple[str, str]:
+                if await resolve_by_hand(conn, int(item), asked["reason"]):
+                    return "ok", f"difference {item}: resolved"
+                return "no open difference", f"no open difference {item}"
+
+            why, target = asked["reason"] if asked else None, f"difference {item}"
+            said = await self._decide(conn, request, _RESOLUTION, asked, target, item, why, {}, resolve)
+        raise self._told(request, "/recon", said)
 
     @needs("viewer")
     async def dead_letters(self, request: web.Request) -> web.Response:
@@ -444,8 +537,15 @@ class Console:
         resolution = typed(str(request["form"].get("resolution", "")), 500)
         if not re.fullmatch(r"[0-9]{12}", rrn) or not resolution:
             raise self._told(request, "/dead-letters", "say what was done, or why it is tried again")
-        if action == "retry" and self._section.four_eyes:
-            await self._ask_hand_back(request, rrn, resolution)
+        if action == "retry" and self._section.four_eyes:  # its cancel may return money
+
+            async def open_(conn: asyncpg.Connection) -> dict[str, Any] | None:
+                return {} if await reads.dead_letter(conn, rrn) is not None else None
+
+            asked = partial(reads.hand_backs_asked, rrn=rrn)
+            gone = f"no open dead letter {rrn} to be handed back to the resolver"
+            said = await self._ask(request, _HAND_BACK, rrn, rrn, resolution, asked, rrn, open_, gone)
+            raise self._told(request, "/dead-letters", said)
         act = resolve_dead_letter if action == "resolve" else retry_dead_letter
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"dead_letter.retry:{rrn}")
@@ -460,48 +560,24 @@ class Console:
         said = f"{rrn}: {said}" if done else f"no open dead letter {rrn} to be {said}"
         raise self._told(request, "/dead-letters", said)
 
-    async def _ask_hand_back(self, request: web.Request, rrn: str, resolution: str) -> NoReturn:
-        """A hand-back asked (``four_eyes``): audited as awaiting a second operator, nothing done."""
-        who = request["session"].account.name
-        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            await _decisions_of(conn, f"dead_letter.retry:{rrn}")
-            asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
-            if asked is not None and not await self._superseded(conn, asked, who, "dead_letter.retry", rrn, {}):
-                said = f"{rrn}: handing back awaits approval already (asked by {asked['user_name']})"
-            elif await reads.dead_letter(conn, rrn) is None:
-                said = f"no open dead letter {rrn} to be handed back to the resolver"
-            else:
-                await record(conn, Entry(who, "dead_letter.retry", rrn, after=resolution, outcome=reads.AWAITING))
-                said = f"{rrn}: handing back asked; another operator approves it on this page"
-        raise self._told(request, "/dead-letters", said)
-
     @needs("operator")
     async def dead_letter_decide(self, request: web.Request) -> web.StreamResponse:
         """A hand-back asked by another operator approved (the dead letter handed back to the
         resolver, with the reason asked) or rejected; the one who asked may only reject (withdraw)
         it. An approval names the request its approver read (``request``: its audit row), and is
         refused if another has taken its place since. Each decision audited with who asked."""
-        rrn, decision = request.match_info["rrn"], request.match_info["decision"]
-        who, read = request["session"].account.name, str(request["form"].get("request", ""))
+        rrn = request.match_info["rrn"]
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"dead_letter.retry:{rrn}")
             asked = (await reads.hand_backs_asked(conn, rrn)).get(rrn)
-            refused = await _undecidable(conn, asked, decision, read, who, rrn, "handing back", "dead_letter.approve")
-            if refused:
-                said = refused
-            else:
-                lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
-                if lapsed:
-                    outcome, said = f"lapsed: {lapsed}", f"{rrn}: handing back lapsed ({lapsed}): ask again"
-                elif decision == "reject":
-                    outcome = "withdrawn" if who == asked["user_name"] else "rejected"
-                    said = f"{rrn}: handing back {outcome}"
-                elif await retry_dead_letter(conn, rrn, asked["resolution"]):
-                    outcome, said = "ok", f"{rrn}: handed back to the resolver"
-                else:
-                    outcome, said = "no open dead letter", f"no open dead letter {rrn} to be handed back"
-                asker, why = {"request": asked["id"], "asked_by": asked["user_name"]}, asked["resolution"]
-                await record(conn, Entry(who, "dead_letter.retry", rrn, asker, why, outcome))
+
+            async def hand_back() -> tuple[str, str]:
+                if await retry_dead_letter(conn, rrn, asked["resolution"]):
+                    return "ok", f"{rrn}: handed back to the resolver"
+                return "no open dead letter", f"no open dead letter {rrn} to be handed back"
+
+            why = asked["resolution"] if asked else None
+            said = await self._decide(conn, request, _HAND_BACK, asked, rrn, rrn, why, {}, hand_back)
         raise self._told(request, "/dead-letters", said)
 
     @needs("operator")
@@ -641,8 +717,21 @@ class Console:
             raise self._told(request, "/risk", "a list entry needs its list, what it is and its value")
         if add and not reason:
             raise self._told(request, "/risk", "an entry needs a reason")
-        if not add and colour == "black" and self._section.four_eyes:
-            await self._ask_removal(request, of, value, reason)
+        if not add and colour == "black" and self._section.four_eyes:  # off the list, it pays again
+            if not reason:
+                raise self._told(request, "/risk", "say why it comes off the black list: another operator reads it")
+
+            async def listed(conn: asyncpg.Connection) -> dict[str, Any] | None:
+                entry = await conn.fetchval(_LISTED, of, value)
+                return None if entry is None else {"entry": entry}
+
+            target = f"black {of} {value}"
+            asked = partial(reads.removals_asked, of=of, value=value)
+            gone = f"{target}: not on the black list"
+            said = await self._ask(
+                request, _REMOVAL, target, target, {"reason": reason}, asked, (of, value), listed, gone
+            )
+            raise self._told(request, "/risk", said)
         user = request["session"].account.name
         async with self._pool.acquire() as conn, conn.transaction():
             changed = await change_list(
@@ -654,60 +743,29 @@ class Console:
         said = f"{colour} list of {of}s: {value} {'added' if add else 'removed'}" if changed else "nothing changed"
         raise self._told(request, "/risk", said)
 
-    async def _ask_removal(self, request: web.Request, of: str, value: str, reason: str) -> NoReturn:
-        """A black list entry's removal asked (``four_eyes``): audited as awaiting a second operator,
-        nothing removed. Taking a terminal or merchant off the black list lets it pay again."""
-        if not reason:
-            said = "say why it comes off the black list: another operator reads it to approve"
-            raise self._told(request, "/risk", said)
-        who, target = request["session"].account.name, f"black {of} {value}"
-        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            await _decisions_of(conn, f"risk.list.remove:{target}")
-            entry = await conn.fetchval(_LISTED, of, value)
-            asked = (await reads.removals_asked(conn, of, value)).get((of, value))
-            if entry is None:
-                said = f"{target}: not on the black list"
-            elif asked is not None and not await self._superseded(
-                conn, asked, who, "risk.list.remove", target, {"entry": asked["entry"]}
-            ):
-                said = f"{target}: its removal awaits approval already (asked by {asked['user_name']})"
-            else:
-                ask = Entry(who, "risk.list.remove", target, {"entry": entry}, {"reason": reason}, reads.AWAITING)
-                await record(conn, ask)
-                said = f"{target}: removal asked; another operator approves it on this page"
-        raise self._told(request, "/risk", said)
-
     @needs("operator")
     async def risk_removal_decide(self, request: web.Request) -> web.StreamResponse:
         """A black list entry's removal asked by another operator approved (taken off, with the
         reason asked) or rejected; the one who asked may only reject (withdraw) it. An approval
         names the request its approver read (``request``: its audit row), and is refused if another
         has taken its place since. Each decision audited with who asked."""
-        decision, form = request.match_info["decision"], request["form"]
-        of, value, read = str(form.get("of", "")), str(form.get("value", "")).strip(), str(form.get("request", ""))
-        who, target = request["session"].account.name, f"black {of} {value}"
+        form, who = request["form"], request["session"].account.name
+        of, value = str(form.get("of", "")), str(form.get("value", "")).strip()
         if len(value) > MAX_LISTED:
             raise self._told(request, "/risk", f"a list entry's value is at most {MAX_LISTED} characters")
+        target = f"black {of} {value}"
         async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await _decisions_of(conn, f"risk.list.remove:{target}")
             asked = (await reads.removals_asked(conn, of, value)).get((of, value))
-            refused = await _undecidable(conn, asked, decision, read, who, target, "removal", "risk.list.approve")
-            if refused:
-                said = refused
-            else:
-                asker, why = asked["user_name"], asked["reason"]
-                lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
-                if lapsed:
-                    outcome, said = f"lapsed: {lapsed}", f"{target}: its removal lapsed ({lapsed}): ask again"
-                elif decision == "reject":
-                    outcome = "withdrawn" if who == asker else "rejected"
-                    said = f"{target}: removal {outcome}"
-                elif await change_list(conn, False, "black", of, value, why, f"console:{asker}+{who}", asked["entry"]):
-                    outcome, said = "ok", f"black list of {of}s: {value} removed"
-                else:  # taken off meanwhile outside the console (its request lapsed with it)
-                    outcome, said = "no change", f"{target}: not on the black list"
-                named = {"entry": asked["entry"], "request": asked["id"], "asked_by": asker}
-                await record(conn, Entry(who, "risk.list.remove", target, named, {"reason": why}, outcome))
+
+            async def remove() -> tuple[str, str]:
+                by = f"console:{asked['user_name']}+{who}"
+                if await change_list(conn, False, "black", of, value, asked["reason"], by, asked["entry"]):
+                    return "ok", f"black list of {of}s: {value} removed"
+                return "no change", f"{target}: not on the black list"  # taken off meanwhile, outside the console
+
+            why, names = ({"reason": asked["reason"]}, {"entry": asked["entry"]}) if asked else (None, {})
+            said = await self._decide(conn, request, _REMOVAL, asked, target, target, why, names, remove)
         raise self._told(request, "/risk", said)
 
     @needs("viewer")
@@ -777,6 +835,20 @@ class Console:
         return self._page(request, "audit.html", rows=await reads.audit_rows(self._pool))
 
 
+class _Kind(NamedTuple):
+    """A request that waits for a second operator: the audit action of it and of its decisions,
+    that of a refused approval, and what the pages call it."""
+
+    action: str
+    refusal: str
+    what: str
+
+
+_HAND_BACK = _Kind("dead_letter.retry", "dead_letter.approve", "handing back")
+_RESOLUTION = _Kind("recon.resolve", "recon.approve", "resolution")
+_REMOVAL = _Kind("risk.list.remove", "risk.list.approve", "removal")
+
+
 def _signed(session: Session, said: str) -> str:
     return hmac.new(session.csrf.encode(), said.encode(), "sha256").hexdigest()[:32]
 
@@ -815,6 +887,7 @@ async def _undecidable(
     return None
 
 
+_OPEN_ITEM = "SELECT true FROM recon_item WHERE id = $1 AND status = 'OPEN'"
 # A black list entry's id: a removal asked names it, and its approval removes that entry only (one
 # removed and listed again meanwhile, outside the console, is another).
 _LISTED = "SELECT id FROM risk_list WHERE colour = 'black' AND list_of = $1 AND value = $2"
