@@ -483,6 +483,19 @@ def test_the_recon_command_line_runs_exports_lists_and_resolves(switch, database
     resolved = paysw("errors", "--resolve", item, "--reason", "checked with UnionPay: paid, file late")
     assert resolved.returncode == 0 and "resolved" in resolved.stdout
     assert order not in paysw("errors").stdout
+
+    async def audited() -> list[tuple]:  # the break-glass path, outside the console's four eyes, audited
+        conn = await asyncpg.connect(database_url)
+        try:
+            sql = (
+                "SELECT user_name LIKE 'cli:%', after #>> '{}', outcome FROM console_audit "
+                "WHERE action = 'recon.resolve' AND target = $1"
+            )
+            return [tuple(r) for r in await conn.fetch(sql, item)]
+        finally:
+            await conn.close()
+
+    assert run(audited()) == [(True, "checked with UnionPay: paid, file late", "ok")]
     assert paysw("errors", "--resolve", item, "--reason", "again").returncode == 2
     assert paysw("errors", "--resolve", item).returncode == 2
 

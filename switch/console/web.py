@@ -114,7 +114,7 @@ class Console:
             ("POST", "/limits/{name}", self.limits_save),
             ("GET", "/recon", self.recon),
             ("POST", "/recon/{item}/resolve", self.recon_resolve),
-            ("POST", r"/recon/{item:\d{1,18}}/{decision:approve|reject}", self.recon_decide),
+            ("POST", r"/recon/{item:[1-9][0-9]{0,17}}/{decision:approve|reject}", self.recon_decide),
             ("GET", "/dead-letters", self.dead_letters),
             ("GET", "/dead-letters/{rrn}/retry", self.dead_letter_confirm),
             ("POST", "/dead-letters/{rrn}/{action:resolve|retry}", self.dead_letter_act),
@@ -201,7 +201,7 @@ class Console:
         return origin is None or urlsplit(origin).netloc == request.host
 
     async def _lapsed(self, conn: asyncpg.Connection, asked: asyncpg.Record) -> str:
-        """Why a request waiting for a second operator (a hand-back, a removal; its audit row) may
+        """Why a request waiting for a second operator (a hand-back, a resolution, a removal; its audit row) may
         no longer be approved, if so: asked more than ``change_max_hours`` ago, or its asker no
         longer an operator. A decision then ends it, nothing done, and it is asked again."""
         hours, name = self._section.change_max_hours, asked["user_name"]
@@ -262,7 +262,7 @@ class Console:
         request and who asked. What the page says."""
         decision, who = request.match_info["decision"], request["session"].account.name
         read = str(request["form"].get("request", ""))
-        refused = await _undecidable(conn, asked, decision, read, who, target, kind.what, kind.refusal)
+        refused = await _undecidable(conn, asked, decision, read, who, target, audited, kind)
         if refused or asked is None:
             return refused
         lapsed = await self._lapsed(conn, asked) if decision == "approve" else ""
@@ -472,7 +472,7 @@ class Console:
     @needs("operator")
     async def recon_resolve(self, request: web.Request) -> web.StreamResponse:
         item, reason = request.match_info["item"], typed(str(request["form"].get("reason", "")), 500)
-        if not re.fullmatch(r"[0-9]{1,18}", item) or not reason:
+        if not re.fullmatch(r"[1-9][0-9]{0,17}", item) or not reason:  # (as the audit and the locks name it)
             raise self._told(request, "/recon", "a resolution needs a reason")
         if self._section.four_eyes:  # a difference resolved is settled as one fixed: it can pay a merchant
 
@@ -870,20 +870,20 @@ async def _undecidable(
     read: str,
     who: str,
     target: str,
-    what: str,
-    refusal: str,
+    audited: str,
+    kind: _Kind,
 ) -> str | None:
-    """Why ``who`` cannot make ``decision`` on the request ``asked`` (a hand-back, a removal from the
-    black list; its audit row), or None: none awaits, an approval of another request than the one
-    ``read``, or of one's own (audited as ``refusal``: the request still waits)."""
+    """Why ``who`` cannot make ``decision`` on the request ``asked`` (its audit row), or None: none
+    awaits, an approval of another request than the one ``read``, or of one's own (audited on
+    ``audited`` as ``kind``'s refusal: the request still waits)."""
     if asked is None:
-        return f"{target}: no {what} awaits approval"
+        return f"{target}: no {kind.what} awaits approval"
     if decision == "approve" and read != str(asked["id"]):
-        return f"{target}: the request ({what}) is not the one you read: read it again"
+        return f"{target}: the request ({kind.what}) is not the one you read: read it again"
     if decision == "approve" and asked["user_name"] == who:
         named = {"request": asked["id"], "asked_by": asked["user_name"]}
-        await record(conn, Entry(who, refusal, target, named, outcome="refused: the one who asked"))
-        return f"{target}: {what} is approved by another operator than the one who asked"
+        await record(conn, Entry(who, kind.refusal, audited, named, outcome="refused: the one who asked"))
+        return f"{target}: {kind.what} is approved by another operator than the one who asked"
     return None
 
 
@@ -895,7 +895,7 @@ MAX_LISTED = 64  # the longest value a list entry takes (a code's fingerprint: 6
 
 
 async def _decisions_of(conn: asyncpg.Connection, asked: str) -> None:
-    """The decisions on what was ``asked`` (a hand-back, a removal from the black list) held to this
+    """The decisions on what was ``asked`` (a hand-back, a resolution, a removal from the black list) held to this
     transaction: two operators approving at once are taken one after the other, the second finding
     it decided."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", asked)

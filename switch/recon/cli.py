@@ -20,8 +20,9 @@ import asyncpg
 
 from actors.channel_actor import ChannelWorker
 from hsm import HsmError
-from switch.cli_support import add_database_arguments, with_database
+from switch.cli_support import add_database_arguments, who, with_database
 from switch.config import Config, reconciled
+from switch.console.audit import Entry, record
 from switch.journal.schema import migrate
 from switch.keystore import KeyStore, actor_setup, configured_keys
 from switch.recon.batch import CLASSES, WHOLE_DAY, ReconBatch, StepFailed
@@ -156,10 +157,11 @@ async def _errors(url: str, args: argparse.Namespace) -> int:
             if not args.reason:
                 print("paysw recon errors: --resolve needs --reason", file=sys.stderr)
                 return 2
-            async with conn.transaction():
+            async with conn.transaction():  # the break-glass path, outside the console's four eyes: audited
                 if not await resolve_by_hand(conn, args.resolve, args.reason):
                     print(f"paysw recon errors: no open difference {args.resolve}", file=sys.stderr)
                     return 2
+                await record(conn, Entry(f"cli:{who()}", "recon.resolve", str(args.resolve), after=args.reason))
             print(f"difference {args.resolve} resolved: {args.reason}")
             return 0
         rows = await conn.fetch(
