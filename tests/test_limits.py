@@ -51,11 +51,12 @@ def test_full_bulkhead_sheds_new_purchases_but_not_retransmissions(limited_switc
         async with connected(switch) as first, connected(switch) as second:
             original = asyncio.ensure_future(first.request(slow))
             await asyncio.sleep(0.5)
-            shed = await asyncio.wait_for(second.request(new_purchase("unionpay")), 2)
+            shed = await asyncio.wait_for(second.request(new_purchase("unionpay")), 5)
+            held = not original.done()  # shed while the one place was still held, not queued behind it
             retransmission = asyncio.ensure_future(second.request(dict(slow)))
             other_channel = await second.request(new_purchase("wechat"))
             first_answer, again = await original, await retransmission
-        assert shed["39"] == "91"
+        assert shed["39"] == "91" and held
         assert (await journal_row(database_url, shed["37"]))["state"] == "DECLINED"
         assert sim_audit(simulators, "unionpay", out_trade_no(shed["37"])) == []  # never sent
         assert other_channel["39"] == "00"  # another channel is not affected
@@ -68,17 +69,16 @@ def test_full_bulkhead_sheds_new_purchases_but_not_retransmissions(limited_switc
 def test_over_capacity_the_switch_sheds_at_once_and_recovers(limited_switch, database_url):
     async def scenario():
         async with connected(limited_switch) as terminal, connected(limited_switch) as again:
-            started = time.monotonic()
             slow_messages = [new_purchase("alipay", "98") for _ in range(SWITCH_IN_FLIGHT)]  # 3 s each
             slow = [asyncio.ensure_future(terminal.request(m)) for m in slow_messages]
             await asyncio.sleep(0.3)
             shed = await asyncio.gather(*(terminal.request(new_purchase("ecny")) for _ in range(20)))
-            shed_in = time.monotonic() - started
+            under_way = not any(s.done() for s in slow)
             retransmission = await again.request(dict(slow_messages[0]))  # not shed: the original's answer
             admitted = await asyncio.gather(*slow)
             after = await terminal.request(new_purchase("ecny"))
         assert {a["39"] for a in shed} == {"91"}
-        assert shed_in < 2.0  # answered while the slow ones were still under way
+        assert under_way  # answered while the slow ones were still under way, not after them
         for answer in shed:  # shed before any work: not even journaled
             assert await journal_row(database_url, answer["37"]) is None
         assert {a["39"] for a in admitted} == {"00"}
