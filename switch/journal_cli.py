@@ -1,44 +1,109 @@
-"""``paysw journal migrate``: bring the journal's schema and state machine to this release's as
-their owner, and grant the switch's role its part and nothing more (``switch.journal.roles``).
-For an external PostgreSQL, run by the DBA before each release's first start, where the
-switch's secrets are not: it reads no configuration. The embedded PostgreSQL is done this way
-at every start of the switch."""
+"""``paysw journal``, the journal's owner's commands, run where the switch's secrets are not (no
+configuration is read):
+- ``migrate``: bring the journal's schema and state machine to this release's, and grant the
+  switch's role its part and nothing more (``switch.journal.roles``). For an external PostgreSQL,
+  run by the DBA before each release's first start; the embedded one is done this way at every
+  start of the switch.
+- ``archive``: copy the days the switch is done with out to folders, and with ``--drop`` take them
+  out of the journal (``switch.journal.archive``); ``restore``: read one back in."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 
+from switch.cli_support import who
+from switch.journal import archive
 from switch.journal.roles import OWNER_URL_ENV, RUNTIME_ROLE, prepare
 from switch.journal.schema import MIGRATIONS
 from switch.refused import JournalRefused
+
+_OWNER = (
+    f"The owner's URL is read from {OWNER_URL_ENV} only, never the command line (which other users can read): "
+    "its password in ~/.pgpass or PGPASSFILE, readable by the DBA alone."
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "journal",
-        help="migrate the journal as its owner and grant the switch's role its part (an external PostgreSQL)",
-        description="migrate: apply this release's migrations and state machine to the journal as its owner, "
-        "and grant the switch's role (--role) what the switch does and nothing more: it may not alter, truncate "
-        "or drop a table, switch a trigger off, or make temporary objects (the database's TEMPORARY is revoked "
-        f"from PUBLIC). The owner's URL is read from {OWNER_URL_ENV} only, never the command line (which other "
-        "users can read): its password in ~/.pgpass or PGPASSFILE, readable by the DBA alone. No configuration "
-        "is read. Run it with each release before that release's first start; a switch whose role finds the "
-        "journal not this release's stops and names this command. The embedded PostgreSQL needs none of this: "
-        "each start does it. Exit status: 0 done, 2 refused (why, on stderr).",
+        help="the journal's owner's commands: migrate (an external PostgreSQL), archive and restore days",
+        description="The journal's owner's commands. No configuration is read. Exit status: 0 done, 1 a day "
+        "kept (archive: why, on stdout), 2 refused (why, on stderr).",
     )
-    parser.add_argument("action", choices=["migrate"], help="what to do")
-    parser.add_argument(
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{migrate,archive,restore}")
+    migrate = actions.add_parser(
+        "migrate",
+        help="apply this release's migrations and grant the switch's role its part",
+        description="Apply this release's migrations and state machine to the journal as its owner, and grant "
+        "the switch's role (--role) what the switch does and nothing more: it may not alter, truncate or drop a "
+        "table, switch a trigger off, or make temporary objects (the database's TEMPORARY is revoked from "
+        f"PUBLIC). {_OWNER} Run it with each release before that release's first start; a switch whose role "
+        "finds the journal not this release's stops and names this command. The embedded PostgreSQL needs none "
+        "of this: each start does it.",
+    )
+    migrate.add_argument(
         "--role",
         default=RUNTIME_ROLE,
         help=f"the switch's role: a login that owns nothing, made by the DBA (default {RUNTIME_ROLE})",
     )
+    keep = actions.add_parser(
+        "archive",
+        help="copy the days before a date out to folders; with --drop, take them out of the journal",
+        description="Copy each day of the journal before --before (its transactions and their moves) to a "
+        "folder journal-YYYY-MM-DD under --to: gzip'd CSV and a manifest of rows and SHA-256, read back and "
+        "checked, readable by the owner alone. A day is kept, and the command says why, while any of its "
+        "transactions is open or owes a reversal, a payment or refund whose money was kept is not settled, a "
+        "reconciliation difference on one of them is open, a dead letter is unresolved or a merchant "
+        "notification undelivered. With --drop each day archived is detached from the journal, checked again "
+        "against its archive and dropped, with an audit row (journal.drop); restore reads it back. "
+        f"{_OWNER} Else --data-dir's embedded PostgreSQL.",
+    )
+    keep.add_argument("--before", required=True, type=dt.date.fromisoformat, help="the first day kept, YYYY-MM-DD")
+    keep.add_argument(
+        "--to", type=Path, default=Path("journal-archive"), help="where the folders go (./journal-archive)"
+    )
+    keep.add_argument(
+        "--keep-days",
+        type=int,
+        default=archive.KEEP_DAYS,
+        help=f"days the journal keeps whatever --before says (default {archive.KEEP_DAYS}, at least "
+        f"{archive.MIN_KEEP_DAYS}: a refund up to a year after its payment reads its purchase)",
+    )
+    keep.add_argument("--drop", action="store_true", help="take each day archived out of the journal")
+    back = actions.add_parser(
+        "restore",
+        help="read an archived day back into the journal",
+        description="Read a folder written by paysw journal archive back in as its day's partitions, guarded "
+        "as every day is, checked against its manifest byte for byte, with an audit row (journal.restore). "
+        f"Refused if the journal has the day already. {_OWNER} Else --data-dir's embedded PostgreSQL.",
+    )
+    back.add_argument("folder", type=Path, help="the day's folder, journal-YYYY-MM-DD")
+    for each in (keep, back):
+        each.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path(".paysw"),
+            help=f"folder of the embedded PostgreSQL, when {OWNER_URL_ENV} is not set (default ./.paysw)",
+        )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        return _migrate(args)
+    if args.action == "archive" and not archive.MIN_KEEP_DAYS <= args.keep_days <= 100_000:
+        raise JournalRefused(f"--keep-days: at least {archive.MIN_KEEP_DAYS}, not {args.keep_days}")
+    work = _archive if args.action == "archive" else _restore
+    return _as_owner(args.data_dir, lambda conn: work(conn, args))
+
+
+def _migrate(args: argparse.Namespace) -> int:
     owner = os.environ.get(OWNER_URL_ENV, "")
     if not owner:
         raise JournalRefused(f"set {OWNER_URL_ENV} to the URL of the journal's owner")
@@ -50,4 +115,67 @@ def main(args: argparse.Namespace) -> int:
         print(f"journal at schema version {version}, a later release's: left as it is, with that release's grants")
     else:
         print(f"journal at schema version {version}; role {args.role} granted the switch's part")
+    return 0
+
+
+def _as_owner(data_dir: Path, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    """``work`` on a connection as the journal's owner: ``OWNER_URL_ENV``'s, else the embedded
+    PostgreSQL's superuser under ``data_dir`` (one there already: none is made)."""
+    owner, embedded = os.environ.get(OWNER_URL_ENV, ""), None
+    if not owner:
+        if not (data_dir / "pg").is_dir():
+            raise JournalRefused(f"set {OWNER_URL_ENV} to the URL of the journal's owner, or --data-dir to the "
+                                 f"switch's embedded PostgreSQL ({data_dir / 'pg'} is not one)")  # fmt: skip
+        from switch.journal.embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(data_dir / "pg")
+        owner = embedded.start()
+
+    async def connected() -> int:
+        conn = await asyncpg.connect(owner)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(connected())
+    except archive.ArchiveRefused as exc:
+        raise JournalRefused(str(exc)) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise JournalRefused(f"the owner's database: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    today = await conn.fetchval("SELECT current_date")
+    latest = today - dt.timedelta(days=args.keep_days)
+    if args.before > latest + dt.timedelta(days=1):
+        raise JournalRefused(f"--before {args.before}: the journal keeps {args.keep_days} days (--keep-days), "
+                             f"so the latest day archived is {latest}")  # fmt: skip
+    args.to.mkdir(mode=0o700, parents=True, exist_ok=True)
+    by, kept = f"cli:{who()}", 0
+    days = await archive.days_before(conn, args.before)
+    print(f"{len(days)} days before {args.before} in the journal", flush=True)
+    for day in days:
+        done = await archive.archive(conn, day, args.to, by)
+        if done.folder is not None and args.drop:
+            done = await archive.drop(conn, day, done.folder, by)
+        counts = f"{done.rows.get('txn', 0):,} transactions, {done.rows.get('txn_move', 0):,} moves"
+        if done.kept:
+            kept += 1
+            print(f"{day.day}: kept in the journal: {done.kept}", flush=True)
+        elif done.dropped:
+            print(f"{day.day}: {counts} archived to {done.folder} and dropped from the journal", flush=True)
+        else:
+            left = "" if day.attached else " (its tables left detached by a drop cut short: --drop to finish it)"
+            print(f"{day.day}: {counts} archived to {done.folder}{left}", flush=True)
+    return 1 if kept else 0
+
+
+async def _restore(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    done = await archive.restore(conn, args.folder, f"cli:{who()}")
+    print(f"{done.day}: {done.rows['txn']:,} transactions, {done.rows['txn_move']:,} moves read back into the journal")
     return 0

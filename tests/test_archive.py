@@ -1,0 +1,217 @@
+"""Retention (``paysw journal archive`` / ``restore``, ``switch.journal.archive``) on a real
+PostgreSQL: a day is copied out and dropped only when nothing keeps it, what is dropped is what was
+archived, and a restore reads the same rows back, guarded as every day is."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from switch.journal import Event, Journal, State
+from switch.journal import archive as retention
+from switch.journal.schema import partition
+from tests.conftest import fresh_database, run
+from tests.test_journal import new_txn, outcome
+
+OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
+
+
+def paysw_journal(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, OWNER_URL_ENV: url}
+    return subprocess.run(
+        [sys.executable, "-m", "switch.cli", "journal", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+async def rows_of(conn: asyncpg.Connection, day: dt.date) -> tuple[list, list]:
+    """The day's transactions and moves, every column, in key order."""
+    txns = await conn.fetch("SELECT * FROM txn WHERE tx_date = $1 ORDER BY terminal_id, stan", day)
+    moves = await conn.fetch("SELECT * FROM txn_move WHERE tx_date = $1 ORDER BY rrn, moved_at", day)
+    return [tuple(r) for r in txns], [tuple(r) for r in moves]
+
+
+async def written(journal: Journal, day: dt.date, event: Event | None) -> str:
+    """A purchase of ``day`` written ahead and, unless ``event`` is None, finished by it; its order number."""
+    txn = new_txn(await journal.next_rrn())._replace(tx_date=day)
+    assert await journal.write_ahead(txn)
+    if event is not None:
+        assert await journal.record(outcome(txn, event, "00" if event is Event.ACCEPTED else "05")) is not None
+    return txn.out_trade_no
+
+
+def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(database_url, tmp_path):
+    url = run(fresh_database(database_url, "paysw_archive"))
+    folders = tmp_path / "archive"
+
+    async def setup() -> tuple[dt.date, str, list]:
+        journal = await Journal.open(url, pool_size=2, max_batch=64)
+        try:
+            today = await journal.pool.fetchval("SELECT current_date")
+            old = today - dt.timedelta(days=retention.KEEP_DAYS + 100)
+            await journal.pool.fetch("SELECT journal_make_days($1, $2)", old, old + dt.timedelta(days=1))
+            settled = await written(journal, old, Event.ACCEPTED)
+            unsettled = await written(journal, old, Event.ACCEPTED)
+            await written(journal, old, Event.REFUSED)  # declined: nothing to settle
+            await written(journal, old + dt.timedelta(days=1), None)  # the next day: one still open
+            await journal.pool.execute(
+                "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
+                "fee_fen) VALUES ('PAY', $1, $2, 'm', 'c', 100, 0)",
+                settled, old,
+            )  # fmt: skip
+            async with journal.pool.acquire() as conn:
+                before = await rows_of(conn, old)
+            return old, unsettled, before
+        finally:
+            await journal.close()
+
+    old, unsettled, before = run(setup())
+    next_day = old + dt.timedelta(days=1)
+    assert len(before[0]) == 3 and len(before[1]) == 6  # three written RECEIVED, two approved, one declined
+
+    # Too young, or too little kept: refused before anything is read.
+    today = old + dt.timedelta(days=retention.KEEP_DAYS + 100)
+    for args, said in (
+        (["--before", str(today)], "the latest day archived is"),
+        (["--before", str(old), "--keep-days", "30"], "--keep-days: at least 366"),
+    ):
+        refused = paysw_journal(url, "archive", "--to", str(folders), *args)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    assert not folders.exists()
+    nowhere = subprocess.run(
+        [sys.executable, "-m", "switch.cli", "journal", "archive", "--before", str(old), "--data-dir", str(tmp_path)],
+        env={k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert nowhere.returncode == 2 and f"set {OWNER_URL_ENV}" in nowhere.stderr and "is not one" in nowhere.stderr
+
+    # One payment kept but not settled keeps its day; the open one keeps the next: nothing written.
+    first = paysw_journal(
+        url, "archive", "--before", str(next_day + dt.timedelta(days=1)), "--to", str(folders), "--drop"
+    )
+    assert first.returncode == 1, first.stderr
+    assert f"{old}: kept in the journal: 1 not settled" in first.stdout
+    assert f"{next_day}: kept in the journal: 1 open or owing a reversal" in first.stdout
+    assert list(folders.iterdir()) == []
+
+    async def settle() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
+                "fee_fen) VALUES ('PAY', $1, $2, 'm', 'c', 100, 0)",
+                unsettled, old,
+            )  # fmt: skip
+        finally:
+            await conn.close()
+
+    run(settle())
+    second = paysw_journal(
+        url, "archive", "--before", str(next_day + dt.timedelta(days=1)), "--to", str(folders), "--drop"
+    )
+    assert second.returncode == 1, second.stderr  # the next day is still kept
+    folder = retention.folder_of(folders, old)
+    assert f"{old}: 3 transactions, 6 moves archived to {folder} and dropped from the journal" in second.stdout
+    manifest = json.loads((folder / retention.MANIFEST).read_text())
+    assert {p: t["rows"] for p, t in manifest["tables"].items()} == {"txn": 3, "txn_move": 6}
+    for file in folder.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file  # the owner's alone
+    with gzip.open(folder / "txn.csv.gz", "rt") as text:
+        assert text.readline().startswith("tx_date,terminal_id,stan,transmitted,rrn,")
+
+    async def after_drop() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT to_regclass($1)", partition("txn", old)) is None
+            assert await conn.fetchval("SELECT count(*) FROM txn WHERE tx_date = $1", next_day) == 1  # kept
+            audit = await conn.fetch("SELECT action, target, after FROM console_audit ORDER BY id")
+            assert [(a["action"], a["target"]) for a in audit] == [
+                ("journal.archive", str(old)),
+                ("journal.drop", str(old)),
+            ]
+            assert json.loads(audit[1]["after"])["txn"] == {"rows": 3, "sha256": manifest["tables"]["txn"]["sha256"]}
+        finally:
+            await conn.close()
+
+    run(after_drop())
+
+    # An archive altered after it was written is refused whole.
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for file in folder.iterdir():
+        (altered / file.name).write_bytes(file.read_bytes())
+    with gzip.open(folder / "txn.csv.gz", "rb") as raw:
+        rows = raw.read()
+    (altered / "txn.csv.gz").write_bytes(gzip.compress(rows.replace(b",100,", b",900,", 1)))
+    refused = paysw_journal(url, "restore", str(altered))
+    assert refused.returncode == 2 and "not what manifest.json says" in refused.stderr, refused.stderr
+
+    restored = paysw_journal(url, "restore", str(folder))
+    assert restored.returncode == 0, restored.stderr
+    assert f"{old}: 3 transactions, 6 moves read back into the journal" in restored.stdout
+    again = paysw_journal(url, "restore", str(folder))
+    assert again.returncode == 2 and "the journal has this day's tables already" in again.stderr
+
+    async def after_restore() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            assert await rows_of(conn, old) == before  # every column of every row, as it was
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # guarded as every day is
+                await conn.execute(f"TRUNCATE {partition('txn', old)}")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM txn WHERE tx_date = $1", old)
+        finally:
+            await conn.close()
+
+    run(after_restore())
+
+
+def test_a_day_changed_after_it_was_archived_is_attached_again_and_a_drop_cut_short_is_finished(database_url, tmp_path):
+    url = run(fresh_database(database_url, "paysw_archive_changed"))
+
+    async def scenario() -> None:
+        journal = await Journal.open(url, pool_size=2, max_batch=64)
+        try:
+            today = await journal.pool.fetchval("SELECT current_date")
+            old = today - dt.timedelta(days=retention.KEEP_DAYS + 2)
+            await journal.pool.fetch("SELECT journal_make_days($1, $2)", old, old + dt.timedelta(days=1))
+            await written(journal, old, Event.REFUSED)
+            await written(journal, old + dt.timedelta(days=1), Event.REFUSED)
+        finally:
+            await journal.close()
+        conn = await asyncpg.connect(url)
+        try:
+            day, later = await retention.days_before(conn, old + dt.timedelta(days=2))
+            done = await retention.archive(conn, day, tmp_path, "test")
+            assert done.folder is not None and done.rows == {"txn": 1, "txn_move": 2}
+            # A row changed between the archive and the drop (no move: the guard lets it).
+            await conn.execute("UPDATE txn SET channel_message = 'changed' WHERE tx_date = $1", old)
+            kept = await retention.drop(conn, day, done.folder, "test")
+            assert not kept.dropped and "txn changed since" in kept.kept
+            assert await conn.fetchval("SELECT count(*) FROM txn WHERE tx_date = $1", old) == 1  # attached again
+            again, _ = await retention.days_before(conn, old + dt.timedelta(days=2))
+            assert again.attached and again.tables == day.tables
+            assert [r["action"] for r in await conn.fetch("SELECT action FROM console_audit")] == ["journal.archive"]
+            assert await conn.fetchval("SELECT state FROM txn WHERE tx_date = $1", old) == State.DECLINED.value
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # guarded again
+                await conn.execute(f"TRUNCATE {partition('txn', old)}")
+
+            # The next day archived, then left detached as by a drop cut short: the next drop finishes it.
+            written_later = await retention.archive(conn, later, tmp_path, "test")
+            for parent in retention.ORDER:
+                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {later.tables[parent]}")
+            _, left = await retention.days_before(conn, old + dt.timedelta(days=2))
+            assert not left.attached and left.tables == later.tables
+            assert (await retention.archive(conn, left, tmp_path, "test")).folder == written_later.folder  # read back
+            assert (await retention.drop(conn, left, written_later.folder, "test")).dropped
+            assert [d.day for d in await retention.days_before(conn, old + dt.timedelta(days=2))] == [old]
+        finally:
+            await conn.close()
+
+    run(scenario())
