@@ -5,10 +5,13 @@ it all running on 127.0.0.1 for trying by hand, until Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import os
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import urllib.error
@@ -42,6 +45,8 @@ from risk.lists import change_list
 from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, SecuritySection, host_port, load_config
+from switch.journal.archive import KEEP_DAYS
+from switch.journal.roles import OWNER_URL_ENV
 from switch.logs import setup_logging
 from switch.operator import request as admin_request
 
@@ -421,6 +426,18 @@ async def _run_with(
         await app.stop()
 
 
+def _retention(data_dir: Path) -> None:
+    """The journal's retention as its owner runs it each day (nothing of the demo's is old enough)."""
+    before = dt.date.today() - dt.timedelta(days=KEEP_DAYS)
+    to = data_dir / "journal-archive"
+    command = ["journal", "archive", "--before", str(before), "--to", str(to), "--drop", "--data-dir", str(data_dir)]
+    env = {k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}  # the embedded journal's owner
+    done = subprocess.run([sys.executable, "-m", "switch.cli", *command], env=env, capture_output=True, text=True)
+    said = (done.stdout + done.stderr).strip().splitlines() or ["?"]
+    print(f"retention: paysw {' '.join(command[:4])} --drop: {said[-1]} (exit {done.returncode}; the journal keeps "
+          f"the last {KEEP_DAYS} days, and the demo's are today's)")  # fmt: skip
+
+
 def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int = 200) -> int:
     setup_logging("WARNING")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -440,6 +457,8 @@ def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int 
         _wait_for_ports([s.listen for s in simulators.simulators.values()])
         print(f"simulators: {', '.join(f'{n} {s.listen}' for n, s in simulators.simulators.items())}", flush=True)
         uvloop.run(_run(config, simulators, url, token, token_path(config, data_dir), serve, per_channel))
+        if embedded is not None and not serve:
+            _retention(data_dir)
     except KeyboardInterrupt:
         pass
     finally:
