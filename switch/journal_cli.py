@@ -122,14 +122,9 @@ def _as_owner(data_dir: Path, work: Callable[[asyncpg.Connection], Awaitable[int
     """``work`` on a connection as the journal's owner: ``OWNER_URL_ENV``'s, else the embedded
     PostgreSQL's superuser under ``data_dir`` (one there already: none is made)."""
     owner, embedded = os.environ.get(OWNER_URL_ENV, ""), None
-    if not owner:
-        if not (data_dir / "pg").is_dir():
-            raise JournalRefused(f"set {OWNER_URL_ENV} to the URL of the journal's owner, or --data-dir to the "
-                                 f"switch's embedded PostgreSQL ({data_dir / 'pg'} is not one)")  # fmt: skip
-        from switch.journal.embedded import EmbeddedPostgres
-
-        embedded = EmbeddedPostgres(data_dir / "pg")
-        owner = embedded.start()
+    if not owner and not (data_dir / "pg").is_dir():
+        raise JournalRefused(f"set {OWNER_URL_ENV} to the URL of the journal's owner, or --data-dir to the "
+                             f"switch's embedded PostgreSQL ({data_dir / 'pg'} is not one)")  # fmt: skip
 
     async def connected() -> int:
         conn = await asyncpg.connect(owner)
@@ -139,10 +134,23 @@ def _as_owner(data_dir: Path, work: Callable[[asyncpg.Connection], Awaitable[int
             await conn.close()
 
     try:
+        if not owner:
+            from switch.journal.embedded import EmbeddedPostgres
+
+            embedded = EmbeddedPostgres(data_dir / "pg")
+            owner = embedded.start()
         return asyncio.run(connected())
+    except JournalRefused:
+        raise
     except archive.ArchiveRefused as exc:
         raise JournalRefused(str(exc)) from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except asyncpg.LockNotAvailableError as exc:
+        raise JournalRefused(f"the journal was busy (a lock not had within 10 s: {exc}): run it again") from exc
+    except OSError as exc:
+        if exc.filename is not None:  # a file's, not the database's
+            raise JournalRefused(f"{exc.filename}: {exc.strerror}") from exc
+        raise JournalRefused(f"the owner's database: {type(exc).__name__}: {exc}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, RuntimeError) as exc:  # (pgserver's too)
         raise JournalRefused(f"the owner's database: {type(exc).__name__}: {exc}") from exc
     finally:
         if embedded is not None:
@@ -160,9 +168,10 @@ async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     days = await archive.days_before(conn, args.before)
     print(f"{len(days)} days before {args.before} in the journal", flush=True)
     for day in days:
+        fresh = not archive.folder_of(args.to, day.day).exists()
         done = await archive.archive(conn, day, args.to, by)
         if done.folder is not None and args.drop:
-            done = await archive.drop(conn, day, done.folder, by)
+            done = await archive.drop(conn, day, done.folder, by, fresh=fresh)
         counts = f"{done.rows.get('txn', 0):,} transactions, {done.rows.get('txn_move', 0):,} moves"
         if done.kept:
             kept += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 import json
 import os
 import stat
@@ -17,6 +18,7 @@ import pytest
 
 from switch.journal import Event, Journal, State
 from switch.journal import archive as retention
+from switch.journal.roles import lacking, runtime_url
 from switch.journal.schema import partition
 from tests.conftest import fresh_database, run
 from tests.test_journal import new_txn, outcome
@@ -152,6 +154,13 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     refused = paysw_journal(url, "restore", str(altered))
     assert refused.returncode == 2 and "not what manifest.json says" in refused.stderr, refused.stderr
 
+    # Altered with a manifest to match: not what this journal's audit recorded when it dropped the day.
+    manifest_altered = json.loads((altered / retention.MANIFEST).read_text())
+    manifest_altered["tables"]["txn"]["sha256"] = hashlib.sha256(rows.replace(b",100,", b",900,", 1)).hexdigest()
+    (altered / retention.MANIFEST).write_text(json.dumps(manifest_altered))
+    forged = paysw_journal(url, "restore", str(altered))
+    assert forged.returncode == 2 and "records no drop of" in forged.stderr, forged.stderr
+
     restored = paysw_journal(url, "restore", str(folder))
     assert restored.returncode == 0, restored.stderr
     assert f"{old}: 3 transactions, 6 moves read back into the journal" in restored.stdout
@@ -172,7 +181,7 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     run(after_restore())
 
 
-def test_a_day_changed_after_it_was_archived_is_attached_again_and_a_drop_cut_short_is_finished(database_url, tmp_path):
+def test_a_day_changed_after_it_was_archived_is_not_dropped_and_a_drop_cut_short_is_finished(database_url, tmp_path):
     url = run(fresh_database(database_url, "paysw_archive_changed"))
 
     async def scenario() -> None:
@@ -185,16 +194,25 @@ def test_a_day_changed_after_it_was_archived_is_attached_again_and_a_drop_cut_sh
             await written(journal, old + dt.timedelta(days=1), Event.REFUSED)
         finally:
             await journal.close()
-        conn = await asyncpg.connect(url)
+        runtime = await asyncpg.connect(await runtime_url(url))  # the switch's role, as it starts
+        # Two sessions whose times read otherwise: the archive's bytes are the same in either.
+        conn = await asyncpg.connect(url, server_settings={"TimeZone": "Asia/Shanghai"})
+        other = await asyncpg.connect(url, server_settings={"TimeZone": "America/New_York", "DateStyle": "SQL"})
         try:
             day, later = await retention.days_before(conn, old + dt.timedelta(days=2))
             done = await retention.archive(conn, day, tmp_path, "test")
             assert done.folder is not None and done.rows == {"txn": 1, "txn_move": 2}
-            # A row changed between the archive and the drop (no move: the guard lets it).
+            # A row changed since (no move: the guard lets it) is seen before the detach...
             await conn.execute("UPDATE txn SET channel_message = 'changed' WHERE tx_date = $1", old)
-            kept = await retention.drop(conn, day, done.folder, "test")
+            guard = "SELECT oid FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = 'txn_record_moves'"
+            guarded = await conn.fetchval(guard, day.tables["txn"])
+            kept = await retention.drop(other, day, done.folder, "test")
             assert not kept.dropped and "txn changed since" in kept.kept
-            assert await conn.fetchval("SELECT count(*) FROM txn WHERE tx_date = $1", old) == 1  # attached again
+            assert await conn.fetchval(guard, day.tables["txn"]) == guarded  # never detached (nor guarded anew)
+            # ... and, had it changed between an archive and the detach, after it: attached again.
+            kept = await retention.drop(other, day, done.folder, "test", fresh=True)
+            assert not kept.dropped and "txn changed since" in kept.kept
+            assert await conn.fetchval("SELECT count(*) FROM txn WHERE tx_date = $1", old) == 1
             again, _ = await retention.days_before(conn, old + dt.timedelta(days=2))
             assert again.attached and again.tables == day.tables
             assert [r["action"] for r in await conn.fetch("SELECT action FROM console_audit")] == ["journal.archive"]
@@ -202,16 +220,82 @@ def test_a_day_changed_after_it_was_archived_is_attached_again_and_a_drop_cut_sh
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # guarded again
                 await conn.execute(f"TRUNCATE {partition('txn', old)}")
 
-            # The next day archived, then left detached as by a drop cut short: the next drop finishes it.
+            # The next day archived, then left half detached by a drop cut short: the switch's role
+            # still finds its grants whole (it starts), and the next drop finishes the day.
             written_later = await retention.archive(conn, later, tmp_path, "test")
-            for parent in retention.ORDER:
-                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {later.tables[parent]}")
+            await conn.execute(f"ALTER TABLE txn DETACH PARTITION {later.tables['txn']}")
             _, left = await retention.days_before(conn, old + dt.timedelta(days=2))
-            assert not left.attached and left.tables == later.tables
+            assert left.detached == {"txn"} and left.tables == later.tables
+            assert await lacking(runtime) == []
             assert (await retention.archive(conn, left, tmp_path, "test")).folder == written_later.folder  # read back
-            assert (await retention.drop(conn, left, written_later.folder, "test")).dropped
+            assert (await retention.drop(other, left, written_later.folder, "test")).dropped
             assert [d.day for d in await retention.days_before(conn, old + dt.timedelta(days=2))] == [old]
+
+            # A column added since the archive: its rows would be dropped unarchived, so not dropped.
+            await conn.execute("UPDATE txn SET channel_message = $2 WHERE tx_date = $1", old, "again")
+            (tmp_path / "second").mkdir()
+            fresh = await retention.archive(conn, again, tmp_path / "second", "test")
+            await conn.execute("ALTER TABLE txn ADD COLUMN later_info text DEFAULT 'not in the archive'")
+            kept = await retention.drop(conn, again, fresh.folder, "test", fresh=True)
+            assert not kept.dropped and "txn's columns changed since" in kept.kept
+            assert (await retention.days_before(conn, old + dt.timedelta(days=2)))[0].attached
         finally:
-            await conn.close()
+            for each in (conn, other, runtime):
+                await each.close()
 
     run(scenario())
+
+
+def test_what_keeps_a_day_is_each_named(database_url):
+    """Each thing the switch still has to do with a day's rows keeps it, and is named."""
+    url = run(fresh_database(database_url, "paysw_archive_blockers"))
+    # Each reason's statements, each given the day's one order number (ORDER) or the day (DAY).
+    ORDER, DAY = "order", "day"
+    reasons = {
+        "with a void or refund under way": [("UPDATE txn SET reserved_fen = 10 WHERE out_trade_no = $1", ORDER)],
+        "reconciliation batches unfinished": [
+            ("INSERT INTO recon_batch (channel, day, hour) VALUES ('c', $1, -1)", DAY)
+        ],
+        "with a reconciliation difference open": [
+            ("INSERT INTO recon_batch (channel, day, hour, step) VALUES ('d', $1::date - 30, -1, 'done')", DAY),
+            (
+                "INSERT INTO recon_item (batch_id, class, entry, out_trade_no, status) "
+                "SELECT currval('recon_batch_id_seq'), 'LONG', 'PAY', $1, 'OPEN'",  # no RRN: by its order number
+                ORDER,
+            ),
+        ],
+        "dead letters unresolved": [
+            (
+                "INSERT INTO dead_letter SELECT tx_date, terminal_id, stan, transmitted, rrn, channel, state, 'test' "
+                "FROM txn WHERE out_trade_no = $1",
+                ORDER,
+            )
+        ],
+        "notifications being delivered": [
+            (
+                "INSERT INTO notice_outbox (tx_date, rrn, state, merchant_id, url) "
+                "SELECT tx_date, rrn, state, merchant_id, 'https://m.example/n' FROM txn WHERE out_trade_no = $1",
+                ORDER,
+            )
+        ],
+    }
+
+    async def scenario() -> dict[str, dict[str, int]]:
+        journal = await Journal.open(url, pool_size=2, max_batch=64)
+        found = {}
+        try:
+            today = await journal.pool.fetchval("SELECT current_date")
+            for n, (reason, statements) in enumerate(reasons.items()):
+                day = today - dt.timedelta(days=retention.KEEP_DAYS + 10 * n)
+                await journal.pool.fetch("SELECT journal_make_days($1, $1)", day)
+                given = {ORDER: await written(journal, day, Event.REFUSED), DAY: day}
+                async with journal.pool.acquire() as conn:
+                    for sql, arg in statements:
+                        await conn.execute(sql, given[arg])
+                    held = (await retention.days_before(conn, day + dt.timedelta(days=1)))[-1]
+                    found[reason] = await retention.blockers(conn, held)
+        finally:
+            await journal.close()
+        return found
+
+    assert run(scenario()) == {reason: {reason: 1} for reason in reasons}

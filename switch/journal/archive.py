@@ -5,19 +5,20 @@ journal's owner; read back in by ``restore`` for an inquiry or a dispute.
 A day is archived only when the switch has no more business with it (``_BLOCKERS``):
 - it is at least ``keep_days`` old (at least ``MIN_KEEP_DAYS``: a refund up to a year after its
   payment reads its purchase);
-- none of its transactions is open or owes a reversal (what the resolver works on);
+- none of its transactions is open, owes a reversal or has a void or refund under way;
 - every payment and refund whose money was kept is settled (settlement reads the journal);
-- no reconciliation difference is open on one of its transactions, no dead letter unresolved, no
-  merchant notification still being delivered.
+- no reconciliation batch near it is unfinished, no difference open on one of its transactions,
+  no dead letter unresolved, no merchant notification still being delivered.
 
 The folder ``journal-YYYY-MM-DD`` holds each table's rows as gzip'd CSV with a header, as
-PostgreSQL's COPY writes them (nothing re-encoded), in key order, and ``manifest.json``: the day,
-the journal's schema version, and per table its columns, rows and the SHA-256 of the CSV. A drop
-detaches the partitions (``CONCURRENTLY``: the switch's writes to other days never wait), checks
-the detached tables again against the manifest, and drops them with an audit row in one
-transaction; a day that changed in between is attached again, not dropped. The records beside the
-journal (reversals, reconciliation, settlement, notifications, the audit) are not partitioned by
-day and stay."""
+PostgreSQL's COPY writes them (nothing re-encoded; ``_AS_WRITTEN``), in key order, and
+``manifest.json``: the day, the journal's schema version, and per table its columns, rows and the
+SHA-256 of the CSV. A drop detaches the partitions (``CONCURRENTLY``: the switch's writes never wait
+on it), checks the detached rows against the manifest again, and drops them with an audit row in
+one transaction; a day that changed in between is attached again, not dropped. A restore reads back
+only a folder whose SHA-256 this journal's audit recorded when it dropped the day. The records
+beside the journal (reversals, reconciliation, settlement, notifications, the audit) are not
+partitioned by day and stay."""
 
 from __future__ import annotations
 
@@ -38,40 +39,47 @@ import asyncpg
 
 from switch.console.audit import Entry, record
 from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, sql_set
-from switch.journal.schema import LOCK_ID, partition
+from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
 
 MIN_KEEP_DAYS = 366
 KEEP_DAYS = 400
-# Each table's rows in an order that makes the same rows the same bytes (the restore's check).
-# Text in bytes' order and times in UTC (``_AS_WRITTEN``), so that a restore into another database
-# checks the same bytes.
+# Each table's rows in an order that makes the same rows the same bytes, text in bytes' order
+# whatever the database's collation.
 ORDER = {
     "txn": 'terminal_id COLLATE "C", stan COLLATE "C", transmitted COLLATE "C"',
-    "txn_move": 'rrn COLLATE "C", moved_at, from_state COLLATE "C" NULLS FIRST, to_state COLLATE "C"',
+    "txn_move": 'rrn COLLATE "C", moved_at, xid, from_state COLLATE "C" NULLS FIRST, to_state COLLATE "C"',
 }
-_AS_WRITTEN = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET bytea_output = 'hex'; SET extra_float_digits = 1"
+# COPY's text of times, bytes and numbers as the session's settings say: fixed here, so that the
+# same rows are the same bytes in any session. A lock not had in time fails the command, rather
+# than leave it waiting unseen behind a long transaction.
+_AS_WRITTEN = (
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; "
+    "SET extra_float_digits = 1; SET lock_timeout = '10s'"
+)
 MANIFEST = "manifest.json"
 _GUARDS = ("txn_record_inserts", "txn_record_moves", "journal_keeps_all")  # schema's journal_guard_partition
 _BOUND = re.compile(r"^FOR VALUES FROM \('(\d{4}-\d{2}-\d{2})'\) TO \('(\d{4}-\d{2}-\d{2})'\)$")
 _CHUNK = 1 << 20
 
-# What keeps a day in the journal, counted over ``{rows}``: the day's rows of ``txn`` (or its
-# partition detached). A name for each, as the command says it.
+# What keeps a day in the journal, counted over ``{rows}``, the day's table of ``txn`` (named: its
+# parent is not locked); a name for each, as the command says it.
 _BLOCKERS = f"""
 SELECT
-    (SELECT count(*) FROM {{rows}} t WHERE t.tx_date = $1 AND {DUE_SQL}) AS "open or owing a reversal",
+    (SELECT count(*) FROM {{rows}} t WHERE {DUE_SQL}) AS "open or owing a reversal",
+    (SELECT count(*) FROM {{rows}} t WHERE t.reserved_fen <> 0) AS "with a void or refund under way",
     (SELECT count(*) FROM {{rows}} t
-     WHERE t.tx_date = $1 AND t.txn_type IN ('{PURCHASE}', '{REFUND}') AND t.state IN {sql_set(KEPT)}
-       AND t.reversal_requested_at IS NULL
+     WHERE t.txn_type IN ('{PURCHASE}', '{REFUND}') AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL
        AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.out_trade_no = t.out_trade_no
                        AND s.entry = CASE t.txn_type WHEN '{PURCHASE}' THEN 'PAY' ELSE 'REFUND' END)
     ) AS "not settled",
-    (SELECT count(*) FROM recon_item i
-     WHERE i.status = 'OPEN' AND i.rrn IN (SELECT rrn FROM {{rows}} t WHERE t.tx_date = $1)
+    (SELECT count(*) FROM recon_batch WHERE day BETWEEN $1::date - 1 AND $1::date + 1 AND step <> 'done')
+        AS "reconciliation batches unfinished",
+    (SELECT count(*) FROM recon_item i WHERE i.status = 'OPEN' AND (
+        i.rrn IN (SELECT rrn FROM {{rows}}) OR i.out_trade_no IN (SELECT out_trade_no FROM {{rows}}))
     ) AS "with a reconciliation difference open",
     (SELECT count(*) FROM dead_letter WHERE tx_date = $1 AND resolved_at IS NULL) AS "dead letters unresolved",
     (SELECT count(*) FROM notice_outbox WHERE tx_date = $1 AND delivered_at IS NULL AND dead_at IS NULL)
-        AS "notifications undelivered"
+        AS "notifications being delivered"
 """
 
 
@@ -82,8 +90,12 @@ class ArchiveRefused(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class Day:
     day: dt.date
-    tables: dict[str, str]  # parent: the day's table (its partition, or left detached by a drop cut short)
-    attached: bool
+    tables: dict[str, str]  # parent: the day's table
+    detached: frozenset[str] = frozenset()  # the parents whose table a drop cut short has detached
+
+    @property
+    def attached(self) -> bool:
+        return not self.detached
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +112,14 @@ def folder_of(root: Path, day: dt.date) -> Path:
 
 
 async def days_before(conn: asyncpg.Connection, before: dt.date) -> list[Day]:
-    """The journal's days before ``before``, oldest first: each day's partitions of ``txn`` and
-    ``txn_move``, and the tables of a drop cut short after their detach (by their names)."""
+    """The journal's days before ``before``, oldest first: each day's tables of ``txn`` and
+    ``txn_move``, partitions or left detached by a drop cut short."""
     rows = await conn.fetch(
         "SELECT p.relname AS parent, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound "
         "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
         "WHERE i.inhparent IN ('txn'::regclass, 'txn_move'::regclass)"
     )
-    found: dict[dt.date, dict[str, str]] = {}
+    tables: dict[dt.date, dict[str, str]] = {}
     odd = []
     for row in rows:
         bound = _BOUND.match(row["bound"] or "")
@@ -115,34 +127,36 @@ async def days_before(conn: asyncpg.Connection, before: dt.date) -> list[Day]:
         if first is None or dt.date.fromisoformat(bound[2]) != first + dt.timedelta(days=1):
             odd.append(row["name"])
         elif first < before:
-            found.setdefault(first, {})[row["parent"]] = row["name"]
+            tables.setdefault(first, {})[row["parent"]] = row["name"]
     if odd:
         raise ArchiveRefused(f"partitions not of one day each, for a person to look at: {', '.join(sorted(odd))}")
-    days = [Day(day, tables, True) for day, tables in found.items()]
-    left = await conn.fetch(  # detached by a drop that did not get to its DROP
+    detached: dict[dt.date, set[str]] = {}
+    for (name,) in await conn.fetch(
         "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
-        "AND relname ~ '^txn(_move)?_[0-9]{8}$' AND NOT relispartition"
-    )
-    detached: dict[dt.date, dict[str, str]] = {}
-    for (name,) in left:
+        "AND relname ~ $1 AND NOT relispartition",
+        DAY_TABLE,
+    ):
         parent, _, digits = name.rpartition("_")
-        day = dt.datetime.strptime(digits, "%Y%m%d").date()
-        if day < before and day not in found:
-            detached.setdefault(day, {})[parent] = name
-    days += [Day(day, tables, False) for day, tables in detached.items()]
-    return sorted(days, key=lambda d: d.day)
+        try:
+            day = dt.datetime.strptime(digits, "%Y%m%d").date()
+        except ValueError:  # not a day: not a table of the journal's making
+            continue
+        if day < before:
+            tables.setdefault(day, {})[parent] = name
+            detached.setdefault(day, set()).add(parent)
+    return [Day(day, tables[day], frozenset(detached.get(day, ()))) for day in sorted(tables)]
 
 
 async def blockers(conn: asyncpg.Connection, day: Day) -> dict[str, int]:
     """What keeps ``day`` in the journal: each reason's count, those above zero."""
-    rows = "txn" if day.attached else _quoted(day.tables.get("txn", partition("txn", day.day)))
+    rows = _quoted(day.tables.get("txn", partition("txn", day.day)))
     found = await conn.fetchrow(_BLOCKERS.format(rows=rows), day.day)
     return {reason: n for reason, n in found.items() if n}
 
 
-async def _columns(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
+async def _columns(conn: asyncpg.Connection, table: str) -> list[list[str]]:
     return [
-        (name, kind)
+        [name, kind]
         for name, kind in await conn.fetch(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -155,12 +169,12 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _copy_out(table: str, columns: list[str], parent: str) -> str:
-    names = ", ".join(_quoted(c) for c in columns)
+def _copy_out(table: str, columns: list[list[str]], parent: str) -> str:
+    names = ", ".join(_quoted(name) for name, _ in columns)
     return f"SELECT {names} FROM {_quoted(table)} ORDER BY {ORDER[parent]}"
 
 
-async def _hash_of(conn: asyncpg.Connection, query: str, also: Callable[[bytes], None] | None = None) -> str:
+async def _hash_of(conn: asyncpg.Connection, query: str, also: Callable[[bytes], object] | None = None) -> str:
     digest = hashlib.sha256()
 
     async def take(chunk: bytes) -> None:
@@ -172,24 +186,34 @@ async def _hash_of(conn: asyncpg.Connection, query: str, also: Callable[[bytes],
     return digest.hexdigest()
 
 
+def _read_back(file: Path) -> tuple[str, int]:
+    """A table's file as read back: the SHA-256 of its CSV, and its rows."""
+    digest = hashlib.sha256()
+    with gzip.open(file, "rb") as raw:
+        while chunk := raw.read(_CHUNK):
+            digest.update(chunk)
+    csv.field_size_limit(1 << 30)  # a channel's message is not capped by the journal
+    with gzip.open(file, "rt", encoding="utf-8", newline="") as text:
+        rows = sum(1 for _ in csv.reader(text)) - 1  # the header
+    return digest.hexdigest(), rows
+
+
 def read_manifest(folder: Path) -> dict:
-    """The folder's manifest, its files read back and checked against it (rows and SHA-256)."""
+    """The folder's manifest, its shape checked and its files read back against it."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        tables = manifest["tables"]
+        dt.date.fromisoformat(manifest["day"])
         for parent in ORDER:
-            entry = tables[parent]
+            entry = manifest["tables"][parent]
             if entry["file"] != f"{parent}.csv.gz":  # a manifest names no file outside its folder
                 raise ValueError(f"{parent}'s file is named {entry['file']!r}")
-            digest, rows = hashlib.sha256(), -1
-            with gzip.open(folder / entry["file"], "rb") as raw:
-                while chunk := raw.read(_CHUNK):
-                    digest.update(chunk)
-            with gzip.open(folder / entry["file"], "rt", encoding="utf-8", newline="") as text:
-                rows = sum(1 for _ in csv.reader(text)) - 1  # the header
-            if (digest.hexdigest(), rows) != (entry["sha256"], entry["rows"]):
+            if not entry["columns"] or not all(
+                isinstance(c, list) and len(c) == 2 and all(isinstance(x, str) for x in c) for c in entry["columns"]
+            ):
+                raise ValueError(f"{parent}'s columns are not [name, type] pairs")
+            if _read_back(folder / entry["file"]) != (entry["sha256"], entry["rows"]):
                 raise ArchiveRefused(f"{folder / entry['file']}: not what {MANIFEST} says (rows or SHA-256)")
-    except (OSError, ValueError, KeyError, TypeError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, csv.Error) as exc:
         raise ArchiveRefused(
             f"{folder}: not a readable archive of a journal day ({type(exc).__name__}: {exc})"
         ) from exc
@@ -202,109 +226,137 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str) -> Do
     folder = folder_of(root, day.day)
     if folder.exists():
         manifest = read_manifest(folder)
-        return Done(day.day, folder, {p: manifest["tables"][p]["rows"] for p in ORDER})
+        return Done(day.day, folder, _rows(manifest))
     if not day.attached:
         raise ArchiveRefused(f"{day.day}: its tables were detached by a drop cut short, and {folder} is missing")
     await conn.execute(_AS_WRITTEN)
     partial = root / f".{folder.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(mode=0o700, parents=True)
+    partial.mkdir(mode=0o700)
     tables = {}
-    async with conn.transaction(isolation="repeatable_read", readonly=True):  # the check and the copy: one snapshot
+    # The check and the copy in one snapshot; the day's tables named, so that their parents are not
+    # locked for as long as the copy takes (the day's partitions are made under a lock on them).
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
         kept = await blockers(conn, day)
         if kept:
             shutil.rmtree(partial)
-            return Done(day.day, None, {}, kept=", ".join(f"{n} {reason}" for reason, n in kept.items()))
+            return Done(day.day, None, {}, kept=_why(kept))
         for parent in ORDER:
             table = day.tables.get(parent, partition(parent, day.day))
             columns = await _columns(conn, parent)
-            names = [name for name, _ in columns]
             file = f"{parent}.csv.gz"
-            with _private(partial / file) as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as packed:
-                digest = await _hash_of(conn, _copy_out(table, names, parent), packed.write)
-            rows = await conn.fetchval(f"SELECT count(*) FROM {_quoted(table)}")
-            tables[parent] = {"file": file, "rows": rows, "sha256": digest, "columns": columns, "table": table}
+            with _private(partial / file) as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+                digest = await _hash_of(conn, _copy_out(table, columns, parent), gz.write)
+            tables[parent] = {"file": file, "rows": 0, "sha256": digest, "columns": columns, "table": table}
         version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    for entry in tables.values():
+        entry["rows"] = _read_back(partial / entry["file"])[1]  # the rows, and the file readable
     manifest = {"day": day.day.isoformat(), "schema_version": version, "tables": tables, "archived_by": by}
     with _private(partial / MANIFEST) as out:
         out.write(json.dumps(manifest, indent=2).encode())
-    read_manifest(partial)  # the files as written, read back
+    read_manifest(partial)
+    _sync_dir(partial)
     os.rename(partial, folder)
     _sync_dir(root)
     await record(conn, Entry(by, "journal.archive", day.day.isoformat(), after=_said(folder, tables)))
-    return Done(day.day, folder, {p: t["rows"] for p, t in tables.items()})
+    return Done(day.day, folder, _rows(manifest))
 
 
-async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str) -> Done:
-    """Detach ``day``'s partitions and drop them, once they are checked again against the archive in
-    ``folder``; attached again and kept (``kept`` says why) if they changed since."""
+async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh: bool = False) -> Done:
+    """Detach ``day``'s partitions and drop them, once they are checked against the archive in
+    ``folder`` (before the detach, unless the archive was ``fresh``ly made from them, and after it);
+    attached again and kept (``kept`` says why) if they changed since."""
     manifest = read_manifest(folder)
     await conn.execute(_AS_WRITTEN)
     tables = {parent: day.tables.get(parent, partition(parent, day.day)) for parent in ORDER}
-    rows = {p: manifest["tables"][p]["rows"] for p in ORDER}
-    for parent, table in tables.items():
-        if day.attached:  # outside a transaction: the switch's writes to other days go on meanwhile
-            pending = await conn.fetchval(
-                "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass", _quoted(table)
-            )
+    rows = _rows(manifest)
+    stale = [] if manifest["day"] == day.day.isoformat() else [f"{folder} is the archive of {manifest['day']}"]
+    for parent in ORDER:
+        if await _columns(conn, parent) != manifest["tables"][parent]["columns"]:
+            stale.append(f"{parent}'s columns changed since {folder} was written: archive it again")
+    if not stale and day.attached and not fresh:
+        stale = await _changed(conn, tables, manifest, folder)
+    if stale:
+        return Done(day.day, folder, rows, kept="; ".join(stale))
+    for parent, table in tables.items():  # each outside a transaction: the switch's writes go on meanwhile
+        pending = await conn.fetchval(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass", _quoted(table)
+        )
+        if pending is not None:  # still a partition, its detach maybe begun by a drop cut short
             finish = "FINALIZE" if pending else "CONCURRENTLY"
             await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {_quoted(table)} {finish}")
-    detached = Day(day.day, tables, False)
+    detached = Day(day.day, tables, frozenset(ORDER))
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # as partitions are made
-        for table in tables.values():
+        for table in tables.values():  # nothing writes a detached table; nothing is to, meanwhile
             await conn.execute(f"LOCK TABLE {_quoted(table)} IN ACCESS EXCLUSIVE MODE")
-        changed = [
-            parent
-            for parent, table in tables.items()
-            if await _hash_of(conn, _copy_out(table, _names(manifest, parent), parent))
-            != manifest["tables"][parent]["sha256"]
-        ]
+        stale = await _changed(conn, tables, manifest, folder)
         kept = await blockers(conn, detached)
-        if not changed and not kept:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # as partitions are made and guarded
+        if not stale and not kept:
             for table in tables.values():
                 await conn.execute(f"DROP TABLE {_quoted(table)}")
             await record(conn, Entry(by, "journal.drop", day.day.isoformat(), after=_said(folder, manifest["tables"])))
             return Done(day.day, folder, rows, dropped=True)
         for parent, table in tables.items():
             await _attach(conn, parent, table, day.day)
-    why = [f"{', '.join(changed)} changed since {folder} was written"] if changed else []
-    why += [f"{n} {reason}" for reason, n in kept.items()]
-    return Done(day.day, folder, rows, kept="; ".join(why))
+    return Done(day.day, folder, rows, kept="; ".join([*stale, _why(kept)] if kept else stale))
+
+
+async def _changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: dict, folder: Path) -> list[str]:
+    return [
+        f"{parent} changed since {folder} was written"
+        for parent, table in tables.items()
+        if await _hash_of(conn, _copy_out(table, manifest["tables"][parent]["columns"], parent))
+        != manifest["tables"][parent]["sha256"]
+    ]
 
 
 async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
     """Read an archived day back in as the journal's partitions of that day, guarded as every
-    partition is, and check the rows read back against the manifest byte for byte."""
+    partition is: only a folder whose SHA-256 this journal's audit recorded when it dropped the day,
+    its rows read in checked against it byte for byte, none of them open."""
     manifest = read_manifest(folder)
     day = dt.date.fromisoformat(manifest["day"])
     await conn.execute(_AS_WRITTEN)
+    if not await conn.fetchval(
+        "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'txn'::regclass), 'USAGE')"
+    ):
+        raise ArchiveRefused("only the journal's owner restores a day")
+    dropped = await conn.fetchval(
+        "SELECT after FROM console_audit WHERE action = 'journal.drop' AND target = $1 ORDER BY id DESC LIMIT 1",
+        day.isoformat(),
+    )
+    said = json.loads(dropped) if dropped else {}
+    if any(said.get(p, {}).get("sha256") != manifest["tables"][p]["sha256"] for p in ORDER):
+        raise ArchiveRefused(
+            f"{folder}: this journal's audit records no drop of {day} with these files' SHA-256 "
+            "(a folder of another journal, or altered): nothing read in"
+        )
+    if [d for d in await days_before(conn, day + dt.timedelta(days=1)) if d.day == day]:
+        raise ArchiveRefused(f"{day}: the journal has this day's tables already: nothing read in")
+    tables = {parent: partition(parent, day) for parent in ORDER}
+    bounds = f"tx_date >= '{day}' AND tx_date < '{day + dt.timedelta(days=1)}'"
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
-        there = [d for d in await days_before(conn, day + dt.timedelta(days=1)) if d.day == day]
-        if there:
-            names = ", ".join(there[0].tables.values())
-            raise ArchiveRefused(f"{day}: the journal has this day's tables already ({names}): nothing read in")
-        for parent in ORDER:
+        for parent, table in tables.items():  # read in and checked as tables of their own first
             entry = manifest["tables"][parent]
-            columns = [tuple(c) for c in entry["columns"]]
-            ours = dict(await _columns(conn, parent))
-            unknown = [f"{name} {kind}" for name, kind in columns if ours.get(name) != kind]
-            if unknown:
-                raise ArchiveRefused(f"{folder}: {parent}'s columns {', '.join(unknown)} are not this journal's")
-            table = partition(parent, day)
             await conn.execute(
-                f"CREATE TABLE {_quoted(table)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                f"CREATE TABLE {_quoted(table)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
+                f"CONSTRAINT restored_day CHECK ({bounds}))"  # so that the attach need not scan it
             )
             with gzip.open(folder / entry["file"], "rb") as source:
-                await conn.copy_to_table(
-                    table, source=source, columns=[c for c, _ in columns], format="csv", header=True
-                )
-            await _attach(conn, parent, table, day)
-            if await _hash_of(conn, _copy_out(table, _names(manifest, parent), parent)) != entry["sha256"]:
+                names = [name for name, _ in entry["columns"]]
+                await conn.copy_to_table(table, source=source, columns=names, format="csv", header=True)
+            if await _hash_of(conn, _copy_out(table, entry["columns"], parent)) != entry["sha256"]:
                 raise ArchiveRefused(f"{folder}: {parent}'s rows read in are not those archived: nothing read in")
+        kept = await blockers(conn, Day(day, tables, frozenset(ORDER)))
+        if kept:
+            raise ArchiveRefused(f"{folder}: {_why(kept)}: no day dropped was so: nothing read in")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+        for parent, table in tables.items():
+            await _attach(conn, parent, table, day)
+            await conn.execute(f"ALTER TABLE {_quoted(table)} DROP CONSTRAINT restored_day")
         await record(conn, Entry(by, "journal.restore", day.isoformat(), after=_said(folder, manifest["tables"])))
-    return Done(day, folder, {p: manifest["tables"][p]["rows"] for p in ORDER})
+    return Done(day, folder, _rows(manifest))
 
 
 async def _attach(conn: asyncpg.Connection, parent: str, table: str, day: dt.date) -> None:
@@ -317,8 +369,12 @@ async def _attach(conn: asyncpg.Connection, parent: str, table: str, day: dt.dat
     await conn.execute("SELECT journal_guard_partition($1::regclass)", _quoted(table))
 
 
-def _names(manifest: dict, parent: str) -> list[str]:
-    return [name for name, _ in manifest["tables"][parent]["columns"]]
+def _rows(manifest: dict) -> dict[str, int]:
+    return {parent: manifest["tables"][parent]["rows"] for parent in ORDER}
+
+
+def _why(kept: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in kept.items())
 
 
 def _said(folder: Path, tables: dict) -> dict:

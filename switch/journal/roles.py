@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from switch.journal.schema import LOCK_ID, MIGRATIONS, migrate
+from switch.journal.schema import DAY_TABLE, LOCK_ID, MIGRATIONS, migrate
 from switch.refused import JournalRefused, RoleRefused
 
 RUNTIME_ROLE = "paysw_switch"  # the embedded PostgreSQL's
@@ -179,11 +179,12 @@ async def lacking(conn: asyncpg.Connection) -> list[str]:
 
 
 async def _tables(conn: asyncpg.Connection) -> dict[str, bool]:
-    """The journal's tables, and whether each is a partition (reached through its parent alone:
-    the switch never names one)."""
+    """The journal's tables, and whether each is a partition or a day's table detached (reached
+    through its parent alone, if at all: the switch never names one)."""
     rows = await conn.fetch(
-        "SELECT c.oid::regclass::text, c.relispartition FROM pg_class c "
-        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
+        "SELECT c.oid::regclass::text, c.relispartition OR (c.relkind = 'r' AND c.relname ~ $1) FROM pg_class c "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1",
+        DAY_TABLE,
     )
     return {name: partition for name, partition in rows}
 

@@ -1114,6 +1114,11 @@ def partition(parent: str, day: dt.date) -> str:
     return f"{parent}_{day:%Y%m%d}"
 
 
+# A day's table of ``txn`` or ``txn_move`` by its name (``partition``): a partition, or one that
+# retention detached and has yet to drop (``switch.journal.archive``), which the switch never names.
+DAY_TABLE = "^txn(_move)?_[0-9]{8}$"
+
+
 async def ensure_partitions(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> list[str]:
     """Create the day partitions from ``first`` to ``last`` inclusive that do not exist yet, and
     guard every partition of ``txn`` and ``txn_move`` found without it (migration 25: one just
