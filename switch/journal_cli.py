@@ -57,13 +57,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "archive",
         help="copy the days before a date out to folders; with --drop, take them out of the journal",
         description="Copy each day of the journal before --before (its transactions and their moves) to a "
-        "folder journal-YYYY-MM-DD under --to: gzip'd CSV and a manifest of rows and SHA-256, read back and "
+        "folder journal-YYYY-MM-DD under --to: gzip'd CSV and a manifest of columns, rows and SHA-256, read back and "
         "checked, readable by the owner alone. A day is kept, and the command says why, while any of its "
-        "transactions is open or owes a reversal, a payment or refund whose money was kept is not settled, a "
-        "reconciliation difference on one of them is open, a dead letter is unresolved or a merchant "
-        "notification undelivered. With --drop each day archived is detached from the journal, checked again "
-        "against its archive and dropped, with an audit row (journal.drop); restore reads it back. "
-        f"{_OWNER} Else --data-dir's embedded PostgreSQL.",
+        "transactions is open, owes a reversal or has a void or refund under way, a payment or refund whose money "
+        "was kept is not settled, a reconciliation batch of the day or either side of it is unfinished, a "
+        "difference on one of its transactions is open, a dead letter is unresolved or a merchant notification "
+        "still being delivered; and the last --keep-days whatever --before says. With --drop each day archived is "
+        "checked against its folder, detached from the journal (waiting for the transactions older than it, "
+        "holding up none), checked again and dropped, with an audit row (journal.drop); a day changed since is "
+        "attached again and kept; a drop cut short is finished by the next. Any other lock not had within 10 s "
+        f"fails the command. {_OWNER} Else --data-dir's embedded PostgreSQL. Exit status: 0 every day archived "
+        "(and dropped), 1 a day kept or left detached (why, on stdout), 2 refused (why, on stderr).",
     )
     keep.add_argument("--before", required=True, type=dt.date.fromisoformat, help="the first day kept, YYYY-MM-DD")
     keep.add_argument(
@@ -80,9 +84,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     back = actions.add_parser(
         "restore",
         help="read an archived day back into the journal",
-        description="Read a folder written by paysw journal archive back in as its day's partitions, guarded "
-        "as every day is, checked against its manifest byte for byte, with an audit row (journal.restore). "
-        f"Refused if the journal has the day already. {_OWNER} Else --data-dir's embedded PostgreSQL.",
+        description="Read a folder written by paysw journal archive back in as its day's partitions, owned and "
+        "guarded as every day is, checked against its manifest byte for byte, with an audit row (journal.restore): "
+        "only the folder of the last drop of that day this journal recorded (by its SHA-256), none of its rows "
+        f"open, and not while the journal has the day. {_OWNER} Else --data-dir's embedded PostgreSQL. Exit "
+        "status: 0 read back, 2 refused (why, on stderr).",
     )
     back.add_argument("folder", type=Path, help="the day's folder, journal-YYYY-MM-DD")
     for each in (keep, back):
@@ -178,9 +184,12 @@ async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
             print(f"{day.day}: kept in the journal: {done.kept}", flush=True)
         elif done.dropped:
             print(f"{day.day}: {counts} archived to {done.folder} and dropped from the journal", flush=True)
+        elif day.attached:
+            print(f"{day.day}: {counts} archived to {done.folder}", flush=True)
         else:
-            left = "" if day.attached else " (its tables left detached by a drop cut short: --drop to finish it)"
-            print(f"{day.day}: {counts} archived to {done.folder}{left}", flush=True)
+            kept += 1
+            print(f"{day.day}: {counts} archived to {done.folder}; its tables left detached by a drop cut short, "
+                  "out of the journal's sight: --drop finishes it", flush=True)  # fmt: skip
     return 1 if kept else 0
 
 

@@ -159,7 +159,7 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     manifest_altered["tables"]["txn"]["sha256"] = hashlib.sha256(rows.replace(b",100,", b",900,", 1)).hexdigest()
     (altered / retention.MANIFEST).write_text(json.dumps(manifest_altered))
     forged = paysw_journal(url, "restore", str(altered))
-    assert forged.returncode == 2 and "records no drop of" in forged.stderr, forged.stderr
+    assert forged.returncode == 2 and "recorded no drop of" in forged.stderr, forged.stderr
 
     restored = paysw_journal(url, "restore", str(folder))
     assert restored.returncode == 0, restored.stderr
@@ -224,11 +224,26 @@ def test_a_day_changed_after_it_was_archived_is_not_dropped_and_a_drop_cut_short
             # still finds its grants whole (it starts), and the next drop finishes the day.
             written_later = await retention.archive(conn, later, tmp_path, "test")
             await conn.execute(f"ALTER TABLE txn DETACH PARTITION {later.tables['txn']}")
+            async with other.transaction():  # a transaction older than the detach, which it waits for...
+                await other.fetchval("SELECT count(*) FROM txn_move")
+                await conn.execute("SET lock_timeout = '200ms'")
+                with pytest.raises(asyncpg.LockNotAvailableError):  # ... until cut short: left pending
+                    await conn.execute(f"ALTER TABLE txn_move DETACH PARTITION {later.tables['txn_move']} CONCURRENTLY")
+            pending = "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass"
+            assert await conn.fetchval(pending, later.tables["txn_move"])
             _, left = await retention.days_before(conn, old + dt.timedelta(days=2))
             assert left.detached == {"txn"} and left.tables == later.tables
             assert await lacking(runtime) == []
             assert (await retention.archive(conn, left, tmp_path, "test")).folder == written_later.folder  # read back
-            assert (await retention.drop(other, left, written_later.folder, "test")).dropped
+            assert (await retention.drop(other, left, written_later.folder, "test")).dropped  # and FINALIZEd
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # what a restore trusts: the owner's alone
+                await runtime.execute(
+                    "INSERT INTO journal_dropped (day, txn_sha256, txn_move_sha256, folder, dropped_by) "
+                    "VALUES ($1, 'x', 'x', 'x', 'x')",
+                    later.day,
+                )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM journal_dropped")
             assert [d.day for d in await retention.days_before(conn, old + dt.timedelta(days=2))] == [old]
 
             # A column added since the archive: its rows would be dropped unarchived, so not dropped.

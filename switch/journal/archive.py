@@ -83,6 +83,11 @@ SELECT
 """
 
 
+# The reasons in a day's own rows (the others are records beside the journal, which may change
+# after a drop): what a restore refuses.
+_ROW_REASONS = ("open or owing a reversal", "with a void or refund under way")
+
+
 class ArchiveRefused(RuntimeError):
     """A day cannot be archived, dropped or restored as asked; the message says why."""
 
@@ -243,7 +248,7 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str) -> Do
             return Done(day.day, None, {}, kept=_why(kept))
         for parent in ORDER:
             table = day.tables.get(parent, partition(parent, day.day))
-            columns = await _columns(conn, parent)
+            columns = await _columns(conn, table)
             file = f"{parent}.csv.gz"
             with _private(partial / file) as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
                 digest = await _hash_of(conn, _copy_out(table, columns, parent), gz.write)
@@ -270,31 +275,48 @@ async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh:
     await conn.execute(_AS_WRITTEN)
     tables = {parent: day.tables.get(parent, partition(parent, day.day)) for parent in ORDER}
     rows = _rows(manifest)
-    stale = [] if manifest["day"] == day.day.isoformat() else [f"{folder} is the archive of {manifest['day']}"]
-    for parent in ORDER:
-        if await _columns(conn, parent) != manifest["tables"][parent]["columns"]:
-            stale.append(f"{parent}'s columns changed since {folder} was written: archive it again")
+    if manifest["day"] != day.day.isoformat():
+        return Done(day.day, folder, rows, kept=f"{folder} is the archive of {manifest['day']}: {_ASIDE}")
+    stale = await _columns_changed(conn, tables, manifest, folder)
     if not stale and day.attached and not fresh:
         stale = await _changed(conn, tables, manifest, folder)
     if stale:
         return Done(day.day, folder, rows, kept="; ".join(stale))
-    for parent, table in tables.items():  # each outside a transaction: the switch's writes go on meanwhile
-        pending = await conn.fetchval(
-            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass", _quoted(table)
-        )
-        if pending is not None:  # still a partition, its detach maybe begun by a drop cut short
-            finish = "FINALIZE" if pending else "CONCURRENTLY"
-            await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {_quoted(table)} {finish}")
+    # Each outside a transaction, so that the switch's reads and writes go on meanwhile; with no
+    # lock_timeout, as it waits for every transaction older than it (a report, a backup) and
+    # holds nothing they or the switch's writes wait for. Cut short, the day is out of sight
+    # until a drop finishes it.
+    await conn.execute("SET lock_timeout = 0")
+    try:
+        for parent, table in tables.items():
+            pending = await conn.fetchval(
+                "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass", _quoted(table)
+            )
+            if pending is not None:  # still a partition, its detach maybe begun by a drop cut short
+                finish = "FINALIZE" if pending else "CONCURRENTLY"
+                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {_quoted(table)} {finish}")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise ArchiveRefused(
+            f"{day.day}: its detach did not finish ({type(exc).__name__}: {exc}): its rows are out of the journal's "
+            "sight until paysw journal archive --drop runs again and finishes it"
+        ) from exc
+    await conn.execute(_AS_WRITTEN)
     detached = Day(day.day, tables, frozenset(ORDER))
     async with conn.transaction():
         for table in tables.values():  # nothing writes a detached table; nothing is to, meanwhile
             await conn.execute(f"LOCK TABLE {_quoted(table)} IN ACCESS EXCLUSIVE MODE")
-        stale = await _changed(conn, tables, manifest, folder)
+        stale = await _columns_changed(conn, tables, manifest, folder) or await _changed(conn, tables, manifest, folder)
         kept = await blockers(conn, detached)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # as partitions are made and guarded
         if not stale and not kept:
             for table in tables.values():
                 await conn.execute(f"DROP TABLE {_quoted(table)}")
+            hashes = [manifest["tables"][parent]["sha256"] for parent in ORDER]
+            await conn.execute(
+                "INSERT INTO journal_dropped (day, txn_sha256, txn_move_sha256, folder, dropped_by) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                day.day, *hashes, str(folder), by,
+            )  # fmt: skip
             await record(conn, Entry(by, "journal.drop", day.day.isoformat(), after=_said(folder, manifest["tables"])))
             return Done(day.day, folder, rows, dropped=True)
         for parent, table in tables.items():
@@ -302,9 +324,23 @@ async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh:
     return Done(day.day, folder, rows, kept="; ".join([*stale, _why(kept)] if kept else stale))
 
 
-async def _changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: dict, folder: Path) -> list[str]:
+_ASIDE = "move that folder aside and run again, to archive the day as it is now"
+
+
+async def _columns_changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: dict, folder: Path) -> list[str]:
+    """The day's tables whose columns are not the archive's (one added since would be dropped
+    unarchived), said as a reason to keep the day."""
     return [
-        f"{parent} changed since {folder} was written"
+        f"{parent}'s columns changed since {folder} was written: {_ASIDE}"
+        for parent, table in tables.items()
+        if await _columns(conn, table) != manifest["tables"][parent]["columns"]
+    ]
+
+
+async def _changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: dict, folder: Path) -> list[str]:
+    """The day's tables whose rows are not the archive's bytes, said as a reason to keep the day."""
+    return [
+        f"{parent} changed since {folder} was written: {_ASIDE}"
         for parent, table in tables.items()
         if await _hash_of(conn, _copy_out(table, manifest["tables"][parent]["columns"], parent))
         != manifest["tables"][parent]["sha256"]
@@ -312,45 +348,45 @@ async def _changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: d
 
 
 async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
-    """Read an archived day back in as the journal's partitions of that day, guarded as every
-    partition is: only a folder whose SHA-256 this journal's audit recorded when it dropped the day,
-    its rows read in checked against it byte for byte, none of them open."""
+    """Read an archived day back in as the journal's partitions of that day, owned and guarded as
+    every partition is: only a folder whose SHA-256 this journal recorded when it dropped the day
+    (``journal_dropped``, which the switch's role cannot write), its rows read in checked against it
+    byte for byte, none of them open."""
     manifest = read_manifest(folder)
     day = dt.date.fromisoformat(manifest["day"])
     await conn.execute(_AS_WRITTEN)
-    if not await conn.fetchval(
-        "SELECT pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'txn'::regclass), 'USAGE')"
-    ):
-        raise ArchiveRefused("only the journal's owner restores a day")
-    dropped = await conn.fetchval(
-        "SELECT after FROM console_audit WHERE action = 'journal.drop' AND target = $1 ORDER BY id DESC LIMIT 1",
-        day.isoformat(),
+    owner = await conn.fetchval("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'txn'::regclass")
+    if not await conn.fetchval("SELECT pg_has_role($1, 'USAGE')", owner):
+        raise ArchiveRefused(f"only the journal's owner ({owner}) restores a day")
+    dropped = await conn.fetch(
+        "SELECT txn_sha256, txn_move_sha256 FROM journal_dropped WHERE day = $1 ORDER BY id DESC LIMIT 1", day
     )
-    said = json.loads(dropped) if dropped else {}
-    if any(said.get(p, {}).get("sha256") != manifest["tables"][p]["sha256"] for p in ORDER):
+    if [tuple(row) for row in dropped] != [tuple(manifest["tables"][parent]["sha256"] for parent in ORDER)]:
         raise ArchiveRefused(
-            f"{folder}: this journal's audit records no drop of {day} with these files' SHA-256 "
-            "(a folder of another journal, or altered): nothing read in"
+            f"{folder}: this journal recorded no drop of {day} with these files' SHA-256 as its last "
+            "(a folder of another journal, an earlier drop's, or altered): nothing read in"
         )
     if [d for d in await days_before(conn, day + dt.timedelta(days=1)) if d.day == day]:
         raise ArchiveRefused(f"{day}: the journal has this day's tables already: nothing read in")
     tables = {parent: partition(parent, day) for parent in ORDER}
     bounds = f"tx_date >= '{day}' AND tx_date < '{day + dt.timedelta(days=1)}'"
     async with conn.transaction():
-        for parent, table in tables.items():  # read in and checked as tables of their own first
+        await conn.execute(f"SET LOCAL ROLE {owner}")  # its partitions the owner's, whoever of its members runs it
+        for parent, table in tables.items():  # read in, indexed and checked as tables of their own first
             entry = manifest["tables"][parent]
             await conn.execute(
-                f"CREATE TABLE {_quoted(table)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
-                f"CONSTRAINT restored_day CHECK ({bounds}))"  # so that the attach need not scan it
+                f"CREATE TABLE {_quoted(table)} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                f"INCLUDING INDEXES, CONSTRAINT restored_day CHECK ({bounds}))"  # the attach neither scans nor indexes
             )
             with gzip.open(folder / entry["file"], "rb") as source:
                 names = [name for name, _ in entry["columns"]]
                 await conn.copy_to_table(table, source=source, columns=names, format="csv", header=True)
             if await _hash_of(conn, _copy_out(table, entry["columns"], parent)) != entry["sha256"]:
                 raise ArchiveRefused(f"{folder}: {parent}'s rows read in are not those archived: nothing read in")
-        kept = await blockers(conn, Day(day, tables, frozenset(ORDER)))
-        if kept:
-            raise ArchiveRefused(f"{folder}: {_why(kept)}: no day dropped was so: nothing read in")
+        found = await blockers(conn, Day(day, tables, frozenset(ORDER)))
+        open_rows = {reason: n for reason, n in found.items() if reason in _ROW_REASONS}
+        if open_rows:  # no day is dropped so: the folder is not what was dropped
+            raise ArchiveRefused(f"{folder}: {_why(open_rows)}, as no day dropped is: nothing read in")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
         for parent, table in tables.items():
             await _attach(conn, parent, table, day)
