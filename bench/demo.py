@@ -430,6 +430,7 @@ def _retention(data_dir: Path) -> None:
     """The journal's retention as its owner runs it each day (nothing of the demo's is old enough)."""
     before = dt.date.today() - dt.timedelta(days=KEEP_DAYS)
     to = data_dir / "journal-archive"
+    to.mkdir(mode=0o700, exist_ok=True)
     command = ["journal", "archive", "--before", str(before), "--to", str(to), "--drop", "--data-dir", str(data_dir)]
     env = {k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}  # the embedded journal's owner
     done = subprocess.run([sys.executable, "-m", "switch.cli", *command], env=env, capture_output=True, text=True)

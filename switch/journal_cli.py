@@ -66,12 +66,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "checked against its folder, detached from the journal (waiting for the transactions older than it, "
         "holding up none), checked again and dropped, with an audit row (journal.drop); a day changed since is "
         "attached again and kept; a drop cut short is finished by the next. Any other lock not had within 10 s "
-        f"fails the command. {_OWNER} Else --data-dir's embedded PostgreSQL. Exit status: 0 every day archived "
-        "(and dropped), 1 a day kept or left detached (why, on stdout), 2 refused (why, on stderr).",
+        f"fails the command. A day restored stays --hold-days before a drop takes it again. {_OWNER} Else "
+        "--data-dir's embedded PostgreSQL (safe beside a running switch). Exit status: 0 every day archived (and "
+        "dropped), 1 a day kept (why and what to do, on stdout), 3 a day left detached, out of the journal's "
+        "sight (run again with --drop), 2 refused (why, on stderr).",
     )
-    keep.add_argument("--before", required=True, type=dt.date.fromisoformat, help="the first day kept, YYYY-MM-DD")
     keep.add_argument(
-        "--to", type=Path, default=Path("journal-archive"), help="where the folders go (./journal-archive)"
+        "--before",
+        type=_day,
+        help="the first day kept, YYYY-MM-DD (default: the first of the last --keep-days by the journal's clock, "
+        "which is what a daily run from cron wants)",
+    )
+    keep.add_argument(
+        "--to",
+        type=Path,
+        required=True,
+        help="the folder the days' folders go in: one that exists and this user may write (an archive share "
+        "mounted there; keep what it holds where the bank keeps its records: after --drop it is the only copy)",
     )
     keep.add_argument(
         "--keep-days",
@@ -79,6 +90,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=archive.KEEP_DAYS,
         help=f"days the journal keeps whatever --before says (default {archive.KEEP_DAYS}, at least "
         f"{archive.MIN_KEEP_DAYS}: a refund up to a year after its payment reads its purchase)",
+    )
+    keep.add_argument(
+        "--hold-days",
+        type=int,
+        default=archive.HOLD_DAYS,
+        help=f"days a day restored stays before a drop takes it again (default {archive.HOLD_DAYS})",
     )
     keep.add_argument("--drop", action="store_true", help="take each day archived out of the journal")
     back = actions.add_parser(
@@ -100,13 +117,39 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         )
 
 
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day, YYYY-MM-DD, not {text!r}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     if args.action == "migrate":
         return _migrate(args)
-    if args.action == "archive" and not archive.MIN_KEEP_DAYS <= args.keep_days <= 100_000:
-        raise JournalRefused(f"--keep-days: at least {archive.MIN_KEEP_DAYS}, not {args.keep_days}")
+    if args.action == "archive":
+        if not archive.MIN_KEEP_DAYS <= args.keep_days <= 100_000:
+            raise JournalRefused(f"--keep-days: at least {archive.MIN_KEEP_DAYS}, not {args.keep_days}")
+        if not 0 <= args.hold_days <= 3650:
+            raise JournalRefused(f"--hold-days: 0 to 3650, not {args.hold_days}")
+        _writable(args.to)
     work = _archive if args.action == "archive" else _restore
     return _as_owner(args.data_dir, lambda conn: work(conn, args))
+
+
+def _writable(folder: Path) -> None:
+    """``folder`` is one this user may write in (tried), or the command stops before it reads a day:
+    never made here, so that an archive share not mounted is not taken for an empty folder."""
+    if not folder.is_dir():
+        raise JournalRefused(
+            f"--to {folder}: not a folder{'' if folder.exists() else ' (none there: make it, or mount it)'}"
+        )
+    try:
+        probe = folder / f".paysw-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise JournalRefused(f"--to {folder}: not writable ({exc.strerror})") from exc
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -164,36 +207,43 @@ def _as_owner(data_dir: Path, work: Callable[[asyncpg.Connection], Awaitable[int
 
 
 async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    today = await conn.fetchval("SELECT current_date")
-    latest = today - dt.timedelta(days=args.keep_days)
-    if args.before > latest + dt.timedelta(days=1):
-        raise JournalRefused(f"--before {args.before}: the journal keeps {args.keep_days} days (--keep-days), "
-                             f"so the latest day archived is {latest}")  # fmt: skip
-    args.to.mkdir(mode=0o700, parents=True, exist_ok=True)
-    by, kept = f"cli:{who()}", 0
-    days = await archive.days_before(conn, args.before)
-    print(f"{len(days)} days before {args.before} in the journal", flush=True)
+    today = await conn.fetchval("SELECT current_date")  # the journal's day, whatever this host's time zone
+    first_kept = today - dt.timedelta(days=args.keep_days - 1)
+    before = args.before or first_kept
+    if before > first_kept:
+        raise JournalRefused(
+            f"--before {before}: the journal keeps the last {args.keep_days} days (--keep-days) by its clock, "
+            f"today {today}: --before {first_kept} at the latest, or leave it out"
+        )
+    root = args.to.resolve()
+    by, kept, hidden = f"cli:{who()}", 0, 0
+    days = await archive.days_before(conn, before)
+    print(f"{len(days)} day{'' if len(days) == 1 else 's'} before {before} in the journal", flush=True)
     for day in days:
-        fresh = not archive.folder_of(args.to, day.day).exists()
-        done = await archive.archive(conn, day, args.to, by)
+        fresh = not archive.folder_of(root, day.day).exists()
+        done = await archive.archive(conn, day, root, by, args.hold_days)
         if done.folder is not None and args.drop:
-            done = await archive.drop(conn, day, done.folder, by, fresh=fresh)
+            done = await archive.drop(conn, day, done.folder, by, fresh=fresh, hold_days=args.hold_days)
         counts = f"{done.rows.get('txn', 0):,} transactions, {done.rows.get('txn_move', 0):,} moves"
+        where = f"archived to {done.folder}" if fresh else f"archived already in {done.folder} (read back)"
         if done.kept:
             kept += 1
             print(f"{day.day}: kept in the journal: {done.kept}", flush=True)
         elif done.dropped:
-            print(f"{day.day}: {counts} archived to {done.folder} and dropped from the journal", flush=True)
+            print(f"{day.day}: {counts} {where} and dropped from the journal", flush=True)
         elif day.attached:
-            print(f"{day.day}: {counts} archived to {done.folder}", flush=True)
+            print(f"{day.day}: {counts} {where}", flush=True)
         else:
-            kept += 1
-            print(f"{day.day}: {counts} archived to {done.folder}; its tables left detached by a drop cut short, "
-                  "out of the journal's sight: --drop finishes it", flush=True)  # fmt: skip
-    return 1 if kept else 0
+            hidden += 1
+            print(f"{day.day}: {counts} {where}; its tables left detached by a drop cut short, out of the "
+                  "journal's sight: --drop finishes it", flush=True)  # fmt: skip
+    return 3 if hidden else 1 if kept else 0
 
 
 async def _restore(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    if not (args.folder / archive.MANIFEST).exists() and any(args.folder.glob("journal-*")):
+        raise JournalRefused(f"{args.folder}: name one day's folder in it, journal-YYYY-MM-DD")
     done = await archive.restore(conn, args.folder, f"cli:{who()}")
-    print(f"{done.day}: {done.rows['txn']:,} transactions, {done.rows['txn_move']:,} moves read back into the journal")
+    print(f"{done.day}: {done.rows['txn']:,} transactions, {done.rows['txn_move']:,} moves read back into the "
+          f"journal; a drop takes it again after --hold-days ({archive.HOLD_DAYS} unless said otherwise)")  # fmt: skip
     return 0

@@ -78,17 +78,20 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     next_day = old + dt.timedelta(days=1)
     assert len(before[0]) == 3 and len(before[1]) == 6  # three written RECEIVED, two approved, one declined
 
-    # Too young, or too little kept: refused before anything is read.
+    # Too young, too little kept, or nowhere to write: refused before anything is read.
     today = old + dt.timedelta(days=retention.KEEP_DAYS + 100)
+    first_kept = today - dt.timedelta(days=retention.KEEP_DAYS - 1)
     for args, said in (
-        (["--before", str(today)], "the latest day archived is"),
-        (["--before", str(old), "--keep-days", "30"], "--keep-days: at least 366"),
+        (["--to", str(tmp_path), "--before", str(today)], f"--before {first_kept} at the latest, or leave it out"),
+        (["--to", str(tmp_path), "--before", str(old), "--keep-days", "30"], "--keep-days: at least 366"),
+        (["--to", str(folders)], "not a folder (none there: make it, or mount it)"),  # never made: a share unmounted
     ):
-        refused = paysw_journal(url, "archive", "--to", str(folders), *args)
+        refused = paysw_journal(url, "archive", *args)
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr
     assert not folders.exists()
+    folders.mkdir()
     nowhere = subprocess.run(
-        [sys.executable, "-m", "switch.cli", "journal", "archive", "--before", str(old), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "switch.cli", "journal", "archive", "--to", str(folders), "--data-dir", str(tmp_path)],
         env={k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert nowhere.returncode == 2 and f"set {OWNER_URL_ENV}" in nowhere.stderr and "is not one" in nowhere.stderr
@@ -180,6 +183,23 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
 
     run(after_restore())
 
+    # A day restored is held from the next nightly drop for --hold-days; then taken again.
+    args = ["archive", "--before", str(next_day), "--to", str(folders), "--drop"]
+    held = paysw_journal(url, *args)
+    assert held.returncode == 1 and f"{old}: kept in the journal: 1 restored lately (held --hold-days" in held.stdout
+    again = paysw_journal(url, *args, "--hold-days", "0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{old}: 3 transactions, 6 moves archived already in {folder} (read back) and dropped" in again.stdout
+
+    async def retention_rows() -> list[tuple]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(r) for r in await conn.fetch("SELECT day, action, folder FROM journal_retention ORDER BY id")]
+        finally:
+            await conn.close()
+
+    assert run(retention_rows()) == [(old, action, str(folder)) for action in ("dropped", "restored", "dropped")]
+
 
 def test_a_day_changed_after_it_was_archived_is_not_dropped_and_a_drop_cut_short_is_finished(database_url, tmp_path):
     url = run(fresh_database(database_url, "paysw_archive_changed"))
@@ -238,12 +258,12 @@ def test_a_day_changed_after_it_was_archived_is_not_dropped_and_a_drop_cut_short
             assert (await retention.drop(other, left, written_later.folder, "test")).dropped  # and FINALIZEd
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # what a restore trusts: the owner's alone
                 await runtime.execute(
-                    "INSERT INTO journal_dropped (day, txn_sha256, txn_move_sha256, folder, dropped_by) "
-                    "VALUES ($1, 'x', 'x', 'x', 'x')",
+                    "INSERT INTO journal_retention (day, action, txn_sha256, txn_move_sha256, folder, by_whom) "
+                    "VALUES ($1, 'dropped', 'x', 'x', 'x', 'x')",
                     later.day,
                 )
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute("DELETE FROM journal_dropped")
+                await conn.execute("DELETE FROM journal_retention")
             assert [d.day for d in await retention.days_before(conn, old + dt.timedelta(days=2))] == [old]
 
             # A column added since the archive: its rows would be dropped unarchived, so not dropped.

@@ -43,6 +43,7 @@ from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
 
 MIN_KEEP_DAYS = 366
 KEEP_DAYS = 400
+HOLD_DAYS = 30  # a day restored stays this long before a drop takes it again
 # Each table's rows in an order that makes the same rows the same bytes, text in bytes' order
 # whatever the database's collation.
 ORDER = {
@@ -79,8 +80,21 @@ SELECT
     ) AS "with a reconciliation difference open",
     (SELECT count(*) FROM dead_letter WHERE tx_date = $1 AND resolved_at IS NULL) AS "dead letters unresolved",
     (SELECT count(*) FROM notice_outbox WHERE tx_date = $1 AND delivered_at IS NULL AND dead_at IS NULL)
-        AS "notifications being delivered"
+        AS "notifications being delivered",
+    (SELECT count(*) FROM (SELECT action, at FROM journal_retention WHERE day = $1 ORDER BY id DESC LIMIT 1) r
+     WHERE r.action = 'restored' AND r.at > now() - make_interval(days => $2)) AS "restored lately"
 """
+# What to do about each (the command says it with the reason).
+HINTS = {
+    "open or owing a reversal": "the resolver's, or a person's from paysw recon errors",
+    "with a void or refund under way": "the resolver's",
+    "not settled": "paysw settle, once reconciliation has matched them",
+    "reconciliation batches unfinished": "paysw recon",
+    "with a reconciliation difference open": "paysw recon errors",
+    "dead letters unresolved": "the console's Dead letters page",
+    "notifications being delivered": "paysw notify list",
+    "restored lately": f"held --hold-days ({HOLD_DAYS}) from its restore",
+}
 
 
 # The reasons in a day's own rows (the others are records beside the journal, which may change
@@ -152,10 +166,11 @@ async def days_before(conn: asyncpg.Connection, before: dt.date) -> list[Day]:
     return [Day(day, tables[day], frozenset(detached.get(day, ()))) for day in sorted(tables)]
 
 
-async def blockers(conn: asyncpg.Connection, day: Day) -> dict[str, int]:
-    """What keeps ``day`` in the journal: each reason's count, those above zero."""
+async def blockers(conn: asyncpg.Connection, day: Day, hold_days: int = HOLD_DAYS) -> dict[str, int]:
+    """What keeps ``day`` in the journal: each reason's count, those above zero (a restore of it
+    within ``hold_days`` among them)."""
     rows = _quoted(day.tables.get("txn", partition("txn", day.day)))
-    found = await conn.fetchrow(_BLOCKERS.format(rows=rows), day.day)
+    found = await conn.fetchrow(_BLOCKERS.format(rows=rows), day.day, hold_days)
     return {reason: n for reason, n in found.items() if n}
 
 
@@ -225,7 +240,7 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str) -> Done:
+async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str, hold_days: int = HOLD_DAYS) -> Done:
     """Copy ``day`` out to its folder under ``root`` (kept in the journal, and said why, when
     something keeps it); a folder already there is read back and checked, not written again."""
     folder = folder_of(root, day.day)
@@ -242,7 +257,7 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str) -> Do
     # The check and the copy in one snapshot; the day's tables named, so that their parents are not
     # locked for as long as the copy takes (the day's partitions are made under a lock on them).
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        kept = await blockers(conn, day)
+        kept = await blockers(conn, day, hold_days)
         if kept:
             shutil.rmtree(partial)
             return Done(day.day, None, {}, kept=_why(kept))
@@ -267,7 +282,9 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str) -> Do
     return Done(day.day, folder, _rows(manifest))
 
 
-async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh: bool = False) -> Done:
+async def drop(
+    conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh: bool = False, hold_days: int = HOLD_DAYS
+) -> Done:
     """Detach ``day``'s partitions and drop them, once they are checked against the archive in
     ``folder`` (before the detach, unless the archive was ``fresh``ly made from them, and after it);
     attached again and kept (``kept`` says why) if they changed since."""
@@ -306,17 +323,13 @@ async def drop(conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh:
         for table in tables.values():  # nothing writes a detached table; nothing is to, meanwhile
             await conn.execute(f"LOCK TABLE {_quoted(table)} IN ACCESS EXCLUSIVE MODE")
         stale = await _columns_changed(conn, tables, manifest, folder) or await _changed(conn, tables, manifest, folder)
-        kept = await blockers(conn, detached)
+        kept = await blockers(conn, detached, hold_days)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)  # as partitions are made and guarded
         if not stale and not kept:
             for table in tables.values():
                 await conn.execute(f"DROP TABLE {_quoted(table)}")
             hashes = [manifest["tables"][parent]["sha256"] for parent in ORDER]
-            await conn.execute(
-                "INSERT INTO journal_dropped (day, txn_sha256, txn_move_sha256, folder, dropped_by) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                day.day, *hashes, str(folder), by,
-            )  # fmt: skip
+            await _done_to(conn, day.day, "dropped", hashes, folder, by)
             await record(conn, Entry(by, "journal.drop", day.day.isoformat(), after=_said(folder, manifest["tables"])))
             return Done(day.day, folder, rows, dropped=True)
         for parent, table in tables.items():
@@ -350,7 +363,7 @@ async def _changed(conn: asyncpg.Connection, tables: dict[str, str], manifest: d
 async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
     """Read an archived day back in as the journal's partitions of that day, owned and guarded as
     every partition is: only a folder whose SHA-256 this journal recorded when it dropped the day
-    (``journal_dropped``, which the switch's role cannot write), its rows read in checked against it
+    (``journal_retention``, which the switch's role cannot write), its rows read in checked against it
     byte for byte, none of them open."""
     manifest = read_manifest(folder)
     day = dt.date.fromisoformat(manifest["day"])
@@ -359,7 +372,9 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
     if not await conn.fetchval("SELECT pg_has_role($1, 'USAGE')", owner):
         raise ArchiveRefused(f"only the journal's owner ({owner}) restores a day")
     dropped = await conn.fetch(
-        "SELECT txn_sha256, txn_move_sha256 FROM journal_dropped WHERE day = $1 ORDER BY id DESC LIMIT 1", day
+        "SELECT txn_sha256, txn_move_sha256 FROM journal_retention WHERE day = $1 AND action = 'dropped' "
+        "ORDER BY id DESC LIMIT 1",
+        day,
     )
     if [tuple(row) for row in dropped] != [tuple(manifest["tables"][parent]["sha256"] for parent in ORDER)]:
         raise ArchiveRefused(
@@ -383,7 +398,7 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
                 await conn.copy_to_table(table, source=source, columns=names, format="csv", header=True)
             if await _hash_of(conn, _copy_out(table, entry["columns"], parent)) != entry["sha256"]:
                 raise ArchiveRefused(f"{folder}: {parent}'s rows read in are not those archived: nothing read in")
-        found = await blockers(conn, Day(day, tables, frozenset(ORDER)))
+        found = await blockers(conn, Day(day, tables, frozenset(ORDER)), hold_days=0)
         open_rows = {reason: n for reason, n in found.items() if reason in _ROW_REASONS}
         if open_rows:  # no day is dropped so: the folder is not what was dropped
             raise ArchiveRefused(f"{folder}: {_why(open_rows)}, as no day dropped is: nothing read in")
@@ -391,6 +406,8 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
         for parent, table in tables.items():
             await _attach(conn, parent, table, day)
             await conn.execute(f"ALTER TABLE {_quoted(table)} DROP CONSTRAINT restored_day")
+        hashes = [manifest["tables"][parent]["sha256"] for parent in ORDER]
+        await _done_to(conn, day, "restored", hashes, folder, by)
         await record(conn, Entry(by, "journal.restore", day.isoformat(), after=_said(folder, manifest["tables"])))
     return Done(day, folder, _rows(manifest))
 
@@ -405,12 +422,24 @@ async def _attach(conn: asyncpg.Connection, parent: str, table: str, day: dt.dat
     await conn.execute("SELECT journal_guard_partition($1::regclass)", _quoted(table))
 
 
+async def _done_to(
+    conn: asyncpg.Connection, day: dt.date, action: str, hashes: list[str], folder: Path, by: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO journal_retention (day, action, txn_sha256, txn_move_sha256, folder, by_whom) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        day, action, *hashes, str(folder.resolve()), by,
+    )  # fmt: skip
+
+
 def _rows(manifest: dict) -> dict[str, int]:
     return {parent: manifest["tables"][parent]["rows"] for parent in ORDER}
 
 
 def _why(kept: dict[str, int]) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in kept.items())
+    return ", ".join(
+        f"{n} {reason} ({HINTS[reason]})" if reason in HINTS else f"{n} {reason}" for reason, n in kept.items()
+    )
 
 
 def _said(folder: Path, tables: dict) -> dict:

@@ -30,9 +30,9 @@ OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
 EMBEDDED_OWNER_ENV = "PAYSW_EMBEDDED_OWNER_URL"
 # The switch reads every table and adds to every one but these. Written by the owner alone: the
 # schema's version and the state machine (schema.migrate), and the moves and the notifications
-# of final ones (the guard's triggers, as the owner: migration 28), and the days retention dropped
-# (what a restore may read back: switch.journal.archive).
-NOT_ADDED_TO = ("schema_migrations", "txn_state", "txn_state_move", "txn_move", "notice_outbox", "journal_dropped")
+# of final ones (the guard's triggers, as the owner: migration 28), and what retention did to each
+# day (what a restore may read back: switch.journal.archive).
+NOT_ADDED_TO = ("schema_migrations", "txn_state", "txn_state_move", "txn_move", "notice_outbox", "journal_retention")
 # The columns it changes in place; every other row it only adds. A transaction's key, amount,
 # card and merchant stay as written ahead: its outcome, the resolver's and the reversal's marks,
 # what its voids and refunds took of it, and a void's or refund's link to its purchase (set once,

@@ -1032,23 +1032,25 @@ MIGRATIONS: list[str] = [
     ALTER TABLE risk_list ADD COLUMN id bigserial;
     CREATE UNIQUE INDEX risk_list_by_id ON risk_list (id);
     """,
-    # 38: the days retention took out of the journal (switch.journal.archive), each table's SHA-256
-    # as archived: what a restore reads back must be one of them. Written by the owner alone (not
-    # the audit, to which the switch's role adds), and kept as the journal's records are.
+    # 38: what retention did to a day (switch.journal.archive): dropped it, each table's SHA-256 as
+    # archived (what a restore reads back must be the last drop's), or restored it (held from the
+    # next drop for a while). Written by the owner alone (not the audit, to which the switch's role
+    # adds), and kept as the journal's records are.
     """
-    CREATE TABLE journal_dropped (
+    CREATE TABLE journal_retention (
         id              bigserial   PRIMARY KEY,
         day             date        NOT NULL,
+        action          text        NOT NULL CHECK (action IN ('dropped', 'restored')),
         txn_sha256      text        NOT NULL,
         txn_move_sha256 text        NOT NULL,
         folder          text        NOT NULL,
-        dropped_by      text        NOT NULL,
+        by_whom         text        NOT NULL,
         at              timestamptz NOT NULL DEFAULT clock_timestamp()
     );
-    CREATE INDEX journal_dropped_by_day ON journal_dropped (day, id);
-    CREATE TRIGGER journal_dropped_keeps_rows BEFORE UPDATE OR DELETE ON journal_dropped
+    CREATE INDEX journal_retention_by_day ON journal_retention (day, id);
+    CREATE TRIGGER journal_retention_keeps_rows BEFORE UPDATE OR DELETE ON journal_retention
         FOR EACH ROW EXECUTE FUNCTION journal_keeps_rows();
-    CREATE TRIGGER journal_dropped_keeps_all BEFORE TRUNCATE ON journal_dropped
+    CREATE TRIGGER journal_retention_keeps_all BEFORE TRUNCATE ON journal_retention
         FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
     """,
 ]
