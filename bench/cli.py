@@ -52,6 +52,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     recon_bench.add_argument("--rows", type=int, default=1_000_000, help="transactions in the day (default 1,000,000)")
     recon_bench.add_argument("--out", type=Path, help="write the results as JSON here")
+    archive_bench = benches.add_parser(
+        "archive",
+        help="archive, drop and restore a day of N purchases beside a switch's writes, against the writes alone",
+        description="Write a day of N purchases older than the journal keeps (approved, settled) into a fresh "
+        "embedded PostgreSQL (or SWITCH_DATABASE_URL); write today's purchases ahead and record them (200 a "
+        "second, 8 at once), alone and then while the day is archived, dropped and restored; report each step's "
+        "time and the write-ahead's latency in each window as ratios to the writes alone (same run).",
+    )
+    archive_bench.add_argument("--rows", type=int, default=200_000, help="purchases in the day (default 200,000)")
+    archive_bench.add_argument("--out", type=Path, help="write the results as JSON here")
     sm2_bench = benches.add_parser(
         "sm2",
         help="SM2 signatures a second on one core, against gmssl measured in the same run",
@@ -241,6 +251,10 @@ def _channels(text: str) -> tuple[str, ...]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.bench_command == "archive":
+        from bench.archive_speed import main as archive_main
+
+        return archive_main(args.rows, args.out)
     if args.bench_command == "recon":
         from bench.recon_bench import main as recon_bench_main
 

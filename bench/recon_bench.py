@@ -16,18 +16,17 @@ import json
 import os
 import platform
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
 
 from bench.demo_config import DEMO_SWITCH_CONFIG
+from bench.scratch import scratch_database
 from bench.simulators.side import StatementAsk, side_of
 from protocols.channels import channel_of
 from protocols.statements import CST, PAID, PAY, REFUND, StatementRow, fee_fen
 from switch.config import load_config
-from switch.journal.embedded import EmbeddedPostgres
 from switch.journal.schema import ensure_partitions, migrate
 from switch.recon.batch import WHOLE_DAY, ReconBatch
 from switch.settlement import settle
@@ -35,7 +34,7 @@ from switch.settlement import settle
 DAY = dt.date(2026, 1, 15)  # a day of its own, far from any real traffic
 CHANNELS = ("wechat", "alipay", "unionpay", "ecny", "inbank")
 MERCHANT = "898310048990001"
-_TXN_COLUMNS = (
+TXN_COLUMNS = (
     "tx_date", "terminal_id", "stan", "transmitted", "rrn", "txn_type", "mti", "processing_code", "merchant_id",
     "amount_fen", "currency", "local_time", "local_date", "entry_mode", "pan_masked", "pan_hash", "channel",
     "out_trade_no", "request_hash", "state", "received_at",
@@ -122,7 +121,7 @@ async def measure(url: str, rows: int) -> dict[str, object]:
             # A day already settled, written as it ended (APPROVED and the rest), not as its moves came:
             # the journal's triggers, which have a row written RECEIVED and then moved, are off meanwhile.
             await conn.execute("ALTER TABLE txn DISABLE TRIGGER USER")
-            await conn.copy_records_to_table("txn", records=journal, columns=_TXN_COLUMNS)
+            await conn.copy_records_to_table("txn", records=journal, columns=TXN_COLUMNS)
             await conn.execute("ALTER TABLE txn ENABLE TRIGGER USER")
             await conn.execute("ANALYZE txn")
         print(f"{len(journal):,} journal rows and {sum(len(s) for s in statements.values()):,} statement rows "
@@ -183,17 +182,8 @@ def _progress(channel: str, step: str) -> None:
 
 
 def main(rows: int, out: Path | None) -> int:
-    url = os.environ.get("SWITCH_DATABASE_URL", "")
-    embedded = None
-    with tempfile.TemporaryDirectory(prefix="paysw-recon-bench-") as folder:
-        if not url:
-            embedded = EmbeddedPostgres(Path(folder) / "pg")
-            url = embedded.start()
-        try:
-            result = asyncio.run(measure(url, rows))
-        finally:
-            if embedded is not None:
-                embedded.stop()
+    with scratch_database("paysw-recon-bench-") as (url, _):
+        result = asyncio.run(measure(url, rows))
     print(json.dumps(result, indent=2))
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n")

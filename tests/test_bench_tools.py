@@ -103,6 +103,21 @@ def test_recon_benchmark_finds_every_injected_difference_in_a_short_run(database
     assert result["recon_s"] > 0 and result["baseline_s"] > 0
 
 
+def test_the_archive_benchmark_measures_each_step_beside_the_writes_and_gets_the_day_back(database_url, tmp_path):
+    """The short CI version of ``paysw bench archive``, on a database of its own."""
+    import asyncio
+
+    from bench.archive_speed import measure
+    from tests.conftest import fresh_database
+
+    url = asyncio.run(fresh_database(database_url, "paysw_archive_bench"))
+    result = asyncio.run(measure(url, 2_000, tmp_path, alone_s=1.0))
+    assert result["every_row_back"] and result["rows"] == 2_000, result
+    assert all(result[f"{step}_s"] > 0 for step in ("archive", "drop", "restore")), result
+    assert result["folder_bytes"] > 0 and result["write_ahead"]["alone"]["writes"] > 0, result
+    assert result["ratio_to_alone"]["alone"] == {"p50_ms": 1.0, "p99_ms": 1.0, "max_ms": 1.0}
+
+
 def test_the_risk_benchmark_measures_decisions_and_a_rebuild_in_one_run(tmp_path):
     """The short CI version of ``paysw bench risk`` (its stack part is the throughput test's)."""
     out = tmp_path / "risk.json"

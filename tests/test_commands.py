@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("isolation", "throughput", "recon", "sm2", "profile", "held", "overload", "link", "start")
+BENCHMARKS = ("isolation", "throughput", "recon", "archive", "sm2", "profile", "held", "overload", "link", "start")
 
 
 def _imported_modules(tree: ast.AST) -> list[str]:
