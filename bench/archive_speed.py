@@ -8,7 +8,8 @@ today's purchases ahead and record them (``Journal``, paced), first alone, then 
 archived, then dropped, then restored. Reported: each step's time and the folder's size, and the
 writers' write-ahead latency in each window (p50, p99, max) as ratios to the window alone. The
 switch's writes never wait on a lock of the retention's (its detach waits for them, not they for
-it): what is left is the CPU the copy, gzip and hashes take beside them on this machine.
+it): what is left is the CPU the commands (each a process of its own, as an operator runs them:
+``paysw journal archive``, then with ``--drop``, then ``restore``) take beside them on this machine.
 
     flock /tmp/paysw-bench.lock python -m bench.archive_speed --rows 200000 --out bench/results/archive.json
 """
@@ -20,7 +21,9 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from bench.recon_bench import TXN_COLUMNS
 from bench.scratch import scratch_database
 from switch.journal import Event, Journal, NewTxn, Report
 from switch.journal import archive as retention
+from switch.journal.roles import OWNER_URL_ENV
 from switch.journal.schema import migrate
 
 RATE, WRITERS = 200, 8  # today's purchases a second, and at once
@@ -109,6 +113,18 @@ class Writers:
         self._stop.set()
 
 
+async def _paysw_journal(url: str, command: list[str]) -> None:
+    """``paysw journal COMMAND`` as the journal's owner; its output shown, a failure raised."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "switch.cli", "journal", *command, env={**os.environ, OWNER_URL_ENV: url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    said, _ = await process.communicate()
+    print("  " + said.decode().strip().replace("\n", "\n  "), flush=True)
+    if process.returncode:
+        raise RuntimeError(f"paysw journal {' '.join(command)}: exit status {process.returncode}")
+
+
 def _figures(latencies: list[float]) -> dict[str, float]:
     ms = sorted(x * 1000 for x in latencies)
     return {
@@ -134,16 +150,17 @@ async def measure(url: str, rows: int, folder: Path, alone_s: float) -> dict:
         steps: dict[str, float] = {}
         try:
             await asyncio.sleep(alone_s)
-            (held,) = await retention.days_before(conn, day + dt.timedelta(days=1))
-            for step in ("archive", "drop", "restore"):
+            # The commands as the owner runs them, each a process of its own beside the writers' (in
+            # theirs, its copy's gzip and hashes would hold up their event loop).
+            folder_of_day = retention.folder_of(folder, day)
+            for step, command in (
+                ("archive", ["archive", "--to", str(folder)]),
+                ("drop", ["archive", "--to", str(folder), "--drop"]),
+                ("restore", ["restore", str(folder_of_day)]),
+            ):
                 writers.window = step
                 started = time.perf_counter()
-                if step == "archive":
-                    done = await retention.archive(conn, held, folder, "bench")
-                elif step == "drop":
-                    done = await retention.drop(conn, held, done.folder, "bench", fresh=True)
-                else:
-                    done = await retention.restore(conn, done.folder, "bench")
+                await _paysw_journal(url, command)
                 steps[f"{step}_s"] = round(time.perf_counter() - started, 2)
                 print(f"{step}: {steps[f'{step}_s']}s", flush=True)
             writers.window = "after"
@@ -152,7 +169,7 @@ async def measure(url: str, rows: int, folder: Path, alone_s: float) -> dict:
             writers.stop()
             await running
             await journal.close()
-        size = sum(f.stat().st_size for f in done.folder.iterdir())
+        size = sum(f.stat().st_size for f in folder_of_day.iterdir())
         back = await conn.fetchval("SELECT count(*) FROM txn WHERE tx_date = $1", day)
     finally:
         await conn.close()
