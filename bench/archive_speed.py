@@ -139,6 +139,10 @@ async def measure(url: str, rows: int, folder: Path, alone_s: float) -> dict:
     conn = await asyncpg.connect(url, command_timeout=3600)
     try:
         await migrate(conn)
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM txn)"):  # its drop would take a real journal's days
+            raise SystemExit(
+                "paysw bench archive: SWITCH_DATABASE_URL names a journal with transactions: give it an empty one"
+            )
         day = await conn.fetchval("SELECT current_date") - dt.timedelta(days=retention.KEEP_DAYS + 100)
         await conn.fetch("SELECT journal_make_days($1, $1)", day)
         started = time.perf_counter()
@@ -154,8 +158,8 @@ async def measure(url: str, rows: int, folder: Path, alone_s: float) -> dict:
             # theirs, its copy's gzip and hashes would hold up their event loop).
             folder_of_day = retention.folder_of(folder, day)
             for step, command in (
-                ("archive", ["archive", "--to", str(folder)]),
-                ("drop", ["archive", "--to", str(folder), "--drop"]),
+                ("archive", ["archive", "--to", str(folder), "--before", str(day + dt.timedelta(days=1))]),
+                ("drop", ["archive", "--to", str(folder), "--before", str(day + dt.timedelta(days=1)), "--drop"]),
                 ("restore", ["restore", str(folder_of_day)]),
             ):
                 writers.window = step

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "journal",
         help="the journal's owner's commands: migrate (an external PostgreSQL), archive and restore days",
         description="The journal's owner's commands. No configuration is read. Exit status: 0 done, 1 a day "
-        "kept (archive: why, on stdout), 2 refused (why, on stderr).",
+        "kept (archive: why, on stdout), 2 refused (why, on stderr), 3 a day out of the journal's sight (archive).",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="{migrate,archive,restore}")
     migrate = actions.add_parser(
@@ -144,12 +145,12 @@ def _writable(folder: Path) -> None:
         raise JournalRefused(
             f"--to {folder}: not a folder{'' if folder.exists() else ' (none there: make it, or mount it)'}"
         )
-    try:
-        probe = folder / f".paysw-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+    try:  # a new file of a random name (O_EXCL: no link of another user's is followed)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".paysw-probe-")
     except OSError as exc:
         raise JournalRefused(f"--to {folder}: not writable ({exc.strerror})") from exc
+    os.close(handle)
+    Path(probe).unlink(missing_ok=True)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -207,7 +208,8 @@ def _as_owner(data_dir: Path, work: Callable[[asyncpg.Connection], Awaitable[int
 
 
 async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
-    today = await conn.fetchval("SELECT current_date")  # the journal's day, whatever this host's time zone
+    # The journal's days are UTC days (field 7's date), whatever this host's or the server's time zone.
+    today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     first_kept = today - dt.timedelta(days=args.keep_days - 1)
     before = args.before or first_kept
     if before > first_kept:
@@ -226,17 +228,18 @@ async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
             done = await archive.drop(conn, day, done.folder, by, fresh=fresh, hold_days=args.hold_days)
         counts = f"{done.rows.get('txn', 0):,} transactions, {done.rows.get('txn_move', 0):,} moves"
         where = f"archived to {done.folder}" if fresh else f"archived already in {done.folder} (read back)"
-        if done.kept:
+        if not done.dropped and await archive.out_of_sight(conn, day.day):
+            hidden += 1
+            why = f": {done.kept}" if done.kept else ""
+            print(f"{day.day}: out of the journal's sight, detached by a drop cut short{why}; run "
+                  "paysw journal archive --drop again to finish it", flush=True)  # fmt: skip
+        elif done.kept:
             kept += 1
             print(f"{day.day}: kept in the journal: {done.kept}", flush=True)
         elif done.dropped:
             print(f"{day.day}: {counts} {where} and dropped from the journal", flush=True)
-        elif day.attached:
-            print(f"{day.day}: {counts} {where}", flush=True)
         else:
-            hidden += 1
-            print(f"{day.day}: {counts} {where}; its tables left detached by a drop cut short, out of the "
-                  "journal's sight: --drop finishes it", flush=True)  # fmt: skip
+            print(f"{day.day}: {counts} {where}", flush=True)
     return 3 if hidden else 1 if kept else 0
 
 

@@ -4,6 +4,7 @@ archived, and a restore reads the same rows back, guarded as every day is."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gzip
 import hashlib
@@ -49,14 +50,32 @@ async def written(journal: Journal, day: dt.date, event: Event | None) -> str:
     return txn.out_trade_no
 
 
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fetchval(url: str, sql: str, *args: object) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
 def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(database_url, tmp_path):
     url = run(fresh_database(database_url, "paysw_archive"))
     folders = tmp_path / "archive"
+    # A server whose clock reads another day than UTC's for 14 hours of each: the journal's days are UTC's.
+    run(_execute(url, "ALTER DATABASE paysw_archive SET TimeZone = 'Pacific/Kiritimati'"))
 
     async def setup() -> tuple[dt.date, str, list]:
         journal = await Journal.open(url, pool_size=2, max_batch=64)
         try:
-            today = await journal.pool.fetchval("SELECT current_date")
+            today = await journal.pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
             old = today - dt.timedelta(days=retention.KEEP_DAYS + 100)
             await journal.pool.fetch("SELECT journal_make_days($1, $2)", old, old + dt.timedelta(days=1))
             settled = await written(journal, old, Event.ACCEPTED)
@@ -183,10 +202,13 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
 
     run(after_restore())
 
-    # A day restored is held from the next nightly drop for --hold-days; then taken again.
+    # A day restored is held from the next nightly drop for --hold-days (never detached meanwhile); then taken again.
     args = ["archive", "--before", str(next_day), "--to", str(folders), "--drop"]
+    guard = "SELECT oid FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = 'txn_record_moves'"
+    guarded = run(_fetchval(url, guard, partition("txn", old)))
     held = paysw_journal(url, *args)
     assert held.returncode == 1 and f"{old}: kept in the journal: 1 restored lately (held --hold-days" in held.stdout
+    assert run(_fetchval(url, guard, partition("txn", old))) == guarded
     again = paysw_journal(url, *args, "--hold-days", "0")
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{old}: 3 transactions, 6 moves archived already in {folder} (read back) and dropped" in again.stdout
@@ -252,8 +274,12 @@ def test_a_day_changed_after_it_was_archived_is_not_dropped_and_a_drop_cut_short
             pending = "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = $1::regclass"
             assert await conn.fetchval(pending, later.tables["txn_move"])
             _, left = await retention.days_before(conn, old + dt.timedelta(days=2))
-            assert left.detached == {"txn"} and left.tables == later.tables
+            assert left.detached == {"txn", "txn_move"} and left.tables == later.tables  # one detached, one begun
+            assert await retention.out_of_sight(conn, later.day) and not await retention.out_of_sight(conn, old)
             assert await lacking(runtime) == []
+            said = await asyncio.to_thread(paysw_journal, url, "archive", "--to", str(tmp_path))
+            assert said.returncode == 3, said.stdout + said.stderr  # what monitoring is to see
+            assert f"{later.day}: out of the journal's sight, detached by a drop cut short" in said.stdout
             assert (await retention.archive(conn, left, tmp_path, "test")).folder == written_later.folder  # read back
             assert (await retention.drop(other, left, written_later.folder, "test")).dropped  # and FINALIZEd
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # what a restore trusts: the owner's alone

@@ -93,7 +93,7 @@ HINTS = {
     "with a reconciliation difference open": "paysw recon errors",
     "dead letters unresolved": "the console's Dead letters page",
     "notifications being delivered": "paysw notify list",
-    "restored lately": f"held --hold-days ({HOLD_DAYS}) from its restore",
+    "restored lately": "held --hold-days from its restore",
 }
 
 
@@ -110,7 +110,8 @@ class ArchiveRefused(RuntimeError):
 class Day:
     day: dt.date
     tables: dict[str, str]  # parent: the day's table
-    detached: frozenset[str] = frozenset()  # the parents whose table a drop cut short has detached
+    # The parents whose table a drop cut short has detached, or begun to: out of the journal's sight.
+    detached: frozenset[str] = frozenset()
 
     @property
     def attached(self) -> bool:
@@ -134,11 +135,13 @@ async def days_before(conn: asyncpg.Connection, before: dt.date) -> list[Day]:
     """The journal's days before ``before``, oldest first: each day's tables of ``txn`` and
     ``txn_move``, partitions or left detached by a drop cut short."""
     rows = await conn.fetch(
-        "SELECT p.relname AS parent, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound "
+        "SELECT p.relname AS parent, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound, "
+        "i.inhdetachpending AS pending "
         "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
         "WHERE i.inhparent IN ('txn'::regclass, 'txn_move'::regclass)"
     )
     tables: dict[dt.date, dict[str, str]] = {}
+    detached: dict[dt.date, set[str]] = {}
     odd = []
     for row in rows:
         bound = _BOUND.match(row["bound"] or "")
@@ -147,9 +150,10 @@ async def days_before(conn: asyncpg.Connection, before: dt.date) -> list[Day]:
             odd.append(row["name"])
         elif first < before:
             tables.setdefault(first, {})[row["parent"]] = row["name"]
+            if row["pending"]:  # a detach begun: out of sight already
+                detached.setdefault(first, set()).add(row["parent"])
     if odd:
         raise ArchiveRefused(f"partitions not of one day each, for a person to look at: {', '.join(sorted(odd))}")
-    detached: dict[dt.date, set[str]] = {}
     for (name,) in await conn.fetch(
         "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
         "AND relname ~ $1 AND NOT relispartition",
@@ -295,8 +299,9 @@ async def drop(
     if manifest["day"] != day.day.isoformat():
         return Done(day.day, folder, rows, kept=f"{folder} is the archive of {manifest['day']}: {_ASIDE}")
     stale = await _columns_changed(conn, tables, manifest, folder)
-    if not stale and day.attached and not fresh:
-        stale = await _changed(conn, tables, manifest, folder)
+    if not stale and day.attached:  # nothing detached for a day that would be kept
+        kept = await blockers(conn, day, hold_days)
+        stale = [_why(kept)] if kept else [] if fresh else await _changed(conn, tables, manifest, folder)
     if stale:
         return Done(day.day, folder, rows, kept="; ".join(stale))
     # Each outside a transaction, so that the switch's reads and writes go on meanwhile; with no
@@ -312,11 +317,8 @@ async def drop(
             if pending is not None:  # still a partition, its detach maybe begun by a drop cut short
                 finish = "FINALIZE" if pending else "CONCURRENTLY"
                 await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {_quoted(table)} {finish}")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        raise ArchiveRefused(
-            f"{day.day}: its detach did not finish ({type(exc).__name__}: {exc}): its rows are out of the journal's "
-            "sight until paysw journal archive --drop runs again and finishes it"
-        ) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # (the caller finds the day out of sight)
+        return Done(day.day, folder, rows, kept=f"its detach did not finish ({type(exc).__name__}: {exc})")
     await conn.execute(_AS_WRITTEN)
     detached = Day(day.day, tables, frozenset(ORDER))
     async with conn.transaction():
@@ -369,8 +371,6 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
     day = dt.date.fromisoformat(manifest["day"])
     await conn.execute(_AS_WRITTEN)
     owner = await conn.fetchval("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'txn'::regclass")
-    if not await conn.fetchval("SELECT pg_has_role($1, 'USAGE')", owner):
-        raise ArchiveRefused(f"only the journal's owner ({owner}) restores a day")
     dropped = await conn.fetch(
         "SELECT txn_sha256, txn_move_sha256 FROM journal_retention WHERE day = $1 AND action = 'dropped' "
         "ORDER BY id DESC LIMIT 1",
@@ -386,7 +386,12 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
     tables = {parent: partition(parent, day) for parent in ORDER}
     bounds = f"tx_date >= '{day}' AND tx_date < '{day + dt.timedelta(days=1)}'"
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL ROLE {owner}")  # its partitions the owner's, whoever of its members runs it
+        try:  # its partitions the owner's, whoever of its members runs it
+            await conn.execute(f"SET LOCAL ROLE {owner}")
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ArchiveRefused(
+                f"only the journal's owner ({owner}), or a role that may become it, restores a day"
+            ) from exc
         for parent, table in tables.items():  # read in, indexed and checked as tables of their own first
             entry = manifest["tables"][parent]
             await conn.execute(
@@ -410,6 +415,11 @@ async def restore(conn: asyncpg.Connection, folder: Path, by: str) -> Done:
         await _done_to(conn, day, "restored", hashes, folder, by)
         await record(conn, Entry(by, "journal.restore", day.isoformat(), after=_said(folder, manifest["tables"])))
     return Done(day, folder, _rows(manifest))
+
+
+async def out_of_sight(conn: asyncpg.Connection, day: dt.date) -> bool:
+    """Whether ``day``'s tables are detached, or being detached, from the journal (a drop cut short)."""
+    return any(d.day == day and not d.attached for d in await days_before(conn, day + dt.timedelta(days=1)))
 
 
 async def _attach(conn: asyncpg.Connection, parent: str, table: str, day: dt.date) -> None:
