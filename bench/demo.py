@@ -5,7 +5,6 @@ it all running on 127.0.0.1 for trying by hand, until Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import random
@@ -427,16 +426,16 @@ async def _run_with(
 
 
 def _retention(data_dir: Path) -> None:
-    """The journal's retention as its owner runs it each day (nothing of the demo's is old enough)."""
-    before = dt.date.today() - dt.timedelta(days=KEEP_DAYS)
+    """The journal's retention as its owner runs it each day from cron (nothing of the demo's is old
+    enough to go)."""
     to = data_dir / "journal-archive"
     to.mkdir(mode=0o700, exist_ok=True)
-    command = ["journal", "archive", "--before", str(before), "--to", str(to), "--drop", "--data-dir", str(data_dir)]
+    command = ["journal", "archive", "--to", str(to), "--drop", "--data-dir", str(data_dir)]
     env = {k: v for k, v in os.environ.items() if k != OWNER_URL_ENV}  # the embedded journal's owner
     done = subprocess.run([sys.executable, "-m", "switch.cli", *command], env=env, capture_output=True, text=True)
     said = (done.stdout + done.stderr).strip().splitlines() or ["?"]
-    print(f"retention: paysw {' '.join(command[:4])} --drop: {said[-1]} (exit {done.returncode}; the journal keeps "
-          f"the last {KEEP_DAYS} days, and the demo's are today's)")  # fmt: skip
+    print(f"retention: paysw journal archive --to {to.name} --drop: {said[-1]} (exit {done.returncode}; the journal "
+          f"keeps the last {KEEP_DAYS} days, and the demo's are today's)")  # fmt: skip
 
 
 def main(serve: bool = False, data_dir: Path = Path(".paysw"), per_channel: int = 200) -> int:

@@ -80,5 +80,7 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     journal = re.search(r"journal \(last 10 minutes\): (.*)", result.stdout)
     assert journal and "APPROVED=" in journal[1]
     # Retention as the journal's owner runs it each day: nothing of the demo's is old enough.
-    retention = r"retention: paysw journal archive --before \S+ --drop: 0 days before \S+ in the journal \(exit 0;"
+    retention = (
+        r"retention: paysw journal archive --to journal-archive --drop: 0 days before \S+ in the journal \(exit 0;"
+    )
     assert re.search(retention, result.stdout), result.stdout
