@@ -225,7 +225,9 @@ async def _archive(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
         fresh = not archive.folder_of(root, day.day).exists()
         done = await archive.archive(conn, day, root, by, args.hold_days)
         if done.folder is not None and args.drop:
-            done = await archive.drop(conn, day, done.folder, by, fresh=fresh, hold_days=args.hold_days)
+            done = await archive.drop(
+                conn, day, done.folder, by, fresh=fresh, hold_days=args.hold_days, manifest=done.manifest
+            )
         counts = f"{done.rows.get('txn', 0):,} transactions, {done.rows.get('txn_move', 0):,} moves"
         where = f"archived to {done.folder}" if fresh else f"archived already in {done.folder} (read back)"
         if not done.dropped and await archive.out_of_sight(conn, day.day):

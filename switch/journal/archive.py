@@ -125,6 +125,7 @@ class Done:
     rows: dict[str, int]
     kept: str = ""
     dropped: bool = False
+    manifest: dict | None = None  # the folder's, as written or read back and checked in this run
 
 
 def folder_of(root: Path, day: dt.date) -> Path:
@@ -250,7 +251,7 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str, hold_
     folder = folder_of(root, day.day)
     if folder.exists():
         manifest = read_manifest(folder)
-        return Done(day.day, folder, _rows(manifest))
+        return Done(day.day, folder, _rows(manifest), manifest=manifest)
     if not day.attached:
         raise ArchiveRefused(f"{day.day}: its tables were detached by a drop cut short, and {folder} is missing")
     await conn.execute(_AS_WRITTEN)
@@ -273,26 +274,34 @@ async def archive(conn: asyncpg.Connection, day: Day, root: Path, by: str, hold_
                 digest = await _hash_of(conn, _copy_out(table, columns, parent), gz.write)
             tables[parent] = {"file": file, "rows": 0, "sha256": digest, "columns": columns, "table": table}
         version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
-    for entry in tables.values():
-        entry["rows"] = _read_back(partial / entry["file"])[1]  # the rows, and the file readable
+    for parent, entry in tables.items():  # each file read back: the bytes copied, and its rows
+        digest, entry["rows"] = _read_back(partial / entry["file"])
+        if digest != entry["sha256"]:
+            raise ArchiveRefused(f"{partial / entry['file']}: read back, not the {parent} rows copied")
     manifest = {"day": day.day.isoformat(), "schema_version": version, "tables": tables, "archived_by": by}
     with _private(partial / MANIFEST) as out:
         out.write(json.dumps(manifest, indent=2).encode())
-    read_manifest(partial)
     _sync_dir(partial)
     os.rename(partial, folder)
     _sync_dir(root)
     await record(conn, Entry(by, "journal.archive", day.day.isoformat(), after=_said(folder, tables)))
-    return Done(day.day, folder, _rows(manifest))
+    return Done(day.day, folder, _rows(manifest), manifest=manifest)
 
 
 async def drop(
-    conn: asyncpg.Connection, day: Day, folder: Path, by: str, fresh: bool = False, hold_days: int = HOLD_DAYS
+    conn: asyncpg.Connection,
+    day: Day,
+    folder: Path,
+    by: str,
+    fresh: bool = False,
+    hold_days: int = HOLD_DAYS,
+    manifest: dict | None = None,
 ) -> Done:
     """Detach ``day``'s partitions and drop them, once they are checked against the archive in
     ``folder`` (before the detach, unless the archive was ``fresh``ly made from them, and after it);
-    attached again and kept (``kept`` says why) if they changed since."""
-    manifest = read_manifest(folder)
+    attached again and kept (``kept`` says why) if they changed since. ``manifest``: the folder's,
+    if this run has read it back already (``Done.manifest``)."""
+    manifest = manifest or read_manifest(folder)  # (its files read once a run: a day's are gigabytes)
     await conn.execute(_AS_WRITTEN)
     tables = {parent: day.tables.get(parent, partition(parent, day.day)) for parent in ORDER}
     rows = _rows(manifest)
