@@ -386,7 +386,7 @@ _MOVED_TO_ACCOUNT = ("app_id", "mch_id", "cert_id", "keys")
 
 
 def _upgrade_hint(error: str) -> str:
-    if "`$.channels[" not in error:
+    if "`$.channels" not in error:
         return ""
     if any(f"unknown field `{key}`" in error for key in _MOVED_TO_ACTOR):
         return " (a channel's endpoint, pools and timeout now go in its `actor = { ... }` table)"

@@ -85,6 +85,11 @@ def test_demo_configuration_is_valid():
         ),
         (lambda t: t.replace('actor = { endpoint = "http://127.0.0.1:9105" }', "actor = { }"), r"`endpoint`"),
         (lambda t: t.replace('channel = "ecny"', 'channel = "dcep"'), r"unknown channel 'dcep'"),
+        # msgspec calls an entry of a table of tables `[...]`: the error names the channel.
+        (
+            lambda t: t.replace('actor = { endpoint = "http://127.0.0.1:9105" }', 'actor = { endpoint = "x" }'),
+            r"Expected `str` matching regex .* - at `\$\.channels\.inbank\.actor\.endpoint`",
+        ),
         (lambda t: t.replace('merchant = "898310048990002"', 'merchant = "898310048999999"'), r"unknown merchant"),
         (lambda t: t.replace('id = "T0000001"', 'id = "T1"'), r"\$\.terminals\[0\]\.id"),
         (
