@@ -22,6 +22,7 @@ from risk.rules import RiskSection
 from switch.addresses import HostPort
 from switch.breaker import BreakerSettings
 from switch.console.settings import ConsoleSection
+from switch.journal.machine import REFUND_DAYS_MAX
 from switch.merchant.settings import MerchantApiSection
 from switch.toml_file import read_toml
 
@@ -137,6 +138,9 @@ class ChannelSection(_Strict):
     notices_per_s: Annotated[float, Meta(ge=0)] = 200
     breaker: BreakerSettings = BreakerSettings()
     pin_key: str = ""  # card channels: the zone PIN key (its key store label) PIN blocks are translated to
+    # Days after a purchase its refunds are taken (from its receipt; later: 12, never sent): the
+    # channel's own rule or the contract's, WeChat Pay's a year. 0: refunds refused (voids only).
+    refund_days: Annotated[int, Meta(ge=0, le=REFUND_DAYS_MAX)] = REFUND_DAYS_MAX
     # Resolving a payment the customer is still confirming, or whose outcome is unknown:
     query_interval_ms: Annotated[int, Meta(ge=100)] = 5_000  # between queries
     payment_window_ms: Annotated[int, Meta(ge=1_000)] = 30_000  # from the pay call; then cancel it

@@ -90,7 +90,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=archive.KEEP_DAYS,
         help=f"days the journal keeps whatever --before says (default {archive.KEEP_DAYS}, at least "
-        f"{archive.MIN_KEEP_DAYS}: a refund up to a year after its payment reads its purchase)",
+        f"{archive.MIN_KEEP_DAYS}: a refund, taken up to a year after its payment, reads its purchase)",
     )
     keep.add_argument(
         "--hold-days",

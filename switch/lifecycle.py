@@ -473,14 +473,18 @@ class Processor:
         return await self._replay(t) if await self._journal.find(t.txn.key) is not None else None
 
     async def _step_write_ahead_undo(self, t: Context) -> str | None:
-        """A void (same day, whole amount) or a refund (any part of what is left) reserves its
-        amount on the purchase as it is written, a refund with its risk decision. One refused
-        before its channel (``risk_decide``, ``admit``) is written DECLINED at once, and answered."""
+        """A void (same day, whole amount) or a refund (any part of what is left, within its
+        channel's ``refund_days``) reserves its amount on the purchase as it is written, a refund
+        with its risk decision. One refused before its channel (``risk_decide``, ``admit``) is
+        written DECLINED at once, and answered."""
         txn, original, decision, result = t.txn, t.original, t.decision, t.result
         assert txn is not None and original is not None
         refused = None if result is None else undo.report(txn.key, txn.rrn, result)
+        hits = decision.hits if decision else ()
         try:
-            refusal = await self._journal.write_ahead_undo(txn, original, decision.hits if decision else (), refused)
+            refusal = await self._journal.write_ahead_undo(
+                txn, original, hits, refused, refund_days=self._channel_section(txn).refund_days
+            )
         except asyncpg.UniqueViolationError:  # another front end wrote this key first
             return await self._replay(t)
         except Exception:

@@ -90,6 +90,11 @@ def test_demo_configuration_is_valid():
             lambda t: t.replace('actor = { endpoint = "http://127.0.0.1:9105" }', 'actor = { endpoint = "x" }'),
             r"Expected `str` matching regex .* - at `\$\.channels\.inbank\.actor\.endpoint`",
         ),
+        # A refund window past a year would outlive the journal's retention of its purchase.
+        (
+            lambda t: t.replace('kind = "inbank"\n', 'kind = "inbank"\nrefund_days = 366\n'),
+            r"Expected `int` <= 365 - at `\$\.channels\.inbank\.refund_days`",
+        ),
         (lambda t: t.replace('merchant = "898310048990002"', 'merchant = "898310048999999"'), r"unknown merchant"),
         (lambda t: t.replace('id = "T0000001"', 'id = "T1"'), r"\$\.terminals\[0\]\.id"),
         (

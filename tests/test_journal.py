@@ -856,9 +856,11 @@ def test_a_void_or_refund_is_settled_once(database_url):
             refunds = []
             for amount in (300, 500, 150):
                 refunds.append(undo_of(purchase, await journal.next_rrn(), "refund", amount))
-                assert await journal.write_ahead_undo(refunds[-1], original) is None
+                assert await journal.write_ahead_undo(refunds[-1], original, refund_days=365) is None
             over = undo_of(purchase, await journal.next_rrn(), "refund", 51)
-            assert await journal.write_ahead_undo(over, original) == "64"  # 950 held: 51 more is too much
+            assert (
+                await journal.write_ahead_undo(over, original, refund_days=365) == "64"
+            )  # 950 held: 51 more is too much
             declined = outcome(refunds[0], Event.REFUSED, "05")
             assert await journal.record_undo(declined, "refund", 300, original) is State.DECLINED
             assert await journal.record_undo(declined, "refund", 300, original) is None  # the second resolver
@@ -866,6 +868,38 @@ def test_a_void_or_refund_is_settled_once(database_url):
             assert await journal.record_undo(accepted, "refund", 150, original) is State.APPROVED
             row = await journal.pool.fetchrow("SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1", purchase.rrn)
             assert (row["reserved_fen"], row["refunded_fen"]) == (500, 150)  # the 500 still under way
+        finally:
+            await journal.close()
+
+    run(scenario())
+
+
+def test_a_refund_is_taken_only_within_its_channels_refund_window(database_url):
+    """A refund is taken up to ``refund_days`` after its purchase was received, to the second, and
+    refused ``12`` after, reserving nothing and writing nothing; a channel of 0 days takes voids
+    only."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            year = dt.timedelta(days=365)
+
+            def refund_at(rrn: str, after: dt.timedelta) -> NewTxn:
+                return undo_of(purchase, rrn, "refund", 100)._replace(received_at=original.received_at + after)
+
+            late = refund_at(await journal.next_rrn(), year + dt.timedelta(seconds=1))
+            assert await journal.write_ahead_undo(late, original, refund_days=365) == "12"
+            assert await journal.find(late.key) is None
+            none_taken = refund_at(await journal.next_rrn(), dt.timedelta(seconds=1))
+            assert await journal.write_ahead_undo(none_taken, original, refund_days=0) == "12"
+            last = refund_at(await journal.next_rrn(), year)
+            assert await journal.write_ahead_undo(last, original, refund_days=365) is None
+            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["reserved_fen"] == 100  # the last one's alone
+            _, fresh = await approved_purchase(journal, 500)
+            void = undo_of(fresh, await journal.next_rrn(), "void", 500)
+            assert await journal.write_ahead_undo(void, fresh, refund_days=0) is None
         finally:
             await journal.close()
 
@@ -884,15 +918,15 @@ def test_a_refunds_risk_decisions_are_written_with_it_or_not_at_all(database_url
             hits = [Hit("refunds-over-sales", "decline", "enforce", "61"), Hit("watch", "review", "shadow", "")]
             decided = "SELECT rule_id FROM risk_decision WHERE rrn = $1 ORDER BY rule_id"
             over = undo_of(purchase, await journal.next_rrn(), "refund", 1001)
-            assert await journal.write_ahead_undo(over, original, hits) == "64"
+            assert await journal.write_ahead_undo(over, original, hits, refund_days=365) == "64"
             assert await journal.pool.fetch(decided, over.rrn) == []
             refund = undo_of(purchase, await journal.next_rrn(), "refund", 300)
-            assert await journal.write_ahead_undo(refund, original, hits) is None
+            assert await journal.write_ahead_undo(refund, original, hits, refund_days=365) is None
             written = await journal.pool.fetch(decided, refund.rrn)
             assert [r["rule_id"] for r in written] == ["refunds-over-sales", "watch"]
             again = refund._replace(rrn=await journal.next_rrn())  # the same key, another front end's RRN
             with pytest.raises(asyncpg.UniqueViolationError):
-                await journal.write_ahead_undo(again, original, hits)
+                await journal.write_ahead_undo(again, original, hits, refund_days=365)
             assert await journal.pool.fetch(decided, again.rrn) == []
             row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
             assert row["reserved_fen"] == 300  # the refused and the second write reserved nothing
@@ -914,7 +948,7 @@ def test_a_void_or_refund_refused_before_its_channel_is_written_declined_with_it
             for txn_type, amount in (("refund", 400), ("void", 1000)):
                 undo = undo_of(purchase, await journal.next_rrn(), txn_type, amount)
                 refused = Report(*undo.key, Event.REFUSED, "57", "", "SUSPENDED", "suspended", "", None)
-                assert await journal.write_ahead_undo(undo, original, refused=refused) is None
+                assert await journal.write_ahead_undo(undo, original, refused=refused, refund_days=365) is None
                 row = await journal.pool.fetchrow(
                     "SELECT state, response_code, channel_code FROM txn WHERE rrn = $1", undo.rrn
                 )
@@ -944,7 +978,10 @@ def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal
             twice = refund._replace(rrn=await journal.next_rrn())  # the same key, the other front end's RRN
             async with holder.transaction():  # both wait on the purchase's lock, past their look-ups
                 await holder.execute("SELECT 1 FROM txn WHERE rrn = $1 FOR UPDATE", purchase.rrn)
-                writes = [asyncio.create_task(journal.write_ahead_undo(txn, original)) for txn in (refund, twice)]
+                writes = [
+                    asyncio.create_task(journal.write_ahead_undo(txn, original, refund_days=365))
+                    for txn in (refund, twice)
+                ]
                 await asyncio.sleep(0.5)
             results = await asyncio.gather(*writes, return_exceptions=True)
             assert sorted(map(repr, results)) == sorted(
@@ -968,7 +1005,7 @@ def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
         try:
             purchase, original = await approved_purchase(journal, 1000)
             void = undo_of(purchase, await journal.next_rrn(), "void", 1000)
-            assert await journal.write_ahead_undo(void, original) is None
+            assert await journal.write_ahead_undo(void, original, refund_days=365) is None
             amounts = "SELECT reserved_fen, refunded_fen FROM txn WHERE rrn = $1"
             assert tuple(await journal.pool.fetchrow(amounts, purchase.rrn)) == (1000, 0)  # the void under way
             assert await journal.record_undo(outcome(void, Event.ACCEPTED), "void", 1000, original) is State.APPROVED

@@ -736,7 +736,7 @@ def test_a_declined_refund_left_open_by_its_front_end_is_recorded_by_the_resolve
                 "200000", original.merchant_id, 500, "156", now.strftime("%H%M%S"), now.strftime("%m%d"), "031",
                 original.pan_masked, original.pan_hash, "alipay", f"{now:%Y%m%d}{rrn}", b"r", now, due,
             )  # fmt: skip
-            assert await journal.write_ahead_undo(txn, original) is None
+            assert await journal.write_ahead_undo(txn, original, refund_days=365) is None
             assert (await journal.original(paid["37"], purchase["42"])).reserved_fen == 500
             await journal.record_decision(txn, [Hit("refunds-over-sales", "decline", "enforce", "61")])
             return rrn

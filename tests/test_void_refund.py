@@ -4,6 +4,9 @@ the purchase's channel in its own API, applied at most once whatever is retried 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+
+import asyncpg
 
 from bench.client import IsoClient
 from bench.traffic import refund, void
@@ -97,6 +100,41 @@ def test_refund_of_a_failed_purchase_is_12(switch):
             failed = await client.request(purchase)
             answer = await client.request(refund(purchase, failed["37"], 100, stan(purchase)))
         assert (failed["39"], answer["39"]) == ("05", "12")
+
+    run(scenario())
+
+
+async def received_ago(database_url: str, rrn: str, ago: dt.timedelta) -> None:
+    """The purchase ``rrn`` as though received ``ago`` earlier (the journal's guards forbid the
+    change: the test steps around them to age a row)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("UPDATE txn SET received_at = received_at - $2::interval WHERE rrn = $1", rrn, ago)
+    finally:
+        await conn.close()
+
+
+def test_a_refund_past_its_channels_refund_window_is_12_and_never_sent(switch, simulators, database_url):
+    """WeChat Pay takes refunds for a year after the payment (``refund_days``, 365 by default): one
+    later is refused by the switch, reserving nothing, and never reaches the channel; one a day
+    inside the year is carried out."""
+
+    async def scenario():
+        old, recent = new_purchase("wechat", amount=800), new_purchase("wechat", amount=900)
+        async with connected(switch) as client:
+            paid_old, paid_recent = await client.request(old), await client.request(recent)
+            await received_ago(database_url, paid_old["37"], dt.timedelta(days=365, hours=1))
+            await received_ago(database_url, paid_recent["37"], dt.timedelta(days=364))
+            late = await client.request(refund(old, paid_old["37"], 100, stan(old)))
+            in_time = await client.request(refund(recent, paid_recent["37"], 100, stan(recent)))
+        assert [a["39"] for a in (paid_old, paid_recent, late, in_time)] == ["00", "00", "12", "00"]
+        original = await journal_row(database_url, paid_old["37"])
+        assert (original["state"], original["reserved_fen"], original["refunded_fen"]) == ("APPROVED", 0, 0)
+        ledger = sim_ledger(simulators, "wechat")
+        assert ledger[out_trade_no(paid_old["37"])]["refunded_fen"] == 0  # never sent
+        assert ledger[out_trade_no(paid_recent["37"])]["refunded_fen"] == 100
 
     run(scenario())
 

@@ -3,8 +3,8 @@
 journal's owner; read back in by ``restore`` for an inquiry or a dispute.
 
 A day is archived only when the switch has no more business with it (``_BLOCKERS``):
-- it is at least ``keep_days`` old (at least ``MIN_KEEP_DAYS``: a refund up to a year after its
-  payment reads its purchase);
+- it is at least ``keep_days`` old (at least ``MIN_KEEP_DAYS``: a refund, taken up to a year after
+  its payment by a channel's ``refund_days``, reads its purchase);
 - none of its transactions is open, owes a reversal or has a void or refund under way;
 - every payment and refund whose money was kept is settled (settlement reads the journal);
 - no reconciliation batch near it is unfinished, no difference open on one of its transactions,
@@ -38,10 +38,10 @@ from pathlib import Path
 import asyncpg
 
 from switch.console.audit import Entry, record
-from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, sql_set
+from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, sql_set
 from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
 
-MIN_KEEP_DAYS = 366
+MIN_KEEP_DAYS = REFUND_DAYS_MAX + 1  # a refund's purchase stays in the journal (machine)
 KEEP_DAYS = 400
 HOLD_DAYS = 30  # a day restored stays this long before a drop takes it again
 # Each table's rows in an order that makes the same rows the same bytes, text in bytes' order

@@ -184,12 +184,20 @@ NEXT_CHECK_SQL = (
 # -- what may happen next, given the sub-states -------------------------------------------------
 
 
+# The longest refund window a channel may be given (``ChannelSection.refund_days``): WeChat Pay's
+# own, a year from the payment. The journal's retention keeps a day longer than this at the least
+# (``archive.MIN_KEEP_DAYS``), so a refund the channel would take always finds its purchase.
+REFUND_DAYS_MAX = 365
+
+
 def undo_refusal(
     txn_type: str, amount_fen: int, tx_date: dt.date, state: str, original_date: dt.date,
     original_fen: int, reserved_fen: int, refunded_fen: int, reversal_requested: bool,
+    age: dt.timedelta, refund_days: int,
 ) -> str | None:  # fmt: skip
-    """Field 39 refusing a void (same day, whole amount) or a refund of a
-    purchase, or None when it may go ahead. Amounts under way count as taken: never over."""
+    """Field 39 refusing a void (same day, whole amount) or a refund (within its channel's
+    ``refund_days`` of the purchase, ``age`` ago) of a purchase, or None when it may go ahead.
+    Amounts under way count as taken: never over."""
     if state != State.APPROVED or reversal_requested:
         return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
     taken = reserved_fen + refunded_fen
@@ -198,6 +206,8 @@ def undo_refusal(
             return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
         if amount_fen != original_fen:
             return rc.ORIGINAL_AMOUNT_INCORRECT
+    elif age > dt.timedelta(days=refund_days):
+        return rc.INVALID_TRANSACTION  # past the channel's refund window: it would refuse it
     elif taken + amount_fen > original_fen:
         return rc.ORIGINAL_AMOUNT_INCORRECT
     return None

@@ -724,11 +724,18 @@ class Journal:
         return Original(*row) if row else None
 
     async def write_ahead_undo(
-        self, txn: NewTxn, original: Original, hits: Sequence[RiskHit] = (), refused: Report | None = None
+        self,
+        txn: NewTxn,
+        original: Original,
+        hits: Sequence[RiskHit] = (),
+        refused: Report | None = None,
+        *,
+        refund_days: int,
     ) -> str | None:
         """Write a void or refund ahead, with the risk rules that fired on it (``hits``), and
         reserve what it takes of its purchase, in one transaction, the purchase locked meanwhile
-        and checked again (``machine.undo_refusal``); one ``refused`` before its channel (by
+        and checked again (``machine.undo_refusal``, a refund within its channel's ``refund_days``
+        of the purchase's receipt); one ``refused`` before its channel (by
         risk, a suspension, the channel's limits) is recorded so at once, and reserves nothing.
         Returns the refusing response code of the purchase's check, or None once written. (A
         resolver sends the undos it finds open: one refused is never found so.)"""
@@ -739,6 +746,7 @@ class Journal:
             refusal = undo_refusal(
                 txn.txn_type, txn.amount_fen, txn.tx_date, locked.state, locked.tx_date, locked.amount_fen,
                 locked.reserved_fen, locked.refunded_fen, locked.reversal_requested,
+                txn.received_at - locked.received_at, refund_days,
             )  # fmt: skip
             if refusal is not None:
                 if await conn.fetchval(_EXISTS_SQL, *txn.key):

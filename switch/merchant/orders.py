@@ -82,7 +82,7 @@ NOT_WRITTEN = {
     rc.INVALID_MERCHANT: (403, "NOT_PERMITTED", "unknown merchant"),
     rc.DUPLICATE_TRANSMISSION: (409, "ORDER_NO_USED", "the order number was used with other details"),
     rc.ORIGINAL_NOT_FOUND: (404, "ORDER_NOT_FOUND", "no such order to refund"),
-    rc.INVALID_TRANSACTION: (409, "NOT_REFUNDABLE", "the order is not paid, or was reversed"),
+    rc.INVALID_TRANSACTION: (409, "NOT_REFUNDABLE", "not paid, reversed, or past its refund window"),
     rc.ORIGINAL_AMOUNT_INCORRECT: (409, "AMOUNT_EXCEEDED", "more than is left to refund"),
 }
 
