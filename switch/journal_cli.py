@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import sys
 import tempfile
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -36,7 +38,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "journal",
         help="the journal's owner's commands: migrate (an external PostgreSQL), archive and restore days",
         description="The journal's owner's commands. No configuration is read. Exit status: 0 done, 1 a day "
-        "kept (archive: why, on stdout), 2 refused (why, on stderr), 3 a day out of the journal's sight (archive).",
+        "kept (archive: why, on stdout), 2 refused (why, on stderr), 3 a day out of the journal's sight (archive), "
+        "4 stopped by an error not foreseen (its traceback on stderr).",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="{migrate,archive,restore}")
     migrate = actions.add_parser(
@@ -70,7 +73,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         f"fails the command. A day restored stays --hold-days before a drop takes it again. {_OWNER} Else "
         "--data-dir's embedded PostgreSQL (safe beside a running switch). Exit status: 0 every day archived (and "
         "dropped), 1 a day kept (why and what to do, on stdout), 3 a day left detached, out of the journal's "
-        "sight (run again with --drop), 2 refused (why, on stderr).",
+        "sight (run again with --drop), 2 refused (why, on stderr), 4 stopped by an error not foreseen.",
     )
     keep.add_argument(
         "--before",
@@ -125,7 +128,22 @@ def _day(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected a day, YYYY-MM-DD, not {text!r}") from None
 
 
+CRASHED = 4  # not 1: a cron job reads 1 as "a day kept, said why", never as a crash
+
+
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except JournalRefused:
+        raise
+    except Exception:
+        traceback.print_exc()
+        print(f"paysw journal {args.action}: stopped by the error above (exit status {CRASHED}); a day it left "
+              "out of the journal's sight is finished by the next archive --drop", file=sys.stderr)  # fmt: skip
+        return CRASHED
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.action == "migrate":
         return _migrate(args)
     if args.action == "archive":

@@ -360,3 +360,22 @@ def test_what_keeps_a_day_is_each_named(database_url):
         return found
 
     assert run(scenario()) == {reason: {reason: 1} for reason in reasons}
+
+
+def test_an_error_not_foreseen_is_exit_status_4_not_a_day_kept(database_url, tmp_path):
+    """Cron reads exit status 1 as "a day kept" (said why): a crash is 4, with its traceback. The
+    crash is made by a day list that raises, in a real process against the real journal."""
+    crash = (
+        "import sys\n"
+        "from switch.journal import archive\n"
+        "async def days_before(conn, before):\n"
+        "    raise KeyError('not foreseen')\n"
+        "archive.days_before = days_before\n"
+        "from switch.cli import main\n"
+        f"sys.exit(main(['journal', 'archive', '--to', {str(tmp_path)!r}]))\n"
+    )
+    env = {**os.environ, OWNER_URL_ENV: database_url}
+    done = subprocess.run([sys.executable, "-c", crash], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 4, done.stderr
+    assert "Traceback" in done.stderr and "KeyError: 'not foreseen'" in done.stderr
+    assert "paysw journal archive: stopped by the error above (exit status 4)" in done.stderr
