@@ -3,6 +3,7 @@ wrong and where (msgspec names the field, ``$.a.b[0].c``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -10,6 +11,7 @@ from typing import TypeVar
 import msgspec
 
 T = TypeVar("T")
+_TOML_TYPES = (dt.datetime, dt.date, dt.time)
 
 
 def read_toml(path: Path, schema: type[T], error: type[Exception], hint: Callable[[str], str] = lambda _: "") -> T:
@@ -46,7 +48,7 @@ def _named(raw: bytes, schema: type, message: str) -> str:
     for key, entry in table.items():
         parent[names[-1]] = {key: entry}
         try:
-            msgspec.convert(doc, schema)
+            msgspec.convert(doc, schema, builtin_types=_TOML_TYPES, str_keys=True)  # as toml.decode reads
         except msgspec.ValidationError as alone:
             if str(alone) == message:
                 return message.replace(f"{prefix}[...]", f"{prefix}.{key}", 1)
