@@ -491,7 +491,9 @@ class Processor:
             log.exception("write-ahead failed; nothing was sent", extra={"rrn": txn.rrn})
             return rc.SYSTEM_MALFUNCTION
         if refusal is not None:
-            return refusal
+            self._metrics.refused.labels(txn.channel, refusal.reason).inc()
+            log.info(f"{t.txn_type.value} refused: {refusal.reason}", extra={"rrn": txn.rrn, "original": original.rrn})
+            return refusal.code
         if decision is not None:
             self._count_hits(decision)  # written: never a retransmission's, nor one its purchase refused
         return None if refused is None else refused.answer

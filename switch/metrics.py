@@ -103,7 +103,8 @@ class Metrics:
         )
         self.refused = Counter(
             "paysw_refused",
-            "New transactions refused before reaching their channel (answered 91), by channel and reason",
+            "New transactions refused before reaching their channel, by channel and reason (a channel's limits: "
+            "91; SUSPENDED: 57; a void's or refund's check of its purchase, machine.UndoRefusal: 12 or 64)",
             ["channel", "reason"],
             registry=r,
         )

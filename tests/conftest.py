@@ -40,6 +40,7 @@ KEYS = DEMO / "keys"
 # The wechat channel's timeout in the test configuration: a "slow" payment code (..98) makes the
 # simulator answer after 3 s, past it, so the switch must treat the call as UNKNOWN.
 WECHAT_TIMEOUT_MS = 1500
+ALIPAY_REFUND_DAYS = 90
 DEADLINE_MS = 5000  # the switch's request deadline in the test configuration (the demo's is 30 s)
 PAYING_MS = 1500  # a "user paying" customer (..09) confirms after this
 PAYMENT_WINDOW_MS = 4000
@@ -281,6 +282,9 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory, ports: Ports) -> Path:
         switch,
     )
     assert n == 1, "could not set the wechat channel timeout in the test configuration"
+    # Alipay's refund window is the contract's term: the tests' is 90 days (WeChat Pay's a year).
+    switch, n = re.subn(r'(?m)^(kind = "alipay")$', rf"\1\nrefund_days = {ALIPAY_REFUND_DAYS}", switch)
+    assert n == 1, "could not set alipay's refund window in the test configuration"
     # Fast resolution schedules for every channel: query every 0.5 s, payment window 4 s.
     switch = re.sub(r"(?m)^(query_interval_ms|payment_window_ms|cancel_after_ms|close_after_ms) = \d+.*\n", "", switch)
     switch, n = re.subn(r'(?m)^(kind = "\w+")$', r"\1\n" + RESOLUTION_SCHEDULE, switch)

@@ -69,6 +69,18 @@ def sim_audit(simulators: dict[str, int], channel: str, out_trade_no: str) -> li
         return [a for a in json.load(response) if a["out_trade_no"] == out_trade_no]
 
 
+async def received_ago(database_url: str, rrn: str, ago: dt.timedelta) -> None:
+    """The purchase ``rrn`` as though received ``ago`` earlier (the journal's guards forbid the
+    change: the test steps around them to age a row)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("UPDATE txn SET received_at = received_at - $2::interval WHERE rrn = $1", rrn, ago)
+    finally:
+        await conn.close()
+
+
 def sim_ledger(simulators: dict[str, int], channel: str) -> dict[str, dict]:
     with urllib.request.urlopen(f"http://127.0.0.1:{simulators[channel]}/_sim/ledger", timeout=5) as response:
         return json.load(response)

@@ -25,6 +25,7 @@ from tests.conftest import fresh_database, run
 from tests.test_journal import new_txn, outcome
 
 OWNER_URL_ENV = "SWITCH_DATABASE_OWNER_URL"
+noon = dt.time(12)
 
 
 def paysw_journal(url: str, *args: str) -> subprocess.CompletedProcess:
@@ -43,7 +44,7 @@ async def rows_of(conn: asyncpg.Connection, day: dt.date) -> tuple[list, list]:
 
 async def written(journal: Journal, day: dt.date, event: Event | None) -> str:
     """A purchase of ``day`` written ahead and, unless ``event`` is None, finished by it; its order number."""
-    txn = new_txn(await journal.next_rrn())._replace(tx_date=day)
+    txn = new_txn(await journal.next_rrn())._replace(tx_date=day, received_at=dt.datetime.combine(day, noon, dt.UTC))
     assert await journal.write_ahead(txn)
     if event is not None:
         assert await journal.record(outcome(txn, event, "00" if event is Event.ACCEPTED else "05")) is not None
@@ -313,6 +314,23 @@ def test_what_keeps_a_day_is_each_named(database_url):
     # Each reason's statements, each given the day's one order number (ORDER) or the day (DAY).
     ORDER, DAY = "order", "day"
     reasons = {
+        # Paid and settled, but received on a later day than its own (field 7's) and within the
+        # refund window (the journal's guards forbid the change: the test steps around them).
+        "refundable still": [
+            ("SET session_replication_role = replica", None),
+            (
+                "UPDATE txn SET state = 'APPROVED', received_at = now() - interval '365 days' + interval '1 hour' "
+                "WHERE out_trade_no = $1",
+                ORDER,
+            ),
+            ("RESET session_replication_role", None),
+            (
+                "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
+                "fee_fen) SELECT 'PAY', out_trade_no, tx_date, merchant_id, channel, amount_fen, 0 FROM txn "
+                "WHERE out_trade_no = $1",
+                ORDER,
+            ),
+        ],
         "with a void or refund under way": [("UPDATE txn SET reserved_fen = 10 WHERE out_trade_no = $1", ORDER)],
         "reconciliation batches unfinished": [
             ("INSERT INTO recon_batch (channel, day, hour) VALUES ('c', $1, -1)", DAY)
@@ -352,7 +370,7 @@ def test_what_keeps_a_day_is_each_named(database_url):
                 given = {ORDER: await written(journal, day, Event.REFUSED), DAY: day}
                 async with journal.pool.acquire() as conn:
                     for sql, arg in statements:
-                        await conn.execute(sql, given[arg])
+                        await conn.execute(sql, *([] if arg is None else [given[arg]]))
                     held = (await retention.days_before(conn, day + dt.timedelta(days=1)))[-1]
                     found[reason] = await retention.blockers(conn, held)
         finally:

@@ -3,6 +3,7 @@ the signed HTTP API, scanned and paid at the channel's simulator, its notificati
 recorded through the journal, and the merchant notified from the outbox; the notification lost,
 duplicated, forged or about no order; the merchant's endpoint down; refused requests."""
 
+import datetime as dt
 import random
 import re
 import secrets
@@ -36,7 +37,7 @@ from tests.conftest import (
     run,
     switch_with,
 )
-from tests.support import journal_row
+from tests.support import journal_row, received_ago
 
 MERCHANT = "898310048990001"
 KEY = (DEMO_DIR / "keys" / "merchants" / MERCHANT).read_bytes()
@@ -402,7 +403,7 @@ def test_a_code_presented_over_http_is_paid_through_the_terminal_steps(client, m
     assert (status, unknown["code"]) == (400, "INVALID_CODE")
 
 
-def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(client, sim_ports):
+def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(client, sim_ports, merchant_db):
     order = paid_order(client, sim_ports, 1000)
     number = order["order_no"]
     status, first = client.refund(number, "R" + number, 600)
@@ -416,6 +417,11 @@ def test_a_refund_over_http_takes_only_what_is_left_and_once_per_refund_number(c
     assert client.get(number)[1]["refunded_fen"] == 1000
     assert client.get_refund(number, "T" + number)[1]["state"] == "APPROVED"
     assert client.refund(order_no(), "R1", 100)[0] == 404
+    aged = paid_order(client, sim_ports, 500)  # past WeChat Pay's year: refused, never sent
+    run(received_ago(merchant_db, aged["rrn"], dt.timedelta(days=366)))
+    status, late = client.refund(aged["order_no"], "R" + aged["order_no"], 100)
+    assert (status, late["code"]) == (409, "NOT_REFUNDABLE")
+    assert client.get(aged["order_no"])[1]["refunded_fen"] == 0
 
 
 def test_dead_notifications_are_listed_and_sent_again_by_paysw_notify(

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-
-import asyncpg
+import re
 
 from bench.client import IsoClient
 from bench.traffic import refund, void
-from tests.conftest import run
+from tests.conftest import ALIPAY_REFUND_DAYS, run
 from tests.support import (
     STANS,
     connected,
@@ -18,6 +17,7 @@ from tests.support import (
     new_purchase,
     out_trade_no,
     reading_nothing,
+    received_ago,
     row_after_refusals,
     sim_ledger,
     wait_for_state,
@@ -104,37 +104,46 @@ def test_refund_of_a_failed_purchase_is_12(switch):
     run(scenario())
 
 
-async def received_ago(database_url: str, rrn: str, ago: dt.timedelta) -> None:
-    """The purchase ``rrn`` as though received ``ago`` earlier (the journal's guards forbid the
-    change: the test steps around them to age a row)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute("UPDATE txn SET received_at = received_at - $2::interval WHERE rrn = $1", rrn, ago)
-    finally:
-        await conn.close()
+def window_refusals(switch, channel: str) -> float:
+    """``paysw_refused_total`` of ``channel``'s refunds past its refund window."""
+    _, body = switch.get("/metrics")
+    found = re.search(rf'(?m)^paysw_refused_total{{channel="{channel}",reason="REFUND_WINDOW"}} (\S+)$', body)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_a_refund_past_its_channels_refund_window_is_12_and_never_sent(switch, simulators, database_url):
-    """WeChat Pay takes refunds for a year after the payment (``refund_days``, 365 by default): one
-    later is refused by the switch, reserving nothing, and never reaches the channel; one a day
-    inside the year is carried out."""
+    """Each channel's refund window (``refund_days``) is its own: WeChat Pay takes refunds for a
+    year after the payment (the default), the tests' Alipay contract for 90 days. A refund later is
+    refused by the switch, reserving nothing, and never reaches the channel; one inside is carried
+    out."""
 
     async def scenario():
-        old, recent = new_purchase("wechat", amount=800), new_purchase("wechat", amount=900)
+        aged = {
+            ("wechat", dt.timedelta(days=365, hours=1)): "12",
+            ("alipay", dt.timedelta(days=ALIPAY_REFUND_DAYS, hours=1)): "12",
+            ("wechat", dt.timedelta(days=364)): "00",
+            ("alipay", dt.timedelta(days=ALIPAY_REFUND_DAYS - 1)): "00",
+        }
+        before = {channel: window_refusals(switch, channel) for channel in ("wechat", "alipay")}
+        answers = {}
         async with connected(switch) as client:
-            paid_old, paid_recent = await client.request(old), await client.request(recent)
-            await received_ago(database_url, paid_old["37"], dt.timedelta(days=365, hours=1))
-            await received_ago(database_url, paid_recent["37"], dt.timedelta(days=364))
-            late = await client.request(refund(old, paid_old["37"], 100, stan(old)))
-            in_time = await client.request(refund(recent, paid_recent["37"], 100, stan(recent)))
-        assert [a["39"] for a in (paid_old, paid_recent, late, in_time)] == ["00", "00", "12", "00"]
-        original = await journal_row(database_url, paid_old["37"])
-        assert (original["state"], original["reserved_fen"], original["refunded_fen"]) == ("APPROVED", 0, 0)
-        ledger = sim_ledger(simulators, "wechat")
-        assert ledger[out_trade_no(paid_old["37"])]["refunded_fen"] == 0  # never sent
-        assert ledger[out_trade_no(paid_recent["37"])]["refunded_fen"] == 100
+            for channel, ago in aged:
+                purchase = new_purchase(channel, amount=800)
+                paid = await client.request(purchase)
+                assert paid["39"] == "00"
+                await received_ago(database_url, paid["37"], ago)
+                answered = await client.request(refund(purchase, paid["37"], 100, stan(purchase)))
+                answers[channel, ago] = (paid["37"], answered["39"])
+        assert {key: code for key, (_, code) in answers.items()} == aged
+        for (channel, _), (rrn, code) in answers.items():
+            original = await journal_row(database_url, rrn)
+            taken = 0 if code == "12" else 100
+            assert (original["state"], original["reserved_fen"], original["refunded_fen"]) == ("APPROVED", 0, taken)
+            assert sim_ledger(simulators, channel)[out_trade_no(rrn)]["refunded_fen"] == taken  # 12: never sent
+        assert {channel: window_refusals(switch, channel) - n for channel, n in before.items()} == {
+            "wechat": 1,
+            "alipay": 1,
+        }
 
     run(scenario())
 

@@ -4,7 +4,8 @@ journal's owner; read back in by ``restore`` for an inquiry or a dispute.
 
 A day is archived only when the switch has no more business with it (``_BLOCKERS``):
 - it is at least ``keep_days`` old (at least ``MIN_KEEP_DAYS``: a refund, taken up to a year after
-  its payment by a channel's ``refund_days``, reads its purchase);
+  its payment by a channel's ``refund_days``, reads its purchase), and none of its purchases could
+  still be refunded (the day, field 7's, may be the day before the purchase's receipt);
 - none of its transactions is open, owes a reversal or has a void or refund under way;
 - every payment and refund whose money was kept is settled (settlement reads the journal);
 - no reconciliation batch near it is unfinished, no difference open on one of its transactions,
@@ -38,7 +39,7 @@ from pathlib import Path
 import asyncpg
 
 from switch.console.audit import Entry, record
-from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, sql_set
+from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, State, sql_set
 from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
 
 MIN_KEEP_DAYS = REFUND_DAYS_MAX + 1  # a refund's purchase stays in the journal (machine)
@@ -73,6 +74,10 @@ SELECT
        AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.out_trade_no = t.out_trade_no
                        AND s.entry = CASE t.txn_type WHEN '{PURCHASE}' THEN 'PAY' ELSE 'REFUND' END)
     ) AS "not settled",
+    (SELECT count(*) FROM {{rows}} t
+     WHERE t.txn_type = '{PURCHASE}' AND t.state = '{State.APPROVED}' AND t.refunded_fen < t.amount_fen
+       AND t.received_at > now() - make_interval(days => {REFUND_DAYS_MAX})
+    ) AS "refundable still",
     (SELECT count(*) FROM recon_batch WHERE day BETWEEN $1::date - 1 AND $1::date + 1 AND step <> 'done')
         AS "reconciliation batches unfinished",
     (SELECT count(*) FROM recon_item i WHERE i.status = 'OPEN' AND (
@@ -89,6 +94,8 @@ HINTS = {
     "open or owing a reversal": "the resolver's, or a person's from paysw recon errors",
     "with a void or refund under way": "the resolver's",
     "not settled": "paysw settle, once reconciliation has matched them",
+    # A purchase's day (field 7's) may be the day before its receipt, which the refund window counts from.
+    "refundable still": f"a refund may be asked up to {REFUND_DAYS_MAX} days after the purchase's receipt",
     "reconciliation batches unfinished": "paysw recon",
     "with a reconciliation difference open": "paysw recon errors",
     "dead letters unresolved": "the console's Dead letters page",

@@ -33,6 +33,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from protocols import response_codes as rc
 from protocols.messages import Outcome
@@ -190,26 +191,40 @@ NEXT_CHECK_SQL = (
 REFUND_DAYS_MAX = 365
 
 
+class UndoRefusal(NamedTuple):
+    """Why a void or refund is refused before its channel: field 39, and a word for the metric's
+    label and the log (a bounded set: ``ORIGINAL_NOT_APPROVED``, ``NOT_SAME_DAY``, ``TAKEN``,
+    ``AMOUNT``, ``REFUND_WINDOW``)."""
+
+    code: str
+    reason: str
+
+
 def undo_refusal(
     txn_type: str, amount_fen: int, tx_date: dt.date, state: str, original_date: dt.date,
     original_fen: int, reserved_fen: int, refunded_fen: int, reversal_requested: bool,
     age: dt.timedelta, refund_days: int,
-) -> str | None:  # fmt: skip
-    """Field 39 refusing a void (same day, whole amount) or a refund (within its channel's
-    ``refund_days`` of the purchase, ``age`` ago) of a purchase, or None when it may go ahead.
-    Amounts under way count as taken: never over."""
+) -> UndoRefusal | None:  # fmt: skip
+    """Why a void (same day, whole amount) or a refund (within its channel's ``refund_days`` of
+    the purchase, ``age`` ago) of a purchase is refused, or None when it may go ahead. Amounts
+    under way count as taken: never over."""
     if state != State.APPROVED or reversal_requested:
-        return rc.INVALID_TRANSACTION  # refund of a failed or reversed purchase, void of one not approved
+        # a refund of a failed or reversed purchase, a void of one not approved
+        return UndoRefusal(rc.INVALID_TRANSACTION, "ORIGINAL_NOT_APPROVED")
     taken = reserved_fen + refunded_fen
     if txn_type == VOID:
-        if original_date != tx_date or taken:
-            return rc.INVALID_TRANSACTION  # not the same day, or already voided / refunded
+        if original_date != tx_date:
+            return UndoRefusal(rc.INVALID_TRANSACTION, "NOT_SAME_DAY")
+        if taken:
+            return UndoRefusal(rc.INVALID_TRANSACTION, "TAKEN")  # voided or refunded already, or under way
         if amount_fen != original_fen:
-            return rc.ORIGINAL_AMOUNT_INCORRECT
-    elif age > dt.timedelta(days=refund_days):
-        return rc.INVALID_TRANSACTION  # past the channel's refund window: it would refuse it
+            return UndoRefusal(rc.ORIGINAL_AMOUNT_INCORRECT, "AMOUNT")
+    # Past the channel's window it would refuse it; with none (0 days) not even at once, whatever
+    # two front ends' clocks say of the age.
+    elif refund_days == 0 or age > dt.timedelta(days=refund_days):
+        return UndoRefusal(rc.INVALID_TRANSACTION, "REFUND_WINDOW")
     elif taken + amount_fen > original_fen:
-        return rc.ORIGINAL_AMOUNT_INCORRECT
+        return UndoRefusal(rc.ORIGINAL_AMOUNT_INCORRECT, "AMOUNT")
     return None
 
 

@@ -30,6 +30,7 @@ from switch.journal.machine import (
     VOID,
     Event,
     State,
+    UndoRefusal,
     reversal_answer,
     sql_set,
     undo_refusal,
@@ -731,13 +732,13 @@ class Journal:
         refused: Report | None = None,
         *,
         refund_days: int,
-    ) -> str | None:
+    ) -> UndoRefusal | None:
         """Write a void or refund ahead, with the risk rules that fired on it (``hits``), and
         reserve what it takes of its purchase, in one transaction, the purchase locked meanwhile
         and checked again (``machine.undo_refusal``, a refund within its channel's ``refund_days``
         of the purchase's receipt); one ``refused`` before its channel (by
         risk, a suspension, the channel's limits) is recorded so at once, and reserves nothing.
-        Returns the refusing response code of the purchase's check, or None once written. (A
+        Returns why the purchase's check refused it, or None once written. (A
         resolver sends the undos it finds open: one refused is never found so.)"""
         moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
