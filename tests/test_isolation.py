@@ -14,7 +14,7 @@ import pytest
 from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from switch.operator import request as admin_request
-from tests.conftest import WECHAT_TIMEOUT_MS, run
+from tests.conftest import DEADLINE_MS, WECHAT_TIMEOUT_MS, run
 from tests.support import connected, journal_row, new_purchase, out_trade_no, sim_audit, sim_ledger, wait_for_state
 
 OPEN_FINAL = {"APPROVED", "DECLINED", "CANCELLED", "REVERSED"}
@@ -132,7 +132,9 @@ def test_a_channel_silent_past_the_deadline_is_answered_by_the_front_end_at_the_
                 answer, seconds = await timed(terminal, new_purchase("alipay"))
         finally:
             fault(ports, "alipay")
-        assert answer["39"] == "91" and seconds < 5.0
+        # At the deadline (its calls end ANSWER_MARGIN_S before it, then the outcome is recorded),
+        # never at the actor's 10 s: a second's slack for a loaded machine, half the difference.
+        assert answer["39"] == "91" and seconds < DEADLINE_MS / 1000 + 1.0
         row = await journal_row(database_url, answer["37"])
         assert row["channel_code"] == "DEADLINE"
 
