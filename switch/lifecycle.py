@@ -430,8 +430,10 @@ class Processor:
         found = await self._journal.find_by_rrn(t.message["37"], t.message["42"])
         if found is None:
             return rc.ORIGINAL_NOT_FOUND
-        state, amount_fen = found
+        state, amount_fen, reversing = found
         t.answer_fields = {"4": f"{amount_fen:012d}"}
+        if reversing:  # acknowledged: its money goes back, though the channel may not have it back yet
+            return rc.DO_NOT_HONOUR
         return INQUIRY_CODE_OF_STATE.get(state, rc.IN_PROGRESS)
 
     # -- reversal ----------------------------------------------------------------------------

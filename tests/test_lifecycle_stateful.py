@@ -162,7 +162,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if p.approved and not (p.voided or p.reversed):
             assert answer["39"] == "00"
         elif p.approved:
-            assert answer["39"] in ("00", "05")  # a reversal is carried out in the background
+            assert answer["39"] == "05"  # voided, or its reversal acknowledged (carried out in the background)
         elif p.answer["39"] == "91":
             assert answer["39"] in ("09", "05")  # unknown, then settled
         else:

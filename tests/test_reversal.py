@@ -8,7 +8,9 @@ import re
 
 import asyncpg
 
-from bench.traffic import reversal
+from bench.simulators.control import set_fault
+from bench.simulators.faults import NO_FAULT, Fault
+from bench.traffic import inquiry, refund, reversal
 from tests.conftest import run
 from tests.support import (
     STANS,
@@ -206,3 +208,59 @@ def test_a_reversal_for_another_amount_reverses_nothing(switch, simulators, data
     assert (untouched["state"], untouched["reversal_requested_at"]) == ("APPROVED", None)
     assert reversed_["state"] == "REVERSED"
     assert sim_ledger(simulators, "inbank")[out_trade_no(approved["37"])]["status"] == "REVERSED"
+
+
+def test_a_reversal_of_a_refund_is_12_never_not_found(switch, simulators, database_url):
+    """A refund is not reversed (its money is on its way back at the channel): a 0400 naming one
+    the journal holds is answered 12, resent or not, so the terminal asks how it ended (0100) and
+    never takes "not found" for "not refunded" and refunds again; the refund stands, once."""
+
+    async def scenario():
+        purchase = new_purchase("unionpay", amount=1000)
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            refund_request = refund(purchase, paid["37"], 300, STANS.next(purchase["41"]))
+            refunded = await client.request(refund_request)
+            # A 0400 needs field 2: the terminal's copy of the card or code the refund was for.
+            named = refund_request | {"2": purchase["2"]}
+            reversal_request = reversal(named, STANS.next(purchase["41"]))
+            answer = await client.request(reversal_request)
+            again = await client.request(dict(reversal_request))
+            never_sent = named | {"11": STANS.next(purchase["41"])}
+            unknown = await client.request(reversal(never_sent, STANS.next(purchase["41"])))
+        assert [a["39"] for a in (paid, refunded, answer, again, unknown)] == ["00", "00", "12", "12", "25"]
+        assert again["37"] == answer["37"]
+        await asyncio.sleep(1.0)  # a resolver that took the refund for reversed would have acted by now
+        assert (await journal_row(database_url, refunded["37"]))["state"] == "APPROVED"
+        original = await journal_row(database_url, paid["37"])
+        assert (original["state"], original["refunded_fen"]) == ("APPROVED", 300)
+        assert sim_ledger(simulators, "unionpay")[out_trade_no(paid["37"])]["refunded_fen"] == 300
+
+    run(scenario())
+
+
+def test_an_inquiry_after_an_acknowledged_reversal_is_05_before_the_channel_gives_the_money_back(
+    switch, simulators, ports, database_url
+):
+    """The cashier asks (0100) after the terminal's reversal was acknowledged, while the channel
+    hangs and the purchase is still APPROVED in the journal: 05, never "paid", so no goods leave
+    for money on its way back. The reversal is carried out once the channel answers again."""
+
+    async def scenario():
+        purchase = new_purchase("inbank")
+        async with connected(switch) as client:
+            paid = await client.request(purchase)
+            set_fault(f"127.0.0.1:{ports.controls['inbank']}", Fault(hang=True))
+            try:
+                reversed_ = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+                asked = await client.request(
+                    inquiry(purchase["41"], purchase["42"], paid["37"], STANS.next(purchase["41"]))
+                )
+                row = await journal_row(database_url, paid["37"])
+            finally:
+                set_fault(f"127.0.0.1:{ports.controls['inbank']}", NO_FAULT)
+        assert [a["39"] for a in (paid, reversed_, asked)] == ["00", "00", "05"]
+        assert row["state"] == "APPROVED" and row["reversal_requested_at"] is not None  # not yet given back
+        await wait_for_state(database_url, paid["37"], {"REVERSED"}, timeout=60)
+
+    run(scenario())

@@ -586,15 +586,17 @@ class Journal:
         )
         return {(row["stan"], row["transmitted"]): row["received_at"] for row in rows}
 
-    async def find_by_rrn(self, rrn: str, merchant_id: str) -> tuple[str, int] | None:
+    async def find_by_rrn(self, rrn: str, merchant_id: str) -> tuple[str, int, bool] | None:
         """State and amount of the transaction ``rrn`` of ``merchant_id`` (another merchant's is
-        not found: a terminal learns nothing of other merchants' transactions)."""
+        not found: a terminal learns nothing of other merchants' transactions), and whether its
+        reversal was acknowledged (its money goes back, whatever its state says yet)."""
         row = await self._pool.fetchrow(
-            "SELECT state, amount_fen FROM txn WHERE rrn = $1 AND merchant_id = $2 ORDER BY tx_date DESC LIMIT 1",
+            "SELECT state, amount_fen, reversal_requested_at IS NOT NULL AS reversing FROM txn "
+            "WHERE rrn = $1 AND merchant_id = $2 ORDER BY tx_date DESC LIMIT 1",
             rrn,
             merchant_id,
         )
-        return (row["state"], row["amount_fen"]) if row else None
+        return (row["state"], row["amount_fen"], row["reversing"]) if row else None
 
     async def claim_due(self, limit: int, lease_s: float, channels: list[str]) -> list[OpenTxn]:
         """Take up to ``limit`` open transactions of ``channels`` whose time has come, the most
@@ -673,13 +675,17 @@ class Journal:
                 "AND orig_transmitted = $4",
                 *original,
             )
-            row = await conn.fetchrow(  # reversals name purchases (voids and refunds are not reversed)
-                "SELECT state, reserved_fen + refunded_fen > 0 AS touched, amount_fen FROM txn WHERE tx_date = $1 "
-                f"AND terminal_id = $2 AND stan = $3 AND transmitted = $4 AND txn_type = '{PURCHASE}' FOR UPDATE",
+            row = await conn.fetchrow(  # a purchase is reversed; a void or refund named is answered, not reversed
+                "SELECT state, reserved_fen + refunded_fen > 0 AS touched, amount_fen, "
+                f"txn_type <> '{PURCHASE}' AS undo FROM txn WHERE tx_date = $1 "
+                "AND terminal_id = $2 AND stan = $3 AND transmitted = $4 FOR UPDATE",
                 *original,
             )
             code = reversal_answer(
-                row and row["state"], bool(row and row["touched"]), bool(row and row["amount_fen"] != amount_fen)
+                row and row["state"],
+                bool(row and row["touched"]),
+                bool(row and row["amount_fen"] != amount_fen),
+                bool(row and row["undo"]),
             )
             await conn.execute(
                 "UPDATE reversal SET code = $5 WHERE orig_tx_date = $1 AND terminal_id = $2 AND orig_stan = $3 "
