@@ -226,12 +226,18 @@ def test_a_reversal_of_a_refund_is_12_never_not_found(switch, simulators, databa
             reversal_request = reversal(named, STANS.next(purchase["41"]))
             answer = await client.request(reversal_request)
             again = await client.request(dict(reversal_request))
+            other_amount = await client.request(  # a void or refund is never reversed, whatever the amount
+                reversal(named | {"4": f"{299:012d}"}, STANS.next(purchase["41"])) | {"90": reversal_request["90"]}
+            )
+            asked = await client.request(dict(refund_request))  # resent unchanged: how it ended
             never_sent = named | {"11": STANS.next(purchase["41"])}
             unknown = await client.request(reversal(never_sent, STANS.next(purchase["41"])))
         assert [a["39"] for a in (paid, refunded, answer, again, unknown)] == ["00", "00", "12", "12", "25"]
-        assert again["37"] == answer["37"]
+        assert again["37"] == answer["37"] and other_amount["39"] == "12"
+        assert (asked["39"], asked["37"]) == ("00", refunded["37"])
         await asyncio.sleep(1.0)  # a resolver that took the refund for reversed would have acted by now
-        assert (await journal_row(database_url, refunded["37"]))["state"] == "APPROVED"
+        row = await journal_row(database_url, refunded["37"])
+        assert (row["state"], row["reversal_requested_at"]) == ("APPROVED", None)
         original = await journal_row(database_url, paid["37"])
         assert (original["state"], original["refunded_fen"]) == ("APPROVED", 300)
         assert sim_ledger(simulators, "unionpay")[out_trade_no(paid["37"])]["refunded_fen"] == 300

@@ -230,8 +230,8 @@ def undo_refusal(
 
 def reversal_answer(state: str | None, touched_by_undo: bool, amount_differs: bool, undo: bool = False) -> str:
     """Field 39 of a 0410: ``25`` for an unknown original; ``12`` for a void or refund (``undo``:
-    neither is reversed, its money already on its way back at the channel; the terminal asks how it
-    ended with a 0100, never "not found", which would have it refunded again); ``64`` for one whose
+    neither is reversed, it ends at its channel as any other; the terminal resends it to learn how,
+    and is never told "not found", which would have it refunded again); ``64`` for one whose
     amount is not the reversal's (a reversal undoes the whole purchase: it is never taken for a
     partial one); ``12`` for an approved one that a refund or void has taken from (cancelling it
     would return that part twice); else ``00``."""
