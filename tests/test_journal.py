@@ -998,6 +998,60 @@ def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal
     run(scenario())
 
 
+def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url):
+    """A 0400 naming a refund whose write-ahead is under way (its row written, not yet committed)
+    waits for it and is answered 12, the refund's. Neither seeing the other, it was answered 25
+    while the refund was sent, and a cashier told "not found" refunds again under another STAN."""
+
+    async def scenario():
+        journal = await open_journal(database_url)
+        holder = await asyncpg.connect(database_url)
+        try:
+            purchase, original = await approved_purchase(journal, 1000)
+            refund = undo_of(purchase, await journal.next_rrn(), "refund", 400)
+            hit = Hit("watch", "review", "shadow", "")
+            held = holder.transaction()  # the refund's decision waits on this one's: its row is in
+            await held.start()
+            await holder.execute(
+                "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, "
+                "channel, amount_fen) VALUES ($1, $2, 'watch', 'review', 'shadow', '', '', '', '', 0)",
+                refund.tx_date,
+                refund.rrn,
+            )
+            written = asyncio.create_task(journal.write_ahead_undo(refund, original, [hit], refund_days=365))
+            await _until_waiting(holder, "watcher")
+            reversal = asyncio.create_task(
+                journal.request_reversal(refund.key, "000002", refund.transmitted, 400, await journal.next_rrn())
+            )
+            await _until_waiting(holder, "advisory", reversal)
+            await held.rollback()
+            assert await written is None
+            assert (await reversal)[1] == "12"
+            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["reserved_fen"] == 400  # the refund stands, owing no reversal
+            row = await journal.pool.fetchrow("SELECT reversal_requested_at FROM txn WHERE rrn = $1", refund.rrn)
+            assert row["reversal_requested_at"] is None
+        finally:
+            await holder.close()
+            await journal.close()
+
+    run(scenario())
+
+
+async def _until_waiting(watcher: asyncpg.Connection, lock: str, done: asyncio.Task | None = None) -> None:
+    """Return once a backend waits for ``lock`` ("advisory", or "watcher": one the watcher holds), or
+    ``done`` has ended (it did not wait)."""
+    waiting = {
+        "advisory": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "watcher": "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+    }[lock]
+    for _ in range(250):
+        if (done is not None and done.done()) or await watcher.fetchval(waiting):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no backend waited for the {lock} lock")
+
+
 def test_an_accepted_void_voids_its_purchase_and_refunds_nothing(database_url):
     """What a void reserved is released when it is accepted; the purchase is VOIDED, and its
     refunded_fen stays 0: that column holds what refunds gave back, and a void is no refund."""

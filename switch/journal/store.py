@@ -360,6 +360,13 @@ _ORIGINAL_SQL = (
     "ORDER BY tx_date DESC LIMIT 1"
 )
 
+# A void's or refund's write-ahead and a 0400 naming its key take this lock first, so that the
+# later one sees what the earlier committed: a 0400 in between neither saw would be answered 25
+# ("not found") while its refund is sent, and a cashier refunds again under another STAN. (The
+# two-number form keeps these keys apart from the one-number locks of migrations and settings.)
+_KEY_LOCK_SQL = (
+    "SELECT pg_advisory_xact_lock(x'6b657973'::int, hashtext(concat_ws(' ', $1::date, $2::text, $3::text, $4::text)))"
+)
 _DECISION_SQL = (
     "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, channel, "
     "amount_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
@@ -659,9 +666,11 @@ class Journal:
         self, original: TxnKey, stan: str, transmitted: str, amount_fen: int, rrn: str
     ) -> tuple[str, str]:
         """Record a 0400 and flag its original (the promise becomes "reverse"), committed before
-        the answer. Returns the RRN of the answer (the first one's, for a retransmission) and its
-        field 39 (``switch.journal.machine.reversal_answer``)."""
+        the answer; a void's or refund's write-ahead under way on the key is waited for. Returns
+        the RRN of the answer (the first one's, for a retransmission) and its field 39
+        (``switch.journal.machine.reversal_answer``)."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_KEY_LOCK_SQL, *original)
             answer_rrn = await conn.fetchval(
                 "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
                 "amount_fen, rrn) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING rrn",
@@ -748,6 +757,7 @@ class Journal:
         resolver sends the undos it finds open: one refused is never found so.)"""
         moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_KEY_LOCK_SQL, *txn.key)
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
             refusal = undo_refusal(
