@@ -7,7 +7,10 @@ channel, from reconciled transactions only, each settled once.
   and that no earlier settlement took. Differences still open carry to a later day.
 - Fees: the merchant's rate for the channel (``fee_per_10000``), on each payment, rounded half up
   to the fen; a refund gives back the fee on the refunded amount, rounded the same way.
-- Net = gross - refunds - fees. The totals check: for each channel, the merchants' nets plus
+- Clawbacks: a payment settled whose money went back since (the journal has it voided, reversed
+  or cancelled at the channel) is taken back on the next settlement, once, with the fee it was
+  charged; it has no entry of its own on a channel's statement (the order is shown revoked).
+- Net = gross - refunds - clawbacks - fees. The totals check: for each channel, the merchants' nets plus
   fees equal what the channel's statements settle for the same transactions, to the fen.
 - The day's file: ``settlement-D.csv`` (one line per merchant, channel and cycle, then one TOTAL
   line per channel with the check).
@@ -24,7 +27,10 @@ from pathlib import Path
 import asyncpg
 
 from switch.config import Config
-from switch.journal.machine import KEPT, sql_set
+from switch.journal.machine import FINAL, KEPT, PURCHASE, sql_set
+
+CLAWBACK = "CLAWBACK"  # settlement_item.entry of a payment taken back
+GONE_BACK = FINAL - KEPT  # a purchase's money went back to the payer (or never came)
 
 _SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
@@ -47,12 +53,28 @@ FROM candidates c LEFT JOIN rates r ON r.merchant_id = c.merchant_id AND r.chann
 ON CONFLICT DO NOTHING
 """
 
-_LINES = """
-SELECT merchant_id, channel,
+# A payment settled whose money went back since (a void, a reversal, a cancel after the statement
+# the settlement read listed it paid; a D0 merchant's is settled within the hour): taken back
+# whole, with the fee it was charged, by the settlement that finds it so, and only once.
+_CLAW_BACK = f"""
+INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)
+SELECT '{CLAWBACK}', s.out_trade_no, $1, s.merchant_id, s.channel, s.amount_fen, s.channel_fen, -s.fee_fen
+FROM settlement_item s
+JOIN txn t ON t.out_trade_no = s.out_trade_no AND t.txn_type = '{PURCHASE}'
+WHERE s.entry = 'PAY' AND s.settled_on <= $1 AND t.state IN {sql_set(GONE_BACK)}
+ON CONFLICT DO NOTHING
+"""
+
+# What a merchant's line sums (the file's, and the console's by day).
+LINE_SUMS = f"""
        count(*) FILTER (WHERE entry = 'PAY') AS payments,
        coalesce(sum(amount_fen) FILTER (WHERE entry = 'PAY'), 0)::bigint AS gross,
        coalesce(sum(amount_fen) FILTER (WHERE entry = 'REFUND'), 0)::bigint AS refunds,
-       coalesce(sum(fee_fen), 0)::bigint AS fees,
+       coalesce(sum(amount_fen) FILTER (WHERE entry = '{CLAWBACK}'), 0)::bigint AS clawbacks,
+       coalesce(sum(fee_fen), 0)::bigint AS fees"""
+
+_LINES = f"""
+SELECT merchant_id, channel, {LINE_SUMS},
        coalesce(sum(CASE WHEN entry = 'PAY' THEN coalesce(channel_fen, amount_fen)
                          ELSE -coalesce(channel_fen, amount_fen) END), 0)::bigint AS channel_settles
 FROM settlement_item WHERE settled_on = $1 GROUP BY merchant_id, channel ORDER BY merchant_id, channel
@@ -67,11 +89,12 @@ class Line:
     payments: int
     gross: int
     refunds: int
+    clawbacks: int
     fees: int
 
     @property
     def net(self) -> int:
-        return self.gross - self.refunds - self.fees
+        return self.gross - self.refunds - self.clawbacks - self.fees
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,7 @@ async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement
     rates = [(m.id, channel, fee) for m in config.merchants for channel, fee in m.fee_per_10000.items()]
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates])
+        await conn.execute(_CLAW_BACK, day)
         return await settled(conn, config, day)
 
 
@@ -112,6 +136,7 @@ async def settled(conn: asyncpg.Connection | asyncpg.Pool, config: Config, day: 
             r["payments"],
             r["gross"],
             r["refunds"],
+            r["clawbacks"],
             r["fees"],
         )
         for r in rows
@@ -138,11 +163,14 @@ def csv_text(settlement: Settlement) -> str:
     """The day's file: one line per merchant, channel and cycle, then one TOTAL line per channel."""
     out = io.StringIO(newline="")
     writer = csv.writer(out)
-    writer.writerow(["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "fees_fen", "net_fen"])
+    writer.writerow(
+        ["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "clawbacks_fen", "fees_fen", "net_fen"]
+    )
     for line in settlement.lines:
-        writer.writerow(
-            [line.merchant_id, line.channel, line.cycle, line.payments, line.gross, line.refunds, line.fees, line.net]
-        )
+        writer.writerow([
+            line.merchant_id, line.channel, line.cycle, line.payments, line.gross, line.refunds, line.clawbacks,
+            line.fees, line.net,
+        ])  # fmt: skip
     mismatches = settlement.mismatches()
     for channel, settles in sorted(settlement.channel_settles.items()):
         ours = sum(line.net + line.fees for line in settlement.lines if line.channel == channel)

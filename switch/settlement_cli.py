@@ -19,9 +19,10 @@ from switch.settlement import settle, write_file
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "settle",
-        help="settle a day: per merchant and channel, gross, refunds, fees and net",
+        help="settle a day: per merchant and channel, gross, refunds, clawbacks, fees and net",
         description="Settle the reconciled transactions due on DATE (T+1 merchants: batches up to the day "
-        "before; D0 merchants: up to DATE), each once; differences still open carry to a later day. Writes "
+        "before; D0 merchants: up to DATE), each once; differences still open carry to a later day; a payment "
+        "settled whose money went back since (voided, reversed) is clawed back, once. Writes "
         "settlement-DATE.csv and checks, per channel, that the merchants' nets plus fees equal what the "
         "channel settles (exit status 1 when not).",
     )
@@ -42,12 +43,13 @@ async def _settle(url: str, config: Config, args: argparse.Namespace) -> int:
         settlement = await settle(pool, await current(pool, config), args.date)
     finally:
         await pool.close()
-    header = ("merchant", "channel", "cycle", "payments", "gross", "refunds", "fees", "net")
-    print("{:16s} {:9s} {:5s} {:>8s} {:>12s} {:>10s} {:>9s} {:>12s}".format(*header))
+    header = ("merchant", "channel", "cycle", "payments", "gross", "refunds", "clawbacks", "fees", "net")
+    print("{:16s} {:9s} {:5s} {:>8s} {:>12s} {:>10s} {:>10s} {:>9s} {:>12s}".format(*header))
     for line in settlement.lines:
         print(
             f"{line.merchant_id:16s} {line.channel:9s} {line.cycle:5s} {line.payments:8d} {line.gross / 100:12,.2f}"
-            f" {line.refunds / 100:10,.2f} {line.fees / 100:9,.2f} {line.net / 100:12,.2f}"
+            f" {line.refunds / 100:10,.2f} {line.clawbacks / 100:10,.2f} {line.fees / 100:9,.2f}"
+            f" {line.net / 100:12,.2f}"
         )
     path = write_file(settlement, args.out_dir)
     mismatches = settlement.mismatches()

@@ -81,20 +81,20 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
             await journal.pool.fetch("SELECT journal_make_days($1, $2)", old, old + dt.timedelta(days=1))
             settled = await written(journal, old, Event.ACCEPTED)
             unsettled = await written(journal, old, Event.ACCEPTED)
-            await written(journal, old, Event.REFUSED)  # declined: nothing to settle
+            gone = await written(journal, old, Event.REFUSED)  # declined: nothing to settle, or settled and back
             await written(journal, old + dt.timedelta(days=1), None)  # the next day: one still open
-            await journal.pool.execute(
+            await journal.pool.executemany(
                 "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
                 "fee_fen) VALUES ('PAY', $1, $2, 'm', 'c', 100, 0)",
-                settled, old,
+                [(settled, old), (gone, old)],
             )  # fmt: skip
             async with journal.pool.acquire() as conn:
                 before = await rows_of(conn, old)
-            return old, unsettled, before
+            return old, unsettled, gone, before
         finally:
             await journal.close()
 
-    old, unsettled, before = run(setup())
+    old, unsettled, gone, before = run(setup())
     next_day = old + dt.timedelta(days=1)
     assert len(before[0]) == 3 and len(before[1]) == 6  # three written RECEIVED, two approved, one declined
 
@@ -122,16 +122,17 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     )
     assert first.returncode == 1, first.stderr
     assert f"{old}: kept in the journal: 1 not settled" in first.stdout
+    assert "1 to claw back (paysw settle takes back a payment settled whose money went back)" in first.stdout
     assert f"{next_day}: kept in the journal: 1 open or owing a reversal" in first.stdout
     assert list(folders.iterdir()) == []
 
     async def settle() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(
+            await conn.executemany(
                 "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
-                "fee_fen) VALUES ('PAY', $1, $2, 'm', 'c', 100, 0)",
-                unsettled, old,
+                "fee_fen) VALUES ($1, $2, $3, 'm', 'c', 100, 0)",
+                [("PAY", unsettled, old), ("CLAWBACK", gone, old)],
             )  # fmt: skip
         finally:
             await conn.close()

@@ -9,7 +9,7 @@ import datetime as dt
 import asyncpg
 import pytest
 
-from bench.traffic import refund
+from bench.traffic import refund, void
 from protocols.statements import CST
 from switch.config import load_config
 from switch.recon.batch import ReconBatch
@@ -87,3 +87,50 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
         line.split(",")[1]: line.split(",")[-1] for line in path.read_text().splitlines() if line.startswith("TOTAL")
     }
     assert totals["inbank"] == "OK"
+
+
+def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_url, config_dir, tmp_path):
+    """A D0 merchant's payment settled within the hour its statement listed it, then voided: the
+    next settlement takes it back whole with the fee it was charged, once, and the day still adds
+    up against the channel (which shows the order revoked, no entry of its own)."""
+    config = load_config(config_dir / "switch.toml")
+
+    async def scenario():
+        async with connected(switch) as terminal:
+            sale = new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=6_000)
+            paid = await terminal.request(sale)
+            assert paid["39"] == "00"
+            today, hour = dt.datetime.now(CST).date(), dt.datetime.now(CST).hour
+            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+            try:
+                await pool.execute(AFRESH, "alipay", today, hour)
+                assert (
+                    await ReconBatch(pool, "alipay", "alipay", today, hour, CountingFetch(config_dir)).run() == "done"
+                )
+                await settle(pool, config, today)
+                voided = await terminal.request(void(sale, paid["37"], STANS.next(sale["41"])))
+                assert voided["39"] == "00"
+                clawed = await settle(pool, config, today)
+                again = await settle(pool, config, today)
+                later = await settle(pool, config, today + dt.timedelta(days=1))
+                items = await pool.fetch(
+                    "SELECT entry, settled_on, amount_fen, channel_fen, fee_fen FROM settlement_item "
+                    "WHERE out_trade_no = $1 ORDER BY entry",
+                    out_trade_no(paid["37"]),
+                )
+                return today, clawed, again, later, [tuple(r) for r in items]
+            finally:
+                await pool.close()
+
+    today, clawed, again, later, items = run(scenario())
+    fee = (6_000 * 25 + 5_000) // 10_000
+    assert items == [("CLAWBACK", today, 6_000, 6_000, -fee), ("PAY", today, 6_000, 6_000, fee)]
+    kiosk = next(line for line in clawed.lines if (line.merchant_id, line.channel) == (KIOSK, "alipay"))
+    assert kiosk.clawbacks >= 6_000
+    assert kiosk.net == kiosk.gross - kiosk.refunds - kiosk.clawbacks - kiosk.fees
+    assert "alipay" not in clawed.mismatches()
+    assert again.lines == clawed.lines  # clawed back once
+    assert not any(line.clawbacks for line in later.lines if line.merchant_id == KIOSK)
+    text = write_file(clawed, tmp_path).read_text()
+    assert text.splitlines()[0].split(",")[6] == "clawbacks_fen"
+    assert f"{KIOSK},alipay,D0," in text

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from protocols.masking import scrub
+from switch.settlement import LINE_SUMS
 
 SHOWN = 100  # rows a search shows, newest first
 
@@ -231,9 +232,7 @@ async def dead_notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 async def settlement_days(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT settled_on, merchant_id, channel, count(*) FILTER (WHERE entry = 'PAY') AS payments, "
-        "coalesce(sum(amount_fen) FILTER (WHERE entry = 'PAY'), 0) AS gross, "
-        "coalesce(sum(amount_fen) FILTER (WHERE entry = 'REFUND'), 0) AS refunds, sum(fee_fen) AS fees "
+        f"SELECT settled_on, merchant_id, channel, {LINE_SUMS} "
         "FROM settlement_item GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3 LIMIT 500"
     )
 

@@ -41,6 +41,7 @@ import asyncpg
 from switch.console.audit import Entry, record
 from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, State, sql_set
 from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
+from switch.settlement import CLAWBACK, GONE_BACK
 
 MIN_KEEP_DAYS = REFUND_DAYS_MAX + 1  # a refund's purchase stays in the journal (machine)
 KEEP_DAYS = 400
@@ -75,6 +76,11 @@ SELECT
                        AND s.entry = CASE t.txn_type WHEN '{PURCHASE}' THEN 'PAY' ELSE 'REFUND' END)
     ) AS "not settled",
     (SELECT count(*) FROM {{rows}} t
+     WHERE t.txn_type = '{PURCHASE}' AND t.state IN {sql_set(GONE_BACK)}
+       AND EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = 'PAY' AND s.out_trade_no = t.out_trade_no)
+       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = '{CLAWBACK}' AND s.out_trade_no = t.out_trade_no)
+    ) AS "to claw back",
+    (SELECT count(*) FROM {{rows}} t
      WHERE t.txn_type = '{PURCHASE}' AND t.state = '{State.APPROVED}' AND t.refunded_fen < t.amount_fen
        AND t.received_at > now() - make_interval(days => {REFUND_DAYS_MAX})
     ) AS "refundable still",
@@ -94,6 +100,7 @@ HINTS = {
     "open or owing a reversal": "the resolver's, or a person's from paysw recon errors",
     "with a void or refund under way": "the resolver's",
     "not settled": "paysw settle, once reconciliation has matched them",
+    "to claw back": "paysw settle takes back a payment settled whose money went back",
     # A purchase's day (field 7's) may be the day before its receipt, which the refund window counts from.
     "refundable still": f"a refund may be asked up to {REFUND_DAYS_MAX} days after the purchase's receipt",
     "reconciliation batches unfinished": "paysw recon",
