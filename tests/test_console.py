@@ -1153,6 +1153,32 @@ def test_an_admin_adds_a_terminal_and_suspends_it_and_its_reversals_are_still_ta
     assert json.loads(audited[1][1])["suspended"] and json.loads(audited[2][1])["merchant"] == elsewhere
 
 
+def test_a_purchase_owing_a_reversal_says_so_beside_its_state(console):
+    """A purchase whose reversal was acknowledged is APPROVED until the money is back (here never:
+    the channel refuses any cancel, and a person is to give it back): the list and its page say
+    the reversal is owed, not a bare APPROVED an operator would read as paid. One paid says nothing."""
+    from bench.traffic import reversal
+    from tests.support import STANS
+
+    async def scenario() -> tuple[str, str]:
+        purchase = new_purchase("unionpay", "07")
+        async with connected(console.switch) as client:
+            owed = await client.request(purchase)
+            answer = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+            paid = await client.request(new_purchase("unionpay"))
+        assert (owed["39"], answer["39"], paid["39"]) == ("00", "00", "00")
+        return owed["37"], paid["37"]
+
+    owed, paid = run(scenario())
+    session, _ = signed_in(console, "vera")
+    for rrn, says in ((owed, True), (paid, False)):
+        listed = session.get(f"{console.base}/transactions", params={"rrn": rrn}).text
+        assert rrn in listed and "APPROVED" in listed
+        assert ("reversal owed" in listed) is says
+        page = session.get(f"{console.base}/transactions/{rrn}").text
+        assert ('id="owed">reversal owed<' in page) is says
+
+
 def test_a_days_settlement_file_is_the_one_paysw_settle_writes(console, database_url, tmp_path):
     import datetime as dt
 

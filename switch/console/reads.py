@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from protocols.masking import scrub
+from switch.journal.machine import REVERSING_SQL
 from switch.settlement import LINE_SUMS
 
 SHOWN = 100  # rows a search shows, newest first
@@ -19,7 +20,9 @@ SHOWN = 100  # rows a search shows, newest first
 _COLUMNS = (
     "tx_date, rrn, terminal_id, stan, transmitted, merchant_id, txn_type, channel, state, amount_fen, currency, "
     "pan_masked, entry_mode, response_code, channel_code, channel_message, channel_txn_id, out_trade_no, original_rrn, "
-    "refunded_fen, reserved_fen, received_at, updated_at, reversal_requested_at, expires_at"
+    "refunded_fen, reserved_fen, received_at, updated_at, reversal_requested_at, expires_at, "
+    # Kept by its state until the resolver has given the money back (or a person, if the channel refuses).
+    f"{REVERSING_SQL} AS owes_reversal"
 )
 
 
