@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import platform
 import random
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.demo_config import DEMO_SWITCH_CONFIG
+from bench.provenance import provenance
 from bench.scratch import scratch_database
 from bench.simulators.side import StatementAsk, side_of
 from protocols.channels import channel_of
@@ -158,10 +157,17 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         payments = sum(line.payments for line in settlement.lines)
         check = "OK" if not settlement.mismatches() else settlement.mismatches()
         print(f"settled in {settle_s:.1f}s: {payments:,} payments, totals check {check}", flush=True)
+        # The next day's, with nothing new to settle: what a run pays for the days settled before it.
+        started = time.perf_counter()
+        idle = await settle(pool, config, DAY + dt.timedelta(days=2))
+        idle_s = time.perf_counter() - started
+        if idle.lines:
+            raise RuntimeError("the next day settled again what was settled")
+        print(f"the next day, nothing new, settled in {idle_s:.2f}s", flush=True)
     finally:
         await pool.close()
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **provenance(),
         "transactions": rows,
         "generate_s": round(generated_s, 2),
         "baseline_s": round(baseline_s, 2),
@@ -169,6 +175,7 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         "settle_s": round(settle_s, 2),
         "recon_vs_baseline": round(recon_s / baseline_s, 2),
         "settle_vs_baseline": round(settle_s / baseline_s, 2),
+        "settle_nothing_new_s": round(idle_s, 2),
         "injected": {cls: n for cls, n in expected.items() if cls != "MATCHED"},
         "found": found,
         # Exactly: a difference missed, one reported twice or a class made up all fail the run.

@@ -7,9 +7,11 @@ channel, from reconciled transactions only, each settled once.
   and that no earlier settlement took. Differences still open carry to a later day.
 - Fees: the merchant's rate for the channel (``fee_per_10000``), on each payment, rounded half up
   to the fen; a refund gives back the fee on the refunded amount, rounded the same way.
-- Clawbacks: a payment settled whose money went back since (the journal has it voided, reversed
-  or cancelled at the channel) is taken back on the next settlement, once, with the fee it was
+- Clawbacks: a payment settled whose money went back since (the journal has it voided, or
+  reversed at the channel) is taken back by the next settlement, once, with the fee it was
   charged; it has no entry of its own on a channel's statement (the order is shown revoked).
+- Each run reads what came since the last (items not yet done with, moves after its snapshot),
+  so its time follows the day's traffic, not the days settled before it.
 - Net = gross - refunds - clawbacks - fees. The totals check: for each channel, the merchants' nets plus
   fees equal what the channel's statements settle for the same transactions, to the fen.
 - The day's file: ``settlement-D.csv`` (one line per merchant, channel and cycle, then one TOTAL
@@ -27,20 +29,35 @@ from pathlib import Path
 import asyncpg
 
 from switch.config import Config
-from switch.journal.machine import FINAL, KEPT, PURCHASE, sql_set
+from switch.journal.machine import KEPT, MOVES, PURCHASE, sql_set
 
 CLAWBACK = "CLAWBACK"  # settlement_item.entry of a payment taken back
-GONE_BACK = FINAL - KEPT  # a purchase's money went back to the payer (or never came)
+# Where a payment kept moves when its money goes back to the payer (a void, a reversal carried out):
+# never out again, as no state the money never came in (declined, cancelled) is left either.
+GONE_BACK = frozenset(m.to for m in MOVES if m.state in KEPT and m.to not in KEPT)
+
+# What a settlement looks at: the batches it has not settled whole (``recon_batch.settled_at``),
+# the items a rule or a person decided (the differences, few), and the moves after the snapshot
+# its last run took (``settlement_mark``). Its time follows what came since, not the history.
+_SNAPSHOT = "SELECT pg_snapshot_xmax(s), array(SELECT pg_snapshot_xip(s)) FROM pg_current_snapshot() s"
+_DUE = "CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END"  # D0, T+1
 
 _SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
 candidates AS (  -- one item an order or refund: the statement's side first (its amount), if two were fixed
-    SELECT DISTINCT ON (i.entry, i.out_trade_no) i.entry, i.out_trade_no, b.channel, t.merchant_id, t.amount_fen,
+    SELECT DISTINCT ON (i.entry, i.out_trade_no) i.entry, i.out_trade_no, i.channel, t.merchant_id, t.amount_fen,
            i.channel_fen
-    FROM recon_item i
-    JOIN recon_batch b ON b.id = i.batch_id AND b.step = 'done'
+    FROM (
+        SELECT i.id, i.entry, i.out_trade_no, i.rrn, i.class, i.status, i.channel_fen, b.channel, b.day
+        FROM recon_batch b JOIN recon_item i ON i.batch_id = b.id
+        WHERE b.id = ANY($6::bigint[])
+        UNION ALL  -- decided by a rule or a person after its batch was settled whole
+        SELECT i.id, i.entry, i.out_trade_no, i.rrn, i.class, i.status, i.channel_fen, b.channel, b.day
+        FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id
+        WHERE i.status IN ('FIXED', 'RESOLVED') AND b.step = 'done' AND NOT b.id = ANY($6::bigint[])
+    ) i
     JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
-    WHERE b.day <= CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END
+    WHERE i.day <= {_DUE}
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
       AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL  -- money kept (no reversal owed)
       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = i.entry AND s.out_trade_no = i.out_trade_no)
@@ -52,16 +69,34 @@ SELECT c.entry, c.out_trade_no, $1, c.merchant_id, c.channel, c.amount_fen, c.ch
 FROM candidates c LEFT JOIN rates r ON r.merchant_id = c.merchant_id AND r.channel = c.channel
 ON CONFLICT DO NOTHING
 """
+# The batches a run looks at whole: finished, due for a merchant, not settled whole yet (locked: a
+# batch run afresh meanwhile is deleted and made again, and looked at by the next run).
+_UNSETTLED = "SELECT id, day FROM recon_batch WHERE settled_at IS NULL AND step = 'done' AND day <= $1 FOR UPDATE"
+# One due for every merchant (T+1's day passed) is settled whole once looked at: what of it was not
+# settled then never will be from it (money not kept; a difference, which comes back decided).
+_SETTLED_WHOLE = "UPDATE recon_batch SET settled_at = now() WHERE id = ANY($1::bigint[])"
 
 # A payment settled whose money went back since (a void, a reversal, a cancel after the statement
 # the settlement read listed it paid; a D0 merchant's is settled within the hour): taken back
-# whole, with the fee it was charged, by the settlement that finds it so, and only once.
-_CLAW_BACK = f"""
+# whole, with the fee it was charged, by the settlement that finds it so, and only once. Found by
+# the moves since the last run's snapshot ($2, $3: the transactions it did not see), or, with no
+# run before, by every payment settled.
+_CLAWBACK_ROWS = f"""
 INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, channel_fen, fee_fen)
 SELECT '{CLAWBACK}', s.out_trade_no, $1, s.merchant_id, s.channel, s.amount_fen, s.channel_fen, -s.fee_fen
+"""
+_CLAW_BACK_SINCE = f"""{_CLAWBACK_ROWS}
+FROM txn_move m
+JOIN txn t ON t.tx_date = m.tx_date AND t.rrn = m.rrn AND t.txn_type = '{PURCHASE}'
+JOIN settlement_item s ON s.entry = 'PAY' AND s.out_trade_no = t.out_trade_no
+WHERE (m.xid >= $2::xid8 OR m.xid = ANY($3::xid8[])) AND m.to_state IN {sql_set(GONE_BACK)}
+  AND t.refunded_fen = 0  -- (a void or reversal takes a purchase untouched: never its refunds twice)
+ON CONFLICT DO NOTHING
+"""
+_CLAW_BACK_ALL = f"""{_CLAWBACK_ROWS}
 FROM settlement_item s
 JOIN txn t ON t.out_trade_no = s.out_trade_no AND t.txn_type = '{PURCHASE}'
-WHERE s.entry = 'PAY' AND s.settled_on <= $1 AND t.state IN {sql_set(GONE_BACK)}
+WHERE s.entry = 'PAY' AND t.state IN {sql_set(GONE_BACK)} AND t.refunded_fen = 0
 ON CONFLICT DO NOTHING
 """
 
@@ -119,8 +154,22 @@ async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement
     d0 = [m.id for m in config.merchants if m.settlement == "D0"]
     rates = [(m.id, channel, fee) for m in config.merchants for channel, fee in m.fee_per_10000.items()]
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates])
-        await conn.execute(_CLAW_BACK, day)
+        last = await conn.fetchrow("SELECT seen_below, unseen FROM settlement_mark FOR UPDATE")  # runs one by one
+        mark = await conn.fetchrow(_SNAPSHOT)  # before anything is read: what came after is the next run's
+        batches = await conn.fetch(_UNSETTLED, day)
+        ids = [b["id"] for b in batches]
+        await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates], ids)
+        await conn.execute(_SETTLED_WHOLE, [b["id"] for b in batches if b["day"] < day])
+        if day < await conn.fetchval("SELECT coalesce(max(settled_on), $1) FROM settlement_item", day):
+            # A day before the newest settled (its file made again, say) takes no clawback: that day
+            # was paid. They wait, and the mark with them, for the next settlement of the newest.
+            return await settled(conn, config, day)
+        await (conn.execute(_CLAW_BACK_SINCE, day, *last) if last else conn.execute(_CLAW_BACK_ALL, day))
+        await conn.execute(
+            "INSERT INTO settlement_mark (seen_below, unseen) VALUES ($1, $2) "
+            "ON CONFLICT (one) DO UPDATE SET seen_below = excluded.seen_below, unseen = excluded.unseen, at = now()",
+            *mark,
+        )
         return await settled(conn, config, day)
 
 
@@ -163,13 +212,14 @@ def csv_text(settlement: Settlement) -> str:
     """The day's file: one line per merchant, channel and cycle, then one TOTAL line per channel."""
     out = io.StringIO(newline="")
     writer = csv.writer(out)
+    # (clawbacks_fen came later: last, so that a reader by position reads the others where they were)
     writer.writerow(
-        ["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "clawbacks_fen", "fees_fen", "net_fen"]
+        ["merchant", "channel", "cycle", "payments", "gross_fen", "refunds_fen", "fees_fen", "net_fen", "clawbacks_fen"]
     )
     for line in settlement.lines:
         writer.writerow([
-            line.merchant_id, line.channel, line.cycle, line.payments, line.gross, line.refunds, line.clawbacks,
-            line.fees, line.net,
+            line.merchant_id, line.channel, line.cycle, line.payments, line.gross, line.refunds, line.fees, line.net,
+            line.clawbacks,
         ])  # fmt: skip
     mismatches = settlement.mismatches()
     for channel, settles in sorted(settlement.channel_settles.items()):

@@ -1001,7 +1001,8 @@ def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal
 def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url):
     """A 0400 naming a refund whose write-ahead is under way (its row written, not yet committed)
     waits for it and is answered 12, the refund's. Neither seeing the other, it was answered 25
-    while the refund was sent, and a cashier told "not found" refunds again under another STAN."""
+    while the refund was sent, and a cashier told "not found" refunds again under another STAN.
+    A 0400 first is 25, and its refund is then never written."""
 
     async def scenario():
         journal = await open_journal(database_url)
@@ -1031,6 +1032,15 @@ def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url)
             assert row["reserved_fen"] == 400  # the refund stands, owing no reversal
             row = await journal.pool.fetchrow("SELECT reversal_requested_at FROM txn WHERE rrn = $1", refund.rrn)
             assert row["reversal_requested_at"] is None
+            # The other order: the 0400 first is 25, and the refund is then never written (nor sent).
+            late = undo_of(purchase, await journal.next_rrn(), "refund", 300)
+            code = await journal.request_reversal(late.key, "000003", late.transmitted, 300, await journal.next_rrn())
+            assert code[1] == "25"
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await journal.write_ahead_undo(late, original, refund_days=365)
+            assert await journal.find(late.key) is None
+            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
+            assert row["reserved_fen"] == 400
         finally:
             await holder.close()
             await journal.close()
@@ -1042,7 +1052,8 @@ async def _until_waiting(watcher: asyncpg.Connection, lock: str, done: asyncio.T
     """Return once a backend waits for ``lock`` ("advisory", or "watcher": one the watcher holds), or
     ``done`` has ended (it did not wait)."""
     waiting = {
-        "advisory": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        "advisory": "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND classid = x'6b657973'::int AND objsubid = 2",  # a key's (store._KEY_LOCK_SQL), not a migration's
         "watcher": "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
     }[lock]
     for _ in range(250):

@@ -90,47 +90,63 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
 
 
 def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_url, config_dir, tmp_path):
-    """A D0 merchant's payment settled within the hour its statement listed it, then voided: the
-    next settlement takes it back whole with the fee it was charged, once, and the day still adds
-    up against the channel (which shows the order revoked, no entry of its own)."""
+    """A D0 merchant's payments settled within the hour their statement listed them, then voided:
+    the next settlement takes each back whole with the fee it was charged, once, and the day still
+    adds up against the channel (which shows the order revoked, no entry of its own). The first
+    found among every payment settled (a journal with no settlement run before: none marked), the
+    second among the moves since the last run's snapshot."""
     config = load_config(config_dir / "switch.toml")
 
     async def scenario():
         async with connected(switch) as terminal:
-            sale = new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=6_000)
-            paid = await terminal.request(sale)
-            assert paid["39"] == "00"
+            sales = [new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=a) for a in (6_000, 7_000)]
+            paid = [await terminal.request(sale) for sale in sales]
+            assert [p["39"] for p in paid] == ["00", "00"]
             today, hour = dt.datetime.now(CST).date(), dt.datetime.now(CST).hour
             pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
             try:
                 await pool.execute(AFRESH, "alipay", today, hour)
-                assert (
-                    await ReconBatch(pool, "alipay", "alipay", today, hour, CountingFetch(config_dir)).run() == "done"
-                )
-                await settle(pool, config, today)
-                voided = await terminal.request(void(sale, paid["37"], STANS.next(sale["41"])))
-                assert voided["39"] == "00"
-                clawed = await settle(pool, config, today)
-                again = await settle(pool, config, today)
-                later = await settle(pool, config, today + dt.timedelta(days=1))
+                batch = ReconBatch(pool, "alipay", "alipay", today, hour, CountingFetch(config_dir))
+                assert await batch.run() == "done"
+                # The newest day settled (the other test settles days ahead in the same journal).
+                day = await pool.fetchval("SELECT greatest(max(settled_on), $1) FROM settlement_item", today)
+                await settle(pool, config, day)
+                runs = []
+                for n, (sale, answer) in enumerate(zip(sales, paid, strict=True)):
+                    voided = await terminal.request(void(sale, answer["37"], STANS.next(sale["41"])))
+                    assert voided["39"] == "00"
+                    if n == 0:
+                        await pool.execute("DELETE FROM settlement_mark")
+                    else:  # a day before the newest (its file made again) takes none, and leaves it for the next
+                        before = await settle(pool, config, day - dt.timedelta(days=1))
+                        assert not any(line.clawbacks for line in before.lines if line.merchant_id == KIOSK)
+                    runs.append(await settle(pool, config, day))
+                again = await settle(pool, config, day)
+                later = await settle(pool, config, day + dt.timedelta(days=1))
                 items = await pool.fetch(
-                    "SELECT entry, settled_on, amount_fen, channel_fen, fee_fen FROM settlement_item "
-                    "WHERE out_trade_no = $1 ORDER BY entry",
-                    out_trade_no(paid["37"]),
+                    "SELECT out_trade_no, entry, settled_on, amount_fen, channel_fen, fee_fen FROM settlement_item "
+                    "WHERE out_trade_no = ANY($1) ORDER BY amount_fen, entry",
+                    [out_trade_no(p["37"]) for p in paid],
                 )
-                return today, clawed, again, later, [tuple(r) for r in items]
+                # The batch, due for every merchant by then, is settled whole: no run looks at it again.
+                assert await pool.fetchval("SELECT settled_at IS NOT NULL FROM recon_batch WHERE id = $1", batch.id)
+                return day, paid, runs, again, later, [tuple(r) for r in items]
             finally:
                 await pool.close()
 
-    today, clawed, again, later, items = run(scenario())
-    fee = (6_000 * 25 + 5_000) // 10_000
-    assert items == [("CLAWBACK", today, 6_000, 6_000, -fee), ("PAY", today, 6_000, 6_000, fee)]
-    kiosk = next(line for line in clawed.lines if (line.merchant_id, line.channel) == (KIOSK, "alipay"))
-    assert kiosk.clawbacks >= 6_000
+    day, paid, runs, again, later, items = run(scenario())
+    fees = [(a * 25 + 5_000) // 10_000 for a in (6_000, 7_000)]
+    orders = [out_trade_no(p["37"]) for p in paid]
+    assert items == [
+        (orders[0], "CLAWBACK", day, 6_000, 6_000, -fees[0]), (orders[0], "PAY", day, 6_000, 6_000, fees[0]),
+        (orders[1], "CLAWBACK", day, 7_000, 7_000, -fees[1]), (orders[1], "PAY", day, 7_000, 7_000, fees[1]),
+    ]  # fmt: skip
+    kiosk = next(line for line in runs[-1].lines if (line.merchant_id, line.channel) == (KIOSK, "alipay"))
+    assert kiosk.clawbacks >= 13_000
     assert kiosk.net == kiosk.gross - kiosk.refunds - kiosk.clawbacks - kiosk.fees
-    assert "alipay" not in clawed.mismatches()
-    assert again.lines == clawed.lines  # clawed back once
+    assert "alipay" not in runs[-1].mismatches()
+    assert again.lines == runs[-1].lines  # clawed back once
     assert not any(line.clawbacks for line in later.lines if line.merchant_id == KIOSK)
-    text = write_file(clawed, tmp_path).read_text()
-    assert text.splitlines()[0].split(",")[6] == "clawbacks_fen"
+    text = write_file(runs[-1], tmp_path).read_text()
+    assert text.splitlines()[0].split(",")[7:] == ["net_fen", "clawbacks_fen"]  # added last: the others stay
     assert f"{KIOSK},alipay,D0," in text

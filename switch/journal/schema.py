@@ -1053,6 +1053,21 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER journal_retention_keeps_all BEFORE TRUNCATE ON journal_retention
         FOR EACH STATEMENT EXECUTE FUNCTION journal_keeps_rows();
     """,
+    # 39: a settlement reads what came since its last run, not its history (switch.settlement): the
+    # batches it has not yet settled whole, the items decided by a rule or a person (few: the
+    # differences), and the moves after its last run's snapshot (a payment settled whose money went
+    # back since). The moves' index of migration 17 serves.
+    """
+    ALTER TABLE recon_batch ADD COLUMN settled_at timestamptz;  -- every item of it due, and looked at
+    CREATE INDEX recon_batch_unsettled ON recon_batch (day) WHERE settled_at IS NULL;
+    CREATE INDEX recon_item_decided ON recon_item (batch_id) WHERE status IN ('FIXED', 'RESOLVED');
+    CREATE TABLE settlement_mark (
+        one        boolean     PRIMARY KEY DEFAULT true CHECK (one),  -- a single row
+        seen_below xid8        NOT NULL,  -- the last run's snapshot: the transactions from here on
+        unseen     xid8[]      NOT NULL,  -- and those under way then, which it did not see
+        at         timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 
