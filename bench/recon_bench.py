@@ -141,8 +141,12 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         async def fetch(channel: str, day: dt.date) -> bytes:
             return files[channel]
 
-        started = time.perf_counter()
-        batches = [ReconBatch(pool, c, c, DAY, WHOLE_DAY, fetch, progress=_progress) for c in CHANNELS]
+        started = began = time.perf_counter()
+
+        def progress(channel: str, step: str) -> None:  # each step as it begins
+            print(f"  {time.perf_counter() - began:6.1f}s {channel}: {step}", flush=True)
+
+        batches = [ReconBatch(pool, c, c, DAY, WHOLE_DAY, fetch, progress=progress) for c in CHANNELS]
         await asyncio.gather(*(b.run() for b in batches))
         recon_s = time.perf_counter() - started
         found: dict[str, int] = {}
@@ -182,10 +186,6 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         "every_difference_found": found == expected,
         "targets_met": recon_s <= 60 and settle_s <= 30,
     }
-
-
-def _progress(channel: str, step: str) -> None:
-    print(f"  {channel}: {step}", flush=True)
 
 
 def main(rows: int, out: Path | None) -> int:
