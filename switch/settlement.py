@@ -71,6 +71,15 @@ ON CONFLICT DO NOTHING
 """
 # The batches a run looks at whole: finished, due for a merchant, not settled whole yet (locked: a
 # batch run afresh meanwhile is deleted and made again, and looked at by the next run).
+_RUN_LOCK = 0x736C6D74  # "slmt"
+# The last run's mark, and whether it is this database's: a snapshot never ahead of the present.
+_LAST_RUN = (
+    "SELECT day, seen_below, unseen, seen_below <= pg_snapshot_xmax(pg_current_snapshot()) AS ours FROM settlement_mark"
+)
+_MARK = (
+    "INSERT INTO settlement_mark (day, seen_below, unseen) VALUES ($1, $2, $3) ON CONFLICT (one) DO UPDATE "
+    "SET day = excluded.day, seen_below = excluded.seen_below, unseen = excluded.unseen, at = now()"
+)
 _UNSETTLED = "SELECT id, day FROM recon_batch WHERE settled_at IS NULL AND step = 'done' AND day <= $1 FOR UPDATE"
 # One due for every merchant (T+1's day passed) is settled whole once looked at: what of it was not
 # settled then never will be from it (money not kept; a difference, which comes back decided).
@@ -149,27 +158,29 @@ class Settlement:
 
 
 async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement:
-    """Settle ``day`` (again: a day already settled gets what became settleable since, and its
-    report covers everything settled on it)."""
+    """Settle ``day`` (again: the newest day settled gets what became settleable since, and its
+    report covers everything settled on it). A day before the newest settled was paid: it is only
+    read, as its file had it."""
     d0 = [m.id for m in config.merchants if m.settlement == "D0"]
     rates = [(m.id, channel, fee) for m in config.merchants for channel, fee in m.fee_per_10000.items()]
     async with pool.acquire() as conn, conn.transaction():
-        last = await conn.fetchrow("SELECT seen_below, unseen FROM settlement_mark FOR UPDATE")  # runs one by one
+        # Each run's statements planned for its own arguments: a generic plan cannot see that the
+        # moves since the mark are a day's, not the history's (as risk.actor.follow_connection).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _RUN_LOCK)  # one run at a time
+        last = await conn.fetchrow(_LAST_RUN)
+        if last and day < last["day"]:
+            return await settled(conn, config, day)
         mark = await conn.fetchrow(_SNAPSHOT)  # before anything is read: what came after is the next run's
         batches = await conn.fetch(_UNSETTLED, day)
         ids = [b["id"] for b in batches]
         await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates], ids)
         await conn.execute(_SETTLED_WHOLE, [b["id"] for b in batches if b["day"] < day])
-        if day < await conn.fetchval("SELECT coalesce(max(settled_on), $1) FROM settlement_item", day):
-            # A day before the newest settled (its file made again, say) takes no clawback: that day
-            # was paid. They wait, and the mark with them, for the next settlement of the newest.
-            return await settled(conn, config, day)
-        await (conn.execute(_CLAW_BACK_SINCE, day, *last) if last else conn.execute(_CLAW_BACK_ALL, day))
-        await conn.execute(
-            "INSERT INTO settlement_mark (seen_below, unseen) VALUES ($1, $2) "
-            "ON CONFLICT (one) DO UPDATE SET seen_below = excluded.seen_below, unseen = excluded.unseen, at = now()",
-            *mark,
-        )
+        if last and last["ours"]:
+            await conn.execute(_CLAW_BACK_SINCE, day, last["seen_below"], last["unseen"])
+        else:  # the first run, or a mark another database's (a journal moved to a new cluster counts afresh)
+            await conn.execute(_CLAW_BACK_ALL, day)
+        await conn.execute(_MARK, day, *mark)
         return await settled(conn, config, day)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from protocols.statements import CST
 from switch.cli_support import add_database_arguments, with_database
 from switch.config import Config
 from switch.journal.schema import migrate
@@ -22,7 +23,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="settle a day: per merchant and channel, gross, refunds, clawbacks, fees and net",
         description="Settle the reconciled transactions due on DATE (T+1 merchants: batches up to the day "
         "before; D0 merchants: up to DATE), each once; differences still open carry to a later day; a payment "
-        "settled whose money went back since (voided, reversed) is clawed back, once. Writes "
+        "settled whose money went back since (voided, reversed) is clawed back, once. A day before the newest "
+        "settled is only read (its file made again); a day after tomorrow is refused. Writes "
         "settlement-DATE.csv and checks, per channel, that the merchants' nets plus fees equal what the "
         "channel settles (exit status 1 when not).",
     )
@@ -32,6 +34,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace, config: Config) -> int:
+    latest = dt.datetime.now(CST).date() + dt.timedelta(days=1)  # T+1's file may be made the evening before
+    if args.date > latest:
+        # A day ahead settled would make every day until it one "before the newest": only read.
+        print(f"paysw settle: --date {args.date} is in the future: {latest} at the latest", file=sys.stderr)
+        return 2
     return with_database(config, args.data_dir, lambda url: _settle(url, config, args))
 
 

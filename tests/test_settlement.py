@@ -92,16 +92,18 @@ def test_settlement_of_reconciled_transactions(switch, database_url, config_dir,
 def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_url, config_dir, tmp_path):
     """A D0 merchant's payments settled within the hour their statement listed them, then voided:
     the next settlement takes each back whole with the fee it was charged, once, and the day still
-    adds up against the channel (which shows the order revoked, no entry of its own). The first
-    found among every payment settled (a journal with no settlement run before: none marked), the
-    second among the moves since the last run's snapshot."""
+    adds up against the channel (which shows the order revoked, no entry of its own). Found among
+    every payment settled with no run before (the first), or with a mark from another database (a
+    journal moved to a new cluster, whose transaction ids start afresh: the second); else among the
+    moves since the last run's snapshot (the third). A day before the newest is only read again."""
     config = load_config(config_dir / "switch.toml")
+    amounts = (6_000, 7_000, 8_000)
 
     async def scenario():
         async with connected(switch) as terminal:
-            sales = [new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=a) for a in (6_000, 7_000)]
+            sales = [new_purchase("alipay", terminal="K0000001", merchant=KIOSK, amount=a) for a in amounts]
             paid = [await terminal.request(sale) for sale in sales]
-            assert [p["39"] for p in paid] == ["00", "00"]
+            assert [p["39"] for p in paid] == ["00"] * 3
             today, hour = dt.datetime.now(CST).date(), dt.datetime.now(CST).hour
             pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
             try:
@@ -109,7 +111,7 @@ def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_
                 batch = ReconBatch(pool, "alipay", "alipay", today, hour, CountingFetch(config_dir))
                 assert await batch.run() == "done"
                 # The newest day settled (the other test settles days ahead in the same journal).
-                day = await pool.fetchval("SELECT greatest(max(settled_on), $1) FROM settlement_item", today)
+                day = await pool.fetchval("SELECT greatest((SELECT day FROM settlement_mark), $1)", today)
                 await settle(pool, config, day)
                 runs = []
                 for n, (sale, answer) in enumerate(zip(sales, paid, strict=True)):
@@ -117,9 +119,14 @@ def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_
                     assert voided["39"] == "00"
                     if n == 0:
                         await pool.execute("DELETE FROM settlement_mark")
-                    else:  # a day before the newest (its file made again) takes none, and leaves it for the next
+                    elif n == 1:  # as another cluster's ids: far ahead of this one's
+                        await pool.execute("UPDATE settlement_mark SET seen_below = '9000000000000000000'::xid8")
+                    else:
+                        paid_day = "SELECT count(*) FROM settlement_item WHERE settled_on = $1"
+                        kept = await pool.fetchval(paid_day, day - dt.timedelta(days=1))
                         before = await settle(pool, config, day - dt.timedelta(days=1))
                         assert not any(line.clawbacks for line in before.lines if line.merchant_id == KIOSK)
+                        assert await pool.fetchval(paid_day, day - dt.timedelta(days=1)) == kept  # only read
                     runs.append(await settle(pool, config, day))
                 again = await settle(pool, config, day)
                 later = await settle(pool, config, day + dt.timedelta(days=1))
@@ -135,14 +142,14 @@ def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_
                 await pool.close()
 
     day, paid, runs, again, later, items = run(scenario())
-    fees = [(a * 25 + 5_000) // 10_000 for a in (6_000, 7_000)]
-    orders = [out_trade_no(p["37"]) for p in paid]
-    assert items == [
-        (orders[0], "CLAWBACK", day, 6_000, 6_000, -fees[0]), (orders[0], "PAY", day, 6_000, 6_000, fees[0]),
-        (orders[1], "CLAWBACK", day, 7_000, 7_000, -fees[1]), (orders[1], "PAY", day, 7_000, 7_000, fees[1]),
-    ]  # fmt: skip
+    expected = []
+    for answer, amount in zip(paid, amounts, strict=True):
+        fee = (amount * 25 + 5_000) // 10_000
+        expected += [(out_trade_no(answer["37"]), "CLAWBACK", day, amount, amount, -fee),
+                     (out_trade_no(answer["37"]), "PAY", day, amount, amount, fee)]  # fmt: skip
+    assert items == expected
     kiosk = next(line for line in runs[-1].lines if (line.merchant_id, line.channel) == (KIOSK, "alipay"))
-    assert kiosk.clawbacks >= 13_000
+    assert kiosk.clawbacks >= sum(amounts)
     assert kiosk.net == kiosk.gross - kiosk.refunds - kiosk.clawbacks - kiosk.fees
     assert "alipay" not in runs[-1].mismatches()
     assert again.lines == runs[-1].lines  # clawed back once
@@ -150,3 +157,17 @@ def test_a_payment_settled_and_then_voided_is_clawed_back_once(switch, database_
     text = write_file(runs[-1], tmp_path).read_text()
     assert text.splitlines()[0].split(",")[7:] == ["net_fen", "clawbacks_fen"]  # added last: the others stay
     assert f"{KIOSK},alipay,D0," in text
+
+
+def test_a_day_after_tomorrow_is_refused_before_anything_is_settled(config_dir, tmp_path):
+    """Settled, a day ahead would leave every day until it "before the newest", only read: refused."""
+    import subprocess
+    import sys
+
+    ahead = dt.datetime.now(CST).date() + dt.timedelta(days=2)
+    command = ["settle", "--date", str(ahead), "--config", str(config_dir / "switch.toml"), "--data-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "switch.cli", *command], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"--date {ahead} is in the future" in done.stderr and "Traceback" not in done.stderr

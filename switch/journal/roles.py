@@ -55,7 +55,7 @@ UPDATED: dict[str, tuple[str, ...]] = {
     "console_user": ("password_hash",),
     "recon_batch": ("step", "error", "updated_at", "statement", "fetched_at", "handling", "summary", "settled_at"),
     "recon_item": ("rrn", "journal_state", "journal_fen", "status", "note"),
-    "settlement_mark": ("seen_below", "unseen", "at"),
+    "settlement_mark": ("day", "seen_below", "unseen", "at"),
     "terminal_key_request": ("sent_at", "stan"),
     "config_change": ("decided_by", "decided_at", "outcome"),
 }  # fmt: skip

@@ -1063,7 +1063,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recon_item_decided ON recon_item (batch_id) WHERE status IN ('FIXED', 'RESOLVED');
     CREATE TABLE settlement_mark (
         one        boolean     PRIMARY KEY DEFAULT true CHECK (one),  -- a single row
-        seen_below xid8        NOT NULL,  -- the last run's snapshot: the transactions from here on
+        day        date        NOT NULL,  -- the newest day settled: one before it is only read again
+        seen_below xid8        NOT NULL,  -- that run's snapshot: the transactions from here on
         unseen     xid8[]      NOT NULL,  -- and those under way then, which it did not see
         at         timestamptz NOT NULL DEFAULT now()
     );
