@@ -180,6 +180,7 @@ async def measure(url: str, rows: int) -> dict[str, object]:
         "recon_vs_baseline": round(recon_s / baseline_s, 2),
         "settle_vs_baseline": round(settle_s / baseline_s, 2),
         "settle_nothing_new_s": round(idle_s, 2),
+        "settled_payments": payments,
         "injected": {cls: n for cls, n in expected.items() if cls != "MATCHED"},
         "found": found,
         # Exactly: a difference missed, one reported twice or a class made up all fail the run.

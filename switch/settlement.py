@@ -40,26 +40,34 @@ GONE_BACK = frozenset(m.to for m in MOVES if m.state in KEPT and m.to not in KEP
 # the items a rule or a person decided (the differences, few), and the moves after the snapshot
 # its last run took (``settlement_mark``). Its time follows what came since, not the history.
 _SNAPSHOT = "SELECT pg_snapshot_xmax(s), array(SELECT pg_snapshot_xip(s)) FROM pg_current_snapshot() s"
-_DUE = "CASE WHEN t.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END"  # D0, T+1
+_DUE = "CASE WHEN i.merchant_id = ANY($2::text[]) THEN $1::date ELSE $1::date - 1 END"  # D0, T+1
+# A batch's journal rows are of its window's days and one either side (``ReconBatch._extract``);
+# these many more either side bound the days a settlement reads for them.
+_DAYS_AROUND = dt.timedelta(days=3)
 
 _SETTLE = f"""
 WITH rates (merchant_id, channel, fee_per_10000) AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int[])),
 candidates AS (  -- one item an order or refund: the statement's side first (its amount), if two were fixed
-    SELECT DISTINCT ON (i.entry, i.out_trade_no) i.entry, i.out_trade_no, i.channel, t.merchant_id, t.amount_fen,
+    SELECT DISTINCT ON (i.entry, i.out_trade_no) i.entry, i.out_trade_no, i.channel, i.merchant_id, i.amount_fen,
            i.channel_fen
     FROM (
-        SELECT i.id, i.entry, i.out_trade_no, i.rrn, i.class, i.status, i.channel_fen, b.channel, b.day
+        SELECT i.id, i.entry, i.out_trade_no, i.class, i.status, i.channel_fen, b.channel, b.day, t.merchant_id,
+               t.amount_fen, t.state, t.reversal_requested_at
         FROM recon_batch b JOIN recon_item i ON i.batch_id = b.id
+        -- The days its batches read ($7, $8: theirs and a few either side), not every day kept.
+        JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no AND t.tx_date BETWEEN $7 AND $8
         WHERE b.id = ANY($6::bigint[])
-        UNION ALL  -- decided by a rule or a person after its batch was settled whole
-        SELECT i.id, i.entry, i.out_trade_no, i.rrn, i.class, i.status, i.channel_fen, b.channel, b.day
+        UNION ALL  -- decided by a rule or a person after its batch was settled whole (or the journal's row
+        -- another day's, as a rule adopted it): few, so any day's
+        SELECT i.id, i.entry, i.out_trade_no, i.class, i.status, i.channel_fen, b.channel, b.day, t.merchant_id,
+               t.amount_fen, t.state, t.reversal_requested_at
         FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id
+        JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
         WHERE i.status IN ('FIXED', 'RESOLVED') AND b.step = 'done' AND NOT b.id = ANY($6::bigint[])
     ) i
-    JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
     WHERE i.day <= {_DUE}
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))
-      AND t.state IN {sql_set(KEPT)} AND t.reversal_requested_at IS NULL  -- money kept (no reversal owed)
+      AND i.state IN {sql_set(KEPT)} AND i.reversal_requested_at IS NULL  -- money kept (no reversal owed)
       AND NOT EXISTS (SELECT 1 FROM settlement_item s WHERE s.entry = i.entry AND s.out_trade_no = i.out_trade_no)
     ORDER BY i.entry, i.out_trade_no, i.channel_fen IS NULL, i.id
 )
@@ -173,8 +181,10 @@ async def settle(pool: asyncpg.Pool, config: Config, day: dt.date) -> Settlement
             return await settled(conn, config, day)
         mark = await conn.fetchrow(_SNAPSHOT)  # before anything is read: what came after is the next run's
         batches = await conn.fetch(_UNSETTLED, day)
-        ids = [b["id"] for b in batches]
-        await conn.execute(_SETTLE, day, d0, [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates], ids)
+        ids, days = [b["id"] for b in batches], [b["day"] for b in batches] or [day]
+        read = (min(days) - _DAYS_AROUND, max(days) + _DAYS_AROUND)
+        fees = [r[0] for r in rates], [r[1] for r in rates], [r[2] for r in rates]
+        await conn.execute(_SETTLE, day, d0, *fees, ids, *read)
         await conn.execute(_SETTLED_WHOLE, [b["id"] for b in batches if b["day"] < day])
         if last and last["ours"]:
             await conn.execute(_CLAW_BACK_SINCE, day, last["seen_below"], last["unseen"])

@@ -101,6 +101,7 @@ def test_recon_benchmark_finds_every_injected_difference_in_a_short_run(database
     assert result["found"] == {"MATCHED": 20_120, **result["injected"]}, result
     assert result["every_difference_found"], result
     assert result["recon_s"] > 0 and result["baseline_s"] > 0
+    assert result["settled_payments"] == 19_940  # every purchase matched, whichever day's partition it is in
 
 
 def test_the_archive_benchmark_measures_each_step_beside_the_writes_and_gets_the_day_back(database_url, tmp_path):
