@@ -10,10 +10,11 @@ channel, from reconciled transactions only, each settled once.
 - Clawbacks: a payment settled whose money went back since (the journal has it voided, or
   reversed at the channel) is taken back by the next settlement, once, with the fee it was
   charged; it has no entry of its own on a channel's statement (the order is shown revoked).
-- Each run reads what came since the last (items not yet done with, moves after its snapshot),
-  so its time follows the day's traffic, not the days settled before it.
-- Net = gross - refunds - clawbacks - fees. The totals check: for each channel, the merchants' nets plus
-  fees equal what the channel's statements settle for the same transactions, to the fen.
+- Each run reads what came since the last (the batches it has not settled whole, the differences
+  decided, the moves after its snapshot), so its time follows the day's traffic, not the days
+  settled before it. A day before the newest settled was paid: it is only read again.
+- Net = gross - refunds - clawbacks - fees. The totals check: for each channel, the merchants'
+  nets plus fees equal what the channel's statements settle for the same transactions, to the fen.
 - The day's file: ``settlement-D.csv`` (one line per merchant, channel and cycle, then one TOTAL
   line per channel with the check).
 """
@@ -77,8 +78,6 @@ SELECT c.entry, c.out_trade_no, $1, c.merchant_id, c.channel, c.amount_fen, c.ch
 FROM candidates c LEFT JOIN rates r ON r.merchant_id = c.merchant_id AND r.channel = c.channel
 ON CONFLICT DO NOTHING
 """
-# The batches a run looks at whole: finished, due for a merchant, not settled whole yet (locked: a
-# batch run afresh meanwhile is deleted and made again, and looked at by the next run).
 _RUN_LOCK = 0x736C6D74  # "slmt"
 # The last run's mark, and whether it is this database's: a snapshot never ahead of the present.
 _LAST_RUN = (
@@ -88,6 +87,8 @@ _MARK = (
     "INSERT INTO settlement_mark (day, seen_below, unseen) VALUES ($1, $2, $3) ON CONFLICT (one) DO UPDATE "
     "SET day = excluded.day, seen_below = excluded.seen_below, unseen = excluded.unseen, at = now()"
 )
+# The batches a run looks at whole: finished, due for a merchant, not settled whole yet (locked: a
+# batch run afresh meanwhile is deleted and made again, and looked at by the next run).
 _UNSETTLED = "SELECT id, day FROM recon_batch WHERE settled_at IS NULL AND step = 'done' AND day <= $1 FOR UPDATE"
 # One due for every merchant (T+1's day passed) is settled whole once looked at: what of it was not
 # settled then never will be from it (money not kept; a difference, which comes back decided).
