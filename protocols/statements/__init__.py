@@ -67,10 +67,24 @@ def fee_fen(amount_fen: int, rate_per_10000: int) -> int:
 
 
 def cst_time(text: str, line: int) -> dt.datetime:
+    """``YYYY-MM-DD hh:mm:ss``, Beijing time."""
+    t = text.strip()
     try:
-        return dt.datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST)
+        if len(t) != 19 or (t[4], t[7], t[10], t[13], t[16]) != ("-", "-", " ", ":", ":"):
+            raise ValueError(t)
+        return digits_time(t[0:4] + t[5:7] + t[8:10] + t[11:13] + t[14:16] + t[17:19])
     except ValueError:
         raise StatementError(line, f"not a time (YYYY-MM-DD hh:mm:ss): {text!r}") from None
+
+
+def digits_time(digits: str) -> dt.datetime:
+    """``YYYYMMDDhhmmss``, Beijing time (ValueError if not one). Cut, not ``strptime``: its lock,
+    one for the whole process, made five statements parsed in threads at once take three times as
+    long as one after another."""
+    if len(digits) != 14 or not (digits.isascii() and digits.isdigit()):
+        raise ValueError(digits)
+    d = [int(digits[a:b]) for a, b in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))]
+    return dt.datetime(*d, tzinfo=CST)
 
 
 def time_text(at: dt.datetime) -> str:

@@ -16,9 +16,7 @@ The last line is ``TOTAL`` + the row count (10 digits) + the consumption total i
 
 from __future__ import annotations
 
-import datetime as dt
-
-from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementError, StatementRow
+from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementError, StatementRow, digits_time
 
 _WIDTHS = (3, 32, 24, 14, 12, 13, 32)
 _LINE = sum(_WIDTHS)
@@ -74,7 +72,7 @@ def _row(line: str, n: int) -> StatementRow:
     if code not in _CODES or not amount.isdigit() or fee[0] not in "+-" or not fee[1:].isdigit():
         raise StatementError(n, "bad transaction code, amount or fee")
     try:
-        at_time = dt.datetime.strptime(when, "%Y%m%d%H%M%S").replace(tzinfo=CST)
+        at_time = digits_time(when)
     except ValueError:
         raise StatementError(n, f"bad time {when!r}") from None
     entry, status = _CODES[code]
