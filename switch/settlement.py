@@ -58,13 +58,13 @@ candidates AS (  -- one item an order or refund: the statement's side first (its
         -- The days its batches read ($7, $8: theirs and a few either side), not every day kept.
         JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no AND t.tx_date BETWEEN $7 AND $8
         WHERE b.id = ANY($6::bigint[])
-        UNION ALL  -- decided by a rule or a person after its batch was settled whole (or the journal's row
-        -- another day's, as a rule adopted it): few, so any day's
+        UNION ALL  -- decided by a rule or a person (after its batch was settled whole, or adopting the
+        -- journal's row of another day, outside its batch's days): few, so any day's
         SELECT i.id, i.entry, i.out_trade_no, i.class, i.status, i.channel_fen, b.channel, b.day, t.merchant_id,
                t.amount_fen, t.state, t.reversal_requested_at
         FROM recon_item i JOIN recon_batch b ON b.id = i.batch_id
         JOIN txn t ON t.rrn = i.rrn AND t.out_trade_no = i.out_trade_no
-        WHERE i.status IN ('FIXED', 'RESOLVED') AND b.step = 'done' AND NOT b.id = ANY($6::bigint[])
+        WHERE i.status IN ('FIXED', 'RESOLVED') AND b.step = 'done'  -- (an item in both is one: DISTINCT ON)
     ) i
     WHERE i.day <= {_DUE}
       AND (i.class = 'MATCHED' OR i.status IN ('FIXED', 'RESOLVED'))

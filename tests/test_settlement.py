@@ -171,3 +171,43 @@ def test_a_day_after_tomorrow_is_refused_before_anything_is_settled(config_dir, 
     )
     assert done.returncode == 2, done.stderr
     assert f"--date {ahead} is in the future" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_difference_adopting_the_journals_row_of_another_day_is_settled_on_its_day(database_url, config_dir):
+    """A rule may close a difference with the journal's row of a day outside its batch's (the days a
+    run reads for a batch): the item is still settled on its day, not a run later."""
+    from switch.journal import Event, Journal, State
+    from tests.test_journal import new_txn, outcome
+
+    config = load_config(config_dir / "switch.toml")
+    today = dt.datetime.now(CST).date()
+
+    async def scenario() -> bool:
+        journal = await Journal.open(database_url, pool_size=2, max_batch=64)
+        try:
+            pool = journal.pool
+            day = await pool.fetchval("SELECT greatest((SELECT day FROM settlement_mark), $1)", today)
+            old = day - dt.timedelta(days=6)
+            await pool.fetch("SELECT journal_make_days($1, $1)", old)
+            txn = new_txn(await journal.next_rrn(), amount=4_321)._replace(merchant_id=KIOSK, tx_date=old)
+            assert await journal.write_ahead(txn)
+            assert await journal.record(outcome(txn, Event.ACCEPTED)) is State.APPROVED
+            batch = await pool.fetchval(
+                "INSERT INTO recon_batch (channel, day, hour, step) VALUES ('settle-test', $1, 5, 'done') RETURNING id",
+                day,
+            )
+            await pool.execute(
+                "INSERT INTO recon_item (batch_id, class, entry, out_trade_no, rrn, journal_state, journal_fen, "
+                "channel_status, channel_fen, status) VALUES ($1, 'LONG', 'PAY', $2, $3, 'APPROVED', 4321, 'SUCCESS', "
+                "4321, 'FIXED')",
+                batch, txn.out_trade_no, txn.rrn,
+            )  # fmt: skip
+            await settle(pool, config, day)
+            return await pool.fetchval(
+                "SELECT settled_on = $2 FROM settlement_item WHERE entry = 'PAY' AND out_trade_no = $1",
+                txn.out_trade_no, day,
+            )  # fmt: skip
+        finally:
+            await journal.close()
+
+    assert run(scenario()) is True
