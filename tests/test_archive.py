@@ -42,12 +42,12 @@ async def rows_of(conn: asyncpg.Connection, day: dt.date) -> tuple[list, list]:
     return [tuple(r) for r in txns], [tuple(r) for r in moves]
 
 
-async def written(journal: Journal, day: dt.date, event: Event | None) -> str:
-    """A purchase of ``day`` written ahead and, unless ``event`` is None, finished by it; its order number."""
+async def written(journal: Journal, day: dt.date, *events: Event) -> str:
+    """A purchase of ``day`` written ahead and moved by ``events``; its order number."""
     txn = new_txn(await journal.next_rrn())._replace(tx_date=day, received_at=dt.datetime.combine(day, noon, dt.UTC))
     assert await journal.write_ahead(txn)
-    if event is not None:
-        assert await journal.record(outcome(txn, event, "00" if event is Event.ACCEPTED else "05")) is not None
+    for event in events:
+        assert await journal.record(outcome(txn, event, "05" if event is Event.REFUSED else "00")) is not None
     return txn.out_trade_no
 
 
@@ -81,8 +81,8 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
             await journal.pool.fetch("SELECT journal_make_days($1, $2)", old, old + dt.timedelta(days=1))
             settled = await written(journal, old, Event.ACCEPTED)
             unsettled = await written(journal, old, Event.ACCEPTED)
-            gone = await written(journal, old, Event.REFUSED)  # declined: nothing to settle, or settled and back
-            await written(journal, old + dt.timedelta(days=1), None)  # the next day: one still open
+            gone = await written(journal, old, Event.ACCEPTED, Event.VOIDED)  # settled, then its money went back
+            await written(journal, old + dt.timedelta(days=1))  # the next day: one still open
             await journal.pool.executemany(
                 "INSERT INTO settlement_item (entry, out_trade_no, settled_on, merchant_id, channel, amount_fen, "
                 "fee_fen) VALUES ('PAY', $1, $2, 'm', 'c', 100, 0)",
@@ -96,7 +96,7 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
 
     old, unsettled, gone, before = run(setup())
     next_day = old + dt.timedelta(days=1)
-    assert len(before[0]) == 3 and len(before[1]) == 6  # three written RECEIVED, two approved, one declined
+    assert len(before[0]) == 3 and len(before[1]) == 7  # three written RECEIVED, approved, one voided
 
     # Too young, too little kept, or nowhere to write: refused before anything is read.
     today = old + dt.timedelta(days=retention.KEEP_DAYS + 100)
@@ -143,9 +143,9 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     )
     assert second.returncode == 1, second.stderr  # the next day is still kept
     folder = retention.folder_of(folders, old)
-    assert f"{old}: 3 transactions, 6 moves archived to {folder} and dropped from the journal" in second.stdout
+    assert f"{old}: 3 transactions, 7 moves archived to {folder} and dropped from the journal" in second.stdout
     manifest = json.loads((folder / retention.MANIFEST).read_text())
-    assert {p: t["rows"] for p, t in manifest["tables"].items()} == {"txn": 3, "txn_move": 6}
+    assert {p: t["rows"] for p, t in manifest["tables"].items()} == {"txn": 3, "txn_move": 7}
     for file in folder.iterdir():
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file  # the owner's alone
     with gzip.open(folder / "txn.csv.gz", "rt") as text:
@@ -187,7 +187,7 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
 
     restored = paysw_journal(url, "restore", str(folder))
     assert restored.returncode == 0, restored.stderr
-    assert f"{old}: 3 transactions, 6 moves read back into the journal" in restored.stdout
+    assert f"{old}: 3 transactions, 7 moves read back into the journal" in restored.stdout
     again = paysw_journal(url, "restore", str(folder))
     assert again.returncode == 2 and "the journal has this day's tables already" in again.stderr
 
@@ -213,7 +213,7 @@ def test_a_day_is_archived_dropped_and_restored_only_when_nothing_keeps_it(datab
     assert run(_fetchval(url, guard, partition("txn", old))) == guarded
     again = paysw_journal(url, *args, "--hold-days", "0")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"{old}: 3 transactions, 6 moves archived already in {folder} (read back) and dropped" in again.stdout
+    assert f"{old}: 3 transactions, 7 moves archived already in {folder} (read back) and dropped" in again.stdout
 
     async def retention_rows() -> list[tuple]:
         conn = await asyncpg.connect(url)
