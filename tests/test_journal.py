@@ -1049,39 +1049,6 @@ def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url)
     run(scenario())
 
 
-def test_a_void_or_refund_and_its_reversal_wait_for_a_lock_no_longer_than_a_writer(database_url, monkeypatch):
-    """A purchase's row (or a key) held long, by a person's open transaction say: the refund's
-    write-ahead and the 0400 give up after the writers' wait (the terminal is answered 96, and
-    sends again), writing nothing, rather than each hold a lookup connection for as long."""
-    monkeypatch.setattr(store, "WRITER_LOCK_WAIT_MS", 300)
-
-    async def scenario():
-        journal = await open_journal(database_url)
-        holder = await asyncpg.connect(database_url)
-        try:
-            purchase, original = await approved_purchase(journal, 1000)
-            refund = undo_of(purchase, await journal.next_rrn(), "refund", 400)
-            async with holder.transaction():
-                await holder.execute("SELECT 1 FROM txn WHERE rrn = $1 FOR UPDATE", purchase.rrn)
-                await holder.execute(store._KEY_LOCK_SQL, *purchase.key)
-                started = time.monotonic()
-                with pytest.raises(asyncpg.LockNotAvailableError):
-                    await journal.write_ahead_undo(refund, original, refund_days=365)
-                with pytest.raises(asyncpg.LockNotAvailableError):
-                    await journal.request_reversal(purchase.key, "000009", "1123120009", 1000, await journal.next_rrn())
-                assert time.monotonic() - started < 5  # each gave up after 0.3 s, not the default's forever
-            assert await journal.find(refund.key) is None
-            assert not await journal.reversed_before_arrival(purchase.key)
-            row = await journal.pool.fetchrow("SELECT reserved_fen, reversal_requested_at FROM txn WHERE rrn = $1",
-                                              purchase.rrn)  # fmt: skip
-            assert (row["reserved_fen"], row["reversal_requested_at"]) == (0, None)
-        finally:
-            await holder.close()
-            await journal.close()
-
-    run(scenario())
-
-
 async def _until_waiting(watcher: asyncpg.Connection, lock: str, done: asyncio.Task | None = None) -> None:
     """Return once a backend waits for ``lock`` ("advisory", or "watcher": one the watcher holds), or
     ``done`` has ended (it did not wait)."""

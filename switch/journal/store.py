@@ -367,10 +367,6 @@ _ORIGINAL_SQL = (
 _KEY_LOCK_SQL = (
     "SELECT pg_advisory_xact_lock(x'6b657973'::int, hashtext(concat_ws(' ', $1::date, $2::text, $3::text, $4::text)))"
 )
-# Those two wait for a lock no longer than a writer does (WRITER_LOCK_WAIT_MS): a purchase's row
-# held long (a person's open transaction, say) fails them ("96", nothing written) rather than
-# hold a lookup connection each while the terminal sends its 0400 again and again.
-_BOUNDED_WAIT_SQL = "SET LOCAL lock_timeout = %d"
 _DECISION_SQL = (
     "INSERT INTO risk_decision (tx_date, rrn, rule_id, action, mode, code, merchant_id, terminal_id, channel, "
     "amount_fen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
@@ -674,7 +670,6 @@ class Journal:
         the RRN of the answer (the first one's, for a retransmission) and its field 39
         (``switch.journal.machine.reversal_answer``)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_BOUNDED_WAIT_SQL % WRITER_LOCK_WAIT_MS)
             await conn.execute(_KEY_LOCK_SQL, *original)
             answer_rrn = await conn.fetchval(
                 "INSERT INTO reversal (orig_tx_date, terminal_id, orig_stan, orig_transmitted, stan, transmitted, "
@@ -762,7 +757,6 @@ class Journal:
         resolver sends the undos it finds open: one refused is never found so.)"""
         moved: list[Moved] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_BOUNDED_WAIT_SQL % WRITER_LOCK_WAIT_MS)
             await conn.execute(_KEY_LOCK_SQL, *txn.key)
             row = await conn.fetchrow(_ORIGINAL_SQL + " FOR UPDATE", original.rrn, original.merchant_id)
             locked = Original(*row)
