@@ -12,23 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.simulators.side import StatementAsk, side_of
+from protocols import statements
 from protocols.channels import channel_of
 from protocols.channels.base import StatementRefused, fetchable
 from protocols.channels.wechat import statement as wechat
-from protocols.statements import (
-    CST,
-    PAID,
-    PAY,
-    REFUND,
-    REVOKED,
-    StatementError,
-    StatementRow,
-    cst_time,
-    digits_time,
-    fee_fen,
-    fen_of,
-    time_text,
-)
+from protocols.statements import CST, PAID, PAY, REFUND, REVOKED, StatementError, StatementRow, fee_fen, fen_of
 from tests.test_connectors import KINDS
 
 ASK = StatementAsk(dt.date(2026, 11, 23), "10000100")
@@ -135,8 +123,8 @@ def test_a_spoiled_statement_is_refused_naming_the_line(fmt, spoil):
 @given(at=st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2099, 12, 31, 23, 59, 59)))
 def test_a_statements_time_reads_back_to_the_second(at):
     at = at.replace(microsecond=0, tzinfo=CST)
-    assert cst_time(time_text(at), 1) == at
-    assert digits_time(at.strftime("%Y%m%d%H%M%S")) == at
+    assert statements.cst_time(statements.time_text(at), 1) == at
+    assert statements.digits_time(at.strftime("%Y%m%d%H%M%S")) == at
 
 
 @pytest.mark.parametrize(
@@ -146,9 +134,9 @@ def test_a_statements_time_reads_back_to_the_second(at):
 )  # fmt: skip
 def test_a_time_not_written_so_is_refused_naming_the_line(text):
     with pytest.raises(StatementError, match=r"line 7: not a time"):
-        cst_time(text, 7)
+        statements.cst_time(text, 7)
     with pytest.raises(ValueError):
-        digits_time(text.replace("-", "").replace(" ", "").replace(":", ""))
+        statements.digits_time(text.replace("-", "").replace(" ", "").replace(":", ""))
 
 
 def test_amounts_and_fees_are_exact_fen():
