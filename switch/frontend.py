@@ -223,6 +223,10 @@ class TerminalConnection(asyncio.Protocol):
         self._update_reading()
         self._end_if_answered()
 
+    def _connected(self) -> bool:
+        """Whether an answer written now would still go out (``Processor.handle_frame``)."""
+        return self._transport is not None and not self._transport.is_closing()
+
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
@@ -274,7 +278,9 @@ class TerminalConnection(asyncio.Protocol):
             self._stall_timer = asyncio.get_running_loop().call_later(self._stall_timeout, self._stalled)
 
     def _start(self, frame: bytes, arrived: float, overload: str | None = None) -> None:
-        task = self._loop.create_task(self._processor.handle_frame(frame, arrived, overload, self._share))
+        task = self._loop.create_task(
+            self._processor.handle_frame(frame, arrived, overload, self._share, self._connected)
+        )
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[bytes | None]) -> None:

@@ -46,8 +46,8 @@ from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
 from switch.gateway import PIN_REFUSED, SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
-from switch.journal import Journal, NewTxn, Report, State, TxnKey
-from switch.journal.machine import EVENT_OF_OUTCOME, FINAL
+from switch.journal import UNDELIVERED, Journal, NewTxn, Report, State, TxnKey
+from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, GONE_BACK
 from switch.journal.orders import keep_qr_code
 from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
@@ -129,7 +129,7 @@ class Processor:
         self.configure(config)
         self._channels = config.channels
         self._deadline_s = config.switch.request_deadline_ms / 1000
-        self._under_way: dict[TxnKey, tuple[bytes, asyncio.Future[Reply]]] = {}
+        self._under_way: dict[TxnKey, Context] = {}  # by key, the arrival running it (its ``claim``)
         self._resend_lookups = 0  # under way now (RESEND_LOOKUPS)
         self._lookup_failures = RateLimitedLog(60.0)  # one line a minute while the journal cannot answer
         self._pin_warnings = RateLimitedLog(60.0)
@@ -153,14 +153,20 @@ class Processor:
         return self._shedder.overloaded(peer)
 
     async def handle_frame(
-        self, frame: bytes, arrived: float, overload: str | None = None, peer: str = ""
+        self,
+        frame: bytes,
+        arrived: float,
+        overload: str | None = None,
+        peer: str = "",
+        connected: Callable[[], bool] | None = None,
     ) -> bytes | None:
         """The encoded answer to one frame, None when it needs none (it was itself an answer).
         ``arrived``: when its bytes were read (``time.monotonic()``); a transaction counts its
         deadline, and the admission its wait, from then, the time it queued in the event loop
         included. ``overload``: why the switch was over capacity when it was read (it is shed,
         ``switch.intake``), None when it was not. ``peer``: whose share of the admission it takes
-        (``switch.shedding.peer_of`` its connection's source address).
+        (``switch.shedding.peer_of`` its connection's source address). ``connected``: whether the
+        connection its answer goes back on is still open (``reverse_undelivered``).
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
         try:
@@ -181,7 +187,7 @@ class Processor:
             rejection = txn_type if isinstance(txn_type, Rejection) else validate(txn_type, message)
             if rejection is not None:
                 return await self._reject(message, rejection)
-            t = Context(message, frame, arrived, txn_type, overload=overload, peer=peer)
+            t = Context(message, frame, arrived, txn_type, overload=overload, peer=peer, connected=connected)
             out = await self._run(t)
         except Exception:
             log.exception("unexpected error while processing", extra={"mti": message.get("t")})
@@ -357,18 +363,19 @@ class Processor:
         (``94`` when its content differs). Retransmissions of one already finished are found by
         the write-ahead (a void's or refund's, by ``journaled``)."""
         txn = t.txn = self._new_txn(t)
-        under_way = self._under_way.get(txn.key)
-        if under_way is None:
+        first = self._under_way.get(txn.key)
+        if first is None:
             t.claim = asyncio.get_running_loop().create_future()
-            self._under_way[txn.key] = (txn.request_hash, t.claim)
+            self._under_way[txn.key] = t
             return None
-        request_hash, first = under_way
-        if request_hash != txn.request_hash:
+        assert first.txn is not None and first.claim is not None  # (set before it was put under way)
+        if first.txn.request_hash != txn.request_hash:
             return rc.DUPLICATE_TRANSMISSION
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
             self._shedder.stopped_waiting(t.peer)
-        t.reply = await asyncio.shield(first)
+        first.resends += 1  # its answer has somewhere to go (``reverse_undelivered``)
+        t.reply = await asyncio.shield(first.claim)
         return t.reply.code
 
     def _step_admit(self, t: Context) -> None:
@@ -731,11 +738,38 @@ class Processor:
         except Exception:  # recorded PENDING all the same: nobody can pay it, and it is closed at its expiry
             log.exception("keeping the QR code failed", extra={"rrn": txn.rrn})
 
-    async def _step_record(self, t: Context) -> str | None:
-        """Invariant: the outcome is committed before the answer leaves."""
+    async def _step_reverse_undelivered(self, t: Context) -> None:
+        """An approval with nowhere to go: its terminal's connection closed while the channel was
+        paid, and no retransmission of it waits for an answer. The purchase is reversed at once,
+        as the 0400 the terminal owes would have it (one that lost its state never sends it), and
+        told ``05`` from here on (``record``, a resend, an inquiry). A connection lost later, while
+        the outcome is recorded and the answer written, is the terminal's 0400's to cover, as is
+        an answer the network loses."""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
-        reply = self._reply_of(txn, result)
+        if result.outcome is not Outcome.APPROVED or t.connected is None or t.connected() or t.resends:
+            return
+        try:
+            _, code = await self._journal.request_reversal(
+                txn.key, UNDELIVERED, UNDELIVERED, txn.amount_fen, await self._journal.next_rrn()
+            )
+        except Exception:
+            log.exception("reversing an undeliverable approval failed: its 0400 is owed", extra={"rrn": txn.rrn})
+            return
+        self._metrics.undelivered.labels(txn.channel, code).inc()
+        log.warning(
+            "approval undeliverable (its connection closed): purchase reversed",
+            extra={"rrn": txn.rrn, "terminal": txn.terminal_id, "stan": txn.stan, "channel": txn.channel, "code": code},
+        )
+        if code == rc.APPROVED:
+            t.reply = Reply(rc.DO_NOT_HONOUR, txn.rrn, "", result.channel_txn_id)
+
+    async def _step_record(self, t: Context) -> str | None:
+        """Invariant: the outcome is committed before the answer leaves. The answer is the
+        channel's result's, unless ``reverse_undelivered`` decided it."""
+        txn, result = t.txn, t.result
+        assert txn is not None and result is not None
+        reply = t.reply or self._reply_of(txn, result)
         report = Report(
             *txn.key,
             EVENT_OF_OUTCOME[result.outcome],
@@ -860,7 +894,9 @@ class Processor:
             return rc.SYSTEM_MALFUNCTION
         if stored.request_hash != txn.request_hash:
             return rc.DUPLICATE_TRANSMISSION
-        if stored.state in FINAL and stored.response_code:
+        if stored.reversing or stored.state in GONE_BACK:  # told 00 maybe, but its money went back since
+            t.reply = Reply(rc.DO_NOT_HONOUR, stored.rrn)
+        elif stored.state in FINAL and stored.response_code:
             t.reply = Reply(stored.response_code, stored.rrn, stored.auth_id or "", stored.channel_txn_id or "")
         else:
             t.reply = Reply(rc.IN_PROGRESS, stored.rrn)

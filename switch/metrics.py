@@ -95,6 +95,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.undelivered = Counter(
+            "paysw_undelivered_approvals",
+            "Approvals whose terminal's connection closed before they could be written: their purchases reversed "
+            "by the switch, by channel and the reversal's answer (00: reversed; else why not)",
+            ["channel", "code"],
+            registry=r,
+        )
         self.circuit = Gauge(
             "paysw_circuit_state",
             "Circuit breaker of each channel shard: 0 closed, 1 half-open, 2 open",

@@ -402,7 +402,7 @@ def _failure_code(txn: OpenTxn) -> str:
     terminal was told, unless that was "wait" (then: declined)."""
     told = txn.response_code
     if txn.reversal_requested and told == rc.APPROVED:
-        return told  # a resend of the reversed original still gets its original answer
+        return told  # kept as what it was told: a resend is answered by its state (lifecycle._replay)
     return rc.DO_NOT_HONOUR if told in (None, "", rc.IN_PROGRESS, rc.APPROVED) else told
 
 

@@ -30,12 +30,9 @@ from pathlib import Path
 import asyncpg
 
 from switch.config import Config
-from switch.journal.machine import KEPT, MOVES, PURCHASE, sql_set
+from switch.journal.machine import GONE_BACK, KEPT, PURCHASE, sql_set
 
 CLAWBACK = "CLAWBACK"  # settlement_item.entry of a payment taken back
-# Where a payment kept moves when its money goes back to the payer (a void, a reversal carried out):
-# never out again, as no state the money never came in (declined, cancelled) is left either.
-GONE_BACK = frozenset(m.to for m in MOVES if m.state in KEPT and m.to not in KEPT)
 
 # What a settlement looks at: the batches it has not settled whole (``recon_batch.settled_at``),
 # the items a rule or a person decided (the differences, few), and the moves after the snapshot

@@ -43,7 +43,7 @@ _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "or
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
                        "transmission_date", "rrn", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit",
-                       "pin", "send_and_poll", "record", "answer"),
+                       "pin", "send_and_poll", "reverse_undelivered", "record", "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: (*_UNDO[:8], "risk_ask", "risk_decide", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
@@ -58,8 +58,9 @@ def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
     """A list as it runs for a merchant's order over HTTP (``switch.merchant``): the merchant's
     signature was checked at the API and it names no terminal (no ``mac``; ``merchant`` for
     ``terminal_and_merchant``), its RRN was taken when its order number was (no ``rrn``), and it
-    goes to the channel itself (no ``gray``: a legacy switch upstream knows terminals only)."""
-    skipped = ("mac", "rrn", "gray")
+    goes to the channel itself (no ``gray``: a legacy switch upstream knows terminals only), and
+    its merchant asks for an answer it missed (no ``reverse_undelivered``)."""
+    skipped = ("mac", "rrn", "gray", "reverse_undelivered")
     return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in skipped)
 
 
@@ -101,6 +102,8 @@ class Context:
     mak: KeyRecord | None = None  # the MAK its MAC verified under: the answer is MAC'd under it
     overload: str | None = None  # why the switch was over capacity when it was read: shed (switch.intake)
     peer: str = ""  # whose share of the admission it takes: its connection's address, or its merchant (HTTP)
+    connected: Callable[[], bool] | None = None  # whether its answer's connection is still open (None: HTTP)
+    resends: int = 0  # retransmissions of it waiting for this arrival's answer (``claim``)
     in_flight: bool = False  # counted in the load shedder's requests under way
     waiting: bool = False  # and in those waiting for their channel call (``switch.shedding.WaitingLimit``)
     channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)

@@ -237,7 +237,7 @@ class Holding:
     def overloaded(self, share: str) -> None:
         return None
 
-    async def handle_frame(self, frame: bytes, arrived: float, overload: str | None, share: str) -> bytes:
+    async def handle_frame(self, frame: bytes, arrived: float, overload: str | None, share: str, connected) -> bytes:
         self.under_way += 1
         self.most = max(self.most, self.under_way)
         try:

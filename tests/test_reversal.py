@@ -4,13 +4,16 @@ confirms, idempotent, and honoured even when they overtake their original."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 import asyncpg
 
+from bench.client import IsoClient
 from bench.simulators.control import set_fault
 from bench.simulators.faults import NO_FAULT, Fault
 from bench.traffic import inquiry, refund, reversal
+from switch.console.reads import story
 from tests.conftest import run
 from tests.support import (
     STANS,
@@ -31,11 +34,13 @@ def test_reversal_of_an_approved_purchase_returns_the_money_once(switch, simulat
             reversal_request = reversal(purchase, STANS.next(purchase["41"]))
             answer = await client.request(reversal_request)
             again = await client.request(dict(reversal_request))  # the terminal resends it
+            resent = await client.request(dict(purchase))  # and the original: no longer paid
         assert approved["39"] == "00"
         assert (answer["t"], answer["39"]) == ("0410", "00")
         assert (again["39"], again["37"]) == ("00", answer["37"])
+        assert (resent["39"], resent["37"]) == ("05", approved["37"])
         row = await wait_for_state(database_url, approved["37"], {"REVERSED"})
-        assert row["response_code"] == "00"  # a resent original still gets its original answer
+        assert row["response_code"] == "00"  # the record of what it was told
         assert sim_ledger(simulators, "wechat")[out_trade_no(approved["37"])]["status"] == "REVERSED"
 
     run(scenario())
@@ -268,5 +273,102 @@ def test_an_inquiry_after_an_acknowledged_reversal_is_05_before_the_channel_give
         assert [a["39"] for a in (paid, reversed_, asked)] == ["00", "00", "05"]
         assert row["state"] == "APPROVED" and row["reversal_requested_at"] is not None  # not yet given back
         await wait_for_state(database_url, paid["37"], {"REVERSED"}, timeout=60)
+
+    run(scenario())
+
+
+async def _row_of(database_url: str, message: dict[str, str]) -> asyncpg.Record | None:
+    """The journal row of the purchase ``message``, found by its key (its answer never came)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow(
+            "SELECT * FROM txn WHERE terminal_id = $1 AND stan = $2 AND transmitted = $3",
+            message["41"],
+            message["11"],
+            message["7"],
+        )
+    finally:
+        await conn.close()
+
+
+async def _hang_up_while_paying(switch, purchase: dict[str, str]) -> None:
+    """Send ``purchase`` (to a channel that takes 3 s) and close the connection before its answer."""
+    async with connected(switch) as client:
+        sent = asyncio.ensure_future(client.request(purchase))
+        await asyncio.sleep(0.5)
+    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+        await sent
+
+
+def test_an_approval_whose_connection_closed_is_reversed_and_told_05_from_then_on(switch, simulators, database_url):
+    """The terminal hangs up while the channel is paid: the switch reverses the purchase as the
+    0400 the terminal owes would, and a resend, an inquiry and that 0400 all agree the money went
+    back. The reversal is recorded as the switch's, with the answer it stands for."""
+
+    async def scenario():
+        purchase = new_purchase("alipay", "98")  # the channel takes 3 s to answer
+        await _hang_up_while_paying(switch, purchase)
+        for _ in range(40):
+            row = await _row_of(database_url, purchase)
+            if row is not None and row["state"] != "RECEIVED":
+                break
+            await asyncio.sleep(0.25)
+        row = await wait_for_state(database_url, row["rrn"], {"REVERSED"})
+        assert row["response_code"] == "05"  # what anyone asking is told from now on
+        assert sim_ledger(simulators, "alipay")[out_trade_no(row["rrn"])]["status"] == "REVERSED"
+        async with connected(switch) as client:
+            resent = await client.request(dict(purchase))
+            terminal, merchant = purchase["41"], purchase["42"]
+            asked = await client.request(inquiry(terminal, merchant, row["rrn"], STANS.next(terminal)))
+            reversed_ = await client.request(reversal(purchase, STANS.next(purchase["41"])))
+        assert (resent["39"], resent["37"]) == ("05", row["rrn"])
+        assert (asked["39"], reversed_["39"]) == ("05", "00")
+        conn = await asyncpg.connect(database_url)
+        try:
+            asked_by = await conn.fetchrow(
+                "SELECT stan, transmitted, code, amount_fen FROM reversal WHERE orig_tx_date = $1 AND terminal_id = $2 "
+                "AND orig_stan = $3 AND orig_transmitted = $4",
+                row["tx_date"],
+                purchase["41"],
+                purchase["11"],
+                purchase["7"],
+            )
+        finally:
+            await conn.close()
+        assert tuple(asked_by) == ("", "", "00", row["amount_fen"])  # the switch's, not a 0400's
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        try:
+            told = [e.detail for e in (await story(pool, row["rrn"])).events if e.what == "reversal"]
+        finally:
+            await pool.close()
+        assert any(d.startswith("asked by the switch") for d in told)  # the console's page says whose
+        assert not any(d.startswith("0400 STAN") for d in told)  # the terminal's 0400 found the switch's row
+        _, metrics = switch.get("/metrics")
+        assert re.search(r'paysw_undelivered_approvals_total\{channel="alipay",code="00"\} [1-9]', metrics)
+
+    run(scenario())
+
+
+def test_an_approval_a_resend_waits_for_is_answered_there_and_kept(switch, simulators, database_url):
+    """The terminal sent the purchase again on a second connection, then the first closed: the
+    approval has somewhere to go, is answered there, and the money is kept."""
+
+    async def scenario():
+        purchase = new_purchase("alipay", "98")
+        async with connected(switch) as second:
+            first = await IsoClient.connect(switch.host, switch.port)
+            sent = asyncio.ensure_future(first.request(purchase))
+            await asyncio.sleep(0.5)
+            resent = asyncio.ensure_future(second.request(dict(purchase)))
+            await asyncio.sleep(0.3)
+            await first.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await sent
+            answered = await resent
+        assert answered["39"] == "00"
+        await asyncio.sleep(1.5)  # the resolver's time to carry out a reversal, were one owed
+        row = await journal_row(database_url, answered["37"])
+        assert (row["state"], row["response_code"], row["reversal_requested_at"]) == ("APPROVED", "00", None)
+        assert sim_ledger(simulators, "alipay")[out_trade_no(answered["37"])]["status"] == "PAID"
 
     run(scenario())

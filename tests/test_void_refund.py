@@ -37,7 +37,9 @@ def test_void_of_a_same_day_purchase(switch, simulators, database_url):
             voided = await client.request(void_request)
             again = await client.request(dict(void_request))  # resent: the same answer
             second = await client.request(void(purchase, paid["37"], stan(purchase)))  # a new void of it
+            resent = await client.request(dict(purchase))  # the purchase resent: its money went back
         assert paid["39"] == "00"
+        assert (resent["39"], resent["37"]) == ("05", paid["37"])
         assert (voided["39"], len(voided["38"])) == ("00", 6) and voided["37"] != paid["37"]
         assert (again["39"], again["37"]) == ("00", voided["37"])
         assert second["39"] == "12"  # already voided

@@ -3,6 +3,7 @@ transactions (``switch.journal.machine``)."""
 
 from switch.journal.machine import Event, State
 from switch.journal.store import (
+    UNDELIVERED,
     Journal,
     NewTxn,
     OpenTxn,
@@ -17,6 +18,7 @@ from switch.journal.store import (
 )
 
 __all__ = [
+    "UNDELIVERED",
     "Event",
     "Journal",
     "NewTxn",

@@ -39,9 +39,9 @@ from pathlib import Path
 import asyncpg
 
 from switch.console.audit import Entry, record
-from switch.journal.machine import DUE_SQL, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, State, sql_set
+from switch.journal.machine import DUE_SQL, GONE_BACK, KEPT, PURCHASE, REFUND, REFUND_DAYS_MAX, State, sql_set
 from switch.journal.schema import DAY_TABLE, LOCK_ID, partition
-from switch.settlement import CLAWBACK, GONE_BACK
+from switch.settlement import CLAWBACK
 
 MIN_KEEP_DAYS = REFUND_DAYS_MAX + 1  # a refund's purchase stays in the journal (machine)
 KEEP_DAYS = 400

@@ -144,6 +144,9 @@ def _moves() -> tuple[Move, ...]:
 
 
 MOVES = _moves()
+# Where a payment kept moves when its money goes back to the payer (a void, a reversal carried out):
+# never out again, as no state the money never came in (declined, cancelled) is left either.
+GONE_BACK = frozenset(m.to for m in MOVES if m.state in KEPT and m.to not in KEPT)
 PAIRS = sorted({(m.state, m.to) for m in MOVES if m.state != m.to})  # the database guard's table
 
 

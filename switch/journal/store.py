@@ -69,6 +69,12 @@ class RiskHit(Protocol):
     code: str
 
 
+# The STAN and field 7 of a reversal no 0400 carried: the switch asked for it, its purchase's
+# approval having found its terminal's connection closed (``lifecycle.reverse_undelivered``). A
+# terminal's own are six and ten digits.
+UNDELIVERED = ""
+
+
 class TxnKey(NamedTuple):
     """Invariant 2: a terminal + STAN + field 7 is one transaction (``tx_date`` is field 7's date)."""
 
@@ -207,6 +213,7 @@ class StoredTxn(NamedTuple):
     auth_id: str | None
     channel_txn_id: str | None
     channel: str
+    reversing: bool  # its reversal acknowledged (its money goes back, or went back)
 
 
 _NEW_COLUMNS = list(NewTxn._fields)
@@ -246,8 +253,8 @@ _REPORT_COLUMNS = list(Report._fields)
 _KEY_COLUMNS = ("tx_date", "terminal_id", "stan", "transmitted")
 _REPORT_TYPES = {"tx_date": "date", "asked": "timestamptz", "first": "boolean"}
 _KEPT_UNLESS_GIVEN = ("channel_code", "channel_message", "channel_txn_id")
-# The authorisation code goes with an approval: kept while the answer stays 00 (a reversed
-# original's resend gets its first answer whole), gone with any other answer.
+# The authorisation code goes with an approval: kept while the answer stays 00 (the record of what
+# a reversed original was told), gone with any other answer.
 _AUTH_ID_SQL = (
     f"CASE WHEN coalesce(u.answer, t.response_code) = '{rc.APPROVED}' THEN coalesce(nullif(u.auth_id, ''), t.auth_id) "
     "ELSE nullif(u.auth_id, '') END"
@@ -269,7 +276,8 @@ _MOVE_SQL = (
     + ", ".join(f"t.{c}" for c in Moved._fields if c != "state")
 )
 _FIND_SQL = (
-    "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel FROM txn "
+    "SELECT rrn, state, request_hash, response_code, auth_id, channel_txn_id, channel, "
+    "reversal_requested_at IS NOT NULL FROM txn "
     "WHERE tx_date = $1 AND terminal_id = $2 AND stan = $3 AND transmitted = $4"
 )
 
