@@ -739,16 +739,17 @@ class Processor:
             log.exception("keeping the QR code failed", extra={"rrn": txn.rrn})
 
     async def _step_reverse_undelivered(self, t: Context) -> None:
-        """An approval with nowhere to go: its terminal's connection closed while the channel was
-        paid, and no retransmission of it waits for an answer. The purchase is reversed at once,
-        as the 0400 the terminal owes would have it (one that lost its state never sends it), and
-        told ``05`` from here on (``record``, a resend, an inquiry). A connection lost later, while
-        the outcome is recorded and the answer written, is the terminal's 0400's to cover, as is
-        an answer the network loses."""
+        """An approval (or a ``09``: the customer still confirming, the outcome unsure) with nowhere
+        to go: its terminal's connection closed while the channel was asked, and no retransmission
+        of it waits for an answer. The purchase is reversed at once, as the 0400 the terminal owes
+        would have it (one that lost its state never sends it; and without the answer's RRN it
+        cannot inquire), and told ``05`` from here on (``record``, a resend, an inquiry). A
+        connection lost later, while the outcome is recorded and the answer written, is the
+        terminal's 0400's to cover, as is an answer the network loses."""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
-        if result.outcome is not Outcome.APPROVED or t.connected is None or t.connected() or t.resends:
-            return
+        if result.outcome is Outcome.DECLINED or t.connected is None or t.connected() or t.resends:
+            return  # (a declined one keeps no money)
         try:
             _, code = await self._journal.request_reversal(
                 txn.key, UNDELIVERED, UNDELIVERED, txn.amount_fen, await self._journal.next_rrn()
@@ -758,8 +759,15 @@ class Processor:
             return
         self._metrics.undelivered.labels(txn.channel, code).inc()
         log.warning(
-            "approval undeliverable (its connection closed): purchase reversed",
-            extra={"rrn": txn.rrn, "terminal": txn.terminal_id, "stan": txn.stan, "channel": txn.channel, "code": code},
+            "answer undeliverable (its connection closed): purchase reversed",
+            extra={
+                "rrn": txn.rrn,
+                "terminal": txn.terminal_id,
+                "stan": txn.stan,
+                "channel": txn.channel,
+                "outcome": result.outcome.value,
+                "code": code,
+            },
         )
         if code == rc.APPROVED:
             t.reply = Reply(rc.DO_NOT_HONOUR, txn.rrn, "", result.channel_txn_id)

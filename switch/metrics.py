@@ -96,9 +96,9 @@ class Metrics:
             registry=r,
         )
         self.undelivered = Counter(
-            "paysw_undelivered_approvals",
-            "Approvals whose terminal's connection closed before they could be written: their purchases reversed "
-            "by the switch, by channel and the reversal's answer (00: reversed; else why not)",
+            "paysw_undelivered_answers",
+            "Purchases approved or still confirming whose terminal's connection closed before the answer could be "
+            "written: reversed by the switch, by channel and the reversal's answer (00: reversed; else why not)",
             ["channel", "code"],
             registry=r,
         )

@@ -345,7 +345,27 @@ def test_an_approval_whose_connection_closed_is_reversed_and_told_05_from_then_o
         assert any(d.startswith("asked by the switch") for d in told)  # the console's page says whose
         assert not any(d.startswith("0400 STAN") for d in told)  # the terminal's 0400 found the switch's row
         _, metrics = switch.get("/metrics")
-        assert re.search(r'paysw_undelivered_approvals_total\{channel="alipay",code="00"\} [1-9]', metrics)
+        assert re.search(r'paysw_undelivered_answers_total\{channel="alipay",code="00"\} [1-9]', metrics)
+
+    run(scenario())
+
+
+def test_a_payment_still_confirming_whose_connection_closed_is_reversed(switch, simulators, database_url):
+    """The customer is still confirming when the switch's deadline draws near, and the terminal
+    has hung up: nobody was told "in progress" (nor the RRN an inquiry needs), so the payment is
+    closed at the channel rather than kept."""
+
+    async def scenario():
+        purchase = new_purchase("wechat", "08")  # the customer never confirms
+        await _hang_up_while_paying(switch, purchase)
+        for _ in range(40):
+            row = await _row_of(database_url, purchase)
+            if row is not None and row["state"] != "RECEIVED":
+                break
+            await asyncio.sleep(0.25)
+        row = await wait_for_state(database_url, row["rrn"], {"REVERSED"})
+        assert row["response_code"] == "05"
+        assert sim_ledger(simulators, "wechat")[out_trade_no(row["rrn"])]["status"] == "CLOSED"
 
     run(scenario())
 
