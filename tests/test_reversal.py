@@ -278,27 +278,30 @@ def test_an_inquiry_after_an_acknowledged_reversal_is_05_before_the_channel_give
     run(scenario())
 
 
-async def _row_of(database_url: str, message: dict[str, str]) -> asyncpg.Record | None:
-    """The journal row of the purchase ``message``, found by its key (its answer never came)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetchrow(
-            "SELECT * FROM txn WHERE terminal_id = $1 AND stan = $2 AND transmitted = $3",
-            message["41"],
-            message["11"],
-            message["7"],
-        )
-    finally:
-        await conn.close()
-
-
-async def _hang_up_while_paying(switch, purchase: dict[str, str]) -> None:
-    """Send ``purchase`` (to a channel that takes 3 s) and close the connection before its answer."""
+async def _reversed_after_hanging_up(switch, database_url: str, purchase: dict[str, str]) -> asyncpg.Record:
+    """Send ``purchase`` (to a channel that does not answer at once), close the connection before
+    its answer, and return its journal row, found by its key, once REVERSED."""
     async with connected(switch) as client:
         sent = asyncio.ensure_future(client.request(purchase))
         await asyncio.sleep(0.5)
     with contextlib.suppress(ConnectionError, asyncio.CancelledError):
         await sent
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(40):
+            row = await conn.fetchrow(
+                "SELECT * FROM txn WHERE terminal_id = $1 AND stan = $2 AND transmitted = $3",
+                purchase["41"],
+                purchase["11"],
+                purchase["7"],
+            )
+            if row is not None and row["state"] != "RECEIVED":
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await conn.close()
+    assert row is not None
+    return await wait_for_state(database_url, row["rrn"], {"REVERSED"})
 
 
 def test_an_approval_whose_connection_closed_is_reversed_and_told_05_from_then_on(switch, simulators, database_url):
@@ -308,13 +311,7 @@ def test_an_approval_whose_connection_closed_is_reversed_and_told_05_from_then_o
 
     async def scenario():
         purchase = new_purchase("alipay", "98")  # the channel takes 3 s to answer
-        await _hang_up_while_paying(switch, purchase)
-        for _ in range(40):
-            row = await _row_of(database_url, purchase)
-            if row is not None and row["state"] != "RECEIVED":
-                break
-            await asyncio.sleep(0.25)
-        row = await wait_for_state(database_url, row["rrn"], {"REVERSED"})
+        row = await _reversed_after_hanging_up(switch, database_url, purchase)
         assert row["response_code"] == "05"  # what anyone asking is told from now on
         assert sim_ledger(simulators, "alipay")[out_trade_no(row["rrn"])]["status"] == "REVERSED"
         async with connected(switch) as client:
@@ -357,13 +354,7 @@ def test_a_payment_still_confirming_whose_connection_closed_is_reversed(switch, 
 
     async def scenario():
         purchase = new_purchase("wechat", "08")  # the customer never confirms
-        await _hang_up_while_paying(switch, purchase)
-        for _ in range(40):
-            row = await _row_of(database_url, purchase)
-            if row is not None and row["state"] != "RECEIVED":
-                break
-            await asyncio.sleep(0.25)
-        row = await wait_for_state(database_url, row["rrn"], {"REVERSED"})
+        row = await _reversed_after_hanging_up(switch, database_url, purchase)
         assert row["response_code"] == "05"
         assert sim_ledger(simulators, "wechat")[out_trade_no(row["rrn"])]["status"] == "CLOSED"
 
