@@ -65,7 +65,7 @@ MAC_VERIFIES = Rule("MAC verifies", rc.MAC_FAILED)
 WITHIN_A_DAY = Rule("within a day of today", rc.FORMAT_ERROR)  # field 7: stale or future-dated
 ORIGINAL_MTI = Rule("original MTI 0200", rc.FORMAT_ERROR)  # field 90 of a reversal
 ORIGINAL_TRANSMITTED = Rule("original transmission MMDDhhmmss", rc.FORMAT_ERROR)
-ORIGINAL_WITHIN_A_YEAR = Rule("original within the past year", rc.ORIGINAL_NOT_FOUND)
+ORIGINAL_WITHIN_A_DAY = Rule("original within a day of today", rc.ORIGINAL_NOT_FOUND)
 ROUTED = Rule("routed", rc.INVALID_PAYMENT_CODE)  # field 2: a code or card no channel takes (switch.routing)
 
 
@@ -229,20 +229,6 @@ def _nearest(mmdd: str, today: dt.date) -> dt.date | None:
     return best if abs((best - today).days) <= 1 else None
 
 
-@functools.lru_cache(maxsize=64)
-def _latest(mmdd: str, latest: dt.date) -> dt.date | None:
-    """The latest day with the month and day ``mmdd`` on or before ``latest``, within a year of it."""
-    month, day = int(mmdd[:2]), int(mmdd[2:4])
-    for year in (latest.year, latest.year - 1):
-        try:
-            found = dt.date(year, month, day)
-        except ValueError:  # 29 February, in a year without one
-            continue
-        if found <= latest:
-            return found
-    return None
-
-
 def transmitted_on(message: Message, today: dt.date) -> dt.date | Rejection:
     """The date of the request's field 7, or ``30`` when it is more than a day from ``today``."""
     date = transmission_date(message["7"], today)
@@ -259,17 +245,15 @@ class OriginalOfReversal(NamedTuple):
 
 def original_of_reversal(message: Message, today: dt.date) -> OriginalOfReversal | Rejection:
     """Field 90 (original MTI, STAN, field 7, ...): ``30`` unless it names a 0200 with a valid
-    transmission time. Its date is the latest day with that month and day up to tomorrow: a
-    terminal may hold a reversal for days (offline) and send it stored, and its purchase was
-    written on that day (``transmitted_on``, the day nearest the purchase's arrival). ``25`` when
-    no such day is within the past year (29 February)."""
+    transmission time; ``25`` when that time is more than a day from ``today`` (no such
+    purchase can be reversed here)."""
     original = message["90"]
     stan, transmitted = original[4:10], original[10:20]
     if original[:4] != "0200":
         return ORIGINAL_MTI.reject("90", f"original MTI {original[:4]}")
     if not FIELD_RULES["7"].accepts(transmitted):
         return ORIGINAL_TRANSMITTED.reject("90", f"expected {FIELD_RULES['7'].what} at offset 10")
-    date = _latest(transmitted[:4], today + dt.timedelta(days=1))
+    date = transmission_date(transmitted, today)
     if date is None:
-        return ORIGINAL_WITHIN_A_YEAR.reject("90", "no such day in the past year")
+        return ORIGINAL_WITHIN_A_DAY.reject("90", "original transmitted more than a day from today")
     return OriginalOfReversal(stan, transmitted, date)

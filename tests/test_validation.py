@@ -143,35 +143,11 @@ def test_field_90_names_the_purchase_it_reverses():
 
 
 @pytest.mark.parametrize(
-    ("field7", "today", "day"),
-    [
-        ("0101120000", dt.date(2025, 12, 31), dt.date(2026, 1, 1)),  # tomorrow: a terminal's clock ahead
-        ("1231120000", dt.date(2026, 1, 1), dt.date(2025, 12, 31)),
-        ("1229120000", dt.date(2026, 1, 3), dt.date(2025, 12, 29)),  # stored for days, offline
-        ("0103120000", dt.date(2026, 1, 1), dt.date(2025, 1, 3)),  # the day after tomorrow: last year's
-        ("0229120000", dt.date(2025, 3, 1), dt.date(2024, 2, 29)),
-    ],
-)
-def test_a_reversal_names_its_originals_latest_day_up_to_tomorrow(field7, today, day):
-    original = original_of_reversal(reversal_of(field7), today)
-    assert original == OriginalOfReversal(PURCHASE["11"], field7, day)
-
-
-def test_a_reversal_naming_a_day_not_in_the_past_year_is_25():
-    rejection = original_of_reversal(reversal_of("0229120000"), dt.date(2026, 3, 1))
-    assert isinstance(rejection, Rejection)
-    assert (rejection.code, rejection.field, rejection.rule) == (
-        rc.ORIGINAL_NOT_FOUND,
-        "90",
-        validation.ORIGINAL_WITHIN_A_YEAR.name,
-    )
-
-
-@pytest.mark.parametrize(
     ("spoil", "code", "rule"),
     [
         (lambda f90: "0100" + f90[4:], rc.FORMAT_ERROR, validation.ORIGINAL_MTI),
         (lambda f90: f90[:10] + "1340120000" + f90[20:], rc.FORMAT_ERROR, validation.ORIGINAL_TRANSMITTED),
+        (lambda f90: f90[:10] + "0701120000" + f90[20:], rc.ORIGINAL_NOT_FOUND, validation.ORIGINAL_WITHIN_A_DAY),
     ],
 )
 def test_field_90_rules(spoil, code, rule):
