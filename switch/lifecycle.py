@@ -46,7 +46,7 @@ from switch import undo
 from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
 from switch.gateway import PIN_REFUSED, SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
-from switch.journal import UNDELIVERED, Journal, NewTxn, Report, State, TxnKey
+from switch.journal import Journal, NewTxn, Report, State, TxnKey
 from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, GONE_BACK
 from switch.journal.orders import keep_qr_code
 from switch.lograte import RateLimitedLog
@@ -166,7 +166,7 @@ class Processor:
         included. ``overload``: why the switch was over capacity when it was read (it is shed,
         ``switch.intake``), None when it was not. ``peer``: whose share of the admission it takes
         (``switch.shedding.peer_of`` its connection's source address). ``connected``: whether the
-        connection its answer goes back on is still open (``reverse_undelivered``).
+        connection its answer goes back on is still open (``undelivered``).
         Raises ``CloseConnection`` when the frame is not ISO 8583 at all."""
         started = time.monotonic()
         try:
@@ -374,7 +374,7 @@ class Processor:
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
             self._shedder.stopped_waiting(t.peer)
-        first.resends += 1  # its answer has somewhere to go (``reverse_undelivered``)
+        first.resends += 1  # its answer has somewhere to go (``undelivered``)
         t.reply = await asyncio.shield(first.claim)
         return t.reply.code
 
@@ -738,43 +738,36 @@ class Processor:
         except Exception:  # recorded PENDING all the same: nobody can pay it, and it is closed at its expiry
             log.exception("keeping the QR code failed", extra={"rrn": txn.rrn})
 
-    async def _step_reverse_undelivered(self, t: Context) -> None:
-        """An approval (or a ``09``: the customer still confirming, the outcome unsure) with nowhere
-        to go: its terminal's connection closed while the channel was asked, and no retransmission
-        of it waits for an answer. The purchase is reversed at once, as the 0400 the terminal owes
-        would have it (one that lost its state never sends it; and without the answer's RRN it
-        cannot inquire), and told ``05`` from here on (``record``, a resend, an inquiry). A
-        connection lost later, while the outcome is recorded and the answer written, is the
-        terminal's 0400's to cover, as is an answer the network loses."""
+    def _step_undelivered(self, t: Context) -> None:
+        """An answer with nowhere to go: the terminal's connection closed while the channel was
+        asked (it hung up, the network dropped it, the front end's drain gave up on it), and no
+        retransmission of it waits here for the answer. It is recorded as ``05``, heard by nobody,
+        and the machine's promise then has the money go back (an answer other than ``00`` or
+        ``09`` keeps none: ``machine.promise``), as after a crash before the answer: the resolver
+        cancels it at the channel. A terminal that lost its state sends no 0400, and without the
+        answer's RRN cannot inquire. A connection lost later, while the outcome is recorded and
+        the answer written, is the terminal's 0400's to cover, as is an answer the network loses.
+        (A resend at another front end is not seen here: it is answered ``09``, then ``05``.)"""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
         if result.outcome is Outcome.DECLINED or t.connected is None or t.connected() or t.resends:
             return  # (a declined one keeps no money)
-        try:
-            _, code = await self._journal.request_reversal(
-                txn.key, UNDELIVERED, UNDELIVERED, txn.amount_fen, await self._journal.next_rrn()
-            )
-        except Exception:
-            log.exception("reversing an undeliverable approval failed: its 0400 is owed", extra={"rrn": txn.rrn})
-            return
-        self._metrics.undelivered.labels(txn.channel, code).inc()
+        self._metrics.undelivered.labels(txn.channel, result.outcome.value).inc()
         log.warning(
-            "answer undeliverable (its connection closed): purchase reversed",
+            "answer undeliverable, its connection closed: recorded 05, its money to go back",
             extra={
                 "rrn": txn.rrn,
                 "terminal": txn.terminal_id,
                 "stan": txn.stan,
                 "channel": txn.channel,
                 "outcome": result.outcome.value,
-                "code": code,
             },
         )
-        if code == rc.APPROVED:
-            t.reply = Reply(rc.DO_NOT_HONOUR, txn.rrn, "", result.channel_txn_id)
+        t.reply = Reply(rc.DO_NOT_HONOUR, txn.rrn, "", result.channel_txn_id)
 
     async def _step_record(self, t: Context) -> str | None:
         """Invariant: the outcome is committed before the answer leaves. The answer is the
-        channel's result's, unless ``reverse_undelivered`` decided it."""
+        channel's result's, unless ``undelivered`` decided it."""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
         reply = t.reply or self._reply_of(txn, result)

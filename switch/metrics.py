@@ -97,9 +97,9 @@ class Metrics:
         )
         self.undelivered = Counter(
             "paysw_undelivered_answers",
-            "Purchases approved or still confirming whose terminal's connection closed before the answer could be "
-            "written: reversed by the switch, by channel and the reversal's answer (00: reversed; else why not)",
-            ["channel", "code"],
+            "Purchases approved or still open at the channel whose terminal's connection closed before the answer: "
+            "recorded 05, their money to go back, by channel and the channel's outcome",
+            ["channel", "outcome"],
             registry=r,
         )
         self.circuit = Gauge(

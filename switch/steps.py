@@ -43,7 +43,7 @@ _UNDO = ("mac", "shed", "terminal_and_merchant", "transmission_date", "rrn", "or
 STEPS: dict[TxnType, tuple[str, ...]] = {
     TxnType.PURCHASE: ("mac", "shed", "terminal_and_merchant", "route", "channel_allowed", "gray",
                        "transmission_date", "rrn", "duplicate_check", "risk_ask", "write_ahead", "risk", "admit",
-                       "pin", "send_and_poll", "reverse_undelivered", "record", "answer"),
+                       "pin", "send_and_poll", "undelivered", "record", "answer"),
     TxnType.VOID: _UNDO,
     TxnType.REFUND: (*_UNDO[:8], "risk_ask", "risk_decide", *_UNDO[8:]),
     TxnType.INQUIRY: ("mac", "shed", "terminal_and_merchant", "rrn", "inquire", "answer"),
@@ -59,8 +59,8 @@ def over_http(names: tuple[str, ...]) -> tuple[str, ...]:
     signature was checked at the API and it names no terminal (no ``mac``; ``merchant`` for
     ``terminal_and_merchant``), its RRN was taken when its order number was (no ``rrn``), and it
     goes to the channel itself (no ``gray``: a legacy switch upstream knows terminals only), and
-    its merchant asks for an answer it missed (no ``reverse_undelivered``)."""
-    skipped = ("mac", "rrn", "gray", "reverse_undelivered")
+    its merchant asks for an answer it missed (no ``undelivered``)."""
+    skipped = ("mac", "rrn", "gray", "undelivered")
     return tuple("merchant" if n == "terminal_and_merchant" else n for n in names if n not in skipped)
 
 

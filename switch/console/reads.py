@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from protocols.masking import scrub
-from switch.journal import UNDELIVERED
 from switch.journal.machine import REVERSING_SQL
 from switch.settlement import LINE_SUMS
 
@@ -87,16 +86,21 @@ async def story(pool: asyncpg.Pool, rrn: str) -> Story | None:
             )
         )
     if txn["reversal_requested_at"]:
-        events.append(Event(txn["reversal_requested_at"], "reversal", "owed: carried out by the resolver"))
+        events.append(
+            Event(txn["reversal_requested_at"], "reversal", "asked by the terminal: carried out by the resolver")
+        )
     for r in await pool.fetch(
         "SELECT rrn, stan, amount_fen, code, received_at FROM reversal "
         "WHERE (orig_tx_date, terminal_id, orig_stan, orig_transmitted) = ($1, $2, $3, $4)",
         *key,
     ):
-        by_switch = r["stan"] == UNDELIVERED
-        asked = "asked by the switch: its approval found no connection" if by_switch else f"0400 STAN {r['stan']}"
-        what = f"{asked}, RRN {r['rrn']}, {_yuan(r['amount_fen'])}, answered {r['code'] or '-'}"
-        events.append(Event(r["received_at"], "reversal", what))
+        events.append(
+            Event(
+                r["received_at"],
+                "reversal",
+                f"0400 STAN {r['stan']}, RRN {r['rrn']}, {_yuan(r['amount_fen'])}, answered {r['code'] or '-'}",
+            )
+        )
     for r in await pool.fetch(
         "SELECT rrn, txn_type, state, amount_fen, received_at FROM txn WHERE original_rrn = $1 AND merchant_id = $2",
         rrn, txn["merchant_id"],

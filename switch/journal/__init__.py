@@ -3,7 +3,6 @@ transactions (``switch.journal.machine``)."""
 
 from switch.journal.machine import Event, State
 from switch.journal.store import (
-    UNDELIVERED,
     Journal,
     NewTxn,
     OpenTxn,
@@ -18,7 +17,6 @@ from switch.journal.store import (
 )
 
 __all__ = [
-    "UNDELIVERED",
     "Event",
     "Journal",
     "NewTxn",

@@ -69,12 +69,6 @@ class RiskHit(Protocol):
     code: str
 
 
-# The STAN and field 7 of a reversal no 0400 carried: the switch asked for it, its purchase's
-# approval having found its terminal's connection closed (``lifecycle.reverse_undelivered``). A
-# terminal's own are six and ten digits.
-UNDELIVERED = ""
-
-
 class TxnKey(NamedTuple):
     """Invariant 2: a terminal + STAN + field 7 is one transaction (``tx_date`` is field 7's date)."""
 
