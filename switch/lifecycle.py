@@ -47,7 +47,7 @@ from switch.answers import answer, auth_id_for
 from switch.config import ChannelSection, Config
 from switch.gateway import PIN_REFUSED, SUSPENDED, ChannelGateway, PaymentRef, pin_refused, refused, risk_declined
 from switch.journal import Journal, NewTxn, Report, State, TxnKey
-from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, GONE_BACK
+from switch.journal.machine import EVENT_OF_OUTCOME, FINAL, GONE_BACK, TOLD_KEEP
 from switch.journal.orders import keep_qr_code
 from switch.lograte import RateLimitedLog
 from switch.metrics import Metrics
@@ -374,7 +374,7 @@ class Processor:
         if t.waiting:  # the original's wait, at a channel maybe hung, is not one for the admission
             t.waiting = False
             self._shedder.stopped_waiting(t.peer)
-        first.resends += 1  # its answer has somewhere to go (``undelivered``)
+        first.resends += (t.connected,)  # its answer may go there (``undelivered``)
         t.reply = await asyncio.shield(first.claim)
         return t.reply.code
 
@@ -747,11 +747,15 @@ class Processor:
         cancels it at the channel. A terminal that lost its state sends no 0400, and without the
         answer's RRN cannot inquire. A connection lost later, while the outcome is recorded and
         the answer written, is the terminal's 0400's to cover, as is an answer the network loses.
-        (A resend at another front end is not seen here: it is answered ``09``, then ``05``.)"""
+        (A resend at another front end is not seen here: it is answered ``09``, then ``05``. A
+        hang-up is seen while the connection reads: one paused, its in-flight limit reached, its
+        writes backed up or its front end draining, shows it once reading resumes.)"""
         txn, result = t.txn, t.result
         assert txn is not None and result is not None
-        if result.outcome is Outcome.DECLINED or t.connected is None or t.connected() or t.resends:
-            return  # (a declined one keeps no money)
+        if t.connected is None or t.connected() or any(c is None or c() for c in t.resends):
+            return
+        if self._reply_of(txn, result).code not in TOLD_KEEP:  # an answer keeping no money already
+            return
         self._metrics.undelivered.labels(txn.channel, result.outcome.value).inc()
         log.warning(
             "answer undeliverable, its connection closed: recorded 05, its money to go back",

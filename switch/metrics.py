@@ -97,7 +97,7 @@ class Metrics:
         )
         self.undelivered = Counter(
             "paysw_undelivered_answers",
-            "Purchases approved or still open at the channel whose terminal's connection closed before the answer: "
+            "Purchases approved or still confirming whose terminal's connection closed before the answer: "
             "recorded 05, their money to go back, by channel and the channel's outcome",
             ["channel", "outcome"],
             registry=r,

@@ -103,7 +103,9 @@ class Context:
     overload: str | None = None  # why the switch was over capacity when it was read: shed (switch.intake)
     peer: str = ""  # whose share of the admission it takes: its connection's address, or its merchant (HTTP)
     connected: Callable[[], bool] | None = None  # whether its answer's connection is still open (None: HTTP)
-    resends: int = 0  # retransmissions of it waiting for this arrival's answer (``claim``)
+    # The connections of the retransmissions waiting for this arrival's answer (``claim``): its answer
+    # has somewhere to go while one is open (None: HTTP).
+    resends: tuple[Callable[[], bool] | None, ...] = ()
     in_flight: bool = False  # counted in the load shedder's requests under way
     waiting: bool = False  # and in those waiting for their channel call (``switch.shedding.WaitingLimit``)
     channel: str = "-"  # set by ``route`` (or by the merchant, for a QR order)

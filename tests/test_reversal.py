@@ -276,14 +276,21 @@ def test_an_inquiry_after_an_acknowledged_reversal_is_05_before_the_channel_give
     run(scenario())
 
 
-async def _ended_after_hanging_up(switch, database_url: str, purchase: dict[str, str]) -> asyncpg.Record:
-    """Send ``purchase`` (to a channel that does not answer at once), close the connection before
-    its answer, and return its journal row, found by its key, once final."""
+async def _ended_after_hanging_up(
+    switch, database_url: str, purchase: dict[str, str], resent: bool = False
+) -> asyncpg.Record:
+    """Send ``purchase`` (to a channel that does not answer at once), and ``resent`` again on the
+    same connection, close the connection before its answer, and return its journal row, found
+    by its key, once final."""
     async with connected(switch) as client:
-        sent = asyncio.ensure_future(client.request(purchase))
+        sent = [asyncio.ensure_future(client.request(purchase))]
         await asyncio.sleep(0.5)
-    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-        await sent
+        if resent:
+            sent.append(asyncio.ensure_future(client.request(dict(purchase))))
+            await asyncio.sleep(0.3)
+    for request in sent:  # (a resend's wait replaced the first's in the client: never answered)
+        request.cancel()
+    await asyncio.gather(*sent, return_exceptions=True)
     conn = await asyncpg.connect(database_url)
     try:
         for _ in range(40):
@@ -318,6 +325,18 @@ def test_an_approval_whose_connection_closed_is_told_05_and_its_money_goes_back(
         assert (resent["39"], resent["37"], reversed_["39"]) == ("05", row["rrn"], "00")
         _, metrics = switch.get("/metrics")
         assert re.search(r'paysw_undelivered_answers_total\{channel="alipay",outcome="APPROVED"\} [1-9]', metrics)
+
+    run(scenario())
+
+
+def test_an_approval_resent_on_the_connection_that_closed_is_told_05_too(switch, simulators, database_url):
+    """The terminal resent the purchase on the same connection, then hung up: the resend waiting
+    for the answer has nowhere to take it either."""
+
+    async def scenario():
+        purchase = new_purchase("alipay", "98")
+        row = await _ended_after_hanging_up(switch, database_url, purchase, resent=True)
+        assert (row["state"], row["response_code"]) == ("CANCELLED", "05")
 
     run(scenario())
 

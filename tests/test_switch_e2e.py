@@ -327,8 +327,9 @@ def test_metrics_and_health_endpoints(switch):
     # "class": the reconciliation classes (six of them); "field" and "rule": a rejection's, from the
     # rules of protocols.validation, or a risk rule's id from the rules file; "action", "mode",
     # "policy" and "result": the risk rules' and reloads' own few values; "step" and "txn_type":
-    # those of switch.steps. Which appear depends on what other tests did on the session's switch.
-    bounded = {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le"}
+    # those of switch.steps; "outcome": a channel call's (protocols.messages.Outcome). Which appear
+    # depends on what other tests did on the session's switch.
+    bounded = {"mti", "channel", "shard", "code", "op", "reason", "state", "queue", "class", "le", "outcome"}
     risk = {"action", "mode", "policy", "result"}
     assert labels <= bounded | risk | {"field", "rule", "step", "txn_type"}, f"unbounded labels: {labels}"
     rules = {v.name for v in vars(validation).values() if isinstance(v, validation.Rule)} | {validation.FORMAT}
