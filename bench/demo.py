@@ -35,16 +35,28 @@ from bench.demo_console import (
     legacy_switch,
 )
 from bench.merchant import MerchantClient, Receiver, describe, receiver_thread
+from bench.simulators.outcomes import SLOW_SUFFIX
 from bench.simulators.runner import start_simulators, stop_simulators
 from bench.simulators.server import SimulatorConfig, control_address, load_simulator_config
 from bench.terminal import TerminalKeys
-from bench.traffic import CODE_SHAPES, DEMO_MERCHANT, Stans, card_number, network, payment_code, purchase, quantile
+from bench.traffic import (
+    CODE_SHAPES,
+    DEMO_MERCHANT,
+    Stans,
+    card_number,
+    network,
+    payment_code,
+    purchase,
+    quantile,
+    reversal,
+)
 from protocols.channels import channel_of
 from risk.lists import change_list
 from switch.admin_token import switch_token, token_path
 from switch.app import SwitchApp, database_url_for, until_signalled
 from switch.config import Config, SecuritySection, host_port, load_config
 from switch.journal.archive import KEEP_DAYS
+from switch.journal.machine import FINAL, sql_set
 from switch.journal.roles import OWNER_URL_ENV
 from switch.logs import setup_logging
 from switch.operator import request as admin_request
@@ -197,6 +209,42 @@ async def operator_drill(host: str, port: int, admin: str, token: str, token_fil
     print(f"operator, with the admin token in {token_file} (as paysw channel does):")
     print(f"  without the token: disable inbank -> HTTP {refused}")
     print(f"  disable inbank -> HTTP {off[0]}, purchase {off[1]};  enable inbank -> HTTP {on[0]}, purchase {on[1]}")
+
+
+async def hang_up_drill(host: str, port: int, app: SwitchApp) -> str:
+    """A terminal that hangs up while its channel is paying (Alipay, answering this code in 3 s):
+    nobody hears the approval, so the switch records it ``05`` and the resolver cancels the
+    payment at the channel; the terminal's 0400, sent when it is back, is ``00``. Its line, once
+    the payment is final (run beside the other drills: the resolver takes some seconds)."""
+    assert app.journal is not None
+    rng = random.Random()
+    stans = Stans(start=rng.randrange(1, 900_000))
+    terminal = TERMINALS[1]
+    message = purchase(terminal, MERCHANT, payment_code("alipay", SLOW_SUFFIX, rng), 100, stans.next(terminal))
+    client = await IsoClient.connect(host, port)
+    sent = asyncio.ensure_future(client.request(message))
+    await asyncio.sleep(0.5)
+    await client.close()
+    await asyncio.gather(sent, return_exceptions=True)
+    row = None
+    for _ in range(SETTLE_TIMEOUT_S * 4):
+        row = await app.journal.pool.fetchrow(
+            "SELECT state, response_code FROM txn WHERE terminal_id = $1 AND stan = $2 AND transmitted = $3 "
+            f"AND state IN {sql_set(FINAL)}",
+            terminal,
+            message["11"],
+            message["7"],
+        )
+        if row is not None:
+            break
+        await asyncio.sleep(0.25)
+    client = await IsoClient.connect(host, port)
+    try:
+        reversed_ = await client.request(reversal(message, stans.next(terminal)))
+    finally:
+        await client.close()
+    ended = f"recorded {row['response_code']}, {row['state']} at the channel" if row else "still open"
+    return f"a terminal hanging up while Alipay pays (3 s): {ended}; its 0400 when it is back: {reversed_['39']}"
 
 
 async def risk_drill(host: str, port: int, app: SwitchApp) -> None:
@@ -406,6 +454,7 @@ async def _run_with(
             print()
             print_summary(tallies, time.monotonic() - started)
             print()
+            hang_up = asyncio.ensure_future(hang_up_drill(host, port, app))  # told at the end
             await secured_terminal(host, port, config.security)
             print()
             await operator_drill(host, port, config.switch.admin_listen, token, token_file)
@@ -418,6 +467,8 @@ async def _run_with(
             print()
             async with console(config, url, token) as base:
                 await console_drill(host, port, base, app)
+            print()
+            print(await hang_up)
             print()
             await _settle(app)
             await _journal_summary(app)

@@ -50,6 +50,8 @@ def test_demo_runs_twice_in_one_folder_and_stops_everything(tmp_path):
     assert "card 62" in result.stdout and "with PIN: 00" in result.stdout
     assert "PIN block bound to another card: 05 (as a wrong PIN, not sent; 3 such an hour, then 58)" in result.stdout
     assert "forged MAC: A0" in result.stdout
+    hung_up = "hanging up while Alipay pays (3 s): recorded 05, CANCELLED at the channel; its 0400 when it is back: 00"
+    assert hung_up in result.stdout, result.stdout
     assert "50,000.01 yuan: 61 (exceeds amount limit; never sent)" in result.stdout
     assert "25,000.00 yuan: 00, rules ['large-payment-watch (shadow)']" in result.stdout
     assert "black-listed: 00, then 62, rules ['blacklisted-code (enforce)']" in result.stdout
