@@ -898,8 +898,7 @@ def test_a_refund_is_taken_only_within_its_channels_refund_window(database_url):
                 assert await journal.write_ahead_undo(none_taken, original, refund_days=0) == ("12", "REFUND_WINDOW")
             last = refund_at(await journal.next_rrn(), year)
             assert await journal.write_ahead_undo(last, original, refund_days=365) is None
-            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["reserved_fen"] == 100  # the last one's alone
+            assert await _reserved_fen(journal, purchase.rrn) == 100  # the last one's alone
             _, fresh = await approved_purchase(journal, 500)
             void = undo_of(fresh, await journal.next_rrn(), "void", 500)
             assert await journal.write_ahead_undo(void, fresh, refund_days=0) is None
@@ -931,8 +930,7 @@ def test_a_refunds_risk_decisions_are_written_with_it_or_not_at_all(database_url
             with pytest.raises(asyncpg.UniqueViolationError):
                 await journal.write_ahead_undo(again, original, hits, refund_days=365)
             assert await journal.pool.fetch(decided, again.rrn) == []
-            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["reserved_fen"] == 300  # the refused and the second write reserved nothing
+            assert await _reserved_fen(journal, purchase.rrn) == 300  # the refused and the second reserved nothing
         finally:
             await journal.close()
 
@@ -990,8 +988,7 @@ def test_a_refund_written_at_two_front_ends_at_once_is_a_duplicate_not_a_refusal
             assert sorted(map(repr, results)) == sorted(
                 [repr(None), repr(asyncpg.UniqueViolationError("void or refund written twice"))]
             ), results
-            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["reserved_fen"] == 600
+            assert await _reserved_fen(journal, purchase.rrn) == 600
         finally:
             await holder.close()
             await journal.close()
@@ -1029,8 +1026,7 @@ def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url)
             await held.rollback()
             assert await written is None
             assert (await reversal)[1] == "12"
-            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["reserved_fen"] == 400  # the refund stands, owing no reversal
+            assert await _reserved_fen(journal, purchase.rrn) == 400  # the refund stands, owing no reversal
             row = await journal.pool.fetchrow("SELECT reversal_requested_at FROM txn WHERE rrn = $1", refund.rrn)
             assert row["reversal_requested_at"] is None
             # The other order: the 0400 first is 25, and the refund is then never written (nor sent).
@@ -1040,13 +1036,17 @@ def test_a_reversal_racing_its_refunds_write_ahead_sees_the_refund(database_url)
             with pytest.raises(asyncpg.UniqueViolationError):
                 await journal.write_ahead_undo(late, original, refund_days=365)
             assert await journal.find(late.key) is None
-            row = await journal.pool.fetchrow("SELECT reserved_fen FROM txn WHERE rrn = $1", purchase.rrn)
-            assert row["reserved_fen"] == 400
+            assert await _reserved_fen(journal, purchase.rrn) == 400
         finally:
             await holder.close()
             await journal.close()
 
     run(scenario())
+
+
+async def _reserved_fen(journal, rrn: str) -> int:
+    """What the voids and refunds under way hold of purchase ``rrn``."""
+    return await journal.pool.fetchval("SELECT reserved_fen FROM txn WHERE rrn = $1", rrn)
 
 
 async def _until_waiting(watcher: asyncpg.Connection, lock: str, done: asyncio.Task | None = None) -> None:
