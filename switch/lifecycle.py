@@ -133,6 +133,7 @@ class Processor:
         self._resend_lookups = 0  # under way now (RESEND_LOOKUPS)
         self._lookup_failures = RateLimitedLog(60.0)  # one line a minute while the journal cannot answer
         self._pin_warnings = RateLimitedLog(60.0)
+        self._undelivered_log = RateLimitedLog(60.0)  # terminals hang up at will: a line a minute per channel
         self._background: set[asyncio.Task[None]] = set()
         timing = metrics.step_seconds if config.switch.step_timing else None
         self._paths: dict[TxnType, Path] = {t: bind(self, STEPS[t], t.value, timing) for t in TxnType}
@@ -741,7 +742,7 @@ class Processor:
     def _step_undelivered(self, t: Context) -> None:
         """An answer with nowhere to go: the terminal's connection closed while the channel was
         asked (it hung up, the network dropped it, the front end's drain gave up on it), and no
-        retransmission of it waits here for the answer. It is recorded as ``05``, heard by nobody,
+        retransmission of it waits here on a connection still open. It is recorded as ``05``, heard by nobody,
         and the machine's promise then has the money go back (an answer other than ``00`` or
         ``09`` keeps none: ``machine.promise``), as after a crash before the answer: the resolver
         cancels it at the channel. A terminal that lost its state sends no 0400, and without the
@@ -757,15 +758,14 @@ class Processor:
         if self._reply_of(txn, result).code not in TOLD_KEEP:  # an answer keeping no money already
             return
         self._metrics.undelivered.labels(txn.channel, result.outcome.value).inc()
-        log.warning(
+        self._undelivered_log.warn(
+            log,
+            txn.channel,
             "answer undeliverable, its connection closed: recorded 05, its money to go back",
-            extra={
-                "rrn": txn.rrn,
-                "terminal": txn.terminal_id,
-                "stan": txn.stan,
-                "channel": txn.channel,
-                "outcome": result.outcome.value,
-            },
+            rrn=txn.rrn,
+            terminal=txn.terminal_id,
+            channel=txn.channel,
+            outcome=result.outcome.value,
         )
         t.reply = Reply(rc.DO_NOT_HONOUR, txn.rrn, "", result.channel_txn_id)
 
